@@ -1,0 +1,623 @@
+"""Reading and validating NONMEM-format datasets.
+
+A dataset is a table with one row per event record: doses (``EVID`` 1 or 4), observations (``EVID`` 0),
+other events (``EVID`` 2) and resets (``EVID`` 3). The columns follow NONMEM's conventions
+(:data:`STANDARD_COLUMNS`); any other column is a covariate.
+
+The workflow is
+
+* :func:`read_dataset` reads a CSV file as **strings** (nothing is coerced silently), strips the headers
+  and upper-cases standard column names written in another case (``time`` -> ``TIME``);
+* :func:`check_dataset` collects **every** problem of a (string or numeric) frame as
+  :class:`~pkpd._errors.DatasetViolation` objects, each listing all the rows it concerns;
+* :func:`validate_dataset` reads (when given a path), checks, raises one
+  :class:`~pkpd._errors.DatasetError` listing all problems, or returns a normalized numeric frame.
+
+Row numbers are 1-based *data* rows: the header is not counted, so data row 1 is line 2 of a CSV file,
+and row ``i + 1`` is ``df.iloc[i]``.
+
+Cell conventions (NONMEM): ``"."`` means 0 in the standard columns other than ``ID`` and ``TIME`` (where it
+is a violation); a blank cell of an optional standard column means 0, except ``DV`` where it means
+missing (NaN). Units: TIME and II in h, RATE in amount units per h, AMT in amount units (mg for the
+built-in models).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Collection, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ._errors import DatasetError, DatasetViolation
+
+__all__ = ["STANDARD_COLUMNS", "read_dataset", "check_dataset", "validate_dataset"]
+
+#: NONMEM data items understood by the toolkit, in the order new columns are appended.
+STANDARD_COLUMNS: tuple[str, ...] = ("ID", "TIME", "EVID", "AMT", "CMT", "RATE", "II", "ADDL", "SS", "DV", "MDV")
+
+_REQUIRED = ("ID", "TIME")
+_DOSE_EVIDS = (1.0, 4.0)
+_RESET_EVIDS = (3.0, 4.0)
+_MAX_SHOWN = 5
+
+# Strict decimal number: no thousands separators, no underscores, no "nan"/"inf" spelled out.
+_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+
+# Cell kinds produced by :func:`_parse_cells`.
+_OK, _BLANK, _DOT, _BAD = 0, 1, 2, 3
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def read_dataset(path: str | Path) -> pd.DataFrame:
+    """Read a NONMEM-format CSV file without converting any cell.
+
+    Parameters
+    ----------
+    path
+        CSV file with a header line. Cells may use ``"."`` for 0 / missing, as NONMEM does.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The raw frame: every cell a string (missing trailing fields are NaN), headers stripped of
+        whitespace, standard column names upper-cased (``time`` -> ``TIME``), a ``RangeIndex`` in file
+        order. Conversion to numbers happens in :func:`validate_dataset`, so that non-numeric cells can
+        be reported with their rows.
+
+    Raises
+    ------
+    DatasetError
+        If the file does not exist, is empty, cannot be decoded, or is not a well-formed CSV table.
+    """
+    p = Path(path)
+    source = str(path)
+
+    def fail(message: str, rows: tuple[int, ...] = ()) -> DatasetError:
+        return DatasetError([DatasetViolation(rows, None, message)], source=source)
+
+    if not p.exists():
+        raise fail(f"file not found: {p} (check the path; relative paths start at {Path.cwd()})")
+    if not p.is_file():
+        raise fail(f"{p} is not a file")
+    raw = None
+    last_exc: Exception | None = None
+    for encoding in ("utf-8-sig", "latin-1"):
+        try:
+            raw = pd.read_csv(p, dtype=str, keep_default_na=False, header=None, encoding=encoding,
+                              skip_blank_lines=True)
+            break
+        except UnicodeDecodeError as exc:  # pragma: no cover - latin-1 decodes every byte
+            last_exc = exc
+        except pd.errors.EmptyDataError:
+            raise fail("the file is empty; a NONMEM dataset needs a header line and data rows") from None
+        except pd.errors.ParserError as exc:
+            m = re.search(r"line (\d+)", str(exc))
+            rows = (int(m.group(1)) - 1,) if m and int(m.group(1)) > 1 else ()
+            raise fail(f"not a well-formed CSV table ({exc}); every line needs as many fields as the "
+                       "header", rows) from None
+    if raw is None:  # pragma: no cover
+        raise fail(f"cannot decode the file: {last_exc}")
+
+    header = [_clean_header(h, i) for i, h in enumerate(raw.iloc[0].tolist())]
+    df = raw.iloc[1:].reset_index(drop=True)
+    df.columns = header
+    return _normalize_headers(df)
+
+
+def _clean_header(h: object, i: int) -> str:
+    if h is None or (isinstance(h, float) and math.isnan(h)):
+        return f"Unnamed: {i}"
+    s = str(h).strip()
+    return s if s else f"Unnamed: {i}"
+
+
+def _normalize_headers(df: pd.DataFrame) -> pd.DataFrame:
+    """Strip headers and upper-case standard column names written in another case (returns a copy)."""
+    new = []
+    for c in df.columns:
+        name = str(c).strip()
+        if name.upper() in STANDARD_COLUMNS:
+            name = name.upper()
+        new.append(name)
+    out = df.copy()
+    out.columns = new
+    return out
+
+
+# --------------------------------------------------------------------------------------------- parsing
+
+
+def _parse_cells(s: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Classify every cell of a column.
+
+    Returns ``(values, kinds, raw)``: ``values`` float (NaN unless the cell is a finite number),
+    ``kinds`` one of ``_OK``, ``_BLANK`` (empty or NaN), ``_DOT`` (``"."``), ``_BAD`` (anything else),
+    ``raw`` the original cells (object array) for messages.
+    """
+    raw = s.to_numpy(dtype=object)
+    n = len(raw)
+    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+        values = s.to_numpy(dtype=float, na_value=np.nan)
+        kinds = np.where(np.isnan(values), _BLANK, np.where(np.isfinite(values), _OK, _BAD))
+        values = np.where(kinds == _OK, values, np.nan)
+        return values, kinds.astype(np.int8), raw
+    values = np.full(n, np.nan)
+    kinds = np.empty(n, dtype=np.int8)
+    for i, cell in enumerate(raw):
+        kinds[i], v = _parse_cell(cell)
+        values[i] = v
+    return values, kinds, raw
+
+
+def _parse_cell(cell: object) -> tuple[int, float]:
+    if cell is None or cell is pd.NA or cell is pd.NaT:
+        return _BLANK, math.nan
+    if isinstance(cell, (bool, np.bool_)):
+        return _BAD, math.nan
+    if isinstance(cell, numbers.Real):
+        x = float(cell)
+        if math.isnan(x):
+            return _BLANK, math.nan
+        return (_OK, x) if math.isfinite(x) else (_BAD, math.nan)
+    if isinstance(cell, str):
+        t = cell.strip()
+        if not t:
+            return _BLANK, math.nan
+        if t == ".":
+            return _DOT, math.nan
+        if _NUMBER.match(t):
+            x = float(t)
+            return (_OK, x) if math.isfinite(x) else (_BAD, math.nan)
+    return _BAD, math.nan
+
+
+def _show(cell: object, kind: int) -> str:
+    if kind == _BLANK:
+        return "blank"
+    if isinstance(cell, str):
+        return repr(cell.strip())
+    if isinstance(cell, float) and cell.is_integer():
+        return str(int(cell))
+    return repr(cell) if not isinstance(cell, numbers.Real) else str(cell)
+
+
+def _fmt_values(cells: Sequence[object], kinds: Sequence[int] | None = None) -> str:
+    """Up to five distinct offending values, in order of appearance."""
+    shown: list[str] = []
+    for j, c in enumerate(cells):
+        text = _show(c, _OK if kinds is None else int(kinds[j]))
+        if text not in shown:
+            shown.append(text)
+    head = ", ".join(shown[:_MAX_SHOWN])
+    return head + (f" (+{len(shown) - _MAX_SHOWN} more)" if len(shown) > _MAX_SHOWN else "")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _rows(mask: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) + 1 for i in np.flatnonzero(mask))
+
+
+def _is_int(x: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(x) & (x == np.round(x))
+
+
+@dataclass
+class _Analysis:
+    """What :func:`_analyse` found: the violations and the effective standard columns."""
+
+    violations: list[DatasetViolation]
+    frame: pd.DataFrame  # headers normalized
+    columns: dict[str, np.ndarray]  # effective float values of every standard column
+
+
+# --------------------------------------------------------------------------------------------- checking
+
+
+def check_dataset(
+    df: pd.DataFrame,
+    *,
+    n_compartments: int | None = None,
+    compartment_names: Sequence[str] | None = None,
+    parameter_names: Collection[str] = (),
+    required_covariates: Collection[str] = (),
+    rate_compartments_forbidden: Collection[int] = (),
+    model_name: str | None = None,
+) -> list[DatasetViolation]:
+    """Collect every problem of a NONMEM-format dataset.
+
+    Parameters
+    ----------
+    df
+        Raw string frame (from :func:`read_dataset`) or numeric frame. Standard column names are matched
+        case-insensitively.
+    n_compartments
+        Number of compartments of the model; dose rows with ``CMT`` above it are reported. Defaults to
+        ``len(compartment_names)`` when only the names are given; ``None`` and no names: not checked.
+    compartment_names
+        Compartment names in CMT order (``CMT=1`` is the first), used in messages.
+    parameter_names
+        Parameters of the parameter file; ``RATE=-1`` / ``RATE=-2`` into compartment ``n`` need ``R{n}`` /
+        ``D{n}``.
+    required_covariates
+        Covariate columns the parameter file references; each must exist and be numeric on every row.
+    rate_compartments_forbidden
+        Compartments (1-based) into which the model cannot take an infusion (``RATE != 0``).
+    model_name
+        Model name used in messages (e.g. ``"2cmt_oral"``).
+
+    Returns
+    -------
+    list of DatasetViolation
+        Every problem found, sorted by first row (whole-dataset problems first); identical problems of
+        one kind are grouped into one violation listing all their rows. Empty if the dataset is valid.
+    """
+    return _analyse(
+        df,
+        n_compartments=n_compartments,
+        compartment_names=compartment_names,
+        parameter_names=parameter_names,
+        required_covariates=required_covariates,
+        rate_compartments_forbidden=rate_compartments_forbidden,
+        model_name=model_name,
+    ).violations
+
+
+def _analyse(
+    df: pd.DataFrame,
+    *,
+    n_compartments: int | None,
+    compartment_names: Sequence[str] | None,
+    parameter_names: Collection[str],
+    required_covariates: Collection[str],
+    rate_compartments_forbidden: Collection[int],
+    model_name: str | None,
+) -> _Analysis:
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    frame = _normalize_headers(df)
+    n = len(frame)
+    out: list[DatasetViolation] = []
+
+    def add(mask_or_rows, column: str | None, message: str) -> None:
+        rows = _rows(mask_or_rows) if isinstance(mask_or_rows, np.ndarray) else tuple(mask_or_rows)
+        out.append(DatasetViolation(rows, column, message))
+
+    # ---- columns ----------------------------------------------------------------------------------
+    names = list(frame.columns)
+    first: dict[str, int] = {}
+    for i, c in enumerate(names):
+        first.setdefault(c, i)
+    for c in first:
+        k = names.count(c)
+        if k > 1:
+            add((), c, f"column {c} appears {k} times (standard names ignore case); keep one")
+    if n == 0:
+        add((), None, "the dataset has no data rows")
+
+    def present(c: str) -> bool:
+        return c in first
+
+    def col(c: str) -> pd.Series:
+        return frame.iloc[:, first[c]]
+
+    for c in _REQUIRED:
+        if not present(c):
+            found = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+            add((), c, f"required column {c} is missing (columns found: {found or 'none'})")
+
+    # ---- cells of standard columns ------------------------------------------------------------------
+    vals: dict[str, np.ndarray] = {}
+    for c in STANDARD_COLUMNS:
+        if not present(c):
+            continue
+        v, kinds, raw = _parse_cells(col(c))
+        if c in _REQUIRED:
+            bad = kinds != _OK
+            if bad.any():
+                unit = " (h)" if c == "TIME" else ""
+                add(bad, c, f"{c} must be a number{unit} on every row; found {_fmt_values(raw[bad], kinds[bad])}")
+        else:
+            bad = kinds == _BAD
+            if bad.any():
+                conv = "'.' means 0, blank means missing" if c == "DV" else "'.' or blank means 0"
+                add(bad, c, f"non-numeric values {_fmt_values(raw[bad], kinds[bad])}; use numbers ({conv})")
+            v = v.copy()
+            v[kinds == _DOT] = 0.0
+            v[kinds == _BLANK] = np.nan if c == "DV" else 0.0
+        vals[c] = v
+
+    nan = np.full(n, np.nan)
+    zeros = np.zeros(n)
+    ident = vals.get("ID", nan)
+    time = vals.get("TIME", nan)
+    amt = vals.get("AMT", zeros)
+    if "EVID" in vals:
+        evid = vals["EVID"]
+    else:
+        with np.errstate(invalid="ignore"):
+            evid = np.where(amt > 0, 1.0, 0.0)
+            if "MDV" in vals:
+                evid = np.where((vals["MDV"] == 1) & (amt == 0), 2.0, evid)
+            evid = np.where(np.isnan(amt), np.nan, evid)
+    evid_ok = np.isin(evid, (0.0, 1.0, 2.0, 3.0, 4.0))
+    dose = np.isin(evid, _DOSE_EVIDS)
+    if not present("AMT") and dose.any():
+        add(dose, "AMT", "column AMT is missing but these rows are doses (EVID 1 or 4); add AMT (amount units)")
+        amt = nan
+    if "CMT" in vals:
+        cmt = vals["CMT"]
+    else:
+        cmt = np.where(dose, 1.0, 0.0)  # no CMT: every dose goes to compartment 1
+    rate = vals.get("RATE", zeros)
+    ii = vals.get("II", zeros)
+    addl = vals.get("ADDL", zeros)
+    ss = vals.get("SS", zeros)
+    dv = vals.get("DV", nan)
+    if "MDV" in vals:
+        mdv = vals["MDV"]
+    else:
+        mdv = np.where(np.isnan(evid), np.nan, np.where(evid != 0, 1.0, 0.0))
+
+    # ---- required covariates ------------------------------------------------------------------------
+    for cov in required_covariates:
+        if present(cov):
+            _, kinds, raw = _parse_cells(col(cov))
+            bad = kinds != _OK
+            if bad.any():
+                add(bad, cov, f"covariate {cov} must be numeric on every row; found "
+                              f"{_fmt_values(raw[bad], kinds[bad])}")
+        else:
+            near = [c for c in names if c.lower() == str(cov).lower()]
+            hint = f" (found {near[0]!r}; covariate names are case-sensitive)" if near else ""
+            add((), cov, f"parameter file references column {cov}, which the dataset does not have{hint}")
+
+    with np.errstate(invalid="ignore"):
+        # ---- simple ranges ---------------------------------------------------------------------------
+        m = time < 0
+        if m.any():
+            add(m, "TIME", "negative TIME; times (h) must be >= 0")
+        m = np.isfinite(evid) & ~evid_ok
+        if m.any() and present("EVID"):
+            add(m, "EVID", "EVID must be 0 (observation), 1 (dose), 2 (other), 3 (reset) or 4 (reset and "
+                           f"dose); found {_fmt_values(evid[m])}")
+        m = np.isfinite(mdv) & ~np.isin(mdv, (0.0, 1.0))
+        if m.any():
+            add(m, "MDV", f"MDV must be 0 or 1; found {_fmt_values(mdv[m])}")
+        m = amt < 0
+        if m.any():
+            add(m, "AMT", "negative AMT; amounts must be >= 0 (amount units)")
+
+        # ---- record order ----------------------------------------------------------------------------
+        _check_order(ident, time, evid, add)
+
+        # ---- compartments ----------------------------------------------------------------------------
+        n_cmt = n_compartments
+        if n_cmt is None and compartment_names is not None:
+            n_cmt = len(compartment_names)
+        cnames = list(compartment_names) if compartment_names is not None else None
+        cmt_int = _is_int(cmt)
+        m = np.isfinite(cmt) & ~cmt_int
+        if m.any():
+            add(m, "CMT", f"CMT must be a whole compartment number; found {_fmt_values(cmt[m])}")
+        allowed = f"1..{n_cmt}" if n_cmt is not None else ">= 1"
+        m = dose & cmt_int & (cmt == 0)
+        if m.any():
+            add(m, "CMT", f"dose rows need a compartment number (CMT {allowed}); CMT 0 or '.' is not accepted")
+        m = dose & cmt_int & (cmt < 0)
+        if m.any():
+            add(m, "CMT", "negative CMT on a dose row (NONMEM's compartment turn-off) is not supported; "
+                          f"use CMT {allowed}")
+        in_range = dose & cmt_int & (cmt >= 1)
+        if n_cmt is not None:
+            where = f"model {model_name}" if model_name else "the model"
+            if cnames:
+                has = ", ".join(f"{i}={nm}" for i, nm in enumerate(cnames[:n_cmt], start=1))
+            else:
+                has = f"compartments 1..{n_cmt}"
+            for value in _unique(cmt[in_range & (cmt > n_cmt)]):
+                m = in_range & (cmt == value)
+                add(m, "CMT", f"CMT {_num(value)} does not exist in {where}, which has {has}")
+            in_range = in_range & (cmt <= n_cmt)
+
+        # ---- RATE ------------------------------------------------------------------------------------
+        m = np.isfinite(rate) & (rate < 0) & ~np.isin(rate, (-1.0, -2.0))
+        if m.any():
+            add(m, "RATE", "RATE must be >= 0 (amount units/h), -1 (modeled rate) or -2 (modeled duration); "
+                           f"found {_fmt_values(rate[m])}")
+        forbidden = {int(c) for c in rate_compartments_forbidden}
+        is_forbidden = np.isin(cmt, sorted(forbidden)) if forbidden else np.zeros(n, dtype=bool)
+        for c in sorted(forbidden):
+            m = in_range & (cmt == c) & np.isfinite(rate) & (rate != 0)
+            if m.any():
+                label = f" ({c}={cnames[c - 1]})" if cnames and 1 <= c <= len(cnames) else ""
+                add(m, "RATE", f"infusions into compartment {c} are not supported by this model{label}; "
+                               "set RATE=0")
+        params = set(parameter_names)
+        for code, prefix, what in ((-2.0, "D", "modeled duration"), (-1.0, "R", "modeled rate")):
+            sel = in_range & (rate == code) & ~is_forbidden
+            for value in _unique(cmt[sel]):
+                need = f"{prefix}{_num(value)}"
+                if need not in params:
+                    add(sel & (cmt == value), "RATE",
+                        f"RATE={_num(code)} ({what}) needs parameter {need} in the parameter file")
+
+        # ---- II / ADDL -------------------------------------------------------------------------------
+        m = ii < 0
+        if m.any():
+            add(m, "II", "negative II; the dosing interval (h) must be >= 0")
+        m = np.isfinite(addl) & ((addl < 0) | ~_is_int(addl))
+        if m.any():
+            add(m, "ADDL", f"ADDL must be a whole number >= 0; found {_fmt_values(addl[m])}")
+        m = (addl > 0) & (ii == 0)
+        if m.any():
+            add(m, "ADDL", "ADDL > 0 needs II > 0 (the interval between the additional doses, h)")
+
+        # ---- SS --------------------------------------------------------------------------------------
+        m = ss == 3
+        if m.any():
+            add(m, "SS", "SS=3 is not supported; use SS=1 or SS=2")
+        m = np.isfinite(ss) & ~np.isin(ss, (0.0, 1.0, 2.0, 3.0))
+        if m.any():
+            add(m, "SS", f"SS must be 0, 1 or 2; found {_fmt_values(ss[m])}")
+        m = np.isfinite(evid) & evid_ok & ~dose & np.isfinite(ss) & (ss != 0)
+        if m.any():
+            add(m, "SS", "SS is set on a non-dose row (EVID not 1 or 4); SS applies only to doses")
+        nothing = dose & (amt == 0) & np.isfinite(rate) & ~(rate > 0)
+        ss_dose = dose & np.isin(ss, (1.0, 2.0))
+        const_inf = ss_dose & (amt == 0) & (rate > 0)
+        m = ss_dose & (ii == 0) & ~const_inf & ~nothing
+        if m.any():
+            add(m, "II", "SS=1 or 2 needs II > 0 (the dosing interval, h); only a steady-state constant "
+                         "infusion (SS=1, AMT=0, RATE>0) may have II=0")
+        m = const_inf & (ss == 2)
+        if m.any():
+            add(m, "SS", "SS=2 with a constant infusion (AMT=0, RATE>0, II=0) is not allowed; use SS=1")
+        m = const_inf & (ss == 1) & (ii > 0)
+        if m.any():
+            add(m, "II", "a steady-state constant infusion (SS=1, AMT=0, RATE>0) needs II=0")
+
+        # ---- empty doses -----------------------------------------------------------------------------
+        m = dose & (ss == 0) & (amt == 0) & (rate > 0)
+        if m.any():
+            add(m, "AMT", "AMT=0 with RATE>0 is an infusion of nothing; give the infused amount in AMT "
+                          "(a steady-state constant infusion uses SS=1, II=0)")
+        if nothing.any():
+            add(nothing, "AMT", "dose of 0: AMT=0 on a dose row (EVID 1 or 4); set AMT > 0 (amount units) "
+                                "or make the row a non-dose record (EVID 0 or 2)")
+
+    out.sort(key=lambda v: v.rows[0] if v.rows else 0)
+    columns = {"ID": ident, "TIME": time, "EVID": evid, "AMT": amt, "CMT": cmt, "RATE": rate, "II": ii,
+               "ADDL": addl, "SS": ss, "DV": dv, "MDV": mdv}
+    return _Analysis(out, frame, columns)
+
+
+def _unique(x: np.ndarray) -> list[float]:
+    return [float(u) for u in np.unique(x[np.isfinite(x)])]
+
+
+def _check_order(ident: np.ndarray, time: np.ndarray, evid: np.ndarray, add) -> None:
+    """TIME must not decrease within an ID (except on an EVID 3/4 row); each ID must be one block."""
+    blocks: dict[float, list[tuple[int, int]]] = {}  # ID -> [(first row index, last row index)]
+    decreasing: list[int] = []
+    cur_id: float | None = None
+    last_time = math.nan
+    for i in range(len(ident)):
+        x = ident[i]
+        if not math.isfinite(x):
+            continue  # already reported; does not split a block
+        if x != cur_id:
+            blocks.setdefault(x, []).append((i, i))
+            cur_id = x
+            last_time = math.nan
+        else:
+            start, _ = blocks[x][-1]
+            blocks[x][-1] = (start, i)
+        t = time[i]
+        if math.isfinite(t):
+            if math.isfinite(last_time) and t < last_time and evid[i] not in _RESET_EVIDS:
+                decreasing.append(i)
+            last_time = t
+    if decreasing:
+        add(tuple(i + 1 for i in decreasing), "TIME",
+            "TIME decreases within an ID; sort each subject's records by TIME (only a reset row, EVID 3 or 4, "
+            "may go back in time)")
+    for x, spans in blocks.items():
+        if len(spans) > 1:
+            rows = tuple(r + 1 for a, b in spans[1:] for r in range(a, b + 1))
+            text = ", ".join(f"{a + 1}-{b + 1}" if b > a else f"{a + 1}" for a, b in spans)
+            add(rows, "ID", f"ID {_num(x)} appears in {len(spans)} separate blocks of rows ({text}); keep each "
+                            "subject's records together (NONMEM would treat each block as a new subject)")
+
+
+# --------------------------------------------------------------------------------------------- validating
+
+
+def validate_dataset(
+    df_or_path: pd.DataFrame | str | Path,
+    *,
+    n_compartments: int | None = None,
+    compartment_names: Sequence[str] | None = None,
+    parameter_names: Collection[str] = (),
+    required_covariates: Collection[str] = (),
+    rate_compartments_forbidden: Collection[int] = (),
+    model_name: str | None = None,
+) -> pd.DataFrame:
+    """Read (if given a path), check and normalize a NONMEM-format dataset.
+
+    Parameters
+    ----------
+    df_or_path
+        A frame (raw strings or numbers) or the path of a CSV file (read with :func:`read_dataset`).
+    n_compartments, compartment_names, parameter_names, required_covariates, rate_compartments_forbidden, model_name
+        As in :func:`check_dataset`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A new frame, rows in the original order (same index), columns in the original order with the
+        missing standard columns appended in :data:`STANDARD_COLUMNS` order. Every standard column is
+        float64, with defaults: ``"."``/blank -> 0 (``DV``: blank -> NaN); absent ``EVID`` -> 1 where
+        ``AMT > 0``, 2 where ``MDV = 1`` and ``AMT = 0``, else 0; absent ``AMT``, ``RATE``, ``II``,
+        ``ADDL``, ``SS`` -> 0; absent ``CMT`` -> 1 on dose rows and 0 (NONMEM's default observation
+        compartment) elsewhere; absent ``MDV`` -> 1 where ``EVID != 0`` else 0; absent ``DV`` -> NaN.
+        Other (covariate) columns whose cells are all numbers, blank or ``"."`` become float64 (blank and
+        ``"."`` -> NaN); the rest are left unchanged.
+
+    Raises
+    ------
+    DatasetError
+        Listing every violation (see :func:`check_dataset`); ``source`` is the path, or ``None`` for a
+        frame.
+    """
+    source: str | None = None
+    if isinstance(df_or_path, (str, Path)):
+        source = str(df_or_path)
+        df = read_dataset(df_or_path)
+    elif isinstance(df_or_path, pd.DataFrame):
+        df = df_or_path
+    else:
+        raise TypeError(f"expected a pandas DataFrame or a path, got {type(df_or_path).__name__}")
+    result = _analyse(
+        df,
+        n_compartments=n_compartments,
+        compartment_names=compartment_names,
+        parameter_names=parameter_names,
+        required_covariates=required_covariates,
+        rate_compartments_forbidden=rate_compartments_forbidden,
+        model_name=model_name,
+    )
+    if result.violations:
+        raise DatasetError(result.violations, source=source)
+
+    out = result.frame
+    for c in out.columns:
+        if c in STANDARD_COLUMNS:
+            continue
+        converted = _covariate_to_float(out[c])
+        if converted is not None:
+            out[c] = converted
+    for c in STANDARD_COLUMNS:
+        out[c] = np.asarray(result.columns[c], dtype=np.float64)
+    return out
+
+
+def _covariate_to_float(s: pd.Series) -> np.ndarray | None:
+    """float64 values of a covariate column whose cells are all numbers, blank or '.', else ``None``."""
+    if pd.api.types.is_bool_dtype(s.dtype):
+        return None
+    values, kinds, _ = _parse_cells(s)
+    if (kinds == _BAD).any():
+        return None
+    return values

@@ -1,0 +1,428 @@
+"""One-call simulation of a NONMEM-format dataset: ``pkpd.simulate(data, model, params)``.
+
+The parameter file (TOML or JSON) gives every structural parameter of the model as a constant or an
+expression of dataset columns, NONMEM ``$PK`` style, plus optional per-compartment dosing parameters::
+
+    model = "1cmt_oral"          # optional; an explicit model argument wins
+    interpolation = "nocb"       # optional: "nocb" (NONMEM, default) or "locf" for covariates
+
+    [parameters]
+    CL = "1.1*(WT/70)**0.75"     # L/h
+    V = 20                       # L
+    KA = 1.5                     # 1/h
+    ALAG2 = "LAGT"               # h, lag of doses into CMT 2
+    F2 = "BIOAV"                 # bioavailability of doses into CMT 2
+    D2 = "DUR2"                  # h, modeled duration for RATE=-2 doses into CMT 2
+
+``F<n>`` defaults to 1 and ``ALAG<n>`` to 0. ``R<n>``/``D<n>`` are needed only for RATE=-1/-2 doses into
+compartment ``n``. Expressions are parsed safely by :mod:`pkpd.expr` (no ``eval``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ._errors import DatasetError, DatasetViolation, ModelSpecError, PKPDError, SolverError
+from .data import validate_dataset
+from .expr import Expression, compile_parameter_block, evaluate_parameter_block, referenced_columns
+from .models import CompartmentModel, get_model
+
+__all__ = ["ParameterSpec", "load_params", "simulate", "prepare", "Prepared"]
+
+_DOSE_PREFIXES = ("F", "ALAG", "R", "D")
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """Parameters as written by the user: ``{name: expression}`` plus options."""
+
+    expressions: Mapping[str, Any]
+    model: str | None = None
+    interpolation: str = "nocb"
+    source: str | None = None
+    block: dict[str, Expression] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "block", compile_parameter_block(dict(self.expressions)))
+        if self.interpolation not in ("nocb", "locf"):
+            raise ModelSpecError(f"interpolation must be 'nocb' or 'locf', got {self.interpolation!r}")
+
+
+def load_params(source: str | Path | Mapping[str, Any]) -> ParameterSpec:
+    """Read a parameter file (``.toml`` or ``.json``) or a mapping into a :class:`ParameterSpec`.
+
+    A mapping may be the whole file content (with a ``parameters`` table) or just ``{name: expression}``.
+    """
+    src_name = None
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        src_name = str(path)
+        if not path.is_file():
+            raise ModelSpecError(f"parameter file {path} does not exist")
+        text = path.read_text()
+        try:
+            content = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ModelSpecError(f"parameter file {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
+    else:
+        content = dict(source)
+    if "parameters" in content:
+        exprs = content["parameters"]
+        unknown = set(content) - {"parameters", "model", "interpolation"}
+        if unknown:
+            raise ModelSpecError(f"parameter file: unknown top-level keys {sorted(unknown)} "
+                                 "(allowed: model, interpolation, parameters)")
+        if not isinstance(exprs, Mapping):
+            raise ModelSpecError("parameter file: 'parameters' must be a table of name = value/expression")
+        return ParameterSpec(exprs, content.get("model"), content.get("interpolation", "nocb"), src_name)
+    return ParameterSpec(content, None, "nocb", src_name)
+
+
+@dataclass
+class Prepared:
+    """A dataset turned into padded arrays for the engine (see :func:`prepare`)."""
+
+    model: CompartmentModel
+    layout: Any
+    rec: dict
+    dose: dict
+    ss: dict
+    theta: dict
+    frame: pd.DataFrame  # validated numeric frame, original order
+    row_map: np.ndarray  # (n_rows, 2): (pseudo-subject, record slot) of each dataset row
+
+
+def _check_param_names(model: CompartmentModel, spec: ParameterSpec) -> None:
+    names = set(spec.block)
+    missing = [p for p in model.param_names if p not in names]
+    if missing:
+        raise ModelSpecError(
+            f"model {model.name} needs parameter{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"(units: {', '.join(f'{p.name} [{p.unit}]' for p in model.params if p.name in missing)}); "
+            f"the parameter file defines {', '.join(sorted(names)) or 'nothing'}"
+        )
+    allowed_dose = set(model.dose_params())
+    for name in names:
+        for pre in _DOSE_PREFIXES:
+            if name.startswith(pre) and name[len(pre):].isdigit() and name not in allowed_dose:
+                raise ModelSpecError(
+                    f"parameter {name} refers to compartment {name[len(pre):]}, which model {model.name} does "
+                    f"not have ({model.compartment_table()})"
+                )
+
+
+def prepare(data, model: str | CompartmentModel, params, *, interpolation: str | None = None) -> Prepared:
+    """Validate ``data`` against ``model`` and ``params`` and build the engine's padded arrays."""
+    import jax.numpy as jnp
+
+    spec = params if isinstance(params, ParameterSpec) else load_params(params)
+    model = get_model(model) if isinstance(model, str) else model
+    _check_param_names(model, spec)
+    interp = interpolation or spec.interpolation
+    block = spec.block
+    cov_needed = referenced_columns(block)
+    forbidden = [model.forcing_cmt + 1] if model.forcing_cmt is not None else []
+    source = str(data) if isinstance(data, (str, Path)) else None
+    df = validate_dataset(
+        data,
+        n_compartments=model.n_cmt,
+        compartment_names=model.compartments,
+        parameter_names=set(block),
+        required_covariates=cov_needed - {"TIME", "AMT", "ID", "EVID", "CMT", "RATE", "II", "ADDL", "SS", "DV", "MDV"},
+        rate_compartments_forbidden=forbidden,
+        model_name=model.name,
+    )
+    n_rows = len(df)
+    ident = df["ID"].to_numpy()
+    time = df["TIME"].to_numpy(float)
+    evid = df["EVID"].to_numpy(float).astype(int)
+    amt = df["AMT"].to_numpy(float)
+    cmt = df["CMT"].to_numpy(float).astype(int)
+    rate = df["RATE"].to_numpy(float)
+    ii = df["II"].to_numpy(float)
+    addl = df["ADDL"].to_numpy(float).astype(int)
+    ssc = df["SS"].to_numpy(float).astype(int)
+    is_dose = np.isin(evid, (1, 4))
+    const_inf = is_dose & (ssc == 1) & (amt == 0) & (rate > 0) & (ii == 0)
+    reset = (evid == 3) | (evid == 4) | (is_dose & (ssc == 1))
+
+    # --- parameters on the host (for checks and layout decisions) ---
+    columns = {c: df[c].to_numpy(float) for c in cov_needed if c in df.columns}
+    try:
+        host = evaluate_parameter_block(block, columns, xp=np)
+    except PKPDError:
+        raise
+    host = {k: np.broadcast_to(np.asarray(v, float), (n_rows,)) for k, v in host.items()}
+    violations = _check_param_values(model, host, is_dose, ssc, rate, ii, cmt, amt, const_inf)
+    if violations:
+        raise DatasetError(violations, source=spec.source or source)
+
+    # --- pseudo-subjects: an ID block, split where TIME decreases at a reset ---
+    starts = [0]
+    for i in range(1, n_rows):
+        if ident[i] != ident[i - 1] or time[i] < time[i - 1]:
+            starts.append(i)
+    bounds = list(zip(starts, starts[1:] + [n_rows]))
+    N = len(bounds)
+    R = max(b - a for a, b in bounds)
+    dose_counts = []
+    ss_counts = []
+    for a, b in bounds:
+        dose_counts.append(int(np.sum(np.where(is_dose[a:b] & ~const_inf[a:b], addl[a:b] + 1, 0))))
+        ss_counts.append(int(np.sum(is_dose[a:b] & (ssc[a:b] > 0))))
+    D = max(1, max(dose_counts))
+    P_ss = max(ss_counts)
+    n = model.n_cmt
+    S = max([1] + [len(r) for r in model.routes.values()])
+
+    # infusions and steady-state overlap
+    dose_cmt0 = np.clip(cmt - 1, 0, n - 1)
+    has_inf = bool(np.any(is_dose & (rate != 0) & ~const_inf)) or any(
+        rt.mode == "zero_order" for rs in model.routes.values() for rt in rs)
+    M = 1
+    ss_rows = np.nonzero(is_dose & (ssc > 0) & ~const_inf)[0]
+    for i in ss_rows:
+        lag = host.get(f"ALAG{dose_cmt0[i] + 1}", np.zeros(n_rows))[i]
+        dur = _host_duration(model, host, i, dose_cmt0[i], amt[i], rate[i])
+        lags = [lag] + [host.get(f"ALAG{rt.target + 1}", np.zeros(n_rows))[i]
+                        for rs in model.routes.values() for rt in rs]
+        durs = [dur] + [host[rt.duration][i] for rs in model.routes.values() for rt in rs if rt.duration]
+        M = max(M, int(math.ceil((max(lags) + max(durs)) / ii[i])) + 1)
+
+    # time-varying parameters: any referenced column that changes within a pseudo-subject
+    tv = False
+    for c in cov_needed:
+        v = df[c].to_numpy(float) if c in df.columns else None
+        if v is None:
+            continue
+        for a, b in bounds:
+            if np.any(v[a:b] != v[a]):
+                tv = True
+                break
+        if tv:
+            break
+
+    rec = {k: np.zeros((N, R), dt) for k, dt in (
+        ("time", float), ("valid", bool), ("cmt", np.int32), ("amt", float), ("rate", float), ("ii", float),
+        ("reset", bool), ("next_reset", float), ("epoch_last", float), ("dose0", np.int32))}
+    dose = {"src": np.zeros((N, D), np.int32), "time": np.zeros((N, D)), "valid": np.zeros((N, D), bool)}
+    ss = {"src": np.zeros((N, max(P_ss, 1)), np.int32), "valid": np.zeros((N, max(P_ss, 1)), bool)}
+    cols_pad = {c: np.zeros((N, R)) for c in columns}
+    row_map = np.zeros((n_rows, 2), np.int64)
+    for s, (a, b) in enumerate(bounds):
+        m = b - a
+        sl = slice(a, b)
+        pad = lambda v: np.concatenate([v, np.repeat(v[-1:], R - m)])  # noqa: E731
+        rec["time"][s] = pad(time[sl])
+        rec["valid"][s, :m] = True
+        rec["cmt"][s] = pad(dose_cmt0[sl])
+        rec["amt"][s] = pad(amt[sl] * is_dose[sl])
+        rec["rate"][s] = pad(rate[sl] * is_dose[sl])
+        rec["ii"][s] = pad(ii[sl])
+        rec["reset"][s, :m] = reset[sl]
+        for c in columns:
+            cols_pad[c][s] = pad(columns[c][sl])
+        # epochs
+        ep = np.cumsum(reset[sl])
+        nxt = np.full(m, np.inf)
+        last = np.zeros(m)
+        for e in np.unique(ep):
+            idx = np.nonzero(ep == e)[0]
+            last[idx] = time[a + idx[-1]]
+            later = np.nonzero(ep > e)[0]
+            if later.size:
+                nxt[idx] = time[a + later[0]]
+        rec["next_reset"][s] = pad(nxt)
+        rec["epoch_last"][s] = pad(last)
+        rec["dose0"][s] = -1
+        k = 0
+        for j in range(m):
+            i = a + j
+            if is_dose[i] and not const_inf[i]:
+                rec["dose0"][s, j] = k
+                for q in range(addl[i] + 1):
+                    dose["src"][s, k] = j
+                    dose["time"][s, k] = time[i] + q * ii[i]
+                    dose["valid"][s, k] = True
+                    k += 1
+        q = 0
+        for j in range(m):
+            if is_dose[a + j] and ssc[a + j] > 0:
+                ss["src"][s, q] = j
+                ss["valid"][s, q] = True
+                q += 1
+        row_map[sl, 0] = s
+        row_map[sl, 1] = np.arange(m)
+    from .engine import Layout
+
+    lay = Layout(n_rec=R, n_dose=D, n_ss=P_ss, n_route=S, n_overlap=M, has_infusion=has_inf,
+                 time_varying=tv, locf=(interp == "locf"))
+    # --- parameters in JAX (so gradients flow from expressions to predictions) ---
+    jcols = {c: jnp.asarray(v) for c, v in cols_pad.items()}
+    if "TIME" in cov_needed:
+        jcols["TIME"] = jnp.asarray(rec["time"])
+    theta = theta_from_columns(model, block, jcols, (N, R))
+    return Prepared(model, lay, rec, dose, ss, theta, df, row_map)
+
+
+def theta_from_columns(model: CompartmentModel, block, columns, shape):
+    """Evaluate the parameter block in JAX and arrange it as the engine expects."""
+    import jax.numpy as jnp
+
+    vals = evaluate_parameter_block(block, columns, xp=jnp)
+    vals = {k: jnp.broadcast_to(jnp.asarray(v, dtype=float), shape) for k, v in vals.items()}
+    n = model.n_cmt
+    p = {name: vals[name] for name in model.param_names}
+    for rs in model.routes.values():
+        for rt in rs:
+            for extra in (rt.fraction, rt.duration):
+                if extra and extra not in p:
+                    p[extra] = vals[extra]
+
+    def per_cmt(prefix, default):
+        return jnp.stack([vals.get(f"{prefix}{i + 1}", jnp.full(shape, default)) for i in range(n)], axis=-1)
+
+    return {"p": p, "F": per_cmt("F", 1.0), "ALAG": per_cmt("ALAG", 0.0), "R": per_cmt("R", 1.0),
+            "D": per_cmt("D", 1.0)}
+
+
+def _host_duration(model, host, i, c, amt, rate):
+    F = host.get(f"F{c + 1}", np.ones(1))[i] if f"F{c + 1}" in host else 1.0
+    if rate > 0:
+        return F * amt / rate
+    if rate == -1:
+        return F * amt / host[f"R{c + 1}"][i]
+    if rate == -2:
+        return host[f"D{c + 1}"][i]
+    return 0.0
+
+
+def _check_param_values(model, host, is_dose, ssc, rate, ii, cmt, amt, const_inf) -> list[DatasetViolation]:
+    out: list[DatasetViolation] = []
+
+    def rows(mask):
+        return tuple(int(r) + 1 for r in np.nonzero(mask)[0])
+
+    for q in model.params:
+        v = host[q.name]
+        bad = ~np.isfinite(v)
+        if bad.any():
+            out.append(DatasetViolation(rows(bad), None, f"parameter {q.name} is not a finite number"))
+        low = np.isfinite(v) & (v <= q.lower) if q.name not in ("FR", "FZO", "FM") else np.isfinite(v) & (
+            (v < 0) | (v > 1))
+        if low.any():
+            what = "in [0, 1]" if q.name in ("FR", "FZO", "FM") else f"> {q.lower:g}"
+            out.append(DatasetViolation(rows(low), None, f"parameter {q.name} [{q.unit}] must be {what}; got "
+                                        f"{', '.join(f'{x:g}' for x in np.unique(v[low])[:5])}"))
+    c0 = np.clip(cmt - 1, 0, model.n_cmt - 1)
+    for name, v in host.items():
+        for pre, cond, what in (("F", lambda x: x < 0, ">= 0"), ("ALAG", lambda x: x < 0, ">= 0")):
+            if name.startswith(pre) and name[len(pre):].isdigit():
+                bad = cond(v) | ~np.isfinite(v)
+                if bad.any():
+                    out.append(DatasetViolation(rows(bad), None, f"parameter {name} must be {what} and finite"))
+    for i_cmt in range(model.n_cmt):
+        for pre, code in (("R", -1), ("D", -2)):
+            name = f"{pre}{i_cmt + 1}"
+            if name in host:
+                use = is_dose & (rate == code) & (c0 == i_cmt)
+                bad = use & ~(host[name] > 0)
+                if bad.any():
+                    out.append(DatasetViolation(rows(bad), None, f"parameter {name} must be > 0 on RATE={code} doses"))
+    # steady state with a lag of at least one interval is ambiguous (pending past doses): refuse clearly
+    ssrows = is_dose & (ssc > 0) & ~const_inf
+    for i in np.nonzero(ssrows)[0]:
+        lags = [host.get(f"ALAG{c0[i] + 1}", np.zeros_like(amt))[i]]
+        lags += [host.get(f"ALAG{rt.target + 1}", np.zeros_like(amt))[i] for rs in model.routes.values() for rt in rs]
+        if max(lags) >= ii[i]:
+            out.append(DatasetViolation((int(i) + 1,), "II", f"steady-state dose with lag time {max(lags):g} h >= II "
+                                        f"{ii[i]:g} h is not supported"))
+    if model.forcing_cmt is not None and np.any(is_dose & (ssc > 0)):
+        out.append(DatasetViolation(rows(is_dose & (ssc > 0)), "SS",
+                                    f"steady state is not available for the Weibull input of {model.name}"))
+    return out
+
+
+def simulate(data, model: str | CompartmentModel | None = None, params=None, *, solver="auto",
+             interpolation: str | None = None) -> pd.DataFrame:
+    """Simulate every record of a NONMEM-format dataset.
+
+    Parameters
+    ----------
+    data
+        Path to a CSV file or a :class:`pandas.DataFrame` with NONMEM columns (``ID, TIME`` required;
+        ``EVID, AMT, CMT, RATE, II, ADDL, SS, DV, MDV`` optional; other columns are covariates).
+        TIME and II in h, AMT in mg, RATE in mg/h for the built-in models.
+    model
+        Built-in model name (see :func:`pkpd.models.list_models`) or a model object; if ``None``, the
+        parameter file's ``model`` entry is used.
+    params
+        Parameter file path (TOML/JSON), mapping, or :class:`ParameterSpec`.
+    solver
+        ``"auto"`` (exact for linear models, ODE otherwise), ``"analytic"``, ``"ode"`` or a solver object.
+    interpolation
+        ``"nocb"`` (NONMEM) or ``"locf"`` for time-varying covariates; default from the parameter file.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Every input row and column, in the input order, followed by one column per compartment (amount,
+        mg; the effect compartment holds a concentration, mg/L), ``CP`` = central amount / central volume
+        (mg/L), and the model's extra outputs (``CE``, ``CM``). On dose records the values include that
+        record's own unlagged dose.
+
+    Examples
+    --------
+    >>> import pandas as pd, pkpd
+    >>> df = pd.DataFrame({"ID": [1, 1], "TIME": [0.0, 1.0], "AMT": [100.0, 0.0], "CMT": [1, 1], "EVID": [1, 0]})
+    >>> out = pkpd.simulate(df, "1cmt_iv", {"CL": 5.0, "V": 50.0})
+    >>> round(float(out["CP"].iloc[1]), 6)   # 100/50 * exp(-0.1)
+    1.809675
+    """
+    import jax
+
+    from .engine import simulate_arrays
+    from .solvers import resolve_solver
+
+    if params is None:
+        raise ModelSpecError("a parameter file or mapping is required")
+    spec = params if isinstance(params, ParameterSpec) else load_params(params)
+    model = model or spec.model
+    if model is None:
+        raise ModelSpecError("no model given: pass a model name or set `model = ...` in the parameter file")
+    model_obj = get_model(model) if isinstance(model, str) else model
+    solv = resolve_solver(solver, model_obj)
+    prep = prepare(data, model_obj, spec, interpolation=interpolation)
+    amounts, ok = simulate_arrays(model_obj, prep.layout, solv, prep.rec, prep.dose, prep.ss, prep.theta)
+    amounts = np.asarray(jax.device_get(amounts))
+    ok = np.asarray(ok)
+    if not ok.all():
+        raise SolverError(
+            f"the ODE solver failed for {int((~ok).sum())} subject(s) (step limit reached or non-finite state). "
+            "Try solver=ODE(max_steps=...) or the stiff method ODE(method='kvaerno5')."
+        )
+    A = amounts[prep.row_map[:, 0], prep.row_map[:, 1]]
+    if not np.all(np.isfinite(A)):
+        bad = np.nonzero(~np.isfinite(A).all(axis=1))[0] + 1
+        raise SolverError(f"non-finite predictions on rows {', '.join(map(str, bad[:20]))}")
+    original = data if isinstance(data, pd.DataFrame) else None
+    out = prep.frame.copy() if original is None else original.reset_index(drop=True).copy()
+    new_cols = list(model_obj.compartments) + list(model_obj.output_names())
+    clash = [c for c in new_cols if c in out.columns]
+    if clash:
+        raise ModelSpecError(f"the dataset already has column(s) {', '.join(clash)}, which the output would "
+                             "overwrite; rename them in the dataset")
+    for i, name in enumerate(model_obj.compartments):
+        out[name] = A[:, i]
+    p_rows = {k: np.asarray(v)[prep.row_map[:, 0], prep.row_map[:, 1]] for k, v in prep.theta["p"].items()}
+    for name, v in model_obj.outputs_from_state(A, p_rows).items():
+        out[name] = np.asarray(v)
+    return out

@@ -1,0 +1,1 @@
+"""Regimen representation, constraints and optimizer (built on :mod:`pkpd`). Populated by later issues."""
