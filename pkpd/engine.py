@@ -210,20 +210,30 @@ def _steady_state(model, lay, solver, th, rq, ii, ratecol, cmt, is_const_inf, od
 
 
 def _newton(resid, x0, iters):
+    """Root of ``resid`` by Newton's method; differentiable through the implicit function theorem.
+
+    The iterations run on stop-gradient values (the ODE solve inside ``resid`` uses reverse-mode
+    adjoints, so the Jacobian comes from ``jacrev``); one last Newton step from the converged point with
+    a constant Jacobian carries the exact derivative ``dx*/dtheta = -J^{-1} dresid/dtheta``.
+    """
+    sg = jax.lax.stop_gradient
+
     def body(x, _):
         r = resid(x)
-        J = jax.jacfwd(resid)(x)
-        return x - jnp.linalg.solve(J, r), None
+        J = jax.jacrev(resid)(x)
+        return sg(x - jnp.linalg.solve(J, r)), None
 
-    x, _ = jax.lax.scan(body, x0, None, length=iters)
-    return x
+    x, _ = jax.lax.scan(body, sg(x0), None, length=iters)
+    J = sg(jax.jacrev(resid)(x))
+    return x - jnp.linalg.solve(J, resid(x))
 
 
 # ---------------------------------------------------------------------------------------------------
 # one subject
 
 
-def _subject(model, lay: Layout, solver, rec, dose, ss, th_all):
+def _timeline(model, lay: Layout, solver, rec, dose, ss, th_all, order=None):
+    """Sorted points of one subject: times, resets, jumps, rates, parameter index, record anchors."""
     n = model.n_cmt
     R, D, S, P_ss, M = lay.n_rec, lay.n_dose, lay.n_route, lay.n_ss, lay.n_overlap
     dtype = rec["time"].dtype
@@ -311,7 +321,8 @@ def _subject(model, lay: Layout, solver, rec, dose, ss, th_all):
     drate_pt = jnp.concatenate(drates)
     big = jnp.max(jnp.where(valid_pt, t_pt, 0.0)) + 1.0
     key_t = jnp.where(valid_pt, t_pt, big)
-    order = jnp.lexsort((seq_pt, key_t))
+    if order is None:
+        order = jnp.lexsort((seq_pt, key_t))
     t_s = key_t[order]
     reset_s = reset_pt[order] & valid_pt[order]
     jump_s = jump_pt[order]
@@ -337,42 +348,7 @@ def _subject(model, lay: Layout, solver, rec, dose, ss, th_all):
     idx = idx - 1 if lay.locf else idx
     pidx = jnp.clip(idx, 0, n_valid - 1)
 
-    # ---- propagate ---------------------------------------------------------------------------------
-    if isinstance(solver, Analytic):
-        if lay.time_varying:
-            ops = jax.vmap(lambda i: analytic_op(model, _record_theta(th_all, i)["p"]))(jnp.arange(R))
-            lam = ops["lam"][pidx]
-            Pb = ops["P"][pidx]
-            f, g = propagators(lam, dt_s, with_input=lay.has_infusion)
-            A = jnp.einsum("pj,pjab->pab", f, Pb)
-            c = jnp.einsum("pj,pjab,pb->pa", g, Pb, rate_before) if lay.has_infusion else 0.0
-        else:
-            op = analytic_op(model, _record_theta(th_all, 0)["p"])
-            f, g = propagators(op["lam"][None, :], dt_s, with_input=lay.has_infusion)
-            A = jnp.einsum("pj,jab->pab", f, op["P"])
-            c = jnp.einsum("pj,jab,pb->pa", g, op["P"], rate_before) if lay.has_infusion else 0.0
-        A = A * keep[:, None, None]
-        c = c * keep[:, None] + jump_s
-
-        def body(x, k):
-            x = A[k] @ x + c[k]
-            return x, x
-
-        _, states = jax.lax.scan(body, jnp.zeros(n, dtype), jnp.arange(n_pt))
-        ok = jnp.asarray(True)
-    else:
-        p_rec = th_all["p"]
-
-        def body(carry, k):
-            x, ok = carry
-            p = {name: v[pidx[k]] for name, v in p_rec.items()}
-            y, good = ode_step(model, solver, p, x, rate_before[k], t_prev[k], dt_s[k], forcing, throw=False)
-            y = jnp.where(reset_s[k], 0.0, y) + jump_s[k]
-            return (y, ok & good), y
-
-        (_, ok), states = jax.lax.scan(body, (jnp.zeros(n, dtype), jnp.asarray(True)), jnp.arange(n_pt))
-
-    # ---- outputs at records: after the record and its own unlagged dose --------------------------------
+    # ---- record anchors: after the record and its own unlagged dose ----------------------------------
     pos = jnp.zeros(n_pt, jnp.int32).at[order].set(jnp.arange(n_pt, dtype=jnp.int32))
     anchor = pos[:R]
     own = rec["dose0"]
@@ -381,14 +357,221 @@ def _subject(model, lay: Layout, solver, rec, dose, ss, th_all):
     arr_pos = pos[R:R + D * S].reshape(D, S)[own_safe]  # (R, S)
     same_t = (arr_t[own_safe] == t_rec[:, None]) & arr_valid[own_safe] & has_own[:, None]
     anchor = jnp.maximum(anchor, jnp.max(jnp.where(same_t, arr_pos, -1), axis=1))
-    return states[anchor], ok
+    keep = jnp.where(reset_s, 0.0, 1.0)
+    return {"t": t_s, "t_prev": t_prev, "dt": dt_s, "keep": keep, "jump": jump_s, "rate_before": rate_before,
+            "pidx": pidx, "anchor": anchor, "order": order, "forcing": forcing, "valid": valid_s}
+
+
+def _ode_scan(model, solver, pts, th_all):
+    p_rec = th_all["p"]
+    n = model.n_cmt
+    dtype = pts["t"].dtype
+
+    def body(carry, k):
+        x, ok = carry
+        p = {name: v[pts["pidx"][k]] for name, v in p_rec.items()}
+        y, good = ode_step(model, solver, p, x, pts["rate_before"][k], pts["t_prev"][k], pts["dt"][k],
+                           pts["forcing"], throw=False)
+        y = pts["keep"][k] * y + pts["jump"][k]
+        return (y, ok & good), y
+
+    (_, ok), states = jax.lax.scan(body, (jnp.zeros(n, dtype), jnp.asarray(True)), jnp.arange(pts["t"].shape[0]))
+    return states[pts["anchor"]], ok
+
+
+def _analytic_batch(model, lay: Layout, pts, th_all, sched):
+    """Exact propagation for a batch, scanning points in point-major layout (contiguous per step)."""
+    n = model.n_cmt
+    N, P = pts["dt"].shape
+    dtype = pts["dt"].dtype
+    inf = lay.has_infusion
+    if lay.time_varying:
+        ops = jax.vmap(jax.vmap(lambda p: analytic_op(model, p)))(th_all["p"])  # (N, R, ...)
+        lam = jnp.take_along_axis(ops["lam"], pts["pidx"][..., None], axis=1)
+        Pb = jnp.take_along_axis(ops["P"], pts["pidx"][..., None, None, None], axis=1)
+        f, g = propagators(lam, pts["dt"], with_input=inf)
+        A = jnp.einsum("npj,npjab->npab", f, Pb)
+        c = jnp.einsum("npj,npjab,npb->npa", g, Pb, pts["rate_before"]) if inf else 0.0
+        u_idx = None
+    else:
+        op = jax.vmap(lambda p: analytic_op(model, {k: v[0] for k, v in p.items()}))(th_all["p"])
+        if sched is not None:  # coefficients once per distinct step length of each subject
+            dt_u, u_idx = sched["dt_u"], sched["u_idx"]
+        else:
+            dt_u, u_idx = pts["dt"], None
+        f, g = propagators(op["lam"][:, None, :], dt_u, with_input=inf)
+        A = jnp.einsum("nuj,njab->nuab", f, op["P"])
+        if inf:
+            G = jnp.einsum("nuj,njab->nuab", g, op["P"])
+            Gp = G if u_idx is None else jnp.take_along_axis(G, u_idx[..., None, None], axis=1)
+            c = jnp.einsum("npab,npb->npa", Gp, pts["rate_before"])
+        else:
+            c = 0.0
+    keep = pts["keep"]
+    c = c * keep[..., None] + pts["jump"]
+    cT = jnp.swapaxes(c, 0, 1)  # (P, N, n)
+    keepT = jnp.swapaxes(keep, 0, 1)
+    if u_idx is None:
+        AT = jnp.swapaxes(A, 0, 1)  # (P, N, n, n)
+
+        def body(x, inp):
+            a, cc, kk = inp
+            x = kk[:, None] * jnp.einsum("nab,nb->na", a, x) + cc
+            return x, x
+
+        _, states = jax.lax.scan(body, jnp.zeros((N, n), dtype), (AT, cT, keepT), unroll=4)
+    else:
+        uT = jnp.swapaxes(u_idx, 0, 1)
+
+        def body(x, inp):
+            u, cc, kk = inp
+            a = jnp.take_along_axis(A, u[:, None, None, None], axis=1)[:, 0]
+            x = kk[:, None] * jnp.einsum("nab,nb->na", a, x) + cc
+            return x, x
+
+        _, states = jax.lax.scan(body, jnp.zeros((N, n), dtype), (uT, cT, keepT), unroll=4)
+    states = jnp.swapaxes(states, 0, 1)  # (N, P, n)
+    out = jnp.take_along_axis(states, pts["anchor"][..., None], axis=1)
+    return out, jnp.ones(N, bool)
+
+
+def _analytic_fast(model, lay: Layout, rec, dose, theta, fs):
+    """Exact propagation on a precomputed schedule (static event times, no SS, constant parameters).
+
+    Only parameter-dependent quantities are computed here: dose amounts and rates per dose slot, and
+    the transition matrices for each subject's distinct step lengths. The scan carries the state and the
+    infusion rates and applies each point's bolus or rate change by its (static) dose slot.
+    """
+    n = model.n_cmt
+    N, P = fs["slot"].shape
+    dtype = rec["time"].dtype
+    inf = lay.has_infusion
+
+    def rq_subject(rec_s, dose_s, th_s):
+        def one(src):
+            return _route_quantities(model, lay, rec_s["cmt"][src], rec_s["amt"][src], rec_s["rate"][src],
+                                     _record_theta(th_s, src))
+
+        return jax.vmap(one)(dose_s["src"])
+
+    rq = jax.vmap(rq_subject)(rec, dose, theta)  # (N, D, S)
+    tgt = rq["target"].reshape(N, -1)
+    bol = rq["bolus"].reshape(N, -1)
+    rte = rq["rate"].reshape(N, -1)
+    slot = fs["slot"]
+    has = slot >= 0
+    ss_ = jnp.where(has, slot, 0)
+    tgt_p = jnp.take_along_axis(tgt, ss_, axis=1)
+    amt_p = jnp.where(has & ~fs["is_stop"], jnp.take_along_axis(bol, ss_, axis=1), 0.0)
+    dr_p = jnp.where(has, jnp.take_along_axis(rte, ss_, axis=1), 0.0)
+    dr_p = jnp.where(fs["is_stop"], -dr_p, dr_p)
+    op = jax.vmap(lambda p: analytic_op(model, {k: v[0] for k, v in p.items()}))(theta["p"])
+    f, g = propagators(op["lam"][:, None, :], fs["dt_u"], with_input=inf)
+    A = jnp.einsum("nuj,njab->nuab", f, op["P"])
+    G = jnp.einsum("nuj,njab->nuab", g, op["P"]) if inf else None
+    T = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731
+    cmts = jnp.arange(n)
+
+    def body(carry, inp):
+        x, r = carry
+        u, kk, tg, am, dr = inp
+        a = jnp.take_along_axis(A, u[:, None, None, None], axis=1)[:, 0]
+        y = jnp.einsum("nab,nb->na", a, x)
+        if inf:
+            gm = jnp.take_along_axis(G, u[:, None, None, None], axis=1)[:, 0]
+            y = y + jnp.einsum("nab,nb->na", gm, r)
+            r = kk[:, None] * r + (cmts[None, :] == tg[:, None]) * dr[:, None]
+        x = kk[:, None] * y + (cmts[None, :] == tg[:, None]) * am[:, None]
+        return (x, r), x
+
+    init = (jnp.zeros((N, n), dtype), jnp.zeros((N, n), dtype))
+    _, states = jax.lax.scan(body, init, (T(fs["u_idx"]), T(fs["keep"]), T(tgt_p), T(amt_p), T(dr_p)), unroll=4)
+    states = jnp.swapaxes(states, 0, 1)
+    out = jnp.take_along_axis(states, fs["anchor"][..., None], axis=1)
+    return out, jnp.ones(N, bool)
+
+
+def simulate_arrays(model, lay: Layout, solver, rec, dose, ss, theta, sched=None, chunk_size: int | None = 512):
+    """Amounts (N, n_rec, n_cmt) at every record of a padded batch, and a per-subject success flag.
+
+    ``theta`` is ``{"p": {name: (N, R)}, "F"|"ALAG"|"R"|"D": (N, R, n_cmt)}``. ``sched`` (optional) is a
+    precomputed schedule from :func:`compute_schedule`, valid when no event time depends on parameters.
+    Subjects are processed in chunks of ``chunk_size`` inside one compiled program (``lax.map``), which
+    bounds memory and keeps each step's working set in cache.
+    """
+    N = rec["time"].shape[0]
+    chunk = N if chunk_size is None or N <= chunk_size else int(chunk_size)
+    return _simulate_chunked(model, lay, solver, chunk, rec, dose, ss, theta, sched)
+
+
+@partial(jax.jit, static_argnames=("model", "lay", "solver", "chunk"))
+def _simulate_chunked(model, lay, solver, chunk, rec, dose, ss, theta, sched):
+    args = (rec, dose, ss, theta, sched)
+    N = rec["time"].shape[0]
+    if chunk >= N:
+        return _simulate_core(model, lay, solver, *args)
+    C = -(-N // chunk)
+    pad = C * chunk - N
+
+    def split(v):
+        v = jnp.asarray(v)
+        if pad:
+            v = jnp.concatenate([v, jnp.repeat(v[:1], pad, axis=0)])
+        return v.reshape((C, chunk) + v.shape[1:])
+
+    parts = jax.tree_util.tree_map(split, args)
+    out, ok = jax.lax.map(lambda a: _simulate_core(model, lay, solver, *a), parts)
+    return out.reshape((C * chunk,) + out.shape[2:])[:N], ok.reshape(-1)[:N]
+
+
+def _simulate_core(model, lay: Layout, solver, rec, dose, ss, theta, sched=None):
+    """Amounts (N, n_rec, n_cmt) at every record, for a padded batch; and a per-subject success flag.
+
+    ``theta`` is the dict ``{"p": {name: (N, R)}, "F"|"ALAG"|"R"|"D": (N, R, n_cmt)}``. ``sched`` (optional)
+    is a precomputed schedule from :func:`compute_schedule`, valid when no event time depends on
+    parameters (``order``: sorted point order; ``dt_u``/``u_idx``: distinct step lengths per subject).
+    """
+    if sched is not None and "slot" in sched and isinstance(solver, Analytic):
+        return _analytic_fast(model, lay, rec, dose, theta, sched)
+    order = None if sched is None else sched["order"]
+    pts = jax.vmap(partial(_timeline, model, lay, solver))(rec, dose, ss, theta, order)
+    if isinstance(solver, Analytic):
+        return _analytic_batch(model, lay, pts, theta, sched)
+    return jax.vmap(partial(_ode_scan, model, solver))(pts, theta)
 
 
 @partial(jax.jit, static_argnames=("model", "lay", "solver"))
-def simulate_arrays(model, lay: Layout, solver, rec, dose, ss, theta):
-    """Amounts (N, n_rec, n_cmt) at every record, for a padded batch; and a per-subject success flag.
+def _schedule_points(model, lay, solver, rec, dose, ss, theta):
+    pts = jax.vmap(partial(_timeline, model, lay, solver))(rec, dose, ss, theta)
+    return {k: pts[k] for k in ("order", "dt", "keep", "anchor", "valid")}
 
-    ``theta`` is the dict ``{"p": {name: (N, R)}, "F"|"ALAG"|"R"|"D": (N, R, n_cmt)}``.
+
+def compute_schedule(model, lay: Layout, solver, rec, dose, ss, theta) -> dict:
+    """Sort the points once, on data whose event times do not depend on parameters.
+
+    Returns numpy arrays: ``order`` (N, P), ``dt_u`` (N, U) the distinct step lengths of each subject and
+    ``u_idx`` (N, P) the index of each point's step length in ``dt_u``. For the exact solver on data
+    without steady-state records and with constant parameters it also returns the dose slot of every
+    point (``slot``, ``is_stop``), ``keep`` (0 at resets) and the record ``anchor`` positions, which let
+    :func:`simulate_arrays` skip the timeline entirely.
     """
-    fn = partial(_subject, model, lay, solver)
-    return jax.vmap(fn)(rec, dose, ss, theta)
+    pts = {k: np.asarray(v) for k, v in _schedule_points(model, lay, solver, rec, dose, ss, theta).items()}
+    order, dt = pts["order"], pts["dt"]
+    N, P = dt.shape
+    srt = np.argsort(dt, axis=1, kind="stable")
+    s = np.take_along_axis(dt, srt, axis=1)
+    new = np.concatenate([np.ones((N, 1), bool), s[:, 1:] != s[:, :-1]], axis=1)
+    rank = np.cumsum(new, axis=1) - 1
+    U = int(rank.max()) + 1
+    dt_u = np.zeros((N, U))
+    rows = np.arange(N)[:, None]
+    dt_u[rows, rank] = s
+    u_idx = np.zeros((N, P), np.int32)
+    u_idx[rows, srt] = rank
+    out = {"order": order, "dt_u": dt_u, "u_idx": u_idx}
+    if isinstance(solver, Analytic) and lay.n_ss == 0 and not lay.time_varying:
+        R, DS = lay.n_rec, lay.n_dose * lay.n_route
+        slot = np.where(order < R, -1, np.where(order < R + DS, order - R, order - R - DS)).astype(np.int32)
+        slot = np.where(pts["valid"], slot, -1)
+        out.update({"slot": slot, "is_stop": order >= R + DS, "keep": pts["keep"], "anchor": pts["anchor"]})
+    return out

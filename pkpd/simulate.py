@@ -98,6 +98,22 @@ class Prepared:
     theta: dict
     frame: pd.DataFrame  # validated numeric frame, original order
     row_map: np.ndarray  # (n_rows, 2): (pseudo-subject, record slot) of each dataset row
+    static_schedule: bool = False  # event times do not depend on parameters (no lags, fixed durations)
+
+    def schedule(self, solver) -> dict | None:
+        """Precomputed event order for :func:`pkpd.engine.simulate_arrays` (``None`` if times are parametric)."""
+        if not self.static_schedule:
+            return None
+        from .engine import compute_schedule
+
+        key = type(solver).__name__
+        if key not in self._sched_cache:
+            self._sched_cache[key] = compute_schedule(self.model, self.layout, solver, self.rec, self.dose,
+                                                      self.ss, self.theta)
+        return self._sched_cache[key]
+
+    def __post_init__(self):
+        self._sched_cache = {}
 
 
 def _check_param_names(model: CompartmentModel, spec: ParameterSpec) -> None:
@@ -270,7 +286,12 @@ def prepare(data, model: str | CompartmentModel, params, *, interpolation: str |
     if "TIME" in cov_needed:
         jcols["TIME"] = jnp.asarray(rec["time"])
     theta = theta_from_columns(model, block, jcols, (N, R))
-    return Prepared(model, lay, rec, dose, ss, theta, df, row_map)
+    names = set(block)
+    timed = [q for q in names if q.startswith("ALAG") and q[4:].isdigit()]
+    if has_inf:
+        timed += [q for q in names if q[:1] in ("F", "D", "R") and q[1:].isdigit()]
+        timed += [rt.duration for rs in model.routes.values() for rt in rs if rt.duration]
+    return Prepared(model, lay, rec, dose, ss, theta, df, row_map, static_schedule=not timed)
 
 
 def theta_from_columns(model: CompartmentModel, block, columns, shape):
@@ -401,7 +422,8 @@ def simulate(data, model: str | CompartmentModel | None = None, params=None, *, 
     model_obj = get_model(model) if isinstance(model, str) else model
     solv = resolve_solver(solver, model_obj)
     prep = prepare(data, model_obj, spec, interpolation=interpolation)
-    amounts, ok = simulate_arrays(model_obj, prep.layout, solv, prep.rec, prep.dose, prep.ss, prep.theta)
+    amounts, ok = simulate_arrays(model_obj, prep.layout, solv, prep.rec, prep.dose, prep.ss, prep.theta,
+                                  prep.schedule(solv))
     amounts = np.asarray(jax.device_get(amounts))
     ok = np.asarray(ok)
     if not ok.all():

@@ -1,0 +1,276 @@
+"""Command-line interface of the pkpd toolkit: ``pkpd simulate``, ``pkpd models``, ``pkpd version``.
+
+A thin Typer layer over :func:`pkpd.simulate` and :mod:`pkpd.models`: no science lives here. JAX and the
+``pkpd`` package are imported inside the commands so that ``pkpd --help`` stays fast.
+
+Every error a user can provoke with bad input is a :class:`pkpd.PKPDError`; the CLI prints its message to
+stderr (no traceback) and exits with code 1.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+__all__ = ["app", "main"]
+
+MAX_PLOTTED_SUBJECTS = 20
+
+app = typer.Typer(
+    help=(
+        "JAX PK/PD simulation of NONMEM-format datasets with NONMEM-exact dosing events.\n\n"
+        "Units: TIME and II in h, AMT in mg, RATE in mg/h, concentrations (CP, CE, CM) in mg/L. "
+        "Run `pkpd simulate --help` for the dataset, parameter-file and output formats."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+class SolverChoice(str, enum.Enum):
+    auto = "auto"
+    analytic = "analytic"
+    ode = "ode"
+
+
+class InterpolationChoice(str, enum.Enum):
+    nocb = "nocb"
+    locf = "locf"
+
+
+class _Abort(Exception):
+    """A CLI-level usage problem (e.g. refusing to overwrite a file): message printed, exit code 1."""
+
+
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)
+
+
+def _fail(message: str) -> None:
+    """Print ``message`` to stderr as plain text (no markup interpretation) and exit with code 1."""
+    _stderr().print(f"Error: {message}", markup=False, highlight=False, style="bold red")
+    raise typer.Exit(code=1)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _check_writable(path: Path, what: str, option: str, force: bool, data: Path) -> None:
+    if _same_file(path, data):
+        raise _Abort(f"the {what} {path} is the input dataset; choose another {option} (the input is never "
+                     "overwritten)")
+    if path.exists() and path.is_dir():
+        raise _Abort(f"the {what} {path} is a directory; give a file name with {option}")
+    if path.exists() and not force:
+        raise _Abort(f"the {what} {path} already exists; pass --force to overwrite it, or choose another {option}")
+    if not path.parent.is_dir():
+        raise _Abort(f"cannot write the {what} {path}: directory {path.parent} does not exist")
+
+
+SIMULATE_HELP = """Simulate every record of a NONMEM-format dataset with a built-in model.
+
+Reads DATA (CSV, one row per event record), evaluates the parameter file on every row, simulates each
+subject with NONMEM (PREDPP) event semantics and writes every input row and column, in the input order,
+followed by the model's outputs, to OUT (CSV).
+
+\b
+DATASET COLUMNS (NONMEM conventions; ID and TIME required, others optional):
+  ID     subject identifier
+  TIME   time in h (non-decreasing within an ID, except after a reset EVID 3/4)
+  EVID   0 observation, 1 dose, 2 other, 3 reset, 4 reset and dose
+  AMT    dose amount in mg
+  CMT    compartment number of the dose (see `pkpd models NAME` for the numbering)
+  RATE   infusion rate in mg/h; 0 = bolus; RATE=-1: rate modeled by R<n> (mg/h);
+         RATE=-2: duration modeled by D<n> (h)
+  II     dosing interval in h (ADDL additional doses, SS steady state)
+  ADDL, SS, DV, MDV  as in NONMEM; "." means 0 in standard columns
+  any other column is a covariate usable in the parameter expressions; time-varying covariates
+  are interpolated NOCB (next observation carried backward, NONMEM's default) unless
+  --interpolation locf.
+
+\b
+PARAMETER FILE (TOML, or JSON with the same keys):
+  model = "1cmt_oral"            # optional; --model wins
+  interpolation = "nocb"         # optional: nocb (default) or locf
+  \\[parameters]
+  CL = "1.1*(WT/70)**0.75"       # L/h; constant or expression of dataset columns
+  V = 20                         # L
+  KA = 1.5                       # 1/h
+  F2 = "BIOAV"                   # bioavailability of doses into CMT 2 (default 1)
+  ALAG2 = 0.5                    # lag time (h) of doses into CMT 2 (default 0)
+  R2 = 10                        # modeled rate (mg/h) for RATE=-1 doses into CMT 2
+  D2 = "DUR2 if MODE == 2 else 1"  # modeled duration (h) for RATE=-2 doses into CMT 2
+F<n>, ALAG<n>, R<n>, D<n> exist for every compartment n of the model.
+
+\b
+OUTPUT COLUMNS (appended after the input columns):
+  one column per compartment, named after it (DEPOT, CENTRAL, PERIPH, ...): amount in mg
+      (EFFECT holds the effect-site concentration in mg/L);
+  CP  = central amount / central volume, in mg/L (= ug/mL; multiply by 1000 for ng/mL);
+  CE  effect-site concentration (mg/L), for models with an effect compartment;
+  CM  metabolite concentration (mg/L), for models with a metabolite.
+On dose records the values include that record's own (unlagged) dose.
+
+Refuses to overwrite an existing OUT or PLOT unless --force; never overwrites DATA.
+"""
+
+
+@app.command(help=SIMULATE_HELP)
+def simulate(
+    data: Path = typer.Argument(..., metavar="DATA", exists=True, dir_okay=False, readable=True,
+                                help="NONMEM-format dataset (CSV).", show_default=False),
+    model: Optional[str] = typer.Option(None, "--model", "-m",
+                                        help="Built-in model name (see `pkpd models`); optional when the "
+                                             "parameter file sets `model = ...`."),
+    params: Path = typer.Option(..., "--params", "-p", exists=True, dir_okay=False, readable=True,
+                                help="Parameter file (.toml or .json) with a \\[parameters] table.",
+                                show_default=False),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", dir_okay=False,
+                                       help="Output CSV. Default: <DATA stem>_sim.csv in the current "
+                                            "directory."),
+    solver: SolverChoice = typer.Option(SolverChoice.auto, "--solver", case_sensitive=False,
+                                        help="auto: exact matrix-exponential solution for linear models, ODE "
+                                             "otherwise; analytic (linear models only); ode."),
+    interpolation: Optional[InterpolationChoice] = typer.Option(
+        None, "--interpolation", case_sensitive=False,
+        help="Covariate interpolation between records: nocb (NONMEM) or locf. Default: the parameter file's "
+             "`interpolation`, else nocb."),
+    plot: Optional[Path] = typer.Option(None, "--plot", dir_okay=False,
+                                        help=f"Also write a PNG of CP (mg/L) vs TIME (h), one line per ID "
+                                             f"(first {MAX_PLOTTED_SUBJECTS} subjects)."),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite OUT and PLOT if they exist."),
+) -> None:
+    out_path = out if out is not None else Path.cwd() / f"{data.stem}_sim.csv"
+    try:
+        _check_writable(out_path, "output file", "--out", force, data)
+        if plot is not None:
+            if _same_file(plot, out_path):
+                raise _Abort("--plot and --out name the same file")
+            _check_writable(plot, "plot file", "--plot", force, data)
+    except _Abort as exc:
+        _fail(str(exc))
+
+    from pkpd._errors import PKPDError
+
+    try:
+        import pkpd
+
+        spec = pkpd.load_params(params)
+        model_name = model or spec.model
+        if model_name is None:
+            raise pkpd.ModelSpecError(
+                f"no model given: pass --model NAME or set `model = \"...\"` in {params} (see `pkpd models`)")
+        model_obj = pkpd.get_model(model_name)
+        result = pkpd.simulate(data, model_obj, spec, solver=solver.value,
+                               interpolation=interpolation.value if interpolation else None)
+    except PKPDError as exc:
+        _fail(str(exc))
+
+    try:
+        result.to_csv(out_path, index=False)
+    except OSError as exc:
+        _fail(f"cannot write the output file {out_path}: {exc}")
+    used = solver.value
+    if used == "auto":
+        used = f"auto -> {'analytic' if model_obj.is_linear else 'ode'}"
+    n_subj = result["ID"].nunique() if "ID" in result.columns else 0
+
+    from rich.console import Console
+
+    console = Console(soft_wrap=True, highlight=False)
+    console.print(f"Simulated {len(result)} rows, {n_subj} subject{'s' if n_subj != 1 else ''} with model "
+                  f"{model_obj.name} (solver {used}) -> {out_path}", markup=False)
+    if plot is not None:
+        try:
+            shown = _plot_cp(result, model_obj.name, plot)
+        except OSError as exc:
+            _fail(f"cannot write the plot file {plot}: {exc}")
+        more = f" (first {shown} of {n_subj} subjects)" if shown < n_subj else ""
+        console.print(f"Plot of CP vs TIME -> {plot}{more}", markup=False)
+
+
+def _plot_cp(result, model_name: str, path: Path) -> int:
+    """PNG of CP (mg/L) vs TIME (h) per ID; observation rows only when the dataset has any. Returns #IDs."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    frame = result
+    if "EVID" in frame.columns and (frame["EVID"] == 0).any():
+        frame = frame[frame["EVID"] == 0]
+    ids = list(dict.fromkeys(frame["ID"].tolist()))[:MAX_PLOTTED_SUBJECTS]
+    fig = Figure(figsize=(8, 5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for i in ids:
+        sub = frame[frame["ID"] == i]
+        label = f"ID {int(i)}" if float(i).is_integer() else f"ID {i}"
+        ax.plot(sub["TIME"].to_numpy(float), sub["CP"].to_numpy(float), marker=".", markersize=3,
+                linewidth=1, label=label)
+    ax.set_xlabel("TIME (h)")
+    ax.set_ylabel("CP (mg/L)")
+    ax.set_title(f"{model_name}: central concentration CP")
+    ax.grid(True, alpha=0.3)
+    if 1 < len(ids) <= 10:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return len(ids)
+
+
+@app.command()
+def models(
+    name: Optional[str] = typer.Argument(None, help="Model name: print its compartments (CMT numbers), "
+                                                    "parameters with units and outputs."),
+) -> None:
+    """List the built-in models, or describe one (compartments, parameters with units, outputs)."""
+    from pkpd._errors import PKPDError
+
+    try:
+        from pkpd.models import describe_model, get_model, list_models
+
+        if name is not None:
+            text = describe_model(name)
+            from rich.console import Console
+
+            Console(soft_wrap=True, highlight=False).print(text, markup=False)
+            return
+        rows = [(m, get_model(m)) for m in list_models()]
+    except PKPDError as exc:
+        _fail(str(exc))
+
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="Built-in models (the name grammar admits more combinations; see `pkpd models NAME`)")
+    table.add_column("model", no_wrap=True)
+    table.add_column("description")
+    table.add_column("compartments (CMT=name)")
+    for m, obj in rows:
+        table.add_row(Text(m), Text(obj.description), Text(obj.compartment_table()))
+    Console().print(table)
+
+
+@app.command()
+def version() -> None:
+    """Print the pkpd package version."""
+    import pkpd
+
+    typer.echo(pkpd.__version__)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    app()
