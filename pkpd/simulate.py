@@ -435,8 +435,12 @@ def simulate(data, model: str | CompartmentModel | None = None, params=None, *, 
     if not np.all(np.isfinite(A)):
         bad = np.nonzero(~np.isfinite(A).all(axis=1))[0] + 1
         raise SolverError(f"non-finite predictions on rows {', '.join(map(str, bad[:20]))}")
-    original = data if isinstance(data, pd.DataFrame) else None
-    out = prep.frame.copy() if original is None else original.reset_index(drop=True).copy()
+    if isinstance(data, pd.DataFrame):
+        out = data.reset_index(drop=True).copy()
+    else:  # the file's own cells, untouched (read as text): predictions are appended, nothing rewritten
+        from .data import read_dataset
+
+        out = read_dataset(data)
     new_cols = list(model_obj.compartments) + list(model_obj.output_names())
     clash = [c for c in new_cols if c in out.columns]
     if clash:

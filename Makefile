@@ -1,0 +1,31 @@
+# Two entry points (see README): `make demo` runs the built-in example, `make test` runs the test suite.
+# Each creates the local virtualenv .venv and installs the package with its test dependencies if needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+.PHONY: install demo test test-slow bench
+install: $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p demo-out
+	$(BIN)/pkpd models 1cmt_dual
+	$(BIN)/pkpd simulate examples/oxycodone_postop.csv --params examples/oxycodone_agema2021.toml \
+		--out demo-out/oxycodone_postop_sim.csv --plot demo-out/oxycodone_postop.png --force
+	@echo "Wrote demo-out/oxycodone_postop_sim.csv and demo-out/oxycodone_postop.png"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/simulate.py --n 1 100 1000 10000 --ode-max-n 1000
