@@ -161,7 +161,7 @@ def run_one(n: int, args, naive_fn) -> dict:
                    "schedule_ode_s": t_sched_o, "device_put_s": t_put, "n_rows": len(df),
                    "layout": {"n_rec": prep.layout.n_rec, "n_dose": prep.layout.n_dose}}
     model, lay = prep.model, prep.layout
-    chunk = args.chunk_size
+    chunk = args.chunk_size if args.chunk_size > 0 else None
 
     def record(key, first, best, conc, ok=None, ref=None):
         m = {"first_call_s": first, "run_s": best, "subjects_per_s": n / best if best > 0 else float("inf")}
@@ -275,7 +275,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ode-max-n", type=int, default=1000, help="largest N for the ODE path and naive diffrax")
     ap.add_argument("--scipy-max-n", type=int, default=20, help="largest N for scipy solve_ivp")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs after the first call (best is reported)")
-    ap.add_argument("--chunk-size", type=int, default=512, help="subjects per chunk in simulate_arrays")
+    ap.add_argument("--chunk-size", type=int, default=512, help="subjects per chunk in simulate_arrays (0: no chunking)")
     ap.add_argument("--seed", type=int, default=0, help="seed for sample_w1_parameters")
     ap.add_argument("--json", metavar="OUT.json", help="also write the numbers to this JSON file")
     args = ap.parse_args(argv)

@@ -359,7 +359,8 @@ def _timeline(model, lay: Layout, solver, rec, dose, ss, th_all, order=None):
     anchor = jnp.maximum(anchor, jnp.max(jnp.where(same_t, arr_pos, -1), axis=1))
     keep = jnp.where(reset_s, 0.0, 1.0)
     return {"t": t_s, "t_prev": t_prev, "dt": dt_s, "keep": keep, "jump": jump_s, "rate_before": rate_before,
-            "pidx": pidx, "anchor": anchor, "order": order, "forcing": forcing, "valid": valid_s}
+            "pidx": pidx, "anchor": anchor, "order": order, "forcing": forcing, "valid": valid_s,
+            "rate_after": rate_after}
 
 
 def _ode_scan(model, solver, pts, th_all):
@@ -377,6 +378,31 @@ def _ode_scan(model, solver, pts, th_all):
 
     (_, ok), states = jax.lax.scan(body, (jnp.zeros(n, dtype), jnp.asarray(True)), jnp.arange(pts["t"].shape[0]))
     return states[pts["anchor"]], ok
+
+
+def _ode_grouped(model, solver, pts, th_all, grp):
+    """ODE path on a static schedule: one diffrax solve per interval between *action* points (doses,
+    infusion starts/stops, resets, parameter changes); records inside an interval are read from the
+    solver's dense output, so observations do not interrupt the integration."""
+    n = model.n_cmt
+    dtype = pts["t"].dtype
+    G = grp["t0"].shape[0]
+    p_rec = th_all["p"]
+
+    def body(carry, g):
+        x, ok = carry
+        a = grp["act"][g]
+        has = grp["has_act"][g]
+        x = jnp.where(has, pts["keep"][a] * x + pts["jump"][a], x)
+        r = jnp.where(has, pts["rate_after"][a], 0.0)
+        p = {name: v[grp["pidx"][g]] for name, v in p_rec.items()}
+        t0 = grp["t0"][g]
+        y, good, ys = ode_step(model, solver, p, x, r, t0, grp["t1"][g] - t0, pts["forcing"], throw=False,
+                               ts=grp["ts"][g])
+        return (y, ok & good), ys
+
+    (_, ok), ys = jax.lax.scan(body, (jnp.zeros(n, dtype), jnp.asarray(True)), jnp.arange(G))
+    return ys[grp["rec_g"], grp["rec_k"]], ok
 
 
 def _analytic_batch(model, lay: Layout, pts, th_all, sched):
@@ -472,14 +498,20 @@ def _analytic_fast(model, lay: Layout, rec, dose, theta, fs):
     T = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731
     cmts = jnp.arange(n)
 
+    U = A.shape[1]
+
+    def pick(M, u):
+        # A one-hot contraction beats XLA's generic gather when a subject has few distinct step lengths.
+        if U <= 16:
+            return jnp.einsum("nu,nuab->nab", jax.nn.one_hot(u, U, dtype=M.dtype), M)
+        return jnp.take_along_axis(M, u[:, None, None, None], axis=1)[:, 0]
+
     def body(carry, inp):
         x, r = carry
         u, kk, tg, am, dr = inp
-        a = jnp.take_along_axis(A, u[:, None, None, None], axis=1)[:, 0]
-        y = jnp.einsum("nab,nb->na", a, x)
+        y = jnp.einsum("nab,nb->na", pick(A, u), x)
         if inf:
-            gm = jnp.take_along_axis(G, u[:, None, None, None], axis=1)[:, 0]
-            y = y + jnp.einsum("nab,nb->na", gm, r)
+            y = y + jnp.einsum("nab,nb->na", pick(G, u), r)
             r = kk[:, None] * r + (cmts[None, :] == tg[:, None]) * dr[:, None]
         x = kk[:, None] * y + (cmts[None, :] == tg[:, None]) * am[:, None]
         return (x, r), x
@@ -537,13 +569,15 @@ def _simulate_core(model, lay: Layout, solver, rec, dose, ss, theta, sched=None)
     pts = jax.vmap(partial(_timeline, model, lay, solver))(rec, dose, ss, theta, order)
     if isinstance(solver, Analytic):
         return _analytic_batch(model, lay, pts, theta, sched)
+    if sched is not None and "groups" in sched:
+        return jax.vmap(partial(_ode_grouped, model, solver))(pts, theta, sched["groups"])
     return jax.vmap(partial(_ode_scan, model, solver))(pts, theta)
 
 
 @partial(jax.jit, static_argnames=("model", "lay", "solver"))
 def _schedule_points(model, lay, solver, rec, dose, ss, theta):
     pts = jax.vmap(partial(_timeline, model, lay, solver))(rec, dose, ss, theta)
-    return {k: pts[k] for k in ("order", "dt", "keep", "anchor", "valid")}
+    return {k: pts[k] for k in ("order", "dt", "keep", "anchor", "valid", "t", "pidx")}
 
 
 def compute_schedule(model, lay: Layout, solver, rec, dose, ss, theta) -> dict:
@@ -574,4 +608,54 @@ def compute_schedule(model, lay: Layout, solver, rec, dose, ss, theta) -> dict:
         slot = np.where(order < R, -1, np.where(order < R + DS, order - R, order - R - DS)).astype(np.int32)
         slot = np.where(pts["valid"], slot, -1)
         out.update({"slot": slot, "is_stop": order >= R + DS, "keep": pts["keep"], "anchor": pts["anchor"]})
+    if isinstance(solver, ODE):
+        out["groups"] = _ode_groups(lay, rec, ss, pts)
     return out
+
+
+def _ode_groups(lay: Layout, rec, ss, pts) -> dict:
+    """Split each subject's sorted points into intervals between action points (numpy, vectorized)."""
+    order, keep, valid, anchor, t = pts["order"], pts["keep"], pts["valid"], pts["anchor"], pts["t"]
+    N, P = order.shape
+    R = lay.n_rec
+    rows = np.arange(N)[:, None]
+    is_rec = order < R
+    ss_rec = np.zeros((N, R), bool)
+    ss_src, ss_valid = np.asarray(ss["src"]), np.asarray(ss["valid"])
+    if lay.n_ss:
+        ss_rec[np.repeat(np.arange(N), ss_src.shape[1]), ss_src.ravel()] |= ss_valid.ravel()
+    rec_idx = np.where(is_rec, order, 0)
+    act = valid & (~is_rec | (keep == 0) | ss_rec[rows, rec_idx] | lay.time_varying)
+    grp_of = np.cumsum(act, axis=1)  # group of each point; 0 = before the first action
+    G = int(grp_of.max()) + 1
+    act_pos = np.zeros((N, G), np.int64)
+    has_act = np.zeros((N, G), bool)
+    r_i, c_i = np.nonzero(act)
+    act_pos[r_i, grp_of[r_i, c_i]] = c_i
+    has_act[r_i, grp_of[r_i, c_i]] = True
+    t_valid_max = np.max(np.where(valid, t, -np.inf), axis=1)
+    t0 = np.where(has_act, t[rows, act_pos], t[:, :1])
+    t0 = np.where(np.arange(G)[None, :] <= grp_of.max(axis=1, keepdims=True), t0, t_valid_max[:, None])
+    t1 = np.concatenate([t0[:, 1:], t_valid_max[:, None]], axis=1)
+    nxt = np.concatenate([act_pos[:, 1:], np.full((N, 1), P - 1)], axis=1)
+    pidx = np.asarray(pts["pidx"])[rows, np.where(np.concatenate([has_act[:, 1:], np.zeros((N, 1), bool)], 1), nxt,
+                                                   np.argmax(np.where(valid, t, -np.inf), axis=1)[:, None])]
+    rec_g = grp_of[rows, anchor]
+    rec_valid = np.asarray(rec["valid"])
+    rec_g = np.where(rec_valid, rec_g, 0)
+    srt = np.argsort(np.where(rec_valid, anchor, P + 1), axis=1, kind="stable")
+    g_sorted = np.take_along_axis(rec_g, srt, axis=1)
+    idx = np.broadcast_to(np.arange(R), (N, R))
+    first = np.where(np.concatenate([np.ones((N, 1), bool), g_sorted[:, 1:] != g_sorted[:, :-1]], 1), idx, 0)
+    first = np.maximum.accumulate(first, axis=1)
+    k_sorted = idx - first
+    rec_k = np.zeros((N, R), np.int64)
+    rec_k[rows, srt] = k_sorted
+    rec_k = np.where(rec_valid, rec_k, 0)
+    K = int(rec_k.max()) + 1
+    ts = np.repeat(t1[:, :, None], K, axis=2)  # padding: the interval's end
+    t_rec = np.asarray(rec["time"])
+    vr, vc = np.nonzero(rec_valid)
+    ts[vr, rec_g[vr, vc], rec_k[vr, vc]] = t_rec[vr, vc]
+    return {"act": act_pos, "has_act": has_act, "t0": t0, "t1": t1, "pidx": pidx, "ts": ts,
+            "rec_g": rec_g, "rec_k": rec_k}

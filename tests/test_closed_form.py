@@ -24,9 +24,10 @@ Steady-state references: the textbook accumulation formulas (``conc_ss_bolus``, 
 interval (which the textbook forms do not cover) the steady state is the superposition of the same
 single dose given at ``-k * II``, ``k = 0..K``, truncated once the terms are below 1e-18 of the peak.
 
-Speed: all cases of one model go through one ``simulate`` call (one subject per case, parameters as
-per-subject covariate columns), so each model compiles once; the parametrized tests then compare
-their own subject's rows.
+Speed: the cases of one model go through one ``simulate`` call per engine path (one subject per case,
+parameters as per-subject covariate columns): steady-state batches, batches with parametric event times
+(lags) and batches with static event times (the precomputed-schedule fast path), so each model compiles
+at most three times; the parametrized tests then compare their own subject's rows.
 """
 
 from __future__ import annotations
@@ -254,15 +255,30 @@ def _dataset(case: Case, ident: int) -> pd.DataFrame:
     return df
 
 
+def _group(case: Case) -> tuple:
+    """Batch key. The engine has three paths that must all be exercised: steady state (any SS record in
+    the batch), parametric event times (lags, or F with infusions: the points are sorted in the compiled
+    program) and static event times without SS (a precomputed schedule, ``Prepared.schedule``)."""
+    is_ss = any(d["SS"] for d in case.records)
+    kind = "ss" if is_ss else ("timed" if case.extra else "static")
+    return case.model, kind
+
+
 @functools.lru_cache(maxsize=None)
-def _batch(model: str) -> dict:
-    """Simulate every case of ``model`` in one call; returns {case name: output rows}."""
-    cases = [c for c in CASES if c.model == model]
+def _batch(key: tuple) -> dict:
+    """Simulate every case of one group in one call; returns {case name: output rows}."""
+    model, kind = key
+    cases = [c for c in CASES if _group(c) == key]
     frames = [_dataset(c, i + 1) for i, c in enumerate(cases)]
     df = pd.concat(frames, ignore_index=True)
     mobj = pkpd.get_model(model)
     mapping = {q: f"c{q}" for q in mobj.param_names}
-    mapping.update({"ALAG1": "cALAG1", "F1": "cF1"})
+    if kind != "static":
+        mapping.update({"ALAG1": "cALAG1", "F1": "cF1"})
+    prep = pkpd.prepare(df, model, mapping)
+    assert (prep.layout.n_ss > 0) == (kind == "ss")
+    if hasattr(prep, "static_schedule"):  # the engine's precomputed-schedule path
+        assert prep.static_schedule == (kind == "static")
     out = pkpd.simulate(df, model, mapping, solver="analytic")
     return {c.name: out[out["ID"] == i + 1].reset_index(drop=True) for i, c in enumerate(cases)}
 
@@ -283,7 +299,7 @@ def assert_close(sim, ref, what):
 @pytest.mark.parametrize("name", [c.name for c in CASES])
 def test_analytic_matches_textbook(name):
     case = CASE_BY_NAME[name]
-    out = _batch(case.model)[name]
+    out = _batch(_group(case))[name]
     t = out["TIME"].to_numpy()
     assert_close(out["CP"].to_numpy(), case.ref(t), f"{name} CP")
     if case.depot_ref is not None:

@@ -102,16 +102,22 @@ def analytic_step(op, x, r, dt):
     return jnp.einsum("j,jab,b->a", f, op["P"], x) + jnp.einsum("j,jab,b->a", g, op["P"], r)
 
 
-def ode_step(model, solver: ODE, p, x, r, t0, dt, forcing, throw=True):
-    """Integrate ``model`` from absolute time ``t0`` over ``dt`` with rates ``r`` using diffrax."""
+def ode_step(model, solver: ODE, p, x, r, t0, dt, forcing, throw=True, ts=None):
+    """Integrate ``model`` from absolute time ``t0`` over ``dt`` with rates ``r`` using diffrax.
+
+    Returns the state at ``t0 + dt`` and a success flag; with ``ts`` (times within the interval) also the
+    states at ``ts`` from the solver's dense interpolation, without forcing steps to land on them.
+    """
     import diffrax
 
     def vf(t, y, args):
         return model.vector_field(t, y, p, r, forcing)
 
-    # Zero-length steps (coincident events) return the state unchanged without calling diffrax.
+    # Zero-length steps (coincident events) return the state unchanged; the solve over a tiny interval
+    # that still runs (vmap evaluates both branches) costs one step.
     dt_pos = dt > 0
-    t1 = t0 + jnp.where(dt_pos, dt, 1.0)
+    t1 = t0 + jnp.where(dt_pos, dt, 1e-9 * (1.0 + jnp.abs(t0)))
+    saveat = diffrax.SaveAt(t1=True) if ts is None else diffrax.SaveAt(ts=jnp.clip(ts, t0, t1), t1=True)
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(vf),
         solver.diffrax_solver(),
@@ -120,15 +126,13 @@ def ode_step(model, solver: ODE, p, x, r, t0, dt, forcing, throw=True):
         dt0=None,
         y0=x,
         stepsize_controller=diffrax.PIDController(rtol=solver.rtol, atol=solver.atol),
-        saveat=diffrax.SaveAt(t1=True),
+        saveat=saveat,
         max_steps=solver.max_steps,
         throw=throw,
     )
-    y = sol.ys[-1]
-    ok = sol.result == diffrax.RESULTS.successful
-    y = jnp.where(dt_pos, y, x)
-    return y, jnp.where(dt_pos, ok, True)
-
-
-def _ode_kind_check():  # pragma: no cover - placeholder for typing tools
-    return jax
+    y = jnp.where(dt_pos, sol.ys[-1], x)
+    ok = jnp.where(dt_pos, sol.result == diffrax.RESULTS.successful, True)
+    if ts is None:
+        return y, ok
+    ys = jnp.where(dt_pos, sol.ys[:-1], x[None, :])
+    return y, ok, ys
