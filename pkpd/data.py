@@ -508,37 +508,40 @@ def _unique(x: np.ndarray) -> list[float]:
 
 
 def _check_order(ident: np.ndarray, time: np.ndarray, evid: np.ndarray, add) -> None:
-    """TIME must not decrease within an ID (except on an EVID 3/4 row); each ID must be one block."""
-    blocks: dict[float, list[tuple[int, int]]] = {}  # ID -> [(first row index, last row index)]
-    decreasing: list[int] = []
-    cur_id: float | None = None
-    last_time = math.nan
-    for i in range(len(ident)):
-        x = ident[i]
-        if not math.isfinite(x):
-            continue  # already reported; does not split a block
-        if x != cur_id:
-            blocks.setdefault(x, []).append((i, i))
-            cur_id = x
-            last_time = math.nan
-        else:
-            start, _ = blocks[x][-1]
-            blocks[x][-1] = (start, i)
-        t = time[i]
-        if math.isfinite(t):
-            if math.isfinite(last_time) and t < last_time and evid[i] not in _RESET_EVIDS:
-                decreasing.append(i)
-            last_time = t
-    if decreasing:
-        add(tuple(i + 1 for i in decreasing), "TIME",
+    """TIME must not decrease within an ID (except on an EVID 3/4 row); each ID must be one block.
+
+    Rows whose ID is missing are skipped (already reported) and do not split a block. Vectorized: the
+    check is linear in the number of rows.
+    """
+    f = np.nonzero(np.isfinite(ident))[0]
+    if f.size == 0:
+        return
+    idf, tf, evf = ident[f], time[f], evid[f]
+    m = f.size
+    ar = np.arange(m)
+    new_block = np.ones(m, bool)
+    new_block[1:] = idf[1:] != idf[:-1]
+    block_start = np.maximum.accumulate(np.where(new_block, ar, 0))
+    fin = np.isfinite(tf)
+    last_fin = np.maximum.accumulate(np.where(fin, ar, -1))
+    prev = np.concatenate([[-1], last_fin[:-1]])
+    has_prev = prev >= block_start
+    prev_t = tf[np.maximum(prev, 0)]
+    decreasing = fin & has_prev & (tf < prev_t) & ~np.isin(evf, _RESET_EVIDS)
+    if decreasing.any():
+        add(tuple(int(f[i]) + 1 for i in np.nonzero(decreasing)[0]), "TIME",
             "TIME decreases within an ID; sort each subject's records by TIME (only a reset row, EVID 3 or 4, "
             "may go back in time)")
-    for x, spans in blocks.items():
-        if len(spans) > 1:
-            rows = tuple(r + 1 for a, b in spans[1:] for r in range(a, b + 1))
-            text = ", ".join(f"{a + 1}-{b + 1}" if b > a else f"{a + 1}" for a, b in spans)
-            add(rows, "ID", f"ID {_num(x)} appears in {len(spans)} separate blocks of rows ({text}); keep each "
-                            "subject's records together (NONMEM would treat each block as a new subject)")
+    starts = np.nonzero(new_block)[0]
+    ends = np.append(starts[1:], m) - 1
+    bid = idf[starts]
+    uniq, counts = np.unique(bid, return_counts=True)
+    for x in uniq[counts > 1]:
+        spans = [(int(f[a]), int(f[b])) for a, b in zip(starts[bid == x], ends[bid == x])]
+        rows = tuple(r + 1 for a, b in spans[1:] for r in range(a, b + 1))
+        text = ", ".join(f"{a + 1}-{b + 1}" if b > a else f"{a + 1}" for a, b in spans)
+        add(rows, "ID", f"ID {_num(x)} appears in {len(spans)} separate blocks of rows ({text}); keep each "
+                        "subject's records together (NONMEM would treat each block as a new subject)")
 
 
 # --------------------------------------------------------------------------------------------- validating

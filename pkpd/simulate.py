@@ -181,21 +181,20 @@ def prepare(data, model: str | CompartmentModel, params, *, interpolation: str |
     if violations:
         raise DatasetError(violations, source=spec.source or source)
 
-    # --- pseudo-subjects: an ID block, split where TIME decreases at a reset ---
-    starts = [0]
-    for i in range(1, n_rows):
-        if ident[i] != ident[i - 1] or time[i] < time[i - 1]:
-            starts.append(i)
-    bounds = list(zip(starts, starts[1:] + [n_rows]))
-    N = len(bounds)
-    R = max(b - a for a, b in bounds)
-    dose_counts = []
-    ss_counts = []
-    for a, b in bounds:
-        dose_counts.append(int(np.sum(np.where(is_dose[a:b] & ~const_inf[a:b], addl[a:b] + 1, 0))))
-        ss_counts.append(int(np.sum(is_dose[a:b] & (ssc[a:b] > 0))))
-    D = max(1, max(dose_counts))
-    P_ss = max(ss_counts)
+    # --- pseudo-subjects: an ID block, split where TIME decreases at a reset (vectorized) ---
+    new_subj = np.ones(n_rows, bool)
+    new_subj[1:] = (ident[1:] != ident[:-1]) | (time[1:] < time[:-1])
+    starts = np.nonzero(new_subj)[0]
+    ends = np.append(starts[1:], n_rows)
+    sid = np.cumsum(new_subj) - 1  # pseudo-subject of each row
+    pos = np.arange(n_rows) - starts[sid]  # record slot within it
+    N = len(starts)
+    R = int((ends - starts).max())
+    dosing = is_dose & ~const_inf
+    n_dose_row = np.where(dosing, addl + 1, 0)
+    D = max(1, int(np.bincount(sid, weights=n_dose_row, minlength=N).max()))
+    ss_row = is_dose & (ssc > 0)
+    P_ss = int(np.bincount(sid, weights=ss_row, minlength=N).max())
     n = model.n_cmt
     S = max([1] + [len(r) for r in model.routes.values()])
 
@@ -214,69 +213,45 @@ def prepare(data, model: str | CompartmentModel, params, *, interpolation: str |
         M = max(M, int(math.ceil((max(lags) + max(durs)) / ii[i])) + 1)
 
     # time-varying parameters: any referenced column that changes within a pseudo-subject
-    tv = False
-    for c in cov_needed:
-        v = df[c].to_numpy(float) if c in df.columns else None
-        if v is None:
-            continue
-        for a, b in bounds:
-            if np.any(v[a:b] != v[a]):
-                tv = True
-                break
-        if tv:
-            break
+    tv = any(np.any(df[c].to_numpy(float) != df[c].to_numpy(float)[starts][sid]) for c in cov_needed if c in df.columns)
 
-    rec = {k: np.zeros((N, R), dt) for k, dt in (
-        ("time", float), ("valid", bool), ("cmt", np.int32), ("amt", float), ("rate", float), ("ii", float),
-        ("reset", bool), ("next_reset", float), ("epoch_last", float), ("dose0", np.int32))}
+    # --- padded record arrays: slot j of subject s holds row starts[s] + min(j, m_s - 1) ---
+    m_s = ends - starts
+    jj = np.arange(R)[None, :]
+    src_row = starts[:, None] + np.minimum(jj, m_s[:, None] - 1)  # (N, R); padding repeats the last row
+    valid = jj < m_s[:, None]
+    # epochs: a reset record starts a new epoch; doses of an epoch are dropped after the next reset
+    new_ep = reset | new_subj
+    eid = np.cumsum(new_ep) - 1
+    ep_start = np.nonzero(new_ep)[0]
+    ep_end = np.append(ep_start[1:], n_rows)
+    ep_last = time[ep_end - 1]
+    nxt_is_reset = np.append(~new_subj[ep_end[:-1]], False)  # the next epoch starts with a reset of this subject
+    ep_next = np.where(nxt_is_reset, time[np.minimum(ep_end, n_rows - 1)], np.inf)
+    # the record's own dose slot and the dose list (record's own dose then its ADDL copies)
+    cum = np.cumsum(n_dose_row)
+    first_slot = cum - n_dose_row - (cum - n_dose_row)[starts][sid]  # slot of the k=0 dose within the subject
+    dose0 = np.where(dosing, first_slot, -1).astype(np.int32)
+    rows_rep = np.repeat(np.arange(n_rows), n_dose_row)
+    k_rep = np.arange(rows_rep.size) - np.repeat(cum - n_dose_row, n_dose_row)
     dose = {"src": np.zeros((N, D), np.int32), "time": np.zeros((N, D)), "valid": np.zeros((N, D), bool)}
+    ds, dslot = sid[rows_rep], first_slot[rows_rep] + k_rep
+    dose["src"][ds, dslot] = pos[rows_rep]
+    dose["time"][ds, dslot] = time[rows_rep] + k_rep * ii[rows_rep]
+    dose["valid"][ds, dslot] = True
     ss = {"src": np.zeros((N, max(P_ss, 1)), np.int32), "valid": np.zeros((N, max(P_ss, 1)), bool)}
-    cols_pad = {c: np.zeros((N, R)) for c in columns}
-    row_map = np.zeros((n_rows, 2), np.int64)
-    for s, (a, b) in enumerate(bounds):
-        m = b - a
-        sl = slice(a, b)
-        pad = lambda v: np.concatenate([v, np.repeat(v[-1:], R - m)])  # noqa: E731
-        rec["time"][s] = pad(time[sl])
-        rec["valid"][s, :m] = True
-        rec["cmt"][s] = pad(dose_cmt0[sl])
-        rec["amt"][s] = pad(amt[sl] * is_dose[sl])
-        rec["rate"][s] = pad(rate[sl] * is_dose[sl])
-        rec["ii"][s] = pad(ii[sl])
-        rec["reset"][s, :m] = reset[sl]
-        for c in columns:
-            cols_pad[c][s] = pad(columns[c][sl])
-        # epochs
-        ep = np.cumsum(reset[sl])
-        nxt = np.full(m, np.inf)
-        last = np.zeros(m)
-        for e in np.unique(ep):
-            idx = np.nonzero(ep == e)[0]
-            last[idx] = time[a + idx[-1]]
-            later = np.nonzero(ep > e)[0]
-            if later.size:
-                nxt[idx] = time[a + later[0]]
-        rec["next_reset"][s] = pad(nxt)
-        rec["epoch_last"][s] = pad(last)
-        rec["dose0"][s] = -1
-        k = 0
-        for j in range(m):
-            i = a + j
-            if is_dose[i] and not const_inf[i]:
-                rec["dose0"][s, j] = k
-                for q in range(addl[i] + 1):
-                    dose["src"][s, k] = j
-                    dose["time"][s, k] = time[i] + q * ii[i]
-                    dose["valid"][s, k] = True
-                    k += 1
-        q = 0
-        for j in range(m):
-            if is_dose[a + j] and ssc[a + j] > 0:
-                ss["src"][s, q] = j
-                ss["valid"][s, q] = True
-                q += 1
-        row_map[sl, 0] = s
-        row_map[sl, 1] = np.arange(m)
+    ss_cum = np.cumsum(ss_row)
+    ss_slot = ss_cum - 1 - (ss_cum - ss_row)[starts][sid]
+    ss["src"][sid[ss_row], ss_slot[ss_row]] = pos[ss_row]
+    ss["valid"][sid[ss_row], ss_slot[ss_row]] = True
+    rec = {
+        "time": time[src_row], "valid": valid, "cmt": dose_cmt0[src_row].astype(np.int32),
+        "amt": (amt * is_dose)[src_row], "rate": (rate * is_dose)[src_row], "ii": ii[src_row],
+        "reset": reset[src_row] & valid, "next_reset": ep_next[eid][src_row], "epoch_last": ep_last[eid][src_row],
+        "dose0": np.where(valid, dose0[src_row], -1).astype(np.int32),
+    }
+    cols_pad = {c: v[src_row] for c, v in columns.items()}
+    row_map = np.stack([sid, pos], axis=1)
     from .engine import Layout
 
     lay = Layout(n_rec=R, n_dose=D, n_ss=P_ss, n_route=S, n_overlap=M, has_infusion=has_inf,
