@@ -461,17 +461,60 @@ def _analytic_batch(model, lay: Layout, pts, th_all, sched):
     return out, jnp.ones(N, bool)
 
 
+def _dedup_rows(v: np.ndarray):
+    """Distinct values of each row of ``v`` (N, K): (values (N, U) padded with the row's first value, index (N, K))."""
+    N, K = v.shape
+    srt = np.argsort(v, axis=1, kind="stable")
+    s = np.take_along_axis(v, srt, axis=1)
+    new = np.concatenate([np.ones((N, 1), bool), s[:, 1:] != s[:, :-1]], axis=1)
+    rank = np.cumsum(new, axis=1) - 1
+    U = int(rank.max()) + 1
+    rows = np.arange(N)[:, None]
+    vals = np.repeat(s[:, :1], U, axis=1)
+    vals[rows, rank] = s
+    idx = np.zeros((N, K), np.int32)
+    idx[rows, srt] = rank
+    return vals, idx
+
+
+def _matvec(M, v, n):
+    """Batched ``M @ v`` for tiny ``n``, unrolled into elementwise products that XLA fuses (a batched
+    ``dot_general`` over millions of 3x3 blocks is several times slower on CPU)."""
+    y = M[..., :, 0] * v[..., None, 0]
+    for b in range(1, n):
+        y = y + M[..., :, b] * v[..., None, b]
+    return y
+
+
+def _gather_apply(M, X, u, q, n):
+    """``out[s, r] = M[s, u[s, r]] @ X[s, q[s, r]]`` for every subject ``s`` and record ``r``.
+
+    With few distinct offsets ``U`` and action points ``Q`` all products are formed first and one vector is
+    gathered per record; otherwise matrices and vectors are gathered per record.
+    """
+    N, U = M.shape[:2]
+    Q = X.shape[1]
+    R = u.shape[1]
+    if U * Q <= 4 * R:
+        Z = _matvec(M[:, :, None], X[:, None, :], n).reshape(N, U * Q, n)
+        return jnp.take_along_axis(Z, (u * Q + q)[..., None], axis=1)
+    Mr = jnp.take_along_axis(M, u[..., None, None], axis=1)
+    xr = jnp.take_along_axis(X, q[..., None], axis=1)
+    return _matvec(Mr, xr, n)
+
+
 def _analytic_fast(model, lay: Layout, rec, dose, theta, fs):
     """Exact propagation on a precomputed schedule (static event times, no SS, constant parameters).
 
-    Only parameter-dependent quantities are computed here: dose amounts and rates per dose slot, and
-    the transition matrices for each subject's distinct step lengths. The scan carries the state and the
-    infusion rates and applies each point's bolus or rate change by its (static) dose slot.
+    A short scan runs over the *action* points only (dose arrivals, infusion starts and stops, resets);
+    every record is then read in parallel as ``x_r = e^{K tau} x_q + (int_0^tau e^{Ks} ds) r_q`` from the
+    last action point ``q`` before it, with ``tau = t_r - t_q``. Transition matrices are computed once per
+    distinct ``tau`` of each subject, so an hourly grid costs a handful of matrix exponentials.
     """
     n = model.n_cmt
-    N, P = fs["slot"].shape
     dtype = rec["time"].dtype
     inf = lay.has_infusion
+    N, Q = fs["a_slot"].shape
 
     def rq_subject(rec_s, dose_s, th_s):
         def one(src):
@@ -484,46 +527,47 @@ def _analytic_fast(model, lay: Layout, rec, dose, theta, fs):
     tgt = rq["target"].reshape(N, -1)
     bol = rq["bolus"].reshape(N, -1)
     rte = rq["rate"].reshape(N, -1)
-    slot = fs["slot"]
+    slot = fs["a_slot"]
     has = slot >= 0
-    ss_ = jnp.where(has, slot, 0)
-    tgt_p = jnp.take_along_axis(tgt, ss_, axis=1)
-    amt_p = jnp.where(has & ~fs["is_stop"], jnp.take_along_axis(bol, ss_, axis=1), 0.0)
-    dr_p = jnp.where(has, jnp.take_along_axis(rte, ss_, axis=1), 0.0)
-    dr_p = jnp.where(fs["is_stop"], -dr_p, dr_p)
+    sl = jnp.where(has, slot, 0)
+    onehot = jax.nn.one_hot(jnp.take_along_axis(tgt, sl, axis=1), n, dtype=dtype)  # (N, Q, n)
+    amt_q = jnp.where(has & ~fs["a_stop"], jnp.take_along_axis(bol, sl, axis=1), 0.0)
+    dr_q = jnp.where(has, jnp.take_along_axis(rte, sl, axis=1), 0.0)
+    dr_q = jnp.where(fs["a_stop"], -dr_q, dr_q)
+    jump = onehot * amt_q[..., None]
+    drate = onehot * dr_q[..., None]
+    keep = fs["a_keep"]
     op = jax.vmap(lambda p: analytic_op(model, {k: v[0] for k, v in p.items()}))(theta["p"])
-    f, g = propagators(op["lam"][:, None, :], fs["dt_u"], with_input=inf)
-    A = jnp.einsum("nuj,njab->nuab", f, op["P"])
-    G = jnp.einsum("nuj,njab->nuab", g, op["P"]) if inf else None
-    T = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731
-    cmts = jnp.arange(n)
-
-    U = A.shape[1]
-
-    def pick(M, u):
-        # A one-hot contraction beats XLA's generic gather when a subject has few distinct step lengths.
-        if U <= 16:
-            return jnp.einsum("nu,nuab->nab", jax.nn.one_hot(u, U, dtype=M.dtype), M)
-        return jnp.take_along_axis(M, u[:, None, None, None], axis=1)[:, 0]
+    f, g = propagators(op["lam"][:, None, :], fs["a_dt"], with_input=inf)
+    A = jnp.einsum("nqj,njab->nqab", f, op["P"])
+    G = jnp.einsum("nqj,njab->nqab", g, op["P"]) if inf else None
+    T = lambda v: jnp.swapaxes(v, 0, 1)  # noqa: E731
 
     def body(carry, inp):
         x, r = carry
-        u, kk, tg, am, dr = inp
-        y = jnp.einsum("nab,nb->na", pick(A, u), x)
+        a, gm, kk, jp, dr = inp
+        y = _matvec(a, x, n)
         if inf:
-            y = y + jnp.einsum("nab,nb->na", pick(G, u), r)
-            r = kk[:, None] * r + (cmts[None, :] == tg[:, None]) * dr[:, None]
-        x = kk[:, None] * y + (cmts[None, :] == tg[:, None]) * am[:, None]
-        return (x, r), x
+            y = y + _matvec(gm, r, n)
+        x = kk[:, None] * y + jp
+        r = kk[:, None] * r + dr
+        return (x, r), (x, r)
 
-    init = (jnp.zeros((N, n), dtype), jnp.zeros((N, n), dtype))
-    _, states = jax.lax.scan(body, init, (T(fs["u_idx"]), T(fs["keep"]), T(tgt_p), T(amt_p), T(dr_p)), unroll=4)
-    states = jnp.swapaxes(states, 0, 1)
-    out = jnp.take_along_axis(states, fs["anchor"][..., None], axis=1)
+    zeros = jnp.zeros((N, n), dtype)
+    _, (X, Rr) = jax.lax.scan(body, (zeros, zeros), (T(A), T(G) if inf else T(A), T(keep), T(jump), T(drate)))
+    X, Rr = T(X), T(Rr)  # (N, Q, n): state and rates after each action point
+    # outputs: one transition per distinct offset, then a parallel gather-matvec over records
+    f_o, g_o = propagators(op["lam"][:, None, :], fs["tau_u"], with_input=inf)
+    Phi = jnp.einsum("nuj,njab->nuab", f_o, op["P"])
+    out = _gather_apply(Phi, X, fs["rec_u"], fs["rec_q"], n)
+    if inf:
+        Gam = jnp.einsum("nuj,njab->nuab", g_o, op["P"])
+        out = out + _gather_apply(Gam, Rr, fs["rec_u"], fs["rec_q"], n)
+    out = jnp.where(fs["rec_zero"][..., None], 0.0, out)
     return out, jnp.ones(N, bool)
 
 
-def simulate_arrays(model, lay: Layout, solver, rec, dose, ss, theta, sched=None, chunk_size: int | None = 512):
+def simulate_arrays(model, lay: Layout, solver, rec, dose, ss, theta, sched=None, chunk_size: int | None = 16384):
     """Amounts (N, n_rec, n_cmt) at every record of a padded batch, and a per-subject success flag.
 
     ``theta`` is ``{"p": {name: (N, R)}, "F"|"ALAG"|"R"|"D": (N, R, n_cmt)}``. ``sched`` (optional) is a
@@ -563,7 +607,7 @@ def _simulate_core(model, lay: Layout, solver, rec, dose, ss, theta, sched=None)
     is a precomputed schedule from :func:`compute_schedule`, valid when no event time depends on
     parameters (``order``: sorted point order; ``dt_u``/``u_idx``: distinct step lengths per subject).
     """
-    if sched is not None and "slot" in sched and isinstance(solver, Analytic):
+    if sched is not None and "a_slot" in sched and isinstance(solver, Analytic):
         return _analytic_fast(model, lay, rec, dose, theta, sched)
     order = None if sched is None else sched["order"]
     pts = jax.vmap(partial(_timeline, model, lay, solver))(rec, dose, ss, theta, order)
@@ -604,13 +648,44 @@ def compute_schedule(model, lay: Layout, solver, rec, dose, ss, theta) -> dict:
     u_idx[rows, srt] = rank
     out = {"order": order, "dt_u": dt_u, "u_idx": u_idx}
     if isinstance(solver, Analytic) and lay.n_ss == 0 and not lay.time_varying:
-        R, DS = lay.n_rec, lay.n_dose * lay.n_route
-        slot = np.where(order < R, -1, np.where(order < R + DS, order - R, order - R - DS)).astype(np.int32)
-        slot = np.where(pts["valid"], slot, -1)
-        out.update({"slot": slot, "is_stop": order >= R + DS, "keep": pts["keep"], "anchor": pts["anchor"]})
+        out.update(_action_schedule(lay, pts))
     if isinstance(solver, ODE):
         out["groups"] = _ode_groups(lay, rec, ss, pts)
     return out
+
+
+def _action_schedule(lay: Layout, pts) -> dict:
+    """Action points (arrivals, stops, resets) of each subject and, for every record, the last action
+    point at or before it and the distinct time offsets from it (numpy, vectorized)."""
+    order, valid, keep, anchor, t = pts["order"], pts["valid"], pts["keep"], pts["anchor"], pts["t"]
+    N, P = order.shape
+    R, DS = lay.n_rec, lay.n_dose * lay.n_route
+    rows = np.arange(N)[:, None]
+    slot = np.where(order < R, -1, np.where(order < R + DS, order - R, order - R - DS)).astype(np.int32)
+    slot = np.where(valid, slot, -1)
+    act = valid & ((slot >= 0) | (keep == 0))
+    cnt = np.cumsum(act, axis=1)  # number of actions at or before each point
+    Q = int(cnt[:, -1].max()) if N else 0
+    Q = max(Q, 1)
+    r_i, c_i = np.nonzero(act)
+    k_i = cnt[r_i, c_i] - 1
+    a_pos = np.zeros((N, Q), np.int64)
+    a_valid = np.zeros((N, Q), bool)
+    a_pos[r_i, k_i] = c_i
+    a_valid[r_i, k_i] = True
+    a_t = np.where(a_valid, t[rows, a_pos], np.max(np.where(valid, t, -np.inf), axis=1, keepdims=True))
+    a_dt = np.diff(a_t, axis=1, prepend=a_t[:, :1])
+    a_slot = np.where(a_valid, slot[rows, a_pos], -1).astype(np.int32)
+    a_stop = a_valid & (order[rows, a_pos] >= R + DS)
+    a_keep = np.where(a_valid, keep[rows, a_pos], 1.0)
+    rec_cnt = cnt[rows, anchor]  # actions at or before each record's anchor
+    rec_zero = rec_cnt == 0
+    rec_q = np.maximum(rec_cnt - 1, 0).astype(np.int32)
+    t_rec = t[rows, anchor]
+    tau = np.where(rec_zero, 0.0, t_rec - a_t[rows, rec_q])
+    tau_u, rec_u = _dedup_rows(tau)
+    return {"a_slot": a_slot, "a_stop": a_stop, "a_keep": a_keep, "a_dt": a_dt, "rec_q": rec_q, "rec_u": rec_u,
+            "tau_u": tau_u, "rec_zero": rec_zero}
 
 
 def _ode_groups(lay: Layout, rec, ss, pts) -> dict:
