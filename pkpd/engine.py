@@ -486,7 +486,7 @@ def _matvec(M, v, n):
     return y
 
 
-def _gather_apply(M, X, u, q, n):
+def _gather_apply(M, X, u, q, zero, n):
     """``out[s, r] = M[s, u[s, r]] @ X[s, q[s, r]]`` for every subject ``s`` and record ``r``.
 
     With few distinct offsets ``U`` and action points ``Q`` all products are formed first and one vector is
@@ -497,10 +497,12 @@ def _gather_apply(M, X, u, q, n):
     R = u.shape[1]
     if U * Q <= 4 * R:
         Z = _matvec(M[:, :, None], X[:, None, :], n).reshape(N, U * Q, n)
-        return jnp.take_along_axis(Z, (u * Q + q)[..., None], axis=1)
+        Z = jnp.concatenate([Z, jnp.zeros((N, 1, n), Z.dtype)], axis=1)  # slot U*Q: records before any action
+        idx = jnp.where(zero, U * Q, u * Q + q)
+        return jnp.take_along_axis(Z, idx[..., None], axis=1)
     Mr = jnp.take_along_axis(M, u[..., None, None], axis=1)
     xr = jnp.take_along_axis(X, q[..., None], axis=1)
-    return _matvec(Mr, xr, n)
+    return jnp.where(zero[..., None], 0.0, _matvec(Mr, xr, n))
 
 
 def _analytic_fast(model, lay: Layout, rec, dose, theta, fs):
@@ -559,11 +561,10 @@ def _analytic_fast(model, lay: Layout, rec, dose, theta, fs):
     # outputs: one transition per distinct offset, then a parallel gather-matvec over records
     f_o, g_o = propagators(op["lam"][:, None, :], fs["tau_u"], with_input=inf)
     Phi = jnp.einsum("nuj,njab->nuab", f_o, op["P"])
-    out = _gather_apply(Phi, X, fs["rec_u"], fs["rec_q"], n)
+    out = _gather_apply(Phi, X, fs["rec_u"], fs["rec_q"], fs["rec_zero"], n)
     if inf:
         Gam = jnp.einsum("nuj,njab->nuab", g_o, op["P"])
-        out = out + _gather_apply(Gam, Rr, fs["rec_u"], fs["rec_q"], n)
-    out = jnp.where(fs["rec_zero"][..., None], 0.0, out)
+        out = out + _gather_apply(Gam, Rr, fs["rec_u"], fs["rec_q"], fs["rec_zero"], n)
     return out, jnp.ones(N, bool)
 
 
