@@ -235,7 +235,7 @@ def _newton(resid, x0, iters):
 def _timeline(model, lay: Layout, solver, rec, dose, ss, th_all, order=None):
     """Sorted points of one subject: times, resets, jumps, rates, parameter index, record anchors."""
     n = model.n_cmt
-    R, D, S, P_ss, M = lay.n_rec, lay.n_dose, lay.n_route, lay.n_ss, lay.n_overlap
+    R, D, S, P_ss = lay.n_rec, lay.n_dose, lay.n_route, lay.n_ss
     dtype = rec["time"].dtype
     t_rec = rec["time"]
 
@@ -630,23 +630,14 @@ def compute_schedule(model, lay: Layout, solver, rec, dose, ss, theta) -> dict:
 
     Returns numpy arrays: ``order`` (N, P), ``dt_u`` (N, U) the distinct step lengths of each subject and
     ``u_idx`` (N, P) the index of each point's step length in ``dt_u``. For the exact solver on data
-    without steady-state records and with constant parameters it also returns the dose slot of every
-    point (``slot``, ``is_stop``), ``keep`` (0 at resets) and the record ``anchor`` positions, which let
-    :func:`simulate_arrays` skip the timeline entirely.
+    without steady-state records and with constant parameters it also returns the action points (dose
+    arrivals, infusion stops, resets) and, per record, the last action point before it and the distinct
+    time offsets from it (:func:`_action_schedule`), which let :func:`simulate_arrays` skip the timeline;
+    for the ODE solver, the intervals between action points (:func:`_ode_groups`).
     """
     pts = {k: np.asarray(v) for k, v in _schedule_points(model, lay, solver, rec, dose, ss, theta).items()}
-    order, dt = pts["order"], pts["dt"]
-    N, P = dt.shape
-    srt = np.argsort(dt, axis=1, kind="stable")
-    s = np.take_along_axis(dt, srt, axis=1)
-    new = np.concatenate([np.ones((N, 1), bool), s[:, 1:] != s[:, :-1]], axis=1)
-    rank = np.cumsum(new, axis=1) - 1
-    U = int(rank.max()) + 1
-    dt_u = np.zeros((N, U))
-    rows = np.arange(N)[:, None]
-    dt_u[rows, rank] = s
-    u_idx = np.zeros((N, P), np.int32)
-    u_idx[rows, srt] = rank
+    order = pts["order"]
+    dt_u, u_idx = _dedup_rows(pts["dt"])
     out = {"order": order, "dt_u": dt_u, "u_idx": u_idx}
     if isinstance(solver, Analytic) and lay.n_ss == 0 and not lay.time_varying:
         out.update(_action_schedule(lay, pts))
