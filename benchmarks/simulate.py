@@ -274,7 +274,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, nargs="+", default=[1, 100, 1000, 10000], help="population sizes")
     ap.add_argument("--ode-max-n", type=int, default=1000, help="largest N for the ODE path and naive diffrax")
     ap.add_argument("--scipy-max-n", type=int, default=20, help="largest N for scipy solve_ivp")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs after the first call (best is reported)")
+    ap.add_argument("--repeats", type=int, default=7, help="timed runs after the first call (best is reported)")
     ap.add_argument("--chunk-size", type=int, default=16384, help="subjects per chunk in simulate_arrays (0: no chunking)")
     ap.add_argument("--seed", type=int, default=0, help="seed for sample_w1_parameters")
     ap.add_argument("--json", metavar="OUT.json", help="also write the numbers to this JSON file")
