@@ -442,7 +442,7 @@ def _analytic_batch(model, lay: Layout, pts, th_all, sched):
 
         def body(x, inp):
             a, cc, kk = inp
-            x = kk[:, None] * jnp.einsum("nab,nb->na", a, x) + cc
+            x = kk[:, None] * _matvec(a, x, n) + cc
             return x, x
 
         _, states = jax.lax.scan(body, jnp.zeros((N, n), dtype), (AT, cT, keepT), unroll=4)
@@ -452,7 +452,7 @@ def _analytic_batch(model, lay: Layout, pts, th_all, sched):
         def body(x, inp):
             u, cc, kk = inp
             a = jnp.take_along_axis(A, u[:, None, None, None], axis=1)[:, 0]
-            x = kk[:, None] * jnp.einsum("nab,nb->na", a, x) + cc
+            x = kk[:, None] * _matvec(a, x, n) + cc
             return x, x
 
         _, states = jax.lax.scan(body, jnp.zeros((N, n), dtype), (uT, cT, keepT), unroll=4)
