@@ -23,13 +23,13 @@ def _p(name, value=1.0, unit="L"):
 # ---------------------------------------------------------------- construction / validation
 
 def test_list_and_get_case_insensitive():
-    assert list_drugs() == ["acetaminophen", "oxycodone"]
+    assert {"acetaminophen", "oxycodone"} <= set(list_drugs()) and list_drugs() == sorted(list_drugs())
     assert get_drug("OxyCodone") is get_drug("oxycodone")
     assert get_drug(" Acetaminophen ").name == "acetaminophen"
 
 
 def test_unknown_drug_lists_known():
-    with pytest.raises(ModelSpecError, match="acetaminophen, oxycodone"):
+    with pytest.raises(ModelSpecError, match="acetaminophen"):
         get_drug("morphinex")
 
 
@@ -106,7 +106,7 @@ def test_oxycodone_values_and_flags():
     # k30 0.01224 (fixed), k34 0.086 1/h with "35.7% CV".
     assert (v["KA"], v["KA2"], v["V"], v["K30"], v["K34"]) == (3.61, 0.329, 619.0, 0.01224, 0.086)
     assert d._param("K34").iiv_cv == pytest.approx(0.357)
-    assert v["FR"] == 1.0 and d.routes == {"oral_ir": 1, "oral_er": 2}
+    assert v["FR"] == 1.0 and d.routes == {"po": 1, "po_er": 2}
     # models.md A1 notes: "Its total elimination is k = 0.098 1/h, so CL/F ≈ 61 L/h (my derivation)."
     assert "my derivation" in d._param("CL").source.detail
     # No Agema value is marked UNVERIFIED in models.md A1; the only UNVERIFIED item relevant here is
@@ -126,7 +126,7 @@ def test_acetaminophen_values_and_flags():
         (24.0, 43.7, 43.5, 29.7, 0.859, 11.5, 5.30)
     sd = {p.name: p.iiv_sd for p in d.params if p.iiv_sd is not None}
     assert sd == {"CL": 0.173, "V1": 0.537, "Q": 0.615, "V2": 0.466, "F1": 0.145, "TABS": 0.856, "TLAG": 0.960}
-    assert d.routes == {"oral_tablet": 1, "iv": 2}
+    assert d.routes == {"po": 1, "iv": 2}
     # models.md A7 marks nothing UNVERIFIED. "Size model ... V ∝ (NFM/NFMstd)^1 ... Ffat,V = 1" gives
     # V ∝ WT/70; applying it to V2 is this library's reading, so that one effect is flagged.
     assert d.unverified_params() == ("V2~WT",)
@@ -149,8 +149,8 @@ def _dose_obs(cmt, amt, times, *, ii=0.0, ss=0, wt=None):
 def test_oxycodone_ir_and_er_simulate():
     d = get_drug("oxycodone")
     t = np.arange(0.25, 24.01, 0.25)
-    ir = pkpd.simulate(_dose_obs(d.cmt("oral_ir"), 10.0, t), d.model, d.param_spec())
-    er = pkpd.simulate(_dose_obs(d.cmt("oral_er"), 10.0, t), d.model, d.param_spec())
+    ir = pkpd.simulate(_dose_obs(d.cmt("po"), 10.0, t), d.model, d.param_spec())
+    er = pkpd.simulate(_dose_obs(d.cmt("po_er"), 10.0, t), d.model, d.param_spec())
     ir, er = ir[ir.EVID == 0], er[er.EVID == 0]
     assert np.all(np.isfinite(ir.CP)) and np.all(ir.CP >= 0)
     # IR peaks earlier and higher than ER
@@ -167,7 +167,7 @@ def test_acetaminophen_iv_and_oral_simulate():
     d = get_drug("acetaminophen")
     t = np.arange(0.25, 12.01, 0.25)
     iv = pkpd.simulate(_dose_obs(d.cmt("iv"), 1000.0, t, wt=70.0), d.model, d.param_spec())
-    po = pkpd.simulate(_dose_obs(d.cmt("oral_tablet"), 1000.0, t, wt=70.0), d.model, d.param_spec())
+    po = pkpd.simulate(_dose_obs(d.cmt("po"), 1000.0, t, wt=70.0), d.model, d.param_spec())
     iv, po = iv[iv.EVID == 0], po[po.EVID == 0]
     assert np.all(np.isfinite(iv.CP)) and np.all(np.isfinite(po.CP))
     # oral: bioavailability 0.859 -> AUC ratio (to 12 h, where both are nearly complete) close to F
@@ -190,7 +190,7 @@ def test_oxycodone_er_steady_state_matches_reder_1996():
     """
     d = get_drug("oxycodone")
     t = np.arange(0.0, 12.001, 0.05)
-    df = _dose_obs(d.cmt("oral_er"), 10.0, t, ii=12.0, ss=1)
+    df = _dose_obs(d.cmt("po_er"), 10.0, t, ii=12.0, ss=1)
     out = pkpd.simulate(df, d.model, d.param_spec())
     obs = out[out.EVID == 0]
     cmax_ng_ml = 1000.0 * obs.CP.max()  # CP in mg/L -> ng/mL

@@ -125,7 +125,7 @@ class Covariate:
 class Drug:
     """A drug entry: a built-in structural model plus sourced parameter values.
 
-    ``routes`` maps a route label (``"oral_ir"``, ``"oral_er"``, ``"iv"``...) to the CMT number of
+    ``routes`` maps a route label (``"po"``, ``"po_er"``, ``"iv"``, ``"infiltration"``...) to the CMT number of
     ``model`` that doses of that route go into.
     """
 
@@ -184,8 +184,18 @@ class Drug:
         return out
 
     def covariates_needed(self) -> tuple[str, ...]:
-        """Dataset columns the parameter expressions reference (sorted, unique)."""
-        return tuple(sorted({c.covariate for c in self.covariates}))
+        """Dataset columns the parameter expressions reference (sorted, unique).
+
+        Includes the columns of covariate effects and any column named in a derived expression.
+        """
+        from ..expr import compile_expression
+
+        names = {p.name for p in self.params}
+        cols = {c.covariate for c in self.covariates}
+        for p in self.params:
+            if p.derived:
+                cols |= {c for c in compile_expression(p.value).names if c not in names}
+        return tuple(sorted(cols))
 
     def unverified_params(self) -> tuple[str, ...]:
         """Names of parameters (and ``PARAM~COV`` covariate effects) flagged UNVERIFIED."""

@@ -6,7 +6,7 @@ source tag given there (NL = nlmixr2/nlmixr2lib transcription of the paper's tab
 
 >>> from pkpd.drugs import get_drug
 >>> oxy = get_drug("oxycodone")
->>> oxy.cmt("oral_er")
+>>> oxy.cmt("po_er")
 2
 """
 
@@ -49,7 +49,7 @@ OXYCODONE = Drug(
                                   "CMT 1 with FR = 1, ER tablets go to CMT 2 (absorbed with KA2)"),
     ),
     covariates=(),
-    routes={"oral_ir": 1, "oral_er": 2},
+    routes={"po": 1, "po_er": 2},
     notes=(
         "No covariates: Agema 2021 retained none (WT, age, CYP2D6 IM, CYP3A4*22, UGT2B7 were screened).",
         ("No age covariate. Saari 2012 (Br J Anaesth 108:491, IV, 19-89 y) shows clearance falls with age, "
@@ -103,7 +103,7 @@ ACETAMINOPHEN = Drug(
                   note="models.md writes 'V ∝ (NFM/NFMstd)^1' without naming V1/V2; applying it to V2 is "
                        "this library's reading"),
     ),
-    routes={"oral_tablet": 1, "iv": 2},
+    routes={"po": 1, "iv": 2},
     notes=(
         "IIV is given as log-scale SD (iiv_sd), as in the source.",
         ("Absorption values are for the fasted tablet. Fed: T1/2abs ×1.87 and Tlag ×4.63 (Morse 2022 via NL); "
@@ -121,7 +121,25 @@ ACETAMINOPHEN = Drug(
     ),
 )
 
-_DRUGS: dict[str, Drug] = {d.name: d for d in (OXYCODONE, ACETAMINOPHEN)}
+def _collect() -> dict[str, Drug]:
+    from . import local_anesthetics, nonopioids, opioids
+
+    out: dict[str, Drug] = {}
+    for d in (OXYCODONE, ACETAMINOPHEN, *opioids.DRUGS, *nonopioids.DRUGS, *local_anesthetics.DRUGS):
+        if d.name in out:
+            raise ModelSpecError(f"drug {d.name!r} defined twice in the library")
+        out[d.name] = d
+    return out
+
+
+_DRUGS: dict[str, Drug] = _collect()
+
+#: Other names users write for library drugs.
+ALIASES: dict[str, str] = {
+    "paracetamol": "acetaminophen", "apap": "acetaminophen", "exparel": "bupivacaine_liposomal",
+    "liposomal_bupivacaine": "bupivacaine_liposomal", "oxycontin": "oxycodone", "dilaudid": "hydromorphone",
+    "toradol": "ketorolac", "celebrex": "celecoxib", "neurontin": "gabapentin", "lyrica": "pregabalin",
+}
 
 
 def list_drugs() -> list[str]:
@@ -131,7 +149,8 @@ def list_drugs() -> list[str]:
 
 def get_drug(name: str) -> Drug:
     """The library entry for ``name`` (case-insensitive); :class:`ModelSpecError` for unknown names."""
-    key = str(name).strip().lower()
+    key = str(name).strip().lower().replace("-", "_").replace(" ", "_")
+    key = ALIASES.get(key, key)
     if key not in _DRUGS:
         raise ModelSpecError(f"unknown drug {name!r}; known drugs: {', '.join(list_drugs())}")
     return _DRUGS[key]

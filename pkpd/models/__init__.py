@@ -7,3 +7,4 @@ from ._base import Route as Route
 from .library import describe_model as describe_model
 from .library import get_model as get_model
 from .library import list_models as list_models
+from .library import register_model as register_model

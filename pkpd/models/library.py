@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from .._errors import ModelSpecError
 from ._base import CompartmentModel, Output, Param, Route
 
-__all__ = ["get_model", "list_models", "describe_model"]
+__all__ = ["get_model", "list_models", "describe_model", "register_model"]
 
 _P = {
     "CL": Param("CL", "L/h", "clearance from the central compartment"),
@@ -79,8 +79,37 @@ def _ratio(a, b):
     return lambda p: p[a] / p[b]
 
 
-@lru_cache(maxsize=None)
+_REGISTRY: dict[str, CompartmentModel] = {}
+
+
+def register_model(model: CompartmentModel) -> CompartmentModel:
+    """Register a hand-built :class:`CompartmentModel` so :func:`get_model` finds it by name.
+
+    Used by drug entries whose published structure is outside the grammar (e.g. two enantiomers,
+    metabolite transit chains, binding models). Names must not collide with grammar names or with an
+    already registered model of a different structure.
+    """
+    if not isinstance(model, CompartmentModel):
+        raise ModelSpecError("register_model expects a CompartmentModel")
+    if _NAME.match(model.name):
+        raise ModelSpecError(f"model name {model.name!r} is reserved by the built-in grammar")
+    old = _REGISTRY.get(model.name)
+    if old is not None and old is not model:
+        raise ModelSpecError(f"a different model is already registered as {model.name!r}")
+    _REGISTRY[model.name] = model
+    return model
+
+
 def get_model(name: str) -> CompartmentModel:
+    """Return the model called ``name``: a registered model, or a built-in one from the grammar."""
+    key = str(name).strip()
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    return _grammar_model(key)
+
+
+@lru_cache(maxsize=None)
+def _grammar_model(name: str) -> CompartmentModel:
     """Return the built-in model called ``name`` (see the module docstring for the grammar).
 
     Raises
@@ -266,7 +295,7 @@ _LISTED = (
 
 def list_models() -> tuple[str, ...]:
     """Representative built-in model names (the grammar admits more combinations)."""
-    return _LISTED
+    return _LISTED + tuple(sorted(_REGISTRY))
 
 
 def describe_model(name: str) -> str:
