@@ -1,0 +1,105 @@
+"""Postoperative pain intensity (NRS 0-10), patient demand for rescue, and non-drug modalities.
+
+Pain model
+----------
+``NRS(t) = clip(B(t) * S * (1 - E(t)) + PT(t) - TENS(t), 0, 10)`` where
+
+* ``B(t) = B_inf + (B0 - B_inf) * exp(-ln2 * t / t_half) + A * cos(2 pi (clock(t) - 23 h) / 24 h)``: the
+  untreated postoperative pain, ~7 at the end of surgery and resolving over days with a 24-48 h half-life
+  plus a diurnal term peaking at 23:00 (clinical.md 3.2 SPINE-72 "pain dynamics"; the 23:00 peak is the
+  rescue-hazard peak of Goulooze 2020). Opioid-tolerant patients start higher (clinical.md 3.2).
+* ``S`` is the patient's pain sensitivity (log-normal IIV; lowered by psychological support/education when
+  that assumption is enabled);
+* ``E(t)`` is the combined analgesic relief from :mod:`pkpd.pd`;
+* ``PT(t)`` adds activity-evoked pain during physical-therapy sessions and ``TENS(t)`` removes pain while a
+  wearable electrical stimulator is on.
+
+The references give **no** effect sizes for TENS, physical therapy, education or minimally invasive
+surgery in this setting, nor a parametric pain-resolution model after spine surgery (models.md B3 and E).
+Those terms exist but their sizes are assumptions, flagged ``unverified``, and **off by default**
+(``PainModel(enable_assumed_modalities=True)`` switches them on).
+
+Demand
+------
+A patient with pain ``NRS`` asks for rescue with hazard ``lambda(NRS) = lambda_max / (1 + exp(-(NRS -
+N50) / s))`` per hour (repeated time-to-event structure of Goulooze 2020, who modelled rescue at NRS >= 4).
+PCA demands and PRN requests have their own ``lambda_max``. The values are calibrated on the Iyer 2023
+72-h MME arms (``benchmarks/calibrate_spine72.py``) because no published PCA-demand model exists
+(models.md B6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from .drugs._base import Source
+from .pd import PDValue
+
+__all__ = ["DemandModel", "PainModel"]
+
+_SPINE = Source("clinical.md 3.2 SPINE-72 benchmark", "untreated NRS ~7, half-life 24-48 h, diurnal term")
+_ASSUME = Source("assumption of this toolkit (gap in models.md B3/E)", unverified=True)
+_CAL = Source("calibrated on Iyer 2023 (Spine) 72-h MME arms; benchmarks/calibrate_spine72.py", unverified=True)
+
+
+def _v(value, unit, source, note="", unverified=False) -> PDValue:
+    return PDValue(float(value), unit, source, unverified, note)
+
+
+@dataclass(frozen=True)
+class PainModel:
+    """Parameters of the NRS model (see the module docstring). Times in h, pain in NRS points."""
+
+    b0: PDValue = _v(7.0, "NRS", _SPINE, "untreated NRS at the end of surgery")
+    b_inf: PDValue = _v(2.0, "NRS", _ASSUME, "residual pain after resolution")
+    t_half: PDValue = _v(36.0, "h", _SPINE, "midpoint of the 24-48 h range")
+    diurnal_amp: PDValue = _v(0.5, "NRS", _ASSUME, "amplitude of the diurnal term")
+    diurnal_peak_clock: PDValue = _v(23.0, "h", Source("Goulooze 2020, Anesth Analg", "23:00 hazard peak"))
+    surgery_end_clock: PDValue = _v(14.0, "h", _ASSUME, "clock time of t = 0 (end of surgery)")
+    b0_sd: PDValue = _v(1.0, "NRS", _ASSUME, "IIV of B0 (normal)")
+    t_half_cv: PDValue = _v(0.4, "1", _ASSUME, "IIV of the resolution half-life (log-normal CV)")
+    sensitivity_sd: PDValue = _v(0.25, "1 (log SD)", _CAL, "IIV of the pain sensitivity S")
+    tolerant_b0_shift: PDValue = _v(1.0, "NRS", Source("clinical.md 3.2", "tolerant: higher baseline pain"),
+                                    "size UNVERIFIED", unverified=True)
+    tolerant_ec50_factor: PDValue = _v(2.0, "x", Source("clinical.md 3.2", "tolerant: higher EC50"),
+                                       "size UNVERIFIED", unverified=True)
+    oprm1_ec50_factor: PDValue = _v(1.10, "x per G allele", Source("clinical.md 5.2",
+                                    "soft +10 % EC50 shift per G carrier (my derivation, UNVERIFIED)"),
+                                    unverified=True)
+    # non-drug modalities (assumptions, off unless enabled)
+    mis_b0_factor: PDValue = _v(0.85, "x", _ASSUME, "minimally invasive vs open: lower baseline pain")
+    education_sensitivity_factor: PDValue = _v(0.9, "x", _ASSUME, "psychological support / education")
+    pt_increment: PDValue = _v(1.5, "NRS", _ASSUME, "activity-evoked pain during physical-therapy sessions")
+    tens_reduction: PDValue = _v(0.7, "NRS", _ASSUME, "wearable electrical stimulation while on")
+    enable_assumed_modalities: bool = False
+
+    def replace(self, **changes) -> PainModel:
+        """Copy with some values changed (numbers are wrapped as calibrated/assumed values)."""
+        out = {}
+        for k, v in changes.items():
+            cur = getattr(self, k)
+            out[k] = v if not isinstance(cur, PDValue) or isinstance(v, PDValue) else dataclasses.replace(
+                cur, value=float(v))
+        return dataclasses.replace(self, **out)
+
+
+@dataclass(frozen=True)
+class DemandModel:
+    """Rescue-demand hazard ``lambda(NRS) = lambda_max / (1 + exp(-(NRS - n50)/s))`` (1/h)."""
+
+    pca_lambda_max: PDValue = _v(6.0, "1/h", _CAL, "PCA demands per hour at high pain")
+    prn_lambda_max: PDValue = _v(1.0, "1/h", _CAL, "PRN requests per hour at high pain")
+    n50: PDValue = _v(4.0, "NRS", Source("Goulooze 2020, Anesth Analg", "rescue at NRS >= 4 (clinical.md 1)"))
+    slope: PDValue = _v(0.7, "NRS", _CAL, "width of the rise of the hazard with NRS")
+    relax_tau: PDValue = _v(0.3, "NRS", Source("this toolkit", "temperature of the smooth PRN threshold"))
+
+    def hazard(self, nrs, xp=math):
+        """Demand hazard (1/h) at pain ``nrs`` for PCA and PRN: ``(pca, prn)``."""
+        s = 1.0 / (1.0 + xp.exp(-(nrs - self.n50.value) / self.slope.value))
+        return self.pca_lambda_max.value * s, self.prn_lambda_max.value * s
+
+    def replace(self, **changes) -> DemandModel:
+        return dataclasses.replace(self, **{k: (v if isinstance(v, PDValue) else dataclasses.replace(
+            getattr(self, k), value=float(v))) for k, v in changes.items()})

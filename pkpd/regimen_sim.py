@@ -1,0 +1,948 @@
+"""Population simulation of multimodal analgesic regimens with pain-driven PCA and PRN rescue.
+
+One patient's state stacks every drug of the regimen (each drug's linear compartment model plus an
+effect compartment) into one linear system ``dx/dt = K x + inputs``. Time runs on a grid of ``dt_h``
+(default 5 min) from the earliest pre-operative dose to the horizon (t = 0 is the end of surgery):
+
+* between grid points the state is propagated **exactly** with ``expm(K dt)`` (per patient);
+* scheduled doses (with their lags, bioavailability, split routes and zero-order infusions) enter
+  **exactly** at their own times, not snapped to the grid: a bolus at ``s`` inside a step contributes
+  ``expm(K (t_k - s)) b``, an infusion contributes ``integral expm(K (t_k - u)) r du`` over its overlap;
+* pain (NRS) is evaluated at every grid point from the effect-site concentrations (:mod:`pkpd.pd`,
+  :mod:`pkpd.pain`); a patient asks for PCA or PRN rescue with the NRS-driven hazard of
+  :class:`~pkpd.pain.DemandModel`. In the **exact** mode each request is a Bernoulli event on the grid
+  (probability ``1 - exp(-lambda dt)``), granted only if the lockout / minimum interval, the hourly or
+  24-h cap, the time window and the NRS threshold allow it; a granted dose is then an exact bolus event at
+  that grid time. The **relaxed** mode replaces each event by its expectation (smooth thresholds, a
+  mean-field lockout), so outcomes are differentiable with ``jax.grad`` (used by the optimizer).
+
+Because the realized doses are ordinary events, the concentrations of an exact run can be reproduced by
+:func:`pkpd.simulate` from the dose record (:meth:`PopulationResult.dose_records`); the tests do so.
+
+Randomness is keyed by ``(seed, patient ID)`` so a patient's parameters and demand draws do not depend on
+the batch it runs in or on the other patients (common random numbers across regimens).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.linalg
+
+from ._errors import ModelSpecError
+from .drugs import get_drug
+from .drugs._base import Drug, Source
+from .expr import compile_parameter_block, evaluate_parameter_block
+from .pain import DemandModel, PainModel
+from .pd import GAMMA, AdverseEffectModel, AnalgesicPD, PDValue, get_pd
+
+__all__ = ["IV_MME", "PopulationResult", "SimOptions", "mme_factor", "simulate_regimen"]
+
+#: IV MME factors (mg oral morphine per mg IV). The CDC 2022 table has none (models.md section C/E).
+IV_MME: dict[str, PDValue] = {
+    "morphine": PDValue(3.0, "MME/mg", Source("clinical.md 3.1", "IV:oral morphine ~ 1:3"), True,
+                        "no CDC value; ratio from the clinical notes, UNVERIFIED"),
+    "hydromorphone": PDValue(15.0, "MME/mg", Source("derived: CDC oral hydromorphone 5 x IV:oral 3 (clinical.md "
+                                                     "3.1)"), True, "assumes hydromorphone's IV:oral ratio equals "
+                             "morphine's; UNVERIFIED"),
+    "fentanyl": PDValue(300.0, "MME/mg", Source("general knowledge: 0.1 mg IV fentanyl ~ 10 mg IV morphine",
+                                                 unverified=True), True, "x3 IV:oral morphine; UNVERIFIED"),
+}
+_ORAL_ROUTES = ("po", "po_er")
+_BUPI = ("bupivacaine", "bupivacaine_liposomal")
+
+
+def mme_factor(drug: str, route: str) -> float:
+    """MME per mg of ``drug`` by regimen ``route`` (0 for non-opioids). IV values are unverified."""
+    from . import mme as _mme
+
+    d = get_drug(drug)
+    if d.drug_class != "opioid":
+        return 0.0
+    if route in _ORAL_ROUTES:
+        return float(_mme.mme(d.name, 1.0, "oral"))
+    if route == "iv" and d.name in IV_MME:
+        return float(IV_MME[d.name].value)
+    raise ModelSpecError(f"no MME factor for {d.name} by route {route!r}")
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    """Options of :func:`simulate_regimen`.
+
+    ``dt_h`` grid step (h); ``relaxed`` expected-value PRN/PCA (differentiable) instead of sampled events;
+    ``greco_alpha`` maps pairs of drug names to Greco interaction indices (default additive);
+    ``iiv`` samples inter-individual variability (False: typical patients with their covariates);
+    ``record_doses`` keeps the realized dose record per patient; ``record_states`` keeps every state
+    trajectory (N, T, n_states: memory-heavy, for checks); ``opioid_ec50_scale`` multiplies every opioid
+    EC50 (analgesia and respiration); ``pd_overrides`` replaces PD values per drug, e.g.
+    ``{"acetaminophen": {"emax": 0.3}}`` (keys ``ec50``, ``emax``).
+    """
+
+    dt_h: float = 1.0 / 12.0
+    relaxed: bool = False
+    pain: PainModel = field(default_factory=PainModel)
+    demand: DemandModel = field(default_factory=DemandModel)
+    ae: AdverseEffectModel = field(default_factory=AdverseEffectModel)
+    gamma: float = float(GAMMA.value)
+    greco_alpha: Mapping[tuple[str, str], float] | None = None
+    iiv: bool = True
+    record_doses: bool = True
+    record_states: bool = False
+    opioid_ec50_scale: float = 1.0
+    pd_overrides: Mapping[str, Mapping[str, float]] | None = None
+
+
+def _crc(s: str) -> int:
+    return zlib.crc32(s.encode()) & 0x7FFFFFFF
+
+
+# ----------------------------------------------------------------------------------------------------------
+# System assembly
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class _Block:
+    drug: Drug
+    pd: AnalgesicPD
+    off: int
+    n_model: int
+    eff: int | None  # absolute index of the effect state
+    block: dict
+    iiv: dict[str, float]  # parameter -> omega
+
+    @property
+    def n(self) -> int:
+        return self.n_model + (1 if self.eff is not None else 0)
+
+    @property
+    def model(self):
+        from .models import get_model
+
+        return get_model(self.drug.model)
+
+    def local_depots(self) -> list[int]:
+        return [self.off + i for i in range(self.model.central)]
+
+
+def _build_block(drug: Drug, pd_: AnalgesicPD, off: int) -> _Block:
+    model = drug.model and __import__("pkpd.models", fromlist=["get_model"]).get_model(drug.model)
+    if not model.is_linear:
+        raise ModelSpecError(f"{drug.name}: model {drug.model} is nonlinear; the regimen simulator needs linear "
+                             "models (simulate it alone with pkpd.simulate)")
+    spec = drug.param_spec()
+    iiv = {}
+    for p in drug.params:
+        if p.derived:
+            continue
+        om = p.iiv_sd if p.iiv_sd is not None else (
+            float(np.sqrt(np.log1p(p.iiv_cv ** 2))) if p.iiv_cv is not None else None)
+        if om:
+            iiv[p.name] = float(om)
+            spec[p.name] = f"({spec[p.name]}) * exp(ETA_{p.name})"
+    block = compile_parameter_block(spec)
+    eff = off + model.n_cmt if pd_.kind != "local" else None
+    return _Block(drug, pd_, off, model.n_cmt, eff, block, iiv)
+
+
+def _source_of(model, name: str):
+    if name == "CP":
+        return model.central, model.volume
+    if name == "DEPOT":
+        return None, None
+    for o in model.outputs:
+        if o.name == name:
+            return o.index, o.divide_by
+    raise ModelSpecError(f"model {model.name} has no output {name!r}")
+
+
+def _block_matrix(b: _Block, p: Mapping[str, np.ndarray], n_pat: int) -> np.ndarray:
+    K = np.zeros((n_pat, b.n, b.n))
+    for r, c, fn in b.model.linear_terms:
+        K[:, r, c] += np.broadcast_to(np.asarray(fn(p), float), (n_pat,))
+    if b.eff is not None:
+        idx, div = _source_of(b.model, b.pd.output)
+        ke0 = float(b.pd.ke0.value)
+        e = b.n_model
+        scale = ke0 * b.pd.output_factor / (np.asarray(p[div], float) if div else 1.0)
+        K[:, e, idx] += np.broadcast_to(scale, (n_pat,))
+        K[:, e, e] -= ke0
+    return K
+
+
+def _expm_gamma(K: np.ndarray, tau) -> tuple[np.ndarray, np.ndarray]:
+    """``expm(K tau)`` and ``integral_0^tau expm(K u) du`` for stacks ``K`` (N, n, n), ``tau`` scalar or (N,)."""
+    n_pat, n, _ = K.shape
+    tau = np.broadcast_to(np.asarray(tau, float), (n_pat,))
+    M = np.zeros((n_pat, 2 * n, 2 * n))
+    M[:, :n, :n] = K * tau[:, None, None]
+    M[:, :n, n:] = np.eye(n) * tau[:, None, None]
+    E = scipy.linalg.expm(M)
+    return E[:, :n, :n], E[:, :n, n:]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Result
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class PopulationResult:
+    """Outcome of :func:`simulate_regimen`.
+
+    Attributes
+    ----------
+    patients
+        One row per patient: ``ID``, covariates, and outcomes (``MME_0_24``, ``MME_0_48``, ``MME_0_72`` in
+        mg oral morphine equivalents; ``TIT3``/``TIT4`` fraction of 0-72 h with NRS <= 3 / <= 4;
+        ``PAIN_AUC`` NRS*h; ``PAIN_EXCESS`` integral of (NRS-3)+ in NRS*h; ``N_PCA``, ``N_PRN`` granted
+        doses; ``T_FIRST_RESCUE`` h; ``MIN_VE`` minimum ventilation fraction; ``P_OIRD``; ``MAX_SEDATION``;
+        ``P_PONV``; ``PEAK_BUPI`` peak total bupivacaine (all sources) ng/mL; ``LAST_INDEX`` peak of total
+        bupivacaine / CNS threshold).
+    times
+        Grid times (h), shape (T,).
+    nrs, opioid_units, bupi
+        Per-patient trajectories (N, T): NRS, opioid normalized units, total bupivacaine (mg/L).
+    parameters
+        Drug name -> DataFrame (one row per patient) of the individual PK parameter values used.
+    states, state_index
+        With ``SimOptions(record_states=True)``: every state (N, T, n) and drug -> (offset, size).
+    doses
+        Realized dose record (DataFrame: ID, TIME, DRUG, ROUTE, AMT mg, KIND scheduled/prn/pca), or None.
+    notes
+        Messages about assumptions in force (e.g. modality terms switched off).
+    """
+
+    regimen: Any
+    patients: pd.DataFrame
+    times: np.ndarray
+    nrs: np.ndarray
+    opioid_units: np.ndarray
+    bupi: np.ndarray
+    doses: pd.DataFrame | None
+    notes: list[str]
+    parameters: dict[str, pd.DataFrame] = field(default_factory=dict)
+    states: np.ndarray | None = None
+    state_index: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def summary(self) -> pd.DataFrame:
+        """Mean, SD, P10, P50, P90 of the outcome columns."""
+        cols = [c for c in _OUTCOMES if c in self.patients]
+        d = self.patients[cols]
+        return pd.DataFrame({"mean": d.mean(), "sd": d.std(), "p10": d.quantile(0.1), "p50": d.median(),
+                             "p90": d.quantile(0.9)})
+
+
+_OUTCOMES = ("MME_0_24", "MME_0_48", "MME_0_72", "TIT3", "TIT4", "PAIN_AUC", "PAIN_EXCESS", "N_PCA", "N_PRN",
+             "T_FIRST_RESCUE", "MIN_VE", "P_OIRD", "MAX_SEDATION", "P_PONV", "PEAK_BUPI", "LAST_INDEX")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Main entry
+# ----------------------------------------------------------------------------------------------------------
+def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, options: SimOptions | None = None,
+                     chunk_size: int = 2048, progress: Callable[[int], None] | None = None) -> PopulationResult:
+    """Simulate a regimen in a population.
+
+    Parameters
+    ----------
+    regimen
+        A :class:`regimens.Regimen`.
+    population
+        One row per patient with an ``ID`` column and the covariate columns the drugs need (see
+        :mod:`pkpd.patients`; e.g. from ``spine72_population``).
+    seed
+        Seed of the inter-individual variability and demand draws (per patient ID).
+    options
+        :class:`SimOptions`.
+    chunk_size
+        Patients per compiled batch (bounds memory).
+    progress
+        Called with the number of patients finished after each chunk (e.g. a progress-bar update).
+
+    Returns
+    -------
+    PopulationResult
+
+    Raises
+    ------
+    ModelSpecError
+        Unknown drug, a drug without analgesic PD, a nonlinear model, missing covariates, lagged rescue
+        routes.
+    """
+    opts = options or SimOptions()
+    if not isinstance(population, pd.DataFrame) or "ID" not in population:
+        raise ModelSpecError("population must be a DataFrame with an ID column (one row per patient)")
+    if len(population) == 0:
+        raise ModelSpecError("population is empty")
+    plan = _Plan.build(regimen, population, opts)
+    outs = []
+    done = 0
+    n_total = len(population)
+    size = min(chunk_size, n_total)
+    for start in range(0, n_total, size):
+        sub = population.iloc[start:start + size]
+        n_real = len(sub)
+        if n_real < size:  # pad with copies of the last patient so every chunk has one compiled shape
+            sub = pd.concat([sub, sub.iloc[[-1] * (size - n_real)]], ignore_index=True)
+        outs.append(_trim(plan.run_chunk(sub, seed), n_real))
+        done += len(sub)
+        if progress is not None:
+            progress(len(sub))
+    return plan.collect(outs, population)
+
+
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class _Plan:
+    regimen: Any
+    opts: SimOptions
+    blocks: list[_Block]
+    n: int
+    t0: float
+    T: int
+    items: list[dict]  # rescue items: kind prn/pca, drug, route, rules...
+    notes: list[str]
+    events_template: list  # (time, drug, route, duration) of scheduled events
+
+    @staticmethod
+    def build(regimen, population: pd.DataFrame, opts: SimOptions) -> _Plan:
+        drugs = []
+        for name in list(regimen.drugs()):
+            d = get_drug(name)
+            if d.name not in [x.name for x in drugs]:
+                drugs.append(d)
+        blocks, off = [], 0
+        for d in drugs:
+            b = _build_block(d, get_pd(d.name), off)
+            blocks.append(b)
+            off += b.n
+        cols = set(population.columns)
+        missing = {}
+        for b in blocks:
+            need = [c for c in b.drug.covariates_needed() if c not in cols and c != "AMT"]
+            if need:
+                missing[b.drug.name] = need
+        if missing:
+            raise ModelSpecError("missing covariates: " + "; ".join(
+                f"{k} needs {', '.join(v)}" for k, v in missing.items()))
+        dt = float(opts.dt_h)
+        if not 0 < dt <= 1.0:
+            raise ModelSpecError(f"dt_h must be in (0, 1] h, got {dt}")
+        ev0 = regimen.dose_events(_row_cov(population.iloc[0]))
+        tmin = min([0.0] + [e.time_h for e in ev0] + [float(x.start_h) for x in (*regimen.prn, *regimen.pca)])
+        t0 = np.floor(tmin / dt - 1e-9) * dt
+        T = int(round((float(regimen.horizon_h) - t0) / dt)) + 1
+        items = []
+        groups: dict[tuple[str, str], list] = {}
+        for r in regimen.prn:
+            groups.setdefault((get_drug(r.drug).name, r.route), []).append(r)
+        for (dname, route), rules in groups.items():
+            rules = sorted(rules, key=lambda r: r.threshold_nrs)
+            ints = {float(r.min_interval_h) for r in rules}
+            if len(ints) > 1:
+                raise ModelSpecError(f"PRN rules for {dname} {route} must share one minimum interval, got "
+                                     f"{sorted(ints)} h")
+            caps = [r.max_per_24h for r in rules if r.max_per_24h]
+            items.append(dict(kind="prn", drug=dname, route=route, thr=[float(r.threshold_nrs) for r in rules],
+                              dose=[float(r.dose_mg) for r in rules],
+                              start=[float(r.start_h) for r in rules],
+                              stop=[float(r.stop_h) if r.stop_h is not None else np.inf for r in rules],
+                              interval=ints.pop(), cap=int(min(caps)) if caps else 0, cap_window=24.0))
+        for pc in regimen.pca:
+            dname = get_drug(pc.drug).name
+            cap = int(np.floor(float(pc.hourly_max_mg) / float(pc.demand_mg) + 1e-9)) if pc.hourly_max_mg else 0
+            items.append(dict(kind="pca", drug=dname, route=pc.route, thr=[0.0], dose=[float(pc.demand_mg)],
+                              start=[float(pc.start_h)],
+                              stop=[float(pc.stop_h) if pc.stop_h is not None else np.inf],
+                              interval=float(pc.lockout_min) / 60.0, cap=cap, cap_window=1.0))
+        notes = []
+        for m in getattr(regimen, "modalities", ()):
+            if getattr(m, "enabled", True) and not opts.pain.enable_assumed_modalities:
+                notes.append(f"modality {m.kind}: no published effect size; its assumed effect is OFF "
+                             "(PainModel(enable_assumed_modalities=True) to switch it on)")
+        tmpl = [(e.time_h, get_drug(e.drug).name, e.route, e.duration_h) for e in ev0]
+        plan = _Plan(regimen, opts, blocks, off, float(t0), T, items, notes, tmpl)
+        for it in items:
+            plan._block_of(it["drug"])  # checks the drug is in the system
+        return plan
+
+    def _block_of(self, name: str) -> _Block:
+        for b in self.blocks:
+            if b.drug.name == name:
+                return b
+        raise ModelSpecError(f"{name} is not in the regimen's drug set")
+
+    # -------------------------------------------------------------------------------------------------
+    def _params(self, sub: pd.DataFrame, seed: int, amt=None, only: _Block | None = None) -> list[dict]:
+        n_pat = len(sub)
+        ids = sub["ID"].to_numpy()
+        out = []
+        cache = getattr(self, "_zcache", None)
+        if cache is None or cache[0] is not sub:
+            cache = self._zcache = (sub, {})
+        for b in self.blocks:
+            if only is not None and b is not only:
+                out.append(None)
+                continue
+            cols = {c: sub[c].to_numpy(float) for c in b.drug.covariates_needed() if c in sub}
+            cols["AMT"] = np.zeros(n_pat) if amt is None else amt
+            if b.drug.name not in cache[1]:
+                cache[1][b.drug.name] = (_normals(seed, ids, "iiv:" + b.drug.name, len(b.iiv)) if self.opts.iiv
+                                         else np.zeros((n_pat, len(b.iiv))))
+            z = cache[1][b.drug.name]
+            for j, (name, om) in enumerate(sorted(b.iiv.items())):
+                cols[f"ETA_{name}"] = om * z[:, j]
+            p = evaluate_parameter_block(b.block, cols, np)
+            out.append({k: np.broadcast_to(np.asarray(v, float), (n_pat,)) for k, v in p.items()})
+        return out
+
+    def run_chunk(self, sub: pd.DataFrame, seed: int) -> dict:
+        import jax
+        import jax.numpy as jnp
+
+        opts, dt = self.opts, float(self.opts.dt_h)
+        n_pat, n, T = len(sub), self.n, self.T
+        ids = sub["ID"].to_numpy()
+        params = self._params(sub, seed)
+        Phi = np.zeros((n_pat, n, n))
+        Gam = np.zeros((n_pat, n, n))
+        Ks = []
+        for b, p in zip(self.blocks, params):
+            K = _block_matrix(b, p, n_pat)
+            if not np.all(np.isfinite(K)):
+                bad = np.flatnonzero(~np.isfinite(K).all(axis=(1, 2)))
+                raise ModelSpecError(f"{b.drug.name}: non-finite rate constants for patient IDs {ids[bad][:10]}")
+            Ks.append(K)
+            E, G = _expm_gamma(K, dt)
+            sl = slice(b.off, b.off + b.n)
+            Phi[:, sl, sl] = E
+            Gam[:, sl, sl] = G
+
+        # ---- scheduled events -> exact grid contributions
+        ev_k, ev_vec, seg_from, seg_to, seg_vec = [], [], [], [], []
+        sched_rows = []
+        amounts = np.stack([[e.amount_mg for e in self.regimen.dose_events(_row_cov(r))]
+                            for _, r in sub.iterrows()]) if self.events_template else np.zeros((n_pat, 0))
+        if amounts.shape[1] != len(self.events_template):
+            raise ModelSpecError("the regimen expands to a different number of doses for different patients")
+        for j, (t_e, dname, route, dur) in enumerate(self.events_template):
+            bi = [b.drug.name for b in self.blocks].index(dname)
+            b, K = self.blocks[bi], Ks[bi]
+            amt = amounts[:, j]
+            sched_rows.append((j, t_e, dname, route, amt))
+            for tgt, a_sub, s_sub, d_sub in _subdoses(b, route, amt, float(t_e), float(dur), self, sub, seed):
+                self._contrib(b, K, tgt, a_sub, s_sub, d_sub, ev_k, ev_vec, seg_from, seg_to, seg_vec, n_pat)
+        # PCA basal / loading as scheduled inputs
+        for pc in self.regimen.pca:
+            b = self._block_of(get_drug(pc.drug).name)
+            K = Ks[self.blocks.index(b)]
+            stop = float(pc.stop_h) if pc.stop_h is not None else float(self.regimen.horizon_h)
+            if float(pc.basal_mg_h) > 0:
+                amt = np.full(n_pat, float(pc.basal_mg_h) * (stop - float(pc.start_h)))
+                for tgt, a_sub, s_sub, d_sub in _subdoses(b, pc.route, amt, float(pc.start_h),
+                                                          stop - float(pc.start_h), self, sub, seed):
+                    self._contrib(b, K, tgt, a_sub, s_sub, d_sub, ev_k, ev_vec, seg_from, seg_to, seg_vec, n_pat)
+                sched_rows.append((-1, float(pc.start_h), b.drug.name, pc.route, amt))
+            if float(pc.loading_mg) > 0:
+                amt = np.full(n_pat, float(pc.loading_mg))
+                for tgt, a_sub, s_sub, d_sub in _subdoses(b, pc.route, amt, float(pc.start_h), 0.0, self, sub,
+                                                          seed):
+                    self._contrib(b, K, tgt, a_sub, s_sub, d_sub, ev_k, ev_vec, seg_from, seg_to, seg_vec, n_pat)
+                sched_rows.append((-2, float(pc.start_h), b.drug.name, pc.route, amt))
+        E_ = max(len(ev_k), 1)
+        evk = np.full((n_pat, E_), -1, np.int32)
+        evv = np.zeros((n_pat, E_, n))
+        for j, (k, v) in enumerate(zip(ev_k, ev_vec)):
+            evk[:, j] = k
+            evv[:, j] = v
+        S_ = max(len(seg_from), 1)
+        sf = np.full((n_pat, S_), 1, np.int32)
+        st = np.full((n_pat, S_), 0, np.int32)
+        sv = np.zeros((n_pat, S_, n))
+        for j in range(len(seg_from)):
+            sf[:, j], st[:, j], sv[:, j] = seg_from[j], seg_to[j], seg_vec[j]
+
+        # ---- rescue dose vectors
+        items = self.items
+        n_it = len(items)
+        bvec = np.zeros((n_pat, max(n_it, 1), n))
+        for i, it in enumerate(items):
+            b = self._block_of(it["drug"])
+            subs = _subdoses(b, it["route"], np.ones(n_pat), 0.0, 0.0, self, sub, seed)
+            for tgt, a_sub, s_sub, d_sub in subs:
+                if np.any(np.asarray(s_sub) != 0.0) or np.any(np.asarray(d_sub) != 0.0):
+                    raise ModelSpecError(f"{it['kind'].upper()} {it['drug']} {it['route']}: rescue routes with a lag "
+                                         "or zero-order input are not supported on the demand grid")
+                bvec[:, i, b.off + tgt] += a_sub
+
+        # ---- PD per patient
+        pdv = self._pd_arrays(sub, seed)
+        vols = [params[j][b.model.volume] for j, b in enumerate(self.blocks) if b.drug.name in _BUPI]
+        pdv["bvol"] = np.stack(vols, 1) if vols else np.ones((n_pat, 1))
+        key_ids = ids.astype(np.int64)
+        arrays = dict(Phi=Phi, Gam=Gam, evk=evk, evv=evv, sf=sf, st=st, sv=sv, bvec=bvec, ids=key_ids, **pdv)
+        fn = self._compiled()
+        res = fn(seed, {k: jnp.asarray(v) for k, v in arrays.items()})
+        res = jax.tree_util.tree_map(np.asarray, res)
+        res["sched"] = sched_rows
+        res["ids"] = ids
+        res["params"] = {b.drug.name: pd.DataFrame({k: np.asarray(v) for k, v in p.items()
+                                                    if not k.startswith("ETA_")}) for b, p in zip(self.blocks, params)}
+        return res
+
+    def _contrib(self, b, K, tgt, amt, s, dur, ev_k, ev_vec, seg_from, seg_to, seg_vec, n_pat):
+        dt, t0, T, n = float(self.opts.dt_h), self.t0, self.T, self.n
+        s = np.broadcast_to(np.asarray(s, float), (n_pat,))
+        dur = np.broadcast_to(np.asarray(dur, float), (n_pat,))
+        sl = slice(b.off, b.off + b.n)
+
+        def put(k, local):
+            k = np.asarray(k, np.int64)
+            v = np.zeros((n_pat, n))
+            ok = (k >= 0) & (k < T)
+            v[:, sl] = np.where(ok[:, None], local, 0.0)
+            ev_k.append(np.where(ok, k, -1))
+            ev_vec.append(v)
+
+        e_t = np.zeros((n_pat, b.n))
+        e_t[:, tgt] = 1.0
+        if np.all(dur == 0):
+            k = np.ceil((s - t0) / dt - 1e-9).astype(np.int64)
+            delta = t0 + k * dt - s
+            if np.all(np.abs(delta) < 1e-12):
+                put(k, e_t * amt[:, None])
+            else:
+                E, _ = _expm_gamma(K, delta)
+                put(k, E[:, :, tgt] * amt[:, None])
+            return
+        if np.any(dur <= 0):
+            raise ModelSpecError(f"{b.drug.name}: mixed bolus/infusion sub-doses across patients")
+        rate = amt / dur
+        e = s + dur
+        ka = np.ceil((s - t0) / dt - 1e-9).astype(np.int64)
+        kb = np.floor((e - t0) / dt + 1e-9).astype(np.int64)
+        inside = ka > kb  # whole infusion inside one step
+        # whole infusion inside one step (t_{ka-1}, t_ka]
+        E1, G1 = _expm_gamma(K, np.where(inside, t0 + ka * dt - e, 0.0))
+        _, Gd = _expm_gamma(K, np.where(inside, dur, 0.0))
+        v_in = np.einsum("pij,pj->pi", E1, Gd[:, :, tgt]) * rate[:, None]
+        put(np.where(inside, ka, -1), v_in)
+        # head piece s -> t_ka
+        _, Gh = _expm_gamma(K, np.where(inside, 0.0, t0 + ka * dt - s))
+        put(np.where(inside, -1, ka), Gh[:, :, tgt] * rate[:, None])
+        # full steps ka+1 .. kb
+        _, Gs = _expm_gamma(K, dt)
+        v = np.zeros((n_pat, n))
+        v[:, sl] = Gs[:, :, tgt] * rate[:, None]
+        seg_from.append(np.where(inside, 1, ka + 1))
+        seg_to.append(np.where(inside, 0, kb))
+        seg_vec.append(v)
+        # tail piece t_kb -> e, seen at t_{kb+1}
+        tail = np.where(inside, 0.0, e - (t0 + kb * dt))
+        Et, _ = _expm_gamma(K, np.where(tail > 1e-12, t0 + (kb + 1) * dt - e, 0.0))
+        _, Gt = _expm_gamma(K, tail)
+        v_t = np.einsum("pij,pj->pi", Et, Gt[:, :, tgt]) * rate[:, None]
+        put(np.where((~inside) & (tail > 1e-12), kb + 1, -1), v_t)
+
+    def _pd_arrays(self, sub: pd.DataFrame, seed: int) -> dict:
+        n_pat = len(sub)
+        ids = sub["ID"].to_numpy()
+        pain = self.opts.pain
+        tol = sub["OPIOID_TOL"].to_numpy(float) if "OPIOID_TOL" in sub else np.zeros(n_pat)
+        g = sub["OPRM1_G"].to_numpy(float) if "OPRM1_G" in sub else np.zeros(n_pat)
+        nb = len(self.blocks)
+        ov = self.opts.pd_overrides or {}
+        emax = np.zeros((n_pat, nb))
+        ec50 = np.zeros((n_pat, nb))
+        resp = np.full((n_pat, nb), np.inf)
+        z = _normals(seed, ids, "pd", nb) if self.opts.iiv else np.zeros((n_pat, nb))
+        for j, b in enumerate(self.blocks):
+            sd = float(b.pd.ec50_iiv_sd.value) if b.pd.ec50_iiv_sd is not None else 0.0
+            o = ov.get(b.drug.name, {})
+            unknown = set(o) - {"ec50", "emax"}
+            if unknown:
+                raise ModelSpecError(f"pd_overrides for {b.drug.name}: unknown keys {sorted(unknown)}")
+            emax[:, j] = float(o.get("emax", b.pd.emax.value))
+            base = float(o.get("ec50", b.pd.ec50.value)) * np.exp(sd * z[:, j])
+            if b.pd.kind == "opioid":
+                base = base * float(self.opts.opioid_ec50_scale)
+                shift = np.where(tol > 0, float(pain.tolerant_ec50_factor.value), 1.0) * float(
+                    pain.oprm1_ec50_factor.value) ** g
+                ec50[:, j] = base * shift
+                resp[:, j] = float(b.pd.resp_ec50.value) * float(self.opts.opioid_ec50_scale) * np.where(
+                    tol > 0, float(pain.tolerant_ec50_factor.value), 1.0)
+            else:
+                ec50[:, j] = base
+        zp = _normals(seed, ids, "pain", 3) if self.opts.iiv else np.zeros((n_pat, 3))
+        b0 = float(pain.b0.value) + float(pain.b0_sd.value) * zp[:, 0] + tol * float(pain.tolerant_b0_shift.value)
+        cv = float(pain.t_half_cv.value)
+        th = float(pain.t_half.value) * np.exp(np.sqrt(np.log1p(cv * cv)) * zp[:, 1])
+        sens = np.exp(float(pain.sensitivity_sd.value) * zp[:, 2])
+        if pain.enable_assumed_modalities:
+            if "OPEN_SURGERY" in sub:
+                b0 = np.where(sub["OPEN_SURGERY"].to_numpy(float) > 0, b0, b0 * float(pain.mis_b0_factor.value))
+            if any(m.kind == "psych_education" and m.enabled for m in self.regimen.modalities):
+                sens = sens * float(pain.education_sensitivity_factor.value)
+        dem = self.opts.demand
+        lam = np.array([float(dem.pca_lambda_max.value) if it["kind"] == "pca" else float(dem.prn_lambda_max.value)
+                        for it in self.items] or [0.0])
+        return dict(ec50=ec50, emax=emax, lam=np.broadcast_to(lam, (n_pat, len(lam))).copy(), resp=resp, b0=np.clip(b0, 0.0, 10.0), th=th, sens=sens, osa=(
+            sub["OSA"].to_numpy(float) if "OSA" in sub else np.zeros(n_pat)))
+
+    # -------------------------------------------------------------------------------------------------
+    def _compiled(self):
+        sig = self._signature()
+        if sig not in _KERNELS:
+            if len(_KERNELS) > 16:
+                _KERNELS.clear()
+            _KERNELS[sig] = _make_kernel(self)
+        return _KERNELS[sig]
+
+    def _signature(self) -> tuple:
+        """Everything the compiled kernel bakes in (numbers that vary per patient are passed as arrays)."""
+        o = self.opts
+        blocks = tuple((b.drug.name, b.off, b.n, b.pd.kind, b.eff, tuple(b.local_depots()), float(b.pd.hill.value))
+                       for b in self.blocks)
+        items = tuple((it["kind"], tuple(it["thr"]), tuple(it["dose"]), tuple(it["start"]), tuple(it["stop"]),
+                       it["interval"], it["cap"], it["cap_window"]) for it in self.items)
+        pain = repr(o.pain)
+        mods = tuple((m.kind, tuple(map(tuple, m.windows)), m.enabled) for m in self.regimen.modalities)
+        return (blocks, items, self.t0, self.T, o.dt_h, o.gamma, o.relaxed, o.record_states,
+                tuple(sorted((o.greco_alpha or {}).items())), repr(o.ae), pain, repr(o.demand.n50),
+                repr(o.demand.slope), repr(o.demand.relax_tau), mods, self.n)
+
+    def collect(self, outs: list[dict], population: pd.DataFrame) -> PopulationResult:
+        dt = float(self.opts.dt_h)
+        times = self.t0 + dt * np.arange(self.T)
+        nrs = np.concatenate([o["nrs"] for o in outs])
+        dose = np.concatenate([o["dose"] for o in outs])[:, :, :len(self.items)]
+        units = np.concatenate([o["uop"] for o in outs])
+        bupi = np.concatenate([o["bupi"] for o in outs])
+        dep = np.concatenate([o["dep"] for o in outs])
+        sed = np.concatenate([o["sed"] for o in outs])
+        post = (times >= -1e-9) & (times <= float(self.regimen.horizon_h) + 1e-9)
+        ae = self.opts.ae
+        df = population.reset_index(drop=True).copy()
+        # MME: rescue items + scheduled opioids, within [0, window)
+        fac_items = np.array([mme_factor(it["drug"], it["route"]) for it in self.items]) if self.items else np.zeros(0)
+        mme_t = (dose * fac_items[None, None, :]).sum(-1) if self.items else np.zeros_like(nrs)
+        sched_mme = np.zeros((len(df), self.T))
+        recs = []
+        offset = 0
+        for o in outs:
+            m = len(o["ids"])
+            for (_, t_e, dname, route, amt) in o["sched"]:
+                f = mme_factor(dname, route)
+                k = int(np.clip(np.ceil((t_e - self.t0) / dt - 1e-9), 0, self.T - 1))
+                if f > 0 and t_e >= 0:
+                    sched_mme[offset:offset + m, k] += f * amt
+            offset += m
+        tot = mme_t + sched_mme
+        for h in (24, 48, 72):
+            w = (times >= -1e-9) & (times < h - 1e-9)
+            df[f"MME_0_{h}"] = tot[:, w].sum(1)
+        x = nrs[:, post]
+        df["TIT3"] = (x <= 3.0 + 1e-9).mean(1)
+        df["TIT4"] = (x <= 4.0 + 1e-9).mean(1)
+        tp = times[post]
+        df["PAIN_AUC"] = np.trapezoid(x, tp, axis=1)
+        df["PAIN_EXCESS"] = np.trapezoid(np.maximum(x - 3.0, 0.0), tp, axis=1)
+        kinds = np.array([it["kind"] for it in self.items])
+        given = dose > 0
+        df["N_PCA"] = given[:, :, kinds == "pca"].sum((1, 2)) if len(kinds) else 0
+        df["N_PRN"] = given[:, :, kinds == "prn"].sum((1, 2)) if len(kinds) else 0
+        anyg = given.any(-1) if len(kinds) else np.zeros_like(nrs, bool)
+        first = np.where(anyg.any(1), times[np.argmax(anyg, axis=1)], np.nan)
+        df["T_FIRST_RESCUE"] = first
+        d = dep[:, post]
+        df["MIN_VE"] = 1.0 - d.max(1)
+        h = float(-np.log1p(-float(ae.oird_base.value)) / 24.0)
+        cum = np.trapezoid((d / float(ae.d_ref.value)) ** 2, tp, axis=1) * h
+        osa = df["OSA"].to_numpy(float) if "OSA" in df else np.zeros(len(df))
+        p = 1.0 - np.exp(-cum)
+        odds = p / np.maximum(1.0 - p, 1e-300) * np.where(osa > 0, float(ae.osa_or.value), 1.0)
+        df["P_OIRD"] = odds / (1.0 + odds)
+        df["MAX_SEDATION"] = sed[:, post].max(1)
+        m24 = df["MME_0_24"].to_numpy()
+        lo = np.log(float(ae.ponv_p_ref.value) / (1 - float(ae.ponv_p_ref.value))) + float(ae.ponv_slope.value) * (
+            np.log1p(m24) - np.log1p(float(ae.ponv_mme_ref.value)))
+        g = df["OPRM1_G"].to_numpy(float) if "OPRM1_G" in df else np.zeros(len(df))
+        lo = lo + np.where(g >= 2, np.log(float(ae.oprm1_gg_or.value)), 0.0)
+        df["P_PONV"] = 1.0 / (1.0 + np.exp(-lo))
+        df["PEAK_BUPI"] = bupi.max(1) * 1000.0
+        df["LAST_INDEX"] = bupi.max(1) / 2.0
+        doses = None
+        if self.opts.record_doses and not self.opts.relaxed:
+            doses = self._dose_frame(outs, times)
+        params = {b.drug.name: pd.concat([o["params"][b.drug.name] for o in outs], ignore_index=True)
+                  for b in self.blocks}
+        for v in params.values():
+            v.insert(0, "ID", df["ID"].to_numpy())
+        states = np.concatenate([o["x"] for o in outs]) if self.opts.record_states else None
+        index = {b.drug.name: (b.off, b.n) for b in self.blocks}
+        return PopulationResult(self.regimen, df, times, nrs, units, bupi, doses, list(self.notes), params, states,
+                                index)
+
+    def _dose_frame(self, outs, times) -> pd.DataFrame:
+        parts = []
+        for o in outs:
+            ids = o["ids"]
+            for (_, t_e, dname, route, amt) in o["sched"]:
+                parts.append(pd.DataFrame({"ID": ids, "TIME": t_e, "DRUG": dname, "ROUTE": route, "AMT": amt,
+                                           "KIND": "scheduled"}))
+            dose = o["dose"]
+            for i, it in enumerate(self.items):
+                pi, ki = np.nonzero(dose[:, :, i] > 0)
+                if len(pi):
+                    parts.append(pd.DataFrame({"ID": ids[pi], "TIME": times[ki], "DRUG": it["drug"],
+                                               "ROUTE": it["route"], "AMT": dose[pi, ki, i], "KIND": it["kind"]}))
+        if not parts:
+            return pd.DataFrame(columns=["ID", "TIME", "DRUG", "ROUTE", "AMT", "KIND"])
+        return pd.concat(parts, ignore_index=True).sort_values(["ID", "TIME"], kind="stable").reset_index(drop=True)
+
+
+_KERNELS: dict = {}
+
+
+def _trim(res: dict, n: int) -> dict:
+    out = {k: (v[:n] if isinstance(v, np.ndarray) else v) for k, v in res.items()}
+    out["sched"] = [(j, t, d, r, a[:n]) for (j, t, d, r, a) in res["sched"]]
+    out["params"] = {k: v.iloc[:n] for k, v in res["params"].items()}
+    return out
+
+
+def _row_cov(row: pd.Series) -> dict[str, float]:
+    out = {}
+    for k, v in row.items():
+        try:
+            out[str(k)] = float(v)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def _normals(seed: int, ids: np.ndarray, stream: str, k: int) -> np.ndarray:
+    """Standard normals (len(ids), k), one reproducible stream per (seed, patient ID, stream name)."""
+    if k == 0:
+        return np.zeros((len(ids), 0))
+    return np.asarray(_normals_jit(int(seed) & 0x7FFFFFFF, _crc(stream), k, np.asarray(ids, np.int64)))
+
+
+def _normals_impl(seed, h, k, ids):
+    import jax
+
+    base = jax.random.fold_in(jax.random.PRNGKey(seed), h)
+    return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(base, i), (k,)))(ids)
+
+
+_NORMALS_JIT = None
+
+
+def _normals_jit(seed, h, k, ids):
+    global _NORMALS_JIT
+    if _NORMALS_JIT is None:
+        import jax
+
+        _NORMALS_JIT = jax.jit(_normals_impl, static_argnums=(2,))
+    return _NORMALS_JIT(seed, h, k, ids)
+
+
+def _subdoses(b: _Block, route: str, amt: np.ndarray, t: float, dur: float, plan: _Plan, sub, seed):
+    """Split one dose record into (local target index, amount, start time, duration) sub-doses."""
+    from .models import Route
+
+    model = b.model
+    cmt = b.drug.cmt(route)
+    ci = cmt - 1
+    p = plan._params(sub, seed, amt=np.asarray(amt, float), only=b)[plan.blocks.index(b)]
+    for bad in (f"R{cmt}", f"D{cmt}"):
+        if bad in p:
+            raise ModelSpecError(f"{b.drug.name}: modelled infusion parameter {bad} is not supported here")
+    F = p.get(f"F{cmt}", 1.0)
+    routes = model.routes.get(ci) or (Route(ci),)
+    out = []
+    for r in routes:
+        frac = 1.0 if r.fraction is None else (1.0 - p[r.fraction] if r.complement else p[r.fraction])
+        lag = p.get(f"ALAG{r.target + 1}", 0.0)
+        a = np.asarray(amt, float) * F * frac
+        if r.mode == "zero_order":
+            if dur > 0:
+                raise ModelSpecError(f"{b.drug.name} {route}: an infusion into a split route is not supported")
+            out.append((r.target, a, t + lag, p[r.duration]))
+        else:
+            out.append((r.target, a, t + lag, dur))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The compiled per-patient kernel
+# ----------------------------------------------------------------------------------------------------------
+def _make_kernel(plan: _Plan):
+    import jax
+    import jax.numpy as jnp
+
+    opts = plan.opts
+    dt, t0, T = float(opts.dt_h), plan.t0, plan.T
+    pain, dem = opts.pain, opts.demand
+    gamma = float(opts.gamma)
+    relaxed = bool(opts.relaxed)
+    record_states = bool(opts.record_states)
+    items = plan.items
+    n_it = len(items)
+    blocks = plan.blocks
+    kinds = [b.pd.kind for b in blocks]
+    eff_idx = [b.eff for b in blocks]
+    depots = [b.local_depots() for b in blocks]
+    hill = np.array([float(b.pd.hill.value) for b in blocks])
+    is_op = np.array([k == "opioid" for k in kinds])
+    bupi_src = [b.off + b.model.central for b in blocks if b.drug.name in _BUPI]
+    names = [b.drug.name for b in blocks]
+    alpha = None
+    if opts.greco_alpha:
+        alpha = np.zeros((len(blocks), len(blocks)))
+        for (a, c), v in opts.greco_alpha.items():
+            ia, ic = names.index(get_drug(a).name), names.index(get_drug(c).name)
+            alpha[min(ia, ic), max(ia, ic)] = float(v)
+    ae = opts.ae
+    a_resp, n_resp = float(ae.alpha.value), float(ae.n.value)
+    sed_u50 = float(ae.sedation_u50.value)
+    mods = [m for m in plan.regimen.modalities if m.enabled] if pain.enable_assumed_modalities else []
+    tens_w = [w for m in mods if m.kind == "tens" for w in m.windows]
+    pt_w = [w for m in mods if m.kind == "physical_therapy" for w in m.windows]
+    b_inf = float(pain.b_inf.value)
+    amp = float(pain.diurnal_amp.value)
+    phase = float(pain.diurnal_peak_clock.value) - float(pain.surgery_end_clock.value)
+    # item tables (padded)
+    R = max([len(it["thr"]) for it in items], default=1)
+    thr = np.full((max(n_it, 1), R), np.inf)
+    dosev = np.zeros((max(n_it, 1), R))
+    start = np.full((max(n_it, 1), R), np.inf)
+    stop = np.full((max(n_it, 1), R), -np.inf)
+    for i, it in enumerate(items):
+        m = len(it["thr"])
+        thr[i, :m], dosev[i, :m] = (it["thr"] if it["kind"] == "prn" else [-1e9]), it["dose"]
+        start[i, :m], stop[i, :m] = it["start"], it["stop"]
+    interval = np.array([it["interval"] for it in items] or [1.0])
+    is_pca = np.array([it["kind"] == "pca" for it in items] or [False])
+    cap = np.array([it["cap"] for it in items] or [0])
+    capw = np.array([it["cap_window"] for it in items] or [1.0])
+    C = int(max(cap.max(), 1))
+    n50, slope, tau = float(dem.n50.value), float(dem.slope.value), float(dem.relax_tau.value)
+    M = int(max(1, np.ceil(interval.max() / dt - 1e-9)))
+    mlen = np.ceil(interval / dt - 1e-9).astype(int)
+    reg_mask = (np.arange(M)[None, :] < mlen[:, None]).astype(float)
+
+    ni = max(n_it, 1)
+
+    def kernel_one(key, a):
+        def nrs_of(x, t):
+            units = []
+            for j, kd in enumerate(kinds):
+                if kd == "local":
+                    amt_site = sum(x[i] for i in depots[j]) if depots[j] else 0.0
+                    e = a["emax"][j] * amt_site / (amt_site + a["ec50"][j])
+                    units.append(_inv(e, gamma))
+                else:
+                    ce = jnp.maximum(x[eff_idx[j]], 0.0)
+                    if kd == "opioid":
+                        units.append(ce / a["ec50"][j])
+                    else:
+                        ch = ce ** hill[j]
+                        e = a["emax"][j] * ch / (ch + a["ec50"][j] ** hill[j])
+                        units.append(_inv(e, gamma))
+            u = jnp.stack(units)
+            if alpha is None:
+                U = jnp.sum(u)
+            else:
+                tot = jnp.sum(u)
+                cross = u @ jnp.asarray(alpha) @ u
+                U = 0.5 * (tot + jnp.sqrt(tot * tot + 4.0 * cross))
+            E = U ** gamma / (1.0 + U ** gamma)
+            base = b_inf + (a["b0"] - b_inf) * jnp.exp(-jnp.log(2.0) * jnp.maximum(t, 0.0) / a["th"])
+            base = base + amp * jnp.cos(2 * jnp.pi * (t - phase) / 24.0)
+            y = base * a["sens"] * (1.0 - E)
+            for (w0, w1) in pt_w:
+                y = y + float(pain.pt_increment.value) * ((t >= w0) & (t < w1))
+            for (w0, w1) in tens_w:
+                y = y - float(pain.tens_reduction.value) * ((t >= w0) & (t < w1))
+            y = jnp.clip(y, 0.0, 10.0)
+            uop = jnp.sum(jnp.where(jnp.asarray(is_op), u, 0.0))
+            ceo = []
+            for j, kd in enumerate(kinds):
+                if kd == "opioid":
+                    ceo.append(jnp.maximum(x[eff_idx[j]], 0.0) / a["resp"][j])
+            rr = jnp.sum(jnp.stack(ceo)) if ceo else jnp.asarray(0.0)
+            rn = rr ** n_resp
+            dep = jnp.minimum(a_resp, 1.0) * rn / (1.0 + rn)
+            s2 = (uop / sed_u50) ** 2
+            sed = s2 / (1.0 + s2)
+            bup = sum(x[i] / a["bvol"][m] for m, i in enumerate(bupi_src)) if bupi_src else jnp.asarray(0.0)
+            return y, uop, dep, sed, bup
+
+        def step(carry, k):
+            x, last, hist, reg = carry
+            t = t0 + k * dt
+            x = a["Phi"] @ x
+            act = ((k >= a["sf"]) & (k <= a["st"])).astype(x.dtype)
+            x = x + act @ a["sv"] + (a["evk"] == k).astype(x.dtype) @ a["evv"]
+            y, uop, dep, sed, bup = nrs_of(x, t)
+            if n_it:
+                s = 1.0 / (1.0 + jnp.exp(-(y - n50) / slope))
+                lam = a["lam"] * s
+                p = 1.0 - jnp.exp(-lam * dt)
+                inwin = (t >= jnp.asarray(start) - 1e-9) & (t < jnp.asarray(stop) - 1e-9) & (t >= -1e-9)
+                if relaxed:
+                    soft = jax.nn.sigmoid((y - jnp.asarray(thr)) / tau) * inwin
+                    step_up = jnp.diff(jnp.concatenate([jnp.zeros((ni, 1)), jnp.asarray(dosev)], 1), axis=1)
+                    amtv = jnp.sum(soft * step_up, axis=1)  # lowest rule's dose, stepping up at higher thresholds
+                    locked = jnp.sum(reg * jnp.asarray(reg_mask), axis=1)
+                    avail = p * jnp.clip(1.0 - locked, 0.0, 1.0)
+                    dose = avail * amtv
+                    reg = jnp.concatenate([(avail * soft[:, 0])[:, None], reg[:, :-1]], axis=1)
+                else:
+                    uni = jax.random.uniform(jax.random.fold_in(key, k), (ni,))
+                    req = uni < p
+                    ok_rule = inwin & (y >= jnp.asarray(thr) - 1e-12)
+                    amt = jnp.max(jnp.where(ok_rule, jnp.asarray(dosev), 0.0), axis=1)
+                    free = (t - last) >= jnp.asarray(interval) - 1e-9
+                    n_recent = jnp.sum((t - hist) < jnp.asarray(capw)[:, None] - 1e-9, axis=1)
+                    cap_ok = (jnp.asarray(cap) == 0) | (n_recent < jnp.asarray(cap))
+                    give = req & free & cap_ok & (amt > 0)
+                    dose = jnp.where(give, amt, 0.0)
+                    last = jnp.where(give, t, last)
+                    hist = jnp.where(give[:, None], jnp.concatenate([jnp.full((ni, 1), t), hist[:, :-1]], axis=1),
+                                     hist)
+                x = x + dose @ a["bvec"]
+            else:
+                dose = jnp.zeros((1,))
+            out = {"nrs": y, "dose": dose, "uop": uop, "dep": dep, "sed": sed, "bupi": bup}
+            if record_states:
+                out["x"] = x
+            return (x, last, hist, reg), out
+
+        carry = (jnp.zeros(a["Phi"].shape[0]), jnp.full((ni,), -1e9), jnp.full((ni, C), -1e9), jnp.zeros((ni, M)))
+        _, out = jax.lax.scan(step, carry, jnp.arange(T))
+        return out
+
+    def run(seed, arrs):
+        base = jax.random.PRNGKey(int(seed) & 0x7FFFFFFF)
+        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(base, 0x5EED), i))(arrs["ids"])
+        a = {k: v for k, v in arrs.items() if k != "ids"}
+        return jax.vmap(kernel_one)(keys, a)
+
+    jrun = jax.jit(run, static_argnums=0)
+    return lambda seed, arrs: jrun(int(seed), arrs)
+
+
+def _inv(e, gamma):
+    """Inverse reference curve, safe under grad at e = 0 (double-where)."""
+    import jax.numpy as jnp
+
+    e = jnp.clip(e, 0.0, 1.0 - 1e-12)
+    z = e / (1.0 - e)
+    pos = z > 1e-30
+    return jnp.where(pos, jnp.where(pos, z, 1.0) ** (1.0 / gamma), 0.0)
