@@ -126,17 +126,30 @@ Refuses to overwrite an existing OUT or PLOT unless --force; never overwrites DA
 
 @app.command(help=SIMULATE_HELP)
 def simulate(
-    data: Path = typer.Argument(..., metavar="DATA", exists=True, dir_okay=False, readable=True,
-                                help="NONMEM-format dataset (CSV).", show_default=False),
+    data: Optional[Path] = typer.Argument(None, metavar="[DATA]", exists=True, dir_okay=False, readable=True,
+                                          help="NONMEM-format dataset (CSV). Omit it with --regimen.",
+                                          show_default=False),
     model: Optional[str] = typer.Option(None, "--model", "-m",
                                         help="Built-in model name (see `pkpd models`); optional when the "
                                              "parameter file sets `model = ...`."),
-    params: Path = typer.Option(..., "--params", "-p", exists=True, dir_okay=False, readable=True,
-                                help="Parameter file (.toml or .json) with a \\[parameters] table.",
-                                show_default=False),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", dir_okay=False,
-                                       help="Output CSV. Default: <DATA stem>_sim.csv in the current "
-                                            "directory."),
+    params: Optional[Path] = typer.Option(None, "--params", "-p", exists=True, dir_okay=False, readable=True,
+                                          help="Parameter file (.toml or .json) with a \\[parameters] table "
+                                               "(dataset mode).", show_default=False),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="Dataset mode: output CSV (default <DATA stem>_sim.csv). Regimen "
+                                            "mode: output directory (default <regimen>_sim)."),
+    regimen: Optional[str] = typer.Option(None, "--regimen", "-r",
+                                          help="Regimen mode: a regimen file (.toml, or .txt in the text form) "
+                                               "or a shipped name (C0, C1, IYER_PLACEBO...)."),
+    population: int = typer.Option(1000, "--population", "-n", min=1,
+                                   help="Regimen mode: number of SPINE-72 virtual patients (or replicates of "
+                                        "--patient, each with its own variability draw)."),
+    seed: int = typer.Option(0, "--seed", "-s", help="Regimen mode: random seed (population, variability, "
+                                                      "demand)."),
+    patient: Optional[Path] = typer.Option(None, "--patient", exists=True, dir_okay=False, readable=True,
+                                           help="Regimen mode: simulate this patient (TOML) instead of the "
+                                                "SPINE-72 population."),
+    fmt: str = typer.Option("csv", "--format", help="Regimen mode: per-patient table format, csv or parquet."),
     solver: SolverChoice = typer.Option(SolverChoice.auto, "--solver", case_sensitive=False,
                                         help="auto: exact matrix-exponential solution for linear models, ODE "
                                              "otherwise; analytic (linear models only); ode."),
@@ -149,6 +162,14 @@ def simulate(
                                              f"(first {MAX_PLOTTED_SUBJECTS} subjects)."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite OUT and PLOT if they exist."),
 ) -> None:
+    if regimen is not None:
+        if data is not None or params is not None or model is not None:
+            _fail("--regimen simulates a regimen in a virtual population: do not also give DATA, --params or "
+                  "--model (those are for dataset mode)")
+        _simulate_regimen(regimen, population, seed, patient, out, fmt, force)
+        return
+    if data is None or params is None:
+        _fail("give DATA and --params (dataset mode) or --regimen (population mode); see `pkpd simulate --help`")
     out_path = out if out is not None else Path.cwd() / f"{data.stem}_sim.csv"
     try:
         _check_writable(out_path, "output file", "--out", force, data)
@@ -224,6 +245,141 @@ def _plot_cp(result, model_name: str, path: Path) -> int:
     fig.tight_layout()
     fig.savefig(path, format="png")
     return len(ids)
+
+
+def _load_regimen(spec: str):
+    from regimens import get_regimen, list_regimens, load_regimen, parse_regimen_text
+
+    path = Path(spec)
+    if path.is_file():
+        if path.suffix.lower() == ".toml":
+            return load_regimen(path)
+        return parse_regimen_text(path.read_text(), name=path.stem)
+    if spec.upper() in [r.upper() for r in list_regimens()]:
+        return get_regimen(spec)
+    raise _Abort(f"regimen {spec!r} is neither a file nor a shipped regimen ({', '.join(list_regimens())})")
+
+
+def _simulate_regimen(spec: str, n: int, seed: int, patient: Optional[Path], out: Optional[Path], fmt: str,
+                      force: bool) -> None:
+    from pkpd._errors import PKPDError
+
+    if fmt not in ("csv", "parquet"):
+        _fail(f"--format must be csv or parquet, got {fmt!r}")
+    try:
+        reg = _load_regimen(spec)
+        out_dir = out if out is not None else Path.cwd() / f"{reg.name}_sim"
+        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
+            raise _Abort(f"the output directory {out_dir} exists and is not empty; pass --force to overwrite "
+                         "its files, or choose another --out")
+        if fmt == "parquet":
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                raise _Abort("--format parquet needs pyarrow (pip install pyarrow); use --format csv") from None
+    except _Abort as exc:
+        _fail(str(exc))
+    except PKPDError as exc:
+        _fail(str(exc))
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(soft_wrap=True, highlight=False)
+    try:
+        from pkpd.patients import load_patient, patients_to_frame, spine72_population
+        from pkpd.population_checks import regimen_findings
+        from pkpd.regimen_sim import simulate_regimen
+        from pkpd.report import write_population_outputs
+
+        if patient is not None:
+            pt = load_patient(patient)
+            pop = patients_to_frame([pt] * n)
+            pop["ID"] = range(1, n + 1)
+            who = f"{n} replicate(s) of patient {patient.name}"
+        else:
+            pop = spine72_population(n, seed)
+            who = f"{n} SPINE-72 virtual patients (seed {seed})"
+        findings = regimen_findings(reg, pop)
+        for _, row in findings.iterrows():
+            style = "bold red" if row["severity"] == "error" else "yellow"
+            console.print(f"{row['severity'].upper()}: {row['message']} [{row['patients']} patient(s)]",
+                          style=style, markup=False)
+        console.print(f"Simulating regimen {reg.name} in {who}, 72 h ...", markup=False)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=False) as prog:
+            task = prog.add_task("patients", total=n)
+            res = simulate_regimen(reg, pop, seed=seed, progress=lambda k: prog.advance(task, k))
+        written = write_population_outputs(res, out_dir, findings=findings, fmt=fmt)
+    except PKPDError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write the outputs: {exc}")
+    for note in res.notes:
+        console.print(f"note: {note}", markup=False)
+    s = res.summary()
+    console.print(
+        f"72-h MME mean {s.loc['MME_0_72', 'mean']:.0f} (P90 {s.loc['MME_0_72', 'p90']:.0f}) mg; time with NRS <= 3 "
+        f"{100 * s.loc['TIT3', 'mean']:.0f} %; pain AUC {s.loc['PAIN_AUC', 'mean']:.0f} NRS*h; peak bupivacaine "
+        f"{s.loc['PEAK_BUPI', 'mean']:.0f} ng/mL (max {res.patients['PEAK_BUPI'].max():.0f})", markup=False)
+    console.print("Wrote " + ", ".join(str(p) for p in written), markup=False)
+
+
+drugs_app = typer.Typer(help="The drug library: sourced PK parameters (value, unit, IIV, source, flags).",
+                        no_args_is_help=True)
+app.add_typer(drugs_app, name="drugs")
+
+
+@drugs_app.command("list")
+def drugs_list() -> None:
+    """List the drugs: class, structural model, routes, number of UNVERIFIED values."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from pkpd.drugs import get_drug, list_drugs
+    from pkpd.pd import PD_LIBRARY
+
+    table = Table(title="Drug library (`pkpd drugs show NAME` for parameters and sources)")
+    for c in ("drug", "class", "model", "routes", "analgesic PD", "unverified values"):
+        table.add_column(c)
+    for name in list_drugs():
+        d = get_drug(name)
+        table.add_row(Text(d.name), Text(d.drug_class), Text(d.model), Text(", ".join(d.routes)),
+                      Text(PD_LIBRARY[name].kind if name in PD_LIBRARY else "-"), Text(str(len(d.unverified_params()))))
+    Console().print(table)
+
+
+@drugs_app.command("show")
+def drugs_show(name: str = typer.Argument(..., help="Drug name (aliases such as paracetamol work).")) -> None:
+    """Parameters with value, unit, IIV, covariates and source; PD values; label limits."""
+    from pkpd._errors import PKPDError
+
+    try:
+        from pkpd.drugs import get_drug
+
+        d = get_drug(name)
+    except PKPDError as exc:
+        _fail(str(exc))
+    from rich.console import Console
+
+    console = Console(soft_wrap=True, highlight=False)
+    console.print(d.describe(), markup=False)
+    from pkpd.pd import PD_LIBRARY
+
+    pd_ = PD_LIBRARY.get(d.name)
+    if pd_ is not None:
+        console.print(f"analgesic PD ({pd_.kind}, driven by {pd_.output}):", markup=False)
+        for k, v in pd_.values().items():
+            flag = "  UNVERIFIED" if v.is_unverified else ""
+            console.print(f"  {k:12s} {v.value:<10.4g} {v.unit:12s} {v.source}{flag}", markup=False)
+    from regimens import limits_for
+
+    lims = limits_for(d.name)
+    if lims:
+        console.print("label limits:", markup=False)
+        for lim in lims:
+            console.print(f"  {lim}", markup=False)
 
 
 @app.command()

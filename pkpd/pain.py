@@ -53,7 +53,7 @@ class PainModel:
     """Parameters of the NRS model (see the module docstring). Times in h, pain in NRS points."""
 
     b0: PDValue = _v(7.0, "NRS", _SPINE, "untreated NRS at the end of surgery")
-    b_inf: PDValue = _v(2.0, "NRS", _ASSUME, "residual pain after resolution")
+    b_inf: PDValue = _v(3.5, "NRS", _CAL, "residual (untreated) pain after the acute phase resolves")
     t_half: PDValue = _v(36.0, "h", _SPINE, "midpoint of the 24-48 h range")
     diurnal_amp: PDValue = _v(0.5, "NRS", _ASSUME, "amplitude of the diurnal term")
     diurnal_peak_clock: PDValue = _v(23.0, "h", Source("Goulooze 2020, Anesth Analg", "23:00 hazard peak"))
@@ -89,8 +89,8 @@ class PainModel:
 class DemandModel:
     """Rescue-demand hazard ``lambda(NRS) = lambda_max / (1 + exp(-(NRS - n50)/s))`` (1/h)."""
 
-    pca_lambda_max: PDValue = _v(6.0, "1/h", _CAL, "PCA demands per hour at high pain")
-    prn_lambda_max: PDValue = _v(1.0, "1/h", _CAL, "PRN requests per hour at high pain")
+    pca_lambda_max: PDValue = _v(12.0, "1/h", _CAL, "PCA demands per hour at high pain")
+    prn_lambda_max: PDValue = _v(2.0, "1/h", _CAL, "PRN requests per hour at high pain")
     n50: PDValue = _v(4.0, "NRS", Source("Goulooze 2020, Anesth Analg", "rescue at NRS >= 4 (clinical.md 1)"))
     slope: PDValue = _v(0.7, "NRS", _CAL, "width of the rise of the hazard with NRS")
     relax_tau: PDValue = _v(0.3, "NRS", Source("this toolkit", "temperature of the smooth PRN threshold"))

@@ -1,0 +1,113 @@
+"""Files and figures for population regimen simulations (used by ``pkpd simulate --regimen``).
+
+:func:`write_population_outputs` writes, into one directory:
+
+* ``patients.csv`` (or ``.parquet``): one row per patient, covariates and outcomes
+  (see :class:`pkpd.regimen_sim.PopulationResult`);
+* ``summary.csv``: mean, SD, P10, P50, P90 of each outcome;
+* ``doses.csv``: every realized dose (scheduled, PRN, PCA) with time (h after surgery) and amount (mg);
+* ``findings.csv``: label-limit and CPIC findings, counted over patients;
+* ``bands.png``: median and 10-90 % bands of pain (NRS) and of opioid effect (normalized units) and total
+  bupivacaine plasma concentration (ng/mL, with the 2,000 ng/mL CNS threshold) over time;
+* ``mme.png``: distribution of the 72-h MME.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["plot_bands", "plot_mme", "write_population_outputs"]
+
+
+def _fig(w: float, h: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _band(ax, t, y, label, color):
+    q10, q50, q90 = np.quantile(y, [0.1, 0.5, 0.9], axis=0)
+    ax.fill_between(t, q10, q90, color=color, alpha=0.25, linewidth=0, label=f"{label} 10-90 %")
+    ax.plot(t, q50, color=color, linewidth=1.5, label=f"{label} median")
+
+
+def plot_bands(result, path: Path, title: str = "") -> None:
+    """PNG of pain, opioid effect and bupivacaine concentration bands over time (h after surgery)."""
+    t = result.times
+    post = t >= 0
+    panels = 3 if np.any(result.bupi > 0) else 2
+    fig = _fig(9, 2.8 * panels)
+    axs = fig.subplots(panels, 1, sharex=True)
+    _band(axs[0], t[post], result.nrs[:, post], "NRS", "tab:red")
+    axs[0].axhline(3, color="k", linestyle=":", linewidth=1, label="target NRS <= 3")
+    axs[0].set_ylabel("pain NRS (0-10)")
+    axs[0].set_ylim(0, 10)
+    axs[0].legend(fontsize="small", loc="upper right")
+    _band(axs[1], t, result.opioid_units, "opioid", "tab:blue")
+    axs[1].set_ylabel("opioid effect\n(Ce / EC50, summed)")
+    axs[1].legend(fontsize="small", loc="upper right")
+    if panels == 3:
+        _band(axs[2], t, result.bupi * 1000.0, "bupivacaine", "tab:green")
+        axs[2].axhline(2000, color="k", linestyle="--", linewidth=1, label="CNS toxicity 2,000 ng/mL")
+        axs[2].set_ylabel("total bupivacaine\n(ng/mL)")
+        axs[2].set_yscale("symlog", linthresh=100)
+        axs[2].legend(fontsize="small", loc="upper right")
+    axs[-1].set_xlabel("time after end of surgery (h)")
+    for ax in axs:
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(title or f"{result.regimen.name}: {len(result.patients)} patients")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+def plot_mme(result, path: Path, title: str = "") -> None:
+    """PNG histogram of the 72-h MME with mean and P90 marked."""
+    m = result.patients["MME_0_72"].to_numpy(float)
+    fig = _fig(7, 4)
+    ax = fig.add_subplot()
+    ax.hist(m, bins=40, color="tab:purple", alpha=0.7)
+    ax.axvline(m.mean(), color="k", linewidth=1.5, label=f"mean {m.mean():.0f}")
+    ax.axvline(np.quantile(m, 0.9), color="k", linestyle="--", linewidth=1, label=f"P90 {np.quantile(m, 0.9):.0f}")
+    ax.set_xlabel("72-h oral morphine milligram equivalents (mg)")
+    ax.set_ylabel("patients")
+    ax.legend()
+    ax.set_title(title or f"{result.regimen.name}: 72-h MME")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+def write_population_outputs(result, out_dir: Path, *, findings: pd.DataFrame | None = None,
+                             fmt: str = "csv") -> list[Path]:
+    """Write the tables and figures listed in the module docstring; returns the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    pat = out_dir / f"patients.{fmt}"
+    if fmt == "parquet":
+        result.patients.to_parquet(pat, index=False)
+    else:
+        result.patients.to_csv(pat, index=False)
+    written.append(pat)
+    p = out_dir / "summary.csv"
+    result.summary().to_csv(p, index_label="outcome")
+    written.append(p)
+    if result.doses is not None:
+        p = out_dir / "doses.csv"
+        result.doses.to_csv(p, index=False)
+        written.append(p)
+    if findings is not None:
+        p = out_dir / "findings.csv"
+        findings.to_csv(p, index=False)
+        written.append(p)
+    p = out_dir / "bands.png"
+    plot_bands(result, p)
+    written.append(p)
+    p = out_dir / "mme.png"
+    plot_mme(result, p)
+    written.append(p)
+    return written

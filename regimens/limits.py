@@ -1,0 +1,752 @@
+"""Label limits and a worst-case regimen checker.
+
+:data:`LIMITS` is a table of :class:`LabelLimit` s: per drug (and route where it matters) a maximum single
+dose, maximum daily dose (any rolling 24 h), minimum interval, maximum course duration, maximum total,
+contraindications and exclusion windows, with conditional variants (covariate conditions such as
+``"AGE >= 65 or WT < 50"`` and CPIC phenotypes). Each carries a :class:`pkpd.drugs.Source` and an
+``unverified`` flag exactly as ``shared/reference/models.md`` section C (and D for CPIC) gives them.
+
+Coverage (say which drugs have limits and where they come from):
+
+* **From models.md C / clinical.md (verified as recorded there):** acetaminophen (>= 50 kg and < 50 kg,
+  severe hepatic impairment for IV), ibuprofen (3200 mg/day), ketorolac IV (< 65 y; >= 65 y or < 50 kg;
+  course <= 5 days) and its spinal-fusion caps (<= 48 h, <= 240 mg; clinical.md 2), celecoxib acute-pain
+  dosing, liposomal bupivacaine (266 mg; no other local anaesthetic within 96 h, clinical.md 3.1), and the
+  CPIC CYP2C9 poor-metabolizer caps for celecoxib and ibuprofen (models.md D2; derived numbers, see notes).
+  CPIC CYP2D6 rules (codeine, tramadol...) come from :func:`pkpd.genetics.cpic_recommendation`.
+* **General knowledge, ``unverified=True``:** the CrCL threshold for ketorolac "renal impairment" (60 mL/min)
+  and its contraindication in advanced renal impairment (CrCL < 30), acetaminophen caps in mild-moderate
+  hepatic impairment, CrCL < 30 and oral use in severe hepatic impairment, ibuprofen single doses,
+  gabapentin and pregabalin daily maxima with renal bands, tramadol and codeine daily maxima, oxycodone IR
+  and ER minimum intervals, plain bupivacaine single and daily maxima.
+* **No limits:** hydromorphone, morphine, fentanyl, remifentanil (opioids without a ceiling dose; IV
+  titration), ketamine and S-ketamine (no label maximum for analgesic low doses), ropivacaine (its
+  commonly cited values are not in models.md).
+
+:func:`check_regimen` evaluates the **worst case**: scheduled doses, plus every PRN rule firing at its
+minimum interval (the largest dose active at each time, honouring ``max_per_24h``), plus PCA at its hourly
+maximum (or ``60 / lockout`` demands per hour without a cap) on top of basal and loading doses.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pkpd.drugs import Source
+
+from ._condition import Condition, RegimenError, format_number
+from ._model import ROUTE_DISPLAY, Regimen
+
+__all__ = ["LIMITS", "Finding", "LabelLimit", "check_regimen", "format_findings", "limits_for"]
+
+_QUANTITIES = ("max_single_mg", "max_single_mg_per_kg", "max_daily_mg", "max_daily_mg_per_kg", "min_interval_h",
+               "max_duration_h", "max_total_mg", "exclusive_window_h")
+
+
+@dataclass(frozen=True)
+class LabelLimit:
+    """One dosing limit for a drug, possibly conditional on covariates or a phenotype.
+
+    Attributes
+    ----------
+    drug
+        Library drug name.
+    population
+        Who it applies to, in words (``"adults"``, ``"aged >= 65 y or < 50 kg"``).
+    source
+        Where it comes from (citation as in models.md, secondary source in ``detail``).
+    route
+        Route label the limit applies to; ``None``: all routes of the drug summed.
+    when
+        Covariate condition (``"AGE >= 65 or WT < 50"``); ``None``: everyone.
+    phenotype
+        ``(gene, labels)``: applies only to those phenotypes, e.g. ``("CYP2C9", ("poor",))``.
+    max_single_mg, max_single_mg_per_kg
+        Maximum single dose, mg or mg/kg (total body weight).
+    max_daily_mg, max_daily_mg_per_kg
+        Maximum in any rolling 24 h, mg or mg/kg.
+    min_interval_h
+        Minimum time between dose starts, h.
+    max_duration_h
+        Maximum course length, h (first dose to the end of the last dosing interval).
+    max_total_mg
+        Maximum total over the course, mg.
+    contraindicated
+        The drug must not be given (by ``route``, or at all) to this population.
+    exclusive_window_h
+        No other local anaesthetic may start, or still run, within this many hours after a dose.
+    context
+        ``"label"``, ``"spinal fusion"`` (evidence-based cap, not a label) or ``"CPIC"``.
+    unverified
+        ``True`` where models.md marks the value UNVERIFIED or the value is general knowledge.
+    note
+        Derivations and caveats.
+    """
+
+    drug: str
+    population: str
+    source: Source
+    route: str | None = None
+    when: str | None = None
+    phenotype: tuple[str, tuple[str, ...]] | None = None
+    max_single_mg: float | None = None
+    max_single_mg_per_kg: float | None = None
+    max_daily_mg: float | None = None
+    max_daily_mg_per_kg: float | None = None
+    min_interval_h: float | None = None
+    max_duration_h: float | None = None
+    max_total_mg: float | None = None
+    contraindicated: bool = False
+    exclusive_window_h: float | None = None
+    context: str = "label"
+    unverified: bool = False
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.when is not None:
+            object.__setattr__(self, "when", Condition.parse(self.when).text)
+
+    @property
+    def is_unverified(self) -> bool:
+        """True when the limit or its source is flagged UNVERIFIED."""
+        return bool(self.unverified or self.source.unverified)
+
+    def condition(self) -> Condition | None:
+        """The parsed covariate condition, or ``None``."""
+        return None if self.when is None else Condition.parse(self.when)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One result of :func:`check_regimen`.
+
+    Attributes
+    ----------
+    severity
+        ``"error"`` (contraindication, CPIC 'avoid', a label prohibition such as another local anaesthetic
+        within 96 h of liposomal bupivacaine) or ``"warning"`` (a dose above a maximum, an interval below a
+        minimum, a limit that could not be checked). Simulation remains possible in both cases.
+    drug
+        Library drug name.
+    rule
+        ``"max_single_dose"``, ``"max_daily_dose"``, ``"min_interval"``, ``"max_duration"``,
+        ``"max_total_dose"``, ``"contraindicated"``, ``"exclusive_window"``, ``"cpic"`` or ``"unchecked"``.
+    message
+        What is wrong, with the numbers, the population and the source.
+    source
+        Full source of the limit.
+    unverified
+        ``True`` when the limit behind the finding is UNVERIFIED.
+    """
+
+    severity: str
+    drug: str
+    rule: str
+    message: str
+    source: str
+    unverified: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.severity.upper()} [{self.drug} {self.rule}] {self.message}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------------------------------------
+
+_MDC = "via models.md C"
+_APAP = Source(f"Ofirmev label {_MDC}", "LBL (Ofirmev highlights; ndrugs/themeditary copies)")
+_APAP_WEB = Source(f"Medscape acetaminophen dosing {_MDC}", "WEB (Medscape): <= 750 mg/dose and <= 3.75 g/day "
+                                                            "for >= 13 y and < 50 kg")
+_APAP_HEP = Source(f"Ofirmev label warnings / Medscape {_MDC}", "WEB (Medscape); LBL warnings (RxList)")
+_IBU = Source(f"Ibuprofen Rx label {_MDC}", "LBL (rxreasoner)")
+_KET = Source(f"Toradol label {_MDC}", "LBL quoted by droracle; Skyscape; drugs-library")
+_KET_FUSION = Source("Duke meta-analysis of ketorolac in spinal fusion (41,365 patients) via clinical.md 2",
+                     "no overall non-union signal (OR 1.10); OR 2.17 if > 48 h or > 240 mg")
+_CELE = Source(f"Celebrex label {_MDC}", "LBL via WEB summary (droracle); NCBI Medical Genetics Summaries")
+_CPIC_2C9 = Source("CPIC Theken 2020, Clin Pharmacol Ther 108:191 via models.md D2",
+                   "AS 0-0.5: 25-50 % of the lowest recommended starting dose, titrate to 25-50 % of the maximum")
+_LB = Source(f"Exparel label {_MDC}", "LBL (2018 highlights, dokumen.tips copy): 266 mg (20 mL) for infiltration")
+_LB96 = Source("Exparel label via clinical.md 3.1", "'LB label: no other local anaesthetic within 96 h'; the "
+                                                    "exact label wording is not quoted in models.md")
+
+
+def _gk(what: str) -> Source:
+    return Source("general knowledge (not in models.md)", what, unverified=True)
+
+
+_PM = ("CYP2C9", ("poor",))
+
+#: Every limit known to the checker (see the module docstring for coverage).
+LIMITS: tuple[LabelLimit, ...] = (
+    # ---- acetaminophen (models.md C) ----
+    LabelLimit("acetaminophen", "adults (>= 50 kg)", _APAP, max_single_mg=1000.0, max_daily_mg=4000.0,
+               min_interval_h=4.0, note="1000 mg q6h or 650 mg q4h; maximum 4000 mg/day from all routes and "
+                                        "products; minimum interval 4 h"),
+    LabelLimit("acetaminophen", "patients < 50 kg", _APAP, when="WT < 50", max_single_mg_per_kg=15.0,
+               max_daily_mg_per_kg=75.0, note="15 mg/kg q6h or 12.5 mg/kg q4h; maximum 75 mg/kg/day"),
+    LabelLimit("acetaminophen", "patients < 50 kg (>= 13 y)", _APAP_WEB, when="WT < 50", max_single_mg=750.0,
+               max_daily_mg=3750.0),
+    LabelLimit("acetaminophen", "severe hepatic impairment", _APAP_HEP, route="iv", when="HEPATIC >= 3",
+               contraindicated=True, note="'Severe hepatic impairment or active liver disease: contraindicated "
+                                          "(IV)' (models.md C); HEPATIC 3 = severe"),
+    LabelLimit("acetaminophen", "severe hepatic impairment", _gk("oral labels/SmPC: severe hepatic impairment"),
+               route="po", when="HEPATIC >= 3", contraindicated=True, unverified=True,
+               note="models.md states the contraindication for IV use only; the oral extension is general knowledge"),
+    LabelLimit("acetaminophen", "mild-moderate hepatic impairment", _APAP_HEP, when="HEPATIC >= 1",
+               max_daily_mg=3000.0, unverified=True,
+               note="models.md C: a reduced daily dose 'may be warranted'; exact g/day caps (e.g. 2-3 g) UNVERIFIED; "
+                    "3 g/day (upper end of that example) is used"),
+    LabelLimit("acetaminophen", "CrCL < 30 mL/min", _APAP_HEP, when="CRCL < 30", min_interval_h=6.0,
+               unverified=True, note="models.md C: 'longer interval and lower dose' without numbers; the 6-h "
+                                     "minimum interval is general knowledge"),
+    # ---- ibuprofen ----
+    LabelLimit("ibuprofen", "adults", _IBU, max_daily_mg=3200.0,
+               note="Rx maximum 3200 mg/day (the OTC maximum, 1200 mg/day, is not applied)"),
+    LabelLimit("ibuprofen", "adults", _gk("ibuprofen Rx label: 800 mg per dose"), max_single_mg=800.0,
+               unverified=True),
+    LabelLimit("ibuprofen", "CYP2C9 poor metabolizers", _CPIC_2C9, phenotype=_PM, max_daily_mg=1600.0,
+               context="CPIC", note="derived: 50 % (upper end of CPIC's 25-50 %) of the 3200 mg/day maximum"),
+    LabelLimit("ibuprofen", "CYP2C9 poor metabolizers", _gk("CPIC 50 % of a 400-mg lowest Rx starting dose"),
+               phenotype=_PM, max_single_mg=200.0, context="CPIC", unverified=True,
+               note="50 % of the lowest starting dose; the 400-mg lowest Rx analgesic dose is general knowledge"),
+    # ---- ketorolac (models.md C; clinical.md 2) ----
+    LabelLimit("ketorolac", "adults < 65 y", _KET, route="iv", max_single_mg=30.0, max_daily_mg=120.0,
+               min_interval_h=6.0, note="IV/IM: 30 mg q6h, maximum 120 mg/day"),
+    LabelLimit("ketorolac", "aged >= 65 y or < 50 kg", _KET, route="iv", when="AGE >= 65 or WT < 50",
+               max_single_mg=15.0, max_daily_mg=60.0, min_interval_h=6.0,
+               note="IV/IM: 15 mg q6h, maximum 60 mg/day (also for renal impairment)"),
+    LabelLimit("ketorolac", "renal impairment (CrCL < 60 mL/min)", _KET, route="iv", when="CRCL < 60",
+               max_single_mg=15.0, max_daily_mg=60.0, min_interval_h=6.0, unverified=True,
+               note="the label says 'renal impairment' without a threshold; CrCL < 60 mL/min is this toolkit's "
+                    "choice (as in the C1 dose adjustment), UNVERIFIED"),
+    LabelLimit("ketorolac", "advanced renal impairment (CrCL < 30 mL/min)",
+               _gk("Toradol label contraindication: advanced renal impairment"), when="CRCL < 30",
+               contraindicated=True, unverified=True, note="the CrCL threshold for 'advanced' is UNVERIFIED"),
+    LabelLimit("ketorolac", "adults", _KET, route="po", max_daily_mg=40.0, note="oral maximum 40 mg/day"),
+    LabelLimit("ketorolac", "adults", _KET, max_duration_h=120.0, note="total IV/IM/oral course <= 5 days"),
+    LabelLimit("ketorolac", "spinal fusion", _KET_FUSION, max_duration_h=48.0, max_total_mg=240.0,
+               context="spinal fusion", note="not a label limit: non-union OR 2.17 above 48 h or 240 mg"),
+    # ---- celecoxib ----
+    LabelLimit("celecoxib", "adults, acute pain", _CELE, max_single_mg=400.0, max_daily_mg=600.0,
+               note="400 mg, then 200 mg on day 1 if needed, then 200 mg BID: 600 mg is the day-1 maximum; the "
+                    "400 mg/day maintenance maximum after day 1 is not checked by the rolling 24-h sum"),
+    LabelLimit("celecoxib", "CYP2C9 poor metabolizers", _CPIC_2C9, phenotype=_PM, max_single_mg=100.0,
+               max_daily_mg=200.0, context="CPIC",
+               note="derived: half of the lowest acute-pain dose (200 mg; FDA label 'start at half the lowest dose', "
+                    "CPIC 25-50 %) and 50 % of the 400 mg/day maintenance maximum (CPIC 25-50 % of the maximum)"),
+    # ---- liposomal bupivacaine ----
+    LabelLimit("bupivacaine_liposomal", "adults", _LB, route="infiltration", max_single_mg=266.0,
+               note="266 mg (20 mL) for infiltration; 133 mg for interscalene block"),
+    LabelLimit("bupivacaine_liposomal", "adults", _LB96, exclusive_window_h=96.0,
+               note="checked as: no other local anaesthetic dose starting, or still running, in the 96 h after a "
+                    "liposomal bupivacaine dose"),
+    # ---- general knowledge (UNVERIFIED) ----
+    LabelLimit("bupivacaine", "adults", _gk("Marcaine label: 175 mg without epinephrine; 400 mg/24 h"),
+               max_single_mg=175.0, max_daily_mg=400.0, unverified=True),
+    LabelLimit("gabapentin", "CrCL >= 60 mL/min", _gk("Neurontin label dosing table"), max_daily_mg=3600.0,
+               unverified=True),
+    LabelLimit("gabapentin", "CrCL 30-59 mL/min", _gk("Neurontin label dosing table"), when="CRCL < 60",
+               max_daily_mg=1400.0, unverified=True),
+    LabelLimit("gabapentin", "CrCL 15-29 mL/min", _gk("Neurontin label dosing table"), when="CRCL < 30",
+               max_daily_mg=700.0, unverified=True),
+    LabelLimit("gabapentin", "CrCL < 15 mL/min", _gk("Neurontin label dosing table"), when="CRCL < 15",
+               max_daily_mg=300.0, unverified=True),
+    LabelLimit("pregabalin", "CrCL >= 60 mL/min", _gk("Lyrica label dosing table"), max_daily_mg=600.0,
+               unverified=True),
+    LabelLimit("pregabalin", "CrCL 30-60 mL/min", _gk("Lyrica label dosing table"), when="CRCL < 60",
+               max_daily_mg=300.0, unverified=True),
+    LabelLimit("pregabalin", "CrCL 15-30 mL/min", _gk("Lyrica label dosing table"), when="CRCL < 30",
+               max_daily_mg=150.0, unverified=True),
+    LabelLimit("pregabalin", "CrCL < 15 mL/min", _gk("Lyrica label dosing table"), when="CRCL < 15",
+               max_daily_mg=75.0, unverified=True),
+    LabelLimit("tramadol", "adults", _gk("Ultram label: 400 mg/day (IR)"), max_daily_mg=400.0, unverified=True),
+    LabelLimit("tramadol", "adults", _gk("Ultram ER label: 300 mg/day"), route="po_er", max_daily_mg=300.0,
+               unverified=True),
+    LabelLimit("tramadol", "aged > 75 y", _gk("Ultram label: 300 mg/day over 75 y"), when="AGE > 75",
+               max_daily_mg=300.0, unverified=True),
+    LabelLimit("tramadol", "CrCL < 30 mL/min", _gk("Ultram label: q12h, 200 mg/day if CrCL < 30"),
+               when="CRCL < 30", max_daily_mg=200.0, min_interval_h=12.0, unverified=True),
+    LabelLimit("codeine", "adults", _gk("codeine sulfate label: 15-60 mg q4h, 360 mg/day"), max_daily_mg=360.0,
+               min_interval_h=4.0, unverified=True),
+    LabelLimit("oxycodone", "adults", _gk("oxycodone IR label: 5-15 mg q4-6h as needed"), route="po",
+               min_interval_h=4.0, unverified=True, note="no ceiling dose; only the dosing interval is checked"),
+    LabelLimit("oxycodone", "adults", _gk("OxyContin label: q12h"), route="po_er", min_interval_h=12.0,
+               unverified=True),
+)
+
+
+def limits_for(drug: str) -> tuple[LabelLimit, ...]:
+    """The limits of one drug (library name or alias)."""
+    from pkpd.drugs import get_drug
+
+    name = get_drug(drug).name
+    return tuple(lim for lim in LIMITS if lim.drug == name)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Worst-case doses
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Dose:
+    time_h: float
+    drug: str
+    route: str
+    amount_mg: float
+    duration_h: float
+    unit_mg: float | None  # one administration (None: continuous)
+    cover_h: float | None  # dosing interval that follows this dose
+    label: str
+    kind: str  # "scheduled", "prn", "pca"
+
+    @property
+    def discrete(self) -> bool:
+        return self.kind != "pca" and self.unit_mg is not None
+
+
+def _worst_case(regimen: Regimen, cov: Mapping[str, Any]) -> list[_Dose]:
+    out: list[_Dose] = []
+    H = regimen.horizon_h
+    for s in regimen.scheduled:
+        events = s.events(cov, H)
+        if not events:
+            continue
+        if s.is_continuous:
+            label = s.short()
+            if s.rate_mg_per_kg_h is not None:
+                label += f" ({format_number(round(s.rate_for(cov), 6))} mg/h)"
+            out += [_Dose(e.time_h, e.drug, e.route, e.amount_mg, e.duration_h, None, None, label, "scheduled")
+                    for e in events]
+            continue
+        dose = events[0].amount_mg
+        label = s.short(dose) if dose != s.dose_mg else s.short()
+        if s.dose_mg_per_kg is not None and dose == s.dose_mg_per_kg * float(cov.get("WT", math.nan)):
+            label += f" ({format_number(s.dose_mg_per_kg)} mg/kg)"
+        out += [_Dose(e.time_h, e.drug, e.route, e.amount_mg, e.duration_h, e.amount_mg, s.every_h, label, "scheduled")
+                for e in events]
+    for rules in regimen.prn_groups().values():
+        out += _prn_worst(rules, H)
+    for p in regimen.pca:
+        if p.start_h >= H:
+            continue
+        if p.loading_mg > 0:
+            out.append(_Dose(p.start_h, p.drug, p.route, p.loading_mg, 0.0, p.loading_mg, None,
+                             f"{p.short()} (loading dose)", "pca"))
+        end = min(H, math.inf if p.stop_h is None else p.stop_h)
+        if end > p.start_h:
+            how = "at its hourly maximum" if p.hourly_max_mg is not None else "at 60/lockout demands per hour"
+            d = end - p.start_h
+            out.append(_Dose(p.start_h, p.drug, p.route, p.max_rate_mg_h * d, d, p.demand_mg, None,
+                             f"{p.short()} ({how}, {format_number(round(p.max_rate_mg_h, 6))} mg/h)", "pca"))
+    out.sort(key=lambda d: (d.time_h, d.drug))
+    return out
+
+
+def _prn_worst(rules: tuple, horizon: float) -> list[_Dose]:
+    """Every dose of one PRN group at its minimum interval (largest active dose first; caps honoured)."""
+    out: list[_Dose] = []
+    given: dict[int, list[float]] = {id(p): [] for p in rules}
+    t = min(p.start_h for p in rules)
+    for _ in range(100_000):
+        if t >= horizon:
+            break
+        active = [p for p in rules if p.active(t)]
+        ok = [p for p in active
+              if p.max_per_24h is None or sum(1 for x in given[id(p)] if x > t - 24.0) < p.max_per_24h]
+        if ok:
+            p = max(ok, key=lambda q: (q.dose_mg, -q.min_interval_h))
+            given[id(p)].append(t)
+            out.append(_Dose(t, p.drug, p.route, p.dose_mg, 0.0, p.dose_mg, p.min_interval_h, p.short(), "prn"))
+            t += p.min_interval_h
+            continue
+        nxt = [p.start_h for p in rules if p.start_h > t]
+        for p in active:
+            recent = [x for x in given[id(p)] if x > t - 24.0]
+            if p.max_per_24h is not None and recent:
+                nxt.append(min(recent) + 24.0)
+        if not nxt:
+            break
+        t = min(nxt)
+    return out
+
+
+def _window_sum(doses: list[_Dose], s: float, width: float = 24.0) -> float:
+    total = 0.0
+    e = s + width
+    for d in doses:
+        if d.duration_h <= 0:
+            total += d.amount_mg if s <= d.time_h < e else 0.0
+        else:
+            ov = min(e, d.time_h + d.duration_h) - max(s, d.time_h)
+            total += d.amount_mg * ov / d.duration_h if ov > 0 else 0.0
+    return total
+
+
+def _max_window(doses: list[_Dose], width: float = 24.0) -> tuple[float, float]:
+    """(largest amount in any window [s, s + width), its start s)."""
+    cands = set()
+    for d in doses:
+        for x in (d.time_h, d.time_h + d.duration_h):
+            cands.update((x, x - width, x + 1e-9, x - width + 1e-9))
+    best, at = 0.0, 0.0
+    for s in sorted(cands):
+        v = _window_sum(doses, s, width)
+        if v > best + 1e-9:
+            best, at = v, s
+    return best, at
+
+
+# --------------------------------------------------------------------------------------------------------
+# Phenotypes
+# --------------------------------------------------------------------------------------------------------
+
+_LABELS = {"pm": "poor", "poor": "poor", "poor metabolizer": "poor", "im": "intermediate",
+           "intermediate": "intermediate", "intermediate metabolizer": "intermediate", "nm": "normal",
+           "em": "normal", "normal": "normal", "normal metabolizer": "normal", "um": "ultrarapid",
+           "ultrarapid": "ultrarapid", "ultrarapid metabolizer": "ultrarapid"}
+
+
+def _phenotypes(phenotypes: Mapping[str, Any] | None, cov: Mapping[str, Any]) -> dict[str, Any]:
+    from pkpd.genetics import GenotypeError, Phenotype, phenotype, phenotype_from_score
+
+    out: dict[str, Any] = {}
+    if phenotypes is None:
+        for gene, col in (("CYP2D6", "CYP2D6_AS"), ("CYP2C9", "CYP2C9_AS")):
+            try:
+                v = float(cov[col])
+            except (KeyError, IndexError, TypeError, ValueError):
+                continue
+            if not math.isnan(v):
+                out[gene] = phenotype_from_score(gene, v)
+        return out
+    for gene, value in phenotypes.items():
+        g = str(gene).strip().upper()
+        try:
+            if isinstance(value, Phenotype):
+                out[value.gene] = value
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[g] = phenotype_from_score(g, float(value))
+            elif isinstance(value, str) and value.strip().lower() in _LABELS and g in ("CYP2D6", "CYP2C9"):
+                out[g] = Phenotype(g, None, _LABELS[value.strip().lower()], "given by the caller")
+            elif isinstance(value, str):
+                text = value if value.strip().upper().startswith(g) else f"{g} {value}"
+                out[g] = phenotype(text)
+            else:
+                raise RegimenError(f"phenotype for {gene}: expected a label ('poor', 'PM'...), an activity score, "
+                                   f"a genotype ('*4/*4') or a Phenotype, got {value!r}")
+        except GenotypeError as exc:
+            raise RegimenError(f"phenotype for {gene}: {exc}; labels accepted: poor/PM, intermediate/IM, "
+                               "normal/NM, ultrarapid/UM") from None
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Checker
+# --------------------------------------------------------------------------------------------------------
+
+_AGE_WORDS = {"AGE": "aged {v}", "WT": "weighing {v} kg", "CRCL": "with CrCL {v} mL/min",
+              "HEPATIC": "with hepatic impairment grade {v}", "SCR": "with serum creatinine {v} mg/dL"}
+
+
+def _who(lim: LabelLimit, cov: Mapping[str, Any], phen: Mapping[str, Any]) -> str:
+    parts = []
+    cond = lim.condition()
+    if cond is not None:
+        for c in cond.satisfied(cov):
+            v = format_number(round(float(cov[c.column]), 6))
+            parts.append(_AGE_WORDS.get(c.column, f"with {c.column} = {{v}}").format(v=v))
+    if lim.phenotype is not None:
+        p = phen[lim.phenotype[0]]
+        return f"a {lim.phenotype[0]} {p.label} metabolizer" + (f" {' and '.join(parts)}" if parts else "")
+    if parts:
+        return "a patient " + " and ".join(parts)
+    return lim.population
+
+
+def _ctx(lim: LabelLimit) -> str:
+    return {"label": "label", "spinal fusion": "spinal-fusion", "CPIC": "CPIC-derived"}.get(lim.context, lim.context)
+
+
+def _the(lim: LabelLimit, what: str, cov: Mapping[str, Any], phen: Mapping[str, Any]) -> str:
+    """'the label maximum for a patient aged 70', 'the spinal-fusion maximum'..."""
+    who = _who(lim, cov, phen)
+    if lim.context == "spinal fusion":
+        return f"the {_ctx(lim)} {what}"
+    return f"the {_ctx(lim)} {what} for {who}"
+
+
+def _cite(lim: LabelLimit) -> str:
+    detail = f": {lim.source.detail}" if lim.source.unverified and lim.source.detail else ""
+    return lim.source.citation + detail + ("; UNVERIFIED" if lim.is_unverified else "")
+
+
+def _scope(doses: list[_Dose], lim: LabelLimit) -> list[_Dose]:
+    return [d for d in doses if lim.route is None or d.route == lim.route]
+
+
+def _labels(doses: list[_Dose]) -> str:
+    seen: list[str] = []
+    for d in doses:
+        if d.label not in seen:
+            seen.append(d.label)
+    return " + ".join(seen)
+
+
+def _worst_note(doses: list[_Dose]) -> str:
+    kinds = {d.kind for d in doses}
+    if kinds & {"prn", "pca"}:
+        return " in the worst case (every PRN rule at its minimum interval, PCA at its hourly maximum)"
+    return ""
+
+
+def _route_words(lim: LabelLimit) -> str:
+    return f" {ROUTE_DISPLAY.get(lim.route, lim.route)}" if lim.route else ""
+
+
+def check_regimen(regimen: Regimen, covariates: Mapping[str, Any], phenotypes: Mapping[str, Any] | None = None,
+                  *, fusion: bool = True, include_unverified: bool = True) -> list[Finding]:
+    """Check a regimen against label limits and CPIC rules for one patient, in the worst case.
+
+    Parameters
+    ----------
+    regimen
+        The regimen.
+    covariates
+        Patient covariates (``AGE``, ``WT``, ``CRCL``, ``HEPATIC``...). A limit whose condition needs a
+        missing covariate gives an ``"unchecked"`` warning; a per-kg dose or a dose adjustment that needs
+        one raises :class:`RegimenError` (see :meth:`Regimen.dose_events`).
+    phenotypes
+        Gene -> phenotype: a label (``"poor"``, ``"PM"``, ``"ultrarapid"``...), an activity score, a genotype
+        string (``"*4/*4"``) or a :class:`pkpd.genetics.Phenotype`. ``None``: taken from the covariates
+        ``CYP2D6_AS`` and ``CYP2C9_AS`` when present.
+    fusion
+        Apply the spinal-fusion caps (ketorolac <= 48 h and <= 240 mg; clinical.md 2).
+    include_unverified
+        Also apply limits flagged UNVERIFIED (general knowledge); their findings say so.
+
+    Returns
+    -------
+    list of Finding
+        Errors first, then warnings. Empty when the regimen is within every applicable limit.
+    """
+    from pkpd.genetics import cpic_recommendation
+
+    cov = covariates
+    phen = _phenotypes(phenotypes, cov)
+    doses = _worst_case(regimen, cov)
+    findings: list[Finding] = []
+
+    def add(sev: str, drug: str, rule: str, msg: str, lim: LabelLimit | None, src: str | None = None,
+            unverified: bool = False) -> None:
+        findings.append(Finding(sev, drug, rule, msg, src if src is not None else str(lim.source),  # type: ignore
+                                unverified if lim is None else lim.is_unverified))
+
+    for drug in regimen.drugs():
+        mine = [d for d in doses if d.drug == drug]
+        applicable: list[LabelLimit] = []
+        for lim in LIMITS:
+            if lim.drug != drug or (lim.is_unverified and not include_unverified):
+                continue
+            if lim.context == "spinal fusion" and not fusion:
+                continue
+            if lim.phenotype is not None:
+                gene, labels = lim.phenotype
+                if gene not in phen or phen[gene].label not in labels:
+                    continue
+            if lim.route is not None and not any(d.route == lim.route for d in mine):
+                continue
+            cond = lim.condition()
+            needs = list(cond.missing(cov)) if cond is not None else []
+            per_kg = lim.max_single_mg_per_kg is not None or lim.max_daily_mg_per_kg is not None
+            if per_kg and "WT" not in needs:
+                try:
+                    if math.isnan(float(cov["WT"])):
+                        needs.append("WT")
+                except (KeyError, IndexError, TypeError, ValueError):
+                    needs.append("WT")
+            if needs:
+                add("warning", drug, "unchecked", f"{drug}: the {_ctx(lim)} limit for {lim.population} could not be "
+                    f"checked: covariate{'s' if len(needs) > 1 else ''} {', '.join(needs)} missing ({_cite(lim)})",
+                    lim)
+                continue
+            if cond is not None and not cond.evaluate(cov):
+                continue
+            applicable.append(lim)
+
+        # contraindications and exclusion windows
+        for lim in applicable:
+            if lim.contraindicated:
+                routes = sorted({ROUTE_DISPLAY.get(d.route, d.route) for d in _scope(mine, lim)})
+                what = f"{drug}{_route_words(lim)}" if lim.route else f"{drug} (given {', '.join(routes)})"
+                add("error", drug, "contraindicated", f"{what} is contraindicated for {_who(lim, cov, phen)} "
+                    f"({_cite(lim)})", lim)
+            if lim.exclusive_window_h is not None:
+                _exclusive(lim, mine, doses, add)
+
+        # numeric limits: the most restrictive applicable value per (quantity, route scope)
+        wt = float(cov["WT"]) if "WT" in cov else math.nan
+
+        def tightest(fields: tuple[str, ...], route: str | None, _a: list = applicable, _w: float = wt) -> Any:
+            return _tightest(_a, fields, route, _w)
+
+        for route in sorted({lim.route for lim in applicable}, key=lambda r: r or ""):
+            scoped = [d for d in mine if route is None or d.route == route]
+            if not scoped:
+                continue
+            _check_single(drug, scoped, tightest(("max_single_mg", "max_single_mg_per_kg"), route), cov, phen, add)
+            _check_daily(drug, scoped, tightest(("max_daily_mg", "max_daily_mg_per_kg"), route), cov, phen, add)
+            iv = tightest(("min_interval_h",), route)
+            _check_interval(drug, scoped, iv, cov, phen, add)
+            _check_duration(drug, scoped, tightest(("max_duration_h",), route), iv, cov, phen, add)
+            _check_total(drug, scoped, tightest(("max_total_mg",), route), cov, phen, add)
+
+        # CPIC
+        for gene, p in phen.items():
+            rec = cpic_recommendation(drug, p)
+            if rec.action == "avoid":
+                strength = f" ({rec.strength})" if rec.strength else ""
+                add("error", drug, "cpic", f"{drug}: CPIC recommends avoiding it for a {gene} {p.label} metabolizer"
+                    f"{strength}: {rec.text} ({rec.source})", None, rec.source, rec.unverified)
+            elif rec.action == "reduce_dose":
+                capped = any(lim.phenotype is not None and lim.phenotype[0] == gene and lim in applicable
+                             for lim in LIMITS if lim.drug == drug)
+                if not capped:
+                    add("warning", drug, "cpic", f"{drug}: CPIC recommends a reduced dose for a {gene} {p.label} "
+                        f"metabolizer: {rec.text} ({rec.source})", None, rec.source, rec.unverified)
+    findings.sort(key=lambda f: (f.severity != "error", f.drug, f.rule))
+    return findings
+
+
+def _tightest(applicable: list[LabelLimit], fields: tuple[str, ...], route: str | None,
+              wt: float) -> tuple[float, LabelLimit, str] | None:
+    """(value in mg or h, limit, how a per-kg value was computed) of the most restrictive limit, or None."""
+    best = None
+    for lim in applicable:
+        if lim.route != route:
+            continue
+        for f in fields:
+            v = getattr(lim, f)
+            if v is None:
+                continue
+            how = ""
+            if f.endswith("_per_kg"):
+                how = f" ({format_number(v)} mg/kg{'/day' if 'daily' in f else ''} x {format_number(wt)} kg)"
+                v = v * wt
+            if best is None or v < best[0]:
+                best = (v, lim, how)
+    return best
+
+
+#: Local anaesthetics by name (in addition to library entries whose drug_class names an anesthetic).
+_LOCAL_ANESTHETICS = frozenset({"bupivacaine", "levobupivacaine", "ropivacaine", "lidocaine", "mepivacaine",
+                                "chloroprocaine", "bupivacaine_liposomal"})
+
+
+def _exclusive(lim: LabelLimit, mine: list[_Dose], doses: list[_Dose], add: Any) -> None:
+    from pkpd.drugs import get_drug
+
+    w = lim.exclusive_window_h
+    assert w is not None
+    others = [d for d in doses if d.drug != lim.drug
+              and (d.drug in _LOCAL_ANESTHETICS or "anesth" in get_drug(d.drug).drug_class)]
+    reported = set()
+    for d in mine:
+        for o in others:
+            if o.time_h < d.time_h + w and o.time_h + o.duration_h > d.time_h - 1e-12 and \
+                    (o.time_h >= d.time_h or o.duration_h > 0):
+                if o.label in reported:
+                    continue
+                reported.add(o.label)
+                gap = format_number(round(o.time_h - d.time_h, 6))
+                add("error", lim.drug, "exclusive_window",
+                    f"{o.label} starts {gap} h after {d.label} (at {format_number(o.time_h)}h vs "
+                    f"{format_number(d.time_h)}h); no other local anaesthetic may be given within "
+                    f"{format_number(w)} h of liposomal bupivacaine ({_cite(lim)})", lim)
+
+
+def _check_single(drug: str, doses: list[_Dose], best: Any, cov: Any, phen: Any, add: Any) -> None:
+    if best is None:
+        return
+    lim_v, lim, how = best
+    by_label: dict[str, float] = {}
+    for d in doses:
+        if d.unit_mg is not None:
+            by_label[d.label] = max(by_label.get(d.label, 0.0), d.unit_mg)
+    for label, x in by_label.items():
+        if x > lim_v + 1e-9:
+            add("warning", drug, "max_single_dose",
+                f"{label}: single doses of {format_number(round(x, 6))} mg; {_the(lim, 'maximum', cov, phen)} is "
+                f"{format_number(round(lim_v, 6))} mg per dose{_route_words(lim)}{how} ({_cite(lim)})", lim)
+
+
+def _check_daily(drug: str, doses: list[_Dose], best: Any, cov: Any, phen: Any, add: Any) -> None:
+    if best is None:
+        return
+    lim_v, lim, how = best
+    total, start = _max_window(doses)
+    if total > lim_v + 1e-6:
+        inside = [d for d in doses if _window_sum([d], start) > 0]
+        t0, t1 = min(d.time_h for d in inside), max(d.time_h for d in inside)
+        span = f"doses at {format_number(t0)}h" if t0 == t1 else f"doses from {format_number(t0)}h to {format_number(t1)}h"
+        add("warning", drug, "max_daily_dose",
+            f"{_labels(inside)} gives {format_number(round(total, 6))} mg/24 h ({span}){_worst_note(inside)}; "
+            f"{_the(lim, 'maximum', cov, phen)} is {format_number(round(lim_v, 6))} mg/day{_route_words(lim)}{how} "
+            f"({_cite(lim)})", lim)
+
+
+def _check_interval(drug: str, doses: list[_Dose], best: Any, cov: Any, phen: Any, add: Any) -> None:
+    if best is None:
+        return
+    lim_v, lim, _ = best
+    disc = sorted((d for d in doses if d.discrete), key=lambda d: d.time_h)
+    worst = None
+    for a, b in itertools.pairwise(disc):
+        gap = b.time_h - a.time_h
+        if gap < lim_v - 1e-9 and (worst is None or gap < worst[0]):
+            worst = (gap, a, b)
+    if worst is not None:
+        gap, a, b = worst
+        what = a.label if a.label == b.label else f"{a.label} and {b.label}"
+        add("warning", drug, "min_interval",
+            f"{what}: doses {format_number(round(gap, 6))} h apart (at {format_number(a.time_h)}h and "
+            f"{format_number(b.time_h)}h); {_the(lim, 'minimum interval', cov, phen)} is {format_number(lim_v)} h"
+            f"{_route_words(lim)} ({_cite(lim)})", lim)
+
+
+def _check_duration(drug: str, doses: list[_Dose], best: Any, interval: Any, cov: Any, phen: Any,
+                    add: Any) -> None:
+    if best is None or not doses:
+        return
+    lim_v, lim, _ = best
+    default_cover = interval[0] if interval is not None else 0.0
+    first = min(d.time_h for d in doses)
+    end = max(d.time_h + max(d.duration_h, d.cover_h if d.cover_h is not None else
+                             (default_cover if d.discrete else 0.0)) for d in doses)
+    span = end - first
+    if span > lim_v + 1e-9:
+        add("warning", drug, "max_duration",
+            f"{_labels(doses)}: a course of {format_number(round(span, 6))} h (first dose at {format_number(first)}h, "
+            f"counting the dosing interval after the last dose); {_the(lim, 'maximum course', cov, phen)} is "
+            f"{format_number(lim_v)} h ({_cite(lim)})", lim)
+
+
+def _check_total(drug: str, doses: list[_Dose], best: Any, cov: Any, phen: Any, add: Any) -> None:
+    if best is None:
+        return
+    lim_v, lim, _ = best
+    total = sum(d.amount_mg for d in doses)
+    if total > lim_v + 1e-6:
+        add("warning", drug, "max_total_dose",
+            f"{_labels(doses)} gives {format_number(round(total, 6))} mg in total{_worst_note(doses)}; "
+            f"{_the(lim, 'maximum', cov, phen)} is {format_number(lim_v)} mg per course ({_cite(lim)})", lim)
+
+
+def format_findings(findings: list[Finding]) -> str:
+    """One line per finding (``"no findings"`` when empty)."""
+    return "\n".join(str(f) for f in findings) if findings else "no findings"
