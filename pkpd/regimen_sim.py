@@ -42,7 +42,7 @@ from .expr import compile_parameter_block, evaluate_parameter_block
 from .pain import DemandModel, PainModel
 from .pd import GAMMA, AdverseEffectModel, AnalgesicPD, PDValue, get_pd
 
-__all__ = ["IV_MME", "PopulationResult", "SimOptions", "mme_factor", "simulate_regimen"]
+__all__ = ["IV_MME", "PopulationResult", "SimOptions", "mme_factor", "relaxed_objective", "simulate_regimen"]
 
 #: IV MME factors (mg oral morphine per mg IV). The CDC 2022 table has none (models.md section C/E).
 IV_MME: dict[str, PDValue] = {
@@ -211,7 +211,8 @@ class PopulationResult:
     states, state_index
         With ``SimOptions(record_states=True)``: every state (N, T, n) and drug -> (offset, size).
     doses
-        Realized dose record (DataFrame: ID, TIME, DRUG, ROUTE, AMT mg, KIND scheduled/prn/pca), or None.
+        Realized dose record (DataFrame: ID, TIME h, DRUG, ROUTE, AMT mg, DUR h (0 = bolus, else a zero-order
+        infusion of AMT over DUR), KIND scheduled/prn/pca), or None.
     notes
         Messages about assumptions in force (e.g. modality terms switched off).
     """
@@ -295,6 +296,74 @@ def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, option
     return plan.collect(outs, population)
 
 
+def relaxed_objective(regimen, population: pd.DataFrame, *, seed: int = 0, options: SimOptions | None = None,
+                      tit_tau: float = 0.25):
+    """Differentiable expected outcomes of a regimen as a function of dose multipliers.
+
+    PRN and PCA are replaced by their expectations (:class:`SimOptions` ``relaxed=True``: smooth NRS
+    thresholds, mean-field lockout; hourly/24-h caps are not applied in this mode), so the outcomes are
+    smooth functions of the doses and can be differentiated with :func:`jax.grad`.
+
+    Parameters
+    ----------
+    regimen, population, seed, options
+        As for :func:`simulate_regimen` (``options.relaxed`` is forced on).
+    tit_tau
+        Temperature (NRS points) of the smooth time-in-target indicator ``sigmoid((3 - NRS)/tau)``.
+
+    Returns
+    -------
+    f : callable
+        ``f(sched_mult, rescue_mult) -> dict`` of per-patient arrays ``MME_0_72`` (mg), ``PAIN_AUC``
+        (NRS*h), ``PAIN_EXCESS`` (integral of (NRS-3)+, NRS*h) and ``TIT3`` (smooth fraction of 0-72 h with
+        NRS <= 3). ``sched_mult`` (n_scheduled,) multiplies each ``regimen.scheduled`` item's doses,
+        ``rescue_mult`` (n_rescue,) each PRN group's / PCA's dose (order: PRN groups by first appearance, then
+        PCAs). jit-compiled; differentiable in both arguments.
+    n_scheduled, n_rescue : int
+    """
+    import jax
+    import jax.numpy as jnp
+
+    opts = dataclasses.replace(options or SimOptions(), relaxed=True, record_doses=False, record_states=False)
+    plan = _Plan.build(regimen, population, opts)
+    arrays, _, sched_rows, _ = plan.arrays(population, seed)
+    ev_item, seg_item, n_sched = plan.index
+    kernel = plan._compiled().raw
+    dt = float(opts.dt_h)
+    times = plan.t0 + dt * np.arange(plan.T)
+    post = jnp.asarray((times >= -1e-9) & (times < float(regimen.horizon_h) - 1e-9), float)
+    fac = jnp.asarray([mme_factor(it["drug"], it["route"]) for it in plan.items] or [0.0])
+    s_amt = np.zeros((len(population), max(len(sched_rows), 1)))
+    s_fac = np.zeros(max(len(sched_rows), 1))
+    s_item = np.full(max(len(sched_rows), 1), -1)
+    for j, (si, t_e, dname, route, amt, _dur) in enumerate(sched_rows):
+        if t_e >= 0 and t_e < float(regimen.horizon_h):
+            s_amt[:, j], s_fac[j], s_item[j] = amt, mme_factor(dname, route), si
+    base = {k: jnp.asarray(v) for k, v in arrays.items()}
+    n_resc = len(plan.items)
+
+    def weights(mult, idx):
+        m = jnp.concatenate([jnp.asarray(mult, float).reshape(-1), jnp.ones(1)])
+        return m[jnp.where(jnp.asarray(idx) >= 0, jnp.asarray(idx), n_sched)]
+
+    @jax.jit
+    def f(sched_mult, rescue_mult):
+        a = dict(base)
+        a["evw"] = jnp.broadcast_to(weights(sched_mult, ev_item), a["evw"].shape)
+        a["segw"] = jnp.broadcast_to(weights(sched_mult, seg_item), a["segw"].shape)
+        rm = jnp.concatenate([jnp.asarray(rescue_mult, float).reshape(-1), jnp.ones(1)])[:a["rmult"].shape[1]]
+        a["rmult"] = jnp.broadcast_to(rm, a["rmult"].shape)
+        out = kernel(int(seed), a)
+        y = out["nrs"]
+        mme = jnp.sum(out["dose"] * fac * post[None, :, None], axis=(1, 2))
+        mme = mme + jnp.sum(jnp.asarray(s_amt) * jnp.asarray(s_fac) * weights(sched_mult, s_item), axis=1)
+        return {"MME_0_72": mme, "PAIN_AUC": jnp.sum(y * post, axis=1) * dt,
+                "PAIN_EXCESS": jnp.sum(jnp.maximum(y - 3.0, 0.0) * post, axis=1) * dt,
+                "TIT3": jnp.sum(jax.nn.sigmoid((3.0 - y) / tit_tau) * post, axis=1) / jnp.sum(post)}
+
+    return f, n_sched, n_resc
+
+
 # ----------------------------------------------------------------------------------------------------------
 @dataclass
 class _Plan:
@@ -332,7 +401,7 @@ class _Plan:
         dt = float(opts.dt_h)
         if not 0 < dt <= 1.0:
             raise ModelSpecError(f"dt_h must be in (0, 1] h, got {dt}")
-        ev0 = regimen.dose_events(_row_cov(population.iloc[0]))
+        ev0 = [e for _, e in _expand(regimen, _row_cov(population.iloc[0]))]
         tmin = min([0.0] + [e.time_h for e in ev0] + [float(x.start_h) for x in (*regimen.prn, *regimen.pca)])
         t0 = np.floor(tmin / dt - 1e-9) * dt
         T = int(round((float(regimen.horizon_h) - t0) / dt)) + 1
@@ -364,7 +433,8 @@ class _Plan:
             if getattr(m, "enabled", True) and not opts.pain.enable_assumed_modalities:
                 notes.append(f"modality {m.kind}: no published effect size; its assumed effect is OFF "
                              "(PainModel(enable_assumed_modalities=True) to switch it on)")
-        tmpl = [(e.time_h, get_drug(e.drug).name, e.route, e.duration_h) for e in ev0]
+        tmpl = [(si, e.time_h, get_drug(e.drug).name, e.route, e.duration_h)
+                for si, e in _expand(regimen, _row_cov(population.iloc[0]))]
         plan = _Plan(regimen, opts, blocks, off, float(t0), T, items, notes, tmpl)
         for it in items:
             plan._block_of(it["drug"])  # checks the drug is in the system
@@ -404,7 +474,19 @@ class _Plan:
         import jax
         import jax.numpy as jnp
 
-        opts, dt = self.opts, float(self.opts.dt_h)
+        arrays, params, sched_rows, ids = self.arrays(sub, seed)
+        fn = self._compiled()
+        res = fn(seed, {k: jnp.asarray(v) for k, v in arrays.items()})
+        res = jax.tree_util.tree_map(np.asarray, res)
+        res["sched"] = sched_rows
+        res["ids"] = ids
+        res["params"] = {b.drug.name: pd.DataFrame({k: np.asarray(v) for k, v in p.items()
+                                                    if not k.startswith("ETA_")}) for b, p in zip(self.blocks, params)}
+        return res
+
+    def arrays(self, sub: pd.DataFrame, seed: int):
+        """Host-side preparation of one chunk: (kernel arrays, PK parameters, scheduled doses, IDs)."""
+        dt = float(self.opts.dt_h)
         n_pat, n, T = len(sub), self.n, self.T
         ids = sub["ID"].to_numpy()
         params = self._params(sub, seed)
@@ -422,37 +504,25 @@ class _Plan:
             Phi[:, sl, sl] = E
             Gam[:, sl, sl] = G
 
-        # ---- scheduled events -> exact grid contributions
+        # ---- scheduled events (and PCA loading/basal) -> exact grid contributions
         ev_k, ev_vec, seg_from, seg_to, seg_vec = [], [], [], [], []
+        ev_item, seg_item = [], []
         sched_rows = []
-        amounts = np.stack([[e.amount_mg for e in self.regimen.dose_events(_row_cov(r))]
-                            for _, r in sub.iterrows()]) if self.events_template else np.zeros((n_pat, 0))
+        amounts = np.array([[e.amount_mg for _, e in _expand(self.regimen, _row_cov(r))] for _, r in sub.iterrows()],
+                           float).reshape(n_pat, -1)
         if amounts.shape[1] != len(self.events_template):
             raise ModelSpecError("the regimen expands to a different number of doses for different patients")
-        for j, (t_e, dname, route, dur) in enumerate(self.events_template):
-            bi = [b.drug.name for b in self.blocks].index(dname)
+        names = [b.drug.name for b in self.blocks]
+        for j, (si, t_e, dname, route, dur) in enumerate(self.events_template):
+            bi = names.index(dname)
             b, K = self.blocks[bi], Ks[bi]
             amt = amounts[:, j]
-            sched_rows.append((j, t_e, dname, route, amt))
+            sched_rows.append((si, t_e, dname, route, amt, float(dur)))
             for tgt, a_sub, s_sub, d_sub in _subdoses(b, route, amt, float(t_e), float(dur), self, sub, seed):
+                n_ev, n_seg = len(ev_k), len(seg_from)
                 self._contrib(b, K, tgt, a_sub, s_sub, d_sub, ev_k, ev_vec, seg_from, seg_to, seg_vec, n_pat)
-        # PCA basal / loading as scheduled inputs
-        for pc in self.regimen.pca:
-            b = self._block_of(get_drug(pc.drug).name)
-            K = Ks[self.blocks.index(b)]
-            stop = float(pc.stop_h) if pc.stop_h is not None else float(self.regimen.horizon_h)
-            if float(pc.basal_mg_h) > 0:
-                amt = np.full(n_pat, float(pc.basal_mg_h) * (stop - float(pc.start_h)))
-                for tgt, a_sub, s_sub, d_sub in _subdoses(b, pc.route, amt, float(pc.start_h),
-                                                          stop - float(pc.start_h), self, sub, seed):
-                    self._contrib(b, K, tgt, a_sub, s_sub, d_sub, ev_k, ev_vec, seg_from, seg_to, seg_vec, n_pat)
-                sched_rows.append((-1, float(pc.start_h), b.drug.name, pc.route, amt))
-            if float(pc.loading_mg) > 0:
-                amt = np.full(n_pat, float(pc.loading_mg))
-                for tgt, a_sub, s_sub, d_sub in _subdoses(b, pc.route, amt, float(pc.start_h), 0.0, self, sub,
-                                                          seed):
-                    self._contrib(b, K, tgt, a_sub, s_sub, d_sub, ev_k, ev_vec, seg_from, seg_to, seg_vec, n_pat)
-                sched_rows.append((-2, float(pc.start_h), b.drug.name, pc.route, amt))
+                ev_item += [si] * (len(ev_k) - n_ev)
+                seg_item += [si] * (len(seg_from) - n_seg)
         E_ = max(len(ev_k), 1)
         evk = np.full((n_pat, E_), -1, np.int32)
         evv = np.zeros((n_pat, E_, n))
@@ -485,14 +555,13 @@ class _Plan:
         pdv["bvol"] = np.stack(vols, 1) if vols else np.ones((n_pat, 1))
         key_ids = ids.astype(np.int64)
         arrays = dict(Phi=Phi, Gam=Gam, evk=evk, evv=evv, sf=sf, st=st, sv=sv, bvec=bvec, ids=key_ids, **pdv)
-        fn = self._compiled()
-        res = fn(seed, {k: jnp.asarray(v) for k, v in arrays.items()})
-        res = jax.tree_util.tree_map(np.asarray, res)
-        res["sched"] = sched_rows
-        res["ids"] = ids
-        res["params"] = {b.drug.name: pd.DataFrame({k: np.asarray(v) for k, v in p.items()
-                                                    if not k.startswith("ETA_")}) for b, p in zip(self.blocks, params)}
-        return res
+        n_sched = len(self.regimen.scheduled)
+        arrays["evw"] = np.ones((n_pat, E_))
+        arrays["segw"] = np.ones((n_pat, S_))
+        arrays["rmult"] = np.ones((n_pat, max(n_it, 1)))
+        self.index = (np.array(ev_item + [-1] * (E_ - len(ev_item))),
+                      np.array(seg_item + [-1] * (S_ - len(seg_item))), n_sched)
+        return arrays, params, sched_rows, ids
 
     def _contrib(self, b, K, tgt, amt, s, dur, ev_k, ev_vec, seg_from, seg_to, seg_vec, n_pat):
         dt, t0, T, n = float(self.opts.dt_h), self.t0, self.T, self.n
@@ -635,7 +704,7 @@ class _Plan:
         offset = 0
         for o in outs:
             m = len(o["ids"])
-            for (_, t_e, dname, route, amt) in o["sched"]:
+            for (_, t_e, dname, route, amt, dur) in o["sched"]:
                 f = mme_factor(dname, route)
                 k = int(np.clip(np.ceil((t_e - self.t0) / dt - 1e-9), 0, self.T - 1))
                 if f > 0 and t_e >= 0:
@@ -691,26 +760,37 @@ class _Plan:
         parts = []
         for o in outs:
             ids = o["ids"]
-            for (_, t_e, dname, route, amt) in o["sched"]:
+            for (_, t_e, dname, route, amt, dur) in o["sched"]:
                 parts.append(pd.DataFrame({"ID": ids, "TIME": t_e, "DRUG": dname, "ROUTE": route, "AMT": amt,
-                                           "KIND": "scheduled"}))
+                                           "DUR": dur, "KIND": "scheduled"}))
             dose = o["dose"]
             for i, it in enumerate(self.items):
                 pi, ki = np.nonzero(dose[:, :, i] > 0)
                 if len(pi):
                     parts.append(pd.DataFrame({"ID": ids[pi], "TIME": times[ki], "DRUG": it["drug"],
-                                               "ROUTE": it["route"], "AMT": dose[pi, ki, i], "KIND": it["kind"]}))
+                                               "ROUTE": it["route"], "AMT": dose[pi, ki, i], "DUR": 0.0,
+                                               "KIND": it["kind"]}))
         if not parts:
-            return pd.DataFrame(columns=["ID", "TIME", "DRUG", "ROUTE", "AMT", "KIND"])
+            return pd.DataFrame(columns=["ID", "TIME", "DRUG", "ROUTE", "AMT", "DUR", "KIND"])
         return pd.concat(parts, ignore_index=True).sort_values(["ID", "TIME"], kind="stable").reset_index(drop=True)
 
 
 _KERNELS: dict = {}
 
 
+def _expand(regimen, cov: Mapping[str, float]) -> list[tuple[int, Any]]:
+    """Deterministic doses as (scheduled-item index or -1 for PCA loading/basal, DoseEvent)."""
+    out = []
+    for si, item in enumerate(regimen.scheduled):
+        out += [(si, e) for e in item.events(cov, float(regimen.horizon_h))]
+    for pc in regimen.pca:
+        out += [(-1, e) for e in pc.events(float(regimen.horizon_h))]
+    return out
+
+
 def _trim(res: dict, n: int) -> dict:
     out = {k: (v[:n] if isinstance(v, np.ndarray) else v) for k, v in res.items()}
-    out["sched"] = [(j, t, d, r, a[:n]) for (j, t, d, r, a) in res["sched"]]
+    out["sched"] = [(j, t, d, r, a[:n], u) for (j, t, d, r, a, u) in res["sched"]]
     out["params"] = {k: v.iloc[:n] for k, v in res["params"].items()}
     return out
 
@@ -888,7 +968,7 @@ def _make_kernel(plan: _Plan):
             t = t0 + k * dt
             x = a["Phi"] @ x
             act = ((k >= a["sf"]) & (k <= a["st"])).astype(x.dtype)
-            x = x + act @ a["sv"] + (a["evk"] == k).astype(x.dtype) @ a["evv"]
+            x = x + (act * a["segw"]) @ a["sv"] + ((a["evk"] == k).astype(x.dtype) * a["evw"]) @ a["evv"]
             y, uop, dep, sed, bup = nrs_of(x, t)
             if n_it:
                 s = 1.0 / (1.0 + jnp.exp(-(y - n50) / slope))
@@ -916,6 +996,7 @@ def _make_kernel(plan: _Plan):
                     last = jnp.where(give, t, last)
                     hist = jnp.where(give[:, None], jnp.concatenate([jnp.full((ni, 1), t), hist[:, :-1]], axis=1),
                                      hist)
+                dose = dose * a["rmult"]
                 x = x + dose @ a["bvec"]
             else:
                 dose = jnp.zeros((1,))
@@ -935,7 +1016,12 @@ def _make_kernel(plan: _Plan):
         return jax.vmap(kernel_one)(keys, a)
 
     jrun = jax.jit(run, static_argnums=0)
-    return lambda seed, arrs: jrun(int(seed), arrs)
+
+    def call(seed, arrs):
+        return jrun(int(seed), arrs)
+
+    call.raw = run
+    return call
 
 
 def _inv(e, gamma):

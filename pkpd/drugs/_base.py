@@ -17,6 +17,9 @@ from .._errors import ModelSpecError
 __all__ = ["Covariate", "Drug", "Param", "Source"]
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
+_COLUMN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+#: NONMEM record columns: referenced by some expressions (e.g. a dose-dependent F1 uses AMT) but not covariates.
+_RECORD_COLUMNS = frozenset({"ID", "TIME", "EVID", "AMT", "CMT", "RATE", "II", "ADDL", "SS", "DV", "MDV"})
 _FORMS = ("power", "linear", "exponential", "indicator")
 
 
@@ -98,7 +101,7 @@ class Covariate:
     def __post_init__(self) -> None:
         if self.form not in _FORMS:
             raise ModelSpecError(f"covariate form must be one of {_FORMS}, got {self.form!r}")
-        if not _NAME.match(self.covariate):
+        if not _COLUMN.match(self.covariate):
             raise ModelSpecError(f"covariate column name {self.covariate!r} is not a valid name")
         if self.form != "indicator" and self.reference is None:
             raise ModelSpecError(f"covariate {self.covariate} on {self.param}: form {self.form} needs a reference")
@@ -186,7 +189,8 @@ class Drug:
     def covariates_needed(self) -> tuple[str, ...]:
         """Dataset columns the parameter expressions reference (sorted, unique).
 
-        Includes the columns of covariate effects and any column named in a derived expression.
+        Includes the columns of covariate effects and any column named in a derived expression, but not the
+        NONMEM record columns (``AMT``, ``TIME``...) that some expressions use.
         """
         from ..expr import compile_expression
 
@@ -195,7 +199,7 @@ class Drug:
         for p in self.params:
             if p.derived:
                 cols |= {c for c in compile_expression(p.value).names if c not in names}
-        return tuple(sorted(cols))
+        return tuple(sorted(cols - _RECORD_COLUMNS))
 
     def unverified_params(self) -> tuple[str, ...]:
         """Names of parameters (and ``PARAM~COV`` covariate effects) flagged UNVERIFIED."""
