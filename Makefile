@@ -16,10 +16,14 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	mkdir -p demo-out
-	$(BIN)/pkpd models 1cmt_dual
 	$(BIN)/pkpd simulate examples/oxycodone_postop.csv --params examples/oxycodone_agema2021.toml \
 		--out demo-out/oxycodone_postop_sim.csv --plot demo-out/oxycodone_postop.png --force
-	@echo "Wrote demo-out/oxycodone_postop_sim.csv and demo-out/oxycodone_postop.png"
+	$(BIN)/pkpd drugs list
+	$(BIN)/pkpd simulate --regimen C0 --population 500 --seed 1 --out demo-out/C0 --force
+	$(BIN)/pkpd simulate --regimen C1 --population 500 --seed 1 --out demo-out/C1 --force
+	$(BIN)/pkpd simulate --regimen C1 --patient examples/patient_spine.toml --population 200 --seed 1 \
+		--out demo-out/C1_patient --force
+	@echo "Wrote demo-out/: oxycodone IR+ER dataset simulation; C0 vs C1 in 500 SPINE-72 patients; C1 for the example patient"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -342,7 +342,7 @@ def drugs_list() -> None:
 
     table = Table(title="Drug library (`pkpd drugs show NAME` for parameters and sources)")
     for c in ("drug", "class", "model", "routes", "analgesic PD", "unverified values"):
-        table.add_column(c)
+        table.add_column(c, no_wrap=c == "drug")
     for name in list_drugs():
         d = get_drug(name)
         table.add_row(Text(d.name), Text(d.drug_class), Text(d.model), Text(", ".join(d.routes)),

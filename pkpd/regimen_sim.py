@@ -200,8 +200,10 @@ class PopulationResult:
         mg oral morphine equivalents; ``TIT3``/``TIT4`` fraction of 0-72 h with NRS <= 3 / <= 4;
         ``PAIN_AUC`` NRS*h; ``PAIN_EXCESS`` integral of (NRS-3)+ in NRS*h; ``N_PCA``, ``N_PRN`` granted
         doses; ``T_FIRST_RESCUE`` h; ``MIN_VE`` minimum ventilation fraction; ``P_OIRD``; ``MAX_SEDATION``;
-        ``P_PONV``; ``PEAK_BUPI`` peak total bupivacaine (all sources) ng/mL; ``LAST_INDEX`` peak of total
-        bupivacaine / CNS threshold).
+        ``P_PONV``; ``PEAK_BUPI`` peak total bupivacaine (plain + liposomal, summed) ng/mL;
+        ``PEAK_BUPI_UNBOUND`` = peak total x FU (bupivacaine entry, unverified 0.05) ng/mL; ``LAST_INDEX``
+        the larger of peak total / 2,000 ng/mL and peak unbound / 300 ng/mL (CNS thresholds, models.md C);
+        >= 1 means a toxicity threshold is crossed).
     times
         Grid times (h), shape (T,).
     nrs, opioid_units, bupi
@@ -238,7 +240,8 @@ class PopulationResult:
 
 
 _OUTCOMES = ("MME_0_24", "MME_0_48", "MME_0_72", "TIT3", "TIT4", "PAIN_AUC", "PAIN_EXCESS", "N_PCA", "N_PRN",
-             "T_FIRST_RESCUE", "MIN_VE", "P_OIRD", "MAX_SEDATION", "P_PONV", "PEAK_BUPI", "LAST_INDEX")
+             "T_FIRST_RESCUE", "MIN_VE", "P_OIRD", "MAX_SEDATION", "P_PONV", "PEAK_BUPI", "PEAK_BUPI_UNBOUND",
+             "LAST_INDEX")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -742,8 +745,14 @@ class _Plan:
         g = df["OPRM1_G"].to_numpy(float) if "OPRM1_G" in df else np.zeros(len(df))
         lo = lo + np.where(g >= 2, np.log(float(ae.oprm1_gg_or.value)), 0.0)
         df["P_PONV"] = 1.0 / (1.0 + np.exp(-lo))
-        df["PEAK_BUPI"] = bupi.max(1) * 1000.0
-        df["LAST_INDEX"] = bupi.max(1) / 2.0
+        from .drugs.local_anesthetics import last_threshold
+
+        peak = bupi.max(1)
+        fu = float(get_drug("bupivacaine")._param("FU").value)
+        df["PEAK_BUPI"] = peak * 1000.0
+        df["PEAK_BUPI_UNBOUND"] = peak * fu * 1000.0
+        df["LAST_INDEX"] = np.maximum(peak / last_threshold("bupivacaine", "total", "CNS").value,
+                                      peak * fu / last_threshold("bupivacaine", "unbound", "CNS").value)
         doses = None
         if self.opts.record_doses and not self.opts.relaxed:
             doses = self._dose_frame(outs, times)

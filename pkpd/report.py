@@ -53,10 +53,11 @@ def plot_bands(result, path: Path, title: str = "") -> None:
     axs[1].set_ylabel("opioid effect\n(Ce / EC50, summed)")
     axs[1].legend(fontsize="small", loc="upper right")
     if panels == 3:
-        _band(axs[2], t, result.bupi * 1000.0, "bupivacaine", "tab:green")
+        _band(axs[2], t, np.maximum(result.bupi * 1000.0, 1e-3), "bupivacaine", "tab:green")
         axs[2].axhline(2000, color="k", linestyle="--", linewidth=1, label="CNS toxicity 2,000 ng/mL")
         axs[2].set_ylabel("total bupivacaine\n(ng/mL)")
-        axs[2].set_yscale("symlog", linthresh=100)
+        axs[2].set_yscale("log")
+        axs[2].set_ylim(1.0, 1e4)
         axs[2].legend(fontsize="small", loc="upper right")
     axs[-1].set_xlabel("time after end of surgery (h)")
     for ax in axs:
