@@ -14,7 +14,7 @@ from typing import Literal
 
 from .._errors import ModelSpecError
 
-__all__ = ["Covariate", "Drug", "Param", "Source"]
+__all__ = ["Covariate", "Drug", "Param", "Source", "micro_constant_params"]
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 _COLUMN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -239,3 +239,27 @@ class Drug:
             lines.append("references:")
             lines += [f"  - {r}" for r in self.references]
         return "\n".join(lines)
+
+
+def micro_constant_params(source: Source, *, k10: str = "K10", k12: str = "K12", k13: str = "K13",
+                          k21: str = "K21", k31: str = "K31", v1: str = "V1",
+                          per_minute: bool = True) -> tuple[Param, ...]:
+    """Derived ``CL, Q2, V2, Q3, V3`` (L/h, L) of a 3-compartment model published as micro-constants.
+
+    ``CL = k10 V1``, ``Q2 = k12 V1 = k21 V2``, ``Q3 = k13 V1 = k31 V3`` (NONMEM ADVAN11 TRANS1 -> TRANS4);
+    ``per_minute`` converts rate constants given in 1/min to the library's 1/h (x 60). The arguments name
+    the parameters of the entry holding the micro-constants and the central volume.
+    """
+    m = " * 60" if per_minute else ""
+    unit = " (x 60: 1/min -> 1/h)" if per_minute else ""
+    return (
+        Param("CL", f"{k10}{m} * {v1}", "L/h", "clearance k10*V1 (derived)", source, note="CL = k10*V1" + unit),
+        Param("Q2", f"{k12}{m} * {v1}", "L/h", "inter-compartmental clearance k12*V1 (derived)", source,
+              note="Q2 = k12*V1" + unit),
+        Param("V2", f"{k12} * {v1} / {k21}", "L", "first peripheral volume k12*V1/k21 (derived)", source,
+              note="mass balance Q2 = k12*V1 = k21*V2"),
+        Param("Q3", f"{k13}{m} * {v1}", "L/h", "inter-compartmental clearance k13*V1 (derived)", source,
+              note="Q3 = k13*V1" + unit),
+        Param("V3", f"{k13} * {v1} / {k31}", "L", "second peripheral volume k13*V1/k31 (derived)", source,
+              note="mass balance Q3 = k13*V1 = k31*V3"),
+    )

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from ..models import CompartmentModel, Output, Route, register_model
 from ..models import Param as ModelParam
-from ._base import Covariate, Drug, Param, Source
+from ._base import Covariate, Drug, Param, Source, micro_constant_params
 
 __all__ = ["CELECOXIB", "DRUGS", "GABAPENTIN", "IBUPROFEN", "KETAMINE", "KETOROLAC", "KETOROLAC_MODEL",
            "PREGABALIN", "S_KETAMINE"]
@@ -419,16 +419,7 @@ KETAMINE = Drug(
         Param("K21", 0.247, "1/min", "rate constant compartment 2 -> central", _DOM_OT),
         Param("K31", 0.0146, "1/min", "rate constant compartment 3 -> central", _DOM_OT),
         Param("V1", "V1KG * WT", "L", "central volume (V1 = 0.063·WT L)", Source(_DOMINO, _DOM_DER)),
-        Param("CL", "K10 * 60 * V1", "L/h", "clearance k10·V1 (≈116 L/h at 70 kg)", Source(_DOMINO, _DOM_DER),
-              note="unit conversion 1/min -> 1/h (×60)"),
-        Param("Q2", "K12 * 60 * V1", "L/h", "inter-compartmental clearance k12·V1", Source(_DOMINO, _DOM_DER),
-              note="unit conversion 1/min -> 1/h (×60)"),
-        Param("V2", "K12 * V1 / K21", "L", "second-compartment volume k12·V1/k21 (≈10.6 L at 70 kg)",
-              Source(_DOMINO, _DOM_DER), note="mass balance Q2 = k12·V1 = k21·V2"),
-        Param("Q3", "K13 * 60 * V1", "L/h", "inter-compartmental clearance k13·V1", Source(_DOMINO, _DOM_DER),
-              note="unit conversion 1/min -> 1/h (×60)"),
-        Param("V3", "K13 * V1 / K31", "L", "third-compartment volume k13·V1/k31 (≈178 L at 70 kg)",
-              Source(_DOMINO, _DOM_DER), note="mass balance Q3 = k13·V1 = k31·V3"),
+        *micro_constant_params(Source(_DOMINO, _DOM_DER)),
     ),
     covariates=(),
     routes={"iv": 1},

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from ..models import CompartmentModel, Output, register_model
 from ..models import Param as ModelParam
-from ._base import Covariate, Drug, Param, Source
+from ._base import Covariate, Drug, Param, Source, micro_constant_params
 
 __all__ = ["CODEINE", "DRUGS", "FENTANYL", "HYDROMORPHONE", "MORPHINE", "MORPHINE_MODEL", "REMIFENTANIL",
            "TRAMADOL"]
@@ -231,16 +231,8 @@ FENTANYL = Drug(
         Param("K21MIN", 0.102, "1/min", "rate constant first peripheral -> central k21 (per minute)", _SHAFER_OT),
         Param("K31MIN", 0.006, "1/min", "rate constant second peripheral -> central k31 (per minute)", _SHAFER_OT),
         Param("KE0MIN", 0.12, "1/min", "effect-site equilibration rate constant ke0 (per minute)", _SHAFER_KE0),
-        Param("CL", "K10MIN * V1 * 60", "L/h", "clearance (derived; 30.22 L/h)", _SHAFER_DER,
-              note="CL = k10*V1 = 0.0827*6.09 = 0.5036 L/min, x 60 to L/h"),
-        Param("Q2", "K12MIN * V1 * 60", "L/h", "inter-compartmental clearance Q2 (derived; 172.1 L/h)",
-              _SHAFER_DER, note="Q2 = k12*V1 = 2.868 L/min, x 60 to L/h"),
-        Param("V2", "K12MIN * V1 / K21MIN", "L", "first peripheral volume (derived; 28.12 L)", _SHAFER_DER,
-              note="V2 = k12*V1/k21 (k12*V1 = k21*V2 for the same Q2)"),
-        Param("Q3", "K13MIN * V1 * 60", "L/h", "inter-compartmental clearance Q3 (derived; 82.2 L/h)",
-              _SHAFER_DER, note="Q3 = k13*V1 = 1.370 L/min, x 60 to L/h"),
-        Param("V3", "K13MIN * V1 / K31MIN", "L", "second peripheral volume (derived; 228.4 L)", _SHAFER_DER,
-              note="V3 = k13*V1/k31"),
+        *micro_constant_params(_SHAFER_DER, k10="K10MIN", k12="K12MIN", k13="K13MIN", k21="K21MIN",
+                               k31="K31MIN"),
         Param("KE0", "KE0MIN * 60", "1/h", "effect-site equilibration rate constant (derived; 7.2 1/h)",
               _SHAFER_DER, note=f"0.12 1/min; {_PER_MIN}"),
     ),
