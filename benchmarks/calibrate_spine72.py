@@ -62,8 +62,8 @@ def loss(x, pop, seed, regs):
 
 
 def main() -> None:
-    from pkpd.pd import PD_LIBRARY
     from pkpd.patients import spine72_population
+    from pkpd.pd import PD_LIBRARY
     from regimens import get_regimen
 
     ap = argparse.ArgumentParser()

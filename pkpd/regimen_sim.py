@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -490,7 +490,7 @@ class _Plan:
     def arrays(self, sub: pd.DataFrame, seed: int):
         """Host-side preparation of one chunk: (kernel arrays, PK parameters, scheduled doses, IDs)."""
         dt = float(self.opts.dt_h)
-        n_pat, n, T = len(sub), self.n, self.T
+        n_pat, n = len(sub), self.n
         ids = sub["ID"].to_numpy()
         params = self._params(sub, seed)
         Phi = np.zeros((n_pat, n, n))
@@ -599,7 +599,7 @@ class _Plan:
         kb = np.floor((e - t0) / dt + 1e-9).astype(np.int64)
         inside = ka > kb  # whole infusion inside one step
         # whole infusion inside one step (t_{ka-1}, t_ka]
-        E1, G1 = _expm_gamma(K, np.where(inside, t0 + ka * dt - e, 0.0))
+        E1, _ = _expm_gamma(K, np.where(inside, t0 + ka * dt - e, 0.0))
         _, Gd = _expm_gamma(K, np.where(inside, dur, 0.0))
         v_in = np.einsum("pij,pj->pi", E1, Gd[:, :, tgt]) * rate[:, None]
         put(np.where(inside, ka, -1), v_in)
@@ -703,11 +703,10 @@ class _Plan:
         fac_items = np.array([mme_factor(it["drug"], it["route"]) for it in self.items]) if self.items else np.zeros(0)
         mme_t = (dose * fac_items[None, None, :]).sum(-1) if self.items else np.zeros_like(nrs)
         sched_mme = np.zeros((len(df), self.T))
-        recs = []
         offset = 0
         for o in outs:
             m = len(o["ids"])
-            for (_, t_e, dname, route, amt, dur) in o["sched"]:
+            for (_, t_e, dname, route, amt, _dur) in o["sched"]:
                 f = mme_factor(dname, route)
                 k = int(np.clip(np.ceil((t_e - self.t0) / dt - 1e-9), 0, self.T - 1))
                 if f > 0 and t_e >= 0:
@@ -916,7 +915,6 @@ def _make_kernel(plan: _Plan):
         thr[i, :m], dosev[i, :m] = (it["thr"] if it["kind"] == "prn" else [-1e9]), it["dose"]
         start[i, :m], stop[i, :m] = it["start"], it["stop"]
     interval = np.array([it["interval"] for it in items] or [1.0])
-    is_pca = np.array([it["kind"] == "pca" for it in items] or [False])
     cap = np.array([it["cap"] for it in items] or [0])
     capw = np.array([it["cap_window"] for it in items] or [1.0])
     C = int(max(cap.max(), 1))

@@ -23,7 +23,13 @@ from pkpd._errors import ModelSpecError, PKPDError
 from pkpd.drugs import get_drug
 from pkpd.pain import PainModel
 from pkpd.patients import spine72_population
-from pkpd.pd import PD_LIBRARY, combine_units, get_pd, inverse_reference_curve, reference_curve
+from pkpd.pd import (
+    PD_LIBRARY,
+    combine_units,
+    get_pd,
+    inverse_reference_curve,
+    reference_curve,
+)
 from pkpd.regimen_sim import SimOptions, mme_factor, relaxed_objective, simulate_regimen
 from regimens import PCA, PRN, Modality, Regimen, Scheduled, get_regimen
 
@@ -121,7 +127,7 @@ def test_outcomes_consistent_with_dose_record(mixed):
     assert np.all((p.P_OIRD > 0) & (p.P_OIRD < 1)) and np.all((p.MIN_VE > 0) & (p.MIN_VE <= 1))
     # peak bupivacaine: the liposomal product alone, compared with the engine's central concentration
     for i, pid in enumerate(pop.ID):
-        got, ref = _engine_states(res, "bupivacaine_liposomal", i, pid)
+        _, ref = _engine_states(res, "bupivacaine_liposomal", i, pid)
         v = res.parameters["bupivacaine_liposomal"].iloc[i]["V1"]
         model = pkpd.get_model(get_drug("bupivacaine_liposomal").model)
         assert p.PEAK_BUPI.iloc[i] == pytest.approx(ref[:, model.central].max() / v * 1000.0, rel=1e-9)
