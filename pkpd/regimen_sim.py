@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.linalg
 
 from ._errors import ModelSpecError
 from .drugs import get_drug
@@ -182,8 +181,26 @@ def _expm_gamma(K: np.ndarray, tau) -> tuple[np.ndarray, np.ndarray]:
     M = np.zeros((n_pat, 2 * n, 2 * n))
     M[:, :n, :n] = K * tau[:, None, None]
     M[:, :n, n:] = np.eye(n) * tau[:, None, None]
-    E = scipy.linalg.expm(M)
+    if not np.any(tau):
+        E = np.broadcast_to(np.eye(2 * n), M.shape)
+    else:
+        # Batched Pade scaling-and-squaring in XLA (float64): faster than scipy's per-matrix loop and free of
+        # the BLAS thread contention that made host preparation erratic on small shared machines.
+        E = np.asarray(_batched_expm()(M))
     return E[:, :n, :n], E[:, :n, n:]
+
+
+_EXPM = None
+
+
+def _batched_expm():
+    global _EXPM
+    if _EXPM is None:
+        import jax
+        import jax.scipy.linalg
+
+        _EXPM = jax.jit(jax.vmap(jax.scipy.linalg.expm))
+    return _EXPM
 
 
 # ----------------------------------------------------------------------------------------------------------
