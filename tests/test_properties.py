@@ -408,7 +408,7 @@ def test_second_batch_with_same_layout_does_not_recompile():
     assert not np.allclose(np.asarray(p1.theta["p"]["CL"]), np.asarray(p2.theta["p"]["CL"]))
     counter = _counter()
     # a model object the jit cache has never seen (get_model is cached): the first call must compile
-    model = pkpd.models.library.get_model.__wrapped__("2cmt_oral")
+    model = pkpd.models.library._grammar_model.__wrapped__("2cmt_oral")
     with counter:
         a1, _ = simulate_arrays(model, p1.layout, ANALYTIC, p1.rec, p1.dose, p1.ss, p1.theta)
         jax.block_until_ready(a1)
