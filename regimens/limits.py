@@ -427,6 +427,9 @@ def _phenotypes(phenotypes: Mapping[str, Any] | None, cov: Mapping[str, Any]) ->
         return out
     for gene, value in phenotypes.items():
         g = str(gene).strip().upper()
+        if value is None or (isinstance(value, float) and math.isnan(value)) or (
+                isinstance(value, str) and value.strip().lower() in ("", "unknown", "nan", "not genotyped")):
+            continue  # not genotyped: no genotype rule applies (the caller decides how to treat unknowns)
         try:
             if isinstance(value, Phenotype):
                 out[value.gene] = value
