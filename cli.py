@@ -379,7 +379,7 @@ def drugs_show(name: str = typer.Argument(..., help="Drug name (aliases such as 
     if lims:
         console.print("label limits:", markup=False)
         for lim in lims:
-            console.print(f"  {lim}", markup=False)
+            console.print(f"  {lim.describe()}", markup=False)
 
 
 @app.command()

@@ -119,6 +119,23 @@ class LabelLimit:
         """The parsed covariate condition, or ``None``."""
         return None if self.when is None else Condition.parse(self.when)
 
+    def describe(self) -> str:
+        """One line: who it applies to, the limits, the source and the UNVERIFIED flag."""
+        parts = []
+        for attr, fmt in (("max_single_mg", "single <= {:g} mg"), ("max_single_mg_per_kg", "single <= {:g} mg/kg"),
+                          ("max_daily_mg", "<= {:g} mg/24 h"), ("max_daily_mg_per_kg", "<= {:g} mg/kg/24 h"),
+                          ("min_interval_h", "interval >= {:g} h"), ("max_duration_h", "course <= {:g} h"),
+                          ("max_total_mg", "total <= {:g} mg"),
+                          ("exclusive_window_h", "no other local anaesthetic within {:g} h")):
+            v = getattr(self, attr)
+            if v is not None:
+                parts.append(fmt.format(v))
+        if self.contraindicated:
+            parts.append("contraindicated")
+        route = f" {self.route.upper()}" if self.route else ""
+        flag = "  UNVERIFIED" if self.is_unverified else ""
+        return f"{self.population}{route}: {', '.join(parts) or '-'} ({self.context}; {self.source}){flag}"
+
 
 @dataclass(frozen=True)
 class Finding:
