@@ -470,6 +470,11 @@ def _phenotypes(phenotypes: Mapping[str, Any] | None, cov: Mapping[str, Any]) ->
 # Checker
 # --------------------------------------------------------------------------------------------------------
 
+def _d(x: float) -> str:
+    """A number for a message: 4 significant digits (``743.1``, ``49.54``, ``4000``)."""
+    return f"{float(x):.4g}"
+
+
 _AGE_WORDS = {"AGE": "aged {v}", "WT": "weighing {v} kg", "CRCL": "with CrCL {v} mL/min",
               "HEPATIC": "with hepatic impairment grade {v}", "SCR": "with serum creatinine {v} mg/dL"}
 
@@ -479,7 +484,7 @@ def _who(lim: LabelLimit, cov: Mapping[str, Any], phen: Mapping[str, Any]) -> st
     cond = lim.condition()
     if cond is not None:
         for c in cond.satisfied(cov):
-            v = format_number(round(float(cov[c.column]), 6))
+            v = _d(float(cov[c.column]))
             parts.append(_AGE_WORDS.get(c.column, f"with {c.column} = {{v}}").format(v=v))
     if lim.phenotype is not None:
         p = phen[lim.phenotype[0]]
@@ -656,7 +661,7 @@ def _tightest(applicable: list[LabelLimit], fields: tuple[str, ...], route: str 
                 continue
             how = ""
             if f.endswith("_per_kg"):
-                how = f" ({format_number(v)} mg/kg{'/day' if 'daily' in f else ''} x {format_number(wt)} kg)"
+                how = f" ({format_number(v)} mg/kg{'/day' if 'daily' in f else ''} x {_d(wt)} kg)"
                 v = v * wt
             if best is None or v < best[0]:
                 best = (v, lim, how)
@@ -701,8 +706,8 @@ def _check_single(drug: str, doses: list[_Dose], best: Any, cov: Any, phen: Any,
     for label, x in by_label.items():
         if x > lim_v + 1e-9:
             add("warning", drug, "max_single_dose",
-                f"{label}: single doses of {format_number(round(x, 6))} mg; {_the(lim, 'maximum', cov, phen)} is "
-                f"{format_number(round(lim_v, 6))} mg per dose{_route_words(lim)}{how} ({_cite(lim)})", lim)
+                f"{label}: single doses of {_d(x)} mg; {_the(lim, 'maximum', cov, phen)} is "
+                f"{_d(lim_v)} mg per dose{_route_words(lim)}{how} ({_cite(lim)})", lim)
 
 
 def _check_daily(drug: str, doses: list[_Dose], best: Any, cov: Any, phen: Any, add: Any) -> None:
@@ -715,8 +720,8 @@ def _check_daily(drug: str, doses: list[_Dose], best: Any, cov: Any, phen: Any, 
         t0, t1 = min(d.time_h for d in inside), max(d.time_h for d in inside)
         span = f"doses at {format_number(t0)}h" if t0 == t1 else f"doses from {format_number(t0)}h to {format_number(t1)}h"
         add("warning", drug, "max_daily_dose",
-            f"{_labels(inside)} gives {format_number(round(total, 6))} mg/24 h ({span}){_worst_note(inside)}; "
-            f"{_the(lim, 'maximum', cov, phen)} is {format_number(round(lim_v, 6))} mg/day{_route_words(lim)}{how} "
+            f"{_labels(inside)} gives {_d(total)} mg/24 h ({span}){_worst_note(inside)}; "
+            f"{_the(lim, 'maximum', cov, phen)} is {_d(lim_v)} mg/day{_route_words(lim)}{how} "
             f"({_cite(lim)})", lim)
 
 
