@@ -834,14 +834,16 @@ def _normals(seed: int, ids: np.ndarray, stream: str, k: int) -> np.ndarray:
     """Standard normals (len(ids), k), one reproducible stream per (seed, patient ID, stream name)."""
     if k == 0:
         return np.zeros((len(ids), 0))
-    return np.asarray(_normals_jit(int(seed) & 0x7FFFFFFF, _crc(stream), k, np.asarray(ids, np.int64)))
+    return np.asarray(_normals_jit(int(seed) & 0x7FFFFFFF, _crc(stream), k, np.asarray(ids, np.int64)), float)
 
 
 def _normals_impl(seed, h, k, ids):
     import jax
+    import jax.numpy as jnp
 
     base = jax.random.fold_in(jax.random.PRNGKey(seed), h)
-    return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(base, i), (k,)))(ids)
+    # float32 draws in both precisions, so a patient's variability does not depend on PKPD_PRECISION
+    return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(base, i), (k,), dtype=jnp.float32))(ids)
 
 
 _NORMALS_JIT = None
@@ -1008,7 +1010,7 @@ def _make_kernel(plan: _Plan):
                     dose = avail * amtv
                     reg = jnp.concatenate([(avail * soft[:, 0])[:, None], reg[:, :-1]], axis=1)
                 else:
-                    uni = jax.random.uniform(jax.random.fold_in(key, k), (ni,))
+                    uni = jax.random.uniform(jax.random.fold_in(key, k), (ni,), dtype=jnp.float32)
                     req = uni < p
                     ok_rule = inwin & (y >= jnp.asarray(thr) - 1e-12)
                     amt = jnp.max(jnp.where(ok_rule, jnp.asarray(dosev), 0.0), axis=1)
