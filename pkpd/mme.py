@@ -26,7 +26,8 @@ import numpy as np
 
 from ._errors import ModelSpecError
 
-__all__ = ["ALIASES", "MME_FACTORS", "ROUTES", "MMEFactor", "daily_mme", "mme", "mme_table", "total_mme"]
+__all__ = ["ALIASES", "ASSUMED_IV_FACTORS", "MME_FACTORS", "ROUTES", "MMEFactor", "daily_mme", "mme", "mme_table",
+           "total_mme"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,18 @@ MME_FACTORS: dict[tuple[str, str], MMEFactor] = {
         MMEFactor("hydromorphone", "iv", None, "per mg", "none (gap in models.md)", True, _IV_NOTE),
         MMEFactor("fentanyl", "iv", None, "per mcg", "none (gap in models.md)", True, _IV_NOTE),
     )
+}
+
+#: IV factors the population simulator assumes (MME per mg IV), all UNVERIFIED: the CDC table has none.
+#: Pass them explicitly: ``mme(drug, dose, "iv", factor=f.factor, allow_unverified=True)``.
+ASSUMED_IV_FACTORS: dict[str, MMEFactor] = {
+    "morphine": MMEFactor("morphine", "iv", 3.0, "per mg", "clinical.md 3.1: IV:oral morphine ~ 1:3", True,
+                          "no CDC value; ratio from the clinical notes"),
+    "hydromorphone": MMEFactor("hydromorphone", "iv", 15.0, "per mg",
+                               "derived: CDC oral hydromorphone 5 x IV:oral 3 (clinical.md 3.1)", True,
+                               "assumes hydromorphone's IV:oral ratio equals morphine's"),
+    "fentanyl": MMEFactor("fentanyl", "iv", 300.0, "per mg",
+                          "general knowledge: 0.1 mg IV fentanyl ~ 10 mg IV morphine", True, "x3 IV:oral morphine"),
 }
 
 #: Accepted route spellings -> canonical route.

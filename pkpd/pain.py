@@ -76,13 +76,8 @@ class PainModel:
     enable_assumed_modalities: bool = False
 
     def replace(self, **changes) -> PainModel:
-        """Copy with some values changed (numbers are wrapped as calibrated/assumed values)."""
-        out = {}
-        for k, v in changes.items():
-            cur = getattr(self, k)
-            out[k] = v if not isinstance(cur, PDValue) or isinstance(v, PDValue) else dataclasses.replace(
-                cur, value=float(v))
-        return dataclasses.replace(self, **out)
+        """Copy with some values changed (a plain number keeps the value's unit, source and flags)."""
+        return _replace(self, changes)
 
 
 @dataclass(frozen=True)
@@ -101,5 +96,14 @@ class DemandModel:
         return self.pca_lambda_max.value * s, self.prn_lambda_max.value * s
 
     def replace(self, **changes) -> DemandModel:
-        return dataclasses.replace(self, **{k: (v if isinstance(v, PDValue) else dataclasses.replace(
-            getattr(self, k), value=float(v))) for k, v in changes.items()})
+        """Copy with some values changed (a plain number keeps the value's unit, source and flags)."""
+        return _replace(self, changes)
+
+
+def _replace(obj, changes: dict):
+    out = {}
+    for k, v in changes.items():
+        cur = getattr(obj, k)
+        out[k] = v if not isinstance(cur, PDValue) or isinstance(v, PDValue) else dataclasses.replace(
+            cur, value=float(v))
+    return dataclasses.replace(obj, **out)

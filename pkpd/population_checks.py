@@ -30,8 +30,7 @@ def regimen_findings(regimen, population: pd.DataFrame) -> pd.DataFrame:
     for _, grp in population.groupby(keys, dropna=False, sort=False):
         row = grp.iloc[0]
         cov = {c: float(row[c]) for c in cov_cols}
-        phen = {g: str(row[c]) for g, c in _PHENO_COLS.items()
-                if c in population and pd.notna(row[c]) and str(row[c]).lower() not in ("unknown", "", "nan")}
+        phen = {g: row[c] for g, c in _PHENO_COLS.items() if c in population}  # "unknown" is skipped there
         for f in check_regimen(regimen, cov, phen or None):
             k = (f.severity, f.drug, f.rule)
             g = groups.setdefault(k, {"severity": f.severity, "drug": f.drug, "rule": f.rule, "patients": 0,

@@ -34,40 +34,31 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import mme as _mme
 from ._errors import ModelSpecError
 from .drugs import get_drug
-from .drugs._base import Drug, Source
+from .drugs._base import Drug
 from .expr import compile_parameter_block, evaluate_parameter_block
 from .pain import DemandModel, PainModel
-from .pd import GAMMA, AdverseEffectModel, AnalgesicPD, PDValue, get_pd
+from .pd import GAMMA, AdverseEffectModel, AnalgesicPD, get_pd
 
 __all__ = ["IV_MME", "PopulationResult", "SimOptions", "mme_factor", "relaxed_objective", "simulate_regimen"]
 
-#: IV MME factors (mg oral morphine per mg IV). The CDC 2022 table has none (models.md section C/E).
-IV_MME: dict[str, PDValue] = {
-    "morphine": PDValue(3.0, "MME/mg", Source("clinical.md 3.1", "IV:oral morphine ~ 1:3"), True,
-                        "no CDC value; ratio from the clinical notes, UNVERIFIED"),
-    "hydromorphone": PDValue(15.0, "MME/mg", Source("derived: CDC oral hydromorphone 5 x IV:oral 3 (clinical.md "
-                                                     "3.1)"), True, "assumes hydromorphone's IV:oral ratio equals "
-                             "morphine's; UNVERIFIED"),
-    "fentanyl": PDValue(300.0, "MME/mg", Source("general knowledge: 0.1 mg IV fentanyl ~ 10 mg IV morphine",
-                                                 unverified=True), True, "x3 IV:oral morphine; UNVERIFIED"),
-}
+#: IV MME factors (MME per mg IV) used here: :data:`pkpd.mme.ASSUMED_IV_FACTORS` (all UNVERIFIED).
+IV_MME = _mme.ASSUMED_IV_FACTORS
 _ORAL_ROUTES = ("po", "po_er")
 _BUPI = ("bupivacaine", "bupivacaine_liposomal")
 
 
 def mme_factor(drug: str, route: str) -> float:
     """MME per mg of ``drug`` by regimen ``route`` (0 for non-opioids). IV values are unverified."""
-    from . import mme as _mme
-
     d = get_drug(drug)
     if d.drug_class != "opioid":
         return 0.0
     if route in _ORAL_ROUTES:
         return float(_mme.mme(d.name, 1.0, "oral"))
     if route == "iv" and d.name in IV_MME:
-        return float(IV_MME[d.name].value)
+        return float(_mme.mme(d.name, 1.0, "iv", factor=IV_MME[d.name].factor, allow_unverified=True))
     raise ModelSpecError(f"no MME factor for {d.name} by route {route!r}")
 
 
@@ -130,7 +121,9 @@ class _Block:
 
 
 def _build_block(drug: Drug, pd_: AnalgesicPD, off: int) -> _Block:
-    model = drug.model and __import__("pkpd.models", fromlist=["get_model"]).get_model(drug.model)
+    from .models import get_model
+
+    model = get_model(drug.model)
     if not model.is_linear:
         raise ModelSpecError(f"{drug.name}: model {drug.model} is nonlinear; the regimen simulator needs linear "
                              "models (simulate it alone with pkpd.simulate)")
@@ -162,8 +155,7 @@ def _source_of(model, name: str):
 
 def _block_matrix(b: _Block, p: Mapping[str, np.ndarray], n_pat: int) -> np.ndarray:
     K = np.zeros((n_pat, b.n, b.n))
-    for r, c, fn in b.model.linear_terms:
-        K[:, r, c] += np.broadcast_to(np.asarray(fn(p), float), (n_pat,))
+    K[:, :b.n_model, :b.n_model] = b.model.rate_matrix(p, xp=np)
     if b.eff is not None:
         idx, div = _source_of(b.model, b.pd.output)
         ke0 = float(b.pd.ke0.value)
@@ -421,8 +413,8 @@ class _Plan:
         dt = float(opts.dt_h)
         if not 0 < dt <= 1.0:
             raise ModelSpecError(f"dt_h must be in (0, 1] h, got {dt}")
-        ev0 = [e for _, e in _expand(regimen, _row_cov(population.iloc[0]))]
-        tmin = min([0.0] + [e.time_h for e in ev0] + [float(x.start_h) for x in (*regimen.prn, *regimen.pca)])
+        ev0 = _expand(regimen, _row_cov(population.iloc[0]))
+        tmin = min([0.0] + [e.time_h for _, e in ev0] + [float(x.start_h) for x in (*regimen.prn, *regimen.pca)])
         t0 = np.floor(tmin / dt - 1e-9) * dt
         T = int(round((float(regimen.horizon_h) - t0) / dt)) + 1
         items = []
@@ -453,8 +445,7 @@ class _Plan:
             if getattr(m, "enabled", True) and not opts.pain.enable_assumed_modalities:
                 notes.append(f"modality {m.kind}: no published effect size; its assumed effect is OFF "
                              "(PainModel(enable_assumed_modalities=True) to switch it on)")
-        tmpl = [(si, e.time_h, get_drug(e.drug).name, e.route, e.duration_h)
-                for si, e in _expand(regimen, _row_cov(population.iloc[0]))]
+        tmpl = [(si, e.time_h, get_drug(e.drug).name, e.route, e.duration_h) for si, e in ev0]
         plan = _Plan(regimen, opts, blocks, off, float(t0), T, items, notes, tmpl)
         for it in items:
             plan._block_of(it["drug"])  # checks the drug is in the system

@@ -150,7 +150,11 @@ class CompartmentModel:
 
     # ---- numerics ---------------------------------------------------------------------------------
     def rate_matrix(self, p: Mapping, xp=None):
-        """Rate matrix ``K`` (1/h) with ``dx/dt = K x`` for the linear part of the model."""
+        """Rate matrix ``K`` (1/h) with ``dx/dt = K x`` for the linear part of the model.
+
+        With ``xp=numpy`` the parameters may be arrays of one shape (one value per subject); ``K`` then has
+        that shape followed by ``(n, n)``.
+        """
         import jax.numpy as jnp
 
         xp = xp or jnp
@@ -163,11 +167,13 @@ class CompartmentModel:
         if not vals:
             return xp.zeros((n, n))
         dtype = xp.result_type(*[xp.asarray(v) for v in vals], float)
-        K = xp.zeros((n, n), dtype=dtype)
-        if xp is np:
+        if xp is np:  # parameters may be arrays (one value per subject): K is then (..., n, n)
+            batch = np.broadcast_shapes(*[np.shape(v) for v in vals])
+            K = np.zeros(batch + (n, n), dtype=dtype)
             for r, c, v in zip(rows, cols, vals):
-                K[r, c] += v
+                K[..., r, c] += v
             return K
+        K = xp.zeros((n, n), dtype=dtype)
         vals = jnp.stack([jnp.asarray(v, dtype) for v in vals])
         return K.at[np.array(rows), np.array(cols)].add(vals)
 
