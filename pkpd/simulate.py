@@ -273,7 +273,14 @@ def theta_from_columns(model: CompartmentModel, block, columns, shape):
     """Evaluate the parameter block in JAX and arrange it as the engine expects."""
     import jax.numpy as jnp
 
-    vals = evaluate_parameter_block(block, columns, xp=jnp)
+    return arrange_theta(model, evaluate_parameter_block(block, columns, xp=jnp), shape)
+
+
+def arrange_theta(model: CompartmentModel, vals, shape):
+    """Engine parameter dict from named values (each broadcastable to ``shape``): structural parameters
+    ``p``, route fractions/durations, and per-compartment ``F``, ``ALAG``, ``R``, ``D`` (defaults 1, 0, 1, 1)."""
+    import jax.numpy as jnp
+
     vals = {k: jnp.broadcast_to(jnp.asarray(v, dtype=float), shape) for k, v in vals.items()}
     n = model.n_cmt
     p = {name: vals[name] for name in model.param_names}

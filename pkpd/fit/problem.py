@@ -1,0 +1,761 @@
+"""A population model bound to a dataset: padded arrays, parameter packing and the likelihood.
+
+:class:`Problem` is what every estimation method works on. It holds
+
+* the engine's padded arrays for the dataset (:func:`pkpd.simulate.prepare`), so predictions come from
+  the same NONMEM-exact event engine as simulation (ADDL, SS, infusions, lags, resets...);
+* flat observation arrays (one entry per record with ``EVID = 0`` and ``MDV = 0``): DV, observation
+  type, BLQ flag and LLOQ, the subject they belong to;
+* a :class:`Packer` mapping an unconstrained vector ``u`` (what optimizers and samplers move) to the
+  natural parameters: typical values, covariate coefficients, omega, IOV variances, residual terms;
+* pure JAX functions of ``(u, eta)``: individual parameters, predictions, per-subject conditional
+  log-likelihood (Gaussian, with the M3 term ``log P(DV < LLOQ)`` for BLQ records) and the prior density
+  of the random effects.
+
+Random effects per subject are one vector ``eta`` of length ``K = k_iiv + n_occ * k_iov``: the IIV etas in
+:meth:`PopulationModel.eta_names` order, then one block of IOV kappas per occasion (``OCC`` = 1, 2, ...).
+Their covariance is block diagonal: ``diag(Omega, Pi, ..., Pi)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .._errors import DatasetError, DatasetViolation, ModelSpecError
+from ..expr import compile_expression, evaluate_parameter_block
+from ..models import get_model
+from ..simulate import ParameterSpec, arrange_theta, prepare
+from ..solvers import resolve_solver
+from .spec import PopulationModel
+
+__all__ = ["Problem", "Packer", "build_problem", "LOG2PI"]
+
+LOG2PI = math.log(2.0 * math.pi)
+_ERR_CODE = {"additive": 0, "proportional": 1, "combined": 2, "lognormal": 3}
+_VAR_FLOOR = 1e-12  # added to every residual variance so that a zero prediction with a proportional error
+#                     model gives a large but finite penalty, not a division by zero
+
+
+# ---------------------------------------------------------------------------------------------------
+# parameter packing
+
+
+@dataclass(frozen=True)
+class Packer:
+    """Unconstrained vector <-> natural parameters.
+
+    ``u_full`` holds every parameter on its estimation scale (fixed ones included); ``free`` marks the
+    entries an optimizer moves. Scales: typical values ``log(x - lower)``, logit within finite bounds, or
+    identity; covariate coefficients likewise by relation; omega blocks as the lower-triangular Cholesky
+    factor with log diagonal; IOV variances and residual terms on the log scale.
+    """
+
+    names: tuple[str, ...]
+    kinds: tuple[str, ...]  # theta | beta | omega | iov | sigma
+    code: np.ndarray  # 0 identity, 1 log(x - lower), 2 logit in (lower, upper)
+    lower: np.ndarray
+    upper: np.ndarray
+    init_full: np.ndarray
+    free: np.ndarray
+    n_theta: int
+    n_beta: int
+    k_iiv: int
+    omega_pos: tuple[tuple[int, int], ...]  # (row, col) in the k_iiv x k_iiv Cholesky factor per omega entry
+    n_iov: int
+    n_sigma: int
+
+    @property
+    def n_free(self) -> int:
+        return int(self.free.sum())
+
+    @property
+    def free_names(self) -> tuple[str, ...]:
+        return tuple(n for n, f in zip(self.names, self.free) if f)
+
+    def full(self, u):
+        """``u_full`` from the free vector ``u``."""
+        u = jnp.asarray(u)
+        idx = np.nonzero(self.free)[0]
+        return jnp.asarray(self.init_full, dtype=u.dtype).at[idx].set(u)
+
+    def free_part(self, u_full) -> np.ndarray:
+        return np.asarray(u_full)[self.free]
+
+    def natural(self, u_full) -> dict:
+        """Natural parameters: ``theta`` (n_theta,), ``beta`` (n_beta,), ``L``/``omega`` (k, k),
+        ``iov`` (n_iov,) variances, ``sigma`` (n_sigma,) residual terms."""
+        u = jnp.asarray(u_full)
+        lo = jnp.asarray(np.where(np.isfinite(self.lower), self.lower, 0.0), u.dtype)
+        hi = jnp.asarray(np.where(np.isfinite(self.upper), self.upper, 1.0), u.dtype)
+        code = self.code
+        x = jnp.where(code == 1, lo + jnp.exp(jnp.where(code == 1, u, 0.0)),
+                      jnp.where(code == 2, lo + (hi - lo) * jax.nn.sigmoid(u), u))
+        i0, i1 = 0, self.n_theta
+        theta = x[i0:i1]
+        beta = x[i1:i1 + self.n_beta]
+        i2 = i1 + self.n_beta
+        n_om = len(self.omega_pos)
+        k = self.k_iiv
+        om_u = u[i2:i2 + n_om]
+        if k:
+            rows = np.array([r for r, _ in self.omega_pos])
+            cols = np.array([c for _, c in self.omega_pos])
+            vals = jnp.where(jnp.asarray(rows == cols), jnp.exp(om_u), om_u)
+            L = jnp.zeros((k, k), u.dtype).at[rows, cols].set(vals)
+        else:
+            L = jnp.zeros((0, 0), u.dtype)
+        i3 = i2 + n_om
+        iov = jnp.exp(u[i3:i3 + self.n_iov])
+        sigma = jnp.exp(u[i3 + self.n_iov:i3 + self.n_iov + self.n_sigma])
+        return {"theta": theta, "beta": beta, "L": L, "omega": L @ L.T, "iov": iov, "sigma": sigma}
+
+
+def _to_scale(x: float, lo: float, hi: float) -> tuple[int, float]:
+    if math.isfinite(lo) and math.isfinite(hi):
+        p = (x - lo) / (hi - lo)
+        return 2, math.log(p / (1.0 - p))
+    if math.isfinite(lo):
+        return 1, math.log(x - lo)
+    if math.isfinite(hi):
+        raise ModelSpecError("an upper bound without a lower bound is not supported; give both bounds")
+    return 0, x
+
+
+def _make_packer(spec: PopulationModel) -> Packer:
+    names, kinds, code, lower, upper, init, free = [], [], [], [], [], [], []
+
+    def add(name, kind, c, lo, hi, value, is_free):
+        names.append(name)
+        kinds.append(kind)
+        code.append(c)
+        lower.append(lo)
+        upper.append(hi)
+        init.append(value)
+        free.append(is_free)
+
+    for p in spec.parameters:
+        c, v = _to_scale(p.estimate, p.lower, p.upper)
+        add(p.name, "theta", c, p.lower, p.upper, v, not p.fixed)
+    n_theta = len(names)
+    for p in spec.parameters:
+        for eff in p.covariates:
+            lo, hi = eff.bounds() or (-math.inf, math.inf)
+            for nm, v0 in zip(eff.coefficient_names(p.name), eff.initial()):
+                c, v = _to_scale(v0, lo, hi)
+                add(nm, "beta", c, lo, hi, v, not eff.fixed)
+    n_beta = len(names) - n_theta
+    omega_pos = []
+    off = 0
+    for bnames, full, fixed in spec.iiv_blocks():
+        L = np.linalg.cholesky(full)
+        for i in range(len(bnames)):
+            for j in range(i + 1):
+                nm = f"omega({bnames[i]})" if i == j else f"omega({bnames[i]},{bnames[j]})"
+                add(nm, "omega", 0, -math.inf, math.inf, math.log(L[i, j]) if i == j else L[i, j], not fixed)
+                omega_pos.append((off + i, off + j))
+        off += len(bnames)
+    for n, v in spec.iov.items():
+        add(f"iov({n})", "iov", 0, -math.inf, math.inf, math.log(v), True)
+    n_iov = len(spec.iov)
+    n_sigma = 0
+    for o in spec.observations:
+        for t in o.error_terms():
+            add(f"{o.name}.{t}", "sigma", 0, -math.inf, math.inf, math.log(o.initial(t)), t not in o.fixed)
+            n_sigma += 1
+    return Packer(tuple(names), tuple(kinds), np.array(code), np.array(lower, float), np.array(upper, float),
+                  np.array(init, float), np.array(free, bool), n_theta, n_beta, off, tuple(omega_pos), n_iov,
+                  n_sigma)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the problem
+
+
+@dataclass(eq=False)
+class Problem:
+    """A population model bound to a dataset (build with :func:`build_problem`).
+
+    The JAX methods are pure functions of ``(u_full, eta)`` with ``eta`` of shape ``(n_id, K)``.
+    """
+
+    spec: PopulationModel
+    model: Any
+    solver: Any
+    layout: Any
+    arrays: dict  # rec, dose, ss, sched (engine inputs)
+    packer: Packer
+    ids: np.ndarray  # original subject IDs, in order of first appearance
+    id_of_pseudo: np.ndarray  # (Np,) subject index of each engine pseudo-subject
+    cov: dict  # name -> (Np, R) covariate arrays (jnp)
+    effects: list  # per parameter: list of (relation, coefficient slice, data) for covariate factors
+    eta_index: np.ndarray  # (n_param,) index of each parameter's IIV eta, -1 if none
+    iov_index: np.ndarray  # (n_param,) index of each parameter's IOV kappa within an occasion, -1 if none
+    iiv_type: tuple[str, ...]
+    occ: np.ndarray | None  # (Np, R) 0-based occasion index per record, or None
+    n_occ: int
+    obs: dict  # flat observation arrays (numpy): pseudo, slot, id, row, dv, type, blq, lloq, time
+    frame: pd.DataFrame
+    row_map: np.ndarray  # (n_rows, 2): (pseudo-subject, record slot) of each dataset row (host only)
+    notes: list = field(default_factory=list)
+
+    # ---- sizes ------------------------------------------------------------------------------------
+    @property
+    def n_id(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_obs(self) -> int:
+        return len(self.obs["dv"])
+
+    @property
+    def k_iiv(self) -> int:
+        return self.packer.k_iiv
+
+    @property
+    def n_eta(self) -> int:
+        """Random effects per subject: IIV etas plus IOV kappas for every occasion."""
+        return self.packer.k_iiv + self.n_occ * self.packer.n_iov
+
+    @property
+    def n_normal_obs(self) -> int:
+        """Observations with a Gaussian likelihood (not BLQ): the ``N`` of NONMEM's ``N log(2 pi)``."""
+        return int((~self.obs["blq"]).sum())
+
+    def eta_labels(self) -> list[str]:
+        labels = [f"eta({n})" for n in self.spec.eta_names()]
+        for o in range(self.n_occ):
+            labels += [f"kappa({n},occ{o + 1})" for n in self.spec.iov]
+        return labels
+
+    def init_u(self) -> np.ndarray:
+        """Free vector of the initial estimates."""
+        return self.packer.init_full[self.packer.free].copy()
+
+    # ---- random-effect prior ---------------------------------------------------------------------
+    def chol_full(self, nat) -> jnp.ndarray:
+        """Cholesky factor of the block-diagonal covariance of one subject's random-effect vector."""
+        L = nat["L"]
+        if self.n_occ and self.packer.n_iov:
+            pi = jnp.tile(jnp.sqrt(nat["iov"]), self.n_occ)
+            k = L.shape[0]
+            K = self.n_eta
+            full = jnp.zeros((K, K), L.dtype).at[:k, :k].set(L)
+            idx = np.arange(k, K)
+            return full.at[idx, idx].set(pi)
+        return L
+
+    def log_prior_eta(self, u_full, eta) -> jnp.ndarray:
+        """``log N(eta_i; 0, Omega_full)`` per subject, shape ``(n_id,)`` (full normalizing constant)."""
+        if self.n_eta == 0:
+            return jnp.zeros(self.n_id)
+        Lf = self.chol_full(self.packer.natural(u_full))
+        z = jax.scipy.linalg.solve_triangular(Lf, eta.T, lower=True)
+        logdet = 2.0 * jnp.sum(jnp.log(jnp.diag(Lf)))
+        return -0.5 * jnp.sum(z * z, axis=0) - 0.5 * logdet - 0.5 * self.n_eta * LOG2PI
+
+    # ---- individual parameters -------------------------------------------------------------------
+    def individual(self, u_full, eta) -> dict:
+        """Individual values of every estimated parameter at every record: name -> (Np, R)."""
+        nat = self.packer.natural(u_full)
+        theta, beta = nat["theta"], nat["beta"]
+        Np, R = self.arrays["rec"]["time"].shape
+        eta_p = eta[jnp.asarray(self.id_of_pseudo)] if self.n_eta else jnp.zeros((Np, 0))
+        out = {}
+        k = self.packer.k_iiv
+        for j, p in enumerate(self.spec.parameters):
+            tv = theta[j] * jnp.ones((Np, R), theta.dtype)
+            for rel, sl, data in self.effects[j]:
+                b = beta[sl]
+                if rel == "power":
+                    tv = tv * jnp.exp(b[0] * data)  # data = log(cov / ref)
+                elif rel == "linear":
+                    tv = tv * (1.0 + b[0] * data)  # data = cov - ref
+                elif rel == "exponential":
+                    tv = tv * jnp.exp(b[0] * data)
+                elif rel == "proportional":
+                    tv = tv * data  # cov / ref
+                elif rel == "categorical":
+                    tv = tv * jnp.exp(jnp.einsum("nrl,l->nr", data, jnp.log(b)))  # one-hot of non-reference levels
+                elif rel == "indicator":
+                    tv = tv * jnp.where(data, b[0], 1.0)
+                elif rel == "activity_score":
+                    tv = tv * ((1.0 - b[0]) + b[0] * data)  # data = cov / ref
+            re = jnp.zeros((Np, R), tv.dtype)
+            if self.eta_index[j] >= 0:
+                re = re + eta_p[:, self.eta_index[j]][:, None]
+            if self.iov_index[j] >= 0 and self.n_occ:
+                cols = k + jnp.asarray(self.occ) * self.packer.n_iov + int(self.iov_index[j])
+                re = re + jnp.take_along_axis(eta_p, cols, axis=1)
+            kind = self.iiv_type[j]
+            if kind == "lognormal":
+                val = tv * jnp.exp(re)
+            elif kind == "additive":
+                val = tv + re
+            elif kind == "proportional":
+                val = tv * (1.0 + re)
+            else:  # logit
+                val = jax.nn.sigmoid(jnp.log(tv) - jnp.log1p(-tv) + re)
+            out[p.name] = val
+        return out
+
+    def structural(self, indiv: dict) -> dict:
+        """Individual + derived parameters (name -> (Np, R)): everything expressions may reference."""
+        vals = dict(indiv)
+        if self.spec.derived:
+            env = {**self.cov, **indiv}
+            vals.update(evaluate_parameter_block(self.spec.derived_block(), env, xp=jnp))
+        return vals
+
+    # ---- predictions -----------------------------------------------------------------------------
+    def predict(self, u_full, eta) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """Model predictions at the observation records, shape ``(n_obs,)``, and a per-pseudo-subject
+        solver success flag."""
+        o = self.obs
+        return self.predict_at(u_full, eta, o["pseudo"], o["slot"], o["type"], o["time"])
+
+    def predict_at(self, u_full, eta, pseudo, slot, types, times) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """Predictions of observation type ``types[j]`` at record ``(pseudo[j], slot[j])`` (any record of the
+        dataset, e.g. ``EVID = 2`` rows of a prediction grid; :attr:`row_map` maps dataset rows to records).
+        Index arrays must be passed as arguments of a compiled function, not read from a Problem's host
+        attributes, since the compiled program is shared by problems of the same structure."""
+        from ..engine import _simulate_core
+
+        vals = self.structural(self.individual(u_full, eta))
+        Np, R = self.arrays["rec"]["time"].shape
+        theta = arrange_theta(self.model, vals, (Np, R))
+        a = self.arrays
+        amounts, ok = _simulate_core(self.model, self.layout, self.solver, a["rec"], a["dose"], a["ss"], theta,
+                                     a["sched"])
+        ps, sl = jnp.asarray(pseudo), jnp.asarray(slot)
+        A = amounts[ps, sl]  # (n, n_cmt)
+        p_obs = {k: v[ps, sl] for k, v in vals.items()}
+        env = {**{k: v[ps, sl] for k, v in self.cov.items()}, **p_obs}
+        env.update(self.model.outputs_from_state(A, p_obs))
+        for i, c in enumerate(self.model.compartments):
+            env[c] = A[:, i]
+        env["TIME"] = jnp.asarray(times)
+        preds = [jnp.broadcast_to(e.evaluate(env, jnp), A.shape[:1]) for e in self._out_exprs]
+        f = preds[0] if len(preds) == 1 else jnp.choose(jnp.asarray(types), preds, mode="clip")
+        return f, ok
+
+    def residual_sd(self, u_full, f) -> jnp.ndarray:
+        """Residual SD per observation (DV units; log units for log-normal error types)."""
+        s = jnp.concatenate([self.packer.natural(u_full)["sigma"], jnp.zeros(1)])
+        a = s[jnp.asarray(self.obs["a_idx"])]
+        b = s[jnp.asarray(self.obs["b_idx"])]
+        return jnp.sqrt(a * a + (b * f) ** 2 + _VAR_FLOOR)
+
+    def obs_loglik(self, u_full, eta) -> jnp.ndarray:
+        """Log-likelihood of every observation given ``eta`` (n_obs,), ``-inf``-free: a failed or
+        non-finite prediction gives ``nan`` which callers treat as a rejected point."""
+        f, ok = self.predict(u_full, eta)
+        is_log = jnp.asarray(self.obs["log"])
+        # double where: the log branch must not see f <= 0 even where unused (its derivatives would be nan)
+        fl = jnp.where(is_log, jnp.log(jnp.where(is_log & (f > 1e-300), f, 1.0)) + jnp.where(
+            is_log & (f <= 1e-300), -690.8, 0.0), f)
+        sd = self.residual_sd(u_full, f)
+        y = jnp.asarray(self.obs["y"])
+        r = (y - fl) / sd
+        gauss = -0.5 * r * r - jnp.log(sd) - 0.5 * LOG2PI
+        cens = jax.scipy.stats.norm.logcdf((jnp.asarray(self.obs["lloq_t"]) - fl) / sd)
+        ll = jnp.where(jnp.asarray(self.obs["blq"]), cens, gauss)
+        good = ok[jnp.asarray(self.obs["pseudo"])] & jnp.isfinite(f)
+        return jnp.where(good, ll, jnp.nan)
+
+    def loglik_id(self, u_full, eta) -> jnp.ndarray:
+        """Conditional log-likelihood ``log p(y_i | eta_i)`` per subject (n_id,)."""
+        ll = self.obs_loglik(u_full, eta)
+        return jax.ops.segment_sum(ll, jnp.asarray(self.obs["id"]), num_segments=self.n_id)
+
+    def neg_log_joint(self, u_full, eta) -> jnp.ndarray:
+        """``-log p(y_i | eta_i) - log p(eta_i)`` per subject (n_id,); ``nan`` where a prediction failed."""
+        return -(self.loglik_id(u_full, eta) + self.log_prior_eta(u_full, eta))
+
+    # ---- simulation ------------------------------------------------------------------------------
+    def simulate_dv(self, u_full, key, n_rep: int, eta=None) -> jnp.ndarray:
+        """Replicates of the observations (n_rep, n_obs) under the model, new etas (or the given ``eta``)
+        and new residual errors; log-normal types are returned on the DV scale."""
+        nat = self.packer.natural(u_full)
+        Lf = self.chol_full(nat)
+
+        def one(k):
+            k1, k2 = jax.random.split(k)
+            if eta is None and self.n_eta:
+                e = jax.random.normal(k1, (self.n_id, self.n_eta)) @ Lf.T
+            else:
+                e = jnp.zeros((self.n_id, self.n_eta)) if eta is None else eta
+            f, _ = self.predict(u_full, e)
+            sd = self.residual_sd(u_full, f)
+            eps = jax.random.normal(k2, f.shape) * sd
+            is_log = jnp.asarray(self.obs["log"])
+            return jnp.where(is_log, jnp.maximum(f, 1e-300) * jnp.exp(eps), f + eps)
+
+        return jax.lax.map(one, jax.random.split(key, n_rep))
+
+    def __post_init__(self):
+        self._out_exprs = [compile_expression(o.output, name=o.name) for o in self.spec.observations]
+        self._key = _static_key(self)
+
+
+# ---------------------------------------------------------------------------------------------------
+# a Problem is a pytree: its arrays are leaves, its structure is static, so one compiled program serves
+# every dataset of the same model and shapes (replicate studies, refits, bootstrap)
+
+_DEV_OBS = ("pseudo", "slot", "id", "y", "blq", "lloq_t", "log", "a_idx", "b_idx", "type", "time")
+
+
+def _static_key(p: "Problem") -> tuple:
+    import json
+
+    return (json.dumps(p.spec.to_dict(), sort_keys=True, default=str), p.model.name, repr(p.solver), p.layout,
+            p.n_occ, len(p.ids), tuple(p.eta_index), tuple(p.iov_index),
+            tuple(tuple((rel, sl.start, sl.stop) for rel, sl, _ in lst) for lst in p.effects),
+            p.packer.code.tobytes(), p.packer.free.tobytes())
+
+
+class _Static:
+    """Hashable static part of a :class:`Problem` (equality by structure, not by data)."""
+
+    def __init__(self, prob: "Problem"):
+        self.key = prob._key
+        self.attrs = {k: v for k, v in prob.__dict__.items()
+                      if k not in ("arrays", "cov", "effects", "occ", "obs", "id_of_pseudo", "packer")}
+        self.effect_meta = [[(rel, sl) for rel, sl, _ in lst] for lst in prob.effects]
+        self.packer = prob.packer
+        self.obs_host = {k: v for k, v in prob.obs.items() if k not in _DEV_OBS}
+
+    def __eq__(self, other):
+        return isinstance(other, _Static) and self.key == other.key
+
+    def __hash__(self):
+        return hash(self.key)
+
+
+def _flatten(p: "Problem"):
+    eff = [d for lst in p.effects for (_, _, d) in lst]
+    leaves = (p.arrays, p.cov, eff, p.occ, {k: p.obs[k] for k in _DEV_OBS}, p.id_of_pseudo, p.packer.init_full)
+    return leaves, _Static(p)
+
+
+def _unflatten(aux: _Static, leaves) -> "Problem":
+    arrays, cov, eff, occ, obs, idp, init = leaves
+    q = object.__new__(Problem)
+    q.__dict__.update(aux.attrs)
+    it = iter(eff)
+    q.effects = [[(rel, sl, next(it)) for rel, sl in lst] for lst in aux.effect_meta]
+    q.arrays, q.cov, q.occ, q.id_of_pseudo = arrays, cov, occ, idp
+    q.obs = {**aux.obs_host, **obs}
+    q.packer = replace(aux.packer, init_full=init)
+    return q
+
+
+jax.tree_util.register_pytree_node(Problem, _flatten, _unflatten)
+
+_predict_jit = jax.jit(lambda prob, u_full, eta: prob.predict(u_full, eta))
+
+
+# ---------------------------------------------------------------------------------------------------
+# building
+
+
+def _numeric(frame: pd.DataFrame, col: str) -> np.ndarray:
+    return pd.to_numeric(frame[col], errors="coerce").to_numpy(float)
+
+
+def _fit_checks(raw: pd.DataFrame, spec: PopulationModel, model) -> tuple[list[DatasetViolation], dict]:
+    """Fit-specific dataset checks: DV, DVID, BLQ/LLOQ, OCC and covariates, on the raw frame."""
+    out: list[DatasetViolation] = []
+    frame = raw.rename(columns={c: str(c).strip().upper() for c in raw.columns if str(c).strip().upper() in _STD})
+
+    def rows(mask):
+        return tuple(int(i) + 1 for i in np.nonzero(mask)[0])
+
+    n = len(frame)
+    evid = _numeric(frame, "EVID") if "EVID" in frame else None
+    amt = _numeric(frame, "AMT") if "AMT" in frame else np.zeros(n)
+    mdv = _numeric(frame, "MDV") if "MDV" in frame else None
+    if evid is None:
+        evid = np.where(np.nan_to_num(amt) > 0, 1, np.where((mdv if mdv is not None else 0) == 1, 2, 0))
+    if mdv is None:
+        mdv = (evid != 0).astype(float)
+    is_obs = (evid == 0) & (mdv == 0)
+    info: dict[str, Any] = {"is_obs": is_obs}
+    if "DV" not in frame:
+        out.append(DatasetViolation((), "DV", "column DV is missing: the fit needs observed values on "
+                                    "observation records (EVID 0, MDV 0)"))
+        return out, info
+    dv = _numeric(frame, "DV")
+    bad = is_obs & ~np.isfinite(dv)
+    if bad.any():
+        out.append(DatasetViolation(rows(bad), "DV", "DV must be a number on observation records (EVID 0, "
+                                    "MDV 0); set MDV = 1 on records without an observation"))
+    # observation types
+    obs_types = spec.observations
+    if "DVID" in frame:
+        dvid = _numeric(frame, "DVID")
+        known = [o.dvid if o.dvid is not None else 1 for o in obs_types]
+        badid = is_obs & ~np.isin(dvid, known)
+        if badid.any():
+            vals = sorted({f"{v:g}" for v in dvid[badid]})
+            out.append(DatasetViolation(rows(badid), "DVID", f"DVID {', '.join(vals)} is not declared in the "
+                                        f"model's [observations] (known: {', '.join(map(str, known))})"))
+        typ = np.zeros(n, int)
+        for t, k in enumerate(known):
+            typ[dvid == k] = t
+    else:
+        if len(obs_types) > 1:
+            out.append(DatasetViolation((), "DVID", f"the model declares {len(obs_types)} observation types; the "
+                                        "dataset needs a DVID column saying which each record is"))
+        typ = np.zeros(n, int)
+    info["type"] = typ
+    # BLQ / LLOQ
+    blq = np.zeros(n, bool)
+    lloq = np.full(n, np.nan)
+    for t, o in enumerate(obs_types):
+        if o.lloq is not None:
+            lloq[typ == t] = o.lloq
+    if "LLOQ" in frame:
+        col = _numeric(frame, "LLOQ")
+        lloq = np.where(np.isfinite(col), col, lloq)
+    if "BLQ" in frame:
+        b = _numeric(frame, "BLQ")
+        badb = is_obs & ~np.isin(b, (0, 1))
+        if badb.any():
+            out.append(DatasetViolation(rows(badb), "BLQ", "BLQ must be 0 or 1 on observation records"))
+        blq = is_obs & (b == 1)
+    else:
+        blq = is_obs & np.isfinite(lloq) & np.isfinite(dv) & (dv < lloq)
+    nolloq = blq & ~(np.isfinite(lloq) & (lloq > 0))
+    if nolloq.any():
+        out.append(DatasetViolation(rows(nolloq), "LLOQ", "BLQ records need a positive LLOQ: add an LLOQ column "
+                                    "or `lloq = ...` to the observation type in the model file"))
+    info["blq"], info["lloq"] = blq, lloq
+    for t, o in enumerate(obs_types):
+        if o.error == "lognormal":
+            badl = is_obs & (typ == t) & ~blq & np.isfinite(dv) & (dv <= 0)
+            if badl.any():
+                out.append(DatasetViolation(rows(badl), "DV", f"observation type {o.name} has a log-normal error "
+                                            "model: DV must be > 0 (flag values below the LLOQ with BLQ = 1)"))
+    # occasions
+    if spec.iov:
+        if "OCC" not in frame:
+            out.append(DatasetViolation((), "OCC", "the model has [iov]: the dataset needs an OCC column (1, 2, ...)"))
+        else:
+            occ = _numeric(frame, "OCC")
+            bado = ~(np.isfinite(occ) & (occ >= 1) & (occ == np.round(occ)))
+            if bado.any():
+                out.append(DatasetViolation(rows(bado), "OCC", "OCC must be an integer >= 1 on every record"))
+            info["occ"] = occ
+    # covariates
+    needed = spec.covariate_columns()
+    for c in sorted(needed):
+        if c not in frame:
+            users = [p.name for p in spec.parameters for e in p.covariates if c in e.columns()]
+            why = f" (used by {', '.join(users)})" if users else ""
+            out.append(DatasetViolation((), c, f"covariate column {c}{why} is missing from the dataset; add it or "
+                                        "remove the relation from the model file"))
+            continue
+        v = _numeric(frame, c)
+        badc = ~np.isfinite(v)
+        if badc.any():
+            out.append(DatasetViolation(rows(badc), c, f"covariate {c} must be a number on every record "
+                                        "(impute missing values before fitting)"))
+    for p in spec.parameters:
+        for e in p.covariates:
+            if e.covariate not in frame or e.relation not in ("power", "proportional", "activity_score", "categorical"):
+                continue
+            v = _numeric(frame, e.covariate)
+            if e.relation == "power":
+                badp = np.isfinite(v) & (v <= 0)
+                if badp.any():
+                    out.append(DatasetViolation(rows(badp), e.covariate, f"a power relation on {p.name} needs "
+                                                f"{e.covariate} > 0"))
+            if e.relation in ("activity_score", "proportional"):
+                badp = np.isfinite(v) & (v < 0)
+                if badp.any():
+                    out.append(DatasetViolation(rows(badp), e.covariate, f"{e.relation} relation on {p.name} "
+                                                f"needs {e.covariate} >= 0"))
+            if e.relation == "categorical":
+                badp = np.isfinite(v) & ~np.isin(v, e.levels)
+                if badp.any():
+                    out.append(DatasetViolation(rows(badp), e.covariate, f"{e.covariate} takes values "
+                                                f"{', '.join(sorted({f'{x:g}' for x in v[badp]}))} not among the "
+                                                f"levels {', '.join(f'{x:g}' for x in e.levels)} declared for "
+                                                f"{p.name}"))
+    return out, info
+
+
+_STD = {"ID", "TIME", "DV", "MDV", "EVID", "AMT", "RATE", "II", "ADDL", "SS", "CMT", "DVID", "BLQ", "LLOQ", "OCC"}
+
+
+def build_problem(data, spec: PopulationModel, *, solver="auto", require_observations: bool = True) -> Problem:
+    """Bind a population model to a NONMEM-format dataset.
+
+    Parameters
+    ----------
+    data
+        CSV path or DataFrame: NONMEM columns (``ID, TIME, DV, MDV, EVID, AMT, RATE, II, ADDL, SS, CMT``),
+        ``DVID`` when there are several observation types, optional ``BLQ`` (0/1) and ``LLOQ`` (DV units),
+        ``OCC`` (1, 2, ...) for inter-occasion variability, and the covariate columns the model uses.
+    spec
+        The population model.
+    solver
+        ``"auto"`` (exact for linear models), ``"analytic"`` or ``"ode"``.
+    require_observations
+        Refuse a dataset without observation records (a forecast from the prior alone may have none).
+
+    Raises
+    ------
+    DatasetError
+        Every violation found (engine checks and fit checks together), with 1-based row numbers.
+    ModelSpecError
+        On a model that does not fit the data (e.g. an output expression naming an unknown quantity).
+    """
+    from ..data import read_dataset
+
+    model = get_model(spec.structure)
+    source = str(data) if not isinstance(data, pd.DataFrame) else None
+    raw = read_dataset(data) if not isinstance(data, pd.DataFrame) else data.reset_index(drop=True)
+    violations, info = _fit_checks(raw, spec, model)
+    # the engine's own validation, with a parameter block of the initial typical values
+    block: dict[str, Any] = {p.name: p.estimate for p in spec.parameters}
+    block.update(spec.derived)
+    try:
+        prep = prepare(raw, model, ParameterSpec(block, interpolation=spec.interpolation))
+    except DatasetError as exc:
+        raise DatasetError(list(exc.violations) + violations, source=source) from None
+    if violations:
+        raise DatasetError(violations, source=source)
+    if require_observations and not info["is_obs"].any():
+        raise DatasetError([DatasetViolation((), "DV", "the dataset has no observation records (EVID 0, MDV 0)")],
+                           source=source)
+    frame = prep.frame
+    rm = prep.row_map
+    Np, R = prep.rec["time"].shape
+
+    def pad(values: np.ndarray) -> np.ndarray:
+        arr = np.zeros((Np, R))
+        arr[rm[:, 0], rm[:, 1]] = values
+        last = np.bincount(rm[:, 0], minlength=Np) - 1
+        j = np.arange(R)[None, :]
+        src = np.minimum(j, last[:, None])
+        return np.take_along_axis(arr, src, axis=1)
+
+    ident = frame["ID"].to_numpy()
+    ids, first = np.unique(ident, return_index=True)
+    ids = ident[np.sort(first)]
+    id_index = {v: i for i, v in enumerate(ids)}
+    row_id = np.array([id_index[v] for v in ident])
+    id_of_pseudo = np.zeros(Np, int)
+    id_of_pseudo[rm[:, 0]] = row_id
+
+    # covariates (padded per record) and covariate-relation data
+    cov_np = {c: pad(_numeric(frame, c)) for c in spec.covariate_columns()}
+    effects = []
+    coef = 0
+    for p in spec.parameters:
+        lst = []
+        for e in p.covariates:
+            ncoef = len(e.coefficient_names(p.name))
+            sl = slice(coef, coef + ncoef)
+            coef += ncoef
+            c = cov_np.get(e.covariate)
+            if e.relation == "power":
+                data = np.log(c / e.reference)
+            elif e.relation in ("linear", "exponential"):
+                data = c - e.reference
+            elif e.relation in ("proportional", "activity_score"):
+                data = c / e.reference
+            elif e.relation == "categorical":
+                data = np.stack([(c == lv).astype(float) for lv in e.levels[1:]], axis=-1)
+            else:  # indicator
+                cond = compile_expression(e.condition, name=f"{p.name} indicator")
+                data = np.asarray(cond.evaluate(cov_np, np), bool) & np.ones((Np, R), bool)
+            lst.append((e.relation, sl, jnp.asarray(data)))
+        effects.append(lst)
+    eta_names = spec.eta_names()
+    eta_index = np.array([eta_names.index(p.name) if p.name in eta_names else -1 for p in spec.parameters])
+    iov_names = list(spec.iov)
+    iov_index = np.array([iov_names.index(p.name) if p.name in iov_names else -1 for p in spec.parameters])
+
+    occ = None
+    n_occ = 0
+    if spec.iov:
+        occ_raw = _numeric(frame, "OCC").astype(int)
+        n_occ = int(occ_raw.max())
+        occ = pad(occ_raw - 1).astype(np.int32)
+
+    # time-varying parameters: a relation covariate or the occasion changing within a pseudo-subject
+    def varies(a):
+        return bool(np.any(a != a[:, :1]))
+
+    tv = prep.layout.time_varying or any(varies(cov_np[c]) for c in cov_np) or (occ is not None and varies(occ))
+    lay = replace(prep.layout, time_varying=True) if tv and not prep.layout.time_varying else prep.layout
+    solv = resolve_solver(solver, model)
+    sched = None
+    if prep.static_schedule:
+        from ..engine import compute_schedule
+
+        sched = compute_schedule(model, lay, solv, prep.rec, prep.dose, prep.ss, prep.theta)
+    arrays = {"rec": prep.rec, "dose": prep.dose, "ss": prep.ss, "sched": sched}
+
+    # observations
+    is_obs = info["is_obs"]
+    oi = np.nonzero(is_obs)[0]
+    typ = info["type"][oi]
+    dv = _numeric(frame, "DV")[oi]
+    blq = info["blq"][oi]
+    lloq = info["lloq"][oi]
+    a_idx, b_idx, is_log = [], [], []
+    sig = 0
+    slot_of: list[tuple[int, int, bool]] = []
+    for o in spec.observations:
+        terms = o.error_terms()
+        ai = sig + terms.index("additive") if "additive" in terms else (sig if o.error == "lognormal" else -1)
+        bi = sig + terms.index("proportional") if "proportional" in terms else -1
+        slot_of.append((ai, bi, o.error == "lognormal"))
+        sig += len(terms)
+    pk = _make_packer(spec)
+    none = pk.n_sigma  # index of the appended zero
+    for t in typ:
+        ai, bi, lg = slot_of[t]
+        a_idx.append(ai if ai >= 0 else none)
+        b_idx.append(bi if bi >= 0 else none)
+        is_log.append(lg)
+    is_log = np.array(is_log, bool)
+    y = np.where(is_log, np.log(np.where(dv > 0, dv, 1.0)), dv)
+    y = np.where(blq, 0.0, y)
+    lloq_t = np.where(is_log, np.log(np.where(lloq > 0, lloq, 1.0)), np.nan_to_num(lloq))
+    obs = {"pseudo": rm[oi, 0], "slot": rm[oi, 1], "id": row_id[oi], "row": oi, "dv": dv, "y": y,
+           "type": typ, "blq": blq, "lloq": lloq, "lloq_t": lloq_t, "log": is_log,
+           "a_idx": np.array(a_idx, int), "b_idx": np.array(b_idx, int), "time": frame["TIME"].to_numpy(float)[oi]}
+    obs_ids = set(obs["id"].tolist())
+    notes = []
+    no_obs = [ids[i] for i in range(len(ids)) if i not in obs_ids]
+    if no_obs:
+        notes.append(f"{len(no_obs)} subject(s) have no observations (IDs {', '.join(map(str, no_obs[:10]))}); "
+                     "their random effects are at the prior mean")
+    prob = Problem(spec=spec, model=model, solver=solv, layout=lay, arrays=arrays, packer=pk, ids=ids,
+                   id_of_pseudo=id_of_pseudo, cov={c: jnp.asarray(v) for c, v in cov_np.items()},
+                   effects=effects, eta_index=eta_index, iov_index=iov_index,
+                   iiv_type=tuple(p.iiv_type for p in spec.parameters), occ=occ, n_occ=n_occ, obs=obs,
+                   frame=frame, row_map=rm, notes=notes)
+    # an output expression must reference known quantities: evaluate once at the initial estimates
+    try:
+        f, _ = _predict_jit(prob, jnp.asarray(pk.init_full), jnp.zeros((prob.n_id, prob.n_eta)))
+    except ModelSpecError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - turn an expression failure into a model error
+        raise ModelSpecError(f"cannot evaluate the observation outputs of the model: {exc}") from None
+    if not np.all(np.isfinite(np.asarray(f))):
+        bad = obs["row"][~np.isfinite(np.asarray(f))] + 1
+        prob.notes.append(f"predictions at the initial estimates are not finite on rows "
+                          f"{', '.join(map(str, bad[:10]))}")
+    return prob
