@@ -1,4 +1,4 @@
-"""Command-line interface of the pkpd toolkit: ``pkpd simulate``, ``pkpd models``, ``pkpd version``.
+"""Command-line interface of the pkpd toolkit: ``pkpd simulate``, ``pkpd fit``, ``pkpd models``, ``pkpd version``.
 
 A thin Typer layer over :func:`pkpd.simulate` and :mod:`pkpd.models`: no science lives here. JAX and the
 ``pkpd`` package are imported inside the commands so that ``pkpd --help`` stays fast.
@@ -323,6 +323,106 @@ def _simulate_regimen(spec: str, n: int, seed: int, patient: Optional[Path], out
         f"{100 * s.loc['TIT3', 'mean']:.0f} %; pain AUC {s.loc['PAIN_AUC', 'mean']:.0f} NRS*h; peak bupivacaine "
         f"{s.loc['PEAK_BUPI', 'mean']:.0f} ng/mL (max {res.patients['PEAK_BUPI'].max():.0f})", markup=False)
     console.print("Wrote " + ", ".join(str(p) for p in written), markup=False)
+
+
+class MethodChoice(str, enum.Enum):
+    laplace = "laplace"
+    nuts = "nuts"
+    svi = "svi"
+
+
+FIT_HELP = """Fit a population model to a NONMEM-format dataset and write tables, model file and figures.
+
+Reads DATA (CSV; NONMEM columns ID, TIME, DV, MDV, EVID, AMT, CMT..., DVID for several observation
+types, BLQ/LLOQ for censored values, OCC for inter-occasion variability, and the covariate columns the
+model uses) and MODEL (TOML: structure, parameters with initial estimates, IIV, covariates, residual
+error; see examples/models/theoph.toml and the pkpd.fit.spec documentation).
+
+\b
+METHODS:
+  laplace  maximum likelihood, Laplace approximation (FOCE-class with interaction); standard errors
+  nuts     Bayesian posterior by NUTS sampling (--chains, --warmup, --samples)
+  svi      Bayesian, stochastic variational inference
+
+\b
+OUTPUT DIRECTORY (--out, default <DATA stem>_fit):
+  parameters.csv   estimates, SE / posterior SD, RSE %, 95 % CI, IIV CV %, shrinkage (R-hat, ESS)
+  objective.json   -2LL (all constants), OFV (NONMEM, without N log 2pi), AIC, BIC; WAIC for nuts/svi
+  individual.csv   random effects and individual parameters per subject
+  predictions.csv  PRED, IPRED, IWRES, CWRES, NPDE per observation
+  nca.csv          NCA of the observed data (AUC, Cmax, Tmax, half-life...)
+  model.toml       the model with the final estimates as initial values
+  fit.json         method, options, versions, timings, messages
+  gof.png residuals.png vpc.png individual.png (trace.png, idata.nc for nuts/svi)
+An existing non-empty output directory is not overwritten without --force.
+"""
+
+
+@app.command("fit", help=FIT_HELP)
+def fit_command(
+    data: Path = typer.Argument(..., metavar="DATA", help="NONMEM-format dataset (CSV).", show_default=False),
+    model: Path = typer.Option(..., "--model", "-m", help="Population model file (TOML).", show_default=False),
+    method: MethodChoice = typer.Option(MethodChoice.laplace, "--method", case_sensitive=False,
+                                        help="laplace (maximum likelihood), nuts or svi (Bayesian)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default <DATA stem>_fit)."),
+    force: bool = typer.Option(False, "--force", "-f", help="Write into an existing non-empty output directory, "
+                                                           "overwriting the files of a previous fit."),
+    chains: int = typer.Option(4, "--chains", min=1, help="nuts: number of chains."),
+    warmup: int = typer.Option(1000, "--warmup", min=1, help="nuts/svi: warm-up iterations per chain."),
+    samples: int = typer.Option(1000, "--samples", min=1, help="nuts/svi: posterior draws per chain."),
+    seed: int = typer.Option(0, "--seed", "-s", help="Random seed (sampling, NPDE and VPC simulations)."),
+    vpc_replicates: int = typer.Option(200, "--vpc-replicates", min=2, help="Simulated datasets of the VPC."),
+    npde_replicates: int = typer.Option(1000, "--npde-replicates", min=2, help="Simulated datasets of the NPDE."),
+    solver: SolverChoice = typer.Option(SolverChoice.auto, "--solver", case_sensitive=False,
+                                        help="auto (exact for linear models, ODE otherwise), analytic or ode."),
+    log_gof: bool = typer.Option(False, "--log-gof", help="Log axes in gof.png."),
+) -> None:
+    if not data.is_file():
+        _fail(f"the dataset {data} does not exist or is not a file")
+    if not model.is_file():
+        _fail(f"the model file {model} does not exist or is not a file")
+    out_dir = out if out is not None else Path.cwd() / f"{data.stem}_fit"
+    if out_dir.exists() and not out_dir.is_dir():
+        _fail(f"the output path {out_dir} is a file; give a directory with --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        _fail(f"the output directory {out_dir} exists and is not empty; pass --force to overwrite its files, "
+              "or choose another --out")
+
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from pkpd._errors import PKPDError
+
+    console = Console(soft_wrap=True, highlight=False)
+    err = _stderr()
+    try:
+        from pkpd.fit.api import fit as run_fit
+
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                      transient=True) as prog:
+            task = prog.add_task("starting", total=None)
+
+            def status(text: str) -> None:
+                prog.update(task, description=text)
+
+            def iteration(k: int, value: float) -> None:
+                prog.update(task, description=f"estimating ({method.value}): iteration {k}, -2LL {value:.4f}")
+
+            res = run_fit(data, model, method.value, chains=chains, warmup=warmup, samples=samples, seed=seed,
+                          vpc_replicates=vpc_replicates, npde_replicates=npde_replicates, solver=solver.value,
+                          callback=iteration, status=status)
+            prog.update(task, description="writing the output directory")
+            written = res.save(out_dir, force=force, log_axes=log_gof)
+    except PKPDError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write the outputs to {out_dir}: {exc}")
+    console.print(res.summary_text(), markup=False)
+    console.print(f"Wrote {len(written)} files to {out_dir} (fit and diagnostics took "
+                  f"{res.times.get('total_s', 0):.1f} s)", markup=False)
+    if not res.converged:
+        console.print("warning: the fit did not converge; see fit.json and the message above", markup=False,
+                      style="yellow")
 
 
 drugs_app = typer.Typer(help="The drug library: sourced PK parameters (value, unit, IIV, source, flags).",

@@ -39,7 +39,7 @@ import pandas as pd
 
 from .._errors import DatasetError, DatasetViolation, ModelSpecError
 from .laplace import conditional_modes
-from .problem import Problem, build_problem
+from .problem import Problem, build_problem, fit_jit
 from .spec import PopulationModel, load_model
 
 __all__ = ["Forecast", "forecast"]
@@ -47,7 +47,7 @@ __all__ = ["Forecast", "forecast"]
 _T_DF = 5.0  # degrees of freedom of the Student-t importance proposal
 
 
-@partial(jax.jit, static_argnames=("n_draws",))
+@partial(fit_jit, static_argnames=("n_draws",))
 def _forecast_core(prob: Problem, u_full, key, n_draws: int, ps, sl, types, times):
     K = prob.n_eta
     eta0 = jnp.zeros((1, K))

@@ -45,7 +45,7 @@ import numpy as np
 import scipy.optimize
 
 from .._errors import PKPDError
-from .problem import LOG2PI, Problem
+from .problem import LOG2PI, Problem, fit_jit
 
 __all__ = ["fit_laplace", "conditional_modes", "laplace_objective", "FitError", "grad_hess"]
 
@@ -168,9 +168,9 @@ class LaplaceFit:
 
 
 # compiled once per model structure and data shapes (a Problem is a pytree whose arrays are leaves)
-_modes_jit = jax.jit(conditional_modes, static_argnames=("max_iter", "tol"))
-_vg_jit = jax.jit(jax.value_and_grad(laplace_objective, argnums=1))
-_nlj_jit = jax.jit(lambda prob, uf, e: prob.neg_log_joint(uf, e))
+_modes_jit = fit_jit(conditional_modes, static_argnames=("max_iter", "tol"))
+_vg_jit = fit_jit(jax.value_and_grad(laplace_objective, argnums=1))
+_nlj_jit = fit_jit(lambda prob, uf, e: prob.neg_log_joint(uf, e))
 
 
 def fit_laplace(prob: Problem, *, u0=None, maxiter: int = 500, gtol: float = 1e-4, covariance: bool = True,
