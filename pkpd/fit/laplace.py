@@ -256,7 +256,7 @@ def fit_laplace(prob: Problem, *, u0=None, maxiter: int = 500, gtol: float = 1e-
     cov_u, cov_msg = None, "not requested"
     t2 = time.perf_counter()
     if covariance and u_hat.size:
-        cov_u, cov_msg = _covariance(evaluate, u_hat, g)
+        cov_u, cov_msg = _covariance(evaluate, u_hat, g, prob.packer.free_names)
         state["eta"], state["H"] = eta_hat, H_hat
     t_cov = time.perf_counter() - t2
     return LaplaceFit(u_full=np.asarray(prob.packer.full(jnp.asarray(u_hat))), minus2ll=val, eta=np.asarray(eta_hat),
@@ -266,7 +266,12 @@ def fit_laplace(prob: Problem, *, u0=None, maxiter: int = 500, gtol: float = 1e-
                       history=history)
 
 
-def _covariance(evaluate, u_hat: np.ndarray, g_hat: np.ndarray):
+def _direction(v: np.ndarray, names) -> str:
+    idx = np.argsort(-np.abs(v))[:3]
+    return ", ".join(f"{names[i]} {v[i]:+.2f}" for i in idx if abs(v[i]) > 0.1) if names else "n/a"
+
+
+def _covariance(evaluate, u_hat: np.ndarray, g_hat: np.ndarray, names=None):
     """``Cov(u) = 2 H^{-1}``, ``H`` by central differences of the exact gradient of ``-2 log L``."""
     n = u_hat.size
     H = np.zeros((n, n))
@@ -282,8 +287,12 @@ def _covariance(evaluate, u_hat: np.ndarray, g_hat: np.ndarray):
     if not np.all(np.isfinite(H)):
         return None, "the Hessian of -2 log L is not finite at the estimates: standard errors unavailable"
     w, V = np.linalg.eigh(H)
-    if w.min() <= 0:
-        return None, (f"the Hessian of -2 log L is not positive definite at the estimates (smallest eigenvalue "
-                      f"{w.min():.3g}): the model is over-parameterized or the fit has not converged; standard "
-                      "errors unavailable")
+    # the finite-difference Hessian carries rounding noise of ~1e-10 relative: an eigenvalue below 1e-9 of
+    # the largest is zero within that noise (an unidentifiable direction), whatever its sign
+    if w.min() <= 1e-9 * max(w.max(), 1e-300):
+        weak = V[:, 0]
+        return None, (f"the Hessian of -2 log L is singular or not positive definite at the estimates (eigenvalues "
+                      f"{w.min():.3g} to {w.max():.3g}): the model is over-parameterized or the fit has not converged; "
+                      f"standard errors unavailable (least determined direction: "
+                      f"{_direction(weak, names)})")
     return 2.0 * (V / w) @ V.T, f"ok (condition number {w.max() / w.min():.3g})"
