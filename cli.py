@@ -1,4 +1,6 @@
-"""Command-line interface of the pkpd toolkit: ``pkpd simulate``, ``pkpd fit``, ``pkpd models``, ``pkpd version``.
+"""Command-line interface of the pkpd toolkit.
+
+Commands: ``pkpd simulate``, ``pkpd fit``, ``pkpd forecast``, ``pkpd drugs``, ``pkpd models``, ``pkpd version``.
 
 A thin Typer layer over :func:`pkpd.simulate` and :mod:`pkpd.models`: no science lives here. JAX and the
 ``pkpd`` package are imported inside the commands so that ``pkpd --help`` stays fast.
@@ -331,29 +333,33 @@ class MethodChoice(str, enum.Enum):
     svi = "svi"
 
 
-FIT_HELP = """Fit a population model to a NONMEM-format dataset and write tables, model file and figures.
+FIT_HELP = """Fit a population model to a NONMEM-format dataset; write tables, model file, figures.
 
-Reads DATA (CSV; NONMEM columns ID, TIME, DV, MDV, EVID, AMT, CMT..., DVID for several observation
-types, BLQ/LLOQ for censored values, OCC for inter-occasion variability, and the covariate columns the
-model uses) and MODEL (TOML: structure, parameters with initial estimates, IIV, covariates, residual
-error; see examples/models/theoph.toml and the pkpd.fit.spec documentation).
+Reads DATA (CSV: ID, TIME, DV, MDV, EVID, AMT, CMT...; DVID for several
+observation types, BLQ/LLOQ for censored values, OCC for inter-occasion
+variability, and the covariate columns the model uses) and MODEL (TOML:
+structure, parameters with initial estimates, IIV, covariates, residual error;
+see examples/models/theoph.toml).
 
 \b
 METHODS:
-  laplace  maximum likelihood, Laplace approximation (FOCE-class with interaction); standard errors
-  nuts     Bayesian posterior by NUTS sampling (--chains, --warmup, --samples)
-  svi      Bayesian, stochastic variational inference
+  laplace  maximum likelihood (Laplace, FOCE-class with interaction), SEs
+  nuts     Bayesian posterior, NUTS sampling (--chains, --warmup, --samples)
+  svi      Bayesian, variational inference (--svi-steps, --samples)
 
 \b
 OUTPUT DIRECTORY (--out, default <DATA stem>_fit):
-  parameters.csv   estimates, SE / posterior SD, RSE %, 95 % CI, IIV CV %, shrinkage (R-hat, ESS)
-  objective.json   -2LL (all constants), OFV (NONMEM, without N log 2pi), AIC, BIC; WAIC for nuts/svi
+  parameters.csv   estimate, SE or posterior SD, RSE %, 95 % CI, IIV CV %,
+                   shrinkage (R-hat, ESS for nuts)
+  objective.json   -2LL (all constants), OFV (NONMEM, without N log 2pi),
+                   AIC, BIC; WAIC for nuts/svi
   individual.csv   random effects and individual parameters per subject
   predictions.csv  PRED, IPRED, IWRES, CWRES, NPDE per observation
   nca.csv          NCA of the observed data (AUC, Cmax, Tmax, half-life...)
   model.toml       the model with the final estimates as initial values
   fit.json         method, options, versions, timings, messages
-  gof.png residuals.png vpc.png individual.png (trace.png, idata.nc for nuts/svi)
+  gof.png, residuals.png, vpc.png, individual.png;
+  trace.png and idata.nc (ArviZ) for nuts/svi
 An existing non-empty output directory is not overwritten without --force.
 """
 
@@ -368,8 +374,10 @@ def fit_command(
     force: bool = typer.Option(False, "--force", "-f", help="Write into an existing non-empty output directory, "
                                                            "overwriting the files of a previous fit."),
     chains: int = typer.Option(4, "--chains", min=1, help="nuts: number of chains."),
-    warmup: int = typer.Option(1000, "--warmup", min=1, help="nuts/svi: warm-up iterations per chain."),
-    samples: int = typer.Option(1000, "--samples", min=1, help="nuts/svi: posterior draws per chain."),
+    warmup: int = typer.Option(1000, "--warmup", min=1, help="nuts: warm-up iterations per chain."),
+    samples: int = typer.Option(1000, "--samples", min=1, help="nuts: posterior draws per chain; svi: draws of "
+                                                              "the fitted approximation."),
+    svi_steps: int = typer.Option(2000, "--svi-steps", min=1, help="svi: optimization steps."),
     seed: int = typer.Option(0, "--seed", "-s", help="Random seed (sampling, NPDE and VPC simulations)."),
     vpc_replicates: int = typer.Option(200, "--vpc-replicates", min=2, help="Simulated datasets of the VPC."),
     npde_replicates: int = typer.Option(1000, "--npde-replicates", min=2, help="Simulated datasets of the NPDE."),
@@ -395,23 +403,31 @@ def fit_command(
 
     console = Console(soft_wrap=True, highlight=False)
     err = _stderr()
+    opts = dict(chains=chains, warmup=warmup, samples=samples, svi_steps=svi_steps, seed=seed,
+                vpc_replicates=vpc_replicates, npde_replicates=npde_replicates, solver=solver.value)
     try:
         from pkpd.fit.api import fit as run_fit
 
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
-                      transient=True) as prog:
-            task = prog.add_task("starting", total=None)
+        if method is MethodChoice.laplace:  # a spinner with the stage, iteration and -2LL
+            with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                          transient=True) as prog:
+                task = prog.add_task("starting", total=None)
 
-            def status(text: str) -> None:
-                prog.update(task, description=text)
+                def status(text: str) -> None:
+                    prog.update(task, description=text)
 
-            def iteration(k: int, value: float) -> None:
-                prog.update(task, description=f"estimating ({method.value}): iteration {k}, -2LL {value:.4f}")
+                def iteration(k: int, value: float) -> None:
+                    prog.update(task, description=f"estimating (laplace): iteration {k}, -2LL {value:.4f}")
 
-            res = run_fit(data, model, method.value, chains=chains, warmup=warmup, samples=samples, seed=seed,
-                          vpc_replicates=vpc_replicates, npde_replicates=npde_replicates, solver=solver.value,
-                          callback=iteration, status=status)
-            prog.update(task, description="writing the output directory")
+                res = run_fit(data, model, "laplace", callback=iteration, status=status, **opts)
+                prog.update(task, description="writing the output directory")
+                written = res.save(out_dir, force=force, log_axes=log_gof)
+        else:  # the sampler draws its own progress bar; stages as plain lines
+            def say(text: str) -> None:
+                err.print(f"{text} ...", markup=False, highlight=False)
+
+            res = run_fit(data, model, method.value, progress=True, status=say, **opts)
+            say("writing the output directory")
             written = res.save(out_dir, force=force, log_axes=log_gof)
     except PKPDError as exc:
         _fail(str(exc))
@@ -423,6 +439,71 @@ def fit_command(
     if not res.converged:
         console.print("warning: the fit did not converge; see fit.json and the message above", markup=False,
                       style="yellow")
+
+
+FORECAST_HELP = """Forecast one patient from a population model and the patient's own records (MIPD).
+
+Reads MODEL (TOML with the population estimates, e.g. the model.toml that
+`pkpd fit` writes) and DATA (the patient's NONMEM-format rows: doses,
+covariates the model uses, and any concentrations or pain scores; DVID for
+several observation types). Computes the MAP estimate of the patient's
+parameters and their posterior (importance sampling around the Laplace
+approximation), and predictions with 90 % intervals on a time grid.
+
+\b
+OUTPUT DIRECTORY (--out, default <DATA stem>_forecast):
+  parameters.csv    MAP, median, 5 % and 95 % of each individual parameter
+  draws.csv         posterior draws of the individual parameters
+  predictions.csv   TIME, output, MAP, median, 5 %, 95 %
+  observations.csv  the patient's observations
+  forecast.png      observations and predicted bands
+"""
+
+
+@app.command("forecast", help=FORECAST_HELP)
+def forecast_command(
+    data: Path = typer.Argument(..., metavar="DATA", help="One patient's records (CSV).", show_default=False),
+    model: Path = typer.Option(..., "--model", "-m", help="Population model with final estimates (TOML).",
+                               show_default=False),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default <DATA stem>_forecast)."),
+    until: Optional[float] = typer.Option(None, "--until", min=0.0, help="End of the prediction grid (h); default "
+                                                                        "24 h after the last record."),
+    points: int = typer.Option(200, "--points", min=2, help="Points of the prediction grid."),
+    draws: int = typer.Option(1000, "--draws", min=10, help="Posterior draws."),
+    seed: int = typer.Option(0, "--seed", "-s", help="Random seed."),
+    force: bool = typer.Option(False, "--force", "-f", help="Write into an existing non-empty output directory."),
+) -> None:
+    if not data.is_file():
+        _fail(f"the patient data {data} does not exist or is not a file")
+    if not model.is_file():
+        _fail(f"the model file {model} does not exist or is not a file")
+    out_dir = out if out is not None else Path.cwd() / f"{data.stem}_forecast"
+    if out_dir.exists() and not out_dir.is_dir():
+        _fail(f"the output path {out_dir} is a file; give a directory with --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        _fail(f"the output directory {out_dir} exists and is not empty; pass --force or choose another --out")
+    from rich.console import Console
+
+    from pkpd._errors import PKPDError
+
+    err = _stderr()
+    try:
+        import numpy as np
+
+        from pkpd.fit.forecast import forecast
+
+        times = None if until is None else np.linspace(0.0, until, points)
+        with err.status("forecasting (first run compiles the model: up to a minute)"):
+            fc = forecast(model, data, times=times, n_points=points, n_draws=draws, seed=seed)
+            fc.save(out_dir, force=force)
+    except PKPDError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write the outputs to {out_dir}: {exc}")
+    console = Console(soft_wrap=True, highlight=False)
+    console.print(fc.summary_text(), markup=False)
+    console.print(f"Wrote parameters.csv, draws.csv, predictions.csv, observations.csv, forecast.png to {out_dir}",
+                  markup=False)
 
 
 drugs_app = typer.Typer(help="The drug library: sourced PK parameters (value, unit, IIV, source, flags).",

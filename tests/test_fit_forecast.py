@@ -112,3 +112,33 @@ def test_more_than_one_patient_is_refused():
     df = load_theoph()
     with pytest.raises(DatasetError, match="one patient"):
         forecast(SPEC, df[df.ID <= 2])
+
+
+def test_cli_forecast_writes_outputs_and_refuses_overwrite(tmp_path):
+    """`pkpd forecast` end to end (same grid and draws as the fixture, so the compiled program is reused):
+    files written, MAP equal to the API's, an existing directory refused without --force (exit 1)."""
+    from typer.testing import CliRunner
+
+    import tomllib
+
+    from cli import app
+    from pkpd.fit.result import toml_dumps
+    from pkpd.fit.spec import load_model
+
+    pt = tmp_path / "patient.csv"
+    _patient().to_csv(pt, index=False)
+    model = tmp_path / "model.toml"
+    model.write_text(toml_dumps(load_model(SPEC).to_dict()))
+    assert tomllib.loads(model.read_text())["parameters"]["KA"]["estimate"] == KA
+    out = tmp_path / "fc"
+    args = ["forecast", str(pt), "--model", str(model), "--out", str(out), "--until", "24", "--points", "25",
+            "--draws", "4000", "--seed", "3"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    for f in ("parameters.csv", "draws.csv", "predictions.csv", "observations.csv", "forecast.png"):
+        assert (out / f).stat().st_size > 0
+    par = pd.read_csv(out / "parameters.csv").set_index("parameter")
+    api = forecast(SPEC, _patient(), n_draws=4000, seed=3, times=np.linspace(0, 24, 25))
+    assert par.loc["CL", "map"] == pytest.approx(api.parameters.set_index("parameter").loc["CL", "map"], rel=1e-9)
+    r2 = CliRunner().invoke(app, args)
+    assert r2.exit_code == 1 and "--force" in r2.output

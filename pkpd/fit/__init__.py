@@ -1,8 +1,12 @@
 """Population and individual fitting: model files, Laplace maximum likelihood, NUTS, SVI, forecasting."""
 
+from .api import fit
+from .forecast import Forecast, forecast
 from .laplace import FitError, fit_laplace
 from .problem import Problem, build_problem
+from .result import FitResult, OutputExistsError, build_result
 from .spec import CovariateEffect, Observation, Parameter, PopulationModel, load_model
 
 __all__ = ["CovariateEffect", "Observation", "Parameter", "PopulationModel", "load_model", "Problem",
-           "build_problem", "fit_laplace", "FitError"]
+           "build_problem", "fit_laplace", "FitError", "fit", "FitResult", "OutputExistsError", "build_result",
+           "Forecast", "forecast"]

@@ -204,7 +204,8 @@ def _grid_rows(df: pd.DataFrame, times: np.ndarray) -> tuple[pd.DataFrame, np.nd
 
 
 def forecast(model: PopulationModel | str | Path | dict, data: pd.DataFrame | str | Path, *,
-             times: Sequence[float] | None = None, n_draws: int = 1000, seed: int = 0) -> Forecast:
+             times: Sequence[float] | None = None, n_points: int = 200, n_draws: int = 1000,
+             seed: int = 0) -> Forecast:
     """Forecast one patient from a population model and the patient's own records.
 
     Parameters
@@ -216,7 +217,9 @@ def forecast(model: PopulationModel | str | Path | dict, data: pd.DataFrame | st
         One patient's NONMEM-format records (CSV path or frame): doses, covariates (every column the model
         uses), and any observations (``DVID`` for several types; none at all gives the prior forecast).
     times
-        Prediction grid (h); default: 0 to 24 h past the last record, 200 points.
+        Prediction grid (h); default: ``n_points`` from 0 to 24 h past the last record.
+    n_points
+        Points of the default grid.
     n_draws
         Posterior draws (importance sampling).
     seed
@@ -245,7 +248,7 @@ def forecast(model: PopulationModel | str | Path | dict, data: pd.DataFrame | st
     t_all = pd.to_numeric(raw["TIME"], errors="coerce") if "TIME" in raw else pd.Series([0.0])
     if times is None:
         tmax = float(np.nanmax(t_all)) + 24.0
-        times = np.linspace(0.0, tmax, 200)
+        times = np.linspace(0.0, tmax, n_points)
     times = np.asarray(sorted(set(float(t) for t in times)), float)
     if times.size == 0 or not np.all(np.isfinite(times)) or times.min() < 0:
         raise ModelSpecError("prediction times must be finite and >= 0")

@@ -430,8 +430,10 @@ def _structure(spec: PopulationModel) -> str:
     import json
 
     d = spec.to_dict()
+    d["model"].pop("description", None)
     for par in d["parameters"].values():
-        par.pop("estimate", None)
+        for k in ("estimate", "unit", "description"):
+            par.pop(k, None)
         if "iiv" in par:
             par["iiv"] = True
         for c in par.get("covariates", []):
@@ -441,7 +443,7 @@ def _structure(spec: PopulationModel) -> str:
     if "iov" in d:
         d["iov"] = sorted(d["iov"])
     for o in d["observations"].values():
-        for t in ("additive", "proportional", "sigma"):
+        for t in ("additive", "proportional", "sigma", "unit"):
             o.pop(t, None)
     return json.dumps(d, sort_keys=True, default=str)
 
@@ -787,7 +789,14 @@ def build_problem(data, spec: PopulationModel, *, solver="auto", require_observa
         raise
     except Exception as exc:  # noqa: BLE001 - turn an expression failure into a model error
         raise ModelSpecError(f"cannot evaluate the observation outputs of the model: {exc}") from None
-    if not np.all(np.isfinite(np.asarray(f))):
+    f = np.asarray(f)
+    zero_log = obs["log"] & ~obs["blq"] & (f <= 0)
+    if zero_log.any():
+        raise DatasetError([DatasetViolation(tuple(int(r) + 1 for r in obs["row"][zero_log]), "DV",
+                                             "these records have a log-normal error model but the model predicts 0 "
+                                             "there whatever the parameters (e.g. samples before the first dose): "
+                                             "set MDV = 1, or flag them BLQ = 1 with an LLOQ")], source=source)
+    if not np.all(np.isfinite(f)):
         bad = obs["row"][~np.isfinite(np.asarray(f))] + 1
         prob.notes.append(f"predictions at the initial estimates are not finite on rows "
                           f"{', '.join(map(str, bad[:10]))}")

@@ -1,0 +1,170 @@
+"""One call from a dataset and a model file to a finished population fit: :func:`fit`.
+
+>>> from pkpd.datasets import load_theoph
+>>> res = fit(load_theoph(), "examples/models/theoph.toml")            # doctest: +SKIP
+>>> print(res.summary_text())                                           # doctest: +SKIP
+>>> res.save("theoph_fit")                                              # doctest: +SKIP
+
+The command line ``pkpd fit DATA.csv --model MODEL.toml --method laplace --out DIR`` is this function
+followed by :meth:`FitResult.save`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .laplace import FitError, fit_laplace
+from .problem import build_problem
+from .result import FitResult, build_result
+from .spec import PopulationModel, load_model
+
+__all__ = ["METHODS", "fit"]
+
+METHODS = ("laplace", "nuts", "svi")
+
+# option names of the Bayesian fitters, tried in this order against their signatures
+_ALIASES = {
+    "chains": ("num_chains", "chains"),
+    "warmup": ("num_warmup", "warmup"),
+    "samples": ("num_samples", "num_draws", "samples"),
+    "steps": ("num_steps", "steps"),
+    "seed": ("seed", "rng_seed"),
+    "progress": ("progress",),
+}
+
+
+def _call_bayes(fn: Callable, prob, given: dict, options: dict):
+    """Call ``fit_nuts``/``fit_svi`` with the options its signature accepts (``num_chains``,
+    ``num_warmup``, ``num_samples`` or ``num_draws``, ``num_steps``, ``seed``, ``progress``)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        params = {}
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = dict(options)
+    for canon, value in given.items():
+        if value is None:
+            continue
+        names = [n for n in _ALIASES[canon] if n in params]
+        if names:
+            kwargs.setdefault(names[0], value)
+        elif var_kw:
+            kwargs.setdefault(_ALIASES[canon][0], value)
+    return fn(prob, **kwargs)
+
+
+def fit(data: str | Path | pd.DataFrame, model: str | Path | Mapping[str, Any] | PopulationModel,
+        method: str = "laplace", *, chains: int = 4, warmup: int = 1000, samples: int = 1000,
+        svi_steps: int = 2000, seed: int = 0, progress: bool = False, vpc_replicates: int = 200,
+        npde_replicates: int = 1000, vpc_bins: int = 8, covariance: bool = True, solver: str = "auto",
+        fine_grid: bool = True, callback: Callable[[int, float], None] | None = None,
+        status: Callable[[str], None] | None = None, **options) -> FitResult:
+    """Fit a population model to a NONMEM-format dataset and compute every output.
+
+    Parameters
+    ----------
+    data
+        Dataset: CSV path or DataFrame (see :func:`pkpd.fit.build_problem` for the columns).
+    model
+        Population model: TOML path, mapping of the same layout, or a :class:`PopulationModel`.
+    method
+        ``"laplace"`` (maximum likelihood, Laplace approximation, :func:`pkpd.fit.fit_laplace`),
+        ``"nuts"`` (NUTS sampling of the posterior) or ``"svi"`` (variational inference); the last two
+        come from :mod:`pkpd.fit.bayes`.
+    chains, warmup, samples
+        NUTS: chains, warm-up iterations and kept draws per chain; SVI: ``samples`` draws of the fitted
+        guide.
+    svi_steps
+        SVI: optimization steps.
+    seed
+        Random seed (sampling, simulations of the NPDE and VPC).
+    vpc_replicates, npde_replicates
+        Simulated datasets for the visual predictive check and the NPDE.
+    vpc_bins
+        Time bins per observation type in the VPC.
+    covariance
+        Laplace: compute standard errors (covariance step).
+    solver
+        ``"auto"``, ``"analytic"`` or ``"ode"`` (:func:`pkpd.fit.build_problem`).
+    fine_grid
+        Individual plots on a fine time grid (one more compiled prediction) instead of the observation
+        times.
+    progress
+        NUTS/SVI: let the sampler show its progress bar (a rich live display: not inside another one).
+    callback
+        Laplace: ``callback(iteration, minus2ll)`` after each optimizer iteration.
+    status
+        ``status(text)`` before each stage (building, estimating, diagnostics...), for progress displays.
+    **options
+        Passed to the fitter (Laplace: ``maxiter``, ``gtol``, ``u0``; NUTS/SVI: their own options).
+
+    Returns
+    -------
+    FitResult
+        Parameter table, objective, individual estimates, predictions with CWRES and NPDE, NCA, VPC;
+        :meth:`FitResult.save` writes them with the figures.
+
+    Raises
+    ------
+    ModelSpecError
+        Bad model file (syntax, unknown key, unknown parameter, omega not positive definite...).
+    DatasetError
+        Every dataset problem found, with 1-based rows (missing file, missing covariate column...).
+    FitError
+        Unknown method, a method that is not available, or an estimation that cannot start.
+    """
+    say = status or (lambda s: None)
+    t0 = time.perf_counter()
+    method = str(method).lower()
+    if method not in METHODS:
+        raise FitError(f"unknown method {method!r}: choose laplace (maximum likelihood), nuts (Bayesian, "
+                       "sampling) or svi (Bayesian, variational)")
+    lap_opts = {}
+    if method == "laplace":
+        lap_opts = {k: options.pop(k) for k in ("maxiter", "gtol", "u0") if k in options}
+        if options:
+            raise FitError(f"unknown option(s) for method laplace: {', '.join(sorted(options))} (known: maxiter, "
+                           "gtol, u0)")
+    data_source = None if isinstance(data, pd.DataFrame) else str(data)
+    if isinstance(model, PopulationModel):
+        spec = model
+    else:
+        say("reading the model")
+        spec = load_model(model)
+    model_source = spec.source if spec.source else (str(model) if isinstance(model, (str, Path)) else None)
+    say("reading the data and building the problem")
+    prob = build_problem(data, spec, solver=solver)
+    t_build = time.perf_counter() - t0
+    if method == "laplace":
+        say("estimating (Laplace; the first evaluation compiles the model)")
+        raw = fit_laplace(prob, covariance=covariance, callback=callback, **lap_opts)
+        used = {"covariance": covariance, **{k: v for k, v in lap_opts.items() if k != "u0"}}
+    else:
+        try:
+            from . import bayes
+        except ImportError as exc:
+            raise FitError(f"method {method} needs pkpd.fit.bayes, which cannot be imported ({exc}); use "
+                           "--method laplace") from None
+        fn = getattr(bayes, "fit_nuts" if method == "nuts" else "fit_svi", None)
+        if fn is None:
+            raise FitError(f"pkpd.fit.bayes has no fit_{method}; use --method laplace")
+        say(f"estimating ({method}; the first evaluation compiles the model)")
+        if method == "nuts":
+            given = {"chains": chains, "warmup": warmup, "samples": samples, "seed": seed, "progress": progress}
+        else:
+            given = {"samples": samples, "steps": svi_steps, "seed": seed, "progress": progress}
+        raw = _call_bayes(fn, prob, given, options)
+        used = {k: v for k, v in given.items() if k != "progress"} | dict(options)
+    t_fit = time.perf_counter() - t0 - t_build
+    res = build_result(prob, method, raw, data=data, data_source=data_source, model_source=model_source,
+                       vpc_replicates=vpc_replicates, npde_replicates=npde_replicates, vpc_bins=vpc_bins,
+                       seed=seed, fine_grid=fine_grid, options={"method": method, "solver": solver, **used},
+                       status=say)
+    res.times.update(build_s=t_build, fit_s=t_fit, total_s=time.perf_counter() - t0)
+    return res

@@ -1,0 +1,120 @@
+"""`pkpd fit` (cli.py): a Theoph fit end to end, --force, and clear errors without tracebacks.
+
+The Theoph fit compiles once per process (~40 s); tests/test_fit_outputs.py reuses the compiled programs
+(same model file, same data shapes). The error tests stop before any compilation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from pkpd.datasets import load_theoph
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "examples" / "models" / "theoph.toml"
+NLME = json.loads((ROOT / "benchmarks" / "validation" / "theoph_nlme_reference.json").read_text())["fits"]["ml_diag"]
+
+runner = CliRunner()
+
+
+def _output(result) -> str:
+    text = result.output
+    try:
+        err = result.stderr
+    except (ValueError, AttributeError):
+        err = ""
+    return text if err in text else text + err
+
+
+@pytest.fixture(scope="module")
+def theoph_csv(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("cli_fit") / "theoph.csv"
+    load_theoph().to_csv(p, index=False)
+    return p
+
+
+def test_cli_fit_theoph(theoph_csv, tmp_path):
+    """An existing non-empty --out is refused without --force (exit 1, before any fitting, files kept);
+    with --force: exit 0, the summary table printed, the directory written (other files left alone),
+    typical values within 3 % of R nlme's."""
+    out = tmp_path / "fit"
+    out.mkdir()
+    (out / "old.txt").write_text("keep")
+    refused = runner.invoke(app, ["fit", str(theoph_csv), "--model", str(MODEL), "--out", str(out)])
+    assert refused.exit_code == 1
+    assert "--force" in _output(refused) and "Traceback" not in _output(refused)
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+
+    res = runner.invoke(app, ["fit", str(theoph_csv), "--model", str(MODEL), "--method", "laplace",
+                              "--out", str(out), "--force", "--npde-replicates", "300", "--vpc-replicates", "100"])
+    text = _output(res)
+    assert res.exit_code == 0, text
+    assert "-2LL" in text and "OFV" in text and "KA" in text and "converged" in text
+    for name in ("parameters.csv", "objective.json", "individual.csv", "predictions.csv", "nca.csv",
+                 "model.toml", "fit.json", "gof.png", "residuals.png", "vpc.png", "individual.png"):
+        assert (out / name).is_file(), name
+    assert (out / "old.txt").read_text() == "keep"
+    tab = pd.read_csv(out / "parameters.csv").set_index("name")
+    for ours, theirs in (("KE", "lKe"), ("KA", "lKa"), ("CL", "lCl")):
+        assert tab.loc[ours, "estimate"] == pytest.approx(math.exp(NLME["fixed_effects"][theirs]), rel=0.03)
+    info = json.loads((out / "fit.json").read_text())
+    assert info["options"]["npde_replicates"] == 300 and info["options"]["method"] == "laplace"
+
+
+GOOD_MODEL = MODEL.read_text()
+
+
+@pytest.mark.parametrize("case, model_text, data_edit, expect", [
+    ("missing data", GOOD_MODEL, "missing", "does not exist"),
+    ("bad toml", "[model\nstructure = 1", None, "not valid TOML"),
+    ("unknown key", GOOD_MODEL.replace("unit = \"1/h\"\ndescription = \"elim",
+                                       "unit = \"1/h\"\nestimat = 2\ndescription = \"elim"), None, "unknown key"),
+    ("unknown parameter in block", GOOD_MODEL + "\n[[omega.block]]\nparameters = [\"KA\", \"CLX\"]\n"
+                                                "values = [0.3, 0.0, 0.05]\n", None, "CLX"),
+    ("omega not positive definite", GOOD_MODEL + "\n[[omega.block]]\nparameters = [\"KA\", \"CL\"]\n"
+                                                 "values = [0.3, 0.5, 0.05]\n", None, "positive definite"),
+    ("missing covariate", GOOD_MODEL.replace(
+        "iiv = 0.05 ", "covariates = [{ covariate = \"CRCL\", relation = \"power\", reference = 100 }]\n"
+                       "iiv = 0.05 "), None, "CRCL"),
+    ("dataset faults", GOOD_MODEL, "faults", "row"),
+])
+def test_cli_fit_errors(case, model_text, data_edit, expect, tmp_path, theoph_csv):
+    """Each user error: exit code 1, the message on the console, no traceback, nothing written."""
+    model = tmp_path / "m.toml"
+    model.write_text(model_text)
+    data = theoph_csv
+    if data_edit == "missing":
+        data = tmp_path / "nope.csv"
+    elif data_edit == "faults":
+        df = load_theoph().astype({"DV": object})
+        df.loc[3, "DV"] = "abc"   # non-numeric DV on an observation row (data row 4)
+        df.loc[5, "TIME"] = -1.0  # time going back (data row 6)
+        data = tmp_path / "bad.csv"
+        df.to_csv(data, index=False)
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["fit", str(data), "--model", str(model), "--out", str(out)])
+    text = _output(res)
+    assert res.exit_code == 1, text
+    assert expect in text, text
+    assert "Traceback" not in text
+    assert not out.exists()
+    if data_edit == "faults":
+        assert "4" in text and "6" in text and "problems found" in text
+
+
+def test_cli_fit_missing_model_file(theoph_csv, tmp_path):
+    res = runner.invoke(app, ["fit", str(theoph_csv), "--model", str(tmp_path / "none.toml")])
+    assert res.exit_code == 1 and "model file" in _output(res)
+
+
+def test_cli_fit_help_lists_outputs():
+    res = runner.invoke(app, ["fit", "--help"])
+    assert res.exit_code == 0
+    assert "--method" in res.output and "parameters.csv" in res.output and "--force" in res.output
