@@ -1,6 +1,7 @@
 """Population and individual fitting: model files, Laplace maximum likelihood, NUTS, SVI, forecasting."""
 
 from .api import fit
+from .bayes import BayesFit, describe_priors, fit_nuts, fit_svi, load_netcdf
 from .forecast import Forecast, forecast
 from .laplace import FitError, fit_laplace
 from .problem import Problem, build_problem
@@ -9,4 +10,4 @@ from .spec import CovariateEffect, Observation, Parameter, PopulationModel, load
 
 __all__ = ["CovariateEffect", "Observation", "Parameter", "PopulationModel", "load_model", "Problem",
            "build_problem", "fit_laplace", "FitError", "fit", "FitResult", "OutputExistsError", "build_result",
-           "Forecast", "forecast"]
+           "Forecast", "forecast", "fit_nuts", "fit_svi", "BayesFit", "describe_priors", "load_netcdf"]
