@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -395,7 +393,9 @@ def test_bayes_outputs_with_fake_sampler(theoph, tmp_path, monkeypatch):
         calls.update(chains=num_chains, warmup=num_warmup, samples=num_samples, seed=seed, progress=progress)
         return fake
 
-    monkeypatch.setitem(sys.modules, "pkpd.fit.bayes", types.SimpleNamespace(fit_nuts=fit_nuts))
+    import pkpd.fit.bayes as bayes_module
+
+    monkeypatch.setattr(bayes_module, "fit_nuts", fit_nuts)
     data = tmp_path / "theoph.csv"
     load_theoph().to_csv(data, index=False)
     res = fit(data, MODEL, "nuts", chains=2, warmup=7, samples=60, npde_replicates=200, vpc_replicates=100,
