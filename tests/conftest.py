@@ -17,3 +17,12 @@ if not NMTESTS.is_dir():  # a copy shipped with the tests keeps them runnable wi
 @pytest.fixture(scope="session")
 def nmtests_dir() -> Path:
     return NMTESTS
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled-program caches after each test module: a whole-suite run in one process
+    otherwise accumulates thousands of executables (a CI run once crashed inside XLA's compiler late in
+    such a run). Programs shared between modules simply compile again."""
+    yield
+    jax.clear_caches()

@@ -357,6 +357,7 @@ class FakeBayesFit:
     idata: object = None
     diagnostics: dict = field(default_factory=dict)
     times: dict = field(default_factory=dict)
+    priors: str = "Priors (test):\n  KE  Normal(-2.3, 2)"
 
 
 class FakeIdata:
@@ -417,6 +418,8 @@ def test_bayes_outputs_with_fake_sampler(theoph, tmp_path, monkeypatch):
     out = tmp_path / "bayes"
     res.save(out)
     assert (out / "trace.png").is_file() and (out / "idata.nc").read_bytes() == b"CDF-fake"
+    info = json.loads((out / "fit.json").read_text())
+    assert info["diagnostics"]["priors"] == ["Priors (test):", "  KE  Normal(-2.3, 2)"]  # priors stated
     assert "R-hat" in res.summary_text() and "WAIC" in res.summary_text()
 
 
@@ -534,3 +537,5 @@ def test_real_nuts_outputs(tmp_path):
     idata = az.from_netcdf(str(tmp_path / "nuts" / "idata.nc"))
     assert "posterior" in idata.groups()
     assert (tmp_path / "nuts" / "trace.png").is_file()
+    priors = json.loads((tmp_path / "nuts" / "fit.json").read_text())["diagnostics"]["priors"]
+    assert priors[0].startswith("Priors") and any(line.strip().startswith("KE") for line in priors)

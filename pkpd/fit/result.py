@@ -877,6 +877,9 @@ def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data
                  else None, "divergences": div_n, "n_rejected": rd.get("n_rejected"),
                  "chains": int(u_draws.shape[0]), "draws_per_chain": int(u_draws.shape[1]),
                  "method_diagnostics": _jsonable(rd)}
+        priors = getattr(raw, "priors", None)
+        if priors:  # the priors are part of the result: fit.json states them line by line
+            diagn["priors"] = str(priors).splitlines()
         conv_attr = getattr(raw, "converged", None)
         if conv_attr is not None:
             converged = bool(conv_attr)
