@@ -2,9 +2,10 @@
 
 Default tests are cheap: the exact map between sampled quantities and the packer's vector, the priors
 and their description, the rejection counter, and one short NUTS run plus one short SVI run on a small
-simulated dataset (shapes, finiteness, ArviZ/NetCDF round trip). The statistical checks (truth inside
-the 95 % credible intervals with R-hat < 1.01, Theoph posterior medians against R nlme, SVI recovery,
-rejected points counted on a model that can fail) are marked ``slow``.
+simulated dataset (shapes, finiteness, ArviZ/NetCDF round trip), and the acceptance test on a
+reduced-size study (truth inside the 95 % credible intervals with R-hat < 1.01, ~40 s). The other
+statistical checks (Theoph posterior medians against R nlme, SVI recovery, rejected points counted on a
+model that can fail) are marked ``slow``.
 """
 
 from __future__ import annotations
@@ -319,11 +320,12 @@ def _truth_natural():
             "omega(V)": TRUTH["om_V"], "conc.proportional": TRUTH["prop"]}
 
 
-@pytest.mark.slow
 def test_nuts_recovers_truth(cov_data):
-    """Acceptance (issue 4): on a dataset simulated from known values (24 subjects x 8 samples, closed
-    form, WT power and CYP2D6 activity-score effects on CL), every true value lies inside its 95 %
-    credible interval and R-hat < 1.01 for every parameter (4 chains x 1000 + 1000)."""
+    """Acceptance (issue 4), the reduced-size NUTS test of the default suite (~40 s): on a dataset
+    simulated from known values (24 subjects x 8 samples, closed form, WT power and CYP2D6
+    activity-score effects on CL), every true value lies inside its 95 % credible interval and
+    R-hat < 1.01 for every parameter and random effect (4 chains x 1000 + 1000). The larger checks
+    (Theoph against nlme, SVI recovery, rejected points) are marked slow."""
     prob = build_problem(cov_data, _cov_model())
     fit = fit_nuts(prob, num_chains=4, num_warmup=1000, num_samples=1000, seed=0, progress=False)
     truth = _truth_natural()
