@@ -53,6 +53,22 @@ def _stderr():
     return Console(stderr=True, soft_wrap=True)
 
 
+def _data_model_out(data: Path, what: str, model: Path, out: Optional[Path], suffix: str, force: bool) -> Path:
+    """Check that DATA and --model are files and that --out may be written; return the output directory
+    (default ``<DATA stem><suffix>`` in the working directory)."""
+    if not data.is_file():
+        _fail(f"{what} {data} does not exist or is not a file")
+    if not model.is_file():
+        _fail(f"the model file {model} does not exist or is not a file")
+    out_dir = out if out is not None else Path.cwd() / f"{data.stem}{suffix}"
+    if out_dir.exists() and not out_dir.is_dir():
+        _fail(f"the output path {out_dir} is a file; give a directory with --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        _fail(f"the output directory {out_dir} exists and is not empty; pass --force to overwrite its files, "
+              "or choose another --out")
+    return out_dir
+
+
 def _fail(message: str) -> None:
     """Print ``message`` to stderr as plain text (no markup interpretation) and exit with code 1."""
     _stderr().print(f"Error: {message}", markup=False, highlight=False, style="bold red")
@@ -385,16 +401,7 @@ def fit_command(
                                         help="auto (exact for linear models, ODE otherwise), analytic or ode."),
     log_gof: bool = typer.Option(False, "--log-gof", help="Log axes in gof.png."),
 ) -> None:
-    if not data.is_file():
-        _fail(f"the dataset {data} does not exist or is not a file")
-    if not model.is_file():
-        _fail(f"the model file {model} does not exist or is not a file")
-    out_dir = out if out is not None else Path.cwd() / f"{data.stem}_fit"
-    if out_dir.exists() and not out_dir.is_dir():
-        _fail(f"the output path {out_dir} is a file; give a directory with --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        _fail(f"the output directory {out_dir} exists and is not empty; pass --force to overwrite its files, "
-              "or choose another --out")
+    out_dir = _data_model_out(data, "the dataset", model, out, "_fit", force)
 
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -473,15 +480,7 @@ def forecast_command(
     seed: int = typer.Option(0, "--seed", "-s", help="Random seed."),
     force: bool = typer.Option(False, "--force", "-f", help="Write into an existing non-empty output directory."),
 ) -> None:
-    if not data.is_file():
-        _fail(f"the patient data {data} does not exist or is not a file")
-    if not model.is_file():
-        _fail(f"the model file {model} does not exist or is not a file")
-    out_dir = out if out is not None else Path.cwd() / f"{data.stem}_forecast"
-    if out_dir.exists() and not out_dir.is_dir():
-        _fail(f"the output path {out_dir} is a file; give a directory with --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        _fail(f"the output directory {out_dir} exists and is not empty; pass --force or choose another --out")
+    out_dir = _data_model_out(data, "the patient data", model, out, "_forecast", force)
     from rich.console import Console
 
     from pkpd._errors import PKPDError

@@ -5,21 +5,12 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from cli import app
+from cli_helpers import cli_output, runner
 
-runner = CliRunner()
 
 
-def _output(result) -> str:
-    """Everything the command printed (stdout and stderr)."""
-    text = result.output
-    try:
-        err = result.stderr
-    except (ValueError, AttributeError):
-        err = ""
-    return text if err in text else text + err
 
 
 @pytest.fixture
@@ -37,8 +28,8 @@ def test_simulate_bolus(bolus, tmp_path):
     out = tmp_path / "out.csv"
     res = runner.invoke(app, ["simulate", str(data), "--model", "1cmt_iv", "--params", str(params),
                               "--out", str(out)])
-    assert res.exit_code == 0, _output(res)
-    text = _output(res)
+    assert res.exit_code == 0, cli_output(res)
+    text = cli_output(res)
     assert "1cmt_iv" in text and "5 rows" in text and "2 subjects" in text and str(out) in text
     sim = pd.read_csv(out)
     assert list(sim.columns[:6]) == ["ID", "TIME", "EVID", "AMT", "CMT", "WT"]
@@ -58,7 +49,7 @@ def test_simulate_default_out_and_model_from_param_file(bolus, tmp_path, monkeyp
     work.mkdir()
     monkeypatch.chdir(work)
     res = runner.invoke(app, ["simulate", str(data), "--params", str(params)])
-    assert res.exit_code == 0, _output(res)
+    assert res.exit_code == 0, cli_output(res)
     assert (work / "bolus_sim.csv").is_file()
 
 
@@ -74,7 +65,7 @@ def test_simulate_conformance_scenario_keeps_extra_columns(tmp_path):
     out = tmp_path / "sim.csv"
     res = runner.invoke(app, ["simulate", str(data), "--model", "1cmt_oral", "--params", str(params),
                               "--out", str(out)])
-    assert res.exit_code == 0, _output(res)
+    assert res.exit_code == 0, cli_output(res)
     raw = pd.read_csv(data)
     sim = pd.read_csv(out)
     assert list(sim.columns[: len(raw.columns)]) == list(raw.columns)
@@ -94,7 +85,7 @@ def test_plot_and_overwrite_protection(bolus, tmp_path):
     png = tmp_path / "cp.png"
     args = ["simulate", str(data), "-m", "1cmt_iv", "-p", str(params), "--out", str(out), "--plot", str(png)]
     res = runner.invoke(app, args)
-    assert res.exit_code == 0, _output(res)
+    assert res.exit_code == 0, cli_output(res)
     assert png.stat().st_size > 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -102,18 +93,18 @@ def test_plot_and_overwrite_protection(bolus, tmp_path):
     out.write_text("precious\n")
     res = runner.invoke(app, args)
     assert res.exit_code == 1
-    assert "--force" in _output(res)
-    assert "Traceback" not in _output(res)
+    assert "--force" in cli_output(res)
+    assert "Traceback" not in cli_output(res)
     assert out.read_text() == "precious\n"
 
     # existing --plot alone is refused too
     out.unlink()
     res = runner.invoke(app, args)
-    assert res.exit_code == 1 and "--force" in _output(res)
+    assert res.exit_code == 1 and "--force" in cli_output(res)
     assert not out.exists()
 
     res = runner.invoke(app, args + ["--force"])
-    assert res.exit_code == 0, _output(res)
+    assert res.exit_code == 0, cli_output(res)
     assert "CP" in pd.read_csv(out).columns
 
 
@@ -123,7 +114,7 @@ def test_never_overwrites_input(bolus):
     res = runner.invoke(app, ["simulate", str(data), "-m", "1cmt_iv", "-p", str(params), "--out", str(data),
                               "--force"])
     assert res.exit_code == 1
-    assert "input" in _output(res)
+    assert "input" in cli_output(res)
     assert data.read_text() == before
 
 
@@ -141,7 +132,7 @@ def test_malformed_dataset_lists_every_row(tmp_path):
     params.write_text("[parameters]\nCL = 5\nV = 50\n")
     out = tmp_path / "out.csv"
     res = runner.invoke(app, ["simulate", str(data), "-m", "1cmt_iv", "-p", str(params), "--out", str(out)])
-    text = _output(res)
+    text = cli_output(res)
     assert res.exit_code == 1, text
     assert "Traceback" not in text
     assert res.exception is None or isinstance(res.exception, SystemExit)
@@ -155,7 +146,7 @@ def test_unknown_model(bolus, tmp_path):
     data, params = bolus
     res = runner.invoke(app, ["simulate", str(data), "-m", "1cmt_xyz", "-p", str(params),
                               "--out", str(tmp_path / "o.csv")])
-    text = _output(res)
+    text = cli_output(res)
     assert res.exit_code == 1
     assert "1cmt_xyz" in text and "pkpd models" in text
     assert "Traceback" not in text
@@ -165,7 +156,7 @@ def test_no_model_anywhere(bolus, tmp_path):
     data, params = bolus
     res = runner.invoke(app, ["simulate", str(data), "-p", str(params), "--out", str(tmp_path / "o.csv")])
     assert res.exit_code == 1
-    assert "--model" in _output(res)
+    assert "--model" in cli_output(res)
 
 
 def test_missing_parameter(bolus, tmp_path):
@@ -174,7 +165,7 @@ def test_missing_parameter(bolus, tmp_path):
     params.write_text("[parameters]\nCL = 5\n")
     res = runner.invoke(app, ["simulate", str(data), "-m", "1cmt_iv", "-p", str(params),
                               "--out", str(tmp_path / "o.csv")])
-    text = _output(res)
+    text = cli_output(res)
     assert res.exit_code == 1
     assert "needs parameter V" in text
     assert "Traceback" not in text
@@ -191,7 +182,7 @@ def test_simulate_help_documents_units():
 
 def test_models_list_and_describe():
     res = runner.invoke(app, ["models"], env={"COLUMNS": "200"})
-    assert res.exit_code == 0, _output(res)
+    assert res.exit_code == 0, cli_output(res)
     assert "2cmt_oral" in res.output and "CENTRAL" in res.output
 
     res = runner.invoke(app, ["models", "2cmt_oral"])
@@ -200,7 +191,7 @@ def test_models_list_and_describe():
 
     res = runner.invoke(app, ["models", "nope"])
     assert res.exit_code == 1
-    assert "unknown model" in _output(res)
+    assert "unknown model" in cli_output(res)
 
 
 def test_version():

@@ -12,25 +12,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from cli import app
+from cli_helpers import cli_output, runner
 from pkpd.datasets import load_theoph
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "examples" / "models" / "theoph.toml"
 NLME = json.loads((ROOT / "benchmarks" / "validation" / "theoph_nlme_reference.json").read_text())["fits"]["ml_diag"]
 
-runner = CliRunner()
 
 
-def _output(result) -> str:
-    text = result.output
-    try:
-        err = result.stderr
-    except (ValueError, AttributeError):
-        err = ""
-    return text if err in text else text + err
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +41,12 @@ def test_cli_fit_theoph(theoph_csv, tmp_path):
     (out / "old.txt").write_text("keep")
     refused = runner.invoke(app, ["fit", str(theoph_csv), "--model", str(MODEL), "--out", str(out)])
     assert refused.exit_code == 1
-    assert "--force" in _output(refused) and "Traceback" not in _output(refused)
+    assert "--force" in cli_output(refused) and "Traceback" not in cli_output(refused)
     assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
 
     res = runner.invoke(app, ["fit", str(theoph_csv), "--model", str(MODEL), "--method", "laplace",
                               "--out", str(out), "--force", "--npde-replicates", "300", "--vpc-replicates", "100"])
-    text = _output(res)
+    text = cli_output(res)
     assert res.exit_code == 0, text
     assert "-2LL" in text and "OFV" in text and "KA" in text and "converged" in text
     for name in ("parameters.csv", "objective.json", "individual.csv", "predictions.csv", "nca.csv",
@@ -100,7 +92,7 @@ def test_cli_fit_errors(case, model_text, data_edit, expect, tmp_path, theoph_cs
         df.to_csv(data, index=False)
     out = tmp_path / "out"
     res = runner.invoke(app, ["fit", str(data), "--model", str(model), "--out", str(out)])
-    text = _output(res)
+    text = cli_output(res)
     assert res.exit_code == 1, text
     assert expect in text, text
     assert "Traceback" not in text
@@ -111,7 +103,7 @@ def test_cli_fit_errors(case, model_text, data_edit, expect, tmp_path, theoph_cs
 
 def test_cli_fit_missing_model_file(theoph_csv, tmp_path):
     res = runner.invoke(app, ["fit", str(theoph_csv), "--model", str(tmp_path / "none.toml")])
-    assert res.exit_code == 1 and "model file" in _output(res)
+    assert res.exit_code == 1 and "model file" in cli_output(res)
 
 
 def test_cli_fit_help_lists_outputs():

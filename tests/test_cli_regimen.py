@@ -4,34 +4,26 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from cli import app
+from cli_helpers import cli_output, runner
 from pkpd.drugs import list_drugs
 
-runner = CliRunner()
 N = 12  # one population size for every run here, so the compiled kernel is shared
 
 
-def _out(res) -> str:
-    text = res.output
-    try:
-        err = res.stderr
-    except (ValueError, AttributeError):
-        err = ""
-    return text if err in text else text + err
 
 
 def test_drugs_list_has_every_drug():
     res = runner.invoke(app, ["drugs", "list"])
-    assert res.exit_code == 0, _out(res)
+    assert res.exit_code == 0, cli_output(res)
     for name in list_drugs():
         assert name in res.output
 
 
 def test_drugs_show_sources_units_and_limits():
     res = runner.invoke(app, ["drugs", "show", "Toradol"])
-    assert res.exit_code == 0, _out(res)
+    assert res.exit_code == 0, cli_output(res)
     text = res.output
     assert "ketorolac" in text and "Valitalo 2017" in text and "L/h" in text
     assert "analgesic PD" in text and "label limits" in text and "120" in text
@@ -40,14 +32,14 @@ def test_drugs_show_sources_units_and_limits():
 def test_drugs_show_unknown_is_clear():
     res = runner.invoke(app, ["drugs", "show", "morphinex"])
     assert res.exit_code == 1
-    assert "unknown drug 'morphinex'" in _out(res) and "Traceback" not in _out(res)
+    assert "unknown drug 'morphinex'" in cli_output(res) and "Traceback" not in cli_output(res)
 
 
 def test_simulate_regimen_population_writes_tables_and_plots(tmp_path):
     out = tmp_path / "c1"
     res = runner.invoke(app, ["simulate", "--regimen", "C1", "--population", str(N), "--seed", "4", "--out",
                               str(out)])
-    assert res.exit_code == 0, _out(res)
+    assert res.exit_code == 0, cli_output(res)
     for f in ("patients.csv", "summary.csv", "doses.csv", "findings.csv", "bands.png", "mme.png"):
         assert (out / f).is_file(), f
     pat = pd.read_csv(out / "patients.csv")
@@ -57,10 +49,10 @@ def test_simulate_regimen_population_writes_tables_and_plots(tmp_path):
     assert "72-h MME mean" in res.output
     # refuses to overwrite a non-empty directory without --force
     again = runner.invoke(app, ["simulate", "--regimen", "C1", "--population", str(N), "--out", str(out)])
-    assert again.exit_code == 1 and "--force" in _out(again)
+    assert again.exit_code == 1 and "--force" in cli_output(again)
     forced = runner.invoke(app, ["simulate", "--regimen", "C1", "--population", str(N), "--out", str(out),
                                  "--force"])
-    assert forced.exit_code == 0, _out(forced)
+    assert forced.exit_code == 0, cli_output(forced)
 
 
 def test_patient_above_label_max_warns_but_simulates(tmp_path):
@@ -70,7 +62,7 @@ def test_patient_above_label_max_warns_but_simulates(tmp_path):
                   'genotypes = ["CYP2D6 *4/*4"]\n')
     res = runner.invoke(app, ["simulate", "--regimen", "C1", "--patient", str(pt), "--population", str(N),
                               "--out", str(tmp_path / "o")])
-    assert res.exit_code == 0, _out(res)
+    assert res.exit_code == 0, cli_output(res)
     assert "WARNING" in res.output and "acetaminophen" in res.output and "mg/kg" in res.output
 
 
@@ -84,7 +76,7 @@ def test_bad_patient_files_clear_errors(tmp_path, content, match):
     pt.write_text(content)
     res = runner.invoke(app, ["simulate", "--regimen", "C1", "--patient", str(pt), "--out", str(tmp_path / "o")])
     assert res.exit_code == 1
-    assert match in _out(res) and "Traceback" not in _out(res)
+    assert match in cli_output(res) and "Traceback" not in cli_output(res)
 
 
 def test_missing_covariate_is_named(tmp_path):
@@ -93,7 +85,7 @@ def test_missing_covariate_is_named(tmp_path):
     pt.write_text('age_y = 50\nsex = "male"\nweight_kg = 80\nheight_cm = 180\n')
     res = runner.invoke(app, ["simulate", "--regimen", "C1", "--patient", str(pt), "--out", str(tmp_path / "o")])
     assert res.exit_code == 1
-    assert "gabapentin needs SCR" in _out(res) or "CRCL" in _out(res)
+    assert "gabapentin needs SCR" in cli_output(res) or "CRCL" in cli_output(res)
 
 
 @pytest.mark.parametrize("text, match", [
@@ -105,11 +97,11 @@ def test_bad_regimen_text_clear_errors(tmp_path, text, match):
     f.write_text(text)
     res = runner.invoke(app, ["simulate", "--regimen", str(f), "--out", str(tmp_path / "o")])
     assert res.exit_code == 1
-    assert match in _out(res) and "Traceback" not in _out(res)
+    assert match in cli_output(res) and "Traceback" not in cli_output(res)
 
 
 def test_regimen_mode_argument_conflicts(tmp_path):
     res = runner.invoke(app, ["simulate", "--regimen", "NOPE", "--out", str(tmp_path / "o")])
-    assert res.exit_code == 1 and "shipped regimen" in _out(res)
+    assert res.exit_code == 1 and "shipped regimen" in cli_output(res)
     res = runner.invoke(app, ["simulate"])
-    assert res.exit_code == 1 and "--regimen" in _out(res)
+    assert res.exit_code == 1 and "--regimen" in cli_output(res)

@@ -365,6 +365,15 @@ def _dist_text(d: dist.Distribution) -> str:
     return f"{name}({', '.join(params)})"
 
 
+def _setup(prob: Problem, priors: Mapping[str, Any] | None):
+    """What both samplers start from: the site layout, the resolved priors in site order, their text and
+    the per-site transforms."""
+    layout = _layout(prob)
+    pri_map, _user = _resolve_priors(prob, priors)
+    pri = tuple(pri_map[k] for _, k in layout.site_keys())
+    return layout, pri, describe_priors(prob, priors), _site_transforms(prob, layout, pri)
+
+
 def describe_priors(prob: Problem, priors: Mapping[str, Any] | None = None) -> str:
     """Text description of the priors of a Bayesian fit (for reports).
 
@@ -925,11 +934,7 @@ def fit_nuts(prob: Problem, *, num_chains: int = 4, num_warmup: int = 1000, num_
     if num_chains < 1 or num_samples < 1 or num_warmup < 0:
         raise FitError("num_chains and num_samples must be >= 1 and num_warmup >= 0")
     t_start = time.perf_counter()
-    layout = _layout(prob)
-    pri_map, _user = _resolve_priors(prob, priors)
-    pri = tuple(pri_map[k] for _, k in layout.site_keys())
-    prior_text = describe_priors(prob, priors)
-    transforms = _site_transforms(prob, layout, pri)
+    layout, pri, prior_text, transforms = _setup(prob, priors)
     base, z0 = _initial_points(prob, layout, transforms, init_u, init_eta, num_chains, init_jitter, seed)
     k_chain = jax.random.key(seed)
     t_prep = time.perf_counter() - t_start
@@ -1155,11 +1160,7 @@ def fit_svi(prob: Problem, *, num_steps: int = 2000, learning_rate: float = 0.01
     if num_steps < 1 or num_draws < 1:
         raise FitError("num_steps and num_draws must be >= 1")
     t_start = time.perf_counter()
-    layout = _layout(prob)
-    pri_map, _user = _resolve_priors(prob, priors)
-    pri = tuple(pri_map[k] for _, k in layout.site_keys())
-    prior_text = describe_priors(prob, priors)
-    transforms = _site_transforms(prob, layout, pri)
+    layout, pri, prior_text, transforms = _setup(prob, priors)
     k_svi, k_draw = jax.random.split(jax.random.key(seed))
     z0, _ = _initial_points(prob, layout, transforms, init_u, init_eta, 1, 0.0, seed)
     svi, init_fn, chunk_fn, draw_fn = _svi_program(layout, guide, float(learning_rate))
