@@ -42,7 +42,8 @@ from .expr import compile_parameter_block, evaluate_parameter_block
 from .pain import DemandModel, PainModel
 from .pd import GAMMA, AdverseEffectModel, AnalgesicPD, get_pd
 
-__all__ = ["IV_MME", "PopulationResult", "SimOptions", "mme_factor", "relaxed_objective", "simulate_regimen"]
+__all__ = ["IV_MME", "PopulationResult", "SimOptions", "mme_factor", "relaxed_objective", "relaxed_program",
+           "simulate_regimen"]
 
 #: IV MME factors (MME per mg IV) used here: :data:`pkpd.mme.ASSUMED_IV_FACTORS` (all UNVERIFIED).
 IV_MME = _mme.ASSUMED_IV_FACTORS
@@ -334,46 +335,108 @@ def relaxed_objective(regimen, population: pd.DataFrame, *, seed: int = 0, optio
     n_scheduled, n_rescue : int
     """
     import jax
+
+    outcomes, data, n_sched, n_resc = relaxed_program(regimen, population, seed=seed, options=options,
+                                                      tit_tau=tit_tau)
+
+    @jax.jit
+    def f(sched_mult, rescue_mult):
+        return outcomes(sched_mult, rescue_mult, data)
+
+    return f, n_sched, n_resc
+
+
+_RELAXED_PROGRAMS: dict = {}
+
+
+def relaxed_program(regimen, population: pd.DataFrame, *, seed: int = 0, options: SimOptions | None = None,
+                    tit_tau: float = 0.25):
+    """:func:`relaxed_objective` split into a pure function shared by every population of one structure
+    and the arrays of this population.
+
+    Returns
+    -------
+    outcomes : callable
+        ``outcomes(sched_mult, rescue_mult, data) -> dict`` (as ``f`` of :func:`relaxed_objective`, plus
+        ``MME_0_24``, ``OIRD_HAZARD`` (cumulative OIRD hazard before the OSA odds ratio) and
+        ``SEDATION_MAX`` (smooth maximum of the sedation index)), a pure JAX function: jit it,
+        differentiate it, vmap it. ``sched_mult`` may be (n_scheduled,) or (N, n_scheduled) (one row of
+        multipliers per population row, to optimize several patients in one call). The same function object is returned for every
+        regimen and population with the same drugs, rescue rules, grid and options, so a jitted caller
+        compiles once per structure and shapes, not once per patient.
+    data : dict
+        Arrays of this regimen and population (pass as ``data``).
+    n_scheduled, n_rescue : int
+    """
     import jax.numpy as jnp
 
     opts = dataclasses.replace(options or SimOptions(), relaxed=True, record_doses=False, record_states=False)
     plan = _Plan.build(regimen, population, opts)
     arrays, _, sched_rows, _ = plan.arrays(population, seed)
     ev_item, seg_item, n_sched = plan.index
-    kernel = plan._compiled().raw
     dt = float(opts.dt_h)
     times = plan.t0 + dt * np.arange(plan.T)
-    post = jnp.asarray((times >= -1e-9) & (times < float(regimen.horizon_h) - 1e-9), float)
-    fac = jnp.asarray([mme_factor(it["drug"], it["route"]) for it in plan.items] or [0.0])
+    post = np.asarray((times >= -1e-9) & (times < float(regimen.horizon_h) - 1e-9), float)
+    fac = np.asarray([mme_factor(it["drug"], it["route"]) for it in plan.items] or [0.0])
     s_amt = np.zeros((len(population), max(len(sched_rows), 1)))
     s_fac = np.zeros(max(len(sched_rows), 1))
     s_item = np.full(max(len(sched_rows), 1), -1)
+    s_first24 = np.zeros(max(len(sched_rows), 1))
     for j, (si, t_e, dname, route, amt, _dur) in enumerate(sched_rows):
         if t_e >= 0 and t_e < float(regimen.horizon_h):
             s_amt[:, j], s_fac[j], s_item[j] = amt, mme_factor(dname, route), si
-    base = {k: jnp.asarray(v) for k, v in arrays.items()}
-    n_resc = len(plan.items)
+            s_first24[j] = float(t_e < 24.0)
+    data = {"base": {k: jnp.asarray(v) for k, v in arrays.items()}, "ev_item": jnp.asarray(ev_item),
+            "seg_item": jnp.asarray(seg_item), "post": jnp.asarray(post), "fac": jnp.asarray(fac),
+            "s_amt": jnp.asarray(s_amt), "s_fac": jnp.asarray(s_fac), "s_item": jnp.asarray(s_item),
+            "s_first24": jnp.asarray(s_first24), "times": jnp.asarray(times)}
+    key = (plan._signature(), n_sched, float(tit_tau), int(seed))
+    if key not in _RELAXED_PROGRAMS:
+        if len(_RELAXED_PROGRAMS) > 16:
+            _RELAXED_PROGRAMS.clear()
+        _RELAXED_PROGRAMS[key] = _relaxed_outcomes(plan._compiled().raw, n_sched, dt, float(tit_tau),
+                                                     int(seed), opts.ae)
+    return _RELAXED_PROGRAMS[key], data, n_sched, len(plan.items)
+
+
+def _relaxed_outcomes(kernel, n_sched: int, dt: float, tit_tau: float, seed: int, ae):
+    import jax
+    import jax.numpy as jnp
+
+    h_oird = float(-np.log1p(-float(ae.oird_base.value)) / 24.0)
+    d_ref = float(ae.d_ref.value)
 
     def weights(mult, idx):
-        m = jnp.concatenate([jnp.asarray(mult, float).reshape(-1), jnp.ones(1)])
-        return m[jnp.where(jnp.asarray(idx) >= 0, jnp.asarray(idx), n_sched)]
+        # mult (n_sched,) shared by every row, or (N, n_sched) one row of multipliers per population row
+        m = jnp.asarray(mult, float)
+        m = jnp.concatenate([m, jnp.ones(m.shape[:-1] + (1,))], axis=-1)
+        return m[..., jnp.where(idx >= 0, idx, n_sched)]
 
-    @jax.jit
-    def f(sched_mult, rescue_mult):
-        a = dict(base)
-        a["evw"] = jnp.broadcast_to(weights(sched_mult, ev_item), a["evw"].shape)
-        a["segw"] = jnp.broadcast_to(weights(sched_mult, seg_item), a["segw"].shape)
+    def outcomes(sched_mult, rescue_mult, data):
+        a = dict(data["base"])
+        a["evw"] = jnp.broadcast_to(weights(sched_mult, data["ev_item"]), a["evw"].shape)
+        a["segw"] = jnp.broadcast_to(weights(sched_mult, data["seg_item"]), a["segw"].shape)
         rm = jnp.concatenate([jnp.asarray(rescue_mult, float).reshape(-1), jnp.ones(1)])[:a["rmult"].shape[1]]
         a["rmult"] = jnp.broadcast_to(rm, a["rmult"].shape)
-        out = kernel(int(seed), a)
+        out = kernel(seed, a)
         y = out["nrs"]
-        mme = jnp.sum(out["dose"] * fac * post[None, :, None], axis=(1, 2))
-        mme = mme + jnp.sum(jnp.asarray(s_amt) * jnp.asarray(s_fac) * weights(sched_mult, s_item), axis=1)
-        return {"MME_0_72": mme, "PAIN_AUC": jnp.sum(y * post, axis=1) * dt,
+        post = data["post"]
+        mme_t = jnp.sum(out["dose"] * data["fac"], axis=2) * post[None, :]
+        sched_mme = data["s_amt"] * data["s_fac"] * weights(sched_mult, data["s_item"])
+        mme = jnp.sum(mme_t, axis=1) + jnp.sum(sched_mme, axis=1)
+        first24 = post * (data["times"] < 24.0 - 1e-9)
+        mme24 = jnp.sum(jnp.sum(out["dose"] * data["fac"], axis=2) * first24[None, :], axis=1) + jnp.sum(
+            sched_mme * data["s_first24"], axis=1)
+        dep = out["dep"]
+        return {"MME_0_72": mme, "MME_0_24": mme24, "PAIN_AUC": jnp.sum(y * post, axis=1) * dt,
                 "PAIN_EXCESS": jnp.sum(jnp.maximum(y - 3.0, 0.0) * post, axis=1) * dt,
-                "TIT3": jnp.sum(jax.nn.sigmoid((3.0 - y) / tit_tau) * post, axis=1) / jnp.sum(post)}
+                "TIT3": jnp.sum(jax.nn.sigmoid((3.0 - y) / tit_tau) * post, axis=1) / jnp.sum(post),
+                # cumulative OIRD hazard (before the OSA odds ratio), as in the exact outcomes
+                "OIRD_HAZARD": jnp.sum((dep / d_ref) ** 2 * post, axis=1) * dt * h_oird,
+                # smooth maximum of the sedation index over 0-72 h (log-sum-exp, temperature 0.02)
+                "SEDATION_MAX": 0.02 * jax.nn.logsumexp(jnp.where(post > 0, out["sed"] / 0.02, -jnp.inf), axis=1)}
 
-    return f, n_sched, n_resc
+    return outcomes
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -45,9 +45,11 @@ from .io import (
 )
 from .limits import (
     LIMITS,
+    DoseCaps,
     Finding,
     LabelLimit,
     check_regimen,
+    dose_caps,
     format_findings,
     limits_for,
 )
@@ -75,6 +77,8 @@ __all__ = [
     "format_findings",
     "get_regimen",
     "limits_for",
+    "dose_caps",
+    "DoseCaps",
     "list_regimens",
     "load_regimen",
     "normalize_route",

@@ -41,7 +41,7 @@ from pkpd.drugs import Source
 from ._condition import Condition, RegimenError, format_number
 from ._model import ROUTE_DISPLAY, Regimen
 
-__all__ = ["LIMITS", "Finding", "LabelLimit", "check_regimen", "format_findings", "limits_for"]
+__all__ = ["LIMITS", "DoseCaps", "Finding", "LabelLimit", "check_regimen", "dose_caps", "format_findings", "limits_for"]
 
 _QUANTITIES = ("max_single_mg", "max_single_mg_per_kg", "max_daily_mg", "max_daily_mg_per_kg", "min_interval_h",
                "max_duration_h", "max_total_mg", "exclusive_window_h")
@@ -574,35 +574,7 @@ def check_regimen(regimen: Regimen, covariates: Mapping[str, Any], phenotypes: M
 
     for drug in regimen.drugs():
         mine = [d for d in doses if d.drug == drug]
-        applicable: list[LabelLimit] = []
-        for lim in LIMITS:
-            if lim.drug != drug or (lim.is_unverified and not include_unverified):
-                continue
-            if lim.context == "spinal fusion" and not fusion:
-                continue
-            if lim.phenotype is not None:
-                gene, labels = lim.phenotype
-                if gene not in phen or phen[gene].label not in labels:
-                    continue
-            if lim.route is not None and not any(d.route == lim.route for d in mine):
-                continue
-            cond = lim.condition()
-            needs = list(cond.missing(cov)) if cond is not None else []
-            per_kg = lim.max_single_mg_per_kg is not None or lim.max_daily_mg_per_kg is not None
-            if per_kg and "WT" not in needs:
-                try:
-                    if math.isnan(float(cov["WT"])):
-                        needs.append("WT")
-                except (KeyError, IndexError, TypeError, ValueError):
-                    needs.append("WT")
-            if needs:
-                add("warning", drug, "unchecked", f"{drug}: the {_ctx(lim)} limit for {lim.population} could not be "
-                    f"checked: covariate{'s' if len(needs) > 1 else ''} {', '.join(needs)} missing ({_cite(lim)})",
-                    lim)
-                continue
-            if cond is not None and not cond.evaluate(cov):
-                continue
-            applicable.append(lim)
+        applicable = _applicable(drug, {d.route for d in mine}, cov, phen, fusion, include_unverified, add)
 
         # contraindications and exclusion windows
         for lim in applicable:
@@ -646,6 +618,126 @@ def check_regimen(regimen: Regimen, covariates: Mapping[str, Any], phenotypes: M
                         f"metabolizer: {rec.text} ({rec.source})", None, rec.source, rec.unverified)
     findings.sort(key=lambda f: (f.severity != "error", f.drug, f.rule))
     return findings
+
+
+def _applicable(drug: str, routes: set[str], cov: Mapping[str, Any], phen: Mapping[str, Any], fusion: bool,
+                include_unverified: bool, add: Any) -> list[LabelLimit]:
+    """The limits of ``drug`` that apply to this patient and these routes; a limit whose condition needs a
+    missing covariate is reported through ``add`` as an ``"unchecked"`` warning and skipped."""
+    applicable: list[LabelLimit] = []
+    for lim in LIMITS:
+        if lim.drug != drug or (lim.is_unverified and not include_unverified):
+            continue
+        if lim.context == "spinal fusion" and not fusion:
+            continue
+        if lim.phenotype is not None:
+            gene, labels = lim.phenotype
+            if gene not in phen or phen[gene].label not in labels:
+                continue
+        if lim.route is not None and lim.route not in routes:
+            continue
+        cond = lim.condition()
+        needs = list(cond.missing(cov)) if cond is not None else []
+        per_kg = lim.max_single_mg_per_kg is not None or lim.max_daily_mg_per_kg is not None
+        if per_kg and "WT" not in needs:
+            try:
+                if math.isnan(float(cov["WT"])):
+                    needs.append("WT")
+            except (KeyError, IndexError, TypeError, ValueError):
+                needs.append("WT")
+        if needs:
+            add("warning", drug, "unchecked", f"{drug}: the {_ctx(lim)} limit for {lim.population} could not be "
+                f"checked: covariate{'s' if len(needs) > 1 else ''} {', '.join(needs)} missing ({_cite(lim)})",
+                lim)
+            continue
+        if cond is not None and not cond.evaluate(cov):
+            continue
+        applicable.append(lim)
+    return applicable
+
+
+@dataclass(frozen=True)
+class DoseCaps:
+    """The dose limits of one drug by one route for one patient (result of :func:`dose_caps`).
+
+    Amounts in mg (per-kg limits already multiplied by the weight), times in h; ``math.inf`` (or 0 for
+    ``min_interval_h``) where no limit applies. ``forbidden`` is the reason the drug must not be given
+    at all (a contraindication or a CPIC 'avoid'), else ``None``. ``notes`` are the limits that could not
+    be checked (missing covariates) and CPIC dose-reduction advice without a numeric cap.
+    """
+
+    drug: str
+    route: str
+    max_single_mg: float = math.inf
+    max_daily_mg: float = math.inf
+    max_total_mg: float = math.inf
+    max_duration_h: float = math.inf
+    min_interval_h: float = 0.0
+    forbidden: str | None = None
+    notes: tuple[str, ...] = ()
+    why: tuple[tuple[str, str], ...] = ()  # (field, the binding limit: population and source)
+
+    def reason(self, name: str) -> str:
+        """Which limit sets ``name`` (e.g. ``"max_single_mg"``), or ``""``."""
+        return dict(self.why).get(name, "")
+
+
+def dose_caps(drug: str, route: str, covariates: Mapping[str, Any], phenotypes: Mapping[str, Any] | None = None,
+              *, fusion: bool = True, include_unverified: bool = True) -> DoseCaps:
+    """The tightest label, renal/hepatic, fusion and CPIC limits of ``drug`` by ``route`` for one patient.
+
+    The same limits :func:`check_regimen` applies (route-specific and route-independent ones together),
+    read as numbers so that an optimizer can stay inside them before the exact check.
+
+    Parameters
+    ----------
+    drug, route
+        Library drug name and route label (``"po"``, ``"iv"``...).
+    covariates, phenotypes, fusion, include_unverified
+        As for :func:`check_regimen`.
+
+    Returns
+    -------
+    DoseCaps
+    """
+    from pkpd.drugs import get_drug
+    from pkpd.genetics import cpic_recommendation
+
+    name = get_drug(drug).name
+    phen = _phenotypes(phenotypes, covariates)
+    notes: list[str] = []
+
+    def add(sev, drug_, rule, msg, lim, src=None, unverified=False):
+        notes.append(msg)
+
+    applicable = _applicable(name, {route}, covariates, phen, fusion, include_unverified, add)
+    wt = float(covariates["WT"]) if "WT" in covariates else math.nan
+
+    why: dict[str, str] = {}
+
+    def tight(fields, default):
+        found = [b for r in (None, route) if (b := _tightest(applicable, fields, r, wt)) is not None]
+        if not found:
+            return default
+        val, lim, how = min(found, key=lambda b: b[0])
+        why[fields[0]] = f"{lim.population}{how} ({_cite(lim)})"
+        return val
+
+    forbidden = None
+    for lim in applicable:
+        if lim.contraindicated:
+            forbidden = f"{name} is contraindicated for {_who(lim, covariates, phen)} ({_cite(lim)})"
+    for gene, p in phen.items():
+        rec = cpic_recommendation(name, p)
+        if rec.action == "avoid" and forbidden is None:
+            forbidden = f"CPIC: avoid {name} in a {gene} {p.label} metabolizer ({rec.source})"
+        elif rec.action == "reduce_dose" and not any(lim.phenotype is not None and lim.phenotype[0] == gene
+                                                       for lim in applicable):
+            notes.append(f"CPIC: reduced dose of {name} for a {gene} {p.label} metabolizer: {rec.text}")
+    vals = (tight(("max_single_mg", "max_single_mg_per_kg"), math.inf),
+            tight(("max_daily_mg", "max_daily_mg_per_kg"), math.inf), tight(("max_total_mg",), math.inf),
+            tight(("max_duration_h",), math.inf), tight(("min_interval_h",), 0.0))
+    return DoseCaps(name, route, *vals, forbidden, tuple(notes), tuple(why.items()))
 
 
 def _tightest(applicable: list[LabelLimit], fields: tuple[str, ...], route: str | None,
