@@ -596,6 +596,81 @@ def models(
     Console().print(table)
 
 
+OPTIMIZE_HELP = """Propose a personalized opioid-sparing schedule for one patient (72 h after surgery).
+
+Reads PATIENT (TOML: age, sex, weight, height, creatinine, hepatic impairment,
+opioid tolerance, sleep apnea, CYP2D6/CYP2C9/OPRM1 genotypes; see
+examples/patient_spine.toml). Chooses scheduled doses of acetaminophen,
+gabapentin, one NSAID (ketorolac or celecoxib) and the intra-operative
+ketamine and liposomal bupivacaine doses, at real strengths, within every
+label maximum, renal/hepatic adjustment, fusion cap and CPIC rule for the
+patient; as-needed oxycodone/hydromorphone rescue as in C1. Scores over
+--draws variability draws of the patient (population prior) and compares with
+the C0 and C1 comparators on the same draws.
+
+\b
+OUTPUT DIRECTORY (--out, default <PATIENT stem>_optimized):
+  schedule.csv, regimen.toml, regimen.txt   the proposal (reusable with
+                                            pkpd simulate --regimen)
+  comparison.csv   proposal vs C0 and C1: 72-h MME mean and P90 (mg), time
+                   with NRS <= 3, pain AUC, OIRD and PONV risk, LAST index
+  explanation.txt  what the genotype and covariates changed, and why
+  schedule.png, bands.png
+"""
+
+
+@app.command("optimize", help=OPTIMIZE_HELP)
+def optimize_cmd(
+    patient: Path = typer.Option(..., "--patient", "-p", help="Patient file (TOML).", show_default=False),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default <PATIENT stem>_optimized)."),
+    draws: int = typer.Option(32, "--draws", min=2, help="Variability draws of the patient."),
+    steps: int = typer.Option(60, "--steps", min=1, help="Gradient steps per NSAID choice."),
+    seed: int = typer.Option(0, "--seed", "-s", help="Seed of the variability draws."),
+    force: bool = typer.Option(False, "--force", "-f", help="Write into an existing non-empty output directory."),
+) -> None:
+    if not patient.is_file():
+        _fail(f"the patient file {patient} does not exist or is not a file")
+    out_dir = out if out is not None else Path.cwd() / f"{patient.stem}_optimized"
+    if out_dir.exists() and not out_dir.is_dir():
+        _fail(f"the output path {out_dir} is a file; give a directory with --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        _fail(f"the output directory {out_dir} exists and is not empty; pass --force to overwrite its files, "
+              "or choose another --out")
+    from rich.console import Console
+
+    from pkpd._errors import PKPDError
+
+    console = Console(soft_wrap=True, highlight=False)
+    try:
+        from pkpd.patients import load_patient
+        from regimens.optimize import OptimizeSettings, optimize_patient
+
+        pt = load_patient(patient)
+        with console.status("optimizing ...") as status:
+            prop = optimize_patient(pt.to_row(), settings=OptimizeSettings(draws=draws, steps=steps, seed=seed),
+                                    progress=lambda text: status.update(f"optimizing: {text} ..."))
+        written = prop.save(out_dir, force=True)
+    except PKPDError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write the outputs: {exc}")
+    console.print(f"Proposal for {patient.name} ({draws} variability draws, same draws for C0 and C1):", markup=False)
+    c = prop.comparison
+    console.print(f"{'':10s} {'MME mean':>9s} {'MME P90':>8s} {'NRS<=3':>7s} {'pain AUC':>9s} {'P(OIRD)':>9s} "
+                  f"{'P(PONV)':>8s} {'LAST':>5s}", markup=False)
+    for name, r in c.iterrows():
+        console.print(f"{name:10s} {r['MME_mean']:9.1f} {r['MME_P90']:8.1f} {100 * r['TIT3']:6.0f}% "
+                      f"{r['PAIN_AUC']:9.0f} {r['P_OIRD']:9.1e} {r['P_PONV']:8.2f} {r['LAST_INDEX_max']:5.2f}",
+                      markup=False)
+    console.print("Schedule:", markup=False)
+    for (d, rt), g in prop.schedule.groupby(["drug", "route"], sort=False):
+        doses = ", ".join(f"{a:g} mg at {t:g} h" for t, a in zip(g["time_h"], g["dose_mg"]))
+        console.print(f"  {d} {rt}: {doses}", markup=False)
+    for note in prop.notes:
+        console.print(f"why: {note}", markup=False)
+    console.print("Wrote " + ", ".join(str(p) for p in written), markup=False)
+
+
 @app.command()
 def version() -> None:
     """Print the pkpd package version."""

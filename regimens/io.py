@@ -134,7 +134,7 @@ def parse_regimen_toml(text: str, source: str = "<string>", *, default_name: str
     name = data.get("name", default_name)
     if name is None:
         raise RegimenError(f"{source}: missing key 'name' (e.g. name = \"C1\")")
-    refs = data.get("references", ())
+    refs = data.get("references", [])
     if isinstance(refs, str) or not isinstance(refs, list):
         raise RegimenError(f"{source}: references must be a list of strings, e.g. references = [\"Iyer 2023\"]")
     try:

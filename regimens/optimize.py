@@ -211,7 +211,28 @@ class OptimizeSettings:
 
 @dataclass
 class Proposal:
-    """Result of :func:`optimize_patient`: the regimen, its exact outcomes and the comparison."""
+    """Result of :func:`optimize_patient`.
+
+    Attributes
+    ----------
+    regimen
+        The proposed :class:`Regimen` (scheduled doses at dispensable strengths + the rescue rules).
+    space
+        The patient's :class:`DecisionSpace`.
+    schedule
+        One row per scheduled dose: ``time_h`` (h after the end of surgery), ``drug``, ``route``,
+        ``dose_mg``.
+    comparison
+        Proposal vs C0 and C1 on the same variability draws (exact simulation): mean and P90 of 72-h MME
+        (mg), time in target (fraction with NRS <= 3), pain AUC (NRS*h), mean OIRD and PONV risk,
+        largest LAST index.
+    outcomes
+        ``"proposal"``, ``"C0"``, ``"C1"`` -> :class:`pkpd.regimen_sim.PopulationResult`.
+    findings
+        :func:`check_regimen` findings left (never one on a scheduled drug; the rescue rules' own).
+    notes
+        What the patient's genotype and covariates changed (:func:`explain`), and anything rejected.
+    """
 
     regimen: Regimen
     space: DecisionSpace
@@ -220,6 +241,33 @@ class Proposal:
     outcomes: dict[str, Any]
     findings: list
     notes: list[str] = field(default_factory=list)
+
+    def save(self, out_dir, *, force: bool = False) -> list:
+        """Write ``schedule.csv``, ``regimen.toml`` and ``regimen.txt`` (the proposal, reusable with
+        ``pkpd simulate --regimen``), ``comparison.csv``, ``explanation.txt``, ``schedule.png`` (doses over
+        time per drug) and ``bands.png`` (pain, opioid effect and bupivacaine bands of the proposal with
+        C1's median pain). An existing non-empty directory is refused unless ``force``."""
+        from pathlib import Path
+
+        from .io import save_regimen
+        from .text import format_regimen_text
+
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise FileExistsError(f"{out} is a file")
+        if out.is_dir() and any(out.iterdir()) and not force:
+            raise FileExistsError(f"the output directory {out} exists and is not empty (use force=True / --force)")
+        out.mkdir(parents=True, exist_ok=True)
+        files = [out / "schedule.csv", out / "comparison.csv", out / "explanation.txt", out / "regimen.txt"]
+        self.schedule.to_csv(files[0], index=False)
+        self.comparison.to_csv(files[1])
+        files[2].write_text("\n".join(self.notes or ["nothing in this patient's genotype or covariates changed the "
+                                                     "allowed doses (reference adult limits apply)"]) + "\n")
+        files[3].write_text(format_regimen_text(self.regimen) + "\n")
+        files.append(save_regimen(self.regimen, out / "regimen.toml"))
+        plot_schedule(self, out / "schedule.png")
+        _plot_proposal_bands(self, out / "bands.png")
+        return files + [out / "schedule.png", out / "bands.png"]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -342,7 +390,8 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
             f"{k}: {v}" for k, v in space_all.excluded.items()))
     pop = _draws_frame(cov, st.draws)
     say("comparators (exact)")
-    comps = {name: simulate_regimen(get_regimen(name), pop, seed=st.seed).patients for name in ("C0", "C1")}
+    results = {name: simulate_regimen(get_regimen(name), pop, seed=st.seed) for name in ("C0", "C1")}
+    comps = {name: r.patients for name, r in results.items()}
     tit_target = float(comps["C1"]["TIT3"].mean()) - st.tit_slack
     opts = SimOptions(dt_h=st.dt_h)
     c1_out, c1_data, _, _ = relaxed_program(get_regimen("C1"), pop, seed=st.seed, options=opts)
@@ -387,7 +436,8 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
         amounts, findings = _repair(space, amounts, cov, phenotypes, fusion)
         for _attempt in range(3):
             regimen = space.regimen(amounts)
-            prop = simulate_regimen(regimen, pop, seed=st.seed).patients
+            prop_res = simulate_regimen(regimen, pop, seed=st.seed)
+            prop = prop_res.patients
             why = _safety(prop, comps["C1"], st)
             if not why or not why[0].startswith("LAST"):
                 break
@@ -411,7 +461,7 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
     if tit < tit_target - 1e-9:
         notes.append(f"time in target {tit:.1%} is below the C1 target {tit_target:.1%} (C1 - {st.tit_slack:.0%}) in "
                      "the exact evaluation: no allowed schedule reached it")
-    return Proposal(regimen, space, sched, comparison, {"proposal": prop, **comps}, findings, notes)
+    return Proposal(regimen, space, sched, comparison, {"proposal": prop_res, **results}, findings, notes)
 
 
 _JITS: dict[Any, Callable] = {}
@@ -461,6 +511,58 @@ def explain(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any] | None 
                 lines.append(f"{key}: at most {a:g}{unit} {what} (reference adult {b:g}{unit}): {mine.reason(fld)}")
         lines += [f"{key}: {n}" for n in mine.notes]
     return lines
+
+
+def plot_schedule(proposal: Proposal, path) -> None:
+    """PNG: the proposed doses over time, one row per drug (marker area ~ dose / largest strength),
+    with the dose in mg written beside each marker."""
+    from pkpd.report import _fig
+
+    sched = proposal.schedule
+    drugs = list(dict.fromkeys(sched["drug"])) if len(sched) else []
+    fig = _fig(9, 1.0 + 0.55 * max(len(drugs), 1))
+    ax = fig.add_subplot()
+    for k, d in enumerate(drugs):
+        rows = sched[sched["drug"] == d]
+        big = rows["dose_mg"].max()
+        ax.scatter(rows["time_h"], [k] * len(rows), s=40 + 160 * rows["dose_mg"] / big, color=f"C{k % 10}")
+        for _, r in rows.iterrows():
+            ax.annotate(f"{r['dose_mg']:g}", (r["time_h"], k), textcoords="offset points", xytext=(0, 8),
+                        ha="center", fontsize=7)
+    ax.set_yticks(range(len(drugs)), [f"{d} ({sched[sched['drug'] == d]['route'].iloc[0]})" for d in drugs])
+    ax.set_ylim(-0.7, max(len(drugs), 1) - 0.3)
+    ax.axvline(0, color="k", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("time after end of surgery (h); doses in mg")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.set_title(f"proposed schedule ({len(sched)} scheduled doses; rescue as needed per the PRN rules)")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+def _plot_proposal_bands(proposal: Proposal, path) -> None:
+    from pkpd.report import _band, _fig
+
+    prop, c1 = proposal.outcomes["proposal"], proposal.outcomes["C1"]
+    t = prop.times
+    post = t >= 0
+    fig = _fig(9, 6)
+    axs = fig.subplots(2, 1, sharex=True)
+    _band(axs[0], t[post], prop.nrs[:, post], "proposal NRS", "tab:red")
+    axs[0].plot(c1.times[c1.times >= 0], np.median(c1.nrs[:, c1.times >= 0], axis=0), color="tab:gray",
+                linestyle="--", label="C1 median NRS")
+    axs[0].axhline(3, color="k", linestyle=":", linewidth=1, label="target NRS <= 3")
+    axs[0].set_ylim(0, 10)
+    axs[0].set_ylabel("pain NRS")
+    axs[0].legend(fontsize="small", loc="upper right")
+    _band(axs[1], t, prop.opioid_units, "proposal opioid effect", "tab:blue")
+    axs[1].set_ylabel("opioid effect (Ce/EC50)")
+    axs[1].set_xlabel("time after end of surgery (h)")
+    axs[1].legend(fontsize="small", loc="upper right")
+    for ax in axs:
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"proposal: {len(prop.patients)} variability draws of the patient")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
 
 
 def _compare(results: Mapping[str, pd.DataFrame]) -> pd.DataFrame:

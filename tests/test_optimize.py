@@ -171,3 +171,28 @@ def test_proposal_is_safe_and_beats_c0(example_proposal):
         prod = get_product(f"{r['drug']}/{r['route']}")
         scale = cov["WT"] if prod.per_kg else 1.0
         assert any(abs(r["dose_mg"] - s * scale) < 1e-9 for s in prod.strengths_mg)
+
+
+def test_cli_optimize_writes_outputs_and_refuses_overwrite(tmp_path):
+    from cli import app
+    from cli_helpers import cli_output, runner
+
+    out = tmp_path / "opt"
+    res = runner.invoke(app, ["optimize", "--patient", "examples/patient_spine.toml", "--draws", "4", "--steps", "5",
+                              "--out", str(out)])
+    assert res.exit_code == 0, cli_output(res)
+    for f in ("schedule.csv", "comparison.csv", "explanation.txt", "regimen.toml", "regimen.txt", "schedule.png",
+              "bands.png"):
+        assert (out / f).is_file(), f
+    cmp_ = pd.read_csv(out / "comparison.csv", index_col=0)
+    assert list(cmp_.index) == ["proposal", "C0", "C1"]
+    # the written regimen is a regimen file pkpd reads back, and it passes the patient's label checks
+    from regimens import load_regimen
+
+    reg = load_regimen(out / "regimen.toml")
+    cov = load_patient("examples/patient_spine.toml").to_row()
+    assert not [f for f in check_regimen(reg, cov) if f.drug in {s.drug for s in reg.scheduled}]
+    again = runner.invoke(app, ["optimize", "--patient", "examples/patient_spine.toml", "--out", str(out)])
+    assert again.exit_code == 1 and "--force" in cli_output(again) and "Traceback" not in cli_output(again)
+    missing = runner.invoke(app, ["optimize", "--patient", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 1 and "does not exist" in cli_output(missing)

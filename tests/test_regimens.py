@@ -628,3 +628,11 @@ def test_module_docstring_example_parses():
     r = parse_regimen_text("\n".join(line.strip() for line in doc.split("\n")))
     assert (r.name, r.horizon_h) == ("C1", 72)
     assert (len(r.scheduled), len(r.prn), len(r.pca), len(r.modalities)) == (8, 2, 1, 2)
+
+
+def test_toml_without_references_loads():
+    """A regimen file without a references key (as written for optimizer proposals) loads."""
+    from regimens.io import parse_regimen_toml
+
+    reg = parse_regimen_toml('name = "x"\n[[scheduled]]\ndrug = "acetaminophen"\nroute = "po"\ndose_mg = 500.0\n')
+    assert reg.references == () and reg.scheduled[0].dose_mg == 500.0
