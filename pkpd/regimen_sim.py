@@ -258,7 +258,8 @@ _OUTCOMES = ("MME_0_24", "MME_0_48", "MME_0_72", "TIT3", "TIT4", "PAIN_AUC", "PA
 # Main entry
 # ----------------------------------------------------------------------------------------------------------
 def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, options: SimOptions | None = None,
-                     chunk_size: int = 2048, progress: Callable[[int], None] | None = None) -> PopulationResult:
+                     chunk_size: int = 2048, progress: Callable[[int], None] | None = None,
+                     dose_weights: np.ndarray | None = None) -> PopulationResult:
     """Simulate a regimen in a population.
 
     Parameters
@@ -276,6 +277,11 @@ def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, option
         Patients per compiled batch (bounds memory).
     progress
         Called with the number of patients finished after each chunk (e.g. a progress-bar update).
+    dose_weights
+        Optional ``(n_patients, len(regimen.scheduled))`` multipliers of each scheduled item's doses per
+        patient (0 = the item is not given to that patient): simulates a different schedule for every
+        patient in one batched call, as if each had the regimen with those doses (how the optimizer
+        evaluates per-patient proposals exactly). Weighted-out doses are left out of the dose record.
 
     Returns
     -------
@@ -293,16 +299,24 @@ def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, option
     if len(population) == 0:
         raise ModelSpecError("population is empty")
     plan = _Plan.build(regimen, population, opts)
+    n_total = len(population)
+    if dose_weights is not None:
+        dose_weights = np.asarray(dose_weights, float)
+        if dose_weights.shape != (n_total, len(regimen.scheduled)) or not np.all(np.isfinite(dose_weights)) \
+                or np.any(dose_weights < 0):
+            raise ModelSpecError(f"dose_weights must be finite, >= 0 and of shape ({n_total}, "
+                                 f"{len(regimen.scheduled)}), got {dose_weights.shape}")
     outs = []
     done = 0
-    n_total = len(population)
     size = min(chunk_size, n_total)
     for start in range(0, n_total, size):
         sub = population.iloc[start:start + size]
         n_real = len(sub)
+        w = None if dose_weights is None else dose_weights[start:start + size]
         if n_real < size:  # pad with copies of the last patient so every chunk has one compiled shape
             sub = pd.concat([sub, sub.iloc[[-1] * (size - n_real)]], ignore_index=True)
-        outs.append(_trim(plan.run_chunk(sub, seed), n_real))
+            w = None if w is None else np.concatenate([w, w[[-1] * (size - n_real)]])
+        outs.append(_trim(plan.run_chunk(sub, seed, w), n_real))
         done += len(sub)
         if progress is not None:
             progress(len(sub))
@@ -544,11 +558,18 @@ class _Plan:
             out.append({k: np.broadcast_to(np.asarray(v, float), (n_pat,)) for k, v in p.items()})
         return out
 
-    def run_chunk(self, sub: pd.DataFrame, seed: int) -> dict:
+    def run_chunk(self, sub: pd.DataFrame, seed: int, weights: np.ndarray | None = None) -> dict:
         import jax
         import jax.numpy as jnp
 
         arrays, params, sched_rows, ids = self.arrays(sub, seed)
+        if weights is not None:  # per-patient multipliers of the scheduled items
+            ev_item, seg_item, n_sched = self.index
+            wx = np.concatenate([weights, np.ones((len(sub), 1))], axis=1)
+            arrays["evw"] = wx[:, np.where(ev_item >= 0, ev_item, n_sched)]
+            arrays["segw"] = wx[:, np.where(seg_item >= 0, seg_item, n_sched)]
+            sched_rows = [(si, t, d, r, a * (weights[:, si] if si >= 0 else 1.0), u)
+                          for (si, t, d, r, a, u) in sched_rows]
         fn = self._compiled()
         res = fn(seed, {k: jnp.asarray(v) for k, v in arrays.items()})
         res = jax.tree_util.tree_map(np.asarray, res)
@@ -702,15 +723,17 @@ class _Plan:
         emax = np.zeros((n_pat, nb))
         ec50 = np.zeros((n_pat, nb))
         resp = np.full((n_pat, nb), np.inf)
-        z = _normals(seed, ids, "pd", nb) if self.opts.iiv else np.zeros((n_pat, nb))
         for j, b in enumerate(self.blocks):
+            # one stream per drug: a patient's EC50 of a drug does not depend on which other drugs the
+            # regimen holds (common random numbers between regimens with different drug sets)
+            zj = _normals(seed, ids, "pd:" + b.drug.name, 1)[:, 0] if self.opts.iiv else np.zeros(n_pat)
             sd = float(b.pd.ec50_iiv_sd.value) if b.pd.ec50_iiv_sd is not None else 0.0
             o = ov.get(b.drug.name, {})
             unknown = set(o) - {"ec50", "emax"}
             if unknown:
                 raise ModelSpecError(f"pd_overrides for {b.drug.name}: unknown keys {sorted(unknown)}")
             emax[:, j] = float(o.get("emax", b.pd.emax.value))
-            base = float(o.get("ec50", b.pd.ec50.value)) * np.exp(sd * z[:, j])
+            base = float(o.get("ec50", b.pd.ec50.value)) * np.exp(sd * zj)
             if b.pd.kind == "opioid":
                 base = base * float(self.opts.opioid_ec50_scale)
                 shift = np.where(tol > 0, float(pain.tolerant_ec50_factor.value), 1.0) * float(
@@ -840,8 +863,9 @@ class _Plan:
         for o in outs:
             ids = o["ids"]
             for (_, t_e, dname, route, amt, dur) in o["sched"]:
+                given = np.broadcast_to(np.asarray(amt, float), ids.shape) > 0
                 parts.append(pd.DataFrame({"ID": ids, "TIME": t_e, "DRUG": dname, "ROUTE": route, "AMT": amt,
-                                           "DUR": dur, "KIND": "scheduled"}))
+                                           "DUR": dur, "KIND": "scheduled"})[given])
             dose = o["dose"]
             for i, it in enumerate(self.items):
                 pi, ki = np.nonzero(dose[:, :, i] > 0)
@@ -948,6 +972,7 @@ def _make_kernel(plan: _Plan):
 
     opts = plan.opts
     dt, t0, T = float(opts.dt_h), plan.t0, plan.T
+    k_abs0 = int(round(t0 / dt)) + (1 << 20)  # absolute index of the first grid point (offset keeps it >= 0)
     pain, dem = opts.pain, opts.demand
     gamma = float(opts.gamma)
     relaxed = bool(opts.relaxed)
@@ -1064,7 +1089,9 @@ def _make_kernel(plan: _Plan):
                     dose = avail * amtv
                     reg = jnp.concatenate([(avail * soft[:, 0])[:, None], reg[:, :-1]], axis=1)
                 else:
-                    uni = jax.random.uniform(jax.random.fold_in(key, k), (ni,), dtype=jnp.float32)
+                    # keyed by the absolute grid index round(t / dt), not the step number, so a regimen that
+                    # starts earlier (a pre-operative dose) sees the same demand draws after t = 0
+                    uni = jax.random.uniform(jax.random.fold_in(key, k + k_abs0), (ni,), dtype=jnp.float32)
                     req = uni < p
                     ok_rule = inwin & (y >= jnp.asarray(thr) - 1e-12)
                     amt = jnp.max(jnp.where(ok_rule, jnp.asarray(dosev), 0.0), axis=1)

@@ -9,6 +9,7 @@ hand-computed limits in ``test_regimens.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -196,3 +197,25 @@ def test_cli_optimize_writes_outputs_and_refuses_overwrite(tmp_path):
     assert again.exit_code == 1 and "--force" in cli_output(again) and "Traceback" not in cli_output(again)
     missing = runner.invoke(app, ["optimize", "--patient", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "x")])
     assert missing.exit_code == 1 and "does not exist" in cli_output(missing)
+
+
+def test_dose_weights_equal_separate_regimens():
+    """simulate_regimen(superset, dose_weights=W) gives each patient exactly the outcomes of the regimen
+    with its own doses (same IDs, hence the same variability and demand draws): 1e-9 relative."""
+    from regimens import get_regimen
+
+    prn = get_regimen("C1").prn
+    items = (Scheduled(drug="acetaminophen", route="po", dose_mg=1000.0, every_h=6.0, start_h=0.0),
+             Scheduled(drug="ketorolac", route="iv", dose_mg=30.0, every_h=6.0, start_h=0.0, stop_h=47.0),
+             Scheduled(drug="bupivacaine_liposomal", route="infiltration", dose_mg=266.0, start_h=-0.25))
+    sup = Regimen(name="sup", scheduled=items, prn=prn)
+    W = np.array([[1.0, 0.0, 1.0], [0.5, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    pop = _pop(3)
+    both = simulate_regimen(sup, pop, seed=5, dose_weights=W).patients
+    for i in range(3):
+        own = tuple(dataclasses.replace(it, dose_mg=it.dose_mg * w) for it, w in zip(items, W[i]) if w > 0)
+        alone = simulate_regimen(Regimen(name=f"p{i}", scheduled=own, prn=prn), pop.iloc[[i]], seed=5).patients
+        for k in ("MME_0_72", "TIT3", "PAIN_AUC", "P_OIRD", "PEAK_BUPI", "N_PRN"):
+            assert both[k].iloc[i] == pytest.approx(alone[k].iloc[0], rel=1e-9, abs=1e-12), (i, k)
+    with pytest.raises(Exception, match="dose_weights"):
+        simulate_regimen(sup, pop, seed=5, dose_weights=np.ones((3, 2)))
