@@ -33,6 +33,7 @@ Optimization of conditional value-at-risk. J Risk 2000;2:21-41.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -49,10 +50,12 @@ from ._descent import projected_descent
 from ._model import PRN, Regimen, Scheduled
 from .limits import DoseCaps, check_regimen, dose_caps
 
-__all__ = ["DEFAULT_PRODUCTS", "DecisionSpace", "Slot", "OptimizeSettings", "Proposal", "optimize_patient",
-           "InfeasibleError", "explain"]
+__all__ = ["DEFAULT_PRODUCTS", "DecisionSpace", "Slot", "OptimizeSettings", "Proposal", "PopulationProposal",
+           "optimize_patient", "optimize_population", "InfeasibleError", "explain"]
 
-#: Products the optimizer may use by default (one NSAID at a time: see ``OptimizeSettings.nsaid_choices``).
+#: Products the optimizer may use by default. NSAIDs never overlap: a later NSAID in the list (celecoxib)
+#: is only scheduled after the course of an earlier one (ketorolac, <= 48 h in fusion surgery) has ended,
+#: or throughout when the earlier one is not allowed for the patient.
 DEFAULT_PRODUCTS: tuple[str, ...] = ("acetaminophen/po", "gabapentin/po", "bupivacaine_liposomal/infiltration",
                                      "ketamine/iv", "ketorolac/iv", "celecoxib/po")
 #: NSAIDs: never two at once (additive GI/renal/bleeding risk).
@@ -128,6 +131,14 @@ class DecisionSpace:
                 times = list(np.arange(first, horizon_h - 1e-9, step))
                 if math.isfinite(cap.max_duration_h):
                     times = [t for t in times if t - first <= cap.max_duration_h - step + 1e-9]
+            if prod.drug in NSAIDS:  # never two NSAIDs at once: a later one starts after the earlier course
+                prior = [sl for sl in slots if sl.product.drug in NSAIDS and sl.product.drug != prod.drug]
+                if prior:
+                    last = max(sl.time_h + float(sl.product.every_h or 0.0) for sl in prior)
+                    times = [t for t in times if t >= last - 1e-9]
+                    if not times:
+                        excluded[key] = f"another NSAID ({prior[0].product.drug}) covers the whole horizon"
+                        continue
             slots += [Slot(prod, float(t), (0.0,) + choices) for t in times]
         return DecisionSpace(slots, tuple(rescue), caps, excluded, horizon_h)
 
@@ -206,7 +217,6 @@ class OptimizeSettings:
     steps: int = 60
     learning_rate: float = 0.1
     dt_h: float = 0.25
-    nsaid_choices: tuple[str | None, ...] | None = None  # default: each allowed NSAID product, and none
 
 
 @dataclass
@@ -271,33 +281,42 @@ class Proposal:
 
 
 # --------------------------------------------------------------------------------------------------------
-_LOSSES: dict[Callable, tuple[Callable, Callable]] = {}
+_PROGRAMS: dict[Callable, tuple[Callable, Callable, Callable]] = {}
 
 
-def _loss_and_projection(outcomes: Callable) -> tuple[Callable, Callable]:
-    """Loss and projection functions for one compiled outcomes program (cached so that projected_descent
-    reuses its compiled step for every patient with the same structure)."""
-    if outcomes in _LOSSES:
-        return _LOSSES[outcomes]
+def _programs(outcomes: Callable) -> tuple[Callable, Callable, Callable]:
+    """(per-patient loss vector, summed loss, projection) for one compiled outcomes program, cached so that
+    projected_descent reuses its compiled step for every population with the same structure.
 
-    def loss(x, data, c):
-        out = outcomes(x, c["rescue"], data)
-        short = jax.nn.relu(c["tit_target"] - jnp.mean(out["TIT3"]))
-        oird = jax.nn.relu(jnp.mean(out["OIRD_HAZARD"]) / c["oird_ref"] - 1.0)
-        return (jnp.mean(out["MME_0_72"]) + c["pain_weight"] * jnp.mean(out["PAIN_EXCESS"])
-                + c["sedation_weight"] * jnp.mean(out["SEDATION_MAX"])
+    ``X`` is (P, n_slots) (fractions of each slot's reference amount); the population has P x S rows,
+    patient p's draws in rows p*S ... p*S + S - 1."""
+    if outcomes in _PROGRAMS:
+        return _PROGRAMS[outcomes]
+
+    def loss_vec(X, data, c):
+        P = X.shape[0]
+        out = outcomes(X[c["row_patient"]], c["rescue"], data)
+
+        def m(k):
+            return jnp.mean(out[k].reshape(P, -1), axis=1)
+
+        short = jax.nn.relu(c["tit_target"] - m("TIT3"))
+        oird = jax.nn.relu(m("OIRD_HAZARD") / c["oird_ref"] - 1.0)
+        return (m("MME_0_72") + c["pain_weight"] * m("PAIN_EXCESS") + c["sedation_weight"] * m("SEDATION_MAX")
                 + c["tit_penalty"] * short ** 2 + c["oird_penalty"] * oird ** 2)
 
-    def project(x, data, c):
-        x = jnp.clip(x, 0.0, 1.0)
-        amt = x * c["ref"]
-        load = c["W"] @ amt
-        ratio = jnp.where(load > c["caps"], c["caps"] / jnp.maximum(load, 1e-12), 1.0)
-        scale = jnp.min(jnp.where(c["W"] > 0, ratio[:, None], 1.0), axis=0)
-        return x * scale
+    def loss(X, data, c):
+        return jnp.sum(loss_vec(X, data, c))
 
-    _LOSSES[outcomes] = (loss, project)
-    return loss, project
+    def project(X, data, c):
+        X = jnp.clip(X, 0.0, c["U"])
+        load = (X * c["ref"]) @ c["W"].T  # (P, n_constraints), mg
+        ratio = jnp.where(load > c["caps"], c["caps"] / jnp.maximum(load, 1e-12), 1.0)
+        scale = jnp.min(jnp.where(c["W"][None, :, :] > 0, ratio[:, :, None], 1.0), axis=1)
+        return X * scale
+
+    _PROGRAMS[outcomes] = (loss_vec, loss, project)
+    return _PROGRAMS[outcomes]
 
 
 def _draws_frame(covariates: Mapping[str, Any], n: int) -> pd.DataFrame:
@@ -321,8 +340,7 @@ def _round(space: DecisionSpace, amounts: np.ndarray) -> list[np.ndarray]:
             k = base.copy()
             for i in idx:
                 k[i] = int(np.clip(k[i] + d, 0, len(space.slots[i].choices_mg) - 1))
-            if not np.array_equal(k, base):
-                cands.append(k)
+            cands.append(k)  # kept even when equal to base: every patient has the same candidate count
     return [np.array([space.slots[i].choices_mg[j] for i, j in enumerate(k)]) for k in cands]
 
 
@@ -347,6 +365,232 @@ def _repair(space: DecisionSpace, amounts: np.ndarray, covariates, phenotypes, f
     raise InfeasibleError("could not repair the schedule to satisfy every label limit")  # pragma: no cover
 
 
+@dataclass
+class PopulationProposal:
+    """Result of :func:`optimize_population`.
+
+    Attributes
+    ----------
+    spaces
+        Each patient's :class:`DecisionSpace`.
+    amounts
+        Each patient's chosen amounts (mg) of the slots of their own space.
+    patients
+        One row per patient: ``ID``, covariates, and for ``proposal``, ``C0``, ``C1`` the means over the
+        patient's draws of ``MME_0_72`` (mg), ``TIT3``, ``PAIN_AUC``, ``P_OIRD``, ``P_PONV`` and the largest
+        ``LAST_INDEX`` (columns ``<outcome>_<regimen>``), ``MME_P90_<regimen>``, plus ``SAFE`` (every hard
+        check passed) and ``WHY`` (the failed checks, empty when safe).
+    draws
+        The exact simulations (``"proposal"``, ``"C0"``, ``"C1"`` -> PopulationResult over P x S rows).
+    superset, weights
+        The common superset regimen and the per-row dose weights of the proposals.
+    times
+        Seconds per stage.
+    """
+
+    spaces: list
+    amounts: list
+    patients: pd.DataFrame
+    draws: dict
+    superset: Regimen
+    weights: np.ndarray
+    times: dict
+
+
+def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | None = None, *,
+                        fusion: bool = True, progress: Callable[[str], None] | None = None) -> PopulationProposal:
+    """Optimize every patient of a population at once (see the module docstring).
+
+    All patients share one superset structure (every slot any patient may use); a patient's own caps
+    enter as per-patient bounds and cap vectors, so one compiled program serves the whole population and
+    the gradient of the summed loss is each patient's own gradient. Memory grows with patients x draws;
+    call it on chunks of patients for large trials (``pkpd trial`` does).
+
+    Parameters
+    ----------
+    population
+        One row per patient (``ID`` and covariates as :func:`pkpd.patients.spine72_population`).
+    settings
+        :class:`OptimizeSettings` (``draws`` per patient).
+    fusion
+        Apply the spinal-fusion ketorolac caps.
+    progress
+        ``progress(text)`` before each stage.
+
+    Returns
+    -------
+    PopulationProposal
+
+    Raises
+    ------
+    InfeasibleError
+        A patient for whom no product is allowed (the message names the patient and why).
+    """
+    import time
+
+    from pkpd.regimen_sim import SimOptions, relaxed_program, simulate_regimen
+
+    from .io import get_regimen
+
+    st = settings or OptimizeSettings()
+    say = progress or (lambda text: None)
+    times: dict[str, float] = {}
+    t_start = time.perf_counter()
+    pop = population.reset_index(drop=True)
+    P, S = len(pop), int(st.draws)
+    covs = [{k: v for k, v in r.items() if k != "ID"} for r in pop.to_dict(orient="records")]
+    spaces = [DecisionSpace.build(c, None, st.products, fusion=fusion) for c in covs]
+    for p, sp in enumerate(spaces):
+        if not sp.slots:
+            raise InfeasibleError(f"patient {pop['ID'].iloc[p]}: no product is allowed: " + "; ".join(
+                f"{k}: {v}" for k, v in sp.excluded.items()))
+    # the superset: every (product, time) any patient may use, in product order then time
+    keys = sorted({(sl.product.key, round(sl.time_h, 6)) for sp in spaces for sl in sp.slots},
+                  key=lambda kt: (list(st.products).index(kt[0]), kt[1]))
+    col = {kt: j for j, kt in enumerate(keys)}
+    prods = [get_product(k) for k, _ in keys]
+    items = tuple(Scheduled(drug=pr.drug, route=pr.route, start_h=t,
+                            **({"dose_mg_per_kg": pr.strengths_mg[-1]} if pr.per_kg else
+                               {"dose_mg": pr.strengths_mg[-1]})) for pr, (_, t) in zip(prods, keys))
+    superset = Regimen(name="superset", scheduled=items, prn=spaces[0].rescue, horizon_h=spaces[0].horizon_h,
+                       description="every slot any patient may use, at the largest strength")
+    n = len(keys)
+    REF = np.array([[pr.strengths_mg[-1] * (float(c["WT"]) if pr.per_kg else 1.0) for pr in prods] for c in covs])
+    U = np.zeros((P, n))
+    for p, sp in enumerate(spaces):
+        for sl in sp.slots:
+            j = col[(sl.product.key, round(sl.time_h, 6))]
+            U[p, j] = sl.reference_mg / REF[p, j]
+    # daily / total caps on the superset slots, per patient
+    W_rows, cap_rows = [], []
+    drugs = sorted({pr.drug for pr in prods})
+    for d in drugs:
+        idx = [j for j, pr in enumerate(prods) if pr.drug == d]
+        tt = np.array([keys[j][1] for j in idx])
+        daily = np.array([min([sp.caps[k].max_daily_mg for k in sp.caps if get_product(k).drug == d] or [np.inf])
+                          for sp in spaces])
+        total = np.array([min([sp.caps[k].max_total_mg for k in sp.caps if get_product(k).drug == d] or [np.inf])
+                          for sp in spaces])
+        if np.isfinite(daily).any():
+            for t0 in np.unique(tt):
+                w = np.zeros(n)
+                w[[j for j, tj in zip(idx, tt) if t0 <= tj < t0 + 24.0 - 1e-9]] = 1.0
+                W_rows.append(w)
+                cap_rows.append(daily)
+        if np.isfinite(total).any():
+            w = np.zeros(n)
+            w[idx] = 1.0
+            W_rows.append(w)
+            cap_rows.append(total)
+    W = np.array(W_rows) if W_rows else np.zeros((1, n))
+    CAPS = np.stack(cap_rows, axis=1) if cap_rows else np.full((P, 1), np.inf)
+    CAPS = np.where(np.isfinite(CAPS), CAPS, 1e12)
+    rows = pd.DataFrame([covs[p] for p in range(P) for _ in range(S)])
+    rows.insert(0, "ID", np.arange(1, P * S + 1))
+    row_patient = np.repeat(np.arange(P), S)
+    times["setup_s"] = time.perf_counter() - t_start
+
+    say("comparators C0 and C1 (exact)")
+    t0 = time.perf_counter()
+    comps = {name: simulate_regimen(get_regimen(name), rows, seed=st.seed) for name in ("C0", "C1")}
+    c1p = comps["C1"].patients
+    tit_target = c1p["TIT3"].to_numpy().reshape(P, S).mean(1) - st.tit_slack
+    times["comparators_s"] = time.perf_counter() - t0
+
+    say("continuous stage")
+    t0 = time.perf_counter()
+    opts = SimOptions(dt_h=st.dt_h)
+    c1_reg = get_regimen("C1")
+    c1_out, c1_data, c1_ns, c1_nr = relaxed_program(c1_reg, rows, seed=st.seed, options=opts)
+    h_c1 = np.asarray(_jit(c1_out)(jnp.ones(c1_ns), jnp.ones(max(c1_nr, 1)), c1_data)["OIRD_HAZARD"])
+    oird_ref = np.maximum(h_c1.reshape(P, S).mean(1), 1e-300)
+    outcomes, data, n_sched, n_resc = relaxed_program(superset, rows, seed=st.seed, options=opts)
+    c = {"rescue": jnp.ones(max(n_resc, 1)), "tit_target": jnp.asarray(tit_target),
+         "pain_weight": jnp.asarray(st.pain_weight), "tit_penalty": jnp.asarray(st.tit_penalty),
+         "sedation_weight": jnp.asarray(st.sedation_weight), "oird_penalty": jnp.asarray(st.oird_penalty),
+         "oird_ref": jnp.asarray(oird_ref), "ref": jnp.asarray(REF), "U": jnp.asarray(U), "W": jnp.asarray(W),
+         "caps": jnp.asarray(CAPS), "row_patient": jnp.asarray(row_patient)}
+    loss_vec, loss, project = _programs(outcomes)
+    res = projected_descent(loss, 0.8 * U, args=(data, c), project=project, steps=st.steps,
+                            learning_rate=st.learning_rate)
+    X = np.asarray(res.x)
+    times["continuous_s"] = time.perf_counter() - t0
+
+    say("rounding to strengths and label checks")
+    t0 = time.perf_counter()
+
+    def own(p, Xp):  # superset fractions -> the patient's own slot amounts (mg)
+        return np.array([Xp[col[(sl.product.key, round(sl.time_h, 6))]] * REF[p, col[(sl.product.key,
+                                                                                         round(sl.time_h, 6))]]
+                         for sl in spaces[p].slots])
+
+    def to_superset(p, amounts):
+        Xp = np.zeros(n)
+        for sl, a in zip(spaces[p].slots, amounts):
+            j = col[(sl.product.key, round(sl.time_h, 6))]
+            Xp[j] = a / REF[p, j]
+        return Xp
+
+    cand = [[_repair(spaces[p], a, covs[p], None, fusion)[0] for a in _round(spaces[p], own(p, X[p]))]
+            for p in range(P)]
+    K = max(len(cp) for cp in cand)
+    vals = np.full((K, P), np.inf)
+    lv = _jit(loss_vec)
+    for k in range(K):
+        Xk = np.array([to_superset(p, cand[p][min(k, len(cand[p]) - 1)]) for p in range(P)])
+        vals[k] = np.asarray(lv(jnp.asarray(Xk), data, c))
+    choice = np.argmin(vals, axis=0)
+    amounts = [cand[p][min(int(choice[p]), len(cand[p]) - 1)] for p in range(P)]
+    times["rounding_s"] = time.perf_counter() - t0
+
+    say("exact evaluation and safety checks")
+    t0 = time.perf_counter()
+    why = [[] for _ in range(P)]
+    for _attempt in range(3):
+        Wt = np.array([to_superset(p, amounts[p]) for p in range(P)])
+        prop = simulate_regimen(superset, rows, seed=st.seed, dose_weights=Wt[row_patient])
+        pp = prop.patients
+        last = (pp["LAST_INDEX"].to_numpy() >= 1.0).reshape(P, S).mean(1)
+        oird = pp["P_OIRD"].to_numpy().reshape(P, S).mean(1)
+        oird_c1 = c1p["P_OIRD"].to_numpy().reshape(P, S).mean(1)
+        why = [[] for _ in range(P)]
+        changed = False
+        for p in range(P):
+            if last[p] > st.last_risk:
+                why[p].append(f"LAST: {last[p]:.2%} of draws cross a bupivacaine toxicity threshold")
+                for i, sl in enumerate(spaces[p].slots):  # one strength down, then re-evaluate
+                    if sl.product.drug == "bupivacaine_liposomal" and amounts[p][i] > 0:
+                        ch = [x for x in sl.choices_mg if x < amounts[p][i]]
+                        amounts[p][i] = ch[-1] if ch else 0.0
+                        changed = True
+            if oird[p] > oird_c1[p] + st.oird_tolerance:
+                why[p].append(f"OIRD: mean risk {oird[p]:.2e} above C1's {oird_c1[p]:.2e}")
+                best = np.array([sl.reference_mg for sl in spaces[p].slots])  # fall back: every adjunct at its max
+                best = _repair(spaces[p], best, covs[p], None, fusion)[0]
+                if not np.array_equal(best, amounts[p]):
+                    amounts[p] = best
+                    changed = True
+        if not changed:
+            break
+    times["exact_s"] = time.perf_counter() - t0
+    out = pop.copy()
+    for name, r in (("proposal", pp), ("C0", comps["C0"].patients), ("C1", c1p)):
+        for k in ("MME_0_72", "TIT3", "PAIN_AUC", "P_OIRD", "P_PONV"):
+            out[f"{k}_{name}"] = r[k].to_numpy().reshape(P, S).mean(1)
+        out[f"MME_P90_{name}"] = np.quantile(r["MME_0_72"].to_numpy().reshape(P, S), 0.9, axis=1)
+        out[f"LAST_INDEX_{name}"] = r["LAST_INDEX"].to_numpy().reshape(P, S).max(1)
+    out["SAFE"] = [not w for w in why]
+    out["WHY"] = ["; ".join(w) for w in why]
+    times["total_s"] = time.perf_counter() - t_start
+    return PopulationProposal(spaces, amounts, out, {"proposal": prop, **comps}, superset, Wt[row_patient], times)
+
+
+def _subset(result, rows: np.ndarray):
+    """A PopulationResult restricted to some rows (plots of one patient's draws)."""
+    return dataclasses.replace(result, patients=result.patients.iloc[rows].reset_index(drop=True),
+                               nrs=result.nrs[rows], opioid_units=result.opioid_units[rows], bupi=result.bupi[rows])
+
+
 def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any] | None = None, *,
                      settings: OptimizeSettings | None = None, fusion: bool = True,
                      progress: Callable[[str], None] | None = None) -> Proposal:
@@ -356,10 +600,11 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
     ----------
     covariates
         The patient's covariates (``AGE`` y, ``WT`` kg, ``CRCL`` mL/min, ``HEPATIC``, genotype activity
-        scores ``CYP2D6_AS``/``CYP2C9_AS``, ``OPIOID_TOLERANT``, ``OSA``...) as in a population frame
+        scores ``CYP2D6_AS``/``CYP2C9_AS``, ``OPIOID_TOL``, ``OSA``...) as in a population frame
         (:meth:`pkpd.patients.Patient.to_row`).
     phenotypes
-        Gene -> phenotype for the CPIC rules; default: from the activity-score covariates.
+        Gene -> phenotype for the CPIC rules; only ``None`` (phenotypes from the activity-score
+        covariates) is supported by the batched optimizer; give the activity scores as covariates.
     settings
         :class:`OptimizeSettings`.
     fusion
@@ -374,94 +619,32 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
     Raises
     ------
     InfeasibleError
-        No allowed product remains, or no schedule reaches the time-in-target requirement; the message
-        says which.
+        No allowed product remains, or every candidate failed an exact safety check; the message says
+        which and why.
     """
-    from pkpd.regimen_sim import SimOptions, relaxed_program, simulate_regimen
-
-    from .io import get_regimen
-
+    if phenotypes is not None:
+        raise RegimenError("give genotypes as activity-score covariates (CYP2D6_AS, CYP2C9_AS); explicit "
+                           "phenotypes are not supported by the optimizer")
     st = settings or OptimizeSettings()
-    say = progress or (lambda text: None)
-    cov = dict(covariates)
-    space_all = DecisionSpace.build(cov, phenotypes, st.products, fusion=fusion)
-    if not space_all.slots:
-        raise InfeasibleError("no product is allowed for this patient: " + "; ".join(
-            f"{k}: {v}" for k, v in space_all.excluded.items()))
-    pop = _draws_frame(cov, st.draws)
-    say("comparators (exact)")
-    results = {name: simulate_regimen(get_regimen(name), pop, seed=st.seed) for name in ("C0", "C1")}
-    comps = {name: r.patients for name, r in results.items()}
-    tit_target = float(comps["C1"]["TIT3"].mean()) - st.tit_slack
-    opts = SimOptions(dt_h=st.dt_h)
-    c1_out, c1_data, _, _ = relaxed_program(get_regimen("C1"), pop, seed=st.seed, options=opts)
-    oird_ref = float(jnp.mean(_jit(c1_out)(jnp.ones(len(get_regimen("C1").scheduled)), jnp.ones(8), c1_data)
-                              ["OIRD_HAZARD"]))
-
-    nsaids = sorted({s.product.key for s in space_all.slots if s.product.drug in NSAIDS})
-    choices = st.nsaid_choices if st.nsaid_choices is not None else (tuple(nsaids) + (None,) if nsaids else (None,))
-    runs = []
-    for choice in choices:
-        keep = [k for k in st.products if k not in nsaids or k == choice]
-        space = DecisionSpace.build(cov, phenotypes, keep, fusion=fusion)
-        if not space.slots:
-            continue
-        say(f"continuous stage ({choice or 'no NSAID'})")
-        ref = space.reference
-        outcomes, data, n_sched, n_resc = relaxed_program(space.regimen(keep_zero=True), pop, seed=st.seed,
-                                                          options=opts)
-        W, caps = space.constraint_matrix()
-        c = {"rescue": jnp.ones(max(n_resc, 1)), "tit_target": jnp.asarray(tit_target),
-             "pain_weight": jnp.asarray(st.pain_weight), "tit_penalty": jnp.asarray(st.tit_penalty),
-             "sedation_weight": jnp.asarray(st.sedation_weight), "oird_penalty": jnp.asarray(st.oird_penalty),
-             "oird_ref": jnp.asarray(max(oird_ref, 1e-300)),
-             "ref": jnp.asarray(ref), "W": jnp.asarray(W), "caps": jnp.asarray(caps)}
-        loss, project = _loss_and_projection(outcomes)
-        res = projected_descent(loss, np.full(len(ref), 0.8), args=(data, c), project=project, steps=st.steps,
-                                learning_rate=st.learning_rate)
-        say(f"rounding ({choice or 'no NSAID'})")
-        cands = [_repair(space, a, cov, phenotypes, fusion)[0] for a in _round(space, res.x * ref)]
-        X = jnp.asarray(np.array(cands) / ref)
-        vals = np.asarray(_jit(jax.vmap(loss, in_axes=(0, None, None)))(X, data, c))
-        for j in np.argsort(vals):
-            runs.append((float(vals[j]), choice, space, cands[int(j)]))
-    if not runs:
-        raise InfeasibleError("no product set gives a schedule")
-    runs.sort(key=lambda r: r[0])
-
-    # exact evaluation and the hard safety checks, best candidate first
-    say("exact evaluation")
-    rejected = []
-    for _, choice, space, amounts in runs[:4]:
-        amounts, findings = _repair(space, amounts, cov, phenotypes, fusion)
-        for _attempt in range(3):
-            regimen = space.regimen(amounts)
-            prop_res = simulate_regimen(regimen, pop, seed=st.seed)
-            prop = prop_res.patients
-            why = _safety(prop, comps["C1"], st)
-            if not why or not why[0].startswith("LAST"):
-                break
-            lb = [i for i, sl in enumerate(space.slots) if sl.product.drug == "bupivacaine_liposomal" and amounts[i] > 0]
-            if not lb:
-                break
-            for i in lb:  # one strength down
-                ch = [x for x in space.slots[i].choices_mg if x < amounts[i]]
-                amounts[i] = ch[-1] if ch else 0.0
-        if not why:
-            break
-        rejected.append(f"{choice or 'no NSAID'}: {'; '.join(why)}")
-    else:
-        raise InfeasibleError("every candidate schedule failed an exact safety check: " + " | ".join(rejected))
-    comparison = _compare({"proposal": prop, **comps})
+    cov = {k: v for k, v in dict(covariates).items() if not isinstance(v, str)}
+    res = optimize_population(pd.DataFrame([{"ID": 1, **cov}]), st, fusion=fusion, progress=progress)
+    row = res.patients.iloc[0]
+    if not row["SAFE"]:
+        raise InfeasibleError(f"every candidate schedule failed an exact safety check: {row['WHY']}")
+    space, amounts = res.spaces[0], res.amounts[0]
+    _, findings = _repair(space, amounts, cov, None, fusion)
+    regimen = space.regimen(amounts)
+    rows = np.arange(st.draws)
+    outcomes = {k: _subset(v, rows) for k, v in res.draws.items()}
+    comparison = _compare({k: v.patients for k, v in outcomes.items()})
     sched = pd.DataFrame([{"time_h": sl.time_h, "drug": sl.product.drug, "route": sl.product.route, "dose_mg": a}
                           for sl, a in zip(space.slots, amounts) if a > 0])
-    notes = explain(cov, phenotypes, st.products, fusion=fusion)
-    notes += [f"rejected after exact simulation: {r}" for r in rejected]
-    tit = float(prop["TIT3"].mean())
-    if tit < tit_target - 1e-9:
-        notes.append(f"time in target {tit:.1%} is below the C1 target {tit_target:.1%} (C1 - {st.tit_slack:.0%}) in "
-                     "the exact evaluation: no allowed schedule reached it")
-    return Proposal(regimen, space, sched, comparison, {"proposal": prop_res, **results}, findings, notes)
+    notes = explain(cov, None, st.products, fusion=fusion)
+    tit_target = float(comparison.loc["C1", "TIT3"]) - st.tit_slack
+    if comparison.loc["proposal", "TIT3"] < tit_target - 1e-9:
+        notes.append(f"time in target {comparison.loc['proposal', 'TIT3']:.1%} is below the target {tit_target:.1%} "
+                     f"(C1 - {st.tit_slack:.0%}) in the exact evaluation: no allowed schedule reached it")
+    return Proposal(regimen, space, sched, comparison, outcomes, findings, notes)
 
 
 _JITS: dict[Any, Callable] = {}
@@ -472,17 +655,6 @@ def _jit(fn: Callable) -> Callable:
     if fn not in _JITS:
         _JITS[fn] = jax.jit(fn)
     return _JITS[fn]
-
-
-def _safety(prop: pd.DataFrame, c1: pd.DataFrame, st: OptimizeSettings) -> list[str]:
-    """Hard safety checks on the exact simulation: local-anaesthetic toxicity and OIRD against C1."""
-    out = []
-    p_last = float((prop["LAST_INDEX"] >= 1.0).mean())
-    if p_last > st.last_risk:
-        out.append(f"LAST: {p_last:.2%} of draws cross a bupivacaine toxicity threshold (allowed {st.last_risk:g})")
-    if float(prop["P_OIRD"].mean()) > float(c1["P_OIRD"].mean()) + st.oird_tolerance:
-        out.append(f"OIRD: mean risk {prop['P_OIRD'].mean():.2e} above C1's {c1['P_OIRD'].mean():.2e}")
-    return out
 
 
 #: The reference adult against which :func:`explain` states what is personal in a proposal.
