@@ -51,7 +51,7 @@ from ._model import PRN, Regimen, Scheduled
 from .limits import DoseCaps, check_regimen, dose_caps
 
 __all__ = ["DEFAULT_PRODUCTS", "DecisionSpace", "Slot", "OptimizeSettings", "Proposal", "PopulationProposal",
-           "optimize_patient", "optimize_population", "InfeasibleError", "explain"]
+           "optimize_patient", "optimize_population", "run_trial", "trial_summary", "plot_trial", "InfeasibleError", "explain"]
 
 #: Products the optimizer may use by default. NSAIDs never overlap: a later NSAID in the list (celecoxib)
 #: is only scheduled after the course of an earlier one (ketorolac, <= 48 h in fusion surgery) has ended,
@@ -744,3 +744,98 @@ def _compare(results: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
                      "TIT3": p["TIT3"].mean(), "PAIN_AUC": p["PAIN_AUC"].mean(), "P_OIRD": p["P_OIRD"].mean(),
                      "P_PONV": p["P_PONV"].mean(), "LAST_INDEX_max": p["LAST_INDEX"].max()})
     return pd.DataFrame(rows).set_index("regimen")
+
+
+def run_trial(n: int, seed: int, settings: OptimizeSettings | None = None, *, chunk: int = 50,
+              progress: Callable[[int, str], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The SPINE-72 virtual trial: optimize for every virtual patient and compare with C0 and C1.
+
+    Parameters
+    ----------
+    n, seed
+        Virtual patients and the population seed (:func:`pkpd.patients.spine72_population`).
+    settings
+        :class:`OptimizeSettings` (``draws`` variability draws per patient; the same draws score the
+        proposal and the comparators).
+    chunk
+        Patients optimized per batched call (bounds memory: rows = chunk x draws).
+    progress
+        ``progress(patients_done, stage)``.
+
+    Returns
+    -------
+    patients : DataFrame
+        One row per patient (see :class:`PopulationProposal`), plus ``SCHEDULE`` (the proposal in text).
+    summary : DataFrame
+        Mean 72-h MME, P90, time in target, pain AUC, OIRD and PONV risk, worst LAST index per regimen,
+        overall and by CYP2D6 and CYP2C9 phenotype stratum, with the MME reduction vs C0 and C1 (%) and the
+        number of patients whose proposal failed a hard check (``n_unsafe``).
+    times : dict
+        Seconds per stage, summed over chunks.
+    """
+    from pkpd.patients import spine72_population
+
+    st = settings or OptimizeSettings()
+    pop = spine72_population(n, seed)
+    parts, times = [], {}
+    done = 0
+    for start in range(0, n, chunk):
+        sub = pop.iloc[start:start + chunk]
+        res = optimize_population(sub, st, progress=(lambda s: progress(done, s)) if progress else None)
+        tab = res.patients.copy()
+        tab["SCHEDULE"] = [_schedule_text(sp, a) for sp, a in zip(res.spaces, res.amounts)]
+        parts.append(tab)
+        for k, v in res.times.items():
+            times[k] = times.get(k, 0.0) + v
+        done += len(sub)
+        if progress:
+            progress(done, "chunk done")
+    patients = pd.concat(parts, ignore_index=True)
+    return patients, trial_summary(patients), times
+
+
+def _schedule_text(space: DecisionSpace, amounts) -> str:
+    by: dict[str, list[str]] = {}
+    for sl, a in zip(space.slots, amounts):
+        if a > 0:
+            by.setdefault(sl.product.key, []).append(f"{a:g}@{sl.time_h:g}h")
+    return "; ".join(f"{k}: {', '.join(v)}" for k, v in by.items())
+
+
+def trial_summary(patients: pd.DataFrame) -> pd.DataFrame:
+    """Summary of a trial table (see :func:`run_trial`), overall and by genotype stratum."""
+    groups = [("all", patients)]
+    for col in ("CYP2D6_PHENO", "CYP2C9_PHENO"):
+        if col in patients:
+            groups += [(f"{col[:6]} {lvl}", g) for lvl, g in patients.groupby(col)]
+    rows = []
+    for label, g in groups:
+        for reg in ("proposal", "C0", "C1"):
+            rows.append({"stratum": label, "regimen": reg, "n": len(g), "MME_mean": g[f"MME_0_72_{reg}"].mean(),
+                         "MME_P90": g[f"MME_0_72_{reg}"].quantile(0.9), "TIT3": g[f"TIT3_{reg}"].mean(),
+                         "PAIN_AUC": g[f"PAIN_AUC_{reg}"].mean(), "P_OIRD": g[f"P_OIRD_{reg}"].mean(),
+                         "P_PONV": g[f"P_PONV_{reg}"].mean(), "LAST_INDEX_max": g[f"LAST_INDEX_{reg}"].max(),
+                         "MME_vs_C0_pct": 100 * (1 - g[f"MME_0_72_{reg}"].mean() / g["MME_0_72_C0"].mean()),
+                         "MME_vs_C1_pct": 100 * (1 - g[f"MME_0_72_{reg}"].mean() / max(g["MME_0_72_C1"].mean(),
+                                                                                        1e-12)),
+                         "n_unsafe": int((~g["SAFE"]).sum()) if reg == "proposal" else 0})
+    return pd.DataFrame(rows)
+
+
+def plot_trial(patients: pd.DataFrame, path) -> None:
+    """PNG: per-patient 72-h MME (log scale) and time in target for the proposal, C0 and C1."""
+    from pkpd.report import _fig
+
+    regs = ("C0", "C1", "proposal")
+    fig = _fig(10, 4)
+    a1, a2 = fig.subplots(1, 2)
+    a1.boxplot([patients[f"MME_0_72_{r}"] + 1.0 for r in regs], tick_labels=regs)
+    a1.set_yscale("log")
+    a1.set_ylabel("72-h MME + 1 (mg, per patient, mean over draws)")
+    a2.boxplot([100 * patients[f"TIT3_{r}"] for r in regs], tick_labels=regs)
+    a2.set_ylabel("time with NRS <= 3 (% of 0-72 h)")
+    for ax in (a1, a2):
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(f"SPINE-72 virtual trial, {len(patients)} patients")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
