@@ -219,3 +219,40 @@ def test_dose_weights_equal_separate_regimens():
             assert both[k].iloc[i] == pytest.approx(alone[k].iloc[0], rel=1e-9, abs=1e-12), (i, k)
     with pytest.raises(Exception, match="dose_weights"):
         simulate_regimen(sup, pop, seed=5, dose_weights=np.ones((3, 2)))
+
+
+def test_trial_small_is_safe_and_opioid_sparing(tmp_path):
+    """`pkpd trial` on 6 SPINE-72 patients x 4 draws (the 1,000-patient acceptance run is in
+    benchmarks/optimize.py): tables and chart written; every proposal passes every hard check, its
+    scheduled doses pass check_regimen for that patient, and mean 72-h MME is below C0's."""
+    from cli import app
+    from cli_helpers import cli_output, runner
+
+    out = tmp_path / "trial"
+    res = runner.invoke(app, ["trial", "--population", "6", "--seed", "3", "--draws", "4", "--steps", "5",
+                              "--chunk", "4", "--out", str(out)])
+    assert res.exit_code == 0, cli_output(res)
+    pat = pd.read_csv(out / "patients.csv")
+    summ = pd.read_csv(out / "summary.csv")
+    assert len(pat) == 6 and pat["SAFE"].all()
+    allp = summ[summ["stratum"] == "all"].set_index("regimen")
+    assert allp.loc["proposal", "MME_mean"] < allp.loc["C0", "MME_mean"]
+    assert allp.loc["proposal", "n_unsafe"] == 0
+    assert (out / "trial.png").is_file() and (out / "timings.json").is_file()
+    # the printed schedules are the ones that were checked: re-check two patients from the text
+    from pkpd.patients import spine72_population
+    from regimens.optimize import DecisionSpace, DEFAULT_PRODUCTS
+
+    pop = spine72_population(6, 3)
+    for i in (0, 5):
+        cov = {k: v for k, v in pop.iloc[i].to_dict().items() if k != "ID"}
+        space = DecisionSpace.build(cov, None, DEFAULT_PRODUCTS)
+        amounts = np.zeros(len(space.slots))
+        for part in str(pat["SCHEDULE"].iloc[i]).split("; "):
+            key, doses = part.split(": ")
+            for d in doses.split(", "):
+                a, t = d.rstrip("h").split("@")
+                j = next(j for j, sl in enumerate(space.slots) if sl.product.key == key and abs(sl.time_h - float(t)) < 1e-9)
+                amounts[j] = float(a)
+        sched = {sl.product.drug for sl, a in zip(space.slots, amounts) if a > 0}
+        assert not [f for f in check_regimen(space.regimen(amounts), cov) if f.drug in sched]

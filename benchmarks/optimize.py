@@ -1,0 +1,82 @@
+"""Optimizer benchmark (issue 5): one patient after compilation, and the SPINE-72 virtual trial.
+
+Prints, in one process:
+
+1. one patient (examples/patient_spine.toml, ``--draws`` draws): first call (compiles) and the median
+   of repeated calls after compilation, with the stage times;
+2. batching: ``--loop-n`` SPINE-72 patients optimized one at a time (each its own call, compiled programs
+   reused) vs the same patients in one batched call, as a ratio (same settings, same draws);
+3. the trial: ``--n`` patients x ``--draws`` draws in chunks of ``--chunk`` (``pkpd trial``), wall time
+   and stage times, and the acceptance figures (MME reduction vs C0 and C1, time in target vs C1,
+   proposals failing a hard check).
+
+Usage::
+
+    PYTHONPATH=. python benchmarks/optimize.py [--n 1000] [--draws 8] [--chunk 50] [--steps 30]
+
+Targets (issue 5, 2-core machine): <= 2 s per patient after compile; <= 10 minutes for 1,000 patients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import pkpd  # noqa: F401  (x64)
+from pkpd.patients import load_patient, spine72_population
+from regimens.optimize import OptimizeSettings, optimize_patient, optimize_population, run_trial
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--draws", type=int, default=8)
+    ap.add_argument("--chunk", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--loop-n", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args()
+    st = OptimizeSettings(draws=a.draws, steps=a.steps)
+
+    cov = load_patient("examples/patient_spine.toml").to_row()
+    t = time.perf_counter()
+    optimize_patient(cov, settings=st)
+    first = time.perf_counter() - t
+    reps = []
+    for _ in range(3):
+        t = time.perf_counter()
+        optimize_patient(cov, settings=st)
+        reps.append(time.perf_counter() - t)
+    print(f"one patient ({a.draws} draws, {a.steps} steps): first call {first:.1f} s; after compile "
+          f"{statistics.median(reps):.2f} s (median of 3: {', '.join(f'{r:.2f}' for r in reps)})")
+
+    pop = spine72_population(a.loop_n, a.seed)
+    optimize_population(pop, st)  # compile the batched shapes
+    t = time.perf_counter()
+    for i in range(a.loop_n):
+        optimize_population(pop.iloc[[i]], st)
+    loop = time.perf_counter() - t
+    t = time.perf_counter()
+    optimize_population(pop, st)
+    batch = time.perf_counter() - t
+    print(f"{a.loop_n} patients one at a time: {loop:.1f} s ({loop / a.loop_n:.2f} s/patient); batched: {batch:.1f} s "
+          f"({batch / a.loop_n:.2f} s/patient); batching speed-up {loop / batch:.1f}x")
+
+    t = time.perf_counter()
+    patients, summary, times = run_trial(a.n, a.seed, st, chunk=a.chunk)
+    wall = time.perf_counter() - t
+    allp = summary[summary["stratum"] == "all"].set_index("regimen")
+    p = allp.loc["proposal"]
+    print(f"trial: {a.n} patients x {a.draws} draws, chunks of {a.chunk}: {wall:.0f} s "
+          f"({wall / a.n:.2f} s/patient); stages {', '.join(f'{k} {v:.0f}' for k, v in times.items())}")
+    print(f"  mean 72-h MME: proposal {p['MME_mean']:.2f}, C0 {allp.loc['C0', 'MME_mean']:.1f}, "
+          f"C1 {allp.loc['C1', 'MME_mean']:.2f} mg -> {p['MME_vs_C0_pct']:.1f} % below C0, "
+          f"{p['MME_vs_C1_pct']:.1f} % below C1")
+    print(f"  time in target: proposal {100 * p['TIT3']:.1f} %, C1 {100 * allp.loc['C1', 'TIT3']:.1f} %; "
+          f"proposals failing a hard check: {int(p['n_unsafe'])}")
+    print(summary.to_string())
+
+
+if __name__ == "__main__":
+    main()
