@@ -626,6 +626,11 @@ def optimize_cmd(
     draws: int = typer.Option(32, "--draws", min=2, help="Variability draws of the patient."),
     steps: int = typer.Option(60, "--steps", min=1, help="Gradient steps per NSAID choice."),
     seed: int = typer.Option(0, "--seed", "-s", help="Seed of the variability draws."),
+    min_tit: Optional[float] = typer.Option(None, "--min-time-in-target", min=0.0, max=1.0,
+                                            help="Required mean fraction of 0-72 h with NRS <= 3 (e.g. 0.9)."),
+    products: Optional[str] = typer.Option(None, "--products", help="Comma-separated products the schedule may use "
+                                           "(drug/route, e.g. acetaminophen/po,gabapentin/po); default: the standard "
+                                           "multimodal set."),
     force: bool = typer.Option(False, "--force", "-f", help="Write into an existing non-empty output directory."),
 ) -> None:
     if not patient.is_file():
@@ -643,11 +648,16 @@ def optimize_cmd(
     console = Console(soft_wrap=True, highlight=False)
     try:
         from pkpd.patients import load_patient
+        from pkpd.drugs.products import get_product
         from regimens.optimize import OptimizeSettings, optimize_patient
 
         pt = load_patient(patient)
         with console.status("optimizing ...") as status:
-            prop = optimize_patient(pt.to_row(), settings=OptimizeSettings(draws=draws, steps=steps, seed=seed),
+            extra = {"products": tuple(x.strip() for x in products.split(",") if x.strip())} if products else {}
+            for key in extra.get("products", ()):
+                get_product(key)  # a clear error for an unknown product
+            prop = optimize_patient(pt.to_row(), settings=OptimizeSettings(draws=draws, steps=steps, seed=seed,
+                                                                           min_time_in_target=min_tit, **extra),
                                     progress=lambda text: status.update(f"optimizing: {text} ..."))
         written = prop.save(out_dir, force=True)
     except PKPDError as exc:

@@ -201,7 +201,10 @@ class OptimizeSettings:
     C1's; ``oird_tolerance`` absolute margin of the exact check P(OIRD) <= P(OIRD | C1) (1 in 100,000:
     the resolution of the check); ``last_risk`` largest allowed fraction of draws whose peak bupivacaine
     crosses a toxicity threshold (LAST index >= 1); ``steps``, ``learning_rate`` of projected Adam;
-    ``dt_h`` grid of the continuous stage (the exact evaluation uses the 5-min grid).
+    ``dt_h`` grid of the continuous stage (the exact evaluation uses the 5-min grid);
+    ``min_time_in_target`` an absolute requirement on the mean fraction of 0-72 h with NRS <= 3 (e.g.
+    0.9): it is added to the C1-based target, and :func:`optimize_patient` raises
+    :class:`InfeasibleError` with the reason when the exact evaluation of the best schedule misses it.
     """
 
     products: tuple[str, ...] = DEFAULT_PRODUCTS
@@ -214,6 +217,7 @@ class OptimizeSettings:
     oird_penalty: float = 1.0e3
     oird_tolerance: float = 1.0e-5
     last_risk: float = 1.0e-3
+    min_time_in_target: float | None = None
     steps: int = 60
     learning_rate: float = 0.1
     dt_h: float = 0.25
@@ -495,6 +499,8 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     comps = {name: simulate_regimen(get_regimen(name), rows, seed=st.seed) for name in ("C0", "C1")}
     c1p = comps["C1"].patients
     tit_target = c1p["TIT3"].to_numpy().reshape(P, S).mean(1) - st.tit_slack
+    if st.min_time_in_target is not None:
+        tit_target = np.maximum(tit_target, float(st.min_time_in_target))
     times["comparators_s"] = time.perf_counter() - t0
 
     say("continuous stage")
@@ -640,8 +646,17 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
     sched = pd.DataFrame([{"time_h": sl.time_h, "drug": sl.product.drug, "route": sl.product.route, "dose_mg": a}
                           for sl, a in zip(space.slots, amounts) if a > 0])
     notes = explain(cov, None, st.products, fusion=fusion)
+    got = float(comparison.loc["proposal", "TIT3"])
+    if st.min_time_in_target is not None and got < float(st.min_time_in_target) - 1e-9:
+        at_max = [f"{k}" for k in st.products if k not in space.excluded and any(
+            sl.product.key == k for sl in space.slots)]
+        raise InfeasibleError(
+            f"no allowed schedule keeps NRS <= 3 for {st.min_time_in_target:.0%} of 0-72 h for this patient: the best "
+            f"found reaches {got:.0%} (C1: {comparison.loc['C1', 'TIT3']:.0%}) with {', '.join(at_max)} within "
+            "their label maxima and as-needed rescue; more analgesia would need doses above a label limit or a "
+            "product not in the decision space" + (" (" + "; ".join(notes) + ")" if notes else ""))
     tit_target = float(comparison.loc["C1", "TIT3"]) - st.tit_slack
-    if comparison.loc["proposal", "TIT3"] < tit_target - 1e-9:
+    if got < tit_target - 1e-9:
         notes.append(f"time in target {comparison.loc['proposal', 'TIT3']:.1%} is below the target {tit_target:.1%} "
                      f"(C1 - {st.tit_slack:.0%}) in the exact evaluation: no allowed schedule reached it")
     return Proposal(regimen, space, sched, comparison, outcomes, findings, notes)

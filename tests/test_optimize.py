@@ -256,3 +256,38 @@ def test_trial_small_is_safe_and_opioid_sparing(tmp_path):
                 amounts[j] = float(a)
         sched = {sl.product.drug for sl, a in zip(space.slots, amounts) if a > 0}
         assert not [f for f in check_regimen(space.regimen(amounts), cov) if f.drug in sched]
+
+
+def test_adversarial_patients_end_to_end_are_safe():
+    """Every adversarial patient optimized in one batched call (4 draws, 5 steps): every proposal passes
+    the exact LAST and OIRD checks, and its scheduled doses pass check_regimen for that patient."""
+    from regimens.optimize import optimize_population
+
+    pop = pd.DataFrame([dict(BASE, **over) for over in ADVERSARIAL.values()])
+    pop.insert(0, "ID", np.arange(1, len(pop) + 1))
+    res = optimize_population(pop, OptimizeSettings(draws=4, steps=5))
+    assert res.patients["SAFE"].all(), res.patients["WHY"].tolist()
+    for p, (space, amounts) in enumerate(zip(res.spaces, res.amounts)):
+        cov = {k: v for k, v in pop.iloc[p].to_dict().items() if k != "ID"}
+        sched = {sl.product.drug for sl, a in zip(space.slots, amounts) if a > 0}
+        assert not [f for f in check_regimen(space.regimen(amounts), cov) if f.drug in sched], list(ADVERSARIAL)[p]
+        assert res.patients["LAST_INDEX_proposal"].iloc[p] < 1.0
+
+
+def test_unreachable_pain_target_is_explained():
+    """Gabapentin alone (within its label maximum) cannot keep NRS <= 3 for 99 % of 0-72 h: a clear
+    InfeasibleError naming the target, what was reached and why; from the CLI, exit 1 without traceback;
+    an unknown product is a one-line error."""
+    with pytest.raises(InfeasibleError, match="no allowed schedule keeps NRS <= 3 for 99%"):
+        optimize_patient(BASE, settings=OptimizeSettings(draws=2, steps=3, min_time_in_target=0.99,
+                                                         products=("gabapentin/po",)))
+    from cli import app
+    from cli_helpers import cli_output, runner
+
+    res = runner.invoke(app, ["optimize", "--patient", "examples/patient_spine.toml", "--draws", "2", "--steps", "3",
+                              "--min-time-in-target", "0.99", "--products", "gabapentin/po", "--out",
+                              "/tmp/pkpd_unreachable_test"])
+    assert res.exit_code == 1 and "no allowed schedule" in cli_output(res) and "Traceback" not in cli_output(res)
+    bad = runner.invoke(app, ["optimize", "--patient", "examples/patient_spine.toml", "--products", "aspirin/po",
+                              "--out", "/tmp/pkpd_unreachable_test2"])
+    assert bad.exit_code == 1 and "unknown product" in cli_output(bad) and "Traceback" not in cli_output(bad)
