@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from pkpd.patients import load_patient
-from pkpd.regimen_sim import SimOptions, relaxed_program, simulate_regimen
+from pkpd.regimen_sim import relaxed_program, simulate_regimen
 from regimens import Regimen, Scheduled, check_regimen, dose_caps
 from regimens.optimize import DecisionSpace, InfeasibleError, OptimizeSettings, explain, optimize_patient
 

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pandas as pd
-import pytest
 
 import pkpd
 from pkpd.engine import simulate_arrays
