@@ -24,7 +24,8 @@ demo: $(STAMP)
 	$(BIN)/pkpd simulate --regimen C1 --patient examples/patient_spine.toml --population 200 --seed 1 \
 		--out demo-out/C1_patient --force
 	$(BIN)/pkpd fit pkpd/datasets/theoph.csv --model examples/models/theoph.toml --out demo-out/theoph_fit --force
-	@echo "Wrote demo-out/: oxycodone IR+ER dataset simulation; C0 vs C1 in 500 SPINE-72 patients; C1 for the example patient; Theoph population fit"
+	$(BIN)/pkpd optimize --patient examples/patient_spine.toml --out demo-out/optimized --force
+	@echo "Wrote demo-out/: oxycodone IR+ER dataset simulation; C0 vs C1 in 500 SPINE-72 patients; C1 for the example patient; Theoph population fit; optimized schedule for the example patient (demo-out/optimized: schedule, comparison with C0/C1, why)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
