@@ -53,6 +53,15 @@ def _stderr():
     return Console(stderr=True, soft_wrap=True)
 
 
+def _check_out_dir(out_dir: Path, force: bool) -> None:
+    """Refuse an output path that is a file, or a non-empty directory without --force."""
+    if out_dir.exists() and not out_dir.is_dir():
+        _fail(f"the output path {out_dir} is a file; give a directory with --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        _fail(f"the output directory {out_dir} exists and is not empty; pass --force to overwrite its files, "
+              "or choose another --out")
+
+
 def _data_model_out(data: Path, what: str, model: Path, out: Optional[Path], suffix: str, force: bool) -> Path:
     """Check that DATA and --model are files and that --out may be written; return the output directory
     (default ``<DATA stem><suffix>`` in the working directory)."""
@@ -61,11 +70,7 @@ def _data_model_out(data: Path, what: str, model: Path, out: Optional[Path], suf
     if not model.is_file():
         _fail(f"the model file {model} does not exist or is not a file")
     out_dir = out if out is not None else Path.cwd() / f"{data.stem}{suffix}"
-    if out_dir.exists() and not out_dir.is_dir():
-        _fail(f"the output path {out_dir} is a file; give a directory with --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        _fail(f"the output directory {out_dir} exists and is not empty; pass --force to overwrite its files, "
-              "or choose another --out")
+    _check_out_dir(out_dir, force)
     return out_dir
 
 
@@ -636,11 +641,7 @@ def optimize_cmd(
     if not patient.is_file():
         _fail(f"the patient file {patient} does not exist or is not a file")
     out_dir = out if out is not None else Path.cwd() / f"{patient.stem}_optimized"
-    if out_dir.exists() and not out_dir.is_dir():
-        _fail(f"the output path {out_dir} is a file; give a directory with --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        _fail(f"the output directory {out_dir} exists and is not empty; pass --force to overwrite its files, "
-              "or choose another --out")
+    _check_out_dir(out_dir, force)
     from rich.console import Console
 
     from pkpd._errors import PKPDError
@@ -711,11 +712,7 @@ def trial_cmd(
     force: bool = typer.Option(False, "--force", "-f", help="Write into an existing non-empty output directory."),
 ) -> None:
     out_dir = out if out is not None else Path.cwd() / "spine72_trial"
-    if out_dir.exists() and not out_dir.is_dir():
-        _fail(f"the output path {out_dir} is a file; give a directory with --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        _fail(f"the output directory {out_dir} exists and is not empty; pass --force to overwrite its files, "
-              "or choose another --out")
+    _check_out_dir(out_dir, force)
     import json
 
     from rich.console import Console
