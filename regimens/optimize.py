@@ -697,6 +697,15 @@ def explain(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any] | None 
                 unit = "" if fld == "max_duration_h" else " mg"
                 lines.append(f"{key}: at most {a:g}{unit} {what} (reference adult {b:g}{unit}): {mine.reason(fld)}")
         lines += [f"{key}: {n}" for n in mine.notes]
+    from .limits import _phenotypes
+
+    for gene, ph in _phenotypes(phenotypes, covariates).items():
+        if ph.label != "normal" and not any(gene in line for line in lines):
+            lines.append(f"{gene} {ph.label} metabolizer: no CPIC rule applies to the products in the decision "
+                         f"space ({', '.join(products)})")
+    if not lines:
+        lines.append("nothing in this patient's genotype or covariates changed the allowed doses (reference adult "
+                     "limits apply)")
     return lines
 
 
