@@ -8,7 +8,8 @@ Prints, in one process:
    reused) vs the same patients in one batched call, as a ratio (same settings, same draws);
 3. the trial: ``--n`` patients x ``--draws`` draws in chunks of ``--chunk`` (``pkpd trial``), wall time
    and stage times, and the acceptance figures (MME reduction vs C0 and C1, time in target vs C1,
-   proposals failing a hard check).
+   proposals failing a hard check);
+4. the oracle gap (:func:`regimens.optimize.oracle_gap`) on ``--oracle-n`` patients.
 
 Usage::
 
@@ -25,7 +26,7 @@ import time
 
 import pkpd  # noqa: F401  (x64)
 from pkpd.patients import load_patient, spine72_population
-from regimens.optimize import OptimizeSettings, optimize_patient, optimize_population, run_trial
+from regimens.optimize import OptimizeSettings, optimize_patient, optimize_population, oracle_gap, run_trial
 
 
 def main() -> None:
@@ -36,6 +37,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--loop-n", type=int, default=10)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--oracle-n", type=int, default=200, help="patients of the oracle-gap run (0: skip)")
     a = ap.parse_args()
     st = OptimizeSettings(draws=a.draws, steps=a.steps)
 
@@ -76,6 +78,18 @@ def main() -> None:
     print(f"  time in target: proposal {100 * p['TIT3']:.1f} %, C1 {100 * allp.loc['C1', 'TIT3']:.1f} %; "
           f"proposals failing a hard check: {int(p['n_unsafe'])}")
     print(summary.to_string())
+
+    if a.oracle_n:
+        t = time.perf_counter()
+        g = oracle_gap(spine72_population(a.oracle_n, a.seed), st)
+        m = g.mean(numeric_only=True)
+        gap = 100 * (m["LOSS_prior"] - m["LOSS_oracle"]) / m["LOSS_oracle"]
+        print(f"oracle gap ({a.oracle_n} patients, true parameters = one unseen draw each, {time.perf_counter() - t:.0f} s): "
+              f"loss (MME + {st.pain_weight} x pain excess) prior-based {m['LOSS_prior']:.2f} vs oracle "
+              f"{m['LOSS_oracle']:.2f} ({gap:+.1f} %); MME {m['MME_prior']:.2f} vs {m['MME_oracle']:.2f} mg; time in "
+              f"target {100 * m['TIT3_prior']:.1f} vs {100 * m['TIT3_oracle']:.1f} %; C1 loss {m['LOSS_C1']:.2f}, "
+              f"C0 {m['LOSS_C0']:.2f}; patients whose schedules differ: "
+              f"{int((g['LOSS_prior'] != g['LOSS_oracle']).sum())}")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ from ._model import PRN, Regimen, Scheduled
 from .limits import DoseCaps, check_regimen, dose_caps
 
 __all__ = ["DEFAULT_PRODUCTS", "DecisionSpace", "Slot", "OptimizeSettings", "Proposal", "PopulationProposal",
-           "optimize_patient", "optimize_population", "run_trial", "trial_summary", "plot_trial", "InfeasibleError", "explain"]
+           "optimize_patient", "optimize_population", "run_trial", "trial_summary", "plot_trial", "oracle_gap", "InfeasibleError", "explain"]
 
 #: Products the optimizer may use by default. NSAIDs never overlap: a later NSAID in the list (celecoxib)
 #: is only scheduled after the course of an earlier one (ketorolac, <= 48 h in fusion surgery) has ended,
@@ -390,6 +390,9 @@ class PopulationProposal:
         The common superset regimen and the per-row dose weights of the proposals.
     times
         Seconds per stage.
+    rows, slot_index, reference_mg
+        The simulated rows, the superset column of each (product, time) and the per-patient reference
+        amounts (mg), used by :meth:`evaluate`.
     """
 
     spaces: list
@@ -399,10 +402,27 @@ class PopulationProposal:
     superset: Regimen
     weights: np.ndarray
     times: dict
+    rows: pd.DataFrame | None = None
+    slot_index: dict | None = None
+    reference_mg: np.ndarray | None = None
+
+    def evaluate(self, rows: pd.DataFrame, row_patient: np.ndarray, seed: int = 0):
+        """Exact simulation of each patient's chosen schedule on other rows (e.g. the patient's true
+        parameters): ``rows`` a population frame, ``row_patient`` the patient index of each row."""
+        from pkpd.regimen_sim import simulate_regimen
+
+        n = len(self.superset.scheduled)
+        Wt = np.zeros((len(self.spaces), n))
+        for p, (sp, am) in enumerate(zip(self.spaces, self.amounts)):
+            for sl, a in zip(sp.slots, am):
+                j = self.slot_index[(sl.product.key, round(sl.time_h, 6))]
+                Wt[p, j] = a / self.reference_mg[p, j]
+        return simulate_regimen(self.superset, rows, seed=seed, dose_weights=Wt[np.asarray(row_patient)])
 
 
 def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | None = None, *,
-                        fusion: bool = True, progress: Callable[[str], None] | None = None) -> PopulationProposal:
+                        fusion: bool = True, progress: Callable[[str], None] | None = None,
+                        row_ids: np.ndarray | None = None) -> PopulationProposal:
     """Optimize every patient of a population at once (see the module docstring).
 
     All patients share one superset structure (every slot any patient may use); a patient's own caps
@@ -420,6 +440,9 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
         Apply the spinal-fusion ketorolac caps.
     progress
         ``progress(text)`` before each stage.
+    row_ids
+        Optional (P, draws) simulation IDs of each patient's draws (they seed the variability and demand
+        draws); default ``1 .. P * draws``. :func:`oracle_gap` passes the virtual patients' own IDs.
 
     Returns
     -------
@@ -490,7 +513,12 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     CAPS = np.stack(cap_rows, axis=1) if cap_rows else np.full((P, 1), np.inf)
     CAPS = np.where(np.isfinite(CAPS), CAPS, 1e12)
     rows = pd.DataFrame([covs[p] for p in range(P) for _ in range(S)])
-    rows.insert(0, "ID", np.arange(1, P * S + 1))
+    if row_ids is None:
+        row_ids = np.arange(1, P * S + 1).reshape(P, S)
+    row_ids = np.asarray(row_ids)
+    if row_ids.shape != (P, S) or len(np.unique(row_ids)) != P * S:
+        raise RegimenError(f"row_ids must be {P} x {S} distinct IDs, got shape {row_ids.shape}")
+    rows.insert(0, "ID", row_ids.reshape(-1))
     row_patient = np.repeat(np.arange(P), S)
     times["setup_s"] = time.perf_counter() - t_start
 
@@ -588,7 +616,8 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     out["SAFE"] = [not w for w in why]
     out["WHY"] = ["; ".join(w) for w in why]
     times["total_s"] = time.perf_counter() - t_start
-    return PopulationProposal(spaces, amounts, out, {"proposal": prop, **comps}, superset, Wt[row_patient], times)
+    return PopulationProposal(spaces, amounts, out, {"proposal": prop, **comps}, superset, Wt[row_patient], times,
+                              rows, col, REF)
 
 
 def _subset(result, rows: np.ndarray):
@@ -863,3 +892,44 @@ def plot_trial(patients: pd.DataFrame, path) -> None:
     fig.suptitle(f"SPINE-72 virtual trial, {len(patients)} patients")
     fig.tight_layout()
     fig.savefig(path, format="png")
+
+
+def oracle_gap(population: pd.DataFrame, settings: OptimizeSettings | None = None, *,
+               true_id_offset: int = 10_000_000, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Value of knowing each patient: population-prior optimization vs the oracle, on the true patients.
+
+    Each virtual patient's *true* parameters are one fixed variability draw (simulation ID
+    ``true_id_offset + patient ID``), which the prior-based optimization never sees (it uses ``draws``
+    other draws of the same covariates). The oracle optimizes on the true draw alone. Both proposals, C0
+    and C1 are then simulated exactly on the true draw (same PRN demand draws).
+
+    Returns
+    -------
+    DataFrame
+        One row per patient: ``ID``, and for ``prior``, ``oracle``, ``C0``, ``C1``: ``MME_<r>`` (mg),
+        ``TIT3_<r>``, ``PAIN_EXCESS_<r>`` (NRS*h) and ``LOSS_<r>`` = MME + pain_weight x pain excess.
+    """
+    from pkpd.regimen_sim import simulate_regimen
+
+    from .io import get_regimen
+
+    st = settings or OptimizeSettings()
+    pop = population.reset_index(drop=True)
+    P = len(pop)
+    true_ids = true_id_offset + pop["ID"].to_numpy().astype(np.int64)
+    prior = optimize_population(pop, st, progress=progress)
+    oracle = optimize_population(pop, dataclasses.replace(st, draws=1), progress=progress,
+                                 row_ids=true_ids.reshape(P, 1))
+    truth = pop.copy()
+    truth["ID"] = true_ids
+    out = pd.DataFrame({"ID": pop["ID"]})
+    res = {"prior": prior.evaluate(truth, np.arange(P), st.seed).patients,
+           "oracle": oracle.evaluate(truth, np.arange(P), st.seed).patients,
+           "C0": simulate_regimen(get_regimen("C0"), truth, seed=st.seed).patients,
+           "C1": simulate_regimen(get_regimen("C1"), truth, seed=st.seed).patients}
+    for r, d in res.items():
+        out[f"MME_{r}"] = d["MME_0_72"].to_numpy()
+        out[f"TIT3_{r}"] = d["TIT3"].to_numpy()
+        out[f"PAIN_EXCESS_{r}"] = d["PAIN_EXCESS"].to_numpy()
+        out[f"LOSS_{r}"] = out[f"MME_{r}"] + st.pain_weight * out[f"PAIN_EXCESS_{r}"]
+    return out
