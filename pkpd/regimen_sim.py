@@ -375,9 +375,9 @@ def relaxed_program(regimen, population: pd.DataFrame, *, seed: int = 0, options
         ``MME_0_24``, ``OIRD_HAZARD`` (cumulative OIRD hazard before the OSA odds ratio) and
         ``SEDATION_MAX`` (smooth maximum of the sedation index)), a pure JAX function: jit it,
         differentiate it, vmap it. ``sched_mult`` may be (n_scheduled,) or (N, n_scheduled) (one row of
-        multipliers per population row, to optimize several patients in one call). The same function object is returned for every
-        regimen and population with the same drugs, rescue rules, grid and options, so a jitted caller
-        compiles once per structure and shapes, not once per patient.
+        multipliers per population row, to optimize several patients in one call). The same function
+        object is returned for every regimen and population with the same drugs, rescue rules, grid and
+        options, so a jitted caller compiles once per structure and shapes, not once per patient.
     data : dict
         Arrays of this regimen and population (pass as ``data``).
     n_scheduled, n_rescue : int
@@ -413,11 +413,16 @@ def relaxed_program(regimen, population: pd.DataFrame, *, seed: int = 0, options
     return _RELAXED_PROGRAMS[key], data, n_sched, len(plan.items)
 
 
+def _oird_rate(ae) -> float:
+    """Hourly OIRD hazard at the reference depression (1/h): the base 24-h incidence as a constant rate."""
+    return float(-np.log1p(-float(ae.oird_base.value)) / 24.0)
+
+
 def _relaxed_outcomes(kernel, n_sched: int, dt: float, tit_tau: float, seed: int, ae):
     import jax
     import jax.numpy as jnp
 
-    h_oird = float(-np.log1p(-float(ae.oird_base.value)) / 24.0)
+    h_oird = _oird_rate(ae)
     d_ref = float(ae.d_ref.value)
 
     def weights(mult, idx):
@@ -825,7 +830,7 @@ class _Plan:
         df["T_FIRST_RESCUE"] = first
         d = dep[:, post]
         df["MIN_VE"] = 1.0 - d.max(1)
-        h = float(-np.log1p(-float(ae.oird_base.value)) / 24.0)
+        h = _oird_rate(ae)
         cum = np.trapezoid((d / float(ae.d_ref.value)) ** 2, tp, axis=1) * h
         osa = df["OSA"].to_numpy(float) if "OSA" in df else np.zeros(len(df))
         p = 1.0 - np.exp(-cum)

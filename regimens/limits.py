@@ -41,7 +41,8 @@ from pkpd.drugs import Source
 from ._condition import Condition, RegimenError, format_number
 from ._model import ROUTE_DISPLAY, Regimen
 
-__all__ = ["LIMITS", "DoseCaps", "Finding", "LabelLimit", "check_regimen", "dose_caps", "format_findings", "limits_for"]
+__all__ = ["LIMITS", "DoseCaps", "Finding", "LabelLimit", "check_regimen", "dose_caps", "format_findings",
+           "limits_for"]
 
 _QUANTITIES = ("max_single_mg", "max_single_mg_per_kg", "max_daily_mg", "max_daily_mg_per_kg", "min_interval_h",
                "max_duration_h", "max_total_mg", "exclusive_window_h")
@@ -662,8 +663,8 @@ class DoseCaps:
 
     Amounts in mg (per-kg limits already multiplied by the weight), times in h; ``math.inf`` (or 0 for
     ``min_interval_h``) where no limit applies. ``forbidden`` is the reason the drug must not be given
-    at all (a contraindication or a CPIC 'avoid'), else ``None``. ``notes`` are the limits that could not
-    be checked (missing covariates) and CPIC dose-reduction advice without a numeric cap.
+    at all (a contraindication or a CPIC 'avoid'), else ``None``. ``unchecked`` are the limits that could
+    not be checked (missing covariates); ``notes`` CPIC dose-reduction advice without a numeric cap.
     """
 
     drug: str
@@ -675,7 +676,8 @@ class DoseCaps:
     min_interval_h: float = 0.0
     forbidden: str | None = None
     notes: tuple[str, ...] = ()
-    why: tuple[tuple[str, str], ...] = ()  # (field, the binding limit: population and source)
+    why: tuple[tuple[str, str], ...] = ()
+    unchecked: tuple[str, ...] = ()  # (field, the binding limit: population and source)
 
     def reason(self, name: str) -> str:
         """Which limit sets ``name`` (e.g. ``"max_single_mg"``), or ``""``."""
@@ -706,9 +708,10 @@ def dose_caps(drug: str, route: str, covariates: Mapping[str, Any], phenotypes: 
     name = get_drug(drug).name
     phen = _phenotypes(phenotypes, covariates)
     notes: list[str] = []
+    unchecked: list[str] = []
 
-    def add(sev, drug_, rule, msg, lim, src=None, unverified=False):
-        notes.append(msg)
+    def add(sev, drug_, rule, msg, lim, src=None, unverified=False):  # only "unchecked" findings come here
+        unchecked.append(msg)
 
     applicable = _applicable(name, {route}, covariates, phen, fusion, include_unverified, add)
     wt = float(covariates["WT"]) if "WT" in covariates else math.nan
@@ -737,7 +740,7 @@ def dose_caps(drug: str, route: str, covariates: Mapping[str, Any], phenotypes: 
     vals = (tight(("max_single_mg", "max_single_mg_per_kg"), math.inf),
             tight(("max_daily_mg", "max_daily_mg_per_kg"), math.inf), tight(("max_total_mg",), math.inf),
             tight(("max_duration_h",), math.inf), tight(("min_interval_h",), 0.0))
-    return DoseCaps(name, route, *vals, forbidden, tuple(notes), tuple(why.items()))
+    return DoseCaps(name, route, *vals, forbidden, tuple(notes), tuple(why.items()), tuple(unchecked))
 
 
 def _tightest(applicable: list[LabelLimit], fields: tuple[str, ...], route: str | None,

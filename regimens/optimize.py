@@ -1,29 +1,31 @@
-"""Personalized opioid-sparing schedules for one patient: continuous relaxation, rounding, exact checks.
+"""Personalized opioid-sparing schedules: continuous relaxation, rounding, exact checks.
 
-Pipeline of :func:`optimize_patient` (clinical.md section 4, "continuous optimisation, then
-discretisation"):
+Pipeline of :func:`optimize_population` (all patients of a batch at once) and :func:`optimize_patient`
+(one patient) (clinical.md section 4, "continuous optimisation, then discretisation"):
 
 1. **Decision space** (:class:`DecisionSpace`): for every product allowed for this patient
    (:mod:`pkpd.drugs.products`; a product is left out when its drug is contraindicated or CPIC says
    'avoid' for the patient's genotype), one slot per time of its dosing grid over 0-72 h (single
    intra-operative doses: one slot). Each slot's amount is one of the product's strengths that is within
-   the patient's label maximum single dose (:func:`regimens.dose_caps`). As-needed rescue (PRN) rules are
-   fixed (C1's by default).
-2. **Continuous stage**: slot amounts relaxed to ``x * reference`` with ``x`` in [0, 1]; PRN rescue by its
+   the patient's label maximum single dose (:func:`regimens.dose_caps`). NSAIDs never overlap (a later
+   one starts after an earlier one's course). As-needed rescue (PRN) rules are fixed (C1's by default).
+2. **Continuous stage**: slot amounts relaxed to ``x * reference`` with ``x`` in [0, the patient's bound]
+   on a superset of every patient's slots; PRN rescue by its
    expectation (:func:`pkpd.regimen_sim.relaxed_program`); objective = mean 72-h MME + ``pain_weight`` x
    mean pain burden (integral of (NRS - 3)+, NRS*h) + a quadratic penalty when the mean smooth
    time-in-target falls below the target, over ``draws`` variability draws of the patient (common
    random numbers: the same draws for every candidate and for the comparators). Projected Adam
    (:func:`regimens._descent.projected_descent`); the projection scales a drug's doses down whenever a
-   rolling-24-h or course total would exceed the patient's cap. One program is compiled per product set
-   and grid; later patients reuse it.
+   rolling-24-h or course total would exceed the patient's cap. One program is compiled per superset
+   structure and batch shape; later batches reuse it.
 3. **Rounding**: each slot to a dispensable strength, then the neighbouring discrete schedules (all
    slots of one drug one strength down or up) scored in one batched call; the best is kept.
 4. **Hard constraints re-checked** on the discrete schedule with :func:`regimens.check_regimen` (label
    maxima, intervals, durations, fusion caps, exclusivity, CPIC); any finding is repaired by lowering
    or dropping doses of that drug until none remains. A schedule with a finding is never returned.
-5. **Exact evaluation**: the proposal and the C0 and C1 comparators simulated with sampled PRN events
-   (:func:`pkpd.regimen_sim.simulate_regimen`) on the same draws.
+5. **Exact evaluation**: the proposals and the C0 and C1 comparators simulated with sampled PRN events
+   (:func:`pkpd.regimen_sim.simulate_regimen`, per-patient ``dose_weights``) on the same draws; local-
+   anaesthetic toxicity and OIRD risk are checked there (see :class:`OptimizeSettings`).
 
 References
 ----------
@@ -113,9 +115,8 @@ class DecisionSpace:
             if cap.forbidden:
                 excluded[key] = cap.forbidden
                 continue
-            unchecked = [n for n in cap.notes if "could not be checked" in n]
-            if unchecked:
-                excluded[key] = "; ".join(unchecked)
+            if cap.unchecked:  # a limit that cannot be checked (missing covariate): do not use the product
+                excluded[key] = "; ".join(cap.unchecked)
                 continue
             scale = float(covariates["WT"]) if prod.per_kg else 1.0
             choices = tuple(s * scale for s in prod.strengths_mg if s * scale <= cap.max_single_mg + 1e-9)
@@ -147,46 +148,14 @@ class DecisionSpace:
     def reference(self) -> np.ndarray:
         return np.array([s.reference_mg for s in self.slots])
 
-    def regimen(self, amounts_mg: Sequence[float] | None = None, name: str = "proposal",
-                keep_zero: bool = False) -> Regimen:
-        """The regimen giving ``amounts_mg`` (default: every slot at its reference) plus the rescue rules.
-        ``keep_zero`` keeps skipped slots as items (for a fixed compiled structure)."""
+    def regimen(self, amounts_mg: Sequence[float] | None = None, name: str = "proposal") -> Regimen:
+        """The regimen giving ``amounts_mg`` (default: every slot at its reference) plus the rescue rules;
+        skipped slots (amount 0) are left out."""
         amounts = self.reference if amounts_mg is None else np.asarray(amounts_mg, float)
-        items = []
-        for s, a in zip(self.slots, amounts):
-            if a <= 0 and not keep_zero:
-                continue
-            items.append(Scheduled(drug=s.product.drug, route=s.product.route, dose_mg=float(max(a, 1e-9)),
-                                   start_h=s.time_h))
+        items = [Scheduled(drug=s.product.drug, route=s.product.route, dose_mg=float(a), start_h=s.time_h)
+                 for s, a in zip(self.slots, amounts) if a > 0]
         return Regimen(name=name, scheduled=tuple(items), prn=self.rescue, horizon_h=self.horizon_h,
                        description=f"optimized schedule ({len(items)} scheduled doses)")
-
-    def constraint_matrix(self) -> tuple[np.ndarray, np.ndarray]:
-        """Linear caps on slot amounts (mg): rolling 24-h sums per drug (windows starting at every slot
-        time) and course totals. Returns ``W`` (n_constraints, n_slots) of 0/1 and caps (mg)."""
-        rows, caps = [], []
-        for key, cap in self.caps.items():
-            idx = [i for i, s in enumerate(self.slots) if s.product.key == key]
-            if not idx:
-                continue
-            # a drug's cap covers every route of it: sum all slots of the drug
-            drug = self.slots[idx[0]].product.drug
-            idx = [i for i, s in enumerate(self.slots) if s.product.drug == drug]
-            t = np.array([self.slots[i].time_h for i in idx])
-            if math.isfinite(cap.max_daily_mg):
-                for t0 in np.unique(t):
-                    w = np.zeros(len(self.slots))
-                    w[[i for i, ti in zip(idx, t) if t0 <= ti < t0 + 24.0 - 1e-9]] = 1.0
-                    rows.append(w)
-                    caps.append(cap.max_daily_mg)
-            if math.isfinite(cap.max_total_mg):
-                w = np.zeros(len(self.slots))
-                w[idx] = 1.0
-                rows.append(w)
-                caps.append(cap.max_total_mg)
-        if not rows:
-            return np.zeros((1, len(self.slots))), np.array([np.inf])
-        return np.array(rows), np.array(caps)
 
 
 @dataclass(frozen=True)
@@ -323,11 +292,16 @@ def _programs(outcomes: Callable) -> tuple[Callable, Callable, Callable]:
     return _PROGRAMS[outcomes]
 
 
-def _draws_frame(covariates: Mapping[str, Any], n: int) -> pd.DataFrame:
-    row = {k: v for k, v in covariates.items() if k != "ID"}
-    pop = pd.DataFrame([row] * n)
-    pop.insert(0, "ID", np.arange(1, n + 1))
-    return pop
+def _to_superset(columns: np.ndarray, amounts, reference_mg: np.ndarray, n: int) -> np.ndarray:
+    """A patient's slot amounts (mg) as fractions of the superset's reference amounts (0 elsewhere)."""
+    x = np.zeros(n)
+    x[columns] = np.asarray(amounts, float) / reference_mg[columns]
+    return x
+
+
+def _columns(space: DecisionSpace, col: Mapping[tuple[str, float], int]) -> np.ndarray:
+    """The superset column of each of the patient's slots."""
+    return np.array([col[(sl.product.key, round(sl.time_h, 6))] for sl in space.slots], dtype=int)
 
 
 def _round(space: DecisionSpace, amounts: np.ndarray) -> list[np.ndarray]:
@@ -412,11 +386,8 @@ class PopulationProposal:
         from pkpd.regimen_sim import simulate_regimen
 
         n = len(self.superset.scheduled)
-        Wt = np.zeros((len(self.spaces), n))
-        for p, (sp, am) in enumerate(zip(self.spaces, self.amounts)):
-            for sl, a in zip(sp.slots, am):
-                j = self.slot_index[(sl.product.key, round(sl.time_h, 6))]
-                Wt[p, j] = a / self.reference_mg[p, j]
+        Wt = np.array([_to_superset(_columns(sp, self.slot_index), am, self.reference_mg[p], n)
+                       for p, (sp, am) in enumerate(zip(self.spaces, self.amounts))])
         return simulate_regimen(self.superset, rows, seed=seed, dose_weights=Wt[np.asarray(row_patient)])
 
 
@@ -483,11 +454,10 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
                        description="every slot any patient may use, at the largest strength")
     n = len(keys)
     REF = np.array([[pr.strengths_mg[-1] * (float(c["WT"]) if pr.per_kg else 1.0) for pr in prods] for c in covs])
+    cols = [_columns(sp, col) for sp in spaces]
     U = np.zeros((P, n))
     for p, sp in enumerate(spaces):
-        for sl in sp.slots:
-            j = col[(sl.product.key, round(sl.time_h, 6))]
-            U[p, j] = sl.reference_mg / REF[p, j]
+        U[p, cols[p]] = sp.reference / REF[p, cols[p]]
     # daily / total caps on the superset slots, per patient
     W_rows, cap_rows = [], []
     drugs = sorted({pr.drug for pr in prods})
@@ -554,16 +524,10 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     t0 = time.perf_counter()
 
     def own(p, Xp):  # superset fractions -> the patient's own slot amounts (mg)
-        return np.array([Xp[col[(sl.product.key, round(sl.time_h, 6))]] * REF[p, col[(sl.product.key,
-                                                                                         round(sl.time_h, 6))]]
-                         for sl in spaces[p].slots])
+        return Xp[cols[p]] * REF[p, cols[p]]
 
     def to_superset(p, amounts):
-        Xp = np.zeros(n)
-        for sl, a in zip(spaces[p].slots, amounts):
-            j = col[(sl.product.key, round(sl.time_h, 6))]
-            Xp[j] = a / REF[p, j]
-        return Xp
+        return _to_superset(cols[p], amounts, REF[p], n)
 
     cand = [[_repair(spaces[p], a, covs[p], None, fusion)[0] for a in _round(spaces[p], own(p, X[p]))]
             for p in range(P)]
@@ -599,8 +563,7 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
                         changed = True
             if oird[p] > oird_c1[p] + st.oird_tolerance:
                 why[p].append(f"OIRD: mean risk {oird[p]:.2e} above C1's {oird_c1[p]:.2e}")
-                best = np.array([sl.reference_mg for sl in spaces[p].slots])  # fall back: every adjunct at its max
-                best = _repair(spaces[p], best, covs[p], None, fusion)[0]
+                best = _repair(spaces[p], spaces[p].reference, covs[p], None, fusion)[0]  # every adjunct at max
                 if not np.array_equal(best, amounts[p]):
                     amounts[p] = best
                     changed = True
@@ -667,8 +630,8 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
     if not row["SAFE"]:
         raise InfeasibleError(f"every candidate schedule failed an exact safety check: {row['WHY']}")
     space, amounts = res.spaces[0], res.amounts[0]
-    _, findings = _repair(space, amounts, cov, None, fusion)
     regimen = space.regimen(amounts)
+    findings = check_regimen(regimen, cov, None, fusion=fusion)
     rows = np.arange(st.draws)
     outcomes = {k: _subset(v, rows) for k, v in res.draws.items()}
     comparison = _compare({k: v.patients for k, v in outcomes.items()})
@@ -725,7 +688,7 @@ def explain(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any] | None 
             if a < b - 1e-9:
                 unit = "" if fld == "max_duration_h" else " mg"
                 lines.append(f"{key}: at most {a:g}{unit} {what} (reference adult {b:g}{unit}): {mine.reason(fld)}")
-        lines += [f"{key}: {n}" for n in mine.notes]
+        lines += [f"{key}: {n}" for n in (*mine.unchecked, *mine.notes)]
     from .limits import _phenotypes
 
     for gene, ph in _phenotypes(phenotypes, covariates).items():
