@@ -11,8 +11,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-.PHONY: install demo test test-slow bench
+.PHONY: install demo test test-slow bench chromium
 install: $(STAMP)
+
+# Headless Chromium renders the `pkpd report` pages in tests/test_report.py (Debian package `chromium`).
+# Installed with apt where it is missing and apt is available (CI runs as root on Debian); if that is not
+# possible the report tests fail and say how to install it.
+chromium:
+	@if [ ! -x /usr/bin/chromium ] && ! command -v chromium >/dev/null 2>&1; then \
+		if command -v apt-get >/dev/null 2>&1; then \
+			echo "installing chromium (headless browser for the report tests) with apt-get"; \
+			(DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium || \
+			 (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)) \
+			|| echo "warning: could not install chromium; tests/test_report.py will fail until it is installed"; \
+		else \
+			echo "warning: chromium is missing and apt-get is not available; tests/test_report.py will fail"; \
+		fi; \
+	fi
 
 demo: $(STAMP)
 	mkdir -p demo-out
@@ -27,7 +42,7 @@ demo: $(STAMP)
 	$(BIN)/pkpd optimize --patient examples/patient_spine.toml --out demo-out/optimized --force
 	@echo "Wrote demo-out/: oxycodone IR+ER dataset simulation; C0 vs C1 in 500 SPINE-72 patients; C1 for the example patient; Theoph population fit; optimized schedule for the example patient (demo-out/optimized: schedule, comparison with C0/C1, why)"
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-slow: $(STAMP)

@@ -1,6 +1,7 @@
 """Command-line interface of the pkpd toolkit.
 
-Commands: ``pkpd simulate``, ``pkpd fit``, ``pkpd forecast``, ``pkpd drugs``, ``pkpd models``, ``pkpd version``.
+Commands: ``pkpd simulate``, ``pkpd fit``, ``pkpd forecast``, ``pkpd drugs``, ``pkpd models``, ``pkpd report``,
+``pkpd version``.
 
 A thin Typer layer over :func:`pkpd.simulate` and :mod:`pkpd.models`: no science lives here. JAX and the
 ``pkpd`` package are imported inside the commands so that ``pkpd --help`` stays fast.
@@ -78,6 +79,16 @@ def _fail(message: str) -> None:
     """Print ``message`` to stderr as plain text (no markup interpretation) and exit with code 1."""
     _stderr().print(f"Error: {message}", markup=False, highlight=False, style="bold red")
     raise typer.Exit(code=1)
+
+
+def _manifest(path: Path, command: str, args: dict, inputs: dict, outputs=()) -> None:
+    """Write the run manifest (command, arguments, inputs with SHA-256, versions: :mod:`pkpd.manifest`)."""
+    from pkpd.manifest import write_manifest
+
+    try:
+        write_manifest(path, command, args, inputs=inputs, outputs=outputs)
+    except OSError as exc:
+        _fail(f"cannot write the run manifest {path}: {exc}")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -185,11 +196,12 @@ def simulate(
                                              f"(first {MAX_PLOTTED_SUBJECTS} subjects)."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite OUT and PLOT if they exist."),
 ) -> None:
+    args = dict(locals())
     if regimen is not None:
         if data is not None or params is not None or model is not None:
             _fail("--regimen simulates a regimen in a virtual population: do not also give DATA, --params or "
                   "--model (those are for dataset mode)")
-        _simulate_regimen(regimen, population, seed, patient, out, fmt, force)
+        _simulate_regimen(regimen, population, seed, patient, out, fmt, force, args)
         return
     if data is None or params is None:
         _fail("give DATA and --params (dataset mode) or --regimen (population mode); see `pkpd simulate --help`")
@@ -240,6 +252,11 @@ def simulate(
             _fail(f"cannot write the plot file {plot}: {exc}")
         more = f" (first {shown} of {n_subj} subjects)" if shown < n_subj else ""
         console.print(f"Plot of CP vs TIME -> {plot}{more}", markup=False)
+    from pkpd.manifest import manifest_path
+
+    regimen_only = ("regimen", "population", "seed", "patient", "fmt")
+    _manifest(manifest_path(out_path), "simulate", {k: v for k, v in args.items() if k not in regimen_only},
+              {"data": data, "params": params}, [out_path] + ([plot] if plot is not None else []))
 
 
 def _plot_cp(result, model_name: str, path: Path) -> int:
@@ -284,7 +301,7 @@ def _load_regimen(spec: str):
 
 
 def _simulate_regimen(spec: str, n: int, seed: int, patient: Optional[Path], out: Optional[Path], fmt: str,
-                      force: bool) -> None:
+                      force: bool, args: dict) -> None:
     from pkpd._errors import PKPDError
 
     if fmt not in ("csv", "parquet"):
@@ -338,6 +355,7 @@ def _simulate_regimen(spec: str, n: int, seed: int, patient: Optional[Path], out
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write the outputs: {exc}")
+    _manifest(out_dir / "run.json", "simulate", args, {"regimen": spec, "patient": patient}, written)
     for note in res.notes:
         console.print(f"note: {note}", markup=False)
     s = res.summary()
@@ -406,6 +424,7 @@ def fit_command(
                                         help="auto (exact for linear models, ODE otherwise), analytic or ode."),
     log_gof: bool = typer.Option(False, "--log-gof", help="Log axes in gof.png."),
 ) -> None:
+    args = dict(locals())
     out_dir = _data_model_out(data, "the dataset", model, out, "_fit", force)
 
     from rich.console import Console
@@ -445,6 +464,7 @@ def fit_command(
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write the outputs to {out_dir}: {exc}")
+    _manifest(out_dir / "run.json", "fit", args, {"data": data, "model": model}, written)
     console.print(res.summary_text(), markup=False)
     console.print(f"Wrote {len(written)} files to {out_dir} (fit and diagnostics took "
                   f"{res.times.get('total_s', 0):.1f} s)", markup=False)
@@ -638,6 +658,7 @@ def optimize_cmd(
                                            "multimodal set."),
     force: bool = typer.Option(False, "--force", "-f", help="Write into an existing non-empty output directory."),
 ) -> None:
+    args = dict(locals())
     if not patient.is_file():
         _fail(f"the patient file {patient} does not exist or is not a file")
     out_dir = out if out is not None else Path.cwd() / f"{patient.stem}_optimized"
@@ -665,6 +686,7 @@ def optimize_cmd(
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write the outputs: {exc}")
+    _manifest(out_dir / "run.json", "optimize", args, {"patient": patient}, written)
     console.print(f"Proposal for {patient.name} ({draws} variability draws, same draws for C0 and C1):", markup=False)
     c = prop.comparison
     console.print(f"{'':10s} {'MME mean':>9s} {'MME P90':>8s} {'NRS<=3':>7s} {'pain AUC':>9s} {'P(OIRD)':>9s} "
@@ -711,6 +733,7 @@ def trial_cmd(
     chunk: int = typer.Option(50, "--chunk", min=1, help="Patients per batched call (memory)."),
     force: bool = typer.Option(False, "--force", "-f", help="Write into an existing non-empty output directory."),
 ) -> None:
+    args = dict(locals())
     out_dir = out if out is not None else Path.cwd() / "spine72_trial"
     _check_out_dir(out_dir, force)
     import json
@@ -742,6 +765,8 @@ def trial_cmd(
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write the outputs: {exc}")
+    _manifest(out_dir / "run.json", "trial", args, {},
+              [out_dir / n for n in ("patients.csv", "summary.csv", "timings.json", "trial.png")])
     allp = summary[summary["stratum"] == "all"].set_index("regimen")
     console.print(f"SPINE-72 trial: {population} patients (seed {seed}), {draws} draws each, "
                   f"{times['total_s']:.0f} s", markup=False)
@@ -753,6 +778,39 @@ def trial_cmd(
                   f"time in target {100 * (p['TIT3'] - allp.loc['C1', 'TIT3']):+.1f} points vs C1; "
                   f"{int(p['n_unsafe'])} proposal(s) failed a hard check", markup=False)
     console.print(f"Wrote {out_dir}/patients.csv, summary.csv, trial.png, timings.json", markup=False)
+
+
+REPORT_HELP = """Write a self-contained HTML report of a run directory (no JavaScript, figures embedded).
+
+RUN_DIR is the output directory of `pkpd fit`, `pkpd optimize`, `pkpd trial` or
+`pkpd simulate --regimen`, or the output CSV of `pkpd simulate DATA` (or the
+directory holding it and its <stem>.run.json). The run type is detected from
+the files present. The report has the run's key tables (parameters and
+objective; comparison and schedule; trial summary by genotype stratum;
+outcome summary), its PNG figures, and the command, inputs (SHA-256) and
+package versions recorded in run.json.
+
+\b
+Default --out: RUN_DIR/report.html (<stem>.report.html beside a simulation CSV).
+"""
+
+
+@app.command("report", help=REPORT_HELP)
+def report_cmd(
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="Run directory (or dataset-simulation CSV).",
+                                   show_default=False),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report file (.html)."),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report file."),
+) -> None:
+    from pkpd._errors import PKPDError
+
+    try:
+        from pkpd.html_report import write_report
+
+        path = write_report(run_dir, out, force=force)
+    except PKPDError as exc:
+        _fail(str(exc))
+    typer.echo(f"Wrote {path}")
 
 
 @app.command()

@@ -1,0 +1,156 @@
+"""Run manifests: what command made a run directory, from which inputs, with which package versions.
+
+Every ``pkpd simulate``, ``fit``, ``optimize`` and ``trial`` run writes a ``run.json`` beside its outputs
+(:func:`write_manifest`); ``pkpd report`` reads it (:func:`read_manifest`) to state the inputs and
+versions of the run. A simulation of a NONMEM-format dataset writes one file, not a directory, so its
+manifest is ``<output stem>.run.json`` next to the output CSV (:func:`manifest_path`).
+
+Layout of ``run.json``::
+
+    {"manifest": 1,
+     "command": "fit",                         # the pkpd sub-command
+     "arguments": {"method": "laplace", ...},  # every option as given (paths as strings, enums by value)
+     "inputs": {"data": {"path": "/abs/DATA.csv", "sha256": "..." , "bytes": 1234}, ...},
+     "outputs": ["parameters.csv", ...],       # files written, relative to the manifest's directory
+     "versions": {"python": "3.11.2", "pkpd": "0.1.0", "jax": "...", ...},
+     "platform": "Linux-...-x86_64",
+     "created_utc": "2026-11-25T10:00:00Z"}
+
+>>> import tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> p = write_manifest(d / "run.json", "trial", {"population": 10})
+>>> read_manifest(p)["arguments"]
+{'population': 10}
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+import hashlib
+import json
+import platform
+import sys
+from collections.abc import Iterable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ._errors import PKPDError
+
+__all__ = ["MANIFEST_NAME", "PACKAGES", "file_sha256", "manifest_path", "package_versions", "read_manifest",
+           "write_manifest"]
+
+#: File name of the manifest inside a run directory.
+MANIFEST_NAME = "run.json"
+#: Distributions whose versions a manifest records (``None`` where one is not installed).
+PACKAGES = ("jax", "jaxlib", "numpy", "scipy", "pandas", "equinox", "diffrax", "numpyro", "arviz", "optax",
+            "matplotlib", "typer")
+_VERSION = 1
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 digest of the file at ``path`` (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of Python, ``pkpd`` and the :data:`PACKAGES` (``None`` for a package not installed)."""
+    import pkpd
+
+    out: dict[str, str | None] = {"python": platform.python_version(), "pkpd": pkpd.__version__}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def manifest_path(output_file: str | Path) -> Path:
+    """The manifest of a run whose output is one file: ``<stem>.run.json`` beside it
+    (``pkpd simulate DATA.csv --out sim.csv`` -> ``sim.run.json``). A run directory's is ``<dir>/run.json``."""
+    p = Path(output_file)
+    return p.with_name(f"{p.stem}.{MANIFEST_NAME}")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return _jsonable(value.value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def write_manifest(path: str | Path, command: str, arguments: Mapping[str, Any], *,
+                   inputs: Mapping[str, str | Path | None] | None = None,
+                   outputs: Iterable[str | Path] = ()) -> Path:
+    """Write a run manifest (layout in the module docstring) and return its path.
+
+    Parameters
+    ----------
+    path
+        The manifest file (``run.json`` in a run directory; see :func:`manifest_path`).
+    command
+        The ``pkpd`` sub-command, e.g. ``"simulate"``.
+    arguments
+        Every argument and option of the command as given (paths and enums are stored as strings).
+    inputs
+        Input role -> file path (``None`` entries are skipped): each is recorded with its absolute path,
+        SHA-256 digest and size in bytes, so a report can tell whether an input changed since the run.
+    outputs
+        Files the run wrote; stored relative to the manifest's directory where they lie inside it.
+    """
+    path = Path(path)
+    base = path.parent.resolve()
+    files: dict[str, dict[str, Any]] = {}
+    for role, p in (inputs or {}).items():
+        if p is None:
+            continue
+        q = Path(p)
+        if q.is_file():
+            files[role] = {"path": str(q.resolve()), "sha256": file_sha256(q), "bytes": q.stat().st_size}
+        else:  # a shipped name such as regimen C1: recorded as given
+            files[role] = {"path": str(p), "sha256": None, "bytes": None}
+    outs = []
+    for o in outputs:
+        q = Path(o).resolve()
+        try:
+            outs.append(str(q.relative_to(base)))
+        except ValueError:
+            outs.append(str(q))
+    doc = {
+        "manifest": _VERSION,
+        "command": str(command),
+        "arguments": _jsonable(dict(arguments)),
+        "inputs": files,
+        "outputs": outs,
+        "versions": package_versions(),
+        "platform": platform.platform(),
+        "argv": list(sys.argv),
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest at ``path`` as a dict; :class:`PKPDError` when it is not a readable manifest."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PKPDError(f"cannot read the run manifest {p}: {exc}") from None
+    if not isinstance(doc, dict) or "command" not in doc:
+        raise PKPDError(f"{p} is not a pkpd run manifest (no 'command' key)")
+    return doc

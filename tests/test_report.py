@@ -1,0 +1,229 @@
+"""`pkpd report` (pkpd.html_report) and the run manifests (pkpd.manifest), rendered in headless Chromium.
+
+One small run of each type is made once for the module through the CLI (a dataset simulation, a
+3-patient regimen simulation, a Laplace fit of a 6-subject IV study, one patient's optimization with 2
+draws and 2 steps, a 1-patient trial that reuses the optimizer's compiled programs), then each run's
+report is written and opened in Debian's headless Chromium: the screenshot must exist and not be one
+uniform colour, the rendered DOM must hold the run type's key tables (by ``id`` and header), and the
+browser must log no console message (the report has no JavaScript at all: a console line means an
+error). ``make test`` installs Chromium where it is missing (apt); without it these tests fail with the
+install command rather than skip, because CI is expected to have it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cli import app
+from cli_helpers import cli_output, runner
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--window-size=1200,2000", "--enable-logging=stderr", "--v=0"]
+
+#: Table ids (and one header of each) the rendered page must hold, per run type.
+KEY_TABLES = {
+    "simulate-dataset": {"subjects": "Cmax", "records": "CP"},
+    "simulate-population": {"summary": "outcome", "findings": "severity", "doses": "total_mg"},
+    "fit": {"parameters": "estimate", "objective": "value", "fit-info": "item", "nca": "CMAX"},
+    "optimize": {"comparison": "MME_mean", "schedule": "dose_mg"},
+    "trial": {"trial-overall": "MME_vs_C0_pct", "strata": "stratum", "timings": "seconds"},
+}
+COMMON_TABLES = {"arguments": "argument", "inputs": "sha256", "versions": "package", "files": "file"}
+
+FIT_MODEL = """
+[model]
+structure = "1cmt_iv"
+[parameters.CL]
+estimate = 1.5
+unit = "L/h"
+iiv = 0.1
+[parameters.V]
+estimate = 15.0
+unit = "L"
+[observations.conc]
+output = "CP"
+error = "proportional"
+proportional = 0.2
+unit = "mg/L"
+"""
+
+
+def _fit_data(path: Path) -> None:
+    """6 subjects, 100 mg IV bolus, 6 samples; CL 2 L/h (30 % IIV), V 20 L, 10 % proportional error."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for i in range(1, 7):
+        cl = 2.0 * np.exp(0.3 * rng.normal())
+        rows.append({"ID": i, "TIME": 0.0, "AMT": 100.0, "EVID": 1, "CMT": 1, "DV": 0.0, "MDV": 1})
+        for t in (0.5, 1.0, 2.0, 4.0, 8.0, 12.0):
+            c = 100.0 / 20.0 * np.exp(-cl / 20.0 * t) * (1.0 + 0.1 * rng.normal())
+            rows.append({"ID": i, "TIME": t, "AMT": 0.0, "EVID": 0, "CMT": 1, "DV": c, "MDV": 0})
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def _invoke(args: list[str]) -> None:
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, cli_output(res)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """kind -> the path to give `pkpd report` (the runs are made once, through the CLI)."""
+    d = tmp_path_factory.mktemp("report_runs")
+    (d / "sim").mkdir()
+    _invoke(["simulate", str(ROOT / "examples" / "oxycodone_postop.csv"), "--params",
+             str(ROOT / "examples" / "oxycodone_agema2021.toml"), "--out", str(d / "sim" / "oxy.csv"),
+             "--plot", str(d / "sim" / "oxy.png")])
+    _invoke(["simulate", "--regimen", "C1", "--population", "3", "--seed", "1", "--out", str(d / "pop")])
+    _fit_data(d / "iv.csv")
+    (d / "iv.toml").write_text(FIT_MODEL)
+    _invoke(["fit", str(d / "iv.csv"), "--model", str(d / "iv.toml"), "--out", str(d / "fit"),
+             "--vpc-replicates", "20", "--npde-replicates", "50"])
+    _invoke(["optimize", "--patient", str(ROOT / "examples" / "patient_spine.toml"), "--out", str(d / "opt"),
+             "--draws", "2", "--steps", "2"])
+    _invoke(["trial", "--population", "1", "--draws", "2", "--steps", "2", "--chunk", "1", "--out",
+             str(d / "trial")])
+    return {"simulate-dataset": d / "sim" / "oxy.csv", "simulate-population": d / "pop", "fit": d / "fit",
+            "optimize": d / "opt", "trial": d / "trial"}
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    exe = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None)
+    if exe is None:
+        pytest.fail("headless Chromium is needed to check the HTML reports and is not installed: run "
+                    "`apt-get install -y chromium` (as root; `make test` does it where apt is available)")
+    return exe
+
+
+def _render(chromium: str, html_file: Path, tmp: Path) -> tuple[Path, str, str]:
+    """Screenshot, rendered DOM and browser log of one page."""
+    shot = tmp / "shot.png"
+    proc = subprocess.run([chromium, *FLAGS, f"--user-data-dir={tmp / 'profile'}", f"--screenshot={shot}",
+                           "--dump-dom", html_file.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return shot, proc.stdout, proc.stderr
+
+
+def test_manifests_record_inputs_and_versions(runs):
+    """Every run type writes its manifest: the command, the arguments as given, each input file with the
+    SHA-256 of its content, the package versions and a UTC time."""
+    from pkpd.manifest import file_sha256, read_manifest
+
+    expect = {"simulate-dataset": ("simulate", ["data", "params"]), "simulate-population": ("simulate", ["regimen"]),
+              "fit": ("fit", ["data", "model"]), "optimize": ("optimize", ["patient"]), "trial": ("trial", [])}
+    for kind, path in runs.items():
+        man_file = path.with_name("oxy.run.json") if kind == "simulate-dataset" else path / "run.json"
+        man = read_manifest(man_file)
+        command, inputs = expect[kind]
+        assert man["command"] == command, kind
+        assert sorted(r for r, v in man["inputs"].items()) == sorted(inputs), (kind, man["inputs"])
+        for role in inputs:
+            entry = man["inputs"][role]
+            if entry["sha256"] is not None:
+                assert entry["sha256"] == file_sha256(entry["path"]), (kind, role)
+        assert man["versions"]["pkpd"] and man["versions"]["jax"] and man["versions"]["numpy"], kind
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", man["created_utc"]), kind
+    pop = read_manifest(runs["simulate-population"] / "run.json")
+    assert pop["arguments"]["population"] == 3 and pop["inputs"]["regimen"] == {"path": "C1", "sha256": None,
+                                                                                 "bytes": None}
+    assert read_manifest(runs["trial"] / "run.json")["arguments"]["draws"] == 2
+    sim = read_manifest(runs["simulate-dataset"].with_name("oxy.run.json"))
+    assert sim["outputs"] == ["oxy.csv", "oxy.png"] and "population" not in sim["arguments"]
+
+
+@pytest.mark.parametrize("kind", list(KEY_TABLES))
+def test_report_renders_in_chromium(kind, runs, chromium, tmp_path):
+    """`pkpd report` writes one self-contained page (no script, no external resource, every image a
+    decodable PNG data URI) that Chromium renders to a non-blank screenshot with the key tables."""
+    from PIL import Image
+
+    from pkpd.html_report import detect_run
+
+    path = runs[kind]
+    assert detect_run(path).kind == kind
+    out = tmp_path / "report.html"
+    res = runner.invoke(app, ["report", str(path), "--out", str(out)])
+    assert res.exit_code == 0, cli_output(res)
+    text = out.read_text()
+    assert "<script" not in text.lower() and not re.search(r"""(src|href)=["']?(https?:|//|file:)""", text)
+    pngs = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
+    assert pngs, "a report embeds the run's figures"
+    for b64 in pngs:
+        assert base64.b64decode(b64).startswith(b"\x89PNG")
+
+    shot, dom, log = _render(chromium, out, tmp_path)
+    assert shot.is_file() and shot.stat().st_size > 0, "no screenshot"
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    assert img.shape[:2] == (2000, 1200)
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 10, "the screenshot is blank (one uniform colour)"
+    console = [ln for ln in log.splitlines() if ":CONSOLE" in ln]
+    assert not console, console
+    for tid, header in {**KEY_TABLES[kind], **COMMON_TABLES}.items():
+        m = re.search(rf'<table id="{re.escape(tid)}">(.*?)</table>', dom, re.S)
+        assert m, f"table {tid} missing from the rendered page"
+        assert re.search(rf"<th[^>]*>{re.escape(header)}\b", m.group(1)), (tid, header)
+    assert f'<b id="run-kind">{kind}</b>' in dom
+
+
+def test_report_shows_the_run_numbers(runs, tmp_path):
+    """The tables carry the run's own numbers: the fit's CL estimate, the optimizer's C0 mean MME and the
+    trial's number of patients, as the CSV files hold them (4 significant digits)."""
+    from pkpd.html_report import render_report
+
+    par = pd.read_csv(runs["fit"] / "parameters.csv").set_index("name")
+    assert f"<td>{par.loc['CL', 'estimate']:.4g}</td>" in render_report(runs["fit"])
+    comp = pd.read_csv(runs["optimize"] / "comparison.csv").set_index("regimen")
+    assert f"<td>{comp.loc['C0', 'MME_mean']:.4g}</td>" in render_report(runs["optimize"])
+    html = render_report(runs["simulate-population"])
+    summ = pd.read_csv(runs["simulate-population"] / "summary.csv").set_index("outcome")
+    assert f"<td>{summ.loc['MME_0_72', 'mean']:.4g}</td>" in html
+    assert "C1" in html
+
+
+def test_report_flags_changed_inputs_and_missing_manifest(runs, tmp_path):
+    """A run without run.json is still reported, saying its inputs are unknown; a changed input is flagged."""
+    from pkpd.html_report import render_report
+
+    bare = tmp_path / "fit_copy"
+    shutil.copytree(runs["fit"], bare)
+    (bare / "run.json").unlink()
+    assert "has no run.json" in render_report(bare)
+
+    changed = tmp_path / "fit_changed"
+    shutil.copytree(runs["fit"], changed)
+    man = json.loads((changed / "run.json").read_text())
+    man["inputs"]["data"]["sha256"] = "0" * 64
+    (changed / "run.json").write_text(json.dumps(man))
+    assert "CHANGED since the run" in render_report(changed)
+    assert "unchanged" in render_report(runs["fit"])
+
+
+@pytest.mark.parametrize("case", ["missing", "unknown", "exists"])
+def test_report_errors(case, runs, tmp_path):
+    """A missing or unknown run directory, or an existing report without --force: one line, exit 1."""
+    if case == "missing":
+        args, want = ["report", str(tmp_path / "nope")], "does not exist"
+    elif case == "unknown":
+        (tmp_path / "notes.txt").write_text("not a run")
+        args, want = ["report", str(tmp_path)], "is not a pkpd run directory"
+    else:
+        out = tmp_path / "r.html"
+        out.write_text("old")
+        args, want = ["report", str(runs["trial"]), "--out", str(out)], "--force"
+    res = runner.invoke(app, args)
+    text = cli_output(res)
+    assert res.exit_code == 1, text
+    assert want in text and "Traceback" not in text
+    assert len(text.strip().splitlines()) == 1, text
