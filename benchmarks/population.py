@@ -227,7 +227,8 @@ def numpy_pk_loop(arrays: dict, T: int, doses: np.ndarray | None = None) -> np.n
     Parameters
     ----------
     arrays
-        Kernel arrays from ``_Plan.arrays``: ``Phi`` (N, n, n), ``evk``/``evw`` (N, E), ``evv`` (N, E, n),
+        Kernel arrays from ``_Plan.arrays``: ``Phi`` (one (N, n_b, n_b) per drug block, stacked here into one
+        block-diagonal (N, n, n) matrix), ``evk``/``evw`` (N, E), ``evv`` (N, E, n),
         ``sf``/``st``/``segw`` (N, S), ``sv`` (N, S, n) and, with ``doses``, ``bvec`` (N, I, n).
     T
         Number of grid points.
@@ -240,9 +241,17 @@ def numpy_pk_loop(arrays: dict, T: int, doses: np.ndarray | None = None) -> np.n
     numpy.ndarray
         States after the inputs of each grid point, (N, T, n).
     """
-    Phi, evk, evw, evv = arrays["Phi"], arrays["evk"], arrays["evw"], arrays["evv"]
+    evk, evw, evv = arrays["evk"], arrays["evw"], arrays["evv"]
     sf, st, segw, sv = arrays["sf"], arrays["st"], arrays["segw"], arrays["sv"]
-    n_pat, n = Phi.shape[0], Phi.shape[1]
+    # the kernel keeps one step propagator per drug block; the baseline stacks them into one dense matrix
+    blocks = arrays["Phi"]
+    n_pat, n = evv.shape[0], evv.shape[2]
+    Phi = np.zeros((n_pat, n, n))
+    off = 0
+    for P in blocks:
+        m = P.shape[1]
+        Phi[:, off:off + m, off:off + m] = P
+        off += m
     x = np.zeros((n_pat, n))
     out = np.empty((n_pat, T, n))
     for k in range(T):
@@ -286,7 +295,7 @@ def baseline(regimen, pop, seed: int, repeats: int) -> dict:
     n = len(pop)
     t_np, _ = _best(lambda: numpy_pk_loop(arrays, plan.T), repeats)
     fn = plan._compiled()
-    dev = jax.block_until_ready({k: jnp.asarray(v) for k, v in arrays.items()})
+    dev = jax.block_until_ready(jax.tree_util.tree_map(jnp.asarray, arrays))
     t = time.perf_counter()
     jax.block_until_ready(fn(seed, dev))
     t_first = time.perf_counter() - t
