@@ -111,3 +111,23 @@ def test_check_fails_on_a_stale_page(tmp_path, capsys):
     assert main(["--check", "--out", str(stale)]) == 1
     assert "out of date" in capsys.readouterr().err
     assert main(["--out", str(stale)]) == 0 and main(["--check", "--out", str(stale)]) == 0
+
+
+def test_readme_quick_start():
+    """The README opens with exactly the two make commands; then a Python example of at most 10 lines that
+    compiles, and a CLI example whose commands exist (both were run when written: see the README)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```(\w*)\n(.*?)```", text, re.S)
+    lang, first = blocks[0]
+    assert lang == "bash" and [ln.split("#")[0].strip() for ln in first.strip().splitlines()] == ["make demo",
+                                                                                                  "make test"]
+    py = next(code for lang, code in blocks if lang == "python")
+    lines = [ln for ln in py.splitlines() if ln.strip()]
+    assert len(lines) <= 10, f"the Python quick start has {len(lines)} lines"
+    compile(py, "README quick start", "exec")
+    from cli import app
+
+    commands = {c.name or c.callback.__name__ for c in app.registered_commands}
+    cli_block = blocks[[lang for lang, _ in blocks].index("python") + 1][1]
+    for ln in cli_block.strip().splitlines():
+        assert ln.startswith("pkpd ") and ln.split()[1] in commands, ln
