@@ -330,7 +330,7 @@ def compile_parameter_block(spec: Mapping[str, str | int | float]) -> dict[str, 
 
 
 def evaluate_parameter_block(block: Mapping[str, Expression], columns: Mapping[str, Any],
-                             xp: Any = numpy) -> dict[str, Any]:
+                             xp: Any = numpy, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate a compiled block in its iteration order.
 
     Each parameter sees the dataset ``columns`` and the parameters computed before it. A parameter whose
@@ -344,6 +344,10 @@ def evaluate_parameter_block(block: Mapping[str, Expression], columns: Mapping[s
         Column/covariate name -> scalar or array (all broadcastable against each other).
     xp
         Array namespace, ``numpy`` or ``jax.numpy``.
+    overrides
+        Optional parameter name -> given values (e.g. a posterior draw of an individual parameter) that
+        replace the computed ones where finite (NaN: computed as usual); later parameters see the given
+        values (a derived ``K = CL/V`` follows an overridden ``CL``).
 
     Returns
     -------
@@ -370,6 +374,9 @@ def evaluate_parameter_block(block: Mapping[str, Expression], columns: Mapping[s
         value = expr.evaluate(env, xp)
         if numpy.shape(value) != shape:
             value = xp.broadcast_to(value, shape)
+        if overrides is not None and key in overrides:
+            given = xp.broadcast_to(xp.asarray(overrides[key], dtype=float), shape)
+            value = xp.where(xp.isfinite(given), given, value)
         env[key] = out[key] = value
     return out
 

@@ -42,7 +42,7 @@ from .expr import compile_parameter_block, evaluate_parameter_block
 from .pain import DemandModel, PainModel
 from .pd import GAMMA, AdverseEffectModel, AnalgesicPD, get_pd
 
-__all__ = ["IV_MME", "PopulationResult", "SimOptions", "mme_factor", "relaxed_objective", "relaxed_program",
+__all__ = ["IV_MME", "PopulationResult", "SimOptions", "mme_factor", "relaxed_objective", "relaxed_program", "relaxed_rows",
            "simulate_regimen"]
 
 #: IV MME factors (MME per mg IV) used here: :data:`pkpd.mme.ASSUMED_IV_FACTORS` (all UNVERIFIED).
@@ -265,7 +265,8 @@ _OUTCOMES = ("MME_0_24", "MME_0_48", "MME_0_72", "TIT3", "TIT4", "PAIN_AUC", "PA
 # ----------------------------------------------------------------------------------------------------------
 def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, options: SimOptions | None = None,
                      chunk_size: int = 2048, progress: Callable[[int], None] | None = None,
-                     dose_weights: np.ndarray | None = None) -> PopulationResult:
+                     dose_weights: np.ndarray | None = None, rescue_tables: Mapping[str, np.ndarray] | None = None
+                     ) -> PopulationResult:
     """Simulate a regimen in a population.
 
     Parameters
@@ -274,13 +275,20 @@ def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, option
         A :class:`regimens.Regimen`.
     population
         One row per patient with an ``ID`` column and the covariate columns the drugs need (see
-        :mod:`pkpd.patients`; e.g. from ``spine72_population``).
+        :mod:`pkpd.patients`; e.g. from ``spine72_population``). Optional columns ``<drug>.<PARAM>`` (e.g.
+        ``oxycodone.CL``, in the drug library's units) give a patient's individual parameter value, replacing
+        the covariate model and variability draw for that row (NaN: drawn as usual), and ``pain.b0``
+        (untreated NRS at the end of surgery), ``pain.t_half`` (h, resolution half-life) and
+        ``pain.sensitivity`` (multiplier of the pain curve) replace the pain model's draws — how posterior
+        draws of a fitted patient are simulated (:mod:`regimens.posterior`). A column naming an unknown drug
+        parameter is an error.
     seed
         Seed of the inter-individual variability and demand draws (per patient ID).
     options
         :class:`SimOptions`.
     chunk_size
-        Patients per compiled batch (bounds memory).
+        Largest number of patients per compiled batch (bounds memory); the population is split into equal
+        batches of at most this size (rounded up to a multiple of 64).
     progress
         Called with the number of patients finished after each chunk (e.g. a progress-bar update).
     dose_weights
@@ -288,6 +296,12 @@ def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, option
         patient (0 = the item is not given to that patient): simulates a different schedule for every
         patient in one batched call, as if each had the regimen with those doses (how the optimizer
         evaluates per-patient proposals exactly). Weighted-out doses are left out of the dose record.
+    rescue_tables
+        Optional per-patient rescue rules replacing the regimen's PRN/PCA values (same items, rules and
+        structure): the arrays of :meth:`_Plan.rescue_tables` with a leading patient axis (``prn_thr``,
+        ``prn_dose``, ``prn_start``, ``prn_stop`` (N, I, R); ``prn_int``, ``prn_cap``, ``prn_capw`` (N, I));
+        intervals may not exceed the regimen's longest. The dose record then reports each patient's own
+        rescue doses (how the optimizer evaluates per-patient PRN policies).
 
     Returns
     -------
@@ -312,17 +326,23 @@ def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, option
                 or np.any(dose_weights < 0):
             raise ModelSpecError(f"dose_weights must be finite, >= 0 and of shape ({n_total}, "
                                  f"{len(regimen.scheduled)}), got {dose_weights.shape}")
+    if rescue_tables is not None:
+        rescue_tables = plan.check_rescue_tables(rescue_tables, n_total)
     outs = []
     done = 0
-    size = min(chunk_size, n_total)
+    # equal chunks (a multiple of 64 rows, at most chunk_size): no chunk is mostly padding
+    n_chunks = -(-n_total // max(int(chunk_size), 1))
+    size = min(int(chunk_size), -(-(-(-n_total // n_chunks)) // 64) * 64, n_total)
     for start in range(0, n_total, size):
         sub = population.iloc[start:start + size]
         n_real = len(sub)
         w = None if dose_weights is None else dose_weights[start:start + size]
+        rt = None if rescue_tables is None else {k: v[start:start + size] for k, v in rescue_tables.items()}
         if n_real < size:  # pad with copies of the last patient so every chunk has one compiled shape
             sub = pd.concat([sub, sub.iloc[[-1] * (size - n_real)]], ignore_index=True)
             w = None if w is None else np.concatenate([w, w[[-1] * (size - n_real)]])
-        outs.append(_trim(plan.run_chunk(sub, seed, w), n_real))
+            rt = None if rt is None else {k: np.concatenate([v, v[[-1] * (size - n_real)]]) for k, v in rt.items()}
+        outs.append(_trim(plan.run_chunk(sub, seed, w, rt), n_real))
         done += len(sub)
         if progress is not None:
             progress(len(sub))
@@ -416,7 +436,7 @@ def relaxed_program(regimen, population: pd.DataFrame, *, seed: int = 0, options
         if len(_RELAXED_PROGRAMS) > 16:
             _RELAXED_PROGRAMS.clear()
         _RELAXED_PROGRAMS[key] = _relaxed_outcomes(plan._compiled().raw, n_sched, dt, float(tit_tau),
-                                                     int(seed), opts.ae)
+                                                     int(seed), opts.ae, [b.drug.name for b in plan.blocks])
     return _RELAXED_PROGRAMS[key], data, n_sched, len(plan.items)
 
 
@@ -425,7 +445,18 @@ def _oird_rate(ae) -> float:
     return float(-np.log1p(-float(ae.oird_base.value)) / 24.0)
 
 
-def _relaxed_outcomes(kernel, n_sched: int, dt: float, tit_tau: float, seed: int, ae):
+def relaxed_rows(data: dict, rows) -> dict:
+    """The ``data`` of :func:`relaxed_program` restricted to some population rows (indices, a JAX or numpy
+    integer array; usable inside a jitted function, e.g. to evaluate a minibatch of draws)."""
+    import jax
+
+    out = dict(data)
+    out["base"] = jax.tree_util.tree_map(lambda v: v[rows], data["base"])
+    out["s_amt"] = data["s_amt"][rows]
+    return out
+
+
+def _relaxed_outcomes(kernel, n_sched: int, dt: float, tit_tau: float, seed: int, ae, drugs: list[str]):
     import jax
     import jax.numpy as jnp
 
@@ -460,7 +491,9 @@ def _relaxed_outcomes(kernel, n_sched: int, dt: float, tit_tau: float, seed: int
                 # cumulative OIRD hazard (before the OSA odds ratio), as in the exact outcomes
                 "OIRD_HAZARD": jnp.sum((dep / d_ref) ** 2 * post, axis=1) * dt * h_oird,
                 # smooth maximum of the sedation index over 0-72 h (log-sum-exp, temperature 0.02)
-                "SEDATION_MAX": 0.02 * jax.nn.logsumexp(jnp.where(post > 0, out["sed"] / 0.02, -jnp.inf), axis=1)}
+                "SEDATION_MAX": 0.02 * jax.nn.logsumexp(jnp.where(post > 0, out["sed"] / 0.02, -jnp.inf), axis=1),
+                **{f"AUC_{d}": out["auc"][:, j] for j, d in enumerate(drugs)},
+                **{f"CMAX_{d}": out["cmax"][:, j] for j, d in enumerate(drugs)}}
 
     return outcomes
 
@@ -500,6 +533,13 @@ class _Plan:
         if missing:
             raise ModelSpecError("missing covariates: " + "; ".join(
                 f"{k} needs {', '.join(v)}" for k, v in missing.items()))
+        known = {f"{b.drug.name}.{k}" for b in blocks for k in b.block}
+        drugs_in = {b.drug.name for b in blocks}
+        bad = [c for c in population.columns if isinstance(c, str) and "." in c and c.split(".", 1)[0] in drugs_in
+               and c not in known]
+        if bad:
+            raise ModelSpecError(f"parameter override columns {bad} name no parameter of their drug (known: "
+                                 f"{sorted(k for k in known if k.split('.', 1)[0] in {c.split('.', 1)[0] for c in bad})})")
         dt = float(opts.dt_h)
         if not 0 < dt <= 1.0:
             raise ModelSpecError(f"dt_h must be in (0, 1] h, got {dt}")
@@ -549,6 +589,26 @@ class _Plan:
         longest = max([it["interval"] for it in items] + [float(self.max_interval_h or 0.0), 1.0])
         M = int(max(1, np.ceil(longest / float(self.opts.dt_h) - 1e-9)))
         return max(len(items), 1), R, C, M
+
+    def check_rescue_tables(self, tables: Mapping[str, np.ndarray], n_pat: int) -> dict:
+        """Validate per-patient rescue tables (see :func:`simulate_regimen`); returns float arrays."""
+        ref = self.rescue_tables(n_pat)
+        if set(tables) != set(ref):
+            raise ModelSpecError(f"rescue_tables must have the keys {sorted(ref)}, got {sorted(tables)}")
+        out = {}
+        for k, v in tables.items():
+            v = np.asarray(v, float)
+            if v.shape != ref[k].shape:
+                raise ModelSpecError(f"rescue_tables[{k!r}] must have shape {ref[k].shape}, got {v.shape}")
+            if np.isnan(v).any():
+                raise ModelSpecError(f"rescue_tables[{k!r}] has NaN values")
+            out[k] = v
+        longest = self.rescue_shape()[3] * float(self.opts.dt_h)
+        if np.any(out["prn_int"] > longest + 1e-9) or np.any(out["prn_int"] <= 0):
+            raise ModelSpecError(f"rescue intervals must be in (0, {longest:g}] h (the regimen's longest)")
+        if np.any(out["prn_dose"] < 0):
+            raise ModelSpecError("rescue doses must be >= 0 mg")
+        return out
 
     def rescue_tables(self, n_pat: int) -> dict:
         """The PRN/PCA rules as per-patient arrays (the kernel takes them as data, so rescue policies with
@@ -600,15 +660,19 @@ class _Plan:
             z = cache[1][b.drug.name]
             for j, (name, om) in enumerate(sorted(b.iiv.items())):
                 cols[f"ETA_{name}"] = om * z[:, j]
-            p = evaluate_parameter_block(b.block, cols, np)
+            ov = {k: sub[f"{b.drug.name}.{k}"].to_numpy(float) for k in b.block if f"{b.drug.name}.{k}" in sub}
+            p = evaluate_parameter_block(b.block, cols, np, overrides=ov or None)
             out.append({k: np.broadcast_to(np.asarray(v, float), (n_pat,)) for k, v in p.items()})
         return out
 
-    def run_chunk(self, sub: pd.DataFrame, seed: int, weights: np.ndarray | None = None) -> dict:
+    def run_chunk(self, sub: pd.DataFrame, seed: int, weights: np.ndarray | None = None,
+                  rescue: Mapping[str, np.ndarray] | None = None) -> dict:
         import jax
         import jax.numpy as jnp
 
         arrays, params, sched_rows, ids = self.arrays(sub, seed)
+        if rescue is not None:
+            arrays.update(rescue)
         if weights is not None:  # per-patient multipliers of the scheduled items
             ev_item, seg_item, n_sched = self.index
             wx = np.concatenate([weights, np.ones((len(sub), 1))], axis=1)
@@ -652,8 +716,7 @@ class _Plan:
         ev_k, ev_vec, seg_from, seg_to, seg_vec = [], [], [], [], []
         ev_item, seg_item, ev_blk = [], [], []
         sched_rows = []
-        amounts = np.array([[e.amount_mg for _, e in _expand(self.regimen, _row_cov(r))] for _, r in sub.iterrows()],
-                           float).reshape(n_pat, -1)
+        amounts = self._amounts(sub)
         if amounts.shape[1] != len(self.events_template):
             raise ModelSpecError("the regimen expands to a different number of doses for different patients")
         names = [b.drug.name for b in self.blocks]
@@ -709,6 +772,20 @@ class _Plan:
         self.index = (np.array(ev_item + [-1] * (E_ - len(ev_item))),
                       np.array(seg_item + [-1] * (S_ - len(seg_item))), n_sched)
         return arrays, params, sched_rows, ids
+
+    def _amounts(self, sub: pd.DataFrame) -> np.ndarray:
+        """(N, n_doses) scheduled dose amounts (mg) per patient; the regimen is expanded once per distinct
+        covariate row (draws of one patient share their covariates)."""
+        num = sub.select_dtypes(include="number")
+        num = num.drop(columns=[c for c in ("ID",) if c in num])
+        keys = [tuple(r) for r in num.to_numpy(float)]
+        cache: dict[tuple, list[float]] = {}
+        out = []
+        for r, key in enumerate(keys):
+            if key not in cache:
+                cache[key] = [e.amount_mg for _, e in _expand(self.regimen, _row_cov(sub.iloc[r]))]
+            out.append(cache[key])
+        return np.array(out, float).reshape(len(sub), -1)
 
     def _em(self, K: np.ndarray, tau) -> tuple[np.ndarray, np.ndarray]:
         """:func:`_expm_gamma` memoized within one :meth:`arrays` call: the doses of one drug usually share
@@ -812,6 +889,16 @@ class _Plan:
         cv = float(pain.t_half_cv.value)
         th = float(pain.t_half.value) * np.exp(np.sqrt(np.log1p(cv * cv)) * zp[:, 1])
         sens = np.exp(float(pain.sensitivity_sd.value) * zp[:, 2])
+        # a patient's own pain-model values (posterior draws), where given
+        for col, val in (("pain.b0", "b0"), ("pain.t_half", "th"), ("pain.sensitivity", "sens")):
+            if col in sub:
+                given = sub[col].to_numpy(float)
+                if val == "b0":
+                    b0 = np.where(np.isfinite(given), given, b0)
+                elif val == "th":
+                    th = np.where(np.isfinite(given), given, th)
+                else:
+                    sens = np.where(np.isfinite(given), given, sens)
         if pain.enable_assumed_modalities:
             if "OPEN_SURGERY" in sub:
                 b0 = np.where(sub["OPEN_SURGERY"].to_numpy(float) > 0, b0, b0 * float(pain.mis_b0_factor.value))
