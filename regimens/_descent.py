@@ -81,7 +81,8 @@ def _identity(x, *args):
 
 def projected_descent(fun: Callable, x0, *, args: tuple = (), project: Callable | None = None,
                       steps: int = 200, learning_rate: float = 0.05, final_lr_fraction: float = 0.01,
-                      callback: Callable[[int, float], None] | None = None) -> DescentResult:
+                      callback: Callable[[int, float], None] | None = None,
+                      step_args: Callable[[int], tuple] | None = None) -> DescentResult:
     """Minimize ``fun(x, *args)`` by Adam steps each followed by a projection onto the feasible set.
 
     Parameters
@@ -103,6 +104,11 @@ def projected_descent(fun: Callable, x0, *, args: tuple = (), project: Callable 
         Cosine-decayed step size from ``learning_rate`` to ``learning_rate * final_lr_fraction``.
     callback
         ``callback(iteration, value)`` after each step (progress bars).
+    step_args
+        Optional ``step_args(i) -> tuple`` of extra arguments of iteration ``i`` (appended to ``args``; same
+        shapes at every iteration), e.g. the indices of a minibatch of scenarios: stochastic projected
+        gradient descent. The objective values are then those of different minibatches, so the **last**
+        iterate is returned (with the value of its last minibatch) instead of the best one.
 
     Returns
     -------
@@ -117,6 +123,15 @@ def projected_descent(fun: Callable, x0, *, args: tuple = (), project: Callable 
     state = init(x)
     hist = []
     best_x, best_v = x, np.inf
+    if step_args is not None:
+        for i in range(int(steps)):
+            x, state, value = step(x, state, tuple(args) + tuple(step_args(i)))
+            hist.append(float(value))
+            if callback is not None:
+                callback(i, hist[-1])
+        v_last = float(value_fn(x, *(tuple(args) + tuple(step_args(int(steps))))))
+        hist.append(v_last)
+        return DescentResult(np.asarray(x), v_last, np.asarray(hist), int(steps), step._cache_size() - before)
     for i in range(int(steps)):
         x_new, state, value = step(x, state, args)
         v = float(value)

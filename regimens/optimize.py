@@ -50,6 +50,8 @@ from pkpd.drugs.products import Product, get_product
 from ._condition import RegimenError
 from ._descent import projected_descent
 from ._model import PRN, Regimen, Scheduled
+from ._objective import ADJUNCT_BURDEN, EXPOSURE_LIMITS, exceedance_probability, group_loss
+from ._policies import RescuePolicy, cross_entropy_search, rescue_policies
 from .limits import DoseCaps, check_regimen, dose_caps
 
 __all__ = ["DEFAULT_PRODUCTS", "DecisionSpace", "Slot", "OptimizeSettings", "Proposal", "PopulationProposal",
@@ -148,48 +150,83 @@ class DecisionSpace:
     def reference(self) -> np.ndarray:
         return np.array([s.reference_mg for s in self.slots])
 
-    def regimen(self, amounts_mg: Sequence[float] | None = None, name: str = "proposal") -> Regimen:
-        """The regimen giving ``amounts_mg`` (default: every slot at its reference) plus the rescue rules;
-        skipped slots (amount 0) are left out."""
+    def regimen(self, amounts_mg: Sequence[float] | None = None, name: str = "proposal",
+                rescue: Sequence[PRN] | None = None) -> Regimen:
+        """The regimen giving ``amounts_mg`` (default: every slot at its reference) plus the rescue rules
+        (``rescue``, default the space's); skipped slots (amount 0) are left out."""
         amounts = self.reference if amounts_mg is None else np.asarray(amounts_mg, float)
         items = [Scheduled(drug=s.product.drug, route=s.product.route, dose_mg=float(a), start_h=s.time_h)
                  for s, a in zip(self.slots, amounts) if a > 0]
-        return Regimen(name=name, scheduled=tuple(items), prn=self.rescue, horizon_h=self.horizon_h,
+        prn = self.rescue if rescue is None else tuple(rescue)
+        return Regimen(name=name, scheduled=tuple(items), prn=prn, horizon_h=self.horizon_h,
                        description=f"optimized schedule ({len(items)} scheduled doses)")
 
 
 @dataclass(frozen=True)
 class OptimizeSettings:
-    """Settings of :func:`optimize_patient`.
+    """Settings of :func:`optimize_patient` and :func:`optimize_population`.
 
-    ``draws`` variability draws of the patient (population prior); ``seed`` of those draws (common to
-    the proposal and the comparators); ``pain_weight`` MME-equivalents per NRS*h of pain above 3;
-    ``tit_slack`` allowed shortfall of mean time-in-target (fraction of 72 h) below the C1 comparator;
-    ``tit_penalty`` weight of the squared shortfall; ``sedation_weight`` MME-equivalents per unit of the
-    peak sedation index; ``oird_penalty`` weight of the squared relative excess of the OIRD hazard over
-    C1's; ``oird_tolerance`` absolute margin of the exact check P(OIRD) <= P(OIRD | C1) (1 in 100,000:
-    the resolution of the check); ``last_risk`` largest allowed fraction of draws whose peak bupivacaine
-    crosses a toxicity threshold (LAST index >= 1); ``steps``, ``learning_rate`` of projected Adam;
-    ``dt_h`` grid of the continuous stage (the exact evaluation uses the 5-min grid);
-    ``min_time_in_target`` an absolute requirement on the mean fraction of 0-72 h with NRS <= 3 (e.g.
-    0.9): it is added to the C1-based target, and :func:`optimize_patient` raises
-    :class:`InfeasibleError` with the reason when the exact evaluation of the best schedule misses it.
+    Scenarios: ``draws`` variability draws per patient (population prior; or posterior draws), with seed
+    ``seed``, shared by every candidate and the comparators (common random numbers); ``batch_draws`` draws
+    per patient in each gradient step (a minibatch cycling through all ``draws``: stochastic gradient on
+    the whole sample-average objective); ``score_draws`` draws scoring the discrete candidates (rounding
+    neighbours, cross-entropy candidates). The exact evaluation uses all ``draws``.
+
+    Objective (:mod:`regimens._objective`, MME-equivalents): ``pain_weight`` per NRS*h of pain above 3;
+    ``sedation_weight`` per unit of peak sedation index; ``cvar_weight`` x CVaR at ``cvar_alpha`` of 72-h MME;
+    ``adjunct_burden`` drug -> MME-equivalents of the reference adult's label-maximum course (default
+    :data:`regimens._objective.ADJUNCT_BURDEN`, UNVERIFIED), scaled by the patient's plasma AUC.
+
+    Constraints: mean time-in-target no more than ``tit_slack`` (fraction of 72 h) below C1's, plus
+    ``min_time_in_target`` if given (:func:`optimize_patient` raises :class:`InfeasibleError` when the best
+    schedule misses it); OIRD risk no higher than C1's (exact check within ``oird_tolerance``); probability of
+    crossing a toxicity limit (LAST index >= 1; :data:`regimens._objective.EXPOSURE_LIMITS`) at most
+    ``toxicity_risk`` per patient (``last_risk`` is kept as its former name). In the gradient stage they are
+    quadratic penalties (``tit_penalty``, ``oird_penalty``) and a penalty on the smoothed exceedance
+    frequency (``chance_penalty``); the exact checks decide.
+
+    Method: ``cem_generations`` x ``cem_candidates`` cross-entropy candidates per patient choose the rescue
+    policy (``rescue_policies``; default :func:`regimens._policies.rescue_policies`, C1's first) and which
+    products to use (0 generations: C1's policy, every allowed product); then ``steps`` projected Adam steps
+    (``learning_rate``) on the dose fractions on a ``dt_h`` grid; rounding to strengths with neighbours;
+    repair; exact evaluation on the 5-min grid.
     """
 
     products: tuple[str, ...] = DEFAULT_PRODUCTS
-    draws: int = 32
+    draws: int = 128
+    batch_draws: int = 8
+    score_draws: int = 32
     seed: int = 0
     pain_weight: float = 0.5
+    sedation_weight: float = 10.0
+    cvar_alpha: float = 0.9
+    cvar_weight: float = 0.25
+    adjunct_burden: Mapping[str, float] | None = None
     tit_slack: float = 0.05
     tit_penalty: float = 2.0e4
-    sedation_weight: float = 10.0
     oird_penalty: float = 1.0e3
     oird_tolerance: float = 1.0e-5
-    last_risk: float = 1.0e-3
+    toxicity_risk: float = 1.0e-3
+    chance_penalty: float = 10.0
+    last_risk: float | None = None
     min_time_in_target: float | None = None
-    steps: int = 60
+    rescue_policies: tuple | None = None
+    cem_generations: int = 2
+    cem_candidates: int = 12
+    cem_draws: int = 4
+    steps: int = 30
     learning_rate: float = 0.1
-    dt_h: float = 0.25
+    dt_h: float = 0.5
+
+    @property
+    def risk(self) -> float:
+        return float(self.last_risk if self.last_risk is not None else self.toxicity_risk)
+
+    def burden(self) -> dict[str, float]:
+        return dict(ADJUNCT_BURDEN if self.adjunct_burden is None else self.adjunct_burden)
+
+    def policies(self) -> tuple:
+        return tuple(self.rescue_policies) if self.rescue_policies is not None else rescue_policies()
 
 
 @dataclass
@@ -254,42 +291,61 @@ class Proposal:
 
 
 # --------------------------------------------------------------------------------------------------------
-_PROGRAMS: dict[Callable, tuple[Callable, Callable, Callable]] = {}
+_PROGRAMS: dict[Any, tuple[Callable, Callable, Callable]] = {}
 
 
-def _programs(outcomes: Callable) -> tuple[Callable, Callable, Callable]:
-    """(per-patient loss vector, summed loss, projection) for one compiled outcomes program, cached so that
-    projected_descent reuses its compiled step for every population with the same structure.
+def _programs(outcomes: Callable, static: tuple) -> tuple[Callable, Callable, Callable]:
+    """(group loss of candidates, summed minibatch loss, projection) for one compiled
+    outcomes program and the objective's static structure, cached so that projected_descent and the scoring
+    calls reuse their compiled programs for every population with the same structure.
 
-    ``X`` is (P, n_slots) (fractions of each slot's reference amount); the population has P x S rows,
-    patient p's draws in rows p*S ... p*S + S - 1."""
-    if outcomes in _PROGRAMS:
-        return _PROGRAMS[outcomes]
+    ``x`` is (P, n_slots + 1): fractions of each slot's reference amount, then the CVaR variable eta in units
+    of ``c["eta_scale"]``. Rows of the population are grouped by patient (patient p's draws in rows
+    p*S ... p*S + S - 1)."""
+    key = (outcomes, static)
+    if key in _PROGRAMS:
+        return _PROGRAMS[key]
+    from pkpd.regimen_sim import relaxed_rows
 
-    def loss_vec(X, data, c):
-        P = X.shape[0]
-        out = outcomes(X[c["row_patient"]], c["rescue"], data)
+    alpha, burden_drugs, limit_drugs = static
+    kw = dict(alpha=alpha, burden_drugs=burden_drugs, limit_drugs=limit_drugs)
 
-        def m(k):
-            return jnp.mean(out[k].reshape(P, -1), axis=1)
+    def score(Xrows, G, data, c):
+        """Loss of G groups of consecutive rows (per-row dose fractions Xrows), empirical CVaR."""
+        out = outcomes(Xrows, c["rescue"], data)
+        return group_loss(out, G, c, None, **kw)
 
-        short = jax.nn.relu(c["tit_target"] - m("TIT3"))
-        oird = jax.nn.relu(m("OIRD_HAZARD") / c["oird_ref"] - 1.0)
-        return (m("MME_0_72") + c["pain_weight"] * m("PAIN_EXCESS") + c["sedation_weight"] * m("SEDATION_MAX")
-                + c["tit_penalty"] * short ** 2 + c["oird_penalty"] * oird ** 2)
+    def batch_loss(x, data, c, rows):
+        P = x.shape[0]
+        n = x.shape[1] - 1
+        d = relaxed_rows(data, rows)
+        out = outcomes(x[:, :n][c["row_patient"][rows]], c["rescue"], d)
+        return jnp.sum(group_loss(out, P, c, x[:, n] * c["eta_scale"], **kw))
 
-    def loss(X, data, c):
-        return jnp.sum(loss_vec(X, data, c))
-
-    def project(X, data, c):
-        X = jnp.clip(X, 0.0, c["U"])
+    def project(x, data, c, *rest):
+        n = x.shape[1] - 1
+        X = jnp.clip(x[:, :n], 0.0, c["U"])
         load = (X * c["ref"]) @ c["W"].T  # (P, n_constraints), mg
         ratio = jnp.where(load > c["caps"], c["caps"] / jnp.maximum(load, 1e-12), 1.0)
         scale = jnp.min(jnp.where(c["W"][None, :, :] > 0, ratio[:, :, None], 1.0), axis=1)
-        return X * scale
+        return jnp.concatenate([X * scale, jnp.maximum(x[:, n:], 0.0)], axis=1)
 
-    _PROGRAMS[outcomes] = (loss_vec, loss, project)
-    return _PROGRAMS[outcomes]
+    _PROGRAMS[key] = (jax.jit(score, static_argnums=1), batch_loss, project)
+    return _PROGRAMS[key]
+
+
+def _cap_scale(X: np.ndarray, ref: np.ndarray, W: np.ndarray, caps: np.ndarray) -> np.ndarray:
+    """numpy twin of the projection's cap step: each drug's doses scaled down wherever a rolling-24-h or
+    course total (rows of ``W``) would exceed the cap (``X``, ``ref``, ``caps`` broadcast on leading axes)."""
+    load = (X * ref) @ W.T
+    ratio = np.where(load > caps, caps / np.maximum(load, 1e-12), 1.0)
+    scale = np.min(np.where(W > 0, ratio[..., :, None], 1.0), axis=-2)
+    return X * scale
+
+
+def _columns(space: DecisionSpace, col: Mapping[tuple[str, float], int]) -> np.ndarray:
+    """The superset column of each of the patient's slots."""
+    return np.array([col[(sl.product.key, round(sl.time_h, 6))] for sl in space.slots], dtype=int)
 
 
 def _to_superset(columns: np.ndarray, amounts, reference_mg: np.ndarray, n: int) -> np.ndarray:
@@ -297,11 +353,6 @@ def _to_superset(columns: np.ndarray, amounts, reference_mg: np.ndarray, n: int)
     x = np.zeros(n)
     x[columns] = np.asarray(amounts, float) / reference_mg[columns]
     return x
-
-
-def _columns(space: DecisionSpace, col: Mapping[tuple[str, float], int]) -> np.ndarray:
-    """The superset column of each of the patient's slots."""
-    return np.array([col[(sl.product.key, round(sl.time_h, 6))] for sl in space.slots], dtype=int)
 
 
 def _round(space: DecisionSpace, amounts: np.ndarray) -> list[np.ndarray]:
@@ -318,17 +369,17 @@ def _round(space: DecisionSpace, amounts: np.ndarray) -> list[np.ndarray]:
             k = base.copy()
             for i in idx:
                 k[i] = int(np.clip(k[i] + d, 0, len(space.slots[i].choices_mg) - 1))
-            cands.append(k)  # kept even when equal to base: every patient has the same candidate count
+            cands.append(k)  # kept even when equal to base
     return [np.array([space.slots[i].choices_mg[j] for i, j in enumerate(k)]) for k in cands]
 
 
-def _repair(space: DecisionSpace, amounts: np.ndarray, covariates, phenotypes, fusion: bool
-            ) -> tuple[np.ndarray, list]:
+def _repair(space: DecisionSpace, amounts: np.ndarray, covariates, phenotypes, fusion: bool,
+            rescue: Sequence[PRN] | None = None) -> tuple[np.ndarray, list]:
     """Lower or drop doses until :func:`check_regimen` finds nothing for the scheduled drugs. Returns the
     amounts and the findings that remain (the rescue rules' own findings, never a scheduled one)."""
     amounts = amounts.copy()
     for _ in range(10 * len(amounts) + 10):
-        findings = check_regimen(space.regimen(amounts), covariates, phenotypes, fusion=fusion)
+        findings = check_regimen(space.regimen(amounts, rescue=rescue), covariates, phenotypes, fusion=fusion)
         bad = [f for f in findings if any(s.product.drug == f.drug for s, a in zip(space.slots, amounts) if a > 0)]
         if not bad:
             return amounts, findings
@@ -343,6 +394,17 @@ def _repair(space: DecisionSpace, amounts: np.ndarray, covariates, phenotypes, f
     raise InfeasibleError("could not repair the schedule to satisfy every label limit")  # pragma: no cover
 
 
+def _lower_drug(space: DecisionSpace, amounts: np.ndarray, drug: str) -> bool:
+    """Every dose of ``drug`` one strength down (in place); False when there was nothing to lower."""
+    changed = False
+    for i, sl in enumerate(space.slots):
+        if sl.product.drug == drug and amounts[i] > 0:
+            ch = [x for x in sl.choices_mg if x < amounts[i]]
+            amounts[i] = ch[-1] if ch else 0.0
+            changed = True
+    return changed
+
+
 @dataclass
 class PopulationProposal:
     """Result of :func:`optimize_population`.
@@ -353,15 +415,19 @@ class PopulationProposal:
         Each patient's :class:`DecisionSpace`.
     amounts
         Each patient's chosen amounts (mg) of the slots of their own space.
+    policies
+        Each patient's rescue policy (:class:`regimens._policies.RescuePolicy`).
     patients
-        One row per patient: ``ID``, covariates, and for ``proposal``, ``C0``, ``C1`` the means over the
-        patient's draws of ``MME_0_72`` (mg), ``TIT3``, ``PAIN_AUC``, ``P_OIRD``, ``P_PONV`` and the largest
-        ``LAST_INDEX`` (columns ``<outcome>_<regimen>``), ``MME_P90_<regimen>``, plus ``SAFE`` (every hard
-        check passed) and ``WHY`` (the failed checks, empty when safe).
+        One row per patient: ``ID``, covariates, ``POLICY`` (the rescue policy's label), and for ``proposal``,
+        ``C0``, ``C1`` over the patient's draws: means of ``MME_0_72`` (mg), ``TIT3``, ``PAIN_AUC``, ``P_OIRD``,
+        ``P_PONV`` (columns ``<outcome>_<regimen>``), ``MME_P90_<regimen>``, ``MME_CVAR90_<regimen>`` (mean of
+        the worst 10 % of draws), the largest ``LAST_INDEX_<regimen>``, the estimated probabilities of crossing
+        each toxicity limit ``P_TOX_<drug>_proposal`` (LAST for bupivacaine), plus ``SAFE`` (every hard check
+        passed) and ``WHY`` (the failed checks, empty when safe).
     draws
         The exact simulations (``"proposal"``, ``"C0"``, ``"C1"`` -> PopulationResult over P x S rows).
-    superset, weights
-        The common superset regimen and the per-row dose weights of the proposals.
+    superset, weights, rescue_tables
+        The common superset regimen, the per-row dose weights and rescue tables of the proposals.
     times
         Seconds per stage.
     rows, slot_index, reference_mg
@@ -379,27 +445,99 @@ class PopulationProposal:
     rows: pd.DataFrame | None = None
     slot_index: dict | None = None
     reference_mg: np.ndarray | None = None
+    policies: list | None = None
+    rescue_tables: dict | None = None
+    policy_tables: list | None = None
+    policy_index: list | None = None
 
-    def evaluate(self, rows: pd.DataFrame, row_patient: np.ndarray, seed: int = 0):
-        """Exact simulation of each patient's chosen schedule on other rows (e.g. the patient's true
-        parameters): ``rows`` a population frame, ``row_patient`` the patient index of each row."""
-        from pkpd.regimen_sim import simulate_regimen
-
+    def weights_for(self, row_patient: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Dose weights and rescue tables of each patient's proposal for rows of the given patients."""
         n = len(self.superset.scheduled)
         Wt = np.array([_to_superset(_columns(sp, self.slot_index), am, self.reference_mg[p], n)
                        for p, (sp, am) in enumerate(zip(self.spaces, self.amounts))])
-        return simulate_regimen(self.superset, rows, seed=seed, dose_weights=Wt[np.asarray(row_patient)])
+        rp = np.asarray(row_patient)
+        pol = np.asarray(self.policy_index)[rp]
+        tabs = {k: np.stack([self.policy_tables[i][k][0] for i in pol]) for k in self.policy_tables[0]}
+        return Wt[rp], tabs
+
+    def evaluate(self, rows: pd.DataFrame, row_patient: np.ndarray, seed: int = 0):
+        """Exact simulation of each patient's chosen schedule and rescue policy on other rows (e.g. the
+        patient's true parameters): ``rows`` a population frame, ``row_patient`` the patient index of each row."""
+        from pkpd.regimen_sim import simulate_regimen
+
+        W, tabs = self.weights_for(row_patient)
+        return simulate_regimen(self.superset, rows, seed=seed, dose_weights=W, rescue_tables=tabs)
+
+
+#: Reference patient of the adjunct-burden exposures: 50 y, male, 80 kg, 175 cm, serum creatinine 1.0 mg/dL
+#: (Cockcroft-Gault 100 mL/min), no hepatic impairment, normal metabolizer (the REFERENCE_ADULT of explain()).
+def _reference_row() -> dict:
+    from pkpd.patients import Patient
+
+    row = Patient(age_y=50, sex="male", weight_kg=80, height_cm=175, scr_mg_dl=1.0,
+                  genotypes=["CYP2D6 *1/*1", "CYP2C9 *1/*1"]).to_row()
+    row["ID"] = 1
+    return row
+
+
+_AUC_REF: dict[tuple, float] = {}
+
+
+def auc_reference(product_key: str, *, fusion: bool = True, horizon_h: float = 72.0, rescue=None) -> float:
+    """Plasma AUC (mg*h/L, 0 to the horizon) of the reference adult (typical parameters, no variability) on
+    the product's label-maximum schedule of the optimizer's grid: the unit of the adjunct burden."""
+    key = (product_key, bool(fusion), float(horizon_h))
+    if key not in _AUC_REF:
+        from pkpd.regimen_sim import SimOptions, simulate_regimen
+
+        row = _reference_row()
+        cov = {k: v for k, v in row.items() if k != "ID"}
+        space = DecisionSpace.build(cov, None, (product_key,), rescue=(), horizon_h=horizon_h, fusion=fusion)
+        drug = get_product(product_key).drug
+        if not space.slots:
+            _AUC_REF[key] = float("nan")
+        else:
+            amounts, _ = _repair(space, space.reference, cov, None, fusion, rescue=())
+            res = simulate_regimen(space.regimen(amounts, rescue=()), pd.DataFrame([row]),
+                                   options=SimOptions(iiv=False, record_doses=False))
+            _AUC_REF[key] = float(res.patients[f"AUC_{get_product(product_key).drug}"].iloc[0])
+        del drug
+    return _AUC_REF[key]
+
+
+def _policy_allowed(policy, cov, fusion: bool, base_keys: set) -> bool:
+    found = check_regimen(Regimen(name="policy", prn=policy.rules), cov, None, fusion=fusion)
+    return {(f.drug, f.rule, f.severity) for f in found} <= base_keys
+
+
+def _policy_tables(policies, superset: Regimen, row: pd.DataFrame, opts) -> list[dict]:
+    """Each policy's rescue tables (1, I, R) on the superset's rescue structure."""
+    from pkpd.regimen_sim import _Plan
+
+    ref = _Plan.build(superset, row, opts)
+    out = []
+    for pol in policies:
+        plan = _Plan.build(dataclasses.replace(superset, prn=pol.rules), row, opts)
+        if [(it["kind"], it["drug"], it["route"], len(it["thr"])) for it in plan.items] != \
+                [(it["kind"], it["drug"], it["route"], len(it["thr"])) for it in ref.items]:
+            raise RegimenError(f"rescue policy {pol.label!r} does not have the structure of {policies[0].label!r}")
+        tab = plan.rescue_tables(1)
+        if np.any(tab["prn_int"] > ref.rescue_shape()[3] * float(opts.dt_h) + 1e-9):
+            raise RegimenError(f"rescue policy {pol.label!r}: an interval is longer than the first policy's")
+        out.append(tab)
+    return out
 
 
 def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | None = None, *,
                         fusion: bool = True, progress: Callable[[str], None] | None = None,
-                        row_ids: np.ndarray | None = None) -> PopulationProposal:
+                        row_ids: np.ndarray | None = None, draw_rows: pd.DataFrame | None = None
+                        ) -> PopulationProposal:
     """Optimize every patient of a population at once (see the module docstring).
 
     All patients share one superset structure (every slot any patient may use); a patient's own caps
     enter as per-patient bounds and cap vectors, so one compiled program serves the whole population and
     the gradient of the summed loss is each patient's own gradient. Memory grows with patients x draws;
-    call it on chunks of patients for large trials (``pkpd trial`` does).
+    call it on chunks of patients for large trials (:func:`run_trial` does).
 
     Parameters
     ----------
@@ -414,6 +552,9 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     row_ids
         Optional (P, draws) simulation IDs of each patient's draws (they seed the variability and demand
         draws); default ``1 .. P * draws``. :func:`oracle_gap` passes the virtual patients' own IDs.
+    draw_rows
+        Optional (P x draws) rows of per-draw parameter overrides (columns ``<drug>.<PARAM>``, e.g. posterior
+        draws from :func:`regimens.posterior.posterior_draws`), patient p's draws in rows p*S ... p*S + S - 1.
 
     Returns
     -------
@@ -426,7 +567,7 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     """
     import time
 
-    from pkpd.regimen_sim import SimOptions, relaxed_program, simulate_regimen
+    from pkpd.regimen_sim import SimOptions, relaxed_program, relaxed_rows, simulate_regimen
 
     from .io import get_regimen
 
@@ -436,8 +577,14 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     t_start = time.perf_counter()
     pop = population.reset_index(drop=True)
     P, S = len(pop), int(st.draws)
+    if S < 1:
+        raise RegimenError("draws must be >= 1")
+    b = max(1, min(int(st.batch_draws), S))
+    S_sc = max(1, min(int(st.score_draws), S))
+    policies = st.policies()
+    base_rescue = policies[0].rules
     covs = [{k: v for k, v in r.items() if k != "ID"} for r in pop.to_dict(orient="records")]
-    spaces = [DecisionSpace.build(c, None, st.products, fusion=fusion) for c in covs]
+    spaces = [DecisionSpace.build(c, None, st.products, rescue=base_rescue, fusion=fusion) for c in covs]
     for p, sp in enumerate(spaces):
         if not sp.slots:
             raise InfeasibleError(f"patient {pop['ID'].iloc[p]}: no product is allowed: " + "; ".join(
@@ -450,7 +597,7 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     items = tuple(Scheduled(drug=pr.drug, route=pr.route, start_h=t,
                             **({"dose_mg_per_kg": pr.strengths_mg[-1]} if pr.per_kg else
                                {"dose_mg": pr.strengths_mg[-1]})) for pr, (_, t) in zip(prods, keys))
-    superset = Regimen(name="superset", scheduled=items, prn=spaces[0].rescue, horizon_h=spaces[0].horizon_h,
+    superset = Regimen(name="superset", scheduled=items, prn=base_rescue, horizon_h=spaces[0].horizon_h,
                        description="every slot any patient may use, at the largest strength")
     n = len(keys)
     REF = np.array([[pr.strengths_mg[-1] * (float(c["WT"]) if pr.per_kg else 1.0) for pr in prods] for c in covs])
@@ -489,39 +636,117 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     if row_ids.shape != (P, S) or len(np.unique(row_ids)) != P * S:
         raise RegimenError(f"row_ids must be {P} x {S} distinct IDs, got shape {row_ids.shape}")
     rows.insert(0, "ID", row_ids.reshape(-1))
+    if draw_rows is not None:
+        if len(draw_rows) != P * S:
+            raise RegimenError(f"draw_rows must have {P} x {S} = {P * S} rows, got {len(draw_rows)}")
+        for c_ in draw_rows.columns:
+            rows[c_] = draw_rows[c_].to_numpy()
     row_patient = np.repeat(np.arange(P), S)
+    opts = SimOptions(dt_h=st.dt_h)
+    pol_tabs = _policy_tables(policies, superset, rows.iloc[:1], opts)
+    base_keys_all = [{(f.drug, f.rule, f.severity) for f in check_regimen(Regimen(name="p", prn=base_rescue), c, None,
+                                                                            fusion=fusion)} for c in covs]
+    pol_ok = np.array([[_policy_allowed(pol, covs[p], fusion, base_keys_all[p]) or i == 0
+                        for i, pol in enumerate(policies)] for p in range(P)])
     times["setup_s"] = time.perf_counter() - t_start
 
     say("comparators C0 and C1 (exact)")
     t0 = time.perf_counter()
     comps = {name: simulate_regimen(get_regimen(name), rows, seed=st.seed) for name in ("C0", "C1")}
     c1p = comps["C1"].patients
+    c1_mme = c1p["MME_0_72"].to_numpy().reshape(P, S)
     tit_target = c1p["TIT3"].to_numpy().reshape(P, S).mean(1) - st.tit_slack
     if st.min_time_in_target is not None:
         tit_target = np.maximum(tit_target, float(st.min_time_in_target))
     times["comparators_s"] = time.perf_counter() - t0
 
-    say("continuous stage")
+    say("relaxed programs")
     t0 = time.perf_counter()
-    opts = SimOptions(dt_h=st.dt_h)
-    c1_reg = get_regimen("C1")
-    c1_out, c1_data, c1_ns, c1_nr = relaxed_program(c1_reg, rows, seed=st.seed, options=opts)
+    c1_out, c1_data, c1_ns, c1_nr = relaxed_program(get_regimen("C1"), rows, seed=st.seed, options=opts)
     h_c1 = np.asarray(_jit(c1_out)(jnp.ones(c1_ns), jnp.ones(max(c1_nr, 1)), c1_data)["OIRD_HAZARD"])
     oird_ref = np.maximum(h_c1.reshape(P, S).mean(1), 1e-300)
     outcomes, data, n_sched, n_resc = relaxed_program(superset, rows, seed=st.seed, options=opts)
-    c = {"rescue": jnp.ones(max(n_resc, 1)), "tit_target": jnp.asarray(tit_target),
-         "pain_weight": jnp.asarray(st.pain_weight), "tit_penalty": jnp.asarray(st.tit_penalty),
-         "sedation_weight": jnp.asarray(st.sedation_weight), "oird_penalty": jnp.asarray(st.oird_penalty),
-         "oird_ref": jnp.asarray(oird_ref), "ref": jnp.asarray(REF), "U": jnp.asarray(U), "W": jnp.asarray(W),
-         "caps": jnp.asarray(CAPS), "row_patient": jnp.asarray(row_patient)}
-    loss_vec, loss, project = _programs(outcomes)
-    res = projected_descent(loss, 0.8 * U, args=(data, c), project=project, steps=st.steps,
-                            learning_rate=st.learning_rate)
-    X = np.asarray(res.x)
+    burden = {d: w for d, w in st.burden().items() if d in drugs and w > 0}
+    auc_ref = {}
+    for d in burden:
+        key = next(k for k in st.products if get_product(k).drug == d)
+        auc_ref[d] = auc_reference(key, fusion=fusion, horizon_h=superset.horizon_h)
+    burden = {d: w for d, w in burden.items() if np.isfinite(auc_ref[d]) and auc_ref[d] > 0}
+    limits = {d: lim.mg_per_l for d, lim in EXPOSURE_LIMITS.items() if d in drugs}
+    static = (float(st.cvar_alpha), tuple(sorted(burden)), tuple(sorted(limits)))
+    score_fn, batch_loss, project = _programs(outcomes, static)
+    c_scal = {"pain_weight": st.pain_weight, "sedation_weight": st.sedation_weight, "cvar_weight": st.cvar_weight,
+              "tit_penalty": st.tit_penalty, "oird_penalty": st.oird_penalty, "chance_penalty": st.chance_penalty,
+              "risk": st.risk}
+    c_base = {k: jnp.asarray(float(v)) for k, v in c_scal.items()}
+    c_base.update({"rescue": jnp.ones(max(n_resc, 1)), "burden": {d: jnp.asarray(float(w)) for d, w in burden.items()},
+                   "auc_ref": {d: jnp.asarray(float(v)) for d, v in auc_ref.items()},
+                   "limit": {d: jnp.asarray(float(v)) for d, v in limits.items()}})
+
+    def per_group(G_rep: int, **arrs):
+        c = dict(c_base)
+        for k, v in arrs.items():
+            c[k] = jnp.asarray(np.repeat(np.asarray(v, float), G_rep))
+        return c
+
+    def with_policies(d, pol_rows):
+        d = dict(d)
+        base = dict(d["base"])
+        for k in pol_tabs[0]:
+            base[k] = jnp.asarray(np.stack([pol_tabs[i][k][0] for i in pol_rows]))
+        d["base"] = base
+        return d
+    times["relaxed_setup_s"] = time.perf_counter() - t0
+
+    # ---- gradient-free stage: rescue policy and product inclusion (cross-entropy method)
+    t0 = time.perf_counter()
+    prod_keys = list(dict.fromkeys(pr.key for pr in prods))
+    col_prod = np.array([prod_keys.index(pr.key) for pr in prods])
+    bit_ok = np.array([[any(sl.product.key == k for sl in sp.slots) for k in prod_keys] for sp in spaces])
+    S_cem = max(1, min(int(st.cem_draws), S))
+    chosen_pol = np.zeros(P, int)
+    incl = bit_ok.copy()
+    if st.cem_generations > 0 and (len(policies) > 1 or bit_ok.sum() > P):
+        say("cross-entropy search: rescue policy and products")
+        K = int(st.cem_candidates)
+        idx_rows = (np.arange(P)[:, None, None] * S + np.arange(S_cem)[None, None, :]).repeat(K, axis=1)  # (P,K,Sc)
+        d_cem = relaxed_rows(data, jnp.asarray(idx_rows.reshape(-1)))
+        c_cem = per_group(K * 1, tit_target=tit_target, oird_ref=oird_ref)
+
+        def cem_score(cat, bits):
+            Xc = U[:, None, :] * bits[:, :, col_prod]  # (P, K, n): included products at their maximum ...
+            Xc = _cap_scale(Xc, REF[:, None, :], W, CAPS[:, None, :])  # ... within the daily / total caps
+            Xr = np.repeat(Xc.reshape(P * K, n), S_cem, axis=0)
+            dd = with_policies(d_cem, np.repeat(cat.reshape(-1), S_cem))
+            return np.asarray(score_fn(jnp.asarray(Xr), P * K, dd, c_cem)).reshape(P, K)
+
+        chosen_pol, incl, _, _ = cross_entropy_search(cem_score, pol_ok, bit_ok, candidates=K,
+                                                      generations=int(st.cem_generations), seed=int(st.seed))
+    times["cem_s"] = time.perf_counter() - t0
+
+    # ---- continuous stage: dose fractions and eta by minibatch projected Adam
+    say("continuous stage")
+    t0 = time.perf_counter()
+    U_eff = U * incl[:, col_prod]
+    eta_scale = np.maximum(np.quantile(c1_mme, st.cvar_alpha, axis=1), 1.0)
+    data_run = with_policies(data, chosen_pol[row_patient])
+    c = per_group(1, tit_target=tit_target, oird_ref=oird_ref, eta_scale=eta_scale)
+    c.update({"ref": jnp.asarray(REF), "U": jnp.asarray(U_eff), "W": jnp.asarray(W), "caps": jnp.asarray(CAPS),
+              "row_patient": jnp.asarray(row_patient)})
+
+    def minibatch(i):  # patient p's draws (i*b ... i*b + b - 1) mod S: every draw is used in turn
+        d = (i * b + np.arange(b)) % S
+        return (jnp.asarray((np.arange(P)[:, None] * S + d[None, :]).reshape(-1)),)
+
+    x0 = np.concatenate([0.8 * U_eff, np.ones((P, 1))], axis=1)
+    res = projected_descent(batch_loss, x0, args=(data_run, c), project=project, steps=st.steps,
+                            learning_rate=st.learning_rate, step_args=minibatch)
+    X = np.asarray(res.x)[:, :n]
     times["continuous_s"] = time.perf_counter() - t0
 
     say("rounding to strengths and label checks")
     t0 = time.perf_counter()
+    rescue_of = [policies[int(chosen_pol[p])].rules for p in range(P)]
 
     def own(p, Xp):  # superset fractions -> the patient's own slot amounts (mg)
         return Xp[cols[p]] * REF[p, cols[p]]
@@ -529,58 +754,81 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     def to_superset(p, amounts):
         return _to_superset(cols[p], amounts, REF[p], n)
 
-    cand = [[_repair(spaces[p], a, covs[p], None, fusion)[0] for a in _round(spaces[p], own(p, X[p]))]
+    cand = [[_repair(spaces[p], a, covs[p], None, fusion, rescue_of[p])[0] for a in _round(spaces[p], own(p, X[p]))]
             for p in range(P)]
     K = max(len(cp) for cp in cand)
+    idx_sc = (np.arange(P)[:, None] * S + np.arange(S_sc)[None, :]).reshape(-1)
+    d_sc = relaxed_rows(data_run, jnp.asarray(idx_sc))
+    c_sc = per_group(1, tit_target=tit_target, oird_ref=oird_ref)
     vals = np.full((K, P), np.inf)
-    lv = _jit(loss_vec)
     for k in range(K):
         Xk = np.array([to_superset(p, cand[p][min(k, len(cand[p]) - 1)]) for p in range(P)])
-        vals[k] = np.asarray(lv(jnp.asarray(Xk), data, c))
+        vals[k] = np.asarray(score_fn(jnp.asarray(np.repeat(Xk, S_sc, axis=0)), P, d_sc, c_sc))
     choice = np.argmin(vals, axis=0)
-    amounts = [cand[p][min(int(choice[p]), len(cand[p]) - 1)] for p in range(P)]
+    amounts = [cand[p][min(int(choice[p]), len(cand[p]) - 1)].copy() for p in range(P)]
     times["rounding_s"] = time.perf_counter() - t0
 
     say("exact evaluation and safety checks")
     t0 = time.perf_counter()
-    why = [[] for _ in range(P)]
-    for _attempt in range(3):
+    risk = st.risk
+    oird_c1 = c1p["P_OIRD"].to_numpy().reshape(P, S).mean(1)
+
+    def exact():
         Wt = np.array([to_superset(p, amounts[p]) for p in range(P)])
-        prop = simulate_regimen(superset, rows, seed=st.seed, dose_weights=Wt[row_patient])
+        tabs = {k: np.stack([pol_tabs[int(chosen_pol[p])][k][0] for p in row_patient]) for k in pol_tabs[0]}
+        prop = simulate_regimen(superset, rows, seed=st.seed, dose_weights=Wt[row_patient], rescue_tables=tabs)
         pp = prop.patients
-        last = (pp["LAST_INDEX"].to_numpy() >= 1.0).reshape(P, S).mean(1)
+        tox = {"bupivacaine": exceedance_probability(pp["LAST_INDEX"].to_numpy().reshape(P, S), 1.0)[0]}
+        for d, lim in limits.items():
+            tox[d] = exceedance_probability(pp[f"CMAX_{d}"].to_numpy().reshape(P, S), lim)[0]
         oird = pp["P_OIRD"].to_numpy().reshape(P, S).mean(1)
-        oird_c1 = c1p["P_OIRD"].to_numpy().reshape(P, S).mean(1)
-        why = [[] for _ in range(P)]
+        why: list[list[tuple[str, str]]] = [[] for _ in range(P)]
+        for p in range(P):
+            for d, pr in tox.items():
+                if pr[p] > risk:
+                    what = "LAST (bupivacaine toxicity threshold)" if d == "bupivacaine" else \
+                        f"{d} above {limits[d]:g} mg/L ({EXPOSURE_LIMITS[d].source})"
+                    why[p].append((d, f"{what}: estimated probability {pr[p]:.1e} above the allowed {risk:.0e}"))
+            if oird[p] > oird_c1[p] + st.oird_tolerance:
+                why[p].append(("oird", f"OIRD: mean risk {oird[p]:.2e} above C1's {oird_c1[p]:.2e}"))
+        return Wt, tabs, prop, pp, tox, why
+
+    Wt, tabs, prop, pp, tox, why = exact()
+    for _attempt in range(4):
         changed = False
         for p in range(P):
-            if last[p] > st.last_risk:
-                why[p].append(f"LAST: {last[p]:.2%} of draws cross a bupivacaine toxicity threshold")
-                for i, sl in enumerate(spaces[p].slots):  # one strength down, then re-evaluate
-                    if sl.product.drug == "bupivacaine_liposomal" and amounts[p][i] > 0:
-                        ch = [x for x in sl.choices_mg if x < amounts[p][i]]
-                        amounts[p][i] = ch[-1] if ch else 0.0
+            for d, _msg in why[p]:
+                if d == "oird":
+                    best = _repair(spaces[p], spaces[p].reference, covs[p], None, fusion, base_rescue)[0]
+                    if not np.array_equal(best, amounts[p]) or chosen_pol[p] != 0:
+                        amounts[p], chosen_pol[p], rescue_of[p] = best, 0, base_rescue  # adjuncts at max, C1 rescue
                         changed = True
-            if oird[p] > oird_c1[p] + st.oird_tolerance:
-                why[p].append(f"OIRD: mean risk {oird[p]:.2e} above C1's {oird_c1[p]:.2e}")
-                best = _repair(spaces[p], spaces[p].reference, covs[p], None, fusion)[0]  # every adjunct at max
-                if not np.array_equal(best, amounts[p]):
-                    amounts[p] = best
-                    changed = True
+                else:  # one strength down on the drug that crosses its limit, then re-evaluate
+                    for dd in (("bupivacaine_liposomal", "bupivacaine") if d == "bupivacaine" else (d,)):
+                        changed |= _lower_drug(spaces[p], amounts[p], dd)
         if not changed:
             break
+        Wt, tabs, prop, pp, tox, why = exact()
+    why = [[m for _, m in w] for w in why]
     times["exact_s"] = time.perf_counter() - t0
     out = pop.copy()
+    out["POLICY"] = [policies[int(i)].label for i in chosen_pol]
     for name, r in (("proposal", pp), ("C0", comps["C0"].patients), ("C1", c1p)):
+        mme = r["MME_0_72"].to_numpy().reshape(P, S)
         for k in ("MME_0_72", "TIT3", "PAIN_AUC", "P_OIRD", "P_PONV"):
             out[f"{k}_{name}"] = r[k].to_numpy().reshape(P, S).mean(1)
-        out[f"MME_P90_{name}"] = np.quantile(r["MME_0_72"].to_numpy().reshape(P, S), 0.9, axis=1)
+        out[f"MME_P90_{name}"] = np.quantile(mme, 0.9, axis=1)
+        kk = max(1, int(math.ceil(0.1 * S - 1e-9)))
+        out[f"MME_CVAR90_{name}"] = np.sort(mme, axis=1)[:, S - kk:].mean(1)
         out[f"LAST_INDEX_{name}"] = r["LAST_INDEX"].to_numpy().reshape(P, S).max(1)
+    for d, pr in tox.items():
+        out[f"P_TOX_{d}_proposal"] = pr
     out["SAFE"] = [not w for w in why]
     out["WHY"] = ["; ".join(w) for w in why]
     times["total_s"] = time.perf_counter() - t_start
     return PopulationProposal(spaces, amounts, out, {"proposal": prop, **comps}, superset, Wt[row_patient], times,
-                              rows, col, REF)
+                              rows, col, REF, [policies[int(i)] for i in chosen_pol], tabs, pol_tabs,
+                              [int(i) for i in chosen_pol])
 
 
 def _subset(result, rows: np.ndarray):
@@ -591,7 +839,7 @@ def _subset(result, rows: np.ndarray):
 
 def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any] | None = None, *,
                      settings: OptimizeSettings | None = None, fusion: bool = True,
-                     progress: Callable[[str], None] | None = None) -> Proposal:
+                     progress: Callable[[str], None] | None = None, posterior: Any = None) -> Proposal:
     """Propose an opioid-sparing multimodal schedule for one patient (see the module docstring).
 
     Parameters
@@ -609,6 +857,10 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
         Apply the spinal-fusion ketorolac caps.
     progress
         ``progress(text)`` before each stage.
+    posterior
+        Optional: the patient's forecast posterior (a ``pkpd forecast`` output directory, or
+        ``(Forecast, model)``; :func:`regimens.posterior.posterior_draws`): its draws of the linked
+        quantities replace the population-prior draws in every scenario (proposal and comparators alike).
 
     Returns
     -------
@@ -625,12 +877,18 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
                            "phenotypes are not supported by the optimizer")
     st = settings or OptimizeSettings()
     cov = {k: v for k, v in dict(covariates).items() if not isinstance(v, str)}
-    res = optimize_population(pd.DataFrame([{"ID": 1, **cov}]), st, fusion=fusion, progress=progress)
+    draw_rows, post_notes = None, []
+    if posterior is not None:
+        from .posterior import posterior_draws
+
+        draw_rows, post_notes = posterior_draws(posterior, int(st.draws))
+    res = optimize_population(pd.DataFrame([{"ID": 1, **cov}]), st, fusion=fusion, progress=progress,
+                              draw_rows=draw_rows)
     row = res.patients.iloc[0]
     if not row["SAFE"]:
         raise InfeasibleError(f"every candidate schedule failed an exact safety check: {row['WHY']}")
-    space, amounts = res.spaces[0], res.amounts[0]
-    regimen = space.regimen(amounts)
+    space, amounts, policy = res.spaces[0], res.amounts[0], res.policies[0]
+    regimen = space.regimen(amounts, rescue=policy.rules)
     findings = check_regimen(regimen, cov, None, fusion=fusion)
     rows = np.arange(st.draws)
     outcomes = {k: _subset(v, rows) for k, v in res.draws.items()}
@@ -638,6 +896,7 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
     sched = pd.DataFrame([{"time_h": sl.time_h, "drug": sl.product.drug, "route": sl.product.route, "dose_mg": a}
                           for sl, a in zip(space.slots, amounts) if a > 0])
     notes = explain(cov, None, st.products, fusion=fusion)
+    notes += _choices_explained(space, amounts, policy, st) + post_notes
     got = float(comparison.loc["proposal", "TIT3"])
     if st.min_time_in_target is not None and got < float(st.min_time_in_target) - 1e-9:
         at_max = [f"{k}" for k in st.products if k not in space.excluded and any(
@@ -652,6 +911,27 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
         notes.append(f"time in target {comparison.loc['proposal', 'TIT3']:.1%} is below the target {tit_target:.1%} "
                      f"(C1 - {st.tit_slack:.0%}) in the exact evaluation: no allowed schedule reached it")
     return Proposal(regimen, space, sched, comparison, outcomes, findings, notes)
+
+
+def _choices_explained(space: DecisionSpace, amounts, policy, st: OptimizeSettings) -> list[str]:
+    """What the optimizer chose that is not a limit: unused products, doses below the maximum, the rescue."""
+    lines = []
+    base = st.policies()[0]
+    if policy.label != base.label:
+        lines.append(f"as-needed rescue: {policy.label} (C1: {base.label}); chosen by the search for this patient's "
+                     "modelled pain and opioid response")
+    used = {}
+    for sl, a in zip(space.slots, amounts):
+        used.setdefault(sl.product.key, []).append((a, sl.reference_mg))
+    for key, v in used.items():
+        total, top = sum(a for a, _ in v), sum(r for _, r in v)
+        if total <= 0:
+            lines.append(f"{key}: allowed but not used (in the model it adds less than its adjunct burden "
+                         f"{st.burden().get(get_product(key).drug, 0.0):g} MME-eq per label-maximum course)")
+        elif total < top - 1e-9:
+            lines.append(f"{key}: {total:g} mg in 0-72 h, below the {top:g} mg the patient's limits allow (more adds "
+                         "less than it costs in the objective)")
+    return lines
 
 
 _JITS: dict[Any, Callable] = {}

@@ -8,6 +8,9 @@ written as expressions, and one residual-error model per observation type (DVID)
     [model]
     structure = "1cmt_oral"
     description = "Theophylline, one compartment, first-order absorption"
+    # optional: which drug-library parameters of the regimen simulator the fitted ones are, so that a
+    # patient's forecast posterior can drive `pkpd optimize --posterior` (same units required)
+    # simulates = { CL = "gabapentin.CL", V = "gabapentin.V" }
 
     [parameters.KE]              # an estimated parameter: typical value = initial estimate
     estimate = 0.08
@@ -276,6 +279,10 @@ class PopulationModel:
         Observation types with their error models.
     interpolation
         ``nocb`` (NONMEM) or ``locf`` for time-varying covariates.
+    simulates
+        Fitted parameter -> regimen-simulator quantity it is (``"<drug>.<PARAM>"`` of the drug library, or
+        ``"pain.b0"`` / ``"pain.t_half"`` / ``"pain.sensitivity"``): how a forecast posterior becomes
+        scenario draws of the optimizer (:mod:`regimens.posterior`).
     """
 
     structure: str
@@ -287,6 +294,7 @@ class PopulationModel:
     interpolation: str = "nocb"
     description: str = ""
     source: str | None = None
+    simulates: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -504,6 +512,8 @@ class PopulationModel:
                                "parameters": params}
         if self.description:
             out["model"]["description"] = self.description
+        if self.simulates:
+            out["model"]["simulates"] = dict(self.simulates)
         if self.derived:
             out["derived"] = dict(self.derived)
         if self.omega_blocks:
@@ -608,7 +618,11 @@ def load_model(source: str | Path | Mapping[str, Any]) -> PopulationModel:
     where = f"model file {src_name}" if src_name else "population model"
     _check_keys(where, content, _TOP_KEYS)
     m = content.get("model", {})
-    _check_keys(f"{where} [model]", m, {"structure", "description", "interpolation"})
+    _check_keys(f"{where} [model]", m, {"structure", "description", "interpolation", "simulates"})
+    sim = m.get("simulates") or {}
+    if not isinstance(sim, Mapping) or not all(isinstance(v, str) for v in sim.values()):
+        raise _fail(f"{where} [model]", "`simulates` must be a table such as { CL = \"gabapentin.CL\", "
+                    "V = \"gabapentin.V\" } (fitted parameter -> drug-library parameter of the regimen simulator)")
     if "structure" not in m:
         raise _fail(where, "[model] needs `structure`, a model name such as \"1cmt_oral\" (see `pkpd models`)")
     params = []
@@ -667,4 +681,5 @@ def load_model(source: str | Path | Mapping[str, Any]) -> PopulationModel:
         derived={str(k): str(v) if not isinstance(v, (int, float)) else v
                  for k, v in (content.get("derived") or {}).items()},
         omega_blocks=tuple(blocks), iov=iov, interpolation=str(m.get("interpolation", "nocb")),
-        description=str(m.get("description", "")), source=src_name)
+        description=str(m.get("description", "")), source=src_name,
+        simulates={str(k): str(v) for k, v in sim.items()})
