@@ -72,7 +72,9 @@ class SimOptions:
     ``iiv`` samples inter-individual variability (False: typical patients with their covariates);
     ``record_doses`` keeps the realized dose record per patient; ``record_states`` keeps every state
     trajectory (N, T, n_states: memory-heavy, for checks); ``record_concentrations`` keeps every drug's
-    plasma concentration trajectory (N, T, n_drugs; for concentration bands); ``opioid_ec50_scale`` multiplies every opioid
+    plasma concentration trajectory (N, T, n_drugs; for concentration bands); ``record_trajectories=False``
+    keeps only the per-patient outcomes (computed in the compiled program; no NRS, opioid-effect or bupivacaine
+    trajectories, no dose record: for large batches); ``opioid_ec50_scale`` multiplies every opioid
     EC50 (analgesia and respiration); ``pd_overrides`` replaces PD values per drug, e.g.
     ``{"acetaminophen": {"emax": 0.3}}`` (keys ``ec50``, ``emax``).
     """
@@ -88,6 +90,7 @@ class SimOptions:
     record_doses: bool = True
     record_states: bool = False
     record_concentrations: bool = False
+    record_trajectories: bool = True
     opioid_ec50_scale: float = 1.0
     pd_overrides: Mapping[str, Mapping[str, float]] | None = None
 
@@ -185,6 +188,15 @@ def _expm_gamma(K: np.ndarray, tau) -> tuple[np.ndarray, np.ndarray]:
     return E[:, :n, :n], E[:, :n, n:]
 
 
+def _expm(K: np.ndarray, tau) -> np.ndarray:
+    """``expm(K tau)`` for stacks ``K`` (N, n, n), ``tau`` scalar or (N,)."""
+    n_pat, n, _ = K.shape
+    tau = np.broadcast_to(np.asarray(tau, float), (n_pat,))
+    if not np.any(tau):
+        return np.broadcast_to(np.eye(n), K.shape).copy()
+    return np.asarray(_batched_expm()(K * tau[:, None, None]))
+
+
 _EXPM = None
 
 
@@ -220,7 +232,8 @@ class PopulationResult:
     times
         Grid times (h), shape (T,).
     nrs, opioid_units, bupi
-        Per-patient trajectories (N, T): NRS, opioid normalized units, total bupivacaine (mg/L).
+        Per-patient trajectories (N, T): NRS, opioid normalized units, total bupivacaine (mg/L); None with
+        ``SimOptions(record_trajectories=False)``.
     parameters
         Drug name -> DataFrame (one row per patient) of the individual PK parameter values used.
     states, state_index
@@ -710,7 +723,7 @@ class _Plan:
                 bad = np.flatnonzero(~np.isfinite(K).all(axis=(1, 2)))
                 raise ModelSpecError(f"{b.drug.name}: non-finite rate constants for patient IDs {ids[bad][:10]}")
             Ks.append(K)
-            Phi.append(self._em(K, dt)[0])
+            Phi.append(self._em(K, dt, gamma=False)[0])
 
         # ---- scheduled events (and PCA loading/basal) -> exact grid contributions
         ev_k, ev_vec, seg_from, seg_to, seg_vec = [], [], [], [], []
@@ -767,7 +780,7 @@ class _Plan:
         arrays["rmult"] = np.ones((n_pat, max(n_it, 1)))
         arrays.update(self.rescue_tables(n_pat))
         arrays["vol"] = np.stack([np.broadcast_to(np.asarray(params[j][b.model.volume], float), (n_pat,))
-                                  for j, b in enumerate(self.blocks)], axis=1)
+                                  for j, b in enumerate(self.blocks)] or [np.ones(n_pat)], axis=1)
         arrays.update(_event_groups(evk, np.array(ev_blk + [-1] * (E_ - len(ev_blk))), len(self.blocks), self.T))
         self.index = (np.array(ev_item + [-1] * (E_ - len(ev_item))),
                       np.array(seg_item + [-1] * (S_ - len(seg_item))), n_sched)
@@ -787,16 +800,19 @@ class _Plan:
             out.append(cache[key])
         return np.array(out, float).reshape(len(sub), -1)
 
-    def _em(self, K: np.ndarray, tau) -> tuple[np.ndarray, np.ndarray]:
-        """:func:`_expm_gamma` memoized within one :meth:`arrays` call: the doses of one drug usually share
-        their sub-step offsets (same lag, grid-aligned dose times), so each offset is exponentiated once."""
+    def _em(self, K: np.ndarray, tau, gamma: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """:func:`_expm_gamma` (or, with ``gamma=False``, only ``expm(K tau)``, a matrix half the size)
+        memoized within one :meth:`arrays` call: the doses of one drug usually share their sub-step offsets
+        (same lag, grid-aligned dose times), so each offset is exponentiated once."""
         tau = np.broadcast_to(np.asarray(tau, float), (K.shape[0],))
+        fn = _expm_gamma if gamma else (lambda K_, t_: (_expm(K_, t_), None))
         memo = getattr(self, "_memo", None)
         if memo is None:
-            return _expm_gamma(K, tau)
-        key = (id(K), tau.tobytes())
+            return fn(K, tau)
+        key = (id(K), tau.tobytes(), gamma)
         if key not in memo:
-            memo[key] = _expm_gamma(K, tau)
+            hit = (id(K), tau.tobytes(), True)
+            memo[key] = (memo[hit][0], None) if hit in memo else fn(K, tau)
         return memo[key]
 
     def _contrib(self, b, K, tgt, amt, s, dur, ev_k, ev_vec, seg_from, seg_to, seg_vec, n_pat):
@@ -821,7 +837,7 @@ class _Plan:
             if np.all(np.abs(delta) < 1e-12):
                 put(k, e_t * amt[:, None])
             else:
-                E, _ = self._em(K, delta)
+                E, _ = self._em(K, delta, gamma=False)
                 put(k, E[:, :, tgt] * amt[:, None])
             return
         if np.any(dur <= 0):
@@ -832,7 +848,7 @@ class _Plan:
         kb = np.floor((e - t0) / dt + 1e-9).astype(np.int64)
         inside = ka > kb  # whole infusion inside one step
         # whole infusion inside one step (t_{ka-1}, t_ka]
-        E1, _ = self._em(K, np.where(inside, t0 + ka * dt - e, 0.0))
+        E1, _ = self._em(K, np.where(inside, t0 + ka * dt - e, 0.0), gamma=False)
         _, Gd = self._em(K, np.where(inside, dur, 0.0))
         v_in = np.einsum("pij,pj->pi", E1, Gd[:, :, tgt]) * rate[:, None]
         put(np.where(inside, ka, -1), v_in)
@@ -848,7 +864,7 @@ class _Plan:
         seg_vec.append(v)
         # tail piece t_kb -> e, seen at t_{kb+1}
         tail = np.where(inside, 0.0, e - (t0 + kb * dt))
-        Et, _ = self._em(K, np.where(tail > 1e-12, t0 + (kb + 1) * dt - e, 0.0))
+        Et, _ = self._em(K, np.where(tail > 1e-12, t0 + (kb + 1) * dt - e, 0.0), gamma=False)
         _, Gt = self._em(K, tail)
         v_t = np.einsum("pij,pj->pi", Et, Gt[:, :, tgt]) * rate[:, None]
         put(np.where((~inside) & (tail > 1e-12), kb + 1, -1), v_t)
@@ -928,60 +944,50 @@ class _Plan:
         pain = repr(o.pain)
         mods = tuple((m.kind, tuple(map(tuple, m.windows)), m.enabled) for m in self.regimen.modalities)
         return (blocks, items, self.t0, self.T, o.dt_h, o.gamma, o.relaxed, o.record_states, o.record_concentrations,
+                o.record_trajectories,
                 tuple(sorted((o.greco_alpha or {}).items())), repr(o.ae), pain, repr(o.demand.n50),
                 repr(o.demand.slope), repr(o.demand.relax_tau), mods, self.n)
 
     def collect(self, outs: list[dict], population: pd.DataFrame) -> PopulationResult:
+        """The outcome table from the compiled program's per-patient summaries (and the trajectories, when
+        recorded); scheduled-opioid MME is added here from the dose amounts."""
         dt = float(self.opts.dt_h)
         times = self.t0 + dt * np.arange(self.T)
-        nrs = np.concatenate([o["nrs"] for o in outs])
-        dose = np.concatenate([o["dose"] for o in outs])[:, :, :len(self.items)]
-        units = np.concatenate([o["uop"] for o in outs])
-        bupi = np.concatenate([o["bupi"] for o in outs])
-        dep = np.concatenate([o["dep"] for o in outs])
-        sed = np.concatenate([o["sed"] for o in outs])
-        post = (times >= -1e-9) & (times <= float(self.regimen.horizon_h) + 1e-9)
         ae = self.opts.ae
+
+        def cat(k):
+            return np.concatenate([np.asarray(o[k]) for o in outs])
+
         df = population.reset_index(drop=True).copy()
-        # MME: rescue items + scheduled opioids, within [0, window)
-        fac_items = np.array([mme_factor(it["drug"], it["route"]) for it in self.items]) if self.items else np.zeros(0)
-        mme_t = (dose * fac_items[None, None, :]).sum(-1) if self.items else np.zeros_like(nrs)
-        sched_mme = np.zeros((len(df), self.T))
+        # MME: rescue items (summed in the kernel) + scheduled opioids, within [0, window)
+        mme = cat("mme_rescue").astype(float)
         offset = 0
         for o in outs:
             m = len(o["ids"])
             for (_, t_e, dname, route, amt, _dur) in o["sched"]:
                 f = mme_factor(dname, route)
-                k = int(np.clip(np.ceil((t_e - self.t0) / dt - 1e-9), 0, self.T - 1))
                 if f > 0 and t_e >= 0:
-                    sched_mme[offset:offset + m, k] += f * amt
+                    k = int(np.clip(np.ceil((t_e - self.t0) / dt - 1e-9), 0, self.T - 1))
+                    for j, h in enumerate((24, 48, 72)):
+                        if times[k] < h - 1e-9:
+                            mme[offset:offset + m, j] += f * np.asarray(amt, float)
             offset += m
-        tot = mme_t + sched_mme
-        for h in (24, 48, 72):
-            w = (times >= -1e-9) & (times < h - 1e-9)
-            df[f"MME_0_{h}"] = tot[:, w].sum(1)
-        x = nrs[:, post]
-        df["TIT3"] = (x <= 3.0 + 1e-9).mean(1)
-        df["TIT4"] = (x <= 4.0 + 1e-9).mean(1)
-        tp = times[post]
-        df["PAIN_AUC"] = np.trapezoid(x, tp, axis=1)
-        df["PAIN_EXCESS"] = np.trapezoid(np.maximum(x - 3.0, 0.0), tp, axis=1)
-        kinds = np.array([it["kind"] for it in self.items])
-        given = dose > 0
-        df["N_PCA"] = given[:, :, kinds == "pca"].sum((1, 2)) if len(kinds) else 0
-        df["N_PRN"] = given[:, :, kinds == "prn"].sum((1, 2)) if len(kinds) else 0
-        anyg = given.any(-1) if len(kinds) else np.zeros_like(nrs, bool)
-        first = np.where(anyg.any(1), times[np.argmax(anyg, axis=1)], np.nan)
-        df["T_FIRST_RESCUE"] = first
-        d = dep[:, post]
-        df["MIN_VE"] = 1.0 - d.max(1)
-        h = _oird_rate(ae)
-        cum = np.trapezoid((d / float(ae.d_ref.value)) ** 2, tp, axis=1) * h
+        for j, h in enumerate((24, 48, 72)):
+            df[f"MME_0_{h}"] = mme[:, j]
+        df["TIT3"] = cat("tit3")
+        df["TIT4"] = cat("tit4")
+        df["PAIN_AUC"] = cat("pain_auc")
+        df["PAIN_EXCESS"] = cat("pain_excess")
+        df["N_PCA"] = cat("n_pca").astype(int)
+        df["N_PRN"] = cat("n_prn").astype(int)
+        df["T_FIRST_RESCUE"] = cat("t_first")
+        df["MIN_VE"] = 1.0 - cat("max_dep")
+        cum = cat("oird_cum")
         osa = df["OSA"].to_numpy(float) if "OSA" in df else np.zeros(len(df))
         p = 1.0 - np.exp(-cum)
         odds = p / np.maximum(1.0 - p, 1e-300) * np.where(osa > 0, float(ae.osa_or.value), 1.0)
         df["P_OIRD"] = odds / (1.0 + odds)
-        df["MAX_SEDATION"] = sed[:, post].max(1)
+        df["MAX_SEDATION"] = cat("max_sed")
         m24 = df["MME_0_24"].to_numpy()
         lo = np.log(float(ae.ponv_p_ref.value) / (1 - float(ae.ponv_p_ref.value))) + float(ae.ponv_slope.value) * (
             np.log1p(m24) - np.log1p(float(ae.ponv_mme_ref.value)))
@@ -990,25 +996,28 @@ class _Plan:
         df["P_PONV"] = 1.0 / (1.0 + np.exp(-lo))
         from .drugs.local_anesthetics import last_threshold
 
-        peak = bupi.max(1)
+        peak = cat("peak_bupi")
         fu = float(get_drug("bupivacaine")._param("FU").value)
         df["PEAK_BUPI"] = peak * 1000.0
         df["PEAK_BUPI_UNBOUND"] = peak * fu * 1000.0
         df["LAST_INDEX"] = np.maximum(peak / last_threshold("bupivacaine", "total", "CNS").value,
                                       peak * fu / last_threshold("bupivacaine", "unbound", "CNS").value)
-        auc = np.concatenate([o["auc"] for o in outs])
-        cmax = np.concatenate([o["cmax"] for o in outs])
+        auc, cmax = cat("auc"), cat("cmax")
         for j, b in enumerate(self.blocks):
             df[f"AUC_{b.drug.name}"] = auc[:, j]
             df[f"CMAX_{b.drug.name}"] = cmax[:, j]
+        traj = "nrs" in outs[0]
+        nrs = cat("nrs") if traj else None
+        units = cat("uop") if traj else None
+        bupi = cat("bupi") if traj else None
         doses = None
-        if self.opts.record_doses and not self.opts.relaxed:
+        if self.opts.record_doses and not self.opts.relaxed and traj:
             doses = self._dose_frame(outs, times)
         params = {b.drug.name: pd.concat([o["params"][b.drug.name] for o in outs], ignore_index=True)
                   for b in self.blocks}
         for v in params.values():
             v.insert(0, "ID", df["ID"].to_numpy())
-        states = np.concatenate([o["x"] for o in outs]) if self.opts.record_states else None
+        states = cat("x") if self.opts.record_states else None
         index = {b.drug.name: (b.off, b.n) for b in self.blocks}
         conc = None
         if self.opts.record_concentrations:
@@ -1212,6 +1221,10 @@ def _make_kernel(plan: _Plan):
     ni, R, C, M = plan.rescue_shape()  # rescue rule values are data (plan.rescue_tables), shapes are static
     n50, slope, tau = float(dem.n50.value), float(dem.slope.value), float(dem.relax_tau.value)
     record_conc = bool(opts.record_concentrations)
+    record_traj = bool(opts.record_trajectories) or relaxed
+    fac_items = np.array([mme_factor(it["drug"], it["route"]) for it in items] or [0.0])
+    is_pca = np.array([it["kind"] == "pca" for it in items] or [False])
+    h_oird, d_ref = _oird_rate(opts.ae), float(opts.ae.d_ref.value)
     times = t0 + dt * np.arange(T)
     extra = np.zeros(T)  # modality terms (time only)
     for (w0, w1) in pt_w:
@@ -1220,6 +1233,8 @@ def _make_kernel(plan: _Plan):
         extra -= float(pain.tens_reduction.value) * ((times >= w0) & (times < w1))
     diurnal = amp * np.cos(2 * np.pi * (times - phase) / 24.0)
     post = (times >= -1e-9) & (times <= float(plan.regimen.horizon_h) + 1e-9)
+    n_post = float(max(post.sum(), 1))
+    mme_windows = [(times >= -1e-9) & (times < h - 1e-9) for h in (24, 48, 72)]
     tp = times[post]
     w_auc = np.zeros(T)  # trapezoid weights over 0 .. horizon (h)
     if tp.size > 1:
@@ -1375,7 +1390,7 @@ def _make_kernel(plan: _Plan):
             for j in FB:
                 u_all[j] = units_of(j, CF[j][:, 0], a)
         else:
-            y = nrs_from(combine(jnp.stack(u_all, axis=-1)), A, B)
+            y = nrs_from(combine(jnp.stack(u_all, axis=-1)) if nb else jnp.zeros(T, dtype), A, B)
             dose = jnp.zeros((T, 1), dtype)
         Cs = {**CO, **CF}
         # outputs that do not feed back, at every grid point at once
@@ -1387,10 +1402,29 @@ def _make_kernel(plan: _Plan):
         s2 = (uop / sed_u50) ** 2
         sed = s2 / (1.0 + s2)
         bup = sum((Cs[j][:, 1] for j in bupi_idx), jnp.zeros(T, dtype))
-        conc = jnp.stack([Cs[j][:, 1] for j in range(nb)], axis=1)  # (T, drugs) plasma mg/L
-        out = {"nrs": y, "dose": dose, "uop": uop, "dep": dep, "sed": sed, "bupi": bup,
-               "auc": jnp.asarray(w_auc) @ conc, "cmax": jnp.max(jnp.where(jnp.asarray(post)[:, None], conc, -jnp.inf),
-                                                                  axis=0)}
+        conc = jnp.stack([Cs[j][:, 1] for j in range(nb)] or [jnp.zeros(T, dtype)], axis=1)  # (T, drugs) mg/L
+        pm = jnp.asarray(post)
+        wt = jnp.asarray(w_auc)
+        given = dose > 0
+        anyg = jnp.any(given, axis=1)
+        fac = jnp.asarray(fac_items)
+        mme_t = dose @ fac if n_it else jnp.zeros(T, dtype)
+        summ = {  # per-patient outcomes (see _Plan.collect), computed here so large batches need no trajectories
+            "mme_rescue": jnp.stack([jnp.sum(jnp.where(jnp.asarray(w), mme_t, 0.0)) for w in mme_windows]),
+            "tit3": jnp.sum(jnp.where(pm, y <= 3.0 + 1e-9, False)) / n_post,
+            "tit4": jnp.sum(jnp.where(pm, y <= 4.0 + 1e-9, False)) / n_post,
+            "pain_auc": wt @ y, "pain_excess": wt @ jnp.maximum(y - 3.0, 0.0),
+            "n_pca": jnp.sum(given & jnp.asarray(is_pca)[None, :]) if n_it else jnp.zeros((), jnp.int32),
+            "n_prn": jnp.sum(given & jnp.asarray(~is_pca)[None, :]) if n_it else jnp.zeros((), jnp.int32),
+            "t_first": jnp.where(jnp.any(anyg), jnp.asarray(times)[jnp.argmax(anyg)], jnp.nan),
+            "max_dep": jnp.max(jnp.where(pm, dep, -jnp.inf)),
+            "oird_cum": (wt @ (dep / d_ref) ** 2) * h_oird,
+            "max_sed": jnp.max(jnp.where(pm, sed, -jnp.inf)),
+            "peak_bupi": jnp.max(bup),
+        }
+        out = {"auc": wt @ conc, "cmax": jnp.max(jnp.where(pm[:, None], conc, -jnp.inf), axis=0), **summ}
+        if record_traj:
+            out.update({"nrs": y, "dose": dose, "uop": uop, "dep": dep, "sed": sed, "bupi": bup})
         if record_conc:
             out["conc"] = conc
         if record_states:
