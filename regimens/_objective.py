@@ -79,7 +79,7 @@ EXPOSURE_LIMITS: dict[str, ExposureLimit] = {
 }
 
 
-def exceedance_probability(peaks: np.ndarray, limit: float) -> tuple[np.ndarray, np.ndarray]:
+def exceedance_probability(peaks: np.ndarray, limit: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per patient, the probability that a draw's peak crosses ``limit``.
 
     Parameters
@@ -91,10 +91,11 @@ def exceedance_probability(peaks: np.ndarray, limit: float) -> tuple[np.ndarray,
 
     Returns
     -------
-    estimate, empirical : (P,) arrays
-        ``empirical`` is the fraction of draws at or above the limit; ``estimate`` is the larger of it and
-        the tail of a log-normal fitted to the draws' peaks (mean and SD of log peak), which resolves small
-        probabilities that S draws cannot count. Draws with no exposure (peak 0) count as far below.
+    estimate, empirical, tail : (P,) arrays
+        ``empirical`` is the fraction of draws at or above the limit; ``tail`` the tail probability of a
+        log-normal fitted to the draws' peaks (mean and SD of log peak), which resolves small probabilities
+        that S draws cannot count; ``estimate`` is the larger of the two (conservative). Draws with no
+        exposure (peak 0) count as far below.
     """
     x = np.asarray(peaks, float)
     emp = (x >= limit).mean(axis=1)
@@ -104,7 +105,7 @@ def exceedance_probability(peaks: np.ndarray, limit: float) -> tuple[np.ndarray,
     z = np.where(sd > 1e-12, (math.log(limit) - mu) / np.maximum(sd, 1e-12), np.where(mu >= math.log(limit), -np.inf,
                                                                                           np.inf))
     tail = norm.sf(z)
-    return np.maximum(emp, tail), emp
+    return np.maximum(emp, tail), emp, tail
 
 
 def group_loss(out: Mapping[str, jnp.ndarray], G: int, c: Mapping[str, jnp.ndarray], eta=None, *, alpha: float,

@@ -55,7 +55,8 @@ from ._policies import RescuePolicy, cross_entropy_search, rescue_policies
 from .limits import DoseCaps, check_regimen, dose_caps
 
 __all__ = ["DEFAULT_PRODUCTS", "DecisionSpace", "Slot", "OptimizeSettings", "Proposal", "PopulationProposal",
-           "optimize_patient", "optimize_population", "run_trial", "trial_summary", "plot_trial", "oracle_gap", "InfeasibleError", "explain"]
+           "optimize_patient", "optimize_population", "run_trial", "trial_summary", "plot_trial", "oracle_gap",
+           "InfeasibleError", "explain", "auc_reference", "plot_concentrations", "plot_schedule"]
 
 #: Products the optimizer may use by default. NSAIDs never overlap: a later NSAID in the list (celecoxib)
 #: is only scheduled after the course of an earlier one (ketorolac, <= 48 h in fusion surgery) has ended,
@@ -265,8 +266,9 @@ class Proposal:
     def save(self, out_dir, *, force: bool = False) -> list:
         """Write ``schedule.csv``, ``regimen.toml`` and ``regimen.txt`` (the proposal, reusable with
         ``pkpd simulate --regimen``), ``comparison.csv``, ``explanation.txt``, ``schedule.png`` (doses over
-        time per drug) and ``bands.png`` (pain, opioid effect and bupivacaine bands of the proposal with
-        C1's median pain). An existing non-empty directory is refused unless ``force``."""
+        time per drug), ``bands.png`` (pain and opioid-effect bands of the proposal with C1's median pain)
+        and ``concentrations.png`` (per-drug plasma concentration bands with toxicity limits). An existing
+        non-empty directory is refused unless ``force``."""
         from pathlib import Path
 
         from .io import save_regimen
@@ -287,7 +289,11 @@ class Proposal:
         files.append(save_regimen(self.regimen, out / "regimen.toml"))
         plot_schedule(self, out / "schedule.png")
         _plot_proposal_bands(self, out / "bands.png")
-        return files + [out / "schedule.png", out / "bands.png"]
+        extra = [out / "schedule.png", out / "bands.png"]
+        if self.outcomes["proposal"].concentrations:
+            plot_concentrations(self, out / "concentrations.png")
+            extra.append(out / "concentrations.png")
+        return files + extra
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -460,13 +466,14 @@ class PopulationProposal:
         tabs = {k: np.stack([self.policy_tables[i][k][0] for i in pol]) for k in self.policy_tables[0]}
         return Wt[rp], tabs
 
-    def evaluate(self, rows: pd.DataFrame, row_patient: np.ndarray, seed: int = 0):
+    def evaluate(self, rows: pd.DataFrame, row_patient: np.ndarray, seed: int = 0, options=None):
         """Exact simulation of each patient's chosen schedule and rescue policy on other rows (e.g. the
-        patient's true parameters): ``rows`` a population frame, ``row_patient`` the patient index of each row."""
+        patient's true parameters): ``rows`` a population frame, ``row_patient`` the patient index of each row;
+        ``options`` :class:`pkpd.regimen_sim.SimOptions` (e.g. to record concentrations)."""
         from pkpd.regimen_sim import simulate_regimen
 
         W, tabs = self.weights_for(row_patient)
-        return simulate_regimen(self.superset, rows, seed=seed, dose_weights=W, rescue_tables=tabs)
+        return simulate_regimen(self.superset, rows, seed=seed, dose_weights=W, rescue_tables=tabs, options=options)
 
 
 #: Reference patient of the adjunct-burden exposures: 50 y, male, 80 kg, 175 cm, serum creatinine 1.0 mg/dL
@@ -530,8 +537,8 @@ def _policy_tables(policies, superset: Regimen, row: pd.DataFrame, opts) -> list
 
 def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | None = None, *,
                         fusion: bool = True, progress: Callable[[str], None] | None = None,
-                        row_ids: np.ndarray | None = None, draw_rows: pd.DataFrame | None = None
-                        ) -> PopulationProposal:
+                        row_ids: np.ndarray | None = None, draw_rows: pd.DataFrame | None = None,
+                        trajectories: bool = False) -> PopulationProposal:
     """Optimize every patient of a population at once (see the module docstring).
 
     All patients share one superset structure (every slot any patient may use); a patient's own caps
@@ -555,6 +562,9 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     draw_rows
         Optional (P x draws) rows of per-draw parameter overrides (columns ``<drug>.<PARAM>``, e.g. posterior
         draws from :func:`regimens.posterior.posterior_draws`), patient p's draws in rows p*S ... p*S + S - 1.
+    trajectories
+        Keep the NRS / opioid-effect / bupivacaine trajectories and dose records of the exact simulations
+        (for plots of one patient); off by default (large batches keep only the outcome tables).
 
     Returns
     -------
@@ -652,7 +662,8 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
 
     say("comparators C0 and C1 (exact)")
     t0 = time.perf_counter()
-    comps = {name: simulate_regimen(get_regimen(name), rows, seed=st.seed) for name in ("C0", "C1")}
+    ex_opts = SimOptions(record_trajectories=bool(trajectories), record_doses=bool(trajectories))
+    comps = {name: simulate_regimen(get_regimen(name), rows, seed=st.seed, options=ex_opts) for name in ("C0", "C1")}
     c1p = comps["C1"].patients
     c1_mme = c1p["MME_0_72"].to_numpy().reshape(P, S)
     tit_target = c1p["TIT3"].to_numpy().reshape(P, S).mean(1) - st.tit_slack
@@ -662,9 +673,12 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
 
     say("relaxed programs")
     t0 = time.perf_counter()
-    c1_out, c1_data, c1_ns, c1_nr = relaxed_program(get_regimen("C1"), rows, seed=st.seed, options=opts)
+    # the comparator's relaxed OIRD hazard (the scale of the penalty), from each patient's first score_draws draws
+    sub_rows = (np.arange(P)[:, None] * S + np.arange(S_sc)[None, :]).reshape(-1)
+    c1_out, c1_data, c1_ns, c1_nr = relaxed_program(get_regimen("C1"), rows.iloc[sub_rows], seed=st.seed,
+                                                    options=opts)
     h_c1 = np.asarray(_jit(c1_out)(jnp.ones(c1_ns), jnp.ones(max(c1_nr, 1)), c1_data)["OIRD_HAZARD"])
-    oird_ref = np.maximum(h_c1.reshape(P, S).mean(1), 1e-300)
+    oird_ref = np.maximum(h_c1.reshape(P, S_sc).mean(1), 1e-300)
     outcomes, data, n_sched, n_resc = relaxed_program(superset, rows, seed=st.seed, options=opts)
     burden = {d: w for d, w in st.burden().items() if d in drugs and w > 0}
     auc_ref = {}
@@ -754,8 +768,14 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     def to_superset(p, amounts):
         return _to_superset(cols[p], amounts, REF[p], n)
 
-    cand = [[_repair(spaces[p], a, covs[p], None, fusion, rescue_of[p])[0] for a in _round(spaces[p], own(p, X[p]))]
-            for p in range(P)]
+    def repaired(p, a):  # neighbours often coincide: repair each distinct candidate once
+        key = a.tobytes()
+        if key not in memo[p]:
+            memo[p][key] = _repair(spaces[p], a, covs[p], None, fusion, rescue_of[p])[0]
+        return memo[p][key]
+
+    memo: list[dict] = [{} for _ in range(P)]
+    cand = [[repaired(p, a) for a in _round(spaces[p], own(p, X[p]))] for p in range(P)]
     K = max(len(cp) for cp in cand)
     idx_sc = (np.arange(P)[:, None] * S + np.arange(S_sc)[None, :]).reshape(-1)
     d_sc = relaxed_rows(data_run, jnp.asarray(idx_sc))
@@ -776,7 +796,8 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     def exact():
         Wt = np.array([to_superset(p, amounts[p]) for p in range(P)])
         tabs = {k: np.stack([pol_tabs[int(chosen_pol[p])][k][0] for p in row_patient]) for k in pol_tabs[0]}
-        prop = simulate_regimen(superset, rows, seed=st.seed, dose_weights=Wt[row_patient], rescue_tables=tabs)
+        prop = simulate_regimen(superset, rows, seed=st.seed, dose_weights=Wt[row_patient], rescue_tables=tabs,
+                                options=ex_opts)
         pp = prop.patients
         tox = {"bupivacaine": exceedance_probability(pp["LAST_INDEX"].to_numpy().reshape(P, S), 1.0)[0]}
         for d, lim in limits.items():
@@ -831,12 +852,6 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
                               [int(i) for i in chosen_pol])
 
 
-def _subset(result, rows: np.ndarray):
-    """A PopulationResult restricted to some rows (plots of one patient's draws)."""
-    return dataclasses.replace(result, patients=result.patients.iloc[rows].reset_index(drop=True),
-                               nrs=result.nrs[rows], opioid_units=result.opioid_units[rows], bupi=result.bupi[rows])
-
-
 def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any] | None = None, *,
                      settings: OptimizeSettings | None = None, fusion: bool = True,
                      progress: Callable[[str], None] | None = None, posterior: Any = None) -> Proposal:
@@ -883,16 +898,21 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
 
         draw_rows, post_notes = posterior_draws(posterior, int(st.draws))
     res = optimize_population(pd.DataFrame([{"ID": 1, **cov}]), st, fusion=fusion, progress=progress,
-                              draw_rows=draw_rows)
+                              draw_rows=draw_rows, trajectories=True)
     row = res.patients.iloc[0]
     if not row["SAFE"]:
         raise InfeasibleError(f"every candidate schedule failed an exact safety check: {row['WHY']}")
     space, amounts, policy = res.spaces[0], res.amounts[0], res.policies[0]
     regimen = space.regimen(amounts, rescue=policy.rules)
     findings = check_regimen(regimen, cov, None, fusion=fusion)
-    rows = np.arange(st.draws)
-    outcomes = {k: _subset(v, rows) for k, v in res.draws.items()}
-    comparison = _compare({k: v.patients for k, v in outcomes.items()})
+    from pkpd.regimen_sim import SimOptions
+
+    outcomes = dict(res.draws)
+    # the proposal once more with concentration trajectories, for the per-drug bands (same rows and draws)
+    outcomes["proposal"] = res.evaluate(res.rows, np.zeros(len(res.rows), int), st.seed,
+                                        options=SimOptions(record_concentrations=True))
+    comparison = _compare({k: v.patients for k, v in outcomes.items()},
+                          {d: lim.mg_per_l for d, lim in EXPOSURE_LIMITS.items()})
     sched = pd.DataFrame([{"time_h": sl.time_h, "drug": sl.product.drug, "route": sl.product.route, "dose_mg": a}
                           for sl, a in zip(space.slots, amounts) if a > 0])
     notes = explain(cov, None, st.products, fusion=fusion)
@@ -1007,6 +1027,32 @@ def plot_schedule(proposal: Proposal, path) -> None:
     fig.savefig(path, format="png")
 
 
+def plot_concentrations(proposal: Proposal, path) -> None:
+    """PNG: predicted plasma concentration (median and 10-90 % band over the patient's draws, mg/L) of every
+    drug of the proposal, with its toxicity limit where one applies (bupivacaine 2 mg/L total, CNS;
+    :data:`regimens._objective.EXPOSURE_LIMITS`)."""
+    from pkpd.report import _band, _fig
+
+    res = proposal.outcomes["proposal"]
+    used = list(dict.fromkeys(proposal.schedule["drug"])) if len(proposal.schedule) else []
+    drugs = [d for d in res.concentrations if d in used or d in {r.drug for r in proposal.regimen.prn}]
+    fig = _fig(9, 1.9 * max(len(drugs), 1) + 0.6)
+    axs = fig.subplots(max(len(drugs), 1), 1, sharex=True, squeeze=False)[:, 0]
+    t = res.times
+    for ax, d in zip(axs, drugs):
+        _band(ax, t, res.concentrations[d], d, "tab:purple")
+        lim = 2.0 if d.startswith("bupivacaine") else (EXPOSURE_LIMITS[d].mg_per_l if d in EXPOSURE_LIMITS else None)
+        if lim is not None:
+            ax.axhline(lim, color="k", linestyle="--", linewidth=1, label=f"toxicity limit {lim:g} mg/L")
+        ax.set_ylabel(f"{d}\n(mg/L)", fontsize="small")
+        ax.legend(fontsize="x-small", loc="upper right")
+        ax.grid(True, alpha=0.3)
+    axs[-1].set_xlabel("time after end of surgery (h)")
+    fig.suptitle(f"proposal: plasma concentrations over {len(res.patients)} draws of the patient")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
 def _plot_proposal_bands(proposal: Proposal, path) -> None:
     from pkpd.report import _band, _fig
 
@@ -1033,12 +1079,30 @@ def _plot_proposal_bands(proposal: Proposal, path) -> None:
     fig.savefig(path, format="png")
 
 
-def _compare(results: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+def _cvar(x: np.ndarray, alpha: float = 0.9) -> float:
+    """Empirical CVaR: mean of the worst ceil((1 - alpha) n) values."""
+    x = np.sort(np.asarray(x, float))
+    k = max(1, int(math.ceil((1.0 - alpha) * len(x) - 1e-9)))
+    return float(x[len(x) - k:].mean())
+
+
+def _compare(results: Mapping[str, pd.DataFrame], limits: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """Proposal vs comparators over the same draws: MME (mean, P10, P90, CVaR_0.9), time in target (NRS <= 3
+    and <= 4), pain AUC, mean OIRD and PONV risk, worst LAST index, and the estimated probability of crossing
+    each toxicity limit (``P_TOX_<drug>``; :func:`regimens._objective.exceedance_probability`)."""
     rows = []
     for name, p in results.items():
-        rows.append({"regimen": name, "MME_mean": p["MME_0_72"].mean(), "MME_P90": p["MME_0_72"].quantile(0.9),
-                     "TIT3": p["TIT3"].mean(), "PAIN_AUC": p["PAIN_AUC"].mean(), "P_OIRD": p["P_OIRD"].mean(),
-                     "P_PONV": p["P_PONV"].mean(), "LAST_INDEX_max": p["LAST_INDEX"].max()})
+        mme = p["MME_0_72"].to_numpy()
+        r = {"regimen": name, "MME_mean": mme.mean(), "MME_P10": np.quantile(mme, 0.1),
+             "MME_P90": np.quantile(mme, 0.9), "MME_CVAR90": _cvar(mme), "TIT3": p["TIT3"].mean(),
+             "TIT4": p["TIT4"].mean(), "PAIN_AUC": p["PAIN_AUC"].mean(), "P_OIRD": p["P_OIRD"].mean(),
+             "P_PONV": p["P_PONV"].mean(), "LAST_INDEX_max": p["LAST_INDEX"].max(),
+             "P_TOX_bupivacaine": float(exceedance_probability(p["LAST_INDEX"].to_numpy()[None], 1.0)[0][0])}
+        for d, lim in (limits or {}).items():
+            col = f"CMAX_{d}"
+            r[f"P_TOX_{d}"] = (float(exceedance_probability(p[col].to_numpy()[None], lim)[0][0]) if col in p
+                               else 0.0)
+        rows.append(r)
     return pd.DataFrame(rows).set_index("regimen")
 
 
@@ -1107,14 +1171,19 @@ def trial_summary(patients: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for label, g in groups:
         for reg in ("proposal", "C0", "C1"):
-            rows.append({"stratum": label, "regimen": reg, "n": len(g), "MME_mean": g[f"MME_0_72_{reg}"].mean(),
-                         "MME_P90": g[f"MME_0_72_{reg}"].quantile(0.9), "TIT3": g[f"TIT3_{reg}"].mean(),
-                         "PAIN_AUC": g[f"PAIN_AUC_{reg}"].mean(), "P_OIRD": g[f"P_OIRD_{reg}"].mean(),
-                         "P_PONV": g[f"P_PONV_{reg}"].mean(), "LAST_INDEX_max": g[f"LAST_INDEX_{reg}"].max(),
-                         "MME_vs_C0_pct": 100 * (1 - g[f"MME_0_72_{reg}"].mean() / g["MME_0_72_C0"].mean()),
-                         "MME_vs_C1_pct": 100 * (1 - g[f"MME_0_72_{reg}"].mean() / max(g["MME_0_72_C1"].mean(),
-                                                                                        1e-12)),
-                         "n_unsafe": int((~g["SAFE"]).sum()) if reg == "proposal" else 0})
+            m = g[f"MME_0_72_{reg}"].mean()
+            r = {"stratum": label, "regimen": reg, "n": len(g), "MME_mean": m,
+                 "MME_P10": g[f"MME_0_72_{reg}"].quantile(0.1), "MME_P90": g[f"MME_0_72_{reg}"].quantile(0.9),
+                 "TIT3": g[f"TIT3_{reg}"].mean(), "PAIN_AUC": g[f"PAIN_AUC_{reg}"].mean(),
+                 "P_OIRD": g[f"P_OIRD_{reg}"].mean(), "P_PONV": g[f"P_PONV_{reg}"].mean(),
+                 "LAST_INDEX_max": g[f"LAST_INDEX_{reg}"].max()}
+            if f"MME_CVAR90_{reg}" in g:
+                r["MME_CVAR90"] = g[f"MME_CVAR90_{reg}"].mean()  # mean over patients of their draws' CVaR_0.9
+            for ref in ("C0", "C1"):  # undefined (NaN) when the comparator uses no opioid at all
+                base = g[f"MME_0_72_{ref}"].mean()
+                r[f"MME_vs_{ref}_pct"] = 100 * (1 - m / base) if base > 0 else float("nan")
+            r["n_unsafe"] = int((~g["SAFE"]).sum()) if reg == "proposal" else 0
+            rows.append(r)
     return pd.DataFrame(rows)
 
 

@@ -256,3 +256,85 @@ def test_missing_covariates_named():
         simulate_regimen(get_regimen("C1"), _pop(3).drop(columns=["WT"]))
     with pytest.raises(ModelSpecError, match="ID column"):
         simulate_regimen(get_regimen("C1"), _pop(3).drop(columns=["ID"]))
+
+
+def test_auc_and_cmax_against_closed_forms():
+    """One 1,000 mg IV acetaminophen bolus (3-compartment disposition) at t = 0, no rescue: AUC_0-72 equals
+    dose / CL (the closed-form AUC_0-inf of a linear model; the 72-h truncation is < 1e-8 of it at
+    acetaminophen's t1/2 of ~2.5 h) within 2e-3 (the trapezoid rule on the 5-min grid overestimates a convex
+    decay by ~(lambda dt)^2 / 12 of the fast distribution phase's share: up to 1.1e-3 seen); CMAX_ equals the
+    largest value of the recorded concentration trajectory, and the trajectory at t = 0 equals dose / V1."""
+    reg = Regimen(name="apap", description="", scheduled=(Scheduled("acetaminophen", "iv", dose_mg=1000.0),))
+    res = simulate_regimen(reg, _pop(4), options=SimOptions(record_concentrations=True))
+    par = res.parameters["acetaminophen"]
+    np.testing.assert_allclose(res.patients["AUC_acetaminophen"], 1000.0 / par["CL"], rtol=2e-3)
+    conc = res.concentrations["acetaminophen"]
+    np.testing.assert_allclose(res.patients["CMAX_acetaminophen"], conc[:, res.times >= 0].max(1), rtol=1e-12)
+    np.testing.assert_allclose(conc[:, np.argmin(np.abs(res.times))], 1000.0 / par["V1"], rtol=1e-9)
+
+
+def test_parameter_override_columns():
+    """A column gabapentin.CL gives those rows exactly that clearance (the parameter table shows it, and the
+    AUC_0-72 follows the one-compartment closed form F*D/CL * (1 - (ka e^-kT - k e^-kaT)/(ka - k)), k = CL/V,
+    within 2e-3: trapezoid rule); NaN rows keep their own draw; pain.b0 sets the untreated pain score; an
+    override naming no parameter of the drug is an error naming the column."""
+    reg = Regimen(name="g", description="", scheduled=(Scheduled("gabapentin", "po", dose_mg=600.0),))
+    pop = _pop(3)
+    base = simulate_regimen(reg, pop)
+    pop2 = pop.copy()
+    pop2["gabapentin.CL"] = [2.0, np.nan, 8.0]
+    res = simulate_regimen(reg, pop2)
+    cl = res.parameters["gabapentin"]["CL"].to_numpy()
+    assert cl[0] == 2.0 and cl[2] == 8.0 and cl[1] == base.parameters["gabapentin"]["CL"].iloc[1]
+    f1 = 823.0 / (1120.0 + 600.0)  # DMAX / (DOSE50 + AMT), the library's saturable bioavailability
+    p = res.parameters["gabapentin"]
+    k, ka, T = p["CL"] / p["V"], p["KA"], 72.0
+    auc = f1 * 600.0 / p["CL"] * (1 - (ka * np.exp(-k * T) - k * np.exp(-ka * T)) / (ka - k))
+    np.testing.assert_allclose(res.patients["AUC_gabapentin"], auc, rtol=2e-3)
+    # pain.b0 / pain.t_half / pain.sensitivity: the untreated NRS is the closed form
+    # b_inf + (b0 - b_inf) 2^(-t / t_half) + amp cos(2 pi (t - phase) / 24), times the sensitivity
+    pain = pop.copy()
+    pain["pain.b0"] = [9.0, 5.0, np.nan]
+    pain["pain.t_half"] = [24.0, 12.0, np.nan]
+    pain["pain.sensitivity"] = [1.0, 0.8, np.nan]
+    none = Regimen(name="none", description="", scheduled=(), horizon_h=72.0)
+    r0 = simulate_regimen(none, pop)
+    r = simulate_regimen(none, pain)
+    pm = PainModel()
+    t = r.times
+    phase = pm.diurnal_peak_clock.value - pm.surgery_end_clock.value
+    for i, (b0, th, sens) in enumerate([(9.0, 24.0, 1.0), (5.0, 12.0, 0.8)]):
+        y = (pm.b_inf.value + (b0 - pm.b_inf.value) * 2.0 ** (-np.maximum(t, 0) / th)
+             + pm.diurnal_amp.value * np.cos(2 * np.pi * (t - phase) / 24.0)) * sens
+        np.testing.assert_allclose(r.nrs[i], np.clip(y, 0, 10), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(r.nrs[2], r0.nrs[2])  # NaN: the patient's own draw
+    bad = pop.copy()
+    bad["gabapentin.CLX"] = 1.0
+    with pytest.raises(ModelSpecError, match="gabapentin.CLX"):
+        simulate_regimen(reg, bad)
+
+
+def test_per_patient_rescue_tables_equal_separate_regimens():
+    """simulate_regimen(rescue_tables=...) with a different PRN policy per patient gives each patient the
+    outcomes of the regimen carrying that policy (same IDs, same draws): 1e-12 relative."""
+    from pkpd.regimen_sim import _Plan
+
+    sched = (Scheduled("acetaminophen", "po", dose_mg=1000.0, start_h=0.0, every_h=6.0),)
+    pol_a = (PRN("oxycodone", "po", 5.0, 4.0, 4.0), PRN("oxycodone", "po", 10.0, 7.0, 4.0))
+    pol_b = (PRN("oxycodone", "po", 5.0, 5.0, 3.0), PRN("oxycodone", "po", 5.0, 7.0, 3.0))
+    reg_a = Regimen(name="a", description="", scheduled=sched, prn=pol_a)
+    reg_b = Regimen(name="b", description="", scheduled=sched, prn=pol_b)
+    pop = _pop(4)
+    tabs = {}
+    ta = _Plan.build(reg_a, pop, SimOptions()).rescue_tables(1)
+    tb = _Plan.build(reg_b, pop, SimOptions()).rescue_tables(1)
+    which = [0, 1, 1, 0]
+    for k in ta:
+        tabs[k] = np.concatenate([(ta, tb)[w][k] for w in which])
+    mixed_res = simulate_regimen(reg_a, pop, rescue_tables=tabs).patients
+    for i, w in enumerate(which):
+        alone = simulate_regimen((reg_a, reg_b)[w], pop.iloc[[i]]).patients
+        for col in ("MME_0_72", "N_PRN", "TIT3", "PAIN_AUC"):
+            assert mixed_res[col].iloc[i] == pytest.approx(alone[col].iloc[0], rel=1e-12, abs=1e-12), (i, col)
+    with pytest.raises(ModelSpecError, match="rescue intervals"):
+        simulate_regimen(reg_b, pop, rescue_tables={k: np.concatenate([ta[k]] * 4) for k in ta})
