@@ -11,6 +11,27 @@ import jax as _jax
 if _os.environ.get("PKPD_PRECISION", "float64").lower() != "float32":
     _jax.config.update("jax_enable_x64", True)
 
+
+def _enable_compilation_cache() -> None:
+    """Persistent XLA compilation cache: a program compiled once (the optimizer's take about a minute) is
+    reused by later processes with the same shapes (a second ``pkpd optimize`` starts in seconds).
+    ``PKPD_JAX_CACHE``: the directory (default ``~/.cache/pkpd/jax``), or ``off``. A cache directory the user
+    configured for JAX (``JAX_COMPILATION_CACHE_DIR``) wins. Entries are keyed by the program, the compile
+    options and the JAX version, so a stale entry is never used."""
+    where = _os.environ.get("PKPD_JAX_CACHE", "").strip()
+    if where.lower() in ("off", "0", "no", "none", "false") or _jax.config.jax_compilation_cache_dir:
+        return
+    path = where or _os.path.join(_os.path.expanduser("~"), ".cache", "pkpd", "jax")
+    try:
+        _os.makedirs(path, exist_ok=True)
+    except OSError:  # read-only home: run without the cache
+        return
+    _jax.config.update("jax_compilation_cache_dir", path)
+    _jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+_enable_compilation_cache()
+
 from . import models as models
 from . import solvers as solvers
 from ._errors import DatasetError as DatasetError
