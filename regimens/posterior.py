@@ -79,7 +79,8 @@ def posterior_draws(source: Any, n: int) -> tuple[pd.DataFrame, list[str]]:
     Parameters
     ----------
     source
-        A :class:`pkpd.fit.Forecast` together with its model as ``(forecast, model)``, or the path of a
+        A :class:`pkpd.fit.Forecast` together with its model as ``(forecast, model)`` (a
+        :class:`~pkpd.fit.spec.PopulationModel`, a model file or the same mapping), or the path of a
         directory written by ``pkpd forecast`` (``draws.csv`` and ``model.toml``).
     n
         Number of rows (the optimizer's ``draws``).
@@ -113,7 +114,9 @@ def posterior_draws(source: Any, n: int) -> tuple[pd.DataFrame, list[str]]:
         where = str(d)
     else:
         fc, model = source
-        model = model if not isinstance(model, (str, Path)) else load_model(model)
+        from pkpd.fit.spec import PopulationModel
+
+        model = model if isinstance(model, PopulationModel) else load_model(model)
         draws = fc.draws
         where = "the forecast"
     link = check_link(model)
