@@ -1,14 +1,41 @@
 """pkpd: JAX PK/PD simulation with NONMEM-exact dosing events.
 
 Importing the package turns on 64-bit floats in JAX (``jax_enable_x64``) unless the environment variable
-``PKPD_PRECISION=float32`` is set: simulation and fitting default to float64 on CPU.
+``PKPD_PRECISION`` says otherwise: ``float64`` (the default when unset), ``float32``, or ``auto`` (float32
+when an accelerator plugin and its device files are present and ``JAX_PLATFORMS`` does not ask for the CPU,
+float64 otherwise; decided without starting JAX's backends, which :func:`jax.distributed.initialize` needs
+to come first). The command line's ``--precision`` (default ``auto``: float64 on CPU, float32 on
+accelerators, from the backend actually started) and :func:`pkpd.batch.set_precision` switch it at run time.
 """
 
 import os as _os
 
 import jax as _jax
 
-if _os.environ.get("PKPD_PRECISION", "float64").lower() != "float32":
+
+def _import_precision() -> str:
+    value = _os.environ.get("PKPD_PRECISION", "float64").strip().lower() or "float64"
+    if value != "auto":
+        return "float32" if value == "float32" else "float64"
+    import importlib.util
+
+    platforms = _os.environ.get("JAX_PLATFORMS", "").lower()
+    if platforms and platforms.split(",")[0].strip() == "cpu":
+        return "float64"
+    plugins = (("jax_cuda12_plugin", "/dev/nvidiactl"), ("jax_cuda13_plugin", "/dev/nvidiactl"),
+               ("jax_rocm60_plugin", "/dev/kfd"), ("jax_rocm7_plugin", "/dev/kfd"), ("libtpu", "/dev/accel0"),
+               ("libtpu", "/dev/vfio"))
+    for module, dev in plugins:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if found and _os.path.exists(dev):
+            return "float32"
+    return "float64"
+
+
+if _import_precision() == "float64":
     _jax.config.update("jax_enable_x64", True)
 
 

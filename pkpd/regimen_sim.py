@@ -277,7 +277,7 @@ _OUTCOMES = ("MME_0_24", "MME_0_48", "MME_0_72", "TIT3", "TIT4", "PAIN_AUC", "PA
 # Main entry
 # ----------------------------------------------------------------------------------------------------------
 def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, options: SimOptions | None = None,
-                     chunk_size: int = 2048, progress: Callable[[int], None] | None = None,
+                     chunk_size: int | None = None, progress: Callable[[int], None] | None = None,
                      dose_weights: np.ndarray | None = None, rescue_tables: Mapping[str, np.ndarray] | None = None
                      ) -> PopulationResult:
     """Simulate a regimen in a population.
@@ -301,7 +301,10 @@ def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, option
         :class:`SimOptions`.
     chunk_size
         Largest number of patients per compiled batch (bounds memory); the population is split into equal
-        batches of at most this size (rounded up to a multiple of 64).
+        batches of at most this size (rounded up to a multiple of 64 per device). ``None``: the configured
+        size (:func:`pkpd.batch.configure`), else sized from the free device memory
+        (:func:`pkpd.batch.chunk_rows`; on CPU at most 2,048). Each batch's patients are sharded over the
+        local devices (:mod:`pkpd.batch`); results do not depend on the chunk size or the device count.
     progress
         Called with the number of patients finished after each chunk (e.g. a progress-bar update).
     dose_weights
@@ -343,9 +346,14 @@ def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, option
         rescue_tables = plan.check_rescue_tables(rescue_tables, n_total)
     outs = []
     done = 0
-    # equal chunks (a multiple of 64 rows, at most chunk_size): no chunk is mostly padding
+    from . import batch as _batch
+
+    unit = 64 * _batch.device_count()  # rows per device: a multiple of the kernel's CPU sub-batch
+    if chunk_size is None:
+        chunk_size = _batch.chunk_rows(_row_bytes(plan), multiple=unit)
+    # equal chunks (a multiple of 64 rows per device, at most chunk_size): no chunk is mostly padding
     n_chunks = -(-n_total // max(int(chunk_size), 1))
-    size = min(int(chunk_size), -(-(-(-n_total // n_chunks)) // 64) * 64, n_total)
+    size = min(int(chunk_size), -(-(-(-n_total // n_chunks)) // unit) * unit, n_total)
     for start in range(0, n_total, size):
         sub = population.iloc[start:start + size]
         n_real = len(sub)
@@ -360,6 +368,22 @@ def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, option
         if progress is not None:
             progress(len(sub))
     return plan.collect(outs, population)
+
+
+def _row_bytes(plan: _Plan) -> float:
+    """Estimated device memory of one patient row of the compiled kernel (bytes): its inputs (step
+    propagators, dose vectors, event groups), its outputs over the grid and the per-step rescue arrays, x3
+    for intermediates and copies. Used to size chunks from free memory (:func:`pkpd.batch.chunk_rows`)."""
+    import jax
+
+    item = 8 if jax.config.jax_enable_x64 else 4
+    ni, R, C, M = plan.rescue_shape()
+    nb, n, T = len(plan.blocks), plan.n, plan.T
+    E = 2 * max(len(plan.events_template), 1)  # sub-doses (split routes, infusion pieces)
+    inputs = sum(b.n * b.n for b in plan.blocks) + 2 * E * n + 3 * nb * E + ni * (n + 4 * R + 4) + 6 * nb
+    per_step = 8 + 2 * ni + ni * R + 2 * nb + (nb if plan.opts.record_concentrations else 0) + (
+        n if plan.opts.record_states else 0)
+    return float(item * 3 * (inputs + T * per_step))
 
 
 def relaxed_objective(regimen, population: pd.DataFrame, *, seed: int = 0, options: SimOptions | None = None,
@@ -681,7 +705,6 @@ class _Plan:
     def run_chunk(self, sub: pd.DataFrame, seed: int, weights: np.ndarray | None = None,
                   rescue: Mapping[str, np.ndarray] | None = None) -> dict:
         import jax
-        import jax.numpy as jnp
 
         arrays, params, sched_rows, ids = self.arrays(sub, seed)
         if rescue is not None:
@@ -694,7 +717,8 @@ class _Plan:
             sched_rows = [(si, t, d, r, a * (weights[:, si] if si >= 0 else 1.0), u)
                           for (si, t, d, r, a, u) in sched_rows]
         fn = self._compiled()
-        res = fn(seed, jax.tree_util.tree_map(jnp.asarray, arrays))
+        # host arrays go to the kernel as they are: with several devices each device receives only its rows
+        res = fn(seed, jax.tree_util.tree_map(np.asarray, arrays))
         res = jax.tree_util.tree_map(np.asarray, res)
         res["sched"] = sched_rows
         res["ids"] = ids
@@ -1454,11 +1478,17 @@ def _make_kernel(plan: _Plan):
         return jax.vmap(kernel_one)(keys, a)
 
     jrun = jax.jit(run, static_argnums=0)
+    from .batch import RowProgram
+
+    # every array's first axis is the patient axis and rows are independent (keys from the patient IDs):
+    # the rows are sharded over the local devices (pkpd.batch), one device runs jrun unchanged
+    rows = RowProgram(run, single=jrun, name="regimen_kernel")
 
     def call(seed, arrs):
-        return jrun(int(seed), arrs)
+        return rows(int(seed), arrays=arrs)
 
     call.raw = run
+    call.rows = rows
     return call
 
 
