@@ -47,7 +47,7 @@ import scipy.optimize
 from .._errors import PKPDError
 from .problem import LOG2PI, Problem, fit_jit
 
-__all__ = ["fit_laplace", "conditional_modes", "laplace_objective", "FitError", "grad_hess"]
+__all__ = ["fit_laplace", "conditional_modes", "laplace_objective", "laplace_terms", "FitError", "grad_hess"]
 
 
 class FitError(PKPDError):
@@ -129,8 +129,9 @@ def conditional_modes(prob: Problem, u_full, eta0, *, max_iter: int = 60, tol: f
     return eta, H, done & jnp.isfinite(val), it
 
 
-def laplace_objective(prob: Problem, u, eta_star, H_star):
-    """``-2 log L`` (all constants) at free parameters ``u`` given converged modes (differentiable in ``u``).
+def laplace_terms(prob: Problem, u, eta_star, H_star):
+    """Each subject's term of ``-2 log L`` (shape ``(n_id,)``, all constants) at free parameters ``u`` given
+    converged modes: ``2 l_i(eta_i) + log det H_i - K log(2 pi)`` (differentiable in ``u``).
 
     One Newton step from the (non-differentiated) mode carries the exact first derivative of the mode.
     """
@@ -138,7 +139,7 @@ def laplace_objective(prob: Problem, u, eta_star, H_star):
     fn = lambda e: prob.neg_log_joint(u_full, e)  # noqa: E731
     K = prob.n_eta
     if K == 0:
-        return 2.0 * jnp.sum(fn(jnp.zeros((prob.n_id, 0))))
+        return 2.0 * fn(jnp.zeros((prob.n_id, 0)))
     e0 = jax.lax.stop_gradient(eta_star)
     g = jax.grad(lambda x: jnp.sum(fn(x)))(e0)
     step = jnp.linalg.solve(jax.lax.stop_gradient(H_star), g[..., None])[..., 0]
@@ -146,7 +147,16 @@ def laplace_objective(prob: Problem, u, eta_star, H_star):
     _, H = grad_hess(fn, eta_h)
     L = jnp.linalg.cholesky(H)
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
-    return jnp.sum(2.0 * fn(eta_h) + logdet - K * LOG2PI)
+    return 2.0 * fn(eta_h) + logdet - K * LOG2PI
+
+
+def laplace_objective(prob: Problem, u, eta_star, H_star):
+    """``-2 log L`` (all constants) at free parameters ``u`` given converged modes (differentiable in ``u``):
+    the sum of :func:`laplace_terms`."""
+    if prob.n_eta == 0:
+        u_full = prob.packer.full(u)
+        return 2.0 * jnp.sum(prob.neg_log_joint(u_full, jnp.zeros((prob.n_id, 0))))
+    return jnp.sum(laplace_terms(prob, u, eta_star, H_star))
 
 
 @dataclass
@@ -192,6 +202,9 @@ def fit_laplace(prob: Problem, *, u0=None, maxiter: int = 500, gtol: float = 1e-
     callback
         Called as ``callback(iteration, minus2ll)`` after each BFGS iteration (progress display).
 
+    With several local devices (:mod:`pkpd.batch`) the subjects are sharded over them
+    (:mod:`pkpd.fit.shard`): the same conditional modes per subject, the objective equal to rounding.
+
     Returns
     -------
     LaplaceFit
@@ -204,11 +217,16 @@ def fit_laplace(prob: Problem, *, u0=None, maxiter: int = 500, gtol: float = 1e-
     u = np.asarray(prob.init_u() if u0 is None else u0, float)
     state = {"eta": jnp.zeros((prob.n_id, prob.n_eta)), "H": None, "n": 0, "best": (math.inf, None)}
     t0 = time.perf_counter()
+    from .shard import shard_problem
+
+    sharded = shard_problem(prob)  # None on one device
+    modes = sharded.modes if sharded is not None else (lambda uf, e: _modes_jit(prob, uf, e))
+    value_grad = sharded.value_and_grad if sharded is not None else (lambda uu, e, H: _vg_jit(prob, uu, e, H))
 
     def evaluate(uu):
         uf = prob.packer.full(jnp.asarray(uu))
-        eta, H, ok, _ = _modes_jit(prob, uf, state["eta"])
-        val, g = _vg_jit(prob, jnp.asarray(uu), eta, H)
+        eta, H, ok, _ = modes(uf, state["eta"])
+        val, g = value_grad(jnp.asarray(uu), eta, H)
         val, g = float(val), np.asarray(g)
         state["n"] += 1
         if np.isfinite(val) and np.all(np.isfinite(g)):
