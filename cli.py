@@ -110,6 +110,39 @@ def _check_writable(path: Path, what: str, option: str, force: bool, data: Path)
         raise _Abort(f"cannot write the {what} {path}: directory {path.parent} does not exist")
 
 
+_DEVICES_HELP = ("Local devices the patients are sharded over (default: all that JAX sees, see `pkpd devices`; "
+                 "on CPU XLA_FLAGS=--xla_force_host_platform_device_count=N gives N virtual devices).")
+_CHUNK_HELP = "Patients (rows) per compiled batch; default: sized from the devices' free memory (CPU: 2,048)."
+_PRECISION_HELP = ("float64, float32 or auto (float64 on CPU, float32 on accelerators); default: PKPD_PRECISION, "
+                   "else auto.")
+_RESUME_HELP = ("Continue an interrupted run in the same --out: the chunks already in OUT/chunks are kept, only "
+                "the missing ones are computed.")
+_COORD_HELP = "Multi-process run: host:port of process 0 (default: JAX_COORDINATOR_ADDRESS)."
+_NPROC_HELP = "Multi-process run: number of processes (default: JAX_NUM_PROCESSES)."
+_PID_HELP = "Multi-process run: this process's id, 0 .. N-1 (default: JAX_PROCESS_ID)."
+
+
+def _scaleout(devices: Optional[int] = None, chunk_size: Optional[int] = None, precision: Optional[str] = None,
+              coordinator: Optional[str] = None, num_processes: Optional[int] = None,
+              process_id: Optional[int] = None) -> tuple[int, int]:
+    """Start the multi-process runtime, set the precision, devices and chunk size of this process
+    (:func:`pkpd.batch.setup`) before a command computes anything. Returns (process index, process count)."""
+    import os
+    import sys
+
+    prec = precision or os.environ.get("PKPD_PRECISION") or "auto"
+    if "pkpd" not in sys.modules and prec in ("float32", "float64"):
+        os.environ["PKPD_PRECISION"] = prec  # before the first import of pkpd
+    from pkpd import batch
+    from pkpd._errors import PKPDError
+
+    try:
+        return batch.setup(devices=devices, chunk_size=chunk_size, precision=prec, coordinator=coordinator,
+                           num_processes=num_processes, process_id=process_id)
+    except PKPDError as exc:
+        _fail(str(exc))
+
+
 SIMULATE_HELP = """Simulate every record of a NONMEM-format dataset with a built-in model.
 
 Reads DATA (CSV, one row per event record), evaluates the parameter file on every row, simulates each
@@ -195,14 +228,28 @@ def simulate(
                                         help=f"Also write a PNG of CP (mg/L) vs TIME (h), one line per ID "
                                              f"(first {MAX_PLOTTED_SUBJECTS} subjects)."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite OUT and PLOT if they exist."),
+    devices: Optional[int] = typer.Option(None, "--devices", min=1, help="Regimen mode: " + _DEVICES_HELP),
+    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Regimen mode: " + _CHUNK_HELP),
+    precision: Optional[str] = typer.Option(None, "--precision", help=_PRECISION_HELP),
+    resume: bool = typer.Option(False, "--resume", help="Regimen mode: " + _RESUME_HELP),
+    coordinator: Optional[str] = typer.Option(None, "--coordinator", help="Regimen mode: " + _COORD_HELP),
+    num_processes: Optional[int] = typer.Option(None, "--num-processes", min=1, help="Regimen mode: " + _NPROC_HELP),
+    process_id: Optional[int] = typer.Option(None, "--process-id", min=0, help="Regimen mode: " + _PID_HELP),
 ) -> None:
     args = dict(locals())
     if regimen is not None:
         if data is not None or params is not None or model is not None:
             _fail("--regimen simulates a regimen in a virtual population: do not also give DATA, --params or "
                   "--model (those are for dataset mode)")
-        _simulate_regimen(regimen, population, seed, patient, out, fmt, force, args)
+        scale = _scaleout(devices, chunk_size, precision, coordinator, num_processes, process_id)
+        _simulate_regimen(regimen, population, seed, patient, out, fmt, force, args, resume=resume, scale=scale)
         return
+    given = [f for f, v in (("--devices", devices), ("--chunk-size", chunk_size), ("--resume", resume or None),
+                            ("--coordinator", coordinator), ("--num-processes", num_processes),
+                            ("--process-id", process_id)) if v is not None]
+    if given:
+        _fail(f"{', '.join(given)} apply to population runs (--regimen), not to dataset mode")
+    _scaleout(precision=precision)
     if data is None or params is None:
         _fail("give DATA and --params (dataset mode) or --regimen (population mode); see `pkpd simulate --help`")
     out_path = out if out is not None else Path.cwd() / f"{data.stem}_sim.csv"
@@ -301,17 +348,21 @@ def _load_regimen(spec: str):
 
 
 def _simulate_regimen(spec: str, n: int, seed: int, patient: Optional[Path], out: Optional[Path], fmt: str,
-                      force: bool, args: dict) -> None:
+                      force: bool, args: dict, *, resume: bool = False, scale: tuple[int, int] = (0, 1)) -> None:
     from pkpd._errors import PKPDError
+
+    index, count = scale
 
     if fmt not in ("csv", "parquet"):
         _fail(f"--format must be csv or parquet, got {fmt!r}")
     try:
         reg = _load_regimen(spec)
         out_dir = out if out is not None else Path.cwd() / f"{reg.name}_sim"
-        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise _Abort(f"the output path {out_dir} is a file; give a directory with --out")
+        if index == 0 and out_dir.is_dir() and any(out_dir.iterdir()) and not force and not resume:
             raise _Abort(f"the output directory {out_dir} exists and is not empty; pass --force to overwrite "
-                         "its files, or choose another --out")
+                         "its files, --resume to continue an interrupted run, or choose another --out")
         if fmt == "parquet":
             try:
                 import pyarrow  # noqa: F401
@@ -329,7 +380,7 @@ def _simulate_regimen(spec: str, n: int, seed: int, patient: Optional[Path], out
     try:
         from pkpd.patients import load_patient, patients_to_frame, spine72_population
         from pkpd.population_checks import regimen_findings
-        from pkpd.regimen_sim import simulate_regimen
+        from pkpd.regimen_run import simulate_regimen_stored
         from pkpd.report import write_population_outputs
 
         if patient is not None:
@@ -349,7 +400,13 @@ def _simulate_regimen(spec: str, n: int, seed: int, patient: Optional[Path], out
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=False) as prog:
             task = prog.add_task("patients", total=n)
-            res = simulate_regimen(reg, pop, seed=seed, progress=lambda k: prog.advance(task, k))
+            # chunk by chunk into OUT/chunks (resumable; each process takes its share): pkpd.regimen_run
+            res = simulate_regimen_stored(reg, pop, out_dir / "chunks", seed=seed, resume=resume,
+                                          progress=lambda k: prog.advance(task, k))
+        if index != 0:
+            console.print(f"process {index} of {count}: its chunks are in {out_dir / 'chunks'}; process 0 writes "
+                          "the outputs", markup=False)
+            return
         written = write_population_outputs(res, out_dir, findings=findings, fmt=fmt)
     except PKPDError as exc:
         _fail(str(exc))
@@ -423,9 +480,13 @@ def fit_command(
     solver: SolverChoice = typer.Option(SolverChoice.auto, "--solver", case_sensitive=False,
                                         help="auto (exact for linear models, ODE otherwise), analytic or ode."),
     log_gof: bool = typer.Option(False, "--log-gof", help="Log axes in gof.png."),
+    devices: Optional[int] = typer.Option(None, "--devices", min=1, help="laplace: local devices the subjects are "
+                                          "sharded over (default: all that JAX sees)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help=_PRECISION_HELP),
 ) -> None:
     args = dict(locals())
     out_dir = _data_model_out(data, "the dataset", model, out, "_fit", force)
+    _scaleout(devices, None, precision)
 
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -657,8 +718,14 @@ def optimize_cmd(
                                            "(drug/route, e.g. acetaminophen/po,gabapentin/po); default: the standard "
                                            "multimodal set."),
     force: bool = typer.Option(False, "--force", "-f", help="Write into an existing non-empty output directory."),
+    devices: Optional[int] = typer.Option(None, "--devices", min=1, help="Local devices the draws of the exact "
+                                          "simulations are sharded over (default: all that JAX sees)."),
+    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Rows (draws) per compiled batch of "
+                                             "the exact simulations; default: sized from free memory."),
+    precision: Optional[str] = typer.Option(None, "--precision", help=_PRECISION_HELP),
 ) -> None:
     args = dict(locals())
+    _scaleout(devices, chunk_size, precision)
     if not patient.is_file():
         _fail(f"the patient file {patient} does not exist or is not a file")
     out_dir = out if out is not None else Path.cwd() / f"{patient.stem}_optimized"
@@ -730,12 +797,20 @@ def trial_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default spine72_trial)."),
     draws: int = typer.Option(8, "--draws", min=1, help="Variability draws per patient."),
     steps: int = typer.Option(30, "--steps", min=1, help="Gradient steps."),
-    chunk: int = typer.Option(50, "--chunk", min=1, help="Patients per batched call (memory)."),
+    chunk: int = typer.Option(50, "--chunk", "--chunk-size", min=1, help="Patients per batched call (memory)."),
     force: bool = typer.Option(False, "--force", "-f", help="Write into an existing non-empty output directory."),
+    resume: bool = typer.Option(False, "--resume", help=_RESUME_HELP),
+    devices: Optional[int] = typer.Option(None, "--devices", min=1, help=_DEVICES_HELP),
+    precision: Optional[str] = typer.Option(None, "--precision", help=_PRECISION_HELP),
+    coordinator: Optional[str] = typer.Option(None, "--coordinator", help=_COORD_HELP),
+    num_processes: Optional[int] = typer.Option(None, "--num-processes", min=1, help=_NPROC_HELP),
+    process_id: Optional[int] = typer.Option(None, "--process-id", min=0, help=_PID_HELP),
 ) -> None:
     args = dict(locals())
     out_dir = out if out is not None else Path.cwd() / "spine72_trial"
-    _check_out_dir(out_dir, force)
+    index, count = _scaleout(devices, None, precision, coordinator, num_processes, process_id)
+    if index == 0:  # completed chunks go to OUT/chunks as they finish (--resume continues from them)
+        _check_out_dir(out_dir, force or resume)
     import json
 
     from rich.console import Console
@@ -755,7 +830,11 @@ def trial_cmd(
                 prog.update(task, completed=done, description=f"patients ({stage})")
 
             patients, summary, times = run_trial(population, seed, OptimizeSettings(draws=draws, steps=steps),
-                                                 chunk=chunk, progress=tick)
+                                                 chunk=chunk, progress=tick, store=out_dir / "chunks", resume=resume)
+        if index != 0:
+            console.print(f"process {index} of {count}: its chunks are in {out_dir / 'chunks'}; process 0 writes "
+                          "the outputs", markup=False)
+            return
         out_dir.mkdir(parents=True, exist_ok=True)
         patients.to_csv(out_dir / "patients.csv", index=False)
         summary.to_csv(out_dir / "summary.csv", index=False)
@@ -811,6 +890,39 @@ def report_cmd(
     except PKPDError as exc:
         _fail(str(exc))
     typer.echo(f"Wrote {path}")
+
+
+@app.command("devices")
+def devices_cmd(
+    precision: Optional[str] = typer.Option(None, "--precision", help=_PRECISION_HELP),
+    coordinator: Optional[str] = typer.Option(None, "--coordinator", help=_COORD_HELP),
+    num_processes: Optional[int] = typer.Option(None, "--num-processes", min=1, help=_NPROC_HELP),
+    process_id: Optional[int] = typer.Option(None, "--process-id", min=0, help=_PID_HELP),
+) -> None:
+    """Print what JAX sees: platform, devices (memory where known), process index and count, precision."""
+    _scaleout(None, None, precision, coordinator, num_processes, process_id)
+    from pkpd.batch import describe
+
+    d = describe()
+
+    def gib(b):
+        return "?" if b is None else f"{b / 2 ** 30:.1f} GiB"
+
+    lines = [f"platform: {d['platform']} (jax {d['jax']})",
+             f"process: {d['process_index']} of {d['process_count']}",
+             f"devices: {d['local_device_count']} local, {d['device_count']} in all; the patient axis is sharded over "
+             f"{d['sharding_devices']}",
+             f"precision: {d['precision']} (x64 {'on' if d['x64'] else 'off'}; default here: {d['default_precision']})"]
+    for dev in d["devices"]:
+        mem = f"memory limit {gib(dev['bytes_limit'])}, in use {gib(dev['bytes_in_use'])}" \
+            if dev["bytes_limit"] is not None else "memory: no statistics"
+        lines.append(f"  device {dev['id']}: {dev['kind']} ({dev['platform']}), process {dev['process']}"
+                     f"{'' if dev['local'] else ' (remote)'}, {mem}")
+    if d["platform"] == "cpu":
+        lines.append(f"host memory available: {gib(d['host_available_bytes'])} (shared by the CPU devices)")
+    if d["xla_flags"]:
+        lines.append(f"XLA_FLAGS: {d['xla_flags']}")
+    typer.echo("\n".join(lines))
 
 
 @app.command()

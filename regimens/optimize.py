@@ -1107,7 +1107,8 @@ def _compare(results: Mapping[str, pd.DataFrame], limits: Mapping[str, float] | 
 
 
 def run_trial(n: int, seed: int, settings: OptimizeSettings | None = None, *, chunk: int = 50,
-              progress: Callable[[int, str], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+              progress: Callable[[int, str], None] | None = None, store=None, resume: bool = False,
+              wait_timeout_s: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The SPINE-72 virtual trial: optimize for every virtual patient and compare with C0 and C1.
 
     Parameters
@@ -1121,6 +1122,20 @@ def run_trial(n: int, seed: int, settings: OptimizeSettings | None = None, *, ch
         Patients optimized per batched call (bounds memory: rows = chunk x draws).
     progress
         ``progress(patients_done, stage)``.
+    store
+        Directory of a :class:`pkpd.batch.ChunkStore`: every completed chunk of patients is written there
+        as it finishes, so an interrupted trial can continue with ``resume``. Required with several
+        processes (:func:`pkpd.batch.init_distributed`): each process takes its share of the chunks
+        (:func:`pkpd.batch.assign_chunks`: the missing chunks in order, every ``count``-th from the process
+        index), writes them to the store (a directory every process sees), waits for the others and
+        merges; every process returns the whole trial. Chunks are the same whatever the process count, so
+        the merged table equals the single-process one. ``None``: in memory, one process.
+    resume
+        Keep the chunks already in ``store`` (an earlier run with the same ``n``, ``seed``, ``chunk`` and
+        settings; anything else is an error) and compute only the missing ones: no patient is computed
+        twice, lost or duplicated. Without it an existing store is cleared first.
+    wait_timeout_s
+        Longest wait for the other processes' chunks (s); ``None``: no limit.
 
     Returns
     -------
@@ -1131,26 +1146,63 @@ def run_trial(n: int, seed: int, settings: OptimizeSettings | None = None, *, ch
         overall and by CYP2D6 and CYP2C9 phenotype stratum, with the MME reduction vs C0 and C1 (%) and the
         number of patients whose proposal failed a hard check (``n_unsafe``).
     times : dict
-        Seconds per stage, summed over chunks.
+        Seconds per stage, summed over chunks (chunks resumed from ``store`` count with their stored times).
+
+    Raises
+    ------
+    pkpd.batch.BatchError
+        A store that belongs to another trial, several processes without a store, chunks still missing
+        after ``wait_timeout_s``.
     """
+    from pkpd import batch
     from pkpd.patients import spine72_population
 
     st = settings or OptimizeSettings()
     pop = spine72_population(n, seed)
-    parts, times = [], {}
-    done = 0
-    for start in range(0, n, chunk):
-        sub = pop.iloc[start:start + chunk]
-        res = optimize_population(sub, st, progress=(lambda s: progress(done, s)) if progress else None)
+    chunk = max(int(chunk), 1)
+    bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+    index, count = batch.process_info()
+    if store is None and count > 1:
+        raise batch.BatchError(f"a trial run by {count} processes needs a chunk store (a directory every process "
+                               "sees; --out with pkpd trial)")
+
+    def compute(i, before):
+        lo, hi = bounds[i]
+        res = optimize_population(pop.iloc[lo:hi], st,
+                                  progress=(lambda s: progress(before, s)) if progress else None)
         tab = res.patients.copy()
         tab["SCHEDULE"] = [_schedule_text(sp, a) for sp, a in zip(res.spaces, res.amounts)]
-        parts.append(tab)
-        for k, v in res.times.items():
-            times[k] = times.get(k, 0.0) + v
-        done += len(sub)
-        if progress:
-            progress(done, "chunk done")
-    patients = pd.concat(parts, ignore_index=True)
+        return tab, {k: float(v) for k, v in res.times.items()}
+
+    if store is None:
+        parts, infos = [], []
+        for i, (lo, hi) in enumerate(bounds):
+            tab, tm = compute(i, lo)
+            parts.append(tab)
+            infos.append({"times": tm})
+            if progress:
+                progress(hi, "chunk done")
+        patients = pd.concat(parts, ignore_index=True)
+    else:
+        ident = batch.run_identity(kind="spine72_trial", n=int(n), seed=int(seed), chunk=chunk, settings=repr(st))
+        finished = [0]
+
+        def one(i):
+            tab, tm = compute(i, finished[0])
+            return {"patients": tab}, {"times": tm, "process": index}
+
+        def on_chunk(i, resumed):
+            finished[0] += bounds[i][1] - bounds[i][0]
+            if progress:
+                progress(finished[0], "resumed" if resumed else "chunk done")
+
+        cs = batch.run_chunks(store, ident, len(bounds), one, resume=resume, wait_timeout_s=wait_timeout_s,
+                              on_chunk=on_chunk)
+        patients, infos = cs.merge("patients", expect_ids=pop["ID"].to_numpy())
+    times: dict[str, float] = {}
+    for info in infos:
+        for k, v in info.get("times", {}).items():
+            times[k] = times.get(k, 0.0) + float(v)
     return patients, trial_summary(patients), times
 
 
