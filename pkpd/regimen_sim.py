@@ -43,6 +43,7 @@ from .pain import DemandModel, PainModel
 from .pd import GAMMA, AdverseEffectModel, AnalgesicPD, get_pd
 
 __all__ = ["IV_MME", "PopulationResult", "SimOptions", "mme_factor", "relaxed_objective", "relaxed_program", "relaxed_rows",
+           "variability_columns",
            "simulate_regimen"]
 
 #: IV MME factors (MME per mg IV) used here: :data:`pkpd.mme.ASSUMED_IV_FACTORS` (all UNVERIFIED).
@@ -294,7 +295,8 @@ def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, option
         (untreated NRS at the end of surgery), ``pain.t_half`` (h, resolution half-life) and
         ``pain.sensitivity`` (multiplier of the pain curve) replace the pain model's draws — how posterior
         draws of a fitted patient are simulated (:mod:`regimens.posterior`). A column naming an unknown drug
-        parameter is an error.
+        parameter is an error. Columns ``z.<stream>.<j>`` give the standard-normal variability draws
+        themselves (:func:`variability_columns`: a known patient under another ID).
     seed
         Seed of the inter-individual variability and demand draws (per patient ID).
     options
@@ -692,7 +694,7 @@ class _Plan:
             cols = {c: sub[c].to_numpy(float) for c in b.drug.covariates_needed() if c in sub}
             cols["AMT"] = np.zeros(n_pat) if amt is None else amt
             if b.drug.name not in cache[1]:
-                cache[1][b.drug.name] = (_normals(seed, ids, "iiv:" + b.drug.name, len(b.iiv)) if self.opts.iiv
+                cache[1][b.drug.name] = (_draws(sub, seed, "iiv:" + b.drug.name, len(b.iiv)) if self.opts.iiv
                                          else np.zeros((n_pat, len(b.iiv))))
             z = cache[1][b.drug.name]
             for j, (name, om) in enumerate(sorted(b.iiv.items())):
@@ -907,7 +909,7 @@ class _Plan:
         for j, b in enumerate(self.blocks):
             # one stream per drug: a patient's EC50 of a drug does not depend on which other drugs the
             # regimen holds (common random numbers between regimens with different drug sets)
-            zj = _normals(seed, ids, "pd:" + b.drug.name, 1)[:, 0] if self.opts.iiv else np.zeros(n_pat)
+            zj = _draws(sub, seed, "pd:" + b.drug.name, 1)[:, 0] if self.opts.iiv else np.zeros(n_pat)
             sd = float(b.pd.ec50_iiv_sd.value) if b.pd.ec50_iiv_sd is not None else 0.0
             o = ov.get(b.drug.name, {})
             unknown = set(o) - {"ec50", "emax"}
@@ -924,7 +926,7 @@ class _Plan:
                     tol > 0, float(pain.tolerant_ec50_factor.value), 1.0)
             else:
                 ec50[:, j] = base
-        zp = _normals(seed, ids, "pain", 3) if self.opts.iiv else np.zeros((n_pat, 3))
+        zp = _draws(sub, seed, "pain", 3) if self.opts.iiv else np.zeros((n_pat, 3))
         b0 = float(pain.b0.value) + float(pain.b0_sd.value) * zp[:, 0] + tol * float(pain.tolerant_b0_shift.value)
         cv = float(pain.t_half_cv.value)
         th = float(pain.t_half.value) * np.exp(np.sqrt(np.log1p(cv * cv)) * zp[:, 1])
@@ -1121,6 +1123,50 @@ def _normals(seed: int, ids: np.ndarray, stream: str, k: int) -> np.ndarray:
     if k == 0:
         return np.zeros((len(ids), 0))
     return np.asarray(_normals_jit(int(seed) & 0x7FFFFFFF, _crc(stream), k, np.asarray(ids, np.int64)), float)
+
+
+def _draws(sub: pd.DataFrame, seed: int, stream: str, k: int) -> np.ndarray:
+    """The patients' standard-normal variability draws of one stream, or the values given in the columns
+    ``z.<stream>.<j>`` where present and finite (see :func:`variability_columns`)."""
+    z = _normals(seed, sub["ID"].to_numpy(), stream, k)
+    for j in range(k):
+        col = f"z.{stream}.{j}"
+        if col in sub:
+            given = sub[col].to_numpy(float)
+            z[:, j] = np.where(np.isfinite(given), given, z[:, j])
+    return z
+
+
+def variability_columns(drugs, population: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
+    """Every variability draw of the given patients as columns ``z.<stream>.<j>`` (PK variability of each
+    drug ``iiv:<drug>``, its PD sensitivity ``pd:<drug>``, the pain model ``pain``).
+
+    Rows carrying these columns reproduce those patients' PK/PD exactly under any other ID; only the
+    randomness of rescue requests (keyed by the ID) differs. This is how the optimizer's oracle knows a
+    virtual patient's true parameters without knowing when they will ask for rescue.
+
+    Parameters
+    ----------
+    drugs
+        Drug names (every drug of the regimens to be simulated).
+    population
+        Patients with their ``ID`` (and covariates).
+    seed
+        Seed of the draws (as for :func:`simulate_regimen`).
+    """
+    ids = population["ID"].to_numpy()
+    out = {}
+    for name in drugs:
+        d = get_drug(name)
+        n_iiv = len(_build_block(d, get_pd(d.name), 0).iiv)
+        for stream, k in (("iiv:" + d.name, n_iiv), ("pd:" + d.name, 1)):
+            z = _normals(seed, ids, stream, k)
+            for j in range(k):
+                out[f"z.{stream}.{j}"] = z[:, j]
+    z = _normals(seed, ids, "pain", 3)
+    for j in range(3):
+        out[f"z.pain.{j}"] = z[:, j]
+    return pd.DataFrame(out, index=population.index)
 
 
 def _normals_impl(seed, h, k, ids):

@@ -56,7 +56,7 @@ from .limits import DoseCaps, check_regimen, dose_caps
 
 __all__ = ["DEFAULT_PRODUCTS", "DecisionSpace", "Slot", "OptimizeSettings", "Proposal", "PopulationProposal",
            "optimize_patient", "optimize_population", "run_trial", "trial_summary", "plot_trial", "oracle_gap",
-           "InfeasibleError", "explain", "auc_reference", "plot_concentrations", "plot_schedule"]
+           "InfeasibleError", "explain", "auc_reference", "exact_loss", "plot_concentrations", "plot_schedule"]
 
 #: Products the optimizer may use by default. NSAIDs never overlap: a later NSAID in the list (celecoxib)
 #: is only scheduled after the course of an earlier one (ketorolac, <= 48 h in fusion surgery) has ended,
@@ -1258,34 +1258,60 @@ def plot_trial(patients: pd.DataFrame, path) -> None:
     fig.savefig(path, format="png")
 
 
+def exact_loss(patients: pd.DataFrame, settings: OptimizeSettings | None = None, *, fusion: bool = True
+               ) -> np.ndarray:
+    """The objective of :mod:`regimens._objective` on exactly simulated draws (one row per draw, a
+    :class:`pkpd.regimen_sim.PopulationResult` table): MME + pain_weight x pain excess + sedation_weight x peak
+    sedation + cvar_weight x MME (one draw is its own CVaR) + each adjunct's burden x AUC / reference AUC, in
+    MME-equivalents per row; penalties are left out (they are constraints, checked separately)."""
+    st = settings or OptimizeSettings()
+    mme = patients["MME_0_72"].to_numpy(float)
+    loss = (mme * (1.0 + st.cvar_weight) + st.pain_weight * patients["PAIN_EXCESS"].to_numpy(float)
+            + st.sedation_weight * patients["MAX_SEDATION"].to_numpy(float))
+    for d, w in st.burden().items():
+        col = f"AUC_{d}"
+        if col in patients and w > 0:
+            key = next((k for k in st.products if get_product(k).drug == d), None)
+            ref = auc_reference(key, fusion=fusion) if key else float("nan")
+            if np.isfinite(ref) and ref > 0:
+                loss = loss + w * patients[col].to_numpy(float) / ref
+    return loss
+
+
 def oracle_gap(population: pd.DataFrame, settings: OptimizeSettings | None = None, *,
                true_id_offset: int = 10_000_000, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Value of knowing each patient: population-prior optimization vs the oracle, on the true patients.
 
     Each virtual patient's *true* parameters are one fixed variability draw (simulation ID
     ``true_id_offset + patient ID``), which the prior-based optimization never sees (it uses ``draws``
-    other draws of the same covariates). The oracle optimizes on the true draw alone. Both proposals, C0
-    and C1 are then simulated exactly on the true draw (same PRN demand draws).
+    other draws of the same covariates). The **oracle** knows every true PK/PD value (all variability
+    draws, :func:`pkpd.regimen_sim.variability_columns`) but not the randomness of the patient's rescue
+    requests: it optimizes over ``draws`` scenarios that differ only in that. Both proposals, C0 and C1 are
+    then simulated exactly on the true patient (true parameters and true request randomness).
 
     Returns
     -------
     DataFrame
         One row per patient: ``ID``, and for ``prior``, ``oracle``, ``C0``, ``C1``: ``MME_<r>`` (mg),
-        ``TIT3_<r>``, ``PAIN_EXCESS_<r>`` (NRS*h) and ``LOSS_<r>`` = MME + pain_weight x pain excess.
+        ``TIT3_<r>``, ``PAIN_EXCESS_<r>`` (NRS*h) and ``LOSS_<r>`` (:func:`exact_loss`, MME-equivalents);
+        ``SAME_SCHEDULE`` whether the prior-based and oracle schedules are identical.
     """
-    from pkpd.regimen_sim import simulate_regimen
+    from pkpd.regimen_sim import simulate_regimen, variability_columns
 
     from .io import get_regimen
 
     st = settings or OptimizeSettings()
     pop = population.reset_index(drop=True)
-    P = len(pop)
+    P, S = len(pop), int(st.draws)
     true_ids = true_id_offset + pop["ID"].to_numpy().astype(np.int64)
-    prior = optimize_population(pop, st, progress=progress)
-    oracle = optimize_population(pop, dataclasses.replace(st, draws=1), progress=progress,
-                                 row_ids=true_ids.reshape(P, 1))
     truth = pop.copy()
     truth["ID"] = true_ids
+    prior = optimize_population(pop, st, progress=progress)
+    drugs = sorted({get_product(k).drug for k in st.products} | set(get_regimen("C0").drugs())
+                   | set(get_regimen("C1").drugs()))
+    known = variability_columns(drugs, truth, seed=st.seed)
+    oracle = optimize_population(pop, st, progress=progress,
+                                 draw_rows=known.loc[np.repeat(known.index, S)].reset_index(drop=True))
     out = pd.DataFrame({"ID": pop["ID"]})
     res = {"prior": prior.evaluate(truth, np.arange(P), st.seed).patients,
            "oracle": oracle.evaluate(truth, np.arange(P), st.seed).patients,
@@ -1295,5 +1321,7 @@ def oracle_gap(population: pd.DataFrame, settings: OptimizeSettings | None = Non
         out[f"MME_{r}"] = d["MME_0_72"].to_numpy()
         out[f"TIT3_{r}"] = d["TIT3"].to_numpy()
         out[f"PAIN_EXCESS_{r}"] = d["PAIN_EXCESS"].to_numpy()
-        out[f"LOSS_{r}"] = out[f"MME_{r}"] + st.pain_weight * out[f"PAIN_EXCESS_{r}"]
+        out[f"LOSS_{r}"] = exact_loss(d, st)
+    out["SAME_SCHEDULE"] = [np.array_equal(a, b) and pa.label == pb.label for a, b, pa, pb in
+                            zip(prior.amounts, oracle.amounts, prior.policies, oracle.policies)]
     return out

@@ -296,16 +296,27 @@ def test_unreachable_pain_target_is_explained():
 def test_oracle_gap_runs_on_true_patients():
     """oracle_gap on 3 SPINE-72 patients (4 draws, 5 steps): the prior-based and oracle proposals and both
     comparators are evaluated on the same true draw per patient (C1 there equals a direct simulation with
-    the true IDs), and both proposals beat C0's loss for every patient."""
+    the true IDs), and both proposals beat C0's loss for every patient. The oracle's scenarios carry the true
+    patient's variability draws (variability_columns): under other IDs they reproduce its PK parameters and
+    untreated pain exactly."""
     from pkpd.patients import spine72_population
     from regimens import get_regimen
     from regimens.optimize import oracle_gap
 
     pop = spine72_population(3, 7)
     g = oracle_gap(pop, OptimizeSettings(draws=4, steps=5))
-    assert len(g) == 3 and np.isfinite(g.drop(columns="ID").to_numpy()).all()
+    assert len(g) == 3 and np.isfinite(g.drop(columns=["ID", "SAME_SCHEDULE"]).to_numpy(float)).all()
     truth = pop.copy()
     truth["ID"] = 10_000_000 + pop["ID"]
     c1 = simulate_regimen(get_regimen("C1"), truth, seed=0).patients
     np.testing.assert_allclose(g["MME_C1"], c1["MME_0_72"], rtol=1e-12)
     assert (g["LOSS_prior"] < g["LOSS_C0"]).all() and (g["LOSS_oracle"] < g["LOSS_C0"]).all()
+    from pkpd.regimen_sim import variability_columns
+
+    known = variability_columns(get_regimen("C1").drugs(), truth)
+    other = pd.concat([pop, known], axis=1)
+    other["ID"] = [5, 6, 7]
+    a = simulate_regimen(get_regimen("C1"), truth, seed=0)
+    b = simulate_regimen(get_regimen("C1"), other, seed=0)
+    for d in ("acetaminophen", "gabapentin", "oxycodone"):
+        pd.testing.assert_frame_equal(a.parameters[d].drop(columns="ID"), b.parameters[d].drop(columns="ID"))
