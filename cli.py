@@ -581,14 +581,18 @@ def forecast_command(
         with err.status("forecasting (first run compiles the model: up to a minute)"):
             fc = forecast(model, data, times=times, n_points=points, n_draws=draws, seed=seed)
             fc.save(out_dir, force=force)
+            if not _same_file(model, out_dir / "model.toml"):  # the model travels with its posterior draws
+                import shutil
+
+                shutil.copyfile(model, out_dir / "model.toml")
     except PKPDError as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write the outputs to {out_dir}: {exc}")
     console = Console(soft_wrap=True, highlight=False)
     console.print(fc.summary_text(), markup=False)
-    console.print(f"Wrote parameters.csv, draws.csv, predictions.csv, observations.csv, forecast.png to {out_dir}",
-                  markup=False)
+    console.print(f"Wrote parameters.csv, draws.csv, predictions.csv, observations.csv, forecast.png, model.toml to "
+                  f"{out_dir}", markup=False)
 
 
 drugs_app = typer.Typer(help="The drug library: sourced PK parameters (value, unit, IIV, source, flags).",
@@ -686,13 +690,16 @@ OPTIMIZE_HELP = """Propose a personalized opioid-sparing schedule for one patien
 
 Reads PATIENT (TOML: age, sex, weight, height, creatinine, hepatic impairment,
 opioid tolerance, sleep apnea, CYP2D6/CYP2C9/OPRM1 genotypes; see
-examples/patient_spine.toml). Chooses scheduled doses of acetaminophen,
-gabapentin, one NSAID (ketorolac or celecoxib) and the intra-operative
-ketamine and liposomal bupivacaine doses, at real strengths, within every
-label maximum, renal/hepatic adjustment, fusion cap and CPIC rule for the
-patient; as-needed oxycodone/hydromorphone rescue as in C1. Scores over
---draws variability draws of the patient (population prior) and compares with
-the C0 and C1 comparators on the same draws.
+examples/patient_spine.toml). Chooses which products to use, their scheduled
+doses (acetaminophen, gabapentin, one NSAID: ketorolac then celecoxib) and the
+intra-operative ketamine and liposomal bupivacaine doses, at real strengths,
+within every label maximum, renal/hepatic adjustment, fusion cap and CPIC rule
+for the patient, and the as-needed oxycodone/hydromorphone rescue policy
+(threshold, dose, interval). Objective: expected 72-h MME + pain above NRS 3
++ CVaR of MME + adjunct burden, over --draws scenario draws of the patient
+(population prior, or the patient's forecast posterior with --posterior);
+toxicity limits are chance constraints (P <= 1e-3). Compares with the C0 and
+C1 comparators on the same draws.
 
 \b
 OUTPUT DIRECTORY (--out, default <PATIENT stem>_optimized):
@@ -709,9 +716,13 @@ OUTPUT DIRECTORY (--out, default <PATIENT stem>_optimized):
 def optimize_cmd(
     patient: Path = typer.Option(..., "--patient", "-p", help="Patient file (TOML).", show_default=False),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default <PATIENT stem>_optimized)."),
-    draws: int = typer.Option(32, "--draws", min=2, help="Variability draws of the patient."),
-    steps: int = typer.Option(60, "--steps", min=1, help="Gradient steps per NSAID choice."),
+    draws: int = typer.Option(128, "--draws", min=2, help="Scenario draws of the patient (the exact evaluation "
+                              "uses all; gradient steps use minibatches of 8)."),
+    steps: int = typer.Option(30, "--steps", min=1, help="Gradient steps."),
     seed: int = typer.Option(0, "--seed", "-s", help="Seed of the variability draws."),
+    posterior: Optional[Path] = typer.Option(None, "--posterior", help="A `pkpd forecast` output directory of this "
+                                             "patient (draws.csv + model.toml with a [model] simulates table): its "
+                                             "posterior replaces the population prior of the linked parameters."),
     min_tit: Optional[float] = typer.Option(None, "--min-time-in-target", min=0.0, max=1.0,
                                             help="Required mean fraction of 0-72 h with NRS <= 3 (e.g. 0.9)."),
     products: Optional[str] = typer.Option(None, "--products", help="Comma-separated products the schedule may use "
@@ -747,14 +758,19 @@ def optimize_cmd(
                 get_product(key)  # a clear error for an unknown product
             prop = optimize_patient(pt.to_row(), settings=OptimizeSettings(draws=draws, steps=steps, seed=seed,
                                                                            min_time_in_target=min_tit, **extra),
-                                    progress=lambda text: status.update(f"optimizing: {text} ..."))
+                                    progress=lambda text: status.update(f"optimizing: {text} ..."),
+                                    posterior=posterior)
         written = prop.save(out_dir, force=True)
     except PKPDError as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write the outputs: {exc}")
-    _manifest(out_dir / "run.json", "optimize", args, {"patient": patient}, written)
-    console.print(f"Proposal for {patient.name} ({draws} variability draws, same draws for C0 and C1):", markup=False)
+    inputs = {"patient": patient}
+    if posterior is not None:
+        inputs.update({"posterior draws": posterior / "draws.csv", "posterior model": posterior / "model.toml"})
+    _manifest(out_dir / "run.json", "optimize", args, inputs, written)
+    console.print(f"Proposal for {patient.name} ({draws} {'posterior' if posterior else 'variability'} draws, same "
+                  "draws for C0 and C1):", markup=False)
     c = prop.comparison
     console.print(f"{'':10s} {'MME mean':>9s} {'MME P90':>8s} {'NRS<=3':>7s} {'pain AUC':>9s} {'P(OIRD)':>9s} "
                   f"{'P(PONV)':>8s} {'LAST':>5s}", markup=False)
@@ -795,9 +811,10 @@ def trial_cmd(
     population: int = typer.Option(1000, "--population", "-n", min=1, help="Virtual patients."),
     seed: int = typer.Option(1, "--seed", "-s", help="Population seed."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default spine72_trial)."),
-    draws: int = typer.Option(8, "--draws", min=1, help="Variability draws per patient."),
+    draws: int = typer.Option(128, "--draws", min=1, help="Variability draws per patient."),
     steps: int = typer.Option(30, "--steps", min=1, help="Gradient steps."),
-    chunk: int = typer.Option(50, "--chunk", "--chunk-size", min=1, help="Patients per batched call (memory)."),
+    chunk: int = typer.Option(50, "--chunk", "--chunk-size", min=1, help="Patients per batched call (memory grows with chunk x "
+                              "draws)."),
     force: bool = typer.Option(False, "--force", "-f", help="Write into an existing non-empty output directory."),
     resume: bool = typer.Option(False, "--resume", help=_RESUME_HELP),
     devices: Optional[int] = typer.Option(None, "--devices", min=1, help=_DEVICES_HELP),
