@@ -21,7 +21,7 @@ Rubinstein RY. A tutorial on the cross-entropy method. Ann Oper Res 2005;134:19-
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -64,7 +64,8 @@ def rescue_policies() -> tuple[RescuePolicy, ...]:
 
 def cross_entropy_search(score: Callable[[np.ndarray, np.ndarray], np.ndarray], cat_allowed: np.ndarray,
                          bit_allowed: np.ndarray, *, candidates: int = 16, generations: int = 3,
-                         elite: float = 0.25, smoothing: float = 0.7, seed: int = 0
+                         elite: float = 0.25, smoothing: float = 0.7, seed: int = 0,
+                         group_seeds: Sequence[int] | None = None
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
     """Minimize ``score`` over one categorical choice and several binary choices per group.
 
@@ -82,6 +83,10 @@ def cross_entropy_search(score: Callable[[np.ndarray, np.ndarray], np.ndarray], 
         with the previous ones by ``smoothing`` (weight of the new estimate).
     seed
         Random seed (deterministic search).
+    group_seeds
+        Optional (G,) integers: each group then draws its candidates from its own generator (seeded by
+        ``seed`` and its entry), so a group's search does not depend on the other groups in the call (the
+        optimizer passes patient IDs).
 
     Returns
     -------
@@ -89,11 +94,22 @@ def cross_entropy_search(score: Callable[[np.ndarray, np.ndarray], np.ndarray], 
         Best categorical choice (G,), bits (G, B) and score (G,) seen per group, and the mean best score
         after each generation.
     """
-    rng = np.random.default_rng(seed)
     cat_allowed = np.asarray(cat_allowed, bool)
     bit_allowed = np.asarray(bit_allowed, bool)
     G, C = cat_allowed.shape
     B = bit_allowed.shape[1]
+    if group_seeds is None:
+        rng = np.random.default_rng(seed)
+
+        def uniforms(shape):
+            return rng.random((G, *shape))
+    else:
+        if len(group_seeds) != G:
+            raise ValueError(f"group_seeds must have {G} entries, got {len(group_seeds)}")
+        rngs = [np.random.default_rng([int(seed) % 2**63, int(g) % 2**63]) for g in group_seeds]
+
+        def uniforms(shape):
+            return np.stack([r.random(shape) for r in rngs]) if G else np.zeros((0, *shape))
     pc = cat_allowed / cat_allowed.sum(axis=1, keepdims=True)
     pb = np.where(bit_allowed, 0.8, 0.0)
     default_cat = np.where(cat_allowed[:, 0], 0, np.argmax(cat_allowed, axis=1))
@@ -103,10 +119,10 @@ def cross_entropy_search(score: Callable[[np.ndarray, np.ndarray], np.ndarray], 
     hist = []
     n_el = max(1, int(round(elite * candidates)))
     for gen in range(int(generations)):
-        u = rng.random((G, candidates))
+        u = uniforms((candidates,))
         cdf = np.cumsum(pc, axis=1)
         cat = np.minimum((u[:, :, None] > cdf[:, None, :]).sum(axis=2), C - 1)
-        bits = (rng.random((G, candidates, B)) < pb[:, None, :]) & bit_allowed[:, None, :]
+        bits = (uniforms((candidates, B)) < pb[:, None, :]) & bit_allowed[:, None, :]
         if gen == 0:
             cat[:, 0], bits[:, 0] = default_cat, bit_allowed
         s = np.asarray(score(cat, bits), float)

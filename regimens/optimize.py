@@ -8,24 +8,31 @@ Pipeline of :func:`optimize_population` (all patients of a batch at once) and :f
    'avoid' for the patient's genotype), one slot per time of its dosing grid over 0-72 h (single
    intra-operative doses: one slot). Each slot's amount is one of the product's strengths that is within
    the patient's label maximum single dose (:func:`regimens.dose_caps`). NSAIDs never overlap (a later
-   one starts after an earlier one's course). As-needed rescue (PRN) rules are fixed (C1's by default).
-2. **Continuous stage**: slot amounts relaxed to ``x * reference`` with ``x`` in [0, the patient's bound]
-   on a superset of every patient's slots; PRN rescue by its
-   expectation (:func:`pkpd.regimen_sim.relaxed_program`); objective = mean 72-h MME + ``pain_weight`` x
-   mean pain burden (integral of (NRS - 3)+, NRS*h) + a quadratic penalty when the mean smooth
-   time-in-target falls below the target, over ``draws`` variability draws of the patient (common
-   random numbers: the same draws for every candidate and for the comparators). Projected Adam
-   (:func:`regimens._descent.projected_descent`); the projection scales a drug's doses down whenever a
-   rolling-24-h or course total would exceed the patient's cap. One program is compiled per superset
-   structure and batch shape; later batches reuse it.
-3. **Rounding**: each slot to a dispensable strength, then the neighbouring discrete schedules (all
+   one starts after an earlier one's course).
+2. **Scenarios**: ``draws`` variability draws of the patient (population prior, or the rows of a fitted
+   posterior), the same for every candidate and for the comparators (common random numbers).
+3. **Discrete choices, gradient-free** (:func:`regimens._policies.cross_entropy_search`): the PRN rescue
+   policy (threshold, dose, interval; :func:`regimens._policies.rescue_policies`, C1's first) and which
+   products to include, by the cross-entropy method over ``cem_generations`` x ``cem_candidates``
+   candidates per patient, each scored with its included products at their maximum within the caps on
+   ``cem_draws`` draws.
+4. **Continuous stage**: slot amounts relaxed to ``x * reference`` with ``x`` in [0, the patient's bound]
+   on a superset of every patient's slots; PRN rescue by its expectation
+   (:func:`pkpd.regimen_sim.relaxed_program`); objective (:func:`regimens._objective.group_loss`, in
+   MME-equivalents) = mean 72-h MME + CVaR of MME + pain burden (integral of (NRS - 3)+) + sedation + the
+   adjuncts' exposure-scaled burden, with penalties for time-in-target below C1's, OIRD hazard above C1's
+   and the smoothed probability of crossing a toxicity limit (chance constraints). Projected Adam
+   (:func:`regimens._descent.projected_descent`) on minibatches of draws; the projection scales a drug's
+   doses down whenever a rolling-24-h or course total would exceed the patient's cap. One program is
+   compiled per superset structure and batch shape; later batches and later updates reuse it.
+5. **Rounding**: each slot to a dispensable strength, then the neighbouring discrete schedules (all
    slots of one drug one strength down or up) scored in one batched call; the best is kept.
-4. **Hard constraints re-checked** on the discrete schedule with :func:`regimens.check_regimen` (label
+6. **Hard constraints re-checked** on the discrete schedule with :func:`regimens.check_regimen` (label
    maxima, intervals, durations, fusion caps, exclusivity, CPIC); any finding is repaired by lowering
    or dropping doses of that drug until none remains. A schedule with a finding is never returned.
-5. **Exact evaluation**: the proposals and the C0 and C1 comparators simulated with sampled PRN events
-   (:func:`pkpd.regimen_sim.simulate_regimen`, per-patient ``dose_weights``) on the same draws; local-
-   anaesthetic toxicity and OIRD risk are checked there (see :class:`OptimizeSettings`).
+7. **Exact evaluation**: the proposals and the C0 and C1 comparators simulated with sampled PRN events
+   (:func:`pkpd.regimen_sim.simulate_regimen`, per-patient ``dose_weights``) on all draws; local-
+   anaesthetic toxicity, the exposure limits and OIRD risk are decided there (see :class:`OptimizeSettings`).
 
 References
 ----------
@@ -56,7 +63,7 @@ from .limits import DoseCaps, check_regimen, dose_caps
 
 __all__ = ["DEFAULT_PRODUCTS", "DecisionSpace", "Slot", "OptimizeSettings", "Proposal", "PopulationProposal",
            "optimize_patient", "optimize_population", "run_trial", "trial_summary", "plot_trial", "oracle_gap",
-           "InfeasibleError", "explain", "auc_reference", "exact_loss", "plot_concentrations", "plot_schedule"]
+           "InfeasibleError", "explain", "auc_reference", "exact_loss", "default_row_ids", "plot_concentrations", "plot_schedule"]
 
 #: Products the optimizer may use by default. NSAIDs never overlap: a later NSAID in the list (celecoxib)
 #: is only scheduled after the course of an earlier one (ketorolac, <= 48 h in fusion surgery) has ended,
@@ -535,6 +542,27 @@ def _policy_tables(policies, superset: Regimen, row: pd.DataFrame, opts) -> list
     return out
 
 
+def default_row_ids(ids: np.ndarray | None, n_patients: int, draws: int) -> np.ndarray:
+    """Simulation IDs of each patient's scenario draws: ``(ID - 1) * draws + 1 ... ID * draws``.
+
+    Patient ``ID`` k's draws are the same whichever patients share the call, so a trial's per-patient
+    results do not depend on its chunk size. Without distinct positive integer IDs (< 2**32 / draws, the
+    range of the random-key folding) the draws are numbered ``1 ... P * draws`` in row order.
+
+    Returns
+    -------
+    ndarray
+        (n_patients, draws) int64.
+    """
+    S = int(draws)
+    if ids is not None and len(ids) == n_patients:
+        v = np.asarray(ids, float)
+        if (np.isfinite(v).all() and (v == np.round(v)).all() and (v >= 1).all() and len(np.unique(v)) == len(v)
+                and v.max() * S < 2.0**32):
+            return (v.astype(np.int64)[:, None] - 1) * S + np.arange(1, S + 1, dtype=np.int64)[None, :]
+    return np.arange(1, n_patients * S + 1, dtype=np.int64).reshape(n_patients, S)
+
+
 def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | None = None, *,
                         fusion: bool = True, progress: Callable[[str], None] | None = None,
                         row_ids: np.ndarray | None = None, draw_rows: pd.DataFrame | None = None,
@@ -558,7 +586,8 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
         ``progress(text)`` before each stage.
     row_ids
         Optional (P, draws) simulation IDs of each patient's draws (they seed the variability and demand
-        draws); default ``1 .. P * draws``. :func:`oracle_gap` passes the virtual patients' own IDs.
+        draws); default :func:`default_row_ids`: from the patient's own ``ID``, so a patient's scenarios
+        do not depend on which other patients share the call (a trial's chunking).
     draw_rows
         Optional (P x draws) rows of per-draw parameter overrides (columns ``<drug>.<PARAM>``, e.g. posterior
         draws from :func:`regimens.posterior.posterior_draws`), patient p's draws in rows p*S ... p*S + S - 1.
@@ -641,7 +670,7 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     CAPS = np.where(np.isfinite(CAPS), CAPS, 1e12)
     rows = pd.DataFrame([covs[p] for p in range(P) for _ in range(S)])
     if row_ids is None:
-        row_ids = np.arange(1, P * S + 1).reshape(P, S)
+        row_ids = default_row_ids(pop["ID"].to_numpy() if "ID" in pop else None, P, S)
     row_ids = np.asarray(row_ids)
     if row_ids.shape != (P, S) or len(np.unique(row_ids)) != P * S:
         raise RegimenError(f"row_ids must be {P} x {S} distinct IDs, got shape {row_ids.shape}")
@@ -735,7 +764,8 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
             return np.asarray(score_fn(jnp.asarray(Xr), P * K, dd, c_cem)).reshape(P, K)
 
         chosen_pol, incl, _, _ = cross_entropy_search(cem_score, pol_ok, bit_ok, candidates=K,
-                                                      generations=int(st.cem_generations), seed=int(st.seed))
+                                                      generations=int(st.cem_generations), seed=int(st.seed),
+                                                      group_seeds=row_ids[:, 0])
     times["cem_s"] = time.perf_counter() - t0
 
     # ---- continuous stage: dose fractions and eta by minibatch projected Adam
@@ -1304,6 +1334,9 @@ def oracle_gap(population: pd.DataFrame, settings: OptimizeSettings | None = Non
     pop = population.reset_index(drop=True)
     P, S = len(pop), int(st.draws)
     true_ids = true_id_offset + pop["ID"].to_numpy().astype(np.int64)
+    if default_row_ids(pop["ID"].to_numpy(), P, S).max() >= true_ids.min():
+        raise RegimenError(f"true_id_offset {true_id_offset} must exceed the scenario IDs of {P} patients x {S} "
+                           "draws (patient ID x draws)")
     truth = pop.copy()
     truth["ID"] = true_ids
     prior = optimize_population(pop, st, progress=progress)
