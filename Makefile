@@ -43,7 +43,7 @@ demo: $(STAMP)
 	@echo "Wrote demo-out/: oxycodone IR+ER dataset simulation; C0 vs C1 in 500 SPINE-72 patients; C1 for the example patient; Theoph population fit; optimized schedule for the example patient (demo-out/optimized: schedule, comparison with C0/C1, why)"
 
 test: $(STAMP) chromium
-	PKPD_JAX_CACHE=$(CURDIR)/.jax-cache $(BIN)/python -m pytest -q -n 2 --dist loadfile
+	PKPD_JAX_CACHE=$(CURDIR)/.jax-cache $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

@@ -53,9 +53,9 @@ def test_optimizer_scenarios_use_the_posterior(fc):
 
     cov = load_patient(Path(__file__).resolve().parents[1] / "examples" / "patient_spine.toml").to_row()
     cov["SCR"] = 2.5
-    st = OptimizeSettings(draws=8, steps=4, cem_generations=1, cem_candidates=4, score_draws=4)
+    st = OptimizeSettings(draws=4, steps=5)  # the settings of test_optimize.py (FAST)
     prop = optimize_patient(cov, settings=st, posterior=(fc, MODEL))
-    rows, _ = posterior_draws((fc, MODEL), 8)
+    rows, _ = posterior_draws((fc, MODEL), 4)
     for name in ("proposal", "C1"):
         used = prop.outcomes[name].parameters["gabapentin"]["CL"].to_numpy()
         np.testing.assert_allclose(used, rows["gabapentin.CL"].to_numpy(), rtol=1e-12)
