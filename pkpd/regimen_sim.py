@@ -1010,9 +1010,10 @@ class _Plan:
         df["MIN_VE"] = 1.0 - cat("max_dep")
         cum = cat("oird_cum")
         osa = df["OSA"].to_numpy(float) if "OSA" in df else np.zeros(len(df))
-        # P = 1 - exp(-H) as odds e^H - 1 (expm1: exact for the small hazards of most patients, also when
-        # the kernel ran in float32), then the OSA odds ratio
-        odds = np.expm1(np.minimum(np.asarray(cum, float), 700.0)) * np.where(osa > 0, float(ae.osa_or.value), 1.0)
+        # P = 1 - exp(-H) in float64 also when the kernel ran in float32 (a float32 1 - exp(-H) would round
+        # the ~1e-7 risks of most patients to multiples of 6e-8)
+        p = 1.0 - np.exp(-np.asarray(cum, float))
+        odds = p / np.maximum(1.0 - p, 1e-300) * np.where(osa > 0, float(ae.osa_or.value), 1.0)
         df["P_OIRD"] = odds / (1.0 + odds)
         df["MAX_SEDATION"] = cat("max_sed")
         m24 = df["MME_0_24"].to_numpy()
@@ -1426,7 +1427,7 @@ def _make_kernel(plan: _Plan):
                 y = nrs_from(combine(u), Ak, B[k])
                 s = 1.0 / (1.0 + jnp.exp(-(y - n50) / slope))
                 lam = a["lam"] * s
-                pr = -jnp.expm1(-lam * dt)
+                pr = 1.0 - jnp.exp(-lam * dt)
                 if relaxed:
                     soft = jax.nn.sigmoid((y - thr) / tau) * inwin
                     amtv = jnp.sum(soft * step_up, axis=1)

@@ -281,19 +281,17 @@ def test_adversarial_patients_end_to_end_are_safe():
 
 
 def test_unreachable_pain_target_is_explained(tmp_path):
-    """No allowed schedule (every product within its label maximum, any rescue policy) keeps the example
-    patient's NRS <= 3 for 99 % of 0-72 h (pain right after surgery alone is above 3 for longer): a clear
+    """Gabapentin alone (within its label maximum) cannot keep NRS <= 3 for 99 % of 0-72 h: a clear
     InfeasibleError naming the target, what was reached and why; from the CLI, exit 1 without traceback;
-    an unknown product is a one-line error. (Same patient and settings as the other end-to-end tests, so
-    the compiled programs are reused.)"""
-    cov = load_patient("examples/patient_spine.toml").to_row()
+    an unknown product is a one-line error."""
     with pytest.raises(InfeasibleError, match="no allowed schedule keeps NRS <= 3 for 99%"):
-        optimize_patient(cov, settings=dataclasses.replace(FAST, min_time_in_target=0.99))
+        optimize_patient(BASE, settings=dataclasses.replace(FAST, min_time_in_target=0.99, products=("gabapentin/po",)))
     from cli import app
     from cli_helpers import cli_output, runner
 
     res = runner.invoke(app, ["optimize", "--patient", "examples/patient_spine.toml", "--draws", "4", "--steps", "5",
-                              "--min-time-in-target", "0.99", "--out", str(tmp_path / "u1")])
+                              "--min-time-in-target", "0.99", "--products", "gabapentin/po", "--out",
+                              str(tmp_path / "u1")])
     assert res.exit_code == 1 and "no allowed schedule" in cli_output(res) and "Traceback" not in cli_output(res)
     bad = runner.invoke(app, ["optimize", "--patient", "examples/patient_spine.toml", "--products", "aspirin/po",
                               "--out", str(tmp_path / "u2")])

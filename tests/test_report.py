@@ -91,8 +91,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     _invoke(["fit", str(d / "iv.csv"), "--model", str(d / "iv.toml"), "--out", str(d / "fit"),
              "--vpc-replicates", "20", "--npde-replicates", "50"])
     _invoke(["optimize", "--patient", str(ROOT / "examples" / "patient_spine.toml"), "--out", str(d / "opt"),
-             "--draws", "2", "--steps", "2"])
-    _invoke(["trial", "--population", "1", "--draws", "2", "--steps", "2", "--chunk", "1", "--out",
+             "--draws", "4", "--steps", "5"])
+    _invoke(["trial", "--population", "1", "--draws", "4", "--steps", "5", "--chunk", "1", "--out",
              str(d / "trial")])
     return {"simulate-dataset": d / "sim" / "oxy.csv", "simulate-population": d / "pop", "fit": d / "fit",
             "optimize": d / "opt", "trial": d / "trial"}
@@ -138,7 +138,7 @@ def test_manifests_record_inputs_and_versions(runs):
     pop = read_manifest(runs["simulate-population"] / "run.json")
     assert pop["arguments"]["population"] == 3 and pop["inputs"]["regimen"] == {"path": "C1", "sha256": None,
                                                                                  "bytes": None}
-    assert read_manifest(runs["trial"] / "run.json")["arguments"]["draws"] == 2
+    assert read_manifest(runs["trial"] / "run.json")["arguments"]["draws"] == 4
     sim = read_manifest(runs["simulate-dataset"].with_name("oxy.run.json"))
     assert sim["outputs"] == ["oxy.csv", "oxy.png"] and "population" not in sim["arguments"]
 
