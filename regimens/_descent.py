@@ -35,7 +35,8 @@ class DescentResult:
     value
         Objective at ``x``.
     history
-        Objective value at every iterate, shape ``(steps + 1,)``.
+        Objective value at every iterate, shape ``(steps + 1,)`` (``(steps,)`` with ``step_args``: the
+        final iterate is not evaluated).
     n_steps
         Update steps taken.
     n_compiles
@@ -108,7 +109,9 @@ def projected_descent(fun: Callable, x0, *, args: tuple = (), project: Callable 
         Optional ``step_args(i) -> tuple`` of extra arguments of iteration ``i`` (appended to ``args``; same
         shapes at every iteration), e.g. the indices of a minibatch of scenarios: stochastic projected
         gradient descent. The objective values are then those of different minibatches, so the **last**
-        iterate is returned (with the value of its last minibatch) instead of the best one.
+        iterate is returned instead of the best one, with the value of the last step's minibatch at the
+        iterate before that step (no extra evaluation: it would compile a second program for a number the
+        caller rarely needs).
 
     Returns
     -------
@@ -129,8 +132,7 @@ def projected_descent(fun: Callable, x0, *, args: tuple = (), project: Callable 
             hist.append(float(value))
             if callback is not None:
                 callback(i, hist[-1])
-        v_last = float(value_fn(x, *(tuple(args) + tuple(step_args(int(steps))))))
-        hist.append(v_last)
+        v_last = hist[-1] if hist else float("nan")
         return DescentResult(np.asarray(x), v_last, np.asarray(hist), int(steps), step._cache_size() - before)
     for i in range(int(steps)):
         x_new, state, value = step(x, state, args)

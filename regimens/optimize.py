@@ -555,8 +555,11 @@ def default_row_ids(ids: np.ndarray | None, n_patients: int, draws: int) -> np.n
         (n_patients, draws) int64.
     """
     S = int(draws)
-    if ids is not None and len(ids) == n_patients:
-        v = np.asarray(ids, float)
+    try:
+        v = np.asarray(ids, float) if ids is not None and len(ids) == n_patients else None
+    except (TypeError, ValueError):  # e.g. string IDs
+        v = None
+    if v is not None:
         if (np.isfinite(v).all() and (v == np.round(v)).all() and (v >= 1).all() and len(np.unique(v)) == len(v)
                 and v.max() * S < 2.0**32):
             return (v.astype(np.int64)[:, None] - 1) * S + np.arange(1, S + 1, dtype=np.int64)[None, :]

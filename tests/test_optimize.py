@@ -337,6 +337,7 @@ def test_patient_results_do_not_depend_on_the_other_patients_in_the_call():
 
     np.testing.assert_array_equal(default_row_ids(np.array([3, 1]), 2, 4), [[9, 10, 11, 12], [1, 2, 3, 4]])
     np.testing.assert_array_equal(default_row_ids(np.array([2, 2]), 2, 2), [[1, 2], [3, 4]])  # not distinct
+    np.testing.assert_array_equal(default_row_ids(np.array(["a", "b"], object), 2, 2), [[1, 2], [3, 4]])  # strings
     pop = spine72_population(3, 11)
     both = optimize_population(pop, FAST)
     alone = optimize_population(pop.iloc[[2]], FAST)
