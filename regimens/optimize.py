@@ -497,6 +497,22 @@ def _reference_row() -> dict:
 _AUC_REF: dict[tuple, float] = {}
 
 
+def _burden_terms(st: "OptimizeSettings", drugs, *, fusion: bool, horizon_h: float = 72.0
+                  ) -> tuple[dict[str, float], dict[str, float]]:
+    """The adjunct-burden terms of the objective for ``drugs``: (weight per drug in MME-equivalents, reference
+    AUC in mg*h/L) for every drug with a positive weight, a product in ``st.products`` and a finite positive
+    reference AUC (:func:`auc_reference`)."""
+    weights, refs = {}, {}
+    for d, w in st.burden().items():
+        if d not in drugs or w <= 0:
+            continue
+        key = next((k for k in st.products if get_product(k).drug == d), None)
+        ref = auc_reference(key, fusion=fusion, horizon_h=horizon_h) if key else float("nan")
+        if np.isfinite(ref) and ref > 0:
+            weights[d], refs[d] = w, ref
+    return weights, refs
+
+
 def auc_reference(product_key: str, *, fusion: bool = True, horizon_h: float = 72.0, rescue=None) -> float:
     """Plasma AUC (mg*h/L, 0 to the horizon) of the reference adult (typical parameters, no variability) on
     the product's label-maximum schedule of the optimizer's grid: the unit of the adjunct burden."""
@@ -712,12 +728,7 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     h_c1 = np.asarray(_jit(c1_out)(jnp.ones(c1_ns), jnp.ones(max(c1_nr, 1)), c1_data)["OIRD_HAZARD"])
     oird_ref = np.maximum(h_c1.reshape(P, S_sc).mean(1), 1e-300)
     outcomes, data, n_sched, n_resc = relaxed_program(superset, rows, seed=st.seed, options=opts)
-    burden = {d: w for d, w in st.burden().items() if d in drugs and w > 0}
-    auc_ref = {}
-    for d in burden:
-        key = next(k for k in st.products if get_product(k).drug == d)
-        auc_ref[d] = auc_reference(key, fusion=fusion, horizon_h=superset.horizon_h)
-    burden = {d: w for d, w in burden.items() if np.isfinite(auc_ref[d]) and auc_ref[d] > 0}
+    burden, auc_ref = _burden_terms(st, drugs, fusion=fusion, horizon_h=superset.horizon_h)
     limits = {d: lim.mg_per_l for d, lim in EXPOSURE_LIMITS.items() if d in drugs}
     static = (float(st.cvar_alpha), tuple(sorted(burden)), tuple(sorted(limits)))
     score_fn, batch_loss, project = _programs(outcomes, static)
@@ -1301,13 +1312,10 @@ def exact_loss(patients: pd.DataFrame, settings: OptimizeSettings | None = None,
     mme = patients["MME_0_72"].to_numpy(float)
     loss = (mme * (1.0 + st.cvar_weight) + st.pain_weight * patients["PAIN_EXCESS"].to_numpy(float)
             + st.sedation_weight * patients["MAX_SEDATION"].to_numpy(float))
-    for d, w in st.burden().items():
-        col = f"AUC_{d}"
-        if col in patients and w > 0:
-            key = next((k for k in st.products if get_product(k).drug == d), None)
-            ref = auc_reference(key, fusion=fusion) if key else float("nan")
-            if np.isfinite(ref) and ref > 0:
-                loss = loss + w * patients[col].to_numpy(float) / ref
+    drugs = {c[len("AUC_"):] for c in patients.columns if c.startswith("AUC_")}
+    burden, auc_ref = _burden_terms(st, drugs, fusion=fusion)
+    for d, w in burden.items():
+        loss = loss + w * patients[f"AUC_{d}"].to_numpy(float) / auc_ref[d]
     return loss
 
 
