@@ -185,7 +185,7 @@ def _expm_gamma(K: np.ndarray, tau) -> tuple[np.ndarray, np.ndarray]:
     else:
         # Batched Pade scaling-and-squaring in XLA (float64): faster than scipy's per-matrix loop and free of
         # the BLAS thread contention that made host preparation erratic on small shared machines.
-        E = np.asarray(_batched_expm()(M))
+        E = _padded(_batched_expm(), M)
     return E[:, :n, :n], E[:, :n, n:]
 
 
@@ -195,7 +195,26 @@ def _expm(K: np.ndarray, tau) -> np.ndarray:
     tau = np.broadcast_to(np.asarray(tau, float), (n_pat,))
     if not np.any(tau):
         return np.broadcast_to(np.eye(n), K.shape).copy()
-    return np.asarray(_batched_expm()(K * tau[:, None, None]))
+    return _padded(_batched_expm(), K * tau[:, None, None])
+
+
+def _bucket(n: int) -> int:
+    """A batch size >= n from a short ladder (64, then at most 25 % above n), so that host-side batched programs
+    (matrix exponentials, variability draws) compile once for many population sizes."""
+    if n <= 64:
+        return 64
+    step = 1 << (int(n).bit_length() - 3)
+    return -(-int(n) // step) * step
+
+
+def _padded(fn, x: np.ndarray, *args) -> np.ndarray:
+    """``fn(x, *args)`` of a function mapped over the leading axis, computed on ``x`` padded (with copies of its
+    first row) to :func:`_bucket` rows; the padding's results are dropped."""
+    n = x.shape[0]
+    m = _bucket(n)
+    if m > n:
+        x = np.concatenate([x, np.broadcast_to(x[:1], (m - n,) + x.shape[1:])])
+    return np.asarray(fn(x, *args))[:n]
 
 
 _EXPM = None
@@ -1124,7 +1143,11 @@ def _normals(seed: int, ids: np.ndarray, stream: str, k: int) -> np.ndarray:
     """Standard normals (len(ids), k), one reproducible stream per (seed, patient ID, stream name)."""
     if k == 0:
         return np.zeros((len(ids), 0))
-    return np.asarray(_normals_jit(int(seed) & 0x7FFFFFFF, _crc(stream), k, np.asarray(ids, np.int64)), float)
+    ids = np.asarray(ids, np.int64)
+    if len(ids) == 0:
+        return np.zeros((0, k))
+    fn = lambda i: _normals_jit(int(seed) & 0x7FFFFFFF, _crc(stream), k, i)  # noqa: E731
+    return np.asarray(_padded(fn, ids), float)
 
 
 def _draws(sub: pd.DataFrame, seed: int, stream: str, k: int) -> np.ndarray:

@@ -502,37 +502,53 @@ def _burden_terms(st: "OptimizeSettings", drugs, *, fusion: bool, horizon_h: flo
     """The adjunct-burden terms of the objective for ``drugs``: (weight per drug in MME-equivalents, reference
     AUC in mg*h/L) for every drug with a positive weight, a product in ``st.products`` and a finite positive
     reference AUC (:func:`auc_reference`)."""
-    weights, refs = {}, {}
+    keys = {}
     for d, w in st.burden().items():
-        if d not in drugs or w <= 0:
-            continue
         key = next((k for k in st.products if get_product(k).drug == d), None)
-        ref = auc_reference(key, fusion=fusion, horizon_h=horizon_h) if key else float("nan")
+        if d in drugs and w > 0 and key:
+            keys[d] = key
+    refs = _auc_references(tuple(keys.values()), fusion=fusion, horizon_h=horizon_h)
+    weights, out = {}, {}
+    for d, key in keys.items():
+        ref = refs[key]
         if np.isfinite(ref) and ref > 0:
-            weights[d], refs[d] = w, ref
-    return weights, refs
+            weights[d], out[d] = st.burden()[d], ref
+    return weights, out
 
 
 def auc_reference(product_key: str, *, fusion: bool = True, horizon_h: float = 72.0, rescue=None) -> float:
     """Plasma AUC (mg*h/L, 0 to the horizon) of the reference adult (typical parameters, no variability) on
     the product's label-maximum schedule of the optimizer's grid: the unit of the adjunct burden."""
-    key = (product_key, bool(fusion), float(horizon_h))
-    if key not in _AUC_REF:
+    return _auc_references((product_key,), fusion=fusion, horizon_h=horizon_h)[product_key]
+
+
+def _auc_references(product_keys: Sequence[str], *, fusion: bool, horizon_h: float) -> dict[str, float]:
+    """:func:`auc_reference` of several products of distinct drugs, the missing ones in one simulation (the
+    drugs' PK are independent and there is no rescue, so each drug's AUC is the one it has alone)."""
+    todo = [k for k in dict.fromkeys(product_keys) if (k, bool(fusion), float(horizon_h)) not in _AUC_REF]
+    if todo:
         from pkpd.regimen_sim import SimOptions, simulate_regimen
 
         row = _reference_row()
         cov = {k: v for k, v in row.items() if k != "ID"}
-        space = DecisionSpace.build(cov, None, (product_key,), rescue=(), horizon_h=horizon_h, fusion=fusion)
-        drug = get_product(product_key).drug
-        if not space.slots:
-            _AUC_REF[key] = float("nan")
-        else:
+        items, sims = [], []
+        for key in todo:
+            space = DecisionSpace.build(cov, None, (key,), rescue=(), horizon_h=horizon_h, fusion=fusion)
+            if not space.slots:
+                _AUC_REF[(key, bool(fusion), float(horizon_h))] = float("nan")
+                continue
             amounts, _ = _repair(space, space.reference, cov, None, fusion, rescue=())
-            res = simulate_regimen(space.regimen(amounts, rescue=()), pd.DataFrame([row]),
-                                   options=SimOptions(iiv=False, record_doses=False))
-            _AUC_REF[key] = float(res.patients[f"AUC_{get_product(product_key).drug}"].iloc[0])
-        del drug
-    return _AUC_REF[key]
+            items += space.regimen(amounts, rescue=()).scheduled
+            sims.append(key)
+        drugs = [get_product(k).drug for k in sims]
+        if len(set(drugs)) != len(drugs):  # pragma: no cover - callers pass one product per drug
+            raise RegimenError(f"auc references: one product per drug, got {sims}")
+        if sims:
+            reg = Regimen(name="auc_reference", scheduled=tuple(items), prn=(), horizon_h=horizon_h)
+            res = simulate_regimen(reg, pd.DataFrame([row]), options=SimOptions(iiv=False, record_doses=False))
+            for key, drug in zip(sims, drugs):
+                _AUC_REF[(key, bool(fusion), float(horizon_h))] = float(res.patients[f"AUC_{drug}"].iloc[0])
+    return {k: _AUC_REF[(k, bool(fusion), float(horizon_h))] for k in product_keys}
 
 
 def _policy_allowed(policy, cov, fusion: bool, base_keys: set) -> bool:
@@ -611,8 +627,9 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
         Optional (P x draws) rows of per-draw parameter overrides (columns ``<drug>.<PARAM>``, e.g. posterior
         draws from :func:`regimens.posterior.posterior_draws`), patient p's draws in rows p*S ... p*S + S - 1.
     trajectories
-        Keep the NRS / opioid-effect / bupivacaine trajectories and dose records of the exact simulations
-        (for plots of one patient); off by default (large batches keep only the outcome tables).
+        Keep the NRS / opioid-effect / bupivacaine trajectories and dose records of the exact simulations,
+        and the proposal's plasma concentrations (for plots of one patient); off by default (large batches
+        keep only the outcome tables).
 
     Returns
     -------
@@ -711,6 +728,8 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     say("comparators C0 and C1 (exact)")
     t0 = time.perf_counter()
     ex_opts = SimOptions(record_trajectories=bool(trajectories), record_doses=bool(trajectories))
+    # the proposal's plasma concentrations too with trajectories (for one patient's per-drug bands)
+    prop_opts = dataclasses.replace(ex_opts, record_concentrations=bool(trajectories))
     comps = {name: simulate_regimen(get_regimen(name), rows, seed=st.seed, options=ex_opts) for name in ("C0", "C1")}
     c1p = comps["C1"].patients
     c1_mme = c1p["MME_0_72"].to_numpy().reshape(P, S)
@@ -821,14 +840,21 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     memo: list[dict] = [{} for _ in range(P)]
     cand = [[repaired(p, a) for a in _round(spaces[p], own(p, X[p]))] for p in range(P)]
     K = max(len(cp) for cp in cand)
-    idx_sc = (np.arange(P)[:, None] * S + np.arange(S_sc)[None, :]).reshape(-1)
+    # Kg candidates per patient and call; as many as the cross-entropy stage scores when both stages use
+    # the same number of draws, so that they share one compiled scoring program (a patient's last candidate
+    # fills the rest: argmin keeps the first of equal values)
+    Kg = max(1, int(st.cem_candidates)) if S_sc == S_cem else 1
+    idx_sc = (np.arange(P)[:, None, None] * S + np.arange(S_sc)[None, None, :]).repeat(Kg, axis=1).reshape(-1)
     d_sc = relaxed_rows(data_run, jnp.asarray(idx_sc))
-    c_sc = per_group(1, tit_target=tit_target, oird_ref=oird_ref)
-    vals = np.full((K, P), np.inf)
-    for k in range(K):
-        Xk = np.array([to_superset(p, cand[p][min(k, len(cand[p]) - 1)]) for p in range(P)])
-        vals[k] = np.asarray(score_fn(jnp.asarray(np.repeat(Xk, S_sc, axis=0)), P, d_sc, c_sc))
-    choice = np.argmin(vals, axis=0)
+    c_sc = per_group(Kg, tit_target=tit_target, oird_ref=oird_ref)
+    n_calls = -(-K // Kg)
+    vals = np.full((P, n_calls * Kg), np.inf)
+    for j in range(n_calls):
+        Xk = np.array([[to_superset(p, cand[p][min(k, len(cand[p]) - 1)]) for k in range(j * Kg, (j + 1) * Kg)]
+                       for p in range(P)]).reshape(P * Kg, n)
+        vals[:, j * Kg:(j + 1) * Kg] = np.asarray(
+            score_fn(jnp.asarray(np.repeat(Xk, S_sc, axis=0)), P * Kg, d_sc, c_sc)).reshape(P, Kg)
+    choice = np.argmin(vals[:, :K], axis=1)
     amounts = [cand[p][min(int(choice[p]), len(cand[p]) - 1)].copy() for p in range(P)]
     times["rounding_s"] = time.perf_counter() - t0
 
@@ -841,7 +867,7 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
         Wt = np.array([to_superset(p, amounts[p]) for p in range(P)])
         tabs = {k: np.stack([pol_tabs[int(chosen_pol[p])][k][0] for p in row_patient]) for k in pol_tabs[0]}
         prop = simulate_regimen(superset, rows, seed=st.seed, dose_weights=Wt[row_patient], rescue_tables=tabs,
-                                options=ex_opts)
+                                options=prop_opts)
         pp = prop.patients
         tox = {"bupivacaine": exceedance_probability(pp["LAST_INDEX"].to_numpy().reshape(P, S), 1.0)[0]}
         for d, lim in limits.items():
@@ -949,12 +975,8 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
     space, amounts, policy = res.spaces[0], res.amounts[0], res.policies[0]
     regimen = space.regimen(amounts, rescue=policy.rules)
     findings = check_regimen(regimen, cov, None, fusion=fusion)
-    from pkpd.regimen_sim import SimOptions
 
-    outcomes = dict(res.draws)
-    # the proposal once more with concentration trajectories, for the per-drug bands (same rows and draws)
-    outcomes["proposal"] = res.evaluate(res.rows, np.zeros(len(res.rows), int), st.seed,
-                                        options=SimOptions(record_concentrations=True))
+    outcomes = dict(res.draws)  # with trajectories and the proposal's concentrations (trajectories=True)
     comparison = _compare({k: v.patients for k, v in outcomes.items()},
                           {d: lim.mg_per_l for d, lim in EXPOSURE_LIMITS.items()})
     sched = pd.DataFrame([{"time_h": sl.time_h, "drug": sl.product.drug, "route": sl.product.route, "dose_mg": a}
