@@ -16,6 +16,12 @@ machine these are *virtual* devices sharing the host's cores). In it, for each c
 * an end-to-end warm ``simulate_regimen`` of all ``--n`` patients with that chunk size (host preparation,
   kernel, outcome table), patients/s.
 
+With ``--optimize P`` (default 16; 0 skips it) each process also runs the regimen optimizer
+(:func:`regimens.optimize.optimize_population`, ``--opt-draws`` draws per patient) on P SPINE-72 patients
+twice (the first call compiles) and reports the warm seconds of its relaxed stages (cross-entropy scores,
+projected-Adam steps, rounding scores: sharded over the devices by patient) and of the whole call, and a
+digest of the proposals, which must be the same for every device count.
+
 The parent prints one table (device count, chunk, kernel patients/s, end-to-end patients/s, memory) and the
 ratios against 1 device at the same chunk size, then the acceptance check of issue 6: the 8-device kernel
 must not be more than 20 % slower than the 1-device kernel (PASS/FAIL) on this machine. The machine, the
@@ -24,7 +30,7 @@ date and the load average are printed at the top (the machine is shared: timings
 Usage::
 
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py [--n 4096] [--devices 1 2 4 8] [--chunks 512 2048]
-        [--regimen C1] [--repeats 3] [--json OUT.json]
+        [--regimen C1] [--repeats 3] [--optimize 16] [--opt-draws 32] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -98,6 +104,24 @@ def worker(args) -> dict:
                             "mem_per_device_bytes": per_dev,
                             "mem_chunk_bytes": None if per_dev is None else per_dev * len(devs),
                             "estimate_bytes": regimen_sim._row_bytes(plan) * rows})
+    if args.optimize:
+        import hashlib
+
+        from regimens.optimize import OptimizeSettings, optimize_population
+
+        st = OptimizeSettings(draws=args.opt_draws)
+        opop = spine72_population(args.optimize, args.seed)
+        t = time.perf_counter()
+        optimize_population(opop, st)
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        res = optimize_population(opop, st)
+        total = time.perf_counter() - t
+        relaxed = sum(res.times[k] for k in ("cem_s", "continuous_s", "rounding_s"))
+        digest = hashlib.sha256(np.concatenate([np.asarray(a, float) for a in res.amounts]).tobytes()
+                                + "|".join(res.patients["POLICY"]).encode()).hexdigest()[:12]
+        out["optimize"] = {"patients": args.optimize, "draws": args.opt_draws, "first_s": first, "total_s": total,
+                           "relaxed_s": relaxed, "times": res.times, "digest": digest}
     return out
 
 
@@ -109,6 +133,8 @@ def main() -> None:
     ap.add_argument("--regimen", default="C1")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--optimize", type=int, default=16, help="patients of the optimizer run (0: none)")
+    ap.add_argument("--opt-draws", type=int, default=32, help="draws per patient of the optimizer run")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -125,7 +151,8 @@ def main() -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS=f"--xla_force_host_platform_device_count={d}")
         tmp = Path(f"/tmp/pkpd_scale_{os.getpid()}_{d}.json")
         cmd = [sys.executable, __file__, "--worker", "--out", str(tmp), "--n", str(args.n), "--regimen", args.regimen,
-               "--seed", str(args.seed), "--repeats", str(args.repeats), "--chunks", *map(str, args.chunks)]
+               "--seed", str(args.seed), "--repeats", str(args.repeats), "--chunks", *map(str, args.chunks),
+               "--optimize", str(args.optimize), "--opt-draws", str(args.opt_draws)]
         t = time.perf_counter()
         subprocess.run(cmd, env=env, check=True, cwd=ROOT)
         results[d] = json.loads(tmp.read_text())
@@ -145,6 +172,17 @@ def main() -> None:
             print(f"| {d} | {r['chunk']} | {r['kernel_pps']:,.0f} | {r['kernel_pps'] / base['kernel_pps']:.2f} | "
                   f"{r['e2e_pps']:,.0f} | {r['e2e_pps'] / base['e2e_pps']:.2f} | {mib(r['mem_chunk_bytes'])} "
                   f"({mib(r['mem_per_device_bytes'])}) | {mib(r['estimate_bytes'])} |")
+    if args.optimize:
+        print(f"\noptimizer, {args.optimize} patients x {args.opt_draws} draws, warm (second call):")
+        print("| devices | relaxed stages, s | vs 1 device | whole call, s | vs 1 device | proposals digest |")
+        print("|---:|---:|---:|---:|---:|---|")
+        o1 = results[args.devices[0]]["optimize"]
+        for d in args.devices:
+            o = results[d]["optimize"]
+            print(f"| {d} | {o['relaxed_s']:.2f} | {o1['relaxed_s'] / o['relaxed_s']:.2f} | {o['total_s']:.2f} | "
+                  f"{o1['total_s'] / o['total_s']:.2f} | {o['digest']} |")
+        same = len({results[d]["optimize"]["digest"] for d in args.devices}) == 1
+        print("proposals identical for every device count: " + ("yes" if same else "NO"))
     if 1 in results and 8 in results:
         worst = min(r8["kernel_pps"] / r1["kernel_pps"] for r1, r8 in zip(results[1]["rows"], results[8]["rows"]))
         verdict = "PASS" if worst >= 1 / 1.2 else "FAIL"

@@ -52,7 +52,8 @@ from ._errors import PKPDError
 
 __all__ = ["BatchConfig", "BatchError", "ChunkStore", "RowProgram", "ROW_AXIS", "assign_chunks", "barrier",
            "chunk_rows", "config", "configure", "configured", "describe", "device_count", "free_memory",
-           "init_distributed", "local_devices", "mesh", "precision", "process_info", "record_shardings",
+           "init_distributed", "local_devices", "mesh", "note_call", "pad_rows", "place", "precision",
+           "process_info", "record_shardings", "shard_rows_map",
            "run_chunks", "run_identity", "set_precision", "setup"]
 
 #: Name of the mesh axis the patient/row axis is sharded over.
@@ -310,6 +311,60 @@ def _placement(tree) -> dict:
             "shards": [(s.device.id, tuple(s.data.shape)) for s in v.addressable_shards]}
 
 
+def _sharding_placement(sharding, shape) -> dict:
+    """:func:`_placement` of an array of ``shape`` with ``sharding`` (e.g. one already copied to the host)."""
+    return {"devices": len(sharding.device_set), "spec": str(getattr(sharding, "spec", "")),
+            "shards": [(d.id, tuple(len(range(*sl.indices(n))) for sl, n in zip(idx, shape)) if idx else ())
+                       for d, idx in sharding.addressable_devices_indices_map(tuple(shape)).items()]}
+
+
+def note_call(name: str, rows: int, padded_rows: int, devices: int, inputs, outputs) -> None:
+    """Add a :func:`record_shardings` record for a sharded program not run through :class:`RowProgram` (e.g.
+    the optimizer's relaxed stages); ``inputs``/``outputs``: pytrees of placed arrays, or an already made
+    placement dict."""
+    if _RECORDS is not None:
+        _RECORDS.append({"name": name, "rows": int(rows), "padded_rows": int(padded_rows), "devices": int(devices),
+                         "input": inputs if isinstance(inputs, dict) and "shards" in inputs else _placement(inputs),
+                         "output": outputs if isinstance(outputs, dict) and "shards" in outputs
+                         else _placement(outputs)})
+
+
+def shard_rows_map(fn: Callable, devices: Sequence, replicated: Sequence[bool]) -> Callable:
+    """``jax.shard_map`` of ``fn(*args)`` over a mesh of ``devices``: the arguments flagged ``False`` in
+    ``replicated`` are split along their first (row) axis, those flagged ``True`` are copied to every device;
+    every output is split along its first axis. Not jitted, so it can sit inside a jitted and differentiated
+    function (the optimizer's gradient step). ``fn`` must compute row ``i`` of its outputs from row ``i`` of
+    its split inputs (and the replicated ones)."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    specs = tuple(P() if r else P(ROW_AXIS) for r in replicated)
+    return jax.shard_map(fn, mesh=mesh(devices), in_specs=specs, out_specs=P(ROW_AXIS), check_vma=False)
+
+
+def place(tree, devices: Sequence | None = None, *, replicated: bool = False):
+    """``tree``'s arrays on the mesh of ``devices`` (default :func:`local_devices`): split along their first
+    axis (which must be a multiple of the device count: :func:`pad_rows`), or, with ``replicated``, copied to
+    every device."""
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    m = mesh(list(devices) if devices is not None else local_devices())
+    return jax.device_put(tree, NamedSharding(m, P() if replicated else P(ROW_AXIS)))
+
+
+def pad_rows(tree, multiple: int):
+    """``(tree, n)``: every leaf's first axis (``n`` rows) padded to a multiple of ``multiple`` with copies of
+    its last row (padding that :class:`RowProgram` and the optimizer drop from their results)."""
+    import jax
+
+    leaves = jax.tree_util.tree_leaves(tree)
+    n = int(leaves[0].shape[0])
+    pad = -(-n // int(multiple)) * int(multiple) - n
+    return jax.tree_util.tree_map(lambda v: _pad_rows(v, pad), tree), n
+
+
 def _pad_rows(v, pad: int):
     if not pad:
         return v
@@ -348,20 +403,15 @@ class RowProgram:
     def program(self, static: tuple, devices: Sequence):
         """The jitted ``shard_map`` of ``fn`` over a mesh of ``devices`` (cached)."""
         import jax
-        from jax.sharding import PartitionSpec as P
 
         key = (static, tuple(d.id for d in devices))
         if key not in self._programs:
-            m = mesh(devices)
             fn = self.fn
-            self._programs[key] = jax.jit(jax.shard_map(lambda a: fn(*static, a), mesh=m, in_specs=(P(ROW_AXIS),),
-                                                        out_specs=P(ROW_AXIS), check_vma=False))
+            self._programs[key] = jax.jit(shard_rows_map(lambda a: fn(*static, a), devices, (False,)))
         return self._programs[key]
 
     def __call__(self, *static, arrays):
         import jax
-        from jax.sharding import NamedSharding
-        from jax.sharding import PartitionSpec as P
 
         devs = local_devices()
         leaves = jax.tree_util.tree_leaves(arrays)
@@ -370,20 +420,14 @@ class RowProgram:
         # differently (the unit batch axis is simplified away) and may then round a reduction differently
         per = max(-(-n // len(devs)), MIN_ROWS)
         pad = per * len(devs) - n
-        if len(devs) == 1 and self.single is not None:
-            arrays = jax.tree_util.tree_map(lambda v: _pad_rows(v, pad), arrays)
-            out = self.single(*static, arrays)
-            if _RECORDS is not None:
-                _RECORDS.append({"name": self.name, "rows": n, "padded_rows": n + pad, "devices": 1,
-                                 "input": _placement(arrays), "output": _placement(out)})
-            return jax.tree_util.tree_map(lambda v: np.asarray(v)[:n], out) if pad else out
         arrays = jax.tree_util.tree_map(lambda v: _pad_rows(v, pad), arrays)
-        m = mesh(devs)
-        placed = jax.device_put(arrays, NamedSharding(m, P(ROW_AXIS)))
-        out = self.program(tuple(static), devs)(placed)
-        if _RECORDS is not None:
-            _RECORDS.append({"name": self.name, "rows": n, "padded_rows": n + pad, "devices": len(devs),
-                             "input": _placement(placed), "output": _placement(out)})
+        if len(devs) == 1 and self.single is not None:
+            placed = arrays
+            out = self.single(*static, arrays)
+        else:
+            placed = place(arrays, devs)
+            out = self.program(tuple(static), devs)(placed)
+        note_call(self.name, n, n + pad, len(devs), placed, out)
         if pad:
             out = jax.tree_util.tree_map(lambda v: np.asarray(v)[:n], out)
         return out

@@ -42,6 +42,9 @@ class DescentResult:
     n_compiles
         How many times the update step was compiled during this call (0 when a program compiled by an
         earlier call of the same shapes was reused).
+    x_sharding
+        The :class:`jax.sharding.Sharding` the returned iterate had on the devices before it was copied
+        to ``x`` (how a problem laid out over several devices was actually run), or ``None``.
     """
 
     x: np.ndarray
@@ -49,6 +52,7 @@ class DescentResult:
     history: np.ndarray
     n_steps: int
     n_compiles: int
+    x_sharding: Any = None
 
 
 _STEP_CACHE: dict[Any, Callable] = {}
@@ -74,6 +78,18 @@ def _step_fn(fun: Callable, project: Callable, schedule_key: tuple) -> Callable:
     compiled = (jax.jit(step), init, jax.jit(fun))
     _STEP_CACHE[key] = compiled
     return compiled
+
+
+def _like(state, x):
+    """The optimizer state placed as the step will return it: when ``x`` lies on a device mesh, the state's
+    scalars (step counts) replicated on that mesh, so that the second step does not compile again for
+    arguments placed differently from the first's."""
+    sh = getattr(x, "sharding", None)
+    if not isinstance(sh, jax.sharding.NamedSharding):
+        return state
+    rep = jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec())
+    return jax.tree_util.tree_map(lambda v: v if getattr(v, "shape", None) == x.shape else jax.device_put(v, rep),
+                                  state)
 
 
 def _identity(x, *args):
@@ -123,7 +139,7 @@ def projected_descent(fun: Callable, x0, *, args: tuple = (), project: Callable 
     step, init, value_fn = _step_fn(fun, project, (float(learning_rate), max(int(steps), 1), float(final_lr_fraction)))
     before = step._cache_size()
     x = project(jnp.asarray(x0, dtype=float), *args)
-    state = init(x)
+    state = _like(init(x), x)
     hist = []
     best_x, best_v = x, np.inf
     if step_args is not None:
@@ -133,7 +149,8 @@ def projected_descent(fun: Callable, x0, *, args: tuple = (), project: Callable 
             if callback is not None:
                 callback(i, hist[-1])
         v_last = hist[-1] if hist else float("nan")
-        return DescentResult(np.asarray(x), v_last, np.asarray(hist), int(steps), step._cache_size() - before)
+        return DescentResult(np.asarray(x), v_last, np.asarray(hist), int(steps), step._cache_size() - before,
+                             getattr(x, "sharding", None))
     for i in range(int(steps)):
         x_new, state, value = step(x, state, args)
         v = float(value)
@@ -147,4 +164,5 @@ def projected_descent(fun: Callable, x0, *, args: tuple = (), project: Callable 
     hist.append(v_last)
     if np.isfinite(v_last) and v_last < best_v:
         best_x, best_v = x, v_last
-    return DescentResult(np.asarray(best_x), best_v, np.asarray(hist), int(steps), step._cache_size() - before)
+    return DescentResult(np.asarray(best_x), best_v, np.asarray(hist), int(steps), step._cache_size() - before,
+                         getattr(best_x, "sharding", None))

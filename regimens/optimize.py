@@ -307,43 +307,64 @@ class Proposal:
 _PROGRAMS: dict[Any, tuple[Callable, Callable, Callable]] = {}
 
 
-def _programs(outcomes: Callable, static: tuple) -> tuple[Callable, Callable, Callable]:
-    """(group loss of candidates, summed minibatch loss, projection) for one compiled
-    outcomes program and the objective's static structure, cached so that projected_descent and the scoring
-    calls reuse their compiled programs for every population with the same structure.
+def _programs(outcomes: Callable, static: tuple, devices: Sequence) -> tuple[Callable, Callable, Callable]:
+    """(group loss of candidates, summed minibatch loss, projection) for one compiled outcomes program, the
+    objective's static structure and the devices the groups are sharded over, cached so that
+    projected_descent and the scoring calls reuse their compiled programs for every population with the same
+    structure.
+
+    Every problem array has its groups first and is split over ``devices`` along that axis
+    (:func:`pkpd.batch.shard_rows_map`): patients are independent (the summed loss's gradient with respect to
+    a patient's ``x`` is that patient's own; Adam and the projection act per coordinate), so each device
+    computes its own patients' (or candidates') losses. The row data of the relaxed simulation (``base``,
+    ``s_amt``) are laid out (groups, draws, ...); the rest of ``data`` and the scalar settings are ``shared``
+    (replicated).
 
     ``x`` is (P, n_slots + 1): fractions of each slot's reference amount, then the CVaR variable eta in units
-    of ``c["eta_scale"]``. Rows of the population are grouped by patient (patient p's draws in rows
-    p*S ... p*S + S - 1)."""
-    key = (outcomes, static)
+    of ``cp["eta_scale"]``."""
+    key = (outcomes, static, tuple(d.id for d in devices))
     if key in _PROGRAMS:
         return _PROGRAMS[key]
-    from pkpd.regimen_sim import relaxed_rows
+    from pkpd.batch import shard_rows_map
 
     alpha, burden_drugs, limit_drugs = static
     kw = dict(alpha=alpha, burden_drugs=burden_drugs, limit_drugs=limit_drugs)
 
-    def score(Xrows, G, data, c):
-        """Loss of G groups of consecutive rows (per-row dose fractions Xrows), empirical CVaR."""
-        out = outcomes(Xrows, c["rescue"], data)
-        return group_loss(out, G, c, None, **kw)
+    def flat(v):  # (groups, draws, ...) -> (groups * draws, ...): rows grouped consecutively
+        return v.reshape((v.shape[0] * v.shape[1],) + v.shape[2:])
 
-    def batch_loss(x, data, c, rows):
-        P = x.shape[0]
-        n = x.shape[1] - 1
-        d = relaxed_rows(data, rows)
-        out = outcomes(x[:, :n][c["row_patient"][rows]], c["rescue"], d)
-        return jnp.sum(group_loss(out, P, c, x[:, n] * c["eta_scale"], **kw))
+    def run(X, rowdata, shared):
+        data = {**shared["data"], "base": jax.tree_util.tree_map(flat, rowdata["base"]),
+                "s_amt": flat(rowdata["s_amt"])}
+        return outcomes(X, shared["c"]["rescue"], data)
 
-    def project(x, data, c, *rest):
+    def local_score(Xg, rowdata, cg, shared):
+        """Loss of this device's groups (Xg: (groups, draws, n) dose fractions), empirical CVaR."""
+        return group_loss(run(flat(Xg), rowdata, shared), Xg.shape[0], {**shared["c"], **cg}, None, **kw)
+
+    def local_loss(x, rowdata, cp, shared, draws):
+        """Loss of this device's patients on the minibatch ``draws`` (indices into each patient's draws)."""
         n = x.shape[1] - 1
-        X = jnp.clip(x[:, :n], 0.0, c["U"])
-        load = (X * c["ref"]) @ c["W"].T  # (P, n_constraints), mg
-        ratio = jnp.where(load > c["caps"], c["caps"] / jnp.maximum(load, 1e-12), 1.0)
-        scale = jnp.min(jnp.where(c["W"][None, :, :] > 0, ratio[:, :, None], 1.0), axis=1)
+        picked = jax.tree_util.tree_map(lambda v: v[:, draws], rowdata)
+        out = run(jnp.repeat(x[:, :n], draws.shape[0], axis=0), picked, shared)
+        return group_loss(out, x.shape[0], {**shared["c"], **cp}, x[:, n] * cp["eta_scale"], **kw)
+
+    loss_map = shard_rows_map(local_loss, devices, (False, False, False, True, True))
+
+    def batch_loss(x, rowdata, cp, shared, mask, draws):
+        return jnp.sum(loss_map(x, rowdata, cp, shared, draws) * mask)
+
+    def project(x, rowdata, cp, shared, *rest):
+        n = x.shape[1] - 1
+        X = jnp.clip(x[:, :n], 0.0, cp["U"])
+        W = shared["c"]["W"]
+        load = (X * cp["ref"]) @ W.T  # (P, n_constraints), mg
+        ratio = jnp.where(load > cp["caps"], cp["caps"] / jnp.maximum(load, 1e-12), 1.0)
+        scale = jnp.min(jnp.where(W[None, :, :] > 0, ratio[:, :, None], 1.0), axis=1)
         return jnp.concatenate([X * scale, jnp.maximum(x[:, n:], 0.0)], axis=1)
 
-    _PROGRAMS[key] = (jax.jit(score, static_argnums=1), batch_loss, project)
+    score = jax.jit(shard_rows_map(local_score, devices, (False, False, False, True)))
+    _PROGRAMS[key] = (score, batch_loss, project)
     return _PROGRAMS[key]
 
 
@@ -642,7 +663,8 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     """
     import time
 
-    from pkpd.regimen_sim import SimOptions, relaxed_program, relaxed_rows, simulate_regimen
+    from pkpd import batch
+    from pkpd.regimen_sim import SimOptions, relaxed_program, simulate_regimen
 
     from .io import get_regimen
 
@@ -750,28 +772,44 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     burden, auc_ref = _burden_terms(st, drugs, fusion=fusion, horizon_h=superset.horizon_h)
     limits = {d: lim.mg_per_l for d, lim in EXPOSURE_LIMITS.items() if d in drugs}
     static = (float(st.cvar_alpha), tuple(sorted(burden)), tuple(sorted(limits)))
-    score_fn, batch_loss, project = _programs(outcomes, static)
+    devs = batch.local_devices()
+    nd = len(devs)
+    score_fn, batch_loss, project = _programs(outcomes, static, devs)
     c_scal = {"pain_weight": st.pain_weight, "sedation_weight": st.sedation_weight, "cvar_weight": st.cvar_weight,
               "tit_penalty": st.tit_penalty, "oird_penalty": st.oird_penalty, "chance_penalty": st.chance_penalty,
               "risk": st.risk}
     c_base = {k: jnp.asarray(float(v)) for k, v in c_scal.items()}
     c_base.update({"rescue": jnp.ones(max(n_resc, 1)), "burden": {d: jnp.asarray(float(w)) for d, w in burden.items()},
                    "auc_ref": {d: jnp.asarray(float(v)) for d, v in auc_ref.items()},
-                   "limit": {d: jnp.asarray(float(v)) for d, v in limits.items()}})
+                   "limit": {d: jnp.asarray(float(v)) for d, v in limits.items()}, "W": jnp.asarray(W)})
+    # the relaxed problem's arrays: row data (patients, draws, ...) split over the devices by patient (or
+    # candidate group), the rest replicated (pkpd.batch.shard_rows_map)
+    rowdata = jax.tree_util.tree_map(lambda v: np.asarray(v).reshape((P, S) + v.shape[1:]),
+                                     {"base": data["base"], "s_amt": data["s_amt"]})
+    shared = batch.place({"data": {k: v for k, v in data.items() if k not in ("base", "s_amt")}, "c": c_base},
+                         devs, replicated=True)
 
-    def per_group(G_rep: int, **arrs):
-        c = dict(c_base)
-        for k, v in arrs.items():
-            c[k] = jnp.asarray(np.repeat(np.asarray(v, float), G_rep))
-        return c
-
-    def with_policies(d, pol_rows):
-        d = dict(d)
-        base = dict(d["base"])
+    def with_policies(rd, pol):
+        """Row data with each group's rescue-policy tables (``pol``: policy index per group)."""
+        base = dict(rd["base"])
         for k in pol_tabs[0]:
-            base[k] = jnp.asarray(np.stack([pol_tabs[i][k][0] for i in pol_rows]))
-        d["base"] = base
-        return d
+            t = np.stack([pol_tabs[int(i)][k][0] for i in pol])
+            base[k] = np.broadcast_to(t[:, None], (len(pol), rd["s_amt"].shape[1]) + t.shape[1:])
+        return {"base": base, "s_amt": rd["s_amt"]}
+
+    def groups(rd, reps: int, n_draws: int):
+        """Each patient's first ``n_draws`` draws, ``reps`` times per patient: (P * reps, n_draws, ...)."""
+        return jax.tree_util.tree_map(lambda v: np.broadcast_to(
+            v[:, None, :n_draws], (P, reps, n_draws) + v.shape[2:]).reshape((P * reps, n_draws) + v.shape[2:]), rd)
+
+    def score(Xg, rd, reps: int, name: str):
+        """Losses (P, reps) of P x reps groups of dose fractions Xg (P * reps, draws, n) on row data ``rd``."""
+        cg = {"tit_target": np.repeat(tit_target, reps), "oird_ref": np.repeat(oird_ref, reps)}
+        (Xp, rp, cp_), G = batch.pad_rows((np.asarray(Xg, float), rd, cg), nd)
+        args = batch.place((Xp, rp, cp_), devs)
+        out = score_fn(*args, shared)
+        batch.note_call(name, G, Xp.shape[0], nd, args[0], out)
+        return np.asarray(out)[:G].reshape(P, reps)
     times["relaxed_setup_s"] = time.perf_counter() - t0
 
     # ---- gradient-free stage: rescue policy and product inclusion (cross-entropy method)
@@ -785,40 +823,41 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     if st.cem_generations > 0 and (len(policies) > 1 or bit_ok.sum() > P):
         say("cross-entropy search: rescue policy and products")
         K = int(st.cem_candidates)
-        idx_rows = (np.arange(P)[:, None, None] * S + np.arange(S_cem)[None, None, :]).repeat(K, axis=1)  # (P,K,Sc)
-        d_cem = relaxed_rows(data, jnp.asarray(idx_rows.reshape(-1)))
-        c_cem = per_group(K * 1, tit_target=tit_target, oird_ref=oird_ref)
+        rd_cem = groups(rowdata, K, S_cem)
 
         def cem_score(cat, bits):
             Xc = U[:, None, :] * bits[:, :, col_prod]  # (P, K, n): included products at their maximum ...
             Xc = _cap_scale(Xc, REF[:, None, :], W, CAPS[:, None, :])  # ... within the daily / total caps
-            Xr = np.repeat(Xc.reshape(P * K, n), S_cem, axis=0)
-            dd = with_policies(d_cem, np.repeat(cat.reshape(-1), S_cem))
-            return np.asarray(score_fn(jnp.asarray(Xr), P * K, dd, c_cem)).reshape(P, K)
+            Xg = np.broadcast_to(Xc.reshape(P * K, 1, n), (P * K, S_cem, n))
+            return score(Xg, with_policies(rd_cem, cat.reshape(-1)), K, "optimizer: cross-entropy scores")
 
         chosen_pol, incl, _, _ = cross_entropy_search(cem_score, pol_ok, bit_ok, candidates=K,
                                                       generations=int(st.cem_generations), seed=int(st.seed),
                                                       group_seeds=row_ids[:, 0])
     times["cem_s"] = time.perf_counter() - t0
 
-    # ---- continuous stage: dose fractions and eta by minibatch projected Adam
+    # ---- continuous stage: dose fractions and eta by minibatch projected Adam, patients split over devices
     say("continuous stage")
     t0 = time.perf_counter()
     U_eff = U * incl[:, col_prod]
     eta_scale = np.maximum(np.quantile(c1_mme, st.cvar_alpha, axis=1), 1.0)
-    data_run = with_policies(data, chosen_pol[row_patient])
-    c = per_group(1, tit_target=tit_target, oird_ref=oird_ref, eta_scale=eta_scale)
-    c.update({"ref": jnp.asarray(REF), "U": jnp.asarray(U_eff), "W": jnp.asarray(W), "caps": jnp.asarray(CAPS),
-              "row_patient": jnp.asarray(row_patient)})
+    rd_run = with_policies(rowdata, chosen_pol)
+    cp = {"tit_target": tit_target, "oird_ref": oird_ref, "eta_scale": eta_scale, "ref": REF, "U": U_eff,
+          "caps": CAPS}
+    x0 = np.concatenate([0.8 * U_eff, np.ones((P, 1))], axis=1)
+    (x0p, rd_p, cp_p, mask), _ = batch.pad_rows((x0, rd_run, jax.tree_util.tree_map(
+        lambda v: np.asarray(v, float), cp), np.ones(P)), nd)
+    x0p, rd_p, cp_p, mask = batch.place((x0p, rd_p, cp_p, mask), devs)
 
     def minibatch(i):  # patient p's draws (i*b ... i*b + b - 1) mod S: every draw is used in turn
-        d = (i * b + np.arange(b)) % S
-        return (jnp.asarray((np.arange(P)[:, None] * S + d[None, :]).reshape(-1)),)
+        return (jnp.asarray((i * b + np.arange(b)) % S),)
 
-    x0 = np.concatenate([0.8 * U_eff, np.ones((P, 1))], axis=1)
-    res = projected_descent(batch_loss, x0, args=(data_run, c), project=project, steps=st.steps,
+    res = projected_descent(batch_loss, x0p, args=(rd_p, cp_p, shared, mask), project=project, steps=st.steps,
                             learning_rate=st.learning_rate, step_args=minibatch)
-    X = np.asarray(res.x)[:, :n]
+    if res.x_sharding is not None:
+        batch.note_call("optimizer: gradient steps", P, x0p.shape[0], nd, x0p,
+                        batch._sharding_placement(res.x_sharding, res.x.shape))
+    X = np.asarray(res.x)[:P, :n]
     times["continuous_s"] = time.perf_counter() - t0
 
     say("rounding to strengths and label checks")
@@ -844,16 +883,14 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     # the same number of draws, so that they share one compiled scoring program (a patient's last candidate
     # fills the rest: argmin keeps the first of equal values)
     Kg = max(1, int(st.cem_candidates)) if S_sc == S_cem else 1
-    idx_sc = (np.arange(P)[:, None, None] * S + np.arange(S_sc)[None, None, :]).repeat(Kg, axis=1).reshape(-1)
-    d_sc = relaxed_rows(data_run, jnp.asarray(idx_sc))
-    c_sc = per_group(Kg, tit_target=tit_target, oird_ref=oird_ref)
+    rd_sc = groups(rd_run, Kg, S_sc)
     n_calls = -(-K // Kg)
     vals = np.full((P, n_calls * Kg), np.inf)
     for j in range(n_calls):
         Xk = np.array([[to_superset(p, cand[p][min(k, len(cand[p]) - 1)]) for k in range(j * Kg, (j + 1) * Kg)]
-                       for p in range(P)]).reshape(P * Kg, n)
-        vals[:, j * Kg:(j + 1) * Kg] = np.asarray(
-            score_fn(jnp.asarray(np.repeat(Xk, S_sc, axis=0)), P * Kg, d_sc, c_sc)).reshape(P, Kg)
+                       for p in range(P)]).reshape(P * Kg, 1, n)
+        vals[:, j * Kg:(j + 1) * Kg] = score(np.broadcast_to(Xk, (P * Kg, S_sc, n)), rd_sc, Kg,
+                                             "optimizer: rounding scores")
     choice = np.argmin(vals[:, :K], axis=1)
     amounts = [cand[p][min(int(choice[p]), len(cand[p]) - 1)].copy() for p in range(P)]
     times["rounding_s"] = time.perf_counter() - t0

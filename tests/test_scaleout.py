@@ -7,7 +7,7 @@ joins a multi-process runtime once. The subprocesses share a persistent compilat
 when set, as ``make test`` does, else a temporary directory), so programs compiled by one are loaded by the
 next instead of compiled again; only the second process of the two-process run always compiles (JAX
 writes the cache from process 0 only, and process 1's programs are keyed by its own device ids). The trial is tiny (4 patients in 2 chunks, 2 draws, 2 gradient steps, one product, no cross-entropy
-stage): what is checked is the batching, not the optimizer.
+generation of 2 cross-entropy candidates): what is checked is the batching, not the optimizer.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TRIAL_SETTINGS = ('OptimizeSettings(draws=2, steps=2, batch_draws=2, score_draws=2, cem_generations=0, '
-                  'products=("acetaminophen/po",))')
+TRIAL_SETTINGS = ('OptimizeSettings(draws=2, steps=2, batch_draws=2, score_draws=2, cem_draws=2, cem_generations=1, '
+                  'cem_candidates=2, products=("acetaminophen/po",))')
 TRIAL = dict(n=4, seed=1, chunk=2)
 
 COMMON = textwrap.dedent(f"""
@@ -256,16 +256,27 @@ def test_population_run_is_bit_identical_on_8_devices(eight):
 
 
 def test_trial_is_bit_identical_on_8_devices(eight):
-    """run_trial (4 patients in 2 chunks) with the exact simulations sharded over 8 devices and written through
-    a chunk store equals the in-memory 1-device trial bit for bit (every outcome, SAFE, WHY, SCHEDULE)."""
+    """run_trial (4 patients in 2 chunks) with the exact simulations and the optimizer's relaxed stages
+    (cross-entropy scores, gradient steps, rounding scores) sharded over 8 devices and written through a chunk
+    store equals the in-memory 1-device trial bit for bit (every outcome, SAFE, WHY, SCHEDULE, POLICY)."""
     one, many = eight["trial1"], eight["trial8"]
     assert len(one) == TRIAL["n"] and list(one["ID"]) == [1, 2, 3, 4]
     pd.testing.assert_frame_equal(one, many, check_exact=True)
-    recs = eight["trial8_records"]
+    recs = [r for r in eight["trial8_records"] if not r["name"].startswith("optimizer")]
     for r in recs:
         _sharded_over_8(r, r["rows"])
     # per chunk: C0, C1 and the proposals simulated exactly on 2 patients x 2 draws = 4 rows (padded to 16)
     assert sum(r["rows"] == 4 for r in recs) >= 3 * 2
+    # the relaxed stages too: cross-entropy and rounding scores (2 patients x 2 candidates = 4 groups of 2 draws)
+    # and the projected-Adam iterate (2 patients), split over the 8 devices (padded to 8 groups, one per device)
+    opt = [r for r in eight["trial8_records"] if r["name"].startswith("optimizer")]
+    names = {r["name"] for r in opt}
+    assert names == {"optimizer: cross-entropy scores", "optimizer: gradient steps", "optimizer: rounding scores"}
+    for r in opt:
+        assert r["devices"] == 8 and r["padded_rows"] == 8 and r["rows"] == (2 if "gradient" in r["name"] else 4)
+        for side in ("input", "output"):
+            shards = r[side]["shards"]
+            assert sorted(d for d, _ in shards) == list(range(8)) and all(sh[0] == 1 for _, sh in shards), (r, side)
 
 
 def test_laplace_subjects_sharded_over_8_devices(runs):
