@@ -54,7 +54,9 @@ def _enable_compilation_cache() -> None:
     except OSError:  # read-only home: run without the cache
         return
     _jax.config.update("jax_compilation_cache_dir", path)
-    _jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    # also the small host-side programs (matrix exponentials, variability draws: 0.3-0.5 s each), which a
+    # process compiles for every new shape
+    _jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.25)
 
 
 _enable_compilation_cache()

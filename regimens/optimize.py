@@ -24,7 +24,10 @@ Pipeline of :func:`optimize_population` (all patients of a batch at once) and :f
    and the smoothed probability of crossing a toxicity limit (chance constraints). Projected Adam
    (:func:`regimens._descent.projected_descent`) on minibatches of draws; the projection scales a drug's
    doses down whenever a rolling-24-h or course total would exceed the patient's cap. One program is
-   compiled per superset structure and batch shape; later batches and later updates reuse it.
+   compiled per superset structure and batch shape; later batches and later updates reuse it. The
+   scoring calls (steps 3 and 5) and the gradient steps split their candidate groups / patients over the
+   local devices (:func:`pkpd.batch.shard_rows_map`; each device holds its patients' draws), so the
+   proposals do not depend on the device count.
 5. **Rounding**: each slot to a dispensable strength, then the neighbouring discrete schedules (all
    slots of one drug one strength down or up) scored in one batched call; the best is kept.
 6. **Hard constraints re-checked** on the discrete schedule with :func:`regimens.check_regimen` (label
