@@ -52,8 +52,8 @@ from ._errors import PKPDError
 
 __all__ = ["BatchConfig", "BatchError", "ChunkStore", "RowProgram", "ROW_AXIS", "assign_chunks", "barrier",
            "chunk_rows", "config", "configure", "configured", "describe", "device_count", "free_memory",
-           "init_distributed", "local_devices", "mesh", "note_call", "pad_rows", "place", "precision",
-           "process_info", "record_shardings", "shard_rows_map",
+           "init_distributed", "local_devices", "mesh", "note_call", "pad_rows", "place", "placement",
+           "precision", "process_info", "record_shardings", "shard_rows_map", "sharding_placement",
            "run_chunks", "run_identity", "set_precision", "setup"]
 
 #: Name of the mesh axis the patient/row axis is sharded over.
@@ -300,7 +300,9 @@ def record_shardings():
         _RECORDS = prev
 
 
-def _placement(tree) -> dict:
+def placement(tree) -> dict:
+    """How the first array leaf of ``tree`` is placed: its device count, partition spec and ``(device id,
+    shard shape)`` of each addressable shard."""
     import jax
 
     leaves = [v for v in jax.tree_util.tree_leaves(tree) if hasattr(v, "sharding")]
@@ -311,22 +313,19 @@ def _placement(tree) -> dict:
             "shards": [(s.device.id, tuple(s.data.shape)) for s in v.addressable_shards]}
 
 
-def _sharding_placement(sharding, shape) -> dict:
-    """:func:`_placement` of an array of ``shape`` with ``sharding`` (e.g. one already copied to the host)."""
+def sharding_placement(sharding, shape) -> dict:
+    """:func:`placement` of an array of ``shape`` with ``sharding`` (e.g. one already copied to the host)."""
     return {"devices": len(sharding.device_set), "spec": str(getattr(sharding, "spec", "")),
             "shards": [(d.id, tuple(len(range(*sl.indices(n))) for sl, n in zip(idx, shape)) if idx else ())
                        for d, idx in sharding.addressable_devices_indices_map(tuple(shape)).items()]}
 
 
-def note_call(name: str, rows: int, padded_rows: int, devices: int, inputs, outputs) -> None:
-    """Add a :func:`record_shardings` record for a sharded program not run through :class:`RowProgram` (e.g.
-    the optimizer's relaxed stages); ``inputs``/``outputs``: pytrees of placed arrays, or an already made
-    placement dict."""
+def note_call(name: str, rows: int, padded_rows: int, devices: int, inputs: dict, outputs: dict) -> None:
+    """Add a :func:`record_shardings` record for a sharded call (:class:`RowProgram`, the optimizer's relaxed
+    stages); ``inputs``/``outputs``: placements from :func:`placement` or :func:`sharding_placement`."""
     if _RECORDS is not None:
         _RECORDS.append({"name": name, "rows": int(rows), "padded_rows": int(padded_rows), "devices": int(devices),
-                         "input": inputs if isinstance(inputs, dict) and "shards" in inputs else _placement(inputs),
-                         "output": outputs if isinstance(outputs, dict) and "shards" in outputs
-                         else _placement(outputs)})
+                         "input": inputs, "output": outputs})
 
 
 def shard_rows_map(fn: Callable, devices: Sequence, replicated: Sequence[bool]) -> Callable:
@@ -427,7 +426,7 @@ class RowProgram:
         else:
             placed = place(arrays, devs)
             out = self.program(tuple(static), devs)(placed)
-        note_call(self.name, n, n + pad, len(devs), placed, out)
+        note_call(self.name, n, n + pad, len(devs), placement(placed), placement(out))
         if pad:
             out = jax.tree_util.tree_map(lambda v: np.asarray(v)[:n], out)
         return out

@@ -811,7 +811,7 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
         (Xp, rp, cp_), G = batch.pad_rows((np.asarray(Xg, float), rd, cg), nd)
         args = batch.place((Xp, rp, cp_), devs)
         out = score_fn(*args, shared)
-        batch.note_call(name, G, Xp.shape[0], nd, args[0], out)
+        batch.note_call(name, G, Xp.shape[0], nd, batch.placement(args[0]), batch.placement(out))
         return np.asarray(out)[:G].reshape(P, reps)
     times["relaxed_setup_s"] = time.perf_counter() - t0
 
@@ -858,8 +858,8 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     res = projected_descent(batch_loss, x0p, args=(rd_p, cp_p, shared, mask), project=project, steps=st.steps,
                             learning_rate=st.learning_rate, step_args=minibatch)
     if res.x_sharding is not None:
-        batch.note_call("optimizer: gradient steps", P, x0p.shape[0], nd, x0p,
-                        batch._sharding_placement(res.x_sharding, res.x.shape))
+        batch.note_call("optimizer: gradient steps", P, x0p.shape[0], nd, batch.placement(x0p),
+                        batch.sharding_placement(res.x_sharding, res.x.shape))
     X = np.asarray(res.x)[:P, :n]
     times["continuous_s"] = time.perf_counter() - t0
 
