@@ -207,14 +207,14 @@ def _bucket(n: int) -> int:
     return -(-int(n) // step) * step
 
 
-def _padded(fn, x: np.ndarray, *args) -> np.ndarray:
-    """``fn(x, *args)`` of a function mapped over the leading axis, computed on ``x`` padded (with copies of its
+def _padded(fn, x: np.ndarray) -> np.ndarray:
+    """``fn(x)`` of a function mapped over the leading axis, computed on ``x`` padded (with copies of its
     first row) to :func:`_bucket` rows; the padding's results are dropped."""
     n = x.shape[0]
     m = _bucket(n)
     if m > n:
         x = np.concatenate([x, np.broadcast_to(x[:1], (m - n,) + x.shape[1:])])
-    return np.asarray(fn(x, *args))[:n]
+    return np.asarray(fn(x))[:n]
 
 
 _EXPM = None

@@ -805,11 +805,16 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
         return jax.tree_util.tree_map(lambda v: np.broadcast_to(
             v[:, None, :n_draws], (P, reps, n_draws) + v.shape[2:]).reshape((P * reps, n_draws) + v.shape[2:]), rd)
 
+    def on_devices(rd):
+        """Group row data padded to a multiple of the device count and split over the devices."""
+        return batch.place(batch.pad_rows(rd, nd)[0], devs)
+
     def score(Xg, rd, reps: int, name: str):
-        """Losses (P, reps) of P x reps groups of dose fractions Xg (P * reps, draws, n) on row data ``rd``."""
+        """Losses (P, reps) of P x reps groups of dose fractions Xg (P * reps, draws, n) on the placed group row
+        data ``rd`` (:func:`on_devices`)."""
         cg = {"tit_target": np.repeat(tit_target, reps), "oird_ref": np.repeat(oird_ref, reps)}
-        (Xp, rp, cp_), G = batch.pad_rows((np.asarray(Xg, float), rd, cg), nd)
-        args = batch.place((Xp, rp, cp_), devs)
+        (Xp, cp_), G = batch.pad_rows((np.asarray(Xg, float), cg), nd)
+        args = batch.place((Xp, rd, cp_), devs)
         out = score_fn(*args, shared)
         batch.note_call(name, G, Xp.shape[0], nd, batch.placement(args[0]), batch.placement(out))
         return np.asarray(out)[:G].reshape(P, reps)
@@ -832,7 +837,7 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
             Xc = U[:, None, :] * bits[:, :, col_prod]  # (P, K, n): included products at their maximum ...
             Xc = _cap_scale(Xc, REF[:, None, :], W, CAPS[:, None, :])  # ... within the daily / total caps
             Xg = np.broadcast_to(Xc.reshape(P * K, 1, n), (P * K, S_cem, n))
-            return score(Xg, with_policies(rd_cem, cat.reshape(-1)), K, "optimizer: cross-entropy scores")
+            return score(Xg, on_devices(with_policies(rd_cem, cat.reshape(-1))), K, "optimizer: cross-entropy scores")
 
         chosen_pol, incl, _, _ = cross_entropy_search(cem_score, pol_ok, bit_ok, candidates=K,
                                                       generations=int(st.cem_generations), seed=int(st.seed),
@@ -886,7 +891,7 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     # the same number of draws, so that they share one compiled scoring program (a patient's last candidate
     # fills the rest: argmin keeps the first of equal values)
     Kg = max(1, int(st.cem_candidates)) if S_sc == S_cem else 1
-    rd_sc = groups(rd_run, Kg, S_sc)
+    rd_sc = on_devices(groups(rd_run, Kg, S_sc))  # placed once for every call below
     n_calls = -(-K // Kg)
     vals = np.full((P, n_calls * Kg), np.inf)
     for j in range(n_calls):
