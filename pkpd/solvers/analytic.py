@@ -25,6 +25,7 @@ Higham NJ. Functions of Matrices. SIAM 2008, section 10.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 __all__ = ["newton_basis", "divided_differences", "propagators"]
@@ -51,6 +52,12 @@ def divided_differences(points, t):
 
     ``points`` has shape (m,) (sorted decreasingly); ``t`` is a scalar or array (broadcast). Returns
     a dict keyed by ``(i, j)``. Stable for coincident and nearly coincident points.
+
+    Within a cluster (``(max - min) * |t| <= _TAU``) ``E[p_i..p_j] = e^{p_i t} sum_q t^(k+q)/(k+q)! h_q(y)``
+    with ``k = j - i`` and ``h_q`` the complete homogeneous polynomials of the differences ``y_l = p_l - p_i``,
+    updated point by point (``h^new_q = h_q + y_j h^new_(q-1)``). The first point added to an anchor's cluster
+    has ``h_q = y^q``: its series is summed by Horner's rule, and the powers are formed only when a later
+    point needs them (fewer operations to compile and differentiate; same truncation).
     """
     m = points.shape[-1]
     t = jnp.asarray(t)
@@ -61,27 +68,38 @@ def divided_differences(points, t):
     for q in range(1, m + _L):
         tp.append(tp[-1] * t / q)
     T = {(i, i): e[i] for i in range(m)}
-    H = {i: [jnp.ones_like(p[i])] + [jnp.zeros_like(p[i])] * _L for i in range(m)}
-    lo = {i: p[i] for i in range(m)}
-    hi = {i: p[i] for i in range(m)}
+    H: dict = {}  # anchor i -> [h_0 .. h_L] of its cluster so far (absent: the anchor alone)
+    # the cluster extents only choose a branch: no derivative flows through them
+    ps = [jax.lax.stop_gradient(pi) for pi in p]
+    lo, hi = dict(enumerate(ps)), dict(enumerate(ps))
+    at = jnp.abs(jax.lax.stop_gradient(t))
     # Level by level (k = j - i), so T[i+1, j] and T[i, j-1] exist when T[i, j] is formed.
     for k in range(1, m):
         for i in range(m - k):
             j = i + k
             y = p[j] - p[i]
-            lo[i] = jnp.minimum(lo[i], p[j])
-            hi[i] = jnp.maximum(hi[i], p[j])
-            cluster = (hi[i] - lo[i]) * jnp.abs(t) <= _TAU
+            lo[i] = jnp.minimum(lo[i], ps[j])
+            hi[i] = jnp.maximum(hi[i], ps[j])
+            cluster = (hi[i] - lo[i]) * at <= _TAU
             # Taylor branch around p_i; y is masked outside clusters so the unused branch stays finite
             # (no NaN gradients through jnp.where).
             ys = jnp.where(cluster, y, 0.0)
-            newH = [H[i][0]]
-            for q in range(1, _L + 1):
-                newH.append(H[i][q] + ys * newH[q - 1])
-            H[i] = newH
-            series = sum(tp[k + q] * newH[q] for q in range(_L + 1))
+            if i not in H:  # k == 1: h_q = ys^q
+                series = tp[1 + _L]
+                for q in range(_L - 1, -1, -1):
+                    series = tp[1 + q] + ys * series
+                if j < m - 1:  # a later point of this anchor needs the coefficients
+                    H[i] = [jnp.ones_like(ys)]
+                    for q in range(1, _L + 1):
+                        H[i].append(H[i][-1] * ys)
+            else:
+                newH = [H[i][0]]
+                for q in range(1, _L + 1):
+                    newH.append(H[i][q] + ys * newH[q - 1])
+                H[i] = newH
+                series = sum(tp[k + q] * newH[q] for q in range(_L + 1))
             taylor = e[i] * series
-            denom = jnp.where(cluster, 1.0, p[j] - p[i])
+            denom = jnp.where(cluster, 1.0, y)
             rec = (T[(i + 1, j)] - T[(i, j - 1)]) / denom
             T[(i, j)] = jnp.where(cluster, taylor, rec)
     return T
