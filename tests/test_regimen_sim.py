@@ -338,3 +338,23 @@ def test_per_patient_rescue_tables_equal_separate_regimens():
             assert mixed_res[col].iloc[i] == pytest.approx(alone[col].iloc[0], rel=1e-12, abs=1e-12), (i, col)
     with pytest.raises(ModelSpecError, match="rescue intervals"):
         simulate_regimen(reg_b, pop, rescue_tables={k: np.concatenate([ta[k]] * 4) for k in ta})
+
+
+@pytest.mark.parametrize("k", [1, 3, 16, 17])
+def test_variability_draws_equal_unpadded_draws(k):
+    """The between-patient normals are drawn in blocks of 16 per stream (one compiled program for every stream
+    length) and the first k kept: they must be the draws of a length-k stream, element for element (JAX's
+    partitionable threefry numbers element j by counter j). Reference: the documented stream computed
+    directly, key = fold_in(fold_in(PRNGKey(seed), crc32(stream)), ID), float32 normals of length k."""
+    import jax
+    import jax.numpy as jnp
+
+    from pkpd.regimen_sim import _crc, _normals
+
+    ids = np.array([1, 2, 7, 1001])
+    got = _normals(5, ids, "oxycodone", k)
+    base = jax.random.fold_in(jax.random.PRNGKey(5), _crc("oxycodone"))
+    ref = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(base, int(i)), (k,), dtype=jnp.float32))
+                    for i in ids]).astype(float)
+    assert got.shape == (len(ids), k)
+    np.testing.assert_array_equal(got, ref)
