@@ -64,6 +64,8 @@ import pandas as pd
 import scipy.linalg
 import scipy.stats
 
+from .problem import fit_jit
+
 __all__ = ["SIM_CHUNK", "cwres", "epsilon_shrinkage", "eta_shrinkage", "evaluate_outputs", "grid_predictions",
            "npde", "plot_gof", "plot_individual", "plot_residuals", "plot_trace", "plot_vpc", "pointwise_loglik",
            "simulate_replicates", "vpc_table", "waic"]
@@ -318,9 +320,10 @@ def _outputs(prob, u_full, eta, first_pseudo):
     return {"pred": f_pop, "ipred": f_ind, "sd": sd_ind, "jac": jac, "indiv": first, "omega_full": Lf @ Lf.T}
 
 
-_outputs_jit = jax.jit(_outputs)
-_sim_jit = jax.jit(lambda prob, u_full, key: prob.simulate_dv(u_full, key, SIM_CHUNK))
-_predict_jit = jax.jit(lambda prob, u_full, eta: prob.predict(u_full, eta)[0])
+# one call or a few per fit: compiled with the fitting options (fast compilation, pkpd.fit.problem.fit_jit)
+_outputs_jit = fit_jit(_outputs)
+_sim_jit = fit_jit(lambda prob, u_full, key: prob.simulate_dv(u_full, key, SIM_CHUNK))
+_predict_jit = fit_jit(lambda prob, u_full, eta: prob.predict(u_full, eta)[0])
 
 
 def evaluate_outputs(prob, u_full, eta) -> dict:
@@ -349,7 +352,7 @@ def _loglik_draws(prob, U, E):
     return jax.lax.map(lambda ue: prob.obs_loglik(ue[0], ue[1]), (U, E))
 
 
-_loglik_jit = jax.jit(_loglik_draws)
+_loglik_jit = fit_jit(_loglik_draws)
 
 
 def pointwise_loglik(prob, u_full_draws: np.ndarray, eta_draws: np.ndarray) -> np.ndarray:

@@ -71,7 +71,7 @@ import scipy.stats
 
 from .._errors import PKPDError
 from . import diagnostics as dg
-from .problem import LOG2PI, Problem
+from .problem import LOG2PI, Problem, fit_jit
 from .spec import PopulationModel, load_model
 
 __all__ = ["FILES", "FitResult", "OutputExistsError", "build_result", "toml_dumps"]
@@ -123,10 +123,11 @@ def _nat_static(pk, u_full):
     return _nat_vec(pk.packer, u_full)
 
 
-_nat_jit = jax.jit(_nat_static, static_argnums=0)
-_natural_jit = jax.jit(lambda pk, u_full: pk.packer.natural(u_full), static_argnums=0)
-_nat_jac_jit = jax.jit(jax.jacfwd(_nat_static, argnums=1), static_argnums=0)
-_nat_many_jit = jax.jit(jax.vmap(_nat_static, in_axes=(None, 0)), static_argnums=0)
+# small one-off programs: the fitting compile options (fast compilation)
+_nat_jit = fit_jit(_nat_static, static_argnums=0)
+_natural_jit = fit_jit(lambda pk, u_full: pk.packer.natural(u_full), static_argnums=0)
+_nat_jac_jit = fit_jit(jax.jacfwd(_nat_static, argnums=1), static_argnums=0)
+_nat_many_jit = fit_jit(jax.vmap(_nat_static, in_axes=(None, 0)), static_argnums=0)
 
 
 def _full_draws(packer, u_draws: np.ndarray) -> np.ndarray:
