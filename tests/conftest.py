@@ -9,9 +9,10 @@ jax.config.update("jax_enable_x64", True)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-NMTESTS = SHARED / "conformance" / "nmtests"
-if not NMTESTS.is_dir():  # a copy shipped with the tests keeps them runnable without ../shared
-    NMTESTS = ROOT / "tests" / "data" / "nmtests"
+#: The NONMEM conformance set (mrgsolve/nmtests, see its README): a copy shipped with the tests, so that a bare
+#: clone runs it; tests/test_conformance.py checks the copy against ../shared/conformance/nmtests when present.
+NMTESTS = ROOT / "tests" / "data" / "nmtests"
+SHARED_NMTESTS = SHARED / "conformance" / "nmtests"
 
 
 @pytest.fixture(scope="session")

@@ -14,11 +14,8 @@ import pandas as pd
 import pytest
 
 import pkpd
-from conftest import NMTESTS
+from conftest import NMTESTS, SHARED_NMTESTS
 
-if not (NMTESTS / "scenarios.json").is_file():  # CI has ../shared beside the clone; a bare clone may not
-    pytest.skip(f"NONMEM conformance set not found at {NMTESTS} (expected ../shared/conformance/nmtests)",
-                allow_module_level=True)
 SCEN = json.loads((NMTESTS / "scenarios.json").read_text())["scenarios"]
 PARAMS = {
     "dosing_1001": {"CL": 1.1, "V": 20, "KA": 1.5, "ALAG2": "LAGT", "F2": "BIOAV",
@@ -82,3 +79,13 @@ def test_dose_record_values_match_nonmem():
             sim = 1000.0 * out["CP"].to_numpy()[sel]
             worst = max(worst, float(np.max(np.abs(sim - ref[sel]) / np.abs(ref[sel]))))
     assert worst <= 1e-4
+
+
+def test_shipped_copy_matches_the_shared_set():
+    """tests/data/nmtests is a byte copy of ../shared/conformance/nmtests (when the team's folder is there)."""
+    if not SHARED_NMTESTS.is_dir():
+        pytest.skip(f"{SHARED_NMTESTS} not present: nothing to compare the shipped copy with")
+    shared = sorted(p.name for p in SHARED_NMTESTS.iterdir() if p.is_file())
+    assert shared == sorted(p.name for p in NMTESTS.iterdir() if p.is_file())
+    for name in shared:
+        assert (SHARED_NMTESTS / name).read_bytes() == (NMTESTS / name).read_bytes(), name
