@@ -67,7 +67,19 @@ def _forecast_core(prob: Problem, u_full, key, n_draws: int, ps, sl, types, time
     else:
         maha = jnp.zeros(n_draws)
     log_q = -0.5 * (_T_DF + K) * jnp.log1p(maha / _T_DF)
-    nlj = jax.vmap(lambda e: prob.neg_log_joint(u_full, e[None])[0])(draws)
+    # one model evaluation per draw (and the mode) gives both its likelihood and its predictions on the grid
+    o = prob.obs
+    n_obs = o["time"].shape[0]
+    at = [jnp.concatenate([jnp.asarray(a, dt), jnp.asarray(b, dt)]) for a, b, dt in (
+        (o["pseudo"], ps, jnp.int32), (o["slot"], sl, jnp.int32), (o["type"], types, jnp.int32),
+        (o["time"], times, u_full.dtype))]
+
+    def evaluate(e):
+        f, ok = prob.predict_at(u_full, e[None], *at)
+        return prob.neg_log_joint_at(u_full, e[None], f[:n_obs], ok)[0], f[n_obs:]
+
+    nlj_all, pred_all = jax.vmap(evaluate)(jnp.concatenate([eta, draws]))
+    nlj = nlj_all[1:]
     log_w = -nlj - log_q
     log_w = jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf)
     wn = jax.nn.softmax(log_w)
@@ -75,18 +87,15 @@ def _forecast_core(prob: Problem, u_full, key, n_draws: int, ps, sl, types, time
     # systematic resampling
     u0 = jax.random.uniform(k3, ())
     cdf = jnp.cumsum(wn)
-    idx = jnp.searchsorted(cdf, (u0 + jnp.arange(n_draws)) / n_draws)
-    post = draws[jnp.clip(idx, 0, n_draws - 1)]
-
-    def pred(e):
-        return prob.predict_at(u_full, e[None], ps, sl, types, times)[0]
+    idx = jnp.clip(jnp.searchsorted(cdf, (u0 + jnp.arange(n_draws)) / n_draws), 0, n_draws - 1)
+    post = draws[idx]
 
     def indiv(e):
         vals = prob.structural(prob.individual(u_full, e[None]))
         return jnp.stack([vals[k][0, 0] for k in sorted(vals)])
 
     return {"eta": eta[0], "cov": cov, "converged": ok[0], "iterations": n_it, "ess": ess,
-            "eta_draws": post, "pred_map": pred(eta[0]), "pred_draws": jax.vmap(pred)(post),
+            "eta_draws": post, "pred_map": pred_all[0], "pred_draws": pred_all[1:][idx],
             "par_map": indiv(eta[0]), "par_draws": jax.vmap(indiv)(post)}
 
 

@@ -369,7 +369,12 @@ class Problem:
     def obs_loglik(self, u_full, eta) -> jnp.ndarray:
         """Log-likelihood of every observation given ``eta`` (n_obs,), ``-inf``-free: a failed or
         non-finite prediction gives ``nan`` which callers treat as a rejected point."""
-        f, ok = self.predict(u_full, eta)
+        return self.obs_loglik_at(u_full, *self.predict(u_full, eta))
+
+    def obs_loglik_at(self, u_full, f, ok) -> jnp.ndarray:
+        """:meth:`obs_loglik` from the predictions ``f`` at the observation records (n_obs,) and the
+        per-pseudo-subject solver flags ``ok`` (e.g. the first ``n_obs`` values of a :meth:`predict_at` call
+        that also predicts other records)."""
         is_log = jnp.asarray(self.obs["log"])
         # double where: the log branch must not see f <= 0 even where unused (its derivatives would be nan)
         fl = jnp.where(is_log, jnp.log(jnp.where(is_log & (f > 1e-300), f, 1.0)) + jnp.where(
@@ -391,6 +396,12 @@ class Problem:
     def neg_log_joint(self, u_full, eta) -> jnp.ndarray:
         """``-log p(y_i | eta_i) - log p(eta_i)`` per subject (n_id,); ``nan`` where a prediction failed."""
         return -(self.loglik_id(u_full, eta) + self.log_prior_eta(u_full, eta))
+
+    def neg_log_joint_at(self, u_full, eta, f, ok) -> jnp.ndarray:
+        """:meth:`neg_log_joint` from the predictions at the observation records (see :meth:`obs_loglik_at`)."""
+        ll = jax.ops.segment_sum(self.obs_loglik_at(u_full, f, ok), jnp.asarray(self.obs["id"]),
+                                 num_segments=self.n_id)
+        return -(ll + self.log_prior_eta(u_full, eta))
 
     # ---- simulation ------------------------------------------------------------------------------
     def simulate_dv(self, u_full, key, n_rep: int, eta=None) -> jnp.ndarray:
