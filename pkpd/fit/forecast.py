@@ -276,7 +276,8 @@ def forecast(model: PopulationModel | str | Path | dict, data: pd.DataFrame | st
                          jnp.asarray(types), jnp.asarray(tt))
     out = jax.device_get(out)
     t_run = time.perf_counter() - t1
-    names = sorted(prob.structural(prob.individual(u_full, jnp.zeros((1, prob.n_eta)))))
+    # the parameter names only: traced abstractly (no small programs compiled op by op)
+    names = sorted(jax.eval_shape(lambda u: prob.structural(prob.individual(u, jnp.zeros((1, prob.n_eta)))), u_full))
     pd_draws = pd.DataFrame(np.asarray(out["par_draws"]), columns=names)
     par = pd.DataFrame({"parameter": names, "map": np.asarray(out["par_map"]),
                         "median": pd_draws.median().to_numpy(), "p05": pd_draws.quantile(0.05).to_numpy(),
