@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import PKPDError
+from .xla import jit
 
 __all__ = ["BatchConfig", "BatchError", "ChunkStore", "RowProgram", "ROW_AXIS", "assign_chunks", "barrier",
            "chunk_rows", "config", "configure", "configured", "describe", "device_count", "free_memory",
@@ -406,7 +407,7 @@ class RowProgram:
         key = (static, tuple(d.id for d in devices))
         if key not in self._programs:
             fn = self.fn
-            self._programs[key] = jax.jit(shard_rows_map(lambda a: fn(*static, a), devices, (False,)))
+            self._programs[key] = jit(shard_rows_map(lambda a: fn(*static, a), devices, (False,)))
         return self._programs[key]
 
     def __call__(self, *static, arrays):

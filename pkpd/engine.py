@@ -31,6 +31,7 @@ import numpy as np
 
 from .solvers._solvers import ODE, Analytic, analytic_op, analytic_phi, analytic_step, ode_step
 from .solvers.analytic import propagators
+from .xla import jit
 
 __all__ = ["Layout", "simulate_arrays"]
 
@@ -540,7 +541,13 @@ def _analytic_fast(model, lay: Layout, rec, dose, theta, fs):
     drate = onehot * dr_q[..., None]
     keep = fs["a_keep"]
     op = jax.vmap(lambda p: analytic_op(model, {k: v[0] for k, v in p.items()}))(theta["p"])
-    f, g = propagators(op["lam"][:, None, :], fs["a_dt"], with_input=inf)
+    # the steps between action points and the offsets of the records in one call (one set of divided
+    # differences to compile and differentiate)
+    Qa = fs["a_dt"].shape[1]
+    f_all, g_all = propagators(op["lam"][:, None, :], jnp.concatenate([fs["a_dt"], fs["tau_u"]], axis=1),
+                               with_input=inf)
+    f, f_o = f_all[:, :Qa], f_all[:, Qa:]
+    g, g_o = (g_all[:, :Qa], g_all[:, Qa:]) if inf else (None, None)
     A = jnp.einsum("nqj,njab->nqab", f, op["P"])
     G = jnp.einsum("nqj,njab->nqab", g, op["P"]) if inf else None
     T = lambda v: jnp.swapaxes(v, 0, 1)  # noqa: E731
@@ -559,7 +566,6 @@ def _analytic_fast(model, lay: Layout, rec, dose, theta, fs):
     _, (X, Rr) = jax.lax.scan(body, (zeros, zeros), (T(A), T(G) if inf else T(A), T(keep), T(jump), T(drate)))
     X, Rr = T(X), T(Rr)  # (N, Q, n): state and rates after each action point
     # outputs: one transition per distinct offset, then a parallel gather-matvec over records
-    f_o, g_o = propagators(op["lam"][:, None, :], fs["tau_u"], with_input=inf)
     Phi = jnp.einsum("nuj,njab->nuab", f_o, op["P"])
     out = _gather_apply(Phi, X, fs["rec_u"], fs["rec_q"], fs["rec_zero"], n)
     if inf:
@@ -581,7 +587,7 @@ def simulate_arrays(model, lay: Layout, solver, rec, dose, ss, theta, sched=None
     return _simulate_chunked(model, lay, solver, chunk, rec, dose, ss, theta, sched)
 
 
-@partial(jax.jit, static_argnames=("model", "lay", "solver", "chunk"))
+@partial(jit, static_argnames=("model", "lay", "solver", "chunk"))
 def _simulate_chunked(model, lay, solver, chunk, rec, dose, ss, theta, sched):
     args = (rec, dose, ss, theta, sched)
     N = rec["time"].shape[0]
@@ -619,7 +625,7 @@ def _simulate_core(model, lay: Layout, solver, rec, dose, ss, theta, sched=None)
     return jax.vmap(partial(_ode_scan, model, solver))(pts, theta)
 
 
-@partial(jax.jit, static_argnames=("model", "lay", "solver"))
+@partial(jit, static_argnames=("model", "lay", "solver"))
 def _schedule_points(model, lay, solver, rec, dose, ss, theta):
     pts = jax.vmap(partial(_timeline, model, lay, solver))(rec, dose, ss, theta)
     return {k: pts[k] for k in ("order", "dt", "keep", "anchor", "valid", "t", "pidx")}

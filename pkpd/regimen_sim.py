@@ -41,6 +41,7 @@ from .drugs._base import Drug
 from .expr import compile_parameter_block, evaluate_parameter_block
 from .pain import DemandModel, PainModel
 from .pd import GAMMA, AdverseEffectModel, AnalgesicPD, get_pd
+from .xla import jit
 
 __all__ = ["IV_MME", "PopulationResult", "SimOptions", "mme_factor", "relaxed_objective", "relaxed_program", "relaxed_rows",
            "variability_columns",
@@ -433,7 +434,7 @@ def relaxed_objective(regimen, population: pd.DataFrame, *, seed: int = 0, optio
     outcomes, data, n_sched, n_resc = relaxed_program(regimen, population, seed=seed, options=options,
                                                       tit_tau=tit_tau)
 
-    @jax.jit
+    @jit
     def f(sched_mult, rescue_mult):
         return outcomes(sched_mult, rescue_mult, data)
 
@@ -1211,7 +1212,7 @@ def _normals_jit(seed, h, k, ids):
     if _NORMALS_JIT is None:
         import jax
 
-        _NORMALS_JIT = jax.jit(_normals_impl, static_argnums=(2,))
+        _NORMALS_JIT = jit(_normals_impl, static_argnums=(2,), fast_compile=True)  # the same draws in every mode
     return _NORMALS_JIT(seed, h, k, ids)
 
 
@@ -1548,7 +1549,7 @@ def _make_kernel(plan: _Plan):
             return jax.tree_util.tree_map(lambda v: v.reshape((n_sub * c,) + v.shape[2:])[:n_rows], out)
         return jax.vmap(kernel_one)(keys, a)
 
-    jrun = jax.jit(run, static_argnums=0)
+    jrun = jit(run, static_argnums=0)
     from .batch import RowProgram
 
     # every array's first axis is the patient axis and rows are independent (keys from the patient IDs):

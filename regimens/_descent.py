@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from pkpd.xla import jit
+
 __all__ = ["DescentResult", "projected_descent"]
 
 
@@ -75,7 +77,7 @@ def _step_fn(fun: Callable, project: Callable, schedule_key: tuple) -> Callable:
     def init(x):
         return opt.init(x)
 
-    compiled = (jax.jit(step), init, jax.jit(fun))
+    compiled = (jit(step), init, jit(fun), jit(project))
     _STEP_CACHE[key] = compiled
     return compiled
 
@@ -136,9 +138,10 @@ def projected_descent(fun: Callable, x0, *, args: tuple = (), project: Callable 
         move the iterate); a non-finite objective value is never selected as the best.
     """
     project = project or _identity
-    step, init, value_fn = _step_fn(fun, project, (float(learning_rate), max(int(steps), 1), float(final_lr_fraction)))
+    step, init, value_fn, project_fn = _step_fn(fun, project, (float(learning_rate), max(int(steps), 1),
+                                                               float(final_lr_fraction)))
     before = step._cache_size()
-    x = project(jnp.asarray(x0, dtype=float), *args)
+    x = project_fn(jnp.asarray(x0, dtype=float), *args)
     state = _like(init(x), x)
     hist = []
     best_x, best_v = x, np.inf

@@ -109,6 +109,7 @@ from numpyro.infer.hmc_util import HMCAdaptState
 from numpyro.infer.util import potential_energy
 
 from .._errors import ModelSpecError
+from ..xla import jit
 from .laplace import FitError
 from .problem import Problem
 
@@ -212,7 +213,7 @@ def _assemble(prob: Problem, layout: _Layout, v: Mapping[str, Any]):
     return u, eta
 
 
-@jax.jit
+@jit
 def _natural_and_chol(prob: Problem, u_full):
     nat = prob.packer.natural(u_full)
     return nat, prob.chol_full(nat)
@@ -661,7 +662,7 @@ def _natural_by_name(prob: Problem, u_full_draws: np.ndarray) -> dict[str, np.nd
     return out
 
 
-@jax.jit
+@jit
 def _natural_draws(prob: Problem, u_flat):
     return jax.vmap(prob.packer.natural)(u_flat)
 
@@ -678,7 +679,7 @@ def _postprocess_fn(batch: int):
         def run(prob, u_flat, eta_flat):
             return jax.lax.map(lambda a: per_draw(prob, a[0], a[1]), (u_flat, eta_flat), batch_size=batch)
 
-        _post_jit[batch] = jax.jit(run)
+        _post_jit[batch] = jit(run)
     return _post_jit[batch]
 
 
@@ -698,7 +699,7 @@ def _assemble_draws(prob: Problem, layout: _Layout, draws: dict, lead: tuple[int
 
 @functools.lru_cache(maxsize=1)
 def _assemble_jit():
-    return jax.jit(lambda prob, layout, flat: jax.vmap(lambda v: _assemble(prob, layout, v))(flat),
+    return jit(lambda prob, layout, flat: jax.vmap(lambda v: _assemble(prob, layout, v))(flat),
                    static_argnums=1)
 
 
@@ -819,8 +820,8 @@ def _nuts_program(layout: _Layout, num_warmup: int, target_accept: float, max_tr
                                             mass_matrix_sqrt_inv=0, ss_state=0, mm_state=0, window_idx=None,
                                             rng_key=0),
                   rng_key=0)
-    init_fn = jax.jit(jax.vmap(init_one, in_axes=(None, None, 0, 0), out_axes=ax))
-    chunk_fn = jax.jit(jax.vmap(chunk_one, in_axes=(None, None, ax, None), out_axes=(ax, 0)))
+    init_fn = jit(jax.vmap(init_one, in_axes=(None, None, 0, 0), out_axes=ax))
+    chunk_fn = jit(jax.vmap(chunk_one, in_axes=(None, None, ax, None), out_axes=(ax, 0)))
     return init_fn, chunk_fn
 
 
@@ -1090,8 +1091,8 @@ def _svi_program(layout: _Layout, guide_kind: str, learning_rate: float):
         return Predictive(guide, params=params, num_samples=n)(key, prob, priors)
 
     # the initial parameters need only the sites' shapes: no likelihood in that trace (less to compile)
-    init = jax.jit(lambda key, prob, priors: svi.init(key, prob, priors, likelihood=False))
-    return svi, init, jax.jit(chunk), jax.jit(draws, static_argnums=4)
+    init = jit(lambda key, prob, priors: svi.init(key, prob, priors, likelihood=False))
+    return svi, init, jit(chunk), jit(draws, static_argnums=4)
 
 
 def _svi_start(svi, layout: _Layout, priors: tuple, state, z0: dict):
