@@ -28,13 +28,15 @@ What is timed (wall clock, :func:`time.perf_counter`):
    relative to its peak) is printed.
 4. Optional ``--sweep``: first/warm call at chunk sizes 512, 2048 and 4096 on ``--sweep-n`` (default 2000)
    patients (the effective chunk is ``min(chunk, n)``).
-5. **BLAS threading.** The host preparation used to call ``scipy.linalg.expm`` on thousands of tiny
-   matrices; with OpenBLAS's default threads on this shared 2-core machine it was erratically slower than
-   with one thread (1x to ~100x). It now uses a batched XLA expm and is insensitive to the setting; the check
-   stays. The script can limit the OpenBLAS libraries
-   loaded by numpy and scipy to ``--blas-threads`` threads (default 0 = the library default) through
-   their ``*_set_num_threads`` entry points (ctypes, no extra dependency), says so at the top, and times the
-   preparation of ``--blas-check-n`` patients under both settings (``--blas-check-n 0`` skips it).
+5. **BLAS threading.** The host preparation works on stacks of small matrices (SciPy's batched ``expm``).
+   With OpenBLAS's default threads its threads contend with the compiled kernel of the previous chunk,
+   which runs beside the preparation of the next chunk, and the whole call slows down 2-3x on a 2-core
+   machine; the simulator therefore prepares with one BLAS thread (``pkpd.regimen_sim._one_blas_thread``,
+   threadpoolctl). The check times whole calls on ``--blas-check-n`` patients in chunks of
+   ``--blas-check-chunk`` with that setting and with it switched off (the library default), alternating.
+   ``--blas-threads N`` sets the OpenBLAS libraries loaded by numpy and SciPy to N threads for the whole
+   run (their ``*_set_num_threads`` entry points; default 0 = the library default), and the top line says
+   which.
 
 The machine (platform, CPU count, jax version and devices) and the load average (:func:`os.getloadavg`; the
 machine is shared, so a load above the core count inflates every timing) are printed at the top, and a
@@ -44,7 +46,7 @@ Usage::
 
     PYTHONPATH=. .venv/bin/python benchmarks/population.py [--n 10000] [--seed 0] [--chunk-size 2048]
         [--repeats 1] [--baseline-n 200] [--check-n 16] [--sweep] [--sweep-n 2000] [--blas-threads 0]
-        [--blas-check-n 256] [--json OUT.json]
+        [--blas-check-n 4096] [--blas-check-chunk 1024] [--json OUT.json]
 
 The default run takes a few minutes (two calls of the 10,000-patient simulation).
 """
@@ -326,23 +328,29 @@ def numeric_check(regimen, pop, seed: int) -> dict:
     return out
 
 
-def blas_check(regimen, pop, seed: int, default: list[int], rounds: int = 3) -> dict:
-    """Seconds of ``_Plan.arrays`` on ``pop`` with 1 BLAS thread and with the library default, alternating."""
-    plan = regimen_sim._Plan.build(regimen, pop, SimOptions())
-    before = blas_threads()
-    out: dict = {"n": len(pop), "default_threads": default, "one": [], "default": []}
-    try:
-        set_blas_threads(1)
-        plan.arrays(pop, seed)  # warm-up: compiles the random streams for this shape
-        for _ in range(rounds):
-            for key, n in (("one", 1), ("default", default)):
-                set_blas_threads(n)
+def blas_check(regimen, pop, seed: int, chunk: int, rounds: int = 2) -> dict:
+    """Seconds of whole :func:`simulate_regimen` calls on ``pop`` (warm) with the simulator's one-BLAS-thread
+    host preparation and with it switched off (the library default), alternating."""
+    simulate_regimen(regimen, pop, seed=seed, chunk_size=chunk)  # compile this chunk shape
+    out: dict = {"n": len(pop), "chunk": chunk, "one": [], "default": []}
+    for _ in range(rounds):
+        for key in ("one", "default"):
+            with (contextlib.nullcontext() if key == "one"
+                  else _patched(regimen_sim, "_one_blas_thread", contextlib.nullcontext)):
                 t = time.perf_counter()
-                plan.arrays(pop, seed)
+                simulate_regimen(regimen, pop, seed=seed, chunk_size=chunk)
                 out[key].append(time.perf_counter() - t)
-    finally:
-        set_blas_threads(before)
     return out
+
+
+@contextlib.contextmanager
+def _patched(obj, name: str, value):
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -375,8 +383,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep-n", type=int, default=2000, help="patients of the chunk-size sweep (default 2000)")
     ap.add_argument("--blas-threads", type=int, default=0,
                     help="OpenBLAS threads for the run (default 0: keep the library default)")
-    ap.add_argument("--blas-check-n", type=int, default=256,
-                    help="patients of the BLAS-threading check of the host preparation (0 skips it)")
+    ap.add_argument("--blas-check-n", type=int, default=4096,
+                    help="patients of the BLAS-threading check (whole calls; 0 skips it)")
+    ap.add_argument("--blas-check-chunk", type=int, default=1024, help="chunk size of the BLAS-threading check")
     ap.add_argument("--json", metavar="OUT.json", help="also write the numbers to this JSON file")
     args = ap.parse_args(argv)
 
@@ -475,12 +484,12 @@ def main(argv=None) -> int:
 
     # ---- 5. BLAS threading -------------------------------------------------------------------------------
     bl = None
-    if args.blas_check_n > 0 and libs:
+    if args.blas_check_n > 0:
         nbl = min(args.blas_check_n, args.n)
-        bl = blas_check(regimen, pop.iloc[:nbl].reset_index(drop=True), args.seed, blas_default)
-        print(f"\n[5] host preparation (_Plan.arrays) of {nbl} patients by OpenBLAS threads (alternating runs):")
-        print(f"    1 thread:                 {', '.join(f'{x:.2f}' for x in bl['one'])} s")
-        print(f"    library default {blas_default}: {', '.join(f'{x:.2f}' for x in bl['default'])} s   "
+        bl = blas_check(regimen, pop.iloc[:nbl].reset_index(drop=True), args.seed, args.blas_check_chunk)
+        print(f"\n[5] whole warm calls, {nbl} patients in chunks of {bl['chunk']}, host preparation with (alternating runs):")
+        print(f"    1 BLAS thread (the simulator's setting): {', '.join(f'{x:.2f}' for x in bl['one'])} s")
+        print(f"    the library default {blas_now}:        {', '.join(f'{x:.2f}' for x in bl['default'])} s   "
               f"(load average now {_load()})", flush=True)
 
     # ---- summary ----------------------------------------------------------------------------------------
@@ -509,8 +518,9 @@ def main(argv=None) -> int:
         lines.append(f"  chunk sweep (n = {args.sweep_n}): " + ", ".join(
             f"{r['chunk']}: first {r['first_s']:.1f} s / warm {r['warm_s']:.1f} s" for r in sweep))
     if bl is not None:
-        lines.append(f"  host prep of {bl['n']} patients: {min(bl['one']):.2f} s with 1 OpenBLAS thread, "
-                     f"{min(bl['default']):.2f}-{max(bl['default']):.2f} s with the library default {blas_default}")
+        lines.append(f"  {bl['n']} patients in chunks of {bl['chunk']}, warm: {min(bl['one']):.2f} s with the host "
+                     f"preparation's 1 BLAS thread, {min(bl['default']):.2f}-{max(bl['default']):.2f} s with the "
+                     f"library default {blas_now} ({min(bl['default']) / min(bl['one']):.1f}x)")
     print("\n---- summary (for the README) " + "-" * 70)
     print("\n".join(lines))
     print("-" * 100)

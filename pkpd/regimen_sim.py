@@ -216,6 +216,26 @@ def _padded(fn, x: np.ndarray) -> np.ndarray:
     return np.asarray(fn(x))[:n]
 
 
+_BLAS: Any = None
+
+
+def _one_blas_thread():
+    """Context in which the BLAS libraries loaded by numpy and SciPy use one thread (``threadpoolctl``).
+
+    The host preparation works on stacks of small matrices (3x3 to 30x30), which gain nothing from BLAS
+    threads; with OpenBLAS's default (one thread per core) its threads contended with the compiled kernel of
+    the previous chunk, which runs beside the preparation of the next: on a 2-core machine the first
+    10,000-patient C1 simulation took 22.5 s with the default and 8.4 s with one thread
+    (``benchmarks/population.py``, 2026-12-06). The previous thread counts are restored on exit."""
+    global _BLAS
+    if _BLAS is None:
+        import scipy.linalg  # noqa: F401  (loads SciPy's BLAS, so that the controller sees it)
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
+
+
 def _batched_expm(M: np.ndarray) -> np.ndarray:
     """``expm`` of every matrix of a stack (N, n, n), float64, on the host.
 
@@ -745,10 +765,13 @@ class _Plan:
         return res
 
     def arrays(self, sub: pd.DataFrame, seed: int):
-        """Host-side preparation of one chunk: (kernel arrays, PK parameters, scheduled doses, IDs)."""
+        """Host-side preparation of one chunk: (kernel arrays, PK parameters, scheduled doses, IDs).
+
+        Runs with one BLAS thread (:func:`_one_blas_thread`)."""
         self._memo = {}
         try:
-            return self._arrays(sub, seed)
+            with _one_blas_thread():
+                return self._arrays(sub, seed)
         finally:
             self._memo = None
 

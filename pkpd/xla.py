@@ -5,13 +5,14 @@ Every program of ``pkpd`` and ``regimens`` is compiled through :func:`jit` (``ja
 * ``xla_cpu_use_fusion_emitters=False``: XLA:CPU's MLIR fusion emitters (its default in jaxlib 0.10) compile
   this project's programs about twice as slowly, and the programs they make run no faster. Measured on a
   2-core x86_64 machine, jax 0.10.2, float64 (2026-12-06): the Laplace objective's gradient of notebook 02
-  compiles in 7.1 s of CPU instead of 14.5 s; one patient's first ``pkpd optimize`` call (128 draws) takes
+  compiles in 8.1 s of CPU instead of 14.5 s; one patient's first ``pkpd optimize`` call (128 draws) takes
   24.5 s instead of 37.6 s; a warm 100-patient SPINE-72 trial 70 s instead of 83 s, with the same table.
   The option only concerns the CPU; other backends ignore it.
 * fast compilation: also ``xla_backend_optimization_level=0`` and ``xla_llvm_disable_expensive_passes``
-  (LLVM's optimizations off), for programs whose compilation is most of their cost: always for the fitting
-  programs (:func:`pkpd.fit.problem.fit_jit`; notebook 02's Laplace gradient compiles in 7.1 s of CPU
-  instead of 16.2 s) and the variability draws, and for every program called inside a
+  (LLVM's optimizations off), for programs whose compilation is most of their cost: always for the Laplace,
+  forecast and diagnostic programs (:func:`pkpd.fit.problem.fit_jit`; notebook 02's Laplace gradient compiles
+  in 7.1 s of CPU instead of 16.2 s; not NUTS and SVI, which run thousands of steps: fast-compiled, a Theoph
+  NUTS fit took 1.6x longer) and the variability draws, and for every program called inside a
   :func:`fast_compile` block (the regimen optimizer's quick settings, :class:`regimens.optimize.
   OptimizeSettings`). Their results differ from the optimized programs' at rounding level only; a block's
   mode is a setting of the run, never a function of how many patients a call holds, so a patient's result
