@@ -388,6 +388,9 @@ def main(argv=None) -> int:
     ap.add_argument("--blas-check-chunk", type=int, default=1024, help="chunk size of the BLAS-threading check")
     ap.add_argument("--json", metavar="OUT.json", help="also write the numbers to this JSON file")
     args = ap.parse_args(argv)
+    for name in ("n", "baseline_n", "check_n"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
 
     info = machine_info()
     load0 = _load()
