@@ -27,6 +27,8 @@ import argparse
 import statistics
 import time
 
+import pandas as pd
+
 import pkpd  # noqa: F401  (x64)
 from pkpd.patients import load_patient, spine72_population
 from regimens.optimize import OptimizeSettings, optimize_patient, optimize_population, oracle_gap, run_trial
@@ -80,6 +82,12 @@ def main() -> None:
           f"{p['MME_vs_C1_pct']:.1f} % below C1")
     print(f"  time in target: proposal {100 * p['TIT3']:.1f} %, C1 {100 * allp.loc['C1', 'TIT3']:.1f} %; "
           f"proposals failing a hard check: {int(p['n_unsafe'])}")
+    fb = patients["TIT3_SEARCHED"].notna() if "TIT3_SEARCHED" in patients else pd.Series(False, patients.index)
+    print(f"  replaced by the fallback (searched schedule below the time-in-target target in the exact evaluation): "
+          f"{int(fb.sum())} of {len(patients)}" + (
+              f"; their searched time in target {100 * patients.loc[fb, 'TIT3_SEARCHED'].mean():.1f} % vs target "
+              f"{100 * patients.loc[fb, 'TIT_TARGET'].mean():.1f} %, fallback {100 * patients.loc[fb, 'TIT3_proposal'].mean():.1f} %"
+              if fb.any() else ""))
     print(summary.to_string())
 
     if a.oracle_n:
