@@ -198,8 +198,8 @@ def _expm(K: np.ndarray, tau) -> np.ndarray:
 
 
 def _bucket(n: int) -> int:
-    """A batch size >= n from a short ladder (64, then at most 25 % above n), so that host-side batched programs
-    (matrix exponentials, variability draws) compile once for many population sizes."""
+    """A batch size >= n from a short ladder (64, then at most 25 % above n), so that the host-side batched program
+    of the variability draws compiles once for many population sizes."""
     if n <= 64:
         return 64
     step = 1 << (int(n).bit_length() - 3)
@@ -223,10 +223,11 @@ def _one_blas_thread():
     """Context in which the BLAS libraries loaded by numpy and SciPy use one thread (``threadpoolctl``).
 
     The host preparation works on stacks of small matrices (3x3 to 30x30), which gain nothing from BLAS
-    threads; with OpenBLAS's default (one thread per core) its threads contended with the compiled kernel of
-    the previous chunk, which runs beside the preparation of the next: on a 2-core machine the first
-    10,000-patient C1 simulation took 22.5 s with the default and 8.4 s with one thread
-    (``benchmarks/population.py``, 2026-12-06). The previous thread counts are restored on exit."""
+    threads; with OpenBLAS's default (one thread per core) its threads contend with the compiled kernel of
+    the previous chunk, which runs beside the preparation of the next, and with other processes: on a 2-core
+    machine with one other busy process, 4,096 C1 patients in chunks of 1,024 took 2.8 s with one thread and
+    4.5 s with the default (equal on an idle machine; ``benchmarks/population.py`` check [5], 2026-12-06).
+    The previous thread counts are restored on exit."""
     global _BLAS
     if _BLAS is None:
         import scipy.linalg  # noqa: F401  (loads SciPy's BLAS, so that the controller sees it)
@@ -1227,16 +1228,8 @@ def _normals_impl(seed, h, k, ids):
     return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(base, i), (k,), dtype=jnp.float32))(ids)
 
 
-_NORMALS_JIT = None
-
-
-def _normals_jit(seed, h, k, ids):
-    global _NORMALS_JIT
-    if _NORMALS_JIT is None:
-        import jax
-
-        _NORMALS_JIT = jit(_normals_impl, static_argnums=(2,), fast_compile=True)  # the same draws in every mode
-    return _NORMALS_JIT(seed, h, k, ids)
+# pkpd.xla.jit builds the program at its first call (no backend at import); fixed mode: the same draws in every mode
+_normals_jit = jit(_normals_impl, static_argnums=(2,), fast_compile=True)
 
 
 def _subdoses(b: _Block, route: str, amt: np.ndarray, t: float, dur: float, plan: _Plan, sub, seed):

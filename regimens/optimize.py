@@ -1087,8 +1087,9 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
             "their label maxima and as-needed rescue; more analgesia would need doses above a label limit or a "
             "product not in the decision space" + (" (" + "; ".join(notes) + ")" if notes else ""))
     tit_target = float(row["TIT_TARGET"])
-    whose = (f"C1 {'-' if st.tit_slack >= 0 else '+'} {abs(st.tit_slack):.0%}" if tit_target <= float(comparison.loc["C1", "TIT3"]) - st.tit_slack + 1e-9
-             else "min_time_in_target")
+    from_c1 = float(comparison.loc["C1", "TIT3"]) - st.tit_slack
+    whose = ("min_time_in_target" if tit_target > from_c1 + 1e-9
+             else f"C1 {'-' if st.tit_slack >= 0 else '+'} {abs(st.tit_slack):.0%}")
     if np.isfinite(row["TIT3_SEARCHED"]):
         notes.append(f"the searched schedule kept NRS <= 3 for {row['TIT3_SEARCHED']:.1%} of 0-72 h in the exact "
                      f"evaluation, below the target {tit_target:.1%} ({whose}): proposed instead, the allowed "

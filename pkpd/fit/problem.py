@@ -388,10 +388,13 @@ class Problem:
         good = ok[jnp.asarray(self.obs["pseudo"])] & jnp.isfinite(f)
         return jnp.where(good, ll, jnp.nan)
 
+    def _by_subject(self, ll) -> jnp.ndarray:
+        """Per-observation values (n_obs,) summed by subject (n_id,)."""
+        return jax.ops.segment_sum(ll, jnp.asarray(self.obs["id"]), num_segments=self.n_id)
+
     def loglik_id(self, u_full, eta) -> jnp.ndarray:
         """Conditional log-likelihood ``log p(y_i | eta_i)`` per subject (n_id,)."""
-        ll = self.obs_loglik(u_full, eta)
-        return jax.ops.segment_sum(ll, jnp.asarray(self.obs["id"]), num_segments=self.n_id)
+        return self._by_subject(self.obs_loglik(u_full, eta))
 
     def neg_log_joint(self, u_full, eta) -> jnp.ndarray:
         """``-log p(y_i | eta_i) - log p(eta_i)`` per subject (n_id,); ``nan`` where a prediction failed."""
@@ -399,9 +402,7 @@ class Problem:
 
     def neg_log_joint_at(self, u_full, eta, f, ok) -> jnp.ndarray:
         """:meth:`neg_log_joint` from the predictions at the observation records (see :meth:`obs_loglik_at`)."""
-        ll = jax.ops.segment_sum(self.obs_loglik_at(u_full, f, ok), jnp.asarray(self.obs["id"]),
-                                 num_segments=self.n_id)
-        return -(ll + self.log_prior_eta(u_full, eta))
+        return -(self._by_subject(self.obs_loglik_at(u_full, f, ok)) + self.log_prior_eta(u_full, eta))
 
     # ---- simulation ------------------------------------------------------------------------------
     def simulate_dv(self, u_full, key, n_rep: int, eta=None) -> jnp.ndarray:
