@@ -706,7 +706,8 @@ OUTPUT DIRECTORY (--out, default <PATIENT stem>_optimized):
   schedule.csv, regimen.toml, regimen.txt   the proposal (reusable with
                                             pkpd simulate --regimen)
   comparison.csv   proposal vs C0 and C1: 72-h MME mean and P90 (mg), time
-                   with NRS <= 3, pain AUC, OIRD and PONV risk, LAST index
+                   with NRS <= 3, >= 4 and >= 7, pain AUC, OIRD and PONV
+                   risk, LAST index
   explanation.txt  what the genotype and covariates changed, and why
   schedule.png, bands.png
 """
@@ -771,13 +772,20 @@ def optimize_cmd(
     _manifest(out_dir / "run.json", "optimize", args, inputs, written)
     console.print(f"Proposal for {patient.name} ({draws} {'posterior' if posterior else 'variability'} draws, same "
                   "draws for C0 and C1):", markup=False)
+    if prop.fallback:
+        console.print("[bold yellow]FALLBACK:[/] no searched schedule met every constraint of the exact evaluation; "
+                      "this is every allowed adjunct at its maximum with C1's rescue policy, not an optimized "
+                      "schedule (see 'why' below).")
     c = prop.comparison
-    console.print(f"{'':10s} {'MME mean':>9s} {'MME P90':>8s} {'NRS<=3':>7s} {'pain AUC':>9s} {'P(OIRD)':>9s} "
-                  f"{'P(PONV)':>8s} {'LAST':>5s}", markup=False)
+    console.print(f"{'':10s} {'MME mean':>9s} {'MME P90':>8s} {'NRS<=3':>7s} {'NRS>=4':>7s} {'NRS>=7':>7s} "
+                  f"{'pain AUC':>9s} {'P(OIRD)':>9s} {'P(PONV)':>8s} {'LAST':>5s}", markup=False)
     for name, r in c.iterrows():
         console.print(f"{name:10s} {r['MME_mean']:9.1f} {r['MME_P90']:8.1f} {100 * r['TIT3']:6.0f}% "
+                      f"{100 * r['TIME_NRS_GE4']:6.0f}% {100 * r['TIME_NRS_GE7']:6.1f}% "
                       f"{r['PAIN_AUC']:9.0f} {r['P_OIRD']:9.1e} {r['P_PONV']:8.2f} {r['LAST_INDEX_max']:5.2f}",
                       markup=False)
+    console.print("(MME: mg oral morphine equivalents over 0-72 h; NRS<=3 / NRS>=4 / NRS>=7: share of 0-72 h; "
+                  "pain AUC: NRS*h)", markup=False)
     console.print("Schedule:", markup=False)
     for (d, rt), g in prop.schedule.groupby(["drug", "route"], sort=False):
         doses = ", ".join(f"{a:g} mg at {t:g} h" for t, a in zip(g["time_h"], g["dose_mg"]))

@@ -67,7 +67,8 @@ UNITS: dict[str, str] = {
     "iiv_cv_pct": "%", "shrinkage_pct": "%", "eps_shrinkage_pct": "%", "WT": "kg", "AGE": "y", "CRCL": "mL/min",
 }
 _OUTCOME_NOTE = ("MME: oral morphine milligram equivalents (CDC 2022 factors); TIT3: fraction of 0-72 h with "
-                 "NRS <= 3; LAST index >= 1 means a bupivacaine toxicity threshold is crossed.")
+                 "NRS <= 3; TIME_NRS_GE4 / TIME_NRS_GE7: fraction with NRS >= 4 (treat cut-off) / >= 7 (severe); "
+                 "LAST index >= 1 means a bupivacaine toxicity threshold is crossed.")
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:24px auto;max-width:1100px;
 color:#1d1d1f;background:#fff;line-height:1.4}
@@ -321,7 +322,13 @@ def _compact_schedule(sched: pd.DataFrame) -> pd.DataFrame:
 def _optimize_sections(run: Run) -> tuple[str, str]:
     comp = _read_csv(run.file("comparison.csv"), "the comparison table")
     sched = _read_csv(run.file("schedule.csv"), "the schedule")
-    parts = [table(comp, "comparison", "Proposal vs C0 (opioid-centric) and C1 (ERAS), same variability draws "
+    parts = []
+    expl = run.file("explanation.txt")
+    if expl.is_file() and "THIS PROPOSAL IS THE FALLBACK" in expl.read_text():
+        parts.append("<p id=\"fallback\" style=\"border:2px solid #b8860b;padding:0.5em\"><b>Fallback, not an "
+                     "optimized schedule:</b> no searched schedule met every constraint of the exact evaluation, so "
+                     "every allowed adjunct is at its maximum with C1's rescue policy (see Why).</p>")
+    parts += [table(comp, "comparison", "Proposal vs C0 (opioid-centric) and C1 (ERAS), same variability draws "
                    "(mean over draws; MME_P90: 90th percentile)", note=_OUTCOME_NOTE),
              table(_compact_schedule(sched), "schedule", "Proposed scheduled doses by product (as-needed rescue as "
                    "in C1; schedule.csv has one row per dose)", max_rows=500)]

@@ -21,10 +21,14 @@ Those terms exist but their sizes are assumptions, flagged ``unverified``, and *
 
 Demand
 ------
-A patient with pain ``NRS`` asks for rescue with hazard ``lambda(NRS) = lambda_max / (1 + exp(-(NRS -
-N50) / s))`` per hour (repeated time-to-event structure of Goulooze 2020, who modelled rescue at NRS >= 4).
-PCA demands and PRN requests have their own ``lambda_max``. The values are calibrated on the Iyer 2023
-72-h MME arms (``benchmarks/calibrate_spine72.py``) because no published PCA-demand model exists
+A patient asks for rescue with hazard (per hour)
+``lambda(NRS) = lambda_kind * D * sigmoid((NRS - n50) / s) / (1 + U_op / opioid_half)``: the repeated
+time-to-event structure of Goulooze 2020 (rescue at NRS >= 4; the hazard falls with the opioid
+concentration beyond its effect through pain: morphine halved it at 9.3 ng/mL). ``lambda_kind`` differs for
+PCA, nurse-given IV PRN and oral PRN; ``D`` is the patient's rescue propensity (log-normal, SD
+``iiv_sd``). A PRN rule ("at NRS >= 4") is applied to the patient's *reported* score, ``NRS + e`` with
+``e ~ N(0, report_sd)``: whether a dose is given depends on the pain continuously, with no hard gate. The
+values come from the outcome-model calibration (:mod:`pkpd.outcome`); no published PCA-demand model exists
 (models.md B6).
 """
 
@@ -35,13 +39,16 @@ import math
 from dataclasses import dataclass
 
 from .drugs._base import Source
+from .outcome import outcome_point, outcome_posterior
 from .pd import PDValue
 
 __all__ = ["DemandModel", "PainModel"]
 
 _SPINE = Source("clinical.md 3.2 SPINE-72 benchmark", "untreated NRS ~7, half-life 24-48 h, diurnal term")
 _ASSUME = Source("assumption of this toolkit (gap in models.md B3/E)", unverified=True)
-_CAL = Source("calibrated on Iyer 2023 (Spine) 72-h MME arms; benchmarks/calibrate_spine72.py", unverified=True)
+_PT = outcome_point()
+_CAL = Source(f"outcome-model calibration {outcome_posterior().version} (pkpd/datasets/outcome_posterior.json, "
+              "regimens.calibration)", "posterior median; fitted to the evidence base's trial arms", unverified=True)
 
 
 def _v(value, unit, source, note="", unverified=False) -> PDValue:
@@ -52,19 +59,21 @@ def _v(value, unit, source, note="", unverified=False) -> PDValue:
 class PainModel:
     """Parameters of the NRS model (see the module docstring). Times in h, pain in NRS points."""
 
-    b0: PDValue = _v(7.0, "NRS", _SPINE, "untreated NRS at the end of surgery")
-    b_inf: PDValue = _v(3.5, "NRS", _CAL, "residual (untreated) pain after the acute phase resolves")
-    t_half: PDValue = _v(36.0, "h", _SPINE, "midpoint of the 24-48 h range")
+    b0: PDValue = _v(_PT["b0"], "NRS", _CAL, "untreated NRS at the end of surgery (prior: ~7, clinical.md 3.2)")
+    b_inf: PDValue = _v(_PT["b_inf"], "NRS", _CAL, "residual (untreated) pain after the acute phase resolves")
+    t_half: PDValue = _v(_PT["t_half"], "h", _CAL, "half-life of the acute pain (prior: 24-48 h, clinical.md 3.2)")
     diurnal_amp: PDValue = _v(0.5, "NRS", _ASSUME, "amplitude of the diurnal term")
     diurnal_peak_clock: PDValue = _v(23.0, "h", Source("Goulooze 2020, Anesth Analg", "23:00 hazard peak"))
     surgery_end_clock: PDValue = _v(14.0, "h", _ASSUME, "clock time of t = 0 (end of surgery)")
     b0_sd: PDValue = _v(1.0, "NRS", _ASSUME, "IIV of B0 (normal)")
     t_half_cv: PDValue = _v(0.4, "1", _ASSUME, "IIV of the resolution half-life (log-normal CV)")
-    sensitivity_sd: PDValue = _v(0.25, "1 (log SD)", _CAL, "IIV of the pain sensitivity S")
-    tolerant_b0_shift: PDValue = _v(1.0, "NRS", Source("clinical.md 3.2", "tolerant: higher baseline pain"),
-                                    "size UNVERIFIED", unverified=True)
-    tolerant_ec50_factor: PDValue = _v(2.0, "x", Source("clinical.md 3.2", "tolerant: higher EC50"),
-                                       "size UNVERIFIED", unverified=True)
+    sensitivity_sd: PDValue = _v(_PT["sensitivity_sd"], "1 (log SD)", _CAL, "IIV of the pain sensitivity S")
+    tolerant_b0_shift: PDValue = _v(_PT["tol_b0_shift"], "NRS", _CAL, "opioid-tolerant: higher untreated pain "
+                                    "(clinical.md 3.2; size calibrated)")
+    tolerant_ec50_factor: PDValue = _v(_PT["tol_ec50_factor"], "x", _CAL, "opioid-tolerant: opioid EC50 multiplier "
+                                       "(clinical.md 3.2; size calibrated)")
+    tolerant_ketamine_emax: PDValue = _v(_PT["emax_ketamine_tolerant"], "1", _CAL, "opioid-tolerant: additional "
+                                         "ceiling of ketamine's anti-hyperalgesia (Nielsen 2017, Loftus 2010)")
     oprm1_ec50_factor: PDValue = _v(1.10, "x per G allele", Source("clinical.md 5.2",
                                     "soft +10 % EC50 shift per G carrier (my derivation, UNVERIFIED)"),
                                     unverified=True)
@@ -82,18 +91,28 @@ class PainModel:
 
 @dataclass(frozen=True)
 class DemandModel:
-    """Rescue-demand hazard ``lambda(NRS) = lambda_max / (1 + exp(-(NRS - n50)/s))`` (1/h)."""
+    """Rescue demand (see the module docstring): hazards per kind (1/h), their pain and opioid dependence,
+    the patients' propensity spread and the noise of a reported pain score."""
 
-    pca_lambda_max: PDValue = _v(12.0, "1/h", _CAL, "PCA demands per hour at high pain")
-    prn_lambda_max: PDValue = _v(2.0, "1/h", _CAL, "PRN requests per hour at high pain")
-    n50: PDValue = _v(4.0, "NRS", Source("Goulooze 2020, Anesth Analg", "rescue at NRS >= 4 (clinical.md 1)"))
-    slope: PDValue = _v(0.7, "NRS", _CAL, "width of the rise of the hazard with NRS")
+    pca_lambda_max: PDValue = _v(_PT["lambda_pca"], "1/h", _CAL, "PCA demands per hour at high pain")
+    prn_iv_lambda_max: PDValue = _v(_PT["lambda_prn_iv"], "1/h", _CAL, "nurse-given IV PRN requests per hour at "
+                                    "high pain")
+    prn_lambda_max: PDValue = _v(_PT["lambda_prn_po"], "1/h", _CAL, "oral PRN requests per hour at high pain")
+    n50: PDValue = _v(_PT["n50"], "NRS", _CAL, "pain at half the maximal hazard (prior: rescue at NRS >= 4, "
+                      "Goulooze 2020)")
+    slope: PDValue = _v(0.7, "NRS", _ASSUME, "width of the rise of the hazard with NRS")
+    iiv_sd: PDValue = _v(_PT["demand_iiv"], "1 (log SD)", _CAL, "between-patient SD of log rescue propensity")
+    report_sd: PDValue = _v(_PT["report_sd"], "NRS", _CAL, "SD of a reported score around the model's pain")
+    opioid_half: PDValue = _v(_PT["opioid_half"], "normalized units", _CAL,
+                              "opioid effect halving the hazard (structure: Goulooze 2020)")
     relax_tau: PDValue = _v(0.3, "NRS", Source("this toolkit", "temperature of the smooth PRN threshold"))
 
-    def hazard(self, nrs, xp=math):
-        """Demand hazard (1/h) at pain ``nrs`` for PCA and PRN: ``(pca, prn)``."""
+    def hazard(self, nrs, xp=math, opioid_units=0.0):
+        """Demand hazards (1/h) of a typical patient (propensity 1) at pain ``nrs`` and opioid effect
+        ``opioid_units``: ``(pca, nurse IV PRN, oral PRN)``."""
         s = 1.0 / (1.0 + xp.exp(-(nrs - self.n50.value) / self.slope.value))
-        return self.pca_lambda_max.value * s, self.prn_lambda_max.value * s
+        s = s / (1.0 + opioid_units / self.opioid_half.value)
+        return (self.pca_lambda_max.value * s, self.prn_iv_lambda_max.value * s, self.prn_lambda_max.value * s)
 
     def replace(self, **changes) -> DemandModel:
         """Copy with some values changed (a plain number keeps the value's unit, source and flags)."""

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from ._errors import ModelSpecError
 from .drugs._base import Source
+from .outcome import EFFECT_CLASSES, outcome_point, outcome_posterior
 
 __all__ = [
     "GAMMA", "OPIOID_EC50_SCALE", "PD_LIBRARY", "AdverseEffectModel", "AnalgesicPD", "PDValue", "combine_units",
@@ -56,7 +57,9 @@ class PDValue:
 
 
 _ASSUME = Source("assumption of this toolkit (gap in models.md section E)", unverified=True)
-_CAL = Source("calibrated on Iyer 2023 (Spine) 72-h MME arms; benchmarks/calibrate_spine72.py", unverified=True)
+_PT = outcome_point()
+_CAL = Source(f"outcome-model calibration {outcome_posterior().version} (pkpd/datasets/outcome_posterior.json, "
+              "regimens.calibration)", "posterior median; fitted to the evidence base's trial arms", unverified=True)
 _JEL16 = Source("Jeleazcov 2016, Anesthesiology 124:56", "EC50 for NRS <= 4, abstract (models.md B2)")
 _SP_MEAC = Source("stanpumpR drugDefaults_global.csv", "tool MEAC defaults, mixed provenance (models.md B2)")
 _ANDERSON = Source("Anderson 2001, Eur J Clin Pharmacol 57:559", "children after tonsillectomy, abstract (B2)")
@@ -68,8 +71,8 @@ def _v(value: float, unit: str, source: Source, note: str = "", unverified: bool
     return PDValue(float(value), unit, source, unverified, note)
 
 
-#: Steepness of the reference opioid curve H (assumption; tuned with the calibration).
-GAMMA = _v(1.5, "1", _CAL, "steepness of the opioid concentration-relief curve; no adult value in models.md")
+#: Steepness of the reference opioid curve H (assumption).
+GAMMA = _v(1.5, "1", _ASSUME, "steepness of the opioid concentration-relief curve; no adult value in models.md")
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,9 @@ class AnalgesicPD:
     resp_ec50
         Opioids: effect-site concentration (mg/L) giving half of the maximal ventilatory depression
         (Yassen structure).
+    effect_class
+        Class whose calibrated ceiling the drug uses (:data:`pkpd.outcome.EFFECT_CLASSES`; ``"opioid"`` for
+        opioids): drugs of one class share ``emax`` (and a population column ``outcome.emax_<class>``).
     """
 
     drug: str
@@ -116,6 +122,10 @@ class AnalgesicPD:
     resp_ec50: PDValue | None = None
     output_factor: float = 1.0
     notes: tuple[str, ...] = ()
+
+    @property
+    def effect_class(self) -> str:
+        return "opioid" if self.kind == "opioid" else EFFECT_CLASSES[self.drug]
 
     def __post_init__(self) -> None:
         if self.kind not in ("opioid", "ceiling", "local"):
@@ -143,10 +153,9 @@ _MEAC_NG = {"fentanyl": 0.6, "morphine": 8.0, "hydromorphone": 1.5, "oxycodone":
 _SCALE = 4.1 / 1.5  # Jeleazcov hydromorphone EC50 (NRS <= 4) / stanpumpR hydromorphone MEAC
 #: Calibrated opioid sensitivity of postoperative spine patients relative to the literature anchors above:
 #: multiplies every opioid EC50 (analgesia and respiration alike, so their ratio stays the published one).
-OPIOID_EC50_SCALE = PDValue(3.5, "x", Source(
-    "calibrated on Iyer 2023 (Spine) 72-h MME arms; benchmarks/calibrate_spine72.py", unverified=True),
-    True, "the Jeleazcov EC50 is for NRS <= 4 in cardiac-surgery patients on TCI-PCA; spine-fusion patients on "
-          "PCA + PRN need ~3.5x the concentration in this model to consume the Iyer 2023 MME")
+OPIOID_EC50_SCALE = PDValue(_PT["opioid_ec50_scale"], "x", _CAL, True,
+                            "the Jeleazcov EC50 is for NRS <= 4 in cardiac-surgery patients on TCI-PCA; the "
+                            "calibration estimates how spine-surgery patients on PCA/PRN differ")
 _YASSEN_RATIO = 1.14 / 0.6  # fentanyl resp EC50 (Yassen) / fentanyl MEAC (stanpumpR)
 _EC50_IIV = _v(math.log(12.8 / 0.6) / 4.0, "1 (log SD)", _JEL16,
                "derived: the published EC50 range 0.6-12.8 ng/mL taken as +-2 SD on the log scale")
@@ -189,52 +198,68 @@ _add(_opioid("codeine", _v(0.0073 * 60, "1/h", Source("Sarton 2000 (morphine ke0
                     "general knowledge)",)))
 
 # ---- ceiling-limited analgesics --------------------------------------------------------------------------
+def _emax(cls: str, note: str = "") -> PDValue:
+    """The calibrated ceiling of an effect class (posterior median; see pkpd.outcome)."""
+    return _v(_PT[f"emax_{cls}"], "1", _CAL, (note + "; " if note else "") + f"class '{cls}' ceiling, calibrated "
+              "on the evidence base (population column outcome.emax_" + cls + ")")
+
+
 _add(AnalgesicPD(
     "acetaminophen", "ceiling", "CP",
     ke0=_v(math.log(2) / (53 / 60), "1/h", _ANDERSON, "t_eq 53 min (CV 217 %)"),
     ec50=_v(9.98, "mg/L", _ANDERSON, "CV 107 %"),
-    emax=_v(0.30, "1", _CAL, "Anderson's paediatric Emax is 5.17/10 = 0.52; adults on an opioid PCA show far "
-            "less (IV APAP 'minimal effect', clinical.md 2): scaled down in the calibration"),
+    emax=_emax("acetaminophen", "Anderson's paediatric Emax is 5.17/10 = 0.52 (prior anchor)"),
     ec50_iiv_sd=_v(math.sqrt(math.log(1 + 1.07 ** 2)), "1 (log SD)", _ANDERSON, "from CV 107 %"),
 ))
-_NSAID = ("No adult population Emax model for NSAIDs (models.md E); potency and ceiling are assumptions "
-          "calibrated on the Iyer 2023 ketorolac arm.",)
+_NSAID = ("No adult population Emax model for NSAIDs (models.md E); the potencies are assumptions and the "
+          "class ceiling is calibrated on the evidence base's NSAID arms.",)
 _add(AnalgesicPD(
     "ketorolac", "ceiling", "CP",
     ke0=_v(1.0, "1/h", _ASSUME, "effect delay ~40 min (assumption)"),
-    ec50=_v(0.10, "mg/L", _CAL, "S-ketorolac (CP of the entry)"),
-    emax=_v(0.55, "1", _CAL), ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME), notes=_NSAID))
+    ec50=_v(0.10, "mg/L", _ASSUME, "S-ketorolac (CP of the entry); order of magnitude"),
+    emax=_emax("nsaid"), ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME), notes=_NSAID))
 _add(AnalgesicPD(
     "ibuprofen", "ceiling", "CP", ke0=_v(1.0, "1/h", _ASSUME),
-    ec50=_v(10.0, "mg/L", _ASSUME, "general knowledge order of magnitude"), emax=_v(0.55, "1", _ASSUME,
-    "same ceiling as ketorolac (NSAID class assumption)"), ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME),
-    notes=_NSAID))
+    ec50=_v(10.0, "mg/L", _ASSUME, "general knowledge order of magnitude"), emax=_emax("nsaid"),
+    ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME), notes=_NSAID))
 _add(AnalgesicPD(
     "celecoxib", "ceiling", "CP", ke0=_v(0.7, "1/h", _ASSUME),
-    ec50=_v(0.25, "mg/L", _ASSUME, "general knowledge order of magnitude"), emax=_v(0.55, "1", _ASSUME,
-    "NSAID class assumption"), ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME), notes=_NSAID))
-_GABA = ("No adult Emax model for gabapentinoids (models.md E); the ceiling reproduces roughly the "
-         "-10/100 VAS of the 2017 meta-analyses (clinical.md 2) and is an assumption.",)
+    ec50=_v(0.25, "mg/L", _ASSUME, "general knowledge order of magnitude"), emax=_emax("nsaid"),
+    ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME), notes=_NSAID))
+_GABA = ("No adult Emax model for gabapentinoids (models.md E); the class ceiling is calibrated on the "
+         "evidence base (prior: about -10/100 VAS in the 2017 meta-analyses, clinical.md 2).",)
 _add(AnalgesicPD(
     "gabapentin", "ceiling", "CP", ke0=_v(0.35, "1/h", _ASSUME, "CNS delay (assumption)"),
     ec50=_v(3.0, "mg/L", _ASSUME, "inside the 2-20 ug/mL TDM range (models.md C)"),
-    emax=_v(0.20, "1", _ASSUME), ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME), notes=_GABA))
+    emax=_emax("gabapentinoid"), ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME), notes=_GABA))
 _add(AnalgesicPD(
     "pregabalin", "ceiling", "CP", ke0=_v(0.35, "1/h", _ASSUME), ec50=_v(2.0, "mg/L", _ASSUME),
-    emax=_v(0.20, "1", _ASSUME), ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME), notes=_GABA))
+    emax=_emax("gabapentinoid"), ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME), notes=_GABA))
+#: Anti-hyperalgesia of ketamine outlasts its plasma concentrations (Loftus 2010: less opioid through 48 h
+#: and at 6 weeks; Nielsen 2017: 0-24 h after an intra-operative infusion only): a slow effect site.
+_KET_KE0 = _v(math.log(2) / 12.0, "1/h", _ASSUME, "anti-hyperalgesic effect site, half-time 12 h (assumption: "
+              "an intra-operative dose acts through the first postoperative day and fades by the third)")
+_KET = ("Effect: anti-hyperalgesia (NMDA antagonism) on a slow effect site (ke0 = ln2/12 h, an assumption), "
+        "with a larger ceiling in opioid-tolerant patients (emax + emax_ketamine_tolerant; Nielsen 2017, "
+        "Loftus 2010). EC50 = the effect-site peak after 0.5 mg/kg racemic ketamine IV in an 85 kg adult "
+        "(0.0126 mg/L, Domino PK; so the standard intra-operative dose gives half the ceiling): an assumption.",)
 _add(AnalgesicPD(
-    "ketamine", "ceiling", "CP", ke0=_v(3.0, "1/h", _ASSUME),
-    ec50=_v(0.12, "mg/L", Source("stanpumpR", "analgesic target 0.10-0.16 ug/mL, typical 0.12 (A12)"),
-            "target taken as EC50", unverified=True),
-    emax=_v(0.40, "1", _ASSUME, "ketamine -35 % 24-h morphine in tolerant patients (Nielsen 2017, "
-            "clinical.md 2) is a trial effect, not an Emax"),
-    ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME)))
+    "ketamine", "ceiling", "CP", ke0=_KET_KE0,
+    ec50=_v(0.0126, "mg/L", _ASSUME, "effect-site peak after 0.5 mg/kg IV (see notes)"),
+    emax=_emax("ketamine", "opioid-naive; tolerant patients add emax_ketamine_tolerant"),
+    ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME), notes=_KET))
+_add(AnalgesicPD(
+    "s_ketamine", "ceiling", "CP", ke0=_KET_KE0,
+    ec50=_v(0.0063, "mg/L", _ASSUME, "half the racemic EC50: S-ketamine taken as twice as potent as racemic "
+            "ketamine (general knowledge, UNVERIFIED)"),
+    emax=_emax("ketamine", "shares the ketamine class ceiling"),
+    ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME), notes=_KET))
 _LOCAL = ("Site-of-injection analgesia from the amount left in the local depot (mg); no PD model exists "
-          "(models.md E). Liposomal bupivacaine's effect is near-null in opioid-naive spine patients "
-          "(clinical.md 2: 11.6 vs 13.4 MME, NS), hence a small ceiling (assumption).",)
+          "(models.md E). The class ceiling is calibrated on the evidence base's local-anaesthetic arms (prior: "
+          "liposomal bupivacaine near-null in opioid-naive spine patients, clinical.md 2).",)
 for _la, _a50 in (("bupivacaine_liposomal", 60.0), ("bupivacaine", 30.0), ("ropivacaine", 60.0)):
     _add(AnalgesicPD(_la, "local", "DEPOT", ke0=None, ec50=_v(_a50, "mg", _ASSUME),
-                     emax=_v(0.15, "1", _ASSUME), ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME), notes=_LOCAL))
+                     emax=_emax("local"), ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME), notes=_LOCAL))
 
 
 def get_pd(drug: str) -> AnalgesicPD:

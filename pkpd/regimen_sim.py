@@ -39,8 +39,9 @@ from ._errors import ModelSpecError
 from .drugs import get_drug
 from .drugs._base import Drug
 from .expr import compile_parameter_block, evaluate_parameter_block
+from .outcome import COMBINATION_RULES, OUTCOME_PARAMETERS, check_values, outcome_posterior
 from .pain import DemandModel, PainModel
-from .pd import GAMMA, AdverseEffectModel, AnalgesicPD, get_pd
+from .pd import GAMMA, OPIOID_EC50_SCALE, AdverseEffectModel, AnalgesicPD, get_pd
 from .xla import jit
 
 __all__ = ["IV_MME", "PopulationResult", "SimOptions", "mme_factor", "relaxed_objective", "relaxed_program", "relaxed_rows",
@@ -70,7 +71,10 @@ class SimOptions:
     """Options of :func:`simulate_regimen`.
 
     ``dt_h`` grid step (h); ``relaxed`` expected-value PRN/PCA (differentiable) instead of sampled events;
-    ``greco_alpha`` maps pairs of drug names to Greco interaction indices (default additive);
+    ``combination`` the rule combining analgesics of different mechanisms (``"loewe"`` or ``"bliss"``;
+    ``None``: the rule the outcome-model calibration selected, :func:`pkpd.outcome.outcome_posterior`) and
+    ``interaction`` its common interaction index (``None``: the calibrated value); ``greco_alpha`` maps
+    pairs of drug names to additional pair-specific interaction indices (default none);
     ``iiv`` samples inter-individual variability (False: typical patients with their covariates);
     ``record_doses`` keeps the realized dose record per patient; ``record_states`` keeps every state
     trajectory (N, T, n_states: memory-heavy, for checks); ``record_concentrations`` keeps every drug's
@@ -78,7 +82,8 @@ class SimOptions:
     keeps only the per-patient outcomes (computed in the compiled program; no NRS, opioid-effect or bupivacaine
     trajectories, no dose record: for large batches); ``opioid_ec50_scale`` multiplies every opioid
     EC50 (analgesia and respiration); ``pd_overrides`` replaces PD values per drug, e.g.
-    ``{"acetaminophen": {"emax": 0.3}}`` (keys ``ec50``, ``emax``).
+    ``{"acetaminophen": {"emax": 0.3}}`` (keys ``ec50``, ``emax``). Every calibrated outcome-model value can
+    also be given per patient as a population column ``outcome.<name>`` (:mod:`pkpd.outcome`).
     """
 
     dt_h: float = 1.0 / 12.0
@@ -87,6 +92,8 @@ class SimOptions:
     demand: DemandModel = field(default_factory=DemandModel)
     ae: AdverseEffectModel = field(default_factory=AdverseEffectModel)
     gamma: float = float(GAMMA.value)
+    combination: str | None = None
+    interaction: float | None = None
     greco_alpha: Mapping[tuple[str, str], float] | None = None
     iiv: bool = True
     record_doses: bool = True
@@ -261,7 +268,9 @@ class PopulationResult:
         One row per patient: ``ID``, covariates, and outcomes (``MME_0_24``, ``MME_0_48``, ``MME_0_72`` in
         mg oral morphine equivalents; ``TIT3``/``TIT4`` fraction of 0-72 h with NRS <= 3 / <= 4;
         ``PAIN_AUC`` NRS*h; ``PAIN_EXCESS`` integral of (NRS-3)+ in NRS*h; ``N_PCA``, ``N_PRN`` granted
-        doses; ``T_FIRST_RESCUE`` h; ``MIN_VE`` minimum ventilation fraction; ``P_OIRD``; ``MAX_SEDATION``;
+        doses; ``TIME_NRS_GE4``/``TIME_NRS_GE7`` fraction of 0-72 h with NRS >= 4 (the treat cut-off,
+        clinical.md 3.1) / >= 7 (severe pain: the probability that an assessment at a random time finds it);
+        ``T_FIRST_RESCUE`` h; ``MIN_VE`` minimum ventilation fraction; ``P_OIRD``; ``MAX_SEDATION``;
         ``P_PONV``; ``PEAK_BUPI`` peak total bupivacaine (plain + liposomal, summed) ng/mL;
         ``PEAK_BUPI_UNBOUND`` = peak total x FU (bupivacaine entry, unverified 0.05) ng/mL; ``LAST_INDEX``
         the larger of peak total / 2,000 ng/mL and peak unbound / 300 ng/mL (CNS thresholds, models.md C);
@@ -278,9 +287,13 @@ class PopulationResult:
         With ``SimOptions(record_states=True)``: every state (N, T, n) and drug -> (offset, size).
     concentrations
         With ``SimOptions(record_concentrations=True)``: drug -> plasma concentration (N, T), mg/L.
+    nrs_hourly, mme_hourly
+        (N, H) per patient and hour after surgery (bins [h, h + 1), h = 0 .. horizon - 1): mean NRS (trapezoid
+        over the bin) and MME given (mg oral morphine equivalents; rescue and scheduled opioids). Always kept.
     doses
         Realized dose record (DataFrame: ID, TIME h, DRUG, ROUTE, AMT mg, DUR h (0 = bolus, else a zero-order
-        infusion of AMT over DUR), KIND scheduled/prn/pca), or None.
+        infusion of AMT over DUR), KIND scheduled/prn/pca, NRS_REPORTED: the score the patient reported when a
+        rescue dose was given (the PRN rule reads it; NaN for scheduled doses)), or None.
     notes
         Messages about assumptions in force (e.g. modality terms switched off).
     """
@@ -297,6 +310,8 @@ class PopulationResult:
     states: np.ndarray | None = None
     state_index: dict[str, tuple[int, int]] = field(default_factory=dict)
     concentrations: dict[str, np.ndarray] | None = None
+    nrs_hourly: np.ndarray | None = None
+    mme_hourly: np.ndarray | None = None
 
     def summary(self) -> pd.DataFrame:
         """Mean, SD, P10, P50, P90 of the outcome columns."""
@@ -306,7 +321,7 @@ class PopulationResult:
                              "p90": d.quantile(0.9)})
 
 
-_OUTCOMES = ("MME_0_24", "MME_0_48", "MME_0_72", "TIT3", "TIT4", "PAIN_AUC", "PAIN_EXCESS", "N_PCA", "N_PRN",
+_OUTCOMES = ("MME_0_24", "MME_0_48", "MME_0_72", "TIT3", "TIT4", "TIME_NRS_GE4", "TIME_NRS_GE7", "PAIN_AUC", "PAIN_EXCESS", "N_PCA", "N_PRN",
              "T_FIRST_RESCUE", "MIN_VE", "P_OIRD", "MAX_SEDATION", "P_PONV", "PEAK_BUPI", "PEAK_BUPI_UNBOUND",
              "LAST_INDEX")
 
@@ -331,9 +346,12 @@ def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, option
         the covariate model and variability draw for that row (NaN: drawn as usual), and ``pain.b0``
         (untreated NRS at the end of surgery), ``pain.t_half`` (h, resolution half-life) and
         ``pain.sensitivity`` (multiplier of the pain curve) replace the pain model's draws — how posterior
-        draws of a fitted patient are simulated (:mod:`regimens.posterior`). A column naming an unknown drug
+        draws of a fitted patient are simulated (:mod:`regimens.posterior`); ``pain.scale`` multiplies the pain
+        curve on top (an effect shared by a group, e.g. one trial's surgery). A column naming an unknown drug
         parameter is an error. Columns ``z.<stream>.<j>`` give the standard-normal variability draws
-        themselves (:func:`variability_columns`: a known patient under another ID).
+        themselves (:func:`variability_columns`: a known patient under another ID). Columns
+        ``outcome.<name>`` give a row its own value of a calibrated outcome-model parameter
+        (:mod:`pkpd.outcome`: many parameter sets in one batched call).
     seed
         Seed of the inter-individual variability and demand draws (per patient ID).
     options
@@ -444,8 +462,8 @@ def relaxed_objective(regimen, population: pd.DataFrame, *, seed: int = 0, optio
     -------
     f : callable
         ``f(sched_mult, rescue_mult) -> dict`` of per-patient arrays ``MME_0_72`` (mg), ``PAIN_AUC``
-        (NRS*h), ``PAIN_EXCESS`` (integral of (NRS-3)+, NRS*h) and ``TIT3`` (smooth fraction of 0-72 h with
-        NRS <= 3). ``sched_mult`` (n_scheduled,) multiplies each ``regimen.scheduled`` item's doses,
+        (NRS*h), ``PAIN_EXCESS`` (integral of (NRS-3)+, NRS*h), ``TIT3`` (smooth fraction of 0-72 h with
+        NRS <= 3), ``GE4`` and ``GE7`` (smooth fractions with NRS >= 4 and >= 7). ``sched_mult`` (n_scheduled,) multiplies each ``regimen.scheduled`` item's doses,
         ``rescue_mult`` (n_rescue,) each PRN group's / PCA's dose (order: PRN groups by first appearance, then
         PCAs). jit-compiled; differentiable in both arguments.
     n_scheduled, n_rescue : int
@@ -564,6 +582,9 @@ def _relaxed_outcomes(kernel, n_sched: int, dt: float, tit_tau: float, seed: int
         return {"MME_0_72": mme, "MME_0_24": mme24, "PAIN_AUC": jnp.sum(y * post, axis=1) * dt,
                 "PAIN_EXCESS": jnp.sum(jnp.maximum(y - 3.0, 0.0) * post, axis=1) * dt,
                 "TIT3": jnp.sum(jax.nn.sigmoid((3.0 - y) / tit_tau) * post, axis=1) / jnp.sum(post),
+                # smooth fractions of 0-72 h with NRS >= 4 (treat cut-off) and >= 7 (severe pain)
+                "GE4": jnp.sum(jax.nn.sigmoid((y - 4.0) / tit_tau) * post, axis=1) / jnp.sum(post),
+                "GE7": jnp.sum(jax.nn.sigmoid((y - 7.0) / tit_tau) * post, axis=1) / jnp.sum(post),
                 # cumulative OIRD hazard (before the OSA odds ratio), as in the exact outcomes
                 "OIRD_HAZARD": jnp.sum((dep / d_ref) ** 2 * post, axis=1) * dt * h_oird,
                 # smooth maximum of the sedation index over 0-72 h (log-sum-exp, temperature 0.02)
@@ -587,6 +608,7 @@ class _Plan:
     notes: list[str]
     events_template: list  # (time, drug, route, duration) of scheduled events
     max_interval_h: float | None = None  # longest rescue interval the compiled program must allow (policies)
+    rule: str = "loewe"  # combination rule (static: compiled in)
 
     @staticmethod
     def build(regimen, population: pd.DataFrame, opts: SimOptions) -> _Plan:
@@ -652,7 +674,15 @@ class _Plan:
                 notes.append(f"modality {m.kind}: no published effect size; its assumed effect is OFF "
                              "(PainModel(enable_assumed_modalities=True) to switch it on)")
         tmpl = [(si, e.time_h, get_drug(e.drug).name, e.route, e.duration_h) for si, e in ev0]
-        plan = _Plan(regimen, opts, blocks, off, float(t0), T, items, notes, tmpl)
+        rule = opts.combination if opts.combination is not None else outcome_posterior().rule
+        if rule not in COMBINATION_RULES:
+            raise ModelSpecError(f"combination must be one of {', '.join(COMBINATION_RULES)}, got {rule!r}")
+        known_om = {f"outcome.{p.name}" for p in OUTCOME_PARAMETERS}
+        bad_om = [c for c in population.columns if isinstance(c, str) and c.startswith("outcome.") and c not in known_om]
+        if bad_om:
+            raise ModelSpecError(f"population columns {bad_om} name no outcome-model parameter (known: "
+                                 f"{', '.join(sorted(known_om))})")
+        plan = _Plan(regimen, opts, blocks, off, float(t0), T, items, notes, tmpl, rule=rule)
         for it in items:
             plan._block_of(it["drug"])  # checks the drug is in the system
         return plan
@@ -935,10 +965,49 @@ class _Plan:
         v_t = np.einsum("pij,pj->pi", Et, Gt[:, :, tgt]) * rate[:, None]
         put(np.where((~inside) & (tail > 1e-12), kb + 1, -1), v_t)
 
+    def outcome_defaults(self) -> dict[str, float]:
+        """The outcome-model values of these options (every :data:`pkpd.outcome.OUTCOME_PARAMETERS` name): the
+        pain and demand models', the PD library's class ceilings and the combination's interaction."""
+        o = self.opts
+        pain, dem = o.pain, o.demand
+        out = {"opioid_ec50_scale": float(OPIOID_EC50_SCALE.value), "b0": float(pain.b0.value),
+               "b_inf": float(pain.b_inf.value), "t_half": float(pain.t_half.value),
+               "tol_ec50_factor": float(pain.tolerant_ec50_factor.value),
+               "tol_b0_shift": float(pain.tolerant_b0_shift.value),
+               "sensitivity_sd": float(pain.sensitivity_sd.value),
+               "lambda_pca": float(dem.pca_lambda_max.value), "lambda_prn_iv": float(dem.prn_iv_lambda_max.value),
+               "lambda_prn_po": float(dem.prn_lambda_max.value), "n50": float(dem.n50.value),
+               "demand_iiv": float(dem.iiv_sd.value), "report_sd": float(dem.report_sd.value),
+               "opioid_half": float(dem.opioid_half.value),
+               "emax_ketamine_tolerant": float(pain.tolerant_ketamine_emax.value),
+               "interaction": float(o.interaction if o.interaction is not None else
+                                    outcome_posterior().point()["interaction"])}
+        from .pd import PD_LIBRARY
+
+        for d, pdv in PD_LIBRARY.items():
+            if pdv.kind != "opioid":
+                out.setdefault(f"emax_{pdv.effect_class}", float(pdv.emax.value))
+        return out
+
+    def outcome_rows(self, sub: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Per-row outcome-model values: :meth:`outcome_defaults`, replaced where a row carries a finite
+        ``outcome.<name>`` column. Raises :class:`ModelSpecError` for values outside their bounds."""
+        n_pat = len(sub)
+        out = {}
+        for k, v in self.outcome_defaults().items():
+            arr = np.full(n_pat, float(v))
+            col = f"outcome.{k}"
+            if col in sub:
+                given = sub[col].to_numpy(float)
+                arr = np.where(np.isfinite(given), given, arr)
+            out[k] = arr
+        check_values(out)
+        return out
+
     def _pd_arrays(self, sub: pd.DataFrame, seed: int) -> dict:
         n_pat = len(sub)
-        ids = sub["ID"].to_numpy()
         pain = self.opts.pain
+        th_ = self.outcome_rows(sub)
         tol = sub["OPIOID_TOL"].to_numpy(float) if "OPIOID_TOL" in sub else np.zeros(n_pat)
         g = sub["OPRM1_G"].to_numpy(float) if "OPRM1_G" in sub else np.zeros(n_pat)
         nb = len(self.blocks)
@@ -946,6 +1015,9 @@ class _Plan:
         emax = np.zeros((n_pat, nb))
         ec50 = np.zeros((n_pat, nb))
         resp = np.full((n_pat, nb), np.inf)
+        # the library's opioid EC50s hold the default scale; a row's own scale replaces it
+        scale = th_["opioid_ec50_scale"] / float(OPIOID_EC50_SCALE.value) * float(self.opts.opioid_ec50_scale)
+        tol_f = np.where(tol > 0, th_["tol_ec50_factor"], 1.0)
         for j, b in enumerate(self.blocks):
             # one stream per drug: a patient's EC50 of a drug does not depend on which other drugs the
             # regimen holds (common random numbers between regimens with different drug sets)
@@ -955,22 +1027,23 @@ class _Plan:
             unknown = set(o) - {"ec50", "emax"}
             if unknown:
                 raise ModelSpecError(f"pd_overrides for {b.drug.name}: unknown keys {sorted(unknown)}")
-            emax[:, j] = float(o.get("emax", b.pd.emax.value))
             base = float(o.get("ec50", b.pd.ec50.value)) * np.exp(sd * zj)
             if b.pd.kind == "opioid":
-                base = base * float(self.opts.opioid_ec50_scale)
-                shift = np.where(tol > 0, float(pain.tolerant_ec50_factor.value), 1.0) * float(
-                    pain.oprm1_ec50_factor.value) ** g
-                ec50[:, j] = base * shift
-                resp[:, j] = float(b.pd.resp_ec50.value) * float(self.opts.opioid_ec50_scale) * np.where(
-                    tol > 0, float(pain.tolerant_ec50_factor.value), 1.0)
+                emax[:, j] = 1.0
+                ec50[:, j] = base * scale * tol_f * float(pain.oprm1_ec50_factor.value) ** g
+                resp[:, j] = float(b.pd.resp_ec50.value) * scale * tol_f
             else:
+                cls = b.pd.effect_class
+                e = np.full(n_pat, float(o["emax"])) if "emax" in o else th_[f"emax_{cls}"].copy()
+                if cls == "ketamine":  # anti-hyperalgesia: a larger ceiling in opioid-tolerant patients
+                    e = e + tol * th_["emax_ketamine_tolerant"]
+                emax[:, j] = np.clip(e, 0.0, 0.99)
                 ec50[:, j] = base
         zp = _draws(sub, seed, "pain", 3) if self.opts.iiv else np.zeros((n_pat, 3))
-        b0 = float(pain.b0.value) + float(pain.b0_sd.value) * zp[:, 0] + tol * float(pain.tolerant_b0_shift.value)
+        b0 = th_["b0"] + float(pain.b0_sd.value) * zp[:, 0] + tol * th_["tol_b0_shift"]
         cv = float(pain.t_half_cv.value)
-        th = float(pain.t_half.value) * np.exp(np.sqrt(np.log1p(cv * cv)) * zp[:, 1])
-        sens = np.exp(float(pain.sensitivity_sd.value) * zp[:, 2])
+        th = th_["t_half"] * np.exp(np.sqrt(np.log1p(cv * cv)) * zp[:, 1])
+        sens = np.exp(th_["sensitivity_sd"] * zp[:, 2])
         # a patient's own pain-model values (posterior draws), where given
         for col, val in (("pain.b0", "b0"), ("pain.t_half", "th"), ("pain.sensitivity", "sens")):
             if col in sub:
@@ -981,16 +1054,25 @@ class _Plan:
                     th = np.where(np.isfinite(given), given, th)
                 else:
                     sens = np.where(np.isfinite(given), given, sens)
+        if "pain.scale" in sub:  # a multiplier of the pain curve shared by a group (e.g. a trial's surgery)
+            given = sub["pain.scale"].to_numpy(float)
+            if np.any(np.isfinite(given) & (given <= 0)):
+                raise ModelSpecError("population column pain.scale must be > 0 (a multiplier of the pain curve)")
+            sens = sens * np.where(np.isfinite(given), given, 1.0)
         if pain.enable_assumed_modalities:
             if "OPEN_SURGERY" in sub:
                 b0 = np.where(sub["OPEN_SURGERY"].to_numpy(float) > 0, b0, b0 * float(pain.mis_b0_factor.value))
             if any(m.kind == "psych_education" and m.enabled for m in self.regimen.modalities):
                 sens = sens * float(pain.education_sensitivity_factor.value)
-        dem = self.opts.demand
-        lam = np.array([float(dem.pca_lambda_max.value) if it["kind"] == "pca" else float(dem.prn_lambda_max.value)
-                        for it in self.items] or [0.0])
-        return dict(ec50=ec50, emax=emax, lam=np.broadcast_to(lam, (n_pat, len(lam))).copy(), resp=resp, b0=np.clip(b0, 0.0, 10.0), th=th, sens=sens, osa=(
-            sub["OSA"].to_numpy(float) if "OSA" in sub else np.zeros(n_pat)))
+        # rescue propensity: one log-normal draw per patient (stream "demand"), shared by every rescue kind
+        zd = _draws(sub, seed, "demand", 1)[:, 0] if self.opts.iiv else np.zeros(n_pat)
+        prop = np.exp(th_["demand_iiv"] * zd)
+        lam = np.stack([th_[_demand_key(it)] for it in self.items] or [np.zeros(n_pat)], axis=1) * prop[:, None]
+        if not self.items:
+            lam = np.zeros((n_pat, 1))
+        return dict(ec50=ec50, emax=emax, lam=lam, resp=resp, b0=np.clip(b0, 0.0, 10.0), th=th, sens=sens,
+                    b_inf=th_["b_inf"], n50=th_["n50"], rsd=th_["report_sd"], uhalf=th_["opioid_half"],
+                    alpha=th_["interaction"], osa=(sub["OSA"].to_numpy(float) if "OSA" in sub else np.zeros(n_pat)))
 
     # -------------------------------------------------------------------------------------------------
     def _compiled(self):
@@ -1006,13 +1088,17 @@ class _Plan:
         o = self.opts
         blocks = tuple((b.drug.name, b.off, b.n, b.pd.kind, b.eff, tuple(b.local_depots()), float(b.pd.hill.value))
                        for b in self.blocks)
-        items = (tuple(it["kind"] for it in self.items), self.rescue_shape())
-        pain = repr(o.pain)
+        items = (tuple(it["kind"] for it in self.items), tuple(it["drug"] for it in self.items),
+                 tuple(it["route"] for it in self.items), self.rescue_shape())
+        p = o.pain
+        # only what the kernel bakes in: every calibrated value is a per-row array (outcome_rows)
+        pain = (float(p.diurnal_amp.value), float(p.diurnal_peak_clock.value), float(p.surgery_end_clock.value),
+                float(p.pt_increment.value), float(p.tens_reduction.value), bool(p.enable_assumed_modalities))
         mods = tuple((m.kind, tuple(map(tuple, m.windows)), m.enabled) for m in self.regimen.modalities)
         return (blocks, items, self.t0, self.T, o.dt_h, o.gamma, o.relaxed, o.record_states, o.record_concentrations,
-                o.record_trajectories,
-                tuple(sorted((o.greco_alpha or {}).items())), repr(o.ae), pain, repr(o.demand.n50),
-                repr(o.demand.slope), repr(o.demand.relax_tau), mods, self.n)
+                o.record_trajectories, self.rule, float(self.regimen.horizon_h),
+                tuple(sorted((o.greco_alpha or {}).items())), repr(o.ae), pain,
+                float(o.demand.slope.value), float(o.demand.relax_tau.value), mods, self.n)
 
     def collect(self, outs: list[dict], population: pd.DataFrame) -> PopulationResult:
         """The outcome table from the compiled program's per-patient summaries (and the trajectories, when
@@ -1027,6 +1113,7 @@ class _Plan:
         df = population.reset_index(drop=True).copy()
         # MME: rescue items (summed in the kernel) + scheduled opioids, within [0, window)
         mme = cat("mme_rescue").astype(float)
+        mme_h = cat("mme_hourly").astype(float)
         offset = 0
         for o in outs:
             m = len(o["ids"])
@@ -1037,11 +1124,16 @@ class _Plan:
                     for j, h in enumerate((24, 48, 72)):
                         if times[k] < h - 1e-9:
                             mme[offset:offset + m, j] += f * np.asarray(amt, float)
+                    hb = int(np.floor(times[k] + 1e-9))
+                    if hb < mme_h.shape[1]:
+                        mme_h[offset:offset + m, hb] += f * np.asarray(amt, float)
             offset += m
         for j, h in enumerate((24, 48, 72)):
             df[f"MME_0_{h}"] = mme[:, j]
         df["TIT3"] = cat("tit3")
         df["TIT4"] = cat("tit4")
+        df["TIME_NRS_GE4"] = cat("ge4")
+        df["TIME_NRS_GE7"] = cat("ge7")
         df["PAIN_AUC"] = cat("pain_auc")
         df["PAIN_EXCESS"] = cat("pain_excess")
         df["N_PCA"] = cat("n_pca").astype(int)
@@ -1091,7 +1183,7 @@ class _Plan:
         if self.opts.record_concentrations:
             conc = {b.drug.name: np.concatenate([o["conc"][:, :, j] for o in outs]) for j, b in enumerate(self.blocks)}
         return PopulationResult(self.regimen, df, times, nrs, units, bupi, doses, list(self.notes), params, states,
-                                index, conc)
+                                index, conc, cat("nrs_hourly").astype(float), mme_h)
 
     def _dose_frame(self, outs, times) -> pd.DataFrame:
         parts = []
@@ -1101,19 +1193,26 @@ class _Plan:
                 given = np.broadcast_to(np.asarray(amt, float), ids.shape) > 0
                 parts.append(pd.DataFrame({"ID": ids, "TIME": t_e, "DRUG": dname, "ROUTE": route, "AMT": amt,
                                            "DUR": dur, "KIND": "scheduled"})[given])
-            dose = o["dose"]
+            dose, rep = o["dose"], o["rep"]
             for i, it in enumerate(self.items):
                 pi, ki = np.nonzero(dose[:, :, i] > 0)
                 if len(pi):
                     parts.append(pd.DataFrame({"ID": ids[pi], "TIME": times[ki], "DRUG": it["drug"],
                                                "ROUTE": it["route"], "AMT": dose[pi, ki, i], "DUR": 0.0,
-                                               "KIND": it["kind"]}))
+                                               "KIND": it["kind"], "NRS_REPORTED": rep[pi, ki, i]}))
         if not parts:
-            return pd.DataFrame(columns=["ID", "TIME", "DRUG", "ROUTE", "AMT", "DUR", "KIND"])
+            return pd.DataFrame(columns=["ID", "TIME", "DRUG", "ROUTE", "AMT", "DUR", "KIND", "NRS_REPORTED"])
         return pd.concat(parts, ignore_index=True).sort_values(["ID", "TIME"], kind="stable").reset_index(drop=True)
 
 
 _KERNELS: dict = {}
+
+
+def _demand_key(item: Mapping) -> str:
+    """The outcome-model hazard of a rescue item: PCA, nurse-given IV PRN, or oral (or other-route) PRN."""
+    if item["kind"] == "pca":
+        return "lambda_pca"
+    return "lambda_prn_iv" if item["route"] == "iv" else "lambda_prn_po"
 
 
 def _expand(regimen, cov: Mapping[str, float]) -> list[tuple[int, Any]]:
@@ -1189,7 +1288,8 @@ def _draws(sub: pd.DataFrame, seed: int, stream: str, k: int) -> np.ndarray:
 
 def variability_columns(drugs, population: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
     """Every variability draw of the given patients as columns ``z.<stream>.<j>`` (PK variability of each
-    drug ``iiv:<drug>``, its PD sensitivity ``pd:<drug>``, the pain model ``pain``).
+    drug ``iiv:<drug>``, its PD sensitivity ``pd:<drug>``, the pain model ``pain``, the rescue propensity
+    ``demand``).
 
     Rows carrying these columns reproduce those patients' PK/PD exactly under any other ID; only the
     randomness of rescue requests (keyed by the ID) differs. This is how the optimizer's oracle knows a
@@ -1216,6 +1316,7 @@ def variability_columns(drugs, population: pd.DataFrame, *, seed: int = 0) -> pd
     z = _normals(seed, ids, "pain", 3)
     for j in range(3):
         out[f"z.pain.{j}"] = z[:, j]
+    out["z.demand.0"] = _normals(seed, ids, "demand", 1)[:, 0]
     return pd.DataFrame(out, index=population.index)
 
 
@@ -1288,6 +1389,23 @@ def _make_kernel(plan: _Plan):
     are propagated in the loop that samples (or, relaxed, takes the expectation of) rescue demand from the
     pain at every step. Scheduled doses are merged per grid point and block into one input vector each
     (sorted on the host), so a step reads one input per block, not every dose of the regimen.
+
+    Stage by stage, at each grid time (``kernel_one``):
+
+    1. *activity* of each drug (``act``): an opioid's normalized units ``Ce/EC50``; a non-opioid's effect
+       ``E_j`` (fraction of pain relieved) from its effect-site concentration (local anaesthetics: from the
+       amount left in the wound depot);
+    2. *combination* (``relief``): the opioids' units add (one mechanism); the opioid group and each
+       non-opioid are then combined by the rule (Loewe: in normalized units ``H^-1(E_j)``, relief
+       ``H(x)``; Bliss: in ``-log(1 - E)``, relief ``1 - exp(-x)``) with the interaction index ``alpha``
+       (and optional pair-specific ``greco_alpha``): ``x`` solves ``x**2 - S x - cross = 0``;
+    3. *pain*: ``NRS = clip(B(t) * S * (1 - E) + PT(t) - TENS(t), 0, 10)``;
+    4. *rescue* (feedback loop only): request hazard per item ``lam * sigmoid((NRS - n50)/s) /
+       (1 + U_op/uhalf)``; exact mode: a request is a Bernoulli event, granted when the rules allow it and
+       the *reported* score ``NRS + rsd * z`` passes the item's threshold; relaxed mode: the expectation
+       (smooth threshold on the reported score, mean-field lockout);
+    5. *outcomes* over the grid (MME windows and hourly bins, time-in-target and pain-burden fractions,
+       respiratory depression, sedation, bupivacaine peaks, AUC/Cmax per drug).
     """
     import jax
     import jax.numpy as jnp
@@ -1299,6 +1417,7 @@ def _make_kernel(plan: _Plan):
     gamma = float(opts.gamma)
     relaxed = bool(opts.relaxed)
     record_states = bool(opts.record_states)
+    rule = plan.rule
     items = plan.items
     n_it = len(items)
     blocks = plan.blocks
@@ -1314,24 +1433,32 @@ def _make_kernel(plan: _Plan):
     rescue_drugs = {it["drug"] for it in items}
     FB = [j for j, b in enumerate(blocks) if b.drug.name in rescue_drugs]
     OL = [j for j in range(nb) if j not in FB]
+    OPI = [j for j in range(nb) if kinds[j] == "opioid"]
+    NON = [j for j in range(nb) if kinds[j] != "opioid"]
     names = [b.drug.name for b in blocks]
-    alpha = None
+    # groups of the combination: 0 = the opioids together, then one per non-opioid (in block order)
+    pair = None
     if opts.greco_alpha:
-        alpha = np.zeros((nb, nb))
+        group = {j: 0 for j in OPI}
+        group.update({j: 1 + i for i, j in enumerate(NON)})
+        pair = np.zeros((1 + len(NON), 1 + len(NON)))
         for (a_, c_), v in opts.greco_alpha.items():
             ia, ic = names.index(get_drug(a_).name), names.index(get_drug(c_).name)
-            alpha[min(ia, ic), max(ia, ic)] = float(v)
+            ga, gc = group[ia], group[ic]
+            if ga == gc:
+                raise ModelSpecError(f"greco_alpha ({a_}, {c_}): opioids share one mechanism (their units add); "
+                                     "an interaction is defined between different mechanisms only")
+            pair[min(ga, gc), max(ga, gc)] = float(v)
     ae = opts.ae
     a_resp, n_resp = float(ae.alpha.value), float(ae.n.value)
     sed_u50 = float(ae.sedation_u50.value)
     mods = [m for m in plan.regimen.modalities if m.enabled] if pain.enable_assumed_modalities else []
     tens_w = [w for m in mods if m.kind == "tens" for w in m.windows]
     pt_w = [w for m in mods if m.kind == "physical_therapy" for w in m.windows]
-    b_inf = float(pain.b_inf.value)
     amp = float(pain.diurnal_amp.value)
     phase = float(pain.diurnal_peak_clock.value) - float(pain.surgery_end_clock.value)
     ni, R, C, M = plan.rescue_shape()  # rescue rule values are data (plan.rescue_tables), shapes are static
-    n50, slope, tau = float(dem.n50.value), float(dem.slope.value), float(dem.relax_tau.value)
+    slope, tau = float(dem.slope.value), float(dem.relax_tau.value)
     record_conc = bool(opts.record_concentrations)
     record_traj = bool(opts.record_trajectories) or relaxed
     fac_items = np.array([mme_factor(it["drug"], it["route"]) for it in items] or [0.0])
@@ -1347,10 +1474,24 @@ def _make_kernel(plan: _Plan):
     post = (times >= -1e-9) & (times <= float(plan.regimen.horizon_h) + 1e-9)
     n_post = float(max(post.sum(), 1))
     mme_windows = [(times >= -1e-9) & (times < h - 1e-9) for h in (24, 48, 72)]
+    n_hours = int(np.ceil(float(plan.regimen.horizon_h) - 1e-9))
+    hour_of = np.where((times >= -1e-9) & (times < n_hours - 1e-9), np.floor(times + 1e-9), -1).astype(int)
+    hour_w = np.zeros((T, max(n_hours, 1)))  # grid point -> hourly bin [h, h + 1) (rescue doses)
+    for k, h in enumerate(hour_of):
+        if h >= 0:
+            hour_w[k, h] = 1.0
     tp = times[post]
     w_auc = np.zeros(T)  # trapezoid weights over 0 .. horizon (h)
     if tp.size > 1:
         w_auc[np.flatnonzero(post)] = np.concatenate([[0.0], np.diff(tp)]) / 2 + np.concatenate([np.diff(tp), [0.0]]) / 2
+    # hourly mean pain: each bin [h, h + 1]'s trapezoid weights, normalized
+    nrs_hw = np.zeros((T, max(n_hours, 1)))
+    for h in range(n_hours):
+        inb = (times >= h - 1e-9) & (times <= h + 1 + 1e-9)
+        tb = times[inb]
+        if tb.size > 1:
+            w = np.concatenate([[0.0], np.diff(tb)]) / 2 + np.concatenate([np.diff(tb), [0.0]]) / 2
+            nrs_hw[np.flatnonzero(inb), h] = w / w.sum()
 
     def comps(j, x, a):
         """What the outputs need of block j's state x (..., n_b): (effect-site concentration, or the local
@@ -1361,30 +1502,37 @@ def _make_kernel(plan: _Plan):
             c = x[..., eff_loc[j]]
         return jnp.stack([c, x[..., central[j]] / a["vol"][j]], axis=-1)
 
-    def units_of(j, c, a):
-        """Normalized analgesic units of block j from comps()[..., 0]."""
+    def act(j, c, a):
+        """Stage 1: block j's activity from comps()[..., 0] (opioid: Ce/EC50; other: its effect E_j)."""
         kd = kinds[j]
         if kd == "local":
-            e = a["emax"][j] * c / (c + a["ec50"][j])
-            return _inv(e, gamma)
+            return a["emax"][j] * c / (c + a["ec50"][j])
         ce = jnp.maximum(c, 0.0)
         if kd == "opioid":
             return ce / a["ec50"][j]
         ch = ce ** hill[j]
-        e = a["emax"][j] * ch / (ch + a["ec50"][j] ** hill[j])
-        return _inv(e, gamma)
+        return a["emax"][j] * ch / (ch + a["ec50"][j] ** hill[j])
 
-    def combine(u):
-        """Total units from per-drug units (last axis, block order): Loewe sum or Greco."""
-        tot = jnp.sum(u, axis=-1)
-        if alpha is None:
-            return tot
-        cross = jnp.einsum("...i,ij,...j->...", u, jnp.asarray(alpha), u)
-        return 0.5 * (tot + jnp.sqrt(tot * tot + 4.0 * cross))
-
-    def nrs_from(U, A, B):
-        E = U ** gamma / (1.0 + U ** gamma)
-        return jnp.clip(A * (1.0 - E) + B, 0.0, 10.0)
+    def relief(v, alpha):
+        """Stage 2: fraction of pain relieved from the activities v (..., nb), and the opioid units."""
+        U = sum((v[..., j] for j in OPI), jnp.zeros(v.shape[:-1], v.dtype))
+        if rule == "loewe":
+            groups = [U] + [_inv(v[..., j], gamma) for j in NON]
+        else:
+            groups = [jnp.log1p(jnp.maximum(U, 0.0) ** gamma)] + [
+                -jnp.log1p(-jnp.clip(v[..., j], 0.0, 1.0 - 1e-12)) for j in NON]
+        A = jnp.stack(groups, axis=-1)
+        S = jnp.sum(A, axis=-1)
+        cross = alpha * 0.5 * (S * S - jnp.sum(A * A, axis=-1))
+        if pair is not None:
+            cross = cross + jnp.einsum("...i,ij,...j->...", A, jnp.asarray(pair), A)
+        d = S * S + 4.0 * cross
+        pos = d > 1e-30
+        x = jnp.where(pos, 0.5 * (S + jnp.sqrt(jnp.where(pos, d, 1.0))), 0.5 * S)  # double-where: finite grads
+        if rule == "loewe":
+            xg = jnp.maximum(x, 0.0) ** gamma
+            return xg / (1.0 + xg), U
+        return 1.0 - jnp.exp(-x), U
 
     def inputs(a, j):
         """Block j's scheduled inputs merged per grid point (sorted grid indices (E,), vectors (E, n_b); the
@@ -1426,22 +1574,26 @@ def _make_kernel(plan: _Plan):
             CO = dict(zip(OL, outs[:len(OL)]))
             if record_states:
                 XO = dict(zip(OL, outs[len(OL):]))
-        u_all = [None] * nb
+        v_all = [None] * nb
         for j in OL:
-            u_all[j] = units_of(j, CO[j][:, 0], a)
+            v_all[j] = act(j, CO[j][:, 0], a)
 
+        b_inf = a["b_inf"]
         base = b_inf + (a["b0"] - b_inf) * jnp.exp(-jnp.log(2.0) * jnp.maximum(jnp.asarray(times), 0.0) / a["th"])
         A = (base + jnp.asarray(diurnal)) * a["sens"]
         B = jnp.asarray(extra)
+        alpha = a["alpha"]
         CF, XF = {}, {}
+        rep = None
         if FB:
-            uO = jnp.stack([u_all[j] if j in OL else jnp.zeros(T, dtype) for j in range(nb)], axis=-1)
+            vO = jnp.stack([v_all[j] if j in OL else jnp.zeros(T, dtype) for j in range(nb)], axis=-1)
             if relaxed:
-                uni = jnp.zeros((T, ni), jnp.float32)
+                uni = jnp.zeros((T, 2 * ni), jnp.float32)
             else:
                 # keyed by the absolute grid index round(t / dt), not the step number, so a regimen that starts
-                # earlier (a pre-operative dose) sees the same demand draws after t = 0
-                uni = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(key, k + k_abs0), (ni,),
+                # earlier (a pre-operative dose) sees the same demand draws after t = 0; per item one uniform
+                # for the request and one for the reported pain score
+                uni = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(key, k + k_abs0), (2 * ni,),
                                                             dtype=jnp.float32))(ks)
             bvec = {j: a["bvec"][:, offs[j]:offs[j] + sizes[j]] for j in FB}
             thr, dosev, interval = a["prn_thr"], a["prn_dose"], a["prn_int"]
@@ -1452,32 +1604,38 @@ def _make_kernel(plan: _Plan):
             tt = jnp.asarray(times)
             inwin_all = ((tt[:, None, None] >= a["prn_start"][None] - 1e-9) & (tt[:, None, None] < a["prn_stop"][None] - 1e-9)
                          & (tt[:, None, None] >= -1e-9))  # (T, I, R)
+            rsd = a["rsd"]
+            soft_w = 1.702 / jnp.sqrt(rsd * rsd + tau * tau)  # logistic approximation of the normal CDF
 
             def step(carry, xin):
                 xs, ps, last, hist, reg = carry
-                k, uo, Ak, un, inwin = xin
+                k, vo, Ak, un, inwin = xin
                 t = t0 + k * dt
                 new = [advance(j, x, k, p, inp[j], Phi[j]) for j, x, p in zip(FB, xs, ps)]
                 xs = tuple(n_[0] for n_ in new)
                 ps = tuple(n_[1] for n_ in new)
                 cf = tuple(comps(j, x, a) for j, x in zip(FB, xs))
-                u = uo
+                v = vo
                 for j, c in zip(FB, cf):
-                    u = u.at[j].set(units_of(j, c[0], a))
-                y = nrs_from(combine(u), Ak, B[k])
-                s = 1.0 / (1.0 + jnp.exp(-(y - n50) / slope))
+                    v = v.at[j].set(act(j, c[0], a))
+                E, U = relief(v, alpha)
+                y = jnp.clip(Ak * (1.0 - E) + B[k], 0.0, 10.0)
+                s = 1.0 / (1.0 + jnp.exp(-(y - a["n50"]) / slope)) / (1.0 + U / a["uhalf"])
                 lam = a["lam"] * s
                 pr = 1.0 - jnp.exp(-lam * dt)
                 if relaxed:
-                    soft = jax.nn.sigmoid((y - thr) / tau) * inwin
+                    soft = jax.nn.sigmoid((y - thr) * soft_w) * inwin
                     amtv = jnp.sum(soft * step_up, axis=1)
                     locked = jnp.sum(reg * reg_mask, axis=1)
                     avail = pr * jnp.clip(1.0 - locked, 0.0, 1.0)
                     dose = avail * amtv
                     reg = jnp.concatenate([(avail * soft[:, 0])[:, None], reg[:, :-1]], axis=1)
+                    yr = jnp.full((ni,), y)
                 else:
-                    req = un < pr
-                    ok_rule = inwin & (y >= thr - 1e-12)
+                    req = un[:ni] < pr
+                    z = jax.scipy.special.ndtri(jnp.clip(un[ni:], 1e-7, 1.0 - 1e-7).astype(dtype))
+                    yr = jnp.clip(y + rsd * z, 0.0, 10.0)  # the score the patient reports
+                    ok_rule = inwin & (yr[:, None] >= thr - 1e-12)
                     amt = jnp.max(jnp.where(ok_rule, dosev, 0.0), axis=1)
                     free = (t - last) >= interval - 1e-9
                     n_recent = jnp.sum((t - hist) < capw[:, None] - 1e-9, axis=1)
@@ -1489,24 +1647,28 @@ def _make_kernel(plan: _Plan):
                                      hist)
                 dose = dose * a["rmult"]
                 xs = tuple(x + dose @ bvec[j] for j, x in zip(FB, xs))
-                out = (y, dose, cf) + ((xs,) if record_states else ())
+                out = (y, dose, cf, yr) + ((xs,) if record_states else ())
                 return (xs, ps, last, hist, reg), out
 
             carry = (tuple(zeros[j] for j in FB), tuple(p0 for _ in FB), jnp.full((ni,), -1e9),
                      jnp.full((ni, C), -1e9), jnp.zeros((ni, M)))
-            _, outs = jax.lax.scan(step, carry, (ks, uO, A, uni, inwin_all))
-            y, dose, cf = outs[:3]
+            _, outs = jax.lax.scan(step, carry, (ks, vO, A, uni, inwin_all))
+            y, dose, cf, rep = outs[:4]
             CF = dict(zip(FB, cf))
             if record_states:
-                XF = dict(zip(FB, outs[3]))
+                XF = dict(zip(FB, outs[4]))
             for j in FB:
-                u_all[j] = units_of(j, CF[j][:, 0], a)
+                v_all[j] = act(j, CF[j][:, 0], a)
+            _, uop = relief(jnp.stack(v_all, axis=-1), alpha)
         else:
-            y = nrs_from(combine(jnp.stack(u_all, axis=-1)) if nb else jnp.zeros(T, dtype), A, B)
+            if nb:
+                E, uop = relief(jnp.stack(v_all, axis=-1), alpha)
+            else:
+                E, uop = jnp.zeros(T, dtype), jnp.zeros(T, dtype)
+            y = jnp.clip(A * (1.0 - E) + B, 0.0, 10.0)
             dose = jnp.zeros((T, 1), dtype)
         Cs = {**CO, **CF}
         # outputs that do not feed back, at every grid point at once
-        uop = sum((u_all[j] for j in range(nb) if kinds[j] == "opioid"), jnp.zeros(T, dtype))
         rr = sum((jnp.maximum(Cs[j][:, 0], 0.0) / a["resp"][j] for j in range(nb) if kinds[j] == "opioid"),
                  jnp.zeros(T, dtype))
         rn = rr ** n_resp
@@ -1523,8 +1685,12 @@ def _make_kernel(plan: _Plan):
         mme_t = dose @ fac if n_it else jnp.zeros(T, dtype)
         summ = {  # per-patient outcomes (see _Plan.collect), computed here so large batches need no trajectories
             "mme_rescue": jnp.stack([jnp.sum(jnp.where(jnp.asarray(w), mme_t, 0.0)) for w in mme_windows]),
+            "mme_hourly": mme_t @ jnp.asarray(hour_w, dtype),
+            "nrs_hourly": y @ jnp.asarray(nrs_hw, dtype),
             "tit3": jnp.sum(jnp.where(pm, y <= 3.0 + 1e-9, False)) / n_post,
             "tit4": jnp.sum(jnp.where(pm, y <= 4.0 + 1e-9, False)) / n_post,
+            "ge4": jnp.sum(jnp.where(pm, y >= 4.0 - 1e-9, False)) / n_post,
+            "ge7": jnp.sum(jnp.where(pm, y >= 7.0 - 1e-9, False)) / n_post,
             "pain_auc": wt @ y, "pain_excess": wt @ jnp.maximum(y - 3.0, 0.0),
             "n_pca": jnp.sum(given & jnp.asarray(is_pca)[None, :]) if n_it else jnp.zeros((), jnp.int32),
             "n_prn": jnp.sum(given & jnp.asarray(~is_pca)[None, :]) if n_it else jnp.zeros((), jnp.int32),
@@ -1536,7 +1702,8 @@ def _make_kernel(plan: _Plan):
         }
         out = {"auc": wt @ conc, "cmax": jnp.max(jnp.where(pm[:, None], conc, -jnp.inf), axis=0), **summ}
         if record_traj:
-            out.update({"nrs": y, "dose": dose, "uop": uop, "dep": dep, "sed": sed, "bupi": bup})
+            out.update({"nrs": y, "dose": dose, "uop": uop, "dep": dep, "sed": sed, "bupi": bup,
+                        "rep": rep if rep is not None else jnp.zeros((T, 1), dtype)})
         if record_conc:
             out["conc"] = conc
         if record_states:

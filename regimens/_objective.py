@@ -119,7 +119,7 @@ def group_loss(out: Mapping[str, jnp.ndarray], G: int, c: Mapping[str, jnp.ndarr
     G
         Number of groups; each group has ``len(rows) / G`` consecutive rows.
     c
-        Per-group arrays ``tit_target``, ``oird_ref`` (G,); scalars ``pain_weight``, ``sedation_weight``,
+        Per-group arrays ``tit_target``, ``ge4_target``, ``ge7_target``, ``oird_ref`` (G,); scalars ``pain_weight``, ``sedation_weight``,
         ``cvar_weight``, ``tit_penalty``, ``oird_penalty``, ``chance_penalty``, ``risk``; dicts ``burden``,
         ``auc_ref`` (drug -> scalar, mg*h/L) and ``limit`` (drug -> mg/L).
     eta
@@ -152,8 +152,11 @@ def group_loss(out: Mapping[str, jnp.ndarray], G: int, c: Mapping[str, jnp.ndarr
         if f"AUC_{d}" in out:
             loss = loss + c["burden"][d] * m(f"AUC_{d}") / c["auc_ref"][d]
     short = jax.nn.relu(c["tit_target"] - m("TIT3"))
+    # non-inferiority to C1 of the time with NRS >= 4 (treat cut-off) and NRS >= 7 (severe pain)
+    over4 = jax.nn.relu(m("GE4") - c["ge4_target"])
+    over7 = jax.nn.relu(m("GE7") - c["ge7_target"])
     oird = jax.nn.relu(m("OIRD_HAZARD") / c["oird_ref"] - 1.0)
-    loss = loss + c["tit_penalty"] * short ** 2 + c["oird_penalty"] * oird ** 2
+    loss = loss + c["tit_penalty"] * (short ** 2 + over4 ** 2 + over7 ** 2) + c["oird_penalty"] * oird ** 2
     for d in limit_drugs:
         if f"CMAX_{d}" in out:  # smoothed exceedance frequency (log scale, temperature 0.05 = 5 %)
             z = (jnp.log(jnp.maximum(grp(f"CMAX_{d}"), 1e-12)) - jnp.log(c["limit"][d])) / 0.05

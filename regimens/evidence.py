@@ -115,6 +115,7 @@ class Trial:
     arms: tuple[Arm, ...]
     effects: tuple[dict, ...] = ()
     path: Path | None = None
+    contrasts: tuple[tuple[str, str], ...] = ()
 
     def arm(self, arm_id: str) -> Arm:
         for a in self.arms:
@@ -206,6 +207,10 @@ def _trial(path: Path, problems: list[str]) -> Trial | None:
                         note=str(a.get("note", ""))))
     if not arms:
         problems.append(f"{where}: no arms")
+    ids = {a.id for a in arms}
+    for pair in d.get("contrasts", []):
+        if len(pair) != 2 or not set(pair) <= ids:
+            problems.append(f"{where}: contrast {pair!r} must name two of its arms {sorted(ids)}")
     if d["use"] == "calibration":
         for k in ("p_opioid_tolerant", "assumptions"):
             if k not in sim:
@@ -217,7 +222,8 @@ def _trial(path: Path, problems: list[str]) -> Trial | None:
                  opioid_tolerant=str(d["opioid_tolerant"]), use=str(d["use"]), use_note=str(d.get("use_note", "")),
                  urls=_tuple(d.get("urls")), background=str(d.get("anesthesia_and_background", "")),
                  missing=_tuple(d.get("missing")), simulation=sim, arms=tuple(arms),
-                 effects=tuple(d.get("effect", [])), path=path)
+                 effects=tuple(d.get("effect", [])), path=path,
+                 contrasts=tuple((str(a), str(c)) for a, c in d.get("contrasts", [])))
 
 
 @functools.lru_cache(maxsize=2)

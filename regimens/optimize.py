@@ -195,14 +195,23 @@ class OptimizeSettings:
 
     Constraints: mean time-in-target no more than ``tit_slack`` (fraction of 72 h) below C1's, plus
     ``min_time_in_target`` if given (:func:`optimize_patient` raises :class:`InfeasibleError` when the best
-    schedule misses it); OIRD risk no higher than C1's (exact check within ``oird_tolerance``); probability of
-    crossing a toxicity limit (LAST index >= 1; :data:`regimens._objective.EXPOSURE_LIMITS`) at most
-    ``toxicity_risk`` per patient (``last_risk`` is kept as its former name). In the gradient stage they are
-    quadratic penalties (``tit_penalty``, ``oird_penalty``) and a penalty on the smoothed exceedance
-    frequency (``chance_penalty``); the exact checks decide. A schedule that misses the time-in-target
-    constraint or C1's OIRD risk in the exact evaluation is replaced by the fallback: every allowed adjunct
-    at its maximum within the patient's limits, with C1's rescue policy (column ``TIT3_SEARCHED`` and the
-    explanation say when).
+    schedule misses it); the mean time with NRS >= 4 (the treat cut-off, clinical.md 3.1) no more than
+    ``ge4_slack`` above C1's and the mean time with NRS >= 7 (severe pain: the probability that an assessment
+    finds it) no more than ``ge7_slack`` above C1's (non-inferiority, so that a schedule cannot win by
+    withholding rescue: a rescue threshold above the treat cut-off is kept only when these hold); OIRD risk no
+    higher than C1's (exact check within ``oird_tolerance``); probability of crossing a toxicity limit (LAST
+    index >= 1; :data:`regimens._objective.EXPOSURE_LIMITS`) at most ``toxicity_risk`` per patient
+    (``last_risk`` is kept as its former name). In the gradient stage they are quadratic penalties
+    (``tit_penalty`` for the pain constraints, ``oird_penalty``) and a penalty on the smoothed exceedance
+    frequency (``chance_penalty``); the exact checks decide. A schedule that misses a pain constraint or C1's
+    OIRD risk in the exact evaluation is repaired step by step, re-checking after each: first C1's rescue
+    policy with the searched doses, then the adjuncts it already uses at their maxima, and only then the
+    fallback (every allowed adjunct at its maximum within the patient's limits, with C1's rescue policy);
+    columns ``REPAIR`` and ``FALLBACK`` and the explanation say which.
+
+    Outcome-model uncertainty: with ``outcome_uncertainty`` every scenario (draw) also carries its own draw
+    of the calibrated outcome-model parameters (:func:`pkpd.outcome.outcome_posterior`), the same for the
+    proposal and the comparators, so a proposal is robust to what the evidence leaves uncertain.
 
     Method: ``cem_generations`` x ``cem_candidates`` cross-entropy candidates per patient choose the rescue
     policy (``rescue_policies``; default :func:`regimens._policies.rescue_policies`, C1's first) and which
@@ -228,6 +237,9 @@ class OptimizeSettings:
     cvar_weight: float = 0.25
     adjunct_burden: Mapping[str, float] | None = None
     tit_slack: float = 0.05
+    ge4_slack: float = 0.02
+    ge7_slack: float = 0.005
+    outcome_uncertainty: bool = True
     tit_penalty: float = 2.0e4
     oird_penalty: float = 1.0e3
     oird_tolerance: float = 1.0e-5
@@ -282,7 +294,11 @@ class Proposal:
     findings
         :func:`check_regimen` findings left (never one on a scheduled drug; the rescue rules' own).
     notes
-        What the patient's genotype and covariates changed (:func:`explain`), and anything rejected.
+        What the patient's genotype and covariates changed (:func:`explain`), and anything rejected or
+        repaired.
+    fallback
+        True when the proposal is the fallback (every allowed adjunct at its maximum with C1's rescue
+        policy) because the searched schedules missed a constraint: not an optimized schedule.
     """
 
     regimen: Regimen
@@ -292,6 +308,7 @@ class Proposal:
     outcomes: dict[str, Any]
     findings: list
     notes: list[str] = field(default_factory=list)
+    fallback: bool = False
 
     def save(self, out_dir, *, force: bool = False) -> list:
         """Write ``schedule.csv``, ``regimen.toml`` and ``regimen.txt`` (the proposal, reusable with
@@ -776,6 +793,13 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
             raise RegimenError(f"draw_rows must have {P} x {S} = {P * S} rows, got {len(draw_rows)}")
         for c_ in draw_rows.columns:
             rows[c_] = draw_rows[c_].to_numpy()
+    if st.outcome_uncertainty:  # draw s of every patient: posterior draw s of the outcome model
+        from pkpd.outcome import outcome_posterior
+
+        om = outcome_posterior().draw_columns(S, seed=int(st.seed))
+        for c_ in om.columns:
+            if c_ not in rows:
+                rows[c_] = np.tile(om[c_].to_numpy(), P)
     row_patient = np.repeat(np.arange(P), S)
     opts = SimOptions(dt_h=st.dt_h)
     pol_tabs = _policy_tables(policies, superset, rows.iloc[:1], opts)
@@ -796,6 +820,8 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     tit_target = c1p["TIT3"].to_numpy().reshape(P, S).mean(1) - st.tit_slack
     if st.min_time_in_target is not None:
         tit_target = np.maximum(tit_target, float(st.min_time_in_target))
+    ge4_target = c1p["TIME_NRS_GE4"].to_numpy().reshape(P, S).mean(1) + st.ge4_slack
+    ge7_target = c1p["TIME_NRS_GE7"].to_numpy().reshape(P, S).mean(1) + st.ge7_slack
     times["comparators_s"] = time.perf_counter() - t0
 
     say("relaxed programs")
@@ -847,7 +873,8 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     def score(Xg, rd, reps: int, name: str):
         """Losses (P, reps) of P x reps groups of dose fractions Xg (P * reps, draws, n) on the placed group row
         data ``rd`` (:func:`on_devices`)."""
-        cg = {"tit_target": np.repeat(tit_target, reps), "oird_ref": np.repeat(oird_ref, reps)}
+        cg = {"tit_target": np.repeat(tit_target, reps), "oird_ref": np.repeat(oird_ref, reps),
+              "ge4_target": np.repeat(ge4_target, reps), "ge7_target": np.repeat(ge7_target, reps)}
         (Xp, cp_), G = batch.pad_rows((np.asarray(Xg, float), cg), nd)
         args = batch.place((Xp, rd, cp_), devs)
         out = score_fn(*args, shared)
@@ -885,7 +912,8 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     U_eff = U * incl[:, col_prod]
     eta_scale = np.maximum(np.quantile(c1_mme, st.cvar_alpha, axis=1), 1.0)
     rd_run = with_policies(rowdata, chosen_pol)
-    cp = {"tit_target": tit_target, "oird_ref": oird_ref, "eta_scale": eta_scale, "ref": REF, "U": U_eff,
+    cp = {"tit_target": tit_target, "ge4_target": ge4_target, "ge7_target": ge7_target, "oird_ref": oird_ref,
+          "eta_scale": eta_scale, "ref": REF, "U": U_eff,
           "caps": CAPS}
     x0 = np.concatenate([0.8 * U_eff, np.ones((P, 1))], axis=1)
     (x0p, rd_p, cp_p, mask), _ = batch.pad_rows((x0, rd_run, jax.tree_util.tree_map(
@@ -962,43 +990,87 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
                     why[p].append((d, f"{what}: estimated probability {pr[p]:.1e} above the allowed {risk:.0e}"))
             if oird[p] > oird_c1[p] + st.oird_tolerance:
                 why[p].append(("oird", f"OIRD: mean risk {oird[p]:.2e} above C1's {oird_c1[p]:.2e}"))
-        tit = pp["TIT3"].to_numpy().reshape(P, S).mean(1)
-        return Wt, tabs, prop, pp, tox, why, tit
+        pain = {k: pp[c].to_numpy().reshape(P, S).mean(1) for k, c in
+                (("tit3", "TIT3"), ("ge4", "TIME_NRS_GE4"), ("ge7", "TIME_NRS_GE7"))}
+        return Wt, tabs, prop, pp, tox, why, pain
 
-    def fall_back(p) -> bool:  # adjuncts at their maxima (repaired to the patient's limits), C1's rescue policy
+    def pain_misses(p, pain) -> list[str]:
+        """The pain constraints patient p's schedule misses in the exact evaluation, each with its figures."""
+        miss = []
+        if pain["tit3"][p] < tit_target[p] - 1e-9:
+            miss.append(f"time with NRS <= 3 {pain['tit3'][p]:.1%} below the target {tit_target[p]:.1%}")
+        if pain["ge4"][p] > ge4_target[p] + 1e-9:
+            miss.append(f"time with NRS >= 4 {pain['ge4'][p]:.1%} above the limit {ge4_target[p]:.1%} (C1 + "
+                        f"{st.ge4_slack:.0%})")
+        if pain["ge7"][p] > ge7_target[p] + 1e-9:
+            miss.append(f"time with NRS >= 7 {pain['ge7'][p]:.2%} above the limit {ge7_target[p]:.2%} (C1 + "
+                        f"{st.ge7_slack:.1%})")
+        return miss
+
+    def repair_step(k: int, p: int, reason: str) -> str | None:
+        """Repair step ``k`` of patient ``p`` (None when it changes nothing): 1 C1's rescue policy with the
+        searched doses; 2 the adjuncts the schedule uses at their maxima (within the patient's limits);
+        3 the fallback, every allowed adjunct at its maximum with C1's rescue policy."""
+        if k == 1:
+            if chosen_pol[p] == 0:
+                return None
+            chosen_pol[p], rescue_of[p] = 0, base_rescue
+            return f"rescue policy set back to C1's ({reason})"
+        if k == 2:
+            used = {sl.product.key for sl, a in zip(spaces[p].slots, amounts[p]) if a > 0}
+            top = np.array([sl.reference_mg if sl.product.key in used else 0.0 for sl in spaces[p].slots])
+            best = _repair(spaces[p], top, covs[p], None, fusion, base_rescue)[0]
+            if not used or np.array_equal(best, amounts[p]):
+                return None
+            amounts[p], chosen_pol[p], rescue_of[p] = best, 0, base_rescue
+            return f"the adjuncts it uses raised to their maxima within the patient's limits ({reason})"
         best = _repair(spaces[p], spaces[p].reference, covs[p], None, fusion, base_rescue)[0]
         if np.array_equal(best, amounts[p]) and chosen_pol[p] == 0:
-            return False
+            return None
         amounts[p], chosen_pol[p], rescue_of[p] = best, 0, base_rescue
-        return True
+        fallback[p] = True
+        return f"FALLBACK: every allowed adjunct at its maximum with C1's rescue policy ({reason})"
 
-    Wt, tabs, prop, pp, tox, why, tit = exact()
-    # time in target is a constraint too: a schedule whose exact mean time in target misses the target (the
-    # relaxed model misjudged the rescue) is replaced, once, by the fallback, which is at least C1's analgesia
+    Wt, tabs, prop, pp, tox, why, pain = exact()
+    # the pain constraints (time in target, NRS >= 4, NRS >= 7) and C1's OIRD risk are constraints of the exact
+    # evaluation too: a schedule that misses one is repaired step by step, re-checked after each step
     searched_tit = np.full(P, np.nan)
-    for _attempt in range(4):
+    repairs: list[list[str]] = [[] for _ in range(P)]
+    fallback = np.zeros(P, bool)
+    stage = np.zeros(P, int)  # repair steps taken (1 C1's rescue, 2 used adjuncts at maximum, 3 fallback)
+    for _attempt in range(6):
         changed = False
         for p in range(P):
-            if np.isnan(searched_tit[p]) and tit[p] < tit_target[p] - 1e-9 and fall_back(p):
-                searched_tit[p] = tit[p]
-                changed = True
-                continue
+            miss = pain_misses(p, pain)
+            oird_miss = [m for d, m in why[p] if d == "oird"]
+            if miss or oird_miss:
+                if np.isnan(searched_tit[p]):
+                    searched_tit[p] = pain["tit3"][p]
+                reason = "; ".join(miss + oird_miss)
+                while stage[p] < 3:
+                    stage[p] += 1
+                    step = repair_step(int(stage[p]), p, reason)
+                    if step is not None:
+                        repairs[p].append(step)
+                        changed = True
+                        break
             for d, _msg in why[p]:
-                if d == "oird":
-                    changed |= fall_back(p)
-                else:  # one strength down on the drug that crosses its limit, then re-evaluate
+                if d != "oird":  # one strength down on the drug that crosses its limit, then re-evaluate
                     for dd in (("bupivacaine_liposomal", "bupivacaine") if d == "bupivacaine" else (d,)):
                         changed |= _lower_drug(spaces[p], amounts[p], dd)
         if not changed:
             break
-        Wt, tabs, prop, pp, tox, why, tit = exact()
+        Wt, tabs, prop, pp, tox, why, pain = exact()
+    for p in range(P):  # constraints still missed after every repair step are reported, never hidden
+        for m in pain_misses(p, pain):
+            why[p].append(("pain", f"after every repair step: {m}"))
     why = [[m for _, m in w] for w in why]
     times["exact_s"] = time.perf_counter() - t0
     out = pop.copy()
     out["POLICY"] = [policies[int(i)].label for i in chosen_pol]
     for name, r in (("proposal", pp), ("C0", comps["C0"].patients), ("C1", c1p)):
         mme = r["MME_0_72"].to_numpy().reshape(P, S)
-        for k in ("MME_0_72", "TIT3", "PAIN_AUC", "P_OIRD", "P_PONV"):
+        for k in ("MME_0_72", "TIT3", "TIME_NRS_GE4", "TIME_NRS_GE7", "PAIN_AUC", "P_OIRD", "P_PONV"):
             out[f"{k}_{name}"] = r[k].to_numpy().reshape(P, S).mean(1)
         out[f"MME_P90_{name}"] = np.quantile(mme, 0.9, axis=1)
         kk = max(1, int(math.ceil(0.1 * S - 1e-9)))
@@ -1009,7 +1081,11 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     out["SAFE"] = [not w for w in why]
     out["WHY"] = ["; ".join(w) for w in why]
     out["TIT_TARGET"] = tit_target
-    out["TIT3_SEARCHED"] = searched_tit  # the search's schedule, where it missed the target and was replaced
+    out["GE4_TARGET"] = ge4_target
+    out["GE7_TARGET"] = ge7_target
+    out["TIT3_SEARCHED"] = searched_tit  # the search's schedule, where it missed a constraint and was repaired
+    out["REPAIR"] = ["; ".join(r) for r in repairs]
+    out["FALLBACK"] = fallback
     times["total_s"] = time.perf_counter() - t_start
     return PopulationProposal(spaces, amounts, out, {"proposal": prop, **comps}, superset, Wt[row_patient], times,
                               rows, col, REF, [policies[int(i)] for i in chosen_pol], tabs, pol_tabs,
@@ -1065,7 +1141,7 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
                               draw_rows=draw_rows, trajectories=True)
     row = res.patients.iloc[0]
     if not row["SAFE"]:
-        raise InfeasibleError(f"every candidate schedule failed an exact safety check: {row['WHY']}")
+        raise InfeasibleError(f"every candidate schedule failed a check of the exact evaluation: {row['WHY']}")
     space, amounts, policy = res.spaces[0], res.amounts[0], res.policies[0]
     regimen = space.regimen(amounts, rescue=policy.rules)
     findings = check_regimen(regimen, cov, None, fusion=fusion)
@@ -1090,14 +1166,16 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
     from_c1 = float(comparison.loc["C1", "TIT3"]) - st.tit_slack
     whose = ("min_time_in_target" if tit_target > from_c1 + 1e-9
              else f"C1 {'-' if st.tit_slack >= 0 else '+'} {abs(st.tit_slack):.0%}")
-    if np.isfinite(row["TIT3_SEARCHED"]):
-        notes.append(f"the searched schedule kept NRS <= 3 for {row['TIT3_SEARCHED']:.1%} of 0-72 h in the exact "
-                     f"evaluation, below the target {tit_target:.1%} ({whose}): proposed instead, the allowed "
-                     "adjuncts at their maxima with C1's rescue policy")
+    for step in filter(None, str(row["REPAIR"]).split("; ")):
+        notes.append(f"repair of the searched schedule in the exact evaluation: {step}")
+    if bool(row["FALLBACK"]):
+        notes.insert(0, "THIS PROPOSAL IS THE FALLBACK, not an optimized schedule: the searched schedules missed a "
+                        "constraint of the exact evaluation (see the repair notes), so every allowed adjunct is at its "
+                        "maximum with C1's rescue policy")
     if got < tit_target - 1e-9:
         notes.append(f"time in target {got:.1%} is below the target {tit_target:.1%} ({whose}) in the exact "
-                     "evaluation, also with the allowed adjuncts at their maxima and C1's rescue policy")
-    return Proposal(regimen, space, sched, comparison, outcomes, findings, notes)
+                     "evaluation, also after every repair step")
+    return Proposal(regimen, space, sched, comparison, outcomes, findings, notes, fallback=bool(row["FALLBACK"]))
 
 
 def _choices_explained(space: DecisionSpace, amounts, policy, st: OptimizeSettings) -> list[str]:
@@ -1255,14 +1333,15 @@ def _cvar(x: np.ndarray, alpha: float = 0.9) -> float:
 
 def _compare(results: Mapping[str, pd.DataFrame], limits: Mapping[str, float] | None = None) -> pd.DataFrame:
     """Proposal vs comparators over the same draws: MME (mean, P10, P90, CVaR_0.9), time in target (NRS <= 3
-    and <= 4), pain AUC, mean OIRD and PONV risk, worst LAST index, and the estimated probability of crossing
+    and <= 4), time with NRS >= 4 and >= 7, pain AUC, mean OIRD and PONV risk, worst LAST index, and the estimated probability of crossing
     each toxicity limit (``P_TOX_<drug>``; :func:`regimens._objective.exceedance_probability`)."""
     rows = []
     for name, p in results.items():
         mme = p["MME_0_72"].to_numpy()
         r = {"regimen": name, "MME_mean": mme.mean(), "MME_P10": np.quantile(mme, 0.1),
              "MME_P90": np.quantile(mme, 0.9), "MME_CVAR90": _cvar(mme), "TIT3": p["TIT3"].mean(),
-             "TIT4": p["TIT4"].mean(), "PAIN_AUC": p["PAIN_AUC"].mean(), "P_OIRD": p["P_OIRD"].mean(),
+             "TIT4": p["TIT4"].mean(), "TIME_NRS_GE4": p["TIME_NRS_GE4"].mean(),
+             "TIME_NRS_GE7": p["TIME_NRS_GE7"].mean(), "PAIN_AUC": p["PAIN_AUC"].mean(), "P_OIRD": p["P_OIRD"].mean(),
              "P_PONV": p["P_PONV"].mean(), "LAST_INDEX_max": p["LAST_INDEX"].max(),
              "P_TOX_bupivacaine": float(exceedance_probability(p["LAST_INDEX"].to_numpy()[None], 1.0)[0][0])}
         for d, lim in (limits or {}).items():
@@ -1310,8 +1389,9 @@ def run_trial(n: int, seed: int, settings: OptimizeSettings | None = None, *, ch
         One row per patient (see :class:`PopulationProposal`), plus ``SCHEDULE`` (the proposal in text).
     summary : DataFrame
         Mean 72-h MME, P90, time in target, pain AUC, OIRD and PONV risk, worst LAST index per regimen,
-        overall and by CYP2D6 and CYP2C9 phenotype stratum, with the MME reduction vs C0 and C1 (%) and the
-        number of patients whose proposal failed a hard check (``n_unsafe``).
+        overall and by CYP2D6 and CYP2C9 phenotype stratum, with the MME reduction vs C0 and C1 (%), the
+        number of patients whose proposal failed a hard check (``n_unsafe``), whose searched schedule was
+        repaired (``n_repaired``) and whose proposal is the fallback (``n_fallback``).
     times : dict
         Seconds per stage, summed over chunks (chunks resumed from ``store`` count with their stored times).
 
@@ -1394,6 +1474,7 @@ def trial_summary(patients: pd.DataFrame) -> pd.DataFrame:
             r = {"stratum": label, "regimen": reg, "n": len(g), "MME_mean": m,
                  "MME_P10": g[f"MME_0_72_{reg}"].quantile(0.1), "MME_P90": g[f"MME_0_72_{reg}"].quantile(0.9),
                  "TIT3": g[f"TIT3_{reg}"].mean(), "PAIN_AUC": g[f"PAIN_AUC_{reg}"].mean(),
+                 **{k: g[f"{k}_{reg}"].mean() for k in ("TIME_NRS_GE4", "TIME_NRS_GE7") if f"{k}_{reg}" in g},
                  "P_OIRD": g[f"P_OIRD_{reg}"].mean(), "P_PONV": g[f"P_PONV_{reg}"].mean(),
                  "LAST_INDEX_max": g[f"LAST_INDEX_{reg}"].max()}
             if f"MME_CVAR90_{reg}" in g:
@@ -1402,6 +1483,8 @@ def trial_summary(patients: pd.DataFrame) -> pd.DataFrame:
                 base = g[f"MME_0_72_{ref}"].mean()
                 r[f"MME_vs_{ref}_pct"] = 100 * (1 - m / base) if base > 0 else float("nan")
             r["n_unsafe"] = int((~g["SAFE"]).sum()) if reg == "proposal" else 0
+            r["n_fallback"] = int(g["FALLBACK"].sum()) if reg == "proposal" and "FALLBACK" in g else 0
+            r["n_repaired"] = int((g["REPAIR"].astype(str) != "").sum()) if reg == "proposal" and "REPAIR" in g else 0
             rows.append(r)
     return pd.DataFrame(rows)
 

@@ -1,0 +1,123 @@
+"""Driver of the outcome-model calibration: simulate design waves, fit, validate, write the posterior.
+
+Everything is cached under an output folder (default ``out/calibration``): ``wave<k>.npz`` holds a wave's
+design points and the simulated statistics of every arm, so that fitting and validation can be re-run
+without simulating again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..evidence import load_evidence
+from .arms import ArmSim, Target, arm_targets, calibration_arms
+from .design import PARAM_NAMES, TRIAL_EFFECT_SD, sample_design, simulate_arm, to_natural
+
+__all__ = ["Settings", "Problem", "load_problem", "simulate_wave", "load_waves"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Calibration settings.
+
+    ``n_patients`` virtual patients per arm and design point; ``waves`` design points per wave (the first
+    from the priors, each later one centred on the previous posterior); ``holdout`` share of the last
+    wave's points kept out of the emulator to check it; ``draws``/``warmup``/``chains`` of NUTS;
+    ``seed`` of everything; ``rule`` the combination rule simulated.
+    """
+
+    rule: str = "loewe"
+    n_patients: int = 200
+    waves: tuple[int, ...] = (512, 384)
+    holdout: float = 0.2
+    draws: int = 1000
+    warmup: int = 1000
+    chains: int = 2
+    seed: int = 72
+
+
+@dataclass
+class Problem:
+    """The arms, their targets (flattened) and the trial index of every arm."""
+
+    arms: list[ArmSim]
+    targets: list[list[Target]]
+    trials: list[str]
+
+    @property
+    def flat(self) -> list[Target]:
+        return [t for ts in self.targets for t in ts]
+
+    def trial_of_arm(self) -> np.ndarray:
+        return np.array([self.trials.index(a.trial.id) for a in self.arms])
+
+
+def load_problem(use: str = "calibration") -> Problem:
+    """The calibration problem of the shipped evidence base."""
+    ev = load_evidence()
+    arms = calibration_arms(ev, use)
+    targets = [arm_targets(a) for a in arms]
+    trials = sorted({a.trial.id for a in arms})
+    return Problem(arms, targets, trials)
+
+
+def simulate_wave(problem: Problem, z: np.ndarray, u: np.ndarray, settings: Settings, *,
+                  progress: Callable[[str], None] = print) -> np.ndarray:
+    """Simulate every arm at design points ``z`` (unconstrained, (D, P)) with trial effects ``u`` (D, T).
+
+    Returns the statistics (D, n_targets) in :attr:`Problem.flat` order.
+    """
+    theta = to_natural(z)
+    tri = problem.trial_of_arm()
+    cols = []
+    for i, (arm, ts) in enumerate(zip(problem.arms, problem.targets)):
+        if not ts:
+            continue
+        cols.append(simulate_arm(arm, ts, theta, np.exp(u[:, tri[i]]), n_patients=settings.n_patients,
+                                 seed=settings.seed + 1000 + i, rule=settings.rule, progress=progress))
+    return np.concatenate(cols, axis=1)
+
+
+def run_wave(problem: Problem, k: int, settings: Settings, out: Path, *, center=None, scale=None,
+             progress: Callable[[str], None] = print) -> Path:
+    """Sample and simulate wave ``k`` (0-based) and save it to ``out/wave<k>.npz``."""
+    out.mkdir(parents=True, exist_ok=True)
+    n = settings.waves[k]
+    z, u = sample_design(n, len(problem.trials), settings.seed + 17 * k, center=center, scale=scale,
+                         trial_sd=TRIAL_EFFECT_SD)
+    t0 = time.perf_counter()
+    y = simulate_wave(problem, z, u, settings, progress=progress)
+    path = out / settings.rule / f"wave{k}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, z=z, u=u, y=y, keys=np.array([t.key for t in problem.flat]),
+             params=np.array(PARAM_NAMES), trials=np.array(problem.trials),
+             settings=json.dumps(settings.__dict__), seconds=time.perf_counter() - t0)
+    progress(f"wave {k}: {n} points in {time.perf_counter() - t0:.0f} s -> {path}")
+    return path
+
+
+def load_waves(problem: Problem, out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All saved waves: z (N, P), u (N, T), y (N, n_targets), wave index (N,). Checks they belong to the
+    same problem (targets, parameters, trials)."""
+    zs, us, ys, ws = [], [], [], []
+    keys = [t.key for t in problem.flat]
+    for k in range(32):
+        p = out / f"wave{k}.npz"
+        if not p.exists():
+            break
+        d = np.load(p)
+        if list(d["keys"]) != keys or list(d["params"]) != list(PARAM_NAMES) or list(d["trials"]) != problem.trials:
+            raise ValueError(f"{p} was made for another evidence base or parameter set: simulate again")
+        zs.append(d["z"])
+        us.append(d["u"])
+        ys.append(d["y"])
+        ws.append(np.full(len(d["z"]), k))
+    if not zs:
+        raise FileNotFoundError(f"no design waves in {out}")
+    return np.concatenate(zs), np.concatenate(us), np.concatenate(ys), np.concatenate(ws)
