@@ -13,13 +13,22 @@ module holds
   draws, the combination rule the data preferred, how it was made);
 * :func:`outcome_point`: the values the simulator uses by default (posterior medians).
 
+The calibration also estimates one *trial effect* per trial (a multiplier of the pain curve: surgery,
+institution, unreported protocol details). The SPINE-72 benchmark stands for the setting of its calibration
+trial (clinical.md 3.2: Iyer 2023), so that trial's effect is stored with every draw
+(:attr:`OutcomePosterior.reference_scale`) and its median is the simulator's default pain-curve multiplier
+(``PainModel.setting_scale``; population column ``pain.scale`` per row).
+
 A population row may carry its own value of any parameter as a column ``outcome.<name>`` (e.g. a
 posterior draw: :meth:`OutcomePosterior.draw_columns`), so one batched simulation can run many parameter
 sets (the calibration's design points, the optimizer's scenarios).
 
 Model structure (see :mod:`pkpd.regimen_sim` for the equations): pain ``NRS = B(t) * S * (1 - E)``;
 ``E`` combines the opioid effect and each non-opioid's effect by the rule ``"loewe"`` (normalized units)
-or ``"bliss"`` (independent action) with a common interaction index ``interaction``; rescue is requested
+or ``"bliss"`` (independent action); the non-opioids first combine among themselves as a power mean with
+exponent ``adjunct_exponent`` (1: the rule's additivity; towards 0: only the strongest adjunct counts, i.e.
+overlapping mechanisms; > 1: synergy), and that total adds to the opioids' (Zeidan 2014: paracetamol +
+morphine additive); rescue is requested
 with hazard ``lambda_kind * D_i * sigmoid((NRS - n50)/s) / (1 + U_opioid/opioid_half)`` (per kind: PCA,
 nurse-given IV PRN, oral PRN; ``D_i`` log-normal with SD ``demand_iiv``), and a PRN rule is applied to the
 patient's *reported* score ``NRS + e`` with ``e ~ N(0, report_sd)``.
@@ -190,10 +199,12 @@ OUTCOME_PARAMETERS: tuple[OutcomeParameter, ...] = (
        ("logitnormal", 0.10, 0.8), (0.001, 0.95),
        Source(_ASSUME, "no PD model (models.md E); LB near-null in opioid-naive spine patients (clinical.md 2)",
               unverified=True)),
-    _p("interaction", "1", "interaction index of the combination rule (0: the rule itself; > 0 synergy, "
-       "< 0 antagonism)", ("normal", 0.0, 0.5), (-0.45, 3.0),
-       Source(_ASSUME, "centred on no interaction (Zeidan 2014: paracetamol + morphine additive, clinical.md 1)",
-              unverified=True)),
+    _p("adjunct_exponent", "1", "exponent of the power mean by which the non-opioids combine among themselves "
+       "(1: additive under the rule; < 1: diminishing returns of adding adjuncts, towards the strongest alone; > 1: "
+       "synergy)", ("lognormal", 1.0, 0.6), (0.05, 1.5),
+       Source(_ASSUME, "centred on additivity; no opioid + non-opioid or non-opioid + non-opioid response surface "
+              "for postoperative pain exists (models.md B5); opioid + non-opioid stay additive (Zeidan 2014, "
+              "clinical.md 1)", unverified=True)),
 )
 
 _BY_NAME = {p.name: p for p in OUTCOME_PARAMETERS}
@@ -226,22 +237,36 @@ class OutcomePosterior:
     rule: str
     draws: pd.DataFrame
     meta: dict
+    reference_scale: np.ndarray | None = None
+    reference_trial: str = ""
 
     def point(self) -> dict[str, float]:
         """Posterior medians (the simulator's default values)."""
         return {k: float(np.median(self.draws[k].to_numpy())) for k in self.draws.columns}
 
-    def sample(self, n: int, seed: int = 0) -> pd.DataFrame:
-        """``n`` draws (with replacement when ``n`` exceeds the stored number), reproducible for ``seed``."""
+    def reference_pain_scale(self) -> float:
+        """Median pain-curve multiplier of the reference setting (1 when the posterior has none)."""
+        return 1.0 if self.reference_scale is None else float(np.median(self.reference_scale))
+
+    def _index(self, n: int, seed: int) -> np.ndarray:
         rng = np.random.default_rng(int(seed))
         m = len(self.draws)
-        idx = rng.permutation(m)[:n] if n <= m else rng.integers(0, m, n)
-        return self.draws.iloc[idx].reset_index(drop=True)
+        return rng.permutation(m)[:n] if n <= m else rng.integers(0, m, n)
+
+    def sample(self, n: int, seed: int = 0) -> pd.DataFrame:
+        """``n`` draws (with replacement when ``n`` exceeds the stored number), reproducible for ``seed``."""
+        return self.draws.iloc[self._index(n, seed)].reset_index(drop=True)
 
     def draw_columns(self, n: int, seed: int = 0) -> pd.DataFrame:
-        """:meth:`sample` as population columns ``outcome.<name>`` (see the module docstring)."""
-        s = self.sample(n, seed)
-        return s.rename(columns={c: f"outcome.{c}" for c in s.columns})
+        """:meth:`sample` as population columns ``outcome.<name>`` (see the module docstring), with the
+        reference setting's pain-curve multiplier of the same draws as ``pain.scale`` when the posterior has
+        one."""
+        idx = self._index(n, seed)
+        s = self.draws.iloc[idx].reset_index(drop=True)
+        s = s.rename(columns={c: f"outcome.{c}" for c in s.columns})
+        if self.reference_scale is not None:
+            s["pain.scale"] = np.asarray(self.reference_scale, float)[idx]
+        return s
 
 
 _FILE = "outcome_posterior.json"
@@ -276,8 +301,15 @@ def outcome_posterior(path: str | None = None) -> OutcomePosterior:
            if not np.all((draws[p.name] >= p.bounds[0]) & (draws[p.name] <= p.bounds[1]))]
     if bad:
         raise ModelSpecError(f"outcome-model posterior: draws outside the bounds of {bad}")
+    ref = obj.get("reference") or {}
+    scale = None
+    if "pain_scale" in ref:
+        scale = np.asarray(ref["pain_scale"], float)
+        if scale.shape != (len(draws),) or not np.all(np.isfinite(scale) & (scale > 0)):
+            raise ModelSpecError(f"outcome-model posterior {path or _FILE}: reference pain_scale must hold one "
+                                 "positive value per draw")
     return OutcomePosterior(str(obj.get("version", "?")), obj["rule"], draws[[p.name for p in OUTCOME_PARAMETERS]],
-                            dict(obj.get("meta", {})))
+                            dict(obj.get("meta", {})), scale, str(ref.get("trial", "")))
 
 
 def outcome_point() -> dict[str, float]:

@@ -9,7 +9,8 @@ Pain model
   plus a diurnal term peaking at 23:00 (clinical.md 3.2 SPINE-72 "pain dynamics"; the 23:00 peak is the
   rescue-hazard peak of Goulooze 2020). Opioid-tolerant patients start higher (clinical.md 3.2).
 * ``S`` is the patient's pain sensitivity (log-normal IIV; lowered by psychological support/education when
-  that assumption is enabled);
+  that assumption is enabled) times the setting's multiplier ``setting_scale`` (the reference trial's effect
+  in the outcome-model calibration; a population column ``pain.scale`` gives another setting);
 * ``E(t)`` is the combined analgesic relief from :mod:`pkpd.pd`;
 * ``PT(t)`` adds activity-evoked pain during physical-therapy sessions and ``TENS(t)`` removes pain while a
   wearable electrical stimulator is on.
@@ -68,6 +69,11 @@ class PainModel:
     b0_sd: PDValue = _v(1.0, "NRS", _ASSUME, "IIV of B0 (normal)")
     t_half_cv: PDValue = _v(0.4, "1", _ASSUME, "IIV of the resolution half-life (log-normal CV)")
     sensitivity_sd: PDValue = _v(_PT["sensitivity_sd"], "1 (log SD)", _CAL, "IIV of the pain sensitivity S")
+    setting_scale: PDValue = _v(outcome_posterior().reference_pain_scale(), "x", Source(
+        f"outcome-model calibration {outcome_posterior().version}", "posterior trial effect of the reference setting "
+        f"({outcome_posterior().reference_trial or 'none'}): the SPINE-72 benchmark stands for its setting "
+        "(clinical.md 3.2)", unverified=True), "multiplier of the pain curve of the simulated setting (population "
+        "column pain.scale per row)")
     tolerant_b0_shift: PDValue = _v(_PT["tol_b0_shift"], "NRS", _CAL, "opioid-tolerant: higher untreated pain "
                                     "(clinical.md 3.2; size calibrated)")
     tolerant_ec50_factor: PDValue = _v(_PT["tol_ec50_factor"], "x", _CAL, "opioid-tolerant: opioid EC50 multiplier "

@@ -73,8 +73,9 @@ class SimOptions:
     ``dt_h`` grid step (h); ``relaxed`` expected-value PRN/PCA (differentiable) instead of sampled events;
     ``combination`` the rule combining analgesics of different mechanisms (``"loewe"`` or ``"bliss"``;
     ``None``: the rule the outcome-model calibration selected, :func:`pkpd.outcome.outcome_posterior`) and
-    ``interaction`` its common interaction index (``None``: the calibrated value); ``greco_alpha`` maps
-    pairs of drug names to additional pair-specific interaction indices (default none);
+    ``adjunct_exponent`` the exponent of the power mean by which the non-opioids combine (``None``: the
+    calibrated value; :mod:`pkpd.outcome`); ``greco_alpha`` maps pairs of drug names to additional Greco
+    interaction indices between their groups (default none);
     ``iiv`` samples inter-individual variability (False: typical patients with their covariates);
     ``record_doses`` keeps the realized dose record per patient; ``record_states`` keeps every state
     trajectory (N, T, n_states: memory-heavy, for checks); ``record_concentrations`` keeps every drug's
@@ -93,7 +94,7 @@ class SimOptions:
     ae: AdverseEffectModel = field(default_factory=AdverseEffectModel)
     gamma: float = float(GAMMA.value)
     combination: str | None = None
-    interaction: float | None = None
+    adjunct_exponent: float | None = None
     greco_alpha: Mapping[tuple[str, str], float] | None = None
     iiv: bool = True
     record_doses: bool = True
@@ -345,9 +346,10 @@ def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, option
         ``oxycodone.CL``, in the drug library's units) give a patient's individual parameter value, replacing
         the covariate model and variability draw for that row (NaN: drawn as usual), and ``pain.b0``
         (untreated NRS at the end of surgery), ``pain.t_half`` (h, resolution half-life) and
-        ``pain.sensitivity`` (multiplier of the pain curve) replace the pain model's draws — how posterior
-        draws of a fitted patient are simulated (:mod:`regimens.posterior`); ``pain.scale`` multiplies the pain
-        curve on top (an effect shared by a group, e.g. one trial's surgery). A column naming an unknown drug
+        ``pain.sensitivity`` (the patient's whole multiplier of the pain curve) replace the pain model's draws — how posterior
+        draws of a fitted patient are simulated (:mod:`regimens.posterior`); ``pain.scale`` replaces the
+        setting's multiplier of the pain curve (``PainModel.setting_scale``: an effect shared by a group, e.g.
+        one trial's surgery and institution). A column naming an unknown drug
         parameter is an error. Columns ``z.<stream>.<j>`` give the standard-normal variability draws
         themselves (:func:`variability_columns`: a known patient under another ID). Columns
         ``outcome.<name>`` give a row its own value of a calibrated outcome-model parameter
@@ -967,7 +969,7 @@ class _Plan:
 
     def outcome_defaults(self) -> dict[str, float]:
         """The outcome-model values of these options (every :data:`pkpd.outcome.OUTCOME_PARAMETERS` name): the
-        pain and demand models', the PD library's class ceilings and the combination's interaction."""
+        pain and demand models', the PD library's class ceilings and the combination's adjunct exponent."""
         o = self.opts
         pain, dem = o.pain, o.demand
         out = {"opioid_ec50_scale": float(OPIOID_EC50_SCALE.value), "b0": float(pain.b0.value),
@@ -980,8 +982,8 @@ class _Plan:
                "demand_iiv": float(dem.iiv_sd.value), "report_sd": float(dem.report_sd.value),
                "opioid_half": float(dem.opioid_half.value),
                "emax_ketamine_tolerant": float(pain.tolerant_ketamine_emax.value),
-               "interaction": float(o.interaction if o.interaction is not None else
-                                    outcome_posterior().point()["interaction"])}
+               "adjunct_exponent": float(o.adjunct_exponent if o.adjunct_exponent is not None else
+                                         outcome_posterior().point()["adjunct_exponent"])}
         from .pd import PD_LIBRARY
 
         for d, pdv in PD_LIBRARY.items():
@@ -1044,6 +1046,15 @@ class _Plan:
         cv = float(pain.t_half_cv.value)
         th = th_["t_half"] * np.exp(np.sqrt(np.log1p(cv * cv)) * zp[:, 1])
         sens = np.exp(th_["sensitivity_sd"] * zp[:, 2])
+        # the setting's pain-curve multiplier (a trial's surgery and institution): the pain model's (the
+        # calibration's reference setting), or a row's own pain.scale
+        setting = np.full(n_pat, float(pain.setting_scale.value))
+        if "pain.scale" in sub:
+            given = sub["pain.scale"].to_numpy(float)
+            if np.any(np.isfinite(given) & (given <= 0)):
+                raise ModelSpecError("population column pain.scale must be > 0 (a multiplier of the pain curve)")
+            setting = np.where(np.isfinite(given), given, setting)
+        sens = sens * setting
         # a patient's own pain-model values (posterior draws), where given
         for col, val in (("pain.b0", "b0"), ("pain.t_half", "th"), ("pain.sensitivity", "sens")):
             if col in sub:
@@ -1054,11 +1065,6 @@ class _Plan:
                     th = np.where(np.isfinite(given), given, th)
                 else:
                     sens = np.where(np.isfinite(given), given, sens)
-        if "pain.scale" in sub:  # a multiplier of the pain curve shared by a group (e.g. a trial's surgery)
-            given = sub["pain.scale"].to_numpy(float)
-            if np.any(np.isfinite(given) & (given <= 0)):
-                raise ModelSpecError("population column pain.scale must be > 0 (a multiplier of the pain curve)")
-            sens = sens * np.where(np.isfinite(given), given, 1.0)
         if pain.enable_assumed_modalities:
             if "OPEN_SURGERY" in sub:
                 b0 = np.where(sub["OPEN_SURGERY"].to_numpy(float) > 0, b0, b0 * float(pain.mis_b0_factor.value))
@@ -1072,7 +1078,7 @@ class _Plan:
             lam = np.zeros((n_pat, 1))
         return dict(ec50=ec50, emax=emax, lam=lam, resp=resp, b0=np.clip(b0, 0.0, 10.0), th=th, sens=sens,
                     b_inf=th_["b_inf"], n50=th_["n50"], rsd=th_["report_sd"], uhalf=th_["opioid_half"],
-                    alpha=th_["interaction"], osa=(sub["OSA"].to_numpy(float) if "OSA" in sub else np.zeros(n_pat)))
+                    kappa=th_["adjunct_exponent"], osa=(sub["OSA"].to_numpy(float) if "OSA" in sub else np.zeros(n_pat)))
 
     # -------------------------------------------------------------------------------------------------
     def _compiled(self):
@@ -1395,10 +1401,11 @@ def _make_kernel(plan: _Plan):
     1. *activity* of each drug (``act``): an opioid's normalized units ``Ce/EC50``; a non-opioid's effect
        ``E_j`` (fraction of pain relieved) from its effect-site concentration (local anaesthetics: from the
        amount left in the wound depot);
-    2. *combination* (``relief``): the opioids' units add (one mechanism); the opioid group and each
-       non-opioid are then combined by the rule (Loewe: in normalized units ``H^-1(E_j)``, relief
-       ``H(x)``; Bliss: in ``-log(1 - E)``, relief ``1 - exp(-x)``) with the interaction index ``alpha``
-       (and optional pair-specific ``greco_alpha``): ``x`` solves ``x**2 - S x - cross = 0``;
+    2. *combination* (``relief``): the opioids' units add (one mechanism) into ``U``; each non-opioid's
+       effect is put on the rule's additive scale (Loewe: normalized units ``H^-1(E_j)``; Bliss:
+       ``-log(1 - E_j)``) and the non-opioids combine as a power mean ``A = (sum a_j**(1/k))**k`` (``k`` the
+       adjunct exponent: 1 additive, towards 0 the strongest alone); the relief is ``H(U + A)`` (Loewe) or
+       ``1 - (1 - H(U)) exp(-A)`` (Bliss); optional pair-specific ``greco_alpha`` between groups;
     3. *pain*: ``NRS = clip(B(t) * S * (1 - E) + PT(t) - TENS(t), 0, 10)``;
     4. *rescue* (feedback loop only): request hazard per item ``lam * sigmoid((NRS - n50)/s) /
        (1 + U_op/uhalf)``; exact mode: a request is a Bernoulli event, granted when the rules allow it and
@@ -1513,26 +1520,33 @@ def _make_kernel(plan: _Plan):
         ch = ce ** hill[j]
         return a["emax"][j] * ch / (ch + a["ec50"][j] ** hill[j])
 
-    def relief(v, alpha):
+    def relief(v, kappa):
         """Stage 2: fraction of pain relieved from the activities v (..., nb), and the opioid units."""
         U = sum((v[..., j] for j in OPI), jnp.zeros(v.shape[:-1], v.dtype))
         if rule == "loewe":
-            groups = [U] + [_inv(v[..., j], gamma) for j in NON]
+            a_op = U
+            a_non = [_inv(v[..., j], gamma) for j in NON]
         else:
-            groups = [jnp.log1p(jnp.maximum(U, 0.0) ** gamma)] + [
-                -jnp.log1p(-jnp.clip(v[..., j], 0.0, 1.0 - 1e-12)) for j in NON]
-        A = jnp.stack(groups, axis=-1)
-        S = jnp.sum(A, axis=-1)
-        cross = alpha * 0.5 * (S * S - jnp.sum(A * A, axis=-1))
-        if pair is not None:
-            cross = cross + jnp.einsum("...i,ij,...j->...", A, jnp.asarray(pair), A)
-        d = S * S + 4.0 * cross
-        pos = d > 1e-30
-        x = jnp.where(pos, 0.5 * (S + jnp.sqrt(jnp.where(pos, d, 1.0))), 0.5 * S)  # double-where: finite grads
+            a_op = jnp.log1p(jnp.maximum(U, 0.0) ** gamma)
+            a_non = [-jnp.log1p(-jnp.clip(v[..., j], 0.0, 1.0 - 1e-12)) for j in NON]
+        if a_non:
+            # power mean of the adjuncts (double-where: finite gradients where every adjunct is absent)
+            p = jnp.sum(jnp.stack([jnp.maximum(x, 0.0) ** (1.0 / kappa) for x in a_non], -1), axis=-1)
+            pos = p > 1e-30
+            A = jnp.where(pos, jnp.where(pos, p, 1.0) ** kappa, 0.0)
+        else:
+            A = jnp.zeros_like(U)
+        S = a_op + A
+        if pair is not None:  # optional Greco terms between groups (opioids, then each non-opioid)
+            G = jnp.stack([a_op] + a_non, axis=-1)
+            cross = jnp.einsum("...i,ij,...j->...", G, jnp.asarray(pair), G)
+            d = S * S + 4.0 * cross
+            ok = d > 1e-30
+            S = jnp.where(ok, 0.5 * (S + jnp.sqrt(jnp.where(ok, d, 1.0))), 0.5 * S)
         if rule == "loewe":
-            xg = jnp.maximum(x, 0.0) ** gamma
+            xg = jnp.maximum(S, 0.0) ** gamma
             return xg / (1.0 + xg), U
-        return 1.0 - jnp.exp(-x), U
+        return 1.0 - jnp.exp(-S), U
 
     def inputs(a, j):
         """Block j's scheduled inputs merged per grid point (sorted grid indices (E,), vectors (E, n_b); the
@@ -1582,7 +1596,7 @@ def _make_kernel(plan: _Plan):
         base = b_inf + (a["b0"] - b_inf) * jnp.exp(-jnp.log(2.0) * jnp.maximum(jnp.asarray(times), 0.0) / a["th"])
         A = (base + jnp.asarray(diurnal)) * a["sens"]
         B = jnp.asarray(extra)
-        alpha = a["alpha"]
+        kappa = a["kappa"]
         CF, XF = {}, {}
         rep = None
         if FB:
@@ -1618,7 +1632,7 @@ def _make_kernel(plan: _Plan):
                 v = vo
                 for j, c in zip(FB, cf):
                     v = v.at[j].set(act(j, c[0], a))
-                E, U = relief(v, alpha)
+                E, U = relief(v, kappa)
                 y = jnp.clip(Ak * (1.0 - E) + B[k], 0.0, 10.0)
                 s = 1.0 / (1.0 + jnp.exp(-(y - a["n50"]) / slope)) / (1.0 + U / a["uhalf"])
                 lam = a["lam"] * s
@@ -1659,10 +1673,10 @@ def _make_kernel(plan: _Plan):
                 XF = dict(zip(FB, outs[4]))
             for j in FB:
                 v_all[j] = act(j, CF[j][:, 0], a)
-            _, uop = relief(jnp.stack(v_all, axis=-1), alpha)
+            _, uop = relief(jnp.stack(v_all, axis=-1), kappa)
         else:
             if nb:
-                E, uop = relief(jnp.stack(v_all, axis=-1), alpha)
+                E, uop = relief(jnp.stack(v_all, axis=-1), kappa)
             else:
                 E, uop = jnp.zeros(T, dtype), jnp.zeros(T, dtype)
             y = jnp.clip(A * (1.0 - E) + B, 0.0, 10.0)

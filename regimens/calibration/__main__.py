@@ -140,14 +140,28 @@ def validate(problem: Problem, emu, post, s: Settings) -> dict:
             "loto_effects": pd.concat(loto_c, ignore_index=True)}
 
 
-def write_posterior(path: Path, rule: str, post, meta: dict, n_keep: int = 1000) -> None:
-    """The posterior JSON read by :func:`pkpd.outcome.outcome_posterior`."""
+#: The trial whose setting the SPINE-72 benchmark stands for (clinical.md 3.2: its calibration targets are
+#: the Iyer 2023 arms): its posterior trial effect is the default pain-curve multiplier of the simulator.
+REFERENCE_TRIAL = "iyer2023"
+
+
+def write_posterior(path: Path, rule: str, post, meta: dict, trials: list[str], n_keep: int = 1000) -> None:
+    """The posterior JSON read by :func:`pkpd.outcome.outcome_posterior`: parameter draws, and with each draw
+    the reference setting's pain-curve multiplier (``exp(u)`` of :data:`REFERENCE_TRIAL`)."""
     step = max(1, len(post.theta) // n_keep)
     draws = post.theta[::step][:n_keep]
+    scale = np.exp(post.u[::step, trials.index(REFERENCE_TRIAL)][:n_keep])
     obj = {"version": VERSION, "rule": rule, "parameters": list(PARAM_NAMES),
            "units": {p.name: p.unit for p in OUTCOME_PARAMETERS},
-           "draws": np.round(draws, 6).tolist(), "meta": meta}
+           "draws": np.round(draws, 6).tolist(),
+           "reference": {"trial": REFERENCE_TRIAL, "pain_scale": np.round(scale, 6).tolist()}, "meta": meta}
     path.write_text(json.dumps(obj, indent=1) + "\n")
+
+
+def save_posterior_npz(path: Path, post, trials: list[str]) -> None:
+    """Every NUTS draw (unconstrained and natural parameters, trial effects, SDs) for later analysis."""
+    np.savez(path, z=post.z, theta=post.theta, u=post.u, tau=post.tau, s=post.s, loglik=post.loglik,
+             trials=np.array(trials), params=np.array(PARAM_NAMES))
 
 
 def _plots(res: dict, folder: Path) -> list[str]:
@@ -204,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rules:
         s = Settings(**{**s0.__dict__, "rule": r})
         emu, post, chk = fit_rule(problem, s, out)
+        save_posterior_npz(out / r / "posterior.npz", post, problem.trials)
         fits[r] = (emu, post, chk, loo(post))
         _say(f"{r}: elpd_loo {fits[r][3]['elpd_loo']:.2f} (SE {fits[r][3]['se']:.2f})")
     best = max(rules, key=lambda r: fits[r][3]["elpd_loo"])
@@ -241,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         "loto": {"effects_inside_90": int(eff.inside.sum()), "effects": int(len(eff)),
                  "sign_right": int(eff.sign_right.sum())},
     }
-    write_posterior(ROOT / "pkpd" / "datasets" / "outcome_posterior.json", best, post, meta)
+    res["ppc"].to_csv(out / "ppc.csv", index=False)
+    res["loto_targets"].to_csv(out / "loto_targets.csv", index=False)
+    res["loto_effects"].to_csv(out / "loto_effects.csv", index=False)
+    write_posterior(ROOT / "pkpd" / "datasets" / "outcome_posterior.json", best, post, meta, problem.trials)
     from .report import write_report
 
     write_report(ROOT / "docs", problem, post, res, meta, _plots(res, ROOT / "docs" / "img"))
