@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 __all__ = ["DEFAULT_PATH", "LibraryRow", "library_rows", "main", "model_library_markdown", "write_model_library"]
 
 #: The committed page, relative to the repository root.
@@ -209,6 +211,25 @@ def model_library_markdown() -> str:
     lines += ["The non-drug modality terms of `PainModel` (`mis_b0_factor`, `education_sensitivity_factor`,",
               "`pt_increment`, `tens_reduction`) have no published effect size in the references: they are",
               "assumptions and off unless `PainModel(enable_assumed_modalities=True)`.", ""]
+    from .outcome import OUTCOME_PARAMETERS, outcome_posterior
+
+    post = outcome_posterior()
+    lines += ["## Outcome-model calibration", "",
+              f"`pkpd.outcome`: the {len(OUTCOME_PARAMETERS)} parameters estimated together from the evidence base "
+              "(`regimens/evidence`, `python -m regimens.calibration`; details in "
+              "[outcome_calibration.md](outcome_calibration.md)). Posterior "
+              f"version {post.version}, combination rule `{post.rule}`, {len(post.draws)} draws; the simulator "
+              "uses the medians. Priors: lognormal (median, log SD), logitnormal (median, logit SD), normal "
+              "(mean, SD), truncated to the bounds.", ""]
+    rows = []
+    for p_ in OUTCOME_PARAMETERS:
+        q = np.quantile(post.draws[p_.name].to_numpy(), [0.05, 0.5, 0.95])
+        rows.append((p_.name, f"{q[1]:.4g}", f"{q[0]:.3g} to {q[2]:.3g}", p_.unit,
+                     f"{p_.prior[0]} {p_.prior[1]:g}, {p_.prior[2]:g}", f"{p_.bounds[0]:g} to {p_.bounds[1]:g}",
+                     p_.source, _flag(p_.source.unverified), p_.description))
+    lines += _table(("parameter", "median", "90 % interval", "unit", "prior", "bounds", "prior source", "flag",
+                     "meaning"), rows)
+    lines.append("")
     lines += ["## Products", "", "Every dispensable product (`pkpd.drugs.products`):", ""]
     lines += _table(("product", "strengths", "grid", "source", "flag"),
                     [(p.key, ", ".join(f"{s:g}" for s in p.strengths_mg) + (" mg/kg" if p.per_kg else " mg"),

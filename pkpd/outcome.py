@@ -13,11 +13,13 @@ module holds
   draws, the combination rule the data preferred, how it was made);
 * :func:`outcome_point`: the values the simulator uses by default (posterior medians).
 
-The calibration also estimates one *trial effect* per trial (a multiplier of the pain curve: surgery,
-institution, unreported protocol details). The SPINE-72 benchmark stands for the setting of its calibration
-trial (clinical.md 3.2: Iyer 2023), so that trial's effect is stored with every draw
-(:attr:`OutcomePosterior.reference_scale`) and its median is the simulator's default pain-curve multiplier
-(``PainModel.setting_scale``; population column ``pain.scale`` per row).
+The calibration also estimates two *trial effects* per trial: a multiplier of the pain curve (surgery,
+institution, unreported protocol details) and a multiplier of the between-patient heterogeneity (of pain
+sensitivity and rescue propensity: who the trial enrolled). The SPINE-72 benchmark stands for the setting of
+its calibration trial (clinical.md 3.2: Iyer 2023), so that trial's effects are stored with every draw
+(:attr:`OutcomePosterior.reference_scale`, :attr:`OutcomePosterior.reference_spread`) and their medians are
+the simulator's defaults (``PainModel.setting_scale`` and ``setting_spread``; population columns
+``pain.scale`` and ``pain.spread`` per row).
 
 A population row may carry its own value of any parameter as a column ``outcome.<name>`` (e.g. a
 posterior draw: :meth:`OutcomePosterior.draw_columns`), so one batched simulation can run many parameter
@@ -239,6 +241,7 @@ class OutcomePosterior:
     meta: dict
     reference_scale: np.ndarray | None = None
     reference_trial: str = ""
+    reference_spread: np.ndarray | None = None
 
     def point(self) -> dict[str, float]:
         """Posterior medians (the simulator's default values)."""
@@ -247,6 +250,10 @@ class OutcomePosterior:
     def reference_pain_scale(self) -> float:
         """Median pain-curve multiplier of the reference setting (1 when the posterior has none)."""
         return 1.0 if self.reference_scale is None else float(np.median(self.reference_scale))
+
+    def reference_pain_spread(self) -> float:
+        """Median between-patient heterogeneity multiplier of the reference setting (1 when none)."""
+        return 1.0 if self.reference_spread is None else float(np.median(self.reference_spread))
 
     def _index(self, n: int, seed: int) -> np.ndarray:
         rng = np.random.default_rng(int(seed))
@@ -266,6 +273,8 @@ class OutcomePosterior:
         s = s.rename(columns={c: f"outcome.{c}" for c in s.columns})
         if self.reference_scale is not None:
             s["pain.scale"] = np.asarray(self.reference_scale, float)[idx]
+        if self.reference_spread is not None:
+            s["pain.spread"] = np.asarray(self.reference_spread, float)[idx]
         return s
 
 
@@ -302,14 +311,17 @@ def outcome_posterior(path: str | None = None) -> OutcomePosterior:
     if bad:
         raise ModelSpecError(f"outcome-model posterior: draws outside the bounds of {bad}")
     ref = obj.get("reference") or {}
-    scale = None
-    if "pain_scale" in ref:
-        scale = np.asarray(ref["pain_scale"], float)
-        if scale.shape != (len(draws),) or not np.all(np.isfinite(scale) & (scale > 0)):
-            raise ModelSpecError(f"outcome-model posterior {path or _FILE}: reference pain_scale must hold one "
-                                 "positive value per draw")
+    got = {}
+    for key in ("pain_scale", "pain_spread"):
+        if key in ref:
+            v = np.asarray(ref[key], float)
+            if v.shape != (len(draws),) or not np.all(np.isfinite(v) & (v > 0)):
+                raise ModelSpecError(f"outcome-model posterior {path or _FILE}: reference {key} must hold one "
+                                     "positive value per draw")
+            got[key] = v
     return OutcomePosterior(str(obj.get("version", "?")), obj["rule"], draws[[p.name for p in OUTCOME_PARAMETERS]],
-                            dict(obj.get("meta", {})), scale, str(ref.get("trial", "")))
+                            dict(obj.get("meta", {})), got.get("pain_scale"), str(ref.get("trial", "")),
+                            got.get("pain_spread"))
 
 
 def outcome_point() -> dict[str, float]:

@@ -74,6 +74,11 @@ class PainModel:
         f"({outcome_posterior().reference_trial or 'none'}): the SPINE-72 benchmark stands for its setting "
         "(clinical.md 3.2)", unverified=True), "multiplier of the pain curve of the simulated setting (population "
         "column pain.scale per row)")
+    setting_spread: PDValue = _v(outcome_posterior().reference_pain_spread(), "x", Source(
+        f"outcome-model calibration {outcome_posterior().version}", "posterior trial dispersion effect of the "
+        f"reference setting ({outcome_posterior().reference_trial or 'none'})", unverified=True),
+        "multiplier of the between-patient SDs of pain sensitivity and rescue propensity in the simulated setting "
+        "(population column pain.spread per row)")
     tolerant_b0_shift: PDValue = _v(_PT["tol_b0_shift"], "NRS", _CAL, "opioid-tolerant: higher untreated pain "
                                     "(clinical.md 3.2; size calibrated)")
     tolerant_ec50_factor: PDValue = _v(_PT["tol_ec50_factor"], "x", _CAL, "opioid-tolerant: opioid EC50 multiplier "

@@ -349,7 +349,8 @@ def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, option
         ``pain.sensitivity`` (the patient's whole multiplier of the pain curve) replace the pain model's draws — how posterior
         draws of a fitted patient are simulated (:mod:`regimens.posterior`); ``pain.scale`` replaces the
         setting's multiplier of the pain curve (``PainModel.setting_scale``: an effect shared by a group, e.g.
-        one trial's surgery and institution). A column naming an unknown drug
+        one trial's surgery and institution) and ``pain.spread`` the setting's multiplier of the
+        between-patient SDs of pain sensitivity and rescue propensity (``PainModel.setting_spread``). A column naming an unknown drug
         parameter is an error. Columns ``z.<stream>.<j>`` give the standard-normal variability draws
         themselves (:func:`variability_columns`: a known patient under another ID). Columns
         ``outcome.<name>`` give a row its own value of a calibrated outcome-model parameter
@@ -1045,7 +1046,16 @@ class _Plan:
         b0 = th_["b0"] + float(pain.b0_sd.value) * zp[:, 0] + tol * th_["tol_b0_shift"]
         cv = float(pain.t_half_cv.value)
         th = th_["t_half"] * np.exp(np.sqrt(np.log1p(cv * cv)) * zp[:, 1])
-        sens = np.exp(th_["sensitivity_sd"] * zp[:, 2])
+        # the setting's heterogeneity: a multiplier of the between-patient SDs of pain sensitivity and rescue
+        # propensity (the pain model's, or a row's own pain.spread)
+        spread = np.full(n_pat, float(pain.setting_spread.value))
+        if "pain.spread" in sub:
+            given = sub["pain.spread"].to_numpy(float)
+            if np.any(np.isfinite(given) & (given <= 0)):
+                raise ModelSpecError("population column pain.spread must be > 0 (a multiplier of the "
+                                     "between-patient SDs)")
+            spread = np.where(np.isfinite(given), given, spread)
+        sens = np.exp(th_["sensitivity_sd"] * spread * zp[:, 2])
         # the setting's pain-curve multiplier (a trial's surgery and institution): the pain model's (the
         # calibration's reference setting), or a row's own pain.scale
         setting = np.full(n_pat, float(pain.setting_scale.value))
@@ -1072,7 +1082,7 @@ class _Plan:
                 sens = sens * float(pain.education_sensitivity_factor.value)
         # rescue propensity: one log-normal draw per patient (stream "demand"), shared by every rescue kind
         zd = _draws(sub, seed, "demand", 1)[:, 0] if self.opts.iiv else np.zeros(n_pat)
-        prop = np.exp(th_["demand_iiv"] * zd)
+        prop = np.exp(th_["demand_iiv"] * spread * zd)
         lam = np.stack([th_[_demand_key(it)] for it in self.items] or [np.zeros(n_pat)], axis=1) * prop[:, None]
         if not self.items:
             lam = np.zeros((n_pat, 1))

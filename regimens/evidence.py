@@ -86,7 +86,8 @@ class Outcome:
 @dataclass(frozen=True)
 class Arm:
     """One arm: ``id``, ``n`` (analysed patients; ``n_note`` when derived), ``intervention`` as reported,
-    ``regimen`` (a file of ``regimens/evidence/regimens`` or a shipped regimen name), ``outcomes``."""
+    ``regimen`` (a file of ``regimens/evidence/regimens`` or a shipped regimen name), ``outcomes``, and the
+    arm's own share of opioid-tolerant patients where it differs from the trial's (stratified trials)."""
 
     id: str
     intervention: str
@@ -95,6 +96,7 @@ class Arm:
     outcomes: tuple[Outcome, ...]
     n_note: str = ""
     note: str = ""
+    p_opioid_tolerant: float | None = None
 
 
 @dataclass(frozen=True)
@@ -204,7 +206,8 @@ def _trial(path: Path, problems: list[str]) -> Trial | None:
         arms.append(Arm(id=str(a["id"]), intervention=str(a["intervention"]), regimen=str(a.get("regimen", "")),
                         n=None if a.get("n") is None else int(a["n"]),
                         outcomes=tuple(o for o in outs if o is not None), n_note=str(a.get("n_note", "")),
-                        note=str(a.get("note", ""))))
+                        note=str(a.get("note", "")),
+                        p_opioid_tolerant=None if a.get("p_opioid_tolerant") is None else float(a["p_opioid_tolerant"])))
     if not arms:
         problems.append(f"{where}: no arms")
     ids = {a.id for a in arms}

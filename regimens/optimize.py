@@ -496,12 +496,16 @@ class PopulationProposal:
         ``C0``, ``C1`` over the patient's draws: means of ``MME_0_72`` (mg), ``TIT3``, ``PAIN_AUC``, ``P_OIRD``,
         ``P_PONV`` (columns ``<outcome>_<regimen>``), ``MME_P90_<regimen>``, ``MME_CVAR90_<regimen>`` (mean of
         the worst 10 % of draws), the largest ``LAST_INDEX_<regimen>``, the estimated probabilities of crossing
-        each toxicity limit ``P_TOX_<drug>_proposal`` (LAST for bupivacaine), plus ``SAFE`` (every hard check
-        passed) and ``WHY`` (the failed checks, empty when safe), ``TIT_TARGET`` (the time-in-target
-        constraint: C1's mean minus ``tit_slack``, or ``min_time_in_target`` when higher) and
-        ``TIT3_SEARCHED`` (NaN, or the mean time in target of the searched schedule where it missed the
-        target in the exact evaluation and was replaced by the fallback: adjuncts at their maxima within the
-        patient's limits, with C1's rescue policy).
+        each toxicity limit ``P_TOX_<drug>_proposal`` (LAST for bupivacaine), plus ``SAFE`` (every hard
+        safety check passed: toxicity chance constraints, C1's OIRD risk) and ``WHY`` (the failed checks,
+        empty when safe); the pain constraints ``TIT_TARGET`` (C1's mean time with NRS <= 3 minus
+        ``tit_slack``, or ``min_time_in_target`` when higher), ``GE4_TARGET`` and ``GE7_TARGET`` (C1's mean
+        time with NRS >= 4 / >= 7 plus ``ge4_slack`` / ``ge7_slack``), ``PAIN_OK`` (all met) and
+        ``PAIN_WHY`` (the missed ones, with figures); ``TIT3_SEARCHED`` (NaN, or the time in target of the
+        searched schedule where it missed a constraint in the exact evaluation), ``REPAIR`` (the repair steps
+        taken, in order: C1's rescue policy, the used adjuncts at their maxima, the fallback) and
+        ``FALLBACK`` (the proposal is the fallback: every allowed adjunct at its maximum with C1's rescue
+        policy).
     draws
         The exact simulations (``"proposal"``, ``"C0"``, ``"C1"`` -> PopulationResult over P x S rows).
     superset, weights, rescue_tables
@@ -1061,9 +1065,8 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
         if not changed:
             break
         Wt, tabs, prop, pp, tox, why, pain = exact()
-    for p in range(P):  # constraints still missed after every repair step are reported, never hidden
-        for m in pain_misses(p, pain):
-            why[p].append(("pain", f"after every repair step: {m}"))
+    # pain constraints still missed after every repair step are reported (PAIN_OK, PAIN_WHY), never hidden
+    pain_why = [pain_misses(p, pain) for p in range(P)]
     why = [[m for _, m in w] for w in why]
     times["exact_s"] = time.perf_counter() - t0
     out = pop.copy()
@@ -1086,6 +1089,8 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     out["TIT3_SEARCHED"] = searched_tit  # the search's schedule, where it missed a constraint and was repaired
     out["REPAIR"] = ["; ".join(r) for r in repairs]
     out["FALLBACK"] = fallback
+    out["PAIN_OK"] = [not w for w in pain_why]
+    out["PAIN_WHY"] = ["; ".join(w) for w in pain_why]
     times["total_s"] = time.perf_counter() - t_start
     return PopulationProposal(spaces, amounts, out, {"proposal": prop, **comps}, superset, Wt[row_patient], times,
                               rows, col, REF, [policies[int(i)] for i in chosen_pol], tabs, pol_tabs,
@@ -1175,6 +1180,9 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
     if got < tit_target - 1e-9:
         notes.append(f"time in target {got:.1%} is below the target {tit_target:.1%} ({whose}) in the exact "
                      "evaluation, also after every repair step")
+    for m in filter(None, str(row["PAIN_WHY"]).split("; ")):
+        if not m.startswith("time with NRS <= 3"):
+            notes.append(f"NOT MET after every repair step: {m}")
     return Proposal(regimen, space, sched, comparison, outcomes, findings, notes, fallback=bool(row["FALLBACK"]))
 
 
@@ -1484,6 +1492,7 @@ def trial_summary(patients: pd.DataFrame) -> pd.DataFrame:
                 r[f"MME_vs_{ref}_pct"] = 100 * (1 - m / base) if base > 0 else float("nan")
             r["n_unsafe"] = int((~g["SAFE"]).sum()) if reg == "proposal" else 0
             r["n_fallback"] = int(g["FALLBACK"].sum()) if reg == "proposal" and "FALLBACK" in g else 0
+            r["n_pain_missed"] = int((~g["PAIN_OK"].astype(bool)).sum()) if reg == "proposal" and "PAIN_OK" in g else 0
             r["n_repaired"] = int((g["REPAIR"].astype(str) != "").sum()) if reg == "proposal" and "REPAIR" in g else 0
             rows.append(r)
     return pd.DataFrame(rows)

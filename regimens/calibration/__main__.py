@@ -42,9 +42,9 @@ def _say(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
-def _inputs(problem: Problem, z: np.ndarray, u: np.ndarray) -> np.ndarray:
+def _inputs(problem: Problem, z: np.ndarray, u: np.ndarray, w: np.ndarray) -> np.ndarray:
     tri = _target_trials(problem)
-    return standardize(np.broadcast_to(z[:, None, :], (len(z), len(tri), z.shape[1])), u[:, tri])
+    return standardize(np.broadcast_to(z[:, None, :], (len(z), len(tri), z.shape[1])), u[:, tri], w[:, tri])
 
 
 def _target_trials(problem: Problem) -> np.ndarray:
@@ -60,8 +60,8 @@ def waves(problem: Problem, s: Settings, out: Path) -> None:
             continue
         center = scale = None
         if k > 0:
-            z, u, y, _ = load_waves(problem, folder)
-            emu = fit_emulator(_inputs(problem, z, u), y, seed=s.seed)
+            z, u, w, y, _ = load_waves(problem, folder)
+            emu = fit_emulator(_inputs(problem, z, u, w), y, seed=s.seed)
             post = fit_posterior(emu, problem.flat, _target_trials(problem), len(problem.trials),
                                  draws=300, warmup=300, chains=1, seed=s.seed + k)
             center = post.z.mean(0)
@@ -72,10 +72,10 @@ def waves(problem: Problem, s: Settings, out: Path) -> None:
 
 def fit_rule(problem: Problem, s: Settings, out: Path):
     """Emulator (checked on held-out points of the last wave, then refitted on all) and NUTS posterior."""
-    z, u, y, w = load_waves(problem, out / s.rule)
-    x = _inputs(problem, z, u)
+    z, u, v, y, wave = load_waves(problem, out / s.rule)
+    x = _inputs(problem, z, u, v)
     rng = np.random.default_rng(s.seed)
-    last = np.flatnonzero(w == w.max())
+    last = np.flatnonzero(wave == wave.max())
     hold = rng.permutation(last)[:max(1, int(round(s.holdout * len(last))))]
     train = np.setdiff1d(np.arange(len(z)), hold)
     emu = fit_emulator(x[train], y[train], seed=s.seed)
@@ -150,18 +150,21 @@ def write_posterior(path: Path, rule: str, post, meta: dict, trials: list[str], 
     the reference setting's pain-curve multiplier (``exp(u)`` of :data:`REFERENCE_TRIAL`)."""
     step = max(1, len(post.theta) // n_keep)
     draws = post.theta[::step][:n_keep]
-    scale = np.exp(post.u[::step, trials.index(REFERENCE_TRIAL)][:n_keep])
+    k = trials.index(REFERENCE_TRIAL)
+    scale = np.exp(post.u[::step, k][:n_keep])
+    spread = np.exp(post.w[::step, k][:n_keep])
     obj = {"version": VERSION, "rule": rule, "parameters": list(PARAM_NAMES),
            "units": {p.name: p.unit for p in OUTCOME_PARAMETERS},
            "draws": np.round(draws, 6).tolist(),
-           "reference": {"trial": REFERENCE_TRIAL, "pain_scale": np.round(scale, 6).tolist()}, "meta": meta}
+           "reference": {"trial": REFERENCE_TRIAL, "pain_scale": np.round(scale, 6).tolist(),
+                         "pain_spread": np.round(spread, 6).tolist()}, "meta": meta}
     path.write_text(json.dumps(obj, indent=1) + "\n")
 
 
 def save_posterior_npz(path: Path, post, trials: list[str]) -> None:
     """Every NUTS draw (unconstrained and natural parameters, trial effects, SDs) for later analysis."""
-    np.savez(path, z=post.z, theta=post.theta, u=post.u, tau=post.tau, s=post.s, loglik=post.loglik,
-             trials=np.array(trials), params=np.array(PARAM_NAMES))
+    np.savez(path, z=post.z, theta=post.theta, u=post.u, w=post.w, tau=post.tau, tau_w=post.tau_w, s=post.s,
+             loglik=post.loglik, trials=np.array(trials), params=np.array(PARAM_NAMES))
 
 
 def _plots(res: dict, folder: Path) -> list[str]:
@@ -252,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         "rule_comparison": comparison,
         "trial_effect_sd": {"median": float(np.median(post.tau)), "p05": float(np.quantile(post.tau, 0.05)),
                             "p95": float(np.quantile(post.tau, 0.95))},
+        "trial_spread_sd": {"median": float(np.median(post.tau_w)), "p05": float(np.quantile(post.tau_w, 0.05)),
+                            "p95": float(np.quantile(post.tau_w, 0.95))},
         "discrepancy_sd": {k: float(np.median(post.s[:, i])) for i, k in enumerate(("log_mean", "log_sd", "pain"))},
         "loto": {"effects_inside_90": int(eff.inside.sum()), "effects": int(len(eff)),
                  "sign_right": int(eff.sign_right.sum())},

@@ -71,22 +71,11 @@ def calibration_arms(evidence, use: str = "calibration") -> list[ArmSim]:
     out = []
     for t in evidence.used(use):
         for a in t.arms:
-            p = t.simulation.get("p_opioid_tolerant")
-            raw = _arm_table(t, a.id).get("p_opioid_tolerant", p)
-            if not isinstance(raw, (int, float)):
+            raw = a.p_opioid_tolerant if a.p_opioid_tolerant is not None else t.simulation.get("p_opioid_tolerant")
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)):
                 raise EvidenceError(f"{t.id} arm {a.id}: p_opioid_tolerant must be a number (trial or arm)")
             out.append(ArmSim(t, a, float(raw)))
     return out
-
-
-def _arm_table(trial: Trial, arm_id: str) -> dict:
-    import tomllib
-
-    d = tomllib.loads(trial.path.read_text()) if trial.path else {}
-    for a in d.get("arm", []):
-        if a.get("id") == arm_id:
-            return a
-    return {}
 
 
 def arm_population(arm: ArmSim, n: int, seed: int) -> pd.DataFrame:

@@ -68,7 +68,15 @@ def run_checks(n: int = 1000, seed: int = 72) -> list[Check]:
                                                                         age=(57.1, 10.0, 18.0, 75.0)))
     for name, (m, sd) in {"IYER_PLACEBO": (299.0, 179.0), "IYER_APAP": (255.0, 179.0),
                           "IYER_KETOROLAC": (173.0, 157.0)}.items():
-        x = _sim(get_regimen(name), iyer_pop, seed).patients.MME_0_72
+        pts = _sim(get_regimen(name), iyer_pop, seed).patients
+        x = pts.MME_0_72
+        if name == "IYER_PLACEBO":  # the OIRD scale d_ref is set so that this arm has Gupta's base rate
+            from pkpd.pd import AdverseEffectModel
+
+            out.append(Check("IYER_PLACEBO mean P(OIRD)", float(pts.P_OIRD.mean()), 0.004, 0.006,
+                             "Gupta 2018 base rate 5/1000 (AdverseEffectModel.d_ref = "
+                             f"{AdverseEffectModel().d_ref.value:g} is set by regimens.calibration.checks.oird_scale)",
+                             True))
         out.append(Check(f"{name} mean 72-h MME (mg)", float(x.mean()), 0.85 * m, 1.15 * m,
                          f"Iyer 2023: {m:g} +- {sd:g} (+-15 %)", True))
         out.append(Check(f"{name} SD of 72-h MME (mg)", float(x.std()), 0.7 * sd, 1.3 * sd,
@@ -102,7 +110,7 @@ def run_checks(n: int = 1000, seed: int = 72) -> list[Check]:
         skew = float(((x - x.mean()) ** 3).mean() / x.std() ** 3)
         out.append(Check(f"{name}: skewness of 72-h MME", skew, 0.0, None, "right tail (targets.spread)", True))
     red = 100 * (1 - p1.MME_0_72.mean() / c0.MME_0_72.mean())
-    out.append(Check("C1 vs C0: 72-h MME reduction (%)", float(red), 7.0, 60.0,
+    out.append(Check("C1 vs C0: 72-h MME reduction (%)", float(red), 3.0, 60.0,
                      "clinical.md 2: ERAS spine -7.26 mg (BJA 2025) to -164 mg (Neurosurgery 2024); Brusko 2019 "
                      "-38 % on POD0-1; annsurg2023 ERAS RCT 112 vs 118 MME (-5 %)", False))
     # single adjuncts in opioid-tolerant patients on a PCA background (Nielsen 2017 -35 %; the LB pilot)
@@ -117,13 +125,12 @@ def run_checks(n: int = 1000, seed: int = 72) -> list[Check]:
                      "in the calibration", True))
     from .._model import Regimen, Scheduled
 
-    lb = Regimen(name="pca+lb", description="", scheduled=(Scheduled("bupivacaine_liposomal", "infiltration",
-                                                                     dose_mg=266.0, start_h=-0.25),),
-                 pca=arm_regimen(niel.arm("placebo")).pca, horizon_h=72.0)
+    plac = arm_regimen(niel.arm("placebo"))
+    lb = Regimen(name="pca+lb", description="", horizon_h=72.0, pca=plac.pca, scheduled=plac.scheduled + (
+        Scheduled("bupivacaine_liposomal", "infiltration", dose_mg=266.0, start_h=-0.25),))
     lbr = _sim(lb, tol_pop, seed).patients
     out.append(Check("tolerant, morphine PCA: liposomal bupivacaine 266 mg, 0-72 h change (%)",
-                     float(100 * (lbr.MME_0_72.mean() / _sim(arm_regimen(niel.arm("placebo")), tol_pop,
-                                                              seed).patients.MME_0_72.mean() - 1)),
+                     float(100 * (lbr.MME_0_72.mean() / _sim(plac, tol_pop, seed).patients.MME_0_72.mean() - 1)),
                      None, 0.0, "LB pilot RCT (brown2018): opioid-tolerant 13.3 vs 20.6 'MME' (-35 %, unit unclear, "
                      "not in the calibration); clinical.md 2 (LB does little overall)", False))
     pk = lbr.PEAK_BUPI
@@ -134,13 +141,52 @@ def run_checks(n: int = 1000, seed: int = 72) -> list[Check]:
     return out
 
 
+def oird_scale(n: int = 2000, seed: int = 72, target: float = 0.005) -> float:
+    """The ``AdverseEffectModel.d_ref`` (reference ventilatory depression) that gives the opioid-centric
+    Iyer placebo arm a mean OIRD probability of ``target`` (Gupta 2018 base rate 5/1000, clinical.md 3.1).
+
+    The cumulative hazard of every patient scales as ``1/d_ref**2``, so the value is found by a 1-D root
+    search on the mean probability (brentq)."""
+    from scipy.optimize import brentq
+
+    from pkpd.pd import AdverseEffectModel
+
+    ae = AdverseEffectModel()
+    d0 = float(ae.d_ref.value)
+    pop = spine72_population(n, seed, PopulationSpec().with_values(p_opioid_tolerant=0.0,
+                                                                   age=(57.1, 10.0, 18.0, 75.0)))
+    pts = _sim(get_regimen("IYER_PLACEBO"), pop, seed).patients
+    h0 = -np.log1p(-np.clip(pts.P_OIRD.to_numpy(), 0, 1 - 1e-15))  # hazard incl. the OSA odds: approximate
+    osa = pts.OSA.to_numpy(float) if "OSA" in pts else np.zeros(len(pts))
+    p_raw = 1.0 - np.exp(-h0)
+    odds0 = p_raw / (1 - p_raw) / np.where(osa > 0, float(ae.osa_or.value), 1.0)
+    base_h = -np.log1p(-odds0 / (1 + odds0))  # the kernel's cumulative hazard at d0
+
+    def mean_p(d):
+        h = base_h * (d0 / d) ** 2
+        p = 1.0 - np.exp(-h)
+        o = p / (1 - p) * np.where(osa > 0, float(ae.osa_or.value), 1.0)
+        return float(np.mean(o / (1 + o))) - target
+
+    return float(brentq(mean_p, d0 / 100, d0 * 100))
+
+
+def _bounds(c: Check) -> str:
+    if c.low is None and c.high is None:
+        return "(reported)"
+    if c.low is None:
+        return f"<= {c.high:.3g}"
+    if c.high is None:
+        return f">= {c.low:.3g}"
+    return f"{c.low:.3g} to {c.high:.3g}"
+
+
 def checks_markdown(checks: list[Check], n: int, seed: int) -> str:
     from pkpd.outcome import outcome_posterior
 
     post = outcome_posterior()
     rows = [{"check": c.what, "simulated": f"{c.value:.3g}",
-             "target": ("-" if c.low is None and c.high is None else
-                        f"{'' if c.low is None else f'{c.low:.3g}'}-{'' if c.high is None else f'{c.high:.3g}'}"),
+             "target": _bounds(c),
              "in the calibration": "yes (fit)" if c.fitted else "no",
              "result": "pass" if c.passed else ("**MISS**" if (c.low is not None or c.high is not None) else "-"),
              "source": c.source} for c in checks]

@@ -1,8 +1,9 @@
 """Design points of the outcome-model parameters and their simulation in every evidence arm.
 
 A design point is one value of every calibrated parameter (:data:`pkpd.outcome.OUTCOME_PARAMETERS`) plus
-one *trial effect* per trial: a log-multiplier ``u`` of the pain curve (``pain.scale = exp(u)``) standing
-for what differs between trials beyond the regimen (surgery, institution, unreported protocol details).
+two *trial effects* per trial, standing for what differs between trials beyond the regimen: a log-multiplier
+``u`` of the pain curve (``pain.scale = exp(u)``: surgery, institution, unreported protocol details) and a
+log-multiplier ``w`` of the between-patient heterogeneity (``pain.spread = exp(w)``: who the trial enrolled).
 Every arm is simulated at every design point in one batched call: rows are design points x virtual
 patients, each row carrying its design point's values as ``outcome.<name>`` / ``pain.scale`` columns and
 its patient's variability draws as ``z.*`` columns (:func:`pkpd.regimen_sim.variability_columns`), so all
@@ -47,7 +48,8 @@ def to_unconstrained(x: np.ndarray) -> np.ndarray:
 
 
 def sample_design(n: int, n_trials: int, seed: int, *, center: np.ndarray | None = None,
-                  scale: np.ndarray | None = None, trial_sd: float = TRIAL_EFFECT_SD) -> tuple[np.ndarray, np.ndarray]:
+                  scale: np.ndarray | None = None, trial_sd: float = TRIAL_EFFECT_SD
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` space-filling design points (scrambled Sobol, mapped through the normal quantile).
 
     Parameters
@@ -66,8 +68,8 @@ def sample_design(n: int, n_trials: int, seed: int, *, center: np.ndarray | None
     -------
     z : ndarray (n, P)
         Unconstrained parameter values.
-    u : ndarray (n, n_trials)
-        Trial effects (log pain-curve multipliers).
+    u, w : ndarray (n, n_trials)
+        Trial effects: log multipliers of the pain curve and of the between-patient heterogeneity.
     """
     from scipy.stats import norm, qmc
 
@@ -76,7 +78,8 @@ def sample_design(n: int, n_trials: int, seed: int, *, center: np.ndarray | None
         center = np.array([p.prior_loc_scale[0] for p in OUTCOME_PARAMETERS])
     if scale is None:
         scale = np.array([p.prior_loc_scale[1] for p in OUTCOME_PARAMETERS])
-    s = qmc.Sobol(P + n_trials, scramble=True, seed=seed).random(n)
+    m = max(int(np.ceil(np.log2(max(n, 2)))), 1)
+    s = qmc.Sobol(P + 2 * n_trials, scramble=True, seed=seed).random_base2(m)[:n]  # a power of 2, then the first n
     g = norm.ppf(np.clip(s, 1e-6, 1 - 1e-6))
     z = center + scale * g[:, :P]
     # keep every point inside the bounds (on the unconstrained scale)
@@ -85,12 +88,13 @@ def sample_design(n: int, n_trials: int, seed: int, *, center: np.ndarray | None
     hi = to_unconstrained(np.array([[min(p.bounds[1], 1 - 1e-9) if p.prior[0] == "logitnormal" else p.bounds[1]
                                      for p in OUTCOME_PARAMETERS]]))[0]
     z = np.clip(z, lo, hi)
-    u = trial_sd * g[:, P:]
-    return z, u
+    u = trial_sd * g[:, P:P + n_trials]
+    w = trial_sd * g[:, P + n_trials:]
+    return z, u, w
 
 
-def simulate_arm(arm: ArmSim, targets: list[Target], theta: np.ndarray, pain_scale: np.ndarray, *,
-                 n_patients: int, seed: int, rule: str = "loewe",
+def simulate_arm(arm: ArmSim, targets: list[Target], theta: np.ndarray, pain_scale: np.ndarray,
+                 pain_spread: np.ndarray, *, n_patients: int, seed: int, rule: str = "loewe",
                  progress: Callable[[str], None] | None = None) -> np.ndarray:
     """The arm's target statistics at every design point.
 
@@ -100,8 +104,9 @@ def simulate_arm(arm: ArmSim, targets: list[Target], theta: np.ndarray, pain_sca
         The arm and its targets (:func:`regimens.calibration.arms.arm_targets`).
     theta
         (D, P) parameter values, natural units (:data:`PARAM_NAMES` order).
-    pain_scale
-        (D,) the arm's trial effect at each point, as a multiplier of the pain curve.
+    pain_scale, pain_spread
+        (D,) the arm's trial effects at each point: multipliers of the pain curve and of the between-patient
+        heterogeneity.
     n_patients, seed
         Virtual patients of the arm (the same for every point) and their seed.
     rule
@@ -122,6 +127,7 @@ def simulate_arm(arm: ArmSim, targets: list[Target], theta: np.ndarray, pain_sca
     for j, name in enumerate(PARAM_NAMES):
         rows[f"outcome.{name}"] = np.repeat(theta[:, j], n_patients)
     rows["pain.scale"] = np.repeat(np.asarray(pain_scale, float), n_patients)
+    rows["pain.spread"] = np.repeat(np.asarray(pain_spread, float), n_patients)
     res = simulate_regimen(reg, rows, seed=seed, options=SimOptions(record_trajectories=False, record_doses=False,
                                                                   combination=rule))
     values = {}

@@ -1,8 +1,8 @@
 """Gaussian-process emulators of the simulated target statistics.
 
 One emulator per target statistic (an arm's log mean opioid use, log SD, log median or mean pain) as a
-function of the standardized inputs ``x = [(z - prior mean) / prior SD, u / TRIAL_EFFECT_SD]`` (the
-unconstrained outcome-model parameters and the arm's trial effect): a linear mean (least squares) plus a
+function of the standardized inputs ``x = [(z - prior mean) / prior SD, u / TRIAL_EFFECT_SD,
+w / TRIAL_EFFECT_SD]`` (the unconstrained outcome-model parameters and the arm's two trial effects): a linear mean (least squares) plus a
 zero-mean GP with an anisotropic (ARD) squared-exponential kernel and a nugget for the simulation noise
 (finite virtual populations). Hyperparameters maximize the log marginal likelihood (L-BFGS on a subset of
 at most ``fit_points`` points); the GP is then conditioned on every training point. The prediction is the
@@ -31,9 +31,10 @@ _LOC = np.array([p.prior_loc_scale[0] for p in OUTCOME_PARAMETERS])
 _SCALE = np.array([p.prior_loc_scale[1] for p in OUTCOME_PARAMETERS])
 
 
-def standardize(z, u, xp=np):
-    """Emulator inputs from unconstrained parameters ``z`` (..., P) and trial effects ``u`` (...,)."""
-    return xp.concatenate([(z - _LOC) / _SCALE, (u / TRIAL_EFFECT_SD)[..., None]], axis=-1)
+def standardize(z, u, w, xp=np):
+    """Emulator inputs from unconstrained parameters ``z`` (..., P) and trial effects ``u``, ``w`` (...,)."""
+    return xp.concatenate([(z - _LOC) / _SCALE, (u / TRIAL_EFFECT_SD)[..., None], (w / TRIAL_EFFECT_SD)[..., None]],
+                          axis=-1)
 
 
 def _kernel(a, b, log_ls, log_sf2):

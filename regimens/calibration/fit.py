@@ -5,8 +5,10 @@ Model (every target ``j`` of arm ``a`` in trial ``t``; :class:`regimens.calibrat
     z_p   ~ Normal(prior mean, prior SD), truncated to the parameter's bounds (unconstrained scale)
     tau   ~ HalfNormal(0.3)                        between-trial SD of the pain-curve effect
     u_t   = tau * e_t,  e_t ~ Normal(0, 1)         trial effect (log multiplier of the pain curve)
+    tau_w ~ HalfNormal(0.3)                        between-trial SD of the heterogeneity effect
+    w_t   = tau_w * f_t, f_t ~ Normal(0, 1)        trial effect (log multiplier of the between-patient SDs)
     s_k   ~ HalfNormal(0.2 | 0.2 | 0.5)            arm-level discrepancy for log means/medians | log SDs | pain
-    y_j   ~ Normal(emulator_j(z, u_t), sqrt(se_j^2 + s_k(j)^2 + rmse_j^2))
+    y_j   ~ Normal(emulator_j(z, u_t, w_t), sqrt(se_j^2 + s_k(j)^2 + rmse_j^2))
 
 ``se_j`` comes from the arm's N and reported spread (sampling error of the arm's statistic), ``s_k`` is
 what the model cannot explain arm by arm (shared by the arms of every trial: a model discrepancy, not
@@ -39,9 +41,9 @@ _TAU_PRIOR = 0.3
 
 @dataclass
 class Posterior:
-    """NUTS draws: ``z`` (S, P) unconstrained, ``theta`` (S, P) natural, ``u`` (S, T) trial effects,
-    ``tau`` (S,), ``s`` (S, 3) discrepancy SDs, ``loglik`` (S, J) pointwise (masked targets: 0),
-    diagnostics (R-hat, ESS, divergences)."""
+    """NUTS draws: ``z`` (S, P) unconstrained, ``theta`` (S, P) natural, ``u`` and ``w`` (S, T) trial
+    effects, ``tau`` and ``tau_w`` (S,) their SDs, ``s`` (S, 3) discrepancy SDs, ``loglik`` (S, J) pointwise
+    (masked targets: 0), diagnostics (R-hat, ESS, divergences)."""
 
     z: np.ndarray
     theta: np.ndarray
@@ -50,6 +52,8 @@ class Posterior:
     s: np.ndarray
     loglik: np.ndarray
     diagnostics: dict
+    w: np.ndarray | None = None
+    tau_w: np.ndarray | None = None
 
 
 def _bounds_unconstrained() -> tuple[np.ndarray, np.ndarray]:
@@ -79,8 +83,11 @@ def _model(emu: Emulator, obs, se, kind, trial, mask, n_trials):
     tau = numpyro.sample("tau", dist.HalfNormal(_TAU_PRIOR))
     e = numpyro.sample("e", dist.Normal(0.0, 1.0).expand([n_trials]).to_event(1))
     u = tau * e
+    tau_w = numpyro.sample("tau_w", dist.HalfNormal(_TAU_PRIOR))
+    f = numpyro.sample("f", dist.Normal(0.0, 1.0).expand([n_trials]).to_event(1))
+    w = tau_w * f
     s = numpyro.sample("s", dist.HalfNormal(jnp.asarray(_S_PRIOR)).to_event(1))
-    x = standardize(jnp.broadcast_to(z, (len(obs), z.shape[-1])), u[trial], xp=jnp)
+    x = standardize(jnp.broadcast_to(z, (len(obs), z.shape[-1])), u[trial], w[trial], xp=jnp)
     mu = emu.predict(x)
     sd = jnp.sqrt(se ** 2 + s[kind] ** 2 + jnp.asarray(emu.rmse) ** 2)
     ll = dist.Normal(mu, sd).log_prob(obs) * mask
@@ -118,13 +125,14 @@ def fit_posterior(emu: Emulator, targets: list[Target], trial_index: np.ndarray,
                 progress_bar=progress_bar)
     mcmc.run(jax.random.PRNGKey(seed), emu, obs, se, kind, jnp.asarray(trial_index), m, n_trials)
     smp = mcmc.get_samples(group_by_chain=True)
-    summ = summary({k: v for k, v in smp.items() if k in ("z", "tau", "s", "e")}, group_by_chain=True)
+    summ = summary({k: v for k, v in smp.items() if k in ("z", "tau", "s", "e", "tau_w", "f")}, group_by_chain=True)
     rhat = max(float(np.nanmax(np.asarray(v["r_hat"]))) for v in summ.values())
     ess = min(float(np.nanmin(np.asarray(v["n_eff"]))) for v in summ.values())
     div = int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
     flat = {k: np.asarray(v).reshape((-1,) + v.shape[2:]) for k, v in smp.items()}
     z = flat["z"]
     u = flat["tau"][:, None] * flat["e"]
+    w = flat["tau_w"][:, None] * flat["f"]
     return Posterior(z, to_natural(z), u, flat["tau"], flat["s"], flat["loglik"],
                      {"max_rhat": rhat, "min_ess": ess, "divergences": div, "draws": int(z.shape[0]),
-                      "chains": chains, "warmup": warmup})
+                      "chains": chains, "warmup": warmup}, w, flat["tau_w"])

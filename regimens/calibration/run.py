@@ -67,9 +67,10 @@ def load_problem(use: str = "calibration") -> Problem:
     return Problem(arms, targets, trials)
 
 
-def simulate_wave(problem: Problem, z: np.ndarray, u: np.ndarray, settings: Settings, *,
+def simulate_wave(problem: Problem, z: np.ndarray, u: np.ndarray, w: np.ndarray, settings: Settings, *,
                   progress: Callable[[str], None] = print) -> np.ndarray:
-    """Simulate every arm at design points ``z`` (unconstrained, (D, P)) with trial effects ``u`` (D, T).
+    """Simulate every arm at design points ``z`` (unconstrained, (D, P)) with trial effects ``u``, ``w``
+    (D, T: log multipliers of the pain curve and of the between-patient heterogeneity).
 
     Returns the statistics (D, n_targets) in :attr:`Problem.flat` order.
     """
@@ -79,7 +80,8 @@ def simulate_wave(problem: Problem, z: np.ndarray, u: np.ndarray, settings: Sett
     for i, (arm, ts) in enumerate(zip(problem.arms, problem.targets)):
         if not ts:
             continue
-        cols.append(simulate_arm(arm, ts, theta, np.exp(u[:, tri[i]]), n_patients=settings.n_patients,
+        cols.append(simulate_arm(arm, ts, theta, np.exp(u[:, tri[i]]), np.exp(w[:, tri[i]]),
+                                 n_patients=settings.n_patients,
                                  seed=settings.seed + 1000 + i, rule=settings.rule, progress=progress))
     return np.concatenate(cols, axis=1)
 
@@ -89,23 +91,23 @@ def run_wave(problem: Problem, k: int, settings: Settings, out: Path, *, center=
     """Sample and simulate wave ``k`` (0-based) and save it to ``out/wave<k>.npz``."""
     out.mkdir(parents=True, exist_ok=True)
     n = settings.waves[k]
-    z, u = sample_design(n, len(problem.trials), settings.seed + 17 * k, center=center, scale=scale,
-                         trial_sd=TRIAL_EFFECT_SD)
+    z, u, w = sample_design(n, len(problem.trials), settings.seed + 17 * k, center=center, scale=scale,
+                            trial_sd=TRIAL_EFFECT_SD)
     t0 = time.perf_counter()
-    y = simulate_wave(problem, z, u, settings, progress=progress)
+    y = simulate_wave(problem, z, u, w, settings, progress=progress)
     path = out / settings.rule / f"wave{k}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, z=z, u=u, y=y, keys=np.array([t.key for t in problem.flat]),
+    np.savez(path, z=z, u=u, w=w, y=y, keys=np.array([t.key for t in problem.flat]),
              params=np.array(PARAM_NAMES), trials=np.array(problem.trials),
              settings=json.dumps(settings.__dict__), seconds=time.perf_counter() - t0)
     progress(f"wave {k}: {n} points in {time.perf_counter() - t0:.0f} s -> {path}")
     return path
 
 
-def load_waves(problem: Problem, out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """All saved waves: z (N, P), u (N, T), y (N, n_targets), wave index (N,). Checks they belong to the
-    same problem (targets, parameters, trials)."""
-    zs, us, ys, ws = [], [], [], []
+def load_waves(problem: Problem, out: Path) -> tuple[np.ndarray, ...]:
+    """All saved waves: z (N, P), u (N, T), w (N, T), y (N, n_targets), wave index (N,). Checks they belong
+    to the same problem (targets, parameters, trials)."""
+    zs, us, vs, ys, ws = [], [], [], [], []
     keys = [t.key for t in problem.flat]
     for k in range(32):
         p = out / f"wave{k}.npz"
@@ -116,8 +118,9 @@ def load_waves(problem: Problem, out: Path) -> tuple[np.ndarray, np.ndarray, np.
             raise ValueError(f"{p} was made for another evidence base or parameter set: simulate again")
         zs.append(d["z"])
         us.append(d["u"])
+        vs.append(d["w"])
         ys.append(d["y"])
         ws.append(np.full(len(d["z"]), k))
     if not zs:
         raise FileNotFoundError(f"no design waves in {out}")
-    return np.concatenate(zs), np.concatenate(us), np.concatenate(ys), np.concatenate(ws)
+    return np.concatenate(zs), np.concatenate(us), np.concatenate(vs), np.concatenate(ys), np.concatenate(ws)

@@ -1,7 +1,7 @@
 """Posterior predictive checks and leave-one-trial-out validation of the calibrated outcome model.
 
 Predictions of a trial's arms from a posterior that did not see the trial (leave-one-trial-out): for every
-posterior draw, a new trial effect ``u ~ N(0, tau)`` (shared by the trial's arms), an arm discrepancy
+posterior draw, new trial effects ``u ~ N(0, tau)`` and ``w ~ N(0, tau_w)`` (shared by the trial's arms), an arm discrepancy
 ``e_a ~ N(0, s_k)`` per arm and the arm's sampling error ``N(0, se)``; the 5th-95th percentiles form the
 90 % prediction interval. A between-arm effect (log ratio of opioid use, difference of mean pain) is
 predicted the same way, arm minus control, draw by draw.
@@ -32,10 +32,11 @@ def predict_targets(emu: Emulator, post: Posterior, targets: list[Target], trial
     S, J = post.z.shape[0], len(targets)
     tri = np.asarray(trial_index)
     u = post.u[:, tri].copy()
+    w = post.w[:, tri].copy()
     for t in np.unique(tri[np.asarray(new_trial, bool)]):
-        fresh = post.tau * rng.standard_normal(S)
-        u[:, tri == t] = fresh[:, None]
-    x = standardize(np.broadcast_to(post.z[:, None, :], (S, J, post.z.shape[1])), u)
+        u[:, tri == t] = (post.tau * rng.standard_normal(S))[:, None]
+        w[:, tri == t] = (post.tau_w * rng.standard_normal(S))[:, None]
+    x = standardize(np.broadcast_to(post.z[:, None, :], (S, J, post.z.shape[1])), u, w)
     mu = emu.predict_np(x)
     kind = np.array([KINDS[t.stat] for t in targets])
     # one discrepancy per arm and kind (the SD and the mean of one arm are different statistics)
