@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-.PHONY: install demo test test-slow bench chromium
+.PHONY: install demo test test-slow bench calibrate chromium
 install: $(STAMP)
 
 # Headless Chromium renders the `pkpd report` pages in tests/test_report.py (Debian package `chromium`).
@@ -47,6 +47,14 @@ test: $(STAMP) chromium
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# Outcome-model calibration on the evidence base (regimens/evidence): design waves of the population simulator,
+# emulators, NumPyro posterior, leave-one-trial-out validation; writes pkpd/datasets/outcome_posterior.json,
+# docs/outcome_calibration.md and docs/img/outcome_*.png, then the exact-simulator checks (docs/outcome_checks.md).
+# About two hours on 2 cores; the design waves are cached in out/calibration (delete it to start afresh).
+calibrate: $(STAMP)
+	$(BIN)/python -m regimens.calibration --out out/calibration
+	$(BIN)/python -m regimens.calibration.checks --out docs/outcome_checks.md
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulate.py --n 1 100 1000 10000 --ode-max-n 1000

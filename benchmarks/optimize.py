@@ -81,13 +81,18 @@ def main() -> None:
           f"C1 {allp.loc['C1', 'MME_mean']:.2f} mg -> {p['MME_vs_C0_pct']:.1f} % below C0, "
           f"{p['MME_vs_C1_pct']:.1f} % below C1")
     print(f"  time in target: proposal {100 * p['TIT3']:.1f} %, C1 {100 * allp.loc['C1', 'TIT3']:.1f} %; "
-          f"proposals failing a hard check: {int(p['n_unsafe'])}")
-    fb = patients["TIT3_SEARCHED"].notna() if "TIT3_SEARCHED" in patients else pd.Series(False, patients.index)
-    print(f"  replaced by the fallback (searched schedule below the time-in-target target in the exact evaluation): "
-          f"{int(fb.sum())} of {len(patients)}" + (
-              f"; their searched time in target {100 * patients.loc[fb, 'TIT3_SEARCHED'].mean():.1f} % vs target "
-              f"{100 * patients.loc[fb, 'TIT_TARGET'].mean():.1f} %, fallback {100 * patients.loc[fb, 'TIT3_proposal'].mean():.1f} %"
-              if fb.any() else ""))
+          f"time with NRS >= 4: proposal {100 * p['TIME_NRS_GE4']:.1f} %, C1 {100 * allp.loc['C1', 'TIME_NRS_GE4']:.1f} %; "
+          f"NRS >= 7: proposal {100 * p['TIME_NRS_GE7']:.2f} %, C1 {100 * allp.loc['C1', 'TIME_NRS_GE7']:.2f} %")
+    print(f"  P90 of 72-h MME: proposal {p['MME_P90']:.1f}, C0 {allp.loc['C0', 'MME_P90']:.1f}, "
+          f"C1 {allp.loc['C1', 'MME_P90']:.1f} mg; proposals failing a hard safety check: {int(p['n_unsafe'])}; "
+          f"missing a pain constraint after every repair: {int(p.get('n_pain_missed', 0))}")
+    print(f"  searched schedules repaired in the exact evaluation: {int(p.get('n_repaired', 0))} of {len(patients)}, "
+          f"of which ended at the fallback: {int(p.get('n_fallback', 0))}")
+    if "REPAIR" in patients:
+        first = patients["REPAIR"].fillna("").astype(str).str.split(" \\(").str[0].value_counts()
+        print("  repair steps (first step taken): " + "; ".join(f"{k or 'none'}: {v}" for k, v in first.items()))
+    pol = patients["POLICY"].value_counts()
+    print("  rescue policies chosen: " + "; ".join(f"{v} x {k}" for k, v in pol.items()))
     print(summary.to_string())
 
     if a.oracle_n:

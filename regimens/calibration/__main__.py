@@ -58,7 +58,7 @@ def waves(problem: Problem, s: Settings, out: Path) -> None:
     for k in range(len(s.waves)):
         if (folder / f"wave{k}.npz").exists():
             continue
-        center = scale = None
+        center = scale = t_center = t_scale = None
         if k > 0:
             z, u, w, y, _ = load_waves(problem, folder)
             emu = fit_emulator(_inputs(problem, z, u, w), y, seed=s.seed)
@@ -66,8 +66,11 @@ def waves(problem: Problem, s: Settings, out: Path) -> None:
                                  draws=300, warmup=300, chains=1, seed=s.seed + k)
             center = post.z.mean(0)
             scale = np.maximum(1.5 * post.z.std(0), 0.05)
+            t_center = np.stack([post.u.mean(0), post.w.mean(0)])
+            t_scale = np.maximum(1.5 * np.stack([post.u.std(0), post.w.std(0)]), 0.05)
             _say(f"{s.rule} wave {k}: centred on the posterior of waves 0..{k - 1}")
-        run_wave(problem, k, s, out, center=center, scale=scale, progress=_say)
+        run_wave(problem, k, s, out, center=center, scale=scale, trial_center=t_center, trial_scale=t_scale,
+                 progress=_say)
 
 
 def fit_rule(problem: Problem, s: Settings, out: Path):

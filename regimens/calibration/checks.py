@@ -28,7 +28,7 @@ import pandas as pd
 from pkpd.patients import PopulationSpec, spine72_population
 from pkpd.regimen_sim import SimOptions, simulate_regimen
 
-from ..evidence import load_evidence
+from ..evidence import arm_regimen, load_evidence
 from ..io import get_regimen
 
 __all__ = ["Check", "run_checks", "checks_markdown"]
@@ -81,15 +81,15 @@ def run_checks(n: int = 1000, seed: int = 72) -> list[Check]:
                          f"Iyer 2023: {m:g} +- {sd:g} (+-15 %)", True))
         out.append(Check(f"{name} SD of 72-h MME (mg)", float(x.std()), 0.7 * sd, 1.3 * sd,
                          f"Iyer 2023: SD {sd:g} (+-30 %)", True))
-    # tolerant vs naive: the same PCA-only protocol (Boenigk 2019's placebo arms), 0-24 h
-    pca = get_regimen("C0")
+    # tolerant vs naive: one PCA protocol whose capacity does not bind (morphine 2.5 mg / 5 min, Nielsen 2017's
+    # placebo arm), 0-24 h, in otherwise identical SPINE-72 patients
     spine = spine72_population(n, seed)
-    c0 = _sim(pca, spine, seed).patients
-    tol = c0.OPIOID_TOL > 0
-    ratio = float(c0.MME_0_24[tol].mean() / c0.MME_0_24[~tol].mean())
+    pca = arm_regimen(ev.trial("nielsen2017").arm("placebo"))
+    both = [_sim(pca, spine.assign(OPIOID_TOL=float(v)), seed).patients.MME_0_24.mean() for v in (1, 0)]
     t = tg["tolerant_ratio"]
-    out.append(Check("C0: 0-24 h MME, opioid-tolerant / opioid-naive", ratio, t["low"], t["high"],
-                     "; ".join(t["sources"]), bool(t["used_in_calibration"])))
+    out.append(Check("morphine PCA 2.5 mg / 5 min: 0-24 h use, opioid-tolerant / opioid-naive", float(both[0] / both[1]),
+                     t["low"], t["high"], "; ".join(t["sources"]), bool(t["used_in_calibration"])))
+    c0 = _sim(get_regimen("C0"), spine, seed).patients
     c1 = _sim(get_regimen("C1"), spine, seed)
     p1 = c1.patients
     t = tg["c1_opioid_free"]
@@ -115,8 +115,6 @@ def run_checks(n: int = 1000, seed: int = 72) -> list[Check]:
                      "-38 % on POD0-1; annsurg2023 ERAS RCT 112 vs 118 MME (-5 %)", False))
     # single adjuncts in opioid-tolerant patients on a PCA background (Nielsen 2017 -35 %; the LB pilot)
     tol_pop = spine72_population(n, seed, PopulationSpec().with_values(p_opioid_tolerant=1.0))
-    from ..evidence import arm_regimen
-
     niel = ev.trial("nielsen2017")
     base = _sim(arm_regimen(niel.arm("placebo")), tol_pop, seed).patients.MME_0_24.mean()
     ket = _sim(arm_regimen(niel.arm("ketamine")), tol_pop, seed).patients.MME_0_24.mean()

@@ -48,7 +48,8 @@ def to_unconstrained(x: np.ndarray) -> np.ndarray:
 
 
 def sample_design(n: int, n_trials: int, seed: int, *, center: np.ndarray | None = None,
-                  scale: np.ndarray | None = None, trial_sd: float = TRIAL_EFFECT_SD
+                  scale: np.ndarray | None = None, trial_sd: float = TRIAL_EFFECT_SD,
+                  trial_center: np.ndarray | None = None, trial_scale: np.ndarray | None = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` space-filling design points (scrambled Sobol, mapped through the normal quantile).
 
@@ -62,7 +63,8 @@ def sample_design(n: int, n_trials: int, seed: int, *, center: np.ndarray | None
         Mean and SD of the unconstrained parameters (default: each prior's); a later wave centres them on
         a posterior.
     trial_sd
-        SD of the trial effects.
+        SD of the trial effects (around 0), unless ``trial_center`` / ``trial_scale`` (2, n_trials: the u and
+        w of each trial) are given (a later wave centres them on a posterior).
 
     Returns
     -------
@@ -88,8 +90,10 @@ def sample_design(n: int, n_trials: int, seed: int, *, center: np.ndarray | None
     hi = to_unconstrained(np.array([[min(p.bounds[1], 1 - 1e-9) if p.prior[0] == "logitnormal" else p.bounds[1]
                                      for p in OUTCOME_PARAMETERS]]))[0]
     z = np.clip(z, lo, hi)
-    u = trial_sd * g[:, P:P + n_trials]
-    w = trial_sd * g[:, P + n_trials:]
+    tc = np.zeros((2, n_trials)) if trial_center is None else np.asarray(trial_center, float)
+    ts = np.full((2, n_trials), trial_sd) if trial_scale is None else np.asarray(trial_scale, float)
+    u = tc[0] + ts[0] * g[:, P:P + n_trials]
+    w = tc[1] + ts[1] * g[:, P + n_trials:]
     return z, u, w
 
 

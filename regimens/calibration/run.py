@@ -87,12 +87,12 @@ def simulate_wave(problem: Problem, z: np.ndarray, u: np.ndarray, w: np.ndarray,
 
 
 def run_wave(problem: Problem, k: int, settings: Settings, out: Path, *, center=None, scale=None,
-             progress: Callable[[str], None] = print) -> Path:
+             trial_center=None, trial_scale=None, progress: Callable[[str], None] = print) -> Path:
     """Sample and simulate wave ``k`` (0-based) and save it to ``out/wave<k>.npz``."""
     out.mkdir(parents=True, exist_ok=True)
     n = settings.waves[k]
     z, u, w = sample_design(n, len(problem.trials), settings.seed + 17 * k, center=center, scale=scale,
-                            trial_sd=TRIAL_EFFECT_SD)
+                            trial_sd=TRIAL_EFFECT_SD, trial_center=trial_center, trial_scale=trial_scale)
     t0 = time.perf_counter()
     y = simulate_wave(problem, z, u, w, settings, progress=progress)
     path = out / settings.rule / f"wave{k}.npz"
