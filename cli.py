@@ -774,7 +774,7 @@ def optimize_cmd(
                   "draws for C0 and C1):", markup=False)
     if prop.fallback:
         console.print("[bold yellow]FALLBACK:[/] no searched schedule met every constraint of the exact evaluation; "
-                      "this is every allowed adjunct at its maximum with C1's rescue policy, not an optimized "
+                      "this is C1's schedule (standard of care) within the patient's limits, not an optimized "
                       "schedule (see 'why' below).")
     c = prop.comparison
     console.print(f"{'':10s} {'MME mean':>9s} {'MME P90':>8s} {'NRS<=3':>7s} {'NRS>=4':>7s} {'NRS>=7':>7s} "

@@ -327,7 +327,7 @@ def _optimize_sections(run: Run) -> tuple[str, str]:
     if expl.is_file() and "THIS PROPOSAL IS THE FALLBACK" in expl.read_text():
         parts.append("<p id=\"fallback\" style=\"border:2px solid #b8860b;padding:0.5em\"><b>Fallback, not an "
                      "optimized schedule:</b> no searched schedule met every constraint of the exact evaluation, so "
-                     "every allowed adjunct is at its maximum with C1's rescue policy (see Why).</p>")
+                     "this is C1's schedule (the standard of care) within the patient's limits, with C1's rescue policy (see Why).</p>")
     parts += [table(comp, "comparison", "Proposal vs C0 (opioid-centric) and C1 (ERAS), same variability draws "
                    "(mean over draws; MME_P90: 90th percentile)", note=_OUTCOME_NOTE),
              table(_compact_schedule(sched), "schedule", "Proposed scheduled doses by product (as-needed rescue as "

@@ -27,7 +27,10 @@ import numpy as np
 
 from ._model import PRN
 
-__all__ = ["RescuePolicy", "rescue_policies", "cross_entropy_search"]
+__all__ = ["RescuePolicy", "rescue_policies", "withholds_rescue", "TREAT_CUTOFF_NRS", "cross_entropy_search"]
+
+#: NRS at or above which pain is treated (3 of 4 cut-off methods, Gerbershagen 2011; clinical.md 3.1).
+TREAT_CUTOFF_NRS = 4.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,13 @@ def rescue_policies() -> tuple[RescuePolicy, ...]:
                              "PRN NRS >= 7")
                     out.append(RescuePolicy(label, rules))
     return tuple(out)
+
+
+def withholds_rescue(policy: RescuePolicy) -> bool:
+    """True when the policy's lowest opioid rescue threshold is above the treat cut-off
+    (:data:`TREAT_CUTOFF_NRS`): it leaves pain of NRS 4 untreated, so the optimizer allows it only when the
+    time with NRS >= 4 and >= 7 are no worse than C1's (no non-inferiority margin)."""
+    return bool(policy.rules) and min(r.threshold_nrs for r in policy.rules) > TREAT_CUTOFF_NRS
 
 
 def cross_entropy_search(score: Callable[[np.ndarray, np.ndarray], np.ndarray], cat_allowed: np.ndarray,

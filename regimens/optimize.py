@@ -62,7 +62,7 @@ from ._condition import RegimenError
 from ._descent import projected_descent
 from ._model import PRN, Regimen, Scheduled
 from ._objective import ADJUNCT_BURDEN, EXPOSURE_LIMITS, exceedance_probability, group_loss
-from ._policies import RescuePolicy, cross_entropy_search, rescue_policies
+from ._policies import RescuePolicy, cross_entropy_search, rescue_policies, withholds_rescue
 from .limits import DoseCaps, check_regimen, dose_caps
 
 __all__ = ["DEFAULT_PRODUCTS", "DecisionSpace", "Slot", "OptimizeSettings", "Proposal", "PopulationProposal",
@@ -198,7 +198,8 @@ class OptimizeSettings:
     schedule misses it); the mean time with NRS >= 4 (the treat cut-off, clinical.md 3.1) no more than
     ``ge4_slack`` above C1's and the mean time with NRS >= 7 (severe pain: the probability that an assessment
     finds it) no more than ``ge7_slack`` above C1's (non-inferiority, so that a schedule cannot win by
-    withholding rescue: a rescue threshold above the treat cut-off is kept only when these hold); OIRD risk no
+    withholding rescue: a rescue threshold above the treat cut-off is kept only when both are no worse than
+    C1's, without the margins; :func:`regimens._policies.withholds_rescue`); OIRD risk no
     higher than C1's (exact check within ``oird_tolerance``); probability of crossing a toxicity limit (LAST
     index >= 1; :data:`regimens._objective.EXPOSURE_LIMITS`) at most ``toxicity_risk`` per patient
     (``last_risk`` is kept as its former name). In the gradient stage they are quadratic penalties
@@ -206,7 +207,7 @@ class OptimizeSettings:
     frequency (``chance_penalty``); the exact checks decide. A schedule that misses a pain constraint or C1's
     OIRD risk in the exact evaluation is repaired step by step, re-checking after each: first C1's rescue
     policy with the searched doses, then the adjuncts it already uses at their maxima, and only then the
-    fallback (every allowed adjunct at its maximum within the patient's limits, with C1's rescue policy);
+    fallback (C1's own schedule, the standard of care, within the patient's limits, with C1's rescue policy);
     columns ``REPAIR`` and ``FALLBACK`` and the explanation say which.
 
     Outcome-model uncertainty: with ``outcome_uncertainty`` every scenario (draw) also carries its own draw
@@ -297,7 +298,7 @@ class Proposal:
         What the patient's genotype and covariates changed (:func:`explain`), and anything rejected or
         repaired.
     fallback
-        True when the proposal is the fallback (every allowed adjunct at its maximum with C1's rescue
+        True when the proposal is the fallback (C1's schedule within the patient's limits, with C1's rescue
         policy) because the searched schedules missed a constraint: not an optimized schedule.
     """
 
@@ -468,6 +469,23 @@ def _repair(space: DecisionSpace, amounts: np.ndarray, covariates, phenotypes, f
     raise InfeasibleError("could not repair the schedule to satisfy every label limit")  # pragma: no cover
 
 
+def c1_amounts(space: DecisionSpace, covariates: Mapping[str, Any]) -> np.ndarray:
+    """C1's scheduled doses (standard of care, with its dose adjustments for this patient) placed on the
+    space's slots: each slot takes the C1 dose of its drug and route given within 0.5 h of the slot's time,
+    rounded down to an allowed strength (0 where C1 gives none or the product is excluded). The optimizer's
+    fallback (then lowered to the patient's limits by :func:`_repair`)."""
+    from .io import get_regimen
+
+    events = [e for e in get_regimen("C1").dose_events(covariates) if e.kind == "scheduled"]
+    out = np.zeros(len(space.slots))
+    for i, sl in enumerate(space.slots):
+        dose = sum(e.amount_mg for e in events if e.drug == sl.product.drug and e.route == sl.product.route
+                   and abs(e.time_h - sl.time_h) <= 0.5)
+        ok = [c for c in sl.choices_mg if c <= dose + 1e-6]
+        out[i] = ok[-1] if ok else 0.0
+    return out
+
+
 def _lower_drug(space: DecisionSpace, amounts: np.ndarray, drug: str) -> bool:
     """Every dose of ``drug`` one strength down (in place); False when there was nothing to lower."""
     changed = False
@@ -504,7 +522,7 @@ class PopulationProposal:
         ``PAIN_WHY`` (the missed ones, with figures); ``TIT3_SEARCHED`` (NaN, or the time in target of the
         searched schedule where it missed a constraint in the exact evaluation), ``REPAIR`` (the repair steps
         taken, in order: C1's rescue policy, the used adjuncts at their maxima, the fallback) and
-        ``FALLBACK`` (the proposal is the fallback: every allowed adjunct at its maximum with C1's rescue
+        ``FALLBACK`` (the proposal is the fallback: C1's schedule within the patient's limits, with C1's rescue
         policy).
     draws
         The exact simulations (``"proposal"``, ``"C0"``, ``"C1"`` -> PopulationResult over P x S rows).
@@ -999,22 +1017,27 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
         return Wt, tabs, prop, pp, tox, why, pain
 
     def pain_misses(p, pain) -> list[str]:
-        """The pain constraints patient p's schedule misses in the exact evaluation, each with its figures."""
+        """The pain constraints patient p's schedule misses in the exact evaluation, each with its figures.
+        A rescue policy that withholds rescue below a higher threshold than the treat cut-off gets no
+        non-inferiority margin: its time with NRS >= 4 and >= 7 may not exceed C1's at all."""
         miss = []
+        strict = withholds_rescue(policies[int(chosen_pol[p])])
+        s4, s7 = (0.0, 0.0) if strict else (st.ge4_slack, st.ge7_slack)
+        lim4, lim7 = ge4_target[p] - st.ge4_slack + s4, ge7_target[p] - st.ge7_slack + s7
+        why4 = "C1's, no margin with a rescue threshold above NRS 4" if strict else f"C1 + {st.ge4_slack:.0%}"
+        why7 = "C1's, no margin with a rescue threshold above NRS 4" if strict else f"C1 + {st.ge7_slack:.1%}"
         if pain["tit3"][p] < tit_target[p] - 1e-9:
             miss.append(f"time with NRS <= 3 {pain['tit3'][p]:.1%} below the target {tit_target[p]:.1%}")
-        if pain["ge4"][p] > ge4_target[p] + 1e-9:
-            miss.append(f"time with NRS >= 4 {pain['ge4'][p]:.1%} above the limit {ge4_target[p]:.1%} (C1 + "
-                        f"{st.ge4_slack:.0%})")
-        if pain["ge7"][p] > ge7_target[p] + 1e-9:
-            miss.append(f"time with NRS >= 7 {pain['ge7'][p]:.2%} above the limit {ge7_target[p]:.2%} (C1 + "
-                        f"{st.ge7_slack:.1%})")
+        if pain["ge4"][p] > lim4 + 1e-9:
+            miss.append(f"time with NRS >= 4 {pain['ge4'][p]:.1%} above the limit {lim4:.1%} ({why4})")
+        if pain["ge7"][p] > lim7 + 1e-9:
+            miss.append(f"time with NRS >= 7 {pain['ge7'][p]:.2%} above the limit {lim7:.2%} ({why7})")
         return miss
 
     def repair_step(k: int, p: int, reason: str) -> str | None:
         """Repair step ``k`` of patient ``p`` (None when it changes nothing): 1 C1's rescue policy with the
         searched doses; 2 the adjuncts the schedule uses at their maxima (within the patient's limits);
-        3 the fallback, every allowed adjunct at its maximum with C1's rescue policy."""
+        3 the fallback, C1's schedule within the patient's limits with C1's rescue policy (:func:`c1_amounts`)."""
         if k == 1:
             if chosen_pol[p] == 0:
                 return None
@@ -1028,12 +1051,12 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
                 return None
             amounts[p], chosen_pol[p], rescue_of[p] = best, 0, base_rescue
             return f"the adjuncts it uses raised to their maxima within the patient's limits ({reason})"
-        best = _repair(spaces[p], spaces[p].reference, covs[p], None, fusion, base_rescue)[0]
+        best = _repair(spaces[p], c1_amounts(spaces[p], covs[p]), covs[p], None, fusion, base_rescue)[0]
         if np.array_equal(best, amounts[p]) and chosen_pol[p] == 0:
             return None
         amounts[p], chosen_pol[p], rescue_of[p] = best, 0, base_rescue
         fallback[p] = True
-        return f"FALLBACK: every allowed adjunct at its maximum with C1's rescue policy ({reason})"
+        return f"FALLBACK: C1's schedule (standard of care) within the patient's limits, with C1's rescue policy ({reason})"
 
     Wt, tabs, prop, pp, tox, why, pain = exact()
     # the pain constraints (time in target, NRS >= 4, NRS >= 7) and C1's OIRD risk are constraints of the exact
@@ -1145,8 +1168,8 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
     res = optimize_population(pd.DataFrame([{"ID": 1, **cov}]), st, fusion=fusion, progress=progress,
                               draw_rows=draw_rows, trajectories=True)
     row = res.patients.iloc[0]
-    if not row["SAFE"]:
-        raise InfeasibleError(f"every candidate schedule failed a check of the exact evaluation: {row['WHY']}")
+    unsafe = ("every candidate schedule failed a check of the exact evaluation: " + str(row["WHY"])
+              if not row["SAFE"] else "")
     space, amounts, policy = res.spaces[0], res.amounts[0], res.policies[0]
     regimen = space.regimen(amounts, rescue=policy.rules)
     findings = check_regimen(regimen, cov, None, fusion=fusion)
@@ -1166,7 +1189,10 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
             f"no allowed schedule keeps NRS <= 3 for {st.min_time_in_target:.0%} of 0-72 h for this patient: the best "
             f"found reaches {got:.0%} (C1: {comparison.loc['C1', 'TIT3']:.0%}) with {', '.join(at_max)} within "
             "their label maxima and as-needed rescue; more analgesia would need doses above a label limit or a "
-            "product not in the decision space" + (" (" + "; ".join(notes) + ")" if notes else ""))
+            "product not in the decision space" + (" (" + "; ".join(notes) + ")" if notes else "")
+            + (f"; and {unsafe}" if unsafe else ""))
+    if unsafe:
+        raise InfeasibleError(unsafe)
     tit_target = float(row["TIT_TARGET"])
     from_c1 = float(comparison.loc["C1", "TIT3"]) - st.tit_slack
     whose = ("min_time_in_target" if tit_target > from_c1 + 1e-9
@@ -1175,8 +1201,8 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
         notes.append(f"repair of the searched schedule in the exact evaluation: {step}")
     if bool(row["FALLBACK"]):
         notes.insert(0, "THIS PROPOSAL IS THE FALLBACK, not an optimized schedule: the searched schedules missed a "
-                        "constraint of the exact evaluation (see the repair notes), so every allowed adjunct is at its "
-                        "maximum with C1's rescue policy")
+                        "constraint of the exact evaluation (see the repair notes), so this is C1's schedule (the standard "
+                        "of care) within the patient's limits, with C1's rescue policy")
     if got < tit_target - 1e-9:
         notes.append(f"time in target {got:.1%} is below the target {tit_target:.1%} ({whose}) in the exact "
                      "evaluation, also after every repair step")

@@ -111,8 +111,8 @@ def test_iyer_arms_within_the_acceptance_bands(checks):
     """Iyer 2023 (in the calibration: a fit check): means within +-15 % of 299 / 255 / 173 mg and SDs within
     +-30 % of 179 / 179 / 157 mg, 500 Iyer-like patients (opioid-naive, mean age 57.1 y), exact simulator."""
     for arm in ("IYER_PLACEBO", "IYER_APAP", "IYER_KETOROLAC"):
-        for stat in ("mean", "SD of"):
-            c = next(v for k, v in checks.items() if k.startswith(arm) and (stat in k))
+        for stat in ("mean 72-h MME", "SD of 72-h MME"):
+            c = checks[f"{arm} {stat} (mg)"]
             assert c.passed, (c.what, c.value, c.low, c.high)
 
 

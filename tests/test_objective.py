@@ -53,13 +53,15 @@ def _c(G):
     one = jnp.asarray(1.0)
     return {"pain_weight": jnp.asarray(0.0), "sedation_weight": jnp.asarray(0.0), "cvar_weight": one,
             "tit_penalty": jnp.asarray(0.0), "oird_penalty": jnp.asarray(0.0), "chance_penalty": jnp.asarray(0.0),
-            "risk": jnp.asarray(1e-3), "tit_target": jnp.zeros(G), "oird_ref": jnp.ones(G), "burden": {},
+            "risk": jnp.asarray(1e-3), "tit_target": jnp.zeros(G), "ge4_target": jnp.ones(G), "ge7_target": jnp.ones(G),
+            "oird_ref": jnp.ones(G), "burden": {},
             "auc_ref": {}, "limit": {}}
 
 
 def _out(mme):
     z = jnp.zeros_like(mme)
-    return {"MME_0_72": mme, "PAIN_EXCESS": z, "SEDATION_MAX": z, "TIT3": z + 1.0, "OIRD_HAZARD": z}
+    return {"MME_0_72": mme, "PAIN_EXCESS": z, "SEDATION_MAX": z, "TIT3": z + 1.0, "GE4": z, "GE7": z,
+            "OIRD_HAZARD": z}
 
 
 def test_cvar_rockafellar_uryasev_equals_tail_mean():
@@ -93,6 +95,21 @@ def test_group_loss_groups_rows_consecutively_and_prices_burden_and_limits():
     assert loss[0] == pytest.approx(1.0 + 2.0 * 10.0 / 20.0, abs=1e-6)
     # group 2: one of four draws above 25 mg/L -> smoothed frequency ~0.25 -> penalty (0.25 - 1e-3) / 1e-3
     assert loss[1] == pytest.approx(2.0 + 2.0 * 30.0 / 20.0 + (0.25 - 1e-3) / 1e-3, rel=1e-3)
+
+
+def test_group_loss_penalizes_only_the_excess_over_the_non_inferiority_targets():
+    """The time with NRS >= 4 and NRS >= 7 enter as squared excess over the group's C1 target, times
+    tit_penalty (hand: group 1 at its targets -> 0; group 2 is 0.1 and 0.05 above -> 10 x (0.01 + 0.0025))."""
+    out = _out(jnp.zeros(4))
+    out["GE4"] = jnp.array([0.2, 0.2, 0.4, 0.4])
+    out["GE7"] = jnp.array([0.05, 0.05, 0.1, 0.1])
+    c = _c(2)
+    c["cvar_weight"] = jnp.asarray(0.0)
+    c["tit_penalty"] = jnp.asarray(10.0)
+    c["ge4_target"] = jnp.array([0.2, 0.3])
+    c["ge7_target"] = jnp.array([0.1, 0.05])
+    loss = np.asarray(group_loss(out, 2, c, None, alpha=0.9))
+    np.testing.assert_allclose(loss, [0.0, 10.0 * (0.1 ** 2 + 0.05 ** 2)], atol=1e-12)
 
 
 def test_cross_entropy_search_finds_the_optimum_and_never_loses_to_the_default():

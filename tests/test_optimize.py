@@ -285,12 +285,12 @@ def test_adversarial_patients_end_to_end_are_safe():
 
 def test_raising_only_c1_rescue_threshold_is_not_reported_as_an_improvement():
     """C1 with its oxycodone threshold raised from NRS >= 4 to >= 5 (nothing else changed) saves opioid
-    only by leaving pain above the treat cut-off: on the same scenarios its time with NRS >= 4 exceeds C1's
-    by more than the non-inferiority margin, so the exact evaluation rejects it. Given only that policy as
-    the alternative, every proposal of the optimizer meets the NRS >= 4 and NRS >= 7 constraints, and a
-    patient keeps the raised threshold only where those constraints hold."""
+    only by leaving pain above the treat cut-off: on the same patients and draws its time with NRS >= 4 is
+    longer than C1's. A policy that withholds rescue below the treat cut-off gets no non-inferiority margin,
+    so the optimizer, given only that policy as the alternative, never keeps it for a patient whose time
+    with NRS >= 4 or >= 7 would exceed C1's; every proposal meets the pain constraints and is safe."""
     from regimens import get_regimen
-    from regimens._policies import RescuePolicy
+    from regimens._policies import RescuePolicy, rescue_policies, withholds_rescue
     from regimens.optimize import optimize_population
 
     c1 = get_regimen("C1")
@@ -301,28 +301,36 @@ def test_raising_only_c1_rescue_threshold_is_not_reported_as_an_improvement():
     pop = spine72_population(200, 11)
     a = simulate_regimen(c1, pop, seed=1).patients
     b = simulate_regimen(raised, pop, seed=1).patients
-    st = OptimizeSettings()
     assert b.MME_0_72.mean() < a.MME_0_72.mean()  # it does save opioid ...
-    assert b.TIME_NRS_GE4.mean() > a.TIME_NRS_GE4.mean() + st.ge4_slack  # ... by more pain: rejected
+    assert b.TIME_NRS_GE4.mean() > a.TIME_NRS_GE4.mean()  # ... by more time above the treat cut-off
+    pol = RescuePolicy("C1 with oxycodone at NRS >= 5", raised_rules)
+    assert withholds_rescue(pol) and not withholds_rescue(rescue_policies()[0])
 
-    from regimens._policies import rescue_policies
-
-    pols = (rescue_policies()[0], RescuePolicy("C1 with oxycodone at NRS >= 5", raised_rules))
-    res = optimize_population(spine72_population(6, 2), dataclasses.replace(FAST, draws=8, rescue_policies=pols))
+    st = dataclasses.replace(FAST, draws=8, rescue_policies=(rescue_policies()[0], pol))
+    res = optimize_population(spine72_population(6, 2), st)
     pt = res.patients
-    assert (pt["TIME_NRS_GE4_proposal"] <= pt["GE4_TARGET"] + 1e-9).all()
-    assert (pt["TIME_NRS_GE7_proposal"] <= pt["GE7_TARGET"] + 1e-9).all()
-    assert pt["PAIN_OK"].all() and pt["SAFE"].all()
+    met = (pt["TIME_NRS_GE4_proposal"] <= pt["GE4_TARGET"] + 1e-9) & (pt["TIME_NRS_GE7_proposal"] <= pt["GE7_TARGET"] + 1e-9)
+    # a miss is possible only where even C1's schedule, lowered to the patient's limits, cannot match C1 as
+    # given (e.g. acetaminophen 650 mg for a patient under 50 kg): then it is the fallback and says why
+    assert (met | (pt["FALLBACK"] & (pt["PAIN_WHY"].str.len() > 0))).all()
+    assert (pt["PAIN_OK"] | pt["FALLBACK"]).all()
+    kept = pt["POLICY"] == pol.label
+    c1_ge4, c1_ge7 = pt["GE4_TARGET"] - st.ge4_slack, pt["GE7_TARGET"] - st.ge7_slack
+    assert (pt.loc[kept, "TIME_NRS_GE4_proposal"] <= c1_ge4[kept] + 1e-9).all()
+    assert (pt.loc[kept, "TIME_NRS_GE7_proposal"] <= c1_ge7[kept] + 1e-9).all()
+    assert pt["SAFE"].all()
 
 
 def test_repair_goes_step_by_step_and_says_so():
     """An unreachable pain constraint (time with NRS >= 4 at C1's minus 100 points) makes every searched
     schedule miss it: the repair takes its steps in order (C1's rescue policy where the search chose
     another, the used adjuncts at their maxima, the fallback), each said in REPAIR, ends at the fallback
-    (FALLBACK), and the miss is reported (PAIN_OK false, PAIN_WHY with the figures), never hidden; the
-    patient's proposal says it is the fallback."""
+    (FALLBACK: C1's own scheduled doses within the patient's limits, not every adjunct at its maximum), and
+    the miss is reported (PAIN_OK false, PAIN_WHY with the figures), never hidden; the patient's proposal
+    says it is the fallback."""
     from regimens._policies import rescue_policies
-    from regimens.optimize import _repair, optimize_population
+    from regimens import get_regimen
+    from regimens.optimize import _repair, c1_amounts, optimize_population
 
     st = dataclasses.replace(FAST, ge4_slack=-1.0)
     res = optimize_population(_pop(2), st)
@@ -335,8 +343,12 @@ def test_repair_goes_step_by_step_and_says_so():
         assert kinds == sorted(kinds)
     assert pt["PAIN_WHY"].str.contains("time with NRS >= 4").all()
     for p in range(2):
-        ref = _repair(res.spaces[p], res.spaces[p].reference, BASE, None, True, rescue_policies()[0].rules)[0]
-        np.testing.assert_array_equal(res.amounts[p], ref)
+        ref = _repair(res.spaces[p], c1_amounts(res.spaces[p], BASE), BASE, None, True, rescue_policies()[0].rules)[0]
+        # C1's doses, some possibly lower: the exposure chance constraints lower a drug that crosses its limit
+        # (C1's liposomal bupivacaine 266 mg has P(peak > 2,000 ng/mL) of about 1 % against the allowed 1e-3)
+        assert (res.amounts[p] <= ref + 1e-9).all() and ((res.amounts[p] > 0) == (ref > 0)).all()
+        used = {sl.product.drug for sl, x in zip(res.spaces[p].slots, res.amounts[p]) if x > 0}
+        assert used == {e.drug for e in get_regimen("C1").dose_events(BASE) if e.kind == "scheduled"}
     prop = optimize_patient(BASE, settings=st)
     assert prop.fallback and prop.notes[0].startswith("THIS PROPOSAL IS THE FALLBACK")
     assert any(n.startswith("NOT MET after every repair step: time with NRS >= 4") for n in prop.notes)

@@ -609,7 +609,8 @@ def test_c1_matches_clinical_md_and_keeps_the_ketorolac_fusion_caps():
 def test_iyer_arms_differ_only_in_the_studied_drug():
     placebo, apap, ket = (get_regimen(n) for n in ("IYER_PLACEBO", "IYER_APAP", "IYER_KETOROLAC"))
     assert placebo.scheduled == () and apap.prn == placebo.prn == ket.prn and apap.pca == placebo.pca == ket.pca
-    assert apap.scheduled == (Scheduled("acetaminophen", "iv", dose_mg=1000, every_h=6, stop_h=72),)
+    # q6h for 48 h after randomization, as the trial's study drugs (regimens/evidence/trials/iyer2023.toml)
+    assert apap.scheduled == (Scheduled("acetaminophen", "iv", dose_mg=1000, every_h=6, stop_h=48),)
     ev = ket.dose_events(STD)
     assert [e.time_h for e in ev] == [6.0 * k for k in range(8)] and sum(e.amount_mg for e in ev) == 240
     assert sum(e.amount_mg for e in ket.dose_events({**STD, "AGE": 70})) == 120  # 15 mg for older patients

@@ -93,8 +93,10 @@ PRODUCTS: dict[str, Product] = {p.key: p for p in (
             _unv("ibuprofen tablets 200-800 mg, q6h")),
     Product("ketorolac", "iv", (15.0, 30.0), 6.0,
             Source(_SPINE72, "ketorolac 15/30 mg; q6h as the Toradol label (models.md C)")),
-    Product("gabapentin", "po", (100.0, 300.0), 8.0,
-            Source(_SPINE72, "gabapentin 100/300 mg"), note="q8h (TID) grid as C1 (clinical.md 3.2)"),
+    Product("gabapentin", "po", (100.0, 300.0, 600.0), 8.0,
+            Source(_SPINE72, "gabapentin 100/300 mg; 600 mg = 2 x 300 mg, C1's pre-operative dose (clinical.md 3.2: "
+                   "pre-op 300-600 mg)"),
+            note="q8h (TID) grid as C1 (clinical.md 3.2); 600 mg so that the decision space contains C1"),
     Product("bupivacaine_liposomal", "infiltration", (133.0, 266.0), None,
             Source(_SPINE72, "liposomal bupivacaine 0/133/266 mg"), at_h=-0.25,
             note="infiltration at wound closure (-0.25 h), as in C1"),
