@@ -42,7 +42,11 @@ def test_shipped_posterior_has_every_parameter_within_bounds():
     assert pt["b0"] == pytest.approx(float(np.median(post.draws["b0"])))
     assert post.rule in ("loewe", "bliss")
     cols = post.draw_columns(5, seed=1)
-    assert list(cols.columns) == [f"outcome.{p.name}" for p in OUTCOME_PARAMETERS] and len(cols) == 5
+    # with each draw the reference setting's trial effects of the same draw (pain-curve multiplier, spread)
+    assert list(cols.columns) == [f"outcome.{p.name}" for p in OUTCOME_PARAMETERS] + ["pain.scale", "pain.spread"]
+    assert len(cols) == 5 and post.reference_trial == "iyer2023"
+    k = post._index(5, 1)
+    np.testing.assert_array_equal(cols["pain.scale"], np.asarray(post.reference_scale)[k])
 
 
 def test_malformed_posterior_is_a_clear_error(tmp_path):
@@ -154,8 +158,8 @@ _PRN_ONLY = Regimen(name="prn", description="", prn=(PRN("oxycodone", "po", 5.0,
 def test_reported_score_gates_prn_continuously():
     """With a tiny reporting SD the rule is a hard gate on the model's pain; with a large one some doses are
     given below the threshold of the model's pain (the reported score passed it), and their reported scores
-    are all >= 4."""
-    pop = _pop(200, 9)
+    are all >= 4. (Pain-curve multiplier 0.7: pain hovers around the threshold.)"""
+    pop = _pop(200, 9).assign(**{"pain.scale": 0.7})
     hard = simulate_regimen(_PRN_ONLY, pop, seed=2, options=SimOptions(demand=SimOptions().demand.replace(
         report_sd=0.05)))
     soft = simulate_regimen(_PRN_ONLY, pop, seed=2, options=SimOptions(demand=SimOptions().demand.replace(

@@ -162,11 +162,11 @@ def oird_scale(n: int = 2000, seed: int = 72, target: float = 0.005) -> float:
 
     def mean_p(d):
         h = base_h * (d0 / d) ** 2
-        p = 1.0 - np.exp(-h)
+        p = np.clip(1.0 - np.exp(-h), 0.0, 1.0 - 1e-12)
         o = p / (1 - p) * np.where(osa > 0, float(ae.osa_or.value), 1.0)
         return float(np.mean(o / (1 + o))) - target
 
-    return float(brentq(mean_p, d0 / 100, d0 * 100))
+    return float(brentq(mean_p, d0 / 10, d0 * 10))
 
 
 def _bounds(c: Check) -> str:
