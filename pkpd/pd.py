@@ -334,8 +334,8 @@ class AdverseEffectModel:
     alpha: PDValue = _v(0.91, "1", _YASSEN, "IIV 25.4 %; capped at 1")
     n: PDValue = _v(2.68, "1", _YASSEN)
     oird_base: PDValue = _v(0.005, "1", Source("Gupta 2018, BMJ Open", "OIRD base 5/1000 (clinical.md 3.1)"))
-    d_ref: PDValue = _v(0.42, "1", _CAL, "scaled so the opioid-centric Iyer placebo arm has the Gupta base rate "
-                        "(mean P_OIRD ~ 5/1000)")
+    d_ref: PDValue = _v(0.40, "1", _CAL, "scaled so the opioid-centric Iyer placebo arm has the Gupta base rate "
+                        "(mean P_OIRD 5/1000; regimens.calibration.checks.oird_scale, 2,000 patients: 0.400)")
     osa_or: PDValue = _v(1.8, "1", Source("Gupta 2018, BMJ Open", "OR 1.4-2.2 with OSA/cardiopulmonary "
                                           "disease (clinical.md 3.2): midpoint"))
     sedation_u50: PDValue = _v(2.0, "1", _ASSUME, "sedation at twice the analgesic EC50 (no model, models.md B4)")

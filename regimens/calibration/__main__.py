@@ -34,7 +34,7 @@ from .fit import fit_posterior
 from .run import Problem, Settings, load_problem, load_waves, run_wave
 from .validate import arm_contrasts, predict_contrasts, predict_targets, summarize_intervals
 
-VERSION = "1"
+VERSION = "2"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -171,34 +171,62 @@ def save_posterior_npz(path: Path, post, trials: list[str]) -> None:
 
 
 def _plots(res: dict, folder: Path) -> list[str]:
+    """The posterior predictive check (every number over its observed value, log scale, so arms reported in
+    mg and in mg/kg/h share one axis) and the leave-one-trial-out effects (ratios on a log axis, pain
+    differences on a linear one)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
-    files = []
-    for name, tab, title in (("outcome_ppc.png", res["ppc"], "Posterior predictive check: every arm's reported number"),
-                             ("outcome_loto.png", res["loto_effects"],
-                              "Leave-one-trial-out: between-arm effects (ratio, or pain difference)")):
-        fig, ax = plt.subplots(figsize=(8.5, 0.32 * len(tab) + 1.4))
+    def log_axis(ax):
+        ax.set_xscale("log")
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in (0.01, 0.03, 0.1, 0.25, 0.5, 1, 2, 4, 10, 30, 100) if lo <= t <= hi]
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(lambda v, _: f"{v:g}")
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+    def rows(ax, tab, scale, title, xlabel, ref):
         yy = np.arange(len(tab))[::-1]
-        ratio = ~tab["what"].str.contains("pain")
         for i, r in enumerate(tab.itertuples()):
             c = "tab:blue" if r.inside else "tab:red"
-            ax.plot([r.lo90, r.hi90], [yy[i]] * 2, color=c, lw=2)
-            ax.plot(r.predicted, yy[i], "o", color=c, ms=4)
-            ax.plot(r.observed, yy[i], "kx", ms=6)
+            d = r.observed if scale == "obs" else 1.0
+            ax.plot([r.lo90 / d, r.hi90 / d], [yy[i]] * 2, color=c, lw=2)
+            ax.plot(r.predicted / d, yy[i], "o", color=c, ms=4)
+            ax.plot(r.observed / d, yy[i], "kx", ms=6)
+        ax.axvline(ref, color="0.6", lw=0.8, ls="--")
         ax.set_yticks(yy)
         ax.set_yticklabels(tab["what"], fontsize=7)
-        if bool(ratio.all()):
-            ax.set_xscale("log")
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("predicted median and 90 % interval (blue: observed inside, red: outside); x observed")
-        fig.tight_layout()
-        fig.savefig(folder / name, dpi=110)
-        plt.close(fig)
-        files.append(name)
-    return files
+        ax.set_xlabel(xlabel, fontsize=8)
+
+    ppc = res["ppc"]
+    fig, ax = plt.subplots(figsize=(10, 0.26 * len(ppc) + 1.4))
+    rows(ax, ppc, "obs", "Posterior predictive check (calibration fit): every arm's reported number",
+         "predicted / observed (log scale): median and 90 % interval; blue: observed inside, red: outside", 1.0)
+    log_axis(ax)
+    fig.tight_layout()
+    fig.savefig(folder / "outcome_ppc.png", dpi=110)
+    plt.close(fig)
+    eff = res["loto_effects"]
+    pain = eff["what"].str.contains("pain_mean").to_numpy()
+    parts = [(eff[~pain], "log", "opioid use, arm / control (log scale)", 1.0),
+             (eff[pain], "linear", "mean NRS, arm - control (NRS points)", 0.0)]
+    parts = [p for p in parts if len(p[0])]
+    fig, axes = plt.subplots(len(parts), 1, figsize=(10, 0.3 * len(eff) + 1.2 * len(parts) + 0.6), squeeze=False,
+                             gridspec_kw={"height_ratios": [max(len(p[0]), 1) + 2 for p in parts]})
+    for ax, (tab, xs, xl, ref) in zip(axes[:, 0], parts):
+        rows(ax, tab, "abs", "", xl + ": median and 90 % prediction interval; x observed, red: outside", ref)
+        if xs == "log":
+            log_axis(ax)
+    axes[0, 0].set_title("Leave-one-trial-out: between-arm effects predicted from the other trials", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(folder / "outcome_loto.png", dpi=110)
+    plt.close(fig)
+    return ["outcome_ppc.png", "outcome_loto.png"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,9 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     res["loto_targets"].to_csv(out / "loto_targets.csv", index=False)
     res["loto_effects"].to_csv(out / "loto_effects.csv", index=False)
     write_posterior(ROOT / "pkpd" / "datasets" / "outcome_posterior.json", best, post, meta, problem.trials)
-    from .report import write_report
+    from .report import write_report, write_validation_section
 
     write_report(ROOT / "docs", problem, post, res, meta, _plots(res, ROOT / "docs" / "img"))
+    write_validation_section(ROOT / "docs", res, meta)
     _say("wrote pkpd/datasets/outcome_posterior.json and docs/outcome_calibration.md")
     return 0
 

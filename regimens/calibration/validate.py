@@ -2,7 +2,8 @@
 
 Predictions of a trial's arms from a posterior that did not see the trial (leave-one-trial-out): for every
 posterior draw, new trial effects ``u ~ N(0, tau)`` and ``w ~ N(0, tau_w)`` (shared by the trial's arms), an arm discrepancy
-``e_a ~ N(0, s_k)`` per arm and the arm's sampling error ``N(0, se)``; the 5th-95th percentiles form the
+``e_a ~ s_k * t_4`` per arm (the likelihood's Student-t, :data:`regimens.calibration.fit.DISCREPANCY_DF`)
+and the arm's sampling error ``N(0, se)``; the 5th-95th percentiles form the
 90 % prediction interval. A between-arm effect (log ratio of opioid use, difference of mean pain) is
 predicted the same way, arm minus control, draw by draw.
 """
@@ -16,7 +17,7 @@ import pandas as pd
 
 from .arms import Target
 from .emulator import Emulator, standardize
-from .fit import KINDS, Posterior
+from .fit import DISCREPANCY_DF, KINDS, Posterior
 
 __all__ = ["predict_targets", "arm_contrasts", "predict_contrasts", "summarize_intervals"]
 
@@ -45,7 +46,7 @@ def predict_targets(emu: Emulator, post: Posterior, targets: list[Target], trial
     for k in dict.fromkeys(arm_key):
         idx = [j for j, a in enumerate(arm_key) if a == k]
         if np.asarray(new_trial, bool)[idx[0]]:
-            eps[:, idx] = (post.s[:, kind[idx[0]]] * rng.standard_normal(S))[:, None]
+            eps[:, idx] = (post.s[:, kind[idx[0]]] * rng.standard_t(DISCREPANCY_DF, S))[:, None]
     se = np.array([t.se for t in targets])
     noise = rng.standard_normal((S, J)) * se if sampling else 0.0
     emu_err = rng.standard_normal((S, J)) * emu.rmse
