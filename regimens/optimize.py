@@ -523,7 +523,8 @@ class PopulationProposal:
         searched schedule where it missed a constraint in the exact evaluation), ``REPAIR`` (the repair steps
         taken, in order: C1's rescue policy, the used adjuncts at their maxima, the fallback) and
         ``FALLBACK`` (the proposal is the fallback: C1's schedule within the patient's limits, with C1's rescue
-        policy).
+        policy) and ``FALLBACK_NOTE`` (where C1 as given is not allowed for the patient, the fallback is the
+        reference of the constraints relative to C1; its figures against C1 as given).
     draws
         The exact simulations (``"proposal"``, ``"C0"``, ``"C1"`` -> PopulationResult over P x S rows).
     superset, weights, rescue_tables
@@ -1090,6 +1091,34 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
         Wt, tabs, prop, pp, tox, why, pain = exact()
     # pain constraints still missed after every repair step are reported (PAIN_OK, PAIN_WHY), never hidden
     pain_why = [pain_misses(p, pain) for p in range(P)]
+    # The constraints relative to C1 (OIRD, pain) mean "no worse than the standard of care this patient may
+    # receive". Where C1 as given is not allowed for the patient (a dose above a label limit, or a drug that
+    # crosses its toxicity chance constraint, e.g. liposomal bupivacaine 266 mg and the LAST risk), the
+    # fallback is C1 within those limits: it is that reference itself, so its misses against C1 as given are
+    # said (FALLBACK_NOTE), not counted as failures.
+    fallback_note = [""] * P
+    c1_pain = {k: c1p[c].to_numpy().reshape(P, S).mean(1) for k, c in
+               (("tit3", "TIT3"), ("ge4", "TIME_NRS_GE4"), ("ge7", "TIME_NRS_GE7"))}
+    for p in range(P):
+        if not fallback[p]:
+            continue
+        given = c1_amounts(spaces[p], covs[p])
+        lowered = sorted({sl.product.drug for sl, a, g in zip(spaces[p].slots, amounts[p], given) if a < g - 1e-9})
+        # only what C1 as given meets itself is waived (a constraint C1 misses too, e.g. an unreachable
+        # min_time_in_target, stays a miss)
+        def which(m: str) -> str:  # "time with NRS >= 4" etc.
+            return " ".join(m.split(" ")[:5])
+
+        c1_miss = {which(m) for m in pain_misses(p, c1_pain)}
+        waive_pain = [m for m in pain_why[p] if which(m) not in c1_miss]
+        rel = [m for d, m in why[p] if d == "oird"] + waive_pain
+        if lowered and rel:
+            fallback_note[p] = (f"C1 as given is not allowed for this patient ({', '.join(lowered)} lowered to the "
+                                "patient's label limits and toxicity chance constraints); this fallback is C1 within "
+                                "those limits and is the reference of the constraints relative to C1. Against C1 as "
+                                "given: " + "; ".join(rel))
+            why[p] = [(d, m) for d, m in why[p] if d != "oird"]
+            pain_why[p] = [m for m in pain_why[p] if m not in waive_pain]
     why = [[m for _, m in w] for w in why]
     times["exact_s"] = time.perf_counter() - t0
     out = pop.copy()
@@ -1112,6 +1141,7 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     out["TIT3_SEARCHED"] = searched_tit  # the search's schedule, where it missed a constraint and was repaired
     out["REPAIR"] = ["; ".join(r) for r in repairs]
     out["FALLBACK"] = fallback
+    out["FALLBACK_NOTE"] = fallback_note
     out["PAIN_OK"] = [not w for w in pain_why]
     out["PAIN_WHY"] = ["; ".join(w) for w in pain_why]
     times["total_s"] = time.perf_counter() - t_start
@@ -1203,6 +1233,8 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
         notes.insert(0, "THIS PROPOSAL IS THE FALLBACK, not an optimized schedule: the searched schedules missed a "
                         "constraint of the exact evaluation (see the repair notes), so this is C1's schedule (the standard "
                         "of care) within the patient's limits, with C1's rescue policy")
+        if str(row.get("FALLBACK_NOTE", "")):
+            notes.insert(1, str(row["FALLBACK_NOTE"]))
     if got < tit_target - 1e-9:
         notes.append(f"time in target {got:.1%} is below the target {tit_target:.1%} ({whose}) in the exact "
                      "evaluation, also after every repair step")
