@@ -186,7 +186,7 @@ def checks_markdown(checks: list[Check], n: int, seed: int) -> str:
     rows = [{"check": c.what, "simulated": f"{c.value:.3g}",
              "target": _bounds(c),
              "in the calibration": "yes (fit)" if c.fitted else "no",
-             "result": "pass" if c.passed else ("**MISS**" if (c.low is not None or c.high is not None) else "-"),
+             "result": "-" if (c.low is None and c.high is None) else ("pass" if c.passed else "**MISS**"),
              "source": c.source} for c in checks]
     df = pd.DataFrame(rows)
     lines = ["# Outcome model: checks against the stated targets", "",
