@@ -105,9 +105,7 @@ def trial(a, st) -> None:
           f"missing a pain constraint after every repair: {int(p.get('n_pain_missed', 0))}")
     print(f"  searched schedules repaired in the exact evaluation: {int(p.get('n_repaired', 0))} of {len(patients)}, "
           f"of which ended at the fallback: {int(p.get('n_fallback', 0))}")
-    if "REPAIR" in patients:
-        first = patients["REPAIR"].fillna("").astype(str).str.split(" \\(").str[0].value_counts()
-        print("  repair steps (first step taken): " + "; ".join(f"{k or 'none'}: {v}" for k, v in first.items()))
+    print("  repair steps (first step taken): " + first_repair_steps(patients))
     pol = patients["POLICY"].value_counts()
     print("  rescue policies chosen: " + "; ".join(f"{v} x {k}" for k, v in pol.items()))
     print(summary.to_string())
@@ -132,6 +130,12 @@ def trial(a, st) -> None:
         write_markdown(a, patients, summary, wall, gap_line)
 
 
+def first_repair_steps(patients: pd.DataFrame) -> str:
+    """How many searched schedules took each first repair step ("none": not repaired)."""
+    first = patients["REPAIR"].fillna("").astype(str).str.split(" \\(").str[0].value_counts()
+    return "; ".join(f"{k or 'none'}: {v}" for k, v in first.items())
+
+
 def write_markdown(a, patients: pd.DataFrame, summary: pd.DataFrame, wall: float, gap_line: str) -> None:
     """The trial's results page (``--md``)."""
     import datetime
@@ -152,8 +156,6 @@ def write_markdown(a, patients: pd.DataFrame, summary: pd.DataFrame, wall: float
         rows.append(f"| {label} | {r['MME_mean']:.1f} | {r['MME_P90']:.1f} | {100 * r['TIT3']:.1f} % | "
                     f"{100 * r['TIME_NRS_GE4']:.1f} % | {100 * r['TIME_NRS_GE7']:.2f} % | {r.get('P_OIRD', float('nan')):.2g} |")
     pol = patients["POLICY"].value_counts()
-    first = (patients["REPAIR"].fillna("").astype(str).str.split(" \\(").str[0].value_counts()
-             if "REPAIR" in patients else pd.Series(dtype=int))
     strata = summary[(summary["regimen"] == "proposal") & (summary["stratum"] != "all")]
     cols = [c for c in ("stratum", "n", "MME_mean", "MME_vs_C1_pct", "TIT3", "TIME_NRS_GE4", "n_unsafe") if c in strata]
     lines = [
@@ -171,7 +173,7 @@ def write_markdown(a, patients: pd.DataFrame, summary: pd.DataFrame, wall: float
         f">= 4, >= 7 against C1's) after every repair step: **{int(p.get('n_pain_missed', 0))}**. Searched "
         f"schedules repaired in the exact evaluation: {int(p.get('n_repaired', 0))}, of which ended at the "
         f"fallback (C1's schedule within the patient's limits): {int(p.get('n_fallback', 0))}.", "",
-        "Repair steps (first step taken): " + "; ".join(f"{k or 'none'}: {v}" for k, v in first.items()) + ".", "",
+        "Repair steps (first step taken): " + first_repair_steps(patients) + ".", "",
         "Rescue policies chosen: " + "; ".join(f"{v} x {k}" for k, v in pol.items()) + ".", "",
         "By stratum (proposal):", "",
         "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|",

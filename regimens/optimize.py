@@ -843,8 +843,10 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     tit_target = c1p["TIT3"].to_numpy().reshape(P, S).mean(1) - st.tit_slack
     if st.min_time_in_target is not None:
         tit_target = np.maximum(tit_target, float(st.min_time_in_target))
-    ge4_target = c1p["TIME_NRS_GE4"].to_numpy().reshape(P, S).mean(1) + st.ge4_slack
-    ge7_target = c1p["TIME_NRS_GE7"].to_numpy().reshape(P, S).mean(1) + st.ge7_slack
+    c1_pain = {k: c1p[c].to_numpy().reshape(P, S).mean(1) for k, c in
+               (("tit3", "TIT3"), ("ge4", "TIME_NRS_GE4"), ("ge7", "TIME_NRS_GE7"))}
+    ge4_target = c1_pain["ge4"] + st.ge4_slack
+    ge7_target = c1_pain["ge7"] + st.ge7_slack
     times["comparators_s"] = time.perf_counter() - t0
 
     say("relaxed programs")
@@ -1017,22 +1019,19 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
                 (("tit3", "TIT3"), ("ge4", "TIME_NRS_GE4"), ("ge7", "TIME_NRS_GE7"))}
         return Wt, tabs, prop, pp, tox, why, pain
 
-    def pain_misses(p, pain) -> list[str]:
-        """The pain constraints patient p's schedule misses in the exact evaluation, each with its figures.
-        A rescue policy that withholds rescue below a higher threshold than the treat cut-off gets no
-        non-inferiority margin: its time with NRS >= 4 and >= 7 may not exceed C1's at all."""
+    def pain_misses(p, pain) -> list[tuple[str, str]]:
+        """The pain constraints patient p's schedule misses in the exact evaluation: (constraint, message with
+        its figures). A rescue policy that withholds rescue below a higher threshold than the treat cut-off
+        gets no non-inferiority margin: its time with NRS >= 4 and >= 7 may not exceed C1's at all."""
         miss = []
         strict = withholds_rescue(policies[int(chosen_pol[p])])
-        s4, s7 = (0.0, 0.0) if strict else (st.ge4_slack, st.ge7_slack)
-        lim4, lim7 = ge4_target[p] - st.ge4_slack + s4, ge7_target[p] - st.ge7_slack + s7
-        why4 = "C1's, no margin with a rescue threshold above NRS 4" if strict else f"C1 + {st.ge4_slack:.0%}"
-        why7 = "C1's, no margin with a rescue threshold above NRS 4" if strict else f"C1 + {st.ge7_slack:.1%}"
         if pain["tit3"][p] < tit_target[p] - 1e-9:
-            miss.append(f"time with NRS <= 3 {pain['tit3'][p]:.1%} below the target {tit_target[p]:.1%}")
-        if pain["ge4"][p] > lim4 + 1e-9:
-            miss.append(f"time with NRS >= 4 {pain['ge4'][p]:.1%} above the limit {lim4:.1%} ({why4})")
-        if pain["ge7"][p] > lim7 + 1e-9:
-            miss.append(f"time with NRS >= 7 {pain['ge7'][p]:.2%} above the limit {lim7:.2%} ({why7})")
+            miss.append(("tit3", f"time with NRS <= 3 {pain['tit3'][p]:.1%} below the target {tit_target[p]:.1%}"))
+        for k, slack, fmt, slack_fmt in (("ge4", st.ge4_slack, ".1%", ".0%"), ("ge7", st.ge7_slack, ".2%", ".1%")):
+            lim = c1_pain[k][p] + (0.0 if strict else slack)
+            whose = "C1's, no margin with a rescue threshold above NRS 4" if strict else f"C1 + {slack:{slack_fmt}}"
+            if pain[k][p] > lim + 1e-9:
+                miss.append((k, f"time with NRS >= {k[2]} {pain[k][p]:{fmt}} above the limit {lim:{fmt}} ({whose})"))
         return miss
 
     def repair_step(k: int, p: int, reason: str) -> str | None:
@@ -1069,7 +1068,7 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     for _attempt in range(6):
         changed = False
         for p in range(P):
-            miss = pain_misses(p, pain)
+            miss = [m for _, m in pain_misses(p, pain)]
             oird_miss = [m for d, m in why[p] if d == "oird"]
             if miss or oird_miss:
                 if np.isnan(searched_tit[p]):
@@ -1097,8 +1096,6 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     # fallback is C1 within those limits: it is that reference itself, so its misses against C1 as given are
     # said (FALLBACK_NOTE), not counted as failures.
     fallback_note = [""] * P
-    c1_pain = {k: c1p[c].to_numpy().reshape(P, S).mean(1) for k, c in
-               (("tit3", "TIT3"), ("ge4", "TIME_NRS_GE4"), ("ge7", "TIME_NRS_GE7"))}
     for p in range(P):
         if not fallback[p]:
             continue
@@ -1106,12 +1103,9 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
         lowered = sorted({sl.product.drug for sl, a, g in zip(spaces[p].slots, amounts[p], given) if a < g - 1e-9})
         # only what C1 as given meets itself is waived (a constraint C1 misses too, e.g. an unreachable
         # min_time_in_target, stays a miss)
-        def which(m: str) -> str:  # "time with NRS >= 4" etc.
-            return " ".join(m.split(" ")[:5])
-
-        c1_miss = {which(m) for m in pain_misses(p, c1_pain)}
-        waive_pain = [m for m in pain_why[p] if which(m) not in c1_miss]
-        rel = [m for d, m in why[p] if d == "oird"] + waive_pain
+        c1_miss = {k for k, _ in pain_misses(p, c1_pain)}
+        waive_pain = [(k, m) for k, m in pain_why[p] if k not in c1_miss]
+        rel = [m for d, m in why[p] if d == "oird"] + [m for _, m in waive_pain]
         if lowered and rel:
             fallback_note[p] = (f"C1 as given is not allowed for this patient ({', '.join(lowered)} lowered to the "
                                 "patient's label limits and toxicity chance constraints); this fallback is C1 within "
@@ -1120,6 +1114,7 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
             why[p] = [(d, m) for d, m in why[p] if d != "oird"]
             pain_why[p] = [m for m in pain_why[p] if m not in waive_pain]
     why = [[m for _, m in w] for w in why]
+    pain_why = [[m for _, m in w] for w in pain_why]
     times["exact_s"] = time.perf_counter() - t0
     out = pop.copy()
     out["POLICY"] = [policies[int(i)].label for i in chosen_pol]
