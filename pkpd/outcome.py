@@ -242,6 +242,7 @@ class OutcomePosterior:
     reference_scale: np.ndarray | None = None
     reference_trial: str = ""
     reference_spread: np.ndarray | None = None
+    reference_propensity: np.ndarray | None = None
 
     def point(self) -> dict[str, float]:
         """Posterior medians (the simulator's default values)."""
@@ -255,6 +256,11 @@ class OutcomePosterior:
         """Median between-patient heterogeneity multiplier of the reference setting (1 when none)."""
         return 1.0 if self.reference_spread is None else float(np.median(self.reference_spread))
 
+    def reference_rescue_propensity(self) -> float:
+        """Median rescue-propensity multiplier of the reference setting (1 when the posterior has none: a
+        calibration whose trial effect is on the pain curve)."""
+        return 1.0 if self.reference_propensity is None else float(np.median(self.reference_propensity))
+
     def _index(self, n: int, seed: int) -> np.ndarray:
         rng = np.random.default_rng(int(seed))
         m = len(self.draws)
@@ -266,8 +272,8 @@ class OutcomePosterior:
 
     def draw_columns(self, n: int, seed: int = 0) -> pd.DataFrame:
         """:meth:`sample` as population columns ``outcome.<name>`` (see the module docstring), with the
-        reference setting's pain-curve multiplier of the same draws as ``pain.scale`` when the posterior has
-        one."""
+        reference setting's trial effects of the same draws as ``pain.scale`` (pain-curve multiplier),
+        ``rescue.propensity`` and ``pain.spread`` where the posterior has them."""
         idx = self._index(n, seed)
         s = self.draws.iloc[idx].reset_index(drop=True)
         s = s.rename(columns={c: f"outcome.{c}" for c in s.columns})
@@ -275,6 +281,8 @@ class OutcomePosterior:
             s["pain.scale"] = np.asarray(self.reference_scale, float)[idx]
         if self.reference_spread is not None:
             s["pain.spread"] = np.asarray(self.reference_spread, float)[idx]
+        if self.reference_propensity is not None:
+            s["rescue.propensity"] = np.asarray(self.reference_propensity, float)[idx]
         return s
 
 
@@ -312,7 +320,7 @@ def outcome_posterior(path: str | None = None) -> OutcomePosterior:
         raise ModelSpecError(f"outcome-model posterior: draws outside the bounds of {bad}")
     ref = obj.get("reference") or {}
     got = {}
-    for key in ("pain_scale", "pain_spread"):
+    for key in ("pain_scale", "pain_spread", "rescue_propensity"):
         if key in ref:
             v = np.asarray(ref[key], float)
             if v.shape != (len(draws),) or not np.all(np.isfinite(v) & (v > 0)):
@@ -321,7 +329,7 @@ def outcome_posterior(path: str | None = None) -> OutcomePosterior:
             got[key] = v
     return OutcomePosterior(str(obj.get("version", "?")), obj["rule"], draws[[p.name for p in OUTCOME_PARAMETERS]],
                             dict(obj.get("meta", {})), got.get("pain_scale"), str(ref.get("trial", "")),
-                            got.get("pain_spread"))
+                            got.get("pain_spread"), got.get("rescue_propensity"))
 
 
 def outcome_point() -> dict[str, float]:

@@ -117,6 +117,12 @@ class DemandModel:
     opioid_half: PDValue = _v(_PT["opioid_half"], "normalized units", _CAL,
                               "opioid effect halving the hazard (structure: Goulooze 2020)")
     relax_tau: PDValue = _v(0.3, "NRS", Source("this toolkit", "temperature of the smooth PRN threshold"))
+    setting_propensity: PDValue = _v(outcome_posterior().reference_rescue_propensity(), "x", Source(
+        f"outcome-model calibration {outcome_posterior().version}", "posterior trial effect on rescue propensity of "
+        f"the reference setting ({outcome_posterior().reference_trial or 'none'}; 1 where the calibration's trial "
+        "effect is on the pain curve instead): the SPINE-72 benchmark stands for its setting (clinical.md 3.2)",
+        unverified=True), "multiplier of every rescue-request hazard in the simulated setting (population column "
+        "rescue.propensity per row)")
 
     def hazard(self, nrs, xp=math, opioid_units=0.0):
         """Demand hazards (1/h) of a typical patient (propensity 1) at pain ``nrs`` and opioid effect

@@ -350,8 +350,10 @@ def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, option
         draws of a fitted patient are simulated (:mod:`regimens.posterior`); ``pain.scale`` replaces the
         setting's multiplier of the pain curve (``PainModel.setting_scale``: an effect shared by a group, e.g.
         one trial's surgery and institution) and ``pain.spread`` the setting's multiplier of the
-        between-patient SDs of pain sensitivity and rescue propensity (``PainModel.setting_spread``). A column naming an unknown drug
-        parameter is an error. Columns ``z.<stream>.<j>`` give the standard-normal variability draws
+        between-patient SDs of pain sensitivity and rescue propensity (``PainModel.setting_spread``);
+        ``rescue.propensity`` replaces the setting's multiplier of every rescue-request hazard
+        (``DemandModel.setting_propensity``: a group's readiness to ask for and give rescue opioid). A column
+        naming an unknown drug parameter is an error. Columns ``z.<stream>.<j>`` give the standard-normal variability draws
         themselves (:func:`variability_columns`: a known patient under another ID). Columns
         ``outcome.<name>`` give a row its own value of a calibrated outcome-model parameter
         (:mod:`pkpd.outcome`: many parameter sets in one batched call).
@@ -1048,23 +1050,13 @@ class _Plan:
         th = th_["t_half"] * np.exp(np.sqrt(np.log1p(cv * cv)) * zp[:, 1])
         # the setting's heterogeneity: a multiplier of the between-patient SDs of pain sensitivity and rescue
         # propensity (the pain model's, or a row's own pain.spread)
-        spread = np.full(n_pat, float(pain.setting_spread.value))
-        if "pain.spread" in sub:
-            given = sub["pain.spread"].to_numpy(float)
-            if np.any(np.isfinite(given) & (given <= 0)):
-                raise ModelSpecError("population column pain.spread must be > 0 (a multiplier of the "
-                                     "between-patient SDs)")
-            spread = np.where(np.isfinite(given), given, spread)
+        spread = _row_multiplier(sub, "pain.spread", float(pain.setting_spread.value),
+                                 "a multiplier of the between-patient SDs")
         sens = np.exp(th_["sensitivity_sd"] * spread * zp[:, 2])
         # the setting's pain-curve multiplier (a trial's surgery and institution): the pain model's (the
         # calibration's reference setting), or a row's own pain.scale
-        setting = np.full(n_pat, float(pain.setting_scale.value))
-        if "pain.scale" in sub:
-            given = sub["pain.scale"].to_numpy(float)
-            if np.any(np.isfinite(given) & (given <= 0)):
-                raise ModelSpecError("population column pain.scale must be > 0 (a multiplier of the pain curve)")
-            setting = np.where(np.isfinite(given), given, setting)
-        sens = sens * setting
+        sens = sens * _row_multiplier(sub, "pain.scale", float(pain.setting_scale.value),
+                                      "a multiplier of the pain curve")
         # a patient's own pain-model values (posterior draws), where given
         for col, val in (("pain.b0", "b0"), ("pain.t_half", "th"), ("pain.sensitivity", "sens")):
             if col in sub:
@@ -1082,7 +1074,11 @@ class _Plan:
                 sens = sens * float(pain.education_sensitivity_factor.value)
         # rescue propensity: one log-normal draw per patient (stream "demand"), shared by every rescue kind
         zd = _draws(sub, seed, "demand", 1)[:, 0] if self.opts.iiv else np.zeros(n_pat)
-        prop = np.exp(th_["demand_iiv"] * spread * zd)
+        # times the setting's rescue propensity (the calibration's reference setting: DemandModel.setting_propensity,
+        # or a row's own rescue.propensity)
+        prop = np.exp(th_["demand_iiv"] * spread * zd) * _row_multiplier(
+            sub, "rescue.propensity", float(self.opts.demand.setting_propensity.value),
+            "a multiplier of every rescue-request hazard")
         lam = np.stack([th_[_demand_key(it)] for it in self.items] or [np.zeros(n_pat)], axis=1) * prop[:, None]
         if not self.items:
             lam = np.zeros((n_pat, 1))
@@ -1222,6 +1218,23 @@ class _Plan:
 
 
 _KERNELS: dict = {}
+
+
+def _row_multiplier(sub: pd.DataFrame, column: str, default: float, meaning: str) -> np.ndarray:
+    """Per-row multiplier: the population column ``column`` where given (finite), else ``default``.
+
+    Raises
+    ------
+    ModelSpecError
+        A given value is not > 0.
+    """
+    out = np.full(len(sub), default)
+    if column in sub:
+        given = sub[column].to_numpy(float)
+        if np.any(np.isfinite(given) & (given <= 0)):
+            raise ModelSpecError(f"population column {column} must be > 0 ({meaning})")
+        out = np.where(np.isfinite(given), given, out)
+    return out
 
 
 def _demand_key(item: Mapping) -> str:

@@ -79,6 +79,22 @@ def test_posterior_recovers_a_known_parameter_set():
     assert post.diagnostics["divergences"] < 15
 
 
+def test_waves_of_another_trial_effect_structure_are_refused(tmp_path):
+    """Design waves simulated with the trial effect on the pain curve (calibration 2, no ``effects`` tag) are not
+    mixed into a calibration whose trial effect is on the rescue propensity: a clear error, simulate again."""
+    from regimens.calibration.run import load_problem, load_waves
+
+    problem = load_problem()
+    keys = np.array([t.key for t in problem.flat])
+    from regimens.calibration.design import PARAM_NAMES
+
+    np.savez(tmp_path / "wave0.npz", z=np.zeros((2, P)), u=np.zeros((2, len(problem.trials))),
+             w=np.zeros((2, len(problem.trials))), y=np.zeros((2, len(keys))), keys=keys,
+             params=np.array(PARAM_NAMES), trials=np.array(problem.trials))
+    with pytest.raises(ValueError, match=r"trial effects on \['pain.scale', 'pain.spread'\].*simulate again"):
+        load_waves(problem, tmp_path)
+
+
 # ---- the shipped posterior --------------------------------------------------------------------------------
 def test_shipped_posterior_is_a_calibration_with_its_provenance():
     post = outcome_posterior()

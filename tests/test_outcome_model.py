@@ -191,6 +191,26 @@ def test_demand_propensity_spreads_opioid_use():
     assert cv(wide.MME_0_24) > 1.2 * cv(narrow.MME_0_24)
 
 
+def test_setting_rescue_propensity_multiplies_every_rescue_hazard():
+    """The setting's rescue propensity (population column rescue.propensity; the trial effect of calibration 3)
+    is the same as multiplying each kind's hazard (PCA, nurse IV PRN, oral PRN) by hand: identical per-patient
+    use for C0 (PCA then oral PRN). A value <= 0 is an error naming the column."""
+    from pkpd.outcome import outcome_point
+    from regimens.io import get_regimen
+
+    pop = _pop(60, 5)
+    point = outcome_point()
+    o = SimOptions(record_doses=False, record_trajectories=False)
+    by_col = simulate_regimen(get_regimen("C0"), pop.assign(**{"rescue.propensity": 2.5}), seed=4, options=o)
+    by_hand = simulate_regimen(get_regimen("C0"), pop.assign(**{f"outcome.{k}": 2.5 * point[k] for k in (
+        "lambda_pca", "lambda_prn_iv", "lambda_prn_po")}), seed=4, options=o)
+    plain = simulate_regimen(get_regimen("C0"), pop, seed=4, options=o)
+    np.testing.assert_allclose(by_col.patients.MME_0_72, by_hand.patients.MME_0_72, rtol=0, atol=1e-9)
+    assert by_col.patients.MME_0_72.mean() > 1.1 * plain.patients.MME_0_72.mean()
+    with pytest.raises(ModelSpecError, match="rescue.propensity must be > 0"):
+        simulate_regimen(get_regimen("C0"), pop.assign(**{"rescue.propensity": 0.0}), seed=4, options=o)
+
+
 # ---- liposomal bupivacaine exposure ------------------------------------------------------------------------
 def test_liposomal_bupivacaine_peak_has_the_label_cv():
     """Exparel 266 mg (hemorrhoidectomy label NCA): Cmax 867 +- 353 ng/mL, CV 41 %; acceptance 31-51 %

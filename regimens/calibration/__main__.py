@@ -28,13 +28,13 @@ import numpy as np
 
 from pkpd.outcome import OUTCOME_PARAMETERS
 
-from .design import PARAM_NAMES, TRIAL_EFFECT_SD
+from .design import PARAM_NAMES, TRIAL_EFFECT_SD, TRIAL_EFFECTS
 from .emulator import fit_emulator, standardize
 from .fit import fit_posterior
 from .run import Problem, Settings, load_problem, load_waves, run_wave
 from .validate import arm_contrasts, predict_contrasts, predict_targets, summarize_intervals
 
-VERSION = "2"
+VERSION = "3"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -144,22 +144,22 @@ def validate(problem: Problem, emu, post, s: Settings) -> dict:
 
 
 #: The trial whose setting the SPINE-72 benchmark stands for (clinical.md 3.2: its calibration targets are
-#: the Iyer 2023 arms): its posterior trial effect is the default pain-curve multiplier of the simulator.
+#: the Iyer 2023 arms): its posterior trial effects are the simulator's default rescue propensity and spread.
 REFERENCE_TRIAL = "iyer2023"
 
 
 def write_posterior(path: Path, rule: str, post, meta: dict, trials: list[str], n_keep: int = 1000) -> None:
     """The posterior JSON read by :func:`pkpd.outcome.outcome_posterior`: parameter draws, and with each draw
-    the reference setting's pain-curve multiplier (``exp(u)`` of :data:`REFERENCE_TRIAL`)."""
+    the reference setting's trial effects (``exp(u)``, ``exp(w)`` of :data:`REFERENCE_TRIAL`)."""
     step = max(1, len(post.theta) // n_keep)
     draws = post.theta[::step][:n_keep]
     k = trials.index(REFERENCE_TRIAL)
-    scale = np.exp(post.u[::step, k][:n_keep])
+    prop = np.exp(post.u[::step, k][:n_keep])
     spread = np.exp(post.w[::step, k][:n_keep])
     obj = {"version": VERSION, "rule": rule, "parameters": list(PARAM_NAMES),
            "units": {p.name: p.unit for p in OUTCOME_PARAMETERS},
            "draws": np.round(draws, 6).tolist(),
-           "reference": {"trial": REFERENCE_TRIAL, "pain_scale": np.round(scale, 6).tolist(),
+           "reference": {"trial": REFERENCE_TRIAL, "rescue_propensity": np.round(prop, 6).tolist(),
                          "pain_spread": np.round(spread, 6).tolist()}, "meta": meta}
     path.write_text(json.dumps(obj, indent=1) + "\n")
 
@@ -279,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "evidence": {t: [a.arm.id for a in problem.arms if a.trial.id == t] for t in problem.trials},
         "targets": [t.key for t in problem.flat],
         "settings": {**s.__dict__, "trial_effect_design_sd": TRIAL_EFFECT_SD},
+        "trial_effects": list(TRIAL_EFFECTS),
         "nuts": post.diagnostics,
         "emulator_holdout": {"rmse_median": float(np.median(chk["rmse"])), "rmse_max": float(np.max(chk["rmse"])),
                              "r2_median": float(np.median(chk["r2"])), "points_train": chk["train"],

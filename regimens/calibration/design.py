@@ -2,10 +2,20 @@
 
 A design point is one value of every calibrated parameter (:data:`pkpd.outcome.OUTCOME_PARAMETERS`) plus
 two *trial effects* per trial, standing for what differs between trials beyond the regimen: a log-multiplier
-``u`` of the pain curve (``pain.scale = exp(u)``: surgery, institution, unreported protocol details) and a
-log-multiplier ``w`` of the between-patient heterogeneity (``pain.spread = exp(w)``: who the trial enrolled).
+``u`` of every rescue-request hazard (``rescue.propensity = exp(u)``: an institution's readiness to ask for and
+give rescue opioid, PCA teaching, nursing practice, unreported protocol details) and a log-multiplier ``w`` of
+the between-patient heterogeneity (``pain.spread = exp(w)``: who the trial enrolled). The pain curve itself is
+shared by every trial (``pain.scale = 1``).
+
+Calibration 2 put ``u`` on the pain curve (``pain.scale``). Its reference setting (Iyer 2023, multiplier 1.61)
+put the untreated pain of most patients above NRS 10, where the clip at 10 hides every adjunct's effect: C1's
+POD1 pain came out too high, ketamine in tolerant patients too weak, tolerant and naive patients too alike and
+the spread of opioid use too narrow (``docs/outcome_checks.md`` of calibration 2). Calibration 3 moves the
+trial effect onto the rescue propensity, which leaves pain on the scale the pain data (Maheshwari 2020) and
+clinical.md 3.2 ("untreated NRS about 7") describe.
+
 Every arm is simulated at every design point in one batched call: rows are design points x virtual
-patients, each row carrying its design point's values as ``outcome.<name>`` / ``pain.scale`` columns and
+patients, each row carrying its design point's values as ``outcome.<name>`` / ``rescue.propensity`` columns and
 its patient's variability draws as ``z.*`` columns (:func:`pkpd.regimen_sim.variability_columns`), so all
 design points see the same patients (common random numbers; only the rescue-request randomness, keyed by
 the row ID, differs).
@@ -24,11 +34,15 @@ from pkpd.regimen_sim import SimOptions, simulate_regimen, variability_columns
 
 from .arms import ArmSim, Target, arm_population, patient_values, simulated_statistics
 
-__all__ = ["PARAM_NAMES", "TRIAL_EFFECT_SD", "sample_design", "simulate_arm", "to_natural", "to_unconstrained"]
+__all__ = ["PARAM_NAMES", "TRIAL_EFFECTS", "TRIAL_EFFECT_SD", "sample_design", "simulate_arm", "to_natural", "to_unconstrained"]
 
 PARAM_NAMES: tuple[str, ...] = tuple(p.name for p in OUTCOME_PARAMETERS)
-#: SD of the trial effects at the design points (log pain-curve multiplier): wider than the posterior's.
-TRIAL_EFFECT_SD = 0.35
+#: What the first trial effect multiplies (the simulator's population column), and the structure tag every
+#: saved wave and posterior carries (waves of another structure are refused).
+TRIAL_EFFECTS: tuple[str, str] = ("rescue.propensity", "pain.spread")
+#: SD of the trial effects at the first wave's design points (log multipliers): wider than their prior's
+#: scale (fit._TAU_PRIOR), so that a trial far from the typical one is still inside the design.
+TRIAL_EFFECT_SD = 0.5
 
 
 def to_natural(z: np.ndarray) -> np.ndarray:
@@ -71,7 +85,7 @@ def sample_design(n: int, n_trials: int, seed: int, *, center: np.ndarray | None
     z : ndarray (n, P)
         Unconstrained parameter values.
     u, w : ndarray (n, n_trials)
-        Trial effects: log multipliers of the pain curve and of the between-patient heterogeneity.
+        Trial effects: log multipliers of the rescue propensity and of the between-patient heterogeneity.
     """
     from scipy.stats import norm, qmc
 
@@ -97,7 +111,7 @@ def sample_design(n: int, n_trials: int, seed: int, *, center: np.ndarray | None
     return z, u, w
 
 
-def simulate_arm(arm: ArmSim, targets: list[Target], theta: np.ndarray, pain_scale: np.ndarray,
+def simulate_arm(arm: ArmSim, targets: list[Target], theta: np.ndarray, propensity: np.ndarray,
                  pain_spread: np.ndarray, *, n_patients: int, seed: int, rule: str = "loewe",
                  progress: Callable[[str], None] | None = None) -> np.ndarray:
     """The arm's target statistics at every design point.
@@ -108,8 +122,8 @@ def simulate_arm(arm: ArmSim, targets: list[Target], theta: np.ndarray, pain_sca
         The arm and its targets (:func:`regimens.calibration.arms.arm_targets`).
     theta
         (D, P) parameter values, natural units (:data:`PARAM_NAMES` order).
-    pain_scale, pain_spread
-        (D,) the arm's trial effects at each point: multipliers of the pain curve and of the between-patient
+    propensity, pain_spread
+        (D,) the arm's trial effects at each point: multipliers of the rescue propensity and of the between-patient
         heterogeneity.
     n_patients, seed
         Virtual patients of the arm (the same for every point) and their seed.
@@ -130,7 +144,8 @@ def simulate_arm(arm: ArmSim, targets: list[Target], theta: np.ndarray, pain_sca
     rows["ID"] = np.arange(1, D * n_patients + 1)
     for j, name in enumerate(PARAM_NAMES):
         rows[f"outcome.{name}"] = np.repeat(theta[:, j], n_patients)
-    rows["pain.scale"] = np.repeat(np.asarray(pain_scale, float), n_patients)
+    rows["rescue.propensity"] = np.repeat(np.asarray(propensity, float), n_patients)
+    rows["pain.scale"] = 1.0  # explicit: not the shipped posterior's reference setting
     rows["pain.spread"] = np.repeat(np.asarray(pain_spread, float), n_patients)
     res = simulate_regimen(reg, rows, seed=seed, options=SimOptions(record_trajectories=False, record_doses=False,
                                                                   combination=rule))

@@ -3,9 +3,9 @@
 Model (every target ``j`` of arm ``a`` in trial ``t``; :class:`regimens.calibration.arms.Target`)::
 
     z_p   ~ Normal(prior mean, prior SD), truncated to the parameter's bounds (unconstrained scale)
-    tau   ~ HalfNormal(0.3)                        between-trial SD of the pain-curve effect
-    u_t   = tau * e_t,  e_t ~ Normal(0, 1)         trial effect (log multiplier of the pain curve)
-    tau_w ~ HalfNormal(0.3)                        between-trial SD of the heterogeneity effect
+    tau   ~ HalfNormal(0.5)                        between-trial SD of the rescue-propensity effect
+    u_t   = tau * e_t,  e_t ~ Normal(0, 1)         trial effect (log multiplier of every rescue hazard)
+    tau_w ~ HalfNormal(0.5)                        between-trial SD of the heterogeneity effect
     w_t   = tau_w * f_t, f_t ~ Normal(0, 1)        trial effect (log multiplier of the between-patient SDs)
     s_k   ~ HalfNormal(0.2 | 0.2 | 0.5)            arm-level discrepancy for log means/medians | log SDs | pain
     y_j   ~ StudentT(4, emulator_j(z, u_t, w_t), sqrt(se_j^2 + s_k(j)^2 + rmse_j^2))
@@ -40,7 +40,10 @@ __all__ = ["Posterior", "fit_posterior", "KINDS"]
 #: Discrepancy groups of the target statistics and their prior scales.
 KINDS = {"log_mean": 0, "log_median": 0, "log_sd": 1, "pain_mean": 2}
 _S_PRIOR = (0.2, 0.2, 0.5)
-_TAU_PRIOR = 0.3
+#: Scale of the half-normal priors of the between-trial SDs (log multipliers; calibration 2: 0.3 on the pain
+#: curve). 0.5: PCA and rescue opioid use of similar patients and regimens differ between institutions by a
+#: factor of about 1.5-2 (assumption, e.g. Iyer 2023's PCA arms vs Nielsen 2017's placebo arm, flagged).
+_TAU_PRIOR = 0.5
 #: Degrees of freedom of the Student-t arm error (robust to an outlying arm; 4: finite variance, heavy tails).
 DISCREPANCY_DF = 4.0
 

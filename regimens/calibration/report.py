@@ -64,7 +64,7 @@ def write_report(docs: Path, problem, post, res: dict, meta: dict, figures: list
         f"{meta['emulator_holdout']['points_train'] + meta['emulator_holdout']['points_holdout']} design points in "
         "waves (the first from the priors, the next centred on the first posterior); a Gaussian-process emulator "
         "per target; NUTS on an aggregate-data likelihood with each arm's N and spread, a trial effect per "
-        "trial on the pain curve and one on the between-patient spread, and a Student-t (4 df) arm-level "
+        "trial on the rescue propensity and one on the between-patient spread, and a Student-t (4 df) arm-level "
         "discrepancy, robust to an outlying arm (`regimens/calibration/fit.py`).",
         "",
         "## Combination rule",
@@ -92,7 +92,7 @@ def write_report(docs: Path, problem, post, res: dict, meta: dict, figures: list
               f"* NUTS: {meta['nuts']['chains']} chains x {meta['nuts']['draws'] // max(meta['nuts']['chains'], 1)} "
               f"draws, largest R-hat {meta['nuts']['max_rhat']:.3f}, smallest ESS {meta['nuts']['min_ess']:.0f}, "
               f"{meta['nuts']['divergences']} divergent transitions.",
-              f"* Between-trial SD of the pain-curve effect: median {meta['trial_effect_sd']['median']:.2f} "
+              f"* Between-trial SD of the rescue-propensity effect: median {meta['trial_effect_sd']['median']:.2f} "
               f"(90 % {meta['trial_effect_sd']['p05']:.2f}-{meta['trial_effect_sd']['p95']:.2f}); arm-level "
               f"discrepancy SD: log means {meta['discrepancy_sd']['log_mean']:.2f}, log SDs "
               f"{meta['discrepancy_sd']['log_sd']:.2f}, pain {meta['discrepancy_sd']['pain']:.2f} NRS.",
@@ -138,7 +138,7 @@ def write_validation_section(docs: Path, res: dict, meta: dict, figure: str = "o
             f"**Held-out between-arm effects: {int(eff.inside.sum())} of {len(eff)} inside their 90 % prediction "
             f"interval ({100 * eff.inside.mean():.0f} %), sign right for {int(eff.sign_right.sum())} of {len(eff)}.** "
             f"Held-out arms' absolute numbers: {int(lt.inside.sum())} of {len(lt)} inside (the level of a new "
-            "trial is uncertain: its setting's pain-curve effect is drawn from the between-trial spread).", "",
+            "trial is uncertain: its setting's rescue-propensity effect is drawn from the between-trial spread).", "",
             _md(eff.drop(columns=["trial"])), "",
             "Every held-out arm: [outcome_calibration.md](outcome_calibration.md#leave-one-trial-out-validation).",
             "", END]

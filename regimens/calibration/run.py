@@ -17,7 +17,7 @@ import numpy as np
 
 from ..evidence import load_evidence
 from .arms import ArmSim, Target, arm_targets, calibration_arms
-from .design import PARAM_NAMES, TRIAL_EFFECT_SD, sample_design, simulate_arm, to_natural
+from .design import PARAM_NAMES, TRIAL_EFFECT_SD, TRIAL_EFFECTS, sample_design, simulate_arm, to_natural
 
 __all__ = ["Settings", "Problem", "load_problem", "simulate_wave", "load_waves"]
 
@@ -33,8 +33,8 @@ class Settings:
     """
 
     rule: str = "loewe"
-    n_patients: int = 200
-    waves: tuple[int, ...] = (512, 384)
+    n_patients: int = 160
+    waves: tuple[int, ...] = (448, 320)
     holdout: float = 0.2
     draws: int = 1000
     warmup: int = 1000
@@ -70,7 +70,7 @@ def load_problem(use: str = "calibration") -> Problem:
 def simulate_wave(problem: Problem, z: np.ndarray, u: np.ndarray, w: np.ndarray, settings: Settings, *,
                   progress: Callable[[str], None] = print) -> np.ndarray:
     """Simulate every arm at design points ``z`` (unconstrained, (D, P)) with trial effects ``u``, ``w``
-    (D, T: log multipliers of the pain curve and of the between-patient heterogeneity).
+    (D, T: log multipliers of the rescue propensity and of the between-patient heterogeneity).
 
     Returns the statistics (D, n_targets) in :attr:`Problem.flat` order.
     """
@@ -98,7 +98,7 @@ def run_wave(problem: Problem, k: int, settings: Settings, out: Path, *, center=
     path = out / settings.rule / f"wave{k}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, z=z, u=u, w=w, y=y, keys=np.array([t.key for t in problem.flat]),
-             params=np.array(PARAM_NAMES), trials=np.array(problem.trials),
+             params=np.array(PARAM_NAMES), trials=np.array(problem.trials), effects=np.array(TRIAL_EFFECTS),
              settings=json.dumps(settings.__dict__), seconds=time.perf_counter() - t0)
     progress(f"wave {k}: {n} points in {time.perf_counter() - t0:.0f} s -> {path}")
     return path
@@ -116,6 +116,10 @@ def load_waves(problem: Problem, out: Path) -> tuple[np.ndarray, ...]:
         d = np.load(p)
         if list(d["keys"]) != keys or list(d["params"]) != list(PARAM_NAMES) or list(d["trials"]) != problem.trials:
             raise ValueError(f"{p} was made for another evidence base or parameter set: simulate again")
+        if "effects" not in d or list(d["effects"]) != list(TRIAL_EFFECTS):
+            got = list(d["effects"]) if "effects" in d else ["pain.scale", "pain.spread"]
+            raise ValueError(f"{p} has trial effects on {got}, this calibration on {list(TRIAL_EFFECTS)}: "
+                             "simulate again (another --out folder)")
         zs.append(d["z"])
         us.append(d["u"])
         vs.append(d["w"])
