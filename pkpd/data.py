@@ -24,6 +24,9 @@ built-in models).
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
 import math
 import numbers
 import re
@@ -36,7 +39,8 @@ import pandas as pd
 
 from ._errors import DatasetError, DatasetViolation
 
-__all__ = ["STANDARD_COLUMNS", "read_dataset", "check_dataset", "validate_dataset"]
+__all__ = ["STANDARD_COLUMNS", "read_dataset", "check_dataset", "validate_dataset", "standard_columns",
+           "numeric_column"]
 
 #: NONMEM data items understood by the toolkit, in the order new columns are appended.
 STANDARD_COLUMNS: tuple[str, ...] = ("ID", "TIME", "EVID", "AMT", "CMT", "RATE", "II", "ADDL", "SS", "DV", "MDV")
@@ -59,23 +63,30 @@ _OK, _BLANK, _DOT, _BAD = 0, 1, 2, 3
 def read_dataset(path: str | Path) -> pd.DataFrame:
     """Read a NONMEM-format CSV file without converting any cell.
 
+    This is the one reader of dataset files: ``pkpd simulate``, ``pkpd fit``, ``pkpd forecast`` and
+    :func:`pkpd.nca.nca` all read their files here, so they see the same cells.
+
     Parameters
     ----------
     path
-        CSV file with a header line. Cells may use ``"."`` for 0 / missing, as NONMEM does.
+        CSV file with a header line. Cells may use ``"."`` for 0 / missing, as NONMEM does. The encoding
+        is UTF-8 (with or without a byte-order mark), UTF-16 or UTF-32 with a byte-order mark, UTF-16
+        without one (recognised by its NUL bytes), else Latin-1. The delimiter is a comma, or the
+        semicolon, tab or ``|`` the header line uses when it has no comma.
 
     Returns
     -------
     pandas.DataFrame
-        The raw frame: every cell a string (missing trailing fields are NaN), headers stripped of
-        whitespace, standard column names upper-cased (``time`` -> ``TIME``), a ``RangeIndex`` in file
-        order. Conversion to numbers happens in :func:`validate_dataset`, so that non-numeric cells can
-        be reported with their rows.
+        The raw frame: every cell a string, headers stripped of whitespace, standard column names
+        upper-cased (``time`` -> ``TIME``), a ``RangeIndex`` in file order. Conversion to numbers happens
+        in :func:`validate_dataset`, so that non-numeric cells can be reported with their rows.
 
     Raises
     ------
     DatasetError
-        If the file does not exist, is empty, cannot be decoded, or is not a well-formed CSV table.
+        If the file does not exist, is empty, cannot be decoded (the message names the encoding tried),
+        is binary, is not a well-formed table, or has a data row with fewer fields than the header (the
+        message names the rows and the delimiter).
     """
     p = Path(path)
     source = str(path)
@@ -87,29 +98,84 @@ def read_dataset(path: str | Path) -> pd.DataFrame:
         raise fail(f"file not found: {p} (check the path; relative paths start at {Path.cwd()})")
     if not p.is_file():
         raise fail(f"{p} is not a file")
-    raw = None
-    last_exc: Exception | None = None
-    for encoding in ("utf-8-sig", "latin-1"):
-        try:
-            raw = pd.read_csv(p, dtype=str, keep_default_na=False, header=None, encoding=encoding,
-                              skip_blank_lines=True)
-            break
-        except UnicodeDecodeError as exc:  # pragma: no cover - latin-1 decodes every byte
-            last_exc = exc
-        except pd.errors.EmptyDataError:
-            raise fail("the file is empty; a NONMEM dataset needs a header line and data rows") from None
-        except pd.errors.ParserError as exc:
-            m = re.search(r"line (\d+)", str(exc))
-            rows = (int(m.group(1)) - 1,) if m and int(m.group(1)) > 1 else ()
-            raise fail(f"not a well-formed CSV table ({exc}); every line needs as many fields as the "
-                       "header", rows) from None
-    if raw is None:  # pragma: no cover
-        raise fail(f"cannot decode the file: {last_exc}")
-
-    header = [_clean_header(h, i) for i, h in enumerate(raw.iloc[0].tolist())]
-    df = raw.iloc[1:].reset_index(drop=True)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise fail(f"cannot read {p}: {exc.strerror or exc}") from None
+    text, encoding = _decode(data, fail)
+    delimiter = _delimiter(text)
+    shown = _DELIMITER_NAMES[delimiter]
+    try:
+        records = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+                   if r and not (len(r) == 1 and not r[0].strip())]  # blank lines are skipped
+    except csv.Error as exc:
+        raise fail(f"not a well-formed CSV table ({exc}; delimiter {shown})") from None
+    if not records:
+        raise fail("the file is empty; a NONMEM dataset needs a header line and data rows")
+    header = [_clean_header(h, i) for i, h in enumerate(records[0])]
+    width = len(header)
+    n_fields = np.array([len(r) for r in records[1:]], dtype=int)
+    for mask, what in ((n_fields < width, "too few"), (n_fields > width, "too many")):
+        if mask.any():
+            counts = ", ".join(str(k) for k in sorted(set(n_fields[mask].tolist())))
+            one = int(mask.sum()) == 1
+            hint = ("a truncated line?" if what == "too few" else
+                    "a decimal comma or an unquoted delimiter inside a value?")
+            raise fail(f"not a well-formed CSV table: {what} fields, {'this row has' if one else 'these rows have'} "
+                       f"{counts} but the header has {width} (delimiter {shown}); {hint} Every row needs one "
+                       "value (or an empty field) per column", _rows(mask))
+    df = pd.DataFrame(records[1:] or None, columns=range(width), dtype=str)
     df.columns = header
     return _normalize_headers(df)
+
+
+_DELIMITER_NAMES = {",": "comma ','", ";": "semicolon ';'", "\t": "tab", "|": "pipe '|'"}
+
+
+def _decode(data: bytes, fail) -> tuple[str, str]:
+    """The text of a dataset file and the encoding used (see :func:`read_dataset`)."""
+    boms = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+            (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+    encoding = next((enc for bom, enc in boms if data.startswith(bom)), None)
+    if encoding is None and b"\x00" in data:
+        if data.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")):
+            raise fail("this is a binary file (an Excel workbook?), not a CSV text file; export it as CSV "
+                       "(comma-separated, UTF-8)")
+        head = data[:4096]
+        even, odd = head[0::2].count(0), head[1::2].count(0)
+        if odd > 0.3 * len(head[1::2]) and even == 0:
+            encoding = "utf-16-le"
+        elif even > 0.3 * len(head[0::2]) and odd == 0:
+            encoding = "utf-16-be"
+        else:
+            raise fail("the file contains NUL bytes and is not UTF-8, UTF-16 or UTF-32 text: not a CSV file? "
+                       "Save it as CSV (comma-separated, UTF-8)")
+    if encoding is not None:
+        name = encoding.upper().replace("-SIG", "").replace("-LE", " (little-endian)").replace("-BE", " (big-endian)")
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError as exc:
+            raise fail(f"cannot decode the file as {name} (byte {exc.start}: {exc.reason}); save it as CSV "
+                       "UTF-8") from None
+    else:
+        try:
+            text, encoding = data.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = data.decode("latin-1"), "latin-1"  # every byte decodes
+    if "\x00" in text:
+        raise fail(f"the file contains NUL characters after decoding it as {encoding}: not a CSV text file? "
+                   "Save it as CSV (comma-separated, UTF-8)")
+    return text, encoding
+
+
+def _delimiter(text: str) -> str:
+    """The field delimiter: a comma, else the semicolon, tab or pipe of the header line (first non-blank)."""
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    if "," in header:
+        return ","
+    counts = {d: header.count(d) for d in (";", "\t", "|")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] > 0 else ","
 
 
 def _clean_header(h: object, i: int) -> str:
@@ -198,6 +264,16 @@ def _fmt_values(cells: Sequence[object], kinds: Sequence[int] | None = None) -> 
             shown.append(text)
     head = ", ".join(shown[:_MAX_SHOWN])
     return head + (f" (+{len(shown) - _MAX_SHOWN} more)" if len(shown) > _MAX_SHOWN else "")
+
+
+_DECIMAL_COMMA = re.compile(r"^\s*[+-]?\d+,\d+\s*$")
+
+
+def _comma_hint(cells: Sequence[object]) -> str:
+    """A hint when a bad cell looks like a number written with a decimal comma (``0,57``)."""
+    if any(isinstance(c, str) and _DECIMAL_COMMA.match(c) for c in cells):
+        return " (a decimal comma? write decimals with a point, 0.57)"
+    return ""
 
 
 def _num(x: float) -> str:
@@ -327,12 +403,14 @@ def _analyse(
             bad = kinds != _OK
             if bad.any():
                 unit = " (h)" if c == "TIME" else ""
-                add(bad, c, f"{c} must be a number{unit} on every row; found {_fmt_values(raw[bad], kinds[bad])}")
+                add(bad, c, f"{c} must be a number{unit} on every row; found {_fmt_values(raw[bad], kinds[bad])}"
+                            f"{_comma_hint(raw[bad])}")
         else:
             bad = kinds == _BAD
             if bad.any():
                 conv = "'.' means 0, blank means missing" if c == "DV" else "'.' or blank means 0"
-                add(bad, c, f"non-numeric values {_fmt_values(raw[bad], kinds[bad])}; use numbers ({conv})")
+                add(bad, c, f"non-numeric values {_fmt_values(raw[bad], kinds[bad])}; use numbers ({conv})"
+                            f"{_comma_hint(raw[bad])}")
             v = v.copy()
             v[kinds == _DOT] = 0.0
             v[kinds == _BLANK] = np.nan if c == "DV" else 0.0
@@ -377,7 +455,7 @@ def _analyse(
             bad = kinds != _OK
             if bad.any():
                 add(bad, cov, f"covariate {cov} must be numeric on every row; found "
-                              f"{_fmt_values(raw[bad], kinds[bad])}")
+                              f"{_fmt_values(raw[bad], kinds[bad])}{_comma_hint(raw[bad])}")
         else:
             near = [c for c in names if c.lower() == str(cov).lower()]
             hint = f" (found {near[0]!r}; covariate names are case-sensitive)" if near else ""
@@ -542,6 +620,52 @@ def _check_order(ident: np.ndarray, time: np.ndarray, evid: np.ndarray, add) -> 
         text = ", ".join(f"{a + 1}-{b + 1}" if b > a else f"{a + 1}" for a, b in spans)
         add(rows, "ID", f"ID {_num(x)} appears in {len(spans)} separate blocks of rows ({text}); keep each "
                         "subject's records together (NONMEM would treat each block as a new subject)")
+
+
+def standard_columns(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The effective values of every standard column, under the same rules as :func:`validate_dataset`.
+
+    Commands that need more columns than :func:`validate_dataset` checks (``pkpd fit``: DV, DVID,
+    BLQ...) read EVID, MDV, DV and the rest here, so that ``"."`` and blank mean the same in every
+    command.
+
+    Parameters
+    ----------
+    df
+        Raw string frame (from :func:`read_dataset`) or numeric frame; standard column names are matched
+        case-insensitively.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        One float64 array (one value per row) for each name of :data:`STANDARD_COLUMNS`: ``"."`` and
+        blank -> 0 (``DV``: ``"."`` -> 0, blank -> NaN), absent columns defaulted as in
+        :func:`validate_dataset` (EVID from AMT and MDV, MDV from EVID, CMT 1 on doses). A cell that is
+        not a number is NaN (:func:`check_dataset` reports it). Units as in the dataset (TIME and II h,
+        AMT amount units, RATE amount units per h).
+    """
+    res = _analyse(df, n_compartments=None, compartment_names=None, parameter_names=(), required_covariates=(),
+                   rate_compartments_forbidden=(), model_name=None)
+    return {c: np.asarray(res.columns[c], dtype=np.float64) for c in STANDARD_COLUMNS}
+
+
+def numeric_column(values: pd.Series | Sequence[object]) -> np.ndarray:
+    """Float values of a non-standard column (covariate, DVID, BLQ, LLOQ, OCC...) under the dataset rules.
+
+    Parameters
+    ----------
+    values
+        The column's cells (strings as read by :func:`read_dataset`, or numbers).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, one value per cell, in the column's units: a decimal number as written; ``"."``, blank
+        and anything else (text, ``inf``, ``nan``) NaN.
+    """
+    s = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+    v, _, _ = _parse_cells(s)
+    return v
 
 
 # --------------------------------------------------------------------------------------------- validating

@@ -39,7 +39,7 @@ import pandas as pd
 
 from .._errors import DatasetError, DatasetViolation, ModelSpecError
 from .laplace import conditional_modes
-from .problem import Problem, build_problem, fit_jit
+from .problem import Problem, build_problem, fit_jit, unused_records
 from .spec import PopulationModel, load_model
 
 __all__ = ["Forecast", "forecast"]
@@ -263,7 +263,7 @@ def forecast(model: PopulationModel | str | Path | dict, data: pd.DataFrame | st
         raise ModelSpecError("prediction times must be finite and >= 0")
     aug, grid = _grid_rows(raw, times)
     t0 = time.perf_counter()
-    prob = build_problem(aug, spec, require_observations=False)
+    prob = build_problem(aug, spec, require_observations=False, report_unused=False)
     t_build = time.perf_counter() - t0
     n_types = len(spec.observations)
     ps = np.tile(prob.row_map[grid, 0], n_types)
@@ -293,6 +293,9 @@ def forecast(model: PopulationModel | str | Path | dict, data: pd.DataFrame | st
     obs = pd.DataFrame({"TIME": o["time"], "output": [outs[t] for t in o["type"]], "DV": o["dv"], "BLQ": o["blq"]})
     notes = list(prob.notes)
     notes = [n for n in notes if "have no observations" not in n]
+    _, unused_note = unused_records(raw)  # on the patient's own rows (row numbers of the file)
+    if unused_note:
+        notes.append(unused_note)
     if prob.n_obs == 0:
         notes.append("no observations: the forecast is the population prior for this patient's covariates")
     ess = float(out["ess"])

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .._errors import DatasetError, DatasetViolation, ModelSpecError
+from ..data import numeric_column, standard_columns
 from ..expr import compile_expression, evaluate_parameter_block
 from ..models import get_model
 from ..simulate import ParameterSpec, arrange_theta, prepare
@@ -37,7 +38,7 @@ from ..solvers import resolve_solver
 from ..xla import jit
 from .spec import PopulationModel
 
-__all__ = ["Problem", "Packer", "build_problem", "LOG2PI", "fit_jit"]
+__all__ = ["Problem", "Packer", "build_problem", "unused_records", "LOG2PI", "MAX_FIT_MAGNITUDE", "fit_jit"]
 
 # Fitting programs (nested derivatives of the event engine) are large and run for milliseconds: XLA's
 # expensive LLVM passes cost far more compile time than they save (measured on the Theoph Laplace
@@ -513,7 +514,52 @@ _predict_jit = fit_jit(lambda prob, u_full, eta: prob.predict(u_full, eta))
 
 
 def _numeric(frame: pd.DataFrame, col: str) -> np.ndarray:
-    return pd.to_numeric(frame[col], errors="coerce").to_numpy(float)
+    """Float values of a column under the dataset rules (:func:`pkpd.data.numeric_column`: '.'/blank NaN)."""
+    return numeric_column(frame[col])
+
+
+#: Largest magnitude of TIME, AMT, RATE, II, DV, LLOQ and covariate values a fit accepts: the likelihood
+#: squares residuals and multiplies doses, rates and times, so a larger value overflows (or is a unit or
+#: typing error); 1e15 keeps every such product finite in float32 and float64.
+MAX_FIT_MAGNITUDE = 1e15
+
+
+def unused_records(raw: pd.DataFrame) -> tuple[np.ndarray, str | None]:
+    """Records that hold a DV value but are not fitted observations.
+
+    Parameters
+    ----------
+    raw
+        The dataset as read (:func:`pkpd.data.read_dataset`) or a frame.
+
+    Returns
+    -------
+    (numpy.ndarray, str or None)
+        0-based row indices of the records with ``EVID`` 0 or 2 and a number in ``DV`` that are not
+        observations (``EVID`` 0 and ``MDV`` 0, under the dataset's ``"."``/blank rules), and a note for the
+        user naming their count and 1-based rows (``None`` when there are none).
+    """
+    frame = raw.rename(columns={c: str(c).strip().upper() for c in raw.columns if str(c).strip().upper() in _STD})
+    if "DV" not in frame:
+        return np.zeros(0, int), None
+    cols = standard_columns(frame)
+    evid, mdv = cols["EVID"], cols["MDV"]
+    has_value = np.isfinite(numeric_column(frame["DV"]))
+    unused = np.nonzero(np.isin(evid, (0.0, 2.0)) & ~((evid == 0) & (mdv == 0)) & has_value)[0]
+    if unused.size == 0:
+        return unused, None
+    shown = ", ".join(str(int(i) + 1) for i in unused[:20]) + (f" (+{unused.size - 20} more)" if unused.size > 20 else "")
+    n = unused.size
+    note = (f"{n} record{'s' if n > 1 else ''} with a DV value {'are' if n > 1 else 'is'} not fitted because "
+            f"{'they are' if n > 1 else 'it is'} not an observation (EVID 0 and MDV 0): row{'s' if n > 1 else ''} "
+            f"{shown}; set MDV = 0 (and EVID = 0) to fit {'them' if n > 1 else 'it'}")
+    return unused, note
+
+
+def _too_large(col: str, values: np.ndarray) -> str:
+    shown = ", ".join(f"{x:g}" for x in list(dict.fromkeys(values.tolist()))[:5])
+    return (f"{col} {shown} is too large for a fit (the magnitude must be below 1e{math.log10(MAX_FIT_MAGNITUDE):.0f}: the "
+            "likelihood would overflow); check the units, or a typing error")
 
 
 def _fit_checks(raw: pd.DataFrame, spec: PopulationModel, model) -> tuple[list[DatasetViolation], dict]:
@@ -525,24 +571,30 @@ def _fit_checks(raw: pd.DataFrame, spec: PopulationModel, model) -> tuple[list[D
         return tuple(int(i) + 1 for i in np.nonzero(mask)[0])
 
     n = len(frame)
-    evid = _numeric(frame, "EVID") if "EVID" in frame else None
-    amt = _numeric(frame, "AMT") if "AMT" in frame else np.zeros(n)
-    mdv = _numeric(frame, "MDV") if "MDV" in frame else None
-    if evid is None:
-        evid = np.where(np.nan_to_num(amt) > 0, 1, np.where((mdv if mdv is not None else 0) == 1, 2, 0))
-    if mdv is None:
-        mdv = (evid != 0).astype(float)
+    # EVID, MDV and DV under the same '.'/blank rules as every other command (pkpd.data)
+    std = standard_columns(frame)
+    evid, mdv = std["EVID"], std["MDV"]
     is_obs = (evid == 0) & (mdv == 0)
     info: dict[str, Any] = {"is_obs": is_obs}
     if "DV" not in frame:
         out.append(DatasetViolation((), "DV", "column DV is missing: the fit needs observed values on "
                                     "observation records (EVID 0, MDV 0)"))
         return out, info
-    dv = _numeric(frame, "DV")
+    dv = std["DV"]
     bad = is_obs & ~np.isfinite(dv)
     if bad.any():
         out.append(DatasetViolation(rows(bad), "DV", "DV must be a number on observation records (EVID 0, "
-                                    "MDV 0); set MDV = 1 on records without an observation"))
+                                    "MDV 0; '.' means 0, a blank DV is missing); set MDV = 1 on records without "
+                                    "an observation"))
+    # magnitudes the likelihood can hold (a larger value is a unit or typing error)
+    dose = np.isin(evid, (1.0, 4.0))
+    for col, where in (("TIME", np.ones(n, bool)), ("AMT", dose), ("RATE", dose), ("II", dose), ("DV", is_obs)):
+        if col in frame:
+            v = std[col]
+            with np.errstate(invalid="ignore"):
+                huge = where & np.isfinite(v) & (np.abs(v) >= MAX_FIT_MAGNITUDE)
+            if huge.any():
+                out.append(DatasetViolation(rows(huge), col, _too_large(col, v[huge])))
     # observation types
     obs_types = spec.observations
     if "DVID" in frame:
@@ -570,6 +622,9 @@ def _fit_checks(raw: pd.DataFrame, spec: PopulationModel, model) -> tuple[list[D
             lloq[typ == t] = o.lloq
     if "LLOQ" in frame:
         col = _numeric(frame, "LLOQ")
+        huge = is_obs & np.isfinite(col) & (np.abs(col) >= MAX_FIT_MAGNITUDE)
+        if huge.any():
+            out.append(DatasetViolation(rows(huge), "LLOQ", _too_large("LLOQ", col[huge])))
         lloq = np.where(np.isfinite(col), col, lloq)
     if "BLQ" in frame:
         b = _numeric(frame, "BLQ")
@@ -614,6 +669,9 @@ def _fit_checks(raw: pd.DataFrame, spec: PopulationModel, model) -> tuple[list[D
         if badc.any():
             out.append(DatasetViolation(rows(badc), c, f"covariate {c} must be a number on every record "
                                         "(impute missing values before fitting)"))
+        huge = np.isfinite(v) & (np.abs(v) >= MAX_FIT_MAGNITUDE)
+        if huge.any():
+            out.append(DatasetViolation(rows(huge), c, _too_large(c, v[huge])))
     for p in spec.parameters:
         for e in p.covariates:
             if e.covariate not in frame or e.relation not in ("power", "proportional", "activity_score", "categorical"):
@@ -642,7 +700,8 @@ def _fit_checks(raw: pd.DataFrame, spec: PopulationModel, model) -> tuple[list[D
 _STD = {"ID", "TIME", "DV", "MDV", "EVID", "AMT", "RATE", "II", "ADDL", "SS", "CMT", "DVID", "BLQ", "LLOQ", "OCC"}
 
 
-def build_problem(data, spec: PopulationModel, *, solver="auto", require_observations: bool = True) -> Problem:
+def build_problem(data, spec: PopulationModel, *, solver="auto", require_observations: bool = True,
+                  report_unused: bool = True) -> Problem:
     """Bind a population model to a NONMEM-format dataset.
 
     Parameters
@@ -657,6 +716,9 @@ def build_problem(data, spec: PopulationModel, *, solver="auto", require_observa
         ``"auto"`` (exact for linear models), ``"analytic"`` or ``"ode"``.
     require_observations
         Refuse a dataset without observation records (a forecast from the prior alone may have none).
+    report_unused
+        Add a note (``Problem.notes``) naming the records with a DV value that are not fitted
+        (:func:`unused_records`); a caller that adds records of its own reports on the user's rows itself.
 
     Raises
     ------
@@ -785,6 +847,9 @@ def build_problem(data, spec: PopulationModel, *, solver="auto", require_observa
            "a_idx": np.array(a_idx, int), "b_idx": np.array(b_idx, int), "time": frame["TIME"].to_numpy(float)[oi]}
     obs_ids = set(obs["id"].tolist())
     notes = []
+    _, unused_note = unused_records(raw) if report_unused else (None, None)
+    if unused_note:
+        notes.append(unused_note)
     no_obs = [ids[i] for i in range(len(ids)) if i not in obs_ids]
     if no_obs:
         notes.append(f"{len(no_obs)} subject(s) have no observations (IDs {', '.join(map(str, no_obs[:10]))}); "
