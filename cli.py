@@ -13,6 +13,7 @@ stderr (no traceback) and exits with code 1.
 from __future__ import annotations
 
 import enum
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -73,6 +74,45 @@ def _data_model_out(data: Path, what: str, model: Path, out: Optional[Path], suf
     out_dir = out if out is not None else Path.cwd() / f"{data.stem}{suffix}"
     _check_out_dir(out_dir, force)
     return out_dir
+
+
+@contextmanager
+def _interruptible(kept: str = ""):
+    """Run a long command body under :func:`pkpd.interrupts.interrupt_guard`: Ctrl-C (SIGINT), even one that
+    a callback swallowed, ends the command with exit code 130 and a one-line message, before its final
+    outputs are written, or with those it wrote deleted (the body calls :func:`_stop_if_interrupted` before
+    writing them). ``kept`` says what an interrupted run leaves behind (e.g. its resumable chunks)."""
+    from pkpd.interrupts import INTERRUPT_EXIT_CODE, interrupt_guard
+
+    try:
+        with interrupt_guard():
+            yield
+    except KeyboardInterrupt:
+        _stderr().print("Interrupted (Ctrl-C): the run stopped; it keeps no outputs (any it wrote were removed)."
+                        + kept,
+                        markup=False, highlight=False, style="bold red")
+        raise typer.Exit(code=INTERRUPT_EXIT_CODE) from None
+
+
+def _interruptible_command(fn):
+    """Decorator of a long command: its whole body runs under :func:`_interruptible`."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _interruptible():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _stop_if_interrupted(*outputs) -> None:
+    """Right before a command writes its final outputs: raise KeyboardInterrupt if SIGINT arrived during the run
+    (even if it was swallowed), and have the files then written under ``outputs`` (files or directories)
+    deleted if an interrupt comes before the command ends (:func:`pkpd.interrupts.begin_outputs`)."""
+    from pkpd.interrupts import begin_outputs
+
+    begin_outputs(*outputs)
 
 
 def _fail(message: str) -> None:
@@ -192,6 +232,7 @@ Refuses to overwrite an existing OUT or PLOT unless --force; never overwrites DA
 
 
 @app.command(help=SIMULATE_HELP)
+@_interruptible_command
 def simulate(
     data: Optional[Path] = typer.Argument(None, metavar="[DATA]", exists=True, dir_okay=False, readable=True,
                                           help="NONMEM-format dataset (CSV). Omit it with --regimen.",
@@ -278,6 +319,9 @@ def simulate(
     except PKPDError as exc:
         _fail(str(exc))
 
+    from pkpd.manifest import manifest_path
+
+    _stop_if_interrupted(out_path, plot, manifest_path(out_path))
     try:
         result.to_csv(out_path, index=False)
     except OSError as exc:
@@ -299,8 +343,6 @@ def simulate(
             _fail(f"cannot write the plot file {plot}: {exc}")
         more = f" (first {shown} of {n_subj} subjects)" if shown < n_subj else ""
         console.print(f"Plot of CP vs TIME -> {plot}{more}", markup=False)
-    from pkpd.manifest import manifest_path
-
     regimen_only = ("regimen", "population", "seed", "patient", "fmt")
     _manifest(manifest_path(out_path), "simulate", {k: v for k, v in args.items() if k not in regimen_only},
               {"data": data, "params": params}, [out_path] + ([plot] if plot is not None else []))
@@ -360,7 +402,12 @@ def _simulate_regimen(spec: str, n: int, seed: int, patient: Optional[Path], out
         out_dir = out if out is not None else Path.cwd() / f"{reg.name}_sim"
         if out_dir.exists() and not out_dir.is_dir():
             raise _Abort(f"the output path {out_dir} is a file; give a directory with --out")
-        if index == 0 and out_dir.is_dir() and any(out_dir.iterdir()) and not force and not resume:
+        if index == 0 and resume and not force:  # only a run this command recognises is resumed
+            from pkpd.batch import check_resume_dir
+            from pkpd.regimen_run import STORE_KIND
+
+            check_resume_dir(out_dir, STORE_KIND, "simulate")
+        elif index == 0 and out_dir.is_dir() and any(out_dir.iterdir()) and not force:
             raise _Abort(f"the output directory {out_dir} exists and is not empty; pass --force to overwrite "
                          "its files, --resume to continue an interrupted run, or choose another --out")
         if fmt == "parquet":
@@ -374,9 +421,18 @@ def _simulate_regimen(spec: str, n: int, seed: int, patient: Optional[Path], out
         _fail(str(exc))
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(soft_wrap=True, highlight=False)
+    with _interruptible(f" The finished chunks are kept in {out_dir / 'chunks'}: rerun with --resume to continue."):
+        _simulate_regimen_run(reg, spec, n, seed, patient, out_dir, fmt, args, resume, index, count, console)
+
+
+def _simulate_regimen_run(reg, spec: str, n: int, seed: int, patient: Optional[Path], out_dir: Path, fmt: str,
+                          args: dict, resume: bool, index: int, count: int, console) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pkpd._errors import PKPDError
+
     try:
         from pkpd.patients import load_patient, patients_to_frame, spine72_population
         from pkpd.population_checks import regimen_findings
@@ -407,6 +463,7 @@ def _simulate_regimen(spec: str, n: int, seed: int, patient: Optional[Path], out
             console.print(f"process {index} of {count}: its chunks are in {out_dir / 'chunks'}; process 0 writes "
                           "the outputs", markup=False)
             return
+        _stop_if_interrupted(out_dir)
         written = write_population_outputs(res, out_dir, findings=findings, fmt=fmt)
     except PKPDError as exc:
         _fail(str(exc))
@@ -461,6 +518,7 @@ An existing non-empty output directory is not overwritten without --force.
 
 
 @app.command("fit", help=FIT_HELP)
+@_interruptible_command
 def fit_command(
     data: Path = typer.Argument(..., metavar="DATA", help="NONMEM-format dataset (CSV).", show_default=False),
     model: Path = typer.Option(..., "--model", "-m", help="Population model file (TOML).", show_default=False),
@@ -512,6 +570,7 @@ def fit_command(
                     prog.update(task, description=f"estimating (laplace): iteration {k}, -2LL {value:.4f}")
 
                 res = run_fit(data, model, "laplace", callback=iteration, status=status, **opts)
+                _stop_if_interrupted(out_dir)
                 prog.update(task, description="writing the output directory")
                 written = res.save(out_dir, force=force, log_axes=log_gof)
         else:  # the sampler draws its own progress bar; stages as plain lines
@@ -519,6 +578,7 @@ def fit_command(
                 err.print(f"{text} ...", markup=False, highlight=False)
 
             res = run_fit(data, model, method.value, progress=True, status=say, **opts)
+            _stop_if_interrupted(out_dir)
             say("writing the output directory")
             written = res.save(out_dir, force=force, log_axes=log_gof)
     except PKPDError as exc:
@@ -554,6 +614,7 @@ OUTPUT DIRECTORY (--out, default <DATA stem>_forecast):
 
 
 @app.command("forecast", help=FORECAST_HELP)
+@_interruptible_command
 def forecast_command(
     data: Path = typer.Argument(..., metavar="DATA", help="One patient's records (CSV).", show_default=False),
     model: Path = typer.Option(..., "--model", "-m", help="Population model with final estimates (TOML).",
@@ -580,6 +641,7 @@ def forecast_command(
         times = None if until is None else np.linspace(0.0, until, points)
         with err.status("forecasting (first run compiles the model: up to a minute)"):
             fc = forecast(model, data, times=times, n_points=points, n_draws=draws, seed=seed)
+            _stop_if_interrupted(out_dir)
             fc.save(out_dir, force=force)
             if not _same_file(model, out_dir / "model.toml"):  # the model travels with its posterior draws
                 import shutil
@@ -714,6 +776,7 @@ OUTPUT DIRECTORY (--out, default <PATIENT stem>_optimized):
 
 
 @app.command("optimize", help=OPTIMIZE_HELP)
+@_interruptible_command
 def optimize_cmd(
     patient: Path = typer.Option(..., "--patient", "-p", help="Patient file (TOML).", show_default=False),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default <PATIENT stem>_optimized)."),
@@ -761,6 +824,7 @@ def optimize_cmd(
                                                                            min_time_in_target=min_tit, **extra),
                                     progress=lambda text: status.update(f"optimizing: {text} ..."),
                                     posterior=posterior)
+        _stop_if_interrupted(out_dir)
         written = prop.save(out_dir, force=True)
     except PKPDError as exc:
         _fail(str(exc))
@@ -795,6 +859,9 @@ def optimize_cmd(
     console.print("Wrote " + ", ".join(str(p) for p in written), markup=False)
 
 
+#: The ``kind`` of the chunk store :func:`regimens.optimize.run_trial` writes (its run identity).
+TRIAL_STORE_KIND = "spine72_trial"
+
 TRIAL_HELP = """The SPINE-72 virtual trial: optimize a schedule for every virtual patient, compare with C0 and C1.
 
 Draws --population virtual patients (seed --seed; clinical.md 3.2), optimizes
@@ -815,6 +882,7 @@ OUTPUT DIRECTORY (--out, default spine72_trial):
 
 
 @app.command("trial", help=TRIAL_HELP)
+@_interruptible_command
 def trial_cmd(
     population: int = typer.Option(1000, "--population", "-n", min=1, help="Virtual patients."),
     seed: int = typer.Option(1, "--seed", "-s", help="Population seed."),
@@ -835,7 +903,22 @@ def trial_cmd(
     out_dir = out if out is not None else Path.cwd() / "spine72_trial"
     index, count = _scaleout(devices, None, precision, coordinator, num_processes, process_id)
     if index == 0:  # completed chunks go to OUT/chunks as they finish (--resume continues from them)
-        _check_out_dir(out_dir, force or resume)
+        if resume and not force:  # only a trial this command recognises is resumed
+            from pkpd._errors import PKPDError
+            from pkpd.batch import check_resume_dir
+
+            try:
+                check_resume_dir(out_dir, TRIAL_STORE_KIND, "trial")
+            except PKPDError as exc:
+                _fail(str(exc))
+        else:
+            _check_out_dir(out_dir, force)
+    with _interruptible(f" The finished chunks are kept in {out_dir / 'chunks'}: rerun with --resume to continue."):
+        _trial_run(population, seed, out_dir, draws, steps, chunk, resume, index, count, args)
+
+
+def _trial_run(population: int, seed: int, out_dir: Path, draws: int, steps: int, chunk: int, resume: bool,
+               index: int, count: int, args: dict) -> None:
     import json
 
     from rich.console import Console
@@ -860,6 +943,7 @@ def trial_cmd(
             console.print(f"process {index} of {count}: its chunks are in {out_dir / 'chunks'}; process 0 writes "
                           "the outputs", markup=False)
             return
+        _stop_if_interrupted(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         patients.to_csv(out_dir / "patients.csv", index=False)
         summary.to_csv(out_dir / "summary.csv", index=False)

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from . import interrupts
 from ._errors import PKPDError
 from .xla import jit
 
@@ -55,7 +56,7 @@ __all__ = ["BatchConfig", "BatchError", "ChunkStore", "RowProgram", "ROW_AXIS", 
            "chunk_rows", "config", "configure", "configured", "describe", "device_count", "free_memory",
            "init_distributed", "local_devices", "mesh", "note_call", "pad_rows", "place", "placement",
            "precision", "process_info", "record_shardings", "shard_rows_map", "sharding_placement",
-           "run_chunks", "run_identity", "set_precision", "setup"]
+           "run_chunks", "run_identity", "set_precision", "setup", "check_resume_dir"]
 
 #: Name of the mesh axis the patient/row axis is sharded over.
 ROW_AXIS = "rows"
@@ -789,6 +790,7 @@ class ChunkStore:
         """
         t0 = time.monotonic()
         while True:
+            interrupts.check()
             miss = self.missing()
             if not miss:
                 return
@@ -872,13 +874,72 @@ def run_chunks(root, identity: Mapping, n_chunks: int, compute: Callable[[int], 
         for i in sorted(set(range(n_chunks)) - set(missing)):
             on_chunk(i, True)
     for i in assign_chunks(missing, index, count):
+        interrupts.check()  # an interrupt swallowed by a callback (e.g. JAX's gc callback) still stops here
         out = compute(i)
+        interrupts.check()  # ... and the chunk it interrupted is not stored
         store.write(i, *out)
         if on_chunk is not None:
             on_chunk(i, False)
     if count > 1:
         store.wait(wait_timeout_s)
     return store
+
+
+def check_resume_dir(out_dir, kind: str, command: str) -> None:
+    """Refuse to resume into a directory that does not hold a run this command recognises.
+
+    ``--resume`` continues a run from its chunk store; it must never write over files of anything else.
+    An absent or empty ``out_dir`` is accepted (the run starts from the beginning). Otherwise ``out_dir``
+    must hold the chunk store ``out_dir/chunks/store.json`` of a run of ``kind`` and, when there is a
+    ``out_dir/run.json``, it must be the manifest of a ``command`` run. Whether the store belongs to the
+    *same* run (population, seed, settings) is checked when it is opened (:meth:`ChunkStore.open`).
+
+    Parameters
+    ----------
+    out_dir
+        The output directory given with ``--out``.
+    kind
+        The ``kind`` field of the run identity (:func:`run_identity`) the command writes, e.g.
+        ``"regimen_simulation"`` or ``"spine72_trial"``.
+    command
+        The ``pkpd`` sub-command recorded in ``run.json`` (``"simulate"``, ``"trial"``).
+
+    Raises
+    ------
+    BatchError
+        Naming the directory and what it holds instead; nothing is written or deleted.
+    """
+    out = Path(out_dir)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise BatchError(f"the output path {out} is a file; give a directory with --out")
+    if not any(out.iterdir()):
+        return
+    what = f"`pkpd {command}`"
+    refuse = ("; --resume only continues a run it recognises, so nothing was written: choose another --out, or "
+              "pass --force to overwrite the directory's files")
+    meta = out / "chunks" / "store.json"
+    try:
+        store = json.loads(meta.read_text()) if meta.is_file() else None
+    except (OSError, ValueError):
+        raise BatchError(f"cannot resume in {out}: its chunk store {meta} is unreadable{refuse}") from None
+    if not isinstance(store, dict) or store.get("store") != 1 or not isinstance(store.get("identity"), dict):
+        raise BatchError(f"cannot resume in {out}: the directory is not empty and holds no run of {what} to resume "
+                         f"(no chunk store {meta}){refuse}")
+    found = store["identity"].get("kind")
+    if found != kind:
+        raise BatchError(f"cannot resume in {out}: its chunk store holds a run of another kind ({found!r}, not "
+                         f"{kind!r}: not a run of {what}){refuse}")
+    manifest = out / "run.json"
+    if manifest.exists():
+        try:
+            recorded = json.loads(manifest.read_text()).get("command")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if recorded != command:
+            raise BatchError(f"cannot resume in {out}: its run.json is not the manifest of a {what} run "
+                             f"(command {recorded!r}){refuse}")
 
 
 def _atomic_write(path: Path, text: str) -> None:

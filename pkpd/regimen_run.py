@@ -20,13 +20,15 @@ import pandas as pd
 from . import batch
 from .regimen_sim import PopulationResult, SimOptions, simulate_regimen
 
-__all__ = ["STORE_CHUNK_PATIENTS", "KEEP_TRAJECTORIES", "simulate_regimen_stored"]
+__all__ = ["STORE_CHUNK_PATIENTS", "KEEP_TRAJECTORIES", "STORE_KIND", "simulate_regimen_stored"]
 
 #: Patients per stored chunk when neither ``chunk_patients`` nor a chunk size (:func:`pkpd.batch.configure`)
 #: is given: a few compiled batches per file.
 STORE_CHUNK_PATIENTS = 8192
 #: Patients whose NRS, opioid-effect and bupivacaine trajectories are kept (the first ones, for the bands).
 KEEP_TRAJECTORIES = 10_000
+#: The ``kind`` of the run identity of a stored regimen simulation (what ``--resume`` recognises).
+STORE_KIND = "regimen_simulation"
 
 
 def _population_digest(population: pd.DataFrame) -> str:
@@ -81,7 +83,7 @@ def simulate_regimen_stored(regimen, population: pd.DataFrame, store, *, seed: i
         raise batch.BatchError(f"chunk_patients must be >= 1, got {size}")
     bounds = [(s, min(s + size, n)) for s in range(0, n, size)]
     keep = max(int(keep_trajectories), 0)
-    ident = batch.run_identity(kind="regimen_simulation", regimen=repr(regimen), population=_population_digest(pop),
+    ident = batch.run_identity(kind=STORE_KIND, regimen=repr(regimen), population=_population_digest(pop),
                                n=n, seed=int(seed), options=repr(opts), chunk=size, keep_trajectories=keep)
 
     def one(i):

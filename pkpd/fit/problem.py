@@ -548,7 +548,8 @@ def unused_records(raw: pd.DataFrame) -> tuple[np.ndarray, str | None]:
     unused = np.nonzero(np.isin(evid, (0.0, 2.0)) & ~((evid == 0) & (mdv == 0)) & has_value)[0]
     if unused.size == 0:
         return unused, None
-    shown = ", ".join(str(int(i) + 1) for i in unused[:20]) + (f" (+{unused.size - 20} more)" if unused.size > 20 else "")
+    more = f" (+{unused.size - 20} more)" if unused.size > 20 else ""
+    shown = ", ".join(str(int(i) + 1) for i in unused[:20]) + more
     n = unused.size
     note = (f"{n} record{'s' if n > 1 else ''} with a DV value {'are' if n > 1 else 'is'} not fitted because "
             f"{'they are' if n > 1 else 'it is'} not an observation (EVID 0 and MDV 0): row{'s' if n > 1 else ''} "
@@ -558,7 +559,8 @@ def unused_records(raw: pd.DataFrame) -> tuple[np.ndarray, str | None]:
 
 def _too_large(col: str, values: np.ndarray) -> str:
     shown = ", ".join(f"{x:g}" for x in list(dict.fromkeys(values.tolist()))[:5])
-    return (f"{col} {shown} is too large for a fit (the magnitude must be below 1e{math.log10(MAX_FIT_MAGNITUDE):.0f}: the "
+    limit = f"1e{math.log10(MAX_FIT_MAGNITUDE):.0f}"
+    return (f"{col} {shown} is too large for a fit (the magnitude must be below {limit}: the "
             "likelihood would overflow); check the units, or a typing error")
 
 
