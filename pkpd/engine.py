@@ -406,8 +406,11 @@ def _ode_grouped(model, solver, pts, th_all, grp):
     return ys[grp["rec_g"], grp["rec_k"]], ok
 
 
-def _analytic_batch(model, lay: Layout, pts, th_all, sched):
-    """Exact propagation for a batch, scanning points in point-major layout (contiguous per step)."""
+def _analytic_batch(model, lay: Layout, pts, th_all, sched, check: bool = False):
+    """Exact propagation for a batch, scanning points in point-major layout (contiguous per step).
+
+    With ``check`` the per-subject flag is False where the Newton sums lost accuracy to cancellation
+    (:func:`_newton_sum_flags`) or an amount came out negative beyond roundoff."""
     n = model.n_cmt
     N, P = pts["dt"].shape
     dtype = pts["dt"].dtype
@@ -420,6 +423,17 @@ def _analytic_batch(model, lay: Layout, pts, th_all, sched):
         A = jnp.einsum("npj,npjab->npab", f, Pb)
         c = jnp.einsum("npj,npjab,npb->npa", g, Pb, pts["rate_before"]) if inf else 0.0
         u_idx = None
+        if check:
+            absP = jnp.abs(Pb)
+            eps = float(jnp.finfo(dtype).eps)
+            rel, ab = _check_tolerances(dtype)
+            est = eps * jnp.einsum("npj,npjab->npab", jnp.abs(f), absP)
+            bad = jnp.any(((est > rel * jnp.abs(A) + ab) | ~jnp.isfinite(A)).reshape(N, -1), axis=1)
+            if inf:
+                G = jnp.einsum("npj,npjab->npab", g, Pb)
+                est = eps * jnp.einsum("npj,npjab->npab", jnp.abs(g), absP)
+                lim = rel * jnp.abs(G) + ab * pts["dt"][..., None, None]
+                bad = bad | jnp.any(((est > lim) | ~jnp.isfinite(G)).reshape(N, -1), axis=1)
     else:
         op = jax.vmap(lambda p: analytic_op(model, {k: v[0] for k, v in p.items()}))(th_all["p"])
         if sched is not None:  # coefficients once per distinct step length of each subject
@@ -428,8 +442,12 @@ def _analytic_batch(model, lay: Layout, pts, th_all, sched):
             dt_u, u_idx = pts["dt"], None
         f, g = propagators(op["lam"][:, None, :], dt_u, with_input=inf)
         A = jnp.einsum("nuj,njab->nuab", f, op["P"])
+        if check:
+            bad = _newton_sum_flags(f, op["P"], A)
         if inf:
             G = jnp.einsum("nuj,njab->nuab", g, op["P"])
+            if check:
+                bad = bad | _newton_sum_flags(g, op["P"], G, jnp.broadcast_to(dt_u, G.shape[:2]))
             Gp = G if u_idx is None else jnp.take_along_axis(G, u_idx[..., None, None], axis=1)
             c = jnp.einsum("npab,npb->npa", Gp, pts["rate_before"])
         else:
@@ -459,7 +477,49 @@ def _analytic_batch(model, lay: Layout, pts, th_all, sched):
         _, states = jax.lax.scan(body, jnp.zeros((N, n), dtype), (uT, cT, keepT), unroll=4)
     states = jnp.swapaxes(states, 0, 1)  # (N, P, n)
     out = jnp.take_along_axis(states, pts["anchor"][..., None], axis=1)
-    return out, jnp.ones(N, bool)
+    if not check:
+        return out, jnp.ones(N, bool)
+    return out, ~(bad | _negative_flags(out))
+
+
+# ---------------------------------------------------------------------------------------------------
+# accuracy checks of the exact solver
+
+
+def _check_tolerances(dtype):
+    """(relative, absolute) limits of the exact solver's accuracy check for a floating dtype.
+
+    float64: 1.5e-9 relative and 1.1e-11 absolute (as a fraction of the amount propagated); float32:
+    3.5e-5 and 1.4e-5. Both follow the machine epsilon so that a lower precision is judged by what it
+    can deliver."""
+    eps = float(jnp.finfo(dtype).eps)
+    return 0.1 * eps ** 0.5, eps ** 0.7
+
+
+def _newton_sum_flags(coef, P, M, scale=None):
+    """Per-subject flag: does a Newton sum ``M = sum_j coef_j P_j`` lose accuracy to cancellation?
+
+    ``coef`` (N, ..., n) are divided differences, ``P`` (N, n, n, n) the Newton basis, ``M`` (N, ..., n, n)
+    the matrices formed from them. The rounding error of an entry is about ``eps * sum_j |coef_j| |P_j|``;
+    a subject is flagged when that exceeds ``rel * |M| + abs * scale`` for some entry (``scale``: 1 for
+    ``exp(K dt)``, whose entries are fractions of an amount; ``dt`` in h for ``int_0^dt exp(K s) ds``, which
+    multiplies a rate). Entries of both are non-negative for compartmental systems, so an error bound on
+    the entries bounds the relative error of every amount computed from them (no cancellation in ``M @ x``
+    with ``x >= 0``)."""
+    rel, ab = _check_tolerances(M.dtype)
+    eps = float(jnp.finfo(M.dtype).eps)
+    est = eps * jnp.einsum("n...j,njab->n...ab", jnp.abs(coef), jnp.abs(P))
+    lim = rel * jnp.abs(M) + ab * (1.0 if scale is None else jnp.abs(scale)[..., None, None])
+    bad = (est > lim) | ~jnp.isfinite(M)
+    return jnp.any(bad.reshape(bad.shape[0], -1), axis=1)
+
+
+def _negative_flags(out):
+    """Per-subject flag: an amount below ``-abs * max|amount|`` of that subject (beyond roundoff)."""
+    _, ab = _check_tolerances(out.dtype)
+    scale = jnp.max(jnp.abs(out.reshape(out.shape[0], -1)), axis=1)
+    low = jnp.min(out.reshape(out.shape[0], -1), axis=1)
+    return low < -ab * scale
 
 
 def _dedup_rows(v: np.ndarray):
@@ -506,7 +566,7 @@ def _gather_apply(M, X, u, q, zero, n):
     return jnp.where(zero[..., None], 0.0, _matvec(Mr, xr, n))
 
 
-def _analytic_fast(model, lay: Layout, rec, dose, theta, fs):
+def _analytic_fast(model, lay: Layout, rec, dose, theta, fs, check: bool = False):
     """Exact propagation on a precomputed schedule (static event times, no SS, constant parameters).
 
     A short scan runs over the *action* points only (dose arrivals, infusion starts and stops, resets);
@@ -550,6 +610,11 @@ def _analytic_fast(model, lay: Layout, rec, dose, theta, fs):
     g, g_o = (g_all[:, :Qa], g_all[:, Qa:]) if inf else (None, None)
     A = jnp.einsum("nqj,njab->nqab", f, op["P"])
     G = jnp.einsum("nqj,njab->nqab", g, op["P"]) if inf else None
+    if check:  # every propagator, at the steps between action points and at the records' offsets
+        bad = _newton_sum_flags(f_all, op["P"], jnp.einsum("nqj,njab->nqab", f_all, op["P"]))
+        if inf:
+            dts = jnp.concatenate([fs["a_dt"], fs["tau_u"]], axis=1)
+            bad = bad | _newton_sum_flags(g_all, op["P"], jnp.einsum("nqj,njab->nqab", g_all, op["P"]), dts)
     T = lambda v: jnp.swapaxes(v, 0, 1)  # noqa: E731
 
     def body(carry, inp):
@@ -571,11 +636,21 @@ def _analytic_fast(model, lay: Layout, rec, dose, theta, fs):
     if inf:
         Gam = jnp.einsum("nuj,njab->nuab", g_o, op["P"])
         out = out + _gather_apply(Gam, Rr, fs["rec_u"], fs["rec_q"], fs["rec_zero"], n)
-    return out, jnp.ones(N, bool)
+    if not check:
+        return out, jnp.ones(N, bool)
+    return out, ~(bad | _negative_flags(out))
 
 
-def simulate_arrays(model, lay: Layout, solver, rec, dose, ss, theta, sched=None, chunk_size: int | None = 16384):
+def simulate_arrays(model, lay: Layout, solver, rec, dose, ss, theta, sched=None, chunk_size: int | None = 16384,
+                    check: bool = False):
     """Amounts (N, n_rec, n_cmt) at every record of a padded batch, and a per-subject success flag.
+
+    The flag is False where the ODE solver failed; with ``check=True`` also where the exact solver could
+    not vouch for its result: a matrix-exponential entry whose rounding-error estimate exceeds 1.5e-9
+    relative plus 1.1e-11 of the amount propagated (float64; cancellation between widely separated
+    eigenvalues), or an amount below minus 1.1e-11 of the subject's largest amount.
+    :func:`pkpd.simulate` then falls back to a stiff ODE solve for those subjects (``solver="auto"``) or
+    raises.
 
     ``theta`` is ``{"p": {name: (N, R)}, "F"|"ALAG"|"R"|"D": (N, R, n_cmt)}``. ``sched`` (optional) is a
     precomputed schedule from :func:`compute_schedule`, valid when no event time depends on parameters.
@@ -584,15 +659,15 @@ def simulate_arrays(model, lay: Layout, solver, rec, dose, ss, theta, sched=None
     """
     N = rec["time"].shape[0]
     chunk = N if chunk_size is None or N <= chunk_size else int(chunk_size)
-    return _simulate_chunked(model, lay, solver, chunk, rec, dose, ss, theta, sched)
+    return _simulate_chunked(model, lay, solver, chunk, rec, dose, ss, theta, sched, check=check)
 
 
-@partial(jit, static_argnames=("model", "lay", "solver", "chunk"))
-def _simulate_chunked(model, lay, solver, chunk, rec, dose, ss, theta, sched):
+@partial(jit, static_argnames=("model", "lay", "solver", "chunk", "check"))
+def _simulate_chunked(model, lay, solver, chunk, rec, dose, ss, theta, sched, check=False):
     args = (rec, dose, ss, theta, sched)
     N = rec["time"].shape[0]
     if chunk >= N:
-        return _simulate_core(model, lay, solver, *args)
+        return _simulate_core(model, lay, solver, *args, check=check)
     C = -(-N // chunk)
     pad = C * chunk - N
 
@@ -603,11 +678,11 @@ def _simulate_chunked(model, lay, solver, chunk, rec, dose, ss, theta, sched):
         return v.reshape((C, chunk) + v.shape[1:])
 
     parts = jax.tree_util.tree_map(split, args)
-    out, ok = jax.lax.map(lambda a: _simulate_core(model, lay, solver, *a), parts)
+    out, ok = jax.lax.map(lambda a: _simulate_core(model, lay, solver, *a, check=check), parts)
     return out.reshape((C * chunk,) + out.shape[2:])[:N], ok.reshape(-1)[:N]
 
 
-def _simulate_core(model, lay: Layout, solver, rec, dose, ss, theta, sched=None):
+def _simulate_core(model, lay: Layout, solver, rec, dose, ss, theta, sched=None, check: bool = False):
     """Amounts (N, n_rec, n_cmt) at every record, for a padded batch; and a per-subject success flag.
 
     ``theta`` is the dict ``{"p": {name: (N, R)}, "F"|"ALAG"|"R"|"D": (N, R, n_cmt)}``. ``sched`` (optional)
@@ -615,11 +690,11 @@ def _simulate_core(model, lay: Layout, solver, rec, dose, ss, theta, sched=None)
     parameters (``order``: sorted point order; ``dt_u``/``u_idx``: distinct step lengths per subject).
     """
     if sched is not None and "a_slot" in sched and isinstance(solver, Analytic):
-        return _analytic_fast(model, lay, rec, dose, theta, sched)
+        return _analytic_fast(model, lay, rec, dose, theta, sched, check)
     order = None if sched is None else sched["order"]
     pts = jax.vmap(partial(_timeline, model, lay, solver))(rec, dose, ss, theta, order)
     if isinstance(solver, Analytic):
-        return _analytic_batch(model, lay, pts, theta, sched)
+        return _analytic_batch(model, lay, pts, theta, sched, check)
     if sched is not None and "groups" in sched:
         return jax.vmap(partial(_ode_grouped, model, solver))(pts, theta, sched["groups"])
     return jax.vmap(partial(_ode_scan, model, solver))(pts, theta)

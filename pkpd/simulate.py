@@ -5,6 +5,8 @@ expression of dataset columns, NONMEM ``$PK`` style, plus optional per-compartme
 
     model = "1cmt_oral"          # optional; an explicit model argument wins
     interpolation = "nocb"       # optional: "nocb" (NONMEM, default) or "locf" for covariates
+    solver = "auto"              # optional: "auto" (default), "analytic" or "ode"; an explicit argument wins
+    ode_method = "kvaerno5"      # optional: "auto" (default), "tsit5", "dopri5", "dopri8" or "kvaerno5"
 
     [parameters]
     CL = "1.1*(WT/70)**0.75"     # L/h
@@ -48,12 +50,22 @@ class ParameterSpec:
     model: str | None = None
     interpolation: str = "nocb"
     source: str | None = None
+    solver: str | None = None
+    ode_method: str | None = None
     block: dict[str, Expression] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        from .solvers import ODE_METHODS
+
         object.__setattr__(self, "block", compile_parameter_block(dict(self.expressions)))
         if self.interpolation not in ("nocb", "locf"):
             raise ModelSpecError(f"interpolation must be 'nocb' or 'locf', got {self.interpolation!r}")
+        where = f" in {self.source}" if self.source else ""
+        if self.solver is not None and str(self.solver).lower() not in ("auto", "analytic", "ode"):
+            raise ModelSpecError(f"solver{where} must be 'auto', 'analytic' or 'ode', got {self.solver!r}")
+        if self.ode_method is not None and str(self.ode_method).lower() not in ODE_METHODS:
+            raise ModelSpecError(f"ode_method{where} must be one of {', '.join(ODE_METHODS)}, got "
+                                 f"{self.ode_method!r}")
 
 
 def load_params(source: str | Path | Mapping[str, Any]) -> ParameterSpec:
@@ -76,13 +88,14 @@ def load_params(source: str | Path | Mapping[str, Any]) -> ParameterSpec:
         content = dict(source)
     if "parameters" in content:
         exprs = content["parameters"]
-        unknown = set(content) - {"parameters", "model", "interpolation"}
+        unknown = set(content) - {"parameters", "model", "interpolation", "solver", "ode_method"}
         if unknown:
             raise ModelSpecError(f"parameter file: unknown top-level keys {sorted(unknown)} "
-                                 "(allowed: model, interpolation, parameters)")
+                                 "(allowed: model, interpolation, solver, ode_method, parameters)")
         if not isinstance(exprs, Mapping):
             raise ModelSpecError("parameter file: 'parameters' must be a table of name = value/expression")
-        return ParameterSpec(exprs, content.get("model"), content.get("interpolation", "nocb"), src_name)
+        return ParameterSpec(exprs, content.get("model"), content.get("interpolation", "nocb"), src_name,
+                             content.get("solver"), content.get("ode_method"))
     return ParameterSpec(content, None, "nocb", src_name)
 
 
@@ -354,8 +367,96 @@ def _check_param_values(model, host, is_dose, ssc, rate, ii, cmt, amt, const_inf
     return out
 
 
-def simulate(data, model: str | CompartmentModel | None = None, params=None, *, solver="auto",
-             interpolation: str | None = None) -> pd.DataFrame:
+def _solve_checked(prep: Prepared, solver, subset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Amounts (N, n_rec, n_cmt) and a per-pseudo-subject failure flag (N,) of one solve with its checks
+    (:func:`pkpd.engine.simulate_arrays` with ``check=True``, then :func:`_amount_flags`); with ``subset``
+    (pseudo-subject indices) only those subjects are solved."""
+    import jax
+
+    from .engine import compute_schedule, simulate_arrays
+
+    arrays = (prep.rec, prep.dose, prep.ss, prep.theta)
+    if subset is None:
+        sched = prep.schedule(solver)
+    else:
+        sel = np.asarray(subset)
+        arrays = jax.tree_util.tree_map(lambda v: v[sel], arrays)
+        sched = compute_schedule(prep.model, prep.layout, solver, *arrays) if prep.static_schedule else None
+    amounts, ok = simulate_arrays(prep.model, prep.layout, solver, *arrays, sched, check=True)
+    amounts = np.array(jax.device_get(amounts))
+    bad = ~np.asarray(ok) | _amount_flags(prep, amounts, solver, subset)
+    return amounts, bad
+
+
+def _amount_flags(prep: Prepared, amounts: np.ndarray, solver, subset=None) -> np.ndarray:
+    """Per-subject flags: a non-finite amount, an amount below roundoff (``-1.1e-11 * max|amount| - atol``),
+    or (built-in models, subjects without steady-state records) more amount in the body than the
+    bioavailable dose given so far, beyond 1e-10 of it."""
+    from .engine import _check_tolerances
+    from .models.library import _NAME
+
+    N = amounts.shape[0]
+    sl = slice(None) if subset is None else np.asarray(subset)
+    valid = np.asarray(prep.rec["valid"])[sl]  # (N, R)
+    finite = np.isfinite(amounts).all(axis=2)
+    bad = np.any(valid & ~finite, axis=1)
+    A = np.where(np.isfinite(amounts), amounts, 0.0)
+    _, ab = _check_tolerances(amounts.dtype)
+    model = prep.model
+    conc = {o.index for o in model.outputs if o.divide_by is None}  # effect-site states hold concentrations
+    if model.forcing_cmt is not None:
+        conc.add(model.forcing_cmt)
+    mass_idx = [i for i in range(model.n_cmt) if i not in conc]
+    scale = np.max(np.abs(np.where(valid[..., None], A, 0.0)).reshape(N, -1), axis=1)
+    atol = getattr(solver, "atol", 0.0)
+    low = np.where(valid[..., None], A, 0.0).min(axis=(1, 2))
+    bad |= low < -(ab * scale + atol)
+    if _NAME.match(model.name) and mass_idx:
+        rec_t = np.asarray(prep.rec["time"])[sl]
+        amt = np.asarray(prep.rec["amt"])[sl]
+        cmt = np.asarray(prep.rec["cmt"])[sl]
+        F = np.asarray(prep.theta["F"])[sl]
+        src = np.asarray(prep.dose["src"])[sl]
+        dt_ = np.asarray(prep.dose["time"])[sl]
+        dv = np.asarray(prep.dose["valid"])[sl]
+        rows = np.arange(N)[:, None]
+        d_amt = amt[rows, src] * np.maximum(F[rows, src, cmt[rows, src]], 0.0)
+        d_amt = np.where(dv, d_amt, 0.0)  # (N, D)
+        given = np.sum(np.where(dt_[:, None, :] <= rec_t[:, :, None], d_amt[:, None, :], 0.0), axis=2)  # (N, R)
+        in_body = A[..., mass_idx].sum(axis=2)
+        has_ss = np.asarray(prep.ss["valid"])[sl].any(axis=1)
+        over = valid & (in_body > given * (1.0 + 1e-10) + ab * scale[:, None])
+        bad |= np.any(over, axis=1) & ~has_ss
+    return bad
+
+
+def _failure_message(prep: Prepared, bad: np.ndarray, solver, fallback) -> str:
+    """One message naming the failed subjects and what to do."""
+    from .solvers._solvers import Analytic
+
+    first = np.zeros(len(bad), int)
+    first[prep.row_map[::-1, 0]] = np.arange(len(prep.row_map))[::-1]
+    ids = pd.unique(prep.frame["ID"].to_numpy()[first[np.nonzero(bad)[0]]])
+    shown = ", ".join(f"{v:g}" if isinstance(v, (float, np.floating)) else str(v) for v in ids[:10])
+    more = f" and {len(ids) - 10} more" if len(ids) > 10 else ""
+    who = f"{int(bad.sum())} subject(s) (ID {shown}{more})"
+    what = ("an amount negative beyond roundoff, more amount in the body than was dosed, or a non-finite "
+            "state")
+    if isinstance(solver, Analytic) and fallback is None:
+        return (f"the exact solver cannot vouch for its result for {who}: its rounding-error estimate exceeds "
+                f"1.5e-9 relative (widely separated rate constants), or {what}. Use solver 'auto' (re-solves "
+                "them with a stiff ODE solver; CLI --solver auto) or solver 'ode' with ode_method 'kvaerno5'.")
+    used = fallback if fallback is not None else solver
+    tried = (f" and the stiff retry (ODE method {fallback.method}, rtol {fallback.rtol:g}, atol {fallback.atol:g})"
+             if fallback is not None else "")
+    return (f"the {'exact solver' if isinstance(solver, Analytic) else f'ODE solver (method {solver.method})'}"
+            f"{tried} failed for {who}: step limit reached (max_steps {used.max_steps}), {what}. Try ode_method "
+            "'kvaerno5' (CLI --ode-method kvaerno5) or solver=ODE(method='kvaerno5', max_steps=...), or check the "
+            "parameters.")
+
+
+def simulate(data, model: str | CompartmentModel | None = None, params=None, *, solver=None,
+             interpolation: str | None = None, ode_method: str | None = None) -> pd.DataFrame:
     """Simulate every record of a NONMEM-format dataset.
 
     Parameters
@@ -370,9 +471,15 @@ def simulate(data, model: str | CompartmentModel | None = None, params=None, *, 
     params
         Parameter file path (TOML/JSON), mapping, or :class:`ParameterSpec`.
     solver
-        ``"auto"`` (exact for linear models, ODE otherwise), ``"analytic"``, ``"ode"`` or a solver object.
+        ``"auto"`` (exact for linear models, ODE otherwise), ``"analytic"``, ``"ode"`` or a solver object;
+        default: the parameter file's ``solver``, else ``"auto"``. Every result is checked (see Raises);
+        with ``"auto"`` the subjects that fail the check are re-solved with a stiff solver (Kvaerno5,
+        ``rtol=1e-12``, ``atol=1e-20`` mg after the exact solver; the same tolerances after an ODE solve).
     interpolation
         ``"nocb"`` (NONMEM) or ``"locf"`` for time-varying covariates; default from the parameter file.
+    ode_method
+        ODE method (``"auto"``, ``"tsit5"``, ``"dopri5"``, ``"dopri8"``, ``"kvaerno5"``); default: the
+        parameter file's ``ode_method``, else ``"auto"`` (Tsit5, retried with Kvaerno5 where it fails).
 
     Returns
     -------
@@ -382,6 +489,16 @@ def simulate(data, model: str | CompartmentModel | None = None, params=None, *, 
         (mg/L), and the model's extra outputs (``CE``, ``CM``). On dose records the values include that
         record's own unlagged dose.
 
+    Raises
+    ------
+    SolverError
+        Where a subject's result cannot be vouched for and no fallback applies (or the fallback fails too):
+        the exact solver's rounding-error estimate exceeds 1.5e-9 relative plus 1.1e-11 of the amount
+        (float64), the ODE solver failed (step limit, non-finite state), an amount is negative beyond
+        roundoff (below -1.1e-11 of the subject's largest amount, minus the ODE ``atol``), or the amount in
+        the body exceeds the bioavailable dose given so far by more than 1e-10 of it (built-in models,
+        subjects without steady-state records). The message names the subjects (IDs).
+
     Examples
     --------
     >>> import pandas as pd, pkpd
@@ -390,10 +507,8 @@ def simulate(data, model: str | CompartmentModel | None = None, params=None, *, 
     >>> round(float(out["CP"].iloc[1]), 6)   # 100/50 * exp(-0.1)
     1.809675
     """
-    import jax
-
-    from .engine import simulate_arrays
     from .solvers import resolve_solver
+    from .solvers._solvers import Analytic, Auto, stiff_fallback
 
     if params is None:
         raise ModelSpecError("a parameter file or mapping is required")
@@ -402,17 +517,22 @@ def simulate(data, model: str | CompartmentModel | None = None, params=None, *, 
     if model is None:
         raise ModelSpecError("no model given: pass a model name or set `model = ...` in the parameter file")
     model_obj = get_model(model) if isinstance(model, str) else model
-    solv = resolve_solver(solver, model_obj)
+    solver = solver if solver is not None else (spec.solver or "auto")
+    solv = resolve_solver(solver, model_obj, ode_method if ode_method is not None else spec.ode_method)
     prep = prepare(data, model_obj, spec, interpolation=interpolation)
-    amounts, ok = simulate_arrays(model_obj, prep.layout, solv, prep.rec, prep.dose, prep.ss, prep.theta,
-                                  prep.schedule(solv))
-    amounts = np.asarray(jax.device_get(amounts))
-    ok = np.asarray(ok)
-    if not ok.all():
-        raise SolverError(
-            f"the ODE solver failed for {int((~ok).sum())} subject(s) (step limit reached or non-finite state). "
-            "Try solver=ODE(max_steps=...) or the stiff method ODE(method='kvaerno5')."
-        )
+    amounts, bad = _solve_checked(prep, solv)
+    if bad.any():
+        auto = isinstance(solver, Auto) or (isinstance(solver, str) and solver.lower() == "auto")
+        fb = stiff_fallback(solv) if (auto or not isinstance(solv, Analytic)) else None
+        if fb is not None:
+            idx = np.nonzero(bad)[0]
+            sub_amounts, sub_bad = _solve_checked(prep, fb, idx)
+            amounts[idx] = sub_amounts
+            bad[idx] = sub_bad
+            if bad.any():
+                raise SolverError(_failure_message(prep, bad, solv, fb))
+        else:
+            raise SolverError(_failure_message(prep, bad, solv, None))
     A = amounts[prep.row_map[:, 0], prep.row_map[:, 1]]
     if not np.all(np.isfinite(A)):
         bad = np.nonzero(~np.isfinite(A).all(axis=1))[0] + 1

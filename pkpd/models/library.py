@@ -17,7 +17,8 @@ dCE/dt = KE0*(CP - CE), with no mass taken from CENTRAL (Sheiner et al. 1979).
 ``_metabolite`` adds a metabolite compartment METABOLITE formed from the parent's elimination with
 fraction FM (amounts in parent-mass equivalents; convert with the molecular-weight ratio), eliminated
 with CLM from volume VM; its concentration is reported as CM.
-``_mm`` replaces linear elimination CL by Michaelis-Menten elimination VMAX*C/(KM + C) (nonlinear, ODE).
+``_mm`` replaces linear elimination CL by Michaelis-Menten elimination VMAX*C/(KM + C) (nonlinear, ODE;
+evaluated as VMAX*C/(KM + |C|), identical for C >= 0, so a numerical overshoot below 0 decays back).
 
 Compartment numbers (CMT) follow the order: input compartments, CENTRAL, peripherals, EFFECT,
 METABOLITE; :func:`describe_model` prints them.
@@ -271,7 +272,11 @@ def _make_nonlinear(n, central, vname, mm, forcing_cmt):
         dx = jnp.zeros(n, dtype=x.dtype)
         if mm:
             conc = x[central] / p[vname]
-            dx = dx.at[central].add(-p["VMAX"] * conc / (p["KM"] + conc))
+            # VMAX*C/(KM + |C|): the model's rate for C >= 0, continued as an odd function below 0, so that
+            # an integrator's roundoff-level overshoot past C = 0 (after depletion, where the decay rate
+            # VMAX/(V*KM) is huge for small KM) is pulled back to 0 instead of running away through the
+            # pole at C = -KM (negative concentrations growing without bound).
+            dx = dx.at[central].add(-p["VMAX"] * conc / (p["KM"] + jnp.abs(conc)))
         if forcing_cmt is not None and forcing is not None:
             # forcing = (arrival times, bioavailable amounts) of every dose into the Weibull handle.
             td, amt = forcing
