@@ -40,6 +40,14 @@ class SolverChoice(str, enum.Enum):
     ode = "ode"
 
 
+class OdeMethodChoice(str, enum.Enum):
+    auto = "auto"
+    tsit5 = "tsit5"
+    dopri5 = "dopri5"
+    dopri8 = "dopri8"
+    kvaerno5 = "kvaerno5"
+
+
 class InterpolationChoice(str, enum.Enum):
     nocb = "nocb"
     locf = "locf"
@@ -258,9 +266,15 @@ def simulate(
                                            help="Regimen mode: simulate this patient (TOML) instead of the "
                                                 "SPINE-72 population."),
     fmt: str = typer.Option("csv", "--format", help="Regimen mode: per-patient table format, csv or parquet."),
-    solver: SolverChoice = typer.Option(SolverChoice.auto, "--solver", case_sensitive=False,
-                                        help="auto: exact matrix-exponential solution for linear models, ODE "
-                                             "otherwise; analytic (linear models only); ode."),
+    solver: Optional[SolverChoice] = typer.Option(
+        None, "--solver", case_sensitive=False,
+        help="auto: exact matrix-exponential solution for linear models (subjects failing its accuracy check "
+             "are re-solved with a stiff ODE solver), ODE otherwise; analytic (linear models only; refuses "
+             "instead of falling back); ode. Default: the parameter file's `solver`, else auto."),
+    ode_method: Optional[OdeMethodChoice] = typer.Option(
+        None, "--ode-method", case_sensitive=False,
+        help="ODE method: auto (Tsit5, retried with the stiff Kvaerno5 where it fails), tsit5, dopri5, dopri8 "
+             "or kvaerno5 (implicit, for stiff models). Default: the parameter file's `ode_method`, else auto."),
     interpolation: Optional[InterpolationChoice] = typer.Option(
         None, "--interpolation", case_sensitive=False,
         help="Covariate interpolation between records: nocb (NONMEM) or locf. Default: the parameter file's "
@@ -314,8 +328,9 @@ def simulate(
             raise pkpd.ModelSpecError(
                 f"no model given: pass --model NAME or set `model = \"...\"` in {params} (see `pkpd models`)")
         model_obj = pkpd.get_model(model_name)
-        result = pkpd.simulate(data, model_obj, spec, solver=solver.value,
-                               interpolation=interpolation.value if interpolation else None)
+        result = pkpd.simulate(data, model_obj, spec, solver=solver.value if solver else None,
+                               interpolation=interpolation.value if interpolation else None,
+                               ode_method=ode_method.value if ode_method else None)
     except PKPDError as exc:
         _fail(str(exc))
 
@@ -326,7 +341,7 @@ def simulate(
         result.to_csv(out_path, index=False)
     except OSError as exc:
         _fail(f"cannot write the output file {out_path}: {exc}")
-    used = solver.value
+    used = solver.value if solver else (spec.solver or "auto")
     if used == "auto":
         used = f"auto -> {'analytic' if model_obj.is_linear else 'ode'}"
     n_subj = result["ID"].nunique() if "ID" in result.columns else 0
