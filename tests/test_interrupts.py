@@ -169,9 +169,12 @@ def test_cli_trial_plain_interrupt_exits_130(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(regimens.optimize, "optimize_population", interrupted)
-    res = runner.invoke(app, ["trial", "--population", "2", "--draws", "2", "--steps", "1", "--out",
-                              str(tmp_path / "t")])
-    assert res.exit_code == 130, cli_output(res)
+    out = tmp_path / "t"
+    res = runner.invoke(app, ["trial", "--population", "2", "--draws", "2", "--steps", "1", "--out", str(out)])
+    text = cli_output(res)
+    assert res.exit_code == 130, text
+    assert f"keeps no outputs (any it wrote were removed). The finished chunks are kept in {out / 'chunks'}" in text
+    assert sorted(p.name for p in out.iterdir()) == ["chunks"]
 
 
 def test_cli_fit_interrupt_before_writing_exits_130_without_outputs(tmp_path, monkeypatch):
