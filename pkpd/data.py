@@ -45,6 +45,10 @@ __all__ = ["STANDARD_COLUMNS", "read_dataset", "check_dataset", "validate_datase
 #: NONMEM data items understood by the toolkit, in the order new columns are appended.
 STANDARD_COLUMNS: tuple[str, ...] = ("ID", "TIME", "EVID", "AMT", "CMT", "RATE", "II", "ADDL", "SS", "DV", "MDV")
 
+#: Most additional doses (ADDL) one record may ask for: the engine expands every dose (100,000 is 11 years of
+#: hourly doses); a larger value is a typing error and would exhaust memory.
+MAX_ADDL = 100_000
+
 _REQUIRED = ("ID", "TIME")
 _DOSE_EVIDS = (1.0, 4.0)
 _RESET_EVIDS = (3.0, 4.0)
@@ -538,6 +542,10 @@ def _analyse(
         m = np.isfinite(addl) & ((addl < 0) | ~_is_int(addl))
         if m.any():
             add(m, "ADDL", f"ADDL must be a whole number >= 0; found {_fmt_values(addl[m])}")
+        m = np.isfinite(addl) & (addl > MAX_ADDL)
+        if m.any():
+            add(m, "ADDL", f"ADDL {_fmt_values(addl[m])} is too large: at most {MAX_ADDL:,} additional doses per "
+                           "record (every dose is expanded); split the record into several")
         m = (addl > 0) & (ii == 0)
         if m.any():
             add(m, "ADDL", "ADDL > 0 needs II > 0 (the interval between the additional doses, h)")

@@ -255,3 +255,15 @@ def test_cli_fit_amt_1e300_is_a_dataset_error_not_a_likelihood_error(tmp_path):
     assert "row 1, column AMT: AMT 1e+300 is too large for a fit" in text
     assert "-2 log L" not in text and "Traceback" not in text
     assert not out.exists()
+
+
+def test_addl_beyond_the_expansion_limit_names_row_and_column(tmp_path):
+    """ADDL 1e12 used to exhaust memory (a MemoryError traceback): now a dataset error in every command."""
+    path = tmp_path / "d.csv"
+    path.write_text("ID,TIME,AMT,EVID,ADDL,II\n1,0,100,1,1e12,1\n1,1,0,0,0,0\n")
+    with pytest.raises(DatasetError) as info:
+        validate_dataset(path)
+    assert _one_error(info.value).startswith("row 1, column ADDL: ADDL 1000000000000 is too large: at most "
+                                             "100,000 additional doses per record")
+    path.write_text("ID,TIME,AMT,EVID,ADDL,II\n1,0,100,1,100000,1\n1,1,0,0,0,0\n")
+    assert validate_dataset(path)["ADDL"].iloc[0] == 100000
