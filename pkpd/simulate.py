@@ -367,9 +367,10 @@ def _check_param_values(model, host, is_dose, ssc, rate, ii, cmt, amt, const_inf
     return out
 
 
-def _solve_checked(prep: Prepared, solver, subset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _solve_checked(prep: Prepared, solver, subset: np.ndarray | None = None,
+                   check: bool | str = True) -> tuple[np.ndarray, np.ndarray]:
     """Amounts (N, n_rec, n_cmt) and a per-pseudo-subject failure flag (N,) of one solve with its checks
-    (:func:`pkpd.engine.simulate_arrays` with ``check=True``, then :func:`_amount_flags`); with ``subset``
+    (:func:`pkpd.engine.simulate_arrays` with ``check``, then :func:`_amount_flags`); with ``subset``
     (pseudo-subject indices) only those subjects are solved."""
     import jax
 
@@ -382,7 +383,7 @@ def _solve_checked(prep: Prepared, solver, subset: np.ndarray | None = None) -> 
         sel = np.asarray(subset)
         arrays = jax.tree_util.tree_map(lambda v: v[sel], arrays)
         sched = compute_schedule(prep.model, prep.layout, solver, *arrays) if prep.static_schedule else None
-    amounts, ok = simulate_arrays(prep.model, prep.layout, solver, *arrays, sched, check=True)
+    amounts, ok = simulate_arrays(prep.model, prep.layout, solver, *arrays, sched, check=check)
     amounts = np.array(jax.device_get(amounts))
     bad = ~np.asarray(ok) | _amount_flags(prep, amounts, solver, subset)
     return amounts, bad
@@ -397,36 +398,32 @@ def _amount_flags(prep: Prepared, amounts: np.ndarray, solver, subset=None) -> n
 
     N = amounts.shape[0]
     sl = slice(None) if subset is None else np.asarray(subset)
-    valid = np.asarray(prep.rec["valid"])[sl]  # (N, R)
-    finite = np.isfinite(amounts).all(axis=2)
-    bad = np.any(valid & ~finite, axis=1)
-    A = np.where(np.isfinite(amounts), amounts, 0.0)
+    # padding slots repeat a subject's last record, so whole arrays can be reduced without masks
+    flat = amounts.reshape(N, -1)
+    bad = ~np.isfinite(flat).all(axis=1)
+    A = amounts if not bad.any() else np.where(np.isfinite(amounts), amounts, 0.0)
     _, ab = _check_tolerances(amounts.dtype)
     model = prep.model
     conc = {o.index for o in model.outputs if o.divide_by is None}  # effect-site states hold concentrations
     if model.forcing_cmt is not None:
         conc.add(model.forcing_cmt)
     mass_idx = [i for i in range(model.n_cmt) if i not in conc]
-    scale = np.max(np.abs(np.where(valid[..., None], A, 0.0)).reshape(N, -1), axis=1)
+    scale = np.abs(A.reshape(N, -1)).max(axis=1)
     atol = getattr(solver, "atol", 0.0)
-    low = np.where(valid[..., None], A, 0.0).min(axis=(1, 2))
-    bad |= low < -(ab * scale + atol)
+    bad |= A.reshape(N, -1).min(axis=1) < -(ab * scale + atol)
     if _NAME.match(model.name) and mass_idx:
-        rec_t = np.asarray(prep.rec["time"])[sl]
-        amt = np.asarray(prep.rec["amt"])[sl]
-        cmt = np.asarray(prep.rec["cmt"])[sl]
-        F = np.asarray(prep.theta["F"])[sl]
-        src = np.asarray(prep.dose["src"])[sl]
-        dt_ = np.asarray(prep.dose["time"])[sl]
-        dv = np.asarray(prep.dose["valid"])[sl]
+        rec_t = prep.rec["time"][sl]
+        src = prep.dose["src"][sl]
         rows = np.arange(N)[:, None]
-        d_amt = amt[rows, src] * np.maximum(F[rows, src, cmt[rows, src]], 0.0)
-        d_amt = np.where(dv, d_amt, 0.0)  # (N, D)
-        given = np.sum(np.where(dt_[:, None, :] <= rec_t[:, :, None], d_amt[:, None, :], 0.0), axis=2)  # (N, R)
+        cmt = prep.rec["cmt"][sl][rows, src]
+        F = np.asarray(prep.theta["F"][sl] if subset is not None else prep.theta["F"])
+        d_amt = prep.rec["amt"][sl][rows, src] * np.maximum(F[rows, src, cmt], 0.0)
+        d_amt = np.where(prep.dose["valid"][sl], d_amt, 0.0)  # (N, D) bioavailable amount of each dose
+        given = np.einsum("nrd,nd->nr", prep.dose["time"][sl][:, None, :] <= rec_t[:, :, None], d_amt)
         in_body = A[..., mass_idx].sum(axis=2)
-        has_ss = np.asarray(prep.ss["valid"])[sl].any(axis=1)
-        over = valid & (in_body > given * (1.0 + 1e-10) + ab * scale[:, None])
-        bad |= np.any(over, axis=1) & ~has_ss
+        has_ss = prep.ss["valid"][sl].any(axis=1)
+        over = (in_body - given * (1.0 + 1e-10)).max(axis=1) > ab * scale
+        bad |= over & ~has_ss
     return bad
 
 
@@ -521,6 +518,11 @@ def simulate(data, model: str | CompartmentModel | None = None, params=None, *, 
     solv = resolve_solver(solver, model_obj, ode_method if ode_method is not None else spec.ode_method)
     prep = prepare(data, model_obj, spec, interpolation=interpolation)
     amounts, bad = _solve_checked(prep, solv)
+    if bad.any() and isinstance(solv, Analytic):  # the screen's stiff subjects: check them entry by entry
+        idx = np.nonzero(bad)[0]
+        sub_amounts, sub_bad = _solve_checked(prep, solv, idx, check="full")
+        amounts[idx] = sub_amounts
+        bad[idx] = sub_bad
     if bad.any():
         auto = isinstance(solver, Auto) or (isinstance(solver, str) and solver.lower() == "auto")
         fb = stiff_fallback(solv) if (auto or not isinstance(solv, Analytic)) else None
