@@ -188,6 +188,16 @@ _KET_FUSION = Source("Duke meta-analysis of ketorolac in spinal fusion (41,365 p
 _CELE = Source(f"Celebrex label {_MDC}", "LBL via WEB summary (droracle); NCBI Medical Genetics Summaries")
 _CPIC_2C9 = Source("CPIC Theken 2020, Clin Pharmacol Ther 108:191 via models.md D2",
                    "AS 0-0.5: 25-50 % of the lowest recommended starting dose, titrate to 25-50 % of the maximum")
+_CELE_PI = Source("Celebrex prescribing information (Pfizer, DailyMed 2021) sections 2.6, 8.6, 8.7",
+                   "'moderate hepatic impairment (Child-Pugh B): reduce the daily recommended dose by 50 %'; 'severe "
+                   "hepatic impairment: not recommended'; 'not recommended in patients with severe renal "
+                   "insufficiency' (older label: 'advanced kidney disease: not recommended'); 'CYP2C9 poor "
+                   "metabolizers: initiate treatment with half of the lowest recommended dose'")
+_NSAID_RENAL = Source("NSAID class labeling (ibuprofen Rx label, Warnings: renal toxicity)",
+                      "'not recommended in patients with advanced renal disease' (the Celebrex wording of the same "
+                      "class statement is cited under celecoxib)")
+_TRAM_HEP = Source("Ultram label, Dosage and Administration (patients with cirrhosis)",
+                   "'the recommended dose for adult patients with cirrhosis is 50 mg every 12 hours'")
 _LB = Source(f"Exparel label {_MDC}", "LBL (2018 highlights, dokumen.tips copy): 266 mg (20 mL) for infiltration")
 _LB96 = Source("Exparel label via clinical.md 3.1", "'LB label: no other local anaesthetic within 96 h'; the "
                                                     "exact label wording is not quoted in models.md")
@@ -227,11 +237,21 @@ LIMITS: tuple[LabelLimit, ...] = (
                note="Rx maximum 3200 mg/day (the OTC maximum, 1200 mg/day, is not applied)"),
     LabelLimit("ibuprofen", "adults", _gk("ibuprofen Rx label: 800 mg per dose"), max_single_mg=800.0,
                unverified=True),
-    LabelLimit("ibuprofen", "CYP2C9 poor metabolizers", _CPIC_2C9, phenotype=_PM, max_daily_mg=1600.0,
-               context="CPIC", note="derived: 50 % (upper end of CPIC's 25-50 %) of the 3200 mg/day maximum"),
-    LabelLimit("ibuprofen", "CYP2C9 poor metabolizers", _gk("CPIC 50 % of a 400-mg lowest Rx starting dose"),
-               phenotype=_PM, max_single_mg=200.0, context="CPIC", unverified=True,
-               note="50 % of the lowest starting dose; the 400-mg lowest Rx analgesic dose is general knowledge"),
+    LabelLimit("ibuprofen", "CYP2C9 poor metabolizers", _CPIC_2C9, phenotype=_PM, max_daily_mg=800.0,
+               context="CPIC", note="derived, stricter reading: 25 % (lower end of CPIC's 25-50 % of the maximum) of "
+                                    "the 3200 mg/day maximum (the upper end would allow 1600 mg/day)"),
+    LabelLimit("ibuprofen", "CYP2C9 poor metabolizers", _gk("CPIC 25-50 % of the lowest starting dose, 200 mg"),
+               phenotype=_PM, max_single_mg=100.0, context="CPIC", unverified=True,
+               note="stricter reading: 50 % of the lowest starting dose read as the 200-mg tablet (a 400-mg lowest "
+                    "Rx dose would allow 200 mg); no ibuprofen product of the decision space is that small"),
+    LabelLimit("ibuprofen", "advanced renal disease (CrCL < 30 mL/min)", _NSAID_RENAL, when="CRCL < 30",
+               contraindicated=True, unverified=True,
+               note="'not recommended' read as a hard exclusion (the stricter reading); the CrCL threshold for "
+                    "'advanced' is this toolkit's choice, UNVERIFIED"),
+    LabelLimit("ibuprofen", "severe hepatic impairment", _gk("NSAID labels: avoid in severe hepatic impairment"),
+               when="HEPATIC >= 3", contraindicated=True, unverified=True,
+               note="the ibuprofen label asks for caution only; the exclusion follows the celecoxib label's "
+                    "'not recommended' for the same class (stricter)"),
     # ---- ketorolac (models.md C; clinical.md 2) ----
     LabelLimit("ketorolac", "adults < 65 y", _KET, route="iv", max_single_mg=30.0, max_daily_mg=120.0,
                min_interval_h=6.0, note="IV/IM: 30 mg q6h, maximum 120 mg/day"),
@@ -253,10 +273,26 @@ LIMITS: tuple[LabelLimit, ...] = (
     LabelLimit("celecoxib", "adults, acute pain", _CELE, max_single_mg=400.0, max_daily_mg=600.0,
                note="400 mg, then 200 mg on day 1 if needed, then 200 mg BID: 600 mg is the day-1 maximum; the "
                     "400 mg/day maintenance maximum after day 1 is not checked by the rolling 24-h sum"),
-    LabelLimit("celecoxib", "CYP2C9 poor metabolizers", _CPIC_2C9, phenotype=_PM, max_single_mg=100.0,
-               max_daily_mg=200.0, context="CPIC",
-               note="derived: half of the lowest acute-pain dose (200 mg; FDA label 'start at half the lowest dose', "
-                    "CPIC 25-50 %) and 50 % of the 400 mg/day maintenance maximum (CPIC 25-50 % of the maximum)"),
+    LabelLimit("celecoxib", "CYP2C9 poor metabolizers", _CELE_PI, phenotype=_PM, max_single_mg=50.0,
+               context="CPIC",
+               note="stricter of two readings: half of the lowest recommended dose read as 100 mg (Celebrex label "
+                    "'half of the lowest recommended dose'; CPIC 'initiate with 25-50 % of the lowest recommended "
+                    "starting dose', upper end) = 50 mg; reading the lowest dose as the 200-mg acute-pain dose would "
+                    "allow 100 mg. CPIC's lower end (25 %, 25 mg) is below every capsule strength"),
+    LabelLimit("celecoxib", "CYP2C9 poor metabolizers", _CPIC_2C9, phenotype=_PM, max_daily_mg=100.0,
+               context="CPIC",
+               note="derived, stricter reading: 25 % (lower end of CPIC's 25-50 % of the maximum) of the 400 mg/day "
+                    "maintenance maximum (the upper end would allow 200 mg/day)"),
+    LabelLimit("celecoxib", "severe renal insufficiency (CrCL < 30 mL/min)", _CELE_PI, when="CRCL < 30",
+               contraindicated=True, unverified=True,
+               note="'not recommended' read as a hard exclusion (the stricter reading); the CrCL threshold for "
+                    "'severe' is this toolkit's choice, UNVERIFIED"),
+    LabelLimit("celecoxib", "moderate hepatic impairment (Child-Pugh B)", _CELE_PI, when="HEPATIC >= 2",
+               max_single_mg=200.0, max_daily_mg=200.0,
+               note="50 % of the daily recommended dose: 50 % of the 400 mg/day maintenance maximum (stricter than "
+                    "50 % of the 600 mg day-1 maximum); a single dose cannot exceed the daily amount"),
+    LabelLimit("celecoxib", "severe hepatic impairment (Child-Pugh C)", _CELE_PI, when="HEPATIC >= 3",
+               contraindicated=True, note="'not recommended' read as a hard exclusion (the stricter reading)"),
     # ---- liposomal bupivacaine ----
     LabelLimit("bupivacaine_liposomal", "adults", _LB, route="infiltration", max_single_mg=266.0,
                note="266 mg (20 mL) for infiltration; 133 mg for interscalene block"),
@@ -287,6 +323,9 @@ LIMITS: tuple[LabelLimit, ...] = (
                unverified=True),
     LabelLimit("tramadol", "aged > 75 y", _gk("Ultram label: 300 mg/day over 75 y"), when="AGE > 75",
                max_daily_mg=300.0, unverified=True),
+    LabelLimit("tramadol", "cirrhosis (severe hepatic impairment)", _TRAM_HEP, when="HEPATIC >= 3",
+               max_single_mg=50.0, max_daily_mg=100.0, min_interval_h=12.0, unverified=True,
+               note="cirrhosis read as HEPATIC >= 3 (severe), UNVERIFIED mapping; 50 mg q12h"),
     LabelLimit("tramadol", "CrCL < 30 mL/min", _gk("Ultram label: q12h, 200 mg/day if CrCL < 30"),
                when="CRCL < 30", max_daily_mg=200.0, min_interval_h=12.0, unverified=True),
     LabelLimit("codeine", "adults", _gk("codeine sulfate label: 15-60 mg q4h, 360 mg/day"), max_daily_mg=360.0,

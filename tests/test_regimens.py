@@ -509,15 +509,36 @@ def test_cpic_phenotype_from_covariate_columns():
 
 def test_cyp2c9_poor_metabolizer_caps_celecoxib():
     """models.md C (celecoxib: PM start at half the lowest dose) and D2 (CPIC: 25-50 % of the lowest starting dose,
-    titrate to 25-50 % of the maximum); the 100 mg and 200 mg/day caps are derived (see regimens.limits)."""
+    titrate to 25-50 % of the maximum), each read the stricter way (issue: where sources differ, the stricter
+    limit): the lowest dose read as 100 mg -> 50 mg per dose; 25 % of the 400 mg/day maximum -> 100 mg/day."""
     r = parse_regimen_text("celecoxib 200 mg PO q12h")
     assert check_regimen(r, STD, {"CYP2C9": "normal"}) == []
     f = {x.rule: x for x in check_regimen(r, STD, {"CYP2C9": "PM"})}
-    # models.md C/D2: PM start at half the lowest dose (200 mg -> 100 mg); 25-50 % of the maximum (400 -> 200 mg/day)
     assert set(f) == {"max_single_dose", "max_daily_dose"}
-    assert "CPIC-derived maximum for a CYP2C9 poor metabolizer is 100 mg per dose" in f["max_single_dose"].message
-    assert "gives 400 mg/24 h" in f["max_daily_dose"].message and "200 mg/day" in f["max_daily_dose"].message
-    assert check_regimen(parse_regimen_text("celecoxib 100 mg PO q12h"), STD, {"CYP2C9": 0.5}) == []
+    assert "CPIC-derived maximum for a CYP2C9 poor metabolizer is 50 mg per dose" in f["max_single_dose"].message
+    assert "gives 400 mg/24 h" in f["max_daily_dose"].message and "100 mg/day" in f["max_daily_dose"].message
+    assert check_regimen(parse_regimen_text("celecoxib 50 mg PO q12h"), STD, {"CYP2C9": 0.5}) == []
+    assert sorted(x.rule for x in check_regimen(parse_regimen_text("celecoxib 100 mg PO q12h"), STD, {"CYP2C9": 0.5})) == [
+        "max_daily_dose", "max_single_dose"]
+
+
+def test_celecoxib_and_ibuprofen_renal_and_hepatic_restrictions():
+    """Celebrex label: not recommended in severe renal insufficiency or severe hepatic impairment (read as
+    exclusions), moderate hepatic impairment 50 % of the daily dose; NSAID class label: ibuprofen not
+    recommended in advanced renal disease. Each is an error (contraindication) or a cap naming its source."""
+    cele = parse_regimen_text("celecoxib 200 mg PO q12h")
+    for cov in ({**STD, "CRCL": 15.0}, {**STD, "HEPATIC": 3}):
+        f = [x for x in check_regimen(cele, cov) if x.severity == "error"]
+        assert [x.rule for x in f] == ["contraindicated"], f
+        assert "Celebrex prescribing information" in f[0].source
+    mod = {x.rule: x for x in check_regimen(cele, {**STD, "HEPATIC": 2})}
+    assert set(mod) == {"max_daily_dose"} and "200 mg/day" in mod["max_daily_dose"].message
+    assert check_regimen(parse_regimen_text("celecoxib 100 mg PO q12h"), {**STD, "HEPATIC": 2}) == []
+    assert check_regimen(cele, {**STD, "CRCL": 45.0}) == []
+    ibu = parse_regimen_text("ibuprofen 400 mg PO q6h")
+    assert [x.rule for x in check_regimen(ibu, {**STD, "CRCL": 20.0})] == ["contraindicated"]
+    assert [x.rule for x in check_regimen(ibu, {**STD, "HEPATIC": 3})] == ["contraindicated"]
+    assert check_regimen(ibu, STD) == []
 
 
 def test_liposomal_bupivacaine_excludes_other_local_anaesthetics_for_96_h():
