@@ -855,6 +855,10 @@ def optimize_cmd(
         console.print("[bold yellow]FALLBACK:[/] no searched schedule met every constraint of the exact evaluation; "
                       "this is C1's schedule (standard of care) within the patient's limits, not an optimized "
                       "schedule (see 'why' below).")
+    if prop.worse_than_comparator:
+        console.print("[bold red]WORSE THAN C1:[/] the proposal uses more opioid and keeps pain in target for less "
+                      "time than C1 (adapted to the patient's limits where C1 as written is not allowed); see the "
+                      "first 'why' line.")
     c = prop.comparison
     console.print(f"{'':10s} {'MME mean':>9s} {'MME P90':>8s} {'NRS<=3':>7s} {'NRS>=4':>7s} {'NRS>=7':>7s} "
                   f"{'pain AUC':>9s} {'P(OIRD)':>9s} {'P(PONV)':>8s} {'LAST':>5s}", markup=False)

@@ -328,8 +328,13 @@ def _optimize_sections(run: Run) -> tuple[str, str]:
         parts.append("<p id=\"fallback\" style=\"border:2px solid #b8860b;padding:0.5em\"><b>Fallback, not an "
                      "optimized schedule:</b> no searched schedule met every constraint of the exact evaluation, so "
                      "this is C1's schedule (the standard of care) within the patient's limits, with C1's rescue policy (see Why).</p>")
+    if expl.is_file() and "THIS PROPOSAL IS WORSE THAN" in expl.read_text():
+        parts.append("<p id=\"worse\" style=\"border:2px solid #b22222;padding:0.5em\"><b>Worse than the comparator:"
+                     "</b> the proposal uses more opioid and keeps pain in target for less time than C1 (adapted to "
+                     "the patient's limits where C1 as written is not allowed); prefer the comparator (see Why).</p>")
     parts += [table(comp, "comparison", "Proposal vs C0 (opioid-centric) and C1 (ERAS), same variability draws "
-                   "(mean over draws; MME_P90: 90th percentile)", note=_OUTCOME_NOTE),
+                   "(mean over draws; MME_P90: 90th percentile; 'C0/C1 adapted': the comparator within this "
+                   "patient's limits, where the comparator as written is not allowed)", note=_OUTCOME_NOTE),
              table(_compact_schedule(sched), "schedule", "Proposed scheduled doses by product (as-needed rescue as "
                    "in C1; schedule.csv has one row per dose)", max_rows=500)]
     if run.file("explanation.txt").is_file():

@@ -63,6 +63,7 @@ from ._descent import projected_descent
 from ._model import PRN, Regimen, Scheduled
 from ._objective import ADJUNCT_BURDEN, EXPOSURE_LIMITS, exceedance_probability, group_loss
 from ._policies import RescuePolicy, cross_entropy_search, rescue_policies, withholds_rescue
+from .adapt import adapt_to_patient
 from .limits import DoseCaps, check_regimen, dose_caps
 
 __all__ = ["DEFAULT_PRODUCTS", "DecisionSpace", "Slot", "OptimizeSettings", "Proposal", "PopulationProposal",
@@ -300,6 +301,10 @@ class Proposal:
     fallback
         True when the proposal is the fallback (C1's schedule within the patient's limits, with C1's rescue
         policy) because the searched schedules missed a constraint: not an optimized schedule.
+    worse_than_comparator
+        True when the proposal uses more opioid and keeps pain in target for less time than C1 (adapted to
+        the patient's limits where C1 as written is not allowed: :func:`regimens.adapt.adapt_to_patient`);
+        the first note says so.
     """
 
     regimen: Regimen
@@ -310,6 +315,7 @@ class Proposal:
     findings: list
     notes: list[str] = field(default_factory=list)
     fallback: bool = False
+    worse_than_comparator: bool = False
 
     def save(self, out_dir, *, force: bool = False) -> list:
         """Write ``schedule.csv``, ``regimen.toml`` and ``regimen.txt`` (the proposal, reusable with
@@ -1183,6 +1189,10 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
     if phenotypes is not None:
         raise RegimenError("give genotypes as activity-score covariates (CYP2D6_AS, CYP2C9_AS); explicit "
                            "phenotypes are not supported by the optimizer")
+    from pkpd.regimen_sim import SimOptions, simulate_regimen
+
+    from .io import get_regimen
+
     st = settings or OptimizeSettings()
     cov = {k: v for k, v in dict(covariates).items() if not isinstance(v, str)}
     draw_rows, post_notes = None, []
@@ -1200,6 +1210,15 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
     findings = check_regimen(regimen, cov, None, fusion=fusion)
 
     outcomes = dict(res.draws)  # with trajectories and the proposal's concentrations (trajectories=True)
+    # a comparator that breaks this patient's limits is also simulated as a clinician would adapt it
+    adapted_notes = []
+    for name in ("C0", "C1"):
+        ad = adapt_to_patient(get_regimen(name), cov, fusion=fusion)
+        if ad.changed:
+            outcomes[f"{name} adapted"] = simulate_regimen(ad.regimen, res.rows, seed=st.seed, options=SimOptions(
+                record_trajectories=True, record_doses=True))
+            adapted_notes.append(f"{name} as written is not allowed for this patient; '{name} adapted' (compared "
+                                 "below) is " + name + " within the patient's limits: " + " | ".join(ad.changes))
     comparison = _compare({k: v.patients for k, v in outcomes.items()},
                           {d: lim.mg_per_l for d, lim in EXPOSURE_LIMITS.items()})
     sched = pd.DataFrame([{"time_h": sl.time_h, "drug": sl.product.drug, "route": sl.product.route, "dose_mg": a}
@@ -1236,7 +1255,23 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
     for m in filter(None, str(row["PAIN_WHY"]).split("; ")):
         if not m.startswith("time with NRS <= 3"):
             notes.append(f"NOT MET after every repair step: {m}")
-    return Proposal(regimen, space, sched, comparison, outcomes, findings, notes, fallback=bool(row["FALLBACK"]))
+    notes += adapted_notes
+    worse = worse_than(comparison, "C1 adapted" if "C1 adapted" in comparison.index else "C1")
+    if worse:
+        notes.insert(0, worse)
+    return Proposal(regimen, space, sched, comparison, outcomes, findings, notes, fallback=bool(row["FALLBACK"]),
+                    worse_than_comparator=bool(worse))
+
+
+def worse_than(comparison: pd.DataFrame, reference: str, tol: float = 1e-9) -> str:
+    """A plain statement when the proposal uses more opioid (mean 72-h MME) *and* keeps pain in target
+    (NRS <= 3) for less time than ``reference`` on the same draws, else ``""``."""
+    p, r = comparison.loc["proposal"], comparison.loc[reference]
+    if p["MME_mean"] > r["MME_mean"] + tol and p["TIT3"] < r["TIT3"] - tol:
+        return (f"THIS PROPOSAL IS WORSE THAN {reference.upper()} for this patient: mean 72-h MME {p['MME_mean']:.1f} "
+                f"vs {r['MME_mean']:.1f} mg and time in target {p['TIT3']:.0%} vs {r['TIT3']:.0%} (same draws); "
+                f"prefer {reference}")
+    return ""
 
 
 def _choices_explained(space: DecisionSpace, amounts, policy, st: OptimizeSettings) -> list[str]:
@@ -1251,13 +1286,33 @@ def _choices_explained(space: DecisionSpace, amounts, policy, st: OptimizeSettin
         used.setdefault(sl.product.key, []).append((a, sl.reference_mg))
     for key, v in used.items():
         total, top = sum(a for a, _ in v), sum(r for _, r in v)
+        cap = space.caps.get(key)
+        if cap is not None and math.isfinite(cap.max_daily_mg):
+            # a daily cap binds before the slots' single-dose maxima do: at most one cap per started 24 h
+            top = min(top, cap.max_daily_mg * math.ceil(space.horizon_h / 24.0 - 1e-9))
         if total <= 0:
             lines.append(f"{key}: allowed but not used (in the model it adds less than its adjunct burden "
                          f"{st.burden().get(get_product(key).drug, 0.0):g} MME-eq per label-maximum course)")
         elif total < top - 1e-9:
-            lines.append(f"{key}: {total:g} mg in 0-72 h, below the {top:g} mg the patient's limits allow (more adds "
-                         "less than it costs in the objective)")
+            lines.append(f"{key}: {total:g} mg in 0-72 h, below what the patient's limits allow ({_caps_text(cap)}; "
+                         "more adds less than it costs in the objective)")
     return lines
+
+
+def _caps_text(cap: DoseCaps | None) -> str:
+    """The caps applied to one product for this patient, in words (``<= 300 mg per dose, <= 700 mg/24 h``)."""
+    if cap is None:
+        return "no label limit"
+    parts = []
+    for fld, fmt in (("max_single_mg", "<= {:g} mg per dose"), ("max_daily_mg", "<= {:g} mg/24 h"),
+                     ("max_total_mg", "<= {:g} mg in total"), ("max_duration_h", "course <= {:g} h")):
+        v = getattr(cap, fld)
+        if math.isfinite(v):
+            reason = cap.reason(fld)
+            parts.append(fmt.format(v) + (f" [{reason}]" if reason else ""))
+    if cap.min_interval_h > 0:
+        parts.append(f"interval >= {cap.min_interval_h:g} h")
+    return ", ".join(parts) or "no label limit"
 
 
 _JITS: dict[Any, Callable] = {}

@@ -125,7 +125,7 @@ def test_every_slot_choice_is_within_the_patients_caps(who):
 def test_cpic_and_renal_exclusions_are_explained():
     """CYP2D6 poor and ultrarapid metabolizers: codeine left out (CPIC avoid); normal: codeine allowed.
     CrCL 15 mL/min: ketorolac left out (contraindicated), gabapentin's daily cap lowered with the
-    label table named. CYP2C9 poor: celecoxib at most 100 mg per dose (CPIC)."""
+    label table named. CYP2C9 poor: celecoxib at most 50 mg per dose (label and CPIC, stricter reading)."""
     for as_ in (0.0, 3.0):
         space = DecisionSpace.build(dict(BASE, CYP2D6_AS=as_), None, ALL)
         assert "codeine/po" in space.excluded and "CPIC" in space.excluded["codeine/po"]
@@ -138,10 +138,13 @@ def test_cpic_and_renal_exclusions_are_explained():
     lines = explain(renal, None, ALL)
     assert any(line.startswith("ketorolac/iv not used") for line in lines)
     assert any(line.startswith("gabapentin/po: at most") and "Neurontin" in line for line in lines)
+    # CYP2C9 poor: at most 50 mg per dose (the stricter reading of label and CPIC), below every capsule of the
+    # decision space: celecoxib is left out, saying why
     pm = DecisionSpace.build(dict(BASE, CYP2C9_AS=0.0), None, ALL)
-    assert max(sl.choices_mg[-1] for sl in pm.slots if sl.product.drug == "celecoxib") == 100.0
-    assert any("celecoxib/po: at most 100 mg per dose" in line for line in explain(dict(BASE, CYP2C9_AS=0.0),
-                                                                                   None, ALL))
+    assert not any(sl.product.drug == "celecoxib" for sl in pm.slots)
+    assert "above the patient's maximum single dose 50 mg" in pm.excluded["celecoxib/po"]
+    assert any(line.startswith("celecoxib/po: at most 50 mg per dose") for line in explain(dict(BASE, CYP2C9_AS=0.0),
+                                                                                            None, ALL))
 
 
 def test_no_allowed_product_is_a_clear_error():
