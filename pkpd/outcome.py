@@ -13,13 +13,17 @@ module holds
   draws, the combination rule the data preferred, how it was made);
 * :func:`outcome_point`: the values the simulator uses by default (posterior medians).
 
-The calibration also estimates two *trial effects* per trial: a multiplier of the pain curve (surgery,
-institution, unreported protocol details) and a multiplier of the between-patient heterogeneity (of pain
-sensitivity and rescue propensity: who the trial enrolled). The SPINE-72 benchmark stands for the setting of
-its calibration trial (clinical.md 3.2: Iyer 2023), so that trial's effects are stored with every draw
-(:attr:`OutcomePosterior.reference_scale`, :attr:`OutcomePosterior.reference_spread`) and their medians are
-the simulator's defaults (``PainModel.setting_scale`` and ``setting_spread``; population columns
-``pain.scale`` and ``pain.spread`` per row).
+The calibration also estimates two *trial effects* per trial: a level effect and a multiplier of the
+between-patient heterogeneity (of pain sensitivity and rescue propensity: who the trial enrolled). The level
+effect multiplies every rescue-request hazard from calibration 3 on (an institution's readiness to ask for and
+give rescue opioid) and the pain curve in calibration 2 (see :mod:`regimens.calibration.design` for why it
+moved); the posterior file says which (``reference.rescue_propensity`` or ``reference.pain_scale``). The
+SPINE-72 benchmark stands for the setting of its calibration trial (clinical.md 3.2: Iyer 2023), so that
+trial's effects are stored with every draw (:attr:`OutcomePosterior.reference_propensity` or
+:attr:`OutcomePosterior.reference_scale`, and :attr:`OutcomePosterior.reference_spread`) and their medians
+are the simulator's defaults (``DemandModel.setting_propensity`` or ``PainModel.setting_scale``, and
+``PainModel.setting_spread``; population columns ``rescue.propensity``, ``pain.scale`` and ``pain.spread``
+per row).
 
 A population row may carry its own value of any parameter as a column ``outcome.<name>`` (e.g. a
 posterior draw: :meth:`OutcomePosterior.draw_columns`), so one batched simulation can run many parameter

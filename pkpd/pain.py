@@ -9,8 +9,9 @@ Pain model
   plus a diurnal term peaking at 23:00 (clinical.md 3.2 SPINE-72 "pain dynamics"; the 23:00 peak is the
   rescue-hazard peak of Goulooze 2020). Opioid-tolerant patients start higher (clinical.md 3.2).
 * ``S`` is the patient's pain sensitivity (log-normal IIV; lowered by psychological support/education when
-  that assumption is enabled) times the setting's multiplier ``setting_scale`` (the reference trial's effect
-  in the outcome-model calibration; a population column ``pain.scale`` gives another setting);
+  that assumption is enabled) times the setting's multiplier ``setting_scale`` (1 from outcome-model
+  calibration 3 on, whose trial effect is on the rescue propensity, ``DemandModel.setting_propensity``; the
+  reference trial's effect in calibration 2; a population column ``pain.scale`` gives another setting);
 * ``E(t)`` is the combined analgesic relief from :mod:`pkpd.pd`;
 * ``PT(t)`` adds activity-evoked pain during physical-therapy sessions and ``TENS(t)`` removes pain while a
   wearable electrical stimulator is on.

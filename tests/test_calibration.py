@@ -103,7 +103,11 @@ def test_shipped_posterior_is_a_calibration_with_its_provenance():
     assert m["made_by"] == "python -m regimens.calibration"
     assert len(m["evidence"]) >= 8 and len(m["targets"]) >= 30
     assert m["nuts"]["max_rhat"] < 1.05 and m["nuts"]["divergences"] <= 0.01 * m["nuts"]["draws"]
-    assert post.reference_trial == "iyer2023" and post.reference_scale is not None
+    assert post.reference_trial == "iyer2023" and post.reference_spread is not None
+    # the level effect of the reference setting: on the pain curve (calibration 2) or the rescue propensity (3)
+    assert (post.reference_scale is None) != (post.reference_propensity is None)
+    assert m.get("trial_effects", ["pain.scale", "pain.spread"])[0] == (
+        "pain.scale" if post.reference_scale is not None else "rescue.propensity")
     assert set(m["rule_comparison"]) >= {"loewe", "bliss"}
 
 

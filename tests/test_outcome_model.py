@@ -42,11 +42,17 @@ def test_shipped_posterior_has_every_parameter_within_bounds():
     assert pt["b0"] == pytest.approx(float(np.median(post.draws["b0"])))
     assert post.rule in ("loewe", "bliss")
     cols = post.draw_columns(5, seed=1)
-    # with each draw the reference setting's trial effects of the same draw (pain-curve multiplier, spread)
-    assert list(cols.columns) == [f"outcome.{p.name}" for p in OUTCOME_PARAMETERS] + ["pain.scale", "pain.spread"]
+    # with each draw the reference setting's trial effects of the same draw: the spread, and the level effect
+    # (calibration 2: pain-curve multiplier pain.scale; calibration 3: rescue.propensity)
+    effects = {"pain.scale": post.reference_scale, "pain.spread": post.reference_spread,
+               "rescue.propensity": post.reference_propensity}
+    given = [c for c, v in effects.items() if v is not None]
+    assert "pain.spread" in given and len(given) == 2, given
+    assert list(cols.columns) == [f"outcome.{p.name}" for p in OUTCOME_PARAMETERS] + given
     assert len(cols) == 5 and post.reference_trial == "iyer2023"
     k = post._index(5, 1)
-    np.testing.assert_array_equal(cols["pain.scale"], np.asarray(post.reference_scale)[k])
+    for c in given:
+        np.testing.assert_array_equal(cols[c], np.asarray(effects[c])[k])
 
 
 def test_malformed_posterior_is_a_clear_error(tmp_path):
