@@ -122,7 +122,7 @@ def validate(problem: Problem, emu, post, s: Settings) -> dict:
     for k, trial in enumerate(problem.trials):
         held = tri == k
         pk = fit_posterior(emu, targets, tri, len(problem.trials), mask=(~held).astype(float), draws=s.draws // 2,
-                           warmup=s.warmup // 2, chains=s.chains, seed=s.seed + 100 + k)
+                           warmup=s.warmup // 2, chains=s.loto_chains, seed=s.seed + 100 + k)
         pred = predict_targets(emu, pk, targets, tri, new_trial=held, seed=s.seed + k)
         idx = np.flatnonzero(held)
         tab = summarize_intervals(pred[:, idx], np.array([targets[j].value for j in idx]), [lab[j] for j in idx],

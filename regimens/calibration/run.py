@@ -29,7 +29,8 @@ class Settings:
     ``n_patients`` virtual patients per arm and design point; ``waves`` design points per wave (the first
     from the priors, each later one centred on the previous posterior); ``holdout`` share of the last
     wave's points kept out of the emulator to check it; ``draws``/``warmup``/``chains`` of NUTS;
-    ``seed`` of everything; ``rule`` the combination rule simulated.
+    ``loto_chains`` chains of each leave-one-trial-out refit (half the draws; its R-hat is the split-chain
+    one when 1); ``seed`` of everything; ``rule`` the combination rule simulated.
     """
 
     rule: str = "loewe"
@@ -39,6 +40,7 @@ class Settings:
     draws: int = 1000
     warmup: int = 1000
     chains: int = 2
+    loto_chains: int = 1
     seed: int = 72
 
 
