@@ -19,9 +19,19 @@ Coverage (say which drugs have limits and where they come from):
   hepatic impairment, CrCL < 30 and oral use in severe hepatic impairment, ibuprofen single doses,
   gabapentin and pregabalin daily maxima with renal bands, tramadol and codeine daily maxima, oxycodone IR
   and ER minimum intervals, plain bupivacaine single and daily maxima.
+* **Renal and hepatic restrictions from the labels** (wording quoted in each source; thresholds that the
+  labels leave in words, such as CrCL < 30 mL/min for 'severe renal insufficiency', are this toolkit's choice
+  and flagged): celecoxib (Celebrex PI: not in severe renal insufficiency or severe hepatic impairment,
+  50 % in moderate hepatic impairment), ibuprofen (NSAID class: not in advanced renal disease; severe
+  hepatic impairment by analogy, flagged), tramadol (Ultram: 50 mg q12h in cirrhosis), besides the
+  acetaminophen, ketorolac, gabapentin and pregabalin entries above. 'Not recommended' is read as a hard
+  exclusion (the stricter reading), and where two readings of a rule differ (CPIC's 25-50 %, which 'lowest
+  dose') the stricter is applied and the note says which.
 * **No limits:** hydromorphone, morphine, fentanyl, remifentanil (opioids without a ceiling dose; IV
-  titration), ketamine and S-ketamine (no label maximum for analgesic low doses), ropivacaine (its
-  commonly cited values are not in models.md).
+  titration; their labels' renal and hepatic advice is a lower *starting* dose, which the rescue rules do not
+  encode yet), ketamine and S-ketamine (no label maximum for analgesic low doses), ropivacaine and plain
+  bupivacaine in hepatic impairment (labels: caution, no number; ropivacaine's commonly cited maxima are not
+  in models.md).
 
 :func:`check_regimen` evaluates the **worst case**: scheduled doses, plus every PRN rule firing at its
 minimum interval (the largest dose active at each time, honouring ``max_per_24h``), plus PCA at its hourly

@@ -7,6 +7,7 @@ findings a pharmacist would raise (a warning or an error, never silence).
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pkpd.patients import Patient, patients_to_frame
@@ -68,3 +69,85 @@ def test_celecoxib_cap_for_cyp2c9_poor(pop):
     reg = Regimen(name="x", description="", scheduled=(Scheduled("celecoxib", "po", dose_mg=200.0, every_h=12.0),))
     found = check_regimen(reg, cov, {"CYP2C9": row["CYP2C9_PHENO"]})
     assert any(x.drug == "celecoxib" for x in found), found
+
+
+# ---- proposals for adversarial patients against an independent label check --------------------------------
+#: Label numbers written out here, independently of regimens.limits (the checker the optimizer obeys):
+#: acetaminophen <= 1 g per dose, <= 4 g/24 h, < 50 kg: <= 15 mg/kg per dose and 75 mg/kg/24 h, none in severe
+#: hepatic impairment (Ofirmev; oral extension); ketorolac IV none at CrCL < 30, <= 15 mg and 60 mg/24 h at
+#: >= 65 y, < 50 kg or CrCL < 60, else <= 30 mg and 120 mg/24 h, course <= 48 h and <= 240 mg in fusion (Toradol;
+#: Duke meta-analysis); celecoxib none at CrCL < 30 or severe hepatic impairment, CYP2C9 poor <= 50 mg per dose
+#: (Celebrex PI 'half the lowest dose'; CPIC), moderate hepatic <= 200 mg/24 h, else <= 400 mg per dose and
+#: 600 mg/24 h; gabapentin <= 3600 / 1400 / 700 / 300 mg/24 h by CrCL >= 60 / 30-59 / 15-29 / < 15 (Neurontin
+#: table); liposomal bupivacaine <= 266 mg (Exparel).
+def _independent_violations(cov, events):
+    out = []
+    by = {}
+    for e in events:
+        by.setdefault(e.drug, []).append((e.time_h, e.amount_mg, e.route))
+    wt, crcl, hep, age = cov["WT"], cov["CRCL"], cov["HEPATIC"], cov["AGE"]
+    pm2c9 = cov["CYP2C9_AS"] <= 0.5
+
+    def day_max(d):
+        ts = by.get(d, [])
+        return max((sum(a for t, a, _ in ts if s - 1e-9 <= t < s + 24 - 1e-9) for s, _, _ in ts), default=0.0)
+
+    def single_max(d):
+        return max((a for _, a, _ in by.get(d, [])), default=0.0)
+
+    if "acetaminophen" in by:
+        if hep >= 3:
+            out.append("acetaminophen in severe hepatic impairment")
+        cap1, capd = (min(1000, 15 * wt), min(4000, 75 * wt)) if wt < 50 else (1000, 4000)
+        if single_max("acetaminophen") > cap1 + 1e-6 or day_max("acetaminophen") > capd + 1e-6:
+            out.append("acetaminophen dose")
+    if "ketorolac" in by:
+        if crcl < 30:
+            out.append("ketorolac at CrCL < 30")
+        low = age >= 65 or wt < 50 or crcl < 60
+        if single_max("ketorolac") > (15 if low else 30) + 1e-6 or day_max("ketorolac") > (60 if low else 120) + 1e-6:
+            out.append("ketorolac dose")
+        ts = [t for t, _, _ in by["ketorolac"]]
+        if max(ts) - min(ts) > 48 + 1e-6 or sum(a for _, a, _ in by["ketorolac"]) > 240 + 1e-6:
+            out.append("ketorolac fusion course")
+    if "celecoxib" in by:
+        if crcl < 30 or hep >= 3:
+            out.append("celecoxib in severe renal or hepatic impairment")
+        if pm2c9 and single_max("celecoxib") > 50 + 1e-6:
+            out.append("celecoxib dose for a CYP2C9 poor metabolizer")
+        if hep >= 2 and day_max("celecoxib") > 200 + 1e-6:
+            out.append("celecoxib in moderate hepatic impairment")
+        if single_max("celecoxib") > 400 + 1e-6 or day_max("celecoxib") > 600 + 1e-6:
+            out.append("celecoxib dose")
+    if "gabapentin" in by:
+        cap = 3600 if crcl >= 60 else 1400 if crcl >= 30 else 700 if crcl >= 15 else 300
+        if day_max("gabapentin") > cap + 1e-6:
+            out.append(f"gabapentin above {cap} mg/24 h at CrCL {crcl:g}")
+    if single_max("bupivacaine_liposomal") > 266 + 1e-6:
+        out.append("liposomal bupivacaine above 266 mg")
+    return out
+
+
+def test_no_proposal_for_an_adversarial_patient_breaks_a_label_renal_hepatic_or_cpic_rule(pop):
+    """Issue acceptance: adversarial patients (45 and 140 kg, age 90, CrCL 15, severe hepatic impairment,
+    CYP2C9 *3/*3 with CYP2D6 poor and tolerant + OSA, CYP2D6 ultrarapid) and combinations of them get zero
+    proposals that the independent check above flags (4 draws, the optimizer's fast test settings)."""
+    from regimens.optimize import OptimizeSettings, optimize_population
+
+    combos = pop.iloc[[3, 4, 5]].copy()
+    combos["ID"] = [11, 12, 13]
+    combos["HEPATIC"] = [3.0, 2.0, 3.0]              # CrCL 15 + severe hepatic; severe hepatic + moderate; ...
+    combos["CRCL"] = [15.0, 25.0, 20.0]
+    combos["CYP2C9_AS"] = [0.0, 2.0, 0.0]
+    combos["AGE"] = [90.0, 70.0, 60.0]
+    allp = pd.concat([pop, combos], ignore_index=True)
+    res = optimize_population(allp, OptimizeSettings(draws=4, steps=5))
+    bad = {}
+    for p in range(len(allp)):
+        cov = {k: float(v) for k, v in allp.iloc[p].items() if isinstance(v, (int, float, np.floating, np.integer))}
+        reg = res.spaces[p].regimen(res.amounts[p], rescue=res.policies[p].rules)
+        ev = [e for e in reg.dose_events(cov) if e.kind == "scheduled"]
+        v = _independent_violations(cov, ev)
+        if v:
+            bad[int(allp.ID.iloc[p])] = v
+    assert not bad, bad
