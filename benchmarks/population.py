@@ -299,9 +299,9 @@ def baseline(regimen, pop, seed: int, repeats: int) -> dict:
     fn = plan._compiled()
     dev = jax.block_until_ready(jax.tree_util.tree_map(jnp.asarray, arrays))
     t = time.perf_counter()
-    jax.block_until_ready(fn(seed, dev))
+    jax.block_until_ready(fn(dev))
     t_first = time.perf_counter() - t
-    t_jax, _ = _best(lambda: jax.block_until_ready(fn(seed, dev)), repeats)
+    t_jax, _ = _best(lambda: jax.block_until_ready(fn(dev)), repeats)
     return {"n": n, "T": plan.T, "n_states": plan.n, "prep_s": t_prep, "numpy_s": t_np, "jax_first_s": t_first,
             "jax_s": t_jax, "numpy_pps": n / t_np, "jax_pps": n / t_jax, "ratio": t_np / t_jax,
             "repeats": repeats}

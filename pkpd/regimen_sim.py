@@ -530,12 +530,12 @@ def relaxed_program(regimen, population: pd.DataFrame, *, seed: int = 0, options
             "seg_item": jnp.asarray(seg_item), "post": jnp.asarray(post), "fac": jnp.asarray(fac),
             "s_amt": jnp.asarray(s_amt), "s_fac": jnp.asarray(s_fac), "s_item": jnp.asarray(s_item),
             "s_first24": jnp.asarray(s_first24), "times": jnp.asarray(times)}
-    key = (plan._signature(), n_sched, float(tit_tau), int(seed))
+    key = (plan._signature(), n_sched, float(tit_tau))  # the seed is in data["base"]["seed"]: not a key
     if key not in _RELAXED_PROGRAMS:
         if len(_RELAXED_PROGRAMS) > 16:
             _RELAXED_PROGRAMS.clear()
         _RELAXED_PROGRAMS[key] = _relaxed_outcomes(plan._compiled().raw, n_sched, dt, float(tit_tau),
-                                                     int(seed), opts.ae, [b.drug.name for b in plan.blocks])
+                                                     opts.ae, [b.drug.name for b in plan.blocks])
     return _RELAXED_PROGRAMS[key], data, n_sched, len(plan.items)
 
 
@@ -555,7 +555,7 @@ def relaxed_rows(data: dict, rows) -> dict:
     return out
 
 
-def _relaxed_outcomes(kernel, n_sched: int, dt: float, tit_tau: float, seed: int, ae, drugs: list[str]):
+def _relaxed_outcomes(kernel, n_sched: int, dt: float, tit_tau: float, ae, drugs: list[str]):
     import jax
     import jax.numpy as jnp
 
@@ -574,7 +574,7 @@ def _relaxed_outcomes(kernel, n_sched: int, dt: float, tit_tau: float, seed: int
         a["segw"] = jnp.broadcast_to(weights(sched_mult, data["seg_item"]), a["segw"].shape)
         rm = jnp.concatenate([jnp.asarray(rescue_mult, float).reshape(-1), jnp.ones(1)])[:a["rmult"].shape[1]]
         a["rmult"] = jnp.broadcast_to(rm, a["rmult"].shape)
-        out = kernel(seed, a)
+        out = kernel(a)
         y = out["nrs"]
         post = data["post"]
         mme_t = jnp.sum(out["dose"] * data["fac"], axis=2) * post[None, :]
@@ -792,7 +792,7 @@ class _Plan:
                           for (si, t, d, r, a, u) in sched_rows]
         fn = self._compiled()
         # host arrays go to the kernel as they are: with several devices each device receives only its rows
-        res = fn(seed, jax.tree_util.tree_map(np.asarray, arrays))
+        res = fn(jax.tree_util.tree_map(np.asarray, arrays))
         res = jax.tree_util.tree_map(np.asarray, res)
         res["sched"] = sched_rows
         res["ids"] = ids
@@ -874,7 +874,10 @@ class _Plan:
         # ---- PD per patient
         pdv = self._pd_arrays(sub, seed)
         key_ids = ids.astype(np.int64)
-        arrays = dict(Phi=Phi, evk=evk, evv=evv, sf=sf, st=st, sv=sv, bvec=bvec, ids=key_ids, **pdv)
+        # the seed travels with the rows (an argument of the compiled kernel, not a constant baked into it):
+        # a new seed never recompiles
+        seeds = np.full(n_pat, int(seed) & 0x7FFFFFFF, np.int64)
+        arrays = dict(Phi=Phi, evk=evk, evv=evv, sf=sf, st=st, sv=sv, bvec=bvec, ids=key_ids, seed=seeds, **pdv)
         n_sched = len(self.regimen.scheduled)
         arrays["evw"] = np.ones((n_pat, E_))
         arrays["segw"] = np.ones((n_pat, S_))
@@ -1748,10 +1751,12 @@ def _make_kernel(plan: _Plan):
             out["x"] = jnp.concatenate([X[j] for j in range(nb)], axis=1)
         return out
 
-    def run(seed, arrs):
-        base = jax.random.PRNGKey(int(seed) & 0x7FFFFFFF)
-        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(base, 0x5EED), i))(arrs["ids"])
-        a = {k: v for k, v in arrs.items() if k != "ids"}
+    def run(arrs):
+        # per row: key(seed) -> fold_in 0x5EED -> fold_in patient ID (the seed is a row array: one program
+        # serves every seed)
+        keys = jax.vmap(lambda s, i: jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(s), 0x5EED), i))(
+            arrs["seed"], arrs["ids"])
+        a = {k: v for k, v in arrs.items() if k not in ("ids", "seed")}
         n_rows = keys.shape[0]
         c = _inner_rows()
         if c and n_rows > c:
@@ -1769,15 +1774,15 @@ def _make_kernel(plan: _Plan):
             return jax.tree_util.tree_map(lambda v: v.reshape((n_sub * c,) + v.shape[2:])[:n_rows], out)
         return jax.vmap(kernel_one)(keys, a)
 
-    jrun = jit(run, static_argnums=0)
+    jrun = jit(run)
     from .batch import RowProgram
 
     # every array's first axis is the patient axis and rows are independent (keys from the patient IDs):
     # the rows are sharded over the local devices (pkpd.batch), one device runs jrun unchanged
     rows = RowProgram(run, single=jrun, name="regimen_kernel")
 
-    def call(seed, arrs):
-        return rows(int(seed), arrays=arrs)
+    def call(arrs):
+        return rows(arrays=arrs)
 
     call.raw = run
     call.rows = rows

@@ -7,13 +7,18 @@ schedule nobody would give. :func:`adapt_to_patient` makes the schedule a clinic
 the same rules the optimizer's schedules obey (:func:`regimens.limits.check_regimen`, the same limits), and
 says what it changed:
 
-1. the scheduled items are expanded into the patient's doses (dose adjustments of the regimen applied);
-2. a drug the patient must not receive by that route (contraindication, CPIC 'avoid') is removed;
-3. a dose above the patient's maximum single dose is lowered to it;
-4. a daily maximum that is still exceeded lowers every dose of that drug by the same factor (the largest
-   amount in any 24 h brought to the cap: a clinician lowers the dose rather than stopping the drug early);
+1. every scheduled item (a dosing series) gets a multiplier of its doses, 1 to start with (dose adjustments
+   of the regimen applied for the patient);
+2. a drug the patient must not receive by that route (contraindication, CPIC 'avoid') is removed (0);
+3. an item whose largest dose is above the patient's maximum single dose is lowered to it;
+4. a daily maximum that is still exceeded lowers every item of that drug by the same factor (the largest
+   amount in any 24 h brought to the cap: a clinician lowers the dose rather than stopping the drug early),
+   and a lowered dose is rounded down to a dispensable strength of the product (gabapentin 300 mg, not 350);
 5. while a total, duration, interval or exclusivity limit (or a daily one the scaling could not meet) is still
-   exceeded, the latest dose of that drug is dropped.
+   exceeded, the latest-starting dosing series of that drug is left out.
+
+Because the result is one multiplier per item, a population's comparators are simulated in one batched call
+of the regimen as written with per-patient ``dose_weights`` (:func:`pkpd.regimen_sim.simulate_regimen`).
 
 As-needed rules, PCA and non-drug modalities are kept as they are (the rescue opioids; their own findings,
 if any, are the regimen's as given). Nothing is added: a removed drug is not replaced by another.
@@ -26,10 +31,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._model import Regimen, Scheduled
+import numpy as np
+
+from ._model import Regimen
 from .limits import Finding, check_regimen, dose_caps
 
-__all__ = ["Adapted", "adapt_to_patient"]
+__all__ = ["Adapted", "adapt_to_patient", "weighted"]
 
 
 @dataclass(frozen=True)
@@ -45,11 +52,16 @@ class Adapted:
         source) that made the change.
     findings
         :func:`check_regimen` findings of the regimen as given, for this patient (scheduled drugs only).
+    weights
+        Multiplier of each scheduled item's doses (the regimen's order; 0: left out): the adapted regimen is
+        :func:`weighted` ``(regimen, weights)``, and a batched simulation of the regimen with these
+        ``dose_weights`` simulates it.
     """
 
     regimen: Regimen
     changes: tuple[str, ...]
     findings: tuple[Finding, ...]
+    weights: np.ndarray = None  # type: ignore[assignment]
 
     @property
     def changed(self) -> bool:
@@ -61,14 +73,43 @@ def _scheduled_findings(reg: Regimen, cov: Mapping[str, Any], fusion: bool) -> l
     return [f for f in check_regimen(reg, cov, None, fusion=fusion) if f.drug in drugs]
 
 
-def _total(items: list[Scheduled], drug: str, route: str) -> tuple[int, float]:
-    doses = [s.dose_mg for s in items if s.drug == drug and s.route == route]
-    return len(doses), float(sum(doses))
-
-
 def _max_24h(doses: list[tuple[float, float]]) -> float:
     """Largest amount (mg) whose dose starts fall within any 24 h (windows starting at a dose)."""
     return max((sum(a for t, a in doses if t0 - 1e-9 <= t < t0 + 24.0 - 1e-9) for t0, _ in doses), default=0.0)
+
+
+def _strength_at_most(drug: str, route: str, dose_mg: float) -> float | None:
+    """The largest dispensable strength (mg) of ``drug``/``route`` at or below ``dose_mg`` (0 when none); None
+    when no product of that drug and route is defined (the dose is then kept as computed)."""
+    from pkpd.drugs.products import get_product
+
+    try:
+        prod = get_product(f"{drug}/{route}")
+    except Exception:  # no product: any dose is kept
+        return None
+    if prod.per_kg:
+        return None
+    ok = [x for x in prod.strengths_mg if x <= dose_mg + 1e-9]
+    return ok[-1] if ok else 0.0
+
+
+def weighted(regimen: Regimen, weights: np.ndarray, name: str | None = None) -> Regimen:
+    """``regimen`` with each scheduled item's doses (or rate) multiplied by its weight; items of weight 0 are
+    left out. The same schedule :func:`pkpd.regimen_sim.simulate_regimen` simulates with
+    ``dose_weights`` (one row of ``weights`` per patient)."""
+    items = []
+    for it, w in zip(regimen.scheduled, np.asarray(weights, float)):
+        if w <= 0:
+            continue
+        if w == 1.0:
+            items.append(it)
+            continue
+        ch = {f: getattr(it, f) * w for f in ("dose_mg", "dose_mg_per_kg", "rate_mg_per_kg_h", "rate_mg_h")
+              if getattr(it, f) is not None}
+        adj = tuple(dataclasses.replace(a, dose_mg=a.dose_mg * w) if getattr(a, "dose_mg", None) is not None else a
+                    for a in it.adjustments)
+        items.append(dataclasses.replace(it, adjustments=adj, **ch))
+    return dataclasses.replace(regimen, name=name or regimen.name, scheduled=tuple(items))
 
 
 def adapt_to_patient(regimen: Regimen, covariates: Mapping[str, Any], *, fusion: bool = True) -> Adapted:
@@ -87,63 +128,75 @@ def adapt_to_patient(regimen: Regimen, covariates: Mapping[str, Any], *, fusion:
     Returns
     -------
     Adapted
-        The adapted regimen and what changed (empty when the regimen as given is within the limits).
+        The adapted regimen, the per-item dose multipliers and what changed (empty when the regimen as given
+        is within the limits).
     """
     cov = dict(covariates)
+    n = len(regimen.scheduled)
     given = tuple(_scheduled_findings(regimen, cov, fusion))
     if not given:
-        return Adapted(regimen, (), given)
-    events = [e for e in regimen.dose_events(cov) if e.kind == "scheduled"]
-    items = [Scheduled(e.drug, e.route, dose_mg=e.amount_mg, start_h=e.time_h, infusion_h=e.duration_h)
-             for e in events]
+        return Adapted(regimen, (), given, np.ones(n))
+    w = np.ones(n)
+    # each item's own doses for this patient (adjustments and per-kg doses resolved)
+    doses = [[(e.time_h, e.amount_mg) for e in Regimen(name="x", scheduled=(it,), horizon_h=regimen.horizon_h)
+              .dose_events(cov) if e.kind == "scheduled"] for it in regimen.scheduled]
     why: dict[tuple[str, str], list[str]] = {}
 
     def note(key, text):
         if text not in why.setdefault(key, []):
             why[key].append(text)
 
-    # 2-3: contraindicated drugs out, single doses down to the cap
-    caps = {}
-    for key in sorted({(s.drug, s.route) for s in items}):
-        caps[key] = dose_caps(key[0], key[1], cov, None, fusion=fusion)
-    kept = []
-    for s in items:
-        c = caps[(s.drug, s.route)]
+    caps = {key: dose_caps(key[0], key[1], cov, None, fusion=fusion)
+            for key in sorted({(it.drug, it.route) for it in regimen.scheduled})}
+    # 2-3: contraindicated drugs out, an item's doses lowered to the single-dose cap
+    for i, it in enumerate(regimen.scheduled):
+        c = caps[(it.drug, it.route)]
         if c.forbidden:
-            note((s.drug, s.route), f"removed: {c.forbidden}")
+            w[i] = 0.0
+            note((it.drug, it.route), f"removed: {c.forbidden}")
             continue
-        if s.dose_mg > c.max_single_mg + 1e-9:
-            note((s.drug, s.route), f"each dose lowered to {c.max_single_mg:g} mg ({c.reason('max_single_mg')})")
-            s = dataclasses.replace(s, dose_mg=float(c.max_single_mg))
-        kept.append(s)
-    # 4: daily maxima: every dose of the drug lowered by one factor
+        top = max((a for _, a in doses[i]), default=0.0)
+        if top > c.max_single_mg + 1e-9:
+            w[i] = c.max_single_mg / top
+            note((it.drug, it.route), f"doses lowered to at most {c.max_single_mg:g} mg ({c.reason('max_single_mg')})")
+    # 4: daily maxima: every item of the drug and route lowered by one factor
     for key, c in caps.items():
-        if c.forbidden or c.max_daily_mg == float("inf"):
+        idx = [i for i, it in enumerate(regimen.scheduled) if (it.drug, it.route) == key and w[i] > 0]
+        if not idx or not np.isfinite(c.max_daily_mg):
             continue
-        mine = [i for i, s in enumerate(kept) if s.drug == key[0]]
-        peak = _max_24h([(kept[i].start_h, kept[i].dose_mg) for i in mine])
+        peak = _max_24h([(t, a * w[i]) for i in idx for t, a in doses[i]])
         if peak > c.max_daily_mg + 1e-9:
             f = c.max_daily_mg / peak
-            for i in mine:
-                kept[i] = dataclasses.replace(kept[i], dose_mg=kept[i].dose_mg * f)
+            w[idx] *= f
             note(key, f"every dose x {f:.2f} (at most {c.max_daily_mg:g} mg in any 24 h: {c.reason('max_daily_mg')})")
-    # 5: drop the latest dose of a drug while one of its limits is exceeded
-    for _ in range(len(kept) + 1):
-        reg = dataclasses.replace(regimen, name=f"{regimen.name} adapted", scheduled=tuple(kept))
-        bad = _scheduled_findings(reg, cov, fusion)
+    # dispensable doses: a lowered item takes the largest strength of its product at or below the lowered dose
+    for i, it in enumerate(regimen.scheduled):
+        if 0 < w[i] < 1:
+            top = max((a for _, a in doses[i]), default=0.0)
+            lower = _strength_at_most(it.drug, it.route, top * w[i])
+            if lower is not None and top > 0:
+                w[i] = lower / top
+                if lower <= 0:
+                    note((it.drug, it.route), "a dosing series left out: no dispensable strength fits the limits")
+    # 5: an item of a drug that still breaks a limit is left out, the latest-starting first
+    for _ in range(n + 1):
+        bad = _scheduled_findings(weighted(regimen, w), cov, fusion)
         if not bad:
             break
         f = bad[0]
-        idx = [i for i, s in enumerate(kept) if s.drug == f.drug]
-        last = max(idx, key=lambda i: kept[i].start_h)
-        note((f.drug, kept[last].route), f"doses dropped from the end of the course: {f.message}")
-        del kept[last]
-    else:  # pragma: no cover - each pass removes a dose, so the loop ends with none left
+        idx = [i for i, it in enumerate(regimen.scheduled) if it.drug == f.drug and w[i] > 0]
+        last = max(idx, key=lambda i: max((t for t, _ in doses[i]), default=-np.inf))
+        w[last] = 0.0
+        note((f.drug, regimen.scheduled[last].route), f"a dosing series left out: {f.message}")
+    else:  # pragma: no cover - each pass removes an item, so the loop ends with none left
         raise RuntimeError("adapting the comparator did not converge")
     changes = []
     for key in sorted(why):
-        n0, a0 = _total(items, *key)
-        n1, a1 = _total(kept, *key)
+        idx = [i for i, it in enumerate(regimen.scheduled) if (it.drug, it.route) == key]
+        n0 = sum(len(doses[i]) for i in idx)
+        a0 = sum(a for i in idx for _, a in doses[i])
+        a1 = sum(a * w[i] for i in idx for _, a in doses[i])
+        n1 = sum(len(doses[i]) for i in idx if w[i] > 0)
         changes.append(f"{key[0]} {key[1].upper()}: {n0} doses, {a0:g} mg in total as given -> {n1} doses, "
-                       f"{a1:g} mg; " + "; ".join(why[key]))
-    return Adapted(reg, tuple(changes), given)
+                       f"{a1:.4g} mg; " + "; ".join(why[key]))
+    return Adapted(weighted(regimen, w, f"{regimen.name} adapted"), tuple(changes), given, w)

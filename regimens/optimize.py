@@ -476,13 +476,16 @@ def _repair(space: DecisionSpace, amounts: np.ndarray, covariates, phenotypes, f
 
 
 def c1_amounts(space: DecisionSpace, covariates: Mapping[str, Any]) -> np.ndarray:
-    """C1's scheduled doses (standard of care, with its dose adjustments for this patient) placed on the
-    space's slots: each slot takes the C1 dose of its drug and route given within 0.5 h of the slot's time,
+    """C1's scheduled doses (standard of care, with its dose adjustments for this patient, adapted to the
+    patient's limits by :func:`regimens.adapt.adapt_to_patient`) placed on the space's slots: each slot takes the C1 dose of its drug and route given within 0.5 h of the slot's time,
     rounded down to an allowed strength (0 where C1 gives none or the product is excluded). The optimizer's
     fallback (then lowered to the patient's limits by :func:`_repair`)."""
     from .io import get_regimen
 
-    events = [e for e in get_regimen("C1").dose_events(covariates) if e.kind == "scheduled"]
+    # C1 adapted to the patient's limits (regimens.adapt; C1 itself where it is within them): the reference of
+    # the constraints relative to C1
+    c1 = adapt_to_patient(get_regimen("C1"), covariates).regimen
+    events = [e for e in c1.dose_events(covariates) if e.kind == "scheduled"]
     out = np.zeros(len(space.slots))
     for i, sl in enumerate(space.slots):
         dose = sum(e.amount_mg for e in events if e.drug == sl.product.drug and e.route == sl.product.route
@@ -843,7 +846,14 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     ex_opts = SimOptions(record_trajectories=bool(trajectories), record_doses=bool(trajectories))
     # the proposal's plasma concentrations too with trajectories (for one patient's per-drug bands)
     prop_opts = dataclasses.replace(ex_opts, record_concentrations=bool(trajectories))
-    comps = {name: simulate_regimen(get_regimen(name), rows, seed=st.seed, options=ex_opts) for name in ("C0", "C1")}
+    # the comparators adapted to each patient's limits where the regimen as written breaks one (regimens.adapt:
+    # per-item dose multipliers, so every patient's comparator runs in one batched call of the regimen)
+    adapted = {name: [adapt_to_patient(get_regimen(name), covs[p], fusion=fusion) for p in range(P)]
+               for name in ("C0", "C1")}
+    comp_w = {name: np.repeat(np.stack([a.weights for a in ads]), S, axis=0) for name, ads in adapted.items()}
+    comps = {name: simulate_regimen(get_regimen(name), rows, seed=st.seed, options=ex_opts,
+                                    dose_weights=None if np.all(comp_w[name] == 1.0) else comp_w[name])
+             for name in ("C0", "C1")}
     c1p = comps["C1"].patients
     c1_mme = c1p["MME_0_72"].to_numpy().reshape(P, S)
     tit_target = c1p["TIT3"].to_numpy().reshape(P, S).mean(1) - st.tit_slack
@@ -861,7 +871,8 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     sub_rows = (np.arange(P)[:, None] * S + np.arange(S_sc)[None, :]).reshape(-1)
     c1_out, c1_data, c1_ns, c1_nr = relaxed_program(get_regimen("C1"), rows.iloc[sub_rows], seed=st.seed,
                                                     options=opts)
-    h_c1 = np.asarray(_jit(c1_out)(jnp.ones(c1_ns), jnp.ones(max(c1_nr, 1)), c1_data)["OIRD_HAZARD"])
+    h_c1 = np.asarray(_jit(c1_out)(jnp.asarray(comp_w["C1"][sub_rows]), jnp.ones(max(c1_nr, 1)),
+                                   c1_data)["OIRD_HAZARD"])
     oird_ref = np.maximum(h_c1.reshape(P, S_sc).mean(1), 1e-300)
     outcomes, data, n_sched, n_resc = relaxed_program(superset, rows, seed=st.seed, options=opts)
     burden, auc_ref = _burden_terms(st, drugs, fusion=fusion, horizon_h=superset.horizon_h)
@@ -1112,11 +1123,19 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
         c1_miss = {k for k, _ in pain_misses(p, c1_pain)}
         waive_pain = [(k, m) for k, m in pain_why[p] if k not in c1_miss]
         rel = [m for d, m in why[p] if d == "oird"] + [m for _, m in waive_pain]
-        if lowered and rel:
-            fallback_note[p] = (f"C1 as given is not allowed for this patient ({', '.join(lowered)} lowered to the "
-                                "patient's label limits and toxicity chance constraints); this fallback is C1 within "
-                                "those limits and is the reference of the constraints relative to C1. Against C1 as "
-                                "given: " + "; ".join(rel))
+        same = bool(np.allclose(amounts[p], given)) and not lowered
+        if (lowered or same) and rel:
+            if same:  # the fallback is the reference schedule itself (C1, adapted to the patient's limits)
+                fallback_note[p] = ("this fallback is C1's schedule itself (adapted to the patient's limits where "
+                                    "C1 as written is not allowed), the reference of the constraints relative to C1; "
+                                    "its differences from the C1 row come from simulating it as a schedule of the "
+                                    "decision space (the rescue-request draws are not paired exactly): "
+                                    + "; ".join(rel))
+            else:
+                fallback_note[p] = (f"C1 as given is not allowed for this patient ({', '.join(lowered)} lowered to "
+                                    "the patient's label limits and toxicity chance constraints); this fallback is C1 "
+                                    "within those limits and is the reference of the constraints relative to C1. "
+                                    "Against C1 as given: " + "; ".join(rel))
             why[p] = [(d, m) for d, m in why[p] if d != "oird"]
             pain_why[p] = [m for m in pain_why[p] if m not in waive_pain]
     why = [[m for _, m in w] for w in why]
@@ -1144,6 +1163,8 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     out["FALLBACK"] = fallback
     out["FALLBACK_NOTE"] = fallback_note
     out["PAIN_OK"] = [not w for w in pain_why]
+    for name, ads in adapted.items():  # what the patient's comparator changed from the regimen as written
+        out[f"{name}_ADAPTED"] = [" | ".join(a.changes) for a in ads]
     out["PAIN_WHY"] = ["; ".join(w) for w in pain_why]
     times["total_s"] = time.perf_counter() - t_start
     return PopulationProposal(spaces, amounts, out, {"proposal": prop, **comps}, superset, Wt[row_patient], times,
@@ -1189,10 +1210,6 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
     if phenotypes is not None:
         raise RegimenError("give genotypes as activity-score covariates (CYP2D6_AS, CYP2C9_AS); explicit "
                            "phenotypes are not supported by the optimizer")
-    from pkpd.regimen_sim import SimOptions, simulate_regimen
-
-    from .io import get_regimen
-
     st = settings or OptimizeSettings()
     cov = {k: v for k, v in dict(covariates).items() if not isinstance(v, str)}
     draw_rows, post_notes = None, []
@@ -1210,17 +1227,17 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
     findings = check_regimen(regimen, cov, None, fusion=fusion)
 
     outcomes = dict(res.draws)  # with trajectories and the proposal's concentrations (trajectories=True)
-    # a comparator that breaks this patient's limits is also simulated as a clinician would adapt it
-    adapted_notes = []
-    for name in ("C0", "C1"):
-        ad = adapt_to_patient(get_regimen(name), cov, fusion=fusion)
-        if ad.changed:
-            outcomes[f"{name} adapted"] = simulate_regimen(ad.regimen, res.rows, seed=st.seed, options=SimOptions(
-                record_trajectories=True, record_doses=True))
-            adapted_notes.append(f"{name} as written is not allowed for this patient; '{name} adapted' (compared "
-                                 "below) is " + name + " within the patient's limits: " + " | ".join(ad.changes))
     comparison = _compare({k: v.patients for k, v in outcomes.items()},
                           {d: lim.mg_per_l for d, lim in EXPOSURE_LIMITS.items()})
+    # a comparator that breaks this patient's limits was simulated as adapted to them (regimens.adapt): its
+    # row is named so, and the note says what changed
+    adapted_notes, rename = [], {}
+    for name in ("C0", "C1"):
+        if str(row[f"{name}_ADAPTED"]):
+            rename[name] = f"{name} adapted"
+            adapted_notes.append(f"{name} as written is not allowed for this patient; '{name} adapted' (compared "
+                                 f"here, and the reference of the constraints relative to {name}) is {name} within "
+                                 "the patient's limits: " + str(row[f"{name}_ADAPTED"]))
     sched = pd.DataFrame([{"time_h": sl.time_h, "drug": sl.product.drug, "route": sl.product.route, "dose_mg": a}
                           for sl, a in zip(space.slots, amounts) if a > 0])
     notes = explain(cov, None, st.products, fusion=fusion)
@@ -1256,7 +1273,8 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
         if not m.startswith("time with NRS <= 3"):
             notes.append(f"NOT MET after every repair step: {m}")
     notes += adapted_notes
-    worse = worse_than(comparison, "C1 adapted" if "C1 adapted" in comparison.index else "C1")
+    comparison = comparison.rename(index=rename)
+    worse = worse_than(comparison, rename.get("C1", "C1"))
     if worse:
         notes.insert(0, worse)
     return Proposal(regimen, space, sched, comparison, outcomes, findings, notes, fallback=bool(row["FALLBACK"]),

@@ -356,3 +356,22 @@ def test_variability_draws_equal_unpadded_draws(k):
     eager = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(base, int(i)), (k,), dtype=jnp.float32))
                       for i in ids]).astype(float)
     np.testing.assert_allclose(got, eager, rtol=2.4e-7, atol=1e-7)
+
+
+def test_a_new_seed_never_recompiles_the_kernel():
+    """The seed is a row array of the compiled kernel (keys folded per row inside it), not a constant baked
+    into the program: three seeds of the same regimen and population shape run one compiled program, give
+    different demand draws, and the same seed gives the same result. The relaxed programs are shared too."""
+    from pkpd import regimen_sim as rs
+    from pkpd.patients import spine72_population
+    from regimens.io import get_regimen
+
+    reg, pop = get_regimen("C1"), spine72_population(8, 2)
+    opts = rs.SimOptions(record_trajectories=False)
+    res = [rs.simulate_regimen(reg, pop, seed=s, options=opts).patients.MME_0_72.to_numpy() for s in (11, 12, 13, 11)]
+    plan = rs._Plan.build(reg, pop, opts)
+    assert plan._compiled().rows.single._cache_size() == 1
+    assert not np.array_equal(res[0], res[1]) or not np.array_equal(res[1], res[2])
+    np.testing.assert_array_equal(res[0], res[3])
+    progs = {id(rs.relaxed_program(reg, pop, seed=s)[0]) for s in (1, 2)}
+    assert len(progs) == 1
