@@ -173,6 +173,11 @@ def write_markdown(a, patients: pd.DataFrame, summary: pd.DataFrame, wall: float
         f">= 4, >= 7 against C1's) after every repair step: **{int(p.get('n_pain_missed', 0))}**. Searched "
         f"schedules repaired in the exact evaluation: {int(p.get('n_repaired', 0))}, of which ended at the "
         f"fallback (C1's schedule within the patient's limits): {int(p.get('n_fallback', 0))}.", "",
+        "Comparators adapted to the patient's limits (C0 or C1 as written breaks a label, renal, hepatic or CPIC "
+        "limit of that patient: `regimens.adapt`; the adapted one is the comparator and the reference of the "
+        f"relative constraints): C1 for {int((patients.get('C1_ADAPTED', pd.Series(dtype=str)).fillna('') != '').sum())}"
+        f", C0 for {int((patients.get('C0_ADAPTED', pd.Series(dtype=str)).fillna('') != '').sum())} of "
+        f"{len(patients)} patients.", "",
         "Repair steps (first step taken): " + first_repair_steps(patients) + ".", "",
         "Rescue policies chosen: " + "; ".join(f"{v} x {k}" for k, v in pol.items()) + ".", "",
         "By stratum (proposal):", "",
