@@ -155,7 +155,7 @@ def model_library_markdown() -> str:
     for name in list_drugs():
         d = get_drug(name)
         pd_ = PD_LIBRARY.get(name)
-        summary.append((f"[{d.name}](#{d.name.replace('_', '-')})", d.drug_class, f"`{d.model}`",
+        summary.append((f"[{d.name}](#{d.name})", d.drug_class, f"`{d.model}`",
                         ", ".join(d.routes), pd_.kind if pd_ else "–", len(d.params), len(d.unverified_params())))
     lines += _table(("drug", "class", "model", "routes", "analgesic PD", "parameters",
                      "UNVERIFIED (PK and covariates)"), summary)
