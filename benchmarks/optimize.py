@@ -18,7 +18,7 @@ Usage::
     PYTHONPATH=. python benchmarks/optimize.py [--n 1000] [--draws 128] [--chunk 50] [--steps 30]
         [--md docs/spine72_trial.md] [--no-timing]
 
-``--md`` writes the trial's results (and the oracle gap) as a Markdown page: the figures the README and
+``--md`` writes the trial's results (and the oracle gap) as a Markdown page: the figures the docs and
 ``docs/validation.md`` point to come from that page, not from hand-copied prose. ``--no-timing`` skips
 parts 1 and 2.
 

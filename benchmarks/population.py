@@ -40,7 +40,7 @@ What is timed (wall clock, :func:`time.perf_counter`):
 
 The machine (platform, CPU count, jax version and devices) and the load average (:func:`os.getloadavg`; the
 machine is shared, so a load above the core count inflates every timing) are printed at the top, and a
-summary block for the README at the end.
+summary block at the end (figures for docs/benchmarks.md).
 
 Usage::
 
@@ -524,7 +524,7 @@ def main(argv=None) -> int:
         lines.append(f"  {bl['n']} patients in chunks of {bl['chunk']}, warm: {min(bl['one']):.2f} s with the host "
                      f"preparation's 1 BLAS thread, {min(bl['default']):.2f}-{max(bl['default']):.2f} s with the "
                      f"library default {blas_now} ({min(bl['default']) / min(bl['one']):.1f}x)")
-    print("\n---- summary (for the README) " + "-" * 70)
+    print("\n---- summary " + "-" * 84)
     print("\n".join(lines))
     print("-" * 100)
 

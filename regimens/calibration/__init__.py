@@ -1,6 +1,6 @@
 """Calibration and validation of the outcome model on the evidence base (see :mod:`regimens.evidence`).
 
-Pipeline (``python -m regimens.calibration``; README "Outcome-model calibration"):
+Pipeline (``python -m regimens.calibration``; docs/outcome_model.md):
 
 1. :mod:`.arms`: each evidence arm's virtual population and reported numbers (targets) in its own units;
 2. :mod:`.design`: design points of the outcome-model parameters (and per-trial effects), every arm
