@@ -51,7 +51,7 @@ _T_DF = 5.0  # degrees of freedom of the Student-t importance proposal
 def _forecast_core(prob: Problem, u_full, key, n_draws: int, ps, sl, types, times):
     K = prob.n_eta
     eta0 = jnp.zeros((1, K))
-    eta, H, ok, n_it = conditional_modes(prob, u_full, eta0)
+    eta, H, ok, n_it = conditional_modes(prob, u_full, eta0, from_zero=False)  # eta0 is 0 already
     cov = jnp.linalg.inv(H[0]) if K else jnp.zeros((0, 0))
     cov = 0.5 * (cov + cov.T)
     k1, k2, k3 = jax.random.split(key, 3)

@@ -47,7 +47,8 @@ import scipy.optimize
 from .._errors import PKPDError
 from .problem import LOG2PI, Problem, fit_jit
 
-__all__ = ["fit_laplace", "conditional_modes", "laplace_objective", "laplace_terms", "FitError", "grad_hess"]
+__all__ = ["fit_laplace", "conditional_modes", "laplace_objective", "laplace_terms", "FitError", "grad_hess",
+           "INNER_GTOL", "INNER_DECREMENT", "CONVERGENCE_GTOL"]
 
 
 class FitError(PKPDError):
@@ -68,65 +69,165 @@ def grad_hess(fn: Callable, eta):
     return g, 0.5 * (H + jnp.swapaxes(H, -1, -2))
 
 
-def _pd_solve(H, g):
-    """Newton direction ``-H^{-1} g`` with eigenvalues floored (descent direction) per subject."""
-    w, V = jnp.linalg.eigh(H)
-    scale = jnp.maximum(jnp.max(jnp.abs(w), axis=-1, keepdims=True), 1.0)
-    w = jnp.maximum(jnp.abs(w), 1e-10 * scale)
-    return -jnp.einsum("nij,nj->ni", V, jnp.einsum("nji,nj->ni", V, g) / w)
+#: Inner problem (conditional modes): a subject's mode is converged when the largest component of the gradient
+#: of its ``l_i`` (nats per unit eta) is at most this, the Hessian there is positive definite and the value is
+#: finite. In float32 the tolerance is raised to the rounding floor ``1e3 * eps * (1 + |l_i|)`` (about 1e-2 for
+#: ``l_i`` ~ 100); in float64 that floor is below ``1e-6`` unless ``|l_i|`` exceeds ~4.5e6.
+INNER_GTOL = 1e-6
+#: ... or, where rounding stops the Newton iterations before the gradient gets there, when the Newton decrement
+#: ``g' H^-1 g`` (twice the decrease of ``l_i`` still possible by the local quadratic model) is at most this (nats;
+#: raised to ``10 eps (1 + |l_i|)``, about 4e-5 in float32 for ``l_i`` ~ 35 and 8e-14 in float64).
+INNER_DECREMENT = 1e-12
+#: Newton iterations of the inner problem (each start); a subject still above the tolerance then is flagged.
+INNER_MAX_ITER = 100
+_RADIUS0 = 2.0  # initial trust radius of a Newton step (Euclidean norm in eta units)
+_LS_STEPS = 50  # backtracking halvings before a subject is declared stalled (2^-50 ~ 1e-15)
 
 
-def conditional_modes(prob: Problem, u_full, eta0, *, max_iter: int = 60, tol: float = 1e-10):
-    """Conditional modes ``eta_i*`` of every subject (damped Newton, all subjects at once).
+def _inner_tol(val, tol: float, dtype, floor: float = 1e3):
+    """Tolerance of the inner problem per row: ``max(tol, floor eps (1 + |val|))`` (the rounding floor)."""
+    eps = jnp.finfo(dtype).eps
+    return jnp.maximum(tol, floor * eps * (1.0 + jnp.abs(jnp.where(jnp.isfinite(val), val, 0.0))))
 
-    Returns ``(eta, H, converged, n_iter)``: modes (N, K), Hessians of ``l_i`` there (N, K, K), per-subject
-    convergence flags (Newton decrement below ``tol``) and the number of iterations run.
+
+def _newton(fn: Callable, eta0, max_iter: int, gtol: float):
+    """Minimize every row of ``fn(eta) -> (M,)`` (rows independent) from ``eta0`` (M, K).
+
+    Each iteration: gradient and Hessian per row; the Newton direction on the Hessian's absolute eigenvalues
+    (floored at 1e-8 of the largest, so a descent direction also where the Hessian is indefinite), cut to the
+    row's trust radius; Armijo backtracking (halving, at most ``_LS_STEPS`` times). The radius doubles after a
+    full step that was cut and shrinks to the accepted step after a backtracked one. A row whose value or
+    derivatives are not finite (a start where the model overflows) moves toward ``eta = 0`` (the prior mode)
+    until they are. A row stops when it meets the tolerance (:data:`INNER_GTOL`) or when no step decreases it.
+
+    Returns ``(eta, val, H, converged, n_iter)``: the final points, ``fn`` there, the Hessians there,
+    the convergence flags (finite value, largest gradient component <= tolerance, Hessian positive definite)
+    and the iterations run.
     """
-    fn = lambda e: prob.neg_log_joint(u_full, e)  # noqa: E731
-    N, K = eta0.shape
+    M, K = eta0.shape
+    dt = eta0.dtype
+    eye = jnp.eye(K, dtype=dt)
 
     def clean(v):
         return jnp.where(jnp.isfinite(v), v, jnp.inf)
 
+    def derivatives(eta, val):
+        g, H = grad_hess(fn, eta)
+        fin = jnp.isfinite(val) & jnp.all(jnp.isfinite(g), -1) & jnp.all(jnp.isfinite(H), (-2, -1))
+        g = jnp.where(fin[:, None], g, 0.0)
+        H = jnp.where(fin[:, None, None], H, eye)
+        w, V = jnp.linalg.eigh(H)
+        pd_ = w[:, 0] > 0
+        dec = jnp.sum(jnp.einsum("nji,nj->ni", V, g) ** 2 / jnp.where(pd_[:, None], w, 1.0), -1)
+        at_min = fin & pd_ & ((jnp.max(jnp.abs(g), -1) <= _inner_tol(val, gtol, dt))
+                              | (dec <= _inner_tol(val, INNER_DECREMENT, dt, 10.0)))
+        return g, H, w, V, fin, at_min
+
     def cond(st):
-        it, _, _, done, _ = st
+        it, _, _, _, done = st
         return (it < max_iter) & ~jnp.all(done)
 
     def body(st):
-        it, eta, val, done, _ = st
-        g, H = grad_hess(fn, eta)
-        d = _pd_solve(H, g)
-        dec = -jnp.sum(g * d, axis=-1)  # Newton decrement^2 (>= 0)
-        conv = (dec < tol) | done
+        it, eta, val, rad, done = st
+        g, _, w, V, fin, at_min = derivatives(eta, val)
+        done = done | at_min
+        scale = jnp.maximum(jnp.max(jnp.abs(w), axis=-1, keepdims=True), 1.0)
+        wf = jnp.maximum(jnp.abs(w), 1e-8 * scale)
+        d_newton = -jnp.einsum("nij,nj->ni", V, jnp.einsum("nji,nj->ni", V, g) / wf)
+        d = jnp.where(fin[:, None], d_newton, -eta)  # not finite here: back toward the prior mode
+        dn = jnp.linalg.norm(d, axis=-1)
+        cut = jnp.where(fin, jnp.minimum(1.0, rad / jnp.maximum(dn, 1e-300)), 1.0)
+        d = d * cut[:, None]
+        slope = jnp.where(fin, jnp.sum(g * d, -1), 0.0)  # <= 0
 
         def ls_cond(s):
-            k, alpha, _, ok = s
-            return (k < 30) & ~jnp.all(ok)
+            k, _, _, ok = s
+            return (k < _LS_STEPS) & ~jnp.all(ok)
 
         def ls_body(s):
             k, alpha, v, ok = s
             trial = clean(fn(eta + alpha[:, None] * d))
-            better = trial <= val + 1e-4 * alpha * (-dec)  # Armijo
+            better = jnp.isfinite(trial) & ((trial <= val + 1e-4 * alpha * slope) | ~jnp.isfinite(val))
             ok_new = ok | better
             v = jnp.where(ok, v, jnp.where(better, trial, v))
-            alpha = jnp.where(ok_new, alpha, alpha * 0.3)
+            alpha = jnp.where(ok_new, alpha, 0.5 * alpha)
             return k + 1, alpha, v, ok_new
 
-        alpha0 = jnp.ones(N, eta.dtype)
-        _, alpha, vnew, ok = jax.lax.while_loop(ls_cond, ls_body, (0, alpha0, val, conv))
-        move = ok & ~conv
+        _, alpha, vnew, ok = jax.lax.while_loop(ls_cond, ls_body, (0, jnp.ones(M, dt), val, done))
+        move = ok & ~done
         eta = jnp.where(move[:, None], eta + alpha[:, None] * d, eta)
         val = jnp.where(move, vnew, val)
-        done = conv | ~ok  # no decrease possible: at the mode to machine precision
-        return it + 1, eta, val, done, H
+        step = alpha * dn * cut
+        rad = jnp.where(move, jnp.where(alpha >= 1.0, jnp.where(cut < 1.0, 2.0 * rad, rad),
+                                        jnp.maximum(step, 1e-12)), rad)
+        done = done | ~ok  # no step decreases l_i: stalled (converged only if the tolerance is met)
+        return it + 1, eta, val, rad, done
 
     val0 = clean(fn(eta0))
+    st0 = (0, eta0, val0, jnp.full(M, _RADIUS0, dt), jnp.zeros(M, bool))
+    it, eta, val, _, _ = jax.lax.while_loop(cond, body, st0)
+    _, H, _, _, _, conv = derivatives(eta, val)
+    return eta, val, H, conv, it
+
+
+def conditional_modes(prob: Problem, u_full, eta0, *, max_iter: int = INNER_MAX_ITER, gtol: float = INNER_GTOL,
+                      from_zero: bool = True):
+    """Conditional modes ``eta_i* = argmin l_i`` of every subject (all subjects at once).
+
+    The per-subject objective can have several local minima (a 2-compartment model's volumes and
+    clearances can trade places). So that ``-2 log L`` is a function of the population parameters, not of
+    where the search started, every subject is solved from ``eta = 0`` (the prior mode: a deterministic
+    start) and, when ``from_zero`` is true, also from ``eta0`` (the warm start, the previous modes); per
+    subject the converged solution with the lower ``l_i`` is kept, the one from ``eta = 0`` unless the
+    other is lower by more than ``1e-9 (1 + |l_i|)`` (so the same mode gives the same bits). A warm start
+    can therefore only lower the objective, and only by finding a better mode than the deterministic start.
+
+    Each search is a damped Newton method with a trust radius and Armijo line search (:func:`_newton`);
+    convergence is a stated criterion, checked at the returned point: the largest component of the gradient
+    of ``l_i`` at most ``gtol`` (nats per unit eta; raised to ``1e3 eps (1 + |l_i|)`` in float32), a finite
+    ``l_i`` and a positive definite Hessian.
+
+    Parameters
+    ----------
+    prob
+        The problem.
+    u_full
+        All parameters on the estimation scale (:meth:`Packer.full`).
+    eta0
+        Warm start (N, K); with ``from_zero=False`` the only start.
+    max_iter
+        Newton iterations per start.
+    gtol
+        Gradient tolerance (nats per unit eta).
+    from_zero
+        Also start from ``eta = 0`` and keep the better mode.
+
+    Returns
+    -------
+    tuple
+        ``(eta, H, converged, n_iter)``: modes (N, K), Hessians of ``l_i`` there (N, K, K), per-subject
+        convergence flags (N,) and the number of Newton iterations run.
+    """
+    fn = lambda e: prob.neg_log_joint(u_full, e)  # noqa: E731
+    N, K = eta0.shape
     if K == 0:
-        return eta0, jnp.zeros((N, 0, 0), eta0.dtype), jnp.isfinite(val0), 0
-    # H is carried: once a subject is done it no longer moves, so its last Hessian is at its mode
-    st0 = (0, eta0, val0, jnp.zeros(N, bool), jnp.broadcast_to(jnp.eye(K, dtype=eta0.dtype), (N, K, K)))
-    it, eta, val, done, H = jax.lax.while_loop(cond, body, st0)
-    return eta, H, done & jnp.isfinite(val), it
+        return eta0, jnp.zeros((N, 0, 0), eta0.dtype), jnp.isfinite(fn(eta0)), 0
+    if not from_zero:
+        eta, _, H, conv, it = _newton(fn, eta0, max_iter, gtol)
+        return eta, H, conv, it
+    S = 2
+    starts = jnp.stack([jnp.zeros_like(eta0), eta0]).reshape(S * N, K)
+
+    def fs(e):
+        return jax.vmap(fn)(e.reshape(S, N, K)).reshape(S * N)
+
+    eta, val, H, conv, it = _newton(fs, starts, max_iter, gtol)
+    eta, val, H, conv = eta.reshape(S, N, K), val.reshape(S, N), H.reshape(S, N, K, K), conv.reshape(S, N)
+    margin = 1e-9 * (1.0 + jnp.abs(jnp.where(jnp.isfinite(val[0]), val[0], 0.0)))
+    key = jnp.where(conv, val, jnp.inf)
+    warm = (key[1] < key[0] - margin) | (~conv[0] & ~conv[1] & (val[1] < val[0] - margin))
+    pick = lambda x: jnp.where(warm.reshape((N,) + (1,) * (x.ndim - 2)), x[1], x[0])  # noqa: E731
+    return pick(eta), pick(H), pick(conv), it
 
 
 def laplace_terms(prob: Problem, u, eta_star, H_star):
@@ -175,16 +276,31 @@ class LaplaceFit:
     cov_message: str
     times: dict
     history: list = field(default_factory=list)
+    max_gradient: float = float("nan")
+    n_restarts: int = 0
 
 
 # compiled once per model structure and data shapes (a Problem is a pytree whose arrays are leaves)
-_modes_jit = fit_jit(conditional_modes, static_argnames=("max_iter", "tol"))
+_modes_jit = fit_jit(conditional_modes, static_argnames=("max_iter", "gtol", "from_zero"))
 _vg_jit = fit_jit(jax.value_and_grad(laplace_objective, argnums=1))
 _nlj_jit = fit_jit(lambda prob, uf, e: prob.neg_log_joint(uf, e))
 
 
+#: Outer convergence: the fit is reported converged when the largest component of the gradient of -2LL with
+#: respect to the estimation-scale parameters (log typical values and variances, logit fractions, identity for
+#: additive effects: a dimensionless scaling) is at most this, and every subject's conditional mode converged.
+#: At a gradient of 1e-2 the distance to the optimum is about 0.005 SE of each parameter and the -2LL still
+#: available is about 1e-4 units for a well-determined parameter (SE ~0.1 on the log scale).
+CONVERGENCE_GTOL = 1e-2
+_MAX_RESTARTS = 2  # BFGS restarts (fresh inverse Hessian, from the best point) after rounding-error stops
+
+_BFGS_STATUS = {1: "the iteration limit was reached", 2: "rounding errors (precision loss in the line search)",
+                3: "a non-finite objective or gradient"}
+
+
 def fit_laplace(prob: Problem, *, u0=None, maxiter: int = 500, gtol: float = 1e-4, covariance: bool = True,
-                callback: Callable[[int, float], None] | None = None) -> LaplaceFit:
+                callback: Callable[[int, float], None] | None = None,
+                conv_tol: float = CONVERGENCE_GTOL) -> LaplaceFit:
     """Estimate the population parameters of ``prob`` by maximum likelihood (Laplace).
 
     Parameters
@@ -194,13 +310,24 @@ def fit_laplace(prob: Problem, *, u0=None, maxiter: int = 500, gtol: float = 1e-
     u0
         Free parameters to start from (estimation scale); default: the model file's initial estimates.
     maxiter
-        Maximum BFGS iterations.
+        Maximum BFGS iterations (over all restarts).
     gtol
-        Convergence: largest gradient component of ``-2 log L`` on the estimation scale.
+        BFGS stopping rule: largest gradient component of ``-2 log L`` on the estimation scale.
     covariance
         Compute the covariance step (standard errors).
     callback
         Called as ``callback(iteration, minus2ll)`` after each BFGS iteration (progress display).
+    conv_tol
+        Reported convergence (:data:`CONVERGENCE_GTOL`): the largest gradient component of ``-2 log L`` on the
+        estimation scale at the returned estimates, recomputed there.
+
+    The estimates are the best point of every evaluation made (BFGS's final point unless its history holds
+    a lower ``-2 log L``); ``minus2ll`` is recomputed at them (conditional modes from ``eta = 0`` and from
+    the modes of that best evaluation), so it is the objective at the reported estimates. When BFGS stops on
+    rounding errors or a non-finite value above the tolerance it is restarted from the best point (at most
+    twice). ``converged`` is true only when the recomputed gradient meets ``conv_tol`` and every subject's
+    conditional mode converged; otherwise ``message`` starts with ``"not converged:"`` and says why
+    (iteration limit, rounding errors, non-finite objective, subjects whose modes did not converge).
 
     With several local devices (:mod:`pkpd.batch`) the subjects are sharded over them
     (:mod:`pkpd.fit.shard`): the same conditional modes per subject, the objective equal to rounding.
@@ -215,7 +342,7 @@ def fit_laplace(prob: Problem, *, u0=None, maxiter: int = 500, gtol: float = 1e-
         When ``-2 log L`` is not finite at the initial estimates (the message says which subjects).
     """
     u = np.asarray(prob.init_u() if u0 is None else u0, float)
-    state = {"eta": jnp.zeros((prob.n_id, prob.n_eta)), "H": None, "n": 0, "best": (math.inf, None)}
+    state = {"eta": jnp.zeros((prob.n_id, prob.n_eta)), "H": None, "n": 0, "best": (math.inf, None, None)}
     t0 = time.perf_counter()
     from .shard import shard_problem
 
@@ -232,7 +359,7 @@ def fit_laplace(prob: Problem, *, u0=None, maxiter: int = 500, gtol: float = 1e-
         if np.isfinite(val) and np.all(np.isfinite(g)):
             state["eta"], state["H"] = eta, H
             if val < state["best"][0]:
-                state["best"] = (val, np.array(uu))
+                state["best"] = (val, np.array(uu), eta)
             return val, g, np.asarray(ok)
         return math.inf, np.zeros_like(uu), np.asarray(ok)
 
@@ -256,20 +383,47 @@ def fit_laplace(prob: Problem, *, u0=None, maxiter: int = 500, gtol: float = 1e-
             callback(it["k"], state["best"][0])
 
     t1 = time.perf_counter()
-    res = scipy.optimize.minimize(lambda x: evaluate(x)[:2], u, jac=True, method="BFGS", callback=cb,
-                                  options={"maxiter": maxiter, "gtol": gtol})
-    u_hat = res.x if np.isfinite(res.fun) and res.fun <= state["best"][0] else state["best"][1]
-    val, g, ok = evaluate(u_hat)
+    start, restarts, res = u, 0, None
+    while True:
+        left = maxiter - it["k"]
+        res = scipy.optimize.minimize(lambda x: evaluate(x)[:2], start, jac=True, method="BFGS", callback=cb,
+                                      options={"maxiter": max(left, 0), "gtol": gtol})
+        best_v, best_u = state["best"][0], state["best"][1]
+        if res.status not in (2, 3) or restarts >= _MAX_RESTARTS or it["k"] >= maxiter:
+            break
+        gb = evaluate(best_u)[1]
+        if float(np.max(np.abs(gb))) <= conv_tol or np.array_equal(best_u, start):
+            break  # converged after all, or no progress since the last start
+        restarts += 1
+        start = best_u
+    u_hat = state["best"][1] if state["best"][1] is not None else res.x
+    best_v, best_eta = state["best"][0], state["best"][2]
+    state["eta"] = best_eta if best_eta is not None else state["eta"]
+    val, g, ok = evaluate(u_hat)  # the objective at the reported estimates (warm start: that point's modes)
     t_fit = time.perf_counter() - t1
     gmax = float(np.max(np.abs(g))) if g.size else 0.0
-    converged = bool(gmax < max(gtol, 1e-3) * 10) and bool(np.all(ok))
-    if res.success:
-        message = f"converged: largest gradient {gmax:.2g} after {res.nit} iterations"
-    else:
-        message = f"BFGS stopped ({res.message.strip()}); largest gradient {gmax:.2g} after {res.nit} iterations"
+    n_it = it["k"]
+    after = f"after {n_it} iterations" + (f" ({restarts} restart{'s' if restarts > 1 else ''})" if restarts else "")
+    reasons = []
+    if not np.isfinite(val):
+        reasons.append("-2 log L is not finite at the estimates")
+    if gmax > conv_tol:
+        stop = _BFGS_STATUS.get(res.status, res.message.strip()) if not res.success else \
+            f"its own tolerance gtol={gtol:g}"
+        reasons.append(f"BFGS stopped ({stop}) with largest gradient {gmax:.2g} > {conv_tol:g}")
+    if np.isfinite(best_v) and val > best_v + 1e-6 * (1.0 + abs(best_v)):
+        reasons.append(f"-2LL recomputed at the estimates ({val:.6f}) is above the best value seen "
+                       f"({best_v:.6f}): the conditional modes are not reproducible")
     if not np.all(ok):
         bad = [str(prob.ids[i]) for i in np.nonzero(~ok)[0]]
-        message += f"; conditional modes did not converge for subjects {', '.join(bad[:10])}"
+        reasons.append(f"conditional modes did not converge for subjects {', '.join(bad[:10])}"
+                       + (f" and {len(bad) - 10} more" if len(bad) > 10 else ""))
+    converged = not reasons
+    if converged:
+        note = " (BFGS stopped on rounding errors within the tolerance)" if res.status == 2 else ""
+        message = f"converged: largest gradient {gmax:.2g} <= {conv_tol:g} {after}{note}"
+    else:
+        message = f"not converged: {'; '.join(reasons)} {after}"
     eta_hat, H_hat = state["eta"], state["H"]
     cov_u, cov_msg = None, "not requested"
     t2 = time.perf_counter()
@@ -278,10 +432,10 @@ def fit_laplace(prob: Problem, *, u0=None, maxiter: int = 500, gtol: float = 1e-
         state["eta"], state["H"] = eta_hat, H_hat
     t_cov = time.perf_counter() - t2
     return LaplaceFit(u_full=np.asarray(prob.packer.full(jnp.asarray(u_hat))), minus2ll=val, eta=np.asarray(eta_hat),
-                      eta_hess=np.asarray(H_hat), converged=converged, message=message, n_iter=int(res.nit),
+                      eta_hess=np.asarray(H_hat), converged=converged, message=message, n_iter=n_it,
                       n_eval=state["n"], cov_u=cov_u, cov_message=cov_msg,
                       times={"first_evaluation_s": t_compile, "estimation_s": t_fit, "covariance_s": t_cov},
-                      history=history)
+                      history=history, max_gradient=gmax, n_restarts=restarts)
 
 
 def _direction(v: np.ndarray, names) -> str:

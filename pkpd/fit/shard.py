@@ -151,20 +151,21 @@ def _modes_program(mesh):
     if key not in _PROGRAMS:
         from jax.sharding import PartitionSpec as P
 
-        from .laplace import conditional_modes
+        from .laplace import INNER_GTOL, INNER_MAX_ITER, conditional_modes
 
         ax = batch.ROW_AXIS
 
-        def local(sp, uf, e, max_iter, tol):
-            eta, H, ok, it = conditional_modes(_unstack(sp), uf, e[0], max_iter=max_iter, tol=tol)
+        def local(sp, uf, e, max_iter, gtol, from_zero):
+            eta, H, ok, it = conditional_modes(_unstack(sp), uf, e[0], max_iter=max_iter, gtol=gtol,
+                                               from_zero=from_zero)
             return eta[None], H[None], ok[None], jnp.asarray(it)[None]
 
-        def run(sp, uf, e, max_iter=60, tol=1e-10):
-            f = jax.shard_map(lambda a, b, c: local(a, b, c, max_iter, tol), mesh=mesh,
+        def run(sp, uf, e, max_iter=INNER_MAX_ITER, gtol=INNER_GTOL, from_zero=True):
+            f = jax.shard_map(lambda a, b, c: local(a, b, c, max_iter, gtol, from_zero), mesh=mesh,
                               in_specs=(P(ax), P(), P(ax)), out_specs=P(ax), check_vma=False)
             return f(sp, uf, e)
 
-        _PROGRAMS[key] = fit_jit(run, static_argnames=("max_iter", "tol"))
+        _PROGRAMS[key] = fit_jit(run, static_argnames=("max_iter", "gtol", "from_zero"))
     return _PROGRAMS[key]
 
 
