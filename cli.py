@@ -529,6 +529,10 @@ OUTPUT DIRECTORY (--out, default <DATA stem>_fit):
   gof.png, residuals.png, vpc.png, individual.png;
   trace.png and idata.nc (ArviZ) for nuts/svi
 An existing non-empty output directory is not overwritten without --force.
+A fit that did not converge (laplace: largest gradient of -2LL above 0.01 on
+the estimation scale, or a subject's conditional mode not converged; nuts:
+R-hat > 1.01 or divergences) still writes its outputs, marked
+"converged": false, and exits with code 2 unless --allow-nonconvergence.
 """
 
 
@@ -556,6 +560,9 @@ def fit_command(
     devices: Optional[int] = typer.Option(None, "--devices", min=1, help="laplace: local devices the subjects are "
                                           "sharded over (default: all that JAX sees)."),
     precision: Optional[str] = typer.Option(None, "--precision", help=_PRECISION_HELP),
+    allow_nonconvergence: bool = typer.Option(False, "--allow-nonconvergence",
+                                              help="Exit 0 when the fit did not converge (default: exit 2; the "
+                                                   "outputs are written either way, marked not converged)."),
 ) -> None:
     args = dict(locals())
     out_dir = _data_model_out(data, "the dataset", model, out, "_fit", force)
@@ -605,8 +612,15 @@ def fit_command(
     console.print(f"Wrote {len(written)} files to {out_dir} (fit and diagnostics took "
                   f"{res.times.get('total_s', 0):.1f} s)", markup=False)
     if not res.converged:
-        console.print("warning: the fit did not converge; see fit.json and the message above", markup=False,
-                      style="yellow")
+        why = res.message.removeprefix("not converged: ")
+        if allow_nonconvergence:
+            console.print(f"warning: the fit did not converge ({why}); outputs marked not converged "
+                          "(--allow-nonconvergence)", markup=False, style="yellow")
+        else:
+            err.print(f"Error: the fit did not converge: {why}. The outputs in {out_dir} are marked "
+                      "\"converged\": false (fit.json, objective.json); pass --allow-nonconvergence to accept them "
+                      "with exit code 0", markup=False, highlight=False, style="bold red")
+            raise typer.Exit(code=2)
 
 
 FORECAST_HELP = """Forecast one patient from a population model and the patient's own records (MIPD).

@@ -110,3 +110,35 @@ def test_cli_fit_help_lists_outputs():
     res = runner.invoke(app, ["fit", "--help"])
     assert res.exit_code == 0
     assert "--method" in res.output and "parameters.csv" in res.output and "--force" in res.output
+
+
+def test_cli_fit_not_converged_exits_2_unless_allowed(theoph_csv, tmp_path, monkeypatch):
+    """A fit that did not converge (BFGS limited to 1 iteration) writes its outputs marked ``"converged":
+    false`` (fit.json, objective.json) and exits 2 with one line saying why; with --allow-nonconvergence it
+    exits 0 with a warning (issue 21)."""
+    import functools
+
+    import pkpd.fit.api
+    from pkpd.fit.laplace import fit_laplace
+
+    monkeypatch.setattr(pkpd.fit.api, "fit_laplace", functools.partial(fit_laplace, maxiter=1))
+    out = tmp_path / "fit"
+    small = ["--npde-replicates", "20", "--vpc-replicates", "20"]
+    res = runner.invoke(app, ["fit", str(theoph_csv), "--model", str(MODEL), "--out", str(out)] + small)
+    text = cli_output(res)
+    assert res.exit_code == 2, text
+    line = next(x for x in text.splitlines() if x.startswith("Error: the fit did not converge"))
+    assert "BFGS stopped (the iteration limit was reached) with largest gradient" in line
+    assert "--allow-nonconvergence" in line and "Traceback" not in text
+    assert "NOT CONVERGED" in text
+    info = json.loads((out / "fit.json").read_text())
+    obj = json.loads((out / "objective.json").read_text())
+    assert info["converged"] is False and obj["converged"] is False
+    assert obj["convergence"].startswith("not converged: ")
+    assert (out / "parameters.csv").is_file() and (out / "model.toml").is_file()
+
+    res = runner.invoke(app, ["fit", str(theoph_csv), "--model", str(MODEL), "--out", str(out), "--force",
+                              "--allow-nonconvergence"] + small)
+    text = cli_output(res)
+    assert res.exit_code == 0, text
+    assert "warning: the fit did not converge (BFGS stopped" in text

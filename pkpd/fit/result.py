@@ -444,7 +444,7 @@ class FitResult:
         lines.append(fmt.format(*head))
         lines.append(fmt.format(*["-" * w for w in widths]))
         lines += [fmt.format(*r) for r in rows]
-        msg = self.message.removeprefix("converged: ")
+        msg = self.message.removeprefix("converged: ").removeprefix("not converged: ")
         word = "finished" if self.method == "svi" else ("converged" if self.converged else "NOT CONVERGED")
         lines.append(f"{word}: {msg}")
         cm = self.diagnostics.get("covariance")
@@ -908,7 +908,9 @@ def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data
         idata = getattr(raw, "idata", None)
     else:
         diagn = {"n_iter": raw.n_iter, "n_eval": raw.n_eval, "covariance": raw.cov_message,
-                 "history_minus2ll": [float(h) for h in raw.history]}
+                 "history_minus2ll": [float(h) for h in raw.history],
+                 "max_gradient": float(getattr(raw, "max_gradient", float("nan"))),
+                 "n_restarts": int(getattr(raw, "n_restarts", 0))}
         converged, message = bool(raw.converged), raw.message
         times = dict(raw.times)
         idata = None
@@ -924,6 +926,8 @@ def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data
         if grid is None:
             notes.append("individual plots at the observation times (no fine grid: reset records or the "
                          "augmented dataset could not be built)")
+    if not bayes or method == "nuts":  # objective.json says whether the objective is at a converged fit
+        objective.update(converged=bool(converged), convergence=message)
     times["diagnostics_s"] = time.perf_counter() - t0
     opts = dict(options or {})
     opts.update(vpc_replicates=int(vpc_replicates), npde_replicates=int(npde_replicates), vpc_bins=vpc_bins,
