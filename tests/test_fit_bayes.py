@@ -290,6 +290,36 @@ def test_nuts_smoke_and_netcdf_round_trip(small_prob, tmp_path):
     assert fit2.u_draws.shape == (2, 20, prob.packer.n_free) and np.all(np.isfinite(fit2.u_draws))
 
 
+def test_nuts_progress_line_counts_warmup_and_sampling_divergences_apart(small_prob, monkeypatch):
+    """The progress line says "warm-up divergences N, sampling divergences M" (issue 21: warm-up divergences
+    used to be shown as if they were sampling ones); the last line's counts are the fit's
+    ``n_divergent_warmup`` and ``n_divergent``. Same structure as the smoke run: the compiled sampler is reused."""
+    import pkpd.fit.bayes as B
+
+    lines = []
+
+    class Bar:
+        task_ids = [0]
+
+        def update(self, task, advance=0, info=""):
+            lines.append(info)
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(B, "_progress", lambda progress, total, label: Bar() if progress else None)
+    fit = fit_nuts(small_prob, num_chains=2, num_warmup=100, num_samples=20, seed=3, progress=True,
+                   max_tree_depth=(5, 7), log_likelihood=False)
+    d = fit.diagnostics
+    assert lines and all("; warm-up divergences " in x and ", sampling divergences " in x for x in lines)
+    assert lines[-1].startswith("sampling; ")
+    assert f"warm-up divergences {d['n_divergent_warmup']}, sampling divergences {d['n_divergent']};" in lines[-1]
+    warm = [x for x in lines if x.startswith("warmup; ")]
+    assert warm and all("sampling divergences 0;" in x for x in warm)
+    assert B._progress_info("sampling", 7, 2, 0) == ("sampling; warm-up divergences 7, sampling divergences 2; "
+                                                      "rejected points 0")
+
+
 def test_svi_smoke(small_prob, tmp_path):
     """Short mean-field SVI: loss (negative ELBO) decreases, draws finite, one chain, NetCDF written."""
     prob = small_prob

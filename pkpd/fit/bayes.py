@@ -870,6 +870,13 @@ def _progress(progress: bool, total: int, label: str):
     return p
 
 
+def _progress_info(phase: str, div_warmup: int, div_sampling: int, rejected: int) -> str:
+    """The NUTS progress line's text: warm-up and sampling divergences counted apart (warm-up divergences
+    are expected while the step size adapts and are not a diagnostic of the draws; sampling ones are)."""
+    return (f"{phase}; warm-up divergences {div_warmup}, sampling divergences {div_sampling}; "
+            f"rejected points {rejected}")
+
+
 def fit_nuts(prob: Problem, *, num_chains: int = 4, num_warmup: int = 1000, num_samples: int = 1000,
              seed: int = 0, priors: Mapping[str, Any] | None = None, progress: bool = True,
              target_accept: float = 0.8, max_tree_depth: int | tuple[int, int] = (6, 10),
@@ -986,9 +993,9 @@ def fit_nuts(prob: Problem, *, num_chains: int = 4, num_warmup: int = 1000, num_
                 else:
                     rec.append(buf)
                 if bar is not None:
-                    ndiv = div_warm + sum(int(np.sum(b["diverging"])) for b in rec)
+                    div_samp = sum(int(np.sum(b["diverging"])) for b in rec)
                     bar.update(bar.task_ids[0], advance=n,
-                               info=f"{phase}; divergences {ndiv}; rejected points {_COUNTER.count}")
+                               info=_progress_info(phase, div_warm, div_samp, _COUNTER.count))
             if phase == "warmup":
                 t_warm = time.perf_counter() - t1
                 rej_warm = _COUNTER.count
