@@ -35,7 +35,8 @@ def two_cmt_model(cl, v1, q, v2, iiv=0.09) -> dict:
     return {"model": {"structure": "2cmt_iv"},
             "parameters": {"CL": {"estimate": cl, "iiv": iiv, "covariates": [
                 {"covariate": "LBM", "relation": "power", "reference": 50.0, "estimate": 0.75}]},
-                "V1": {"estimate": v1, "iiv": iiv}, "Q": {"estimate": q, "iiv": iiv}, "V2": {"estimate": v2, "iiv": iiv}},
+                "V1": {"estimate": v1, "iiv": iiv}, "Q": {"estimate": q, "iiv": iiv},
+                "V2": {"estimate": v2, "iiv": iiv}},
             "observations": {"cp": {"output": "CP", "error": "combined", "proportional": 0.15, "additive": 0.05}}}
 
 

@@ -539,3 +539,42 @@ def test_real_nuts_outputs(tmp_path):
     assert (tmp_path / "nuts" / "trace.png").is_file()
     priors = json.loads((tmp_path / "nuts" / "fit.json").read_text())["diagnostics"]["priors"]
     assert priors[0].startswith("Priors") and any(line.strip().startswith("KE") for line in priors)
+
+
+def test_time_unit_of_the_model_file_labels_the_plots(theoph, tmp_path, monkeypatch):
+    """``time_unit = "min"`` in [model] (issue 21) labels the TIME axes "TIME (min)" in residuals.png, vpc.png
+    and individual.png, is kept in the written model.toml, and rescales nothing; the default stays "h"; a
+    label with parentheses or a newline is refused naming the key."""
+    import copy
+    import dataclasses
+
+    from pkpd._errors import ModelSpecError
+
+    figs = []
+    real_fig = dg._fig
+
+    def keep(w, h):
+        figs.append(real_fig(w, h))
+        return figs[-1]
+
+    monkeypatch.setattr(dg, "_fig", keep)
+    res = copy.copy(theoph)
+    res.spec = dataclasses.replace(theoph.spec, time_unit="min")
+    res.save(tmp_path / "min")
+
+    def labels(fig):
+        out = [ax.get_xlabel() for ax in fig.axes]
+        return out + ([fig._supxlabel.get_text()] if getattr(fig, "_supxlabel", None) is not None else [])
+
+    time_labels = [x for f in figs for x in labels(f) if x.startswith("TIME")]
+    assert len(time_labels) >= 4 and set(time_labels) == {"TIME (min)"}, time_labels
+    assert 'time_unit = "min"' in (tmp_path / "min" / "model.toml").read_text()
+    back = load_model(tmp_path / "min" / "model.toml")
+    assert back.time_unit == "min"
+    assert theoph.spec.time_unit == "h" and "time_unit" not in theoph.spec.to_dict()["model"]
+    pd.testing.assert_frame_equal(res.predictions, theoph.predictions)
+    text = (ROOT / "examples" / "models" / "theoph.toml").read_text().replace(
+        'structure = "1cmt_oral"', 'structure = "1cmt_oral"\ntime_unit = "min (wall)"')
+    (tmp_path / "bad.toml").write_text(text)
+    with pytest.raises(ModelSpecError, match="time_unit"):
+        load_model(tmp_path / "bad.toml")

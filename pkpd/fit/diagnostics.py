@@ -485,8 +485,9 @@ def plot_gof(pred: pd.DataFrame, path: Path, *, log_axes: bool = False, title: s
     fig.savefig(path, format="png")
 
 
-def plot_residuals(pred: pd.DataFrame, path: Path, *, title: str = "") -> None:
-    """PNG 2 x 2: CWRES vs TIME and vs PRED, NPDE vs TIME and vs PRED, lines at 0 and +-1.96."""
+def plot_residuals(pred: pd.DataFrame, path: Path, *, title: str = "", time_unit: str = "h") -> None:
+    """PNG 2 x 2: CWRES vs TIME and vs PRED, NPDE vs TIME and vs PRED, lines at 0 and +-1.96 (``time_unit``:
+    the TIME axis label's unit)."""
     fig = _fig(10, 8)
     axs = fig.subplots(2, 2)
     for r, res in enumerate(("CWRES", "NPDE")):
@@ -496,7 +497,7 @@ def plot_residuals(pred: pd.DataFrame, path: Path, *, title: str = "") -> None:
             ax.scatter(s[x], s[res], s=10, alpha=0.7)
             for yv, ls in ((0, "-"), (1.96, "--"), (-1.96, "--")):
                 ax.axhline(yv, color="k", linestyle=ls, linewidth=1)
-            ax.set_xlabel("TIME (h)" if x == "TIME" else "PRED")
+            ax.set_xlabel(f"TIME ({time_unit})" if x == "TIME" else "PRED")
             ax.set_ylabel(res)
             ax.grid(True, alpha=0.3)
     fig.suptitle(title or "Residuals")
@@ -504,9 +505,10 @@ def plot_residuals(pred: pd.DataFrame, path: Path, *, title: str = "") -> None:
     fig.savefig(path, format="png")
 
 
-def plot_vpc(vpc: pd.DataFrame, pred: pd.DataFrame, path: Path, *, n_rep: int = 0, title: str = "") -> None:
+def plot_vpc(vpc: pd.DataFrame, pred: pd.DataFrame, path: Path, *, n_rep: int = 0, title: str = "",
+             time_unit: str = "h") -> None:
     """PNG: one panel per observation type: observed points, observed 5/50/95 % percentiles per bin, and
-    the 90 % intervals of the simulated percentiles (shaded)."""
+    the 90 % intervals of the simulated percentiles (shaded); ``time_unit`` labels the TIME axis."""
     types = list(dict.fromkeys(vpc["type"].tolist())) if len(vpc) else []
     n = max(1, len(types))
     fig = _fig(7, 4.2 * n)
@@ -522,7 +524,7 @@ def plot_vpc(vpc: pd.DataFrame, pred: pd.DataFrame, path: Path, *, n_rep: int = 
             ax.plot(t, v[f"obs_{tag}"], color=color, linewidth=1.5 if tag == "p50" else 1,
                     linestyle="-" if tag == "p50" else "--",
                     label=f"observed {tag[1:]}th pct" if tag != "p95" else None)
-        ax.set_xlabel("TIME (h)")
+        ax.set_xlabel(f"TIME ({time_unit})")
         ax.set_ylabel(f"DV ({name})")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="x-small")
@@ -532,9 +534,9 @@ def plot_vpc(vpc: pd.DataFrame, pred: pd.DataFrame, path: Path, *, n_rep: int = 
 
 
 def plot_individual(pred: pd.DataFrame, grid: pd.DataFrame | None, path: Path, *, type_name: str,
-                    type_index: int, max_subjects: int = 12, title: str = "") -> None:
+                    type_index: int, max_subjects: int = 12, title: str = "", time_unit: str = "h") -> None:
     """PNG grid of up to ``max_subjects`` subjects: DV points, IPRED and PRED lines (fine grid when
-    ``grid`` is given, else at the observation times)."""
+    ``grid`` is given, else at the observation times); ``time_unit`` labels the TIME axis."""
     p = pred[pred["TYPE"] == type_name]
     ids = list(dict.fromkeys(p["ID"].tolist()))[:max_subjects]
     n = max(1, len(ids))
@@ -562,7 +564,7 @@ def plot_individual(pred: pd.DataFrame, grid: pd.DataFrame | None, path: Path, *
     for ax in axs[len(ids):]:
         ax.set_visible(False)
     axs[0].legend(fontsize="x-small")
-    fig.supxlabel("TIME (h)")
+    fig.supxlabel(f"TIME ({time_unit})")
     fig.supylabel(f"DV ({type_name})")
     fig.suptitle(title or "Individual fits")
     # fixed margins: tight_layout would draw the 12-panel figure once more (a second or two)

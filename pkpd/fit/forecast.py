@@ -119,6 +119,8 @@ class Forecast:
     ess
         Effective sample size of the importance sampler (out of ``n_draws``); a small value (< 10 % of
         the draws) means the Laplace proposal was poor and the intervals are rough.
+    time_unit
+        The model file's ``time_unit`` (label of the TIME axis in :meth:`plot`; default ``"h"``).
     """
 
     parameters: pd.DataFrame
@@ -133,6 +135,7 @@ class Forecast:
     converged: bool
     timings: dict
     notes: list = field(default_factory=list)
+    time_unit: str = "h"
 
     def summary_text(self) -> str:
         lines = [f"Individual forecast ({len(self.observations)} observation(s); importance-sampling ESS "
@@ -162,7 +165,7 @@ class Forecast:
                 ax.plot(ob["TIME"], ob["DV"], "ko", ms=4, label="observed")
             ax.set_ylabel(o)
             ax.grid(alpha=0.3)
-        axes[-1, 0].set_xlabel("time (h)")
+        axes[-1, 0].set_xlabel(f"time ({self.time_unit})")
         axes[0, 0].legend(fontsize=8)
         fig.tight_layout()
         path = Path(path)
@@ -304,4 +307,4 @@ def forecast(model: PopulationModel | str | Path | dict, data: pd.DataFrame | st
     return Forecast(parameters=par, draws=pd_draws, predictions=pred, observations=obs,
                     eta_map=np.asarray(out["eta"]), eta_cov=np.asarray(out["cov"]), eta_names=prob.eta_labels(),
                     ess=ess, n_draws=int(n_draws), converged=bool(out["converged"]),
-                    timings={"build_s": t_build, "run_s": t_run}, notes=notes)
+                    timings={"build_s": t_build, "run_s": t_run}, notes=notes, time_unit=spec.time_unit)

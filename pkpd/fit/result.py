@@ -516,13 +516,15 @@ class FitResult:
         path("fit.json").write_text(json.dumps(_jsonable(self._fit_info()), indent=2) + "\n")
         dg.plot_gof(self.predictions, path("gof.png"), log_axes=log_axes,
                     title=f"{self.spec.structure} ({self.method}): observed vs predicted")
+        tu = self.spec.time_unit
         dg.plot_residuals(self.predictions, path("residuals.png"),
-                          title=f"{self.spec.structure} ({self.method}): CWRES and NPDE")
-        dg.plot_vpc(self.vpc, self.predictions, path("vpc.png"), n_rep=int(self.options.get("vpc_replicates", 0)))
+                          title=f"{self.spec.structure} ({self.method}): CWRES and NPDE", time_unit=tu)
+        dg.plot_vpc(self.vpc, self.predictions, path("vpc.png"), n_rep=int(self.options.get("vpc_replicates", 0)),
+                    time_unit=tu)
         for ti, o in enumerate(self.spec.observations):
             name = "individual.png" if ti == 0 else f"individual_{_safe(o.name)}.png"
             dg.plot_individual(self.predictions, self.grid, path(name), type_name=o.name, type_index=ti,
-                               title=f"Individual fits ({o.name}): DV, IPRED (solid), PRED (dashed)")
+                               title=f"Individual fits ({o.name}): DV, IPRED (solid), PRED (dashed)", time_unit=tu)
         if self.draws:
             dg.plot_trace(self.draws, path("trace.png"), title=f"Posterior draws ({self.method})")
         return written

@@ -11,6 +11,8 @@ written as expressions, and one residual-error model per observation type (DVID)
     # optional: which drug-library parameters of the regimen simulator the fitted ones are, so that a
     # patient's forecast posterior can drive `pkpd optimize --posterior` (same units required)
     # simulates = { CL = "gabapentin.CL", V = "gabapentin.V" }
+    # time_unit = "h"            # optional label of the dataset's TIME unit in plots ("min", "d"...); the
+    #                              data are not rescaled: rate constants and clearances are per this unit
 
     [parameters.KE]              # an estimated parameter: typical value = initial estimate
     estimate = 0.08
@@ -283,6 +285,10 @@ class PopulationModel:
         Fitted parameter -> regimen-simulator quantity it is (``"<drug>.<PARAM>"`` of the drug library, or
         ``"pain.b0"`` / ``"pain.t_half"`` / ``"pain.sensitivity"``): how a forecast posterior becomes
         scenario draws of the optimizer (:mod:`regimens.posterior`).
+    time_unit
+        Unit of the dataset's TIME column (``"h"`` by default; ``"min"``, ``"s"``, ``"d"``, ``"week"`` or any
+        short label): only a label, used in the plots' axes (``TIME (min)``) and kept in the written
+        model file. The data are never rescaled, so rate constants and clearances are per this unit.
     """
 
     structure: str
@@ -295,6 +301,7 @@ class PopulationModel:
     description: str = ""
     source: str | None = None
     simulates: Mapping[str, str] = field(default_factory=dict)
+    time_unit: str = "h"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -357,6 +364,10 @@ class PopulationModel:
             model = get_model(self.structure)
         except ModelSpecError as exc:
             raise _fail(where, str(exc)) from None
+        tu = self.time_unit
+        if not isinstance(tu, str) or not tu.strip() or len(tu) > 16 or any(c in tu for c in "\n\r()"):
+            raise _fail(f"{where} [model]", f"`time_unit` must be a short label of the TIME unit such as \"h\", "
+                        f"\"min\" or \"d\" (at most 16 characters, no parentheses), not {tu!r}")
         names = self.parameter_names
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})
@@ -514,6 +525,8 @@ class PopulationModel:
             out["model"]["description"] = self.description
         if self.simulates:
             out["model"]["simulates"] = dict(self.simulates)
+        if self.time_unit != "h":
+            out["model"]["time_unit"] = self.time_unit
         if self.derived:
             out["derived"] = dict(self.derived)
         if self.omega_blocks:
@@ -618,7 +631,7 @@ def load_model(source: str | Path | Mapping[str, Any]) -> PopulationModel:
     where = f"model file {src_name}" if src_name else "population model"
     _check_keys(where, content, _TOP_KEYS)
     m = content.get("model", {})
-    _check_keys(f"{where} [model]", m, {"structure", "description", "interpolation", "simulates"})
+    _check_keys(f"{where} [model]", m, {"structure", "description", "interpolation", "simulates", "time_unit"})
     sim = m.get("simulates") or {}
     if not isinstance(sim, Mapping) or not all(isinstance(v, str) for v in sim.values()):
         raise _fail(f"{where} [model]", "`simulates` must be a table such as { CL = \"gabapentin.CL\", "
@@ -682,4 +695,4 @@ def load_model(source: str | Path | Mapping[str, Any]) -> PopulationModel:
                  for k, v in (content.get("derived") or {}).items()},
         omega_blocks=tuple(blocks), iov=iov, interpolation=str(m.get("interpolation", "nocb")),
         description=str(m.get("description", "")), source=src_name,
-        simulates={str(k): str(v) for k, v in sim.items()})
+        simulates={str(k): str(v) for k, v in sim.items()}, time_unit=m.get("time_unit", "h"))
