@@ -73,6 +73,7 @@ from .models import describe_model as describe_model
 from .models import get_model as get_model
 from .models import list_models as list_models
 from .simulate import ParameterSpec as ParameterSpec
+from .simulate import Simulator as Simulator
 from .simulate import load_params as load_params
 from .simulate import prepare as prepare
 from .simulate import simulate as simulate

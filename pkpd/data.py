@@ -205,23 +205,48 @@ def _normalize_headers(df: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------- parsing
 
 
-def _parse_cells(s: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+class _LazyCells:
+    """The original cells of a column (object array), built only when a message needs them: indexing
+    (``raw[mask]``) converts the column then, so a valid column never makes one Python object per cell."""
+
+    __slots__ = ("_s", "_arr")
+
+    def __init__(self, s: pd.Series):
+        self._s, self._arr = s, None
+
+    def __getitem__(self, key):
+        if self._arr is None:
+            self._arr = self._s.to_numpy(dtype=object)
+        return self._arr[key]
+
+
+def _parse_cells(s: pd.Series) -> tuple[np.ndarray, np.ndarray, _LazyCells]:
     """Classify every cell of a column.
 
     Returns ``(values, kinds, raw)``: ``values`` float (NaN unless the cell is a finite number),
     ``kinds`` one of ``_OK``, ``_BLANK`` (empty or NaN), ``_DOT`` (``"."``), ``_BAD`` (anything else),
-    ``raw`` the original cells (object array) for messages.
+    ``raw`` the original cells (indexable like an object array) for messages.
+
+    Numeric columns are classified with array operations, columns of strings one distinct text at a time
+    (:func:`pandas.factorize`); only a column that mixes strings with other objects is read cell by cell.
     """
-    raw = s.to_numpy(dtype=object)
-    n = len(raw)
+    raw = _LazyCells(s)
+    n = len(s)
     if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
         values = s.to_numpy(dtype=float, na_value=np.nan)
         kinds = np.where(np.isnan(values), _BLANK, np.where(np.isfinite(values), _OK, _BAD))
         values = np.where(kinds == _OK, values, np.nan)
         return values, kinds.astype(np.int8), raw
+    if n and pd.api.types.infer_dtype(s, skipna=False) == "string":
+        # every cell a str: classify each distinct text once (a column holds few distinct texts), then spread
+        codes, uniq = pd.factorize(s.to_numpy(dtype=object), use_na_sentinel=False)
+        parsed = [_parse_cell(u) for u in uniq]
+        u_kinds = np.array([k for k, _ in parsed], dtype=np.int8)
+        u_values = np.array([v for _, v in parsed], dtype=float)
+        return u_values[codes], u_kinds[codes], raw
     values = np.full(n, np.nan)
     kinds = np.empty(n, dtype=np.int8)
-    for i, cell in enumerate(raw):
+    for i, cell in enumerate(s.to_numpy(dtype=object)):
         kinds[i], v = _parse_cell(cell)
         values[i] = v
     return values, kinds, raw
@@ -452,18 +477,8 @@ def _analyse(
     else:
         mdv = np.where(np.isnan(evid), np.nan, np.where(evid != 0, 1.0, 0.0))
 
-    # ---- required covariates ------------------------------------------------------------------------
-    for cov in required_covariates:
-        if present(cov):
-            _, kinds, raw = _parse_cells(col(cov))
-            bad = kinds != _OK
-            if bad.any():
-                add(bad, cov, f"covariate {cov} must be numeric on every row; found "
-                              f"{_fmt_values(raw[bad], kinds[bad])}{_comma_hint(raw[bad])}")
-        else:
-            near = [c for c in names if c.lower() == str(cov).lower()]
-            hint = f" (found {near[0]!r}; covariate names are case-sensitive)" if near else ""
-            add((), cov, f"parameter file references column {cov}, which the dataset does not have{hint}")
+    if parameter_names is not None:
+        out += _covariate_violations(frame, required_covariates)
 
     with np.errstate(invalid="ignore"):
         # ---- simple ranges ---------------------------------------------------------------------------
@@ -526,14 +541,9 @@ def _analyse(
                 label = f" ({c}={cnames[c - 1]})" if cnames and 1 <= c <= len(cnames) else ""
                 add(m, "RATE", f"infusions into compartment {c} are not supported by this model{label}; "
                                "set RATE=0")
-        params = set(parameter_names)
-        for code, prefix, what in ((-2.0, "D", "modeled duration"), (-1.0, "R", "modeled rate")):
-            sel = in_range & (rate == code) & ~is_forbidden
-            for value in _unique(cmt[sel]):
-                need = f"{prefix}{_num(value)}"
-                if need not in params:
-                    add(sel & (cmt == value), "RATE",
-                        f"RATE={_num(code)} ({what}) needs parameter {need} in the parameter file")
+
+        if parameter_names is not None:
+            out += _rate_parameter_violations(cmt, rate, evid, n_cmt, parameter_names, rate_compartments_forbidden)
 
         # ---- II / ADDL -------------------------------------------------------------------------------
         m = ii < 0
@@ -583,10 +593,69 @@ def _analyse(
             add(nothing, "AMT", "dose of 0: AMT=0 on a dose row (EVID 1 or 4); set AMT > 0 (amount units) "
                                 "or make the row a non-dose record (EVID 0 or 2)")
 
-    out.sort(key=lambda v: v.rows[0] if v.rows else 0)
     columns = {"ID": ident, "TIME": time, "EVID": evid, "AMT": amt, "CMT": cmt, "RATE": rate, "II": ii,
                "ADDL": addl, "SS": ss, "DV": dv, "MDV": mdv}
+    out.sort(key=lambda v: v.rows[0] if v.rows else 0)
     return _Analysis(out, frame, columns)
+
+
+def _parameter_violations(frame: pd.DataFrame, columns: dict[str, np.ndarray], *, n_compartments: int | None,
+                          parameter_names: Collection[str], required_covariates: Collection[str],
+                          rate_compartments_forbidden: Collection[int]) -> list[DatasetViolation]:
+    """The problems that depend on the parameter file, as :func:`check_dataset` reports them: referenced
+    covariate columns missing or not numeric, ``RATE=-1``/``-2`` doses into a compartment without
+    ``R<n>``/``D<n>`` (``frame`` with normalized headers and ``columns`` the effective standard columns of
+    :func:`_analyse`); sorted by first row."""
+    out = _covariate_violations(frame, required_covariates)
+    out += _rate_parameter_violations(columns["CMT"], columns["RATE"], columns["EVID"], n_compartments,
+                                      parameter_names, rate_compartments_forbidden)
+    out.sort(key=lambda v: v.rows[0] if v.rows else 0)
+    return out
+
+
+def _covariate_violations(frame: pd.DataFrame, required_covariates: Collection[str]) -> list[DatasetViolation]:
+    """Covariate columns the parameter file references: present, and numeric on every row."""
+    out: list[DatasetViolation] = []
+    names = list(frame.columns)
+    first: dict[str, int] = {}
+    for i, c in enumerate(names):
+        first.setdefault(c, i)
+    for cov in required_covariates:
+        if cov in first:
+            _, kinds, raw = _parse_cells(frame.iloc[:, first[cov]])
+            bad = kinds != _OK
+            if bad.any():
+                out.append(DatasetViolation(_rows(bad), cov, f"covariate {cov} must be numeric on every row; found "
+                                            f"{_fmt_values(raw[bad], kinds[bad])}{_comma_hint(raw[bad])}"))
+        else:
+            near = [c for c in names if c.lower() == str(cov).lower()]
+            hint = f" (found {near[0]!r}; covariate names are case-sensitive)" if near else ""
+            out.append(DatasetViolation((), cov, f"parameter file references column {cov}, which the dataset does "
+                                        f"not have{hint}"))
+    return out
+
+
+def _rate_parameter_violations(cmt, rate, evid, n_compartments, parameter_names,
+                               rate_compartments_forbidden) -> list[DatasetViolation]:
+    """``RATE=-1``/``-2`` doses into compartment ``n`` need ``R<n>``/``D<n>`` in the parameter file."""
+    out: list[DatasetViolation] = []
+    with np.errstate(invalid="ignore"):
+        dose = np.isin(evid, _DOSE_EVIDS)
+        in_range = dose & _is_int(cmt) & (cmt >= 1)
+        if n_compartments is not None:
+            in_range = in_range & (cmt <= n_compartments)
+        forbidden = sorted({int(c) for c in rate_compartments_forbidden})
+        is_forbidden = np.isin(cmt, forbidden) if forbidden else np.zeros(len(cmt), dtype=bool)
+        params = set(parameter_names)
+        for code, prefix, what in ((-2.0, "D", "modeled duration"), (-1.0, "R", "modeled rate")):
+            sel = in_range & (rate == code) & ~is_forbidden
+            for value in _unique(cmt[sel]):
+                need = f"{prefix}{_num(value)}"
+                if need not in params:
+                    out.append(DatasetViolation(_rows(sel & (cmt == value)), "RATE",
+                                                f"RATE={_num(code)} ({what}) needs parameter {need} in the "
+                                                "parameter file"))
+    return out
 
 
 def _unique(x: np.ndarray) -> list[float]:
@@ -684,7 +753,7 @@ def validate_dataset(
     *,
     n_compartments: int | None = None,
     compartment_names: Sequence[str] | None = None,
-    parameter_names: Collection[str] = (),
+    parameter_names: Collection[str] | None = (),
     required_covariates: Collection[str] = (),
     rate_compartments_forbidden: Collection[int] = (),
     model_name: str | None = None,
@@ -696,7 +765,9 @@ def validate_dataset(
     df_or_path
         A frame (raw strings or numbers) or the path of a CSV file (read with :func:`read_dataset`).
     n_compartments, compartment_names, parameter_names, required_covariates, rate_compartments_forbidden, model_name
-        As in :func:`check_dataset`.
+        As in :func:`check_dataset`; ``parameter_names=None`` leaves out the checks that depend on the
+        parameter file (referenced covariates, ``R<n>``/``D<n>`` for ``RATE=-1``/``-2``), which
+        :class:`pkpd.Simulator` runs for each parameter set.
 
     Returns
     -------

@@ -23,7 +23,6 @@ compartment ``n``. Expressions are parsed safely by :mod:`pkpd.expr` (no ``eval`
 from __future__ import annotations
 
 import json
-import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from .data import validate_dataset
 from .expr import Expression, compile_parameter_block, evaluate_parameter_block, referenced_columns
 from .models import CompartmentModel, get_model
 
-__all__ = ["ParameterSpec", "load_params", "simulate", "prepare", "Prepared"]
+__all__ = ["ParameterSpec", "load_params", "simulate", "prepare", "Prepared", "Simulator"]
 
 _DOSE_PREFIXES = ("F", "ALAG", "R", "D")
 
@@ -101,7 +100,12 @@ def load_params(source: str | Path | Mapping[str, Any]) -> ParameterSpec:
 
 @dataclass
 class Prepared:
-    """A dataset turned into padded arrays for the engine (see :func:`prepare`)."""
+    """A dataset turned into padded arrays for the engine (see :func:`prepare`).
+
+    The arrays may hold more pseudo-subjects than the dataset (``n_subjects``): :class:`Simulator` pads the
+    batch to a size of :func:`pkpd.engine.bucket_size`'s ladder with copies of the first subject, so that
+    nearby dataset sizes share one compiled program; ``row_map`` refers to the dataset's own subjects only.
+    """
 
     model: CompartmentModel
     layout: Any
@@ -112,21 +116,29 @@ class Prepared:
     frame: pd.DataFrame  # validated numeric frame, original order
     row_map: np.ndarray  # (n_rows, 2): (pseudo-subject, record slot) of each dataset row
     static_schedule: bool = False  # event times do not depend on parameters (no lags, fixed durations)
+    n_subjects: int | None = None  # pseudo-subjects of the dataset (the first ones); None: all
+    sched_cache: dict | None = field(default=None, repr=False)  # shared by the parameter sets of one design
 
     def schedule(self, solver) -> dict | None:
-        """Precomputed event order for :func:`pkpd.engine.simulate_arrays` (``None`` if times are parametric)."""
+        """Precomputed event order for :func:`pkpd.engine.simulate_arrays` (``None`` if times are parametric).
+
+        Computed once per solver kind and layout, for the distinct designs only (subjects with the same
+        records share one schedule; :func:`pkpd.engine.compute_schedule_dedup`)."""
         if not self.static_schedule:
             return None
-        from .engine import compute_schedule
+        from .engine import compute_schedule_dedup
 
-        key = type(solver).__name__
-        if key not in self._sched_cache:
-            self._sched_cache[key] = compute_schedule(self.model, self.layout, solver, self.rec, self.dose,
-                                                      self.ss, self.theta)
-        return self._sched_cache[key]
+        key = (type(solver).__name__, self.layout)
+        if key not in self.sched_cache:
+            self.sched_cache[key] = compute_schedule_dedup(self.model, self.layout, solver, self.rec, self.dose,
+                                                           self.ss, self.theta)
+        return self.sched_cache[key]
 
     def __post_init__(self):
-        self._sched_cache = {}
+        if self.sched_cache is None:
+            self.sched_cache = {}
+        if self.n_subjects is None:
+            self.n_subjects = int(self.rec["time"].shape[0])
 
 
 def _check_param_names(model: CompartmentModel, spec: ParameterSpec) -> None:
@@ -148,138 +160,177 @@ def _check_param_names(model: CompartmentModel, spec: ParameterSpec) -> None:
                 )
 
 
-def prepare(data, model: str | CompartmentModel, params, *, interpolation: str | None = None) -> Prepared:
-    """Validate ``data`` against ``model`` and ``params`` and build the engine's padded arrays."""
-    import jax.numpy as jnp
+_STANDARD = {"TIME", "AMT", "ID", "EVID", "CMT", "RATE", "II", "ADDL", "SS", "DV", "MDV"}
 
-    spec = params if isinstance(params, ParameterSpec) else load_params(params)
-    model = get_model(model) if isinstance(model, str) else model
-    _check_param_names(model, spec)
-    interp = interpolation or spec.interpolation
-    block = spec.block
-    cov_needed = referenced_columns(block)
+
+def _validate(data, model: CompartmentModel, spec: ParameterSpec | None) -> pd.DataFrame:
+    """The validated numeric frame (:func:`pkpd.data.validate_dataset`); with ``spec=None`` the checks that
+    depend on the parameter file are left for :meth:`_Design.bind`."""
     forbidden = [model.forcing_cmt + 1] if model.forcing_cmt is not None else []
-    source = str(data) if isinstance(data, (str, Path)) else None
-    df = validate_dataset(
+    block = spec.block if spec is not None else None
+    return validate_dataset(
         data,
         n_compartments=model.n_cmt,
         compartment_names=model.compartments,
-        parameter_names=set(block),
-        required_covariates=cov_needed - {"TIME", "AMT", "ID", "EVID", "CMT", "RATE", "II", "ADDL", "SS", "DV", "MDV"},
+        parameter_names=set(block) if block is not None else None,
+        required_covariates=(referenced_columns(block) - _STANDARD) if block is not None else (),
         rate_compartments_forbidden=forbidden,
         model_name=model.name,
     )
-    n_rows = len(df)
-    ident = df["ID"].to_numpy()
-    time = df["TIME"].to_numpy(float)
-    evid = df["EVID"].to_numpy(float).astype(int)
-    amt = df["AMT"].to_numpy(float)
-    cmt = df["CMT"].to_numpy(float).astype(int)
-    rate = df["RATE"].to_numpy(float)
-    ii = df["II"].to_numpy(float)
-    addl = df["ADDL"].to_numpy(float).astype(int)
-    ssc = df["SS"].to_numpy(float).astype(int)
-    is_dose = np.isin(evid, (1, 4))
-    const_inf = is_dose & (ssc == 1) & (amt == 0) & (rate > 0) & (ii == 0)
-    reset = (evid == 3) | (evid == 4) | (is_dose & (ssc == 1))
 
-    # --- parameters on the host (for checks and layout decisions) ---
-    columns = {c: df[c].to_numpy(float) for c in cov_needed if c in df.columns}
-    try:
+
+class _Design:
+    """Everything of a validated dataset that does not depend on the parameters: the pseudo-subjects, the
+    padded record, dose and steady-state arrays (numpy, vectorized over rows), and the schedule cache.
+
+    ``pad=True`` pads the subjects to :func:`pkpd.engine.bucket_size` with copies of the first subject."""
+
+    def __init__(self, df: pd.DataFrame, model: CompartmentModel, source: str | None = None, pad: bool = False):
+        from .engine import bucket_size
+
+        self.model, self.frame, self.source = model, df, source
+        n_rows = len(df)
+        self.n_rows = n_rows
+        self.ident = ident = df["ID"].to_numpy()
+        self.time = time = df["TIME"].to_numpy(float)
+        self.evid = evid = df["EVID"].to_numpy(float).astype(int)
+        self.amt = amt = df["AMT"].to_numpy(float)
+        self.cmt = cmt = df["CMT"].to_numpy(float).astype(int)
+        self.rate = rate = df["RATE"].to_numpy(float)
+        self.ii = ii = df["II"].to_numpy(float)
+        addl = df["ADDL"].to_numpy(float).astype(int)
+        self.ssc = ssc = df["SS"].to_numpy(float).astype(int)
+        self.is_dose = is_dose = np.isin(evid, (1, 4))
+        self.const_inf = const_inf = is_dose & (ssc == 1) & (amt == 0) & (rate > 0) & (ii == 0)
+        reset = (evid == 3) | (evid == 4) | (is_dose & (ssc == 1))
+
+        # --- pseudo-subjects: an ID block, split where TIME decreases at a reset ---
+        new_subj = np.ones(n_rows, bool)
+        new_subj[1:] = (ident[1:] != ident[:-1]) | (time[1:] < time[:-1])
+        self.starts = starts = np.nonzero(new_subj)[0]
+        ends = np.append(starts[1:], n_rows)
+        self.sid = sid = np.cumsum(new_subj) - 1  # pseudo-subject of each row
+        pos = np.arange(n_rows) - starts[sid]  # record slot within it
+        self.N = N = len(starts)
+        self.B = B = bucket_size(N) if pad else N
+        R = int((ends - starts).max())
+        dosing = is_dose & ~const_inf
+        n_dose_row = np.where(dosing, addl + 1, 0)
+        D = max(1, int(np.bincount(sid, weights=n_dose_row, minlength=N).max()))
+        ss_row = is_dose & (ssc > 0)
+        P_ss = int(np.bincount(sid, weights=ss_row, minlength=N).max())
+        n = model.n_cmt
+        self.S = max([1] + [len(r) for r in model.routes.values()])
+        self.dose_cmt0 = dose_cmt0 = np.clip(cmt - 1, 0, n - 1)
+        self.has_inf = bool(np.any(is_dose & (rate != 0) & ~const_inf)) or any(
+            rt.mode == "zero_order" for rs in model.routes.values() for rt in rs)
+        self.R, self.D, self.P_ss = R, D, P_ss
+
+        # --- padded record arrays: slot j of subject s holds row starts[s] + min(j, m_s - 1) ---
+        m_s = ends - starts
+        subj = np.concatenate([np.arange(N), np.zeros(B - N, int)])  # padding subjects copy subject 0
+        jj = np.arange(R)[None, :]
+        self.src_row = src_row = starts[subj][:, None] + np.minimum(jj, m_s[subj][:, None] - 1)  # (B, R)
+        valid = jj < m_s[subj][:, None]
+        # epochs: a reset record starts a new epoch; doses of an epoch are dropped after the next reset
+        new_ep = reset | new_subj
+        eid = np.cumsum(new_ep) - 1
+        ep_start = np.nonzero(new_ep)[0]
+        ep_end = np.append(ep_start[1:], n_rows)
+        ep_last = time[ep_end - 1]
+        nxt_is_reset = np.append(~new_subj[ep_end[:-1]], False)  # the next epoch starts with a reset of this subject
+        ep_next = np.where(nxt_is_reset, time[np.minimum(ep_end, n_rows - 1)], np.inf)
+        # the record's own dose slot and the dose list (record's own dose then its ADDL copies)
+        cum = np.cumsum(n_dose_row)
+        first_slot = cum - n_dose_row - (cum - n_dose_row)[starts][sid]  # slot of the k=0 dose within the subject
+        dose0 = np.where(dosing, first_slot, -1).astype(np.int32)
+        rows_rep = np.repeat(np.arange(n_rows), n_dose_row)
+        k_rep = np.arange(rows_rep.size) - np.repeat(cum - n_dose_row, n_dose_row)
+        dose = {"src": np.zeros((N, D), np.int32), "time": np.zeros((N, D)), "valid": np.zeros((N, D), bool)}
+        ds, dslot = sid[rows_rep], first_slot[rows_rep] + k_rep
+        dose["src"][ds, dslot] = pos[rows_rep]
+        dose["time"][ds, dslot] = time[rows_rep] + k_rep * ii[rows_rep]
+        dose["valid"][ds, dslot] = True
+        ss = {"src": np.zeros((N, max(P_ss, 1)), np.int32), "valid": np.zeros((N, max(P_ss, 1)), bool)}
+        ss_cum = np.cumsum(ss_row)
+        ss_slot = ss_cum - 1 - (ss_cum - ss_row)[starts][sid]
+        ss["src"][sid[ss_row], ss_slot[ss_row]] = pos[ss_row]
+        ss["valid"][sid[ss_row], ss_slot[ss_row]] = True
+        self.dose = {k: v[subj] for k, v in dose.items()} if B > N else dose
+        self.ss = {k: v[subj] for k, v in ss.items()} if B > N else ss
+        self.rec = {
+            "time": time[src_row], "valid": valid, "cmt": dose_cmt0[src_row].astype(np.int32),
+            "amt": (amt * is_dose)[src_row], "rate": (rate * is_dose)[src_row], "ii": ii[src_row],
+            "reset": reset[src_row] & valid, "next_reset": ep_next[eid][src_row], "epoch_last": ep_last[eid][src_row],
+            "dose0": np.where(valid, dose0[src_row], -1).astype(np.int32),
+        }
+        self.row_map = np.stack([sid, pos], axis=1)
+        self.sched_cache: dict = {}
+        self._bound: dict = {}
+
+    def bind(self, spec: ParameterSpec, interp: str, check_columns: bool, host_theta: bool = False) -> Prepared:
+        """The design with one parameter set: parameter values checked on every row (host, numpy), the
+        layout, and the engine's parameter arrays: evaluated in JAX, so that gradients flow from expressions
+        to predictions, or with ``host_theta`` the host's numpy values (no JAX operation, so a new parameter
+        set never compiles anything; the values agree with JAX's to rounding). ``check_columns``: also run
+        the dataset checks that depend on the parameter file (the columns it references, ``R<n>``/``D<n>``),
+        once per set of parameter names."""
+        import jax.numpy as jnp
+
+        from .data import _parameter_violations
+        from .engine import Layout
+
+        model = self.model
+        block = spec.block
+        cov_needed = referenced_columns(block)
+        if check_columns:
+            key = (frozenset(block), frozenset(cov_needed))
+            if key not in self._bound:
+                forbidden = [model.forcing_cmt + 1] if model.forcing_cmt is not None else []
+                std = {c: self.frame[c].to_numpy(float) for c in ("CMT", "RATE", "EVID")}
+                bad = _parameter_violations(self.frame, std, n_compartments=model.n_cmt, parameter_names=set(block),
+                                            required_covariates=cov_needed - _STANDARD,
+                                            rate_compartments_forbidden=forbidden)
+                if bad:
+                    raise DatasetError(bad, source=self.source)
+                self._bound[key] = True
+        n_rows = self.n_rows
+        columns = {c: self.frame[c].to_numpy(float) for c in cov_needed if c in self.frame.columns}
         host = evaluate_parameter_block(block, columns, xp=np)
-    except PKPDError:
-        raise
-    host = {k: np.broadcast_to(np.asarray(v, float), (n_rows,)) for k, v in host.items()}
-    violations = _check_param_values(model, host, is_dose, ssc, rate, ii, cmt, amt, const_inf)
-    if violations:
-        raise DatasetError(violations, source=spec.source or source)
+        host = {k: np.broadcast_to(np.asarray(v, float), (n_rows,)) for k, v in host.items()}
+        violations = _check_param_values(model, host, self.is_dose, self.ssc, self.rate, self.ii, self.cmt,
+                                         self.amt, self.const_inf)
+        if violations:
+            raise DatasetError(violations, source=spec.source or self.source)
+        M = _n_overlap(model, host, self)
+        starts, sid = self.starts, self.sid
+        tv = any(np.any(v != v[starts][sid]) for v in columns.values())
+        lay = Layout(n_rec=self.R, n_dose=self.D, n_ss=self.P_ss, n_route=self.S, n_overlap=M,
+                     has_infusion=self.has_inf, time_varying=tv, locf=(interp == "locf"))
+        if host_theta:
+            theta = arrange_theta(model, {k: v[self.src_row] for k, v in host.items()}, self.src_row.shape, xp=np)
+        else:
+            jcols = {c: jnp.asarray(v[self.src_row]) for c, v in columns.items()}
+            if "TIME" in cov_needed:
+                jcols["TIME"] = jnp.asarray(self.rec["time"])
+            theta = theta_from_columns(model, block, jcols, self.src_row.shape)
+        names = set(block)
+        timed = [q for q in names if q.startswith("ALAG") and q[4:].isdigit()]
+        if self.has_inf:
+            timed += [q for q in names if q[:1] in ("F", "D", "R") and q[1:].isdigit()]
+            timed += [rt.duration for rs in model.routes.values() for rt in rs if rt.duration]
+        return Prepared(model, lay, self.rec, self.dose, self.ss, theta, self.frame, self.row_map,
+                        static_schedule=not timed, n_subjects=self.N, sched_cache=self.sched_cache)
 
-    # --- pseudo-subjects: an ID block, split where TIME decreases at a reset (vectorized) ---
-    new_subj = np.ones(n_rows, bool)
-    new_subj[1:] = (ident[1:] != ident[:-1]) | (time[1:] < time[:-1])
-    starts = np.nonzero(new_subj)[0]
-    ends = np.append(starts[1:], n_rows)
-    sid = np.cumsum(new_subj) - 1  # pseudo-subject of each row
-    pos = np.arange(n_rows) - starts[sid]  # record slot within it
-    N = len(starts)
-    R = int((ends - starts).max())
-    dosing = is_dose & ~const_inf
-    n_dose_row = np.where(dosing, addl + 1, 0)
-    D = max(1, int(np.bincount(sid, weights=n_dose_row, minlength=N).max()))
-    ss_row = is_dose & (ssc > 0)
-    P_ss = int(np.bincount(sid, weights=ss_row, minlength=N).max())
-    n = model.n_cmt
-    S = max([1] + [len(r) for r in model.routes.values()])
 
-    # infusions and steady-state overlap
-    dose_cmt0 = np.clip(cmt - 1, 0, n - 1)
-    has_inf = bool(np.any(is_dose & (rate != 0) & ~const_inf)) or any(
-        rt.mode == "zero_order" for rs in model.routes.values() for rt in rs)
-    M = 1
-    ss_rows = np.nonzero(is_dose & (ssc > 0) & ~const_inf)[0]
-    for i in ss_rows:
-        lag = host.get(f"ALAG{dose_cmt0[i] + 1}", np.zeros(n_rows))[i]
-        dur = _host_duration(model, host, i, dose_cmt0[i], amt[i], rate[i])
-        lags = [lag] + [host.get(f"ALAG{rt.target + 1}", np.zeros(n_rows))[i]
-                        for rs in model.routes.values() for rt in rs]
-        durs = [dur] + [host[rt.duration][i] for rs in model.routes.values() for rt in rs if rt.duration]
-        M = max(M, int(math.ceil((max(lags) + max(durs)) / ii[i])) + 1)
-
-    # time-varying parameters: any referenced column that changes within a pseudo-subject
-    tv = any(np.any(df[c].to_numpy(float) != df[c].to_numpy(float)[starts][sid]) for c in cov_needed if c in df.columns)
-
-    # --- padded record arrays: slot j of subject s holds row starts[s] + min(j, m_s - 1) ---
-    m_s = ends - starts
-    jj = np.arange(R)[None, :]
-    src_row = starts[:, None] + np.minimum(jj, m_s[:, None] - 1)  # (N, R); padding repeats the last row
-    valid = jj < m_s[:, None]
-    # epochs: a reset record starts a new epoch; doses of an epoch are dropped after the next reset
-    new_ep = reset | new_subj
-    eid = np.cumsum(new_ep) - 1
-    ep_start = np.nonzero(new_ep)[0]
-    ep_end = np.append(ep_start[1:], n_rows)
-    ep_last = time[ep_end - 1]
-    nxt_is_reset = np.append(~new_subj[ep_end[:-1]], False)  # the next epoch starts with a reset of this subject
-    ep_next = np.where(nxt_is_reset, time[np.minimum(ep_end, n_rows - 1)], np.inf)
-    # the record's own dose slot and the dose list (record's own dose then its ADDL copies)
-    cum = np.cumsum(n_dose_row)
-    first_slot = cum - n_dose_row - (cum - n_dose_row)[starts][sid]  # slot of the k=0 dose within the subject
-    dose0 = np.where(dosing, first_slot, -1).astype(np.int32)
-    rows_rep = np.repeat(np.arange(n_rows), n_dose_row)
-    k_rep = np.arange(rows_rep.size) - np.repeat(cum - n_dose_row, n_dose_row)
-    dose = {"src": np.zeros((N, D), np.int32), "time": np.zeros((N, D)), "valid": np.zeros((N, D), bool)}
-    ds, dslot = sid[rows_rep], first_slot[rows_rep] + k_rep
-    dose["src"][ds, dslot] = pos[rows_rep]
-    dose["time"][ds, dslot] = time[rows_rep] + k_rep * ii[rows_rep]
-    dose["valid"][ds, dslot] = True
-    ss = {"src": np.zeros((N, max(P_ss, 1)), np.int32), "valid": np.zeros((N, max(P_ss, 1)), bool)}
-    ss_cum = np.cumsum(ss_row)
-    ss_slot = ss_cum - 1 - (ss_cum - ss_row)[starts][sid]
-    ss["src"][sid[ss_row], ss_slot[ss_row]] = pos[ss_row]
-    ss["valid"][sid[ss_row], ss_slot[ss_row]] = True
-    rec = {
-        "time": time[src_row], "valid": valid, "cmt": dose_cmt0[src_row].astype(np.int32),
-        "amt": (amt * is_dose)[src_row], "rate": (rate * is_dose)[src_row], "ii": ii[src_row],
-        "reset": reset[src_row] & valid, "next_reset": ep_next[eid][src_row], "epoch_last": ep_last[eid][src_row],
-        "dose0": np.where(valid, dose0[src_row], -1).astype(np.int32),
-    }
-    cols_pad = {c: v[src_row] for c, v in columns.items()}
-    row_map = np.stack([sid, pos], axis=1)
-    from .engine import Layout
-
-    lay = Layout(n_rec=R, n_dose=D, n_ss=P_ss, n_route=S, n_overlap=M, has_infusion=has_inf,
-                 time_varying=tv, locf=(interp == "locf"))
-    # --- parameters in JAX (so gradients flow from expressions to predictions) ---
-    jcols = {c: jnp.asarray(v) for c, v in cols_pad.items()}
-    if "TIME" in cov_needed:
-        jcols["TIME"] = jnp.asarray(rec["time"])
-    theta = theta_from_columns(model, block, jcols, (N, R))
-    names = set(block)
-    timed = [q for q in names if q.startswith("ALAG") and q[4:].isdigit()]
-    if has_inf:
-        timed += [q for q in names if q[:1] in ("F", "D", "R") and q[1:].isdigit()]
-        timed += [rt.duration for rs in model.routes.values() for rt in rs if rt.duration]
-    return Prepared(model, lay, rec, dose, ss, theta, df, row_map, static_schedule=not timed)
+def prepare(data, model: str | CompartmentModel, params, *, interpolation: str | None = None) -> Prepared:
+    """Validate ``data`` against ``model`` and ``params`` and build the engine's padded arrays."""
+    spec = params if isinstance(params, ParameterSpec) else load_params(params)
+    model = get_model(model) if isinstance(model, str) else model
+    _check_param_names(model, spec)
+    source = str(data) if isinstance(data, (str, Path)) else None
+    df = _validate(data, model, spec)
+    return _Design(df, model, source).bind(spec, interpolation or spec.interpolation, check_columns=False)
 
 
 def theta_from_columns(model: CompartmentModel, block, columns, shape):
@@ -289,10 +340,14 @@ def theta_from_columns(model: CompartmentModel, block, columns, shape):
     return arrange_theta(model, evaluate_parameter_block(block, columns, xp=jnp), shape)
 
 
-def arrange_theta(model: CompartmentModel, vals, shape):
+def arrange_theta(model: CompartmentModel, vals, shape, xp=None):
     """Engine parameter dict from named values (each broadcastable to ``shape``): structural parameters
-    ``p``, route fractions/durations, and per-compartment ``F``, ``ALAG``, ``R``, ``D`` (defaults 1, 0, 1, 1)."""
-    import jax.numpy as jnp
+    ``p``, route fractions/durations, and per-compartment ``F``, ``ALAG``, ``R``, ``D`` (defaults 1, 0, 1, 1).
+    ``xp``: the array namespace (default ``jax.numpy``; ``numpy`` keeps everything on the host)."""
+    if xp is None:
+        import jax.numpy as jnp
+    else:
+        jnp = xp
 
     vals = {k: jnp.broadcast_to(jnp.asarray(v, dtype=float), shape) for k, v in vals.items()}
     n = model.n_cmt
@@ -310,15 +365,51 @@ def arrange_theta(model: CompartmentModel, vals, shape):
             "D": per_cmt("D", 1.0)}
 
 
-def _host_duration(model, host, i, c, amt, rate):
-    F = host.get(f"F{c + 1}", np.ones(1))[i] if f"F{c + 1}" in host else 1.0
-    if rate > 0:
-        return F * amt / rate
-    if rate == -1:
-        return F * amt / host[f"R{c + 1}"][i]
-    if rate == -2:
-        return host[f"D{c + 1}"][i]
-    return 0.0
+def _per_cmt(host, prefix, c0, n_cmt, default):
+    """Per row: the value of parameter ``<prefix><c0+1>`` on that row (``default`` where it is not defined)."""
+    out = np.full(c0.shape, default, float)
+    for c in range(n_cmt):
+        name = f"{prefix}{c + 1}"
+        if name in host:
+            sel = c0 == c
+            out[sel] = host[name][sel]
+    return out
+
+
+def _route_max(model, host, n_rows, what):
+    """Per row: the largest lag (``what="lag"``) or modeled duration (``"dur"``) over the model's dose routes
+    (0 where the model has none)."""
+    out = np.zeros(n_rows)
+    for rs in model.routes.values():
+        for rt in rs:
+            if what == "lag":
+                name = f"ALAG{rt.target + 1}"
+                if name in host:
+                    out = np.maximum(out, host[name])
+            elif rt.duration:
+                out = np.maximum(out, host[rt.duration])
+    return out
+
+
+def _n_overlap(model, host, design) -> int:
+    """Past infusions that can still run at a steady-state record: ``ceil((lag + duration) / II) + 1`` at
+    most, over the steady-state dose rows (vectorized), at least 1."""
+    sel = design.is_dose & (design.ssc > 0) & ~design.const_inf
+    if not sel.any():
+        return 1
+    c0 = design.dose_cmt0
+    n = model.n_cmt
+    amt, rate = design.amt, design.rate
+    with np.errstate(divide="ignore", invalid="ignore"):
+        F = _per_cmt(host, "F", c0, n, 1.0)
+        fa = F * amt
+        dur = np.where(rate > 0, fa / np.where(rate > 0, rate, 1.0), 0.0)
+        dur = np.where(rate == -1, fa / _per_cmt(host, "R", c0, n, 1.0), dur)
+        dur = np.where(rate == -2, _per_cmt(host, "D", c0, n, 0.0), dur)
+        lag = np.maximum(_per_cmt(host, "ALAG", c0, n, 0.0), _route_max(model, host, len(amt), "lag"))
+        dur = np.maximum(dur, _route_max(model, host, len(amt), "dur"))
+        m = np.ceil((lag[sel] + dur[sel]) / design.ii[sel]) + 1
+    return max(1, int(m.max()))
 
 
 def _check_param_values(model, host, is_dose, ssc, rate, ii, cmt, amt, const_inf) -> list[DatasetViolation]:
@@ -355,11 +446,10 @@ def _check_param_values(model, host, is_dose, ssc, rate, ii, cmt, amt, const_inf
                     out.append(DatasetViolation(rows(bad), None, f"parameter {name} must be > 0 on RATE={code} doses"))
     # steady state with a lag of at least one interval is ambiguous (pending past doses): refuse clearly
     ssrows = is_dose & (ssc > 0) & ~const_inf
-    for i in np.nonzero(ssrows)[0]:
-        lags = [host.get(f"ALAG{c0[i] + 1}", np.zeros_like(amt))[i]]
-        lags += [host.get(f"ALAG{rt.target + 1}", np.zeros_like(amt))[i] for rs in model.routes.values() for rt in rs]
-        if max(lags) >= ii[i]:
-            out.append(DatasetViolation((int(i) + 1,), "II", f"steady-state dose with lag time {max(lags):g} h >= II "
+    if ssrows.any():
+        lag = np.maximum(_per_cmt(host, "ALAG", c0, model.n_cmt, 0.0), _route_max(model, host, len(amt), "lag"))
+        for i in np.nonzero(ssrows & (lag >= ii))[0]:  # only the offending rows, for their messages
+            out.append(DatasetViolation((int(i) + 1,), "II", f"steady-state dose with lag time {lag[i]:g} h >= II "
                                         f"{ii[i]:g} h is not supported"))
     if model.forcing_cmt is not None and np.any(is_dose & (ssc > 0)):
         out.append(DatasetViolation(rows(is_dose & (ssc > 0)), "SS",
@@ -371,33 +461,40 @@ def _solve_checked(prep: Prepared, solver, subset: np.ndarray | None = None,
                    check: bool | str = True) -> tuple[np.ndarray, np.ndarray]:
     """Amounts (N, n_rec, n_cmt) and a per-pseudo-subject failure flag (N,) of one solve with its checks
     (:func:`pkpd.engine.simulate_arrays` with ``check``, then :func:`_amount_flags`); with ``subset``
-    (pseudo-subject indices) only those subjects are solved."""
+    (pseudo-subject indices) only those subjects are solved, in a batch padded to
+    :func:`pkpd.engine.bucket_size` (so that a retry of a few subjects compiles once per bucket). Padding
+    subjects of ``prep`` are dropped: N is ``prep.n_subjects`` (or the subset's size). The amounts may be a
+    read-only view."""
     import jax
 
-    from .engine import compute_schedule, simulate_arrays
+    from .engine import bucket_size, simulate_arrays
 
     arrays = (prep.rec, prep.dose, prep.ss, prep.theta)
+    sched = prep.schedule(solver)
     if subset is None:
-        sched = prep.schedule(solver)
+        n_out = prep.n_subjects
     else:
         sel = np.asarray(subset)
+        n_out = len(sel)
+        sel = np.concatenate([sel, np.repeat(sel[:1], bucket_size(n_out) - n_out)])
         arrays = jax.tree_util.tree_map(lambda v: v[sel], arrays)
-        sched = compute_schedule(prep.model, prep.layout, solver, *arrays) if prep.static_schedule else None
+        if sched is not None:
+            sched = jax.tree_util.tree_map(lambda v: v[sel], sched)
     amounts, ok = simulate_arrays(prep.model, prep.layout, solver, *arrays, sched, check=check)
-    amounts = np.array(jax.device_get(amounts))
-    bad = ~np.asarray(ok) | _amount_flags(prep, amounts, solver, subset)
+    amounts = np.asarray(jax.device_get(amounts))[:n_out]
+    bad = ~np.asarray(ok)[:n_out] | _amount_flags(prep, amounts, solver, subset)
     return amounts, bad
 
 
 def _amount_flags(prep: Prepared, amounts: np.ndarray, solver, subset=None) -> np.ndarray:
     """Per-subject flags: a non-finite amount, an amount below roundoff (``-1.1e-11 * max|amount| - atol``),
     or (built-in models, subjects without steady-state records) more amount in the body than the
-    bioavailable dose given so far, beyond 1e-10 of it."""
-    from .engine import _check_tolerances
+    bioavailable dose given so far, beyond 1e-10 of it. ``amounts`` (N, n_rec, n_cmt) are those of the
+    first N subjects of ``prep`` or of ``subset``."""
+    from .engine import _check_tolerances, bucket_size
     from .models.library import _NAME
 
     N = amounts.shape[0]
-    sl = slice(None) if subset is None else np.asarray(subset)
     # padding slots repeat a subject's last record, so whole arrays can be reduced without masks
     flat = amounts.reshape(N, -1)
     bad = ~np.isfinite(flat).all(axis=1)
@@ -408,23 +505,60 @@ def _amount_flags(prep: Prepared, amounts: np.ndarray, solver, subset=None) -> n
     if model.forcing_cmt is not None:
         conc.add(model.forcing_cmt)
     mass_idx = [i for i in range(model.n_cmt) if i not in conc]
-    scale = np.abs(A.reshape(N, -1)).max(axis=1)
+    flatA = A.reshape(N, -1)
+    scale = np.abs(flatA).max(axis=1)
     atol = getattr(solver, "atol", 0.0)
-    bad |= A.reshape(N, -1).min(axis=1) < -(ab * scale + atol)
+    bad |= flatA.min(axis=1) < -(ab * scale + atol)
     if _NAME.match(model.name) and mass_idx:
-        rec_t = prep.rec["time"][sl]
-        src = prep.dose["src"][sl]
-        rows = np.arange(N)[:, None]
-        cmt = prep.rec["cmt"][sl][rows, src]
-        F = np.asarray(prep.theta["F"][sl] if subset is not None else prep.theta["F"])
-        d_amt = prep.rec["amt"][sl][rows, src] * np.maximum(F[rows, src, cmt], 0.0)
-        d_amt = np.where(prep.dose["valid"][sl], d_amt, 0.0)  # (N, D) bioavailable amount of each dose
-        given = np.einsum("nrd,nd->nr", prep.dose["time"][sl][:, None, :] <= rec_t[:, :, None], d_amt)
-        in_body = A[..., mass_idx].sum(axis=2)
-        has_ss = prep.ss["valid"][sl].any(axis=1)
+        if subset is None:  # the whole (padded) batch: gathers keep the compiled shapes of the batch
+            idx = np.arange(prep.rec["time"].shape[0])
+        else:
+            sel = np.asarray(subset)
+            idx = np.concatenate([sel, np.repeat(sel[:1], bucket_size(len(sel)) - len(sel))])
+        src = prep.dose["src"][idx]
+        rows = idx[:, None]
+        cmt = prep.rec["cmt"][rows, src]
+        F = _dose_F(prep, rows, src, cmt)[:N]
+        src, rows, cmt = src[:N], rows[:N], cmt[:N]
+        d_amt = prep.rec["amt"][rows, src] * np.maximum(F, 0.0)
+        d_amt = np.where(prep.dose["valid"][idx[:N]], d_amt, 0.0)  # (N, D) bioavailable amount of each dose
+        given = _given_by(prep.dose["time"][idx[:N]], d_amt, prep.rec["time"][idx[:N]])
+        in_body = A[..., mass_idx[0]] if len(mass_idx) == 1 else A[..., mass_idx].sum(axis=2)
+        has_ss = prep.ss["valid"][idx[:N]].any(axis=1)
         over = (in_body - given * (1.0 + 1e-10)).max(axis=1) > ab * scale
         bad |= over & ~has_ss
     return bad
+
+
+def _dose_F(prep: Prepared, rows, src, cmt) -> np.ndarray:
+    """Bioavailability of each dose: ``theta["F"]`` at the dose's subject, source record and compartment
+    (one gather on the device instead of copying the whole (N, n_rec, n_cmt) array to the host)."""
+    import jax.numpy as jnp
+
+    F = prep.theta["F"]
+    if isinstance(F, np.ndarray):
+        return F[rows, src, cmt]
+    return np.asarray(jnp.asarray(F)[jnp.asarray(rows), jnp.asarray(src), jnp.asarray(cmt)])
+
+
+def _given_by(dose_t: np.ndarray, d_amt: np.ndarray, rec_t: np.ndarray) -> np.ndarray:
+    """``given[s, r] = sum_d d_amt[s, d] * (dose_t[s, d] <= rec_t[s, r])`` (N, R) without forming the
+    (N, R, D) comparison: one pass per dose slot for few slots, else the doses sorted by time per subject,
+    their cumulative amounts, and for every record (times non-decreasing within a subject) the number of
+    doses at or before it, read from one stable sort of both lists."""
+    N, D = dose_t.shape
+    if D <= 32:
+        given = np.zeros(rec_t.shape)
+        for d in range(D):
+            given += d_amt[:, d, None] * (dose_t[:, d, None] <= rec_t)
+        return given
+    R = rec_t.shape[1]
+    order = np.argsort(dose_t, axis=1, kind="stable")
+    t_s = np.take_along_axis(dose_t, order, axis=1)
+    cum = np.concatenate([np.zeros((N, 1)), np.cumsum(np.take_along_axis(d_amt, order, axis=1), axis=1)], axis=1)
+    srt = np.argsort(np.concatenate([t_s, rec_t], axis=1), axis=1, kind="stable")  # doses first at ties
+    p = np.nonzero(srt >= D)[1].reshape(N, R)  # sorted positions of the records, in record order
+    return np.take_along_axis(cum, p - np.arange(R), axis=1)
 
 
 def _failure_message(prep: Prepared, bad: np.ndarray, solver, fallback) -> str:
@@ -450,6 +584,183 @@ def _failure_message(prep: Prepared, bad: np.ndarray, solver, fallback) -> str:
             f"{tried} failed for {who}: step limit reached (max_steps {used.max_steps}), {what}. Try ode_method "
             "'kvaerno5' (CLI --ode-method kvaerno5) or solver=ODE(method='kvaerno5', max_steps=...), or check the "
             "parameters.")
+
+
+def _resolve_model(model, spec: ParameterSpec | None) -> CompartmentModel:
+    model = model or (spec.model if spec is not None else None)
+    if model is None:
+        raise ModelSpecError("no model given: pass a model name or set `model = ...` in the parameter file")
+    return get_model(model) if isinstance(model, str) else model
+
+
+class Simulator:
+    """One dataset design simulated with many parameter sets: validation, event expansion and the event
+    schedule are done once, each call only evaluates the parameters and runs the compiled kernel.
+
+    ``pkpd.simulate(data, model, params)`` is ``Simulator(data, model, params)(params)``; keep the object to
+    re-simulate the same records (doses, observation times, covariates) with other parameters, as visual
+    predictive checks, parameter sweeps and optimizers do.
+
+    Parameters
+    ----------
+    data
+        Path to a CSV file or a :class:`pandas.DataFrame` with NONMEM columns, as for :func:`simulate`
+        (TIME and II in h, AMT in mg, RATE in mg/h for the built-in models). It is read and validated here,
+        once; later changes to the DataFrame are not seen.
+    model
+        Built-in model name or a model object; ``None``: the ``model`` entry of ``params``.
+    params
+        Optional default parameter set (file path, mapping or :class:`ParameterSpec`). Given here, the
+        dataset checks that depend on it run now (the same errors as :func:`simulate`); otherwise they run
+        at the first call with each set of parameter names.
+    solver, interpolation, ode_method
+        Defaults for the calls, as for :func:`simulate`.
+
+    Notes
+    -----
+    Calls reuse the prepared design (padded record and dose arrays, the event schedule per solver kind)
+    and the compiled programs: the batch is padded to a size of :func:`pkpd.engine.bucket_size`'s ladder
+    (steps of at most 1.25x) with copies of the first subject, dropped from the output, so datasets of
+    nearby sizes share one program too. A new parameter set with the same parameter names and layout
+    compiles nothing.
+
+    Examples
+    --------
+    >>> import pandas as pd, pkpd
+    >>> df = pd.DataFrame({"ID": [1, 1], "TIME": [0.0, 1.0], "AMT": [100.0, 0.0], "CMT": [1, 1], "EVID": [1, 0]})
+    >>> sim = pkpd.Simulator(df, "1cmt_iv")
+    >>> [round(float(sim({"CL": cl, "V": 50.0})["CP"].iloc[1]), 6) for cl in (5.0, 10.0)]  # mg/L
+    [1.809675, 1.637462]
+    """
+
+    def __init__(self, data, model: str | CompartmentModel | None = None, params=None, *, solver=None,
+                 interpolation: str | None = None, ode_method: str | None = None):
+        spec = None if params is None else (params if isinstance(params, ParameterSpec) else load_params(params))
+        self.model = _resolve_model(model, spec)
+        if spec is not None:
+            _check_param_names(self.model, spec)
+        self.params = spec
+        self.solver, self.interpolation, self.ode_method = solver, interpolation, ode_method
+        source = str(data) if isinstance(data, (str, Path)) else None
+        df = _validate(data, self.model, spec)
+        self._design = _Design(df, self.model, source, pad=True)
+        if spec is not None:
+            self._design._bound[(frozenset(spec.block), frozenset(referenced_columns(spec.block)))] = True
+        if isinstance(data, pd.DataFrame):
+            self._base = data.reset_index(drop=True).copy()
+        else:  # the file's own cells, untouched (read as text): predictions are appended, nothing rewritten
+            from .data import read_dataset
+
+            self._base = read_dataset(data)
+
+    @property
+    def n_subjects(self) -> int:
+        """Pseudo-subjects of the dataset (an ID's records, split at a reset that goes back in time)."""
+        return self._design.N
+
+    @property
+    def batch_size(self) -> int:
+        """Subjects per compiled batch: :attr:`n_subjects` rounded up to :func:`pkpd.engine.bucket_size`."""
+        return self._design.B
+
+    def prepare(self, params=None, *, interpolation: str | None = None) -> Prepared:
+        """The design bound to one parameter set: :class:`Prepared` arrays (padded to :attr:`batch_size`)."""
+        spec = self._spec(params)
+        return self._design.bind(spec, interpolation or self.interpolation or spec.interpolation, check_columns=True)
+
+    def _spec(self, params) -> ParameterSpec:
+        if params is None:
+            if self.params is None:
+                raise ModelSpecError("a parameter file or mapping is required")
+            return self.params
+        spec = params if isinstance(params, ParameterSpec) else load_params(params)
+        _check_param_names(self.model, spec)
+        return spec
+
+    def __call__(self, params=None, *, solver=None, interpolation: str | None = None,
+                 ode_method: str | None = None) -> pd.DataFrame:
+        """Simulate every record with one parameter set.
+
+        Parameters
+        ----------
+        params
+            Parameter file path (TOML/JSON), mapping or :class:`ParameterSpec`, as for :func:`simulate`
+            (units of the model's parameters: L/h, L, 1/h...); ``None``: the set given to the constructor.
+        solver, interpolation, ode_method
+            As for :func:`simulate`; default: the constructor's, then the parameter file's.
+
+        Returns
+        -------
+        pandas.DataFrame
+            As :func:`simulate`: every input row and column, then the amounts (mg) per compartment and the
+            concentrations (``CP``, mg/L, and the model's extra outputs).
+
+        Raises
+        ------
+        DatasetError, ModelSpecError, SolverError
+            As :func:`simulate`.
+        """
+        from .solvers import resolve_solver
+
+        spec = self._spec(params)
+        solver = solver if solver is not None else self.solver
+        solver = solver if solver is not None else (spec.solver or "auto")
+        method = ode_method if ode_method is not None else self.ode_method
+        solv = resolve_solver(solver, self.model, method if method is not None else spec.ode_method)
+        prep = self._design.bind(spec, interpolation or self.interpolation or spec.interpolation,
+                                 check_columns=True, host_theta=True)
+        return _finish(self._base, prep, _solve_all(prep, solver, solv))
+
+
+def _solve_all(prep: Prepared, solver, solv) -> np.ndarray:
+    """Amounts (N, n_rec, n_cmt) of every pseudo-subject, checked; failed subjects re-solved or reported."""
+    from .solvers._solvers import Analytic, Auto, stiff_fallback
+
+    amounts, bad = _solve_checked(prep, solv)
+    if bad.any():
+        amounts = amounts.copy()
+    if bad.any() and isinstance(solv, Analytic):  # the screen's stiff subjects: check them entry by entry
+        idx = np.nonzero(bad)[0]
+        sub_amounts, sub_bad = _solve_checked(prep, solv, idx, check="full")
+        amounts[idx] = sub_amounts
+        bad[idx] = sub_bad
+    if bad.any():
+        auto = isinstance(solver, Auto) or (isinstance(solver, str) and solver.lower() == "auto")
+        fb = stiff_fallback(solv) if (auto or not isinstance(solv, Analytic)) else None
+        if fb is not None:
+            idx = np.nonzero(bad)[0]
+            sub_amounts, sub_bad = _solve_checked(prep, fb, idx)
+            amounts[idx] = sub_amounts
+            bad[idx] = sub_bad
+            if bad.any():
+                raise SolverError(_failure_message(prep, bad, solv, fb))
+        else:
+            raise SolverError(_failure_message(prep, bad, solv, None))
+    return amounts
+
+
+def _finish(base: pd.DataFrame, prep: Prepared, amounts: np.ndarray) -> pd.DataFrame:
+    """The output frame: a copy of ``base`` (the input rows) with amounts and concentrations appended."""
+    model_obj = prep.model
+    rm0, rm1 = prep.row_map[:, 0], prep.row_map[:, 1]
+    A = amounts[rm0, rm1]
+    if not np.all(np.isfinite(A)):
+        bad = np.nonzero(~np.isfinite(A).all(axis=1))[0] + 1
+        raise SolverError(f"non-finite predictions on rows {', '.join(map(str, bad[:20]))}")
+    new_cols = list(model_obj.compartments) + list(model_obj.output_names())
+    clash = [c for c in new_cols if c in base.columns]
+    if clash:
+        raise ModelSpecError(f"the dataset already has column(s) {', '.join(clash)}, which the output would "
+                             "overwrite; rename them in the dataset")
+    cols = {name: A[:, i] for i, name in enumerate(model_obj.compartments)}
+    needed = {model_obj.volume} | {o.divide_by for o in model_obj.outputs if o.divide_by}
+    p_rows = {k: np.asarray(v)[rm0, rm1] for k, v in prep.theta["p"].items() if k in needed}
+    for name, v in model_obj.outputs_from_state(A, p_rows).items():
+        cols[name] = np.asarray(v)
+    out = base.copy()
+    for name, v in cols.items():
+        out[name] = v
+    return out
 
 
 def simulate(data, model: str | CompartmentModel | None = None, params=None, *, solver=None,
@@ -496,6 +807,12 @@ def simulate(data, model: str | CompartmentModel | None = None, params=None, *, 
         the body exceeds the bioavailable dose given so far by more than 1e-10 of it (built-in models,
         subjects without steady-state records). The message names the subjects (IDs).
 
+    Notes
+    -----
+    The dataset is prepared (validated, doses expanded, padded, the event schedule computed) with numpy in
+    one vectorized pass; to simulate the same records with several parameter sets, keep a
+    :class:`Simulator`, which does this once.
+
     Examples
     --------
     >>> import pandas as pd, pkpd
@@ -505,54 +822,12 @@ def simulate(data, model: str | CompartmentModel | None = None, params=None, *, 
     1.809675
     """
     from .solvers import resolve_solver
-    from .solvers._solvers import Analytic, Auto, stiff_fallback
 
     if params is None:
         raise ModelSpecError("a parameter file or mapping is required")
     spec = params if isinstance(params, ParameterSpec) else load_params(params)
-    model = model or spec.model
-    if model is None:
-        raise ModelSpecError("no model given: pass a model name or set `model = ...` in the parameter file")
-    model_obj = get_model(model) if isinstance(model, str) else model
-    solver = solver if solver is not None else (spec.solver or "auto")
-    solv = resolve_solver(solver, model_obj, ode_method if ode_method is not None else spec.ode_method)
-    prep = prepare(data, model_obj, spec, interpolation=interpolation)
-    amounts, bad = _solve_checked(prep, solv)
-    if bad.any() and isinstance(solv, Analytic):  # the screen's stiff subjects: check them entry by entry
-        idx = np.nonzero(bad)[0]
-        sub_amounts, sub_bad = _solve_checked(prep, solv, idx, check="full")
-        amounts[idx] = sub_amounts
-        bad[idx] = sub_bad
-    if bad.any():
-        auto = isinstance(solver, Auto) or (isinstance(solver, str) and solver.lower() == "auto")
-        fb = stiff_fallback(solv) if (auto or not isinstance(solv, Analytic)) else None
-        if fb is not None:
-            idx = np.nonzero(bad)[0]
-            sub_amounts, sub_bad = _solve_checked(prep, fb, idx)
-            amounts[idx] = sub_amounts
-            bad[idx] = sub_bad
-            if bad.any():
-                raise SolverError(_failure_message(prep, bad, solv, fb))
-        else:
-            raise SolverError(_failure_message(prep, bad, solv, None))
-    A = amounts[prep.row_map[:, 0], prep.row_map[:, 1]]
-    if not np.all(np.isfinite(A)):
-        bad = np.nonzero(~np.isfinite(A).all(axis=1))[0] + 1
-        raise SolverError(f"non-finite predictions on rows {', '.join(map(str, bad[:20]))}")
-    if isinstance(data, pd.DataFrame):
-        out = data.reset_index(drop=True).copy()
-    else:  # the file's own cells, untouched (read as text): predictions are appended, nothing rewritten
-        from .data import read_dataset
-
-        out = read_dataset(data)
-    new_cols = list(model_obj.compartments) + list(model_obj.output_names())
-    clash = [c for c in new_cols if c in out.columns]
-    if clash:
-        raise ModelSpecError(f"the dataset already has column(s) {', '.join(clash)}, which the output would "
-                             "overwrite; rename them in the dataset")
-    for i, name in enumerate(model_obj.compartments):
-        out[name] = A[:, i]
-    p_rows = {k: np.asarray(v)[prep.row_map[:, 0], prep.row_map[:, 1]] for k, v in prep.theta["p"].items()}
-    for name, v in model_obj.outputs_from_state(A, p_rows).items():
-        out[name] = np.asarray(v)
-    return out
+    model_obj = _resolve_model(model, spec)
+    resolve_solver(solver if solver is not None else (spec.solver or "auto"), model_obj,
+                   ode_method if ode_method is not None else spec.ode_method)  # a bad option is reported first
+    sim = Simulator(data, model_obj, spec, solver=solver, interpolation=interpolation, ode_method=ode_method)
+    return sim(spec)
