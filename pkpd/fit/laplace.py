@@ -15,11 +15,15 @@ differentiation, not the first-order approximation of FOCEI). The reported value
 * ``aic = minus2ll + 2 p`` and ``bic = minus2ll + p log(n_obs)`` with ``p`` the number of estimated
   parameters (as R's ``AIC``/``BIC``).
 
-Inner problem: damped Newton iterations on all subjects at once (the Hessians are block diagonal, one
-``K x K`` block per subject, computed by ``K`` forward-mode products of the gradient); eigenvalues are
-floored to make every step a descent step, and steps are halved until the subject's objective decreases.
+Inner problem (:func:`conditional_modes`): damped Newton iterations on all subjects at once (the Hessians are
+block diagonal, one ``K x K`` block per subject, computed by ``K`` forward-mode products of the gradient);
+absolute eigenvalues, floored, make every step a descent step, steps are cut to a trust radius and halved
+until the Armijo condition holds. Every subject is solved from ``eta = 0`` and from the warm start and the
+better converged mode is kept, so ``-2 log L`` does not depend on where the search started; a mode is
+converged when the largest gradient component is at most :data:`INNER_GTOL` (or the Newton decrement at most
+:data:`INNER_DECREMENT`) at the returned point, with a positive definite Hessian.
 Outer problem: BFGS (scipy) on the unconstrained parameters, with the exact gradient: the modes are
-re-solved at every outer point (warm started) and one differentiable Newton step from the converged mode
+re-solved at every outer point and one differentiable Newton step from the converged mode
 makes ``d eta* / d u`` exact, so gradients include the dependence of the modes and of ``log det H`` on
 the parameters. Standard errors come from the Hessian of ``-2 log L`` (central differences of the exact
 gradient): ``Cov(u) = 2 H^{-1}``, mapped to natural scale by the delta method; 95 % intervals are
