@@ -197,9 +197,17 @@ def _normalize_headers(df: pd.DataFrame) -> pd.DataFrame:
         if name.upper() in STANDARD_COLUMNS:
             name = name.upper()
         new.append(name)
-    out = df.copy()
+    out = frame_copy(df)
     out.columns = new
     return out
+
+
+def frame_copy(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` that later changes to either frame do not reach the other: lazy under pandas'
+    copy-on-write (always on from pandas 3; the data is copied only when one side writes), else deep."""
+    major = int(pd.__version__.split(".")[0])
+    cow = major >= 3 or bool(getattr(pd.options.mode, "copy_on_write", False) is True)
+    return df.copy(deep=not cow)
 
 
 # --------------------------------------------------------------------------------------------- parsing

@@ -680,7 +680,8 @@ def simulate_arrays(model, lay: Layout, solver, rec, dose, ss, theta, sched=None
     the screened-out ones, and re-solves those that fail it with a stiff ODE solver (``solver="auto"``)
     or raises.
 
-    ``theta`` is ``{"p": {name: (N, R)}, "F"|"ALAG"|"R"|"D": (N, R, n_cmt)}``. ``sched`` (optional) is a
+    ``theta`` is ``{"p": {name: (N, R)}, "F"|"ALAG"|"R"|"D": (N, R, n_cmt)}``; a record axis of length 1
+    (parameters constant within each subject) is broadcast to R. ``sched`` (optional) is a
     precomputed schedule from :func:`compute_schedule`, valid when no event time depends on parameters.
     Subjects are processed in chunks of ``chunk_size`` inside one compiled program (``lax.map``), which
     bounds memory and keeps each step's working set in cache.
@@ -717,6 +718,7 @@ def _simulate_core(model, lay: Layout, solver, rec, dose, ss, theta, sched=None,
     is a precomputed schedule from :func:`compute_schedule`, valid when no event time depends on
     parameters (``order``: sorted point order; ``dt_u``/``u_idx``: distinct step lengths per subject).
     """
+    theta = _full_theta(theta, rec["time"].shape[1])
     if sched is not None and "a_slot" in sched and isinstance(solver, Analytic):
         return _analytic_fast(model, lay, rec, dose, theta, sched, check)
     order = None if sched is None else sched["order"]
@@ -728,8 +730,17 @@ def _simulate_core(model, lay: Layout, solver, rec, dose, ss, theta, sched=None,
     return jax.vmap(partial(_ode_scan, model, solver))(pts, theta)
 
 
+def _full_theta(theta, R: int):
+    """``theta`` with every leaf's record axis (axis 1) at its full length ``R``: a leaf given with one
+    record column (parameters constant within each subject) is broadcast, inside the compiled program, so
+    the host never builds or copies the (N, R, ...) arrays."""
+    return jax.tree_util.tree_map(lambda v: v if v.shape[1] == R else jnp.broadcast_to(v, v.shape[:1] + (R,) + v.shape[2:]),
+                                  theta)
+
+
 @partial(jit, static_argnames=("model", "lay", "solver"))
 def _schedule_points(model, lay, solver, rec, dose, ss, theta):
+    theta = _full_theta(theta, rec["time"].shape[1])
     pts = jax.vmap(partial(_timeline, model, lay, solver))(rec, dose, ss, theta)
     return {k: pts[k] for k in ("order", "dt", "keep", "anchor", "valid", "t", "pidx")}
 

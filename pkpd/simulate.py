@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ._errors import DatasetError, DatasetViolation, ModelSpecError, PKPDError, SolverError
-from .data import validate_dataset
+from .data import frame_copy, validate_dataset
 from .expr import Expression, compile_parameter_block, evaluate_parameter_block, referenced_columns
 from .models import CompartmentModel, get_model
 
@@ -307,8 +307,9 @@ class _Design:
         tv = any(np.any(v != v[starts][sid]) for v in columns.values())
         lay = Layout(n_rec=self.R, n_dose=self.D, n_ss=self.P_ss, n_route=self.S, n_overlap=M,
                      has_infusion=self.has_inf, time_varying=tv, locf=(interp == "locf"))
-        if host_theta:
-            theta = arrange_theta(model, {k: v[self.src_row] for k, v in host.items()}, self.src_row.shape, xp=np)
+        if host_theta:  # constant parameters within subjects: one record column, broadcast inside the kernel
+            cols_idx = self.src_row if tv else self.src_row[:, :1]
+            theta = arrange_theta(model, {k: v[cols_idx] for k, v in host.items()}, cols_idx.shape, xp=np)
         else:
             jcols = {c: jnp.asarray(v[self.src_row]) for c, v in columns.items()}
             if "TIME" in cov_needed:
@@ -536,6 +537,8 @@ def _dose_F(prep: Prepared, rows, src, cmt) -> np.ndarray:
     import jax.numpy as jnp
 
     F = prep.theta["F"]
+    if F.shape[1] == 1:  # parameters constant within subjects (:meth:`_Design.bind`)
+        src = np.zeros_like(src)
     if isinstance(F, np.ndarray):
         return F[rows, src, cmt]
     return np.asarray(jnp.asarray(F)[jnp.asarray(rows), jnp.asarray(src), jnp.asarray(cmt)])
@@ -647,7 +650,7 @@ class Simulator:
         if spec is not None:
             self._design._bound[(frozenset(spec.block), frozenset(referenced_columns(spec.block)))] = True
         if isinstance(data, pd.DataFrame):
-            self._base = data.reset_index(drop=True).copy()
+            self._base = frame_copy(data.reset_index(drop=True))
         else:  # the file's own cells, untouched (read as text): predictions are appended, nothing rewritten
             from .data import read_dataset
 
@@ -754,10 +757,11 @@ def _finish(base: pd.DataFrame, prep: Prepared, amounts: np.ndarray) -> pd.DataF
                              "overwrite; rename them in the dataset")
     cols = {name: A[:, i] for i, name in enumerate(model_obj.compartments)}
     needed = {model_obj.volume} | {o.divide_by for o in model_obj.outputs if o.divide_by}
-    p_rows = {k: np.asarray(v)[rm0, rm1] for k, v in prep.theta["p"].items() if k in needed}
+    p_rows = {k: np.asarray(v)[rm0, np.minimum(rm1, v.shape[1] - 1)] for k, v in prep.theta["p"].items()
+              if k in needed}
     for name, v in model_obj.outputs_from_state(A, p_rows).items():
         cols[name] = np.asarray(v)
-    out = base.copy()
+    out = frame_copy(base)
     for name, v in cols.items():
         out[name] = v
     return out
