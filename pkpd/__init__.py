@@ -72,6 +72,7 @@ from ._errors import SolverError as SolverError
 from .models import describe_model as describe_model
 from .models import get_model as get_model
 from .models import list_models as list_models
+from .models import load_user_model as load_user_model
 from .simulate import ParameterSpec as ParameterSpec
 from .simulate import Simulator as Simulator
 from .simulate import load_params as load_params

@@ -28,7 +28,7 @@ import numpy
 from ._errors import ExpressionError
 
 __all__ = ["Expression", "compile_expression", "compile_parameter_block", "evaluate_parameter_block",
-           "referenced_columns"]
+           "referenced_columns", "parse_tree", "compile_tree"]
 
 MAX_LENGTH = 2000  # longest accepted expression source, in characters
 
@@ -279,6 +279,48 @@ def compile_expression(source: str | int | float, *, name: str | None = None) ->
     except RecursionError:
         raise ExpressionError(f"{pre}expression too deeply nested: {_clip(text)!r}") from None
     return Expression(source, frozenset(compiler.names), fn, name)
+
+
+def parse_tree(source: str) -> ast.expr:
+    """The syntax tree of an expression already accepted by :func:`compile_expression`.
+
+    Parameters
+    ----------
+    source
+        Expression text (validated: call :func:`compile_expression` first for the user-facing messages).
+
+    Returns
+    -------
+    ast.expr
+        The body of ``ast.parse(text, mode="eval")``, with the same whitespace normalization as
+        :func:`compile_expression` (used by :mod:`pkpd.models.user` for its symbolic linearity analysis).
+    """
+    text = str(source).strip().replace("\r", " ").replace("\n", " ")
+    return ast.parse(text, mode="eval").body
+
+
+def compile_tree(tree: ast.expr, source: str = "") -> _Fn:
+    """Compile a whitelisted syntax tree (e.g. from :func:`parse_tree`, possibly with sub-trees substituted)
+    into a closure ``fn(env, xp)`` returning a number or array.
+
+    Parameters
+    ----------
+    tree
+        Expression tree made only of the constructs :func:`compile_expression` accepts.
+    source
+        Text used in error messages.
+
+    Returns
+    -------
+    callable
+        ``fn(env, xp)``: ``env`` maps every free name to a value, ``xp`` is ``numpy`` or ``jax.numpy``.
+
+    Raises
+    ------
+    ExpressionError
+        If the tree contains a construct outside the whitelist.
+    """
+    return _Compiler(source, None, 0).num(tree)
 
 
 def compile_parameter_block(spec: Mapping[str, str | int | float]) -> dict[str, Expression]:

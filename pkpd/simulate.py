@@ -87,13 +87,25 @@ def load_params(source: str | Path | Mapping[str, Any]) -> ParameterSpec:
         content = dict(source)
     if "parameters" in content:
         exprs = content["parameters"]
-        unknown = set(content) - {"parameters", "model", "interpolation", "solver", "ode_method"}
+        unknown = set(content) - {"parameters", "model", "interpolation", "solver", "ode_method", "structure"}
         if unknown:
             raise ModelSpecError(f"parameter file: unknown top-level keys {sorted(unknown)} "
-                                 "(allowed: model, interpolation, solver, ode_method, parameters)")
+                                 "(allowed: model, interpolation, solver, ode_method, parameters, structure)")
         if not isinstance(exprs, Mapping):
             raise ModelSpecError("parameter file: 'parameters' must be a table of name = value/expression")
-        return ParameterSpec(exprs, content.get("model"), content.get("interpolation", "nocb"), src_name,
+        model_name = content.get("model")
+        if "structure" in content:  # the model is written in the file itself (docs/model_language.md)
+            from .models.user import compile_structure, register_user_model
+
+            where = f"parameter file {src_name}" if src_name else "parameter file"
+            um = register_user_model(compile_structure(
+                content["structure"], name=Path(src_name).stem if src_name else None, where=where,
+                text=text if src_name else None, source=src_name, known={str(k) for k in exprs}))
+            if model_name is not None and str(model_name) != um.name:
+                raise ModelSpecError(f"{where}: `model = {model_name!r}` names another model than its [structure] "
+                                     f"section ({um.name!r}); remove `model` or make them agree")
+            model_name = um.name
+        return ParameterSpec(exprs, model_name, content.get("interpolation", "nocb"), src_name,
                              content.get("solver"), content.get("ode_method"))
     return ParameterSpec(content, None, "nocb", src_name)
 
@@ -144,6 +156,13 @@ class Prepared:
 def _check_param_names(model: CompartmentModel, spec: ParameterSpec) -> None:
     names = set(spec.block)
     missing = [p for p in model.param_names if p not in names]
+    lines = getattr(model, "symbol_lines", None)
+    if missing and lines:  # a user model: name the equation that uses the symbol
+        where, eq = lines[missing[0]]
+        src = f"model file {model.source}, {where}" if getattr(model, "source", None) else where
+        raise ModelSpecError(
+            f"{src}: equation {eq!r}: unknown symbol {missing[0]} (not a state, a defined quantity or a parameter "
+            f"of the parameter file, which defines {', '.join(sorted(names)) or 'nothing'})")
     if missing:
         raise ModelSpecError(
             f"model {model.name} needs parameter{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
@@ -168,7 +187,7 @@ def _validate(data, model: CompartmentModel, spec: ParameterSpec | None) -> pd.D
     depend on the parameter file are left for :meth:`_Design.bind`."""
     forbidden = [model.forcing_cmt + 1] if model.forcing_cmt is not None else []
     block = spec.block if spec is not None else None
-    return validate_dataset(
+    df = validate_dataset(
         data,
         n_compartments=model.n_cmt,
         compartment_names=model.compartments,
@@ -177,6 +196,18 @@ def _validate(data, model: CompartmentModel, spec: ParameterSpec | None) -> pd.D
         rate_compartments_forbidden=forbidden,
         model_name=model.name,
     )
+    dose_states = getattr(model, "dose_states", None)
+    if dose_states is not None and len(dose_states) < model.n_cmt:  # a user model's `doses` list
+        evid, amt, cmt = (df[c].to_numpy(float) for c in ("EVID", "AMT", "CMT"))
+        is_dose = np.isin(evid, (1, 4)) & ((amt > 0) | (df["RATE"].to_numpy(float) != 0))
+        bad = is_dose & ~np.isin(cmt - 1, dose_states)
+        if bad.any():
+            ok = ", ".join(f"{i + 1}={model.compartments[i]}" for i in dose_states)
+            raise DatasetError([DatasetViolation(tuple(int(r) + 1 for r in np.nonzero(bad)[0]), "CMT",
+                                                 f"dose into a state that model {model.name} does not dose "
+                                                 f"(its `doses`: {ok})")], source=str(data) if isinstance(
+                                                     data, (str, Path)) else None)
+    return df
 
 
 class _Design:
@@ -756,7 +787,7 @@ def _finish(base: pd.DataFrame, prep: Prepared, amounts: np.ndarray) -> pd.DataF
         raise ModelSpecError(f"the dataset already has column(s) {', '.join(clash)}, which the output would "
                              "overwrite; rename them in the dataset")
     cols = {name: A[:, i] for i, name in enumerate(model_obj.compartments)}
-    needed = {model_obj.volume} | {o.divide_by for o in model_obj.outputs if o.divide_by}
+    needed = model_obj.output_parameters()
     p_rows = {k: np.asarray(v)[rm0, np.minimum(rm1, v.shape[1] - 1)] for k, v in prep.theta["p"].items()
               if k in needed}
     for name, v in model_obj.outputs_from_state(A, p_rows).items():

@@ -285,6 +285,9 @@ class PopulationModel:
         Fitted parameter -> regimen-simulator quantity it is (``"<drug>.<PARAM>"`` of the drug library, or
         ``"pain.b0"`` / ``"pain.t_half"`` / ``"pain.sensitivity"``): how a forecast posterior becomes
         scenario draws of the optimizer (:mod:`regimens.posterior`).
+    structure_table
+        The ``[structure]`` section when the structural model is written in the file
+        (:mod:`pkpd.models.user`); ``structure`` is then its name. Written back by :meth:`to_dict`.
     time_unit
         Unit of the dataset's TIME column (``"h"`` by default; ``"min"``, ``"s"``, ``"d"``, ``"week"`` or any
         short label): only a label, used in the plots' axes (``TIME (min)``) and kept in the written
@@ -302,6 +305,7 @@ class PopulationModel:
     source: str | None = None
     simulates: Mapping[str, str] = field(default_factory=dict)
     time_unit: str = "h"
+    structure_table: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -549,6 +553,8 @@ class PopulationModel:
                 d["unit"] = o.unit
             obs[o.name] = d
         out["observations"] = obs
+        if self.structure_table is not None:
+            out["structure"] = dict(self.structure_table)
         return out
 
     def with_estimates(self, values: Mapping[str, float]) -> "PopulationModel":
@@ -585,7 +591,7 @@ def _tril_to_full(values: Sequence[float], k: int) -> np.ndarray:
     return full
 
 
-_TOP_KEYS = {"model", "parameters", "derived", "omega", "iov", "observations"}
+_TOP_KEYS = {"model", "parameters", "derived", "omega", "iov", "observations", "structure"}
 _PARAM_KEYS = {"estimate", "unit", "lower", "upper", "fixed", "iiv", "iiv_type", "iiv_fixed", "covariates",
                "description"}
 _COV_KEYS = {"covariate", "relation", "reference", "estimate", "fixed", "levels", "condition"}
@@ -622,14 +628,40 @@ def load_model(source: str | Path | Mapping[str, Any]) -> PopulationModel:
         src_name = str(path)
         if not path.exists():
             raise ModelSpecError(f"model file {path} does not exist")
+        text = path.read_text()
         try:
-            content = tomllib.loads(path.read_text())
+            content = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ModelSpecError(f"model file {path} is not valid TOML: {exc}") from None
     else:
         content = dict(source)
+        text = None
     where = f"model file {src_name}" if src_name else "population model"
     _check_keys(where, content, _TOP_KEYS)
+    user_structure = None
+    if "structure" in content:  # the structural model written in the file (docs/model_language.md)
+        from ..models.user import compile_structure, known_parameters, register_user_model
+
+        um = register_user_model(compile_structure(
+            content["structure"], name=Path(src_name).stem if src_name else None, where=where, text=text,
+            source=src_name, known=known_parameters(content) or set()))
+        given = (content.get("model") or {}).get("structure")
+        if given is not None and str(given) != um.name:
+            raise _fail(f"{where} [model]", f"`structure = {given!r}` names another model than the [structure] "
+                        f"section ({um.name!r}); remove it or make them agree")
+        content = {**content, "model": {**(content.get("model") or {}), "structure": um.name}}
+        user_structure = content["structure"]
+        used = set(um.param_names) | {n for v in (content.get("derived") or {}).values()
+                                      for n in compile_expression(v).names} | {
+            n for d in (content.get("observations") or {}).values() if isinstance(d, Mapping)
+            for n in compile_expression(str(d.get("output", "CP"))).names}
+        for name in (content.get("parameters") or {}):
+            if name not in used:
+                line = next((i for i, ln in enumerate((text or "").splitlines(), 1)
+                             if ln.strip().startswith(f"[parameters.{name}]")), None)
+                raise _fail(where + (f", line {line}" if line else ""),
+                            f"parameter {name} is never used: no equation of [structure], [derived] expression or "
+                            "observation output refers to it; remove it or use it")
     m = content.get("model", {})
     _check_keys(f"{where} [model]", m, {"structure", "description", "interpolation", "simulates", "time_unit"})
     sim = m.get("simulates") or {}
@@ -695,4 +727,5 @@ def load_model(source: str | Path | Mapping[str, Any]) -> PopulationModel:
                  for k, v in (content.get("derived") or {}).items()},
         omega_blocks=tuple(blocks), iov=iov, interpolation=str(m.get("interpolation", "nocb")),
         description=str(m.get("description", "")), source=src_name,
-        simulates={str(k): str(v) for k, v in sim.items()}, time_unit=m.get("time_unit", "h"))
+        simulates={str(k): str(v) for k, v in sim.items()}, time_unit=m.get("time_unit", "h"),
+        structure_table=user_structure)

@@ -206,6 +206,10 @@ class CompartmentModel:
     def output_names(self) -> tuple[str, ...]:
         return ("CP",) + tuple(o.name for o in self.outputs)
 
+    def output_parameters(self) -> set[str]:
+        """Names of the parameters :meth:`outputs_from_state` reads (the central volume and divisors)."""
+        return {self.volume} | {o.divide_by for o in self.outputs if o.divide_by}
+
     def describe(self) -> str:
         lines = [f"{self.name}: {self.description}", f"  compartments: {self.compartment_table()}"]
         lines.append(f"  solver: {'exact (linear)' if self.is_linear else 'ODE (nonlinear)'}")

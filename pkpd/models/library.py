@@ -102,10 +102,15 @@ def register_model(model: CompartmentModel) -> CompartmentModel:
 
 
 def get_model(name: str) -> CompartmentModel:
-    """Return the model called ``name``: a registered model, or a built-in one from the grammar."""
+    """Return the model called ``name``: a registered model, a built-in one from the grammar, or the model
+    written in the ``[structure]`` section of a TOML file when ``name`` is its path (``*.toml``)."""
     key = str(name).strip()
     if key in _REGISTRY:
         return _REGISTRY[key]
+    if key.lower().endswith(".toml"):  # a model file with a [structure] section (pkpd.models.user)
+        from .user import load_user_model
+
+        return load_user_model(key)
     return _grammar_model(key)
 
 
