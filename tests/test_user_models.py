@@ -337,7 +337,7 @@ def test_fit_model_file_unknown_symbol_and_unused_parameter(tmp_path):
     base = (ROOT / "examples/models/theoph_user.toml").read_text()
     bad = tmp_path / "a.toml"
     bad.write_text(base.replace("KA*DEPOT - CL/V*CENTRAL", "KA*DEPOT - CLR/V*CENTRAL"))
-    with pytest.raises(pkpd.ModelSpecError, match=r"line 17: .*unknown symbol CLR"):
+    with pytest.raises(pkpd.ModelSpecError, match=r"line 16: .*unknown symbol CLR"):
         load_model(bad)
     bad.write_text(base.replace("[derived]", "[parameters.EXTRA]\nestimate = 1.0\n\n[derived]"))
     with pytest.raises(pkpd.ModelSpecError, match=r"line \d+: parameter EXTRA is never used"):
