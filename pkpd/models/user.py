@@ -76,8 +76,11 @@ class _Eq:
 class UserModel(CompartmentModel):
     """A :class:`~pkpd.models.CompartmentModel` compiled from a ``[structure]`` section.
 
-    Attributes (besides those of :class:`CompartmentModel`)
-    ------------------------------------------------------
+    Besides the attributes of :class:`CompartmentModel` (``linear_terms`` empty and ``nonlinear`` set when
+    the model is not linear; ``volume`` unused: outputs are expressions):
+
+    Attributes
+    ----------
     state_units
         Unit of each state (default ``"mg"``).
     dose_states
@@ -94,6 +97,8 @@ class UserModel(CompartmentModel):
         Why the model is integrated as an ODE (empty when it is linear).
     source
         The file the model was read from, if any.
+    rhs_fn
+        The whole right-hand side ``g(t, x, p) -> dx/dt`` (amount/h), without dose inputs.
     """
 
     state_units: tuple[str, ...] = ()
@@ -104,7 +109,7 @@ class UserModel(CompartmentModel):
     symbol_lines: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     linear_reason: str = ""
     source: str | None = None
-    rhs_fn: Callable | None = None
+    rhs_fn: Callable | None = None  # the full right-hand side g(t, x, p) (both paths; for checks and tools)
 
     def output_names(self) -> tuple[str, ...]:
         return tuple(self.output_fns)
@@ -626,8 +631,6 @@ def _linear_terms(states, rhs_trees, pnames, rhs_fns):
                 "exact solver's closed-form eigenvalues cover blocks of up to 3)"), (), ()
     # numerical checks at random points: real spectrum of each block, f(x) == K x
     rng = np.random.default_rng(20260)
-    import jax.numpy as jnp
-
     for _ in range(8):
         p = {q: float(np.exp(rng.uniform(np.log(0.2), np.log(5.0)))) for q in pnames}
         K = np.zeros((n, n))
@@ -646,7 +649,6 @@ def _linear_terms(states, rhs_trees, pnames, rhs_fns):
         f = np.array([float(fn(env, np)) for fn in rhs_fns])
         if np.all(np.isfinite(f)) and not np.allclose(f, K @ x, rtol=1e-9, atol=1e-12 * np.abs(K @ x).max()):
             return "the right-hand side does not match its symbolic rate matrix", (), ()
-    del jnp
     return "", terms, blocks
 
 
