@@ -233,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m regimens.calibration", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="out/calibration", help="cache folder (design waves)")
     ap.add_argument("--rules", default="loewe,bliss", help="combination rules to compare")
-    ap.add_argument("--stage", default="all", choices=("waves", "fit", "all"))
+    ap.add_argument("--stage", default="all", choices=("waves", "fit", "all"),
+                    help="waves: simulate only; fit: also fit each rule and save out/<rule>/posterior.npz, without "
+                         "validation or writing the shipped posterior; all: everything")
     ap.add_argument("--quick", action="store_true", help="toy sizes: a smoke test of the pipeline")
     ap.add_argument("--no-write", action="store_true", help="do not write the posterior and docs")
     a = ap.parse_args(argv)
@@ -255,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         save_posterior_npz(out / r / "posterior.npz", post, problem.trials)
         fits[r] = (emu, post, chk, loo(post))
         _say(f"{r}: elpd_loo {fits[r][3]['elpd_loo']:.2f} (SE {fits[r][3]['se']:.2f})")
+    if a.stage == "fit":  # posteriors saved (out/<rule>/posterior.npz); no validation, nothing shipped
+        return 0
     best = max(rules, key=lambda r: fits[r][3]["elpd_loo"])
     emu, post, chk, lo = fits[best]
     s = Settings(**{**s0.__dict__, "rule": best})
