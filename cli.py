@@ -296,6 +296,11 @@ def simulate(
         if data is not None or params is not None or model is not None:
             _fail("--regimen simulates a regimen in a virtual population: do not also give DATA, --params or "
                   "--model (those are for dataset mode)")
+        dataset_only = [f for f, v in (("--solver", solver), ("--ode-method", ode_method),
+                                       ("--interpolation", interpolation), ("--plot", plot)) if v is not None]
+        if dataset_only:  # the regimen simulator has its own exact solver: say so rather than ignore the option
+            _fail(f"{', '.join(dataset_only)} apply to dataset mode (DATA --params), not to --regimen runs (the "
+                  "regimen simulator uses its own exact event solver)")
         scale = _scaleout(devices, chunk_size, precision, coordinator, num_processes, process_id)
         _simulate_regimen(regimen, population, seed, patient, out, fmt, force, args, resume=resume, scale=scale)
         return

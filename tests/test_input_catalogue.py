@@ -181,3 +181,11 @@ def _check(res, words, out):
     missing = [w for w in words if w.lower() not in low]
     assert not missing, (missing, text)
     assert not out.exists(), f"{out} was written"
+
+
+@pytest.mark.parametrize("option", [["--ode-method", "kvaerno5"], ["--solver", "ode"], ["--interpolation", "locf"]])
+def test_dataset_only_options_are_refused_in_regimen_mode(tmp_path, option):
+    """--ode-method and friends used to be silently ignored with --regimen: now one message naming them."""
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["simulate", "--regimen", "C1", "--population", "2", "--out", str(out), *option])
+    _check(res, [option[0], "dataset mode"], out)
