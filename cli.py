@@ -349,6 +349,9 @@ def simulate(
     used = solver.value if solver else (spec.solver or "auto")
     if used == "auto":
         used = f"auto -> {'analytic' if model_obj.is_linear else 'ode'}"
+    n_stiff = int(result.attrs.get("stiff_resolved", 0))
+    if n_stiff:
+        used += f"; {n_stiff} subject(s) re-solved with the stiff ODE method kvaerno5 (failed the first solver's check)"
     n_subj = result["ID"].nunique() if "ID" in result.columns else 0
 
     from rich.console import Console

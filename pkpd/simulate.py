@@ -743,11 +743,16 @@ class Simulator:
         solv = resolve_solver(solver, self.model, method if method is not None else spec.ode_method)
         prep = self._design.bind(spec, interpolation or self.interpolation or spec.interpolation,
                                  check_columns=True, host_theta=True)
-        return _finish(self._base, prep, _solve_all(prep, solver, solv))
+        amounts, n_stiff = _solve_all(prep, solver, solv)
+        out = _finish(self._base, prep, amounts)
+        # pseudo-subjects re-solved with the stiff fallback (the CLI says so next to the solver it names)
+        out.attrs["stiff_resolved"] = int(n_stiff)
+        return out
 
 
-def _solve_all(prep: Prepared, solver, solv) -> np.ndarray:
-    """Amounts (N, n_rec, n_cmt) of every pseudo-subject, checked; failed subjects re-solved or reported."""
+def _solve_all(prep: Prepared, solver, solv) -> tuple[np.ndarray, int]:
+    """Amounts (N, n_rec, n_cmt) of every pseudo-subject, checked; failed subjects re-solved or reported.
+    Also returns how many pseudo-subjects the stiff fallback re-solved."""
     from .solvers._solvers import Analytic, Auto, stiff_fallback
 
     amounts, bad = _solve_checked(prep, solv)
@@ -768,9 +773,9 @@ def _solve_all(prep: Prepared, solver, solv) -> np.ndarray:
             bad[idx] = sub_bad
             if bad.any():
                 raise SolverError(_failure_message(prep, bad, solv, fb))
-        else:
-            raise SolverError(_failure_message(prep, bad, solv, None))
-    return amounts
+            return amounts, len(idx)
+        raise SolverError(_failure_message(prep, bad, solv, None))
+    return amounts, 0
 
 
 def _finish(base: pd.DataFrame, prep: Prepared, amounts: np.ndarray) -> pd.DataFrame:

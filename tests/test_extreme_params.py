@@ -224,3 +224,24 @@ def test_cli_ode_method(tmp_path):
                               "--solver", "ode", "--ode-method", "tsit5"])
     assert res.exit_code == 1 and "kvaerno5" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "o2.csv").exists()
+
+
+def test_cli_says_when_subjects_were_re_solved_with_the_stiff_method(tmp_path):
+    """The issue's stiff 3-cmt case from the command line with the default solver: the exact path's check
+    sends the subject to Kvaerno5, and the summary line says so instead of only 'auto -> analytic'; an
+    ordinary case does not mention a re-solve."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    data = tmp_path / "d.csv"
+    _bolus_frame(TIMES).to_csv(data, index=False)
+    runner = CliRunner()
+    for name, p, stiff in (("stiff", STIFF["issue_V1_1"], True),
+                           ("plain", dict(CL=5.0, V1=10.0, Q2=20.0, V2=30.0, Q3=2.0, V3=100.0), False)):
+        params = tmp_path / f"{name}.toml"
+        params.write_text('model = "3cmt_iv"\n[parameters]\n' + "".join(f"{k} = {v!r}\n" for k, v in p.items()))
+        res = runner.invoke(app, ["simulate", str(data), "--params", str(params), "--out", str(tmp_path / f"{name}.csv")])
+        assert res.exit_code == 0, res.output
+        assert "auto -> analytic" in res.output
+        assert ("1 subject(s) re-solved with the stiff ODE method kvaerno5" in res.output) == stiff, res.output
