@@ -13,6 +13,7 @@ stderr (no traceback) and exits with code 1.
 from __future__ import annotations
 
 import enum
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -699,10 +700,36 @@ drugs_app = typer.Typer(help="The drug library: sourced PK parameters (value, un
 app.add_typer(drugs_app, name="drugs")
 
 
+def _drug_lines(d) -> list[str]:
+    """What `pkpd drugs show` prints for drug ``d``: parameters with sources, PD values, label limits."""
+    from pkpd.pd import PD_LIBRARY
+    from regimens import limits_for
+
+    lines = d.describe().splitlines()
+    pd_ = PD_LIBRARY.get(d.name)
+    if pd_ is not None:
+        lines.append(f"analgesic PD ({pd_.kind}, driven by {pd_.output}):")
+        for k, v in pd_.values().items():
+            flag = "  UNVERIFIED" if v.is_unverified else ""
+            lines.append(f"  {k:12s} {v.value:<10.4g} {v.unit:12s} {v.source}{flag}")
+    lims = limits_for(d.name)
+    if lims:
+        lines.append("label limits:")
+        lines += [f"  {lim.describe()}" for lim in lims]
+    return lines
+
+
+def _wide_console():
+    """A rich console that never truncates to 80 columns when the output is a pipe or a log file."""
+    from rich.console import Console
+
+    return Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 400)
+
+
 @drugs_app.command("list")
 def drugs_list() -> None:
-    """List the drugs: class, structural model, routes, number of UNVERIFIED values."""
-    from rich.console import Console
+    """List the drugs: class, structural model, routes, and how many lines of `pkpd drugs show NAME` (PK
+    parameters, notes, PD values, label limits) are flagged UNVERIFIED."""
     from rich.table import Table
     from rich.text import Text
 
@@ -710,13 +737,14 @@ def drugs_list() -> None:
     from pkpd.pd import PD_LIBRARY
 
     table = Table(title="Drug library (`pkpd drugs show NAME` for parameters and sources)")
-    for c in ("drug", "class", "model", "routes", "analgesic PD", "unverified values"):
-        table.add_column(c, no_wrap=c == "drug")
+    for c in ("drug", "class", "model", "routes", "analgesic PD", "UNVERIFIED (lines of show)"):
+        table.add_column(c, no_wrap=True)
     for name in list_drugs():
         d = get_drug(name)
+        n_unv = sum("UNVERIFIED" in line for line in _drug_lines(d))
         table.add_row(Text(d.name), Text(d.drug_class), Text(d.model), Text(", ".join(d.routes)),
-                      Text(PD_LIBRARY[name].kind if name in PD_LIBRARY else "-"), Text(str(len(d.unverified_params()))))
-    Console().print(table)
+                      Text(PD_LIBRARY[name].kind if name in PD_LIBRARY else "-"), Text(str(n_unv)))
+    _wide_console().print(table)
 
 
 @drugs_app.command("show")
@@ -730,25 +758,9 @@ def drugs_show(name: str = typer.Argument(..., help="Drug name (aliases such as 
         d = get_drug(name)
     except PKPDError as exc:
         _fail(str(exc))
-    from rich.console import Console
-
-    console = Console(soft_wrap=True, highlight=False)
-    console.print(d.describe(), markup=False)
-    from pkpd.pd import PD_LIBRARY
-
-    pd_ = PD_LIBRARY.get(d.name)
-    if pd_ is not None:
-        console.print(f"analgesic PD ({pd_.kind}, driven by {pd_.output}):", markup=False)
-        for k, v in pd_.values().items():
-            flag = "  UNVERIFIED" if v.is_unverified else ""
-            console.print(f"  {k:12s} {v.value:<10.4g} {v.unit:12s} {v.source}{flag}", markup=False)
-    from regimens import limits_for
-
-    lims = limits_for(d.name)
-    if lims:
-        console.print("label limits:", markup=False)
-        for lim in lims:
-            console.print(f"  {lim.describe()}", markup=False)
+    console = _wide_console()
+    for line in _drug_lines(d):
+        console.print(line, markup=False)
 
 
 @app.command()
