@@ -198,6 +198,11 @@ def nca(
     for c in columns:
         if c not in ("NOTE",):
             out[c] = out[c].astype(float)
+    # counts are whole numbers, and so are IDs and DVIDs that were written as such: integer columns (the CSV
+    # then reads '1', not '1.0')
+    for c in ("ID", "DVID", "N_OBS", "N_BLQ", "N_DOSES", "N_LAMBDA_Z"):
+        if c in out and len(out) and np.all(np.isfinite(out[c])) and np.all(out[c] == np.round(out[c])):
+            out[c] = out[c].astype(np.int64)
     out["NOTE"] = out["NOTE"].astype(object)
     out.attrs["units"] = {c: u for c, u in UNITS.items() if c in columns}
     return out

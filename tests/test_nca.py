@@ -355,3 +355,18 @@ def test_two_compartment_iv_simulation_aucinf_equals_dose_over_cl():
     assert tight["VZ_F"] == pytest.approx(dose / (beta * dose / cl), rel=5e-3)
     assert r["C0"] == pytest.approx(dose / v1, rel=1e-9)
     assert r["TMAX"] == 0.0
+
+
+def test_ids_and_counts_are_integers_in_the_table_and_csv(tmp_path):
+    """IDs and counts were written as floats ('1.0,11.0,0.0'): whole numbers are integer columns."""
+    from pkpd.datasets import load_theoph
+
+    out = nca(load_theoph())
+    for c in ("ID", "N_OBS", "N_BLQ", "N_DOSES"):
+        assert out[c].dtype.kind == "i", c
+    path = tmp_path / "nca.csv"
+    out.to_csv(path, index=False)
+    first = path.read_text().splitlines()[1].split(",")
+    header = path.read_text().splitlines()[0].split(",")
+    row = dict(zip(header, first))
+    assert row["ID"] == "1" and row["N_OBS"] == "11" and row["N_DOSES"] == "1"
