@@ -438,7 +438,7 @@ def _simulate_regimen(spec: str, n: int, seed: int, patient: Optional[Path], out
             try:
                 import pyarrow  # noqa: F401
             except ImportError:
-                raise _Abort("--format parquet needs pyarrow (pip install pyarrow); use --format csv") from None
+                raise _Abort("--format parquet needs pyarrow (pip install -e '.[parquet]', or pip install pyarrow); use --format csv") from None
     except _Abort as exc:
         _fail(str(exc))
     except PKPDError as exc:
