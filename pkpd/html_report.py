@@ -408,6 +408,13 @@ def _cp_plot(frame: pd.DataFrame, title: str, max_ids: int = 20) -> bytes:
     return buf.getvalue()
 
 
+def _numeric(g: pd.DataFrame, col: str) -> pd.Series:
+    """A dataset column as numbers ('.' and blank as 0, the README's rule for standard columns); 0 if absent."""
+    if col not in g:
+        return pd.Series(0.0, index=g.index)
+    return pd.to_numeric(g[col].astype(str).str.strip().replace({".": "0", "": "0"}), errors="coerce").fillna(0.0)
+
+
 def _dataset_sections(run: Run) -> tuple[str, str]:
     assert run.output is not None
     res = _read_csv(run.output, "the simulation output")
@@ -418,15 +425,19 @@ def _dataset_sections(run: Run) -> tuple[str, str]:
     for i, g in res.groupby("ID", sort=False):
         o = obs[obs["ID"] == i]
         k = int(np.nanargmax(o["CP"].to_numpy(float))) if len(o) and np.isfinite(o["CP"]).any() else None
-        amt = g["AMT"].where(g["AMT"].astype(str) != ".", 0).astype(float) if "AMT" in g else pd.Series([0.0])
+        amt = _numeric(g, "AMT")
+        # a dose record with ADDL = n stands for 1 + n doses (NONMEM additional doses at interval II)
+        given = (amt > 0) & (_numeric(g, "EVID").isin([1.0, 4.0]) if "EVID" in g else True)
+        times = 1.0 + _numeric(g, "ADDL").clip(lower=0)
         rows.append({"ID": i, "records": len(g), "observations": len(o),
-                     "doses": int((amt > 0).sum()), "AMT": float(amt.sum()),
+                     "doses": int(times[given].sum()), "AMT": float((amt * times)[given].sum()),
                      "Cmax": float(o["CP"].iloc[k]) if k is not None else np.nan,
                      "Tmax": float(o["TIME"].iloc[k]) if k is not None else np.nan})
     subj = pd.DataFrame(rows)
     args = (run.manifest or {}).get("arguments", {})
     model = f"model {args['model']}" if args.get("model") else "model named in the parameter file"
-    parts = [table(subj, "subjects", "Per subject: records, dosing (AMT: total dose, mg) and the peak of CP over "
+    parts = [table(subj, "subjects", "Per subject: records, dosing (doses and AMT: every dose, ADDL additional doses "
+                   "included, and their total, mg) and the peak of CP over "
                    "the observation records", note="Cmax/Tmax are read off the records of the dataset, "
                    "not interpolated."),
              table(res, "records", f"Output records ({model}; compartment amounts in mg, EFFECT in mg/L)", max_rows=25)]

@@ -227,3 +227,15 @@ def test_report_errors(case, runs, tmp_path):
     assert res.exit_code == 1, text
     assert want in text and "Traceback" not in text
     assert len(text.strip().splitlines()) == 1, text
+
+
+def test_dataset_report_counts_additional_doses(runs):
+    """The example dataset gives 10 mg ER with ADDL = 5 (6 doses) and two 5 mg IR doses: 8 doses, 70 mg.
+    The report used to say 3 doses and 20 mg (ADDL ignored)."""
+    from pkpd.html_report import render_report
+
+    html = re.sub(r"\s+", " ", render_report(runs["simulate-dataset"]))
+    body = html[html.index('id="subjects"'):]
+    first = body[body.index("<tbody><tr>"):body.index("</tr>", body.index("<tbody><tr>"))]
+    cells = re.findall(r"<td>([^<]*)</td>", first)
+    assert cells[0] == "1" and cells[3] == "8" and cells[4] == "70", cells
