@@ -578,3 +578,22 @@ def test_time_unit_of_the_model_file_labels_the_plots(theoph, tmp_path, monkeypa
     (tmp_path / "bad.toml").write_text(text)
     with pytest.raises(ModelSpecError, match="time_unit"):
         load_model(tmp_path / "bad.toml")
+
+
+def test_fit_result_repr_is_short_and_has_an_html_form():
+    """repr(FitResult) was 44,328 characters of arrays: now one line; notebooks get the parameter table."""
+    import pandas as pd
+
+    from pkpd.fit.result import FitResult
+
+    class _Spec:
+        structure = "1cmt_oral"
+
+    r = FitResult.__new__(FitResult)
+    r.method, r.spec, r.converged, r.message = "laplace", _Spec(), True, "converged: gradient 1e-4 <= 0.01"
+    r.objective = {"ofv": 115.2, "n_id": 12, "n_obs": 132}
+    r.parameters = pd.DataFrame({"name": ["CL", "V"], "estimate": [2.8, 31.5]})
+    text = repr(r)
+    assert text == "<FitResult laplace: model 1cmt_oral, 12 subjects, 132 observations, 2 parameters, OFV 115.200, converged>"
+    html = r._repr_html_()
+    assert "<table" in html and "31.5" in html and "converged" in html

@@ -298,7 +298,7 @@ def _id_values(ids: np.ndarray) -> np.ndarray:
     return ids
 
 
-@dataclass
+@dataclass(repr=False)
 class FitResult:
     """Everything a population fit produced (build with :func:`pkpd.fit.fit` or :func:`build_result`).
 
@@ -409,6 +409,23 @@ class FitResult:
         return d
 
     # ---- text -------------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        """A short description (the arrays and tables are attributes; :meth:`summary_text` has the report)."""
+        ofv = self.objective.get("ofv") if isinstance(self.objective, dict) else None
+        what = f"OFV {ofv:.3f}" if isinstance(ofv, (int, float)) and np.isfinite(ofv) else "no OFV"
+        n_id = self.objective.get("n_id", "?") if isinstance(self.objective, dict) else "?"
+        n_obs = self.objective.get("n_obs", "?") if isinstance(self.objective, dict) else "?"
+        return (f"<FitResult {self.method}: model {self.spec.structure}, "
+                f"{n_id} subjects, {n_obs} observations, {len(self.parameters)} parameters, {what}, "
+                f"{'converged' if self.converged else 'NOT converged'}>")
+
+    def _repr_html_(self) -> str:
+        """Notebook display: the short description and the parameter table."""
+        import html as _html
+
+        return (f"<p><b>{_html.escape(repr(self))}</b><br>{_html.escape(str(self.message))}</p>"
+                + self.parameters.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
+
     def summary_text(self) -> str:
         """Console summary: parameter table, objective, convergence."""
         o = self.objective
