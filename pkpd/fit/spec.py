@@ -75,7 +75,6 @@ development, part 2. CPT Pharmacometrics Syst Pharmacol 2013;2:e38 (covariate re
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -624,15 +623,11 @@ def load_model(source: str | Path | Mapping[str, Any]) -> PopulationModel:
     """
     src_name = None
     if isinstance(source, (str, Path)):
+        from .._toml import read_toml
+
         path = Path(source)
         src_name = str(path)
-        if not path.exists():
-            raise ModelSpecError(f"model file {path} does not exist")
-        text = path.read_text()
-        try:
-            content = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ModelSpecError(f"model file {path} is not valid TOML: {exc}") from None
+        content, text = read_toml(path)
     else:
         content = dict(source)
         text = None

@@ -658,14 +658,10 @@ def _linear_terms(states, rhs_trees, pnames, rhs_fns):
 
 def structure_from_file(path: str | Path) -> tuple[Mapping, str]:
     """``([structure] table, file text)`` of a TOML file, or :class:`ModelSpecError` naming the problem."""
+    from .._toml import read_toml
+
     path = Path(path)
-    if not path.is_file():
-        raise ModelSpecError(f"model file {path} does not exist")
-    text = path.read_text()
-    try:
-        content = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ModelSpecError(f"model file {path} is not valid TOML: {exc}") from None
+    content, text = read_toml(path)
     if "structure" not in content or not isinstance(content["structure"], Mapping):
         raise ModelSpecError(f"model file {path} has no [structure] section (see docs/model_language.md)")
     return content["structure"], text
