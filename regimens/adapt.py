@@ -61,7 +61,7 @@ class Adapted:
     regimen: Regimen
     changes: tuple[str, ...]
     findings: tuple[Finding, ...]
-    weights: np.ndarray = None  # type: ignore[assignment]
+    weights: np.ndarray
 
     @property
     def changed(self) -> bool:
@@ -81,11 +81,10 @@ def _max_24h(doses: list[tuple[float, float]]) -> float:
 def _strength_at_most(drug: str, route: str, dose_mg: float) -> float | None:
     """The largest dispensable strength (mg) of ``drug``/``route`` at or below ``dose_mg`` (0 when none); None
     when no product of that drug and route is defined (the dose is then kept as computed)."""
-    from pkpd.drugs.products import get_product
+    from pkpd.drugs.products import PRODUCTS
 
-    try:
-        prod = get_product(f"{drug}/{route}")
-    except Exception:  # no product: any dose is kept
+    prod = PRODUCTS.get(f"{drug}/{route}")
+    if prod is None:  # no product: any dose is kept
         return None
     if prod.per_kg:
         return None
