@@ -66,6 +66,7 @@ from . import solvers as solvers
 from ._errors import DatasetError as DatasetError
 from ._errors import DatasetViolation as DatasetViolation
 from ._errors import ExpressionError as ExpressionError
+from ._errors import GridError as GridError
 from ._errors import ModelSpecError as ModelSpecError
 from ._errors import PKPDError as PKPDError
 from ._errors import SolverError as SolverError

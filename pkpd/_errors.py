@@ -15,6 +15,7 @@ __all__ = [
     "DatasetError",
     "DatasetViolation",
     "SolverError",
+    "GridError",
 ]
 
 
@@ -32,6 +33,11 @@ class ExpressionError(ModelSpecError):
 
 class SolverError(PKPDError):
     """A numerical solver failed (step limit reached, non-finite state, non-convergent steady state)."""
+
+
+class GridError(PKPDError, ValueError):
+    """An output time grid (``pkpd simulate --grid START:END:STEP``, ``grid=`` of :func:`pkpd.simulate`) is
+    malformed: not numbers, END <= START, STEP <= 0, or too many points."""
 
 
 @dataclass(frozen=True)

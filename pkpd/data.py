@@ -629,7 +629,10 @@ def _covariate_violations(frame: pd.DataFrame, required_covariates: Collection[s
     for i, c in enumerate(names):
         first.setdefault(c, i)
     for cov in required_covariates:
-        if cov in first:
+        if cov == COMMENT_COLUMN:
+            out.append(DatasetViolation((), cov, f"column {cov} is NONMEM's comment flag (rows with C in it are "
+                                        "ignored), not a covariate; rename the covariate column"))
+        elif cov in first:
             _, kinds, raw = _parse_cells(frame.iloc[:, first[cov]])
             bad = kinds != _OK
             if bad.any():
@@ -787,7 +790,8 @@ def validate_dataset(
         ``ADDL``, ``SS`` -> 0; absent ``CMT`` -> 1 on dose rows and 0 (NONMEM's default observation
         compartment) elsewhere; absent ``MDV`` -> 1 where ``EVID != 0`` else 0; absent ``DV`` -> NaN.
         Other (covariate) columns whose cells are all numbers, blank or ``"."`` become float64 (blank and
-        ``"."`` -> NaN); the rest are left unchanged.
+        ``"."`` -> NaN); the rest, and a column named ``C`` (NONMEM's comment flag, never a covariate:
+        :func:`filter_records`), are left unchanged.
 
     Raises
     ------
@@ -817,7 +821,7 @@ def validate_dataset(
 
     out = result.frame
     for c in out.columns:
-        if c in STANDARD_COLUMNS:
+        if c in STANDARD_COLUMNS or c == COMMENT_COLUMN:  # C: NONMEM's comment flag, never a covariate
             continue
         converted = _covariate_to_float(out[c])
         if converted is not None:
@@ -835,3 +839,566 @@ def _covariate_to_float(s: pd.Series) -> np.ndarray | None:
     if (kinds == _BAD).any():
         return None
     return values
+
+
+# --------------------------------------------------------------------------------------------- IGNORE/ACCEPT
+
+#: Name of NONMEM's comment-flag column: never a covariate; rows whose cell starts with ``C`` are dropped.
+COMMENT_COLUMN = "C"
+
+# NONMEM's relational operators (and the Fortran-90 / C spellings NM-TRAN also accepts), canonical forms
+_OPERATORS = {".EQ.": ".EQ.", ".NE.": ".NE.", ".GT.": ".GT.", ".GE.": ".GE.", ".LT.": ".LT.", ".LE.": ".LE.",
+              ".EQN.": ".EQN.", ".NEN.": ".NEN.", "==": ".EQ.", "/=": ".NE.", "!=": ".NE.", ">=": ".GE.",
+              "<=": ".LE.", ">": ".GT.", "<": ".LT."}
+_CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(\.[A-Za-z]{2,3}\.|==|/=|!=|>=|<=|>|<)\s*(.*?)\s*$")
+_OPERATOR_LIST = ".EQ., .NE., .GT., .GE., .LT., .LE. (also .EQN., .NEN., ==, /=, !=, >, >=, <, <=)"
+
+
+class RecordFilterError(DatasetError):
+    """An IGNORE/ACCEPT option is malformed or cannot be applied to the dataset (the message names it)."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One NONMEM ``$DATA`` condition ``COLUMN.OP.VALUE`` (e.g. ``DV.EQ.0``, ``TIME.GT.24``).
+
+    ``.EQ.``/``.NE.`` compare numerically when the value and the cell are numbers (``"."`` and blank cells
+    count as 0, as in NM-TRAN), else as text (stripped); ``.EQN.``/``.NEN.``, ``.GT.``, ``.GE.``, ``.LT.``
+    and ``.LE.`` are numeric and need a number as value and in every cell of the column. Values are in the
+    column's own units (TIME in h).
+    """
+
+    column: str
+    op: str  # canonical: .EQ., .NE., .GT., .GE., .LT., .LE., .EQN., .NEN.
+    value: str
+    text: str  # as written, for messages
+
+    @property
+    def numeric(self) -> bool:
+        return self.op not in (".EQ.", ".NE.")
+
+    def mask(self, frame: pd.DataFrame, what: str, source: str | None = None,
+             rows: np.ndarray | None = None) -> np.ndarray:
+        """Rows (bool, one per row of ``frame``) where the condition holds; ``what`` ("IGNORE"/"ACCEPT")
+        names the option in errors, ``rows`` the 1-based data row of each row of ``frame`` (default 1..n)."""
+        names = list(frame.columns)
+        col = self.column.upper() if self.column.upper() in STANDARD_COLUMNS else self.column
+        if col not in names:
+            near = [c for c in names if str(c).lower() == col.lower()]
+            hint = (f" (found {near[0]!r}; names other than the standard columns are case-sensitive)" if near else
+                    f"; columns: {', '.join(map(str, names[:15]))}{', ...' if len(names) > 15 else ''}")
+            raise _filter_error(f"{what} condition {self.text!r} names column {self.column}, which the dataset does "
+                                f"not have{hint}", source)
+        cells = frame.iloc[:, names.index(col)]
+        values, kinds, raw = _parse_cells(cells)
+        values = np.where((kinds == _DOT) | (kinds == _BLANK), 0.0, values)  # NM-TRAN: null fields are 0
+        v_kind, v = _parse_cell(self.value)
+        v = 0.0 if v_kind == _DOT else v
+        v_ok = v_kind in (_OK, _DOT)
+        if self.numeric:
+            if not v_ok:
+                raise _filter_error(f"{what} condition {self.text!r}: {self.op} compares numbers, and "
+                                    f"{self.value!r} is not a number", source)
+            bad = kinds == _BAD
+            if bad.any():
+                raise _filter_error(f"{what} condition {self.text!r}: {self.op} compares numbers, and column "
+                                    f"{col} holds {_fmt_values(raw[bad], kinds[bad])} (not a number) on "
+                                    f"{_rows_text(_rows(bad) if rows is None else tuple(int(r) for r in rows[bad]))}"
+                                    "; use .EQ./.NE. to compare text", source)
+        with np.errstate(invalid="ignore"):
+            if self.op in (".EQ.", ".NE.", ".EQN.", ".NEN."):
+                if v_ok:
+                    num = kinds != _BAD
+                    eq = np.where(num, values == v, False)
+                    if not self.numeric and (~num).any():  # text cells: compare the text
+                        text = np.array([str(c).strip() for c in raw[~num]], dtype=object)
+                        eq[~num] = text == self.value
+                else:
+                    eq = cells.astype(str).str.strip().to_numpy() == self.value
+                return eq if self.op in (".EQ.", ".EQN.") else ~eq
+            return {".GT.": values > v, ".GE.": values >= v, ".LT.": values < v, ".LE.": values <= v}[self.op]
+
+
+@dataclass(frozen=True)
+class RecordFilter:
+    """NONMEM ``$DATA`` record selection: ``IGNORE=c`` characters, ``IGNORE=(list)`` or ``ACCEPT=(list)``.
+
+    Attributes
+    ----------
+    chars
+        ``IGNORE=c`` rules: a row whose first column's first non-blank character is ``c`` is dropped;
+        ``"@"``: the first non-blank character is a letter or ``@`` (header lines). ``#`` is always among
+        them (NONMEM's default).
+    ignore
+        Conditions (OR-ed, as NONMEM's comma): a row where any holds is dropped.
+    accept
+        Conditions (OR-ed): a row is kept only where one holds. Not together with ``ignore``, as in NONMEM.
+
+    Whatever the options, a column named ``C`` is NONMEM's comment flag: rows whose ``C`` cell starts with
+    ``C`` (or ``c``) are dropped, and the column is never a covariate.
+    """
+
+    chars: tuple[str, ...] = ("#",)
+    ignore: tuple[Condition, ...] = ()
+    accept: tuple[Condition, ...] = ()
+
+    def describe(self) -> str:
+        """The options in NONMEM syntax, e.g. ``IGNORE=# IGNORE=(DV.EQ.0)``."""
+        parts = [f"IGNORE={c}" for c in self.chars]
+        for name, conds in (("IGNORE", self.ignore), ("ACCEPT", self.accept)):
+            if conds:
+                parts.append(f"{name}=({','.join(c.column + c.op + c.value for c in conds)})")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class FilteredRecords:
+    """What :func:`filter_records` kept and dropped.
+
+    Attributes
+    ----------
+    frame
+        The kept rows (a new ``RangeIndex``), columns unchanged.
+    rows
+        1-based data-row numbers of the kept rows in the input (``int64``), to report problems of the kept
+        rows by their place in the file (:func:`renumber`).
+    dropped
+        ``{reason: 1-based rows}`` of the dropped rows, in the order the rules were applied.
+    """
+
+    frame: pd.DataFrame
+    rows: np.ndarray
+    dropped: dict[str, tuple[int, ...]]
+
+    @property
+    def n_dropped(self) -> int:
+        return sum(len(r) for r in self.dropped.values())
+
+    def message(self) -> str | None:
+        """One line for the user (``None`` when nothing was dropped): how many rows, why, which."""
+        if not self.dropped:
+            return None
+        n = self.n_dropped
+        why = "; ".join(f"{len(r)} {reason} ({_rows_text(r)})" for reason, r in self.dropped.items())
+        return f"ignored {n} of {n + len(self.frame)} data row{'s' if n + len(self.frame) != 1 else ''}: {why}"
+
+
+def _rows_text(rows: Sequence[int]) -> str:
+    shown = ", ".join(str(r) for r in rows[:10])
+    more = f" (+{len(rows) - 10} more)" if len(rows) > 10 else ""
+    return f"row{'s' if len(rows) > 1 else ''} {shown}{more}"
+
+
+def _filter_error(message: str, source: str | None = None) -> RecordFilterError:
+    return RecordFilterError([DatasetViolation((), None, message)], source=source)
+
+
+def _as_list(spec) -> list[str]:
+    if spec is None:
+        return []
+    if isinstance(spec, str):
+        return [spec]
+    return [str(s) for s in spec]
+
+
+def parse_conditions(text: str, what: str = "IGNORE") -> tuple[Condition, ...]:
+    """Conditions of one ``IGNORE=(list)``/``ACCEPT=(list)`` option: ``"(DV.EQ.0,TIME.GT.24)"``; the
+    ``IGNORE=``/``ACCEPT=`` prefix and the parentheses are optional.
+
+    Raises
+    ------
+    RecordFilterError
+        Naming the condition that cannot be read and what a condition looks like.
+    """
+    body = text.strip()
+    if re.match(rf"^{what}\s*=", body, re.IGNORECASE):
+        body = body.split("=", 1)[1].strip()
+    if body.startswith("(") != body.endswith(")"):
+        raise _filter_error(f"{what} option {text!r}: unbalanced parentheses; write e.g. {what}=(DV.EQ.0,TIME.GT.24)")
+    if body.startswith("("):
+        body = body[1:-1]
+    conds = []
+    for part in body.split(","):
+        m = _CONDITION.match(part)
+        if not part.strip():
+            raise _filter_error(f"{what} option {text!r}: an empty condition (two commas, or a trailing comma?)")
+        if m is None:
+            raise _filter_error(f"{what} condition {part.strip()!r} is not COLUMN.OP.VALUE (e.g. DV.EQ.0, "
+                                f"TIME.GT.24); operators: {_OPERATOR_LIST}")
+        column, op, value = m.group(1), m.group(2).upper(), m.group(3)
+        if op not in _OPERATORS:
+            raise _filter_error(f"{what} condition {part.strip()!r}: unknown operator {m.group(2)}; use "
+                                f"{_OPERATOR_LIST}")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        if not value:
+            raise _filter_error(f"{what} condition {part.strip()!r} has no value after {m.group(2)}")
+        conds.append(Condition(column, _OPERATORS[op], value, part.strip()))
+    return tuple(conds)
+
+
+def record_filter(ignore=None, accept=None) -> RecordFilter:
+    """A :class:`RecordFilter` from NONMEM-style options.
+
+    Parameters
+    ----------
+    ignore
+        One option or a list of them: a single character (``"#"``, ``"@"``, ``"C"``; ``IGNORE=`` prefix and
+        quotes optional) or a condition list (``"(DV.EQ.0,TIME.GT.24)"``). Given characters are added to
+        ``#`` (NONMEM's default, always applied here). ``None``: ``IGNORE=#``.
+    accept
+        One condition list or several (``"(DVID.EQ.1)"``); their conditions are OR-ed.
+
+    Raises
+    ------
+    RecordFilterError
+        A malformed option (named), or conditions in both IGNORE and ACCEPT (NONMEM allows one of them).
+    """
+    chars: list[str] = []
+    ignore_c: list[Condition] = []
+    accept_c: list[Condition] = []
+    for item in _as_list(ignore):
+        t = item.strip()
+        if re.match(r"^IGNORE\s*=", t, re.IGNORECASE):
+            t = t.split("=", 1)[1].strip()
+        if len(t) == 3 and t[0] == t[2] and t[0] in "'\"":
+            t = t[1]
+        if len(t) == 1:
+            if t == "(" or t.isspace():
+                raise _filter_error(f"IGNORE option {item!r}: {t!r} cannot be a comment character")
+            chars.append(t)
+        elif not t:
+            raise _filter_error("IGNORE option '': give a character (#, @, C) or conditions such as (DV.EQ.0)")
+        else:
+            ignore_c.extend(parse_conditions(t, "IGNORE"))
+    for item in _as_list(accept):
+        accept_c.extend(parse_conditions(item, "ACCEPT"))
+    if ignore_c and accept_c:
+        raise _filter_error("IGNORE conditions and ACCEPT conditions cannot be combined (NONMEM allows one list "
+                            f"or the other): IGNORE=({','.join(c.text for c in ignore_c)}), "
+                            f"ACCEPT=({','.join(c.text for c in accept_c)}); express the selection with one of them")
+    return RecordFilter(tuple(dict.fromkeys(["#"] + chars)), tuple(ignore_c), tuple(accept_c))
+
+
+def _first_chars(s: pd.Series) -> np.ndarray:
+    """The first non-blank character of every cell ('' for blank/NaN); numbers as written by ``str``."""
+    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+        return np.full(len(s), "", dtype=object)  # a number starts with a digit, a sign or a point
+    text = s.astype(object).where(s.notna(), "").astype(str).str.lstrip()
+    return text.str[:1].to_numpy(dtype=object)
+
+
+def filter_records(df: pd.DataFrame, ignore=None, accept=None, *, source: str | None = None) -> FilteredRecords:
+    """Drop the rows NONMEM's ``$DATA IGNORE``/``ACCEPT`` options (and the ``C`` comment column) drop.
+
+    Applied in this order: the comment column ``C`` (rows whose ``C`` cell starts with ``C`` or ``c``), the
+    ``IGNORE=c`` characters on the first column (``#`` and the given ones; ``@``: a letter or ``@``), then
+    the ``IGNORE=(list)`` or ``ACCEPT=(list)`` conditions on the rows left (see :class:`Condition`).
+
+    Parameters
+    ----------
+    df
+        Raw frame (:func:`read_dataset`) or numeric frame.
+    ignore, accept
+        As for :func:`record_filter`, or a :class:`RecordFilter` as ``ignore``.
+    source
+        The file, for messages.
+
+    Returns
+    -------
+    FilteredRecords
+        The kept rows, their 1-based row numbers in ``df``, and the dropped rows by reason.
+
+    Raises
+    ------
+    RecordFilterError
+        A malformed option, a condition naming a column the dataset lacks, or a numeric comparison on a
+        cell that is not a number (rows named); every message names the condition.
+    """
+    try:
+        filt = ignore if isinstance(ignore, RecordFilter) else record_filter(ignore, accept)
+    except RecordFilterError as exc:
+        raise RecordFilterError(exc.violations, source=source) from None
+    frame = _normalize_headers(df)
+    n = len(frame)
+    keep = np.ones(n, dtype=bool)
+    dropped: dict[str, tuple[int, ...]] = {}
+
+    def drop(mask: np.ndarray, reason: str) -> None:
+        mask = mask & keep
+        if mask.any():
+            dropped[reason] = _rows(mask)
+            keep[mask] = False
+
+    names = [str(c) for c in frame.columns]
+    if COMMENT_COLUMN in names:
+        first = _first_chars(frame.iloc[:, names.index(COMMENT_COLUMN)])
+        drop(np.isin(first, ("C", "c")), f"commented (C in column {COMMENT_COLUMN})")
+    if n and len(names):
+        first = _first_chars(frame.iloc[:, 0])
+        for ch in filt.chars:
+            if ch == "@":
+                m = np.array([bool(c) and (c.isalpha() or c == "@") for c in first], dtype=bool)
+            else:
+                m = first == ch
+            drop(m, f"by IGNORE={ch} (column {names[0]})")
+    for what, conds in (("IGNORE", filt.ignore), ("ACCEPT", filt.accept)):
+        if not conds:
+            continue
+        hit = np.zeros(n, dtype=bool)
+        idx = np.flatnonzero(keep)  # conditions are tested on the rows still kept (a comment row is not data)
+        sub = frame.iloc[idx]
+        for c in conds:
+            hit[idx] |= c.mask(sub, what, source, rows=idx + 1)
+        listed = ",".join(c.text for c in conds)
+        drop(hit if what == "IGNORE" else ~hit, f"by {what}=({listed})")
+    # the input's own columns (names as given): the output of a simulation repeats them
+    out = df.iloc[np.flatnonzero(keep)].reset_index(drop=True) if not keep.all() else df.reset_index(drop=True)
+    return FilteredRecords(out, np.flatnonzero(keep).astype(np.int64) + 1, dropped)
+
+
+def renumber(exc: DatasetError, rows: np.ndarray, source: str | None = None) -> DatasetError:
+    """``exc`` with its row numbers translated: row ``r`` of the checked frame is data row ``rows[r - 1]``
+    of the file (:attr:`FilteredRecords.rows`; rows added by a grid map to the row they copy)."""
+    rows = np.asarray(rows)
+    out = []
+    for v in exc.violations:
+        mapped = tuple(sorted({int(rows[r - 1]) for r in v.rows if 1 <= r <= len(rows)}))
+        out.append(DatasetViolation(mapped, v.column, v.message))
+    new = type(exc)(out, source=source or exc.source) if type(exc) in (DatasetError, RecordFilterError) else \
+        DatasetError(out, source=source or exc.source)
+    return new
+
+
+# --------------------------------------------------------------------------------------------- output grid
+
+#: Most times one output grid may hold.
+MAX_GRID_POINTS = 1_000_000
+#: Most rows a grid may add to a dataset (IDs x grid times): each is simulated and written.
+MAX_GRID_ROWS = 10_000_000
+#: Name of the output column that marks the rows a grid added (1) and the dataset's own rows (0).
+GRID_COLUMN = "GRID"
+
+_GRID_HELP = "START:END:STEP (e.g. 0:24:0.5, in the dataset's time unit, h) or a list of times (0,0.5,1,2)"
+
+
+def parse_grid(grid) -> np.ndarray:
+    """The times of an output grid, sorted and distinct.
+
+    Parameters
+    ----------
+    grid
+        ``"START:END:STEP"`` (END included when it falls on the grid; ``0:24:0.5`` is 0, 0.5, ..., 24), a
+        comma-separated list of times (``"0,0.5,1,2,4"``), or an array of times. Units: the dataset's time
+        unit (h for the built-in models).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 times (h), increasing. ``START:END:STEP`` times are ``START + k * STEP`` computed in
+        decimal, so ``0:1:0.1`` gives exactly ``0.3``, not ``0.30000000000000004``.
+
+    Raises
+    ------
+    GridError
+        One message: not numbers, END <= START, STEP <= 0, an empty or non-finite list, or more than
+        :data:`MAX_GRID_POINTS` times.
+    """
+    from decimal import Decimal, InvalidOperation
+
+    from ._errors import GridError
+
+    if isinstance(grid, str):
+        text = grid.strip()
+        if ":" in text:
+            parts = [p.strip() for p in text.split(":")]
+            if len(parts) != 3:
+                raise GridError(f"grid {grid!r}: expected START:END:STEP with three numbers (e.g. 0:24:0.5, h)")
+            bad = [p for p in parts if not _NUMBER.match(p)]
+            if bad:
+                raise GridError(f"grid {grid!r}: {bad[0]!r} is not a number; expected START:END:STEP (e.g. 0:24:0.5, h)")
+            start, end, step = (Decimal(p) for p in parts)
+            if step <= 0:
+                raise GridError(f"grid {grid!r}: STEP must be > 0 (h), got {parts[2]}")
+            if end <= start:
+                raise GridError(f"grid {grid!r}: END ({parts[1]}) must be greater than START ({parts[0]})")
+            n = int((end - start) // step) + 1
+            if n > MAX_GRID_POINTS:
+                raise GridError(f"grid {grid!r} has {n:,} points, more than {MAX_GRID_POINTS:,}; use a larger STEP "
+                                "or a shorter range")
+            digits = max(0, -min(d.as_tuple().exponent for d in (start, step)))
+            scale = 10 ** digits
+            s_int, p_int = int(start * scale), int(step * scale)
+            last = abs(s_int) + (n - 1) * p_int
+            if digits <= 15 and last < 2 ** 53:  # exact integers, one correctly rounded division
+                return (s_int + p_int * np.arange(n, dtype=np.int64)) / float(scale)
+            return float(start) + float(step) * np.arange(n)
+        try:
+            values = [float(Decimal(p.strip())) for p in text.split(",")] if text else []
+        except InvalidOperation:
+            raise GridError(f"grid {grid!r} is not {_GRID_HELP}") from None
+        times = np.asarray(values, dtype=float)
+    else:
+        try:
+            times = np.asarray(grid, dtype=float)
+        except (TypeError, ValueError):
+            raise GridError(f"grid must be {_GRID_HELP}; got {type(grid).__name__} that is not numbers") from None
+        if times.ndim != 1:
+            raise GridError(f"grid must be a one-dimensional array of times (h); got shape {times.shape}")
+    if times.size == 0:
+        raise GridError(f"grid is empty; give {_GRID_HELP}")
+    if not np.isfinite(times).all():
+        raise GridError("grid times must be finite numbers (h); found " + ", ".join(
+            str(x) for x in times[~np.isfinite(times)][:3]))
+    times = np.unique(times)
+    if times.size > MAX_GRID_POINTS:
+        raise GridError(f"grid has {times.size:,} times, more than {MAX_GRID_POINTS:,}")
+    return times
+
+
+@dataclass(frozen=True)
+class GridRecords:
+    """A dataset with output-grid rows added (:func:`add_grid`).
+
+    Attributes
+    ----------
+    frame
+        The validated numeric frame with the grid rows in place (new ``RangeIndex``).
+    base
+        The output's input columns with the grid rows in place and a last column :data:`GRID_COLUMN` (1 on
+        grid rows), or ``None`` when no base was given.
+    source
+        For every row, the 0-based row of the input frame it is (input rows) or copies its covariates from
+        (grid rows).
+    is_grid
+        True on the rows the grid added.
+    """
+
+    frame: pd.DataFrame
+    base: pd.DataFrame | None
+    source: np.ndarray
+    is_grid: np.ndarray
+
+
+def add_grid(frame: pd.DataFrame, times, *, interpolation: str = "nocb", base: pd.DataFrame | None = None
+             ) -> GridRecords:
+    """Add one output record (``EVID=2``, ``MDV=1``) per grid time to every subject of a dataset.
+
+    Parameters
+    ----------
+    frame
+        Validated numeric frame (:func:`validate_dataset`).
+    times
+        Grid (anything :func:`parse_grid` accepts), in the dataset's time unit (h).
+    interpolation
+        ``"nocb"`` or ``"locf"``, as the simulation will use: a grid row copies the other columns
+        (covariates) from the record whose values the simulation uses at that time, so adding the grid
+        changes no prediction at the dataset's own records: the next record (NOCB; after the last record,
+        the last) or the previous one (LOCF; before the first record, the first).
+    base
+        The same rows as the output shows them (raw strings or the caller's frame): grid rows get the ID
+        cell of their subject, ``TIME``, ``EVID=2``, ``MDV=1``, ``AMT``, ``RATE``, ``II``, ``ADDL``, ``SS``
+        0, ``CMT`` 0 and a blank ``DV`` in the standard columns it has, the source record's cells elsewhere.
+
+    Returns
+    -------
+    GridRecords
+
+    Notes
+    -----
+    Grid rows go after the records with the same time (a grid time at a dose time shows the amount after
+    that dose, as the dose record does). An ID whose records go back in time at a reset (``EVID`` 3/4) has
+    one block per such period; the first block gets every grid time, each later block the grid times from
+    its first record on.
+
+    Raises
+    ------
+    GridError
+        A malformed grid, or more than :data:`MAX_GRID_ROWS` rows added.
+    """
+    from ._errors import GridError
+
+    if interpolation not in ("nocb", "locf"):
+        raise ValueError(f"interpolation must be 'nocb' or 'locf', got {interpolation!r}")
+    g = parse_grid(times)
+    n = len(frame)
+    ident = frame["ID"].to_numpy()
+    t = frame["TIME"].to_numpy(float)
+    new_blk = np.ones(n, dtype=bool)
+    new_blk[1:] = (ident[1:] != ident[:-1]) | (t[1:] < t[:-1])
+    starts = np.flatnonzero(new_blk)
+    ends = np.append(starts[1:], n)
+    first_of_id = np.ones(len(starts), dtype=bool)
+    first_of_id[1:] = ident[starts[1:]] != ident[starts[:-1]]
+    # grid times per block: all for an ID's first block, those >= the block's first time for later blocks
+    lo = np.where(first_of_id, 0, np.searchsorted(g, t[starts], side="left"))
+    counts = len(g) - lo
+    total = int(counts.sum())
+    if total > MAX_GRID_ROWS:
+        raise GridError(f"the grid adds {total:,} rows ({len(g):,} times x {len(starts):,} subjects), more than "
+                        f"{MAX_GRID_ROWS:,}; use a larger STEP or a shorter range")
+    blk = np.repeat(np.arange(len(starts)), counts)
+    k = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    gt = g[lo[blk] + k]
+    # order: by block, then time; input rows before grid rows at equal times; input rows keep their order
+    blk_all = np.concatenate([np.cumsum(new_blk) - 1, blk])
+    t_all = np.concatenate([t, gt])
+    flag = np.concatenate([np.zeros(n, np.int8), np.ones(total, np.int8)])
+    seq = np.concatenate([np.arange(n), np.arange(total)])
+    order = np.lexsort((seq, flag, t_all, blk_all))
+    is_grid = flag[order].astype(bool)
+    # the record each grid row copies, within its block: the previous input row in this order (the last
+    # with time <= g; LOCF) or the next one (the first with time > g; NOCB), else the other one
+    m = n + total
+    at = np.arange(m)
+    prev = np.maximum.accumulate(np.where(~is_grid, at, -1))
+    nxt = np.minimum.accumulate(np.where(~is_grid, at, m)[::-1])[::-1]
+    b_sorted = blk_all[order]
+    prev_ok = (prev >= 0) & (b_sorted[np.maximum(prev, 0)] == b_sorted)
+    next_ok = (nxt < m) & (b_sorted[np.minimum(nxt, m - 1)] == b_sorted)
+    pick = np.where(next_ok, nxt, prev) if interpolation == "nocb" else np.where(prev_ok, prev, nxt)
+    source = np.where(is_grid, order[np.clip(pick, 0, m - 1)], order)  # input rows: themselves
+    src = np.empty(total, dtype=np.int64)
+    src[order[is_grid] - n] = source[is_grid]  # per grid row, in the order the grid rows were made
+
+    def with_grid(df: pd.DataFrame, numeric: bool) -> pd.DataFrame:
+        rows = df.iloc[src].reset_index(drop=True)
+        names = [str(c).strip().upper() for c in df.columns]
+        values = {"ID": None, "TIME": gt, "EVID": 2.0, "MDV": 1.0, "AMT": 0.0, "RATE": 0.0, "II": 0.0,
+                  "ADDL": 0.0, "SS": 0.0, "CMT": 0.0, "DV": np.nan}
+        for j, name in enumerate(names):
+            if name not in values or (name == "ID"):
+                continue
+            col = df.columns[j]
+            v = values[name]
+            if numeric or pd.api.types.is_numeric_dtype(df[col].dtype):
+                arr = np.broadcast_to(np.asarray(v, float), (total,)).copy()
+                if (not numeric and pd.api.types.is_integer_dtype(df[col].dtype) and np.isfinite(arr).all()
+                        and (arr == np.round(arr)).all()):
+                    arr = arr.astype(df[col].dtype)  # an integer column stays integer where it can
+                rows[col] = arr
+            else:  # text cells, written as a number would be
+                if name == "TIME":
+                    rows[col] = [_num_text(x) for x in gt]
+                elif name == "DV":
+                    rows[col] = ""
+                else:
+                    rows[col] = _num(v)
+        out = pd.concat([df.reset_index(drop=True), rows], ignore_index=True)
+        return out.iloc[order].reset_index(drop=True)
+
+    new_frame = with_grid(frame, numeric=True)
+    new_base = None
+    if base is not None:
+        if GRID_COLUMN in [str(c) for c in base.columns]:
+            raise GridError(f"the dataset already has a column {GRID_COLUMN}, which marks the grid rows in the "
+                            "output; rename it")
+        b = base.reset_index(drop=True)
+        new_base = with_grid(b, numeric=False)
+        new_base[GRID_COLUMN] = is_grid.astype(np.int64)
+    return GridRecords(new_frame, new_base, source, is_grid)
+
+
+def _num_text(x: float) -> str:
+    """A time as a CSV cell: shortest repr, integers without a decimal point (``24``, ``0.5``)."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(float(x))

@@ -182,9 +182,9 @@ def _check_param_names(model: CompartmentModel, spec: ParameterSpec) -> None:
 _STANDARD = {"TIME", "AMT", "ID", "EVID", "CMT", "RATE", "II", "ADDL", "SS", "DV", "MDV"}
 
 
-def _validate(data, model: CompartmentModel, spec: ParameterSpec | None) -> pd.DataFrame:
+def _validate(data, model: CompartmentModel, spec: ParameterSpec | None, source: str | None = None) -> pd.DataFrame:
     """The validated numeric frame (:func:`pkpd.data.validate_dataset`); with ``spec=None`` the checks that
-    depend on the parameter file are left for :meth:`_Design.bind`."""
+    depend on the parameter file are left for :meth:`_Design.bind`. ``source``: the file, for messages."""
     forbidden = [model.forcing_cmt + 1] if model.forcing_cmt is not None else []
     block = spec.block if spec is not None else None
     df = validate_dataset(
@@ -205,8 +205,8 @@ def _validate(data, model: CompartmentModel, spec: ParameterSpec | None) -> pd.D
             ok = ", ".join(f"{i + 1}={model.compartments[i]}" for i in dose_states)
             raise DatasetError([DatasetViolation(tuple(int(r) + 1 for r in np.nonzero(bad)[0]), "CMT",
                                                  f"dose into a state that model {model.name} does not dose "
-                                                 f"(its `doses`: {ok})")], source=str(data) if isinstance(
-                                                     data, (str, Path)) else None)
+                                                 f"(its `doses`: {ok})")], source=source or (str(data) if isinstance(
+                                                     data, (str, Path)) else None))
     return df
 
 
@@ -221,6 +221,8 @@ class _Design:
 
         self.model, self.frame, self.source = model, df, source
         n_rows = len(df)
+        self.base: pd.DataFrame | None = None  # the output's input columns (set by Simulator)
+        self.data_rows = np.arange(1, n_rows + 1)  # 1-based data row of the file each row is or copies
         self.n_rows = n_rows
         self.ident = ident = df["ID"].to_numpy()
         self.time = time = df["TIME"].to_numpy(float)
@@ -649,6 +651,9 @@ class Simulator:
         at the first call with each set of parameter names.
     solver, interpolation, ode_method
         Defaults for the calls, as for :func:`simulate`.
+    grid, ignore, accept
+        As for :func:`simulate`: output grid times (h) added to every subject, and NONMEM IGNORE/ACCEPT
+        record filters (:func:`pkpd.data.filter_records`), applied once here.
 
     Notes
     -----
@@ -668,24 +673,55 @@ class Simulator:
     """
 
     def __init__(self, data, model: str | CompartmentModel | None = None, params=None, *, solver=None,
-                 interpolation: str | None = None, ode_method: str | None = None):
+                 interpolation: str | None = None, ode_method: str | None = None, grid=None, ignore=None,
+                 accept=None):
+        from .data import filter_records, parse_grid, read_dataset, renumber
+
         spec = None if params is None else (params if isinstance(params, ParameterSpec) else load_params(params))
         self.model = _resolve_model(model, spec)
         if spec is not None:
             _check_param_names(self.model, spec)
         self.params = spec
         self.solver, self.interpolation, self.ode_method = solver, interpolation, ode_method
+        self.grid = None if grid is None else parse_grid(grid)  # a bad grid is reported before the data is read
         source = str(data) if isinstance(data, (str, Path)) else None
-        df = _validate(data, self.model, spec)
-        self._design = _Design(df, self.model, source, pad=True)
-        if spec is not None:
-            self._design._bound[(frozenset(spec.block), frozenset(referenced_columns(spec.block)))] = True
         if isinstance(data, pd.DataFrame):
-            self._base = frame_copy(data.reset_index(drop=True))
-        else:  # the file's own cells, untouched (read as text): predictions are appended, nothing rewritten
-            from .data import read_dataset
+            raw = frame_copy(data.reset_index(drop=True))
+        elif isinstance(data, (str, Path)):  # the file's own cells, as text: predictions are appended to them
+            raw = read_dataset(data)
+        else:
+            raise TypeError(f"expected a pandas DataFrame or a path, got {type(data).__name__}")
+        kept = filter_records(raw, ignore, accept, source=source)
+        #: What IGNORE/ACCEPT and the comment column ``C`` dropped (:class:`pkpd.data.FilteredRecords`).
+        self.filtered = kept
+        try:
+            df = _validate(kept.frame, self.model, spec, source=source)
+        except DatasetError as exc:  # row numbers of the file, not of the rows kept
+            raise renumber(exc, kept.rows, source) from None
+        self._source, self._frame, self._base, self._rows = source, df, kept.frame, kept.rows
+        self._designs: dict = {}
+        default = interpolation or (spec.interpolation if spec is not None else None) or "nocb"
+        self._design = self._design_for(default)
 
-            self._base = read_dataset(data)
+    def _design_for(self, interp: str) -> _Design:
+        """The prepared design (with the grid rows, whose covariates depend on the interpolation)."""
+        from .data import add_grid
+
+        key = interp if self.grid is not None else None
+        design = self._designs.get(key)
+        if design is None:
+            if self.grid is None:
+                frame, base, rows = self._frame, self._base, self._rows
+            else:
+                g = add_grid(self._frame, self.grid, interpolation=interp, base=self._base)
+                frame, base, rows = g.frame, g.base, self._rows[g.source]
+            design = _Design(frame, self.model, self._source, pad=True)
+            design.base, design.data_rows = base, rows
+            if self.params is not None:  # the constructor checked the columns the parameter file needs
+                spec = self.params
+                design._bound[(frozenset(spec.block), frozenset(referenced_columns(spec.block)))] = True
+            self._designs[key] = design
+        return design
 
     @property
     def n_subjects(self) -> int:
@@ -697,10 +733,19 @@ class Simulator:
         """Subjects per compiled batch: :attr:`n_subjects` rounded up to :func:`pkpd.engine.bucket_size`."""
         return self._design.B
 
+    def _bind(self, spec: ParameterSpec, interp: str, **kw) -> tuple[_Design, Prepared]:
+        from .data import renumber
+
+        design = self._design_for(interp)
+        try:
+            return design, design.bind(spec, interp, check_columns=True, **kw)
+        except DatasetError as exc:
+            raise renumber(exc, design.data_rows) from None
+
     def prepare(self, params=None, *, interpolation: str | None = None) -> Prepared:
         """The design bound to one parameter set: :class:`Prepared` arrays (padded to :attr:`batch_size`)."""
         spec = self._spec(params)
-        return self._design.bind(spec, interpolation or self.interpolation or spec.interpolation, check_columns=True)
+        return self._bind(spec, interpolation or self.interpolation or spec.interpolation)[1]
 
     def _spec(self, params) -> ParameterSpec:
         if params is None:
@@ -741,12 +786,15 @@ class Simulator:
         solver = solver if solver is not None else (spec.solver or "auto")
         method = ode_method if ode_method is not None else self.ode_method
         solv = resolve_solver(solver, self.model, method if method is not None else spec.ode_method)
-        prep = self._design.bind(spec, interpolation or self.interpolation or spec.interpolation,
-                                 check_columns=True, host_theta=True)
+        design, prep = self._bind(spec, interpolation or self.interpolation or spec.interpolation, host_theta=True)
         amounts, n_stiff = _solve_all(prep, solver, solv)
-        out = _finish(self._base, prep, amounts)
+        out = _finish(design.base, prep, amounts)
         # pseudo-subjects re-solved with the stiff fallback (the CLI says so next to the solver it names)
         out.attrs["stiff_resolved"] = int(n_stiff)
+        # rows dropped by IGNORE/ACCEPT or the comment column C (the CLI says how many and why)
+        out.attrs["ignored_rows"] = int(self.filtered.n_dropped)
+        if self.filtered.dropped:
+            out.attrs["ignored"] = self.filtered.message()
         return out
 
 
@@ -804,7 +852,8 @@ def _finish(base: pd.DataFrame, prep: Prepared, amounts: np.ndarray) -> pd.DataF
 
 
 def simulate(data, model: str | CompartmentModel | None = None, params=None, *, solver=None,
-             interpolation: str | None = None, ode_method: str | None = None) -> pd.DataFrame:
+             interpolation: str | None = None, ode_method: str | None = None, grid=None, ignore=None,
+             accept=None) -> pd.DataFrame:
     """Simulate every record of a NONMEM-format dataset.
 
     Parameters
@@ -828,17 +877,40 @@ def simulate(data, model: str | CompartmentModel | None = None, params=None, *, 
     ode_method
         ODE method (``"auto"``, ``"tsit5"``, ``"dopri5"``, ``"dopri8"``, ``"kvaerno5"``); default: the
         parameter file's ``ode_method``, else ``"auto"`` (Tsit5, retried with Kvaerno5 where it fails).
+    grid
+        Output times added to every subject, in the dataset's time unit (h): ``"START:END:STEP"`` (END
+        included, e.g. ``"0:24:0.5"``), ``"0,1,2,4"``, or an array of times (:func:`pkpd.data.parse_grid`).
+        As mrgsolve's ``obsaug`` and rxode2's ``et()`` do, the grid rows are added to the dataset's own
+        records (which all stay in the output): one ``EVID=2``, ``MDV=1`` row per subject and grid time,
+        after the records of the same time (so a grid time at a dose shows the amount after it), with
+        the covariates of the record the simulation uses then (the next record with NOCB, the previous
+        with LOCF), so the predictions at the dataset's records do not change. The output has a last
+        input column ``GRID`` (1 on grid rows, 0 on the dataset's); select ``out[out.GRID == 1]`` for the
+        grid alone. ``None``: no grid.
+    ignore, accept
+        NONMEM ``$DATA`` record filters (:func:`pkpd.data.record_filter`): ``ignore`` characters (``"#"``,
+        the default; ``"@"``; ``"C"``) tested on the first column, or conditions ``"(DV.EQ.0,TIME.GT.24)"``;
+        ``accept`` conditions ``"(DVID.EQ.1)"``. A column named ``C`` is NONMEM's comment flag: its rows
+        starting with ``C`` are always dropped and it is never a covariate. Dropped rows are not simulated
+        and not in the output; ``out.attrs["ignored_rows"]`` counts them and ``out.attrs["ignored"]`` says
+        which and why. Row numbers in error messages are those of the file.
 
     Returns
     -------
     pandas.DataFrame
-        Every input row and column, in the input order, followed by one column per compartment (amount,
+        Every input row and column (the rows the filters keep), in the input order, with the grid rows in
+        place and the ``GRID`` column when a grid is given, followed by one column per compartment (amount,
         mg; the effect compartment holds a concentration, mg/L), ``CP`` = central amount / central volume
         (mg/L), and the model's extra outputs (``CE``, ``CM``). On dose records the values include that
         record's own unlagged dose.
 
     Raises
     ------
+    GridError
+        A malformed grid (not numbers, END <= START, STEP <= 0, more than 1,000,000 times).
+    DatasetError
+        Every problem of the dataset (row numbers of the file), or a malformed IGNORE/ACCEPT option
+        (:class:`pkpd.data.RecordFilterError`, naming the condition).
     SolverError
         Where a subject's result cannot be vouched for and no fallback applies (or the fallback fails too):
         the exact solver's rounding-error estimate exceeds 1.5e-9 relative plus 1.1e-11 of the amount
@@ -869,5 +941,6 @@ def simulate(data, model: str | CompartmentModel | None = None, params=None, *, 
     model_obj = _resolve_model(model, spec)
     resolve_solver(solver if solver is not None else (spec.solver or "auto"), model_obj,
                    ode_method if ode_method is not None else spec.ode_method)  # a bad option is reported first
-    sim = Simulator(data, model_obj, spec, solver=solver, interpolation=interpolation, ode_method=ode_method)
+    sim = Simulator(data, model_obj, spec, solver=solver, interpolation=interpolation, ode_method=ode_method,
+                    grid=grid, ignore=ignore, accept=accept)
     return sim(spec)
