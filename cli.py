@@ -212,6 +212,8 @@ DATASET COLUMNS (NONMEM conventions; ID and TIME required, others optional):
   any other column is a covariate usable in the parameter expressions; time-varying covariates
   are interpolated NOCB (next observation carried backward, NONMEM's default) unless
   --interpolation locf.
+  C      NONMEM comment flag, never a covariate: rows with C in it are ignored (and rows
+         whose first column starts with #); --ignore/--accept: $DATA IGNORE/ACCEPT.
 
 \b
 PARAMETER FILE (TOML, or JSON with the same keys):
@@ -235,6 +237,8 @@ OUTPUT COLUMNS (appended after the input columns):
   CE  effect-site concentration (mg/L), for models with an effect compartment;
   CM  metabolite concentration (mg/L), for models with a metabolite.
 On dose records the values include that record's own (unlagged) dose.
+With --grid, one row per ID and grid time (EVID 2, MDV 1, GRID 1) is added after the records of
+the same time; the dataset's rows (GRID 0) are all kept.
 
 Refuses to overwrite an existing OUT or PLOT unless --force; never overwrites DATA.
 """
@@ -281,8 +285,27 @@ def simulate(
         help="Covariate interpolation between records: nocb (NONMEM) or locf. Default: the parameter file's "
              "`interpolation`, else nocb."),
     plot: Optional[Path] = typer.Option(None, "--plot", dir_okay=False,
-                                        help=f"Also write a PNG of CP (mg/L) vs TIME (h), one line per ID "
-                                             f"(first {MAX_PLOTTED_SUBJECTS} subjects)."),
+                                        help=f"Also write a PNG of CP (mg/L) vs TIME (h): one line per ID on the "
+                                             f"--grid (default: a dense grid over the records), a legend naming "
+                                             f"the IDs (first {MAX_PLOTTED_SUBJECTS} subjects)."),
+    grid: Optional[str] = typer.Option(None, "--grid", metavar="START:END:STEP",
+                                       help="Dataset mode: also output every ID at these times, in the dataset's "
+                                            "time unit (h): from START to END (included) by STEP, written "
+                                            "e.g. 0:24:0.5 for 0, 0.5, ..., 24; or a list 0,1,2,4. Grid rows (EVID 2, MDV 1) are added to the dataset's "
+                                            "records, marked GRID=1."),
+    ignore: Optional[list[str]] = typer.Option(None, "--ignore", metavar="IGNORE",
+                                               help="Dataset mode: NONMEM IGNORE: a character tested on the first "
+                                                    "column (# always; @ = header lines; C) or conditions such as "
+                                                    "'(DV.EQ.0,TIME.GT.24)' (.EQ. .NE. .GT. .GE. .LT. .LE.; "
+                                                    "comma = or). Repeatable. Rows with C in a column named C are "
+                                                    "always ignored."),
+    accept: Optional[list[str]] = typer.Option(None, "--accept", metavar="CONDITIONS",
+                                               help="Dataset mode: NONMEM ACCEPT conditions, e.g. '(DVID.EQ.1)': "
+                                                    "only the rows where one holds are simulated."),
+    keep_chunks: bool = typer.Option(False, "--keep-chunks",
+                                     help="Regimen mode: keep OUT/chunks after a successful run (default: removed "
+                                          "once the outputs are written; kept after a failure or interrupt for "
+                                          "--resume)."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite OUT and PLOT if they exist."),
     devices: Optional[int] = typer.Option(None, "--devices", min=1, help="Regimen mode: " + _DEVICES_HELP),
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Regimen mode: " + _CHUNK_HELP),
@@ -298,14 +321,17 @@ def simulate(
             _fail("--regimen simulates a regimen in a virtual population: do not also give DATA, --params or "
                   "--model (those are for dataset mode)")
         dataset_only = [f for f, v in (("--solver", solver), ("--ode-method", ode_method),
-                                       ("--interpolation", interpolation), ("--plot", plot)) if v is not None]
+                                       ("--interpolation", interpolation), ("--plot", plot), ("--grid", grid),
+                                       ("--ignore", ignore or None), ("--accept", accept or None)) if v is not None]
         if dataset_only:  # the regimen simulator has its own exact solver: say so rather than ignore the option
             _fail(f"{', '.join(dataset_only)} apply to dataset mode (DATA --params), not to --regimen runs (the "
                   "regimen simulator uses its own exact event solver)")
         scale = _scaleout(devices, chunk_size, precision, coordinator, num_processes, process_id)
-        _simulate_regimen(regimen, population, seed, patient, out, fmt, force, args, resume=resume, scale=scale)
+        _simulate_regimen(regimen, population, seed, patient, out, fmt, force, args, resume=resume, scale=scale,
+                          keep_chunks=keep_chunks)
         return
     given = [f for f, v in (("--devices", devices), ("--chunk-size", chunk_size), ("--resume", resume or None),
+                            ("--keep-chunks", keep_chunks or None),
                             ("--coordinator", coordinator), ("--num-processes", num_processes),
                             ("--process-id", process_id)) if v is not None]
     if given:
@@ -334,9 +360,15 @@ def simulate(
             raise pkpd.ModelSpecError(
                 f"no model given: pass --model NAME or set `model = \"...\"` in {params} (see `pkpd models`)")
         model_obj = pkpd.get_model(model_name)
-        result = pkpd.simulate(data, model_obj, spec, solver=solver.value if solver else None,
-                               interpolation=interpolation.value if interpolation else None,
-                               ode_method=ode_method.value if ode_method else None)
+        options = dict(solver=solver.value if solver else None, ode_method=ode_method.value if ode_method else None,
+                       interpolation=interpolation.value if interpolation else None, ignore=ignore, accept=accept)
+        result = pkpd.simulate(data, model_obj, spec, grid=grid, **options)
+        curves = None
+        if plot is not None:  # the plot draws lines on a grid: the --grid, else a dense one over the records
+            from pkpd.simulate import dense_grid
+
+            curves = result if grid is not None else pkpd.simulate(data, model_obj, spec, grid=dense_grid(result),
+                                                                   **options)
     except PKPDError as exc:
         _fail(str(exc))
 
@@ -358,46 +390,24 @@ def simulate(
     from rich.console import Console
 
     console = Console(soft_wrap=True, highlight=False)
-    console.print(f"Simulated {len(result)} rows, {n_subj} subject{'s' if n_subj != 1 else ''} with model "
+    if result.attrs.get("ignored"):
+        console.print(f"note: {result.attrs['ignored']}", markup=False)
+    n_grid = int((result["GRID"] == 1).sum()) if grid is not None else 0
+    rows = f"{len(result)} rows ({n_grid} on the --grid)" if grid is not None else f"{len(result)} rows"
+    console.print(f"Simulated {rows}, {n_subj} subject{'s' if n_subj != 1 else ''} with model "
                   f"{model_obj.name} (solver {used}) -> {out_path}", markup=False)
     if plot is not None:
+        from pkpd.simulate import plot_profiles
+
         try:
-            shown = _plot_cp(result, model_obj.name, plot)
+            shown, total = plot_profiles(curves, model_obj, plot, max_ids=MAX_PLOTTED_SUBJECTS)
         except OSError as exc:
             _fail(f"cannot write the plot file {plot}: {exc}")
-        more = f" (first {shown} of {n_subj} subjects)" if shown < n_subj else ""
+        more = f" (first {shown} of {total} subjects)" if shown < total else ""
         console.print(f"Plot of CP vs TIME -> {plot}{more}", markup=False)
-    regimen_only = ("regimen", "population", "seed", "patient", "fmt")
+    regimen_only = ("regimen", "population", "seed", "patient", "fmt", "keep_chunks")
     _manifest(manifest_path(out_path), "simulate", {k: v for k, v in args.items() if k not in regimen_only},
               {"data": data, "params": params}, [out_path] + ([plot] if plot is not None else []))
-
-
-def _plot_cp(result, model_name: str, path: Path) -> int:
-    """PNG of CP (mg/L) vs TIME (h) per ID; observation rows only when the dataset has any. Returns #IDs."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    frame = result
-    if "EVID" in frame.columns and (frame["EVID"] == 0).any():
-        frame = frame[frame["EVID"] == 0]
-    ids = list(dict.fromkeys(frame["ID"].tolist()))[:MAX_PLOTTED_SUBJECTS]
-    fig = Figure(figsize=(8, 5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for i in ids:
-        sub = frame[frame["ID"] == i]
-        label = f"ID {int(i)}" if float(i).is_integer() else f"ID {i}"
-        ax.plot(sub["TIME"].to_numpy(float), sub["CP"].to_numpy(float), marker=".", markersize=3,
-                linewidth=1, label=label)
-    ax.set_xlabel("TIME (h)")
-    ax.set_ylabel("CP (mg/L)")
-    ax.set_title(f"{model_name}: central concentration CP")
-    ax.grid(True, alpha=0.3)
-    if 1 < len(ids) <= 10:
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return len(ids)
 
 
 def _load_regimen(spec: str):

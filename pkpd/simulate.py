@@ -36,7 +36,8 @@ from .data import frame_copy, validate_dataset
 from .expr import Expression, compile_parameter_block, evaluate_parameter_block, referenced_columns
 from .models import CompartmentModel, get_model
 
-__all__ = ["ParameterSpec", "load_params", "simulate", "prepare", "Prepared", "Simulator"]
+__all__ = ["ParameterSpec", "load_params", "simulate", "prepare", "Prepared", "Simulator", "dense_grid",
+           "plot_profiles", "MAX_PLOTTED_IDS"]
 
 _DOSE_PREFIXES = ("F", "ALAG", "R", "D")
 
@@ -944,3 +945,134 @@ def simulate(data, model: str | CompartmentModel | None = None, params=None, *, 
     sim = Simulator(data, model_obj, spec, solver=solver, interpolation=interpolation, ode_method=ode_method,
                     grid=grid, ignore=ignore, accept=accept)
     return sim(spec)
+
+
+#: Most subjects :func:`plot_profiles` draws (each with its own line and legend entry).
+MAX_PLOTTED_IDS = 20
+#: Grid points per subject :func:`dense_grid` gives for drawing smooth curves.
+DENSE_GRID_POINTS = 481
+
+
+def dense_grid(result: pd.DataFrame, points: int = DENSE_GRID_POINTS) -> np.ndarray:
+    """Evenly spaced times (h) for drawing a simulation's curves: from the first record to the last record or
+    the end of the last dosing interval (``TIME + (ADDL + 1) * II`` of the dose rows), whichever is later.
+
+    Parameters
+    ----------
+    result
+        The dataset or a simulation of it (cells as text or numbers; ``TIME``, ``II``, ``ADDL`` in h).
+    points
+        Number of times.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 times (h), increasing (one time when every record has the same time and no interval).
+    """
+    from .data import GRID_COLUMN, standard_columns
+
+    cols = standard_columns(result.drop(columns=[c for c in (GRID_COLUMN,) if c in result.columns]))
+    t = cols["TIME"]
+    dose = np.isin(cols["EVID"], (1.0, 4.0))
+    ends = np.where(dose, t + (cols["ADDL"] + 1) * cols["II"], t)
+    t0 = float(np.nanmin(t)) if np.isfinite(t).any() else 0.0
+    t1 = float(np.nanmax(ends)) if np.isfinite(ends).any() else t0
+    return np.array([t0]) if t1 <= t0 else np.linspace(t0, t1, int(points))
+
+
+def _output_unit(model: CompartmentModel, name: str) -> str:
+    """Unit of an output column (``CP``: amount units / volume units, mg/L for the built-in models)."""
+    units = dict(getattr(model, "output_units", None) or {})
+    if name in units:
+        return str(units[name])
+    for o in getattr(model, "outputs", ()):
+        if o.name == name:
+            return str(o.unit)
+    return "mg/L"
+
+
+def plot_profiles(result: pd.DataFrame, model: CompartmentModel, path, *, output: str = "CP",
+                  max_ids: int = MAX_PLOTTED_IDS) -> tuple[int, int]:
+    """PNG of a dataset simulation: ``output`` (CP, mg/L) against TIME (h), one line per ID on the grid.
+
+    Parameters
+    ----------
+    result
+        Output of :func:`simulate` with a ``grid`` (the ``GRID`` column): each subject's grid rows are drawn
+        as one line (a new segment where its time goes back at a reset), and the simulated value at its
+        observation records (``EVID`` 0, ``MDV`` 0) as dots in the line's colour. Without grid rows the
+        records themselves are joined.
+    model
+        The model simulated (units of the output, name in the title).
+    path
+        PNG file to write.
+    output
+        Output column to draw.
+    max_ids
+        Most subjects drawn, the first ones in the file; the legend names each drawn ID and, when some
+        are left out, says how many.
+
+    Returns
+    -------
+    (int, int)
+        Subjects drawn and subjects in the result.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    from .data import GRID_COLUMN, numeric_column, standard_columns
+
+    base = result.drop(columns=[c for c in (GRID_COLUMN,) if c in result.columns])
+    cols = standard_columns(base[[c for c in base.columns if str(c).upper() in
+                                  ("ID", "TIME", "EVID", "MDV", "AMT")]])
+    ident = result["ID"].to_numpy()
+    time = cols["TIME"]
+    y = numeric_column(result[output])
+    grid = (numeric_column(result[GRID_COLUMN]) == 1) if GRID_COLUMN in result.columns else np.zeros(len(result), bool)
+    obs = ~grid & (cols["EVID"] == 0) & (cols["MDV"] == 0)
+    ids = list(pd.unique(ident))
+    shown = ids[:max(int(max_ids), 0)]
+    unit = _output_unit(model, output)
+    fig = Figure(figsize=(9, 5.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colors = [f"C{i % 10}" for i in range(len(shown))]
+    handles = []
+    for i, (who, color) in enumerate(zip(shown, colors)):
+        sel = ident == who
+        line = sel & grid if (sel & grid).any() else sel
+        idx = np.flatnonzero(line)
+        label = f"ID {_id_text(who)}"
+        cut = np.flatnonzero(np.diff(time[idx]) < 0) + 1  # a reset that goes back in time: a new segment
+        for k, part in enumerate(np.split(idx, cut)):
+            h, = ax.plot(time[part], y[part], color=color, linewidth=1.2,
+                         linestyle="-" if i < 10 else "--", label=label if k == 0 else None)
+            if k == 0:
+                handles.append(h)
+        o = np.flatnonzero(sel & obs)
+        if o.size and grid.any():
+            ax.plot(time[o], y[o], linestyle="none", marker="o", markersize=3.5, color=color)
+    if grid.any() and obs[np.isin(ident, shown)].any():
+        handles.append(Line2D([], [], linestyle="none", marker="o", markersize=3.5, color="0.35",
+                              label=f"{output} at observation records"))
+    ax.set_xlabel("TIME (h)")
+    ax.set_ylabel(f"{output} ({unit})")
+    ax.set_title(f"{model.name}: {'central concentration CP' if output == 'CP' else output}")
+    ax.grid(True, alpha=0.3)
+    omitted = len(ids) - len(shown)
+    title = f"first {len(shown)} of {len(ids)} IDs ({omitted} not shown)" if omitted > 0 else None
+    if handles:
+        ax.legend(handles=handles, title=title, fontsize="small", title_fontsize="small", loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return len(shown), len(ids)
+
+
+def _id_text(v) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v).strip()
+    return str(int(f)) if f.is_integer() else f"{f:g}"
