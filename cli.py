@@ -166,6 +166,8 @@ _PRECISION_HELP = ("float64, float32 or auto (float64 on CPU, float32 on acceler
                    "else auto.")
 _RESUME_HELP = ("Continue an interrupted run in the same --out: the chunks already in OUT/chunks are kept, only "
                 "the missing ones are computed.")
+_KEEP_CHUNKS_HELP = ("Keep OUT/chunks after a successful run (default: removed once the outputs and run.json are "
+                     "written; a failed or interrupted run always keeps them for --resume).")
 _COORD_HELP = "Multi-process run: host:port of process 0 (default: JAX_COORDINATOR_ADDRESS)."
 _NPROC_HELP = "Multi-process run: number of processes (default: JAX_NUM_PROCESSES)."
 _PID_HELP = "Multi-process run: this process's id, 0 .. N-1 (default: JAX_PROCESS_ID)."
@@ -302,10 +304,7 @@ def simulate(
     accept: Optional[list[str]] = typer.Option(None, "--accept", metavar="CONDITIONS",
                                                help="Dataset mode: NONMEM ACCEPT conditions, e.g. '(DVID.EQ.1)': "
                                                     "only the rows where one holds are simulated."),
-    keep_chunks: bool = typer.Option(False, "--keep-chunks",
-                                     help="Regimen mode: keep OUT/chunks after a successful run (default: removed "
-                                          "once the outputs are written; kept after a failure or interrupt for "
-                                          "--resume)."),
+    keep_chunks: bool = typer.Option(False, "--keep-chunks", help="Regimen mode: " + _KEEP_CHUNKS_HELP),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite OUT and PLOT if they exist."),
     devices: Optional[int] = typer.Option(None, "--devices", min=1, help="Regimen mode: " + _DEVICES_HELP),
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Regimen mode: " + _CHUNK_HELP),
@@ -410,6 +409,26 @@ def simulate(
               {"data": data, "params": params}, [out_path] + ([plot] if plot is not None else []))
 
 
+def _remove_chunks(out_dir: Path, keep: bool, console) -> None:
+    """After a successful population run (outputs and run.json written): delete OUT/chunks unless --keep-chunks
+    (:func:`pkpd.batch.remove_store`). A failed or interrupted run never gets here, so its chunks stay for
+    --resume."""
+    from pkpd.batch import remove_store
+
+    if keep:
+        console.print(f"Kept the intermediate chunks in {out_dir / 'chunks'} (--keep-chunks)", markup=False)
+        return
+    try:
+        freed = remove_store(out_dir / "chunks")
+    except OSError as exc:
+        console.print(f"warning: could not remove the intermediate chunks in {out_dir / 'chunks'}: {exc}",
+                      markup=False, style="yellow")
+        return
+    if freed:
+        console.print(f"Removed the intermediate chunks ({freed / 1e6:.1f} MB) from {out_dir / 'chunks'} "
+                      "(--keep-chunks keeps them)", markup=False)
+
+
 def _load_regimen(spec: str):
     from regimens import get_regimen, list_regimens, load_regimen, parse_regimen_text
 
@@ -424,7 +443,8 @@ def _load_regimen(spec: str):
 
 
 def _simulate_regimen(spec: str, n: int, seed: int, patient: Optional[Path], out: Optional[Path], fmt: str,
-                      force: bool, args: dict, *, resume: bool = False, scale: tuple[int, int] = (0, 1)) -> None:
+                      force: bool, args: dict, *, resume: bool = False, scale: tuple[int, int] = (0, 1),
+                      keep_chunks: bool = False) -> None:
     from pkpd._errors import PKPDError
 
     index, count = scale
@@ -458,11 +478,13 @@ def _simulate_regimen(spec: str, n: int, seed: int, patient: Optional[Path], out
 
     console = Console(soft_wrap=True, highlight=False)
     with _interruptible(f" The finished chunks are kept in {out_dir / 'chunks'}: rerun with --resume to continue."):
-        _simulate_regimen_run(reg, spec, n, seed, patient, out_dir, fmt, args, resume, index, count, console)
+        _simulate_regimen_run(reg, spec, n, seed, patient, out_dir, fmt, args, resume, index, count, console,
+                              keep_chunks)
 
 
 def _simulate_regimen_run(reg, spec: str, n: int, seed: int, patient: Optional[Path], out_dir: Path, fmt: str,
-                          args: dict, resume: bool, index: int, count: int, console) -> None:
+                          args: dict, resume: bool, index: int, count: int, console, keep_chunks: bool = False
+                          ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from pkpd._errors import PKPDError
@@ -493,6 +515,9 @@ def _simulate_regimen_run(reg, spec: str, n: int, seed: int, patient: Optional[P
             # chunk by chunk into OUT/chunks (resumable; each process takes its share): pkpd.regimen_run
             res = simulate_regimen_stored(reg, pop, out_dir / "chunks", seed=seed, resume=resume,
                                           progress=lambda k: prog.advance(task, k))
+        from pkpd.batch import barrier
+
+        barrier("pkpd-chunks-merged")  # every process has read the chunks: process 0 may delete them later
         if index != 0:
             console.print(f"process {index} of {count}: its chunks are in {out_dir / 'chunks'}; process 0 writes "
                           "the outputs", markup=False)
@@ -504,6 +529,7 @@ def _simulate_regimen_run(reg, spec: str, n: int, seed: int, patient: Optional[P
     except OSError as exc:
         _fail(f"cannot write the outputs: {exc}")
     _manifest(out_dir / "run.json", "simulate", args, {"regimen": spec, "patient": patient}, written)
+    _remove_chunks(out_dir, keep_chunks, console)
     for note in res.notes:
         console.print(f"note: {note}", markup=False)
     s = res.summary()
@@ -956,6 +982,7 @@ def trial_cmd(
                               "draws)."),
     force: bool = typer.Option(False, "--force", "-f", help="Write into an existing non-empty output directory."),
     resume: bool = typer.Option(False, "--resume", help=_RESUME_HELP),
+    keep_chunks: bool = typer.Option(False, "--keep-chunks", help=_KEEP_CHUNKS_HELP),
     devices: Optional[int] = typer.Option(None, "--devices", min=1, help=_DEVICES_HELP),
     precision: Optional[str] = typer.Option(None, "--precision", help=_PRECISION_HELP),
     coordinator: Optional[str] = typer.Option(None, "--coordinator", help=_COORD_HELP),
@@ -977,11 +1004,11 @@ def trial_cmd(
         else:
             _check_out_dir(out_dir, force)
     with _interruptible(f" The finished chunks are kept in {out_dir / 'chunks'}: rerun with --resume to continue."):
-        _trial_run(population, seed, out_dir, draws, steps, chunk, resume, index, count, args)
+        _trial_run(population, seed, out_dir, draws, steps, chunk, resume, index, count, args, keep_chunks)
 
 
 def _trial_run(population: int, seed: int, out_dir: Path, draws: int, steps: int, chunk: int, resume: bool,
-               index: int, count: int, args: dict) -> None:
+               index: int, count: int, args: dict, keep_chunks: bool = False) -> None:
     import json
 
     from rich.console import Console
@@ -1002,6 +1029,9 @@ def _trial_run(population: int, seed: int, out_dir: Path, draws: int, steps: int
 
             patients, summary, times = run_trial(population, seed, OptimizeSettings(draws=draws, steps=steps),
                                                  chunk=chunk, progress=tick, store=out_dir / "chunks", resume=resume)
+        from pkpd.batch import barrier
+
+        barrier("pkpd-chunks-merged")  # every process has read the chunks: process 0 may delete them later
         if index != 0:
             console.print(f"process {index} of {count}: its chunks are in {out_dir / 'chunks'}; process 0 writes "
                           "the outputs", markup=False)
@@ -1018,6 +1048,7 @@ def _trial_run(population: int, seed: int, out_dir: Path, draws: int, steps: int
         _fail(f"cannot write the outputs: {exc}")
     _manifest(out_dir / "run.json", "trial", args, {},
               [out_dir / n for n in ("patients.csv", "summary.csv", "timings.json", "trial.png")])
+    _remove_chunks(out_dir, keep_chunks, console)
     allp = summary[summary["stratum"] == "all"].set_index("regimen")
     console.print(f"SPINE-72 trial: {population} patients (seed {seed}), {draws} draws each, "
                   f"{times['total_s']:.0f} s", markup=False)

@@ -26,7 +26,9 @@ One batching layer under ``pkpd simulate --regimen``, ``pkpd trial``, ``pkpd opt
   accelerators): :func:`set_precision`; ``PKPD_PRECISION`` sets it at import (see :mod:`pkpd`).
 * **Resumability.** A :class:`ChunkStore` holds completed chunks as files, written atomically, with the
   identity of the run; ``resume=True`` skips the chunks already there, so an interrupted run continues
-  without recomputing or duplicating a patient.
+  without recomputing or duplicating a patient. Once a run has written its outputs, the commands delete
+  its store (:func:`remove_store`; ``--keep-chunks`` keeps it); a run that failed or was interrupted
+  keeps it for ``--resume``.
 
 Nothing here is specific to a model: :mod:`pkpd.regimen_sim` shards its compiled kernel with
 :class:`RowProgram`, :func:`regimens.optimize.run_trial` and ``pkpd simulate --regimen`` use
@@ -56,7 +58,7 @@ __all__ = ["BatchConfig", "BatchError", "ChunkStore", "RowProgram", "ROW_AXIS", 
            "chunk_rows", "config", "configure", "configured", "describe", "device_count", "free_memory",
            "init_distributed", "local_devices", "mesh", "note_call", "pad_rows", "place", "placement",
            "precision", "process_info", "record_shardings", "shard_rows_map", "sharding_placement",
-           "run_chunks", "run_identity", "set_precision", "setup", "check_resume_dir"]
+           "run_chunks", "run_identity", "set_precision", "setup", "check_resume_dir", "remove_store"]
 
 #: Name of the mesh axis the patient/row axis is sharded over.
 ROW_AXIS = "rows"
@@ -924,6 +926,10 @@ def check_resume_dir(out_dir, kind: str, command: str) -> None:
         store = json.loads(meta.read_text()) if meta.is_file() else None
     except (OSError, ValueError):
         raise BatchError(f"cannot resume in {out}: its chunk store {meta} is unreadable{refuse}") from None
+    if store is None and _manifest_command(out / "run.json") == command:
+        raise BatchError(f"nothing to resume in {out}: it holds a finished run of {what} (its run.json; the chunks "
+                         "were removed when it succeeded, unless --keep-chunks). Pass --force to run it again, or "
+                         "choose another --out")
     if not isinstance(store, dict) or store.get("store") != 1 or not isinstance(store.get("identity"), dict):
         raise BatchError(f"cannot resume in {out}: the directory is not empty and holds no run of {what} to resume "
                          f"(no chunk store {meta}){refuse}")
@@ -940,6 +946,54 @@ def check_resume_dir(out_dir, kind: str, command: str) -> None:
         if recorded != command:
             raise BatchError(f"cannot resume in {out}: its run.json is not the manifest of a {what} run "
                              f"(command {recorded!r}){refuse}")
+
+
+def _manifest_command(path: Path) -> str | None:
+    """The ``command`` recorded in a run manifest (``run.json``), or ``None`` (absent or unreadable)."""
+    try:
+        return json.loads(path.read_text()).get("command") if path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def remove_store(root) -> int:
+    """Delete the chunk store of a run that has written its outputs; return the bytes freed.
+
+    Only the store's own files are deleted (``store.json``, ``chunk-*`` and ``.tmp-*`` files), then the
+    directory when nothing else is left in it. Call it on process 0 once the outputs and the manifest are
+    written, after every process has read the chunks (:func:`barrier`): a run that failed or was
+    interrupted must keep its store, since ``--resume`` continues from it.
+
+    Parameters
+    ----------
+    root
+        Directory of the :class:`ChunkStore` (``OUT/chunks``); absent: nothing to do.
+
+    Returns
+    -------
+    int
+        Bytes of the deleted files.
+
+    Raises
+    ------
+    OSError
+        A file that cannot be deleted (the files already deleted stay deleted; the store is then
+        incomplete, and a later ``--resume`` recomputes the missing chunks).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    freed = 0
+    meta = root / "store.json"
+    files = [p for p in root.iterdir() if p.is_file() and (p.name.startswith("chunk-") or p.name.startswith(".tmp-"))]
+    # completion markers (chunk-*.json) first: a deletion cut short leaves chunks that count as missing, never
+    # a chunk marked complete without its tables; the store's identity last
+    for p in sorted(files, key=lambda q: not q.name.endswith(".json")) + ([meta] if meta.is_file() else []):
+        freed += p.stat().st_size
+        p.unlink()
+    if not any(root.iterdir()):
+        root.rmdir()
+    return freed
 
 
 def _atomic_write(path: Path, text: str) -> None:
