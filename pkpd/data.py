@@ -13,6 +13,12 @@ The workflow is
 * :func:`validate_dataset` reads (when given a path), checks, raises one
   :class:`~pkpd._errors.DatasetError` listing all problems, or returns a normalized numeric frame.
 
+Record selection (NONMEM ``$DATA IGNORE``/``ACCEPT``): :func:`filter_records` drops the rows whose first
+column starts with ``#`` (or another ``IGNORE`` character), the rows flagged ``C`` in a column named ``C``
+(NONMEM's comment column, never a covariate), and the rows ``IGNORE=(list)``/``ACCEPT=(list)`` conditions
+select; :func:`renumber` reports later problems by the rows of the file. Output grids: :func:`parse_grid`
+reads ``START:END:STEP``; :func:`add_grid` adds one output record per subject and grid time.
+
 Row numbers are 1-based *data* rows: the header is not counted, so data row 1 is line 2 of a CSV file,
 and row ``i + 1`` is ``df.iloc[i]``.
 
@@ -40,7 +46,9 @@ import pandas as pd
 from ._errors import DatasetError, DatasetViolation
 
 __all__ = ["STANDARD_COLUMNS", "read_dataset", "check_dataset", "validate_dataset", "standard_columns",
-           "numeric_column"]
+           "numeric_column", "COMMENT_COLUMN", "Condition", "RecordFilter", "RecordFilterError", "FilteredRecords",
+           "record_filter", "parse_conditions", "filter_records", "renumber", "GRID_COLUMN", "MAX_GRID_POINTS",
+           "MAX_GRID_ROWS", "parse_grid", "add_grid", "GridRecords"]
 
 #: NONMEM data items understood by the toolkit, in the order new columns are appended.
 STANDARD_COLUMNS: tuple[str, ...] = ("ID", "TIME", "EVID", "AMT", "CMT", "RATE", "II", "ADDL", "SS", "DV", "MDV")
