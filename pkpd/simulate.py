@@ -37,7 +37,7 @@ from .expr import Expression, compile_parameter_block, evaluate_parameter_block,
 from .models import CompartmentModel, get_model
 
 __all__ = ["ParameterSpec", "load_params", "simulate", "prepare", "Prepared", "Simulator", "dense_grid",
-           "plot_profiles", "MAX_PLOTTED_IDS"]
+           "plot_profiles", "profiles_figure", "MAX_PLOTTED_IDS"]
 
 _DOSE_PREFIXES = ("F", "ALAG", "R", "D")
 
@@ -993,7 +993,15 @@ def _output_unit(model: CompartmentModel, name: str) -> str:
 
 def plot_profiles(result: pd.DataFrame, model: CompartmentModel, path, *, output: str = "CP",
                   max_ids: int = MAX_PLOTTED_IDS) -> tuple[int, int]:
-    """PNG of a dataset simulation: ``output`` (CP, mg/L) against TIME (h), one line per ID on the grid.
+    """Write :func:`profiles_figure` as a PNG to ``path``; return (subjects drawn, subjects in the result)."""
+    fig, shown, total = profiles_figure(result, model, output=output, max_ids=max_ids)
+    fig.savefig(path, format="png")
+    return shown, total
+
+
+def profiles_figure(result: pd.DataFrame, model: CompartmentModel, *, output: str = "CP",
+                    max_ids: int = MAX_PLOTTED_IDS):
+    """Figure of a dataset simulation: ``output`` (CP, mg/L) against TIME (h), one line per ID on the grid.
 
     Parameters
     ----------
@@ -1004,8 +1012,6 @@ def plot_profiles(result: pd.DataFrame, model: CompartmentModel, path, *, output
         records themselves are joined.
     model
         The model simulated (units of the output, name in the title).
-    path
-        PNG file to write.
     output
         Output column to draw.
     max_ids
@@ -1014,8 +1020,8 @@ def plot_profiles(result: pd.DataFrame, model: CompartmentModel, path, *, output
 
     Returns
     -------
-    (int, int)
-        Subjects drawn and subjects in the result.
+    (matplotlib.figure.Figure, int, int)
+        The figure (axes ``TIME (h)`` and ``CP (mg/L)``), subjects drawn and subjects in the result.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -1066,8 +1072,7 @@ def plot_profiles(result: pd.DataFrame, model: CompartmentModel, path, *, output
         ax.legend(handles=handles, title=title, fontsize="small", title_fontsize="small", loc="upper left",
                   bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, format="png")
-    return len(shown), len(ids)
+    return fig, len(shown), len(ids)
 
 
 def _id_text(v) -> str:
