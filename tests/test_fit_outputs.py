@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -597,3 +598,95 @@ def test_fit_result_repr_is_short_and_has_an_html_form():
     assert text == "<FitResult laplace: model 1cmt_oral, 12 subjects, 132 observations, 2 parameters, OFV 115.200, converged>"
     html = r._repr_html_()
     assert "<table" in html and "31.5" in html and "converged" in html
+
+
+# ---------------------------------------------------------------------------------------------------
+# issue 25: WAIC/LOO with one definition, divergences counted once, every figure labelled
+
+
+def _real_idata(theoph, fake, *, with_loglik: bool, n_div: int = 0):
+    """An ArviZ InferenceData of the fake draws (posterior in natural units, sample_stats with ``n_div``
+    divergent sampling transitions), with the per-subject log-likelihood of pkpd.fit.bayes or without."""
+    import arviz as az
+
+    from pkpd.fit import bayes
+    from pkpd.fit.result import _full_draws
+
+    prob = theoph.problem
+    C, D = fake.u_draws.shape[:2]
+    U = _full_draws(prob.packer, fake.u_draws)
+    post = {bayes._var_name(k): v for k, v in bayes._natural_by_name(prob, U).items()}
+    div = np.zeros((C, D), bool)
+    div.flat[:n_div] = True
+    groups = {"posterior": post, "sample_stats": {"diverging": div}}
+    dims = {}
+    if with_loglik:  # exactly what fit_nuts stores: log p(y_i | eta_i, theta) per draw and subject
+        E = fake.eta_draws
+        ll = bayes._loglik_draws(prob, U.reshape(C * D, -1), E.reshape((C * D,) + E.shape[2:]))
+        groups["log_likelihood"] = {"subject": ll.reshape(C, D, -1)}
+        dims["subject"] = ["ID"]
+    return az.from_dict(**groups, coords={"ID": np.asarray(prob.ids)}, dims=dims)
+
+
+@pytest.mark.parametrize("with_loglik", [True, False])
+def test_waic_loo_equal_arviz_on_the_written_idata(theoph, tmp_path, monkeypatch, with_loglik):
+    """objective.json's WAIC and LOO are az.waic / az.loo (var_name "subject") on the written idata.nc, to
+    1e-9: when the sampler stored the per-subject log-likelihood (as fit_nuts does) and when the result had
+    to add it (then it equals pkpd.fit.bayes's per-subject log-likelihood to 1e-8). One divergence count:
+    3 sampling divergences in sample_stats -> "divergences" 3 everywhere, the 7 warm-up ones apart."""
+    import arviz as az
+
+    from pkpd.fit import bayes
+
+    fake = _fake_bayes(theoph, chains=2, draws=40)
+    fake.idata = _real_idata(theoph, fake, with_loglik=with_loglik, n_div=3)
+    fake.diagnostics = {"n_divergent": 3, "n_divergent_warmup": 7, "n_rejected": 0}
+    monkeypatch.setattr(bayes, "fit_nuts", lambda prob, **kw: fake)
+    res = fit(load_theoph(), MODEL, "nuts", chains=2, warmup=5, samples=40, npde_replicates=50,
+              vpc_replicates=20, fine_grid=False)
+    out = tmp_path / "nuts"
+    res.save(out)
+    obj = json.loads((out / "objective.json").read_text())
+    idata = az.from_netcdf(str(out / "idata.nc"))
+    assert idata.log_likelihood["subject"].shape == (2, 40, 12)
+    with warnings.catch_warnings():  # ArviZ warns on p_waic > 0.4 and Pareto k > 0.7 (the notes say so)
+        warnings.simplefilter("ignore", UserWarning)
+        w = az.waic(idata, var_name="subject")
+        lo = az.loo(idata, var_name="subject")
+    assert obj["waic"]["elpd_waic"] == pytest.approx(float(w.elpd_waic), abs=1e-9)
+    assert obj["waic"]["waic"] == pytest.approx(-2 * float(w.elpd_waic), abs=1e-9)
+    assert obj["waic"]["p_waic"] == pytest.approx(float(w.p_waic), abs=1e-9)
+    assert obj["waic"]["elpd_se"] == pytest.approx(float(w.se), abs=1e-9)
+    assert obj["loo"]["elpd_loo"] == pytest.approx(float(lo.elpd_loo), abs=1e-9)
+    assert obj["loo"]["looic"] == pytest.approx(-2 * float(lo.elpd_loo), abs=1e-9)
+    assert obj["loo"]["p_loo"] == pytest.approx(float(lo.p_loo), abs=1e-9)
+    assert "subject" in obj["ic_definition"] and obj["ic_n_subjects"] == 12 and obj["ic_n_draws"] == 80
+    if not with_loglik:
+        ref = _real_idata(theoph, fake, with_loglik=True).log_likelihood["subject"].values
+        np.testing.assert_allclose(idata.log_likelihood["subject"].values, ref, rtol=1e-8, atol=1e-8)
+    info = json.loads((out / "fit.json").read_text())["diagnostics"]
+    assert info["divergences"] == 3 and info["divergences_warmup"] == 7
+    assert "divergences 3 (sampling; warm-up 7, not counted)" in res.message
+    assert "3 divergent transitions after warm-up" in " ".join(res.notes)
+    text = res.summary_text()
+    assert "WAIC" in text and "LOOIC" in text
+    for name in ("trace.png", "rank.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_saved_figure_has_units_and_legends(theoph, tmp_path, monkeypatch):
+    """Every figure save() writes for the Theoph fit passes the label/legend check of test_fit_plots
+    (mg/L on concentration axes, h on TIME axes); the eta plots are written (2 IIV etas; vs WT and DOSE, constant within subjects)
+    and pcvpc.csv holds PRED-corrected numbers (pred_median column)."""
+    from test_fit_plots import _Keep, check_figure
+
+    keep = _Keep(monkeypatch)
+    written = theoph.save(tmp_path / "figs")
+    pngs = [p.name for p in written if p.suffix == ".png"]
+    assert len(keep.figs) == len(pngs) and {"eta.png", "eta_pairs.png", "pcvpc.png", "qq.png"} <= set(pngs)
+    assert (tmp_path / "figs" / "eta_covariates.png").is_file()  # WT and DOSE of the dataset
+    for fig, name in zip(keep.figs, pngs):
+        labels = check_figure(fig, {"conc": "mg/L", "TIME": "h"})
+        assert labels, name
+    pc = pd.read_csv(tmp_path / "figs" / "pcvpc.csv")
+    assert "pred_median" in pc and (pc["pred_median"] > 0).all()

@@ -144,7 +144,7 @@ def test_gof_residuals_qq_iwres_units_and_legends(monkeypatch, tmp_path):
     for log_axes in (False, True):
         dg.plot_gof(pred, tmp_path / "gof.png", log_axes=log_axes, units=units)
         labs = check_figure(keep.last(), {"of conc": "mg/L", "observed conc": "mg/L", "observed effect": "%"})
-        assert "observed conc (DV) (mg/L)" in labs and "PRED, population prediction of effect (%)" in labs
+        assert "observed conc, DV (mg/L)" in labs and "PRED, population prediction of effect (%)" in labs
         smooths = [ln for ax in keep.last().axes for ln in ax.lines if ln.get_label().startswith("LOWESS")]
         assert len(smooths) == 4
     dg.plot_residuals(pred[pred["TYPE"] == "conc"], tmp_path / "res.png", time_unit="min", units=units)

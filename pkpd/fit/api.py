@@ -64,7 +64,7 @@ def fit(data: str | Path | pd.DataFrame, model: str | Path | Mapping[str, Any] |
         svi_steps: int = 2000, seed: int = 0, progress: bool = False, vpc_replicates: int = 200,
         npde_replicates: int = 1000, vpc_bins: int = 8, covariance: bool = True, solver: str = "auto",
         fine_grid: bool = True, callback: Callable[[int, float], None] | None = None,
-        status: Callable[[str], None] | None = None, **options) -> FitResult:
+        status: Callable[[str], None] | None = None, vpc_stratify: str | None = None, **options) -> FitResult:
     """Fit a population model to a NONMEM-format dataset and compute every output.
 
     Parameters
@@ -88,6 +88,9 @@ def fit(data: str | Path | pd.DataFrame, model: str | Path | Mapping[str, Any] |
         Simulated datasets for the visual predictive check and the NPDE.
     vpc_bins
         Time bins per observation type in the VPC.
+    vpc_stratify
+        Dataset column (a categorical covariate, say) stratifying the prediction-corrected VPC (pcvpc.png):
+        one row of panels per value; a column with more than 6 values is split at its median.
     covariance
         Laplace: compute standard errors (covariance step).
     solver
@@ -140,6 +143,9 @@ def fit(data: str | Path | pd.DataFrame, model: str | Path | Mapping[str, Any] |
     model_source = spec.source if spec.source else (str(model) if isinstance(model, (str, Path)) else None)
     say("reading the data and building the problem")
     prob = build_problem(data, spec, solver=solver)
+    if vpc_stratify is not None and vpc_stratify not in prob.frame:
+        raise FitError(f"vpc_stratify: the dataset has no column {vpc_stratify!r} "
+                       f"(columns: {', '.join(map(str, prob.frame.columns))})")
     t_build = time.perf_counter() - t0
     if method == "laplace":
         say("estimating (Laplace; the first evaluation compiles the model)")
@@ -165,6 +171,6 @@ def fit(data: str | Path | pd.DataFrame, model: str | Path | Mapping[str, Any] |
     res = build_result(prob, method, raw, data=data, data_source=data_source, model_source=model_source,
                        vpc_replicates=vpc_replicates, npde_replicates=npde_replicates, vpc_bins=vpc_bins,
                        seed=seed, fine_grid=fine_grid, options={"method": method, "solver": solver, **used},
-                       status=say)
+                       status=say, vpc_stratify=vpc_stratify)
     res.times.update(build_s=t_build, fit_s=t_fit, total_s=time.perf_counter() - t0)
     return res

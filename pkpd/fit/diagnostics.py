@@ -292,7 +292,7 @@ def vpc_table(time: np.ndarray, dv: np.ndarray, sims: np.ndarray, types: np.ndar
         pred_a = np.asarray(pred, float)
         ok_pred = np.isfinite(pred_a) & (pred_a > 0)
     strata_a = np.asarray(strata, dtype=object) if strata is not None else np.full(n_obs, "", dtype=object)
-    stratum_levels = list(dict.fromkeys(strata_a[use].tolist())) if strata is not None else [""]
+    stratum_levels = sorted(set(strata_a[use].tolist()), key=str) if strata is not None else [""]
     lo_q, hi_q = (100 - interval) / 2, 100 - (100 - interval) / 2
     rows, points = [], []
     for t_idx, name in enumerate(type_names):
@@ -818,7 +818,7 @@ def plot_gof(pred: pd.DataFrame, path: Path, *, log_axes: bool = False, title: s
                 ax.set_xscale("log")
                 ax.set_yscale("log")
             ax.set_xlabel(_lab(f"{col}, {what} prediction of {name}", u))
-            ax.set_ylabel(_lab(f"observed {name} (DV)", u))
+            ax.set_ylabel(_lab(f"observed {name}, DV", u))
             ax.grid(True, alpha=0.3)
             _legend(ax, loc="upper left")
     fig.suptitle(title or "Observed vs predicted")
@@ -1313,7 +1313,7 @@ def plot_eta_covariates(individual: pd.DataFrame, covariates: pd.DataFrame, path
                 ax.scatter(x[ok], y[ok], s=10, alpha=0.7, label="subjects")
                 if smooth:
                     _smooth(ax, x[ok], y[ok], label="LOWESS")
-                ax.set_xlabel(_lab(cov, cu), fontsize="small")
+                ax.set_xlabel(f"{cov} ({cu or 'unit not given'})", fontsize="small")
             ax.axhline(0.0, color="k", linestyle=":", linewidth=1, label="zero")
             ax.set_ylabel(f"{lab} ({_eta_unit(eta_units, lab)})", fontsize="small")
             ax.tick_params(labelsize="x-small")

@@ -9,22 +9,37 @@ writes one directory:
 file               content
 ================== ===============================================================================
 parameters.csv     one row per model parameter (see :attr:`FitResult.parameters`)
-objective.json     -2LL, OFV, AIC, BIC (Laplace); WAIC (NUTS/SVI); numbers of observations, subjects,
+objective.json     -2LL, OFV, AIC, BIC (Laplace); WAIC and PSIS-LOO (NUTS/SVI: ArviZ on the per-subject
+                   log-likelihood of idata.nc, see below); numbers of observations, subjects,
                    parameters; epsilon shrinkage
 individual.csv     per subject: random-effect estimates, their conditional SD, individual parameter
                    values at the subject's first record
 predictions.csv    per observation record: ID, TIME, DVID, DV, BLQ, PRED, IPRED, IWRES, CWRES, NPDE
 nca.csv            non-compartmental analysis of the observed data (:func:`pkpd.nca.nca`)
-vpc.csv            the numbers behind vpc.png
+vpc.csv            the numbers behind vpc.png (with the percentage of BLQ records per bin when the data
+                   have an LLOQ)
+pcvpc.csv          the numbers behind pcvpc.png (prediction-corrected; per stratum with ``vpc_stratify``)
 model.toml         the model file with the final estimates as initial values (:func:`load_model` reads it)
 fit.json           method, options, versions, timings, convergence, messages, data and model paths
-idata.nc           NUTS/SVI: the ArviZ InferenceData (NetCDF), when the method returned one
-gof.png            DV vs PRED and DV vs IPRED with identity lines
-residuals.png      CWRES and NPDE vs TIME and vs PRED, lines at 0 and +-1.96
-vpc.png            visual predictive check, one panel per observation type
-individual.png     DV, IPRED and PRED of up to 12 subjects (individual_<type>.png for further types)
-trace.png          NUTS/SVI: posterior draws per chain and their densities
+idata.nc           NUTS/SVI: the ArviZ InferenceData (NetCDF), when the method returned one, with the
+                   ``log_likelihood`` variable ``subject`` that WAIC and LOO are computed from
+gof.png            DV vs PRED and DV vs IPRED with identity lines and LOWESS smooths, per observation type
+residuals.png      CWRES and NPDE vs TIME and vs PRED, lines at 0 and +-1.96, LOWESS smooths
+qq.png             normal QQ plots of CWRES and NPDE with 95 % bands
+abs_iwres.png      |IWRES| vs IPRED with a LOWESS smooth (residual error model check)
+vpc.png            visual predictive check, one panel per observation type; % BLQ panel with an LLOQ
+pcvpc.png          prediction-corrected VPC (Bergstrand 2011), per type (and stratum)
+individual.png     DV, IPRED and PRED of up to 12 subjects on a dense time grid (individual_<type>.png
+                   for further types)
+eta.png            models with IIV: histograms of the eta estimates with the N(0, omega^2) density
+eta_pairs.png      models with 2 or more IIV etas: scatter matrix of the eta estimates
+eta_covariates.png models with IIV and covariates: etas vs each covariate (boxes for categorical ones)
+trace.png          NUTS/SVI: ArviZ trace plot (densities and draws per chain, sampling iterations)
+rank.png           NUTS/SVI: ArviZ rank plots per chain
 ================== ===============================================================================
+
+Axis labels carry units from the model file: DV units (``unit`` of each observation type), the time unit
+(``[model] time_unit``), parameter units; residuals are dimensionless.
 
 Parameter table (:attr:`FitResult.parameters`), one row per entry of the problem's packer:
 
@@ -49,7 +64,15 @@ Objective: ``minus2ll`` is ``-2 log L`` with all constants (R's ``-2 logLik``); 
 objective function value, which leaves out ``N log(2 pi)`` (``N``: non-BLQ observations); ``aic = -2LL +
 2 p`` and ``bic = -2LL + p log(n_obs)`` with ``p`` the number of estimated parameters and ``n_obs`` all
 observation records, as R's ``AIC``/``BIC`` of nlme. NUTS and SVI have no likelihood maximum: their
-objective holds the conditional WAIC instead.
+objective holds WAIC and PSIS-LOO instead, with one definition (:func:`pkpd.fit.diagnostics.
+information_criteria`): ArviZ's ``az.waic``/``az.loo`` on the pointwise log-likelihood ``subject`` of
+``idata.nc``, the conditional log-likelihood ``log p(y_i | eta_i, theta)`` of each subject at every
+posterior draw. ``az.waic(az.from_netcdf("idata.nc"), var_name="subject")`` gives the reported
+``elpd_waic`` (``waic = -2 elpd_waic``).
+
+Divergences (NUTS) are counted one way everywhere: transitions of the sampling iterations that diverged
+(``sample_stats.diverging`` of ``idata.nc``); warm-up divergences are reported apart
+(``divergences_warmup`` in fit.json, labelled in the message) and not counted.
 """
 
 from __future__ import annotations
@@ -80,7 +103,8 @@ Z975 = float(scipy.stats.norm.ppf(0.975))
 _MAX_SIM_VALUES = 5e7  # simulated values held at once for the NPDE and VPC (400 MB of float64)
 
 FILES = ("parameters.csv", "objective.json", "individual.csv", "predictions.csv", "nca.csv", "vpc.csv",
-         "model.toml", "fit.json", "gof.png", "residuals.png", "vpc.png", "individual.png")
+         "pcvpc.csv", "model.toml", "fit.json", "gof.png", "residuals.png", "qq.png", "abs_iwres.png", "vpc.png",
+         "pcvpc.png", "individual.png")
 
 
 class OutputExistsError(PKPDError):
@@ -315,7 +339,8 @@ class FitResult:
     parameters
         Parameter table (see the module docstring).
     objective
-        ``minus2ll``, ``ofv``, ``aic``, ``bic`` (Laplace; ``None`` for NUTS/SVI), ``waic`` (NUTS/SVI),
+        ``minus2ll``, ``ofv``, ``aic``, ``bic`` (Laplace; ``None`` for NUTS/SVI), ``waic`` and ``loo``
+        (NUTS/SVI; :func:`pkpd.fit.diagnostics.information_criteria`, ``ic_definition`` states it),
         ``n_obs``, ``n_obs_blq``, ``n_id``, ``n_parameters``, ``eps_shrinkage_pct``.
     individual
         Per subject: ``ID``, random-effect estimates (``eta(X)``, ``kappa(X,occN)``), their conditional SD
@@ -327,7 +352,13 @@ class FitResult:
         NCA of the observed data per subject (and DVID) (:func:`pkpd.nca.nca`); empty when not possible
         (``notes`` says why).
     vpc
-        VPC numbers (:func:`pkpd.fit.diagnostics.vpc_table`).
+        VPC numbers (:func:`pkpd.fit.diagnostics.vpc_table`), BLQ records counted per bin.
+    pcvpc
+        Prediction-corrected VPC numbers (per stratum with ``vpc_stratify``).
+    vpc_points, pcvpc_points
+        The observed points of vpc.png and pcvpc.png (prediction-corrected in the latter).
+    covariates
+        Per subject: ``ID`` and the value of each covariate column of the model at the first record.
     eta
         Conditional estimates of the random effects (n_id, K): modes (Laplace) or posterior medians.
     converged, message
@@ -363,6 +394,10 @@ class FitResult:
     grid: pd.DataFrame | None = None
     draws: dict | None = None
     idata: Any = None
+    pcvpc: pd.DataFrame | None = None
+    vpc_points: pd.DataFrame | None = None
+    pcvpc_points: pd.DataFrame | None = None
+    covariates: pd.DataFrame | None = None
 
     # ---- final model ------------------------------------------------------------------------------
     def final_model(self) -> PopulationModel:
@@ -435,9 +470,12 @@ class FitResult:
             lines.append(f"-2LL {o['minus2ll']:.3f} (all constants, = -2 logLik of R)   OFV {o['ofv']:.3f} "
                          "(NONMEM, without N log 2pi)   AIC " f"{o['aic']:.3f}   BIC {o['bic']:.3f}")
         if o.get("waic") is not None:
-            w = o["waic"]
-            lines.append(f"WAIC {w['waic']:.3f} (SE {w['se']:.3g}, p_waic {w['p_waic']:.3g}; conditional on "
-                         "the etas)")
+            w, lo = o["waic"], o.get("loo") or {}
+            text = f"WAIC {_g(w['waic'], 7)} (SE {_g(w['se'], 3)}, p_waic {_g(w['p_waic'], 3)})"
+            if lo:
+                text += (f"   LOOIC {_g(lo['looic'], 7)} (SE {_g(lo['se'], 3)}, p_loo {_g(lo['p_loo'], 3)}, "
+                         f"max Pareto k {_g(lo['pareto_k_max'], 2)})")
+            lines.append(text + "; ArviZ, one point per subject (log p(y_i | eta_i, theta)), deviance scale")
         bayes = "rhat" in self.parameters
         mcmc = bayes and bool(self.parameters["rhat"].notna().any() or self.parameters["ess_bulk"].notna().any())
         head = ["parameter", "estimate", "unit", "SE" if not bayes else "post. SD", "RSE%", "95% CI",
@@ -518,6 +556,7 @@ class FitResult:
         self.predictions.to_csv(path("predictions.csv"), index=False)
         self.nca.to_csv(path("nca.csv"), index=False)
         self.vpc.to_csv(path("vpc.csv"), index=False)
+        (self.pcvpc if self.pcvpc is not None else pd.DataFrame()).to_csv(path("pcvpc.csv"), index=False)
         path("model.toml").write_text(self._model_toml())
         if self.idata is not None and hasattr(self.idata, "to_netcdf"):
             nc = out / "idata.nc"
@@ -531,20 +570,72 @@ class FitResult:
                 if note not in self.notes:
                     self.notes.append(note)
         path("fit.json").write_text(json.dumps(_jsonable(self._fit_info()), indent=2) + "\n")
-        dg.plot_gof(self.predictions, path("gof.png"), log_axes=log_axes,
-                    title=f"{self.spec.structure} ({self.method}): observed vs predicted")
-        tu = self.spec.time_unit
-        dg.plot_residuals(self.predictions, path("residuals.png"),
-                          title=f"{self.spec.structure} ({self.method}): CWRES and NPDE", time_unit=tu)
-        dg.plot_vpc(self.vpc, self.predictions, path("vpc.png"), n_rep=int(self.options.get("vpc_replicates", 0)),
-                    time_unit=tu)
-        for ti, o in enumerate(self.spec.observations):
+        self._plots(path, log_axes=log_axes)
+        return written
+
+    def _plots(self, path: Callable[[str], Path], *, log_axes: bool = False) -> None:
+        """Write the figures of the module docstring (``path(name)`` gives the file and records it)."""
+        spec, prob = self.spec, self.problem
+        tu = spec.time_unit
+        units = {o.name: o.unit for o in spec.observations}
+        head = f"{spec.structure} ({self.method})"
+        n_rep = int(self.options.get("vpc_replicates", 0))
+        dg.plot_gof(self.predictions, path("gof.png"), log_axes=log_axes, units=units,
+                    title=f"{head}: observed vs predicted")
+        dg.plot_residuals(self.predictions, path("residuals.png"), title=f"{head}: CWRES and NPDE", time_unit=tu,
+                          units=units)
+        dg.plot_qq(self.predictions, path("qq.png"), title=f"{head}: normal QQ plots of CWRES and NPDE")
+        dg.plot_abs_iwres(self.predictions, path("abs_iwres.png"), units=units,
+                          title=f"{head}: |IWRES| vs IPRED")
+        dg.plot_vpc(self.vpc, self.vpc_points if self.vpc_points is not None else self.predictions,
+                    path("vpc.png"), n_rep=n_rep, time_unit=tu, units=units)
+        if self.pcvpc is not None:
+            dg.plot_vpc(self.pcvpc, self.pcvpc_points if self.pcvpc_points is not None else self.predictions,
+                        path("pcvpc.png"), n_rep=n_rep, time_unit=tu, units=units, pc=True)
+        for ti, o in enumerate(spec.observations):
             name = "individual.png" if ti == 0 else f"individual_{_safe(o.name)}.png"
             dg.plot_individual(self.predictions, self.grid, path(name), type_name=o.name, type_index=ti,
-                               title=f"Individual fits ({o.name}): DV, IPRED (solid), PRED (dashed)", time_unit=tu)
+                               title=f"Individual fits ({o.name}): DV, IPRED (solid), PRED (dashed)", time_unit=tu,
+                               unit=o.unit)
+        k = prob.k_iiv
+        if k:
+            labels = prob.eta_labels()[:k]
+            nat = _natural_jit(_PackerKey(prob.packer), jnp.asarray(self.u_full))
+            omega = np.asarray(nat["omega"], float)
+            eta_units = {}
+            for lab, n in zip(labels, spec.eta_names()):
+                p = spec.parameter(n)
+                eta_units[lab] = (p.unit or "") if p.iiv_type == "additive" else dg.ND
+            dg.plot_eta_distributions(self.individual, path("eta.png"), labels=labels,
+                                      omega_var=np.diagonal(omega)[:k], eta_units=eta_units,
+                                      title=f"{head}: random-effect estimates and N(0, omega^2)")
+            if k >= 2:
+                dg.plot_eta_pairs(self.individual, path("eta_pairs.png"), labels=labels, eta_units=eta_units,
+                                  title=f"{head}: random-effect estimates, pairs")
+            if self.covariates is not None and self.covariates.shape[1] > 1:
+                cat = [e.covariate for p in spec.parameters for e in p.covariates if e.relation == "categorical"]
+                dg.plot_eta_covariates(self.individual, self.covariates, path("eta_covariates.png"), labels=labels,
+                                       categorical=cat, eta_units=eta_units,
+                                       title=f"{head}: random-effect estimates vs covariates")
         if self.draws:
-            dg.plot_trace(self.draws, path("trace.png"), title=f"Posterior draws ({self.method})")
-        return written
+            dg.plot_trace(self.draws, path("trace.png"), units=self._param_units(),
+                          title=f"Posterior draws ({self.method}, sampling iterations; ArviZ)")
+            dg.plot_rank(self.draws, path("rank.png"), title=f"Rank plots ({self.method}; ArviZ)")
+
+    def _param_units(self) -> dict[str, str]:
+        """Unit of every parameter of the table for plot labels: the table's ``unit``; IIV/IOV variances of
+        log-normal, logit and proportional random effects are dimensionless."""
+        out = {}
+        spec = self.spec
+        for _, r in self.parameters.iterrows():
+            u = str(r.get("unit", "") or "")
+            if not u and r.get("kind") in ("omega", "iov"):
+                names = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", str(r["name"]).split("(", 1)[-1])
+                ps = [spec.parameter(n) for n in names if n in spec.parameter_names]
+                if ps and all(p.iiv_type != "additive" for p in ps):
+                    u = dg.ND
+            out[str(r["name"])] = u
+        return out
 
     def _model_toml(self) -> str:
         head = (f"# Final estimates of a population fit (pkpd fit, method {self.method}) as initial values.\n"
@@ -737,10 +828,120 @@ def _nca(prob: Problem, data, notes: list) -> pd.DataFrame:
     return res
 
 
+def _strata(prob: Problem, column: str) -> np.ndarray:
+    """Stratum label of every observation record from a dataset column (pcVPC stratification)."""
+    fr = prob.frame
+    if column not in fr:
+        raise PKPDError(f"vpc_stratify: the dataset has no column {column!r} "
+                        f"(columns: {', '.join(map(str, fr.columns))})")
+    rows = np.asarray(prob.obs["row"])
+    raw = fr[column].to_numpy()[rows]
+    num = pd.to_numeric(pd.Series(raw), errors="coerce").to_numpy(float)
+    if np.isfinite(num).all():
+        levels = np.unique(num)
+        if levels.size > 6:
+            ids = np.asarray(prob.obs["id"])
+            first = np.array([num[ids == i][0] for i in np.unique(ids)])
+            med = float(np.median(first))
+            return np.where(num <= med, f"{column} <= {med:g}", f"{column} > {med:g}").astype(object)
+        return np.array([f"{column} = {v:g}" for v in num], dtype=object)
+    return np.array([f"{column} = {v}" for v in raw], dtype=object)
+
+
+_NOT_COVARIATES = {"ID", "TIME", "DV", "MDV", "EVID", "AMT", "RATE", "II", "ADDL", "SS", "CMT", "DVID", "BLQ",
+                   "LLOQ", "OCC", "C", "TAD", "ROW"}
+
+
+def _subject_covariates(prob: Problem, ids_all: np.ndarray, max_columns: int = 8) -> pd.DataFrame:
+    """``ID`` and the covariates at the subject's first record: the model's covariate columns, then
+    (as xpose does, to look for relations the model lacks) other numeric dataset columns that are
+    constant within every subject, up to ``max_columns`` in all."""
+    fr = prob.frame
+    cols = sorted(c for c in prob.spec.covariate_columns() if c in fr and c not in ("ID", "TIME"))
+    for c in fr.columns:
+        if len(cols) >= max_columns:
+            break
+        if c in cols or str(c).upper() in _NOT_COVARIATES or str(c).startswith("_"):
+            continue
+        v = pd.to_numeric(fr[c], errors="coerce")
+        if v.notna().all() and (v.groupby(fr["ID"]).nunique() <= 1).all():
+            cols.append(c)
+    out = pd.DataFrame({"ID": ids_all})
+    if not cols:
+        return out
+    first = fr.groupby("ID", sort=False)[cols].first()
+    for c in cols:
+        out[c] = pd.to_numeric(first[c].reindex(list(prob.ids)), errors="coerce").to_numpy(float)
+    return out
+
+
+def _divergences(raw: Any, rd: dict) -> tuple[int | None, int | None]:
+    """Divergent transitions of the sampling iterations (from ``idata.sample_stats.diverging`` when the
+    method returned an InferenceData, else the method's ``n_divergent``) and of the warm-up."""
+    div = None
+    idata = getattr(raw, "idata", None)
+    try:
+        if idata is not None and "sample_stats" in idata.groups() and "diverging" in idata.sample_stats:
+            div = int(np.asarray(idata.sample_stats["diverging"]).sum())
+    except (AttributeError, TypeError):
+        div = None
+    if div is None:
+        d = rd.get("n_divergent", rd.get("divergences"))
+        div = int(np.sum(d)) if d is not None else None
+    w = rd.get("n_divergent_warmup")
+    return div, (int(np.sum(w)) if w is not None else None)
+
+
+def _is_inference_data(idata: Any) -> bool:
+    try:
+        from arviz import InferenceData
+    except ImportError:  # pragma: no cover - arviz is a dependency of the Bayesian methods
+        return False
+    return isinstance(idata, InferenceData)
+
+
+def _subject_loglik(prob: Problem, U_full: np.ndarray, E: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """``log p(y_i | eta_i, theta)`` per draw and subject (chains, draws, n_id): the observations'
+    log-likelihoods (:func:`pkpd.fit.diagnostics.pointwise_loglik`) summed by subject, as
+    :meth:`Problem.loglik_id` sums them (chunks of ``chunk`` draws, the last one padded: one compile)."""
+    C, D = U_full.shape[:2]
+    flatU = U_full.reshape(C * D, -1)
+    flatE = E.reshape((C * D,) + E.shape[2:])
+    ids = np.asarray(prob.obs["id"])
+    out = np.empty((C * D, prob.n_id))
+    step = min(chunk, C * D)
+    for a in range(0, C * D, step):
+        u, e = flatU[a:a + step], flatE[a:a + step]
+        m = len(u)
+        if m < step:
+            u = np.concatenate([u, np.repeat(u[-1:], step - m, 0)])
+            e = np.concatenate([e, np.repeat(e[-1:], step - m, 0)])
+        ll = dg.pointwise_loglik(prob, u, e)[:m]
+        per = np.zeros((m, prob.n_id))
+        for j in range(m):
+            per[j] = np.bincount(ids, weights=ll[j], minlength=prob.n_id)
+        out[a:a + m] = per
+    return out.reshape(C, D, prob.n_id)
+
+
+def _information_criteria(prob: Problem, raw: Any, U_full: np.ndarray, E: np.ndarray, draws: dict | None) -> dict:
+    """WAIC and LOO (:func:`pkpd.fit.diagnostics.information_criteria`) on the InferenceData the result
+    writes: its ``log_likelihood`` variable ``subject`` is used when there, else computed from the draws and
+    added to it (so that ``idata.nc`` holds what the values were computed from)."""
+    idata = getattr(raw, "idata", None)
+    if _is_inference_data(idata):
+        if not ("log_likelihood" in idata.groups() and "subject" in idata.log_likelihood):
+            ll = _subject_loglik(prob, U_full, E)
+            idata.add_groups({"log_likelihood": {"subject": ll}}, coords={"ID": np.asarray(prob.ids)},
+                             dims={"subject": ["ID"]})
+        return dg.information_criteria(idata, "subject")
+    return dg.information_criteria(_subject_loglik(prob, U_full, E), "subject", posterior=draws)
+
+
 def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data_source: str | None = None,
                  model_source: str | None = None, vpc_replicates: int = 200, npde_replicates: int = 1000,
                  vpc_bins: int = 8, seed: int = 0, fine_grid: bool = True, options: dict | None = None,
-                 status: Callable[[str], None] | None = None) -> FitResult:
+                 status: Callable[[str], None] | None = None, vpc_stratify: str | None = None) -> FitResult:
     """Compute the tables and diagnostics of a fit.
 
     Parameters
@@ -764,6 +965,9 @@ def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data
         Individual plots on a fine time grid (builds a second problem; at the observation times if false).
     status
         Called with a short text before each stage (progress display).
+    vpc_stratify
+        Dataset column (e.g. a categorical covariate) that stratifies the pcVPC: one row of panels per
+        value (a column with more than 6 distinct values is split at its median over subjects).
     """
     t0 = time.perf_counter()
     say = status or (lambda s: None)
@@ -827,11 +1031,20 @@ def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data
         sims_t = np.where(is_log[None, :], np.log(np.where(sims > 0, sims, np.nan)), sims)
     npde_v, _ = dg.npde(y_t, sims_t[:max(int(npde_replicates), 2)], np.asarray(ob["id"]), valid)
     type_names = [o.name for o in prob.spec.observations]
-    vpc = dg.vpc_table(ob["time"], dv, sims[:max(int(vpc_replicates), 2)], np.asarray(ob["type"]), valid,
-                       type_names, n_bins=vpc_bins)
+    lloq = np.asarray(ob["lloq"], float)
+    has_lloq = bool(np.isfinite(lloq).any())
+    vpc_args = (ob["time"], dv, sims[:max(int(vpc_replicates), 2)], np.asarray(ob["type"]), valid, type_names)
+    censor = dict(blq=blq, lloq=lloq) if has_lloq else {}
+    vpc, vpc_points = dg.vpc_table(*vpc_args, n_bins=vpc_bins, return_points=True, **censor)
+    strata = _strata(prob, vpc_stratify) if vpc_stratify else None
+    pcvpc, pcvpc_points = dg.vpc_table(*vpc_args, n_bins=vpc_bins, return_points=True, pred=pred, strata=strata,
+                                       **censor)
     if blq.any():
-        notes.append("BLQ records are left out of CWRES, NPDE and the VPC (observed and simulated values of "
-                     "those records)")
+        notes.append("BLQ records are left out of CWRES and NPDE; the VPC and pcVPC count them (percentage of "
+                     "BLQ records per bin, observed vs simulated) and censor the percentiles at the LLOQ")
+    if len(pcvpc) and pcvpc.get("n_excluded", pd.Series([0])).sum():
+        notes.append(f"{int(pcvpc['n_excluded'].sum())} records with PRED <= 0 are left out of the pcVPC "
+                     "(prediction correction divides by PRED)")
     if bayes:
         notes.append("PRED, IPRED, CWRES, NPDE and the VPC use the posterior medians (of the parameters and "
                      "of each subject's etas), not the full posterior")
@@ -857,6 +1070,7 @@ def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data
         if name in outs["indiv"]:
             ind[name] = np.asarray(outs["indiv"][name], float)
     individual = pd.DataFrame(ind)
+    covariates = _subject_covariates(prob, ids_all)
 
     # objective
     n_free = int(pk.n_free)
@@ -864,18 +1078,20 @@ def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data
                                  "n_parameters": n_free, "eps_shrinkage_pct": dg.epsilon_shrinkage(iwres)}
     if bayes:
         objective.update(minus2ll=None, ofv=None, aic=None, bic=None)
-        say("WAIC")
+        say("WAIC and LOO (ArviZ)")
         try:
-            flatU = U_full.reshape(-1, U_full.shape[-1])
-            flatE = E.reshape(-1, prob.n_id, K)
-            S = flatU.shape[0]
-            pick = np.unique(np.linspace(0, S - 1, min(S, 400)).round().astype(int))
-            ll = dg.pointwise_loglik(prob, flatU[pick], flatE[pick])
-            objective["waic"] = dg.waic(ll)
-            objective["waic_note"] = ("conditional WAIC: pointwise log-likelihood of each observation given "
-                                      f"the subject's eta draws, {len(pick)} posterior draws")
-        except Exception as exc:  # noqa: BLE001 - WAIC is optional
-            notes.append(f"WAIC not computed: {exc}")
+            ic = _information_criteria(prob, raw, U_full, E, draws)
+            objective["waic"], objective["loo"] = ic["waic"], ic["loo"]
+            objective["ic_definition"] = ic["definition"]
+            objective["ic_n_draws"], objective["ic_n_subjects"] = ic["n_draws"], ic["n_points"]
+            if ic["waic"]["warning"]:
+                notes.append("WAIC: the posterior variance of some subjects' log-likelihood exceeds 0.4 (ArviZ "
+                             "warning); prefer PSIS-LOO")
+            if ic["loo"]["n_pareto_k_above_0.7"]:
+                notes.append(f"PSIS-LOO: {ic['loo']['n_pareto_k_above_0.7']} subject(s) with Pareto k > 0.7 "
+                             f"(max {ic['loo']['pareto_k_max']:.2f}): the LOO estimate is unreliable for them")
+        except Exception as exc:  # noqa: BLE001 - the information criteria are optional
+            notes.append(f"WAIC/LOO not computed: {type(exc).__name__}: {exc}")
     else:
         m2 = float(raw.minus2ll)
         objective.update(
@@ -890,11 +1106,13 @@ def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data
     if bayes:
         rd = dict(getattr(raw, "diagnostics", {}) or {})
         free_tab = table[~table["fixed"]]
-        div = rd.get("n_divergent", rd.get("divergences"))
-        div_n = int(np.sum(div)) if div is not None else None
+        div_n, div_warm = _divergences(raw, rd)
         diagn = {"max_rhat": float(np.nanmax(free_tab["rhat"])) if free_tab["rhat"].notna().any() else None,
                  "min_ess_bulk": float(np.nanmin(free_tab["ess_bulk"])) if free_tab["ess_bulk"].notna().any()
-                 else None, "divergences": div_n, "n_rejected": rd.get("n_rejected"),
+                 else None, "divergences": div_n, "divergences_warmup": div_warm,
+                 "divergences_note": "divergences: sampling iterations only (idata.nc sample_stats.diverging); "
+                                     "warm-up divergences are counted apart (divergences_warmup)",
+                 "n_rejected": rd.get("n_rejected"),
                  "chains": int(u_draws.shape[0]), "draws_per_chain": int(u_draws.shape[1]),
                  "method_diagnostics": _jsonable(rd)}
         priors = getattr(raw, "priors", None)
@@ -909,7 +1127,8 @@ def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data
         if method == "nuts":
             message = getattr(raw, "message", None) or (
                 f"{u_draws.shape[0]} chain(s) x {u_draws.shape[1]} draws; max R-hat "
-                f"{_g(diagn['max_rhat'])}, min bulk ESS {_g(diagn['min_ess_bulk'])}, divergences {div_n}")
+                f"{_g(diagn['max_rhat'])}, min bulk ESS {_g(diagn['min_ess_bulk'])}, divergences {div_n} "
+                f"(sampling; warm-up {div_warm if div_warm is not None else '-'}, not counted)")
         else:
             elbo = rd.get("elbo")
             last = f"; final loss (negative ELBO) {_g(float(np.asarray(elbo)[-1]))}" if elbo is not None and \
@@ -922,7 +1141,7 @@ def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data
             notes.append(f"R-hat up to {diagn['max_rhat']:.3f} > 1.01: chains disagree; run longer or "
                          "reparameterize")
         if div_n:
-            notes.append(f"{div_n} divergent transitions: the posterior may be biased")
+            notes.append(f"{div_n} divergent transitions after warm-up: the posterior may be biased")
         times = dict(getattr(raw, "times", {}) or {})
         idata = getattr(raw, "idata", None)
     else:
@@ -951,8 +1170,11 @@ def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data
     opts = dict(options or {})
     opts.update(vpc_replicates=int(vpc_replicates), npde_replicates=int(npde_replicates), vpc_bins=vpc_bins,
                 seed=seed)
+    if vpc_stratify:
+        opts["vpc_stratify"] = vpc_stratify
     return FitResult(method=method, problem=prob, spec=prob.spec, u_full=u_full, parameters=table,
                      objective=objective, individual=individual, predictions=predictions, nca=nca_tab, vpc=vpc,
                      eta=eta, converged=converged, message=message, diagnostics=diagn, times=times,
                      notes=notes + list(prob.notes), raw=raw, data_source=data_source, model_source=model_source,
-                     options=opts, grid=grid, draws=draws, idata=idata)
+                     options=opts, grid=grid, draws=draws, idata=idata, pcvpc=pcvpc, vpc_points=vpc_points,
+                     pcvpc_points=pcvpc_points, covariates=covariates)
