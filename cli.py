@@ -546,6 +546,12 @@ class MethodChoice(str, enum.Enum):
     svi = "svi"
 
 
+_IGNORE_HELP = ("NONMEM IGNORE: a character tested on the first column (# always; @ = header lines; C) or "
+                "conditions such as '(DV.EQ.0,TIME.GT.24)' (.EQ. .NE. .GT. .GE. .LT. .LE.; comma = or). "
+                "Repeatable. Rows with C in a column named C are always ignored.")
+_ACCEPT_HELP = "NONMEM ACCEPT conditions, e.g. '(DVID.EQ.1)': only the rows where one holds are used."
+
+
 FIT_HELP = """Fit a population model to a NONMEM-format dataset; write tables, model file, figures.
 
 Reads DATA (CSV: ID, TIME, DV, MDV, EVID, AMT, CMT...; DVID for several
@@ -571,8 +577,11 @@ OUTPUT DIRECTORY (--out, default <DATA stem>_fit):
   nca.csv          NCA of the observed data (AUC, Cmax, Tmax, half-life...)
   model.toml       the model with the final estimates as initial values
   fit.json         method, options, versions, timings, messages
-  gof.png, residuals.png, vpc.png, individual.png;
-  trace.png and idata.nc (ArviZ) for nuts/svi
+  gof.png, residuals.png, qq.png, abs_iwres.png, vpc.png, pcvpc.png
+  (--vpc-stratify), individual.png, eta*.png;
+  trace.png, rank.png and idata.nc (ArviZ) for nuts/svi
+Rows flagged C in a column named C are not fitted; --ignore/--accept select
+records as NONMEM's $DATA IGNORE/ACCEPT (the note says which rows were left out).
 An existing non-empty output directory is not overwritten without --force.
 A fit that did not converge (laplace: largest gradient of -2LL above 0.01 on
 the estimation scale, or a subject's conditional mode not converged; nuts:
@@ -598,6 +607,14 @@ def fit_command(
     svi_steps: int = typer.Option(2000, "--svi-steps", min=1, help="svi: optimization steps."),
     seed: int = typer.Option(0, "--seed", "-s", help="Random seed (sampling, NPDE and VPC simulations)."),
     vpc_replicates: int = typer.Option(200, "--vpc-replicates", min=2, help="Simulated datasets of the VPC."),
+    vpc_stratify: Optional[str] = typer.Option(None, "--vpc-stratify", metavar="COLUMN",
+                                               help="Dataset column stratifying the prediction-corrected VPC "
+                                                    "(pcvpc.png, pcvpc.csv): one row of panels per value (more "
+                                                    "than 6 values: split at the median)."),
+    ignore: Optional[list[str]] = typer.Option(None, "--ignore", metavar="IGNORE",
+                                               help=_IGNORE_HELP.replace("used", "fitted")),
+    accept: Optional[list[str]] = typer.Option(None, "--accept", metavar="CONDITIONS",
+                                               help=_ACCEPT_HELP.replace("used", "fitted")),
     npde_replicates: int = typer.Option(1000, "--npde-replicates", min=2, help="Simulated datasets of the NPDE."),
     solver: SolverChoice = typer.Option(SolverChoice.auto, "--solver", case_sensitive=False,
                                         help="auto (exact for linear models, ODE otherwise), analytic or ode."),
@@ -621,7 +638,8 @@ def fit_command(
     console = Console(soft_wrap=True, highlight=False)
     err = _stderr()
     opts = dict(chains=chains, warmup=warmup, samples=samples, svi_steps=svi_steps, seed=seed,
-                vpc_replicates=vpc_replicates, npde_replicates=npde_replicates, solver=solver.value)
+                vpc_replicates=vpc_replicates, npde_replicates=npde_replicates, solver=solver.value,
+                vpc_stratify=vpc_stratify, ignore=ignore or None, accept=accept or None)
     try:
         from pkpd.fit.api import fit as run_fit
 
@@ -699,6 +717,9 @@ def forecast_command(
     points: int = typer.Option(200, "--points", min=2, help="Points of the prediction grid."),
     draws: int = typer.Option(1000, "--draws", min=10, help="Posterior draws."),
     seed: int = typer.Option(0, "--seed", "-s", help="Random seed."),
+    ignore: Optional[list[str]] = typer.Option(None, "--ignore", metavar="IGNORE", help=_IGNORE_HELP),
+    accept: Optional[list[str]] = typer.Option(None, "--accept", metavar="CONDITIONS",
+                                               help=_ACCEPT_HELP + " '(ID.EQ.3)' picks one patient of a file."),
     force: bool = typer.Option(False, "--force", "-f", help="Write into an existing non-empty output directory."),
 ) -> None:
     out_dir = _data_model_out(data, "the patient data", model, out, "_forecast", force)
@@ -714,7 +735,8 @@ def forecast_command(
 
         times = None if until is None else np.linspace(0.0, until, points)
         with err.status("forecasting (first run compiles the model: up to a minute)"):
-            fc = forecast(model, data, times=times, n_points=points, n_draws=draws, seed=seed)
+            fc = forecast(model, data, times=times, n_points=points, n_draws=draws, seed=seed, ignore=ignore or None,
+                          accept=accept or None)
             _stop_if_interrupted(out_dir)
             fc.save(out_dir, force=force)
             if not _same_file(model, out_dir / "model.toml"):  # the model travels with its posterior draws

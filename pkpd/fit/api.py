@@ -64,7 +64,8 @@ def fit(data: str | Path | pd.DataFrame, model: str | Path | Mapping[str, Any] |
         svi_steps: int = 2000, seed: int = 0, progress: bool = False, vpc_replicates: int = 200,
         npde_replicates: int = 1000, vpc_bins: int = 8, covariance: bool = True, solver: str = "auto",
         fine_grid: bool = True, callback: Callable[[int, float], None] | None = None,
-        status: Callable[[str], None] | None = None, vpc_stratify: str | None = None, **options) -> FitResult:
+        status: Callable[[str], None] | None = None, vpc_stratify: str | None = None, ignore=None, accept=None,
+        **options) -> FitResult:
     """Fit a population model to a NONMEM-format dataset and compute every output.
 
     Parameters
@@ -91,6 +92,12 @@ def fit(data: str | Path | pd.DataFrame, model: str | Path | Mapping[str, Any] |
     vpc_stratify
         Dataset column (a categorical covariate, say) stratifying the prediction-corrected VPC (pcvpc.png):
         one row of panels per value; a column with more than 6 values is split at its median.
+    ignore, accept
+        NONMEM ``$DATA`` record selection (:func:`pkpd.data.record_filter`): ``ignore`` characters (``"@"``)
+        or conditions (``"(DV.EQ.0,TIME.GT.24)"``), or ``accept`` conditions (``"(DVID.EQ.1)"``); the rows
+        they drop are not fitted (nor in the NCA and the diagnostics). A column named ``C`` is NONMEM's
+        comment flag: rows with ``C`` in it are never fitted, whatever the options. The result's
+        ``problem.notes`` says how many rows were left out, with their rows in the file.
     covariance
         Laplace: compute standard errors (covariance step).
     solver
@@ -118,7 +125,8 @@ def fit(data: str | Path | pd.DataFrame, model: str | Path | Mapping[str, Any] |
     ModelSpecError
         Bad model file (syntax, unknown key, unknown parameter, omega not positive definite...).
     DatasetError
-        Every dataset problem found, with 1-based rows (missing file, missing covariate column...).
+        Every dataset problem found, with 1-based rows of the file (missing file, missing covariate
+        column...); :class:`pkpd.data.RecordFilterError` for a malformed IGNORE/ACCEPT option.
     FitError
         Unknown method, a method that is not available, or an estimation that cannot start.
     """
@@ -142,7 +150,7 @@ def fit(data: str | Path | pd.DataFrame, model: str | Path | Mapping[str, Any] |
         spec = load_model(model)
     model_source = spec.source if spec.source else (str(model) if isinstance(model, (str, Path)) else None)
     say("reading the data and building the problem")
-    prob = build_problem(data, spec, solver=solver)
+    prob = build_problem(data, spec, solver=solver, ignore=ignore, accept=accept)
     if vpc_stratify is not None and vpc_stratify not in prob.frame:
         raise FitError(f"vpc_stratify: the dataset has no column {vpc_stratify!r} "
                        f"(columns: {', '.join(map(str, prob.frame.columns))})")
@@ -168,9 +176,12 @@ def fit(data: str | Path | pd.DataFrame, model: str | Path | Mapping[str, Any] |
         raw = _call_bayes(fn, prob, given, options)
         used = {k: v for k, v in given.items() if k != "progress"} | dict(options)
     t_fit = time.perf_counter() - t0 - t_build
-    res = build_result(prob, method, raw, data=data, data_source=data_source, model_source=model_source,
+    res = build_result(prob, method, raw, data=prob.data if prob.data is not None else data,
+                       data_source=data_source, model_source=model_source,
                        vpc_replicates=vpc_replicates, npde_replicates=npde_replicates, vpc_bins=vpc_bins,
-                       seed=seed, fine_grid=fine_grid, options={"method": method, "solver": solver, **used},
+                       seed=seed, fine_grid=fine_grid, options={"method": method, "solver": solver, **used,
+                                                       **{k: v for k, v in (("ignore", ignore), ("accept", accept))
+                                                          if v}},
                        status=say, vpc_stratify=vpc_stratify)
     res.times.update(build_s=t_build, fit_s=t_fit, total_s=time.perf_counter() - t0)
     return res

@@ -187,9 +187,10 @@ class Forecast:
         return out
 
 
-def _grid_rows(df: pd.DataFrame, times: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+def _grid_rows(df: pd.DataFrame, times: np.ndarray) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """The patient's rows plus one EVID=2 row per grid time (covariates carried from the previous row);
-    returns the augmented frame (sorted by TIME, original rows first at equal times) and the grid rows."""
+    returns the augmented frame (sorted by TIME, original rows first at equal times), the grid rows and,
+    for each row of the augmented frame, the 0-based row of ``df`` it is or copies."""
     base = df.reset_index(drop=True).copy()
     base["_ORDER"] = np.arange(len(base))
     base["_GRID"] = 0
@@ -207,17 +208,19 @@ def _grid_rows(df: pd.DataFrame, times: np.ndarray) -> tuple[pd.DataFrame, np.nd
                 r[c] = 0 if c != "DVID" else r[c]
         r["_ORDER"] = len(base) + len(rows)
         r["_GRID"] = 1
+        r["_SRC"] = int(prev[-1] if prev.size else 0)
         rows.append(r)
+    base["_SRC"] = np.arange(len(base))
     aug = pd.concat([base, pd.DataFrame(rows)], ignore_index=True)
     aug["_T"] = pd.to_numeric(aug["TIME"], errors="coerce")
     aug = aug.sort_values(["_T", "_GRID", "_ORDER"], kind="stable").reset_index(drop=True)
     grid = np.nonzero(aug["_GRID"].to_numpy() == 1)[0]
-    return aug.drop(columns=["_ORDER", "_GRID", "_T"]), grid
+    return aug.drop(columns=["_ORDER", "_GRID", "_T", "_SRC"]), grid, aug["_SRC"].to_numpy(np.int64)
 
 
 def forecast(model: PopulationModel | str | Path | dict, data: pd.DataFrame | str | Path, *,
              times: Sequence[float] | None = None, n_points: int = 200, n_draws: int = 1000,
-             seed: int = 0) -> Forecast:
+             seed: int = 0, ignore=None, accept=None) -> Forecast:
     """Forecast one patient from a population model and the patient's own records.
 
     Parameters
@@ -236,6 +239,11 @@ def forecast(model: PopulationModel | str | Path | dict, data: pd.DataFrame | st
         Posterior draws (importance sampling).
     seed
         Random seed.
+    ignore, accept
+        NONMEM ``$DATA`` record selection (:func:`pkpd.data.record_filter`): ``ignore`` characters or
+        conditions (``"(DV.EQ.0)"``), ``accept`` conditions (``"(ID.EQ.3)"`` picks one patient of a
+        larger file). Rows flagged ``C`` in a column named ``C`` (NONMEM's comment column) are never used.
+        Error messages name the rows of the file.
 
     Returns
     -------
@@ -244,14 +252,18 @@ def forecast(model: PopulationModel | str | Path | dict, data: pd.DataFrame | st
     Raises
     ------
     DatasetError
-        On dataset faults, or records of more than one patient.
+        On dataset faults, or records of more than one patient (after IGNORE/ACCEPT);
+        :class:`pkpd.data.RecordFilterError` for a malformed IGNORE/ACCEPT option.
     ModelSpecError
         On a bad model file.
     """
     spec = model if isinstance(model, PopulationModel) else load_model(model)
-    from ..data import read_dataset
+    from ..data import filter_records, read_dataset
 
-    raw = read_dataset(data) if not isinstance(data, pd.DataFrame) else data.reset_index(drop=True)
+    source = str(data) if not isinstance(data, pd.DataFrame) else None
+    read = read_dataset(data) if not isinstance(data, pd.DataFrame) else data.reset_index(drop=True)
+    kept = filter_records(read, ignore, accept, source=source)
+    raw = kept.frame
     idcol = next((c for c in raw.columns if str(c).strip().upper() == "ID"), None)
     if idcol is not None and pd.Series(raw[idcol]).nunique() > 1:
         ids = list(pd.unique(raw[idcol]))
@@ -264,9 +276,9 @@ def forecast(model: PopulationModel | str | Path | dict, data: pd.DataFrame | st
     times = np.asarray(sorted(set(float(t) for t in times)), float)
     if times.size == 0 or not np.all(np.isfinite(times)) or times.min() < 0:
         raise ModelSpecError("prediction times must be finite and >= 0")
-    aug, grid = _grid_rows(raw, times)
+    aug, grid, src = _grid_rows(raw, times)
     t0 = time.perf_counter()
-    prob = build_problem(aug, spec, require_observations=False, report_unused=False)
+    prob = build_problem(aug, spec, require_observations=False, report_unused=False, rows=kept.rows[src])
     t_build = time.perf_counter() - t0
     n_types = len(spec.observations)
     ps = np.tile(prob.row_map[grid, 0], n_types)
@@ -296,7 +308,9 @@ def forecast(model: PopulationModel | str | Path | dict, data: pd.DataFrame | st
     obs = pd.DataFrame({"TIME": o["time"], "output": [outs[t] for t in o["type"]], "DV": o["dv"], "BLQ": o["blq"]})
     notes = list(prob.notes)
     notes = [n for n in notes if "have no observations" not in n]
-    _, unused_note = unused_records(raw)  # on the patient's own rows (row numbers of the file)
+    if kept.message():
+        notes.insert(0, kept.message())
+    _, unused_note = unused_records(raw, kept.rows)  # on the patient's own rows (row numbers of the file)
     if unused_note:
         notes.append(unused_note)
     if prob.n_obs == 0:

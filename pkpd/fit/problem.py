@@ -219,6 +219,10 @@ class Problem:
     frame: pd.DataFrame
     row_map: np.ndarray  # (n_rows, 2): (pseudo-subject, record slot) of each dataset row (host only)
     notes: list = field(default_factory=list)
+    #: The dataset rows fitted, as read (after IGNORE/ACCEPT and the comment column ``C``), and the 1-based
+    #: row of the file each one is (``None`` when built directly).
+    data: pd.DataFrame | None = None
+    data_rows: np.ndarray | None = None
 
     # ---- sizes ------------------------------------------------------------------------------------
     @property
@@ -444,6 +448,7 @@ def _structure(spec: PopulationModel) -> str:
 
     d = spec.to_dict()
     d["model"].pop("description", None)
+    d.pop("covariates", None)  # units: labels only
     for par in d["parameters"].values():
         for k in ("estimate", "unit", "description"):
             par.pop(k, None)
@@ -524,13 +529,16 @@ def _numeric(frame: pd.DataFrame, col: str) -> np.ndarray:
 MAX_FIT_MAGNITUDE = 1e15
 
 
-def unused_records(raw: pd.DataFrame) -> tuple[np.ndarray, str | None]:
+def unused_records(raw: pd.DataFrame, rows: np.ndarray | None = None) -> tuple[np.ndarray, str | None]:
     """Records that hold a DV value but are not fitted observations.
 
     Parameters
     ----------
     raw
         The dataset as read (:func:`pkpd.data.read_dataset`) or a frame.
+    rows
+        1-based row number in the file of each row of ``raw`` (after IGNORE/ACCEPT filtering), used in the
+        note; default ``1..len(raw)``.
 
     Returns
     -------
@@ -549,7 +557,8 @@ def unused_records(raw: pd.DataFrame) -> tuple[np.ndarray, str | None]:
     if unused.size == 0:
         return unused, None
     more = f" (+{unused.size - 20} more)" if unused.size > 20 else ""
-    shown = ", ".join(str(int(i) + 1) for i in unused[:20]) + more
+    number = (lambda i: int(i) + 1) if rows is None else (lambda i: int(rows[i]))
+    shown = ", ".join(str(number(i)) for i in unused[:20]) + more
     n = unused.size
     note = (f"{n} record{'s' if n > 1 else ''} with a DV value {'are' if n > 1 else 'is'} not fitted because "
             f"{'they are' if n > 1 else 'it is'} not an observation (EVID 0 and MDV 0): row{'s' if n > 1 else ''} "
@@ -703,7 +712,7 @@ _STD = {"ID", "TIME", "DV", "MDV", "EVID", "AMT", "RATE", "II", "ADDL", "SS", "C
 
 
 def build_problem(data, spec: PopulationModel, *, solver="auto", require_observations: bool = True,
-                  report_unused: bool = True) -> Problem:
+                  report_unused: bool = True, ignore=None, accept=None, rows=None) -> Problem:
     """Bind a population model to a NONMEM-format dataset.
 
     Parameters
@@ -721,19 +730,49 @@ def build_problem(data, spec: PopulationModel, *, solver="auto", require_observa
     report_unused
         Add a note (``Problem.notes``) naming the records with a DV value that are not fitted
         (:func:`unused_records`); a caller that adds records of its own reports on the user's rows itself.
+    ignore, accept
+        NONMEM ``$DATA`` record selection (:func:`pkpd.data.filter_records`): ``IGNORE`` characters or
+        conditions (``"(DV.EQ.0)"``), ``ACCEPT`` conditions (``"(DVID.EQ.1)"``). Whatever they are, the
+        rows flagged ``C`` in a column named ``C`` (NONMEM's comment column) and the rows whose first
+        column starts with ``#`` are not fitted. ``Problem.notes`` says how many rows were left out.
+    rows
+        1-based row number in the user's file of each row of ``data`` (a caller that filtered or added rows
+        itself); default ``1..len(data)``. Error messages and notes name these rows.
 
     Raises
     ------
     DatasetError
-        Every violation found (engine checks and fit checks together), with 1-based row numbers.
+        Every violation found (engine checks and fit checks together), with 1-based row numbers of the
+        file (rows left out by IGNORE/ACCEPT counted).
+    RecordFilterError
+        A malformed IGNORE/ACCEPT option, or a condition the dataset cannot be tested on (named).
     ModelSpecError
         On a model that does not fit the data (e.g. an output expression naming an unknown quantity).
     """
-    from ..data import read_dataset
+    from ..data import filter_records, read_dataset, renumber
 
-    model = get_model(spec.structure)
     source = str(data) if not isinstance(data, pd.DataFrame) else None
     raw = read_dataset(data) if not isinstance(data, pd.DataFrame) else data.reset_index(drop=True)
+    kept = filter_records(raw, ignore, accept, source=source)
+    file_rows = kept.rows if rows is None else np.asarray(rows, np.int64)[kept.rows - 1]
+    try:
+        prob = _build_problem(kept.frame, spec, solver=solver, require_observations=require_observations,
+                              report_unused=report_unused, source=source, file_rows=file_rows)
+    except DatasetError as exc:  # row numbers of the file, not of the rows kept
+        if np.array_equal(file_rows, np.arange(1, len(file_rows) + 1)):
+            raise
+        raise renumber(exc, file_rows, source) from None
+    message = kept.message()
+    if message:
+        prob.notes.insert(0, message)
+    prob.data, prob.data_rows = kept.frame, file_rows
+    return prob
+
+
+def _build_problem(raw: pd.DataFrame, spec: PopulationModel, *, solver, require_observations: bool,
+                   report_unused: bool, source: str | None, file_rows: np.ndarray) -> Problem:
+    """:func:`build_problem` on the rows kept (``file_rows``: their 1-based rows in the file, for notes)."""
+    model = get_model(spec.structure)
     violations, info = _fit_checks(raw, spec, model)
     # the engine's own validation, with a parameter block of the initial typical values
     block: dict[str, Any] = {p.name: p.estimate for p in spec.parameters}
@@ -849,7 +888,7 @@ def build_problem(data, spec: PopulationModel, *, solver="auto", require_observa
            "a_idx": np.array(a_idx, int), "b_idx": np.array(b_idx, int), "time": frame["TIME"].to_numpy(float)[oi]}
     obs_ids = set(obs["id"].tolist())
     notes = []
-    _, unused_note = unused_records(raw) if report_unused else (None, None)
+    _, unused_note = unused_records(raw, file_rows) if report_unused else (None, None)
     if unused_note:
         notes.append(unused_note)
     no_obs = [ids[i] for i in range(len(ids)) if i not in obs_ids]
@@ -876,7 +915,7 @@ def build_problem(data, spec: PopulationModel, *, solver="auto", require_observa
                                              "there whatever the parameters (e.g. samples before the first dose): "
                                              "set MDV = 1, or flag them BLQ = 1 with an LLOQ")], source=source)
     if not np.all(np.isfinite(f)):
-        bad = obs["row"][~np.isfinite(np.asarray(f))] + 1
+        bad = file_rows[obs["row"][~np.isfinite(np.asarray(f))]]
         prob.notes.append(f"predictions at the initial estimates are not finite on rows "
                           f"{', '.join(map(str, bad[:10]))}")
     return prob
