@@ -616,6 +616,7 @@ class FitResult:
                 cat = [e.covariate for p in spec.parameters for e in p.covariates if e.relation == "categorical"]
                 dg.plot_eta_covariates(self.individual, self.covariates, path("eta_covariates.png"), labels=labels,
                                        categorical=cat, eta_units=eta_units,
+                                       covariate_units=dict(spec.covariate_units),
                                        title=f"{head}: random-effect estimates vs covariates")
         if self.draws:
             dg.plot_trace(self.draws, path("trace.png"), units=self._param_units(),

@@ -42,6 +42,10 @@ written as expressions, and one residual-error model per observation type (DVID)
     [iov]                        # optional inter-occasion variances; the dataset needs an OCC column
     CL = 0.02
 
+    [covariates]                 # optional: units of dataset columns, for the plots' axes (labels only)
+    WT = "kg"
+    CYP2D6_AS = "activity score"
+
     [observations.conc]
     dvid = 1
     output = "CP"                # a model output, compartment amount or expression of them
@@ -291,6 +295,10 @@ class PopulationModel:
         Unit of the dataset's TIME column (``"h"`` by default; ``"min"``, ``"s"``, ``"d"``, ``"week"`` or any
         short label): only a label, used in the plots' axes (``TIME (min)``) and kept in the written
         model file. The data are never rescaled, so rate constants and clearances are per this unit.
+    covariate_units
+        Unit of dataset columns (``{"WT": "kg", "CRCL": "mL/min"}``, the ``[covariates]`` table): only
+        labels, used on the axes of the random effects vs covariates plot (``eta_covariates.png``) and kept
+        in the written model file. A column without one is labelled "unit not given".
     """
 
     structure: str
@@ -305,6 +313,7 @@ class PopulationModel:
     simulates: Mapping[str, str] = field(default_factory=dict)
     time_unit: str = "h"
     structure_table: Mapping[str, Any] | None = None
+    covariate_units: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -371,6 +380,10 @@ class PopulationModel:
         if not isinstance(tu, str) or not tu.strip() or len(tu) > 16 or any(c in tu for c in "\n\r()"):
             raise _fail(f"{where} [model]", f"`time_unit` must be a short label of the TIME unit such as \"h\", "
                         f"\"min\" or \"d\" (at most 16 characters, no parentheses), not {tu!r}")
+        for col, unit in self.covariate_units.items():
+            if not isinstance(unit, str) or len(unit) > 32 or any(c in unit for c in "\n\r"):
+                raise _fail(f"{where} [covariates]", f"`{col}` must be a short unit label such as \"kg\" or "
+                            f"\"mL/min\" (text, at most 32 characters), not {unit!r}")
         names = self.parameter_names
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})
@@ -532,6 +545,8 @@ class PopulationModel:
             out["model"]["time_unit"] = self.time_unit
         if self.derived:
             out["derived"] = dict(self.derived)
+        if self.covariate_units:
+            out["covariates"] = dict(self.covariate_units)
         if self.omega_blocks:
             out["omega"] = {"block": [{"parameters": list(n), "values": list(v), "fixed": f}
                                       for n, v, f in self.omega_blocks]}
@@ -590,7 +605,7 @@ def _tril_to_full(values: Sequence[float], k: int) -> np.ndarray:
     return full
 
 
-_TOP_KEYS = {"model", "parameters", "derived", "omega", "iov", "observations", "structure"}
+_TOP_KEYS = {"model", "parameters", "derived", "omega", "iov", "observations", "structure", "covariates"}
 _PARAM_KEYS = {"estimate", "unit", "lower", "upper", "fixed", "iiv", "iiv_type", "iiv_fixed", "covariates",
                "description"}
 _COV_KEYS = {"covariate", "relation", "reference", "estimate", "fixed", "levels", "condition"}
@@ -716,6 +731,10 @@ def load_model(source: str | Path | Mapping[str, Any]) -> PopulationModel:
             additive=d.get("additive"), proportional=d.get("proportional"), sigma=d.get("sigma"),
             fixed=tuple(d.get("fixed", ())), lloq=d.get("lloq"), unit=str(d.get("unit", ""))))
     iov = {str(k): float(v) for k, v in (content.get("iov") or {}).items()}
+    cu = content.get("covariates") or {}
+    if not isinstance(cu, Mapping) or any(isinstance(v, Mapping) for v in cu.values()):
+        raise _fail(f"{where} [covariates]", "must be a table of column = \"unit\", e.g. WT = \"kg\", "
+                    "CRCL = \"mL/min\" (the units of dataset columns, for the plots)")
     return PopulationModel(
         structure=str(m["structure"]), parameters=tuple(params), observations=tuple(obs),
         derived={str(k): str(v) if not isinstance(v, (int, float)) else v
@@ -723,4 +742,4 @@ def load_model(source: str | Path | Mapping[str, Any]) -> PopulationModel:
         omega_blocks=tuple(blocks), iov=iov, interpolation=str(m.get("interpolation", "nocb")),
         description=str(m.get("description", "")), source=src_name,
         simulates={str(k): str(v) for k, v in sim.items()}, time_unit=m.get("time_unit", "h"),
-        structure_table=user_structure)
+        structure_table=user_structure, covariate_units={str(k): v for k, v in cu.items()})
