@@ -157,8 +157,8 @@ def _commented_theoph(path: Path) -> Path:
 
 def test_cli_fit_ignores_commented_rows_and_accepts(tmp_path, monkeypatch):
     """`pkpd fit --accept '(ID.LE.6)' --vpc-stratify DOSE`: the row flagged C in column C is not fitted
-    (no DV of 500 among the fitted observations: the observations of subjects 1-6 less that one), only subjects 1-6 are (ACCEPT), the note names the rows of the file, C is not a covariate
-    column anywhere, and the pcVPC is stratified by DOSE. The model file's ``[covariates]`` units label the
+    (no DV of 500 among the fitted observations: the observations of subjects 1-6 less that one), only
+    subjects 1-6 are (ACCEPT), the note names the rows of the file, and the pcVPC is stratified by DOSE. The model file's ``[covariates]`` units label the
     axes of eta_covariates.png (WT in kg; DOSE without a unit: "unit not given")."""
     import pkpd.fit.diagnostics as dg
 
