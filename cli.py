@@ -528,7 +528,10 @@ def _simulate_regimen_run(reg, spec: str, n: int, seed: int, patient: Optional[P
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write the outputs: {exc}")
-    _manifest(out_dir / "run.json", "simulate", args, {"regimen": spec, "patient": patient}, written)
+    from regimens.io import regimen_file
+
+    _manifest(out_dir / "run.json", "simulate", args, {"regimen": regimen_file(spec) or spec, "patient": patient},
+              written)
     _remove_chunks(out_dir, keep_chunks, console)
     for note in res.notes:
         console.print(f"note: {note}", markup=False)

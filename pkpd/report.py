@@ -9,7 +9,9 @@
 * ``findings.csv``: label-limit and CPIC findings, counted over patients;
 * ``bands.png``: median and 10-90 % bands of pain (NRS) and of opioid effect (normalized units) and total
   bupivacaine plasma concentration (ng/mL, with the 2,000 ng/mL CNS threshold) over time;
-* ``mme.png``: distribution of the 72-h MME.
+* ``mme.png``: distribution of the 72-h MME;
+* ``regimen.txt``: the regimen simulated, in its text form (:meth:`regimens.Regimen.to_text`; ``pkpd
+  simulate --regimen regimen.txt`` reads it back), shown by ``pkpd report``.
 """
 
 from __future__ import annotations
@@ -111,4 +113,9 @@ def write_population_outputs(result, out_dir: Path, *, findings: pd.DataFrame | 
     p = out_dir / "mme.png"
     plot_mme(result, p)
     written.append(p)
+    to_text = getattr(getattr(result, "regimen", None), "to_text", None)
+    if to_text is not None:
+        p = out_dir / "regimen.txt"
+        p.write_text(to_text(), encoding="utf-8")
+        written.append(p)
     return written

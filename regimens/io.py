@@ -48,7 +48,7 @@ from ._condition import RegimenError
 from ._model import PCA, PRN, Adjustment, Modality, Regimen, Scheduled
 
 __all__ = ["DATA_DIR", "format_regimen_toml", "get_regimen", "list_regimens", "load_regimen",
-           "parse_regimen_toml", "save_regimen"]
+           "parse_regimen_toml", "regimen_file", "save_regimen"]
 
 #: Folder of the shipped regimen files (``<NAME>.toml``).
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -239,6 +239,21 @@ def list_regimens() -> list[str]:
 @functools.cache
 def _load_shipped(stem: str) -> Regimen:
     return load_regimen(DATA_DIR / f"{stem}.toml")
+
+
+def regimen_file(spec: str | Path) -> Path | None:
+    """The file a regimen argument names: the path itself when it is a file, else the shipped regimen's
+    TOML file (``regimens/data/<NAME>.toml``, name case-insensitive), else ``None``. Run manifests record
+    this file with its SHA-256, so a shipped regimen's content is recorded like a user's file.
+
+    >>> regimen_file("c1").name
+    'C1.toml'
+    """
+    path = Path(spec)
+    if path.is_file():
+        return path
+    key = str(spec).strip().upper()
+    return next((DATA_DIR / f"{stem}.toml" for stem in list_regimens() if stem.upper() == key), None)
 
 
 def get_regimen(name: str) -> Regimen:
