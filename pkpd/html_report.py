@@ -21,7 +21,12 @@ kind                     files that identify it                      key tables 
                          beside the output CSV (or the CSV itself)
 =======================  ==========================================  =====================================
 
-Every report also has the tables ``inputs``, ``versions`` and ``files``.
+Every report also has the tables ``inputs``, ``versions`` and ``files``, and every PNG of the run
+directory (known figures with their own caption, any other one captioned as written by the run). A
+population simulation shows its regimen (``regimen.txt``, ``<pre id="regimen">``); a shipped regimen is
+an input with its file and SHA-256. Numbers are formatted for people (:func:`_fmt`: thousands separators,
+4 significant digits, no exponent from 1e-4 to 1e15). A table wider than the page is folded into bands of
+columns inside the same ``<table>`` (:func:`table`), so nothing hides behind a horizontal scrollbar.
 
 >>> from pkpd.html_report import write_report
 >>> write_report("theoph_fit")                       # doctest: +SKIP
@@ -71,13 +76,16 @@ _OUTCOME_NOTE = ("MME: oral morphine milligram equivalents (CDC 2022 factors); T
                  "LAST index >= 1 means a bupivacaine toxicity threshold is crossed.")
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:24px auto;max-width:1100px;
-color:#1d1d1f;background:#fff;line-height:1.4}
+padding:0 12px;color:#1d1d1f;background:#fff;line-height:1.4}
 h1{font-size:1.6em;border-bottom:3px solid #2a6ebb;padding-bottom:6px}h2{font-size:1.25em;margin-top:1.6em;
-color:#2a6ebb}table{border-collapse:collapse;margin:8px 0 4px;font-size:.85em}th,td{border:1px solid #c8c8c8;
-padding:3px 7px;text-align:right}th{background:#e8eef7}td.t,th.t{text-align:left}caption{text-align:left;
-font-weight:600;padding:4px 0}.unit{font-weight:400;color:#555;font-size:.85em}.note{color:#555;font-size:.85em}
-figure{margin:12px 0}figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:.85em;color:#444}
-div.wrap{overflow-x:auto}pre{background:#f5f5f7;padding:8px;overflow-x:auto;font-size:.85em}.warn{color:#9a4400}
+color:#2a6ebb}table{border-collapse:collapse;margin:8px 0 4px;font-size:.85em;max-width:100%}
+th,td{border:1px solid #c8c8c8;padding:3px 7px;text-align:right;font-variant-numeric:tabular-nums}
+th{background:#e8eef7}td.t,th.t{text-align:left;overflow-wrap:anywhere}th.band{background:#f3f6fb;
+text-align:left;font-weight:600;color:#2a6ebb}caption{text-align:left;font-weight:600;padding:4px 0}
+.unit{font-weight:400;color:#555;font-size:.85em}.note{color:#555;font-size:.85em}
+figure{margin:12px 0}figure img{max-width:100%;height:auto;box-sizing:border-box;border:1px solid #ddd}figcaption{font-size:.85em;
+color:#444}pre{background:#f5f5f7;padding:8px;font-size:.85em;white-space:pre-wrap;overflow-wrap:anywhere}
+.warn{color:#9a4400}
 """
 
 
@@ -184,20 +192,42 @@ def _e(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
-def _fmt(v: Any) -> str:
+#: Columns whose numbers are labels (no thousands separators): subject IDs, codes, seeds.
+_CODE_COLUMNS = {"ID", "DVID", "CMT", "EVID", "MDV", "OCC", "SS", "BLQ", "GRID", "seed", "year"}
+
+
+def _fmt_float(f: float, digits: int = 4) -> str:
+    """A number for people: ``digits`` significant digits, thousands separators, no exponent from 1e-4
+    to 1e15 (``2600000.0`` -> ``2,600,000``; ``1234.567`` -> ``1,235``; ``0.012345`` -> ``0.01235``)."""
+    if math.isnan(f):
+        return "–"
+    if math.isinf(f):
+        return "∞" if f > 0 else "−∞"
+    a = abs(f)
+    if a == 0:
+        return "0"
+    if a < 1e-4 or a >= 1e15:
+        return f"{f:.{max(digits - 1, 1)}g}"
+    r = float(f"{f:.{digits}g}")
+    if abs(r) >= 10 ** (digits - 1):  # an integer once rounded: the significant digits, then zeros
+        return f"{r:,.0f}"
+    return f"{f:.{digits}g}"
+
+
+def _fmt(v: Any, code: bool = False) -> str:
+    """A cell for people: ``–`` for missing, yes/no, integers with thousands separators (not when
+    ``code``: IDs and other labels), floats by :func:`_fmt_float`."""
     if v is None:
         return "–"
     if isinstance(v, (bool, np.bool_)):
         return "yes" if v else "no"
     if isinstance(v, (int, np.integer)):
-        return f"{int(v):d}"
+        return f"{int(v):d}" if code else f"{int(v):,d}"
     if isinstance(v, (float, np.floating)):
         f = float(v)
-        if math.isnan(f):
-            return "–"
-        if f != 0 and (abs(f) >= 1e6 or abs(f) < 1e-3):
-            return f"{f:.3e}"
-        return f"{f:.4g}"
+        if code and math.isfinite(f) and f == round(f):
+            return f"{int(f):d}"
+        return _fmt_float(f)
     return str(v)
 
 
@@ -205,30 +235,84 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
+#: Width budget of one table (CSS px): the page is at most 1,100 px wide; a table whose columns would be
+#: wider is folded into bands of columns (see :func:`table`).
+_TABLE_BUDGET_PX = 1000
+_TEXT_WRAP_CHARS = 28  # a text cell wraps (overflow-wrap: anywhere) beyond about this many characters
+
+
+def _column_px(header: str, unit: str, cells: Sequence[str], text: bool) -> float:
+    """Estimated width (CSS px) of one column at the report's table font (13.6 px system-ui): bold
+    header characters ~8.5 px, unit ~6.8 px, digits ~7.6 px, plus padding and border; a text column
+    is counted at most :data:`_TEXT_WRAP_CHARS` wide, since its cells wrap."""
+    longest = max((len(c) for c in cells), default=0)
+    if text:
+        longest = min(longest, _TEXT_WRAP_CHARS)
+        head = min(len(header), _TEXT_WRAP_CHARS)
+    else:
+        head = len(header)
+    return max(8.5 * head, 6.8 * len(unit), 7.6 * longest) + 16.0
+
+
+def _bands(widths: Sequence[float], budget: float = _TABLE_BUDGET_PX) -> list[list[int]]:
+    """Column indices of each band: all columns when they fit ``budget``; else the first (key) column
+    followed by the largest equal share of the others such that the widest band, column by column
+    (bands share the table's columns), fits."""
+    n = len(widths)
+    if n <= 2 or sum(widths) <= budget:
+        return [list(range(n))]
+    rest = list(range(1, n))
+    for k in range(len(rest), 0, -1):
+        groups = [rest[i:i + k] for i in range(0, len(rest), k)]
+        pos = [max(widths[g[j]] for g in groups if j < len(g)) for j in range(k)]
+        if widths[0] + sum(pos) <= budget or k == 1:
+            return [[0, *g] for g in groups]
+    return [list(range(n))]  # pragma: no cover - k == 1 always returns
+
+
 def table(df: pd.DataFrame, table_id: str, caption: str, *, units: Mapping[str, str] | None = None,
           index: bool = False, max_rows: int = _MAX_ROWS, note: str = "") -> str:
-    """An HTML table of ``df`` (escaped; numbers to 4 significant digits; the unit of each known column
-    under its header; at most ``max_rows`` rows, the rest counted in the caption)."""
+    """An HTML table of ``df`` that fits the page.
+
+    Cells are escaped; numbers are formatted for people (4 significant digits, thousands separators, no
+    exponent between 1e-4 and 1e15; IDs and codes as written); the unit of each known column is shown
+    under its header; at most ``max_rows`` rows are shown, the rest counted in the caption. Text cells
+    wrap. A table with more columns than fit the page (:data:`_TABLE_BUDGET_PX`) is folded, not
+    scrolled: its columns are shown in bands, one under the other in the same ``<table>``, each band
+    headed by its column names and repeating the first (key) column, so that no column is ever hidden
+    behind a scrollbar.
+    """
     units = {**UNITS, **(units or {})}
     d = df.reset_index() if index else df
     shown = d.head(max_rows)
     more = f" (first {len(shown)} of {len(d)} rows)" if len(d) > len(shown) else ""
+    cols = list(d.columns)
+    code = [str(c) in _CODE_COLUMNS or str(c).upper() == "ID" or str(c).endswith("_id") for c in cols]
+    num = [pd.api.types.is_numeric_dtype(d[c]) and not pd.api.types.is_bool_dtype(d[c]) for c in cols]
+    cells = [[("" if _is_num(v) else " class=\"t\"", _fmt(v, code[j])) for j, v in enumerate(rec)]
+             for rec in shown.itertuples(index=False)]
     head = []
-    for c in d.columns:
-        u = units.get(str(c))
-        num = pd.api.types.is_numeric_dtype(d[c]) and not pd.api.types.is_bool_dtype(d[c])
-        head.append(f"<th class=\"{'' if num else 't'}\">{_e(c)}"
+    widths = []
+    for j, c in enumerate(cols):
+        u = units.get(str(c)) or ""
+        head.append(f"<th class=\"{'' if num[j] else 't'}\">{_e(c)}"
                     + (f"<br><span class=\"unit\">{_e(u)}</span>" if u else "") + "</th>")
-    rows = []
-    for rec in shown.itertuples(index=False):
-        cells = []
-        for v in rec:
-            cls = "" if _is_num(v) else " class=\"t\""
-            cells.append(f"<td{cls}>{_e(_fmt(v))}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    body = "".join(rows) or f"<tr><td class=\"t\" colspan=\"{max(len(d.columns), 1)}\">(no rows)</td></tr>"
-    out = (f"<div class=\"wrap\"><table id=\"{_e(table_id)}\"><caption>{_e(caption)}{_e(more)}</caption><thead><tr>"
-           f"{''.join(head)}</tr></thead><tbody>{body}</tbody></table></div>")
+        widths.append(_column_px(str(c), u, [r[j][1] for r in cells], not num[j]))
+    bands = _bands(widths)
+    parts = []
+    for b, band in enumerate(bands):
+        rows = "".join("<tr>" + "".join(f"<td{r[j][0]}>{_e(r[j][1])}</td>" for j in band) + "</tr>" for r in cells)
+        rows = rows or f"<tr><td class=\"t\" colspan=\"{max(len(band), 1)}\">(no rows)</td></tr>"
+        hrow = "<tr>" + "".join(head[j] for j in band) + "</tr>"
+        if b == 0:
+            parts.append(f"<thead>{hrow}</thead><tbody>{rows}</tbody>")
+        else:
+            span = max(len(g) for g in bands)
+            what = f"columns {band[1] + 1}-{band[-1] + 1} of {len(cols)} (continued; first column repeated)"
+            parts.append(f"<tbody><tr><th class=\"band\" colspan=\"{span}\">{_e(what)}</th></tr>{hrow}{rows}</tbody>")
+    fold = f" (shown in {len(bands)} bands of columns)" if len(bands) > 1 else ""
+    out = (f"<table id=\"{_e(table_id)}\"><caption>{_e(caption)}{_e(more)}{_e(fold)}</caption>"
+           + "".join(parts) + "</table>")
     return out + (f"<p class=\"note\">{_e(note)}</p>" if note else "")
 
 
@@ -253,13 +337,38 @@ def figure(png: bytes, caption: str) -> str:
 
 
 def _figures(run: Run, names: Sequence[tuple[str, str]]) -> str:
+    """Every PNG of the run directory as a figure: first those matching the ``(glob, caption)`` pairs
+    of ``names`` in that order, then any other PNG the run wrote (captioned as such), so that the report
+    never leaves out a figure."""
     parts = []
-    for name, cap in names:
+    seen: set[str] = set()
+    pairs = [*names, ("*.png", "figure written by the run")]
+    for name, cap in pairs:
         for f in sorted(run.root.glob(name)):
+            if f.name in seen:
+                continue
             png = _png_bytes(f)
             if png is not None:
+                seen.add(f.name)
                 parts.append(figure(png, f"{f.name}: {cap}"))
     return "".join(parts) or "<p class=\"note\">(no figures in the run directory)</p>"
+
+
+#: Captions of the figures of a fit (pkpd.fit.FitResult.save), in report order.
+FIT_FIGURES = (
+    ("gof.png", "observed vs population (PRED) and individual (IPRED) predictions, with LOWESS smooths"),
+    ("residuals.png", "CWRES and NPDE vs time and vs PRED, with LOWESS smooths"),
+    ("qq.png", "normal QQ plots of CWRES and NPDE"),
+    ("abs_iwres.png", "|IWRES| vs IPRED, with a LOWESS smooth"),
+    ("vpc.png", "visual predictive check (observed and simulated percentiles per time bin, BLQ counted)"),
+    ("pcvpc.png", "prediction-corrected VPC (per stratum with --vpc-stratify)"),
+    ("individual*.png", "individual fits on a dense time grid: DV, IPRED and PRED"),
+    ("eta.png", "random-effect (eta) estimates with the model's N(0, omega^2) density"),
+    ("eta_pairs.png", "random-effect estimates, pairs"),
+    ("eta_covariates.png", "random-effect estimates vs covariates (units from the model's [covariates] table)"),
+    ("trace.png", "posterior draws per chain (ArviZ trace)"),
+    ("rank.png", "rank plots of the posterior draws (ArviZ)"),
+)
 
 
 def _read_csv(path: Path, what: str) -> pd.DataFrame:
@@ -299,9 +408,7 @@ def _fit_sections(run: Run) -> tuple[str, str]:
     if run.file("nca.csv").is_file():
         parts.append(table(_read_csv(run.file("nca.csv"), "the NCA table"), "nca",
                            "Non-compartmental analysis of the observed data", max_rows=30))
-    figs = _figures(run, [("gof.png", "observed vs PRED and IPRED"), ("residuals.png", "CWRES and NPDE"),
-                          ("vpc.png", "visual predictive check"), ("individual*.png", "individual fits"),
-                          ("trace.png", "posterior draws")])
+    figs = _figures(run, FIT_FIGURES)
     title = f"Population fit ({info.get('method', '?')}, {info.get('structure', '?')})"
     return title, "<h2>Results</h2>" + "".join(parts) + "<h2>Figures</h2>" + figs
 
@@ -341,9 +448,14 @@ def _optimize_sections(run: Run) -> tuple[str, str]:
         lines = [ln for ln in run.file("explanation.txt").read_text().splitlines() if ln.strip()]
         parts.append("<h3>Why</h3><ul id=\"explanation\">" + "".join(f"<li>{_e(ln)}</li>" for ln in lines) + "</ul>")
     if run.file("regimen.txt").is_file():
-        parts.append("<h3>Regimen (text form, reusable with <code>pkpd simulate --regimen</code>)</h3><pre>"
+        parts.append("<h3>Regimen (text form, reusable with <code>pkpd simulate --regimen</code>)</h3>"
+                     "<pre id=\"regimen\">"
                      + _e(run.file("regimen.txt").read_text()) + "</pre>")
-    figs = _figures(run, [("schedule.png", "doses over time"), ("bands.png", "pain, opioid effect, bupivacaine")])
+    figs = _figures(run, [("schedule.png", "the proposed doses over time, by drug"),
+                          ("bands.png", "pain (NRS) and opioid effect (Ce/EC50) of the proposal, median and 10-90 % "
+                                        "band over the patient's draws, with C1's median pain"),
+                          ("concentrations.png", "plasma concentration of every drug of the proposal (mg/L), "
+                                                 "median and 10-90 % band, with toxicity limits where they apply")])
     return "Personalized schedule (pkpd optimize)", "<h2>Results</h2>" + "".join(parts) + "<h2>Figures</h2>" + figs
 
 
@@ -382,10 +494,34 @@ def _population_sections(run: Run) -> tuple[str, str]:
             g = d.groupby(["DRUG", "ROUTE", "KIND"], sort=False)["AMT"].agg(["count", "sum"]).reset_index()
             g.columns = ["drug", "route", "kind", "doses", "total_mg"]
             parts.append(table(g, "doses", "Realized doses, all patients"))
-    figs = _figures(run, [("bands.png", "pain, opioid effect and bupivacaine bands"), ("mme.png", "72-h MME")])
+    bupi = "PEAK_BUPI" in set(summ["outcome"]) and float(
+        pd.to_numeric(summ.set_index("outcome").loc["PEAK_BUPI"].drop("outcome", errors="ignore"),
+                      errors="coerce").max()) > 0
+    bands = ("pain (NRS) and opioid effect (Ce/EC50, summed), median and 10-90 % band over the patients"
+             + (", and total bupivacaine plasma concentration (ng/mL, log scale, CNS threshold 2,000 ng/mL)"
+                if bupi else " (the regimen gives no bupivacaine: no bupivacaine panel)"))
+    figs = _figures(run, [("bands.png", bands), ("mme.png", "distribution of the 72-h MME over the patients, "
+                                                            "mean and P90 marked")])
     reg = (run.manifest or {}).get("arguments", {}).get("regimen")
     return f"Population simulation{f' of regimen {reg}' if reg else ''} (pkpd simulate --regimen)", (
-        "<h2>Results</h2>" + "".join(parts) + "<h2>Figures</h2>" + figs)
+        _regimen_section(run) + "<h2>Results</h2>" + "".join(parts) + "<h2>Figures</h2>" + figs)
+
+
+def _regimen_section(run: Run) -> str:
+    """The regimen simulated: ``regimen.txt`` of the run (its text form), else the regimen file the
+    manifest records (a user's file or the shipped TOML), else a note that it is not recorded."""
+    head = "<h2>Regimen</h2>"
+    if run.file("regimen.txt").is_file():
+        return (head + "<p class=\"note\">regimen.txt: the regimen as simulated, in the text form that "
+                "<code>pkpd simulate --regimen regimen.txt</code> reads back.</p><pre id=\"regimen\">"
+                + _e(run.file("regimen.txt").read_text()) + "</pre>")
+    entry = ((run.manifest or {}).get("inputs") or {}).get("regimen") or {}
+    path = Path(entry["path"]) if entry.get("path") else None
+    if path is not None and path.is_file():
+        return (head + f"<p class=\"note\">The regimen file of the run, {_e(path)}:</p><pre id=\"regimen\">"
+                + _e(path.read_text()) + "</pre>")
+    return head + "<p class=\"warn\" id=\"regimen\">The regimen's text is not recorded in this run (run made " \
+                  "before regimen.txt was written).</p>"
 
 
 def _cp_plot(frame: pd.DataFrame, title: str, max_ids: int = 20) -> bytes:

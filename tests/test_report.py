@@ -13,6 +13,7 @@ install command rather than skip, because CI is expected to have it.
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import shutil
@@ -107,10 +108,11 @@ def chromium() -> str:
     return exe
 
 
-def _render(chromium: str, html_file: Path, tmp: Path) -> tuple[Path, str, str]:
-    """Screenshot, rendered DOM and browser log of one page."""
+def _render(chromium: str, html_file: Path, tmp: Path, width: int = 1200) -> tuple[Path, str, str]:
+    """Screenshot, rendered DOM and browser log of one page (a window ``width`` CSS px wide)."""
     shot = tmp / "shot.png"
-    proc = subprocess.run([chromium, *FLAGS, f"--user-data-dir={tmp / 'profile'}", f"--screenshot={shot}",
+    flags = [f if not f.startswith("--window-size=") else f"--window-size={width},2000" for f in FLAGS]
+    proc = subprocess.run([chromium, *flags, f"--user-data-dir={tmp / 'profile'}", f"--screenshot={shot}",
                            "--dump-dom", html_file.resolve().as_uri()], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return shot, proc.stdout, proc.stderr
@@ -136,8 +138,9 @@ def test_manifests_record_inputs_and_versions(runs):
         assert man["versions"]["pkpd"] and man["versions"]["jax"] and man["versions"]["numpy"], kind
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", man["created_utc"]), kind
     pop = read_manifest(runs["simulate-population"] / "run.json")
-    assert pop["arguments"]["population"] == 3 and pop["inputs"]["regimen"] == {"path": "C1", "sha256": None,
-                                                                                 "bytes": None}
+    shipped = ROOT / "regimens" / "data" / "C1.toml"  # a shipped regimen is recorded by its file and SHA-256
+    assert pop["arguments"]["population"] == 3 and pop["inputs"]["regimen"] == {
+        "path": str(shipped.resolve()), "sha256": file_sha256(shipped), "bytes": shipped.stat().st_size}
     assert read_manifest(runs["trial"] / "run.json")["arguments"]["draws"] == 4
     sim = read_manifest(runs["simulate-dataset"].with_name("oxy.run.json"))
     assert sim["outputs"] == ["oxy.csv", "oxy.png"] and "population" not in sim["arguments"]
@@ -239,3 +242,118 @@ def test_dataset_report_counts_additional_doses(runs):
     first = body[body.index("<tbody><tr>"):body.index("</tr>", body.index("<tbody><tr>"))]
     cells = re.findall(r"<td>([^<]*)</td>", first)
     assert cells[0] == "1" and cells[3] == "8" and cells[4] == "70", cells
+
+
+#: Appended to a copy of a report for the layout test only (reports themselves have no script): measures,
+#: after layout, the viewport, the page's scroll width, every table's box and scroll width, and every
+#: element whose content is wider than its box (a scroll container hiding columns), and writes them as
+#: JSON into a <pre id="layout-check"> that --dump-dom returns.
+_LAYOUT_JS = """<script>(function(){var d=document.documentElement,o={viewport:d.clientWidth,page:d.scrollWidth,
+tables:[],overflowing:[]};document.querySelectorAll('table').forEach(function(t){var r=t.getBoundingClientRect();
+o.tables.push({id:t.id,left:r.left,right:r.right,width:r.width,scroll:t.scrollWidth});});
+document.querySelectorAll('body *').forEach(function(e){var s=getComputedStyle(e);if(s.display!=='inline'&&
+['TABLE','THEAD','TBODY','TR'].indexOf(e.tagName)<0&&e.scrollWidth>e.clientWidth+1){o.overflowing.push(
+{tag:e.tagName,id:e.id,scroll:e.scrollWidth,client:e.clientWidth});}});var p=document.createElement('pre');
+p.id='layout-check';p.textContent=JSON.stringify(o);document.body.appendChild(p);})();</script>"""
+
+
+@pytest.mark.parametrize("kind", list(KEY_TABLES))
+def test_report_tables_fit_a_1280px_window(kind, runs, chromium, tmp_path):
+    """Every table fits the page in a 1280-px Chromium window: none is wider than the viewport or reaches
+    past its right edge, the page has no horizontal scroll, and no element is a scroll container holding
+    content wider than itself (the old reports put wide tables in an ``overflow-x: auto`` box, hiding
+    columns behind a scrollbar; the optimizer's comparison table was 1,558 px wide, the trial's 1,977 px).
+
+    How: Chromium renders a copy of the report with a small script appended (the report itself has no
+    script) that measures the laid-out boxes (``getBoundingClientRect``, ``scrollWidth`` against
+    ``clientWidth``) and writes them as JSON into the DOM, which ``--dump-dom`` returns; the screenshot of
+    the same run must be 1280 px wide. Measuring the layout engine's boxes is exact and independent of
+    fonts and colours, where reading a screenshot's pixels would not be. A wide table is folded into bands
+    of columns (each with its headers), so every column is still in the table.
+    """
+    from PIL import Image
+
+    from pkpd.html_report import render_report
+
+    page = tmp_path / "report.html"
+    page.write_text(render_report(runs[kind]).replace("</body>", _LAYOUT_JS + "</body>"))
+    shot, dom, _ = _render(chromium, page, tmp_path, width=1280)
+    assert Image.open(shot).size == (1280, 2000)
+    m = re.search(r'<pre id="layout-check">(.*?)</pre>', dom, re.S)
+    assert m, "the layout script did not run"
+    lay = json.loads(html.unescape(m.group(1)))
+    vw = lay["viewport"]
+    assert 1200 <= vw <= 1280, lay
+    assert lay["page"] <= vw, f"the page scrolls sideways: {lay['page']} px wide in a {vw} px viewport"
+    assert lay["tables"] and all(t["id"] for t in lay["tables"])
+    for t in lay["tables"]:
+        assert t["left"] >= 0 and t["right"] <= vw and t["scroll"] <= t["width"] + 1, (kind, t, vw)
+    assert not lay["overflowing"], lay["overflowing"]
+    # every column is still there: the table of each key header (folded tables repeat their first column)
+    for tid, header in KEY_TABLES[kind].items():
+        assert re.search(rf'<table id="{re.escape(tid)}">.*?<th[^>]*>{re.escape(header)}\b', dom, re.S), tid
+
+
+@pytest.mark.parametrize("kind", list(KEY_TABLES))
+def test_report_has_every_figure_of_the_run(kind, runs):
+    """Every PNG the run wrote is in its report, each once, captioned with its file name: the fit's new
+    diagnostics (qq.png, abs_iwres.png, pcvpc.png, eta.png...), the optimizer's concentrations.png (left
+    out before), the dataset simulation's --plot figure."""
+    from pkpd.html_report import detect_run, render_report
+
+    run = detect_run(runs[kind])
+    if kind == "simulate-dataset":
+        pngs = {Path(o).name for o in run.manifest["outputs"] if o.endswith(".png")}
+    else:
+        pngs = {f.name for f in run.root.glob("*.png")}
+    assert pngs, "the run wrote figures"
+    text = render_report(runs[kind])
+    captions = re.findall(r"<figcaption>([^:<]+):", text)
+    assert sorted(captions) == sorted(pngs), (captions, pngs)
+    assert len(re.findall(r'src="data:image/png;base64,', text)) == len(pngs)
+    if kind == "fit":
+        assert {"qq.png", "abs_iwres.png", "pcvpc.png", "eta.png"} <= pngs
+        assert "figure written by the run" not in text, "a fit figure without its own caption"
+    if kind == "optimize":
+        assert "concentrations.png" in pngs and "figure written by the run" not in text
+        cap = re.search(r"<figcaption>bands.png: ([^<]*)</figcaption>", text).group(1)
+        assert "bupivacaine" not in cap, cap  # the proposal's bands.png has pain and opioid effect panels only
+
+
+def test_population_report_shows_the_regimen(runs):
+    """The C1 simulation report shows the regimen itself (regimen.txt, the text form written with the run)
+    and records the shipped regimen file with its SHA-256, not '–'."""
+    from pkpd.html_report import render_report
+    from pkpd.manifest import file_sha256
+
+    run = runs["simulate-population"]
+    assert (run / "regimen.txt").is_file()
+    text = render_report(run)
+    m = re.search(r'<pre id="regimen">(.*?)</pre>', text, re.S)
+    assert m, "no regimen block"
+    block = html.unescape(m.group(1))
+    assert block.startswith("name: C1") and "acetaminophen 1000 mg PO q6h from 4h" in block, block[:300]
+    assert "bupivacaine_liposomal 266 mg infiltration" in block
+    inputs = text[text.index('<table id="inputs">'):]
+    inputs = inputs[:inputs.index("</table>")]
+    assert file_sha256(ROOT / "regimens" / "data" / "C1.toml") in inputs
+    assert "C1.toml" in inputs and "unchanged" in inputs
+
+
+def test_report_numbers_are_for_people(runs, tmp_path):
+    """Numbers: thousands separators and 4 significant digits, no exponent (a 2.6 million mg total was
+    printed "2.600e+06"); IDs stay as written; no report of the test runs shows an exponent between 1e-4
+    and 1e15."""
+    from pkpd.html_report import _fmt, render_report, table
+
+    assert _fmt(2.6e6) == "2,600,000" and _fmt(2_600_000) == "2,600,000" and _fmt(1234.567) == "1,235"
+    assert _fmt(999.96) == "1,000" and _fmt(0.012345) == "0.01235" and _fmt(3.0) == "3" and _fmt(45.67) == "45.67"
+    assert _fmt(float("nan")) == "–" and _fmt(1e-6) == "1e-06"
+    doses = pd.DataFrame({"ID": [1001, 1002], "drug": ["acetaminophen", "oxycodone"],
+                          "total_mg": [2.6e6, 12_500.0]})
+    out = table(doses, "doses", "doses")
+    assert "<td>1001</td>" in out and "<td>2,600,000</td>" in out and "<td>12,500</td>" in out and "e+" not in out
+    for kind, path in runs.items():
+        cells = re.findall(r"<td>([^<]*)</td>", render_report(path))
+        sci = [c for c in cells if re.fullmatch(r"-?\d(\.\d+)?e[+-]\d\d", c) and 1e-4 <= abs(float(c)) < 1e15]
+        assert not sci, (kind, sci[:5])
