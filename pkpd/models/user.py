@@ -56,7 +56,9 @@ _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _ODE = re.compile(r"^\s*d\s*/\s*dt\s*\(\s*([^()]*?)\s*\)\s*=(?!=)(.*)$", re.S)
 _DEF = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(?!=)(.*)$", re.S)
 _DOSE_PARAM = re.compile(r"^(F|ALAG|R|D)(\d+)$")
-_STRUCT_KEYS = {"name", "description", "states", "doses", "central", "equations", "outputs", "parameters"}
+_STRUCT_KEYS = {"name", "description", "states", "doses", "central", "equations", "outputs", "parameters", "split"}
+_SPLIT = re.compile(r"^\s*(?:(1)|(1\s*-\s*)?([A-Za-z][A-Za-z0-9_]*))\s*->\s*([A-Za-z][A-Za-z0-9_]*)"
+                    r"(?:\s+over\s+([A-Za-z][A-Za-z0-9_]*))?\s*$")
 _STATE_KEYS = {"name", "unit", "description", "init"}
 _PARAM_KEYS = {"unit", "description", "lower"}
 _CACHE: dict[str, "UserModel"] = {}
@@ -141,6 +143,13 @@ class UserModel(CompartmentModel):
             lines.append(f"  {q.name:6s} [{q.unit}] {q.description}")
         for e in self.equations:
             lines.append(f"  {e}")
+        for c, rs in self.routes.items():
+            parts = []
+            for rt in rs:
+                frac = "1" if rt.fraction is None else (f"1 - {rt.fraction}" if rt.complement else rt.fraction)
+                parts.append(f"{frac} -> {self.compartments[rt.target]}"
+                             + (f" over {rt.duration}" if rt.duration else ""))
+            lines.append(f"  split {self.compartments[c]}: {', '.join(parts)}")
         return "\n".join(lines)
 
 
@@ -409,6 +418,7 @@ def compile_structure(table: Mapping[str, Any], *, name: str | None = None, wher
                 raise ModelSpecError(f"{where} [structure], {e.where}: {e.lhs} is defined after "
                                      f"{params_used[e.lhs][0]} uses it as a parameter; define it first")
             defined[e.lhs] = e
+    routes = _split_routes(ctx, table.get("split"), states, sidx, dose_states, defined, declared, params_used)
     missing = [s for s in states if s not in odes]
     if missing:
         raise ctx.fail(f"state {missing[0]} has no equation: add \"d/dt({missing[0]}) = ...\" to `equations` "
@@ -456,11 +466,71 @@ def compile_structure(table: Mapping[str, Any], *, name: str | None = None, wher
     model = UserModel(
         name=mname, compartments=tuple(states), params=params, central=central, volume="",
         linear_terms=tuple(terms), blocks=tuple(blocks), description=str(table.get("description", "")),
-        nonlinear=nonlinear, state_units=tuple(units), dose_states=dose_states, output_fns=out_fns,
+        nonlinear=nonlinear, routes=routes, state_units=tuple(units), dose_states=dose_states, output_fns=out_fns,
         output_units={}, equations=tuple(e.text for e in eqs), symbol_lines=params_used, linear_reason=reason,
         source=source, rhs_fn=_make_rhs(states, rhs_fns))
     _CACHE[key] = model
     return _check_known(model, known, ctx)
+
+
+def _split_routes(ctx: _Ctx, raw, states, sidx, dose_states, defined, declared, params_used) -> dict:
+    """The ``[structure.split]`` table as engine routes: ``{state index: (Route, ...)}``.
+
+    Each key is a dosed state; its value lists the parts a bolus dose record into that state is split into,
+    ``"FRACTION -> STATE"`` (a bolus into STATE) or ``"FRACTION -> STATE over DURATION"`` (a zero-order input
+    into STATE lasting DURATION h). FRACTION is ``1``, a parameter ``NAME`` or its complement ``1 - NAME``;
+    DURATION is a parameter. Fraction and duration parameters are added to ``params_used`` (in order).
+    """
+    from ._base import Route
+
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ctx.fail('`split` must be a table STATE = ["FR -> STATE1", "1 - FR -> STATE2"]', "split")
+    routes: dict[int, tuple] = {}
+    for src, parts in raw.items():
+        item = f"split.{src}"
+        if str(src) not in sidx:
+            raise ctx.fail(f"split names {src}, which is not a state (states: {', '.join(states)})",
+                           f"{src} =", item)
+        if sidx[str(src)] not in dose_states:
+            raise ctx.fail(f"split names {src}, which does not receive doses (doses: "
+                           f"{', '.join(states[i] for i in dose_states)})", f"{src} =", item)
+        if isinstance(parts, str):
+            parts = [parts]
+        if not isinstance(parts, list) or not parts:
+            raise ctx.fail(f"split.{src} must be a non-empty list such as [\"FR -> {src}\", \"1 - FR -> OTHER\"]",
+                           f"{src} =", item)
+        out = []
+        for j, part in enumerate(parts):
+            pitem = f"{item}[{j}]"
+            m = _SPLIT.match(part) if isinstance(part, str) else None
+            loc = ctx.loc(part, pitem) if isinstance(part, str) else pitem
+            if not m:
+                raise ModelSpecError(f"{ctx.where} [structure], {loc}: syntax error in split part {part!r}: expected "
+                                     "'FRACTION -> STATE' or 'FRACTION -> STATE over DURATION' with FRACTION 1, "
+                                     "NAME or 1 - NAME (parameters)")
+            whole, compl, frac, target, dur = m.groups()
+            if target not in sidx:
+                raise ModelSpecError(f"{ctx.where} [structure], {loc}: split part {part!r}: {target} is not a state "
+                                     f"(states: {', '.join(states)})")
+            for nm in (frac, dur):
+                if nm is None:
+                    continue
+                if nm in sidx or nm in defined or nm == TIME_SYMBOL:
+                    raise ModelSpecError(f"{ctx.where} [structure], {loc}: split part {part!r}: {nm} must be a "
+                                         "parameter (not a state, a defined quantity or t)")
+                if _DOSE_PARAM.match(nm) and int(_DOSE_PARAM.match(nm).group(2)) <= len(states):
+                    raise ModelSpecError(f"{ctx.where} [structure], {loc}: split part {part!r}: {nm} is a dosing "
+                                         "parameter; name a structural parameter")
+                if declared is not None and nm not in declared:
+                    raise ModelSpecError(f"{ctx.where} [structure], {loc}: split part {part!r}: unknown symbol {nm} "
+                                         "(not a parameter of [structure.parameters])")
+                params_used.setdefault(nm, (loc, part.strip()))
+            out.append(Route(target=sidx[target], fraction=None if whole else frac, complement=bool(compl),
+                             mode="zero_order" if dur else "bolus", duration=dur))
+        routes[sidx[str(src)]] = tuple(out)
+    return routes
 
 
 def _check_known(model: UserModel, known: set[str] | None, ctx: _Ctx) -> UserModel:
