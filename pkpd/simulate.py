@@ -171,7 +171,7 @@ def _check_param_names(model: CompartmentModel, spec: ParameterSpec) -> None:
             f"the parameter file defines {', '.join(sorted(names)) or 'nothing'}"
         )
     allowed_dose = set(model.dose_params())
-    for name in names:
+    for name in names - set(model.param_names):  # a structural parameter such as R0 (a baseline) is no dose
         for pre in _DOSE_PREFIXES:
             if name.startswith(pre) and name[len(pre):].isdigit() and name not in allowed_dose:
                 raise ModelSpecError(
