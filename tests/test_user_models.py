@@ -159,7 +159,7 @@ FAMILIES = {  # built-in name: (hand-written file, structural parameters)
     "2cmt_oral": (USER / "oral2.toml", {**DISP2, "KA": 1.3}),
     "3cmt_iv": (FIXTURES / "iv3.toml", DISP3),
     "3cmt_oral": (FIXTURES / "oral3.toml", {**DISP3, "KA": 1.3}),
-    "2cmt_dual": (FIXTURES / "dual2.toml", {**DISP2, "KA": 1.8, "KA2": 0.15, "FR": 0.35}),
+    "2cmt_dual": (USER / "dual2.toml", {**DISP2, "KA": 1.8, "KA2": 0.15, "FR": 0.35}),
     "1cmt_zofo": (FIXTURES / "zofo1.toml", {"CL": 2.0, "V": 20.0, "KA": 0.9, "FZO": 0.4, "DZO": 3.0}),
     "1cmt_transit3": (FIXTURES / "transit3.toml", {"CL": 2.0, "V": 20.0, "MTT": 2.5, "KA": 1.1}),
     "1cmt_iv_effect": (FIXTURES / "iv1_effect.toml", {"CL": 2.0, "V": 20.0, "KE0": 0.6}),
@@ -292,7 +292,7 @@ def test_michaelis_menten_families_by_hand_on_the_ode_path(builtin_name, ids):
 
 
 def test_split_doses_are_described_and_checked():
-    user = pkpd.get_model(str(FIXTURES / "dual2.toml"))
+    user = pkpd.get_model(str(USER / "dual2.toml"))
     assert "split DEPOT_FAST: FR -> DEPOT_FAST, 1 - FR -> DEPOT_SLOW" in user.describe()
     zofo = pkpd.get_model(str(FIXTURES / "zofo1.toml"))
     assert "FZO -> CENTRAL over DZO" in zofo.describe()
@@ -541,7 +541,8 @@ def test_doc_examples_simulate():
     data = pd.DataFrame({"ID": [1] * 6, "TIME": [0, 1, 2, 4, 8, 24], "EVID": [1, 0, 0, 0, 0, 0],
                          "AMT": [10, 0, 0, 0, 0, 0], "CMT": [1] * 6})
     values = {"CL": 2.0, "V": 20.0, "V1": 20.0, "Q": 3.0, "V2": 40.0, "KA": 1.2, "VMAX": 5.0, "KM": 0.5,
-              "IMAX": 0.8, "IC50": 0.2, "KOUT": 0.9, "RR0": 14.0, "FM": 0.5, "CLM": 1.0, "VM": 10.0}
+              "IMAX": 0.8, "IC50": 0.2, "KOUT": 0.9, "RR0": 14.0, "FM": 0.5, "CLM": 1.0, "VM": 10.0,
+              "KA2": 0.2, "FR": 0.4}
     for f, _ in _doc_examples():
         if "[structure]" not in (ROOT / f).read_text():
             continue
