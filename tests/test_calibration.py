@@ -95,6 +95,48 @@ def test_waves_of_another_trial_effect_structure_are_refused(tmp_path):
         load_waves(problem, tmp_path)
 
 
+def test_waves_with_one_patient_sample_per_arm_are_refused(tmp_path):
+    """Waves whose arms drew their own virtual patients (calibrations 1-3, no ``patients`` tag) are not mixed
+    into a calibration with common random numbers within a trial."""
+    from regimens.calibration.design import PARAM_NAMES, TRIAL_EFFECTS
+    from regimens.calibration.run import load_problem, load_waves
+
+    problem = load_problem()
+    np.savez(tmp_path / "wave0.npz", z=np.zeros((2, P)), u=np.zeros((2, len(problem.trials))),
+             w=np.zeros((2, len(problem.trials))), y=np.zeros((2, len(problem.flat))),
+             keys=np.array([t.key for t in problem.flat]), params=np.array(PARAM_NAMES),
+             trials=np.array(problem.trials), effects=np.array(TRIAL_EFFECTS))
+    with pytest.raises(ValueError, match=r"'one sample per arm'.*common random numbers.*simulate again"):
+        load_waves(problem, tmp_path)
+
+
+def test_arms_of_a_trial_simulate_the_same_patients():
+    """Common random numbers: the arms of a trial share their seed (and arms of different trials do not), so
+    with the gabapentinoid's ceiling at its lower bound (0.001) Turan 2004's gabapentin arm gives its placebo
+    arm's numbers to 0.02 on the log scale; arms simulated with their own patients (calibration 3's design)
+    differ by chance by far more (checked here too, so the test can fail)."""
+    from regimens.calibration.design import sample_design, simulate_arm
+    from regimens.calibration.run import Settings, arm_seeds, load_problem
+
+    problem = load_problem()
+    s = Settings(n_patients=12)
+    seeds = arm_seeds(problem, s)
+    tri = problem.trial_of_arm()
+    for i in range(len(seeds)):
+        for j in range(len(seeds)):
+            assert (seeds[i] == seeds[j]) == (tri[i] == tri[j])
+    z, _, _ = sample_design(2, len(problem.trials), 5)
+    th = to_natural(z)
+    th[:, [p.name for p in OUTCOME_PARAMETERS].index("emax_gabapentinoid")] = 0.001
+    idx = [i for i, a in enumerate(problem.arms) if a.trial.id == "turan2004"]
+    got = [simulate_arm(problem.arms[i], problem.targets[i], th, np.ones(2), np.ones(2), n_patients=12,
+                        seed=int(seeds[i]), progress=lambda m: None) for i in idx]
+    np.testing.assert_allclose(got[0], got[1], atol=0.02)
+    own = simulate_arm(problem.arms[idx[1]], problem.targets[idx[1]], th, np.ones(2), np.ones(2), n_patients=12,
+                       seed=int(seeds[idx[1]]) + 1, progress=lambda m: None)
+    assert np.abs(own - got[0]).max() > 0.05
+
+
 # ---- the shipped posterior --------------------------------------------------------------------------------
 def test_shipped_posterior_is_a_calibration_with_its_provenance():
     post = outcome_posterior()

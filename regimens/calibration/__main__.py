@@ -31,10 +31,10 @@ from pkpd.outcome import OUTCOME_PARAMETERS
 from .design import PARAM_NAMES, TRIAL_EFFECT_SD, TRIAL_EFFECTS
 from .emulator import fit_emulator, standardize
 from .fit import fit_posterior
-from .run import Problem, Settings, load_problem, load_waves, run_wave
+from .run import PATIENTS, Problem, Settings, load_problem, load_waves, run_wave
 from .validate import arm_contrasts, predict_contrasts, predict_targets, summarize_intervals
 
-VERSION = "3"
+VERSION = "4"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -284,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": [t.key for t in problem.flat],
         "settings": {**s.__dict__, "trial_effect_design_sd": TRIAL_EFFECT_SD},
         "trial_effects": list(TRIAL_EFFECTS),
+        "patients": PATIENTS,
         "nuts": post.diagnostics,
         "emulator_holdout": {"rmse_median": float(np.median(chk["rmse"])), "rmse_max": float(np.max(chk["rmse"])),
                              "r2_median": float(np.median(chk["r2"])), "points_train": chk["train"],

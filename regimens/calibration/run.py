@@ -19,7 +19,16 @@ from ..evidence import load_evidence
 from .arms import ArmSim, Target, arm_targets, calibration_arms
 from .design import PARAM_NAMES, TRIAL_EFFECT_SD, TRIAL_EFFECTS, sample_design, simulate_arm, to_natural
 
-__all__ = ["Settings", "Problem", "load_problem", "simulate_wave", "load_waves"]
+__all__ = ["Settings", "Problem", "load_problem", "simulate_wave", "load_waves", "arm_seeds", "PATIENTS"]
+
+#: How each arm's virtual patients are drawn, tagged on every saved wave (waves drawn another way are refused).
+#: "common within trial": every arm of a trial simulates the same virtual patients (the trial's seed), so a
+#: between-arm difference is the regimens' difference alone (common random numbers). Calibrations 1-3 drew
+#: each arm's patients with its own seed: a fixed sample of 160 patients per arm whose chance differences
+#: (SD of a log mean about CV / sqrt(160), 0.05-0.1) entered every design point alike, so the emulators learnt
+#: them as if they were effects (calibration 3: Turan 2004's gabapentin arm used more opioid than its placebo
+#: arm at 70 % of the design points; two held-out gabapentin effects came out with the wrong sign).
+PATIENTS = "common within trial"
 
 
 @dataclass(frozen=True)
@@ -78,14 +87,22 @@ def simulate_wave(problem: Problem, z: np.ndarray, u: np.ndarray, w: np.ndarray,
     """
     theta = to_natural(z)
     tri = problem.trial_of_arm()
+    seeds = arm_seeds(problem, settings)
     cols = []
     for i, (arm, ts) in enumerate(zip(problem.arms, problem.targets)):
         if not ts:
             continue
         cols.append(simulate_arm(arm, ts, theta, np.exp(u[:, tri[i]]), np.exp(w[:, tri[i]]),
                                  n_patients=settings.n_patients,
-                                 seed=settings.seed + 1000 + i, rule=settings.rule, progress=progress))
+                                 seed=int(seeds[i]), rule=settings.rule, progress=progress))
     return np.concatenate(cols, axis=1)
+
+
+def arm_seeds(problem: Problem, settings: Settings) -> np.ndarray:
+    """The seed of every arm's virtual patients: its trial's (:data:`PATIENTS`), so the arms of one trial
+    simulate the same patients and differ only by their regimens (and, for strata such as opioid-tolerant
+    arms, by what the arm's population states)."""
+    return settings.seed + 1000 + problem.trial_of_arm()
 
 
 def run_wave(problem: Problem, k: int, settings: Settings, out: Path, *, center=None, scale=None,
@@ -101,7 +118,7 @@ def run_wave(problem: Problem, k: int, settings: Settings, out: Path, *, center=
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, z=z, u=u, w=w, y=y, keys=np.array([t.key for t in problem.flat]),
              params=np.array(PARAM_NAMES), trials=np.array(problem.trials), effects=np.array(TRIAL_EFFECTS),
-             settings=json.dumps(settings.__dict__), seconds=time.perf_counter() - t0)
+             patients=np.array(PATIENTS), settings=json.dumps(settings.__dict__), seconds=time.perf_counter() - t0)
     progress(f"wave {k}: {n} points in {time.perf_counter() - t0:.0f} s -> {path}")
     return path
 
@@ -122,6 +139,10 @@ def load_waves(problem: Problem, out: Path) -> tuple[np.ndarray, ...]:
             got = list(d["effects"]) if "effects" in d else ["pain.scale", "pain.spread"]
             raise ValueError(f"{p} has trial effects on {got}, this calibration on {list(TRIAL_EFFECTS)}: "
                              "simulate again (another --out folder)")
+        got = str(d["patients"]) if "patients" in d else "one sample per arm"
+        if got != PATIENTS:
+            raise ValueError(f"{p} drew its virtual patients as '{got}', this calibration as '{PATIENTS}' (common "
+                             "random numbers within a trial): simulate again (another --out folder)")
         zs.append(d["z"])
         us.append(d["u"])
         vs.append(d["w"])
