@@ -85,6 +85,10 @@ class SimOptions:
     EC50 (analgesia and respiration); ``pd_overrides`` replaces PD values per drug, e.g.
     ``{"acetaminophen": {"emax": 0.3}}`` (keys ``ec50``, ``emax``). Every calibrated outcome-model value can
     also be given per patient as a population column ``outcome.<name>`` (:mod:`pkpd.outcome`).
+    ``structures`` maps library drug names to a structure written in the model language (a ``.toml`` file
+    with a ``[structure]`` section, a compiled user model, or an entry from :func:`pkpd.drugs.with_structure`)
+    that replaces the drug's built-in structural model; its parameters, variability, PD, MME factor and limits
+    stay the library entry's (:func:`pkpd.drugs.structure.regimen_entry`, docs/model_language.md).
     """
 
     dt_h: float = 1.0 / 12.0
@@ -103,6 +107,7 @@ class SimOptions:
     record_trajectories: bool = True
     opioid_ec50_scale: float = 1.0
     pd_overrides: Mapping[str, Mapping[str, float]] | None = None
+    structures: Mapping[str, Any] | None = None
 
 
 def _crc(s: str) -> int:
@@ -128,18 +133,14 @@ class _Block:
 
     @property
     def model(self):
-        from .models import get_model
-
-        return get_model(self.drug.model)
+        return self.drug.structural_model()
 
     def local_depots(self) -> list[int]:
         return [self.off + i for i in range(self.model.central)]
 
 
 def _build_block(drug: Drug, pd_: AnalgesicPD, off: int) -> _Block:
-    from .models import get_model
-
-    model = get_model(drug.model)
+    model = drug.structural_model()
     if not model.is_linear:
         raise ModelSpecError(f"{drug.name}: model {drug.model} is nonlinear; the regimen simulator needs linear "
                              "models (simulate it alone with pkpd.simulate)")
@@ -617,9 +618,11 @@ class _Plan:
 
     @staticmethod
     def build(regimen, population: pd.DataFrame, opts: SimOptions) -> _Plan:
+        from .drugs.structure import regimen_entry
+
         drugs = []
         for name in list(regimen.drugs()):
-            d = get_drug(name)
+            d = regimen_entry(name, opts.structures)
             if d.name not in [x.name for x in drugs]:
                 drugs.append(d)
         blocks, off = [], 0

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .._errors import ModelSpecError
+
+if TYPE_CHECKING:
+    from ..models import CompartmentModel
 
 __all__ = ["Covariate", "Drug", "Param", "Source", "micro_constant_params"]
 
@@ -129,7 +132,9 @@ class Drug:
     """A drug entry: a built-in structural model plus sourced parameter values.
 
     ``routes`` maps a route label (``"po"``, ``"po_er"``, ``"iv"``, ``"infiltration"``...) to the CMT number of
-    ``model`` that doses of that route go into.
+    ``model`` that doses of that route go into. ``structure`` (default ``None``: the built-in model named by
+    ``model``) is a structural model object used instead, e.g. one written in the model language
+    (:func:`pkpd.drugs.with_structure`, docs/model_language.md); ``model`` then holds its name.
     """
 
     name: str
@@ -140,11 +145,10 @@ class Drug:
     routes: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     references: tuple[str, ...] = ()
+    structure: CompartmentModel | None = None
 
     def __post_init__(self) -> None:
-        from ..models import get_model
-
-        model = get_model(self.model)  # ModelSpecError for unknown models
+        model = self.structural_model()  # ModelSpecError for unknown models
         names = [p.name for p in self.params]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -168,6 +172,24 @@ class Drug:
                 raise ModelSpecError(f"drug {self.name}: route {label!r} -> CMT {cmt!r} is not a compartment "
                                      f"of model {self.model}")
         object.__setattr__(self, "routes", dict(self.routes))
+
+    def structural_model(self):
+        """The structural model of the entry: ``structure`` when given, else the built-in model ``model``.
+
+        Returns
+        -------
+        pkpd.models.CompartmentModel
+
+        Raises
+        ------
+        ModelSpecError
+            If ``model`` names no known model.
+        """
+        if self.structure is not None:
+            return self.structure
+        from ..models import get_model
+
+        return get_model(self.model)
 
     def _param(self, name: str) -> Param:
         for p in self.params:
