@@ -88,10 +88,11 @@ def load_params(source: str | Path | Mapping[str, Any]) -> ParameterSpec:
         content = dict(source)
     if "parameters" in content:
         exprs = content["parameters"]
-        unknown = set(content) - {"parameters", "model", "interpolation", "solver", "ode_method", "structure"}
+        # [drug]: read by the regimen simulator only (pkpd.drugs.with_structure), ignored here
+        unknown = set(content) - {"parameters", "model", "interpolation", "solver", "ode_method", "structure", "drug"}
         if unknown:
             raise ModelSpecError(f"parameter file: unknown top-level keys {sorted(unknown)} "
-                                 "(allowed: model, interpolation, solver, ode_method, parameters, structure)")
+                                 "(allowed: model, interpolation, solver, ode_method, parameters, structure, drug)")
         if not isinstance(exprs, Mapping):
             raise ModelSpecError("parameter file: 'parameters' must be a table of name = value/expression")
         model_name = content.get("model")

@@ -145,3 +145,19 @@ def test_routes_beyond_the_structure(tmp_path):
                  'equations = ["d/dt(CENTRAL) = -CL/V1*CENTRAL"]\noutputs = ["CP = CENTRAL/V1"]\n')
     with pytest.raises(ModelSpecError, match=r"route 'iv' of acetaminophen doses into CMT 2"):
         with_structure("acetaminophen", f)
+
+
+def test_a_drug_structure_file_also_simulates_alone(tmp_path):
+    """The same file with a [parameters] table runs in pkpd.simulate ([drug] is ignored there) like 1cmt_dual."""
+    import pandas as pd
+
+    import pkpd
+
+    values = {"KA": 3.61, "KA2": 0.329, "V": 619.0, "CL": 60.8, "FR": 0.4}
+    f = tmp_path / "oxy_params.toml"
+    f.write_text(OXY.read_text() + "\n[parameters]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()))
+    data = pd.DataFrame({"ID": 1, "TIME": [0.0, 1.0, 2.0, 6.0, 12.0], "EVID": [1, 0, 0, 0, 0],
+                         "AMT": [10.0, 0, 0, 0, 0], "CMT": [1, 0, 0, 0, 0]})
+    got = pkpd.simulate(data, params=f)
+    ref = pkpd.simulate(data, "1cmt_dual", values)
+    np.testing.assert_allclose(got["CP"].to_numpy(), ref["CP"].to_numpy(), rtol=1e-10)
