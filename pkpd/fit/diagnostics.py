@@ -1217,9 +1217,7 @@ def plot_eta_pairs(individual: pd.DataFrame, path: Path, *, labels: Sequence[str
             else:
                 ok = np.isfinite(xi) & np.isfinite(xj)
                 r = float(np.corrcoef(xj[ok], xi[ok])[0, 1]) if ok.sum() > 2 else math.nan
-                ax.scatter(xj[ok], xi[ok], s=10, alpha=0.7, label=f"subjects (r = {r:.2f})")
-                if smooth:
-                    _smooth(ax, xj[ok], xi[ok], label="LOWESS")
+                _scatter_smooth(ax, xj[ok], xi[ok], f"subjects (r = {r:.2f})", smooth)
                 ax.set_ylabel(f"{li} ({_eta_unit(eta_units, li)})", fontsize="small")
             ax.set_xlabel(f"{lj} ({_eta_unit(eta_units, lj)})", fontsize="small")
             ax.tick_params(labelsize="x-small")
@@ -1229,6 +1227,13 @@ def plot_eta_pairs(individual: pd.DataFrame, path: Path, *, labels: Sequence[str
     fig.subplots_adjust(left=0.1, right=0.98, bottom=0.1 / k + 0.02, top=1 - 0.1 / k - 0.02, hspace=0.45,
                         wspace=0.4)
     fig.savefig(path, format="png")
+
+
+def _scatter_smooth(ax, x: np.ndarray, y: np.ndarray, label: str, smooth: bool) -> None:
+    """Subjects as points (legend ``label``) and, with ``smooth``, their LOWESS line."""
+    ax.scatter(x, y, s=10, alpha=0.7, label=label)
+    if smooth:
+        _smooth(ax, x, y, label="LOWESS")
 
 
 def _draw_boxes(ax, groups: list[np.ndarray], positions: Sequence[float], color: str = "tab:blue") -> None:
@@ -1310,9 +1315,7 @@ def plot_eta_covariates(individual: pd.DataFrame, covariates: pd.DataFrame, path
                 ax.set_xlabel(_lab(cov, cu or "category"), fontsize="small")
             else:
                 ok = np.isfinite(x) & np.isfinite(y)
-                ax.scatter(x[ok], y[ok], s=10, alpha=0.7, label="subjects")
-                if smooth:
-                    _smooth(ax, x[ok], y[ok], label="LOWESS")
+                _scatter_smooth(ax, x[ok], y[ok], "subjects", smooth)
                 ax.set_xlabel(f"{cov} ({cu or 'unit not given'})", fontsize="small")
             ax.axhline(0.0, color="k", linestyle=":", linewidth=1, label="zero")
             ax.set_ylabel(f"{lab} ({_eta_unit(eta_units, lab)})", fontsize="small")
