@@ -190,3 +190,31 @@ def test_liposomal_bupivacaine_cv_and_tail(checks):
     c = checks["liposomal bupivacaine 266 mg: CV of the peak total concentration"]
     assert c.passed, c.value
     assert 0.0 < checks["liposomal bupivacaine 266 mg: P(peak > 2,000 ng/mL)"].value < 0.1
+
+
+def test_saved_posterior_is_reused_only_on_the_same_waves_and_settings(tmp_path):
+    """``--reuse-fits``: a rule's saved NUTS posterior is read back (draws and diagnostics equal) when the
+    waves, targets and settings are those it was fitted on, and ignored (fit again) when a wave changed or
+    the settings differ."""
+    from regimens.calibration.__main__ import _fingerprint, load_posterior_npz, save_posterior_npz
+    from regimens.calibration.fit import Posterior
+    from regimens.calibration.run import Settings, load_problem
+
+    problem = load_problem()
+    s = Settings(rule="loewe")
+    (tmp_path / "loewe").mkdir()
+    (tmp_path / "loewe" / "wave0.npz").write_bytes(b"x" * 10)
+    rng = np.random.default_rng(0)
+    T, J = len(problem.trials), len(problem.flat)
+    post = Posterior(rng.normal(size=(4, P)), rng.normal(size=(4, P)), rng.normal(size=(4, T)), rng.random(4),
+                     rng.random((4, 3)), rng.normal(size=(4, J)), {"max_rhat": 1.001, "divergences": 0}, rng.normal(size=(4, T)),
+                     rng.random(4))
+    path = tmp_path / "loewe" / "posterior.npz"
+    save_posterior_npz(path, post, problem.trials, _fingerprint(problem, s, tmp_path))
+    back = load_posterior_npz(path, problem, s)
+    assert back is not None and back.diagnostics == post.diagnostics
+    np.testing.assert_array_equal(back.theta, post.theta)
+    np.testing.assert_array_equal(back.w, post.w)
+    assert load_posterior_npz(path, problem, Settings(rule="loewe", draws=10)) is None
+    (tmp_path / "loewe" / "wave1.npz").write_bytes(b"y")
+    assert load_posterior_npz(path, problem, s) is None

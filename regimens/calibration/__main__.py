@@ -73,8 +73,9 @@ def waves(problem: Problem, s: Settings, out: Path) -> None:
                  progress=_say)
 
 
-def fit_rule(problem: Problem, s: Settings, out: Path):
-    """Emulator (checked on held-out points of the last wave, then refitted on all) and NUTS posterior."""
+def fit_rule(problem: Problem, s: Settings, out: Path, reuse: bool = False):
+    """Emulator (checked on held-out points of the last wave, then refitted on all) and NUTS posterior (with
+    ``reuse``, the posterior saved by an earlier run on the same waves and settings, if there is one)."""
     z, u, v, y, wave = load_waves(problem, out / s.rule)
     x = _inputs(problem, z, u, v)
     rng = np.random.default_rng(s.seed)
@@ -87,8 +88,12 @@ def fit_rule(problem: Problem, s: Settings, out: Path):
          f"R2 median {np.median(chk['r2']):.3f}")
     final = fit_emulator(x, y, seed=s.seed)
     final.rmse = chk["rmse"]
-    post = fit_posterior(final, problem.flat, _target_trials(problem), len(problem.trials), draws=s.draws,
-                         warmup=s.warmup, chains=s.chains, seed=s.seed)
+    post = load_posterior_npz(out / s.rule / "posterior.npz", problem, s) if reuse else None
+    if post is not None:
+        _say(f"{s.rule}: NUTS posterior reused from {out / s.rule / 'posterior.npz'} (same waves and settings)")
+    else:
+        post = fit_posterior(final, problem.flat, _target_trials(problem), len(problem.trials), draws=s.draws,
+                             warmup=s.warmup, chains=s.chains, seed=s.seed)
     _say(f"{s.rule}: NUTS max R-hat {post.diagnostics['max_rhat']:.3f}, min ESS {post.diagnostics['min_ess']:.0f}, "
          f"{post.diagnostics['divergences']} divergences")
     return final, post, {"rmse": chk["rmse"].tolist(), "r2": chk["r2"].tolist(), "train": int(len(train)),
@@ -164,10 +169,33 @@ def write_posterior(path: Path, rule: str, post, meta: dict, trials: list[str], 
     path.write_text(json.dumps(obj, indent=1) + "\n")
 
 
-def save_posterior_npz(path: Path, post, trials: list[str]) -> None:
-    """Every NUTS draw (unconstrained and natural parameters, trial effects, SDs) for later analysis."""
+def _fingerprint(problem: Problem, s: Settings, out: Path) -> str:
+    """What a saved posterior was fitted on: the targets, the settings and every wave file's size and time."""
+    waves = sorted((out / s.rule).glob("wave*.npz"))
+    return json.dumps({"targets": [t.key for t in problem.flat], "settings": s.__dict__, "version": VERSION,
+                       "waves": [[w.name, w.stat().st_size, w.stat().st_mtime_ns] for w in waves]}, sort_keys=True)
+
+
+def save_posterior_npz(path: Path, post, trials: list[str], fingerprint: str = "") -> None:
+    """Every NUTS draw (unconstrained and natural parameters, trial effects, SDs) for later analysis, with
+    the diagnostics and what it was fitted on (``--reuse-fits`` reads it back)."""
     np.savez(path, z=post.z, theta=post.theta, u=post.u, w=post.w, tau=post.tau, tau_w=post.tau_w, s=post.s,
-             loglik=post.loglik, trials=np.array(trials), params=np.array(PARAM_NAMES))
+             loglik=post.loglik, trials=np.array(trials), params=np.array(PARAM_NAMES),
+             diagnostics=json.dumps(post.diagnostics), fingerprint=fingerprint)
+
+
+def load_posterior_npz(path: Path, problem: Problem, s: Settings):
+    """The posterior saved by :func:`save_posterior_npz` if it was fitted on the same targets, settings and
+    waves (else None: fit again)."""
+    from .fit import Posterior
+
+    if not path.exists():
+        return None
+    d = np.load(path)
+    if "fingerprint" not in d or str(d["fingerprint"]) != _fingerprint(problem, s, path.parent.parent):
+        return None
+    return Posterior(d["z"], d["theta"], d["u"], d["tau"], d["s"], d["loglik"], json.loads(str(d["diagnostics"])),
+                     d["w"], d["tau_w"])
 
 
 def _plots(res: dict, folder: Path) -> list[str]:
@@ -236,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage", default="all", choices=("waves", "fit", "all"),
                     help="waves: simulate only; fit: also fit each rule and save out/<rule>/posterior.npz, without "
                          "validation or writing the shipped posterior; all: everything")
+    ap.add_argument("--reuse-fits", action="store_true",
+                    help="use a rule's NUTS posterior saved by an earlier run (out/<rule>/posterior.npz) when it was "
+                         "fitted on the same waves, targets and settings (the emulator is refitted: deterministic)")
     ap.add_argument("--quick", action="store_true", help="toy sizes: a smoke test of the pipeline")
     ap.add_argument("--no-write", action="store_true", help="do not write the posterior and docs")
     a = ap.parse_args(argv)
@@ -253,8 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     fits = {}
     for r in rules:
         s = Settings(**{**s0.__dict__, "rule": r})
-        emu, post, chk = fit_rule(problem, s, out)
-        save_posterior_npz(out / r / "posterior.npz", post, problem.trials)
+        emu, post, chk = fit_rule(problem, s, out, reuse=a.reuse_fits)
+        save_posterior_npz(out / r / "posterior.npz", post, problem.trials, _fingerprint(problem, s, out))
         fits[r] = (emu, post, chk, loo(post))
         _say(f"{r}: elpd_loo {fits[r][3]['elpd_loo']:.2f} (SE {fits[r][3]['se']:.2f})")
     if a.stage == "fit":  # posteriors saved (out/<rule>/posterior.npz); no validation, nothing shipped
