@@ -60,7 +60,8 @@ def write_report(docs: Path, problem, post, res: dict, meta: dict, figures: list
         f"{len(problem.flat)} reported numbers (targets). Posterior: `pkpd/datasets/outcome_posterior.json`.",
         "",
         "Method: every arm's whole regimen simulated in a virtual population standing for the trial "
-        f"({meta['settings']['n_patients']} patients per arm and design point), at "
+        f"({meta['settings']['n_patients']} patients per arm and design point; "
+        f"{'the arms of a trial share their virtual patients, common random numbers' if meta.get('patients') == 'common within trial' else 'each arm its own sample of patients'}), at "
         f"{meta['emulator_holdout']['points_train'] + meta['emulator_holdout']['points_holdout']} design points in "
         "waves (the first from the priors, the next centred on the first posterior); a Gaussian-process emulator "
         "per target; NUTS on an aggregate-data likelihood with each arm's N and spread, a trial effect per "
