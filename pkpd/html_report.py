@@ -533,9 +533,12 @@ def _cp_plot(frame: pd.DataFrame, title: str, max_ids: int = 20) -> bytes:
     ax = fig.add_subplot()
     for i in list(dict.fromkeys(frame["ID"].tolist()))[:max_ids]:
         sub = frame[frame["ID"] == i]
-        ax.plot(sub["TIME"].to_numpy(float), sub["CP"].to_numpy(float), marker=".", markersize=3, linewidth=1)
+        ax.plot(sub["TIME"].to_numpy(float), sub["CP"].to_numpy(float), marker=".", markersize=3, linewidth=1,
+                label=f"ID {i}")
     ax.set_xlabel("TIME (h)")
     ax.set_ylabel("CP (mg/L)")
+    if ax.lines:
+        ax.legend(title="subject", fontsize="x-small", title_fontsize="x-small", ncol=2, loc="best")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()

@@ -1392,14 +1392,17 @@ def plot_schedule(proposal: Proposal, path) -> None:
     for k, d in enumerate(drugs):
         rows = sched[sched["drug"] == d]
         big = rows["dose_mg"].max()
-        ax.scatter(rows["time_h"], [k] * len(rows), s=40 + 160 * rows["dose_mg"] / big, color=f"C{k % 10}")
+        ax.scatter(rows["time_h"], [k] * len(rows), s=40 + 160 * rows["dose_mg"] / big, color=f"C{k % 10}",
+                   label=f"{d} doses (mg beside each)")
         for _, r in rows.iterrows():
             ax.annotate(f"{r['dose_mg']:g}", (r["time_h"], k), textcoords="offset points", xytext=(0, 8),
                         ha="center", fontsize=7)
     ax.set_yticks(range(len(drugs)), [f"{d} ({sched[sched['drug'] == d]['route'].iloc[0]})" for d in drugs])
     ax.set_ylim(-0.7, max(len(drugs), 1) - 0.3)
-    ax.axvline(0, color="k", linewidth=0.8, linestyle=":")
-    ax.set_xlabel("time after end of surgery (h); doses in mg")
+    ax.axvline(0, color="k", linewidth=0.8, linestyle=":", label="end of surgery")
+    ax.set_xlabel("time after end of surgery (h)")
+    ax.set_ylabel("drug, route (category)")
+    ax.legend(fontsize="x-small", loc="upper right")
     ax.grid(True, axis="x", alpha=0.3)
     ax.set_title(f"proposed schedule ({len(sched)} scheduled doses; rescue as needed per the PRN rules)")
     fig.tight_layout()
@@ -1425,8 +1428,8 @@ def plot_concentrations(proposal: Proposal, path) -> None:
             ax.axhline(lim, color="k", linestyle="--", linewidth=1, label=f"toxicity limit {lim:g} mg/L")
         ax.set_ylabel(f"{d}\n(mg/L)", fontsize="small")
         ax.legend(fontsize="x-small", loc="upper right")
+        ax.set_xlabel("time after end of surgery (h)")
         ax.grid(True, alpha=0.3)
-    axs[-1].set_xlabel("time after end of surgery (h)")
     fig.suptitle(f"proposal: plasma concentrations over {len(res.patients)} draws of the patient")
     fig.tight_layout()
     fig.savefig(path, format="png")
@@ -1445,13 +1448,13 @@ def _plot_proposal_bands(proposal: Proposal, path) -> None:
                 linestyle="--", label="C1 median NRS")
     axs[0].axhline(3, color="k", linestyle=":", linewidth=1, label="target NRS <= 3")
     axs[0].set_ylim(0, 10)
-    axs[0].set_ylabel("pain NRS")
+    axs[0].set_ylabel("pain NRS, 0-10 scale (points)")
     axs[0].legend(fontsize="small", loc="upper right")
     _band(axs[1], t, prop.opioid_units, "proposal opioid effect", "tab:blue")
-    axs[1].set_ylabel("opioid effect (Ce/EC50)")
-    axs[1].set_xlabel("time after end of surgery (h)")
+    axs[1].set_ylabel("opioid effect, Ce/EC50 (dimensionless)")
     axs[1].legend(fontsize="small", loc="upper right")
     for ax in axs:
+        ax.set_xlabel("time after end of surgery (h)")
         ax.grid(True, alpha=0.3)
     fig.suptitle(f"proposal: {len(prop.patients)} variability draws of the patient")
     fig.tight_layout()
@@ -1625,19 +1628,33 @@ def trial_summary(patients: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_trial(patients: pd.DataFrame, path) -> None:
-    """PNG: per-patient 72-h MME (log scale) and time in target for the proposal, C0 and C1."""
+    """PNG: per-patient 72-h MME (log scale) and time in target for the proposal, C0 and C1: one point per
+    patient, with the median and the 10th-90th percentile range of each regimen."""
     from pkpd.report import _fig
 
     regs = ("C0", "C1", "proposal")
     fig = _fig(10, 4)
     a1, a2 = fig.subplots(1, 2)
-    a1.boxplot([patients[f"MME_0_72_{r}"] + 1.0 for r in regs], tick_labels=regs)
-    a1.set_yscale("log")
-    a1.set_ylabel("72-h MME + 1 (mg, per patient, mean over draws)")
-    a2.boxplot([100 * patients[f"TIT3_{r}"] for r in regs], tick_labels=regs)
-    a2.set_ylabel("time with NRS <= 3 (% of 0-72 h)")
-    for ax in (a1, a2):
+    rng = np.random.default_rng(0)  # horizontal jitter of the patient points only
+    for ax, values in ((a1, [patients[f"MME_0_72_{r}"].to_numpy(float) + 1.0 for r in regs]),
+                       (a2, [100 * patients[f"TIT3_{r}"].to_numpy(float) for r in regs])):
+        for k, v in enumerate(values):
+            v = v[np.isfinite(v)]
+            if not len(v):
+                continue
+            ax.scatter(k + rng.uniform(-0.18, 0.18, len(v)), v, s=8, alpha=0.35, color=f"C{k}",
+                       label="patients")
+            q10, q50, q90 = np.quantile(v, [0.1, 0.5, 0.9])
+            ax.plot([k, k], [q10, q90], color="k", linewidth=2.5, label="10th-90th percentile")
+            ax.plot([k - 0.28, k + 0.28], [q50, q50], color="k", linewidth=1.5, label="median")
+        ax.set_xticks(range(len(regs)), regs)
+        ax.set_xlabel("regimen (category)")
+        handles = dict(zip(*reversed(ax.get_legend_handles_labels())))  # one entry per label
+        ax.legend(handles.values(), handles.keys(), fontsize="x-small", loc="best")
         ax.grid(True, axis="y", alpha=0.3)
+    a1.set_yscale("log")
+    a1.set_ylabel("72-h MME + 1, per patient,\nmean over draws (mg)")
+    a2.set_ylabel("time with NRS <= 3 in 0-72 h (%)")
     fig.suptitle(f"SPINE-72 virtual trial, {len(patients)} patients")
     fig.tight_layout()
     fig.savefig(path, format="png")

@@ -121,6 +121,9 @@ class Forecast:
         the draws) means the Laplace proposal was poor and the intervals are rough.
     time_unit
         The model file's ``time_unit`` (label of the TIME axis in :meth:`plot`; default ``"h"``).
+    output_units
+        Unit of each output (the model file's observation ``unit``), for the y axes of :meth:`plot`;
+        an output without one is labelled "DV units".
     """
 
     parameters: pd.DataFrame
@@ -136,6 +139,7 @@ class Forecast:
     timings: dict
     notes: list = field(default_factory=list)
     time_unit: str = "h"
+    output_units: dict = field(default_factory=dict)
 
     def summary_text(self) -> str:
         lines = [f"Individual forecast ({len(self.observations)} observation(s); importance-sampling ESS "
@@ -163,10 +167,10 @@ class Forecast:
             ob = self.observations[self.observations["output"] == o]
             if len(ob):
                 ax.plot(ob["TIME"], ob["DV"], "ko", ms=4, label="observed")
-            ax.set_ylabel(o)
+            ax.set_ylabel(f"{o} ({self.output_units.get(o) or 'DV units'})")
+            ax.set_xlabel(f"time ({self.time_unit})")
+            ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
-        axes[-1, 0].set_xlabel(f"time ({self.time_unit})")
-        axes[0, 0].legend(fontsize=8)
         fig.tight_layout()
         path = Path(path)
         fig.savefig(path, dpi=110)
@@ -321,4 +325,5 @@ def forecast(model: PopulationModel | str | Path | dict, data: pd.DataFrame | st
     return Forecast(parameters=par, draws=pd_draws, predictions=pred, observations=obs,
                     eta_map=np.asarray(out["eta"]), eta_cov=np.asarray(out["cov"]), eta_names=prob.eta_labels(),
                     ess=ess, n_draws=int(n_draws), converged=bool(out["converged"]),
-                    timings={"build_s": t_build, "run_s": t_run}, notes=notes, time_unit=spec.time_unit)
+                    timings={"build_s": t_build, "run_s": t_run}, notes=notes, time_unit=spec.time_unit,
+                    output_units={o.name: o.unit for o in spec.observations if o.unit})
