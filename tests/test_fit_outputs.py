@@ -320,6 +320,23 @@ def test_files_written_and_force(saved, theoph):
     assert (out / "parameters.csv").stat().st_mtime_ns >= before and (out / "keep.txt").read_text() == "x"
 
 
+def test_covariance_and_correlation_of_the_estimates(saved, theoph):
+    """Laplace: covariance.csv (delta method, natural scale) has the free parameters of parameters.csv,
+    is symmetric with the squared SEs on its diagonal; correlation.csv is the same matrix scaled to unit
+    diagonal, every entry within [-1, 1]."""
+    out, _ = saved
+    cov = pd.read_csv(out / "covariance.csv").set_index("parameter")
+    corr = pd.read_csv(out / "correlation.csv").set_index("parameter")
+    free = theoph.parameters[~theoph.parameters["fixed"].astype(bool)]
+    assert list(cov.index) == list(cov.columns) == list(free["name"]) == list(corr.index)
+    c = cov.to_numpy(float)
+    np.testing.assert_allclose(c, c.T, rtol=1e-10, atol=1e-300)
+    np.testing.assert_allclose(np.sqrt(np.diag(c)), free["se"].to_numpy(float), rtol=1e-10)
+    sd = np.sqrt(np.diag(c))
+    np.testing.assert_allclose(corr.to_numpy(float), c / np.outer(sd, sd), rtol=1e-10)
+    assert np.allclose(np.diag(corr.to_numpy(float)), 1.0) and np.all(np.abs(corr.to_numpy(float)) <= 1 + 1e-12)
+
+
 def test_model_toml_round_trip(saved, theoph):
     """model.toml loads with load_model and holds the final estimates (exact: floats written with repr)."""
     out, _ = saved

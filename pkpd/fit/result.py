@@ -20,6 +20,10 @@ vpc.csv            the numbers behind vpc.png (with the percentage of BLQ record
                    have an LLOQ)
 pcvpc.csv          the numbers behind pcvpc.png (prediction-corrected; per stratum with ``vpc_stratify``)
 model.toml         the model file with the final estimates as initial values (:func:`load_model` reads it)
+covariance.csv     Laplace with a covariance step: covariance matrix of the free estimates on their natural
+                   scale (delta method, as ``se``), one row and column per parameter (``name`` of
+                   parameters.csv)
+correlation.csv    Laplace with a covariance step: the correlation matrix of the same estimates
 fit.json           method, options, versions, timings, convergence, messages, data and model paths
 idata.nc           NUTS/SVI: the ArviZ InferenceData (NetCDF), when the method returned one, with the
                    ``log_likelihood`` variable ``subject`` that WAIC and LOO are computed from
@@ -243,7 +247,27 @@ def _parameter_table(prob: Problem, est: np.ndarray, se: np.ndarray, lo: np.ndar
         "shrinkage_pct": shr})
 
 
+def _covariance_frames(names, cov: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Covariance and correlation matrices of the estimates as square frames (``parameter`` column plus
+    one column per parameter); correlation NaN where a variance is not positive."""
+    cov = np.asarray(cov, float)
+    sd = np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), np.nan))
+    with np.errstate(all="ignore"):
+        corr = cov / np.outer(sd, sd)
+    np.fill_diagonal(corr, np.where(np.isfinite(sd), 1.0, np.nan))
+    names = list(names)
+
+    def frame(m):
+        f = pd.DataFrame(m, columns=names)
+        f.insert(0, "parameter", names)
+        return f
+
+    return frame(cov), frame(corr)
+
+
 def _laplace_table(prob: Problem, u_full: np.ndarray, cov_u: np.ndarray | None, eta: np.ndarray):
+    """Parameter table and the delta-method covariance of the free estimates on the natural scale
+    (``None`` without a covariance step)."""
     pk = prob.packer
     n = len(pk.names)
     free_idx = np.nonzero(pk.free)[0]
@@ -255,9 +279,11 @@ def _laplace_table(prob: Problem, u_full: np.ndarray, cov_u: np.ndarray | None, 
     lo = np.full(n, np.nan)
     hi = np.full(n, np.nan)
     method = ["fixed" if not f else "unavailable" for f in pk.free]
+    cov_free = None
     if cov_u is not None and u_free.size:
         J = np.asarray(_nat_jac_jit(key, jnp.asarray(u_full)))[:, free_idx]  # d natural / d free u
         cov_nat = J @ cov_u @ J.T
+        cov_free = (cov_nat[np.ix_(free_idx, free_idx)], [pk.names[i] for i in free_idx])
         se_all = np.sqrt(np.maximum(np.diag(cov_nat), 0.0))
         se_u = np.sqrt(np.diag(cov_u))
         for i in range(n):
@@ -277,7 +303,7 @@ def _laplace_table(prob: Problem, u_full: np.ndarray, cov_u: np.ndarray | None, 
             else:
                 lo[i], hi[i] = est[i] - Z975 * se[i], est[i] + Z975 * se[i]
                 method[i] = "wald"
-    return _parameter_table(prob, est, se, lo, hi, method, eta)
+    return _parameter_table(prob, est, se, lo, hi, method, eta), cov_free
 
 
 def _bayes_table(prob: Problem, U_full: np.ndarray, eta: np.ndarray, mcmc: bool = True):
@@ -359,6 +385,9 @@ class FitResult:
         The observed points of vpc.png and pcvpc.png (prediction-corrected in the latter).
     covariates
         Per subject: ``ID`` and the value of each covariate column of the model at the first record.
+    covariance
+        Laplace with a covariance step: ``(matrix, names)``, the delta-method covariance of the free
+        estimates on the natural scale (written as covariance.csv and correlation.csv); else ``None``.
     eta
         Conditional estimates of the random effects (n_id, K): modes (Laplace) or posterior medians.
     converged, message
@@ -398,6 +427,7 @@ class FitResult:
     vpc_points: pd.DataFrame | None = None
     pcvpc_points: pd.DataFrame | None = None
     covariates: pd.DataFrame | None = None
+    covariance: tuple | None = None  # Laplace: (covariance matrix of the free estimates, their names)
 
     # ---- final model ------------------------------------------------------------------------------
     def final_model(self) -> PopulationModel:
@@ -558,6 +588,10 @@ class FitResult:
         self.vpc.to_csv(path("vpc.csv"), index=False)
         (self.pcvpc if self.pcvpc is not None else pd.DataFrame()).to_csv(path("pcvpc.csv"), index=False)
         path("model.toml").write_text(self._model_toml())
+        if self.covariance is not None:
+            cov, corr = _covariance_frames(self.covariance[1], self.covariance[0])
+            cov.to_csv(path("covariance.csv"), index=False)
+            corr.to_csv(path("correlation.csv"), index=False)
         if self.idata is not None and hasattr(self.idata, "to_netcdf"):
             nc = out / "idata.nc"
             try:
@@ -988,6 +1022,7 @@ def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data
         eta_sd = E.reshape(-1, prob.n_id, K).std(axis=0, ddof=1) if K else np.zeros((prob.n_id, 0))
         say("parameter table (posterior summaries)")
         table, draws = _bayes_table(prob, U_full, eta[:, :prob.k_iiv], mcmc=method == "nuts")
+        cov_free = None
     else:
         u_full = np.asarray(raw.u_full, float)
         eta = np.asarray(raw.eta, float).reshape(prob.n_id, K)
@@ -1000,7 +1035,7 @@ def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data
                 except np.linalg.LinAlgError:
                     eta_sd = np.full((prob.n_id, K), np.nan)
         say("parameter table (delta-method standard errors)")
-        table = _laplace_table(prob, u_full, raw.cov_u, eta[:, :prob.k_iiv])
+        table, cov_free = _laplace_table(prob, u_full, raw.cov_u, eta[:, :prob.k_iiv])
 
     # predictions, residuals
     say("predictions and CWRES")
@@ -1178,4 +1213,4 @@ def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data
                      eta=eta, converged=converged, message=message, diagnostics=diagn, times=times,
                      notes=notes + list(prob.notes), raw=raw, data_source=data_source, model_source=model_source,
                      options=opts, grid=grid, draws=draws, idata=idata, pcvpc=pcvpc, vpc_points=vpc_points,
-                     pcvpc_points=pcvpc_points, covariates=covariates)
+                     pcvpc_points=pcvpc_points, covariates=covariates, covariance=cov_free)
