@@ -208,11 +208,14 @@ def test_setting_rescue_propensity_multiplies_every_rescue_hazard():
     point = outcome_point()
     o = SimOptions(record_doses=False, record_trajectories=False)
     by_col = simulate_regimen(get_regimen("C0"), pop.assign(**{"rescue.propensity": 2.5}), seed=4, options=o)
-    by_hand = simulate_regimen(get_regimen("C0"), pop.assign(**{f"outcome.{k}": 2.5 * point[k] for k in (
-        "lambda_pca", "lambda_prn_iv", "lambda_prn_po")}), seed=4, options=o)
+    # by hand: the setting's propensity 1 (the default is the reference setting's, 3.5 under calibration 4) and
+    # each kind's hazard times 2.5
+    by_hand = simulate_regimen(get_regimen("C0"), pop.assign(**{"rescue.propensity": 1.0}, **{
+        f"outcome.{k}": 2.5 * point[k] for k in ("lambda_pca", "lambda_prn_iv", "lambda_prn_po")}), seed=4, options=o)
     plain = simulate_regimen(get_regimen("C0"), pop, seed=4, options=o)
     np.testing.assert_allclose(by_col.patients.MME_0_72, by_hand.patients.MME_0_72, rtol=0, atol=1e-9)
-    assert by_col.patients.MME_0_72.mean() > 1.1 * plain.patients.MME_0_72.mean()
+    one = simulate_regimen(get_regimen("C0"), pop.assign(**{"rescue.propensity": 1.0}), seed=4, options=o)
+    assert by_col.patients.MME_0_72.mean() > 1.1 * one.patients.MME_0_72.mean()
     with pytest.raises(ModelSpecError, match="rescue.propensity must be > 0"):
         simulate_regimen(get_regimen("C0"), pop.assign(**{"rescue.propensity": 0.0}), seed=4, options=o)
 
