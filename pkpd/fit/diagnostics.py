@@ -379,22 +379,18 @@ def epsilon_shrinkage(iwres: np.ndarray) -> float:
 
 
 def waic(loglik: np.ndarray) -> dict:
-    """WAIC from pointwise log-likelihoods ``(n_draws, n_obs)`` (Gelman, Hwang & Vehtari 2014).
+    """WAIC from pointwise log-likelihoods ``(n_draws, n_points)`` (Gelman, Hwang & Vehtari 2014), by ArviZ
+    through :func:`information_criteria` (the package's one definition).
 
     Returns ``{"waic", "lppd", "p_waic", "se"}`` on the deviance scale (``waic = -2 (lppd - p_waic)``);
-    ``se`` is the standard error of WAIC over observations. Draws with a non-finite value are dropped.
+    ``se`` is the standard error of WAIC over the points. Draws with a non-finite value are dropped.
     """
     ll = np.asarray(loglik, float)
     ll = ll[np.all(np.isfinite(ll), axis=1)]
-    S = ll.shape[0]
-    if S < 2:
+    if ll.shape[0] < 2:
         return {"waic": math.nan, "lppd": math.nan, "p_waic": math.nan, "se": math.nan}
-    lppd_i = scipy.special.logsumexp(ll, axis=0) - math.log(S)
-    p_i = ll.var(axis=0, ddof=1)
-    elpd_i = lppd_i - p_i
-    n = ll.shape[1]
-    return {"waic": float(-2 * elpd_i.sum()), "lppd": float(lppd_i.sum()), "p_waic": float(p_i.sum()),
-            "se": float(2 * math.sqrt(n * elpd_i.var(ddof=1))) if n > 1 else math.nan}
+    w = information_criteria(ll[None])["waic"]
+    return {"waic": w["waic"], "lppd": w["lppd"], "p_waic": w["p_waic"], "se": w["se"]}
 
 
 def lowess(x: np.ndarray, y: np.ndarray, *, frac: float = 2.0 / 3.0, iterations: int = 3,
