@@ -166,6 +166,10 @@ _PRECISION_HELP = ("float64, float32 or auto (float64 on CPU, float32 on acceler
                    "else auto.")
 _RESUME_HELP = ("Continue an interrupted run in the same --out: the chunks already in OUT/chunks are kept, only "
                 "the missing ones are computed.")
+_IGNORE_HELP = ("NONMEM IGNORE: a character tested on the first column (# always; @ = header lines; C) or "
+                "conditions such as '(DV.EQ.0,TIME.GT.24)' (.EQ. .NE. .GT. .GE. .LT. .LE.; comma = or). "
+                "Repeatable. Rows with C in a column named C are always ignored.")
+_ACCEPT_HELP = "NONMEM ACCEPT conditions, e.g. '(DVID.EQ.1)': only the rows where one holds are used."
 _KEEP_CHUNKS_HELP = ("Keep OUT/chunks after a successful run (default: removed once the outputs and run.json are "
                      "written; a failed or interrupted run always keeps them for --resume).")
 _COORD_HELP = "Multi-process run: host:port of process 0 (default: JAX_COORDINATOR_ADDRESS)."
@@ -296,14 +300,9 @@ def simulate(
                                             "e.g. 0:24:0.5 for 0, 0.5, ..., 24; or a list 0,1,2,4. Grid rows (EVID 2, MDV 1) are added to the dataset's "
                                             "records, marked GRID=1."),
     ignore: Optional[list[str]] = typer.Option(None, "--ignore", metavar="IGNORE",
-                                               help="Dataset mode: NONMEM IGNORE: a character tested on the first "
-                                                    "column (# always; @ = header lines; C) or conditions such as "
-                                                    "'(DV.EQ.0,TIME.GT.24)' (.EQ. .NE. .GT. .GE. .LT. .LE.; "
-                                                    "comma = or). Repeatable. Rows with C in a column named C are "
-                                                    "always ignored."),
+                                               help="Dataset mode: " + _IGNORE_HELP),
     accept: Optional[list[str]] = typer.Option(None, "--accept", metavar="CONDITIONS",
-                                               help="Dataset mode: NONMEM ACCEPT conditions, e.g. '(DVID.EQ.1)': "
-                                                    "only the rows where one holds are simulated."),
+                                               help="Dataset mode: " + _ACCEPT_HELP.replace("used", "simulated")),
     keep_chunks: bool = typer.Option(False, "--keep-chunks", help="Regimen mode: " + _KEEP_CHUNKS_HELP),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite OUT and PLOT if they exist."),
     devices: Optional[int] = typer.Option(None, "--devices", min=1, help="Regimen mode: " + _DEVICES_HELP),
@@ -547,12 +546,6 @@ class MethodChoice(str, enum.Enum):
     laplace = "laplace"
     nuts = "nuts"
     svi = "svi"
-
-
-_IGNORE_HELP = ("NONMEM IGNORE: a character tested on the first column (# always; @ = header lines; C) or "
-                "conditions such as '(DV.EQ.0,TIME.GT.24)' (.EQ. .NE. .GT. .GE. .LT. .LE.; comma = or). "
-                "Repeatable. Rows with C in a column named C are always ignored.")
-_ACCEPT_HELP = "NONMEM ACCEPT conditions, e.g. '(DVID.EQ.1)': only the rows where one holds are used."
 
 
 FIT_HELP = """Fit a population model to a NONMEM-format dataset; write tables, model file, figures.
