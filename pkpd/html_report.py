@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from ._errors import PKPDError
+from .data import standard_columns
 from .manifest import MANIFEST_NAME, read_manifest
 
 __all__ = ["KINDS", "ReportError", "Run", "detect_run", "render_report", "write_report"]
@@ -547,13 +548,6 @@ def _cp_plot(frame: pd.DataFrame, title: str, max_ids: int = 20) -> bytes:
     return buf.getvalue()
 
 
-def _numeric(g: pd.DataFrame, col: str) -> pd.Series:
-    """A dataset column as numbers ('.' and blank as 0, the README's rule for standard columns); 0 if absent."""
-    if col not in g:
-        return pd.Series(0.0, index=g.index)
-    return pd.to_numeric(g[col].astype(str).str.strip().replace({".": "0", "": "0"}), errors="coerce").fillna(0.0)
-
-
 def _dataset_sections(run: Run) -> tuple[str, str]:
     assert run.output is not None
     res = _read_csv(run.output, "the simulation output")
@@ -564,10 +558,11 @@ def _dataset_sections(run: Run) -> tuple[str, str]:
     for i, g in res.groupby("ID", sort=False):
         o = obs[obs["ID"] == i]
         k = int(np.nanargmax(o["CP"].to_numpy(float))) if len(o) and np.isfinite(o["CP"]).any() else None
-        amt = _numeric(g, "AMT")
+        cols = standard_columns(g)  # '.' and blank as 0, EVID from AMT where absent: the dataset rules
+        amt = cols["AMT"]
         # a dose record with ADDL = n stands for 1 + n doses (NONMEM additional doses at interval II)
-        given = (amt > 0) & (_numeric(g, "EVID").isin([1.0, 4.0]) if "EVID" in g else True)
-        times = 1.0 + _numeric(g, "ADDL").clip(lower=0)
+        given = (amt > 0) & np.isin(cols["EVID"], (1.0, 4.0))
+        times = 1.0 + np.clip(cols["ADDL"], 0.0, None)
         rows.append({"ID": i, "records": len(g), "observations": len(o),
                      "doses": int(times[given].sum()), "AMT": float((amt * times)[given].sum()),
                      "Cmax": float(o["CP"].iloc[k]) if k is not None else np.nan,
