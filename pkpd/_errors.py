@@ -40,6 +40,14 @@ class GridError(PKPDError, ValueError):
     malformed: not numbers, END <= START, STEP <= 0, or too many points."""
 
 
+def rows_text(rows, limit: int = 20) -> str:
+    """``"row 3"`` / ``"rows 3, 5, 9 (+12 more)"``: 1-based row numbers as messages give them, the first
+    ``limit`` shown."""
+    rows = list(rows)
+    more = f" (+{len(rows) - limit} more)" if len(rows) > limit else ""
+    return f"row{'s' if len(rows) > 1 else ''} " + ", ".join(str(r) for r in rows[:limit]) + more
+
+
 @dataclass(frozen=True)
 class DatasetViolation:
     """One problem found in a NONMEM-format dataset.
@@ -60,11 +68,7 @@ class DatasetViolation:
     message: str
 
     def __str__(self) -> str:
-        where = ""
-        if self.rows:
-            shown = ", ".join(str(r) for r in self.rows[:20])
-            more = f" (+{len(self.rows) - 20} more)" if len(self.rows) > 20 else ""
-            where = f"row{'s' if len(self.rows) > 1 else ''} {shown}{more}"
+        where = rows_text(self.rows) if self.rows else ""
         col = f"column {self.column}" if self.column else ""
         head = ", ".join(p for p in (where, col) if p)
         return f"{head}: {self.message}" if head else self.message

@@ -43,7 +43,7 @@ from typing import Collection, Sequence
 import numpy as np
 import pandas as pd
 
-from ._errors import DatasetError, DatasetViolation
+from ._errors import DatasetError, DatasetViolation, rows_text
 
 __all__ = ["STANDARD_COLUMNS", "read_dataset", "check_dataset", "validate_dataset", "standard_columns",
            "numeric_column", "COMMENT_COLUMN", "Condition", "RecordFilter", "RecordFilterError", "FilteredRecords",
@@ -992,9 +992,7 @@ class FilteredRecords:
 
 
 def _rows_text(rows: Sequence[int]) -> str:
-    shown = ", ".join(str(r) for r in rows[:10])
-    more = f" (+{len(rows) - 10} more)" if len(rows) > 10 else ""
-    return f"row{'s' if len(rows) > 1 else ''} {shown}{more}"
+    return rows_text(rows, limit=10)
 
 
 def _filter_error(message: str, source: str | None = None) -> RecordFilterError:

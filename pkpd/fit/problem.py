@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .._errors import DatasetError, DatasetViolation, ModelSpecError
+from .._errors import DatasetError, DatasetViolation, ModelSpecError, rows_text
 from ..data import numeric_column, standard_columns
 from ..expr import compile_expression, evaluate_parameter_block
 from ..models import get_model
@@ -556,13 +556,11 @@ def unused_records(raw: pd.DataFrame, rows: np.ndarray | None = None) -> tuple[n
     unused = np.nonzero(np.isin(evid, (0.0, 2.0)) & ~((evid == 0) & (mdv == 0)) & has_value)[0]
     if unused.size == 0:
         return unused, None
-    more = f" (+{unused.size - 20} more)" if unused.size > 20 else ""
     number = (lambda i: int(i) + 1) if rows is None else (lambda i: int(rows[i]))
-    shown = ", ".join(str(number(i)) for i in unused[:20]) + more
     n = unused.size
     note = (f"{n} record{'s' if n > 1 else ''} with a DV value {'are' if n > 1 else 'is'} not fitted because "
-            f"{'they are' if n > 1 else 'it is'} not an observation (EVID 0 and MDV 0): row{'s' if n > 1 else ''} "
-            f"{shown}; set MDV = 0 (and EVID = 0) to fit {'them' if n > 1 else 'it'}")
+            f"{'they are' if n > 1 else 'it is'} not an observation (EVID 0 and MDV 0): "
+            f"{rows_text([number(i) for i in unused])}; set MDV = 0 (and EVID = 0) to fit {'them' if n > 1 else 'it'}")
     return unused, note
 
 
