@@ -935,28 +935,13 @@ def _is_inference_data(idata: Any) -> bool:
     return isinstance(idata, InferenceData)
 
 
-def _subject_loglik(prob: Problem, U_full: np.ndarray, E: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """``log p(y_i | eta_i, theta)`` per draw and subject (chains, draws, n_id): the observations'
-    log-likelihoods (:func:`pkpd.fit.diagnostics.pointwise_loglik`) summed by subject, as
-    :meth:`Problem.loglik_id` sums them (chunks of ``chunk`` draws, the last one padded: one compile)."""
+def _subject_loglik(prob: Problem, U_full: np.ndarray, E: np.ndarray) -> np.ndarray:
+    """``log p(y_i | eta_i, theta)`` per draw and subject (chains, draws, n_id): what the samplers store
+    (:func:`pkpd.fit.bayes._loglik_draws`, :meth:`Problem.loglik_id` at every draw)."""
+    from .bayes import _loglik_draws
+
     C, D = U_full.shape[:2]
-    flatU = U_full.reshape(C * D, -1)
-    flatE = E.reshape((C * D,) + E.shape[2:])
-    ids = np.asarray(prob.obs["id"])
-    out = np.empty((C * D, prob.n_id))
-    step = min(chunk, C * D)
-    for a in range(0, C * D, step):
-        u, e = flatU[a:a + step], flatE[a:a + step]
-        m = len(u)
-        if m < step:
-            u = np.concatenate([u, np.repeat(u[-1:], step - m, 0)])
-            e = np.concatenate([e, np.repeat(e[-1:], step - m, 0)])
-        ll = dg.pointwise_loglik(prob, u, e)[:m]
-        per = np.zeros((m, prob.n_id))
-        for j in range(m):
-            per[j] = np.bincount(ids, weights=ll[j], minlength=prob.n_id)
-        out[a:a + m] = per
-    return out.reshape(C, D, prob.n_id)
+    return _loglik_draws(prob, U_full.reshape(C * D, -1), E.reshape((C * D,) + E.shape[2:])).reshape(C, D, -1)
 
 
 def _information_criteria(prob: Problem, raw: Any, U_full: np.ndarray, E: np.ndarray, draws: dict | None) -> dict:
