@@ -33,9 +33,8 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
-
 import jax
+import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 

@@ -550,7 +550,6 @@ def _analyse(
             add(m, "RATE", "RATE must be >= 0 (amount units/h), -1 (modeled rate) or -2 (modeled duration); "
                            f"found {_fmt_values(rate[m])}")
         forbidden = {int(c) for c in rate_compartments_forbidden}
-        is_forbidden = np.isin(cmt, sorted(forbidden)) if forbidden else np.zeros(n, dtype=bool)
         for c in sorted(forbidden):
             m = in_range & (cmt == c) & np.isfinite(rate) & (rate != 0)
             if m.any():
@@ -1333,7 +1332,6 @@ def add_grid(frame: pd.DataFrame, times, *, interpolation: str = "nocb", base: p
     new_blk = np.ones(n, dtype=bool)
     new_blk[1:] = (ident[1:] != ident[:-1]) | (t[1:] < t[:-1])
     starts = np.flatnonzero(new_blk)
-    ends = np.append(starts[1:], n)
     first_of_id = np.ones(len(starts), dtype=bool)
     first_of_id[1:] = ident[starts[1:]] != ident[starts[:-1]]
     # grid times per block: all for an ID's first block, those >= the block's first time for later blocks

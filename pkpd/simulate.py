@@ -31,7 +31,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from ._errors import DatasetError, DatasetViolation, ModelSpecError, PKPDError, SolverError
+from ._errors import DatasetError, DatasetViolation, ModelSpecError, SolverError
 from .data import frame_copy, validate_dataset
 from .expr import Expression, compile_parameter_block, evaluate_parameter_block, referenced_columns
 from .models import CompartmentModel, get_model

@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import cli_output, runner
 
 from cli import app
-from cli_helpers import cli_output, runner
 from pkpd import batch
 
 

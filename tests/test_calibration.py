@@ -14,7 +14,7 @@ import pytest
 
 from pkpd.outcome import OUTCOME_PARAMETERS, outcome_posterior
 from regimens.calibration.arms import Target
-from regimens.calibration.design import TRIAL_EFFECT_SD, sample_design, to_natural, to_unconstrained
+from regimens.calibration.design import sample_design, to_natural, to_unconstrained
 from regimens.calibration.emulator import fit_emulator, standardize
 from regimens.calibration.fit import fit_posterior
 from regimens.evidence import Outcome

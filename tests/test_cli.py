@@ -5,12 +5,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
-from cli import app
 from cli_helpers import cli_output, runner
 
-
-
+from cli import app
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cli_helpers import cli_output, runner
 
 from cli import app
-from cli_helpers import cli_output, runner
 from pkpd.datasets import load_theoph
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from cli_helpers import cli_output, runner
 
 from cli import app
-from cli_helpers import cli_output, runner
 from pkpd.drugs import list_drugs
 
 N = 12  # one population size for every run here, so the compiled kernel is shared

@@ -12,9 +12,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import NMTESTS, SHARED_NMTESTS
 
 import pkpd
-from conftest import NMTESTS, SHARED_NMTESTS
 
 SCEN = json.loads((NMTESTS / "scenarios.json").read_text())["scenarios"]
 PARAMS = {

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import cli_output, runner
 
 from cli import app
-from cli_helpers import cli_output, runner
 from pkpd._errors import DatasetError
 from pkpd.data import numeric_column, read_dataset, standard_columns, validate_dataset
 from pkpd.fit.problem import build_problem, unused_records

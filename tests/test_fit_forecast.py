@@ -117,9 +117,9 @@ def test_more_than_one_patient_is_refused():
 def test_cli_forecast_writes_outputs_and_refuses_overwrite(tmp_path):
     """`pkpd forecast` end to end (same grid and draws as the fixture, so the compiled program is reused):
     files written, MAP equal to the API's, an existing directory refused without --force (exit 1)."""
-    from typer.testing import CliRunner
-
     import tomllib
+
+    from typer.testing import CliRunner
 
     from cli import app
     from pkpd.fit.result import toml_dumps

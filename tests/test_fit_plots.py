@@ -13,11 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats
-
-from pkpd.fit import diagnostics as dg
 from plot_checks import check_figure
 
-
+from pkpd.fit import diagnostics as dg
 
 # ---------------------------------------------------------------------------------------------------
 # synthetic frames

@@ -16,13 +16,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import cli_output, runner
 
 import pkpd
 from cli import app
-from cli_helpers import cli_output, runner
 from pkpd import batch
-from pkpd.data import (GRID_COLUMN, MAX_GRID_POINTS, RecordFilterError, add_grid, filter_records, parse_grid,
-                       validate_dataset)
+from pkpd.data import (
+    GRID_COLUMN,
+    MAX_GRID_POINTS,
+    RecordFilterError,
+    add_grid,
+    filter_records,
+    parse_grid,
+    validate_dataset,
+)
 from pkpd.simulate import profiles_figure
 
 # ---------------------------------------------------------------------------------------------- grid parsing

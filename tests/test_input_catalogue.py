@@ -12,9 +12,9 @@ from the program's output.
 from __future__ import annotations
 
 import pytest
+from cli_helpers import cli_output, runner
 
 from cli import app
-from cli_helpers import cli_output, runner
 
 # ---- datasets -------------------------------------------------------------------------------------------
 HEAD = "ID,TIME,EVID,AMT,CMT,II,ADDL,WT\n"

@@ -212,7 +212,6 @@ def test_setting_rescue_propensity_multiplies_every_rescue_hazard():
     # each kind's hazard times 2.5
     by_hand = simulate_regimen(get_regimen("C0"), pop.assign(**{"rescue.propensity": 1.0}, **{
         f"outcome.{k}": 2.5 * point[k] for k in ("lambda_pca", "lambda_prn_iv", "lambda_prn_po")}), seed=4, options=o)
-    plain = simulate_regimen(get_regimen("C0"), pop, seed=4, options=o)
     np.testing.assert_allclose(by_col.patients.MME_0_72, by_hand.patients.MME_0_72, rtol=0, atol=1e-9)
     one = simulate_regimen(get_regimen("C0"), pop.assign(**{"rescue.propensity": 1.0}), seed=4, options=o)
     assert by_col.patients.MME_0_72.mean() > 1.1 * one.patients.MME_0_72.mean()

@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
-
 from plot_checks import UNIT, check_figure
 
 

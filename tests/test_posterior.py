@@ -89,8 +89,9 @@ def test_link_errors_are_clear(tmp_path):
 def test_cli_posterior_errors_are_one_line(tmp_path):
     """`pkpd optimize --posterior` with a missing directory or a fit directory: exit 1, the fix named, no
     traceback (before any optimization is compiled)."""
-    from cli import app
     from cli_helpers import cli_output, runner
+
+    from cli import app
 
     res = runner.invoke(app, ["optimize", "--patient", "examples/patient_spine.toml", "--posterior",
                               str(tmp_path / "nope"), "--out", str(tmp_path / "o1")])

@@ -24,7 +24,6 @@ below 1e-10); AUC by Simpson's rule at 1e-6 (quadrature error ~1e-8).
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from cli_helpers import cli_output, runner
 
 from cli import app
-from cli_helpers import cli_output, runner
 from pkpd import batch
 from pkpd.regimen_run import STORE_KIND
 

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import cli_output, runner
+from conftest import NMTESTS
 
 import pkpd
 from cli import app
-from cli_helpers import cli_output, runner
-from conftest import NMTESTS
 from pkpd.models.user import compile_structure
 
 ROOT = Path(__file__).resolve().parents[1]

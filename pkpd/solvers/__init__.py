@@ -8,7 +8,7 @@ fails its accuracy check.
 """
 
 from ._solvers import ODE as ODE
+from ._solvers import ODE_METHODS as ODE_METHODS
 from ._solvers import Analytic as Analytic
 from ._solvers import Auto as Auto
 from ._solvers import resolve_solver as resolve_solver
-from ._solvers import ODE_METHODS as ODE_METHODS
