@@ -200,7 +200,8 @@ class OptimizeSettings:
     ``ge4_slack`` above C1's and the mean time with NRS >= 7 (severe pain: the probability that an assessment
     finds it) no more than ``ge7_slack`` above C1's (non-inferiority, so that a schedule cannot win by
     withholding rescue: a rescue threshold above the treat cut-off is kept only when both are no worse than
-    C1's, without the margins; :func:`regimens._policies.withholds_rescue`); OIRD risk no
+    C1's, without the margins (a negative margin, a limit below C1's, applies to every policy);
+    :func:`regimens._policies.withholds_rescue`); OIRD risk no
     higher than C1's (exact check within ``oird_tolerance``); probability of crossing a toxicity limit (LAST
     index >= 1; :data:`regimens._objective.EXPOSURE_LIMITS`) at most ``toxicity_risk`` per patient
     (``last_risk`` is kept as its former name). In the gradient stage they are quadratic penalties
@@ -1039,14 +1040,17 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     def pain_misses(p, pain) -> list[tuple[str, str]]:
         """The pain constraints patient p's schedule misses in the exact evaluation: (constraint, message with
         its figures). A rescue policy that withholds rescue below a higher threshold than the treat cut-off
-        gets no non-inferiority margin: its time with NRS >= 4 and >= 7 may not exceed C1's at all."""
+        gets no non-inferiority margin: its time with NRS >= 4 and >= 7 may not exceed C1's at all. Removing the
+        margin only ever tightens a limit: a negative slack (a limit below C1's) applies to every policy."""
         miss = []
         strict = withholds_rescue(policies[int(chosen_pol[p])])
         if pain["tit3"][p] < tit_target[p] - 1e-9:
             miss.append(("tit3", f"time with NRS <= 3 {pain['tit3'][p]:.1%} below the target {tit_target[p]:.1%}"))
         for k, slack, fmt, slack_fmt in (("ge4", st.ge4_slack, ".1%", ".0%"), ("ge7", st.ge7_slack, ".2%", ".1%")):
-            lim = c1_pain[k][p] + (0.0 if strict else slack)
-            whose = "C1's, no margin with a rescue threshold above NRS 4" if strict else f"C1 + {slack:{slack_fmt}}"
+            margin = min(slack, 0.0) if strict else slack
+            lim = c1_pain[k][p] + margin
+            whose = ("C1's, no margin with a rescue threshold above NRS 4" if strict and margin == 0.0
+                     else f"C1 + {margin:{slack_fmt}}")
             if pain[k][p] > lim + 1e-9:
                 miss.append((k, f"time with NRS >= {k[2]} {pain[k][p]:{fmt}} above the limit {lim:{fmt}} ({whose})"))
         return miss
