@@ -94,7 +94,7 @@ def _jsonable(value: Any) -> Any:
 
 def write_manifest(path: str | Path, command: str, arguments: Mapping[str, Any], *,
                    inputs: Mapping[str, str | Path | None] | None = None,
-                   outputs: Iterable[str | Path] = ()) -> Path:
+                   outputs: Iterable[str | Path] = (), relative_to: str | Path | None = None) -> Path:
     """Write a run manifest (layout in the module docstring) and return its path.
 
     Parameters
@@ -110,9 +110,12 @@ def write_manifest(path: str | Path, command: str, arguments: Mapping[str, Any],
         SHA-256 digest and size in bytes, so a report can tell whether an input changed since the run.
     outputs
         Files the run wrote; stored relative to the manifest's directory where they lie inside it.
+    relative_to
+        The directory the outputs are stored relative to, when the manifest is written elsewhere first (in
+        the staging directory of :func:`pkpd.interrupts.staged_outputs`); default: the manifest's directory.
     """
     path = Path(path)
-    base = path.parent.resolve()
+    base = Path(relative_to if relative_to is not None else path.parent).resolve()
     files: dict[str, dict[str, Any]] = {}
     for role, p in (inputs or {}).items():
         if p is None:
