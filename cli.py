@@ -88,18 +88,26 @@ def _data_model_out(data: Path, what: str, model: Path, out: Optional[Path], suf
 @contextmanager
 def _interruptible(kept: str = ""):
     """Run a long command body under :func:`pkpd.interrupts.interrupt_guard`: Ctrl-C (SIGINT), even one that
-    a callback swallowed, ends the command with exit code 130 and a one-line message, before its final
-    outputs are written, or with those it wrote deleted (the body calls :func:`_stop_if_interrupted` before
-    writing them). ``kept`` says what an interrupted run leaves behind (e.g. its resumable chunks)."""
-    from pkpd.interrupts import INTERRUPT_EXIT_CODE, interrupt_guard
+    a callback swallowed, ends the command with exit code 130 and a one-line message. The body writes its
+    final outputs through :func:`_staged_outputs`, so an interrupt before they are all complete leaves none of
+    them (and an earlier run's files as they were); one that arrives while they are moved into place takes
+    effect once they all are, and the message says they are kept. ``kept`` says what an interrupted run
+    leaves behind otherwise (e.g. its resumable chunks)."""
+    from pkpd.interrupts import INTERRUPT_EXIT_CODE, committed_outputs, interrupt_guard
 
     try:
         with interrupt_guard():
             yield
     except KeyboardInterrupt:
-        _stderr().print("Interrupted (Ctrl-C): the run stopped; it keeps no outputs (any it wrote were removed)."
-                        + kept,
-                        markup=False, highlight=False, style="bold red")
+        done = committed_outputs()
+        if done:
+            where = sorted({str(p.parent) for p in done})
+            text = (f"Interrupted (Ctrl-C) after the run's outputs were complete: they are kept in "
+                    f"{', '.join(where)}.")
+        else:
+            text = ("Interrupted (Ctrl-C): the run stopped; it keeps no outputs (none were written; files already "
+                    "there are unchanged)." + kept)
+        _stderr().print(text, markup=False, highlight=False, style="bold red")
         raise typer.Exit(code=INTERRUPT_EXIT_CODE) from None
 
 
@@ -115,13 +123,15 @@ def _interruptible_command(fn):
     return wrapper
 
 
-def _stop_if_interrupted(*outputs) -> None:
-    """Right before a command writes its final outputs: raise KeyboardInterrupt if SIGINT arrived during the run
-    (even if it was swallowed), and have the files then written under ``outputs`` (files or directories)
-    deleted if an interrupt comes before the command ends (:func:`pkpd.interrupts.begin_outputs`)."""
-    from pkpd.interrupts import begin_outputs
+def _staged_outputs():
+    """Where every command writes its final outputs (:func:`pkpd.interrupts.staged_outputs`): right before
+    writing, raise KeyboardInterrupt if SIGINT arrived during the run (even if it was swallowed); the files go
+    to a staging directory (``stage.dir(out_dir)``, ``stage.path(file)``) and are moved into place together
+    when the block completes. An interrupt or error before that leaves the output directory as it was (an
+    earlier run's files untouched, also with --force) and removes the staged files."""
+    from pkpd.interrupts import staged_outputs
 
-    begin_outputs(*outputs)
+    return staged_outputs()
 
 
 def _fail(message: str) -> None:
@@ -130,12 +140,15 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
-def _manifest(path: Path, command: str, args: dict, inputs: dict, outputs=()) -> None:
-    """Write the run manifest (command, arguments, inputs with SHA-256, versions: :mod:`pkpd.manifest`)."""
+def _manifest(path: Path, command: str, args: dict, inputs: dict, outputs, stage) -> None:
+    """Write the run manifest (command, arguments, inputs with SHA-256, versions: :mod:`pkpd.manifest`),
+    staged like the outputs it lists (``stage`` of :func:`_staged_outputs`, which moves it into place last);
+    ``outputs`` may be staged or final paths."""
     from pkpd.manifest import write_manifest
 
     try:
-        write_manifest(path, command, args, inputs=inputs, outputs=outputs)
+        write_manifest(stage.path(path), command, args, inputs=inputs, outputs=stage.finals(outputs),
+                       relative_to=path.parent)
     except OSError as exc:
         _fail(f"cannot write the run manifest {path}: {exc}")
 
@@ -372,11 +385,24 @@ def simulate(
 
     from pkpd.manifest import manifest_path
 
-    _stop_if_interrupted(out_path, plot, manifest_path(out_path))
+    regimen_only = ("regimen", "population", "seed", "patient", "fmt", "keep_chunks")
     try:
-        result.to_csv(out_path, index=False)
-    except OSError as exc:
-        _fail(f"cannot write the output file {out_path}: {exc}")
+        with _staged_outputs() as stage:  # the CSV, the plot and the manifest appear together or not at all
+            try:
+                result.to_csv(stage.path(out_path), index=False)
+            except OSError as exc:
+                _fail(f"cannot write the output file {out_path}: {exc}")
+            if plot is not None:
+                from pkpd.simulate import plot_profiles
+
+                try:
+                    shown, total = plot_profiles(curves, model_obj, stage.path(plot), max_ids=MAX_PLOTTED_SUBJECTS)
+                except OSError as exc:
+                    _fail(f"cannot write the plot file {plot}: {exc}")
+            _manifest(manifest_path(out_path), "simulate", {k: v for k, v in args.items() if k not in regimen_only},
+                      {"data": data, "params": params}, [out_path] + ([plot] if plot is not None else []), stage)
+    except OSError as exc:  # moving them into place failed (pkpd.interrupts.CommitError)
+        _fail(str(exc))
     used = solver.value if solver else (spec.solver or "auto")
     if used == "auto":
         used = f"auto -> {'analytic' if model_obj.is_linear else 'ode'}"
@@ -395,17 +421,8 @@ def simulate(
     console.print(f"Simulated {rows}, {n_subj} subject{'s' if n_subj != 1 else ''} with model "
                   f"{model_obj.name} (solver {used}) -> {out_path}", markup=False)
     if plot is not None:
-        from pkpd.simulate import plot_profiles
-
-        try:
-            shown, total = plot_profiles(curves, model_obj, plot, max_ids=MAX_PLOTTED_SUBJECTS)
-        except OSError as exc:
-            _fail(f"cannot write the plot file {plot}: {exc}")
         more = f" (first {shown} of {total} subjects)" if shown < total else ""
         console.print(f"Plot of CP vs TIME -> {plot}{more}", markup=False)
-    regimen_only = ("regimen", "population", "seed", "patient", "fmt", "keep_chunks")
-    _manifest(manifest_path(out_path), "simulate", {k: v for k, v in args.items() if k not in regimen_only},
-              {"data": data, "params": params}, [out_path] + ([plot] if plot is not None else []))
 
 
 def _remove_chunks(out_dir: Path, keep: bool, console) -> None:
@@ -521,16 +538,17 @@ def _simulate_regimen_run(reg, spec: str, n: int, seed: int, patient: Optional[P
             console.print(f"process {index} of {count}: its chunks are in {out_dir / 'chunks'}; process 0 writes "
                           "the outputs", markup=False)
             return
-        _stop_if_interrupted(out_dir)
-        written = write_population_outputs(res, out_dir, findings=findings, fmt=fmt)
+        from regimens.io import regimen_file
+
+        with _staged_outputs() as stage:  # the tables, figures and run.json appear together or not at all
+            written = write_population_outputs(res, stage.dir(out_dir), findings=findings, fmt=fmt)
+            _manifest(out_dir / "run.json", "simulate", args,
+                      {"regimen": regimen_file(spec) or spec, "patient": patient}, written, stage)
+        written = stage.finals(written)
     except PKPDError as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write the outputs: {exc}")
-    from regimens.io import regimen_file
-
-    _manifest(out_dir / "run.json", "simulate", args, {"regimen": regimen_file(spec) or spec, "patient": patient},
-              written)
     _remove_chunks(out_dir, keep_chunks, console)
     for note in res.notes:
         console.print(f"note: {note}", markup=False)
@@ -651,22 +669,24 @@ def fit_command(
                     prog.update(task, description=f"estimating (laplace): iteration {k}, -2LL {value:.4f}")
 
                 res = run_fit(data, model, "laplace", callback=iteration, status=status, **opts)
-                _stop_if_interrupted(out_dir)
-                prog.update(task, description="writing the output directory")
-                written = res.save(out_dir, force=force, log_axes=log_gof)
+                with _staged_outputs() as stage:  # every output and run.json appear together or not at all
+                    prog.update(task, description="writing the output directory")
+                    written = res.save(stage.dir(out_dir), force=True, log_axes=log_gof)
+                    _manifest(out_dir / "run.json", "fit", args, {"data": data, "model": model}, written, stage)
         else:  # the sampler draws its own progress bar; stages as plain lines
             def say(text: str) -> None:
                 err.print(f"{text} ...", markup=False, highlight=False)
 
             res = run_fit(data, model, method.value, progress=True, status=say, **opts)
-            _stop_if_interrupted(out_dir)
-            say("writing the output directory")
-            written = res.save(out_dir, force=force, log_axes=log_gof)
+            with _staged_outputs() as stage:
+                say("writing the output directory")
+                written = res.save(stage.dir(out_dir), force=True, log_axes=log_gof)
+                _manifest(out_dir / "run.json", "fit", args, {"data": data, "model": model}, written, stage)
+        written = stage.finals(written)
     except PKPDError as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write the outputs to {out_dir}: {exc}")
-    _manifest(out_dir / "run.json", "fit", args, {"data": data, "model": model}, written)
     console.print(res.summary_text(), markup=False)
     console.print(f"Wrote {len(written)} files to {out_dir} (fit and diagnostics took "
                   f"{res.times.get('total_s', 0):.1f} s)", markup=False)
@@ -733,12 +753,12 @@ def forecast_command(
         with err.status("forecasting (first run compiles the model: up to a minute)"):
             fc = forecast(model, data, times=times, n_points=points, n_draws=draws, seed=seed, ignore=ignore or None,
                           accept=accept or None)
-            _stop_if_interrupted(out_dir)
-            fc.save(out_dir, force=force)
-            if not _same_file(model, out_dir / "model.toml"):  # the model travels with its posterior draws
-                import shutil
+            with _staged_outputs() as stage:  # the outputs appear together or not at all
+                fc.save(stage.dir(out_dir), force=True)
+                if not _same_file(model, out_dir / "model.toml"):  # the model travels with its posterior draws
+                    import shutil
 
-                shutil.copyfile(model, out_dir / "model.toml")
+                    shutil.copyfile(model, stage.path(out_dir / "model.toml"))
     except PKPDError as exc:
         _fail(str(exc))
     except OSError as exc:
@@ -927,16 +947,17 @@ def optimize_cmd(
                                                                            min_time_in_target=min_tit, **extra),
                                     progress=lambda text: status.update(f"optimizing: {text} ..."),
                                     posterior=posterior)
-        _stop_if_interrupted(out_dir)
-        written = prop.save(out_dir, force=True)
+        inputs = {"patient": patient}
+        if posterior is not None:
+            inputs.update({"posterior draws": posterior / "draws.csv", "posterior model": posterior / "model.toml"})
+        with _staged_outputs() as stage:  # the proposal's files and run.json appear together or not at all
+            written = prop.save(stage.dir(out_dir), force=True)
+            _manifest(out_dir / "run.json", "optimize", args, inputs, written, stage)
+        written = stage.finals(written)
     except PKPDError as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write the outputs: {exc}")
-    inputs = {"patient": patient}
-    if posterior is not None:
-        inputs.update({"posterior draws": posterior / "draws.csv", "posterior model": posterior / "model.toml"})
-    _manifest(out_dir / "run.json", "optimize", args, inputs, written)
     console.print(f"Proposal for {patient.name} ({draws} {'posterior' if posterior else 'variability'} draws, same "
                   "draws for C0 and C1):", markup=False)
     if prop.fallback:
@@ -1054,18 +1075,18 @@ def _trial_run(population: int, seed: int, out_dir: Path, draws: int, steps: int
             console.print(f"process {index} of {count}: its chunks are in {out_dir / 'chunks'}; process 0 writes "
                           "the outputs", markup=False)
             return
-        _stop_if_interrupted(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        patients.to_csv(out_dir / "patients.csv", index=False)
-        summary.to_csv(out_dir / "summary.csv", index=False)
-        (out_dir / "timings.json").write_text(json.dumps(times, indent=2) + "\n")
-        plot_trial(patients, out_dir / "trial.png")
+        with _staged_outputs() as stage:  # the tables, figure and run.json appear together or not at all
+            staging = stage.dir(out_dir)
+            patients.to_csv(staging / "patients.csv", index=False)
+            summary.to_csv(staging / "summary.csv", index=False)
+            (staging / "timings.json").write_text(json.dumps(times, indent=2) + "\n")
+            plot_trial(patients, staging / "trial.png")
+            _manifest(out_dir / "run.json", "trial", args, {},
+                      [out_dir / n for n in ("patients.csv", "summary.csv", "timings.json", "trial.png")], stage)
     except PKPDError as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write the outputs: {exc}")
-    _manifest(out_dir / "run.json", "trial", args, {},
-              [out_dir / n for n in ("patients.csv", "summary.csv", "timings.json", "trial.png")])
     _remove_chunks(out_dir, keep_chunks, console)
     allp = summary[summary["stratum"] == "all"].set_index("regimen")
     console.print(f"SPINE-72 trial: {population} patients (seed {seed}), {draws} draws each, "
@@ -1096,6 +1117,7 @@ Default --out: RUN_DIR/report.html (<stem>.report.html beside a simulation CSV).
 
 
 @app.command("report", help=REPORT_HELP)
+@_interruptible_command
 def report_cmd(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="Run directory (or dataset-simulation CSV).",
                                    show_default=False),

@@ -688,8 +688,11 @@ def write_report(path: str | Path, out: str | Path | None = None, *, force: bool
     if not out.parent.is_dir():
         raise ReportError(f"cannot write the report {out}: directory {out.parent} does not exist")
     text = render_report(run)
+    from .interrupts import staged_outputs
+
     try:
-        out.write_text(text, encoding="utf-8")
+        with staged_outputs() as stage:  # an interrupted write leaves no half report, and an earlier one intact
+            stage.path(out).write_text(text, encoding="utf-8")
     except OSError as exc:
         raise ReportError(f"cannot write the report {out}: {exc}") from None
     return out

@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-__all__ = ["interrupt_guard", "check", "interrupted", "begin_outputs", "staged_outputs", "StagedOutputs", "CommitError",
+__all__ = ["interrupt_guard", "check", "interrupted", "staged_outputs", "StagedOutputs", "CommitError",
            "committed_outputs", "INTERRUPT_EXIT_CODE", "STAGING_PREFIX"]
 
 #: Exit status of a command ended by SIGINT (128 + signal number 2, as shells report it).
@@ -50,7 +50,7 @@ _MANIFEST_SUFFIX = "run.json"
 #: Name, in the staging directory, of the earlier run's manifest while the move phase runs.
 _PREVIOUS_MANIFEST = "previous-{}"
 
-_state: dict = {"flag": False, "depth": 0, "defer": 0, "committed": [], "outputs": []}
+_state: dict = {"flag": False, "depth": 0, "defer": 0, "committed": []}
 _counter = itertools.count()
 
 
@@ -293,68 +293,6 @@ def staged_outputs() -> Iterator[StagedOutputs]:
         stage.discard()  # nothing to do after a commit
 
 
-def begin_outputs(*paths) -> None:
-    """Check for an interrupt, then mark the start of a run's final outputs.
-
-    Files written under ``paths`` after this call (new files, or files changed since) are deleted again
-    when the run is interrupted before the :func:`interrupt_guard` exits, so an interrupted run
-    leaves no partial set of final outputs. A directory in ``paths`` is watched for its top-level files
-    only (a chunk store in a subdirectory is kept); a directory the outputs created is removed when it is
-    empty afterwards. Outside a guard only the check is made.
-
-    Parameters
-    ----------
-    *paths
-        Output files and directories (``None`` entries are ignored).
-
-    Raises
-    ------
-    KeyboardInterrupt
-        When SIGINT was received earlier (:func:`check`).
-    """
-    check()
-    if _state["depth"] == 0:
-        return
-    for p in paths:
-        if p is not None:
-            path = Path(p)
-            _state["outputs"].append((path, _snapshot(path)))
-
-
-def _signature(path: Path):
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _snapshot(path: Path) -> dict | None:
-    """``None`` when ``path`` does not exist; else {file path: signature} of the file or the directory's files."""
-    if path.is_dir():
-        return {q: _signature(q) for q in path.iterdir() if q.is_file()}
-    if path.exists():
-        return {path: _signature(path)}
-    return None
-
-
-def _discard_outputs() -> None:
-    """Delete the files written since :func:`begin_outputs` (see there); errors are ignored."""
-    for path, before in reversed(_state["outputs"]):
-        try:
-            if path.is_dir():
-                for q in path.iterdir():
-                    if q.is_file() and (before is None or before.get(q) != _signature(q)):
-                        q.unlink()
-                if before is None and not any(path.iterdir()):
-                    path.rmdir()
-            elif path.is_file() and (before is None or before.get(path) != _signature(path)):
-                path.unlink()
-        except OSError:
-            continue
-    _state["outputs"] = []
-
-
 def _handler(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
     _state["flag"] = True
     if not _state["defer"]:
@@ -397,7 +335,6 @@ def interrupt_guard() -> Iterator[None]:
     if outer:
         _state["flag"] = False
         _state["committed"] = []
-        _state["outputs"] = []
         sys.unraisablehook = _quiet_unraisable(previous_hook)
         if threading.current_thread() is threading.main_thread():
             try:
@@ -409,9 +346,6 @@ def interrupt_guard() -> Iterator[None]:
     try:
         yield
         check()
-    except KeyboardInterrupt:
-        _discard_outputs()  # files written after the legacy begin_outputs()
-        raise
     finally:
         _state["depth"] -= 1
         if outer:

@@ -80,33 +80,37 @@ def test_swallowed_interrupt_is_not_printed_as_an_ignored_exception(capsys):
     assert seen == [ValueError]  # only the unrelated one reached the previous hook
 
 
-def test_outputs_written_after_begin_outputs_are_removed_on_interrupt(tmp_path):
+def test_outputs_staged_before_an_interrupt_are_removed_and_earlier_files_kept(tmp_path):
+    """The outputs are staged; an interrupt before the commit removes the staged files only: an earlier run's
+    file of the same name keeps its content (it used to be deleted as 'rewritten by the run'), a directory the
+    outputs created is removed again."""
     out = tmp_path / "run"
     (out / "chunks").mkdir(parents=True)
     (out / "chunks" / "store.json").write_text("{}")
-    (out / "notes.txt").write_text("the user's")  # there before, not rewritten: kept
-    (out / "summary.csv").write_text("old")  # rewritten by the run: removed
+    (out / "notes.txt").write_text("the user's")
+    (out / "summary.csv").write_text("old")  # an earlier run's: kept as it was
     single = tmp_path / "sim.csv"
     fresh = tmp_path / "fresh"
     with pytest.raises(KeyboardInterrupt):
         with interrupts.interrupt_guard():
-            interrupts.begin_outputs(out, single, fresh, None)
-            (out / "patients.csv").write_text("1")
-            (out / "summary.csv").write_text("new, longer")
-            single.write_text("x")
-            fresh.mkdir()
-            (fresh / "a.csv").write_text("1")
-            _swallowed_interrupt()
-    assert sorted(p.name for p in out.iterdir()) == ["chunks", "notes.txt"]
+            with interrupts.staged_outputs() as stage:
+                (stage.dir(out) / "patients.csv").write_text("1")
+                (stage.dir(out) / "summary.csv").write_text("new, longer")
+                stage.path(single).write_text("x")
+                (stage.dir(fresh) / "a.csv").write_text("1")
+                _swallowed_interrupt()
+    assert sorted(p.name for p in out.iterdir()) == ["chunks", "notes.txt", "summary.csv"]
     assert (out / "chunks" / "store.json").is_file() and (out / "notes.txt").read_text() == "the user's"
-    assert not single.exists() and not fresh.exists()
+    assert (out / "summary.csv").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no sim.csv, no fresh/, no staging directory
 
 
 def test_outputs_are_kept_without_an_interrupt(tmp_path):
     with interrupts.interrupt_guard():
-        interrupts.begin_outputs(tmp_path)
-        (tmp_path / "patients.csv").write_text("1")
+        with interrupts.staged_outputs() as stage:
+            (stage.dir(tmp_path) / "patients.csv").write_text("1")
     assert (tmp_path / "patients.csv").read_text() == "1"
+    assert [p.name for p in tmp_path.iterdir()] == ["patients.csv"]
 
 
 def test_run_chunks_stops_after_a_swallowed_interrupt_without_storing_the_chunk(tmp_path):
@@ -173,7 +177,8 @@ def test_cli_trial_plain_interrupt_exits_130(tmp_path, monkeypatch):
     res = runner.invoke(app, ["trial", "--population", "2", "--draws", "2", "--steps", "1", "--out", str(out)])
     text = cli_output(res)
     assert res.exit_code == 130, text
-    assert f"keeps no outputs (any it wrote were removed). The finished chunks are kept in {out / 'chunks'}" in text
+    assert (f"keeps no outputs (none were written; files already there are unchanged). The finished chunks are kept "
+            f"in {out / 'chunks'}") in text
     assert sorted(p.name for p in out.iterdir()) == ["chunks"]
 
 
