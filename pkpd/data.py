@@ -38,7 +38,7 @@ import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, Sequence
+from typing import Any, Callable, Collection, Iterable, Sequence, cast
 
 import numpy as np
 import pandas as pd
@@ -144,7 +144,7 @@ def read_dataset(path: str | Path) -> pd.DataFrame:
 _DELIMITER_NAMES = {",": "comma ','", ";": "semicolon ';'", "\t": "tab", "|": "pipe '|'"}
 
 
-def _decode(data: bytes, fail) -> tuple[str, str]:
+def _decode(data: bytes, fail: Callable[[str], DatasetError]) -> tuple[str, str]:
     """The text of a dataset file and the encoding used (see :func:`read_dataset`)."""
     boms = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
             (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
@@ -228,9 +228,10 @@ class _LazyCells:
     __slots__ = ("_s", "_arr")
 
     def __init__(self, s: pd.Series):
-        self._s, self._arr = s, None
+        self._s: pd.Series = s
+        self._arr: np.ndarray | None = None
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: Any) -> Any:
         if self._arr is None:
             self._arr = self._s.to_numpy(dtype=object)
         return self._arr[key]
@@ -331,7 +332,8 @@ def _rows(mask: np.ndarray) -> tuple[int, ...]:
 
 def _is_int(x: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore"):
-        return np.isfinite(x) & (x == np.round(x))
+        out: np.ndarray = np.isfinite(x) & (x == np.round(x))
+        return out
 
 
 @dataclass
@@ -400,7 +402,7 @@ def _analyse(
     *,
     n_compartments: int | None,
     compartment_names: Sequence[str] | None,
-    parameter_names: Collection[str],
+    parameter_names: Collection[str] | None,
     required_covariates: Collection[str],
     rate_compartments_forbidden: Collection[int],
     model_name: str | None,
@@ -411,7 +413,7 @@ def _analyse(
     n = len(frame)
     out: list[DatasetViolation] = []
 
-    def add(mask_or_rows, column: str | None, message: str) -> None:
+    def add(mask_or_rows: np.ndarray | Iterable[int], column: str | None, message: str) -> None:
         rows = _rows(mask_or_rows) if isinstance(mask_or_rows, np.ndarray) else tuple(mask_or_rows)
         out.append(DatasetViolation(rows, column, message))
 
@@ -653,8 +655,9 @@ def _covariate_violations(frame: pd.DataFrame, required_covariates: Collection[s
     return out
 
 
-def _rate_parameter_violations(cmt, rate, evid, n_compartments, parameter_names,
-                               rate_compartments_forbidden) -> list[DatasetViolation]:
+def _rate_parameter_violations(cmt: np.ndarray, rate: np.ndarray, evid: np.ndarray, n_compartments: int | None,
+                               parameter_names: Collection[str],
+                               rate_compartments_forbidden: Collection[int]) -> list[DatasetViolation]:
     """``RATE=-1``/``-2`` doses into compartment ``n`` need ``R<n>``/``D<n>`` in the parameter file."""
     out: list[DatasetViolation] = []
     with np.errstate(invalid="ignore"):
@@ -680,7 +683,8 @@ def _unique(x: np.ndarray) -> list[float]:
     return [float(u) for u in np.unique(x[np.isfinite(x)])]
 
 
-def _check_order(ident: np.ndarray, time: np.ndarray, evid: np.ndarray, add) -> None:
+def _check_order(ident: np.ndarray, time: np.ndarray, evid: np.ndarray,
+                 add: Callable[[np.ndarray | Iterable[int], str | None, str], None]) -> None:
     """TIME must not decrease within an ID (except on an EVID 3/4 row); each ID must be one block.
 
     Rows whose ID is missing are skipped (already reported) and do not split a block. Vectorized: the
@@ -998,7 +1002,7 @@ def _filter_error(message: str, source: str | None = None) -> RecordFilterError:
     return RecordFilterError([DatasetViolation((), None, message)], source=source)
 
 
-def _as_list(spec) -> list[str]:
+def _as_list(spec: str | Iterable[Any] | None) -> list[str]:
     if spec is None:
         return []
     if isinstance(spec, str):
@@ -1042,7 +1046,8 @@ def parse_conditions(text: str, what: str = "IGNORE") -> tuple[Condition, ...]:
     return tuple(conds)
 
 
-def record_filter(ignore=None, accept=None) -> RecordFilter:
+def record_filter(ignore: str | Iterable[str] | None = None, accept: str | Iterable[str] | None = None
+                  ) -> RecordFilter:
     """A :class:`RecordFilter` from NONMEM-style options.
 
     Parameters
@@ -1090,10 +1095,12 @@ def _first_chars(s: pd.Series) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
         return np.full(len(s), "", dtype=object)  # a number starts with a digit, a sign or a point
     text = s.astype(object).where(s.notna(), "").astype(str).str.lstrip()
-    return text.str[:1].to_numpy(dtype=object)
+    first: np.ndarray = text.str[:1].to_numpy(dtype=object)
+    return first
 
 
-def filter_records(df: pd.DataFrame, ignore=None, accept=None, *, source: str | None = None) -> FilteredRecords:
+def filter_records(df: pd.DataFrame, ignore: str | Iterable[str] | None = None,
+                   accept: str | Iterable[str] | None = None, *, source: str | None = None) -> FilteredRecords:
     """Drop the rows NONMEM's ``$DATA IGNORE``/``ACCEPT`` options (and the ``C`` comment column) drop.
 
     Applied in this order: the comment column ``C`` (rows whose ``C`` cell starts with ``C`` or ``c``), the
@@ -1187,7 +1194,7 @@ GRID_COLUMN = "GRID"
 _GRID_HELP = "START:END:STEP (e.g. 0:24:0.5, in the dataset's time unit, h) or a list of times (0,0.5,1,2)"
 
 
-def parse_grid(grid) -> np.ndarray:
+def parse_grid(grid: str | Sequence[float] | np.ndarray) -> np.ndarray:
     """The times of an output grid, sorted and distinct.
 
     Parameters
@@ -1231,7 +1238,7 @@ def parse_grid(grid) -> np.ndarray:
             if n > MAX_GRID_POINTS:
                 raise GridError(f"grid {grid!r} has {n:,} points, more than {MAX_GRID_POINTS:,}; use a larger STEP "
                                 "or a shorter range")
-            digits = max(0, -min(d.as_tuple().exponent for d in (start, step)))
+            digits = max(0, -min(cast(int, d.as_tuple().exponent) for d in (start, step)))  # finite: an int
             scale = 10 ** digits
             s_int, p_int = int(start * scale), int(step * scale)
             last = abs(s_int) + (n - 1) * p_int
@@ -1285,8 +1292,8 @@ class GridRecords:
     is_grid: np.ndarray
 
 
-def add_grid(frame: pd.DataFrame, times, *, interpolation: str = "nocb", base: pd.DataFrame | None = None
-             ) -> GridRecords:
+def add_grid(frame: pd.DataFrame, times: str | Sequence[float] | np.ndarray, *, interpolation: str = "nocb",
+             base: pd.DataFrame | None = None) -> GridRecords:
     """Add one output record (``EVID=2``, ``MDV=1``) per grid time to every subject of a dataset.
 
     Parameters

@@ -22,16 +22,22 @@ with ``jax.vmap``; a batch of the same layout compiles once.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import Array
 
 from .solvers._solvers import ODE, Analytic, analytic_op, analytic_phi, analytic_step, ode_step
 from .solvers.analytic import propagators
 from .xla import jit
+
+if TYPE_CHECKING:
+    from .models._base import CompartmentModel
 
 __all__ = ["Layout", "simulate_arrays", "bucket_size", "compute_schedule", "compute_schedule_dedup"]
 
@@ -66,11 +72,25 @@ class Layout:
     locf: bool = False
 
 
+# Types of the arguments passed around below (all jax or numpy arrays; dicts are pytrees).
+#: Arrays by name: the padded records, doses or steady-state records of a batch (``rec``, ``dose``, ``ss``),
+#: the sorted points of a subject (:func:`_timeline`), a schedule (:func:`compute_schedule`).
+Arrays = Mapping[str, Any]
+#: Parameters by record: ``{"p": {name: array}, "F"|"ALAG"|"R"|"D": array}``.
+Theta = Mapping[str, Any]
+Solver = Analytic | ODE
+#: ``check`` of the exact solver: ``False``, ``True`` (the cheap screen) or ``"full"``.
+Check = bool | str
+#: ``prop(x, r, dt)``: the state after ``dt`` from ``x`` with constant input rates ``r``.
+Prop = Callable[[Array, Array, Array], Array]
+
+
 # ---------------------------------------------------------------------------------------------------
 # dose delivery
 
 
-def _route_quantities(model, lay: Layout, cmt, amt, ratecol, th):
+def _route_quantities(model: CompartmentModel, lay: Layout, cmt: Array, amt: Array, ratecol: Array,
+                      th: Theta) -> dict[str, Array]:
     """Per sub-dose target, lag, bolus amount, infusion rate, duration for one dose record.
 
     ``th`` holds the source record's parameters: ``p`` (dict of structural scalars) and per-compartment
@@ -118,7 +138,9 @@ def _route_quantities(model, lay: Layout, cmt, amt, ratecol, th):
                 valid[j] = jnp.where(routed, True, valid[j])
             else:
                 valid[j] = jnp.where(routed, False, valid[j])
-    st = lambda v: jnp.stack([jnp.asarray(u) for u in v])  # noqa: E731
+    def st(v: list[Array]) -> Array:
+        return jnp.stack([jnp.asarray(u) for u in v])
+
     return {"target": st(target).astype(jnp.int32), "lag": st(lag), "bolus": st(bolus), "rate": st(rate),
             "dur": st(dur), "valid": st(valid)}
 
@@ -127,7 +149,7 @@ def _route_quantities(model, lay: Layout, cmt, amt, ratecol, th):
 # parameters per record
 
 
-def _record_theta(th_all, i):
+def _record_theta(th_all: Theta, i: Array) -> dict[str, Any]:
     return {"p": {k: v[i] for k, v in th_all["p"].items()}, "F": th_all["F"][i], "ALAG": th_all["ALAG"][i],
             "R": th_all["R"][i], "D": th_all["D"][i]}
 
@@ -136,7 +158,7 @@ def _record_theta(th_all, i):
 # steady state
 
 
-def _ss_window(model, lay, rq, ii):
+def _ss_window(model: CompartmentModel, lay: Layout, rq: Arrays, ii: Array) -> tuple[Array, ...]:
     """Piecewise description of one dosing interval ``[t_ss - II, t_ss]`` at steady state.
 
     Returns the sub-interval lengths, the constant rate vector in each, the bolus jump at the start of
@@ -169,8 +191,8 @@ def _ss_window(model, lay, rq, ii):
     return dts, rates, jumps, run_rate, remaining.reshape(S * M), running.reshape(S * M), stop_rates
 
 
-def _period_map(prop, x, dts, rates, jumps):
-    def body(x, k):
+def _period_map(prop: Prop, x: Array, dts: Array, rates: Array, jumps: Array) -> Array:
+    def body(x: Array, k: Array) -> tuple[Array, None]:
         x = x + jumps[k]
         return prop(x, rates[k], dts[k]), None
 
@@ -178,7 +200,9 @@ def _period_map(prop, x, dts, rates, jumps):
     return x
 
 
-def _steady_state(model, lay, solver, th, rq, ii, ratecol, cmt, is_const_inf, ode_prop=None):
+def _steady_state(model: CompartmentModel, lay: Layout, solver: Solver, th: Theta, rq: Arrays, ii: Array,
+                  ratecol: Array, cmt: Array, is_const_inf: Array, ode_prop: Prop | None = None
+                  ) -> tuple[Array, Array, Array, Array, Array]:
     """State at the steady-state record time, running rates and the stops of running infusions."""
     n = model.n_cmt
     dtype = rq["bolus"].dtype
@@ -187,20 +211,23 @@ def _steady_state(model, lay, solver, th, rq, ii, ratecol, cmt, is_const_inf, od
     r_const = jax.nn.one_hot(cmt, n, dtype=dtype) * jnp.where(ratecol > 0, ratecol, 0.0)
     if isinstance(solver, Analytic):
         op = analytic_op(model, th["p"])
-        prop = lambda x, r, dt: analytic_step(op, x, r, dt)  # noqa: E731
+        def prop(x: Array, r: Array, dt: Array) -> Array:
+            return analytic_step(op, x, r, dt)
+
         c = _period_map(prop, jnp.zeros(n, dtype), dts, rates, jumps)
         A = analytic_phi(op, ii_safe)
         x_per = jnp.linalg.solve(jnp.eye(n, dtype=dtype) - A, c)
         x_inf = jnp.linalg.solve(op["K"], -r_const)
     else:
-        prop = ode_prop
+        assert ode_prop is not None, "the ODE solver's steady state needs ode_prop"
+        ode_prop_ = ode_prop
 
-        def resid(x):
-            return _period_map(prop, x, dts, rates, jumps) - x
+        def resid(x: Array) -> Array:
+            return _period_map(ode_prop_, x, dts, rates, jumps) - x
 
         x_per = _newton(resid, jnp.zeros(n, dtype), iters=6)
 
-        def resid_inf(x):
+        def resid_inf(x: Array) -> Array:
             return model.vector_field(0.0, x, th["p"], r_const, None)
 
         x_inf = _newton(resid_inf, jnp.zeros(n, dtype), iters=30)
@@ -210,7 +237,7 @@ def _steady_state(model, lay, solver, th, rq, ii, ratecol, cmt, is_const_inf, od
     return x_ss, run_rate, remaining, running, stop_rates
 
 
-def _newton(resid, x0, iters):
+def _newton(resid: Callable[[Array], Array], x0: Array, iters: int) -> Array:
     """Root of ``resid`` by Newton's method; differentiable through the implicit function theorem.
 
     The iterations run on stop-gradient values (the ODE solve inside ``resid`` uses reverse-mode
@@ -219,21 +246,23 @@ def _newton(resid, x0, iters):
     """
     sg = jax.lax.stop_gradient
 
-    def body(x, _):
+    def body(x: Array, _: None) -> tuple[Array, None]:
         r = resid(x)
         J = jax.jacrev(resid)(x)
         return sg(x - jnp.linalg.solve(J, r)), None
 
     x, _ = jax.lax.scan(body, sg(x0), None, length=iters)
     J = sg(jax.jacrev(resid)(x))
-    return x - jnp.linalg.solve(J, resid(x))
+    root: Array = x - jnp.linalg.solve(J, resid(x))
+    return root
 
 
 # ---------------------------------------------------------------------------------------------------
 # one subject
 
 
-def _timeline(model, lay: Layout, solver, rec, dose, ss, th_all, order=None):
+def _timeline(model: CompartmentModel, lay: Layout, solver: Solver, rec: Arrays, dose: Arrays, ss: Arrays,
+              th_all: Theta, order: Array | None = None) -> dict[str, Any]:
     """Sorted points of one subject: times, resets, jumps, rates, parameter index, record anchors."""
     n = model.n_cmt
     R, D, S, P_ss = lay.n_rec, lay.n_dose, lay.n_route, lay.n_ss
@@ -243,7 +272,7 @@ def _timeline(model, lay: Layout, solver, rec, dose, ss, th_all, order=None):
     # ---- doses: arrivals and stops ------------------------------------------------------------
     src = dose["src"]
 
-    def dose_rq(s):
+    def dose_rq(s: Array) -> dict[str, Array]:
         return _route_quantities(model, lay, rec["cmt"][s], rec["amt"][s], rec["rate"][s], _record_theta(th_all, s))
 
     rq = jax.vmap(dose_rq)(src)  # each (D, S)
@@ -260,19 +289,21 @@ def _timeline(model, lay: Layout, solver, rec, dose, ss, th_all, order=None):
     jump_arr = jnp.where(arr_valid[..., None] & ~forcing_mask, rq["bolus"][..., None] * onehot, 0.0)
     drate_arr = jnp.where(arr_valid[..., None], rq["rate"][..., None] * onehot, 0.0)
     seq_dose = src.astype(dtype)[:, None] + 0.5 + jnp.zeros((D, S), dtype)
-    forcing = None
+    forcing: tuple[Array, Array] | None = None
     if model.forcing_cmt is not None:
         f_amt = jnp.where(arr_valid & (rq["target"] == model.forcing_cmt), rq["bolus"], 0.0)
         forcing = (arr_t.ravel(), f_amt.ravel())
 
     # ---- steady state records ---------------------------------------------------------------------
-    ode_prop_for = None
+    ode_prop_for: Callable[[Mapping[str, Any]], Prop] | None = None
     if isinstance(solver, ODE):
-        def ode_prop_for(p):
-            return lambda x, r, dt: ode_step(model, solver, p, x, r, 0.0, dt, None)[0]
+        ode_solver = solver
+
+        def ode_prop_for(p: Mapping[str, Any]) -> Prop:
+            return lambda x, r, dt: ode_step(model, ode_solver, p, x, r, 0.0, dt, None)[0]
 
     if P_ss > 0:
-        def ss_one(s):
+        def ss_one(s: Array) -> tuple[Array, Array, Array, Array, Array]:
             th = _record_theta(th_all, s)
             rq_s = _route_quantities(model, lay, rec["cmt"][s], rec["amt"][s], rec["rate"][s], th)
             const_inf = (rec["amt"][s] == 0) & (rec["rate"][s] > 0) & (rec["ii"][s] == 0)
@@ -334,7 +365,7 @@ def _timeline(model, lay: Layout, solver, rec, dose, ss, th_all, order=None):
     n_pt = t_s.shape[0]
 
     # rates in force after each point (segmented by resets)
-    def rate_comb(a, b):
+    def rate_comb(a: tuple[Array, Array], b: tuple[Array, Array]) -> tuple[Array, Array]:
         (ka, va), (kb, vb) = a, b
         return ka * kb, vb + kb[..., None] * va
 
@@ -364,12 +395,12 @@ def _timeline(model, lay: Layout, solver, rec, dose, ss, th_all, order=None):
             "rate_after": rate_after}
 
 
-def _ode_scan(model, solver, pts, th_all):
+def _ode_scan(model: CompartmentModel, solver: ODE, pts: Arrays, th_all: Theta) -> tuple[Array, Array]:
     p_rec = th_all["p"]
     n = model.n_cmt
     dtype = pts["t"].dtype
 
-    def body(carry, k):
+    def body(carry: tuple[Array, Array], k: Array) -> tuple[tuple[Array, Array], Array]:
         x, ok = carry
         p = {name: v[pts["pidx"][k]] for name, v in p_rec.items()}
         y, good = ode_step(model, solver, p, x, pts["rate_before"][k], pts["t_prev"][k], pts["dt"][k],
@@ -381,7 +412,8 @@ def _ode_scan(model, solver, pts, th_all):
     return states[pts["anchor"]], ok
 
 
-def _ode_grouped(model, solver, pts, th_all, grp):
+def _ode_grouped(model: CompartmentModel, solver: ODE, pts: Arrays, th_all: Theta, grp: Arrays
+                 ) -> tuple[Array, Array]:
     """ODE path on a static schedule: one diffrax solve per interval between *action* points (doses,
     infusion starts/stops, resets, parameter changes); records inside an interval are read from the
     solver's dense output, so observations do not interrupt the integration."""
@@ -390,7 +422,7 @@ def _ode_grouped(model, solver, pts, th_all, grp):
     G = grp["t0"].shape[0]
     p_rec = th_all["p"]
 
-    def body(carry, g):
+    def body(carry: tuple[Array, Array], g: Array) -> tuple[tuple[Array, Array], Array]:
         x, ok = carry
         a = grp["act"][g]
         has = grp["has_act"][g]
@@ -406,7 +438,8 @@ def _ode_grouped(model, solver, pts, th_all, grp):
     return ys[grp["rec_g"], grp["rec_k"]], ok
 
 
-def _analytic_batch(model, lay: Layout, pts, th_all, sched, check: bool | str = False):
+def _analytic_batch(model: CompartmentModel, lay: Layout, pts: Arrays, th_all: Theta, sched: Arrays | None,
+                    check: Check = False) -> tuple[Array, Array]:
     """Exact propagation for a batch, scanning points in point-major layout (contiguous per step).
 
     With ``check=True`` the per-subject flag is False where the eigenvalues span more than
@@ -434,6 +467,7 @@ def _analytic_batch(model, lay: Layout, pts, th_all, sched, check: bool | str = 
             est = eps * jnp.einsum("npj,npjab->npab", jnp.abs(f), absP)
             bad = jnp.any(((est > rel * jnp.abs(A) + ab) | ~jnp.isfinite(A)).reshape(N, -1), axis=1)
             if inf:
+                assert g is not None  # propagators(with_input=True)
                 G = jnp.einsum("npj,npjab->npab", g, Pb)
                 est = eps * jnp.einsum("npj,npjab->npab", jnp.abs(g), absP)
                 lim = rel * jnp.abs(G) + ab * pts["dt"][..., None, None]
@@ -451,6 +485,7 @@ def _analytic_batch(model, lay: Layout, pts, th_all, sched, check: bool | str = 
         elif check:
             bad = _stiff_subjects(op["lam"])
         if inf:
+            assert g is not None  # propagators(with_input=True)
             G = jnp.einsum("nuj,njab->nuab", g, op["P"])
             if check == "full":
                 bad = bad | _newton_sum_flags(g, op["P"], G, jnp.broadcast_to(dt_u, G.shape[:2]))
@@ -465,7 +500,7 @@ def _analytic_batch(model, lay: Layout, pts, th_all, sched, check: bool | str = 
     if u_idx is None:
         AT = jnp.swapaxes(A, 0, 1)  # (P, N, n, n)
 
-        def body(x, inp):
+        def body(x: Array, inp: tuple[Array, Array, Array]) -> tuple[Array, Array]:
             a, cc, kk = inp
             x = kk[:, None] * _matvec(a, x, n) + cc
             return x, x
@@ -474,7 +509,7 @@ def _analytic_batch(model, lay: Layout, pts, th_all, sched, check: bool | str = 
     else:
         uT = jnp.swapaxes(u_idx, 0, 1)
 
-        def body(x, inp):
+        def body(x: Array, inp: tuple[Array, Array, Array]) -> tuple[Array, Array]:
             u, cc, kk = inp
             a = jnp.take_along_axis(A, u[:, None, None, None], axis=1)[:, 0]
             x = kk[:, None] * _matvec(a, x, n) + cc
@@ -492,7 +527,7 @@ def _analytic_batch(model, lay: Layout, pts, th_all, sched, check: bool | str = 
 # accuracy checks of the exact solver
 
 
-def _check_tolerances(dtype):
+def _check_tolerances(dtype: Any) -> tuple[float, float]:
     """(relative, absolute) limits of the exact solver's accuracy check for a floating dtype.
 
     float64: 1.5e-9 relative and 1.1e-11 absolute (as a fraction of the amount propagated); float32:
@@ -502,7 +537,7 @@ def _check_tolerances(dtype):
     return 0.1 * eps ** 0.5, eps ** 0.7
 
 
-def _newton_sum_flags(coef, P, M, scale=None):
+def _newton_sum_flags(coef: Array, P: Array, M: Array, scale: Array | None = None) -> Array:
     """Per-subject flag: does a Newton sum ``M = sum_j coef_j P_j`` lose accuracy to cancellation?
 
     ``coef`` (N, ..., n) are divided differences, ``P`` (N, n, n, n) the Newton basis, ``M`` (N, ..., n, n)
@@ -528,7 +563,7 @@ def _newton_sum_flags(coef, P, M, scale=None):
 _STIFF_RATIO = 100.0
 
 
-def _stiff_subjects(lam):
+def _stiff_subjects(lam: Array) -> Array:
     """Per-subject flag (N,): eigenvalues (N, ..., n), sorted decreasingly, span more than ``_STIFF_RATIO``."""
     slow = jnp.abs(lam[..., 0])
     fast = jnp.abs(lam[..., -1])
@@ -536,7 +571,7 @@ def _stiff_subjects(lam):
     return jnp.any(st.reshape(st.shape[0], -1), axis=1)
 
 
-def _negative_flags(out):
+def _negative_flags(out: Array) -> Array:
     """Per-subject flag: an amount below ``-abs * max|amount|`` of that subject (beyond roundoff)."""
     _, ab = _check_tolerances(out.dtype)
     scale = jnp.max(jnp.abs(out.reshape(out.shape[0], -1)), axis=1)
@@ -544,7 +579,7 @@ def _negative_flags(out):
     return low < -ab * scale
 
 
-def _dedup_rows(v: np.ndarray):
+def _dedup_rows(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct values of each row of ``v`` (N, K): (values (N, U) padded with the row's first value, index (N, K))."""
     N, K = v.shape
     srt = np.argsort(v, axis=1, kind="stable")
@@ -560,7 +595,7 @@ def _dedup_rows(v: np.ndarray):
     return vals, idx
 
 
-def _matvec(M, v, n):
+def _matvec(M: Array, v: Array, n: int) -> Array:
     """Batched ``M @ v`` for tiny ``n``, unrolled into elementwise products that XLA fuses (a batched
     ``dot_general`` over millions of 3x3 blocks is several times slower on CPU)."""
     y = M[..., :, 0] * v[..., None, 0]
@@ -569,7 +604,7 @@ def _matvec(M, v, n):
     return y
 
 
-def _gather_apply(M, X, u, q, zero, n):
+def _gather_apply(M: Array, X: Array, u: Array, q: Array, zero: Array, n: int) -> Array:
     """``out[s, r] = M[s, u[s, r]] @ X[s, q[s, r]]`` for every subject ``s`` and record ``r``.
 
     With few distinct offsets ``U`` and action points ``Q`` all products are formed first and one vector is
@@ -588,7 +623,8 @@ def _gather_apply(M, X, u, q, zero, n):
     return jnp.where(zero[..., None], 0.0, _matvec(Mr, xr, n))
 
 
-def _analytic_fast(model, lay: Layout, rec, dose, theta, fs, check: bool | str = False):
+def _analytic_fast(model: CompartmentModel, lay: Layout, rec: Arrays, dose: Arrays, theta: Theta, fs: Arrays,
+                   check: Check = False) -> tuple[Array, Array]:
     """Exact propagation on a precomputed schedule (static event times, no SS, constant parameters).
 
     A short scan runs over the *action* points only (dose arrivals, infusion starts and stops, resets);
@@ -601,8 +637,8 @@ def _analytic_fast(model, lay: Layout, rec, dose, theta, fs, check: bool | str =
     inf = lay.has_infusion
     N, Q = fs["a_slot"].shape
 
-    def rq_subject(rec_s, dose_s, th_s):
-        def one(src):
+    def rq_subject(rec_s: Arrays, dose_s: Arrays, th_s: Theta) -> dict[str, Array]:
+        def one(src: Array) -> dict[str, Array]:
             return _route_quantities(model, lay, rec_s["cmt"][src], rec_s["amt"][src], rec_s["rate"][src],
                                      _record_theta(th_s, src))
 
@@ -629,12 +665,13 @@ def _analytic_fast(model, lay: Layout, rec, dose, theta, fs, check: bool | str =
     f_all, g_all = propagators(op["lam"][:, None, :], jnp.concatenate([fs["a_dt"], fs["tau_u"]], axis=1),
                                with_input=inf)
     f, f_o = f_all[:, :Qa], f_all[:, Qa:]
-    g, g_o = (g_all[:, :Qa], g_all[:, Qa:]) if inf else (None, None)
+    g, g_o = (g_all[:, :Qa], g_all[:, Qa:]) if g_all is not None else (None, None)  # g_all: None unless inf
     A = jnp.einsum("nqj,njab->nqab", f, op["P"])
     G = jnp.einsum("nqj,njab->nqab", g, op["P"]) if inf else None
-    T = lambda v: jnp.swapaxes(v, 0, 1)  # noqa: E731
+    def T(v: Array) -> Array:
+        return jnp.swapaxes(v, 0, 1)
 
-    def body(carry, inp):
+    def body(carry: tuple[Array, Array], inp: tuple[Array, ...]) -> tuple[tuple[Array, Array], tuple[Array, Array]]:
         x, r = carry
         a, gm, kk, jp, dr = inp
         y = _matvec(a, x, n)
@@ -645,7 +682,7 @@ def _analytic_fast(model, lay: Layout, rec, dose, theta, fs, check: bool | str =
         return (x, r), (x, r)
 
     zeros = jnp.zeros((N, n), dtype)
-    _, (X, Rr) = jax.lax.scan(body, (zeros, zeros), (T(A), T(G) if inf else T(A), T(keep), T(jump), T(drate)))
+    _, (X, Rr) = jax.lax.scan(body, (zeros, zeros), (T(A), T(G) if G is not None else T(A), T(keep), T(jump), T(drate)))
     X, Rr = T(X), T(Rr)  # (N, Q, n): state and rates after each action point
     # outputs: one transition per distinct offset, then a parallel gather-matvec over records
     Phi = jnp.einsum("nuj,njab->nuab", f_o, op["P"])
@@ -656,9 +693,10 @@ def _analytic_fast(model, lay: Layout, rec, dose, theta, fs, check: bool | str =
     if not check:
         return out, jnp.ones(N, bool)
 
-    def full_check():  # every propagator: the steps between action points and the records' offsets
+    def full_check() -> Array:  # every propagator: the steps between action points and the records' offsets
         bad = _newton_sum_flags(f, op["P"], A) | _newton_sum_flags(f_o, op["P"], Phi)
         if inf:
+            assert g is not None and g_o is not None and G is not None
             bad = bad | _newton_sum_flags(g, op["P"], G, fs["a_dt"]) | _newton_sum_flags(g_o, op["P"], Gam,
                                                                                           fs["tau_u"])
         return bad
@@ -667,8 +705,9 @@ def _analytic_fast(model, lay: Layout, rec, dose, theta, fs, check: bool | str =
     return out, ~(bad | _negative_flags(out))
 
 
-def simulate_arrays(model, lay: Layout, solver, rec, dose, ss, theta, sched=None, chunk_size: int | None = 16384,
-                    check: bool | str = False):
+def simulate_arrays(model: CompartmentModel, lay: Layout, solver: Solver, rec: Arrays, dose: Arrays, ss: Arrays,
+                    theta: Theta, sched: Arrays | None = None, chunk_size: int | None = 16384,
+                    check: Check = False) -> tuple[Array, Array]:
     """Amounts (N, n_rec, n_cmt) at every record of a padded batch, and a per-subject success flag.
 
     The flag is False where the ODE solver failed. For the exact solver, ``check=True`` also sets it False
@@ -688,11 +727,13 @@ def simulate_arrays(model, lay: Layout, solver, rec, dose, ss, theta, sched=None
     """
     N = rec["time"].shape[0]
     chunk = N if chunk_size is None or N <= chunk_size else int(chunk_size)
-    return _simulate_chunked(model, lay, solver, chunk, rec, dose, ss, theta, sched, check=check)
+    out: tuple[Array, Array] = _simulate_chunked(model, lay, solver, chunk, rec, dose, ss, theta, sched, check=check)
+    return out
 
 
 @partial(jit, static_argnames=("model", "lay", "solver", "chunk", "check"))
-def _simulate_chunked(model, lay, solver, chunk, rec, dose, ss, theta, sched, check: bool | str = False):
+def _simulate_chunked(model: CompartmentModel, lay: Layout, solver: Solver, chunk: int, rec: Arrays, dose: Arrays,
+                      ss: Arrays, theta: Theta, sched: Arrays | None, check: Check = False) -> tuple[Array, Array]:
     args = (rec, dose, ss, theta, sched)
     N = rec["time"].shape[0]
     if chunk >= N:
@@ -700,18 +741,23 @@ def _simulate_chunked(model, lay, solver, chunk, rec, dose, ss, theta, sched, ch
     C = -(-N // chunk)
     pad = C * chunk - N
 
-    def split(v):
-        v = jnp.asarray(v)
+    def split(leaf: Any) -> Array:
+        v = jnp.asarray(leaf)
         if pad:
             v = jnp.concatenate([v, jnp.repeat(v[:1], pad, axis=0)])
         return v.reshape((C, chunk) + v.shape[1:])
 
     parts = jax.tree_util.tree_map(split, args)
-    out, ok = jax.lax.map(lambda a: _simulate_core(model, lay, solver, *a, check=check), parts)
+
+    def core(a: tuple[Any, Any, Any, Any, Any]) -> tuple[Array, Array]:
+        return _simulate_core(model, lay, solver, *a, check=check)
+
+    out, ok = jax.lax.map(core, parts)
     return out.reshape((C * chunk,) + out.shape[2:])[:N], ok.reshape(-1)[:N]
 
 
-def _simulate_core(model, lay: Layout, solver, rec, dose, ss, theta, sched=None, check: bool | str = False):
+def _simulate_core(model: CompartmentModel, lay: Layout, solver: Solver, rec: Arrays, dose: Arrays, ss: Arrays,
+                   theta: Theta, sched: Arrays | None = None, check: Check = False) -> tuple[Array, Array]:
     """Amounts (N, n_rec, n_cmt) at every record, for a padded batch; and a per-subject success flag.
 
     ``theta`` is the dict ``{"p": {name: (N, R)}, "F"|"ALAG"|"R"|"D": (N, R, n_cmt)}``. ``sched`` (optional)
@@ -730,7 +776,7 @@ def _simulate_core(model, lay: Layout, solver, rec, dose, ss, theta, sched=None,
     return jax.vmap(partial(_ode_scan, model, solver))(pts, theta)
 
 
-def _full_theta(theta, R: int):
+def _full_theta(theta: Theta, R: int) -> Any:
     """``theta`` with every leaf's record axis (axis 1) at its full length ``R``: a leaf given with one
     record column (parameters constant within each subject) is broadcast, inside the compiled program, so
     the host never builds or copies the (N, R, ...) arrays."""
@@ -739,13 +785,15 @@ def _full_theta(theta, R: int):
 
 
 @partial(jit, static_argnames=("model", "lay", "solver"))
-def _schedule_points(model, lay, solver, rec, dose, ss, theta):
+def _schedule_points(model: CompartmentModel, lay: Layout, solver: Solver, rec: Arrays, dose: Arrays, ss: Arrays,
+                     theta: Theta) -> dict[str, Array]:
     theta = _full_theta(theta, rec["time"].shape[1])
     pts = jax.vmap(partial(_timeline, model, lay, solver))(rec, dose, ss, theta)
     return {k: pts[k] for k in ("order", "dt", "keep", "anchor", "valid", "t", "pidx")}
 
 
-def compute_schedule(model, lay: Layout, solver, rec, dose, ss, theta) -> dict:
+def compute_schedule(model: CompartmentModel, lay: Layout, solver: Solver, rec: Arrays, dose: Arrays, ss: Arrays,
+                     theta: Theta) -> dict[str, Any]:
     """Sort the points once, on data whose event times do not depend on parameters.
 
     Returns numpy arrays: ``order`` (N, P), ``dt_u`` (N, U) the distinct step lengths of each subject and
@@ -758,7 +806,7 @@ def compute_schedule(model, lay: Layout, solver, rec, dose, ss, theta) -> dict:
     pts = {k: np.asarray(v) for k, v in _schedule_points(model, lay, solver, rec, dose, ss, theta).items()}
     order = pts["order"]
     dt_u, u_idx = _dedup_rows(pts["dt"])
-    out = {"order": order, "dt_u": dt_u, "u_idx": u_idx}
+    out: dict[str, Any] = {"order": order, "dt_u": dt_u, "u_idx": u_idx}
     if isinstance(solver, Analytic) and lay.n_ss == 0 and not lay.time_varying:
         out.update(_action_schedule(lay, pts))
     if isinstance(solver, ODE):
@@ -793,7 +841,7 @@ def bucket_size(n: int, minimum: int = MIN_BUCKET) -> int:
         k += 1
 
 
-def _design_groups(arrays) -> tuple[np.ndarray, np.ndarray]:
+def _design_groups(arrays: Any) -> tuple[np.ndarray, np.ndarray]:
     """Subjects with identical arrays: (representatives (U,), group of each subject (N,)), from a 64-bit
     hash of each subject's values (numpy, vectorized), confirmed value by value (a collision, which would
     merge different subjects, falls back to one group per subject)."""
@@ -818,7 +866,8 @@ def _design_groups(arrays) -> tuple[np.ndarray, np.ndarray]:
     return rep, inv
 
 
-def compute_schedule_dedup(model, lay: Layout, solver, rec, dose, ss, theta) -> dict:
+def compute_schedule_dedup(model: CompartmentModel, lay: Layout, solver: Solver, rec: Arrays, dose: Arrays,
+                           ss: Arrays, theta: Theta) -> dict[str, Any]:
     """:func:`compute_schedule` computed once per distinct design: subjects whose record, dose and
     steady-state arrays are identical share their schedule (a schedule does not depend on the parameters
     when no event time does). The distinct designs are padded to :func:`bucket_size` so that the sorting
@@ -828,13 +877,15 @@ def compute_schedule_dedup(model, lay: Layout, solver, rec, dose, ss, theta) -> 
     idx = np.concatenate([rep, np.repeat(rep[:1], bucket_size(U) - U)])
     sub = jax.tree_util.tree_map(lambda v: np.asarray(v)[idx], (rec, dose, ss))
     th = jax.tree_util.tree_map(lambda v: v[jnp.asarray(idx)] if not isinstance(v, np.ndarray) else v[idx], theta)
-    sched = compute_schedule(model, lay, solver, *sub, th)
+    rec_u, dose_u, ss_u = sub
+    sched = compute_schedule(model, lay, solver, rec_u, dose_u, ss_u, th)
     # every subject's design is among the representatives, so the widths (most points, actions, distinct
     # steps of a subject) are those of the whole batch, and each row is what the whole batch would give
-    return jax.tree_util.tree_map(lambda v: np.asarray(v)[:U][inv], sched)
+    out: dict[str, Any] = jax.tree_util.tree_map(lambda v: np.asarray(v)[:U][inv], sched)
+    return out
 
 
-def _action_schedule(lay: Layout, pts) -> dict:
+def _action_schedule(lay: Layout, pts: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Action points (arrivals, stops, resets) of each subject and, for every record, the last action
     point at or before it and the distinct time offsets from it (numpy, vectorized)."""
     order, valid, keep, anchor, t = pts["order"], pts["valid"], pts["keep"], pts["anchor"], pts["t"]
@@ -868,7 +919,7 @@ def _action_schedule(lay: Layout, pts) -> dict:
             "tau_u": tau_u, "rec_zero": rec_zero}
 
 
-def _ode_groups(lay: Layout, rec, ss, pts) -> dict:
+def _ode_groups(lay: Layout, rec: Arrays, ss: Arrays, pts: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Split each subject's sorted points into intervals between action points (numpy, vectorized)."""
     order, keep, valid, anchor, t = pts["order"], pts["keep"], pts["valid"], pts["anchor"], pts["t"]
     N, P = order.shape

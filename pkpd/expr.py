@@ -139,10 +139,11 @@ class _Compiler:
         return fn
 
     def visit(self, node: ast.AST) -> tuple[str, _Fn]:
-        handler = {ast.Constant: self._constant, ast.Name: self._name, ast.BinOp: self._binop,
-                   ast.UnaryOp: self._unaryop, ast.Compare: self._compare, ast.BoolOp: self._boolop,
-                   ast.IfExp: lambda n: self._where(n.test, n.body, n.orelse),
-                   ast.Call: self._call}.get(type(node))
+        handlers: dict[type, Callable[[Any], tuple[str, _Fn]]] = {
+            ast.Constant: self._constant, ast.Name: self._name, ast.BinOp: self._binop,
+            ast.UnaryOp: self._unaryop, ast.Compare: self._compare, ast.BoolOp: self._boolop,
+            ast.IfExp: lambda n: self._where(n.test, n.body, n.orelse), ast.Call: self._call}
+        handler = handlers.get(type(node))
         if handler is None:
             what = _DESCRIBE.get(type(node), f"syntax '{type(node).__name__}'")
             self.fail(f"{what} not allowed", node)
@@ -192,9 +193,12 @@ class _Compiler:
             if type(op) not in _CMPOPS:
                 self.fail(f"comparison '{type(op).__name__}' not allowed (use < <= > >= == !=)", node)
         vals = [self.num(n) for n in [node.left, *node.comparators]]
-        parts = [lambda env, xp, a=a, b=b, f=_CMPOPS[type(op)]: getattr(xp, f)(a(env, xp), b(env, xp))
-                 for op, a, b in zip(node.ops, vals[:-1], vals[1:])]
+        parts = [self._comparison(a, b, _CMPOPS[type(op)]) for op, a, b in zip(node.ops, vals[:-1], vals[1:])]
         return "bool", self._reduce(parts, "logical_and")
+
+    @staticmethod
+    def _comparison(a: _Fn, b: _Fn, fname: str) -> _Fn:
+        return lambda env, xp: getattr(xp, fname)(a(env, xp), b(env, xp))
 
     @staticmethod
     def _reduce(parts: list[_Fn], fname: str) -> _Fn:
@@ -269,7 +273,7 @@ def compile_expression(source: str | int | float, *, name: str | None = None) ->
         tree = ast.parse(text, mode="eval")
     except SyntaxError as exc:
         ok = exc.offset and exc.lineno == 1 and exc.offset <= len(text)
-        where = f"at column {exc.offset + col0}" if ok else "at end of expression"
+        where = f"at column {exc.offset + col0}" if ok and exc.offset else "at end of expression"
         raise ExpressionError(f"{pre}syntax error {where}: {exc.msg} in {_clip(text)!r}") from None
     except (RecursionError, MemoryError, ValueError) as exc:
         raise ExpressionError(f"{pre}cannot parse {_clip(text)!r}: {exc}") from None

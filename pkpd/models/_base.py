@@ -14,9 +14,12 @@ concentration mg/L (= ug/mL); the effect-site state is a concentration (mg/L).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from jax import Array
 
 from .._errors import ModelSpecError
 
@@ -100,10 +103,10 @@ class CompartmentModel:
     params: tuple[Param, ...]
     central: int
     volume: str
-    linear_terms: tuple[tuple[int, int, Callable[[Mapping], object]], ...]
+    linear_terms: tuple[tuple[int, int, Callable[[Mapping[str, Any]], Any]], ...]
     blocks: tuple[tuple[int, ...], ...]
     description: str = ""
-    nonlinear: Callable | None = None
+    nonlinear: Callable[..., Any] | None = None
     routes: Mapping[int, tuple[Route, ...]] = field(default_factory=dict)
     forcing_cmt: int | None = None
     outputs: tuple[Output, ...] = ()
@@ -149,7 +152,7 @@ class CompartmentModel:
         return tuple(out)
 
     # ---- numerics ---------------------------------------------------------------------------------
-    def rate_matrix(self, p: Mapping, xp=None):
+    def rate_matrix(self, p: Mapping[str, Any], xp: Any = None) -> Any:
         """Rate matrix ``K`` (1/h) with ``dx/dt = K x`` for the linear part of the model.
 
         With ``xp=numpy`` the parameters may be arrays of one shape (one value per subject); ``K`` then has
@@ -159,7 +162,9 @@ class CompartmentModel:
 
         xp = xp or jnp
         n = self.n_cmt
-        rows, cols, vals = [], [], []
+        rows: list[int] = []
+        cols: list[int] = []
+        vals: list[Any] = []
         for r, c, fn in self.linear_terms:
             rows.append(r)
             cols.append(c)
@@ -174,13 +179,14 @@ class CompartmentModel:
                 K[..., r, c] += v
             return K
         K = xp.zeros((n, n), dtype=dtype)
-        vals = jnp.stack([jnp.asarray(v, dtype) for v in vals])
-        return K.at[np.array(rows), np.array(cols)].add(vals)
+        stacked = jnp.stack([jnp.asarray(v, dtype) for v in vals])
+        return K.at[np.array(rows), np.array(cols)].add(stacked)
 
-    def _rate_matrix_np(self, p: Mapping) -> np.ndarray:
-        return self.rate_matrix(p, xp=np)
+    def _rate_matrix_np(self, p: Mapping[str, Any]) -> np.ndarray:
+        K: np.ndarray = self.rate_matrix(p, xp=np)
+        return K
 
-    def eigenvalues(self, K):
+    def eigenvalues(self, K: Array) -> Array:
         """Eigenvalues of ``K`` (real, with multiplicity) from its diagonal blocks, in closed form."""
         import jax.numpy as jnp
 
@@ -189,14 +195,14 @@ class CompartmentModel:
         lam = [block_eigenvalues(K[np.ix_(b, b)]) for b in self.blocks]
         return jnp.concatenate(lam)
 
-    def vector_field(self, t, x, p: Mapping, rate, forcing=None):
+    def vector_field(self, t: Any, x: Array, p: Mapping[str, Any], rate: Any, forcing: Any = None) -> Array:
         """``dx/dt`` at absolute time ``t`` (h) with infusion rates ``rate`` (mg/h per compartment)."""
-        dx = self.rate_matrix(p) @ x + rate
+        dx: Array = self.rate_matrix(p) @ x + rate
         if self.nonlinear is not None:
             dx = dx + self.nonlinear(t, x, p, forcing)
         return dx
 
-    def outputs_from_state(self, x, p: Mapping) -> dict:
+    def outputs_from_state(self, x: Any, p: Mapping[str, Any]) -> dict[str, Any]:
         """Named concentrations from a state ``x`` (..., n_cmt): ``CP`` and the model's extra outputs."""
         out = {"CP": x[..., self.central] / p[self.volume]}
         for o in self.outputs:

@@ -10,11 +10,12 @@ without ``eigh``'s eigenvector derivatives, and work on every backend.
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import Array
 
 __all__ = ["block_eigenvalues"]
 
 
-def _eig2(B):
+def _eig2(B: Array) -> Array:
     a, b, c, d = B[0, 0], B[0, 1], B[1, 0], B[1, 1]
     half_tr = 0.5 * (a + d)
     disc = (0.5 * (a - d)) ** 2 + b * c
@@ -28,7 +29,7 @@ def _eig2(B):
     return jnp.stack([small, big])
 
 
-def _eig3(B):
+def _eig3(B: Array) -> Array:
     tr = B[0, 0] + B[1, 1] + B[2, 2]
     minors = (
         B[0, 0] * B[1, 1] - B[0, 1] * B[1, 0]
@@ -55,7 +56,7 @@ def _eig3(B):
     return lam
 
 
-def block_eigenvalues(B):
+def block_eigenvalues(B: Array) -> Array:
     """Real eigenvalues of a 1x1, 2x2 or 3x3 block with real spectrum (compartmental blocks)."""
     n = B.shape[0]
     if n == 1:

@@ -35,9 +35,12 @@ Beal SL, Sheiner LB, Boeckmann AJ, Bauer RJ. NONMEM Users Guides (1989-2017), PR
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from functools import lru_cache
+from typing import Any
 
 import jax.numpy as jnp
+from jax import Array
 
 from .._errors import ModelSpecError
 from ._base import CompartmentModel, Output, Param, Route
@@ -72,11 +75,11 @@ _P = {
 _NAME = re.compile(r"^([123])cmt_(iv|oral|dual|zofo|transit(\d+)|weibull)((?:_effect|_metabolite|_mm)*)$")
 
 
-def _k(name):
+def _k(name: str) -> Callable[[Mapping[str, Any]], Any]:
     return lambda p: p[name]
 
 
-def _ratio(a, b):
+def _ratio(a: str, b: str) -> Callable[[Mapping[str, Any]], Any]:
     return lambda p: p[a] / p[b]
 
 
@@ -142,7 +145,7 @@ def _grammar_model(name: str) -> CompartmentModel:
 
     cmts: list[str] = []
     params: list[str] = []
-    terms: list = []
+    terms: list[tuple[int, int, Callable[[Mapping[str, Any]], Any]]] = []
     blocks: list[tuple[int, ...]] = []
     routes: dict[int, tuple[Route, ...]] = {}
     forcing_cmt = None
@@ -195,9 +198,11 @@ def _grammar_model(name: str) -> CompartmentModel:
         terms += [(1, 1, lambda p: -p["KA2"]), (central, 1, _k("KA2"))]
         blocks += [(0,), (1,)]
     elif inp.startswith("transit"):
-        ktr = lambda p: (ntr + 1.0) / p["MTT"]  # noqa: E731
+        def ktr(p: Mapping[str, Any]) -> Any:
+            return (ntr + 1.0) / p["MTT"]
+
         for i in range(ntr):
-            terms += [(i, i, lambda p, f=ktr: -f(p)), (i + 1, i, ktr)]
+            terms += [(i, i, lambda p: -ktr(p)), (i + 1, i, ktr)]
             blocks.append((i,))
         terms += [(ntr, ntr, lambda p: -p["KA"]), (central, ntr, _k("KA"))]
         blocks.append((ntr,))
@@ -272,8 +277,9 @@ def _grammar_model(name: str) -> CompartmentModel:
     )
 
 
-def _make_nonlinear(n, central, vname, mm, forcing_cmt):
-    def g(t, x, p, forcing):
+def _make_nonlinear(n: int, central: int, vname: str, mm: bool,
+                    forcing_cmt: int | None) -> Callable[[Any, Array, Mapping[str, Any], Any], Array]:
+    def g(t: Any, x: Array, p: Mapping[str, Any], forcing: Any) -> Array:
         dx = jnp.zeros(n, dtype=x.dtype)
         if mm:
             conc = x[central] / p[vname]

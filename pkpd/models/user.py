@@ -41,13 +41,19 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from .._errors import ExpressionError, ModelSpecError
 from ..expr import compile_expression, compile_tree, parse_tree
-from ._base import CompartmentModel, Param
+from ._base import CompartmentModel, Param, Route
+
+if TYPE_CHECKING:
+    from jax import Array
+
+# fn(env, xp): a compiled expression of the names in env, evaluated with xp = numpy or jax.numpy
+_Fn = Callable[[Mapping[str, Any], Any], Any]
 
 __all__ = ["UserModel", "compile_structure", "load_user_model", "structure_from_file"]
 
@@ -71,7 +77,7 @@ class _Eq:
     rhs: str
     text: str
     where: str  # "line 12" or "equations[3]"
-    names: frozenset
+    names: frozenset[str]
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,13 +111,13 @@ class UserModel(CompartmentModel):
 
     state_units: tuple[str, ...] = ()
     dose_states: tuple[int, ...] = ()
-    output_fns: Mapping[str, Callable] = field(default_factory=dict)
+    output_fns: Mapping[str, _Fn] = field(default_factory=dict)
     output_units: Mapping[str, str] = field(default_factory=dict)
     equations: tuple[str, ...] = ()
     symbol_lines: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     linear_reason: str = ""
     source: str | None = None
-    rhs_fn: Callable | None = None  # the full right-hand side g(t, x, p) (both paths; for checks and tools)
+    rhs_fn: Callable[..., Any] | None = None  # the full right-hand side g(t, x, p) (both paths; for checks and tools)
 
     def output_names(self) -> tuple[str, ...]:
         return tuple(self.output_fns)
@@ -119,7 +125,7 @@ class UserModel(CompartmentModel):
     def output_parameters(self) -> set[str]:
         return set(self.param_names)
 
-    def outputs_from_state(self, x, p: Mapping) -> dict:
+    def outputs_from_state(self, x: Any, p: Mapping[str, Any]) -> dict[str, Any]:
         """Named outputs (``[structure] outputs``) from a state ``x`` (..., n_cmt) and parameters ``p``."""
         xp = _xp_of([x, *p.values()])
         env = dict(p)
@@ -127,11 +133,13 @@ class UserModel(CompartmentModel):
             env[s] = x[..., i]
         return {k: fn(env, xp) for k, fn in self.output_fns.items()}
 
-    def vector_field(self, t, x, p: Mapping, rate, forcing=None):
+    def vector_field(self, t: Any, x: Array, p: Mapping[str, Any], rate: Any, forcing: Any = None) -> Array:
         """``dx/dt`` at absolute time ``t`` (h) with infusion rates ``rate`` (per state, amount/h)."""
         if self.nonlinear is None:
-            return self.rate_matrix(p) @ x + rate
-        return self.nonlinear(t, x, p, forcing) + rate
+            dx: Array = self.rate_matrix(p) @ x + rate
+            return dx
+        dx = self.nonlinear(t, x, p, forcing) + rate
+        return dx
 
     def describe(self) -> str:
         lines = [f"{self.name}: {self.description or 'user-written model'}"
@@ -153,7 +161,7 @@ class UserModel(CompartmentModel):
         return "\n".join(lines)
 
 
-def _xp_of(values):
+def _xp_of(values: Any) -> Any:
     import jax
 
     if any(isinstance(v, jax.Array) for v in values):
@@ -205,7 +213,7 @@ class _Ctx:
         return f"line {line}" if line else item
 
 
-def _string_list(ctx: _Ctx, table: Mapping, key: str, required: bool) -> list:
+def _string_list(ctx: _Ctx, table: Mapping[str, Any], key: str, required: bool) -> list[Any]:
     v = table.get(key)
     if v is None:
         if required:
@@ -307,14 +315,14 @@ def compile_structure(table: Mapping[str, Any], *, name: str | None = None, wher
             doses = [doses]
         if not isinstance(doses, list):
             raise ctx.fail("`doses` must be a list of state names", "doses")
-        dose_states = []
+        chosen: list[int] = []
         for d in doses:
             if str(d) not in sidx:
                 raise ctx.fail(f"doses name {d}, which is not a state (states: {', '.join(states)}): a dose "
                                "can only go into a state that exists", f'"{d}"' if text and f'"{d}"' in text
                                else "doses")
-            dose_states.append(sidx[str(d)])
-        dose_states = tuple(sorted(set(dose_states)))
+            chosen.append(sidx[str(d)])
+        dose_states = tuple(sorted(set(chosen)))
     central_name = table.get("central")
     if central_name is not None and str(central_name) not in sidx:
         raise ctx.fail(f"central names {central_name}, which is not a state (states: {', '.join(states)})",
@@ -427,9 +435,9 @@ def compile_structure(table: Mapping[str, Any], *, name: str | None = None, wher
         raise ctx.fail("`outputs` is empty: define at least one output such as \"CP = CENTRAL/V\"", None, "outputs")
     dose_names = {f"{pre}{i + 1}" for i in range(n) for pre in ("F", "ALAG", "R", "D")}
     for nm, (w, t_) in params_used.items():
-        if nm in dose_names:
+        if nm in dose_names and (m_dose := _DOSE_PARAM.match(nm)):
             raise ModelSpecError(f"{where} [structure], {w}: equation {t_!r}: {nm} is a dosing parameter "
-                                 f"(F/ALAG/R/D of CMT {_DOSE_PARAM.match(nm).group(2)}); the engine applies it to "
+                                 f"(F/ALAG/R/D of CMT {m_dose.group(2)}); the engine applies it to "
                                  "doses, the equations cannot use it")
     if declared is not None:
         unused = [p for p in declared if p not in params_used]
@@ -473,7 +481,9 @@ def compile_structure(table: Mapping[str, Any], *, name: str | None = None, wher
     return _check_known(model, known, ctx)
 
 
-def _split_routes(ctx: _Ctx, raw, states, sidx, dose_states, defined, declared, params_used) -> dict:
+def _split_routes(ctx: _Ctx, raw: Any, states: list[str], sidx: Mapping[str, int], dose_states: tuple[int, ...],
+                  defined: Mapping[str, _Eq], declared: Mapping[str, Any] | None,
+                  params_used: dict[str, tuple[str, str]]) -> dict[int, tuple[Route, ...]]:
     """The ``[structure.split]`` table as engine routes: ``{state index: (Route, ...)}``.
 
     Each key is a dosed state; its value lists the parts a bolus dose record into that state is split into,
@@ -481,13 +491,11 @@ def _split_routes(ctx: _Ctx, raw, states, sidx, dose_states, defined, declared, 
     into STATE lasting DURATION h). FRACTION is ``1``, a parameter ``NAME`` or its complement ``1 - NAME``;
     DURATION is a parameter. Fraction and duration parameters are added to ``params_used`` (in order).
     """
-    from ._base import Route
-
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
         raise ctx.fail('`split` must be a table STATE = ["FR -> STATE1", "1 - FR -> STATE2"]', "split")
-    routes: dict[int, tuple] = {}
+    routes: dict[int, tuple[Route, ...]] = {}
     for src, parts in raw.items():
         item = f"split.{src}"
         if str(src) not in sidx:
@@ -520,7 +528,7 @@ def _split_routes(ctx: _Ctx, raw, states, sidx, dose_states, defined, declared, 
                 if nm in sidx or nm in defined or nm == TIME_SYMBOL:
                     raise ModelSpecError(f"{ctx.where} [structure], {loc}: split part {part!r}: {nm} must be a "
                                          "parameter (not a state, a defined quantity or t)")
-                if _DOSE_PARAM.match(nm) and int(_DOSE_PARAM.match(nm).group(2)) <= len(states):
+                if (m_dose := _DOSE_PARAM.match(nm)) and int(m_dose.group(2)) <= len(states):
                     raise ModelSpecError(f"{ctx.where} [structure], {loc}: split part {part!r}: {nm} is a dosing "
                                          "parameter; name a structural parameter")
                 if declared is not None and nm not in declared:
@@ -545,7 +553,7 @@ def _check_known(model: UserModel, known: set[str] | None, ctx: _Ctx) -> UserMod
     return model
 
 
-def _uses_time(e: _Eq, defined: Mapping[str, _Eq], seen=None) -> bool:
+def _uses_time(e: _Eq, defined: Mapping[str, _Eq], seen: set[str] | None = None) -> bool:
     seen = seen or set()
     if TIME_SYMBOL in e.names:
         return True
@@ -553,17 +561,17 @@ def _uses_time(e: _Eq, defined: Mapping[str, _Eq], seen=None) -> bool:
 
 
 class _Subst(ast.NodeTransformer):
-    def __init__(self, trees):
+    def __init__(self, trees: Mapping[str, ast.expr]):
         self.trees = trees
 
-    def visit_Name(self, node):
+    def visit_Name(self, node: ast.Name) -> ast.expr:
         if node.id in self.trees:
             return copy.deepcopy(self.trees[node.id])
         return node
 
 
-def _make_rhs(states, rhs_fns):
-    def g(t, x, p, forcing=None):
+def _make_rhs(states: list[str], rhs_fns: list[_Fn]) -> Callable[..., Array]:
+    def g(t: Any, x: Array, p: Mapping[str, Any], forcing: Any = None) -> Array:
         import jax.numpy as jnp
 
         env = dict(p)
@@ -580,20 +588,44 @@ def _make_rhs(states, rhs_fns):
 # symbolic linearity
 
 
-_Lin = dict  # state name (or "" for the state-free part) -> fn(env, xp)
+_Lin = dict[str, _Fn]  # state name (or "" for the state-free part) -> fn(env, xp)
 
 
-def _names(node) -> set[str]:
+def _names(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
 
 
-def _decompose(node, states: set[str]) -> _Lin | None:
+def _neg(f: _Fn) -> _Fn:
+    return lambda env, xp: xp.negative(f(env, xp))
+
+
+def _add(f: _Fn, g: _Fn) -> _Fn:
+    return lambda env, xp: xp.add(f(env, xp), g(env, xp))
+
+
+def _sub(f: _Fn, g: _Fn) -> _Fn:
+    return lambda env, xp: xp.subtract(f(env, xp), g(env, xp))
+
+
+def _mul(f: _Fn, g: _Fn) -> _Fn:
+    return lambda env, xp: xp.multiply(f(env, xp), g(env, xp))
+
+
+def _div(f: _Fn, g: _Fn) -> _Fn:
+    return lambda env, xp: xp.divide(f(env, xp), g(env, xp))
+
+
+def _recip(f: _Fn) -> _Fn:
+    return lambda env, xp: xp.divide(1.0, f(env, xp))
+
+
+def _decompose(node: ast.expr, states: set[str]) -> _Lin | None:
     """``{state: coefficient, "": state-free part}`` of a tree linear in the states, or ``None``."""
     names = _names(node)
     if TIME_SYMBOL in names:
         return None
     if not names & states:
-        if isinstance(node, ast.Constant) and float(node.value) == 0.0:
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and float(node.value) == 0.0:
             return {}
         return {"": compile_tree(node)}
     if isinstance(node, ast.Name):
@@ -602,7 +634,7 @@ def _decompose(node, states: set[str]) -> _Lin | None:
         d = _decompose(node.operand, states)
         if d is None or isinstance(node.op, ast.UAdd):
             return d
-        return {k: (lambda env, xp, f=f: xp.negative(f(env, xp))) for k, f in d.items()}
+        return {k: _neg(f) for k, f in d.items()}
     if isinstance(node, ast.BinOp):
         if isinstance(node.op, (ast.Add, ast.Sub)):
             a, b = _decompose(node.left, states), _decompose(node.right, states)
@@ -613,10 +645,9 @@ def _decompose(node, states: set[str]) -> _Lin | None:
             for k, g in b.items():
                 if k in out:
                     f = out[k]
-                    out[k] = ((lambda env, xp, f=f, g=g: xp.subtract(f(env, xp), g(env, xp))) if sub else
-                              (lambda env, xp, f=f, g=g: xp.add(f(env, xp), g(env, xp))))
+                    out[k] = _sub(f, g) if sub else _add(f, g)
                 else:
-                    out[k] = (lambda env, xp, g=g: xp.negative(g(env, xp))) if sub else g
+                    out[k] = _neg(g) if sub else g
             return out
         if isinstance(node.op, ast.Mult):
             ls, rs = _names(node.left) & states, _names(node.right) & states
@@ -630,8 +661,8 @@ def _decompose(node, states: set[str]) -> _Lin | None:
             if isinstance(lin, ast.Name):  # KA*DEPOT: the coefficient is the other factor itself
                 return {lin.id: c}
             if lin is node.left:
-                return {k: (lambda env, xp, f=f: xp.multiply(f(env, xp), c(env, xp))) for k, f in d.items()}
-            return {k: (lambda env, xp, f=f: xp.multiply(c(env, xp), f(env, xp))) for k, f in d.items()}
+                return {k: _mul(f, c) for k, f in d.items()}
+            return {k: _mul(c, f) for k, f in d.items()}
         if isinstance(node.op, ast.Div):
             if _names(node.right) & states:
                 return None
@@ -640,8 +671,8 @@ def _decompose(node, states: set[str]) -> _Lin | None:
                 return None
             c = compile_tree(node.right)
             if isinstance(node.left, ast.Name):  # STATE / V: coefficient 1/V
-                return {k: (lambda env, xp: xp.divide(1.0, c(env, xp))) for k in d}
-            return {k: (lambda env, xp, f=f: xp.divide(f(env, xp), c(env, xp))) for k, f in d.items()}
+                return {k: _recip(c) for k in d}
+            return {k: _div(f, c) for k, f in d.items()}
     return None
 
 
@@ -651,7 +682,7 @@ def _scc_blocks(n: int, edges: set[tuple[int, int]]) -> list[tuple[int, ...]]:
     succ = {i: sorted(r for (r, c) in edges if c == i and r != i) for i in range(n)}
     counter = [0]
 
-    def visit(v):
+    def visit(v: int) -> None:
         index[v] = low[v] = counter[0]
         counter[0] += 1
         stack.append(v)
@@ -678,11 +709,20 @@ def _scc_blocks(n: int, edges: set[tuple[int, int]]) -> list[tuple[int, ...]]:
     return out[::-1]
 
 
-def _linear_terms(states, rhs_trees, pnames, rhs_fns):
+_Term = tuple[int, int, Callable[[Mapping[str, Any]], Any]]  # K[row, col] += fn(p)
+
+
+def _with_xp_of_values(fn: _Fn) -> Callable[[Mapping[str, Any]], Any]:
+    """``fn(p, xp)`` as a rate-matrix term ``p -> value``, evaluated with the array module of ``p``'s values."""
+    return lambda p: fn(p, _xp_of(p.values()))
+
+
+def _linear_terms(states: list[str], rhs_trees: list[ast.expr], pnames: list[str], rhs_fns: list[_Fn]
+                  ) -> tuple[str, Sequence[_Term], Sequence[tuple[int, ...]]]:
     """``(reason, terms, blocks)``: ``reason`` is empty when the exact solver applies."""
     sset = set(states)
     sidx = {s: i for i, s in enumerate(states)}
-    terms = []
+    terms: list[_Term] = []
     for i, (s, tree) in enumerate(zip(states, rhs_trees)):
         if TIME_SYMBOL in _names(tree):
             return f"d/dt({s}) depends on time t", (), ()
@@ -692,7 +732,7 @@ def _linear_terms(states, rhs_trees, pnames, rhs_fns):
         if "" in d:
             return f"d/dt({s}) has a term without a state (a zero-order input)", (), ()
         for st, fn in d.items():
-            terms.append((i, sidx[st], (lambda p, fn=fn: fn(p, _xp_of(p.values())))))
+            terms.append((i, sidx[st], _with_xp_of_values(fn)))
     n = len(states)
     blocks = _scc_blocks(n, {(r, c) for r, c, _ in terms})
     big = [b for b in blocks if len(b) > 3]
@@ -704,8 +744,8 @@ def _linear_terms(states, rhs_trees, pnames, rhs_fns):
     for _ in range(8):
         p = {q: float(np.exp(rng.uniform(np.log(0.2), np.log(5.0)))) for q in pnames}
         K = np.zeros((n, n))
-        for r, c, fn in terms:
-            K[r, c] += float(fn(p))
+        for r, c, term in terms:
+            K[r, c] += float(term(p))
         if not np.all(np.isfinite(K)):
             continue
         for b in blocks:
@@ -726,7 +766,7 @@ def _linear_terms(states, rhs_trees, pnames, rhs_fns):
 # files
 
 
-def structure_from_file(path: str | Path) -> tuple[Mapping, str]:
+def structure_from_file(path: str | Path) -> tuple[Mapping[str, Any], str]:
     """``([structure] table, file text)`` of a TOML file, or :class:`ModelSpecError` naming the problem."""
     from .._toml import read_toml
 
@@ -737,7 +777,7 @@ def structure_from_file(path: str | Path) -> tuple[Mapping, str]:
     return content["structure"], text
 
 
-def known_parameters(content: Mapping) -> set[str] | None:
+def known_parameters(content: Mapping[str, Any]) -> set[str] | None:
     """Parameter names a file defines besides ``[structure]`` (fit: ``[parameters.*]`` and ``[derived]``;
     simulate: ``[parameters]``), or ``None`` when it defines none."""
     names: set[str] = set()

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, overload
 
 import jax.numpy as jnp
+from jax import Array
+from jax.typing import ArrayLike
 
 from .._errors import ModelSpecError
 from .analytic import newton_basis, propagators
+
+if TYPE_CHECKING:
+    from ..models._base import CompartmentModel
 
 __all__ = ["Analytic", "ODE", "Auto", "resolve_solver", "ODE_METHODS", "stiff_fallback"]
 
@@ -53,7 +60,7 @@ class ODE:
     max_steps: int = 4096
     name: str = "ode"
 
-    def diffrax_solver(self):
+    def diffrax_solver(self) -> Any:
         import diffrax
 
         table = {"auto": diffrax.Tsit5, "tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5,
@@ -71,7 +78,8 @@ class Auto:
     name: str = "auto"
 
 
-def resolve_solver(solver, model, ode_method: str | None = None):
+def resolve_solver(solver: str | Analytic | ODE | Auto, model: CompartmentModel,
+                   ode_method: str | None = None) -> Analytic | ODE:
     """Turn ``"auto" | "analytic" | "ode" | Analytic() | ODE() | Auto()`` into a concrete solver.
 
     ``ode_method`` (one of :data:`ODE_METHODS`), if given, replaces the method of the ODE solver chosen
@@ -84,7 +92,7 @@ def resolve_solver(solver, model, ode_method: str | None = None):
         if ode_method not in ODE_METHODS:
             raise ModelSpecError(f"unknown ODE method {ode_method!r}; choose one of {', '.join(ODE_METHODS)}")
     if isinstance(solver, str):
-        table = {"auto": Auto(), "analytic": Analytic(), "ode": ODE()}
+        table: dict[str, Analytic | ODE | Auto] = {"auto": Auto(), "analytic": Analytic(), "ode": ODE()}
         if solver.lower() not in table:
             raise ModelSpecError(f"unknown solver {solver!r}; choose auto, analytic or ode")
         solver = table[solver.lower()]
@@ -108,7 +116,7 @@ def resolve_solver(solver, model, ode_method: str | None = None):
     return solver
 
 
-def stiff_fallback(solver) -> ODE | None:
+def stiff_fallback(solver: Analytic | ODE) -> ODE | None:
     """The stiff solver that re-solves subjects where ``solver`` failed, or ``None`` (no retry).
 
     * from the exact solver (chosen by ``auto``): Kvaerno5 with ``rtol=1e-12``, ``atol=1e-20`` mg, which
@@ -129,26 +137,40 @@ def stiff_fallback(solver) -> ODE | None:
 # Propagation primitives. An "op" is what a solver needs from one parameter set.
 
 
-def analytic_op(model, p):
+def analytic_op(model: CompartmentModel, p: Mapping[str, ArrayLike]) -> dict[str, Array]:
     """(K, sorted eigenvalues, Newton basis) for one parameter set ``p``."""
     K = model.rate_matrix(p)
     lam = jnp.sort(model.eigenvalues(K))[::-1]
     return {"K": K, "lam": lam, "P": newton_basis(K, lam)}
 
 
-def analytic_phi(op, dt):
+def analytic_phi(op: Mapping[str, Array], dt: ArrayLike) -> Array:
     """Transition matrix ``exp(K dt)``."""
     f, _ = propagators(op["lam"], dt, with_input=False)
     return jnp.einsum("j,jab->ab", f, op["P"])
 
 
-def analytic_step(op, x, r, dt):
+def analytic_step(op: Mapping[str, Array], x: ArrayLike, r: ArrayLike, dt: ArrayLike) -> Array:
     """``x(dt)`` from ``x(0)`` with constant input rates ``r`` over ``[0, dt]``."""
     f, g = propagators(op["lam"], dt)
     return jnp.einsum("j,jab,b->a", f, op["P"], x) + jnp.einsum("j,jab,b->a", g, op["P"], r)
 
 
-def ode_step(model, solver: ODE, p, x, r, t0, dt, forcing, throw=True, ts=None):
+@overload
+def ode_step(model: CompartmentModel, solver: ODE, p: Mapping[str, ArrayLike], x: Array, r: ArrayLike,
+             t0: Array | float, dt: Array | float, forcing: Any, throw: bool = True, ts: None = None
+             ) -> tuple[Array, Array]: ...
+
+
+@overload
+def ode_step(model: CompartmentModel, solver: ODE, p: Mapping[str, ArrayLike], x: Array, r: ArrayLike,
+             t0: Array | float, dt: Array | float, forcing: Any, throw: bool = True, *, ts: Array
+             ) -> tuple[Array, Array, Array]: ...
+
+
+def ode_step(model: CompartmentModel, solver: ODE, p: Mapping[str, ArrayLike], x: Array, r: ArrayLike,
+             t0: Array | float, dt: Array | float, forcing: Any, throw: bool = True,
+             ts: Array | None = None) -> tuple[Array, Array] | tuple[Array, Array, Array]:
     """Integrate ``model`` from absolute time ``t0`` over ``dt`` with rates ``r`` using diffrax.
 
     Returns the state at ``t0 + dt`` and a success flag; with ``ts`` (times within the interval) also the
@@ -156,7 +178,7 @@ def ode_step(model, solver: ODE, p, x, r, t0, dt, forcing, throw=True, ts=None):
     """
     import diffrax
 
-    def vf(t, y, args):
+    def vf(t: Any, y: Any, args: Any) -> Array:
         return model.vector_field(t, y, p, r, forcing)
 
     # Zero-length steps (coincident events) return the state unchanged; the solve over a tiny interval

@@ -25,8 +25,12 @@ Higham NJ. Functions of Matrices. SIAM 2008, section 10.
 
 from __future__ import annotations
 
+from typing import cast
+
 import jax
 import jax.numpy as jnp
+from jax import Array
+from jax.typing import ArrayLike
 
 __all__ = ["newton_basis", "divided_differences", "propagators"]
 
@@ -37,7 +41,7 @@ _TAU = 0.25
 _L = 14
 
 
-def newton_basis(K, lam_sorted):
+def newton_basis(K: Array, lam_sorted: Array) -> Array:
     """Stack ``P_j = prod_{i<j}(K - lam_i I)``, shape (n, n, n), for eigenvalues sorted decreasingly."""
     n = K.shape[-1]
     eye = jnp.eye(n, dtype=K.dtype)
@@ -47,7 +51,7 @@ def newton_basis(K, lam_sorted):
     return jnp.stack(P)
 
 
-def divided_differences(points, t):
+def divided_differences(points: Array, t: ArrayLike) -> dict[tuple[int, int], Array]:
     """Table ``T[i][j] = E[points_i..points_j]`` of ``z -> exp(z t)`` for a short sequence of points.
 
     ``points`` has shape (m,) (sorted decreasingly); ``t`` is a scalar or array (broadcast). Returns
@@ -68,7 +72,7 @@ def divided_differences(points, t):
     for q in range(1, m + _L):
         tp.append(tp[-1] * t / q)
     T = {(i, i): e[i] for i in range(m)}
-    H: dict = {}  # anchor i -> [h_0 .. h_L] of its cluster so far (absent: the anchor alone)
+    H: dict[int, list[Array]] = {}  # anchor i -> [h_0 .. h_L] of its cluster so far (absent: the anchor alone)
     # the cluster extents only choose a branch: no derivative flows through them
     ps = [jax.lax.stop_gradient(pi) for pi in p]
     lo, hi = dict(enumerate(ps)), dict(enumerate(ps))
@@ -97,7 +101,7 @@ def divided_differences(points, t):
                 for q in range(1, _L + 1):
                     newH.append(H[i][q] + ys * newH[q - 1])
                 H[i] = newH
-                series = sum(tp[k + q] * newH[q] for q in range(_L + 1))
+                series = cast(Array, sum(tp[k + q] * newH[q] for q in range(_L + 1)))
             taylor = e[i] * series
             denom = jnp.where(cluster, 1.0, y)
             rec = (T[(i + 1, j)] - T[(i, j - 1)]) / denom
@@ -105,7 +109,7 @@ def divided_differences(points, t):
     return T
 
 
-def propagators(lam_sorted, t, with_input: bool = True):
+def propagators(lam_sorted: Array, t: ArrayLike, with_input: bool = True) -> tuple[Array, Array | None]:
     """Newton coefficients for one step ``t``: ``f[..., j] = E[lam_0..lam_j]`` and
     ``g[..., j] = E[0, lam_0..lam_j]`` (the latter only if ``with_input``)."""
     n = lam_sorted.shape[-1]
