@@ -83,4 +83,16 @@ from .solvers import ODE as ODE
 from .solvers import Analytic as Analytic
 from .solvers import Auto as Auto
 
-__version__ = "0.1.0"
+
+def _package_version() -> str:
+    """The installed distribution's version (``pyproject.toml``); ``0+unknown`` when run from a source tree that
+    was never installed (``pip install -e .`` records it)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("pkpd-spine")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _package_version()

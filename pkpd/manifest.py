@@ -12,6 +12,8 @@ Layout of ``run.json``::
      "arguments": {"method": "laplace", ...},  # every option as given (paths as strings, enums by value)
      "inputs": {"data": {"path": "/abs/DATA.csv", "sha256": "..." , "bytes": 1234}, ...},
      "outputs": ["parameters.csv", ...],       # files written, relative to the manifest's directory
+     "version": "0.1.0",                       # pkpd.__version__ (the installed distribution's)
+     "commit": "1a2b3c4-dirty",                # git checkout of the package (see git_commit), or null
      "versions": {"python": "3.11.2", "pkpd": "0.1.0", "jax": "...", ...},
      "platform": "Linux-...-x86_64",
      "created_utc": "2026-11-25T10:00:00Z"}
@@ -29,7 +31,9 @@ import datetime as _dt
 import enum
 import hashlib
 import json
+import os
 import platform
+import subprocess
 import sys
 from collections.abc import Iterable, Mapping
 from importlib import metadata
@@ -38,8 +42,8 @@ from typing import Any
 
 from ._errors import PKPDError
 
-__all__ = ["MANIFEST_NAME", "PACKAGES", "file_sha256", "manifest_path", "package_versions", "read_manifest",
-           "write_manifest"]
+__all__ = ["MANIFEST_NAME", "PACKAGES", "file_sha256", "git_commit", "manifest_path", "package_versions",
+           "read_manifest", "write_manifest"]
 
 #: File name of the manifest inside a run directory.
 MANIFEST_NAME = "run.json"
@@ -69,6 +73,32 @@ def package_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def git_commit(root: str | Path | None = None) -> str | None:
+    """The git commit the package runs from: its short hash, with ``-dirty`` appended when tracked files differ
+    from it (untracked files do not count); ``None`` when ``root`` is not the top of a git checkout (an installed
+    wheel) or git is not available.
+
+    ``root`` defaults to the directory holding the ``pkpd`` package (the repository root for a checkout or an
+    editable install). Git runs without taking the index lock, so a concurrent git command is not disturbed.
+    """
+    top = Path(root) if root is not None else Path(__file__).resolve().parent.parent
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(top), *args], capture_output=True, text=True, check=True,
+                              timeout=10, env=env).stdout.strip()
+
+    try:
+        # a directory inside some other checkout (a virtual environment in a project) is not a checkout of pkpd
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != top.resolve():
+            return None
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
 
 
 def manifest_path(output_file: str | Path) -> Path:
@@ -132,13 +162,16 @@ def write_manifest(path: str | Path, command: str, arguments: Mapping[str, Any],
             outs.append(str(q.relative_to(base)))
         except ValueError:
             outs.append(str(q))
+    versions = package_versions()
     doc = {
         "manifest": _VERSION,
         "command": str(command),
         "arguments": _jsonable(dict(arguments)),
         "inputs": files,
         "outputs": outs,
-        "versions": package_versions(),
+        "version": versions["pkpd"],
+        "commit": git_commit(),
+        "versions": versions,
         "platform": platform.platform(),
         "argv": list(sys.argv),
         "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
