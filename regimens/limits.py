@@ -27,15 +27,33 @@ Coverage (say which drugs have limits and where they come from):
   acetaminophen, ketorolac, gabapentin and pregabalin entries above. 'Not recommended' is read as a hard
   exclusion (the stricter reading), and where two readings of a rule differ (CPIC's 25-50 %, which 'lowest
   dose') the stricter is applied and the note says which.
-* **No limits:** hydromorphone, morphine, fentanyl, remifentanil (opioids without a ceiling dose; IV
-  titration; their labels' renal and hepatic advice is a lower *starting* dose, which the rescue rules do not
-  encode yet), ketamine and S-ketamine (no label maximum for analgesic low doses), ropivacaine and plain
-  bupivacaine in hepatic impairment (labels: caution, no number; ropivacaine's commonly cited maxima are not
-  in models.md).
+* **Opioids' reduced starting doses in renal and hepatic impairment** (:data:`START_FRACTIONS`, general
+  knowledge, ``unverified=True``: the labels are not in models.md; :func:`rescue_fraction`): the fraction of
+  the usual starting dose at which the labels say to start, applied to every as-needed (PRN) and PCA dose of
+  that opioid for the patient (:mod:`regimens.adapt` for the comparators, the optimizer's rescue policies) and
+  checked by :func:`check_regimen` (rule ``"starting_dose"``). Hydromorphone (DILAUDID oral and injection PI,
+  sections 2, 8.6, 8.7): 50 % in moderate renal impairment (CrCL 30 to < 60 mL/min), 25 % in severe (CrCL
+  < 30); hepatic 'one-fourth to one-half ... depending on the extent' read strictly: 25 % in moderate or severe
+  (HEPATIC >= 2), 50 % in mild (HEPATIC 1). Oxycodone IR (ROXICODONE PI section 2): hepatic impairment
+  '1/3 to 1/2 the usual starting dosage' read strictly as 1/3 (any degree); renal impairment (CrCL < 60) 'a
+  conservative approach to dose initiation': no number, a note only. Morphine, fentanyl, remifentanil: no
+  number in the labels, notes only (doses unchanged). Where a renal and a hepatic fraction both apply the
+  smaller (stricter) is used and the text says which. The CrCL thresholds of 'moderate' and 'severe' are this
+  toolkit's choice (as for celecoxib and ketorolac), the hepatic categories those of the ``HEPATIC``
+  covariate. The checker's reading: a PRN dose, PCA demand or loading dose above the fraction times the upper
+  end of the label's usual adult starting dose by that route (:data:`USUAL_STARTS`: hydromorphone IV 0.2-1 mg
+  q2-3h -> 1 mg, PO 2-4 mg -> 4 mg; oxycodone IR 5-15 mg q4-6h -> 15 mg) is a finding; the doses actually
+  given are stricter: the fraction times the dose as written (e.g. C1's hydromorphone 0.5 mg -> 0.125 mg at
+  25 %), never above that cap (:meth:`RescueFraction.scale`).
+* **No limits:** hydromorphone, morphine, fentanyl, remifentanil have no ceiling dose (IV titration; their
+  renal/hepatic advice is the starting-dose fraction above), ketamine and S-ketamine (no label maximum for
+  analgesic low doses), ropivacaine and plain bupivacaine in hepatic impairment (labels: caution, no number;
+  ropivacaine's commonly cited maxima are not in models.md).
 
 :func:`check_regimen` evaluates the **worst case**: scheduled doses, plus every PRN rule firing at its
 minimum interval (the largest dose active at each time, honouring ``max_per_24h``), plus PCA at its hourly
-maximum (or ``60 / lockout`` demands per hour without a cap) on top of basal and loading doses.
+maximum (or ``60 / lockout`` demands per hour without a cap) on top of basal and loading doses; the
+starting-dose fractions on every PRN rule's dose and every PCA's demand and loading dose.
 """
 
 from __future__ import annotations
@@ -51,8 +69,9 @@ from pkpd.drugs import Source
 from ._condition import Condition, RegimenError, format_number
 from ._model import ROUTE_DISPLAY, Regimen
 
-__all__ = ["LIMITS", "DoseCaps", "Finding", "LabelLimit", "check_regimen", "dose_caps", "format_findings",
-           "limits_for"]
+__all__ = ["LIMITS", "START_FRACTIONS", "USUAL_STARTS", "DoseCaps", "Finding", "LabelLimit", "RescueFraction",
+           "StartFraction", "UsualStart", "check_regimen", "dose_caps", "format_findings", "fraction_text",
+           "limits_for", "rescue_fraction"]
 
 _QUANTITIES = ("max_single_mg", "max_single_mg_per_kg", "max_daily_mg", "max_daily_mg_per_kg", "min_interval_h",
                "max_duration_h", "max_total_mg", "exclusive_window_h")
@@ -162,7 +181,9 @@ class Finding:
         Library drug name.
     rule
         ``"max_single_dose"``, ``"max_daily_dose"``, ``"min_interval"``, ``"max_duration"``,
-        ``"max_total_dose"``, ``"contraindicated"``, ``"exclusive_window"``, ``"cpic"`` or ``"unchecked"``.
+        ``"max_total_dose"``, ``"contraindicated"``, ``"exclusive_window"``, ``"cpic"``, ``"starting_dose"`` (an
+        as-needed or PCA opioid dose above the patient's renal/hepatic fraction of the label's usual starting
+        dose, :func:`rescue_fraction`) or ``"unchecked"``.
     message
         What is wrong, with the numbers, the population and the source.
     source
@@ -353,6 +374,331 @@ def limits_for(drug: str) -> tuple[LabelLimit, ...]:
 
     name = get_drug(drug).name
     return tuple(lim for lim in LIMITS if lim.drug == name)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reduced starting doses of opioids in renal and hepatic impairment (as-needed and PCA doses)
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UsualStart:
+    """The label's usual adult starting dose of an opioid by one route (opioid-naive adults): the reference
+    of a :class:`StartFraction` in :func:`check_regimen` (``high_mg``, the upper end of the label's range).
+
+    Attributes
+    ----------
+    drug, route
+        Library drug name and route label.
+    low_mg, high_mg
+        The label's range of the starting dose, mg per dose.
+    every
+        Its dosing interval, in words (``"q2-3h"``).
+    source
+        Where it comes from (with the label's wording).
+    unverified
+        ``True``: general knowledge, not checked against a shipped copy of the label.
+    """
+
+    drug: str
+    route: str
+    low_mg: float
+    high_mg: float
+    every: str
+    source: Source
+    unverified: bool = True
+
+    @property
+    def is_unverified(self) -> bool:
+        return bool(self.unverified or self.source.unverified)
+
+    def describe(self) -> str:
+        """``"0.2-1 mg IV q2-3h"``."""
+        return (f"{format_number(self.low_mg)}-{format_number(self.high_mg)} mg "
+                f"{ROUTE_DISPLAY.get(self.route, self.route)} {self.every}")
+
+
+@dataclass(frozen=True)
+class StartFraction:
+    """A label's advice to start an opioid at a fraction of the usual starting dose in renal or hepatic
+    impairment, applied to every as-needed (PRN) and PCA dose of that opioid for the patient.
+
+    Attributes
+    ----------
+    drug
+        Library drug name.
+    kind
+        ``"renal"`` or ``"hepatic"``: where a renal and a hepatic fraction both apply, the smaller is used.
+    population
+        Who it applies to, in words.
+    source
+        The label, with its wording.
+    route
+        Route label it applies to; ``None``: every route.
+    when
+        Covariate condition (``"CRCL < 30"``, ``"HEPATIC >= 2"``).
+    fraction
+        Fraction of the usual starting dose (and of the regimen's as-needed dose); ``None``: the label gives
+        no number (the advice is a note only and changes no dose).
+    unverified
+        ``True`` where the value or its threshold is general knowledge or this toolkit's choice.
+    note
+        Which reading of the wording was chosen (the stricter), and the thresholds chosen.
+    label
+        Short name of the label and section (``"DILAUDID PI 8.7"``) for one-line summaries.
+    """
+
+    drug: str
+    kind: str
+    population: str
+    source: Source
+    route: str | None = None
+    when: str | None = None
+    fraction: float | None = None
+    unverified: bool = False
+    note: str = ""
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("renal", "hepatic"):
+            raise ValueError(f"StartFraction.kind must be 'renal' or 'hepatic', got {self.kind!r}")
+        if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"StartFraction.fraction must be in (0, 1], got {self.fraction!r}")
+        if self.when is not None:
+            object.__setattr__(self, "when", Condition.parse(self.when).text)
+
+    @property
+    def is_unverified(self) -> bool:
+        return bool(self.unverified or self.source.unverified)
+
+    def condition(self) -> Condition | None:
+        return None if self.when is None else Condition.parse(self.when)
+
+    def cite(self) -> str:
+        detail = f": {self.source.detail}" if self.source.unverified and self.source.detail else ""
+        return self.source.citation + detail + ("; UNVERIFIED" if self.is_unverified else "")
+
+
+def fraction_text(f: float) -> str:
+    """``"25 %"``, ``"50 %"``, ``"1/3"``: a fraction as the labels write it."""
+    for k in (3, 6):
+        if abs(f * k - round(f * k)) < 1e-12 and round(f * k) == 1:
+            return f"1/{k}"
+    return f"{100 * f:g} %"
+
+
+_DIL_SRC = "DILAUDID (hydromorphone HCl) oral solution/tablets and injection prescribing information"
+_DIL_RENAL = _gk(f"{_DIL_SRC}, sections 2 and 8.7 (renal impairment): start at one-fourth to one-half of the usual "
+                 "starting dose depending on the degree of impairment: 50 % in moderate and 25 % in severe renal "
+                 "impairment")
+_DIL_HEP = _gk(f"{_DIL_SRC}, sections 2 and 8.6 (hepatic impairment): 'start with one-fourth to one-half the usual "
+               "starting dose depending on the extent of impairment'")
+_DIL_IV = _gk(f"{_DIL_SRC}, section 2 (injection, opioid-naive adults): initial dose 0.2 mg to 1 mg IV every 2 to "
+              "3 hours as necessary")
+_DIL_PO = _gk(f"{_DIL_SRC}, section 2 (oral, opioid-naive adults): 2 mg to 4 mg every 4 to 6 hours")
+_ROXI_SRC = "ROXICODONE (oxycodone HCl immediate-release) prescribing information"
+_ROXI_HEP = _gk(f"{_ROXI_SRC}, section 2 (patients with hepatic impairment): 'initiate therapy at 1/3 to 1/2 the "
+                "usual starting dosage followed by careful dose titration'")
+_ROXI_RENAL = _gk(f"{_ROXI_SRC}, section 2 (patients with renal impairment, creatinine clearance < 60 mL/min): "
+                  "'follow a conservative approach to dose initiation' (no number)")
+_ROXI_PO = _gk(f"{_ROXI_SRC}, section 2 (opioid-naive adults): 5 to 15 mg every 4 to 6 hours as needed")
+_MOR_SRC = _gk("morphine sulfate oral and injection labels (renal and hepatic impairment): start with a lower dose "
+               "and titrate slowly (no number)")
+_FEN_SRC = _gk("fentanyl citrate injection label (renal and hepatic impairment): reduce the dose and titrate with "
+               "care (no number)")
+_REMI_SRC = _gk("ULTIVA (remifentanil) label (renal and hepatic impairment): no dose adjustment is given (no "
+                "number; esterase metabolism)")
+_THRESH_RENAL = ("the CrCL thresholds of 'moderate' (30 to < 60 mL/min) and 'severe' (< 30 mL/min) renal impairment "
+                 "are this toolkit's choice (as for celecoxib and ketorolac), UNVERIFIED")
+_THRESH_HEP = "hepatic categories as in the HEPATIC covariate (1 mild, 2 moderate, 3 severe; Child-Pugh A/B/C)"
+
+#: Usual adult starting doses of the opioids with a :class:`StartFraction` (check_regimen's reference).
+USUAL_STARTS: tuple[UsualStart, ...] = (
+    UsualStart("hydromorphone", "iv", 0.2, 1.0, "q2-3h", _DIL_IV),
+    UsualStart("hydromorphone", "po", 2.0, 4.0, "q4-6h", _DIL_PO),
+    UsualStart("oxycodone", "po", 5.0, 15.0, "q4-6h", _ROXI_PO),
+)
+
+#: The opioid labels' renal and hepatic starting-dose advice (see the module docstring). Every entry is
+#: general knowledge (UNVERIFIED): the labels are not in models.md.
+START_FRACTIONS: tuple[StartFraction, ...] = (
+    # ---- hydromorphone (DILAUDID): every route ----
+    StartFraction("hydromorphone", "renal", "moderate renal impairment (CrCL 30 to < 60 mL/min)", _DIL_RENAL,
+                  when="CRCL < 60", fraction=0.5, unverified=True, note=_THRESH_RENAL, label="DILAUDID PI 2, 8.7"),
+    StartFraction("hydromorphone", "renal", "severe renal impairment (CrCL < 30 mL/min)", _DIL_RENAL,
+                  when="CRCL < 30", fraction=0.25, unverified=True, note=_THRESH_RENAL, label="DILAUDID PI 2, 8.7"),
+    StartFraction("hydromorphone", "hepatic", "mild hepatic impairment (Child-Pugh A)", _DIL_HEP, when="HEPATIC >= 1",
+                  fraction=0.5, unverified=True,
+                  note="'one-fourth to one-half ... depending on the extent': the upper end (50 %) for the mildest "
+                       "degree, read as applying to any hepatic impairment (the stricter reading; the label's data "
+                       "are for moderate impairment); " + _THRESH_HEP, label="DILAUDID PI 2, 8.6"),
+    StartFraction("hydromorphone", "hepatic", "moderate or severe hepatic impairment (Child-Pugh B/C)", _DIL_HEP,
+                  when="HEPATIC >= 2", fraction=0.25, unverified=True,
+                  note="'one-fourth to one-half ... depending on the extent': the lower end (25 %, the stricter "
+                       "reading) for moderate and severe impairment; " + _THRESH_HEP, label="DILAUDID PI 2, 8.6"),
+    # ---- oxycodone IR (ROXICODONE) ----
+    StartFraction("oxycodone", "hepatic", "hepatic impairment", _ROXI_HEP, route="po", when="HEPATIC >= 1",
+                  fraction=1.0 / 3.0, unverified=True,
+                  note="'1/3 to 1/2 the usual starting dosage': the lower end, 1/3 (the stricter reading), for any "
+                       "degree (the label gives none); " + _THRESH_HEP, label="ROXICODONE PI 2"),
+    StartFraction("oxycodone", "renal", "renal impairment (CrCL < 60 mL/min)", _ROXI_RENAL, route="po",
+                  when="CRCL < 60", unverified=True,
+                  note="no number: a note only (doses unchanged); the conservative start is left to the prescriber",
+                  label="ROXICODONE PI 2"),
+    # ---- no number in the labels: notes only ----
+    StartFraction("morphine", "renal", "renal impairment (CrCL < 60 mL/min)", _MOR_SRC, when="CRCL < 60",
+                  unverified=True, note="no number: a note only (doses unchanged); " + _THRESH_RENAL),
+    StartFraction("morphine", "hepatic", "hepatic impairment", _MOR_SRC, when="HEPATIC >= 1", unverified=True,
+                  note="no number: a note only (doses unchanged)"),
+    StartFraction("fentanyl", "renal", "renal impairment (CrCL < 60 mL/min)", _FEN_SRC, when="CRCL < 60",
+                  unverified=True, note="no number: a note only (doses unchanged); " + _THRESH_RENAL),
+    StartFraction("fentanyl", "hepatic", "hepatic impairment", _FEN_SRC, when="HEPATIC >= 1", unverified=True,
+                  note="no number: a note only (doses unchanged)"),
+    StartFraction("remifentanil", "renal", "renal impairment (CrCL < 60 mL/min)", _REMI_SRC, when="CRCL < 60",
+                  unverified=True, note="no number: a note only (doses unchanged)"),
+    StartFraction("remifentanil", "hepatic", "hepatic impairment", _REMI_SRC, when="HEPATIC >= 1", unverified=True,
+                  note="no number: a note only (doses unchanged)"),
+)
+
+
+def _floor_ug(x: float) -> float:
+    """``x`` mg rounded down to a whole microgram (never above ``x``; exact products such as 0.125 kept)."""
+    return math.floor(float(x) * 1000.0 * (1.0 + 1e-12)) / 1000.0
+
+
+@dataclass(frozen=True)
+class RescueFraction:
+    """The as-needed / PCA dose fraction of one opioid by one route for one patient (:func:`rescue_fraction`).
+
+    Attributes
+    ----------
+    drug, route
+        Library drug name and route label.
+    fraction
+        The fraction applied (1.0: none): the smallest of the renal and the hepatic fraction that apply.
+    rule
+        The :class:`StartFraction` that sets ``fraction`` (``None`` when none applies).
+    others
+        The other numeric fractions that apply to the patient (less strict or equal), one per kind.
+    start
+        The label's usual adult starting dose by this route (``None`` where none is encoded).
+    notes
+        Advice without a number that applies to the patient (doses unchanged).
+    unchecked
+        Rules that could not be evaluated (a covariate missing).
+    """
+
+    drug: str
+    route: str
+    fraction: float = 1.0
+    rule: StartFraction | None = None
+    others: tuple[StartFraction, ...] = ()
+    start: UsualStart | None = None
+    notes: tuple[str, ...] = ()
+    unchecked: tuple[str, ...] = ()
+
+    @property
+    def applies(self) -> bool:
+        """A fraction below 1 applies to this patient."""
+        return self.rule is not None and self.fraction < 1.0
+
+    @property
+    def cap_mg(self) -> float:
+        """Largest as-needed / PCA dose :func:`check_regimen` accepts: the fraction times the upper end of the
+        label's usual adult starting dose (``math.inf`` when no fraction applies or no starting dose is
+        encoded for the route)."""
+        if not self.applies or self.start is None:
+            return math.inf
+        return self.fraction * self.start.high_mg
+
+    def scale(self, dose_mg: float) -> float:
+        """The dose given to this patient for a dose of ``dose_mg`` as written: the fraction times the dose as
+        written, never above :attr:`cap_mg`, rounded down to a whole microgram; ``dose_mg`` unchanged when no
+        fraction applies."""
+        if not self.applies:
+            return float(dose_mg)
+        return _floor_ug(min(self.fraction * float(dose_mg), self.cap_mg))
+
+    def short(self) -> str:
+        """One line: ``"25 % (severe renal impairment (CrCL < 30 mL/min), DILAUDID PI 2, 8.7; UNVERIFIED)"``."""
+        if not self.applies:
+            return ""
+        r = self.rule
+        assert r is not None
+        flag = "; UNVERIFIED" if r.is_unverified else ""
+        return f"{fraction_text(self.fraction)} ({r.population}, {r.label or r.source.citation}{flag})"
+
+    def describe(self) -> str:
+        """What applies and why, e.g. ``"25 % of the dose as written (... severe renal impairment ...)"``."""
+        if not self.applies:
+            return ""
+        r = self.rule
+        assert r is not None
+        route = ROUTE_DISPLAY.get(self.route, self.route)
+        text = (f"{self.drug} {route} as-needed/PCA doses at {fraction_text(self.fraction)} of the dose as written "
+                f"({r.kind} rule: {r.population}; {r.cite()})")
+        if self.start is not None:
+            text += (f", at most {fraction_text(self.fraction)} x {format_number(self.start.high_mg)} mg = "
+                     f"{_d(self.cap_mg)} mg per dose (usual adult starting dose {self.start.describe()})")
+        for o in self.others:
+            f = fraction_text(o.fraction or 1.0)
+            if abs((o.fraction or 1.0) - self.fraction) < 1e-12:
+                text += f"; the {o.kind} rule ({o.population}) gives the same {f}"
+            else:
+                text += f"; stricter than the {o.kind} rule ({o.population}: {f}), which is not applied"
+        return text
+
+
+def rescue_fraction(drug: str, route: str, covariates: Mapping[str, Any], *,
+                    include_unverified: bool = True) -> RescueFraction:
+    """The fraction of the as-needed (PRN) and PCA doses of ``drug`` by ``route`` for one patient.
+
+    The labels' renal and hepatic starting-dose advice (:data:`START_FRACTIONS`): per kind (renal, hepatic)
+    the smallest fraction whose condition holds, then the smaller of the two (the stricter; :attr:`others`
+    keeps the one not used). Advice without a number comes back in ``notes``; a rule whose condition needs a
+    missing covariate in ``unchecked``.
+
+    Parameters
+    ----------
+    drug, route
+        Library drug name (or alias) and route label.
+    covariates
+        The patient's covariates (``CRCL`` mL/min, ``HEPATIC`` 0-3).
+    include_unverified
+        Also apply rules flagged UNVERIFIED (every rule is, at present).
+    """
+    from pkpd.drugs import get_drug
+
+    name = get_drug(drug).name
+    best: dict[str, StartFraction] = {}
+    notes: list[str] = []
+    unchecked: list[str] = []
+    for r in START_FRACTIONS:
+        if r.drug != name or (r.route is not None and r.route != route):
+            continue
+        if r.is_unverified and not include_unverified:
+            continue
+        cond = r.condition()
+        if cond is not None:
+            missing = cond.missing(covariates)
+            if missing:
+                unchecked.append(f"{name}: the {r.kind} starting-dose advice for {r.population} could not be checked: "
+                                 f"covariate{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing ({r.cite()})")
+                continue
+            if not cond.evaluate(covariates):
+                continue
+        if r.fraction is None:
+            notes.append(f"{name} {ROUTE_DISPLAY.get(route, route)}: {r.population}: {r.cite()}; {r.note}")
+        elif r.kind not in best or r.fraction < (best[r.kind].fraction or 1.0):
+            best[r.kind] = r
+    start = next((s for s in USUAL_STARTS if s.drug == name and s.route == route
+                  and (include_unverified or not s.is_unverified)), None)
+    if not best:
+        return RescueFraction(name, route, 1.0, None, (), start, tuple(notes), tuple(unchecked))
+    rule = min(best.values(), key=lambda r: (r.fraction, r.kind != "renal"))
+    others = tuple(r for r in best.values() if r is not rule)
+    return RescueFraction(name, route, float(rule.fraction or 1.0), rule, others, start, tuple(notes),
+                          tuple(unchecked))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -653,6 +999,9 @@ def check_regimen(regimen: Regimen, covariates: Mapping[str, Any], phenotypes: M
             _check_duration(drug, scoped, tightest(("max_duration_h",), route), iv, cov, phen, add)
             _check_total(drug, scoped, tightest(("max_total_mg",), route), cov, phen, add)
 
+        # opioids: the labels' reduced starting dose in renal / hepatic impairment, on as-needed and PCA doses
+        _check_start_fraction(regimen, drug, cov, include_unverified, add)
+
         # CPIC
         for gene, p in phen.items():
             rec = cpic_recommendation(drug, p)
@@ -914,6 +1263,49 @@ def _check_total(drug: str, doses: list[_Dose], best: Any, cov: Any, phen: Any, 
         add("warning", drug, "max_total_dose",
             f"{_labels(doses)} gives {format_number(round(total, 6))} mg in total{_worst_note(doses)}; "
             f"{_the(lim, 'maximum', cov, phen)} is {format_number(lim_v)} mg per course ({_cite(lim)})", lim)
+
+
+def _check_start_fraction(regimen: Regimen, drug: str, cov: Mapping[str, Any], include_unverified: bool,
+                          add: Any) -> None:
+    """A PRN dose, PCA demand or PCA loading dose of ``drug`` above the patient's :func:`rescue_fraction` times
+    the upper end of the label's usual adult starting dose by that route (:attr:`RescueFraction.cap_mg`)."""
+    from pkpd.drugs import get_drug
+
+    by_route: dict[str, dict[str, float]] = {}
+    for r in regimen.prn:
+        if get_drug(r.drug).name == drug:
+            d = by_route.setdefault(r.route, {})
+            d[r.short()] = max(d.get(r.short(), 0.0), float(r.dose_mg))
+    for p in regimen.pca:
+        if get_drug(p.drug).name == drug:
+            d = by_route.setdefault(p.route, {})
+            d[p.short()] = max(d.get(p.short(), 0.0), float(p.demand_mg), float(p.loading_mg))
+    for route in sorted(by_route):
+        rf = rescue_fraction(drug, route, cov, include_unverified=include_unverified)
+        for msg in rf.unchecked:
+            add("warning", drug, "unchecked", msg, None, msg, True)
+        if not rf.applies:
+            continue
+        rule = rf.rule
+        assert rule is not None
+        if rf.start is None:
+            msg = (f"{drug}: as-needed/PCA doses {ROUTE_DISPLAY.get(route, route)} for {rule.population} should be "
+                   f"{fraction_text(rf.fraction)} of the usual starting dose ({rule.cite()}), but no usual starting "
+                   "dose by this route is encoded: not checked")
+            add("warning", drug, "unchecked", msg, None, str(rule.source), True)
+            continue
+        cond = rule.condition()
+        parts = [_AGE_WORDS.get(c.column, f"with {c.column} = {{v}}").format(v=_d(float(cov[c.column])))
+                 for c in (cond.satisfied(cov) if cond is not None else ())]
+        who = "a patient " + " and ".join(parts) if parts else rule.population
+        for label, x in by_route[route].items():
+            if x > rf.cap_mg + 1e-9:
+                add("warning", drug, "starting_dose",
+                    f"{label}: as-needed/PCA doses of {_d(x)} mg; for {who} ({rule.population}) the label's "
+                    f"starting dose is {fraction_text(rf.fraction)} of the usual adult starting dose "
+                    f"({rf.start.describe()}): at most {_d(rf.cap_mg)} mg per dose ({rule.cite()}; usual "
+                    f"starting dose: {rf.start.source.detail or rf.start.source.citation})",
+                    None, f"{rule.source}; {rf.start.source}", True)
 
 
 def format_findings(findings: list[Finding]) -> str:

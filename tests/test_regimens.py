@@ -474,6 +474,40 @@ def test_adversarial_patient_on_c1():
     assert ("ketorolac", "contraindicated") not in _rules(only_verified)
 
 
+def test_opioid_as_needed_dose_fractions_in_renal_and_hepatic_impairment():
+    """The labels' reduced starting doses, written out here: DILAUDID hydromorphone 25 % at CrCL < 30 mL/min or
+    moderate/severe hepatic impairment, 50 % at CrCL 30 to < 60 or mild hepatic impairment (the stricter where
+    both apply); ROXICODONE oxycodone IR 1/3 in hepatic impairment, no number in renal impairment; morphine no
+    number. The checker's cap: the fraction x the upper end of the usual adult starting dose (hydromorphone IV
+    0.2-1 mg -> 1 mg; 25 %: 0.25 mg per dose)."""
+    from regimens.limits import START_FRACTIONS, rescue_fraction
+
+    def frac(drug, route, **cov):
+        return rescue_fraction(drug, route, {**STD, **cov})
+
+    assert frac("hydromorphone", "iv", CRCL=15).fraction == 0.25
+    assert frac("hydromorphone", "iv", CRCL=45).fraction == 0.5
+    assert frac("hydromorphone", "po", HEPATIC=1).fraction == 0.5
+    assert frac("hydromorphone", "iv", HEPATIC=3).fraction == 0.25
+    both = frac("hydromorphone", "iv", CRCL=45, HEPATIC=2)
+    assert both.fraction == 0.25 and both.rule.kind == "hepatic"
+    assert "stricter than the renal rule" in both.describe() and "50 %" in both.describe()
+    assert frac("oxycodone", "po", HEPATIC=1).fraction == 1 / 3 and frac("oxycodone", "po", HEPATIC=3).cap_mg == 5.0
+    renal = frac("oxycodone", "po", CRCL=20)
+    assert not renal.applies and "conservative approach" in renal.notes[0]
+    assert not frac("morphine", "iv", CRCL=20, HEPATIC=3).applies
+    assert frac("hydromorphone", "iv").fraction == 1.0 and not frac("oxycodone", "po").applies
+    assert all(r.is_unverified for r in START_FRACTIONS)  # general knowledge: the labels are not in models.md
+    crcl15 = {**STD, "CRCL": 15}
+    f = check_regimen(parse_regimen_text("hydromorphone 0.3 mg IV q2h PRN NRS>=7"), crcl15)
+    assert [x.rule for x in f] == ["starting_dose"] and "at most 0.25 mg per dose" in f[0].message
+    assert f[0].unverified and "DILAUDID" in f[0].message
+    assert check_regimen(parse_regimen_text("hydromorphone 0.25 mg IV q2h PRN NRS>=7"), crcl15) == []
+    assert check_regimen(parse_regimen_text("hydromorphone 0.3 mg IV q2h PRN NRS>=7"), crcl15,
+                         include_unverified=False) == []
+    assert check_regimen(parse_regimen_text("hydromorphone 0.3 mg IV q2h PRN NRS>=7"), STD) == []
+
+
 def test_severe_hepatic_impairment_contraindicates_iv_acetaminophen():
     f = check_regimen(get_regimen("IYER_APAP"), {**STD, "HEPATIC": 3})
     assert [(x.severity, x.drug, x.rule, x.unverified) for x in f if x.severity == "error"] == \
