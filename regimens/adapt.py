@@ -20,8 +20,15 @@ says what it changed:
 Because the result is one multiplier per item, a population's comparators are simulated in one batched call
 of the regimen as written with per-patient ``dose_weights`` (:func:`pkpd.regimen_sim.simulate_regimen`).
 
-As-needed rules, PCA and non-drug modalities are kept as they are (the rescue opioids; their own findings,
-if any, are the regimen's as given). Nothing is added: a removed drug is not replaced by another.
+As-needed (PRN) and PCA doses of an opioid whose label advises a reduced starting dose in renal or hepatic
+impairment (:func:`regimens.limits.rescue_fraction`: hydromorphone 50 % at CrCL 30 to < 60 mL/min, 25 % below
+30 mL/min, 50 % in mild and 25 % in moderate/severe hepatic impairment; oxycodone IR 1/3 in hepatic impairment;
+the smaller where a renal and a hepatic fraction both apply) are given at that fraction of the dose as
+written (:func:`rescue_for_patient`; never above the fraction of the label's usual adult starting dose, rounded
+down to a whole microgram); PCA demand, loading and basal doses and the hourly maximum by the same factor. The
+change is said in ``changes`` with the label it comes from; the batched simulation takes the adapted doses as
+per-patient rescue tables (:func:`rescue_tables`). Thresholds, intervals, caps and non-drug modalities are kept.
+Nothing is added: a removed drug is not replaced by another.
 """
 
 from __future__ import annotations
@@ -33,10 +40,11 @@ from typing import Any
 
 import numpy as np
 
-from ._model import Regimen
-from .limits import Finding, check_regimen, dose_caps
+from ._condition import RegimenError, format_number
+from ._model import PCA, PRN, ROUTE_DISPLAY, Regimen
+from .limits import Finding, RescueFraction, check_regimen, dose_caps, rescue_fraction
 
-__all__ = ["Adapted", "adapt_to_patient", "weighted"]
+__all__ = ["Adapted", "adapt_to_patient", "rescue_for_patient", "rescue_tables", "weighted"]
 
 
 @dataclass(frozen=True)
@@ -53,15 +61,19 @@ class Adapted:
     findings
         :func:`check_regimen` findings of the regimen as given, for this patient (scheduled drugs only).
     weights
-        Multiplier of each scheduled item's doses (the regimen's order; 0: left out): the adapted regimen is
-        :func:`weighted` ``(regimen, weights)``, and a batched simulation of the regimen with these
-        ``dose_weights`` simulates it.
+        Multiplier of each scheduled item's doses (the regimen's order; 0: left out): the adapted regimen's
+        scheduled part is :func:`weighted` ``(regimen, weights)``, and a batched simulation of the regimen with
+        these ``dose_weights`` (and :func:`rescue_tables`) simulates it.
+    rescue
+        ``(drug, route) ->`` :class:`regimens.limits.RescueFraction` applied to the as-needed and PCA doses
+        (empty when none): the adapted regimen's PRN rules and PCAs are :func:`rescue_for_patient`'s.
     """
 
     regimen: Regimen
     changes: tuple[str, ...]
     findings: tuple[Finding, ...]
     weights: np.ndarray
+    rescue: Mapping[tuple[str, str], RescueFraction] = dataclasses.field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -69,8 +81,69 @@ class Adapted:
 
 
 def _scheduled_findings(reg: Regimen, cov: Mapping[str, Any], fusion: bool) -> list[Finding]:
+    """Findings on the scheduled drugs (the starting-dose rule concerns as-needed and PCA doses: not these)."""
     drugs = {s.drug for s in reg.scheduled}
-    return [f for f in check_regimen(reg, cov, None, fusion=fusion) if f.drug in drugs]
+    return [f for f in check_regimen(reg, cov, None, fusion=fusion) if f.drug in drugs and f.rule != "starting_dose"]
+
+
+def rescue_for_patient(prn: tuple[PRN, ...], pca: tuple[PCA, ...], covariates: Mapping[str, Any]
+                       ) -> tuple[tuple[PRN, ...], tuple[PCA, ...], dict[tuple[str, str], RescueFraction]]:
+    """As-needed rules and PCAs with one patient's renal/hepatic dose fractions applied.
+
+    Each PRN dose becomes :meth:`RescueFraction.scale` of it (the fraction of the dose as written, never above
+    the fraction of the label's usual adult starting dose, rounded down to a whole microgram); a PCA's demand,
+    loading and basal doses and hourly maximum are multiplied by the factor that takes its larger single
+    dose (demand or loading) there. Rules of opioids without a fraction for the patient are returned as they are
+    (the same objects).
+
+    Returns
+    -------
+    prn, pca, fractions
+        The rules and PCAs for the patient, and ``(drug, route) ->`` the fraction applied (only those below 1).
+    """
+    fr: dict[tuple[str, str], RescueFraction] = {}
+
+    def frac(drug: str, route: str) -> RescueFraction | None:
+        key = (drug, route)
+        if key not in fr:
+            fr[key] = rescue_fraction(drug, route, covariates)
+        return fr[key] if fr[key].applies else None
+
+    out_prn = []
+    for r in prn:
+        f = frac(r.drug, r.route)
+        out_prn.append(r if f is None else dataclasses.replace(r, dose_mg=f.scale(r.dose_mg)))
+    out_pca = []
+    for p in pca:
+        f = frac(p.drug, p.route)
+        if f is None:
+            out_pca.append(p)
+            continue
+        top = max(float(p.demand_mg), float(p.loading_mg))
+        m = f.scale(top) / top
+        ch = {"demand_mg": f.scale(p.demand_mg) if top == p.demand_mg else p.demand_mg * m,
+              "loading_mg": p.loading_mg * m, "basal_mg_h": p.basal_mg_h * m}
+        if p.hourly_max_mg is not None:
+            ch["hourly_max_mg"] = p.hourly_max_mg * m
+        out_pca.append(dataclasses.replace(p, **ch))
+    return tuple(out_prn), tuple(out_pca), {k: v for k, v in fr.items() if v.applies}
+
+
+def _rescue_changes(regimen: Regimen, prn: tuple[PRN, ...], pca: tuple[PCA, ...],
+                    fractions: Mapping[tuple[str, str], RescueFraction]) -> list[str]:
+    """One line per drug and route whose as-needed / PCA doses were lowered: as given -> for the patient, why."""
+    out = []
+    for key, f in sorted(fractions.items()):
+        drug, route = key
+        old = [format_number(r.dose_mg) for r in regimen.prn if (r.drug, r.route) == key]
+        new = [format_number(r.dose_mg) for r in prn if (r.drug, r.route) == key]
+        old += [f"PCA {format_number(p.demand_mg)}" for p in regimen.pca if (p.drug, p.route) == key]
+        new += [f"PCA {format_number(p.demand_mg)}" for p in pca if (p.drug, p.route) == key]
+        if old == new:
+            continue
+        out.append(f"{drug} {ROUTE_DISPLAY.get(route, route)} as needed/PCA: {' / '.join(old)} mg per dose as given "
+                   f"-> {' / '.join(new)} mg; {f.describe()}")
+    return out
 
 
 def _max_24h(doses: list[tuple[float, float]]) -> float:
@@ -112,7 +185,8 @@ def weighted(regimen: Regimen, weights: np.ndarray, name: str | None = None) -> 
 
 
 def adapt_to_patient(regimen: Regimen, covariates: Mapping[str, Any], *, fusion: bool = True) -> Adapted:
-    """``regimen``'s scheduled doses within one patient's limits (see the module docstring).
+    """``regimen``'s scheduled doses within one patient's limits, and its as-needed / PCA doses at the
+    patient's renal/hepatic fraction (see the module docstring).
 
     Parameters
     ----------
@@ -127,14 +201,20 @@ def adapt_to_patient(regimen: Regimen, covariates: Mapping[str, Any], *, fusion:
     Returns
     -------
     Adapted
-        The adapted regimen, the per-item dose multipliers and what changed (empty when the regimen as given
-        is within the limits).
+        The adapted regimen, the per-item dose multipliers, the rescue fractions and what changed (empty when
+        the regimen as given is within the limits and no fraction applies: then the regimen itself).
     """
     cov = dict(covariates)
     n = len(regimen.scheduled)
+    prn, pca, fractions = rescue_for_patient(regimen.prn, regimen.pca, cov)
+    rescue_changes = _rescue_changes(regimen, prn, pca, fractions)
     given = tuple(_scheduled_findings(regimen, cov, fusion))
-    if not given:
+    if not given and not rescue_changes:
         return Adapted(regimen, (), given, np.ones(n))
+    base = dataclasses.replace(regimen, prn=prn, pca=pca) if rescue_changes else regimen
+    if not given:
+        return Adapted(weighted(base, np.ones(n), f"{regimen.name} adapted"), tuple(rescue_changes), given,
+                       np.ones(n), fractions)
     w = np.ones(n)
     # each item's own doses for this patient (adjustments and per-kg doses resolved)
     doses = [[(e.time_h, e.amount_mg) for e in Regimen(name="x", scheduled=(it,), horizon_h=regimen.horizon_h)
@@ -179,7 +259,7 @@ def adapt_to_patient(regimen: Regimen, covariates: Mapping[str, Any], *, fusion:
                     note((it.drug, it.route), "a dosing series left out: no dispensable strength fits the limits")
     # 5: an item of a drug that still breaks a limit is left out, the latest-starting first
     for _ in range(n + 1):
-        bad = _scheduled_findings(weighted(regimen, w), cov, fusion)
+        bad = _scheduled_findings(weighted(base, w), cov, fusion)
         if not bad:
             break
         f = bad[0]
@@ -198,4 +278,63 @@ def adapt_to_patient(regimen: Regimen, covariates: Mapping[str, Any], *, fusion:
         n1 = sum(len(doses[i]) for i in idx if w[i] > 0)
         changes.append(f"{key[0]} {key[1].upper()}: {n0} doses, {a0:g} mg in total as given -> {n1} doses, "
                        f"{a1:.4g} mg; " + "; ".join(why[key]))
-    return Adapted(weighted(regimen, w, f"{regimen.name} adapted"), tuple(changes), given, w)
+    return Adapted(weighted(base, w, f"{regimen.name} adapted"), tuple(changes + rescue_changes), given, w,
+                   fractions if rescue_changes else {})
+
+
+def rescue_tables(regimen: Regimen, adapted: list[Adapted], row: Any, options: Any = None
+                  ) -> dict[str, np.ndarray] | None:
+    """Per-patient rescue tables of adapted comparators, for a batched simulation of ``regimen`` as written.
+
+    Parameters
+    ----------
+    regimen
+        The comparator as written (the regimen the batched call simulates).
+    adapted
+        One :func:`adapt_to_patient` result of ``regimen`` per patient.
+    row
+        One population row (a DataFrame of one row: the covariates a simulation plan needs).
+    options
+        The :class:`pkpd.regimen_sim.SimOptions` of the simulation (the tables' shapes depend on its grid).
+
+    Returns
+    -------
+    dict or None
+        The arrays of :meth:`pkpd.regimen_sim._Plan.rescue_tables` with one row per patient (repeat them per
+        draw), each patient's own as-needed / PCA doses; ``None`` when no patient's rescue changed (the
+        regimen as written is then simulated with its own rules, bit for bit as before).
+
+    Raises
+    ------
+    RegimenError
+        An adapted PCA whose loading dose or basal rate changed (the batched call takes those as scheduled
+        events of the regimen as written: simulate that patient's adapted regimen on its own).
+    """
+    from pkpd.regimen_sim import SimOptions, _Plan
+
+    if not any(a.rescue for a in adapted):
+        return None
+    opts = options or SimOptions()
+    ref = _Plan.build(regimen, row, opts)
+
+    def shape(plan):
+        return [(it["kind"], it["drug"], it["route"], len(it["thr"])) for it in plan.items]
+
+    cache: dict[Any, dict] = {}
+    rows = []
+    for a in adapted:
+        key = (a.regimen.prn, a.regimen.pca)
+        if key not in cache:
+            for p0, p1 in zip(regimen.pca, a.regimen.pca):
+                if (p0.loading_mg, p0.basal_mg_h) != (p1.loading_mg, p1.basal_mg_h):
+                    raise RegimenError(f"{a.regimen.name}: the PCA loading dose or basal rate was lowered for the "
+                                       "patient; a batched simulation of the regimen as written cannot take that "
+                                       "(only demand doses are rescue data): simulate the adapted regimen itself")
+            plan = ref if key == (regimen.prn, regimen.pca) else _Plan.build(
+                dataclasses.replace(regimen, prn=a.regimen.prn, pca=a.regimen.pca), row, opts)
+            if shape(plan) != shape(ref):  # pragma: no cover - scaling keeps every rule and PCA
+                raise RegimenError(f"{a.regimen.name}: the adapted rescue rules lost the structure of "
+                                   f"{regimen.name}'s")
+            cache[key] = plan.rescue_tables(1)
+        rows.append(cache[key])
+    return {k: np.concatenate([t[k] for t in rows]) for k in rows[0]}
