@@ -106,7 +106,7 @@ def trial(a, st) -> None:
     print(f"  searched schedules repaired in the exact evaluation: {int(p.get('n_repaired', 0))} of {len(patients)}, "
           f"of which ended at the fallback: {int(p.get('n_fallback', 0))}")
     print("  repair steps (first step taken): " + first_repair_steps(patients))
-    pol = patients["POLICY"].value_counts()
+    pol = patients["POLICY"].str.split(" [doses for this patient", regex=False).str[0].value_counts()  # as written
     print("  rescue policies chosen: " + "; ".join(f"{v} x {k}" for k, v in pol.items()))
     print(summary.to_string())
     gap_line = ""
@@ -155,7 +155,7 @@ def write_markdown(a, patients: pd.DataFrame, summary: pd.DataFrame, wall: float
         r = allp.loc[name]
         rows.append(f"| {label} | {r['MME_mean']:.1f} | {r['MME_P90']:.1f} | {100 * r['TIT3']:.1f} % | "
                     f"{100 * r['TIME_NRS_GE4']:.1f} % | {100 * r['TIME_NRS_GE7']:.2f} % | {r.get('P_OIRD', float('nan')):.2g} |")
-    pol = patients["POLICY"].value_counts()
+    pol = patients["POLICY"].str.split(" [doses for this patient", regex=False).str[0].value_counts()  # as written
     strata = summary[(summary["regimen"] == "proposal") & (summary["stratum"] != "all")]
     cols = [c for c in ("stratum", "n", "MME_mean", "MME_vs_C1_pct", "TIT3", "TIME_NRS_GE4", "n_unsafe") if c in strata]
     lines = [

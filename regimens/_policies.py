@@ -25,9 +25,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ._model import PRN
+from ._condition import format_number
+from ._model import PRN, ROUTE_DISPLAY
+from .limits import RescueFraction
 
-__all__ = ["RescuePolicy", "rescue_policies", "withholds_rescue", "TREAT_CUTOFF_NRS", "cross_entropy_search"]
+__all__ = ["RescuePolicy", "rescue_policies", "for_patient", "withholds_rescue", "TREAT_CUTOFF_NRS",
+           "cross_entropy_search"]
 
 #: NRS at or above which pain is treated (3 of 4 cut-off methods, Gerbershagen 2011; clinical.md 3.1).
 TREAT_CUTOFF_NRS = 4.0
@@ -35,10 +38,37 @@ TREAT_CUTOFF_NRS = 4.0
 
 @dataclass(frozen=True)
 class RescuePolicy:
-    """A set of PRN rules with a short label (``rules`` in the order the simulator groups them)."""
+    """A set of PRN rules with a short label (``rules`` in the order the simulator groups them).
+
+    ``label`` names the policy as written; for one patient (:func:`for_patient`) ``rules`` hold the doses
+    given to that patient and ``fractions`` the renal/hepatic fractions applied to them
+    (:func:`regimens.limits.rescue_fraction`; empty when none applies).
+    """
 
     label: str
     rules: tuple[PRN, ...]
+    fractions: tuple[RescueFraction, ...] = ()
+
+    def describe(self) -> str:
+        """The label, and where fractions apply the doses for the patient with the fraction and its source."""
+        if not self.fractions:
+            return self.label
+        parts = []
+        for f in self.fractions:
+            doses = " / ".join(format_number(r.dose_mg) for r in self.rules if (r.drug, r.route) == (f.drug, f.route))
+            parts.append(f"{f.drug} {ROUTE_DISPLAY.get(f.route, f.route)} {doses} mg: {f.short()}")
+        return f"{self.label} [doses for this patient: {'; '.join(parts)}]"
+
+
+def for_patient(policy: RescuePolicy, covariates) -> RescuePolicy:
+    """``policy`` with one patient's renal/hepatic as-needed dose fractions applied to its doses
+    (:func:`regimens.adapt.rescue_for_patient`); the policy itself when none applies."""
+    from .adapt import rescue_for_patient
+
+    prn, _, fr = rescue_for_patient(policy.rules, (), covariates)
+    if not fr:
+        return policy
+    return RescuePolicy(policy.label, prn, tuple(fr[k] for k in sorted(fr)))
 
 
 def rescue_policies() -> tuple[RescuePolicy, ...]:

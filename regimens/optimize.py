@@ -12,7 +12,9 @@ Pipeline of :func:`optimize_population` (all patients of a batch at once) and :f
 2. **Scenarios**: ``draws`` variability draws of the patient (population prior, or the rows of a fitted
    posterior), the same for every candidate and for the comparators (common random numbers).
 3. **Discrete choices, gradient-free** (:func:`regimens._policies.cross_entropy_search`): the PRN rescue
-   policy (threshold, dose, interval; :func:`regimens._policies.rescue_policies`, C1's first) and which
+   policy (threshold, dose, interval; :func:`regimens._policies.rescue_policies`, C1's first; every policy's
+   doses at the patient's renal/hepatic fraction of the labels' starting doses,
+   :func:`regimens._policies.for_patient`, simulated as the patient's own rescue tables) and which
    products to include, by the cross-entropy method over ``cem_generations`` x ``cem_candidates``
    candidates per patient, each scored with its included products at their maximum within the caps on
    ``cem_draws`` draws.
@@ -33,8 +35,9 @@ Pipeline of :func:`optimize_population` (all patients of a batch at once) and :f
 6. **Hard constraints re-checked** on the discrete schedule with :func:`regimens.check_regimen` (label
    maxima, intervals, durations, fusion caps, exclusivity, CPIC); any finding is repaired by lowering
    or dropping doses of that drug until none remains. A schedule with a finding is never returned.
-7. **Exact evaluation**: the proposals and the C0 and C1 comparators simulated with sampled PRN events
-   (:func:`pkpd.regimen_sim.simulate_regimen`, per-patient ``dose_weights``) on all draws; local-
+7. **Exact evaluation**: the proposals and the C0 and C1 comparators (adapted to the patient's limits and
+   as-needed dose fractions, :mod:`regimens.adapt`) simulated with sampled PRN events
+   (:func:`pkpd.regimen_sim.simulate_regimen`, per-patient ``dose_weights`` and ``rescue_tables``) on all draws; local-
    anaesthetic toxicity, the exposure limits and OIRD risk are decided there (see :class:`OptimizeSettings`).
 
 References
@@ -62,9 +65,9 @@ from ._condition import RegimenError
 from ._descent import projected_descent
 from ._model import PRN, Regimen, Scheduled
 from ._objective import ADJUNCT_BURDEN, EXPOSURE_LIMITS, exceedance_probability, group_loss
-from ._policies import RescuePolicy, cross_entropy_search, rescue_policies, withholds_rescue
-from .adapt import adapt_to_patient
-from .limits import DoseCaps, check_regimen, dose_caps
+from ._policies import RescuePolicy, cross_entropy_search, for_patient, rescue_policies, withholds_rescue
+from .adapt import adapt_to_patient, rescue_for_patient, rescue_tables
+from .limits import DoseCaps, check_regimen, dose_caps, rescue_fraction
 
 __all__ = ["DEFAULT_PRODUCTS", "DecisionSpace", "Slot", "OptimizeSettings", "Proposal", "PopulationProposal",
            "optimize_patient", "optimize_population", "run_trial", "trial_summary", "plot_trial", "oracle_gap",
@@ -116,10 +119,10 @@ class DecisionSpace:
               products: Sequence[str] = DEFAULT_PRODUCTS, rescue: Sequence[PRN] | None = None,
               horizon_h: float = 72.0, fusion: bool = True) -> DecisionSpace:
         """Decision space for one patient (see the module docstring)."""
-        if rescue is None:
+        if rescue is None:  # C1's as-needed rules, at the patient's renal/hepatic dose fractions
             from .io import get_regimen
 
-            rescue = get_regimen("C1").prn
+            rescue = rescue_for_patient(get_regimen("C1").prn, (), covariates)[0]
         slots: list[Slot] = []
         caps: dict[str, DoseCaps] = {}
         excluded: dict[str, str] = {}
@@ -518,9 +521,12 @@ class PopulationProposal:
     amounts
         Each patient's chosen amounts (mg) of the slots of their own space.
     policies
-        Each patient's rescue policy (:class:`regimens._policies.RescuePolicy`).
+        Each patient's rescue policy (:class:`regimens._policies.RescuePolicy`), with the doses given to that
+        patient (the renal/hepatic fractions of :func:`regimens.limits.rescue_fraction` applied, in
+        ``fractions``).
     patients
-        One row per patient: ``ID``, covariates, ``POLICY`` (the rescue policy's label), and for ``proposal``,
+        One row per patient: ``ID``, covariates, ``POLICY`` (the rescue policy's label; where a renal/hepatic
+        fraction applies, the patient's doses with the fraction and its label), and for ``proposal``,
         ``C0``, ``C1`` over the patient's draws: means of ``MME_0_72`` (mg), ``TIT3``, ``PAIN_AUC``, ``P_OIRD``,
         ``P_PONV`` (columns ``<outcome>_<regimen>``), ``MME_P90_<regimen>``, ``MME_CVAR90_<regimen>`` (mean of
         the worst 10 % of draws), the largest ``LAST_INDEX_<regimen>``, the estimated probabilities of crossing
@@ -538,7 +544,10 @@ class PopulationProposal:
     draws
         The exact simulations (``"proposal"``, ``"C0"``, ``"C1"`` -> PopulationResult over P x S rows).
     superset, weights, rescue_tables
-        The common superset regimen, the per-row dose weights and rescue tables of the proposals.
+        The common superset regimen, the per-row dose weights and rescue tables of the proposals (each row's
+        patient's own as-needed doses: what the exact evaluation simulated).
+    policy_tables, policy_index
+        The distinct rescue tables (one row each) and each patient's entry among them.
     times
         Seconds per stage.
     rows, slot_index, reference_mg
@@ -769,7 +778,11 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     policies = st.policies()
     base_rescue = policies[0].rules
     covs = [{k: v for k, v in r.items() if k != "ID"} for r in pop.to_dict(orient="records")]
-    spaces = [DecisionSpace.build(c, None, st.products, rescue=base_rescue, fusion=fusion) for c in covs]
+    # each patient's rescue policies: the as-needed doses at the patient's renal/hepatic fractions of the labels'
+    # starting doses (regimens.limits.rescue_fraction); the policies as written where none applies
+    pat_pols = [[for_patient(pol, c) for pol in policies] for c in covs]
+    base_of = [pp[0].rules for pp in pat_pols]
+    spaces = [DecisionSpace.build(c, None, st.products, rescue=base_of[p], fusion=fusion) for p, c in enumerate(covs)]
     for p, sp in enumerate(spaces):
         if not sp.slots:
             raise InfeasibleError(f"patient {pop['ID'].iloc[p]}: no product is allowed: " + "; ".join(
@@ -836,10 +849,21 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     row_patient = np.repeat(np.arange(P), S)
     opts = SimOptions(dt_h=st.dt_h)
     pol_tabs = _policy_tables(policies, superset, rows.iloc[:1], opts)
-    base_keys_all = [{(f.drug, f.rule, f.severity) for f in check_regimen(Regimen(name="p", prn=base_rescue), c, None,
-                                                                            fusion=fusion)} for c in covs]
+    # rescue tables of every distinct (policy, patient fractions): tab_list[tab_idx[p, i]] is patient p's policy i
+    tab_list, tab_idx, seen = list(pol_tabs), np.zeros((P, len(policies)), int), {}
+    for i, pol in enumerate(policies):
+        seen.setdefault(pol.rules, i)
+    new = [pol for pp in pat_pols for pol in pp if pol.rules not in seen]
+    new = list({pol.rules: pol for pol in new}.values())
+    for pol, tab in zip(new, _policy_tables(new, superset, rows.iloc[:1], opts) if new else []):
+        seen[pol.rules] = len(tab_list)
+        tab_list.append(tab)
+    for p in range(P):
+        tab_idx[p] = [seen[pol.rules] for pol in pat_pols[p]]
+    base_keys_all = [{(f.drug, f.rule, f.severity) for f in check_regimen(Regimen(name="p", prn=base_of[p]), c, None,
+                                                                            fusion=fusion)} for p, c in enumerate(covs)]
     pol_ok = np.array([[_policy_allowed(pol, covs[p], fusion, base_keys_all[p]) or i == 0
-                        for i, pol in enumerate(policies)] for p in range(P)])
+                        for i, pol in enumerate(pat_pols[p])] for p in range(P)])
     times["setup_s"] = time.perf_counter() - t_start
 
     say("comparators C0 and C1 (exact)")
@@ -852,8 +876,13 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     adapted = {name: [adapt_to_patient(get_regimen(name), covs[p], fusion=fusion) for p in range(P)]
                for name in ("C0", "C1")}
     comp_w = {name: np.repeat(np.stack([a.weights for a in ads]), S, axis=0) for name, ads in adapted.items()}
+    # the adapted as-needed / PCA doses (renal/hepatic fractions) as per-patient rescue tables; None (the
+    # regimen's own rules) when no patient's rescue changed
+    comp_t = {name: rescue_tables(get_regimen(name), ads, rows.iloc[:1], ex_opts) for name, ads in adapted.items()}
+    comp_t = {name: None if t is None else {k: v[row_patient] for k, v in t.items()} for name, t in comp_t.items()}
     comps = {name: simulate_regimen(get_regimen(name), rows, seed=st.seed, options=ex_opts,
-                                    dose_weights=None if np.all(comp_w[name] == 1.0) else comp_w[name])
+                                    dose_weights=None if np.all(comp_w[name] == 1.0) else comp_w[name],
+                                    rescue_tables=comp_t[name])
              for name in ("C0", "C1")}
     c1p = comps["C1"].patients
     c1_mme = c1p["MME_0_72"].to_numpy().reshape(P, S)
@@ -872,6 +901,9 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     sub_rows = (np.arange(P)[:, None] * S + np.arange(S_sc)[None, :]).reshape(-1)
     c1_out, c1_data, c1_ns, c1_nr = relaxed_program(get_regimen("C1"), rows.iloc[sub_rows], seed=st.seed,
                                                     options=opts)
+    if comp_t["C1"] is not None:  # C1's adapted as-needed doses
+        c1_data = dict(c1_data, base={**c1_data["base"], **{k: jnp.asarray(v[sub_rows]) for k, v in
+                                                             comp_t["C1"].items()}})
     h_c1 = np.asarray(_jit(c1_out)(jnp.asarray(comp_w["C1"][sub_rows]), jnp.ones(max(c1_nr, 1)),
                                    c1_data)["OIRD_HAZARD"])
     oird_ref = np.maximum(h_c1.reshape(P, S_sc).mean(1), 1e-300)
@@ -897,10 +929,12 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
                          devs, replicated=True)
 
     def with_policies(rd, pol):
-        """Row data with each group's rescue-policy tables (``pol``: policy index per group)."""
+        """Row data with each group's rescue-policy tables (``pol``: policy index per group; the groups are
+        the patients' in order, ``len(pol) // P`` per patient), at the group's patient's dose fractions."""
         base = dict(rd["base"])
+        pat = np.repeat(np.arange(P), len(pol) // P)
         for k in pol_tabs[0]:
-            t = np.stack([pol_tabs[int(i)][k][0] for i in pol])
+            t = np.stack([tab_list[tab_idx[q, int(i)]][k][0] for q, i in zip(pat, pol)])
             base[k] = np.broadcast_to(t[:, None], (len(pol), rd["s_amt"].shape[1]) + t.shape[1:])
         return {"base": base, "s_amt": rd["s_amt"]}
 
@@ -976,7 +1010,7 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
 
     say("rounding to strengths and label checks")
     t0 = time.perf_counter()
-    rescue_of = [policies[int(chosen_pol[p])].rules for p in range(P)]
+    rescue_of = [pat_pols[p][int(chosen_pol[p])].rules for p in range(P)]
 
     def own(p, Xp):  # superset fractions -> the patient's own slot amounts (mg)
         return Xp[cols[p]] * REF[p, cols[p]]
@@ -1016,7 +1050,8 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
 
     def exact():
         Wt = np.array([to_superset(p, amounts[p]) for p in range(P)])
-        tabs = {k: np.stack([pol_tabs[int(chosen_pol[p])][k][0] for p in row_patient]) for k in pol_tabs[0]}
+        tabs = {k: np.stack([tab_list[tab_idx[p, int(chosen_pol[p])]][k][0] for p in row_patient])
+                for k in pol_tabs[0]}
         prop = simulate_regimen(superset, rows, seed=st.seed, dose_weights=Wt[row_patient], rescue_tables=tabs,
                                 options=prop_opts)
         pp = prop.patients
@@ -1062,20 +1097,20 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
         if k == 1:
             if chosen_pol[p] == 0:
                 return None
-            chosen_pol[p], rescue_of[p] = 0, base_rescue
+            chosen_pol[p], rescue_of[p] = 0, base_of[p]
             return f"rescue policy set back to C1's ({reason})"
         if k == 2:
             used = {sl.product.key for sl, a in zip(spaces[p].slots, amounts[p]) if a > 0}
             top = np.array([sl.reference_mg if sl.product.key in used else 0.0 for sl in spaces[p].slots])
-            best = _repair(spaces[p], top, covs[p], None, fusion, base_rescue)[0]
+            best = _repair(spaces[p], top, covs[p], None, fusion, base_of[p])[0]
             if not used or np.array_equal(best, amounts[p]):
                 return None
-            amounts[p], chosen_pol[p], rescue_of[p] = best, 0, base_rescue
+            amounts[p], chosen_pol[p], rescue_of[p] = best, 0, base_of[p]
             return f"the adjuncts it uses raised to their maxima within the patient's limits ({reason})"
-        best = _repair(spaces[p], c1_amounts(spaces[p], covs[p]), covs[p], None, fusion, base_rescue)[0]
+        best = _repair(spaces[p], c1_amounts(spaces[p], covs[p]), covs[p], None, fusion, base_of[p])[0]
         if np.array_equal(best, amounts[p]) and chosen_pol[p] == 0:
             return None
-        amounts[p], chosen_pol[p], rescue_of[p] = best, 0, base_rescue
+        amounts[p], chosen_pol[p], rescue_of[p] = best, 0, base_of[p]
         fallback[p] = True
         return f"FALLBACK: C1's schedule (standard of care) within the patient's limits, with C1's rescue policy ({reason})"
 
@@ -1146,7 +1181,7 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     pain_why = [[m for _, m in w] for w in pain_why]
     times["exact_s"] = time.perf_counter() - t0
     out = pop.copy()
-    out["POLICY"] = [policies[int(i)].label for i in chosen_pol]
+    out["POLICY"] = [pat_pols[p][int(i)].describe() for p, i in enumerate(chosen_pol)]
     for name, r in (("proposal", pp), ("C0", comps["C0"].patients), ("C1", c1p)):
         mme = r["MME_0_72"].to_numpy().reshape(P, S)
         for k in ("MME_0_72", "TIT3", "TIME_NRS_GE4", "TIME_NRS_GE7", "PAIN_AUC", "P_OIRD", "P_PONV"):
@@ -1172,8 +1207,8 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     out["PAIN_WHY"] = ["; ".join(w) for w in pain_why]
     times["total_s"] = time.perf_counter() - t_start
     return PopulationProposal(spaces, amounts, out, {"proposal": prop, **comps}, superset, Wt[row_patient], times,
-                              rows, col, REF, [policies[int(i)] for i in chosen_pol], tabs, pol_tabs,
-                              [int(i) for i in chosen_pol])
+                              rows, col, REF, [pat_pols[p][int(i)] for p, i in enumerate(chosen_pol)], tabs, tab_list,
+                              [int(tab_idx[p, int(i)]) for p, i in enumerate(chosen_pol)])
 
 
 def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any] | None = None, *,
@@ -1246,6 +1281,8 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
                           for sl, a in zip(space.slots, amounts) if a > 0])
     notes = explain(cov, None, st.products, fusion=fusion)
     notes += _choices_explained(space, amounts, policy, st) + post_notes
+    for drug, route in sorted({(r.drug, r.route) for r in policy.rules}):  # label advice without a number
+        notes += [f"as-needed rescue: {n}" for n in rescue_fraction(drug, route, cov).notes]
     got = float(comparison.loc["proposal", "TIT3"])
     if st.min_time_in_target is not None and got < float(st.min_time_in_target) - 1e-9:
         at_max = [f"{k}" for k in st.products if k not in space.excluded and any(
@@ -1303,6 +1340,10 @@ def _choices_explained(space: DecisionSpace, amounts, policy, st: OptimizeSettin
     if policy.label != base.label:
         lines.append(f"as-needed rescue: {policy.label} (C1: {base.label}); chosen by the search for this patient's "
                      "modelled pain and opioid response")
+    for f in getattr(policy, "fractions", ()):  # the renal/hepatic fractions applied to the as-needed doses
+        doses = " / ".join(f"{r.dose_mg:g}" for r in policy.rules if (r.drug, r.route) == (f.drug, f.route))
+        lines.append(f"as-needed rescue for this patient: {f.drug} {f.route.upper()} {doses} mg per dose: "
+                     f"{f.describe()}")
     used = {}
     for sl, a in zip(space.slots, amounts):
         used.setdefault(sl.product.key, []).append((a, sl.reference_mg))
@@ -1690,7 +1731,8 @@ def oracle_gap(population: pd.DataFrame, settings: OptimizeSettings | None = Non
     other draws of the same covariates). The **oracle** knows every true PK/PD value (all variability
     draws, :func:`pkpd.regimen_sim.variability_columns`) but not the randomness of the patient's rescue
     requests: it optimizes over ``draws`` scenarios that differ only in that. Both proposals, C0 and C1 are
-    then simulated exactly on the true patient (true parameters and true request randomness).
+    then simulated exactly on the true patient (true parameters and true request randomness); C0 and C1
+    adapted to the patient's limits and as-needed dose fractions (:func:`regimens.adapt.adapt_to_patient`).
 
     Returns
     -------
@@ -1720,9 +1762,14 @@ def oracle_gap(population: pd.DataFrame, settings: OptimizeSettings | None = Non
                                  draw_rows=known.loc[np.repeat(known.index, S)].reset_index(drop=True))
     out = pd.DataFrame({"ID": pop["ID"]})
     res = {"prior": prior.evaluate(truth, np.arange(P), st.seed).patients,
-           "oracle": oracle.evaluate(truth, np.arange(P), st.seed).patients,
-           "C0": simulate_regimen(get_regimen("C0"), truth, seed=st.seed).patients,
-           "C1": simulate_regimen(get_regimen("C1"), truth, seed=st.seed).patients}
+           "oracle": oracle.evaluate(truth, np.arange(P), st.seed).patients}
+    covs = [{k: v for k, v in r.items() if k != "ID"} for r in pop.to_dict(orient="records")]
+    for name in ("C0", "C1"):  # adapted to each patient's limits and as-needed dose fractions (regimens.adapt)
+        reg = get_regimen(name)
+        ads = [adapt_to_patient(reg, c) for c in covs]
+        W = np.stack([a.weights for a in ads])
+        res[name] = simulate_regimen(reg, truth, seed=st.seed, dose_weights=None if np.all(W == 1.0) else W,
+                                     rescue_tables=rescue_tables(reg, ads, truth.iloc[:1])).patients
     for r, d in res.items():
         out[f"MME_{r}"] = d["MME_0_72"].to_numpy()
         out[f"TIT3_{r}"] = d["TIT3"].to_numpy()

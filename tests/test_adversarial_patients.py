@@ -128,10 +128,42 @@ def _independent_violations(cov, events):
     return out
 
 
-def test_no_proposal_for_an_adversarial_patient_breaks_a_label_renal_hepatic_or_cpic_rule(pop):
-    """Issue acceptance: adversarial patients (45 and 140 kg, age 90, CrCL 15, severe hepatic impairment,
-    CYP2C9 *3/*3 with CYP2D6 poor and tolerant + OSA, CYP2D6 ultrarapid) and combinations of them get zero
-    proposals that the independent check above flags (4 draws, the optimizer's fast test settings)."""
+#: Opioid as-needed (PRN) and PCA doses, written out here independently of regimens.limits: the labels' reduced
+#: starting doses, read strictly. DILAUDID (hydromorphone): 25 % in severe renal impairment (CrCL < 30 mL/min) and
+#: in moderate/severe hepatic impairment, 50 % at CrCL 30 to < 60 and in mild hepatic impairment (usual adult
+#: start IV 0.2-1 mg q2-3h); ROXICODONE (oxycodone IR): 1/3 in hepatic impairment (usual start 5-15 mg q4-6h),
+#: no number in renal impairment. Where renal and hepatic both apply, the smaller fraction.
+USUAL_START_MAX = {"hydromorphone": 1.0, "oxycodone": 15.0}
+
+
+def _opioid_fraction(drug, cov):
+    crcl, hep = cov["CRCL"], cov["HEPATIC"]
+    if drug == "hydromorphone":
+        renal = 0.25 if crcl < 30 else 0.5 if crcl < 60 else 1.0
+        hepatic = 0.25 if hep >= 2 else 0.5 if hep >= 1 else 1.0
+        return min(renal, hepatic)
+    if drug == "oxycodone":
+        return 1.0 / 3.0 if hep >= 1 else 1.0
+    return 1.0
+
+
+def _rescue_violations(cov, given, written):
+    """``given`` and ``written``: the (drug, dose mg) of each as-needed rule for the patient and as written."""
+    out = []
+    for (drug, g), (drug_w, w) in zip(given, written, strict=True):
+        assert drug == drug_w
+        f = _opioid_fraction(drug, cov)
+        if g > f * w + 1e-9:
+            out.append(f"{drug} {g:g} mg as needed: above {f:.3g} x the {w:g} mg written")
+        if f < 1.0 and g > f * USUAL_START_MAX[drug] + 1e-9:
+            out.append(f"{drug} {g:g} mg as needed: above {f:.3g} x the usual starting dose")
+    return out
+
+
+@pytest.fixture(scope="module")
+def adversarial_run(pop):
+    """Adversarial patients and combinations of them optimized in one batched call (4 draws, the optimizer's
+    fast test settings), with the dose records of the exact simulations."""
     from regimens.optimize import OptimizeSettings, optimize_population
 
     combos = pop.iloc[[3, 4, 5]].copy()
@@ -141,13 +173,98 @@ def test_no_proposal_for_an_adversarial_patient_breaks_a_label_renal_hepatic_or_
     combos["CYP2C9_AS"] = [0.0, 2.0, 0.0]
     combos["AGE"] = [90.0, 70.0, 60.0]
     allp = pd.concat([pop, combos], ignore_index=True)
-    res = optimize_population(allp, OptimizeSettings(draws=4, steps=5))
+    st = OptimizeSettings(draws=4, steps=5)
+    return allp, st, optimize_population(allp, st, trajectories=True)
+
+
+def _cov(allp, p):
+    return {k: float(v) for k, v in allp.iloc[p].items() if isinstance(v, (int, float, np.floating, np.integer))}
+
+
+def test_no_proposal_for_an_adversarial_patient_breaks_a_label_renal_hepatic_or_cpic_rule(adversarial_run):
+    """Issue acceptance: adversarial patients (45 and 140 kg, age 90, CrCL 15, severe hepatic impairment,
+    CYP2C9 *3/*3 with CYP2D6 poor and tolerant + OSA, CYP2D6 ultrarapid) and combinations of them get zero
+    proposals that the independent check above flags, scheduled doses and as-needed rescue doses alike."""
+    from regimens._policies import rescue_policies
+
+    allp, _, res = adversarial_run
+    written = {pol.label: pol for pol in rescue_policies()}
     bad = {}
     for p in range(len(allp)):
-        cov = {k: float(v) for k, v in allp.iloc[p].items() if isinstance(v, (int, float, np.floating, np.integer))}
-        reg = res.spaces[p].regimen(res.amounts[p], rescue=res.policies[p].rules)
+        cov = _cov(allp, p)
+        pol = res.policies[p]
+        reg = res.spaces[p].regimen(res.amounts[p], rescue=pol.rules)
         ev = [e for e in reg.dose_events(cov) if e.kind == "scheduled"]
         v = _independent_violations(cov, ev)
+        v += _rescue_violations(cov, [(r.drug, r.dose_mg) for r in reg.prn],
+                                [(r.drug, r.dose_mg) for r in written[pol.label].rules])
         if v:
             bad[int(allp.ID.iloc[p])] = v
     assert not bad, bad
+
+
+def test_rescue_doses_actually_simulated_are_within_the_fractions(adversarial_run):
+    """The rescue tables the exact evaluation simulated and the realized as-needed / PCA doses of the proposal
+    and the comparators never exceed the patient's fraction of the largest dose written (hydromorphone IV 0.5 mg
+    PRN, C0's PCA 0.2 mg; oxycodone PO 10 mg) nor of the usual starting dose; a restricted patient's proposal
+    and explanation quote the fraction applied."""
+    from pkpd.regimen_sim import SimOptions, _Plan
+
+    allp, st, res = adversarial_run
+    S = st.draws
+    row_patient = np.repeat(np.arange(len(allp)), S)
+    items = _Plan.build(res.superset, res.rows.iloc[:1], SimOptions()).items
+    tab = res.rescue_tables["prn_dose"]
+    assert tab.shape[0] == len(allp) * S
+    for q, p in enumerate(row_patient):
+        cov = _cov(allp, p)
+        for i, it in enumerate(items):
+            top = {"hydromorphone": 0.5, "oxycodone": 10.0}[it["drug"]]
+            f = _opioid_fraction(it["drug"], cov)
+            assert tab[q, i].max() <= f * min(top, USUAL_START_MAX[it["drug"]]) + 1e-9, (allp.ID.iloc[p], it["drug"])
+    patient_of = dict(zip(res.rows["ID"], row_patient))
+    written = {"proposal": {"hydromorphone": 0.5, "oxycodone": 10.0}, "C1": {"hydromorphone": 0.5, "oxycodone": 10.0},
+               "C0": {"hydromorphone": 0.2, "oxycodone": 10.0}}
+    restricted_given = 0
+    for name, top in written.items():
+        d = res.draws[name].doses
+        d = d[d.KIND != "scheduled"]
+        assert len(d) > 0
+        for r in d.itertuples():
+            cov = _cov(allp, patient_of[r.ID])
+            f = _opioid_fraction(r.DRUG, cov)
+            assert r.AMT <= f * top[r.DRUG] + 1e-9, (name, r)
+            restricted_given += f < 1.0
+    assert restricted_given > 0  # the check above saw doses of restricted patients
+    # the text quotes the fraction: CrCL 15 (ID 4) and severe hepatic impairment (ID 5)
+    pol = dict(zip(allp.ID, res.patients["POLICY"]))
+    assert "hydromorphone IV 0.125 mg: 25 % (severe renal impairment" in pol[4] and "DILAUDID" in pol[4]
+    assert "oxycodone PO 1.666 / 3.333 mg: 1/3 (hepatic impairment, ROXICODONE" in pol[5]
+    c1 = dict(zip(allp.ID, res.patients["C1_ADAPTED"]))
+    assert "0.5 mg per dose as given -> 0.125 mg" in c1[4] and "DILAUDID" in c1[4]
+    assert "5 / 10 mg per dose as given -> 1.666 / 3.333 mg" in c1[5] and "ROXICODONE" in c1[5]
+
+
+def test_comparators_of_unrestricted_patients_are_bit_identical_to_before(adversarial_run):
+    """Patients without a renal/hepatic fraction (CrCL >= 60, no hepatic impairment): their C0 and C1 rows are
+    the same bits as the comparators simulated without per-patient rescue tables (the code before the
+    fractions), in the same batched call."""
+    from pkpd.regimen_sim import SimOptions, simulate_regimen
+    from pkpd.xla import fast_compile
+    from regimens.adapt import adapt_to_patient
+
+    allp, st, res = adversarial_run
+    S = st.draws
+    free = [p for p in range(len(allp)) if _cov(allp, p)["CRCL"] >= 60 and _cov(allp, p)["HEPATIC"] == 0]
+    assert len(free) >= 2
+    rows_free = np.concatenate([np.arange(p * S, (p + 1) * S) for p in free])
+    opts = SimOptions(record_trajectories=True, record_doses=True)
+    for name in ("C0", "C1"):
+        reg = get_regimen(name)
+        W = np.repeat(np.stack([adapt_to_patient(reg, _cov(allp, p)).weights for p in range(len(allp))]), S, axis=0)
+        with fast_compile(st.compile_fast):  # as the optimizer compiles its simulations
+            before = simulate_regimen(reg, res.rows, seed=st.seed, options=opts,
+                                      dose_weights=None if np.all(W == 1.0) else W).patients
+        now = res.draws[name].patients
+        num = [c for c in now.select_dtypes("number").columns]
+        pd.testing.assert_frame_equal(now[num].iloc[rows_free], before[num].iloc[rows_free], check_exact=True)
