@@ -578,23 +578,32 @@ def _relaxed_outcomes(kernel, n_sched: int, dt: float, tit_tau: float, ae, drugs
         out = kernel(a)
         y = out["nrs"]
         post = data["post"]
-        mme_t = jnp.sum(out["dose"] * data["fac"], axis=2) * post[None, :]
+        fac = data["fac"]
+        dose_mme = _chain_sum(out["dose"][:, :, i] * fac[i] for i in range(out["dose"].shape[2]))  # (N, T)
         sched_mme = data["s_amt"] * data["s_fac"] * weights(sched_mult, data["s_item"])
-        mme = jnp.sum(mme_t, axis=1) + jnp.sum(sched_mme, axis=1)
         first24 = post * (data["times"] < 24.0 - 1e-9)
-        mme24 = jnp.sum(jnp.sum(out["dose"] * data["fac"], axis=2) * first24[None, :], axis=1) + jnp.sum(
-            sched_mme * data["s_first24"], axis=1)
         dep = out["dep"]
-        return {"MME_0_72": mme, "MME_0_24": mme24, "PAIN_AUC": jnp.sum(y * post, axis=1) * dt,
-                "PAIN_EXCESS": jnp.sum(jnp.maximum(y - 3.0, 0.0) * post, axis=1) * dt,
-                "TIT3": jnp.sum(jax.nn.sigmoid((3.0 - y) / tit_tau) * post, axis=1) / jnp.sum(post),
+        # smooth maximum of the sedation index over 0-72 h: log-sum-exp at temperature 0.02 (jax.nn.logsumexp,
+        # its sum written out below)
+        z = jnp.where(post > 0, out["sed"] / 0.02, -jnp.inf)
+        zmax = jnp.max(z, axis=1)
+        zmax = jax.lax.stop_gradient(jnp.where(jnp.isfinite(zmax), zmax, 0.0))
+        # every float sum over the grid in a fixed order (_ordered_sum; the same bits for a patient whatever
+        # the batch), in one pass
+        g = _ordered_sum(jnp.stack([dose_mme * post[None, :], dose_mme * first24[None, :], y * post,
+                                    jnp.maximum(y - 3.0, 0.0) * post, jax.nn.sigmoid((3.0 - y) / tit_tau) * post,
+                                    jax.nn.sigmoid((y - 4.0) / tit_tau) * post,
+                                    jax.nn.sigmoid((y - 7.0) / tit_tau) * post, (dep / d_ref) ** 2 * post,
+                                    jnp.exp(z - zmax[:, None])], axis=-1), axis=1)
+        n_post = _ordered_sum(post)
+        return {"MME_0_72": g[:, 0] + _ordered_sum(sched_mme, axis=1),
+                "MME_0_24": g[:, 1] + _ordered_sum(sched_mme * data["s_first24"], axis=1),
+                "PAIN_AUC": g[:, 2] * dt, "PAIN_EXCESS": g[:, 3] * dt, "TIT3": g[:, 4] / n_post,
                 # smooth fractions of 0-72 h with NRS >= 4 (treat cut-off) and >= 7 (severe pain)
-                "GE4": jnp.sum(jax.nn.sigmoid((y - 4.0) / tit_tau) * post, axis=1) / jnp.sum(post),
-                "GE7": jnp.sum(jax.nn.sigmoid((y - 7.0) / tit_tau) * post, axis=1) / jnp.sum(post),
+                "GE4": g[:, 5] / n_post, "GE7": g[:, 6] / n_post,
                 # cumulative OIRD hazard (before the OSA odds ratio), as in the exact outcomes
-                "OIRD_HAZARD": jnp.sum((dep / d_ref) ** 2 * post, axis=1) * dt * h_oird,
-                # smooth maximum of the sedation index over 0-72 h (log-sum-exp, temperature 0.02)
-                "SEDATION_MAX": 0.02 * jax.nn.logsumexp(jnp.where(post > 0, out["sed"] / 0.02, -jnp.inf), axis=1),
+                "OIRD_HAZARD": g[:, 7] * dt * h_oird,
+                "SEDATION_MAX": 0.02 * (jnp.log(g[:, 8]) + zmax),
                 **{f"AUC_{d}": out["auc"][:, j] for j, d in enumerate(drugs)},
                 **{f"CMAX_{d}": out["cmax"][:, j] for j, d in enumerate(drugs)}}
 
@@ -1398,6 +1407,45 @@ def _subdoses(b: _Block, route: str, amt: np.ndarray, t: float, dur: float, plan
 # ----------------------------------------------------------------------------------------------------------
 # The compiled per-patient kernel
 # ----------------------------------------------------------------------------------------------------------
+# Float sums in fixed orders. XLA's reduce and dot emitters choose the order in which a float reduction is
+# accumulated from the operand shapes, the batch (patient) axis included: partial sums in vector lanes,
+# blocked matrix-vector products, a different path for the remainder rows. ``jnp.sum`` over the time axis
+# or ``w @ y`` of a vmapped patient can therefore round differently for a patient computed among 17 rows
+# (8 devices) than among 64 (one device) -- 1 ulp in PAIN_EXCESS for 1 of 130 SPINE-72 patients. The kernel
+# and the relaxed outcomes sum with the two functions below instead: every step an elementwise add (exactly
+# rounded whatever the vectorization) in an order fixed by the code, so a patient's outcomes are the same
+# bits whatever the batch size, sub-batching and sharding.
+def _ordered_sum(x, axis: int = 0):
+    """Sum of ``x`` over ``axis`` in a fixed pairwise order: the axis is zero-padded to a power of two and
+    halved (first half + second half) until one entry is left. Each halving is an elementwise add, so the
+    result does not depend on the other axes' sizes (nor on vmap). The input passes an optimization barrier:
+    the tree reads it from memory instead of recomputing its producer at every leaf. Differentiable."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jax.lax.optimization_barrier(jnp.moveaxis(jnp.asarray(x), axis, 0))
+    n = x.shape[0]
+    if n == 0:
+        return jnp.zeros(x.shape[1:], x.dtype)
+    size = 1 << (n - 1).bit_length()
+    if size > n:  # adding exact zeros changes no sum
+        x = jnp.concatenate([x, jnp.zeros((size - n,) + x.shape[1:], x.dtype)], axis=0)
+    while size > 1:
+        size //= 2
+        x = x[:size] + x[size:]
+    return x[0]
+
+
+def _chain_sum(terms):
+    """``terms[0] + terms[1] + ...`` added left to right (a handful of arrays: small contractions, e.g. over
+    a block's states or the rescue items, written out instead of a reduce or a dot)."""
+    terms = list(terms)
+    acc = terms[0]
+    for t in terms[1:]:
+        acc = acc + t
+    return acc
+
+
 def _inner_rows() -> int:
     """Rows per sub-batch of the compiled kernel: on CPU the rows run in sub-batches of 64 (a loop of vmaps,
     so each step's working set stays in cache; 2-3x faster than one vmap over thousands of rows on the
@@ -1529,6 +1577,23 @@ def _make_kernel(plan: _Plan):
             w = np.concatenate([[0.0], np.diff(tb)]) / 2 + np.concatenate([np.diff(tb), [0.0]]) / 2
             nrs_hw[np.flatnonzero(inb), h] = w / w.sum()
 
+    def bins(W):
+        """The grid points of each column of W (T, H) as a gather table: indices (H, m), weights (H, m) and
+        which entries are real (the rest pad the bins to one length m)."""
+        nz = [np.flatnonzero(W[:, h]) for h in range(W.shape[1])]
+        m = max([len(z) for z in nz] + [1])
+        idx, wts, ok = np.zeros((len(nz), m), int), np.zeros((len(nz), m)), np.zeros((len(nz), m), bool)
+        for h, z in enumerate(nz):
+            idx[h, :len(z)], wts[h, :len(z)], ok[h, :len(z)] = z, W[z, h], True
+        return idx, wts, ok
+
+    hour_bins, nrs_bins = bins(hour_w), bins(nrs_hw)
+
+    def binned(x, table):
+        """Per bin the weighted sum of x (T,) over its grid points (= x @ W, summed in a fixed order)."""
+        idx, wts, ok = table
+        return _ordered_sum(jnp.where(jnp.asarray(ok), x[jnp.asarray(idx)] * jnp.asarray(wts, x.dtype), 0.0), axis=1)
+
     def comps(j, x, a):
         """What the outputs need of block j's state x (..., n_b): (effect-site concentration, or the local
         depot amount of a local anaesthetic; plasma concentration mg/L)."""
@@ -1560,15 +1625,16 @@ def _make_kernel(plan: _Plan):
             a_non = [-jnp.log1p(-jnp.clip(v[..., j], 0.0, 1.0 - 1e-12)) for j in NON]
         if a_non:
             # power mean of the adjuncts (double-where: finite gradients where every adjunct is absent)
-            p = jnp.sum(jnp.stack([jnp.maximum(x, 0.0) ** (1.0 / kappa) for x in a_non], -1), axis=-1)
+            p = _chain_sum(jnp.maximum(x, 0.0) ** (1.0 / kappa) for x in a_non)
             pos = p > 1e-30
             A = jnp.where(pos, jnp.where(pos, p, 1.0) ** kappa, 0.0)
         else:
             A = jnp.zeros_like(U)
         S = a_op + A
         if pair is not None:  # optional Greco terms between groups (opioids, then each non-opioid)
-            G = jnp.stack([a_op] + a_non, axis=-1)
-            cross = jnp.einsum("...i,ij,...j->...", G, jnp.asarray(pair), G)
+            G = [a_op] + a_non
+            cross = _chain_sum([jnp.zeros_like(S)]
+                               + [float(pair[i, k]) * G[i] * G[k] for i, k in zip(*np.nonzero(pair))])
             d = S * S + 4.0 * cross
             ok = d > 1e-30
             S = jnp.where(ok, 0.5 * (S + jnp.sqrt(jnp.where(ok, d, 1.0))), 0.5 * S)
@@ -1587,11 +1653,11 @@ def _make_kernel(plan: _Plan):
 
     def advance(j, x, k, p, inp, Phi):
         kk, V, sf, st, sv = inp
-        x = jnp.sum(Phi * x[None, :], axis=1)
+        x = _chain_sum(Phi[:, i] * x[i] for i in range(x.shape[-1]))  # Phi @ x, in a fixed order
         hit = kk[p] == k
         x = x + jnp.where(hit, V[p], 0.0)
         p = p + hit.astype(p.dtype)
-        x = x + ((k >= sf) & (k <= st)).astype(x.dtype) @ sv
+        x = x + _ordered_sum(jnp.where(((k >= sf) & (k <= st))[:, None], sv, 0.0))  # running infusions
         return x, jnp.minimum(p, kk.shape[0] - 1)
 
     def kernel_one(key, a):
@@ -1668,8 +1734,8 @@ def _make_kernel(plan: _Plan):
                 pr = 1.0 - jnp.exp(-lam * dt)
                 if relaxed:
                     soft = jax.nn.sigmoid((y - thr) * soft_w) * inwin
-                    amtv = jnp.sum(soft * step_up, axis=1)
-                    locked = jnp.sum(reg * reg_mask, axis=1)
+                    amtv = _ordered_sum(soft * step_up, axis=1)
+                    locked = _ordered_sum(reg * reg_mask, axis=1)
                     avail = pr * jnp.clip(1.0 - locked, 0.0, 1.0)
                     dose = avail * amtv
                     reg = jnp.concatenate([(avail * soft[:, 0])[:, None], reg[:, :-1]], axis=1)
@@ -1689,7 +1755,7 @@ def _make_kernel(plan: _Plan):
                     hist = jnp.where(give[:, None], jnp.concatenate([jnp.full((ni, 1), t), hist[:, :-1]], axis=1),
                                      hist)
                 dose = dose * a["rmult"]
-                xs = tuple(x + dose @ bvec[j] for j, x in zip(FB, xs))
+                xs = tuple(x + _chain_sum(dose[i] * bvec[j][i] for i in range(ni)) for j, x in zip(FB, xs))
                 out = (y, dose, cf, yr) + ((xs,) if record_states else ())
                 return (xs, ps, last, hist, reg), out
 
@@ -1724,26 +1790,30 @@ def _make_kernel(plan: _Plan):
         wt = jnp.asarray(w_auc)
         given = dose > 0
         anyg = jnp.any(given, axis=1)
-        fac = jnp.asarray(fac_items)
-        mme_t = dose @ fac if n_it else jnp.zeros(T, dtype)
+        mme_t = _chain_sum(dose[:, i] * float(fac_items[i]) for i in range(n_it)) if n_it else jnp.zeros(T, dtype)
+        # every float sum over the grid in a fixed order (_ordered_sum), in one pass: trapezoid integrals
+        # (PAIN_AUC, PAIN_EXCESS, the OIRD hazard, AUC per drug) and the rescue MME windows
+        tsum = _ordered_sum(jnp.stack([wt * y, wt * jnp.maximum(y - 3.0, 0.0), wt * (dep / d_ref) ** 2]
+                                      + [jnp.where(jnp.asarray(w), mme_t, 0.0) for w in mme_windows]
+                                      + [wt * conc[:, d] for d in range(conc.shape[1])], axis=1))
         summ = {  # per-patient outcomes (see _Plan.collect), computed here so large batches need no trajectories
-            "mme_rescue": jnp.stack([jnp.sum(jnp.where(jnp.asarray(w), mme_t, 0.0)) for w in mme_windows]),
-            "mme_hourly": mme_t @ jnp.asarray(hour_w, dtype),
-            "nrs_hourly": y @ jnp.asarray(nrs_hw, dtype),
+            "mme_rescue": tsum[3:6],
+            "mme_hourly": binned(mme_t, hour_bins),
+            "nrs_hourly": binned(y, nrs_bins),
             "tit3": jnp.sum(jnp.where(pm, y <= 3.0 + 1e-9, False)) / n_post,
             "tit4": jnp.sum(jnp.where(pm, y <= 4.0 + 1e-9, False)) / n_post,
             "ge4": jnp.sum(jnp.where(pm, y >= 4.0 - 1e-9, False)) / n_post,
             "ge7": jnp.sum(jnp.where(pm, y >= 7.0 - 1e-9, False)) / n_post,
-            "pain_auc": wt @ y, "pain_excess": wt @ jnp.maximum(y - 3.0, 0.0),
+            "pain_auc": tsum[0], "pain_excess": tsum[1],
             "n_pca": jnp.sum(given & jnp.asarray(is_pca)[None, :]) if n_it else jnp.zeros((), jnp.int32),
             "n_prn": jnp.sum(given & jnp.asarray(~is_pca)[None, :]) if n_it else jnp.zeros((), jnp.int32),
             "t_first": jnp.where(jnp.any(anyg), jnp.asarray(times)[jnp.argmax(anyg)], jnp.nan),
             "max_dep": jnp.max(jnp.where(pm, dep, -jnp.inf)),
-            "oird_cum": (wt @ (dep / d_ref) ** 2) * h_oird,
+            "oird_cum": tsum[2] * h_oird,
             "max_sed": jnp.max(jnp.where(pm, sed, -jnp.inf)),
             "peak_bupi": jnp.max(bup),
         }
-        out = {"auc": wt @ conc, "cmax": jnp.max(jnp.where(pm[:, None], conc, -jnp.inf), axis=0), **summ}
+        out = {"auc": tsum[6:], "cmax": jnp.max(jnp.where(pm[:, None], conc, -jnp.inf), axis=0), **summ}
         if record_traj:
             out.update({"nrs": y, "dose": dose, "uop": uop, "dep": dep, "sed": sed, "bupi": bup,
                         "rep": rep if rep is not None else jnp.zeros((T, 1), dtype)})

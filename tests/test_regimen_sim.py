@@ -149,6 +149,25 @@ def test_deterministic_per_patient_and_chunk_invariant(mixed):
         other.nrs, res.nrs)
 
 
+def test_batch_size_never_changes_a_patients_bits(mixed):
+    """A patient's outcomes, hourly summaries, trajectories and states are the same bits whether it is
+    simulated among 20 rows, 17 or 3: the kernel's float sums (over the grid, a block's states, the rescue
+    items, the running infusions) are added in fixed orders, not in the orders XLA picks from the batch shape
+    (which moved PAIN_EXCESS by 1 ulp between 1 and 8 devices, tests/test_scaleout.py)."""
+    pop = _pop(20)
+    opts = SimOptions(record_states=True)
+    full = simulate_regimen(_MIXED, pop, seed=5, options=opts)
+    for lo, hi in ((0, 3), (3, 20)):
+        part = simulate_regimen(_MIXED, pop.iloc[lo:hi], seed=5, options=opts)
+        pd.testing.assert_frame_equal(part.patients.reset_index(drop=True),
+                                      full.patients.iloc[lo:hi].reset_index(drop=True), check_exact=True)
+        for k in ("nrs", "nrs_hourly", "mme_hourly", "states"):
+            assert np.array_equal(getattr(part, k), getattr(full, k)[lo:hi]), k
+        ids = set(pop.ID.iloc[lo:hi])
+        pd.testing.assert_frame_equal(part.doses.reset_index(drop=True),
+                                      full.doses[full.doses.ID.isin(ids)].reset_index(drop=True), check_exact=True)
+
+
 def test_relaxed_mode_mean_field_and_gradient():
     """Relaxed expected MME within 15 % of the Monte-Carlo mean of sampled events (same typical patient, 300
     replicates); pain AUC within 5 %; jax.grad equals central finite differences (rel 1e-5)."""

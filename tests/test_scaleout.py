@@ -240,8 +240,6 @@ def _sharded_over_8(rec: dict, rows: int):
         assert all(shape[0] == per for _, shape in shards)  # ... holding 1/8 of the (padded) rows
 
 
-@pytest.mark.xfail(strict=True, reason="known defect found with calibration 4 (closing note of session 4): PAIN_EXCESS "
-                   "(a float sum over 72 h in the kernel) differs by 1 ulp for 1 of 130 patients between 1 and 8 devices")
 def test_population_run_is_bit_identical_on_8_devices(eight):
     """simulate_regimen of 130 SPINE-72 patients (C0: PCA feedback, sampled demand): every per-patient outcome,
     the NRS trajectories and the dose record are bit for bit the 1-device ones; the kernel's inputs and outputs
