@@ -202,7 +202,7 @@ def _scaleout(devices: Optional[int] = None, chunk_size: Optional[int] = None, p
     if "pkpd" not in sys.modules and prec in ("float32", "float64"):
         os.environ["PKPD_PRECISION"] = prec  # before the first import of pkpd
     from pkpd import batch
-    from pkpd._errors import PKPDError
+    from pkpd.errors import PKPDError
 
     try:
         return batch.setup(devices=devices, chunk_size=chunk_size, precision=prec, coordinator=coordinator,
@@ -360,7 +360,7 @@ def simulate(
     except _Abort as exc:
         _fail(str(exc))
 
-    from pkpd._errors import PKPDError
+    from pkpd.errors import PKPDError
 
     try:
         import pkpd
@@ -461,7 +461,7 @@ def _load_regimen(spec: str):
 def _simulate_regimen(spec: str, n: int, seed: int, patient: Optional[Path], out: Optional[Path], fmt: str,
                       force: bool, args: dict, *, resume: bool = False, scale: tuple[int, int] = (0, 1),
                       keep_chunks: bool = False) -> None:
-    from pkpd._errors import PKPDError
+    from pkpd.errors import PKPDError
 
     index, count = scale
 
@@ -503,7 +503,7 @@ def _simulate_regimen_run(reg, spec: str, n: int, seed: int, patient: Optional[P
                           ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from pkpd._errors import PKPDError
+    from pkpd.errors import PKPDError
 
     try:
         from pkpd.patients import load_patient, patients_to_frame, spine72_population
@@ -647,7 +647,7 @@ def fit_command(
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from pkpd._errors import PKPDError
+    from pkpd.errors import PKPDError
 
     console = Console(soft_wrap=True, highlight=False)
     err = _stderr()
@@ -741,7 +741,7 @@ def forecast_command(
     out_dir = _data_model_out(data, "the patient data", model, out, "_forecast", force)
     from rich.console import Console
 
-    from pkpd._errors import PKPDError
+    from pkpd.errors import PKPDError
 
     err = _stderr()
     try:
@@ -824,7 +824,7 @@ def drugs_list() -> None:
 @drugs_app.command("show")
 def drugs_show(name: str = typer.Argument(..., help="Drug name (aliases such as paracetamol work).")) -> None:
     """Parameters with value, unit, IIV, covariates and source; PD values; label limits."""
-    from pkpd._errors import PKPDError
+    from pkpd.errors import PKPDError
 
     try:
         from pkpd.drugs import get_drug
@@ -843,7 +843,7 @@ def models(
                                                     "parameters with units and outputs."),
 ) -> None:
     """List the built-in models, or describe one (compartments, parameters with units, outputs)."""
-    from pkpd._errors import PKPDError
+    from pkpd.errors import PKPDError
 
     try:
         from pkpd.models import describe_model, get_model, list_models
@@ -930,7 +930,7 @@ def optimize_cmd(
     _check_out_dir(out_dir, force)
     from rich.console import Console
 
-    from pkpd._errors import PKPDError
+    from pkpd.errors import PKPDError
 
     console = Console(soft_wrap=True, highlight=False)
     try:
@@ -1033,7 +1033,7 @@ def trial_cmd(
     index, count = _scaleout(devices, None, precision, coordinator, num_processes, process_id)
     if index == 0:  # completed chunks go to OUT/chunks as they finish (--resume continues from them)
         if resume and not force:  # only a trial this command recognises is resumed
-            from pkpd._errors import PKPDError
+            from pkpd.errors import PKPDError
             from pkpd.batch import check_resume_dir
 
             try:
@@ -1053,7 +1053,7 @@ def _trial_run(population: int, seed: int, out_dir: Path, draws: int, steps: int
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from pkpd._errors import PKPDError
+    from pkpd.errors import PKPDError
 
     console = Console(soft_wrap=True, highlight=False)
     try:
@@ -1124,7 +1124,7 @@ def report_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report file (.html)."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report file."),
 ) -> None:
-    from pkpd._errors import PKPDError
+    from pkpd.errors import PKPDError
 
     try:
         from pkpd.html_report import write_report

@@ -10,13 +10,13 @@ What is timed (wall clock, :func:`time.perf_counter`):
    process: the *first call* (includes JIT compilation of the kernel for the chunk shape and of the random
    streams) and a *warm call* (compiled code cached in-process; best of ``--repeats``). The first call is
    judged against the 2-minute target (PASS/FAIL). Each call is split into phases by wrapping, for the
-   duration of the call only, three methods of the private ``pkpd.regimen_sim._Plan`` with timers (the
+   duration of the call only, three methods of the private ``pkpd.regimen_sim.RegimenPlan`` with timers (the
    package code is not modified): ``build`` (plan assembly), ``arrays`` (host-side preparation per chunk:
    individual parameters, ``expm`` of every patient's system, exact dose contributions), the compiled kernel
    (blocking on its result; includes compilation on the first chunk of the first call) and ``collect``
    (outcome table); "other" is the rest (chunk slicing and padding, host/device transfers).
 2. **Baseline in the same process.** On a subset of ``--baseline-n`` patients (default 200) the arrays that
-   the simulator prepares (``_Plan.build(C1, sub, SimOptions())`` then ``plan.arrays(sub, seed)``) are
+   the simulator prepares (``RegimenPlan.build(C1, sub, SimOptions())`` then ``plan.arrays(sub, seed)``) are
    propagated by a straightforward numpy loop over the time grid with batched matvecs over patients:
    ``x_k = Phi x_{k-1} + (act_k * segw) @ sv + ((evk == k) * evw) @ evv`` (the scheduled-dose PK part of the
    kernel only: no pain, no PRN/PCA feedback). The JAX kernel (compiled, full: pain, PRN/PCA demand and
@@ -164,14 +164,14 @@ def set_blas_threads(n: int | list[int]) -> None:
 
 @contextlib.contextmanager
 def phase_timers():
-    """Time the phases of :func:`simulate_regimen` by wrapping ``_Plan`` methods while the block runs.
+    """Time the phases of :func:`simulate_regimen` by wrapping ``RegimenPlan`` methods while the block runs.
 
-    Yields a dict of lists of seconds: ``build``, ``prep`` (``_Plan.arrays``, one entry per chunk),
+    Yields a dict of lists of seconds: ``build``, ``prep`` (``RegimenPlan.arrays``, one entry per chunk),
     ``kernel`` (compiled kernel call until its result is ready, one per chunk) and ``collect``. The original
     methods are restored on exit. The wrappers only add ``perf_counter`` calls: ``run_chunk`` converts the
     kernel's result to numpy right after the call anyway, so blocking on it changes nothing.
     """
-    cls = regimen_sim._Plan
+    cls = regimen_sim.RegimenPlan
     saved = {name: cls.__dict__[name] for name in ("build", "arrays", "_compiled", "collect")}
     acc: dict[str, list[float]] = {"build": [], "prep": [], "kernel": [], "collect": []}
 
@@ -215,7 +215,7 @@ def timed_call(regimen, pop, seed: int, chunk_size: int) -> dict:
 
 
 def _fmt_phases(ph: dict) -> str:
-    return (f"build {ph['build']:.2f} s | host prep (_Plan.arrays) {ph['prep']:.1f} s | kernel {ph['kernel']:.1f} s"
+    return (f"build {ph['build']:.2f} s | host prep (RegimenPlan.arrays) {ph['prep']:.1f} s | kernel {ph['kernel']:.1f} s"
             f" | collect {ph['collect']:.1f} s | other {ph['other']:.1f} s")
 
 
@@ -229,7 +229,7 @@ def numpy_pk_loop(arrays: dict, T: int, doses: np.ndarray | None = None) -> np.n
     Parameters
     ----------
     arrays
-        Kernel arrays from ``_Plan.arrays``: ``Phi`` (one (N, n_b, n_b) per drug block, stacked here into one
+        Kernel arrays from ``RegimenPlan.arrays``: ``Phi`` (one (N, n_b, n_b) per drug block, stacked here into one
         block-diagonal (N, n, n) matrix), ``evk``/``evw`` (N, E), ``evv`` (N, E, n),
         ``sf``/``st``/``segw`` (N, S), ``sv`` (N, S, n) and, with ``doses``, ``bvec`` (N, I, n).
     T
@@ -290,7 +290,7 @@ def _best(fn, repeats: int) -> tuple[float, object]:
 
 def baseline(regimen, pop, seed: int, repeats: int) -> dict:
     """JAX full kernel vs numpy PK-only loop on the same prepared arrays of ``pop``."""
-    plan = regimen_sim._Plan.build(regimen, pop, SimOptions())
+    plan = regimen_sim.RegimenPlan.build(regimen, pop, SimOptions())
     t = time.perf_counter()
     arrays, *_ = plan.arrays(pop, seed)
     t_prep = time.perf_counter() - t
@@ -313,13 +313,13 @@ def numeric_check(regimen, pop, seed: int) -> dict:
     opts = SimOptions(record_states=True)
     no_prn = dataclasses.replace(regimen, prn=(), pca=())
     res = simulate_regimen(no_prn, pop, seed=seed, options=opts, chunk_size=len(pop))
-    plan = regimen_sim._Plan.build(no_prn, pop, opts)
+    plan = regimen_sim.RegimenPlan.build(no_prn, pop, opts)
     arrays, *_ = plan.arrays(pop, seed)
     x_np = numpy_pk_loop(arrays, plan.T)
     out["no_prn_rel"], out["no_prn_abs"] = max_rel_diff(x_np, res.states)
     out["no_prn_shape"] = list(res.states.shape)
     # full regimen: the kernel's own run, its granted doses replayed into the numpy loop
-    plan = regimen_sim._Plan.build(regimen, pop, opts)
+    plan = regimen_sim.RegimenPlan.build(regimen, pop, opts)
     run = plan.run_chunk(pop, seed)
     arrays, *_ = plan.arrays(pop, seed)
     x_np = numpy_pk_loop(arrays, plan.T, doses=np.asarray(run["dose"]))

@@ -5,7 +5,7 @@ For each device count in ``--devices`` (default 1 2 4 8) a fresh Python process 
 machine these are *virtual* devices sharing the host's cores). In it, for each chunk size in ``--chunks``:
 
 * the SPINE-72 population of ``--n`` patients and the regimen (``--regimen``, default C1) are prepared once
-  (``_Plan.arrays`` of one chunk: host preparation is the same work whatever the device count and is
+  (``RegimenPlan.arrays`` of one chunk: host preparation is the same work whatever the device count and is
   reported apart);
 * the compiled kernel (:mod:`pkpd.regimen_sim`, rows sharded over the D devices by
   :class:`pkpd.batch.RowProgram`) is called once to compile, then timed ``--repeats`` times on the same
@@ -62,7 +62,7 @@ def worker(args) -> dict:
     for chunk in args.chunks:
         rows = min(chunk, args.n)
         sub = pop.iloc[:rows]
-        plan = regimen_sim._Plan.build(reg, sub, regimen_sim.SimOptions())
+        plan = regimen_sim.RegimenPlan.build(reg, sub, regimen_sim.SimOptions())
         t = time.perf_counter()
         arrays, *_ = plan.arrays(sub, args.seed)
         prep_s = time.perf_counter() - t

@@ -63,13 +63,13 @@ _enable_compilation_cache()
 
 from . import models as models
 from . import solvers as solvers
-from ._errors import DatasetError as DatasetError
-from ._errors import DatasetViolation as DatasetViolation
-from ._errors import ExpressionError as ExpressionError
-from ._errors import GridError as GridError
-from ._errors import ModelSpecError as ModelSpecError
-from ._errors import PKPDError as PKPDError
-from ._errors import SolverError as SolverError
+from .errors import DatasetError as DatasetError
+from .errors import DatasetViolation as DatasetViolation
+from .errors import ExpressionError as ExpressionError
+from .errors import GridError as GridError
+from .errors import ModelSpecError as ModelSpecError
+from .errors import PKPDError as PKPDError
+from .errors import SolverError as SolverError
 from .models import describe_model as describe_model
 from .models import get_model as get_model
 from .models import list_models as list_models

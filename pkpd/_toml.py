@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from ._errors import ModelSpecError
+from .errors import ModelSpecError
 
 __all__ = ["read_toml"]
 

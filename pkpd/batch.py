@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from . import interrupts
-from ._errors import PKPDError
+from .errors import PKPDError
 from .xla import jit
 
 __all__ = ["BatchConfig", "BatchError", "ChunkStore", "RowProgram", "ROW_AXIS", "assign_chunks", "barrier",

@@ -9,9 +9,9 @@ The workflow is
 * :func:`read_dataset` reads a CSV file as **strings** (nothing is coerced silently), strips the headers
   and upper-cases standard column names written in another case (``time`` -> ``TIME``);
 * :func:`check_dataset` collects **every** problem of a (string or numeric) frame as
-  :class:`~pkpd._errors.DatasetViolation` objects, each listing all the rows it concerns;
+  :class:`~pkpd.errors.DatasetViolation` objects, each listing all the rows it concerns;
 * :func:`validate_dataset` reads (when given a path), checks, raises one
-  :class:`~pkpd._errors.DatasetError` listing all problems, or returns a normalized numeric frame.
+  :class:`~pkpd.errors.DatasetError` listing all problems, or returns a normalized numeric frame.
 
 Record selection (NONMEM ``$DATA IGNORE``/``ACCEPT``): :func:`filter_records` drops the rows whose first
 column starts with ``#`` (or another ``IGNORE`` character), the rows flagged ``C`` in a column named ``C``
@@ -43,7 +43,7 @@ from typing import Any, Callable, Collection, Iterable, Sequence, cast
 import numpy as np
 import pandas as pd
 
-from ._errors import DatasetError, DatasetViolation, rows_text
+from .errors import DatasetError, DatasetViolation, rows_text
 
 __all__ = ["STANDARD_COLUMNS", "read_dataset", "check_dataset", "validate_dataset", "standard_columns",
            "numeric_column", "COMMENT_COLUMN", "Condition", "RecordFilter", "RecordFilterError", "FilteredRecords",
@@ -1218,7 +1218,7 @@ def parse_grid(grid: str | Sequence[float] | np.ndarray) -> np.ndarray:
     """
     from decimal import Decimal, InvalidOperation
 
-    from ._errors import GridError
+    from .errors import GridError
 
     if isinstance(grid, str):
         text = grid.strip()
@@ -1328,7 +1328,7 @@ def add_grid(frame: pd.DataFrame, times: str | Sequence[float] | np.ndarray, *, 
     GridError
         A malformed grid, or more than :data:`MAX_GRID_ROWS` rows added.
     """
-    from ._errors import GridError
+    from .errors import GridError
 
     if interpolation not in ("nocb", "locf"):
         raise ValueError(f"interpolation must be 'nocb' or 'locf', got {interpolation!r}")

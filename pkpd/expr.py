@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 import numpy
 
-from ._errors import ExpressionError
+from .errors import ExpressionError
 
 __all__ = ["Expression", "compile_expression", "compile_parameter_block", "evaluate_parameter_block",
            "referenced_columns", "parse_tree", "compile_tree"]

@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from ._errors import ModelSpecError
+from .errors import ModelSpecError
 
 __all__ = [
     "ACTIONS",

@@ -49,8 +49,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._errors import PKPDError
 from .data import standard_columns
+from .errors import PKPDError
 from .manifest import MANIFEST_NAME, read_manifest
 
 __all__ = ["KINDS", "ReportError", "Run", "detect_run", "render_report", "write_report"]
@@ -526,11 +526,9 @@ def _regimen_section(run: Run) -> str:
 
 
 def _cp_plot(frame: pd.DataFrame, title: str, max_ids: int = 20) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from .plotting import new_figure
 
-    fig = Figure(figsize=(8, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = new_figure(8, 4.5)
     ax = fig.add_subplot()
     for i in list(dict.fromkeys(frame["ID"].tolist()))[:max_ids]:
         sub = frame[frame["ID"] == i]

@@ -40,7 +40,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ._errors import PKPDError
+from .errors import PKPDError
 
 __all__ = ["MANIFEST_NAME", "PACKAGES", "file_sha256", "git_commit", "manifest_path", "package_versions",
            "read_manifest", "write_manifest"]

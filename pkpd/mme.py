@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import ModelSpecError
+from .errors import ModelSpecError
 
 __all__ = ["ALIASES", "ASSUMED_IV_FACTORS", "MME_FACTORS", "ROUTES", "MMEFactor", "daily_mme", "mme", "mme_table",
            "total_mme"]

@@ -63,8 +63,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._errors import DatasetError, DatasetViolation
 from .data import validate_dataset
+from .errors import DatasetError, DatasetViolation
 
 __all__ = ["COLUMNS", "UNITS", "nca"]
 

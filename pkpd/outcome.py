@@ -52,8 +52,8 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from ._errors import ModelSpecError
 from .drugs._base import Source
+from .errors import ModelSpecError
 
 __all__ = ["COMBINATION_RULES", "OUTCOME_PARAMETERS", "OutcomeParameter", "OutcomePosterior", "outcome_parameter",
            "outcome_point", "outcome_posterior", "EFFECT_CLASSES"]

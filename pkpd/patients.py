@@ -72,8 +72,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtri
 
-from ._errors import PKPDError
 from .drugs._base import Source
+from .errors import PKPDError
 from .genetics import (
     KNOWN_GENES,
     Genotype,

@@ -27,8 +27,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ._errors import ModelSpecError
 from .drugs._base import Source
+from .errors import ModelSpecError
 from .outcome import EFFECT_CLASSES, outcome_point, outcome_posterior
 
 __all__ = [

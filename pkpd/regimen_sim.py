@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 
 from . import mme as _mme
-from ._errors import ModelSpecError
 from .drugs import get_drug
 from .drugs._base import Drug
+from .errors import ModelSpecError
 from .expr import compile_parameter_block, evaluate_parameter_block
 from .outcome import COMBINATION_RULES, OUTCOME_PARAMETERS, check_values, outcome_posterior
 from .pain import DemandModel, PainModel
@@ -45,7 +45,7 @@ from .pd import GAMMA, OPIOID_EC50_SCALE, AdverseEffectModel, AnalgesicPD, get_p
 from .xla import jit
 
 __all__ = ["IV_MME", "PopulationResult", "SimOptions", "mme_factor", "relaxed_objective", "relaxed_program", "relaxed_rows",
-           "variability_columns",
+           "RegimenPlan", "variability_columns",
            "simulate_regimen"]
 
 #: IV MME factors (MME per mg IV) used here: :data:`pkpd.mme.ASSUMED_IV_FACTORS` (all UNVERIFIED).
@@ -377,7 +377,7 @@ def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, option
         evaluates per-patient proposals exactly). Weighted-out doses are left out of the dose record.
     rescue_tables
         Optional per-patient rescue rules replacing the regimen's PRN/PCA values (same items, rules and
-        structure): the arrays of :meth:`_Plan.rescue_tables` with a leading patient axis (``prn_thr``,
+        structure): the arrays of :meth:`RegimenPlan.rescue_tables` with a leading patient axis (``prn_thr``,
         ``prn_dose``, ``prn_start``, ``prn_stop`` (N, I, R); ``prn_int``, ``prn_cap``, ``prn_capw`` (N, I));
         intervals may not exceed the regimen's longest. The dose record then reports each patient's own
         rescue doses (how the optimizer evaluates per-patient PRN policies).
@@ -397,7 +397,7 @@ def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, option
         raise ModelSpecError("population must be a DataFrame with an ID column (one row per patient)")
     if len(population) == 0:
         raise ModelSpecError("population is empty")
-    plan = _Plan.build(regimen, population, opts)
+    plan = RegimenPlan.build(regimen, population, opts)
     n_total = len(population)
     if dose_weights is not None:
         dose_weights = np.asarray(dose_weights, float)
@@ -433,7 +433,7 @@ def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, option
     return plan.collect(outs, population)
 
 
-def _row_bytes(plan: _Plan) -> float:
+def _row_bytes(plan: RegimenPlan) -> float:
     """Estimated device memory of one patient row of the compiled kernel (bytes): its inputs (step
     propagators, dose vectors, event groups), its outputs over the grid and the per-step rescue arrays, x3
     for intermediates and copies. Used to size chunks from free memory (:func:`pkpd.batch.chunk_rows`)."""
@@ -512,7 +512,7 @@ def relaxed_program(regimen, population: pd.DataFrame, *, seed: int = 0, options
     import jax.numpy as jnp
 
     opts = dataclasses.replace(options or SimOptions(), relaxed=True, record_doses=False, record_states=False)
-    plan = _Plan.build(regimen, population, opts)
+    plan = RegimenPlan.build(regimen, population, opts)
     arrays, _, sched_rows, _ = plan.arrays(population, seed)
     ev_item, seg_item, n_sched = plan.index
     dt = float(opts.dt_h)
@@ -612,7 +612,12 @@ def _relaxed_outcomes(kernel, n_sched: int, dt: float, tit_tau: float, ae, drugs
 
 # ----------------------------------------------------------------------------------------------------------
 @dataclass
-class _Plan:
+class RegimenPlan:
+    """A regimen prepared for one population: drug blocks, the dose-event template, rescue items and the time
+    grid; :meth:`rescue_tables` gives its as-needed/PCA rules as per-patient arrays (the data the compiled
+    kernel takes, so rescue policies of the same structure share one program). Built by
+    :func:`simulate_regimen` and the optimizer; not meant to be filled in by hand."""
+
     regimen: Any
     opts: SimOptions
     blocks: list[_Block]
@@ -626,7 +631,7 @@ class _Plan:
     rule: str = "loewe"  # combination rule (static: compiled in)
 
     @staticmethod
-    def build(regimen, population: pd.DataFrame, opts: SimOptions) -> _Plan:
+    def build(regimen, population: pd.DataFrame, opts: SimOptions) -> RegimenPlan:
         from .drugs.structure import regimen_entry
 
         drugs = []
@@ -699,7 +704,7 @@ class _Plan:
         if bad_om:
             raise ModelSpecError(f"population columns {bad_om} name no outcome-model parameter (known: "
                                  f"{', '.join(sorted(known_om))})")
-        plan = _Plan(regimen, opts, blocks, off, float(t0), T, items, notes, tmpl, rule=rule)
+        plan = RegimenPlan(regimen, opts, blocks, off, float(t0), T, items, notes, tmpl, rule=rule)
         for it in items:
             plan._block_of(it["drug"])  # checks the drug is in the system
         return plan
@@ -1377,7 +1382,7 @@ def _normals_impl(seed, h, k, ids):
 _normals_jit = jit(_normals_impl, static_argnums=(2,), fast_compile=True)
 
 
-def _subdoses(b: _Block, route: str, amt: np.ndarray, t: float, dur: float, plan: _Plan, sub, seed):
+def _subdoses(b: _Block, route: str, amt: np.ndarray, t: float, dur: float, plan: RegimenPlan, sub, seed):
     """Split one dose record into (local target index, amount, start time, duration) sub-doses."""
     from .models import Route
 
@@ -1461,7 +1466,7 @@ def _inner_rows() -> int:
     return 64 if jax.default_backend() == "cpu" else 0
 
 
-def _make_kernel(plan: _Plan):
+def _make_kernel(plan: RegimenPlan):
     """The compiled simulator of one plan (see the module docstring for the model).
 
     The stacked linear system is block-diagonal (one block per drug), so it is never propagated as one
@@ -1645,7 +1650,7 @@ def _make_kernel(plan: _Plan):
 
     def inputs(a, j):
         """Block j's scheduled inputs merged per grid point (sorted grid indices (E,), vectors (E, n_b); the
-        grouping comes from the host, :meth:`_Plan.arrays`) and the infusion segments (from, to, vectors)."""
+        grouping comes from the host, :meth:`RegimenPlan.arrays`) and the infusion segments (from, to, vectors)."""
         o, s = offs[j], sizes[j]
         v = a["evw"][:, None] * a["evv"][:, o:o + s]
         V = jax.ops.segment_sum(v[a["evo"][j]], a["evs"][j], num_segments=v.shape[0])
@@ -1796,7 +1801,7 @@ def _make_kernel(plan: _Plan):
         tsum = _ordered_sum(jnp.stack([wt * y, wt * jnp.maximum(y - 3.0, 0.0), wt * (dep / d_ref) ** 2]
                                       + [jnp.where(jnp.asarray(w), mme_t, 0.0) for w in mme_windows]
                                       + [wt * conc[:, d] for d in range(conc.shape[1])], axis=1))
-        summ = {  # per-patient outcomes (see _Plan.collect), computed here so large batches need no trajectories
+        summ = {  # per-patient outcomes (see RegimenPlan.collect), computed here so large batches need no trajectories
             "mme_rescue": tsum[3:6],
             "mme_hourly": binned(mme_t, hour_bins),
             "nrs_hourly": binned(y, nrs_bins),

@@ -21,22 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .plotting import new_figure, quantile_band
+
 __all__ = ["plot_bands", "plot_mme", "write_population_outputs"]
-
-
-def _fig(w: float, h: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _band(ax, t, y, label, color):
-    q10, q50, q90 = np.quantile(y, [0.1, 0.5, 0.9], axis=0)
-    ax.fill_between(t, q10, q90, color=color, alpha=0.25, linewidth=0, label=f"{label} 10-90 %")
-    ax.plot(t, q50, color=color, linewidth=1.5, label=f"{label} median")
 
 
 def plot_bands(result, path: Path, title: str = "") -> None:
@@ -44,18 +31,18 @@ def plot_bands(result, path: Path, title: str = "") -> None:
     t = result.times
     post = t >= 0
     panels = 3 if np.any(result.bupi > 0) else 2
-    fig = _fig(9, 2.8 * panels)
+    fig = new_figure(9, 2.8 * panels)
     axs = fig.subplots(panels, 1, sharex=True)
-    _band(axs[0], t[post], result.nrs[:, post], "NRS", "tab:red")
+    quantile_band(axs[0], t[post], result.nrs[:, post], "NRS", "tab:red")
     axs[0].axhline(3, color="k", linestyle=":", linewidth=1, label="target NRS <= 3")
     axs[0].set_ylabel("pain NRS, 0-10 scale\n(points)")
     axs[0].set_ylim(0, 10)
     axs[0].legend(fontsize="small", loc="upper right")
-    _band(axs[1], t, result.opioid_units, "opioid", "tab:blue")
+    quantile_band(axs[1], t, result.opioid_units, "opioid", "tab:blue")
     axs[1].set_ylabel("opioid effect,\nCe / EC50 summed\n(dimensionless)")
     axs[1].legend(fontsize="small", loc="upper right")
     if panels == 3:
-        _band(axs[2], t, np.maximum(result.bupi * 1000.0, 1e-3), "bupivacaine", "tab:green")
+        quantile_band(axs[2], t, np.maximum(result.bupi * 1000.0, 1e-3), "bupivacaine", "tab:green")
         axs[2].axhline(2000, color="k", linestyle="--", linewidth=1, label="CNS toxicity 2,000 ng/mL")
         axs[2].set_ylabel("total bupivacaine\n(ng/mL)")
         axs[2].set_yscale("log")
@@ -72,7 +59,7 @@ def plot_bands(result, path: Path, title: str = "") -> None:
 def plot_mme(result, path: Path, title: str = "") -> None:
     """PNG histogram of the 72-h MME with mean and P90 marked."""
     m = result.patients["MME_0_72"].to_numpy(float)
-    fig = _fig(7, 4)
+    fig = new_figure(7, 4)
     ax = fig.add_subplot()
     ax.hist(m, bins=40, color="tab:purple", alpha=0.7, label="patients per bin")
     ax.axvline(m.mean(), color="k", linewidth=1.5, label=f"mean {m.mean():.0f} mg")

@@ -31,8 +31,8 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from ._errors import DatasetError, DatasetViolation, ModelSpecError, SolverError
 from .data import frame_copy, validate_dataset
+from .errors import DatasetError, DatasetViolation, ModelSpecError, SolverError
 from .expr import Expression, compile_parameter_block, evaluate_parameter_block, referenced_columns
 from .models import CompartmentModel, get_model
 
@@ -528,7 +528,7 @@ def _amount_flags(prep: Prepared, amounts: np.ndarray, solver, subset=None) -> n
     bioavailable dose given so far, beyond 1e-10 of it. ``amounts`` (N, n_rec, n_cmt) are those of the
     first N subjects of ``prep`` or of ``subset``."""
     from .engine import _check_tolerances, bucket_size
-    from .models.library import _NAME
+    from .models.registry import BUILTIN_NAME as _NAME
 
     N = amounts.shape[0]
     # padding slots repeat a subject's last record, so whole arrays can be reduced without masks
@@ -1024,11 +1024,10 @@ def profiles_figure(result: pd.DataFrame, model: CompartmentModel, *, output: st
     (matplotlib.figure.Figure, int, int)
         The figure (axes ``TIME (h)`` and ``CP (mg/L)``), subjects drawn and subjects in the result.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     from .data import GRID_COLUMN, numeric_column, standard_columns
+    from .plotting import new_figure
 
     base = result.drop(columns=[c for c in (GRID_COLUMN,) if c in result.columns])
     cols = standard_columns(base[[c for c in base.columns if str(c).upper() in
@@ -1041,8 +1040,7 @@ def profiles_figure(result: pd.DataFrame, model: CompartmentModel, *, output: st
     ids = list(pd.unique(ident))
     shown = ids[:max(int(max_ids), 0)]
     unit = _output_unit(model, output)
-    fig = Figure(figsize=(9, 5.2), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = new_figure(9, 5.2)
     ax = fig.add_subplot()
     colors = [f"C{i % 10}" for i in range(len(shown))]
     handles = []

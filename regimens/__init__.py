@@ -9,7 +9,7 @@ rates in mg/h (or mg/kg/h), PCA lockout in minutes.
   whose :meth:`Regimen.dose_events` expands the deterministic doses for one patient into
   :class:`DoseEvent` s. Every item is validated at construction (drug and route exist in
   :mod:`pkpd.drugs`, positive doses, stop after start...) and errors are :class:`RegimenError`
-  (a :class:`pkpd._errors.PKPDError`).
+  (a :class:`pkpd.errors.PKPDError`).
 * Formats: TOML (:func:`load_regimen`, :meth:`Regimen.to_toml`) and a short text form, one item per line
   (:func:`parse_regimen_text`, :meth:`Regimen.to_text`); both round-trip exactly.
 * Limits (:mod:`regimens.limits`): :data:`LIMITS` (label maxima with sources and UNVERIFIED flags as in

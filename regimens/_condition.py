@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pkpd._errors import PKPDError
+from pkpd.errors import PKPDError
 
 __all__ = ["KNOWN_COVARIATES", "Comparison", "Condition", "ConditionError", "RegimenError", "format_number"]
 

@@ -3,7 +3,7 @@
 Time convention: hours relative to the **end of surgery** (t = 0). Pre-operative doses are at negative times
 (e.g. -2 h), intra-operative ones at e.g. -1 h. Doses are in mg, rates in mg/h, intervals in h (PCA lockout
 in min). Every class is a frozen dataclass validated at construction; errors are :class:`RegimenError`
-(a :class:`pkpd._errors.PKPDError`) whose message names the item.
+(a :class:`pkpd.errors.PKPDError`) whose message names the item.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pkpd._errors import ModelSpecError
+from pkpd.errors import ModelSpecError
 
 from ._condition import Condition, ConditionError, RegimenError, format_number
+from ._format import ROUTE_DISPLAY, format_regimen_text, format_regimen_toml
 
 __all__ = [
     "MODALITY_KINDS",
@@ -36,9 +37,6 @@ __all__ = [
 ROUTE_ALIASES: dict[str, str] = {
     "iv": "iv", "po": "po", "po er": "po_er", "po_er": "po_er", "infiltration": "infiltration", "sc": "sc",
 }
-#: How a route label is written in the text form.
-ROUTE_DISPLAY: dict[str, str] = {"iv": "IV", "po": "PO", "po_er": "PO ER", "infiltration": "infiltration",
-                                 "sc": "SC"}
 #: Kinds of non-drug modality.
 MODALITY_KINDS: tuple[str, ...] = ("tens", "physical_therapy", "psych_education")
 _WINDOWS_OPTIONAL = ("psych_education",)
@@ -744,14 +742,10 @@ class Regimen:
     # ---- formats ---------------------------------------------------------------------------------------
     def to_text(self) -> str:
         """The short text form (see :func:`regimens.parse_regimen_text`); ``parse_regimen_text(r.to_text()) == r``."""
-        from .text import format_regimen_text
-
         return format_regimen_text(self)
 
     def to_toml(self) -> str:
         """TOML text (see :func:`regimens.load_regimen`); loading it gives back an equal regimen."""
-        from .io import format_regimen_toml
-
         return format_regimen_toml(self)
 
     def describe(self) -> str:

@@ -300,7 +300,7 @@ def rescue_tables(regimen: Regimen, adapted: list[Adapted], row: Any, options: A
     Returns
     -------
     dict or None
-        The arrays of :meth:`pkpd.regimen_sim._Plan.rescue_tables` with one row per patient (repeat them per
+        The arrays of :meth:`pkpd.regimen_sim.RegimenPlan.rescue_tables` with one row per patient (repeat them per
         draw), each patient's own as-needed / PCA doses; ``None`` when no patient's rescue changed (the
         regimen as written is then simulated with its own rules, bit for bit as before).
 
@@ -310,12 +310,12 @@ def rescue_tables(regimen: Regimen, adapted: list[Adapted], row: Any, options: A
         An adapted PCA whose loading dose or basal rate changed (the batched call takes those as scheduled
         events of the regimen as written: simulate that patient's adapted regimen on its own).
     """
-    from pkpd.regimen_sim import SimOptions, _Plan
+    from pkpd.regimen_sim import RegimenPlan, SimOptions
 
     if not any(a.rescue for a in adapted):
         return None
     opts = options or SimOptions()
-    ref = _Plan.build(regimen, row, opts)
+    ref = RegimenPlan.build(regimen, row, opts)
 
     def shape(plan):
         return [(it["kind"], it["drug"], it["route"], len(it["thr"])) for it in plan.items]
@@ -330,7 +330,7 @@ def rescue_tables(regimen: Regimen, adapted: list[Adapted], row: Any, options: A
                     raise RegimenError(f"{a.regimen.name}: the PCA loading dose or basal rate was lowered for the "
                                        "patient; a batched simulation of the regimen as written cannot take that "
                                        "(only demand doses are rescue data): simulate the adapted regimen itself")
-            plan = ref if key == (regimen.prn, regimen.pca) else _Plan.build(
+            plan = ref if key == (regimen.prn, regimen.pca) else RegimenPlan.build(
                 dataclasses.replace(regimen, prn=a.regimen.prn, pca=a.regimen.pca), row, opts)
             if shape(plan) != shape(ref):  # pragma: no cover - scaling keeps every rule and PCA
                 raise RegimenError(f"{a.regimen.name}: the adapted rescue rules lost the structure of "

@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from ._condition import RegimenError
+from ._format import format_regimen_toml
 from ._model import PCA, PRN, Adjustment, Modality, Regimen, Scheduled
 
 __all__ = ["DATA_DIR", "format_regimen_toml", "get_regimen", "list_regimens", "load_regimen",
@@ -175,55 +175,6 @@ def save_regimen(regimen: Regimen, path: str | Path) -> Path:
 # --------------------------------------------------------------------------------------------------------
 # Writing TOML (no third-party writer needed)
 # --------------------------------------------------------------------------------------------------------
-
-
-def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, tuple):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} as TOML")
-
-
-def _table(obj: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        if not f.init:
-            continue
-        v = getattr(obj, f.name)
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if f.name in ("drug", "route", "kind") or (v != default and v is not None and v != ()):
-            out[f.name] = v
-    return out
-
-
-def format_regimen_toml(regimen: Regimen) -> str:
-    """TOML text of ``regimen``; :func:`parse_regimen_toml` reads it back into an equal regimen."""
-    lines = [f"# Regimen {regimen.name} (written by regimens; times in h after the end of surgery, doses in mg)",
-             f"name = {_value(regimen.name)}", f"description = {_value(regimen.description)}",
-             f"horizon_h = {_value(regimen.horizon_h)}"]
-    if regimen.references:
-        lines.append("references = [")
-        lines += [f"    {_value(r)}," for r in regimen.references]
-        lines.append("]")
-    for table, items in (("scheduled", regimen.scheduled), ("prn", regimen.prn), ("pca", regimen.pca),
-                         ("modality", regimen.modalities)):
-        for item in items:
-            lines += ["", f"[[{table}]]"]
-            for key, v in _table(item).items():
-                if key == "adjustments":
-                    adj = ", ".join("{ " + ", ".join(f"{k} = {_value(x)}" for k, x in _table(a).items()) + " }"
-                                    for a in v)
-                    lines.append(f"adjustments = [{adj}]")
-                else:
-                    lines.append(f"{key} = {_value(v)}")
-    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -666,12 +666,12 @@ def _policy_allowed(policy, cov, fusion: bool, base_keys: set) -> bool:
 
 def _policy_tables(policies, superset: Regimen, row: pd.DataFrame, opts) -> list[dict]:
     """Each policy's rescue tables (1, I, R) on the superset's rescue structure."""
-    from pkpd.regimen_sim import _Plan
+    from pkpd.regimen_sim import RegimenPlan
 
-    ref = _Plan.build(superset, row, opts)
+    ref = RegimenPlan.build(superset, row, opts)
     out = []
     for pol in policies:
-        plan = _Plan.build(dataclasses.replace(superset, prn=pol.rules), row, opts)
+        plan = RegimenPlan.build(dataclasses.replace(superset, prn=pol.rules), row, opts)
         if [(it["kind"], it["drug"], it["route"], len(it["thr"])) for it in plan.items] != \
                 [(it["kind"], it["drug"], it["route"], len(it["thr"])) for it in ref.items]:
             raise RegimenError(f"rescue policy {pol.label!r} does not have the structure of {policies[0].label!r}")
@@ -1428,11 +1428,11 @@ def explain(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any] | None 
 def plot_schedule(proposal: Proposal, path) -> None:
     """PNG: the proposed doses over time, one row per drug (marker area ~ dose / largest strength),
     with the dose in mg written beside each marker."""
-    from pkpd.report import _fig
+    from pkpd.plotting import new_figure
 
     sched = proposal.schedule
     drugs = list(dict.fromkeys(sched["drug"])) if len(sched) else []
-    fig = _fig(9, 1.0 + 0.55 * max(len(drugs), 1))
+    fig = new_figure(9, 1.0 + 0.55 * max(len(drugs), 1))
     ax = fig.add_subplot()
     for k, d in enumerate(drugs):
         rows = sched[sched["drug"] == d]
@@ -1458,16 +1458,16 @@ def plot_concentrations(proposal: Proposal, path) -> None:
     """PNG: predicted plasma concentration (median and 10-90 % band over the patient's draws, mg/L) of every
     drug of the proposal, with its toxicity limit where one applies (bupivacaine 2 mg/L total, CNS;
     :data:`regimens._objective.EXPOSURE_LIMITS`)."""
-    from pkpd.report import _band, _fig
+    from pkpd.plotting import new_figure, quantile_band
 
     res = proposal.outcomes["proposal"]
     used = list(dict.fromkeys(proposal.schedule["drug"])) if len(proposal.schedule) else []
     drugs = [d for d in res.concentrations if d in used or d in {r.drug for r in proposal.regimen.prn}]
-    fig = _fig(9, 1.9 * max(len(drugs), 1) + 0.6)
+    fig = new_figure(9, 1.9 * max(len(drugs), 1) + 0.6)
     axs = fig.subplots(max(len(drugs), 1), 1, sharex=True, squeeze=False)[:, 0]
     t = res.times
     for ax, d in zip(axs, drugs):
-        _band(ax, t, res.concentrations[d], d, "tab:purple")
+        quantile_band(ax, t, res.concentrations[d], d, "tab:purple")
         lim = 2.0 if d.startswith("bupivacaine") else (EXPOSURE_LIMITS[d].mg_per_l if d in EXPOSURE_LIMITS else None)
         if lim is not None:
             ax.axhline(lim, color="k", linestyle="--", linewidth=1, label=f"toxicity limit {lim:g} mg/L")
@@ -1481,21 +1481,21 @@ def plot_concentrations(proposal: Proposal, path) -> None:
 
 
 def _plot_proposal_bands(proposal: Proposal, path) -> None:
-    from pkpd.report import _band, _fig
+    from pkpd.plotting import new_figure, quantile_band
 
     prop, c1 = proposal.outcomes["proposal"], proposal.outcomes["C1"]
     t = prop.times
     post = t >= 0
-    fig = _fig(9, 6)
+    fig = new_figure(9, 6)
     axs = fig.subplots(2, 1, sharex=True)
-    _band(axs[0], t[post], prop.nrs[:, post], "proposal NRS", "tab:red")
+    quantile_band(axs[0], t[post], prop.nrs[:, post], "proposal NRS", "tab:red")
     axs[0].plot(c1.times[c1.times >= 0], np.median(c1.nrs[:, c1.times >= 0], axis=0), color="tab:gray",
                 linestyle="--", label="C1 median NRS")
     axs[0].axhline(3, color="k", linestyle=":", linewidth=1, label="target NRS <= 3")
     axs[0].set_ylim(0, 10)
     axs[0].set_ylabel("pain NRS, 0-10 scale (points)")
     axs[0].legend(fontsize="small", loc="upper right")
-    _band(axs[1], t, prop.opioid_units, "proposal opioid effect", "tab:blue")
+    quantile_band(axs[1], t, prop.opioid_units, "proposal opioid effect", "tab:blue")
     axs[1].set_ylabel("opioid effect, Ce/EC50 (dimensionless)")
     axs[1].legend(fontsize="small", loc="upper right")
     for ax in axs:
@@ -1675,10 +1675,10 @@ def trial_summary(patients: pd.DataFrame) -> pd.DataFrame:
 def plot_trial(patients: pd.DataFrame, path) -> None:
     """PNG: per-patient 72-h MME (log scale) and time in target for the proposal, C0 and C1: one point per
     patient, with the median and the 10th-90th percentile range of each regimen."""
-    from pkpd.report import _fig
+    from pkpd.plotting import new_figure
 
     regs = ("C0", "C1", "proposal")
-    fig = _fig(10, 4)
+    fig = new_figure(10, 4)
     a1, a2 = fig.subplots(1, 2)
     rng = np.random.default_rng(0)  # horizontal jitter of the patient points only
     for ax, values in ((a1, [patients[f"MME_0_72_{r}"].to_numpy(float) + 1.0 for r in regs]),

@@ -35,7 +35,8 @@ import math
 import re
 from typing import Any
 
-from ._condition import ConditionError, RegimenError, format_number
+from ._condition import ConditionError, RegimenError
+from ._format import format_regimen_text
 from ._model import (
     MODALITY_KINDS,
     PCA,
@@ -91,10 +92,6 @@ _CLAUSES = "q6h, once, at, from, to, for, over, x4, infusion, PRN, NRS>=4, PCA, 
 
 def _unescape(s: str) -> str:
     return re.sub(r"\\(.)", r"\1", s[1:-1])
-
-
-def _escape(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _mass(value: float, unit: str) -> float:
@@ -600,96 +597,3 @@ def _toks_hint(line: _Line) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------------------
 # Formatting
 # --------------------------------------------------------------------------------------------------------
-
-
-def _h(x: float) -> str:
-    return f"{format_number(x)}h"
-
-
-def _route_text(route: str) -> str:
-    return ROUTE_DISPLAY.get(route, route)
-
-
-def _scheduled_line(s: Scheduled) -> str:
-    if s.rate_mg_per_kg_h is not None:
-        amount = f"{format_number(s.rate_mg_per_kg_h)} mg/kg/h"
-    elif s.rate_mg_h is not None:
-        amount = f"{format_number(s.rate_mg_h)} mg/h"
-    elif s.dose_mg_per_kg is not None:
-        amount = f"{format_number(s.dose_mg_per_kg)} mg/kg"
-    else:
-        amount = f"{format_number(s.dose_mg)} mg"  # type: ignore[arg-type]
-    parts = [s.drug, amount, _route_text(s.route)]
-    if s.is_continuous:
-        parts += ["infusion from", _h(s.start_h)]
-        if s.stop_h is not None:
-            parts += ["to", _h(s.stop_h)]
-        return " ".join(parts)
-    if s.every_h is None:
-        parts += ["once at", _h(s.start_h)]
-    else:
-        parts += [f"q{_h(s.every_h)}", "from", _h(s.start_h)]
-        if s.stop_h is not None:
-            parts += ["to", _h(s.stop_h)]
-        if s.count is not None:
-            parts.append(f"x{s.count}")
-    if s.infusion_h:
-        parts += ["over", _h(s.infusion_h)]
-    for a in s.adjustments:
-        parts += ["if", f"{a.when}:", f"{format_number(a.dose_mg)} mg"]
-        if a.reason:
-            parts.append(_escape(a.reason))
-    return " ".join(parts)
-
-
-def _prn_line(p: PRN) -> str:
-    parts = [p.drug, f"{format_number(p.dose_mg)} mg", _route_text(p.route), f"q{_h(p.min_interval_h)}", "PRN",
-             f"NRS>={format_number(p.threshold_nrs)}"]
-    if p.start_h != 0 or p.stop_h is not None:
-        parts += ["from", _h(p.start_h)]
-    if p.stop_h is not None:
-        parts += ["to", _h(p.stop_h)]
-    if p.max_per_24h is not None:
-        parts += ["max", f"{p.max_per_24h}/24h"]
-    return " ".join(parts)
-
-
-def _pca_line(p: PCA) -> str:
-    parts = [p.drug, f"{format_number(p.demand_mg)} mg", _route_text(p.route), "PCA", "lockout",
-             f"{format_number(p.lockout_min)} min"]
-    if p.basal_mg_h:
-        parts += ["basal", f"{format_number(p.basal_mg_h)} mg/h"]
-    if p.hourly_max_mg is not None:
-        parts += ["max", f"{format_number(p.hourly_max_mg)} mg/h"]
-    if p.loading_mg:
-        parts += ["loading", f"{format_number(p.loading_mg)} mg"]
-    if p.start_h != 0 or p.stop_h is not None:
-        parts += ["from", _h(p.start_h)]
-    if p.stop_h is not None:
-        parts += ["to", _h(p.stop_h)]
-    return " ".join(parts)
-
-
-def _modality_line(m: Modality) -> str:
-    out = m.kind
-    if m.windows:
-        out += " on " + ", ".join(f"{_h(a)}-{_h(b)}" for a, b in m.windows)
-    if not m.enabled:
-        out += " disabled"
-    return out
-
-
-def format_regimen_text(regimen: Regimen) -> str:
-    """The text form of ``regimen`` (header lines, then scheduled, PRN, PCA and modality lines)."""
-    lines = [f"name: {regimen.name}"]
-    if regimen.description:
-        lines += [f"description: {d}" for d in regimen.description.split("\n")]
-    lines.append(f"horizon: {_h(regimen.horizon_h)}")
-    lines += [f"reference: {r}" for r in regimen.references]
-    groups = (("scheduled", regimen.scheduled, _scheduled_line), ("as needed (PRN)", regimen.prn, _prn_line),
-              ("PCA", regimen.pca, _pca_line), ("non-drug modalities", regimen.modalities, _modality_line))
-    for title, items, fmt in groups:
-        if items:
-            lines += ["", f"# {title}"]
-            lines += [fmt(i) for i in items]
-    return "\n".join(lines) + "\n"

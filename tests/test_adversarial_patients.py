@@ -208,12 +208,12 @@ def test_rescue_doses_actually_simulated_are_within_the_fractions(adversarial_ru
     and the comparators never exceed the patient's fraction of the largest dose written (hydromorphone IV 0.5 mg
     PRN, C0's PCA 0.2 mg; oxycodone PO 10 mg) nor of the usual starting dose; a restricted patient's proposal
     and explanation quote the fraction applied."""
-    from pkpd.regimen_sim import SimOptions, _Plan
+    from pkpd.regimen_sim import RegimenPlan, SimOptions
 
     allp, st, res = adversarial_run
     S = st.draws
     row_patient = np.repeat(np.arange(len(allp)), S)
-    items = _Plan.build(res.superset, res.rows.iloc[:1], SimOptions()).items
+    items = RegimenPlan.build(res.superset, res.rows.iloc[:1], SimOptions()).items
     tab = res.rescue_tables["prn_dose"]
     assert tab.shape[0] == len(allp) * S
     for q, p in enumerate(row_patient):

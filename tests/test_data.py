@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pkpd._errors import DatasetError, DatasetViolation, PKPDError
 from pkpd.data import STANDARD_COLUMNS, check_dataset, read_dataset, validate_dataset
+from pkpd.errors import DatasetError, DatasetViolation, PKPDError
 
 MODEL = dict(
     n_compartments=3,

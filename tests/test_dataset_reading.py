@@ -19,8 +19,8 @@ import pytest
 from cli_helpers import cli_output, runner
 
 from cli import app
-from pkpd._errors import DatasetError
 from pkpd.data import numeric_column, read_dataset, standard_columns, validate_dataset
+from pkpd.errors import DatasetError
 from pkpd.fit.problem import build_problem, unused_records
 from pkpd.fit.spec import load_model
 from pkpd.nca import nca

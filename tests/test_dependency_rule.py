@@ -65,3 +65,115 @@ def test_the_scan_sees_lazy_and_dynamic_imports(tmp_path):
                    "    importlib.import_module('regimens.io')\n    __import__('cli')\n")
     mods = sorted(m for _, m in _imports(src))
     assert mods == sorted(["os", "regimens", "regimens.optimize", "importlib", "regimens.io", "cli"])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# No import circles, no private names across packages (issue 24)
+# ------------------------------------------------------------------------------------------------------------
+PACKAGES = ("pkpd", "regimens")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports (module level and inside functions; ``if TYPE_CHECKING:``
+    blocks left out, they never run). ``from . import x`` names the submodule ``x``, not the package."""
+    mods = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                for stmt in node.body for n in ast.walk(stmt)}
+        deps: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+                    base = base[:len(base) - (node.level - 1)]
+                    mod = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    mod = node.module or ""
+                targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in mods else mod for a in node.names]
+            else:
+                continue
+            for t in targets:
+                while t and t not in mods:
+                    t = t.rpartition(".")[0]
+                if t and t != name:
+                    deps.add(t)
+        graph[name] = deps
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circles():
+    """No two modules of pkpd or regimens import each other, directly or through others (function-level
+    imports count: they hide a circle, they do not remove it)."""
+    cycles = _cycles(_import_graph())
+    assert not cycles, "import circles: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_cycle_finder_finds_a_hidden_circle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_private_names_across_packages():
+    """regimens and cli use pkpd's public names only (and pkpd never imports regimens): no
+    ``from pkpd.x import _name`` and no ``pkpd._module``. (benchmarks/ may time private kernels.)"""
+    bad = []
+    files = [ROOT / "cli.py", *sorted((ROOT / "regimens").rglob("*.py"))]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                    and node.module.split(".")[0] == "pkpd":
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                private += [p for p in node.module.split(".") if p.startswith("_") and not p.startswith("__")]
+                if private:
+                    bad.append(f"{path.relative_to(ROOT).as_posix()}:{node.lineno} {node.module} {private}")
+    assert not bad, "private names of pkpd used outside it: " + "; ".join(bad)

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 import pkpd
-from pkpd._errors import ModelSpecError
 from pkpd.drugs import Covariate, Drug, Param, Source, get_drug, list_drugs
+from pkpd.errors import ModelSpecError
 
 SRC = Source("Test 2000, J Test 1:1")
 

@@ -18,7 +18,6 @@ from scipy.integrate import solve_ivp
 from scipy.optimize import brentq
 
 import pkpd
-from pkpd._errors import ModelSpecError
 from pkpd.drugs import get_drug, list_drugs
 from pkpd.drugs.local_anesthetics import (
     EXPAREL_LABEL_LIMITS,
@@ -31,6 +30,7 @@ from pkpd.drugs.local_anesthetics import (
     ropivacaine_binding_sites,
     ropivacaine_unbound,
 )
+from pkpd.errors import ModelSpecError
 from pkpd.expr import evaluate_parameter_block
 
 NAMES = ("bupivacaine", "bupivacaine_liposomal", "ropivacaine")

@@ -10,7 +10,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from pkpd._errors import ExpressionError  # noqa: E402
+from pkpd.errors import ExpressionError  # noqa: E402
 from pkpd.expr import (  # noqa: E402
     compile_expression,
     compile_parameter_block,

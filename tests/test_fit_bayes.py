@@ -21,7 +21,7 @@ import numpyro.distributions as dist
 import pandas as pd
 import pytest
 
-from pkpd._errors import ModelSpecError
+from pkpd.errors import ModelSpecError
 from pkpd.fit import bayes as B
 from pkpd.fit import build_problem, load_model
 from pkpd.fit.bayes import default_priors, describe_priors, fit_nuts, fit_svi, load_netcdf

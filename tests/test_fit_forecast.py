@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import scipy.optimize
 
-from pkpd._errors import DatasetError
 from pkpd.datasets import load_theoph
+from pkpd.errors import DatasetError
 from pkpd.fit.forecast import forecast
 
 KE, KA, CL = 0.0855, 1.61, 0.0397

@@ -11,7 +11,7 @@ Each check compares with an independent reference:
   Laplace approximation (Newton on each subject, analytic Hessian with the inverse Mills ratio) of the
   censored linear model.
 
-Bad input must raise :class:`pkpd._errors.PKPDError` subclasses whose messages name the problem (rows,
+Bad input must raise :class:`pkpd.errors.PKPDError` subclasses whose messages name the problem (rows,
 column, section) and the fix.
 
 References
@@ -37,8 +37,8 @@ import scipy.special
 import scipy.stats
 
 import pkpd.fit as pf
-from pkpd._errors import DatasetError, ModelSpecError, PKPDError
 from pkpd.datasets import load_theoph
+from pkpd.errors import DatasetError, ModelSpecError, PKPDError
 from pkpd.fit import laplace as lp
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -566,16 +566,16 @@ def test_time_unit_of_the_model_file_labels_the_plots(theoph, tmp_path, monkeypa
     import copy
     import dataclasses
 
-    from pkpd._errors import ModelSpecError
+    from pkpd.errors import ModelSpecError
 
     figs = []
-    real_fig = dg._fig
+    real_fig = dg.new_figure
 
     def keep(w, h):
         figs.append(real_fig(w, h))
         return figs[-1]
 
-    monkeypatch.setattr(dg, "_fig", keep)
+    monkeypatch.setattr(dg, "new_figure", keep)
     res = copy.copy(theoph)
     res.spec = dataclasses.replace(theoph.spec, time_unit="min")
     res.save(tmp_path / "min")

@@ -62,17 +62,17 @@ def _individual(n=30, seed=2):
 
 
 class _Keep:
-    """Collects the figures the plot functions make (dg._fig replaced)."""
+    """Collects the figures the plot functions make (dg.new_figure replaced)."""
 
     def __init__(self, monkeypatch):
         self.figs = []
-        real = dg._fig
+        real = dg.new_figure
 
         def keep(w, h):
             self.figs.append(real(w, h))
             return self.figs[-1]
 
-        monkeypatch.setattr(dg, "_fig", keep)
+        monkeypatch.setattr(dg, "new_figure", keep)
 
     def last(self):
         return self.figs[-1]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pkpd._errors import ModelSpecError, PKPDError
+from pkpd.errors import ModelSpecError, PKPDError
 from pkpd.genetics import (
     ACTIONS,
     CYP2C9_ALLELES,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pkpd._errors import ModelSpecError
+from pkpd.errors import ModelSpecError
 from pkpd.mme import MME_FACTORS, MMEFactor, daily_mme, mme, mme_table, total_mme
 
 # (drug, route, dose, expected MME, models.md row)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import pkpd
-from pkpd._errors import DatasetError
+from pkpd.errors import DatasetError
 from pkpd.nca import COLUMNS, UNITS, nca
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pkpd._errors import ModelSpecError
+from pkpd.errors import ModelSpecError
 from pkpd.outcome import OUTCOME_PARAMETERS, outcome_parameter, outcome_point, outcome_posterior
 from pkpd.patients import spine72_population
 from pkpd.pd import PD_LIBRARY, inverse_reference_curve, reference_curve

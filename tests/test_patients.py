@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pkpd._errors import PKPDError
+from pkpd.errors import PKPDError
 from pkpd.genetics import GenotypeError, phenotype
 from pkpd.patients import (
     COVARIATE_COLUMNS,

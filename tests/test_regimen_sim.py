@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 
 import pkpd
-from pkpd._errors import ModelSpecError, PKPDError
 from pkpd.drugs import get_drug
+from pkpd.errors import ModelSpecError, PKPDError
 from pkpd.pain import PainModel
 from pkpd.patients import spine72_population
 from pkpd.pd import (
@@ -328,7 +328,7 @@ def test_parameter_override_columns():
 def test_per_patient_rescue_tables_equal_separate_regimens():
     """simulate_regimen(rescue_tables=...) with a different PRN policy per patient gives each patient the
     outcomes of the regimen carrying that policy (same IDs, same draws): 1e-12 relative."""
-    from pkpd.regimen_sim import _Plan
+    from pkpd.regimen_sim import RegimenPlan
 
     sched = (Scheduled("acetaminophen", "po", dose_mg=1000.0, start_h=0.0, every_h=6.0),)
     pol_a = (PRN("oxycodone", "po", 5.0, 4.0, 4.0), PRN("oxycodone", "po", 10.0, 7.0, 4.0))
@@ -337,8 +337,8 @@ def test_per_patient_rescue_tables_equal_separate_regimens():
     reg_b = Regimen(name="b", description="", scheduled=sched, prn=pol_b)
     pop = _pop(4)
     tabs = {}
-    ta = _Plan.build(reg_a, pop, SimOptions()).rescue_tables(1)
-    tb = _Plan.build(reg_b, pop, SimOptions()).rescue_tables(1)
+    ta = RegimenPlan.build(reg_a, pop, SimOptions()).rescue_tables(1)
+    tb = RegimenPlan.build(reg_b, pop, SimOptions()).rescue_tables(1)
     which = [0, 1, 1, 0]
     for k in ta:
         tabs[k] = np.concatenate([(ta, tb)[w][k] for w in which])
@@ -388,7 +388,7 @@ def test_a_new_seed_never_recompiles_the_kernel():
     reg, pop = get_regimen("C1"), spine72_population(8, 2)
     opts = rs.SimOptions(record_trajectories=False)
     res = [rs.simulate_regimen(reg, pop, seed=s, options=opts).patients.MME_0_72.to_numpy() for s in (11, 12, 13, 11)]
-    plan = rs._Plan.build(reg, pop, opts)
+    plan = rs.RegimenPlan.build(reg, pop, opts)
     assert plan._compiled().rows.single._cache_size() == 1
     assert not np.array_equal(res[0], res[1]) or not np.array_equal(res[1], res[2])
     np.testing.assert_array_equal(res[0], res[3])

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pkpd._errors import PKPDError
 from pkpd.drugs import get_drug, list_drugs
+from pkpd.errors import PKPDError
 from regimens import (
     LIMITS,
     PCA,

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 import pkpd
-from pkpd._errors import DatasetError, ModelSpecError
 from pkpd.engine import bucket_size
+from pkpd.errors import DatasetError, ModelSpecError
 
 _EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration")
 

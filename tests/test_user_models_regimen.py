@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pkpd._errors import ModelSpecError
 from pkpd.drugs import get_drug, with_structure
 from pkpd.drugs.structure import regimen_entry
+from pkpd.errors import ModelSpecError
 from pkpd.models.user import compile_structure
 from pkpd.patients import spine72_population
 from pkpd.regimen_sim import SimOptions, simulate_regimen

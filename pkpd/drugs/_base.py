@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from .._errors import ModelSpecError
+from ..errors import ModelSpecError
 
 if TYPE_CHECKING:
     from ..models import CompartmentModel

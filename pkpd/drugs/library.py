@@ -12,7 +12,7 @@ source tag given there (NL = nlmixr2/nlmixr2lib transcription of the paper's tab
 
 from __future__ import annotations
 
-from .._errors import ModelSpecError
+from ..errors import ModelSpecError
 from ._base import Covariate, Drug, Param, Source
 
 __all__ = ["ACETAMINOPHEN", "OXYCODONE", "get_drug", "list_drugs"]

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import ModelSpecError
+from ..errors import ModelSpecError
 from ..models import CompartmentModel, register_model
 from ..models import Param as ModelParam
 from ._base import Covariate, Drug, Param, Source

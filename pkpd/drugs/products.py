@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._errors import ModelSpecError
+from ..errors import ModelSpecError
 from ._base import Source
 from .library import get_drug
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import ModelSpecError
+from ..errors import ModelSpecError
 from ._base import Drug
 
 __all__ = ["regimen_entry", "with_structure"]

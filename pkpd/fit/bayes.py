@@ -108,7 +108,7 @@ from numpyro.infer.hmc import HMCState, hmc
 from numpyro.infer.hmc_util import HMCAdaptState
 from numpyro.infer.util import potential_energy
 
-from .._errors import ModelSpecError
+from ..errors import ModelSpecError
 from ..xla import jit
 from .laplace import FitError
 from .problem import Problem

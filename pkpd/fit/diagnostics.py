@@ -75,6 +75,7 @@ import pandas as pd
 import scipy.linalg
 import scipy.stats
 
+from ..plotting import new_figure
 from .problem import fit_jit
 
 __all__ = ["IC_DEFINITION", "SIM_CHUNK", "cwres", "epsilon_shrinkage", "eta_shrinkage", "evaluate_outputs",
@@ -619,7 +620,7 @@ def grid_predictions(prob, u_full, eta, *, n_subjects: int = 12, n_points: int =
     pandas.DataFrame or None
         Columns ``ID, TIME, type, PRED, IPRED`` (type index into the model's observation types).
     """
-    from .._errors import PKPDError
+    from ..errors import PKPDError
     from .problem import build_problem
 
     fr = prob.frame
@@ -690,15 +691,6 @@ def grid_predictions(prob, u_full, eta, *, n_subjects: int = 12, n_points: int =
 # for residuals and log-normal etas. Every drawn line, band and point set has a legend entry.
 
 ND = "dimensionless"
-
-
-def _fig(w: float, h: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def _colors(n: int) -> list:
@@ -796,7 +788,7 @@ def plot_gof(pred: pd.DataFrame, path: Path, *, log_axes: bool = False, title: s
     """
     p = pred[~pred["BLQ"].astype(bool)]
     types = _types(p) or ["DV"]
-    fig = _fig(10, 4.6 * len(types))
+    fig = new_figure(10, 4.6 * len(types))
     axs = np.atleast_2d(fig.subplots(len(types), 2, squeeze=False))
     for row, name in zip(axs, types):
         s = p[p["TYPE"] == name] if len(p) else p
@@ -842,7 +834,7 @@ def plot_residuals(pred: pd.DataFrame, path: Path, *, title: str = "", time_unit
     smooth
         Draw the LOWESS smooth.
     """
-    fig = _fig(10, 8)
+    fig = new_figure(10, 8)
     axs = fig.subplots(2, 2)
     types = _types(pred)
     pu = _common_unit(units, types)
@@ -885,7 +877,7 @@ def plot_abs_iwres(pred: pd.DataFrame, path: Path, *, title: str = "", units: Ma
         Draw the LOWESS smooth.
     """
     types = _types(pred) or ["DV"]
-    fig = _fig(6.5, 4.2 * len(types))
+    fig = new_figure(6.5, 4.2 * len(types))
     axs = np.atleast_1d(fig.subplots(len(types), 1, squeeze=False)).ravel()
     for ax, name in zip(axs, types):
         s = pred[(pred["TYPE"] == name) & np.isfinite(pred["IWRES"].to_numpy(float))] if len(pred) else pred
@@ -943,7 +935,7 @@ def plot_qq(pred: pd.DataFrame, path: Path, *, columns: Sequence[str] = ("CWRES"
         Figure title.
     """
     cols = [c for c in columns if c in pred]
-    fig = _fig(5 * max(1, len(cols)), 4.8)
+    fig = new_figure(5 * max(1, len(cols)), 4.8)
     axs = np.atleast_1d(fig.subplots(1, max(1, len(cols)), squeeze=False)).ravel()
     for ax, col in zip(axs, cols):
         theo, v, lo, hi = qq_normal(pred[col].to_numpy(float))
@@ -999,7 +991,7 @@ def plot_vpc(vpc: pd.DataFrame, pred: pd.DataFrame, path: Path, *, n_rep: int = 
     has_blq = "obs_blq_pct" in vpc
     n = max(1, len(groups))
     ncol = 2 if has_blq and any(np.isfinite(vpc.loc[vpc["type"] == t, "lloq"]).any() for t, _ in groups) else 1
-    fig = _fig(7 + 4.5 * (ncol - 1), 4.2 * n)
+    fig = new_figure(7 + 4.5 * (ncol - 1), 4.2 * n)
     axs = np.atleast_2d(fig.subplots(n, ncol, squeeze=False, gridspec_kw={"width_ratios": [7, 4.5][:ncol]}))
     word = "prediction-corrected " if pc else ""
     for row, (name, level) in zip(axs, groups):
@@ -1084,7 +1076,7 @@ def plot_individual(pred: pd.DataFrame, grid: pd.DataFrame | None, path: Path, *
     n = max(1, len(ids))
     ncol = min(4, n)
     nrow = -(-n // ncol)
-    fig = _fig(3.2 * ncol, 2.6 * nrow + 0.6)
+    fig = new_figure(3.2 * ncol, 2.6 * nrow + 0.6)
     axs = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
     for ax, sid in zip(axs, ids):
         s = p[p["ID"] == sid].sort_values("TIME")
@@ -1147,7 +1139,7 @@ def plot_eta_distributions(individual: pd.DataFrame, path: Path, *, labels: Sequ
     n = max(1, len(labels))
     ncol = min(3, n)
     nrow = -(-n // ncol)
-    fig = _fig(4.2 * ncol, 3.4 * nrow)
+    fig = new_figure(4.2 * ncol, 3.4 * nrow)
     axs = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
     for ax, lab, var in zip(axs, labels, omega_var):
         x = individual[lab].to_numpy(float)
@@ -1195,7 +1187,7 @@ def plot_eta_pairs(individual: pd.DataFrame, path: Path, *, labels: Sequence[str
     """
     labels = list(labels)
     k = max(1, len(labels))
-    fig = _fig(2.9 * k + 1, 2.7 * k + 0.8)
+    fig = new_figure(2.9 * k + 1, 2.7 * k + 0.8)
     axs = np.atleast_2d(fig.subplots(k, k, squeeze=False))
     for i, li in enumerate(labels):
         for j, lj in enumerate(labels):
@@ -1294,7 +1286,7 @@ def plot_eta_covariates(individual: pd.DataFrame, covariates: pd.DataFrame, path
     covs = [c for c in covariates.columns if c != "ID"]
     m = individual[["ID"] + labels].merge(covariates, on="ID", how="left")
     nr, nc = max(1, len(labels)), max(1, len(covs))
-    fig = _fig(3.6 * nc + 0.6, 2.9 * nr + 0.8)
+    fig = new_figure(3.6 * nc + 0.6, 2.9 * nr + 0.8)
     axs = np.atleast_2d(fig.subplots(nr, nc, squeeze=False))
     for i, lab in enumerate(labels):
         y = m[lab].to_numpy(float)
@@ -1352,7 +1344,7 @@ def plot_trace(draws: dict[str, np.ndarray], path: Path, *, max_params: int = 12
     az = _arviz()
     names = list(draws)[:max_params]
     n = max(1, len(names))
-    fig = _fig(10, 1.9 * n + 0.8)
+    fig = new_figure(10, 1.9 * n + 0.8)
     axs = np.atleast_2d(fig.subplots(n, 2, squeeze=False))
     data = {f"v{i}": np.asarray(draws[nm], float) for i, nm in enumerate(names)}
     if names:
@@ -1403,7 +1395,7 @@ def plot_rank(draws: dict[str, np.ndarray], path: Path, *, max_params: int = 12,
     n = max(1, len(names))
     ncol = min(3, n)
     nrow = -(-n // ncol)
-    fig = _fig(4.2 * ncol, 2.8 * nrow + 0.6)
+    fig = new_figure(4.2 * ncol, 2.8 * nrow + 0.6)
     axs = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
     data = {f"v{i}": np.asarray(draws[nm], float) for i, nm in enumerate(names)}
     if names:

@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .._errors import DatasetError, DatasetViolation, ModelSpecError
-from .laplace import conditional_modes
+from ..errors import DatasetError, DatasetViolation, ModelSpecError
+from .inner import conditional_modes
 from .problem import Problem, build_problem, fit_jit, unused_records
 from .spec import PopulationModel, load_model
 

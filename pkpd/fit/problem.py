@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .._errors import DatasetError, DatasetViolation, ModelSpecError, rows_text
 from ..data import numeric_column, standard_columns
+from ..errors import DatasetError, DatasetViolation, ModelSpecError, rows_text
 from ..expr import compile_expression, evaluate_parameter_block
 from ..models import get_model
 from ..simulate import ParameterSpec, arrange_theta, prepare

@@ -96,7 +96,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
-from .._errors import PKPDError
+from ..errors import PKPDError
 from . import diagnostics as dg
 from .problem import LOG2PI, Problem, fit_jit
 from .spec import PopulationModel, load_model

@@ -5,7 +5,7 @@ subject's joint density and each subject's Laplace term depend on that subject's
 :class:`ShardedProblem` splits a :class:`~pkpd.fit.problem.Problem` into one sub-problem per device
 (consecutive subjects, counts differing by at most one; a device with fewer gets a padding subject without
 observations), stacks
-them on a leading device axis and runs :func:`~pkpd.fit.laplace.conditional_modes` and the per-subject
+them on a leading device axis and runs :func:`~pkpd.fit.inner.conditional_modes` and the per-subject
 Laplace terms on every device's subjects with ``jax.shard_map``.
 
 Per subject the computation is the one-device computation (the conditional modes are bit-identical); the
@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import batch
-from .problem import _DEV_OBS, Problem, fit_jit
+from .inner import INNER_GTOL, INNER_MAX_ITER, conditional_modes, laplace_terms
+from .problem import _DEV_OBS, Problem, _static_key, fit_jit
 
 __all__ = ["ShardedProblem", "shard_problem"]
 
@@ -69,9 +70,6 @@ def _sub_problem(prob: Problem, subjects: np.ndarray, n_id: int, n_pseudo: int, 
     q.obs = obs
     q.ids = np.concatenate([np.asarray(prob.ids)[subjects], np.full(n_id - len(subjects), -1)])
     q.notes = []
-    q._key = None
-    from .problem import _static_key
-
     q._key = _static_key(q)
     return q
 
@@ -80,7 +78,7 @@ class ShardedProblem:
     """A :class:`Problem` split by subjects over devices, with the Laplace computations on every device.
 
     Build with :func:`shard_problem`. ``modes(u_full, eta)`` and ``value_and_grad(u, eta, H)`` take and
-    return arrays in the original subject order, as :func:`~pkpd.fit.laplace.conditional_modes` and
+    return arrays in the original subject order, as :func:`~pkpd.fit.inner.conditional_modes` and
     ``jax.value_and_grad(laplace_objective, argnums=1)`` do.
     """
 
@@ -122,7 +120,7 @@ class ShardedProblem:
         return x.reshape((-1,) + x.shape[2:])[self.slot]
 
     def modes(self, u_full, eta0, **kw):
-        """:func:`~pkpd.fit.laplace.conditional_modes` of every subject: ``(eta, H, converged, n_iter)``."""
+        """:func:`~pkpd.fit.inner.conditional_modes` of every subject: ``(eta, H, converged, n_iter)``."""
         eta, H, ok, it = self._modes(self.stacked, jnp.asarray(u_full), self._split(eta0), **kw)
         return (jnp.asarray(self._join(eta)), jnp.asarray(self._join(H)), jnp.asarray(self._join(ok)),
                 int(np.max(np.asarray(it))))
@@ -151,8 +149,6 @@ def _modes_program(mesh):
     if key not in _PROGRAMS:
         from jax.sharding import PartitionSpec as P
 
-        from .laplace import INNER_GTOL, INNER_MAX_ITER, conditional_modes
-
         ax = batch.ROW_AXIS
 
         def local(sp, uf, e, max_iter, gtol, from_zero):
@@ -173,8 +169,6 @@ def _vg_program(mesh):
     key = ("vg", tuple(d.id for d in mesh.devices.flat))
     if key not in _PROGRAMS:
         from jax.sharding import PartitionSpec as P
-
-        from .laplace import laplace_terms
 
         ax = batch.ROW_AXIS
 

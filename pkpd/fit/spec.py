@@ -85,7 +85,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .._errors import ModelSpecError
+from ..errors import ModelSpecError
 from ..expr import Expression, compile_expression, compile_parameter_block
 
 __all__ = ["CovariateEffect", "Parameter", "Observation", "PopulationModel", "load_model",

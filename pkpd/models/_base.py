@@ -21,7 +21,7 @@ import numpy as np
 if TYPE_CHECKING:
     from jax import Array
 
-from .._errors import ModelSpecError
+from ..errors import ModelSpecError
 
 __all__ = ["Param", "Route", "CompartmentModel"]
 

@@ -34,7 +34,6 @@ Beal SL, Sheiner LB, Boeckmann AJ, Bauer RJ. NONMEM Users Guides (1989-2017), PR
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
@@ -42,8 +41,9 @@ from typing import Any
 import jax.numpy as jnp
 from jax import Array
 
-from .._errors import ModelSpecError
+from ..errors import ModelSpecError
 from ._base import CompartmentModel, Output, Param, Route
+from .registry import BUILTIN_NAME, REGISTRY
 
 __all__ = ["get_model", "list_models", "describe_model", "register_model"]
 
@@ -72,7 +72,7 @@ _P = {
     "KM": Param("KM", "mg/L", "Michaelis-Menten constant (concentration at half VMAX)"),
 }
 
-_NAME = re.compile(r"^([123])cmt_(iv|oral|dual|zofo|transit(\d+)|weibull)((?:_effect|_metabolite|_mm)*)$")
+_NAME = BUILTIN_NAME  # the grammar's names (pkpd.models.registry)
 
 
 def _k(name: str) -> Callable[[Mapping[str, Any]], Any]:
@@ -83,7 +83,7 @@ def _ratio(a: str, b: str) -> Callable[[Mapping[str, Any]], Any]:
     return lambda p: p[a] / p[b]
 
 
-_REGISTRY: dict[str, CompartmentModel] = {}
+_REGISTRY = REGISTRY  # models registered by name (pkpd.models.registry)
 
 
 def register_model(model: CompartmentModel) -> CompartmentModel:

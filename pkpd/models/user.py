@@ -45,9 +45,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .._errors import ExpressionError, ModelSpecError
+from ..errors import ExpressionError, ModelSpecError
 from ..expr import compile_expression, compile_tree, parse_tree
 from ._base import CompartmentModel, Param, Route
+from .registry import BUILTIN_NAME, REGISTRY
 
 if TYPE_CHECKING:
     from jax import Array
@@ -262,9 +263,7 @@ def compile_structure(table: Mapping[str, Any], *, name: str | None = None, wher
     if bad:
         raise ctx.fail(f"unknown key(s) {', '.join(bad)}; allowed: {', '.join(sorted(_STRUCT_KEYS))}", bad[0])
     mname = str(table.get("name") or name or "user_model")
-    from .library import _NAME
-
-    if _NAME.match(mname):
+    if BUILTIN_NAME.match(mname):
         raise ctx.fail(f"model name {mname!r} is reserved by the built-in grammar (e.g. 1cmt_oral); choose "
                        "another `name`", "name")
     key = hashlib.sha256(json.dumps([mname, table, source], sort_keys=True, default=str).encode()).hexdigest()
@@ -819,11 +818,9 @@ def load_user_model(path: str | Path) -> UserModel:
 
 def register_user_model(model: UserModel) -> UserModel:
     """Register ``model`` by name; a user model of the same name is replaced, other models are not."""
-    from .library import _REGISTRY
-
-    old = _REGISTRY.get(model.name)
+    old = REGISTRY.get(model.name)
     if old is not None and old is not model and not isinstance(old, UserModel):
         raise ModelSpecError(f"model name {model.name!r} is taken by a library model; choose another `name` in "
                              "[structure]")
-    _REGISTRY[model.name] = model
+    REGISTRY[model.name] = model
     return model

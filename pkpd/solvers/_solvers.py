@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from .._errors import ModelSpecError
+from ..errors import ModelSpecError
 from .analytic import newton_basis, propagators
 
 if TYPE_CHECKING:
