@@ -934,8 +934,8 @@ def optimize_cmd(
 
     console = Console(soft_wrap=True, highlight=False)
     try:
-        from pkpd.patients import load_patient
         from pkpd.drugs.products import get_product
+        from pkpd.patients import load_patient
         from regimens.optimize import OptimizeSettings, optimize_patient
 
         pt = load_patient(patient)
@@ -1033,8 +1033,8 @@ def trial_cmd(
     index, count = _scaleout(devices, None, precision, coordinator, num_processes, process_id)
     if index == 0:  # completed chunks go to OUT/chunks as they finish (--resume continues from them)
         if resume and not force:  # only a trial this command recognises is resumed
-            from pkpd.errors import PKPDError
             from pkpd.batch import check_resume_dir
+            from pkpd.errors import PKPDError
 
             try:
                 check_resume_dir(out_dir, TRIAL_STORE_KIND, "trial")

@@ -405,7 +405,6 @@ class RowProgram:
 
     def program(self, static: tuple, devices: Sequence):
         """The jitted ``shard_map`` of ``fn`` over a mesh of ``devices`` (cached)."""
-        import jax
 
         key = (static, tuple(d.id for d in devices))
         if key not in self._programs:

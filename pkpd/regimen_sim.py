@@ -474,7 +474,6 @@ def relaxed_objective(regimen, population: pd.DataFrame, *, seed: int = 0, optio
         PCAs). jit-compiled; differentiable in both arguments.
     n_scheduled, n_rescue : int
     """
-    import jax
 
     outcomes, data, n_sched, n_resc = relaxed_program(regimen, population, seed=seed, options=options,
                                                       tit_tau=tit_tau)
@@ -771,7 +770,6 @@ class RegimenPlan:
     # -------------------------------------------------------------------------------------------------
     def _params(self, sub: pd.DataFrame, seed: int, amt=None, only: _Block | None = None) -> list[dict]:
         n_pat = len(sub)
-        ids = sub["ID"].to_numpy()
         out = []
         cache = getattr(self, "_zcache", None)
         if cache is None or cache[0] is not sub:

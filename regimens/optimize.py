@@ -65,7 +65,7 @@ from ._condition import RegimenError
 from ._descent import projected_descent
 from ._model import PRN, Regimen, Scheduled
 from ._objective import ADJUNCT_BURDEN, EXPOSURE_LIMITS, exceedance_probability, group_loss
-from ._policies import RescuePolicy, cross_entropy_search, for_patient, rescue_policies, withholds_rescue
+from ._policies import cross_entropy_search, for_patient, rescue_policies, withholds_rescue
 from .adapt import adapt_to_patient, rescue_for_patient, rescue_tables
 from .limits import DoseCaps, check_regimen, dose_caps, rescue_fraction
 
