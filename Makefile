@@ -1,7 +1,7 @@
 # Two entry points (see README): `make demo` runs the built-in example, `make test` runs the test suite.
 # Each creates the local virtualenv .venv and installs the package with its test and dev dependencies if needed.
-# `make test` runs, in order: ruff (lint), ruff format --check on the files already formatted, mypy (strict on the
-# core), then pytest; `make lint` runs the first three alone.
+# `make test` runs, in order: ruff (lint), ruff format --check (every Python file and notebook), mypy (strict on
+# the core), then pytest; `make lint` runs the first three alone.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -16,17 +16,10 @@ $(STAMP): pyproject.toml
 .PHONY: install demo test lint test-slow bench calibrate chromium
 install: $(STAMP)
 
-# Files that `ruff format --check` keeps formatted. The code base is reformatted in one separate commit later;
-# then this list becomes `.` (every file). Until then a file listed here must stay formatted (`ruff format FILE`).
-FORMATTED := pkpd/errors.py pkpd/_toml.py pkpd/datasets/__init__.py pkpd/drugs/__init__.py \
-	pkpd/models/__init__.py pkpd/solvers/__init__.py pkpd/solvers/analytic.py regimens/__init__.py \
-	regimens/calibration/__init__.py regimens/calibration/arms.py tests/cli_helpers.py tests/test_doctests.py \
-	tests/test_genetics.py
-
 # Lint, format and type checks (configured in pyproject.toml: [tool.ruff], [tool.mypy]).
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check $(FORMATTED)
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 # Headless Chromium renders the `pkpd report` pages in tests/test_report.py (Debian package `chromium`).

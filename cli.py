@@ -69,8 +69,10 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         _fail(f"the output path {out_dir} is a file; give a directory with --out")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        _fail(f"the output directory {out_dir} exists and is not empty; pass --force to overwrite its files, "
-              "or choose another --out")
+        _fail(
+            f"the output directory {out_dir} exists and is not empty; pass --force to overwrite its files, "
+            "or choose another --out"
+        )
 
 
 def _data_model_out(data: Path, what: str, model: Path, out: Optional[Path], suffix: str, force: bool) -> Path:
@@ -102,11 +104,12 @@ def _interruptible(kept: str = ""):
         done = committed_outputs()
         if done:
             where = sorted({str(p.parent) for p in done})
-            text = (f"Interrupted (Ctrl-C) after the run's outputs were complete: they are kept in "
-                    f"{', '.join(where)}.")
+            text = f"Interrupted (Ctrl-C) after the run's outputs were complete: they are kept in {', '.join(where)}."
         else:
-            text = ("Interrupted (Ctrl-C): the run stopped; it keeps no outputs (none were written; files already "
-                    "there are unchanged)." + kept)
+            text = (
+                "Interrupted (Ctrl-C): the run stopped; it keeps no outputs (none were written; files already "
+                "there are unchanged)." + kept
+            )
         _stderr().print(text, markup=False, highlight=False, style="bold red")
         raise typer.Exit(code=INTERRUPT_EXIT_CODE) from None
 
@@ -147,8 +150,9 @@ def _manifest(path: Path, command: str, args: dict, inputs: dict, outputs, stage
     from pkpd.manifest import write_manifest
 
     try:
-        write_manifest(stage.path(path), command, args, inputs=inputs, outputs=stage.finals(outputs),
-                       relative_to=path.parent)
+        write_manifest(
+            stage.path(path), command, args, inputs=inputs, outputs=stage.finals(outputs), relative_to=path.parent
+        )
     except OSError as exc:
         _fail(f"cannot write the run manifest {path}: {exc}")
 
@@ -162,8 +166,9 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _check_writable(path: Path, what: str, option: str, force: bool, data: Path) -> None:
     if _same_file(path, data):
-        raise _Abort(f"the {what} {path} is the input dataset; choose another {option} (the input is never "
-                     "overwritten)")
+        raise _Abort(
+            f"the {what} {path} is the input dataset; choose another {option} (the input is never overwritten)"
+        )
     if path.exists() and path.is_dir():
         raise _Abort(f"the {what} {path} is a directory; give a file name with {option}")
     if path.exists() and not force:
@@ -172,27 +177,41 @@ def _check_writable(path: Path, what: str, option: str, force: bool, data: Path)
         raise _Abort(f"cannot write the {what} {path}: directory {path.parent} does not exist")
 
 
-_DEVICES_HELP = ("Local devices the patients are sharded over (default: all that JAX sees, see `pkpd devices`; "
-                 "on CPU XLA_FLAGS=--xla_force_host_platform_device_count=N gives N virtual devices).")
+_DEVICES_HELP = (
+    "Local devices the patients are sharded over (default: all that JAX sees, see `pkpd devices`; "
+    "on CPU XLA_FLAGS=--xla_force_host_platform_device_count=N gives N virtual devices)."
+)
 _CHUNK_HELP = "Patients (rows) per compiled batch; default: sized from the devices' free memory (CPU: 2,048)."
-_PRECISION_HELP = ("float64, float32 or auto (float64 on CPU, float32 on accelerators); default: PKPD_PRECISION, "
-                   "else auto.")
-_RESUME_HELP = ("Continue an interrupted run in the same --out: the chunks already in OUT/chunks are kept, only "
-                "the missing ones are computed.")
-_IGNORE_HELP = ("NONMEM IGNORE: a character tested on the first column (# always; @ = header lines; C) or "
-                "conditions such as '(DV.EQ.0,TIME.GT.24)' (.EQ. .NE. .GT. .GE. .LT. .LE.; comma = or). "
-                "Repeatable. Rows with C in a column named C are always ignored.")
+_PRECISION_HELP = (
+    "float64, float32 or auto (float64 on CPU, float32 on accelerators); default: PKPD_PRECISION, else auto."
+)
+_RESUME_HELP = (
+    "Continue an interrupted run in the same --out: the chunks already in OUT/chunks are kept, only "
+    "the missing ones are computed."
+)
+_IGNORE_HELP = (
+    "NONMEM IGNORE: a character tested on the first column (# always; @ = header lines; C) or "
+    "conditions such as '(DV.EQ.0,TIME.GT.24)' (.EQ. .NE. .GT. .GE. .LT. .LE.; comma = or). "
+    "Repeatable. Rows with C in a column named C are always ignored."
+)
 _ACCEPT_HELP = "NONMEM ACCEPT conditions, e.g. '(DVID.EQ.1)': only the rows where one holds are used."
-_KEEP_CHUNKS_HELP = ("Keep OUT/chunks after a successful run (default: removed once the outputs and run.json are "
-                     "written; a failed or interrupted run always keeps them for --resume).")
+_KEEP_CHUNKS_HELP = (
+    "Keep OUT/chunks after a successful run (default: removed once the outputs and run.json are "
+    "written; a failed or interrupted run always keeps them for --resume)."
+)
 _COORD_HELP = "Multi-process run: host:port of process 0 (default: JAX_COORDINATOR_ADDRESS)."
 _NPROC_HELP = "Multi-process run: number of processes (default: JAX_NUM_PROCESSES)."
 _PID_HELP = "Multi-process run: this process's id, 0 .. N-1 (default: JAX_PROCESS_ID)."
 
 
-def _scaleout(devices: Optional[int] = None, chunk_size: Optional[int] = None, precision: Optional[str] = None,
-              coordinator: Optional[str] = None, num_processes: Optional[int] = None,
-              process_id: Optional[int] = None) -> tuple[int, int]:
+def _scaleout(
+    devices: Optional[int] = None,
+    chunk_size: Optional[int] = None,
+    precision: Optional[str] = None,
+    coordinator: Optional[str] = None,
+    num_processes: Optional[int] = None,
+    process_id: Optional[int] = None,
+) -> tuple[int, int]:
     """Start the multi-process runtime, set the precision, devices and chunk size of this process
     (:func:`pkpd.batch.setup`) before a command computes anything. Returns (process index, process count)."""
     import os
@@ -205,8 +224,14 @@ def _scaleout(devices: Optional[int] = None, chunk_size: Optional[int] = None, p
     from pkpd.errors import PKPDError
 
     try:
-        return batch.setup(devices=devices, chunk_size=chunk_size, precision=prec, coordinator=coordinator,
-                           num_processes=num_processes, process_id=process_id)
+        return batch.setup(
+            devices=devices,
+            chunk_size=chunk_size,
+            precision=prec,
+            coordinator=coordinator,
+            num_processes=num_processes,
+            process_id=process_id,
+        )
     except PKPDError as exc:
         _fail(str(exc))
 
@@ -266,56 +291,108 @@ Refuses to overwrite an existing OUT or PLOT unless --force; never overwrites DA
 @app.command(help=SIMULATE_HELP)
 @_interruptible_command
 def simulate(
-    data: Optional[Path] = typer.Argument(None, metavar="[DATA]", exists=True, dir_okay=False, readable=True,
-                                          help="NONMEM-format dataset (CSV). Omit it with --regimen.",
-                                          show_default=False),
-    model: Optional[str] = typer.Option(None, "--model", "-m",
-                                        help="Built-in model name (see `pkpd models`); optional when the "
-                                             "parameter file sets `model = ...`."),
-    params: Optional[Path] = typer.Option(None, "--params", "-p", exists=True, dir_okay=False, readable=True,
-                                          help="Parameter file (.toml or .json) with a \\[parameters] table "
-                                               "(dataset mode).", show_default=False),
-    out: Optional[Path] = typer.Option(None, "--out", "-o",
-                                       help="Dataset mode: output CSV (default <DATA stem>_sim.csv). Regimen "
-                                            "mode: output directory (default <regimen>_sim)."),
-    regimen: Optional[str] = typer.Option(None, "--regimen", "-r",
-                                          help="Regimen mode: a regimen file (.toml, or .txt in the text form) "
-                                               "or a shipped name (C0, C1, IYER_PLACEBO...)."),
-    population: int = typer.Option(1000, "--population", "-n", min=1,
-                                   help="Regimen mode: number of SPINE-72 virtual patients (or replicates of "
-                                        "--patient, each with its own variability draw)."),
-    seed: int = typer.Option(0, "--seed", "-s", help="Regimen mode: random seed (population, variability, "
-                                                      "demand)."),
-    patient: Optional[Path] = typer.Option(None, "--patient", exists=True, dir_okay=False, readable=True,
-                                           help="Regimen mode: simulate this patient (TOML) instead of the "
-                                                "SPINE-72 population."),
+    data: Optional[Path] = typer.Argument(
+        None,
+        metavar="[DATA]",
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        help="NONMEM-format dataset (CSV). Omit it with --regimen.",
+        show_default=False,
+    ),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Built-in model name (see `pkpd models`); optional when the parameter file sets `model = ...`.",
+    ),
+    params: Optional[Path] = typer.Option(
+        None,
+        "--params",
+        "-p",
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        help="Parameter file (.toml or .json) with a \\[parameters] table (dataset mode).",
+        show_default=False,
+    ),
+    out: Optional[Path] = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Dataset mode: output CSV (default <DATA stem>_sim.csv). Regimen "
+        "mode: output directory (default <regimen>_sim).",
+    ),
+    regimen: Optional[str] = typer.Option(
+        None,
+        "--regimen",
+        "-r",
+        help="Regimen mode: a regimen file (.toml, or .txt in the text form) "
+        "or a shipped name (C0, C1, IYER_PLACEBO...).",
+    ),
+    population: int = typer.Option(
+        1000,
+        "--population",
+        "-n",
+        min=1,
+        help="Regimen mode: number of SPINE-72 virtual patients (or replicates of "
+        "--patient, each with its own variability draw).",
+    ),
+    seed: int = typer.Option(0, "--seed", "-s", help="Regimen mode: random seed (population, variability, demand)."),
+    patient: Optional[Path] = typer.Option(
+        None,
+        "--patient",
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        help="Regimen mode: simulate this patient (TOML) instead of the SPINE-72 population.",
+    ),
     fmt: str = typer.Option("csv", "--format", help="Regimen mode: per-patient table format, csv or parquet."),
     solver: Optional[SolverChoice] = typer.Option(
-        None, "--solver", case_sensitive=False,
+        None,
+        "--solver",
+        case_sensitive=False,
         help="auto: exact matrix-exponential solution for linear models (subjects failing its accuracy check "
-             "are re-solved with a stiff ODE solver), ODE otherwise; analytic (linear models only; refuses "
-             "instead of falling back); ode. Default: the parameter file's `solver`, else auto."),
+        "are re-solved with a stiff ODE solver), ODE otherwise; analytic (linear models only; refuses "
+        "instead of falling back); ode. Default: the parameter file's `solver`, else auto.",
+    ),
     ode_method: Optional[OdeMethodChoice] = typer.Option(
-        None, "--ode-method", case_sensitive=False,
+        None,
+        "--ode-method",
+        case_sensitive=False,
         help="ODE method: auto (Tsit5, retried with the stiff Kvaerno5 where it fails), tsit5, dopri5, dopri8 "
-             "or kvaerno5 (implicit, for stiff models). Default: the parameter file's `ode_method`, else auto."),
+        "or kvaerno5 (implicit, for stiff models). Default: the parameter file's `ode_method`, else auto.",
+    ),
     interpolation: Optional[InterpolationChoice] = typer.Option(
-        None, "--interpolation", case_sensitive=False,
+        None,
+        "--interpolation",
+        case_sensitive=False,
         help="Covariate interpolation between records: nocb (NONMEM) or locf. Default: the parameter file's "
-             "`interpolation`, else nocb."),
-    plot: Optional[Path] = typer.Option(None, "--plot", dir_okay=False,
-                                        help=f"Also write a PNG of CP (mg/L) vs TIME (h): one line per ID on the "
-                                             f"--grid (default: a dense grid over the records), a legend naming "
-                                             f"the IDs (first {MAX_PLOTTED_SUBJECTS} subjects)."),
-    grid: Optional[str] = typer.Option(None, "--grid", metavar="START:END:STEP",
-                                       help="Dataset mode: also output every ID at these times, in the dataset's "
-                                            "time unit (h): from START to END (included) by STEP, written "
-                                            "e.g. 0:24:0.5 for 0, 0.5, ..., 24; or a list 0,1,2,4. Grid rows (EVID 2, MDV 1) are added to the dataset's "
-                                            "records, marked GRID=1."),
-    ignore: Optional[list[str]] = typer.Option(None, "--ignore", metavar="IGNORE",
-                                               help="Dataset mode: " + _IGNORE_HELP),
-    accept: Optional[list[str]] = typer.Option(None, "--accept", metavar="CONDITIONS",
-                                               help="Dataset mode: " + _ACCEPT_HELP.replace("used", "simulated")),
+        "`interpolation`, else nocb.",
+    ),
+    plot: Optional[Path] = typer.Option(
+        None,
+        "--plot",
+        dir_okay=False,
+        help=f"Also write a PNG of CP (mg/L) vs TIME (h): one line per ID on the "
+        f"--grid (default: a dense grid over the records), a legend naming "
+        f"the IDs (first {MAX_PLOTTED_SUBJECTS} subjects).",
+    ),
+    grid: Optional[str] = typer.Option(
+        None,
+        "--grid",
+        metavar="START:END:STEP",
+        help="Dataset mode: also output every ID at these times, in the dataset's "
+        "time unit (h): from START to END (included) by STEP, written "
+        "e.g. 0:24:0.5 for 0, 0.5, ..., 24; or a list 0,1,2,4. Grid rows (EVID 2, MDV 1) are added to the dataset's "
+        "records, marked GRID=1.",
+    ),
+    ignore: Optional[list[str]] = typer.Option(
+        None, "--ignore", metavar="IGNORE", help="Dataset mode: " + _IGNORE_HELP
+    ),
+    accept: Optional[list[str]] = typer.Option(
+        None, "--accept", metavar="CONDITIONS", help="Dataset mode: " + _ACCEPT_HELP.replace("used", "simulated")
+    ),
     keep_chunks: bool = typer.Option(False, "--keep-chunks", help="Regimen mode: " + _KEEP_CHUNKS_HELP),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite OUT and PLOT if they exist."),
     devices: Optional[int] = typer.Option(None, "--devices", min=1, help="Regimen mode: " + _DEVICES_HELP),
@@ -329,22 +406,56 @@ def simulate(
     args = dict(locals())
     if regimen is not None:
         if data is not None or params is not None or model is not None:
-            _fail("--regimen simulates a regimen in a virtual population: do not also give DATA, --params or "
-                  "--model (those are for dataset mode)")
-        dataset_only = [f for f, v in (("--solver", solver), ("--ode-method", ode_method),
-                                       ("--interpolation", interpolation), ("--plot", plot), ("--grid", grid),
-                                       ("--ignore", ignore or None), ("--accept", accept or None)) if v is not None]
+            _fail(
+                "--regimen simulates a regimen in a virtual population: do not also give DATA, --params or "
+                "--model (those are for dataset mode)"
+            )
+        dataset_only = [
+            f
+            for f, v in (
+                ("--solver", solver),
+                ("--ode-method", ode_method),
+                ("--interpolation", interpolation),
+                ("--plot", plot),
+                ("--grid", grid),
+                ("--ignore", ignore or None),
+                ("--accept", accept or None),
+            )
+            if v is not None
+        ]
         if dataset_only:  # the regimen simulator has its own exact solver: say so rather than ignore the option
-            _fail(f"{', '.join(dataset_only)} apply to dataset mode (DATA --params), not to --regimen runs (the "
-                  "regimen simulator uses its own exact event solver)")
+            _fail(
+                f"{', '.join(dataset_only)} apply to dataset mode (DATA --params), not to --regimen runs (the "
+                "regimen simulator uses its own exact event solver)"
+            )
         scale = _scaleout(devices, chunk_size, precision, coordinator, num_processes, process_id)
-        _simulate_regimen(regimen, population, seed, patient, out, fmt, force, args, resume=resume, scale=scale,
-                          keep_chunks=keep_chunks)
+        _simulate_regimen(
+            regimen,
+            population,
+            seed,
+            patient,
+            out,
+            fmt,
+            force,
+            args,
+            resume=resume,
+            scale=scale,
+            keep_chunks=keep_chunks,
+        )
         return
-    given = [f for f, v in (("--devices", devices), ("--chunk-size", chunk_size), ("--resume", resume or None),
-                            ("--keep-chunks", keep_chunks or None),
-                            ("--coordinator", coordinator), ("--num-processes", num_processes),
-                            ("--process-id", process_id)) if v is not None]
+    given = [
+        f
+        for f, v in (
+            ("--devices", devices),
+            ("--chunk-size", chunk_size),
+            ("--resume", resume or None),
+            ("--keep-chunks", keep_chunks or None),
+            ("--coordinator", coordinator),
+            ("--num-processes", num_processes),
+            ("--process-id", process_id),
+        )
+        if v is not None
+    ]
     if given:
         _fail(f"{', '.join(given)} apply to population runs (--regimen), not to dataset mode")
     _scaleout(precision=precision)
@@ -369,17 +480,24 @@ def simulate(
         model_name = model or spec.model
         if model_name is None:
             raise pkpd.ModelSpecError(
-                f"no model given: pass --model NAME or set `model = \"...\"` in {params} (see `pkpd models`)")
+                f'no model given: pass --model NAME or set `model = "..."` in {params} (see `pkpd models`)'
+            )
         model_obj = pkpd.get_model(model_name)
-        options = dict(solver=solver.value if solver else None, ode_method=ode_method.value if ode_method else None,
-                       interpolation=interpolation.value if interpolation else None, ignore=ignore, accept=accept)
+        options = dict(
+            solver=solver.value if solver else None,
+            ode_method=ode_method.value if ode_method else None,
+            interpolation=interpolation.value if interpolation else None,
+            ignore=ignore,
+            accept=accept,
+        )
         result = pkpd.simulate(data, model_obj, spec, grid=grid, **options)
         curves = None
         if plot is not None:  # the plot draws lines on a grid: the --grid, else a dense one over the records
             from pkpd.simulate import dense_grid
 
-            curves = result if grid is not None else pkpd.simulate(data, model_obj, spec, grid=dense_grid(result),
-                                                                   **options)
+            curves = (
+                result if grid is not None else pkpd.simulate(data, model_obj, spec, grid=dense_grid(result), **options)
+            )
     except PKPDError as exc:
         _fail(str(exc))
 
@@ -399,8 +517,14 @@ def simulate(
                     shown, total = plot_profiles(curves, model_obj, stage.path(plot), max_ids=MAX_PLOTTED_SUBJECTS)
                 except OSError as exc:
                     _fail(f"cannot write the plot file {plot}: {exc}")
-            _manifest(manifest_path(out_path), "simulate", {k: v for k, v in args.items() if k not in regimen_only},
-                      {"data": data, "params": params}, [out_path] + ([plot] if plot is not None else []), stage)
+            _manifest(
+                manifest_path(out_path),
+                "simulate",
+                {k: v for k, v in args.items() if k not in regimen_only},
+                {"data": data, "params": params},
+                [out_path] + ([plot] if plot is not None else []),
+                stage,
+            )
     except OSError as exc:  # moving them into place failed (pkpd.interrupts.CommitError)
         _fail(str(exc))
     used = solver.value if solver else (spec.solver or "auto")
@@ -418,8 +542,11 @@ def simulate(
         console.print(f"note: {result.attrs['ignored']}", markup=False)
     n_grid = int((result["GRID"] == 1).sum()) if grid is not None else 0
     rows = f"{len(result)} rows ({n_grid} on the --grid)" if grid is not None else f"{len(result)} rows"
-    console.print(f"Simulated {rows}, {n_subj} subject{'s' if n_subj != 1 else ''} with model "
-                  f"{model_obj.name} (solver {used}) -> {out_path}", markup=False)
+    console.print(
+        f"Simulated {rows}, {n_subj} subject{'s' if n_subj != 1 else ''} with model "
+        f"{model_obj.name} (solver {used}) -> {out_path}",
+        markup=False,
+    )
     if plot is not None:
         more = f" (first {shown} of {total} subjects)" if shown < total else ""
         console.print(f"Plot of CP vs TIME -> {plot}{more}", markup=False)
@@ -437,12 +564,18 @@ def _remove_chunks(out_dir: Path, keep: bool, console) -> None:
     try:
         freed = remove_store(out_dir / "chunks")
     except OSError as exc:
-        console.print(f"warning: could not remove the intermediate chunks in {out_dir / 'chunks'}: {exc}",
-                      markup=False, style="yellow")
+        console.print(
+            f"warning: could not remove the intermediate chunks in {out_dir / 'chunks'}: {exc}",
+            markup=False,
+            style="yellow",
+        )
         return
     if freed:
-        console.print(f"Removed the intermediate chunks ({freed / 1e6:.1f} MB) from {out_dir / 'chunks'} "
-                      "(--keep-chunks keeps them)", markup=False)
+        console.print(
+            f"Removed the intermediate chunks ({freed / 1e6:.1f} MB) from {out_dir / 'chunks'} "
+            "(--keep-chunks keeps them)",
+            markup=False,
+        )
 
 
 def _load_regimen(spec: str):
@@ -458,9 +591,20 @@ def _load_regimen(spec: str):
     raise _Abort(f"regimen {spec!r} is neither a file nor a shipped regimen ({', '.join(list_regimens())})")
 
 
-def _simulate_regimen(spec: str, n: int, seed: int, patient: Optional[Path], out: Optional[Path], fmt: str,
-                      force: bool, args: dict, *, resume: bool = False, scale: tuple[int, int] = (0, 1),
-                      keep_chunks: bool = False) -> None:
+def _simulate_regimen(
+    spec: str,
+    n: int,
+    seed: int,
+    patient: Optional[Path],
+    out: Optional[Path],
+    fmt: str,
+    force: bool,
+    args: dict,
+    *,
+    resume: bool = False,
+    scale: tuple[int, int] = (0, 1),
+    keep_chunks: bool = False,
+) -> None:
     from pkpd.errors import PKPDError
 
     index, count = scale
@@ -478,13 +622,17 @@ def _simulate_regimen(spec: str, n: int, seed: int, patient: Optional[Path], out
 
             check_resume_dir(out_dir, STORE_KIND, "simulate")
         elif index == 0 and out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-            raise _Abort(f"the output directory {out_dir} exists and is not empty; pass --force to overwrite "
-                         "its files, --resume to continue an interrupted run, or choose another --out")
+            raise _Abort(
+                f"the output directory {out_dir} exists and is not empty; pass --force to overwrite "
+                "its files, --resume to continue an interrupted run, or choose another --out"
+            )
         if fmt == "parquet":
             try:
                 import pyarrow  # noqa: F401
             except ImportError:
-                raise _Abort("--format parquet needs pyarrow (pip install -e '.[parquet]', or pip install pyarrow); use --format csv") from None
+                raise _Abort(
+                    "--format parquet needs pyarrow (pip install -e '.[parquet]', or pip install pyarrow); use --format csv"
+                ) from None
     except _Abort as exc:
         _fail(str(exc))
     except PKPDError as exc:
@@ -494,13 +642,26 @@ def _simulate_regimen(spec: str, n: int, seed: int, patient: Optional[Path], out
 
     console = Console(soft_wrap=True, highlight=False)
     with _interruptible(f" The finished chunks are kept in {out_dir / 'chunks'}: rerun with --resume to continue."):
-        _simulate_regimen_run(reg, spec, n, seed, patient, out_dir, fmt, args, resume, index, count, console,
-                              keep_chunks)
+        _simulate_regimen_run(
+            reg, spec, n, seed, patient, out_dir, fmt, args, resume, index, count, console, keep_chunks
+        )
 
 
-def _simulate_regimen_run(reg, spec: str, n: int, seed: int, patient: Optional[Path], out_dir: Path, fmt: str,
-                          args: dict, resume: bool, index: int, count: int, console, keep_chunks: bool = False
-                          ) -> None:
+def _simulate_regimen_run(
+    reg,
+    spec: str,
+    n: int,
+    seed: int,
+    patient: Optional[Path],
+    out_dir: Path,
+    fmt: str,
+    args: dict,
+    resume: bool,
+    index: int,
+    count: int,
+    console,
+    keep_chunks: bool = False,
+) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from pkpd.errors import PKPDError
@@ -522,28 +683,44 @@ def _simulate_regimen_run(reg, spec: str, n: int, seed: int, patient: Optional[P
         findings = regimen_findings(reg, pop)
         for _, row in findings.iterrows():
             style = "bold red" if row["severity"] == "error" else "yellow"
-            console.print(f"{row['severity'].upper()}: {row['message']} [{row['patients']} patient(s)]",
-                          style=style, markup=False)
+            console.print(
+                f"{row['severity'].upper()}: {row['message']} [{row['patients']} patient(s)]", style=style, markup=False
+            )
         console.print(f"Simulating regimen {reg.name} in {who}, 72 h ...", markup=False)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=False) as prog:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as prog:
             task = prog.add_task("patients", total=n)
             # chunk by chunk into OUT/chunks (resumable; each process takes its share): pkpd.regimen_run
-            res = simulate_regimen_stored(reg, pop, out_dir / "chunks", seed=seed, resume=resume,
-                                          progress=lambda k: prog.advance(task, k))
+            res = simulate_regimen_stored(
+                reg, pop, out_dir / "chunks", seed=seed, resume=resume, progress=lambda k: prog.advance(task, k)
+            )
         from pkpd.batch import barrier
 
         barrier("pkpd-chunks-merged")  # every process has read the chunks: process 0 may delete them later
         if index != 0:
-            console.print(f"process {index} of {count}: its chunks are in {out_dir / 'chunks'}; process 0 writes "
-                          "the outputs", markup=False)
+            console.print(
+                f"process {index} of {count}: its chunks are in {out_dir / 'chunks'}; process 0 writes the outputs",
+                markup=False,
+            )
             return
         from regimens.io import regimen_file
 
         with _staged_outputs() as stage:  # the tables, figures and run.json appear together or not at all
             written = write_population_outputs(res, stage.dir(out_dir), findings=findings, fmt=fmt)
-            _manifest(out_dir / "run.json", "simulate", args,
-                      {"regimen": regimen_file(spec) or spec, "patient": patient}, written, stage)
+            _manifest(
+                out_dir / "run.json",
+                "simulate",
+                args,
+                {"regimen": regimen_file(spec) or spec, "patient": patient},
+                written,
+                stage,
+            )
         written = stage.finals(written)
     except PKPDError as exc:
         _fail(str(exc))
@@ -556,7 +733,9 @@ def _simulate_regimen_run(reg, spec: str, n: int, seed: int, patient: Optional[P
     console.print(
         f"72-h MME mean {s.loc['MME_0_72', 'mean']:.0f} (P90 {s.loc['MME_0_72', 'p90']:.0f}) mg; time with NRS <= 3 "
         f"{100 * s.loc['TIT3', 'mean']:.0f} %; pain AUC {s.loc['PAIN_AUC', 'mean']:.0f} NRS*h; peak bupivacaine "
-        f"{s.loc['PEAK_BUPI', 'mean']:.0f} ng/mL (max {res.patients['PEAK_BUPI'].max():.0f})", markup=False)
+        f"{s.loc['PEAK_BUPI', 'mean']:.0f} ng/mL (max {res.patients['PEAK_BUPI'].max():.0f})",
+        markup=False,
+    )
     console.print("Wrote " + ", ".join(str(p) for p in written), markup=False)
 
 
@@ -609,36 +788,62 @@ R-hat > 1.01 or divergences) still writes its outputs, marked
 def fit_command(
     data: Path = typer.Argument(..., metavar="DATA", help="NONMEM-format dataset (CSV).", show_default=False),
     model: Path = typer.Option(..., "--model", "-m", help="Population model file (TOML).", show_default=False),
-    method: MethodChoice = typer.Option(MethodChoice.laplace, "--method", case_sensitive=False,
-                                        help="laplace (maximum likelihood), nuts or svi (Bayesian)."),
+    method: MethodChoice = typer.Option(
+        MethodChoice.laplace,
+        "--method",
+        case_sensitive=False,
+        help="laplace (maximum likelihood), nuts or svi (Bayesian).",
+    ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default <DATA stem>_fit)."),
-    force: bool = typer.Option(False, "--force", "-f", help="Write into an existing non-empty output directory, "
-                                                           "overwriting the files of a previous fit."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        "-f",
+        help="Write into an existing non-empty output directory, overwriting the files of a previous fit.",
+    ),
     chains: int = typer.Option(4, "--chains", min=1, help="nuts: number of chains."),
     warmup: int = typer.Option(1000, "--warmup", min=1, help="nuts: warm-up iterations per chain."),
-    samples: int = typer.Option(1000, "--samples", min=1, help="nuts: posterior draws per chain; svi: draws of "
-                                                              "the fitted approximation."),
+    samples: int = typer.Option(
+        1000, "--samples", min=1, help="nuts: posterior draws per chain; svi: draws of the fitted approximation."
+    ),
     svi_steps: int = typer.Option(2000, "--svi-steps", min=1, help="svi: optimization steps."),
     seed: int = typer.Option(0, "--seed", "-s", help="Random seed (sampling, NPDE and VPC simulations)."),
     vpc_replicates: int = typer.Option(200, "--vpc-replicates", min=2, help="Simulated datasets of the VPC."),
-    vpc_stratify: Optional[str] = typer.Option(None, "--vpc-stratify", metavar="COLUMN",
-                                               help="Dataset column stratifying the prediction-corrected VPC "
-                                                    "(pcvpc.png, pcvpc.csv): one row of panels per value (more "
-                                                    "than 6 values: split at the median)."),
-    ignore: Optional[list[str]] = typer.Option(None, "--ignore", metavar="IGNORE",
-                                               help=_IGNORE_HELP.replace("used", "fitted")),
-    accept: Optional[list[str]] = typer.Option(None, "--accept", metavar="CONDITIONS",
-                                               help=_ACCEPT_HELP.replace("used", "fitted")),
+    vpc_stratify: Optional[str] = typer.Option(
+        None,
+        "--vpc-stratify",
+        metavar="COLUMN",
+        help="Dataset column stratifying the prediction-corrected VPC "
+        "(pcvpc.png, pcvpc.csv): one row of panels per value (more "
+        "than 6 values: split at the median).",
+    ),
+    ignore: Optional[list[str]] = typer.Option(
+        None, "--ignore", metavar="IGNORE", help=_IGNORE_HELP.replace("used", "fitted")
+    ),
+    accept: Optional[list[str]] = typer.Option(
+        None, "--accept", metavar="CONDITIONS", help=_ACCEPT_HELP.replace("used", "fitted")
+    ),
     npde_replicates: int = typer.Option(1000, "--npde-replicates", min=2, help="Simulated datasets of the NPDE."),
-    solver: SolverChoice = typer.Option(SolverChoice.auto, "--solver", case_sensitive=False,
-                                        help="auto (exact for linear models, ODE otherwise), analytic or ode."),
+    solver: SolverChoice = typer.Option(
+        SolverChoice.auto,
+        "--solver",
+        case_sensitive=False,
+        help="auto (exact for linear models, ODE otherwise), analytic or ode.",
+    ),
     log_gof: bool = typer.Option(False, "--log-gof", help="Log axes in gof.png."),
-    devices: Optional[int] = typer.Option(None, "--devices", min=1, help="laplace: local devices the subjects are "
-                                          "sharded over (default: all that JAX sees)."),
+    devices: Optional[int] = typer.Option(
+        None,
+        "--devices",
+        min=1,
+        help="laplace: local devices the subjects are sharded over (default: all that JAX sees).",
+    ),
     precision: Optional[str] = typer.Option(None, "--precision", help=_PRECISION_HELP),
-    allow_nonconvergence: bool = typer.Option(False, "--allow-nonconvergence",
-                                              help="Exit 0 when the fit did not converge (default: exit 2; the "
-                                                   "outputs are written either way, marked not converged)."),
+    allow_nonconvergence: bool = typer.Option(
+        False,
+        "--allow-nonconvergence",
+        help="Exit 0 when the fit did not converge (default: exit 2; the "
+        "outputs are written either way, marked not converged).",
+    ),
 ) -> None:
     args = dict(locals())
     out_dir = _data_model_out(data, "the dataset", model, out, "_fit", force)
@@ -651,15 +856,26 @@ def fit_command(
 
     console = Console(soft_wrap=True, highlight=False)
     err = _stderr()
-    opts = dict(chains=chains, warmup=warmup, samples=samples, svi_steps=svi_steps, seed=seed,
-                vpc_replicates=vpc_replicates, npde_replicates=npde_replicates, solver=solver.value,
-                vpc_stratify=vpc_stratify, ignore=ignore or None, accept=accept or None)
+    opts = dict(
+        chains=chains,
+        warmup=warmup,
+        samples=samples,
+        svi_steps=svi_steps,
+        seed=seed,
+        vpc_replicates=vpc_replicates,
+        npde_replicates=npde_replicates,
+        solver=solver.value,
+        vpc_stratify=vpc_stratify,
+        ignore=ignore or None,
+        accept=accept or None,
+    )
     try:
         from pkpd.fit.api import fit as run_fit
 
         if method is MethodChoice.laplace:  # a spinner with the stage, iteration and -2LL
-            with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
-                          transient=True) as prog:
+            with Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True
+            ) as prog:
                 task = prog.add_task("starting", total=None)
 
                 def status(text: str) -> None:
@@ -674,6 +890,7 @@ def fit_command(
                     written = res.save(stage.dir(out_dir), force=True, log_axes=log_gof)
                     _manifest(out_dir / "run.json", "fit", args, {"data": data, "model": model}, written, stage)
         else:  # the sampler draws its own progress bar; stages as plain lines
+
             def say(text: str) -> None:
                 err.print(f"{text} ...", markup=False, highlight=False)
 
@@ -688,17 +905,27 @@ def fit_command(
     except OSError as exc:
         _fail(f"cannot write the outputs to {out_dir}: {exc}")
     console.print(res.summary_text(), markup=False)
-    console.print(f"Wrote {len(written)} files to {out_dir} (fit and diagnostics took "
-                  f"{res.times.get('total_s', 0):.1f} s)", markup=False)
+    console.print(
+        f"Wrote {len(written)} files to {out_dir} (fit and diagnostics took {res.times.get('total_s', 0):.1f} s)",
+        markup=False,
+    )
     if not res.converged:
         why = res.message.removeprefix("not converged: ")
         if allow_nonconvergence:
-            console.print(f"warning: the fit did not converge ({why}); outputs marked not converged "
-                          "(--allow-nonconvergence)", markup=False, style="yellow")
+            console.print(
+                f"warning: the fit did not converge ({why}); outputs marked not converged (--allow-nonconvergence)",
+                markup=False,
+                style="yellow",
+            )
         else:
-            err.print(f"Error: the fit did not converge: {why}. The outputs in {out_dir} are marked "
-                      "\"converged\": false (fit.json, objective.json); pass --allow-nonconvergence to accept them "
-                      "with exit code 0", markup=False, highlight=False, style="bold red")
+            err.print(
+                f"Error: the fit did not converge: {why}. The outputs in {out_dir} are marked "
+                '"converged": false (fit.json, objective.json); pass --allow-nonconvergence to accept them '
+                "with exit code 0",
+                markup=False,
+                highlight=False,
+                style="bold red",
+            )
             raise typer.Exit(code=2)
 
 
@@ -725,17 +952,20 @@ OUTPUT DIRECTORY (--out, default <DATA stem>_forecast):
 @_interruptible_command
 def forecast_command(
     data: Path = typer.Argument(..., metavar="DATA", help="One patient's records (CSV).", show_default=False),
-    model: Path = typer.Option(..., "--model", "-m", help="Population model with final estimates (TOML).",
-                               show_default=False),
+    model: Path = typer.Option(
+        ..., "--model", "-m", help="Population model with final estimates (TOML).", show_default=False
+    ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default <DATA stem>_forecast)."),
-    until: Optional[float] = typer.Option(None, "--until", min=0.0, help="End of the prediction grid (h); default "
-                                                                        "24 h after the last record."),
+    until: Optional[float] = typer.Option(
+        None, "--until", min=0.0, help="End of the prediction grid (h); default 24 h after the last record."
+    ),
     points: int = typer.Option(200, "--points", min=2, help="Points of the prediction grid."),
     draws: int = typer.Option(1000, "--draws", min=10, help="Posterior draws."),
     seed: int = typer.Option(0, "--seed", "-s", help="Random seed."),
     ignore: Optional[list[str]] = typer.Option(None, "--ignore", metavar="IGNORE", help=_IGNORE_HELP),
-    accept: Optional[list[str]] = typer.Option(None, "--accept", metavar="CONDITIONS",
-                                               help=_ACCEPT_HELP + " '(ID.EQ.3)' picks one patient of a file."),
+    accept: Optional[list[str]] = typer.Option(
+        None, "--accept", metavar="CONDITIONS", help=_ACCEPT_HELP + " '(ID.EQ.3)' picks one patient of a file."
+    ),
     force: bool = typer.Option(False, "--force", "-f", help="Write into an existing non-empty output directory."),
 ) -> None:
     out_dir = _data_model_out(data, "the patient data", model, out, "_forecast", force)
@@ -751,8 +981,16 @@ def forecast_command(
 
         times = None if until is None else np.linspace(0.0, until, points)
         with err.status("forecasting (first run compiles the model: up to a minute)"):
-            fc = forecast(model, data, times=times, n_points=points, n_draws=draws, seed=seed, ignore=ignore or None,
-                          accept=accept or None)
+            fc = forecast(
+                model,
+                data,
+                times=times,
+                n_points=points,
+                n_draws=draws,
+                seed=seed,
+                ignore=ignore or None,
+                accept=accept or None,
+            )
             with _staged_outputs() as stage:  # the outputs appear together or not at all
                 fc.save(stage.dir(out_dir), force=True)
                 if not _same_file(model, out_dir / "model.toml"):  # the model travels with its posterior draws
@@ -765,12 +1003,15 @@ def forecast_command(
         _fail(f"cannot write the outputs to {out_dir}: {exc}")
     console = Console(soft_wrap=True, highlight=False)
     console.print(fc.summary_text(), markup=False)
-    console.print(f"Wrote parameters.csv, draws.csv, predictions.csv, observations.csv, forecast.png, model.toml to "
-                  f"{out_dir}", markup=False)
+    console.print(
+        f"Wrote parameters.csv, draws.csv, predictions.csv, observations.csv, forecast.png, model.toml to {out_dir}",
+        markup=False,
+    )
 
 
-drugs_app = typer.Typer(help="The drug library: sourced PK parameters (value, unit, IIV, source, flags).",
-                        no_args_is_help=True)
+drugs_app = typer.Typer(
+    help="The drug library: sourced PK parameters (value, unit, IIV, source, flags).", no_args_is_help=True
+)
 app.add_typer(drugs_app, name="drugs")
 
 
@@ -816,8 +1057,14 @@ def drugs_list() -> None:
     for name in list_drugs():
         d = get_drug(name)
         n_unv = sum("UNVERIFIED" in line for line in _drug_lines(d))
-        table.add_row(Text(d.name), Text(d.drug_class), Text(d.model), Text(", ".join(d.routes)),
-                      Text(PD_LIBRARY[name].kind if name in PD_LIBRARY else "-"), Text(str(n_unv)))
+        table.add_row(
+            Text(d.name),
+            Text(d.drug_class),
+            Text(d.model),
+            Text(", ".join(d.routes)),
+            Text(PD_LIBRARY[name].kind if name in PD_LIBRARY else "-"),
+            Text(str(n_unv)),
+        )
     _wide_console().print(table)
 
 
@@ -839,8 +1086,9 @@ def drugs_show(name: str = typer.Argument(..., help="Drug name (aliases such as 
 
 @app.command()
 def models(
-    name: Optional[str] = typer.Argument(None, help="Model name: print its compartments (CMT numbers), "
-                                                    "parameters with units and outputs."),
+    name: Optional[str] = typer.Argument(
+        None, help="Model name: print its compartments (CMT numbers), parameters with units and outputs."
+    ),
 ) -> None:
     """List the built-in models, or describe one (compartments, parameters with units, outputs)."""
     from pkpd.errors import PKPDError
@@ -902,24 +1150,51 @@ OUTPUT DIRECTORY (--out, default <PATIENT stem>_optimized):
 @_interruptible_command
 def optimize_cmd(
     patient: Path = typer.Option(..., "--patient", "-p", help="Patient file (TOML).", show_default=False),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default <PATIENT stem>_optimized)."),
-    draws: int = typer.Option(128, "--draws", min=2, help="Scenario draws of the patient (the exact evaluation "
-                              "uses all; gradient steps use minibatches of 8)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Output directory (default <PATIENT stem>_optimized)."
+    ),
+    draws: int = typer.Option(
+        128,
+        "--draws",
+        min=2,
+        help="Scenario draws of the patient (the exact evaluation uses all; gradient steps use minibatches of 8).",
+    ),
     steps: int = typer.Option(30, "--steps", min=1, help="Gradient steps."),
     seed: int = typer.Option(0, "--seed", "-s", help="Seed of the variability draws."),
-    posterior: Optional[Path] = typer.Option(None, "--posterior", help="A `pkpd forecast` output directory of this "
-                                             "patient (draws.csv + model.toml with a [model] simulates table): its "
-                                             "posterior replaces the population prior of the linked parameters."),
-    min_tit: Optional[float] = typer.Option(None, "--min-time-in-target", min=0.0, max=1.0,
-                                            help="Required mean fraction of 0-72 h with NRS <= 3 (e.g. 0.9)."),
-    products: Optional[str] = typer.Option(None, "--products", help="Comma-separated products the schedule may use "
-                                           "(drug/route, e.g. acetaminophen/po,gabapentin/po); default: the standard "
-                                           "multimodal set."),
+    posterior: Optional[Path] = typer.Option(
+        None,
+        "--posterior",
+        help="A `pkpd forecast` output directory of this "
+        "patient (draws.csv + model.toml with a [model] simulates table): its "
+        "posterior replaces the population prior of the linked parameters.",
+    ),
+    min_tit: Optional[float] = typer.Option(
+        None,
+        "--min-time-in-target",
+        min=0.0,
+        max=1.0,
+        help="Required mean fraction of 0-72 h with NRS <= 3 (e.g. 0.9).",
+    ),
+    products: Optional[str] = typer.Option(
+        None,
+        "--products",
+        help="Comma-separated products the schedule may use "
+        "(drug/route, e.g. acetaminophen/po,gabapentin/po); default: the standard "
+        "multimodal set.",
+    ),
     force: bool = typer.Option(False, "--force", "-f", help="Write into an existing non-empty output directory."),
-    devices: Optional[int] = typer.Option(None, "--devices", min=1, help="Local devices the draws of the exact "
-                                          "simulations are sharded over (default: all that JAX sees)."),
-    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Rows (draws) per compiled batch of "
-                                             "the exact simulations; default: sized from free memory."),
+    devices: Optional[int] = typer.Option(
+        None,
+        "--devices",
+        min=1,
+        help="Local devices the draws of the exact simulations are sharded over (default: all that JAX sees).",
+    ),
+    chunk_size: Optional[int] = typer.Option(
+        None,
+        "--chunk-size",
+        min=1,
+        help="Rows (draws) per compiled batch of the exact simulations; default: sized from free memory.",
+    ),
     precision: Optional[str] = typer.Option(None, "--precision", help=_PRECISION_HELP),
 ) -> None:
     args = dict(locals())
@@ -943,10 +1218,12 @@ def optimize_cmd(
             extra = {"products": tuple(x.strip() for x in products.split(",") if x.strip())} if products else {}
             for key in extra.get("products", ()):
                 get_product(key)  # a clear error for an unknown product
-            prop = optimize_patient(pt.to_row(), settings=OptimizeSettings(draws=draws, steps=steps, seed=seed,
-                                                                           min_time_in_target=min_tit, **extra),
-                                    progress=lambda text: status.update(f"optimizing: {text} ..."),
-                                    posterior=posterior)
+            prop = optimize_patient(
+                pt.to_row(),
+                settings=OptimizeSettings(draws=draws, steps=steps, seed=seed, min_time_in_target=min_tit, **extra),
+                progress=lambda text: status.update(f"optimizing: {text} ..."),
+                posterior=posterior,
+            )
         inputs = {"patient": patient}
         if posterior is not None:
             inputs.update({"posterior draws": posterior / "draws.csv", "posterior model": posterior / "model.toml"})
@@ -958,26 +1235,40 @@ def optimize_cmd(
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write the outputs: {exc}")
-    console.print(f"Proposal for {patient.name} ({draws} {'posterior' if posterior else 'variability'} draws, same "
-                  "draws for C0 and C1):", markup=False)
+    console.print(
+        f"Proposal for {patient.name} ({draws} {'posterior' if posterior else 'variability'} draws, same "
+        "draws for C0 and C1):",
+        markup=False,
+    )
     if prop.fallback:
-        console.print("[bold yellow]FALLBACK:[/] no searched schedule met every constraint of the exact evaluation; "
-                      "this is C1's schedule (standard of care) within the patient's limits, not an optimized "
-                      "schedule (see 'why' below).")
+        console.print(
+            "[bold yellow]FALLBACK:[/] no searched schedule met every constraint of the exact evaluation; "
+            "this is C1's schedule (standard of care) within the patient's limits, not an optimized "
+            "schedule (see 'why' below)."
+        )
     if prop.worse_than_comparator:
-        console.print("[bold red]WORSE THAN C1:[/] the proposal uses more opioid and keeps pain in target for less "
-                      "time than C1 (adapted to the patient's limits where C1 as written is not allowed); see the "
-                      "first 'why' line.")
+        console.print(
+            "[bold red]WORSE THAN C1:[/] the proposal uses more opioid and keeps pain in target for less "
+            "time than C1 (adapted to the patient's limits where C1 as written is not allowed); see the "
+            "first 'why' line."
+        )
     c = prop.comparison
-    console.print(f"{'':10s} {'MME mean':>9s} {'MME P90':>8s} {'NRS<=3':>7s} {'NRS>=4':>7s} {'NRS>=7':>7s} "
-                  f"{'pain AUC':>9s} {'P(OIRD)':>9s} {'P(PONV)':>8s} {'LAST':>5s}", markup=False)
+    console.print(
+        f"{'':10s} {'MME mean':>9s} {'MME P90':>8s} {'NRS<=3':>7s} {'NRS>=4':>7s} {'NRS>=7':>7s} "
+        f"{'pain AUC':>9s} {'P(OIRD)':>9s} {'P(PONV)':>8s} {'LAST':>5s}",
+        markup=False,
+    )
     for name, r in c.iterrows():
-        console.print(f"{name:10s} {r['MME_mean']:9.1f} {r['MME_P90']:8.1f} {100 * r['TIT3']:6.0f}% "
-                      f"{100 * r['TIME_NRS_GE4']:6.0f}% {100 * r['TIME_NRS_GE7']:6.1f}% "
-                      f"{r['PAIN_AUC']:9.0f} {r['P_OIRD']:9.1e} {r['P_PONV']:8.2f} {r['LAST_INDEX_max']:5.2f}",
-                      markup=False)
-    console.print("(MME: mg oral morphine equivalents over 0-72 h; NRS<=3 / NRS>=4 / NRS>=7: share of 0-72 h; "
-                  "pain AUC: NRS*h)", markup=False)
+        console.print(
+            f"{name:10s} {r['MME_mean']:9.1f} {r['MME_P90']:8.1f} {100 * r['TIT3']:6.0f}% "
+            f"{100 * r['TIME_NRS_GE4']:6.0f}% {100 * r['TIME_NRS_GE7']:6.1f}% "
+            f"{r['PAIN_AUC']:9.0f} {r['P_OIRD']:9.1e} {r['P_PONV']:8.2f} {r['LAST_INDEX_max']:5.2f}",
+            markup=False,
+        )
+    console.print(
+        "(MME: mg oral morphine equivalents over 0-72 h; NRS<=3 / NRS>=4 / NRS>=7: share of 0-72 h; pain AUC: NRS*h)",
+        markup=False,
+    )
     console.print("Schedule:", markup=False)
     for (d, rt), g in prop.schedule.groupby(["drug", "route"], sort=False):
         doses = ", ".join(f"{a:g} mg at {t:g} h" for t, a in zip(g["time_h"], g["dose_mg"]))
@@ -1017,8 +1308,9 @@ def trial_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default spine72_trial)."),
     draws: int = typer.Option(128, "--draws", min=1, help="Variability draws per patient."),
     steps: int = typer.Option(30, "--steps", min=1, help="Gradient steps."),
-    chunk: int = typer.Option(50, "--chunk", "--chunk-size", min=1, help="Patients per batched call (memory grows with chunk x "
-                              "draws)."),
+    chunk: int = typer.Option(
+        50, "--chunk", "--chunk-size", min=1, help="Patients per batched call (memory grows with chunk x draws)."
+    ),
     force: bool = typer.Option(False, "--force", "-f", help="Write into an existing non-empty output directory."),
     resume: bool = typer.Option(False, "--resume", help=_RESUME_HELP),
     keep_chunks: bool = typer.Option(False, "--keep-chunks", help=_KEEP_CHUNKS_HELP),
@@ -1046,8 +1338,19 @@ def trial_cmd(
         _trial_run(population, seed, out_dir, draws, steps, chunk, resume, index, count, args, keep_chunks)
 
 
-def _trial_run(population: int, seed: int, out_dir: Path, draws: int, steps: int, chunk: int, resume: bool,
-               index: int, count: int, args: dict, keep_chunks: bool = False) -> None:
+def _trial_run(
+    population: int,
+    seed: int,
+    out_dir: Path,
+    draws: int,
+    steps: int,
+    chunk: int,
+    resume: bool,
+    index: int,
+    count: int,
+    args: dict,
+    keep_chunks: bool = False,
+) -> None:
     import json
 
     from rich.console import Console
@@ -1059,21 +1362,31 @@ def _trial_run(population: int, seed: int, out_dir: Path, draws: int, steps: int
     try:
         from regimens.optimize import OptimizeSettings, plot_trial, run_trial
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as prog:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as prog:
             task = prog.add_task("patients", total=population)
 
             def tick(done: int, stage: str) -> None:
                 prog.update(task, completed=done, description=f"patients ({stage})")
 
-            patients, summary, times = run_trial(population, seed, OptimizeSettings(draws=draws, steps=steps),
-                                                 chunk=chunk, progress=tick, store=out_dir / "chunks", resume=resume)
+            patients, summary, times = run_trial(
+                population,
+                seed,
+                OptimizeSettings(draws=draws, steps=steps),
+                chunk=chunk,
+                progress=tick,
+                store=out_dir / "chunks",
+                resume=resume,
+            )
         from pkpd.batch import barrier
 
         barrier("pkpd-chunks-merged")  # every process has read the chunks: process 0 may delete them later
         if index != 0:
-            console.print(f"process {index} of {count}: its chunks are in {out_dir / 'chunks'}; process 0 writes "
-                          "the outputs", markup=False)
+            console.print(
+                f"process {index} of {count}: its chunks are in {out_dir / 'chunks'}; process 0 writes the outputs",
+                markup=False,
+            )
             return
         with _staged_outputs() as stage:  # the tables, figure and run.json appear together or not at all
             staging = stage.dir(out_dir)
@@ -1081,23 +1394,37 @@ def _trial_run(population: int, seed: int, out_dir: Path, draws: int, steps: int
             summary.to_csv(staging / "summary.csv", index=False)
             (staging / "timings.json").write_text(json.dumps(times, indent=2) + "\n")
             plot_trial(patients, staging / "trial.png")
-            _manifest(out_dir / "run.json", "trial", args, {},
-                      [out_dir / n for n in ("patients.csv", "summary.csv", "timings.json", "trial.png")], stage)
+            _manifest(
+                out_dir / "run.json",
+                "trial",
+                args,
+                {},
+                [out_dir / n for n in ("patients.csv", "summary.csv", "timings.json", "trial.png")],
+                stage,
+            )
     except PKPDError as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write the outputs: {exc}")
     _remove_chunks(out_dir, keep_chunks, console)
     allp = summary[summary["stratum"] == "all"].set_index("regimen")
-    console.print(f"SPINE-72 trial: {population} patients (seed {seed}), {draws} draws each, "
-                  f"{times['total_s']:.0f} s", markup=False)
+    console.print(
+        f"SPINE-72 trial: {population} patients (seed {seed}), {draws} draws each, {times['total_s']:.0f} s",
+        markup=False,
+    )
     for reg, r in allp.iterrows():
-        console.print(f"  {reg:9s} MME {r['MME_mean']:7.1f} (P90 {r['MME_P90']:6.1f})  NRS<=3 {100 * r['TIT3']:5.1f} %  "
-                      f"pain AUC {r['PAIN_AUC']:6.1f}  P(OIRD) {r['P_OIRD']:.1e}", markup=False)
+        console.print(
+            f"  {reg:9s} MME {r['MME_mean']:7.1f} (P90 {r['MME_P90']:6.1f})  NRS<=3 {100 * r['TIT3']:5.1f} %  "
+            f"pain AUC {r['PAIN_AUC']:6.1f}  P(OIRD) {r['P_OIRD']:.1e}",
+            markup=False,
+        )
     p = allp.loc["proposal"]
-    console.print(f"proposal vs C0: MME {p['MME_vs_C0_pct']:.1f} % lower; vs C1: {p['MME_vs_C1_pct']:.1f} % lower; "
-                  f"time in target {100 * (p['TIT3'] - allp.loc['C1', 'TIT3']):+.1f} points vs C1; "
-                  f"{int(p['n_unsafe'])} proposal(s) failed a hard check", markup=False)
+    console.print(
+        f"proposal vs C0: MME {p['MME_vs_C0_pct']:.1f} % lower; vs C1: {p['MME_vs_C1_pct']:.1f} % lower; "
+        f"time in target {100 * (p['TIT3'] - allp.loc['C1', 'TIT3']):+.1f} points vs C1; "
+        f"{int(p['n_unsafe'])} proposal(s) failed a hard check",
+        markup=False,
+    )
     console.print(f"Wrote {out_dir}/patients.csv, summary.csv, trial.png, timings.json", markup=False)
 
 
@@ -1119,8 +1446,9 @@ Default --out: RUN_DIR/report.html (<stem>.report.html beside a simulation CSV).
 @app.command("report", help=REPORT_HELP)
 @_interruptible_command
 def report_cmd(
-    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="Run directory (or dataset-simulation CSV).",
-                                   show_default=False),
+    run_dir: Path = typer.Argument(
+        ..., metavar="RUN_DIR", help="Run directory (or dataset-simulation CSV).", show_default=False
+    ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report file (.html)."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report file."),
 ) -> None:
@@ -1149,18 +1477,25 @@ def devices_cmd(
     d = describe()
 
     def gib(b):
-        return "?" if b is None else f"{b / 2 ** 30:.1f} GiB"
+        return "?" if b is None else f"{b / 2**30:.1f} GiB"
 
-    lines = [f"platform: {d['platform']} (jax {d['jax']})",
-             f"process: {d['process_index']} of {d['process_count']}",
-             f"devices: {d['local_device_count']} local, {d['device_count']} in all; the patient axis is sharded over "
-             f"{d['sharding_devices']}",
-             f"precision: {d['precision']} (x64 {'on' if d['x64'] else 'off'}; default here: {d['default_precision']})"]
+    lines = [
+        f"platform: {d['platform']} (jax {d['jax']})",
+        f"process: {d['process_index']} of {d['process_count']}",
+        f"devices: {d['local_device_count']} local, {d['device_count']} in all; the patient axis is sharded over "
+        f"{d['sharding_devices']}",
+        f"precision: {d['precision']} (x64 {'on' if d['x64'] else 'off'}; default here: {d['default_precision']})",
+    ]
     for dev in d["devices"]:
-        mem = f"memory limit {gib(dev['bytes_limit'])}, in use {gib(dev['bytes_in_use'])}" \
-            if dev["bytes_limit"] is not None else "memory: no statistics"
-        lines.append(f"  device {dev['id']}: {dev['kind']} ({dev['platform']}), process {dev['process']}"
-                     f"{'' if dev['local'] else ' (remote)'}, {mem}")
+        mem = (
+            f"memory limit {gib(dev['bytes_limit'])}, in use {gib(dev['bytes_in_use'])}"
+            if dev["bytes_limit"] is not None
+            else "memory: no statistics"
+        )
+        lines.append(
+            f"  device {dev['id']}: {dev['kind']} ({dev['platform']}), process {dev['process']}"
+            f"{'' if dev['local'] else ' (remote)'}, {mem}"
+        )
     if d["platform"] == "cpu":
         lines.append(f"host memory available: {gib(d['host_available_bytes'])} (shared by the CPU devices)")
     if d["xla_flags"]:

@@ -202,9 +202,7 @@ def scipy_solve_ivp(
         k12 = Q[i] / V1[i]
         k21 = Q[i] / V2[i]
         ka = KA[i]
-        jac = np.array(
-            [[-ka, 0.0, 0.0], [ka, -(k10 + k12), k21], [0.0, k12, -k21]], dtype=np.float64
-        )
+        jac = np.array([[-ka, 0.0, 0.0], [ka, -(k10 + k12), k21], [0.0, k12, -k21]], dtype=np.float64)
 
         def rhs(t, y, jac=jac):
             return jac @ y
@@ -229,9 +227,7 @@ def scipy_solve_ivp(
             else:
                 t_eval_full = t_eval if t_eval.size and t_eval[-1] == t1 else np.append(t_eval, t1)
             kw = {"jac": jac_fn} if method in ("LSODA", "BDF", "Radau") else {}
-            sol = solve_ivp(
-                rhs, (t0, t1), y, method=method, t_eval=t_eval_full, rtol=rtol, atol=atol, **kw
-            )
+            sol = solve_ivp(rhs, (t0, t1), y, method=method, t_eval=t_eval_full, rtol=rtol, atol=atol, **kw)
             if not sol.success:
                 raise RuntimeError(f"solve_ivp failed for subject {i}: {sol.message}")
             if t_eval.size:
@@ -277,9 +273,7 @@ def make_naive_diffrax(t_obs, dose_times, dose, rtol=1e-8, atol=1e-10, solver="t
     def vector_field(t, y, args):
         CL, V1, Q, V2, KA = args
         el = t - td
-        absorption = KA * jnp.sum(
-            jnp.where(el >= 0.0, amts * jnp.exp(-KA * jnp.maximum(el, 0.0)), 0.0)
-        )
+        absorption = KA * jnp.sum(jnp.where(el >= 0.0, amts * jnp.exp(-KA * jnp.maximum(el, 0.0)), 0.0))
         a1, a2 = y[0], y[1]
         k10, k12, k21 = CL / V1, Q / V1, Q / V2
         da1 = absorption - (k10 + k12) * a1 + k21 * a2

@@ -91,13 +91,18 @@ def nca(c: np.ndarray, t: np.ndarray = TIMES) -> dict:
     i = int(np.argmax(c))
     cmax, tmax = float(c[i]), float(t[i])
     if 0 < i < len(t) - 1:
-        a, b, c0 = np.polyfit(t[i - 1:i + 2], c[i - 1:i + 2], 2)
+        a, b, c0 = np.polyfit(t[i - 1 : i + 2], c[i - 1 : i + 2], 2)
         if a < 0:
             tmax, cmax = -b / (2 * a), c0 - b * b / (4 * a)
     m = (t >= TERMINAL_WINDOW_H[0]) & (t <= TERMINAL_WINDOW_H[1])
     slope = np.polyfit(t[m], np.log(c[m]), 1)[0]
-    return {"cmax": cmax, "tmax": tmax, "thalf": math.log(2.0) / -slope,
-            "c24": float(np.interp(24.0, t, c)), "c2": float(np.interp(2.0, t, c))}
+    return {
+        "cmax": cmax,
+        "tmax": tmax,
+        "thalf": math.log(2.0) / -slope,
+        "c24": float(np.interp(24.0, t, c)),
+        "c2": float(np.interp(2.0, t, c)),
+    }
 
 
 def _unpack(z):
@@ -122,20 +127,25 @@ def fit(sites) -> tuple[tuple[float, float, float], float]:
     """Least-squares fit of (FR, KA, KA2) to the label NCA of ``sites``; best of several starts."""
     best = None
     for x0 in STARTS:
-        res = least_squares(_residuals, _pack(*x0), args=(sites,), diff_step=1e-4, xtol=1e-12, ftol=1e-12,
-                            gtol=1e-12, max_nfev=200)
+        res = least_squares(
+            _residuals, _pack(*x0), args=(sites,), diff_step=1e-4, xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=200
+        )
         if best is None or res.cost < best.cost:
             best = res
-    return _unpack(best.x), float(np.sqrt(np.mean(best.fun ** 2)))
+    return _unpack(best.x), float(np.sqrt(np.mean(best.fun**2)))
 
 
 def _row(label, dose, m, target=None):
-    line = f"  {label:<38s} {dose:6.0f} mg  Cmax {m['cmax']:7.1f} ng/mL  Tmax {m['tmax']:5.2f} h  " \
-           f"t1/2 {m['thalf']:5.1f} h  C24 {m['c24']:6.1f}"
+    line = (
+        f"  {label:<38s} {dose:6.0f} mg  Cmax {m['cmax']:7.1f} ng/mL  Tmax {m['tmax']:5.2f} h  "
+        f"t1/2 {m['thalf']:5.1f} h  C24 {m['c24']:6.1f}"
+    )
     if target:
-        line += (f"   | label {target['cmax']:.0f} ng/mL, {target['tmax']:g} h, {target['thalf']:g} h -> "
-                 f"{100 * (m['cmax'] / target['cmax'] - 1):+.1f} %, {100 * (m['tmax'] / target['tmax'] - 1):+.1f} %, "
-                 f"{100 * (m['thalf'] / target['thalf'] - 1):+.1f} %")
+        line += (
+            f"   | label {target['cmax']:.0f} ng/mL, {target['tmax']:g} h, {target['thalf']:g} h -> "
+            f"{100 * (m['cmax'] / target['cmax'] - 1):+.1f} %, {100 * (m['tmax'] / target['tmax'] - 1):+.1f} %, "
+            f"{100 * (m['thalf'] / target['thalf'] - 1):+.1f} %"
+        )
     return line
 
 
@@ -165,20 +175,26 @@ def main() -> dict:
         print(f"  {label}: {text}")
     for s, (p, _) in fits.items():
         m = nca(simulate_profile(266.0, *p))
-        print(_row(f"{s} set at 266 mg", 266.0, m)
-              + f"  -> Cmax / 129 = {m['cmax'] / 129:.1f}x, / 170.9 = {m['cmax'] / 170.9:.1f}x; "
-                f"{'rises' if m['c24'] > m['c2'] else 'falls'} from 2 h to 24 h")
+        print(
+            _row(f"{s} set at 266 mg", 266.0, m)
+            + f"  -> Cmax / 129 = {m['cmax'] / 129:.1f}x, / 170.9 = {m['cmax'] / 170.9:.1f}x; "
+            f"{'rises' if m['c24'] > m['c2'] else 'falls'} from 2 h to 24 h"
+        )
     m = nca(simulate_profile(266.0, *joint))
     print(_row("joint set at 266 mg", 266.0, m) + f"  -> Cmax / 170.9 = {m['cmax'] / 170.9:.1f}x")
-    print("  A first-order release with an early peak cannot rise through 24 h: the Chinese-adult profile "
-          "(rising through 24 h) is not reproduced by either site set.")
+    print(
+        "  A first-order release with an early peak cannot rise through 24 h: the Chinese-adult profile "
+        "(rising through 24 h) is not reproduced by either site set."
+    )
 
     print("\nLibrary entry (pkpd/drugs/local_anesthetics.py, LIPOSOMAL_SITE_FITS) vs this fit:")
     for s, ((fr, ka, ka2), _) in fits.items():
         lib = LIPOSOMAL_SITE_FITS[s]
         dev = max(abs(lib["FR"] / fr - 1), abs(lib["KA"] / ka - 1), abs(lib["KA2"] / ka2 - 1))
-        print(f"  {s:<18s} library FR {lib['FR']:.4g} KA {lib['KA']:.4g} KA2 {lib['KA2']:.4g}  "
-              f"(max relative difference {100 * dev:.2f} %)")
+        print(
+            f"  {s:<18s} library FR {lib['FR']:.4g} KA {lib['KA']:.4g} KA2 {lib['KA2']:.4g}  "
+            f"(max relative difference {100 * dev:.2f} %)"
+        )
         print(f'    paste: "{s}": {{"FR": {fr:.4g}, "KA": {ka:.4g}, "KA2": {ka2:.4g}, ...}}')
     print(f"\nelapsed {time.perf_counter() - t0:.1f} s")
     return {"fits": fits, "joint": (joint, joint_rms)}

@@ -28,14 +28,21 @@ from pkpd.fit import build_problem, fit_laplace, load_model
 HERE = Path(__file__).parent
 REF = json.loads((HERE / "validation" / "theoph_nlme_reference.json").read_text())
 
-DIAG = {"model": {"structure": "1cmt_oral"},
-        "parameters": {"KE": {"estimate": 0.1}, "KA": {"estimate": 1.0, "iiv": 0.3},
-                       "CL": {"estimate": 0.05, "iiv": 0.05}},
-        "derived": {"V": "CL/KE"},
-        "observations": {"conc": {"output": "CP", "error": "additive", "additive": 1.0}}}
-FULL = {**DIAG, "parameters": {"KE": {"estimate": 0.1, "iiv": 0.02}, "KA": {"estimate": 1.0, "iiv": 0.3},
-                               "CL": {"estimate": 0.05, "iiv": 0.05}},
-        "omega": {"block": [{"parameters": ["KE", "KA", "CL"], "values": [0.02, 0.0, 0.3, 0.0, 0.0, 0.05]}]}}
+DIAG = {
+    "model": {"structure": "1cmt_oral"},
+    "parameters": {"KE": {"estimate": 0.1}, "KA": {"estimate": 1.0, "iiv": 0.3}, "CL": {"estimate": 0.05, "iiv": 0.05}},
+    "derived": {"V": "CL/KE"},
+    "observations": {"conc": {"output": "CP", "error": "additive", "additive": 1.0}},
+}
+FULL = {
+    **DIAG,
+    "parameters": {
+        "KE": {"estimate": 0.1, "iiv": 0.02},
+        "KA": {"estimate": 1.0, "iiv": 0.3},
+        "CL": {"estimate": 0.05, "iiv": 0.05},
+    },
+    "omega": {"block": [{"parameters": ["KE", "KA", "CL"], "values": [0.02, 0.0, 0.3, 0.0, 0.0, 0.05]}]},
+}
 
 
 def _ref(fit: str) -> dict:
@@ -60,11 +67,19 @@ def time_laplace(spec_dict: dict, label: str, repeats: int) -> dict:
         r2 = fit_laplace(prob2)
         runs.append(time.perf_counter() - t)
     nat = prob.packer.natural(r.u_full)
-    out = {"label": label, "build_s": t_build, "compile_s": first, "fit_after_compile_s": statistics.median(runs),
-           "estimation_only_s": r2.times["estimation_s"], "covariance_s": r2.times["covariance_s"],
-           "minus2ll": r.minus2ll, "log_theta": np.log(np.asarray(nat["theta"])).tolist(),
-           "omega_sd": np.sqrt(np.diag(np.asarray(nat["omega"]))).tolist(), "sigma": float(nat["sigma"][0]),
-           "converged": r.converged}
+    out = {
+        "label": label,
+        "build_s": t_build,
+        "compile_s": first,
+        "fit_after_compile_s": statistics.median(runs),
+        "estimation_only_s": r2.times["estimation_s"],
+        "covariance_s": r2.times["covariance_s"],
+        "minus2ll": r.minus2ll,
+        "log_theta": np.log(np.asarray(nat["theta"])).tolist(),
+        "omega_sd": np.sqrt(np.diag(np.asarray(nat["omega"]))).tolist(),
+        "sigma": float(nat["sigma"][0]),
+        "converged": r.converged,
+    }
     return out
 
 
@@ -74,9 +89,15 @@ def time_forecast(repeats: int) -> dict:
 
     from pkpd.fit.forecast import _forecast_core, _grid_rows, forecast
 
-    spec = {**DIAG, "parameters": {"KE": {"estimate": 0.0855}, "KA": {"estimate": 1.61, "iiv": 0.428},
-                                   "CL": {"estimate": 0.0397, "iiv": 0.028}},
-            "observations": {"conc": {"output": "CP", "error": "additive", "additive": 0.708}}}
+    spec = {
+        **DIAG,
+        "parameters": {
+            "KE": {"estimate": 0.0855},
+            "KA": {"estimate": 1.61, "iiv": 0.428},
+            "CL": {"estimate": 0.0397, "iiv": 0.028},
+        },
+        "observations": {"conc": {"output": "CP", "error": "additive", "additive": 0.708}},
+    }
     df = load_theoph()
     p1 = df[df.ID == 1]
     pt = pd.concat([p1[p1.EVID == 1], p1[p1.EVID == 0].iloc[[3, 6]]]).reset_index(drop=True)
@@ -92,8 +113,15 @@ def time_forecast(repeats: int) -> dict:
     # the compiled core alone (what an optimizer calling it in a loop pays)
     aug, grid = _grid_rows(pt, times)
     prob = build_problem(aug, load_model(spec), require_observations=False)
-    args = (jnp.asarray(prob.packer.init_full), jax.random.PRNGKey(0), 500, jnp.asarray(prob.row_map[grid, 0]),
-            jnp.asarray(prob.row_map[grid, 1]), jnp.zeros(grid.size, int), jnp.asarray(times))
+    args = (
+        jnp.asarray(prob.packer.init_full),
+        jax.random.PRNGKey(0),
+        500,
+        jnp.asarray(prob.row_map[grid, 0]),
+        jnp.asarray(prob.row_map[grid, 1]),
+        jnp.zeros(grid.size, int),
+        jnp.asarray(times),
+    )
     jax.block_until_ready(_forecast_core(prob, *args))
     core = []
     for _ in range(repeats):
@@ -130,25 +158,33 @@ def main() -> None:
         r = time_laplace(spec, label, reps)
         rr = _ref(ref)
         res[label] = r
-        print(f"\nTheoph Laplace, {label}: compile {r['compile_s']:.1f} s; fit after compile "
-              f"{r['fit_after_compile_s']:.2f} s (median of {reps}; estimation {r['estimation_only_s']:.2f} s, "
-              f"covariance {r['covariance_s']:.2f} s); -2LL {r['minus2ll']:.3f}; converged {r['converged']}")
+        print(
+            f"\nTheoph Laplace, {label}: compile {r['compile_s']:.1f} s; fit after compile "
+            f"{r['fit_after_compile_s']:.2f} s (median of {reps}; estimation {r['estimation_only_s']:.2f} s, "
+            f"covariance {r['covariance_s']:.2f} s); -2LL {r['minus2ll']:.3f}; converged {r['converged']}"
+        )
         print(f"  log typical values (lKe, lKa, lCl): {np.round(r['log_theta'], 4).tolist()}")
         print(f"  SD of random effects: {np.round(r['omega_sd'], 4).tolist()}; residual SD {r['sigma']:.4f}")
         ref_t = rr.get("wall_time", {}).get("median_s")
-        print(f"  R nlme ({ref}, Lindstrom-Bates ML): -2LL {-2 * rr['logLik']:.3f}; fixed effects "
-              f"{np.round(list(rr['fixed_effects'].values()), 4).tolist()}; RE SD "
-              f"{np.round(list(rr['random_effect_sd'].values()), 4).tolist()}; fit time {ref_t} s (median of 5)")
+        print(
+            f"  R nlme ({ref}, Lindstrom-Bates ML): -2LL {-2 * rr['logLik']:.3f}; fixed effects "
+            f"{np.round(list(rr['fixed_effects'].values()), 4).tolist()}; RE SD "
+            f"{np.round(list(rr['random_effect_sd'].values()), 4).tolist()}; fit time {ref_t} s (median of 5)"
+        )
     f = time_forecast(reps * 3)
     res["forecast"] = f
-    print(f"\nIndividual forecast (2 concentrations, 500 posterior draws, 49-point grid): compile {f['compile_s']:.1f} s; "
-          f"compiled core {1000 * f['core_s']:.1f} ms; end to end incl. data preparation {1000 * f['end_to_end_s']:.0f} ms")
+    print(
+        f"\nIndividual forecast (2 concentrations, 500 posterior draws, 49-point grid): compile {f['compile_s']:.1f} s; "
+        f"compiled core {1000 * f['core_s']:.1f} ms; end to end incl. data preparation {1000 * f['end_to_end_s']:.0f} ms"
+    )
     if not a.skip_nuts:
         try:
             b = time_bayes(a.quick)
             res["bayes"] = b
-            print(f"\nNUTS 4 chains x ({b['warmup']} warm-up + {b['samples']} draws), vectorized: total "
-                  f"{b['nuts_total_s']:.1f} s; times {b['nuts_times']}")
+            print(
+                f"\nNUTS 4 chains x ({b['warmup']} warm-up + {b['samples']} draws), vectorized: total "
+                f"{b['nuts_total_s']:.1f} s; times {b['nuts_times']}"
+            )
             print(f"SVI: total {b['svi_total_s']:.1f} s; times {b['svi_times']}")
         except ImportError as exc:
             print(f"\n(NUTS/SVI skipped: {exc})")

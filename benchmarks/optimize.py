@@ -69,8 +69,10 @@ def timing(a, st) -> None:
         t = time.perf_counter()
         optimize_patient(cov, settings=st)
         reps.append(time.perf_counter() - t)
-    print(f"one patient ({a.draws} draws, {a.steps} steps): first call {first:.1f} s; after compile "
-          f"{statistics.median(reps):.2f} s (median of 3: {', '.join(f'{r:.2f}' for r in reps)})")
+    print(
+        f"one patient ({a.draws} draws, {a.steps} steps): first call {first:.1f} s; after compile "
+        f"{statistics.median(reps):.2f} s (median of 3: {', '.join(f'{r:.2f}' for r in reps)})"
+    )
 
     pop = spine72_population(a.loop_n, a.seed)
     optimize_population(pop, st)  # compile the batched shapes
@@ -81,8 +83,10 @@ def timing(a, st) -> None:
     t = time.perf_counter()
     optimize_population(pop, st)
     batch = time.perf_counter() - t
-    print(f"{a.loop_n} patients one at a time: {loop:.1f} s ({loop / a.loop_n:.2f} s/patient); batched: {batch:.1f} s "
-          f"({batch / a.loop_n:.2f} s/patient); batching speed-up {loop / batch:.1f}x")
+    print(
+        f"{a.loop_n} patients one at a time: {loop:.1f} s ({loop / a.loop_n:.2f} s/patient); batched: {batch:.1f} s "
+        f"({batch / a.loop_n:.2f} s/patient); batching speed-up {loop / batch:.1f}x"
+    )
 
 
 def trial(a, st) -> None:
@@ -92,19 +96,29 @@ def trial(a, st) -> None:
     wall = time.perf_counter() - t
     allp = summary[summary["stratum"] == "all"].set_index("regimen")
     p = allp.loc["proposal"]
-    print(f"trial: {a.n} patients x {a.draws} draws, chunks of {a.chunk}: {wall:.0f} s "
-          f"({wall / a.n:.2f} s/patient); stages {', '.join(f'{k} {v:.0f}' for k, v in times.items())}")
-    print(f"  mean 72-h MME: proposal {p['MME_mean']:.2f}, C0 {allp.loc['C0', 'MME_mean']:.1f}, "
-          f"C1 {allp.loc['C1', 'MME_mean']:.2f} mg -> {p['MME_vs_C0_pct']:.1f} % below C0, "
-          f"{p['MME_vs_C1_pct']:.1f} % below C1")
-    print(f"  time in target: proposal {100 * p['TIT3']:.1f} %, C1 {100 * allp.loc['C1', 'TIT3']:.1f} %; "
-          f"time with NRS >= 4: proposal {100 * p['TIME_NRS_GE4']:.1f} %, C1 {100 * allp.loc['C1', 'TIME_NRS_GE4']:.1f} %; "
-          f"NRS >= 7: proposal {100 * p['TIME_NRS_GE7']:.2f} %, C1 {100 * allp.loc['C1', 'TIME_NRS_GE7']:.2f} %")
-    print(f"  P90 of 72-h MME: proposal {p['MME_P90']:.1f}, C0 {allp.loc['C0', 'MME_P90']:.1f}, "
-          f"C1 {allp.loc['C1', 'MME_P90']:.1f} mg; proposals failing a hard safety check: {int(p['n_unsafe'])}; "
-          f"missing a pain constraint after every repair: {int(p.get('n_pain_missed', 0))}")
-    print(f"  searched schedules repaired in the exact evaluation: {int(p.get('n_repaired', 0))} of {len(patients)}, "
-          f"of which ended at the fallback: {int(p.get('n_fallback', 0))}")
+    print(
+        f"trial: {a.n} patients x {a.draws} draws, chunks of {a.chunk}: {wall:.0f} s "
+        f"({wall / a.n:.2f} s/patient); stages {', '.join(f'{k} {v:.0f}' for k, v in times.items())}"
+    )
+    print(
+        f"  mean 72-h MME: proposal {p['MME_mean']:.2f}, C0 {allp.loc['C0', 'MME_mean']:.1f}, "
+        f"C1 {allp.loc['C1', 'MME_mean']:.2f} mg -> {p['MME_vs_C0_pct']:.1f} % below C0, "
+        f"{p['MME_vs_C1_pct']:.1f} % below C1"
+    )
+    print(
+        f"  time in target: proposal {100 * p['TIT3']:.1f} %, C1 {100 * allp.loc['C1', 'TIT3']:.1f} %; "
+        f"time with NRS >= 4: proposal {100 * p['TIME_NRS_GE4']:.1f} %, C1 {100 * allp.loc['C1', 'TIME_NRS_GE4']:.1f} %; "
+        f"NRS >= 7: proposal {100 * p['TIME_NRS_GE7']:.2f} %, C1 {100 * allp.loc['C1', 'TIME_NRS_GE7']:.2f} %"
+    )
+    print(
+        f"  P90 of 72-h MME: proposal {p['MME_P90']:.1f}, C0 {allp.loc['C0', 'MME_P90']:.1f}, "
+        f"C1 {allp.loc['C1', 'MME_P90']:.1f} mg; proposals failing a hard safety check: {int(p['n_unsafe'])}; "
+        f"missing a pain constraint after every repair: {int(p.get('n_pain_missed', 0))}"
+    )
+    print(
+        f"  searched schedules repaired in the exact evaluation: {int(p.get('n_repaired', 0))} of {len(patients)}, "
+        f"of which ended at the fallback: {int(p.get('n_fallback', 0))}"
+    )
     print("  repair steps (first step taken): " + first_repair_steps(patients))
     pol = patients["POLICY"].str.split(" [doses for this patient", regex=False).str[0].value_counts()  # as written
     print("  rescue policies chosen: " + "; ".join(f"{v} x {k}" for k, v in pol.items()))
@@ -115,17 +129,21 @@ def trial(a, st) -> None:
         g = oracle_gap(spine72_population(a.oracle_n, a.seed), st)
         m = g.mean(numeric_only=True)
         gap = 100 * (m["LOSS_prior"] - m["LOSS_oracle"]) / m["LOSS_oracle"]
-        print(f"oracle gap ({a.oracle_n} patients x {a.draws} draws, truth = one unseen patient each, the oracle knows "
-              f"its PK/PD parameters; {time.perf_counter() - t:.0f} s): loss (exact objective, MME-eq) prior-based "
-              f"{m['LOSS_prior']:.2f} vs oracle {m['LOSS_oracle']:.2f} ({gap:+.1f} %); MME {m['MME_prior']:.2f} vs "
-              f"{m['MME_oracle']:.2f} mg; time in target {100 * m['TIT3_prior']:.1f} vs {100 * m['TIT3_oracle']:.1f} %; "
-              f"C1 loss {m['LOSS_C1']:.2f}, C0 {m['LOSS_C0']:.2f}; schedules that differ: "
-              f"{int((~g['SAME_SCHEDULE']).sum())}/{len(g)}; prior-based worse than the oracle for "
-              f"{int((g['LOSS_prior'] > g['LOSS_oracle'] + 1e-9).sum())} patients")
-        gap_line = (f"Oracle gap ({a.oracle_n} patients x {a.draws} draws; the oracle knows each virtual patient's "
-                    f"PK/PD parameters, not the randomness of its rescue requests): loss {m['LOSS_prior']:.2f} "
-                    f"prior-based vs {m['LOSS_oracle']:.2f} oracle ({gap:+.1f} %); MME {m['MME_prior']:.2f} vs "
-                    f"{m['MME_oracle']:.2f} mg; C1 loss {m['LOSS_C1']:.2f}, C0 {m['LOSS_C0']:.2f}.")
+        print(
+            f"oracle gap ({a.oracle_n} patients x {a.draws} draws, truth = one unseen patient each, the oracle knows "
+            f"its PK/PD parameters; {time.perf_counter() - t:.0f} s): loss (exact objective, MME-eq) prior-based "
+            f"{m['LOSS_prior']:.2f} vs oracle {m['LOSS_oracle']:.2f} ({gap:+.1f} %); MME {m['MME_prior']:.2f} vs "
+            f"{m['MME_oracle']:.2f} mg; time in target {100 * m['TIT3_prior']:.1f} vs {100 * m['TIT3_oracle']:.1f} %; "
+            f"C1 loss {m['LOSS_C1']:.2f}, C0 {m['LOSS_C0']:.2f}; schedules that differ: "
+            f"{int((~g['SAME_SCHEDULE']).sum())}/{len(g)}; prior-based worse than the oracle for "
+            f"{int((g['LOSS_prior'] > g['LOSS_oracle'] + 1e-9).sum())} patients"
+        )
+        gap_line = (
+            f"Oracle gap ({a.oracle_n} patients x {a.draws} draws; the oracle knows each virtual patient's "
+            f"PK/PD parameters, not the randomness of its rescue requests): loss {m['LOSS_prior']:.2f} "
+            f"prior-based vs {m['LOSS_oracle']:.2f} oracle ({gap:+.1f} %); MME {m['MME_prior']:.2f} vs "
+            f"{m['MME_oracle']:.2f} mg; C1 loss {m['LOSS_C1']:.2f}, C0 {m['LOSS_C0']:.2f}."
+        )
     if a.md:
         write_markdown(a, patients, summary, wall, gap_line)
 
@@ -149,42 +167,61 @@ def write_markdown(a, patients: pd.DataFrame, summary: pd.DataFrame, wall: float
     post = outcome_posterior()
     allp = summary[summary["stratum"] == "all"].set_index("regimen")
     p = allp.loc["proposal"]
-    rows = ["| regimen | mean 72-h MME (mg) | P90 (mg) | time NRS <= 3 | time NRS >= 4 | time NRS >= 7 | "
-            "mean P(OIRD) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| regimen | mean 72-h MME (mg) | P90 (mg) | time NRS <= 3 | time NRS >= 4 | time NRS >= 7 | mean P(OIRD) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, label in (("proposal", "proposal"), ("C0", "C0 (opioid-centric)"), ("C1", "C1 (ERAS)")):
         r = allp.loc[name]
-        rows.append(f"| {label} | {r['MME_mean']:.1f} | {r['MME_P90']:.1f} | {100 * r['TIT3']:.1f} % | "
-                    f"{100 * r['TIME_NRS_GE4']:.1f} % | {100 * r['TIME_NRS_GE7']:.2f} % | {r.get('P_OIRD', float('nan')):.2g} |")
+        rows.append(
+            f"| {label} | {r['MME_mean']:.1f} | {r['MME_P90']:.1f} | {100 * r['TIT3']:.1f} % | "
+            f"{100 * r['TIME_NRS_GE4']:.1f} % | {100 * r['TIME_NRS_GE7']:.2f} % | {r.get('P_OIRD', float('nan')):.2g} |"
+        )
     pol = patients["POLICY"].str.split(" [doses for this patient", regex=False).str[0].value_counts()  # as written
     strata = summary[(summary["regimen"] == "proposal") & (summary["stratum"] != "all")]
     cols = [c for c in ("stratum", "n", "MME_mean", "MME_vs_C1_pct", "TIT3", "TIME_NRS_GE4", "n_unsafe") if c in strata]
     lines = [
-        "# SPINE-72 virtual trial: optimizer proposals vs C0 and C1", "",
+        "# SPINE-72 virtual trial: optimizer proposals vs C0 and C1",
+        "",
         "<!-- Generated by `PYTHONPATH=. python benchmarks/optimize.py --md docs/spine72_trial.md`; do not edit by "
-        "hand. -->", "",
+        "hand. -->",
+        "",
         f"{datetime.date.today().isoformat()}; {a.n} SPINE-72 patients (seed {a.seed}) x {a.draws} scenario draws, "
         f"{a.steps} optimizer steps; outcome model: calibration version {post.version} (rule {post.rule}), each "
         f"scenario with its own posterior draw of the outcome-model parameters; {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, jax {jax.__version__} {jax.default_backend()}; {wall:.0f} s.", "",
-        "\n".join(rows), "",
+        f"{os.cpu_count()} cores, jax {jax.__version__} {jax.default_backend()}; {wall:.0f} s.",
+        "",
+        "\n".join(rows),
+        "",
         f"Mean 72-h MME {p['MME_vs_C0_pct']:.1f} % below C0 and {p['MME_vs_C1_pct']:.1f} % below C1; P90 "
         f"{p['MME_P90']:.1f} mg vs C1 {allp.loc['C1', 'MME_P90']:.1f} mg. Proposals failing a hard safety check "
         f"in the exact re-simulation: **{int(p['n_unsafe'])}**; missing a pain constraint (time with NRS <= 3, "
         f">= 4, >= 7 against C1's) after every repair step: **{int(p.get('n_pain_missed', 0))}**. Searched "
         f"schedules repaired in the exact evaluation: {int(p.get('n_repaired', 0))}, of which ended at the "
-        f"fallback (C1's schedule within the patient's limits): {int(p.get('n_fallback', 0))}.", "",
+        f"fallback (C1's schedule within the patient's limits): {int(p.get('n_fallback', 0))}.",
+        "",
         "Comparators adapted to the patient's limits (C0 or C1 as written breaks a label, renal, hepatic or CPIC "
         "limit of that patient: `regimens.adapt`; the adapted one is the comparator and the reference of the "
         f"relative constraints): C1 for {int((patients.get('C1_ADAPTED', pd.Series(dtype=str)).fillna('') != '').sum())}"
         f", C0 for {int((patients.get('C0_ADAPTED', pd.Series(dtype=str)).fillna('') != '').sum())} of "
-        f"{len(patients)} patients.", "",
-        "Repair steps (first step taken): " + first_repair_steps(patients) + ".", "",
-        "Rescue policies chosen: " + "; ".join(f"{v} x {k}" for k, v in pol.items()) + ".", "",
-        "By stratum (proposal):", "",
-        "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|",
-        *["| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r) + " |"
-          for r in strata[cols].itertuples(index=False)], "",
-        gap_line, ""]
+        f"{len(patients)} patients.",
+        "",
+        "Repair steps (first step taken): " + first_repair_steps(patients) + ".",
+        "",
+        "Rescue policies chosen: " + "; ".join(f"{v} x {k}" for k, v in pol.items()) + ".",
+        "",
+        "By stratum (proposal):",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join("---" for _ in cols) + "|",
+        *[
+            "| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r) + " |"
+            for r in strata[cols].itertuples(index=False)
+        ],
+        "",
+        gap_line,
+        "",
+    ]
     with open(a.md, "w") as fh:
         fh.write("\n".join(lines))
     print(f"wrote {a.md}")

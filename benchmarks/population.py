@@ -210,13 +210,21 @@ def timed_call(regimen, pop, seed: int, chunk_size: int) -> dict:
         total = time.perf_counter() - t
     ph = {k: float(sum(v)) for k, v in acc.items()}
     ph["other"] = total - sum(ph.values())
-    return {"total_s": total, "phases": ph, "kernel_chunks_s": [float(x) for x in acc["kernel"]],
-            "prep_chunks_s": [float(x) for x in acc["prep"]], "n_chunks": len(acc["kernel"]), "result": res}
+    return {
+        "total_s": total,
+        "phases": ph,
+        "kernel_chunks_s": [float(x) for x in acc["kernel"]],
+        "prep_chunks_s": [float(x) for x in acc["prep"]],
+        "n_chunks": len(acc["kernel"]),
+        "result": res,
+    }
 
 
 def _fmt_phases(ph: dict) -> str:
-    return (f"build {ph['build']:.2f} s | host prep (RegimenPlan.arrays) {ph['prep']:.1f} s | kernel {ph['kernel']:.1f} s"
-            f" | collect {ph['collect']:.1f} s | other {ph['other']:.1f} s")
+    return (
+        f"build {ph['build']:.2f} s | host prep (RegimenPlan.arrays) {ph['prep']:.1f} s | kernel {ph['kernel']:.1f} s"
+        f" | collect {ph['collect']:.1f} s | other {ph['other']:.1f} s"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -252,7 +260,7 @@ def numpy_pk_loop(arrays: dict, T: int, doses: np.ndarray | None = None) -> np.n
     off = 0
     for P in blocks:
         m = P.shape[1]
-        Phi[:, off:off + m, off:off + m] = P
+        Phi[:, off : off + m, off : off + m] = P
         off += m
     x = np.zeros((n_pat, n))
     out = np.empty((n_pat, T, n))
@@ -302,9 +310,19 @@ def baseline(regimen, pop, seed: int, repeats: int) -> dict:
     jax.block_until_ready(fn(dev))
     t_first = time.perf_counter() - t
     t_jax, _ = _best(lambda: jax.block_until_ready(fn(dev)), repeats)
-    return {"n": n, "T": plan.T, "n_states": plan.n, "prep_s": t_prep, "numpy_s": t_np, "jax_first_s": t_first,
-            "jax_s": t_jax, "numpy_pps": n / t_np, "jax_pps": n / t_jax, "ratio": t_np / t_jax,
-            "repeats": repeats}
+    return {
+        "n": n,
+        "T": plan.T,
+        "n_states": plan.n,
+        "prep_s": t_prep,
+        "numpy_s": t_np,
+        "jax_first_s": t_first,
+        "jax_s": t_jax,
+        "numpy_pps": n / t_np,
+        "jax_pps": n / t_jax,
+        "ratio": t_np / t_jax,
+        "repeats": repeats,
+    }
 
 
 def numeric_check(regimen, pop, seed: int) -> dict:
@@ -324,7 +342,7 @@ def numeric_check(regimen, pop, seed: int) -> dict:
     arrays, *_ = plan.arrays(pop, seed)
     x_np = numpy_pk_loop(arrays, plan.T, doses=np.asarray(run["dose"]))
     out["replay_rel"], out["replay_abs"] = max_rel_diff(x_np, np.asarray(run["x"]))
-    out["replay_n_rescue"] = int((np.asarray(run["dose"])[:, :, :len(plan.items)] > 0).sum())
+    out["replay_n_rescue"] = int((np.asarray(run["dose"])[:, :, : len(plan.items)] > 0).sum())
     return out
 
 
@@ -335,8 +353,11 @@ def blas_check(regimen, pop, seed: int, chunk: int, rounds: int = 2) -> dict:
     out: dict = {"n": len(pop), "chunk": chunk, "one": [], "default": []}
     for _ in range(rounds):
         for key in ("one", "default"):
-            with (contextlib.nullcontext() if key == "one"
-                  else _patched(regimen_sim, "_one_blas_thread", contextlib.nullcontext)):
+            with (
+                contextlib.nullcontext()
+                if key == "one"
+                else _patched(regimen_sim, "_one_blas_thread", contextlib.nullcontext)
+            ):
                 t = time.perf_counter()
                 simulate_regimen(regimen, pop, seed=seed, chunk_size=chunk)
                 out[key].append(time.perf_counter() - t)
@@ -370,8 +391,9 @@ def _strip(d: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n", type=int, default=10000, help="patients in the population run (default 10000)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the population and of the simulation")
     ap.add_argument("--chunk-size", type=int, default=2048, help="patients per compiled batch (default 2048)")
@@ -381,10 +403,12 @@ def main(argv=None) -> int:
     ap.add_argument("--check-n", type=int, default=16, help="patients of the numpy vs JAX state check")
     ap.add_argument("--sweep", action="store_true", help="also sweep chunk sizes 512/2048/4096 on --sweep-n")
     ap.add_argument("--sweep-n", type=int, default=2000, help="patients of the chunk-size sweep (default 2000)")
-    ap.add_argument("--blas-threads", type=int, default=0,
-                    help="OpenBLAS threads for the run (default 0: keep the library default)")
-    ap.add_argument("--blas-check-n", type=int, default=4096,
-                    help="patients of the BLAS-threading check (whole calls; 0 skips it)")
+    ap.add_argument(
+        "--blas-threads", type=int, default=0, help="OpenBLAS threads for the run (default 0: keep the library default)"
+    )
+    ap.add_argument(
+        "--blas-check-n", type=int, default=4096, help="patients of the BLAS-threading check (whole calls; 0 skips it)"
+    )
     ap.add_argument("--blas-check-chunk", type=int, default=1024, help="chunk size of the BLAS-threading check")
     ap.add_argument("--json", metavar="OUT.json", help="also write the numbers to this JSON file")
     args = ap.parse_args(argv)
@@ -394,11 +418,14 @@ def main(argv=None) -> int:
 
     info = machine_info()
     load0 = _load()
-    print(f"population benchmark | {info['platform']} | cpu: {info['processor']}, os.cpu_count()={info['cpu_count']}"
-          f" (affinity {info['cpu_affinity']}) | python {info['python']} | numpy {info['numpy']} | jax {info['jax']}"
-          f" | devices: {info['devices']} | float64: {'on' if info['float64'] else 'off'}")
-    print(f"load average (1/5/15 min) at start: {load0}   (shared machine: load above the core count slows every "
-          "timing)")
+    print(
+        f"population benchmark | {info['platform']} | cpu: {info['processor']}, os.cpu_count()={info['cpu_count']}"
+        f" (affinity {info['cpu_affinity']}) | python {info['python']} | numpy {info['numpy']} | jax {info['jax']}"
+        f" | devices: {info['devices']} | float64: {'on' if info['float64'] else 'off'}"
+    )
+    print(
+        f"load average (1/5/15 min) at start: {load0}   (shared machine: load above the core count slows every timing)"
+    )
     print(f"imports (python, numpy, jax, pkpd): {_T_IMPORTED - _T_START:.1f} s (not counted below)")
     libs = openblas_libs()
     blas_default = blas_threads()
@@ -406,8 +433,10 @@ def main(argv=None) -> int:
         set_blas_threads(args.blas_threads)
     blas_now = blas_threads()
     blas_text = ", ".join(f"{name}: {d} -> {k}" for (name, _, _), d, k in zip(libs, blas_default, blas_now))
-    print(f"OpenBLAS threads (library default -> this run): {blas_text or 'no OpenBLAS found'}"
-          + ("" if args.blas_threads > 0 else "   (--blas-threads 0: library default kept)"))
+    print(
+        f"OpenBLAS threads (library default -> this run): {blas_text or 'no OpenBLAS found'}"
+        + ("" if args.blas_threads > 0 else "   (--blas-threads 0: library default kept)")
+    )
     sys.stdout.flush()
     regimen = get_regimen(REGIMEN)
 
@@ -415,8 +444,11 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     pop = spine72_population(args.n, args.seed)
     t_pop = time.perf_counter() - t
-    print(f"\n[1] SPINE-72 population n={args.n} seed={args.seed}: sampled in {t_pop:.2f} s; regimen {REGIMEN}, "
-          f"chunk_size={args.chunk_size}, warm calls: {args.repeats}", flush=True)
+    print(
+        f"\n[1] SPINE-72 population n={args.n} seed={args.seed}: sampled in {t_pop:.2f} s; regimen {REGIMEN}, "
+        f"chunk_size={args.chunk_size}, warm calls: {args.repeats}",
+        flush=True,
+    )
     load1 = _load()
     pair = _run_pair(regimen, pop, args.seed, args.chunk_size, args.repeats)
     load2 = _load()
@@ -427,46 +459,69 @@ def main(argv=None) -> int:
     size = min(args.chunk_size, args.n)
     n_chunks = -(-args.n // size)
     pad = n_chunks * size - args.n
-    print(f"    grid: {T} points of {SimOptions().dt_h * 60:.0f} min from t = {res.times[0]:.3f} h to "
-          f"{res.times[-1]:.1f} h; {n_states} states ({len(res.state_index)} drugs); {n_chunks} chunks of {size} "
-          f"(last padded with {pad} copies)")
+    print(
+        f"    grid: {T} points of {SimOptions().dt_h * 60:.0f} min from t = {res.times[0]:.3f} h to "
+        f"{res.times[-1]:.1f} h; {n_states} states ({len(res.state_index)} drugs); {n_chunks} chunks of {size} "
+        f"(last padded with {pad} copies)"
+    )
     k, pr = first["kernel_chunks_s"], first["prep_chunks_s"]
-    print(f"    first call (incl. JIT compile): {first['total_s']:8.1f} s  {args.n / first['total_s']:8.1f} "
-          f"patients/s  | {_fmt_phases(first['phases'])}")
+    print(
+        f"    first call (incl. JIT compile): {first['total_s']:8.1f} s  {args.n / first['total_s']:8.1f} "
+        f"patients/s  | {_fmt_phases(first['phases'])}"
+    )
     if len(k) > 1:
-        print(f"        kernel: first chunk {k[0]:.1f} s (compile + run), later chunks {np.mean(k[1:]):.1f} s each "
-              f"-> compile ~ {k[0] - np.mean(k[1:]):.1f} s (difference; noisy under load)")
-        print(f"        host prep: first chunk {pr[0]:.1f} s (incl. JIT compile of the random streams), later chunks "
-              f"{np.mean(pr[1:]):.1f} s each")
-    print(f"    warm call (compiled, cached):   {warm['total_s']:8.1f} s  {args.n / warm['total_s']:8.1f} "
-          f"patients/s  | {_fmt_phases(warm['phases'])}")
+        print(
+            f"        kernel: first chunk {k[0]:.1f} s (compile + run), later chunks {np.mean(k[1:]):.1f} s each "
+            f"-> compile ~ {k[0] - np.mean(k[1:]):.1f} s (difference; noisy under load)"
+        )
+        print(
+            f"        host prep: first chunk {pr[0]:.1f} s (incl. JIT compile of the random streams), later chunks "
+            f"{np.mean(pr[1:]):.1f} s each"
+        )
+    print(
+        f"    warm call (compiled, cached):   {warm['total_s']:8.1f} s  {args.n / warm['total_s']:8.1f} "
+        f"patients/s  | {_fmt_phases(warm['phases'])}"
+    )
     print(f"    warm call reproduces the first call's NRS exactly: {pair['reproducible']}")
     verdict = "PASS" if first["total_s"] < TARGET_S else "FAIL"
-    print(f"    target: {args.n} patients x 72 h x {REGIMEN} in < {TARGET_S:.0f} s (first call, incl. compile): "
-          f"{first['total_s']:.1f} s -> {verdict}   (with population sampling: {first['total_s'] + t_pop:.1f} s)")
+    print(
+        f"    target: {args.n} patients x 72 h x {REGIMEN} in < {TARGET_S:.0f} s (first call, incl. compile): "
+        f"{first['total_s']:.1f} s -> {verdict}   (with population sampling: {first['total_s'] + t_pop:.1f} s)"
+    )
     print(f"    load average during the run: {load1} -> {load2}", flush=True)
     outcome = res.summary().loc[["MME_0_72", "TIT3", "N_PRN"], ["mean", "p50", "p90"]]
 
     # ---- 2. baseline ------------------------------------------------------------------------------------
     nb = min(args.baseline_n, args.n)
     base = baseline(regimen, pop.iloc[:nb].reset_index(drop=True), args.seed, args.baseline_repeats)
-    print(f"\n[2] JAX full kernel (with feedback) vs numpy PK-only loop, same prepared arrays, {nb} patients x "
-          f"{base['T']} steps x {base['n_states']} states (host prep {base['prep_s']:.2f} s excluded, "
-          f"best of {base['repeats']}):")
-    print(f"    numpy PK-only loop (scheduled doses, no pain/PRN): {base['numpy_s']:7.3f} s  "
-          f"{base['numpy_pps']:9.1f} patients/s")
-    print(f"    JAX full kernel (pain, PRN demand, lockouts, AEs): {base['jax_s']:7.3f} s  "
-          f"{base['jax_pps']:9.1f} patients/s   (first call incl. compile {base['jax_first_s']:.1f} s)")
+    print(
+        f"\n[2] JAX full kernel (with feedback) vs numpy PK-only loop, same prepared arrays, {nb} patients x "
+        f"{base['T']} steps x {base['n_states']} states (host prep {base['prep_s']:.2f} s excluded, "
+        f"best of {base['repeats']}):"
+    )
+    print(
+        f"    numpy PK-only loop (scheduled doses, no pain/PRN): {base['numpy_s']:7.3f} s  "
+        f"{base['numpy_pps']:9.1f} patients/s"
+    )
+    print(
+        f"    JAX full kernel (pain, PRN demand, lockouts, AEs): {base['jax_s']:7.3f} s  "
+        f"{base['jax_pps']:9.1f} patients/s   (first call incl. compile {base['jax_first_s']:.1f} s)"
+    )
     print(f"    ratio (numpy time / JAX time): {base['ratio']:.1f}x", flush=True)
 
     # ---- 3. numerical check -----------------------------------------------------------------------------
     nc = min(args.check_n, args.n)
     chk = numeric_check(regimen, pop.iloc[:nc].reset_index(drop=True), args.seed)
     print(f"\n[3] numpy loop vs JAX states (SimOptions(record_states=True)), {nc} patients:")
-    print(f"    {REGIMEN} without PRN/PCA (simulate_regimen), states {tuple(chk['no_prn_shape'])}: max rel diff "
-          f"{chk['no_prn_rel']:.2e} (max abs {chk['no_prn_abs']:.2e}, state units)")
-    print(f"    full {REGIMEN}, the kernel's {chk['replay_n_rescue']} granted rescue doses replayed: max rel diff "
-          f"{chk['replay_rel']:.2e} (max abs {chk['replay_abs']:.2e}, state units)", flush=True)
+    print(
+        f"    {REGIMEN} without PRN/PCA (simulate_regimen), states {tuple(chk['no_prn_shape'])}: max rel diff "
+        f"{chk['no_prn_rel']:.2e} (max abs {chk['no_prn_abs']:.2e}, state units)"
+    )
+    print(
+        f"    full {REGIMEN}, the kernel's {chk['replay_n_rescue']} granted rescue doses replayed: max rel diff "
+        f"{chk['replay_rel']:.2e} (max abs {chk['replay_abs']:.2e}, state units)",
+        flush=True,
+    )
 
     # ---- 4. chunk sweep ---------------------------------------------------------------------------------
     sweep = []
@@ -474,65 +529,112 @@ def main(argv=None) -> int:
         ns = args.sweep_n
         spop = spine72_population(ns, args.seed)
         print(f"\n[4] chunk-size sweep, n={ns} (effective chunk = min(chunk, n)):")
-        print(f"    {'chunk':>6} {'effective':>9} {'first [s]':>10} {'warm [s]':>9} {'warm patients/s':>16} "
-              f"{'warm prep [s]':>14} {'warm kernel [s]':>16}")
+        print(
+            f"    {'chunk':>6} {'effective':>9} {'first [s]':>10} {'warm [s]':>9} {'warm patients/s':>16} "
+            f"{'warm prep [s]':>14} {'warm kernel [s]':>16}"
+        )
         for c in SWEEP_CHUNKS:
             p = _run_pair(regimen, spop, args.seed, c, 1)
-            row = {"chunk": c, "effective": min(c, ns), "first_s": p["first"]["total_s"],
-                   "warm_s": p["warm"]["total_s"], "warm_phases": p["warm"]["phases"]}
+            row = {
+                "chunk": c,
+                "effective": min(c, ns),
+                "first_s": p["first"]["total_s"],
+                "warm_s": p["warm"]["total_s"],
+                "warm_phases": p["warm"]["phases"],
+            }
             sweep.append(row)
-            print(f"    {c:>6} {row['effective']:>9} {row['first_s']:>10.1f} {row['warm_s']:>9.1f} "
-                  f"{ns / row['warm_s']:>16.1f} {row['warm_phases']['prep']:>14.1f} "
-                  f"{row['warm_phases']['kernel']:>16.1f}", flush=True)
+            print(
+                f"    {c:>6} {row['effective']:>9} {row['first_s']:>10.1f} {row['warm_s']:>9.1f} "
+                f"{ns / row['warm_s']:>16.1f} {row['warm_phases']['prep']:>14.1f} "
+                f"{row['warm_phases']['kernel']:>16.1f}",
+                flush=True,
+            )
 
     # ---- 5. BLAS threading -------------------------------------------------------------------------------
     bl = None
     if args.blas_check_n > 0:
         nbl = min(args.blas_check_n, args.n)
         bl = blas_check(regimen, pop.iloc[:nbl].reset_index(drop=True), args.seed, args.blas_check_chunk)
-        print(f"\n[5] whole warm calls, {nbl} patients in chunks of {bl['chunk']}, host preparation with (alternating runs):")
+        print(
+            f"\n[5] whole warm calls, {nbl} patients in chunks of {bl['chunk']}, host preparation with (alternating runs):"
+        )
         print(f"    1 BLAS thread (the simulator's setting): {', '.join(f'{x:.2f}' for x in bl['one'])} s")
-        print(f"    the library default {blas_now}:        {', '.join(f'{x:.2f}' for x in bl['default'])} s   "
-              f"(load average now {_load()})", flush=True)
+        print(
+            f"    the library default {blas_now}:        {', '.join(f'{x:.2f}' for x in bl['default'])} s   "
+            f"(load average now {_load()})",
+            flush=True,
+        )
 
     # ---- summary ----------------------------------------------------------------------------------------
     fp, wp = first["phases"], warm["phases"]
     lines = [
         f"Population benchmark (benchmarks/population.py), {time.strftime('%Y-%m-%d')}",
-        (f"machine: {info['processor']}, {info['cpu_count']} CPUs, jax {info['jax']} {info['devices']}, float64; "
-         f"OpenBLAS threads {blas_now} (library default {blas_default}); load average {load1} at the start of "
-         f"the run -> {load2} at its end"),
-        (f"SPINE-72 population, n = {args.n}, regimen {REGIMEN}, 72 h on a 5-min grid ({T} steps, {n_states} "
-         f"states), chunk_size {args.chunk_size}, seed {args.seed}:"),
-        (f"  first call (incl. JIT compile): {first['total_s']:.1f} s = {args.n / first['total_s']:.0f} "
-         f"patients/s  [target < {TARGET_S:.0f} s: {verdict}]"),
-        (f"    host prep {fp['prep']:.1f} s, kernel {fp['kernel']:.1f} s, collect {fp['collect']:.1f} s, other "
-         f"{fp['other'] + fp['build']:.1f} s"),
-        (f"  warm call: {warm['total_s']:.1f} s = {args.n / warm['total_s']:.0f} patients/s (host prep "
-         f"{wp['prep']:.1f} s, kernel {wp['kernel']:.1f} s)"),
-        (f"  population sampling {t_pop:.2f} s; outcomes: MME 0-72 h mean {outcome.loc['MME_0_72', 'mean']:.1f} "
-         f"mg, TIT3 mean {outcome.loc['TIT3', 'mean']:.2f}, PRN doses mean {outcome.loc['N_PRN', 'mean']:.1f}"),
-        (f"  JAX full kernel (with feedback) vs numpy PK-only loop, {nb} patients, prepared arrays: "
-         f"{base['jax_pps']:.0f} vs {base['numpy_pps']:.0f} patients/s ({base['ratio']:.1f}x)"),
-        (f"  numpy vs JAX states ({nc} patients): {REGIMEN} without PRN max rel diff {chk['no_prn_rel']:.1e}; "
-         f"full {REGIMEN} with granted doses replayed {chk['replay_rel']:.1e}"),
+        (
+            f"machine: {info['processor']}, {info['cpu_count']} CPUs, jax {info['jax']} {info['devices']}, float64; "
+            f"OpenBLAS threads {blas_now} (library default {blas_default}); load average {load1} at the start of "
+            f"the run -> {load2} at its end"
+        ),
+        (
+            f"SPINE-72 population, n = {args.n}, regimen {REGIMEN}, 72 h on a 5-min grid ({T} steps, {n_states} "
+            f"states), chunk_size {args.chunk_size}, seed {args.seed}:"
+        ),
+        (
+            f"  first call (incl. JIT compile): {first['total_s']:.1f} s = {args.n / first['total_s']:.0f} "
+            f"patients/s  [target < {TARGET_S:.0f} s: {verdict}]"
+        ),
+        (
+            f"    host prep {fp['prep']:.1f} s, kernel {fp['kernel']:.1f} s, collect {fp['collect']:.1f} s, other "
+            f"{fp['other'] + fp['build']:.1f} s"
+        ),
+        (
+            f"  warm call: {warm['total_s']:.1f} s = {args.n / warm['total_s']:.0f} patients/s (host prep "
+            f"{wp['prep']:.1f} s, kernel {wp['kernel']:.1f} s)"
+        ),
+        (
+            f"  population sampling {t_pop:.2f} s; outcomes: MME 0-72 h mean {outcome.loc['MME_0_72', 'mean']:.1f} "
+            f"mg, TIT3 mean {outcome.loc['TIT3', 'mean']:.2f}, PRN doses mean {outcome.loc['N_PRN', 'mean']:.1f}"
+        ),
+        (
+            f"  JAX full kernel (with feedback) vs numpy PK-only loop, {nb} patients, prepared arrays: "
+            f"{base['jax_pps']:.0f} vs {base['numpy_pps']:.0f} patients/s ({base['ratio']:.1f}x)"
+        ),
+        (
+            f"  numpy vs JAX states ({nc} patients): {REGIMEN} without PRN max rel diff {chk['no_prn_rel']:.1e}; "
+            f"full {REGIMEN} with granted doses replayed {chk['replay_rel']:.1e}"
+        ),
     ]
     if sweep:
-        lines.append(f"  chunk sweep (n = {args.sweep_n}): " + ", ".join(
-            f"{r['chunk']}: first {r['first_s']:.1f} s / warm {r['warm_s']:.1f} s" for r in sweep))
+        lines.append(
+            f"  chunk sweep (n = {args.sweep_n}): "
+            + ", ".join(f"{r['chunk']}: first {r['first_s']:.1f} s / warm {r['warm_s']:.1f} s" for r in sweep)
+        )
     if bl is not None:
-        lines.append(f"  {bl['n']} patients in chunks of {bl['chunk']}, warm: {min(bl['one']):.2f} s with the host "
-                     f"preparation's 1 BLAS thread, {min(bl['default']):.2f}-{max(bl['default']):.2f} s with the "
-                     f"library default {blas_now} ({min(bl['default']) / min(bl['one']):.1f}x)")
+        lines.append(
+            f"  {bl['n']} patients in chunks of {bl['chunk']}, warm: {min(bl['one']):.2f} s with the host "
+            f"preparation's 1 BLAS thread, {min(bl['default']):.2f}-{max(bl['default']):.2f} s with the "
+            f"library default {blas_now} ({min(bl['default']) / min(bl['one']):.1f}x)"
+        )
     print("\n---- summary " + "-" * 84)
     print("\n".join(lines))
     print("-" * 100)
 
     if args.json:
-        payload = {"machine": info, "load_start": load0, "load_run": [load1, load2],
-                   "blas_threads": {"default": blas_default, "run": blas_now}, "blas_check": bl,
-                   "settings": vars(args), "population_s": t_pop, "target_s": TARGET_S, "verdict": verdict,
-                   "first": _strip(first), "warm": _strip(warm), "baseline": base, "check": chk, "sweep": sweep}
+        payload = {
+            "machine": info,
+            "load_start": load0,
+            "load_run": [load1, load2],
+            "blas_threads": {"default": blas_default, "run": blas_now},
+            "blas_check": bl,
+            "settings": vars(args),
+            "population_s": t_pop,
+            "target_s": TARGET_S,
+            "verdict": verdict,
+            "first": _strip(first),
+            "warm": _strip(warm),
+            "baseline": base,
+            "check": chk,
+            "sweep": sweep,
+        }
         Path(args.json).write_text(json.dumps(payload, indent=2, default=float))
         print(f"wrote {args.json}")
     return 0

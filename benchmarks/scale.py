@@ -85,8 +85,9 @@ def worker(args) -> dict:
             from jax.sharding import PartitionSpec as P
 
             per = max(-(-rows // len(devs)), batch.MIN_ROWS)
-            padded = jax.tree_util.tree_map(lambda v: np.concatenate([v, np.repeat(v[-1:], per * len(devs) - rows,
-                                                                                    axis=0)]), arrays)
+            padded = jax.tree_util.tree_map(
+                lambda v: np.concatenate([v, np.repeat(v[-1:], per * len(devs) - rows, axis=0)]), arrays
+            )
             placed = jax.device_put(padded, NamedSharding(batch.mesh(devs), P(batch.ROW_AXIS)))
             compiled = fn.rows.program((args.seed,), devs).lower(placed).compile()
         ma = compiled.memory_analysis()
@@ -99,11 +100,20 @@ def worker(args) -> dict:
         t = time.perf_counter()
         simulate(reg, pop, seed=args.seed, chunk_size=chunk)
         e2e = time.perf_counter() - t
-        out["rows"].append({"chunk": rows, "prep_s": prep_s, "first_s": first_s, "kernel_s": best,
-                            "kernel_pps": rows / best, "e2e_s": e2e, "e2e_pps": args.n / e2e,
-                            "mem_per_device_bytes": per_dev,
-                            "mem_chunk_bytes": None if per_dev is None else per_dev * len(devs),
-                            "estimate_bytes": regimen_sim._row_bytes(plan) * rows})
+        out["rows"].append(
+            {
+                "chunk": rows,
+                "prep_s": prep_s,
+                "first_s": first_s,
+                "kernel_s": best,
+                "kernel_pps": rows / best,
+                "e2e_s": e2e,
+                "e2e_pps": args.n / e2e,
+                "mem_per_device_bytes": per_dev,
+                "mem_chunk_bytes": None if per_dev is None else per_dev * len(devs),
+                "estimate_bytes": regimen_sim._row_bytes(plan) * rows,
+            }
+        )
     if args.optimize:
         import hashlib
 
@@ -118,10 +128,19 @@ def worker(args) -> dict:
         res = optimize_population(opop, st)
         total = time.perf_counter() - t
         relaxed = sum(res.times[k] for k in ("cem_s", "continuous_s", "rounding_s"))
-        digest = hashlib.sha256(np.concatenate([np.asarray(a, float) for a in res.amounts]).tobytes()
-                                + "|".join(res.patients["POLICY"]).encode()).hexdigest()[:12]
-        out["optimize"] = {"patients": args.optimize, "draws": args.opt_draws, "first_s": first, "total_s": total,
-                           "relaxed_s": relaxed, "times": res.times, "digest": digest}
+        digest = hashlib.sha256(
+            np.concatenate([np.asarray(a, float) for a in res.amounts]).tobytes()
+            + "|".join(res.patients["POLICY"]).encode()
+        ).hexdigest()[:12]
+        out["optimize"] = {
+            "patients": args.optimize,
+            "draws": args.opt_draws,
+            "first_s": first,
+            "total_s": total,
+            "relaxed_s": relaxed,
+            "times": res.times,
+            "digest": digest,
+        }
     return out
 
 
@@ -142,17 +161,39 @@ def main() -> None:
     if args.worker:
         args.out.write_text(json.dumps(worker(args)))
         return
-    print(f"pkpd scale-out benchmark, {datetime.date.today()}, {platform.platform()}, {os.cpu_count()} CPU cores, "
-          f"load average {os.getloadavg()[0]:.2f}")
-    print(f"regimen {args.regimen}, {args.n} SPINE-72 patients, chunks {args.chunks}, devices {args.devices} "
-          "(virtual CPU devices: XLA_FLAGS=--xla_force_host_platform_device_count=D, one process each)")
+    print(
+        f"pkpd scale-out benchmark, {datetime.date.today()}, {platform.platform()}, {os.cpu_count()} CPU cores, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"regimen {args.regimen}, {args.n} SPINE-72 patients, chunks {args.chunks}, devices {args.devices} "
+        "(virtual CPU devices: XLA_FLAGS=--xla_force_host_platform_device_count=D, one process each)"
+    )
     results = {}
     for d in args.devices:
         env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS=f"--xla_force_host_platform_device_count={d}")
         tmp = Path(f"/tmp/pkpd_scale_{os.getpid()}_{d}.json")
-        cmd = [sys.executable, __file__, "--worker", "--out", str(tmp), "--n", str(args.n), "--regimen", args.regimen,
-               "--seed", str(args.seed), "--repeats", str(args.repeats), "--chunks", *map(str, args.chunks),
-               "--optimize", str(args.optimize), "--opt-draws", str(args.opt_draws)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--out",
+            str(tmp),
+            "--n",
+            str(args.n),
+            "--regimen",
+            args.regimen,
+            "--seed",
+            str(args.seed),
+            "--repeats",
+            str(args.repeats),
+            "--chunks",
+            *map(str, args.chunks),
+            "--optimize",
+            str(args.optimize),
+            "--opt-draws",
+            str(args.opt_draws),
+        ]
         t = time.perf_counter()
         subprocess.run(cmd, env=env, check=True, cwd=ROOT)
         results[d] = json.loads(tmp.read_text())
@@ -160,18 +201,22 @@ def main() -> None:
         print(f"  {d} device(s): done in {time.perf_counter() - t:.0f} s (load {os.getloadavg()[0]:.2f})", flush=True)
 
     def mib(b):
-        return "?" if b is None else f"{b / 2 ** 20:.0f}"
+        return "?" if b is None else f"{b / 2**20:.0f}"
 
     print()
-    print("| devices | chunk (rows) | kernel patients/s | vs 1 device | end-to-end patients/s | vs 1 device | "
-          "memory per chunk, MiB (per device) | estimate, MiB |")
+    print(
+        "| devices | chunk (rows) | kernel patients/s | vs 1 device | end-to-end patients/s | vs 1 device | "
+        "memory per chunk, MiB (per device) | estimate, MiB |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for d in args.devices:
         for j, r in enumerate(results[d]["rows"]):
             base = results[args.devices[0]]["rows"][j]
-            print(f"| {d} | {r['chunk']} | {r['kernel_pps']:,.0f} | {r['kernel_pps'] / base['kernel_pps']:.2f} | "
-                  f"{r['e2e_pps']:,.0f} | {r['e2e_pps'] / base['e2e_pps']:.2f} | {mib(r['mem_chunk_bytes'])} "
-                  f"({mib(r['mem_per_device_bytes'])}) | {mib(r['estimate_bytes'])} |")
+            print(
+                f"| {d} | {r['chunk']} | {r['kernel_pps']:,.0f} | {r['kernel_pps'] / base['kernel_pps']:.2f} | "
+                f"{r['e2e_pps']:,.0f} | {r['e2e_pps'] / base['e2e_pps']:.2f} | {mib(r['mem_chunk_bytes'])} "
+                f"({mib(r['mem_per_device_bytes'])}) | {mib(r['estimate_bytes'])} |"
+            )
     if args.optimize:
         print(f"\noptimizer, {args.optimize} patients x {args.opt_draws} draws, warm (second call):")
         print("| devices | relaxed stages, s | vs 1 device | whole call, s | vs 1 device | proposals digest |")
@@ -179,15 +224,19 @@ def main() -> None:
         o1 = results[args.devices[0]]["optimize"]
         for d in args.devices:
             o = results[d]["optimize"]
-            print(f"| {d} | {o['relaxed_s']:.2f} | {o1['relaxed_s'] / o['relaxed_s']:.2f} | {o['total_s']:.2f} | "
-                  f"{o1['total_s'] / o['total_s']:.2f} | {o['digest']} |")
+            print(
+                f"| {d} | {o['relaxed_s']:.2f} | {o1['relaxed_s'] / o['relaxed_s']:.2f} | {o['total_s']:.2f} | "
+                f"{o1['total_s'] / o['total_s']:.2f} | {o['digest']} |"
+            )
         same = len({results[d]["optimize"]["digest"] for d in args.devices}) == 1
         print("proposals identical for every device count: " + ("yes" if same else "NO"))
     if 1 in results and 8 in results:
         worst = min(r8["kernel_pps"] / r1["kernel_pps"] for r1, r8 in zip(results[1]["rows"], results[8]["rows"]))
         verdict = "PASS" if worst >= 1 / 1.2 else "FAIL"
-        print(f"\nacceptance (issue 6): 8 virtual devices at least 1/1.2 of 1-device kernel throughput: worst ratio "
-              f"{worst:.2f} -> {verdict}")
+        print(
+            f"\nacceptance (issue 6): 8 virtual devices at least 1/1.2 of 1-device kernel throughput: worst ratio "
+            f"{worst:.2f} -> {verdict}"
+        )
     if args.json:
         args.json.write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
 

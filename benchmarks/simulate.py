@@ -89,17 +89,19 @@ def build_dataset(params: dict[str, np.ndarray]) -> pd.DataFrame:
     ids = np.repeat(np.arange(1, n + 1), per)
     is_dose = np.tile(np.r_[True, np.zeros(n_obs, bool)], n)
     time_ = np.tile(np.r_[0.0, t_obs], n)
-    return pd.DataFrame({
-        "ID": ids,
-        "TIME": time_,
-        "EVID": is_dose.astype(int),
-        "AMT": np.where(is_dose, W1["DOSE"], 0.0),
-        "CMT": np.where(is_dose, 1, 2),
-        "II": np.where(is_dose, W1["II"], 0.0),
-        "ADDL": np.where(is_dose, W1["N_DOSES"] - 1, 0),
-        "CLI": np.repeat(params["CL"], per),
-        "V1I": np.repeat(params["V1"], per),
-    })
+    return pd.DataFrame(
+        {
+            "ID": ids,
+            "TIME": time_,
+            "EVID": is_dose.astype(int),
+            "AMT": np.where(is_dose, W1["DOSE"], 0.0),
+            "CMT": np.where(is_dose, 1, 2),
+            "II": np.where(is_dose, W1["II"], 0.0),
+            "ADDL": np.where(is_dose, W1["N_DOSES"] - 1, 0),
+            "CLI": np.repeat(params["CL"], per),
+            "V1I": np.repeat(params["V1"], per),
+        }
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -170,9 +172,15 @@ def run_one(n: int, args, naive_fn) -> dict:
     dev = jax.block_until_ready(jax.device_put((prep.rec, prep.dose, prep.ss, prep.theta, sched_a, sched_o)))
     t_put = time.perf_counter() - t
     rec, dose_arr, ss, theta, sched_a, sched_o = dev
-    res["prep"] = {"dataframe_s": t_df, "prepare_s": t_prep, "schedule_analytic_s": t_sched_a,
-                   "schedule_ode_s": t_sched_o, "device_put_s": t_put, "n_rows": len(df),
-                   "layout": {"n_rec": prep.layout.n_rec, "n_dose": prep.layout.n_dose}}
+    res["prep"] = {
+        "dataframe_s": t_df,
+        "prepare_s": t_prep,
+        "schedule_analytic_s": t_sched_a,
+        "schedule_ode_s": t_sched_o,
+        "device_put_s": t_put,
+        "n_rows": len(df),
+        "layout": {"n_rec": prep.layout.n_rec, "n_dose": prep.layout.n_dose},
+    }
     model, lay = prep.model, prep.layout
     chunk = args.chunk_size if args.chunk_size > 0 else None
 
@@ -201,6 +209,7 @@ def run_one(n: int, args, naive_fn) -> dict:
 
     # ---- (b) ODE path -------------------------------------------------------------------------------------
     if run_ode:
+
         def f_ode():
             return simulate_arrays(model, lay, ode, rec, dose_arr, ss, theta, sched=sched_o, chunk_size=chunk)
 
@@ -250,10 +259,12 @@ def run_public(n: int, repeats: int, seed: int) -> dict:
     out2 = sim(NEW_PARAMS)  # first call on this design (compiled programs shared with the public call)
     best = {"public": np.inf, "simulator": np.inf, "numpy": np.inf, "numpy_new": np.inf}
     for _ in range(max(1, repeats)):
-        for key, fn in (("public", lambda: pkpd.simulate(df, MODEL, PARAMS)),
-                        ("numpy", lambda: numpy_superposition(p, t_obs, dose_times, dose)),
-                        ("simulator", lambda: sim(NEW_PARAMS)),
-                        ("numpy_new", lambda: numpy_superposition(p2, t_obs, dose_times, dose))):
+        for key, fn in (
+            ("public", lambda: pkpd.simulate(df, MODEL, PARAMS)),
+            ("numpy", lambda: numpy_superposition(p, t_obs, dose_times, dose)),
+            ("simulator", lambda: sim(NEW_PARAMS)),
+            ("numpy_new", lambda: numpy_superposition(p2, t_obs, dose_times, dose)),
+        ):
             t = time.perf_counter()
             r = fn()
             best[key] = min(best[key], time.perf_counter() - t)
@@ -265,24 +276,37 @@ def run_public(n: int, repeats: int, seed: int) -> dict:
     c_np2 = numpy_superposition(p2, t_obs, dose_times, dose)
     cp = out["CP"].to_numpy().reshape(n, -1)[:, 1:]  # row 0 of each subject is the dose record
     cp2 = out2["CP"].to_numpy().reshape(n, -1)[:, 1:]
-    return {"n": n, "rows": len(df), "first_public_s": first_public, "construct_s": t_construct,
-            "public_s": best["public"], "simulator_s": best["simulator"], "numpy_s": best["numpy"],
-            "numpy_new_s": best["numpy_new"], "public_vs_numpy": best["numpy"] / best["public"],
-            "simulator_vs_numpy": best["numpy_new"] / best["simulator"], "public_err": rel_err(cp, c_np),
-            "simulator_err": rel_err(cp2, c_np2), "repeats": repeats}
+    return {
+        "n": n,
+        "rows": len(df),
+        "first_public_s": first_public,
+        "construct_s": t_construct,
+        "public_s": best["public"],
+        "simulator_s": best["simulator"],
+        "numpy_s": best["numpy"],
+        "numpy_new_s": best["numpy_new"],
+        "public_vs_numpy": best["numpy"] / best["public"],
+        "simulator_vs_numpy": best["numpy_new"] / best["simulator"],
+        "public_err": rel_err(cp, c_np),
+        "simulator_err": rel_err(cp2, c_np2),
+        "repeats": repeats,
+    }
 
 
 def format_public(r: dict) -> str:
-    return "\n".join([
-        f"public call, N={r['n']} ({r['rows']} rows), best of {r['repeats']} alternating rounds:",
-        f"  pkpd.simulate(DataFrame) warm      {r['public_s'] * 1e3:9.1f} ms   numpy superposition "
-        f"{r['numpy_s'] * 1e3:8.1f} ms   -> {r['public_vs_numpy']:.2f}x (target >= 10x)   max err/peak "
-        f"{r['public_err']:.1e}",
-        f"  Simulator(data)(new params)        {r['simulator_s'] * 1e3:9.1f} ms   numpy superposition "
-        f"{r['numpy_new_s'] * 1e3:8.1f} ms   -> {r['simulator_vs_numpy']:.2f}x (target >= 25x)   max err/peak "
-        f"{r['simulator_err']:.1e}",
-        f"  first public call (compilation included) {r['first_public_s']:.2f} s; Simulator construction "
-        f"{r['construct_s'] * 1e3:.0f} ms"])
+    return "\n".join(
+        [
+            f"public call, N={r['n']} ({r['rows']} rows), best of {r['repeats']} alternating rounds:",
+            f"  pkpd.simulate(DataFrame) warm      {r['public_s'] * 1e3:9.1f} ms   numpy superposition "
+            f"{r['numpy_s'] * 1e3:8.1f} ms   -> {r['public_vs_numpy']:.2f}x (target >= 10x)   max err/peak "
+            f"{r['public_err']:.1e}",
+            f"  Simulator(data)(new params)        {r['simulator_s'] * 1e3:9.1f} ms   numpy superposition "
+            f"{r['numpy_new_s'] * 1e3:8.1f} ms   -> {r['simulator_vs_numpy']:.2f}x (target >= 25x)   max err/peak "
+            f"{r['simulator_err']:.1e}",
+            f"  first public call (compilation included) {r['first_public_s']:.2f} s; Simulator construction "
+            f"{r['construct_s'] * 1e3:.0f} ms",
+        ]
+    )
 
 
 def write_markdown(path: str, info: dict, args, results: list[dict], acc: dict, public: dict | None) -> None:
@@ -290,55 +314,74 @@ def write_markdown(path: str, info: dict, args, results: list[dict], acc: dict, 
     import datetime
 
     lines = [
-        "# Benchmark W1: population simulation (generated)", "",
-        f"<!-- Generated by `python benchmarks/simulate.py {' '.join(sys.argv[1:])}`; do not edit by hand. -->", "",
+        "# Benchmark W1: population simulation (generated)",
+        "",
+        f"<!-- Generated by `python benchmarks/simulate.py {' '.join(sys.argv[1:])}`; do not edit by hand. -->",
+        "",
         f"{datetime.date.today().isoformat()}; {info['processor']} ({info['machine']}), os.cpu_count() = "
         f"{info['cpu_count']}, load average at the start {os.getloadavg()[0]:.1f}; jax {info['jax']} "
         f"({info['backend']}), float64 {'on' if info['float64'] else 'off'}. Every ratio compares two timings "
         "made in this one process (alternating rounds where stated), so a loaded machine changes the ratios "
-        "less than the times.", "",
+        "less than the times.",
+        "",
         f"Workload W1: 2-cmt oral, {W1['DOSE']:g} mg q{W1['II']:g}h x {W1['N_DOSES']} into the depot (one ADDL "
         f"record), {len(W1['T_OBS'])} hourly outputs, 30 % IIV on CL and V1 (`benchmarks/baselines.py`). "
-        "Errors: max over subjects of max |difference| / the subject's peak concentration.", ""]
+        "Errors: max over subjects of max |difference| / the subject's peak concentration.",
+        "",
+    ]
     if public is not None:
         lines += [
-            f"## End to end at N = {public['n']:,} ({public['rows']:,} dataset rows)", "",
+            f"## End to end at N = {public['n']:,} ({public['rows']:,} dataset rows)",
+            "",
             "DataFrame in, output frame out (validation, dose expansion, schedule, kernel, checks, output); best of "
             f"{public['repeats']} alternating rounds against the numpy closed-form superposition of the same "
-            "parameters.", "",
+            "parameters.",
+            "",
             "| call | time (ms) | numpy superposition (ms) | ratio | target | max error / peak |",
             "|---|---:|---:|---:|---:|---:|",
-            f"| `pkpd.simulate(df, \"2cmt_oral\", params)`, warm | {public['public_s'] * 1e3:.1f} | "
+            f'| `pkpd.simulate(df, "2cmt_oral", params)`, warm | {public["public_s"] * 1e3:.1f} | '
             f"{public['numpy_s'] * 1e3:.1f} | {public['public_vs_numpy']:.2f}x | >= 10x | {public['public_err']:.1e} |",
-            f"| `sim(new_params)` with `sim = pkpd.Simulator(df, \"2cmt_oral\")` | {public['simulator_s'] * 1e3:.1f} | "
+            f'| `sim(new_params)` with `sim = pkpd.Simulator(df, "2cmt_oral")` | {public["simulator_s"] * 1e3:.1f} | '
             f"{public['numpy_new_s'] * 1e3:.1f} | {public['simulator_vs_numpy']:.2f}x | >= 25x | "
-            f"{public['simulator_err']:.1e} |", "",
+            f"{public['simulator_err']:.1e} |",
+            "",
             f"First public call in this process (compilation included): {public['first_public_s']:.2f} s. "
-            f"`Simulator` construction (validation, padded design): {public['construct_s'] * 1e3:.0f} ms.", ""]
-    lines += ["## Kernel (`simulate_arrays` on prepared arrays) and baselines", "",
-              "Host preparation is timed separately; the kernel runs on arrays already on the device (best of "
-              f"{args.repeats} after the first call).", "",
-              "| N | method | first call (s) | run (ms) | subjects/s | max error / peak | vs |",
-              "|---:|---|---:|---:|---:|---:|---|"]
+            f"`Simulator` construction (validation, padded design): {public['construct_s'] * 1e3:.0f} ms.",
+            "",
+        ]
+    lines += [
+        "## Kernel (`simulate_arrays` on prepared arrays) and baselines",
+        "",
+        "Host preparation is timed separately; the kernel runs on arrays already on the device (best of "
+        f"{args.repeats} after the first call).",
+        "",
+        "| N | method | first call (s) | run (ms) | subjects/s | max error / peak | vs |",
+        "|---:|---|---:|---:|---:|---:|---|",
+    ]
     for r in results:
         for key in ("closed", "ode", "ode_matched", "numpy", "scipy", "naive"):
             m = r["methods"].get(key)
             if m is None:
                 continue
             err = f"{m['rel_err']:.1e}" if "rel_err" in m else "-"
-            lines.append(f"| {r['n']} | {METHODS[key]} | {_fmt_s(m['first_call_s'])} | {m['run_s'] * 1e3:.2f} | "
-                         f"{m['subjects_per_s']:.3g} | {err} | {m.get('err_vs', '')} |")
+            lines.append(
+                f"| {r['n']} | {METHODS[key]} | {_fmt_s(m['first_call_s'])} | {m['run_s'] * 1e3:.2f} | "
+                f"{m['subjects_per_s']:.3g} | {err} | {m.get('err_vs', '')} |"
+            )
         pr = r["prep"]
-        lines.append(f"| {r['n']} | host preparation | | {pr['prepare_s'] * 1e3:.0f} + schedule "
-                     f"{pr['schedule_analytic_s'] * 1e3:.0f} | | | |")
+        lines.append(
+            f"| {r['n']} | host preparation | | {pr['prepare_s'] * 1e3:.0f} + schedule "
+            f"{pr['schedule_analytic_s'] * 1e3:.0f} | | | |"
+        )
     lines.append("")
     if "closed_vs_numpy" in acc:
         a = acc["closed_vs_numpy"]
         lines.append(f"- Kernel, closed form vs numpy superposition at N = {a['n']}: {a['speedup']:.1f}x.")
     if "ode_vs_naive_diffrax" in acc:
         a = acc["ode_vs_naive_diffrax"]
-        lines.append(f"- Kernel, ODE path vs naive diffrax Tsit5 at the same tolerances, N = {a['n']}: "
-                     f"{a['speedup']:.1f}x.")
+        lines.append(
+            f"- Kernel, ODE path vs naive diffrax Tsit5 at the same tolerances, N = {a['n']}: {a['speedup']:.1f}x."
+        )
     lines.append("")
     Path(path).write_text("\n".join(lines))
     print(f"wrote {path}")
@@ -366,17 +409,26 @@ def _fmt_s(x, unit=1.0, prec=2):
 
 
 def format_table(results: list[dict]) -> str:
-    cols = [("N", 6), ("method", 22), ("first call [s]", 14), ("run [ms]", 11), ("subjects/s", 12),
-            ("max|diff|/peak", 15), ("vs", 7)]
+    cols = [
+        ("N", 6),
+        ("method", 22),
+        ("first call [s]", 14),
+        ("run [ms]", 11),
+        ("subjects/s", 12),
+        ("max|diff|/peak", 15),
+        ("vs", 7),
+    ]
     head = " ".join(f"{name:>{w}}" if i != 1 else f"{name:<{w}}" for i, (name, w) in enumerate(cols))
     lines = [head, "-" * len(head)]
     for r in results:
         n = r["n"]
         pr = r["prep"]
         host = pr["dataframe_s"] + pr["prepare_s"] + pr["schedule_analytic_s"] + pr["schedule_ode_s"]
-        lines.append(f"{n:>6} {'(host prep, untimed)':<22} {host:>14.2f} {'':>11} {'':>12} {'':>15} {'':>7}"
-                     f"   df {pr['dataframe_s']:.2f}s  prepare {pr['prepare_s']:.2f}s  sched "
-                     f"{pr['schedule_analytic_s']:.2f}+{pr['schedule_ode_s']:.2f}s  put {pr['device_put_s']:.3f}s")
+        lines.append(
+            f"{n:>6} {'(host prep, untimed)':<22} {host:>14.2f} {'':>11} {'':>12} {'':>15} {'':>7}"
+            f"   df {pr['dataframe_s']:.2f}s  prepare {pr['prepare_s']:.2f}s  sched "
+            f"{pr['schedule_analytic_s']:.2f}+{pr['schedule_ode_s']:.2f}s  put {pr['device_put_s']:.3f}s"
+        )
         for key in ("closed", "ode", "ode_matched", "numpy", "scipy", "naive"):
             m = r["methods"].get(key)
             if m is None:
@@ -384,8 +436,10 @@ def format_table(results: list[dict]) -> str:
             err = f"{m['rel_err']:.2e}" if "rel_err" in m else "-"
             vs = m.get("err_vs", "")
             flag = "" if m.get("all_ok", True) else "  (solver flagged failure)"
-            lines.append(f"{n:>6} {METHODS[key]:<22} {_fmt_s(m['first_call_s']):>14} "
-                         f"{_fmt_s(m['run_s'], 1e3, 3):>11} {m['subjects_per_s']:>12.4g} {err:>15} {vs:>7}{flag}")
+            lines.append(
+                f"{n:>6} {METHODS[key]:<22} {_fmt_s(m['first_call_s']):>14} "
+                f"{_fmt_s(m['run_s'], 1e3, 3):>11} {m['subjects_per_s']:>12.4g} {err:>15} {vs:>7}{flag}"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -395,42 +449,52 @@ def acceptance(results: list[dict]) -> dict:
     last = max(results, key=lambda r: r["n"])
     m = last["methods"]
     if "closed" in m and "numpy" in m:
-        out["closed_vs_numpy"] = {"n": last["n"], "speedup": m["numpy"]["run_s"] / m["closed"]["run_s"],
-                                  "target": 10.0}
+        out["closed_vs_numpy"] = {"n": last["n"], "speedup": m["numpy"]["run_s"] / m["closed"]["run_s"], "target": 10.0}
     both = [r for r in results if "ode" in r["methods"] and "naive" in r["methods"]]
     if both:
         r = max(both, key=lambda r: r["n"])
         mm = r["methods"]
-        out["ode_vs_naive_diffrax"] = {"n": r["n"], "speedup": mm["naive"]["run_s"] / mm["ode"]["run_s"],
-                                       "target": 2.0}
+        out["ode_vs_naive_diffrax"] = {"n": r["n"], "speedup": mm["naive"]["run_s"] / mm["ode"]["run_s"], "target": 2.0}
         if "ode_matched" in mm:
             out["ode_matched_vs_naive_diffrax"] = {
-                "n": r["n"], "speedup": mm["naive"]["run_s"] / mm["ode_matched"]["run_s"], "target": 2.0,
-                "error_ours": mm["ode_matched"]["rel_err"], "error_naive": mm["naive"]["rel_err"]}
+                "n": r["n"],
+                "speedup": mm["naive"]["run_s"] / mm["ode_matched"]["run_s"],
+                "target": 2.0,
+                "error_ours": mm["ode_matched"]["rel_err"],
+                "error_naive": mm["naive"]["rel_err"],
+            }
     return out
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n", type=int, nargs="+", default=[1, 100, 1000, 10000], help="population sizes")
     ap.add_argument("--ode-max-n", type=int, default=1000, help="largest N for the ODE path and naive diffrax")
     ap.add_argument("--scipy-max-n", type=int, default=20, help="largest N for scipy solve_ivp")
     ap.add_argument("--repeats", type=int, default=7, help="timed runs after the first call (best is reported)")
-    ap.add_argument("--chunk-size", type=int, default=16384, help="subjects per chunk in simulate_arrays (0: no chunking)")
+    ap.add_argument(
+        "--chunk-size", type=int, default=16384, help="subjects per chunk in simulate_arrays (0: no chunking)"
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed for sample_w1_parameters")
-    ap.add_argument("--public-n", type=int, default=10000,
-                    help="N of the end-to-end public call / Simulator comparison (0: skip)")
+    ap.add_argument(
+        "--public-n", type=int, default=10000, help="N of the end-to-end public call / Simulator comparison (0: skip)"
+    )
     ap.add_argument("--json", metavar="OUT.json", help="also write the numbers to this JSON file")
     ap.add_argument("--md", metavar="PATH", help="write the figures as a Markdown page (docs/benchmarks_simulate.md)")
     args = ap.parse_args(argv)
 
     info = machine_info()
-    print(f"W1 benchmark | cpu: {info['processor']} ({info['machine']}), os.cpu_count()={info['cpu_count']} | "
-          f"jax {info['jax']} | devices: {info['devices']} | float64: {'on' if info['float64'] else 'off'}")
-    print(f"W1: 2cmt oral, 10 mg q12h x {W1['N_DOSES']} into depot, {len(W1['T_OBS'])} hourly outputs, "
-          f"30% IIV on CL, V1 | ODE rtol={ODE_RTOL:g} atol={ODE_ATOL:g} | run = best of {args.repeats} "
-          f"after first call | errors: max over subjects of max|diff| / subject's peak")
+    print(
+        f"W1 benchmark | cpu: {info['processor']} ({info['machine']}), os.cpu_count()={info['cpu_count']} | "
+        f"jax {info['jax']} | devices: {info['devices']} | float64: {'on' if info['float64'] else 'off'}"
+    )
+    print(
+        f"W1: 2cmt oral, 10 mg q12h x {W1['N_DOSES']} into depot, {len(W1['T_OBS'])} hourly outputs, "
+        f"30% IIV on CL, V1 | ODE rtol={ODE_RTOL:g} atol={ODE_ATOL:g} | run = best of {args.repeats} "
+        f"after first call | errors: max over subjects of max|diff| / subject's peak"
+    )
     sys.stdout.flush()
 
     naive_fn = make_naive_diffrax(W1["T_OBS"], W1["DOSE_TIMES"], W1["DOSE"], rtol=ODE_RTOL, atol=ODE_ATOL)
@@ -450,8 +514,10 @@ def main(argv=None) -> int:
         print(f"ODE path vs naive diffrax Tsit5, same tolerances: {a['speedup']:.1f}x (target >= 2x)   [N={a['n']}]")
     if "ode_matched_vs_naive_diffrax" in acc:
         a = acc["ode_matched_vs_naive_diffrax"]
-        print(f"ODE path vs naive diffrax Tsit5, same accuracy (ours rtol 1e-6: error {a['error_ours']:.1e} "
-              f"vs naive {a['error_naive']:.1e} of peak): {a['speedup']:.1f}x (target >= 2x)   [N={a['n']}]")
+        print(
+            f"ODE path vs naive diffrax Tsit5, same accuracy (ours rtol 1e-6: error {a['error_ours']:.1e} "
+            f"vs naive {a['error_naive']:.1e} of peak): {a['speedup']:.1f}x (target >= 2x)   [N={a['n']}]"
+        )
     public = None
     if args.public_n > 0:
         public = run_public(args.public_n, max(3, min(args.repeats, 5)), args.seed)
@@ -460,11 +526,22 @@ def main(argv=None) -> int:
     if args.md:
         write_markdown(args.md, info, args, results, acc, public)
     if args.json:
-        payload = {"workload": "W1", "machine": info, "public": public,
-                   "settings": {"ode_rtol": ODE_RTOL, "ode_atol": ODE_ATOL, "repeats": args.repeats,
-                                "chunk_size": args.chunk_size, "seed": args.seed, "ode_max_n": args.ode_max_n,
-                                "scipy_max_n": args.scipy_max_n},
-                   "results": results, "acceptance": acc}
+        payload = {
+            "workload": "W1",
+            "machine": info,
+            "public": public,
+            "settings": {
+                "ode_rtol": ODE_RTOL,
+                "ode_atol": ODE_ATOL,
+                "repeats": args.repeats,
+                "chunk_size": args.chunk_size,
+                "seed": args.seed,
+                "ode_max_n": args.ode_max_n,
+                "scipy_max_n": args.scipy_max_n,
+            },
+            "results": results,
+            "acceptance": acc,
+        }
         Path(args.json).write_text(json.dumps(payload, indent=2, default=float))
         print(f"wrote {args.json}")
     return 0

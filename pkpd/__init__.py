@@ -22,9 +22,14 @@ def _import_precision() -> str:
     platforms = _os.environ.get("JAX_PLATFORMS", "").lower()
     if platforms and platforms.split(",")[0].strip() == "cpu":
         return "float64"
-    plugins = (("jax_cuda12_plugin", "/dev/nvidiactl"), ("jax_cuda13_plugin", "/dev/nvidiactl"),
-               ("jax_rocm60_plugin", "/dev/kfd"), ("jax_rocm7_plugin", "/dev/kfd"), ("libtpu", "/dev/accel0"),
-               ("libtpu", "/dev/vfio"))
+    plugins = (
+        ("jax_cuda12_plugin", "/dev/nvidiactl"),
+        ("jax_cuda13_plugin", "/dev/nvidiactl"),
+        ("jax_rocm60_plugin", "/dev/kfd"),
+        ("jax_rocm7_plugin", "/dev/kfd"),
+        ("libtpu", "/dev/accel0"),
+        ("libtpu", "/dev/vfio"),
+    )
     for module, dev in plugins:
         try:
             found = importlib.util.find_spec(module) is not None

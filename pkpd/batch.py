@@ -54,11 +54,40 @@ from . import interrupts
 from .errors import PKPDError
 from .xla import jit
 
-__all__ = ["BatchConfig", "BatchError", "ChunkStore", "RowProgram", "ROW_AXIS", "assign_chunks", "barrier",
-           "chunk_rows", "config", "configure", "configured", "describe", "device_count", "free_memory",
-           "init_distributed", "local_devices", "mesh", "note_call", "pad_rows", "place", "placement",
-           "precision", "process_info", "record_shardings", "shard_rows_map", "sharding_placement",
-           "run_chunks", "run_identity", "set_precision", "setup", "check_resume_dir", "remove_store"]
+__all__ = [
+    "BatchConfig",
+    "BatchError",
+    "ChunkStore",
+    "RowProgram",
+    "ROW_AXIS",
+    "assign_chunks",
+    "barrier",
+    "chunk_rows",
+    "config",
+    "configure",
+    "configured",
+    "describe",
+    "device_count",
+    "free_memory",
+    "init_distributed",
+    "local_devices",
+    "mesh",
+    "note_call",
+    "pad_rows",
+    "place",
+    "placement",
+    "precision",
+    "process_info",
+    "record_shardings",
+    "shard_rows_map",
+    "sharding_placement",
+    "run_chunks",
+    "run_identity",
+    "set_precision",
+    "setup",
+    "check_resume_dir",
+    "remove_store",
+]
 
 #: Name of the mesh axis the patient/row axis is sharded over.
 ROW_AXIS = "rows"
@@ -104,8 +133,9 @@ def config() -> BatchConfig:
     return _CONFIG
 
 
-def configure(*, devices: int | None = _UNSET, chunk_size: int | None = _UNSET,
-              memory_fraction: float = _UNSET) -> BatchConfig:
+def configure(
+    *, devices: int | None = _UNSET, chunk_size: int | None = _UNSET, memory_fraction: float = _UNSET
+) -> BatchConfig:
     """Set process-wide scale-out settings; arguments not given are left as they are.
 
     Parameters
@@ -185,9 +215,11 @@ def local_devices() -> list:
     if n is None:
         return list(devs)
     if n > len(devs):
-        raise BatchError(f"{n} devices asked for (--devices), but this process sees {len(devs)} "
-                         f"{devs[0].platform} device(s); on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count"
-                         f"={n} before starting Python for {n} virtual devices")
+        raise BatchError(
+            f"{n} devices asked for (--devices), but this process sees {len(devs)} "
+            f"{devs[0].platform} device(s); on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count"
+            f"={n} before starting Python for {n} virtual devices"
+        )
     return list(devs[:n])
 
 
@@ -245,8 +277,9 @@ def free_memory(device=None) -> int | None:
     return None
 
 
-def chunk_rows(bytes_per_row: float, *, multiple: int = 1, cpu_rows: int = CPU_CHUNK_ROWS,
-               devices: Sequence | None = None) -> int:
+def chunk_rows(
+    bytes_per_row: float, *, multiple: int = 1, cpu_rows: int = CPU_CHUNK_ROWS, devices: Sequence | None = None
+) -> int:
     """Rows per chunk: the configured ``chunk_size``, else sized from the free memory.
 
     Parameters
@@ -313,23 +346,39 @@ def placement(tree) -> dict:
     if not leaves:
         return {"devices": 0, "shards": []}
     v = leaves[0]
-    return {"devices": len(v.sharding.device_set), "spec": str(getattr(v.sharding, "spec", "")),
-            "shards": [(s.device.id, tuple(s.data.shape)) for s in v.addressable_shards]}
+    return {
+        "devices": len(v.sharding.device_set),
+        "spec": str(getattr(v.sharding, "spec", "")),
+        "shards": [(s.device.id, tuple(s.data.shape)) for s in v.addressable_shards],
+    }
 
 
 def sharding_placement(sharding, shape) -> dict:
     """:func:`placement` of an array of ``shape`` with ``sharding`` (e.g. one already copied to the host)."""
-    return {"devices": len(sharding.device_set), "spec": str(getattr(sharding, "spec", "")),
-            "shards": [(d.id, tuple(len(range(*sl.indices(n))) for sl, n in zip(idx, shape)) if idx else ())
-                       for d, idx in sharding.addressable_devices_indices_map(tuple(shape)).items()]}
+    return {
+        "devices": len(sharding.device_set),
+        "spec": str(getattr(sharding, "spec", "")),
+        "shards": [
+            (d.id, tuple(len(range(*sl.indices(n))) for sl, n in zip(idx, shape)) if idx else ())
+            for d, idx in sharding.addressable_devices_indices_map(tuple(shape)).items()
+        ],
+    }
 
 
 def note_call(name: str, rows: int, padded_rows: int, devices: int, inputs: dict, outputs: dict) -> None:
     """Add a :func:`record_shardings` record for a sharded call (:class:`RowProgram`, the optimizer's relaxed
     stages); ``inputs``/``outputs``: placements from :func:`placement` or :func:`sharding_placement`."""
     if _RECORDS is not None:
-        _RECORDS.append({"name": name, "rows": int(rows), "padded_rows": int(padded_rows), "devices": int(devices),
-                         "input": inputs, "output": outputs})
+        _RECORDS.append(
+            {
+                "name": name,
+                "rows": int(rows),
+                "padded_rows": int(padded_rows),
+                "devices": int(devices),
+                "input": inputs,
+                "output": outputs,
+            }
+        )
 
 
 def shard_rows_map(fn: Callable, devices: Sequence, replicated: Sequence[bool]) -> Callable:
@@ -496,8 +545,14 @@ def _env_int(name: str) -> int | None:
         raise BatchError(f"environment variable {name} must be an integer, got {v!r}") from None
 
 
-def init_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                     process_id: int | None = None, *, auto: bool = False, timeout_s: int = 300) -> tuple[int, int]:
+def init_distributed(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    auto: bool = False,
+    timeout_s: int = 300,
+) -> tuple[int, int]:
     """Start JAX's multi-process runtime when asked for; return ``(process index, process count)``.
 
     Values not given come from ``JAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0), ``JAX_NUM_PROCESSES``
@@ -522,21 +577,34 @@ def init_distributed(coordinator: str | None = None, num_processes: int | None =
     if num_processes == 1 and not auto and coordinator is None:
         return 0, 1
     if not auto:
-        missing = [n for n, v in (("coordinator address (--coordinator / JAX_COORDINATOR_ADDRESS)", coordinator),
-                                  ("process count (--num-processes / JAX_NUM_PROCESSES)", num_processes),
-                                  ("process id (--process-id / JAX_PROCESS_ID)", process_id)) if v is None]
+        missing = [
+            n
+            for n, v in (
+                ("coordinator address (--coordinator / JAX_COORDINATOR_ADDRESS)", coordinator),
+                ("process count (--num-processes / JAX_NUM_PROCESSES)", num_processes),
+                ("process id (--process-id / JAX_PROCESS_ID)", process_id),
+            )
+            if v is None
+        ]
         if missing:
             raise BatchError("multi-process run: missing " + "; ".join(missing))
         if not 0 <= int(process_id) < int(num_processes):
-            raise BatchError(f"process id {process_id} must be in 0 .. {int(num_processes) - 1} "
-                             f"(process count {num_processes})")
+            raise BatchError(
+                f"process id {process_id} must be in 0 .. {int(num_processes) - 1} (process count {num_processes})"
+            )
     try:
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                   process_id=process_id, initialization_timeout=int(timeout_s))
+        jax.distributed.initialize(
+            coordinator_address=coordinator,
+            num_processes=num_processes,
+            process_id=process_id,
+            initialization_timeout=int(timeout_s),
+        )
     except (RuntimeError, ValueError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BatchError(f"cannot start the multi-process runtime (coordinator {coordinator}, {num_processes} "
-                         f"processes, this one {process_id}): {first}") from None
+        raise BatchError(
+            f"cannot start the multi-process runtime (coordinator {coordinator}, {num_processes} "
+            f"processes, this one {process_id}): {first}"
+        ) from None
     _DISTRIBUTED["initialized"] = True
     return jax.process_index(), jax.process_count()
 
@@ -567,9 +635,16 @@ def assign_chunks(chunks: Iterable[int], index: int, count: int) -> list[int]:
     return chunks[index::count]
 
 
-def setup(*, devices: int | None = None, chunk_size: int | None = None, precision: str | None = None,
-          coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
-          distributed_auto: bool = False) -> tuple[int, int]:
+def setup(
+    *,
+    devices: int | None = None,
+    chunk_size: int | None = None,
+    precision: str | None = None,
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    distributed_auto: bool = False,
+) -> tuple[int, int]:
     """Everything a batch command sets up before it runs, in the order JAX needs: the multi-process runtime
     (:func:`init_distributed`), the precision (:func:`set_precision`; ``None``: keep the import-time one),
     the devices and chunk size (:func:`configure`, checked against the devices present).
@@ -597,18 +672,34 @@ def describe() -> dict:
             stats = d.memory_stats()
         except Exception:  # noqa: BLE001
             stats = None
-        devs.append({"id": d.id, "kind": d.device_kind, "platform": d.platform, "process": d.process_index,
-                     "local": d.process_index == jax.process_index(),
-                     "bytes_limit": int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None,
-                     "bytes_in_use": int(stats.get("bytes_in_use", 0)) if stats else None})
+        devs.append(
+            {
+                "id": d.id,
+                "kind": d.device_kind,
+                "platform": d.platform,
+                "process": d.process_index,
+                "local": d.process_index == jax.process_index(),
+                "bytes_limit": int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None,
+                "bytes_in_use": int(stats.get("bytes_in_use", 0)) if stats else None,
+            }
+        )
     used = local_devices()
-    return {"platform": jax.default_backend(), "jax": jax.__version__, "devices": devs,
-            "local_device_count": jax.local_device_count(), "device_count": jax.device_count(),
-            "sharding_devices": len(used), "process_index": jax.process_index(),
-            "process_count": jax.process_count(), "x64": bool(jax.config.jax_enable_x64),
-            "precision": precision(), "default_precision": default_precision(),
-            "chunk_size": _CONFIG.chunk_size, "host_available_bytes": _host_available(),
-            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    return {
+        "platform": jax.default_backend(),
+        "jax": jax.__version__,
+        "devices": devs,
+        "local_device_count": jax.local_device_count(),
+        "device_count": jax.device_count(),
+        "sharding_devices": len(used),
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "x64": bool(jax.config.jax_enable_x64),
+        "precision": precision(),
+        "default_precision": default_precision(),
+        "chunk_size": _CONFIG.chunk_size,
+        "host_available_bytes": _host_available(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -617,6 +708,7 @@ def describe() -> dict:
 def run_identity(**fields) -> dict:
     """A JSON-safe identity of a run (what must match for its chunks to be reused): the fields as given
     (repr for non-JSON values) and their SHA-256."""
+
     def safe(v):
         try:
             json.dumps(v)
@@ -651,8 +743,7 @@ class ChunkStore:
 
     # ---- opening ------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, root, identity: Mapping, n_chunks: int, *, resume: bool = False, join: bool = False
-             ) -> ChunkStore:
+    def open(cls, root, identity: Mapping, n_chunks: int, *, resume: bool = False, join: bool = False) -> ChunkStore:
         """Open (or create) the store of a run.
 
         Parameters
@@ -679,13 +770,21 @@ class ChunkStore:
         meta = st.root / "store.json"
         if meta.is_file():
             old = json.loads(meta.read_text())
-            if old.get("identity", {}).get("sha256") != st.identity.get("sha256") or int(old.get("n_chunks", -1)) != n_chunks:
+            if (
+                old.get("identity", {}).get("sha256") != st.identity.get("sha256")
+                or int(old.get("n_chunks", -1)) != n_chunks
+            ):
                 if resume or join:
-                    diff = sorted(k for k in set(old.get("identity", {})) | set(st.identity)
-                                  if k != "sha256" and old.get("identity", {}).get(k) != st.identity.get(k))
-                    raise BatchError(f"the chunk store {st.root} belongs to another run (different "
-                                     f"{', '.join(diff) or 'chunking'}); resume it with the same settings, or "
-                                     "start over without --resume (with --force)")
+                    diff = sorted(
+                        k
+                        for k in set(old.get("identity", {})) | set(st.identity)
+                        if k != "sha256" and old.get("identity", {}).get(k) != st.identity.get(k)
+                    )
+                    raise BatchError(
+                        f"the chunk store {st.root} belongs to another run (different "
+                        f"{', '.join(diff) or 'chunking'}); resume it with the same settings, or "
+                        "start over without --resume (with --force)"
+                    )
                 st.clear()
             elif not resume and not join:
                 st.clear()
@@ -694,8 +793,9 @@ class ChunkStore:
         if not join:
             st.root.mkdir(parents=True, exist_ok=True)
             if not meta.is_file():
-                _atomic_write(meta, json.dumps({"store": 1, "identity": st.identity, "n_chunks": n_chunks},
-                                               indent=1) + "\n")
+                _atomic_write(
+                    meta, json.dumps({"store": 1, "identity": st.identity, "n_chunks": n_chunks}, indent=1) + "\n"
+                )
         return st
 
     def clear(self) -> None:
@@ -725,8 +825,13 @@ class ChunkStore:
         have = set(self.done())
         return [i for i in range(self.n_chunks) if i not in have]
 
-    def write(self, i: int, tables: Mapping[str, Any], info: Mapping | None = None,
-              arrays: Mapping[str, np.ndarray] | None = None) -> None:
+    def write(
+        self,
+        i: int,
+        tables: Mapping[str, Any],
+        info: Mapping | None = None,
+        arrays: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         """Store chunk ``i``: ``tables`` (name -> DataFrame), a JSON-safe ``info`` mapping and optional numeric
         ``arrays`` (name -> array, one ``.npz``, exact)."""
         base = self._base(i)
@@ -766,9 +871,13 @@ class ChunkStore:
             text = [c for c, t in dtypes.items() if t in ("object", "str", "string")]
             # pandas >= 3 parses floats exactly by default (and deprecates float_precision)
             exact = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
-            df = pd.read_csv(base.with_name(f"{base.name}.{name}.csv"), keep_default_na=False,
-                             na_values={c: ["NaN"] for c in dtypes if c not in text}, dtype={c: str for c in text},
-                             **exact)
+            df = pd.read_csv(
+                base.with_name(f"{base.name}.{name}.csv"),
+                keep_default_na=False,
+                na_values={c: ["NaN"] for c in dtypes if c not in text},
+                dtype={c: str for c in text},
+                **exact,
+            )
             for c, t in dtypes.items():
                 if c in text:
                     continue
@@ -796,8 +905,10 @@ class ChunkStore:
             if not miss:
                 return
             if timeout_s is not None and time.monotonic() - t0 > timeout_s:
-                raise BatchError(f"{len(miss)} chunk(s) of {self.root} still missing after {timeout_s:g} s "
-                                 f"(first: {miss[:10]}); a process may have stopped: rerun with --resume")
+                raise BatchError(
+                    f"{len(miss)} chunk(s) of {self.root} still missing after {timeout_s:g} s "
+                    f"(first: {miss[:10]}); a process may have stopped: rerun with --resume"
+                )
             time.sleep(poll_s)
 
     def merge(self, name: str, *, id_column: str | None = "ID", expect_ids: Sequence | None = None):
@@ -829,14 +940,22 @@ class ChunkStore:
             if len(np.unique(ids)) != len(ids):
                 raise BatchError(f"merged chunks of {self.root} repeat patient IDs")
             if expect_ids is not None and not np.array_equal(ids, np.asarray(expect_ids)):
-                raise BatchError(f"merged chunks of {self.root} do not hold the expected {len(expect_ids)} "
-                                 f"patients (got {len(ids)})")
+                raise BatchError(
+                    f"merged chunks of {self.root} do not hold the expected {len(expect_ids)} patients (got {len(ids)})"
+                )
         return out, infos
 
 
-def run_chunks(root, identity: Mapping, n_chunks: int, compute: Callable[[int], tuple], *, resume: bool = False,
-               wait_timeout_s: float | None = None, on_chunk: Callable[[int, bool], None] | None = None
-               ) -> ChunkStore:
+def run_chunks(
+    root,
+    identity: Mapping,
+    n_chunks: int,
+    compute: Callable[[int], tuple],
+    *,
+    resume: bool = False,
+    wait_timeout_s: float | None = None,
+    on_chunk: Callable[[int, bool], None] | None = None,
+) -> ChunkStore:
     """Compute the chunks of a run into a :class:`ChunkStore`, resumably, with every process taking its share.
 
     Process 0 opens the store (clearing it unless ``resume``); after a barrier the other processes join it;
@@ -918,24 +1037,32 @@ def check_resume_dir(out_dir, kind: str, command: str) -> None:
     if not any(out.iterdir()):
         return
     what = f"`pkpd {command}`"
-    refuse = ("; --resume only continues a run it recognises, so nothing was written: choose another --out, or "
-              "pass --force to overwrite the directory's files")
+    refuse = (
+        "; --resume only continues a run it recognises, so nothing was written: choose another --out, or "
+        "pass --force to overwrite the directory's files"
+    )
     meta = out / "chunks" / "store.json"
     try:
         store = json.loads(meta.read_text()) if meta.is_file() else None
     except (OSError, ValueError):
         raise BatchError(f"cannot resume in {out}: its chunk store {meta} is unreadable{refuse}") from None
     if store is None and _manifest_command(out / "run.json") == command:
-        raise BatchError(f"nothing to resume in {out}: it holds a finished run of {what} (its run.json; the chunks "
-                         "were removed when it succeeded, unless --keep-chunks). Pass --force to run it again, or "
-                         "choose another --out")
+        raise BatchError(
+            f"nothing to resume in {out}: it holds a finished run of {what} (its run.json; the chunks "
+            "were removed when it succeeded, unless --keep-chunks). Pass --force to run it again, or "
+            "choose another --out"
+        )
     if not isinstance(store, dict) or store.get("store") != 1 or not isinstance(store.get("identity"), dict):
-        raise BatchError(f"cannot resume in {out}: the directory is not empty and holds no run of {what} to resume "
-                         f"(no chunk store {meta}){refuse}")
+        raise BatchError(
+            f"cannot resume in {out}: the directory is not empty and holds no run of {what} to resume "
+            f"(no chunk store {meta}){refuse}"
+        )
     found = store["identity"].get("kind")
     if found != kind:
-        raise BatchError(f"cannot resume in {out}: its chunk store holds a run of another kind ({found!r}, not "
-                         f"{kind!r}: not a run of {what}){refuse}")
+        raise BatchError(
+            f"cannot resume in {out}: its chunk store holds a run of another kind ({found!r}, not "
+            f"{kind!r}: not a run of {what}){refuse}"
+        )
     manifest = out / "run.json"
     if manifest.exists():
         try:
@@ -943,8 +1070,10 @@ def check_resume_dir(out_dir, kind: str, command: str) -> None:
         except (OSError, ValueError, AttributeError):
             recorded = None
         if recorded != command:
-            raise BatchError(f"cannot resume in {out}: its run.json is not the manifest of a {what} run "
-                             f"(command {recorded!r}){refuse}")
+            raise BatchError(
+                f"cannot resume in {out}: its run.json is not the manifest of a {what} run "
+                f"(command {recorded!r}){refuse}"
+            )
 
 
 def _manifest_command(path: Path) -> str | None:

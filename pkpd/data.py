@@ -45,10 +45,29 @@ import pandas as pd
 
 from .errors import DatasetError, DatasetViolation, rows_text
 
-__all__ = ["STANDARD_COLUMNS", "read_dataset", "check_dataset", "validate_dataset", "standard_columns",
-           "numeric_column", "COMMENT_COLUMN", "Condition", "RecordFilter", "RecordFilterError", "FilteredRecords",
-           "record_filter", "parse_conditions", "filter_records", "renumber", "GRID_COLUMN", "MAX_GRID_POINTS",
-           "MAX_GRID_ROWS", "parse_grid", "add_grid", "GridRecords"]
+__all__ = [
+    "STANDARD_COLUMNS",
+    "read_dataset",
+    "check_dataset",
+    "validate_dataset",
+    "standard_columns",
+    "numeric_column",
+    "COMMENT_COLUMN",
+    "Condition",
+    "RecordFilter",
+    "RecordFilterError",
+    "FilteredRecords",
+    "record_filter",
+    "parse_conditions",
+    "filter_records",
+    "renumber",
+    "GRID_COLUMN",
+    "MAX_GRID_POINTS",
+    "MAX_GRID_ROWS",
+    "parse_grid",
+    "add_grid",
+    "GridRecords",
+]
 
 #: NONMEM data items understood by the toolkit, in the order new columns are appended.
 STANDARD_COLUMNS: tuple[str, ...] = ("ID", "TIME", "EVID", "AMT", "CMT", "RATE", "II", "ADDL", "SS", "DV", "MDV")
@@ -118,8 +137,11 @@ def read_dataset(path: str | Path) -> pd.DataFrame:
     delimiter = _delimiter(text)
     shown = _DELIMITER_NAMES[delimiter]
     try:
-        records = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-                   if r and not (len(r) == 1 and not r[0].strip())]  # blank lines are skipped
+        records = [
+            r
+            for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+            if r and not (len(r) == 1 and not r[0].strip())
+        ]  # blank lines are skipped
     except csv.Error as exc:
         raise fail(f"not a well-formed CSV table ({exc}; delimiter {shown})") from None
     if not records:
@@ -131,11 +153,15 @@ def read_dataset(path: str | Path) -> pd.DataFrame:
         if mask.any():
             counts = ", ".join(str(k) for k in sorted(set(n_fields[mask].tolist())))
             one = int(mask.sum()) == 1
-            hint = ("a truncated line?" if what == "too few" else
-                    "a decimal comma or an unquoted delimiter inside a value?")
-            raise fail(f"not a well-formed CSV table: {what} fields, {'this row has' if one else 'these rows have'} "
-                       f"{counts} but the header has {width} (delimiter {shown}); {hint} Every row needs one "
-                       "value (or an empty field) per column", _rows(mask))
+            hint = (
+                "a truncated line?" if what == "too few" else "a decimal comma or an unquoted delimiter inside a value?"
+            )
+            raise fail(
+                f"not a well-formed CSV table: {what} fields, {'this row has' if one else 'these rows have'} "
+                f"{counts} but the header has {width} (delimiter {shown}); {hint} Every row needs one "
+                "value (or an empty field) per column",
+                _rows(mask),
+            )
     df = pd.DataFrame(records[1:] or None, columns=range(width), dtype=str)
     df.columns = header
     return _normalize_headers(df)
@@ -146,13 +172,20 @@ _DELIMITER_NAMES = {",": "comma ','", ";": "semicolon ';'", "\t": "tab", "|": "p
 
 def _decode(data: bytes, fail: Callable[[str], DatasetError]) -> tuple[str, str]:
     """The text of a dataset file and the encoding used (see :func:`read_dataset`)."""
-    boms = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
-            (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+    boms = (
+        (codecs.BOM_UTF32_LE, "utf-32"),
+        (codecs.BOM_UTF32_BE, "utf-32"),
+        (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16"),
+    )
     encoding = next((enc for bom, enc in boms if data.startswith(bom)), None)
     if encoding is None and b"\x00" in data:
         if data.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")):
-            raise fail("this is a binary file (an Excel workbook?), not a CSV text file; export it as CSV "
-                       "(comma-separated, UTF-8)")
+            raise fail(
+                "this is a binary file (an Excel workbook?), not a CSV text file; export it as CSV "
+                "(comma-separated, UTF-8)"
+            )
         head = data[:4096]
         even, odd = head[0::2].count(0), head[1::2].count(0)
         if odd > 0.3 * len(head[1::2]) and even == 0:
@@ -160,23 +193,28 @@ def _decode(data: bytes, fail: Callable[[str], DatasetError]) -> tuple[str, str]
         elif even > 0.3 * len(head[0::2]) and odd == 0:
             encoding = "utf-16-be"
         else:
-            raise fail("the file contains NUL bytes and is not UTF-8, UTF-16 or UTF-32 text: not a CSV file? "
-                       "Save it as CSV (comma-separated, UTF-8)")
+            raise fail(
+                "the file contains NUL bytes and is not UTF-8, UTF-16 or UTF-32 text: not a CSV file? "
+                "Save it as CSV (comma-separated, UTF-8)"
+            )
     if encoding is not None:
         name = encoding.upper().replace("-SIG", "").replace("-LE", " (little-endian)").replace("-BE", " (big-endian)")
         try:
             text = data.decode(encoding)
         except UnicodeDecodeError as exc:
-            raise fail(f"cannot decode the file as {name} (byte {exc.start}: {exc.reason}); save it as CSV "
-                       "UTF-8") from None
+            raise fail(
+                f"cannot decode the file as {name} (byte {exc.start}: {exc.reason}); save it as CSV UTF-8"
+            ) from None
     else:
         try:
             text, encoding = data.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
             text, encoding = data.decode("latin-1"), "latin-1"  # every byte decodes
     if "\x00" in text:
-        raise fail(f"the file contains NUL characters after decoding it as {encoding}: not a CSV text file? "
-                   "Save it as CSV (comma-separated, UTF-8)")
+        raise fail(
+            f"the file contains NUL characters after decoding it as {encoding}: not a CSV text file? "
+            "Save it as CSV (comma-separated, UTF-8)"
+        )
     return text, encoding
 
 
@@ -450,14 +488,22 @@ def _analyse(
             bad = kinds != _OK
             if bad.any():
                 unit = " (h)" if c == "TIME" else ""
-                add(bad, c, f"{c} must be a number{unit} on every row; found {_fmt_values(raw[bad], kinds[bad])}"
-                            f"{_comma_hint(raw[bad])}")
+                add(
+                    bad,
+                    c,
+                    f"{c} must be a number{unit} on every row; found {_fmt_values(raw[bad], kinds[bad])}"
+                    f"{_comma_hint(raw[bad])}",
+                )
         else:
             bad = kinds == _BAD
             if bad.any():
                 conv = "'.' means 0, blank means missing" if c == "DV" else "'.' or blank means 0"
-                add(bad, c, f"non-numeric values {_fmt_values(raw[bad], kinds[bad])}; use numbers ({conv})"
-                            f"{_comma_hint(raw[bad])}")
+                add(
+                    bad,
+                    c,
+                    f"non-numeric values {_fmt_values(raw[bad], kinds[bad])}; use numbers ({conv})"
+                    f"{_comma_hint(raw[bad])}",
+                )
             v = v.copy()
             v[kinds == _DOT] = 0.0
             v[kinds == _BLANK] = np.nan if c == "DV" else 0.0
@@ -505,8 +551,12 @@ def _analyse(
             add(m, "TIME", "negative TIME; times (h) must be >= 0")
         m = np.isfinite(evid) & ~evid_ok
         if m.any() and present("EVID"):
-            add(m, "EVID", "EVID must be 0 (observation), 1 (dose), 2 (other), 3 (reset) or 4 (reset and "
-                           f"dose); found {_fmt_values(evid[m])}")
+            add(
+                m,
+                "EVID",
+                "EVID must be 0 (observation), 1 (dose), 2 (other), 3 (reset) or 4 (reset and "
+                f"dose); found {_fmt_values(evid[m])}",
+            )
         m = np.isfinite(mdv) & ~np.isin(mdv, (0.0, 1.0))
         if m.any():
             add(m, "MDV", f"MDV must be 0 or 1; found {_fmt_values(mdv[m])}")
@@ -532,8 +582,11 @@ def _analyse(
             add(m, "CMT", f"dose rows need a compartment number (CMT {allowed}); CMT 0 or '.' is not accepted")
         m = dose & cmt_int & (cmt < 0)
         if m.any():
-            add(m, "CMT", "negative CMT on a dose row (NONMEM's compartment turn-off) is not supported; "
-                          f"use CMT {allowed}")
+            add(
+                m,
+                "CMT",
+                f"negative CMT on a dose row (NONMEM's compartment turn-off) is not supported; use CMT {allowed}",
+            )
         in_range = dose & cmt_int & (cmt >= 1)
         if n_cmt is not None:
             where = f"model {model_name}" if model_name else "the model"
@@ -549,15 +602,18 @@ def _analyse(
         # ---- RATE ------------------------------------------------------------------------------------
         m = np.isfinite(rate) & (rate < 0) & ~np.isin(rate, (-1.0, -2.0))
         if m.any():
-            add(m, "RATE", "RATE must be >= 0 (amount units/h), -1 (modeled rate) or -2 (modeled duration); "
-                           f"found {_fmt_values(rate[m])}")
+            add(
+                m,
+                "RATE",
+                "RATE must be >= 0 (amount units/h), -1 (modeled rate) or -2 (modeled duration); "
+                f"found {_fmt_values(rate[m])}",
+            )
         forbidden = {int(c) for c in rate_compartments_forbidden}
         for c in sorted(forbidden):
             m = in_range & (cmt == c) & np.isfinite(rate) & (rate != 0)
             if m.any():
                 label = f" ({c}={cnames[c - 1]})" if cnames and 1 <= c <= len(cnames) else ""
-                add(m, "RATE", f"infusions into compartment {c} are not supported by this model{label}; "
-                               "set RATE=0")
+                add(m, "RATE", f"infusions into compartment {c} are not supported by this model{label}; set RATE=0")
 
         if parameter_names is not None:
             out += _rate_parameter_violations(cmt, rate, evid, n_cmt, parameter_names, rate_compartments_forbidden)
@@ -571,8 +627,12 @@ def _analyse(
             add(m, "ADDL", f"ADDL must be a whole number >= 0; found {_fmt_values(addl[m])}")
         m = np.isfinite(addl) & (addl > MAX_ADDL)
         if m.any():
-            add(m, "ADDL", f"ADDL {_fmt_values(addl[m])} is too large: at most {MAX_ADDL:,} additional doses per "
-                           "record (every dose is expanded); split the record into several")
+            add(
+                m,
+                "ADDL",
+                f"ADDL {_fmt_values(addl[m])} is too large: at most {MAX_ADDL:,} additional doses per "
+                "record (every dose is expanded); split the record into several",
+            )
         m = (addl > 0) & (ii == 0)
         if m.any():
             add(m, "ADDL", "ADDL > 0 needs II > 0 (the interval between the additional doses, h)")
@@ -592,8 +652,12 @@ def _analyse(
         const_inf = ss_dose & (amt == 0) & (rate > 0)
         m = ss_dose & (ii == 0) & ~const_inf & ~nothing
         if m.any():
-            add(m, "II", "SS=1 or 2 needs II > 0 (the dosing interval, h); only a steady-state constant "
-                         "infusion (SS=1, AMT=0, RATE>0) may have II=0")
+            add(
+                m,
+                "II",
+                "SS=1 or 2 needs II > 0 (the dosing interval, h); only a steady-state constant "
+                "infusion (SS=1, AMT=0, RATE>0) may have II=0",
+            )
         m = const_inf & (ss == 2)
         if m.any():
             add(m, "SS", "SS=2 with a constant infusion (AMT=0, RATE>0, II=0) is not allowed; use SS=1")
@@ -604,28 +668,54 @@ def _analyse(
         # ---- empty doses -----------------------------------------------------------------------------
         m = dose & (ss == 0) & (amt == 0) & (rate > 0)
         if m.any():
-            add(m, "AMT", "AMT=0 with RATE>0 is an infusion of nothing; give the infused amount in AMT "
-                          "(a steady-state constant infusion uses SS=1, II=0)")
+            add(
+                m,
+                "AMT",
+                "AMT=0 with RATE>0 is an infusion of nothing; give the infused amount in AMT "
+                "(a steady-state constant infusion uses SS=1, II=0)",
+            )
         if nothing.any():
-            add(nothing, "AMT", "dose of 0: AMT=0 on a dose row (EVID 1 or 4); set AMT > 0 (amount units) "
-                                "or make the row a non-dose record (EVID 0 or 2)")
+            add(
+                nothing,
+                "AMT",
+                "dose of 0: AMT=0 on a dose row (EVID 1 or 4); set AMT > 0 (amount units) "
+                "or make the row a non-dose record (EVID 0 or 2)",
+            )
 
-    columns = {"ID": ident, "TIME": time, "EVID": evid, "AMT": amt, "CMT": cmt, "RATE": rate, "II": ii,
-               "ADDL": addl, "SS": ss, "DV": dv, "MDV": mdv}
+    columns = {
+        "ID": ident,
+        "TIME": time,
+        "EVID": evid,
+        "AMT": amt,
+        "CMT": cmt,
+        "RATE": rate,
+        "II": ii,
+        "ADDL": addl,
+        "SS": ss,
+        "DV": dv,
+        "MDV": mdv,
+    }
     out.sort(key=lambda v: v.rows[0] if v.rows else 0)
     return _Analysis(out, frame, columns)
 
 
-def _parameter_violations(frame: pd.DataFrame, columns: dict[str, np.ndarray], *, n_compartments: int | None,
-                          parameter_names: Collection[str], required_covariates: Collection[str],
-                          rate_compartments_forbidden: Collection[int]) -> list[DatasetViolation]:
+def _parameter_violations(
+    frame: pd.DataFrame,
+    columns: dict[str, np.ndarray],
+    *,
+    n_compartments: int | None,
+    parameter_names: Collection[str],
+    required_covariates: Collection[str],
+    rate_compartments_forbidden: Collection[int],
+) -> list[DatasetViolation]:
     """The problems that depend on the parameter file, as :func:`check_dataset` reports them: referenced
     covariate columns missing or not numeric, ``RATE=-1``/``-2`` doses into a compartment without
     ``R<n>``/``D<n>`` (``frame`` with normalized headers and ``columns`` the effective standard columns of
     :func:`_analyse`); sorted by first row."""
     out = _covariate_violations(frame, required_covariates)
-    out += _rate_parameter_violations(columns["CMT"], columns["RATE"], columns["EVID"], n_compartments,
-                                      parameter_names, rate_compartments_forbidden)
+    out += _rate_parameter_violations(
+        columns["CMT"], columns["RATE"], columns["EVID"], n_compartments, parameter_names, rate_compartments_forbidden
+    )
     out.sort(key=lambda v: v.rows[0] if v.rows else 0)
     return out
 
@@ -639,25 +729,45 @@ def _covariate_violations(frame: pd.DataFrame, required_covariates: Collection[s
         first.setdefault(c, i)
     for cov in required_covariates:
         if cov == COMMENT_COLUMN:
-            out.append(DatasetViolation((), cov, f"column {cov} is NONMEM's comment flag (rows with C in it are "
-                                        "ignored), not a covariate; rename the covariate column"))
+            out.append(
+                DatasetViolation(
+                    (),
+                    cov,
+                    f"column {cov} is NONMEM's comment flag (rows with C in it are "
+                    "ignored), not a covariate; rename the covariate column",
+                )
+            )
         elif cov in first:
             _, kinds, raw = _parse_cells(frame.iloc[:, first[cov]])
             bad = kinds != _OK
             if bad.any():
-                out.append(DatasetViolation(_rows(bad), cov, f"covariate {cov} must be numeric on every row; found "
-                                            f"{_fmt_values(raw[bad], kinds[bad])}{_comma_hint(raw[bad])}"))
+                out.append(
+                    DatasetViolation(
+                        _rows(bad),
+                        cov,
+                        f"covariate {cov} must be numeric on every row; found "
+                        f"{_fmt_values(raw[bad], kinds[bad])}{_comma_hint(raw[bad])}",
+                    )
+                )
         else:
             near = [c for c in names if c.lower() == str(cov).lower()]
             hint = f" (found {near[0]!r}; covariate names are case-sensitive)" if near else ""
-            out.append(DatasetViolation((), cov, f"parameter file references column {cov}, which the dataset does "
-                                        f"not have{hint}"))
+            out.append(
+                DatasetViolation(
+                    (), cov, f"parameter file references column {cov}, which the dataset does not have{hint}"
+                )
+            )
     return out
 
 
-def _rate_parameter_violations(cmt: np.ndarray, rate: np.ndarray, evid: np.ndarray, n_compartments: int | None,
-                               parameter_names: Collection[str],
-                               rate_compartments_forbidden: Collection[int]) -> list[DatasetViolation]:
+def _rate_parameter_violations(
+    cmt: np.ndarray,
+    rate: np.ndarray,
+    evid: np.ndarray,
+    n_compartments: int | None,
+    parameter_names: Collection[str],
+    rate_compartments_forbidden: Collection[int],
+) -> list[DatasetViolation]:
     """``RATE=-1``/``-2`` doses into compartment ``n`` need ``R<n>``/``D<n>`` in the parameter file."""
     out: list[DatasetViolation] = []
     with np.errstate(invalid="ignore"):
@@ -673,9 +783,13 @@ def _rate_parameter_violations(cmt: np.ndarray, rate: np.ndarray, evid: np.ndarr
             for value in _unique(cmt[sel]):
                 need = f"{prefix}{_num(value)}"
                 if need not in params:
-                    out.append(DatasetViolation(_rows(sel & (cmt == value)), "RATE",
-                                                f"RATE={_num(code)} ({what}) needs parameter {need} in the "
-                                                "parameter file"))
+                    out.append(
+                        DatasetViolation(
+                            _rows(sel & (cmt == value)),
+                            "RATE",
+                            f"RATE={_num(code)} ({what}) needs parameter {need} in the parameter file",
+                        )
+                    )
     return out
 
 
@@ -683,8 +797,12 @@ def _unique(x: np.ndarray) -> list[float]:
     return [float(u) for u in np.unique(x[np.isfinite(x)])]
 
 
-def _check_order(ident: np.ndarray, time: np.ndarray, evid: np.ndarray,
-                 add: Callable[[np.ndarray | Iterable[int], str | None, str], None]) -> None:
+def _check_order(
+    ident: np.ndarray,
+    time: np.ndarray,
+    evid: np.ndarray,
+    add: Callable[[np.ndarray | Iterable[int], str | None, str], None],
+) -> None:
     """TIME must not decrease within an ID (except on an EVID 3/4 row); each ID must be one block.
 
     Rows whose ID is missing are skipped (already reported) and do not split a block. Vectorized: the
@@ -706,9 +824,12 @@ def _check_order(ident: np.ndarray, time: np.ndarray, evid: np.ndarray,
     prev_t = tf[np.maximum(prev, 0)]
     decreasing = fin & has_prev & (tf < prev_t) & ~np.isin(evf, _RESET_EVIDS)
     if decreasing.any():
-        add(tuple(int(f[i]) + 1 for i in np.nonzero(decreasing)[0]), "TIME",
+        add(
+            tuple(int(f[i]) + 1 for i in np.nonzero(decreasing)[0]),
+            "TIME",
             "TIME decreases within an ID; sort each subject's records by TIME (only a reset row, EVID 3 or 4, "
-            "may go back in time)")
+            "may go back in time)",
+        )
     starts = np.nonzero(new_block)[0]
     ends = np.append(starts[1:], m) - 1
     bid = idf[starts]
@@ -717,8 +838,12 @@ def _check_order(ident: np.ndarray, time: np.ndarray, evid: np.ndarray,
         spans = [(int(f[a]), int(f[b])) for a, b in zip(starts[bid == x], ends[bid == x])]
         rows = tuple(r + 1 for a, b in spans[1:] for r in range(a, b + 1))
         text = ", ".join(f"{a + 1}-{b + 1}" if b > a else f"{a + 1}" for a, b in spans)
-        add(rows, "ID", f"ID {_num(x)} appears in {len(spans)} separate blocks of rows ({text}); keep each "
-                        "subject's records together (NONMEM would treat each block as a new subject)")
+        add(
+            rows,
+            "ID",
+            f"ID {_num(x)} appears in {len(spans)} separate blocks of rows ({text}); keep each "
+            "subject's records together (NONMEM would treat each block as a new subject)",
+        )
 
 
 def standard_columns(df: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -743,8 +868,15 @@ def standard_columns(df: pd.DataFrame) -> dict[str, np.ndarray]:
         not a number is NaN (:func:`check_dataset` reports it). Units as in the dataset (TIME and II h,
         AMT amount units, RATE amount units per h).
     """
-    res = _analyse(df, n_compartments=None, compartment_names=None, parameter_names=(), required_covariates=(),
-                   rate_compartments_forbidden=(), model_name=None)
+    res = _analyse(
+        df,
+        n_compartments=None,
+        compartment_names=None,
+        parameter_names=(),
+        required_covariates=(),
+        rate_compartments_forbidden=(),
+        model_name=None,
+    )
     return {c: np.asarray(res.columns[c], dtype=np.float64) for c in STANDARD_COLUMNS}
 
 
@@ -858,9 +990,23 @@ def _covariate_to_float(s: pd.Series) -> np.ndarray | None:
 COMMENT_COLUMN = "C"
 
 # NONMEM's relational operators (and the Fortran-90 / C spellings NM-TRAN also accepts), canonical forms
-_OPERATORS = {".EQ.": ".EQ.", ".NE.": ".NE.", ".GT.": ".GT.", ".GE.": ".GE.", ".LT.": ".LT.", ".LE.": ".LE.",
-              ".EQN.": ".EQN.", ".NEN.": ".NEN.", "==": ".EQ.", "/=": ".NE.", "!=": ".NE.", ">=": ".GE.",
-              "<=": ".LE.", ">": ".GT.", "<": ".LT."}
+_OPERATORS = {
+    ".EQ.": ".EQ.",
+    ".NE.": ".NE.",
+    ".GT.": ".GT.",
+    ".GE.": ".GE.",
+    ".LT.": ".LT.",
+    ".LE.": ".LE.",
+    ".EQN.": ".EQN.",
+    ".NEN.": ".NEN.",
+    "==": ".EQ.",
+    "/=": ".NE.",
+    "!=": ".NE.",
+    ">=": ".GE.",
+    "<=": ".LE.",
+    ">": ".GT.",
+    "<": ".LT.",
+}
 _CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(\.[A-Za-z]{2,3}\.|==|/=|!=|>=|<=|>|<)\s*(.*?)\s*$")
 _OPERATOR_LIST = ".EQ., .NE., .GT., .GE., .LT., .LE. (also .EQN., .NEN., ==, /=, !=, >, >=, <, <=)"
 
@@ -888,18 +1034,24 @@ class Condition:
     def numeric(self) -> bool:
         return self.op not in (".EQ.", ".NE.")
 
-    def mask(self, frame: pd.DataFrame, what: str, source: str | None = None,
-             rows: np.ndarray | None = None) -> np.ndarray:
+    def mask(
+        self, frame: pd.DataFrame, what: str, source: str | None = None, rows: np.ndarray | None = None
+    ) -> np.ndarray:
         """Rows (bool, one per row of ``frame``) where the condition holds; ``what`` ("IGNORE"/"ACCEPT")
         names the option in errors, ``rows`` the 1-based data row of each row of ``frame`` (default 1..n)."""
         names = list(frame.columns)
         col = self.column.upper() if self.column.upper() in STANDARD_COLUMNS else self.column
         if col not in names:
             near = [c for c in names if str(c).lower() == col.lower()]
-            hint = (f" (found {near[0]!r}; names other than the standard columns are case-sensitive)" if near else
-                    f"; columns: {', '.join(map(str, names[:15]))}{', ...' if len(names) > 15 else ''}")
-            raise _filter_error(f"{what} condition {self.text!r} names column {self.column}, which the dataset does "
-                                f"not have{hint}", source)
+            hint = (
+                f" (found {near[0]!r}; names other than the standard columns are case-sensitive)"
+                if near
+                else f"; columns: {', '.join(map(str, names[:15]))}{', ...' if len(names) > 15 else ''}"
+            )
+            raise _filter_error(
+                f"{what} condition {self.text!r} names column {self.column}, which the dataset does not have{hint}",
+                source,
+            )
         cells = frame.iloc[:, names.index(col)]
         values, kinds, raw = _parse_cells(cells)
         values = np.where((kinds == _DOT) | (kinds == _BLANK), 0.0, values)  # NM-TRAN: null fields are 0
@@ -908,14 +1060,19 @@ class Condition:
         v_ok = v_kind in (_OK, _DOT)
         if self.numeric:
             if not v_ok:
-                raise _filter_error(f"{what} condition {self.text!r}: {self.op} compares numbers, and "
-                                    f"{self.value!r} is not a number", source)
+                raise _filter_error(
+                    f"{what} condition {self.text!r}: {self.op} compares numbers, and {self.value!r} is not a number",
+                    source,
+                )
             bad = kinds == _BAD
             if bad.any():
-                raise _filter_error(f"{what} condition {self.text!r}: {self.op} compares numbers, and column "
-                                    f"{col} holds {_fmt_values(raw[bad], kinds[bad])} (not a number) on "
-                                    f"{_rows_text(_rows(bad) if rows is None else tuple(int(r) for r in rows[bad]))}"
-                                    "; use .EQ./.NE. to compare text", source)
+                raise _filter_error(
+                    f"{what} condition {self.text!r}: {self.op} compares numbers, and column "
+                    f"{col} holds {_fmt_values(raw[bad], kinds[bad])} (not a number) on "
+                    f"{_rows_text(_rows(bad) if rows is None else tuple(int(r) for r in rows[bad]))}"
+                    "; use .EQ./.NE. to compare text",
+                    source,
+                )
         with np.errstate(invalid="ignore"):
             if self.op in (".EQ.", ".NE.", ".EQN.", ".NEN."):
                 if v_ok:
@@ -1032,12 +1189,15 @@ def parse_conditions(text: str, what: str = "IGNORE") -> tuple[Condition, ...]:
         if not part.strip():
             raise _filter_error(f"{what} option {text!r}: an empty condition (two commas, or a trailing comma?)")
         if m is None:
-            raise _filter_error(f"{what} condition {part.strip()!r} is not COLUMN.OP.VALUE (e.g. DV.EQ.0, "
-                                f"TIME.GT.24); operators: {_OPERATOR_LIST}")
+            raise _filter_error(
+                f"{what} condition {part.strip()!r} is not COLUMN.OP.VALUE (e.g. DV.EQ.0, "
+                f"TIME.GT.24); operators: {_OPERATOR_LIST}"
+            )
         column, op, value = m.group(1), m.group(2).upper(), m.group(3)
         if op not in _OPERATORS:
-            raise _filter_error(f"{what} condition {part.strip()!r}: unknown operator {m.group(2)}; use "
-                                f"{_OPERATOR_LIST}")
+            raise _filter_error(
+                f"{what} condition {part.strip()!r}: unknown operator {m.group(2)}; use {_OPERATOR_LIST}"
+            )
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
         if not value:
@@ -1046,8 +1206,7 @@ def parse_conditions(text: str, what: str = "IGNORE") -> tuple[Condition, ...]:
     return tuple(conds)
 
 
-def record_filter(ignore: str | Iterable[str] | None = None, accept: str | Iterable[str] | None = None
-                  ) -> RecordFilter:
+def record_filter(ignore: str | Iterable[str] | None = None, accept: str | Iterable[str] | None = None) -> RecordFilter:
     """A :class:`RecordFilter` from NONMEM-style options.
 
     Parameters
@@ -1084,9 +1243,11 @@ def record_filter(ignore: str | Iterable[str] | None = None, accept: str | Itera
     for item in _as_list(accept):
         accept_c.extend(parse_conditions(item, "ACCEPT"))
     if ignore_c and accept_c:
-        raise _filter_error("IGNORE conditions and ACCEPT conditions cannot be combined (NONMEM allows one list "
-                            f"or the other): IGNORE=({','.join(c.text for c in ignore_c)}), "
-                            f"ACCEPT=({','.join(c.text for c in accept_c)}); express the selection with one of them")
+        raise _filter_error(
+            "IGNORE conditions and ACCEPT conditions cannot be combined (NONMEM allows one list "
+            f"or the other): IGNORE=({','.join(c.text for c in ignore_c)}), "
+            f"ACCEPT=({','.join(c.text for c in accept_c)}); express the selection with one of them"
+        )
     return RecordFilter(tuple(dict.fromkeys(["#"] + chars)), tuple(ignore_c), tuple(accept_c))
 
 
@@ -1099,8 +1260,13 @@ def _first_chars(s: pd.Series) -> np.ndarray:
     return first
 
 
-def filter_records(df: pd.DataFrame, ignore: str | Iterable[str] | None = None,
-                   accept: str | Iterable[str] | None = None, *, source: str | None = None) -> FilteredRecords:
+def filter_records(
+    df: pd.DataFrame,
+    ignore: str | Iterable[str] | None = None,
+    accept: str | Iterable[str] | None = None,
+    *,
+    source: str | None = None,
+) -> FilteredRecords:
     """Drop the rows NONMEM's ``$DATA IGNORE``/``ACCEPT`` options (and the ``C`` comment column) drop.
 
     Applied in this order: the comment column ``C`` (rows whose ``C`` cell starts with ``C`` or ``c``), the
@@ -1177,8 +1343,11 @@ def renumber(exc: DatasetError, rows: np.ndarray, source: str | None = None) -> 
     for v in exc.violations:
         mapped = tuple(sorted({int(rows[r - 1]) for r in v.rows if 1 <= r <= len(rows)}))
         out.append(DatasetViolation(mapped, v.column, v.message))
-    new = type(exc)(out, source=source or exc.source) if type(exc) in (DatasetError, RecordFilterError) else \
-        DatasetError(out, source=source or exc.source)
+    new = (
+        type(exc)(out, source=source or exc.source)
+        if type(exc) in (DatasetError, RecordFilterError)
+        else DatasetError(out, source=source or exc.source)
+    )
     return new
 
 
@@ -1228,7 +1397,9 @@ def parse_grid(grid: str | Sequence[float] | np.ndarray) -> np.ndarray:
                 raise GridError(f"grid {grid!r}: expected START:END:STEP with three numbers (e.g. 0:24:0.5, h)")
             bad = [p for p in parts if not _NUMBER.match(p)]
             if bad:
-                raise GridError(f"grid {grid!r}: {bad[0]!r} is not a number; expected START:END:STEP (e.g. 0:24:0.5, h)")
+                raise GridError(
+                    f"grid {grid!r}: {bad[0]!r} is not a number; expected START:END:STEP (e.g. 0:24:0.5, h)"
+                )
             start, end, step = (Decimal(p) for p in parts)
             if step <= 0:
                 raise GridError(f"grid {grid!r}: STEP must be > 0 (h), got {parts[2]}")
@@ -1236,13 +1407,15 @@ def parse_grid(grid: str | Sequence[float] | np.ndarray) -> np.ndarray:
                 raise GridError(f"grid {grid!r}: END ({parts[1]}) must be greater than START ({parts[0]})")
             n = int((end - start) // step) + 1
             if n > MAX_GRID_POINTS:
-                raise GridError(f"grid {grid!r} has {n:,} points, more than {MAX_GRID_POINTS:,}; use a larger STEP "
-                                "or a shorter range")
+                raise GridError(
+                    f"grid {grid!r} has {n:,} points, more than {MAX_GRID_POINTS:,}; use a larger STEP "
+                    "or a shorter range"
+                )
             digits = max(0, -min(cast(int, d.as_tuple().exponent) for d in (start, step)))  # finite: an int
-            scale = 10 ** digits
+            scale = 10**digits
             s_int, p_int = int(start * scale), int(step * scale)
             last = abs(s_int) + (n - 1) * p_int
-            if digits <= 15 and last < 2 ** 53:  # exact integers, one correctly rounded division
+            if digits <= 15 and last < 2**53:  # exact integers, one correctly rounded division
                 return (s_int + p_int * np.arange(n, dtype=np.int64)) / float(scale)
             return float(start) + float(step) * np.arange(n)
         try:
@@ -1260,8 +1433,9 @@ def parse_grid(grid: str | Sequence[float] | np.ndarray) -> np.ndarray:
     if times.size == 0:
         raise GridError(f"grid is empty; give {_GRID_HELP}")
     if not np.isfinite(times).all():
-        raise GridError("grid times must be finite numbers (h); found " + ", ".join(
-            str(x) for x in times[~np.isfinite(times)][:3]))
+        raise GridError(
+            "grid times must be finite numbers (h); found " + ", ".join(str(x) for x in times[~np.isfinite(times)][:3])
+        )
     times = np.unique(times)
     if times.size > MAX_GRID_POINTS:
         raise GridError(f"grid has {times.size:,} times, more than {MAX_GRID_POINTS:,}")
@@ -1292,8 +1466,13 @@ class GridRecords:
     is_grid: np.ndarray
 
 
-def add_grid(frame: pd.DataFrame, times: str | Sequence[float] | np.ndarray, *, interpolation: str = "nocb",
-             base: pd.DataFrame | None = None) -> GridRecords:
+def add_grid(
+    frame: pd.DataFrame,
+    times: str | Sequence[float] | np.ndarray,
+    *,
+    interpolation: str = "nocb",
+    base: pd.DataFrame | None = None,
+) -> GridRecords:
     """Add one output record (``EVID=2``, ``MDV=1``) per grid time to every subject of a dataset.
 
     Parameters
@@ -1346,8 +1525,10 @@ def add_grid(frame: pd.DataFrame, times: str | Sequence[float] | np.ndarray, *, 
     counts = len(g) - lo
     total = int(counts.sum())
     if total > MAX_GRID_ROWS:
-        raise GridError(f"the grid adds {total:,} rows ({len(g):,} times x {len(starts):,} subjects), more than "
-                        f"{MAX_GRID_ROWS:,}; use a larger STEP or a shorter range")
+        raise GridError(
+            f"the grid adds {total:,} rows ({len(g):,} times x {len(starts):,} subjects), more than "
+            f"{MAX_GRID_ROWS:,}; use a larger STEP or a shorter range"
+        )
     blk = np.repeat(np.arange(len(starts)), counts)
     k = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
     gt = g[lo[blk] + k]
@@ -1375,8 +1556,19 @@ def add_grid(frame: pd.DataFrame, times: str | Sequence[float] | np.ndarray, *, 
     def with_grid(df: pd.DataFrame, numeric: bool) -> pd.DataFrame:
         rows = df.iloc[src].reset_index(drop=True)
         names = [str(c).strip().upper() for c in df.columns]
-        values = {"ID": None, "TIME": gt, "EVID": 2.0, "MDV": 1.0, "AMT": 0.0, "RATE": 0.0, "II": 0.0,
-                  "ADDL": 0.0, "SS": 0.0, "CMT": 0.0, "DV": np.nan}
+        values = {
+            "ID": None,
+            "TIME": gt,
+            "EVID": 2.0,
+            "MDV": 1.0,
+            "AMT": 0.0,
+            "RATE": 0.0,
+            "II": 0.0,
+            "ADDL": 0.0,
+            "SS": 0.0,
+            "CMT": 0.0,
+            "DV": np.nan,
+        }
         for j, name in enumerate(names):
             if name not in values or (name == "ID"):
                 continue
@@ -1384,8 +1576,12 @@ def add_grid(frame: pd.DataFrame, times: str | Sequence[float] | np.ndarray, *, 
             v = values[name]
             if numeric or pd.api.types.is_numeric_dtype(df[col].dtype):
                 arr = np.broadcast_to(np.asarray(v, float), (total,)).copy()
-                if (not numeric and pd.api.types.is_integer_dtype(df[col].dtype) and np.isfinite(arr).all()
-                        and (arr == np.round(arr)).all()):
+                if (
+                    not numeric
+                    and pd.api.types.is_integer_dtype(df[col].dtype)
+                    and np.isfinite(arr).all()
+                    and (arr == np.round(arr)).all()
+                ):
                     arr = arr.astype(df[col].dtype)  # an integer column stays integer where it can
                 rows[col] = arr
             else:  # text cells, written as a number would be
@@ -1402,8 +1598,9 @@ def add_grid(frame: pd.DataFrame, times: str | Sequence[float] | np.ndarray, *, 
     new_base = None
     if base is not None:
         if GRID_COLUMN in [str(c) for c in base.columns]:
-            raise GridError(f"the dataset already has a column {GRID_COLUMN}, which marks the grid rows in the "
-                            "output; rename it")
+            raise GridError(
+                f"the dataset already has a column {GRID_COLUMN}, which marks the grid rows in the output; rename it"
+            )
         b = base.reset_index(drop=True)
         new_base = with_grid(b, numeric=False)
         new_base[GRID_COLUMN] = is_grid.astype(np.int64)

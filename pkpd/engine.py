@@ -89,8 +89,9 @@ Prop = Callable[[Array, Array, Array], Array]
 # dose delivery
 
 
-def _route_quantities(model: CompartmentModel, lay: Layout, cmt: Array, amt: Array, ratecol: Array,
-                      th: Theta) -> dict[str, Array]:
+def _route_quantities(
+    model: CompartmentModel, lay: Layout, cmt: Array, amt: Array, ratecol: Array, th: Theta
+) -> dict[str, Array]:
     """Per sub-dose target, lag, bolus amount, infusion rate, duration for one dose record.
 
     ``th`` holds the source record's parameters: ``p`` (dict of structural scalars) and per-compartment
@@ -138,11 +139,18 @@ def _route_quantities(model: CompartmentModel, lay: Layout, cmt: Array, amt: Arr
                 valid[j] = jnp.where(routed, True, valid[j])
             else:
                 valid[j] = jnp.where(routed, False, valid[j])
+
     def st(v: list[Array]) -> Array:
         return jnp.stack([jnp.asarray(u) for u in v])
 
-    return {"target": st(target).astype(jnp.int32), "lag": st(lag), "bolus": st(bolus), "rate": st(rate),
-            "dur": st(dur), "valid": st(valid)}
+    return {
+        "target": st(target).astype(jnp.int32),
+        "lag": st(lag),
+        "bolus": st(bolus),
+        "rate": st(rate),
+        "dur": st(dur),
+        "valid": st(valid),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -150,8 +158,13 @@ def _route_quantities(model: CompartmentModel, lay: Layout, cmt: Array, amt: Arr
 
 
 def _record_theta(th_all: Theta, i: Array) -> dict[str, Any]:
-    return {"p": {k: v[i] for k, v in th_all["p"].items()}, "F": th_all["F"][i], "ALAG": th_all["ALAG"][i],
-            "R": th_all["R"][i], "D": th_all["D"][i]}
+    return {
+        "p": {k: v[i] for k, v in th_all["p"].items()},
+        "F": th_all["F"][i],
+        "ALAG": th_all["ALAG"][i],
+        "R": th_all["R"][i],
+        "D": th_all["D"][i],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -180,7 +193,7 @@ def _ss_window(model: CompartmentModel, lay: Layout, rq: Arrays, ii: Array) -> t
     onehot = jax.nn.one_hot(rq["target"], n, dtype=b.dtype)  # (S, n)
     active = (starts[None] <= mids[:, None, None]) & (mids[:, None, None] < ends[None]) & is_inf[None, :, None]
     rates = jnp.einsum("ksm,s,sn->kn", active.astype(b.dtype), rq["rate"], onehot)
-    jump_pos = rank[2:2 + S]  # sorted position of each route's lag point: its jump starts that interval
+    jump_pos = rank[2 : 2 + S]  # sorted position of each route's lag point: its jump starts that interval
     bol = jnp.where(rq["valid"] & ~is_inf, rq["bolus"], 0.0)
     k_idx = jnp.arange(dts.shape[0])
     jumps = jnp.einsum("ks,s,sn->kn", (jump_pos[None, :] == k_idx[:, None]).astype(b.dtype), bol, onehot)
@@ -200,9 +213,18 @@ def _period_map(prop: Prop, x: Array, dts: Array, rates: Array, jumps: Array) ->
     return x
 
 
-def _steady_state(model: CompartmentModel, lay: Layout, solver: Solver, th: Theta, rq: Arrays, ii: Array,
-                  ratecol: Array, cmt: Array, is_const_inf: Array, ode_prop: Prop | None = None
-                  ) -> tuple[Array, Array, Array, Array, Array]:
+def _steady_state(
+    model: CompartmentModel,
+    lay: Layout,
+    solver: Solver,
+    th: Theta,
+    rq: Arrays,
+    ii: Array,
+    ratecol: Array,
+    cmt: Array,
+    is_const_inf: Array,
+    ode_prop: Prop | None = None,
+) -> tuple[Array, Array, Array, Array, Array]:
     """State at the steady-state record time, running rates and the stops of running infusions."""
     n = model.n_cmt
     dtype = rq["bolus"].dtype
@@ -211,6 +233,7 @@ def _steady_state(model: CompartmentModel, lay: Layout, solver: Solver, th: Thet
     r_const = jax.nn.one_hot(cmt, n, dtype=dtype) * jnp.where(ratecol > 0, ratecol, 0.0)
     if isinstance(solver, Analytic):
         op = analytic_op(model, th["p"])
+
         def prop(x: Array, r: Array, dt: Array) -> Array:
             return analytic_step(op, x, r, dt)
 
@@ -261,8 +284,16 @@ def _newton(resid: Callable[[Array], Array], x0: Array, iters: int) -> Array:
 # one subject
 
 
-def _timeline(model: CompartmentModel, lay: Layout, solver: Solver, rec: Arrays, dose: Arrays, ss: Arrays,
-              th_all: Theta, order: Array | None = None) -> dict[str, Any]:
+def _timeline(
+    model: CompartmentModel,
+    lay: Layout,
+    solver: Solver,
+    rec: Arrays,
+    dose: Arrays,
+    ss: Arrays,
+    th_all: Theta,
+    order: Array | None = None,
+) -> dict[str, Any]:
     """Sorted points of one subject: times, resets, jumps, rates, parameter index, record anchors."""
     n = model.n_cmt
     R, D, S, P_ss = lay.n_rec, lay.n_dose, lay.n_route, lay.n_ss
@@ -303,12 +334,23 @@ def _timeline(model: CompartmentModel, lay: Layout, solver: Solver, rec: Arrays,
             return lambda x, r, dt: ode_step(model, ode_solver, p, x, r, 0.0, dt, None)[0]
 
     if P_ss > 0:
+
         def ss_one(s: Array) -> tuple[Array, Array, Array, Array, Array]:
             th = _record_theta(th_all, s)
             rq_s = _route_quantities(model, lay, rec["cmt"][s], rec["amt"][s], rec["rate"][s], th)
             const_inf = (rec["amt"][s] == 0) & (rec["rate"][s] > 0) & (rec["ii"][s] == 0)
-            return _steady_state(model, lay, solver, th, rq_s, rec["ii"][s], rec["rate"][s], rec["cmt"][s],
-                                 const_inf, ode_prop_for(th["p"]) if ode_prop_for else None)
+            return _steady_state(
+                model,
+                lay,
+                solver,
+                th,
+                rq_s,
+                rec["ii"][s],
+                rec["rate"][s],
+                rec["cmt"][s],
+                const_inf,
+                ode_prop_for(th["p"]) if ode_prop_for else None,
+            )
 
         x_ss, run_rate, remaining, running, stop_rates = jax.vmap(ss_one)(ss["src"])
         ss_src = ss["src"]
@@ -386,13 +428,24 @@ def _timeline(model: CompartmentModel, lay: Layout, solver: Solver, rec: Arrays,
     own = rec["dose0"]
     has_own = own >= 0
     own_safe = jnp.where(has_own, own, 0)
-    arr_pos = pos[R:R + D * S].reshape(D, S)[own_safe]  # (R, S)
+    arr_pos = pos[R : R + D * S].reshape(D, S)[own_safe]  # (R, S)
     same_t = (arr_t[own_safe] == t_rec[:, None]) & arr_valid[own_safe] & has_own[:, None]
     anchor = jnp.maximum(anchor, jnp.max(jnp.where(same_t, arr_pos, -1), axis=1))
     keep = jnp.where(reset_s, 0.0, 1.0)
-    return {"t": t_s, "t_prev": t_prev, "dt": dt_s, "keep": keep, "jump": jump_s, "rate_before": rate_before,
-            "pidx": pidx, "anchor": anchor, "order": order, "forcing": forcing, "valid": valid_s,
-            "rate_after": rate_after}
+    return {
+        "t": t_s,
+        "t_prev": t_prev,
+        "dt": dt_s,
+        "keep": keep,
+        "jump": jump_s,
+        "rate_before": rate_before,
+        "pidx": pidx,
+        "anchor": anchor,
+        "order": order,
+        "forcing": forcing,
+        "valid": valid_s,
+        "rate_after": rate_after,
+    }
 
 
 def _ode_scan(model: CompartmentModel, solver: ODE, pts: Arrays, th_all: Theta) -> tuple[Array, Array]:
@@ -403,8 +456,9 @@ def _ode_scan(model: CompartmentModel, solver: ODE, pts: Arrays, th_all: Theta) 
     def body(carry: tuple[Array, Array], k: Array) -> tuple[tuple[Array, Array], Array]:
         x, ok = carry
         p = {name: v[pts["pidx"][k]] for name, v in p_rec.items()}
-        y, good = ode_step(model, solver, p, x, pts["rate_before"][k], pts["t_prev"][k], pts["dt"][k],
-                           pts["forcing"], throw=False)
+        y, good = ode_step(
+            model, solver, p, x, pts["rate_before"][k], pts["t_prev"][k], pts["dt"][k], pts["forcing"], throw=False
+        )
         y = pts["keep"][k] * y + pts["jump"][k]
         return (y, ok & good), y
 
@@ -412,8 +466,7 @@ def _ode_scan(model: CompartmentModel, solver: ODE, pts: Arrays, th_all: Theta) 
     return states[pts["anchor"]], ok
 
 
-def _ode_grouped(model: CompartmentModel, solver: ODE, pts: Arrays, th_all: Theta, grp: Arrays
-                 ) -> tuple[Array, Array]:
+def _ode_grouped(model: CompartmentModel, solver: ODE, pts: Arrays, th_all: Theta, grp: Arrays) -> tuple[Array, Array]:
     """ODE path on a static schedule: one diffrax solve per interval between *action* points (doses,
     infusion starts/stops, resets, parameter changes); records inside an interval are read from the
     solver's dense output, so observations do not interrupt the integration."""
@@ -430,16 +483,18 @@ def _ode_grouped(model: CompartmentModel, solver: ODE, pts: Arrays, th_all: Thet
         r = jnp.where(has, pts["rate_after"][a], 0.0)
         p = {name: v[grp["pidx"][g]] for name, v in p_rec.items()}
         t0 = grp["t0"][g]
-        y, good, ys = ode_step(model, solver, p, x, r, t0, grp["t1"][g] - t0, pts["forcing"], throw=False,
-                               ts=grp["ts"][g])
+        y, good, ys = ode_step(
+            model, solver, p, x, r, t0, grp["t1"][g] - t0, pts["forcing"], throw=False, ts=grp["ts"][g]
+        )
         return (y, ok & good), ys
 
     (_, ok), ys = jax.lax.scan(body, (jnp.zeros(n, dtype), jnp.asarray(True)), jnp.arange(G))
     return ys[grp["rec_g"], grp["rec_k"]], ok
 
 
-def _analytic_batch(model: CompartmentModel, lay: Layout, pts: Arrays, th_all: Theta, sched: Arrays | None,
-                    check: Check = False) -> tuple[Array, Array]:
+def _analytic_batch(
+    model: CompartmentModel, lay: Layout, pts: Arrays, th_all: Theta, sched: Arrays | None, check: Check = False
+) -> tuple[Array, Array]:
     """Exact propagation for a batch, scanning points in point-major layout (contiguous per step).
 
     With ``check=True`` the per-subject flag is False where the eigenvalues span more than
@@ -534,7 +589,7 @@ def _check_tolerances(dtype: Any) -> tuple[float, float]:
     3.5e-5 and 1.4e-5. Both follow the machine epsilon so that a lower precision is judged by what it
     can deliver."""
     eps = float(jnp.finfo(dtype).eps)
-    return 0.1 * eps ** 0.5, eps ** 0.7
+    return 0.1 * eps**0.5, eps**0.7
 
 
 def _newton_sum_flags(coef: Array, P: Array, M: Array, scale: Array | None = None) -> Array:
@@ -623,8 +678,9 @@ def _gather_apply(M: Array, X: Array, u: Array, q: Array, zero: Array, n: int) -
     return jnp.where(zero[..., None], 0.0, _matvec(Mr, xr, n))
 
 
-def _analytic_fast(model: CompartmentModel, lay: Layout, rec: Arrays, dose: Arrays, theta: Theta, fs: Arrays,
-                   check: Check = False) -> tuple[Array, Array]:
+def _analytic_fast(
+    model: CompartmentModel, lay: Layout, rec: Arrays, dose: Arrays, theta: Theta, fs: Arrays, check: Check = False
+) -> tuple[Array, Array]:
     """Exact propagation on a precomputed schedule (static event times, no SS, constant parameters).
 
     A short scan runs over the *action* points only (dose arrivals, infusion starts and stops, resets);
@@ -639,8 +695,9 @@ def _analytic_fast(model: CompartmentModel, lay: Layout, rec: Arrays, dose: Arra
 
     def rq_subject(rec_s: Arrays, dose_s: Arrays, th_s: Theta) -> dict[str, Array]:
         def one(src: Array) -> dict[str, Array]:
-            return _route_quantities(model, lay, rec_s["cmt"][src], rec_s["amt"][src], rec_s["rate"][src],
-                                     _record_theta(th_s, src))
+            return _route_quantities(
+                model, lay, rec_s["cmt"][src], rec_s["amt"][src], rec_s["rate"][src], _record_theta(th_s, src)
+            )
 
         return jax.vmap(one)(dose_s["src"])
 
@@ -662,12 +719,14 @@ def _analytic_fast(model: CompartmentModel, lay: Layout, rec: Arrays, dose: Arra
     # the steps between action points and the offsets of the records in one call (one set of divided
     # differences to compile and differentiate)
     Qa = fs["a_dt"].shape[1]
-    f_all, g_all = propagators(op["lam"][:, None, :], jnp.concatenate([fs["a_dt"], fs["tau_u"]], axis=1),
-                               with_input=inf)
+    f_all, g_all = propagators(
+        op["lam"][:, None, :], jnp.concatenate([fs["a_dt"], fs["tau_u"]], axis=1), with_input=inf
+    )
     f, f_o = f_all[:, :Qa], f_all[:, Qa:]
     g, g_o = (g_all[:, :Qa], g_all[:, Qa:]) if g_all is not None else (None, None)  # g_all: None unless inf
     A = jnp.einsum("nqj,njab->nqab", f, op["P"])
     G = jnp.einsum("nqj,njab->nqab", g, op["P"]) if inf else None
+
     def T(v: Array) -> Array:
         return jnp.swapaxes(v, 0, 1)
 
@@ -697,17 +756,25 @@ def _analytic_fast(model: CompartmentModel, lay: Layout, rec: Arrays, dose: Arra
         bad = _newton_sum_flags(f, op["P"], A) | _newton_sum_flags(f_o, op["P"], Phi)
         if inf:
             assert g is not None and g_o is not None and G is not None
-            bad = bad | _newton_sum_flags(g, op["P"], G, fs["a_dt"]) | _newton_sum_flags(g_o, op["P"], Gam,
-                                                                                          fs["tau_u"])
+            bad = bad | _newton_sum_flags(g, op["P"], G, fs["a_dt"]) | _newton_sum_flags(g_o, op["P"], Gam, fs["tau_u"])
         return bad
 
     bad = full_check() if check == "full" else _stiff_subjects(op["lam"])
     return out, ~(bad | _negative_flags(out))
 
 
-def simulate_arrays(model: CompartmentModel, lay: Layout, solver: Solver, rec: Arrays, dose: Arrays, ss: Arrays,
-                    theta: Theta, sched: Arrays | None = None, chunk_size: int | None = 16384,
-                    check: Check = False) -> tuple[Array, Array]:
+def simulate_arrays(
+    model: CompartmentModel,
+    lay: Layout,
+    solver: Solver,
+    rec: Arrays,
+    dose: Arrays,
+    ss: Arrays,
+    theta: Theta,
+    sched: Arrays | None = None,
+    chunk_size: int | None = 16384,
+    check: Check = False,
+) -> tuple[Array, Array]:
     """Amounts (N, n_rec, n_cmt) at every record of a padded batch, and a per-subject success flag.
 
     The flag is False where the ODE solver failed. For the exact solver, ``check=True`` also sets it False
@@ -732,8 +799,18 @@ def simulate_arrays(model: CompartmentModel, lay: Layout, solver: Solver, rec: A
 
 
 @partial(jit, static_argnames=("model", "lay", "solver", "chunk", "check"))
-def _simulate_chunked(model: CompartmentModel, lay: Layout, solver: Solver, chunk: int, rec: Arrays, dose: Arrays,
-                      ss: Arrays, theta: Theta, sched: Arrays | None, check: Check = False) -> tuple[Array, Array]:
+def _simulate_chunked(
+    model: CompartmentModel,
+    lay: Layout,
+    solver: Solver,
+    chunk: int,
+    rec: Arrays,
+    dose: Arrays,
+    ss: Arrays,
+    theta: Theta,
+    sched: Arrays | None,
+    check: Check = False,
+) -> tuple[Array, Array]:
     args = (rec, dose, ss, theta, sched)
     N = rec["time"].shape[0]
     if chunk >= N:
@@ -756,8 +833,17 @@ def _simulate_chunked(model: CompartmentModel, lay: Layout, solver: Solver, chun
     return out.reshape((C * chunk,) + out.shape[2:])[:N], ok.reshape(-1)[:N]
 
 
-def _simulate_core(model: CompartmentModel, lay: Layout, solver: Solver, rec: Arrays, dose: Arrays, ss: Arrays,
-                   theta: Theta, sched: Arrays | None = None, check: Check = False) -> tuple[Array, Array]:
+def _simulate_core(
+    model: CompartmentModel,
+    lay: Layout,
+    solver: Solver,
+    rec: Arrays,
+    dose: Arrays,
+    ss: Arrays,
+    theta: Theta,
+    sched: Arrays | None = None,
+    check: Check = False,
+) -> tuple[Array, Array]:
     """Amounts (N, n_rec, n_cmt) at every record, for a padded batch; and a per-subject success flag.
 
     ``theta`` is the dict ``{"p": {name: (N, R)}, "F"|"ALAG"|"R"|"D": (N, R, n_cmt)}``. ``sched`` (optional)
@@ -780,20 +866,23 @@ def _full_theta(theta: Theta, R: int) -> Any:
     """``theta`` with every leaf's record axis (axis 1) at its full length ``R``: a leaf given with one
     record column (parameters constant within each subject) is broadcast, inside the compiled program, so
     the host never builds or copies the (N, R, ...) arrays."""
-    return jax.tree_util.tree_map(lambda v: v if v.shape[1] == R else jnp.broadcast_to(v, v.shape[:1] + (R,) + v.shape[2:]),
-                                  theta)
+    return jax.tree_util.tree_map(
+        lambda v: v if v.shape[1] == R else jnp.broadcast_to(v, v.shape[:1] + (R,) + v.shape[2:]), theta
+    )
 
 
 @partial(jit, static_argnames=("model", "lay", "solver"))
-def _schedule_points(model: CompartmentModel, lay: Layout, solver: Solver, rec: Arrays, dose: Arrays, ss: Arrays,
-                     theta: Theta) -> dict[str, Array]:
+def _schedule_points(
+    model: CompartmentModel, lay: Layout, solver: Solver, rec: Arrays, dose: Arrays, ss: Arrays, theta: Theta
+) -> dict[str, Array]:
     theta = _full_theta(theta, rec["time"].shape[1])
     pts = jax.vmap(partial(_timeline, model, lay, solver))(rec, dose, ss, theta)
     return {k: pts[k] for k in ("order", "dt", "keep", "anchor", "valid", "t", "pidx")}
 
 
-def compute_schedule(model: CompartmentModel, lay: Layout, solver: Solver, rec: Arrays, dose: Arrays, ss: Arrays,
-                     theta: Theta) -> dict[str, Any]:
+def compute_schedule(
+    model: CompartmentModel, lay: Layout, solver: Solver, rec: Arrays, dose: Arrays, ss: Arrays, theta: Theta
+) -> dict[str, Any]:
     """Sort the points once, on data whose event times do not depend on parameters.
 
     Returns numpy arrays: ``order`` (N, P), ``dt_u`` (N, U) the distinct step lengths of each subject and
@@ -852,7 +941,7 @@ def _design_groups(arrays: Any) -> tuple[np.ndarray, np.ndarray]:
     mult = np.uint64(0x9E3779B97F4A7C15)
     for v in leaves:
         bits = np.ascontiguousarray(np.asarray(v.reshape(N, -1), np.float64)).view(np.uint64)
-        w = rng.integers(1, 2 ** 63, size=bits.shape[1], dtype=np.uint64) | np.uint64(1)
+        w = rng.integers(1, 2**63, size=bits.shape[1], dtype=np.uint64) | np.uint64(1)
         with np.errstate(over="ignore"):
             h = h * mult + (bits * w).sum(axis=1, dtype=np.uint64)
     _, rep, inv = np.unique(h, return_index=True, return_inverse=True)
@@ -866,8 +955,9 @@ def _design_groups(arrays: Any) -> tuple[np.ndarray, np.ndarray]:
     return rep, inv
 
 
-def compute_schedule_dedup(model: CompartmentModel, lay: Layout, solver: Solver, rec: Arrays, dose: Arrays,
-                           ss: Arrays, theta: Theta) -> dict[str, Any]:
+def compute_schedule_dedup(
+    model: CompartmentModel, lay: Layout, solver: Solver, rec: Arrays, dose: Arrays, ss: Arrays, theta: Theta
+) -> dict[str, Any]:
     """:func:`compute_schedule` computed once per distinct design: subjects whose record, dose and
     steady-state arrays are identical share their schedule (a schedule does not depend on the parameters
     when no event time does). The distinct designs are padded to :func:`bucket_size` so that the sorting
@@ -915,8 +1005,16 @@ def _action_schedule(lay: Layout, pts: Mapping[str, np.ndarray]) -> dict[str, np
     t_rec = t[rows, anchor]
     tau = np.where(rec_zero, 0.0, t_rec - a_t[rows, rec_q])
     tau_u, rec_u = _dedup_rows(tau)
-    return {"a_slot": a_slot, "a_stop": a_stop, "a_keep": a_keep, "a_dt": a_dt, "rec_q": rec_q, "rec_u": rec_u,
-            "tau_u": tau_u, "rec_zero": rec_zero}
+    return {
+        "a_slot": a_slot,
+        "a_stop": a_stop,
+        "a_keep": a_keep,
+        "a_dt": a_dt,
+        "rec_q": rec_q,
+        "rec_u": rec_u,
+        "tau_u": tau_u,
+        "rec_zero": rec_zero,
+    }
 
 
 def _ode_groups(lay: Layout, rec: Arrays, ss: Arrays, pts: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -944,8 +1042,14 @@ def _ode_groups(lay: Layout, rec: Arrays, ss: Arrays, pts: Mapping[str, np.ndarr
     t0 = np.where(np.arange(G)[None, :] <= grp_of.max(axis=1, keepdims=True), t0, t_valid_max[:, None])
     t1 = np.concatenate([t0[:, 1:], t_valid_max[:, None]], axis=1)
     nxt = np.concatenate([act_pos[:, 1:], np.full((N, 1), P - 1)], axis=1)
-    pidx = np.asarray(pts["pidx"])[rows, np.where(np.concatenate([has_act[:, 1:], np.zeros((N, 1), bool)], 1), nxt,
-                                                   np.argmax(np.where(valid, t, -np.inf), axis=1)[:, None])]
+    pidx = np.asarray(pts["pidx"])[
+        rows,
+        np.where(
+            np.concatenate([has_act[:, 1:], np.zeros((N, 1), bool)], 1),
+            nxt,
+            np.argmax(np.where(valid, t, -np.inf), axis=1)[:, None],
+        ),
+    ]
     rec_g = grp_of[rows, anchor]
     rec_valid = np.asarray(rec["valid"])
     rec_g = np.where(rec_valid, rec_g, 0)
@@ -963,5 +1067,13 @@ def _ode_groups(lay: Layout, rec: Arrays, ss: Arrays, pts: Mapping[str, np.ndarr
     t_rec = np.asarray(rec["time"])
     vr, vc = np.nonzero(rec_valid)
     ts[vr, rec_g[vr, vc], rec_k[vr, vc]] = t_rec[vr, vc]
-    return {"act": act_pos, "has_act": has_act, "t0": t0, "t1": t1, "pidx": pidx, "ts": ts,
-            "rec_g": rec_g, "rec_k": rec_k}
+    return {
+        "act": act_pos,
+        "has_act": has_act,
+        "t0": t0,
+        "t1": t1,
+        "pidx": pidx,
+        "ts": ts,
+        "rec_g": rec_g,
+        "rec_k": rec_k,
+    }

@@ -27,28 +27,68 @@ import numpy
 
 from .errors import ExpressionError
 
-__all__ = ["Expression", "compile_expression", "compile_parameter_block", "evaluate_parameter_block",
-           "referenced_columns", "parse_tree", "compile_tree"]
+__all__ = [
+    "Expression",
+    "compile_expression",
+    "compile_parameter_block",
+    "evaluate_parameter_block",
+    "referenced_columns",
+    "parse_tree",
+    "compile_tree",
+]
 
 MAX_LENGTH = 2000  # longest accepted expression source, in characters
 
 _Fn = Callable[[Mapping[str, Any], Any], Any]
 
-_FUNCTIONS = {"exp": 1, "log": 1, "log10": 1, "sqrt": 1, "abs": 1, "floor": 1, "ceil": 1,  # name -> arity
-              "min": 2, "max": 2, "pow": 2, "where": 3}
+_FUNCTIONS = {
+    "exp": 1,
+    "log": 1,
+    "log10": 1,
+    "sqrt": 1,
+    "abs": 1,
+    "floor": 1,
+    "ceil": 1,  # name -> arity
+    "min": 2,
+    "max": 2,
+    "pow": 2,
+    "where": 3,
+}
 _XP_NAME = {"min": "minimum", "max": "maximum", "pow": "power"}
 _CONSTANTS = {"pi": math.pi}
 _BINOPS = {ast.Add: "add", ast.Sub: "subtract", ast.Mult: "multiply", ast.Div: "divide", ast.Pow: "power"}
-_CMPOPS = {ast.Lt: "less", ast.LtE: "less_equal", ast.Gt: "greater", ast.GtE: "greater_equal",
-           ast.Eq: "equal", ast.NotEq: "not_equal"}
-_BINOP_HINTS = {ast.BitXor: "'^' is not supported; use '**' for powers",
-                ast.FloorDiv: "'//' is not supported; use floor(a / b)", ast.Mod: "'%' is not supported",
-                ast.BitAnd: "'&' is not supported; use 'and'", ast.BitOr: "'|' is not supported; use 'or'"}
-_DESCRIBE = {ast.Attribute: "attribute access", ast.Subscript: "subscripts/indexing", ast.Lambda: "lambda",
-             ast.ListComp: "comprehensions", ast.SetComp: "comprehensions", ast.DictComp: "comprehensions",
-             ast.GeneratorExp: "comprehensions/generators", ast.JoinedStr: "f-strings", ast.List: "lists",
-             ast.NamedExpr: "assignment expressions (':=')", ast.Starred: "starred arguments",
-             ast.Tuple: "tuples", ast.Dict: "dicts", ast.Set: "sets", ast.Slice: "slices"}
+_CMPOPS = {
+    ast.Lt: "less",
+    ast.LtE: "less_equal",
+    ast.Gt: "greater",
+    ast.GtE: "greater_equal",
+    ast.Eq: "equal",
+    ast.NotEq: "not_equal",
+}
+_BINOP_HINTS = {
+    ast.BitXor: "'^' is not supported; use '**' for powers",
+    ast.FloorDiv: "'//' is not supported; use floor(a / b)",
+    ast.Mod: "'%' is not supported",
+    ast.BitAnd: "'&' is not supported; use 'and'",
+    ast.BitOr: "'|' is not supported; use 'or'",
+}
+_DESCRIBE = {
+    ast.Attribute: "attribute access",
+    ast.Subscript: "subscripts/indexing",
+    ast.Lambda: "lambda",
+    ast.ListComp: "comprehensions",
+    ast.SetComp: "comprehensions",
+    ast.DictComp: "comprehensions",
+    ast.GeneratorExp: "comprehensions/generators",
+    ast.JoinedStr: "f-strings",
+    ast.List: "lists",
+    ast.NamedExpr: "assignment expressions (':=')",
+    ast.Starred: "starred arguments",
+    ast.Tuple: "tuples",
+    ast.Dict: "dicts",
+    ast.Set: "sets",
+    ast.Slice: "slices",
+}
 
 
 def _prefix(name: str | None) -> str:
@@ -105,8 +145,10 @@ class Expression:
         """
         missing = sorted(n for n in self.names if n not in env)
         if missing:
-            raise ExpressionError(f"{_prefix(self.name)}unknown name{'s' if len(missing) > 1 else ''} "
-                                  f"{', '.join(missing)} in expression {_clip(self.source)!r}")
+            raise ExpressionError(
+                f"{_prefix(self.name)}unknown name{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(missing)} in expression {_clip(self.source)!r}"
+            )
         return xp.asarray(self._fn(env, xp))
 
     def __repr__(self) -> str:
@@ -123,8 +165,9 @@ class _Compiler:
     def fail(self, message: str, node: ast.AST) -> NoReturn:
         snippet = ast.get_source_segment(self.source, node) or self.source
         col = getattr(node, "col_offset", 0) + self.col0 + 1
-        raise ExpressionError(f"{_prefix(self.name)}{message}: {_clip(snippet)!r} (column {col} of "
-                              f"{_clip(self.source.strip())!r})")
+        raise ExpressionError(
+            f"{_prefix(self.name)}{message}: {_clip(snippet)!r} (column {col} of {_clip(self.source.strip())!r})"
+        )
 
     def num(self, node: ast.AST) -> _Fn:
         kind, fn = self.visit(node)
@@ -140,9 +183,15 @@ class _Compiler:
 
     def visit(self, node: ast.AST) -> tuple[str, _Fn]:
         handlers: dict[type, Callable[[Any], tuple[str, _Fn]]] = {
-            ast.Constant: self._constant, ast.Name: self._name, ast.BinOp: self._binop,
-            ast.UnaryOp: self._unaryop, ast.Compare: self._compare, ast.BoolOp: self._boolop,
-            ast.IfExp: lambda n: self._where(n.test, n.body, n.orelse), ast.Call: self._call}
+            ast.Constant: self._constant,
+            ast.Name: self._name,
+            ast.BinOp: self._binop,
+            ast.UnaryOp: self._unaryop,
+            ast.Compare: self._compare,
+            ast.BoolOp: self._boolop,
+            ast.IfExp: lambda n: self._where(n.test, n.body, n.orelse),
+            ast.Call: self._call,
+        }
         handler = handlers.get(type(node))
         if handler is None:
             what = _DESCRIBE.get(type(node), f"syntax '{type(node).__name__}'")
@@ -226,8 +275,7 @@ class _Compiler:
             self.fail(f"starred arguments not allowed in call to {fname}()", node)
         arity = _FUNCTIONS[fname]
         if len(node.args) != arity:
-            self.fail(f"{fname}() takes {arity} argument{'s' if arity > 1 else ''}, "
-                      f"got {len(node.args)}", node)
+            self.fail(f"{fname}() takes {arity} argument{'s' if arity > 1 else ''}, got {len(node.args)}", node)
         if fname == "where":
             return self._where(*node.args)
         args = [self.num(a) for a in node.args]
@@ -263,8 +311,9 @@ def compile_expression(source: str | int | float, *, name: str | None = None) ->
     if not isinstance(source, str):
         raise ExpressionError(f"{pre}expected a number or an expression string, got {type(source).__name__}")
     if len(source) > MAX_LENGTH:
-        raise ExpressionError(f"{pre}expression is {len(source)} characters long (limit {MAX_LENGTH}): "
-                              f"{_clip(source)!r}")
+        raise ExpressionError(
+            f"{pre}expression is {len(source)} characters long (limit {MAX_LENGTH}): {_clip(source)!r}"
+        )
     text = source.strip().replace("\r", " ").replace("\n", " ")  # keep columns; TOML multi-line strings
     if not text:
         raise ExpressionError(f"{pre}empty expression")
@@ -350,8 +399,10 @@ def compile_parameter_block(spec: Mapping[str, str | int | float]) -> dict[str, 
     exprs: dict[str, Expression] = {}
     for key, src in spec.items():
         if not isinstance(key, str) or not key.isidentifier() or key.startswith("_") or key in _CONSTANTS:
-            raise ExpressionError(f"invalid parameter name {key!r} (must be an identifier not starting with "
-                                  f"'_' and not a builtin constant such as 'pi')")
+            raise ExpressionError(
+                f"invalid parameter name {key!r} (must be an identifier not starting with "
+                f"'_' and not a builtin constant such as 'pi')"
+            )
         exprs[key] = expr = compile_expression(src, name=key)
         if key in expr.names:
             raise ExpressionError(f"parameter {key} references itself: {_clip(expr.source)!r}")
@@ -362,7 +413,7 @@ def compile_parameter_block(spec: Mapping[str, str | int | float]) -> dict[str, 
         if key in order:
             return
         if key in stack:
-            cycle = stack[stack.index(key):] + [key]
+            cycle = stack[stack.index(key) :] + [key]
             raise ExpressionError(f"parameter dependency cycle: {' -> '.join(cycle)}")
         stack.append(key)
         for dep in (k for k in exprs if k in exprs[key].names):  # spec order: deterministic
@@ -375,8 +426,12 @@ def compile_parameter_block(spec: Mapping[str, str | int | float]) -> dict[str, 
     return order
 
 
-def evaluate_parameter_block(block: Mapping[str, Expression], columns: Mapping[str, Any],
-                             xp: Any = numpy, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def evaluate_parameter_block(
+    block: Mapping[str, Expression],
+    columns: Mapping[str, Any],
+    xp: Any = numpy,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Evaluate a compiled block in its iteration order.
 
     Each parameter sees the dataset ``columns`` and the parameters computed before it. A parameter whose
@@ -415,8 +470,9 @@ def evaluate_parameter_block(block: Mapping[str, Expression], columns: Mapping[s
     for key, expr in block.items():
         for ref in sorted(expr.names):
             if ref not in env:
-                raise ExpressionError(f"parameter {key} references {ref}, which is neither a dataset column "
-                                      f"nor a parameter")
+                raise ExpressionError(
+                    f"parameter {key} references {ref}, which is neither a dataset column nor a parameter"
+                )
         value = expr.evaluate(env, xp)
         if numpy.shape(value) != shape:
             value = xp.broadcast_to(value, shape)

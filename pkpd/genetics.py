@@ -83,8 +83,7 @@ _SRC_2D6_ASHRAF = (
 _SRC_2D6_PHENO = "CPIC Crews 2021 Clin Pharmacol Ther 110:888, Tables 3-4 (PMC8249478); models.md D1"
 _SRC_2C9_TABLE = "CPIC CYP2C9 allele functionality table; Theken 2020 Clin Pharmacol Ther 108:191"
 _SRC_2C9_PHENO = (
-    "CPIC Theken 2020 Clin Pharmacol Ther 108:191, AS-to-phenotype (pypgx documentation mirroring CPIC); "
-    "models.md D2"
+    "CPIC Theken 2020 Clin Pharmacol Ther 108:191, AS-to-phenotype (pypgx documentation mirroring CPIC); models.md D2"
 )
 _SRC_OPRM1 = (
     "CPIC Crews 2021 Clin Pharmacol Ther 110:888, supplement Tables S5-S10: OPRM1 limited or weak evidence, "
@@ -97,13 +96,10 @@ _SRC_CODEINE = (
 )
 _SRC_HYDROCODONE = "CPIC Crews 2021 Clin Pharmacol Ther 110:888, Table 4; models.md D1"
 _SRC_OXY = (
-    "CPIC Crews 2021 Clin Pharmacol Ther 110:888, supplement Tables S5-S10 (guideline page and abstract); "
-    "models.md D1"
+    "CPIC Crews 2021 Clin Pharmacol Ther 110:888, supplement Tables S5-S10 (guideline page and abstract); models.md D1"
 )
 _SRC_NSAID = "CPIC Theken 2020 Clin Pharmacol Ther 108:191; models.md D2"
-_SRC_NSAID_PM = (
-    _SRC_NSAID + " (CPIC API text quoted in the public spec id 71056878895 and in code id 33456845717)"
-)
+_SRC_NSAID_PM = _SRC_NSAID + " (CPIC API text quoted in the public spec id 71056878895 and in code id 33456845717)"
 _SRC_NSAID_AS1 = _SRC_NSAID + " (UF Health CPIC summary, WEB; exact CPIC wording not read)"
 _SRC_NSAID_NM = _SRC_NSAID + "; clinical.md 5.3 ('Standard dose')"
 _SRC_MELOX = _SRC_NSAID + " (CPIC API text in the public spec; UF Health)"
@@ -178,8 +174,7 @@ CYP2D6_ALLELES: Mapping[str, Allele] = _table(
         0.0,
         _SRC_2D6_TABLE,
         unverified=True,
-        note=_CHECK_2D6
-        + "; *36 usually occurs in tandem with *10 (*36+*10), which this parser does not accept",
+        note=_CHECK_2D6 + "; *36 usually occurs in tandem with *10 (*36+*10), which this parser does not accept",
     ),
     Allele("*40", "no function", 0.0, _SRC_2D6_ASHRAF),
     Allele("*41", "decreased", 0.5, _SRC_2D6_ASHRAF),
@@ -202,8 +197,7 @@ CYP2C9_ALLELES: Mapping[str, Allele] = _table(
         0.0,
         _SRC_2C9_TABLE,
         unverified=True,
-        note=_CHECK_2C9
-        + "; consistent with models.md A8 (*1/*3 is IM) and clinical.md 3.2 (*3/*3 in AS <= 0.5)",
+        note=_CHECK_2C9 + "; consistent with models.md A8 (*1/*3 is IM) and clinical.md 3.2 (*3/*3 in AS <= 0.5)",
     ),
     Allele("*5", "decreased", 0.5, _SRC_2C9_TABLE, unverified=True, note=_CHECK_2C9),
     Allele("*6", "no function", 0.0, _SRC_2C9_TABLE, unverified=True, note=_CHECK_2C9),
@@ -285,9 +279,7 @@ def _split_star(gene: str, token: str, text: str) -> tuple[str, int, bool]:
         )
     base = f"*{int(m.group(1))}"
     if base not in ALLELE_TABLES[gene]:
-        raise GenotypeError(
-            f"Unknown {gene} allele {base!r} in genotype {text!r}. {_known_alleles_msg(gene)}"
-        )
+        raise GenotypeError(f"Unknown {gene} allele {base!r} in genotype {text!r}. {_known_alleles_msg(gene)}")
     copies_txt = m.group(2)
     if copies_txt is None:
         return base, 1, True
@@ -507,9 +499,7 @@ def phenotype_from_score(gene: str, score: float) -> Phenotype:
     """
     gene_u = str(gene).upper()
     if gene_u not in ALLELE_TABLES:
-        raise GenotypeError(
-            f"No activity-score phenotype rule for gene {gene!r}; known: {', '.join(ALLELE_TABLES)}."
-        )
+        raise GenotypeError(f"No activity-score phenotype rule for gene {gene!r}; known: {', '.join(ALLELE_TABLES)}.")
     s = float(score)
     if not (s >= 0.0 and s < float("inf")):
         raise GenotypeError(f"{gene_u} activity score must be finite and >= 0, got {score!r}.")
@@ -668,18 +658,14 @@ _TRAMADOL = _DrugGuide(
     "CYP2D6",
     {
         "ultrarapid": _Rule("avoid", "strong", "Avoid tramadol (potential for toxicity).", _SRC_TRAMADOL),
-        "normal": _Rule(
-            "label_dose", "strong", "Use label-recommended age- or weight-specific dosing.", _SRC_TRAMADOL
-        ),
+        "normal": _Rule("label_dose", "strong", "Use label-recommended age- or weight-specific dosing.", _SRC_TRAMADOL),
         "intermediate": _Rule(
             "alternative_if_no_response",
             "optional",
             "Use label-recommended dosing; if no response, consider a non-codeine opioid.",
             _SRC_TRAMADOL,
         ),
-        "poor": _Rule(
-            "avoid", "strong", "Avoid tramadol (possibility of diminished analgesia).", _SRC_TRAMADOL
-        ),
+        "poor": _Rule("avoid", "strong", "Avoid tramadol (possibility of diminished analgesia).", _SRC_TRAMADOL),
     },
 )
 
@@ -700,8 +686,7 @@ _CODEINE = _DrugGuide(
         "intermediate": _Rule(
             "label_dose",
             None,
-            "Use label-recommended age- or weight-specific dosing (clinical.md 5.1: 'Label dosing with "
-            "monitoring').",
+            "Use label-recommended age- or weight-specific dosing (clinical.md 5.1: 'Label dosing with monitoring').",
             _SRC_CODEINE,
             unverified=True,
             note=_STRENGTH_NOT_GIVEN,
@@ -761,8 +746,7 @@ _PM_QUOTE = (
 
 def _nsaid_group_a(drug: str) -> _DrugGuide:
     note_pm = (
-        "Titrate only after steady state (>= 8 days for celecoxib in PMs). "
-        "clinical.md 5.3 adds 'or an alternative'"
+        "Titrate only after steady state (>= 8 days for celecoxib in PMs). clinical.md 5.3 adds 'or an alternative'"
     )
     if drug == "celecoxib":
         note_pm += "; FDA celecoxib label: half the lowest dose"

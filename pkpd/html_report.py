@@ -61,20 +61,58 @@ _MAX_ROWS = 60  # rows shown of a long table (the rest are counted, not shown)
 
 #: Units of the columns (and outcome rows) the run types write; shown under each header.
 UNITS: dict[str, str] = {
-    "MME_0_24": "mg MME", "MME_0_48": "mg MME", "MME_0_72": "mg MME", "MME_mean": "mg MME", "MME_P90": "mg MME",
-    "TIT3": "fraction of 0-72 h", "TIT4": "fraction of 0-72 h", "PAIN_AUC": "NRS·h", "PAIN_EXCESS": "NRS·h",
-    "N_PCA": "doses", "N_PRN": "doses", "T_FIRST_RESCUE": "h", "MIN_VE": "fraction of baseline",
-    "P_OIRD": "probability", "MAX_SEDATION": "index (0-1)", "P_PONV": "probability", "PEAK_BUPI": "ng/mL",
-    "PEAK_BUPI_UNBOUND": "ng/mL", "LAST_INDEX": "ratio to threshold", "LAST_INDEX_max": "ratio to threshold",
-    "MME_vs_C0_pct": "%", "MME_vs_C1_pct": "%", "n": "patients", "n_unsafe": "patients", "patients": "patients",
-    "time_h": "h after surgery", "dose_mg": "mg", "total_mg": "mg", "TIME": "h", "AMT": "mg", "II": "h",
-    "RATE": "mg/h", "DUR": "h",
-    "CP": "mg/L", "CE": "mg/L", "CM": "mg/L", "Cmax": "mg/L", "Tmax": "h", "seconds": "s", "rse_pct": "%",
-    "iiv_cv_pct": "%", "shrinkage_pct": "%", "eps_shrinkage_pct": "%", "WT": "kg", "AGE": "y", "CRCL": "mL/min",
+    "MME_0_24": "mg MME",
+    "MME_0_48": "mg MME",
+    "MME_0_72": "mg MME",
+    "MME_mean": "mg MME",
+    "MME_P90": "mg MME",
+    "TIT3": "fraction of 0-72 h",
+    "TIT4": "fraction of 0-72 h",
+    "PAIN_AUC": "NRS·h",
+    "PAIN_EXCESS": "NRS·h",
+    "N_PCA": "doses",
+    "N_PRN": "doses",
+    "T_FIRST_RESCUE": "h",
+    "MIN_VE": "fraction of baseline",
+    "P_OIRD": "probability",
+    "MAX_SEDATION": "index (0-1)",
+    "P_PONV": "probability",
+    "PEAK_BUPI": "ng/mL",
+    "PEAK_BUPI_UNBOUND": "ng/mL",
+    "LAST_INDEX": "ratio to threshold",
+    "LAST_INDEX_max": "ratio to threshold",
+    "MME_vs_C0_pct": "%",
+    "MME_vs_C1_pct": "%",
+    "n": "patients",
+    "n_unsafe": "patients",
+    "patients": "patients",
+    "time_h": "h after surgery",
+    "dose_mg": "mg",
+    "total_mg": "mg",
+    "TIME": "h",
+    "AMT": "mg",
+    "II": "h",
+    "RATE": "mg/h",
+    "DUR": "h",
+    "CP": "mg/L",
+    "CE": "mg/L",
+    "CM": "mg/L",
+    "Cmax": "mg/L",
+    "Tmax": "h",
+    "seconds": "s",
+    "rse_pct": "%",
+    "iiv_cv_pct": "%",
+    "shrinkage_pct": "%",
+    "eps_shrinkage_pct": "%",
+    "WT": "kg",
+    "AGE": "y",
+    "CRCL": "mL/min",
 }
-_OUTCOME_NOTE = ("MME: oral morphine milligram equivalents (CDC 2022 factors); TIT3: fraction of 0-72 h with "
-                 "NRS <= 3; TIME_NRS_GE4 / TIME_NRS_GE7: fraction with NRS >= 4 (treat cut-off) / >= 7 (severe); "
-                 "LAST index >= 1 means a bupivacaine toxicity threshold is crossed.")
+_OUTCOME_NOTE = (
+    "MME: oral morphine milligram equivalents (CDC 2022 factors); TIT3: fraction of 0-72 h with "
+    "NRS <= 3; TIME_NRS_GE4 / TIME_NRS_GE7: fraction with NRS >= 4 (treat cut-off) / >= 7 (severe); "
+    "LAST index >= 1 means a bupivacaine toxicity threshold is crossed."
+)
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:24px auto;max-width:1100px;
 padding:0 12px;color:#1d1d1f;background:#fff;line-height:1.4}
@@ -125,8 +163,9 @@ def _csv_columns(path: Path) -> list[str]:
 def _dataset_run(csv: Path, manifest_file: Path | None) -> Run:
     man = _manifest_in(manifest_file) if manifest_file is not None else None
     if man is not None and man.get("command") != "simulate":
-        raise ReportError(f"{manifest_file} is the manifest of `pkpd {man.get('command')}`, not of a dataset "
-                          "simulation")
+        raise ReportError(
+            f"{manifest_file} is the manifest of `pkpd {man.get('command')}`, not of a dataset simulation"
+        )
     if not csv.is_file():
         raise ReportError(f"the simulation output {csv} named by {manifest_file} does not exist")
     return Run("simulate-dataset", csv.parent, man, csv)
@@ -155,8 +194,10 @@ def detect_run(path: str | Path) -> Run:
             side = p.with_name(f"{p.stem}.{MANIFEST_NAME}")
             if side.is_file() or "CP" in _csv_columns(p):
                 return _dataset_run(p, side if side.is_file() else None)
-        raise ReportError(f"{p} is a file but not a pkpd simulation output (a CSV with a CP column) or a run "
-                          "manifest; give a run directory")
+        raise ReportError(
+            f"{p} is a file but not a pkpd simulation output (a CSV with a CP column) or a run "
+            "manifest; give a run directory"
+        )
     man = _manifest_in(p / MANIFEST_NAME)
     has = {f.name for f in p.iterdir() if f.is_file()}
     if {"fit.json", "parameters.csv"} <= has:
@@ -178,12 +219,16 @@ def detect_run(path: str | Path) -> Run:
             return _dataset_run(p / out if not Path(out).is_absolute() else Path(out), sims[0])
     if len(sims) > 1:
         example = p / sims[0].name.replace(f".{MANIFEST_NAME}", ".csv")
-        raise ReportError(f"{p} holds {len(sims)} dataset simulations ({', '.join(f.name for f in sims)}); give "
-                          f"one output CSV, e.g. `pkpd report {example}`")
+        raise ReportError(
+            f"{p} holds {len(sims)} dataset simulations ({', '.join(f.name for f in sims)}); give "
+            f"one output CSV, e.g. `pkpd report {example}`"
+        )
     what = f" (its run.json names `pkpd {man['command']}`, but its output files are missing)" if man else ""
-    raise ReportError(f"{p} is not a pkpd run directory{what}: expected fit.json + parameters.csv (pkpd fit), "
-                      "comparison.csv + schedule.csv (pkpd optimize), summary.csv + patients.csv (pkpd trial or "
-                      "pkpd simulate --regimen) or a <name>.run.json of pkpd simulate DATA")
+    raise ReportError(
+        f"{p} is not a pkpd run directory{what}: expected fit.json + parameters.csv (pkpd fit), "
+        "comparison.csv + schedule.csv (pkpd optimize), summary.csv + patients.csv (pkpd trial or "
+        "pkpd simulate --regimen) or a <name>.run.json of pkpd simulate DATA"
+    )
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -264,15 +309,23 @@ def _bands(widths: Sequence[float], budget: float = _TABLE_BUDGET_PX) -> list[li
         return [list(range(n))]
     rest = list(range(1, n))
     for k in range(len(rest), 0, -1):
-        groups = [rest[i:i + k] for i in range(0, len(rest), k)]
+        groups = [rest[i : i + k] for i in range(0, len(rest), k)]
         pos = [max(widths[g[j]] for g in groups if j < len(g)) for j in range(k)]
         if widths[0] + sum(pos) <= budget or k == 1:
             return [[0, *g] for g in groups]
     return [list(range(n))]  # pragma: no cover - k == 1 always returns
 
 
-def table(df: pd.DataFrame, table_id: str, caption: str, *, units: Mapping[str, str] | None = None,
-          index: bool = False, max_rows: int = _MAX_ROWS, note: str = "") -> str:
+def table(
+    df: pd.DataFrame,
+    table_id: str,
+    caption: str,
+    *,
+    units: Mapping[str, str] | None = None,
+    index: bool = False,
+    max_rows: int = _MAX_ROWS,
+    note: str = "",
+) -> str:
     """An HTML table of ``df`` that fits the page.
 
     Cells are escaped; numbers are formatted for people (4 significant digits, thousands separators, no
@@ -290,36 +343,46 @@ def table(df: pd.DataFrame, table_id: str, caption: str, *, units: Mapping[str, 
     cols = list(d.columns)
     code = [str(c) in _CODE_COLUMNS or str(c).upper() == "ID" or str(c).endswith("_id") for c in cols]
     num = [pd.api.types.is_numeric_dtype(d[c]) and not pd.api.types.is_bool_dtype(d[c]) for c in cols]
-    cells = [[("" if _is_num(v) else " class=\"t\"", _fmt(v, code[j])) for j, v in enumerate(rec)]
-             for rec in shown.itertuples(index=False)]
+    cells = [
+        [("" if _is_num(v) else ' class="t"', _fmt(v, code[j])) for j, v in enumerate(rec)]
+        for rec in shown.itertuples(index=False)
+    ]
     head = []
     widths = []
     for j, c in enumerate(cols):
         u = units.get(str(c)) or ""
-        head.append(f"<th class=\"{'' if num[j] else 't'}\">{_e(c)}"
-                    + (f"<br><span class=\"unit\">{_e(u)}</span>" if u else "") + "</th>")
+        head.append(
+            f'<th class="{"" if num[j] else "t"}">{_e(c)}'
+            + (f'<br><span class="unit">{_e(u)}</span>' if u else "")
+            + "</th>"
+        )
         widths.append(_column_px(str(c), u, [r[j][1] for r in cells], not num[j]))
     bands = _bands(widths)
     parts = []
     for b, band in enumerate(bands):
         rows = "".join("<tr>" + "".join(f"<td{r[j][0]}>{_e(r[j][1])}</td>" for j in band) + "</tr>" for r in cells)
-        rows = rows or f"<tr><td class=\"t\" colspan=\"{max(len(band), 1)}\">(no rows)</td></tr>"
+        rows = rows or f'<tr><td class="t" colspan="{max(len(band), 1)}">(no rows)</td></tr>'
         hrow = "<tr>" + "".join(head[j] for j in band) + "</tr>"
         if b == 0:
             parts.append(f"<thead>{hrow}</thead><tbody>{rows}</tbody>")
         else:
             span = max(len(g) for g in bands)
             what = f"columns {band[1] + 1}-{band[-1] + 1} of {len(cols)} (continued; first column repeated)"
-            parts.append(f"<tbody><tr><th class=\"band\" colspan=\"{span}\">{_e(what)}</th></tr>{hrow}{rows}</tbody>")
+            parts.append(f'<tbody><tr><th class="band" colspan="{span}">{_e(what)}</th></tr>{hrow}{rows}</tbody>')
     fold = f" (shown in {len(bands)} bands of columns)" if len(bands) > 1 else ""
-    out = (f"<table id=\"{_e(table_id)}\"><caption>{_e(caption)}{_e(more)}{_e(fold)}</caption>"
-           + "".join(parts) + "</table>")
-    return out + (f"<p class=\"note\">{_e(note)}</p>" if note else "")
+    out = (
+        f'<table id="{_e(table_id)}"><caption>{_e(caption)}{_e(more)}{_e(fold)}</caption>' + "".join(parts) + "</table>"
+    )
+    return out + (f'<p class="note">{_e(note)}</p>' if note else "")
 
 
 def _kv_table(pairs: Sequence[tuple[str, Any]], table_id: str, caption: str, headers=("item", "value")) -> str:
-    return table(pd.DataFrame([(k, _fmt(v) if not isinstance(v, str) else v) for k, v in pairs],
-                              columns=list(headers)), table_id, caption, max_rows=10_000)
+    return table(
+        pd.DataFrame([(k, _fmt(v) if not isinstance(v, str) else v) for k, v in pairs], columns=list(headers)),
+        table_id,
+        caption,
+        max_rows=10_000,
+    )
 
 
 def _png_bytes(path: Path) -> bytes | None:
@@ -333,8 +396,10 @@ def _png_bytes(path: Path) -> bytes | None:
 def figure(png: bytes, caption: str) -> str:
     """A ``<figure>`` with the PNG embedded as a base64 data URI."""
     b64 = base64.b64encode(png).decode("ascii")
-    return (f"<figure><img alt=\"{_e(caption)}\" src=\"data:image/png;base64,{b64}\">"
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{b64}">'
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+    )
 
 
 def _figures(run: Run, names: Sequence[tuple[str, str]]) -> str:
@@ -352,7 +417,7 @@ def _figures(run: Run, names: Sequence[tuple[str, str]]) -> str:
             if png is not None:
                 seen.add(f.name)
                 parts.append(figure(png, f"{f.name}: {cap}"))
-    return "".join(parts) or "<p class=\"note\">(no figures in the run directory)</p>"
+    return "".join(parts) or '<p class="note">(no figures in the run directory)</p>'
 
 
 #: Captions of the figures of a fit (pkpd.fit.FitResult.save), in report order.
@@ -392,23 +457,67 @@ def _read_json(path: Path, what: str) -> dict:
 def _fit_sections(run: Run) -> tuple[str, str]:
     info = _read_json(run.file("fit.json"), "the fit summary")
     par = _read_csv(run.file("parameters.csv"), "the parameter table")
-    keep = [c for c in ("name", "kind", "description", "unit", "estimate", "se", "rse_pct", "ci_low", "ci_high",
-                        "iiv_cv_pct", "shrinkage_pct", "rhat", "ess_bulk", "fixed") if c in par]
-    parts = [table(par[keep], "parameters", "Parameter estimates (unit column: the parameter's unit; IIV "
-                   "rows are omega^2 variances)", max_rows=500,
-                   note="SE: standard error (Laplace: delta method) or posterior SD (NUTS/SVI); 95 % CI.")]
+    keep = [
+        c
+        for c in (
+            "name",
+            "kind",
+            "description",
+            "unit",
+            "estimate",
+            "se",
+            "rse_pct",
+            "ci_low",
+            "ci_high",
+            "iiv_cv_pct",
+            "shrinkage_pct",
+            "rhat",
+            "ess_bulk",
+            "fixed",
+        )
+        if c in par
+    ]
+    parts = [
+        table(
+            par[keep],
+            "parameters",
+            "Parameter estimates (unit column: the parameter's unit; IIV rows are omega^2 variances)",
+            max_rows=500,
+            note="SE: standard error (Laplace: delta method) or posterior SD (NUTS/SVI); 95 % CI.",
+        )
+    ]
     if run.file("objective.json").is_file():
         obj = _read_json(run.file("objective.json"), "the objective")
-        parts.append(_kv_table([(k, v) for k, v in obj.items()], "objective",
-                               "Objective: -2LL with all constants, OFV (NONMEM), AIC, BIC / WAIC"))
-    parts.append(_kv_table([("method", info.get("method")), ("structure", info.get("structure")),
-                            ("converged", info.get("converged")), ("message", info.get("message")),
-                            *[(f"time {k}", v) for k, v in (info.get("times_s") or {}).items()],
-                            *[("note", n) for n in (info.get("notes") or []) + (info.get("problem_notes") or [])]],
-                           "fit-info", "Estimation (times in s)"))
+        parts.append(
+            _kv_table(
+                [(k, v) for k, v in obj.items()],
+                "objective",
+                "Objective: -2LL with all constants, OFV (NONMEM), AIC, BIC / WAIC",
+            )
+        )
+    parts.append(
+        _kv_table(
+            [
+                ("method", info.get("method")),
+                ("structure", info.get("structure")),
+                ("converged", info.get("converged")),
+                ("message", info.get("message")),
+                *[(f"time {k}", v) for k, v in (info.get("times_s") or {}).items()],
+                *[("note", n) for n in (info.get("notes") or []) + (info.get("problem_notes") or [])],
+            ],
+            "fit-info",
+            "Estimation (times in s)",
+        )
+    )
     if run.file("nca.csv").is_file():
-        parts.append(table(_read_csv(run.file("nca.csv"), "the NCA table"), "nca",
-                           "Non-compartmental analysis of the observed data", max_rows=30))
+        parts.append(
+            table(
+                _read_csv(run.file("nca.csv"), "the NCA table"),
+                "nca",
+                "Non-compartmental analysis of the observed data",
+                max_rows=30,
+            )
+        )
     figs = _figures(run, FIT_FIGURES)
     title = f"Population fit ({info.get('method', '?')}, {info.get('structure', '?')})"
     return title, "<h2>Results</h2>" + "".join(parts) + "<h2>Figures</h2>" + figs
@@ -420,10 +529,16 @@ def _compact_schedule(sched: pd.DataFrame) -> pd.DataFrame:
         return sched
     rows = []
     for (drug, route), g in sched.groupby(["drug", "route"], sort=False):
-        rows.append({"drug": drug, "route": route, "doses": len(g),
-                     "dose_mg": ", ".join(f"{x:g}" for x in dict.fromkeys(g["dose_mg"].astype(float))),
-                     "total_mg": float(g["dose_mg"].sum()),
-                     "time_h": ", ".join(f"{x:g}" for x in g["time_h"].astype(float))})
+        rows.append(
+            {
+                "drug": drug,
+                "route": route,
+                "doses": len(g),
+                "dose_mg": ", ".join(f"{x:g}" for x in dict.fromkeys(g["dose_mg"].astype(float))),
+                "total_mg": float(g["dose_mg"].sum()),
+                "time_h": ", ".join(f"{x:g}" for x in g["time_h"].astype(float)),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -433,39 +548,70 @@ def _optimize_sections(run: Run) -> tuple[str, str]:
     parts = []
     expl = run.file("explanation.txt")
     if expl.is_file() and "THIS PROPOSAL IS THE FALLBACK" in expl.read_text():
-        parts.append("<p id=\"fallback\" style=\"border:2px solid #b8860b;padding:0.5em\"><b>Fallback, not an "
-                     "optimized schedule:</b> no searched schedule met every constraint of the exact evaluation, so "
-                     "this is C1's schedule (the standard of care) within the patient's limits, with C1's rescue policy (see Why).</p>")
+        parts.append(
+            '<p id="fallback" style="border:2px solid #b8860b;padding:0.5em"><b>Fallback, not an '
+            "optimized schedule:</b> no searched schedule met every constraint of the exact evaluation, so "
+            "this is C1's schedule (the standard of care) within the patient's limits, with C1's rescue policy (see Why).</p>"
+        )
     if expl.is_file() and "THIS PROPOSAL IS WORSE THAN" in expl.read_text():
-        parts.append("<p id=\"worse\" style=\"border:2px solid #b22222;padding:0.5em\"><b>Worse than the comparator:"
-                     "</b> the proposal uses more opioid and keeps pain in target for less time than C1 (adapted to "
-                     "the patient's limits where C1 as written is not allowed); prefer the comparator (see Why).</p>")
-    parts += [table(comp, "comparison", "Proposal vs C0 (opioid-centric) and C1 (ERAS), same variability draws "
-                   "(mean over draws; MME_P90: 90th percentile; 'C0/C1 adapted': the comparator within this "
-                   "patient's limits, where the comparator as written is not allowed)", note=_OUTCOME_NOTE),
-             table(_compact_schedule(sched), "schedule", "Proposed scheduled doses by product (as-needed rescue as "
-                   "in C1; schedule.csv has one row per dose)", max_rows=500)]
+        parts.append(
+            '<p id="worse" style="border:2px solid #b22222;padding:0.5em"><b>Worse than the comparator:'
+            "</b> the proposal uses more opioid and keeps pain in target for less time than C1 (adapted to "
+            "the patient's limits where C1 as written is not allowed); prefer the comparator (see Why).</p>"
+        )
+    parts += [
+        table(
+            comp,
+            "comparison",
+            "Proposal vs C0 (opioid-centric) and C1 (ERAS), same variability draws "
+            "(mean over draws; MME_P90: 90th percentile; 'C0/C1 adapted': the comparator within this "
+            "patient's limits, where the comparator as written is not allowed)",
+            note=_OUTCOME_NOTE,
+        ),
+        table(
+            _compact_schedule(sched),
+            "schedule",
+            "Proposed scheduled doses by product (as-needed rescue as in C1; schedule.csv has one row per dose)",
+            max_rows=500,
+        ),
+    ]
     if run.file("explanation.txt").is_file():
         lines = [ln for ln in run.file("explanation.txt").read_text().splitlines() if ln.strip()]
-        parts.append("<h3>Why</h3><ul id=\"explanation\">" + "".join(f"<li>{_e(ln)}</li>" for ln in lines) + "</ul>")
+        parts.append('<h3>Why</h3><ul id="explanation">' + "".join(f"<li>{_e(ln)}</li>" for ln in lines) + "</ul>")
     if run.file("regimen.txt").is_file():
-        parts.append("<h3>Regimen (text form, reusable with <code>pkpd simulate --regimen</code>)</h3>"
-                     "<pre id=\"regimen\">"
-                     + _e(run.file("regimen.txt").read_text()) + "</pre>")
-    figs = _figures(run, [("schedule.png", "the proposed doses over time, by drug"),
-                          ("bands.png", "pain (NRS) and opioid effect (Ce/EC50) of the proposal, median and 10-90 % "
-                                        "band over the patient's draws, with C1's median pain"),
-                          ("concentrations.png", "plasma concentration of every drug of the proposal (mg/L), "
-                                                 "median and 10-90 % band, with toxicity limits where they apply")])
+        parts.append(
+            "<h3>Regimen (text form, reusable with <code>pkpd simulate --regimen</code>)</h3>"
+            '<pre id="regimen">' + _e(run.file("regimen.txt").read_text()) + "</pre>"
+        )
+    figs = _figures(
+        run,
+        [
+            ("schedule.png", "the proposed doses over time, by drug"),
+            (
+                "bands.png",
+                "pain (NRS) and opioid effect (Ce/EC50) of the proposal, median and 10-90 % "
+                "band over the patient's draws, with C1's median pain",
+            ),
+            (
+                "concentrations.png",
+                "plasma concentration of every drug of the proposal (mg/L), "
+                "median and 10-90 % band, with toxicity limits where they apply",
+            ),
+        ],
+    )
     return "Personalized schedule (pkpd optimize)", "<h2>Results</h2>" + "".join(parts) + "<h2>Figures</h2>" + figs
 
 
 def _trial_sections(run: Run) -> tuple[str, str]:
     summ = _read_csv(run.file("summary.csv"), "the trial summary")
-    parts = [table(summ[summ["stratum"] == "all"], "trial-overall", "All patients: proposal vs C0 and C1",
-                   note=_OUTCOME_NOTE),
-             table(summ[summ["stratum"] != "all"], "strata", "By genotype stratum (CYP2D6 and CYP2C9 phenotype)",
-                   max_rows=500)]
+    parts = [
+        table(
+            summ[summ["stratum"] == "all"], "trial-overall", "All patients: proposal vs C0 and C1", note=_OUTCOME_NOTE
+        ),
+        table(
+            summ[summ["stratum"] != "all"], "strata", "By genotype stratum (CYP2D6 and CYP2C9 phenotype)", max_rows=500
+        ),
+    ]
     pat_file = run.file("patients.csv")
     if pat_file.is_file():
         pat = _read_csv(pat_file, "the per-patient table")
@@ -475,37 +621,65 @@ def _trial_sections(run: Run) -> tuple[str, str]:
             parts.append(table(bad[cols], "unsafe", f"Proposals that failed a hard check: {len(bad)} of {len(pat)}"))
     if run.file("timings.json").is_file():
         tim = _read_json(run.file("timings.json"), "the timings")
-        parts.append(table(pd.DataFrame({"stage": list(tim), "seconds": [float(v) for v in tim.values()]}),
-                           "timings", "Time per stage"))
+        parts.append(
+            table(
+                pd.DataFrame({"stage": list(tim), "seconds": [float(v) for v in tim.values()]}),
+                "timings",
+                "Time per stage",
+            )
+        )
     figs = _figures(run, [("trial.png", "72-h MME and time in target by regimen")])
     return "SPINE-72 virtual trial (pkpd trial)", "<h2>Results</h2>" + "".join(parts) + "<h2>Figures</h2>" + figs
 
 
 def _population_sections(run: Run) -> tuple[str, str]:
     summ = _read_csv(run.file("summary.csv"), "the outcome summary")
-    parts = [table(summ, "summary", "Outcomes over the virtual patients (mean, SD, 10th/50th/90th percentile)",
-                   units={"outcome": ""}, note=_OUTCOME_NOTE + " Units per outcome: " + "; ".join(
-                       f"{o} {UNITS[o]}" for o in summ["outcome"] if o in UNITS))]
+    parts = [
+        table(
+            summ,
+            "summary",
+            "Outcomes over the virtual patients (mean, SD, 10th/50th/90th percentile)",
+            units={"outcome": ""},
+            note=_OUTCOME_NOTE
+            + " Units per outcome: "
+            + "; ".join(f"{o} {UNITS[o]}" for o in summ["outcome"] if o in UNITS),
+        )
+    ]
     if run.file("findings.csv").is_file():
-        parts.append(table(_read_csv(run.file("findings.csv"), "the findings"), "findings",
-                           "Label-limit and CPIC findings (patients affected)"))
+        parts.append(
+            table(
+                _read_csv(run.file("findings.csv"), "the findings"),
+                "findings",
+                "Label-limit and CPIC findings (patients affected)",
+            )
+        )
     if run.file("doses.csv").is_file():
         d = _read_csv(run.file("doses.csv"), "the dose record")
         if len(d):
             g = d.groupby(["DRUG", "ROUTE", "KIND"], sort=False)["AMT"].agg(["count", "sum"]).reset_index()
             g.columns = ["drug", "route", "kind", "doses", "total_mg"]
             parts.append(table(g, "doses", "Realized doses, all patients"))
-    bupi = "PEAK_BUPI" in set(summ["outcome"]) and float(
-        pd.to_numeric(summ.set_index("outcome").loc["PEAK_BUPI"].drop("outcome", errors="ignore"),
-                      errors="coerce").max()) > 0
-    bands = ("pain (NRS) and opioid effect (Ce/EC50, summed), median and 10-90 % band over the patients"
-             + (", and total bupivacaine plasma concentration (ng/mL, log scale, CNS threshold 2,000 ng/mL)"
-                if bupi else " (the regimen gives no bupivacaine: no bupivacaine panel)"))
-    figs = _figures(run, [("bands.png", bands), ("mme.png", "distribution of the 72-h MME over the patients, "
-                                                            "mean and P90 marked")])
+    bupi = (
+        "PEAK_BUPI" in set(summ["outcome"])
+        and float(
+            pd.to_numeric(
+                summ.set_index("outcome").loc["PEAK_BUPI"].drop("outcome", errors="ignore"), errors="coerce"
+            ).max()
+        )
+        > 0
+    )
+    bands = "pain (NRS) and opioid effect (Ce/EC50, summed), median and 10-90 % band over the patients" + (
+        ", and total bupivacaine plasma concentration (ng/mL, log scale, CNS threshold 2,000 ng/mL)"
+        if bupi
+        else " (the regimen gives no bupivacaine: no bupivacaine panel)"
+    )
+    figs = _figures(
+        run, [("bands.png", bands), ("mme.png", "distribution of the 72-h MME over the patients, mean and P90 marked")]
+    )
     reg = (run.manifest or {}).get("arguments", {}).get("regimen")
     return f"Population simulation{f' of regimen {reg}' if reg else ''} (pkpd simulate --regimen)", (
-        _regimen_section(run) + "<h2>Results</h2>" + "".join(parts) + "<h2>Figures</h2>" + figs)
+        _regimen_section(run) + "<h2>Results</h2>" + "".join(parts) + "<h2>Figures</h2>" + figs
+    )
 
 
 def _regimen_section(run: Run) -> str:
@@ -513,16 +687,25 @@ def _regimen_section(run: Run) -> str:
     manifest records (a user's file or the shipped TOML), else a note that it is not recorded."""
     head = "<h2>Regimen</h2>"
     if run.file("regimen.txt").is_file():
-        return (head + "<p class=\"note\">regimen.txt: the regimen as simulated, in the text form that "
-                "<code>pkpd simulate --regimen regimen.txt</code> reads back.</p><pre id=\"regimen\">"
-                + _e(run.file("regimen.txt").read_text()) + "</pre>")
+        return (
+            head + '<p class="note">regimen.txt: the regimen as simulated, in the text form that '
+            '<code>pkpd simulate --regimen regimen.txt</code> reads back.</p><pre id="regimen">'
+            + _e(run.file("regimen.txt").read_text())
+            + "</pre>"
+        )
     entry = ((run.manifest or {}).get("inputs") or {}).get("regimen") or {}
     path = Path(entry["path"]) if entry.get("path") else None
     if path is not None and path.is_file():
-        return (head + f"<p class=\"note\">The regimen file of the run, {_e(path)}:</p><pre id=\"regimen\">"
-                + _e(path.read_text()) + "</pre>")
-    return head + "<p class=\"warn\" id=\"regimen\">The regimen's text is not recorded in this run (run made " \
-                  "before regimen.txt was written).</p>"
+        return (
+            head
+            + f'<p class="note">The regimen file of the run, {_e(path)}:</p><pre id="regimen">'
+            + _e(path.read_text())
+            + "</pre>"
+        )
+    return (
+        head + '<p class="warn" id="regimen">The regimen\'s text is not recorded in this run (run made '
+        "before regimen.txt was written).</p>"
+    )
 
 
 def _cp_plot(frame: pd.DataFrame, title: str, max_ids: int = 20) -> bytes:
@@ -532,8 +715,14 @@ def _cp_plot(frame: pd.DataFrame, title: str, max_ids: int = 20) -> bytes:
     ax = fig.add_subplot()
     for i in list(dict.fromkeys(frame["ID"].tolist()))[:max_ids]:
         sub = frame[frame["ID"] == i]
-        ax.plot(sub["TIME"].to_numpy(float), sub["CP"].to_numpy(float), marker=".", markersize=3, linewidth=1,
-                label=f"ID {i}")
+        ax.plot(
+            sub["TIME"].to_numpy(float),
+            sub["CP"].to_numpy(float),
+            marker=".",
+            markersize=3,
+            linewidth=1,
+            label=f"ID {i}",
+        )
     ax.set_xlabel("TIME (h)")
     ax.set_ylabel("CP (mg/L)")
     if ax.lines:
@@ -561,47 +750,82 @@ def _dataset_sections(run: Run) -> tuple[str, str]:
         # a dose record with ADDL = n stands for 1 + n doses (NONMEM additional doses at interval II)
         given = (amt > 0) & np.isin(cols["EVID"], (1.0, 4.0))
         times = 1.0 + np.clip(cols["ADDL"], 0.0, None)
-        rows.append({"ID": i, "records": len(g), "observations": len(o),
-                     "doses": int(times[given].sum()), "AMT": float((amt * times)[given].sum()),
-                     "Cmax": float(o["CP"].iloc[k]) if k is not None else np.nan,
-                     "Tmax": float(o["TIME"].iloc[k]) if k is not None else np.nan})
+        rows.append(
+            {
+                "ID": i,
+                "records": len(g),
+                "observations": len(o),
+                "doses": int(times[given].sum()),
+                "AMT": float((amt * times)[given].sum()),
+                "Cmax": float(o["CP"].iloc[k]) if k is not None else np.nan,
+                "Tmax": float(o["TIME"].iloc[k]) if k is not None else np.nan,
+            }
+        )
     subj = pd.DataFrame(rows)
     args = (run.manifest or {}).get("arguments", {})
     model = f"model {args['model']}" if args.get("model") else "model named in the parameter file"
-    parts = [table(subj, "subjects", "Per subject: records, dosing (doses and AMT: every dose, ADDL additional doses "
-                   "included, and their total, mg) and the peak of CP over "
-                   "the observation records", note="Cmax/Tmax are read off the records of the dataset, "
-                   "not interpolated."),
-             table(res, "records", f"Output records ({model}; compartment amounts in mg, EFFECT in mg/L)", max_rows=25)]
+    parts = [
+        table(
+            subj,
+            "subjects",
+            "Per subject: records, dosing (doses and AMT: every dose, ADDL additional doses "
+            "included, and their total, mg) and the peak of CP over "
+            "the observation records",
+            note="Cmax/Tmax are read off the records of the dataset, not interpolated.",
+        ),
+        table(res, "records", f"Output records ({model}; compartment amounts in mg, EFFECT in mg/L)", max_rows=25),
+    ]
     figs = []
     for o in (run.manifest or {}).get("outputs", [])[1:]:
         png = _png_bytes(run.root / o)
         if png is not None:
             figs.append(figure(png, f"{Path(o).name}: CP vs TIME (written by --plot)"))
     if not figs:
-        figs.append(figure(_cp_plot(obs, f"{run.output.name}: CP vs TIME"),
-                           "CP (mg/L) vs TIME (h), first 20 subjects (drawn by pkpd report)"))
+        figs.append(
+            figure(
+                _cp_plot(obs, f"{run.output.name}: CP vs TIME"),
+                "CP (mg/L) vs TIME (h), first 20 subjects (drawn by pkpd report)",
+            )
+        )
     return f"Dataset simulation {run.output.name} (pkpd simulate DATA)", (
-        "<h2>Results</h2>" + "".join(parts) + "<h2>Figures</h2>" + "".join(figs))
+        "<h2>Results</h2>" + "".join(parts) + "<h2>Figures</h2>" + "".join(figs)
+    )
 
 
-_SECTIONS = {"fit": _fit_sections, "optimize": _optimize_sections, "trial": _trial_sections,
-             "simulate-population": _population_sections, "simulate-dataset": _dataset_sections}
+_SECTIONS = {
+    "fit": _fit_sections,
+    "optimize": _optimize_sections,
+    "trial": _trial_sections,
+    "simulate-population": _population_sections,
+    "simulate-dataset": _dataset_sections,
+}
 
 
 def _provenance(run: Run) -> str:
     man = run.manifest
     parts = []
     if man is None:
-        parts.append("<p class=\"warn\">This run has no run.json: it was made before run manifests existed, so "
-                     "its command, inputs and versions are not recorded.</p>")
+        parts.append(
+            '<p class="warn">This run has no run.json: it was made before run manifests existed, so '
+            "its command, inputs and versions are not recorded.</p>"
+        )
         if run.kind == "fit" and run.file("fit.json").is_file():
             info = _read_json(run.file("fit.json"), "the fit summary")
-            parts.append(_kv_table([("data", info.get("data") or "(in memory)"),
-                                    ("model", info.get("model") or "(in memory)")], "inputs",
-                                   "Inputs recorded in fit.json (no SHA-256)"))
-            parts.append(_kv_table(sorted((info.get("versions") or {}).items()), "versions",
-                                   "Package versions recorded in fit.json", ("package", "version")))
+            parts.append(
+                _kv_table(
+                    [("data", info.get("data") or "(in memory)"), ("model", info.get("model") or "(in memory)")],
+                    "inputs",
+                    "Inputs recorded in fit.json (no SHA-256)",
+                )
+            )
+            parts.append(
+                _kv_table(
+                    sorted((info.get("versions") or {}).items()),
+                    "versions",
+                    "Package versions recorded in fit.json",
+                    ("package", "version"),
+                )
+            )
         else:
             parts.append(_kv_table([], "inputs", "Inputs (not recorded)"))
             parts.append(_kv_table([], "versions", "Package versions (not recorded)", ("package", "version")))
@@ -609,13 +833,19 @@ def _provenance(run: Run) -> str:
     args = man.get("arguments", {})
     argv = man.get("argv") or []
     if argv and Path(str(argv[0])).name == "pkpd":  # the console script: the command line as typed
-        parts.append("<h3>Command</h3><pre id=\"command\">" + _e(" ".join(["pkpd", *map(str, argv[1:])])) + "</pre>")
-    parts.append(_kv_table([("command", f"pkpd {man.get('command', '?')}")]
-                           + [(k, "–" if v is None else json.dumps(v) if not isinstance(v, str) else v)
-                              for k, v in args.items()], "arguments",
-                           "Arguments and options of the run (defaults included)", ("argument", "value")))
-    inputs = [(role, d.get("path"), d.get("sha256") or "–", d.get("bytes"))
-              for role, d in man.get("inputs", {}).items()]
+        parts.append('<h3>Command</h3><pre id="command">' + _e(" ".join(["pkpd", *map(str, argv[1:])])) + "</pre>")
+    parts.append(
+        _kv_table(
+            [("command", f"pkpd {man.get('command', '?')}")]
+            + [(k, "–" if v is None else json.dumps(v) if not isinstance(v, str) else v) for k, v in args.items()],
+            "arguments",
+            "Arguments and options of the run (defaults included)",
+            ("argument", "value"),
+        )
+    )
+    inputs = [
+        (role, d.get("path"), d.get("sha256") or "–", d.get("bytes")) for role, d in man.get("inputs", {}).items()
+    ]
     rows = []
     for role, path, sha, size in inputs:
         now = "–"
@@ -626,21 +856,37 @@ def _provenance(run: Run) -> str:
         elif sha != "–":
             now = "file no longer there"
         rows.append((role, path, sha, size, now))
-    parts.append(table(pd.DataFrame(rows, columns=["input", "path", "sha256", "bytes", "now"]), "inputs",
-                       "Inputs (SHA-256 at the time of the run; 'now' compares with the file today)"))
-    parts.append(_kv_table(sorted((man.get("versions") or {}).items()), "versions", "Package versions of the run",
-                           ("package", "version")))
-    parts.append(_kv_table([("created (UTC)", man.get("created_utc")), ("platform", man.get("platform"))], "run-info",
-                           "Run"))
+    parts.append(
+        table(
+            pd.DataFrame(rows, columns=["input", "path", "sha256", "bytes", "now"]),
+            "inputs",
+            "Inputs (SHA-256 at the time of the run; 'now' compares with the file today)",
+        )
+    )
+    parts.append(
+        _kv_table(
+            sorted((man.get("versions") or {}).items()),
+            "versions",
+            "Package versions of the run",
+            ("package", "version"),
+        )
+    )
+    parts.append(
+        _kv_table([("created (UTC)", man.get("created_utc")), ("platform", man.get("platform"))], "run-info", "Run")
+    )
     return "".join(parts)
 
 
 def _files_table(run: Run) -> str:
-    files = sorted(f for f in run.root.iterdir() if f.is_file() and f.name != REPORT_NAME) if run.kind != \
-        "simulate-dataset" else [run.root / o for o in ((run.manifest or {}).get("outputs") or [run.output.name])]
+    files = (
+        sorted(f for f in run.root.iterdir() if f.is_file() and f.name != REPORT_NAME)
+        if run.kind != "simulate-dataset"
+        else [run.root / o for o in ((run.manifest or {}).get("outputs") or [run.output.name])]
+    )
     rows = [(f.name, f.stat().st_size if f.is_file() else None) for f in files]
-    return table(pd.DataFrame(rows, columns=["file", "bytes"]), "files", f"Files of the run in {run.root}",
-                 max_rows=500)
+    return table(
+        pd.DataFrame(rows, columns=["file", "bytes"]), "files", f"Files of the run in {run.root}", max_rows=500
+    )
 
 
 def render_report(path: str | Path | Run) -> str:
@@ -648,12 +894,18 @@ def render_report(path: str | Path | Run) -> str:
     run = path if isinstance(path, Run) else detect_run(path)
     title, body = _SECTIONS[run.kind](run)
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
-            f"<h1>{_e(title)}</h1><p class=\"note\">Run type <b id=\"run-kind\">{_e(run.kind)}</b>; "
-            f"{_e(run.output or run.root)}; report written {_e(now)} by pkpd report.</p>"
-            + body + "<h2>Inputs and versions</h2>" + _provenance(run) + "<h2>Files</h2>" + _files_table(run)
-            + "</body></html>\n")
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
+        f'<h1>{_e(title)}</h1><p class="note">Run type <b id="run-kind">{_e(run.kind)}</b>; '
+        f"{_e(run.output or run.root)}; report written {_e(now)} by pkpd report.</p>"
+        + body
+        + "<h2>Inputs and versions</h2>"
+        + _provenance(run)
+        + "<h2>Files</h2>"
+        + _files_table(run)
+        + "</body></html>\n"
+    )
 
 
 def write_report(path: str | Path, out: str | Path | None = None, *, force: bool = False) -> Path:
@@ -676,8 +928,11 @@ def write_report(path: str | Path, out: str | Path | None = None, *, force: bool
     """
     run = detect_run(path)
     if out is None:
-        out = (run.output.with_name(f"{run.output.stem}.report.html") if run.kind == "simulate-dataset"
-               else run.root / REPORT_NAME)
+        out = (
+            run.output.with_name(f"{run.output.stem}.report.html")
+            if run.kind == "simulate-dataset"
+            else run.root / REPORT_NAME
+        )
     out = Path(out)
     if out.is_dir():
         raise ReportError(f"the report path {out} is a directory; give a file name with --out")

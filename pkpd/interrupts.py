@@ -38,8 +38,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-__all__ = ["interrupt_guard", "check", "interrupted", "staged_outputs", "StagedOutputs", "CommitError",
-           "committed_outputs", "INTERRUPT_EXIT_CODE", "STAGING_PREFIX"]
+__all__ = [
+    "interrupt_guard",
+    "check",
+    "interrupted",
+    "staged_outputs",
+    "StagedOutputs",
+    "CommitError",
+    "committed_outputs",
+    "INTERRUPT_EXIT_CODE",
+    "STAGING_PREFIX",
+]
 
 #: Exit status of a command ended by SIGINT (128 + signal number 2, as shells report it).
 INTERRUPT_EXIT_CODE = 130
@@ -243,7 +252,8 @@ class StagedOutputs:
         raise CommitError(
             f"moving the finished outputs into place failed ({exc}); the outputs are INCOMPLETE: moved "
             f"{', '.join(map(str, moved)) or 'none'}; not moved (still in the staging directory): "
-            f"{', '.join(left) or 'none'}{kept}") from exc
+            f"{', '.join(left) or 'none'}{kept}"
+        ) from exc
 
     def _target_of(self, staged: Path) -> Path:
         for target, staging in self._dirs.items():

@@ -42,14 +42,34 @@ from typing import Any
 
 from .errors import PKPDError
 
-__all__ = ["MANIFEST_NAME", "PACKAGES", "file_sha256", "git_commit", "manifest_path", "package_versions",
-           "read_manifest", "write_manifest"]
+__all__ = [
+    "MANIFEST_NAME",
+    "PACKAGES",
+    "file_sha256",
+    "git_commit",
+    "manifest_path",
+    "package_versions",
+    "read_manifest",
+    "write_manifest",
+]
 
 #: File name of the manifest inside a run directory.
 MANIFEST_NAME = "run.json"
 #: Distributions whose versions a manifest records (``None`` where one is not installed).
-PACKAGES = ("jax", "jaxlib", "numpy", "scipy", "pandas", "equinox", "diffrax", "numpyro", "arviz", "optax",
-            "matplotlib", "typer")
+PACKAGES = (
+    "jax",
+    "jaxlib",
+    "numpy",
+    "scipy",
+    "pandas",
+    "equinox",
+    "diffrax",
+    "numpyro",
+    "arviz",
+    "optax",
+    "matplotlib",
+    "typer",
+)
 _VERSION = 1
 
 
@@ -87,8 +107,9 @@ def git_commit(root: str | Path | None = None) -> str | None:
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(top), *args], capture_output=True, text=True, check=True,
-                              timeout=10, env=env).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(top), *args], capture_output=True, text=True, check=True, timeout=10, env=env
+        ).stdout.strip()
 
     try:
         # a directory inside some other checkout (a virtual environment in a project) is not a checkout of pkpd
@@ -122,9 +143,15 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def write_manifest(path: str | Path, command: str, arguments: Mapping[str, Any], *,
-                   inputs: Mapping[str, str | Path | None] | None = None,
-                   outputs: Iterable[str | Path] = (), relative_to: str | Path | None = None) -> Path:
+def write_manifest(
+    path: str | Path,
+    command: str,
+    arguments: Mapping[str, Any],
+    *,
+    inputs: Mapping[str, str | Path | None] | None = None,
+    outputs: Iterable[str | Path] = (),
+    relative_to: str | Path | None = None,
+) -> Path:
     """Write a run manifest (layout in the module docstring) and return its path.
 
     Parameters

@@ -26,8 +26,17 @@ import numpy as np
 
 from .errors import ModelSpecError
 
-__all__ = ["ALIASES", "ASSUMED_IV_FACTORS", "MME_FACTORS", "ROUTES", "MMEFactor", "daily_mme", "mme", "mme_table",
-           "total_mme"]
+__all__ = [
+    "ALIASES",
+    "ASSUMED_IV_FACTORS",
+    "MME_FACTORS",
+    "ROUTES",
+    "MMEFactor",
+    "daily_mme",
+    "mme",
+    "mme_table",
+    "total_mme",
+]
 
 
 @dataclass(frozen=True)
@@ -60,11 +69,15 @@ class MMEFactor:
     note: str = ""
 
 
-_CDC = ("CDC 2022 Clinical Practice Guideline, MME conversion factor table (globalrph.com and medscape.org "
-        "reproductions), as recorded in shared/reference/models.md section C")
+_CDC = (
+    "CDC 2022 Clinical Practice Guideline, MME conversion factor table (globalrph.com and medscape.org "
+    "reproductions), as recorded in shared/reference/models.md section C"
+)
 _CDC_NOTE = "Estimate; not for opioid rotation (CDC caution)."
-_IV_NOTE = ("CDC 2022 lists no IV/parenteral factors; models.md section E lists 'IV MME factors' as a gap. "
-            "Supply a sourced factor via mme(..., factor=..., allow_unverified=True).")
+_IV_NOTE = (
+    "CDC 2022 lists no IV/parenteral factors; models.md section E lists 'IV MME factors' as a gap. "
+    "Supply a sourced factor via mme(..., factor=..., allow_unverified=True)."
+)
 
 
 def _cdc(drug: str, factor: float, unit: str = "per mg", note: str = "", route: str = "oral") -> MMEFactor:
@@ -94,18 +107,45 @@ MME_FACTORS: dict[tuple[str, str], MMEFactor] = {
 #: IV factors the population simulator assumes (MME per mg IV), all UNVERIFIED: the CDC table has none.
 #: Pass them explicitly: ``mme(drug, dose, "iv", factor=f.factor, allow_unverified=True)``.
 ASSUMED_IV_FACTORS: dict[str, MMEFactor] = {
-    "morphine": MMEFactor("morphine", "iv", 3.0, "per mg", "clinical.md 3.1: IV:oral morphine ~ 1:3", True,
-                          "no CDC value; ratio from the clinical notes"),
-    "hydromorphone": MMEFactor("hydromorphone", "iv", 15.0, "per mg",
-                               "derived: CDC oral hydromorphone 5 x IV:oral 3 (clinical.md 3.1)", True,
-                               "assumes hydromorphone's IV:oral ratio equals morphine's"),
-    "fentanyl": MMEFactor("fentanyl", "iv", 300.0, "per mg",
-                          "general knowledge: 0.1 mg IV fentanyl ~ 10 mg IV morphine", True, "x3 IV:oral morphine"),
+    "morphine": MMEFactor(
+        "morphine",
+        "iv",
+        3.0,
+        "per mg",
+        "clinical.md 3.1: IV:oral morphine ~ 1:3",
+        True,
+        "no CDC value; ratio from the clinical notes",
+    ),
+    "hydromorphone": MMEFactor(
+        "hydromorphone",
+        "iv",
+        15.0,
+        "per mg",
+        "derived: CDC oral hydromorphone 5 x IV:oral 3 (clinical.md 3.1)",
+        True,
+        "assumes hydromorphone's IV:oral ratio equals morphine's",
+    ),
+    "fentanyl": MMEFactor(
+        "fentanyl",
+        "iv",
+        300.0,
+        "per mg",
+        "general knowledge: 0.1 mg IV fentanyl ~ 10 mg IV morphine",
+        True,
+        "x3 IV:oral morphine",
+    ),
 }
 
 #: Accepted route spellings -> canonical route.
-ROUTES: dict[str, str] = {"oral": "oral", "po": "oral", "iv": "iv", "intravenous": "iv",
-                          "transdermal": "transdermal", "td": "transdermal", "patch": "transdermal"}
+ROUTES: dict[str, str] = {
+    "oral": "oral",
+    "po": "oral",
+    "iv": "iv",
+    "intravenous": "iv",
+    "transdermal": "transdermal",
+    "td": "transdermal",
+    "patch": "transdermal",
+}
 
 #: Brand-name aliases (single-ingredient products only, so the dose is unambiguous).
 ALIASES: dict[str, str] = {"oxycontin": "oxycodone", "dilaudid": "hydromorphone"}
@@ -148,8 +188,9 @@ def _check_dose(dose: Any) -> Any:
     return dose
 
 
-def mme(drug: str, dose: Any, route: str = "oral", *, allow_unverified: bool = False,
-        factor: float | None = None) -> Any:
+def mme(
+    drug: str, dose: Any, route: str = "oral", *, allow_unverified: bool = False, factor: float | None = None
+) -> Any:
     """Convert an opioid dose to morphine milligram equivalents.
 
     Parameters
@@ -224,8 +265,9 @@ def daily_mme(doses: Iterable[tuple], *, allow_unverified: bool = False) -> Any:
     return total
 
 
-def total_mme(doses: Iterable[tuple], start_h: float = -math.inf, end_h: float = math.inf, *,
-              allow_unverified: bool = False) -> Any:
+def total_mme(
+    doses: Iterable[tuple], start_h: float = -math.inf, end_h: float = math.inf, *, allow_unverified: bool = False
+) -> Any:
     """Total MME of the timed doses with ``start_h <= time_h < end_h``.
 
     Parameters

@@ -70,18 +70,61 @@ __all__ = ["COLUMNS", "UNITS", "nca"]
 
 #: Columns of the frame returned by :func:`nca` (``DVID`` only when profiles are split by DVID).
 COLUMNS: tuple[str, ...] = (
-    "ID", "DVID", "N_OBS", "N_BLQ", "DOSE", "N_DOSES", "C0", "CMAX", "TMAX", "CLAST", "TLAST", "AUCLAST",
-    "AUMCLAST", "LAMBDA_Z", "HALF_LIFE", "R2", "R2_ADJ", "N_LAMBDA_Z", "LAMBDA_Z_START", "LAMBDA_Z_END",
-    "AUCINF", "AUC_PEXTRAP", "AUMCINF", "MRT", "CL_F", "VZ_F", "NOTE",
+    "ID",
+    "DVID",
+    "N_OBS",
+    "N_BLQ",
+    "DOSE",
+    "N_DOSES",
+    "C0",
+    "CMAX",
+    "TMAX",
+    "CLAST",
+    "TLAST",
+    "AUCLAST",
+    "AUMCLAST",
+    "LAMBDA_Z",
+    "HALF_LIFE",
+    "R2",
+    "R2_ADJ",
+    "N_LAMBDA_Z",
+    "LAMBDA_Z_START",
+    "LAMBDA_Z_END",
+    "AUCINF",
+    "AUC_PEXTRAP",
+    "AUMCINF",
+    "MRT",
+    "CL_F",
+    "VZ_F",
+    "NOTE",
 )
 
 #: Unit of every numeric output column (with dose in mg, concentration in mg/L, time in h).
 UNITS: dict[str, str] = {
-    "N_OBS": "count", "N_BLQ": "count", "DOSE": "mg", "N_DOSES": "count", "C0": "mg/L", "CMAX": "mg/L",
-    "TMAX": "h", "CLAST": "mg/L", "TLAST": "h", "AUCLAST": "mg*h/L", "AUMCLAST": "mg*h^2/L",
-    "LAMBDA_Z": "1/h", "HALF_LIFE": "h", "R2": "1", "R2_ADJ": "1", "N_LAMBDA_Z": "count",
-    "LAMBDA_Z_START": "h", "LAMBDA_Z_END": "h", "AUCINF": "mg*h/L", "AUC_PEXTRAP": "%",
-    "AUMCINF": "mg*h^2/L", "MRT": "h", "CL_F": "L/h", "VZ_F": "L",
+    "N_OBS": "count",
+    "N_BLQ": "count",
+    "DOSE": "mg",
+    "N_DOSES": "count",
+    "C0": "mg/L",
+    "CMAX": "mg/L",
+    "TMAX": "h",
+    "CLAST": "mg/L",
+    "TLAST": "h",
+    "AUCLAST": "mg*h/L",
+    "AUMCLAST": "mg*h^2/L",
+    "LAMBDA_Z": "1/h",
+    "HALF_LIFE": "h",
+    "R2": "1",
+    "R2_ADJ": "1",
+    "N_LAMBDA_Z": "count",
+    "LAMBDA_Z_START": "h",
+    "LAMBDA_Z_END": "h",
+    "AUCINF": "mg*h/L",
+    "AUC_PEXTRAP": "%",
+    "AUMCINF": "mg*h^2/L",
+    "MRT": "h",
+    "CL_F": "L/h",
+    "VZ_F": "L",
 }
 
 _METHODS = ("linear-up/log-down", "linear")
@@ -172,10 +215,14 @@ def nca(
         raise ValueError(f"method must be one of {', '.join(map(repr, _METHODS))}; got {method!r}")
     if route not in _ROUTES:
         raise ValueError(f"route must be one of {', '.join(map(repr, _ROUTES))}; got {route!r}")
-    if isinstance(lambda_z_min_points, bool) or not isinstance(lambda_z_min_points, numbers.Integral) \
-            or lambda_z_min_points < 3:
-        raise ValueError(f"lambda_z_min_points must be an integer >= 3 (adjusted R^2 needs 3 points); "
-                         f"got {lambda_z_min_points!r}")
+    if (
+        isinstance(lambda_z_min_points, bool)
+        or not isinstance(lambda_z_min_points, numbers.Integral)
+        or lambda_z_min_points < 3
+    ):
+        raise ValueError(
+            f"lambda_z_min_points must be an integer >= 3 (adjusted R^2 needs 3 points); got {lambda_z_min_points!r}"
+        )
     if not (isinstance(adj_r2_tolerance, numbers.Real) and adj_r2_tolerance >= 0):
         raise ValueError(f"adj_r2_tolerance must be a number >= 0; got {adj_r2_tolerance!r}")
     if isinstance(lloq, numbers.Real) and not isinstance(lloq, bool):
@@ -190,8 +237,11 @@ def nca(
 
     rows = []
     for key in prof.order:
-        rows.append(_subject_rows(prof, key, method=method, route=route, min_points=int(lambda_z_min_points),
-                                  tol=float(adj_r2_tolerance)))
+        rows.append(
+            _subject_rows(
+                prof, key, method=method, route=route, min_points=int(lambda_z_min_points), tol=float(adj_r2_tolerance)
+            )
+        )
     records = [r for group in rows for r in group]
     columns = [c for c in COLUMNS if c != "DVID" or prof.split_dvid]
     out = pd.DataFrame.from_records(records, columns=columns)
@@ -222,8 +272,16 @@ def _numeric(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Float values of a column and a mask of cells that are present but not numbers."""
     raw = s.to_numpy(dtype=object)
     vals = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    blank = np.array([c is None or c is pd.NA or (isinstance(c, float) and math.isnan(c))
-                      or (isinstance(c, str) and c.strip() in ("", ".")) for c in raw], dtype=bool)
+    blank = np.array(
+        [
+            c is None
+            or c is pd.NA
+            or (isinstance(c, float) and math.isnan(c))
+            or (isinstance(c, str) and c.strip() in ("", "."))
+            for c in raw
+        ],
+        dtype=bool,
+    )
     bad = ~np.isfinite(vals) & ~blank
     vals = np.where(np.isfinite(vals), vals, np.nan)
     return vals, bad
@@ -292,12 +350,20 @@ def _collect(frame: pd.DataFrame, *, dvid, lloq, conc: str, source: str | None) 
             add(m, conc, f"non-numeric concentration in column {conc} on observation rows (EVID 0, MDV 0)")
         m = obs & ~blq_flag & ~c_bad & np.isnan(c)
         if m.any():
-            add(m, conc, f"missing concentration in column {conc} on observation rows (EVID 0, MDV 0); give a "
-                         "value, set MDV=1 to skip the row, or flag it BLQ=1")
+            add(
+                m,
+                conc,
+                f"missing concentration in column {conc} on observation rows (EVID 0, MDV 0); give a "
+                "value, set MDV=1 to skip the row, or flag it BLQ=1",
+            )
         m = obs & ~blq_flag & (c < 0)
         if m.any():
-            add(m, conc, "negative concentration (mg/L); concentrations must be >= 0 (flag values below the "
-                         "limit of quantification with BLQ=1 or give an LLOQ)")
+            add(
+                m,
+                conc,
+                "negative concentration (mg/L); concentrations must be >= 0 (flag values below the "
+                "limit of quantification with BLQ=1 or give an LLOQ)",
+            )
     with np.errstate(invalid="ignore"):
         blq = obs & (blq_flag | (c == 0) | (np.isfinite(c) & np.isfinite(limit) & (c < limit)))
 
@@ -325,8 +391,12 @@ def _collect(frame: pd.DataFrame, *, dvid, lloq, conc: str, source: str | None) 
     back[1:] = same_id[1:] & (time[1:] < time[:-1])
     m = back & np.isin(evid, (3.0, 4.0))
     if m.any():
-        add(m, "TIME", "TIME goes back at a reset record (EVID 3 or 4); NCA needs time non-decreasing within "
-                       "an ID: give each occasion its own ID")
+        add(
+            m,
+            "TIME",
+            "TIME goes back at a reset record (EVID 3 or 4); NCA needs time non-decreasing within "
+            "an ID: give each occasion its own ID",
+        )
 
     # ---- duplicate observation times within a profile --------------------------------------------
     idx = np.flatnonzero(selected)
@@ -336,23 +406,44 @@ def _collect(frame: pd.DataFrame, *, dvid, lloq, conc: str, source: str | None) 
         if dup.any():
             m = np.zeros(n, bool)
             m[idx[dup]] = True
-            add(m, "TIME", "two or more observations of one profile (ID" + ("/DVID" if has_dvid else "")
-                           + ") at the same TIME; NCA needs strictly increasing sampling times (average "
-                             "replicates or set MDV=1 on all but one)")
+            add(
+                m,
+                "TIME",
+                "two or more observations of one profile (ID"
+                + ("/DVID" if has_dvid else "")
+                + ") at the same TIME; NCA needs strictly increasing sampling times (average "
+                "replicates or set MDV=1 on all but one)",
+            )
 
     if not selected.any():
         what = f" with DVID in {dvid!r}" if dvid is not None else ""
-        add((), conc if conc in frame.columns else None,
+        add(
+            (),
+            conc if conc in frame.columns else None,
             f"the dataset has no observations{what} (rows with EVID=0, MDV=0 and a concentration in column "
-            f"{conc}); NCA needs at least one")
+            f"{conc}); NCA needs at least one",
+        )
 
     if viol:
         viol.sort(key=lambda v: v.rows[0] if v.rows else 0)
         raise DatasetError(viol, source=source)
 
     order = list(dict.fromkeys(ident.tolist()))
-    return _Profiles(ident=ident, time=time, evid=evid, amt=amt, addl=addl, ss=ss, obs=selected, dose=dose,
-                     c=c, blq=blq, dv_id=dv_id, split_dvid=has_dvid, order=order)
+    return _Profiles(
+        ident=ident,
+        time=time,
+        evid=evid,
+        amt=amt,
+        addl=addl,
+        ss=ss,
+        obs=selected,
+        dose=dose,
+        c=c,
+        blq=blq,
+        dv_id=dv_id,
+        split_dvid=has_dvid,
+        order=order,
+    )
 
 
 # --------------------------------------------------------------------------------------------- per subject
@@ -387,7 +478,7 @@ def _subject_rows(p: _Profiles, key: float, *, method: str, route: str, min_poin
         return [rec]
 
     out = []
-    for dv in (sorted(set(p.dv_id[o].tolist())) if p.split_dvid else [None]):
+    for dv in sorted(set(p.dv_id[o].tolist())) if p.split_dvid else [None]:
         m = o if dv is None else o & (p.dv_id == dv)
         notes = list(base_notes)
         t = p.time[m] - t0
@@ -397,8 +488,9 @@ def _subject_rows(p: _Profiles, key: float, *, method: str, route: str, min_poin
         if d.any() and early.any():
             notes.append(f"{int(early.sum())} observation(s) before the first dose ignored")
             t, c, blq = t[~early], c[~early], blq[~early]
-        rec = _profile(t, c, blq, has_dose=bool(d.any()), method=method, route=route, min_points=min_points,
-                       tol=tol, notes=notes)
+        rec = _profile(
+            t, c, blq, has_dose=bool(d.any()), method=method, route=route, min_points=min_points, tol=tol, notes=notes
+        )
         rec.update(ID=key, DOSE=first_dose, N_DOSES=n_doses)
         if dv is not None:
             rec["DVID"] = dv
@@ -410,8 +502,7 @@ def _subject_rows(p: _Profiles, key: float, *, method: str, route: str, min_poin
     return out
 
 
-def _profile(t, c, blq, *, has_dose: bool, method: str, route: str, min_points: int, tol: float,
-             notes: list) -> dict:
+def _profile(t, c, blq, *, has_dose: bool, method: str, route: str, min_points: int, tol: float, notes: list) -> dict:
     """NCA of one profile; ``t`` (h since the dose) strictly increasing, ``blq`` flags BLQ values."""
     rec = _empty(N_BLQ=int(blq.sum()))
     quant = ~blq
@@ -455,16 +546,27 @@ def _profile(t, c, blq, *, has_dose: bool, method: str, route: str, min_points: 
     fit = _lambda_z(tt[cand], cc[cand], min_points=min_points, tol=tol)
     if fit is None:
         n_c = int(cand.sum())
-        notes.append(f"lambda_z not estimated: {n_c} positive point(s) after Tmax, fewer than {min_points} "
-                     "or no declining fit")
+        notes.append(
+            f"lambda_z not estimated: {n_c} positive point(s) after Tmax, fewer than {min_points} or no declining fit"
+        )
         return rec
     lam, r2, r2adj, npts, tstart, tend = fit
     aucinf = auc + clast / lam
     aumcinf = aumc + tlast * clast / lam + clast / lam**2
     pext = 100.0 * (aucinf - auc) / aucinf
-    rec.update(LAMBDA_Z=lam, HALF_LIFE=math.log(2.0) / lam, R2=r2, R2_ADJ=r2adj, N_LAMBDA_Z=npts,
-               LAMBDA_Z_START=tstart, LAMBDA_Z_END=tend, AUCINF=aucinf, AUC_PEXTRAP=pext, AUMCINF=aumcinf,
-               MRT=aumcinf / aucinf)
+    rec.update(
+        LAMBDA_Z=lam,
+        HALF_LIFE=math.log(2.0) / lam,
+        R2=r2,
+        R2_ADJ=r2adj,
+        N_LAMBDA_Z=npts,
+        LAMBDA_Z_START=tstart,
+        LAMBDA_Z_END=tend,
+        AUCINF=aucinf,
+        AUC_PEXTRAP=pext,
+        AUMCINF=aumcinf,
+        MRT=aumcinf / aucinf,
+    )
     if pext > _PEXTRAP_WARN:
         notes.append(f"AUC extrapolated {pext:.1f} % > {_PEXTRAP_WARN:g} %: AUCINF unreliable")
     return rec

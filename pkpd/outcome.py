@@ -55,8 +55,16 @@ import pandas as pd
 from .drugs._base import Source
 from .errors import ModelSpecError
 
-__all__ = ["COMBINATION_RULES", "OUTCOME_PARAMETERS", "OutcomeParameter", "OutcomePosterior", "outcome_parameter",
-           "outcome_point", "outcome_posterior", "EFFECT_CLASSES"]
+__all__ = [
+    "COMBINATION_RULES",
+    "OUTCOME_PARAMETERS",
+    "OutcomeParameter",
+    "OutcomePosterior",
+    "outcome_parameter",
+    "outcome_point",
+    "outcome_posterior",
+    "EFFECT_CLASSES",
+]
 
 #: Combination rules for analgesics of different mechanisms (opioids among themselves are always
 #: Loewe-additive in normalized units: one receptor).
@@ -65,16 +73,24 @@ COMBINATION_RULES = ("loewe", "bliss")
 #: Drug -> effect class whose calibrated ceiling (``emax_<class>``) the drug uses.
 EFFECT_CLASSES: dict[str, str] = {
     "acetaminophen": "acetaminophen",
-    "ketorolac": "nsaid", "ibuprofen": "nsaid", "celecoxib": "nsaid",
-    "gabapentin": "gabapentinoid", "pregabalin": "gabapentinoid",
-    "ketamine": "ketamine", "s_ketamine": "ketamine",
-    "bupivacaine": "local", "bupivacaine_liposomal": "local", "ropivacaine": "local",
+    "ketorolac": "nsaid",
+    "ibuprofen": "nsaid",
+    "celecoxib": "nsaid",
+    "gabapentin": "gabapentinoid",
+    "pregabalin": "gabapentinoid",
+    "ketamine": "ketamine",
+    "s_ketamine": "ketamine",
+    "bupivacaine": "local",
+    "bupivacaine_liposomal": "local",
+    "ropivacaine": "local",
 }
 
 _ASSUME = "assumption of this toolkit (no reference value; models.md B3/B6/E gaps)"
 _SPINE = Source("clinical.md 3.2 SPINE-72 benchmark", "untreated NRS ~7, decaying with a 24-48 h half-life")
-_GOUL = Source("Goulooze 2020, Anesth Analg (clinical.md 1)",
-               "rescue when NRS >= 4; morphine halves the rescue hazard at 9.3 ng/mL")
+_GOUL = Source(
+    "Goulooze 2020, Anesth Analg (clinical.md 1)",
+    "rescue when NRS >= 4; morphine halves the rescue hazard at 9.3 ng/mL",
+)
 
 
 @dataclass(frozen=True)
@@ -138,79 +154,205 @@ def _p(name, unit, description, prior, bounds, source) -> OutcomeParameter:
 
 #: Every calibrated parameter of the outcome model, with its prior (see :class:`OutcomeParameter`).
 OUTCOME_PARAMETERS: tuple[OutcomeParameter, ...] = (
-    _p("opioid_ec50_scale", "x", "multiplier of every opioid EC50 (analgesia and respiration) relative to the "
-       "literature anchors of pkpd.pd (Jeleazcov 2016 hydromorphone EC50 for NRS <= 4 and tool MEAC ratios)",
-       ("lognormal", 2.0, 0.7), (0.05, 50.0),
-       Source(_ASSUME, "centre: the anchors are for cardiac-surgery patients on TCI-PCA; wide", unverified=True)),
-    _p("b0", "NRS", "untreated pain at the end of surgery (typical opioid-naive patient)",
-       ("normal", 7.0, 0.75), (3.0, 10.0), _SPINE),
-    _p("b_inf", "NRS", "residual untreated pain once the acute postoperative component has resolved",
-       ("normal", 2.5, 1.0), (0.0, 6.0), Source(_ASSUME, "below the treat cut-off of NRS 4 (Gerbershagen, "
-                                                 "clinical.md 3.1), wide", unverified=True)),
-    _p("t_half", "h", "half-life of the acute postoperative pain component", ("lognormal", 36.0, 0.3),
-       (4.0, 240.0), _SPINE),
-    _p("sensitivity_sd", "1 (log SD)", "between-patient SD of the log pain sensitivity (the multiplier of the "
-       "untreated pain curve): how much patients differ in pain, and so in opioid need", ("lognormal", 0.3, 0.5),
-       (0.01, 1.5), Source(_ASSUME, "SD ~ mean of opioid use in trials (clinical.md 3.1); 12.6 % of spine "
-                           "patients follow a high-pain 'rebound' trajectory (Li 2022, models.md B3)",
-                           unverified=True)),
-    _p("tol_ec50_factor", "x", "opioid EC50 multiplier in opioid-tolerant patients",
-       ("lognormal", 2.0, 0.5), (1.0, 20.0),
-       Source("clinical.md 3.2", "opioid-tolerant: higher EC50 (size UNVERIFIED)", unverified=True)),
-    _p("tol_b0_shift", "NRS", "additional untreated pain of opioid-tolerant patients",
-       ("normal", 1.0, 0.75), (0.0, 4.0),
-       Source("clinical.md 3.2", "opioid-tolerant: higher baseline pain (size UNVERIFIED)", unverified=True)),
-    _p("lambda_pca", "1/h", "PCA demand hazard at high pain (before the opioid damping)",
-       ("lognormal", 6.0, 1.0), (0.05, 200.0), Source(_ASSUME, "no PCA-demand model (models.md B6)",
-                                                     unverified=True)),
-    _p("lambda_prn_iv", "1/h", "hazard of a nurse-given IV PRN request at high pain",
-       ("lognormal", 0.5, 1.0), (0.005, 50.0), Source(_ASSUME, "no PRN-demand model (models.md B6)",
-                                                      unverified=True)),
-    _p("lambda_prn_po", "1/h", "hazard of an oral PRN request at high pain",
-       ("lognormal", 0.5, 1.0), (0.005, 50.0), Source(_ASSUME, "no PRN-demand model (models.md B6)",
-                                                      unverified=True)),
-    _p("n50", "NRS", "pain at which the rescue hazard is half its maximum", ("normal", 4.5, 1.0), (1.0, 9.0),
-       _GOUL),
-    _p("demand_iiv", "1 (log SD)", "between-patient SD of the log rescue propensity (all kinds)",
-       ("lognormal", 0.5, 0.6), (0.01, 3.0), Source(_ASSUME, "SD ~ mean of opioid use in trials (clinical.md "
-                                                    "3.1) needs patient-level spread", unverified=True)),
-    _p("report_sd", "NRS", "SD of a reported pain score around the model's pain (the PRN rule reads the "
-       "reported score)", ("lognormal", 1.0, 0.4), (0.05, 4.0),
-       Source(_ASSUME, "reported NRS varies around the underlying pain by about one point", unverified=True)),
-    _p("opioid_half", "normalized units", "opioid effect (units of the opioid EC50) at which the rescue "
-       "hazard halves, beyond its effect through pain", ("lognormal", 0.5, 1.0), (0.01, 100.0),
-       Source("Goulooze 2020, Anesth Analg (clinical.md 1)", "morphine halves the rescue hazard at 9.3 "
-              "ng/mL; centre ~ 9.3 ng/mL / the morphine EC50 at scale 1 (21.9 ng/mL) ~ 0.4-0.5; wide",
-              unverified=True)),
-    _p("emax_acetaminophen", "1", "maximal fraction of pain relieved by acetaminophen",
-       ("logitnormal", 0.25, 0.8), (0.001, 0.95),
-       Source("Anderson 2001, Eur J Clin Pharmacol 57:559", "paediatric Emax 5.17/10 = 0.52 as an upper "
-              "anchor; adults on PCA 'minimal effect' (clinical.md 2)", unverified=True)),
-    _p("emax_nsaid", "1", "maximal fraction of pain relieved by an NSAID (ketorolac, ibuprofen, celecoxib)",
-       ("logitnormal", 0.35, 0.8), (0.001, 0.95), Source(_ASSUME, "no adult NSAID Emax model (models.md E)",
-                                                         unverified=True)),
-    _p("emax_gabapentinoid", "1", "maximal fraction of pain relieved by gabapentin or pregabalin",
-       ("logitnormal", 0.15, 0.8), (0.001, 0.95),
-       Source(_ASSUME, "no adult Emax model (models.md E); -10/100 VAS in meta-analyses (clinical.md 2)",
-              unverified=True)),
-    _p("emax_ketamine", "1", "maximal fraction of pain relieved by ketamine's anti-hyperalgesic action "
-       "(opioid-naive patients)", ("logitnormal", 0.15, 0.8), (0.001, 0.95),
-       Source(_ASSUME, "no adult Emax model (models.md E)", unverified=True)),
-    _p("emax_ketamine_tolerant", "1", "additional ketamine ceiling in opioid-tolerant patients "
-       "(anti-hyperalgesia reverses part of their opioid-induced hyperalgesia)", ("logitnormal", 0.15, 1.0),
-       (0.001, 0.9), Source("Nielsen 2017, Pain (clinical.md 2)", "-35 % 24-h morphine in opioid-dependent "
-                            "patients, larger than in naive patients; size of the prior an assumption",
-                            unverified=True)),
-    _p("emax_local", "1", "maximal fraction of pain relieved by local anaesthetic at the wound",
-       ("logitnormal", 0.10, 0.8), (0.001, 0.95),
-       Source(_ASSUME, "no PD model (models.md E); LB near-null in opioid-naive spine patients (clinical.md 2)",
-              unverified=True)),
-    _p("adjunct_exponent", "1", "exponent of the power mean by which the non-opioids combine among themselves "
-       "(1: additive under the rule; < 1: diminishing returns of adding adjuncts, towards the strongest alone; > 1: "
-       "synergy)", ("lognormal", 1.0, 0.6), (0.05, 1.5),
-       Source(_ASSUME, "centred on additivity; no opioid + non-opioid or non-opioid + non-opioid response surface "
-              "for postoperative pain exists (models.md B5); opioid + non-opioid stay additive (Zeidan 2014, "
-              "clinical.md 1)", unverified=True)),
+    _p(
+        "opioid_ec50_scale",
+        "x",
+        "multiplier of every opioid EC50 (analgesia and respiration) relative to the "
+        "literature anchors of pkpd.pd (Jeleazcov 2016 hydromorphone EC50 for NRS <= 4 and tool MEAC ratios)",
+        ("lognormal", 2.0, 0.7),
+        (0.05, 50.0),
+        Source(_ASSUME, "centre: the anchors are for cardiac-surgery patients on TCI-PCA; wide", unverified=True),
+    ),
+    _p(
+        "b0",
+        "NRS",
+        "untreated pain at the end of surgery (typical opioid-naive patient)",
+        ("normal", 7.0, 0.75),
+        (3.0, 10.0),
+        _SPINE,
+    ),
+    _p(
+        "b_inf",
+        "NRS",
+        "residual untreated pain once the acute postoperative component has resolved",
+        ("normal", 2.5, 1.0),
+        (0.0, 6.0),
+        Source(_ASSUME, "below the treat cut-off of NRS 4 (Gerbershagen, clinical.md 3.1), wide", unverified=True),
+    ),
+    _p(
+        "t_half",
+        "h",
+        "half-life of the acute postoperative pain component",
+        ("lognormal", 36.0, 0.3),
+        (4.0, 240.0),
+        _SPINE,
+    ),
+    _p(
+        "sensitivity_sd",
+        "1 (log SD)",
+        "between-patient SD of the log pain sensitivity (the multiplier of the "
+        "untreated pain curve): how much patients differ in pain, and so in opioid need",
+        ("lognormal", 0.3, 0.5),
+        (0.01, 1.5),
+        Source(
+            _ASSUME,
+            "SD ~ mean of opioid use in trials (clinical.md 3.1); 12.6 % of spine "
+            "patients follow a high-pain 'rebound' trajectory (Li 2022, models.md B3)",
+            unverified=True,
+        ),
+    ),
+    _p(
+        "tol_ec50_factor",
+        "x",
+        "opioid EC50 multiplier in opioid-tolerant patients",
+        ("lognormal", 2.0, 0.5),
+        (1.0, 20.0),
+        Source("clinical.md 3.2", "opioid-tolerant: higher EC50 (size UNVERIFIED)", unverified=True),
+    ),
+    _p(
+        "tol_b0_shift",
+        "NRS",
+        "additional untreated pain of opioid-tolerant patients",
+        ("normal", 1.0, 0.75),
+        (0.0, 4.0),
+        Source("clinical.md 3.2", "opioid-tolerant: higher baseline pain (size UNVERIFIED)", unverified=True),
+    ),
+    _p(
+        "lambda_pca",
+        "1/h",
+        "PCA demand hazard at high pain (before the opioid damping)",
+        ("lognormal", 6.0, 1.0),
+        (0.05, 200.0),
+        Source(_ASSUME, "no PCA-demand model (models.md B6)", unverified=True),
+    ),
+    _p(
+        "lambda_prn_iv",
+        "1/h",
+        "hazard of a nurse-given IV PRN request at high pain",
+        ("lognormal", 0.5, 1.0),
+        (0.005, 50.0),
+        Source(_ASSUME, "no PRN-demand model (models.md B6)", unverified=True),
+    ),
+    _p(
+        "lambda_prn_po",
+        "1/h",
+        "hazard of an oral PRN request at high pain",
+        ("lognormal", 0.5, 1.0),
+        (0.005, 50.0),
+        Source(_ASSUME, "no PRN-demand model (models.md B6)", unverified=True),
+    ),
+    _p("n50", "NRS", "pain at which the rescue hazard is half its maximum", ("normal", 4.5, 1.0), (1.0, 9.0), _GOUL),
+    _p(
+        "demand_iiv",
+        "1 (log SD)",
+        "between-patient SD of the log rescue propensity (all kinds)",
+        ("lognormal", 0.5, 0.6),
+        (0.01, 3.0),
+        Source(
+            _ASSUME, "SD ~ mean of opioid use in trials (clinical.md 3.1) needs patient-level spread", unverified=True
+        ),
+    ),
+    _p(
+        "report_sd",
+        "NRS",
+        "SD of a reported pain score around the model's pain (the PRN rule reads the reported score)",
+        ("lognormal", 1.0, 0.4),
+        (0.05, 4.0),
+        Source(_ASSUME, "reported NRS varies around the underlying pain by about one point", unverified=True),
+    ),
+    _p(
+        "opioid_half",
+        "normalized units",
+        "opioid effect (units of the opioid EC50) at which the rescue hazard halves, beyond its effect through pain",
+        ("lognormal", 0.5, 1.0),
+        (0.01, 100.0),
+        Source(
+            "Goulooze 2020, Anesth Analg (clinical.md 1)",
+            "morphine halves the rescue hazard at 9.3 "
+            "ng/mL; centre ~ 9.3 ng/mL / the morphine EC50 at scale 1 (21.9 ng/mL) ~ 0.4-0.5; wide",
+            unverified=True,
+        ),
+    ),
+    _p(
+        "emax_acetaminophen",
+        "1",
+        "maximal fraction of pain relieved by acetaminophen",
+        ("logitnormal", 0.25, 0.8),
+        (0.001, 0.95),
+        Source(
+            "Anderson 2001, Eur J Clin Pharmacol 57:559",
+            "paediatric Emax 5.17/10 = 0.52 as an upper anchor; adults on PCA 'minimal effect' (clinical.md 2)",
+            unverified=True,
+        ),
+    ),
+    _p(
+        "emax_nsaid",
+        "1",
+        "maximal fraction of pain relieved by an NSAID (ketorolac, ibuprofen, celecoxib)",
+        ("logitnormal", 0.35, 0.8),
+        (0.001, 0.95),
+        Source(_ASSUME, "no adult NSAID Emax model (models.md E)", unverified=True),
+    ),
+    _p(
+        "emax_gabapentinoid",
+        "1",
+        "maximal fraction of pain relieved by gabapentin or pregabalin",
+        ("logitnormal", 0.15, 0.8),
+        (0.001, 0.95),
+        Source(
+            _ASSUME, "no adult Emax model (models.md E); -10/100 VAS in meta-analyses (clinical.md 2)", unverified=True
+        ),
+    ),
+    _p(
+        "emax_ketamine",
+        "1",
+        "maximal fraction of pain relieved by ketamine's anti-hyperalgesic action (opioid-naive patients)",
+        ("logitnormal", 0.15, 0.8),
+        (0.001, 0.95),
+        Source(_ASSUME, "no adult Emax model (models.md E)", unverified=True),
+    ),
+    _p(
+        "emax_ketamine_tolerant",
+        "1",
+        "additional ketamine ceiling in opioid-tolerant patients "
+        "(anti-hyperalgesia reverses part of their opioid-induced hyperalgesia)",
+        ("logitnormal", 0.15, 1.0),
+        (0.001, 0.9),
+        Source(
+            "Nielsen 2017, Pain (clinical.md 2)",
+            "-35 % 24-h morphine in opioid-dependent "
+            "patients, larger than in naive patients; size of the prior an assumption",
+            unverified=True,
+        ),
+    ),
+    _p(
+        "emax_local",
+        "1",
+        "maximal fraction of pain relieved by local anaesthetic at the wound",
+        ("logitnormal", 0.10, 0.8),
+        (0.001, 0.95),
+        Source(
+            _ASSUME,
+            "no PD model (models.md E); LB near-null in opioid-naive spine patients (clinical.md 2)",
+            unverified=True,
+        ),
+    ),
+    _p(
+        "adjunct_exponent",
+        "1",
+        "exponent of the power mean by which the non-opioids combine among themselves "
+        "(1: additive under the rule; < 1: diminishing returns of adding adjuncts, towards the strongest alone; > 1: "
+        "synergy)",
+        ("lognormal", 1.0, 0.6),
+        (0.05, 1.5),
+        Source(
+            _ASSUME,
+            "centred on additivity; no opioid + non-opioid or non-opioid + non-opioid response surface "
+            "for postoperative pain exists (models.md B5); opioid + non-opioid stay additive (Zeidan 2014, "
+            "clinical.md 1)",
+            unverified=True,
+        ),
+    ),
 )
 
 _BY_NAME = {p.name: p for p in OUTCOME_PARAMETERS}
@@ -318,8 +460,11 @@ def outcome_posterior(path: str | None = None) -> OutcomePosterior:
     draws = pd.DataFrame(np.asarray(obj["draws"], float), columns=names)
     if obj.get("rule") not in COMBINATION_RULES:
         raise ModelSpecError(f"outcome-model posterior: rule must be one of {COMBINATION_RULES}")
-    bad = [p.name for p in OUTCOME_PARAMETERS
-           if not np.all((draws[p.name] >= p.bounds[0]) & (draws[p.name] <= p.bounds[1]))]
+    bad = [
+        p.name
+        for p in OUTCOME_PARAMETERS
+        if not np.all((draws[p.name] >= p.bounds[0]) & (draws[p.name] <= p.bounds[1]))
+    ]
     if bad:
         raise ModelSpecError(f"outcome-model posterior: draws outside the bounds of {bad}")
     ref = obj.get("reference") or {}
@@ -328,12 +473,20 @@ def outcome_posterior(path: str | None = None) -> OutcomePosterior:
         if key in ref:
             v = np.asarray(ref[key], float)
             if v.shape != (len(draws),) or not np.all(np.isfinite(v) & (v > 0)):
-                raise ModelSpecError(f"outcome-model posterior {path or _FILE}: reference {key} must hold one "
-                                     "positive value per draw")
+                raise ModelSpecError(
+                    f"outcome-model posterior {path or _FILE}: reference {key} must hold one positive value per draw"
+                )
             got[key] = v
-    return OutcomePosterior(str(obj.get("version", "?")), obj["rule"], draws[[p.name for p in OUTCOME_PARAMETERS]],
-                            dict(obj.get("meta", {})), got.get("pain_scale"), str(ref.get("trial", "")),
-                            got.get("pain_spread"), got.get("rescue_propensity"))
+    return OutcomePosterior(
+        str(obj.get("version", "?")),
+        obj["rule"],
+        draws[[p.name for p in OUTCOME_PARAMETERS]],
+        dict(obj.get("meta", {})),
+        got.get("pain_scale"),
+        str(ref.get("trial", "")),
+        got.get("pain_spread"),
+        got.get("rescue_propensity"),
+    )
 
 
 def outcome_point() -> dict[str, float]:

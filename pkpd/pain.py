@@ -49,8 +49,12 @@ __all__ = ["DemandModel", "PainModel"]
 _SPINE = Source("clinical.md 3.2 SPINE-72 benchmark", "untreated NRS ~7, half-life 24-48 h, diurnal term")
 _ASSUME = Source("assumption of this toolkit (gap in models.md B3/E)", unverified=True)
 _PT = outcome_point()
-_CAL = Source(f"outcome-model calibration {outcome_posterior().version} (pkpd/datasets/outcome_posterior.json, "
-              "regimens.calibration)", "posterior median; fitted to the evidence base's trial arms", unverified=True)
+_CAL = Source(
+    f"outcome-model calibration {outcome_posterior().version} (pkpd/datasets/outcome_posterior.json, "
+    "regimens.calibration)",
+    "posterior median; fitted to the evidence base's trial arms",
+    unverified=True,
+)
 
 
 def _v(value, unit, source, note="", unverified=False) -> PDValue:
@@ -70,25 +74,48 @@ class PainModel:
     b0_sd: PDValue = _v(1.0, "NRS", _ASSUME, "IIV of B0 (normal)")
     t_half_cv: PDValue = _v(0.4, "1", _ASSUME, "IIV of the resolution half-life (log-normal CV)")
     sensitivity_sd: PDValue = _v(_PT["sensitivity_sd"], "1 (log SD)", _CAL, "IIV of the pain sensitivity S")
-    setting_scale: PDValue = _v(outcome_posterior().reference_pain_scale(), "x", Source(
-        f"outcome-model calibration {outcome_posterior().version}", "posterior trial effect of the reference setting "
-        f"({outcome_posterior().reference_trial or 'none'}): the SPINE-72 benchmark stands for its setting "
-        "(clinical.md 3.2)", unverified=True), "multiplier of the pain curve of the simulated setting (population "
-        "column pain.scale per row)")
-    setting_spread: PDValue = _v(outcome_posterior().reference_pain_spread(), "x", Source(
-        f"outcome-model calibration {outcome_posterior().version}", "posterior trial dispersion effect of the "
-        f"reference setting ({outcome_posterior().reference_trial or 'none'})", unverified=True),
+    setting_scale: PDValue = _v(
+        outcome_posterior().reference_pain_scale(),
+        "x",
+        Source(
+            f"outcome-model calibration {outcome_posterior().version}",
+            "posterior trial effect of the reference setting "
+            f"({outcome_posterior().reference_trial or 'none'}): the SPINE-72 benchmark stands for its setting "
+            "(clinical.md 3.2)",
+            unverified=True,
+        ),
+        "multiplier of the pain curve of the simulated setting (population column pain.scale per row)",
+    )
+    setting_spread: PDValue = _v(
+        outcome_posterior().reference_pain_spread(),
+        "x",
+        Source(
+            f"outcome-model calibration {outcome_posterior().version}",
+            "posterior trial dispersion effect of the "
+            f"reference setting ({outcome_posterior().reference_trial or 'none'})",
+            unverified=True,
+        ),
         "multiplier of the between-patient SDs of pain sensitivity and rescue propensity in the simulated setting "
-        "(population column pain.spread per row)")
-    tolerant_b0_shift: PDValue = _v(_PT["tol_b0_shift"], "NRS", _CAL, "opioid-tolerant: higher untreated pain "
-                                    "(clinical.md 3.2; size calibrated)")
-    tolerant_ec50_factor: PDValue = _v(_PT["tol_ec50_factor"], "x", _CAL, "opioid-tolerant: opioid EC50 multiplier "
-                                       "(clinical.md 3.2; size calibrated)")
-    tolerant_ketamine_emax: PDValue = _v(_PT["emax_ketamine_tolerant"], "1", _CAL, "opioid-tolerant: additional "
-                                         "ceiling of ketamine's anti-hyperalgesia (Nielsen 2017, Loftus 2010)")
-    oprm1_ec50_factor: PDValue = _v(1.10, "x per G allele", Source("clinical.md 5.2",
-                                    "soft +10 % EC50 shift per G carrier (my derivation, UNVERIFIED)"),
-                                    unverified=True)
+        "(population column pain.spread per row)",
+    )
+    tolerant_b0_shift: PDValue = _v(
+        _PT["tol_b0_shift"], "NRS", _CAL, "opioid-tolerant: higher untreated pain (clinical.md 3.2; size calibrated)"
+    )
+    tolerant_ec50_factor: PDValue = _v(
+        _PT["tol_ec50_factor"], "x", _CAL, "opioid-tolerant: opioid EC50 multiplier (clinical.md 3.2; size calibrated)"
+    )
+    tolerant_ketamine_emax: PDValue = _v(
+        _PT["emax_ketamine_tolerant"],
+        "1",
+        _CAL,
+        "opioid-tolerant: additional ceiling of ketamine's anti-hyperalgesia (Nielsen 2017, Loftus 2010)",
+    )
+    oprm1_ec50_factor: PDValue = _v(
+        1.10,
+        "x per G allele",
+        Source("clinical.md 5.2", "soft +10 % EC50 shift per G carrier (my derivation, UNVERIFIED)"),
+        unverified=True,
+    )
     # non-drug modalities (assumptions, off unless enabled)
     mis_b0_factor: PDValue = _v(0.85, "x", _ASSUME, "minimally invasive vs open: lower baseline pain")
     education_sensitivity_factor: PDValue = _v(0.9, "x", _ASSUME, "psychological support / education")
@@ -107,23 +134,33 @@ class DemandModel:
     the patients' propensity spread and the noise of a reported pain score."""
 
     pca_lambda_max: PDValue = _v(_PT["lambda_pca"], "1/h", _CAL, "PCA demands per hour at high pain")
-    prn_iv_lambda_max: PDValue = _v(_PT["lambda_prn_iv"], "1/h", _CAL, "nurse-given IV PRN requests per hour at "
-                                    "high pain")
+    prn_iv_lambda_max: PDValue = _v(
+        _PT["lambda_prn_iv"], "1/h", _CAL, "nurse-given IV PRN requests per hour at high pain"
+    )
     prn_lambda_max: PDValue = _v(_PT["lambda_prn_po"], "1/h", _CAL, "oral PRN requests per hour at high pain")
-    n50: PDValue = _v(_PT["n50"], "NRS", _CAL, "pain at half the maximal hazard (prior: rescue at NRS >= 4, "
-                      "Goulooze 2020)")
+    n50: PDValue = _v(
+        _PT["n50"], "NRS", _CAL, "pain at half the maximal hazard (prior: rescue at NRS >= 4, Goulooze 2020)"
+    )
     slope: PDValue = _v(0.7, "NRS", _ASSUME, "width of the rise of the hazard with NRS")
     iiv_sd: PDValue = _v(_PT["demand_iiv"], "1 (log SD)", _CAL, "between-patient SD of log rescue propensity")
     report_sd: PDValue = _v(_PT["report_sd"], "NRS", _CAL, "SD of a reported score around the model's pain")
-    opioid_half: PDValue = _v(_PT["opioid_half"], "normalized units", _CAL,
-                              "opioid effect halving the hazard (structure: Goulooze 2020)")
+    opioid_half: PDValue = _v(
+        _PT["opioid_half"], "normalized units", _CAL, "opioid effect halving the hazard (structure: Goulooze 2020)"
+    )
     relax_tau: PDValue = _v(0.3, "NRS", Source("this toolkit", "temperature of the smooth PRN threshold"))
-    setting_propensity: PDValue = _v(outcome_posterior().reference_rescue_propensity(), "x", Source(
-        f"outcome-model calibration {outcome_posterior().version}", "posterior trial effect on rescue propensity of "
-        f"the reference setting ({outcome_posterior().reference_trial or 'none'}; 1 where the calibration's trial "
-        "effect is on the pain curve instead): the SPINE-72 benchmark stands for its setting (clinical.md 3.2)",
-        unverified=True), "multiplier of every rescue-request hazard in the simulated setting (population column "
-        "rescue.propensity per row)")
+    setting_propensity: PDValue = _v(
+        outcome_posterior().reference_rescue_propensity(),
+        "x",
+        Source(
+            f"outcome-model calibration {outcome_posterior().version}",
+            "posterior trial effect on rescue propensity of "
+            f"the reference setting ({outcome_posterior().reference_trial or 'none'}; 1 where the calibration's trial "
+            "effect is on the pain curve instead): the SPINE-72 benchmark stands for its setting (clinical.md 3.2)",
+            unverified=True,
+        ),
+        "multiplier of every rescue-request hazard in the simulated setting (population column "
+        "rescue.propensity per row)",
+    )
 
     def hazard(self, nrs, xp=math, opioid_units=0.0):
         """Demand hazards (1/h) of a typical patient (propensity 1) at pain ``nrs`` and opioid effect
@@ -141,6 +178,7 @@ def _replace(obj, changes: dict):
     out = {}
     for k, v in changes.items():
         cur = getattr(obj, k)
-        out[k] = v if not isinstance(cur, PDValue) or isinstance(v, PDValue) else dataclasses.replace(
-            cur, value=float(v))
+        out[k] = (
+            v if not isinstance(cur, PDValue) or isinstance(v, PDValue) else dataclasses.replace(cur, value=float(v))
+        )
     return dataclasses.replace(obj, **out)

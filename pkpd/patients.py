@@ -147,12 +147,8 @@ _SRC_CG = Source(
     f"(140 - age)*WT/(72*SCr), x0.85 for women; total body weight; {_GK}",
     unverified=True,
 )
-_SRC_CPIC_2D6 = Source(
-    "CPIC Crews 2021 Clin Pharmacol Ther 110:888", "activity score via pkpd.genetics; models.md D1"
-)
-_SRC_CPIC_2C9 = Source(
-    "CPIC Theken 2020 Clin Pharmacol Ther 108:191", "activity score via pkpd.genetics; models.md D2"
-)
+_SRC_CPIC_2D6 = Source("CPIC Crews 2021 Clin Pharmacol Ther 110:888", "activity score via pkpd.genetics; models.md D1")
+_SRC_CPIC_2C9 = Source("CPIC Theken 2020 Clin Pharmacol Ther 108:191", "activity score via pkpd.genetics; models.md D2")
 _SRC_LEE = Source(
     "Lee 2019 Drug Des Devel Ther 13:1751",
     "CYP2D6*10/*10 indicator of the tramadol model (models.md A5)",
@@ -606,9 +602,7 @@ class Patient:
         if pid is not None and (
             isinstance(pid, bool) or not isinstance(pid, (int, str)) or (isinstance(pid, str) and not pid.strip())
         ):
-            raise PatientError(
-                f"Patient field 'id' = {pid!r} is not accepted; use an integer or a non-empty string."
-            )
+            raise PatientError(f"Patient field 'id' = {pid!r} is not accepted; use an integer or a non-empty string.")
 
     # ---------------------------------------------------------------- genetics
 
@@ -1254,8 +1248,7 @@ class PopulationSpec:
         lo_age, hi_age = self.age.value[2:]
         if lo_age < _RANGES["age_y"][0] or hi_age > _RANGES["age_y"][1]:
             raise PatientError(
-                f"PopulationSpec age clip range {lo_age:g}-{hi_age:g} years must lie within "
-                f"{_range_text('age_y')}."
+                f"PopulationSpec age clip range {lo_age:g}-{hi_age:g} years must lie within {_range_text('age_y')}."
             )
         normal("weight", self.weight.value, 2)
         normal("height_female", self.height_female.value, 4)
@@ -1266,15 +1259,13 @@ class PopulationSpec:
             lo, hi = getattr(self, name).value[2:]
             if lo < _RANGES["height_cm"][0] or hi > _RANGES["height_cm"][1]:
                 raise PatientError(
-                    f"PopulationSpec {name} clip range {lo:g}-{hi:g} cm must lie within "
-                    f"{_range_text('height_cm')}."
+                    f"PopulationSpec {name} clip range {lo:g}-{hi:g} cm must lie within {_range_text('height_cm')}."
                 )
         for name in ("scr_female", "scr_male"):
             lo, hi = getattr(self, name).value[2:]
             if lo <= 0 or hi > _RANGES["scr_mg_dl"][1]:
                 raise PatientError(
-                    f"PopulationSpec {name} clip range {lo:g}-{hi:g} mg/dL must lie within "
-                    f"{_range_text('scr_mg_dl')}."
+                    f"PopulationSpec {name} clip range {lo:g}-{hi:g} mg/dL must lie within {_range_text('scr_mg_dl')}."
                 )
         wlo, whi = self.weight_clip.value
         if not (_RANGES["weight_kg"][0] <= wlo < whi <= _RANGES["weight_kg"][1]):
@@ -1431,9 +1422,7 @@ def _categorical(u: np.ndarray, probs: Sequence[float]) -> np.ndarray:
     return np.minimum(np.searchsorted(cum, u, side="right"), len(cum) - 1)
 
 
-def _sample_diplotypes(
-    gene: str, u: np.ndarray, classes: Mapping[str, float], table: Mapping[str, Any]
-) -> np.ndarray:
+def _sample_diplotypes(gene: str, u: np.ndarray, classes: Mapping[str, float], table: Mapping[str, Any]) -> np.ndarray:
     """Diplotype strings ``"<gene> <diplotype>"`` from a flattened (class x diplotype) table."""
     names: list[str] = []
     probs: list[float] = []

@@ -32,9 +32,16 @@ from .errors import ModelSpecError
 from .outcome import EFFECT_CLASSES, outcome_point, outcome_posterior
 
 __all__ = [
-    "GAMMA", "OPIOID_EC50_SCALE", "PD_LIBRARY", "AdverseEffectModel", "AnalgesicPD", "PDValue", "combine_units",
+    "GAMMA",
+    "OPIOID_EC50_SCALE",
+    "PD_LIBRARY",
+    "AdverseEffectModel",
+    "AnalgesicPD",
+    "PDValue",
+    "combine_units",
     "get_pd",
-    "inverse_reference_curve", "reference_curve",
+    "inverse_reference_curve",
+    "reference_curve",
 ]
 
 
@@ -58,8 +65,12 @@ class PDValue:
 
 _ASSUME = Source("assumption of this toolkit (gap in models.md section E)", unverified=True)
 _PT = outcome_point()
-_CAL = Source(f"outcome-model calibration {outcome_posterior().version} (pkpd/datasets/outcome_posterior.json, "
-              "regimens.calibration)", "posterior median; fitted to the evidence base's trial arms", unverified=True)
+_CAL = Source(
+    f"outcome-model calibration {outcome_posterior().version} (pkpd/datasets/outcome_posterior.json, "
+    "regimens.calibration)",
+    "posterior median; fitted to the evidence base's trial arms",
+    unverified=True,
+)
 _JEL16 = Source("Jeleazcov 2016, Anesthesiology 124:56", "EC50 for NRS <= 4, abstract (models.md B2)")
 _SP_MEAC = Source("stanpumpR drugDefaults_global.csv", "tool MEAC defaults, mixed provenance (models.md B2)")
 _ANDERSON = Source("Anderson 2001, Eur J Clin Pharmacol 57:559", "children after tonsillectomy, abstract (B2)")
@@ -153,27 +164,65 @@ _MEAC_NG = {"fentanyl": 0.6, "morphine": 8.0, "hydromorphone": 1.5, "oxycodone":
 _SCALE = 4.1 / 1.5  # Jeleazcov hydromorphone EC50 (NRS <= 4) / stanpumpR hydromorphone MEAC
 #: Calibrated opioid sensitivity of postoperative spine patients relative to the literature anchors above:
 #: multiplies every opioid EC50 (analgesia and respiration alike, so their ratio stays the published one).
-OPIOID_EC50_SCALE = PDValue(_PT["opioid_ec50_scale"], "x", _CAL, True,
-                            "the Jeleazcov EC50 is for NRS <= 4 in cardiac-surgery patients on TCI-PCA; the "
-                            "calibration estimates how spine-surgery patients on PCA/PRN differ")
+OPIOID_EC50_SCALE = PDValue(
+    _PT["opioid_ec50_scale"],
+    "x",
+    _CAL,
+    True,
+    "the Jeleazcov EC50 is for NRS <= 4 in cardiac-surgery patients on TCI-PCA; the "
+    "calibration estimates how spine-surgery patients on PCA/PRN differ",
+)
 _YASSEN_RATIO = 1.14 / 0.6  # fentanyl resp EC50 (Yassen) / fentanyl MEAC (stanpumpR)
-_EC50_IIV = _v(math.log(12.8 / 0.6) / 4.0, "1 (log SD)", _JEL16,
-               "derived: the published EC50 range 0.6-12.8 ng/mL taken as +-2 SD on the log scale")
+_EC50_IIV = _v(
+    math.log(12.8 / 0.6) / 4.0,
+    "1 (log SD)",
+    _JEL16,
+    "derived: the published EC50 range 0.6-12.8 ng/mL taken as +-2 SD on the log scale",
+)
 
 
-def _opioid(drug: str, ke0: PDValue, notes: tuple[str, ...] = (), output: str = "CP",
-            output_factor: float = 1.0, meac_drug: str | None = None) -> AnalgesicPD:
+def _opioid(
+    drug: str,
+    ke0: PDValue,
+    notes: tuple[str, ...] = (),
+    output: str = "CP",
+    output_factor: float = 1.0,
+    meac_drug: str | None = None,
+) -> AnalgesicPD:
     m = _MEAC_NG[meac_drug or drug]
-    src = Source(f"{_SP_MEAC.citation} ratio x {_JEL16.citation}",
-                 f"EC50 = MEAC({meac_drug or drug}) {m} ng/mL x 4.1/1.5 (hydromorphone EC50 / MEAC)")
+    src = Source(
+        f"{_SP_MEAC.citation} ratio x {_JEL16.citation}",
+        f"EC50 = MEAC({meac_drug or drug}) {m} ng/mL x 4.1/1.5 (hydromorphone EC50 / MEAC)",
+    )
     k = float(OPIOID_EC50_SCALE.value)
-    ec50 = _v(m * _SCALE * k / 1000.0, "mg/L", src, "relative potency from tool MEACs (mixed provenance), x the "
-              "calibrated OPIOID_EC50_SCALE", unverified=True)
-    resp = _v(m * _YASSEN_RATIO * k / 1000.0, "mg/L", Source(_YASSEN.citation, "fentanyl EC50 1.14 ng/mL scaled "
-              "by MEAC ratio; clinical.md: reuse of the structure for other opioids is UNVERIFIED"),
-              unverified=True)
-    return AnalgesicPD(drug, "opioid", output, ke0, ec50, ec50_iiv_sd=_EC50_IIV, resp_ec50=resp,
-                       output_factor=output_factor, notes=notes)
+    ec50 = _v(
+        m * _SCALE * k / 1000.0,
+        "mg/L",
+        src,
+        "relative potency from tool MEACs (mixed provenance), x the calibrated OPIOID_EC50_SCALE",
+        unverified=True,
+    )
+    resp = _v(
+        m * _YASSEN_RATIO * k / 1000.0,
+        "mg/L",
+        Source(
+            _YASSEN.citation,
+            "fentanyl EC50 1.14 ng/mL scaled "
+            "by MEAC ratio; clinical.md: reuse of the structure for other opioids is UNVERIFIED",
+        ),
+        unverified=True,
+    )
+    return AnalgesicPD(
+        drug,
+        "opioid",
+        output,
+        ke0,
+        ec50,
+        ec50_iiv_sd=_EC50_IIV,
+        resp_ec50=resp,
+        output_factor=output_factor,
+        notes=notes,
+    )
 
 
 PD_LIBRARY: dict[str, AnalgesicPD] = {}
@@ -183,83 +232,209 @@ def _add(pd: AnalgesicPD) -> None:
     PD_LIBRARY[pd.drug] = pd
 
 
-_add(_opioid("hydromorphone", _v(0.015897 * 60, "1/h", Source(
-    "stanpumpR", "time to peak Ce 19.6 min (models.md B1)"),
-    "derived: ke0 such that the Jeleazcov 2014 typical PK peaks Ce 19.6 min after a bolus")))
-_add(_opioid("oxycodone", _v(math.log(2) / (14 / 60), "1/h", Source("Ladebo 2020", "pupil t1/2ke0 14 min (B1)"),
-                             "pupil endpoint, used for analgesia", unverified=True)))
-_add(_opioid("morphine", _v(0.0073 * 60, "1/h", Source("Sarton 2000, Anesthesiology (PMID 11046213)",
-                                                        "ke0 men 0.0073 1/min via opentiva (B1)"),
-                            "men's value; women 0.0024 1/min (not applied)")))
+_add(
+    _opioid(
+        "hydromorphone",
+        _v(
+            0.015897 * 60,
+            "1/h",
+            Source("stanpumpR", "time to peak Ce 19.6 min (models.md B1)"),
+            "derived: ke0 such that the Jeleazcov 2014 typical PK peaks Ce 19.6 min after a bolus",
+        ),
+    )
+)
+_add(
+    _opioid(
+        "oxycodone",
+        _v(
+            math.log(2) / (14 / 60),
+            "1/h",
+            Source("Ladebo 2020", "pupil t1/2ke0 14 min (B1)"),
+            "pupil endpoint, used for analgesia",
+            unverified=True,
+        ),
+    )
+)
+_add(
+    _opioid(
+        "morphine",
+        _v(
+            0.0073 * 60,
+            "1/h",
+            Source("Sarton 2000, Anesthesiology (PMID 11046213)", "ke0 men 0.0073 1/min via opentiva (B1)"),
+            "men's value; women 0.0024 1/min (not applied)",
+        ),
+    )
+)
 _add(_opioid("fentanyl", _v(0.12 * 60, "1/h", Source("Shafer 1990 via opentiva", "ke0 0.12 1/min (B1)"))))
-_add(_opioid("codeine", _v(0.0073 * 60, "1/h", Source("Sarton 2000 (morphine ke0)", "B1")), output="CM",
-             output_factor=285.34 / 299.36, meac_drug="morphine",
-             notes=("analgesia from the morphine formed (CM, codeine-mass equivalents; x MW 285.34/299.36 "
-                    "general knowledge)",)))
+_add(
+    _opioid(
+        "codeine",
+        _v(0.0073 * 60, "1/h", Source("Sarton 2000 (morphine ke0)", "B1")),
+        output="CM",
+        output_factor=285.34 / 299.36,
+        meac_drug="morphine",
+        notes=(
+            "analgesia from the morphine formed (CM, codeine-mass equivalents; x MW 285.34/299.36 general knowledge)",
+        ),
+    )
+)
+
 
 # ---- ceiling-limited analgesics --------------------------------------------------------------------------
 def _emax(cls: str, note: str = "") -> PDValue:
     """The calibrated ceiling of an effect class (posterior median; see pkpd.outcome)."""
-    return _v(_PT[f"emax_{cls}"], "1", _CAL, (note + "; " if note else "") + f"class '{cls}' ceiling, calibrated "
-              "on the evidence base (population column outcome.emax_" + cls + ")")
+    return _v(
+        _PT[f"emax_{cls}"],
+        "1",
+        _CAL,
+        (note + "; " if note else "") + f"class '{cls}' ceiling, calibrated "
+        "on the evidence base (population column outcome.emax_" + cls + ")",
+    )
 
 
-_add(AnalgesicPD(
-    "acetaminophen", "ceiling", "CP",
-    ke0=_v(math.log(2) / (53 / 60), "1/h", _ANDERSON, "t_eq 53 min (CV 217 %)"),
-    ec50=_v(9.98, "mg/L", _ANDERSON, "CV 107 %"),
-    emax=_emax("acetaminophen", "Anderson's paediatric Emax is 5.17/10 = 0.52 (prior anchor)"),
-    ec50_iiv_sd=_v(math.sqrt(math.log(1 + 1.07 ** 2)), "1 (log SD)", _ANDERSON, "from CV 107 %"),
-))
-_NSAID = ("No adult population Emax model for NSAIDs (models.md E); the potencies are assumptions and the "
-          "class ceiling is calibrated on the evidence base's NSAID arms.",)
-_add(AnalgesicPD(
-    "ketorolac", "ceiling", "CP",
-    ke0=_v(1.0, "1/h", _ASSUME, "effect delay ~40 min (assumption)"),
-    ec50=_v(0.10, "mg/L", _ASSUME, "S-ketorolac (CP of the entry); order of magnitude"),
-    emax=_emax("nsaid"), ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME), notes=_NSAID))
-_add(AnalgesicPD(
-    "ibuprofen", "ceiling", "CP", ke0=_v(1.0, "1/h", _ASSUME),
-    ec50=_v(10.0, "mg/L", _ASSUME, "general knowledge order of magnitude"), emax=_emax("nsaid"),
-    ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME), notes=_NSAID))
-_add(AnalgesicPD(
-    "celecoxib", "ceiling", "CP", ke0=_v(0.7, "1/h", _ASSUME),
-    ec50=_v(0.25, "mg/L", _ASSUME, "general knowledge order of magnitude"), emax=_emax("nsaid"),
-    ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME), notes=_NSAID))
-_GABA = ("No adult Emax model for gabapentinoids (models.md E); the class ceiling is calibrated on the "
-         "evidence base (prior: about -10/100 VAS in the 2017 meta-analyses, clinical.md 2).",)
-_add(AnalgesicPD(
-    "gabapentin", "ceiling", "CP", ke0=_v(0.35, "1/h", _ASSUME, "CNS delay (assumption)"),
-    ec50=_v(3.0, "mg/L", _ASSUME, "inside the 2-20 ug/mL TDM range (models.md C)"),
-    emax=_emax("gabapentinoid"), ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME), notes=_GABA))
-_add(AnalgesicPD(
-    "pregabalin", "ceiling", "CP", ke0=_v(0.35, "1/h", _ASSUME), ec50=_v(2.0, "mg/L", _ASSUME),
-    emax=_emax("gabapentinoid"), ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME), notes=_GABA))
+_add(
+    AnalgesicPD(
+        "acetaminophen",
+        "ceiling",
+        "CP",
+        ke0=_v(math.log(2) / (53 / 60), "1/h", _ANDERSON, "t_eq 53 min (CV 217 %)"),
+        ec50=_v(9.98, "mg/L", _ANDERSON, "CV 107 %"),
+        emax=_emax("acetaminophen", "Anderson's paediatric Emax is 5.17/10 = 0.52 (prior anchor)"),
+        ec50_iiv_sd=_v(math.sqrt(math.log(1 + 1.07**2)), "1 (log SD)", _ANDERSON, "from CV 107 %"),
+    )
+)
+_NSAID = (
+    "No adult population Emax model for NSAIDs (models.md E); the potencies are assumptions and the "
+    "class ceiling is calibrated on the evidence base's NSAID arms.",
+)
+_add(
+    AnalgesicPD(
+        "ketorolac",
+        "ceiling",
+        "CP",
+        ke0=_v(1.0, "1/h", _ASSUME, "effect delay ~40 min (assumption)"),
+        ec50=_v(0.10, "mg/L", _ASSUME, "S-ketorolac (CP of the entry); order of magnitude"),
+        emax=_emax("nsaid"),
+        ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME),
+        notes=_NSAID,
+    )
+)
+_add(
+    AnalgesicPD(
+        "ibuprofen",
+        "ceiling",
+        "CP",
+        ke0=_v(1.0, "1/h", _ASSUME),
+        ec50=_v(10.0, "mg/L", _ASSUME, "general knowledge order of magnitude"),
+        emax=_emax("nsaid"),
+        ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME),
+        notes=_NSAID,
+    )
+)
+_add(
+    AnalgesicPD(
+        "celecoxib",
+        "ceiling",
+        "CP",
+        ke0=_v(0.7, "1/h", _ASSUME),
+        ec50=_v(0.25, "mg/L", _ASSUME, "general knowledge order of magnitude"),
+        emax=_emax("nsaid"),
+        ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME),
+        notes=_NSAID,
+    )
+)
+_GABA = (
+    "No adult Emax model for gabapentinoids (models.md E); the class ceiling is calibrated on the "
+    "evidence base (prior: about -10/100 VAS in the 2017 meta-analyses, clinical.md 2).",
+)
+_add(
+    AnalgesicPD(
+        "gabapentin",
+        "ceiling",
+        "CP",
+        ke0=_v(0.35, "1/h", _ASSUME, "CNS delay (assumption)"),
+        ec50=_v(3.0, "mg/L", _ASSUME, "inside the 2-20 ug/mL TDM range (models.md C)"),
+        emax=_emax("gabapentinoid"),
+        ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME),
+        notes=_GABA,
+    )
+)
+_add(
+    AnalgesicPD(
+        "pregabalin",
+        "ceiling",
+        "CP",
+        ke0=_v(0.35, "1/h", _ASSUME),
+        ec50=_v(2.0, "mg/L", _ASSUME),
+        emax=_emax("gabapentinoid"),
+        ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME),
+        notes=_GABA,
+    )
+)
 #: Anti-hyperalgesia of ketamine outlasts its plasma concentrations (Loftus 2010: less opioid through 48 h
 #: and at 6 weeks; Nielsen 2017: 0-24 h after an intra-operative infusion only): a slow effect site.
-_KET_KE0 = _v(math.log(2) / 12.0, "1/h", _ASSUME, "anti-hyperalgesic effect site, half-time 12 h (assumption: "
-              "an intra-operative dose acts through the first postoperative day and fades by the third)")
-_KET = ("Effect: anti-hyperalgesia (NMDA antagonism) on a slow effect site (ke0 = ln2/12 h, an assumption), "
-        "with a larger ceiling in opioid-tolerant patients (emax + emax_ketamine_tolerant; Nielsen 2017, "
-        "Loftus 2010). EC50 = the effect-site peak after 0.5 mg/kg racemic ketamine IV in an 85 kg adult "
-        "(0.0126 mg/L, Domino PK; so the standard intra-operative dose gives half the ceiling): an assumption.",)
-_add(AnalgesicPD(
-    "ketamine", "ceiling", "CP", ke0=_KET_KE0,
-    ec50=_v(0.0126, "mg/L", _ASSUME, "effect-site peak after 0.5 mg/kg IV (see notes)"),
-    emax=_emax("ketamine", "opioid-naive; tolerant patients add emax_ketamine_tolerant"),
-    ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME), notes=_KET))
-_add(AnalgesicPD(
-    "s_ketamine", "ceiling", "CP", ke0=_KET_KE0,
-    ec50=_v(0.0063, "mg/L", _ASSUME, "half the racemic EC50: S-ketamine taken as twice as potent as racemic "
-            "ketamine (general knowledge, UNVERIFIED)"),
-    emax=_emax("ketamine", "shares the ketamine class ceiling"),
-    ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME), notes=_KET))
-_LOCAL = ("Site-of-injection analgesia from the amount left in the local depot (mg); no PD model exists "
-          "(models.md E). The class ceiling is calibrated on the evidence base's local-anaesthetic arms (prior: "
-          "liposomal bupivacaine near-null in opioid-naive spine patients, clinical.md 2).",)
+_KET_KE0 = _v(
+    math.log(2) / 12.0,
+    "1/h",
+    _ASSUME,
+    "anti-hyperalgesic effect site, half-time 12 h (assumption: "
+    "an intra-operative dose acts through the first postoperative day and fades by the third)",
+)
+_KET = (
+    "Effect: anti-hyperalgesia (NMDA antagonism) on a slow effect site (ke0 = ln2/12 h, an assumption), "
+    "with a larger ceiling in opioid-tolerant patients (emax + emax_ketamine_tolerant; Nielsen 2017, "
+    "Loftus 2010). EC50 = the effect-site peak after 0.5 mg/kg racemic ketamine IV in an 85 kg adult "
+    "(0.0126 mg/L, Domino PK; so the standard intra-operative dose gives half the ceiling): an assumption.",
+)
+_add(
+    AnalgesicPD(
+        "ketamine",
+        "ceiling",
+        "CP",
+        ke0=_KET_KE0,
+        ec50=_v(0.0126, "mg/L", _ASSUME, "effect-site peak after 0.5 mg/kg IV (see notes)"),
+        emax=_emax("ketamine", "opioid-naive; tolerant patients add emax_ketamine_tolerant"),
+        ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME),
+        notes=_KET,
+    )
+)
+_add(
+    AnalgesicPD(
+        "s_ketamine",
+        "ceiling",
+        "CP",
+        ke0=_KET_KE0,
+        ec50=_v(
+            0.0063,
+            "mg/L",
+            _ASSUME,
+            "half the racemic EC50: S-ketamine taken as twice as potent as racemic "
+            "ketamine (general knowledge, UNVERIFIED)",
+        ),
+        emax=_emax("ketamine", "shares the ketamine class ceiling"),
+        ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME),
+        notes=_KET,
+    )
+)
+_LOCAL = (
+    "Site-of-injection analgesia from the amount left in the local depot (mg); no PD model exists "
+    "(models.md E). The class ceiling is calibrated on the evidence base's local-anaesthetic arms (prior: "
+    "liposomal bupivacaine near-null in opioid-naive spine patients, clinical.md 2).",
+)
 for _la, _a50 in (("bupivacaine_liposomal", 60.0), ("bupivacaine", 30.0), ("ropivacaine", 60.0)):
-    _add(AnalgesicPD(_la, "local", "DEPOT", ke0=None, ec50=_v(_a50, "mg", _ASSUME),
-                     emax=_emax("local"), ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME), notes=_LOCAL))
+    _add(
+        AnalgesicPD(
+            _la,
+            "local",
+            "DEPOT",
+            ke0=None,
+            ec50=_v(_a50, "mg", _ASSUME),
+            emax=_emax("local"),
+            ec50_iiv_sd=_v(0.5, "1 (log SD)", _ASSUME),
+            notes=_LOCAL,
+        )
+    )
 
 
 def get_pd(drug: str) -> AnalgesicPD:
@@ -270,7 +445,8 @@ def get_pd(drug: str) -> AnalgesicPD:
     if name not in PD_LIBRARY:
         raise ModelSpecError(
             f"no analgesic PD for {name}: the references hold no concentration-effect data for it "
-            f"(known: {', '.join(sorted(PD_LIBRARY))}). It can be simulated for PK, not in a pain regimen.")
+            f"(known: {', '.join(sorted(PD_LIBRARY))}). It can be simulated for PK, not in a pain regimen."
+        )
     return PD_LIBRARY[name]
 
 
@@ -334,15 +510,26 @@ class AdverseEffectModel:
     alpha: PDValue = _v(0.91, "1", _YASSEN, "IIV 25.4 %; capped at 1")
     n: PDValue = _v(2.68, "1", _YASSEN)
     oird_base: PDValue = _v(0.005, "1", Source("Gupta 2018, BMJ Open", "OIRD base 5/1000 (clinical.md 3.1)"))
-    d_ref: PDValue = _v(0.40, "1", _CAL, "scaled so the opioid-centric Iyer placebo arm has the Gupta base rate "
-                        "(mean P_OIRD 5/1000; regimens.calibration.checks.oird_scale, 2,000 patients: 0.400)")
-    osa_or: PDValue = _v(1.8, "1", Source("Gupta 2018, BMJ Open", "OR 1.4-2.2 with OSA/cardiopulmonary "
-                                          "disease (clinical.md 3.2): midpoint"))
+    d_ref: PDValue = _v(
+        0.40,
+        "1",
+        _CAL,
+        "scaled so the opioid-centric Iyer placebo arm has the Gupta base rate "
+        "(mean P_OIRD 5/1000; regimens.calibration.checks.oird_scale, 2,000 patients: 0.400)",
+    )
+    osa_or: PDValue = _v(
+        1.8,
+        "1",
+        Source("Gupta 2018, BMJ Open", "OR 1.4-2.2 with OSA/cardiopulmonary disease (clinical.md 3.2): midpoint"),
+    )
     sedation_u50: PDValue = _v(2.0, "1", _ASSUME, "sedation at twice the analgesic EC50 (no model, models.md B4)")
-    ponv_p_ref: PDValue = _v(0.513, "1", Source("Roberts 2005, Anesth Analg 101:1343",
-                                                "PON 51.3 % without prophylaxis (models.md B4)"))
+    ponv_p_ref: PDValue = _v(
+        0.513, "1", Source("Roberts 2005, Anesth Analg 101:1343", "PON 51.3 % without prophylaxis (models.md B4)")
+    )
     ponv_mme_ref: PDValue = _v(60.0, "mg", _ASSUME, "24-h MME at which the Roberts overall rate applies")
-    ponv_slope: PDValue = _v(0.6, "1 per log(MME)", Source("Roberts 2005", "log-linear; slope not in abstract"),
-                             unverified=True)
-    oprm1_gg_or: PDValue = _v(0.42, "1", Source("OPRM1 meta-analysis (clinical.md 5.2)",
-                                                "homozygote OR 0.42 for vomiting"))
+    ponv_slope: PDValue = _v(
+        0.6, "1 per log(MME)", Source("Roberts 2005", "log-linear; slope not in abstract"), unverified=True
+    )
+    oprm1_gg_or: PDValue = _v(
+        0.42, "1", Source("OPRM1 meta-analysis (clinical.md 5.2)", "homozygote OR 0.42 for vomiting")
+    )

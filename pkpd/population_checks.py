@@ -33,8 +33,18 @@ def regimen_findings(regimen, population: pd.DataFrame) -> pd.DataFrame:
         phen = {g: row[c] for g, c in _PHENO_COLS.items() if c in population}  # "unknown" is skipped there
         for f in check_regimen(regimen, cov, phen or None):
             k = (f.severity, f.drug, f.rule)
-            g = groups.setdefault(k, {"severity": f.severity, "drug": f.drug, "rule": f.rule, "patients": 0,
-                                      "message": f.message, "unverified": f.unverified, "source": f.source})
+            g = groups.setdefault(
+                k,
+                {
+                    "severity": f.severity,
+                    "drug": f.drug,
+                    "rule": f.rule,
+                    "patients": 0,
+                    "message": f.message,
+                    "unverified": f.unverified,
+                    "source": f.source,
+                },
+            )
             g["patients"] += len(grp)
     cols = ["severity", "drug", "rule", "patients", "message", "unverified", "source"]
     if not groups:

@@ -37,11 +37,19 @@ def _population_digest(population: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
-def simulate_regimen_stored(regimen, population: pd.DataFrame, store, *, seed: int = 0,
-                            options: SimOptions | None = None, chunk_patients: int | None = None,
-                            resume: bool = False, keep_trajectories: int = KEEP_TRAJECTORIES,
-                            progress: Callable[[int], None] | None = None,
-                            wait_timeout_s: float | None = None) -> PopulationResult:
+def simulate_regimen_stored(
+    regimen,
+    population: pd.DataFrame,
+    store,
+    *,
+    seed: int = 0,
+    options: SimOptions | None = None,
+    chunk_patients: int | None = None,
+    resume: bool = False,
+    keep_trajectories: int = KEEP_TRAJECTORIES,
+    progress: Callable[[int], None] | None = None,
+    wait_timeout_s: float | None = None,
+) -> PopulationResult:
     """:func:`~pkpd.regimen_sim.simulate_regimen` in chunks written to ``store`` as they finish.
 
     Parameters
@@ -83,8 +91,16 @@ def simulate_regimen_stored(regimen, population: pd.DataFrame, store, *, seed: i
         raise batch.BatchError(f"chunk_patients must be >= 1, got {size}")
     bounds = [(s, min(s + size, n)) for s in range(0, n, size)]
     keep = max(int(keep_trajectories), 0)
-    ident = batch.run_identity(kind=STORE_KIND, regimen=repr(regimen), population=_population_digest(pop),
-                               n=n, seed=int(seed), options=repr(opts), chunk=size, keep_trajectories=keep)
+    ident = batch.run_identity(
+        kind=STORE_KIND,
+        regimen=repr(regimen),
+        population=_population_digest(pop),
+        n=n,
+        seed=int(seed),
+        options=repr(opts),
+        chunk=size,
+        keep_trajectories=keep,
+    )
 
     def one(i):
         lo, hi = bounds[i]
@@ -102,8 +118,9 @@ def simulate_regimen_stored(regimen, population: pd.DataFrame, store, *, seed: i
         if progress is not None:
             progress(bounds[i][1] - bounds[i][0])
 
-    cs = batch.run_chunks(store, ident, len(bounds), one, resume=resume, wait_timeout_s=wait_timeout_s,
-                          on_chunk=on_chunk)
+    cs = batch.run_chunks(
+        store, ident, len(bounds), one, resume=resume, wait_timeout_s=wait_timeout_s, on_chunk=on_chunk
+    )
     patients, infos = cs.merge("patients", expect_ids=pop["ID"].to_numpy())
     doses = None
     if infos and infos[0].get("doses"):
@@ -116,5 +133,13 @@ def simulate_regimen_stored(regimen, population: pd.DataFrame, store, *, seed: i
         got = [a[name] for a in arrs if name in a]
         return np.concatenate(got) if got else np.zeros((0, len(times)))
 
-    return PopulationResult(regimen, patients, times, stack("nrs"), stack("opioid_units"), stack("bupi"), doses,
-                            list(infos[0].get("notes", [])) if infos else [])
+    return PopulationResult(
+        regimen,
+        patients,
+        times,
+        stack("nrs"),
+        stack("opioid_units"),
+        stack("bupi"),
+        doses,
+        list(infos[0].get("notes", [])) if infos else [],
+    )

@@ -44,9 +44,18 @@ from .pain import DemandModel, PainModel
 from .pd import GAMMA, OPIOID_EC50_SCALE, AdverseEffectModel, AnalgesicPD, get_pd
 from .xla import jit
 
-__all__ = ["IV_MME", "PopulationResult", "SimOptions", "mme_factor", "relaxed_objective", "relaxed_program", "relaxed_rows",
-           "RegimenPlan", "variability_columns",
-           "simulate_regimen"]
+__all__ = [
+    "IV_MME",
+    "PopulationResult",
+    "SimOptions",
+    "mme_factor",
+    "relaxed_objective",
+    "relaxed_program",
+    "relaxed_rows",
+    "RegimenPlan",
+    "variability_columns",
+    "simulate_regimen",
+]
 
 #: IV MME factors (MME per mg IV) used here: :data:`pkpd.mme.ASSUMED_IV_FACTORS` (all UNVERIFIED).
 IV_MME = _mme.ASSUMED_IV_FACTORS
@@ -142,15 +151,20 @@ class _Block:
 def _build_block(drug: Drug, pd_: AnalgesicPD, off: int) -> _Block:
     model = drug.structural_model()
     if not model.is_linear:
-        raise ModelSpecError(f"{drug.name}: model {drug.model} is nonlinear; the regimen simulator needs linear "
-                             "models (simulate it alone with pkpd.simulate)")
+        raise ModelSpecError(
+            f"{drug.name}: model {drug.model} is nonlinear; the regimen simulator needs linear "
+            "models (simulate it alone with pkpd.simulate)"
+        )
     spec = drug.param_spec()
     iiv = {}
     for p in drug.params:
         if p.derived:
             continue
-        om = p.iiv_sd if p.iiv_sd is not None else (
-            float(np.sqrt(np.log1p(p.iiv_cv ** 2))) if p.iiv_cv is not None else None)
+        om = (
+            p.iiv_sd
+            if p.iiv_sd is not None
+            else (float(np.sqrt(np.log1p(p.iiv_cv**2))) if p.iiv_cv is not None else None)
+        )
         if om:
             iiv[p.name] = float(om)
             spec[p.name] = f"({spec[p.name]}) * exp(ETA_{p.name})"
@@ -172,7 +186,7 @@ def _source_of(model, name: str):
 
 def _block_matrix(b: _Block, p: Mapping[str, np.ndarray], n_pat: int) -> np.ndarray:
     K = np.zeros((n_pat, b.n, b.n))
-    K[:, :b.n_model, :b.n_model] = b.model.rate_matrix(p, xp=np)
+    K[:, : b.n_model, : b.n_model] = b.model.rate_matrix(p, xp=np)
     if b.eff is not None:
         idx, div = _source_of(b.model, b.pd.output)
         ke0 = float(b.pd.ke0.value)
@@ -319,22 +333,48 @@ class PopulationResult:
         """Mean, SD, P10, P50, P90 of the outcome columns."""
         cols = [c for c in _OUTCOMES if c in self.patients]
         d = self.patients[cols]
-        return pd.DataFrame({"mean": d.mean(), "sd": d.std(), "p10": d.quantile(0.1), "p50": d.median(),
-                             "p90": d.quantile(0.9)})
+        return pd.DataFrame(
+            {"mean": d.mean(), "sd": d.std(), "p10": d.quantile(0.1), "p50": d.median(), "p90": d.quantile(0.9)}
+        )
 
 
-_OUTCOMES = ("MME_0_24", "MME_0_48", "MME_0_72", "TIT3", "TIT4", "TIME_NRS_GE4", "TIME_NRS_GE7", "PAIN_AUC", "PAIN_EXCESS", "N_PCA", "N_PRN",
-             "T_FIRST_RESCUE", "MIN_VE", "P_OIRD", "MAX_SEDATION", "P_PONV", "PEAK_BUPI", "PEAK_BUPI_UNBOUND",
-             "LAST_INDEX")
+_OUTCOMES = (
+    "MME_0_24",
+    "MME_0_48",
+    "MME_0_72",
+    "TIT3",
+    "TIT4",
+    "TIME_NRS_GE4",
+    "TIME_NRS_GE7",
+    "PAIN_AUC",
+    "PAIN_EXCESS",
+    "N_PCA",
+    "N_PRN",
+    "T_FIRST_RESCUE",
+    "MIN_VE",
+    "P_OIRD",
+    "MAX_SEDATION",
+    "P_PONV",
+    "PEAK_BUPI",
+    "PEAK_BUPI_UNBOUND",
+    "LAST_INDEX",
+)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Main entry
 # ----------------------------------------------------------------------------------------------------------
-def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, options: SimOptions | None = None,
-                     chunk_size: int | None = None, progress: Callable[[int], None] | None = None,
-                     dose_weights: np.ndarray | None = None, rescue_tables: Mapping[str, np.ndarray] | None = None
-                     ) -> PopulationResult:
+def simulate_regimen(
+    regimen,
+    population: pd.DataFrame,
+    *,
+    seed: int = 0,
+    options: SimOptions | None = None,
+    chunk_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    dose_weights: np.ndarray | None = None,
+    rescue_tables: Mapping[str, np.ndarray] | None = None,
+) -> PopulationResult:
     """Simulate a regimen in a population.
 
     Parameters
@@ -401,10 +441,15 @@ def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, option
     n_total = len(population)
     if dose_weights is not None:
         dose_weights = np.asarray(dose_weights, float)
-        if dose_weights.shape != (n_total, len(regimen.scheduled)) or not np.all(np.isfinite(dose_weights)) \
-                or np.any(dose_weights < 0):
-            raise ModelSpecError(f"dose_weights must be finite, >= 0 and of shape ({n_total}, "
-                                 f"{len(regimen.scheduled)}), got {dose_weights.shape}")
+        if (
+            dose_weights.shape != (n_total, len(regimen.scheduled))
+            or not np.all(np.isfinite(dose_weights))
+            or np.any(dose_weights < 0)
+        ):
+            raise ModelSpecError(
+                f"dose_weights must be finite, >= 0 and of shape ({n_total}, "
+                f"{len(regimen.scheduled)}), got {dose_weights.shape}"
+            )
     if rescue_tables is not None:
         rescue_tables = plan.check_rescue_tables(rescue_tables, n_total)
     outs = []
@@ -418,10 +463,10 @@ def simulate_regimen(regimen, population: pd.DataFrame, *, seed: int = 0, option
     n_chunks = -(-n_total // max(int(chunk_size), 1))
     size = min(int(chunk_size), -(-(-(-n_total // n_chunks)) // unit) * unit, n_total)
     for start in range(0, n_total, size):
-        sub = population.iloc[start:start + size]
+        sub = population.iloc[start : start + size]
         n_real = len(sub)
-        w = None if dose_weights is None else dose_weights[start:start + size]
-        rt = None if rescue_tables is None else {k: v[start:start + size] for k, v in rescue_tables.items()}
+        w = None if dose_weights is None else dose_weights[start : start + size]
+        rt = None if rescue_tables is None else {k: v[start : start + size] for k, v in rescue_tables.items()}
         if n_real < size:  # pad with copies of the last patient so every chunk has one compiled shape
             sub = pd.concat([sub, sub.iloc[[-1] * (size - n_real)]], ignore_index=True)
             w = None if w is None else np.concatenate([w, w[[-1] * (size - n_real)]])
@@ -444,13 +489,20 @@ def _row_bytes(plan: RegimenPlan) -> float:
     nb, n, T = len(plan.blocks), plan.n, plan.T
     E = 2 * max(len(plan.events_template), 1)  # sub-doses (split routes, infusion pieces)
     inputs = sum(b.n * b.n for b in plan.blocks) + 2 * E * n + 3 * nb * E + ni * (n + 4 * R + 4) + 6 * nb
-    per_step = 8 + 2 * ni + ni * R + 2 * nb + (nb if plan.opts.record_concentrations else 0) + (
-        n if plan.opts.record_states else 0)
+    per_step = (
+        8
+        + 2 * ni
+        + ni * R
+        + 2 * nb
+        + (nb if plan.opts.record_concentrations else 0)
+        + (n if plan.opts.record_states else 0)
+    )
     return float(item * 3 * (inputs + T * per_step))
 
 
-def relaxed_objective(regimen, population: pd.DataFrame, *, seed: int = 0, options: SimOptions | None = None,
-                      tit_tau: float = 0.25):
+def relaxed_objective(
+    regimen, population: pd.DataFrame, *, seed: int = 0, options: SimOptions | None = None, tit_tau: float = 0.25
+):
     """Differentiable expected outcomes of a regimen as a function of dose multipliers.
 
     PRN and PCA are replaced by their expectations (:class:`SimOptions` ``relaxed=True``: smooth NRS
@@ -475,8 +527,7 @@ def relaxed_objective(regimen, population: pd.DataFrame, *, seed: int = 0, optio
     n_scheduled, n_rescue : int
     """
 
-    outcomes, data, n_sched, n_resc = relaxed_program(regimen, population, seed=seed, options=options,
-                                                      tit_tau=tit_tau)
+    outcomes, data, n_sched, n_resc = relaxed_program(regimen, population, seed=seed, options=options, tit_tau=tit_tau)
 
     @jit
     def f(sched_mult, rescue_mult):
@@ -488,8 +539,9 @@ def relaxed_objective(regimen, population: pd.DataFrame, *, seed: int = 0, optio
 _RELAXED_PROGRAMS: dict = {}
 
 
-def relaxed_program(regimen, population: pd.DataFrame, *, seed: int = 0, options: SimOptions | None = None,
-                    tit_tau: float = 0.25):
+def relaxed_program(
+    regimen, population: pd.DataFrame, *, seed: int = 0, options: SimOptions | None = None, tit_tau: float = 0.25
+):
     """:func:`relaxed_objective` split into a pure function shared by every population of one structure
     and the arrays of this population.
 
@@ -526,16 +578,25 @@ def relaxed_program(regimen, population: pd.DataFrame, *, seed: int = 0, options
         if t_e >= 0 and t_e < float(regimen.horizon_h):
             s_amt[:, j], s_fac[j], s_item[j] = amt, mme_factor(dname, route), si
             s_first24[j] = float(t_e < 24.0)
-    data = {"base": jax.tree_util.tree_map(jnp.asarray, arrays), "ev_item": jnp.asarray(ev_item),
-            "seg_item": jnp.asarray(seg_item), "post": jnp.asarray(post), "fac": jnp.asarray(fac),
-            "s_amt": jnp.asarray(s_amt), "s_fac": jnp.asarray(s_fac), "s_item": jnp.asarray(s_item),
-            "s_first24": jnp.asarray(s_first24), "times": jnp.asarray(times)}
+    data = {
+        "base": jax.tree_util.tree_map(jnp.asarray, arrays),
+        "ev_item": jnp.asarray(ev_item),
+        "seg_item": jnp.asarray(seg_item),
+        "post": jnp.asarray(post),
+        "fac": jnp.asarray(fac),
+        "s_amt": jnp.asarray(s_amt),
+        "s_fac": jnp.asarray(s_fac),
+        "s_item": jnp.asarray(s_item),
+        "s_first24": jnp.asarray(s_first24),
+        "times": jnp.asarray(times),
+    }
     key = (plan._signature(), n_sched, float(tit_tau))  # the seed is in data["base"]["seed"]: not a key
     if key not in _RELAXED_PROGRAMS:
         if len(_RELAXED_PROGRAMS) > 16:
             _RELAXED_PROGRAMS.clear()
-        _RELAXED_PROGRAMS[key] = _relaxed_outcomes(plan._compiled().raw, n_sched, dt, float(tit_tau),
-                                                     opts.ae, [b.drug.name for b in plan.blocks])
+        _RELAXED_PROGRAMS[key] = _relaxed_outcomes(
+            plan._compiled().raw, n_sched, dt, float(tit_tau), opts.ae, [b.drug.name for b in plan.blocks]
+        )
     return _RELAXED_PROGRAMS[key], data, n_sched, len(plan.items)
 
 
@@ -572,7 +633,7 @@ def _relaxed_outcomes(kernel, n_sched: int, dt: float, tit_tau: float, ae, drugs
         a = dict(data["base"])
         a["evw"] = jnp.broadcast_to(weights(sched_mult, data["ev_item"]), a["evw"].shape)
         a["segw"] = jnp.broadcast_to(weights(sched_mult, data["seg_item"]), a["segw"].shape)
-        rm = jnp.concatenate([jnp.asarray(rescue_mult, float).reshape(-1), jnp.ones(1)])[:a["rmult"].shape[1]]
+        rm = jnp.concatenate([jnp.asarray(rescue_mult, float).reshape(-1), jnp.ones(1)])[: a["rmult"].shape[1]]
         a["rmult"] = jnp.broadcast_to(rm, a["rmult"].shape)
         out = kernel(a)
         y = out["nrs"]
@@ -589,22 +650,39 @@ def _relaxed_outcomes(kernel, n_sched: int, dt: float, tit_tau: float, ae, drugs
         zmax = jax.lax.stop_gradient(jnp.where(jnp.isfinite(zmax), zmax, 0.0))
         # every float sum over the grid in a fixed order (_ordered_sum; the same bits for a patient whatever
         # the batch), in one pass
-        g = _ordered_sum(jnp.stack([dose_mme * post[None, :], dose_mme * first24[None, :], y * post,
-                                    jnp.maximum(y - 3.0, 0.0) * post, jax.nn.sigmoid((3.0 - y) / tit_tau) * post,
-                                    jax.nn.sigmoid((y - 4.0) / tit_tau) * post,
-                                    jax.nn.sigmoid((y - 7.0) / tit_tau) * post, (dep / d_ref) ** 2 * post,
-                                    jnp.exp(z - zmax[:, None])], axis=-1), axis=1)
+        g = _ordered_sum(
+            jnp.stack(
+                [
+                    dose_mme * post[None, :],
+                    dose_mme * first24[None, :],
+                    y * post,
+                    jnp.maximum(y - 3.0, 0.0) * post,
+                    jax.nn.sigmoid((3.0 - y) / tit_tau) * post,
+                    jax.nn.sigmoid((y - 4.0) / tit_tau) * post,
+                    jax.nn.sigmoid((y - 7.0) / tit_tau) * post,
+                    (dep / d_ref) ** 2 * post,
+                    jnp.exp(z - zmax[:, None]),
+                ],
+                axis=-1,
+            ),
+            axis=1,
+        )
         n_post = _ordered_sum(post)
-        return {"MME_0_72": g[:, 0] + _ordered_sum(sched_mme, axis=1),
-                "MME_0_24": g[:, 1] + _ordered_sum(sched_mme * data["s_first24"], axis=1),
-                "PAIN_AUC": g[:, 2] * dt, "PAIN_EXCESS": g[:, 3] * dt, "TIT3": g[:, 4] / n_post,
-                # smooth fractions of 0-72 h with NRS >= 4 (treat cut-off) and >= 7 (severe pain)
-                "GE4": g[:, 5] / n_post, "GE7": g[:, 6] / n_post,
-                # cumulative OIRD hazard (before the OSA odds ratio), as in the exact outcomes
-                "OIRD_HAZARD": g[:, 7] * dt * h_oird,
-                "SEDATION_MAX": 0.02 * (jnp.log(g[:, 8]) + zmax),
-                **{f"AUC_{d}": out["auc"][:, j] for j, d in enumerate(drugs)},
-                **{f"CMAX_{d}": out["cmax"][:, j] for j, d in enumerate(drugs)}}
+        return {
+            "MME_0_72": g[:, 0] + _ordered_sum(sched_mme, axis=1),
+            "MME_0_24": g[:, 1] + _ordered_sum(sched_mme * data["s_first24"], axis=1),
+            "PAIN_AUC": g[:, 2] * dt,
+            "PAIN_EXCESS": g[:, 3] * dt,
+            "TIT3": g[:, 4] / n_post,
+            # smooth fractions of 0-72 h with NRS >= 4 (treat cut-off) and >= 7 (severe pain)
+            "GE4": g[:, 5] / n_post,
+            "GE7": g[:, 6] / n_post,
+            # cumulative OIRD hazard (before the OSA odds ratio), as in the exact outcomes
+            "OIRD_HAZARD": g[:, 7] * dt * h_oird,
+            "SEDATION_MAX": 0.02 * (jnp.log(g[:, 8]) + zmax),
+            **{f"AUC_{d}": out["auc"][:, j] for j, d in enumerate(drugs)},
+            **{f"CMAX_{d}": out["cmax"][:, j] for j, d in enumerate(drugs)},
+        }
 
     return outcomes
 
@@ -650,15 +728,21 @@ class RegimenPlan:
             if need:
                 missing[b.drug.name] = need
         if missing:
-            raise ModelSpecError("missing covariates: " + "; ".join(
-                f"{k} needs {', '.join(v)}" for k, v in missing.items()))
+            raise ModelSpecError(
+                "missing covariates: " + "; ".join(f"{k} needs {', '.join(v)}" for k, v in missing.items())
+            )
         known = {f"{b.drug.name}.{k}" for b in blocks for k in b.block}
         drugs_in = {b.drug.name for b in blocks}
-        bad = [c for c in population.columns if isinstance(c, str) and "." in c and c.split(".", 1)[0] in drugs_in
-               and c not in known]
+        bad = [
+            c
+            for c in population.columns
+            if isinstance(c, str) and "." in c and c.split(".", 1)[0] in drugs_in and c not in known
+        ]
         if bad:
-            raise ModelSpecError(f"parameter override columns {bad} name no parameter of their drug (known: "
-                                 f"{sorted(k for k in known if k.split('.', 1)[0] in {c.split('.', 1)[0] for c in bad})})")
+            raise ModelSpecError(
+                f"parameter override columns {bad} name no parameter of their drug (known: "
+                f"{sorted(k for k in known if k.split('.', 1)[0] in {c.split('.', 1)[0] for c in bad})})"
+            )
         dt = float(opts.dt_h)
         if not 0 < dt <= 1.0:
             raise ModelSpecError(f"dt_h must be in (0, 1] h, got {dt}")
@@ -674,35 +758,60 @@ class RegimenPlan:
             rules = sorted(rules, key=lambda r: r.threshold_nrs)
             ints = {float(r.min_interval_h) for r in rules}
             if len(ints) > 1:
-                raise ModelSpecError(f"PRN rules for {dname} {route} must share one minimum interval, got "
-                                     f"{sorted(ints)} h")
+                raise ModelSpecError(
+                    f"PRN rules for {dname} {route} must share one minimum interval, got {sorted(ints)} h"
+                )
             caps = [r.max_per_24h for r in rules if r.max_per_24h]
-            items.append(dict(kind="prn", drug=dname, route=route, thr=[float(r.threshold_nrs) for r in rules],
-                              dose=[float(r.dose_mg) for r in rules],
-                              start=[float(r.start_h) for r in rules],
-                              stop=[float(r.stop_h) if r.stop_h is not None else np.inf for r in rules],
-                              interval=ints.pop(), cap=int(min(caps)) if caps else 0, cap_window=24.0))
+            items.append(
+                dict(
+                    kind="prn",
+                    drug=dname,
+                    route=route,
+                    thr=[float(r.threshold_nrs) for r in rules],
+                    dose=[float(r.dose_mg) for r in rules],
+                    start=[float(r.start_h) for r in rules],
+                    stop=[float(r.stop_h) if r.stop_h is not None else np.inf for r in rules],
+                    interval=ints.pop(),
+                    cap=int(min(caps)) if caps else 0,
+                    cap_window=24.0,
+                )
+            )
         for pc in regimen.pca:
             dname = get_drug(pc.drug).name
             cap = int(np.floor(float(pc.hourly_max_mg) / float(pc.demand_mg) + 1e-9)) if pc.hourly_max_mg else 0
-            items.append(dict(kind="pca", drug=dname, route=pc.route, thr=[0.0], dose=[float(pc.demand_mg)],
-                              start=[float(pc.start_h)],
-                              stop=[float(pc.stop_h) if pc.stop_h is not None else np.inf],
-                              interval=float(pc.lockout_min) / 60.0, cap=cap, cap_window=1.0))
+            items.append(
+                dict(
+                    kind="pca",
+                    drug=dname,
+                    route=pc.route,
+                    thr=[0.0],
+                    dose=[float(pc.demand_mg)],
+                    start=[float(pc.start_h)],
+                    stop=[float(pc.stop_h) if pc.stop_h is not None else np.inf],
+                    interval=float(pc.lockout_min) / 60.0,
+                    cap=cap,
+                    cap_window=1.0,
+                )
+            )
         notes = []
         for m in getattr(regimen, "modalities", ()):
             if getattr(m, "enabled", True) and not opts.pain.enable_assumed_modalities:
-                notes.append(f"modality {m.kind}: no published effect size; its assumed effect is OFF "
-                             "(PainModel(enable_assumed_modalities=True) to switch it on)")
+                notes.append(
+                    f"modality {m.kind}: no published effect size; its assumed effect is OFF "
+                    "(PainModel(enable_assumed_modalities=True) to switch it on)"
+                )
         tmpl = [(si, e.time_h, get_drug(e.drug).name, e.route, e.duration_h) for si, e in ev0]
         rule = opts.combination if opts.combination is not None else outcome_posterior().rule
         if rule not in COMBINATION_RULES:
             raise ModelSpecError(f"combination must be one of {', '.join(COMBINATION_RULES)}, got {rule!r}")
         known_om = {f"outcome.{p.name}" for p in OUTCOME_PARAMETERS}
-        bad_om = [c for c in population.columns if isinstance(c, str) and c.startswith("outcome.") and c not in known_om]
+        bad_om = [
+            c for c in population.columns if isinstance(c, str) and c.startswith("outcome.") and c not in known_om
+        ]
         if bad_om:
-            raise ModelSpecError(f"population columns {bad_om} name no outcome-model parameter (known: "
-                                 f"{', '.join(sorted(known_om))})")
+            raise ModelSpecError(
+                f"population columns {bad_om} name no outcome-model parameter (known: {', '.join(sorted(known_om))})"
+            )
         plan = RegimenPlan(regimen, opts, blocks, off, float(t0), T, items, notes, tmpl, rule=rule)
         for it in items:
             plan._block_of(it["drug"])  # checks the drug is in the system
@@ -758,8 +867,15 @@ class RegimenPlan:
         def rep(v):
             return np.broadcast_to(v, (n_pat,) + v.shape).copy()
 
-        return {"prn_thr": rep(thr), "prn_dose": rep(dosev), "prn_start": rep(start), "prn_stop": rep(stop),
-                "prn_int": rep(interval), "prn_cap": rep(cap), "prn_capw": rep(capw)}
+        return {
+            "prn_thr": rep(thr),
+            "prn_dose": rep(dosev),
+            "prn_start": rep(start),
+            "prn_stop": rep(stop),
+            "prn_int": rep(interval),
+            "prn_cap": rep(cap),
+            "prn_capw": rep(capw),
+        }
 
     def _block_of(self, name: str) -> _Block:
         for b in self.blocks:
@@ -781,8 +897,11 @@ class RegimenPlan:
             cols = {c: sub[c].to_numpy(float) for c in b.drug.covariates_needed() if c in sub}
             cols["AMT"] = np.zeros(n_pat) if amt is None else amt
             if b.drug.name not in cache[1]:
-                cache[1][b.drug.name] = (_draws(sub, seed, "iiv:" + b.drug.name, len(b.iiv)) if self.opts.iiv
-                                         else np.zeros((n_pat, len(b.iiv))))
+                cache[1][b.drug.name] = (
+                    _draws(sub, seed, "iiv:" + b.drug.name, len(b.iiv))
+                    if self.opts.iiv
+                    else np.zeros((n_pat, len(b.iiv)))
+                )
             z = cache[1][b.drug.name]
             for j, (name, om) in enumerate(sorted(b.iiv.items())):
                 cols[f"ETA_{name}"] = om * z[:, j]
@@ -791,8 +910,13 @@ class RegimenPlan:
             out.append({k: np.broadcast_to(np.asarray(v, float), (n_pat,)) for k, v in p.items()})
         return out
 
-    def run_chunk(self, sub: pd.DataFrame, seed: int, weights: np.ndarray | None = None,
-                  rescue: Mapping[str, np.ndarray] | None = None) -> dict:
+    def run_chunk(
+        self,
+        sub: pd.DataFrame,
+        seed: int,
+        weights: np.ndarray | None = None,
+        rescue: Mapping[str, np.ndarray] | None = None,
+    ) -> dict:
         import jax
 
         arrays, params, sched_rows, ids = self.arrays(sub, seed)
@@ -803,16 +927,19 @@ class RegimenPlan:
             wx = np.concatenate([weights, np.ones((len(sub), 1))], axis=1)
             arrays["evw"] = wx[:, np.where(ev_item >= 0, ev_item, n_sched)]
             arrays["segw"] = wx[:, np.where(seg_item >= 0, seg_item, n_sched)]
-            sched_rows = [(si, t, d, r, a * (weights[:, si] if si >= 0 else 1.0), u)
-                          for (si, t, d, r, a, u) in sched_rows]
+            sched_rows = [
+                (si, t, d, r, a * (weights[:, si] if si >= 0 else 1.0), u) for (si, t, d, r, a, u) in sched_rows
+            ]
         fn = self._compiled()
         # host arrays go to the kernel as they are: with several devices each device receives only its rows
         res = fn(jax.tree_util.tree_map(np.asarray, arrays))
         res = jax.tree_util.tree_map(np.asarray, res)
         res["sched"] = sched_rows
         res["ids"] = ids
-        res["params"] = {b.drug.name: pd.DataFrame({k: np.asarray(v) for k, v in p.items()
-                                                    if not k.startswith("ETA_")}) for b, p in zip(self.blocks, params)}
+        res["params"] = {
+            b.drug.name: pd.DataFrame({k: np.asarray(v) for k, v in p.items() if not k.startswith("ETA_")})
+            for b, p in zip(self.blocks, params)
+        }
         return res
 
     def arrays(self, sub: pd.DataFrame, seed: int):
@@ -882,8 +1009,10 @@ class RegimenPlan:
             subs = _subdoses(b, it["route"], np.ones(n_pat), 0.0, 0.0, self, sub, seed)
             for tgt, a_sub, s_sub, d_sub in subs:
                 if np.any(np.asarray(s_sub) != 0.0) or np.any(np.asarray(d_sub) != 0.0):
-                    raise ModelSpecError(f"{it['kind'].upper()} {it['drug']} {it['route']}: rescue routes with a lag "
-                                         "or zero-order input are not supported on the demand grid")
+                    raise ModelSpecError(
+                        f"{it['kind'].upper()} {it['drug']} {it['route']}: rescue routes with a lag "
+                        "or zero-order input are not supported on the demand grid"
+                    )
                 bvec[:, i, b.off + tgt] += a_sub
 
         # ---- PD per patient
@@ -898,11 +1027,17 @@ class RegimenPlan:
         arrays["segw"] = np.ones((n_pat, S_))
         arrays["rmult"] = np.ones((n_pat, max(n_it, 1)))
         arrays.update(self.rescue_tables(n_pat))
-        arrays["vol"] = np.stack([np.broadcast_to(np.asarray(params[j][b.model.volume], float), (n_pat,))
-                                  for j, b in enumerate(self.blocks)] or [np.ones(n_pat)], axis=1)
+        arrays["vol"] = np.stack(
+            [np.broadcast_to(np.asarray(params[j][b.model.volume], float), (n_pat,)) for j, b in enumerate(self.blocks)]
+            or [np.ones(n_pat)],
+            axis=1,
+        )
         arrays.update(_event_groups(evk, np.array(ev_blk + [-1] * (E_ - len(ev_blk))), len(self.blocks), self.T))
-        self.index = (np.array(ev_item + [-1] * (E_ - len(ev_item))),
-                      np.array(seg_item + [-1] * (S_ - len(seg_item))), n_sched)
+        self.index = (
+            np.array(ev_item + [-1] * (E_ - len(ev_item))),
+            np.array(seg_item + [-1] * (S_ - len(seg_item))),
+            n_sched,
+        )
         return arrays, params, sched_rows, ids
 
     def _amounts(self, sub: pd.DataFrame) -> np.ndarray:
@@ -993,18 +1128,28 @@ class RegimenPlan:
         pain and demand models', the PD library's class ceilings and the combination's adjunct exponent."""
         o = self.opts
         pain, dem = o.pain, o.demand
-        out = {"opioid_ec50_scale": float(OPIOID_EC50_SCALE.value), "b0": float(pain.b0.value),
-               "b_inf": float(pain.b_inf.value), "t_half": float(pain.t_half.value),
-               "tol_ec50_factor": float(pain.tolerant_ec50_factor.value),
-               "tol_b0_shift": float(pain.tolerant_b0_shift.value),
-               "sensitivity_sd": float(pain.sensitivity_sd.value),
-               "lambda_pca": float(dem.pca_lambda_max.value), "lambda_prn_iv": float(dem.prn_iv_lambda_max.value),
-               "lambda_prn_po": float(dem.prn_lambda_max.value), "n50": float(dem.n50.value),
-               "demand_iiv": float(dem.iiv_sd.value), "report_sd": float(dem.report_sd.value),
-               "opioid_half": float(dem.opioid_half.value),
-               "emax_ketamine_tolerant": float(pain.tolerant_ketamine_emax.value),
-               "adjunct_exponent": float(o.adjunct_exponent if o.adjunct_exponent is not None else
-                                         outcome_posterior().point()["adjunct_exponent"])}
+        out = {
+            "opioid_ec50_scale": float(OPIOID_EC50_SCALE.value),
+            "b0": float(pain.b0.value),
+            "b_inf": float(pain.b_inf.value),
+            "t_half": float(pain.t_half.value),
+            "tol_ec50_factor": float(pain.tolerant_ec50_factor.value),
+            "tol_b0_shift": float(pain.tolerant_b0_shift.value),
+            "sensitivity_sd": float(pain.sensitivity_sd.value),
+            "lambda_pca": float(dem.pca_lambda_max.value),
+            "lambda_prn_iv": float(dem.prn_iv_lambda_max.value),
+            "lambda_prn_po": float(dem.prn_lambda_max.value),
+            "n50": float(dem.n50.value),
+            "demand_iiv": float(dem.iiv_sd.value),
+            "report_sd": float(dem.report_sd.value),
+            "opioid_half": float(dem.opioid_half.value),
+            "emax_ketamine_tolerant": float(pain.tolerant_ketamine_emax.value),
+            "adjunct_exponent": float(
+                o.adjunct_exponent
+                if o.adjunct_exponent is not None
+                else outcome_posterior().point()["adjunct_exponent"]
+            ),
+        }
         from .pd import PD_LIBRARY
 
         for d, pdv in PD_LIBRARY.items():
@@ -1068,13 +1213,15 @@ class RegimenPlan:
         th = th_["t_half"] * np.exp(np.sqrt(np.log1p(cv * cv)) * zp[:, 1])
         # the setting's heterogeneity: a multiplier of the between-patient SDs of pain sensitivity and rescue
         # propensity (the pain model's, or a row's own pain.spread)
-        spread = _row_multiplier(sub, "pain.spread", float(pain.setting_spread.value),
-                                 "a multiplier of the between-patient SDs")
+        spread = _row_multiplier(
+            sub, "pain.spread", float(pain.setting_spread.value), "a multiplier of the between-patient SDs"
+        )
         sens = np.exp(th_["sensitivity_sd"] * spread * zp[:, 2])
         # the setting's pain-curve multiplier (a trial's surgery and institution): the pain model's (the
         # calibration's reference setting), or a row's own pain.scale
-        sens = sens * _row_multiplier(sub, "pain.scale", float(pain.setting_scale.value),
-                                      "a multiplier of the pain curve")
+        sens = sens * _row_multiplier(
+            sub, "pain.scale", float(pain.setting_scale.value), "a multiplier of the pain curve"
+        )
         # a patient's own pain-model values (posterior draws), where given
         for col, val in (("pain.b0", "b0"), ("pain.t_half", "th"), ("pain.sensitivity", "sens")):
             if col in sub:
@@ -1095,14 +1242,29 @@ class RegimenPlan:
         # times the setting's rescue propensity (the calibration's reference setting: DemandModel.setting_propensity,
         # or a row's own rescue.propensity)
         prop = np.exp(th_["demand_iiv"] * spread * zd) * _row_multiplier(
-            sub, "rescue.propensity", float(self.opts.demand.setting_propensity.value),
-            "a multiplier of every rescue-request hazard")
+            sub,
+            "rescue.propensity",
+            float(self.opts.demand.setting_propensity.value),
+            "a multiplier of every rescue-request hazard",
+        )
         lam = np.stack([th_[_demand_key(it)] for it in self.items] or [np.zeros(n_pat)], axis=1) * prop[:, None]
         if not self.items:
             lam = np.zeros((n_pat, 1))
-        return dict(ec50=ec50, emax=emax, lam=lam, resp=resp, b0=np.clip(b0, 0.0, 10.0), th=th, sens=sens,
-                    b_inf=th_["b_inf"], n50=th_["n50"], rsd=th_["report_sd"], uhalf=th_["opioid_half"],
-                    kappa=th_["adjunct_exponent"], osa=(sub["OSA"].to_numpy(float) if "OSA" in sub else np.zeros(n_pat)))
+        return dict(
+            ec50=ec50,
+            emax=emax,
+            lam=lam,
+            resp=resp,
+            b0=np.clip(b0, 0.0, 10.0),
+            th=th,
+            sens=sens,
+            b_inf=th_["b_inf"],
+            n50=th_["n50"],
+            rsd=th_["report_sd"],
+            uhalf=th_["opioid_half"],
+            kappa=th_["adjunct_exponent"],
+            osa=(sub["OSA"].to_numpy(float) if "OSA" in sub else np.zeros(n_pat)),
+        )
 
     # -------------------------------------------------------------------------------------------------
     def _compiled(self):
@@ -1116,19 +1278,48 @@ class RegimenPlan:
     def _signature(self) -> tuple:
         """Everything the compiled kernel bakes in (numbers that vary per patient are passed as arrays)."""
         o = self.opts
-        blocks = tuple((b.drug.name, b.off, b.n, b.pd.kind, b.eff, tuple(b.local_depots()), float(b.pd.hill.value))
-                       for b in self.blocks)
-        items = (tuple(it["kind"] for it in self.items), tuple(it["drug"] for it in self.items),
-                 tuple(it["route"] for it in self.items), self.rescue_shape())
+        blocks = tuple(
+            (b.drug.name, b.off, b.n, b.pd.kind, b.eff, tuple(b.local_depots()), float(b.pd.hill.value))
+            for b in self.blocks
+        )
+        items = (
+            tuple(it["kind"] for it in self.items),
+            tuple(it["drug"] for it in self.items),
+            tuple(it["route"] for it in self.items),
+            self.rescue_shape(),
+        )
         p = o.pain
         # only what the kernel bakes in: every calibrated value is a per-row array (outcome_rows)
-        pain = (float(p.diurnal_amp.value), float(p.diurnal_peak_clock.value), float(p.surgery_end_clock.value),
-                float(p.pt_increment.value), float(p.tens_reduction.value), bool(p.enable_assumed_modalities))
+        pain = (
+            float(p.diurnal_amp.value),
+            float(p.diurnal_peak_clock.value),
+            float(p.surgery_end_clock.value),
+            float(p.pt_increment.value),
+            float(p.tens_reduction.value),
+            bool(p.enable_assumed_modalities),
+        )
         mods = tuple((m.kind, tuple(map(tuple, m.windows)), m.enabled) for m in self.regimen.modalities)
-        return (blocks, items, self.t0, self.T, o.dt_h, o.gamma, o.relaxed, o.record_states, o.record_concentrations,
-                o.record_trajectories, self.rule, float(self.regimen.horizon_h),
-                tuple(sorted((o.greco_alpha or {}).items())), repr(o.ae), pain,
-                float(o.demand.slope.value), float(o.demand.relax_tau.value), mods, self.n)
+        return (
+            blocks,
+            items,
+            self.t0,
+            self.T,
+            o.dt_h,
+            o.gamma,
+            o.relaxed,
+            o.record_states,
+            o.record_concentrations,
+            o.record_trajectories,
+            self.rule,
+            float(self.regimen.horizon_h),
+            tuple(sorted((o.greco_alpha or {}).items())),
+            repr(o.ae),
+            pain,
+            float(o.demand.slope.value),
+            float(o.demand.relax_tau.value),
+            mods,
+            self.n,
+        )
 
     def collect(self, outs: list[dict], population: pd.DataFrame) -> PopulationResult:
         """The outcome table from the compiled program's per-patient summaries (and the trajectories, when
@@ -1147,16 +1338,16 @@ class RegimenPlan:
         offset = 0
         for o in outs:
             m = len(o["ids"])
-            for (_, t_e, dname, route, amt, _dur) in o["sched"]:
+            for _, t_e, dname, route, amt, _dur in o["sched"]:
                 f = mme_factor(dname, route)
                 if f > 0 and t_e >= 0:
                     k = int(np.clip(np.ceil((t_e - self.t0) / dt - 1e-9), 0, self.T - 1))
                     for j, h in enumerate((24, 48, 72)):
                         if times[k] < h - 1e-9:
-                            mme[offset:offset + m, j] += f * np.asarray(amt, float)
+                            mme[offset : offset + m, j] += f * np.asarray(amt, float)
                     hb = int(np.floor(times[k] + 1e-9))
                     if hb < mme_h.shape[1]:
-                        mme_h[offset:offset + m, hb] += f * np.asarray(amt, float)
+                        mme_h[offset : offset + m, hb] += f * np.asarray(amt, float)
             offset += m
         for j, h in enumerate((24, 48, 72)):
             df[f"MME_0_{h}"] = mme[:, j]
@@ -1180,7 +1371,8 @@ class RegimenPlan:
         df["MAX_SEDATION"] = cat("max_sed")
         m24 = df["MME_0_24"].to_numpy()
         lo = np.log(float(ae.ponv_p_ref.value) / (1 - float(ae.ponv_p_ref.value))) + float(ae.ponv_slope.value) * (
-            np.log1p(m24) - np.log1p(float(ae.ponv_mme_ref.value)))
+            np.log1p(m24) - np.log1p(float(ae.ponv_mme_ref.value))
+        )
         g = df["OPRM1_G"].to_numpy(float) if "OPRM1_G" in df else np.zeros(len(df))
         lo = lo + np.where(g >= 2, np.log(float(ae.oprm1_gg_or.value)), 0.0)
         df["P_PONV"] = 1.0 / (1.0 + np.exp(-lo))
@@ -1190,8 +1382,10 @@ class RegimenPlan:
         fu = float(get_drug("bupivacaine")._param("FU").value)
         df["PEAK_BUPI"] = peak * 1000.0
         df["PEAK_BUPI_UNBOUND"] = peak * fu * 1000.0
-        df["LAST_INDEX"] = np.maximum(peak / last_threshold("bupivacaine", "total", "CNS").value,
-                                      peak * fu / last_threshold("bupivacaine", "unbound", "CNS").value)
+        df["LAST_INDEX"] = np.maximum(
+            peak / last_threshold("bupivacaine", "total", "CNS").value,
+            peak * fu / last_threshold("bupivacaine", "unbound", "CNS").value,
+        )
         auc, cmax = cat("auc"), cat("cmax")
         for j, b in enumerate(self.blocks):
             df[f"AUC_{b.drug.name}"] = auc[:, j]
@@ -1203,8 +1397,9 @@ class RegimenPlan:
         doses = None
         if self.opts.record_doses and not self.opts.relaxed and traj:
             doses = self._dose_frame(outs, times)
-        params = {b.drug.name: pd.concat([o["params"][b.drug.name] for o in outs], ignore_index=True)
-                  for b in self.blocks}
+        params = {
+            b.drug.name: pd.concat([o["params"][b.drug.name] for o in outs], ignore_index=True) for b in self.blocks
+        }
         for v in params.values():
             v.insert(0, "ID", df["ID"].to_numpy())
         states = cat("x") if self.opts.record_states else None
@@ -1212,24 +1407,60 @@ class RegimenPlan:
         conc = None
         if self.opts.record_concentrations:
             conc = {b.drug.name: np.concatenate([o["conc"][:, :, j] for o in outs]) for j, b in enumerate(self.blocks)}
-        return PopulationResult(self.regimen, df, times, nrs, units, bupi, doses, list(self.notes), params, states,
-                                index, conc, cat("nrs_hourly").astype(float), mme_h)
+        return PopulationResult(
+            self.regimen,
+            df,
+            times,
+            nrs,
+            units,
+            bupi,
+            doses,
+            list(self.notes),
+            params,
+            states,
+            index,
+            conc,
+            cat("nrs_hourly").astype(float),
+            mme_h,
+        )
 
     def _dose_frame(self, outs, times) -> pd.DataFrame:
         parts = []
         for o in outs:
             ids = o["ids"]
-            for (_, t_e, dname, route, amt, dur) in o["sched"]:
+            for _, t_e, dname, route, amt, dur in o["sched"]:
                 given = np.broadcast_to(np.asarray(amt, float), ids.shape) > 0
-                parts.append(pd.DataFrame({"ID": ids, "TIME": t_e, "DRUG": dname, "ROUTE": route, "AMT": amt,
-                                           "DUR": dur, "KIND": "scheduled"})[given])
+                parts.append(
+                    pd.DataFrame(
+                        {
+                            "ID": ids,
+                            "TIME": t_e,
+                            "DRUG": dname,
+                            "ROUTE": route,
+                            "AMT": amt,
+                            "DUR": dur,
+                            "KIND": "scheduled",
+                        }
+                    )[given]
+                )
             dose, rep = o["dose"], o["rep"]
             for i, it in enumerate(self.items):
                 pi, ki = np.nonzero(dose[:, :, i] > 0)
                 if len(pi):
-                    parts.append(pd.DataFrame({"ID": ids[pi], "TIME": times[ki], "DRUG": it["drug"],
-                                               "ROUTE": it["route"], "AMT": dose[pi, ki, i], "DUR": 0.0,
-                                               "KIND": it["kind"], "NRS_REPORTED": rep[pi, ki, i]}))
+                    parts.append(
+                        pd.DataFrame(
+                            {
+                                "ID": ids[pi],
+                                "TIME": times[ki],
+                                "DRUG": it["drug"],
+                                "ROUTE": it["route"],
+                                "AMT": dose[pi, ki, i],
+                                "DUR": 0.0,
+                                "KIND": it["kind"],
+                                "NRS_REPORTED": rep[pi, ki, i],
+                            }
+                        )
+                    )
         if not parts:
             return pd.DataFrame(columns=["ID", "TIME", "DRUG", "ROUTE", "AMT", "DUR", "KIND", "NRS_REPORTED"])
         return pd.concat(parts, ignore_index=True).sort_values(["ID", "TIME"], kind="stable").reset_index(drop=True)
@@ -1533,8 +1764,10 @@ def _make_kernel(plan: RegimenPlan):
             ia, ic = names.index(get_drug(a_).name), names.index(get_drug(c_).name)
             ga, gc = group[ia], group[ic]
             if ga == gc:
-                raise ModelSpecError(f"greco_alpha ({a_}, {c_}): opioids share one mechanism (their units add); "
-                                     "an interaction is defined between different mechanisms only")
+                raise ModelSpecError(
+                    f"greco_alpha ({a_}, {c_}): opioids share one mechanism (their units add); "
+                    "an interaction is defined between different mechanisms only"
+                )
             pair[min(ga, gc), max(ga, gc)] = float(v)
     ae = opts.ae
     a_resp, n_resp = float(ae.alpha.value), float(ae.n.value)
@@ -1553,9 +1786,9 @@ def _make_kernel(plan: RegimenPlan):
     h_oird, d_ref = _oird_rate(opts.ae), float(opts.ae.d_ref.value)
     times = t0 + dt * np.arange(T)
     extra = np.zeros(T)  # modality terms (time only)
-    for (w0, w1) in pt_w:
+    for w0, w1 in pt_w:
         extra += float(pain.pt_increment.value) * ((times >= w0) & (times < w1))
-    for (w0, w1) in tens_w:
+    for w0, w1 in tens_w:
         extra -= float(pain.tens_reduction.value) * ((times >= w0) & (times < w1))
     diurnal = amp * np.cos(2 * np.pi * (times - phase) / 24.0)
     post = (times >= -1e-9) & (times <= float(plan.regimen.horizon_h) + 1e-9)
@@ -1570,7 +1803,9 @@ def _make_kernel(plan: RegimenPlan):
     tp = times[post]
     w_auc = np.zeros(T)  # trapezoid weights over 0 .. horizon (h)
     if tp.size > 1:
-        w_auc[np.flatnonzero(post)] = np.concatenate([[0.0], np.diff(tp)]) / 2 + np.concatenate([np.diff(tp), [0.0]]) / 2
+        w_auc[np.flatnonzero(post)] = (
+            np.concatenate([[0.0], np.diff(tp)]) / 2 + np.concatenate([np.diff(tp), [0.0]]) / 2
+        )
     # hourly mean pain: each bin [h, h + 1]'s trapezoid weights, normalized
     nrs_hw = np.zeros((T, max(n_hours, 1)))
     for h in range(n_hours):
@@ -1587,7 +1822,7 @@ def _make_kernel(plan: RegimenPlan):
         m = max([len(z) for z in nz] + [1])
         idx, wts, ok = np.zeros((len(nz), m), int), np.zeros((len(nz), m)), np.zeros((len(nz), m), bool)
         for h, z in enumerate(nz):
-            idx[h, :len(z)], wts[h, :len(z)], ok[h, :len(z)] = z, W[z, h], True
+            idx[h, : len(z)], wts[h, : len(z)], ok[h, : len(z)] = z, W[z, h], True
         return idx, wts, ok
 
     hour_bins, nrs_bins = bins(hour_w), bins(nrs_hw)
@@ -1636,8 +1871,9 @@ def _make_kernel(plan: RegimenPlan):
         S = a_op + A
         if pair is not None:  # optional Greco terms between groups (opioids, then each non-opioid)
             G = [a_op] + a_non
-            cross = _chain_sum([jnp.zeros_like(S)]
-                               + [float(pair[i, k]) * G[i] * G[k] for i, k in zip(*np.nonzero(pair))])
+            cross = _chain_sum(
+                [jnp.zeros_like(S)] + [float(pair[i, k]) * G[i] * G[k] for i, k in zip(*np.nonzero(pair))]
+            )
             d = S * S + 4.0 * cross
             ok = d > 1e-30
             S = jnp.where(ok, 0.5 * (S + jnp.sqrt(jnp.where(ok, d, 1.0))), 0.5 * S)
@@ -1650,9 +1886,9 @@ def _make_kernel(plan: RegimenPlan):
         """Block j's scheduled inputs merged per grid point (sorted grid indices (E,), vectors (E, n_b); the
         grouping comes from the host, :meth:`RegimenPlan.arrays`) and the infusion segments (from, to, vectors)."""
         o, s = offs[j], sizes[j]
-        v = a["evw"][:, None] * a["evv"][:, o:o + s]
+        v = a["evw"][:, None] * a["evv"][:, o : o + s]
         V = jax.ops.segment_sum(v[a["evo"][j]], a["evs"][j], num_segments=v.shape[0])
-        return a["evq"][j], V, a["sf"], a["st"], a["segw"][:, None] * a["sv"][:, o:o + s]
+        return a["evq"][j], V, a["sf"], a["st"], a["segw"][:, None] * a["sv"][:, o : o + s]
 
     def advance(j, x, k, p, inp, Phi):
         kk, V, sf, st, sv = inp
@@ -1674,6 +1910,7 @@ def _make_kernel(plan: RegimenPlan):
         CO = {}  # open-loop blocks: components on the grid (T, 2), and states if recorded
         XO = {}
         if OL:
+
             def lin(carry, k):
                 xs, ps = carry
                 new = [advance(j, x, k, p, inp[j], Phi[j]) for j, x, p in zip(OL, xs, ps)]
@@ -1682,10 +1919,11 @@ def _make_kernel(plan: RegimenPlan):
                 if record_states:
                     out = out + xs
                 return (xs, tuple(n_[1] for n_ in new)), out
+
             _, outs = jax.lax.scan(lin, (tuple(zeros[j] for j in OL), tuple(p0 for _ in OL)), ks)
-            CO = dict(zip(OL, outs[:len(OL)]))
+            CO = dict(zip(OL, outs[: len(OL)]))
             if record_states:
-                XO = dict(zip(OL, outs[len(OL):]))
+                XO = dict(zip(OL, outs[len(OL) :]))
         v_all = [None] * nb
         for j in OL:
             v_all[j] = act(j, CO[j][:, 0], a)
@@ -1705,17 +1943,21 @@ def _make_kernel(plan: RegimenPlan):
                 # keyed by the absolute grid index round(t / dt), not the step number, so a regimen that starts
                 # earlier (a pre-operative dose) sees the same demand draws after t = 0; per item one uniform
                 # for the request and one for the reported pain score
-                uni = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(key, k + k_abs0), (2 * ni,),
-                                                            dtype=jnp.float32))(ks)
-            bvec = {j: a["bvec"][:, offs[j]:offs[j] + sizes[j]] for j in FB}
+                uni = jax.vmap(
+                    lambda k: jax.random.uniform(jax.random.fold_in(key, k + k_abs0), (2 * ni,), dtype=jnp.float32)
+                )(ks)
+            bvec = {j: a["bvec"][:, offs[j] : offs[j] + sizes[j]] for j in FB}
             thr, dosev, interval = a["prn_thr"], a["prn_dose"], a["prn_int"]
             cap, capw = a["prn_cap"], a["prn_capw"]
             step_up = jnp.diff(jnp.concatenate([jnp.zeros((ni, 1), dtype), dosev], 1), axis=1)
             mlen = jnp.ceil(interval / dt - 1e-9)
             reg_mask = (jnp.arange(M)[None, :] < mlen[:, None]).astype(dtype)
             tt = jnp.asarray(times)
-            inwin_all = ((tt[:, None, None] >= a["prn_start"][None] - 1e-9) & (tt[:, None, None] < a["prn_stop"][None] - 1e-9)
-                         & (tt[:, None, None] >= -1e-9))  # (T, I, R)
+            inwin_all = (
+                (tt[:, None, None] >= a["prn_start"][None] - 1e-9)
+                & (tt[:, None, None] < a["prn_stop"][None] - 1e-9)
+                & (tt[:, None, None] >= -1e-9)
+            )  # (T, I, R)
             rsd = a["rsd"]
             soft_w = 1.702 / jnp.sqrt(rsd * rsd + tau * tau)  # logistic approximation of the normal CDF
 
@@ -1755,15 +1997,19 @@ def _make_kernel(plan: RegimenPlan):
                     give = req & free & cap_ok & (amt > 0)
                     dose = jnp.where(give, amt, 0.0)
                     last = jnp.where(give, t, last)
-                    hist = jnp.where(give[:, None], jnp.concatenate([jnp.full((ni, 1), t), hist[:, :-1]], axis=1),
-                                     hist)
+                    hist = jnp.where(give[:, None], jnp.concatenate([jnp.full((ni, 1), t), hist[:, :-1]], axis=1), hist)
                 dose = dose * a["rmult"]
                 xs = tuple(x + _chain_sum(dose[i] * bvec[j][i] for i in range(ni)) for j, x in zip(FB, xs))
                 out = (y, dose, cf, yr) + ((xs,) if record_states else ())
                 return (xs, ps, last, hist, reg), out
 
-            carry = (tuple(zeros[j] for j in FB), tuple(p0 for _ in FB), jnp.full((ni,), -1e9),
-                     jnp.full((ni, C), -1e9), jnp.zeros((ni, M)))
+            carry = (
+                tuple(zeros[j] for j in FB),
+                tuple(p0 for _ in FB),
+                jnp.full((ni,), -1e9),
+                jnp.full((ni, C), -1e9),
+                jnp.zeros((ni, M)),
+            )
             _, outs = jax.lax.scan(step, carry, (ks, vO, A, uni, inwin_all))
             y, dose, cf, rep = outs[:4]
             CF = dict(zip(FB, cf))
@@ -1781,9 +2027,11 @@ def _make_kernel(plan: RegimenPlan):
             dose = jnp.zeros((T, 1), dtype)
         Cs = {**CO, **CF}
         # outputs that do not feed back, at every grid point at once
-        rr = sum((jnp.maximum(Cs[j][:, 0], 0.0) / a["resp"][j] for j in range(nb) if kinds[j] == "opioid"),
-                 jnp.zeros(T, dtype))
-        rn = rr ** n_resp
+        rr = sum(
+            (jnp.maximum(Cs[j][:, 0], 0.0) / a["resp"][j] for j in range(nb) if kinds[j] == "opioid"),
+            jnp.zeros(T, dtype),
+        )
+        rn = rr**n_resp
         dep = min(a_resp, 1.0) * rn / (1.0 + rn)
         s2 = (uop / sed_u50) ** 2
         sed = s2 / (1.0 + s2)
@@ -1796,9 +2044,14 @@ def _make_kernel(plan: RegimenPlan):
         mme_t = _chain_sum(dose[:, i] * float(fac_items[i]) for i in range(n_it)) if n_it else jnp.zeros(T, dtype)
         # every float sum over the grid in a fixed order (_ordered_sum), in one pass: trapezoid integrals
         # (PAIN_AUC, PAIN_EXCESS, the OIRD hazard, AUC per drug) and the rescue MME windows
-        tsum = _ordered_sum(jnp.stack([wt * y, wt * jnp.maximum(y - 3.0, 0.0), wt * (dep / d_ref) ** 2]
-                                      + [jnp.where(jnp.asarray(w), mme_t, 0.0) for w in mme_windows]
-                                      + [wt * conc[:, d] for d in range(conc.shape[1])], axis=1))
+        tsum = _ordered_sum(
+            jnp.stack(
+                [wt * y, wt * jnp.maximum(y - 3.0, 0.0), wt * (dep / d_ref) ** 2]
+                + [jnp.where(jnp.asarray(w), mme_t, 0.0) for w in mme_windows]
+                + [wt * conc[:, d] for d in range(conc.shape[1])],
+                axis=1,
+            )
+        )
         summ = {  # per-patient outcomes (see RegimenPlan.collect), computed here so large batches need no trajectories
             "mme_rescue": tsum[3:6],
             "mme_hourly": binned(mme_t, hour_bins),
@@ -1807,7 +2060,8 @@ def _make_kernel(plan: RegimenPlan):
             "tit4": jnp.sum(jnp.where(pm, y <= 4.0 + 1e-9, False)) / n_post,
             "ge4": jnp.sum(jnp.where(pm, y >= 4.0 - 1e-9, False)) / n_post,
             "ge7": jnp.sum(jnp.where(pm, y >= 7.0 - 1e-9, False)) / n_post,
-            "pain_auc": tsum[0], "pain_excess": tsum[1],
+            "pain_auc": tsum[0],
+            "pain_excess": tsum[1],
             "n_pca": jnp.sum(given & jnp.asarray(is_pca)[None, :]) if n_it else jnp.zeros((), jnp.int32),
             "n_prn": jnp.sum(given & jnp.asarray(~is_pca)[None, :]) if n_it else jnp.zeros((), jnp.int32),
             "t_first": jnp.where(jnp.any(anyg), jnp.asarray(times)[jnp.argmax(anyg)], jnp.nan),
@@ -1818,8 +2072,17 @@ def _make_kernel(plan: RegimenPlan):
         }
         out = {"auc": tsum[6:], "cmax": jnp.max(jnp.where(pm[:, None], conc, -jnp.inf), axis=0), **summ}
         if record_traj:
-            out.update({"nrs": y, "dose": dose, "uop": uop, "dep": dep, "sed": sed, "bupi": bup,
-                        "rep": rep if rep is not None else jnp.zeros((T, 1), dtype)})
+            out.update(
+                {
+                    "nrs": y,
+                    "dose": dose,
+                    "uop": uop,
+                    "dep": dep,
+                    "sed": sed,
+                    "bupi": bup,
+                    "rep": rep if rep is not None else jnp.zeros((T, 1), dtype),
+                }
+            )
         if record_conc:
             out["conc"] = conc
         if record_states:
@@ -1831,7 +2094,8 @@ def _make_kernel(plan: RegimenPlan):
         # per row: key(seed) -> fold_in 0x5EED -> fold_in patient ID (the seed is a row array: one program
         # serves every seed)
         keys = jax.vmap(lambda s, i: jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(s), 0x5EED), i))(
-            arrs["seed"], arrs["ids"])
+            arrs["seed"], arrs["ids"]
+        )
         a = {k: v for k, v in arrs.items() if k not in ("ids", "seed")}
         n_rows = keys.shape[0]
         c = _inner_rows()

@@ -72,8 +72,9 @@ def plot_mme(result, path: Path, title: str = "") -> None:
     fig.savefig(path, format="png")
 
 
-def write_population_outputs(result, out_dir: Path, *, findings: pd.DataFrame | None = None,
-                             fmt: str = "csv") -> list[Path]:
+def write_population_outputs(
+    result, out_dir: Path, *, findings: pd.DataFrame | None = None, fmt: str = "csv"
+) -> list[Path]:
     """Write the tables and figures listed in the module docstring; returns the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

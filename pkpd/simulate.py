@@ -36,8 +36,18 @@ from .errors import DatasetError, DatasetViolation, ModelSpecError, SolverError
 from .expr import Expression, compile_parameter_block, evaluate_parameter_block, referenced_columns
 from .models import CompartmentModel, get_model
 
-__all__ = ["ParameterSpec", "load_params", "simulate", "prepare", "Prepared", "Simulator", "dense_grid",
-           "plot_profiles", "profiles_figure", "MAX_PLOTTED_IDS"]
+__all__ = [
+    "ParameterSpec",
+    "load_params",
+    "simulate",
+    "prepare",
+    "Prepared",
+    "Simulator",
+    "dense_grid",
+    "plot_profiles",
+    "profiles_figure",
+    "MAX_PLOTTED_IDS",
+]
 
 _DOSE_PREFIXES = ("F", "ALAG", "R", "D")
 
@@ -64,8 +74,7 @@ class ParameterSpec:
         if self.solver is not None and str(self.solver).lower() not in ("auto", "analytic", "ode"):
             raise ModelSpecError(f"solver{where} must be 'auto', 'analytic' or 'ode', got {self.solver!r}")
         if self.ode_method is not None and str(self.ode_method).lower() not in ODE_METHODS:
-            raise ModelSpecError(f"ode_method{where} must be one of {', '.join(ODE_METHODS)}, got "
-                                 f"{self.ode_method!r}")
+            raise ModelSpecError(f"ode_method{where} must be one of {', '.join(ODE_METHODS)}, got {self.ode_method!r}")
 
 
 def load_params(source: str | Path | Mapping[str, Any]) -> ParameterSpec:
@@ -91,8 +100,10 @@ def load_params(source: str | Path | Mapping[str, Any]) -> ParameterSpec:
         # [drug]: read by the regimen simulator only (pkpd.drugs.with_structure), ignored here
         unknown = set(content) - {"parameters", "model", "interpolation", "solver", "ode_method", "structure", "drug"}
         if unknown:
-            raise ModelSpecError(f"parameter file: unknown top-level keys {sorted(unknown)} "
-                                 "(allowed: model, interpolation, solver, ode_method, parameters, structure, drug)")
+            raise ModelSpecError(
+                f"parameter file: unknown top-level keys {sorted(unknown)} "
+                "(allowed: model, interpolation, solver, ode_method, parameters, structure, drug)"
+            )
         if not isinstance(exprs, Mapping):
             raise ModelSpecError("parameter file: 'parameters' must be a table of name = value/expression")
         model_name = content.get("model")
@@ -100,15 +111,30 @@ def load_params(source: str | Path | Mapping[str, Any]) -> ParameterSpec:
             from .models.user import compile_structure, register_user_model
 
             where = f"parameter file {src_name}" if src_name else "parameter file"
-            um = register_user_model(compile_structure(
-                content["structure"], name=Path(src_name).stem if src_name else None, where=where,
-                text=text if src_name else None, source=src_name, known={str(k) for k in exprs}))
+            um = register_user_model(
+                compile_structure(
+                    content["structure"],
+                    name=Path(src_name).stem if src_name else None,
+                    where=where,
+                    text=text if src_name else None,
+                    source=src_name,
+                    known={str(k) for k in exprs},
+                )
+            )
             if model_name is not None and str(model_name) != um.name:
-                raise ModelSpecError(f"{where}: `model = {model_name!r}` names another model than its [structure] "
-                                     f"section ({um.name!r}); remove `model` or make them agree")
+                raise ModelSpecError(
+                    f"{where}: `model = {model_name!r}` names another model than its [structure] "
+                    f"section ({um.name!r}); remove `model` or make them agree"
+                )
             model_name = um.name
-        return ParameterSpec(exprs, model_name, content.get("interpolation", "nocb"), src_name,
-                             content.get("solver"), content.get("ode_method"))
+        return ParameterSpec(
+            exprs,
+            model_name,
+            content.get("interpolation", "nocb"),
+            src_name,
+            content.get("solver"),
+            content.get("ode_method"),
+        )
     return ParameterSpec(content, None, "nocb", src_name)
 
 
@@ -144,8 +170,9 @@ class Prepared:
 
         key = (type(solver).__name__, self.layout)
         if key not in self.sched_cache:
-            self.sched_cache[key] = compute_schedule_dedup(self.model, self.layout, solver, self.rec, self.dose,
-                                                           self.ss, self.theta)
+            self.sched_cache[key] = compute_schedule_dedup(
+                self.model, self.layout, solver, self.rec, self.dose, self.ss, self.theta
+            )
         return self.sched_cache[key]
 
     def __post_init__(self):
@@ -164,7 +191,8 @@ def _check_param_names(model: CompartmentModel, spec: ParameterSpec) -> None:
         src = f"model file {model.source}, {where}" if getattr(model, "source", None) else where
         raise ModelSpecError(
             f"{src}: equation {eq!r}: unknown symbol {missing[0]} (not a state, a defined quantity or a parameter "
-            f"of the parameter file, which defines {', '.join(sorted(names)) or 'nothing'})")
+            f"of the parameter file, which defines {', '.join(sorted(names)) or 'nothing'})"
+        )
     if missing:
         raise ModelSpecError(
             f"model {model.name} needs parameter{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
@@ -174,9 +202,9 @@ def _check_param_names(model: CompartmentModel, spec: ParameterSpec) -> None:
     allowed_dose = set(model.dose_params())
     for name in names - set(model.param_names):  # a structural parameter such as R0 (a baseline) is no dose
         for pre in _DOSE_PREFIXES:
-            if name.startswith(pre) and name[len(pre):].isdigit() and name not in allowed_dose:
+            if name.startswith(pre) and name[len(pre) :].isdigit() and name not in allowed_dose:
                 raise ModelSpecError(
-                    f"parameter {name} refers to compartment {name[len(pre):]}, which model {model.name} does "
+                    f"parameter {name} refers to compartment {name[len(pre) :]}, which model {model.name} does "
                     f"not have ({model.compartment_table()})"
                 )
 
@@ -205,10 +233,16 @@ def _validate(data, model: CompartmentModel, spec: ParameterSpec | None, source:
         bad = is_dose & ~np.isin(cmt - 1, dose_states)
         if bad.any():
             ok = ", ".join(f"{i + 1}={model.compartments[i]}" for i in dose_states)
-            raise DatasetError([DatasetViolation(tuple(int(r) + 1 for r in np.nonzero(bad)[0]), "CMT",
-                                                 f"dose into a state that model {model.name} does not dose "
-                                                 f"(its `doses`: {ok})")], source=source or (str(data) if isinstance(
-                                                     data, (str, Path)) else None))
+            raise DatasetError(
+                [
+                    DatasetViolation(
+                        tuple(int(r) + 1 for r in np.nonzero(bad)[0]),
+                        "CMT",
+                        f"dose into a state that model {model.name} does not dose (its `doses`: {ok})",
+                    )
+                ],
+                source=source or (str(data) if isinstance(data, (str, Path)) else None),
+            )
     return df
 
 
@@ -258,7 +292,8 @@ class _Design:
         self.S = max([1] + [len(r) for r in model.routes.values()])
         self.dose_cmt0 = dose_cmt0 = np.clip(cmt - 1, 0, n - 1)
         self.has_inf = bool(np.any(is_dose & (rate != 0) & ~const_inf)) or any(
-            rt.mode == "zero_order" for rs in model.routes.values() for rt in rs)
+            rt.mode == "zero_order" for rs in model.routes.values() for rt in rs
+        )
         self.R, self.D, self.P_ss = R, D, P_ss
 
         # --- padded record arrays: slot j of subject s holds row starts[s] + min(j, m_s - 1) ---
@@ -294,9 +329,15 @@ class _Design:
         self.dose = {k: v[subj] for k, v in dose.items()} if B > N else dose
         self.ss = {k: v[subj] for k, v in ss.items()} if B > N else ss
         self.rec = {
-            "time": time[src_row], "valid": valid, "cmt": dose_cmt0[src_row].astype(np.int32),
-            "amt": (amt * is_dose)[src_row], "rate": (rate * is_dose)[src_row], "ii": ii[src_row],
-            "reset": reset[src_row] & valid, "next_reset": ep_next[eid][src_row], "epoch_last": ep_last[eid][src_row],
+            "time": time[src_row],
+            "valid": valid,
+            "cmt": dose_cmt0[src_row].astype(np.int32),
+            "amt": (amt * is_dose)[src_row],
+            "rate": (rate * is_dose)[src_row],
+            "ii": ii[src_row],
+            "reset": reset[src_row] & valid,
+            "next_reset": ep_next[eid][src_row],
+            "epoch_last": ep_last[eid][src_row],
             "dose0": np.where(valid, dose0[src_row], -1).astype(np.int32),
         }
         self.row_map = np.stack([sid, pos], axis=1)
@@ -323,9 +364,14 @@ class _Design:
             if key not in self._bound:
                 forbidden = [model.forcing_cmt + 1] if model.forcing_cmt is not None else []
                 std = {c: self.frame[c].to_numpy(float) for c in ("CMT", "RATE", "EVID")}
-                bad = _parameter_violations(self.frame, std, n_compartments=model.n_cmt, parameter_names=set(block),
-                                            required_covariates=cov_needed - _STANDARD,
-                                            rate_compartments_forbidden=forbidden)
+                bad = _parameter_violations(
+                    self.frame,
+                    std,
+                    n_compartments=model.n_cmt,
+                    parameter_names=set(block),
+                    required_covariates=cov_needed - _STANDARD,
+                    rate_compartments_forbidden=forbidden,
+                )
                 if bad:
                     raise DatasetError(bad, source=self.source)
                 self._bound[key] = True
@@ -333,15 +379,24 @@ class _Design:
         columns = {c: self.frame[c].to_numpy(float) for c in cov_needed if c in self.frame.columns}
         host = evaluate_parameter_block(block, columns, xp=np)
         host = {k: np.broadcast_to(np.asarray(v, float), (n_rows,)) for k, v in host.items()}
-        violations = _check_param_values(model, host, self.is_dose, self.ssc, self.rate, self.ii, self.cmt,
-                                         self.amt, self.const_inf)
+        violations = _check_param_values(
+            model, host, self.is_dose, self.ssc, self.rate, self.ii, self.cmt, self.amt, self.const_inf
+        )
         if violations:
             raise DatasetError(violations, source=spec.source or self.source)
         M = _n_overlap(model, host, self)
         starts, sid = self.starts, self.sid
         tv = any(np.any(v != v[starts][sid]) for v in columns.values())
-        lay = Layout(n_rec=self.R, n_dose=self.D, n_ss=self.P_ss, n_route=self.S, n_overlap=M,
-                     has_infusion=self.has_inf, time_varying=tv, locf=(interp == "locf"))
+        lay = Layout(
+            n_rec=self.R,
+            n_dose=self.D,
+            n_ss=self.P_ss,
+            n_route=self.S,
+            n_overlap=M,
+            has_infusion=self.has_inf,
+            time_varying=tv,
+            locf=(interp == "locf"),
+        )
         if host_theta:  # constant parameters within subjects: one record column, broadcast inside the kernel
             cols_idx = self.src_row if tv else self.src_row[:, :1]
             theta = arrange_theta(model, {k: v[cols_idx] for k, v in host.items()}, cols_idx.shape, xp=np)
@@ -355,8 +410,19 @@ class _Design:
         if self.has_inf:
             timed += [q for q in names if q[:1] in ("F", "D", "R") and q[1:].isdigit()]
             timed += [rt.duration for rs in model.routes.values() for rt in rs if rt.duration]
-        return Prepared(model, lay, self.rec, self.dose, self.ss, theta, self.frame, self.row_map,
-                        static_schedule=not timed, n_subjects=self.N, sched_cache=self.sched_cache)
+        return Prepared(
+            model,
+            lay,
+            self.rec,
+            self.dose,
+            self.ss,
+            theta,
+            self.frame,
+            self.row_map,
+            static_schedule=not timed,
+            n_subjects=self.N,
+            sched_cache=self.sched_cache,
+        )
 
 
 def prepare(data, model: str | CompartmentModel, params, *, interpolation: str | None = None) -> Prepared:
@@ -397,8 +463,13 @@ def arrange_theta(model: CompartmentModel, vals, shape, xp=None):
     def per_cmt(prefix, default):
         return jnp.stack([vals.get(f"{prefix}{i + 1}", jnp.full(shape, default)) for i in range(n)], axis=-1)
 
-    return {"p": p, "F": per_cmt("F", 1.0), "ALAG": per_cmt("ALAG", 0.0), "R": per_cmt("R", 1.0),
-            "D": per_cmt("D", 1.0)}
+    return {
+        "p": p,
+        "F": per_cmt("F", 1.0),
+        "ALAG": per_cmt("ALAG", 0.0),
+        "R": per_cmt("R", 1.0),
+        "D": per_cmt("D", 1.0),
+    }
 
 
 def _per_cmt(host, prefix, c0, n_cmt, default):
@@ -459,16 +530,25 @@ def _check_param_values(model, host, is_dose, ssc, rate, ii, cmt, amt, const_inf
         bad = ~np.isfinite(v)
         if bad.any():
             out.append(DatasetViolation(rows(bad), None, f"parameter {q.name} is not a finite number"))
-        low = np.isfinite(v) & (v <= q.lower) if q.name not in ("FR", "FZO", "FM") else np.isfinite(v) & (
-            (v < 0) | (v > 1))
+        low = (
+            np.isfinite(v) & (v <= q.lower)
+            if q.name not in ("FR", "FZO", "FM")
+            else np.isfinite(v) & ((v < 0) | (v > 1))
+        )
         if low.any():
             what = "in [0, 1]" if q.name in ("FR", "FZO", "FM") else f"> {q.lower:g}"
-            out.append(DatasetViolation(rows(low), None, f"parameter {q.name} [{q.unit}] must be {what}; got "
-                                        f"{', '.join(f'{x:g}' for x in np.unique(v[low])[:5])}"))
+            out.append(
+                DatasetViolation(
+                    rows(low),
+                    None,
+                    f"parameter {q.name} [{q.unit}] must be {what}; got "
+                    f"{', '.join(f'{x:g}' for x in np.unique(v[low])[:5])}",
+                )
+            )
     c0 = np.clip(cmt - 1, 0, model.n_cmt - 1)
     for name, v in host.items():
         for pre, cond, what in (("F", lambda x: x < 0, ">= 0"), ("ALAG", lambda x: x < 0, ">= 0")):
-            if name.startswith(pre) and name[len(pre):].isdigit():
+            if name.startswith(pre) and name[len(pre) :].isdigit():
                 bad = cond(v) | ~np.isfinite(v)
                 if bad.any():
                     out.append(DatasetViolation(rows(bad), None, f"parameter {name} must be {what} and finite"))
@@ -485,16 +565,25 @@ def _check_param_values(model, host, is_dose, ssc, rate, ii, cmt, amt, const_inf
     if ssrows.any():
         lag = np.maximum(_per_cmt(host, "ALAG", c0, model.n_cmt, 0.0), _route_max(model, host, len(amt), "lag"))
         for i in np.nonzero(ssrows & (lag >= ii))[0]:  # only the offending rows, for their messages
-            out.append(DatasetViolation((int(i) + 1,), "II", f"steady-state dose with lag time {lag[i]:g} h >= II "
-                                        f"{ii[i]:g} h is not supported"))
+            out.append(
+                DatasetViolation(
+                    (int(i) + 1,),
+                    "II",
+                    f"steady-state dose with lag time {lag[i]:g} h >= II {ii[i]:g} h is not supported",
+                )
+            )
     if model.forcing_cmt is not None and np.any(is_dose & (ssc > 0)):
-        out.append(DatasetViolation(rows(is_dose & (ssc > 0)), "SS",
-                                    f"steady state is not available for the Weibull input of {model.name}"))
+        out.append(
+            DatasetViolation(
+                rows(is_dose & (ssc > 0)), "SS", f"steady state is not available for the Weibull input of {model.name}"
+            )
+        )
     return out
 
 
-def _solve_checked(prep: Prepared, solver, subset: np.ndarray | None = None,
-                   check: bool | str = True) -> tuple[np.ndarray, np.ndarray]:
+def _solve_checked(
+    prep: Prepared, solver, subset: np.ndarray | None = None, check: bool | str = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Amounts (N, n_rec, n_cmt) and a per-pseudo-subject failure flag (N,) of one solve with its checks
     (:func:`pkpd.engine.simulate_arrays` with ``check``, then :func:`_amount_flags`); with ``subset``
     (pseudo-subject indices) only those subjects are solved, in a batch padded to
@@ -609,19 +698,25 @@ def _failure_message(prep: Prepared, bad: np.ndarray, solver, fallback) -> str:
     shown = ", ".join(f"{v:g}" if isinstance(v, (float, np.floating)) else str(v) for v in ids[:10])
     more = f" and {len(ids) - 10} more" if len(ids) > 10 else ""
     who = f"{int(bad.sum())} subject(s) (ID {shown}{more})"
-    what = ("an amount negative beyond roundoff, more amount in the body than was dosed, or a non-finite "
-            "state")
+    what = "an amount negative beyond roundoff, more amount in the body than was dosed, or a non-finite state"
     if isinstance(solver, Analytic) and fallback is None:
-        return (f"the exact solver cannot vouch for its result for {who}: its rounding-error estimate exceeds "
-                f"1.5e-9 relative (widely separated rate constants), or {what}. Use solver 'auto' (re-solves "
-                "them with a stiff ODE solver; CLI --solver auto) or solver 'ode' with ode_method 'kvaerno5'.")
+        return (
+            f"the exact solver cannot vouch for its result for {who}: its rounding-error estimate exceeds "
+            f"1.5e-9 relative (widely separated rate constants), or {what}. Use solver 'auto' (re-solves "
+            "them with a stiff ODE solver; CLI --solver auto) or solver 'ode' with ode_method 'kvaerno5'."
+        )
     used = fallback if fallback is not None else solver
-    tried = (f" and the stiff retry (ODE method {fallback.method}, rtol {fallback.rtol:g}, atol {fallback.atol:g})"
-             if fallback is not None else "")
-    return (f"the {'exact solver' if isinstance(solver, Analytic) else f'ODE solver (method {solver.method})'}"
-            f"{tried} failed for {who}: step limit reached (max_steps {used.max_steps}), {what}. Try ode_method "
-            "'kvaerno5' (CLI --ode-method kvaerno5) or solver=ODE(method='kvaerno5', max_steps=...), or check the "
-            "parameters.")
+    tried = (
+        f" and the stiff retry (ODE method {fallback.method}, rtol {fallback.rtol:g}, atol {fallback.atol:g})"
+        if fallback is not None
+        else ""
+    )
+    return (
+        f"the {'exact solver' if isinstance(solver, Analytic) else f'ODE solver (method {solver.method})'}"
+        f"{tried} failed for {who}: step limit reached (max_steps {used.max_steps}), {what}. Try ode_method "
+        "'kvaerno5' (CLI --ode-method kvaerno5) or solver=ODE(method='kvaerno5', max_steps=...), or check the "
+        "parameters."
+    )
 
 
 def _resolve_model(model, spec: ParameterSpec | None) -> CompartmentModel:
@@ -674,9 +769,19 @@ class Simulator:
     [1.809675, 1.637462]
     """
 
-    def __init__(self, data, model: str | CompartmentModel | None = None, params=None, *, solver=None,
-                 interpolation: str | None = None, ode_method: str | None = None, grid=None, ignore=None,
-                 accept=None):
+    def __init__(
+        self,
+        data,
+        model: str | CompartmentModel | None = None,
+        params=None,
+        *,
+        solver=None,
+        interpolation: str | None = None,
+        ode_method: str | None = None,
+        grid=None,
+        ignore=None,
+        accept=None,
+    ):
         from .data import filter_records, parse_grid, read_dataset, renumber
 
         spec = None if params is None else (params if isinstance(params, ParameterSpec) else load_params(params))
@@ -758,8 +863,9 @@ class Simulator:
         _check_param_names(self.model, spec)
         return spec
 
-    def __call__(self, params=None, *, solver=None, interpolation: str | None = None,
-                 ode_method: str | None = None) -> pd.DataFrame:
+    def __call__(
+        self, params=None, *, solver=None, interpolation: str | None = None, ode_method: str | None = None
+    ) -> pd.DataFrame:
         """Simulate every record with one parameter set.
 
         Parameters
@@ -839,12 +945,13 @@ def _finish(base: pd.DataFrame, prep: Prepared, amounts: np.ndarray) -> pd.DataF
     new_cols = list(model_obj.compartments) + list(model_obj.output_names())
     clash = [c for c in new_cols if c in base.columns]
     if clash:
-        raise ModelSpecError(f"the dataset already has column(s) {', '.join(clash)}, which the output would "
-                             "overwrite; rename them in the dataset")
+        raise ModelSpecError(
+            f"the dataset already has column(s) {', '.join(clash)}, which the output would "
+            "overwrite; rename them in the dataset"
+        )
     cols = {name: A[:, i] for i, name in enumerate(model_obj.compartments)}
     needed = model_obj.output_parameters()
-    p_rows = {k: np.asarray(v)[rm0, np.minimum(rm1, v.shape[1] - 1)] for k, v in prep.theta["p"].items()
-              if k in needed}
+    p_rows = {k: np.asarray(v)[rm0, np.minimum(rm1, v.shape[1] - 1)] for k, v in prep.theta["p"].items() if k in needed}
     for name, v in model_obj.outputs_from_state(A, p_rows).items():
         cols[name] = np.asarray(v)
     out = frame_copy(base)
@@ -853,9 +960,18 @@ def _finish(base: pd.DataFrame, prep: Prepared, amounts: np.ndarray) -> pd.DataF
     return out
 
 
-def simulate(data, model: str | CompartmentModel | None = None, params=None, *, solver=None,
-             interpolation: str | None = None, ode_method: str | None = None, grid=None, ignore=None,
-             accept=None) -> pd.DataFrame:
+def simulate(
+    data,
+    model: str | CompartmentModel | None = None,
+    params=None,
+    *,
+    solver=None,
+    interpolation: str | None = None,
+    ode_method: str | None = None,
+    grid=None,
+    ignore=None,
+    accept=None,
+) -> pd.DataFrame:
     """Simulate every record of a NONMEM-format dataset.
 
     Parameters
@@ -941,10 +1057,22 @@ def simulate(data, model: str | CompartmentModel | None = None, params=None, *, 
         raise ModelSpecError("a parameter file or mapping is required")
     spec = params if isinstance(params, ParameterSpec) else load_params(params)
     model_obj = _resolve_model(model, spec)
-    resolve_solver(solver if solver is not None else (spec.solver or "auto"), model_obj,
-                   ode_method if ode_method is not None else spec.ode_method)  # a bad option is reported first
-    sim = Simulator(data, model_obj, spec, solver=solver, interpolation=interpolation, ode_method=ode_method,
-                    grid=grid, ignore=ignore, accept=accept)
+    resolve_solver(
+        solver if solver is not None else (spec.solver or "auto"),
+        model_obj,
+        ode_method if ode_method is not None else spec.ode_method,
+    )  # a bad option is reported first
+    sim = Simulator(
+        data,
+        model_obj,
+        spec,
+        solver=solver,
+        interpolation=interpolation,
+        ode_method=ode_method,
+        grid=grid,
+        ignore=ignore,
+        accept=accept,
+    )
     return sim(spec)
 
 
@@ -992,16 +1120,18 @@ def _output_unit(model: CompartmentModel, name: str) -> str:
     return "mg/L"
 
 
-def plot_profiles(result: pd.DataFrame, model: CompartmentModel, path, *, output: str = "CP",
-                  max_ids: int = MAX_PLOTTED_IDS) -> tuple[int, int]:
+def plot_profiles(
+    result: pd.DataFrame, model: CompartmentModel, path, *, output: str = "CP", max_ids: int = MAX_PLOTTED_IDS
+) -> tuple[int, int]:
     """Write :func:`profiles_figure` as a PNG to ``path``; return (subjects drawn, subjects in the result)."""
     fig, shown, total = profiles_figure(result, model, output=output, max_ids=max_ids)
     fig.savefig(path, format="png")
     return shown, total
 
 
-def profiles_figure(result: pd.DataFrame, model: CompartmentModel, *, output: str = "CP",
-                    max_ids: int = MAX_PLOTTED_IDS):
+def profiles_figure(
+    result: pd.DataFrame, model: CompartmentModel, *, output: str = "CP", max_ids: int = MAX_PLOTTED_IDS
+):
     """Figure of a dataset simulation: ``output`` (CP, mg/L) against TIME (h), one line per ID on the grid.
 
     Parameters
@@ -1030,15 +1160,14 @@ def profiles_figure(result: pd.DataFrame, model: CompartmentModel, *, output: st
     from .plotting import new_figure
 
     base = result.drop(columns=[c for c in (GRID_COLUMN,) if c in result.columns])
-    cols = standard_columns(base[[c for c in base.columns if str(c).upper() in
-                                  ("ID", "TIME", "EVID", "MDV", "AMT")]])
+    cols = standard_columns(base[[c for c in base.columns if str(c).upper() in ("ID", "TIME", "EVID", "MDV", "AMT")]])
     ident = result["ID"].to_numpy()
     time = cols["TIME"]
     y = numeric_column(result[output])
     grid = (numeric_column(result[GRID_COLUMN]) == 1) if GRID_COLUMN in result.columns else np.zeros(len(result), bool)
     obs = ~grid & (cols["EVID"] == 0) & (cols["MDV"] == 0)
     ids = list(pd.unique(ident))
-    shown = ids[:max(int(max_ids), 0)]
+    shown = ids[: max(int(max_ids), 0)]
     unit = _output_unit(model, output)
     fig = new_figure(9, 5.2)
     ax = fig.add_subplot()
@@ -1051,16 +1180,31 @@ def profiles_figure(result: pd.DataFrame, model: CompartmentModel, *, output: st
         label = f"ID {_id_text(who)}"
         cut = np.flatnonzero(np.diff(time[idx]) < 0) + 1  # a reset that goes back in time: a new segment
         for k, part in enumerate(np.split(idx, cut)):
-            h, = ax.plot(time[part], y[part], color=color, linewidth=1.2,
-                         linestyle="-" if i < 10 else "--", label=label if k == 0 else None)
+            (h,) = ax.plot(
+                time[part],
+                y[part],
+                color=color,
+                linewidth=1.2,
+                linestyle="-" if i < 10 else "--",
+                label=label if k == 0 else None,
+            )
             if k == 0:
                 handles.append(h)
         o = np.flatnonzero(sel & obs)
         if o.size and grid.any():
             ax.plot(time[o], y[o], linestyle="none", marker="o", markersize=3.5, color=color)
     if grid.any() and obs[np.isin(ident, shown)].any():
-        handles.append(Line2D([], [], linestyle="none", marker="o", markersize=3.5, color="0.35",
-                              label=f"{output} at observation records"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker="o",
+                markersize=3.5,
+                color="0.35",
+                label=f"{output} at observation records",
+            )
+        )
     ax.set_xlabel("TIME (h)")
     ax.set_ylabel(f"{output} ({unit})")
     ax.set_title(f"{model.name}: {'central concentration CP' if output == 'CP' else output}")
@@ -1068,8 +1212,16 @@ def profiles_figure(result: pd.DataFrame, model: CompartmentModel, *, output: st
     omitted = len(ids) - len(shown)
     title = f"first {len(shown)} of {len(ids)} IDs ({omitted} not shown)" if omitted > 0 else None
     if handles:
-        ax.legend(handles=handles, title=title, fontsize="small", title_fontsize="small", loc="upper left",
-                  bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+        ax.legend(
+            handles=handles,
+            title=title,
+            fontsize="small",
+            title_fontsize="small",
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            borderaxespad=0.0,
+            frameon=False,
+        )
     fig.tight_layout()
     return fig, len(shown), len(ids)
 

@@ -41,8 +41,7 @@ _FAST = contextvars.ContextVar("pkpd_fast_compile", default=False)
 #: Options for every program (see the module docstring).
 BASE_OPTIONS: dict[str, Any] = {"xla_cpu_use_fusion_emitters": False}
 #: Added for ``fast_compile`` programs.
-FAST_COMPILE_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 0,
-                                        "xla_llvm_disable_expensive_passes": True}
+FAST_COMPILE_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 @functools.cache

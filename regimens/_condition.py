@@ -35,13 +35,28 @@ class ConditionError(RegimenError):
 #: Covariate columns a condition may test (the dataset columns produced by the patient module; see the
 #: project conventions): units as in the dataset (AGE years, WT kg, CRCL mL/min, HEPATIC 0-3...).
 KNOWN_COVARIATES: tuple[str, ...] = (
-    "AGE", "MALE", "WT", "HT", "BMI", "LBM", "FFM", "IBW", "SCR", "CRCL", "HEPATIC",
-    "CYP2D6_AS", "CYP2D6_10_10", "CYP2C9_AS", "OPRM1_G",
+    "AGE",
+    "MALE",
+    "WT",
+    "HT",
+    "BMI",
+    "LBM",
+    "FFM",
+    "IBW",
+    "SCR",
+    "CRCL",
+    "HEPATIC",
+    "CYP2D6_AS",
+    "CYP2D6_10_10",
+    "CYP2C9_AS",
+    "OPRM1_G",
 )
 
 _OPS = ("<=", ">=", "==", "!=", "<", ">")
-_TOKEN = re.compile(r"\s*(?:(?P<op><=|>=|==|!=|<|>|=)|(?P<num>[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"
-                    r"|(?P<word>[A-Za-z_][A-Za-z0-9_]*)|(?P<bad>\S))")
+_TOKEN = re.compile(
+    r"\s*(?:(?P<op><=|>=|==|!=|<|>|=)|(?P<num>[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"
+    r"|(?P<word>[A-Za-z_][A-Za-z0-9_]*)|(?P<bad>\S))"
+)
 _EXAMPLE = "AGE >= 65 or WT < 50 or CRCL < 60"
 
 
@@ -101,8 +116,10 @@ class Condition:
 
         def fail(tok: str | None, why: str) -> ConditionError:
             at = f" at {tok!r}" if tok is not None else " at end of condition"
-            return ConditionError(f"cannot read condition {text.strip()!r}{at}: {why}; write e.g. {_EXAMPLE!r} "
-                                  "(comparisons 'COLUMN OP NUMBER' joined by 'and'/'or')")
+            return ConditionError(
+                f"cannot read condition {text.strip()!r}{at}: {why}; write e.g. {_EXAMPLE!r} "
+                "(comparisons 'COLUMN OP NUMBER' joined by 'and'/'or')"
+            )
 
         while True:
             if i >= len(toks):
@@ -112,8 +129,10 @@ class Condition:
                 raise fail(tok, "expected a covariate column such as AGE, WT or CRCL")
             col = tok.upper()
             if col not in KNOWN_COVARIATES:
-                raise ConditionError(f"unknown covariate {tok!r} in condition {text.strip()!r}; known covariate "
-                                     f"columns: {', '.join(KNOWN_COVARIATES)}")
+                raise ConditionError(
+                    f"unknown covariate {tok!r} in condition {text.strip()!r}; known covariate "
+                    f"columns: {', '.join(KNOWN_COVARIATES)}"
+                )
             if i + 1 >= len(toks):
                 raise fail(None, f"expected a comparison operator after {tok}")
             kind, op = toks[i + 1]
@@ -181,9 +200,11 @@ class Condition:
         """
         missing = self.missing(covariates)
         if missing:
-            raise ConditionError(f"{what}: condition {self.text!r} needs covariate"
-                                 f"{'s' if len(missing) > 1 else ''} {', '.join(missing)}, which the patient "
-                                 f"covariates lack (given: {', '.join(sorted(map(str, covariates))) or 'none'})")
+            raise ConditionError(
+                f"{what}: condition {self.text!r} needs covariate"
+                f"{'s' if len(missing) > 1 else ''} {', '.join(missing)}, which the patient "
+                f"covariates lack (given: {', '.join(sorted(map(str, covariates))) or 'none'})"
+            )
         return any(all(c.holds(float(covariates[c.column])) for c in conj) for conj in self.clauses)
 
     def satisfied(self, covariates: Mapping[str, Any]) -> tuple[Comparison, ...]:

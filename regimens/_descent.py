@@ -90,18 +90,27 @@ def _like(state, x):
     if not isinstance(sh, jax.sharding.NamedSharding):
         return state
     rep = jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec())
-    return jax.tree_util.tree_map(lambda v: v if getattr(v, "shape", None) == x.shape else jax.device_put(v, rep),
-                                  state)
+    return jax.tree_util.tree_map(
+        lambda v: v if getattr(v, "shape", None) == x.shape else jax.device_put(v, rep), state
+    )
 
 
 def _identity(x, *args):
     return x
 
 
-def projected_descent(fun: Callable, x0, *, args: tuple = (), project: Callable | None = None,
-                      steps: int = 200, learning_rate: float = 0.05, final_lr_fraction: float = 0.01,
-                      callback: Callable[[int, float], None] | None = None,
-                      step_args: Callable[[int], tuple] | None = None) -> DescentResult:
+def projected_descent(
+    fun: Callable,
+    x0,
+    *,
+    args: tuple = (),
+    project: Callable | None = None,
+    steps: int = 200,
+    learning_rate: float = 0.05,
+    final_lr_fraction: float = 0.01,
+    callback: Callable[[int, float], None] | None = None,
+    step_args: Callable[[int], tuple] | None = None,
+) -> DescentResult:
     """Minimize ``fun(x, *args)`` by Adam steps each followed by a projection onto the feasible set.
 
     Parameters
@@ -138,8 +147,9 @@ def projected_descent(fun: Callable, x0, *, args: tuple = (), project: Callable 
         move the iterate); a non-finite objective value is never selected as the best.
     """
     project = project or _identity
-    step, init, value_fn, project_fn = _step_fn(fun, project, (float(learning_rate), max(int(steps), 1),
-                                                               float(final_lr_fraction)))
+    step, init, value_fn, project_fn = _step_fn(
+        fun, project, (float(learning_rate), max(int(steps), 1), float(final_lr_fraction))
+    )
     before = step._cache_size()
     x = project_fn(jnp.asarray(x0, dtype=float), *args)
     state = _like(init(x), x)
@@ -152,8 +162,14 @@ def projected_descent(fun: Callable, x0, *, args: tuple = (), project: Callable 
             if callback is not None:
                 callback(i, hist[-1])
         v_last = hist[-1] if hist else float("nan")
-        return DescentResult(np.asarray(x), v_last, np.asarray(hist), int(steps), step._cache_size() - before,
-                             getattr(x, "sharding", None))
+        return DescentResult(
+            np.asarray(x),
+            v_last,
+            np.asarray(hist),
+            int(steps),
+            step._cache_size() - before,
+            getattr(x, "sharding", None),
+        )
     for i in range(int(steps)):
         x_new, state, value = step(x, state, args)
         v = float(value)
@@ -167,5 +183,11 @@ def projected_descent(fun: Callable, x0, *, args: tuple = (), project: Callable 
     hist.append(v_last)
     if np.isfinite(v_last) and v_last < best_v:
         best_x, best_v = x, v_last
-    return DescentResult(np.asarray(best_x), best_v, np.asarray(hist), int(steps), step._cache_size() - before,
-                         getattr(best_x, "sharding", None))
+    return DescentResult(
+        np.asarray(best_x),
+        best_v,
+        np.asarray(hist),
+        int(steps),
+        step._cache_size() - before,
+        getattr(best_x, "sharding", None),
+    )

@@ -19,8 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["ROUTE_DISPLAY", "format_regimen_text", "format_regimen_toml"]
 
 #: How a route label is written in the text form.
-ROUTE_DISPLAY: dict[str, str] = {"iv": "IV", "po": "PO", "po_er": "PO ER", "infiltration": "infiltration",
-                                 "sc": "SC"}
+ROUTE_DISPLAY: dict[str, str] = {"iv": "IV", "po": "PO", "po_er": "PO ER", "infiltration": "infiltration", "sc": "SC"}
 
 
 def _escape(s: str) -> str:
@@ -68,8 +67,14 @@ def _scheduled_line(s: Scheduled) -> str:
 
 
 def _prn_line(p: PRN) -> str:
-    parts = [p.drug, f"{format_number(p.dose_mg)} mg", _route_text(p.route), f"q{_h(p.min_interval_h)}", "PRN",
-             f"NRS>={format_number(p.threshold_nrs)}"]
+    parts = [
+        p.drug,
+        f"{format_number(p.dose_mg)} mg",
+        _route_text(p.route),
+        f"q{_h(p.min_interval_h)}",
+        "PRN",
+        f"NRS>={format_number(p.threshold_nrs)}",
+    ]
     if p.start_h != 0 or p.stop_h is not None:
         parts += ["from", _h(p.start_h)]
     if p.stop_h is not None:
@@ -80,8 +85,14 @@ def _prn_line(p: PRN) -> str:
 
 
 def _pca_line(p: PCA) -> str:
-    parts = [p.drug, f"{format_number(p.demand_mg)} mg", _route_text(p.route), "PCA", "lockout",
-             f"{format_number(p.lockout_min)} min"]
+    parts = [
+        p.drug,
+        f"{format_number(p.demand_mg)} mg",
+        _route_text(p.route),
+        "PCA",
+        "lockout",
+        f"{format_number(p.lockout_min)} min",
+    ]
     if p.basal_mg_h:
         parts += ["basal", f"{format_number(p.basal_mg_h)} mg/h"]
     if p.hourly_max_mg is not None:
@@ -111,8 +122,12 @@ def format_regimen_text(regimen: Regimen) -> str:
         lines += [f"description: {d}" for d in regimen.description.split("\n")]
     lines.append(f"horizon: {_h(regimen.horizon_h)}")
     lines += [f"reference: {r}" for r in regimen.references]
-    groups = (("scheduled", regimen.scheduled, _scheduled_line), ("as needed (PRN)", regimen.prn, _prn_line),
-              ("PCA", regimen.pca, _pca_line), ("non-drug modalities", regimen.modalities, _modality_line))
+    groups = (
+        ("scheduled", regimen.scheduled, _scheduled_line),
+        ("as needed (PRN)", regimen.prn, _prn_line),
+        ("PCA", regimen.pca, _pca_line),
+        ("non-drug modalities", regimen.modalities, _modality_line),
+    )
     for title, items, fmt in groups:
         if items:
             lines += ["", f"# {title}"]
@@ -148,21 +163,29 @@ def _table(obj: Any) -> dict[str, Any]:
 
 def format_regimen_toml(regimen: Regimen) -> str:
     """TOML text of ``regimen``; :func:`parse_regimen_toml` reads it back into an equal regimen."""
-    lines = [f"# Regimen {regimen.name} (written by regimens; times in h after the end of surgery, doses in mg)",
-             f"name = {_value(regimen.name)}", f"description = {_value(regimen.description)}",
-             f"horizon_h = {_value(regimen.horizon_h)}"]
+    lines = [
+        f"# Regimen {regimen.name} (written by regimens; times in h after the end of surgery, doses in mg)",
+        f"name = {_value(regimen.name)}",
+        f"description = {_value(regimen.description)}",
+        f"horizon_h = {_value(regimen.horizon_h)}",
+    ]
     if regimen.references:
         lines.append("references = [")
         lines += [f"    {_value(r)}," for r in regimen.references]
         lines.append("]")
-    for table, items in (("scheduled", regimen.scheduled), ("prn", regimen.prn), ("pca", regimen.pca),
-                         ("modality", regimen.modalities)):
+    for table, items in (
+        ("scheduled", regimen.scheduled),
+        ("prn", regimen.prn),
+        ("pca", regimen.pca),
+        ("modality", regimen.modalities),
+    ):
         for item in items:
             lines += ["", f"[[{table}]]"]
             for key, v in _table(item).items():
                 if key == "adjustments":
-                    adj = ", ".join("{ " + ", ".join(f"{k} = {_value(x)}" for k, x in _table(a).items()) + " }"
-                                    for a in v)
+                    adj = ", ".join(
+                        "{ " + ", ".join(f"{k} = {_value(x)}" for k, x in _table(a).items()) + " }" for a in v
+                    )
                     lines.append(f"adjustments = [{adj}]")
                 else:
                     lines.append(f"{key} = {_value(v)}")

@@ -35,7 +35,12 @@ __all__ = [
 
 #: Route spellings accepted on input (lower case, spaces collapsed) -> route label of :class:`pkpd.drugs.Drug`.
 ROUTE_ALIASES: dict[str, str] = {
-    "iv": "iv", "po": "po", "po er": "po_er", "po_er": "po_er", "infiltration": "infiltration", "sc": "sc",
+    "iv": "iv",
+    "po": "po",
+    "po er": "po_er",
+    "po_er": "po_er",
+    "infiltration": "infiltration",
+    "sc": "sc",
 }
 #: Kinds of non-drug modality.
 MODALITY_KINDS: tuple[str, ...] = ("tens", "physical_therapy", "psych_education")
@@ -56,8 +61,9 @@ def normalize_route(route: str) -> str:
 
 
 def _route_list(routes: Iterable[str]) -> str:
-    return ", ".join(f"{r} ({ROUTE_DISPLAY[r]})" if r in ROUTE_DISPLAY and ROUTE_DISPLAY[r] != r else r
-                     for r in sorted(routes))
+    return ", ".join(
+        f"{r} ({ROUTE_DISPLAY[r]})" if r in ROUTE_DISPLAY and ROUTE_DISPLAY[r] != r else r for r in sorted(routes)
+    )
 
 
 def _resolve_drug(name: Any, what: str) -> str:
@@ -81,8 +87,9 @@ def _check_route(drug: str, route: Any, what: str) -> str:
     return r
 
 
-def _number(value: Any, name: str, what: str, *, positive: bool = False, nonneg: bool = False,
-            optional: bool = False) -> float | None:
+def _number(
+    value: Any, name: str, what: str, *, positive: bool = False, nonneg: bool = False, optional: bool = False
+) -> float | None:
     if value is None:
         if optional:
             return None
@@ -121,8 +128,10 @@ def _covariate(covariates: Mapping[str, Any], name: str, what: str) -> float:
     except (KeyError, IndexError, TypeError, ValueError):
         v = float("nan")
     if math.isnan(v):
-        raise RegimenError(f"{what} needs covariate {name}, which the patient covariates lack "
-                           f"(given: {', '.join(sorted(map(str, covariates))) or 'none'})")
+        raise RegimenError(
+            f"{what} needs covariate {name}, which the patient covariates lack "
+            f"(given: {', '.join(sorted(map(str, covariates))) or 'none'})"
+        )
     return v
 
 
@@ -204,8 +213,7 @@ class Adjustment:
 
 def _check_window(start: float, stop: float | None, what: str) -> None:
     if stop is not None and not stop > start:
-        raise RegimenError(f"{what}: stop_h ({format_number(stop)} h) must be after start_h "
-                           f"({format_number(start)} h)")
+        raise RegimenError(f"{what}: stop_h ({format_number(stop)} h) must be after start_h ({format_number(start)} h)")
 
 
 @dataclass(frozen=True)
@@ -263,18 +271,22 @@ class Scheduled:
         _set(self, "route", _check_route(self.drug, self.route, what))
         for name in ("dose_mg", "dose_mg_per_kg", "rate_mg_per_kg_h", "rate_mg_h"):
             _set(self, name, _number(getattr(self, name), name, what, positive=True, optional=True))
-        given = [n for n in ("dose_mg", "dose_mg_per_kg", "rate_mg_per_kg_h", "rate_mg_h")
-                 if getattr(self, n) is not None]
+        given = [
+            n for n in ("dose_mg", "dose_mg_per_kg", "rate_mg_per_kg_h", "rate_mg_h") if getattr(self, n) is not None
+        ]
         if len(given) != 1:
-            raise RegimenError(f"{what}: give exactly one of dose_mg, dose_mg_per_kg, rate_mg_per_kg_h, rate_mg_h "
-                               f"(got {', '.join(given) or 'none'})")
+            raise RegimenError(
+                f"{what}: give exactly one of dose_mg, dose_mg_per_kg, rate_mg_per_kg_h, rate_mg_h "
+                f"(got {', '.join(given) or 'none'})"
+            )
         _set(self, "start_h", _number(self.start_h, "start_h", what))
         _set(self, "stop_h", _number(self.stop_h, "stop_h", what, optional=True))
         _set(self, "every_h", _number(self.every_h, "every_h", what, positive=True, optional=True))
         _set(self, "infusion_h", _number(self.infusion_h, "infusion_h", what, nonneg=True))
         _check_window(self.start_h, self.stop_h, what)
-        if self.count is not None and (isinstance(self.count, bool) or not isinstance(self.count, int)
-                                       or self.count < 1):
+        if self.count is not None and (
+            isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1
+        ):
             raise RegimenError(f"{what}: count must be a whole number >= 1, got {self.count!r}")
         adj = self.adjustments
         if isinstance(adj, Adjustment):
@@ -285,25 +297,35 @@ class Scheduled:
                 raise RegimenError(f"{what}: adjustments must be Adjustment objects, got {a!r}")
         _set(self, "adjustments", adj)
         if self.route in _ORAL and (self.is_continuous or self.infusion_h > 0):
-            raise RegimenError(f"{what}: an oral ({ROUTE_DISPLAY[self.route]}) dose cannot be an infusion; remove "
-                               "infusion_h / the rate, or use an IV route")
+            raise RegimenError(
+                f"{what}: an oral ({ROUTE_DISPLAY[self.route]}) dose cannot be an infusion; remove "
+                "infusion_h / the rate, or use an IV route"
+            )
         if self.is_continuous:
-            bad = [n for n, v in (("every_h", self.every_h), ("count", self.count), ("adjustments", adj or None))
-                   if v is not None]
+            bad = [
+                n
+                for n, v in (("every_h", self.every_h), ("count", self.count), ("adjustments", adj or None))
+                if v is not None
+            ]
             if self.infusion_h:
                 bad.append("infusion_h")
             if bad:
-                raise RegimenError(f"{what}: a continuous infusion (rate) takes no {', '.join(bad)}; give "
-                                   "start_h and stop_h only")
+                raise RegimenError(
+                    f"{what}: a continuous infusion (rate) takes no {', '.join(bad)}; give start_h and stop_h only"
+                )
             return
         if self.every_h is None:
             if self.stop_h is not None or (self.count is not None and self.count != 1):
-                raise RegimenError(f"{what}: a single dose (every_h not given) takes no stop_h or count; give "
-                                   "every_h for repeated doses")
+                raise RegimenError(
+                    f"{what}: a single dose (every_h not given) takes no stop_h or count; give "
+                    "every_h for repeated doses"
+                )
             _set(self, "count", None)
         elif self.infusion_h > self.every_h + _EPS:
-            raise RegimenError(f"{what}: infusion_h ({format_number(self.infusion_h)} h) is longer than the dosing "
-                               f"interval every_h ({format_number(self.every_h)} h); the infusions would overlap")
+            raise RegimenError(
+                f"{what}: infusion_h ({format_number(self.infusion_h)} h) is longer than the dosing "
+                f"interval every_h ({format_number(self.every_h)} h); the infusions would overlap"
+            )
 
     @property
     def is_continuous(self) -> bool:
@@ -338,8 +360,9 @@ class Scheduled:
             return self.rate_mg_h
         if self.rate_mg_per_kg_h is None:
             raise RegimenError(f"scheduled item {self.short()!r}: not a continuous infusion; use dose_for()")
-        return self.rate_mg_per_kg_h * _covariate(covariates, "WT", f"scheduled item {self.short()!r} "
-                                                                       "(rate in mg/kg/h)")
+        return self.rate_mg_per_kg_h * _covariate(
+            covariates, "WT", f"scheduled item {self.short()!r} (rate in mg/kg/h)"
+        )
 
     def times(self, horizon_h: float) -> list[float]:
         """Start times of the doses before ``horizon_h`` (continuous infusions: its start, if before)."""
@@ -452,8 +475,10 @@ class PRN:
     def short(self) -> str:
         """Short description, e.g. ``"oxycodone 5 mg PO q4h PRN NRS>=4"``."""
         r = ROUTE_DISPLAY.get(self.route, self.route)
-        return (f"{self.drug} {format_number(self.dose_mg)} mg {r} q{_fmt_h(self.min_interval_h)} PRN "
-                f"NRS>={format_number(self.threshold_nrs)}")
+        return (
+            f"{self.drug} {format_number(self.dose_mg)} mg {r} q{_fmt_h(self.min_interval_h)} PRN "
+            f"NRS>={format_number(self.threshold_nrs)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -502,9 +527,11 @@ class PCA:
         _set(self, "loading_mg", _number(self.loading_mg, "loading_mg", what, nonneg=True))
         hm = _number(self.hourly_max_mg, "hourly_max_mg", what, positive=True, optional=True)
         if hm is not None and hm < self.demand_mg + self.basal_mg_h - _EPS:
-            raise RegimenError(f"{what}: hourly_max_mg ({format_number(hm)} mg) is below one demand plus the "
-                               f"hourly basal ({format_number(self.demand_mg + self.basal_mg_h)} mg); no demand "
-                               "could ever be given")
+            raise RegimenError(
+                f"{what}: hourly_max_mg ({format_number(hm)} mg) is below one demand plus the "
+                f"hourly basal ({format_number(self.demand_mg + self.basal_mg_h)} mg); no demand "
+                "could ever be given"
+            )
         _set(self, "hourly_max_mg", hm)
 
     @property
@@ -573,8 +600,10 @@ class Modality:
         wins.sort()
         for (a0, b0), (a1, b1) in itertools.pairwise(wins):
             if a1 < b0:
-                raise RegimenError(f"{what}: windows {format_number(a0)}h-{format_number(b0)}h and "
-                                   f"{format_number(a1)}h-{format_number(b1)}h overlap")
+                raise RegimenError(
+                    f"{what}: windows {format_number(a0)}h-{format_number(b0)}h and "
+                    f"{format_number(a1)}h-{format_number(b1)}h overlap"
+                )
         if not wins and kind not in _WINDOWS_OPTIONAL:
             raise RegimenError(f"{what}: give at least one (start_h, end_h) window")
         _set(self, "windows", tuple(wins))
@@ -666,15 +695,21 @@ class Regimen:
         _set(self, "modalities", _as_items(self.modalities, Modality, "modalities", self.name))
         for item in (*self.scheduled, *self.prn, *self.pca):
             if item.start_h >= self.horizon_h:
-                raise _ItemError(f"{what}: {item.short()} starts at {_fmt_h(item.start_h)}, at or after the "
-                                 f"horizon ({_fmt_h(self.horizon_h)})", item)
+                raise _ItemError(
+                    f"{what}: {item.short()} starts at {_fmt_h(item.start_h)}, at or after the "
+                    f"horizon ({_fmt_h(self.horizon_h)})",
+                    item,
+                )
         seen: dict[tuple, PRN] = {}
         for p in self.prn:
             key = (p.drug, p.route, p.threshold_nrs)
             if key in seen and _overlap(p, seen[key]):
-                raise _ItemError(f"{what}: two PRN rules for {p.drug} {ROUTE_DISPLAY.get(p.route, p.route)} with the "
-                                 f"same threshold NRS>={format_number(p.threshold_nrs)} are active at the same "
-                                 "time; give each rule of a drug and route its own threshold", p)
+                raise _ItemError(
+                    f"{what}: two PRN rules for {p.drug} {ROUTE_DISPLAY.get(p.route, p.route)} with the "
+                    f"same threshold NRS>={format_number(p.threshold_nrs)} are active at the same "
+                    "time; give each rule of a drug and route its own threshold",
+                    p,
+                )
             seen[key] = p
         for i, a in enumerate(self.pca):
             for b in self.pca[:i]:

@@ -46,19 +46,34 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.stats import norm
 
-__all__ = ["ADJUNCT_BURDEN", "ADJUNCT_BURDEN_SOURCE", "EXPOSURE_LIMITS", "ExposureLimit", "exceedance_probability",
-           "group_loss"]
+__all__ = [
+    "ADJUNCT_BURDEN",
+    "ADJUNCT_BURDEN_SOURCE",
+    "EXPOSURE_LIMITS",
+    "ExposureLimit",
+    "exceedance_probability",
+    "group_loss",
+]
 
 #: Harm of the reference adult's label-maximum 72-h course of each adjunct, in MME-equivalents (mg oral
 #: morphine). UNVERIFIED: the references hold no dose-response for these harms; the values only make the
 #: optimizer prefer less of an adjunct when more buys little (they are small against the opioid and pain
 #: terms on purpose) and can be changed per run (``OptimizeSettings.adjunct_burden``).
-ADJUNCT_BURDEN: dict[str, float] = {"acetaminophen": 2.0, "ketorolac": 4.0, "celecoxib": 4.0, "ibuprofen": 4.0,
-                                    "gabapentin": 2.0, "pregabalin": 2.0, "ketamine": 1.0,
-                                    "bupivacaine_liposomal": 1.0}
-ADJUNCT_BURDEN_SOURCE = ("UNVERIFIED assumption (no dose-response for adjunct harms in models.md or clinical.md): "
-                         "MME-equivalents of the reference adult's label-maximum 72-h course, scaled by the "
-                         "patient's plasma AUC")
+ADJUNCT_BURDEN: dict[str, float] = {
+    "acetaminophen": 2.0,
+    "ketorolac": 4.0,
+    "celecoxib": 4.0,
+    "ibuprofen": 4.0,
+    "gabapentin": 2.0,
+    "pregabalin": 2.0,
+    "ketamine": 1.0,
+    "bupivacaine_liposomal": 1.0,
+}
+ADJUNCT_BURDEN_SOURCE = (
+    "UNVERIFIED assumption (no dose-response for adjunct harms in models.md or clinical.md): "
+    "MME-equivalents of the reference adult's label-maximum 72-h course, scaled by the "
+    "patient's plasma AUC"
+)
 
 
 @dataclass(frozen=True)
@@ -74,8 +89,12 @@ class ExposureLimit:
 #: Exposure limits of the chance constraints besides the local-anaesthetic LAST index (which is the larger of
 #: total/2,000 ng/mL and unbound/300 ng/mL bupivacaine, models.md C).
 EXPOSURE_LIMITS: dict[str, ExposureLimit] = {
-    "gabapentin": ExposureLimit("gabapentin", 25.0, "models.md C: gabapentin TDM, >= 25 ug/mL considered toxic "
-                                "(Al-Zubaydi 2024 Methods; one laboratory's reference range 2-20 ug/mL)"),
+    "gabapentin": ExposureLimit(
+        "gabapentin",
+        25.0,
+        "models.md C: gabapentin TDM, >= 25 ug/mL considered toxic "
+        "(Al-Zubaydi 2024 Methods; one laboratory's reference range 2-20 ug/mL)",
+    ),
 }
 
 
@@ -102,14 +121,23 @@ def exceedance_probability(peaks: np.ndarray, limit: float) -> tuple[np.ndarray,
     pos = np.maximum(x, limit * 1e-12)
     lg = np.log(pos)
     mu, sd = lg.mean(axis=1), lg.std(axis=1, ddof=1) if x.shape[1] > 1 else np.zeros(len(x))
-    z = np.where(sd > 1e-12, (math.log(limit) - mu) / np.maximum(sd, 1e-12), np.where(mu >= math.log(limit), -np.inf,
-                                                                                          np.inf))
+    z = np.where(
+        sd > 1e-12, (math.log(limit) - mu) / np.maximum(sd, 1e-12), np.where(mu >= math.log(limit), -np.inf, np.inf)
+    )
     tail = norm.sf(z)
     return np.maximum(emp, tail), emp, tail
 
 
-def group_loss(out: Mapping[str, jnp.ndarray], G: int, c: Mapping[str, jnp.ndarray], eta=None, *, alpha: float,
-               burden_drugs: tuple[str, ...] = (), limit_drugs: tuple[str, ...] = ()) -> jnp.ndarray:
+def group_loss(
+    out: Mapping[str, jnp.ndarray],
+    G: int,
+    c: Mapping[str, jnp.ndarray],
+    eta=None,
+    *,
+    alpha: float,
+    burden_drugs: tuple[str, ...] = (),
+    limit_drugs: tuple[str, ...] = (),
+) -> jnp.ndarray:
     """Loss of G groups of draws (patients, or patient x candidate), rows grouped consecutively.
 
     Parameters
@@ -133,6 +161,7 @@ def group_loss(out: Mapping[str, jnp.ndarray], G: int, c: Mapping[str, jnp.ndarr
     -------
     (G,) loss in MME-equivalents.
     """
+
     def grp(k):
         return out[k].reshape(G, -1)
 
@@ -143,11 +172,15 @@ def group_loss(out: Mapping[str, jnp.ndarray], G: int, c: Mapping[str, jnp.ndarr
     if eta is None:
         S = mme.shape[1]
         k = max(1, int(math.ceil((1.0 - float(alpha)) * S - 1e-9)))
-        cvar = jnp.mean(jnp.sort(mme, axis=1)[:, S - k:], axis=1)
+        cvar = jnp.mean(jnp.sort(mme, axis=1)[:, S - k :], axis=1)
     else:
         cvar = eta + jnp.mean(jax.nn.relu(mme - eta[:, None]), axis=1) / (1.0 - float(alpha))
-    loss = (jnp.mean(mme, axis=1) + c["pain_weight"] * m("PAIN_EXCESS") + c["sedation_weight"] * m("SEDATION_MAX")
-            + c["cvar_weight"] * cvar)
+    loss = (
+        jnp.mean(mme, axis=1)
+        + c["pain_weight"] * m("PAIN_EXCESS")
+        + c["sedation_weight"] * m("SEDATION_MAX")
+        + c["cvar_weight"] * cvar
+    )
     for d in burden_drugs:
         if f"AUC_{d}" in out:
             loss = loss + c["burden"][d] * m(f"AUC_{d}") / c["auc_ref"][d]
@@ -156,7 +189,7 @@ def group_loss(out: Mapping[str, jnp.ndarray], G: int, c: Mapping[str, jnp.ndarr
     over4 = jax.nn.relu(m("GE4") - c["ge4_target"])
     over7 = jax.nn.relu(m("GE7") - c["ge7_target"])
     oird = jax.nn.relu(m("OIRD_HAZARD") / c["oird_ref"] - 1.0)
-    loss = loss + c["tit_penalty"] * (short ** 2 + over4 ** 2 + over7 ** 2) + c["oird_penalty"] * oird ** 2
+    loss = loss + c["tit_penalty"] * (short**2 + over4**2 + over7**2) + c["oird_penalty"] * oird**2
     for d in limit_drugs:
         if f"CMAX_{d}" in out:  # smoothed exceedance frequency (log scale, temperature 0.05 = 5 %)
             z = (jnp.log(jnp.maximum(grp(f"CMAX_{d}"), 1e-12)) - jnp.log(c["limit"][d])) / 0.05

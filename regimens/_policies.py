@@ -29,8 +29,14 @@ from ._condition import format_number
 from ._model import PRN, ROUTE_DISPLAY
 from .limits import RescueFraction
 
-__all__ = ["RescuePolicy", "rescue_policies", "for_patient", "withholds_rescue", "TREAT_CUTOFF_NRS",
-           "cross_entropy_search"]
+__all__ = [
+    "RescuePolicy",
+    "rescue_policies",
+    "for_patient",
+    "withholds_rescue",
+    "TREAT_CUTOFF_NRS",
+    "cross_entropy_search",
+]
 
 #: NRS at or above which pain is treated (3 of 4 cut-off methods, Gerbershagen 2011; clinical.md 3.1).
 TREAT_CUTOFF_NRS = 4.0
@@ -86,11 +92,16 @@ def rescue_policies() -> tuple[RescuePolicy, ...]:
         for thr in (4.0, 5.0):
             for hi in (10.0, 5.0):
                 for hm in (0.5, 0.2):
-                    rules = (PRN("oxycodone", "po", 5.0, thr, every), PRN("oxycodone", "po", hi, 7.0, every),
-                             PRN("hydromorphone", "iv", hm, 7.0, 2.0))
+                    rules = (
+                        PRN("oxycodone", "po", 5.0, thr, every),
+                        PRN("oxycodone", "po", hi, 7.0, every),
+                        PRN("hydromorphone", "iv", hm, 7.0, 2.0),
+                    )
                     esc = ", 10 mg at NRS >= 7" if hi > 5.0 else ""
-                    label = (f"oxycodone 5 mg PO q{every:g}h PRN NRS >= {thr:g}{esc}; hydromorphone {hm:g} mg IV q2h "
-                             "PRN NRS >= 7")
+                    label = (
+                        f"oxycodone 5 mg PO q{every:g}h PRN NRS >= {thr:g}{esc}; hydromorphone {hm:g} mg IV q2h "
+                        "PRN NRS >= 7"
+                    )
                     out.append(RescuePolicy(label, rules))
     return tuple(out)
 
@@ -102,11 +113,18 @@ def withholds_rescue(policy: RescuePolicy) -> bool:
     return bool(policy.rules) and min(r.threshold_nrs for r in policy.rules) > TREAT_CUTOFF_NRS
 
 
-def cross_entropy_search(score: Callable[[np.ndarray, np.ndarray], np.ndarray], cat_allowed: np.ndarray,
-                         bit_allowed: np.ndarray, *, candidates: int = 16, generations: int = 3,
-                         elite: float = 0.25, smoothing: float = 0.7, seed: int = 0,
-                         group_seeds: Sequence[int] | None = None
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
+def cross_entropy_search(
+    score: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    cat_allowed: np.ndarray,
+    bit_allowed: np.ndarray,
+    *,
+    candidates: int = 16,
+    generations: int = 3,
+    elite: float = 0.25,
+    smoothing: float = 0.7,
+    seed: int = 0,
+    group_seeds: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
     """Minimize ``score`` over one categorical choice and several binary choices per group.
 
     Parameters
@@ -150,6 +168,7 @@ def cross_entropy_search(score: Callable[[np.ndarray, np.ndarray], np.ndarray], 
 
         def uniforms(shape):
             return np.stack([r.random(shape) for r in rngs]) if G else np.zeros((0, *shape))
+
     pc = cat_allowed / cat_allowed.sum(axis=1, keepdims=True)
     pb = np.where(bit_allowed, 0.8, 0.0)
     default_cat = np.where(cat_allowed[:, 0], 0, np.argmax(cat_allowed, axis=1))

@@ -86,8 +86,9 @@ def _scheduled_findings(reg: Regimen, cov: Mapping[str, Any], fusion: bool) -> l
     return [f for f in check_regimen(reg, cov, None, fusion=fusion) if f.drug in drugs and f.rule != "starting_dose"]
 
 
-def rescue_for_patient(prn: tuple[PRN, ...], pca: tuple[PCA, ...], covariates: Mapping[str, Any]
-                       ) -> tuple[tuple[PRN, ...], tuple[PCA, ...], dict[tuple[str, str], RescueFraction]]:
+def rescue_for_patient(
+    prn: tuple[PRN, ...], pca: tuple[PCA, ...], covariates: Mapping[str, Any]
+) -> tuple[tuple[PRN, ...], tuple[PCA, ...], dict[tuple[str, str], RescueFraction]]:
     """As-needed rules and PCAs with one patient's renal/hepatic dose fractions applied.
 
     Each PRN dose becomes :meth:`RescueFraction.scale` of it (the fraction of the dose as written, never above
@@ -121,16 +122,20 @@ def rescue_for_patient(prn: tuple[PRN, ...], pca: tuple[PCA, ...], covariates: M
             continue
         top = max(float(p.demand_mg), float(p.loading_mg))
         m = f.scale(top) / top
-        ch = {"demand_mg": f.scale(p.demand_mg) if top == p.demand_mg else p.demand_mg * m,
-              "loading_mg": p.loading_mg * m, "basal_mg_h": p.basal_mg_h * m}
+        ch = {
+            "demand_mg": f.scale(p.demand_mg) if top == p.demand_mg else p.demand_mg * m,
+            "loading_mg": p.loading_mg * m,
+            "basal_mg_h": p.basal_mg_h * m,
+        }
         if p.hourly_max_mg is not None:
             ch["hourly_max_mg"] = p.hourly_max_mg * m
         out_pca.append(dataclasses.replace(p, **ch))
     return tuple(out_prn), tuple(out_pca), {k: v for k, v in fr.items() if v.applies}
 
 
-def _rescue_changes(regimen: Regimen, prn: tuple[PRN, ...], pca: tuple[PCA, ...],
-                    fractions: Mapping[tuple[str, str], RescueFraction]) -> list[str]:
+def _rescue_changes(
+    regimen: Regimen, prn: tuple[PRN, ...], pca: tuple[PCA, ...], fractions: Mapping[tuple[str, str], RescueFraction]
+) -> list[str]:
     """One line per drug and route whose as-needed / PCA doses were lowered: as given -> for the patient, why."""
     out = []
     for key, f in sorted(fractions.items()):
@@ -141,8 +146,10 @@ def _rescue_changes(regimen: Regimen, prn: tuple[PRN, ...], pca: tuple[PCA, ...]
         new += [f"PCA {format_number(p.demand_mg)}" for p in pca if (p.drug, p.route) == key]
         if old == new:
             continue
-        out.append(f"{drug} {ROUTE_DISPLAY.get(route, route)} as needed/PCA: {' / '.join(old)} mg per dose as given "
-                   f"-> {' / '.join(new)} mg; {f.describe()}")
+        out.append(
+            f"{drug} {ROUTE_DISPLAY.get(route, route)} as needed/PCA: {' / '.join(old)} mg per dose as given "
+            f"-> {' / '.join(new)} mg; {f.describe()}"
+        )
     return out
 
 
@@ -176,10 +183,15 @@ def weighted(regimen: Regimen, weights: np.ndarray, name: str | None = None) -> 
         if w == 1.0:
             items.append(it)
             continue
-        ch = {f: getattr(it, f) * w for f in ("dose_mg", "dose_mg_per_kg", "rate_mg_per_kg_h", "rate_mg_h")
-              if getattr(it, f) is not None}
-        adj = tuple(dataclasses.replace(a, dose_mg=a.dose_mg * w) if getattr(a, "dose_mg", None) is not None else a
-                    for a in it.adjustments)
+        ch = {
+            f: getattr(it, f) * w
+            for f in ("dose_mg", "dose_mg_per_kg", "rate_mg_per_kg_h", "rate_mg_h")
+            if getattr(it, f) is not None
+        }
+        adj = tuple(
+            dataclasses.replace(a, dose_mg=a.dose_mg * w) if getattr(a, "dose_mg", None) is not None else a
+            for a in it.adjustments
+        )
         items.append(dataclasses.replace(it, adjustments=adj, **ch))
     return dataclasses.replace(regimen, name=name or regimen.name, scheduled=tuple(items))
 
@@ -213,20 +225,29 @@ def adapt_to_patient(regimen: Regimen, covariates: Mapping[str, Any], *, fusion:
         return Adapted(regimen, (), given, np.ones(n))
     base = dataclasses.replace(regimen, prn=prn, pca=pca) if rescue_changes else regimen
     if not given:
-        return Adapted(weighted(base, np.ones(n), f"{regimen.name} adapted"), tuple(rescue_changes), given,
-                       np.ones(n), fractions)
+        return Adapted(
+            weighted(base, np.ones(n), f"{regimen.name} adapted"), tuple(rescue_changes), given, np.ones(n), fractions
+        )
     w = np.ones(n)
     # each item's own doses for this patient (adjustments and per-kg doses resolved)
-    doses = [[(e.time_h, e.amount_mg) for e in Regimen(name="x", scheduled=(it,), horizon_h=regimen.horizon_h)
-              .dose_events(cov) if e.kind == "scheduled"] for it in regimen.scheduled]
+    doses = [
+        [
+            (e.time_h, e.amount_mg)
+            for e in Regimen(name="x", scheduled=(it,), horizon_h=regimen.horizon_h).dose_events(cov)
+            if e.kind == "scheduled"
+        ]
+        for it in regimen.scheduled
+    ]
     why: dict[tuple[str, str], list[str]] = {}
 
     def note(key, text):
         if text not in why.setdefault(key, []):
             why[key].append(text)
 
-    caps = {key: dose_caps(key[0], key[1], cov, None, fusion=fusion)
-            for key in sorted({(it.drug, it.route) for it in regimen.scheduled})}
+    caps = {
+        key: dose_caps(key[0], key[1], cov, None, fusion=fusion)
+        for key in sorted({(it.drug, it.route) for it in regimen.scheduled})
+    }
     # 2-3: contraindicated drugs out, an item's doses lowered to the single-dose cap
     for i, it in enumerate(regimen.scheduled):
         c = caps[(it.drug, it.route)]
@@ -276,14 +297,22 @@ def adapt_to_patient(regimen: Regimen, covariates: Mapping[str, Any], *, fusion:
         a0 = sum(a for i in idx for _, a in doses[i])
         a1 = sum(a * w[i] for i in idx for _, a in doses[i])
         n1 = sum(len(doses[i]) for i in idx if w[i] > 0)
-        changes.append(f"{key[0]} {key[1].upper()}: {n0} doses, {a0:g} mg in total as given -> {n1} doses, "
-                       f"{a1:.4g} mg; " + "; ".join(why[key]))
-    return Adapted(weighted(base, w, f"{regimen.name} adapted"), tuple(changes + rescue_changes), given, w,
-                   fractions if rescue_changes else {})
+        changes.append(
+            f"{key[0]} {key[1].upper()}: {n0} doses, {a0:g} mg in total as given -> {n1} doses, "
+            f"{a1:.4g} mg; " + "; ".join(why[key])
+        )
+    return Adapted(
+        weighted(base, w, f"{regimen.name} adapted"),
+        tuple(changes + rescue_changes),
+        given,
+        w,
+        fractions if rescue_changes else {},
+    )
 
 
-def rescue_tables(regimen: Regimen, adapted: list[Adapted], row: Any, options: Any = None
-                  ) -> dict[str, np.ndarray] | None:
+def rescue_tables(
+    regimen: Regimen, adapted: list[Adapted], row: Any, options: Any = None
+) -> dict[str, np.ndarray] | None:
     """Per-patient rescue tables of adapted comparators, for a batched simulation of ``regimen`` as written.
 
     Parameters
@@ -327,14 +356,18 @@ def rescue_tables(regimen: Regimen, adapted: list[Adapted], row: Any, options: A
         if key not in cache:
             for p0, p1 in zip(regimen.pca, a.regimen.pca):
                 if (p0.loading_mg, p0.basal_mg_h) != (p1.loading_mg, p1.basal_mg_h):
-                    raise RegimenError(f"{a.regimen.name}: the PCA loading dose or basal rate was lowered for the "
-                                       "patient; a batched simulation of the regimen as written cannot take that "
-                                       "(only demand doses are rescue data): simulate the adapted regimen itself")
-            plan = ref if key == (regimen.prn, regimen.pca) else RegimenPlan.build(
-                dataclasses.replace(regimen, prn=a.regimen.prn, pca=a.regimen.pca), row, opts)
+                    raise RegimenError(
+                        f"{a.regimen.name}: the PCA loading dose or basal rate was lowered for the "
+                        "patient; a batched simulation of the regimen as written cannot take that "
+                        "(only demand doses are rescue data): simulate the adapted regimen itself"
+                    )
+            plan = (
+                ref
+                if key == (regimen.prn, regimen.pca)
+                else RegimenPlan.build(dataclasses.replace(regimen, prn=a.regimen.prn, pca=a.regimen.pca), row, opts)
+            )
             if shape(plan) != shape(ref):  # pragma: no cover - scaling keeps every rule and PCA
-                raise RegimenError(f"{a.regimen.name}: the adapted rescue rules lost the structure of "
-                                   f"{regimen.name}'s")
+                raise RegimenError(f"{a.regimen.name}: the adapted rescue rules lost the structure of {regimen.name}'s")
             cache[key] = plan.rescue_tables(1)
         rows.append(cache[key])
     return {k: np.concatenate([t[k] for t in rows]) for k in rows[0]}

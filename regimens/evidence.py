@@ -41,8 +41,21 @@ __all__ = ["EVIDENCE_DIR", "Arm", "Evidence", "Outcome", "Trial", "arm_regimen",
 EVIDENCE_DIR = Path(__file__).resolve().parent / "evidence"
 
 _USES = ("calibration", "validation", "not_simulated")
-_STATS = ("mean_sd", "mean_only", "mean_ci", "median_iqr", "median_only", "median_range", "proportion",
-          "p_value", "difference", "mean_difference_ci", "ratio", "percent_reduction", "unspecified_average")
+_STATS = (
+    "mean_sd",
+    "mean_only",
+    "mean_ci",
+    "median_iqr",
+    "median_only",
+    "median_range",
+    "proportion",
+    "p_value",
+    "difference",
+    "mean_difference_ci",
+    "ratio",
+    "percent_reduction",
+    "unspecified_average",
+)
 _KINDS = ("opioid", "pain", "opioid_free", "pca_demands", "rescue_count", "time_to_first_rescue")
 
 
@@ -171,10 +184,21 @@ def _outcome(d: dict, where: str, problems: list[str]) -> Outcome | None:
     except (TypeError, ValueError):
         problems.append(f"{where}: values must be numbers, got {d['values']!r}")
         return None
-    return Outcome(kind=d["kind"], statistic=d["statistic"], values=vals, quote=str(d["quote"]), url=str(d["url"]),
-                   window_h=None if w is None else (float(w[0]), float(w[1])), time_h=d.get("time_h"),
-                   drug=str(d.get("drug", "")), route=str(d.get("route", "")), unit=str(d.get("unit", "")),
-                   scale=str(d.get("scale", "")), note=str(d.get("note", "")), fit=bool(d.get("fit", True)))
+    return Outcome(
+        kind=d["kind"],
+        statistic=d["statistic"],
+        values=vals,
+        quote=str(d["quote"]),
+        url=str(d["url"]),
+        window_h=None if w is None else (float(w[0]), float(w[1])),
+        time_h=d.get("time_h"),
+        drug=str(d.get("drug", "")),
+        route=str(d.get("route", "")),
+        unit=str(d.get("unit", "")),
+        scale=str(d.get("scale", "")),
+        note=str(d.get("note", "")),
+        fit=bool(d.get("fit", True)),
+    )
 
 
 def _trial(path: Path, problems: list[str]) -> Trial | None:
@@ -203,11 +227,18 @@ def _trial(path: Path, problems: list[str]) -> Trial | None:
         if d["use"] == "calibration" and "regimen" not in a:
             problems.append(f"{aw}: a calibration arm needs regimen")
         outs = [_outcome(o, f"{aw} outcome {j}", problems) for j, o in enumerate(a.get("outcome", []))]
-        arms.append(Arm(id=str(a["id"]), intervention=str(a["intervention"]), regimen=str(a.get("regimen", "")),
-                        n=None if a.get("n") is None else int(a["n"]),
-                        outcomes=tuple(o for o in outs if o is not None), n_note=str(a.get("n_note", "")),
-                        note=str(a.get("note", "")),
-                        p_opioid_tolerant=None if a.get("p_opioid_tolerant") is None else float(a["p_opioid_tolerant"])))
+        arms.append(
+            Arm(
+                id=str(a["id"]),
+                intervention=str(a["intervention"]),
+                regimen=str(a.get("regimen", "")),
+                n=None if a.get("n") is None else int(a["n"]),
+                outcomes=tuple(o for o in outs if o is not None),
+                n_note=str(a.get("n_note", "")),
+                note=str(a.get("note", "")),
+                p_opioid_tolerant=None if a.get("p_opioid_tolerant") is None else float(a["p_opioid_tolerant"]),
+            )
+        )
     if not arms:
         problems.append(f"{where}: no arms")
     ids = {a.id for a in arms}
@@ -221,12 +252,23 @@ def _trial(path: Path, problems: list[str]) -> Trial | None:
         for a in arms:
             if a.n is None:
                 problems.append(f"{where} arm {a.id}: a calibration arm needs n (derived values say so in n_note)")
-    return Trial(id=str(d["id"]), citation=str(d["citation"]), design=str(d["design"]), surgery=str(d["surgery"]),
-                 opioid_tolerant=str(d["opioid_tolerant"]), use=str(d["use"]), use_note=str(d.get("use_note", "")),
-                 urls=_tuple(d.get("urls")), background=str(d.get("anesthesia_and_background", "")),
-                 missing=_tuple(d.get("missing")), simulation=sim, arms=tuple(arms),
-                 effects=tuple(d.get("effect", [])), path=path,
-                 contrasts=tuple((str(a), str(c)) for a, c in d.get("contrasts", [])))
+    return Trial(
+        id=str(d["id"]),
+        citation=str(d["citation"]),
+        design=str(d["design"]),
+        surgery=str(d["surgery"]),
+        opioid_tolerant=str(d["opioid_tolerant"]),
+        use=str(d["use"]),
+        use_note=str(d.get("use_note", "")),
+        urls=_tuple(d.get("urls")),
+        background=str(d.get("anesthesia_and_background", "")),
+        missing=_tuple(d.get("missing")),
+        simulation=sim,
+        arms=tuple(arms),
+        effects=tuple(d.get("effect", [])),
+        path=path,
+        contrasts=tuple((str(a), str(c)) for a, c in d.get("contrasts", [])),
+    )
 
 
 @functools.lru_cache(maxsize=2)

@@ -47,8 +47,16 @@ from ._condition import RegimenError
 from ._format import format_regimen_toml
 from ._model import PCA, PRN, Adjustment, Modality, Regimen, Scheduled
 
-__all__ = ["DATA_DIR", "format_regimen_toml", "get_regimen", "list_regimens", "load_regimen",
-           "parse_regimen_toml", "regimen_file", "save_regimen"]
+__all__ = [
+    "DATA_DIR",
+    "format_regimen_toml",
+    "get_regimen",
+    "list_regimens",
+    "load_regimen",
+    "parse_regimen_toml",
+    "regimen_file",
+    "save_regimen",
+]
 
 #: Folder of the shipped regimen files (``<NAME>.toml``).
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -92,8 +100,10 @@ def parse_regimen_toml(text: str, source: str = "<string>", *, default_name: str
     unknown = [k for k in data if k not in _TOP]
     if unknown:
         hint = " (the table is [[modality]])" if "modalities" in unknown else ""
-        raise RegimenError(f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
-                           f"{hint}; known keys: {', '.join(_TOP)}")
+        raise RegimenError(
+            f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
+            f"{hint}; known keys: {', '.join(_TOP)}"
+        )
     kw: dict[str, Any] = {}
     for table, cls in _TABLES.items():
         rows = data.get(table, [])
@@ -108,20 +118,23 @@ def parse_regimen_toml(text: str, source: str = "<string>", *, default_name: str
             allowed = _fields(cls)
             bad = [key for key in row if key not in allowed]
             if bad:
-                raise RegimenError(f"{where}: unknown key{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad))}; "
-                                   f"known keys: {', '.join(allowed)}")
+                raise RegimenError(
+                    f"{where}: unknown key{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad))}; "
+                    f"known keys: {', '.join(allowed)}"
+                )
             row = dict(row)
             try:
                 if cls is Scheduled and "adjustments" in row:
                     adj = row["adjustments"]
                     if not isinstance(adj, list) or not all(isinstance(a, dict) for a in adj):
-                        raise RegimenError("adjustments must be a list of tables "
-                                           "[{ when = \"AGE >= 65\", dose_mg = 15.0, reason = \"...\" }]")
+                        raise RegimenError(
+                            "adjustments must be a list of tables "
+                            '[{ when = "AGE >= 65", dose_mg = 15.0, reason = "..." }]'
+                        )
                     for a in adj:
                         bad = [key for key in a if key not in _fields(Adjustment)]
                         if bad:
-                            raise RegimenError(f"adjustment: unknown key {bad[0]!r}; known keys: when, dose_mg, "
-                                               "reason")
+                            raise RegimenError(f"adjustment: unknown key {bad[0]!r}; known keys: when, dose_mg, reason")
                     row["adjustments"] = tuple(Adjustment(**a) for a in adj)
                 if cls is Modality and "windows" in row:
                     row["windows"] = tuple(tuple(w) if isinstance(w, list) else w for w in row["windows"])
@@ -136,10 +149,15 @@ def parse_regimen_toml(text: str, source: str = "<string>", *, default_name: str
         raise RegimenError(f"{source}: missing key 'name' (e.g. name = \"C1\")")
     refs = data.get("references", [])
     if isinstance(refs, str) or not isinstance(refs, list):
-        raise RegimenError(f"{source}: references must be a list of strings, e.g. references = [\"Iyer 2023\"]")
+        raise RegimenError(f'{source}: references must be a list of strings, e.g. references = ["Iyer 2023"]')
     try:
-        return Regimen(name=name, description=data.get("description", ""),
-                       horizon_h=data.get("horizon_h", 72.0), references=tuple(refs), **kw)
+        return Regimen(
+            name=name,
+            description=data.get("description", ""),
+            horizon_h=data.get("horizon_h", 72.0),
+            references=tuple(refs),
+            **kw,
+        )
     except RegimenError as exc:
         raise RegimenError(f"{source}: {exc}") from None
 

@@ -69,12 +69,34 @@ from pkpd.drugs import Source
 from ._condition import Condition, RegimenError, format_number
 from ._model import ROUTE_DISPLAY, Regimen
 
-__all__ = ["LIMITS", "START_FRACTIONS", "USUAL_STARTS", "DoseCaps", "Finding", "LabelLimit", "RescueFraction",
-           "StartFraction", "UsualStart", "check_regimen", "dose_caps", "format_findings", "fraction_text",
-           "limits_for", "rescue_fraction"]
+__all__ = [
+    "LIMITS",
+    "START_FRACTIONS",
+    "USUAL_STARTS",
+    "DoseCaps",
+    "Finding",
+    "LabelLimit",
+    "RescueFraction",
+    "StartFraction",
+    "UsualStart",
+    "check_regimen",
+    "dose_caps",
+    "format_findings",
+    "fraction_text",
+    "limits_for",
+    "rescue_fraction",
+]
 
-_QUANTITIES = ("max_single_mg", "max_single_mg_per_kg", "max_daily_mg", "max_daily_mg_per_kg", "min_interval_h",
-               "max_duration_h", "max_total_mg", "exclusive_window_h")
+_QUANTITIES = (
+    "max_single_mg",
+    "max_single_mg_per_kg",
+    "max_daily_mg",
+    "max_daily_mg_per_kg",
+    "min_interval_h",
+    "max_duration_h",
+    "max_total_mg",
+    "exclusive_window_h",
+)
 
 
 @dataclass(frozen=True)
@@ -152,11 +174,16 @@ class LabelLimit:
     def describe(self) -> str:
         """One line: who it applies to, the limits, the source and the UNVERIFIED flag."""
         parts = []
-        for attr, fmt in (("max_single_mg", "single <= {:g} mg"), ("max_single_mg_per_kg", "single <= {:g} mg/kg"),
-                          ("max_daily_mg", "<= {:g} mg/24 h"), ("max_daily_mg_per_kg", "<= {:g} mg/kg/24 h"),
-                          ("min_interval_h", "interval >= {:g} h"), ("max_duration_h", "course <= {:g} h"),
-                          ("max_total_mg", "total <= {:g} mg"),
-                          ("exclusive_window_h", "no other local anaesthetic within {:g} h")):
+        for attr, fmt in (
+            ("max_single_mg", "single <= {:g} mg"),
+            ("max_single_mg_per_kg", "single <= {:g} mg/kg"),
+            ("max_daily_mg", "<= {:g} mg/24 h"),
+            ("max_daily_mg_per_kg", "<= {:g} mg/kg/24 h"),
+            ("min_interval_h", "interval >= {:g} h"),
+            ("max_duration_h", "course <= {:g} h"),
+            ("max_total_mg", "total <= {:g} mg"),
+            ("exclusive_window_h", "no other local anaesthetic within {:g} h"),
+        ):
             v = getattr(self, attr)
             if v is not None:
                 parts.append(fmt.format(v))
@@ -209,29 +236,42 @@ class Finding:
 
 _MDC = "via models.md C"
 _APAP = Source(f"Ofirmev label {_MDC}", "LBL (Ofirmev highlights; ndrugs/themeditary copies)")
-_APAP_WEB = Source(f"Medscape acetaminophen dosing {_MDC}", "WEB (Medscape): <= 750 mg/dose and <= 3.75 g/day "
-                                                            "for >= 13 y and < 50 kg")
+_APAP_WEB = Source(
+    f"Medscape acetaminophen dosing {_MDC}", "WEB (Medscape): <= 750 mg/dose and <= 3.75 g/day for >= 13 y and < 50 kg"
+)
 _APAP_HEP = Source(f"Ofirmev label warnings / Medscape {_MDC}", "WEB (Medscape); LBL warnings (RxList)")
 _IBU = Source(f"Ibuprofen Rx label {_MDC}", "LBL (rxreasoner)")
 _KET = Source(f"Toradol label {_MDC}", "LBL quoted by droracle; Skyscape; drugs-library")
-_KET_FUSION = Source("Duke meta-analysis of ketorolac in spinal fusion (41,365 patients) via clinical.md 2",
-                     "no overall non-union signal (OR 1.10); OR 2.17 if > 48 h or > 240 mg")
+_KET_FUSION = Source(
+    "Duke meta-analysis of ketorolac in spinal fusion (41,365 patients) via clinical.md 2",
+    "no overall non-union signal (OR 1.10); OR 2.17 if > 48 h or > 240 mg",
+)
 _CELE = Source(f"Celebrex label {_MDC}", "LBL via WEB summary (droracle); NCBI Medical Genetics Summaries")
-_CPIC_2C9 = Source("CPIC Theken 2020, Clin Pharmacol Ther 108:191 via models.md D2",
-                   "AS 0-0.5: 25-50 % of the lowest recommended starting dose, titrate to 25-50 % of the maximum")
-_CELE_PI = Source("Celebrex prescribing information (Pfizer, DailyMed 2021) sections 2.6, 8.6, 8.7",
-                   "'moderate hepatic impairment (Child-Pugh B): reduce the daily recommended dose by 50 %'; 'severe "
-                   "hepatic impairment: not recommended'; 'not recommended in patients with severe renal "
-                   "insufficiency' (older label: 'advanced kidney disease: not recommended'); 'CYP2C9 poor "
-                   "metabolizers: initiate treatment with half of the lowest recommended dose'")
-_NSAID_RENAL = Source("NSAID class labeling (ibuprofen Rx label, Warnings: renal toxicity)",
-                      "'not recommended in patients with advanced renal disease' (the Celebrex wording of the same "
-                      "class statement is cited under celecoxib)")
-_TRAM_HEP = Source("Ultram label, Dosage and Administration (patients with cirrhosis)",
-                   "'the recommended dose for adult patients with cirrhosis is 50 mg every 12 hours'")
+_CPIC_2C9 = Source(
+    "CPIC Theken 2020, Clin Pharmacol Ther 108:191 via models.md D2",
+    "AS 0-0.5: 25-50 % of the lowest recommended starting dose, titrate to 25-50 % of the maximum",
+)
+_CELE_PI = Source(
+    "Celebrex prescribing information (Pfizer, DailyMed 2021) sections 2.6, 8.6, 8.7",
+    "'moderate hepatic impairment (Child-Pugh B): reduce the daily recommended dose by 50 %'; 'severe "
+    "hepatic impairment: not recommended'; 'not recommended in patients with severe renal "
+    "insufficiency' (older label: 'advanced kidney disease: not recommended'); 'CYP2C9 poor "
+    "metabolizers: initiate treatment with half of the lowest recommended dose'",
+)
+_NSAID_RENAL = Source(
+    "NSAID class labeling (ibuprofen Rx label, Warnings: renal toxicity)",
+    "'not recommended in patients with advanced renal disease' (the Celebrex wording of the same "
+    "class statement is cited under celecoxib)",
+)
+_TRAM_HEP = Source(
+    "Ultram label, Dosage and Administration (patients with cirrhosis)",
+    "'the recommended dose for adult patients with cirrhosis is 50 mg every 12 hours'",
+)
 _LB = Source(f"Exparel label {_MDC}", "LBL (2018 highlights, dokumen.tips copy): 266 mg (20 mL) for infiltration")
-_LB96 = Source("Exparel label via clinical.md 3.1", "'LB label: no other local anaesthetic within 96 h'; the "
-                                                    "exact label wording is not quoted in models.md")
+_LB96 = Source(
+    "Exparel label via clinical.md 3.1",
+    "'LB label: no other local anaesthetic within 96 h'; the exact label wording is not quoted in models.md",
+)
 
 
 def _gk(what: str) -> Source:
@@ -243,128 +283,369 @@ _PM = ("CYP2C9", ("poor",))
 #: Every limit known to the checker (see the module docstring for coverage).
 LIMITS: tuple[LabelLimit, ...] = (
     # ---- acetaminophen (models.md C) ----
-    LabelLimit("acetaminophen", "adults (>= 50 kg)", _APAP, max_single_mg=1000.0, max_daily_mg=4000.0,
-               min_interval_h=4.0, note="1000 mg q6h or 650 mg q4h; maximum 4000 mg/day from all routes and "
-                                        "products; minimum interval 4 h"),
-    LabelLimit("acetaminophen", "patients < 50 kg", _APAP, when="WT < 50", max_single_mg_per_kg=15.0,
-               max_daily_mg_per_kg=75.0, note="15 mg/kg q6h or 12.5 mg/kg q4h; maximum 75 mg/kg/day"),
-    LabelLimit("acetaminophen", "patients < 50 kg (>= 13 y)", _APAP_WEB, when="WT < 50", max_single_mg=750.0,
-               max_daily_mg=3750.0),
-    LabelLimit("acetaminophen", "severe hepatic impairment", _APAP_HEP, route="iv", when="HEPATIC >= 3",
-               contraindicated=True, note="'Severe hepatic impairment or active liver disease: contraindicated "
-                                          "(IV)' (models.md C); HEPATIC 3 = severe"),
-    LabelLimit("acetaminophen", "severe hepatic impairment", _gk("oral labels/SmPC: severe hepatic impairment"),
-               route="po", when="HEPATIC >= 3", contraindicated=True, unverified=True,
-               note="models.md states the contraindication for IV use only; the oral extension is general knowledge"),
-    LabelLimit("acetaminophen", "mild-moderate hepatic impairment", _APAP_HEP, when="HEPATIC >= 1",
-               max_daily_mg=3000.0, unverified=True,
-               note="models.md C: a reduced daily dose 'may be warranted'; exact g/day caps (e.g. 2-3 g) UNVERIFIED; "
-                    "3 g/day (upper end of that example) is used"),
-    LabelLimit("acetaminophen", "CrCL < 30 mL/min", _APAP_HEP, when="CRCL < 30", min_interval_h=6.0,
-               unverified=True, note="models.md C: 'longer interval and lower dose' without numbers; the 6-h "
-                                     "minimum interval is general knowledge"),
+    LabelLimit(
+        "acetaminophen",
+        "adults (>= 50 kg)",
+        _APAP,
+        max_single_mg=1000.0,
+        max_daily_mg=4000.0,
+        min_interval_h=4.0,
+        note="1000 mg q6h or 650 mg q4h; maximum 4000 mg/day from all routes and products; minimum interval 4 h",
+    ),
+    LabelLimit(
+        "acetaminophen",
+        "patients < 50 kg",
+        _APAP,
+        when="WT < 50",
+        max_single_mg_per_kg=15.0,
+        max_daily_mg_per_kg=75.0,
+        note="15 mg/kg q6h or 12.5 mg/kg q4h; maximum 75 mg/kg/day",
+    ),
+    LabelLimit(
+        "acetaminophen",
+        "patients < 50 kg (>= 13 y)",
+        _APAP_WEB,
+        when="WT < 50",
+        max_single_mg=750.0,
+        max_daily_mg=3750.0,
+    ),
+    LabelLimit(
+        "acetaminophen",
+        "severe hepatic impairment",
+        _APAP_HEP,
+        route="iv",
+        when="HEPATIC >= 3",
+        contraindicated=True,
+        note="'Severe hepatic impairment or active liver disease: contraindicated "
+        "(IV)' (models.md C); HEPATIC 3 = severe",
+    ),
+    LabelLimit(
+        "acetaminophen",
+        "severe hepatic impairment",
+        _gk("oral labels/SmPC: severe hepatic impairment"),
+        route="po",
+        when="HEPATIC >= 3",
+        contraindicated=True,
+        unverified=True,
+        note="models.md states the contraindication for IV use only; the oral extension is general knowledge",
+    ),
+    LabelLimit(
+        "acetaminophen",
+        "mild-moderate hepatic impairment",
+        _APAP_HEP,
+        when="HEPATIC >= 1",
+        max_daily_mg=3000.0,
+        unverified=True,
+        note="models.md C: a reduced daily dose 'may be warranted'; exact g/day caps (e.g. 2-3 g) UNVERIFIED; "
+        "3 g/day (upper end of that example) is used",
+    ),
+    LabelLimit(
+        "acetaminophen",
+        "CrCL < 30 mL/min",
+        _APAP_HEP,
+        when="CRCL < 30",
+        min_interval_h=6.0,
+        unverified=True,
+        note="models.md C: 'longer interval and lower dose' without numbers; the 6-h "
+        "minimum interval is general knowledge",
+    ),
     # ---- ibuprofen ----
-    LabelLimit("ibuprofen", "adults", _IBU, max_daily_mg=3200.0,
-               note="Rx maximum 3200 mg/day (the OTC maximum, 1200 mg/day, is not applied)"),
-    LabelLimit("ibuprofen", "adults", _gk("ibuprofen Rx label: 800 mg per dose"), max_single_mg=800.0,
-               unverified=True),
-    LabelLimit("ibuprofen", "CYP2C9 poor metabolizers", _CPIC_2C9, phenotype=_PM, max_daily_mg=800.0,
-               context="CPIC", note="derived, stricter reading: 25 % (lower end of CPIC's 25-50 % of the maximum) of "
-                                    "the 3200 mg/day maximum (the upper end would allow 1600 mg/day)"),
-    LabelLimit("ibuprofen", "CYP2C9 poor metabolizers", _gk("CPIC 25-50 % of the lowest starting dose, 200 mg"),
-               phenotype=_PM, max_single_mg=100.0, context="CPIC", unverified=True,
-               note="stricter reading: 50 % of the lowest starting dose read as the 200-mg tablet (a 400-mg lowest "
-                    "Rx dose would allow 200 mg); no ibuprofen product of the decision space is that small"),
-    LabelLimit("ibuprofen", "advanced renal disease (CrCL < 30 mL/min)", _NSAID_RENAL, when="CRCL < 30",
-               contraindicated=True, unverified=True,
-               note="'not recommended' read as a hard exclusion (the stricter reading); the CrCL threshold for "
-                    "'advanced' is this toolkit's choice, UNVERIFIED"),
-    LabelLimit("ibuprofen", "severe hepatic impairment", _gk("NSAID labels: avoid in severe hepatic impairment"),
-               when="HEPATIC >= 3", contraindicated=True, unverified=True,
-               note="the ibuprofen label asks for caution only; the exclusion follows the celecoxib label's "
-                    "'not recommended' for the same class (stricter)"),
+    LabelLimit(
+        "ibuprofen",
+        "adults",
+        _IBU,
+        max_daily_mg=3200.0,
+        note="Rx maximum 3200 mg/day (the OTC maximum, 1200 mg/day, is not applied)",
+    ),
+    LabelLimit("ibuprofen", "adults", _gk("ibuprofen Rx label: 800 mg per dose"), max_single_mg=800.0, unverified=True),
+    LabelLimit(
+        "ibuprofen",
+        "CYP2C9 poor metabolizers",
+        _CPIC_2C9,
+        phenotype=_PM,
+        max_daily_mg=800.0,
+        context="CPIC",
+        note="derived, stricter reading: 25 % (lower end of CPIC's 25-50 % of the maximum) of "
+        "the 3200 mg/day maximum (the upper end would allow 1600 mg/day)",
+    ),
+    LabelLimit(
+        "ibuprofen",
+        "CYP2C9 poor metabolizers",
+        _gk("CPIC 25-50 % of the lowest starting dose, 200 mg"),
+        phenotype=_PM,
+        max_single_mg=100.0,
+        context="CPIC",
+        unverified=True,
+        note="stricter reading: 50 % of the lowest starting dose read as the 200-mg tablet (a 400-mg lowest "
+        "Rx dose would allow 200 mg); no ibuprofen product of the decision space is that small",
+    ),
+    LabelLimit(
+        "ibuprofen",
+        "advanced renal disease (CrCL < 30 mL/min)",
+        _NSAID_RENAL,
+        when="CRCL < 30",
+        contraindicated=True,
+        unverified=True,
+        note="'not recommended' read as a hard exclusion (the stricter reading); the CrCL threshold for "
+        "'advanced' is this toolkit's choice, UNVERIFIED",
+    ),
+    LabelLimit(
+        "ibuprofen",
+        "severe hepatic impairment",
+        _gk("NSAID labels: avoid in severe hepatic impairment"),
+        when="HEPATIC >= 3",
+        contraindicated=True,
+        unverified=True,
+        note="the ibuprofen label asks for caution only; the exclusion follows the celecoxib label's "
+        "'not recommended' for the same class (stricter)",
+    ),
     # ---- ketorolac (models.md C; clinical.md 2) ----
-    LabelLimit("ketorolac", "adults < 65 y", _KET, route="iv", max_single_mg=30.0, max_daily_mg=120.0,
-               min_interval_h=6.0, note="IV/IM: 30 mg q6h, maximum 120 mg/day"),
-    LabelLimit("ketorolac", "aged >= 65 y or < 50 kg", _KET, route="iv", when="AGE >= 65 or WT < 50",
-               max_single_mg=15.0, max_daily_mg=60.0, min_interval_h=6.0,
-               note="IV/IM: 15 mg q6h, maximum 60 mg/day (also for renal impairment)"),
-    LabelLimit("ketorolac", "renal impairment (CrCL < 60 mL/min)", _KET, route="iv", when="CRCL < 60",
-               max_single_mg=15.0, max_daily_mg=60.0, min_interval_h=6.0, unverified=True,
-               note="the label says 'renal impairment' without a threshold; CrCL < 60 mL/min is this toolkit's "
-                    "choice (as in the C1 dose adjustment), UNVERIFIED"),
-    LabelLimit("ketorolac", "advanced renal impairment (CrCL < 30 mL/min)",
-               _gk("Toradol label contraindication: advanced renal impairment"), when="CRCL < 30",
-               contraindicated=True, unverified=True, note="the CrCL threshold for 'advanced' is UNVERIFIED"),
+    LabelLimit(
+        "ketorolac",
+        "adults < 65 y",
+        _KET,
+        route="iv",
+        max_single_mg=30.0,
+        max_daily_mg=120.0,
+        min_interval_h=6.0,
+        note="IV/IM: 30 mg q6h, maximum 120 mg/day",
+    ),
+    LabelLimit(
+        "ketorolac",
+        "aged >= 65 y or < 50 kg",
+        _KET,
+        route="iv",
+        when="AGE >= 65 or WT < 50",
+        max_single_mg=15.0,
+        max_daily_mg=60.0,
+        min_interval_h=6.0,
+        note="IV/IM: 15 mg q6h, maximum 60 mg/day (also for renal impairment)",
+    ),
+    LabelLimit(
+        "ketorolac",
+        "renal impairment (CrCL < 60 mL/min)",
+        _KET,
+        route="iv",
+        when="CRCL < 60",
+        max_single_mg=15.0,
+        max_daily_mg=60.0,
+        min_interval_h=6.0,
+        unverified=True,
+        note="the label says 'renal impairment' without a threshold; CrCL < 60 mL/min is this toolkit's "
+        "choice (as in the C1 dose adjustment), UNVERIFIED",
+    ),
+    LabelLimit(
+        "ketorolac",
+        "advanced renal impairment (CrCL < 30 mL/min)",
+        _gk("Toradol label contraindication: advanced renal impairment"),
+        when="CRCL < 30",
+        contraindicated=True,
+        unverified=True,
+        note="the CrCL threshold for 'advanced' is UNVERIFIED",
+    ),
     LabelLimit("ketorolac", "adults", _KET, route="po", max_daily_mg=40.0, note="oral maximum 40 mg/day"),
     LabelLimit("ketorolac", "adults", _KET, max_duration_h=120.0, note="total IV/IM/oral course <= 5 days"),
-    LabelLimit("ketorolac", "spinal fusion", _KET_FUSION, max_duration_h=48.0, max_total_mg=240.0,
-               context="spinal fusion", note="not a label limit: non-union OR 2.17 above 48 h or 240 mg"),
+    LabelLimit(
+        "ketorolac",
+        "spinal fusion",
+        _KET_FUSION,
+        max_duration_h=48.0,
+        max_total_mg=240.0,
+        context="spinal fusion",
+        note="not a label limit: non-union OR 2.17 above 48 h or 240 mg",
+    ),
     # ---- celecoxib ----
-    LabelLimit("celecoxib", "adults, acute pain", _CELE, max_single_mg=400.0, max_daily_mg=600.0,
-               note="400 mg, then 200 mg on day 1 if needed, then 200 mg BID: 600 mg is the day-1 maximum; the "
-                    "400 mg/day maintenance maximum after day 1 is not checked by the rolling 24-h sum"),
-    LabelLimit("celecoxib", "CYP2C9 poor metabolizers", _CELE_PI, phenotype=_PM, max_single_mg=50.0,
-               context="CPIC",
-               note="stricter of two readings: half of the lowest recommended dose read as 100 mg (Celebrex label "
-                    "'half of the lowest recommended dose'; CPIC 'initiate with 25-50 % of the lowest recommended "
-                    "starting dose', upper end) = 50 mg; reading the lowest dose as the 200-mg acute-pain dose would "
-                    "allow 100 mg. CPIC's lower end (25 %, 25 mg) is below every capsule strength"),
-    LabelLimit("celecoxib", "CYP2C9 poor metabolizers", _CPIC_2C9, phenotype=_PM, max_daily_mg=100.0,
-               context="CPIC",
-               note="derived, stricter reading: 25 % (lower end of CPIC's 25-50 % of the maximum) of the 400 mg/day "
-                    "maintenance maximum (the upper end would allow 200 mg/day)"),
-    LabelLimit("celecoxib", "severe renal insufficiency (CrCL < 30 mL/min)", _CELE_PI, when="CRCL < 30",
-               contraindicated=True, unverified=True,
-               note="'not recommended' read as a hard exclusion (the stricter reading); the CrCL threshold for "
-                    "'severe' is this toolkit's choice, UNVERIFIED"),
-    LabelLimit("celecoxib", "moderate hepatic impairment (Child-Pugh B)", _CELE_PI, when="HEPATIC >= 2",
-               max_single_mg=200.0, max_daily_mg=200.0,
-               note="50 % of the daily recommended dose: 50 % of the 400 mg/day maintenance maximum (stricter than "
-                    "50 % of the 600 mg day-1 maximum); a single dose cannot exceed the daily amount"),
-    LabelLimit("celecoxib", "severe hepatic impairment (Child-Pugh C)", _CELE_PI, when="HEPATIC >= 3",
-               contraindicated=True, note="'not recommended' read as a hard exclusion (the stricter reading)"),
+    LabelLimit(
+        "celecoxib",
+        "adults, acute pain",
+        _CELE,
+        max_single_mg=400.0,
+        max_daily_mg=600.0,
+        note="400 mg, then 200 mg on day 1 if needed, then 200 mg BID: 600 mg is the day-1 maximum; the "
+        "400 mg/day maintenance maximum after day 1 is not checked by the rolling 24-h sum",
+    ),
+    LabelLimit(
+        "celecoxib",
+        "CYP2C9 poor metabolizers",
+        _CELE_PI,
+        phenotype=_PM,
+        max_single_mg=50.0,
+        context="CPIC",
+        note="stricter of two readings: half of the lowest recommended dose read as 100 mg (Celebrex label "
+        "'half of the lowest recommended dose'; CPIC 'initiate with 25-50 % of the lowest recommended "
+        "starting dose', upper end) = 50 mg; reading the lowest dose as the 200-mg acute-pain dose would "
+        "allow 100 mg. CPIC's lower end (25 %, 25 mg) is below every capsule strength",
+    ),
+    LabelLimit(
+        "celecoxib",
+        "CYP2C9 poor metabolizers",
+        _CPIC_2C9,
+        phenotype=_PM,
+        max_daily_mg=100.0,
+        context="CPIC",
+        note="derived, stricter reading: 25 % (lower end of CPIC's 25-50 % of the maximum) of the 400 mg/day "
+        "maintenance maximum (the upper end would allow 200 mg/day)",
+    ),
+    LabelLimit(
+        "celecoxib",
+        "severe renal insufficiency (CrCL < 30 mL/min)",
+        _CELE_PI,
+        when="CRCL < 30",
+        contraindicated=True,
+        unverified=True,
+        note="'not recommended' read as a hard exclusion (the stricter reading); the CrCL threshold for "
+        "'severe' is this toolkit's choice, UNVERIFIED",
+    ),
+    LabelLimit(
+        "celecoxib",
+        "moderate hepatic impairment (Child-Pugh B)",
+        _CELE_PI,
+        when="HEPATIC >= 2",
+        max_single_mg=200.0,
+        max_daily_mg=200.0,
+        note="50 % of the daily recommended dose: 50 % of the 400 mg/day maintenance maximum (stricter than "
+        "50 % of the 600 mg day-1 maximum); a single dose cannot exceed the daily amount",
+    ),
+    LabelLimit(
+        "celecoxib",
+        "severe hepatic impairment (Child-Pugh C)",
+        _CELE_PI,
+        when="HEPATIC >= 3",
+        contraindicated=True,
+        note="'not recommended' read as a hard exclusion (the stricter reading)",
+    ),
     # ---- liposomal bupivacaine ----
-    LabelLimit("bupivacaine_liposomal", "adults", _LB, route="infiltration", max_single_mg=266.0,
-               note="266 mg (20 mL) for infiltration; 133 mg for interscalene block"),
-    LabelLimit("bupivacaine_liposomal", "adults", _LB96, exclusive_window_h=96.0,
-               note="checked as: no other local anaesthetic dose starting, or still running, in the 96 h after a "
-                    "liposomal bupivacaine dose"),
+    LabelLimit(
+        "bupivacaine_liposomal",
+        "adults",
+        _LB,
+        route="infiltration",
+        max_single_mg=266.0,
+        note="266 mg (20 mL) for infiltration; 133 mg for interscalene block",
+    ),
+    LabelLimit(
+        "bupivacaine_liposomal",
+        "adults",
+        _LB96,
+        exclusive_window_h=96.0,
+        note="checked as: no other local anaesthetic dose starting, or still running, in the 96 h after a "
+        "liposomal bupivacaine dose",
+    ),
     # ---- general knowledge (UNVERIFIED) ----
-    LabelLimit("bupivacaine", "adults", _gk("Marcaine label: 175 mg without epinephrine; 400 mg/24 h"),
-               max_single_mg=175.0, max_daily_mg=400.0, unverified=True),
-    LabelLimit("gabapentin", "CrCL >= 60 mL/min", _gk("Neurontin label dosing table"), max_daily_mg=3600.0,
-               unverified=True),
-    LabelLimit("gabapentin", "CrCL 30-59 mL/min", _gk("Neurontin label dosing table"), when="CRCL < 60",
-               max_daily_mg=1400.0, unverified=True),
-    LabelLimit("gabapentin", "CrCL 15-29 mL/min", _gk("Neurontin label dosing table"), when="CRCL < 30",
-               max_daily_mg=700.0, unverified=True),
-    LabelLimit("gabapentin", "CrCL < 15 mL/min", _gk("Neurontin label dosing table"), when="CRCL < 15",
-               max_daily_mg=300.0, unverified=True),
-    LabelLimit("pregabalin", "CrCL >= 60 mL/min", _gk("Lyrica label dosing table"), max_daily_mg=600.0,
-               unverified=True),
-    LabelLimit("pregabalin", "CrCL 30-60 mL/min", _gk("Lyrica label dosing table"), when="CRCL < 60",
-               max_daily_mg=300.0, unverified=True),
-    LabelLimit("pregabalin", "CrCL 15-30 mL/min", _gk("Lyrica label dosing table"), when="CRCL < 30",
-               max_daily_mg=150.0, unverified=True),
-    LabelLimit("pregabalin", "CrCL < 15 mL/min", _gk("Lyrica label dosing table"), when="CRCL < 15",
-               max_daily_mg=75.0, unverified=True),
+    LabelLimit(
+        "bupivacaine",
+        "adults",
+        _gk("Marcaine label: 175 mg without epinephrine; 400 mg/24 h"),
+        max_single_mg=175.0,
+        max_daily_mg=400.0,
+        unverified=True,
+    ),
+    LabelLimit(
+        "gabapentin", "CrCL >= 60 mL/min", _gk("Neurontin label dosing table"), max_daily_mg=3600.0, unverified=True
+    ),
+    LabelLimit(
+        "gabapentin",
+        "CrCL 30-59 mL/min",
+        _gk("Neurontin label dosing table"),
+        when="CRCL < 60",
+        max_daily_mg=1400.0,
+        unverified=True,
+    ),
+    LabelLimit(
+        "gabapentin",
+        "CrCL 15-29 mL/min",
+        _gk("Neurontin label dosing table"),
+        when="CRCL < 30",
+        max_daily_mg=700.0,
+        unverified=True,
+    ),
+    LabelLimit(
+        "gabapentin",
+        "CrCL < 15 mL/min",
+        _gk("Neurontin label dosing table"),
+        when="CRCL < 15",
+        max_daily_mg=300.0,
+        unverified=True,
+    ),
+    LabelLimit(
+        "pregabalin", "CrCL >= 60 mL/min", _gk("Lyrica label dosing table"), max_daily_mg=600.0, unverified=True
+    ),
+    LabelLimit(
+        "pregabalin",
+        "CrCL 30-60 mL/min",
+        _gk("Lyrica label dosing table"),
+        when="CRCL < 60",
+        max_daily_mg=300.0,
+        unverified=True,
+    ),
+    LabelLimit(
+        "pregabalin",
+        "CrCL 15-30 mL/min",
+        _gk("Lyrica label dosing table"),
+        when="CRCL < 30",
+        max_daily_mg=150.0,
+        unverified=True,
+    ),
+    LabelLimit(
+        "pregabalin",
+        "CrCL < 15 mL/min",
+        _gk("Lyrica label dosing table"),
+        when="CRCL < 15",
+        max_daily_mg=75.0,
+        unverified=True,
+    ),
     LabelLimit("tramadol", "adults", _gk("Ultram label: 400 mg/day (IR)"), max_daily_mg=400.0, unverified=True),
-    LabelLimit("tramadol", "adults", _gk("Ultram ER label: 300 mg/day"), route="po_er", max_daily_mg=300.0,
-               unverified=True),
-    LabelLimit("tramadol", "aged > 75 y", _gk("Ultram label: 300 mg/day over 75 y"), when="AGE > 75",
-               max_daily_mg=300.0, unverified=True),
-    LabelLimit("tramadol", "cirrhosis (severe hepatic impairment)", _TRAM_HEP, when="HEPATIC >= 3",
-               max_single_mg=50.0, max_daily_mg=100.0, min_interval_h=12.0, unverified=True,
-               note="cirrhosis read as HEPATIC >= 3 (severe), UNVERIFIED mapping; 50 mg q12h"),
-    LabelLimit("tramadol", "CrCL < 30 mL/min", _gk("Ultram label: q12h, 200 mg/day if CrCL < 30"),
-               when="CRCL < 30", max_daily_mg=200.0, min_interval_h=12.0, unverified=True),
-    LabelLimit("codeine", "adults", _gk("codeine sulfate label: 15-60 mg q4h, 360 mg/day"), max_daily_mg=360.0,
-               min_interval_h=4.0, unverified=True),
-    LabelLimit("oxycodone", "adults", _gk("oxycodone IR label: 5-15 mg q4-6h as needed"), route="po",
-               min_interval_h=4.0, unverified=True, note="no ceiling dose; only the dosing interval is checked"),
-    LabelLimit("oxycodone", "adults", _gk("OxyContin label: q12h"), route="po_er", min_interval_h=12.0,
-               unverified=True),
+    LabelLimit(
+        "tramadol", "adults", _gk("Ultram ER label: 300 mg/day"), route="po_er", max_daily_mg=300.0, unverified=True
+    ),
+    LabelLimit(
+        "tramadol",
+        "aged > 75 y",
+        _gk("Ultram label: 300 mg/day over 75 y"),
+        when="AGE > 75",
+        max_daily_mg=300.0,
+        unverified=True,
+    ),
+    LabelLimit(
+        "tramadol",
+        "cirrhosis (severe hepatic impairment)",
+        _TRAM_HEP,
+        when="HEPATIC >= 3",
+        max_single_mg=50.0,
+        max_daily_mg=100.0,
+        min_interval_h=12.0,
+        unverified=True,
+        note="cirrhosis read as HEPATIC >= 3 (severe), UNVERIFIED mapping; 50 mg q12h",
+    ),
+    LabelLimit(
+        "tramadol",
+        "CrCL < 30 mL/min",
+        _gk("Ultram label: q12h, 200 mg/day if CrCL < 30"),
+        when="CRCL < 30",
+        max_daily_mg=200.0,
+        min_interval_h=12.0,
+        unverified=True,
+    ),
+    LabelLimit(
+        "codeine",
+        "adults",
+        _gk("codeine sulfate label: 15-60 mg q4h, 360 mg/day"),
+        max_daily_mg=360.0,
+        min_interval_h=4.0,
+        unverified=True,
+    ),
+    LabelLimit(
+        "oxycodone",
+        "adults",
+        _gk("oxycodone IR label: 5-15 mg q4-6h as needed"),
+        route="po",
+        min_interval_h=4.0,
+        unverified=True,
+        note="no ceiling dose; only the dosing interval is checked",
+    ),
+    LabelLimit(
+        "oxycodone", "adults", _gk("OxyContin label: q12h"), route="po_er", min_interval_h=12.0, unverified=True
+    ),
 )
 
 
@@ -414,8 +695,10 @@ class UsualStart:
 
     def describe(self) -> str:
         """``"0.2-1 mg IV q2-3h"``."""
-        return (f"{format_number(self.low_mg)}-{format_number(self.high_mg)} mg "
-                f"{ROUTE_DISPLAY.get(self.route, self.route)} {self.every}")
+        return (
+            f"{format_number(self.low_mg)}-{format_number(self.high_mg)} mg "
+            f"{ROUTE_DISPLAY.get(self.route, self.route)} {self.every}"
+        )
 
 
 @dataclass(frozen=True)
@@ -488,28 +771,45 @@ def fraction_text(f: float) -> str:
 
 
 _DIL_SRC = "DILAUDID (hydromorphone HCl) oral solution/tablets and injection prescribing information"
-_DIL_RENAL = _gk(f"{_DIL_SRC}, sections 2 and 8.7 (renal impairment): start at one-fourth to one-half of the usual "
-                 "starting dose depending on the degree of impairment: 50 % in moderate and 25 % in severe renal "
-                 "impairment")
-_DIL_HEP = _gk(f"{_DIL_SRC}, sections 2 and 8.6 (hepatic impairment): 'start with one-fourth to one-half the usual "
-               "starting dose depending on the extent of impairment'")
-_DIL_IV = _gk(f"{_DIL_SRC}, section 2 (injection, opioid-naive adults): initial dose 0.2 mg to 1 mg IV every 2 to "
-              "3 hours as necessary")
+_DIL_RENAL = _gk(
+    f"{_DIL_SRC}, sections 2 and 8.7 (renal impairment): start at one-fourth to one-half of the usual "
+    "starting dose depending on the degree of impairment: 50 % in moderate and 25 % in severe renal "
+    "impairment"
+)
+_DIL_HEP = _gk(
+    f"{_DIL_SRC}, sections 2 and 8.6 (hepatic impairment): 'start with one-fourth to one-half the usual "
+    "starting dose depending on the extent of impairment'"
+)
+_DIL_IV = _gk(
+    f"{_DIL_SRC}, section 2 (injection, opioid-naive adults): initial dose 0.2 mg to 1 mg IV every 2 to "
+    "3 hours as necessary"
+)
 _DIL_PO = _gk(f"{_DIL_SRC}, section 2 (oral, opioid-naive adults): 2 mg to 4 mg every 4 to 6 hours")
 _ROXI_SRC = "ROXICODONE (oxycodone HCl immediate-release) prescribing information"
-_ROXI_HEP = _gk(f"{_ROXI_SRC}, section 2 (patients with hepatic impairment): 'initiate therapy at 1/3 to 1/2 the "
-                "usual starting dosage followed by careful dose titration'")
-_ROXI_RENAL = _gk(f"{_ROXI_SRC}, section 2 (patients with renal impairment, creatinine clearance < 60 mL/min): "
-                  "'follow a conservative approach to dose initiation' (no number)")
+_ROXI_HEP = _gk(
+    f"{_ROXI_SRC}, section 2 (patients with hepatic impairment): 'initiate therapy at 1/3 to 1/2 the "
+    "usual starting dosage followed by careful dose titration'"
+)
+_ROXI_RENAL = _gk(
+    f"{_ROXI_SRC}, section 2 (patients with renal impairment, creatinine clearance < 60 mL/min): "
+    "'follow a conservative approach to dose initiation' (no number)"
+)
 _ROXI_PO = _gk(f"{_ROXI_SRC}, section 2 (opioid-naive adults): 5 to 15 mg every 4 to 6 hours as needed")
-_MOR_SRC = _gk("morphine sulfate oral and injection labels (renal and hepatic impairment): start with a lower dose "
-               "and titrate slowly (no number)")
-_FEN_SRC = _gk("fentanyl citrate injection label (renal and hepatic impairment): reduce the dose and titrate with "
-               "care (no number)")
-_REMI_SRC = _gk("ULTIVA (remifentanil) label (renal and hepatic impairment): no dose adjustment is given (no "
-                "number; esterase metabolism)")
-_THRESH_RENAL = ("the CrCL thresholds of 'moderate' (30 to < 60 mL/min) and 'severe' (< 30 mL/min) renal impairment "
-                 "are this toolkit's choice (as for celecoxib and ketorolac), UNVERIFIED")
+_MOR_SRC = _gk(
+    "morphine sulfate oral and injection labels (renal and hepatic impairment): start with a lower dose "
+    "and titrate slowly (no number)"
+)
+_FEN_SRC = _gk(
+    "fentanyl citrate injection label (renal and hepatic impairment): reduce the dose and titrate with care (no number)"
+)
+_REMI_SRC = _gk(
+    "ULTIVA (remifentanil) label (renal and hepatic impairment): no dose adjustment is given (no "
+    "number; esterase metabolism)"
+)
+_THRESH_RENAL = (
+    "the CrCL thresholds of 'moderate' (30 to < 60 mL/min) and 'severe' (< 30 mL/min) renal impairment "
+    "are this toolkit's choice (as for celecoxib and ketorolac), UNVERIFIED"
+)
 _THRESH_HEP = "hepatic categories as in the HEPATIC covariate (1 mild, 2 moderate, 3 severe; Child-Pugh A/B/C)"
 
 #: Usual adult starting doses of the opioids with a :class:`StartFraction` (check_regimen's reference).
@@ -523,41 +823,133 @@ USUAL_STARTS: tuple[UsualStart, ...] = (
 #: general knowledge (UNVERIFIED): the labels are not in models.md.
 START_FRACTIONS: tuple[StartFraction, ...] = (
     # ---- hydromorphone (DILAUDID): every route ----
-    StartFraction("hydromorphone", "renal", "moderate renal impairment (CrCL 30 to < 60 mL/min)", _DIL_RENAL,
-                  when="CRCL < 60", fraction=0.5, unverified=True, note=_THRESH_RENAL, label="DILAUDID PI 2, 8.7"),
-    StartFraction("hydromorphone", "renal", "severe renal impairment (CrCL < 30 mL/min)", _DIL_RENAL,
-                  when="CRCL < 30", fraction=0.25, unverified=True, note=_THRESH_RENAL, label="DILAUDID PI 2, 8.7"),
-    StartFraction("hydromorphone", "hepatic", "mild hepatic impairment (Child-Pugh A)", _DIL_HEP, when="HEPATIC >= 1",
-                  fraction=0.5, unverified=True,
-                  note="'one-fourth to one-half ... depending on the extent': the upper end (50 %) for the mildest "
-                       "degree, read as applying to any hepatic impairment (the stricter reading; the label's data "
-                       "are for moderate impairment); " + _THRESH_HEP, label="DILAUDID PI 2, 8.6"),
-    StartFraction("hydromorphone", "hepatic", "moderate or severe hepatic impairment (Child-Pugh B/C)", _DIL_HEP,
-                  when="HEPATIC >= 2", fraction=0.25, unverified=True,
-                  note="'one-fourth to one-half ... depending on the extent': the lower end (25 %, the stricter "
-                       "reading) for moderate and severe impairment; " + _THRESH_HEP, label="DILAUDID PI 2, 8.6"),
+    StartFraction(
+        "hydromorphone",
+        "renal",
+        "moderate renal impairment (CrCL 30 to < 60 mL/min)",
+        _DIL_RENAL,
+        when="CRCL < 60",
+        fraction=0.5,
+        unverified=True,
+        note=_THRESH_RENAL,
+        label="DILAUDID PI 2, 8.7",
+    ),
+    StartFraction(
+        "hydromorphone",
+        "renal",
+        "severe renal impairment (CrCL < 30 mL/min)",
+        _DIL_RENAL,
+        when="CRCL < 30",
+        fraction=0.25,
+        unverified=True,
+        note=_THRESH_RENAL,
+        label="DILAUDID PI 2, 8.7",
+    ),
+    StartFraction(
+        "hydromorphone",
+        "hepatic",
+        "mild hepatic impairment (Child-Pugh A)",
+        _DIL_HEP,
+        when="HEPATIC >= 1",
+        fraction=0.5,
+        unverified=True,
+        note="'one-fourth to one-half ... depending on the extent': the upper end (50 %) for the mildest "
+        "degree, read as applying to any hepatic impairment (the stricter reading; the label's data "
+        "are for moderate impairment); " + _THRESH_HEP,
+        label="DILAUDID PI 2, 8.6",
+    ),
+    StartFraction(
+        "hydromorphone",
+        "hepatic",
+        "moderate or severe hepatic impairment (Child-Pugh B/C)",
+        _DIL_HEP,
+        when="HEPATIC >= 2",
+        fraction=0.25,
+        unverified=True,
+        note="'one-fourth to one-half ... depending on the extent': the lower end (25 %, the stricter "
+        "reading) for moderate and severe impairment; " + _THRESH_HEP,
+        label="DILAUDID PI 2, 8.6",
+    ),
     # ---- oxycodone IR (ROXICODONE) ----
-    StartFraction("oxycodone", "hepatic", "hepatic impairment", _ROXI_HEP, route="po", when="HEPATIC >= 1",
-                  fraction=1.0 / 3.0, unverified=True,
-                  note="'1/3 to 1/2 the usual starting dosage': the lower end, 1/3 (the stricter reading), for any "
-                       "degree (the label gives none); " + _THRESH_HEP, label="ROXICODONE PI 2"),
-    StartFraction("oxycodone", "renal", "renal impairment (CrCL < 60 mL/min)", _ROXI_RENAL, route="po",
-                  when="CRCL < 60", unverified=True,
-                  note="no number: a note only (doses unchanged); the conservative start is left to the prescriber",
-                  label="ROXICODONE PI 2"),
+    StartFraction(
+        "oxycodone",
+        "hepatic",
+        "hepatic impairment",
+        _ROXI_HEP,
+        route="po",
+        when="HEPATIC >= 1",
+        fraction=1.0 / 3.0,
+        unverified=True,
+        note="'1/3 to 1/2 the usual starting dosage': the lower end, 1/3 (the stricter reading), for any "
+        "degree (the label gives none); " + _THRESH_HEP,
+        label="ROXICODONE PI 2",
+    ),
+    StartFraction(
+        "oxycodone",
+        "renal",
+        "renal impairment (CrCL < 60 mL/min)",
+        _ROXI_RENAL,
+        route="po",
+        when="CRCL < 60",
+        unverified=True,
+        note="no number: a note only (doses unchanged); the conservative start is left to the prescriber",
+        label="ROXICODONE PI 2",
+    ),
     # ---- no number in the labels: notes only ----
-    StartFraction("morphine", "renal", "renal impairment (CrCL < 60 mL/min)", _MOR_SRC, when="CRCL < 60",
-                  unverified=True, note="no number: a note only (doses unchanged); " + _THRESH_RENAL),
-    StartFraction("morphine", "hepatic", "hepatic impairment", _MOR_SRC, when="HEPATIC >= 1", unverified=True,
-                  note="no number: a note only (doses unchanged)"),
-    StartFraction("fentanyl", "renal", "renal impairment (CrCL < 60 mL/min)", _FEN_SRC, when="CRCL < 60",
-                  unverified=True, note="no number: a note only (doses unchanged); " + _THRESH_RENAL),
-    StartFraction("fentanyl", "hepatic", "hepatic impairment", _FEN_SRC, when="HEPATIC >= 1", unverified=True,
-                  note="no number: a note only (doses unchanged)"),
-    StartFraction("remifentanil", "renal", "renal impairment (CrCL < 60 mL/min)", _REMI_SRC, when="CRCL < 60",
-                  unverified=True, note="no number: a note only (doses unchanged)"),
-    StartFraction("remifentanil", "hepatic", "hepatic impairment", _REMI_SRC, when="HEPATIC >= 1", unverified=True,
-                  note="no number: a note only (doses unchanged)"),
+    StartFraction(
+        "morphine",
+        "renal",
+        "renal impairment (CrCL < 60 mL/min)",
+        _MOR_SRC,
+        when="CRCL < 60",
+        unverified=True,
+        note="no number: a note only (doses unchanged); " + _THRESH_RENAL,
+    ),
+    StartFraction(
+        "morphine",
+        "hepatic",
+        "hepatic impairment",
+        _MOR_SRC,
+        when="HEPATIC >= 1",
+        unverified=True,
+        note="no number: a note only (doses unchanged)",
+    ),
+    StartFraction(
+        "fentanyl",
+        "renal",
+        "renal impairment (CrCL < 60 mL/min)",
+        _FEN_SRC,
+        when="CRCL < 60",
+        unverified=True,
+        note="no number: a note only (doses unchanged); " + _THRESH_RENAL,
+    ),
+    StartFraction(
+        "fentanyl",
+        "hepatic",
+        "hepatic impairment",
+        _FEN_SRC,
+        when="HEPATIC >= 1",
+        unverified=True,
+        note="no number: a note only (doses unchanged)",
+    ),
+    StartFraction(
+        "remifentanil",
+        "renal",
+        "renal impairment (CrCL < 60 mL/min)",
+        _REMI_SRC,
+        when="CRCL < 60",
+        unverified=True,
+        note="no number: a note only (doses unchanged)",
+    ),
+    StartFraction(
+        "remifentanil",
+        "hepatic",
+        "hepatic impairment",
+        _REMI_SRC,
+        when="HEPATIC >= 1",
+        unverified=True,
+        note="no number: a note only (doses unchanged)",
+    ),
 )
 
 
@@ -635,11 +1027,15 @@ class RescueFraction:
         r = self.rule
         assert r is not None
         route = ROUTE_DISPLAY.get(self.route, self.route)
-        text = (f"{self.drug} {route} as-needed/PCA doses at {fraction_text(self.fraction)} of the dose as written "
-                f"({r.kind} rule: {r.population}; {r.cite()})")
+        text = (
+            f"{self.drug} {route} as-needed/PCA doses at {fraction_text(self.fraction)} of the dose as written "
+            f"({r.kind} rule: {r.population}; {r.cite()})"
+        )
         if self.start is not None:
-            text += (f", at most {fraction_text(self.fraction)} x {format_number(self.start.high_mg)} mg = "
-                     f"{_d(self.cap_mg)} mg per dose (usual adult starting dose {self.start.describe()})")
+            text += (
+                f", at most {fraction_text(self.fraction)} x {format_number(self.start.high_mg)} mg = "
+                f"{_d(self.cap_mg)} mg per dose (usual adult starting dose {self.start.describe()})"
+            )
         for o in self.others:
             f = fraction_text(o.fraction or 1.0)
             if abs((o.fraction or 1.0) - self.fraction) < 1e-12:
@@ -649,8 +1045,9 @@ class RescueFraction:
         return text
 
 
-def rescue_fraction(drug: str, route: str, covariates: Mapping[str, Any], *,
-                    include_unverified: bool = True) -> RescueFraction:
+def rescue_fraction(
+    drug: str, route: str, covariates: Mapping[str, Any], *, include_unverified: bool = True
+) -> RescueFraction:
     """The fraction of the as-needed (PRN) and PCA doses of ``drug`` by ``route`` for one patient.
 
     The labels' renal and hepatic starting-dose advice (:data:`START_FRACTIONS`): per kind (renal, hepatic)
@@ -682,8 +1079,10 @@ def rescue_fraction(drug: str, route: str, covariates: Mapping[str, Any], *,
         if cond is not None:
             missing = cond.missing(covariates)
             if missing:
-                unchecked.append(f"{name}: the {r.kind} starting-dose advice for {r.population} could not be checked: "
-                                 f"covariate{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing ({r.cite()})")
+                unchecked.append(
+                    f"{name}: the {r.kind} starting-dose advice for {r.population} could not be checked: "
+                    f"covariate{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing ({r.cite()})"
+                )
                 continue
             if not cond.evaluate(covariates):
                 continue
@@ -691,14 +1090,19 @@ def rescue_fraction(drug: str, route: str, covariates: Mapping[str, Any], *,
             notes.append(f"{name} {ROUTE_DISPLAY.get(route, route)}: {r.population}: {r.cite()}; {r.note}")
         elif r.kind not in best or r.fraction < (best[r.kind].fraction or 1.0):
             best[r.kind] = r
-    start = next((s for s in USUAL_STARTS if s.drug == name and s.route == route
-                  and (include_unverified or not s.is_unverified)), None)
+    start = next(
+        (
+            s
+            for s in USUAL_STARTS
+            if s.drug == name and s.route == route and (include_unverified or not s.is_unverified)
+        ),
+        None,
+    )
     if not best:
         return RescueFraction(name, route, 1.0, None, (), start, tuple(notes), tuple(unchecked))
     rule = min(best.values(), key=lambda r: (r.fraction, r.kind != "renal"))
     others = tuple(r for r in best.values() if r is not rule)
-    return RescueFraction(name, route, float(rule.fraction or 1.0), rule, others, start, tuple(notes),
-                          tuple(unchecked))
+    return RescueFraction(name, route, float(rule.fraction or 1.0), rule, others, start, tuple(notes), tuple(unchecked))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -734,29 +1138,55 @@ def _worst_case(regimen: Regimen, cov: Mapping[str, Any]) -> list[_Dose]:
             label = s.short()
             if s.rate_mg_per_kg_h is not None:
                 label += f" ({format_number(round(s.rate_for(cov), 6))} mg/h)"
-            out += [_Dose(e.time_h, e.drug, e.route, e.amount_mg, e.duration_h, None, None, label, "scheduled")
-                    for e in events]
+            out += [
+                _Dose(e.time_h, e.drug, e.route, e.amount_mg, e.duration_h, None, None, label, "scheduled")
+                for e in events
+            ]
             continue
         dose = events[0].amount_mg
         label = s.short(dose) if dose != s.dose_mg else s.short()
         if s.dose_mg_per_kg is not None and dose == s.dose_mg_per_kg * float(cov.get("WT", math.nan)):
             label += f" ({format_number(s.dose_mg_per_kg)} mg/kg)"
-        out += [_Dose(e.time_h, e.drug, e.route, e.amount_mg, e.duration_h, e.amount_mg, s.every_h, label, "scheduled")
-                for e in events]
+        out += [
+            _Dose(e.time_h, e.drug, e.route, e.amount_mg, e.duration_h, e.amount_mg, s.every_h, label, "scheduled")
+            for e in events
+        ]
     for rules in regimen.prn_groups().values():
         out += _prn_worst(rules, H)
     for p in regimen.pca:
         if p.start_h >= H:
             continue
         if p.loading_mg > 0:
-            out.append(_Dose(p.start_h, p.drug, p.route, p.loading_mg, 0.0, p.loading_mg, None,
-                             f"{p.short()} (loading dose)", "pca"))
+            out.append(
+                _Dose(
+                    p.start_h,
+                    p.drug,
+                    p.route,
+                    p.loading_mg,
+                    0.0,
+                    p.loading_mg,
+                    None,
+                    f"{p.short()} (loading dose)",
+                    "pca",
+                )
+            )
         end = min(H, math.inf if p.stop_h is None else p.stop_h)
         if end > p.start_h:
             how = "at its hourly maximum" if p.hourly_max_mg is not None else "at 60/lockout demands per hour"
             d = end - p.start_h
-            out.append(_Dose(p.start_h, p.drug, p.route, p.max_rate_mg_h * d, d, p.demand_mg, None,
-                             f"{p.short()} ({how}, {format_number(round(p.max_rate_mg_h, 6))} mg/h)", "pca"))
+            out.append(
+                _Dose(
+                    p.start_h,
+                    p.drug,
+                    p.route,
+                    p.max_rate_mg_h * d,
+                    d,
+                    p.demand_mg,
+                    None,
+                    f"{p.short()} ({how}, {format_number(round(p.max_rate_mg_h, 6))} mg/h)",
+                    "pca",
+                )
+            )
     out.sort(key=lambda d: (d.time_h, d.drug))
     return out
 
@@ -770,8 +1200,9 @@ def _prn_worst(rules: tuple, horizon: float) -> list[_Dose]:
         if t >= horizon:
             break
         active = [p for p in rules if p.active(t)]
-        ok = [p for p in active
-              if p.max_per_24h is None or sum(1 for x in given[id(p)] if x > t - 24.0) < p.max_per_24h]
+        ok = [
+            p for p in active if p.max_per_24h is None or sum(1 for x in given[id(p)] if x > t - 24.0) < p.max_per_24h
+        ]
         if ok:
             p = max(ok, key=lambda q: (q.dose_mg, -q.min_interval_h))
             given[id(p)].append(t)
@@ -819,10 +1250,21 @@ def _max_window(doses: list[_Dose], width: float = 24.0) -> tuple[float, float]:
 # Phenotypes
 # --------------------------------------------------------------------------------------------------------
 
-_LABELS = {"pm": "poor", "poor": "poor", "poor metabolizer": "poor", "im": "intermediate",
-           "intermediate": "intermediate", "intermediate metabolizer": "intermediate", "nm": "normal",
-           "em": "normal", "normal": "normal", "normal metabolizer": "normal", "um": "ultrarapid",
-           "ultrarapid": "ultrarapid", "ultrarapid metabolizer": "ultrarapid"}
+_LABELS = {
+    "pm": "poor",
+    "poor": "poor",
+    "poor metabolizer": "poor",
+    "im": "intermediate",
+    "intermediate": "intermediate",
+    "intermediate metabolizer": "intermediate",
+    "nm": "normal",
+    "em": "normal",
+    "normal": "normal",
+    "normal metabolizer": "normal",
+    "um": "ultrarapid",
+    "ultrarapid": "ultrarapid",
+    "ultrarapid metabolizer": "ultrarapid",
+}
 
 
 def _phenotypes(phenotypes: Mapping[str, Any] | None, cov: Mapping[str, Any]) -> dict[str, Any]:
@@ -840,8 +1282,11 @@ def _phenotypes(phenotypes: Mapping[str, Any] | None, cov: Mapping[str, Any]) ->
         return out
     for gene, value in phenotypes.items():
         g = str(gene).strip().upper()
-        if value is None or (isinstance(value, float) and math.isnan(value)) or (
-                isinstance(value, str) and value.strip().lower() in ("", "unknown", "nan", "not genotyped")):
+        if (
+            value is None
+            or (isinstance(value, float) and math.isnan(value))
+            or (isinstance(value, str) and value.strip().lower() in ("", "unknown", "nan", "not genotyped"))
+        ):
             continue  # not genotyped: no genotype rule applies (the caller decides how to treat unknowns)
         try:
             if isinstance(value, Phenotype):
@@ -854,11 +1299,14 @@ def _phenotypes(phenotypes: Mapping[str, Any] | None, cov: Mapping[str, Any]) ->
                 text = value if value.strip().upper().startswith(g) else f"{g} {value}"
                 out[g] = phenotype(text)
             else:
-                raise RegimenError(f"phenotype for {gene}: expected a label ('poor', 'PM'...), an activity score, "
-                                   f"a genotype ('*4/*4') or a Phenotype, got {value!r}")
+                raise RegimenError(
+                    f"phenotype for {gene}: expected a label ('poor', 'PM'...), an activity score, "
+                    f"a genotype ('*4/*4') or a Phenotype, got {value!r}"
+                )
         except GenotypeError as exc:
-            raise RegimenError(f"phenotype for {gene}: {exc}; labels accepted: poor/PM, intermediate/IM, "
-                               "normal/NM, ultrarapid/UM") from None
+            raise RegimenError(
+                f"phenotype for {gene}: {exc}; labels accepted: poor/PM, intermediate/IM, normal/NM, ultrarapid/UM"
+            ) from None
     return out
 
 
@@ -866,13 +1314,19 @@ def _phenotypes(phenotypes: Mapping[str, Any] | None, cov: Mapping[str, Any]) ->
 # Checker
 # --------------------------------------------------------------------------------------------------------
 
+
 def _d(x: float) -> str:
     """A number for a message: 4 significant digits (``743.1``, ``49.54``, ``4000``)."""
     return f"{float(x):.4g}"
 
 
-_AGE_WORDS = {"AGE": "aged {v}", "WT": "weighing {v} kg", "CRCL": "with CrCL {v} mL/min",
-              "HEPATIC": "with hepatic impairment grade {v}", "SCR": "with serum creatinine {v} mg/dL"}
+_AGE_WORDS = {
+    "AGE": "aged {v}",
+    "WT": "weighing {v} kg",
+    "CRCL": "with CrCL {v} mL/min",
+    "HEPATIC": "with hepatic impairment grade {v}",
+    "SCR": "with serum creatinine {v} mg/dL",
+}
 
 
 def _who(lim: LabelLimit, cov: Mapping[str, Any], phen: Mapping[str, Any]) -> str:
@@ -930,8 +1384,14 @@ def _route_words(lim: LabelLimit) -> str:
     return f" {ROUTE_DISPLAY.get(lim.route, lim.route)}" if lim.route else ""
 
 
-def check_regimen(regimen: Regimen, covariates: Mapping[str, Any], phenotypes: Mapping[str, Any] | None = None,
-                  *, fusion: bool = True, include_unverified: bool = True) -> list[Finding]:
+def check_regimen(
+    regimen: Regimen,
+    covariates: Mapping[str, Any],
+    phenotypes: Mapping[str, Any] | None = None,
+    *,
+    fusion: bool = True,
+    include_unverified: bool = True,
+) -> list[Finding]:
     """Check a regimen against label limits and CPIC rules for one patient, in the worst case.
 
     Parameters
@@ -963,10 +1423,25 @@ def check_regimen(regimen: Regimen, covariates: Mapping[str, Any], phenotypes: M
     doses = _worst_case(regimen, cov)
     findings: list[Finding] = []
 
-    def add(sev: str, drug: str, rule: str, msg: str, lim: LabelLimit | None, src: str | None = None,
-            unverified: bool = False) -> None:
-        findings.append(Finding(sev, drug, rule, msg, src if src is not None else str(lim.source),  # type: ignore
-                                unverified if lim is None else lim.is_unverified))
+    def add(
+        sev: str,
+        drug: str,
+        rule: str,
+        msg: str,
+        lim: LabelLimit | None,
+        src: str | None = None,
+        unverified: bool = False,
+    ) -> None:
+        findings.append(
+            Finding(
+                sev,
+                drug,
+                rule,
+                msg,
+                src if src is not None else str(lim.source),  # type: ignore
+                unverified if lim is None else lim.is_unverified,
+            )
+        )
 
     for drug in regimen.drugs():
         mine = [d for d in doses if d.drug == drug]
@@ -977,8 +1452,13 @@ def check_regimen(regimen: Regimen, covariates: Mapping[str, Any], phenotypes: M
             if lim.contraindicated:
                 routes = sorted({ROUTE_DISPLAY.get(d.route, d.route) for d in _scope(mine, lim)})
                 what = f"{drug}{_route_words(lim)}" if lim.route else f"{drug} (given {', '.join(routes)})"
-                add("error", drug, "contraindicated", f"{what} is contraindicated for {_who(lim, cov, phen)} "
-                    f"({_cite(lim)})", lim)
+                add(
+                    "error",
+                    drug,
+                    "contraindicated",
+                    f"{what} is contraindicated for {_who(lim, cov, phen)} ({_cite(lim)})",
+                    lim,
+                )
             if lim.exclusive_window_h is not None:
                 _exclusive(lim, mine, doses, add)
 
@@ -1007,20 +1487,46 @@ def check_regimen(regimen: Regimen, covariates: Mapping[str, Any], phenotypes: M
             rec = cpic_recommendation(drug, p)
             if rec.action == "avoid":
                 strength = f" ({rec.strength})" if rec.strength else ""
-                add("error", drug, "cpic", f"{drug}: CPIC recommends avoiding it for a {gene} {p.label} metabolizer"
-                    f"{strength}: {rec.text} ({rec.source})", None, rec.source, rec.unverified)
+                add(
+                    "error",
+                    drug,
+                    "cpic",
+                    f"{drug}: CPIC recommends avoiding it for a {gene} {p.label} metabolizer"
+                    f"{strength}: {rec.text} ({rec.source})",
+                    None,
+                    rec.source,
+                    rec.unverified,
+                )
             elif rec.action == "reduce_dose":
-                capped = any(lim.phenotype is not None and lim.phenotype[0] == gene and lim in applicable
-                             for lim in LIMITS if lim.drug == drug)
+                capped = any(
+                    lim.phenotype is not None and lim.phenotype[0] == gene and lim in applicable
+                    for lim in LIMITS
+                    if lim.drug == drug
+                )
                 if not capped:
-                    add("warning", drug, "cpic", f"{drug}: CPIC recommends a reduced dose for a {gene} {p.label} "
-                        f"metabolizer: {rec.text} ({rec.source})", None, rec.source, rec.unverified)
+                    add(
+                        "warning",
+                        drug,
+                        "cpic",
+                        f"{drug}: CPIC recommends a reduced dose for a {gene} {p.label} "
+                        f"metabolizer: {rec.text} ({rec.source})",
+                        None,
+                        rec.source,
+                        rec.unverified,
+                    )
     findings.sort(key=lambda f: (f.severity != "error", f.drug, f.rule))
     return findings
 
 
-def _applicable(drug: str, routes: set[str], cov: Mapping[str, Any], phen: Mapping[str, Any], fusion: bool,
-                include_unverified: bool, add: Any) -> list[LabelLimit]:
+def _applicable(
+    drug: str,
+    routes: set[str],
+    cov: Mapping[str, Any],
+    phen: Mapping[str, Any],
+    fusion: bool,
+    include_unverified: bool,
+    add: Any,
+) -> list[LabelLimit]:
     """The limits of ``drug`` that apply to this patient and these routes; a limit whose condition needs a
     missing covariate is reported through ``add`` as an ``"unchecked"`` warning and skipped."""
     applicable: list[LabelLimit] = []
@@ -1045,9 +1551,14 @@ def _applicable(drug: str, routes: set[str], cov: Mapping[str, Any], phen: Mappi
             except (KeyError, IndexError, TypeError, ValueError):
                 needs.append("WT")
         if needs:
-            add("warning", drug, "unchecked", f"{drug}: the {_ctx(lim)} limit for {lim.population} could not be "
+            add(
+                "warning",
+                drug,
+                "unchecked",
+                f"{drug}: the {_ctx(lim)} limit for {lim.population} could not be "
                 f"checked: covariate{'s' if len(needs) > 1 else ''} {', '.join(needs)} missing ({_cite(lim)})",
-                lim)
+                lim,
+            )
             continue
         if cond is not None and not cond.evaluate(cov):
             continue
@@ -1082,8 +1593,15 @@ class DoseCaps:
         return dict(self.why).get(name, "")
 
 
-def dose_caps(drug: str, route: str, covariates: Mapping[str, Any], phenotypes: Mapping[str, Any] | None = None,
-              *, fusion: bool = True, include_unverified: bool = True) -> DoseCaps:
+def dose_caps(
+    drug: str,
+    route: str,
+    covariates: Mapping[str, Any],
+    phenotypes: Mapping[str, Any] | None = None,
+    *,
+    fusion: bool = True,
+    include_unverified: bool = True,
+) -> DoseCaps:
     """The tightest label, renal/hepatic, fusion and CPIC limits of ``drug`` by ``route`` for one patient.
 
     The same limits :func:`check_regimen` applies (route-specific and route-independent ones together),
@@ -1132,17 +1650,23 @@ def dose_caps(drug: str, route: str, covariates: Mapping[str, Any], phenotypes: 
         rec = cpic_recommendation(name, p)
         if rec.action == "avoid" and forbidden is None:
             forbidden = f"CPIC: avoid {name} in a {gene} {p.label} metabolizer ({rec.source})"
-        elif rec.action == "reduce_dose" and not any(lim.phenotype is not None and lim.phenotype[0] == gene
-                                                       for lim in applicable):
+        elif rec.action == "reduce_dose" and not any(
+            lim.phenotype is not None and lim.phenotype[0] == gene for lim in applicable
+        ):
             notes.append(f"CPIC: reduced dose of {name} for a {gene} {p.label} metabolizer: {rec.text}")
-    vals = (tight(("max_single_mg", "max_single_mg_per_kg"), math.inf),
-            tight(("max_daily_mg", "max_daily_mg_per_kg"), math.inf), tight(("max_total_mg",), math.inf),
-            tight(("max_duration_h",), math.inf), tight(("min_interval_h",), 0.0))
+    vals = (
+        tight(("max_single_mg", "max_single_mg_per_kg"), math.inf),
+        tight(("max_daily_mg", "max_daily_mg_per_kg"), math.inf),
+        tight(("max_total_mg",), math.inf),
+        tight(("max_duration_h",), math.inf),
+        tight(("min_interval_h",), 0.0),
+    )
     return DoseCaps(name, route, *vals, forbidden, tuple(notes), tuple(why.items()), tuple(unchecked))
 
 
-def _tightest(applicable: list[LabelLimit], fields: tuple[str, ...], route: str | None,
-              wt: float) -> tuple[float, LabelLimit, str] | None:
+def _tightest(
+    applicable: list[LabelLimit], fields: tuple[str, ...], route: str | None, wt: float
+) -> tuple[float, LabelLimit, str] | None:
     """(value in mg or h, limit, how a per-kg value was computed) of the most restrictive limit, or None."""
     best = None
     for lim in applicable:
@@ -1162,8 +1686,17 @@ def _tightest(applicable: list[LabelLimit], fields: tuple[str, ...], route: str 
 
 
 #: Local anaesthetics by name (in addition to library entries whose drug_class names an anesthetic).
-_LOCAL_ANESTHETICS = frozenset({"bupivacaine", "levobupivacaine", "ropivacaine", "lidocaine", "mepivacaine",
-                                "chloroprocaine", "bupivacaine_liposomal"})
+_LOCAL_ANESTHETICS = frozenset(
+    {
+        "bupivacaine",
+        "levobupivacaine",
+        "ropivacaine",
+        "lidocaine",
+        "mepivacaine",
+        "chloroprocaine",
+        "bupivacaine_liposomal",
+    }
+)
 
 
 def _exclusive(lim: LabelLimit, mine: list[_Dose], doses: list[_Dose], add: Any) -> None:
@@ -1171,21 +1704,32 @@ def _exclusive(lim: LabelLimit, mine: list[_Dose], doses: list[_Dose], add: Any)
 
     w = lim.exclusive_window_h
     assert w is not None
-    others = [d for d in doses if d.drug != lim.drug
-              and (d.drug in _LOCAL_ANESTHETICS or "anesth" in get_drug(d.drug).drug_class)]
+    others = [
+        d
+        for d in doses
+        if d.drug != lim.drug and (d.drug in _LOCAL_ANESTHETICS or "anesth" in get_drug(d.drug).drug_class)
+    ]
     reported = set()
     for d in mine:
         for o in others:
-            if o.time_h < d.time_h + w and o.time_h + o.duration_h > d.time_h - 1e-12 and \
-                    (o.time_h >= d.time_h or o.duration_h > 0):
+            if (
+                o.time_h < d.time_h + w
+                and o.time_h + o.duration_h > d.time_h - 1e-12
+                and (o.time_h >= d.time_h or o.duration_h > 0)
+            ):
                 if o.label in reported:
                     continue
                 reported.add(o.label)
                 gap = format_number(round(o.time_h - d.time_h, 6))
-                add("error", lim.drug, "exclusive_window",
+                add(
+                    "error",
+                    lim.drug,
+                    "exclusive_window",
                     f"{o.label} starts {gap} h after {d.label} (at {format_number(o.time_h)}h vs "
                     f"{format_number(d.time_h)}h); no other local anaesthetic may be given within "
-                    f"{format_number(w)} h of liposomal bupivacaine ({_cite(lim)})", lim)
+                    f"{format_number(w)} h of liposomal bupivacaine ({_cite(lim)})",
+                    lim,
+                )
 
 
 def _check_single(drug: str, doses: list[_Dose], best: Any, cov: Any, phen: Any, add: Any) -> None:
@@ -1198,9 +1742,14 @@ def _check_single(drug: str, doses: list[_Dose], best: Any, cov: Any, phen: Any,
             by_label[d.label] = max(by_label.get(d.label, 0.0), d.unit_mg)
     for label, x in by_label.items():
         if x > lim_v + 1e-9:
-            add("warning", drug, "max_single_dose",
+            add(
+                "warning",
+                drug,
+                "max_single_dose",
                 f"{label}: single doses of {_d(x)} mg; {_the(lim, 'maximum', cov, phen)} is "
-                f"{_d(lim_v)} mg per dose{_route_words(lim)}{how} ({_cite(lim)})", lim)
+                f"{_d(lim_v)} mg per dose{_route_words(lim)}{how} ({_cite(lim)})",
+                lim,
+            )
 
 
 def _check_daily(drug: str, doses: list[_Dose], best: Any, cov: Any, phen: Any, add: Any) -> None:
@@ -1211,11 +1760,18 @@ def _check_daily(drug: str, doses: list[_Dose], best: Any, cov: Any, phen: Any, 
     if total > lim_v + 1e-6:
         inside = [d for d in doses if _window_sum([d], start) > 0]
         t0, t1 = min(d.time_h for d in inside), max(d.time_h for d in inside)
-        span = f"doses at {format_number(t0)}h" if t0 == t1 else f"doses from {format_number(t0)}h to {format_number(t1)}h"
-        add("warning", drug, "max_daily_dose",
+        span = (
+            f"doses at {format_number(t0)}h" if t0 == t1 else f"doses from {format_number(t0)}h to {format_number(t1)}h"
+        )
+        add(
+            "warning",
+            drug,
+            "max_daily_dose",
             f"{_labels(inside)} gives {_d(total)} mg/24 h ({span}){_worst_note(inside)}; "
             f"{_the(lim, 'maximum', cov, phen)} is {_d(lim_v)} mg/day{_route_words(lim)}{how} "
-            f"({_cite(lim)})", lim)
+            f"({_cite(lim)})",
+            lim,
+        )
 
 
 def _check_interval(drug: str, doses: list[_Dose], best: Any, cov: Any, phen: Any, add: Any) -> None:
@@ -1231,27 +1787,38 @@ def _check_interval(drug: str, doses: list[_Dose], best: Any, cov: Any, phen: An
     if worst is not None:
         gap, a, b = worst
         what = a.label if a.label == b.label else f"{a.label} and {b.label}"
-        add("warning", drug, "min_interval",
+        add(
+            "warning",
+            drug,
+            "min_interval",
             f"{what}: doses {format_number(round(gap, 6))} h apart (at {format_number(a.time_h)}h and "
             f"{format_number(b.time_h)}h); {_the(lim, 'minimum interval', cov, phen)} is {format_number(lim_v)} h"
-            f"{_route_words(lim)} ({_cite(lim)})", lim)
+            f"{_route_words(lim)} ({_cite(lim)})",
+            lim,
+        )
 
 
-def _check_duration(drug: str, doses: list[_Dose], best: Any, interval: Any, cov: Any, phen: Any,
-                    add: Any) -> None:
+def _check_duration(drug: str, doses: list[_Dose], best: Any, interval: Any, cov: Any, phen: Any, add: Any) -> None:
     if best is None or not doses:
         return
     lim_v, lim, _ = best
     default_cover = interval[0] if interval is not None else 0.0
     first = min(d.time_h for d in doses)
-    end = max(d.time_h + max(d.duration_h, d.cover_h if d.cover_h is not None else
-                             (default_cover if d.discrete else 0.0)) for d in doses)
+    end = max(
+        d.time_h + max(d.duration_h, d.cover_h if d.cover_h is not None else (default_cover if d.discrete else 0.0))
+        for d in doses
+    )
     span = end - first
     if span > lim_v + 1e-9:
-        add("warning", drug, "max_duration",
+        add(
+            "warning",
+            drug,
+            "max_duration",
             f"{_labels(doses)}: a course of {format_number(round(span, 6))} h (first dose at {format_number(first)}h, "
             f"counting the dosing interval after the last dose); {_the(lim, 'maximum course', cov, phen)} is "
-            f"{format_number(lim_v)} h ({_cite(lim)})", lim)
+            f"{format_number(lim_v)} h ({_cite(lim)})",
+            lim,
+        )
 
 
 def _check_total(drug: str, doses: list[_Dose], best: Any, cov: Any, phen: Any, add: Any) -> None:
@@ -1260,13 +1827,19 @@ def _check_total(drug: str, doses: list[_Dose], best: Any, cov: Any, phen: Any, 
     lim_v, lim, _ = best
     total = sum(d.amount_mg for d in doses)
     if total > lim_v + 1e-6:
-        add("warning", drug, "max_total_dose",
+        add(
+            "warning",
+            drug,
+            "max_total_dose",
             f"{_labels(doses)} gives {format_number(round(total, 6))} mg in total{_worst_note(doses)}; "
-            f"{_the(lim, 'maximum', cov, phen)} is {format_number(lim_v)} mg per course ({_cite(lim)})", lim)
+            f"{_the(lim, 'maximum', cov, phen)} is {format_number(lim_v)} mg per course ({_cite(lim)})",
+            lim,
+        )
 
 
-def _check_start_fraction(regimen: Regimen, drug: str, cov: Mapping[str, Any], include_unverified: bool,
-                          add: Any) -> None:
+def _check_start_fraction(
+    regimen: Regimen, drug: str, cov: Mapping[str, Any], include_unverified: bool, add: Any
+) -> None:
     """A PRN dose, PCA demand or PCA loading dose of ``drug`` above the patient's :func:`rescue_fraction` times
     the upper end of the label's usual adult starting dose by that route (:attr:`RescueFraction.cap_mg`)."""
     from pkpd.drugs import get_drug
@@ -1289,23 +1862,33 @@ def _check_start_fraction(regimen: Regimen, drug: str, cov: Mapping[str, Any], i
         rule = rf.rule
         assert rule is not None
         if rf.start is None:
-            msg = (f"{drug}: as-needed/PCA doses {ROUTE_DISPLAY.get(route, route)} for {rule.population} should be "
-                   f"{fraction_text(rf.fraction)} of the usual starting dose ({rule.cite()}), but no usual starting "
-                   "dose by this route is encoded: not checked")
+            msg = (
+                f"{drug}: as-needed/PCA doses {ROUTE_DISPLAY.get(route, route)} for {rule.population} should be "
+                f"{fraction_text(rf.fraction)} of the usual starting dose ({rule.cite()}), but no usual starting "
+                "dose by this route is encoded: not checked"
+            )
             add("warning", drug, "unchecked", msg, None, str(rule.source), True)
             continue
         cond = rule.condition()
-        parts = [_AGE_WORDS.get(c.column, f"with {c.column} = {{v}}").format(v=_d(float(cov[c.column])))
-                 for c in (cond.satisfied(cov) if cond is not None else ())]
+        parts = [
+            _AGE_WORDS.get(c.column, f"with {c.column} = {{v}}").format(v=_d(float(cov[c.column])))
+            for c in (cond.satisfied(cov) if cond is not None else ())
+        ]
         who = "a patient " + " and ".join(parts) if parts else rule.population
         for label, x in by_route[route].items():
             if x > rf.cap_mg + 1e-9:
-                add("warning", drug, "starting_dose",
+                add(
+                    "warning",
+                    drug,
+                    "starting_dose",
                     f"{label}: as-needed/PCA doses of {_d(x)} mg; for {who} ({rule.population}) the label's "
                     f"starting dose is {fraction_text(rf.fraction)} of the usual adult starting dose "
                     f"({rf.start.describe()}): at most {_d(rf.cap_mg)} mg per dose ({rule.cite()}; usual "
                     f"starting dose: {rf.start.source.detail or rf.start.source.citation})",
-                    None, f"{rule.source}; {rf.start.source}", True)
+                    None,
+                    f"{rule.source}; {rf.start.source}",
+                    True,
+                )
 
 
 def format_findings(findings: list[Finding]) -> str:

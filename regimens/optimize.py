@@ -69,21 +69,51 @@ from ._policies import cross_entropy_search, for_patient, rescue_policies, withh
 from .adapt import adapt_to_patient, rescue_for_patient, rescue_tables
 from .limits import DoseCaps, check_regimen, dose_caps, rescue_fraction
 
-__all__ = ["DEFAULT_PRODUCTS", "DecisionSpace", "Slot", "OptimizeSettings", "Proposal", "PopulationProposal",
-           "optimize_patient", "optimize_population", "run_trial", "trial_summary", "plot_trial", "oracle_gap",
-           "InfeasibleError", "explain", "auc_reference", "exact_loss", "default_row_ids", "plot_concentrations", "plot_schedule"]
+__all__ = [
+    "DEFAULT_PRODUCTS",
+    "DecisionSpace",
+    "Slot",
+    "OptimizeSettings",
+    "Proposal",
+    "PopulationProposal",
+    "optimize_patient",
+    "optimize_population",
+    "run_trial",
+    "trial_summary",
+    "plot_trial",
+    "oracle_gap",
+    "InfeasibleError",
+    "explain",
+    "auc_reference",
+    "exact_loss",
+    "default_row_ids",
+    "plot_concentrations",
+    "plot_schedule",
+]
 
 #: Products the optimizer may use by default. NSAIDs never overlap: a later NSAID in the list (celecoxib)
 #: is only scheduled after the course of an earlier one (ketorolac, <= 48 h in fusion surgery) has ended,
 #: or throughout when the earlier one is not allowed for the patient.
-DEFAULT_PRODUCTS: tuple[str, ...] = ("acetaminophen/po", "gabapentin/po", "bupivacaine_liposomal/infiltration",
-                                     "ketamine/iv", "ketorolac/iv", "celecoxib/po")
+DEFAULT_PRODUCTS: tuple[str, ...] = (
+    "acetaminophen/po",
+    "gabapentin/po",
+    "bupivacaine_liposomal/infiltration",
+    "ketamine/iv",
+    "ketorolac/iv",
+    "celecoxib/po",
+)
 #: NSAIDs: never two at once (additive GI/renal/bleeding risk).
 NSAIDS = frozenset({"ketorolac", "celecoxib", "ibuprofen"})
 #: Grid start (h after the end of surgery) of scheduled products: pre-operative oral doses at -2 h,
 #: intra-operative ketorolac at -0.5 h, as in C1 (clinical.md 3.2).
-FIRST_H = {"acetaminophen/po": -2.0, "gabapentin/po": -2.0, "celecoxib/po": -2.0, "ibuprofen/po": -2.0,
-           "ketorolac/iv": -0.5, "acetaminophen/iv": 0.0}
+FIRST_H = {
+    "acetaminophen/po": -2.0,
+    "gabapentin/po": -2.0,
+    "celecoxib/po": -2.0,
+    "ibuprofen/po": -2.0,
+    "ketorolac/iv": -0.5,
+    "acetaminophen/iv": 0.0,
+}
 
 
 class InfeasibleError(RegimenError):
@@ -115,9 +145,14 @@ class DecisionSpace:
     horizon_h: float = 72.0
 
     @staticmethod
-    def build(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any] | None = None,
-              products: Sequence[str] = DEFAULT_PRODUCTS, rescue: Sequence[PRN] | None = None,
-              horizon_h: float = 72.0, fusion: bool = True) -> DecisionSpace:
+    def build(
+        covariates: Mapping[str, Any],
+        phenotypes: Mapping[str, Any] | None = None,
+        products: Sequence[str] = DEFAULT_PRODUCTS,
+        rescue: Sequence[PRN] | None = None,
+        horizon_h: float = 72.0,
+        fusion: bool = True,
+    ) -> DecisionSpace:
         """Decision space for one patient (see the module docstring)."""
         if rescue is None:  # C1's as-needed rules, at the patient's renal/hepatic dose fractions
             from .io import get_regimen
@@ -139,8 +174,10 @@ class DecisionSpace:
             scale = float(covariates["WT"]) if prod.per_kg else 1.0
             choices = tuple(s * scale for s in prod.strengths_mg if s * scale <= cap.max_single_mg + 1e-9)
             if not choices:
-                excluded[key] = (f"the smallest strength {prod.strengths_mg[0]:g} mg is above the patient's maximum "
-                                 f"single dose {cap.max_single_mg:g} mg")
+                excluded[key] = (
+                    f"the smallest strength {prod.strengths_mg[0]:g} mg is above the patient's maximum "
+                    f"single dose {cap.max_single_mg:g} mg"
+                )
                 continue
             if prod.single:
                 times = [float(prod.at_h)]
@@ -166,16 +203,25 @@ class DecisionSpace:
     def reference(self) -> np.ndarray:
         return np.array([s.reference_mg for s in self.slots])
 
-    def regimen(self, amounts_mg: Sequence[float] | None = None, name: str = "proposal",
-                rescue: Sequence[PRN] | None = None) -> Regimen:
+    def regimen(
+        self, amounts_mg: Sequence[float] | None = None, name: str = "proposal", rescue: Sequence[PRN] | None = None
+    ) -> Regimen:
         """The regimen giving ``amounts_mg`` (default: every slot at its reference) plus the rescue rules
         (``rescue``, default the space's); skipped slots (amount 0) are left out."""
         amounts = self.reference if amounts_mg is None else np.asarray(amounts_mg, float)
-        items = [Scheduled(drug=s.product.drug, route=s.product.route, dose_mg=float(a), start_h=s.time_h)
-                 for s, a in zip(self.slots, amounts) if a > 0]
+        items = [
+            Scheduled(drug=s.product.drug, route=s.product.route, dose_mg=float(a), start_h=s.time_h)
+            for s, a in zip(self.slots, amounts)
+            if a > 0
+        ]
         prn = self.rescue if rescue is None else tuple(rescue)
-        return Regimen(name=name, scheduled=tuple(items), prn=prn, horizon_h=self.horizon_h,
-                       description=f"optimized schedule ({len(items)} scheduled doses)")
+        return Regimen(
+            name=name,
+            scheduled=tuple(items),
+            prn=prn,
+            horizon_h=self.horizon_h,
+            description=f"optimized schedule ({len(items)} scheduled doses)",
+        )
 
 
 #: Draws per patient up to which :class:`OptimizeSettings` compiles for compile speed by default.
@@ -341,8 +387,16 @@ class Proposal:
         files = [out / "schedule.csv", out / "comparison.csv", out / "explanation.txt", out / "regimen.txt"]
         self.schedule.to_csv(files[0], index=False)
         self.comparison.to_csv(files[1])
-        files[2].write_text("\n".join(self.notes or ["nothing in this patient's genotype or covariates changed the "
-                                                     "allowed doses (reference adult limits apply)"]) + "\n")
+        files[2].write_text(
+            "\n".join(
+                self.notes
+                or [
+                    "nothing in this patient's genotype or covariates changed the "
+                    "allowed doses (reference adult limits apply)"
+                ]
+            )
+            + "\n"
+        )
         files[3].write_text(format_regimen_text(self.regimen) + "\n")
         files.append(save_regimen(self.regimen, out / "regimen.toml"))
         plot_schedule(self, out / "schedule.png")
@@ -385,8 +439,11 @@ def _programs(outcomes: Callable, static: tuple, devices: Sequence) -> tuple[Cal
         return v.reshape((v.shape[0] * v.shape[1],) + v.shape[2:])
 
     def run(X, rowdata, shared):
-        data = {**shared["data"], "base": jax.tree_util.tree_map(flat, rowdata["base"]),
-                "s_amt": flat(rowdata["s_amt"])}
+        data = {
+            **shared["data"],
+            "base": jax.tree_util.tree_map(flat, rowdata["base"]),
+            "s_amt": flat(rowdata["s_amt"]),
+        }
         return outcomes(X, shared["c"]["rescue"], data)
 
     def local_score(Xg, rowdata, cg, shared):
@@ -442,6 +499,7 @@ def _to_superset(columns: np.ndarray, amounts, reference_mg: np.ndarray, n: int)
 
 def _round(space: DecisionSpace, amounts: np.ndarray) -> list[np.ndarray]:
     """Nearest strengths, then per drug all slots one strength down / up: the candidates to score."""
+
     def nearest(s, a):
         c = np.asarray(s.choices_mg)
         return int(np.argmin(np.abs(c - a)))
@@ -458,8 +516,9 @@ def _round(space: DecisionSpace, amounts: np.ndarray) -> list[np.ndarray]:
     return [np.array([space.slots[i].choices_mg[j] for i, j in enumerate(k)]) for k in cands]
 
 
-def _repair(space: DecisionSpace, amounts: np.ndarray, covariates, phenotypes, fusion: bool,
-            rescue: Sequence[PRN] | None = None) -> tuple[np.ndarray, list]:
+def _repair(
+    space: DecisionSpace, amounts: np.ndarray, covariates, phenotypes, fusion: bool, rescue: Sequence[PRN] | None = None
+) -> tuple[np.ndarray, list]:
     """Lower or drop doses until :func:`check_regimen` finds nothing for the scheduled drugs. Returns the
     amounts and the findings that remain (the rescue rules' own findings, never a scheduled one)."""
     amounts = amounts.copy()
@@ -492,8 +551,11 @@ def c1_amounts(space: DecisionSpace, covariates: Mapping[str, Any]) -> np.ndarra
     events = [e for e in c1.dose_events(covariates) if e.kind == "scheduled"]
     out = np.zeros(len(space.slots))
     for i, sl in enumerate(space.slots):
-        dose = sum(e.amount_mg for e in events if e.drug == sl.product.drug and e.route == sl.product.route
-                   and abs(e.time_h - sl.time_h) <= 0.5)
+        dose = sum(
+            e.amount_mg
+            for e in events
+            if e.drug == sl.product.drug and e.route == sl.product.route and abs(e.time_h - sl.time_h) <= 0.5
+        )
         ok = [c for c in sl.choices_mg if c <= dose + 1e-6]
         out[i] = ok[-1] if ok else 0.0
     return out
@@ -573,8 +635,12 @@ class PopulationProposal:
     def weights_for(self, row_patient: np.ndarray) -> tuple[np.ndarray, dict]:
         """Dose weights and rescue tables of each patient's proposal for rows of the given patients."""
         n = len(self.superset.scheduled)
-        Wt = np.array([_to_superset(_columns(sp, self.slot_index), am, self.reference_mg[p], n)
-                       for p, (sp, am) in enumerate(zip(self.spaces, self.amounts))])
+        Wt = np.array(
+            [
+                _to_superset(_columns(sp, self.slot_index), am, self.reference_mg[p], n)
+                for p, (sp, am) in enumerate(zip(self.spaces, self.amounts))
+            ]
+        )
         rp = np.asarray(row_patient)
         pol = np.asarray(self.policy_index)[rp]
         tabs = {k: np.stack([self.policy_tables[i][k][0] for i in pol]) for k in self.policy_tables[0]}
@@ -595,8 +661,9 @@ class PopulationProposal:
 def _reference_row() -> dict:
     from pkpd.patients import Patient
 
-    row = Patient(age_y=50, sex="male", weight_kg=80, height_cm=175, scr_mg_dl=1.0,
-                  genotypes=["CYP2D6 *1/*1", "CYP2C9 *1/*1"]).to_row()
+    row = Patient(
+        age_y=50, sex="male", weight_kg=80, height_cm=175, scr_mg_dl=1.0, genotypes=["CYP2D6 *1/*1", "CYP2C9 *1/*1"]
+    ).to_row()
     row["ID"] = 1
     return row
 
@@ -604,8 +671,9 @@ def _reference_row() -> dict:
 _AUC_REF: dict[tuple, float] = {}
 
 
-def _burden_terms(st: "OptimizeSettings", drugs, *, fusion: bool, horizon_h: float = 72.0
-                  ) -> tuple[dict[str, float], dict[str, float]]:
+def _burden_terms(
+    st: "OptimizeSettings", drugs, *, fusion: bool, horizon_h: float = 72.0
+) -> tuple[dict[str, float], dict[str, float]]:
     """The adjunct-burden terms of the objective for ``drugs``: (weight per drug in MME-equivalents, reference
     AUC in mg*h/L) for every drug with a positive weight, a product in ``st.products`` and a finite positive
     reference AUC (:func:`auc_reference`)."""
@@ -672,8 +740,9 @@ def _policy_tables(policies, superset: Regimen, row: pd.DataFrame, opts) -> list
     out = []
     for pol in policies:
         plan = RegimenPlan.build(dataclasses.replace(superset, prn=pol.rules), row, opts)
-        if [(it["kind"], it["drug"], it["route"], len(it["thr"])) for it in plan.items] != \
-                [(it["kind"], it["drug"], it["route"], len(it["thr"])) for it in ref.items]:
+        if [(it["kind"], it["drug"], it["route"], len(it["thr"])) for it in plan.items] != [
+            (it["kind"], it["drug"], it["route"], len(it["thr"])) for it in ref.items
+        ]:
             raise RegimenError(f"rescue policy {pol.label!r} does not have the structure of {policies[0].label!r}")
         tab = plan.rescue_tables(1)
         if np.any(tab["prn_int"] > ref.rescue_shape()[3] * float(opts.dt_h) + 1e-9):
@@ -700,16 +769,27 @@ def default_row_ids(ids: np.ndarray | None, n_patients: int, draws: int) -> np.n
     except (TypeError, ValueError):  # e.g. string IDs
         v = None
     if v is not None:
-        if (np.isfinite(v).all() and (v == np.round(v)).all() and (v >= 1).all() and len(np.unique(v)) == len(v)
-                and v.max() * S < 2.0**32):
+        if (
+            np.isfinite(v).all()
+            and (v == np.round(v)).all()
+            and (v >= 1).all()
+            and len(np.unique(v)) == len(v)
+            and v.max() * S < 2.0**32
+        ):
             return (v.astype(np.int64)[:, None] - 1) * S + np.arange(1, S + 1, dtype=np.int64)[None, :]
     return np.arange(1, n_patients * S + 1, dtype=np.int64).reshape(n_patients, S)
 
 
-def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | None = None, *,
-                        fusion: bool = True, progress: Callable[[str], None] | None = None,
-                        row_ids: np.ndarray | None = None, draw_rows: pd.DataFrame | None = None,
-                        trajectories: bool = False) -> PopulationProposal:
+def optimize_population(
+    population: pd.DataFrame,
+    settings: OptimizeSettings | None = None,
+    *,
+    fusion: bool = True,
+    progress: Callable[[str], None] | None = None,
+    row_ids: np.ndarray | None = None,
+    draw_rows: pd.DataFrame | None = None,
+    trajectories: bool = False,
+) -> PopulationProposal:
     """Optimize every patient of a population at once (see the module docstring).
 
     All patients share one superset structure (every slot any patient may use); a patient's own caps
@@ -750,14 +830,27 @@ def optimize_population(population: pd.DataFrame, settings: OptimizeSettings | N
     """
     st = settings or OptimizeSettings()
     with fast_compile(st.compile_fast):
-        return _optimize_population(population, st, fusion=fusion, progress=progress, row_ids=row_ids,
-                                    draw_rows=draw_rows, trajectories=trajectories)
+        return _optimize_population(
+            population,
+            st,
+            fusion=fusion,
+            progress=progress,
+            row_ids=row_ids,
+            draw_rows=draw_rows,
+            trajectories=trajectories,
+        )
 
 
-def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | None = None, *,
-                         fusion: bool = True, progress: Callable[[str], None] | None = None,
-                         row_ids: np.ndarray | None = None, draw_rows: pd.DataFrame | None = None,
-                         trajectories: bool = False) -> PopulationProposal:
+def _optimize_population(
+    population: pd.DataFrame,
+    settings: OptimizeSettings | None = None,
+    *,
+    fusion: bool = True,
+    progress: Callable[[str], None] | None = None,
+    row_ids: np.ndarray | None = None,
+    draw_rows: pd.DataFrame | None = None,
+    trajectories: bool = False,
+) -> PopulationProposal:
     import time
 
     from pkpd import batch
@@ -785,18 +878,33 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     spaces = [DecisionSpace.build(c, None, st.products, rescue=base_of[p], fusion=fusion) for p, c in enumerate(covs)]
     for p, sp in enumerate(spaces):
         if not sp.slots:
-            raise InfeasibleError(f"patient {pop['ID'].iloc[p]}: no product is allowed: " + "; ".join(
-                f"{k}: {v}" for k, v in sp.excluded.items()))
+            raise InfeasibleError(
+                f"patient {pop['ID'].iloc[p]}: no product is allowed: "
+                + "; ".join(f"{k}: {v}" for k, v in sp.excluded.items())
+            )
     # the superset: every (product, time) any patient may use, in product order then time
-    keys = sorted({(sl.product.key, round(sl.time_h, 6)) for sp in spaces for sl in sp.slots},
-                  key=lambda kt: (list(st.products).index(kt[0]), kt[1]))
+    keys = sorted(
+        {(sl.product.key, round(sl.time_h, 6)) for sp in spaces for sl in sp.slots},
+        key=lambda kt: (list(st.products).index(kt[0]), kt[1]),
+    )
     col = {kt: j for j, kt in enumerate(keys)}
     prods = [get_product(k) for k, _ in keys]
-    items = tuple(Scheduled(drug=pr.drug, route=pr.route, start_h=t,
-                            **({"dose_mg_per_kg": pr.strengths_mg[-1]} if pr.per_kg else
-                               {"dose_mg": pr.strengths_mg[-1]})) for pr, (_, t) in zip(prods, keys))
-    superset = Regimen(name="superset", scheduled=items, prn=base_rescue, horizon_h=spaces[0].horizon_h,
-                       description="every slot any patient may use, at the largest strength")
+    items = tuple(
+        Scheduled(
+            drug=pr.drug,
+            route=pr.route,
+            start_h=t,
+            **({"dose_mg_per_kg": pr.strengths_mg[-1]} if pr.per_kg else {"dose_mg": pr.strengths_mg[-1]}),
+        )
+        for pr, (_, t) in zip(prods, keys)
+    )
+    superset = Regimen(
+        name="superset",
+        scheduled=items,
+        prn=base_rescue,
+        horizon_h=spaces[0].horizon_h,
+        description="every slot any patient may use, at the largest strength",
+    )
     n = len(keys)
     REF = np.array([[pr.strengths_mg[-1] * (float(c["WT"]) if pr.per_kg else 1.0) for pr in prods] for c in covs])
     cols = [_columns(sp, col) for sp in spaces]
@@ -809,10 +917,12 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     for d in drugs:
         idx = [j for j, pr in enumerate(prods) if pr.drug == d]
         tt = np.array([keys[j][1] for j in idx])
-        daily = np.array([min([sp.caps[k].max_daily_mg for k in sp.caps if get_product(k).drug == d] or [np.inf])
-                          for sp in spaces])
-        total = np.array([min([sp.caps[k].max_total_mg for k in sp.caps if get_product(k).drug == d] or [np.inf])
-                          for sp in spaces])
+        daily = np.array(
+            [min([sp.caps[k].max_daily_mg for k in sp.caps if get_product(k).drug == d] or [np.inf]) for sp in spaces]
+        )
+        total = np.array(
+            [min([sp.caps[k].max_total_mg for k in sp.caps if get_product(k).drug == d] or [np.inf]) for sp in spaces]
+        )
         if np.isfinite(daily).any():
             for t0 in np.unique(tt):
                 w = np.zeros(n)
@@ -860,10 +970,16 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
         tab_list.append(tab)
     for p in range(P):
         tab_idx[p] = [seen[pol.rules] for pol in pat_pols[p]]
-    base_keys_all = [{(f.drug, f.rule, f.severity) for f in check_regimen(Regimen(name="p", prn=base_of[p]), c, None,
-                                                                            fusion=fusion)} for p, c in enumerate(covs)]
-    pol_ok = np.array([[_policy_allowed(pol, covs[p], fusion, base_keys_all[p]) or i == 0
-                        for i, pol in enumerate(pat_pols[p])] for p in range(P)])
+    base_keys_all = [
+        {(f.drug, f.rule, f.severity) for f in check_regimen(Regimen(name="p", prn=base_of[p]), c, None, fusion=fusion)}
+        for p, c in enumerate(covs)
+    ]
+    pol_ok = np.array(
+        [
+            [_policy_allowed(pol, covs[p], fusion, base_keys_all[p]) or i == 0 for i, pol in enumerate(pat_pols[p])]
+            for p in range(P)
+        ]
+    )
     times["setup_s"] = time.perf_counter() - t_start
 
     say("comparators C0 and C1 (exact)")
@@ -873,24 +989,34 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     prop_opts = dataclasses.replace(ex_opts, record_concentrations=bool(trajectories))
     # the comparators adapted to each patient's limits where the regimen as written breaks one (regimens.adapt:
     # per-item dose multipliers, so every patient's comparator runs in one batched call of the regimen)
-    adapted = {name: [adapt_to_patient(get_regimen(name), covs[p], fusion=fusion) for p in range(P)]
-               for name in ("C0", "C1")}
+    adapted = {
+        name: [adapt_to_patient(get_regimen(name), covs[p], fusion=fusion) for p in range(P)] for name in ("C0", "C1")
+    }
     comp_w = {name: np.repeat(np.stack([a.weights for a in ads]), S, axis=0) for name, ads in adapted.items()}
     # the adapted as-needed / PCA doses (renal/hepatic fractions) as per-patient rescue tables; None (the
     # regimen's own rules) when no patient's rescue changed
     comp_t = {name: rescue_tables(get_regimen(name), ads, rows.iloc[:1], ex_opts) for name, ads in adapted.items()}
     comp_t = {name: None if t is None else {k: v[row_patient] for k, v in t.items()} for name, t in comp_t.items()}
-    comps = {name: simulate_regimen(get_regimen(name), rows, seed=st.seed, options=ex_opts,
-                                    dose_weights=None if np.all(comp_w[name] == 1.0) else comp_w[name],
-                                    rescue_tables=comp_t[name])
-             for name in ("C0", "C1")}
+    comps = {
+        name: simulate_regimen(
+            get_regimen(name),
+            rows,
+            seed=st.seed,
+            options=ex_opts,
+            dose_weights=None if np.all(comp_w[name] == 1.0) else comp_w[name],
+            rescue_tables=comp_t[name],
+        )
+        for name in ("C0", "C1")
+    }
     c1p = comps["C1"].patients
     c1_mme = c1p["MME_0_72"].to_numpy().reshape(P, S)
     tit_target = c1p["TIT3"].to_numpy().reshape(P, S).mean(1) - st.tit_slack
     if st.min_time_in_target is not None:
         tit_target = np.maximum(tit_target, float(st.min_time_in_target))
-    c1_pain = {k: c1p[c].to_numpy().reshape(P, S).mean(1) for k, c in
-               (("tit3", "TIT3"), ("ge4", "TIME_NRS_GE4"), ("ge7", "TIME_NRS_GE7"))}
+    c1_pain = {
+        k: c1p[c].to_numpy().reshape(P, S).mean(1)
+        for k, c in (("tit3", "TIT3"), ("ge4", "TIME_NRS_GE4"), ("ge7", "TIME_NRS_GE7"))
+    }
     ge4_target = c1_pain["ge4"] + st.ge4_slack
     ge7_target = c1_pain["ge7"] + st.ge7_slack
     times["comparators_s"] = time.perf_counter() - t0
@@ -899,13 +1025,14 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     t0 = time.perf_counter()
     # the comparator's relaxed OIRD hazard (the scale of the penalty), from each patient's first score_draws draws
     sub_rows = (np.arange(P)[:, None] * S + np.arange(S_sc)[None, :]).reshape(-1)
-    c1_out, c1_data, c1_ns, c1_nr = relaxed_program(get_regimen("C1"), rows.iloc[sub_rows], seed=st.seed,
-                                                    options=opts)
+    c1_out, c1_data, c1_ns, c1_nr = relaxed_program(get_regimen("C1"), rows.iloc[sub_rows], seed=st.seed, options=opts)
     if comp_t["C1"] is not None:  # C1's adapted as-needed doses
-        c1_data = dict(c1_data, base={**c1_data["base"], **{k: jnp.asarray(v[sub_rows]) for k, v in
-                                                             comp_t["C1"].items()}})
-    h_c1 = np.asarray(_jit(c1_out)(jnp.asarray(comp_w["C1"][sub_rows]), jnp.ones(max(c1_nr, 1)),
-                                   c1_data)["OIRD_HAZARD"])
+        c1_data = dict(
+            c1_data, base={**c1_data["base"], **{k: jnp.asarray(v[sub_rows]) for k, v in comp_t["C1"].items()}}
+        )
+    h_c1 = np.asarray(
+        _jit(c1_out)(jnp.asarray(comp_w["C1"][sub_rows]), jnp.ones(max(c1_nr, 1)), c1_data)["OIRD_HAZARD"]
+    )
     oird_ref = np.maximum(h_c1.reshape(P, S_sc).mean(1), 1e-300)
     outcomes, data, n_sched, n_resc = relaxed_program(superset, rows, seed=st.seed, options=opts)
     burden, auc_ref = _burden_terms(st, drugs, fusion=fusion, horizon_h=superset.horizon_h)
@@ -914,19 +1041,33 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     devs = batch.local_devices()
     nd = len(devs)
     score_fn, batch_loss, project = _programs(outcomes, static, devs)
-    c_scal = {"pain_weight": st.pain_weight, "sedation_weight": st.sedation_weight, "cvar_weight": st.cvar_weight,
-              "tit_penalty": st.tit_penalty, "oird_penalty": st.oird_penalty, "chance_penalty": st.chance_penalty,
-              "risk": st.risk}
+    c_scal = {
+        "pain_weight": st.pain_weight,
+        "sedation_weight": st.sedation_weight,
+        "cvar_weight": st.cvar_weight,
+        "tit_penalty": st.tit_penalty,
+        "oird_penalty": st.oird_penalty,
+        "chance_penalty": st.chance_penalty,
+        "risk": st.risk,
+    }
     c_base = {k: jnp.asarray(float(v)) for k, v in c_scal.items()}
-    c_base.update({"rescue": jnp.ones(max(n_resc, 1)), "burden": {d: jnp.asarray(float(w)) for d, w in burden.items()},
-                   "auc_ref": {d: jnp.asarray(float(v)) for d, v in auc_ref.items()},
-                   "limit": {d: jnp.asarray(float(v)) for d, v in limits.items()}, "W": jnp.asarray(W)})
+    c_base.update(
+        {
+            "rescue": jnp.ones(max(n_resc, 1)),
+            "burden": {d: jnp.asarray(float(w)) for d, w in burden.items()},
+            "auc_ref": {d: jnp.asarray(float(v)) for d, v in auc_ref.items()},
+            "limit": {d: jnp.asarray(float(v)) for d, v in limits.items()},
+            "W": jnp.asarray(W),
+        }
+    )
     # the relaxed problem's arrays: row data (patients, draws, ...) split over the devices by patient (or
     # candidate group), the rest replicated (pkpd.batch.shard_rows_map)
-    rowdata = jax.tree_util.tree_map(lambda v: np.asarray(v).reshape((P, S) + v.shape[1:]),
-                                     {"base": data["base"], "s_amt": data["s_amt"]})
-    shared = batch.place({"data": {k: v for k, v in data.items() if k not in ("base", "s_amt")}, "c": c_base},
-                         devs, replicated=True)
+    rowdata = jax.tree_util.tree_map(
+        lambda v: np.asarray(v).reshape((P, S) + v.shape[1:]), {"base": data["base"], "s_amt": data["s_amt"]}
+    )
+    shared = batch.place(
+        {"data": {k: v for k, v in data.items() if k not in ("base", "s_amt")}, "c": c_base}, devs, replicated=True
+    )
 
     def with_policies(rd, pol):
         """Row data with each group's rescue-policy tables (``pol``: policy index per group; the groups are
@@ -940,8 +1081,12 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
 
     def groups(rd, reps: int, n_draws: int):
         """Each patient's first ``n_draws`` draws, ``reps`` times per patient: (P * reps, n_draws, ...)."""
-        return jax.tree_util.tree_map(lambda v: np.broadcast_to(
-            v[:, None, :n_draws], (P, reps, n_draws) + v.shape[2:]).reshape((P * reps, n_draws) + v.shape[2:]), rd)
+        return jax.tree_util.tree_map(
+            lambda v: np.broadcast_to(v[:, None, :n_draws], (P, reps, n_draws) + v.shape[2:]).reshape(
+                (P * reps, n_draws) + v.shape[2:]
+            ),
+            rd,
+        )
 
     def on_devices(rd):
         """Group row data padded to a multiple of the device count and split over the devices."""
@@ -950,13 +1095,18 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     def score(Xg, rd, reps: int, name: str):
         """Losses (P, reps) of P x reps groups of dose fractions Xg (P * reps, draws, n) on the placed group row
         data ``rd`` (:func:`on_devices`)."""
-        cg = {"tit_target": np.repeat(tit_target, reps), "oird_ref": np.repeat(oird_ref, reps),
-              "ge4_target": np.repeat(ge4_target, reps), "ge7_target": np.repeat(ge7_target, reps)}
+        cg = {
+            "tit_target": np.repeat(tit_target, reps),
+            "oird_ref": np.repeat(oird_ref, reps),
+            "ge4_target": np.repeat(ge4_target, reps),
+            "ge7_target": np.repeat(ge7_target, reps),
+        }
         (Xp, cp_), G = batch.pad_rows((np.asarray(Xg, float), cg), nd)
         args = batch.place((Xp, rd, cp_), devs)
         out = score_fn(*args, shared)
         batch.note_call(name, G, Xp.shape[0], nd, batch.placement(args[0]), batch.placement(out))
         return np.asarray(out)[:G].reshape(P, reps)
+
     times["relaxed_setup_s"] = time.perf_counter() - t0
 
     # ---- gradient-free stage: rescue policy and product inclusion (cross-entropy method)
@@ -978,9 +1128,15 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
             Xg = np.broadcast_to(Xc.reshape(P * K, 1, n), (P * K, S_cem, n))
             return score(Xg, on_devices(with_policies(rd_cem, cat.reshape(-1))), K, "optimizer: cross-entropy scores")
 
-        chosen_pol, incl, _, _ = cross_entropy_search(cem_score, pol_ok, bit_ok, candidates=K,
-                                                      generations=int(st.cem_generations), seed=int(st.seed),
-                                                      group_seeds=row_ids[:, 0])
+        chosen_pol, incl, _, _ = cross_entropy_search(
+            cem_score,
+            pol_ok,
+            bit_ok,
+            candidates=K,
+            generations=int(st.cem_generations),
+            seed=int(st.seed),
+            group_seeds=row_ids[:, 0],
+        )
     times["cem_s"] = time.perf_counter() - t0
 
     # ---- continuous stage: dose fractions and eta by minibatch projected Adam, patients split over devices
@@ -989,22 +1145,43 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     U_eff = U * incl[:, col_prod]
     eta_scale = np.maximum(np.quantile(c1_mme, st.cvar_alpha, axis=1), 1.0)
     rd_run = with_policies(rowdata, chosen_pol)
-    cp = {"tit_target": tit_target, "ge4_target": ge4_target, "ge7_target": ge7_target, "oird_ref": oird_ref,
-          "eta_scale": eta_scale, "ref": REF, "U": U_eff,
-          "caps": CAPS}
+    cp = {
+        "tit_target": tit_target,
+        "ge4_target": ge4_target,
+        "ge7_target": ge7_target,
+        "oird_ref": oird_ref,
+        "eta_scale": eta_scale,
+        "ref": REF,
+        "U": U_eff,
+        "caps": CAPS,
+    }
     x0 = np.concatenate([0.8 * U_eff, np.ones((P, 1))], axis=1)
-    (x0p, rd_p, cp_p, mask), _ = batch.pad_rows((x0, rd_run, jax.tree_util.tree_map(
-        lambda v: np.asarray(v, float), cp), np.ones(P)), nd)
+    (x0p, rd_p, cp_p, mask), _ = batch.pad_rows(
+        (x0, rd_run, jax.tree_util.tree_map(lambda v: np.asarray(v, float), cp), np.ones(P)), nd
+    )
     x0p, rd_p, cp_p, mask = batch.place((x0p, rd_p, cp_p, mask), devs)
 
     def minibatch(i):  # patient p's draws (i*b ... i*b + b - 1) mod S: every draw is used in turn
         return (jnp.asarray((i * b + np.arange(b)) % S),)
 
-    res = projected_descent(batch_loss, x0p, args=(rd_p, cp_p, shared, mask), project=project, steps=st.steps,
-                            learning_rate=st.learning_rate, step_args=minibatch)
+    res = projected_descent(
+        batch_loss,
+        x0p,
+        args=(rd_p, cp_p, shared, mask),
+        project=project,
+        steps=st.steps,
+        learning_rate=st.learning_rate,
+        step_args=minibatch,
+    )
     if res.x_sharding is not None:
-        batch.note_call("optimizer: gradient steps", P, x0p.shape[0], nd, batch.placement(x0p),
-                        batch.sharding_placement(res.x_sharding, res.x.shape))
+        batch.note_call(
+            "optimizer: gradient steps",
+            P,
+            x0p.shape[0],
+            nd,
+            batch.placement(x0p),
+            batch.sharding_placement(res.x_sharding, res.x.shape),
+        )
     X = np.asarray(res.x)[:P, :n]
     times["continuous_s"] = time.perf_counter() - t0
 
@@ -1035,10 +1212,12 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
     n_calls = -(-K // Kg)
     vals = np.full((P, n_calls * Kg), np.inf)
     for j in range(n_calls):
-        Xk = np.array([[to_superset(p, cand[p][min(k, len(cand[p]) - 1)]) for k in range(j * Kg, (j + 1) * Kg)]
-                       for p in range(P)]).reshape(P * Kg, 1, n)
-        vals[:, j * Kg:(j + 1) * Kg] = score(np.broadcast_to(Xk, (P * Kg, S_sc, n)), rd_sc, Kg,
-                                             "optimizer: rounding scores")
+        Xk = np.array(
+            [[to_superset(p, cand[p][min(k, len(cand[p]) - 1)]) for k in range(j * Kg, (j + 1) * Kg)] for p in range(P)]
+        ).reshape(P * Kg, 1, n)
+        vals[:, j * Kg : (j + 1) * Kg] = score(
+            np.broadcast_to(Xk, (P * Kg, S_sc, n)), rd_sc, Kg, "optimizer: rounding scores"
+        )
     choice = np.argmin(vals[:, :K], axis=1)
     amounts = [cand[p][min(int(choice[p]), len(cand[p]) - 1)].copy() for p in range(P)]
     times["rounding_s"] = time.perf_counter() - t0
@@ -1050,10 +1229,10 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
 
     def exact():
         Wt = np.array([to_superset(p, amounts[p]) for p in range(P)])
-        tabs = {k: np.stack([tab_list[tab_idx[p, int(chosen_pol[p])]][k][0] for p in row_patient])
-                for k in pol_tabs[0]}
-        prop = simulate_regimen(superset, rows, seed=st.seed, dose_weights=Wt[row_patient], rescue_tables=tabs,
-                                options=prop_opts)
+        tabs = {k: np.stack([tab_list[tab_idx[p, int(chosen_pol[p])]][k][0] for p in row_patient]) for k in pol_tabs[0]}
+        prop = simulate_regimen(
+            superset, rows, seed=st.seed, dose_weights=Wt[row_patient], rescue_tables=tabs, options=prop_opts
+        )
         pp = prop.patients
         tox = {"bupivacaine": exceedance_probability(pp["LAST_INDEX"].to_numpy().reshape(P, S), 1.0)[0]}
         for d, lim in limits.items():
@@ -1063,13 +1242,18 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
         for p in range(P):
             for d, pr in tox.items():
                 if pr[p] > risk:
-                    what = "LAST (bupivacaine toxicity threshold)" if d == "bupivacaine" else \
-                        f"{d} above {limits[d]:g} mg/L ({EXPOSURE_LIMITS[d].source})"
+                    what = (
+                        "LAST (bupivacaine toxicity threshold)"
+                        if d == "bupivacaine"
+                        else f"{d} above {limits[d]:g} mg/L ({EXPOSURE_LIMITS[d].source})"
+                    )
                     why[p].append((d, f"{what}: estimated probability {pr[p]:.1e} above the allowed {risk:.0e}"))
             if oird[p] > oird_c1[p] + st.oird_tolerance:
                 why[p].append(("oird", f"OIRD: mean risk {oird[p]:.2e} above C1's {oird_c1[p]:.2e}"))
-        pain = {k: pp[c].to_numpy().reshape(P, S).mean(1) for k, c in
-                (("tit3", "TIT3"), ("ge4", "TIME_NRS_GE4"), ("ge7", "TIME_NRS_GE7"))}
+        pain = {
+            k: pp[c].to_numpy().reshape(P, S).mean(1)
+            for k, c in (("tit3", "TIT3"), ("ge4", "TIME_NRS_GE4"), ("ge7", "TIME_NRS_GE7"))
+        }
         return Wt, tabs, prop, pp, tox, why, pain
 
     def pain_misses(p, pain) -> list[tuple[str, str]]:
@@ -1084,8 +1268,11 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
         for k, slack, fmt, slack_fmt in (("ge4", st.ge4_slack, ".1%", ".0%"), ("ge7", st.ge7_slack, ".2%", ".1%")):
             margin = min(slack, 0.0) if strict else slack
             lim = c1_pain[k][p] + margin
-            whose = ("C1's, no margin with a rescue threshold above NRS 4" if strict and margin == 0.0
-                     else f"C1 + {margin:{slack_fmt}}")
+            whose = (
+                "C1's, no margin with a rescue threshold above NRS 4"
+                if strict and margin == 0.0
+                else f"C1 + {margin:{slack_fmt}}"
+            )
             if pain[k][p] > lim + 1e-9:
                 miss.append((k, f"time with NRS >= {k[2]} {pain[k][p]:{fmt}} above the limit {lim:{fmt}} ({whose})"))
         return miss
@@ -1139,7 +1326,7 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
                         break
             for d, _msg in why[p]:
                 if d != "oird":  # one strength down on the drug that crosses its limit, then re-evaluate
-                    for dd in (("bupivacaine_liposomal", "bupivacaine") if d == "bupivacaine" else (d,)):
+                    for dd in ("bupivacaine_liposomal", "bupivacaine") if d == "bupivacaine" else (d,):
                         changed |= _lower_drug(spaces[p], amounts[p], dd)
         if not changed:
             break
@@ -1165,16 +1352,19 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
         same = bool(np.allclose(amounts[p], given)) and not lowered
         if (lowered or same) and rel:
             if same:  # the fallback is the reference schedule itself (C1, adapted to the patient's limits)
-                fallback_note[p] = ("this fallback is C1's schedule itself (adapted to the patient's limits where "
-                                    "C1 as written is not allowed), the reference of the constraints relative to C1; "
-                                    "its differences from the C1 row come from simulating it as a schedule of the "
-                                    "decision space (the rescue-request draws are not paired exactly): "
-                                    + "; ".join(rel))
+                fallback_note[p] = (
+                    "this fallback is C1's schedule itself (adapted to the patient's limits where "
+                    "C1 as written is not allowed), the reference of the constraints relative to C1; "
+                    "its differences from the C1 row come from simulating it as a schedule of the "
+                    "decision space (the rescue-request draws are not paired exactly): " + "; ".join(rel)
+                )
             else:
-                fallback_note[p] = (f"C1 as given is not allowed for this patient ({', '.join(lowered)} lowered to "
-                                    "the patient's label limits and toxicity chance constraints); this fallback is C1 "
-                                    "within those limits and is the reference of the constraints relative to C1. "
-                                    "Against C1 as given: " + "; ".join(rel))
+                fallback_note[p] = (
+                    f"C1 as given is not allowed for this patient ({', '.join(lowered)} lowered to "
+                    "the patient's label limits and toxicity chance constraints); this fallback is C1 "
+                    "within those limits and is the reference of the constraints relative to C1. "
+                    "Against C1 as given: " + "; ".join(rel)
+                )
             why[p] = [(d, m) for d, m in why[p] if d != "oird"]
             pain_why[p] = [m for m in pain_why[p] if m not in waive_pain]
     why = [[m for _, m in w] for w in why]
@@ -1188,7 +1378,7 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
             out[f"{k}_{name}"] = r[k].to_numpy().reshape(P, S).mean(1)
         out[f"MME_P90_{name}"] = np.quantile(mme, 0.9, axis=1)
         kk = max(1, int(math.ceil(0.1 * S - 1e-9)))
-        out[f"MME_CVAR90_{name}"] = np.sort(mme, axis=1)[:, S - kk:].mean(1)
+        out[f"MME_CVAR90_{name}"] = np.sort(mme, axis=1)[:, S - kk :].mean(1)
         out[f"LAST_INDEX_{name}"] = r["LAST_INDEX"].to_numpy().reshape(P, S).max(1)
     for d, pr in tox.items():
         out[f"P_TOX_{d}_proposal"] = pr
@@ -1206,14 +1396,33 @@ def _optimize_population(population: pd.DataFrame, settings: OptimizeSettings | 
         out[f"{name}_ADAPTED"] = [" | ".join(a.changes) for a in ads]
     out["PAIN_WHY"] = ["; ".join(w) for w in pain_why]
     times["total_s"] = time.perf_counter() - t_start
-    return PopulationProposal(spaces, amounts, out, {"proposal": prop, **comps}, superset, Wt[row_patient], times,
-                              rows, col, REF, [pat_pols[p][int(i)] for p, i in enumerate(chosen_pol)], tabs, tab_list,
-                              [int(tab_idx[p, int(i)]) for p, i in enumerate(chosen_pol)])
+    return PopulationProposal(
+        spaces,
+        amounts,
+        out,
+        {"proposal": prop, **comps},
+        superset,
+        Wt[row_patient],
+        times,
+        rows,
+        col,
+        REF,
+        [pat_pols[p][int(i)] for p, i in enumerate(chosen_pol)],
+        tabs,
+        tab_list,
+        [int(tab_idx[p, int(i)]) for p, i in enumerate(chosen_pol)],
+    )
 
 
-def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any] | None = None, *,
-                     settings: OptimizeSettings | None = None, fusion: bool = True,
-                     progress: Callable[[str], None] | None = None, posterior: Any = None) -> Proposal:
+def optimize_patient(
+    covariates: Mapping[str, Any],
+    phenotypes: Mapping[str, Any] | None = None,
+    *,
+    settings: OptimizeSettings | None = None,
+    fusion: bool = True,
+    progress: Callable[[str], None] | None = None,
+    posterior: Any = None,
+) -> Proposal:
     """Propose an opioid-sparing multimodal schedule for one patient (see the module docstring).
 
     Parameters
@@ -1247,8 +1456,10 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
         which and why.
     """
     if phenotypes is not None:
-        raise RegimenError("give genotypes as activity-score covariates (CYP2D6_AS, CYP2C9_AS); explicit "
-                           "phenotypes are not supported by the optimizer")
+        raise RegimenError(
+            "give genotypes as activity-score covariates (CYP2D6_AS, CYP2C9_AS); explicit "
+            "phenotypes are not supported by the optimizer"
+        )
     st = settings or OptimizeSettings()
     cov = {k: v for k, v in dict(covariates).items() if not isinstance(v, str)}
     draw_rows, post_notes = None, []
@@ -1256,60 +1467,81 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
         from .posterior import posterior_draws
 
         draw_rows, post_notes = posterior_draws(posterior, int(st.draws))
-    res = optimize_population(pd.DataFrame([{"ID": 1, **cov}]), st, fusion=fusion, progress=progress,
-                              draw_rows=draw_rows, trajectories=True)
+    res = optimize_population(
+        pd.DataFrame([{"ID": 1, **cov}]), st, fusion=fusion, progress=progress, draw_rows=draw_rows, trajectories=True
+    )
     row = res.patients.iloc[0]
-    unsafe = ("every candidate schedule failed a check of the exact evaluation: " + str(row["WHY"])
-              if not row["SAFE"] else "")
+    unsafe = (
+        "every candidate schedule failed a check of the exact evaluation: " + str(row["WHY"]) if not row["SAFE"] else ""
+    )
     space, amounts, policy = res.spaces[0], res.amounts[0], res.policies[0]
     regimen = space.regimen(amounts, rescue=policy.rules)
     findings = check_regimen(regimen, cov, None, fusion=fusion)
 
     outcomes = dict(res.draws)  # with trajectories and the proposal's concentrations (trajectories=True)
-    comparison = _compare({k: v.patients for k, v in outcomes.items()},
-                          {d: lim.mg_per_l for d, lim in EXPOSURE_LIMITS.items()})
+    comparison = _compare(
+        {k: v.patients for k, v in outcomes.items()}, {d: lim.mg_per_l for d, lim in EXPOSURE_LIMITS.items()}
+    )
     # a comparator that breaks this patient's limits was simulated as adapted to them (regimens.adapt): its
     # row is named so, and the note says what changed
     adapted_notes, rename = [], {}
     for name in ("C0", "C1"):
         if str(row[f"{name}_ADAPTED"]):
             rename[name] = f"{name} adapted"
-            adapted_notes.append(f"{name} as written is not allowed for this patient; '{name} adapted' (compared "
-                                 f"here, and the reference of the constraints relative to {name}) is {name} within "
-                                 "the patient's limits: " + str(row[f"{name}_ADAPTED"]))
-    sched = pd.DataFrame([{"time_h": sl.time_h, "drug": sl.product.drug, "route": sl.product.route, "dose_mg": a}
-                          for sl, a in zip(space.slots, amounts) if a > 0])
+            adapted_notes.append(
+                f"{name} as written is not allowed for this patient; '{name} adapted' (compared "
+                f"here, and the reference of the constraints relative to {name}) is {name} within "
+                "the patient's limits: " + str(row[f"{name}_ADAPTED"])
+            )
+    sched = pd.DataFrame(
+        [
+            {"time_h": sl.time_h, "drug": sl.product.drug, "route": sl.product.route, "dose_mg": a}
+            for sl, a in zip(space.slots, amounts)
+            if a > 0
+        ]
+    )
     notes = explain(cov, None, st.products, fusion=fusion)
     notes += _choices_explained(space, amounts, policy, st) + post_notes
     for drug, route in sorted({(r.drug, r.route) for r in policy.rules}):  # label advice without a number
         notes += [f"as-needed rescue: {n}" for n in rescue_fraction(drug, route, cov).notes]
     got = float(comparison.loc["proposal", "TIT3"])
     if st.min_time_in_target is not None and got < float(st.min_time_in_target) - 1e-9:
-        at_max = [f"{k}" for k in st.products if k not in space.excluded and any(
-            sl.product.key == k for sl in space.slots)]
+        at_max = [
+            f"{k}" for k in st.products if k not in space.excluded and any(sl.product.key == k for sl in space.slots)
+        ]
         raise InfeasibleError(
             f"no allowed schedule keeps NRS <= 3 for {st.min_time_in_target:.0%} of 0-72 h for this patient: the best "
             f"found reaches {got:.0%} (C1: {comparison.loc['C1', 'TIT3']:.0%}) with {', '.join(at_max)} within "
             "their label maxima and as-needed rescue; more analgesia would need doses above a label limit or a "
-            "product not in the decision space" + (" (" + "; ".join(notes) + ")" if notes else "")
-            + (f"; and {unsafe}" if unsafe else ""))
+            "product not in the decision space"
+            + (" (" + "; ".join(notes) + ")" if notes else "")
+            + (f"; and {unsafe}" if unsafe else "")
+        )
     if unsafe:
         raise InfeasibleError(unsafe)
     tit_target = float(row["TIT_TARGET"])
     from_c1 = float(comparison.loc["C1", "TIT3"]) - st.tit_slack
-    whose = ("min_time_in_target" if tit_target > from_c1 + 1e-9
-             else f"C1 {'-' if st.tit_slack >= 0 else '+'} {abs(st.tit_slack):.0%}")
+    whose = (
+        "min_time_in_target"
+        if tit_target > from_c1 + 1e-9
+        else f"C1 {'-' if st.tit_slack >= 0 else '+'} {abs(st.tit_slack):.0%}"
+    )
     for step in filter(None, str(row["REPAIR"]).split("; ")):
         notes.append(f"repair of the searched schedule in the exact evaluation: {step}")
     if bool(row["FALLBACK"]):
-        notes.insert(0, "THIS PROPOSAL IS THE FALLBACK, not an optimized schedule: the searched schedules missed a "
-                        "constraint of the exact evaluation (see the repair notes), so this is C1's schedule (the standard "
-                        "of care) within the patient's limits, with C1's rescue policy")
+        notes.insert(
+            0,
+            "THIS PROPOSAL IS THE FALLBACK, not an optimized schedule: the searched schedules missed a "
+            "constraint of the exact evaluation (see the repair notes), so this is C1's schedule (the standard "
+            "of care) within the patient's limits, with C1's rescue policy",
+        )
         if str(row.get("FALLBACK_NOTE", "")):
             notes.insert(1, str(row["FALLBACK_NOTE"]))
     if got < tit_target - 1e-9:
-        notes.append(f"time in target {got:.1%} is below the target {tit_target:.1%} ({whose}) in the exact "
-                     "evaluation, also after every repair step")
+        notes.append(
+            f"time in target {got:.1%} is below the target {tit_target:.1%} ({whose}) in the exact "
+            "evaluation, also after every repair step"
+        )
     for m in filter(None, str(row["PAIN_WHY"]).split("; ")):
         if not m.startswith("time with NRS <= 3"):
             notes.append(f"NOT MET after every repair step: {m}")
@@ -1318,8 +1550,17 @@ def optimize_patient(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any
     worse = worse_than(comparison, rename.get("C1", "C1"))
     if worse:
         notes.insert(0, worse)
-    return Proposal(regimen, space, sched, comparison, outcomes, findings, notes, fallback=bool(row["FALLBACK"]),
-                    worse_than_comparator=bool(worse))
+    return Proposal(
+        regimen,
+        space,
+        sched,
+        comparison,
+        outcomes,
+        findings,
+        notes,
+        fallback=bool(row["FALLBACK"]),
+        worse_than_comparator=bool(worse),
+    )
 
 
 def worse_than(comparison: pd.DataFrame, reference: str, tol: float = 1e-9) -> str:
@@ -1327,9 +1568,11 @@ def worse_than(comparison: pd.DataFrame, reference: str, tol: float = 1e-9) -> s
     (NRS <= 3) for less time than ``reference`` on the same draws, else ``""``."""
     p, r = comparison.loc["proposal"], comparison.loc[reference]
     if p["MME_mean"] > r["MME_mean"] + tol and p["TIT3"] < r["TIT3"] - tol:
-        return (f"THIS PROPOSAL IS WORSE THAN {reference.upper()} for this patient: mean 72-h MME {p['MME_mean']:.1f} "
-                f"vs {r['MME_mean']:.1f} mg and time in target {p['TIT3']:.0%} vs {r['TIT3']:.0%} (same draws); "
-                f"prefer {reference}")
+        return (
+            f"THIS PROPOSAL IS WORSE THAN {reference.upper()} for this patient: mean 72-h MME {p['MME_mean']:.1f} "
+            f"vs {r['MME_mean']:.1f} mg and time in target {p['TIT3']:.0%} vs {r['TIT3']:.0%} (same draws); "
+            f"prefer {reference}"
+        )
     return ""
 
 
@@ -1338,12 +1581,15 @@ def _choices_explained(space: DecisionSpace, amounts, policy, st: OptimizeSettin
     lines = []
     base = st.policies()[0]
     if policy.label != base.label:
-        lines.append(f"as-needed rescue: {policy.label} (C1: {base.label}); chosen by the search for this patient's "
-                     "modelled pain and opioid response")
+        lines.append(
+            f"as-needed rescue: {policy.label} (C1: {base.label}); chosen by the search for this patient's "
+            "modelled pain and opioid response"
+        )
     for f in getattr(policy, "fractions", ()):  # the renal/hepatic fractions applied to the as-needed doses
         doses = " / ".join(f"{r.dose_mg:g}" for r in policy.rules if (r.drug, r.route) == (f.drug, f.route))
-        lines.append(f"as-needed rescue for this patient: {f.drug} {f.route.upper()} {doses} mg per dose: "
-                     f"{f.describe()}")
+        lines.append(
+            f"as-needed rescue for this patient: {f.drug} {f.route.upper()} {doses} mg per dose: {f.describe()}"
+        )
     used = {}
     for sl, a in zip(space.slots, amounts):
         used.setdefault(sl.product.key, []).append((a, sl.reference_mg))
@@ -1354,11 +1600,15 @@ def _choices_explained(space: DecisionSpace, amounts, policy, st: OptimizeSettin
             # a daily cap binds before the slots' single-dose maxima do: at most one cap per started 24 h
             top = min(top, cap.max_daily_mg * math.ceil(space.horizon_h / 24.0 - 1e-9))
         if total <= 0:
-            lines.append(f"{key}: allowed but not used (in the model it adds less than its adjunct burden "
-                         f"{st.burden().get(get_product(key).drug, 0.0):g} MME-eq per label-maximum course)")
+            lines.append(
+                f"{key}: allowed but not used (in the model it adds less than its adjunct burden "
+                f"{st.burden().get(get_product(key).drug, 0.0):g} MME-eq per label-maximum course)"
+            )
         elif total < top - 1e-9:
-            lines.append(f"{key}: {total:g} mg in 0-72 h, below what the patient's limits allow ({_caps_text(cap)}; "
-                         "more adds less than it costs in the objective)")
+            lines.append(
+                f"{key}: {total:g} mg in 0-72 h, below what the patient's limits allow ({_caps_text(cap)}; "
+                "more adds less than it costs in the objective)"
+            )
     return lines
 
 
@@ -1367,8 +1617,12 @@ def _caps_text(cap: DoseCaps | None) -> str:
     if cap is None:
         return "no label limit"
     parts = []
-    for fld, fmt in (("max_single_mg", "<= {:g} mg per dose"), ("max_daily_mg", "<= {:g} mg/24 h"),
-                     ("max_total_mg", "<= {:g} mg in total"), ("max_duration_h", "course <= {:g} h")):
+    for fld, fmt in (
+        ("max_single_mg", "<= {:g} mg per dose"),
+        ("max_daily_mg", "<= {:g} mg/24 h"),
+        ("max_total_mg", "<= {:g} mg in total"),
+        ("max_duration_h", "course <= {:g} h"),
+    ):
         v = getattr(cap, fld)
         if math.isfinite(v):
             reason = cap.reason(fld)
@@ -1392,8 +1646,13 @@ def _jit(fn: Callable) -> Callable:
 REFERENCE_ADULT = {"AGE": 50.0, "WT": 80.0, "CRCL": 100.0, "HEPATIC": 0.0}
 
 
-def explain(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any] | None = None,
-            products: Sequence[str] = DEFAULT_PRODUCTS, *, fusion: bool = True) -> list[str]:
+def explain(
+    covariates: Mapping[str, Any],
+    phenotypes: Mapping[str, Any] | None = None,
+    products: Sequence[str] = DEFAULT_PRODUCTS,
+    *,
+    fusion: bool = True,
+) -> list[str]:
     """Plain-language list of what the patient's genotype and covariates change in the decision space,
     against a reference adult (50 y, 80 kg, CrCL 100 mL/min, no hepatic impairment, normal metabolizer):
     products left out and why, and lower per-dose or daily maxima with the limit that sets them."""
@@ -1406,8 +1665,12 @@ def explain(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any] | None 
         if mine.forbidden and not ref.forbidden:
             lines.append(f"{key} not used: {mine.forbidden}")
             continue
-        for fld, what in (("max_single_mg", "per dose"), ("max_daily_mg", "per 24 h"), ("max_total_mg", "in total"),
-                          ("max_duration_h", "course (h)")):
+        for fld, what in (
+            ("max_single_mg", "per dose"),
+            ("max_daily_mg", "per 24 h"),
+            ("max_total_mg", "in total"),
+            ("max_duration_h", "course (h)"),
+        ):
             a, b = getattr(mine, fld), getattr(ref, fld)
             if a < b - 1e-9:
                 unit = "" if fld == "max_duration_h" else " mg"
@@ -1417,11 +1680,14 @@ def explain(covariates: Mapping[str, Any], phenotypes: Mapping[str, Any] | None 
 
     for gene, ph in _phenotypes(phenotypes, covariates).items():
         if ph.label != "normal" and not any(gene in line for line in lines):
-            lines.append(f"{gene} {ph.label} metabolizer: no CPIC rule applies to the products in the decision "
-                         f"space ({', '.join(products)})")
+            lines.append(
+                f"{gene} {ph.label} metabolizer: no CPIC rule applies to the products in the decision "
+                f"space ({', '.join(products)})"
+            )
     if not lines:
-        lines.append("nothing in this patient's genotype or covariates changed the allowed doses (reference adult "
-                     "limits apply)")
+        lines.append(
+            "nothing in this patient's genotype or covariates changed the allowed doses (reference adult limits apply)"
+        )
     return lines
 
 
@@ -1437,11 +1703,22 @@ def plot_schedule(proposal: Proposal, path) -> None:
     for k, d in enumerate(drugs):
         rows = sched[sched["drug"] == d]
         big = rows["dose_mg"].max()
-        ax.scatter(rows["time_h"], [k] * len(rows), s=40 + 160 * rows["dose_mg"] / big, color=f"C{k % 10}",
-                   label=f"{d} doses (mg beside each)")
+        ax.scatter(
+            rows["time_h"],
+            [k] * len(rows),
+            s=40 + 160 * rows["dose_mg"] / big,
+            color=f"C{k % 10}",
+            label=f"{d} doses (mg beside each)",
+        )
         for _, r in rows.iterrows():
-            ax.annotate(f"{r['dose_mg']:g}", (r["time_h"], k), textcoords="offset points", xytext=(0, 8),
-                        ha="center", fontsize=7)
+            ax.annotate(
+                f"{r['dose_mg']:g}",
+                (r["time_h"], k),
+                textcoords="offset points",
+                xytext=(0, 8),
+                ha="center",
+                fontsize=7,
+            )
     ax.set_yticks(range(len(drugs)), [f"{d} ({sched[sched['drug'] == d]['route'].iloc[0]})" for d in drugs])
     ax.set_ylim(-0.7, max(len(drugs), 1) - 0.3)
     ax.axvline(0, color="k", linewidth=0.8, linestyle=":", label="end of surgery")
@@ -1489,8 +1766,13 @@ def _plot_proposal_bands(proposal: Proposal, path) -> None:
     fig = new_figure(9, 6)
     axs = fig.subplots(2, 1, sharex=True)
     quantile_band(axs[0], t[post], prop.nrs[:, post], "proposal NRS", "tab:red")
-    axs[0].plot(c1.times[c1.times >= 0], np.median(c1.nrs[:, c1.times >= 0], axis=0), color="tab:gray",
-                linestyle="--", label="C1 median NRS")
+    axs[0].plot(
+        c1.times[c1.times >= 0],
+        np.median(c1.nrs[:, c1.times >= 0], axis=0),
+        color="tab:gray",
+        linestyle="--",
+        label="C1 median NRS",
+    )
     axs[0].axhline(3, color="k", linestyle=":", linewidth=1, label="target NRS <= 3")
     axs[0].set_ylim(0, 10)
     axs[0].set_ylabel("pain NRS, 0-10 scale (points)")
@@ -1510,7 +1792,7 @@ def _cvar(x: np.ndarray, alpha: float = 0.9) -> float:
     """Empirical CVaR: mean of the worst ceil((1 - alpha) n) values."""
     x = np.sort(np.asarray(x, float))
     k = max(1, int(math.ceil((1.0 - alpha) * len(x) - 1e-9)))
-    return float(x[len(x) - k:].mean())
+    return float(x[len(x) - k :].mean())
 
 
 def _compare(results: Mapping[str, pd.DataFrame], limits: Mapping[str, float] | None = None) -> pd.DataFrame:
@@ -1520,23 +1802,40 @@ def _compare(results: Mapping[str, pd.DataFrame], limits: Mapping[str, float] | 
     rows = []
     for name, p in results.items():
         mme = p["MME_0_72"].to_numpy()
-        r = {"regimen": name, "MME_mean": mme.mean(), "MME_P10": np.quantile(mme, 0.1),
-             "MME_P90": np.quantile(mme, 0.9), "MME_CVAR90": _cvar(mme), "TIT3": p["TIT3"].mean(),
-             "TIT4": p["TIT4"].mean(), "TIME_NRS_GE4": p["TIME_NRS_GE4"].mean(),
-             "TIME_NRS_GE7": p["TIME_NRS_GE7"].mean(), "PAIN_AUC": p["PAIN_AUC"].mean(), "P_OIRD": p["P_OIRD"].mean(),
-             "P_PONV": p["P_PONV"].mean(), "LAST_INDEX_max": p["LAST_INDEX"].max(),
-             "P_TOX_bupivacaine": float(exceedance_probability(p["LAST_INDEX"].to_numpy()[None], 1.0)[0][0])}
+        r = {
+            "regimen": name,
+            "MME_mean": mme.mean(),
+            "MME_P10": np.quantile(mme, 0.1),
+            "MME_P90": np.quantile(mme, 0.9),
+            "MME_CVAR90": _cvar(mme),
+            "TIT3": p["TIT3"].mean(),
+            "TIT4": p["TIT4"].mean(),
+            "TIME_NRS_GE4": p["TIME_NRS_GE4"].mean(),
+            "TIME_NRS_GE7": p["TIME_NRS_GE7"].mean(),
+            "PAIN_AUC": p["PAIN_AUC"].mean(),
+            "P_OIRD": p["P_OIRD"].mean(),
+            "P_PONV": p["P_PONV"].mean(),
+            "LAST_INDEX_max": p["LAST_INDEX"].max(),
+            "P_TOX_bupivacaine": float(exceedance_probability(p["LAST_INDEX"].to_numpy()[None], 1.0)[0][0]),
+        }
         for d, lim in (limits or {}).items():
             col = f"CMAX_{d}"
-            r[f"P_TOX_{d}"] = (float(exceedance_probability(p[col].to_numpy()[None], lim)[0][0]) if col in p
-                               else 0.0)
+            r[f"P_TOX_{d}"] = float(exceedance_probability(p[col].to_numpy()[None], lim)[0][0]) if col in p else 0.0
         rows.append(r)
     return pd.DataFrame(rows).set_index("regimen")
 
 
-def run_trial(n: int, seed: int, settings: OptimizeSettings | None = None, *, chunk: int = 50,
-              progress: Callable[[int, str], None] | None = None, store=None, resume: bool = False,
-              wait_timeout_s: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def run_trial(
+    n: int,
+    seed: int,
+    settings: OptimizeSettings | None = None,
+    *,
+    chunk: int = 50,
+    progress: Callable[[int, str], None] | None = None,
+    store=None,
+    resume: bool = False,
+    wait_timeout_s: float | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The SPINE-72 virtual trial: optimize for every virtual patient and compare with C0 and C1.
 
     Parameters
@@ -1592,13 +1891,14 @@ def run_trial(n: int, seed: int, settings: OptimizeSettings | None = None, *, ch
     bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
     index, count = batch.process_info()
     if store is None and count > 1:
-        raise batch.BatchError(f"a trial run by {count} processes needs a chunk store (a directory every process "
-                               "sees; --out with pkpd trial)")
+        raise batch.BatchError(
+            f"a trial run by {count} processes needs a chunk store (a directory every process "
+            "sees; --out with pkpd trial)"
+        )
 
     def compute(i, before):
         lo, hi = bounds[i]
-        res = optimize_population(pop.iloc[lo:hi], st,
-                                  progress=(lambda s: progress(before, s)) if progress else None)
+        res = optimize_population(pop.iloc[lo:hi], st, progress=(lambda s: progress(before, s)) if progress else None)
         tab = res.patients.copy()
         tab["SCHEDULE"] = [_schedule_text(sp, a) for sp, a in zip(res.spaces, res.amounts)]
         return tab, {k: float(v) for k, v in res.times.items()}
@@ -1625,8 +1925,9 @@ def run_trial(n: int, seed: int, settings: OptimizeSettings | None = None, *, ch
             if progress:
                 progress(finished[0], "resumed" if resumed else "chunk done")
 
-        cs = batch.run_chunks(store, ident, len(bounds), one, resume=resume, wait_timeout_s=wait_timeout_s,
-                              on_chunk=on_chunk)
+        cs = batch.run_chunks(
+            store, ident, len(bounds), one, resume=resume, wait_timeout_s=wait_timeout_s, on_chunk=on_chunk
+        )
         patients, infos = cs.merge("patients", expect_ids=pop["ID"].to_numpy())
     times: dict[str, float] = {}
     for info in infos:
@@ -1653,12 +1954,20 @@ def trial_summary(patients: pd.DataFrame) -> pd.DataFrame:
     for label, g in groups:
         for reg in ("proposal", "C0", "C1"):
             m = g[f"MME_0_72_{reg}"].mean()
-            r = {"stratum": label, "regimen": reg, "n": len(g), "MME_mean": m,
-                 "MME_P10": g[f"MME_0_72_{reg}"].quantile(0.1), "MME_P90": g[f"MME_0_72_{reg}"].quantile(0.9),
-                 "TIT3": g[f"TIT3_{reg}"].mean(), "PAIN_AUC": g[f"PAIN_AUC_{reg}"].mean(),
-                 **{k: g[f"{k}_{reg}"].mean() for k in ("TIME_NRS_GE4", "TIME_NRS_GE7") if f"{k}_{reg}" in g},
-                 "P_OIRD": g[f"P_OIRD_{reg}"].mean(), "P_PONV": g[f"P_PONV_{reg}"].mean(),
-                 "LAST_INDEX_max": g[f"LAST_INDEX_{reg}"].max()}
+            r = {
+                "stratum": label,
+                "regimen": reg,
+                "n": len(g),
+                "MME_mean": m,
+                "MME_P10": g[f"MME_0_72_{reg}"].quantile(0.1),
+                "MME_P90": g[f"MME_0_72_{reg}"].quantile(0.9),
+                "TIT3": g[f"TIT3_{reg}"].mean(),
+                "PAIN_AUC": g[f"PAIN_AUC_{reg}"].mean(),
+                **{k: g[f"{k}_{reg}"].mean() for k in ("TIME_NRS_GE4", "TIME_NRS_GE7") if f"{k}_{reg}" in g},
+                "P_OIRD": g[f"P_OIRD_{reg}"].mean(),
+                "P_PONV": g[f"P_PONV_{reg}"].mean(),
+                "LAST_INDEX_max": g[f"LAST_INDEX_{reg}"].max(),
+            }
             if f"MME_CVAR90_{reg}" in g:
                 r["MME_CVAR90"] = g[f"MME_CVAR90_{reg}"].mean()  # mean over patients of their draws' CVaR_0.9
             for ref in ("C0", "C1"):  # undefined (NaN) when the comparator uses no opioid at all
@@ -1681,14 +1990,15 @@ def plot_trial(patients: pd.DataFrame, path) -> None:
     fig = new_figure(10, 4)
     a1, a2 = fig.subplots(1, 2)
     rng = np.random.default_rng(0)  # horizontal jitter of the patient points only
-    for ax, values in ((a1, [patients[f"MME_0_72_{r}"].to_numpy(float) + 1.0 for r in regs]),
-                       (a2, [100 * patients[f"TIT3_{r}"].to_numpy(float) for r in regs])):
+    for ax, values in (
+        (a1, [patients[f"MME_0_72_{r}"].to_numpy(float) + 1.0 for r in regs]),
+        (a2, [100 * patients[f"TIT3_{r}"].to_numpy(float) for r in regs]),
+    ):
         for k, v in enumerate(values):
             v = v[np.isfinite(v)]
             if not len(v):
                 continue
-            ax.scatter(k + rng.uniform(-0.18, 0.18, len(v)), v, s=8, alpha=0.35, color=f"C{k}",
-                       label="patients")
+            ax.scatter(k + rng.uniform(-0.18, 0.18, len(v)), v, s=8, alpha=0.35, color=f"C{k}", label="patients")
             q10, q50, q90 = np.quantile(v, [0.1, 0.5, 0.9])
             ax.plot([k, k], [q10, q90], color="k", linewidth=2.5, label="10th-90th percentile")
             ax.plot([k - 0.28, k + 0.28], [q50, q50], color="k", linewidth=1.5, label="median")
@@ -1705,25 +2015,32 @@ def plot_trial(patients: pd.DataFrame, path) -> None:
     fig.savefig(path, format="png")
 
 
-def exact_loss(patients: pd.DataFrame, settings: OptimizeSettings | None = None, *, fusion: bool = True
-               ) -> np.ndarray:
+def exact_loss(patients: pd.DataFrame, settings: OptimizeSettings | None = None, *, fusion: bool = True) -> np.ndarray:
     """The objective of :mod:`regimens._objective` on exactly simulated draws (one row per draw, a
     :class:`pkpd.regimen_sim.PopulationResult` table): MME + pain_weight x pain excess + sedation_weight x peak
     sedation + cvar_weight x MME (one draw is its own CVaR) + each adjunct's burden x AUC / reference AUC, in
     MME-equivalents per row; penalties are left out (they are constraints, checked separately)."""
     st = settings or OptimizeSettings()
     mme = patients["MME_0_72"].to_numpy(float)
-    loss = (mme * (1.0 + st.cvar_weight) + st.pain_weight * patients["PAIN_EXCESS"].to_numpy(float)
-            + st.sedation_weight * patients["MAX_SEDATION"].to_numpy(float))
-    drugs = {c[len("AUC_"):] for c in patients.columns if c.startswith("AUC_")}
+    loss = (
+        mme * (1.0 + st.cvar_weight)
+        + st.pain_weight * patients["PAIN_EXCESS"].to_numpy(float)
+        + st.sedation_weight * patients["MAX_SEDATION"].to_numpy(float)
+    )
+    drugs = {c[len("AUC_") :] for c in patients.columns if c.startswith("AUC_")}
     burden, auc_ref = _burden_terms(st, drugs, fusion=fusion)
     for d, w in burden.items():
         loss = loss + w * patients[f"AUC_{d}"].to_numpy(float) / auc_ref[d]
     return loss
 
 
-def oracle_gap(population: pd.DataFrame, settings: OptimizeSettings | None = None, *,
-               true_id_offset: int = 10_000_000, progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+def oracle_gap(
+    population: pd.DataFrame,
+    settings: OptimizeSettings | None = None,
+    *,
+    true_id_offset: int = 10_000_000,
+    progress: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
     """Value of knowing each patient: population-prior optimization vs the oracle, on the true patients.
 
     Each virtual patient's *true* parameters are one fixed variability draw (simulation ID
@@ -1750,31 +2067,44 @@ def oracle_gap(population: pd.DataFrame, settings: OptimizeSettings | None = Non
     P, S = len(pop), int(st.draws)
     true_ids = true_id_offset + pop["ID"].to_numpy().astype(np.int64)
     if default_row_ids(pop["ID"].to_numpy(), P, S).max() >= true_ids.min():
-        raise RegimenError(f"true_id_offset {true_id_offset} must exceed the scenario IDs of {P} patients x {S} "
-                           "draws (patient ID x draws)")
+        raise RegimenError(
+            f"true_id_offset {true_id_offset} must exceed the scenario IDs of {P} patients x {S} "
+            "draws (patient ID x draws)"
+        )
     truth = pop.copy()
     truth["ID"] = true_ids
     prior = optimize_population(pop, st, progress=progress)
-    drugs = sorted({get_product(k).drug for k in st.products} | set(get_regimen("C0").drugs())
-                   | set(get_regimen("C1").drugs()))
+    drugs = sorted(
+        {get_product(k).drug for k in st.products} | set(get_regimen("C0").drugs()) | set(get_regimen("C1").drugs())
+    )
     known = variability_columns(drugs, truth, seed=st.seed)
-    oracle = optimize_population(pop, st, progress=progress,
-                                 draw_rows=known.loc[np.repeat(known.index, S)].reset_index(drop=True))
+    oracle = optimize_population(
+        pop, st, progress=progress, draw_rows=known.loc[np.repeat(known.index, S)].reset_index(drop=True)
+    )
     out = pd.DataFrame({"ID": pop["ID"]})
-    res = {"prior": prior.evaluate(truth, np.arange(P), st.seed).patients,
-           "oracle": oracle.evaluate(truth, np.arange(P), st.seed).patients}
+    res = {
+        "prior": prior.evaluate(truth, np.arange(P), st.seed).patients,
+        "oracle": oracle.evaluate(truth, np.arange(P), st.seed).patients,
+    }
     covs = [{k: v for k, v in r.items() if k != "ID"} for r in pop.to_dict(orient="records")]
     for name in ("C0", "C1"):  # adapted to each patient's limits and as-needed dose fractions (regimens.adapt)
         reg = get_regimen(name)
         ads = [adapt_to_patient(reg, c) for c in covs]
         W = np.stack([a.weights for a in ads])
-        res[name] = simulate_regimen(reg, truth, seed=st.seed, dose_weights=None if np.all(W == 1.0) else W,
-                                     rescue_tables=rescue_tables(reg, ads, truth.iloc[:1])).patients
+        res[name] = simulate_regimen(
+            reg,
+            truth,
+            seed=st.seed,
+            dose_weights=None if np.all(W == 1.0) else W,
+            rescue_tables=rescue_tables(reg, ads, truth.iloc[:1]),
+        ).patients
     for r, d in res.items():
         out[f"MME_{r}"] = d["MME_0_72"].to_numpy()
         out[f"TIT3_{r}"] = d["TIT3"].to_numpy()
         out[f"PAIN_EXCESS_{r}"] = d["PAIN_EXCESS"].to_numpy()
         out[f"LOSS_{r}"] = exact_loss(d, st)
-    out["SAME_SCHEDULE"] = [np.array_equal(a, b) and pa.label == pb.label for a, b, pa, pb in
-                            zip(prior.amounts, oracle.amounts, prior.policies, oracle.policies)]
+    out["SAME_SCHEDULE"] = [
+        np.array_equal(a, b) and pa.label == pb.label
+        for a, b, pa, pb in zip(prior.amounts, oracle.amounts, prior.policies, oracle.policies)
+    ]
     return out

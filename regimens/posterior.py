@@ -40,20 +40,26 @@ def check_link(model) -> dict[str, str]:
 
     link = dict(getattr(model, "simulates", {}) or {})
     if not link:
-        raise RegimenError("the model has no [model] simulates table, so its posterior cannot drive the regimen "
-                           "simulator: add e.g. simulates = { CL = \"gabapentin.CL\", V = \"gabapentin.V\" } to "
-                           "[model] (fitted parameter -> drug-library parameter, same units)")
+        raise RegimenError(
+            "the model has no [model] simulates table, so its posterior cannot drive the regimen "
+            'simulator: add e.g. simulates = { CL = "gabapentin.CL", V = "gabapentin.V" } to '
+            "[model] (fitted parameter -> drug-library parameter, same units)"
+        )
     names = {p.name: p for p in model.parameters}
     derived = set(getattr(model, "derived", {}) or {})
     for src, tgt in link.items():
         if src not in names and src not in derived:
-            raise RegimenError(f"simulates: {src!r} is not a parameter of the model (parameters: "
-                               f"{', '.join(sorted(set(names) | derived))})")
+            raise RegimenError(
+                f"simulates: {src!r} is not a parameter of the model (parameters: "
+                f"{', '.join(sorted(set(names) | derived))})"
+            )
         if tgt in PAIN_TARGETS:
             continue
         if "." not in tgt:
-            raise RegimenError(f"simulates: {src} -> {tgt!r}: write <drug>.<PARAM> (e.g. gabapentin.CL) or one of "
-                               f"{', '.join(PAIN_TARGETS)}")
+            raise RegimenError(
+                f"simulates: {src} -> {tgt!r}: write <drug>.<PARAM> (e.g. gabapentin.CL) or one of "
+                f"{', '.join(PAIN_TARGETS)}"
+            )
         drug, par = tgt.split(".", 1)
         try:
             d = get_drug(drug)
@@ -61,15 +67,15 @@ def check_link(model) -> dict[str, str]:
             raise RegimenError(f"simulates: {src} -> {tgt}: {exc}") from None
         lib = {p.name: p for p in d.params}
         if par not in lib:
-            raise RegimenError(f"simulates: {src} -> {tgt}: {d.name} has no parameter {par} (it has "
-                               f"{', '.join(lib)})")
+            raise RegimenError(f"simulates: {src} -> {tgt}: {d.name} has no parameter {par} (it has {', '.join(lib)})")
         if d.name != drug:
             raise RegimenError(f"simulates: write the library name {d.name}.{par}, not {tgt}")
         u_fit = names[src].unit if src in names else ""
         u_lib = getattr(lib[par], "unit", "") or ""
         if u_fit and u_lib and u_fit.replace(" ", "") != u_lib.replace(" ", ""):
-            raise RegimenError(f"simulates: {src} is in {u_fit} but {tgt} is in {u_lib}: refit or rescale the model "
-                               "so the units agree")
+            raise RegimenError(
+                f"simulates: {src} is in {u_fit} but {tgt} is in {u_lib}: refit or rescale the model so the units agree"
+            )
     return link
 
 
@@ -103,9 +109,12 @@ def posterior_draws(source: Any, n: int) -> tuple[pd.DataFrame, list[str]]:
         if not d.is_dir():
             raise RegimenError(f"posterior directory {d} does not exist (run `pkpd forecast ... --out {d}` first)")
         if not (d / "draws.csv").is_file():
-            hint = (" (this looks like a `pkpd fit` directory: forecast the patient first with `pkpd forecast "
-                    f"PATIENT.csv --model {d}/model.toml --out FORECAST_DIR` and pass FORECAST_DIR)"
-                    if (d / "parameters.csv").is_file() else "")
+            hint = (
+                " (this looks like a `pkpd fit` directory: forecast the patient first with `pkpd forecast "
+                f"PATIENT.csv --model {d}/model.toml --out FORECAST_DIR` and pass FORECAST_DIR)"
+                if (d / "parameters.csv").is_file()
+                else ""
+            )
             raise RegimenError(f"{d} has no draws.csv{hint}")
         if not (d / "model.toml").is_file():
             raise RegimenError(f"{d} has no model.toml (the model the forecast used; `pkpd forecast` writes it)")
@@ -132,7 +141,9 @@ def posterior_draws(source: Any, n: int) -> tuple[pd.DataFrame, list[str]]:
     idx = np.floor((np.arange(n) + 0.5) * m / n).astype(int)  # systematic: every draw ~n/m times, in order
     rows = pd.DataFrame({tgt: vals[idx, j] for j, tgt in enumerate(link.values())})
     med = {tgt: float(np.median(vals[:, j])) for j, tgt in enumerate(link.values())}
-    notes = [f"scenario draws: the patient's forecast posterior ({m} draws from {where}, resampled to {n}) for "
-             + ", ".join(f"{t} (median {v:.4g})" for t, v in med.items())
-             + "; other quantities from the population prior"]
+    notes = [
+        f"scenario draws: the patient's forecast posterior ({m} draws from {where}, resampled to {n}) for "
+        + ", ".join(f"{t} (median {v:.4g})" for t, v in med.items())
+        + "; other quantities from the population prior"
+    ]
     return rows, notes

@@ -85,8 +85,16 @@ _COUNT = re.compile(r"^x(\d+)$", re.IGNORECASE)
 _PER24 = re.compile(r"^(\d+)/24h$", re.IGNORECASE)
 _HEADER = re.compile(r"^\s*(name|description|horizon|horizon_h|reference)\s*:", re.IGNORECASE)
 _MASS = {"mg": 1.0, "g": 1000.0, "mcg": 1e-3, "ug": 1e-3, "µg": 1e-3}
-_TIME_UNITS = {"h": 1.0, "hr": 1.0, "hrs": 1.0, "hour": 1.0, "hours": 1.0, "min": 1 / 60, "mins": 1 / 60,
-               "minutes": 1 / 60}
+_TIME_UNITS = {
+    "h": 1.0,
+    "hr": 1.0,
+    "hrs": 1.0,
+    "hour": 1.0,
+    "hours": 1.0,
+    "min": 1 / 60,
+    "mins": 1 / 60,
+    "minutes": 1 / 60,
+}
 _CLAUSES = "q6h, once, at, from, to, for, over, x4, infusion, PRN, NRS>=4, PCA, lockout, basal, max, loading, if"
 
 
@@ -157,8 +165,9 @@ class _Line:
         u = unit.lower()
         parts = u.split("/")
         if parts[0] not in _MASS:
-            raise self.error(unit, f"expected a dose unit after {tok!r}: mg, mg/kg, mg/kg/h or mg/h (g and mcg also "
-                                   "work)")
+            raise self.error(
+                unit, f"expected a dose unit after {tok!r}: mg, mg/kg, mg/kg/h or mg/h (g and mcg also work)"
+            )
         if parts[1:] not in ([], ["kg"], ["kg", "h"], ["h"]):
             raise self.error(unit, "unknown dose unit; use mg, mg/kg, mg/kg/h or mg/h (g and mcg also work)")
         shown = tok if m.group(2) else f"{tok} {unit}"
@@ -180,14 +189,31 @@ def _route(line: _Line, drug: str, after: str) -> str:
     label = ROUTE_ALIASES.get(key, key)
     if label not in routes:
         known = label in ROUTE_ALIASES.values() or label in ROUTE_DISPLAY
-        why = f"{drug} has no route {tok!r}" if known or label in _ALL_ROUTE_WORDS else \
-            f"expected a route (IV, PO, PO ER, SC, infiltration) after {after!r}"
+        why = (
+            f"{drug} has no route {tok!r}"
+            if known or label in _ALL_ROUTE_WORDS
+            else f"expected a route (IV, PO, PO ER, SC, infiltration) after {after!r}"
+        )
         raise line.error(tok, f"{why}; routes of {drug}: {shown}")
     return label
 
 
-_ALL_ROUTE_WORDS = {"im", "epidural", "intrathecal", "transdermal", "td", "patch", "oral", "sl", "block",
-                    "perineural", "in", "intranasal", "pr", "rectal"}
+_ALL_ROUTE_WORDS = {
+    "im",
+    "epidural",
+    "intrathecal",
+    "transdermal",
+    "td",
+    "patch",
+    "oral",
+    "sl",
+    "block",
+    "perineural",
+    "in",
+    "intranasal",
+    "pr",
+    "rectal",
+}
 
 
 def _parse_item(line: _Line) -> Any:
@@ -294,8 +320,7 @@ def _parse_item(line: _Line) -> Any:
             else:
                 v, u, t = line.amount("max")
                 if u != "mg/h":
-                    raise line.error(t, "write 'max 6/24h' (PRN doses per 24 h) or 'max 1.2 mg/h' (PCA hourly "
-                                        "maximum)")
+                    raise line.error(t, "write 'max 6/24h' (PRN doses per 24 h) or 'max 1.2 mg/h' (PCA hourly maximum)")
                 fields["hourly_max"], toks["hourly_max"] = v, tok
         else:
             raise line.error(tok, f"unexpected word; expected one of: {_CLAUSES}")
@@ -307,8 +332,7 @@ def _parse_item(line: _Line) -> Any:
     return _build_scheduled(line, drug, route, value, unit, fields, flags, adjustments, toks)
 
 
-def _reject(line: _Line, what: str, fields: dict, flags: set, toks: dict, allowed: set[str],
-            adjustments: list) -> None:
+def _reject(line: _Line, what: str, fields: dict, flags: set, toks: dict, allowed: set[str], adjustments: list) -> None:
     for key in [*fields, *flags]:
         if key not in allowed and key != "pca":
             raise line.error(toks[key], f"{toks[key]!r} does not apply to {what}")
@@ -328,26 +352,44 @@ def _window(line: _Line, fields: dict, toks: dict) -> tuple[float, float | None]
     return start, stop
 
 
-def _build_scheduled(line: _Line, drug: str, route: str, value: float, unit: str, fields: dict, flags: set,
-                     adjustments: list, toks: dict) -> Scheduled:
+def _build_scheduled(
+    line: _Line, drug: str, route: str, value: float, unit: str, fields: dict, flags: set, adjustments: list, toks: dict
+) -> Scheduled:
     line.kind = "scheduled"
     allowed = {"every", "once", "start", "stop", "for", "over", "infusion", "count"}
-    _reject(line, "a scheduled dose (remove it, or add 'PRN NRS>=4' / 'PCA lockout 10 min')", fields, flags, toks,
-            allowed, [])
+    _reject(
+        line,
+        "a scheduled dose (remove it, or add 'PRN NRS>=4' / 'PCA lockout 10 min')",
+        fields,
+        flags,
+        toks,
+        allowed,
+        [],
+    )
     start, stop = _window(line, fields, toks)
-    kw: dict[str, Any] = {"drug": drug, "route": route, "start_h": start, "stop_h": stop,
-                          "adjustments": tuple(adjustments)}
+    kw: dict[str, Any] = {
+        "drug": drug,
+        "route": route,
+        "start_h": start,
+        "stop_h": stop,
+        "adjustments": tuple(adjustments),
+    }
     if unit in ("mg/h", "mg/kg/h"):
         line.kind = "infusion"
         for key in ("every", "once", "count", "over"):
             if key in fields or key in flags:
-                raise line.error(toks[key], f"a continuous infusion ({unit}) runs from 'from' to 'to'; "
-                                            f"{toks[key]!r} does not apply")
+                raise line.error(
+                    toks[key], f"a continuous infusion ({unit}) runs from 'from' to 'to'; {toks[key]!r} does not apply"
+                )
         kw["rate_mg_h" if unit == "mg/h" else "rate_mg_per_kg_h"] = value
         return Scheduled(**kw)
     if "infusion" in flags and "over" not in fields:
-        raise line.error("infusion", f"a {unit} dose given as an infusion needs a duration, e.g. 'over 30min'; for a "
-                                     "continuous infusion give a rate in mg/h or mg/kg/h", "infusion")
+        raise line.error(
+            "infusion",
+            f"a {unit} dose given as an infusion needs a duration, e.g. 'over 30min'; for a "
+            "continuous infusion give a rate in mg/h or mg/kg/h",
+            "infusion",
+        )
     kw["dose_mg" if unit == "mg" else "dose_mg_per_kg"] = value
     kw["infusion_h"] = fields.get("over", 0.0)
     if "once" in flags:
@@ -356,8 +398,9 @@ def _build_scheduled(line: _Line, drug: str, route: str, value: float, unit: str
             raise line.error(toks["every"], "a line is either 'once' or repeated ('q6h'), not both")
         for key in ("stop", "for", "count"):
             if key in fields:
-                raise line.error(toks[key], "a single dose ('once') takes no end time or count; use "
-                                            "'q6h ... to 48h' to repeat it")
+                raise line.error(
+                    toks[key], "a single dose ('once') takes no end time or count; use 'q6h ... to 48h' to repeat it"
+                )
         kw["stop_h"] = None
         return Scheduled(**kw)
     if "every" not in fields:
@@ -365,18 +408,23 @@ def _build_scheduled(line: _Line, drug: str, route: str, value: float, unit: str
             line.kind = "single"
             kw["stop_h"] = None
             return Scheduled(**kw)
-        raise line.error(None, "missing schedule: write 'q6h' (repeated), 'once at -2h' (single) or a rate in "
-                               "mg/h or mg/kg/h with 'infusion from -3h to 0h'")
+        raise line.error(
+            None,
+            "missing schedule: write 'q6h' (repeated), 'once at -2h' (single) or a rate in "
+            "mg/h or mg/kg/h with 'infusion from -3h to 0h'",
+        )
     kw["every_h"] = fields["every"]
     kw["count"] = fields.get("count")
     return Scheduled(**kw)
 
 
-def _build_prn(line: _Line, drug: str, route: str, value: float, unit: str, fields: dict, flags: set,
-               adjustments: list, toks: dict) -> PRN:
+def _build_prn(
+    line: _Line, drug: str, route: str, value: float, unit: str, fields: dict, flags: set, adjustments: list, toks: dict
+) -> PRN:
     line.kind = "prn"
-    _reject(line, "a PRN line", fields, flags, toks, {"every", "start", "stop", "for", "nrs", "max24", "prn"},
-            adjustments)
+    _reject(
+        line, "a PRN line", fields, flags, toks, {"every", "start", "stop", "for", "nrs", "max24", "prn"}, adjustments
+    )
     if unit != "mg":
         raise line.error(toks["dose"], "a PRN dose is given in mg")
     if "every" not in fields:
@@ -387,18 +435,35 @@ def _build_prn(line: _Line, drug: str, route: str, value: float, unit: str, fiel
     return PRN(drug, route, value, fields["nrs"], fields["every"], start, stop, fields.get("max24"))
 
 
-def _build_pca(line: _Line, drug: str, route: str, value: float, unit: str, fields: dict, flags: set,
-               adjustments: list, toks: dict) -> PCA:
+def _build_pca(
+    line: _Line, drug: str, route: str, value: float, unit: str, fields: dict, flags: set, adjustments: list, toks: dict
+) -> PCA:
     line.kind = "pca"
-    _reject(line, "a PCA line", fields, flags, toks, {"start", "stop", "for", "lockout", "basal", "loading",
-                                                      "hourly_max"}, adjustments)
+    _reject(
+        line,
+        "a PCA line",
+        fields,
+        flags,
+        toks,
+        {"start", "stop", "for", "lockout", "basal", "loading", "hourly_max"},
+        adjustments,
+    )
     if unit != "mg":
         raise line.error(toks["dose"], "a PCA demand dose is given in mg")
     if "lockout" not in fields:
         raise line.error("PCA", "a PCA line needs its lockout, e.g. 'lockout 10 min'")
     start, stop = _window(line, fields, toks)
-    return PCA(drug, route, value, fields["lockout"] * 60.0, start, stop, fields.get("basal", 0.0),
-               fields.get("hourly_max"), fields.get("loading", 0.0))
+    return PCA(
+        drug,
+        route,
+        value,
+        fields["lockout"] * 60.0,
+        start,
+        stop,
+        fields.get("basal", 0.0),
+        fields.get("hourly_max"),
+        fields.get("loading", 0.0),
+    )
 
 
 def _parse_adjustment(line: _Line) -> Adjustment:
@@ -469,8 +534,7 @@ def _parse_modality(line: _Line, kind: str) -> Modality:
         raise line.error(kind, str(exc)) from None
 
 
-def parse_regimen_text(text: str, *, name: str = "custom", description: str = "",
-                       horizon_h: float = 72.0) -> Regimen:
+def parse_regimen_text(text: str, *, name: str = "custom", description: str = "", horizon_h: float = 72.0) -> Regimen:
     """Parse the short text form (see the module docstring) into a :class:`Regimen`.
 
     Parameters
@@ -496,14 +560,13 @@ def parse_regimen_text(text: str, *, name: str = "custom", description: str = ""
         raw = raw.rstrip("\r")
         if m := _HEADER.match(raw):
             key = m.group(1).lower()
-            value = raw[m.end():]
+            value = raw[m.end() :]
             value = value.removeprefix(" ")
             if key == "description":
                 desc_lines.append(value)
             elif key == "reference":
                 if not value.strip():
-                    raise RegimenParseError(lineno, "reference:", "empty reference", "reference: Iyer 2023, Spine",
-                                            raw)
+                    raise RegimenParseError(lineno, "reference:", "empty reference", "reference: Iyer 2023, Spine", raw)
                 refs.append(value.strip())
             elif key == "name":
                 if "name" in header:
@@ -513,8 +576,9 @@ def parse_regimen_text(text: str, *, name: str = "custom", description: str = ""
                 header["name"] = value.strip()
             else:
                 if "horizon" in header:
-                    raise RegimenParseError(lineno, m.group(1) + ":", "'horizon:' is given twice",
-                                            EXAMPLES["header"], raw)
+                    raise RegimenParseError(
+                        lineno, m.group(1) + ":", "'horizon:' is given twice", EXAMPLES["header"], raw
+                    )
                 hl = _Line(lineno, value, raw)
                 hl.kind = "header"
                 h, tok = hl.time("horizon")
@@ -556,9 +620,25 @@ def parse_regimen_text(text: str, *, name: str = "custom", description: str = ""
         raise
 
 
-_FIELDS = ("stop_h", "start_h", "infusion_h", "every_h", "count", "lockout_min", "hourly_max_mg", "threshold_nrs",
-           "min_interval_h", "max_per_24h", "dose_mg_per_kg", "rate_mg_per_kg_h", "rate_mg_h", "demand_mg",
-           "basal_mg_h", "loading_mg", "dose_mg")
+_FIELDS = (
+    "stop_h",
+    "start_h",
+    "infusion_h",
+    "every_h",
+    "count",
+    "lockout_min",
+    "hourly_max_mg",
+    "threshold_nrs",
+    "min_interval_h",
+    "max_per_24h",
+    "dose_mg_per_kg",
+    "rate_mg_per_kg_h",
+    "rate_mg_h",
+    "demand_mg",
+    "basal_mg_h",
+    "loading_mg",
+    "dose_mg",
+)
 
 
 def _toks_hint(line: _Line) -> dict[str, str]:

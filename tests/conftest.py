@@ -32,9 +32,21 @@ def _release_compiled_programs():
 #: Test files that take the longest (minutes, mostly compilation), run first: `make test` runs
 #: `pytest -n 2 --dist loadfile`, which hands whole files to its two workers in collection order, so long
 #: files started last would leave one worker idle at the end (longest-first keeps both busy).
-LONG_FILES = ("test_scaleout.py", "test_optimize.py", "test_notebooks.py", "test_report.py", "test_fit_bayes.py",
-              "test_fit_recovery.py", "test_fit_pd.py", "test_regimen_sim.py", "test_precision.py",
-              "test_fit_laplace.py", "test_conformance.py", "test_ode_vs_analytic.py", "test_properties.py")
+LONG_FILES = (
+    "test_scaleout.py",
+    "test_optimize.py",
+    "test_notebooks.py",
+    "test_report.py",
+    "test_fit_bayes.py",
+    "test_fit_recovery.py",
+    "test_fit_pd.py",
+    "test_regimen_sim.py",
+    "test_precision.py",
+    "test_fit_laplace.py",
+    "test_conformance.py",
+    "test_ode_vs_analytic.py",
+    "test_properties.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):

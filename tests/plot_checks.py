@@ -53,8 +53,9 @@ def check_figure(fig, units_expected: dict[str, str] | None = None) -> list[str]
         for a in artists:
             if _has_data(a):
                 lab = a.get_label()
-                assert lab and not lab.startswith("_") and lab in legend_texts, \
+                assert lab and not lab.startswith("_") and lab in legend_texts, (
                     f"artist without legend entry: {type(a).__name__} {lab!r} in {ax.get_title()!r}"
+                )
         for cont in ax.containers:  # bars: the container or (ax.hist) its first patch carries the label
             lab = cont.get_label() if not cont.get_label().startswith("_") or not len(cont) else cont[0].get_label()
             assert lab and not lab.startswith("_") and lab in legend_texts, f"bars without legend entry: {lab!r}"

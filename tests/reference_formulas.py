@@ -189,16 +189,12 @@ def disposition(ncmt, p):
     cosarg = max(-1.0, min(1.0, -qq / (2.0 * r1)))
     phi = math.acos(cosarg) / 3.0
     r2 = 2.0 * r1 ** (1.0 / 3.0)
-    lam = np.array(
-        [a2 / 3.0 - r2 * math.cos(phi + 2.0 * math.pi * j / 3.0) for j in range(3)]
-    )
+    lam = np.array([a2 / 3.0 - r2 * math.cos(phi + 2.0 * math.pi * j / 3.0) for j in range(3)])
     lam = np.sort(lam)[::-1].copy()
     coef = np.empty(3)
     for i in range(3):
         j, k = [m for m in range(3) if m != i]
-        coef[i] = (
-            (k21 - lam[i]) * (k31 - lam[i]) / ((lam[j] - lam[i]) * (lam[k] - lam[i])) / v1
-        )
+        coef[i] = (k21 - lam[i]) * (k31 - lam[i]) / ((lam[j] - lam[i]) * (lam[k] - lam[i])) / v1
     return lam, coef
 
 
@@ -302,7 +298,13 @@ def conc_multiple(kind, t, doses, ncmt, p, **kw):
             total = total + conc_infusion(t, amt, kw["duration"], ncmt, p, tstart=tdose)
         elif kind == "oral":
             total = total + conc_oral(
-                t, amt, ncmt, p, kw["ka"], F=kw.get("F", 1.0), tdose=tdose,
+                t,
+                amt,
+                ncmt,
+                p,
+                kw["ka"],
+                F=kw.get("F", 1.0),
+                tdose=tdose,
                 tlag=kw.get("tlag", 0.0),
             )
         else:
@@ -355,9 +357,7 @@ def conc_ss_infusion(t_since_start, dose, duration, tau, ncmt, p):
     acc = _accum(lam, tau)
     onem_T = _one_minus_exp(lam * T)
     td = np.minimum(t, T)
-    during = w * (
-        _one_minus_exp(lam * td) + np.exp(-lam * td) * onem_T * np.exp(-lam * (tau - T)) * acc
-    )
+    during = w * (_one_minus_exp(lam * td) + np.exp(-lam * td) * onem_T * np.exp(-lam * (tau - T)) * acc)
     after = w * onem_T * np.exp(-lam * np.maximum(t - T, 0.0)) * acc
     return rate * np.sum(np.where(t <= T, during, after), axis=-1)
 

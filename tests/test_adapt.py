@@ -19,9 +19,25 @@ from regimens.adapt import adapt_to_patient, rescue_tables
 from regimens.io import get_regimen
 from regimens.optimize import DecisionSpace, OptimizeSettings, _choices_explained, worse_than
 
-SEVERE = {"AGE": 60.0, "MALE": 1.0, "WT": 80.0, "HT": 175.0, "LBM": 60.0, "FFM": 60.0, "IBW": 70.0, "SCR": 2.5,
-          "CRCL": 25.0, "HEPATIC": 3.0, "OPIOID_TOL": 0.0, "OSA": 0.0, "OPEN_SURGERY": 1.0, "CYP2D6_AS": 2.0,
-          "CYP2D6_10_10": 0.0, "CYP2C9_AS": 2.0, "OPRM1_G": 0.0}
+SEVERE = {
+    "AGE": 60.0,
+    "MALE": 1.0,
+    "WT": 80.0,
+    "HT": 175.0,
+    "LBM": 60.0,
+    "FFM": 60.0,
+    "IBW": 70.0,
+    "SCR": 2.5,
+    "CRCL": 25.0,
+    "HEPATIC": 3.0,
+    "OPIOID_TOL": 0.0,
+    "OSA": 0.0,
+    "OPEN_SURGERY": 1.0,
+    "CYP2D6_AS": 2.0,
+    "CYP2D6_10_10": 0.0,
+    "CYP2C9_AS": 2.0,
+    "OPRM1_G": 0.0,
+}
 
 
 def _rolling_max(times, amounts, width=24.0):
@@ -34,8 +50,8 @@ def test_c1_adapted_to_severe_hepatic_and_crcl_25():
     assert ad.changed and ad.regimen.name == "C1 adapted"
     ev = [e for e in ad.regimen.dose_events(SEVERE) if e.kind == "scheduled"]
     drugs = {e.drug for e in ev}
-    assert "acetaminophen" not in drugs          # severe hepatic impairment: contraindicated
-    assert "ketorolac" not in drugs              # CrCL < 30: contraindicated (advanced renal impairment)
+    assert "acetaminophen" not in drugs  # severe hepatic impairment: contraindicated
+    assert "ketorolac" not in drugs  # CrCL < 30: contraindicated (advanced renal impairment)
     gaba = [(e.time_h, e.amount_mg) for e in ev if e.drug == "gabapentin"]
     assert gaba, "gabapentin is kept at a lower dose, not dropped"
     assert _rolling_max(*zip(*gaba)) <= 700.0 + 1e-6  # Neurontin table, CrCL 15-29 mL/min
@@ -44,8 +60,9 @@ def test_c1_adapted_to_severe_hepatic_and_crcl_25():
     assert {"ketamine", "bupivacaine_liposomal"} <= drugs
     # the as-needed rules: every threshold and interval kept, the doses at the labels' starting-dose fractions
     # (hydromorphone 25 %: severe renal and severe hepatic alike; oxycodone IR 1/3: hepatic impairment)
-    assert [(r.drug, r.threshold_nrs, r.min_interval_h) for r in ad.regimen.prn] == \
-        [(r.drug, r.threshold_nrs, r.min_interval_h) for r in c1.prn]
+    assert [(r.drug, r.threshold_nrs, r.min_interval_h) for r in ad.regimen.prn] == [
+        (r.drug, r.threshold_nrs, r.min_interval_h) for r in c1.prn
+    ]
     assert [r.dose_mg for r in ad.regimen.prn] == [1.666, 3.333, 0.125]  # 5/3, 10/3 (to 1 ug, down), 0.5/4
     assert ad.regimen.pca == c1.pca == ()
     # every change is said with its limit and source
@@ -121,7 +138,7 @@ def _prn(reg):
 def test_c1_adapted_gives_hydromorphone_at_25_percent_at_crcl_15():
     ad = adapt_to_patient(get_regimen("C1"), CRCL15)
     prn = _prn(ad.regimen)
-    assert prn[("hydromorphone", 7.0)] == 0.5 * 0.25                      # DILAUDID: severe renal, 25 %
+    assert prn[("hydromorphone", 7.0)] == 0.5 * 0.25  # DILAUDID: severe renal, 25 %
     assert prn[("oxycodone", 4.0)] == 5.0 and prn[("oxycodone", 7.0)] == 10.0  # ROXICODONE: renal, no number
     line = [c for c in ad.changes if c.startswith("hydromorphone IV")]
     assert line and "0.5 mg per dose as given -> 0.125 mg" in line[0] and "25 %" in line[0]
@@ -136,7 +153,7 @@ def test_c1_adapted_gives_hydromorphone_at_25_percent_at_crcl_15():
 def test_c1_adapted_gives_oxycodone_at_one_third_in_severe_hepatic_impairment():
     ad = adapt_to_patient(get_regimen("C1"), HEPATIC3)
     prn = _prn(ad.regimen)
-    assert prn[("hydromorphone", 7.0)] == 0.5 * 0.25                      # DILAUDID: hepatic, 25 % (lower end)
+    assert prn[("hydromorphone", 7.0)] == 0.5 * 0.25  # DILAUDID: hepatic, 25 % (lower end)
     # ROXICODONE hepatic: 1/3 (the lower end of 1/3 to 1/2), rounded down to a whole microgram
     assert prn[("oxycodone", 4.0)] <= 5.0 / 3.0 and prn[("oxycodone", 4.0)] > 5.0 / 3.0 - 1e-3
     assert prn[("oxycodone", 7.0)] <= 10.0 / 3.0 and prn[("oxycodone", 7.0)] > 10.0 / 3.0 - 1e-3
@@ -172,8 +189,9 @@ def test_a_normal_patient_is_unchanged_and_simulated_bit_for_bit_as_before():
     W = np.stack([a.weights for a in ads])[row_patient]
     opts = SimOptions(record_trajectories=True, record_doses=True)
     tabs = rescue_tables(c1, ads, rows.iloc[:1], opts)
-    new = simulate_regimen(c1, rows, seed=3, options=opts, dose_weights=W,
-                           rescue_tables={k: v[row_patient] for k, v in tabs.items()})
+    new = simulate_regimen(
+        c1, rows, seed=3, options=opts, dose_weights=W, rescue_tables={k: v[row_patient] for k, v in tabs.items()}
+    )
     old = simulate_regimen(c1, rows, seed=3, options=opts, dose_weights=W)
     num = new.patients.select_dtypes("number").columns
     pd.testing.assert_frame_equal(new.patients[num].iloc[:3], old.patients[num].iloc[:3], check_exact=True)

@@ -21,10 +21,18 @@ ADVERSARIAL = [
     Patient(age_y=90, sex="female", weight_kg=55, height_cm=155, scr_mg_dl=1.1, id=3),
     Patient(age_y=60, sex="male", weight_kg=80, height_cm=175, crcl_ml_min=15, scr_mg_dl=4.5, id=4),
     Patient(age_y=55, sex="male", weight_kg=75, height_cm=178, scr_mg_dl=0.9, hepatic="severe", id=5),
-    Patient(age_y=40, sex="female", weight_kg=70, height_cm=165, scr_mg_dl=0.8, opioid_tolerant=True, osa=True,
-            genotypes=("CYP2D6 *4/*4", "CYP2C9 *3/*3", "OPRM1 A118G GG"), id=6),
-    Patient(age_y=35, sex="male", weight_kg=90, height_cm=185, scr_mg_dl=0.9,
-            genotypes=("CYP2D6 *1/*1x2",), id=7),
+    Patient(
+        age_y=40,
+        sex="female",
+        weight_kg=70,
+        height_cm=165,
+        scr_mg_dl=0.8,
+        opioid_tolerant=True,
+        osa=True,
+        genotypes=("CYP2D6 *4/*4", "CYP2C9 *3/*3", "OPRM1 A118G GG"),
+        id=6,
+    ),
+    Patient(age_y=35, sex="male", weight_kg=90, height_cm=185, scr_mg_dl=0.9, genotypes=("CYP2D6 *1/*1x2",), id=7),
 ]
 
 
@@ -46,14 +54,16 @@ def test_c1_outcomes_finite_for_adversarial_patients(pop):
 def test_c1_findings_for_adversarial_patients(pop):
     f = regimen_findings(get_regimen("C1"), pop)
     by = {(r.drug, r.rule): r for r in f.itertuples()}
-    assert ("acetaminophen", "max_single_dose") in by          # 45 kg: 1 g > 15 mg/kg
-    assert ("ketorolac", "contraindicated") in by or ("ketorolac", "max_daily_dose") in by   # CrCL 15, age 90
-    assert ("acetaminophen", "contraindicated") in by          # severe hepatic impairment
+    assert ("acetaminophen", "max_single_dose") in by  # 45 kg: 1 g > 15 mg/kg
+    assert ("ketorolac", "contraindicated") in by or ("ketorolac", "max_daily_dose") in by  # CrCL 15, age 90
+    assert ("acetaminophen", "contraindicated") in by  # severe hepatic impairment
     assert all(s in ("warning", "error") for s in f.severity)
 
 
-@pytest.mark.parametrize("patient_id, drug, route", [(6, "codeine", "po"), (7, "codeine", "po"),
-                                                     (6, "tramadol", "po_er"), (7, "tramadol", "po_er")])
+@pytest.mark.parametrize(
+    "patient_id, drug, route",
+    [(6, "codeine", "po"), (7, "codeine", "po"), (6, "tramadol", "po_er"), (7, "tramadol", "po_er")],
+)
 def test_cpic_avoid_for_cyp2d6_poor_and_ultrarapid(pop, patient_id, drug, route):
     row = pop[pop.ID == patient_id].iloc[0]
     cov = {k: float(v) for k, v in row.items() if isinstance(v, (int, float, np.floating, np.integer))}
@@ -168,7 +178,7 @@ def adversarial_run(pop):
 
     combos = pop.iloc[[3, 4, 5]].copy()
     combos["ID"] = [11, 12, 13]
-    combos["HEPATIC"] = [3.0, 2.0, 3.0]              # CrCL 15 + severe hepatic; severe hepatic + moderate; ...
+    combos["HEPATIC"] = [3.0, 2.0, 3.0]  # CrCL 15 + severe hepatic; severe hepatic + moderate; ...
     combos["CRCL"] = [15.0, 25.0, 20.0]
     combos["CYP2C9_AS"] = [0.0, 2.0, 0.0]
     combos["AGE"] = [90.0, 70.0, 60.0]
@@ -196,8 +206,9 @@ def test_no_proposal_for_an_adversarial_patient_breaks_a_label_renal_hepatic_or_
         reg = res.spaces[p].regimen(res.amounts[p], rescue=pol.rules)
         ev = [e for e in reg.dose_events(cov) if e.kind == "scheduled"]
         v = _independent_violations(cov, ev)
-        v += _rescue_violations(cov, [(r.drug, r.dose_mg) for r in reg.prn],
-                                [(r.drug, r.dose_mg) for r in written[pol.label].rules])
+        v += _rescue_violations(
+            cov, [(r.drug, r.dose_mg) for r in reg.prn], [(r.drug, r.dose_mg) for r in written[pol.label].rules]
+        )
         if v:
             bad[int(allp.ID.iloc[p])] = v
     assert not bad, bad
@@ -223,8 +234,11 @@ def test_rescue_doses_actually_simulated_are_within_the_fractions(adversarial_ru
             f = _opioid_fraction(it["drug"], cov)
             assert tab[q, i].max() <= f * min(top, USUAL_START_MAX[it["drug"]]) + 1e-9, (allp.ID.iloc[p], it["drug"])
     patient_of = dict(zip(res.rows["ID"], row_patient))
-    written = {"proposal": {"hydromorphone": 0.5, "oxycodone": 10.0}, "C1": {"hydromorphone": 0.5, "oxycodone": 10.0},
-               "C0": {"hydromorphone": 0.2, "oxycodone": 10.0}}
+    written = {
+        "proposal": {"hydromorphone": 0.5, "oxycodone": 10.0},
+        "C1": {"hydromorphone": 0.5, "oxycodone": 10.0},
+        "C0": {"hydromorphone": 0.2, "oxycodone": 10.0},
+    }
     restricted_given = 0
     for name, top in written.items():
         d = res.draws[name].doses
@@ -263,8 +277,9 @@ def test_comparators_of_unrestricted_patients_are_bit_identical_to_before(advers
         reg = get_regimen(name)
         W = np.repeat(np.stack([adapt_to_patient(reg, _cov(allp, p)).weights for p in range(len(allp))]), S, axis=0)
         with fast_compile(st.compile_fast):  # as the optimizer compiles its simulations
-            before = simulate_regimen(reg, res.rows, seed=st.seed, options=opts,
-                                      dose_weights=None if np.all(W == 1.0) else W).patients
+            before = simulate_regimen(
+                reg, res.rows, seed=st.seed, options=opts, dose_weights=None if np.all(W == 1.0) else W
+            ).patients
         now = res.draws[name].patients
         num = [c for c in now.select_dtypes("number").columns]
         pd.testing.assert_frame_equal(now[num].iloc[rows_free], before[num].iloc[rows_free], check_exact=True)

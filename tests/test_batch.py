@@ -17,9 +17,17 @@ from pkpd import batch
 
 def _table(lo: int, hi: int) -> pd.DataFrame:
     ids = np.arange(lo, hi)
-    return pd.DataFrame({"ID": ids + 1, "X": np.sqrt(ids + 0.1) / 3.0, "T_FIRST": np.where(ids % 2, np.nan, ids * 0.1),
-                         "SAFE": ids % 3 != 0, "WHY": ["" if i % 2 else f"limit {i}; other" for i in ids],
-                         "N": (ids * 7).astype(np.int64), "SEX": ["female", "male"][0] * 1})
+    return pd.DataFrame(
+        {
+            "ID": ids + 1,
+            "X": np.sqrt(ids + 0.1) / 3.0,
+            "T_FIRST": np.where(ids % 2, np.nan, ids * 0.1),
+            "SAFE": ids % 3 != 0,
+            "WHY": ["" if i % 2 else f"limit {i}; other" for i in ids],
+            "N": (ids * 7).astype(np.int64),
+            "SEX": ["female", "male"][0] * 1,
+        }
+    )
 
 
 def test_chunk_store_round_trip_is_exact(tmp_path):
@@ -79,8 +87,10 @@ def test_chunk_rows_override_and_cpu_default():
     assert batch.config().chunk_size is None  # restored after the block
 
 
-@pytest.mark.parametrize("kw, match", [({"devices": 0}, "positive integer"), ({"chunk_size": 2.5}, "positive"),
-                                       ({"memory_fraction": 0}, r"\(0, 1\]")])
+@pytest.mark.parametrize(
+    "kw, match",
+    [({"devices": 0}, "positive integer"), ({"chunk_size": 2.5}, "positive"), ({"memory_fraction": 0}, r"\(0, 1\]")],
+)
 def test_configure_rejects_bad_values(kw, match):
     with pytest.raises(batch.BatchError, match=match):
         batch.configure(**kw)
@@ -109,17 +119,26 @@ def test_set_precision_rejects_unknown():
 def test_devices_command_prints_what_jax_sees():
     res = runner.invoke(app, ["devices"])
     assert res.exit_code == 0, cli_output(res)
-    for text in ("platform: cpu", "process: 0 of 1", "sharded over 1", "precision: float64 (x64 on",
-                 "device 0: cpu", "host memory available"):
+    for text in (
+        "platform: cpu",
+        "process: 0 of 1",
+        "sharded over 1",
+        "precision: float64 (x64 on",
+        "device 0: cpu",
+        "host memory available",
+    ):
         assert text in res.output, text
 
 
-@pytest.mark.parametrize("args, match", [
-    (["devices", "--precision", "float16"], "precision must be one of"),
-    (["simulate", "--regimen", "C1", "--population", "4", "--devices", "9"], "9 devices asked for"),
-    (["simulate", "--regimen", "C1", "--num-processes", "2"], "missing"),
-    (["trial", "--population", "2", "--devices", "9"], "xla_force_host_platform_device_count=9"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["devices", "--precision", "float16"], "precision must be one of"),
+        (["simulate", "--regimen", "C1", "--population", "4", "--devices", "9"], "9 devices asked for"),
+        (["simulate", "--regimen", "C1", "--num-processes", "2"], "missing"),
+        (["trial", "--population", "2", "--devices", "9"], "xla_force_host_platform_device_count=9"),
+    ],
+)
 def test_scaleout_options_clear_errors(tmp_path, args, match):
     res = runner.invoke(app, args + ["--out", str(tmp_path / "o")] if args[0] != "devices" else args)
     assert res.exit_code == 1

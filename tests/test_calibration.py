@@ -33,6 +33,7 @@ def _linear_problem(J=J, seed=0):
 
     def f(x):  # x (..., J, D) standardized inputs
         return np.einsum("...jd,jd->...j", x, A) + c
+
     return f
 
 
@@ -40,8 +41,11 @@ def test_emulator_reproduces_a_known_function():
     """GP with a linear mean on a linear 'simulator' plus noise 0.01: held-out RMSE below 0.05."""
     f = _linear_problem()
     z, u, w = sample_design(160, 1, 0)
-    x = standardize(np.broadcast_to(z[:, None, :], (160, J, P)), np.broadcast_to(u[:, :1], (160, J)),
-                    np.broadcast_to(w[:, :1], (160, J)))
+    x = standardize(
+        np.broadcast_to(z[:, None, :], (160, J, P)),
+        np.broadcast_to(u[:, :1], (160, J)),
+        np.broadcast_to(w[:, :1], (160, J)),
+    )
     y = f(x) + 0.01 * np.random.default_rng(1).normal(size=(160, J))
     emu = fit_emulator(x[:128], y[:128], fit_points=64)
     chk = emu.check(x[128:], y[128:])
@@ -62,8 +66,11 @@ def test_posterior_recovers_a_known_parameter_set():
     parameters themselves are not all identified by 12 targets; what is identified must be recovered)."""
     f = _linear_problem()
     z, u, w = sample_design(128, 1, 0)
-    x = standardize(np.broadcast_to(z[:, None, :], (128, J, P)), np.broadcast_to(u[:, :1], (128, J)),
-                    np.broadcast_to(w[:, :1], (128, J)))
+    x = standardize(
+        np.broadcast_to(z[:, None, :], (128, J, P)),
+        np.broadcast_to(u[:, :1], (128, J)),
+        np.broadcast_to(w[:, :1], (128, J)),
+    )
     emu = fit_emulator(x, f(x), fit_points=64)
     rng = np.random.default_rng(5)
     z_true = np.array([p.prior_loc_scale[0] + 0.5 * p.prior_loc_scale[1] * rng.normal() for p in OUTCOME_PARAMETERS])
@@ -72,8 +79,11 @@ def test_posterior_recovers_a_known_parameter_set():
     dummy = Outcome("opioid", "mean_sd", (1.0, 1.0), "q", "http://x")
     targets = [Target("t", f"a{j}", "log_mean", float(y_true[j]), 0.02, dummy, 100) for j in range(J)]
     post = fit_posterior(emu, targets, np.zeros(J, int), 1, draws=200, warmup=200, chains=1, seed=2)
-    xs = standardize(np.broadcast_to(post.z[:, None, :], (len(post.z), J, P)),
-                     np.broadcast_to(post.u[:, :1], (len(post.z), J)), np.broadcast_to(post.w[:, :1], (len(post.z), J)))
+    xs = standardize(
+        np.broadcast_to(post.z[:, None, :], (len(post.z), J, P)),
+        np.broadcast_to(post.u[:, :1], (len(post.z), J)),
+        np.broadcast_to(post.w[:, :1], (len(post.z), J)),
+    )
     pred = emu.predict_np(xs).mean(0)
     assert np.abs(pred - y_true).max() < 0.05 + 3 * 0.02
     assert post.diagnostics["divergences"] < 15
@@ -88,9 +98,16 @@ def test_waves_of_another_trial_effect_structure_are_refused(tmp_path):
     keys = np.array([t.key for t in problem.flat])
     from regimens.calibration.design import PARAM_NAMES
 
-    np.savez(tmp_path / "wave0.npz", z=np.zeros((2, P)), u=np.zeros((2, len(problem.trials))),
-             w=np.zeros((2, len(problem.trials))), y=np.zeros((2, len(keys))), keys=keys,
-             params=np.array(PARAM_NAMES), trials=np.array(problem.trials))
+    np.savez(
+        tmp_path / "wave0.npz",
+        z=np.zeros((2, P)),
+        u=np.zeros((2, len(problem.trials))),
+        w=np.zeros((2, len(problem.trials))),
+        y=np.zeros((2, len(keys))),
+        keys=keys,
+        params=np.array(PARAM_NAMES),
+        trials=np.array(problem.trials),
+    )
     with pytest.raises(ValueError, match=r"trial effects on \['pain.scale', 'pain.spread'\].*simulate again"):
         load_waves(problem, tmp_path)
 
@@ -102,10 +119,17 @@ def test_waves_with_one_patient_sample_per_arm_are_refused(tmp_path):
     from regimens.calibration.run import load_problem, load_waves
 
     problem = load_problem()
-    np.savez(tmp_path / "wave0.npz", z=np.zeros((2, P)), u=np.zeros((2, len(problem.trials))),
-             w=np.zeros((2, len(problem.trials))), y=np.zeros((2, len(problem.flat))),
-             keys=np.array([t.key for t in problem.flat]), params=np.array(PARAM_NAMES),
-             trials=np.array(problem.trials), effects=np.array(TRIAL_EFFECTS))
+    np.savez(
+        tmp_path / "wave0.npz",
+        z=np.zeros((2, P)),
+        u=np.zeros((2, len(problem.trials))),
+        w=np.zeros((2, len(problem.trials))),
+        y=np.zeros((2, len(problem.flat))),
+        keys=np.array([t.key for t in problem.flat]),
+        params=np.array(PARAM_NAMES),
+        trials=np.array(problem.trials),
+        effects=np.array(TRIAL_EFFECTS),
+    )
     with pytest.raises(ValueError, match=r"'one sample per arm'.*common random numbers.*simulate again"):
         load_waves(problem, tmp_path)
 
@@ -129,11 +153,30 @@ def test_arms_of_a_trial_simulate_the_same_patients():
     th = to_natural(z)
     th[:, [p.name for p in OUTCOME_PARAMETERS].index("emax_gabapentinoid")] = 0.001
     idx = [i for i, a in enumerate(problem.arms) if a.trial.id == "turan2004"]
-    got = [simulate_arm(problem.arms[i], problem.targets[i], th, np.ones(2), np.ones(2), n_patients=12,
-                        seed=int(seeds[i]), progress=lambda m: None) for i in idx]
+    got = [
+        simulate_arm(
+            problem.arms[i],
+            problem.targets[i],
+            th,
+            np.ones(2),
+            np.ones(2),
+            n_patients=12,
+            seed=int(seeds[i]),
+            progress=lambda m: None,
+        )
+        for i in idx
+    ]
     np.testing.assert_allclose(got[0], got[1], atol=0.02)
-    own = simulate_arm(problem.arms[idx[1]], problem.targets[idx[1]], th, np.ones(2), np.ones(2), n_patients=12,
-                       seed=int(seeds[idx[1]]) + 1, progress=lambda m: None)
+    own = simulate_arm(
+        problem.arms[idx[1]],
+        problem.targets[idx[1]],
+        th,
+        np.ones(2),
+        np.ones(2),
+        n_patients=12,
+        seed=int(seeds[idx[1]]) + 1,
+        progress=lambda m: None,
+    )
     assert np.abs(own - got[0]).max() > 0.05
 
 
@@ -149,7 +192,8 @@ def test_shipped_posterior_is_a_calibration_with_its_provenance():
     # the level effect of the reference setting: on the pain curve (calibration 2) or the rescue propensity (3)
     assert (post.reference_scale is None) != (post.reference_propensity is None)
     assert m.get("trial_effects", ["pain.scale", "pain.spread"])[0] == (
-        "pain.scale" if post.reference_scale is not None else "rescue.propensity")
+        "pain.scale" if post.reference_scale is not None else "rescue.propensity"
+    )
     assert set(m["rule_comparison"]) >= {"loewe", "bliss"}
 
 
@@ -182,7 +226,9 @@ def test_iyer_arms_within_the_acceptance_bands(checks, arm, stat, request):
     """Iyer 2023 (in the calibration: a fit check): means within +-15 % of 299 / 255 / 173 mg and SDs within
     +-30 % of 179 / 179 / 157 mg, 500 Iyer-like patients (opioid-naive, mean age 57.1 y), exact simulator."""
     if (arm, stat) in _KNOWN_MISS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="known miss of the shipped calibration: Iyer ketorolac mean"))
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason="known miss of the shipped calibration: Iyer ketorolac mean")
+        )
     c = checks[f"{arm} {stat} (mg)"]
     assert c.passed, (c.what, c.value, c.low, c.high)
 
@@ -207,9 +253,17 @@ def test_saved_posterior_is_reused_only_on_the_same_waves_and_settings(tmp_path)
     (tmp_path / "loewe" / "wave0.npz").write_bytes(b"x" * 10)
     rng = np.random.default_rng(0)
     T, J = len(problem.trials), len(problem.flat)
-    post = Posterior(rng.normal(size=(4, P)), rng.normal(size=(4, P)), rng.normal(size=(4, T)), rng.random(4),
-                     rng.random((4, 3)), rng.normal(size=(4, J)), {"max_rhat": 1.001, "divergences": 0}, rng.normal(size=(4, T)),
-                     rng.random(4))
+    post = Posterior(
+        rng.normal(size=(4, P)),
+        rng.normal(size=(4, P)),
+        rng.normal(size=(4, T)),
+        rng.random(4),
+        rng.random((4, 3)),
+        rng.normal(size=(4, J)),
+        {"max_rhat": 1.001, "divergences": 0},
+        rng.normal(size=(4, T)),
+        rng.random(4),
+    )
     path = tmp_path / "loewe" / "posterior.npz"
     save_posterior_npz(path, post, problem.trials, _fingerprint(problem, s, tmp_path))
     back = load_posterior_npz(path, problem, s)

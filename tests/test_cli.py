@@ -13,8 +13,9 @@ from cli import app
 @pytest.fixture
 def bolus(tmp_path):
     data = tmp_path / "bolus.csv"
-    data.write_text("ID,TIME,EVID,AMT,CMT,WT\n1,0,1,100,1,70\n1,1,0,0,1,70\n1,2,0,0,1,70\n"
-                    "2,0,1,100,1,80\n2,1,0,0,1,80\n")
+    data.write_text(
+        "ID,TIME,EVID,AMT,CMT,WT\n1,0,1,100,1,70\n1,1,0,0,1,70\n1,2,0,0,1,70\n2,0,1,100,1,80\n2,1,0,0,1,80\n"
+    )
     params = tmp_path / "p.toml"
     params.write_text("[parameters]\nCL = 5\nV = 50  # L\n")
     return data, params
@@ -23,8 +24,7 @@ def bolus(tmp_path):
 def test_simulate_bolus(bolus, tmp_path):
     data, params = bolus
     out = tmp_path / "out.csv"
-    res = runner.invoke(app, ["simulate", str(data), "--model", "1cmt_iv", "--params", str(params),
-                              "--out", str(out)])
+    res = runner.invoke(app, ["simulate", str(data), "--model", "1cmt_iv", "--params", str(params), "--out", str(out)])
     assert res.exit_code == 0, cli_output(res)
     text = cli_output(res)
     assert "1cmt_iv" in text and "5 rows" in text and "2 subjects" in text and str(out) in text
@@ -57,11 +57,13 @@ def test_simulate_conformance_scenario_keeps_extra_columns(tmp_path):
     if not data.is_file():
         pytest.skip(f"NONMEM conformance set not found at {NMTESTS}")
     params = tmp_path / "p.toml"
-    params.write_text('[parameters]\nCL = 1.1\nV = 20\nKA = 1.5\nALAG2 = "LAGT"\nF2 = "BIOAV"\n'
-                      'D2 = "DUR2 if MODE == 2 else 1"\n')
+    params.write_text(
+        '[parameters]\nCL = 1.1\nV = 20\nKA = 1.5\nALAG2 = "LAGT"\nF2 = "BIOAV"\nD2 = "DUR2 if MODE == 2 else 1"\n'
+    )
     out = tmp_path / "sim.csv"
-    res = runner.invoke(app, ["simulate", str(data), "--model", "1cmt_oral", "--params", str(params),
-                              "--out", str(out)])
+    res = runner.invoke(
+        app, ["simulate", str(data), "--model", "1cmt_oral", "--params", str(params), "--out", str(out)]
+    )
     assert res.exit_code == 0, cli_output(res)
     raw = pd.read_csv(data)
     sim = pd.read_csv(out)
@@ -108,8 +110,7 @@ def test_plot_and_overwrite_protection(bolus, tmp_path):
 def test_never_overwrites_input(bolus):
     data, params = bolus
     before = data.read_text()
-    res = runner.invoke(app, ["simulate", str(data), "-m", "1cmt_iv", "-p", str(params), "--out", str(data),
-                              "--force"])
+    res = runner.invoke(app, ["simulate", str(data), "-m", "1cmt_iv", "-p", str(params), "--out", str(data), "--force"])
     assert res.exit_code == 1
     assert "input" in cli_output(res)
     assert data.read_text() == before
@@ -117,14 +118,16 @@ def test_never_overwrites_input(bolus):
 
 def test_malformed_dataset_lists_every_row(tmp_path):
     data = tmp_path / "bad.csv"
-    data.write_text("ID,TIME,EVID,AMT,CMT\n"
-                    "1,0,1,100,1\n"
-                    "1,1,0,0,1\n"
-                    "1,2,1,-5,1\n"      # row 3: negative AMT
-                    "1,3,0,0,1\n"
-                    "1,2.5,0,0,1\n"     # row 5: TIME decreases within ID 1
-                    "1,6,0,0,1\n"
-                    "1,7,0,0,one\n")    # row 7: non-numeric CMT
+    data.write_text(
+        "ID,TIME,EVID,AMT,CMT\n"
+        "1,0,1,100,1\n"
+        "1,1,0,0,1\n"
+        "1,2,1,-5,1\n"  # row 3: negative AMT
+        "1,3,0,0,1\n"
+        "1,2.5,0,0,1\n"  # row 5: TIME decreases within ID 1
+        "1,6,0,0,1\n"
+        "1,7,0,0,one\n"
+    )  # row 7: non-numeric CMT
     params = tmp_path / "p.toml"
     params.write_text("[parameters]\nCL = 5\nV = 50\n")
     out = tmp_path / "out.csv"
@@ -141,8 +144,9 @@ def test_malformed_dataset_lists_every_row(tmp_path):
 
 def test_unknown_model(bolus, tmp_path):
     data, params = bolus
-    res = runner.invoke(app, ["simulate", str(data), "-m", "1cmt_xyz", "-p", str(params),
-                              "--out", str(tmp_path / "o.csv")])
+    res = runner.invoke(
+        app, ["simulate", str(data), "-m", "1cmt_xyz", "-p", str(params), "--out", str(tmp_path / "o.csv")]
+    )
     text = cli_output(res)
     assert res.exit_code == 1
     assert "1cmt_xyz" in text and "pkpd models" in text
@@ -160,8 +164,9 @@ def test_missing_parameter(bolus, tmp_path):
     data, _ = bolus
     params = tmp_path / "p.toml"
     params.write_text("[parameters]\nCL = 5\n")
-    res = runner.invoke(app, ["simulate", str(data), "-m", "1cmt_iv", "-p", str(params),
-                              "--out", str(tmp_path / "o.csv")])
+    res = runner.invoke(
+        app, ["simulate", str(data), "-m", "1cmt_iv", "-p", str(params), "--out", str(tmp_path / "o.csv")]
+    )
     text = cli_output(res)
     assert res.exit_code == 1
     assert "needs parameter V" in text

@@ -22,9 +22,6 @@ MODEL = ROOT / "examples" / "models" / "theoph.toml"
 NLME = json.loads((ROOT / "benchmarks" / "validation" / "theoph_nlme_reference.json").read_text())["fits"]["ml_diag"]
 
 
-
-
-
 @pytest.fixture(scope="module")
 def theoph_csv(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("cli_fit") / "theoph.csv"
@@ -44,13 +41,40 @@ def test_cli_fit_theoph(theoph_csv, tmp_path):
     assert "--force" in cli_output(refused) and "Traceback" not in cli_output(refused)
     assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
 
-    res = runner.invoke(app, ["fit", str(theoph_csv), "--model", str(MODEL), "--method", "laplace",
-                              "--out", str(out), "--force", "--npde-replicates", "300", "--vpc-replicates", "100"])
+    res = runner.invoke(
+        app,
+        [
+            "fit",
+            str(theoph_csv),
+            "--model",
+            str(MODEL),
+            "--method",
+            "laplace",
+            "--out",
+            str(out),
+            "--force",
+            "--npde-replicates",
+            "300",
+            "--vpc-replicates",
+            "100",
+        ],
+    )
     text = cli_output(res)
     assert res.exit_code == 0, text
     assert "-2LL" in text and "OFV" in text and "KA" in text and "converged" in text
-    for name in ("parameters.csv", "objective.json", "individual.csv", "predictions.csv", "nca.csv",
-                 "model.toml", "fit.json", "gof.png", "residuals.png", "vpc.png", "individual.png"):
+    for name in (
+        "parameters.csv",
+        "objective.json",
+        "individual.csv",
+        "predictions.csv",
+        "nca.csv",
+        "model.toml",
+        "fit.json",
+        "gof.png",
+        "residuals.png",
+        "vpc.png",
+        "individual.png",
+    ):
         assert (out / name).is_file(), name
     assert (out / "old.txt").read_text() == "keep"
     tab = pd.read_csv(out / "parameters.csv").set_index("name")
@@ -63,21 +87,41 @@ def test_cli_fit_theoph(theoph_csv, tmp_path):
 GOOD_MODEL = MODEL.read_text()
 
 
-@pytest.mark.parametrize("case, model_text, data_edit, expect", [
-    ("missing data", GOOD_MODEL, "missing", "does not exist"),
-    ("bad toml", "[model\nstructure = 1", None, "not valid TOML"),
-    ("unknown key", GOOD_MODEL.replace("unit = \"1/h\"\ndescription = \"elim",
-                                       "unit = \"1/h\"\nestimat = 2\ndescription = \"elim"), None, "unknown key"),
-    ("unknown parameter in block", GOOD_MODEL + "\n[[omega.block]]\nparameters = [\"KA\", \"CLX\"]\n"
-                                                "values = [0.3, 0.0, 0.05]\n", None, "CLX"),
-    ("omega not positive definite", GOOD_MODEL + "\n[[omega.block]]\nparameters = [\"KA\", \"CL\"]\n"
-                                                 "values = [0.3, 0.5, 0.05]\n", None, "positive definite"),
-    ("missing covariate", GOOD_MODEL.replace(
-        "iiv = 0.05 ", "covariates = [{ covariate = \"CRCL\", relation = \"power\", reference = 100 }]\n"
-                       "iiv = 0.05 "), None, "CRCL"),
-    ("dataset faults", GOOD_MODEL, "faults", "row"),
-    ("covariate unit not text", GOOD_MODEL + "\n[covariates]\nWT = 70\n", None, "short unit label"),
-])
+@pytest.mark.parametrize(
+    "case, model_text, data_edit, expect",
+    [
+        ("missing data", GOOD_MODEL, "missing", "does not exist"),
+        ("bad toml", "[model\nstructure = 1", None, "not valid TOML"),
+        (
+            "unknown key",
+            GOOD_MODEL.replace('unit = "1/h"\ndescription = "elim', 'unit = "1/h"\nestimat = 2\ndescription = "elim'),
+            None,
+            "unknown key",
+        ),
+        (
+            "unknown parameter in block",
+            GOOD_MODEL + '\n[[omega.block]]\nparameters = ["KA", "CLX"]\nvalues = [0.3, 0.0, 0.05]\n',
+            None,
+            "CLX",
+        ),
+        (
+            "omega not positive definite",
+            GOOD_MODEL + '\n[[omega.block]]\nparameters = ["KA", "CL"]\nvalues = [0.3, 0.5, 0.05]\n',
+            None,
+            "positive definite",
+        ),
+        (
+            "missing covariate",
+            GOOD_MODEL.replace(
+                "iiv = 0.05 ", 'covariates = [{ covariate = "CRCL", relation = "power", reference = 100 }]\niiv = 0.05 '
+            ),
+            None,
+            "CRCL",
+        ),
+        ("dataset faults", GOOD_MODEL, "faults", "row"),
+        ("covariate unit not text", GOOD_MODEL + "\n[covariates]\nWT = 70\n", None, "short unit label"),
+    ],
+)
 def test_cli_fit_errors(case, model_text, data_edit, expect, tmp_path, theoph_csv):
     """Each user error: exit code 1, the message on the console, no traceback, nothing written."""
     model = tmp_path / "m.toml"
@@ -87,7 +131,7 @@ def test_cli_fit_errors(case, model_text, data_edit, expect, tmp_path, theoph_cs
         data = tmp_path / "nope.csv"
     elif data_edit == "faults":
         df = load_theoph().astype({"DV": object})
-        df.loc[3, "DV"] = "abc"   # non-numeric DV on an observation row (data row 4)
+        df.loc[3, "DV"] = "abc"  # non-numeric DV on an observation row (data row 4)
         df.loc[5, "TIME"] = -1.0  # time going back (data row 6)
         data = tmp_path / "bad.csv"
         df.to_csv(data, index=False)
@@ -138,8 +182,10 @@ def test_cli_fit_not_converged_exits_2_unless_allowed(theoph_csv, tmp_path, monk
     assert obj["convergence"].startswith("not converged: ")
     assert (out / "parameters.csv").is_file() and (out / "model.toml").is_file()
 
-    res = runner.invoke(app, ["fit", str(theoph_csv), "--model", str(MODEL), "--out", str(out), "--force",
-                              "--allow-nonconvergence"] + small)
+    res = runner.invoke(
+        app,
+        ["fit", str(theoph_csv), "--model", str(MODEL), "--out", str(out), "--force", "--allow-nonconvergence"] + small,
+    )
     text = cli_output(res)
     assert res.exit_code == 0, text
     assert "warning: the fit did not converge (BFGS stopped" in text
@@ -174,9 +220,26 @@ def test_cli_fit_ignores_commented_rows_and_accepts(tmp_path, monkeypatch):
     model = tmp_path / "theoph.toml"
     model.write_text(GOOD_MODEL + '\n[covariates]\nWT = "kg"\n')
     out = tmp_path / "fit"
-    res = runner.invoke(app, ["fit", str(data), "--model", str(model), "--out", str(out), "--accept", "(ID.LE.6)",
-                              "--vpc-stratify", "DOSE", "--npde-replicates", "20", "--vpc-replicates", "20",
-                              "--allow-nonconvergence"])
+    res = runner.invoke(
+        app,
+        [
+            "fit",
+            str(data),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--accept",
+            "(ID.LE.6)",
+            "--vpc-stratify",
+            "DOSE",
+            "--npde-replicates",
+            "20",
+            "--vpc-replicates",
+            "20",
+            "--allow-nonconvergence",
+        ],
+    )
     text = cli_output(res)
     assert res.exit_code == 0, text
     assert "ignored 73 of 144 data rows: 1 commented (C in column C) (row 4); 72 by ACCEPT=(ID.LE.6)" in text
@@ -195,11 +258,14 @@ def test_cli_fit_ignores_commented_rows_and_accepts(tmp_path, monkeypatch):
     assert 'WT = "kg"' in (out / "model.toml").read_text()
 
 
-@pytest.mark.parametrize("option, value, expect", [
-    ("--accept", "(FOO.EQ.1)", "ACCEPT condition 'FOO.EQ.1' names column FOO, which the dataset does not have"),
-    ("--ignore", "(DV.XX.1)", "IGNORE condition 'DV.XX.1': unknown operator .XX."),
-    ("--accept", "(DV.GT.abc)", "ACCEPT condition 'DV.GT.abc': .GT. compares numbers, and 'abc' is not a number"),
-])
+@pytest.mark.parametrize(
+    "option, value, expect",
+    [
+        ("--accept", "(FOO.EQ.1)", "ACCEPT condition 'FOO.EQ.1' names column FOO, which the dataset does not have"),
+        ("--ignore", "(DV.XX.1)", "IGNORE condition 'DV.XX.1': unknown operator .XX."),
+        ("--accept", "(DV.GT.abc)", "ACCEPT condition 'DV.GT.abc': .GT. compares numbers, and 'abc' is not a number"),
+    ],
+)
 def test_cli_fit_bad_condition_one_error(option, value, expect, tmp_path):
     """A bad IGNORE/ACCEPT condition: exit 1 before any fitting, one problem named, no traceback, nothing
     written."""
@@ -232,12 +298,40 @@ def test_cli_forecast_accept_picks_one_patient(tmp_path):
     """`pkpd forecast --accept '(ID.EQ.2)'` forecasts subject 2 of the whole Theoph file (without it: the
     error says the data has 12 IDs); the commented row is not among the observations."""
     data = _commented_theoph(tmp_path / "theoph_c.csv")
-    res = runner.invoke(app, ["forecast", str(data), "--model", str(MODEL), "--out", str(tmp_path / "all"),
-                              "--draws", "50", "--points", "20"])
+    res = runner.invoke(
+        app,
+        [
+            "forecast",
+            str(data),
+            "--model",
+            str(MODEL),
+            "--out",
+            str(tmp_path / "all"),
+            "--draws",
+            "50",
+            "--points",
+            "20",
+        ],
+    )
     assert res.exit_code == 1 and "12 IDs" in cli_output(res), cli_output(res)
     out = tmp_path / "fc"
-    res = runner.invoke(app, ["forecast", str(data), "--model", str(MODEL), "--out", str(out), "--accept",
-                              "(ID.EQ.1)", "--draws", "50", "--points", "20"])
+    res = runner.invoke(
+        app,
+        [
+            "forecast",
+            str(data),
+            "--model",
+            str(MODEL),
+            "--out",
+            str(out),
+            "--accept",
+            "(ID.EQ.1)",
+            "--draws",
+            "50",
+            "--points",
+            "20",
+        ],
+    )
     text = cli_output(res)
     assert res.exit_code == 0, text
     obs = pd.read_csv(out / "observations.csv")

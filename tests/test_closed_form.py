@@ -136,54 +136,167 @@ def _cases():
         # --- IV doses into CENTRAL: CMT 1 of the IV model, CMT 2 of the oral model ---
         for model_oral, cmt, params, tag in ((False, 1, p, "iv"), (True, 2, po, "oralmodel-central")):
             out += [
-                Case(f"{n}cmt-{tag}-bolus-single", n, model_oral, params, [_dose(cmt)], OBS["single"],
-                     lambda t, n=n, p=p: rf.conc_bolus(t, DOSE, n, p)),
-                Case(f"{n}cmt-{tag}-bolus-addl", n, model_oral, params,
-                     [_dose(cmt, ii=II_ADDL, addl=N_ADDL)], OBS["addl"],
-                     lambda t, n=n, p=p, d=doses: rf.conc_multiple("bolus", t, d, n, p)),
-                Case(f"{n}cmt-{tag}-bolus-ss", n, model_oral, params, [_dose(cmt, ii=TAU, ss=1)], OBS["ss"],
-                     lambda t, n=n, p=p: rf.conc_ss_bolus(t, DOSE, TAU, n, p)),
-                Case(f"{n}cmt-{tag}-infusion-single", n, model_oral, params, [_dose(cmt, rate=rate)],
-                     OBS["single"], lambda t, n=n, p=p: rf.conc_infusion(t, DOSE, T_INF, n, p)),
-                Case(f"{n}cmt-{tag}-infusion-addl", n, model_oral, params,
-                     [_dose(cmt, rate=rate, ii=II_ADDL, addl=N_ADDL)], OBS["addl"],
-                     lambda t, n=n, p=p, d=doses: rf.conc_multiple("infusion", t, d, n, p, duration=T_INF)),
-                Case(f"{n}cmt-{tag}-infusion-ss", n, model_oral, params, [_dose(cmt, rate=rate, ii=TAU, ss=1)],
-                     OBS["ss"], lambda t, n=n, p=p: rf.conc_ss_infusion(t, DOSE, T_INF, TAU, n, p)),
+                Case(
+                    f"{n}cmt-{tag}-bolus-single",
+                    n,
+                    model_oral,
+                    params,
+                    [_dose(cmt)],
+                    OBS["single"],
+                    lambda t, n=n, p=p: rf.conc_bolus(t, DOSE, n, p),
+                ),
+                Case(
+                    f"{n}cmt-{tag}-bolus-addl",
+                    n,
+                    model_oral,
+                    params,
+                    [_dose(cmt, ii=II_ADDL, addl=N_ADDL)],
+                    OBS["addl"],
+                    lambda t, n=n, p=p, d=doses: rf.conc_multiple("bolus", t, d, n, p),
+                ),
+                Case(
+                    f"{n}cmt-{tag}-bolus-ss",
+                    n,
+                    model_oral,
+                    params,
+                    [_dose(cmt, ii=TAU, ss=1)],
+                    OBS["ss"],
+                    lambda t, n=n, p=p: rf.conc_ss_bolus(t, DOSE, TAU, n, p),
+                ),
+                Case(
+                    f"{n}cmt-{tag}-infusion-single",
+                    n,
+                    model_oral,
+                    params,
+                    [_dose(cmt, rate=rate)],
+                    OBS["single"],
+                    lambda t, n=n, p=p: rf.conc_infusion(t, DOSE, T_INF, n, p),
+                ),
+                Case(
+                    f"{n}cmt-{tag}-infusion-addl",
+                    n,
+                    model_oral,
+                    params,
+                    [_dose(cmt, rate=rate, ii=II_ADDL, addl=N_ADDL)],
+                    OBS["addl"],
+                    lambda t, n=n, p=p, d=doses: rf.conc_multiple("infusion", t, d, n, p, duration=T_INF),
+                ),
+                Case(
+                    f"{n}cmt-{tag}-infusion-ss",
+                    n,
+                    model_oral,
+                    params,
+                    [_dose(cmt, rate=rate, ii=TAU, ss=1)],
+                    OBS["ss"],
+                    lambda t, n=n, p=p: rf.conc_ss_infusion(t, DOSE, T_INF, TAU, n, p),
+                ),
             ]
         # infusion longer than the interval (several infusions running at once), IV model
         single_long = lambda t, n=n, p=p: rf.conc_infusion(t, DOSE, T_INF_LONG, n, p)  # noqa: E731
         out += [
-            Case(f"{n}cmt-iv-infusion-overlap-addl", n, False, p, [_dose(1, rate=rate_long, ii=II_ADDL, addl=N_ADDL)],
-                 OBS["addl"], lambda t, n=n, p=p, d=doses: rf.conc_multiple("infusion", t, d, n, p,
-                                                                            duration=T_INF_LONG)),
-            Case(f"{n}cmt-iv-infusion-overlap-ss", n, False, p, [_dose(1, rate=rate_long, ii=TAU, ss=1)], OBS["ss"],
-                 _ss_superposition(single_long, TAU, lam_min)),
+            Case(
+                f"{n}cmt-iv-infusion-overlap-addl",
+                n,
+                False,
+                p,
+                [_dose(1, rate=rate_long, ii=II_ADDL, addl=N_ADDL)],
+                OBS["addl"],
+                lambda t, n=n, p=p, d=doses: rf.conc_multiple("infusion", t, d, n, p, duration=T_INF_LONG),
+            ),
+            Case(
+                f"{n}cmt-iv-infusion-overlap-ss",
+                n,
+                False,
+                p,
+                [_dose(1, rate=rate_long, ii=TAU, ss=1)],
+                OBS["ss"],
+                _ss_superposition(single_long, TAU, lam_min),
+            ),
             # lagged infusion: ALAG1 shifts the start
-            Case(f"{n}cmt-iv-infusion-lag-single", n, False, p, [_dose(1, rate=rate)], OBS["single"],
-                 lambda t, n=n, p=p: rf.conc_infusion(t, DOSE, T_INF, n, p, tstart=0.75), extra={"ALAG1": 0.75}),
+            Case(
+                f"{n}cmt-iv-infusion-lag-single",
+                n,
+                False,
+                p,
+                [_dose(1, rate=rate)],
+                OBS["single"],
+                lambda t, n=n, p=p: rf.conc_infusion(t, DOSE, T_INF, n, p, tstart=0.75),
+                extra={"ALAG1": 0.75},
+            ),
         ]
 
         # --- oral: dose into DEPOT (CMT 1) ---
         lag, F = 0.75, 0.6
         single_lag = lambda t, n=n, p=p, ka=ka: rf.conc_oral(t, DOSE, n, p, ka, F=F, tlag=lag)  # noqa: E731
         out += [
-            Case(f"{n}cmt-oral-single", n, True, po, [_dose(1)], OBS["single"],
-                 lambda t, n=n, p=p, ka=ka: rf.conc_oral(t, DOSE, n, p, ka)),
-            Case(f"{n}cmt-oral-addl", n, True, po, [_dose(1, ii=II_ADDL, addl=N_ADDL)], OBS["addl"],
-                 lambda t, n=n, p=p, ka=ka, d=doses: rf.conc_multiple("oral", t, d, n, p, ka=ka)),
-            Case(f"{n}cmt-oral-ss", n, True, po, [_dose(1, ii=TAU, ss=1)], OBS["ss"],
-                 lambda t, n=n, p=p, ka=ka: rf.conc_ss_oral(t, DOSE, TAU, n, p, ka)),
-            Case(f"{n}cmt-oral-lag-F-single", n, True, po, [_dose(1)], OBS["single"], single_lag,
-                 extra={"ALAG1": lag, "F1": F}),
-            Case(f"{n}cmt-oral-lag-F-addl", n, True, po, [_dose(1, ii=II_ADDL, addl=N_ADDL)], OBS["addl"],
-                 lambda t, n=n, p=p, ka=ka, d=doses: rf.conc_multiple("oral", t, d, n, p, ka=ka, F=F, tlag=lag),
-                 extra={"ALAG1": lag, "F1": F}),
-            Case(f"{n}cmt-oral-lag-F-ss", n, True, po, [_dose(1, ii=TAU, ss=1)], OBS["ss"],
-                 _ss_superposition(single_lag, TAU, min(lam_min, ka)), extra={"ALAG1": lag, "F1": F}),
+            Case(
+                f"{n}cmt-oral-single",
+                n,
+                True,
+                po,
+                [_dose(1)],
+                OBS["single"],
+                lambda t, n=n, p=p, ka=ka: rf.conc_oral(t, DOSE, n, p, ka),
+            ),
+            Case(
+                f"{n}cmt-oral-addl",
+                n,
+                True,
+                po,
+                [_dose(1, ii=II_ADDL, addl=N_ADDL)],
+                OBS["addl"],
+                lambda t, n=n, p=p, ka=ka, d=doses: rf.conc_multiple("oral", t, d, n, p, ka=ka),
+            ),
+            Case(
+                f"{n}cmt-oral-ss",
+                n,
+                True,
+                po,
+                [_dose(1, ii=TAU, ss=1)],
+                OBS["ss"],
+                lambda t, n=n, p=p, ka=ka: rf.conc_ss_oral(t, DOSE, TAU, n, p, ka),
+            ),
+            Case(
+                f"{n}cmt-oral-lag-F-single",
+                n,
+                True,
+                po,
+                [_dose(1)],
+                OBS["single"],
+                single_lag,
+                extra={"ALAG1": lag, "F1": F},
+            ),
+            Case(
+                f"{n}cmt-oral-lag-F-addl",
+                n,
+                True,
+                po,
+                [_dose(1, ii=II_ADDL, addl=N_ADDL)],
+                OBS["addl"],
+                lambda t, n=n, p=p, ka=ka, d=doses: rf.conc_multiple("oral", t, d, n, p, ka=ka, F=F, tlag=lag),
+                extra={"ALAG1": lag, "F1": F},
+            ),
+            Case(
+                f"{n}cmt-oral-lag-F-ss",
+                n,
+                True,
+                po,
+                [_dose(1, ii=TAU, ss=1)],
+                OBS["ss"],
+                _ss_superposition(single_lag, TAU, min(lam_min, ka)),
+                extra={"ALAG1": lag, "F1": F},
+            ),
             # F < 1 alone at steady state: the textbook accumulation formula scaled by F
-            Case(f"{n}cmt-oral-F-ss", n, True, po, [_dose(1, ii=TAU, ss=1)], OBS["ss"],
-                 lambda t, n=n, p=p, ka=ka: rf.conc_ss_oral(t, DOSE, TAU, n, p, ka, F=F), extra={"F1": F}),
+            Case(
+                f"{n}cmt-oral-F-ss",
+                n,
+                True,
+                po,
+                [_dose(1, ii=TAU, ss=1)],
+                OBS["ss"],
+                lambda t, n=n, p=p, ka=ka: rf.conc_ss_oral(t, DOSE, TAU, n, p, ka, F=F),
+                extra={"F1": F},
+            ),
         ]
 
     # --- ka at (or next to) an eigenvalue of the disposition ---
@@ -193,15 +306,44 @@ def _cases():
         pk = dict(p1, KA=ka)
         d = [(k * II_ADDL, DOSE) for k in range(N_ADDL + 1)]
         out += [
-            Case(f"1cmt-oral-{tag}-single", 1, True, pk, [_dose(1)], OBS["single"],
-                 lambda t, ka=ka: rf.conc_oral(t, DOSE, 1, p1, ka),
-                 depot_ref=lambda t, ka=ka: rf.amounts_1cmt_oral(t, DOSE, ka, k1)[0]),
-            Case(f"1cmt-oral-{tag}-addl", 1, True, pk, [_dose(1, ii=II_ADDL, addl=N_ADDL)], OBS["addl"],
-                 lambda t, ka=ka, d=d: rf.conc_multiple("oral", t, d, 1, p1, ka=ka)),
-            Case(f"1cmt-oral-{tag}-ss", 1, True, pk, [_dose(1, ii=TAU, ss=1)], OBS["ss"],
-                 lambda t, ka=ka: rf.conc_ss_oral(t, DOSE, TAU, 1, p1, ka)),
-            Case(f"1cmt-oral-{tag}-lag-F-single", 1, True, pk, [_dose(1)], OBS["single"],
-                 lambda t, ka=ka: rf.conc_oral(t, DOSE, 1, p1, ka, F=0.6, tlag=0.75), extra={"ALAG1": 0.75, "F1": 0.6}),
+            Case(
+                f"1cmt-oral-{tag}-single",
+                1,
+                True,
+                pk,
+                [_dose(1)],
+                OBS["single"],
+                lambda t, ka=ka: rf.conc_oral(t, DOSE, 1, p1, ka),
+                depot_ref=lambda t, ka=ka: rf.amounts_1cmt_oral(t, DOSE, ka, k1)[0],
+            ),
+            Case(
+                f"1cmt-oral-{tag}-addl",
+                1,
+                True,
+                pk,
+                [_dose(1, ii=II_ADDL, addl=N_ADDL)],
+                OBS["addl"],
+                lambda t, ka=ka, d=d: rf.conc_multiple("oral", t, d, 1, p1, ka=ka),
+            ),
+            Case(
+                f"1cmt-oral-{tag}-ss",
+                1,
+                True,
+                pk,
+                [_dose(1, ii=TAU, ss=1)],
+                OBS["ss"],
+                lambda t, ka=ka: rf.conc_ss_oral(t, DOSE, TAU, 1, p1, ka),
+            ),
+            Case(
+                f"1cmt-oral-{tag}-lag-F-single",
+                1,
+                True,
+                pk,
+                [_dose(1)],
+                OBS["single"],
+                lambda t, ka=ka: rf.conc_oral(t, DOSE, 1, p1, ka, F=0.6, tlag=0.75),
+                extra={"ALAG1": 0.75, "F1": 0.6},
+            ),
         ]
     lam2, _ = rf.disposition(2, P2_EIG)
     assert lam2[0] == 2.0 and lam2[1] == 0.25
@@ -209,21 +351,56 @@ def _cases():
         pk = dict(P2_EIG, KA=ka)
         d = [(k * II_ADDL, DOSE) for k in range(N_ADDL + 1)]
         out += [
-            Case(f"2cmt-oral-{tag}-single", 2, True, pk, [_dose(1)], OBS["single"],
-                 lambda t, ka=ka: rf.conc_oral(t, DOSE, 2, P2_EIG, ka)),
-            Case(f"2cmt-oral-{tag}-addl", 2, True, pk, [_dose(1, ii=II_ADDL, addl=N_ADDL)], OBS["addl"],
-                 lambda t, ka=ka, d=d: rf.conc_multiple("oral", t, d, 2, P2_EIG, ka=ka)),
-            Case(f"2cmt-oral-{tag}-ss", 2, True, pk, [_dose(1, ii=TAU, ss=1)], OBS["ss"],
-                 lambda t, ka=ka: rf.conc_ss_oral(t, DOSE, TAU, 2, P2_EIG, ka)),
+            Case(
+                f"2cmt-oral-{tag}-single",
+                2,
+                True,
+                pk,
+                [_dose(1)],
+                OBS["single"],
+                lambda t, ka=ka: rf.conc_oral(t, DOSE, 2, P2_EIG, ka),
+            ),
+            Case(
+                f"2cmt-oral-{tag}-addl",
+                2,
+                True,
+                pk,
+                [_dose(1, ii=II_ADDL, addl=N_ADDL)],
+                OBS["addl"],
+                lambda t, ka=ka, d=d: rf.conc_multiple("oral", t, d, 2, P2_EIG, ka=ka),
+            ),
+            Case(
+                f"2cmt-oral-{tag}-ss",
+                2,
+                True,
+                pk,
+                [_dose(1, ii=TAU, ss=1)],
+                OBS["ss"],
+                lambda t, ka=ka: rf.conc_ss_oral(t, DOSE, TAU, 2, P2_EIG, ka),
+            ),
         ]
     p3 = {k: v for k, v in P3.items() if k != "KA"}
     for j, lam in enumerate(_p3_eig()):
         ka = float(lam)
         out += [
-            Case(f"3cmt-oral-ka-eq-lambda{j}-single", 3, True, dict(p3, KA=ka), [_dose(1)], OBS["single"],
-                 lambda t, ka=ka: rf.conc_oral(t, DOSE, 3, p3, ka)),
-            Case(f"3cmt-oral-ka-eq-lambda{j}-ss", 3, True, dict(p3, KA=ka), [_dose(1, ii=TAU, ss=1)], OBS["ss"],
-                 lambda t, ka=ka: rf.conc_ss_oral(t, DOSE, TAU, 3, p3, ka)),
+            Case(
+                f"3cmt-oral-ka-eq-lambda{j}-single",
+                3,
+                True,
+                dict(p3, KA=ka),
+                [_dose(1)],
+                OBS["single"],
+                lambda t, ka=ka: rf.conc_oral(t, DOSE, 3, p3, ka),
+            ),
+            Case(
+                f"3cmt-oral-ka-eq-lambda{j}-ss",
+                3,
+                True,
+                dict(p3, KA=ka),
+                [_dose(1, ii=TAU, ss=1)],
+                OBS["ss"],
+                lambda t, ka=ka: rf.conc_ss_oral(t, DOSE, TAU, 3, p3, ka),
+            ),
         ]
     # the 1 cmt DEPOT amount (Bateman) on the plain oral cases too
     for c in out:
@@ -292,7 +469,8 @@ def assert_close(sim, ref, what):
     worst = int(np.argmax(err / bound))
     assert np.all(err <= bound), (
         f"{what}: |sim - ref| exceeds rtol {RTOL:g} / atol {ATOL_REL_PEAK:g}*peak at index {worst}: "
-        f"sim={sim[worst]!r} ref={ref[worst]!r} rel err={err[worst] / max(abs(ref[worst]), 1e-300):.3g}")
+        f"sim={sim[worst]!r} ref={ref[worst]!r} rel err={err[worst] / max(abs(ref[worst]), 1e-300):.3g}"
+    )
 
 
 @pytest.mark.parametrize("name", [c.name for c in CASES])

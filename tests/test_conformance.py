@@ -18,8 +18,15 @@ import pkpd
 
 SCEN = json.loads((NMTESTS / "scenarios.json").read_text())["scenarios"]
 PARAMS = {
-    "dosing_1001": {"CL": 1.1, "V": 20, "KA": 1.5, "ALAG2": "LAGT", "F2": "BIOAV",
-                    "D2": "DUR2 if MODE == 2 else 1", "R2": "RAT2 if MODE == 1 else 1"},
+    "dosing_1001": {
+        "CL": 1.1,
+        "V": 20,
+        "KA": 1.5,
+        "ALAG2": "LAGT",
+        "F2": "BIOAV",
+        "D2": "DUR2 if MODE == 2 else 1",
+        "R2": "RAT2 if MODE == 1 else 1",
+    },
     "timevarying_2001": {"CL": "1.1 * (WT/70)**0.75", "V": 20, "KA": 1.5},
 }
 _cache: dict = {}

@@ -56,8 +56,21 @@ def test_valid_dataset_is_normalized(tmp_path):
     p = write(tmp_path, VALID)
     out = validate_dataset(p, **MODEL)
     # original columns first, in order, then the missing standard columns in STANDARD_COLUMNS order
-    assert list(out.columns) == ["ID", "TIME", "EVID", "AMT", "CMT", "RATE", "DV", "WT", "SEX",
-                                 "II", "ADDL", "SS", "MDV"]
+    assert list(out.columns) == [
+        "ID",
+        "TIME",
+        "EVID",
+        "AMT",
+        "CMT",
+        "RATE",
+        "DV",
+        "WT",
+        "SEX",
+        "II",
+        "ADDL",
+        "SS",
+        "MDV",
+    ]
     for c in STANDARD_COLUMNS:
         assert out[c].dtype == np.float64, c
     assert out["WT"].dtype == np.float64
@@ -75,8 +88,15 @@ def test_valid_dataset_is_normalized(tmp_path):
 
 
 def test_minimal_dataset_gets_defaults():
-    df = pd.DataFrame({"ID": [1, 1, 1, 1], "TIME": [0, 1, 2, 3], "AMT": [10, 0, 0, 0], "MDV": [1, 0, 1, 0],
-                       "DV": [np.nan, 2.0, np.nan, 1.0]})
+    df = pd.DataFrame(
+        {
+            "ID": [1, 1, 1, 1],
+            "TIME": [0, 1, 2, 3],
+            "AMT": [10, 0, 0, 0],
+            "MDV": [1, 0, 1, 0],
+            "DV": [np.nan, 2.0, np.nan, 1.0],
+        }
+    )
     out = validate_dataset(df)
     assert out["EVID"].tolist() == [1, 0, 2, 0]  # AMT>0 -> 1, MDV=1 & AMT=0 -> 2
     assert out["CMT"].tolist() == [1, 0, 0, 0]  # doses into compartment 1
@@ -316,12 +336,15 @@ def test_cmt_absent_doses_go_to_compartment_1():
 
 
 def test_read_dataset_lowercase_headers_and_dots(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
     id , time,amt,EVID,cmt,DV,wt
     1,0,100,1,1,.,70
     1,1,.,0,2,5.5,70
     1,2,,0,.,,70
-    """)
+    """,
+    )
     raw = read_dataset(p)
     assert list(raw.columns) == ["ID", "TIME", "AMT", "EVID", "CMT", "DV", "wt"]
     assert raw["AMT"].tolist() == ["100", ".", ""]  # raw strings, nothing coerced

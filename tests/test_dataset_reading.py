@@ -134,8 +134,9 @@ def test_row_with_too_many_fields_names_the_row(tmp_path):
     path.write_text("ID,TIME,AMT\n1,0,100\n1,1,0,7\n")
     with pytest.raises(DatasetError) as info:
         read_dataset(path)
-    assert _one_error(info.value).startswith("row 2: not a well-formed CSV table: too many fields, this row has 4 "
-                                             "but the header has 3")
+    assert _one_error(info.value).startswith(
+        "row 2: not a well-formed CSV table: too many fields, this row has 4 but the header has 3"
+    )
 
 
 @pytest.mark.parametrize("command", ["simulate", "fit", "forecast"])
@@ -228,12 +229,15 @@ def test_mixed_delimiters_name_the_row_and_the_delimiter(tmp_path):
 # ---------------------------------------------------------------------------- magnitudes in a fit
 
 
-@pytest.mark.parametrize("row, col, value, expect", [
-    (0, "AMT", "1e300", "row 1, column AMT: AMT 1e+300 is too large for a fit"),
-    (11, "TIME", "1e300", "row 12, column TIME: TIME 1e+300 is too large for a fit"),
-    (2, "DV", "1e300", "row 3, column DV: DV 1e+300 is too large for a fit"),
-    (0, "AMT", "2e15", "row 1, column AMT: AMT 2e+15 is too large for a fit"),
-])
+@pytest.mark.parametrize(
+    "row, col, value, expect",
+    [
+        (0, "AMT", "1e300", "row 1, column AMT: AMT 1e+300 is too large for a fit"),
+        (11, "TIME", "1e300", "row 12, column TIME: TIME 1e+300 is too large for a fit"),
+        (2, "DV", "1e300", "row 3, column DV: DV 1e+300 is too large for a fit"),
+        (0, "AMT", "2e15", "row 1, column AMT: AMT 2e+15 is too large for a fit"),
+    ],
+)
 def test_values_too_large_for_the_likelihood_name_row_and_column(spec, row, col, value, expect):
     with pytest.raises(DatasetError) as info:
         build_problem(_edit({row: {col: value}}), spec)
@@ -263,7 +267,8 @@ def test_addl_beyond_the_expansion_limit_names_row_and_column(tmp_path):
     path.write_text("ID,TIME,AMT,EVID,ADDL,II\n1,0,100,1,1e12,1\n1,1,0,0,0,0\n")
     with pytest.raises(DatasetError) as info:
         validate_dataset(path)
-    assert _one_error(info.value).startswith("row 1, column ADDL: ADDL 1000000000000 is too large: at most "
-                                             "100,000 additional doses per record")
+    assert _one_error(info.value).startswith(
+        "row 1, column ADDL: ADDL 1000000000000 is too large: at most 100,000 additional doses per record"
+    )
     path.write_text("ID,TIME,AMT,EVID,ADDL,II\n1,0,100,1,100000,1\n1,1,0,0,0,0\n")
     assert validate_dataset(path)["ADDL"].iloc[0] == 100000

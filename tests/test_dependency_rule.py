@@ -19,7 +19,7 @@ FORBIDDEN = ("regimens", "cli")
 #: file -> why it still imports regimens (to be removed when the module moves or the call is inverted).
 KNOWN_EXCEPTIONS = {
     "pkpd/population_checks.py": "regimen_findings() calls regimens.check_regimen for `pkpd simulate --regimen` "
-                                 "(a lazy import inside the function; found when this test was written)",
+    "(a lazy import inside the function; found when this test was written)",
 }
 
 
@@ -31,8 +31,12 @@ def _imports(path: Path) -> list[tuple[int, str]]:
             out += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             out.append((node.lineno, node.module))
-        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
-                and isinstance(node.args[0].value, str):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             f = node.func
             name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
             if name in ("import_module", "__import__"):
@@ -60,9 +64,11 @@ def test_pkpd_does_not_import_regimens():
 def test_the_scan_sees_lazy_and_dynamic_imports(tmp_path):
     """The scanner itself: module-level, function-level, relative and importlib imports."""
     src = tmp_path / "m.py"
-    src.write_text("import os\nfrom . import x\n\ndef f():\n    from regimens import check_regimen\n"
-                   "    import regimens.optimize as o\n    import importlib\n"
-                   "    importlib.import_module('regimens.io')\n    __import__('cli')\n")
+    src.write_text(
+        "import os\nfrom . import x\n\ndef f():\n    from regimens import check_regimen\n"
+        "    import regimens.optimize as o\n    import importlib\n"
+        "    importlib.import_module('regimens.io')\n    __import__('cli')\n"
+    )
     mods = sorted(m for _, m in _imports(src))
     assert mods == sorted(["os", "regimens", "regimens.optimize", "importlib", "regimens.io", "cli"])
 
@@ -89,8 +95,13 @@ def _import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in mods.items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-                for stmt in node.body for n in ast.walk(stmt)}
+        skip = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for stmt in node.body
+            for n in ast.walk(stmt)
+        }
         deps: set[str] = set()
         for node in ast.walk(tree):
             if id(node) in skip:
@@ -100,7 +111,7 @@ def _import_graph() -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 if node.level:
                     base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
-                    base = base[:len(base) - (node.level - 1)]
+                    base = base[: len(base) - (node.level - 1)]
                     mod = ".".join(base + ([node.module] if node.module else []))
                 else:
                     mod = node.module or ""
@@ -170,8 +181,12 @@ def test_no_private_names_across_packages():
     files = [ROOT / "cli.py", *sorted((ROOT / "regimens").rglob("*.py"))]
     for path in files:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
-                    and node.module.split(".")[0] == "pkpd":
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.level == 0
+                and node.module
+                and node.module.split(".")[0] == "pkpd"
+            ):
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 private += [p for p in node.module.split(".") if p.startswith("_") and not p.startswith("__")]
                 if private:

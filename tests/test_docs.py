@@ -86,11 +86,13 @@ def test_page_lists_every_drug_parameter_with_its_source():
             src = " ".join(str(p.source).split()).replace("|", "\\|")
             assert src in row.group(0), f"{name}.{p.name}: source not on its row"
             cells = [c.strip() for c in re.split(r"(?<!\\)\|", row.group(0))[1:-1]]
-            assert cells[5] == src and cells[6] == ("UNVERIFIED" if p.is_unverified else ""), \
+            assert cells[5] == src and cells[6] == ("UNVERIFIED" if p.is_unverified else ""), (
                 f"{name}.{p.name}: source or UNVERIFIED flag column"
+            )
         for c in d.covariates:
-            assert re.search(rf"^\| {re.escape(c.param)} \| {re.escape(c.covariate)} \|", sec, re.M), \
+            assert re.search(rf"^\| {re.escape(c.param)} \| {re.escape(c.covariate)} \|", sec, re.M), (
                 f"{name}.{c.param}~{c.covariate} missing"
+            )
     rows = library_rows()
     assert all(r.source.strip() for r in rows)
     assert {r.owner for r in rows if r.section == "pk"} == set(list_drugs())
@@ -101,7 +103,8 @@ def test_committed_page_is_up_to_date(capsys):
     library); `--check` says the same through the command line."""
     assert PAGE.is_file(), f"{DEFAULT_PATH} is missing: run `python -m pkpd.docs`"
     assert PAGE.read_text(encoding="utf-8") == model_library_markdown(), (
-        f"{DEFAULT_PATH} is out of date with the drug library: run `python -m pkpd.docs` and commit it")
+        f"{DEFAULT_PATH} is out of date with the drug library: run `python -m pkpd.docs` and commit it"
+    )
     assert main(["--check", "--out", str(PAGE)]) == 0
 
 
@@ -119,8 +122,10 @@ def test_readme_quick_start():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```(\w*)\n(.*?)```", text, re.S)
     lang, first = blocks[0]
-    assert lang == "bash" and [ln.split("#")[0].strip() for ln in first.strip().splitlines()] == ["make demo",
-                                                                                                  "make test"]
+    assert lang == "bash" and [ln.split("#")[0].strip() for ln in first.strip().splitlines()] == [
+        "make demo",
+        "make test",
+    ]
     py = next(code for lang, code in blocks if lang == "python")
     lines = [ln for ln in py.splitlines() if ln.strip()]
     assert len(lines) <= 10, f"the Python quick start has {len(lines)} lines"

@@ -23,21 +23,24 @@ def _prose(path: Path) -> str:
 
 def _anchors(path: Path) -> set[str]:
     """GitHub's heading anchors: lower case, punctuation other than '-' and '_' dropped, spaces -> '-'."""
-    return {re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
-            for m in re.finditer(r"^#{1,6}\s+(.*)$", _prose(path), re.M)}
+    return {
+        re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+        for m in re.finditer(r"^#{1,6}\s+(.*)$", _prose(path), re.M)
+    }
 
 
 def _broken_links(path: Path) -> list[str]:
     problems = []
     for url in LINK.findall(_prose(path)):
-        if re.match(r"[a-z][a-z0-9+.-]*:", url):          # http:, https:, mailto:
+        if re.match(r"[a-z][a-z0-9+.-]*:", url):  # http:, https:, mailto:
             continue
         target, _, fragment = url.partition("#")
         resolved = (path.parent / target).resolve() if target else path.resolve()
         if not resolved.exists():
             problems.append(f"{url}: no such file")
-        elif (fragment and resolved.suffix == ".md" and path.name not in GENERATED
-              and fragment not in _anchors(resolved)):
+        elif (
+            fragment and resolved.suffix == ".md" and path.name not in GENERATED and fragment not in _anchors(resolved)
+        ):
             problems.append(f"{url}: no heading with that anchor")
     return problems
 
@@ -51,8 +54,10 @@ def test_relative_links_resolve(page):
 def test_link_check_can_fail(tmp_path):
     (tmp_path / "there.md").write_text("# A heading\n")
     page = tmp_path / "page.md"
-    page.write_text("[ok](there.md) [ok](there.md#a-heading) [web](https://example.org)\n"
-                    "```\n[in code](nowhere.md)\n```\n[gone](missing.md) [bad](there.md#no-such-heading)\n")
+    page.write_text(
+        "[ok](there.md) [ok](there.md#a-heading) [web](https://example.org)\n"
+        "```\n[in code](nowhere.md)\n```\n[gone](missing.md) [bad](there.md#no-such-heading)\n"
+    )
     assert _broken_links(page) == ["missing.md: no such file", "there.md#no-such-heading: no heading with that anchor"]
 
 

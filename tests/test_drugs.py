@@ -22,6 +22,7 @@ def _p(name, value=1.0, unit="L"):
 
 # ---------------------------------------------------------------- construction / validation
 
+
 def test_list_and_get_case_insensitive():
     assert {"acetaminophen", "oxycodone"} <= set(list_drugs()) and list_drugs() == sorted(list_drugs())
     assert get_drug("OxyCodone") is get_drug("oxycodone")
@@ -67,22 +68,26 @@ def test_frozen():
 
 def test_covariate_forms_expressions():
     ps = (_p("CL", 2.0, "L/h"), _p("V", 10.0), _p("KA", unit="1/h"))
-    covs = (Covariate("CL", "WT", "power", 70.0, 0.75, SRC),
-            Covariate("CL", "AGE", "linear", 40.0, -0.01, SRC),
-            Covariate("V", "CRCL", "exponential", 100.0, 0.005, SRC),
-            Covariate("V", "MALE", "indicator", None, 1.2, SRC))
+    covs = (
+        Covariate("CL", "WT", "power", 70.0, 0.75, SRC),
+        Covariate("CL", "AGE", "linear", 40.0, -0.01, SRC),
+        Covariate("V", "CRCL", "exponential", 100.0, 0.005, SRC),
+        Covariate("V", "MALE", "indicator", None, 1.2, SRC),
+    )
     d = Drug("x", "other", "1cmt_oral", params=ps, covariates=covs, routes={"oral": 1})
     spec = d.param_spec()
     assert d.covariates_needed() == ("AGE", "CRCL", "MALE", "WT")
     cols = {"WT": 80.0, "AGE": 60.0, "CRCL": 60.0, "MALE": 1.0}
     block = pkpd.load_params(spec).block
     from pkpd.expr import evaluate_parameter_block
+
     vals = evaluate_parameter_block(block, {k: np.array(v) for k, v in cols.items()}, np)
     assert float(vals["CL"]) == pytest.approx(2.0 * (80 / 70) ** 0.75 * (1 - 0.01 * 20))
     assert float(vals["V"]) == pytest.approx(10.0 * math.exp(0.005 * -40) * 1.2)
 
 
 # ---------------------------------------------------------------- sourcing and flags
+
 
 @pytest.mark.parametrize("name", ["oxycodone", "acetaminophen"])
 def test_every_number_sourced_and_has_unit(name):
@@ -122,8 +127,15 @@ def test_acetaminophen_values_and_flags():
     # models.md A7 (Morse 2022 via NL): CL 24.0 L/h, V1 43.7 L, Q2/V2 43.5/29.7, F oral 0.859,
     # T½abs/Tlag (fasted tablet) 11.5/5.30 min; IIV (SD) CL, V1, Q2, V2 0.173, 0.537, 0.615, 0.466;
     # IIV F, T½abs, Tlag 0.145, 0.856, 0.960.
-    assert (v["CL"], v["V1"], v["Q"], v["V2"], v["F1"], v["TABS"], v["TLAG"]) == \
-        (24.0, 43.7, 43.5, 29.7, 0.859, 11.5, 5.30)
+    assert (v["CL"], v["V1"], v["Q"], v["V2"], v["F1"], v["TABS"], v["TLAG"]) == (
+        24.0,
+        43.7,
+        43.5,
+        29.7,
+        0.859,
+        11.5,
+        5.30,
+    )
     sd = {p.name: p.iiv_sd for p in d.params if p.iiv_sd is not None}
     assert sd == {"CL": 0.173, "V1": 0.537, "Q": 0.615, "V2": 0.466, "F1": 0.145, "TABS": 0.856, "TLAG": 0.960}
     assert d.routes == {"po": 1, "iv": 2}
@@ -136,6 +148,7 @@ def test_acetaminophen_values_and_flags():
 
 
 # ---------------------------------------------------------------- simulation through pkpd.simulate
+
 
 def _dose_obs(cmt, amt, times, *, ii=0.0, ss=0, wt=None):
     rows = [{"ID": 1, "TIME": 0.0, "EVID": 1, "AMT": amt, "CMT": cmt, "II": ii, "SS": ss}]
@@ -179,6 +192,7 @@ def test_acetaminophen_iv_and_oral_simulate():
 
 
 # ---------------------------------------------------------------- published-data check
+
 
 def test_oxycodone_er_steady_state_matches_reder_1996():
     """External check of the whole chain (library values -> param_spec -> simulate, SS dosing, units).

@@ -40,8 +40,10 @@ MW = 274.4  # g/mol, ropivacaine (general knowledge, as in the entry; UNVERIFIED
 def _values(drug, **cols):
     """Evaluate an entry's parameter block with numpy (covariate columns as keyword arrays)."""
     block = pkpd.load_params(drug.param_spec()).block
-    return {k: float(np.asarray(v)) for k, v in
-            evaluate_parameter_block(block, {k: np.asarray(v, float) for k, v in cols.items()}, np).items()}
+    return {
+        k: float(np.asarray(v))
+        for k, v in evaluate_parameter_block(block, {k: np.asarray(v, float) for k, v in cols.items()}, np).items()
+    }
 
 
 def _dataset(subjects, times, obs_cmt):
@@ -65,6 +67,7 @@ def _peak(t, c):
 
 
 # ================================================================ construction, sourcing, flags
+
 
 def test_entries_in_library():
     for name in NAMES:
@@ -115,8 +118,15 @@ def test_ropivacaine_values_and_covariate():
     CL/F free 1310 L/h (SD 0.410), Kd 0.557 uM, sites 71.2 uM / 1.57 uM/h (SD 0.443 / 0.150)."""
     d = get_drug("ropivacaine")
     v = {p.name: p.value for p in d.params}
-    assert (v["KA"], v["V"], v["CLU"], v["KDUM"], v["BS0UM"], v["KINUM"], v["TKIN"]) == \
-        (3.58, 103.0, 1310.0, 0.557, 71.2, 1.57, 12.0)
+    assert (v["KA"], v["V"], v["CLU"], v["KDUM"], v["BS0UM"], v["KINUM"], v["TKIN"]) == (
+        3.58,
+        103.0,
+        1310.0,
+        0.557,
+        71.2,
+        1.57,
+        12.0,
+    )
     sd = {p.name: p.iiv_sd for p in d.params if p.iiv_sd is not None}
     assert sd == {"KA": 0.854, "V": 0.452, "CLU": 0.410, "BS0UM": 0.443, "KINUM": 0.150}
     # published direction and size of the weight effect: V = 103*(WT/70)^1.28
@@ -127,6 +137,7 @@ def test_ropivacaine_values_and_covariate():
 
 
 # ================================================================ bupivacaine (plain)
+
 
 def test_burm_q_derivation_gives_published_terminal_half_life():
     """Burm 1987 (models.md A11): Vc 33 L, Vss 68 L, CL 0.52 L/min, terminal t1/2 143 min.
@@ -154,8 +165,12 @@ def bupi_sim():
     t = np.r_[np.arange(0.01, 4.0, 0.01), np.arange(4.0, 24.01, 0.25)]
     dep, iv = d.cmt("perineural"), d.cmt("iv")
     assert d.cmt("infiltration") == dep
-    subjects = [([(0, 168.75, dep)], {"KAMIN": 0.0187}), ([(0, 200.0, dep)], {"KAMIN": 0.024}),
-                ([(0, 200.0, dep)], {"KAMIN": 0.0187}), ([(0, 100.0, iv)], {"KAMIN": 0.0187})]
+    subjects = [
+        ([(0, 168.75, dep)], {"KAMIN": 0.0187}),
+        ([(0, 200.0, dep)], {"KAMIN": 0.024}),
+        ([(0, 200.0, dep)], {"KAMIN": 0.0187}),
+        ([(0, 100.0, iv)], {"KAMIN": 0.0187}),
+    ]
     spec = d.param_spec()
     assert spec["KA"] == pytest.approx(0.0187 * 60)
     spec["KA"] = "KAMIN * 60"  # per-subject ka in 1/min from the dataset (ID1/3/4 = the entry's value)
@@ -207,8 +222,10 @@ def lipo_sim():
     """Default entry (hemorrhoidectomy set) and bunionectomy set; same layout (one compile):
     ID1 266 mg, ID2 106 mg infiltration."""
     out = {}
-    for key, d in (("default", get_drug("bupivacaine_liposomal")),
-                   ("bunion", bupivacaine_liposomal_for_site("bunionectomy"))):
+    for key, d in (
+        ("default", get_drug("bupivacaine_liposomal")),
+        ("bunion", bupivacaine_liposomal_for_site("bunionectomy")),
+    ):
         c = d.cmt("infiltration")
         df = _dataset([([(0, 266.0, c)], {}), ([(0, 106.0, c)], {})], LIPO_T, 3)
         out[key] = pkpd.simulate(df, d.model, d.param_spec())
@@ -267,8 +284,10 @@ def test_liposomal_structure_and_limits():
         assert fit["KA2"] < 0.2 * math.log(2) / (143 / 60)
         d = bupivacaine_liposomal_for_site(site)
         assert d._param("KA2").value == fit["KA2"] and d.model == "2cmt_dual"
-    assert bupivacaine_liposomal_for_site("hemorrhoidectomy").param_spec() == \
-        get_drug("bupivacaine_liposomal").param_spec()
+    assert (
+        bupivacaine_liposomal_for_site("hemorrhoidectomy").param_spec()
+        == get_drug("bupivacaine_liposomal").param_spec()
+    )
     assert EXPAREL_LABEL_LIMITS["max_infiltration_mg"] == 266.0
     assert EXPAREL_LABEL_LIMITS["max_interscalene_mg"] == 133.0
     assert EXPAREL_LABEL_LIMITS["no_other_local_anesthetic_within_h"] == 96.0
@@ -277,6 +296,7 @@ def test_liposomal_structure_and_limits():
 
 
 # ================================================================ ropivacaine: binding equation
+
 
 def test_ropivacaine_binding_equation_independent():
     """total = Cu + B*Cu/(Kd + Cu) (Ollier 2015 1:1 binding; Kd 0.557 uM, B 71.2 uM then +1.57 uM/h from
@@ -288,8 +308,9 @@ def test_ropivacaine_binding_equation_independent():
         b_um = 71.2 + 1.57 * max(t_h - 12.0, 0.0)
         for ctot, c in zip(totals, cu):
             ctot_um = ctot * 1000 / MW
-            ref = brentq(lambda x, b=b_um, c0=ctot_um: x + b * x / (0.557 + x) - c0, 0.0, ctot_um,
-                         xtol=1e-16, rtol=1e-14)
+            ref = brentq(
+                lambda x, b=b_um, c0=ctot_um: x + b * x / (0.557 + x) - c0, 0.0, ctot_um, xtol=1e-16, rtol=1e-14
+            )
             assert c * 1000 / MW == pytest.approx(ref, rel=1e-9)
             assert c + c * (b_um * MW / 1000) / (0.557 * MW / 1000 + c) == pytest.approx(ctot, rel=1e-10)
     # binding sites: constant for 0-12 h, then produced at 1.57 uM/h
@@ -416,13 +437,18 @@ def test_ropivacaine_free_cmax_vs_ollier_observed_maximum(ropi_sim):
 
 # ================================================================ LAST thresholds
 
+
 def test_last_thresholds_table():
     """models.md C: bupivacaine total CNS ~2000 ng/mL, cardiac >= 4000 ng/mL (manufacturer HCP page);
     unbound bupivacaine ~0.3 mg/L, unbound ropivacaine ~0.6 mg/L (Knudsen 1997); ropivacaine total
     ~2.2 ug/mL venous UNVERIFIED. All in mg/L."""
-    want = {("bupivacaine", "total", "CNS"): (2.0, False), ("bupivacaine", "total", "cardiac"): (4.0, False),
-            ("bupivacaine", "unbound", "CNS"): (0.3, False), ("ropivacaine", "unbound", "CNS"): (0.6, False),
-            ("ropivacaine", "total", "CNS"): (2.2, True)}
+    want = {
+        ("bupivacaine", "total", "CNS"): (2.0, False),
+        ("bupivacaine", "total", "cardiac"): (4.0, False),
+        ("bupivacaine", "unbound", "CNS"): (0.3, False),
+        ("ropivacaine", "unbound", "CNS"): (0.6, False),
+        ("ropivacaine", "total", "CNS"): (2.2, True),
+    }
     got = {(t.drug, t.species, t.effect): (t.value, t.is_unverified) for t in LAST_THRESHOLDS}
     assert got == want
     for th in LAST_THRESHOLDS:

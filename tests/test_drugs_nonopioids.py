@@ -24,10 +24,13 @@ def _subject(sid, doses, times, cov=None):
     """Rows of one subject: ``doses`` are dicts (TIME, AMT, CMT, RATE, II, SS, ADDL), then observations."""
     rows = []
     for d in doses:
-        rows.append({"ID": sid, "TIME": 0.0, "EVID": 1, "AMT": 0.0, "CMT": 1, "RATE": 0.0, "II": 0.0, "SS": 0,
-                     "ADDL": 0, **d})
-    rows += [{"ID": sid, "TIME": float(t), "EVID": 0, "AMT": 0.0, "CMT": 1, "RATE": 0.0, "II": 0.0, "SS": 0,
-              "ADDL": 0} for t in times]
+        rows.append(
+            {"ID": sid, "TIME": 0.0, "EVID": 1, "AMT": 0.0, "CMT": 1, "RATE": 0.0, "II": 0.0, "SS": 0, "ADDL": 0, **d}
+        )
+    rows += [
+        {"ID": sid, "TIME": float(t), "EVID": 0, "AMT": 0.0, "CMT": 1, "RATE": 0.0, "II": 0.0, "SS": 0, "ADDL": 0}
+        for t in times
+    ]
     df = pd.DataFrame(rows)
     for k, v in (cov or {}).items():
         df[k] = v
@@ -36,8 +39,9 @@ def _subject(sid, doses, times, cov=None):
 
 def _run(drug, subjects):
     """Simulate the concatenated subjects with the entry's model and parameters; observation rows only."""
-    df = pd.concat(subjects, ignore_index=True).sort_values(["ID", "TIME", "EVID"], ascending=[True, True, False],
-                                                            kind="stable")
+    df = pd.concat(subjects, ignore_index=True).sort_values(
+        ["ID", "TIME", "EVID"], ascending=[True, True, False], kind="stable"
+    )
     out = pkpd.simulate(df.reset_index(drop=True), drug.model, drug.param_spec())
     return out[out.EVID == 0]
 
@@ -55,6 +59,7 @@ def _auc(obs, col="CP"):
 
 
 # ---------------------------------------------------------------- construction, sourcing, flags
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_entry_constructs_and_every_number_is_sourced(name):
@@ -96,8 +101,9 @@ def test_unverified_flags():
     """
     assert set(get_drug("celecoxib").unverified_params()) == {"KA", "FPM", "CL"}
     assert set(get_drug("ketorolac").unverified_params()) == {"SALT", "F1", "F4"}
-    assert set(get_drug("s_ketamine").unverified_params()) == {f"{p}~WT" for p in
-                                                               ("CLK1", "CLK2", "CLK3", "V1", "V2", "V3")}
+    assert set(get_drug("s_ketamine").unverified_params()) == {
+        f"{p}~WT" for p in ("CLK1", "CLK2", "CLK3", "V1", "V2", "V3")
+    }
     for name in ("ibuprofen", "gabapentin", "pregabalin", "ketamine"):
         assert get_drug(name).unverified_params() == (), name
     assert "UNVERIFIED" in get_drug("ketamine").params[0].source.citation  # Domino year
@@ -107,8 +113,15 @@ def test_unverified_flags():
 def test_values_match_models_md():
     """Spot-check transcription against models.md (A7-A10, A12); unit conversions stated in notes."""
     v = {p.name: p.value for p in get_drug("ibuprofen").params}
-    assert (v["CL"], v["V1"], v["Q"], v["V2"], v["F1"], v["TABS"], v["TLAG"]) == \
-        (3.79, 6.05, 10.5, 4.37, 0.941, 26.7, 6.66)
+    assert (v["CL"], v["V1"], v["Q"], v["V2"], v["F1"], v["TABS"], v["TLAG"]) == (
+        3.79,
+        6.05,
+        10.5,
+        4.37,
+        0.941,
+        26.7,
+        6.66,
+    )
     sd = {p.name: p.iiv_sd for p in get_drug("ibuprofen").params if p.iiv_sd is not None}
     assert sd == {"CL": 0.221, "V1": 0.302, "Q": 0.660, "V2": 0.530, "F1": 0.051, "TABS": 0.787, "TLAG": 0.809}
     cel = get_drug("celecoxib")
@@ -119,16 +132,29 @@ def test_values_match_models_md():
     g = {p.name: p.value for p in get_drug("gabapentin").params}
     assert (g["CL"], g["V"], g["KA"], g["DMAX"], g["DOSE50"]) == (5.73, 44.61, 0.778, 823.0, 1120.0)
     pg = {p.name: p.value for p in get_drug("pregabalin").params}
-    assert (pg["CLCR"], pg["CRCLBP"], pg["VPOP"], pg["FEMV"], pg["KA"], pg["ALAG1"]) == \
-        (0.0462, 107.0, 35.6, 0.906, 7.99, 0.243)
+    assert (pg["CLCR"], pg["CRCLBP"], pg["VPOP"], pg["FEMV"], pg["KA"], pg["ALAG1"]) == (
+        0.0462,
+        107.0,
+        35.6,
+        0.906,
+        7.99,
+        0.243,
+    )
     km = {p.name: p.value for p in get_drug("ketamine").params}
-    assert (km["V1KG"], km["K10"], km["K12"], km["K13"], km["K21"], km["K31"]) == \
-        (0.063, 0.4381, 0.5921, 0.590, 0.247, 0.0146)
+    assert (km["V1KG"], km["K10"], km["K12"], km["K13"], km["K21"], km["K31"]) == (
+        0.063,
+        0.4381,
+        0.5921,
+        0.590,
+        0.247,
+        0.0146,
+    )
     sk = get_drug("s_ketamine")
     assert sk._param("V1").iiv_sd == pytest.approx(math.sqrt(0.057))  # omega^2 -> SD
 
 
 # ---------------------------------------------------------------- ibuprofen
+
 
 def test_ibuprofen_fasted_tablet_matches_morse_table4():
     """Typical 300 mg fasted tablet vs Morse 2022 Table 4 (the paper's simulated medians with p10-p90).
@@ -149,6 +175,7 @@ def test_ibuprofen_fasted_tablet_matches_morse_table4():
 
 # ---------------------------------------------------------------- celecoxib
 
+
 @pytest.fixture(scope="module")
 def celecoxib_sim():
     """Single 200 mg dose for CYP2C9 AS 2, 1.5, 1, 0.5, 0 (IDs 1-5), observed to 400 h (> 20 half-lives
@@ -156,8 +183,10 @@ def celecoxib_sim():
     d = get_drug("celecoxib")
     scores = (2.0, 1.5, 1.0, 0.5, 0.0)
     t = np.r_[np.arange(0.0, 48.0, 0.05), np.arange(48.0, 400.01, 0.5)]
-    obs = _run(d, [_subject(i + 1, [{"AMT": 200.0, "CMT": d.cmt("po")}], t, cov={"CYP2C9_AS": a})
-                   for i, a in enumerate(scores)])
+    obs = _run(
+        d,
+        [_subject(i + 1, [{"AMT": 200.0, "CMT": d.cmt("po")}], t, cov={"CYP2C9_AS": a}) for i, a in enumerate(scores)],
+    )
     return {a: _auc(obs[obs.ID == i + 1]) for i, a in enumerate(scores)}, obs[obs.ID == 1]
 
 
@@ -196,7 +225,7 @@ def test_celecoxib_half_life_and_peak_vs_label(celecoxib_sim):
     t_half = _half_life(obs, 48.0, 96.0)  # terminal phase (absorption over after ~15 h)
     assert t_half == pytest.approx(11.0, rel=0.20), t_half
     cmax_ng = 1000.0 * obs.CP.max()
-    sd_log = math.sqrt(math.log(1 + 0.38 ** 2))
+    sd_log = math.sqrt(math.log(1 + 0.38**2))
     assert 705.0 * math.exp(-2 * sd_log) <= cmax_ng <= 705.0, cmax_ng
 
 
@@ -275,16 +304,24 @@ def test_ketorolac_infusion_as_two_records(ketorolac_sim):
 
 # ---------------------------------------------------------------- gabapentin
 
+
 @pytest.fixture(scope="module")
 def gabapentin_sim():
     """Steady state q8h at SCr 1.3 for 300, 600, 1200 mg (IDs 1-3) and 300 mg at SCr 2.6 (ID 4); ID 5:
     300 mg at 0 h, 1200 mg at 24 h, 300 mg q8h ×3 (ADDL 2) from 48 h, observed to 200 h. One simulate call."""
     d = get_drug("gabapentin")
     cases = [(300.0, 1.3), (600.0, 1.3), (1200.0, 1.3), (300.0, 2.6)]
-    subs = [_subject(i + 1, [{"AMT": a, "CMT": d.cmt("po"), "II": 8.0, "SS": 1}], np.arange(0.0, 8.0001, 0.01),
-                     cov={"SCR": s}) for i, (a, s) in enumerate(cases)]
-    doses = [{"TIME": 0.0, "AMT": 300.0}, {"TIME": 24.0, "AMT": 1200.0},
-             {"TIME": 48.0, "AMT": 300.0, "II": 8.0, "ADDL": 2}]
+    subs = [
+        _subject(
+            i + 1, [{"AMT": a, "CMT": d.cmt("po"), "II": 8.0, "SS": 1}], np.arange(0.0, 8.0001, 0.01), cov={"SCR": s}
+        )
+        for i, (a, s) in enumerate(cases)
+    ]
+    doses = [
+        {"TIME": 0.0, "AMT": 300.0},
+        {"TIME": 24.0, "AMT": 1200.0},
+        {"TIME": 48.0, "AMT": 300.0, "II": 8.0, "ADDL": 2},
+    ]
     subs.append(_subject(5, doses, np.arange(0.0, 200.0, 0.05), cov={"SCR": 1.3}))
     obs = _run(d, subs)
     return [obs[obs.ID == i + 1] for i in range(5)]
@@ -317,7 +354,7 @@ def test_gabapentin_saturable_bioavailability_per_dose(gabapentin_sim):
 
 def test_gabapentin_creatinine_effect(gabapentin_sim):
     """CL ∝ (SCr/1.3)^-0.89 (models.md A10): doubling SCr raises AUC by 2^0.89 = 1.85."""
-    assert _auc(gabapentin_sim[3]) / _auc(gabapentin_sim[0]) == pytest.approx(2 ** 0.89, rel=1e-3)
+    assert _auc(gabapentin_sim[3]) / _auc(gabapentin_sim[0]) == pytest.approx(2**0.89, rel=1e-3)
 
 
 def test_gabapentin_f_uses_each_records_own_amt(gabapentin_sim):
@@ -333,6 +370,7 @@ def test_gabapentin_f_uses_each_records_own_amt(gabapentin_sim):
 
 
 # ---------------------------------------------------------------- pregabalin
+
 
 @pytest.fixture(scope="module")
 def pregabalin_sim():
@@ -383,14 +421,17 @@ def test_pregabalin_sex_effect_on_volume(pregabalin_sim):
 
 # ---------------------------------------------------------------- ketamine
 
+
 @pytest.fixture(scope="module")
 def ketamine_sim():
     """ID 1: Nielsen 2017 regimen, 70 kg: 0.5 mg/kg bolus + 0.25 mg/kg/h for 4 h. ID 2: 35 mg bolus."""
     d = get_drug("ketamine")
     wt = 70.0
     nielsen = [{"AMT": 0.5 * wt, "CMT": 1}, {"AMT": 0.25 * wt * 4.0, "CMT": 1, "RATE": 0.25 * wt}]
-    subs = [_subject(1, nielsen, np.arange(0.05, 4.0001, 0.05), cov={"WT": wt}),
-            _subject(2, [{"AMT": 35.0, "CMT": 1}], np.arange(0.5, 24.0, 0.5), cov={"WT": wt})]
+    subs = [
+        _subject(1, nielsen, np.arange(0.05, 4.0001, 0.05), cov={"WT": wt}),
+        _subject(2, [{"AMT": 35.0, "CMT": 1}], np.arange(0.5, 24.0, 0.5), cov={"WT": wt}),
+    ]
     obs = _run(d, subs)
     return obs[obs.ID == 1], obs[obs.ID == 2]
 
@@ -428,12 +469,17 @@ def test_s_ketamine_half_life_derived_vs_simulated():
     patients have a longer half-life (WT^0.25). No published S-ketamine concentration is in models.md."""
     d = get_drug("s_ketamine")
     t = np.arange(0.5, 30.0, 0.5)
-    obs = _run(d, [_subject(1, [{"AMT": 20.0, "CMT": 1}], t, cov={"WT": 70.0}),
-                   _subject(2, [{"AMT": 20.0, "CMT": 1}], t, cov={"WT": 100.0})])
+    obs = _run(
+        d,
+        [
+            _subject(1, [{"AMT": 20.0, "CMT": 1}], t, cov={"WT": 70.0}),
+            _subject(2, [{"AMT": 20.0, "CMT": 1}], t, cov={"WT": 100.0}),
+        ],
+    )
     th = []
     for sid, wt in ((1, 70.0), (2, 100.0)):
         s = wt / 70.0
-        cl, q2, q3 = (60 * x * s ** 0.75 for x in (1.48, 2.43, 1.21))
+        cl, q2, q3 = (60 * x * s**0.75 for x in (1.48, 2.43, 1.21))
         v1, v2, v3 = (x * s for x in (11.6, 39.0, 174.0))
         K = np.array([[-(cl + q2 + q3) / v1, q2 / v2, q3 / v3], [q2 / v1, -q2 / v2, 0.0], [q3 / v1, 0.0, -q3 / v3]])
         derived = math.log(2) / -max(np.linalg.eigvals(K).real)

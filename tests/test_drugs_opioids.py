@@ -26,6 +26,7 @@ ROUTE_LABELS = {"iv", "po", "po_er", "infiltration", "sc"}
 
 # ---------------------------------------------------------------- helpers
 
+
 def _dataset(subjects):
     """NONMEM dataset: each subject is ``{"doses": [record fields], "times": [...], "cov": {...}}``.
 
@@ -36,10 +37,11 @@ def _dataset(subjects):
         cov = s.get("cov", {})
         cmt = s["doses"][0]["CMT"]
         for dose in s["doses"]:
-            rows.append({"ID": i, "TIME": 0.0, "EVID": 1, "AMT": 0.0, "RATE": 0.0, "II": 0.0, "SS": 0,
-                         **dose, **cov})
-        rows += [{"ID": i, "TIME": float(t), "EVID": 0, "AMT": 0.0, "CMT": cmt, "RATE": 0.0, "II": 0.0, "SS": 0,
-                  **cov} for t in s["times"]]
+            rows.append({"ID": i, "TIME": 0.0, "EVID": 1, "AMT": 0.0, "RATE": 0.0, "II": 0.0, "SS": 0, **dose, **cov})
+        rows += [
+            {"ID": i, "TIME": float(t), "EVID": 0, "AMT": 0.0, "CMT": cmt, "RATE": 0.0, "II": 0.0, "SS": 0, **cov}
+            for t in s["times"]
+        ]
     return pd.DataFrame(rows)
 
 
@@ -58,6 +60,7 @@ def _james_lbm(wt, ht, male):
 
 
 # ---------------------------------------------------------------- construction, sourcing, flags
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_entry_constructs_and_is_sourced(name):
@@ -84,11 +87,23 @@ def test_unverified_flags_and_covariates():
     flags = {n: set(get_drug(n).unverified_params()) for n in NAMES}
     # A2: Franken's oral F/ka on de Hoogd's IV disposition is a cross-study construction (flagged).
     # A3: stanpumpR's "oral F 0.6 and ka 0.01/min set by hand" (flagged).
-    assert flags == {"morphine": {"KA", "F1"}, "hydromorphone": {"KA", "F1"}, "fentanyl": set(),
-                     "remifentanil": set(), "tramadol": set(), "codeine": set()}
+    assert flags == {
+        "morphine": {"KA", "F1"},
+        "hydromorphone": {"KA", "F1"},
+        "fentanyl": set(),
+        "remifentanil": set(),
+        "tramadol": set(),
+        "codeine": set(),
+    }
     needed = {n: get_drug(n).covariates_needed() for n in NAMES}
-    assert needed == {"morphine": ("WT",), "hydromorphone": (), "fentanyl": (), "remifentanil": ("AGE", "LBM"),
-                      "tramadol": ("CYP2D6_10_10",), "codeine": ("CYP2D6_AS", "WT")}
+    assert needed == {
+        "morphine": ("WT",),
+        "hydromorphone": (),
+        "fentanyl": (),
+        "remifentanil": ("AGE", "LBM"),
+        "tramadol": ("CYP2D6_10_10",),
+        "codeine": ("CYP2D6_AS", "WT"),
+    }
     # A3: age/weight equations are UNVERIFIED -> not implemented, and the entry says so.
     hm = get_drug("hydromorphone")
     assert hm.covariates == () and any("UNVERIFIED" in n and "NOT implemented" in n for n in hm.notes)
@@ -100,8 +115,10 @@ def test_unverified_flags_and_covariates():
 
 def test_values_and_unit_conversions_match_models_md():
     """Spot checks of transcription and per-minute -> per-hour conversion against models.md numbers."""
+
     def vals(name, cols=None):
         from pkpd.expr import evaluate_parameter_block
+
         block = pkpd.load_params(get_drug(name).param_spec()).block
         return {k: float(v) for k, v in evaluate_parameter_block(block, cols or {}, np).items()}
 
@@ -110,28 +127,42 @@ def test_values_and_unit_conversions_match_models_md():
     # M6G CL 0.149 L/min; V1/V4/V5 4.62/9.52/118 L; M6G V 5.29 L.
     assert m["CL"] == pytest.approx((0.748 + 0.129 + 0.4805) * 60)
     assert (m["CLF6"], m["Q2"], m["Q3"], m["KTR"], m["CLM"]) == pytest.approx(
-        (0.129 * 60, 0.814 * 60, 1.29 * 60, 0.159 * 60, 0.149 * 60))
+        (0.129 * 60, 0.814 * 60, 1.29 * 60, 0.159 * 60, 0.149 * 60)
+    )
     assert (m["V1"], m["V2"], m["V3"], m["VM"], m["F1"], m["KA"]) == pytest.approx((4.62, 9.52, 118, 5.29, 0.30, 6))
     h = vals("hydromorphone")  # A3: 1.01 / 3.35 / 1.47 / 13.9 / 1.41 / 145 (L/min, L); ka 0.01/min, F 0.6
     assert (h["CL"], h["V1"], h["Q2"], h["V2"], h["Q3"], h["V3"], h["KA"], h["F1"]) == pytest.approx(
-        (1.01 * 60, 3.35, 1.47 * 60, 13.9, 1.41 * 60, 145, 0.01 * 60, 0.6))
+        (1.01 * 60, 3.35, 1.47 * 60, 13.9, 1.41 * 60, 145, 0.01 * 60, 0.6)
+    )
     f = vals("fentanyl")  # A4: V1 6.09 L; k10 .0827, k12 .471, k13 .225, k21 .102, k31 .006; ke0 .12 1/min
     assert f["CL"] / f["V1"] == pytest.approx(0.0827 * 60) and f["Q2"] / f["V2"] == pytest.approx(0.102 * 60)
     assert f["Q3"] / f["V1"] == pytest.approx(0.225 * 60) and f["Q3"] / f["V3"] == pytest.approx(0.006 * 60)
     assert f["Q2"] / f["V1"] == pytest.approx(0.471 * 60) and f["KE0"] == pytest.approx(0.12 * 60)
     r = vals("remifentanil", {"AGE": 40.0, "LBM": 55.0})  # A13 at the equations' reference point
     assert (r["V1"], r["V2"], r["V3"], r["CL"], r["Q2"], r["Q3"], r["KE0"]) == pytest.approx(
-        (5.1, 9.82, 5.42, 2.6 * 60, 2.05 * 60, 0.076 * 60, 0.595 * 60))
+        (5.1, 9.82, 5.42, 2.6 * 60, 2.05 * 60, 0.076 * 60, 0.595 * 60)
+    )
     t = vals("tramadol", {"CYP2D6_10_10": 0.0})  # A5
-    assert (t["CL"], t["FM"] * t["CL"], t["V"], t["KA"], t["FZO"], t["DZO"], t["ALAG2"], t["CLM"], t["VM"]) == \
-        pytest.approx((16.9 + 4.11, 4.11, 59.9, 0.095, 0.12, 1.93, 1.63, 15.8, 8.63))
+    assert (
+        t["CL"],
+        t["FM"] * t["CL"],
+        t["V"],
+        t["KA"],
+        t["FZO"],
+        t["DZO"],
+        t["ALAG2"],
+        t["CLM"],
+        t["VM"],
+    ) == pytest.approx((16.9 + 4.11, 4.11, 59.9, 0.095, 0.12, 1.93, 1.63, 15.8, 8.63))
     assert get_drug("tramadol")._param("CLNM").iiv_sd == pytest.approx(math.sqrt(0.059), abs=1e-4)
     c = vals("codeine", {"CYP2D6_AS": 2.0, "WT": 80.0})  # A6 (80 kg reference)
     assert (c["KA"], c["CL"], c["V"], c["F1"], c["CLM"], c["VM"], c["FM"]) == pytest.approx(
-        (8.74, 110, 427.5, 0.84, 357.5, 22.8, 0.16 / 1.16))
+        (8.74, 110, 427.5, 0.84, 357.5, 22.8, 0.16 / 1.16)
+    )
 
 
 # ---------------------------------------------------------------- morphine (A2)
+
 
 def test_morphine_model_registered():
     model = pkpd.get_model("morphine_dehoogd2017")
@@ -148,16 +179,16 @@ WEIGHTS = (70.0, 98.5, 150.0)
 MORPHINE_GRID = np.r_[np.arange(0.0, 4.0, 0.5 / 60.0), np.arange(4.0, 48.0 + 1e-9, 0.25)]
 # subject -> (route, weight): 1-3 IV infusion 1 mg/h for 48 h, 4-6 IV bolus 10 mg, 7 oral 10 mg,
 # 8-9 IV bolus 10 mg at 70 and 98.5 kg (used with two M6G volumes in the cross-study run).
-MORPHINE_SUBJECTS = ([("inf", w) for w in WEIGHTS] + [("iv", w) for w in WEIGHTS] + [("po", 70.0)]
-                     + [("iv", 70.0), ("iv", 98.5)])
+MORPHINE_SUBJECTS = (
+    [("inf", w) for w in WEIGHTS] + [("iv", w) for w in WEIGHTS] + [("po", 70.0)] + [("iv", 70.0), ("iv", 98.5)]
+)
 
 
 def _morphine_run(spec=None, vmx=None):
     d = get_drug("morphine")
     subjects = []
     for i, (route, w) in enumerate(MORPHINE_SUBJECTS):
-        dose = ({"CMT": d.cmt("iv"), "AMT": 48.0, "RATE": 1.0} if route == "inf" else
-                {"CMT": d.cmt(route), "AMT": 10.0})
+        dose = {"CMT": d.cmt("iv"), "AMT": 48.0, "RATE": 1.0} if route == "inf" else {"CMT": d.cmt(route), "AMT": 10.0}
         cov = {"WT": w, "VMX": 5.29 if vmx is None else vmx[i]}
         subjects.append({"doses": [dose], "times": MORPHINE_GRID, "cov": cov})
     return _simulate(d, subjects, spec)
@@ -204,8 +235,9 @@ def test_morphine_m6g_weight_effects_published_size(morphine_sims):
     for w in (70.0, 150.0):
         assert r[w] / r[98.5] == pytest.approx((w / 98.5) ** (1.03 - 0.329), rel=1e-5)
     assert r[70.0] < r[98.5] < r[150.0]  # heavier patients: more M6G per unit morphine
-    slope = {w: math.log(_at(morphine_sims[i + 4], 8.0) / _at(morphine_sims[i + 4], 12.0))
-             for i, w in enumerate(WEIGHTS)}
+    slope = {
+        w: math.log(_at(morphine_sims[i + 4], 8.0) / _at(morphine_sims[i + 4], 12.0)) for i, w in enumerate(WEIGHTS)
+    }
     assert slope[70.0] > slope[98.5] > slope[150.0] > 0.0
 
 
@@ -252,13 +284,16 @@ def test_morphine_oral_route_cross_study(morphine_sims):
 
 # ---------------------------------------------------------------- hydromorphone (A3)
 
+
 @pytest.fixture(scope="module")
 def hydromorphone_sims():
     """ID 1: 1 mg/h IV infusion for 48 h, then stopped; ID 2: 4 mg oral. Fine grid after the stop."""
     d = get_drug("hydromorphone")
     t = np.r_[np.arange(0.0, 47.9, 0.1), np.arange(47.9, 50.0 + 1e-9, 0.1 / 60.0)]
-    subjects = [{"doses": [{"CMT": d.cmt("iv"), "AMT": 48.0, "RATE": 1.0}], "times": t},
-                {"doses": [{"CMT": d.cmt("po"), "AMT": 4.0}], "times": t}]
+    subjects = [
+        {"doses": [{"CMT": d.cmt("iv"), "AMT": 48.0, "RATE": 1.0}], "times": t},
+        {"doses": [{"CMT": d.cmt("po"), "AMT": 4.0}], "times": t},
+    ]
     return _simulate(d, subjects)
 
 
@@ -296,14 +331,17 @@ def test_hydromorphone_oral_route(hydromorphone_sims):
 
 # ---------------------------------------------------------------- fentanyl (A4, B1)
 
+
 def _shafer_tpeak_min():
     """Independent computation (scipy expm) of the CE peak time from the published micro-constants."""
     v1, k10, k12, k13, k21, k31, ke0 = 6.09, 0.0827, 0.471, 0.225, 0.102, 0.006, 0.12  # 1/min
-    K = np.array([[-(k10 + k12 + k13), k21, k31, 0.0], [k12, -k21, 0.0, 0.0], [k13, 0.0, -k31, 0.0],
-                  [ke0 / v1, 0.0, 0.0, -ke0]])
+    K = np.array(
+        [[-(k10 + k12 + k13), k21, k31, 0.0], [k12, -k21, 0.0, 0.0], [k13, 0.0, -k31, 0.0], [ke0 / v1, 0.0, 0.0, -ke0]]
+    )
 
     def dce(t):
         return (K @ scipy.linalg.expm(K * t) @ np.array([1.0, 0.0, 0.0, 0.0]))[3]
+
     return scipy.optimize.brentq(dce, 1.0, 10.0, xtol=1e-10)
 
 
@@ -368,6 +406,7 @@ def test_fentanyl_linearity_and_effect_lag(fentanyl_sims):
 
 # ---------------------------------------------------------------- remifentanil (A13)
 
+
 @pytest.fixture(scope="module")
 def remifentanil_sims():
     """IDs 1-2: 0.1 mg IV bolus at 35 and 80 y; IDs 3-4: 1 mg/h IV infusion for 24 h at 35 and 80 y.
@@ -408,13 +447,16 @@ def test_remifentanil_age_effects(remifentanil_sims):
 
 # ---------------------------------------------------------------- tramadol (A5, D1)
 
+
 @pytest.fixture(scope="module")
 def tramadol_ss():
     """Lee 2019 regimen: SR 100 mg q12h at steady state; ID 1 reference genotype, ID 2 CYP2D6*10/*10."""
     d = get_drug("tramadol")
     t = np.arange(0.0, 12.0 + 1e-9, 0.01)
-    subjects = [{"doses": [{"CMT": d.cmt("po_er"), "AMT": 100.0, "II": 12.0, "SS": 1}], "times": t,
-                 "cov": {"CYP2D6_10_10": g}} for g in (0.0, 1.0)]
+    subjects = [
+        {"doses": [{"CMT": d.cmt("po_er"), "AMT": 100.0, "II": 12.0, "SS": 1}], "times": t, "cov": {"CYP2D6_10_10": g}}
+        for g in (0.0, 1.0)
+    ]
     return _simulate(d, subjects)
 
 
@@ -466,8 +508,10 @@ def codeine_sims():
     """60 mg oral codeine (Ashraf 2024 dose) at each activity score (80 kg), plus AS 2 at 100 kg."""
     d = get_drug("codeine")
     t = np.arange(0.0, 48.0 + 1e-9, 0.01)
-    subjects = [{"doses": [{"CMT": d.cmt("po"), "AMT": 60.0}], "times": t, "cov": {"CYP2D6_AS": a, "WT": 80.0}}
-                for a in ACTIVITY_SCORES]
+    subjects = [
+        {"doses": [{"CMT": d.cmt("po"), "AMT": 60.0}], "times": t, "cov": {"CYP2D6_AS": a, "WT": 80.0}}
+        for a in ACTIVITY_SCORES
+    ]
     subjects.append({"doses": [{"CMT": d.cmt("po"), "AMT": 60.0}], "times": t, "cov": {"CYP2D6_AS": 2.0, "WT": 100.0}})
     return _simulate(d, subjects)
 
@@ -499,5 +543,5 @@ def test_codeine_allometry_and_bioavailability(codeine_sims):
     """Ashraf 2024 allometry (models.md A6): codeine CL ∝ (WT/80)^0.75, so AUC(100 kg)/AUC(80 kg) =
     0.8^0.75; absorbed fraction AUC*CL/dose = F 0.84 (tolerance 0.5 %, numerical integration)."""
     ref, heavy = codeine_sims[5], codeine_sims[8]
-    assert _auc(heavy, "CP") / _auc(ref, "CP") == pytest.approx(0.8 ** 0.75, rel=0.005)
+    assert _auc(heavy, "CP") / _auc(ref, "CP") == pytest.approx(0.8**0.75, rel=0.005)
     assert _auc(ref, "CP") * 110.0 / 60.0 == pytest.approx(0.84, rel=0.005)

@@ -47,28 +47,49 @@ def test_modeled_rate_and_duration_with_F(solver):
 @pytest.mark.parametrize("interp", ["nocb", "locf"])
 def test_time_varying_covariate_interpolation(interp):
     # IV bolus 100 mg at t=0; CL = CLX changes on the record at t=2 (from 2 to 8 L/h); V = 20 L.
-    df = pd.DataFrame({
-        "ID": [1] * 5, "TIME": [0.0, 1.0, 2.0, 3.0, 4.0], "EVID": [1, 0, 0, 0, 0],
-        "AMT": [100.0, 0, 0, 0, 0], "CMT": [1] * 5, "CLX": [2.0, 2.0, 8.0, 8.0, 8.0],
-    })
+    df = pd.DataFrame(
+        {
+            "ID": [1] * 5,
+            "TIME": [0.0, 1.0, 2.0, 3.0, 4.0],
+            "EVID": [1, 0, 0, 0, 0],
+            "AMT": [100.0, 0, 0, 0, 0],
+            "CMT": [1] * 5,
+            "CLX": [2.0, 2.0, 8.0, 8.0, 8.0],
+        }
+    )
     out = pkpd.simulate(df, "1cmt_iv", {"CL": "CLX", "V": 20.0}, interpolation=interp)
     cp = out["CP"].to_numpy()
     k_old, k_new = 2.0 / 20, 8.0 / 20
     c0 = 100 / 20
     if interp == "nocb":  # (1, 2] already uses the t=2 record's CL
-        ref = [c0, c0 * np.exp(-k_old), c0 * np.exp(-k_old - k_new), c0 * np.exp(-k_old - 2 * k_new),
-               c0 * np.exp(-k_old - 3 * k_new)]
+        ref = [
+            c0,
+            c0 * np.exp(-k_old),
+            c0 * np.exp(-k_old - k_new),
+            c0 * np.exp(-k_old - 2 * k_new),
+            c0 * np.exp(-k_old - 3 * k_new),
+        ]
     else:  # (1, 2] still uses the t=1 record's CL; the change acts from t=2 on
-        ref = [c0, c0 * np.exp(-k_old), c0 * np.exp(-2 * k_old), c0 * np.exp(-2 * k_old - k_new),
-               c0 * np.exp(-2 * k_old - 2 * k_new)]
+        ref = [
+            c0,
+            c0 * np.exp(-k_old),
+            c0 * np.exp(-2 * k_old),
+            c0 * np.exp(-2 * k_old - k_new),
+            c0 * np.exp(-2 * k_old - 2 * k_new),
+        ]
     np.testing.assert_allclose(cp, ref, rtol=1e-12)
 
 
 def test_evid2_and_time_going_back_at_reset():
-    df = pd.DataFrame({
-        "ID": [1] * 7, "TIME": [0.0, 1.0, 1.5, 2.0, 0.0, 0.0, 1.0], "EVID": [1, 0, 2, 0, 3, 1, 0],
-        "AMT": [100.0, 0, 0, 0, 0, 50.0, 0], "CMT": [1] * 7,
-    })
+    df = pd.DataFrame(
+        {
+            "ID": [1] * 7,
+            "TIME": [0.0, 1.0, 1.5, 2.0, 0.0, 0.0, 1.0],
+            "EVID": [1, 0, 2, 0, 3, 1, 0],
+            "AMT": [100.0, 0, 0, 0, 0, 50.0, 0],
+            "CMT": [1] * 7,
+        }
+    )
     out = pkpd.simulate(df, "1cmt_iv", {"CL": 5.0, "V": 50.0})
     k = 0.1
     ref = [2.0, 2.0 * np.exp(-k), 2.0 * np.exp(-1.5 * k), 2.0 * np.exp(-2 * k), 0.0, 1.0, 1.0 * np.exp(-k)]
@@ -76,14 +97,31 @@ def test_evid2_and_time_going_back_at_reset():
 
 
 def test_bad_parameter_values_are_reported_with_rows():
-    df = pd.DataFrame({"ID": [1, 1, 2, 2], "TIME": [0.0, 1.0, 0.0, 1.0], "EVID": [1, 0, 1, 0],
-                       "AMT": [10.0, 0, 10.0, 0], "CMT": [1] * 4, "VX": [20.0, 20.0, -1.0, -1.0]})
+    df = pd.DataFrame(
+        {
+            "ID": [1, 1, 2, 2],
+            "TIME": [0.0, 1.0, 0.0, 1.0],
+            "EVID": [1, 0, 1, 0],
+            "AMT": [10.0, 0, 10.0, 0],
+            "CMT": [1] * 4,
+            "VX": [20.0, 20.0, -1.0, -1.0],
+        }
+    )
     with pytest.raises(pkpd.DatasetError, match=r"rows 3, 4.*V \[L\] must be > 0"):
         pkpd.simulate(df, "1cmt_iv", {"CL": 5.0, "V": "VX"})
 
 
 def test_steady_state_lag_not_below_interval_is_refused():
-    df = pd.DataFrame({"ID": [1, 1], "TIME": [0.0, 1.0], "EVID": [1, 0], "AMT": [10.0, 0], "CMT": [1, 2],
-                       "SS": [1, 0], "II": [12.0, 0]})
+    df = pd.DataFrame(
+        {
+            "ID": [1, 1],
+            "TIME": [0.0, 1.0],
+            "EVID": [1, 0],
+            "AMT": [10.0, 0],
+            "CMT": [1, 2],
+            "SS": [1, 0],
+            "II": [12.0, 0],
+        }
+    )
     with pytest.raises(pkpd.DatasetError, match="lag time 13 h >= II 12 h"):
         pkpd.simulate(df, "1cmt_oral", {"CL": 5.0, "V": 50.0, "KA": 1.0, "ALAG1": 13.0})

@@ -57,11 +57,17 @@ def test_malformed_evidence_lists_every_problem(tmp_path):
     root = tmp_path / "ev"
     shutil.copytree(EVIDENCE_DIR, root)
     p = root / "trials" / "turan2004.toml"
-    text = p.read_text().replace('use = "calibration"', 'use = "maybe"').replace('statistic = "mean_sd"',
-                                                                                   'statistic = "average"', 1)
+    text = (
+        p.read_text()
+        .replace('use = "calibration"', 'use = "maybe"')
+        .replace('statistic = "mean_sd"', 'statistic = "average"', 1)
+    )
     p.write_text(text)
-    (root / "trials" / "kim2013.toml").write_text((root / "trials" / "kim2013.toml").read_text().replace(
-        'regimen = "kim2013_control"', 'regimen = "no_such_regimen"'))
+    (root / "trials" / "kim2013.toml").write_text(
+        (root / "trials" / "kim2013.toml")
+        .read_text()
+        .replace('regimen = "kim2013_control"', 'regimen = "no_such_regimen"')
+    )
     load_evidence.cache_clear()
     try:
         with pytest.raises(EvidenceError) as exc:

@@ -92,9 +92,17 @@ def test_functions(xp):
     x = np.array([0.25, 1.0, 2.7, 9.0])
     env = {"X": xp.asarray(x)}
     cases = {
-        "exp(X)": np.exp(x), "log(X)": np.log(x), "log10(X)": np.log10(x), "sqrt(X)": np.sqrt(x),
-        "abs(-X)": x, "floor(X)": np.floor(x), "ceil(X)": np.ceil(x), "min(X, 2)": np.minimum(x, 2),
-        "max(X, 2)": np.maximum(x, 2), "pow(X, 1.5)": x**1.5, "where(X > 1, X, -X)": np.where(x > 1, x, -x),
+        "exp(X)": np.exp(x),
+        "log(X)": np.log(x),
+        "log10(X)": np.log10(x),
+        "sqrt(X)": np.sqrt(x),
+        "abs(-X)": x,
+        "floor(X)": np.floor(x),
+        "ceil(X)": np.ceil(x),
+        "min(X, 2)": np.minimum(x, 2),
+        "max(X, 2)": np.maximum(x, 2),
+        "pow(X, 1.5)": x**1.5,
+        "where(X > 1, X, -X)": np.where(x > 1, x, -x),
         "exp(log(X) * 2)": x**2,
     }
     for src, want in cases.items():
@@ -165,8 +173,9 @@ def test_parameter_shadows_column():
 
 def test_missing_column_message():
     block = compile_parameter_block({"CL": "1.1*(WT/70)**0.75"})
-    with pytest.raises(ExpressionError,
-                       match="parameter CL references WT, which is neither a dataset column nor a parameter"):
+    with pytest.raises(
+        ExpressionError, match="parameter CL references WT, which is neither a dataset column nor a parameter"
+    ):
         evaluate_parameter_block(block, {"AGE": np.array([30.0])})
 
 

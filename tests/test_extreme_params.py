@@ -33,8 +33,15 @@ TIMES = [0.0, 1e-3, 0.1, 1.0, 4.0, 12.0, 24.0, 100.0, 1000.0]
 
 
 def _bolus_frame(times, cmt=1):
-    return pd.DataFrame({"ID": 1, "TIME": times, "AMT": [DOSE] + [0.0] * (len(times) - 1), "CMT": cmt,
-                         "EVID": [1] + [0] * (len(times) - 1)})
+    return pd.DataFrame(
+        {
+            "ID": 1,
+            "TIME": times,
+            "AMT": [DOSE] + [0.0] * (len(times) - 1),
+            "CMT": cmt,
+            "EVID": [1] + [0] * (len(times) - 1),
+        }
+    )
 
 
 def _ref_3cmt(p, times, dps=60):
@@ -64,7 +71,9 @@ def _check_linear(out, ref, label, floor=0.0):
                 continue
             rel = abs(A[i, k] - r) / abs(r)
             worst = max(worst, rel if abs(r) > 1e-3 * DOSE or floor == 0.0 else 0.0)
-            assert abs(A[i, k] - r) <= 1e-8 * abs(r) + floor, f"{label}: t={TIMES[i]} cmt {k}: {A[i, k]!r} vs {r!r} (rel {rel:.1e})"
+            assert abs(A[i, k] - r) <= 1e-8 * abs(r) + floor, (
+                f"{label}: t={TIMES[i]} cmt {k}: {A[i, k]!r} vs {r!r} (rel {rel:.1e})"
+            )
         total_ref = float(sum(row))
         assert abs(A[i].sum() - total_ref) <= 1e-10 * DOSE, f"{label}: mass balance at row {i}"
     return worst
@@ -164,16 +173,14 @@ def _check_mm(out, km):
 def test_mm_tiny_km_matches_lambert_w(km):
     """Tsit5 fails or overshoots for these KM; method 'auto' retries with Kvaerno5. Tight tolerances
     (rtol 1e-12, atol 1e-20 mg) because the ODE path's accuracy is set by them."""
-    out = pkpd.simulate(_bolus_frame(MM_TIMES), "1cmt_iv_mm", dict(MM, KM=km),
-                        solver=pkpd.ODE(rtol=1e-12, atol=1e-20))
+    out = pkpd.simulate(_bolus_frame(MM_TIMES), "1cmt_iv_mm", dict(MM, KM=km), solver=pkpd.ODE(rtol=1e-12, atol=1e-20))
     assert _check_mm(out, km) <= 1e-8
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("km", [1e-3, 1e-4, 1e-5, 1e-8, 1e-9, 1e-10, 1e-11])
 def test_mm_km_sweep(km):
-    out = pkpd.simulate(_bolus_frame(MM_TIMES), "1cmt_iv_mm", dict(MM, KM=km),
-                        solver=pkpd.ODE(rtol=1e-12, atol=1e-20))
+    out = pkpd.simulate(_bolus_frame(MM_TIMES), "1cmt_iv_mm", dict(MM, KM=km), solver=pkpd.ODE(rtol=1e-12, atol=1e-20))
     _check_mm(out, km)
 
 
@@ -193,8 +200,9 @@ def test_mm_explicit_method_fails_with_advice():
 
 def test_ode_method_from_parameter_file(tmp_path):
     path = tmp_path / "mm.toml"
-    path.write_text('model = "1cmt_iv_mm"\nsolver = "ode"\node_method = "kvaerno5"\n'
-                    "[parameters]\nV = 10\nVMAX = 10\nKM = 1e-2\n")
+    path.write_text(
+        'model = "1cmt_iv_mm"\nsolver = "ode"\node_method = "kvaerno5"\n[parameters]\nV = 10\nVMAX = 10\nKM = 1e-2\n'
+    )
     spec = pkpd.load_params(path)
     assert (spec.solver, spec.ode_method) == ("ode", "kvaerno5")
     out = pkpd.simulate(_bolus_frame(MM_TIMES), None, spec)
@@ -215,13 +223,28 @@ def test_cli_ode_method(tmp_path):
     params = tmp_path / "p.toml"
     params.write_text('model = "1cmt_iv_mm"\n[parameters]\nV = 10\nVMAX = 10\nKM = 1e-2\n')
     runner = CliRunner()
-    res = runner.invoke(app, ["simulate", str(data), "--params", str(params), "--out", str(tmp_path / "o.csv"),
-                              "--ode-method", "kvaerno5"])
+    res = runner.invoke(
+        app,
+        ["simulate", str(data), "--params", str(params), "--out", str(tmp_path / "o.csv"), "--ode-method", "kvaerno5"],
+    )
     assert res.exit_code == 0, res.output
     out = pd.read_csv(tmp_path / "o.csv")
     assert out["CENTRAL"].min() >= -1e-12 * DOSE
-    res = runner.invoke(app, ["simulate", str(data), "--params", str(params), "--out", str(tmp_path / "o2.csv"),
-                              "--solver", "ode", "--ode-method", "tsit5"])
+    res = runner.invoke(
+        app,
+        [
+            "simulate",
+            str(data),
+            "--params",
+            str(params),
+            "--out",
+            str(tmp_path / "o2.csv"),
+            "--solver",
+            "ode",
+            "--ode-method",
+            "tsit5",
+        ],
+    )
     assert res.exit_code == 1 and "kvaerno5" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "o2.csv").exists()
 
@@ -237,11 +260,15 @@ def test_cli_says_when_subjects_were_re_solved_with_the_stiff_method(tmp_path):
     data = tmp_path / "d.csv"
     _bolus_frame(TIMES).to_csv(data, index=False)
     runner = CliRunner()
-    for name, p, stiff in (("stiff", STIFF["issue_V1_1"], True),
-                           ("plain", dict(CL=5.0, V1=10.0, Q2=20.0, V2=30.0, Q3=2.0, V3=100.0), False)):
+    for name, p, stiff in (
+        ("stiff", STIFF["issue_V1_1"], True),
+        ("plain", dict(CL=5.0, V1=10.0, Q2=20.0, V2=30.0, Q3=2.0, V3=100.0), False),
+    ):
         params = tmp_path / f"{name}.toml"
         params.write_text('model = "3cmt_iv"\n[parameters]\n' + "".join(f"{k} = {v!r}\n" for k, v in p.items()))
-        res = runner.invoke(app, ["simulate", str(data), "--params", str(params), "--out", str(tmp_path / f"{name}.csv")])
+        res = runner.invoke(
+            app, ["simulate", str(data), "--params", str(params), "--out", str(tmp_path / f"{name}.csv")]
+        )
         assert res.exit_code == 0, res.output
         assert "auto -> analytic" in res.output
         assert ("1 subject(s) re-solved with the stiff ODE method kvaerno5" in res.output) == stiff, res.output

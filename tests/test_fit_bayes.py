@@ -40,8 +40,7 @@ def _conc_1cmt_oral(dose, cl, v, ka, t):
     return dose * ka / (v * (ka - ke)) * (np.exp(-ke * t) - np.exp(-ka * t))
 
 
-TRUTH = {"CL": 5.0, "V": 50.0, "KA": 1.2, "WT_exp": 0.75, "AS_frac": 0.6, "om_CL": 0.09, "om_V": 0.04,
-         "prop": 0.12}
+TRUTH = {"CL": 5.0, "V": 50.0, "KA": 1.2, "WT_exp": 0.75, "AS_frac": 0.6, "om_CL": 0.09, "om_V": 0.04, "prop": 0.12}
 
 
 def _simulate(n_id: int, seed: int, times=(0.5, 1, 2, 4, 6, 8, 12, 24), truth=TRUTH, covariates=True):
@@ -64,26 +63,44 @@ def _simulate(n_id: int, seed: int, times=(0.5, 1, 2, 4, 6, 8, 12, 24), truth=TR
             tv_cl *= (wt / 70.0) ** truth["WT_exp"] * ((1 - truth["AS_frac"]) + truth["AS_frac"] * as_ / 2.0)
         cl = tv_cl * math.exp(z_cl[i - 1] * math.sqrt(truth["om_CL"]))
         v = truth["V"] * math.exp(z_v[i - 1] * math.sqrt(truth["om_V"]))
-        rows.append({"ID": i, "TIME": 0.0, "AMT": 100.0, "DV": 0.0, "MDV": 1, "EVID": 1, "CMT": 1, "WT": wt,
-                     "CYP2D6_AS": as_})
+        rows.append(
+            {"ID": i, "TIME": 0.0, "AMT": 100.0, "DV": 0.0, "MDV": 1, "EVID": 1, "CMT": 1, "WT": wt, "CYP2D6_AS": as_}
+        )
         for t in times:
             c = _conc_1cmt_oral(100.0, cl, v, truth["KA"], t)
             dv = c * (1 + truth["prop"] * rng.normal())
-            rows.append({"ID": i, "TIME": float(t), "AMT": 0.0, "DV": float(dv), "MDV": 0, "EVID": 0, "CMT": 2,
-                         "WT": wt, "CYP2D6_AS": as_})
+            rows.append(
+                {
+                    "ID": i,
+                    "TIME": float(t),
+                    "AMT": 0.0,
+                    "DV": float(dv),
+                    "MDV": 0,
+                    "EVID": 0,
+                    "CMT": 2,
+                    "WT": wt,
+                    "CYP2D6_AS": as_,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def _cov_model(covariates=True, **over):
     cl = {"estimate": 4.0, "unit": "L/h", "iiv": 0.1}
     if covariates:
-        cl["covariates"] = [{"covariate": "WT", "relation": "power", "reference": 70, "estimate": 0.75},
-                            {"covariate": "CYP2D6_AS", "relation": "activity_score", "reference": 2,
-                             "estimate": 0.5}]
-    d = {"model": {"structure": "1cmt_oral"},
-         "parameters": {"CL": cl, "V": {"estimate": 40.0, "unit": "L", "iiv": 0.1},
-                        "KA": {"estimate": 1.0, "unit": "1/h"}},
-         "observations": {"conc": {"output": "CP", "error": "proportional", "proportional": 0.2}}}
+        cl["covariates"] = [
+            {"covariate": "WT", "relation": "power", "reference": 70, "estimate": 0.75},
+            {"covariate": "CYP2D6_AS", "relation": "activity_score", "reference": 2, "estimate": 0.5},
+        ]
+    d = {
+        "model": {"structure": "1cmt_oral"},
+        "parameters": {
+            "CL": cl,
+            "V": {"estimate": 40.0, "unit": "L", "iiv": 0.1},
+            "KA": {"estimate": 1.0, "unit": "1/h"},
+        },
+        "observations": {"conc": {"output": "CP", "error": "proportional", "proportional": 0.2}},
+    }
     d.update(over)
     return load_model(d)
 
@@ -102,22 +119,38 @@ def small_prob():
 def _rich_problem():
     """Block omega (KA, CL), a diagonal eta (V), IOV on CL over 2 occasions, combined error, a fixed
     parameter: every kind of packer entry."""
-    spec = load_model({
-        "model": {"structure": "1cmt_oral"},
-        "parameters": {"CL": {"estimate": 4.0}, "V": {"estimate": 40.0, "iiv": 0.05},
-                       "KA": {"estimate": 1.0, "lower": 0.1, "upper": 10.0},
-                       "F1": {"estimate": 0.8, "fixed": True, "lower": 0.0, "upper": 1.0}},
-        "derived": {},
-        "omega": {"block": [{"parameters": ["KA", "CL"], "values": [0.3, 0.05, 0.1]}]},
-        "iov": {"CL": 0.02},
-        "observations": {"conc": {"output": "CP", "error": "combined", "additive": 0.1, "proportional": 0.1}}})
+    spec = load_model(
+        {
+            "model": {"structure": "1cmt_oral"},
+            "parameters": {
+                "CL": {"estimate": 4.0},
+                "V": {"estimate": 40.0, "iiv": 0.05},
+                "KA": {"estimate": 1.0, "lower": 0.1, "upper": 10.0},
+                "F1": {"estimate": 0.8, "fixed": True, "lower": 0.0, "upper": 1.0},
+            },
+            "derived": {},
+            "omega": {"block": [{"parameters": ["KA", "CL"], "values": [0.3, 0.05, 0.1]}]},
+            "iov": {"CL": 0.02},
+            "observations": {"conc": {"output": "CP", "error": "combined", "additive": 0.1, "proportional": 0.1}},
+        }
+    )
     rows = []
     for i in (1, 2, 3):
         for occ, t0 in ((1, 0.0), (2, 48.0)):
             rows.append({"ID": i, "TIME": t0, "AMT": 100.0, "DV": 0.0, "MDV": 1, "EVID": 1, "CMT": 1, "OCC": occ})
             for dt in (1.0, 4.0, 12.0):
-                rows.append({"ID": i, "TIME": t0 + dt, "AMT": 0.0, "DV": 1.0 + dt / 10, "MDV": 0, "EVID": 0,
-                             "CMT": 2, "OCC": occ})
+                rows.append(
+                    {
+                        "ID": i,
+                        "TIME": t0 + dt,
+                        "AMT": 0.0,
+                        "DV": 1.0 + dt / 10,
+                        "MDV": 0,
+                        "EVID": 0,
+                        "CMT": 2,
+                        "OCC": occ,
+                    }
+                )
     return build_problem(pd.DataFrame(rows), spec)
 
 
@@ -142,10 +175,19 @@ def test_site_map_is_exact(rich_prob):
     rng = np.random.default_rng(0)
     C0 = np.array([[1.0, -0.6], [-0.6, 1.0]])
     Lc = np.linalg.cholesky(C0)
-    v = {"pop:CL": np.log(3.3), "pop:V": np.log(55.0), "pop:KA": 0.7,
-         "sd:KA": 0.8, "sd:CL": 0.35, "corr:corr(KA,CL)": Lc, "sd:V": 0.25, "iov_sd:iov(CL)": 0.12,
-         "sigma:conc.additive": 0.07, "sigma:conc.proportional": 0.15,
-         "z": rng.standard_normal((prob.n_id, prob.n_eta))}
+    v = {
+        "pop:CL": np.log(3.3),
+        "pop:V": np.log(55.0),
+        "pop:KA": 0.7,
+        "sd:KA": 0.8,
+        "sd:CL": 0.35,
+        "corr:corr(KA,CL)": Lc,
+        "sd:V": 0.25,
+        "iov_sd:iov(CL)": 0.12,
+        "sigma:conc.additive": 0.07,
+        "sigma:conc.proportional": 0.15,
+        "z": rng.standard_normal((prob.n_id, prob.n_eta)),
+    }
     u, eta = jax.jit(B._assemble, static_argnums=1)(prob, lay, {k: jnp.asarray(x) for k, x in v.items()})
     nat = {k: np.asarray(x) for k, x in jax.jit(pk.natural)(u).items()}
     names = list(pk.names)
@@ -156,14 +198,15 @@ def test_site_map_is_exact(rich_prob):
     sd = np.array([0.8, 0.35])
     C = Lc @ Lc.T
     np.testing.assert_allclose(nat["omega"][:2, :2], np.outer(sd, sd) * C, rtol=1e-12, atol=1e-14)
-    assert nat["omega"][2, 2] == pytest.approx(0.25 ** 2, rel=1e-12)
+    assert nat["omega"][2, 2] == pytest.approx(0.25**2, rel=1e-12)
     assert nat["omega"][2, 0] == 0.0
-    assert nat["iov"][0] == pytest.approx(0.12 ** 2, rel=1e-12)
+    assert nat["iov"][0] == pytest.approx(0.12**2, rel=1e-12)
     np.testing.assert_allclose(nat["sigma"], [0.07, 0.15], rtol=1e-12)
     Lf = np.asarray(jax.jit(lambda uu: prob.chol_full(pk.natural(uu)))(u))
     assert Lf.shape == (5, 5)  # KA, CL, V etas + one CL kappa per occasion
-    np.testing.assert_allclose(Lf @ Lf.T, np.diag([0, 0, 0, 0.0144, 0.0144]) + np.pad(nat["omega"], (0, 2)),
-                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        Lf @ Lf.T, np.diag([0, 0, 0, 0.0144, 0.0144]) + np.pad(nat["omega"], (0, 2)), rtol=1e-12, atol=1e-15
+    )
     np.testing.assert_allclose(np.asarray(eta), v["z"] @ Lf.T, rtol=1e-12, atol=1e-15)
     back = B._site_values(prob, lay, np.asarray(u), np.asarray(eta))
     for k, x in v.items():
@@ -190,8 +233,18 @@ def test_default_priors_and_description(rich_prob):
     HalfNormal(5 x initial) for residual terms; the description names each and marks user priors."""
     prob = rich_prob
     pri = default_priors(prob)
-    assert list(pri) == ["CL", "V", "KA", "omega(KA)", "omega(CL)", "corr(KA,CL)", "omega(V)", "iov(CL)",
-                         "conc.additive", "conc.proportional"]
+    assert list(pri) == [
+        "CL",
+        "V",
+        "KA",
+        "omega(KA)",
+        "omega(CL)",
+        "corr(KA,CL)",
+        "omega(V)",
+        "iov(CL)",
+        "conc.additive",
+        "conc.proportional",
+    ]
     assert isinstance(pri["CL"], dist.Normal) and float(pri["CL"].loc) == pytest.approx(math.log(4.0))
     assert float(pri["CL"].scale) == 2.0 and float(pri["KA"].scale) == 1.5
     assert float(pri["omega(KA)"].scale) == pytest.approx(max(1.0, 2 * math.sqrt(0.3)))
@@ -220,8 +273,9 @@ def test_default_priors_and_description(rich_prob):
 def test_rejection_counter_counts_distinct_nonfinite_points():
     """The counter sees every evaluation (vmapped, differentiated, nested vmaps), records each distinct
     point with a non-finite log-likelihood once, and leaves values and gradients unchanged."""
+
     def logdens(x):
-        ll = jnp.where(x > 1.0, jnp.nan, -x ** 2)
+        ll = jnp.where(x > 1.0, jnp.nan, -(x**2))
         ok = jnp.isfinite(ll)
         return jnp.where(ok, B._counted(ll, ok, x), -jnp.inf)
 
@@ -252,8 +306,7 @@ def test_nuts_smoke_and_netcdf_round_trip(small_prob, tmp_path):
     InferenceData groups and names, diagnostics present, NetCDF round trip identical; a second run of the
     same structure reuses the compiled program."""
     prob = small_prob
-    fit = fit_nuts(prob, num_chains=2, num_warmup=100, num_samples=100, seed=1, progress=False,
-                   max_tree_depth=(5, 7))
+    fit = fit_nuts(prob, num_chains=2, num_warmup=100, num_samples=100, seed=1, progress=False, max_tree_depth=(5, 7))
     assert fit.method == "nuts"
     assert fit.u_draws.shape == (2, 100, prob.packer.n_free)
     assert fit.eta_draws.shape == (2, 100, prob.n_id, 2)
@@ -284,8 +337,16 @@ def test_nuts_smoke_and_netcdf_round_trip(small_prob, tmp_path):
         assert getattr(back, group).equals(getattr(fit.idata, group)), group
     assert back.attrs["method"] == "nuts" and back.attrs["n_rejected"] == d["n_rejected"]
     # same structure and settings: the compiled sampler is reused
-    fit2 = fit_nuts(prob, num_chains=2, num_warmup=100, num_samples=20, seed=2, progress=False,
-                    max_tree_depth=(5, 7), log_likelihood=False)
+    fit2 = fit_nuts(
+        prob,
+        num_chains=2,
+        num_warmup=100,
+        num_samples=20,
+        seed=2,
+        progress=False,
+        max_tree_depth=(5, 7),
+        log_likelihood=False,
+    )
     assert fit2.times["compile_s"] < 0.5 * fit.times["compile_s"]
     assert fit2.u_draws.shape == (2, 20, prob.packer.n_free) and np.all(np.isfinite(fit2.u_draws))
 
@@ -308,23 +369,31 @@ def test_nuts_progress_line_counts_warmup_and_sampling_divergences_apart(small_p
             pass
 
     monkeypatch.setattr(B, "_progress", lambda progress, total, label: Bar() if progress else None)
-    fit = fit_nuts(small_prob, num_chains=2, num_warmup=100, num_samples=20, seed=3, progress=True,
-                   max_tree_depth=(5, 7), log_likelihood=False)
+    fit = fit_nuts(
+        small_prob,
+        num_chains=2,
+        num_warmup=100,
+        num_samples=20,
+        seed=3,
+        progress=True,
+        max_tree_depth=(5, 7),
+        log_likelihood=False,
+    )
     d = fit.diagnostics
     assert lines and all("; warm-up divergences " in x and ", sampling divergences " in x for x in lines)
     assert lines[-1].startswith("sampling; ")
     assert f"warm-up divergences {d['n_divergent_warmup']}, sampling divergences {d['n_divergent']};" in lines[-1]
     warm = [x for x in lines if x.startswith("warmup; ")]
     assert warm and all("sampling divergences 0;" in x for x in warm)
-    assert B._progress_info("sampling", 7, 2, 0) == ("sampling; warm-up divergences 7, sampling divergences 2; "
-                                                      "rejected points 0")
+    assert B._progress_info("sampling", 7, 2, 0) == (
+        "sampling; warm-up divergences 7, sampling divergences 2; rejected points 0"
+    )
 
 
 def test_svi_smoke(small_prob, tmp_path):
     """Short mean-field SVI: loss (negative ELBO) decreases, draws finite, one chain, NetCDF written."""
     prob = small_prob
-    fit = fit_svi(prob, num_steps=300, learning_rate=0.02, num_draws=200, seed=0, progress=False,
-                  log_likelihood=False)
+    fit = fit_svi(prob, num_steps=300, learning_rate=0.02, num_draws=200, seed=0, progress=False, log_likelihood=False)
     elbo = fit.diagnostics["elbo"]
     assert elbo.shape == (300,) and np.all(np.isfinite(elbo))
     assert np.median(elbo[-50:]) < np.median(elbo[:50])  # single-particle ELBO: noisy, compare medians
@@ -345,9 +414,16 @@ def cov_data():
 
 
 def _truth_natural():
-    return {"CL": TRUTH["CL"], "V": TRUTH["V"], "KA": TRUTH["KA"], "CL~WT(power)": TRUTH["WT_exp"],
-            "CL~CYP2D6_AS(activity_score)": TRUTH["AS_frac"], "omega(CL)": TRUTH["om_CL"],
-            "omega(V)": TRUTH["om_V"], "conc.proportional": TRUTH["prop"]}
+    return {
+        "CL": TRUTH["CL"],
+        "V": TRUTH["V"],
+        "KA": TRUTH["KA"],
+        "CL~WT(power)": TRUTH["WT_exp"],
+        "CL~CYP2D6_AS(activity_score)": TRUTH["AS_frac"],
+        "omega(CL)": TRUTH["om_CL"],
+        "omega(V)": TRUTH["om_V"],
+        "conc.proportional": TRUTH["prop"],
+    }
 
 
 def test_nuts_recovers_truth(cov_data):
@@ -398,11 +474,18 @@ def test_theoph_nuts_vs_nlme():
     from pkpd.datasets import load_theoph
 
     ref = json.loads(NLME.read_text())["fits"]["ml_diag"]
-    spec = load_model({"model": {"structure": "1cmt_oral"},
-                       "parameters": {"KE": {"estimate": 0.1}, "KA": {"estimate": 1.0, "iiv": 0.3},
-                                      "CL": {"estimate": 0.05, "iiv": 0.05}},
-                       "derived": {"V": "CL/KE"},
-                       "observations": {"conc": {"output": "CP", "error": "additive", "additive": 1.0}}})
+    spec = load_model(
+        {
+            "model": {"structure": "1cmt_oral"},
+            "parameters": {
+                "KE": {"estimate": 0.1},
+                "KA": {"estimate": 1.0, "iiv": 0.3},
+                "CL": {"estimate": 0.05, "iiv": 0.05},
+            },
+            "derived": {"V": "CL/KE"},
+            "observations": {"conc": {"output": "CP", "error": "additive", "additive": 1.0}},
+        }
+    )
     prob = build_problem(load_theoph(), spec)
     fit = fit_nuts(prob, num_chains=4, num_warmup=1000, num_samples=1000, seed=0, progress=False)
     post = fit.idata.posterior
@@ -433,20 +516,36 @@ def test_rejected_points_counted():
         rows.append({"ID": i, "TIME": 0.0, "AMT": 100.0, "DV": 0.0, "MDV": 1, "EVID": 1, "CMT": 1, "CRCL": crcl})
         for t in (0.5, 1, 2, 4, 8, 12):
             c = _conc_1cmt_oral(100.0, cl, v, 1.0, t) * (1 + 0.1 * rng.normal())
-            rows.append({"ID": i, "TIME": float(t), "AMT": 0.0, "DV": c, "MDV": 0, "EVID": 0, "CMT": 2,
-                         "CRCL": crcl})
-    spec = load_model({"model": {"structure": "1cmt_oral"},
-                       "parameters": {"CL": {"estimate": 5.0, "iiv": 0.04,
-                                             "covariates": [{"covariate": "CRCL", "relation": "linear",
-                                                             "reference": 100, "estimate": 0.005}]},
-                                      "KA": {"estimate": 1.0}, "VC": {"estimate": 20.0}},
-                       "derived": {"V": "VC * CL ** 0.5"},
-                       "observations": {"conc": {"output": "CP", "error": "proportional", "proportional": 0.1}}})
+            rows.append({"ID": i, "TIME": float(t), "AMT": 0.0, "DV": c, "MDV": 0, "EVID": 0, "CMT": 2, "CRCL": crcl})
+    spec = load_model(
+        {
+            "model": {"structure": "1cmt_oral"},
+            "parameters": {
+                "CL": {
+                    "estimate": 5.0,
+                    "iiv": 0.04,
+                    "covariates": [{"covariate": "CRCL", "relation": "linear", "reference": 100, "estimate": 0.005}],
+                },
+                "KA": {"estimate": 1.0},
+                "VC": {"estimate": 20.0},
+            },
+            "derived": {"V": "VC * CL ** 0.5"},
+            "observations": {"conc": {"output": "CP", "error": "proportional", "proportional": 0.1}},
+        }
+    )
     prob = build_problem(pd.DataFrame(rows), spec)
     fit = fit_nuts(prob, num_chains=4, num_warmup=300, num_samples=300, seed=0, progress=False)
     d = fit.diagnostics
-    print("rejected points: warm-up", d["n_rejected_warmup"], "sampling", d["n_rejected"], "; divergent: warm-up",
-          d["n_divergent_warmup"], "sampling", d["n_divergent"])
+    print(
+        "rejected points: warm-up",
+        d["n_rejected_warmup"],
+        "sampling",
+        d["n_rejected"],
+        "; divergent: warm-up",
+        d["n_divergent_warmup"],
+        "sampling",
+        d["n_divergent"],
+    )
     assert d["n_rejected_warmup"] + d["n_rejected"] > 0
     assert d["n_divergent_warmup"] + d["n_divergent"] > 0  # each rejection ends its trajectory as divergent
     assert np.all(np.isfinite(fit.u_full_draws)) and np.all(np.isfinite(fit.eta_draws))

@@ -57,8 +57,9 @@ def test_a_better_point_in_the_history_is_returned(prob, monkeypatch):
 
     def worse_end(fun, x0, **kw):
         res = REAL_MINIMIZE(fun, x0, **kw)
-        return types.SimpleNamespace(x=np.array(u0), fun=fun(u0)[0], success=False, status=2, nit=res.nit,
-                                     message=PRECISION_LOSS)
+        return types.SimpleNamespace(
+            x=np.array(u0), fun=fun(u0)[0], success=False, status=2, nit=res.nit, message=PRECISION_LOSS
+        )
 
     monkeypatch.setattr(lp.scipy.optimize, "minimize", worse_end)
     fit = lp.fit_laplace(prob, covariance=False)
@@ -79,8 +80,7 @@ def test_precision_loss_above_tolerance_is_not_converged(prob, monkeypatch):
         kw["options"] = dict(kw["options"], maxiter=1)
         res = REAL_MINIMIZE(fun, x0, **kw)
         calls.append(res.nit)
-        return types.SimpleNamespace(x=res.x, fun=res.fun, success=False, status=2, nit=res.nit,
-                                     message=PRECISION_LOSS)
+        return types.SimpleNamespace(x=res.x, fun=res.fun, success=False, status=2, nit=res.nit, message=PRECISION_LOSS)
 
     monkeypatch.setattr(lp.scipy.optimize, "minimize", early_stop)
     fit = lp.fit_laplace(prob, covariance=False)

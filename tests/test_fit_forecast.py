@@ -18,12 +18,17 @@ from pkpd.errors import DatasetError
 from pkpd.fit.forecast import forecast
 
 KE, KA, CL = 0.0855, 1.61, 0.0397
-OM_KA, OM_CL, SIGMA = 0.654 ** 2, 0.1674 ** 2, 0.708
-SPEC = {"model": {"structure": "1cmt_oral"},
-        "parameters": {"KE": {"estimate": KE, "unit": "1/h"}, "KA": {"estimate": KA, "iiv": OM_KA, "unit": "1/h"},
-                       "CL": {"estimate": CL, "iiv": OM_CL, "unit": "L/h/kg"}},
-        "derived": {"V": "CL/KE"},
-        "observations": {"conc": {"output": "CP", "error": "additive", "additive": SIGMA, "unit": "mg/L"}}}
+OM_KA, OM_CL, SIGMA = 0.654**2, 0.1674**2, 0.708
+SPEC = {
+    "model": {"structure": "1cmt_oral"},
+    "parameters": {
+        "KE": {"estimate": KE, "unit": "1/h"},
+        "KA": {"estimate": KA, "iiv": OM_KA, "unit": "1/h"},
+        "CL": {"estimate": CL, "iiv": OM_CL, "unit": "L/h/kg"},
+    },
+    "derived": {"V": "CL/KE"},
+    "observations": {"conc": {"output": "CP", "error": "additive", "additive": SIGMA, "unit": "mg/L"}},
+}
 
 
 def _patient():
@@ -41,7 +46,7 @@ def _neg_log_post(e, dose, t, y):
     ka, cl = KA * np.exp(e[..., 0]), CL * np.exp(e[..., 1])
     f = _closed_form(dose, t[:, None, None] if np.ndim(e) > 1 else t, ka, cl)
     r = (y[:, None, None] if np.ndim(e) > 1 else y) - f
-    return 0.5 * np.sum(r * r, axis=0) / SIGMA ** 2 + 0.5 * (e[..., 0] ** 2 / OM_KA + e[..., 1] ** 2 / OM_CL)
+    return 0.5 * np.sum(r * r, axis=0) / SIGMA**2 + 0.5 * (e[..., 0] ** 2 / OM_KA + e[..., 1] ** 2 / OM_CL)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +61,12 @@ def test_map_matches_scipy_on_closed_form(fc):
     dose = float(pt.loc[pt.EVID == 1, "AMT"].iloc[0])
     obs = pt[pt.EVID == 0]
     t, y = obs.TIME.to_numpy(float), obs.DV.to_numpy(float)
-    res = scipy.optimize.minimize(lambda e: _neg_log_post(np.asarray(e), dose, t, y), [0.0, 0.0], method="Nelder-Mead",
-                                  options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 10000})
+    res = scipy.optimize.minimize(
+        lambda e: _neg_log_post(np.asarray(e), dose, t, y),
+        [0.0, 0.0],
+        method="Nelder-Mead",
+        options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 10000},
+    )
     assert np.allclose(fc.eta_map, res.x, atol=1e-5)
     par = fc.parameters.set_index("parameter")["map"]
     assert par["KA"] == pytest.approx(KA * np.exp(res.x[0]), rel=1e-4)
@@ -86,7 +95,7 @@ def test_posterior_quantiles_match_quadrature(fc):
         marg = w.sum(axis=1 - j)
         grid = g0 if j == 0 else g1
         cdf = np.cumsum(marg)
-        sd = np.sqrt(np.sum(marg * grid ** 2) - np.sum(marg * grid) ** 2)
+        sd = np.sqrt(np.sum(marg * grid**2) - np.sum(marg * grid) ** 2)
         row = fc.parameters.set_index("parameter").loc[name]
         for q, col, tol in ((0.5, "median", 0.08), (0.05, "p05", 0.15), (0.95, "p95", 0.15)):
             ref_eta = np.interp(q, cdf, grid)
@@ -131,8 +140,22 @@ def test_cli_forecast_writes_outputs_and_refuses_overwrite(tmp_path):
     model.write_text(toml_dumps(load_model(SPEC).to_dict()))
     assert tomllib.loads(model.read_text())["parameters"]["KA"]["estimate"] == KA
     out = tmp_path / "fc"
-    args = ["forecast", str(pt), "--model", str(model), "--out", str(out), "--until", "24", "--points", "25",
-            "--draws", "4000", "--seed", "3"]
+    args = [
+        "forecast",
+        str(pt),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--until",
+        "24",
+        "--points",
+        "25",
+        "--draws",
+        "4000",
+        "--seed",
+        "3",
+    ]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     for f in ("parameters.csv", "draws.csv", "predictions.csv", "observations.csv", "forecast.png"):

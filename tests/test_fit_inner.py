@@ -32,12 +32,20 @@ TIMES_MIN = [2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 360, 480]
 
 def two_cmt_model(cl, v1, q, v2, iiv=0.09) -> dict:
     """2-cmt IV model, rates per minute (CL, Q in L/min), LBM power effect on CL, combined error."""
-    return {"model": {"structure": "2cmt_iv"},
-            "parameters": {"CL": {"estimate": cl, "iiv": iiv, "covariates": [
-                {"covariate": "LBM", "relation": "power", "reference": 50.0, "estimate": 0.75}]},
-                "V1": {"estimate": v1, "iiv": iiv}, "Q": {"estimate": q, "iiv": iiv},
-                "V2": {"estimate": v2, "iiv": iiv}},
-            "observations": {"cp": {"output": "CP", "error": "combined", "proportional": 0.15, "additive": 0.05}}}
+    return {
+        "model": {"structure": "2cmt_iv"},
+        "parameters": {
+            "CL": {
+                "estimate": cl,
+                "iiv": iiv,
+                "covariates": [{"covariate": "LBM", "relation": "power", "reference": 50.0, "estimate": 0.75}],
+            },
+            "V1": {"estimate": v1, "iiv": iiv},
+            "Q": {"estimate": q, "iiv": iiv},
+            "V2": {"estimate": v2, "iiv": iiv},
+        },
+        "observations": {"cp": {"output": "CP", "error": "combined", "proportional": 0.15, "additive": 0.05}},
+    }
 
 
 def two_cmt_design(n: int = 20, seed: int = 1) -> pd.DataFrame:
@@ -46,8 +54,7 @@ def two_cmt_design(n: int = 20, seed: int = 1) -> pd.DataFrame:
     for i in range(1, n + 1):
         lbm, dur = float(rng.uniform(35, 70)), float(rng.choice([4, 10, 20]))
         rows.append(dict(ID=i, TIME=0.0, AMT=500.0, RATE=500.0 / dur, EVID=1, MDV=1, DV=0.0, CMT=1, LBM=lbm))
-        rows += [dict(ID=i, TIME=float(t), AMT=0.0, RATE=0.0, EVID=0, MDV=0, DV=1.0, CMT=1, LBM=lbm)
-                 for t in TIMES_MIN]
+        rows += [dict(ID=i, TIME=float(t), AMT=0.0, RATE=0.0, EVID=0, MDV=0, DV=1.0, CMT=1, LBM=lbm) for t in TIMES_MIN]
     return pd.DataFrame(rows)
 
 
@@ -120,8 +127,11 @@ def test_convergence_flag_is_the_stated_criterion(study):
         gmax = np.max(np.abs(g), axis=1)
         dec = np.einsum("ni,ni->n", g, np.linalg.solve(Hx, g[..., None])[..., 0])
         floor = np.finfo(float).eps * (1.0 + np.abs(np.asarray(fn(eta))))
-        meets = np.isfinite(gmax) & (w[:, 0] > 0) & ((gmax <= np.maximum(lp.INNER_GTOL, 1e3 * floor))
-                                                     | (dec <= np.maximum(lp.INNER_DECREMENT, 10 * floor)))
+        meets = (
+            np.isfinite(gmax)
+            & (w[:, 0] > 0)
+            & ((gmax <= np.maximum(lp.INNER_GTOL, 1e3 * floor)) | (dec <= np.maximum(lp.INNER_DECREMENT, 10 * floor)))
+        )
         np.testing.assert_array_equal(ok, meets, err_msg=str(kw))
         np.testing.assert_allclose(np.asarray(H)[ok], Hx[ok], rtol=1e-10, atol=1e-10)
         if kw.get("max_iter") == 3:

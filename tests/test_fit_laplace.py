@@ -165,15 +165,21 @@ LIN_TRUTH = {"E0": 10.0, "SLOPE": 0.9, "omega": np.array([[1.0, -0.05], [-0.05, 
 def linear_model(error: str = "additive", output: str = "E0 - SLOPE*TIME", extra: dict | None = None) -> dict:
     """``y = E0_i - SLOPE_i * TIME + eps`` with additive IIV on E0 and SLOPE (a correlated block); the
     structural PK model (1cmt_iv, CL and V fixed) is not used by the output."""
-    params = {"CL": {"estimate": 1.0, "fixed": True}, "V": {"estimate": 10.0, "fixed": True},
-              "E0": {"estimate": 8.0, "iiv_type": "additive", "iiv": 0.5},
-              "SLOPE": {"estimate": 0.5, "iiv_type": "additive", "iiv": 0.05}}
+    params = {
+        "CL": {"estimate": 1.0, "fixed": True},
+        "V": {"estimate": 10.0, "fixed": True},
+        "E0": {"estimate": 8.0, "iiv_type": "additive", "iiv": 0.5},
+        "SLOPE": {"estimate": 0.5, "iiv_type": "additive", "iiv": 0.05},
+    }
     params.update(extra or {})
     obs = {"output": output, "error": error}
     obs.update({"additive": 1.0} if error == "additive" else {"sigma": 0.3})
-    return {"model": {"structure": "1cmt_iv"}, "parameters": params,
-            "omega": {"block": [{"parameters": ["E0", "SLOPE"], "values": [0.5, 0.0, 0.05]}]},
-            "observations": {"y": obs}}
+    return {
+        "model": {"structure": "1cmt_iv"},
+        "parameters": params,
+        "omega": {"block": [{"parameters": ["E0", "SLOPE"], "values": [0.5, 0.0, 0.05]}]},
+        "observations": {"y": obs},
+    }
 
 
 def linear_data(seed: int, lloq: float | None = None, blq_mode: str = "m3", truth=LIN_TRUTH) -> pd.DataFrame:
@@ -183,15 +189,30 @@ def linear_data(seed: int, lloq: float | None = None, blq_mode: str = "m3", trut
     b = rng.multivariate_normal(np.zeros(2), truth["omega"], size=LIN_NSUB)
     rows = []
     for i in range(LIN_NSUB):
-        rows.append({"ID": i + 1, "TIME": 0.0, "AMT": 100.0, "DV": 0.0, "MDV": 1, "EVID": 1, "CMT": 1, "BLQ": 0,
-                     "LLOQ": 0.0})
-        y = (truth["E0"] + b[i, 0]) - (truth["SLOPE"] + b[i, 1]) * LIN_TIMES + truth["sigma"] * rng.normal(
-            size=LIN_TIMES.size)
+        rows.append(
+            {"ID": i + 1, "TIME": 0.0, "AMT": 100.0, "DV": 0.0, "MDV": 1, "EVID": 1, "CMT": 1, "BLQ": 0, "LLOQ": 0.0}
+        )
+        y = (
+            (truth["E0"] + b[i, 0])
+            - (truth["SLOPE"] + b[i, 1]) * LIN_TIMES
+            + truth["sigma"] * rng.normal(size=LIN_TIMES.size)
+        )
         for t, v in zip(LIN_TIMES, y):
             blq = lloq is not None and v < lloq
             dv = v if not blq else (0.0 if blq_mode == "m3" else lloq / 2)
-            rows.append({"ID": i + 1, "TIME": t, "AMT": 0.0, "DV": dv, "MDV": 0, "EVID": 0, "CMT": 1,
-                         "BLQ": int(blq and blq_mode == "m3"), "LLOQ": lloq if lloq is not None else 0.0})
+            rows.append(
+                {
+                    "ID": i + 1,
+                    "TIME": t,
+                    "AMT": 0.0,
+                    "DV": dv,
+                    "MDV": 0,
+                    "EVID": 0,
+                    "CMT": 1,
+                    "BLQ": int(blq and blq_mode == "m3"),
+                    "LLOQ": lloq if lloq is not None else 0.0,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -201,8 +222,13 @@ def u_from_natural(prob, e0: float, slope: float, omega: np.ndarray, sigma: floa
     pk = prob.packer
     u = np.array(pk.init_full, float)
     L = np.linalg.cholesky(omega)
-    vals = {"E0": math.log(e0), "SLOPE": math.log(slope), "omega(E0)": math.log(L[0, 0]),
-            "omega(SLOPE,E0)": L[1, 0], "omega(SLOPE)": math.log(L[1, 1])}
+    vals = {
+        "E0": math.log(e0),
+        "SLOPE": math.log(slope),
+        "omega(E0)": math.log(L[0, 0]),
+        "omega(SLOPE,E0)": L[1, 0],
+        "omega(SLOPE)": math.log(L[1, 1]),
+    }
     vals.update(extra or {})
     for n, v in vals.items():
         u[pk.names.index(n)] = v
@@ -325,9 +351,12 @@ def test_linear_model_ml_estimates_match_exact_gaussian_fit(linear):
         L = np.array([[math.exp(x[2]), 0.0], [x[3], math.exp(x[4])]])
         return x[0], x[1], L @ L.T, math.exp(x[5])
 
-    res = scipy.optimize.minimize(lambda x: gaussian_minus2ll(prob, *unpack(x)),
-                                  np.array([9.0, 1.0, 0.0, 0.0, -2.0, 0.0]), method="BFGS",
-                                  options={"gtol": 1e-8, "maxiter": 2000})
+    res = scipy.optimize.minimize(
+        lambda x: gaussian_minus2ll(prob, *unpack(x)),
+        np.array([9.0, 1.0, 0.0, 0.0, -2.0, 0.0]),
+        method="BFGS",
+        options={"gtol": 1e-8, "maxiter": 2000},
+    )
     e0, slope, omega, sigma = unpack(res.x)
     nat = prob.packer.natural(fit.u_full)
     theta = dict(zip(prob.spec.parameter_names, np.asarray(nat["theta"])))
@@ -430,8 +459,9 @@ def test_m3_fit_recovers_better_than_half_lloq_imputation(linear):
         th = dict(zip(spec.parameter_names, np.asarray(nat["theta"])))
         sd = np.sqrt(np.diag(np.asarray(nat["omega"])))
         est = np.array([th["E0"], th["SLOPE"], float(np.asarray(nat["sigma"])[0]), sd[0], sd[1]])
-        true = np.array([LIN_TRUTH["E0"], LIN_TRUTH["SLOPE"], LIN_TRUTH["sigma"],
-                         *np.sqrt(np.diag(LIN_TRUTH["omega"]))])
+        true = np.array(
+            [LIN_TRUTH["E0"], LIN_TRUTH["SLOPE"], LIN_TRUTH["sigma"], *np.sqrt(np.diag(LIN_TRUTH["omega"]))]
+        )
         err[mode] = est / true - 1.0
     assert np.all(np.abs(err["m3"][:2]) < 0.10), err["m3"]
     assert np.sum(err["m3"] ** 2) < np.sum(err["half"] ** 2), err
@@ -448,8 +478,7 @@ def test_overparameterized_model_reports_covariance_unavailable():
 
     Data seed 1: the rounding-noise eigenvalue of the singular Hessian happens to be positive (~1e-10), the
     case a sign test misses; the check is relative to the largest eigenvalue."""
-    d = linear_model(output="E0 - A*B*TIME",
-                     extra={"A": {"estimate": 0.7}, "B": {"estimate": 1.2}})
+    d = linear_model(output="E0 - A*B*TIME", extra={"A": {"estimate": 0.7}, "B": {"estimate": 1.2}})
     d["parameters"]["SLOPE"] = {"estimate": 0.5, "fixed": True}  # not used by the output
     d["omega"] = {}
     d["parameters"]["E0"]["iiv"] = 0.5
@@ -472,23 +501,39 @@ def test_overparameterized_model_reports_covariance_unavailable():
 BAD_MODEL = {
     "model": {"structure": "1cmt_oral"},
     "parameters": {
-        "CL": {"estimate": 5.0, "iiv": 0.1,
-               "covariates": [{"covariate": "WT", "relation": "power", "reference": 70}]},
-        "V": {"estimate": 50.0}, "KA": {"estimate": 1.0}},
+        "CL": {"estimate": 5.0, "iiv": 0.1, "covariates": [{"covariate": "WT", "relation": "power", "reference": 70}]},
+        "V": {"estimate": 50.0},
+        "KA": {"estimate": 1.0},
+    },
     "iov": {"CL": 0.02},
-    "observations": {"conc": {"dvid": 1, "output": "CP", "error": "proportional"},
-                     "other": {"dvid": 2, "output": "CP", "error": "additive"}},
+    "observations": {
+        "conc": {"dvid": 1, "output": "CP", "error": "proportional"},
+        "other": {"dvid": 2, "output": "CP", "error": "additive"},
+    },
 }
 
 
 def _good_rows(n_id=3):
     rows = []
     for i in range(1, n_id + 1):
-        rows.append({"ID": i, "TIME": 0, "AMT": 100, "DV": 0, "MDV": 1, "EVID": 1, "CMT": 1, "DVID": 1,
-                     "WT": 70.0, "OCC": 1})
+        rows.append(
+            {"ID": i, "TIME": 0, "AMT": 100, "DV": 0, "MDV": 1, "EVID": 1, "CMT": 1, "DVID": 1, "WT": 70.0, "OCC": 1}
+        )
         for t in (1, 2, 4):
-            rows.append({"ID": i, "TIME": t, "AMT": 0, "DV": 1.0, "MDV": 0, "EVID": 0, "CMT": 2, "DVID": 1,
-                         "WT": 70.0, "OCC": 1})
+            rows.append(
+                {
+                    "ID": i,
+                    "TIME": t,
+                    "AMT": 0,
+                    "DV": 1.0,
+                    "MDV": 0,
+                    "EVID": 0,
+                    "CMT": 2,
+                    "DVID": 1,
+                    "WT": 70.0,
+                    "OCC": 1,
+                }
+            )
     return rows
 
 
@@ -546,26 +591,37 @@ def test_missing_covariate_column_names_it_and_the_fix():
     assert "WT" in msg and "CL" in msg and "add it or remove" in msg, msg
 
 
-@pytest.mark.parametrize("mutate, words", [
-    (lambda d: d.update({"omega": {"block": [{"parameters": ["CL", "VV"], "values": [0.1, 0.0, 0.1]}]}}),
-     ["omega block names VV", "not a [parameters.*] entry"]),
-    (lambda d: d.update({"omega": {"block": [{"parameters": ["CL", "V"], "values": [0.1, 0.5, 0.1]}]}}),
-     ["not positive definite", "reduce the covariances"]),
-    (lambda d: d.update({"omega": {"block": [{"parameters": ["CL", "V"], "values": [0.1, 0.0]}]}}),
-     ["needs 3 values"]),
-    (lambda d: d.update({"priors": {}}), ["unknown key(s) priors", "allowed"]),
-    (lambda d: d["parameters"]["CL"].update({"estimat": 3}), ["[parameters.CL]", "unknown key(s) estimat"]),
-    (lambda d: d["observations"]["conc"].update({"eror": "additive"}), ["unknown key(s) eror"]),
-    (lambda d: d["parameters"].pop("V"), ["needs V", "[derived]"]),
-    (lambda d: d["parameters"]["CL"]["covariates"][0].update({"relation": "powr"}),
-     ["relation 'powr' is not one of", "power"]),
-    (lambda d: d["parameters"]["CL"]["covariates"][0].pop("reference"), ["needs a finite `reference`"]),
-    (lambda d: d["parameters"]["CL"].update({"iiv": -0.1}), ["iiv", "must be > 0"]),
-    (lambda d: d["parameters"]["CL"].update({"estimate": 0.0}), ["strictly inside the bounds"]),
-    (lambda d: d["model"].update({"structure": "1cmt_orl"}), ["unknown model", "pkpd models"]),
-    (lambda d: d["iov"].update({"Q": 0.1}), ["[iov] names Q"]),
-    (lambda d: d["observations"]["conc"].update({"error": "poisson"}), ["error 'poisson' is not one of"]),
-])
+@pytest.mark.parametrize(
+    "mutate, words",
+    [
+        (
+            lambda d: d.update({"omega": {"block": [{"parameters": ["CL", "VV"], "values": [0.1, 0.0, 0.1]}]}}),
+            ["omega block names VV", "not a [parameters.*] entry"],
+        ),
+        (
+            lambda d: d.update({"omega": {"block": [{"parameters": ["CL", "V"], "values": [0.1, 0.5, 0.1]}]}}),
+            ["not positive definite", "reduce the covariances"],
+        ),
+        (
+            lambda d: d.update({"omega": {"block": [{"parameters": ["CL", "V"], "values": [0.1, 0.0]}]}}),
+            ["needs 3 values"],
+        ),
+        (lambda d: d.update({"priors": {}}), ["unknown key(s) priors", "allowed"]),
+        (lambda d: d["parameters"]["CL"].update({"estimat": 3}), ["[parameters.CL]", "unknown key(s) estimat"]),
+        (lambda d: d["observations"]["conc"].update({"eror": "additive"}), ["unknown key(s) eror"]),
+        (lambda d: d["parameters"].pop("V"), ["needs V", "[derived]"]),
+        (
+            lambda d: d["parameters"]["CL"]["covariates"][0].update({"relation": "powr"}),
+            ["relation 'powr' is not one of", "power"],
+        ),
+        (lambda d: d["parameters"]["CL"]["covariates"][0].pop("reference"), ["needs a finite `reference`"]),
+        (lambda d: d["parameters"]["CL"].update({"iiv": -0.1}), ["iiv", "must be > 0"]),
+        (lambda d: d["parameters"]["CL"].update({"estimate": 0.0}), ["strictly inside the bounds"]),
+        (lambda d: d["model"].update({"structure": "1cmt_orl"}), ["unknown model", "pkpd models"]),
+        (lambda d: d["iov"].update({"Q": 0.1}), ["[iov] names Q"]),
+        (lambda d: d["observations"]["conc"].update({"error": "poisson"}), ["error 'poisson' is not one of"]),
+    ],
+)
 def test_model_spec_errors(mutate, words):
     """Model-file faults raise ModelSpecError naming the section and the fix (no traceback needed)."""
     import copy
@@ -581,9 +637,11 @@ def test_model_spec_errors(mutate, words):
 def test_model_file_errors(tmp_path):
     """TOML files: a typo'd key and bad syntax name the file; a missing file says so."""
     p = tmp_path / "m.toml"
-    p.write_text('[model]\nstructure = "1cmt_oral"\n[parameters.CL]\nestimate = 5\niiv = 0.1\n'
-                 '[parameters.V]\nestimate = 50\n[parameters.KA]\nestimate = 1\n'
-                 '[observations.conc]\noutput = "CP"\nerorr = "additive"\n')
+    p.write_text(
+        '[model]\nstructure = "1cmt_oral"\n[parameters.CL]\nestimate = 5\niiv = 0.1\n'
+        "[parameters.V]\nestimate = 50\n[parameters.KA]\nestimate = 1\n"
+        '[observations.conc]\noutput = "CP"\nerorr = "additive"\n'
+    )
     with pytest.raises(ModelSpecError, match=r"m\.toml.*unknown key\(s\) erorr"):
         pf.load_model(p)
     p.write_text("[model\nstructure = 1cmt")

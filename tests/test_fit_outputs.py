@@ -145,8 +145,21 @@ def test_predictions_by_hand(theoph):
     """PRED of subject 1 from the closed-form one-compartment oral solution at the typical values,
     IPRED with the individual parameters; IWRES = (DV - IPRED) / SD. Tolerance 1e-8 (relative)."""
     p = theoph.predictions
-    assert list(p.columns) == ["ROW", "ID", "TIME", "DVID", "TYPE", "DV", "BLQ", "LLOQ", "PRED", "IPRED",
-                               "IWRES", "CWRES", "NPDE"]
+    assert list(p.columns) == [
+        "ROW",
+        "ID",
+        "TIME",
+        "DVID",
+        "TYPE",
+        "DV",
+        "BLQ",
+        "LLOQ",
+        "PRED",
+        "IPRED",
+        "IWRES",
+        "CWRES",
+        "NPDE",
+    ]
     assert len(p) == 132 and (p["BLQ"] == 0).all()
     tab = theoph.parameters.set_index("name")["estimate"]
     ind = theoph.individual.set_index("ID")
@@ -160,8 +173,9 @@ def test_predictions_by_hand(theoph):
 
     t = s1["TIME"].to_numpy()
     np.testing.assert_allclose(s1["PRED"], oral(t, tab["KE"], tab["KA"], tab["CL"]), rtol=1e-8, atol=1e-12)
-    np.testing.assert_allclose(s1["IPRED"], oral(t, ind.loc[1, "KE"], ind.loc[1, "KA"], ind.loc[1, "CL"]),
-                               rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(
+        s1["IPRED"], oral(t, ind.loc[1, "KE"], ind.loc[1, "KA"], ind.loc[1, "CL"]), rtol=1e-8, atol=1e-12
+    )
     np.testing.assert_allclose(p["IWRES"], (p["DV"] - p["IPRED"]) / tab["conc.additive"], rtol=1e-9)
     assert np.array_equal(p["ROW"].to_numpy(), np.nonzero(raw["EVID"].to_numpy() == 0)[0] + 1)
 
@@ -179,8 +193,9 @@ def test_cwres_against_finite_difference_linearization(theoph):
         e_up, e_dn = eta.copy(), eta.copy()
         e_up[:, k] += h
         e_dn[:, k] -= h
-        J[:, k] = (dg.evaluate_outputs(prob, res.u_full, e_up)["ipred"]
-                   - dg.evaluate_outputs(prob, res.u_full, e_dn)["ipred"]) / (2 * h)
+        J[:, k] = (
+            dg.evaluate_outputs(prob, res.u_full, e_up)["ipred"] - dg.evaluate_outputs(prob, res.u_full, e_dn)["ipred"]
+        ) / (2 * h)
     tab = res.parameters.set_index("name")["estimate"]
     omega = np.diag([tab["omega(KA)"], tab["omega(CL)"]])
     s2 = tab["conc.additive"] ** 2
@@ -270,8 +285,9 @@ def test_vpc_covers_data_simulated_from_the_model(theoph):
     sims = dg.simulate_replicates(prob, theoph.u_full, 230, seed=5)
     inside = []
     for j in range(30):
-        v = dg.vpc_table(prob.obs["time"], sims[j], sims[30:], prob.obs["type"], np.ones(prob.n_obs, bool),
-                         ["conc"], n_bins=8)
+        v = dg.vpc_table(
+            prob.obs["time"], sims[j], sims[30:], prob.obs["type"], np.ones(prob.n_obs, bool), ["conc"], n_bins=8
+        )
         for tag in ("p5", "p50", "p95"):
             inside += list((v[f"obs_{tag}"] >= v[f"sim_{tag}_low"]) & (v[f"obs_{tag}"] <= v[f"sim_{tag}_high"]))
     frac = np.mean(inside)
@@ -354,13 +370,22 @@ def test_toml_writer_round_trip():
     categorical mappings, quoted keys, infinities)."""
     import tomllib
 
-    d = {"model": {"structure": "2cmt_oral", "description": 'a "quoted" text'},
-         "parameters": {"CL": {"estimate": 0.1 + 0.2, "lower": -math.inf, "covariates": [
-             {"covariate": "WT", "relation": "power", "reference": 70.0, "estimate": 0.75},
-             {"covariate": "SEX", "relation": "categorical", "levels": [0.0, 1.0], "estimate": {"1": 0.8}}]},
-             "V": {"estimate": 3.0, "fixed": True}},
-         "omega": {"block": [{"parameters": ["CL", "V"], "values": [0.1, 0.01, 0.2], "fixed": False}]},
-         "observations": {"conc.x": {"output": "CP", "additive": 1e-300}}}
+    d = {
+        "model": {"structure": "2cmt_oral", "description": 'a "quoted" text'},
+        "parameters": {
+            "CL": {
+                "estimate": 0.1 + 0.2,
+                "lower": -math.inf,
+                "covariates": [
+                    {"covariate": "WT", "relation": "power", "reference": 70.0, "estimate": 0.75},
+                    {"covariate": "SEX", "relation": "categorical", "levels": [0.0, 1.0], "estimate": {"1": 0.8}},
+                ],
+            },
+            "V": {"estimate": 3.0, "fixed": True},
+        },
+        "omega": {"block": [{"parameters": ["CL", "V"], "values": [0.1, 0.01, 0.2], "fixed": False}]},
+        "observations": {"conc.x": {"output": "CP", "additive": 1e-300}},
+    }
     assert tomllib.loads(toml_dumps(d)) == d
 
 
@@ -393,11 +418,14 @@ def _fake_bayes(theoph, chains=2, draws=60, seed=1):
     u = rng.multivariate_normal(u_hat, raw.cov_u, size=(chains, draws))
     n_id = raw.eta.shape[0]
     cov_eta = np.linalg.inv(raw.eta_hess)
-    e = np.stack([rng.multivariate_normal(raw.eta[i], cov_eta[i], size=(chains, draws)) for i in range(n_id)],
-                 axis=2)
-    return FakeBayesFit(u_draws=u, eta_draws=e, idata=FakeIdata(),
-                        diagnostics={"n_divergent": 0, "n_rejected": 0},
-                        times={"sampling_s": 1.0})
+    e = np.stack([rng.multivariate_normal(raw.eta[i], cov_eta[i], size=(chains, draws)) for i in range(n_id)], axis=2)
+    return FakeBayesFit(
+        u_draws=u,
+        eta_draws=e,
+        idata=FakeIdata(),
+        diagnostics={"n_divergent": 0, "n_rejected": 0},
+        times={"sampling_s": 1.0},
+    )
 
 
 def test_bayes_outputs_with_fake_sampler(theoph, tmp_path, monkeypatch):
@@ -417,8 +445,9 @@ def test_bayes_outputs_with_fake_sampler(theoph, tmp_path, monkeypatch):
     monkeypatch.setattr(bayes_module, "fit_nuts", fit_nuts)
     data = tmp_path / "theoph.csv"
     load_theoph().to_csv(data, index=False)
-    res = fit(data, MODEL, "nuts", chains=2, warmup=7, samples=60, npde_replicates=200, vpc_replicates=100,
-              fine_grid=False)
+    res = fit(
+        data, MODEL, "nuts", chains=2, warmup=7, samples=60, npde_replicates=200, vpc_replicates=100, fine_grid=False
+    )
     assert calls == {"chains": 2, "warmup": 7, "samples": 60, "seed": 0, "progress": False}
     tab = res.parameters.set_index("name")
     u = fake.u_draws.reshape(-1, fake.u_draws.shape[-1])
@@ -467,8 +496,11 @@ RICH = {
     "parameters": {
         "KE": {"estimate": 0.09, "unit": "1/h"},
         "KA": {"estimate": 1.5, "unit": "1/h"},
-        "CL": {"estimate": 0.04, "unit": "L/h/kg",
-               "covariates": [{"covariate": "WT", "relation": "power", "reference": 70.0, "estimate": 0.1}]},
+        "CL": {
+            "estimate": 0.04,
+            "unit": "L/h/kg",
+            "covariates": [{"covariate": "WT", "relation": "power", "reference": 70.0, "estimate": 0.1}],
+        },
     },
     "derived": {"V": "CL / KE"},
     "omega": {"block": [{"parameters": ["KA", "CL"], "values": [0.4, 0.01, 0.03]}]},
@@ -490,14 +522,14 @@ def test_block_omega_lognormal_blq_covariate(tmp_path):
     res = fit(df, RICH, "laplace", npde_replicates=200, vpc_replicates=100)
     assert res.converged, res.message
     tab = res.parameters.set_index("name")
-    assert list(tab.index) == ["KE", "KA", "CL", "CL~WT(power)", "omega(KA)", "omega(CL,KA)", "omega(CL)",
-                               "conc.sigma"]
+    assert list(tab.index) == ["KE", "KA", "CL", "CL~WT(power)", "omega(KA)", "omega(CL,KA)", "omega(CL)", "conc.sigma"]
     assert tab.loc["omega(KA)", "ci_method"] == "estimation scale"
     assert tab.loc["omega(CL,KA)", "ci_method"] == "wald" and tab.loc["omega(CL)", "ci_method"] == "wald"
     assert tab.loc["CL~WT(power)", "ci_method"] == "estimation scale"  # identity scale: Wald-equivalent
     r = tab.loc["omega(CL,KA)"]
     assert r["correlation"] == pytest.approx(
-        r["estimate"] / math.sqrt(tab.loc["omega(KA)", "estimate"] * tab.loc["omega(CL)", "estimate"]))
+        r["estimate"] / math.sqrt(tab.loc["omega(KA)", "estimate"] * tab.loc["omega(CL)", "estimate"])
+    )
     assert r["ci_low"] == pytest.approx(r["estimate"] - 1.959963984540054 * r["se"])
     p = res.predictions
     blq = p["BLQ"] == 1
@@ -512,10 +544,13 @@ def test_block_omega_lognormal_blq_covariate(tmp_path):
         up[:, k] += h
         dn[:, k] -= h
         with np.errstate(all="ignore"):  # zero predictions at the dose time (BLQ rows, unused)
-            J[:, k] = (np.log(dg.evaluate_outputs(prob, res.u_full, up)["ipred"])
-                       - np.log(dg.evaluate_outputs(prob, res.u_full, dn)["ipred"])) / (2 * h)
-    om = np.array([[tab.loc["omega(KA)", "estimate"], r["estimate"]],
-                   [r["estimate"], tab.loc["omega(CL)", "estimate"]]])
+            J[:, k] = (
+                np.log(dg.evaluate_outputs(prob, res.u_full, up)["ipred"])
+                - np.log(dg.evaluate_outputs(prob, res.u_full, dn)["ipred"])
+            ) / (2 * h)
+    om = np.array(
+        [[tab.loc["omega(KA)", "estimate"], r["estimate"]], [r["estimate"], tab.loc["omega(CL)", "estimate"]]]
+    )
     s2 = tab.loc["conc.sigma", "estimate"] ** 2
     ids = prob.obs["id"]
     ok = ~prob.obs["blq"]
@@ -529,10 +564,11 @@ def test_block_omega_lognormal_blq_covariate(tmp_path):
     np.testing.assert_allclose(p["CWRES"], expect, atol=1e-5)
     res.save(tmp_path / "rich")
     m = load_model(tmp_path / "rich" / "model.toml")
-    (names, values, _), = m.omega_blocks
+    ((names, values, _),) = m.omega_blocks
     assert names == ("KA", "CL")
-    np.testing.assert_allclose(values, [tab.loc["omega(KA)", "estimate"], r["estimate"],
-                                        tab.loc["omega(CL)", "estimate"]], rtol=1e-12)
+    np.testing.assert_allclose(
+        values, [tab.loc["omega(KA)", "estimate"], r["estimate"], tab.loc["omega(CL)", "estimate"]], rtol=1e-12
+    )
     assert m.parameter("CL").covariates[0].estimate == pytest.approx(tab.loc["CL~WT(power)", "estimate"])
     assert m.observations[0].sigma == pytest.approx(tab.loc["conc.sigma", "estimate"])
 
@@ -543,8 +579,17 @@ def test_real_nuts_outputs(tmp_path):
     the nlme estimates of the typical values (short chains, weakly informative priors), R-hat and ESS
     columns filled, idata.nc readable by ArviZ with the posterior of every free parameter."""
     pytest.importorskip("arviz")
-    res = fit(load_theoph(), MODEL, "nuts", chains=2, warmup=200, samples=200, npde_replicates=200,
-              vpc_replicates=100, fine_grid=False)
+    res = fit(
+        load_theoph(),
+        MODEL,
+        "nuts",
+        chains=2,
+        warmup=200,
+        samples=200,
+        npde_replicates=200,
+        vpc_replicates=100,
+        fine_grid=False,
+    )
     tab = res.parameters.set_index("name")
     for ours, theirs in (("KE", "lKe"), ("KA", "lKa"), ("CL", "lCl")):
         assert tab.loc[ours, "estimate"] == pytest.approx(math.exp(NLME["fixed_effects"][theirs]), rel=0.2)
@@ -591,8 +636,11 @@ def test_time_unit_of_the_model_file_labels_the_plots(theoph, tmp_path, monkeypa
     assert back.time_unit == "min"
     assert theoph.spec.time_unit == "h" and "time_unit" not in theoph.spec.to_dict()["model"]
     pd.testing.assert_frame_equal(res.predictions, theoph.predictions)
-    text = (ROOT / "examples" / "models" / "theoph.toml").read_text().replace(
-        'structure = "1cmt_oral"', 'structure = "1cmt_oral"\ntime_unit = "min (wall)"')
+    text = (
+        (ROOT / "examples" / "models" / "theoph.toml")
+        .read_text()
+        .replace('structure = "1cmt_oral"', 'structure = "1cmt_oral"\ntime_unit = "min (wall)"')
+    )
     (tmp_path / "bad.toml").write_text(text)
     with pytest.raises(ModelSpecError, match="time_unit"):
         load_model(tmp_path / "bad.toml")
@@ -612,7 +660,10 @@ def test_fit_result_repr_is_short_and_has_an_html_form():
     r.objective = {"ofv": 115.2, "n_id": 12, "n_obs": 132}
     r.parameters = pd.DataFrame({"name": ["CL", "V"], "estimate": [2.8, 31.5]})
     text = repr(r)
-    assert text == "<FitResult laplace: model 1cmt_oral, 12 subjects, 132 observations, 2 parameters, OFV 115.200, converged>"
+    assert (
+        text
+        == "<FitResult laplace: model 1cmt_oral, 12 subjects, 132 observations, 2 parameters, OFV 115.200, converged>"
+    )
     html = r._repr_html_()
     assert "<table" in html and "31.5" in html and "converged" in html
 
@@ -659,8 +710,17 @@ def test_waic_loo_equal_arviz_on_the_written_idata(theoph, tmp_path, monkeypatch
     fake.idata = _real_idata(theoph, fake, with_loglik=with_loglik, n_div=3)
     fake.diagnostics = {"n_divergent": 3, "n_divergent_warmup": 7, "n_rejected": 0}
     monkeypatch.setattr(bayes, "fit_nuts", lambda prob, **kw: fake)
-    res = fit(load_theoph(), MODEL, "nuts", chains=2, warmup=5, samples=40, npde_replicates=50,
-              vpc_replicates=20, fine_grid=False)
+    res = fit(
+        load_theoph(),
+        MODEL,
+        "nuts",
+        chains=2,
+        warmup=5,
+        samples=40,
+        npde_replicates=50,
+        vpc_replicates=20,
+        fine_grid=False,
+    )
     out = tmp_path / "nuts"
     res.save(out)
     obj = json.loads((out / "objective.json").read_text())

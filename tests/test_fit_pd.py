@@ -38,8 +38,20 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL_FILE = ROOT / "examples" / "models" / "pk_pd_nrs.toml"
 
 DOSE = 100.0  # mg at t = 0
-TRUTH = {"CL": 5.0, "V": 50.0, "KA": 1.5, "KE0": 0.5, "B0": 7.0, "EMAX": 0.8, "EC50": 0.6,
-         "omega(CL)": 0.09, "omega(B0)": 0.02, "omega(EC50)": 0.16, "cp.proportional": 0.15, "nrs.additive": 0.6}
+TRUTH = {
+    "CL": 5.0,
+    "V": 50.0,
+    "KA": 1.5,
+    "KE0": 0.5,
+    "B0": 7.0,
+    "EMAX": 0.8,
+    "EC50": 0.6,
+    "omega(CL)": 0.09,
+    "omega(B0)": 0.02,
+    "omega(EC50)": 0.16,
+    "cp.proportional": 0.15,
+    "nrs.additive": 0.6,
+}
 PK_TIMES = (0.25, 1.0, 2.0, 4.0, 8.0, 12.0)  # h
 NRS_TIMES = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)  # h
 N_PAT = 30
@@ -120,8 +132,9 @@ def _model(oral: bool):
     return pf.load_model(d)
 
 
-@pytest.fixture(scope="module", params=[
-    pytest.param(False, id="iv"), pytest.param(True, id="oral", marks=pytest.mark.slow)])
+@pytest.fixture(
+    scope="module", params=[pytest.param(False, id="iv"), pytest.param(True, id="oral", marks=pytest.mark.slow)]
+)
 def pd_fit(request):
     oral = request.param
     spec = _model(oral)

@@ -32,10 +32,23 @@ def _predictions(n_id=8, times=(0.5, 1, 2, 4, 8, 12, 24), types=("conc",), lloq=
                 ipred = pred / cl
                 dv = ipred * math.exp(rng.normal(0, 0.15))
                 blq = int(dv < lloq)
-                rows.append({"ROW": len(rows) + 1, "ID": i, "TIME": float(t), "DVID": ti + 1, "TYPE": name,
-                             "DV": dv, "BLQ": blq, "LLOQ": lloq, "PRED": pred, "IPRED": ipred,
-                             "IWRES": np.nan if blq else rng.normal(), "CWRES": np.nan if blq else rng.normal(),
-                             "NPDE": np.nan if blq else rng.normal()})
+                rows.append(
+                    {
+                        "ROW": len(rows) + 1,
+                        "ID": i,
+                        "TIME": float(t),
+                        "DVID": ti + 1,
+                        "TYPE": name,
+                        "DV": dv,
+                        "BLQ": blq,
+                        "LLOQ": lloq,
+                        "PRED": pred,
+                        "IPRED": ipred,
+                        "IWRES": np.nan if blq else rng.normal(),
+                        "CWRES": np.nan if blq else rng.normal(),
+                        "NPDE": np.nan if blq else rng.normal(),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -46,15 +59,22 @@ def _vpc_inputs(pred: pd.DataFrame, n_rep=40, seed=1):
     types = pd.factorize(pred["TYPE"])[0]
     names = list(dict.fromkeys(pred["TYPE"]))
     blq = pred["BLQ"].to_numpy(bool)
-    return dict(time=pred["TIME"].to_numpy(float), dv=pred["DV"].to_numpy(float), sims=sims, types=types,
-                valid=~blq, type_names=names), blq
+    return dict(
+        time=pred["TIME"].to_numpy(float),
+        dv=pred["DV"].to_numpy(float),
+        sims=sims,
+        types=types,
+        valid=~blq,
+        type_names=names,
+    ), blq
 
 
 def _individual(n=30, seed=2):
     rng = np.random.default_rng(seed)
-    return (pd.DataFrame({"ID": np.arange(1, n + 1), "eta(CL)": rng.normal(0, 0.3, n),
-                          "eta(V)": rng.normal(0, 0.2, n)}),
-            pd.DataFrame({"ID": np.arange(1, n + 1), "WT": rng.uniform(50, 100, n), "SEX": rng.integers(0, 2, n)}))
+    return (
+        pd.DataFrame({"ID": np.arange(1, n + 1), "eta(CL)": rng.normal(0, 0.3, n), "eta(V)": rng.normal(0, 0.2, n)}),
+        pd.DataFrame({"ID": np.arange(1, n + 1), "WT": rng.uniform(50, 100, n), "SEX": rng.integers(0, 2, n)}),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -123,10 +143,21 @@ def test_vpc_and_pcvpc_with_strata_and_blq_units_and_legends(monkeypatch, tmp_pa
     labs = check_figure(keep.last(), {"conc": "mg/L"})
     assert "records below LLOQ (%)" in labs and "conc (mg/L)" in labs
     legend = {t.get_text() for ax in keep.last().axes if ax.get_legend() for t in ax.get_legend().get_texts()}
-    assert {"observed 95th percentile", "simulated 95th percentile, 90 % interval", "observed % BLQ",
-            "BLQ records (at LLOQ)"} <= legend
-    tab, pts = dg.vpc_table(**kw, n_bins=5, blq=blq, lloq=pred["LLOQ"].to_numpy(float), return_points=True,
-                            pred=pred["PRED"].to_numpy(float), strata=strata)
+    assert {
+        "observed 95th percentile",
+        "simulated 95th percentile, 90 % interval",
+        "observed % BLQ",
+        "BLQ records (at LLOQ)",
+    } <= legend
+    tab, pts = dg.vpc_table(
+        **kw,
+        n_bins=5,
+        blq=blq,
+        lloq=pred["LLOQ"].to_numpy(float),
+        return_points=True,
+        pred=pred["PRED"].to_numpy(float),
+        strata=strata,
+    )
     dg.plot_vpc(tab, pts, tmp_path / "pcvpc.png", n_rep=40, units={"conc": "mg/L"}, pc=True, log_y=True)
     labs = check_figure(keep.last(), {"conc": "mg/L"})
     assert "prediction-corrected conc (mg/L)" in labs
@@ -142,10 +173,20 @@ def test_individual_eta_and_sampler_plots_units_and_legends(monkeypatch, tmp_pat
     keep = _Keep(monkeypatch)
     pred = _predictions(n_id=5)
     g = pred.groupby("ID")["TIME"].agg(["min", "max"])
-    grid = pd.concat([pd.DataFrame({"ID": i, "TIME": np.linspace(r["min"], r["max"], 40), "type": 0,
-                                    "PRED": 10 * np.exp(-0.15 * np.linspace(r["min"], r["max"], 40)),
-                                    "IPRED": 9 * np.exp(-0.15 * np.linspace(r["min"], r["max"], 40))})
-                      for i, r in g.iterrows()])
+    grid = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "ID": i,
+                    "TIME": np.linspace(r["min"], r["max"], 40),
+                    "type": 0,
+                    "PRED": 10 * np.exp(-0.15 * np.linspace(r["min"], r["max"], 40)),
+                    "IPRED": 9 * np.exp(-0.15 * np.linspace(r["min"], r["max"], 40)),
+                }
+            )
+            for i, r in g.iterrows()
+        ]
+    )
     dg.plot_individual(pred, grid, tmp_path / "ind.png", type_name="conc", type_index=0, unit="mg/L")
     labs = check_figure(keep.last(), {"conc": "mg/L"})
     assert "conc (mg/L)" in labs and "TIME (h)" in labs
@@ -153,8 +194,9 @@ def test_individual_eta_and_sampler_plots_units_and_legends(monkeypatch, tmp_pat
     assert "BLQ (at LLOQ)" in legend and "IPRED, individual prediction (dense grid)" in legend
     ind, cov = _individual()
     eta_units = {"eta(V)": "L"}
-    dg.plot_eta_distributions(ind, tmp_path / "eta.png", labels=["eta(CL)", "eta(V)"], omega_var=[0.09, 0.04],
-                              eta_units=eta_units)
+    dg.plot_eta_distributions(
+        ind, tmp_path / "eta.png", labels=["eta(CL)", "eta(V)"], omega_var=[0.09, 0.04], eta_units=eta_units
+    )
     labs = check_figure(keep.last())
     assert "eta(V) (L)" in labs and "probability density (per L)" in labs and "eta(CL) (dimensionless)" in labs
     dens = [ln for ax in keep.last().axes for ln in ax.lines if ln.get_label().startswith("N(0")]
@@ -162,8 +204,15 @@ def test_individual_eta_and_sampler_plots_units_and_legends(monkeypatch, tmp_pat
     assert np.max(dens[0].get_ydata()) == pytest.approx(1 / (0.3 * math.sqrt(2 * math.pi)), rel=1e-3)
     dg.plot_eta_pairs(ind, tmp_path / "pairs.png", labels=["eta(CL)", "eta(V)"], eta_units=eta_units)
     check_figure(keep.last())
-    dg.plot_eta_covariates(ind, cov, tmp_path / "etacov.png", labels=["eta(CL)", "eta(V)"], categorical=["SEX"],
-                           covariate_units={"WT": "kg"}, eta_units=eta_units)
+    dg.plot_eta_covariates(
+        ind,
+        cov,
+        tmp_path / "etacov.png",
+        labels=["eta(CL)", "eta(V)"],
+        categorical=["SEX"],
+        covariate_units={"WT": "kg"},
+        eta_units=eta_units,
+    )
     labs = check_figure(keep.last())
     assert "WT (kg)" in labs and "SEX (category)" in labs
     legend = {t.get_text() for ax in keep.last().axes if ax.get_legend() for t in ax.get_legend().get_texts()}
@@ -205,7 +254,7 @@ def test_lowess_quadratic_closed_form():
     weights w over the k = ceil(frac n) nearest points, bandwidth h = distance to the k-th): exact to
     1e-12. Everywhere (boundary included) the error is at most h^2."""
     x = np.linspace(-1, 1, 101)
-    y = x ** 2
+    y = x**2
     frac = 0.2
     got = dg.lowess(x, y, frac=frac, iterations=0)
     k = math.ceil(frac * x.size)
@@ -215,7 +264,7 @@ def test_lowess_quadratic_closed_form():
         w = np.where(np.abs(u) < h, (1 - (np.abs(u) / h) ** 3) ** 3, 0.0)
         assert got[i] == pytest.approx(x[i] ** 2 + np.sum(w * u * u) / np.sum(w), abs=1e-12)
     h_max = max(np.sort(np.abs(x - x0))[k - 1] for x0 in x)
-    assert np.max(np.abs(got - y)) <= h_max ** 2
+    assert np.max(np.abs(got - y)) <= h_max**2
 
 
 def test_lowess_robustness_ignores_outliers():
@@ -272,8 +321,9 @@ def test_pcvpc_correction_and_blq_fractions_by_hand():
     lloq = np.full(8, 2.5)
     dv[4] = np.nan
     sims = np.vstack([pred * 0.1, pred * 10.0])  # replicate 1: all below LLOQ except none; 2: none
-    tab, pts = dg.vpc_table(time, dv, sims, np.zeros(8, int), ~blq, ["conc"], n_bins=2, pred=pred, blq=blq,
-                            lloq=lloq, return_points=True)
+    tab, pts = dg.vpc_table(
+        time, dv, sims, np.zeros(8, int), ~blq, ["conc"], n_bins=2, pred=pred, blq=blq, lloq=lloq, return_points=True
+    )
     b1 = tab.iloc[0]
     assert b1["pred_median"] == pytest.approx(3.0)  # median of 1, 2, 4, 8
     np.testing.assert_allclose(pts.loc[pts["BIN"] == 1, "DV"], 9.0)  # 3 * PRED_bin

@@ -43,8 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _recovery_module():
-    spec = importlib.util.spec_from_file_location("pkpd_recovery_benchmark",
-                                                  ROOT / "benchmarks" / "validation" / "recovery.py")
+    spec = importlib.util.spec_from_file_location(
+        "pkpd_recovery_benchmark", ROOT / "benchmarks" / "validation" / "recovery.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -51,22 +51,25 @@ def test_grid_list_and_array_are_sorted_and_distinct():
     assert parse_grid([0, 12]).tolist() == [0.0, 12.0]
 
 
-@pytest.mark.parametrize("spec, fragment", [
-    ("0:0:1", "END (0) must be greater than START (0)"),
-    ("5:1:1", "END (1) must be greater than START (5)"),
-    ("0:5:0", "STEP must be > 0"),
-    ("0:5:-1", "STEP must be > 0"),
-    ("a:5:1", "'a' is not a number"),
-    ("0:nan:1", "'nan' is not a number"),
-    ("0:5", "expected START:END:STEP"),
-    ("0:5:1:2", "expected START:END:STEP"),
-    ("0:10:1e-5", f"more than {MAX_GRID_POINTS:,}"),
-    ("", "grid is empty"),
-    ("1,x", "is not START:END:STEP"),
-    ([np.nan, 1.0], "finite"),
-    ([[0.0, 1.0]], "one-dimensional"),
-    (["a"], "not numbers"),
-])
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("0:0:1", "END (0) must be greater than START (0)"),
+        ("5:1:1", "END (1) must be greater than START (5)"),
+        ("0:5:0", "STEP must be > 0"),
+        ("0:5:-1", "STEP must be > 0"),
+        ("a:5:1", "'a' is not a number"),
+        ("0:nan:1", "'nan' is not a number"),
+        ("0:5", "expected START:END:STEP"),
+        ("0:5:1:2", "expected START:END:STEP"),
+        ("0:10:1e-5", f"more than {MAX_GRID_POINTS:,}"),
+        ("", "grid is empty"),
+        ("1,x", "is not START:END:STEP"),
+        ([np.nan, 1.0], "finite"),
+        ([[0.0, 1.0]], "one-dimensional"),
+        (["a"], "not numbers"),
+    ],
+)
 def test_bad_grids_give_one_clear_error(spec, fragment):
     with pytest.raises(pkpd.GridError) as exc:
         parse_grid(spec)
@@ -83,9 +86,11 @@ KA, V = 1.2, 30.0
 def _oral_dataset() -> pd.DataFrame:
     rows = []
     for i, wt in ((1, 70.0), (2, 90.0)):
-        rows += [{"ID": i, "TIME": 0.0, "AMT": DOSE[i], "CMT": 1, "EVID": 1, "DV": np.nan, "WT": wt},
-                 {"ID": i, "TIME": 1.0, "AMT": 0.0, "CMT": 2, "EVID": 0, "DV": 1.0, "WT": wt},
-                 {"ID": i, "TIME": 6.0, "AMT": 0.0, "CMT": 2, "EVID": 0, "DV": 1.0, "WT": wt}]
+        rows += [
+            {"ID": i, "TIME": 0.0, "AMT": DOSE[i], "CMT": 1, "EVID": 1, "DV": np.nan, "WT": wt},
+            {"ID": i, "TIME": 1.0, "AMT": 0.0, "CMT": 2, "EVID": 0, "DV": 1.0, "WT": wt},
+            {"ID": i, "TIME": 6.0, "AMT": 0.0, "CMT": 2, "EVID": 0, "DV": 1.0, "WT": wt},
+        ]
     return pd.DataFrame(rows)
 
 
@@ -105,12 +110,11 @@ def test_grid_rows_match_the_closed_form_and_leave_the_records_unchanged():
     grid = out[out[GRID_COLUMN] == 1]
     assert len(grid) == 2 * 97 and len(out) == len(df) + 2 * 97
     assert set(grid["EVID"]) == {2} and set(grid["CMT"]) == {0} and grid["DV"].isna().all()
-    assert list(out.columns[:len(df.columns) + 1]) == list(df.columns) + [GRID_COLUMN]  # no column invented
+    assert list(out.columns[: len(df.columns) + 1]) == list(df.columns) + [GRID_COLUMN]  # no column invented
     for i, wt in ((1, 70.0), (2, 90.0)):
         g = grid[grid["ID"] == i]
         assert g["TIME"].tolist() == parse_grid("0:24:0.25").tolist()
-        np.testing.assert_allclose(g["CP"], _cp_closed_form(g["TIME"].to_numpy(), DOSE[i], wt), rtol=1e-9,
-                                   atol=1e-13)
+        np.testing.assert_allclose(g["CP"], _cp_closed_form(g["TIME"].to_numpy(), DOSE[i], wt), rtol=1e-9, atol=1e-13)
     # the dataset's own rows: all there, in order, with the predictions a simulation without grid gives
     own = out[out[GRID_COLUMN] == 0].reset_index(drop=True)
     pd.testing.assert_frame_equal(own.drop(columns=[GRID_COLUMN]), plain, check_exact=False, rtol=1e-12)
@@ -132,8 +136,16 @@ def test_grid_array_and_simulator_api():
 
 @pytest.mark.parametrize("interpolation", ["nocb", "locf"])
 def test_grid_with_a_time_varying_covariate_changes_no_record_prediction(interpolation):
-    df = pd.DataFrame({"ID": [1] * 5, "TIME": [0.0, 2.0, 5.0, 8.0, 12.0], "AMT": [100.0, 0, 0, 50, 0],
-                       "EVID": [1, 0, 0, 1, 0], "CMT": [1, 2, 2, 1, 2], "WT": [70.0, 70, 100, 100, 60]})
+    df = pd.DataFrame(
+        {
+            "ID": [1] * 5,
+            "TIME": [0.0, 2.0, 5.0, 8.0, 12.0],
+            "AMT": [100.0, 0, 0, 50, 0],
+            "EVID": [1, 0, 0, 1, 0],
+            "CMT": [1, 2, 2, 1, 2],
+            "WT": [70.0, 70, 100, 100, 60],
+        }
+    )
     plain = pkpd.simulate(df, "1cmt_oral", PARAMS, interpolation=interpolation)
     out = pkpd.simulate(df, "1cmt_oral", PARAMS, interpolation=interpolation, grid="0:14:0.5")
     own = out[out[GRID_COLUMN] == 0]
@@ -144,8 +156,15 @@ def test_grid_with_a_time_varying_covariate_changes_no_record_prediction(interpo
 
 
 def test_grid_after_a_reset_that_goes_back_in_time():
-    df = pd.DataFrame({"ID": [1, 1, 1, 1], "TIME": [0.0, 4.0, 0.0, 4.0], "AMT": [100.0, 0, 100, 0],
-                       "EVID": [1, 0, 4, 0], "CMT": [1, 1, 1, 1]})
+    df = pd.DataFrame(
+        {
+            "ID": [1, 1, 1, 1],
+            "TIME": [0.0, 4.0, 0.0, 4.0],
+            "AMT": [100.0, 0, 100, 0],
+            "EVID": [1, 0, 4, 0],
+            "CMT": [1, 1, 1, 1],
+        }
+    )
     frame = validate_dataset(df)
     g = add_grid(frame, "0:6:2")
     assert g.frame["TIME"].tolist() == [0, 0, 2, 4, 4, 6, 0, 0, 2, 4, 4, 6]
@@ -185,12 +204,18 @@ def test_cli_grid_writes_grid_rows_and_refuses_a_bad_grid(tmp_path):
     assert "(50 on the --grid)" in cli_output(res)
     got = pd.read_csv(out)
     g = got[got[GRID_COLUMN] == 1]
-    np.testing.assert_allclose(g[g["ID"] == 1]["CP"], _cp_closed_form(g[g["ID"] == 1]["TIME"].to_numpy(), 100.0,
-                                                                      70.0), rtol=1e-9)
-    for bad, fragment in (("0:0:1", "END (0) must be greater than START (0)"), ("0:5:0", "STEP must be > 0"),
-                          ("x:1:1", "'x' is not a number"), ("0:1e9:1", "more than 1,000,000")):
-        res = runner.invoke(app, ["simulate", str(data), "-p", str(params), "-o", str(tmp_path / "b.csv"),
-                                  "--grid", bad])
+    np.testing.assert_allclose(
+        g[g["ID"] == 1]["CP"], _cp_closed_form(g[g["ID"] == 1]["TIME"].to_numpy(), 100.0, 70.0), rtol=1e-9
+    )
+    for bad, fragment in (
+        ("0:0:1", "END (0) must be greater than START (0)"),
+        ("0:5:0", "STEP must be > 0"),
+        ("x:1:1", "'x' is not a number"),
+        ("0:1e9:1", "more than 1,000,000"),
+    ):
+        res = runner.invoke(
+            app, ["simulate", str(data), "-p", str(params), "-o", str(tmp_path / "b.csv"), "--grid", bad]
+        )
         text = cli_output(res)
         assert res.exit_code == 1 and fragment in text and "Traceback" not in text
         assert not (tmp_path / "b.csv").exists()
@@ -250,8 +275,9 @@ def test_cli_plot_without_grid_uses_a_dense_grid(tmp_path):
 def test_dense_grid_covers_additional_doses():
     from pkpd.simulate import dense_grid
 
-    df = pd.DataFrame({"ID": [1, 1], "TIME": [0.0, 1.0], "AMT": [10.0, 0], "EVID": [1, 0], "II": [12.0, 0],
-                       "ADDL": [3, 0]})
+    df = pd.DataFrame(
+        {"ID": [1, 1], "TIME": [0.0, 1.0], "AMT": [10.0, 0], "EVID": [1, 0], "II": [12.0, 0], "ADDL": [3, 0]}
+    )
     assert dense_grid(df)[-1] == 48.0  # 4 doses 12 h apart: to the end of the last interval
 
 
@@ -301,8 +327,14 @@ def test_ignore_characters():
 
 
 def test_ignore_and_accept_conditions():
-    df = pd.DataFrame({"ID": [1, 1, 1, 2, 2], "TIME": [0, 1, 30, 0, 2], "DV": [".", "0.0", "3", ".", "2"],
-                       "SEX": ["M", "M", "M", "F", "F"]})
+    df = pd.DataFrame(
+        {
+            "ID": [1, 1, 1, 2, 2],
+            "TIME": [0, 1, 30, 0, 2],
+            "DV": [".", "0.0", "3", ".", "2"],
+            "SEX": ["M", "M", "M", "F", "F"],
+        }
+    )
 
     def kept(**kw):
         return filter_records(df, **kw).rows.tolist()
@@ -317,18 +349,21 @@ def test_ignore_and_accept_conditions():
     assert kept(ignore="(SEX.EQ.'M')") == [4, 5]
 
 
-@pytest.mark.parametrize("ignore, accept, fragment", [
-    ("(DV.XX.0)", None, "IGNORE condition 'DV.XX.0': unknown operator .XX."),
-    ("(WTX.EQ.1)", None, "IGNORE condition 'WTX.EQ.1' names column WTX, which the dataset does not have"),
-    (None, "(sex.EQ.F)", "names column sex, which the dataset does not have (found 'SEX'"),
-    ("(SEX.GT.1)", None, "IGNORE condition 'SEX.GT.1': .GT. compares numbers, and column SEX holds 'M', 'F'"),
-    ("(TIME.GT.abc)", None, "'abc' is not a number"),
-    ("(DV.EQ.0,,TIME.GT.1)", None, "an empty condition"),
-    ("(DV.EQ.)", None, "has no value"),
-    ("(DV 0)", None, "IGNORE condition 'DV 0' is not COLUMN.OP.VALUE"),
-    ("(DV.EQ.0", None, "unbalanced parentheses"),
-    ("(DV.EQ.0)", "(ID.EQ.1)", "IGNORE conditions and ACCEPT conditions cannot be combined"),
-])
+@pytest.mark.parametrize(
+    "ignore, accept, fragment",
+    [
+        ("(DV.XX.0)", None, "IGNORE condition 'DV.XX.0': unknown operator .XX."),
+        ("(WTX.EQ.1)", None, "IGNORE condition 'WTX.EQ.1' names column WTX, which the dataset does not have"),
+        (None, "(sex.EQ.F)", "names column sex, which the dataset does not have (found 'SEX'"),
+        ("(SEX.GT.1)", None, "IGNORE condition 'SEX.GT.1': .GT. compares numbers, and column SEX holds 'M', 'F'"),
+        ("(TIME.GT.abc)", None, "'abc' is not a number"),
+        ("(DV.EQ.0,,TIME.GT.1)", None, "an empty condition"),
+        ("(DV.EQ.)", None, "has no value"),
+        ("(DV 0)", None, "IGNORE condition 'DV 0' is not COLUMN.OP.VALUE"),
+        ("(DV.EQ.0", None, "unbalanced parentheses"),
+        ("(DV.EQ.0)", "(ID.EQ.1)", "IGNORE conditions and ACCEPT conditions cannot be combined"),
+    ],
+)
 def test_bad_conditions_give_one_error_naming_the_condition(ignore, accept, fragment):
     df = pd.DataFrame({"ID": [1, 2], "TIME": [0, 1], "DV": [".", "1"], "SEX": ["M", "F"]})
     with pytest.raises(RecordFilterError) as exc:
@@ -338,8 +373,9 @@ def test_bad_conditions_give_one_error_naming_the_condition(ignore, accept, frag
 
 
 def test_errors_name_the_rows_of_the_file_after_ignored_rows(tmp_path):
-    data = _write(tmp_path, "d.csv", "C,ID,TIME,AMT,EVID,CMT\n.,1,0,100,1,1\nC,1,1,abc,0,1\n.,1,2,0,0,1\n"
-                                     ".,1,3,xyz,0,1\n")
+    data = _write(
+        tmp_path, "d.csv", "C,ID,TIME,AMT,EVID,CMT\n.,1,0,100,1,1\nC,1,1,abc,0,1\n.,1,2,0,0,1\n.,1,3,xyz,0,1\n"
+    )
     with pytest.raises(pkpd.DatasetError) as exc:
         pkpd.simulate(data, "1cmt_iv", {"CL": 5, "V": 50})
     assert [v.rows for v in exc.value.violations] == [(4,)] and str(data) in str(exc.value)
@@ -355,14 +391,18 @@ def test_cli_ignore_and_accept(tmp_path):
     res = runner.invoke(app, ["simulate", str(data), "-p", str(params), "-o", str(out), "--ignore", "(TIME.GT.3)"])
     text = cli_output(res)
     assert res.exit_code == 0, text
-    assert "note: ignored 3 of 7 data rows: 1 commented (C in column C) (row 3); 1 by IGNORE=# (column C) " \
-           "(row 4); 1 by IGNORE=(TIME.GT.3) (row 5)" in text
+    assert (
+        "note: ignored 3 of 7 data rows: 1 commented (C in column C) (row 3); 1 by IGNORE=# (column C) "
+        "(row 4); 1 by IGNORE=(TIME.GT.3) (row 5)" in text
+    )
     assert len(pd.read_csv(out)) == 4
-    res = runner.invoke(app, ["simulate", str(data), "-p", str(params), "-o", str(out), "--force",
-                              "--accept", "(ID.EQ.2)"])
+    res = runner.invoke(
+        app, ["simulate", str(data), "-p", str(params), "-o", str(out), "--force", "--accept", "(ID.EQ.2)"]
+    )
     assert res.exit_code == 0 and pd.read_csv(out)["ID"].tolist() == [2, 2]
-    res = runner.invoke(app, ["simulate", str(data), "-p", str(params), "-o", str(tmp_path / "x.csv"),
-                              "--ignore", "(WT.GX.70)"])
+    res = runner.invoke(
+        app, ["simulate", str(data), "-p", str(params), "-o", str(tmp_path / "x.csv"), "--ignore", "(WT.GX.70)"]
+    )
     assert res.exit_code == 1 and "IGNORE condition 'WT.GX.70': unknown operator .GX." in cli_output(res)
     assert "Traceback" not in cli_output(res) and not (tmp_path / "x.csv").exists()
 

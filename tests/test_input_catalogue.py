@@ -97,16 +97,29 @@ REGIMENS = [
     ("no dose", REG_OK + SCHED.replace("dose_mg = 1000.0\n", ""), ["dose"]),
     ("stop before start", REG_OK + SCHED + "start_h = 10.0\nstop_h = 5.0\n", ["stop_h"]),
     ("oral infusion", REG_OK + SCHED + "infusion_h = 1.0\n", ["infusion"]),
-    ("PRN threshold above 10", REG_OK + '[[prn]]\ndrug = "oxycodone"\nroute = "po"\ndose_mg = 5.0\n'
-     'threshold_nrs = 12.0\nmin_interval_h = 4.0\n', ["threshold_nrs"]),
-    ("PRN without interval", REG_OK + '[[prn]]\ndrug = "oxycodone"\nroute = "po"\ndose_mg = 5.0\n'
-     'threshold_nrs = 4.0\n', ["min_interval_h"]),
-    ("PCA negative lockout", REG_OK + '[[pca]]\ndrug = "hydromorphone"\nroute = "iv"\ndemand_mg = 0.2\n'
-     'lockout_min = -10.0\n', ["lockout"]),
+    (
+        "PRN threshold above 10",
+        REG_OK + '[[prn]]\ndrug = "oxycodone"\nroute = "po"\ndose_mg = 5.0\n'
+        "threshold_nrs = 12.0\nmin_interval_h = 4.0\n",
+        ["threshold_nrs"],
+    ),
+    (
+        "PRN without interval",
+        REG_OK + '[[prn]]\ndrug = "oxycodone"\nroute = "po"\ndose_mg = 5.0\nthreshold_nrs = 4.0\n',
+        ["min_interval_h"],
+    ),
+    (
+        "PCA negative lockout",
+        REG_OK + '[[pca]]\ndrug = "hydromorphone"\nroute = "iv"\ndemand_mg = 0.2\nlockout_min = -10.0\n',
+        ["lockout"],
+    ),
     ("TOML syntax error", REG_OK + "[[scheduled]\ndrug = 1\n", ["line"]),
     ("unknown key", REG_OK + SCHED + "dose_gram = 1.0\n", ["dose_gram"]),
-    ("bad adjustment condition", REG_OK + SCHED + 'adjustments = [{ when = "AGE >>= 65", dose_mg = 500.0 }]\n',
-     ["AGE"]),
+    (
+        "bad adjustment condition",
+        REG_OK + SCHED + 'adjustments = [{ when = "AGE >>= 65", dose_mg = 500.0 }]\n',
+        ["AGE"],
+    ),
     ("horizon not positive", 'name = "R"\nhorizon_h = -1.0\n' + SCHED, ["horizon_h"]),
 ]
 
@@ -121,8 +134,10 @@ def test_malformed_regimen_file(tmp_path, name, text, words):
 
 
 # ---- patient files ----------------------------------------------------------------------------------------
-PAT = ('id = "p"\nage_y = 62\nsex = "female"\nweight_kg = 78\nheight_cm = 165\nscr_mg_dl = 0.9\n'
-       'hepatic = "none"\nopioid_tolerant = false\nosa = false\ngenotypes = ["CYP2D6 *1/*1"]\n')
+PAT = (
+    'id = "p"\nage_y = 62\nsex = "female"\nweight_kg = 78\nheight_cm = 165\nscr_mg_dl = 0.9\n'
+    'hepatic = "none"\nopioid_tolerant = false\nosa = false\ngenotypes = ["CYP2D6 *1/*1"]\n'
+)
 PATIENTS = [
     ("negative weight", PAT.replace("weight_kg = 78", "weight_kg = -78"), ["weight_kg"]),
     ("age out of range", PAT.replace("age_y = 62", "age_y = 250"), ["age_y"]),
@@ -131,7 +146,7 @@ PATIENTS = [
     ("unknown genotype", PAT.replace("*1/*1", "*99/*99"), ["CYP2D6"]),
     ("unknown gene", PAT.replace("CYP2D6 *1/*1", "ABC1 *1/*1"), ["ABC1"]),
     ("weight as text", PAT.replace("weight_kg = 78", 'weight_kg = "heavy"'), ["weight_kg"]),
-    ("unknown field", PAT + "favourite_drug = \"morphine\"\n", ["favourite_drug"]),
+    ("unknown field", PAT + 'favourite_drug = "morphine"\n', ["favourite_drug"]),
     ("missing weight", PAT.replace("weight_kg = 78\n", ""), ["weight_kg"]),
     ("creatinine zero", PAT.replace("scr_mg_dl = 0.9", "scr_mg_dl = 0.0"), ["scr_mg_dl"]),
 ]

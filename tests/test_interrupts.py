@@ -71,10 +71,16 @@ def test_swallowed_interrupt_is_not_printed_as_an_ignored_exception(capsys):
                 try:
                     signal.raise_signal(signal.SIGINT)
                 except KeyboardInterrupt as exc:
-                    sys.unraisablehook(types.SimpleNamespace(exc_type=KeyboardInterrupt, exc_value=exc,
-                                                             exc_traceback=None, err_msg=None, object=None))
-        sys.unraisablehook(types.SimpleNamespace(exc_type=ValueError, exc_value=ValueError(), exc_traceback=None,
-                                                 err_msg=None, object=None))
+                    sys.unraisablehook(
+                        types.SimpleNamespace(
+                            exc_type=KeyboardInterrupt, exc_value=exc, exc_traceback=None, err_msg=None, object=None
+                        )
+                    )
+        sys.unraisablehook(
+            types.SimpleNamespace(
+                exc_type=ValueError, exc_value=ValueError(), exc_traceback=None, err_msg=None, object=None
+            )
+        )
     finally:
         sys.unraisablehook = old
     assert seen == [ValueError]  # only the unrelated one reached the previous hook
@@ -137,8 +143,9 @@ def _fake_chunk(*args, **kwargs):
     """Stands for one chunk's simulation or optimization, during which an interrupt is swallowed; its (empty)
     result is never stored: the run stops first."""
     _swallowed_interrupt()
-    return types.SimpleNamespace(patients=pd.DataFrame({"ID": []}), doses=None, times={}, nrs=None, notes=[],
-                                 spaces=[], amounts=[])
+    return types.SimpleNamespace(
+        patients=pd.DataFrame({"ID": []}), doses=None, times={}, nrs=None, notes=[], spaces=[], amounts=[]
+    )
 
 
 def test_cli_simulate_regimen_swallowed_interrupt_exits_130_without_outputs(tmp_path, monkeypatch):
@@ -177,8 +184,10 @@ def test_cli_trial_plain_interrupt_exits_130(tmp_path, monkeypatch):
     res = runner.invoke(app, ["trial", "--population", "2", "--draws", "2", "--steps", "1", "--out", str(out)])
     text = cli_output(res)
     assert res.exit_code == 130, text
-    assert (f"keeps no outputs (none were written; files already there are unchanged). The finished chunks are kept "
-            f"in {out / 'chunks'}") in text
+    assert (
+        f"keeps no outputs (none were written; files already there are unchanged). The finished chunks are kept "
+        f"in {out / 'chunks'}"
+    ) in text
     assert sorted(p.name for p in out.iterdir()) == ["chunks"]
 
 
@@ -191,8 +200,17 @@ def test_cli_fit_interrupt_before_writing_exits_130_without_outputs(tmp_path, mo
 
     monkeypatch.setattr(pkpd.fit.api, "fit", fit)
     out = tmp_path / "fit"
-    res = runner.invoke(app, ["fit", str(ROOT / "pkpd" / "datasets" / "theoph.csv"), "--model",
-                              str(ROOT / "examples" / "models" / "theoph.toml"), "--out", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "fit",
+            str(ROOT / "pkpd" / "datasets" / "theoph.csv"),
+            "--model",
+            str(ROOT / "examples" / "models" / "theoph.toml"),
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 130, cli_output(res)
     assert not out.exists()
 

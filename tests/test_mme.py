@@ -100,7 +100,7 @@ def test_mixed_day_by_hand():
 def test_total_mme_window():
     doses = [(0, "oxycodone", 5), (6, "oxycodone", 5), (12, "morphine", 10, "oral"), (24, "tramadol", 50)]
     assert total_mme(doses) == pytest.approx(7.5 + 7.5 + 10 + 10)
-    assert total_mme(doses, 0, 24) == pytest.approx(25.0)   # [0, 24): excludes the 24 h dose
+    assert total_mme(doses, 0, 24) == pytest.approx(25.0)  # [0, 24): excludes the 24 h dose
     assert total_mme(doses, 6, 13) == pytest.approx(17.5)
     with pytest.raises(ModelSpecError):
         total_mme(doses, 10, 5)
@@ -136,6 +136,7 @@ def test_no_jax_import_at_module_level():
     import pathlib
 
     import pkpd.mme as m
+
     tree = ast.parse(pathlib.Path(m.__file__).read_text())
     top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     names = [a.name for n in top for a in n.names] + [getattr(n, "module", "") or "" for n in top]

@@ -22,14 +22,16 @@ def profile(t, c, *, dose=100.0, dose_time=0.0, ident=1, **extra) -> pd.DataFram
     """One subject: a dose record then one observation per (t, c); ``extra`` columns on observation rows."""
     t = np.asarray(t, float)
     n = t.size
-    df = pd.DataFrame({
-        "ID": ident,
-        "TIME": np.r_[dose_time, t],
-        "EVID": np.r_[1, np.zeros(n, int)],
-        "AMT": np.r_[dose, np.zeros(n)],
-        "CMT": 1,
-        "DV": np.r_[np.nan, np.asarray(c, float)],
-    })
+    df = pd.DataFrame(
+        {
+            "ID": ident,
+            "TIME": np.r_[dose_time, t],
+            "EVID": np.r_[1, np.zeros(n, int)],
+            "AMT": np.r_[dose, np.zeros(n)],
+            "CMT": 1,
+            "DV": np.r_[np.nan, np.asarray(c, float)],
+        }
+    )
     for k, v in extra.items():
         df[k] = np.r_[np.nan, np.asarray(v, float)] if np.ndim(v) else v
     return df
@@ -57,8 +59,7 @@ def test_iv_bolus_one_compartment_dense():
     k = cl / v
     t = np.arange(0.0, 48.0001, 0.25)
     c = dose / v * np.exp(-k * t)
-    df = pd.concat([profile(t, c, dose=dose, ident=1), profile(t[1:], c[1:], dose=dose, ident=2)],
-                   ignore_index=True)
+    df = pd.concat([profile(t, c, dose=dose, ident=1), profile(t[1:], c[1:], dose=dose, ident=2)], ignore_index=True)
     res = nca(df, route="iv_bolus")
     assert list(res.columns) == [col for col in COLUMNS if col != "DVID"]
     for ident in (1, 2):
@@ -304,8 +305,7 @@ def test_errors_name_rows():
     msg = _error(dup)
     assert "rows 3, 4" in msg and "same TIME" in msg
     # a reset record going back in time
-    reset = pd.concat([profile([1.0, 2.0], [1.0, 0.5]), profile([0.5], [2.0], dose_time=0.0)],
-                      ignore_index=True)
+    reset = pd.concat([profile([1.0, 2.0], [1.0, 0.5]), profile([0.5], [2.0], dose_time=0.0)], ignore_index=True)
     reset.loc[3, "EVID"] = 4
     msg = _error(reset)
     assert "row 4" in msg and "reset" in msg
@@ -321,8 +321,13 @@ def test_errors_name_rows():
 
 def test_argument_errors():
     df = profile([1.0, 2.0, 4.0], [1.0, 0.5, 0.25])
-    for kw in ({"method": "log"}, {"route": "oral"}, {"lambda_z_min_points": 2}, {"adj_r2_tolerance": -1.0},
-               {"lloq": -0.1}):
+    for kw in (
+        {"method": "log"},
+        {"route": "oral"},
+        {"lambda_z_min_points": 2},
+        {"adj_r2_tolerance": -1.0},
+        {"lloq": -0.1},
+    ):
         with pytest.raises(ValueError):
             nca(df, **kw)
 
@@ -340,8 +345,15 @@ def test_two_compartment_iv_simulation_aucinf_equals_dose_over_cl():
     tolerance of 1e-8 the fit starts after 8 h and must match beta within 1e-4."""
     dose, cl, v1, q, v2 = 100.0, 5.0, 20.0, 10.0, 50.0
     t = np.unique(np.r_[np.arange(0.0, 2.0, 0.05), np.arange(2.0, 12.0, 0.25), np.arange(12.0, 168.01, 1.0)])
-    df = pd.DataFrame({"ID": 1, "TIME": np.r_[0.0, t], "EVID": np.r_[1, np.zeros(t.size, int)],
-                       "AMT": np.r_[dose, np.zeros(t.size)], "CMT": 1})
+    df = pd.DataFrame(
+        {
+            "ID": 1,
+            "TIME": np.r_[0.0, t],
+            "EVID": np.r_[1, np.zeros(t.size, int)],
+            "AMT": np.r_[dose, np.zeros(t.size)],
+            "CMT": 1,
+        }
+    )
     sim = pkpd.simulate(df, "2cmt_iv", {"CL": cl, "V1": v1, "Q": q, "V2": v2})
     r = one(nca(sim, conc="CP", route="iv_bolus"))
     k10, k12, k21 = cl / v1, q / v1, q / v2

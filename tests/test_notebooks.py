@@ -37,8 +37,9 @@ def test_notebooks_exist_and_are_committed_without_outputs():
     assert names[:5] == ["01", "02", "03", "04", "05"], names
     for path in NOTEBOOKS:
         raw = json.loads(path.read_text())
-        assert (raw["nbformat"], raw["nbformat_minor"]) >= (4, 5), f"{path.name}: nbformat {raw['nbformat']}." \
-                                                                   f"{raw['nbformat_minor']}, expected 4.5"
+        assert (raw["nbformat"], raw["nbformat_minor"]) >= (4, 5), (
+            f"{path.name}: nbformat {raw['nbformat']}.{raw['nbformat_minor']}, expected 4.5"
+        )
         ids = [cell.get("id") for cell in raw["cells"]]
         assert all(ids), f"{path.name}: cells without an id: {[i for i, c in enumerate(ids) if not c]}"
         assert len(set(ids)) == len(ids), f"{path.name}: duplicate cell ids"
@@ -46,7 +47,8 @@ def test_notebooks_exist_and_are_committed_without_outputs():
         for i, cell in enumerate(raw["cells"]):
             if cell["cell_type"] == "code":
                 assert cell.get("outputs") == [] and cell.get("execution_count") is None, (
-                    f"{path.name}, cell {i}: outputs committed; strip them (outputs [] and execution_count null)")
+                    f"{path.name}, cell {i}: outputs committed; strip them (outputs [] and execution_count null)"
+                )
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +59,11 @@ def kernel_specs(tmp_path_factory):
 
     kdir = tmp_path_factory.mktemp("kernels")
     (kdir / KERNEL_NAME).mkdir()
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "Python 3 (pkpd tests)", "language": "python"}
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (pkpd tests)",
+        "language": "python",
+    }
     (kdir / KERNEL_NAME / "kernel.json").write_text(json.dumps(spec))
     return KernelSpecManager(kernel_dirs=[str(kdir)])
 
@@ -79,21 +84,31 @@ def test_notebook_runs_in_a_kernel(path, tmp_path, kernel_specs):
     nb = nbformat.read(path, as_version=4)
     assert nb.cells[0].cell_type == "markdown", "a notebook opens with its question"
     assert nb.cells[-1].cell_type == "markdown", "a notebook ends with its interpretation"
-    env = dict(os.environ, PKPD_NOTEBOOK_FAST="1", MPLBACKEND=INLINE_BACKEND,
-               PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    sockets = Path(tempfile.mkdtemp(prefix="pkpd-kernel-"))   # short: a Unix socket path has at most 107 bytes
+    env = dict(
+        os.environ,
+        PKPD_NOTEBOOK_FAST="1",
+        MPLBACKEND=INLINE_BACKEND,
+        PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    )
+    sockets = Path(tempfile.mkdtemp(prefix="pkpd-kernel-"))  # short: a Unix socket path has at most 107 bytes
     # IPC transport (Unix sockets): ipykernel warns about an unencrypted TCP kernel otherwise
-    km = AsyncKernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=kernel_specs, transport="ipc",
-                            ip=str(sockets / "ipc"), connection_file=str(sockets / "kernel.json"))
-    client = NotebookClient(nb, km=km, timeout=900, startup_timeout=180,
-                            resources={"metadata": {"path": str(path.parent)}})
+    km = AsyncKernelManager(
+        kernel_name=KERNEL_NAME,
+        kernel_spec_manager=kernel_specs,
+        transport="ipc",
+        ip=str(sockets / "ipc"),
+        connection_file=str(sockets / "kernel.json"),
+    )
+    client = NotebookClient(
+        nb, km=km, timeout=900, startup_timeout=180, resources={"metadata": {"path": str(path.parent)}}
+    )
     failure = None
     try:
-        client.execute(env=env, cleanup_kc=True)      # cleanup_kc: shut the kernel down afterwards
+        client.execute(env=env, cleanup_kc=True)  # cleanup_kc: shut the kernel down afterwards
     except Exception as exc:  # CellExecutionError (shown below by its cell), CellTimeoutError, DeadKernelError
         failure = exc
     finally:
-        nbformat.write(nb, tmp_path / path.name)        # the executed copy, for a look after a failure
+        nbformat.write(nb, tmp_path / path.name)  # the executed copy, for a look after a failure
         shutil.rmtree(sockets, ignore_errors=True)
 
     code = [(i, cell) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"]
@@ -106,9 +121,15 @@ def test_notebook_runs_in_a_kernel(path, tmp_path, kernel_specs):
                 pytest.fail(f"{where} wrote to stderr (a warning or progress bar; fix its cause):\n{out.text[:3000]}")
     if failure is not None:  # an error the cell outputs do not show (a timeout, a dead kernel)
         started = [i for i, cell in code if "iopub.execute_input" in cell.metadata.get("execution", {})]
-        pytest.fail(f"{path.name}, cell {started[-1] if started else '(none started)'}: "
-                    f"{type(failure).__name__}: {str(failure)[-3000:]}")
+        pytest.fail(
+            f"{path.name}, cell {started[-1] if started else '(none started)'}: "
+            f"{type(failure).__name__}: {str(failure)[-3000:]}"
+        )
 
-    pngs = sum("image/png" in out.get("data", {}) for _, cell in code for out in cell.get("outputs", [])
-               if out.output_type == "display_data")
+    pngs = sum(
+        "image/png" in out.get("data", {})
+        for _, cell in code
+        for out in cell.get("outputs", [])
+        if out.output_type == "display_data"
+    )
     assert pngs >= 1, f"{path.name}: no figure shown (no image/png display_data output)"

@@ -51,17 +51,27 @@ def test_exceedance_without_variability_is_zero_or_one():
 
 def _c(G):
     one = jnp.asarray(1.0)
-    return {"pain_weight": jnp.asarray(0.0), "sedation_weight": jnp.asarray(0.0), "cvar_weight": one,
-            "tit_penalty": jnp.asarray(0.0), "oird_penalty": jnp.asarray(0.0), "chance_penalty": jnp.asarray(0.0),
-            "risk": jnp.asarray(1e-3), "tit_target": jnp.zeros(G), "ge4_target": jnp.ones(G), "ge7_target": jnp.ones(G),
-            "oird_ref": jnp.ones(G), "burden": {},
-            "auc_ref": {}, "limit": {}}
+    return {
+        "pain_weight": jnp.asarray(0.0),
+        "sedation_weight": jnp.asarray(0.0),
+        "cvar_weight": one,
+        "tit_penalty": jnp.asarray(0.0),
+        "oird_penalty": jnp.asarray(0.0),
+        "chance_penalty": jnp.asarray(0.0),
+        "risk": jnp.asarray(1e-3),
+        "tit_target": jnp.zeros(G),
+        "ge4_target": jnp.ones(G),
+        "ge7_target": jnp.ones(G),
+        "oird_ref": jnp.ones(G),
+        "burden": {},
+        "auc_ref": {},
+        "limit": {},
+    }
 
 
 def _out(mme):
     z = jnp.zeros_like(mme)
-    return {"MME_0_72": mme, "PAIN_EXCESS": z, "SEDATION_MAX": z, "TIT3": z + 1.0, "GE4": z, "GE7": z,
-            "OIRD_HAZARD": z}
+    return {"MME_0_72": mme, "PAIN_EXCESS": z, "SEDATION_MAX": z, "TIT3": z + 1.0, "GE4": z, "GE7": z, "OIRD_HAZARD": z}
 
 
 def test_cvar_rockafellar_uryasev_equals_tail_mean():
@@ -90,8 +100,7 @@ def test_group_loss_groups_rows_consecutively_and_prices_burden_and_limits():
     c["auc_ref"] = {"gabapentin": jnp.asarray(20.0)}
     c["limit"] = {"gabapentin": jnp.asarray(25.0)}
     c["chance_penalty"] = jnp.asarray(1.0)
-    loss = np.asarray(group_loss(out, 2, c, None, alpha=0.9, burden_drugs=("gabapentin",),
-                                 limit_drugs=("gabapentin",)))
+    loss = np.asarray(group_loss(out, 2, c, None, alpha=0.9, burden_drugs=("gabapentin",), limit_drugs=("gabapentin",)))
     assert loss[0] == pytest.approx(1.0 + 2.0 * 10.0 / 20.0, abs=1e-6)
     # group 2: one of four draws above 25 mg/L -> smoothed frequency ~0.25 -> penalty (0.25 - 1e-3) / 1e-3
     assert loss[1] == pytest.approx(2.0 + 2.0 * 30.0 / 20.0 + (0.25 - 1e-3) / 1e-3, rel=1e-3)
@@ -109,7 +118,7 @@ def test_group_loss_penalizes_only_the_excess_over_the_non_inferiority_targets()
     c["ge4_target"] = jnp.array([0.2, 0.3])
     c["ge7_target"] = jnp.array([0.1, 0.05])
     loss = np.asarray(group_loss(out, 2, c, None, alpha=0.9))
-    np.testing.assert_allclose(loss, [0.0, 10.0 * (0.1 ** 2 + 0.05 ** 2)], atol=1e-12)
+    np.testing.assert_allclose(loss, [0.0, 10.0 * (0.1**2 + 0.05**2)], atol=1e-12)
 
 
 def test_cross_entropy_search_finds_the_optimum_and_never_loses_to_the_default():
@@ -148,8 +157,9 @@ def test_rescue_policies_start_with_c1_and_share_one_structure():
 
     pols = rescue_policies()
     c1 = get_regimen("C1").prn
-    assert [(r.drug, r.route, r.dose_mg, r.threshold_nrs, r.min_interval_h) for r in pols[0].rules] == \
-        [(r.drug, r.route, r.dose_mg, r.threshold_nrs, r.min_interval_h) for r in c1]
+    assert [(r.drug, r.route, r.dose_mg, r.threshold_nrs, r.min_interval_h) for r in pols[0].rules] == [
+        (r.drug, r.route, r.dose_mg, r.threshold_nrs, r.min_interval_h) for r in c1
+    ]
     assert len({p.label for p in pols}) == len(pols) == 16
     assert {tuple((r.drug, r.route) for r in p.rules) for p in pols} == {tuple((r.drug, r.route) for r in c1)}
     assert max(r.min_interval_h for p in pols for r in p.rules) <= max(r.min_interval_h for r in c1)

@@ -122,8 +122,10 @@ def assert_close(sim, ref, rtol, atol_rel_peak, what, peak=None):
     bound = rtol * np.abs(ref) + atol_rel_peak * peak
     if not np.all(err <= bound):
         i = int(np.argmax(err - bound))
-        raise AssertionError(f"{what}: rtol {rtol:g}, atol {atol_rel_peak:g}*peak ({peak:.6g}) exceeded at "
-                             f"index {i}: sim={sim[i]!r} ref={ref[i]!r} (abs err {err[i]:.3g})")
+        raise AssertionError(
+            f"{what}: rtol {rtol:g}, atol {atol_rel_peak:g}*peak ({peak:.6g}) exceeded at "
+            f"index {i}: sim={sim[i]!r} ref={ref[i]!r} (abs err {err[i]:.3g})"
+        )
 
 
 _CACHE: dict = {}
@@ -150,14 +152,20 @@ def _linear_cases(ncmt, oral):
     """(name, doses, obs, values, is_ss) for one linear model."""
     p = dict(P[ncmt], **({"KA": KA} if oral else {}))
     central = 2 if oral else 1
-    routes = [("central-bolus", central, 0.0, {}), ("central-infusion", central, RATE, {}),
-              ("central-infusion-long", central, RATE_LONG, {}),
-              ("central-bolus-lag-F", central, 0.0, {f"ALAG{central}": LAG, f"F{central}": F}),
-              ("central-infusion-lag-F", central, RATE, {f"ALAG{central}": LAG, f"F{central}": F})]
+    routes = [
+        ("central-bolus", central, 0.0, {}),
+        ("central-infusion", central, RATE, {}),
+        ("central-infusion-long", central, RATE_LONG, {}),
+        ("central-bolus-lag-F", central, 0.0, {f"ALAG{central}": LAG, f"F{central}": F}),
+        ("central-infusion-lag-F", central, RATE, {f"ALAG{central}": LAG, f"F{central}": F}),
+    ]
     if oral:
-        routes += [("depot-bolus", 1, 0.0, {}), ("depot-infusion", 1, RATE, {}),
-                   ("depot-bolus-lag-F", 1, 0.0, {"ALAG1": LAG, "F1": F}),
-                   ("depot-infusion-long-lag-F", 1, RATE_LONG, {"ALAG1": LAG, "F1": F})]
+        routes += [
+            ("depot-bolus", 1, 0.0, {}),
+            ("depot-infusion", 1, RATE, {}),
+            ("depot-bolus-lag-F", 1, 0.0, {"ALAG1": LAG, "F1": F}),
+            ("depot-infusion-long-lag-F", 1, RATE_LONG, {"ALAG1": LAG, "F1": F}),
+        ]
     out = []
     for rname, cmt, rate, extra in routes:
         vals = dict(p, **extra)
@@ -266,10 +274,18 @@ def _weibull_batch():
     cases = [
         ("beta1.5", [_dose(1)], WEIBULL_OBS, {"CL": 1e-9, "V": 10.0, "TD": 3.0, "BETA": 1.5}),
         ("beta2.5", [_dose(1)], WEIBULL_OBS, {"CL": 1e-9, "V": 10.0, "TD": 5.0, "BETA": 2.5}),
-        ("beta1-lag-F", [_dose(1)], WEIBULL_OBS,
-         {"CL": 1e-9, "V": 10.0, "TD": 2.0, "BETA": 1.0, "ALAG1": 0.5, "F1": 0.6}),
-        ("two-doses", [_dose(1), _dose(1, amt=50.0, time=6.0)], WEIBULL_OBS,
-         {"CL": 1e-9, "V": 10.0, "TD": 3.0, "BETA": 1.5}),
+        (
+            "beta1-lag-F",
+            [_dose(1)],
+            WEIBULL_OBS,
+            {"CL": 1e-9, "V": 10.0, "TD": 2.0, "BETA": 1.0, "ALAG1": 0.5, "F1": 0.6},
+        ),
+        (
+            "two-doses",
+            [_dose(1), _dose(1, amt=50.0, time=6.0)],
+            WEIBULL_OBS,
+            {"CL": 1e-9, "V": 10.0, "TD": 3.0, "BETA": 1.5},
+        ),
         ("beta1.5-CL2", [_dose(1)], WEIBULL_OBS, {"CL": 2.0, "V": 10.0, "TD": 3.0, "BETA": 1.5}),
     ]
     df, mapping, names = dataset(cases, ["CL", "V", "TD", "BETA"], ["ALAG1", "F1"])
@@ -291,8 +307,9 @@ def test_weibull_absorbed_amount(name):
     out = outs[name]
     _, doses, _, v = cases[name]
     t = out["TIME"].to_numpy()
-    ref = _weibull_absorbed(t, [(d["TIME"], d["AMT"]) for d in doses], v["TD"], v["BETA"], v.get("ALAG1", 0.0),
-                            v.get("F1", 1.0))
+    ref = _weibull_absorbed(
+        t, [(d["TIME"], d["AMT"]) for d in doses], v["TD"], v["BETA"], v.get("ALAG1", 0.0), v.get("F1", 1.0)
+    )
     assert_close(out["CENTRAL"], ref, 1e-6, 1e-9, f"Weibull {name} central amount")
     # the dosing handle holds no amount
     assert np.all(out["WEIBULL"].to_numpy() == 0.0)
@@ -307,8 +324,12 @@ def test_weibull_with_elimination_matches_convolution():
     def dens(s):
         return DOSE * beta / td * (s / td) ** (beta - 1.0) * math.exp(-((s / td) ** beta))
 
-    ref = [quad(lambda s: dens(s) * math.exp(-k * (t - s)), 0.0, t, epsabs=1e-13, epsrel=1e-13, limit=200)[0]
-           if t > 0 else 0.0 for t in out["TIME"].to_numpy()]
+    ref = [
+        quad(lambda s: dens(s) * math.exp(-k * (t - s)), 0.0, t, epsabs=1e-13, epsrel=1e-13, limit=200)[0]
+        if t > 0
+        else 0.0
+        for t in out["TIME"].to_numpy()
+    ]
     assert_close(out["CENTRAL"], ref, 1e-6, 1e-9, "Weibull with elimination vs quad convolution")
 
 
@@ -357,9 +378,11 @@ def _transit_K(p):
 
 @pytest.mark.parametrize("kind", SOLVERS)
 def test_transit3_matches_expm_and_erlang(kind):
-    cases = [("single", [_dose(1)], OBS["single"], TRANSIT),
-             ("addl", [_dose(1, ii=II_ADDL, addl=N_ADDL)], OBS["addl"], TRANSIT),
-             ("ka-eq-ktr", [_dose(1)], OBS["single"], dict(TRANSIT, KA=2.0))]  # a 4x4 Jordan block
+    cases = [
+        ("single", [_dose(1)], OBS["single"], TRANSIT),
+        ("addl", [_dose(1, ii=II_ADDL, addl=N_ADDL)], OBS["addl"], TRANSIT),
+        ("ka-eq-ktr", [_dose(1)], OBS["single"], dict(TRANSIT, KA=2.0)),
+    ]  # a 4x4 Jordan block
     df, mapping, names = dataset(cases, ["CL", "V", "MTT", "KA"])
     outs = by_id(pkpd.simulate(df, "1cmt_transit3", mapping, solver=_solver(kind)), names)
     cmts = ["TRANSIT1", "TRANSIT2", "TRANSIT3", "DEPOT", "CENTRAL"]
@@ -376,8 +399,17 @@ def test_transit3_matches_expm_and_erlang(kind):
         # transit amounts: sums of Erlang densities (independent of expm)
         ktr = 4.0 / p["MTT"]
         for n in (1, 2, 3):
-            erl = sum(np.where(t >= td, DOSE * (ktr * np.maximum(t - td, 0)) ** (n - 1) / math.factorial(n - 1)
-                               * np.exp(-ktr * np.maximum(t - td, 0)), 0.0) for td in times)
+            erl = sum(
+                np.where(
+                    t >= td,
+                    DOSE
+                    * (ktr * np.maximum(t - td, 0)) ** (n - 1)
+                    / math.factorial(n - 1)
+                    * np.exp(-ktr * np.maximum(t - td, 0)),
+                    0.0,
+                )
+                for td in times
+            )
             rtol, atol = _tol(kind, "textbook")
             assert_close(out[f"TRANSIT{n}"], erl, rtol, atol, f"transit3 {name} ({kind}) TRANSIT{n} vs Erlang")
 
@@ -392,9 +424,7 @@ def test_metabolite_matches_expm(kind):
     df, mapping, names = dataset(cases, list(p))
     outs = by_id(pkpd.simulate(df, "1cmt_oral_metabolite", mapping, solver=_solver(kind)), names)
     k = p["CL"] / p["V"]
-    K = np.array([[-p["KA"], 0.0, 0.0],
-                  [p["KA"], -k, 0.0],
-                  [0.0, p["FM"] * k, -p["CLM"] / p["VM"]]])
+    K = np.array([[-p["KA"], 0.0, 0.0], [p["KA"], -k, 0.0], [0.0, p["FM"] * k, -p["CLM"] / p["VM"]]])
     rtol, atol = _tol(kind, "expm")
     for name, doses, _, _ in cases:
         out = outs[name]
@@ -417,10 +447,12 @@ def test_zofo_is_infusion_plus_first_order(kind):
     The lag of each part is that of its target: ALAG1 (DEPOT) delays only the first-order part.
     """
     p = ZOFO
-    cases = [("single", [_dose(1)], OBS["single"], p),
-             ("addl", [_dose(1, ii=II_ADDL, addl=N_ADDL)], OBS["addl"], p),
-             ("addl-long-zo", [_dose(1, ii=II_ADDL, addl=N_ADDL)], OBS["addl"], dict(p, DZO=8.0)),  # overlapping
-             ("F-lag", [_dose(1, ii=II_ADDL, addl=N_ADDL)], OBS["addl"], dict(p, F1=F, ALAG1=LAG))]
+    cases = [
+        ("single", [_dose(1)], OBS["single"], p),
+        ("addl", [_dose(1, ii=II_ADDL, addl=N_ADDL)], OBS["addl"], p),
+        ("addl-long-zo", [_dose(1, ii=II_ADDL, addl=N_ADDL)], OBS["addl"], dict(p, DZO=8.0)),  # overlapping
+        ("F-lag", [_dose(1, ii=II_ADDL, addl=N_ADDL)], OBS["addl"], dict(p, F1=F, ALAG1=LAG)),
+    ]
     if kind == "analytic":  # ODE steady state of this model: test_special_models_ss_ode (slow)
         cases.append(("ss", [_dose(1, ii=TAU, ss=1)], OBS["ss"], p))
     df, mapping, names = dataset(cases, ["CL", "V", "KA", "FZO", "DZO"], ["ALAG1", "F1"])
@@ -432,12 +464,14 @@ def test_zofo_is_infusion_plus_first_order(kind):
         t = out["TIME"].to_numpy()
         f, lag, fzo, dzo, ka = v.get("F1", 1.0), v.get("ALAG1", 0.0), v["FZO"], v["DZO"], v["KA"]
         if name == "ss":
-            ref = (rf.conc_ss_infusion(t, fzo * DOSE, dzo, TAU, 1, pk)
-                   + rf.conc_ss_oral(t, DOSE, TAU, 1, pk, ka, F=1 - fzo))
+            ref = rf.conc_ss_infusion(t, fzo * DOSE, dzo, TAU, 1, pk) + rf.conc_ss_oral(
+                t, DOSE, TAU, 1, pk, ka, F=1 - fzo
+            )
         else:
             times = [(d["TIME"] + j * d["II"], d["AMT"]) for d in doses for j in range(d["ADDL"] + 1)]
-            ref = (rf.conc_multiple("infusion", t, [(td, f * fzo * a) for td, a in times], 1, pk, duration=dzo)
-                   + rf.conc_multiple("oral", t, times, 1, pk, ka=ka, F=f * (1 - fzo), tlag=lag))
+            ref = rf.conc_multiple(
+                "infusion", t, [(td, f * fzo * a) for td, a in times], 1, pk, duration=dzo
+            ) + rf.conc_multiple("oral", t, times, 1, pk, ka=ka, F=f * (1 - fzo), tlag=lag)
         assert_close(out["CP"], ref, rtol, atol, f"zofo {name} ({kind})")
 
 
@@ -448,9 +482,11 @@ DUAL = {"CL": 2.0, "V1": 10.0, "Q": 3.0, "V2": 20.0, "KA": 1.5, "KA2": 0.2, "FR"
 def test_dual_is_sum_of_two_oral_doses(kind):
     """A dose into DEPOT_FAST: FR absorbed with KA (lag ALAG1), 1-FR from DEPOT_SLOW with KA2 (lag ALAG2)."""
     p = DUAL
-    cases = [("single", [_dose(1)], OBS["single"], p),
-             ("addl", [_dose(1, ii=II_ADDL, addl=N_ADDL)], OBS["addl"], p),
-             ("lags-F", [_dose(1, ii=II_ADDL, addl=N_ADDL)], OBS["addl"], dict(p, ALAG1=0.25, ALAG2=1.5, F1=F))]
+    cases = [
+        ("single", [_dose(1)], OBS["single"], p),
+        ("addl", [_dose(1, ii=II_ADDL, addl=N_ADDL)], OBS["addl"], p),
+        ("lags-F", [_dose(1, ii=II_ADDL, addl=N_ADDL)], OBS["addl"], dict(p, ALAG1=0.25, ALAG2=1.5, F1=F)),
+    ]
     if kind == "analytic":  # ODE steady state of this model: test_special_models_ss_ode (slow)
         cases.append(("ss", [_dose(1, ii=TAU, ss=1)], OBS["ss"], p))
     df, mapping, names = dataset(cases, ["CL", "V1", "Q", "V2", "KA", "KA2", "FR"], ["ALAG1", "ALAG2", "F1"])
@@ -462,13 +498,14 @@ def test_dual_is_sum_of_two_oral_doses(kind):
         t = out["TIME"].to_numpy()
         fr, f = v["FR"], v.get("F1", 1.0)
         if name == "ss":
-            ref = (rf.conc_ss_oral(t, DOSE, TAU, 2, pk, v["KA"], F=fr)
-                   + rf.conc_ss_oral(t, DOSE, TAU, 2, pk, v["KA2"], F=1 - fr))
+            ref = rf.conc_ss_oral(t, DOSE, TAU, 2, pk, v["KA"], F=fr) + rf.conc_ss_oral(
+                t, DOSE, TAU, 2, pk, v["KA2"], F=1 - fr
+            )
         else:
             times = [(d["TIME"] + j * d["II"], d["AMT"]) for d in doses for j in range(d["ADDL"] + 1)]
-            ref = (rf.conc_multiple("oral", t, times, 2, pk, ka=v["KA"], F=f * fr, tlag=v.get("ALAG1", 0.0))
-                   + rf.conc_multiple("oral", t, times, 2, pk, ka=v["KA2"], F=f * (1 - fr),
-                                      tlag=v.get("ALAG2", 0.0)))
+            ref = rf.conc_multiple(
+                "oral", t, times, 2, pk, ka=v["KA"], F=f * fr, tlag=v.get("ALAG1", 0.0)
+            ) + rf.conc_multiple("oral", t, times, 2, pk, ka=v["KA2"], F=f * (1 - fr), tlag=v.get("ALAG2", 0.0))
         assert_close(out["CP"], ref, rtol, atol, f"dual {name} ({kind})")
 
 
@@ -476,9 +513,11 @@ def test_dual_is_sum_of_two_oral_doses(kind):
 def test_effect_compartment_closed_form(kind):
     """IV bolus: CE(t) = D/V * KE0 (exp(-k t) - exp(-KE0 t))/(KE0 - k); exact limit D/V k t exp(-k t)."""
     p = {"CL": 2.0, "V": 10.0}
-    cases = [("ke0-0.7", [_dose(1)], OBS["single"], dict(p, KE0=0.7)),
-             ("ke0-eq-k", [_dose(1)], OBS["single"], dict(p, KE0=p["CL"] / p["V"])),
-             ("ke0-0.7-addl", [_dose(1, ii=II_ADDL, addl=N_ADDL)], OBS["addl"], dict(p, KE0=0.7))]
+    cases = [
+        ("ke0-0.7", [_dose(1)], OBS["single"], dict(p, KE0=0.7)),
+        ("ke0-eq-k", [_dose(1)], OBS["single"], dict(p, KE0=p["CL"] / p["V"])),
+        ("ke0-0.7-addl", [_dose(1, ii=II_ADDL, addl=N_ADDL)], OBS["addl"], dict(p, KE0=0.7)),
+    ]
     df, mapping, names = dataset(cases, ["CL", "V", "KE0"])
     outs = by_id(pkpd.simulate(df, "1cmt_iv_effect", mapping, solver=_solver(kind)), names)
     k = p["CL"] / p["V"]
@@ -487,24 +526,35 @@ def test_effect_compartment_closed_form(kind):
         out = outs[name]
         t = out["TIME"].to_numpy()
         times = [d["TIME"] + j * d["II"] for d in doses for j in range(d["ADDL"] + 1)]
-        ce = sum(np.where(t >= td, DOSE / p["V"] * v["KE0"] * rf.expdiff(k, v["KE0"], np.maximum(t - td, 0)), 0.0)
-                 for td in times)
+        ce = sum(
+            np.where(t >= td, DOSE / p["V"] * v["KE0"] * rf.expdiff(k, v["KE0"], np.maximum(t - td, 0)), 0.0)
+            for td in times
+        )
         assert_close(out["CE"], ce, rtol, atol, f"effect {name} ({kind}) CE")
         assert_close(out["EFFECT"], ce, rtol, atol, f"effect {name} ({kind}) EFFECT state")
-        assert_close(out["CP"], rf.conc_multiple("bolus", t, [(td, DOSE) for td in times], 1, p), rtol, atol,
-                     f"effect {name} ({kind}) CP (no mass taken by the effect compartment)")
+        assert_close(
+            out["CP"],
+            rf.conc_multiple("bolus", t, [(td, DOSE) for td in times], 1, p),
+            rtol,
+            atol,
+            f"effect {name} ({kind}) CP (no mass taken by the effect compartment)",
+        )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model,values", [("1cmt_zofo", dict(ZOFO, ALAG1=LAG, F1=F)),
-                                          ("1cmt_zofo", dict(ZOFO, DZO=15.0)),  # zero-order part > II
-                                          ("2cmt_dual", dict(DUAL, ALAG1=0.25, ALAG2=1.5, F1=F))])
+@pytest.mark.parametrize(
+    "model,values",
+    [
+        ("1cmt_zofo", dict(ZOFO, ALAG1=LAG, F1=F)),
+        ("1cmt_zofo", dict(ZOFO, DZO=15.0)),  # zero-order part > II
+        ("2cmt_dual", dict(DUAL, ALAG1=0.25, ALAG2=1.5, F1=F)),
+    ],
+)
 def test_special_models_ss_ode(model, values):
     """Routed doses (split, zero-order sub-doses, per-target lags) at steady state: ODE vs exact."""
     mobj = pkpd.get_model(model)
     dose_params = ["ALAG1", "ALAG2", "F1"]
-    df, mapping, names = dataset([("ss", [_dose(1, ii=TAU, ss=1)], OBS["ss"], values)], mobj.param_names,
-                                 dose_params)
+    df, mapping, names = dataset([("ss", [_dose(1, ii=TAU, ss=1)], OBS["ss"], values)], mobj.param_names, dose_params)
     ode = pkpd.simulate(df, model, mapping, solver=ODE)
     exact = pkpd.simulate(df, model, mapping, solver="analytic")
     peak = max(np.max(np.abs(exact[c].to_numpy())) for c in mobj.compartments)

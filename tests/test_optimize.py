@@ -23,9 +23,25 @@ from pkpd.regimen_sim import relaxed_program, simulate_regimen
 from regimens import Regimen, Scheduled, check_regimen, dose_caps
 from regimens.optimize import DecisionSpace, InfeasibleError, OptimizeSettings, explain, optimize_patient
 
-BASE = {"AGE": 55.0, "MALE": 1.0, "WT": 80.0, "HT": 175.0, "LBM": 60.0, "FFM": 60.0, "IBW": 70.0, "SCR": 0.9,
-        "CRCL": 95.0, "HEPATIC": 0.0, "OPIOID_TOL": 0.0, "OSA": 0.0, "OPEN_SURGERY": 1.0, "CYP2D6_AS": 2.0,
-        "CYP2D6_10_10": 0.0, "CYP2C9_AS": 2.0, "OPRM1_G": 0.0}
+BASE = {
+    "AGE": 55.0,
+    "MALE": 1.0,
+    "WT": 80.0,
+    "HT": 175.0,
+    "LBM": 60.0,
+    "FFM": 60.0,
+    "IBW": 70.0,
+    "SCR": 0.9,
+    "CRCL": 95.0,
+    "HEPATIC": 0.0,
+    "OPIOID_TOL": 0.0,
+    "OSA": 0.0,
+    "OPEN_SURGERY": 1.0,
+    "CYP2D6_AS": 2.0,
+    "CYP2D6_10_10": 0.0,
+    "CYP2C9_AS": 2.0,
+    "OPRM1_G": 0.0,
+}
 
 
 #: Settings of the end-to-end tests: 4 draws and 5 steps (the default cross-entropy search), shared by every
@@ -52,9 +68,14 @@ def test_relaxed_outcomes_match_exact_without_rescue():
     time-in-target (sigmoid, tau 0.25 NRS) within 0.1 of the exact fraction (they differ only while NRS
     is within ~0.5 of 3, where the sigmoid is between 0.12 and 0.88; seen up to 0.074); the smooth peak sedation
     within 0.02 * log(T) (log-sum-exp bound) above the exact maximum and never below it."""
-    reg = Regimen(name="sched", horizon_h=72.0, scheduled=(
-        Scheduled(drug="oxycodone", route="po", dose_mg=10.0, every_h=6.0, start_h=0.0),
-        Scheduled(drug="acetaminophen", route="po", dose_mg=1000.0, every_h=6.0, start_h=0.0)))
+    reg = Regimen(
+        name="sched",
+        horizon_h=72.0,
+        scheduled=(
+            Scheduled(drug="oxycodone", route="po", dose_mg=10.0, every_h=6.0, start_h=0.0),
+            Scheduled(drug="acetaminophen", route="po", dose_mg=1000.0, every_h=6.0, start_h=0.0),
+        ),
+    )
     pop = _pop(6)
     exact = simulate_regimen(reg, pop, seed=3).patients
     outcomes, data, n_s, n_r = relaxed_program(reg, pop, seed=3)
@@ -70,9 +91,14 @@ def test_relaxed_outcomes_match_exact_without_rescue():
 
 def test_per_row_multipliers_equal_separate_runs():
     """(N, n_scheduled) multipliers: row i's outcomes equal a run with row i's multipliers for everyone."""
-    reg = Regimen(name="sched", horizon_h=72.0, scheduled=(
-        Scheduled(drug="oxycodone", route="po", dose_mg=10.0, every_h=6.0, start_h=0.0),
-        Scheduled(drug="acetaminophen", route="po", dose_mg=1000.0, start_h=0.0)))
+    reg = Regimen(
+        name="sched",
+        horizon_h=72.0,
+        scheduled=(
+            Scheduled(drug="oxycodone", route="po", dose_mg=10.0, every_h=6.0, start_h=0.0),
+            Scheduled(drug="acetaminophen", route="po", dose_mg=1000.0, start_h=0.0),
+        ),
+    )
     pop = _pop(3)
     outcomes, data, n_s, n_r = relaxed_program(reg, pop, seed=1)
     f = jax.jit(outcomes)
@@ -99,8 +125,15 @@ ADVERSARIAL = {
     "hepatic impairment": dict(HEPATIC=3.0),
     "opioid tolerant + sleep apnea": dict(OPIOID_TOL=1.0, OSA=1.0),
 }
-ALL = ("acetaminophen/po", "gabapentin/po", "bupivacaine_liposomal/infiltration", "ketamine/iv", "ketorolac/iv",
-       "celecoxib/po", "codeine/po")
+ALL = (
+    "acetaminophen/po",
+    "gabapentin/po",
+    "bupivacaine_liposomal/infiltration",
+    "ketamine/iv",
+    "ketorolac/iv",
+    "celecoxib/po",
+    "codeine/po",
+)
 
 
 @pytest.mark.parametrize("who", list(ADVERSARIAL))
@@ -143,8 +176,10 @@ def test_cpic_and_renal_exclusions_are_explained():
     pm = DecisionSpace.build(dict(BASE, CYP2C9_AS=0.0), None, ALL)
     assert not any(sl.product.drug == "celecoxib" for sl in pm.slots)
     assert "above the patient's maximum single dose 50 mg" in pm.excluded["celecoxib/po"]
-    assert any(line.startswith("celecoxib/po: at most 50 mg per dose") for line in explain(dict(BASE, CYP2C9_AS=0.0),
-                                                                                            None, ALL))
+    assert any(
+        line.startswith("celecoxib/po: at most 50 mg per dose")
+        for line in explain(dict(BASE, CYP2C9_AS=0.0), None, ALL)
+    )
 
 
 def test_no_allowed_product_is_a_clear_error():
@@ -189,11 +224,19 @@ def test_cli_optimize_writes_outputs_and_refuses_overwrite(tmp_path):
     from cli import app
 
     out = tmp_path / "opt"
-    res = runner.invoke(app, ["optimize", "--patient", "examples/patient_spine.toml", "--draws", "4", "--steps", "5",
-                              "--out", str(out)])
+    res = runner.invoke(
+        app, ["optimize", "--patient", "examples/patient_spine.toml", "--draws", "4", "--steps", "5", "--out", str(out)]
+    )
     assert res.exit_code == 0, cli_output(res)
-    for f in ("schedule.csv", "comparison.csv", "explanation.txt", "regimen.toml", "regimen.txt", "schedule.png",
-              "bands.png"):
+    for f in (
+        "schedule.csv",
+        "comparison.csv",
+        "explanation.txt",
+        "regimen.toml",
+        "regimen.txt",
+        "schedule.png",
+        "bands.png",
+    ):
         assert (out / f).is_file(), f
     cmp_ = pd.read_csv(out / "comparison.csv", index_col=0)
     assert list(cmp_.index) == ["proposal", "C0", "C1"]
@@ -215,9 +258,11 @@ def test_dose_weights_equal_separate_regimens():
     from regimens import get_regimen
 
     prn = get_regimen("C1").prn
-    items = (Scheduled(drug="acetaminophen", route="po", dose_mg=1000.0, every_h=6.0, start_h=0.0),
-             Scheduled(drug="ketorolac", route="iv", dose_mg=30.0, every_h=6.0, start_h=0.0, stop_h=47.0),
-             Scheduled(drug="bupivacaine_liposomal", route="infiltration", dose_mg=266.0, start_h=-0.25))
+    items = (
+        Scheduled(drug="acetaminophen", route="po", dose_mg=1000.0, every_h=6.0, start_h=0.0),
+        Scheduled(drug="ketorolac", route="iv", dose_mg=30.0, every_h=6.0, start_h=0.0, stop_h=47.0),
+        Scheduled(drug="bupivacaine_liposomal", route="infiltration", dose_mg=266.0, start_h=-0.25),
+    )
     sup = Regimen(name="sup", scheduled=items, prn=prn)
     W = np.array([[1.0, 0.0, 1.0], [0.5, 1.0, 0.0], [0.0, 0.0, 0.0]])
     pop = _pop(3)
@@ -240,8 +285,24 @@ def test_trial_small_is_safe_and_opioid_sparing(tmp_path):
     from cli import app
 
     out = tmp_path / "trial"
-    res = runner.invoke(app, ["trial", "--population", "6", "--seed", "3", "--draws", "4", "--steps", "5",
-                              "--chunk", "3", "--out", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "trial",
+            "--population",
+            "6",
+            "--seed",
+            "3",
+            "--draws",
+            "4",
+            "--steps",
+            "5",
+            "--chunk",
+            "3",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, cli_output(res)
     pat = pd.read_csv(out / "patients.csv")
     summ = pd.read_csv(out / "summary.csv")
@@ -263,7 +324,9 @@ def test_trial_small_is_safe_and_opioid_sparing(tmp_path):
             key, doses = part.split(": ")
             for d in doses.split(", "):
                 a, t = d.rstrip("h").split("@")
-                j = next(j for j, sl in enumerate(space.slots) if sl.product.key == key and abs(sl.time_h - float(t)) < 1e-9)
+                j = next(
+                    j for j, sl in enumerate(space.slots) if sl.product.key == key and abs(sl.time_h - float(t)) < 1e-9
+                )
                 amounts[j] = float(a)
         sched = {sl.product.drug for sl, a in zip(space.slots, amounts) if a > 0}
         assert not [f for f in check_regimen(space.regimen(amounts), cov) if f.drug in sched]
@@ -314,7 +377,9 @@ def test_raising_only_c1_rescue_threshold_is_not_reported_as_an_improvement():
     st = dataclasses.replace(FAST, draws=8, rescue_policies=(rescue_policies()[0], pol))
     res = optimize_population(spine72_population(6, 2), st)
     pt = res.patients
-    met = (pt["TIME_NRS_GE4_proposal"] <= pt["GE4_TARGET"] + 1e-9) & (pt["TIME_NRS_GE7_proposal"] <= pt["GE7_TARGET"] + 1e-9)
+    met = (pt["TIME_NRS_GE4_proposal"] <= pt["GE4_TARGET"] + 1e-9) & (
+        pt["TIME_NRS_GE7_proposal"] <= pt["GE7_TARGET"] + 1e-9
+    )
     # a miss is possible only where C1 as given is not allowed for the patient (e.g. acetaminophen 650 mg under
     # 50 kg; liposomal bupivacaine lowered for the LAST risk): then the proposal is the fallback, C1 within the
     # patient's limits, which is the reference of the relative constraints, and FALLBACK_NOTE gives its figures
@@ -376,12 +441,37 @@ def test_unreachable_pain_target_is_explained(tmp_path):
 
     from cli import app
 
-    res = runner.invoke(app, ["optimize", "--patient", "examples/patient_spine.toml", "--draws", "4", "--steps", "5",
-                              "--min-time-in-target", "0.99", "--products", "gabapentin/po", "--out",
-                              str(tmp_path / "u1")])
+    res = runner.invoke(
+        app,
+        [
+            "optimize",
+            "--patient",
+            "examples/patient_spine.toml",
+            "--draws",
+            "4",
+            "--steps",
+            "5",
+            "--min-time-in-target",
+            "0.99",
+            "--products",
+            "gabapentin/po",
+            "--out",
+            str(tmp_path / "u1"),
+        ],
+    )
     assert res.exit_code == 1 and "no allowed schedule" in cli_output(res) and "Traceback" not in cli_output(res)
-    bad = runner.invoke(app, ["optimize", "--patient", "examples/patient_spine.toml", "--products", "aspirin/po",
-                              "--out", str(tmp_path / "u2")])
+    bad = runner.invoke(
+        app,
+        [
+            "optimize",
+            "--patient",
+            "examples/patient_spine.toml",
+            "--products",
+            "aspirin/po",
+            "--out",
+            str(tmp_path / "u2"),
+        ],
+    )
     assert bad.exit_code == 1 and "unknown product" in cli_output(bad) and "Traceback" not in cli_output(bad)
 
 

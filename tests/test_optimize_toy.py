@@ -51,8 +51,9 @@ SCALE = 100.0  # decision variables in units of 100 mg (well-scaled for Adam)
 
 def _troughs(x, rec):
     amt = rec["amt"].at[0, DOSE_ROWS].set(x * SCALE)
-    amounts, _ = simulate_arrays(PREP.model, PREP.layout, pkpd.Analytic(), dict(rec, amt=amt), PREP.dose,
-                                 PREP.ss, PREP.theta)
+    amounts, _ = simulate_arrays(
+        PREP.model, PREP.layout, pkpd.Analytic(), dict(rec, amt=amt), PREP.dose, PREP.ss, PREP.theta
+    )
     return amounts[0, OBS_ROWS, PREP.model.central] / V
 
 
@@ -72,22 +73,42 @@ def test_dataset_layout():
 def test_toy_reaches_closed_form_and_does_not_recompile():
     expected = np.array([C_STAR * V * math.exp(K * TAU)] + [C_STAR * V * (math.exp(K * TAU) - 1.0)] * (N_DOSE - 1))
     x0 = np.full(N_DOSE, 1.0)
-    res = projected_descent(toy_objective, x0, args=(REC, jnp.asarray(C_STAR)), project=toy_project, steps=1500,
-                            learning_rate=0.05, final_lr_fraction=0.001)
+    res = projected_descent(
+        toy_objective,
+        x0,
+        args=(REC, jnp.asarray(C_STAR)),
+        project=toy_project,
+        steps=1500,
+        learning_rate=0.05,
+        final_lr_fraction=0.001,
+    )
     doses = res.x * SCALE
     np.testing.assert_allclose(doses, expected, rtol=1e-4)
     assert res.value < 1e-8
     assert res.history[0] > 1e-2 > res.history[-1]
     # a second problem of the same shapes (another target) reuses the compiled update: no compilation
-    res2 = projected_descent(toy_objective, x0, args=(REC, jnp.asarray(1.5)), project=toy_project, steps=1500,
-                             learning_rate=0.05, final_lr_fraction=0.001)
+    res2 = projected_descent(
+        toy_objective,
+        x0,
+        args=(REC, jnp.asarray(1.5)),
+        project=toy_project,
+        steps=1500,
+        learning_rate=0.05,
+        final_lr_fraction=0.001,
+    )
     assert res2.n_compiles == 0
     np.testing.assert_allclose(res2.x * SCALE, expected * 1.5 / C_STAR, rtol=1e-4)
 
 
 def test_projection_keeps_bounds():
     """A target out of reach within the 2,000-mg box stops at the bound, never beyond it."""
-    res = projected_descent(toy_objective, np.full(N_DOSE, 1.0), args=(REC, jnp.asarray(500.0)),
-                            project=toy_project, steps=200, learning_rate=0.5)
+    res = projected_descent(
+        toy_objective,
+        np.full(N_DOSE, 1.0),
+        args=(REC, jnp.asarray(500.0)),
+        project=toy_project,
+        steps=200,
+        learning_rate=0.5,
+    )
     assert np.all(res.x <= 20.0 + 1e-12) and np.all(res.x >= 0.0)
     np.testing.assert_allclose(res.x, 20.0)  # every dose at its upper bound

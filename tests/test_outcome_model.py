@@ -44,8 +44,11 @@ def test_shipped_posterior_has_every_parameter_within_bounds():
     cols = post.draw_columns(5, seed=1)
     # with each draw the reference setting's trial effects of the same draw: the spread, and the level effect
     # (calibration 2: pain-curve multiplier pain.scale; calibration 3: rescue.propensity)
-    effects = {"pain.scale": post.reference_scale, "pain.spread": post.reference_spread,
-               "rescue.propensity": post.reference_propensity}
+    effects = {
+        "pain.scale": post.reference_scale,
+        "pain.spread": post.reference_spread,
+        "rescue.propensity": post.reference_propensity,
+    }
     given = [c for c, v in effects.items() if v is not None]
     assert "pain.spread" in given and len(given) == 2, given
     assert list(cols.columns) == [f"outcome.{p.name}" for p in OUTCOME_PARAMETERS] + given
@@ -78,9 +81,13 @@ def test_unknown_or_out_of_range_outcome_columns_are_errors():
 
 def test_outcome_columns_equal_a_changed_setting():
     """A row's outcome.<name> column gives exactly what the same value set in the options gives."""
-    reg = Regimen(name="r", description="", scheduled=(Scheduled("ketorolac", "iv", dose_mg=30.0, every_h=6.0),),
-                  prn=(PRN("oxycodone", "po", 5.0, 4.0, 4.0),),
-                  pca=(PCA("hydromorphone", "iv", 0.2, 10.0, stop_h=24.0),))
+    reg = Regimen(
+        name="r",
+        description="",
+        scheduled=(Scheduled("ketorolac", "iv", dose_mg=30.0, every_h=6.0),),
+        prn=(PRN("oxycodone", "po", 5.0, 4.0, 4.0),),
+        pca=(PCA("hydromorphone", "iv", 0.2, 10.0, stop_h=24.0),),
+    )
     pop = _pop(6)
     dem = SimOptions().demand
     opt = SimOptions(demand=dem.replace(n50=5.5, report_sd=0.3))
@@ -93,18 +100,29 @@ def test_outcome_columns_equal_a_changed_setting():
 # ---- combination rules -------------------------------------------------------------------------------------
 def _steady(rule: str, kappa: float = 1.0):
     """Acetaminophen and ketorolac infusions from -48 h (steady state at 24 h), typical patient, no rescue."""
-    reg = Regimen(name="two", description="", horizon_h=30.0, scheduled=(
-        Scheduled("acetaminophen", "iv", rate_mg_h=160.0, start_h=-48.0),
-        Scheduled("ketorolac", "iv", rate_mg_h=5.0, start_h=-48.0)))
+    reg = Regimen(
+        name="two",
+        description="",
+        horizon_h=30.0,
+        scheduled=(
+            Scheduled("acetaminophen", "iv", rate_mg_h=160.0, start_h=-48.0),
+            Scheduled("ketorolac", "iv", rate_mg_h=5.0, start_h=-48.0),
+        ),
+    )
     pop = _pop(1, 7)
-    res = simulate_regimen(reg, pop, seed=0, options=SimOptions(iiv=False, combination=rule, adjunct_exponent=kappa,
-                                                                record_concentrations=True))
+    res = simulate_regimen(
+        reg,
+        pop,
+        seed=0,
+        options=SimOptions(iiv=False, combination=rule, adjunct_exponent=kappa, record_concentrations=True),
+    )
     k = int(np.argmin(np.abs(res.times - 24.0)))
     return res, k
 
 
-@pytest.mark.parametrize("rule, kappa", [("loewe", 1.0), ("bliss", 1.0), ("loewe", 0.4), ("bliss", 0.4),
-                                         ("bliss", 1.3)])
+@pytest.mark.parametrize(
+    "rule, kappa", [("loewe", 1.0), ("bliss", 1.0), ("loewe", 0.4), ("bliss", 0.4), ("bliss", 1.3)]
+)
 def test_combination_rules_match_their_closed_forms(rule, kappa):
     """NRS at steady state = B(t) * (1 - E) with E from the plasma concentrations (= effect site at steady
     state): each adjunct's effect on the rule's scale (Loewe: normalized units H^-1(E); Bliss: -log(1 - E)),
@@ -166,10 +184,12 @@ def test_reported_score_gates_prn_continuously():
     given below the threshold of the model's pain (the reported score passed it), and their reported scores
     are all >= 4. (Pain-curve multiplier 0.7: pain hovers around the threshold.)"""
     pop = _pop(200, 9).assign(**{"pain.scale": 0.7})
-    hard = simulate_regimen(_PRN_ONLY, pop, seed=2, options=SimOptions(demand=SimOptions().demand.replace(
-        report_sd=0.05)))
-    soft = simulate_regimen(_PRN_ONLY, pop, seed=2, options=SimOptions(demand=SimOptions().demand.replace(
-        report_sd=2.0)))
+    hard = simulate_regimen(
+        _PRN_ONLY, pop, seed=2, options=SimOptions(demand=SimOptions().demand.replace(report_sd=0.05))
+    )
+    soft = simulate_regimen(
+        _PRN_ONLY, pop, seed=2, options=SimOptions(demand=SimOptions().demand.replace(report_sd=2.0))
+    )
 
     def latent_at_doses(res):
         d = res.doses[res.doses.KIND == "prn"]
@@ -181,9 +201,9 @@ def test_reported_score_gates_prn_continuously():
     lat_s, rep_s = latent_at_doses(soft)
     assert np.all(rep_h >= 4.0) and np.all(rep_s >= 4.0)
     below_h, below_s = np.mean(lat_h < 3.9), np.mean(lat_s < 3.9)
-    assert below_h < 0.005                      # 0.05 NRS noise: essentially the hard gate
+    assert below_h < 0.005  # 0.05 NRS noise: essentially the hard gate
     assert below_s > 0.01 and below_s > 10 * below_h  # 2 NRS noise: doses below the gate of the model's pain
-    assert np.abs(rep_h - lat_h).max() < 0.4    # |noise| < 8 SD
+    assert np.abs(rep_h - lat_h).max() < 0.4  # |noise| < 8 SD
 
 
 def test_demand_propensity_spreads_opioid_use():
@@ -210,8 +230,15 @@ def test_setting_rescue_propensity_multiplies_every_rescue_hazard():
     by_col = simulate_regimen(get_regimen("C0"), pop.assign(**{"rescue.propensity": 2.5}), seed=4, options=o)
     # by hand: the setting's propensity 1 (the default is the reference setting's, 3.5 under calibration 4) and
     # each kind's hazard times 2.5
-    by_hand = simulate_regimen(get_regimen("C0"), pop.assign(**{"rescue.propensity": 1.0}, **{
-        f"outcome.{k}": 2.5 * point[k] for k in ("lambda_pca", "lambda_prn_iv", "lambda_prn_po")}), seed=4, options=o)
+    by_hand = simulate_regimen(
+        get_regimen("C0"),
+        pop.assign(
+            **{"rescue.propensity": 1.0},
+            **{f"outcome.{k}": 2.5 * point[k] for k in ("lambda_pca", "lambda_prn_iv", "lambda_prn_po")},
+        ),
+        seed=4,
+        options=o,
+    )
     np.testing.assert_allclose(by_col.patients.MME_0_72, by_hand.patients.MME_0_72, rtol=0, atol=1e-9)
     one = simulate_regimen(get_regimen("C0"), pop.assign(**{"rescue.propensity": 1.0}), seed=4, options=o)
     assert by_col.patients.MME_0_72.mean() > 1.1 * one.patients.MME_0_72.mean()
@@ -224,10 +251,12 @@ def test_liposomal_bupivacaine_peak_has_the_label_cv():
     """Exparel 266 mg (hemorrhoidectomy label NCA): Cmax 867 +- 353 ng/mL, CV 41 %; acceptance 31-51 %
     (+-10 points) in 2,000 virtual patients, and the probability above 2,000 ng/mL is a real tail
     probability (between 0 and 10 %), not 0 or 1."""
-    reg = Regimen(name="lb", description="", scheduled=(Scheduled("bupivacaine_liposomal", "infiltration",
-                                                                  dose_mg=266.0),))
-    res = simulate_regimen(reg, _pop(2000, 3), seed=3, options=SimOptions(record_trajectories=False,
-                                                                          record_doses=False))
+    reg = Regimen(
+        name="lb", description="", scheduled=(Scheduled("bupivacaine_liposomal", "infiltration", dose_mg=266.0),)
+    )
+    res = simulate_regimen(
+        reg, _pop(2000, 3), seed=3, options=SimOptions(record_trajectories=False, record_doses=False)
+    )
     pk = res.patients.PEAK_BUPI.to_numpy()
     cv = pk.std(ddof=1) / pk.mean()
     assert 0.31 <= cv <= 0.51, cv

@@ -224,10 +224,14 @@ def test_genotype_covariates(genotypes, col, value):
         ({"surgery": "laparoscopic"}, ["'surgery'", "'laparoscopic'", "'open', 'mis'"]),
         ({"opioid_tolerant": "yes"}, ["'opioid_tolerant'", "'yes'", "true/false"]),
         ({"osa": 2}, ["'osa'", "2", "true/false"]),
-        ({"weight_kg": 340, "height_cm": 150}, ["'weight_kg' = 340 kg", "'height_cm' = 150 cm", "BMI 151.1",
-                                                "12 to 70 kg/m2"]),
-        ({"genotypes": ["CYP2D6 *1/*4", "cyp2d6 *1/*1"]}, ["'genotypes'", "CYP2D6 twice", "'CYP2D6 *1/*4'",
-                                                          "'cyp2d6 *1/*1'"]),
+        (
+            {"weight_kg": 340, "height_cm": 150},
+            ["'weight_kg' = 340 kg", "'height_cm' = 150 cm", "BMI 151.1", "12 to 70 kg/m2"],
+        ),
+        (
+            {"genotypes": ["CYP2D6 *1/*4", "cyp2d6 *1/*1"]},
+            ["'genotypes'", "CYP2D6 twice", "'CYP2D6 *1/*4'", "'cyp2d6 *1/*1'"],
+        ),
         ({"genotypes": "CYP2D6 *1/*4"}, ["'genotypes'", "single string", "list"]),
         ({"genotypes": [42]}, ["'genotypes'", "42", "not a string"]),
         ({"id": True}, ["'id'", "True", "integer or a non-empty string"]),

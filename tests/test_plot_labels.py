@@ -46,10 +46,14 @@ def _outcome(n=3, with_bupi=True, drugs=("morphine", "gabapentin", "bupivacaine_
     shape = (n, len(t))
     bupi = rng.uniform(0.1, 1.5, shape) if with_bupi else np.zeros(shape)
     return SimpleNamespace(
-        times=t, nrs=rng.uniform(0, 10, shape), opioid_units=rng.uniform(0, 2, shape), bupi=bupi,
+        times=t,
+        nrs=rng.uniform(0, 10, shape),
+        opioid_units=rng.uniform(0, 2, shape),
+        bupi=bupi,
         concentrations={d: rng.uniform(0.01, 3.0, shape) for d in drugs},
         patients=pd.DataFrame({"ID": np.arange(1, n + 1), "MME_0_72": rng.uniform(20, 200, n)}),
-        regimen=SimpleNamespace(name="C1", prn=[SimpleNamespace(drug="morphine")]))
+        regimen=SimpleNamespace(name="C1", prn=[SimpleNamespace(drug="morphine")]),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -61,8 +65,9 @@ def test_population_bands_units_and_legends(saved, tmp_path, with_bupi):
     from pkpd.report import plot_bands
 
     plot_bands(_outcome(with_bupi=with_bupi), tmp_path / "bands.png")
-    labels = _check_one(saved, {"time after end of surgery": "h", "bupivacaine": "ng/mL",
-                                "opioid effect": "dimensionless"})
+    labels = _check_one(
+        saved, {"time after end of surgery": "h", "bupivacaine": "ng/mL", "opioid effect": "dimensionless"}
+    )
     assert len(saved[0].axes) == (3 if with_bupi else 2)
     assert any("pain NRS" in lab for lab in labels)
     assert (tmp_path / "bands.png").stat().st_size > 0
@@ -86,13 +91,37 @@ def test_forecast_plot_units_per_output_and_legends(saved, tmp_path):
     from pkpd.fit.forecast import Forecast
 
     t = np.array([0.5, 1.0, 2.0, 4.0])
-    pred = pd.concat([pd.DataFrame({"TIME": t, "output": o, "map": m * np.exp(-0.2 * t),
-                                    "median": m * np.exp(-0.2 * t), "p05": 0.5 * m * np.exp(-0.2 * t),
-                                    "p95": 2 * m * np.exp(-0.2 * t)}) for o, m in (("conc", 10.0), ("effect", 50.0))])
+    pred = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "TIME": t,
+                    "output": o,
+                    "map": m * np.exp(-0.2 * t),
+                    "median": m * np.exp(-0.2 * t),
+                    "p05": 0.5 * m * np.exp(-0.2 * t),
+                    "p95": 2 * m * np.exp(-0.2 * t),
+                }
+            )
+            for o, m in (("conc", 10.0), ("effect", 50.0))
+        ]
+    )
     obs = pd.DataFrame({"TIME": [1.0, 2.0], "output": ["effect", "effect"], "DV": [40.0, 33.0], "BLQ": [0, 0]})
-    fc = Forecast(parameters=pd.DataFrame(), draws=pd.DataFrame(), predictions=pred, observations=obs,
-                  eta_map=np.zeros(1), eta_cov=np.eye(1), eta_names=["CL"], ess=100.0, n_draws=100,
-                  converged=True, timings={}, time_unit="min", output_units={"conc": "mg/L"})
+    fc = Forecast(
+        parameters=pd.DataFrame(),
+        draws=pd.DataFrame(),
+        predictions=pred,
+        observations=obs,
+        eta_map=np.zeros(1),
+        eta_cov=np.eye(1),
+        eta_names=["CL"],
+        ess=100.0,
+        n_draws=100,
+        converged=True,
+        timings={},
+        time_unit="min",
+        output_units={"conc": "mg/L"},
+    )
     fc.plot(tmp_path / "forecast.png")
     labels = _check_one(saved, {"time": "min", "conc": "mg/L", "effect": "DV units"})
     assert sum(lab.startswith("time") for lab in labels) == 2
@@ -106,8 +135,13 @@ def test_forecast_plot_units_per_output_and_legends(saved, tmp_path):
 def test_html_report_cp_plot_units_and_one_legend_entry_per_subject(saved):
     from pkpd.html_report import _cp_plot
 
-    frame = pd.DataFrame({"ID": np.repeat([1, 2, 3], 4), "TIME": np.tile([0.0, 1.0, 2.0, 4.0], 3),
-                          "CP": np.tile([0.0, 2.0, 1.5, 0.8], 3) * np.repeat([1.0, 1.3, 0.7], 4)})
+    frame = pd.DataFrame(
+        {
+            "ID": np.repeat([1, 2, 3], 4),
+            "TIME": np.tile([0.0, 1.0, 2.0, 4.0], 3),
+            "CP": np.tile([0.0, 2.0, 1.5, 0.8], 3) * np.repeat([1.0, 1.3, 0.7], 4),
+        }
+    )
     png = _cp_plot(frame, "run: CP vs TIME", max_ids=2)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     _check_one(saved, {"TIME": "h", "CP": "mg/L"})
@@ -120,8 +154,14 @@ def test_html_report_cp_plot_units_and_one_legend_entry_per_subject(saved):
 
 
 def _proposal():
-    sched = pd.DataFrame({"drug": ["acetaminophen", "acetaminophen", "gabapentin"], "route": ["PO", "PO", "PO"],
-                          "dose_mg": [1000.0, 650.0, 300.0], "time_h": [0.0, 6.0, 0.0]})
+    sched = pd.DataFrame(
+        {
+            "drug": ["acetaminophen", "acetaminophen", "gabapentin"],
+            "route": ["PO", "PO", "PO"],
+            "dose_mg": [1000.0, 650.0, 300.0],
+            "time_h": [0.0, 6.0, 0.0],
+        }
+    )
     prop, c1 = _outcome(seed=1, drugs=("acetaminophen", "gabapentin", "morphine", "ondansetron")), _outcome(seed=2)
     return SimpleNamespace(schedule=sched, outcomes={"proposal": prop, "C1": c1}, regimen=prop.regimen)
 
@@ -163,8 +203,13 @@ def test_optimizer_trial_plot_units_and_legends(saved, tmp_path):
 
     rng = np.random.default_rng(3)
     n = 5
-    pat = pd.DataFrame({f"{k}_{r}": (rng.uniform(10, 150, n) if k == "MME_0_72" else rng.uniform(0, 1, n))
-                        for k in ("MME_0_72", "TIT3") for r in ("C0", "C1", "proposal")})
+    pat = pd.DataFrame(
+        {
+            f"{k}_{r}": (rng.uniform(10, 150, n) if k == "MME_0_72" else rng.uniform(0, 1, n))
+            for k in ("MME_0_72", "TIT3")
+            for r in ("C0", "C1", "proposal")
+        }
+    )
     plot_trial(pat, tmp_path / "trial.png")
     _check_one(saved, {"MME": "mg", "NRS <= 3": "%", "regimen": "category"})
     for ax in saved[0].axes:  # one legend entry per kind of mark, not one per regimen

@@ -19,8 +19,18 @@ from regimens.posterior import check_link, posterior_draws
 
 MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "gabapentin_tdm.toml"
 # one 600 mg gabapentin dose, two concentrations well above the population prediction for SCR 2.5 mg/dL
-DATA = pd.DataFrame({"ID": [1, 1, 1], "TIME": [0.0, 2.0, 8.0], "EVID": [1, 0, 0], "AMT": [600.0, 0, 0],
-                     "CMT": [1, 0, 0], "DV": [np.nan, 5.8, 6.4], "MDV": [1, 0, 0], "SCR": [2.5, 2.5, 2.5]})
+DATA = pd.DataFrame(
+    {
+        "ID": [1, 1, 1],
+        "TIME": [0.0, 2.0, 8.0],
+        "EVID": [1, 0, 0],
+        "AMT": [600.0, 0, 0],
+        "CMT": [1, 0, 0],
+        "DV": [np.nan, 5.8, 6.4],
+        "MDV": [1, 0, 0],
+        "SCR": [2.5, 2.5, 2.5],
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +77,16 @@ def test_link_errors_are_clear(tmp_path):
 
     text = MODEL.read_text()
     bad = tmp_path / "bad.toml"
-    bad.write_text(text.replace('simulates = { CL = "gabapentin.CL", V = "gabapentin.V" }',
-                                'simulates = { CL = "gabapentin.CLX" }'))
+    bad.write_text(
+        text.replace(
+            'simulates = { CL = "gabapentin.CL", V = "gabapentin.V" }', 'simulates = { CL = "gabapentin.CLX" }'
+        )
+    )
     with pytest.raises(RegimenError, match="gabapentin has no parameter CLX"):
         check_link(load_model(bad))
-    bad.write_text(text.replace('simulates = { CL = "gabapentin.CL", V = "gabapentin.V" }',
-                                'simulates = { V = "gabapentin.CL" }'))
+    bad.write_text(
+        text.replace('simulates = { CL = "gabapentin.CL", V = "gabapentin.V" }', 'simulates = { V = "gabapentin.CL" }')
+    )
     with pytest.raises(RegimenError, match="units agree"):
         check_link(load_model(bad))
     bad.write_text(text.replace('simulates = { CL = "gabapentin.CL", V = "gabapentin.V" }\n', ""))
@@ -93,11 +107,31 @@ def test_cli_posterior_errors_are_one_line(tmp_path):
 
     from cli import app
 
-    res = runner.invoke(app, ["optimize", "--patient", "examples/patient_spine.toml", "--posterior",
-                              str(tmp_path / "nope"), "--out", str(tmp_path / "o1")])
+    res = runner.invoke(
+        app,
+        [
+            "optimize",
+            "--patient",
+            "examples/patient_spine.toml",
+            "--posterior",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "o1"),
+        ],
+    )
     assert res.exit_code == 1 and "does not exist" in cli_output(res) and "Traceback" not in cli_output(res)
     (tmp_path / "fit").mkdir()
     (tmp_path / "fit" / "parameters.csv").write_text("x\n")
-    res = runner.invoke(app, ["optimize", "--patient", "examples/patient_spine.toml", "--posterior",
-                              str(tmp_path / "fit"), "--out", str(tmp_path / "o2")])
+    res = runner.invoke(
+        app,
+        [
+            "optimize",
+            "--patient",
+            "examples/patient_spine.toml",
+            "--posterior",
+            str(tmp_path / "fit"),
+            "--out",
+            str(tmp_path / "o2"),
+        ],
+    )
     assert res.exit_code == 1 and "pkpd forecast" in cli_output(res) and "Traceback" not in cli_output(res)

@@ -135,16 +135,21 @@ def test_exact_population_simulation_float32_matches_float64(tmp_path):
         return r["TIME"].to_numpy(), r["AMT"].to_numpy()
 
     ids = pa["ID"].to_numpy()
-    same = np.array([len(record(da, i)[0]) == len(record(db, i)[0])
-                     and np.array_equal(record(da, i)[0], record(db, i)[0])
-                     and np.allclose(record(da, i)[1], record(db, i)[1], rtol=1e-6) for i in ids])
+    same = np.array(
+        [
+            len(record(da, i)[0]) == len(record(db, i)[0])
+            and np.array_equal(record(da, i)[0], record(db, i)[0])
+            and np.allclose(record(da, i)[1], record(db, i)[1], rtol=1e-6)
+            for i in ids
+        ]
+    )
     assert same.sum() >= len(ids) - 3, f"{(~same).sum()} of {len(ids)} dose records differ"
     np.testing.assert_array_equal(pa["MME_0_72"].to_numpy()[same], pb["MME_0_72"].to_numpy()[same])
     for col in ("PAIN_AUC", "TIT3", "MIN_VE", "PEAK_BUPI"):
-        np.testing.assert_allclose(pb[col].to_numpy(float)[same], pa[col].to_numpy(float)[same], rtol=1e-5,
-                                   err_msg=col)
+        np.testing.assert_allclose(pb[col].to_numpy(float)[same], pa[col].to_numpy(float)[same], rtol=1e-5, err_msg=col)
         assert abs(pb[col].mean() / pa[col].mean() - 1) < 0.05, col
-    np.testing.assert_allclose(pb["P_OIRD"].to_numpy(float)[same], pa["P_OIRD"].to_numpy(float)[same], rtol=0,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        pb["P_OIRD"].to_numpy(float)[same], pa["P_OIRD"].to_numpy(float)[same], rtol=0, atol=1e-6
+    )
     assert abs(pb["MME_0_72"].mean() / pa["MME_0_72"].mean() - 1) < 0.05
     assert np.max(np.abs(nb[same] - na[same])) < 1e-4  # NRS points

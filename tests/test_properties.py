@@ -45,8 +45,9 @@ def _obs(ident, times):
 
 
 def _dose(ident, time, amt, cmt, rate=0.0, ii=0.0, addl=0, ss=0, evid=1):
-    return dict(ID=ident, TIME=float(time), EVID=evid, AMT=float(amt), CMT=cmt, RATE=float(rate), II=float(ii),
-                ADDL=addl, SS=ss)
+    return dict(
+        ID=ident, TIME=float(time), EVID=evid, AMT=float(amt), CMT=cmt, RATE=float(rate), II=float(ii), ADDL=addl, SS=ss
+    )
 
 
 def _frame(rows):
@@ -62,8 +63,9 @@ def assert_close(a, b, rtol, atol_rel_peak, what):
     bound = rtol * np.abs(b) + atol_rel_peak * peak
     if not np.all(err <= bound):
         i = np.unravel_index(int(np.argmax(err - bound)), err.shape)
-        raise AssertionError(f"{what}: exceeds rtol {rtol:g} / atol {atol_rel_peak:g}*peak at {i}: "
-                             f"{a[i]!r} vs {b[i]!r}")
+        raise AssertionError(
+            f"{what}: exceeds rtol {rtol:g} / atol {atol_rel_peak:g}*peak at {i}: {a[i]!r} vs {b[i]!r}"
+        )
 
 
 def _amounts(out, model):
@@ -86,10 +88,18 @@ def _regimen_b(ident, scale=1.0):  # infusions into CENTRAL, overlapping the ora
 
 @pytest.mark.parametrize("solver,rtol,atol", [(ANALYTIC, 1e-12, 1e-14), (ODE, 1e-7, 1e-9)], ids=["analytic", "ode"])
 def test_superposition_and_dose_proportionality(solver, rtol, atol):
-    rows = (_regimen_a(1) + _regimen_b(1) + _obs(1, OBS_T)
-            + _regimen_a(2) + _obs(2, OBS_T)
-            + _regimen_b(3) + _obs(3, OBS_T)
-            + _regimen_a(4, 2.0) + _regimen_b(4, 2.0) + _obs(4, OBS_T))
+    rows = (
+        _regimen_a(1)
+        + _regimen_b(1)
+        + _obs(1, OBS_T)
+        + _regimen_a(2)
+        + _obs(2, OBS_T)
+        + _regimen_b(3)
+        + _obs(3, OBS_T)
+        + _regimen_a(4, 2.0)
+        + _regimen_b(4, 2.0)
+        + _obs(4, OBS_T)
+    )
     df = _frame(rows)
     params = dict(P2, ALAG1=0.4, F1=0.7)
     out = pkpd.simulate(df, "2cmt_oral", params, solver=solver)
@@ -102,8 +112,10 @@ def test_superposition_and_dose_proportionality(solver, rtol, atol):
 def test_dose_proportionality_steady_state():
     rows = []
     for ident, scale in ((1, 1.0), (2, 3.0)):
-        rows += [_dose(ident, 0.0, 100.0 * scale, 1, ii=12.0, ss=1),
-                 _dose(ident, 30.0, 60.0 * scale, 2, rate=15.0 * scale, ii=12.0, ss=1)]
+        rows += [
+            _dose(ident, 0.0, 100.0 * scale, 1, ii=12.0, ss=1),
+            _dose(ident, 30.0, 60.0 * scale, 2, rate=15.0 * scale, ii=12.0, ss=1),
+        ]
         rows += _obs(ident, [0.5, 2.0, 6.0, 11.9, 12.0, 20.0, 30.5, 33.0, 36.0, 41.0, 60.0])
     out = pkpd.simulate(_frame(rows), "2cmt_oral", dict(P2, ALAG1=0.4, F1=0.7), solver="analytic")
     a1 = _amounts(out[out["ID"] == 1], "2cmt_oral")
@@ -134,15 +146,43 @@ def _delivered(t, doses, F, lag):
 @pytest.mark.parametrize("solver,tol", [(ANALYTIC, 1e-9), (ODE, 1e-8)], ids=["analytic", "ode"])
 def test_mass_balance_metabolite_collects_eliminated_drug(ncmt, solver, tol):
     model = f"{ncmt}cmt_oral_metabolite"
-    disp = {1: {"CL": 2.0, "V": 10.0}, 2: dict(P2), 3: {"CL": 2.0, "V1": 10.0, "Q2": 3.0, "V2": 20.0, "Q3": 0.5,
-                                                        "V3": 40.0}}[ncmt]
+    disp = {
+        1: {"CL": 2.0, "V": 10.0},
+        2: dict(P2),
+        3: {"CL": 2.0, "V1": 10.0, "Q2": 3.0, "V2": 20.0, "Q3": 0.5, "V3": 40.0},
+    }[ncmt]
     params = dict(disp, KA=1.1, FM=1.0, CLM=1e-12, VM=1.0, ALAG1=0.5, F1=0.8, F2=0.9)
-    doses = [(0.0, 100.0, 0.0, 6.0, 2, 1),  # (time, amt, rate, ii, addl, cmt): oral ADDL, lag and F1
-             (3.0, 40.0, 10.0, 0.0, 0, 2),  # infusion into CENTRAL (F2 shortens it)
-             (20.0, 30.0, 0.0, 0.0, 0, 2),  # bolus into CENTRAL
-             (25.0, 20.0, 5.0, 0.0, 0, 1)]  # infusion into DEPOT, lagged
-    times = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 2.0, 3.0, 4.0, 6.0, 6.6, 7.0, 12.0, 13.0, 20.0, 21.0, 25.0,
-                      26.0, 28.0, 30.0, 48.0, 96.0])
+    doses = [
+        (0.0, 100.0, 0.0, 6.0, 2, 1),  # (time, amt, rate, ii, addl, cmt): oral ADDL, lag and F1
+        (3.0, 40.0, 10.0, 0.0, 0, 2),  # infusion into CENTRAL (F2 shortens it)
+        (20.0, 30.0, 0.0, 0.0, 0, 2),  # bolus into CENTRAL
+        (25.0, 20.0, 5.0, 0.0, 0, 1),
+    ]  # infusion into DEPOT, lagged
+    times = np.array(
+        [
+            0.0,
+            0.25,
+            0.5,
+            0.75,
+            1.0,
+            2.0,
+            3.0,
+            4.0,
+            6.0,
+            6.6,
+            7.0,
+            12.0,
+            13.0,
+            20.0,
+            21.0,
+            25.0,
+            26.0,
+            28.0,
+            30.0,
+            48.0,
+            96.0,
+        ]
+    )
     rows = [_dose(1, t, a, c, rate=r, ii=ii, addl=ad) for t, a, r, ii, ad, c in doses] + _obs(1, times)
     out = pkpd.simulate(_frame(rows), model, params, solver=solver)
     obs = out[out["EVID"] == 0]
@@ -154,8 +194,9 @@ def test_mass_balance_metabolite_collects_eliminated_drug(ncmt, solver, tol):
     assert np.all(np.diff(obs["METABOLITE"].to_numpy()) >= 0)
 
 
-@pytest.mark.parametrize("model,params", [("1cmt_iv", {"CL": 2.0, "V": 10.0}),
-                                          ("2cmt_iv", {"CL": 2.0, "V1": 10.0, "Q": 3.0, "V2": 20.0})])
+@pytest.mark.parametrize(
+    "model,params", [("1cmt_iv", {"CL": 2.0, "V": 10.0}), ("2cmt_iv", {"CL": 2.0, "V1": 10.0, "Q": 3.0, "V2": 20.0})]
+)
 def test_auc_equals_dose_over_clearance(model, params):
     dose = 100.0
     # slowest eigenvalue >= 0.06 /h: exp(-0.06*500) ~ 1e-13, so the tail beyond 500 h is negligible
@@ -190,8 +231,15 @@ def _random_subject(rng, ident):
             ii = float(rng.uniform(1.0, 12.0)) if addl else 0.0
             rows.append(_dose(ident, t, amt, cmt, rate=rate, ii=ii, addl=addl))
     rows += _obs(ident, np.sort(rng.uniform(0.0, 72.0, size=int(rng.integers(5, 20)))))
-    pars = {"cCL": rng.uniform(0.1, 10.0), "cV1": rng.uniform(2.0, 100.0), "cQ": rng.uniform(0.1, 20.0),
-            "cV2": rng.uniform(2.0, 200.0), "cKA": rng.uniform(0.05, 5.0), "cLAG": lag, "cF": rng.uniform(0.2, 1.0)}
+    pars = {
+        "cCL": rng.uniform(0.1, 10.0),
+        "cV1": rng.uniform(2.0, 100.0),
+        "cQ": rng.uniform(0.1, 20.0),
+        "cV2": rng.uniform(2.0, 200.0),
+        "cKA": rng.uniform(0.05, 5.0),
+        "cLAG": lag,
+        "cF": rng.uniform(0.2, 1.0),
+    }
     return rows, pars
 
 
@@ -223,8 +271,11 @@ def _batch_frame():
     rows = []
     rows += [_dose(1, 0.0, 100.0, 1, ii=8.0, addl=3)] + _obs(1, [1.0, 4.0, 9.0, 30.0])
     rows += [_dose(2, 0.0, 80.0, 2, rate=40.0)] + _obs(2, [0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 24.0])
-    rows += [_dose(3, 0.0, 50.0, 1), _dose(3, 6.0, 70.0, 2, rate=10.0, ii=12.0, addl=1),
-             _dose(3, 10.0, 20.0, 1)] + _obs(3, [2.0, 7.0, 13.0, 20.0, 26.0, 40.0])
+    rows += [
+        _dose(3, 0.0, 50.0, 1),
+        _dose(3, 6.0, 70.0, 2, rate=10.0, ii=12.0, addl=1),
+        _dose(3, 10.0, 20.0, 1),
+    ] + _obs(3, [2.0, 7.0, 13.0, 20.0, 26.0, 40.0])
     rows += [_dose(4, 0.0, 30.0, 2)] + _obs(4, [0.1, 48.0])
     return _frame(rows)
 
@@ -240,7 +291,7 @@ def _unpad(prep, amounts):
 
 
 def _slice(tree, i):
-    return jax.tree_util.tree_map(lambda v: v[i:i + 1], tree)
+    return jax.tree_util.tree_map(lambda v: v[i : i + 1], tree)
 
 
 @pytest.mark.parametrize("lagged", [False, True], ids=["static-times", "lagged"])
@@ -254,8 +305,15 @@ def test_vmap_batch_equals_each_subject_alone(lagged):
     ids = df["ID"].to_numpy()
     for s in range(amounts.shape[0]):
         # (1) the same padded layout, one subject at a time
-        one, _ = simulate_arrays(prep.model, prep.layout, ANALYTIC, _slice(prep.rec, s), _slice(prep.dose, s),
-                                 _slice(prep.ss, s), _slice(prep.theta, s))
+        one, _ = simulate_arrays(
+            prep.model,
+            prep.layout,
+            ANALYTIC,
+            _slice(prep.rec, s),
+            _slice(prep.dose, s),
+            _slice(prep.ss, s),
+            _slice(prep.theta, s),
+        )
         assert_close(np.asarray(one)[0], np.asarray(amounts)[s], 1e-13, 1e-15, f"subject slot {s}: vmap vs alone")
     for ident in np.unique(ids) if not lagged else []:
         # (2) the subject prepared on its own (its own, smaller padding; one compilation each)
@@ -393,8 +451,10 @@ def test_second_batch_with_same_layout_does_not_recompile():
         rng = np.random.default_rng(seed)
         rows = []
         for ident in (1, 2, 3):
-            rows += [_dose(ident, 0.0, float(rng.uniform(50, 150)), 1, ii=float(rng.uniform(6, 12)), addl=2),
-                     _dose(ident, 2.0, float(rng.uniform(10, 50)), 2, rate=float(rng.uniform(10, 30)))]
+            rows += [
+                _dose(ident, 0.0, float(rng.uniform(50, 150)), 1, ii=float(rng.uniform(6, 12)), addl=2),
+                _dose(ident, 2.0, float(rng.uniform(10, 50)), 2, rate=float(rng.uniform(10, 30))),
+            ]
             rows += _obs(ident, np.sort(rng.uniform(0.0, 48.0, size=6)))
         df = _frame(rows)
         df["cCL"] = np.repeat(rng.uniform(1.0, 3.0, size=3), len(df) // 3)
@@ -402,8 +462,9 @@ def test_second_batch_with_same_layout_does_not_recompile():
 
     p1, p2 = batch(1), batch(2)
     assert p1.layout == p2.layout
-    assert jax.tree_util.tree_map(np.shape, (p1.rec, p1.dose, p1.ss)) == \
-        jax.tree_util.tree_map(np.shape, (p2.rec, p2.dose, p2.ss))
+    assert jax.tree_util.tree_map(np.shape, (p1.rec, p1.dose, p1.ss)) == jax.tree_util.tree_map(
+        np.shape, (p2.rec, p2.dose, p2.ss)
+    )
     assert not np.allclose(np.asarray(p1.theta["p"]["CL"]), np.asarray(p2.theta["p"]["CL"]))
     counter = _counter()
     # a model object the jit cache has never seen (get_model is cached): the first call must compile

@@ -235,7 +235,11 @@ def test_infusion_vs_quad(ncmt, p, ka):
     for s in ts:
         val, _ = quad(
             lambda u: rate * rf.conc_bolus(np.array([s - u]), 1.0, ncmt, p)[0],
-            0.0, min(s, dur), epsabs=0.0, epsrel=1e-13, limit=200,
+            0.0,
+            min(s, dur),
+            epsabs=0.0,
+            epsrel=1e-13,
+            limit=200,
         )
         want.append(val)
     check(got, np.array(want))
@@ -437,8 +441,7 @@ def test_ss_bolus_vs_superposition(ncmt, p, ka):
 @pytest.mark.parametrize("ncmt,p,ka", CASES, ids=IDS)
 @pytest.mark.parametrize("dur,tau", [(1.0, 8.0), (4.0, 12.0), (12.0, 12.0)])
 def test_ss_infusion(ncmt, p, ka, dur, tau):
-    t = np.unique(np.concatenate([np.linspace(0.0, tau, 49),
-                                  [dur, dur - 1e-9, dur + 1e-9, tau - 1e-9]]))
+    t = np.unique(np.concatenate([np.linspace(0.0, tau, 49), [dur, dur - 1e-9, dur + 1e-9, tau - 1e-9]]))
     t = t[(t >= 0) & (t <= tau)]
     got = rf.conc_ss_infusion(t, 200.0, dur, tau, ncmt, p)
     check(got, ode_ss_infusion(t, 200.0, dur, tau, ncmt, p))
@@ -495,9 +498,7 @@ def test_ss_textbook_form_when_well_separated(ncmt, p, ka):
     lam, coef = rf.disposition(ncmt, p)
     t = np.linspace(0.0, tau, 25)[:, None]
     acc = lambda x: 1.0 / (1.0 - np.exp(-x * tau))  # noqa: E731
-    want = 100.0 * ka * np.sum(
-        coef / (ka - lam) * (np.exp(-lam * t) * acc(lam) - np.exp(-ka * t) * acc(ka)), axis=-1
-    )
+    want = 100.0 * ka * np.sum(coef / (ka - lam) * (np.exp(-lam * t) * acc(lam) - np.exp(-ka * t) * acc(ka)), axis=-1)
     check(rf.conc_ss_oral(t[:, 0], 100.0, tau, ncmt, p, ka), want, rtol=1e-11)
 
 

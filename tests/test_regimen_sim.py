@@ -37,7 +37,8 @@ from regimens import PCA, PRN, Modality, Regimen, Scheduled, get_regimen
 T_OFF = 5.0  # the engine needs TIME >= 0: regimen times (h after surgery) are shifted by this much
 
 _MIXED = Regimen(
-    name="mixed", description="every input kind the simulator handles",
+    name="mixed",
+    description="every input kind the simulator handles",
     scheduled=(
         Scheduled("acetaminophen", "po", dose_mg=1000.0, start_h=-2.0, every_h=6.0, stop_h=72.0),  # lagged bolus
         Scheduled("ketamine", "iv", rate_mg_h=20.0, start_h=-2.03, stop_h=-0.41),  # off-grid infusion
@@ -45,8 +46,19 @@ _MIXED = Regimen(
         Scheduled("bupivacaine_liposomal", "infiltration", dose_mg=266.0, start_h=-0.25),  # split depots
     ),
     prn=(PRN("oxycodone", "po", 5.0, 4.0, 4.0, start_h=0.0), PRN("oxycodone", "po", 10.0, 7.0, 4.0, start_h=0.0)),
-    pca=(PCA("hydromorphone", "iv", 0.2, 10.0, start_h=0.0, stop_h=24.0, loading_mg=1.0, basal_mg_h=0.1,
-             hourly_max_mg=0.6),),
+    pca=(
+        PCA(
+            "hydromorphone",
+            "iv",
+            0.2,
+            10.0,
+            start_h=0.0,
+            stop_h=24.0,
+            loading_mg=1.0,
+            basal_mg_h=0.1,
+            hourly_max_mg=0.6,
+        ),
+    ),
 )
 
 
@@ -78,11 +90,10 @@ def _engine_states(res, drug_name: str, i: int, pid) -> tuple[np.ndarray, np.nda
     out = pkpd.simulate(df.reset_index(drop=True), model, spec)
     ref = out[out.EVID == 0][list(model.compartments)].to_numpy()
     off, _ = res.state_index[d.name]
-    return res.states[i][:, off:off + model.n_cmt], ref
+    return res.states[i][:, off : off + model.n_cmt], ref
 
 
-@pytest.mark.parametrize("drug", ["acetaminophen", "ketamine", "bupivacaine_liposomal", "oxycodone",
-                                  "hydromorphone"])
+@pytest.mark.parametrize("drug", ["acetaminophen", "ketamine", "bupivacaine_liposomal", "oxycodone", "hydromorphone"])
 def test_realized_doses_replay_exactly_through_the_event_engine(mixed, drug):
     """Scheduled (lag, split depots, off-grid and sub-step infusions) and PRN/PCA doses: 1e-9 relative."""
     pop, res = mixed
@@ -140,13 +151,15 @@ def test_deterministic_per_patient_and_chunk_invariant(mixed):
     again = simulate_regimen(_MIXED, pop, seed=5, options=SimOptions(record_states=True))
     pd.testing.assert_frame_equal(res.patients, again.patients)
     # patient 2 alone, in a chunk of its own with padding, gives the same trajectory
-    alone = simulate_regimen(_MIXED, pop.iloc[[1, 2]].reset_index(drop=True), seed=5, chunk_size=1,
-                             options=SimOptions(record_states=True))
+    alone = simulate_regimen(
+        _MIXED, pop.iloc[[1, 2]].reset_index(drop=True), seed=5, chunk_size=1, options=SimOptions(record_states=True)
+    )
     np.testing.assert_allclose(alone.nrs[0], res.nrs[1], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(alone.states[1], res.states[2], rtol=1e-12, atol=1e-15)
     other = simulate_regimen(_MIXED, pop, seed=6, options=SimOptions(record_states=True))
     assert not np.array_equal(other.patients.N_PCA.to_numpy(), res.patients.N_PCA.to_numpy()) or not np.allclose(
-        other.nrs, res.nrs)
+        other.nrs, res.nrs
+    )
 
 
 def test_batch_size_never_changes_a_patients_bits(mixed):
@@ -159,13 +172,17 @@ def test_batch_size_never_changes_a_patients_bits(mixed):
     full = simulate_regimen(_MIXED, pop, seed=5, options=opts)
     for lo, hi in ((0, 3), (3, 20)):
         part = simulate_regimen(_MIXED, pop.iloc[lo:hi], seed=5, options=opts)
-        pd.testing.assert_frame_equal(part.patients.reset_index(drop=True),
-                                      full.patients.iloc[lo:hi].reset_index(drop=True), check_exact=True)
+        pd.testing.assert_frame_equal(
+            part.patients.reset_index(drop=True), full.patients.iloc[lo:hi].reset_index(drop=True), check_exact=True
+        )
         for k in ("nrs", "nrs_hourly", "mme_hourly", "states"):
             assert np.array_equal(getattr(part, k), getattr(full, k)[lo:hi]), k
         ids = set(pop.ID.iloc[lo:hi])
-        pd.testing.assert_frame_equal(part.doses.reset_index(drop=True),
-                                      full.doses[full.doses.ID.isin(ids)].reset_index(drop=True), check_exact=True)
+        pd.testing.assert_frame_equal(
+            part.doses.reset_index(drop=True),
+            full.doses[full.doses.ID.isin(ids)].reset_index(drop=True),
+            check_exact=True,
+        )
 
 
 def test_relaxed_mode_mean_field_and_gradient():
@@ -187,7 +204,7 @@ def test_relaxed_mode_mean_field_and_gradient():
     assert float(out["PAIN_AUC"][0]) == pytest.approx(ex.PAIN_AUC.mean(), rel=0.05)
     g = jax.grad(lambda m: f(m, jnp.ones(nr))["MME_0_72"].sum())(jnp.ones(ns))
     h = 1e-4
-    fd = (f(jnp.ones(ns) + h, jnp.ones(nr))["MME_0_72"].sum() - f(jnp.ones(ns) - h, jnp.ones(nr))["MME_0_72"].sum())
+    fd = f(jnp.ones(ns) + h, jnp.ones(nr))["MME_0_72"].sum() - f(jnp.ones(ns) - h, jnp.ones(nr))["MME_0_72"].sum()
     assert float(g[0]) == pytest.approx(float(fd) / (2 * h), rel=1e-5)
     assert float(g[0]) < 0  # more acetaminophen, less rescue opioid
     gr = jax.grad(lambda r: f(jnp.ones(ns), r)["PAIN_EXCESS"].sum())(jnp.ones(nr))
@@ -199,8 +216,12 @@ def test_pain_baseline_closed_form_and_modalities():
     relief of 0.01 mg acetaminophen, < 1e-4 NRS); the TENS term is off by default (note) and removes exactly
     tens_reduction NRS inside its windows when the assumption is switched on (a window on day 3, where the
     reference setting's pain is below the NRS ceiling of 10)."""
-    reg = Regimen(name="baseline", description="", scheduled=(Scheduled("acetaminophen", "iv", dose_mg=0.01),),
-                  modalities=(Modality("tens", ((60.0, 62.0),)),))
+    reg = Regimen(
+        name="baseline",
+        description="",
+        scheduled=(Scheduled("acetaminophen", "iv", dose_mg=0.01),),
+        modalities=(Modality("tens", ((60.0, 62.0),)),),
+    )
     pop = _pop(1, 3)
     off = simulate_regimen(reg, pop, seed=0, options=SimOptions(iiv=False))
     assert any("tens" in n for n in off.notes)
@@ -209,12 +230,14 @@ def test_pain_baseline_closed_form_and_modalities():
     tol = pop.OPIOID_TOL.iloc[0] * pm.tolerant_b0_shift.value
     b0 = pm.b0.value + tol
     expect = pm.b_inf.value + (b0 - pm.b_inf.value) * np.exp(-math.log(2) * np.maximum(t, 0) / pm.t_half.value)
-    expect += pm.diurnal_amp.value * np.cos(2 * np.pi * (t - (pm.diurnal_peak_clock.value - pm.surgery_end_clock.value))
-                                            / 24.0)
+    expect += pm.diurnal_amp.value * np.cos(
+        2 * np.pi * (t - (pm.diurnal_peak_clock.value - pm.surgery_end_clock.value)) / 24.0
+    )
     expect *= pm.setting_scale.value  # the reference setting's pain-curve multiplier (pkpd.outcome)
     np.testing.assert_allclose(off.nrs[0], np.clip(expect, 0, 10), atol=1e-4)
-    on = simulate_regimen(reg, pop, seed=0, options=SimOptions(iiv=False, pain=PainModel(
-        enable_assumed_modalities=True)))
+    on = simulate_regimen(
+        reg, pop, seed=0, options=SimOptions(iiv=False, pain=PainModel(enable_assumed_modalities=True))
+    )
     diff = off.nrs[0] - on.nrs[0]
     inside = (t >= 60) & (t < 62)
     assert off.nrs[0][inside].max() < 10.0 - pm.tens_reduction.value
@@ -247,12 +270,19 @@ def test_pd_library_sourced_and_flagged():
         get_pd("tramadol")
 
 
-@pytest.mark.parametrize("regimen, match", [
-    (Regimen(name="x", description="", scheduled=(Scheduled("tramadol", "po_er", dose_mg=100.0),)),
-     "no analgesic PD for tramadol"),
-    (Regimen(name="x", description="", scheduled=(Scheduled("ropivacaine", "infiltration", dose_mg=150.0),)),
-     "nonlinear"),
-])
+@pytest.mark.parametrize(
+    "regimen, match",
+    [
+        (
+            Regimen(name="x", description="", scheduled=(Scheduled("tramadol", "po_er", dose_mg=100.0),)),
+            "no analgesic PD for tramadol",
+        ),
+        (
+            Regimen(name="x", description="", scheduled=(Scheduled("ropivacaine", "infiltration", dose_mg=150.0),)),
+            "nonlinear",
+        ),
+    ],
+)
 def test_unsupported_regimens_clear_errors(regimen, match):
     with pytest.raises(PKPDError, match=match):
         simulate_regimen(regimen, _pop(2))
@@ -315,8 +345,11 @@ def test_parameter_override_columns():
     t = r.times
     phase = pm.diurnal_peak_clock.value - pm.surgery_end_clock.value
     for i, (b0, th, sens) in enumerate([(9.0, 24.0, 1.0), (5.0, 12.0, 0.8)]):
-        y = (pm.b_inf.value + (b0 - pm.b_inf.value) * 2.0 ** (-np.maximum(t, 0) / th)
-             + pm.diurnal_amp.value * np.cos(2 * np.pi * (t - phase) / 24.0)) * sens
+        y = (
+            pm.b_inf.value
+            + (b0 - pm.b_inf.value) * 2.0 ** (-np.maximum(t, 0) / th)
+            + pm.diurnal_amp.value * np.cos(2 * np.pi * (t - phase) / 24.0)
+        ) * sens
         np.testing.assert_allclose(r.nrs[i], np.clip(y, 0, 10), rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(r.nrs[2], r0.nrs[2])  # NaN: the patient's own draw
     bad = pop.copy()
@@ -372,8 +405,9 @@ def test_variability_draws_equal_unpadded_draws(k):
     ref = np.stack([np.asarray(draw(jax.random.fold_in(base, int(i)))) for i in ids]).astype(float)
     assert got.shape == (len(ids), k)
     np.testing.assert_array_equal(got, ref)
-    eager = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(base, int(i)), (k,), dtype=jnp.float32))
-                      for i in ids]).astype(float)
+    eager = np.stack(
+        [np.asarray(jax.random.normal(jax.random.fold_in(base, int(i)), (k,), dtype=jnp.float32)) for i in ids]
+    ).astype(float)
     np.testing.assert_allclose(got, eager, rtol=2.4e-7, atol=1e-7)
 
 

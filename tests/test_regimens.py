@@ -58,56 +58,95 @@ def test_items_normalise_drug_aliases_and_route_spellings():
     assert Scheduled("exparel", "Infiltration", dose_mg=266).drug == "bupivacaine_liposomal"
 
 
-@pytest.mark.parametrize("make, fragments", [
-    (lambda: Scheduled("acetamol", "iv", dose_mg=1), ["scheduled item 'acetamol'", "unknown drug 'acetamol'",
-                                                       "known drugs:", "acetaminophen", "ketorolac"]),
-    (lambda: Scheduled("ketorolac", "po", dose_mg=30), ["scheduled item 'ketorolac'", "ketorolac has no route 'po'",
-                                                         "routes of ketorolac: iv (IV)"]),
-    (lambda: Scheduled("acetaminophen", "iv", dose_mg=0), ["scheduled item 'acetaminophen'", "dose_mg must be > 0"]),
-    (lambda: Scheduled("acetaminophen", "iv", dose_mg=-5), ["dose_mg must be > 0, got -5"]),
-    (lambda: Scheduled("acetaminophen", "iv", dose_mg=1000, dose_mg_per_kg=15),
-     ["give exactly one of dose_mg, dose_mg_per_kg", "got dose_mg, dose_mg_per_kg"]),
-    (lambda: Scheduled("acetaminophen", "iv"), ["give exactly one of", "got none"]),
-    (lambda: Scheduled("acetaminophen", "iv", dose_mg=1000, every_h=6, start_h=10, stop_h=5),
-     ["stop_h (5 h) must be after start_h (10 h)"]),
-    (lambda: Scheduled("acetaminophen", "iv", dose_mg=1000, stop_h=24), ["a single dose", "takes no stop_h"]),
-    (lambda: Scheduled("acetaminophen", "iv", dose_mg=1000, every_h=6, count=0), ["count must be a whole number >= 1"]),
-    (lambda: Scheduled("acetaminophen", "iv", dose_mg=1000, every_h=0), ["every_h must be > 0"]),
-    (lambda: Scheduled("acetaminophen", "iv", dose_mg=1000, every_h=6, infusion_h=7),
-     ["infusion_h (7 h) is longer than the dosing interval every_h (6 h)"]),
-    (lambda: Scheduled("acetaminophen", "po", dose_mg=1000, every_h=6, infusion_h=0.25),
-     ["an oral (PO) dose cannot be an infusion"]),
-    (lambda: Scheduled("ketamine", "iv", rate_mg_per_kg_h=0.25, every_h=6), ["continuous infusion", "every_h"]),
-    (lambda: Scheduled("acetaminophen", "iv", dose_mg=float("nan")), ["dose_mg must be finite"]),
-    (lambda: Scheduled("acetaminophen", "iv", dose_mg="1000"), ["dose_mg must be a number"]),
-    (lambda: PRN("oxycodone", "po", 5, 11, 4), ["PRN item 'oxycodone'", "threshold_nrs must be on the 0-10 NRS scale"]),
-    (lambda: PRN("oxycodone", "po", 5, 4, 0), ["min_interval_h must be > 0"]),
-    (lambda: PRN("oxycodone", "po", 5, 4, 4, max_per_24h=0), ["max_per_24h must be a whole number >= 1"]),
-    (lambda: PRN("oxycodone", "iv", 5, 4, 4), ["oxycodone has no route 'iv'", "po (PO), po_er (PO ER)"]),
-    (lambda: PCA("hydromorphone", demand_mg=0.2, lockout_min=0), ["PCA item 'hydromorphone'",
-                                                                   "lockout_min must be > 0"]),
-    (lambda: PCA("hydromorphone", demand_mg=0, lockout_min=10), ["demand_mg must be > 0"]),
-    (lambda: PCA("hydromorphone", demand_mg=0.4, lockout_min=10, hourly_max_mg=0.3),
-     ["hourly_max_mg (0.3 mg) is below one demand"]),
-    (lambda: PCA("hydromorphone", demand_mg=0.2, lockout_min=10, start_h=24, stop_h=0),
-     ["stop_h (0 h) must be after start_h (24 h)"]),
-    (lambda: Modality("yoga", ((0, 1),)), ["modality 'yoga'", "known kinds: tens, physical_therapy, psych_education"]),
-    (lambda: Modality("tens", ((0, 2), (1, 3))), ["windows 0h-2h and 1h-3h overlap"]),
-    (lambda: Modality("tens", ((2, 1),)), ["window 2h-1h must end after it starts"]),
-    (lambda: Modality("tens", ()), ["give at least one (start_h, end_h) window"]),
-    (lambda: Adjustment("AGEE >= 65", 15), ["unknown covariate 'AGEE'", "known covariate columns: AGE"]),
-    (lambda: Adjustment("AGE = 65", 15), ["use '==' for equality"]),
-    (lambda: Adjustment("AGE >= 65 or", 15), ["expected a covariate column", "AGE >= 65 or WT < 50"]),
-    (lambda: Adjustment("AGE >= 65", 0), ["dose_mg must be > 0"]),
-    (lambda: Regimen(""), ["regimen name must be a non-empty one-line string"]),
-    (lambda: Regimen("r", horizon_h=0), ["regimen 'r': horizon_h must be > 0"]),
-    (lambda: Regimen("r", prn=(PRN("oxycodone", "po", 5, 4, 4, start_h=80),)),
-     ["oxycodone 5 mg PO q4h PRN NRS>=4 starts at 80h, at or after the horizon (72h)"]),
-    (lambda: Regimen("r", prn=(PRN("oxycodone", "po", 5, 4, 4), PRN("oxycodone", "po", 10, 4, 4))),
-     ["two PRN rules for oxycodone PO with the same threshold NRS>=4"]),
-    (lambda: Regimen("r", modalities=(Modality("tens", ((0, 1),)), Modality("tens", ((5, 6),)))),
-     ["modality 'tens' is given twice"]),
-])
+@pytest.mark.parametrize(
+    "make, fragments",
+    [
+        (
+            lambda: Scheduled("acetamol", "iv", dose_mg=1),
+            ["scheduled item 'acetamol'", "unknown drug 'acetamol'", "known drugs:", "acetaminophen", "ketorolac"],
+        ),
+        (
+            lambda: Scheduled("ketorolac", "po", dose_mg=30),
+            ["scheduled item 'ketorolac'", "ketorolac has no route 'po'", "routes of ketorolac: iv (IV)"],
+        ),
+        (
+            lambda: Scheduled("acetaminophen", "iv", dose_mg=0),
+            ["scheduled item 'acetaminophen'", "dose_mg must be > 0"],
+        ),
+        (lambda: Scheduled("acetaminophen", "iv", dose_mg=-5), ["dose_mg must be > 0, got -5"]),
+        (
+            lambda: Scheduled("acetaminophen", "iv", dose_mg=1000, dose_mg_per_kg=15),
+            ["give exactly one of dose_mg, dose_mg_per_kg", "got dose_mg, dose_mg_per_kg"],
+        ),
+        (lambda: Scheduled("acetaminophen", "iv"), ["give exactly one of", "got none"]),
+        (
+            lambda: Scheduled("acetaminophen", "iv", dose_mg=1000, every_h=6, start_h=10, stop_h=5),
+            ["stop_h (5 h) must be after start_h (10 h)"],
+        ),
+        (lambda: Scheduled("acetaminophen", "iv", dose_mg=1000, stop_h=24), ["a single dose", "takes no stop_h"]),
+        (
+            lambda: Scheduled("acetaminophen", "iv", dose_mg=1000, every_h=6, count=0),
+            ["count must be a whole number >= 1"],
+        ),
+        (lambda: Scheduled("acetaminophen", "iv", dose_mg=1000, every_h=0), ["every_h must be > 0"]),
+        (
+            lambda: Scheduled("acetaminophen", "iv", dose_mg=1000, every_h=6, infusion_h=7),
+            ["infusion_h (7 h) is longer than the dosing interval every_h (6 h)"],
+        ),
+        (
+            lambda: Scheduled("acetaminophen", "po", dose_mg=1000, every_h=6, infusion_h=0.25),
+            ["an oral (PO) dose cannot be an infusion"],
+        ),
+        (lambda: Scheduled("ketamine", "iv", rate_mg_per_kg_h=0.25, every_h=6), ["continuous infusion", "every_h"]),
+        (lambda: Scheduled("acetaminophen", "iv", dose_mg=float("nan")), ["dose_mg must be finite"]),
+        (lambda: Scheduled("acetaminophen", "iv", dose_mg="1000"), ["dose_mg must be a number"]),
+        (
+            lambda: PRN("oxycodone", "po", 5, 11, 4),
+            ["PRN item 'oxycodone'", "threshold_nrs must be on the 0-10 NRS scale"],
+        ),
+        (lambda: PRN("oxycodone", "po", 5, 4, 0), ["min_interval_h must be > 0"]),
+        (lambda: PRN("oxycodone", "po", 5, 4, 4, max_per_24h=0), ["max_per_24h must be a whole number >= 1"]),
+        (lambda: PRN("oxycodone", "iv", 5, 4, 4), ["oxycodone has no route 'iv'", "po (PO), po_er (PO ER)"]),
+        (
+            lambda: PCA("hydromorphone", demand_mg=0.2, lockout_min=0),
+            ["PCA item 'hydromorphone'", "lockout_min must be > 0"],
+        ),
+        (lambda: PCA("hydromorphone", demand_mg=0, lockout_min=10), ["demand_mg must be > 0"]),
+        (
+            lambda: PCA("hydromorphone", demand_mg=0.4, lockout_min=10, hourly_max_mg=0.3),
+            ["hourly_max_mg (0.3 mg) is below one demand"],
+        ),
+        (
+            lambda: PCA("hydromorphone", demand_mg=0.2, lockout_min=10, start_h=24, stop_h=0),
+            ["stop_h (0 h) must be after start_h (24 h)"],
+        ),
+        (
+            lambda: Modality("yoga", ((0, 1),)),
+            ["modality 'yoga'", "known kinds: tens, physical_therapy, psych_education"],
+        ),
+        (lambda: Modality("tens", ((0, 2), (1, 3))), ["windows 0h-2h and 1h-3h overlap"]),
+        (lambda: Modality("tens", ((2, 1),)), ["window 2h-1h must end after it starts"]),
+        (lambda: Modality("tens", ()), ["give at least one (start_h, end_h) window"]),
+        (lambda: Adjustment("AGEE >= 65", 15), ["unknown covariate 'AGEE'", "known covariate columns: AGE"]),
+        (lambda: Adjustment("AGE = 65", 15), ["use '==' for equality"]),
+        (lambda: Adjustment("AGE >= 65 or", 15), ["expected a covariate column", "AGE >= 65 or WT < 50"]),
+        (lambda: Adjustment("AGE >= 65", 0), ["dose_mg must be > 0"]),
+        (lambda: Regimen(""), ["regimen name must be a non-empty one-line string"]),
+        (lambda: Regimen("r", horizon_h=0), ["regimen 'r': horizon_h must be > 0"]),
+        (
+            lambda: Regimen("r", prn=(PRN("oxycodone", "po", 5, 4, 4, start_h=80),)),
+            ["oxycodone 5 mg PO q4h PRN NRS>=4 starts at 80h, at or after the horizon (72h)"],
+        ),
+        (
+            lambda: Regimen("r", prn=(PRN("oxycodone", "po", 5, 4, 4), PRN("oxycodone", "po", 10, 4, 4))),
+            ["two PRN rules for oxycodone PO with the same threshold NRS>=4"],
+        ),
+        (
+            lambda: Regimen("r", modalities=(Modality("tens", ((0, 1),)), Modality("tens", ((5, 6),)))),
+            ["modality 'tens' is given twice"],
+        ),
+    ],
+)
 def test_construction_errors_name_the_item_and_the_problem(make, fragments):
     with pytest.raises(RegimenError) as info:
         make()
@@ -145,11 +184,13 @@ def test_dose_events_expand_interval_stop_count_and_horizon():
     assert [e.time_h for e in ev] == [0, 8, 16]
     ev = Regimen("r", scheduled=(Scheduled("gabapentin", "po", dose_mg=300, every_h=8),)).dose_events()
     assert [e.time_h for e in ev] == [8.0 * k for k in range(9)]  # to the 72-h horizon: 0..64 h
-    ev = Regimen("r", horizon_h=24, scheduled=(Scheduled("gabapentin", "po", dose_mg=300, every_h=8, start_h=-2),
-                                               )).dose_events()
+    ev = Regimen(
+        "r", horizon_h=24, scheduled=(Scheduled("gabapentin", "po", dose_mg=300, every_h=8, start_h=-2),)
+    ).dose_events()
     assert [e.time_h for e in ev] == [-2, 6, 14, 22]
-    ev = Regimen("r", scheduled=(Scheduled("acetaminophen", "iv", dose_mg=1000, every_h=6, stop_h=12,
-                                           infusion_h=0.25),)).dose_events()
+    ev = Regimen(
+        "r", scheduled=(Scheduled("acetaminophen", "iv", dose_mg=1000, every_h=6, stop_h=12, infusion_h=0.25),)
+    ).dose_events()
     assert [(e.duration_h, e.rate_mg_h) for e in ev] == [(0.25, 4000.0)] * 2
 
 
@@ -173,22 +214,36 @@ def test_dose_events_resolve_mg_per_kg_rates_and_pca():
         r.dose_events({"AGE": 50})
 
 
-@pytest.mark.parametrize("cov, dose", [
-    ({"AGE": 50, "WT": 70, "CRCL": 100}, 30.0),
-    ({"AGE": 65, "WT": 70, "CRCL": 100}, 15.0),  # label: >= 65 y
-    ({"AGE": 50, "WT": 49.9, "CRCL": 100}, 15.0),  # < 50 kg
-    ({"AGE": 50, "WT": 70, "CRCL": 59}, 15.0),  # renal impairment (CrCL threshold of C1)
-])
+@pytest.mark.parametrize(
+    "cov, dose",
+    [
+        ({"AGE": 50, "WT": 70, "CRCL": 100}, 30.0),
+        ({"AGE": 65, "WT": 70, "CRCL": 100}, 15.0),  # label: >= 65 y
+        ({"AGE": 50, "WT": 49.9, "CRCL": 100}, 15.0),  # < 50 kg
+        ({"AGE": 50, "WT": 70, "CRCL": 59}, 15.0),  # renal impairment (CrCL threshold of C1)
+    ],
+)
 def test_adjustments_replace_the_dose(cov, dose):
-    s = Scheduled("ketorolac", "iv", dose_mg=30, every_h=6, stop_h=48,
-                  adjustments=(Adjustment("AGE>=65 or WT<50 or CRCL<60", 15, "Toradol label"),))
+    s = Scheduled(
+        "ketorolac",
+        "iv",
+        dose_mg=30,
+        every_h=6,
+        stop_h=48,
+        adjustments=(Adjustment("AGE>=65 or WT<50 or CRCL<60", 15, "Toradol label"),),
+    )
     assert s.adjustments[0].when == "AGE >= 65 or WT < 50 or CRCL < 60"
     assert {e.amount_mg for e in s.events(cov)} == {dose}
 
 
 def test_first_true_adjustment_wins_and_missing_covariates_raise():
-    s = Scheduled("ketorolac", "iv", dose_mg=30, every_h=6,
-                  adjustments=(Adjustment("AGE >= 80", 10), Adjustment("AGE >= 65 and WT >= 50", 15)))
+    s = Scheduled(
+        "ketorolac",
+        "iv",
+        dose_mg=30,
+        every_h=6,
+        adjustments=(Adjustment("AGE >= 80", 10), Adjustment("AGE >= 65 and WT >= 50", 15)),
+    )
     assert s.dose_for({"AGE": 85, "WT": 70}) == 10
     assert s.dose_for({"AGE": 70, "WT": 70}) == 15
     assert s.dose_for({"AGE": 70, "WT": 45}) == 30  # 'and' binds: neither condition holds
@@ -225,8 +280,9 @@ def test_brief_example_parses_into_the_expected_items():
     assert r.scheduled == (
         Scheduled("acetaminophen", "iv", dose_mg=1000, every_h=6, start_h=0, stop_h=72),
         Scheduled("acetaminophen", "po", dose_mg=1000, start_h=-2),
-        Scheduled("ketorolac", "iv", dose_mg=30, every_h=6, stop_h=48,
-                  adjustments=(Adjustment("AGE >= 65 or WT < 50", 15),)),
+        Scheduled(
+            "ketorolac", "iv", dose_mg=30, every_h=6, stop_h=48, adjustments=(Adjustment("AGE >= 65 or WT < 50", 15),)
+        ),
         Scheduled("gabapentin", "po", dose_mg=300, every_h=8),
         Scheduled("ketamine", "iv", dose_mg_per_kg=0.5, start_h=-1),
         Scheduled("ketamine", "iv", rate_mg_per_kg_h=0.25, start_h=-3, stop_h=0),
@@ -260,34 +316,39 @@ psych_education
     assert (s2.route, s2.every_h, s2.stop_h) == ("po_er", 12.0, 48.0)
     assert r.prn[0] == PRN("oxycodone", "po", 5, 4, 4, start_h=24, max_per_24h=4)
     assert r.pca[0] == PCA("hydromorphone", "iv", 0.2, 6, 0, 24, 0.1, 2, 1)
-    assert r.modalities == (Modality("physical_therapy", ((24, 25), (48, 49)), enabled=False),
-                            Modality("psych_education"))
+    assert r.modalities == (
+        Modality("physical_therapy", ((24, 25), (48, 49)), enabled=False),
+        Modality("psych_education"),
+    )
 
 
-@pytest.mark.parametrize("bad, token, fragment", [
-    ("acetamol 1000 mg IV q6h", "acetamol", "unknown drug 'acetamol'; known drugs:"),
-    ("acetaminophen 1000 IV q6h", "IV", "expected a dose unit after '1000'"),
-    ("acetaminophen 1000 mg IM q6h", "IM", "acetaminophen has no route 'IM'; routes of acetaminophen: IV, PO"),
-    ("acetaminophen 1000 mg IV q6h banana", "banana", "unexpected word; expected one of"),
-    ("acetaminophen 1000 mg IV q6h from 10h to 5h", "5h", "stop_h (5 h) must be after start_h (10 h)"),
-    ("acetaminophen 1000 mg IV once at -2", "-2", "a time needs a unit"),
-    ("acetaminophen 1000 mg IV q6h q8h", "q8h", "'q8h' is given twice"),
-    ("acetaminophen 1000 mg IV once at -2h q6h", "q6h", "either 'once' or repeated"),
-    ("acetaminophen 1000 mg IV q6h over 7h", "7h", "infusion_h (7 h) is longer than the dosing interval"),
-    ("ketorolac 30 mg IV q6h for 48h if AGEE>=65: 15 mg", "AGEE", "unknown covariate 'AGEE'"),
-    ("ketorolac 30 mg IV q6h if AGE>=65: 15 mg/kg", "15 mg/kg", "the adjusted dose is given in mg"),
-    ("oxycodone 5 mg PO q4h PRN NRS>4", ">", "write the PRN threshold as 'NRS>=4'"),
-    ("oxycodone 5 mg PO q4h PRN NRS>=11", "11", "threshold_nrs must be on the 0-10 NRS scale"),
-    ("oxycodone 5 mg PO PRN NRS>=4", "PRN", "needs its minimum interval, e.g. 'q4h'"),
-    ("oxycodone 5 mg PO q4h PRN NRS>=4 if AGE>65: 2 mg", "if", "adjustments"),
-    ("hydromorphone 0.2 mg IV PCA", "PCA", "needs its lockout, e.g. 'lockout 10 min'"),
-    ("hydromorphone 0.2 mg IV PCA lockout 10 min q4h", "q4h", "'q4h' does not apply to a PCA line"),
-    ("hydromorphone 0.2 mg IV PCA lockout 10 min max 5", "5", "expected a unit"),
-    ("ketamine 0.25 mg/kg/h IV infusion q6h from -3h to 0h", "q6h", "continuous infusion"),
-    ("tens on 2h-1h", "tens", "window 2h-1h must end after it starts"),
-    ("tens on 0h-2h blah", "blah", "expected ', <window>' or 'disabled'"),
-    ("horizon: -3h", "-3h", "the horizon must be > 0"),
-])
+@pytest.mark.parametrize(
+    "bad, token, fragment",
+    [
+        ("acetamol 1000 mg IV q6h", "acetamol", "unknown drug 'acetamol'; known drugs:"),
+        ("acetaminophen 1000 IV q6h", "IV", "expected a dose unit after '1000'"),
+        ("acetaminophen 1000 mg IM q6h", "IM", "acetaminophen has no route 'IM'; routes of acetaminophen: IV, PO"),
+        ("acetaminophen 1000 mg IV q6h banana", "banana", "unexpected word; expected one of"),
+        ("acetaminophen 1000 mg IV q6h from 10h to 5h", "5h", "stop_h (5 h) must be after start_h (10 h)"),
+        ("acetaminophen 1000 mg IV once at -2", "-2", "a time needs a unit"),
+        ("acetaminophen 1000 mg IV q6h q8h", "q8h", "'q8h' is given twice"),
+        ("acetaminophen 1000 mg IV once at -2h q6h", "q6h", "either 'once' or repeated"),
+        ("acetaminophen 1000 mg IV q6h over 7h", "7h", "infusion_h (7 h) is longer than the dosing interval"),
+        ("ketorolac 30 mg IV q6h for 48h if AGEE>=65: 15 mg", "AGEE", "unknown covariate 'AGEE'"),
+        ("ketorolac 30 mg IV q6h if AGE>=65: 15 mg/kg", "15 mg/kg", "the adjusted dose is given in mg"),
+        ("oxycodone 5 mg PO q4h PRN NRS>4", ">", "write the PRN threshold as 'NRS>=4'"),
+        ("oxycodone 5 mg PO q4h PRN NRS>=11", "11", "threshold_nrs must be on the 0-10 NRS scale"),
+        ("oxycodone 5 mg PO PRN NRS>=4", "PRN", "needs its minimum interval, e.g. 'q4h'"),
+        ("oxycodone 5 mg PO q4h PRN NRS>=4 if AGE>65: 2 mg", "if", "adjustments"),
+        ("hydromorphone 0.2 mg IV PCA", "PCA", "needs its lockout, e.g. 'lockout 10 min'"),
+        ("hydromorphone 0.2 mg IV PCA lockout 10 min q4h", "q4h", "'q4h' does not apply to a PCA line"),
+        ("hydromorphone 0.2 mg IV PCA lockout 10 min max 5", "5", "expected a unit"),
+        ("ketamine 0.25 mg/kg/h IV infusion q6h from -3h to 0h", "q6h", "continuous infusion"),
+        ("tens on 2h-1h", "tens", "window 2h-1h must end after it starts"),
+        ("tens on 0h-2h blah", "blah", "expected ', <window>' or 'disabled'"),
+        ("horizon: -3h", "-3h", "the horizon must be > 0"),
+    ],
+)
 def test_text_errors_name_line_token_and_show_an_example(bad, token, fragment):
     text = "# comment\n\nacetaminophen 1000 mg PO q6h\n" + bad + "\n"
     with pytest.raises(RegimenParseError) as info:
@@ -321,22 +382,36 @@ def _full_regimen() -> Regimen:
         name="everything",
         description='Line one with "quotes" and a backslash \\ and # hash.\n\n  indented line after a blank one',
         scheduled=(
-            Scheduled("acetaminophen", "iv", dose_mg=1000, every_h=6, start_h=0.1 + 0.2, stop_h=71.5,
-                      infusion_h=0.25),
+            Scheduled("acetaminophen", "iv", dose_mg=1000, every_h=6, start_h=0.1 + 0.2, stop_h=71.5, infusion_h=0.25),
             Scheduled("acetaminophen", "po", dose_mg=650, start_h=-2),
-            Scheduled("ketorolac", "iv", dose_mg=30, every_h=6, stop_h=48, count=7, adjustments=(
-                Adjustment("AGE >= 65 or WT < 50 and CRCL < 60", 15, 'label "renal" clause \\ note'),
-                Adjustment("HEPATIC == 2", 7.5))),
+            Scheduled(
+                "ketorolac",
+                "iv",
+                dose_mg=30,
+                every_h=6,
+                stop_h=48,
+                count=7,
+                adjustments=(
+                    Adjustment("AGE >= 65 or WT < 50 and CRCL < 60", 15, 'label "renal" clause \\ note'),
+                    Adjustment("HEPATIC == 2", 7.5),
+                ),
+            ),
             Scheduled("ketamine", "iv", dose_mg_per_kg=0.5, start_h=-1),
             Scheduled("ketamine", "iv", rate_mg_per_kg_h=0.25, start_h=-3, stop_h=0),
             Scheduled("ketamine", "iv", rate_mg_h=1e-7, start_h=0),
             Scheduled("oxycodone", "po_er", dose_mg=10, every_h=12),
         ),
-        prn=(PRN("oxycodone", "po", 5, 4, 4, start_h=24, stop_h=72), PRN("oxycodone", "po", 10, 7.5, 4, max_per_24h=3),
-             PRN("hydromorphone", "iv", 0.5, 7, 2 / 3)),
+        prn=(
+            PRN("oxycodone", "po", 5, 4, 4, start_h=24, stop_h=72),
+            PRN("oxycodone", "po", 10, 7.5, 4, max_per_24h=3),
+            PRN("hydromorphone", "iv", 0.5, 7, 2 / 3),
+        ),
         pca=(PCA("hydromorphone", "iv", 0.2, 10, 0, 24, basal_mg_h=0.1, hourly_max_mg=1.5, loading_mg=0.4),),
-        modalities=(Modality("tens", ((-3.5, -2), (0, 2), (8, 10))), Modality("physical_therapy", ((24, 25),), False),
-                    Modality("psych_education")),
+        modalities=(
+            Modality("tens", ((-3.5, -2), (0, 2), (8, 10))),
+            Modality("physical_therapy", ((24, 25),), False),
+            Modality("psych_education"),
+        ),
         horizon_h=96,
         references=("Iyer 2023, Spine", "clinical.md 3.2"),
     )
@@ -355,15 +430,24 @@ def test_round_trips_text_and_toml(name, tmp_path: Path):
 def test_toml_errors_name_table_item_and_line(tmp_path: Path):
     base = 'name = "x"\n\n[[scheduled]]\ndrug = "acetaminophen"\nroute = "po"\ndose_mg = 1000.0\n\n'
     cases = [
-        ('[[scheduled]]\ndrug = "ketorolac"\nroute = "iv"\ndose = 30.0\n',
-         ["[[scheduled]] item 2 (line 8)", "unknown key 'dose'", "known keys: drug, route, dose_mg"]),
-        ('[[scheduled]]\ndrug = "ketorolac"\nroute = "po"\ndose_mg = 30.0\n',
-         ["[[scheduled]] item 2 (line 8)", "ketorolac has no route 'po'"]),
+        (
+            '[[scheduled]]\ndrug = "ketorolac"\nroute = "iv"\ndose = 30.0\n',
+            ["[[scheduled]] item 2 (line 8)", "unknown key 'dose'", "known keys: drug, route, dose_mg"],
+        ),
+        (
+            '[[scheduled]]\ndrug = "ketorolac"\nroute = "po"\ndose_mg = 30.0\n',
+            ["[[scheduled]] item 2 (line 8)", "ketorolac has no route 'po'"],
+        ),
         ('[[prn]]\ndrug = "oxycodone"\nroute = "po"\ndose_mg = 5.0\n', ["[[prn]] item 1 (line 8)", "threshold_nrs"]),
         ('[[modalities]]\nkind = "tens"\n', ["unknown key 'modalities'", "the table is [[modality]]"]),
-        ('horizon_h = 72.0\n', ["[[scheduled]] item 1 (line 3)", "unknown key 'horizon_h'"]),  # inside the table
-        (('[[scheduled]]\ndrug = "ketorolac"\nroute = "iv"\ndose_mg = 30.0\nevery_h = 6.0\n'
-          'adjustments = [{ when = "AGE >= 65", dose = 15.0 }]\n'), ["item 2 (line 8)", "unknown key 'dose'"]),
+        ("horizon_h = 72.0\n", ["[[scheduled]] item 1 (line 3)", "unknown key 'horizon_h'"]),  # inside the table
+        (
+            (
+                '[[scheduled]]\ndrug = "ketorolac"\nroute = "iv"\ndose_mg = 30.0\nevery_h = 6.0\n'
+                'adjustments = [{ when = "AGE >= 65", dose = 15.0 }]\n'
+            ),
+            ["item 2 (line 8)", "unknown key 'dose'"],
+        ),
     ]
     for extra, fragments in cases:
         p = tmp_path / "bad.toml"
@@ -433,8 +517,10 @@ def test_ketorolac_for_a_70_year_old_gives_the_brief_message():
     assert set(f) == {"max_single_dose", "max_daily_dose"} and all(x.severity == "warning" for x in f.values())
     # 30 mg q6h = 4 x 30 = 120 mg/24 h; label for >= 65 y: 15 mg per dose, 60 mg/day (models.md C)
     assert f["max_daily_dose"].message.startswith("ketorolac 30 mg IV q6h gives 120 mg/24 h")
-    assert "the label maximum for a patient aged 70 is 60 mg/day IV (Toradol label via models.md C)" in \
-        f["max_daily_dose"].message
+    assert (
+        "the label maximum for a patient aged 70 is 60 mg/day IV (Toradol label via models.md C)"
+        in f["max_daily_dose"].message
+    )
     assert "is 15 mg per dose" in f["max_single_dose"].message
     assert not f["max_daily_dose"].unverified
     # the same schedule for 72 h breaks the fusion caps: 12 doses = 360 mg > 240 mg, course 72 h > 48 h
@@ -449,7 +535,9 @@ def test_45_kg_patient_gets_per_kg_acetaminophen_limits():
     r = parse_regimen_text("acetaminophen 1000 mg IV q6h")
     f = {x.rule: x.message for x in check_regimen(r, {**STD, "WT": 45})}
     # models.md C: < 50 kg: 15 mg/kg per dose (675 mg at 45 kg), 75 mg/kg/day (3375 mg)
-    assert "the label maximum for a patient weighing 45 kg is 675 mg per dose (15 mg/kg x 45 kg)" in f["max_single_dose"]
+    assert (
+        "the label maximum for a patient weighing 45 kg is 675 mg per dose (15 mg/kg x 45 kg)" in f["max_single_dose"]
+    )
     assert "4000 mg/24 h" in f["max_daily_dose"] and "3375 mg/day (75 mg/kg/day x 45 kg)" in f["max_daily_dose"]
     ok = parse_regimen_text("acetaminophen 15 mg/kg IV q6h")  # 675 mg q6h = 2700 mg/day
     assert check_regimen(ok, {**STD, "WT": 45}) == []
@@ -503,31 +591,39 @@ def test_opioid_as_needed_dose_fractions_in_renal_and_hepatic_impairment():
     assert [x.rule for x in f] == ["starting_dose"] and "at most 0.25 mg per dose" in f[0].message
     assert f[0].unverified and "DILAUDID" in f[0].message
     assert check_regimen(parse_regimen_text("hydromorphone 0.25 mg IV q2h PRN NRS>=7"), crcl15) == []
-    assert check_regimen(parse_regimen_text("hydromorphone 0.3 mg IV q2h PRN NRS>=7"), crcl15,
-                         include_unverified=False) == []
+    assert (
+        check_regimen(parse_regimen_text("hydromorphone 0.3 mg IV q2h PRN NRS>=7"), crcl15, include_unverified=False)
+        == []
+    )
     assert check_regimen(parse_regimen_text("hydromorphone 0.3 mg IV q2h PRN NRS>=7"), STD) == []
 
 
 def test_severe_hepatic_impairment_contraindicates_iv_acetaminophen():
     f = check_regimen(get_regimen("IYER_APAP"), {**STD, "HEPATIC": 3})
-    assert [(x.severity, x.drug, x.rule, x.unverified) for x in f if x.severity == "error"] == \
-        [("error", "acetaminophen", "contraindicated", False)]
+    assert [(x.severity, x.drug, x.rule, x.unverified) for x in f if x.severity == "error"] == [
+        ("error", "acetaminophen", "contraindicated", False)
+    ]
     assert "acetaminophen IV is contraindicated for a patient with hepatic impairment grade 3" in f[0].message
 
 
-@pytest.mark.parametrize("phenotypes, expect", [
-    ({"CYP2D6": "PM"}, {"codeine", "tramadol"}),
-    ({"CYP2D6": "poor"}, {"codeine", "tramadol"}),
-    ({"CYP2D6": "*4/*4"}, {"codeine", "tramadol"}),  # AS 0 = PM (models.md D1)
-    ({"CYP2D6": "*1/*2x2"}, {"codeine", "tramadol"}),  # AS 3 > 2.25 = UM: avoid both (models.md D1)
-    ({"CYP2D6": "normal"}, set()),
-    ({"CYP2D6": 0.5}, set()),  # IM: label dosing
-    (None, set()),
-])
+@pytest.mark.parametrize(
+    "phenotypes, expect",
+    [
+        ({"CYP2D6": "PM"}, {"codeine", "tramadol"}),
+        ({"CYP2D6": "poor"}, {"codeine", "tramadol"}),
+        ({"CYP2D6": "*4/*4"}, {"codeine", "tramadol"}),  # AS 0 = PM (models.md D1)
+        ({"CYP2D6": "*1/*2x2"}, {"codeine", "tramadol"}),  # AS 3 > 2.25 = UM: avoid both (models.md D1)
+        ({"CYP2D6": "normal"}, set()),
+        ({"CYP2D6": 0.5}, set()),  # IM: label dosing
+        (None, set()),
+    ],
+)
 def test_cpic_cyp2d6_rules_for_codeine_and_tramadol(phenotypes, expect):
     """models.md D1 / clinical.md 5.1: codeine and tramadol: avoid for PM (AS 0) and UM (AS > 2.25); label dosing
     for NM and IM; oxycodone: no actionable recommendation."""
-    r = parse_regimen_text("tramadol 100 mg PO ER q12h\ncodeine 30 mg PO q4h PRN NRS>=4\noxycodone 5 mg PO q4h PRN NRS>=7")
+    r = parse_regimen_text(
+        "tramadol 100 mg PO ER q12h\ncodeine 30 mg PO q4h PRN NRS>=4\noxycodone 5 mg PO q4h PRN NRS>=7"
+    )
     errors = [f for f in check_regimen(r, STD, phenotypes) if f.rule == "cpic"]
     assert {f.drug for f in errors} == expect
     assert all(f.severity == "error" and "CPIC recommends avoiding" in f.message for f in errors)
@@ -552,8 +648,9 @@ def test_cyp2c9_poor_metabolizer_caps_celecoxib():
     assert "CPIC-derived maximum for a CYP2C9 poor metabolizer is 50 mg per dose" in f["max_single_dose"].message
     assert "gives 400 mg/24 h" in f["max_daily_dose"].message and "100 mg/day" in f["max_daily_dose"].message
     assert check_regimen(parse_regimen_text("celecoxib 50 mg PO q12h"), STD, {"CYP2C9": 0.5}) == []
-    assert sorted(x.rule for x in check_regimen(parse_regimen_text("celecoxib 100 mg PO q12h"), STD, {"CYP2C9": 0.5})) == [
-        "max_daily_dose", "max_single_dose"]
+    assert sorted(
+        x.rule for x in check_regimen(parse_regimen_text("celecoxib 100 mg PO q12h"), STD, {"CYP2C9": 0.5})
+    ) == ["max_daily_dose", "max_single_dose"]
 
 
 def test_celecoxib_and_ibuprofen_renal_and_hepatic_restrictions():
@@ -637,19 +734,34 @@ def test_c0_matches_clinical_md():
     # clinical.md 3.2: hydromorphone IV PCA 0.2 mg / 10-min lockout for 0-24 h
     assert c0.pca == (PCA("hydromorphone", "iv", 0.2, 10, 0, 24),)
     # then oxycodone 5-10 mg q4h PRN for NRS >= 4; acetaminophen 1 g q8h
-    assert {(p.dose_mg, p.threshold_nrs, p.min_interval_h, p.start_h) for p in c0.prn} == {(5, 4, 4, 24), (10, 7, 4, 24)}
+    assert {(p.dose_mg, p.threshold_nrs, p.min_interval_h, p.start_h) for p in c0.prn} == {
+        (5, 4, 4, 24),
+        (10, 7, 4, 24),
+    }
     ev = c0.dose_events(STD)
     assert [e.time_h for e in ev] == [8.0 * k for k in range(9)] and {e.amount_mg for e in ev} == {1000}
 
 
 def test_c1_matches_clinical_md_and_keeps_the_ketorolac_fusion_caps():
     c1 = get_regimen("C1")
-    assert set(c1.drugs()) == {"acetaminophen", "gabapentin", "ketamine", "bupivacaine_liposomal", "ketorolac",
-                               "oxycodone", "hydromorphone"}
+    assert set(c1.drugs()) == {
+        "acetaminophen",
+        "gabapentin",
+        "ketamine",
+        "bupivacaine_liposomal",
+        "ketorolac",
+        "oxycodone",
+        "hydromorphone",
+    }
     ev = c1.dose_events(STD)
     pre = {(e.drug, e.time_h, e.amount_mg) for e in ev if e.time_h < 0}
-    assert pre == {("acetaminophen", -2, 1000), ("gabapentin", -2, 600), ("ketamine", -2, 35.0),  # 0.5 mg/kg x 70
-                   ("ketorolac", -0.5, 30), ("bupivacaine_liposomal", -0.25, 266)}
+    assert pre == {
+        ("acetaminophen", -2, 1000),
+        ("gabapentin", -2, 600),
+        ("ketamine", -2, 35.0),  # 0.5 mg/kg x 70
+        ("ketorolac", -0.5, 30),
+        ("bupivacaine_liposomal", -0.25, 266),
+    }
     ket = [e for e in ev if e.drug == "ketorolac"]
     assert len(ket) == 8 and sum(e.amount_mg for e in ket) == 240  # clinical.md 2: <= 240 mg
     assert ket[-1].time_h + 6 - ket[0].time_h == 48  # <= 48 h course
@@ -657,8 +769,11 @@ def test_c1_matches_clinical_md_and_keeps_the_ketorolac_fusion_caps():
     assert {e.amount_mg for e in old} == {15}
     post = [e for e in ev if e.drug == "acetaminophen" and e.time_h > 0]
     assert [e.time_h for e in post][:3] == [4, 10, 16]
-    assert {(p.drug, p.dose_mg, p.threshold_nrs) for p in c1.prn} == {("oxycodone", 5, 4), ("oxycodone", 10, 7),
-                                                                      ("hydromorphone", 0.5, 7)}
+    assert {(p.drug, p.dose_mg, p.threshold_nrs) for p in c1.prn} == {
+        ("oxycodone", 5, 4),
+        ("oxycodone", 10, 7),
+        ("hydromorphone", 0.5, 7),
+    }
 
 
 def test_iyer_arms_differ_only_in_the_studied_drug():

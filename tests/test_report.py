@@ -28,9 +28,19 @@ from cli_helpers import cli_output, runner
 from cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1200,2000", "--enable-logging=stderr", "--v=0"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1200,2000",
+    "--enable-logging=stderr",
+    "--v=0",
+]
 
 #: Table ids (and one header of each) the rendered page must hold, per run type.
 KEY_TABLES = {
@@ -83,28 +93,66 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     """kind -> the path to give `pkpd report` (the runs are made once, through the CLI)."""
     d = tmp_path_factory.mktemp("report_runs")
     (d / "sim").mkdir()
-    _invoke(["simulate", str(ROOT / "examples" / "oxycodone_postop.csv"), "--params",
-             str(ROOT / "examples" / "oxycodone_agema2021.toml"), "--out", str(d / "sim" / "oxy.csv"),
-             "--plot", str(d / "sim" / "oxy.png")])
+    _invoke(
+        [
+            "simulate",
+            str(ROOT / "examples" / "oxycodone_postop.csv"),
+            "--params",
+            str(ROOT / "examples" / "oxycodone_agema2021.toml"),
+            "--out",
+            str(d / "sim" / "oxy.csv"),
+            "--plot",
+            str(d / "sim" / "oxy.png"),
+        ]
+    )
     _invoke(["simulate", "--regimen", "C1", "--population", "3", "--seed", "1", "--out", str(d / "pop")])
     _fit_data(d / "iv.csv")
     (d / "iv.toml").write_text(FIT_MODEL)
-    _invoke(["fit", str(d / "iv.csv"), "--model", str(d / "iv.toml"), "--out", str(d / "fit"),
-             "--vpc-replicates", "20", "--npde-replicates", "50"])
-    _invoke(["optimize", "--patient", str(ROOT / "examples" / "patient_spine.toml"), "--out", str(d / "opt"),
-             "--draws", "4", "--steps", "5"])
-    _invoke(["trial", "--population", "1", "--draws", "4", "--steps", "5", "--chunk", "1", "--out",
-             str(d / "trial")])
-    return {"simulate-dataset": d / "sim" / "oxy.csv", "simulate-population": d / "pop", "fit": d / "fit",
-            "optimize": d / "opt", "trial": d / "trial"}
+    _invoke(
+        [
+            "fit",
+            str(d / "iv.csv"),
+            "--model",
+            str(d / "iv.toml"),
+            "--out",
+            str(d / "fit"),
+            "--vpc-replicates",
+            "20",
+            "--npde-replicates",
+            "50",
+        ]
+    )
+    _invoke(
+        [
+            "optimize",
+            "--patient",
+            str(ROOT / "examples" / "patient_spine.toml"),
+            "--out",
+            str(d / "opt"),
+            "--draws",
+            "4",
+            "--steps",
+            "5",
+        ]
+    )
+    _invoke(["trial", "--population", "1", "--draws", "4", "--steps", "5", "--chunk", "1", "--out", str(d / "trial")])
+    return {
+        "simulate-dataset": d / "sim" / "oxy.csv",
+        "simulate-population": d / "pop",
+        "fit": d / "fit",
+        "optimize": d / "opt",
+        "trial": d / "trial",
+    }
 
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
     exe = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None)
     if exe is None:
-        pytest.fail("headless Chromium is needed to check the HTML reports and is not installed: run "
-                    "`apt-get install -y chromium` (as root; `make test` does it where apt is available)")
+        pytest.fail(
+            "headless Chromium is needed to check the HTML reports and is not installed: run "
+            "`apt-get install -y chromium` (as root; `make test` does it where apt is available)"
+        )
     return exe
 
 
@@ -112,8 +160,19 @@ def _render(chromium: str, html_file: Path, tmp: Path, width: int = 1200) -> tup
     """Screenshot, rendered DOM and browser log of one page (a window ``width`` CSS px wide)."""
     shot = tmp / "shot.png"
     flags = [f if not f.startswith("--window-size=") else f"--window-size={width},2000" for f in FLAGS]
-    proc = subprocess.run([chromium, *flags, f"--user-data-dir={tmp / 'profile'}", f"--screenshot={shot}",
-                           "--dump-dom", html_file.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            chromium,
+            *flags,
+            f"--user-data-dir={tmp / 'profile'}",
+            f"--screenshot={shot}",
+            "--dump-dom",
+            html_file.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return shot, proc.stdout, proc.stderr
 
@@ -123,8 +182,13 @@ def test_manifests_record_inputs_and_versions(runs):
     SHA-256 of its content, the package versions and a UTC time."""
     from pkpd.manifest import file_sha256, read_manifest
 
-    expect = {"simulate-dataset": ("simulate", ["data", "params"]), "simulate-population": ("simulate", ["regimen"]),
-              "fit": ("fit", ["data", "model"]), "optimize": ("optimize", ["patient"]), "trial": ("trial", [])}
+    expect = {
+        "simulate-dataset": ("simulate", ["data", "params"]),
+        "simulate-population": ("simulate", ["regimen"]),
+        "fit": ("fit", ["data", "model"]),
+        "optimize": ("optimize", ["patient"]),
+        "trial": ("trial", []),
+    }
     for kind, path in runs.items():
         man_file = path.with_name("oxy.run.json") if kind == "simulate-dataset" else path / "run.json"
         man = read_manifest(man_file)
@@ -140,7 +204,10 @@ def test_manifests_record_inputs_and_versions(runs):
     pop = read_manifest(runs["simulate-population"] / "run.json")
     shipped = ROOT / "regimens" / "data" / "C1.toml"  # a shipped regimen is recorded by its file and SHA-256
     assert pop["arguments"]["population"] == 3 and pop["inputs"]["regimen"] == {
-        "path": str(shipped.resolve()), "sha256": file_sha256(shipped), "bytes": shipped.stat().st_size}
+        "path": str(shipped.resolve()),
+        "sha256": file_sha256(shipped),
+        "bytes": shipped.stat().st_size,
+    }
     assert read_manifest(runs["trial"] / "run.json")["arguments"]["draws"] == 4
     sim = read_manifest(runs["simulate-dataset"].with_name("oxy.run.json"))
     assert sim["outputs"] == ["oxy.csv", "oxy.png"] and "population" not in sim["arguments"]
@@ -238,8 +305,8 @@ def test_dataset_report_counts_additional_doses(runs):
     from pkpd.html_report import render_report
 
     html = re.sub(r"\s+", " ", render_report(runs["simulate-dataset"]))
-    body = html[html.index('id="subjects"'):]
-    first = body[body.index("<tbody><tr>"):body.index("</tr>", body.index("<tbody><tr>"))]
+    body = html[html.index('id="subjects"') :]
+    first = body[body.index("<tbody><tr>") : body.index("</tr>", body.index("<tbody><tr>"))]
     cells = re.findall(r"<td>([^<]*)</td>", first)
     assert cells[0] == "1" and cells[3] == "8" and cells[4] == "70", cells
 
@@ -334,8 +401,8 @@ def test_population_report_shows_the_regimen(runs):
     block = html.unescape(m.group(1))
     assert block.startswith("name: C1") and "acetaminophen 1000 mg PO q6h from 4h" in block, block[:300]
     assert "bupivacaine_liposomal 266 mg infiltration" in block
-    inputs = text[text.index('<table id="inputs">'):]
-    inputs = inputs[:inputs.index("</table>")]
+    inputs = text[text.index('<table id="inputs">') :]
+    inputs = inputs[: inputs.index("</table>")]
     assert file_sha256(ROOT / "regimens" / "data" / "C1.toml") in inputs
     assert "C1.toml" in inputs and "unchanged" in inputs
 
@@ -349,8 +416,7 @@ def test_report_numbers_are_for_people(runs, tmp_path):
     assert _fmt(2.6e6) == "2,600,000" and _fmt(2_600_000) == "2,600,000" and _fmt(1234.567) == "1,235"
     assert _fmt(999.96) == "1,000" and _fmt(0.012345) == "0.01235" and _fmt(3.0) == "3" and _fmt(45.67) == "45.67"
     assert _fmt(float("nan")) == "–" and _fmt(1e-6) == "1e-06"
-    doses = pd.DataFrame({"ID": [1001, 1002], "drug": ["acetaminophen", "oxycodone"],
-                          "total_mg": [2.6e6, 12_500.0]})
+    doses = pd.DataFrame({"ID": [1001, 1002], "drug": ["acetaminophen", "oxycodone"], "total_mg": [2.6e6, 12_500.0]})
     out = table(doses, "doses", "doses")
     assert "<td>1001</td>" in out and "<td>2,600,000</td>" in out and "<td>12,500</td>" in out and "e+" not in out
     for kind, path in runs.items():

@@ -25,8 +25,9 @@ def _snapshot(d):
     return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("args, command, user_file", [(SIM, "simulate", "patients.csv"),
-                                                      (TRIAL, "trial", "summary.csv")])
+@pytest.mark.parametrize(
+    "args, command, user_file", [(SIM, "simulate", "patients.csv"), (TRIAL, "trial", "summary.csv")]
+)
 def test_resume_into_a_directory_without_a_run_is_refused(tmp_path, args, command, user_file):
     out = tmp_path / "out"
     out.mkdir()
@@ -81,4 +82,3 @@ def test_resume_refuses_an_unreadable_store_and_a_file(tmp_path):
     f.write_text("x")
     with pytest.raises(batch.BatchError, match="is a file"):
         batch.check_resume_dir(f, STORE_KIND, "simulate")
-

@@ -29,8 +29,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TRIAL_SETTINGS = ('OptimizeSettings(draws=2, steps=2, batch_draws=2, score_draws=2, cem_draws=2, cem_generations=1, '
-                  'cem_candidates=2, products=("acetaminophen/po",))')
+TRIAL_SETTINGS = (
+    "OptimizeSettings(draws=2, steps=2, batch_draws=2, score_draws=2, cem_draws=2, cem_generations=1, "
+    'cem_candidates=2, products=("acetaminophen/po",))'
+)
 TRIAL = dict(n=4, seed=1, chunk=2)
 
 COMMON = textwrap.dedent(f"""
@@ -140,8 +142,13 @@ def _cache_dir(tmp_path_factory) -> Path:
 
 
 def _env(cache: Path, devices: int | None = None) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        JAX_COMPILATION_CACHE_DIR=str(cache),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     for k in ("XLA_FLAGS", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "PKPD_PRECISION"):
         env.pop(k, None)
     if devices:
@@ -164,8 +171,9 @@ class _Job:
         self.t0 = time.perf_counter()
         self.log = work / f"{name}.log"
         with open(self.log, "w") as log:  # a file, not a pipe: a chatty child never blocks on a full pipe
-            self.proc = subprocess.Popen([sys.executable, str(script), *map(str, args)], env=env, cwd=ROOT,
-                                         stdout=subprocess.DEVNULL, stderr=log)
+            self.proc = subprocess.Popen(
+                [sys.executable, str(script), *map(str, args)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log
+            )
         self.out = None
 
     def result(self, timeout: float = 600):
@@ -192,8 +200,10 @@ def runs(tmp_path_factory):
     and the two-process trial."""
     work = tmp_path_factory.mktemp("scaleout")
     cache = _cache_dir(tmp_path_factory)
-    jobs = {"fit": _Job(work, "fit", FIT, [work], _env(cache, 8)),
-            "eight": _Job(work, "eight", EIGHT, [work], _env(cache, 8))}
+    jobs = {
+        "fit": _Job(work, "fit", FIT, [work], _env(cache, 8)),
+        "eight": _Job(work, "eight", EIGHT, [work], _env(cache, 8)),
+    }
     t0 = time.monotonic()
     while not (work / "trial1.done").exists() and jobs["eight"].proc.poll() is None and time.monotonic() - t0 < 600:
         time.sleep(0.1)

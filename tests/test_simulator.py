@@ -46,11 +46,19 @@ def w1_like(n: int, seed: int = 0) -> pd.DataFrame:
     t_obs = np.arange(169.0)
     per = t_obs.size + 1
     is_dose = np.tile(np.r_[True, np.zeros(t_obs.size, bool)], n)
-    return pd.DataFrame({
-        "ID": np.repeat(np.arange(1, n + 1), per), "TIME": np.tile(np.r_[0.0, t_obs], n),
-        "EVID": is_dose.astype(int), "AMT": np.where(is_dose, 10.0, 0.0), "CMT": np.where(is_dose, 1, 2),
-        "II": np.where(is_dose, 12.0, 0.0), "ADDL": np.where(is_dose, 13, 0),
-        "CLI": np.repeat(cl, per), "V1I": np.repeat(v1, per)})
+    return pd.DataFrame(
+        {
+            "ID": np.repeat(np.arange(1, n + 1), per),
+            "TIME": np.tile(np.r_[0.0, t_obs], n),
+            "EVID": is_dose.astype(int),
+            "AMT": np.where(is_dose, 10.0, 0.0),
+            "CMT": np.where(is_dose, 1, 2),
+            "II": np.where(is_dose, 12.0, 0.0),
+            "ADDL": np.where(is_dose, 13, 0),
+            "CLI": np.repeat(cl, per),
+            "V1I": np.repeat(v1, per),
+        }
+    )
 
 
 PARAMS = {"CL": "CLI", "V1": "V1I", "Q": 10, "V2": 100, "KA": 1}
@@ -72,7 +80,7 @@ def test_simulator_matches_simulate_and_reuses_design():
     a = sim(PARAMS)
     b = pkpd.simulate(df, "2cmt_oral", PARAMS)
     pd.testing.assert_frame_equal(a, b)
-    assert list(a.columns[:len(df.columns)]) == list(df.columns) and len(a) == len(df)
+    assert list(a.columns[: len(df.columns)]) == list(df.columns) and len(a) == len(df)
     # a second parameter set on the same design gives what a fresh public call gives
     p2 = dict(PARAMS, CL="CLI*1.3", KA=0.7)
     pd.testing.assert_frame_equal(sim(p2), pkpd.simulate(df, "2cmt_oral", p2))
@@ -108,8 +116,7 @@ def test_padding_subjects_are_dropped():
         assert len(out) == len(df)
         # each subject alone gives the same concentrations as in the padded batch
         one = pkpd.simulate(df[df.ID == n].reset_index(drop=True), "2cmt_oral", PARAMS)
-        np.testing.assert_allclose(out.loc[df.ID == n, "CP"].to_numpy(), one["CP"].to_numpy(), rtol=1e-13,
-                                   atol=0)
+        np.testing.assert_allclose(out.loc[df.ID == n, "CP"].to_numpy(), one["CP"].to_numpy(), rtol=1e-13, atol=0)
 
 
 def test_no_compilation_for_new_parameters_or_nearby_n():

@@ -24,8 +24,14 @@ from cli import app
 from pkpd import interrupts
 
 ROOT = Path(__file__).resolve().parents[1]
-EARLIER = {"patients.csv": b"ID,OLD\n1,7\n", "summary.csv": b"old summary\n", "run.json": b'{"command": "old"}\n',
-           "fit.json": b"{}\n", "parameters.csv": b"old,parameters\n", "notes.txt": b"the user's notes\n"}
+EARLIER = {
+    "patients.csv": b"ID,OLD\n1,7\n",
+    "summary.csv": b"old summary\n",
+    "run.json": b'{"command": "old"}\n',
+    "fit.json": b"{}\n",
+    "parameters.csv": b"old,parameters\n",
+    "notes.txt": b"the user's notes\n",
+}
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -297,9 +303,18 @@ def test_cli_fit_interrupted_while_writing(tmp_path, monkeypatch, how, earlier):
     monkeypatch.setattr(pkpd.fit.api, "fit", lambda *a, **k: writer)
     out = tmp_path / "fit"
     before = _earlier_run(out, writer.names) if earlier else {}
-    res = runner.invoke(app, ["fit", str(ROOT / "pkpd" / "datasets" / "theoph.csv"), "--model",
-                              str(ROOT / "examples" / "models" / "theoph.toml"), "--out", str(out)]
-                        + (["--force"] if earlier else []))
+    res = runner.invoke(
+        app,
+        [
+            "fit",
+            str(ROOT / "pkpd" / "datasets" / "theoph.csv"),
+            "--model",
+            str(ROOT / "examples" / "models" / "theoph.toml"),
+            "--out",
+            str(out),
+        ]
+        + (["--force"] if earlier else []),
+    )
     _check_interrupted(res, out, before, tmp_path)
     assert earlier or not out.exists()
 
@@ -322,8 +337,18 @@ def test_cli_forecast_interrupted_while_writing(tmp_path, monkeypatch, how, earl
         out.mkdir()
     (out / "model.toml").write_text("earlier model\n")  # the model copied by an earlier forecast
     before = _files(out)
-    res = runner.invoke(app, ["forecast", str(data), "--model", str(ROOT / "examples" / "models" / "theoph.toml"),
-                              "--out", str(out), "--force"])
+    res = runner.invoke(
+        app,
+        [
+            "forecast",
+            str(data),
+            "--model",
+            str(ROOT / "examples" / "models" / "theoph.toml"),
+            "--out",
+            str(out),
+            "--force",
+        ],
+    )
     _check_interrupted(res, out, before, tmp_path)
 
 
@@ -336,8 +361,21 @@ def test_cli_optimize_interrupted_while_writing(tmp_path, monkeypatch, how, earl
     monkeypatch.setattr(regimens.optimize, "optimize_patient", lambda *a, **k: writer)
     out = tmp_path / "opt"
     before = _earlier_run(out, writer.names) if earlier else {}
-    res = runner.invoke(app, ["optimize", "--patient", str(ROOT / "examples" / "patient_spine.toml"), "--out",
-                              str(out), "--draws", "2", "--steps", "1"] + (["--force"] if earlier else []))
+    res = runner.invoke(
+        app,
+        [
+            "optimize",
+            "--patient",
+            str(ROOT / "examples" / "patient_spine.toml"),
+            "--out",
+            str(out),
+            "--draws",
+            "2",
+            "--steps",
+            "1",
+        ]
+        + (["--force"] if earlier else []),
+    )
     _check_interrupted(res, out, before, tmp_path)
 
 
@@ -354,12 +392,18 @@ def test_cli_trial_interrupted_while_writing(tmp_path, monkeypatch, how, earlier
     import regimens.optimize
 
     monkeypatch.setattr(regimens.optimize, "run_trial", _fake_trial)
-    monkeypatch.setattr(regimens.optimize, "plot_trial", lambda patients, path: (
-        Path(path).write_bytes(b"\x89PNG half"), _interrupt(how)))
+    monkeypatch.setattr(
+        regimens.optimize,
+        "plot_trial",
+        lambda patients, path: (Path(path).write_bytes(b"\x89PNG half"), _interrupt(how)),
+    )
     out = tmp_path / "trial"
     before = _earlier_run(out, ("timings.json", "trial.png")) if earlier else {}
-    res = runner.invoke(app, ["trial", "--population", "2", "--draws", "2", "--steps", "1", "--out", str(out)]
-                        + (["--force"] if earlier else []))
+    res = runner.invoke(
+        app,
+        ["trial", "--population", "2", "--draws", "2", "--steps", "1", "--out", str(out)]
+        + (["--force"] if earlier else []),
+    )
     _check_interrupted(res, out, before, tmp_path)
     assert "rerun with --resume to continue" in cli_output(res)
 
@@ -382,8 +426,9 @@ def test_cli_trial_sigint_while_the_outputs_are_moved_keeps_a_complete_set(tmp_p
     monkeypatch.setattr(interrupts, "os", _OsWith(replace))
     out = tmp_path / "trial"
     _earlier_run(out)
-    res = runner.invoke(app, ["trial", "--population", "2", "--draws", "2", "--steps", "1", "--out", str(out),
-                              "--force"])
+    res = runner.invoke(
+        app, ["trial", "--population", "2", "--draws", "2", "--steps", "1", "--out", str(out), "--force"]
+    )
     text = cli_output(res)
     assert res.exit_code == 130, text
     assert f"after the run's outputs were complete: they are kept in {out}" in text and "Traceback" not in text
@@ -399,8 +444,7 @@ def test_cli_simulate_regimen_interrupted_while_writing(tmp_path, monkeypatch, h
     import pkpd.regimen_run
     import pkpd.report
 
-    monkeypatch.setattr(pkpd.regimen_run, "simulate_regimen_stored",
-                        lambda *a, **k: types.SimpleNamespace(notes=[]))
+    monkeypatch.setattr(pkpd.regimen_run, "simulate_regimen_stored", lambda *a, **k: types.SimpleNamespace(notes=[]))
 
     def write(result, out_dir, **kwargs):
         return _FakeWriter(how, ("patients.csv", "summary.csv", "doses.csv")).save(out_dir)
@@ -408,8 +452,9 @@ def test_cli_simulate_regimen_interrupted_while_writing(tmp_path, monkeypatch, h
     monkeypatch.setattr(pkpd.report, "write_population_outputs", write)
     out = tmp_path / "sim"
     before = _earlier_run(out, ("doses.csv", "bands.png")) if earlier else {}
-    res = runner.invoke(app, ["simulate", "--regimen", "C1", "--population", "3", "--out", str(out)]
-                        + (["--force"] if earlier else []))
+    res = runner.invoke(
+        app, ["simulate", "--regimen", "C1", "--population", "3", "--out", str(out)] + (["--force"] if earlier else [])
+    )
     _check_interrupted(res, out, before, tmp_path)
 
 
@@ -476,8 +521,11 @@ def test_cli_simulate_dataset_interrupted_while_plotting(tmp_path, monkeypatch, 
         return 1, 1
 
     monkeypatch.setattr(sys.modules["pkpd.simulate"], "plot_profiles", plot_profiles)
-    res = runner.invoke(app, ["simulate", str(data), "--model", "1cmt_iv", "--params", str(params), "--out", str(out),
-                              "--plot", str(plot)] + (["--force"] if earlier else []))
+    res = runner.invoke(
+        app,
+        ["simulate", str(data), "--model", "1cmt_iv", "--params", str(params), "--out", str(out), "--plot", str(plot)]
+        + (["--force"] if earlier else []),
+    )
     _check_interrupted(res, out_dir, before, tmp_path)
 
 
@@ -486,8 +534,9 @@ def test_cli_simulate_dataset_force_replaces_the_files_together(tmp_path, bolus)
     out = tmp_path / "sim.csv"
     out.write_text("earlier simulation\n")
     (tmp_path / "sim.run.json").write_text('{"command": "simulate"}\n')
-    res = runner.invoke(app, ["simulate", str(data), "--model", "1cmt_iv", "--params", str(params), "--out",
-                              str(out), "--force"])
+    res = runner.invoke(
+        app, ["simulate", str(data), "--model", "1cmt_iv", "--params", str(params), "--out", str(out), "--force"]
+    )
     assert res.exit_code == 0, cli_output(res)
     assert len(pd.read_csv(out)) == 3
     manifest = json.loads((tmp_path / "sim.run.json").read_text())
@@ -503,8 +552,7 @@ def test_cli_report_interrupted_keeps_the_earlier_report(tmp_path, monkeypatch, 
 
     data, params = bolus
     out = tmp_path / "sim.csv"
-    res = runner.invoke(app, ["simulate", str(data), "--model", "1cmt_iv", "--params", str(params), "--out",
-                              str(out)])
+    res = runner.invoke(app, ["simulate", str(data), "--model", "1cmt_iv", "--params", str(params), "--out", str(out)])
     assert res.exit_code == 0, cli_output(res)
     report = tmp_path / "sim.report.html"
     report.write_text("<html>the earlier report</html>\n")

@@ -88,8 +88,9 @@ def test_all_30_conformance_scenarios_from_the_command_line(tmp_path):
         ptoml = tmp_path / f"{model_key}.toml"
         ptoml.write_text("[parameters]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in params.items()))
         out = tmp_path / f"{model_key}_sim.csv"
-        res = runner.invoke(app, ["simulate", str(data), "--model", str(USER / "oral1.toml"), "--params",
-                                  str(ptoml), "--out", str(out)])
+        res = runner.invoke(
+            app, ["simulate", str(data), "--model", str(USER / "oral1.toml"), "--params", str(ptoml), "--out", str(out)]
+        )
         assert res.exit_code == 0, cli_output(res)
         assert "oral1_by_hand" in cli_output(res) and "analytic" in cli_output(res)
         sim = pd.read_csv(out)
@@ -110,8 +111,11 @@ def test_model_in_the_parameter_file(tmp_path):
     data = tmp_path / "d.csv"
     inputs[inputs["ID"] <= 3].to_csv(data, index=False)
     p = tmp_path / "p.toml"
-    p.write_text((USER / "oral1.toml").read_text() + "\n[parameters]\nCL = 1.1\nV = 20\nKA = 1.5\n"
-                 + "".join(f"{k} = {json.dumps(v)}\n" for k, v in DOSING.items()))
+    p.write_text(
+        (USER / "oral1.toml").read_text()
+        + "\n[parameters]\nCL = 1.1\nV = 20\nKA = 1.5\n"
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in DOSING.items())
+    )
     res = runner.invoke(app, ["simulate", str(data), "--params", str(p), "--out", str(tmp_path / "o.csv")])
     assert res.exit_code == 0, cli_output(res)
     ref = pkpd.simulate(data, "1cmt_oral", PARAMS["dosing_1001"])
@@ -164,8 +168,10 @@ FAMILIES = {  # built-in name: (hand-written file, structural parameters)
     "1cmt_transit3": (FIXTURES / "transit3.toml", {"CL": 2.0, "V": 20.0, "MTT": 2.5, "KA": 1.1}),
     "1cmt_iv_effect": (FIXTURES / "iv1_effect.toml", {"CL": 2.0, "V": 20.0, "KE0": 0.6}),
     "2cmt_oral_effect": (FIXTURES / "oral2_effect.toml", {**DISP2, "KA": 1.3, "KE0": 0.6}),
-    "1cmt_oral_metabolite": (USER / "parent_metabolite.toml",
-                             {"CL": 2.0, "V": 20.0, "KA": 1.3, "FM": 0.4, "CLM": 1.5, "VM": 15.0}),
+    "1cmt_oral_metabolite": (
+        USER / "parent_metabolite.toml",
+        {"CL": 2.0, "V": 20.0, "KA": 1.3, "FM": 0.4, "CLM": 1.5, "VM": 15.0},
+    ),
 }
 MM_FAMILIES = {
     "1cmt_iv_mm": (USER / "mm_iv.toml", {"V": 20.0, "VMAX": 15.0, "KM": 1.5}),
@@ -276,10 +282,14 @@ def test_every_builtin_family_by_hand_on_the_ode_path_with_steady_state(builtin_
     _ode_check(builtin_name, ids=(1, 2, 3, 4, 5))
 
 
-@pytest.mark.parametrize("builtin_name, ids", [
-    ("1cmt_oral_mm", (1, 3, 5)), ("1cmt_iv_mm", (1, 3, 5)),
-    pytest.param("1cmt_oral_mm", (2, 4), marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "builtin_name, ids",
+    [
+        ("1cmt_oral_mm", (1, 3, 5)),
+        ("1cmt_iv_mm", (1, 3, 5)),
+        pytest.param("1cmt_oral_mm", (2, 4), marks=pytest.mark.slow),
+    ],
+)
 def test_michaelis_menten_families_by_hand_on_the_ode_path(builtin_name, ids):
     builtin, user, params = _family(builtin_name, MM_FAMILIES)
     assert not user.is_linear
@@ -297,12 +307,14 @@ def test_split_doses_are_described_and_checked():
     zofo = pkpd.get_model(str(FIXTURES / "zofo1.toml"))
     assert "FZO -> CENTRAL over DZO" in zofo.describe()
     base = {"states": ["A", "B"], "equations": ["d/dt(A) = -K*A", "d/dt(B) = K*A - K2*B"], "outputs": ["Y = B"]}
-    for split, msg in [({"C": ["1 -> A"]}, "not a state"),
-                       ({"A": ["FR => B"]}, "syntax error in split part"),
-                       ({"A": ["FR -> C"]}, "C is not a state"),
-                       ({"A": ["K -> A", "1 - K -> B"]}, None),
-                       ({"A": ["F1 -> B"]}, "dosing parameter"),
-                       ({"A": ["FR -> B over A"]}, "must be a parameter")]:
+    for split, msg in [
+        ({"C": ["1 -> A"]}, "not a state"),
+        ({"A": ["FR => B"]}, "syntax error in split part"),
+        ({"A": ["FR -> C"]}, "C is not a state"),
+        ({"A": ["K -> A", "1 - K -> B"]}, None),
+        ({"A": ["F1 -> B"]}, "dosing parameter"),
+        ({"A": ["FR -> B over A"]}, "must be a parameter"),
+    ]:
         if msg is None:
             assert compile_structure({**base, "split": split}, name="probe").param_names == ("K", "K2")
             continue
@@ -316,16 +328,18 @@ def test_split_doses_are_described_and_checked():
 # nonlinear models: detected, never sent to the exact solver
 
 
-MM_DATA = pd.DataFrame({
-    "ID": [1] * 9 + [2] * 6,
-    "TIME": [0, 0.5, 2, 6, 12, 12, 14, 24, 48, 0, 1, 4, 8, 24, 30],
-    "EVID": [1, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0],
-    "AMT": [500, 0, 0, 0, 300, 0, 0, 0, 0, 400, 0, 0, 0, 0, 0],
-    "RATE": [0, 0, 0, 0, 150, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-    "II": [0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 0, 0, 0, 0, 0],
-    "ADDL": [0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0],
-    "CMT": [1] * 15,
-})
+MM_DATA = pd.DataFrame(
+    {
+        "ID": [1] * 9 + [2] * 6,
+        "TIME": [0, 0.5, 2, 6, 12, 12, 14, 24, 48, 0, 1, 4, 8, 24, 30],
+        "EVID": [1, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0],
+        "AMT": [500, 0, 0, 0, 300, 0, 0, 0, 0, 400, 0, 0, 0, 0, 0],
+        "RATE": [0, 0, 0, 0, 150, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        "II": [0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 0, 0, 0, 0, 0],
+        "ADDL": [0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0],
+        "CMT": [1] * 15,
+    }
+)
 
 
 def test_michaelis_menten_is_nonlinear_and_matches_builtin_on_the_ode_path():
@@ -347,15 +361,18 @@ def _model(equations, states=("A", "B"), **extra):
     return compile_structure(table, name="probe")
 
 
-@pytest.mark.parametrize("equations, reason", [
-    (["d/dt(A) = -K*A*A", "d/dt(B) = K*A - K*B"], "not linear"),
-    (["d/dt(A) = -K*A/(KM + A)", "d/dt(B) = 0"], "not linear"),
-    (["d/dt(A) = KIN - K*A", "d/dt(B) = 0"], "without a state"),
-    (["d/dt(A) = -K*exp(-t)*A", "d/dt(B) = 0"], "time"),
-    (["d/dt(A) = -K*A if A > 1 else 0", "d/dt(B) = 0"], "not linear"),
-    (["d/dt(A) = -K*max(A, 0)", "d/dt(B) = 0"], "not linear"),
-    (["d/dt(A) = -K*A + K*B", "d/dt(B) = -K*A - K*B"], "complex eigenvalues"),
-])
+@pytest.mark.parametrize(
+    "equations, reason",
+    [
+        (["d/dt(A) = -K*A*A", "d/dt(B) = K*A - K*B"], "not linear"),
+        (["d/dt(A) = -K*A/(KM + A)", "d/dt(B) = 0"], "not linear"),
+        (["d/dt(A) = KIN - K*A", "d/dt(B) = 0"], "without a state"),
+        (["d/dt(A) = -K*exp(-t)*A", "d/dt(B) = 0"], "time"),
+        (["d/dt(A) = -K*A if A > 1 else 0", "d/dt(B) = 0"], "not linear"),
+        (["d/dt(A) = -K*max(A, 0)", "d/dt(B) = 0"], "not linear"),
+        (["d/dt(A) = -K*A + K*B", "d/dt(B) = -K*A - K*B"], "complex eigenvalues"),
+    ],
+)
 def test_nonlinear_or_time_varying_models_are_never_linear(equations, reason):
     m = _model(equations)
     assert not m.is_linear and reason in m.linear_reason
@@ -403,9 +420,23 @@ def test_pkpd_fit_with_hand_written_model(tmp_path, theoph_fits):
     data = tmp_path / "theoph.csv"
     load_theoph().to_csv(data, index=False)
     out = tmp_path / "fit"
-    res = runner.invoke(app, ["fit", str(data), "--model", str(ROOT / "examples/models/theoph_user.toml"),
-                              "--method", "laplace", "--out", str(out), "--npde-replicates", "50",
-                              "--vpc-replicates", "20"])
+    res = runner.invoke(
+        app,
+        [
+            "fit",
+            str(data),
+            "--model",
+            str(ROOT / "examples/models/theoph_user.toml"),
+            "--method",
+            "laplace",
+            "--out",
+            str(out),
+            "--npde-replicates",
+            "50",
+            "--vpc-replicates",
+            "20",
+        ],
+    )
     assert res.exit_code == 0, cli_output(res)
     tab = pd.read_csv(out / "parameters.csv").set_index("name")
     from pkpd.fit.spec import load_model
@@ -437,24 +468,45 @@ MALFORMED = [
     ("syntax error", ("KA*DEPOT - CL/V", "KA*DEPOT - CL/(V"), ["line 6", "syntax error"]),
     ("unknown symbol", ("CL/V*CENTRAL", "CL/V*CENTRL"), ["line 6", "unknown symbol CENTRL"]),
     ("undefined state", ("d/dt(DEPOT)", "d/dt(GUT)"), ["line 5", "undefined state 'GUT'"]),
-    ("dose into a missing state", ('states = ["DEPOT", "CENTRAL"]',
-                                   'states = ["DEPOT", "CENTRAL"]\ndoses = ["GUT"]'), ["line 4", "GUT", "not a state"]),
-    ("parameter never used", ("outputs = [", "parameters = { KA = \"1/h\", CL = \"L/h\", V = \"L\", KE = \"1/h\" }\n"
-                              "outputs = ["), ["line 8", "KE", "never used"]),
+    (
+        "dose into a missing state",
+        ('states = ["DEPOT", "CENTRAL"]', 'states = ["DEPOT", "CENTRAL"]\ndoses = ["GUT"]'),
+        ["line 4", "GUT", "not a state"],
+    ),
+    (
+        "parameter never used",
+        ("outputs = [", 'parameters = { KA = "1/h", CL = "L/h", V = "L", KE = "1/h" }\noutputs = ['),
+        ["line 8", "KE", "never used"],
+    ),
     ("state without equation", ('"d/dt(DEPOT) = -KA*DEPOT",', ""), ["DEPOT has no equation"]),
-    ("equation twice", ('"d/dt(DEPOT) = -KA*DEPOT",', '"d/dt(DEPOT) = -KA*DEPOT",\n  "d/dt(DEPOT) = 0",'),
-     ["line 6", "d/dt(DEPOT) is written twice"]),
+    (
+        "equation twice",
+        ('"d/dt(DEPOT) = -KA*DEPOT",', '"d/dt(DEPOT) = -KA*DEPOT",\n  "d/dt(DEPOT) = 0",'),
+        ["line 6", "d/dt(DEPOT) is written twice"],
+    ),
     ("not an equation", ('"d/dt(DEPOT) = -KA*DEPOT",', '"DEPOT -KA*DEPOT",'), ["line 5", "syntax error"]),
-    ("assigning a state", ('"d/dt(DEPOT) = -KA*DEPOT",', '"d/dt(DEPOT) = -KA*DEPOT",\n  "CENTRAL = 2",'),
-     ["line 6", "assigns state CENTRAL"]),
-    ("used before defined", ('"d/dt(DEPOT) = -KA*DEPOT",', '"d/dt(DEPOT) = -KE*DEPOT",\n  "KE = KA",'),
-     ["line 5", "KE is used before it is defined"]),
+    (
+        "assigning a state",
+        ('"d/dt(DEPOT) = -KA*DEPOT",', '"d/dt(DEPOT) = -KA*DEPOT",\n  "CENTRAL = 2",'),
+        ["line 6", "assigns state CENTRAL"],
+    ),
+    (
+        "used before defined",
+        ('"d/dt(DEPOT) = -KA*DEPOT",', '"d/dt(DEPOT) = -KE*DEPOT",\n  "KE = KA",'),
+        ["line 5", "KE is used before it is defined"],
+    ),
     ("forbidden function", ("-KA*DEPOT", "-KA*DEPOT + __import__(1)"), ["line 5", "not allowed"]),
     ("unknown function", ("-KA*DEPOT", "-KA*sin(DEPOT)"), ["line 5", "function 'sin' not allowed"]),
-    ("duplicate state", ('states = ["DEPOT", "CENTRAL"]', 'states = ["DEPOT", "CENTRAL", "DEPOT"]'),
-     ["line 3", "DEPOT is listed twice"]),
-    ("nonzero initial condition", ('states = ["DEPOT", "CENTRAL"]',
-                                   'states = ["DEPOT", { name = "CENTRAL", init = 5 }]'), ["CENTRAL", "initial"]),
+    (
+        "duplicate state",
+        ('states = ["DEPOT", "CENTRAL"]', 'states = ["DEPOT", "CENTRAL", "DEPOT"]'),
+        ["line 3", "DEPOT is listed twice"],
+    ),
+    (
+        "nonzero initial condition",
+        ('states = ["DEPOT", "CENTRAL"]', 'states = ["DEPOT", { name = "CENTRAL", init = 5 }]'),
+        ["CENTRAL", "initial"],
+    ),
     ("no outputs", ('outputs = ["CP = CENTRAL/V"]', ""), ["outputs", "empty"]),
     ("unknown key", ('name = "bad_model"', 'name = "bad_model"\nequation = []'), ["line 3", "unknown key(s) equation"]),
     ("dosing parameter in an equation", ("-KA*DEPOT", "-KA*F1*DEPOT"), ["line 5", "F1 is a dosing parameter"]),
@@ -473,8 +525,9 @@ def test_malformed_model_files_give_one_clear_error(what, edit, expected, tmp_pa
     data.write_text("ID,TIME,EVID,AMT,CMT\n1,0,1,100,1\n1,1,0,0,0\n")
     params = tmp_path / "p.toml"
     params.write_text("[parameters]\nKA = 1\nCL = 2\nV = 10\n")
-    res = runner.invoke(app, ["simulate", str(data), "--model", str(model), "--params", str(params),
-                              "--out", str(tmp_path / "o.csv")])
+    res = runner.invoke(
+        app, ["simulate", str(data), "--model", str(model), "--params", str(params), "--out", str(tmp_path / "o.csv")]
+    )
     out = cli_output(res)
     assert res.exit_code == 1, out
     assert "Traceback" not in out
@@ -490,15 +543,17 @@ def test_dose_into_a_state_outside_doses_and_unknown_parameter(tmp_path):
     data.write_text("ID,TIME,EVID,AMT,CMT\n1,0,1,100,2\n1,1,0,0,0\n")
     params = tmp_path / "p.toml"
     params.write_text("[parameters]\nKA = 1\nCL = 2\nV = 10\n")
-    res = runner.invoke(app, ["simulate", str(data), "--model", str(model), "--params", str(params),
-                              "--out", str(tmp_path / "o.csv")])
+    res = runner.invoke(
+        app, ["simulate", str(data), "--model", str(model), "--params", str(params), "--out", str(tmp_path / "o.csv")]
+    )
     out = cli_output(res)
     assert res.exit_code == 1 and "Traceback" not in out
     assert "row" in out and "1=DEPOT" in out and "does not dose" in out
     params.write_text("[parameters]\nKA = 1\nCL = 2\n")  # V missing: the equation using it is named
     data.write_text("ID,TIME,EVID,AMT,CMT\n1,0,1,100,1\n1,1,0,0,0\n")
-    res = runner.invoke(app, ["simulate", str(data), "--model", str(model), "--params", str(params),
-                              "--out", str(tmp_path / "o.csv")])
+    res = runner.invoke(
+        app, ["simulate", str(data), "--model", str(model), "--params", str(params), "--out", str(tmp_path / "o.csv")]
+    )
     out = cli_output(res)
     assert res.exit_code == 1 and "Traceback" not in out
     assert "line 7" in out and "unknown symbol V" in out
@@ -531,18 +586,46 @@ def _doc_examples():
 
 def test_doc_examples_are_the_example_files():
     ex = _doc_examples()
-    assert {Path(f).name for f, _ in ex} >= {"oral2.toml", "mm_iv.toml", "resp_depression.toml",
-                                             "parent_metabolite.toml", "oral1.toml"}
+    assert {Path(f).name for f, _ in ex} >= {
+        "oral2.toml",
+        "mm_iv.toml",
+        "resp_depression.toml",
+        "parent_metabolite.toml",
+        "oral1.toml",
+    }
     for f, body in ex:
         assert (ROOT / f).read_text() == body, f
 
 
 def test_doc_examples_simulate():
-    data = pd.DataFrame({"ID": [1] * 6, "TIME": [0, 1, 2, 4, 8, 24], "EVID": [1, 0, 0, 0, 0, 0],
-                         "AMT": [10, 0, 0, 0, 0, 0], "CMT": [1] * 6})
-    values = {"CL": 2.0, "V": 20.0, "V1": 20.0, "Q": 3.0, "V2": 40.0, "KA": 1.2, "VMAX": 5.0, "KM": 0.5,
-              "IMAX": 0.8, "IC50": 0.2, "KOUT": 0.9, "RR0": 14.0, "FM": 0.5, "CLM": 1.0, "VM": 10.0,
-              "KA2": 0.2, "FR": 0.4}
+    data = pd.DataFrame(
+        {
+            "ID": [1] * 6,
+            "TIME": [0, 1, 2, 4, 8, 24],
+            "EVID": [1, 0, 0, 0, 0, 0],
+            "AMT": [10, 0, 0, 0, 0, 0],
+            "CMT": [1] * 6,
+        }
+    )
+    values = {
+        "CL": 2.0,
+        "V": 20.0,
+        "V1": 20.0,
+        "Q": 3.0,
+        "V2": 40.0,
+        "KA": 1.2,
+        "VMAX": 5.0,
+        "KM": 0.5,
+        "IMAX": 0.8,
+        "IC50": 0.2,
+        "KOUT": 0.9,
+        "RR0": 14.0,
+        "FM": 0.5,
+        "CLM": 1.0,
+        "VM": 10.0,
+        "KA2": 0.2,
+        "FR": 0.4,
+    }
     for f, _ in _doc_examples():
         if "[structure]" not in (ROOT / f).read_text():
             continue
@@ -559,8 +642,15 @@ def test_respiratory_depression_example_against_an_independent_integration():
     assert not m.is_linear
     p = {"CL": 10.0, "V": 50.0, "IMAX": 0.7, "IC50": 0.05, "KOUT": 1.5, "RR0": 14.0}
     t = np.array([0.5, 1, 2, 4, 8, 16])
-    data = pd.DataFrame({"ID": 1, "TIME": np.r_[0.0, t], "EVID": np.r_[1, np.zeros(len(t), int)],
-                         "AMT": np.r_[10.0, np.zeros(len(t))], "CMT": 1})
+    data = pd.DataFrame(
+        {
+            "ID": 1,
+            "TIME": np.r_[0.0, t],
+            "EVID": np.r_[1, np.zeros(len(t), int)],
+            "AMT": np.r_[10.0, np.zeros(len(t))],
+            "CMT": 1,
+        }
+    )
     out = pkpd.simulate(data, m, p, solver=pkpd.ODE(rtol=1e-10, atol=1e-12))
 
     def f(_, y):
@@ -578,8 +668,18 @@ def test_respiratory_depression_example_against_an_independent_integration():
 
 
 TURNOVER = FIXTURES / "turnover_fit.toml"
-TO_TRUTH = {"CL": 5.0, "V": 50.0, "KOUT": 0.8, "R0": 16.0, "SLOPE": 0.2, "omega(CL)": 0.09, "omega(KOUT)": 0.09,
-            "omega(R0)": 0.02, "cp.proportional": 0.15, "resp.additive": 0.8}
+TO_TRUTH = {
+    "CL": 5.0,
+    "V": 50.0,
+    "KOUT": 0.8,
+    "R0": 16.0,
+    "SLOPE": 0.2,
+    "omega(CL)": 0.09,
+    "omega(KOUT)": 0.09,
+    "omega(R0)": 0.02,
+    "cp.proportional": 0.15,
+    "resp.additive": 0.8,
+}
 TO_DOSE, TO_PK, TO_PD, TO_N = 100.0, (0.25, 1.0, 2.0, 4.0, 8.0, 12.0), (0, 0.5, 1, 2, 3, 4, 6, 8, 12, 16, 24), 30
 
 
@@ -605,8 +705,11 @@ def _turnover_data(seed=11):
         rows.append({"ID": i + 1, "TIME": 0.0, "AMT": TO_DOSE, "DV": 0.0, "MDV": 1, "EVID": 1, "CMT": 1, "DVID": 1})
         for t, dvid in sorted([(t, 1) for t in TO_PK] + [(float(t), 2) for t in TO_PD]):
             cp, r = _turnover_closed_form(t, cl, TO_TRUTH["V"], kout, r0, TO_TRUTH["SLOPE"])
-            y = cp * (1 + TO_TRUTH["cp.proportional"] * rng.normal()) if dvid == 1 else \
-                r + TO_TRUTH["resp.additive"] * rng.normal()
+            y = (
+                cp * (1 + TO_TRUTH["cp.proportional"] * rng.normal())
+                if dvid == 1
+                else r + TO_TRUTH["resp.additive"] * rng.normal()
+            )
             rows.append({"ID": i + 1, "TIME": t, "AMT": 0.0, "DV": y, "MDV": 0, "EVID": 0, "CMT": 1, "DVID": dvid})
     return pd.DataFrame(rows)
 

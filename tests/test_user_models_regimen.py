@@ -30,15 +30,28 @@ APAP = ROOT / "examples" / "models" / "user" / "oral2.toml"
 RTOL = 1e-9
 
 _REG = Regimen(
-    name="oxy_apap", description="scheduled acetaminophen and ER oxycodone, IR oxycodone PRN",
+    name="oxy_apap",
+    description="scheduled acetaminophen and ER oxycodone, IR oxycodone PRN",
     scheduled=(
         Scheduled("acetaminophen", "po", dose_mg=1000.0, start_h=-1.0, every_h=6.0, stop_h=72.0),  # lag, F1
         Scheduled("oxycodone", "po_er", dose_mg=10.0, start_h=0.0, every_h=12.0, stop_h=72.0),  # slow depot
     ),
     prn=(PRN("oxycodone", "po", 5.0, 4.0, 4.0, start_h=0.0), PRN("oxycodone", "po", 10.0, 7.0, 4.0, start_h=0.0)),
 )
-_OUT = ("MME_0_24", "MME_0_72", "PAIN_AUC", "TIT3", "N_PRN", "T_FIRST_RESCUE", "MIN_VE", "P_OIRD",
-        "AUC_oxycodone", "CMAX_oxycodone", "AUC_acetaminophen", "CMAX_acetaminophen")
+_OUT = (
+    "MME_0_24",
+    "MME_0_72",
+    "PAIN_AUC",
+    "TIT3",
+    "N_PRN",
+    "T_FIRST_RESCUE",
+    "MIN_VE",
+    "P_OIRD",
+    "AUC_oxycodone",
+    "CMAX_oxycodone",
+    "AUC_acetaminophen",
+    "CMAX_acetaminophen",
+)
 
 
 def _run(structures=None):
@@ -53,8 +66,9 @@ def builtin():
 
 def _same(a, b):
     for c in _OUT:
-        np.testing.assert_allclose(b.patients[c].to_numpy(float), a.patients[c].to_numpy(float), rtol=RTOL,
-                                   atol=0.0, err_msg=c)
+        np.testing.assert_allclose(
+            b.patients[c].to_numpy(float), a.patients[c].to_numpy(float), rtol=RTOL, atol=0.0, err_msg=c
+        )
     np.testing.assert_allclose(b.nrs_hourly, a.nrs_hourly, rtol=RTOL, atol=1e-12)
     np.testing.assert_allclose(b.mme_hourly, a.mme_hourly, rtol=RTOL, atol=0.0)
     for d in ("oxycodone", "acetaminophen"):
@@ -84,16 +98,23 @@ def test_the_hand_written_structure_is_what_runs(builtin, tmp_path):
 def test_states_in_another_order_with_routes_by_name(builtin):
     """A user model object whose states are not in the built-in CMT order, routes mapped by state name."""
     table = {
-        "name": "oxy_reordered", "states": ["CENTRAL", "DEPOT_SLOW", "DEPOT_FAST"],
+        "name": "oxy_reordered",
+        "states": ["CENTRAL", "DEPOT_SLOW", "DEPOT_FAST"],
         "doses": ["DEPOT_FAST", "DEPOT_SLOW"],
-        "equations": ["d/dt(CENTRAL) = KA*DEPOT_FAST + KA2*DEPOT_SLOW - CL/V*CENTRAL",
-                      "d/dt(DEPOT_SLOW) = -KA2*DEPOT_SLOW", "d/dt(DEPOT_FAST) = -KA*DEPOT_FAST"],
+        "equations": [
+            "d/dt(CENTRAL) = KA*DEPOT_FAST + KA2*DEPOT_SLOW - CL/V*CENTRAL",
+            "d/dt(DEPOT_SLOW) = -KA2*DEPOT_SLOW",
+            "d/dt(DEPOT_FAST) = -KA*DEPOT_FAST",
+        ],
         "outputs": ["C = CENTRAL/V", "CP = C"],
         "split": {"DEPOT_FAST": ["FR -> DEPOT_FAST", "1 - FR -> DEPOT_SLOW"]},
     }
     um = compile_structure(table)
-    with pytest.raises(ModelSpecError, match=r"route 'po' of oxycodone doses into CMT 1, which is not a state "
-                                             r"receiving doses \(2=DEPOT_SLOW, 3=DEPOT_FAST\)"):
+    with pytest.raises(
+        ModelSpecError,
+        match=r"route 'po' of oxycodone doses into CMT 1, which is not a state "
+        r"receiving doses \(2=DEPOT_SLOW, 3=DEPOT_FAST\)",
+    ):
         with_structure("oxycodone", um)
     oxy = with_structure("oxycodone", um, routes={"po": "DEPOT_FAST", "po_er": 2})
     assert oxy.routes == {"po": 3, "po_er": 2} and oxy.structural_model().central == 0
@@ -112,26 +133,43 @@ def _oxy_file(tmp_path, old, new, name="bad.toml"):
 def test_parameters_the_entry_does_not_supply(tmp_path):
     f = _oxy_file(tmp_path, "- CL/V*CENTRAL", "- KEL*CENTRAL")
     f.write_text(f.read_text().replace('CL = { unit = "L/h"', 'KEL = { unit = "1/h"'))
-    with pytest.raises(ModelSpecError, match=r"bad.toml: the structure uses parameter KEL, which the oxycodone "
-                                             r"entry does not supply; the entry defines KA, KA2, V, K30, K34, CL, FR"):
+    with pytest.raises(
+        ModelSpecError,
+        match=r"bad.toml: the structure uses parameter KEL, which the oxycodone "
+        r"entry does not supply; the entry defines KA, KA2, V, K30, K34, CL, FR",
+    ):
         _run({"oxycodone": f})
     with pytest.raises(ModelSpecError, match="uses parameters V1, Q, V2, which the oxycodone entry"):
         with_structure("oxycodone", APAP)
 
 
-@pytest.mark.parametrize("old,new,match", [
-    ('V = { unit = "L"', 'V = { unit = "mL"', r"parameter V is declared in 'mL' but the oxycodone entry gives it "
-                                              r"in 'L'"),
-    ('CP = CENTRAL/V"', 'CP = CENTRAL/V*1000"', r"output CP must be one state divided by one parameter"),
-    ('CP = CENTRAL/V"', 'CONC = CENTRAL/V"', r"needs an output CP \(the plasma concentration, mg/L\)"),
-    ('po_er = "DEPOT_SLOW"', 'po_er = "GUT"', r"route 'po_er' -> GUT, which is not a state"),
-    ('name = "oxycodone"', 'name = "morphine"', r"\[drug\]: name = 'morphine', but the structure is given for "
-                                                r"oxycodone"),
-    ('routes = {', 'route = {', r"\[drug\]: unknown key\(s\) route"),
-    ("- CL/V*CENTRAL", "- CL/V*CENTRAL*CENTRAL/(KA + CENTRAL)",
-     r"oxycodone: structure oxycodone_dual1_by_hand is integrated as an ODE \(d/dt\(CENTRAL\) is not linear in "
-     r"the states\); the regimen simulator .* needs a linear structure"),
-])
+@pytest.mark.parametrize(
+    "old,new,match",
+    [
+        (
+            'V = { unit = "L"',
+            'V = { unit = "mL"',
+            r"parameter V is declared in 'mL' but the oxycodone entry gives it "
+            r"in 'L'",
+        ),
+        ('CP = CENTRAL/V"', 'CP = CENTRAL/V*1000"', r"output CP must be one state divided by one parameter"),
+        ('CP = CENTRAL/V"', 'CONC = CENTRAL/V"', r"needs an output CP \(the plasma concentration, mg/L\)"),
+        ('po_er = "DEPOT_SLOW"', 'po_er = "GUT"', r"route 'po_er' -> GUT, which is not a state"),
+        (
+            'name = "oxycodone"',
+            'name = "morphine"',
+            r"\[drug\]: name = 'morphine', but the structure is given for "
+            r"oxycodone",
+        ),
+        ("routes = {", "route = {", r"\[drug\]: unknown key\(s\) route"),
+        (
+            "- CL/V*CENTRAL",
+            "- CL/V*CENTRAL*CENTRAL/(KA + CENTRAL)",
+            r"oxycodone: structure oxycodone_dual1_by_hand is integrated as an ODE \(d/dt\(CENTRAL\) is not linear in "
+            r"the states\); the regimen simulator .* needs a linear structure",
+        ),
+    ],
+)
 def test_structures_that_do_not_fit_the_entry(tmp_path, old, new, match):
     f = _oxy_file(tmp_path, old, new)
     with pytest.raises(ModelSpecError, match=match):
@@ -141,8 +179,10 @@ def test_structures_that_do_not_fit_the_entry(tmp_path, old, new, match):
 def test_routes_beyond_the_structure(tmp_path):
     """Every route of the entry must dose into a state of the structure (acetaminophen iv -> CMT 2 here)."""
     f = tmp_path / "one.toml"
-    f.write_text('[structure]\nname = "apap_one"\nstates = ["CENTRAL"]\n'
-                 'equations = ["d/dt(CENTRAL) = -CL/V1*CENTRAL"]\noutputs = ["CP = CENTRAL/V1"]\n')
+    f.write_text(
+        '[structure]\nname = "apap_one"\nstates = ["CENTRAL"]\n'
+        'equations = ["d/dt(CENTRAL) = -CL/V1*CENTRAL"]\noutputs = ["CP = CENTRAL/V1"]\n'
+    )
     with pytest.raises(ModelSpecError, match=r"route 'iv' of acetaminophen doses into CMT 2"):
         with_structure("acetaminophen", f)
 
@@ -156,8 +196,15 @@ def test_a_drug_structure_file_also_simulates_alone(tmp_path):
     values = {"KA": 3.61, "KA2": 0.329, "V": 619.0, "CL": 60.8, "FR": 0.4}
     f = tmp_path / "oxy_params.toml"
     f.write_text(OXY.read_text() + "\n[parameters]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()))
-    data = pd.DataFrame({"ID": 1, "TIME": [0.0, 1.0, 2.0, 6.0, 12.0], "EVID": [1, 0, 0, 0, 0],
-                         "AMT": [10.0, 0, 0, 0, 0], "CMT": [1, 0, 0, 0, 0]})
+    data = pd.DataFrame(
+        {
+            "ID": 1,
+            "TIME": [0.0, 1.0, 2.0, 6.0, 12.0],
+            "EVID": [1, 0, 0, 0, 0],
+            "AMT": [10.0, 0, 0, 0, 0],
+            "CMT": [1, 0, 0, 0, 0],
+        }
+    )
     got = pkpd.simulate(data, params=f)
     ref = pkpd.simulate(data, "1cmt_dual", values)
     np.testing.assert_allclose(got["CP"].to_numpy(), ref["CP"].to_numpy(), rtol=1e-10)

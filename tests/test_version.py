@@ -37,8 +37,23 @@ def test_commit_is_short_hash_dirty_flag_or_none(tmp_path):
     repo.mkdir()
 
     def git(*args):
-        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org",
-                               "-c", "commit.gpgsign=false", *args], check=True, capture_output=True, text=True)
+        return subprocess.run(
+            [
+                "git",
+                "-C",
+                str(repo),
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.org",
+                "-c",
+                "commit.gpgsign=false",
+                *args,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
 
     git("init", "-q")
     (repo / "a.txt").write_text("1\n")

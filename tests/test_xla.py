@@ -13,11 +13,14 @@ from pkpd import xla
 def test_options_are_the_documented_ones_and_unknown_options_are_left_out(monkeypatch):
     assert xla.compiler_options() == {"xla_cpu_use_fusion_emitters": False}
     assert xla.compiler_options(fast_compile=True) == {
-        "xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 0,
-        "xla_llvm_disable_expensive_passes": True}
+        "xla_cpu_use_fusion_emitters": False,
+        "xla_backend_optimization_level": 0,
+        "xla_llvm_disable_expensive_passes": True,
+    }
     # an option this XLA does not know (they are retired over time) is dropped, not passed on to fail
-    monkeypatch.setattr(xla, "BASE_OPTIONS", {"xla_no_such_option_in_any_version": False,
-                                              "xla_cpu_use_fusion_emitters": False})
+    monkeypatch.setattr(
+        xla, "BASE_OPTIONS", {"xla_no_such_option_in_any_version": False, "xla_cpu_use_fusion_emitters": False}
+    )
     assert xla.compiler_options() == {"xla_cpu_use_fusion_emitters": False}
     monkeypatch.setenv("PKPD_XLA_OPTIONS", "default")
     assert xla.compiler_options(fast_compile=True) == {}
@@ -53,8 +56,9 @@ def test_program_called_inside_another_program_or_under_grad():
     x = jnp.asarray(0.7)
     assert float(outer(x)) == pytest.approx(np.sin(0.7) ** 2 + 1.0, rel=1e-15)
     assert float(jax.grad(inner)(x)) == pytest.approx(2 * np.sin(0.7) * np.cos(0.7), rel=1e-14)
-    assert float(jax.jit(jax.grad(lambda y: inner(y) * 3.0))(x)) == pytest.approx(6 * np.sin(0.7) * np.cos(0.7),
-                                                                                 rel=1e-14)
+    assert float(jax.jit(jax.grad(lambda y: inner(y) * 3.0))(x)) == pytest.approx(
+        6 * np.sin(0.7) * np.cos(0.7), rel=1e-14
+    )
 
 
 def test_fast_compiled_simulation_equals_the_optimized_one_to_rounding():

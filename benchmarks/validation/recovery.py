@@ -82,11 +82,21 @@ def model_dict() -> dict[str, Any]:
     return {
         "model": {"structure": "1cmt_oral", "description": "recovery study: weight and CYP2D6 effects"},
         "parameters": {
-            "CL": {"estimate": 4.0, "unit": "L/h", "iiv": 0.2, "covariates": [
-                {"covariate": "WT", "relation": "power", "reference": 70, "estimate": 0.5},
-                {"covariate": "CYP2D6_AS", "relation": "activity_score", "reference": 2, "estimate": 0.4}]},
-            "V": {"estimate": 40.0, "unit": "L", "iiv": 0.1, "covariates": [
-                {"covariate": "WT", "relation": "power", "reference": 70, "estimate": 0.8}]},
+            "CL": {
+                "estimate": 4.0,
+                "unit": "L/h",
+                "iiv": 0.2,
+                "covariates": [
+                    {"covariate": "WT", "relation": "power", "reference": 70, "estimate": 0.5},
+                    {"covariate": "CYP2D6_AS", "relation": "activity_score", "reference": 2, "estimate": 0.4},
+                ],
+            },
+            "V": {
+                "estimate": 40.0,
+                "unit": "L",
+                "iiv": 0.1,
+                "covariates": [{"covariate": "WT", "relation": "power", "reference": 70, "estimate": 0.8}],
+            },
             "KA": {"estimate": 1.5, "unit": "1/h", "iiv": 0.2},
         },
         "observations": {"conc": {"output": "CP", "error": "proportional", "proportional": 0.2, "unit": "mg/L"}},
@@ -127,9 +137,19 @@ def simulate_study(rng: np.random.Generator, n_sub: int, truth: dict[str, float]
     for i in range(n_sub):
         events = [(td, 0, DOSE_MG, 0.0) for td in DOSE_TIMES] + [(tt, 1, 0.0, dv[i, j]) for j, tt in enumerate(t)]
         for tt, is_obs, amt, y in sorted(events, key=lambda e: (e[0], e[1])):
-            rows.append({"ID": i + 1, "TIME": tt, "AMT": amt, "DV": y if is_obs else 0.0, "MDV": 0 if is_obs else 1,
-                         "EVID": 0 if is_obs else 1, "CMT": 2 if is_obs else 1, "WT": round(float(wt[i]), 2),
-                         "CYP2D6_AS": float(as_[i])})
+            rows.append(
+                {
+                    "ID": i + 1,
+                    "TIME": tt,
+                    "AMT": amt,
+                    "DV": y if is_obs else 0.0,
+                    "MDV": 0 if is_obs else 1,
+                    "EVID": 0 if is_obs else 1,
+                    "CMT": 2 if is_obs else 1,
+                    "WT": round(float(wt[i]), 2),
+                    "CYP2D6_AS": float(as_[i]),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -181,8 +201,9 @@ def interval_covers(prob, fit, name: str, true_value: float, z: float = 1.959963
     return bool(u_hat - z * se <= u_true <= u_hat + z * se)
 
 
-def run_study(n_rep: int, n_sub: int = 40, seed: int = 20240604,
-              progress: Callable[[int, dict], None] | None = None) -> list[dict]:
+def run_study(
+    n_rep: int, n_sub: int = 40, seed: int = 20240604, progress: Callable[[int, dict], None] | None = None
+) -> list[dict]:
     """Simulate and fit ``n_rep`` replicate studies; one record per replicate (estimates, coverage, status)."""
     from pkpd.fit import build_problem, load_model
     from pkpd.fit.laplace import fit_laplace
@@ -197,9 +218,18 @@ def run_study(n_rep: int, n_sub: int = 40, seed: int = 20240604,
         fit = fit_laplace(prob)
         est = natural_estimates(prob, fit.u_full)
         cover = {n: interval_covers(prob, fit, n, TRUTH[n]) for n in TYPICAL + COEFFICIENTS}
-        rec = {"replicate": r + 1, "estimates": est, "covered": cover, "converged": bool(fit.converged),
-               "message": fit.message, "cov_message": fit.cov_message, "minus2ll": float(fit.minus2ll),
-               "seconds": time.perf_counter() - t0, "times": dict(fit.times), "n_sub": n_sub}
+        rec = {
+            "replicate": r + 1,
+            "estimates": est,
+            "covered": cover,
+            "converged": bool(fit.converged),
+            "message": fit.message,
+            "cov_message": fit.cov_message,
+            "minus2ll": float(fit.minus2ll),
+            "seconds": time.perf_counter() - t0,
+            "times": dict(fit.times),
+            "n_sub": n_sub,
+        }
         records.append(rec)
         if progress is not None:
             progress(r + 1, rec)
@@ -215,10 +245,18 @@ def summarize(records: list[dict]) -> list[dict]:
         rel = est / true - 1.0
         cov = [rec["covered"].get(name) for rec in records]
         has = [c for c in cov if c is not None]
-        rows.append({
-            "parameter": name, "true": true, "mean": float(est.mean()), "sd": float(est.std(ddof=1)) if n > 1 else 0.0,
-            "rel_bias": float(rel.mean()), "rel_bias_mcse": float(rel.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
-            "coverage": (sum(has) / len(has)) if has else None, "n_intervals": len(has)})
+        rows.append(
+            {
+                "parameter": name,
+                "true": true,
+                "mean": float(est.mean()),
+                "sd": float(est.std(ddof=1)) if n > 1 else 0.0,
+                "rel_bias": float(rel.mean()),
+                "rel_bias_mcse": float(rel.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
+                "coverage": (sum(has) / len(has)) if has else None,
+                "n_intervals": len(has),
+            }
+        )
     return rows
 
 
@@ -233,14 +271,22 @@ def format_table(records: list[dict]) -> str:
     n = len(records)
     n_conv = sum(r["converged"] for r in records)
     n_cov = sum(r["cov_message"].startswith("ok") for r in records)
-    lines = [(f"Laplace recovery: {n} replicates x {records[0]['n_sub']} subjects; "
-              f"{n_conv} converged, {n_cov} with a covariance matrix"),
-             (f"{'parameter':32s} {'true':>8s} {'mean':>9s} {'SD':>8s} {'rel.bias %':>11s} {'(MCSE)':>8s} "
-              f"{'cover95 %':>9s}")]
+    lines = [
+        (
+            f"Laplace recovery: {n} replicates x {records[0]['n_sub']} subjects; "
+            f"{n_conv} converged, {n_cov} with a covariance matrix"
+        ),
+        (
+            f"{'parameter':32s} {'true':>8s} {'mean':>9s} {'SD':>8s} {'rel.bias %':>11s} {'(MCSE)':>8s} "
+            f"{'cover95 %':>9s}"
+        ),
+    ]
     for r in rows:
         cov = "-" if r["coverage"] is None else f"{100 * r['coverage']:.1f}"
-        lines.append(f"{r['parameter']:32s} {r['true']:8.4g} {r['mean']:9.4g} {r['sd']:8.3g} "
-                     f"{100 * r['rel_bias']:11.2f} {100 * r['rel_bias_mcse']:8.2f} {cov:>9s}")
+        lines.append(
+            f"{r['parameter']:32s} {r['true']:8.4g} {r['mean']:9.4g} {r['sd']:8.3g} "
+            f"{100 * r['rel_bias']:11.2f} {100 * r['rel_bias_mcse']:8.2f} {cov:>9s}"
+        )
     pc, m = pooled_coverage(records)
     lines.append(f"pooled 95 % coverage (typical values and coefficients, {m} intervals): {100 * pc:.1f} %")
     pt, mt = pooled_coverage(records, TYPICAL)
@@ -248,8 +294,10 @@ def format_table(records: list[dict]) -> str:
     worst = max(abs(r["rel_bias"]) for r in rows if r["parameter"] in TYPICAL)
     lines.append(f"largest |mean relative bias| of a typical value: {100 * worst:.2f} % (acceptance <= 5 %)")
     secs = [r["seconds"] for r in records]
-    lines.append(f"time per replicate (build + fit + covariance): median {np.median(secs):.2f} s, first "
-                 f"{secs[0]:.1f} s (includes compilation), total {sum(secs):.0f} s")
+    lines.append(
+        f"time per replicate (build + fit + covariance): median {np.median(secs):.2f} s, first "
+        f"{secs[0]:.1f} s (includes compilation), total {sum(secs):.0f} s"
+    )
     return "\n".join(lines)
 
 
@@ -264,8 +312,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def progress(k, rec):
         if not args.quiet:
-            print(f"  replicate {k:3d}: -2LL {rec['minus2ll']:9.2f}  converged {rec['converged']}  "
-                  f"{rec['seconds']:.1f} s", file=sys.stderr, flush=True)
+            print(
+                f"  replicate {k:3d}: -2LL {rec['minus2ll']:9.2f}  converged {rec['converged']}  "
+                f"{rec['seconds']:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     t0 = time.perf_counter()
     records = run_study(args.n_rep, args.n_sub, args.seed, progress)
@@ -273,10 +325,23 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(f"wall time {time.perf_counter() - t0:.0f} s")
     if args.out:
-        args.out.write_text(json.dumps({"truth": TRUTH, "n_rep": args.n_rep, "n_sub": args.n_sub, "seed": args.seed,
-                                        "sample_times": SAMPLE_TIMES, "dose_times": DOSE_TIMES,
-                                        "table": summarize(records), "pooled_coverage": pooled_coverage(records)[0],
-                                        "replicates": records, "table_text": table}, indent=1))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "truth": TRUTH,
+                    "n_rep": args.n_rep,
+                    "n_sub": args.n_sub,
+                    "seed": args.seed,
+                    "sample_times": SAMPLE_TIMES,
+                    "dose_times": DOSE_TIMES,
+                    "table": summarize(records),
+                    "pooled_coverage": pooled_coverage(records)[0],
+                    "replicates": records,
+                    "table_text": table,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -157,20 +157,24 @@ class Drug:
         if missing:
             raise ModelSpecError(
                 f"drug {self.name}: model {self.model} needs parameter{'s' if len(missing) > 1 else ''} "
-                f"{', '.join(missing)}; the entry defines {', '.join(names) or 'nothing'}")
+                f"{', '.join(missing)}; the entry defines {', '.join(names) or 'nothing'}"
+            )
         for cov in self.covariates:
             if cov.param not in names:
                 raise ModelSpecError(f"drug {self.name}: covariate {cov.covariate} on unknown parameter {cov.param}")
             if self._param(cov.param).derived:
-                raise ModelSpecError(f"drug {self.name}: covariate on derived parameter {cov.param}; "
-                                     "put it on one of the parameters it is derived from")
+                raise ModelSpecError(
+                    f"drug {self.name}: covariate on derived parameter {cov.param}; "
+                    "put it on one of the parameters it is derived from"
+                )
             if cov.covariate in names:
                 raise ModelSpecError(f"drug {self.name}: covariate column {cov.covariate} clashes with a parameter")
         n_cmt = model.n_cmt
         for label, cmt in self.routes.items():
             if not isinstance(cmt, int) or cmt < 1 or (n_cmt is not None and cmt > n_cmt):
-                raise ModelSpecError(f"drug {self.name}: route {label!r} -> CMT {cmt!r} is not a compartment "
-                                     f"of model {self.model}")
+                raise ModelSpecError(
+                    f"drug {self.name}: route {label!r} -> CMT {cmt!r} is not a compartment of model {self.model}"
+                )
         object.__setattr__(self, "routes", dict(self.routes))
 
     def structural_model(self):
@@ -205,7 +209,9 @@ class Drug:
                 out[p.name] = p.value
                 continue
             covs = [c for c in self.covariates if c.param == p.name]
-            out[p.name] = float(p.value) if not covs else " * ".join([repr(float(p.value))] + [c.factor() for c in covs])
+            out[p.name] = (
+                float(p.value) if not covs else " * ".join([repr(float(p.value))] + [c.factor() for c in covs])
+            )
         return out
 
     def covariates_needed(self) -> tuple[str, ...]:
@@ -240,16 +246,31 @@ class Drug:
         """Human-readable table: name, value, unit, IIV, source, UNVERIFIED flag."""
         rows = [("name", "value", "unit", "IIV", "source", "flag")]
         for p in self.params:
-            iiv = (f"{100 * p.iiv_cv:.1f}% CV" if p.iiv_cv is not None
-                   else f"SD {p.iiv_sd:g} (log)" if p.iiv_sd is not None else "-")
+            iiv = (
+                f"{100 * p.iiv_cv:.1f}% CV"
+                if p.iiv_cv is not None
+                else f"SD {p.iiv_sd:g} (log)"
+                if p.iiv_sd is not None
+                else "-"
+            )
             val = p.value if p.derived else f"{p.value:g}"
             rows.append((p.name, str(val), p.unit, iiv, str(p.source), "UNVERIFIED" if p.is_unverified else ""))
         for c in self.covariates:
-            rows.append((f"{c.param}~{c.covariate}", f"{c.form} ref={c.reference} coef={c.coefficient:g}", "-", "-",
-                         str(c.source), "UNVERIFIED" if c.is_unverified else ""))
+            rows.append(
+                (
+                    f"{c.param}~{c.covariate}",
+                    f"{c.form} ref={c.reference} coef={c.coefficient:g}",
+                    "-",
+                    "-",
+                    str(c.source),
+                    "UNVERIFIED" if c.is_unverified else "",
+                )
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(6)]
-        lines = [f"{self.name} ({self.drug_class}); model {self.model}; routes "
-                 + ", ".join(f"{k}->CMT {v}" for k, v in self.routes.items())]
+        lines = [
+            f"{self.name} ({self.drug_class}); model {self.model}; routes "
+            + ", ".join(f"{k}->CMT {v}" for k, v in self.routes.items())
+        ]
         for i, r in enumerate(rows):
             lines.append("  " + "  ".join(s.ljust(w) for s, w in zip(r, widths)).rstrip())
             if i == 0:
@@ -263,9 +284,17 @@ class Drug:
         return "\n".join(lines)
 
 
-def micro_constant_params(source: Source, *, k10: str = "K10", k12: str = "K12", k13: str = "K13",
-                          k21: str = "K21", k31: str = "K31", v1: str = "V1",
-                          per_minute: bool = True) -> tuple[Param, ...]:
+def micro_constant_params(
+    source: Source,
+    *,
+    k10: str = "K10",
+    k12: str = "K12",
+    k13: str = "K13",
+    k21: str = "K21",
+    k31: str = "K31",
+    v1: str = "V1",
+    per_minute: bool = True,
+) -> tuple[Param, ...]:
     """Derived ``CL, Q2, V2, Q3, V3`` (L/h, L) of a 3-compartment model published as micro-constants.
 
     ``CL = k10 V1``, ``Q2 = k12 V1 = k21 V2``, ``Q3 = k13 V1 = k31 V3`` (NONMEM ADVAN11 TRANS1 -> TRANS4);
@@ -276,12 +305,36 @@ def micro_constant_params(source: Source, *, k10: str = "K10", k12: str = "K12",
     unit = " (x 60: 1/min -> 1/h)" if per_minute else ""
     return (
         Param("CL", f"{k10}{m} * {v1}", "L/h", "clearance k10*V1 (derived)", source, note="CL = k10*V1" + unit),
-        Param("Q2", f"{k12}{m} * {v1}", "L/h", "inter-compartmental clearance k12*V1 (derived)", source,
-              note="Q2 = k12*V1" + unit),
-        Param("V2", f"{k12} * {v1} / {k21}", "L", "first peripheral volume k12*V1/k21 (derived)", source,
-              note="mass balance Q2 = k12*V1 = k21*V2"),
-        Param("Q3", f"{k13}{m} * {v1}", "L/h", "inter-compartmental clearance k13*V1 (derived)", source,
-              note="Q3 = k13*V1" + unit),
-        Param("V3", f"{k13} * {v1} / {k31}", "L", "second peripheral volume k13*V1/k31 (derived)", source,
-              note="mass balance Q3 = k13*V1 = k31*V3"),
+        Param(
+            "Q2",
+            f"{k12}{m} * {v1}",
+            "L/h",
+            "inter-compartmental clearance k12*V1 (derived)",
+            source,
+            note="Q2 = k12*V1" + unit,
+        ),
+        Param(
+            "V2",
+            f"{k12} * {v1} / {k21}",
+            "L",
+            "first peripheral volume k12*V1/k21 (derived)",
+            source,
+            note="mass balance Q2 = k12*V1 = k21*V2",
+        ),
+        Param(
+            "Q3",
+            f"{k13}{m} * {v1}",
+            "L/h",
+            "inter-compartmental clearance k13*V1 (derived)",
+            source,
+            note="Q3 = k13*V1" + unit,
+        ),
+        Param(
+            "V3",
+            f"{k13} * {v1} / {k31}",
+            "L",
+            "second peripheral volume k13*V1/k31 (derived)",
+            source,
+            note="mass balance Q3 = k13*V1 = k31*V3",
+        ),
     )

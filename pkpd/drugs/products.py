@@ -81,32 +81,75 @@ def _unv(detail: str) -> Source:
 
 
 #: The products the optimizer may schedule, by ``drug/route``.
-PRODUCTS: dict[str, Product] = {p.key: p for p in (
-    Product("acetaminophen", "po", (325.0, 500.0, 650.0, 1000.0), 6.0,
-            Source(_SPINE72, "acetaminophen 325/500/650/1,000 mg; oral 4-6-h grid (q6h chosen)")),
-    Product("acetaminophen", "iv", (500.0, 650.0, 1000.0), 6.0,
-            _unv("IV acetaminophen vials are 1,000 mg/100 mL; 500/650 mg are partial doses; q6h as the Ofirmev "
-                 "label")),
-    Product("celecoxib", "po", (100.0, 200.0), 12.0,
-            Source(_SPINE72, "celecoxib 100/200 mg"), note="q12h grid: general knowledge (UNVERIFIED)"),
-    Product("ibuprofen", "po", (200.0, 400.0, 600.0, 800.0), 6.0,
-            _unv("ibuprofen tablets 200-800 mg, q6h")),
-    Product("ketorolac", "iv", (15.0, 30.0), 6.0,
-            Source(_SPINE72, "ketorolac 15/30 mg; q6h as the Toradol label (models.md C)")),
-    Product("gabapentin", "po", (100.0, 300.0, 600.0), 8.0,
-            Source(_SPINE72, "gabapentin 100/300 mg; 600 mg = 2 x 300 mg, C1's pre-operative dose (clinical.md 3.2: "
-                   "pre-op 300-600 mg)"),
-            note="q8h (TID) grid as C1 (clinical.md 3.2); 600 mg so that the decision space contains C1"),
-    Product("bupivacaine_liposomal", "infiltration", (133.0, 266.0), None,
-            Source(_SPINE72, "liposomal bupivacaine 0/133/266 mg"), at_h=-0.25,
-            note="infiltration at wound closure (-0.25 h), as in C1"),
-    Product("pregabalin", "po", (25.0, 50.0, 75.0, 150.0), 12.0, _unv("pregabalin capsules 25-150 mg, q12h")),
-    Product("codeine", "po", (15.0, 30.0, 60.0), 6.0, _unv("codeine sulfate tablets 15/30/60 mg, q4-6h (q6h)")),
-    Product("oxycodone", "po_er", (10.0, 15.0, 20.0), 12.0, _unv("OxyContin 10-80 mg q12h; the three lowest")),
-    Product("ketamine", "iv", (0.25, 0.5), None,
+PRODUCTS: dict[str, Product] = {
+    p.key: p
+    for p in (
+        Product(
+            "acetaminophen",
+            "po",
+            (325.0, 500.0, 650.0, 1000.0),
+            6.0,
+            Source(_SPINE72, "acetaminophen 325/500/650/1,000 mg; oral 4-6-h grid (q6h chosen)"),
+        ),
+        Product(
+            "acetaminophen",
+            "iv",
+            (500.0, 650.0, 1000.0),
+            6.0,
+            _unv("IV acetaminophen vials are 1,000 mg/100 mL; 500/650 mg are partial doses; q6h as the Ofirmev label"),
+        ),
+        Product(
+            "celecoxib",
+            "po",
+            (100.0, 200.0),
+            12.0,
+            Source(_SPINE72, "celecoxib 100/200 mg"),
+            note="q12h grid: general knowledge (UNVERIFIED)",
+        ),
+        Product("ibuprofen", "po", (200.0, 400.0, 600.0, 800.0), 6.0, _unv("ibuprofen tablets 200-800 mg, q6h")),
+        Product(
+            "ketorolac",
+            "iv",
+            (15.0, 30.0),
+            6.0,
+            Source(_SPINE72, "ketorolac 15/30 mg; q6h as the Toradol label (models.md C)"),
+        ),
+        Product(
+            "gabapentin",
+            "po",
+            (100.0, 300.0, 600.0),
+            8.0,
+            Source(
+                _SPINE72,
+                "gabapentin 100/300 mg; 600 mg = 2 x 300 mg, C1's pre-operative dose (clinical.md 3.2: "
+                "pre-op 300-600 mg)",
+            ),
+            note="q8h (TID) grid as C1 (clinical.md 3.2); 600 mg so that the decision space contains C1",
+        ),
+        Product(
+            "bupivacaine_liposomal",
+            "infiltration",
+            (133.0, 266.0),
+            None,
+            Source(_SPINE72, "liposomal bupivacaine 0/133/266 mg"),
+            at_h=-0.25,
+            note="infiltration at wound closure (-0.25 h), as in C1",
+        ),
+        Product("pregabalin", "po", (25.0, 50.0, 75.0, 150.0), 12.0, _unv("pregabalin capsules 25-150 mg, q12h")),
+        Product("codeine", "po", (15.0, 30.0, 60.0), 6.0, _unv("codeine sulfate tablets 15/30/60 mg, q4-6h (q6h)")),
+        Product("oxycodone", "po_er", (10.0, 15.0, 20.0), 12.0, _unv("OxyContin 10-80 mg q12h; the three lowest")),
+        Product(
+            "ketamine",
+            "iv",
+            (0.25, 0.5),
+            None,
             Source("clinical.md 3.2, C1: ketamine 0.5 mg/kg intra-op", "0.25 mg/kg: half dose (UNVERIFIED)"),
-            at_h=-2.0, per_kg=True, note="intra-operative bolus at -2 h, as in C1"),
-)}
+            at_h=-2.0,
+            per_kg=True,
+            note="intra-operative bolus at -2 h, as in C1",
+        ),
+    )
+}
 
 
 def get_product(key: str) -> Product:

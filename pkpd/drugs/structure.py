@@ -55,13 +55,15 @@ def _load(structure) -> tuple[Any, str, Mapping]:
             raise ModelSpecError(f"{where}: [drug] must be a table with keys {', '.join(sorted(_DRUG_KEYS))}")
         bad = sorted(set(section) - _DRUG_KEYS)
         if bad:
-            raise ModelSpecError(f"{where} [drug]: unknown key(s) {', '.join(bad)}; allowed: "
-                                 f"{', '.join(sorted(_DRUG_KEYS))}")
+            raise ModelSpecError(
+                f"{where} [drug]: unknown key(s) {', '.join(bad)}; allowed: {', '.join(sorted(_DRUG_KEYS))}"
+            )
         return model, where, section
     if isinstance(structure, str):
         return get_model(structure), f"model {structure}", {}
-    raise ModelSpecError(f"a drug structure must be a model file (.toml), a model name or a model object, got "
-                         f"{type(structure).__name__}")
+    raise ModelSpecError(
+        f"a drug structure must be a model file (.toml), a model name or a model object, got {type(structure).__name__}"
+    )
 
 
 def _state_over_parameter(model, name: str) -> tuple[int, str | None] | None:
@@ -87,8 +89,11 @@ def _state_over_parameter(model, name: str) -> tuple[int, str | None] | None:
         with np.errstate(all="ignore"):
             coef = np.array([out(np.eye(n)[i]) for i in range(n)])
             w = rng.uniform(0.1, 10.0, n)
-            if not (np.all(np.isfinite(coef)) and abs(out(np.zeros(n))) <= 1e-12 * np.abs(coef).max()
-                    and np.isclose(out(w), coef @ w, rtol=1e-10, atol=0.0)):
+            if not (
+                np.all(np.isfinite(coef))
+                and abs(out(np.zeros(n))) <= 1e-12 * np.abs(coef).max()
+                and np.isclose(out(w), coef @ w, rtol=1e-10, atol=0.0)
+            ):
                 return None
         idx = np.flatnonzero(coef != 0.0)
         if len(idx) != 1:
@@ -116,12 +121,16 @@ def _adapt_outputs(model, where: str):
     from ..models._base import Output
 
     if "CP" not in model.output_fns:
-        raise ModelSpecError(f"{where}: a drug structure needs an output CP (the plasma concentration, mg/L), "
-                             f"e.g. \"CP = CENTRAL/V\"; outputs: {', '.join(model.output_fns)}")
+        raise ModelSpecError(
+            f"{where}: a drug structure needs an output CP (the plasma concentration, mg/L), "
+            f'e.g. "CP = CENTRAL/V"; outputs: {", ".join(model.output_fns)}'
+        )
     cp = _state_over_parameter(model, "CP")
     if cp is None or cp[1] is None:
-        raise ModelSpecError(f"{where}: output CP must be one state divided by one parameter of the entry (e.g. "
-                             "\"CP = CENTRAL/V1\"): the drug library reports concentrations as amount / volume")
+        raise ModelSpecError(
+            f"{where}: output CP must be one state divided by one parameter of the entry (e.g. "
+            '"CP = CENTRAL/V1"): the drug library reports concentrations as amount / volume'
+        )
     outputs = []
     for name in model.output_fns:
         if name == "CP":
@@ -181,18 +190,23 @@ def with_structure(drug: Drug | str, structure, *, routes: Mapping[str, int | st
         s = "s" if len(missing) > 1 else ""
         raise ModelSpecError(
             f"{where}: the structure uses parameter{s} {', '.join(missing)}, which the {drug.name} entry does not "
-            f"supply; the entry defines {', '.join(entry)} (write the structure with these names)")
+            f"supply; the entry defines {', '.join(entry)} (write the structure with these names)"
+        )
     for q in model.params:
         if q.unit and entry[q.name].unit and _norm_unit(q.unit) != _norm_unit(entry[q.name].unit):
-            raise ModelSpecError(f"{where}: parameter {q.name} is declared in {q.unit!r} but the {drug.name} entry "
-                                 f"gives it in {entry[q.name].unit!r}")
+            raise ModelSpecError(
+                f"{where}: parameter {q.name} is declared in {q.unit!r} but the {drug.name} entry "
+                f"gives it in {entry[q.name].unit!r}"
+            )
     n = model.n_cmt
     for name in entry:
         for pre in ("F", "ALAG", "R", "D"):
-            if name.startswith(pre) and name[len(pre):].isdigit() and int(name[len(pre):]) > n:
-                raise ModelSpecError(f"{where}: the {drug.name} entry's dosing parameter {name} refers to CMT "
-                                     f"{name[len(pre):]}, but the structure has {n} states "
-                                     f"({model.compartment_table()})")
+            if name.startswith(pre) and name[len(pre) :].isdigit() and int(name[len(pre) :]) > n:
+                raise ModelSpecError(
+                    f"{where}: the {drug.name} entry's dosing parameter {name} refers to CMT "
+                    f"{name[len(pre) :]}, but the structure has {n} states "
+                    f"({model.compartment_table()})"
+                )
     if hasattr(model, "output_fns"):  # written in the language: outputs are expressions
         model = _adapt_outputs(model, where)
 
@@ -203,8 +217,9 @@ def with_structure(drug: Drug | str, structure, *, routes: Mapping[str, int | st
     for label, target in given.items():
         if isinstance(target, str):
             if target not in model.compartments:
-                raise ModelSpecError(f"{where}: route {label!r} -> {target}, which is not a state "
-                                     f"({model.compartment_table()})")
+                raise ModelSpecError(
+                    f"{where}: route {label!r} -> {target}, which is not a state ({model.compartment_table()})"
+                )
             target = model.compartments.index(target) + 1
         out[str(label)] = target
     dosed = getattr(model, "dose_states", tuple(range(n)))
@@ -213,7 +228,8 @@ def with_structure(drug: Drug | str, structure, *, routes: Mapping[str, int | st
             raise ModelSpecError(
                 f"{where}: route {label!r} of {drug.name} doses into CMT {cmt!r}, which is not a state receiving "
                 f"doses ({', '.join(f'{i + 1}={model.compartments[i]}' for i in dosed)}); list the states in the "
-                "built-in model's CMT order or map the route, e.g. routes = { " + f"{label} = \"STATE\"" + " }")
+                "built-in model's CMT order or map the route, e.g. routes = { " + f'{label} = "STATE"' + " }"
+            )
     note = f"structure written in the model language: {getattr(model, 'source', None) or model.name}"
     return dataclasses.replace(drug, model=model.name, structure=model, routes=out, notes=drug.notes + (note,))
 
@@ -261,7 +277,9 @@ def regimen_entry(name: str, structures: Mapping[str, Any] | None = None) -> Dru
     model = out.structural_model()
     if not model.is_linear:
         why = getattr(model, "linear_reason", "") or "it has a nonlinear term"
-        raise ModelSpecError(f"{drug.name}: structure {model.name} is integrated as an ODE ({why}); the regimen "
-                             "simulator propagates every drug exactly with matrix exponentials and needs a linear "
-                             "structure (simulate a nonlinear one alone with pkpd.simulate)")
+        raise ModelSpecError(
+            f"{drug.name}: structure {model.name} is integrated as an ODE ({why}); the regimen "
+            "simulator propagates every drug exactly with matrix exponentials and needs a linear "
+            "structure (simulate a nonlinear one alone with pkpd.simulate)"
+        )
     return out

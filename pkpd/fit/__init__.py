@@ -8,6 +8,25 @@ from .problem import Problem, build_problem
 from .result import FitResult, OutputExistsError, build_result
 from .spec import CovariateEffect, Observation, Parameter, PopulationModel, load_model
 
-__all__ = ["CovariateEffect", "Observation", "Parameter", "PopulationModel", "load_model", "Problem",
-           "build_problem", "fit_laplace", "FitError", "fit", "FitResult", "OutputExistsError", "build_result",
-           "Forecast", "forecast", "fit_nuts", "fit_svi", "BayesFit", "describe_priors", "load_netcdf"]
+__all__ = [
+    "CovariateEffect",
+    "Observation",
+    "Parameter",
+    "PopulationModel",
+    "load_model",
+    "Problem",
+    "build_problem",
+    "fit_laplace",
+    "FitError",
+    "fit",
+    "FitResult",
+    "OutputExistsError",
+    "build_result",
+    "Forecast",
+    "forecast",
+    "fit_nuts",
+    "fit_svi",
+    "BayesFit",
+    "describe_priors",
+    "load_netcdf",
+]

@@ -59,13 +59,30 @@ def _call_bayes(fn: Callable, prob, given: dict, options: dict):
     return fn(prob, **kwargs)
 
 
-def fit(data: str | Path | pd.DataFrame, model: str | Path | Mapping[str, Any] | PopulationModel,
-        method: str = "laplace", *, chains: int = 4, warmup: int = 1000, samples: int = 1000,
-        svi_steps: int = 2000, seed: int = 0, progress: bool = False, vpc_replicates: int = 200,
-        npde_replicates: int = 1000, vpc_bins: int = 8, covariance: bool = True, solver: str = "auto",
-        fine_grid: bool = True, callback: Callable[[int, float], None] | None = None,
-        status: Callable[[str], None] | None = None, vpc_stratify: str | None = None, ignore=None, accept=None,
-        **options) -> FitResult:
+def fit(
+    data: str | Path | pd.DataFrame,
+    model: str | Path | Mapping[str, Any] | PopulationModel,
+    method: str = "laplace",
+    *,
+    chains: int = 4,
+    warmup: int = 1000,
+    samples: int = 1000,
+    svi_steps: int = 2000,
+    seed: int = 0,
+    progress: bool = False,
+    vpc_replicates: int = 200,
+    npde_replicates: int = 1000,
+    vpc_bins: int = 8,
+    covariance: bool = True,
+    solver: str = "auto",
+    fine_grid: bool = True,
+    callback: Callable[[int, float], None] | None = None,
+    status: Callable[[str], None] | None = None,
+    vpc_stratify: str | None = None,
+    ignore=None,
+    accept=None,
+    **options,
+) -> FitResult:
     """Fit a population model to a NONMEM-format dataset and compute every output.
 
     Parameters
@@ -134,14 +151,17 @@ def fit(data: str | Path | pd.DataFrame, model: str | Path | Mapping[str, Any] |
     t0 = time.perf_counter()
     method = str(method).lower()
     if method not in METHODS:
-        raise FitError(f"unknown method {method!r}: choose laplace (maximum likelihood), nuts (Bayesian, "
-                       "sampling) or svi (Bayesian, variational)")
+        raise FitError(
+            f"unknown method {method!r}: choose laplace (maximum likelihood), nuts (Bayesian, "
+            "sampling) or svi (Bayesian, variational)"
+        )
     lap_opts = {}
     if method == "laplace":
         lap_opts = {k: options.pop(k) for k in ("maxiter", "gtol", "u0") if k in options}
         if options:
-            raise FitError(f"unknown option(s) for method laplace: {', '.join(sorted(options))} (known: maxiter, "
-                           "gtol, u0)")
+            raise FitError(
+                f"unknown option(s) for method laplace: {', '.join(sorted(options))} (known: maxiter, gtol, u0)"
+            )
     data_source = None if isinstance(data, pd.DataFrame) else str(data)
     if isinstance(model, PopulationModel):
         spec = model
@@ -152,8 +172,10 @@ def fit(data: str | Path | pd.DataFrame, model: str | Path | Mapping[str, Any] |
     say("reading the data and building the problem")
     prob = build_problem(data, spec, solver=solver, ignore=ignore, accept=accept)
     if vpc_stratify is not None and vpc_stratify not in prob.frame:
-        raise FitError(f"vpc_stratify: the dataset has no column {vpc_stratify!r} "
-                       f"(columns: {', '.join(map(str, prob.frame.columns))})")
+        raise FitError(
+            f"vpc_stratify: the dataset has no column {vpc_stratify!r} "
+            f"(columns: {', '.join(map(str, prob.frame.columns))})"
+        )
     t_build = time.perf_counter() - t0
     if method == "laplace":
         say("estimating (Laplace; the first evaluation compiles the model)")
@@ -163,8 +185,9 @@ def fit(data: str | Path | pd.DataFrame, model: str | Path | Mapping[str, Any] |
         try:
             from . import bayes
         except ImportError as exc:
-            raise FitError(f"method {method} needs pkpd.fit.bayes, which cannot be imported ({exc}); use "
-                           "--method laplace") from None
+            raise FitError(
+                f"method {method} needs pkpd.fit.bayes, which cannot be imported ({exc}); use --method laplace"
+            ) from None
         fn = getattr(bayes, "fit_nuts" if method == "nuts" else "fit_svi", None)
         if fn is None:
             raise FitError(f"pkpd.fit.bayes has no fit_{method}; use --method laplace")
@@ -176,12 +199,26 @@ def fit(data: str | Path | pd.DataFrame, model: str | Path | Mapping[str, Any] |
         raw = _call_bayes(fn, prob, given, options)
         used = {k: v for k, v in given.items() if k != "progress"} | dict(options)
     t_fit = time.perf_counter() - t0 - t_build
-    res = build_result(prob, method, raw, data=prob.data if prob.data is not None else data,
-                       data_source=data_source, model_source=model_source,
-                       vpc_replicates=vpc_replicates, npde_replicates=npde_replicates, vpc_bins=vpc_bins,
-                       seed=seed, fine_grid=fine_grid, options={"method": method, "solver": solver, **used,
-                                                       **{k: v for k, v in (("ignore", ignore), ("accept", accept))
-                                                          if v}},
-                       status=say, vpc_stratify=vpc_stratify)
+    res = build_result(
+        prob,
+        method,
+        raw,
+        data=prob.data if prob.data is not None else data,
+        data_source=data_source,
+        model_source=model_source,
+        vpc_replicates=vpc_replicates,
+        npde_replicates=npde_replicates,
+        vpc_bins=vpc_bins,
+        seed=seed,
+        fine_grid=fine_grid,
+        options={
+            "method": method,
+            "solver": solver,
+            **used,
+            **{k: v for k, v in (("ignore", ignore), ("accept", accept)) if v},
+        },
+        status=say,
+        vpc_stratify=vpc_stratify,
+    )
     res.times.update(build_s=t_build, fit_s=t_fit, total_s=time.perf_counter() - t0)
     return res

@@ -234,7 +234,7 @@ def _site_values(prob: Problem, layout: _Layout, u_full, eta=None) -> dict[str, 
         out[f"pop:{n}"] = np.asarray(u_full[i])
     for b in layout.blocks:
         k = len(b.names)
-        cov = nat["omega"][b.offset:b.offset + k, b.offset:b.offset + k]
+        cov = nat["omega"][b.offset : b.offset + k, b.offset : b.offset + k]
         sd = np.sqrt(np.diag(cov))
         for n, s in zip(b.names, sd):
             out[f"sd:{n}"] = np.asarray(s)
@@ -285,7 +285,7 @@ def default_priors(prob: Problem) -> dict[str, dist.Distribution]:
         scale = 2.0 if code == 1 else 1.5 if code == 2 else 2.0 * max(1.0, abs(u0))
         out[n] = dist.Normal(u0, scale)
     for b in lay.blocks:
-        sd0 = np.sqrt(np.diag(nat["omega"])[b.offset:b.offset + len(b.names)])
+        sd0 = np.sqrt(np.diag(nat["omega"])[b.offset : b.offset + len(b.names)])
         for n, s0, add in zip(b.names, sd0, b.additive):
             out[f"omega({n})"] = dist.HalfNormal(float(5.0 * s0 if add else max(1.0, 2.0 * s0)))
         if len(b.names) > 1:
@@ -311,14 +311,16 @@ def _resolve_priors(prob: Problem, priors: Mapping[str, Any] | None) -> tuple[di
         if key not in out:
             fixed = [n for n, f in zip(pk.names, pk.free) if not f]
             hint = f" ({key} is fixed in the model file)" if key in fixed or f"omega({key})" in fixed else ""
-            raise ModelSpecError(f"priors: {key!r} is not a sampled quantity of this model{hint}; known keys: "
-                                 f"{', '.join(out)}")
+            raise ModelSpecError(
+                f"priors: {key!r} is not a sampled quantity of this model{hint}; known keys: {', '.join(out)}"
+            )
         if isinstance(val, dist.Distribution):
             d = val
         elif key.startswith("corr("):
             if not isinstance(val, (int, float)) or val <= 0:
-                raise ModelSpecError(f"priors[{key!r}]: give an LKJ concentration > 0 or a "
-                                     "dist.LKJCholesky distribution")
+                raise ModelSpecError(
+                    f"priors[{key!r}]: give an LKJ concentration > 0 or a dist.LKJCholesky distribution"
+                )
             d = dist.LKJCholesky(out[key].dimension, float(val))
         elif isinstance(val, (tuple, list)) and len(val) == 2 and key in dict(_layout(prob).pop):
             if not float(val[1]) > 0:
@@ -329,17 +331,23 @@ def _resolve_priors(prob: Problem, priors: Mapping[str, Any] | None) -> tuple[di
                 raise ModelSpecError(f"priors[{key!r}]: the HalfNormal scale must be > 0, got {val!r}")
             d = dist.HalfNormal(float(val))
         else:
-            raise ModelSpecError(f"priors[{key!r}] = {val!r}: give a numpyro distribution, (loc, scale) of a "
-                                 "Normal on the estimation scale for typical values and coefficients, or a "
-                                 "HalfNormal scale for SDs and residual terms")
+            raise ModelSpecError(
+                f"priors[{key!r}] = {val!r}: give a numpyro distribution, (loc, scale) of a "
+                "Normal on the estimation scale for typical values and coefficients, or a "
+                "HalfNormal scale for SDs and residual terms"
+            )
         if d.event_shape != out[key].event_shape or d.batch_shape != ():
-            raise ModelSpecError(f"priors[{key!r}]: the distribution must have event shape "
-                                 f"{out[key].event_shape} and no batch shape, got {d.event_shape} / "
-                                 f"{d.batch_shape}")
+            raise ModelSpecError(
+                f"priors[{key!r}]: the distribution must have event shape "
+                f"{out[key].event_shape} and no batch shape, got {d.event_shape} / "
+                f"{d.batch_shape}"
+            )
         if key in dict(_layout(prob).pop) and d.support is not dist.constraints.real:
-            raise ModelSpecError(f"priors[{key!r}]: typical values and coefficients are sampled on their "
-                                 f"estimation scale (any real number); give a distribution on the real line "
-                                 f"such as dist.Normal (got support {d.support})")
+            raise ModelSpecError(
+                f"priors[{key!r}]: typical values and coefficients are sampled on their "
+                f"estimation scale (any real number); give a distribution on the real line "
+                f"such as dist.Normal (got support {d.support})"
+            )
         out[key] = d
         user.add(key)
     return out, user
@@ -411,8 +419,10 @@ def describe_priors(prob: Problem, priors: Mapping[str, Any] | None = None) -> s
                 q = key
             what = f"{kind}: {q} ~ {_dist_text(d)}"
             if code == 1 and isinstance(d, dist.Normal) and lo == 0:
-                what += (f"  (log-normal; median {_fmt(math.exp(float(d.loc)))}, 95 % within x/ "
-                         f"{_fmt(math.exp(1.96 * float(d.scale)))})")
+                what += (
+                    f"  (log-normal; median {_fmt(math.exp(float(d.loc)))}, 95 % within x/ "
+                    f"{_fmt(math.exp(1.96 * float(d.scale)))})"
+                )
         elif key.startswith("omega("):
             what = f"SD of eta{key[5:]} ~ {_dist_text(d)}"
         elif key.startswith("corr("):
@@ -428,8 +438,10 @@ def describe_priors(prob: Problem, priors: Mapping[str, Any] | None = None) -> s
     if fixed:
         lines.append(f"  fixed at the model file's values: {', '.join(fixed)}")
     if lay.K:
-        lines.append(f"  random effects (non-centred): eta_i = L z_i, z_i ~ Normal(0, I_{lay.K}), L = Cholesky "
-                     "factor of diag(Omega, IOV)")
+        lines.append(
+            f"  random effects (non-centred): eta_i = L z_i, z_i ~ Normal(0, I_{lay.K}), L = Cholesky "
+            "factor of diag(Omega, IOV)"
+        )
     return "\n".join(lines)
 
 
@@ -467,8 +479,9 @@ _COUNTER = _RejectionCounter()
 
 
 def _host_count(ok, fingerprint):
-    return jax.pure_callback(_COUNTER, jax.ShapeDtypeStruct(jnp.shape(ok), jnp.float64), ok, fingerprint,
-                             vmap_method="expand_dims")
+    return jax.pure_callback(
+        _COUNTER, jax.ShapeDtypeStruct(jnp.shape(ok), jnp.float64), ok, fingerprint, vmap_method="expand_dims"
+    )
 
 
 @jax.custom_batching.custom_vmap
@@ -482,8 +495,7 @@ def _count_nonfinite_vmap(axis_size, in_batched, ok, fingerprint):
     ok = ok if in_batched[0] else jnp.broadcast_to(ok, (axis_size,))
     fingerprint = fingerprint if in_batched[1] else jnp.broadcast_to(fingerprint, (axis_size,))
     # one predicate for the whole batch (all chains): the call-back runs only if some chain needs it
-    out = jax.lax.cond(jnp.all(ok), lambda a, b: jnp.zeros((axis_size,), jnp.float64), _host_count, ok,
-                       fingerprint)
+    out = jax.lax.cond(jnp.all(ok), lambda a, b: jnp.zeros((axis_size,), jnp.float64), _host_count, ok, fingerprint)
     return out, True
 
 
@@ -523,8 +535,7 @@ def _site_transforms(prob: Problem, layout: _Layout, priors: tuple) -> dict:
     found: dict = {}
 
     def probe(prob):  # priors closed over: their supports (e.g. Uniform bounds) stay concrete
-        tr = numpyro.handlers.trace(numpyro.handlers.seed(_model, 0)).get_trace(prob, priors, layout,
-                                                                                 likelihood=False)
+        tr = numpyro.handlers.trace(numpyro.handlers.seed(_model, 0)).get_trace(prob, priors, layout, likelihood=False)
         found.update({k: s["fn"].support for k, s in tr.items() if s["type"] == "sample" and not s["is_observed"]})
         return 0.0
 
@@ -607,9 +618,18 @@ class BayesFit:
             q = np.quantile(x, [0.025, 0.5, 0.975])
             rhat = self.diagnostics["rhat"].get(n) if self.diagnostics.get("rhat") else None
             ess = self.diagnostics["ess_bulk"].get(n) if self.diagnostics.get("ess_bulk") else None
-            rows.append({"parameter": n, "mean": x.mean(), "sd": x.std(ddof=1) if x.size > 1 else math.nan,
-                         "q2.5": q[0], "median": q[1], "q97.5": q[2],
-                         "rhat": math.nan if rhat is None else rhat, "ess_bulk": math.nan if ess is None else ess})
+            rows.append(
+                {
+                    "parameter": n,
+                    "mean": x.mean(),
+                    "sd": x.std(ddof=1) if x.size > 1 else math.nan,
+                    "q2.5": q[0],
+                    "median": q[1],
+                    "q97.5": q[2],
+                    "rhat": math.nan if rhat is None else rhat,
+                    "ess_bulk": math.nan if ess is None else ess,
+                }
+            )
         return pd.DataFrame(rows).set_index("parameter")
 
 
@@ -672,6 +692,7 @@ _post_jit: dict = {}
 
 def _postprocess_fn(batch: int):
     if batch not in _post_jit:
+
         def per_draw(prob, u_full, eta):
             ll = prob.loglik_id(u_full, eta)
             return ll
@@ -691,7 +712,7 @@ def _loglik_draws(prob: Problem, u_flat: np.ndarray, eta_flat: np.ndarray) -> np
 
 def _assemble_draws(prob: Problem, layout: _Layout, draws: dict, lead: tuple[int, ...]):
     """``u_full`` (lead + (n_all,)) and ``eta`` (lead + (n_id, K)) from constrained site draws."""
-    flat = {k: jnp.asarray(v).reshape((-1,) + v.shape[len(lead):]) for k, v in draws.items()}
+    flat = {k: jnp.asarray(v).reshape((-1,) + v.shape[len(lead) :]) for k, v in draws.items()}
     fn = _assemble_jit()
     u, eta = fn(prob, layout, flat)
     return (np.asarray(u).reshape(lead + (u.shape[-1],)), np.asarray(eta).reshape(lead + tuple(eta.shape[1:])))
@@ -699,13 +720,23 @@ def _assemble_draws(prob: Problem, layout: _Layout, draws: dict, lead: tuple[int
 
 @functools.lru_cache(maxsize=1)
 def _assemble_jit():
-    return jit(lambda prob, layout, flat: jax.vmap(lambda v: _assemble(prob, layout, v))(flat),
-                   static_argnums=1)
+    return jit(lambda prob, layout, flat: jax.vmap(lambda v: _assemble(prob, layout, v))(flat), static_argnums=1)
 
 
-def _build_result(prob: Problem, layout: _Layout, method: str, u_full: np.ndarray, eta: np.ndarray,
-                  stats: dict | None, diagnostics: dict, times: dict, prior_text: str, settings: dict,
-                  log_likelihood: bool, ll: np.ndarray | None = None) -> BayesFit:
+def _build_result(
+    prob: Problem,
+    layout: _Layout,
+    method: str,
+    u_full: np.ndarray,
+    eta: np.ndarray,
+    stats: dict | None,
+    diagnostics: dict,
+    times: dict,
+    prior_text: str,
+    settings: dict,
+    log_likelihood: bool,
+    ll: np.ndarray | None = None,
+) -> BayesFit:
     az = _arviz()
     t0 = time.perf_counter()
     C, D = u_full.shape[:2]
@@ -730,15 +761,26 @@ def _build_result(prob: Problem, layout: _Layout, method: str, u_full: np.ndarra
     dims["DV"] = ["obs"]
     if stats is not None:
         groups["sample_stats"] = stats
-    attrs = {"inference_library": "numpyro", "inference_library_version": numpyro.__version__,
-             "created_by": "pkpd.fit.bayes", "method": method, "priors": prior_text,
-             "model_structure": prob.spec.structure}
+    attrs = {
+        "inference_library": "numpyro",
+        "inference_library_version": numpyro.__version__,
+        "created_by": "pkpd.fit.bayes",
+        "method": method,
+        "priors": prior_text,
+        "model_structure": prob.spec.structure,
+    }
     for k, v in settings.items():
         attrs[f"setting_{k}"] = v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else str(v)
     for k, v in times.items():
         attrs[f"time_{k}"] = float(v)
-    for k in ("n_divergent", "n_divergent_warmup", "n_rejected", "n_rejected_warmup", "n_nonfinite_draws",
-              "n_rejected_steps"):
+    for k in (
+        "n_divergent",
+        "n_divergent_warmup",
+        "n_rejected",
+        "n_rejected_warmup",
+        "n_nonfinite_draws",
+        "n_rejected_steps",
+    ):
         if k in diagnostics and diagnostics[k] is not None:
             attrs[k] = int(diagnostics[k])
     idata = az.from_dict(**groups, coords=coords, dims=dims, attrs=attrs)
@@ -758,17 +800,27 @@ def _build_result(prob: Problem, layout: _Layout, method: str, u_full: np.ndarra
         diagnostics.setdefault("rhat", None)
         diagnostics.setdefault("ess_bulk", None)
     if ll is not None:
-        diagnostics["n_nonfinite_draws"] = max(diagnostics.get("n_nonfinite_draws", 0),
-                                               int(np.sum(~np.isfinite(ll.sum(-1)))))
+        diagnostics["n_nonfinite_draws"] = max(
+            diagnostics.get("n_nonfinite_draws", 0), int(np.sum(~np.isfinite(ll.sum(-1))))
+        )
         idata.attrs["n_nonfinite_draws"] = diagnostics["n_nonfinite_draws"]
     times["postprocess_s"] = time.perf_counter() - t0
     times["total_s"] = sum(v for k, v in times.items() if k != "total_s")
     idata.attrs["time_postprocess_s"] = times["postprocess_s"]
     idata.attrs["time_total_s"] = times["total_s"]
     free = pk.free
-    return BayesFit(method=method, names=free_names, u_draws=u_full[..., free], u_full_draws=u_full,
-                    eta_draws=eta, idata=idata, diagnostics=diagnostics, times=times, priors=prior_text,
-                    settings=settings)
+    return BayesFit(
+        method=method,
+        names=free_names,
+        u_draws=u_full[..., free],
+        u_full_draws=u_full,
+        eta_draws=eta,
+        idata=idata,
+        diagnostics=diagnostics,
+        times=times,
+        priors=prior_text,
+        settings=settings,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -779,8 +831,9 @@ _CHUNK = 50  # iterations per compiled call (progress granularity)
 
 
 @functools.lru_cache(maxsize=8)
-def _nuts_program(layout: _Layout, num_warmup: int, target_accept: float, max_tree_depth, dense_mass,
-                  count: bool = True):
+def _nuts_program(
+    layout: _Layout, num_warmup: int, target_accept: float, max_tree_depth, dense_mass, count: bool = True
+):
     """Compiled ``init`` and ``chunk`` functions of vectorized NUTS (cached per structure and settings)."""
 
     def pe_gen(prob, priors):
@@ -789,14 +842,27 @@ def _nuts_program(layout: _Layout, num_warmup: int, target_accept: float, max_tr
     init_kernel, sample_kernel = hmc(potential_fn_gen=pe_gen, algo="NUTS")
 
     def init_one(prob, priors, z0, key):
-        return init_kernel(z0, num_warmup, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
-                           dense_mass=dense_mass, model_args=(prob, priors), rng_key=key)
+        return init_kernel(
+            z0,
+            num_warmup,
+            target_accept_prob=target_accept,
+            max_tree_depth=max_tree_depth,
+            dense_mass=dense_mass,
+            model_args=(prob, priors),
+            rng_key=key,
+        )
 
     def chunk_one(prob, priors, state, n):
         def rec(st):
-            return {"z": st.z, "diverging": st.diverging, "potential_energy": st.potential_energy,
-                    "energy": st.energy, "num_steps": st.num_steps, "accept_prob": st.accept_prob,
-                    "step_size": st.adapt_state.step_size}
+            return {
+                "z": st.z,
+                "diverging": st.diverging,
+                "potential_energy": st.potential_energy,
+                "energy": st.energy,
+                "num_steps": st.num_steps,
+                "accept_prob": st.accept_prob,
+                "step_size": st.adapt_state.step_size,
+            }
 
         proto = rec(state)
         buf = jax.tree_util.tree_map(lambda x: jnp.zeros((_CHUNK,) + jnp.shape(x), jnp.result_type(x)), proto)
@@ -814,19 +880,38 @@ def _nuts_program(layout: _Layout, num_warmup: int, target_accept: float, max_tr
     # they batched, vmap would turn each `cond` into a `select` that computes both branches at every
     # iteration (the end-of-window mass-matrix update, and the whole adaptation after warm-up), which
     # costs 10-20 ms per iteration with a dense mass matrix.
-    ax = HMCState(i=None, z=0, z_grad=0, potential_energy=0, energy=0, r=0, trajectory_length=None, num_steps=0,
-                  accept_prob=0, mean_accept_prob=0, diverging=0,
-                  adapt_state=HMCAdaptState(step_size=0, inverse_mass_matrix=0, mass_matrix_sqrt=0,
-                                            mass_matrix_sqrt_inv=0, ss_state=0, mm_state=0, window_idx=None,
-                                            rng_key=0),
-                  rng_key=0)
+    ax = HMCState(
+        i=None,
+        z=0,
+        z_grad=0,
+        potential_energy=0,
+        energy=0,
+        r=0,
+        trajectory_length=None,
+        num_steps=0,
+        accept_prob=0,
+        mean_accept_prob=0,
+        diverging=0,
+        adapt_state=HMCAdaptState(
+            step_size=0,
+            inverse_mass_matrix=0,
+            mass_matrix_sqrt=0,
+            mass_matrix_sqrt_inv=0,
+            ss_state=0,
+            mm_state=0,
+            window_idx=None,
+            rng_key=0,
+        ),
+        rng_key=0,
+    )
     init_fn = jit(jax.vmap(init_one, in_axes=(None, None, 0, 0), out_axes=ax))
     chunk_fn = jit(jax.vmap(chunk_one, in_axes=(None, None, ax, None), out_axes=(ax, 0)))
     return init_fn, chunk_fn
 
 
-def _initial_points(prob: Problem, layout: _Layout, transforms: dict, init_u, init_eta, num_chains: int,
-                    jitter: float, seed: int) -> tuple[dict, dict]:
+def _initial_points(
+    prob: Problem, layout: _Layout, transforms: dict, init_u, init_eta, num_chains: int, jitter: float, seed: int
+) -> tuple[dict, dict]:
     """Unconstrained initial point and ``num_chains`` jittered copies of it (leading chain axis)."""
     pk = prob.packer
     if init_u is None:
@@ -838,8 +923,10 @@ def _initial_points(prob: Problem, layout: _Layout, transforms: dict, init_u, in
         elif init_u.shape == pk.init_full.shape:
             u_full = init_u.copy()
         else:
-            raise FitError(f"init_u has shape {init_u.shape}; give the free parameters ({pk.n_free},) or all "
-                           f"parameters ({pk.init_full.size},) on the estimation scale")
+            raise FitError(
+                f"init_u has shape {init_u.shape}; give the free parameters ({pk.n_free},) or all "
+                f"parameters ({pk.init_full.size},) on the estimation scale"
+            )
         if not np.all(np.isfinite(u_full)):
             raise FitError("init_u has non-finite entries")
     if init_eta is not None:
@@ -853,9 +940,11 @@ def _initial_points(prob: Problem, layout: _Layout, transforms: dict, init_u, in
     return base, jit
 
 
-_NOT_FINITE_AT_INIT = ("the log posterior is not finite at the initial point: check the initial estimates "
-                       "(init_u), units of AMT and DV, the error model (a proportional error on a zero "
-                       "prediction), and that each prior covers its initial value")
+_NOT_FINITE_AT_INIT = (
+    "the log posterior is not finite at the initial point: check the initial estimates "
+    "(init_u), units of AMT and DV, the error model (a proportional error on a zero "
+    "prediction), and that each prior covers its initial value"
+)
 
 
 def _progress(progress: bool, total: int, label: str):
@@ -863,8 +952,14 @@ def _progress(progress: bool, total: int, label: str):
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                 TextColumn("{task.fields[info]}"), transient=False)
+    p = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        transient=False,
+    )
     p.start()
     p.add_task(label, total=total, info="")
     return p
@@ -873,15 +968,26 @@ def _progress(progress: bool, total: int, label: str):
 def _progress_info(phase: str, div_warmup: int, div_sampling: int, rejected: int) -> str:
     """The NUTS progress line's text: warm-up and sampling divergences counted apart (warm-up divergences
     are expected while the step size adapts and are not a diagnostic of the draws; sampling ones are)."""
-    return (f"{phase}; warm-up divergences {div_warmup}, sampling divergences {div_sampling}; "
-            f"rejected points {rejected}")
+    return f"{phase}; warm-up divergences {div_warmup}, sampling divergences {div_sampling}; rejected points {rejected}"
 
 
-def fit_nuts(prob: Problem, *, num_chains: int = 4, num_warmup: int = 1000, num_samples: int = 1000,
-             seed: int = 0, priors: Mapping[str, Any] | None = None, progress: bool = True,
-             target_accept: float = 0.8, max_tree_depth: int | tuple[int, int] = (6, 10),
-             dense_mass: bool | str = "auto",
-             init_u=None, init_eta=None, init_jitter: float = 0.1, log_likelihood: bool = True) -> BayesFit:
+def fit_nuts(
+    prob: Problem,
+    *,
+    num_chains: int = 4,
+    num_warmup: int = 1000,
+    num_samples: int = 1000,
+    seed: int = 0,
+    priors: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    target_accept: float = 0.8,
+    max_tree_depth: int | tuple[int, int] = (6, 10),
+    dense_mass: bool | str = "auto",
+    init_u=None,
+    init_eta=None,
+    init_jitter: float = 0.1,
+    log_likelihood: bool = True,
+) -> BayesFit:
     """Sample the posterior of a population model with NUTS, all chains vectorized.
 
     Parameters
@@ -947,15 +1053,19 @@ def fit_nuts(prob: Problem, *, num_chains: int = 4, num_warmup: int = 1000, num_
     k_chain = jax.random.key(seed)
     t_prep = time.perf_counter() - t_start
 
-    n_latent = (len(layout.pop) + sum(len(b.names) * (len(b.names) + 1) // 2 for b in layout.blocks)
-                + len(layout.iov) + len(layout.sigma) + layout.n_id * layout.K)
+    n_latent = (
+        len(layout.pop)
+        + sum(len(b.names) * (len(b.names) + 1) // 2 for b in layout.blocks)
+        + len(layout.iov)
+        + len(layout.sigma)
+        + layout.n_id * layout.K
+    )
     if dense_mass == "auto":
         dense_mass = n_latent <= 400
     elif not isinstance(dense_mass, bool):
         raise FitError(f"dense_mass must be True, False or 'auto', got {dense_mass!r}")
     mtd = tuple(int(d) for d in max_tree_depth) if isinstance(max_tree_depth, (tuple, list)) else int(max_tree_depth)
-    init_fn, chunk_fn = _nuts_program(layout, int(num_warmup), float(target_accept), mtd,
-                                      bool(dense_mass))
+    init_fn, chunk_fn = _nuts_program(layout, int(num_warmup), float(target_accept), mtd, bool(dense_mass))
     keys = jax.random.split(k_chain, num_chains)
     t0 = time.perf_counter()
     _COUNTER.reset()
@@ -994,8 +1104,9 @@ def fit_nuts(prob: Problem, *, num_chains: int = 4, num_warmup: int = 1000, num_
                     rec.append(buf)
                 if bar is not None:
                     div_samp = sum(int(np.sum(b["diverging"])) for b in rec)
-                    bar.update(bar.task_ids[0], advance=n,
-                               info=_progress_info(phase, div_warm, div_samp, _COUNTER.count))
+                    bar.update(
+                        bar.task_ids[0], advance=n, info=_progress_info(phase, div_warm, div_samp, _COUNTER.count)
+                    )
             if phase == "warmup":
                 t_warm = time.perf_counter() - t1
                 rej_warm = _COUNTER.count
@@ -1009,23 +1120,39 @@ def fit_nuts(prob: Problem, *, num_chains: int = 4, num_warmup: int = 1000, num_
     zs = {k: np.concatenate([b["z"][k] for b in rec], axis=1) for k in rec[0]["z"]}
     constrained = {k: np.asarray(transforms[k](jnp.asarray(v))) for k, v in zs.items()}
     u_full, eta = _assemble_draws(prob, layout, constrained, (num_chains, num_samples))
-    stats = {"diverging": samples["diverging"].astype(bool), "lp": -samples["potential_energy"],
-             "energy": samples["energy"], "n_steps": samples["num_steps"],
-             "acceptance_rate": samples["accept_prob"], "step_size": samples["step_size"]}
-    diagnostics = {"n_divergent": int(np.sum(samples["diverging"])), "n_divergent_warmup": div_warm,
-                   "n_nonfinite_draws": int(np.sum(~np.isfinite(samples["potential_energy"]))),
-                   "n_rejected": rej_total - rej_warm, "n_rejected_warmup": rej_warm,
-                   "mean_accept_prob": float(np.mean(samples["accept_prob"])),
-                   "step_size": [float(s) for s in np.asarray(state.adapt_state.step_size)],
-                   "mean_tree_steps": float(np.mean(samples["num_steps"])),
-                   "warmup_n_steps": (np.concatenate(warm_steps, axis=1) if warm_steps
-                                         else np.zeros((num_chains, 0), int))}
+    stats = {
+        "diverging": samples["diverging"].astype(bool),
+        "lp": -samples["potential_energy"],
+        "energy": samples["energy"],
+        "n_steps": samples["num_steps"],
+        "acceptance_rate": samples["accept_prob"],
+        "step_size": samples["step_size"],
+    }
+    diagnostics = {
+        "n_divergent": int(np.sum(samples["diverging"])),
+        "n_divergent_warmup": div_warm,
+        "n_nonfinite_draws": int(np.sum(~np.isfinite(samples["potential_energy"]))),
+        "n_rejected": rej_total - rej_warm,
+        "n_rejected_warmup": rej_warm,
+        "mean_accept_prob": float(np.mean(samples["accept_prob"])),
+        "step_size": [float(s) for s in np.asarray(state.adapt_state.step_size)],
+        "mean_tree_steps": float(np.mean(samples["num_steps"])),
+        "warmup_n_steps": (np.concatenate(warm_steps, axis=1) if warm_steps else np.zeros((num_chains, 0), int)),
+    }
     times = {"prepare_s": t_prep, "compile_s": t_compile, "warmup_s": t_warm, "sampling_s": t_samp}
-    settings = {"num_chains": num_chains, "num_warmup": num_warmup, "num_samples": num_samples, "seed": seed,
-                "target_accept": target_accept, "max_tree_depth": str(mtd), "dense_mass": bool(dense_mass),
-                "chain_method": "vectorized"}
-    return _build_result(prob, layout, "nuts", u_full, eta, stats, diagnostics, times, prior_text, settings,
-                         log_likelihood)
+    settings = {
+        "num_chains": num_chains,
+        "num_warmup": num_warmup,
+        "num_samples": num_samples,
+        "seed": seed,
+        "target_accept": target_accept,
+        "max_tree_depth": str(mtd),
+        "dense_mass": bool(dense_mass),
+        "chain_method": "vectorized",
+    }
+    return _build_result(
+        prob, layout, "nuts", u_full, eta, stats, diagnostics, times, prior_text, settings, log_likelihood
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1052,8 +1179,9 @@ def _make_guide(layout: _Layout, kind: str):
         if kind == "normal":
             for name, tr, shape in sites:
                 loc = numpyro.param(f"{name}_loc", jnp.zeros(shape))
-                scale = numpyro.param(f"{name}_scale", jnp.full(shape, 0.1),
-                                      constraint=dist.constraints.softplus_positive)
+                scale = numpyro.param(
+                    f"{name}_scale", jnp.full(shape, 0.1), constraint=dist.constraints.softplus_positive
+                )
                 base = dist.Normal(loc, scale).to_event(len(shape))
                 numpyro.sample(name, dist.TransformedDistribution(base, tr))
             return
@@ -1064,7 +1192,7 @@ def _make_guide(layout: _Layout, kind: str):
         flat = numpyro.sample("_flat", dist.MultivariateNormal(loc, scale_tril=L), infer={"is_auxiliary": True})
         pos = 0
         for (name, tr, shape), m in zip(sites, sizes):
-            x = flat[pos:pos + m].reshape(shape)
+            x = flat[pos : pos + m].reshape(shape)
             pos += m
             y = tr(x)
             # density of the constrained value: q(x) / |dy/dx|
@@ -1116,9 +1244,20 @@ def _svi_start(svi, layout: _Layout, priors: tuple, state, z0: dict):
     return SVIState(svi.optim.init(params), state.mutable_state, state.rng_key)
 
 
-def fit_svi(prob: Problem, *, num_steps: int = 2000, learning_rate: float = 0.01, num_draws: int = 1000,
-            seed: int = 0, guide: str = "normal", priors: Mapping[str, Any] | None = None,
-            progress: bool = True, init_u=None, init_eta=None, log_likelihood: bool = True) -> BayesFit:
+def fit_svi(
+    prob: Problem,
+    *,
+    num_steps: int = 2000,
+    learning_rate: float = 0.01,
+    num_draws: int = 1000,
+    seed: int = 0,
+    guide: str = "normal",
+    priors: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    init_u=None,
+    init_eta=None,
+    log_likelihood: bool = True,
+) -> BayesFit:
     """Approximate the posterior of a population model by stochastic variational inference.
 
     The guide is a Gaussian on the unconstrained scale of every latent quantity (population parameters
@@ -1209,13 +1348,25 @@ def fit_svi(prob: Problem, *, num_steps: int = 2000, learning_rate: float = 0.01
     good = np.isfinite(ll.sum(-1)) & np.all(np.isfinite(u_full[0]), axis=-1)
     n_bad = int(np.sum(~good))
     if not good.any():
-        raise FitError("every draw of the fitted SVI guide has a non-finite log-likelihood: the optimisation "
-                       "diverged; lower learning_rate or start from a Laplace fit (init_u)")
+        raise FitError(
+            "every draw of the fitted SVI guide has a non-finite log-likelihood: the optimisation "
+            "diverged; lower learning_rate or start from a Laplace fit (init_u)"
+        )
     u_full, eta, ll = u_full[:, good], eta[:, good], ll[None, good]
-    diagnostics = {"elbo": elbo, "n_rejected_steps": int(np.sum(~np.isfinite(elbo))), "n_rejected": n_bad,
-                   "final_loss": float(np.nanmean(elbo[-max(1, len(elbo) // 20):]))}
+    diagnostics = {
+        "elbo": elbo,
+        "n_rejected_steps": int(np.sum(~np.isfinite(elbo))),
+        "n_rejected": n_bad,
+        "final_loss": float(np.nanmean(elbo[-max(1, len(elbo) // 20) :])),
+    }
     times = {"prepare_s": t_prep, "compile_s": t_compile, "optimization_s": t_opt, "draws_s": t_draw}
-    settings = {"num_steps": num_steps, "learning_rate": learning_rate, "num_draws": num_draws, "seed": seed,
-                "guide": guide}
-    return _build_result(prob, layout, "svi", u_full, eta, None, diagnostics, times, prior_text, settings,
-                         log_likelihood, ll)
+    settings = {
+        "num_steps": num_steps,
+        "learning_rate": learning_rate,
+        "num_draws": num_draws,
+        "seed": seed,
+        "guide": guide,
+    }
+    return _build_result(
+        prob, layout, "svi", u_full, eta, None, diagnostics, times, prior_text, settings, log_likelihood, ll
+    )

@@ -78,11 +78,34 @@ import scipy.stats
 from ..plotting import new_figure
 from .problem import fit_jit
 
-__all__ = ["IC_DEFINITION", "SIM_CHUNK", "cwres", "epsilon_shrinkage", "eta_shrinkage", "evaluate_outputs",
-           "grid_predictions", "information_criteria", "lowess", "npde", "plot_abs_iwres", "plot_eta_covariates",
-           "plot_eta_distributions", "plot_eta_pairs", "plot_gof", "plot_individual", "plot_qq", "plot_rank",
-           "plot_residuals", "plot_trace", "plot_vpc", "pointwise_loglik", "qq_normal", "simulate_replicates",
-           "vpc_table", "waic"]
+__all__ = [
+    "IC_DEFINITION",
+    "SIM_CHUNK",
+    "cwres",
+    "epsilon_shrinkage",
+    "eta_shrinkage",
+    "evaluate_outputs",
+    "grid_predictions",
+    "information_criteria",
+    "lowess",
+    "npde",
+    "plot_abs_iwres",
+    "plot_eta_covariates",
+    "plot_eta_distributions",
+    "plot_eta_pairs",
+    "plot_gof",
+    "plot_individual",
+    "plot_qq",
+    "plot_rank",
+    "plot_residuals",
+    "plot_trace",
+    "plot_vpc",
+    "pointwise_loglik",
+    "qq_normal",
+    "simulate_replicates",
+    "vpc_table",
+    "waic",
+]
 
 SIM_CHUNK = 50  # replicates per compiled simulation call (one compile serves any number of replicates)
 
@@ -98,8 +121,16 @@ def _groups(ids: np.ndarray) -> list[np.ndarray]:
     return [np.nonzero(ids == i)[0] for i in order]
 
 
-def cwres(y: np.ndarray, f: np.ndarray, jac: np.ndarray, eta: np.ndarray, omega: np.ndarray, sd: np.ndarray,
-          ids: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def cwres(
+    y: np.ndarray,
+    f: np.ndarray,
+    jac: np.ndarray,
+    eta: np.ndarray,
+    omega: np.ndarray,
+    sd: np.ndarray,
+    ids: np.ndarray,
+    valid: np.ndarray,
+) -> np.ndarray:
     """Conditional weighted residuals by linearization around the conditional estimates.
 
     Parameters
@@ -131,8 +162,9 @@ def cwres(y: np.ndarray, f: np.ndarray, jac: np.ndarray, eta: np.ndarray, omega:
     jac = np.asarray(jac, float).reshape(len(y), -1)
     eta = np.asarray(eta, float).reshape(-1, jac.shape[1])
     omega = np.asarray(omega, float).reshape(jac.shape[1], jac.shape[1])
-    valid = np.asarray(valid, bool) & np.isfinite(y) & np.isfinite(f) & np.isfinite(sd) & np.all(
-        np.isfinite(jac), axis=1)
+    valid = (
+        np.asarray(valid, bool) & np.isfinite(y) & np.isfinite(f) & np.isfinite(sd) & np.all(np.isfinite(jac), axis=1)
+    )
     ids = np.asarray(ids)
     out = np.full(len(y), np.nan)
     mean = f - np.einsum("jk,jk->j", jac, eta[ids]) if jac.shape[1] else f
@@ -214,11 +246,23 @@ def _pct(x: np.ndarray, q, axis: int) -> np.ndarray:
     return np.nanpercentile(x, q, axis=axis) if np.isnan(x).any() else np.percentile(x, q, axis=axis)
 
 
-def vpc_table(time: np.ndarray, dv: np.ndarray, sims: np.ndarray, types: np.ndarray, valid: np.ndarray,
-              type_names: Sequence[str], *, n_bins: int = 8, percentiles: Sequence[float] = (5, 50, 95),
-              interval: float = 90.0, pred: np.ndarray | None = None, blq: np.ndarray | None = None,
-              lloq: np.ndarray | None = None, strata: np.ndarray | None = None,
-              return_points: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
+def vpc_table(
+    time: np.ndarray,
+    dv: np.ndarray,
+    sims: np.ndarray,
+    types: np.ndarray,
+    valid: np.ndarray,
+    type_names: Sequence[str],
+    *,
+    n_bins: int = 8,
+    percentiles: Sequence[float] = (5, 50, 95),
+    interval: float = 90.0,
+    pred: np.ndarray | None = None,
+    blq: np.ndarray | None = None,
+    lloq: np.ndarray | None = None,
+    strata: np.ndarray | None = None,
+    return_points: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Numbers of a visual predictive check, per observation type (and stratum) and time bin.
 
     Plain VPC (Holford 2005) by default; prediction-corrected (pcVPC, Bergstrand et al. 2011) when
@@ -316,8 +360,15 @@ def vpc_table(time: np.ndarray, dv: np.ndarray, sims: np.ndarray, types: np.ndar
                 row = {"type": name}
                 if strata is not None:
                     row["stratum"] = level
-                row.update({"bin": k + 1, "t_low": edges[k], "t_high": edges[k + 1],
-                            "t_mid": float(np.median(time[sel])), "n": int(sel.size)})
+                row.update(
+                    {
+                        "bin": k + 1,
+                        "t_low": edges[k],
+                        "t_high": edges[k + 1],
+                        "t_mid": float(np.median(time[sel])),
+                        "n": int(sel.size),
+                    }
+                )
                 factor = np.ones(sel.size)
                 if pred is not None:
                     p_bin = float(np.median(pred_a[sel]))
@@ -336,9 +387,16 @@ def vpc_table(time: np.ndarray, dv: np.ndarray, sims: np.ndarray, types: np.ndar
                     obs_frac = 100.0 * float(b_obs.mean())
                     sim_frac = 100.0 * sim_c.mean(axis=1)
                     fq = np.percentile(sim_frac, (lo_q, 50.0, hi_q))
-                    row.update({"n_blq": int(b_obs.sum()), "lloq": float(np.median(lq[has_lq])) if has_lq.any()
-                                else math.nan, "obs_blq_pct": obs_frac, "sim_blq_pct_low": float(fq[0]),
-                                "sim_blq_pct_median": float(fq[1]), "sim_blq_pct_high": float(fq[2])})
+                    row.update(
+                        {
+                            "n_blq": int(b_obs.sum()),
+                            "lloq": float(np.median(lq[has_lq])) if has_lq.any() else math.nan,
+                            "obs_blq_pct": obs_frac,
+                            "sim_blq_pct_low": float(fq[0]),
+                            "sim_blq_pct_median": float(fq[1]),
+                            "sim_blq_pct_high": float(fq[2]),
+                        }
+                    )
                 sp = _pct(sim_v, percentiles, axis=1)  # (n_pct, n_rep)
                 op = np.percentile(obs_v, percentiles)
                 sq = _pct(sp, (lo_q, 50.0, hi_q), axis=1)  # (3, n_pct)
@@ -351,8 +409,19 @@ def vpc_table(time: np.ndarray, dv: np.ndarray, sims: np.ndarray, types: np.ndar
                     row[f"sim_{tag}_high"] = float(sq[2, j])
                 rows.append(row)
                 if return_points:
-                    points.append(pd.DataFrame({"TYPE": name, "STRATUM": level, "BIN": k + 1, "TIME": time[sel],
-                                                "DV": obs_v, "BLQ": b_obs.astype(int), "LLOQ": lq}))
+                    points.append(
+                        pd.DataFrame(
+                            {
+                                "TYPE": name,
+                                "STRATUM": level,
+                                "BIN": k + 1,
+                                "TIME": time[sel],
+                                "DV": obs_v,
+                                "BLQ": b_obs.astype(int),
+                                "LLOQ": lq,
+                            }
+                        )
+                    )
     table = pd.DataFrame(rows)
     if not return_points:
         return table
@@ -394,8 +463,15 @@ def waic(loglik: np.ndarray) -> dict:
     return {"waic": w["waic"], "lppd": w["lppd"], "p_waic": w["p_waic"], "se": w["se"]}
 
 
-def lowess(x: np.ndarray, y: np.ndarray, *, frac: float = 2.0 / 3.0, iterations: int = 3,
-           x_eval: np.ndarray | None = None, max_fit_points: int = 200) -> np.ndarray:
+def lowess(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    frac: float = 2.0 / 3.0,
+    iterations: int = 3,
+    x_eval: np.ndarray | None = None,
+    max_fit_points: int = 200,
+) -> np.ndarray:
     """Robust locally weighted linear regression (LOWESS; Cleveland 1979), numpy only.
 
     At a point ``x0`` the smooth is the intercept of a straight line fitted by weighted least squares to
@@ -448,7 +524,7 @@ def lowess(x: np.ndarray, y: np.ndarray, *, frac: float = 2.0 / 3.0, iterations:
     def fit(wr: np.ndarray) -> np.ndarray:
         out = np.empty(z.size)
         for a in range(0, z.size, 256):  # blocks of fit points: (256, n) work arrays
-            zb = z[a:a + 256]
+            zb = z[a : a + 256]
             u = x[None, :] - zb[:, None]
             d = np.abs(u)
             h = np.partition(d, k - 1, axis=1)[:, k - 1]
@@ -461,7 +537,7 @@ def lowess(x: np.ndarray, y: np.ndarray, *, frac: float = 2.0 / 3.0, iterations:
                 lin = (s2 * t0 - s1 * t1) / det
                 flat = t0 / s0
             good_lin = det > 1e-12 * np.maximum(s0 * s2, 1e-300)
-            out[a:a + 256] = np.where(good_lin, lin, flat)
+            out[a : a + 256] = np.where(good_lin, lin, flat)
         return out
 
     ones = np.ones(n)
@@ -519,29 +595,44 @@ def information_criteria(idata, var_name: str = "subject", *, posterior: Mapping
         if isinstance(idata, np.ndarray) or not hasattr(idata, "log_likelihood"):
             ll = np.asarray(idata, float)
             ll = ll.reshape((1,) * (3 - ll.ndim) + ll.shape) if ll.ndim < 3 else ll
-            idata = az.from_dict(posterior=dict(posterior) if posterior else None,
-                                 log_likelihood={var_name: ll})
+            idata = az.from_dict(posterior=dict(posterior) if posterior else None, log_likelihood={var_name: ll})
         w = az.waic(idata, var_name=var_name, pointwise=True)
         has_post = "posterior" in idata.groups()
         lo = az.loo(idata, var_name=var_name, pointwise=True, reff=None if has_post else 1.0)
     arr = idata.log_likelihood[var_name]
     k = np.asarray(lo.pareto_k, float)
     return {
-        "waic": {"waic": float(-2 * w.elpd_waic), "se": float(2 * w.se), "p_waic": float(w.p_waic),
-                 "elpd_waic": float(w.elpd_waic), "elpd_se": float(w.se), "lppd": float(w.elpd_waic + w.p_waic),
-                 "warning": bool(w.warning)},
-        "loo": {"looic": float(-2 * lo.elpd_loo), "se": float(2 * lo.se), "p_loo": float(lo.p_loo),
-                "elpd_loo": float(lo.elpd_loo), "elpd_se": float(lo.se),
-                "pareto_k_max": float(np.nanmax(k)) if k.size else math.nan,
-                "n_pareto_k_above_0.7": int(np.sum(k > 0.7)), "warning": bool(lo.warning)},
-        "n_points": int(arr.shape[-1]), "n_draws": int(arr.shape[0] * arr.shape[1]),
-        "definition": IC_DEFINITION}
+        "waic": {
+            "waic": float(-2 * w.elpd_waic),
+            "se": float(2 * w.se),
+            "p_waic": float(w.p_waic),
+            "elpd_waic": float(w.elpd_waic),
+            "elpd_se": float(w.se),
+            "lppd": float(w.elpd_waic + w.p_waic),
+            "warning": bool(w.warning),
+        },
+        "loo": {
+            "looic": float(-2 * lo.elpd_loo),
+            "se": float(2 * lo.se),
+            "p_loo": float(lo.p_loo),
+            "elpd_loo": float(lo.elpd_loo),
+            "elpd_se": float(lo.se),
+            "pareto_k_max": float(np.nanmax(k)) if k.size else math.nan,
+            "n_pareto_k_above_0.7": int(np.sum(k > 0.7)),
+            "warning": bool(lo.warning),
+        },
+        "n_points": int(arr.shape[-1]),
+        "n_draws": int(arr.shape[0] * arr.shape[1]),
+        "definition": IC_DEFINITION,
+    }
 
 
-IC_DEFINITION = ("WAIC and PSIS-LOO by ArviZ (az.waic, az.loo) on the log_likelihood variable 'subject' of "
-                 "idata.nc: the conditional log-likelihood log p(y_i | eta_i, theta) of each subject (sum over "
-                 "its observations, BLQ by the M3 likelihood) at every posterior draw; one point per subject. "
-                 "elpd on the log scale (nats), waic/looic = -2 elpd (deviance scale)")
+IC_DEFINITION = (
+    "WAIC and PSIS-LOO by ArviZ (az.waic, az.loo) on the log_likelihood variable 'subject' of "
+    "idata.nc: the conditional log-likelihood log p(y_i | eta_i, theta) of each subject (sum over "
+    "its observations, BLQ by the M3 likelihood) at every posterior draw; one point per subject. "
+    "elpd on the log scale (nats), waic/looic = -2 elpd (deviance scale)"
+)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -577,8 +668,9 @@ def evaluate_outputs(prob, u_full, eta) -> dict:
     subject's random-effect vector (K, K); numpy arrays."""
     idp = np.asarray(prob.id_of_pseudo)
     first = np.array([int(np.argmax(idp == i)) for i in range(prob.n_id)])
-    out = _outputs_jit(prob, jnp.asarray(u_full), jnp.asarray(eta, float).reshape(prob.n_id, prob.n_eta),
-                       jnp.asarray(first))
+    out = _outputs_jit(
+        prob, jnp.asarray(u_full), jnp.asarray(eta, float).reshape(prob.n_id, prob.n_eta), jnp.asarray(first)
+    )
     return jax.tree_util.tree_map(np.asarray, out)
 
 
@@ -679,8 +771,15 @@ def grid_predictions(prob, u_full, eta, *, n_subjects: int = 12, n_points: int =
     f_ind = np.asarray(_predict_jit(p2, jnp.asarray(u_full), jnp.asarray(eta2)))
     rows = np.asarray(p2.obs["row"])
     sel = is_grid[rows]
-    return pd.DataFrame({"ID": np.asarray(p2.ids)[p2.obs["id"]][sel], "TIME": np.asarray(p2.obs["time"])[sel],
-                         "type": gtype[rows][sel].astype(int), "PRED": f_pop[sel], "IPRED": f_ind[sel]})
+    return pd.DataFrame(
+        {
+            "ID": np.asarray(p2.ids)[p2.obs["id"]][sel],
+            "TIME": np.asarray(p2.obs["time"])[sel],
+            "type": gtype[rows][sel].astype(int),
+            "PRED": f_pop[sel],
+            "IPRED": f_ind[sel],
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -715,8 +814,17 @@ def _common_unit(units: Mapping[str, str] | None, names: Sequence[str]) -> str:
     return "; ".join(f"{n}: {u or '?'}" for n, u in zip(names, us))
 
 
-def _smooth(ax, x, y, *, log_x: bool = False, log_y: bool = False, color: str = "tab:red",
-            label: str = "LOWESS smooth (span 2/3)", frac: float = 2.0 / 3.0) -> None:
+def _smooth(
+    ax,
+    x,
+    y,
+    *,
+    log_x: bool = False,
+    log_y: bool = False,
+    color: str = "tab:red",
+    label: str = "LOWESS smooth (span 2/3)",
+    frac: float = 2.0 / 3.0,
+) -> None:
     """Draw the LOWESS of ``y`` on ``x`` (:func:`lowess`) on 100 points; on log axes it is computed on the
     log scale."""
     x, y = np.asarray(x, float), np.asarray(y, float)
@@ -764,8 +872,15 @@ def _types(pred: pd.DataFrame) -> list:
     return list(dict.fromkeys(pred["TYPE"].tolist())) if len(pred) else []
 
 
-def plot_gof(pred: pd.DataFrame, path: Path, *, log_axes: bool = False, title: str = "",
-             units: Mapping[str, str] | None = None, smooth: bool = True) -> None:
+def plot_gof(
+    pred: pd.DataFrame,
+    path: Path,
+    *,
+    log_axes: bool = False,
+    title: str = "",
+    units: Mapping[str, str] | None = None,
+    smooth: bool = True,
+) -> None:
     """PNG: observed DV vs PRED and vs IPRED, one row of panels per observation type.
 
     Each panel has the identity line and a LOWESS smooth (:func:`lowess`; on the log scale with
@@ -810,13 +925,21 @@ def plot_gof(pred: pd.DataFrame, path: Path, *, log_axes: bool = False, title: s
             ax.grid(True, alpha=0.3)
             _legend(ax, loc="upper left")
     fig.suptitle(title or "Observed vs predicted")
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12 / len(types), top=1 - 0.12 / len(types), wspace=0.25,
-                        hspace=0.3)
+    fig.subplots_adjust(
+        left=0.08, right=0.98, bottom=0.12 / len(types), top=1 - 0.12 / len(types), wspace=0.25, hspace=0.3
+    )
     fig.savefig(path, format="png")
 
 
-def plot_residuals(pred: pd.DataFrame, path: Path, *, title: str = "", time_unit: str = "h",
-                   units: Mapping[str, str] | None = None, smooth: bool = True) -> None:
+def plot_residuals(
+    pred: pd.DataFrame,
+    path: Path,
+    *,
+    title: str = "",
+    time_unit: str = "h",
+    units: Mapping[str, str] | None = None,
+    smooth: bool = True,
+) -> None:
     """PNG 2 x 2: CWRES and NPDE vs TIME and vs PRED, with lines at 0 and +-1.96 and a LOWESS smooth.
 
     Parameters
@@ -855,8 +978,9 @@ def plot_residuals(pred: pd.DataFrame, path: Path, *, title: str = "", time_unit
     fig.savefig(path, format="png")
 
 
-def plot_abs_iwres(pred: pd.DataFrame, path: Path, *, title: str = "", units: Mapping[str, str] | None = None,
-                   smooth: bool = True) -> None:
+def plot_abs_iwres(
+    pred: pd.DataFrame, path: Path, *, title: str = "", units: Mapping[str, str] | None = None, smooth: bool = True
+) -> None:
     """PNG: |IWRES| vs IPRED, one panel per observation type, with a LOWESS smooth.
 
     A flat smooth says the residual error model describes how the spread changes with the
@@ -883,8 +1007,7 @@ def plot_abs_iwres(pred: pd.DataFrame, path: Path, *, title: str = "", units: Ma
         s = pred[(pred["TYPE"] == name) & np.isfinite(pred["IWRES"].to_numpy(float))] if len(pred) else pred
         a = np.abs(s["IWRES"].to_numpy(float))
         ax.scatter(s["IPRED"], a, s=10, alpha=0.7, label=f"|IWRES| (n = {len(s)})")
-        ax.axhline(math.sqrt(2 / math.pi), color="k", linestyle="--", linewidth=1,
-                   label="E|Z| = 0.80 for Z ~ N(0, 1)")
+        ax.axhline(math.sqrt(2 / math.pi), color="k", linestyle="--", linewidth=1, label="E|Z| = 0.80 for Z ~ N(0, 1)")
         if smooth:
             _smooth(ax, s["IPRED"], a)
         ax.set_xlabel(_lab(f"IPRED, individual prediction of {name}", _unit(units, name)))
@@ -953,9 +1076,18 @@ def plot_qq(pred: pd.DataFrame, path: Path, *, columns: Sequence[str] = ("CWRES"
     fig.savefig(path, format="png")
 
 
-def plot_vpc(vpc: pd.DataFrame, pred: pd.DataFrame, path: Path, *, n_rep: int = 0, title: str = "",
-             time_unit: str = "h", units: Mapping[str, str] | None = None, pc: bool = False,
-             log_y: bool = False) -> None:
+def plot_vpc(
+    vpc: pd.DataFrame,
+    pred: pd.DataFrame,
+    path: Path,
+    *,
+    n_rep: int = 0,
+    title: str = "",
+    time_unit: str = "h",
+    units: Mapping[str, str] | None = None,
+    pc: bool = False,
+    log_y: bool = False,
+) -> None:
     """PNG: visual predictive check (:func:`vpc_table`), one row per observation type (and stratum).
 
     Left: observed points, the observed 5th, 50th and 95th percentiles per bin (lines) and the 90 %
@@ -986,8 +1118,15 @@ def plot_vpc(vpc: pd.DataFrame, pred: pd.DataFrame, path: Path, *, n_rep: int = 
         Log-scaled DV axis.
     """
     strat = "stratum" in vpc and len(vpc)
-    groups = (list(dict.fromkeys(zip(vpc["type"], vpc["stratum"]))) if strat else
-              [(t, None) for t in dict.fromkeys(vpc["type"].tolist())]) if len(vpc) else []
+    groups = (
+        (
+            list(dict.fromkeys(zip(vpc["type"], vpc["stratum"])))
+            if strat
+            else [(t, None) for t in dict.fromkeys(vpc["type"].tolist())]
+        )
+        if len(vpc)
+        else []
+    )
     has_blq = "obs_blq_pct" in vpc
     n = max(1, len(groups))
     ncol = 2 if has_blq and any(np.isfinite(vpc.loc[vpc["type"] == t, "lloq"]).any() for t, _ in groups) else 1
@@ -1010,13 +1149,33 @@ def plot_vpc(vpc: pd.DataFrame, pred: pd.DataFrame, path: Path, *, n_rep: int = 
         for tag, color in (("p5", "tab:blue"), ("p50", "tab:red"), ("p95", "tab:green")):
             if f"obs_{tag}" not in v:
                 continue
-            ax.fill_between(t, v[f"sim_{tag}_low"], v[f"sim_{tag}_high"], color=color, alpha=0.2, linewidth=0,
-                            label=f"simulated {tag[1:]}th percentile, 90 % interval")
-            ax.plot(t, v[f"obs_{tag}"], color=color, linewidth=1.8 if tag == "p50" else 1.2,
-                    linestyle="-" if tag == "p50" else "--", label=f"observed {tag[1:]}th percentile")
+            ax.fill_between(
+                t,
+                v[f"sim_{tag}_low"],
+                v[f"sim_{tag}_high"],
+                color=color,
+                alpha=0.2,
+                linewidth=0,
+                label=f"simulated {tag[1:]}th percentile, 90 % interval",
+            )
+            ax.plot(
+                t,
+                v[f"obs_{tag}"],
+                color=color,
+                linewidth=1.8 if tag == "p50" else 1.2,
+                linestyle="-" if tag == "p50" else "--",
+                label=f"observed {tag[1:]}th percentile",
+            )
         if has_blq and np.isfinite(v["lloq"]).any():
-            ax.plot(t, v["lloq"], color="k", linestyle=":", linewidth=1.2, marker="_",
-                    label=f"{'prediction-corrected ' if pc else ''}LLOQ (median of each bin)")
+            ax.plot(
+                t,
+                v["lloq"],
+                color="k",
+                linestyle=":",
+                linewidth=1.2,
+                marker="_",
+                label=f"{'prediction-corrected ' if pc else ''}LLOQ (median of each bin)",
+            )
         if log_y:
             ax.set_yscale("log")
         ax.set_xlabel(f"TIME ({time_unit})")
@@ -1027,12 +1186,26 @@ def plot_vpc(vpc: pd.DataFrame, pred: pd.DataFrame, path: Path, *, n_rep: int = 
         if ncol == 2:
             ax2 = row[1]
             if np.isfinite(v["lloq"]).any():
-                ax2.fill_between(t, v["sim_blq_pct_low"], v["sim_blq_pct_high"], color="tab:purple", alpha=0.25,
-                                 linewidth=0, label="simulated % BLQ, 90 % interval")
-                ax2.plot(t, v["sim_blq_pct_median"], color="tab:purple", linestyle="--", linewidth=1,
-                         label="simulated % BLQ, median")
-                ax2.plot(t, v["obs_blq_pct"], color="k", marker="o", markersize=3, linewidth=1.2,
-                         label="observed % BLQ")
+                ax2.fill_between(
+                    t,
+                    v["sim_blq_pct_low"],
+                    v["sim_blq_pct_high"],
+                    color="tab:purple",
+                    alpha=0.25,
+                    linewidth=0,
+                    label="simulated % BLQ, 90 % interval",
+                )
+                ax2.plot(
+                    t,
+                    v["sim_blq_pct_median"],
+                    color="tab:purple",
+                    linestyle="--",
+                    linewidth=1,
+                    label="simulated % BLQ, median",
+                )
+                ax2.plot(
+                    t, v["obs_blq_pct"], color="k", marker="o", markersize=3, linewidth=1.2, label="observed % BLQ"
+                )
                 ax2.set_ylim(-2, 102)
                 _legend(ax2)
             else:
@@ -1042,14 +1215,24 @@ def plot_vpc(vpc: pd.DataFrame, pred: pd.DataFrame, path: Path, *, n_rep: int = 
             ax2.grid(True, alpha=0.3)
     kind = "Prediction-corrected visual predictive check" if pc else "Visual predictive check"
     fig.suptitle(title or f"{kind} ({n_rep} replicates)")
-    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.55 / (4.2 * n), top=1 - 0.75 / (4.2 * n), hspace=0.4,
-                        wspace=0.22)
+    fig.subplots_adjust(
+        left=0.1, right=0.97, bottom=0.55 / (4.2 * n), top=1 - 0.75 / (4.2 * n), hspace=0.4, wspace=0.22
+    )
     fig.savefig(path, format="png")
 
 
-def plot_individual(pred: pd.DataFrame, grid: pd.DataFrame | None, path: Path, *, type_name: str,
-                    type_index: int, max_subjects: int = 12, title: str = "", time_unit: str = "h",
-                    unit: str = "") -> None:
+def plot_individual(
+    pred: pd.DataFrame,
+    grid: pd.DataFrame | None,
+    path: Path,
+    *,
+    type_name: str,
+    type_index: int,
+    max_subjects: int = 12,
+    title: str = "",
+    time_unit: str = "h",
+    unit: str = "",
+) -> None:
     """PNG grid of up to ``max_subjects`` subjects: DV points, IPRED and PRED lines.
 
     Parameters
@@ -1090,23 +1273,33 @@ def plot_individual(pred: pd.DataFrame, grid: pd.DataFrame | None, path: Path, *
             g = grid[(grid["ID"] == sid) & (grid["type"] == type_index)].sort_values("TIME")
         src = g if g is not None and len(g) else s
         dense = src is g
-        ax.plot(src["TIME"], src["IPRED"], color="tab:blue",
-                label="IPRED, individual prediction" + (" (dense grid)" if dense else ""))
-        ax.plot(src["TIME"], src["PRED"], color="tab:red", linestyle="--",
-                label="PRED, population prediction" + (" (dense grid)" if dense else ""))
+        ax.plot(
+            src["TIME"],
+            src["IPRED"],
+            color="tab:blue",
+            label="IPRED, individual prediction" + (" (dense grid)" if dense else ""),
+        )
+        ax.plot(
+            src["TIME"],
+            src["PRED"],
+            color="tab:red",
+            linestyle="--",
+            label="PRED, population prediction" + (" (dense grid)" if dense else ""),
+        )
         label = f"{sid:g}" if isinstance(sid, (float, np.floating)) else str(sid)
         ax.set_title(f"ID {label}", fontsize="small")
         ax.grid(True, alpha=0.3)
         ax.tick_params(labelsize="x-small")
-    for ax in axs[len(ids):]:
+    for ax in axs[len(ids) :]:
         ax.set_visible(False)
-    _fig_legend(fig, axs[:len(ids)], loc="lower center", ncol=4)
+    _fig_legend(fig, axs[: len(ids)], loc="lower center", ncol=4)
     fig.supxlabel(f"TIME ({time_unit})", y=0.06 if nrow > 1 else 0.12)
     fig.supylabel(_lab(type_name, unit))
     fig.suptitle(title or "Individual fits")
     # fixed margins: tight_layout would draw the 12-panel figure once more (a second or two)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.14 if nrow > 1 else 0.3, top=0.9 if nrow > 1 else 0.8,
-                        hspace=0.45, wspace=0.28)
+    fig.subplots_adjust(
+        left=0.07, right=0.98, bottom=0.14 if nrow > 1 else 0.3, top=0.9 if nrow > 1 else 0.8, hspace=0.45, wspace=0.28
+    )
     fig.savefig(path, format="png")
 
 
@@ -1115,9 +1308,15 @@ def _eta_unit(eta_units: Mapping[str, str] | None, label: str) -> str:
     return ND if u is None or u == "" else u
 
 
-def plot_eta_distributions(individual: pd.DataFrame, path: Path, *, labels: Sequence[str],
-                           omega_var: Sequence[float], eta_units: Mapping[str, str] | None = None,
-                           title: str = "") -> None:
+def plot_eta_distributions(
+    individual: pd.DataFrame,
+    path: Path,
+    *,
+    labels: Sequence[str],
+    omega_var: Sequence[float],
+    eta_units: Mapping[str, str] | None = None,
+    title: str = "",
+) -> None:
     """PNG: histogram of each random effect's estimates with the model's N(0, omega^2) density.
 
     Parameters
@@ -1146,27 +1345,45 @@ def plot_eta_distributions(individual: pd.DataFrame, path: Path, *, labels: Sequ
         x = x[np.isfinite(x)]
         u = _eta_unit(eta_units, lab)
         sd = math.sqrt(var) if var is not None and np.isfinite(var) and var > 0 else math.nan
-        ax.hist(x, bins=max(5, min(30, int(np.sqrt(max(x.size, 1))) + 2)), density=True, color="tab:blue",
-                alpha=0.5, label=f"estimates (n = {x.size})")
+        ax.hist(
+            x,
+            bins=max(5, min(30, int(np.sqrt(max(x.size, 1))) + 2)),
+            density=True,
+            color="tab:blue",
+            alpha=0.5,
+            label=f"estimates (n = {x.size})",
+        )
         if np.isfinite(sd):
             e = max(4 * sd, np.max(np.abs(x)) if x.size else 0.0)
             g = np.linspace(-e, e, 200)
-            ax.plot(g, scipy.stats.norm.pdf(g, 0.0, sd), color="k", linewidth=1.5,
-                    label=f"N(0, omega\u00b2 = {var:.3g}) (model)")
+            ax.plot(
+                g,
+                scipy.stats.norm.pdf(g, 0.0, sd),
+                color="k",
+                linewidth=1.5,
+                label=f"N(0, omega\u00b2 = {var:.3g}) (model)",
+            )
         ax.axvline(0.0, color="0.4", linestyle=":", linewidth=1, label="zero")
         ax.set_xlabel(f"{lab} ({u})")
         ax.set_ylabel("probability density (" + (ND if u == ND else f"per {u}") + ")")
         ax.grid(True, alpha=0.3)
         _legend(ax)
-    for ax in axs[len(labels):]:
+    for ax in axs[len(labels) :]:
         ax.set_visible(False)
     fig.suptitle(title or "Random-effect estimates and their model distribution")
     fig.subplots_adjust(left=0.08, right=0.97, bottom=0.12 / nrow, top=1 - 0.12 / nrow, hspace=0.45, wspace=0.3)
     fig.savefig(path, format="png")
 
 
-def plot_eta_pairs(individual: pd.DataFrame, path: Path, *, labels: Sequence[str],
-                   eta_units: Mapping[str, str] | None = None, title: str = "", smooth: bool = True) -> None:
+def plot_eta_pairs(
+    individual: pd.DataFrame,
+    path: Path,
+    *,
+    labels: Sequence[str],
+    eta_units: Mapping[str, str] | None = None,
+    title: str = "",
+    smooth: bool = True,
+) -> None:
     """PNG: scatter matrix of the random-effect estimates (lower triangle, with a LOWESS smooth and the
     Pearson correlation in the legend) and their histograms (diagonal).
 
@@ -1199,8 +1416,13 @@ def plot_eta_pairs(individual: pd.DataFrame, path: Path, *, labels: Sequence[str
             xj = individual[lj].to_numpy(float)
             if i == j:
                 v = xi[np.isfinite(xi)]
-                ax.hist(v, bins=max(5, min(20, int(np.sqrt(max(v.size, 1))) + 2)), color="tab:blue", alpha=0.6,
-                        label=f"{li} (n = {v.size})")
+                ax.hist(
+                    v,
+                    bins=max(5, min(20, int(np.sqrt(max(v.size, 1))) + 2)),
+                    color="tab:blue",
+                    alpha=0.6,
+                    label=f"{li} (n = {v.size})",
+                )
                 ax.set_ylabel("subjects (count)", fontsize="small")
             else:
                 ok = np.isfinite(xi) & np.isfinite(xj)
@@ -1212,8 +1434,7 @@ def plot_eta_pairs(individual: pd.DataFrame, path: Path, *, labels: Sequence[str
             ax.grid(True, alpha=0.3)
             _legend(ax, fontsize="xx-small")
     fig.suptitle(title or "Random-effect estimates: pairs")
-    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.1 / k + 0.02, top=1 - 0.1 / k - 0.02, hspace=0.45,
-                        wspace=0.4)
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.1 / k + 0.02, top=1 - 0.1 / k - 0.02, hspace=0.45, wspace=0.4)
     fig.savefig(path, format="png")
 
 
@@ -1252,10 +1473,18 @@ def _draw_boxes(ax, groups: list[np.ndarray], positions: Sequence[float], color:
     ax.scatter(px, py, s=8, color="0.4", alpha=0.6, label="subjects")
 
 
-def plot_eta_covariates(individual: pd.DataFrame, covariates: pd.DataFrame, path: Path, *, labels: Sequence[str],
-                        categorical: Sequence[str] = (), eta_units: Mapping[str, str] | None = None,
-                        covariate_units: Mapping[str, str] | None = None, title: str = "",
-                        smooth: bool = True) -> None:
+def plot_eta_covariates(
+    individual: pd.DataFrame,
+    covariates: pd.DataFrame,
+    path: Path,
+    *,
+    labels: Sequence[str],
+    categorical: Sequence[str] = (),
+    eta_units: Mapping[str, str] | None = None,
+    covariate_units: Mapping[str, str] | None = None,
+    title: str = "",
+    smooth: bool = True,
+) -> None:
     """PNG: each random effect's estimates against each covariate (rows: etas, columns: covariates).
 
     Continuous covariates: scatter with a LOWESS smooth and a line at zero; categorical ones: box plots
@@ -1311,8 +1540,7 @@ def plot_eta_covariates(individual: pd.DataFrame, covariates: pd.DataFrame, path
             ax.grid(True, alpha=0.3)
             _legend(ax, fontsize="xx-small")
     fig.suptitle(title or "Random-effect estimates vs covariates")
-    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.1 / nr + 0.03, top=1 - 0.1 / nr - 0.03, hspace=0.5,
-                        wspace=0.35)
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.1 / nr + 0.03, top=1 - 0.1 / nr - 0.03, hspace=0.5, wspace=0.35)
     fig.savefig(path, format="png")
 
 
@@ -1323,8 +1551,14 @@ def _arviz():
     return az
 
 
-def plot_trace(draws: dict[str, np.ndarray], path: Path, *, max_params: int = 12, title: str = "",
-               units: Mapping[str, str] | None = None) -> None:
+def plot_trace(
+    draws: dict[str, np.ndarray],
+    path: Path,
+    *,
+    max_params: int = 12,
+    title: str = "",
+    units: Mapping[str, str] | None = None,
+) -> None:
     """PNG by ``az.plot_trace``: per parameter, the density of each chain's draws (left) and the draws
     in order (right), one line per chain.
 
@@ -1401,7 +1635,7 @@ def plot_rank(draws: dict[str, np.ndarray], path: Path, *, max_params: int = 12,
     if names:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            az.plot_rank(data, ax=axs[:len(names)], show=False)
+            az.plot_rank(data, ax=axs[: len(names)], show=False)
     for ax, name in zip(axs, names):
         for c, cont in enumerate(ax.containers):
             cont.set_label(f"chain {c + 1} rank histogram")
@@ -1412,9 +1646,10 @@ def plot_rank(draws: dict[str, np.ndarray], path: Path, *, max_params: int = 12,
         ax.set_ylabel("chain (index)", fontsize="small")
         ax.tick_params(labelsize="x-small")
         _legend(ax, fontsize="xx-small", loc="upper right")
-    for ax in axs[len(names):]:
+    for ax in axs[len(names) :]:
         ax.set_visible(False)
     fig.suptitle(title or "Rank plots (ArviZ): uniform histograms for well-mixed chains")
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12 / nrow + 0.02, top=1 - 0.12 / nrow - 0.02, hspace=0.6,
-                        wspace=0.3)
+    fig.subplots_adjust(
+        left=0.08, right=0.98, bottom=0.12 / nrow + 0.02, top=1 - 0.12 / nrow - 0.02, hspace=0.6, wspace=0.3
+    )
     fig.savefig(path, format="png")

@@ -70,9 +70,15 @@ def _forecast_core(prob: Problem, u_full, key, n_draws: int, ps, sl, types, time
     # one model evaluation per draw (and the mode) gives both its likelihood and its predictions on the grid
     o = prob.obs
     n_obs = o["time"].shape[0]
-    at = [jnp.concatenate([jnp.asarray(a, dt), jnp.asarray(b, dt)]) for a, b, dt in (
-        (o["pseudo"], ps, jnp.int32), (o["slot"], sl, jnp.int32), (o["type"], types, jnp.int32),
-        (o["time"], times, u_full.dtype))]
+    at = [
+        jnp.concatenate([jnp.asarray(a, dt), jnp.asarray(b, dt)])
+        for a, b, dt in (
+            (o["pseudo"], ps, jnp.int32),
+            (o["slot"], sl, jnp.int32),
+            (o["type"], types, jnp.int32),
+            (o["time"], times, u_full.dtype),
+        )
+    ]
 
     def evaluate(e):
         f, ok = prob.predict_at(u_full, e[None], *at)
@@ -94,9 +100,18 @@ def _forecast_core(prob: Problem, u_full, key, n_draws: int, ps, sl, types, time
         vals = prob.structural(prob.individual(u_full, e[None]))
         return jnp.stack([vals[k][0, 0] for k in sorted(vals)])
 
-    return {"eta": eta[0], "cov": cov, "converged": ok[0], "iterations": n_it, "ess": ess,
-            "eta_draws": post, "pred_map": pred_all[0], "pred_draws": pred_all[1:][idx],
-            "par_map": indiv(eta[0]), "par_draws": jax.vmap(indiv)(post)}
+    return {
+        "eta": eta[0],
+        "cov": cov,
+        "converged": ok[0],
+        "iterations": n_it,
+        "ess": ess,
+        "eta_draws": post,
+        "pred_map": pred_all[0],
+        "pred_draws": pred_all[1:][idx],
+        "par_map": indiv(eta[0]),
+        "par_draws": jax.vmap(indiv)(post),
+    }
 
 
 @dataclass
@@ -142,8 +157,10 @@ class Forecast:
     output_units: dict = field(default_factory=dict)
 
     def summary_text(self) -> str:
-        lines = [f"Individual forecast ({len(self.observations)} observation(s); importance-sampling ESS "
-                 f"{self.ess:.0f}/{self.n_draws}; MAP {'converged' if self.converged else 'NOT converged'})"]
+        lines = [
+            f"Individual forecast ({len(self.observations)} observation(s); importance-sampling ESS "
+            f"{self.ess:.0f}/{self.n_draws}; MAP {'converged' if self.converged else 'NOT converged'})"
+        ]
         lines.append(f"{'parameter':<12}{'MAP':>12}{'median':>12}{'5%':>12}{'95%':>12}")
         for _, r in self.parameters.iterrows():
             lines.append(f"{r['parameter']:<12}{r['map']:>12.4g}{r['median']:>12.4g}{r['p05']:>12.4g}{r['p95']:>12.4g}")
@@ -205,8 +222,20 @@ def _grid_rows(df: pd.DataFrame, times: np.ndarray) -> tuple[pd.DataFrame, np.nd
         prev = np.nonzero(t <= tt)[0]
         src = base.iloc[prev[-1] if prev.size else 0]
         r = {c: src[c] for c in cols}
-        r.update({"TIME": float(tt), "EVID": 2, "MDV": 1, "AMT": 0, "DV": 0, "CMT": 0, "RATE": 0, "II": 0,
-                  "ADDL": 0, "SS": 0})
+        r.update(
+            {
+                "TIME": float(tt),
+                "EVID": 2,
+                "MDV": 1,
+                "AMT": 0,
+                "DV": 0,
+                "CMT": 0,
+                "RATE": 0,
+                "II": 0,
+                "ADDL": 0,
+                "SS": 0,
+            }
+        )
         for c in ("DVID", "BLQ", "LLOQ"):
             if c in r:
                 r[c] = 0 if c != "DVID" else r[c]
@@ -222,9 +251,17 @@ def _grid_rows(df: pd.DataFrame, times: np.ndarray) -> tuple[pd.DataFrame, np.nd
     return aug.drop(columns=["_ORDER", "_GRID", "_T", "_SRC"]), grid, aug["_SRC"].to_numpy(np.int64)
 
 
-def forecast(model: PopulationModel | str | Path | dict, data: pd.DataFrame | str | Path, *,
-             times: Sequence[float] | None = None, n_points: int = 200, n_draws: int = 1000,
-             seed: int = 0, ignore=None, accept=None) -> Forecast:
+def forecast(
+    model: PopulationModel | str | Path | dict,
+    data: pd.DataFrame | str | Path,
+    *,
+    times: Sequence[float] | None = None,
+    n_points: int = 200,
+    n_draws: int = 1000,
+    seed: int = 0,
+    ignore=None,
+    accept=None,
+) -> Forecast:
     """Forecast one patient from a population model and the patient's own records.
 
     Parameters
@@ -271,8 +308,16 @@ def forecast(model: PopulationModel | str | Path | dict, data: pd.DataFrame | st
     idcol = next((c for c in raw.columns if str(c).strip().upper() == "ID"), None)
     if idcol is not None and pd.Series(raw[idcol]).nunique() > 1:
         ids = list(pd.unique(raw[idcol]))
-        raise DatasetError([DatasetViolation((), "ID", f"a forecast is for one patient; the data has {len(ids)} IDs "
-                                             f"({', '.join(map(str, ids[:5]))}...): pass one patient's rows")])
+        raise DatasetError(
+            [
+                DatasetViolation(
+                    (),
+                    "ID",
+                    f"a forecast is for one patient; the data has {len(ids)} IDs "
+                    f"({', '.join(map(str, ids[:5]))}...): pass one patient's rows",
+                )
+            ]
+        )
     t_all = pd.to_numeric(raw["TIME"], errors="coerce") if "TIME" in raw else pd.Series([0.0])
     if times is None:
         tmax = float(np.nanmax(t_all)) + 24.0
@@ -291,23 +336,44 @@ def forecast(model: PopulationModel | str | Path | dict, data: pd.DataFrame | st
     tt = np.tile(times, n_types)
     u_full = jnp.asarray(prob.packer.init_full)
     t1 = time.perf_counter()
-    out = _forecast_core(prob, u_full, jax.random.PRNGKey(seed), int(n_draws), jnp.asarray(ps), jnp.asarray(sl),
-                         jnp.asarray(types), jnp.asarray(tt))
+    out = _forecast_core(
+        prob,
+        u_full,
+        jax.random.PRNGKey(seed),
+        int(n_draws),
+        jnp.asarray(ps),
+        jnp.asarray(sl),
+        jnp.asarray(types),
+        jnp.asarray(tt),
+    )
     out = jax.device_get(out)
     t_run = time.perf_counter() - t1
     # the parameter names only: traced abstractly (no small programs compiled op by op)
     names = sorted(jax.eval_shape(lambda u: prob.structural(prob.individual(u, jnp.zeros((1, prob.n_eta)))), u_full))
     pd_draws = pd.DataFrame(np.asarray(out["par_draws"]), columns=names)
-    par = pd.DataFrame({"parameter": names, "map": np.asarray(out["par_map"]),
-                        "median": pd_draws.median().to_numpy(), "p05": pd_draws.quantile(0.05).to_numpy(),
-                        "p95": pd_draws.quantile(0.95).to_numpy()})
+    par = pd.DataFrame(
+        {
+            "parameter": names,
+            "map": np.asarray(out["par_map"]),
+            "median": pd_draws.median().to_numpy(),
+            "p05": pd_draws.quantile(0.05).to_numpy(),
+            "p95": pd_draws.quantile(0.95).to_numpy(),
+        }
+    )
     order = [p.name for p in spec.parameters] + [n for n in names if n not in {p.name for p in spec.parameters}]
     par = par.set_index("parameter").loc[order].reset_index()
     pdr = np.asarray(out["pred_draws"])
     outs = [o.name for o in spec.observations]
-    pred = pd.DataFrame({"TIME": tt, "output": [outs[t] for t in types], "map": np.asarray(out["pred_map"]),
-                         "median": np.median(pdr, axis=0), "p05": np.quantile(pdr, 0.05, axis=0),
-                         "p95": np.quantile(pdr, 0.95, axis=0)})
+    pred = pd.DataFrame(
+        {
+            "TIME": tt,
+            "output": [outs[t] for t in types],
+            "map": np.asarray(out["pred_map"]),
+            "median": np.median(pdr, axis=0),
+            "p05": np.quantile(pdr, 0.05, axis=0),
+            "p95": np.quantile(pdr, 0.95, axis=0),
+        }
+    )
     o = prob.obs
     obs = pd.DataFrame({"TIME": o["time"], "output": [outs[t] for t in o["type"]], "DV": o["dv"], "BLQ": o["blq"]})
     notes = list(prob.notes)
@@ -322,8 +388,19 @@ def forecast(model: PopulationModel | str | Path | dict, data: pd.DataFrame | st
     ess = float(out["ess"])
     if ess < 0.1 * n_draws:
         notes.append(f"importance-sampling ESS {ess:.0f} is below 10 % of {n_draws} draws: intervals are rough")
-    return Forecast(parameters=par, draws=pd_draws, predictions=pred, observations=obs,
-                    eta_map=np.asarray(out["eta"]), eta_cov=np.asarray(out["cov"]), eta_names=prob.eta_labels(),
-                    ess=ess, n_draws=int(n_draws), converged=bool(out["converged"]),
-                    timings={"build_s": t_build, "run_s": t_run}, notes=notes, time_unit=spec.time_unit,
-                    output_units={o.name: o.unit for o in spec.observations if o.unit})
+    return Forecast(
+        parameters=par,
+        draws=pd_draws,
+        predictions=pred,
+        observations=obs,
+        eta_map=np.asarray(out["eta"]),
+        eta_cov=np.asarray(out["cov"]),
+        eta_names=prob.eta_labels(),
+        ess=ess,
+        n_draws=int(n_draws),
+        converged=bool(out["converged"]),
+        timings={"build_s": t_build, "run_s": t_run},
+        notes=notes,
+        time_unit=spec.time_unit,
+        output_units={o.name: o.unit for o in spec.observations if o.unit},
+    )

@@ -23,13 +23,21 @@ import jax.numpy as jnp
 
 from .problem import LOG2PI, Problem, fit_jit
 
-__all__ = ["conditional_modes", "laplace_objective", "laplace_terms", "grad_hess", "INNER_GTOL",
-           "INNER_DECREMENT", "INNER_MAX_ITER"]
+__all__ = [
+    "conditional_modes",
+    "laplace_objective",
+    "laplace_terms",
+    "grad_hess",
+    "INNER_GTOL",
+    "INNER_DECREMENT",
+    "INNER_MAX_ITER",
+]
 
 
 def grad_hess(fn: Callable, eta):
     """Per-subject gradient (N, K) and Hessian (N, K, K) of ``fn(eta) -> (N,)`` whose subjects are
     independent (block-diagonal Hessian): ``K`` forward-mode products of the gradient."""
+
     def g_fn(e):
         return jax.grad(lambda x: jnp.sum(fn(x)))(e)
 
@@ -91,8 +99,14 @@ def _newton(fn: Callable, eta0, max_iter: int, gtol: float):
         w, V = jnp.linalg.eigh(H)
         pd_ = w[:, 0] > 0
         dec = jnp.sum(jnp.einsum("nji,nj->ni", V, g) ** 2 / jnp.where(pd_[:, None], w, 1.0), -1)
-        at_min = fin & pd_ & ((jnp.max(jnp.abs(g), -1) <= _inner_tol(val, gtol, dt))
-                              | (dec <= _inner_tol(val, INNER_DECREMENT, dt, 10.0)))
+        at_min = (
+            fin
+            & pd_
+            & (
+                (jnp.max(jnp.abs(g), -1) <= _inner_tol(val, gtol, dt))
+                | (dec <= _inner_tol(val, INNER_DECREMENT, dt, 10.0))
+            )
+        )
         return g, H, w, V, fin, at_min
 
     def cond(st):
@@ -130,8 +144,9 @@ def _newton(fn: Callable, eta0, max_iter: int, gtol: float):
         eta = jnp.where(move[:, None], eta + alpha[:, None] * d, eta)
         val = jnp.where(move, vnew, val)
         step = alpha * dn * cut
-        rad = jnp.where(move, jnp.where(alpha >= 1.0, jnp.where(cut < 1.0, 2.0 * rad, rad),
-                                        jnp.maximum(step, 1e-12)), rad)
+        rad = jnp.where(
+            move, jnp.where(alpha >= 1.0, jnp.where(cut < 1.0, 2.0 * rad, rad), jnp.maximum(step, 1e-12)), rad
+        )
         done = done | ~ok  # no step decreases l_i: stalled (converged only if the tolerance is met)
         return it + 1, eta, val, rad, done
 
@@ -142,8 +157,9 @@ def _newton(fn: Callable, eta0, max_iter: int, gtol: float):
     return eta, val, H, conv, it
 
 
-def conditional_modes(prob: Problem, u_full, eta0, *, max_iter: int = INNER_MAX_ITER, gtol: float = INNER_GTOL,
-                      from_zero: bool = True):
+def conditional_modes(
+    prob: Problem, u_full, eta0, *, max_iter: int = INNER_MAX_ITER, gtol: float = INNER_GTOL, from_zero: bool = True
+):
     """Conditional modes ``eta_i* = argmin l_i`` of every subject (all subjects at once).
 
     The per-subject objective can have several local minima (a 2-compartment model's volumes and

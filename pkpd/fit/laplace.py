@@ -62,8 +62,17 @@ from .inner import (
 from .problem import Problem
 from .shard import shard_problem
 
-__all__ = ["fit_laplace", "conditional_modes", "laplace_objective", "laplace_terms", "FitError", "grad_hess",
-           "INNER_GTOL", "INNER_DECREMENT", "CONVERGENCE_GTOL"]
+__all__ = [
+    "fit_laplace",
+    "conditional_modes",
+    "laplace_objective",
+    "laplace_terms",
+    "FitError",
+    "grad_hess",
+    "INNER_GTOL",
+    "INNER_DECREMENT",
+    "CONVERGENCE_GTOL",
+]
 
 
 class FitError(PKPDError):
@@ -90,7 +99,6 @@ class LaplaceFit:
     n_restarts: int = 0
 
 
-
 #: Outer convergence: the fit is reported converged when the largest component of the gradient of -2LL with
 #: respect to the estimation-scale parameters (log typical values and variances, logit fractions, identity for
 #: additive effects: a dimensionless scaling) is at most this, and every subject's conditional mode converged.
@@ -99,13 +107,23 @@ class LaplaceFit:
 CONVERGENCE_GTOL = 1e-2
 _MAX_RESTARTS = 2  # BFGS restarts (fresh inverse Hessian, from the best point) after rounding-error stops
 
-_BFGS_STATUS = {1: "the iteration limit was reached", 2: "rounding errors (precision loss in the line search)",
-                3: "a non-finite objective or gradient"}
+_BFGS_STATUS = {
+    1: "the iteration limit was reached",
+    2: "rounding errors (precision loss in the line search)",
+    3: "a non-finite objective or gradient",
+}
 
 
-def fit_laplace(prob: Problem, *, u0=None, maxiter: int = 500, gtol: float = 1e-4, covariance: bool = True,
-                callback: Callable[[int, float], None] | None = None,
-                conv_tol: float = CONVERGENCE_GTOL) -> LaplaceFit:
+def fit_laplace(
+    prob: Problem,
+    *,
+    u0=None,
+    maxiter: int = 500,
+    gtol: float = 1e-4,
+    covariance: bool = True,
+    callback: Callable[[int, float], None] | None = None,
+    conv_tol: float = CONVERGENCE_GTOL,
+) -> LaplaceFit:
     """Estimate the population parameters of ``prob`` by maximum likelihood (Laplace).
 
     Parameters
@@ -172,10 +190,12 @@ def fit_laplace(prob: Problem, *, u0=None, maxiter: int = 500, gtol: float = 1e-
         eta0 = jnp.zeros((prob.n_id, prob.n_eta))
         per = np.asarray(_nlj_jit(prob, prob.packer.full(jnp.asarray(u)), eta0))
         bad = [str(prob.ids[i]) for i in np.nonzero(~np.isfinite(per))[0]]
-        raise FitError("-2 log L is not finite at the initial estimates"
-                       + (f" (subjects {', '.join(bad[:10])})" if bad else "")
-                       + ": check the initial estimates, units of AMT and DV, and the error model "
-                       "(a proportional error on a zero prediction, a log-normal error on DV <= 0)")
+        raise FitError(
+            "-2 log L is not finite at the initial estimates"
+            + (f" (subjects {', '.join(bad[:10])})" if bad else "")
+            + ": check the initial estimates, units of AMT and DV, and the error model "
+            "(a proportional error on a zero prediction, a log-normal error on DV <= 0)"
+        )
     history = [v0]
     it = {"k": 0}
 
@@ -189,8 +209,14 @@ def fit_laplace(prob: Problem, *, u0=None, maxiter: int = 500, gtol: float = 1e-
     start, restarts, res = u, 0, None
     while True:
         left = maxiter - it["k"]
-        res = scipy.optimize.minimize(lambda x: evaluate(x)[:2], start, jac=True, method="BFGS", callback=cb,
-                                      options={"maxiter": max(left, 0), "gtol": gtol})
+        res = scipy.optimize.minimize(
+            lambda x: evaluate(x)[:2],
+            start,
+            jac=True,
+            method="BFGS",
+            callback=cb,
+            options={"maxiter": max(left, 0), "gtol": gtol},
+        )
         best_v, best_u = state["best"][0], state["best"][1]
         if res.status not in (2, 3) or restarts >= _MAX_RESTARTS or it["k"] >= maxiter:
             break
@@ -211,16 +237,21 @@ def fit_laplace(prob: Problem, *, u0=None, maxiter: int = 500, gtol: float = 1e-
     if not np.isfinite(val):
         reasons.append("-2 log L is not finite at the estimates")
     if gmax > conv_tol:
-        stop = _BFGS_STATUS.get(res.status, res.message.strip()) if not res.success else \
-            f"its own tolerance gtol={gtol:g}"
+        stop = (
+            _BFGS_STATUS.get(res.status, res.message.strip()) if not res.success else f"its own tolerance gtol={gtol:g}"
+        )
         reasons.append(f"BFGS stopped ({stop}) with largest gradient {gmax:.2g} > {conv_tol:g}")
     if np.isfinite(best_v) and val > best_v + 1e-6 * (1.0 + abs(best_v)):
-        reasons.append(f"-2LL recomputed at the estimates ({val:.6f}) is above the best value seen "
-                       f"({best_v:.6f}): the conditional modes are not reproducible")
+        reasons.append(
+            f"-2LL recomputed at the estimates ({val:.6f}) is above the best value seen "
+            f"({best_v:.6f}): the conditional modes are not reproducible"
+        )
     if not np.all(ok):
         bad = [str(prob.ids[i]) for i in np.nonzero(~ok)[0]]
-        reasons.append(f"conditional modes did not converge for subjects {', '.join(bad[:10])}"
-                       + (f" and {len(bad) - 10} more" if len(bad) > 10 else ""))
+        reasons.append(
+            f"conditional modes did not converge for subjects {', '.join(bad[:10])}"
+            + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        )
     converged = not reasons
     if converged:
         note = " (BFGS stopped on rounding errors within the tolerance)" if res.status == 2 else ""
@@ -234,11 +265,22 @@ def fit_laplace(prob: Problem, *, u0=None, maxiter: int = 500, gtol: float = 1e-
         cov_u, cov_msg = _covariance(evaluate, u_hat, g, prob.packer.free_names)
         state["eta"], state["H"] = eta_hat, H_hat
     t_cov = time.perf_counter() - t2
-    return LaplaceFit(u_full=np.asarray(prob.packer.full(jnp.asarray(u_hat))), minus2ll=val, eta=np.asarray(eta_hat),
-                      eta_hess=np.asarray(H_hat), converged=converged, message=message, n_iter=n_it,
-                      n_eval=state["n"], cov_u=cov_u, cov_message=cov_msg,
-                      times={"first_evaluation_s": t_compile, "estimation_s": t_fit, "covariance_s": t_cov},
-                      history=history, max_gradient=gmax, n_restarts=restarts)
+    return LaplaceFit(
+        u_full=np.asarray(prob.packer.full(jnp.asarray(u_hat))),
+        minus2ll=val,
+        eta=np.asarray(eta_hat),
+        eta_hess=np.asarray(H_hat),
+        converged=converged,
+        message=message,
+        n_iter=n_it,
+        n_eval=state["n"],
+        cov_u=cov_u,
+        cov_message=cov_msg,
+        times={"first_evaluation_s": t_compile, "estimation_s": t_fit, "covariance_s": t_cov},
+        history=history,
+        max_gradient=gmax,
+        n_restarts=restarts,
+    )
 
 
 def _direction(v: np.ndarray, names) -> str:
@@ -266,8 +308,10 @@ def _covariance(evaluate, u_hat: np.ndarray, g_hat: np.ndarray, names=None):
     # the largest is zero within that noise (an unidentifiable direction), whatever its sign
     if w.min() <= 1e-9 * max(w.max(), 1e-300):
         weak = V[:, 0]
-        return None, (f"the Hessian of -2 log L is singular or not positive definite at the estimates (eigenvalues "
-                      f"{w.min():.3g} to {w.max():.3g}): the model is over-parameterized or the fit has not converged; "
-                      f"standard errors unavailable (least determined direction: "
-                      f"{_direction(weak, names)})")
+        return None, (
+            f"the Hessian of -2 log L is singular or not positive definite at the estimates (eigenvalues "
+            f"{w.min():.3g} to {w.max():.3g}): the model is over-parameterized or the fit has not converged; "
+            f"standard errors unavailable (least determined direction: "
+            f"{_direction(weak, names)})"
+        )
     return 2.0 * (V / w) @ V.T, f"ok (condition number {w.max() / w.min():.3g})"

@@ -52,6 +52,7 @@ def fit_jit(fun=None, **kwargs):
     without arguments)."""
     return jit(fun, fast_compile=True if FAST_COMPILE else None, **kwargs)
 
+
 LOG2PI = math.log(2.0 * math.pi)
 _ERR_CODE = {"additive": 0, "proportional": 1, "combined": 2, "lognormal": 3}
 _VAR_FLOOR = 1e-12  # added to every residual variance so that a zero prediction with a proportional error
@@ -110,15 +111,18 @@ class Packer:
         lo = jnp.asarray(np.where(np.isfinite(self.lower), self.lower, 0.0), u.dtype)
         hi = jnp.asarray(np.where(np.isfinite(self.upper), self.upper, 1.0), u.dtype)
         code = self.code
-        x = jnp.where(code == 1, lo + jnp.exp(jnp.where(code == 1, u, 0.0)),
-                      jnp.where(code == 2, lo + (hi - lo) * jax.nn.sigmoid(u), u))
+        x = jnp.where(
+            code == 1,
+            lo + jnp.exp(jnp.where(code == 1, u, 0.0)),
+            jnp.where(code == 2, lo + (hi - lo) * jax.nn.sigmoid(u), u),
+        )
         i0, i1 = 0, self.n_theta
         theta = x[i0:i1]
-        beta = x[i1:i1 + self.n_beta]
+        beta = x[i1 : i1 + self.n_beta]
         i2 = i1 + self.n_beta
         n_om = len(self.omega_pos)
         k = self.k_iiv
-        om_u = u[i2:i2 + n_om]
+        om_u = u[i2 : i2 + n_om]
         if k:
             rows = np.array([r for r, _ in self.omega_pos])
             cols = np.array([c for _, c in self.omega_pos])
@@ -127,8 +131,8 @@ class Packer:
         else:
             L = jnp.zeros((0, 0), u.dtype)
         i3 = i2 + n_om
-        iov = jnp.exp(u[i3:i3 + self.n_iov])
-        sigma = jnp.exp(u[i3 + self.n_iov:i3 + self.n_iov + self.n_sigma])
+        iov = jnp.exp(u[i3 : i3 + self.n_iov])
+        sigma = jnp.exp(u[i3 + self.n_iov : i3 + self.n_iov + self.n_sigma])
         return {"theta": theta, "beta": beta, "L": L, "omega": L @ L.T, "iov": iov, "sigma": sigma}
 
 
@@ -184,9 +188,21 @@ def _make_packer(spec: PopulationModel) -> Packer:
         for t in o.error_terms():
             add(f"{o.name}.{t}", "sigma", 0, -math.inf, math.inf, math.log(o.initial(t)), t not in o.fixed)
             n_sigma += 1
-    return Packer(tuple(names), tuple(kinds), np.array(code), np.array(lower, float), np.array(upper, float),
-                  np.array(init, float), np.array(free, bool), n_theta, n_beta, off, tuple(omega_pos), n_iov,
-                  n_sigma)
+    return Packer(
+        tuple(names),
+        tuple(kinds),
+        np.array(code),
+        np.array(lower, float),
+        np.array(upper, float),
+        np.array(init, float),
+        np.array(free, bool),
+        n_theta,
+        n_beta,
+        off,
+        tuple(omega_pos),
+        n_iov,
+        n_sigma,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -350,8 +366,9 @@ class Problem:
         Np, R = self.arrays["rec"]["time"].shape
         theta = arrange_theta(self.model, vals, (Np, R))
         a = self.arrays
-        amounts, ok = _simulate_core(self.model, self.layout, self.solver, a["rec"], a["dose"], a["ss"], theta,
-                                     a["sched"])
+        amounts, ok = _simulate_core(
+            self.model, self.layout, self.solver, a["rec"], a["dose"], a["ss"], theta, a["sched"]
+        )
         ps, sl = jnp.asarray(pseudo), jnp.asarray(slot)
         A = amounts[ps, sl]  # (n, n_cmt)
         p_obs = {k: v[ps, sl] for k, v in vals.items()}
@@ -382,8 +399,11 @@ class Problem:
         that also predicts other records)."""
         is_log = jnp.asarray(self.obs["log"])
         # double where: the log branch must not see f <= 0 even where unused (its derivatives would be nan)
-        fl = jnp.where(is_log, jnp.log(jnp.where(is_log & (f > 1e-300), f, 1.0)) + jnp.where(
-            is_log & (f <= 1e-300), -690.8, 0.0), f)
+        fl = jnp.where(
+            is_log,
+            jnp.log(jnp.where(is_log & (f > 1e-300), f, 1.0)) + jnp.where(is_log & (f <= 1e-300), -690.8, 0.0),
+            f,
+        )
         sd = self.residual_sd(u_full, f)
         y = jnp.asarray(self.obs["y"])
         r = (y - fl) / sd
@@ -467,10 +487,19 @@ def _structure(spec: PopulationModel) -> str:
 
 
 def _static_key(p: "Problem") -> tuple:
-    return (_structure(p.spec), p.model.name, repr(p.solver), p.layout,
-            p.n_occ, len(p.ids), tuple(p.eta_index), tuple(p.iov_index),
-            tuple(tuple((rel, sl.start, sl.stop) for rel, sl, _ in lst) for lst in p.effects),
-            p.packer.code.tobytes(), p.packer.free.tobytes())
+    return (
+        _structure(p.spec),
+        p.model.name,
+        repr(p.solver),
+        p.layout,
+        p.n_occ,
+        len(p.ids),
+        tuple(p.eta_index),
+        tuple(p.iov_index),
+        tuple(tuple((rel, sl.start, sl.stop) for rel, sl, _ in lst) for lst in p.effects),
+        p.packer.code.tobytes(),
+        p.packer.free.tobytes(),
+    )
 
 
 class _Static:
@@ -478,8 +507,11 @@ class _Static:
 
     def __init__(self, prob: "Problem"):
         self.key = prob._key
-        self.attrs = {k: v for k, v in prob.__dict__.items()
-                      if k not in ("arrays", "cov", "effects", "occ", "obs", "id_of_pseudo", "packer")}
+        self.attrs = {
+            k: v
+            for k, v in prob.__dict__.items()
+            if k not in ("arrays", "cov", "effects", "occ", "obs", "id_of_pseudo", "packer")
+        }
         self.effect_meta = [[(rel, sl) for rel, sl, _ in lst] for lst in prob.effects]
         self.packer = prob.packer
         self.obs_host = {k: v for k, v in prob.obs.items() if k not in _DEV_OBS}
@@ -558,17 +590,21 @@ def unused_records(raw: pd.DataFrame, rows: np.ndarray | None = None) -> tuple[n
         return unused, None
     number = (lambda i: int(i) + 1) if rows is None else (lambda i: int(rows[i]))
     n = unused.size
-    note = (f"{n} record{'s' if n > 1 else ''} with a DV value {'are' if n > 1 else 'is'} not fitted because "
-            f"{'they are' if n > 1 else 'it is'} not an observation (EVID 0 and MDV 0): "
-            f"{rows_text([number(i) for i in unused])}; set MDV = 0 (and EVID = 0) to fit {'them' if n > 1 else 'it'}")
+    note = (
+        f"{n} record{'s' if n > 1 else ''} with a DV value {'are' if n > 1 else 'is'} not fitted because "
+        f"{'they are' if n > 1 else 'it is'} not an observation (EVID 0 and MDV 0): "
+        f"{rows_text([number(i) for i in unused])}; set MDV = 0 (and EVID = 0) to fit {'them' if n > 1 else 'it'}"
+    )
     return unused, note
 
 
 def _too_large(col: str, values: np.ndarray) -> str:
     shown = ", ".join(f"{x:g}" for x in list(dict.fromkeys(values.tolist()))[:5])
     limit = f"1e{math.log10(MAX_FIT_MAGNITUDE):.0f}"
-    return (f"{col} {shown} is too large for a fit (the magnitude must be below {limit}: the "
-            "likelihood would overflow); check the units, or a typing error")
+    return (
+        f"{col} {shown} is too large for a fit (the magnitude must be below {limit}: the "
+        "likelihood would overflow); check the units, or a typing error"
+    )
 
 
 def _fit_checks(raw: pd.DataFrame, spec: PopulationModel, model) -> tuple[list[DatasetViolation], dict]:
@@ -586,15 +622,24 @@ def _fit_checks(raw: pd.DataFrame, spec: PopulationModel, model) -> tuple[list[D
     is_obs = (evid == 0) & (mdv == 0)
     info: dict[str, Any] = {"is_obs": is_obs}
     if "DV" not in frame:
-        out.append(DatasetViolation((), "DV", "column DV is missing: the fit needs observed values on "
-                                    "observation records (EVID 0, MDV 0)"))
+        out.append(
+            DatasetViolation(
+                (), "DV", "column DV is missing: the fit needs observed values on observation records (EVID 0, MDV 0)"
+            )
+        )
         return out, info
     dv = std["DV"]
     bad = is_obs & ~np.isfinite(dv)
     if bad.any():
-        out.append(DatasetViolation(rows(bad), "DV", "DV must be a number on observation records (EVID 0, "
-                                    "MDV 0; '.' means 0, a blank DV is missing); set MDV = 1 on records without "
-                                    "an observation"))
+        out.append(
+            DatasetViolation(
+                rows(bad),
+                "DV",
+                "DV must be a number on observation records (EVID 0, "
+                "MDV 0; '.' means 0, a blank DV is missing); set MDV = 1 on records without "
+                "an observation",
+            )
+        )
     # magnitudes the likelihood can hold (a larger value is a unit or typing error)
     dose = np.isin(evid, (1.0, 4.0))
     for col, where in (("TIME", np.ones(n, bool)), ("AMT", dose), ("RATE", dose), ("II", dose), ("DV", is_obs)):
@@ -612,15 +657,27 @@ def _fit_checks(raw: pd.DataFrame, spec: PopulationModel, model) -> tuple[list[D
         badid = is_obs & ~np.isin(dvid, known)
         if badid.any():
             vals = sorted({f"{v:g}" for v in dvid[badid]})
-            out.append(DatasetViolation(rows(badid), "DVID", f"DVID {', '.join(vals)} is not declared in the "
-                                        f"model's [observations] (known: {', '.join(map(str, known))})"))
+            out.append(
+                DatasetViolation(
+                    rows(badid),
+                    "DVID",
+                    f"DVID {', '.join(vals)} is not declared in the "
+                    f"model's [observations] (known: {', '.join(map(str, known))})",
+                )
+            )
         typ = np.zeros(n, int)
         for t, k in enumerate(known):
             typ[dvid == k] = t
     else:
         if len(obs_types) > 1:
-            out.append(DatasetViolation((), "DVID", f"the model declares {len(obs_types)} observation types; the "
-                                        "dataset needs a DVID column saying which each record is"))
+            out.append(
+                DatasetViolation(
+                    (),
+                    "DVID",
+                    f"the model declares {len(obs_types)} observation types; the "
+                    "dataset needs a DVID column saying which each record is",
+                )
+            )
         typ = np.zeros(n, int)
     info["type"] = typ
     # BLQ / LLOQ
@@ -645,15 +702,27 @@ def _fit_checks(raw: pd.DataFrame, spec: PopulationModel, model) -> tuple[list[D
         blq = is_obs & np.isfinite(lloq) & np.isfinite(dv) & (dv < lloq)
     nolloq = blq & ~(np.isfinite(lloq) & (lloq > 0))
     if nolloq.any():
-        out.append(DatasetViolation(rows(nolloq), "LLOQ", "BLQ records need a positive LLOQ: add an LLOQ column "
-                                    "or `lloq = ...` to the observation type in the model file"))
+        out.append(
+            DatasetViolation(
+                rows(nolloq),
+                "LLOQ",
+                "BLQ records need a positive LLOQ: add an LLOQ column "
+                "or `lloq = ...` to the observation type in the model file",
+            )
+        )
     info["blq"], info["lloq"] = blq, lloq
     for t, o in enumerate(obs_types):
         if o.error == "lognormal":
             badl = is_obs & (typ == t) & ~blq & np.isfinite(dv) & (dv <= 0)
             if badl.any():
-                out.append(DatasetViolation(rows(badl), "DV", f"observation type {o.name} has a log-normal error "
-                                            "model: DV must be > 0 (flag values below the LLOQ with BLQ = 1)"))
+                out.append(
+                    DatasetViolation(
+                        rows(badl),
+                        "DV",
+                        f"observation type {o.name} has a log-normal error "
+                        "model: DV must be > 0 (flag values below the LLOQ with BLQ = 1)",
+                    )
+                )
     # occasions
     if spec.iov:
         if "OCC" not in frame:
@@ -670,14 +739,25 @@ def _fit_checks(raw: pd.DataFrame, spec: PopulationModel, model) -> tuple[list[D
         if c not in frame:
             users = [p.name for p in spec.parameters for e in p.covariates if c in e.columns()]
             why = f" (used by {', '.join(users)})" if users else ""
-            out.append(DatasetViolation((), c, f"covariate column {c}{why} is missing from the dataset; add it or "
-                                        "remove the relation from the model file"))
+            out.append(
+                DatasetViolation(
+                    (),
+                    c,
+                    f"covariate column {c}{why} is missing from the dataset; add it or "
+                    "remove the relation from the model file",
+                )
+            )
             continue
         v = _numeric(frame, c)
         badc = ~np.isfinite(v)
         if badc.any():
-            out.append(DatasetViolation(rows(badc), c, f"covariate {c} must be a number on every record "
-                                        "(impute missing values before fitting)"))
+            out.append(
+                DatasetViolation(
+                    rows(badc),
+                    c,
+                    f"covariate {c} must be a number on every record (impute missing values before fitting)",
+                )
+            )
         huge = np.isfinite(v) & (np.abs(v) >= MAX_FIT_MAGNITUDE)
         if huge.any():
             out.append(DatasetViolation(rows(huge), c, _too_large(c, v[huge])))
@@ -689,28 +769,49 @@ def _fit_checks(raw: pd.DataFrame, spec: PopulationModel, model) -> tuple[list[D
             if e.relation == "power":
                 badp = np.isfinite(v) & (v <= 0)
                 if badp.any():
-                    out.append(DatasetViolation(rows(badp), e.covariate, f"a power relation on {p.name} needs "
-                                                f"{e.covariate} > 0"))
+                    out.append(
+                        DatasetViolation(
+                            rows(badp), e.covariate, f"a power relation on {p.name} needs {e.covariate} > 0"
+                        )
+                    )
             if e.relation in ("activity_score", "proportional"):
                 badp = np.isfinite(v) & (v < 0)
                 if badp.any():
-                    out.append(DatasetViolation(rows(badp), e.covariate, f"{e.relation} relation on {p.name} "
-                                                f"needs {e.covariate} >= 0"))
+                    out.append(
+                        DatasetViolation(
+                            rows(badp), e.covariate, f"{e.relation} relation on {p.name} needs {e.covariate} >= 0"
+                        )
+                    )
             if e.relation == "categorical":
                 badp = np.isfinite(v) & ~np.isin(v, e.levels)
                 if badp.any():
-                    out.append(DatasetViolation(rows(badp), e.covariate, f"{e.covariate} takes values "
-                                                f"{', '.join(sorted({f'{x:g}' for x in v[badp]}))} not among the "
-                                                f"levels {', '.join(f'{x:g}' for x in e.levels)} declared for "
-                                                f"{p.name}"))
+                    out.append(
+                        DatasetViolation(
+                            rows(badp),
+                            e.covariate,
+                            f"{e.covariate} takes values "
+                            f"{', '.join(sorted({f'{x:g}' for x in v[badp]}))} not among the "
+                            f"levels {', '.join(f'{x:g}' for x in e.levels)} declared for "
+                            f"{p.name}",
+                        )
+                    )
     return out, info
 
 
 _STD = {"ID", "TIME", "DV", "MDV", "EVID", "AMT", "RATE", "II", "ADDL", "SS", "CMT", "DVID", "BLQ", "LLOQ", "OCC"}
 
 
-def build_problem(data, spec: PopulationModel, *, solver="auto", require_observations: bool = True,
-                  report_unused: bool = True, ignore=None, accept=None, rows=None) -> Problem:
+def build_problem(
+    data,
+    spec: PopulationModel,
+    *,
+    solver="auto",
+    require_observations: bool = True,
+    report_unused: bool = True,
+    ignore=None,
+    accept=None,
+    rows=None,
+) -> Problem:
     """Bind a population model to a NONMEM-format dataset.
 
     Parameters
@@ -754,8 +855,15 @@ def build_problem(data, spec: PopulationModel, *, solver="auto", require_observa
     kept = filter_records(raw, ignore, accept, source=source)
     file_rows = kept.rows if rows is None else np.asarray(rows, np.int64)[kept.rows - 1]
     try:
-        prob = _build_problem(kept.frame, spec, solver=solver, require_observations=require_observations,
-                              report_unused=report_unused, source=source, file_rows=file_rows)
+        prob = _build_problem(
+            kept.frame,
+            spec,
+            solver=solver,
+            require_observations=require_observations,
+            report_unused=report_unused,
+            source=source,
+            file_rows=file_rows,
+        )
     except DatasetError as exc:  # row numbers of the file, not of the rows kept
         if np.array_equal(file_rows, np.arange(1, len(file_rows) + 1)):
             raise
@@ -767,8 +875,16 @@ def build_problem(data, spec: PopulationModel, *, solver="auto", require_observa
     return prob
 
 
-def _build_problem(raw: pd.DataFrame, spec: PopulationModel, *, solver, require_observations: bool,
-                   report_unused: bool, source: str | None, file_rows: np.ndarray) -> Problem:
+def _build_problem(
+    raw: pd.DataFrame,
+    spec: PopulationModel,
+    *,
+    solver,
+    require_observations: bool,
+    report_unused: bool,
+    source: str | None,
+    file_rows: np.ndarray,
+) -> Problem:
     """:func:`build_problem` on the rows kept (``file_rows``: their 1-based rows in the file, for notes)."""
     model = get_model(spec.structure)
     violations, info = _fit_checks(raw, spec, model)
@@ -782,8 +898,9 @@ def _build_problem(raw: pd.DataFrame, spec: PopulationModel, *, solver, require_
     if violations:
         raise DatasetError(violations, source=source)
     if require_observations and not info["is_obs"].any():
-        raise DatasetError([DatasetViolation((), "DV", "the dataset has no observation records (EVID 0, MDV 0)")],
-                           source=source)
+        raise DatasetError(
+            [DatasetViolation((), "DV", "the dataset has no observation records (EVID 0, MDV 0)")], source=source
+        )
     frame = prep.frame
     rm = prep.row_map
     Np, R = prep.rec["time"].shape
@@ -881,9 +998,22 @@ def _build_problem(raw: pd.DataFrame, spec: PopulationModel, *, solver, require_
     y = np.where(is_log, np.log(np.where(dv > 0, dv, 1.0)), dv)
     y = np.where(blq, 0.0, y)
     lloq_t = np.where(is_log, np.log(np.where(lloq > 0, lloq, 1.0)), np.nan_to_num(lloq))
-    obs = {"pseudo": rm[oi, 0], "slot": rm[oi, 1], "id": row_id[oi], "row": oi, "dv": dv, "y": y,
-           "type": typ, "blq": blq, "lloq": lloq, "lloq_t": lloq_t, "log": is_log,
-           "a_idx": np.array(a_idx, int), "b_idx": np.array(b_idx, int), "time": frame["TIME"].to_numpy(float)[oi]}
+    obs = {
+        "pseudo": rm[oi, 0],
+        "slot": rm[oi, 1],
+        "id": row_id[oi],
+        "row": oi,
+        "dv": dv,
+        "y": y,
+        "type": typ,
+        "blq": blq,
+        "lloq": lloq,
+        "lloq_t": lloq_t,
+        "log": is_log,
+        "a_idx": np.array(a_idx, int),
+        "b_idx": np.array(b_idx, int),
+        "time": frame["TIME"].to_numpy(float)[oi],
+    }
     obs_ids = set(obs["id"].tolist())
     notes = []
     _, unused_note = unused_records(raw, file_rows) if report_unused else (None, None)
@@ -891,13 +1021,31 @@ def _build_problem(raw: pd.DataFrame, spec: PopulationModel, *, solver, require_
         notes.append(unused_note)
     no_obs = [ids[i] for i in range(len(ids)) if i not in obs_ids]
     if no_obs:
-        notes.append(f"{len(no_obs)} subject(s) have no observations (IDs {', '.join(map(str, no_obs[:10]))}); "
-                     "their random effects are at the prior mean")
-    prob = Problem(spec=spec, model=model, solver=solv, layout=lay, arrays=arrays, packer=pk, ids=ids,
-                   id_of_pseudo=id_of_pseudo, cov={c: jnp.asarray(v) for c, v in cov_np.items()},
-                   effects=effects, eta_index=eta_index, iov_index=iov_index,
-                   iiv_type=tuple(p.iiv_type for p in spec.parameters), occ=occ, n_occ=n_occ, obs=obs,
-                   frame=frame, row_map=rm, notes=notes)
+        notes.append(
+            f"{len(no_obs)} subject(s) have no observations (IDs {', '.join(map(str, no_obs[:10]))}); "
+            "their random effects are at the prior mean"
+        )
+    prob = Problem(
+        spec=spec,
+        model=model,
+        solver=solv,
+        layout=lay,
+        arrays=arrays,
+        packer=pk,
+        ids=ids,
+        id_of_pseudo=id_of_pseudo,
+        cov={c: jnp.asarray(v) for c, v in cov_np.items()},
+        effects=effects,
+        eta_index=eta_index,
+        iov_index=iov_index,
+        iiv_type=tuple(p.iiv_type for p in spec.parameters),
+        occ=occ,
+        n_occ=n_occ,
+        obs=obs,
+        frame=frame,
+        row_map=rm,
+        notes=notes,
+    )
     # an output expression must reference known quantities: evaluate once at the initial estimates
     try:
         f, _ = _predict_jit(prob, jnp.asarray(pk.init_full), jnp.zeros((prob.n_id, prob.n_eta)))
@@ -908,12 +1056,21 @@ def _build_problem(raw: pd.DataFrame, spec: PopulationModel, *, solver, require_
     f = np.asarray(f)
     zero_log = obs["log"] & ~obs["blq"] & (f <= 0)
     if zero_log.any():
-        raise DatasetError([DatasetViolation(tuple(int(r) + 1 for r in obs["row"][zero_log]), "DV",
-                                             "these records have a log-normal error model but the model predicts 0 "
-                                             "there whatever the parameters (e.g. samples before the first dose): "
-                                             "set MDV = 1, or flag them BLQ = 1 with an LLOQ")], source=source)
+        raise DatasetError(
+            [
+                DatasetViolation(
+                    tuple(int(r) + 1 for r in obs["row"][zero_log]),
+                    "DV",
+                    "these records have a log-normal error model but the model predicts 0 "
+                    "there whatever the parameters (e.g. samples before the first dose): "
+                    "set MDV = 1, or flag them BLQ = 1 with an LLOQ",
+                )
+            ],
+            source=source,
+        )
     if not np.all(np.isfinite(f)):
         bad = file_rows[obs["row"][~np.isfinite(np.asarray(f))]]
-        prob.notes.append(f"predictions at the initial estimates are not finite on rows "
-                          f"{', '.join(map(str, bad[:10]))}")
+        prob.notes.append(
+            f"predictions at the initial estimates are not finite on rows {', '.join(map(str, bad[:10]))}"
+        )
     return prob

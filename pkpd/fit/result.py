@@ -106,9 +106,24 @@ __all__ = ["FILES", "FitResult", "OutputExistsError", "build_result", "toml_dump
 Z975 = float(scipy.stats.norm.ppf(0.975))
 _MAX_SIM_VALUES = 5e7  # simulated values held at once for the NPDE and VPC (400 MB of float64)
 
-FILES = ("parameters.csv", "objective.json", "individual.csv", "predictions.csv", "nca.csv", "vpc.csv",
-         "pcvpc.csv", "model.toml", "fit.json", "gof.png", "residuals.png", "qq.png", "abs_iwres.png", "vpc.png",
-         "pcvpc.png", "individual.png")
+FILES = (
+    "parameters.csv",
+    "objective.json",
+    "individual.csv",
+    "predictions.csv",
+    "nca.csv",
+    "vpc.csv",
+    "pcvpc.csv",
+    "model.toml",
+    "fit.json",
+    "gof.png",
+    "residuals.png",
+    "qq.png",
+    "abs_iwres.png",
+    "vpc.png",
+    "pcvpc.png",
+    "individual.png",
+)
 
 
 class OutputExistsError(PKPDError):
@@ -136,9 +151,19 @@ class _PackerKey:
 
     def __init__(self, packer):
         self.packer = packer
-        self.key = (packer.names, packer.kinds, packer.code.tobytes(), packer.lower.tobytes(),
-                    packer.upper.tobytes(), packer.omega_pos, packer.n_theta, packer.n_beta, packer.k_iiv,
-                    packer.n_iov, packer.n_sigma)
+        self.key = (
+            packer.names,
+            packer.kinds,
+            packer.code.tobytes(),
+            packer.lower.tobytes(),
+            packer.upper.tobytes(),
+            packer.omega_pos,
+            packer.n_theta,
+            packer.n_beta,
+            packer.k_iiv,
+            packer.n_iov,
+            packer.n_sigma,
+        )
 
     def __hash__(self):
         return hash(self.key)
@@ -195,11 +220,14 @@ def _describe(prob: Problem) -> tuple[list[str], list[str], list[dict]]:
         info.append({"param": n})
     for o in spec.observations:
         for t in o.error_terms():
-            units.append({"additive": o.unit or "DV units", "proportional": "fraction",
-                          "sigma": "log scale"}[t])
-            desc.append({"additive": f"additive residual SD ({o.name})",
-                         "proportional": f"proportional residual CV ({o.name})",
-                         "sigma": f"residual SD of log DV ({o.name})"}[t])
+            units.append({"additive": o.unit or "DV units", "proportional": "fraction", "sigma": "log scale"}[t])
+            desc.append(
+                {
+                    "additive": f"additive residual SD ({o.name})",
+                    "proportional": f"proportional residual CV ({o.name})",
+                    "sigma": f"residual SD of log DV ({o.name})",
+                }[t]
+            )
             info.append({})
     return units, desc, info
 
@@ -209,8 +237,15 @@ def _expm1(x: float) -> float:
     return math.expm1(x) if x < 700 else math.inf
 
 
-def _parameter_table(prob: Problem, est: np.ndarray, se: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                     ci_method: list[str], eta_hat: np.ndarray) -> pd.DataFrame:
+def _parameter_table(
+    prob: Problem,
+    est: np.ndarray,
+    se: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    ci_method: list[str],
+    eta_hat: np.ndarray,
+) -> pd.DataFrame:
     pk, spec = prob.packer, prob.spec
     units, desc, info = _describe(prob)
     n = len(pk.names)
@@ -240,11 +275,25 @@ def _parameter_table(prob: Problem, est: np.ndarray, se: np.ndarray, lo: np.ndar
             sd[i] = math.sqrt(est[i])
             if spec.parameter(inf["param"]).iiv_type == "lognormal":
                 cv[i] = 100.0 * math.sqrt(_expm1(est[i]))
-    return pd.DataFrame({
-        "name": list(pk.names), "kind": list(pk.kinds), "description": desc, "unit": units, "estimate": est,
-        "se": se, "rse_pct": rse, "ci_low": lo, "ci_high": hi, "ci_method": ci_method,
-        "fixed": ~np.asarray(pk.free, bool), "iiv_cv_pct": cv, "iiv_sd": sd, "correlation": corr,
-        "shrinkage_pct": shr})
+    return pd.DataFrame(
+        {
+            "name": list(pk.names),
+            "kind": list(pk.kinds),
+            "description": desc,
+            "unit": units,
+            "estimate": est,
+            "se": se,
+            "rse_pct": rse,
+            "ci_low": lo,
+            "ci_high": hi,
+            "ci_method": ci_method,
+            "fixed": ~np.asarray(pk.free, bool),
+            "iiv_cv_pct": cv,
+            "iiv_sd": sd,
+            "correlation": corr,
+            "shrinkage_pct": shr,
+        }
+    )
 
 
 def _covariance_frames(names, cov: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -480,49 +529,88 @@ class FitResult:
         what = f"OFV {ofv:.3f}" if isinstance(ofv, (int, float)) and np.isfinite(ofv) else "no OFV"
         n_id = self.objective.get("n_id", "?") if isinstance(self.objective, dict) else "?"
         n_obs = self.objective.get("n_obs", "?") if isinstance(self.objective, dict) else "?"
-        return (f"<FitResult {self.method}: model {self.spec.structure}, "
-                f"{n_id} subjects, {n_obs} observations, {len(self.parameters)} parameters, {what}, "
-                f"{'converged' if self.converged else 'NOT converged'}>")
+        return (
+            f"<FitResult {self.method}: model {self.spec.structure}, "
+            f"{n_id} subjects, {n_obs} observations, {len(self.parameters)} parameters, {what}, "
+            f"{'converged' if self.converged else 'NOT converged'}>"
+        )
 
     def _repr_html_(self) -> str:
         """Notebook display: the short description and the parameter table."""
         import html as _html
 
-        return (f"<p><b>{_html.escape(repr(self))}</b><br>{_html.escape(str(self.message))}</p>"
-                + self.parameters.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
+        return (
+            f"<p><b>{_html.escape(repr(self))}</b><br>{_html.escape(str(self.message))}</p>"
+            + self.parameters.to_html(index=False, float_format=lambda v: f"{v:.4g}")
+        )
 
     def summary_text(self) -> str:
         """Console summary: parameter table, objective, convergence."""
         o = self.objective
-        lines = [(f"Population fit ({self.method}): {o['n_id']} subjects, {o['n_obs']} observations "
-                  f"({o['n_obs_blq']} BLQ), {o['n_parameters']} estimated parameters")]
+        lines = [
+            (
+                f"Population fit ({self.method}): {o['n_id']} subjects, {o['n_obs']} observations "
+                f"({o['n_obs_blq']} BLQ), {o['n_parameters']} estimated parameters"
+            )
+        ]
         if o.get("minus2ll") is not None:
-            lines.append(f"-2LL {o['minus2ll']:.3f} (all constants, = -2 logLik of R)   OFV {o['ofv']:.3f} "
-                         "(NONMEM, without N log 2pi)   AIC " f"{o['aic']:.3f}   BIC {o['bic']:.3f}")
+            lines.append(
+                f"-2LL {o['minus2ll']:.3f} (all constants, = -2 logLik of R)   OFV {o['ofv']:.3f} "
+                "(NONMEM, without N log 2pi)   AIC "
+                f"{o['aic']:.3f}   BIC {o['bic']:.3f}"
+            )
         if o.get("waic") is not None:
             w, lo = o["waic"], o.get("loo") or {}
             text = f"WAIC {_g(w['waic'], 7)} (SE {_g(w['se'], 3)}, p_waic {_g(w['p_waic'], 3)})"
             if lo:
-                text += (f"   LOOIC {_g(lo['looic'], 7)} (SE {_g(lo['se'], 3)}, p_loo {_g(lo['p_loo'], 3)}, "
-                         f"max Pareto k {_g(lo['pareto_k_max'], 2)})")
+                text += (
+                    f"   LOOIC {_g(lo['looic'], 7)} (SE {_g(lo['se'], 3)}, p_loo {_g(lo['p_loo'], 3)}, "
+                    f"max Pareto k {_g(lo['pareto_k_max'], 2)})"
+                )
             lines.append(text + "; ArviZ, one point per subject (log p(y_i | eta_i, theta)), deviance scale")
         bayes = "rhat" in self.parameters
         mcmc = bayes and bool(self.parameters["rhat"].notna().any() or self.parameters["ess_bulk"].notna().any())
-        head = ["parameter", "estimate", "unit", "SE" if not bayes else "post. SD", "RSE%", "95% CI",
-                "IIV CV%/SD", "shrink%"] + (["R-hat", "ESS"] if mcmc else [])
+        head = [
+            "parameter",
+            "estimate",
+            "unit",
+            "SE" if not bayes else "post. SD",
+            "RSE%",
+            "95% CI",
+            "IIV CV%/SD",
+            "shrink%",
+        ] + (["R-hat", "ESS"] if mcmc else [])
         rows = []
         for _, r in self.parameters.iterrows():
-            ci = "fixed" if r["fixed"] else (f"{_g(r['ci_low'])} - {_g(r['ci_high'])}"
-                                             if np.isfinite(r["ci_low"]) else "-")
-            iiv = (f"{r['iiv_cv_pct']:.1f}%" if np.isfinite(r["iiv_cv_pct"]) else
-                   (_g(r["iiv_sd"]) if np.isfinite(r["iiv_sd"]) else
-                    (f"r={r['correlation']:.2f}" if np.isfinite(r["correlation"]) else "")))
-            row = [r["name"], _g(r["estimate"]), r["unit"], _g(r["se"]),
-                   f"{r['rse_pct']:.1f}" if np.isfinite(r["rse_pct"]) else "", ci, iiv,
-                   f"{r['shrinkage_pct']:.1f}" if np.isfinite(r["shrinkage_pct"]) else ""]
+            ci = (
+                "fixed"
+                if r["fixed"]
+                else (f"{_g(r['ci_low'])} - {_g(r['ci_high'])}" if np.isfinite(r["ci_low"]) else "-")
+            )
+            iiv = (
+                f"{r['iiv_cv_pct']:.1f}%"
+                if np.isfinite(r["iiv_cv_pct"])
+                else (
+                    _g(r["iiv_sd"])
+                    if np.isfinite(r["iiv_sd"])
+                    else (f"r={r['correlation']:.2f}" if np.isfinite(r["correlation"]) else "")
+                )
+            )
+            row = [
+                r["name"],
+                _g(r["estimate"]),
+                r["unit"],
+                _g(r["se"]),
+                f"{r['rse_pct']:.1f}" if np.isfinite(r["rse_pct"]) else "",
+                ci,
+                iiv,
+                f"{r['shrinkage_pct']:.1f}" if np.isfinite(r["shrinkage_pct"]) else "",
+            ]
             if mcmc:
-                row += [f"{r['rhat']:.3f}" if np.isfinite(r["rhat"]) else "",
-                        f"{r['ess_bulk']:.0f}" if np.isfinite(r["ess_bulk"]) else ""]
+                row += [
+                    f"{r['rhat']:.3f}" if np.isfinite(r["rhat"]) else "",
+                    f"{r['ess_bulk']:.0f}" if np.isfinite(r["ess_bulk"]) else "",
+                ]
             rows.append(row)
         widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -567,8 +655,10 @@ class FitResult:
         if out.exists() and not out.is_dir():
             raise OutputExistsError(f"the output path {out} is a file; give a directory name")
         if out.is_dir() and any(out.iterdir()) and not force:
-            raise OutputExistsError(f"the output directory {out} exists and is not empty; pass --force "
-                                    "(force=True) to overwrite its files, or choose another directory")
+            raise OutputExistsError(
+                f"the output directory {out} exists and is not empty; pass --force "
+                "(force=True) to overwrite its files, or choose another directory"
+            )
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -614,23 +704,44 @@ class FitResult:
         units = {o.name: o.unit for o in spec.observations}
         head = f"{spec.structure} ({self.method})"
         n_rep = int(self.options.get("vpc_replicates", 0))
-        dg.plot_gof(self.predictions, path("gof.png"), log_axes=log_axes, units=units,
-                    title=f"{head}: observed vs predicted")
-        dg.plot_residuals(self.predictions, path("residuals.png"), title=f"{head}: CWRES and NPDE", time_unit=tu,
-                          units=units)
+        dg.plot_gof(
+            self.predictions, path("gof.png"), log_axes=log_axes, units=units, title=f"{head}: observed vs predicted"
+        )
+        dg.plot_residuals(
+            self.predictions, path("residuals.png"), title=f"{head}: CWRES and NPDE", time_unit=tu, units=units
+        )
         dg.plot_qq(self.predictions, path("qq.png"), title=f"{head}: normal QQ plots of CWRES and NPDE")
-        dg.plot_abs_iwres(self.predictions, path("abs_iwres.png"), units=units,
-                          title=f"{head}: |IWRES| vs IPRED")
-        dg.plot_vpc(self.vpc, self.vpc_points if self.vpc_points is not None else self.predictions,
-                    path("vpc.png"), n_rep=n_rep, time_unit=tu, units=units)
+        dg.plot_abs_iwres(self.predictions, path("abs_iwres.png"), units=units, title=f"{head}: |IWRES| vs IPRED")
+        dg.plot_vpc(
+            self.vpc,
+            self.vpc_points if self.vpc_points is not None else self.predictions,
+            path("vpc.png"),
+            n_rep=n_rep,
+            time_unit=tu,
+            units=units,
+        )
         if self.pcvpc is not None:
-            dg.plot_vpc(self.pcvpc, self.pcvpc_points if self.pcvpc_points is not None else self.predictions,
-                        path("pcvpc.png"), n_rep=n_rep, time_unit=tu, units=units, pc=True)
+            dg.plot_vpc(
+                self.pcvpc,
+                self.pcvpc_points if self.pcvpc_points is not None else self.predictions,
+                path("pcvpc.png"),
+                n_rep=n_rep,
+                time_unit=tu,
+                units=units,
+                pc=True,
+            )
         for ti, o in enumerate(spec.observations):
             name = "individual.png" if ti == 0 else f"individual_{_safe(o.name)}.png"
-            dg.plot_individual(self.predictions, self.grid, path(name), type_name=o.name, type_index=ti,
-                               title=f"Individual fits ({o.name}): DV, IPRED (solid), PRED (dashed)", time_unit=tu,
-                               unit=o.unit)
+            dg.plot_individual(
+                self.predictions,
+                self.grid,
+                path(name),
+                type_name=o.name,
+                type_index=ti,
+                title=f"Individual fits ({o.name}): DV, IPRED (solid), PRED (dashed)",
+                time_unit=tu,
+                unit=o.unit,
+            )
         k = prob.k_iiv
         if k:
             labels = prob.eta_labels()[:k]
@@ -640,21 +751,41 @@ class FitResult:
             for lab, n in zip(labels, spec.eta_names()):
                 p = spec.parameter(n)
                 eta_units[lab] = (p.unit or "") if p.iiv_type == "additive" else dg.ND
-            dg.plot_eta_distributions(self.individual, path("eta.png"), labels=labels,
-                                      omega_var=np.diagonal(omega)[:k], eta_units=eta_units,
-                                      title=f"{head}: random-effect estimates and N(0, omega^2)")
+            dg.plot_eta_distributions(
+                self.individual,
+                path("eta.png"),
+                labels=labels,
+                omega_var=np.diagonal(omega)[:k],
+                eta_units=eta_units,
+                title=f"{head}: random-effect estimates and N(0, omega^2)",
+            )
             if k >= 2:
-                dg.plot_eta_pairs(self.individual, path("eta_pairs.png"), labels=labels, eta_units=eta_units,
-                                  title=f"{head}: random-effect estimates, pairs")
+                dg.plot_eta_pairs(
+                    self.individual,
+                    path("eta_pairs.png"),
+                    labels=labels,
+                    eta_units=eta_units,
+                    title=f"{head}: random-effect estimates, pairs",
+                )
             if self.covariates is not None and self.covariates.shape[1] > 1:
                 cat = [e.covariate for p in spec.parameters for e in p.covariates if e.relation == "categorical"]
-                dg.plot_eta_covariates(self.individual, self.covariates, path("eta_covariates.png"), labels=labels,
-                                       categorical=cat, eta_units=eta_units,
-                                       covariate_units=dict(spec.covariate_units),
-                                       title=f"{head}: random-effect estimates vs covariates")
+                dg.plot_eta_covariates(
+                    self.individual,
+                    self.covariates,
+                    path("eta_covariates.png"),
+                    labels=labels,
+                    categorical=cat,
+                    eta_units=eta_units,
+                    covariate_units=dict(spec.covariate_units),
+                    title=f"{head}: random-effect estimates vs covariates",
+                )
         if self.draws:
-            dg.plot_trace(self.draws, path("trace.png"), units=self._param_units(),
-                          title=f"Posterior draws ({self.method}, sampling iterations; ArviZ)")
+            dg.plot_trace(
+                self.draws,
+                path("trace.png"),
+                units=self._param_units(),
+                title=f"Posterior draws ({self.method}, sampling iterations; ArviZ)",
+            )
             dg.plot_rank(self.draws, path("rank.png"), title=f"Rank plots ({self.method}; ArviZ)")
 
     def _param_units(self) -> dict[str, str]:
@@ -673,10 +804,12 @@ class FitResult:
         return out
 
     def _model_toml(self) -> str:
-        head = (f"# Final estimates of a population fit (pkpd fit, method {self.method}) as initial values.\n"
-                f"# -2LL {_g(self.objective.get('minus2ll'))}; data {self.data_source or '(in memory)'}; "
-                f"model {self.model_source or '(in memory)'}\n"
-                "# Variances (iiv, omega block values, iov) are omega^2; residual terms are SDs/CVs.\n\n")
+        head = (
+            f"# Final estimates of a population fit (pkpd fit, method {self.method}) as initial values.\n"
+            f"# -2LL {_g(self.objective.get('minus2ll'))}; data {self.data_source or '(in memory)'}; "
+            f"model {self.model_source or '(in memory)'}\n"
+            "# Variances (iiv, omega block values, iov) are omega^2; residual terms are SDs/CVs.\n\n"
+        )
         return head + toml_dumps(self._final_dict())
 
     def _fit_info(self) -> dict:
@@ -690,17 +823,33 @@ class FitResult:
             except md.PackageNotFoundError:
                 return None
 
-        return {"method": self.method, "converged": self.converged, "message": self.message,
-                "diagnostics": self.diagnostics, "times_s": self.times, "options": self.options,
-                "notes": self.notes, "problem_notes": list(self.problem.notes), "data": self.data_source,
-                "model": self.model_source, "structure": self.spec.structure,
-                "versions": {"pkpd": pkpd.__version__, "jax": ver("jax"), "numpyro": ver("numpyro"),
-                             "numpy": np.__version__, "scipy": ver("scipy"), "pandas": pd.__version__},
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        return {
+            "method": self.method,
+            "converged": self.converged,
+            "message": self.message,
+            "diagnostics": self.diagnostics,
+            "times_s": self.times,
+            "options": self.options,
+            "notes": self.notes,
+            "problem_notes": list(self.problem.notes),
+            "data": self.data_source,
+            "model": self.model_source,
+            "structure": self.spec.structure,
+            "versions": {
+                "pkpd": pkpd.__version__,
+                "jax": ver("jax"),
+                "numpyro": ver("numpyro"),
+                "numpy": np.__version__,
+                "scipy": ver("scipy"),
+                "pandas": pd.__version__,
+            },
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
 
 
 def _netcdf_safe_attrs(idata) -> None:
     """Booleans and None are not valid NetCDF attributes: store them as 0/1 and "None" (in place)."""
+
     def fix(attrs):
         for k, v in list(attrs.items()):
             if isinstance(v, (bool, np.bool_)):
@@ -857,8 +1006,7 @@ def _nca(prob: Problem, data, notes: list) -> pd.DataFrame:
         notes.append(f"NCA of the observed data not computed: {str(exc).splitlines()[0]}")
         return pd.DataFrame()
     if len(prob.spec.observations) > 1:
-        notes.append("NCA was computed for every observation type (DVID); it is meaningful for "
-                     "concentrations only")
+        notes.append("NCA was computed for every observation type (DVID); it is meaningful for concentrations only")
     res.insert(0, "route", kw["route"])
     return res
 
@@ -867,8 +1015,9 @@ def _strata(prob: Problem, column: str) -> np.ndarray:
     """Stratum label of every observation record from a dataset column (pcVPC stratification)."""
     fr = prob.frame
     if column not in fr:
-        raise PKPDError(f"vpc_stratify: the dataset has no column {column!r} "
-                        f"(columns: {', '.join(map(str, fr.columns))})")
+        raise PKPDError(
+            f"vpc_stratify: the dataset has no column {column!r} (columns: {', '.join(map(str, fr.columns))})"
+        )
     rows = np.asarray(prob.obs["row"])
     raw = fr[column].to_numpy()[rows]
     num = pd.to_numeric(pd.Series(raw), errors="coerce").to_numpy(float)
@@ -883,8 +1032,26 @@ def _strata(prob: Problem, column: str) -> np.ndarray:
     return np.array([f"{column} = {v}" for v in raw], dtype=object)
 
 
-_NOT_COVARIATES = {"ID", "TIME", "DV", "MDV", "EVID", "AMT", "RATE", "II", "ADDL", "SS", "CMT", "DVID", "BLQ",
-                   "LLOQ", "OCC", "C", "TAD", "ROW"}
+_NOT_COVARIATES = {
+    "ID",
+    "TIME",
+    "DV",
+    "MDV",
+    "EVID",
+    "AMT",
+    "RATE",
+    "II",
+    "ADDL",
+    "SS",
+    "CMT",
+    "DVID",
+    "BLQ",
+    "LLOQ",
+    "OCC",
+    "C",
+    "TAD",
+    "ROW",
+}
 
 
 def _subject_covariates(prob: Problem, ids_all: np.ndarray, max_columns: int = 8) -> pd.DataFrame:
@@ -952,16 +1119,30 @@ def _information_criteria(prob: Problem, raw: Any, U_full: np.ndarray, E: np.nda
     if _is_inference_data(idata):
         if not ("log_likelihood" in idata.groups() and "subject" in idata.log_likelihood):
             ll = _subject_loglik(prob, U_full, E)
-            idata.add_groups({"log_likelihood": {"subject": ll}}, coords={"ID": np.asarray(prob.ids)},
-                             dims={"subject": ["ID"]})
+            idata.add_groups(
+                {"log_likelihood": {"subject": ll}}, coords={"ID": np.asarray(prob.ids)}, dims={"subject": ["ID"]}
+            )
         return dg.information_criteria(idata, "subject")
     return dg.information_criteria(_subject_loglik(prob, U_full, E), "subject", posterior=draws)
 
 
-def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data_source: str | None = None,
-                 model_source: str | None = None, vpc_replicates: int = 200, npde_replicates: int = 1000,
-                 vpc_bins: int = 8, seed: int = 0, fine_grid: bool = True, options: dict | None = None,
-                 status: Callable[[str], None] | None = None, vpc_stratify: str | None = None) -> FitResult:
+def build_result(
+    prob: Problem,
+    method: str,
+    raw: Any,
+    *,
+    data: Any = None,
+    data_source: str | None = None,
+    model_source: str | None = None,
+    vpc_replicates: int = 200,
+    npde_replicates: int = 1000,
+    vpc_bins: int = 8,
+    seed: int = 0,
+    fine_grid: bool = True,
+    options: dict | None = None,
+    status: Callable[[str], None] | None = None,
+    vpc_stratify: str | None = None,
+) -> FitResult:
     """Compute the tables and diagnostics of a fit.
 
     Parameters
@@ -1006,7 +1187,7 @@ def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data
         eta = np.median(E.reshape(-1, prob.n_id, K), axis=0) if K else np.zeros((prob.n_id, 0))
         eta_sd = E.reshape(-1, prob.n_id, K).std(axis=0, ddof=1) if K else np.zeros((prob.n_id, 0))
         say("parameter table (posterior summaries)")
-        table, draws = _bayes_table(prob, U_full, eta[:, :prob.k_iiv], mcmc=method == "nuts")
+        table, draws = _bayes_table(prob, U_full, eta[:, : prob.k_iiv], mcmc=method == "nuts")
         cov_free = None
     else:
         u_full = np.asarray(raw.u_full, float)
@@ -1020,7 +1201,7 @@ def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data
                 except np.linalg.LinAlgError:
                     eta_sd = np.full((prob.n_id, K), np.nan)
         say("parameter table (delta-method standard errors)")
-        table, cov_free = _laplace_table(prob, u_full, raw.cov_u, eta[:, :prob.k_iiv])
+        table, cov_free = _laplace_table(prob, u_full, raw.cov_u, eta[:, : prob.k_iiv])
 
     # predictions, residuals
     say("predictions and CWRES")
@@ -1042,42 +1223,63 @@ def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data
     n_sim = max(int(vpc_replicates), int(npde_replicates), 2)
     cap = max(100, int(_MAX_SIM_VALUES // max(prob.n_obs, 1)))
     if n_sim > cap:
-        notes.append(f"NPDE and VPC use {cap} simulated datasets instead of {n_sim} (memory limit: "
-                     f"{prob.n_obs} observations per dataset)")
+        notes.append(
+            f"NPDE and VPC use {cap} simulated datasets instead of {n_sim} (memory limit: "
+            f"{prob.n_obs} observations per dataset)"
+        )
         n_sim = cap
         vpc_replicates, npde_replicates = min(vpc_replicates, cap), min(npde_replicates, cap)
     say(f"simulating {n_sim} replicates (NPDE, VPC)")
     sims = dg.simulate_replicates(prob, u_full, n_sim, seed)
     with np.errstate(all="ignore"):
         sims_t = np.where(is_log[None, :], np.log(np.where(sims > 0, sims, np.nan)), sims)
-    npde_v, _ = dg.npde(y_t, sims_t[:max(int(npde_replicates), 2)], np.asarray(ob["id"]), valid)
+    npde_v, _ = dg.npde(y_t, sims_t[: max(int(npde_replicates), 2)], np.asarray(ob["id"]), valid)
     type_names = [o.name for o in prob.spec.observations]
     lloq = np.asarray(ob["lloq"], float)
     has_lloq = bool(np.isfinite(lloq).any())
-    vpc_args = (ob["time"], dv, sims[:max(int(vpc_replicates), 2)], np.asarray(ob["type"]), valid, type_names)
+    vpc_args = (ob["time"], dv, sims[: max(int(vpc_replicates), 2)], np.asarray(ob["type"]), valid, type_names)
     censor = dict(blq=blq, lloq=lloq) if has_lloq else {}
     vpc, vpc_points = dg.vpc_table(*vpc_args, n_bins=vpc_bins, return_points=True, **censor)
     strata = _strata(prob, vpc_stratify) if vpc_stratify else None
-    pcvpc, pcvpc_points = dg.vpc_table(*vpc_args, n_bins=vpc_bins, return_points=True, pred=pred, strata=strata,
-                                       **censor)
+    pcvpc, pcvpc_points = dg.vpc_table(
+        *vpc_args, n_bins=vpc_bins, return_points=True, pred=pred, strata=strata, **censor
+    )
     if blq.any():
-        notes.append("BLQ records are left out of CWRES and NPDE; the VPC and pcVPC count them (percentage of "
-                     "BLQ records per bin, observed vs simulated) and censor the percentiles at the LLOQ")
+        notes.append(
+            "BLQ records are left out of CWRES and NPDE; the VPC and pcVPC count them (percentage of "
+            "BLQ records per bin, observed vs simulated) and censor the percentiles at the LLOQ"
+        )
     if len(pcvpc) and pcvpc.get("n_excluded", pd.Series([0])).sum():
-        notes.append(f"{int(pcvpc['n_excluded'].sum())} records with PRED <= 0 are left out of the pcVPC "
-                     "(prediction correction divides by PRED)")
+        notes.append(
+            f"{int(pcvpc['n_excluded'].sum())} records with PRED <= 0 are left out of the pcVPC "
+            "(prediction correction divides by PRED)"
+        )
     if bayes:
-        notes.append("PRED, IPRED, CWRES, NPDE and the VPC use the posterior medians (of the parameters and "
-                     "of each subject's etas), not the full posterior")
+        notes.append(
+            "PRED, IPRED, CWRES, NPDE and the VPC use the posterior medians (of the parameters and "
+            "of each subject's etas), not the full posterior"
+        )
 
     ids_all = _id_values(prob.ids)
     dvids = np.array([o.dvid if o.dvid is not None else 1 for o in prob.spec.observations])
     typ = np.asarray(ob["type"])
-    predictions = pd.DataFrame({
-        "ROW": np.asarray(ob["row"]) + 1, "ID": ids_all[np.asarray(ob["id"])], "TIME": np.asarray(ob["time"]),
-        "DVID": dvids[typ], "TYPE": np.array(type_names, dtype=object)[typ], "DV": dv,
-        "BLQ": blq.astype(int), "LLOQ": np.asarray(ob["lloq"], float), "PRED": pred, "IPRED": ipred,
-        "IWRES": iwres, "CWRES": cw, "NPDE": npde_v})
+    predictions = pd.DataFrame(
+        {
+            "ROW": np.asarray(ob["row"]) + 1,
+            "ID": ids_all[np.asarray(ob["id"])],
+            "TIME": np.asarray(ob["time"]),
+            "DVID": dvids[typ],
+            "TYPE": np.array(type_names, dtype=object)[typ],
+            "DV": dv,
+            "BLQ": blq.astype(int),
+            "LLOQ": np.asarray(ob["lloq"], float),
+            "PRED": pred,
+            "IPRED": ipred,
+            "IWRES": iwres,
+            "CWRES": cw,
+            "NPDE": npde_v,
+        }
+    )
 
     # individual estimates
     ind = {"ID": ids_all}
@@ -1095,8 +1297,13 @@ def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data
 
     # objective
     n_free = int(pk.n_free)
-    objective: dict[str, Any] = {"n_obs": int(prob.n_obs), "n_obs_blq": int(blq.sum()), "n_id": int(prob.n_id),
-                                 "n_parameters": n_free, "eps_shrinkage_pct": dg.epsilon_shrinkage(iwres)}
+    objective: dict[str, Any] = {
+        "n_obs": int(prob.n_obs),
+        "n_obs_blq": int(blq.sum()),
+        "n_id": int(prob.n_id),
+        "n_parameters": n_free,
+        "eps_shrinkage_pct": dg.epsilon_shrinkage(iwres),
+    }
     if bayes:
         objective.update(minus2ll=None, ofv=None, aic=None, bic=None)
         say("WAIC and LOO (ArviZ)")
@@ -1106,36 +1313,47 @@ def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data
             objective["ic_definition"] = ic["definition"]
             objective["ic_n_draws"], objective["ic_n_subjects"] = ic["n_draws"], ic["n_points"]
             if ic["waic"]["warning"]:
-                notes.append("WAIC: the posterior variance of some subjects' log-likelihood exceeds 0.4 (ArviZ "
-                             "warning); prefer PSIS-LOO")
+                notes.append(
+                    "WAIC: the posterior variance of some subjects' log-likelihood exceeds 0.4 (ArviZ "
+                    "warning); prefer PSIS-LOO"
+                )
             if ic["loo"]["n_pareto_k_above_0.7"]:
-                notes.append(f"PSIS-LOO: {ic['loo']['n_pareto_k_above_0.7']} subject(s) with Pareto k > 0.7 "
-                             f"(max {ic['loo']['pareto_k_max']:.2f}): the LOO estimate is unreliable for them")
+                notes.append(
+                    f"PSIS-LOO: {ic['loo']['n_pareto_k_above_0.7']} subject(s) with Pareto k > 0.7 "
+                    f"(max {ic['loo']['pareto_k_max']:.2f}): the LOO estimate is unreliable for them"
+                )
         except Exception as exc:  # noqa: BLE001 - the information criteria are optional
             notes.append(f"WAIC/LOO not computed: {type(exc).__name__}: {exc}")
     else:
         m2 = float(raw.minus2ll)
         objective.update(
-            minus2ll=m2, ofv=m2 - prob.n_normal_obs * LOG2PI, aic=m2 + 2 * n_free,
+            minus2ll=m2,
+            ofv=m2 - prob.n_normal_obs * LOG2PI,
+            aic=m2 + 2 * n_free,
             bic=m2 + n_free * math.log(max(prob.n_obs, 1)),
             ofv_note=f"OFV = -2LL - N log(2 pi), N = {prob.n_normal_obs} non-BLQ observations: NONMEM's "
-                     "objective function value (without constant)",
+            "objective function value (without constant)",
             aic_bic_note="AIC = -2LL + 2 p, BIC = -2LL + p log(n_obs) (R's AIC/BIC conventions), p = number "
-                         "of estimated parameters")
+            "of estimated parameters",
+        )
 
     # diagnostics, convergence
     if bayes:
         rd = dict(getattr(raw, "diagnostics", {}) or {})
         free_tab = table[~table["fixed"]]
         div_n, div_warm = _divergences(raw, rd)
-        diagn = {"max_rhat": float(np.nanmax(free_tab["rhat"])) if free_tab["rhat"].notna().any() else None,
-                 "min_ess_bulk": float(np.nanmin(free_tab["ess_bulk"])) if free_tab["ess_bulk"].notna().any()
-                 else None, "divergences": div_n, "divergences_warmup": div_warm,
-                 "divergences_note": "divergences: sampling iterations only (idata.nc sample_stats.diverging); "
-                                     "warm-up divergences are counted apart (divergences_warmup)",
-                 "n_rejected": rd.get("n_rejected"),
-                 "chains": int(u_draws.shape[0]), "draws_per_chain": int(u_draws.shape[1]),
-                 "method_diagnostics": _jsonable(rd)}
+        diagn = {
+            "max_rhat": float(np.nanmax(free_tab["rhat"])) if free_tab["rhat"].notna().any() else None,
+            "min_ess_bulk": float(np.nanmin(free_tab["ess_bulk"])) if free_tab["ess_bulk"].notna().any() else None,
+            "divergences": div_n,
+            "divergences_warmup": div_warm,
+            "divergences_note": "divergences: sampling iterations only (idata.nc sample_stats.diverging); "
+            "warm-up divergences are counted apart (divergences_warmup)",
+            "n_rejected": rd.get("n_rejected"),
+            "chains": int(u_draws.shape[0]),
+            "draws_per_chain": int(u_draws.shape[1]),
+            "method_diagnostics": _jsonable(rd),
+        }
         priors = getattr(raw, "priors", None)
         if priors:  # the priors are part of the result: fit.json states them line by line
             diagn["priors"] = str(priors).splitlines()
@@ -1143,33 +1361,39 @@ def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data
         if conv_attr is not None:
             converged = bool(conv_attr)
         else:
-            converged = (diagn["max_rhat"] is None or diagn["max_rhat"] <= 1.01 or u_draws.shape[0] < 2) and \
-                        not div_n
+            converged = (diagn["max_rhat"] is None or diagn["max_rhat"] <= 1.01 or u_draws.shape[0] < 2) and not div_n
         if method == "nuts":
             message = getattr(raw, "message", None) or (
                 f"{u_draws.shape[0]} chain(s) x {u_draws.shape[1]} draws; max R-hat "
                 f"{_g(diagn['max_rhat'])}, min bulk ESS {_g(diagn['min_ess_bulk'])}, divergences {div_n} "
-                f"(sampling; warm-up {div_warm if div_warm is not None else '-'}, not counted)")
+                f"(sampling; warm-up {div_warm if div_warm is not None else '-'}, not counted)"
+            )
         else:
             elbo = rd.get("elbo")
-            last = f"; final loss (negative ELBO) {_g(float(np.asarray(elbo)[-1]))}" if elbo is not None and \
-                np.size(elbo) else ""
+            last = (
+                f"; final loss (negative ELBO) {_g(float(np.asarray(elbo)[-1]))}"
+                if elbo is not None and np.size(elbo)
+                else ""
+            )
             message = getattr(raw, "message", None) or (
                 f"{u_draws.shape[1]} draws of the fitted approximation{last} (check the loss trace in "
-                "fit.json: SVI has no convergence diagnostic)")
-        if method == "nuts" and u_draws.shape[0] >= 2 and diagn["max_rhat"] is not None \
-                and diagn["max_rhat"] > 1.01:
-            notes.append(f"R-hat up to {diagn['max_rhat']:.3f} > 1.01: chains disagree; run longer or "
-                         "reparameterize")
+                "fit.json: SVI has no convergence diagnostic)"
+            )
+        if method == "nuts" and u_draws.shape[0] >= 2 and diagn["max_rhat"] is not None and diagn["max_rhat"] > 1.01:
+            notes.append(f"R-hat up to {diagn['max_rhat']:.3f} > 1.01: chains disagree; run longer or reparameterize")
         if div_n:
             notes.append(f"{div_n} divergent transitions after warm-up: the posterior may be biased")
         times = dict(getattr(raw, "times", {}) or {})
         idata = getattr(raw, "idata", None)
     else:
-        diagn = {"n_iter": raw.n_iter, "n_eval": raw.n_eval, "covariance": raw.cov_message,
-                 "history_minus2ll": [float(h) for h in raw.history],
-                 "max_gradient": float(getattr(raw, "max_gradient", float("nan"))),
-                 "n_restarts": int(getattr(raw, "n_restarts", 0))}
+        diagn = {
+            "n_iter": raw.n_iter,
+            "n_eval": raw.n_eval,
+            "covariance": raw.cov_message,
+            "history_minus2ll": [float(h) for h in raw.history],
+            "max_gradient": float(getattr(raw, "max_gradient", float("nan"))),
+            "n_restarts": int(getattr(raw, "n_restarts", 0)),
+        }
         converged, message = bool(raw.converged), raw.message
         times = dict(raw.times)
         idata = None
@@ -1183,19 +1407,44 @@ def build_result(prob: Problem, method: str, raw: Any, *, data: Any = None, data
         say("individual predictions on a fine time grid")
         grid = dg.grid_predictions(prob, u_full, eta)
         if grid is None:
-            notes.append("individual plots at the observation times (no fine grid: reset records or the "
-                         "augmented dataset could not be built)")
+            notes.append(
+                "individual plots at the observation times (no fine grid: reset records or the "
+                "augmented dataset could not be built)"
+            )
     if not bayes or method == "nuts":  # objective.json says whether the objective is at a converged fit
         objective.update(converged=bool(converged), convergence=message)
     times["diagnostics_s"] = time.perf_counter() - t0
     opts = dict(options or {})
-    opts.update(vpc_replicates=int(vpc_replicates), npde_replicates=int(npde_replicates), vpc_bins=vpc_bins,
-                seed=seed)
+    opts.update(vpc_replicates=int(vpc_replicates), npde_replicates=int(npde_replicates), vpc_bins=vpc_bins, seed=seed)
     if vpc_stratify:
         opts["vpc_stratify"] = vpc_stratify
-    return FitResult(method=method, problem=prob, spec=prob.spec, u_full=u_full, parameters=table,
-                     objective=objective, individual=individual, predictions=predictions, nca=nca_tab, vpc=vpc,
-                     eta=eta, converged=converged, message=message, diagnostics=diagn, times=times,
-                     notes=notes + list(prob.notes), raw=raw, data_source=data_source, model_source=model_source,
-                     options=opts, grid=grid, draws=draws, idata=idata, pcvpc=pcvpc, vpc_points=vpc_points,
-                     pcvpc_points=pcvpc_points, covariates=covariates, covariance=cov_free)
+    return FitResult(
+        method=method,
+        problem=prob,
+        spec=prob.spec,
+        u_full=u_full,
+        parameters=table,
+        objective=objective,
+        individual=individual,
+        predictions=predictions,
+        nca=nca_tab,
+        vpc=vpc,
+        eta=eta,
+        converged=converged,
+        message=message,
+        diagnostics=diagn,
+        times=times,
+        notes=notes + list(prob.notes),
+        raw=raw,
+        data_source=data_source,
+        model_source=model_source,
+        options=opts,
+        grid=grid,
+        draws=draws,
+        idata=idata,
+        pcvpc=pcvpc,
+        vpc_points=vpc_points,
+        pcvpc_points=pcvpc_points,
+        covariates=covariates,
+        covariance=cov_free,
+    )

@@ -48,18 +48,21 @@ def _sub_problem(prob: Problem, subjects: np.ndarray, n_id: int, n_pseudo: int, 
     o = prob.obs
     obs_rows = np.flatnonzero(np.isin(o["id"], subjects))
     pad_ps = np.concatenate([pseudo, np.repeat(pseudo[:1], n_pseudo - len(pseudo))])
-    pad_obs = np.concatenate([obs_rows, np.repeat(obs_rows[:1], n_obs - len(obs_rows))]) if len(obs_rows) else \
-        np.zeros(n_obs, int)
+    pad_obs = (
+        np.concatenate([obs_rows, np.repeat(obs_rows[:1], n_obs - len(obs_rows))])
+        if len(obs_rows)
+        else np.zeros(n_obs, int)
+    )
     obs = {}
     for k, v in o.items():
         v = np.asarray(v)
         obs[k] = v[pad_obs] if len(v) else v
     obs["pseudo"] = new_ps[o["pseudo"]][pad_obs] if len(obs_rows) else np.zeros(n_obs, int)
     ids_new = new_id[o["id"]][pad_obs] if len(obs_rows) else np.full(n_obs, n_id)
-    ids_new[len(obs_rows):] = n_id  # out of range: dropped by segment_sum
+    ids_new[len(obs_rows) :] = n_id  # out of range: dropped by segment_sum
     obs["id"] = ids_new
     id_of_pseudo = new_id[idp[pad_ps]]
-    id_of_pseudo[len(pseudo):] = min(len(subjects), n_id - 1)  # padding pseudo-subjects: no observations
+    id_of_pseudo[len(pseudo) :] = min(len(subjects), n_id - 1)  # padding pseudo-subjects: no observations
     q = object.__new__(Problem)
     q.__dict__.update(prob.__dict__)
     q.arrays = _take(prob.arrays, pad_ps)
@@ -122,8 +125,12 @@ class ShardedProblem:
     def modes(self, u_full, eta0, **kw):
         """:func:`~pkpd.fit.inner.conditional_modes` of every subject: ``(eta, H, converged, n_iter)``."""
         eta, H, ok, it = self._modes(self.stacked, jnp.asarray(u_full), self._split(eta0), **kw)
-        return (jnp.asarray(self._join(eta)), jnp.asarray(self._join(H)), jnp.asarray(self._join(ok)),
-                int(np.max(np.asarray(it))))
+        return (
+            jnp.asarray(self._join(eta)),
+            jnp.asarray(self._join(H)),
+            jnp.asarray(self._join(ok)),
+            int(np.max(np.asarray(it))),
+        )
 
     def value_and_grad(self, u, eta_star, H_star):
         """``-2 log L`` at free parameters ``u`` and its gradient (as ``jax.value_and_grad(laplace_objective)``)."""
@@ -152,13 +159,19 @@ def _modes_program(mesh):
         ax = batch.ROW_AXIS
 
         def local(sp, uf, e, max_iter, gtol, from_zero):
-            eta, H, ok, it = conditional_modes(_unstack(sp), uf, e[0], max_iter=max_iter, gtol=gtol,
-                                               from_zero=from_zero)
+            eta, H, ok, it = conditional_modes(
+                _unstack(sp), uf, e[0], max_iter=max_iter, gtol=gtol, from_zero=from_zero
+            )
             return eta[None], H[None], ok[None], jnp.asarray(it)[None]
 
         def run(sp, uf, e, max_iter=INNER_MAX_ITER, gtol=INNER_GTOL, from_zero=True):
-            f = jax.shard_map(lambda a, b, c: local(a, b, c, max_iter, gtol, from_zero), mesh=mesh,
-                              in_specs=(P(ax), P(), P(ax)), out_specs=P(ax), check_vma=False)
+            f = jax.shard_map(
+                lambda a, b, c: local(a, b, c, max_iter, gtol, from_zero),
+                mesh=mesh,
+                in_specs=(P(ax), P(), P(ax)),
+                out_specs=P(ax),
+                check_vma=False,
+            )
             return f(sp, uf, e)
 
         _PROGRAMS[key] = fit_jit(run, static_argnames=("max_iter", "gtol", "from_zero"))
@@ -177,8 +190,9 @@ def _vg_program(mesh):
             return jnp.sum(jnp.where(m[0], t, 0.0))[None]
 
         def objective(sp, u, e, H, m):
-            parts = jax.shard_map(local, mesh=mesh, in_specs=(P(ax), P(), P(ax), P(ax), P(ax)), out_specs=P(ax),
-                                  check_vma=False)(sp, u, e, H, m)
+            parts = jax.shard_map(
+                local, mesh=mesh, in_specs=(P(ax), P(), P(ax), P(ax), P(ax)), out_specs=P(ax), check_vma=False
+            )(sp, u, e, H, m)
             return jnp.sum(parts)
 
         _PROGRAMS[key] = fit_jit(jax.value_and_grad(objective, argnums=1))
@@ -193,11 +207,14 @@ def shard_problem(prob: Problem, devices=None) -> ShardedProblem | None:
     if len(devs) < 2 or prob.n_id < len(devs):
         return None
     Np = len(np.asarray(prob.id_of_pseudo))
-    parts = (prob.arrays, prob.cov, [d for lst in prob.effects for (_, _, d) in lst],
-             [] if prob.occ is None else [prob.occ])
+    parts = (
+        prob.arrays,
+        prob.cov,
+        [d for lst in prob.effects for (_, _, d) in lst],
+        [] if prob.occ is None else [prob.occ],
+    )
     if not all(_leading(p, Np) for p in parts):
         return None
     if not all(len(np.asarray(prob.obs[k])) == len(prob.obs["id"]) for k in _DEV_OBS):
         return None
     return ShardedProblem(prob, devs)
-

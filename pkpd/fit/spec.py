@@ -88,19 +88,39 @@ import numpy as np
 from ..errors import ModelSpecError
 from ..expr import Expression, compile_expression, compile_parameter_block
 
-__all__ = ["CovariateEffect", "Parameter", "Observation", "PopulationModel", "load_model",
-           "RELATIONS", "ERROR_MODELS", "IIV_TYPES"]
+__all__ = [
+    "CovariateEffect",
+    "Parameter",
+    "Observation",
+    "PopulationModel",
+    "load_model",
+    "RELATIONS",
+    "ERROR_MODELS",
+    "IIV_TYPES",
+]
 
 RELATIONS = ("power", "linear", "exponential", "proportional", "categorical", "indicator", "activity_score")
 ERROR_MODELS = ("additive", "proportional", "combined", "lognormal")
 IIV_TYPES = ("lognormal", "additive", "proportional", "logit")
 
 # bounds and transforms of the estimated coefficient of each relation
-_REL_BOUNDS = {"power": (-math.inf, math.inf), "linear": (-math.inf, math.inf),
-               "exponential": (-math.inf, math.inf), "proportional": None,
-               "categorical": (0.0, math.inf), "indicator": (0.0, math.inf), "activity_score": (0.0, 1.0)}
-_REL_DEFAULT = {"power": 0.75, "linear": 0.0, "exponential": 0.0, "categorical": 1.0, "indicator": 1.0,
-                "activity_score": 0.5}
+_REL_BOUNDS = {
+    "power": (-math.inf, math.inf),
+    "linear": (-math.inf, math.inf),
+    "exponential": (-math.inf, math.inf),
+    "proportional": None,
+    "categorical": (0.0, math.inf),
+    "indicator": (0.0, math.inf),
+    "activity_score": (0.0, 1.0),
+}
+_REL_DEFAULT = {
+    "power": 0.75,
+    "linear": 0.0,
+    "exponential": 0.0,
+    "categorical": 1.0,
+    "indicator": 1.0,
+    "activity_score": 0.5,
+}
 
 
 def _fail(where: str, message: str) -> ModelSpecError:
@@ -153,8 +173,10 @@ class CovariateEffect:
             return []
         if self.relation == "categorical":
             est = self.estimate or {}
-            return [float(est.get(_fmt_level(v), est.get(v, 1.0)) if isinstance(est, Mapping) else est)
-                    for v in self.levels[1:]]
+            return [
+                float(est.get(_fmt_level(v), est.get(v, 1.0)) if isinstance(est, Mapping) else est)
+                for v in self.levels[1:]
+            ]
         return [float(_REL_DEFAULT[self.relation] if self.estimate is None else self.estimate)]
 
     def bounds(self) -> tuple[float, float]:
@@ -255,8 +277,12 @@ class Observation:
     unit: str = ""
 
     def error_terms(self) -> list[str]:
-        return {"additive": ["additive"], "proportional": ["proportional"],
-                "combined": ["additive", "proportional"], "lognormal": ["sigma"]}[self.error]
+        return {
+            "additive": ["additive"],
+            "proportional": ["proportional"],
+            "combined": ["additive", "proportional"],
+            "lognormal": ["sigma"],
+        }[self.error]
 
     def initial(self, term: str) -> float:
         v = getattr(self, term)
@@ -354,8 +380,14 @@ class PopulationModel:
         from ..models import get_model
 
         model = get_model(self.structure)
-        known = set(self.parameter_names) | set(self.derived) | set(model.compartments) | set(
-            model.output_names()) | set(model.param_names) | {"TIME"}
+        known = (
+            set(self.parameter_names)
+            | set(self.derived)
+            | set(model.compartments)
+            | set(model.output_names())
+            | set(model.param_names)
+            | {"TIME"}
+        )
         cols: set[str] = set()
         for p in self.parameters:
             for c in p.covariates:
@@ -378,12 +410,18 @@ class PopulationModel:
             raise _fail(where, str(exc)) from None
         tu = self.time_unit
         if not isinstance(tu, str) or not tu.strip() or len(tu) > 16 or any(c in tu for c in "\n\r()"):
-            raise _fail(f"{where} [model]", f"`time_unit` must be a short label of the TIME unit such as \"h\", "
-                        f"\"min\" or \"d\" (at most 16 characters, no parentheses), not {tu!r}")
+            raise _fail(
+                f"{where} [model]",
+                f'`time_unit` must be a short label of the TIME unit such as "h", '
+                f'"min" or "d" (at most 16 characters, no parentheses), not {tu!r}',
+            )
         for col, unit in self.covariate_units.items():
             if not isinstance(unit, str) or len(unit) > 32 or any(c in unit for c in "\n\r"):
-                raise _fail(f"{where} [covariates]", f"`{col}` must be a short unit label such as \"kg\" or "
-                            f"\"mL/min\" (text, at most 32 characters), not {unit!r}")
+                raise _fail(
+                    f"{where} [covariates]",
+                    f'`{col}` must be a short unit label such as "kg" or '
+                    f'"mL/min" (text, at most 32 characters), not {unit!r}',
+                )
         names = self.parameter_names
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})
@@ -399,9 +437,12 @@ class PopulationModel:
             if not (p.lower < p.upper):
                 raise _fail(w, f"lower bound {p.lower:g} must be below the upper bound {p.upper:g}")
             if not (p.lower < p.estimate < p.upper):
-                raise _fail(w, f"initial estimate {p.estimate:g} must lie strictly inside the bounds "
-                            f"({p.lower:g}, {p.upper:g}); set `lower`/`upper` (e.g. lower = -inf for a "
-                            "parameter that can be negative)")
+                raise _fail(
+                    w,
+                    f"initial estimate {p.estimate:g} must lie strictly inside the bounds "
+                    f"({p.lower:g}, {p.upper:g}); set `lower`/`upper` (e.g. lower = -inf for a "
+                    "parameter that can be negative)",
+                )
             if p.iiv_type not in IIV_TYPES:
                 raise _fail(w, f"iiv_type {p.iiv_type!r} is not one of {', '.join(IIV_TYPES)}")
             if p.iiv is not None and not (np.isfinite(p.iiv) and p.iiv > 0):
@@ -418,10 +459,13 @@ class PopulationModel:
                     if c.relation in ("power", "proportional", "activity_score") and c.reference <= 0:
                         raise _fail(cw, f"a {c.relation} relation needs reference > 0")
                 if c.relation == "categorical" and len(c.levels) < 2:
-                    raise _fail(cw, "a categorical relation needs `levels` with at least two values, the "
-                                "first being the reference level (factor 1)")
+                    raise _fail(
+                        cw,
+                        "a categorical relation needs `levels` with at least two values, the "
+                        "first being the reference level (factor 1)",
+                    )
                 if c.relation == "indicator" and not c.condition:
-                    raise _fail(cw, "an indicator relation needs `condition`, e.g. \"CYP2D6_AS < 1\"")
+                    raise _fail(cw, 'an indicator relation needs `condition`, e.g. "CYP2D6_AS < 1"')
                 lo, hi = c.bounds() or (-math.inf, math.inf)
                 for v in c.initial():
                     if not (lo < v < hi):
@@ -433,9 +477,12 @@ class PopulationModel:
             raise _fail(where, f"{', '.join(sorted(clash))} is both an estimated parameter and [derived]")
         missing = [q for q in model.param_names if q not in names and q not in derived]
         if missing:
-            raise _fail(where, f"structure {model.name} needs {', '.join(missing)} "
-                        f"({', '.join(f'{q.name} [{q.unit}]' for q in model.params if q.name in missing)}); "
-                        "define each as [parameters.NAME] or in [derived]")
+            raise _fail(
+                where,
+                f"structure {model.name} needs {', '.join(missing)} "
+                f"({', '.join(f'{q.name} [{q.unit}]' for q in model.params if q.name in missing)}); "
+                "define each as [parameters.NAME] or in [derived]",
+            )
         try:
             dblock = self.derived_block()
         except ModelSpecError as exc:
@@ -446,31 +493,42 @@ class PopulationModel:
             if d in model.param_names or d in dose_ok or d in extra_route:
                 continue
             used = any(d in e.names for e in self.output_expressions().values()) or any(
-                d in e.names for e in dblock.values())
+                d in e.names for e in dblock.values()
+            )
             if not used:
-                raise _fail(where, f"[derived] {d} is not a parameter of structure {model.name} "
-                            f"({', '.join(model.param_names)}; dosing: F<n>, ALAG<n>, D<n>, R<n>) and no "
-                            "output uses it")
+                raise _fail(
+                    where,
+                    f"[derived] {d} is not a parameter of structure {model.name} "
+                    f"({', '.join(model.param_names)}; dosing: F<n>, ALAG<n>, D<n>, R<n>) and no "
+                    "output uses it",
+                )
         # omega blocks
         seen: set[str] = set()
         for names_b, values, _fixed in self.omega_blocks:
             for n in names_b:
                 if n not in names:
-                    raise _fail(where, f"omega block names {n}, which is not a [parameters.*] entry "
-                                f"(known: {', '.join(names)})")
+                    raise _fail(
+                        where, f"omega block names {n}, which is not a [parameters.*] entry (known: {', '.join(names)})"
+                    )
                 if n in seen:
                     raise _fail(where, f"parameter {n} appears in two omega blocks")
                 seen.add(n)
             k = len(names_b)
             if len(values) != k * (k + 1) // 2:
-                raise _fail(where, f"omega block {list(names_b)} needs {k * (k + 1) // 2} values (lower "
-                            f"triangle, row-wise), got {len(values)}")
+                raise _fail(
+                    where,
+                    f"omega block {list(names_b)} needs {k * (k + 1) // 2} values (lower "
+                    f"triangle, row-wise), got {len(values)}",
+                )
             full = _tril_to_full(values, k)
             if not np.all(np.isfinite(full)) or np.min(np.linalg.eigvalsh(full)) <= 0:
                 ev = np.linalg.eigvalsh(full) if np.all(np.isfinite(full)) else [math.nan]
-                raise _fail(where, f"omega block {list(names_b)} = {np.round(full, 6).tolist()} is not "
-                            f"positive definite (smallest eigenvalue {min(ev):.3g}); reduce the covariances "
-                            "so that |cov| < sqrt(var_i var_j)")
+                raise _fail(
+                    where,
+                    f"omega block {list(names_b)} = {np.round(full, 6).tolist()} is not "
+                    f"positive definite (smallest eigenvalue {min(ev):.3g}); reduce the covariances "
+                    "so that |cov| < sqrt(var_i var_j)",
+                )
         for p in self.parameters:
             if p.name in seen and p.iiv is not None:
                 pass  # the block value wins; iiv is ignored for block members
@@ -481,7 +539,7 @@ class PopulationModel:
                 raise _fail(where, f"[iov] {n} must be a variance > 0, got {v!r}")
         # observations
         if not self.observations:
-            raise _fail(where, "no [observations.NAME] section: say what DV is (e.g. output = \"CP\")")
+            raise _fail(where, 'no [observations.NAME] section: say what DV is (e.g. output = "CP")')
         dvids = [o.dvid for o in self.observations]
         if len(self.observations) > 1 and any(d is None for d in dvids):
             raise _fail(where, "with several observation types each needs a `dvid` (the DVID column value)")
@@ -498,8 +556,11 @@ class PopulationModel:
                     raise _fail(w, f"{t} must be > 0, got {v!r}")
             for f in o.fixed:
                 if f not in o.error_terms():
-                    raise _fail(w, f"fixed names {f!r}, which is not a term of the {o.error} error model "
-                                f"({', '.join(o.error_terms())})")
+                    raise _fail(
+                        w,
+                        f"fixed names {f!r}, which is not a term of the {o.error} error model "
+                        f"({', '.join(o.error_terms())})",
+                    )
             if o.lloq is not None and not (np.isfinite(o.lloq) and o.lloq > 0):
                 raise _fail(w, f"lloq must be > 0, got {o.lloq!r}")
             try:
@@ -535,8 +596,10 @@ class PopulationModel:
             if p.covariates:
                 d["covariates"] = [_cov_to_dict(c) for c in p.covariates]
             params[p.name] = d
-        out: dict[str, Any] = {"model": {"structure": self.structure, "interpolation": self.interpolation},
-                               "parameters": params}
+        out: dict[str, Any] = {
+            "model": {"structure": self.structure, "interpolation": self.interpolation},
+            "parameters": params,
+        }
         if self.description:
             out["model"]["description"] = self.description
         if self.simulates:
@@ -548,8 +611,9 @@ class PopulationModel:
         if self.covariate_units:
             out["covariates"] = dict(self.covariate_units)
         if self.omega_blocks:
-            out["omega"] = {"block": [{"parameters": list(n), "values": list(v), "fixed": f}
-                                      for n, v, f in self.omega_blocks]}
+            out["omega"] = {
+                "block": [{"parameters": list(n), "values": list(v), "fixed": f} for n, v, f in self.omega_blocks]
+            }
         if self.iov:
             out["iov"] = dict(self.iov)
         obs = {}
@@ -575,8 +639,7 @@ class PopulationModel:
         """A copy with new initial estimates (typical values by parameter name)."""
         from dataclasses import replace
 
-        params = tuple(replace(p, estimate=float(values[p.name])) if p.name in values else p
-                       for p in self.parameters)
+        params = tuple(replace(p, estimate=float(values[p.name])) if p.name in values else p for p in self.parameters)
         return replace(self, parameters=params)
 
 
@@ -606,8 +669,18 @@ def _tril_to_full(values: Sequence[float], k: int) -> np.ndarray:
 
 
 _TOP_KEYS = {"model", "parameters", "derived", "omega", "iov", "observations", "structure", "covariates"}
-_PARAM_KEYS = {"estimate", "unit", "lower", "upper", "fixed", "iiv", "iiv_type", "iiv_fixed", "covariates",
-               "description"}
+_PARAM_KEYS = {
+    "estimate",
+    "unit",
+    "lower",
+    "upper",
+    "fixed",
+    "iiv",
+    "iiv_type",
+    "iiv_fixed",
+    "covariates",
+    "description",
+}
 _COV_KEYS = {"covariate", "relation", "reference", "estimate", "fixed", "levels", "condition"}
 _OBS_KEYS = {"dvid", "output", "error", "additive", "proportional", "sigma", "fixed", "lloq", "unit"}
 
@@ -652,34 +725,61 @@ def load_model(source: str | Path | Mapping[str, Any]) -> PopulationModel:
     if "structure" in content:  # the structural model written in the file (docs/model_language.md)
         from ..models.user import compile_structure, known_parameters, register_user_model
 
-        um = register_user_model(compile_structure(
-            content["structure"], name=Path(src_name).stem if src_name else None, where=where, text=text,
-            source=src_name, known=known_parameters(content) or set()))
+        um = register_user_model(
+            compile_structure(
+                content["structure"],
+                name=Path(src_name).stem if src_name else None,
+                where=where,
+                text=text,
+                source=src_name,
+                known=known_parameters(content) or set(),
+            )
+        )
         given = (content.get("model") or {}).get("structure")
         if given is not None and str(given) != um.name:
-            raise _fail(f"{where} [model]", f"`structure = {given!r}` names another model than the [structure] "
-                        f"section ({um.name!r}); remove it or make them agree")
+            raise _fail(
+                f"{where} [model]",
+                f"`structure = {given!r}` names another model than the [structure] "
+                f"section ({um.name!r}); remove it or make them agree",
+            )
         content = {**content, "model": {**(content.get("model") or {}), "structure": um.name}}
         user_structure = content["structure"]
-        used = set(um.param_names) | {n for v in (content.get("derived") or {}).values()
-                                      for n in compile_expression(v).names} | {
-            n for d in (content.get("observations") or {}).values() if isinstance(d, Mapping)
-            for n in compile_expression(str(d.get("output", "CP"))).names}
-        for name in (content.get("parameters") or {}):
+        used = (
+            set(um.param_names)
+            | {n for v in (content.get("derived") or {}).values() for n in compile_expression(v).names}
+            | {
+                n
+                for d in (content.get("observations") or {}).values()
+                if isinstance(d, Mapping)
+                for n in compile_expression(str(d.get("output", "CP"))).names
+            }
+        )
+        for name in content.get("parameters") or {}:
             if name not in used:
-                line = next((i for i, ln in enumerate((text or "").splitlines(), 1)
-                             if ln.strip().startswith(f"[parameters.{name}]")), None)
-                raise _fail(where + (f", line {line}" if line else ""),
-                            f"parameter {name} is never used: no equation of [structure], [derived] expression or "
-                            "observation output refers to it; remove it or use it")
+                line = next(
+                    (
+                        i
+                        for i, ln in enumerate((text or "").splitlines(), 1)
+                        if ln.strip().startswith(f"[parameters.{name}]")
+                    ),
+                    None,
+                )
+                raise _fail(
+                    where + (f", line {line}" if line else ""),
+                    f"parameter {name} is never used: no equation of [structure], [derived] expression or "
+                    "observation output refers to it; remove it or use it",
+                )
     m = content.get("model", {})
     _check_keys(f"{where} [model]", m, {"structure", "description", "interpolation", "simulates", "time_unit"})
     sim = m.get("simulates") or {}
     if not isinstance(sim, Mapping) or not all(isinstance(v, str) for v in sim.values()):
-        raise _fail(f"{where} [model]", "`simulates` must be a table such as { CL = \"gabapentin.CL\", "
-                    "V = \"gabapentin.V\" } (fitted parameter -> drug-library parameter of the regimen simulator)")
+        raise _fail(
+            f"{where} [model]",
+            '`simulates` must be a table such as { CL = "gabapentin.CL", '
+            'V = "gabapentin.V" } (fitted parameter -> drug-library parameter of the regimen simulator)',
+        )
     if "structure" not in m:
-        raise _fail(where, "[model] needs `structure`, a model name such as \"1cmt_oral\" (see `pkpd models`)")
+        raise _fail(where, '[model] needs `structure`, a model name such as "1cmt_oral" (see `pkpd models`)')
     params = []
     for name, d in (content.get("parameters") or {}).items():
         w = f"{where} [parameters.{name}]"
@@ -692,24 +792,39 @@ def load_model(source: str | Path | Mapping[str, Any]) -> PopulationModel:
         for i, c in enumerate(d.get("covariates", [])):
             cw = f"{w} covariates[{i}]"
             if not isinstance(c, Mapping):
-                raise _fail(cw, "must be an inline table such as { covariate = \"WT\", relation = \"power\", "
-                            "reference = 70 }")
+                raise _fail(
+                    cw, 'must be an inline table such as { covariate = "WT", relation = "power", reference = 70 }'
+                )
             _check_keys(cw, c, _COV_KEYS)
             if "covariate" not in c or "relation" not in c:
                 raise _fail(cw, "needs `covariate` (a dataset column) and `relation`")
-            covs.append(CovariateEffect(
-                covariate=str(c["covariate"]), relation=str(c["relation"]),
-                reference=None if c.get("reference") is None else float(c["reference"]),
-                estimate=c.get("estimate"), fixed=bool(c.get("fixed", False)),
-                levels=tuple(float(v) for v in c.get("levels", ())), condition=c.get("condition")))
+            covs.append(
+                CovariateEffect(
+                    covariate=str(c["covariate"]),
+                    relation=str(c["relation"]),
+                    reference=None if c.get("reference") is None else float(c["reference"]),
+                    estimate=c.get("estimate"),
+                    fixed=bool(c.get("fixed", False)),
+                    levels=tuple(float(v) for v in c.get("levels", ())),
+                    condition=c.get("condition"),
+                )
+            )
         try:
-            params.append(Parameter(
-                name=str(name), estimate=float(d["estimate"]), unit=str(d.get("unit", "")),
-                lower=float(d.get("lower", 0.0)), upper=float(d.get("upper", math.inf)),
-                fixed=bool(d.get("fixed", False)),
-                iiv=None if d.get("iiv") is None else float(d["iiv"]),
-                iiv_type=str(d.get("iiv_type", "lognormal")), iiv_fixed=bool(d.get("iiv_fixed", False)),
-                covariates=tuple(covs), description=str(d.get("description", ""))))
+            params.append(
+                Parameter(
+                    name=str(name),
+                    estimate=float(d["estimate"]),
+                    unit=str(d.get("unit", "")),
+                    lower=float(d.get("lower", 0.0)),
+                    upper=float(d.get("upper", math.inf)),
+                    fixed=bool(d.get("fixed", False)),
+                    iiv=None if d.get("iiv") is None else float(d["iiv"]),
+                    iiv_type=str(d.get("iiv_type", "lognormal")),
+                    iiv_fixed=bool(d.get("iiv_fixed", False)),
+                    covariates=tuple(covs),
+                    description=str(d.get("description", "")),
+                )
+            )
         except (TypeError, ValueError) as exc:
             raise _fail(w, f"a value has the wrong type ({exc}); numbers must be numbers") from None
     blocks = []
@@ -725,21 +840,42 @@ def load_model(source: str | Path | Mapping[str, Any]) -> PopulationModel:
     for name, d in (content.get("observations") or {}).items():
         w = f"{where} [observations.{name}]"
         _check_keys(w, d, _OBS_KEYS)
-        obs.append(Observation(
-            name=str(name), output=str(d.get("output", "CP")),
-            dvid=None if d.get("dvid") is None else int(d["dvid"]), error=str(d.get("error", "additive")),
-            additive=d.get("additive"), proportional=d.get("proportional"), sigma=d.get("sigma"),
-            fixed=tuple(d.get("fixed", ())), lloq=d.get("lloq"), unit=str(d.get("unit", ""))))
+        obs.append(
+            Observation(
+                name=str(name),
+                output=str(d.get("output", "CP")),
+                dvid=None if d.get("dvid") is None else int(d["dvid"]),
+                error=str(d.get("error", "additive")),
+                additive=d.get("additive"),
+                proportional=d.get("proportional"),
+                sigma=d.get("sigma"),
+                fixed=tuple(d.get("fixed", ())),
+                lloq=d.get("lloq"),
+                unit=str(d.get("unit", "")),
+            )
+        )
     iov = {str(k): float(v) for k, v in (content.get("iov") or {}).items()}
     cu = content.get("covariates") or {}
     if not isinstance(cu, Mapping) or any(isinstance(v, Mapping) for v in cu.values()):
-        raise _fail(f"{where} [covariates]", "must be a table of column = \"unit\", e.g. WT = \"kg\", "
-                    "CRCL = \"mL/min\" (the units of dataset columns, for the plots)")
+        raise _fail(
+            f"{where} [covariates]",
+            'must be a table of column = "unit", e.g. WT = "kg", '
+            'CRCL = "mL/min" (the units of dataset columns, for the plots)',
+        )
     return PopulationModel(
-        structure=str(m["structure"]), parameters=tuple(params), observations=tuple(obs),
-        derived={str(k): str(v) if not isinstance(v, (int, float)) else v
-                 for k, v in (content.get("derived") or {}).items()},
-        omega_blocks=tuple(blocks), iov=iov, interpolation=str(m.get("interpolation", "nocb")),
-        description=str(m.get("description", "")), source=src_name,
-        simulates={str(k): str(v) for k, v in sim.items()}, time_unit=m.get("time_unit", "h"),
-        structure_table=user_structure, covariate_units={str(k): v for k, v in cu.items()})
+        structure=str(m["structure"]),
+        parameters=tuple(params),
+        observations=tuple(obs),
+        derived={
+            str(k): str(v) if not isinstance(v, (int, float)) else v for k, v in (content.get("derived") or {}).items()
+        },
+        omega_blocks=tuple(blocks),
+        iov=iov,
+        interpolation=str(m.get("interpolation", "nocb")),
+        description=str(m.get("description", "")),
+        source=src_name,
+        simulates={str(k): str(v) for k, v in sim.items()},
+        time_unit=m.get("time_unit", "h"),
+        structure_table=user_structure,
+        covariate_units={str(k): v for k, v in cu.items()},
+    )

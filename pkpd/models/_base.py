@@ -123,7 +123,7 @@ class CompartmentModel:
             p = {q.name: float(rng.uniform(0.3, 3.0)) for q in self.params}
             K = self._rate_matrix_np(p)
             pos = {i: bi for bi, b in enumerate(self.blocks) for i in b}
-            for (r, c) in zip(*np.nonzero(K)):
+            for r, c in zip(*np.nonzero(K)):
                 if pos[c] > pos[r]:
                     raise ModelSpecError(f"model {self.name}: K[{r},{c}] breaks the block order")
 

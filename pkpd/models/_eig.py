@@ -32,9 +32,12 @@ def _eig2(B: Array) -> Array:
 def _eig3(B: Array) -> Array:
     tr = B[0, 0] + B[1, 1] + B[2, 2]
     minors = (
-        B[0, 0] * B[1, 1] - B[0, 1] * B[1, 0]
-        + B[0, 0] * B[2, 2] - B[0, 2] * B[2, 0]
-        + B[1, 1] * B[2, 2] - B[1, 2] * B[2, 1]
+        B[0, 0] * B[1, 1]
+        - B[0, 1] * B[1, 0]
+        + B[0, 0] * B[2, 2]
+        - B[0, 2] * B[2, 0]
+        + B[1, 1] * B[2, 2]
+        - B[1, 2] * B[2, 1]
     )
     det = jnp.linalg.det(B)
     # lambda^3 + a2 lambda^2 + a1 lambda + a0 = 0

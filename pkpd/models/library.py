@@ -198,6 +198,7 @@ def _grammar_model(name: str) -> CompartmentModel:
         terms += [(1, 1, lambda p: -p["KA2"]), (central, 1, _k("KA2"))]
         blocks += [(0,), (1,)]
     elif inp.startswith("transit"):
+
         def ktr(p: Mapping[str, Any]) -> Any:
             return (ntr + 1.0) / p["MTT"]
 
@@ -215,15 +216,25 @@ def _grammar_model(name: str) -> CompartmentModel:
         terms.append((c, c, lambda p: -p["CL"] / p[vname]))
     if ndisp == 2:
         pp = c + 1
-        terms += [(c, c, lambda p: -p["Q"] / p["V1"]), (pp, c, _ratio("Q", "V1")),
-                  (c, pp, _ratio("Q", "V2")), (pp, pp, lambda p: -p["Q"] / p["V2"])]
+        terms += [
+            (c, c, lambda p: -p["Q"] / p["V1"]),
+            (pp, c, _ratio("Q", "V1")),
+            (c, pp, _ratio("Q", "V2")),
+            (pp, pp, lambda p: -p["Q"] / p["V2"]),
+        ]
         blocks.append((c, pp))
     elif ndisp == 3:
         p1, p2 = c + 1, c + 2
-        terms += [(c, c, lambda p: -p["Q2"] / p["V1"]), (p1, c, _ratio("Q2", "V1")),
-                  (c, p1, _ratio("Q2", "V2")), (p1, p1, lambda p: -p["Q2"] / p["V2"]),
-                  (c, c, lambda p: -p["Q3"] / p["V1"]), (p2, c, _ratio("Q3", "V1")),
-                  (c, p2, _ratio("Q3", "V3")), (p2, p2, lambda p: -p["Q3"] / p["V3"])]
+        terms += [
+            (c, c, lambda p: -p["Q2"] / p["V1"]),
+            (p1, c, _ratio("Q2", "V1")),
+            (c, p1, _ratio("Q2", "V2")),
+            (p1, p1, lambda p: -p["Q2"] / p["V2"]),
+            (c, c, lambda p: -p["Q3"] / p["V1"]),
+            (p2, c, _ratio("Q3", "V1")),
+            (c, p2, _ratio("Q3", "V3")),
+            (p2, p2, lambda p: -p["Q3"] / p["V3"]),
+        ]
         blocks.append((c, p1, p2))
     else:
         blocks.append((c,))
@@ -241,8 +252,10 @@ def _grammar_model(name: str) -> CompartmentModel:
         cmts.append("METABOLITE")
         params += ["FM", "CLM", "VM"]
         if mm:
-            raise ModelSpecError("_metabolite with _mm is not available: metabolite formation from "
-                                 "saturable elimination needs its own model")
+            raise ModelSpecError(
+                "_metabolite with _mm is not available: metabolite formation from "
+                "saturable elimination needs its own model"
+            )
         terms += [(mi, c, lambda p: p["FM"] * p["CL"] / p[vname]), (mi, mi, lambda p: -p["CLM"] / p["VM"])]
         blocks.append((mi,))
         outputs.append(Output("CM", mi, "VM", "mg/L", "metabolite concentration (parent-mass equivalents)"))
@@ -258,9 +271,12 @@ def _grammar_model(name: str) -> CompartmentModel:
         "zofo": "mixed zero-order (into CENTRAL) and first-order (from DEPOT) input",
         "weibull": "Weibull-type absorption into CENTRAL",
     }.get(inp, f"absorption through {ntr} transit compartments then DEPOT")
-    desc = f"{ndisp}-compartment disposition, {desc}" + (
-        ", effect compartment" if effect else "") + (", metabolite" if metab else "") + (
-        ", Michaelis-Menten elimination" if mm else ", linear elimination")
+    desc = (
+        f"{ndisp}-compartment disposition, {desc}"
+        + (", effect compartment" if effect else "")
+        + (", metabolite" if metab else "")
+        + (", Michaelis-Menten elimination" if mm else ", linear elimination")
+    )
     return CompartmentModel(
         name=name.strip(),
         compartments=tuple(cmts),
@@ -277,8 +293,9 @@ def _grammar_model(name: str) -> CompartmentModel:
     )
 
 
-def _make_nonlinear(n: int, central: int, vname: str, mm: bool,
-                    forcing_cmt: int | None) -> Callable[[Any, Array, Mapping[str, Any], Any], Array]:
+def _make_nonlinear(
+    n: int, central: int, vname: str, mm: bool, forcing_cmt: int | None
+) -> Callable[[Any, Array, Mapping[str, Any], Any], Array]:
     def g(t: Any, x: Array, p: Mapping[str, Any], forcing: Any) -> Array:
         dx = jnp.zeros(n, dtype=x.dtype)
         if mm:
@@ -303,9 +320,21 @@ def _make_nonlinear(n: int, central: int, vname: str, mm: bool,
 
 
 _LISTED = (
-    "1cmt_iv", "1cmt_oral", "2cmt_iv", "2cmt_oral", "3cmt_iv", "3cmt_oral",
-    "2cmt_dual", "1cmt_zofo", "1cmt_transit3", "1cmt_weibull",
-    "1cmt_iv_effect", "2cmt_oral_effect", "1cmt_oral_metabolite", "1cmt_iv_mm", "1cmt_oral_mm",
+    "1cmt_iv",
+    "1cmt_oral",
+    "2cmt_iv",
+    "2cmt_oral",
+    "3cmt_iv",
+    "3cmt_oral",
+    "2cmt_dual",
+    "1cmt_zofo",
+    "1cmt_transit3",
+    "1cmt_weibull",
+    "1cmt_iv_effect",
+    "2cmt_oral_effect",
+    "1cmt_oral_metabolite",
+    "1cmt_iv_mm",
+    "1cmt_oral_mm",
 )
 
 

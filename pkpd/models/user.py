@@ -64,8 +64,10 @@ _ODE = re.compile(r"^\s*d\s*/\s*dt\s*\(\s*([^()]*?)\s*\)\s*=(?!=)(.*)$", re.S)
 _DEF = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(?!=)(.*)$", re.S)
 _DOSE_PARAM = re.compile(r"^(F|ALAG|R|D)(\d+)$")
 _STRUCT_KEYS = {"name", "description", "states", "doses", "central", "equations", "outputs", "parameters", "split"}
-_SPLIT = re.compile(r"^\s*(?:(1)|(1\s*-\s*)?([A-Za-z][A-Za-z0-9_]*))\s*->\s*([A-Za-z][A-Za-z0-9_]*)"
-                    r"(?:\s+over\s+([A-Za-z][A-Za-z0-9_]*))?\s*$")
+_SPLIT = re.compile(
+    r"^\s*(?:(1)|(1\s*-\s*)?([A-Za-z][A-Za-z0-9_]*))\s*->\s*([A-Za-z][A-Za-z0-9_]*)"
+    r"(?:\s+over\s+([A-Za-z][A-Za-z0-9_]*))?\s*$"
+)
 _STATE_KEYS = {"name", "unit", "description", "init"}
 _PARAM_KEYS = {"unit", "description", "lower"}
 _CACHE: dict[str, "UserModel"] = {}
@@ -143,11 +145,12 @@ class UserModel(CompartmentModel):
         return dx
 
     def describe(self) -> str:
-        lines = [f"{self.name}: {self.description or 'user-written model'}"
-                 + (f" ({self.source})" if self.source else ""),
-                 f"  states: {self.compartment_table()}",
-                 f"  doses into: {', '.join(f'{i + 1}={self.compartments[i]}' for i in self.dose_states)}",
-                 f"  solver: {'exact (linear)' if self.is_linear else 'ODE (' + self.linear_reason + ')'}"]
+        lines = [
+            f"{self.name}: {self.description or 'user-written model'}" + (f" ({self.source})" if self.source else ""),
+            f"  states: {self.compartment_table()}",
+            f"  doses into: {', '.join(f'{i + 1}={self.compartments[i]}' for i in self.dose_states)}",
+            f"  solver: {'exact (linear)' if self.is_linear else 'ODE (' + self.linear_reason + ')'}",
+        ]
         for q in self.params:
             lines.append(f"  {q.name:6s} [{q.unit}] {q.description}")
         for e in self.equations:
@@ -156,8 +159,9 @@ class UserModel(CompartmentModel):
             parts = []
             for rt in rs:
                 frac = "1" if rt.fraction is None else (f"1 - {rt.fraction}" if rt.complement else rt.fraction)
-                parts.append(f"{frac} -> {self.compartments[rt.target]}"
-                             + (f" over {rt.duration}" if rt.duration else ""))
+                parts.append(
+                    f"{frac} -> {self.compartments[rt.target]}" + (f" over {rt.duration}" if rt.duration else "")
+                )
             lines.append(f"  split {self.compartments[c]}: {', '.join(parts)}")
         return "\n".join(lines)
 
@@ -221,13 +225,19 @@ def _string_list(ctx: _Ctx, table: Mapping[str, Any], key: str, required: bool) 
             raise ctx.fail(f"needs `{key}`, a list (see docs/model_language.md)")
         return []
     if isinstance(v, str) or not isinstance(v, list):
-        raise ctx.fail(f"`{key}` must be a list such as [\"...\", \"...\"], not {type(v).__name__}", key)
+        raise ctx.fail(f'`{key}` must be a list such as ["...", "..."], not {type(v).__name__}', key)
     return v
 
 
-def compile_structure(table: Mapping[str, Any], *, name: str | None = None, where: str = "model",
-                      text: str | None = None, source: str | None = None,
-                      known: set[str] | None = None) -> UserModel:
+def compile_structure(
+    table: Mapping[str, Any],
+    *,
+    name: str | None = None,
+    where: str = "model",
+    text: str | None = None,
+    source: str | None = None,
+    known: set[str] | None = None,
+) -> UserModel:
     """Compile a ``[structure]`` table into a :class:`UserModel` (cached: the same table gives the same object).
 
     Parameters
@@ -264,8 +274,9 @@ def compile_structure(table: Mapping[str, Any], *, name: str | None = None, wher
         raise ctx.fail(f"unknown key(s) {', '.join(bad)}; allowed: {', '.join(sorted(_STRUCT_KEYS))}", bad[0])
     mname = str(table.get("name") or name or "user_model")
     if BUILTIN_NAME.match(mname):
-        raise ctx.fail(f"model name {mname!r} is reserved by the built-in grammar (e.g. 1cmt_oral); choose "
-                       "another `name`", "name")
+        raise ctx.fail(
+            f"model name {mname!r} is reserved by the built-in grammar (e.g. 1cmt_oral); choose another `name`", "name"
+        )
     key = hashlib.sha256(json.dumps([mname, table, source], sort_keys=True, default=str).encode()).hexdigest()
     if key in _CACHE:
         return _check_known(_CACHE[key], known, ctx)
@@ -277,23 +288,31 @@ def compile_structure(table: Mapping[str, Any], *, name: str | None = None, wher
         if isinstance(s, Mapping):
             badk = sorted(set(s) - _STATE_KEYS)
             if badk:
-                raise ctx.fail(f"state entry has unknown key(s) {', '.join(badk)}; allowed: "
-                               f"{', '.join(sorted(_STATE_KEYS))}", None, item)
+                raise ctx.fail(
+                    f"state entry has unknown key(s) {', '.join(badk)}; allowed: {', '.join(sorted(_STATE_KEYS))}",
+                    None,
+                    item,
+                )
             if "name" not in s:
                 raise ctx.fail("a state table needs `name`", None, item)
             init = s.get("init", 0)
             if not isinstance(init, (int, float)) or init != 0:
-                raise ctx.fail(f"state {s['name']}: initial condition {init!r} is not supported yet (states start "
-                               "at 0 and return to 0 at a reset); write the state as its distance from baseline, "
-                               "e.g. DEPRESSION = BASELINE - RESPONSE (docs/model_language.md)", str(s["name"]), item)
+                raise ctx.fail(
+                    f"state {s['name']}: initial condition {init!r} is not supported yet (states start "
+                    "at 0 and return to 0 at a reset); write the state as its distance from baseline, "
+                    "e.g. DEPRESSION = BASELINE - RESPONSE (docs/model_language.md)",
+                    str(s["name"]),
+                    item,
+                )
             sname, unit = str(s["name"]), str(s.get("unit", "mg"))
         elif isinstance(s, str):
             sname, unit = s.strip(), "mg"
         else:
             raise ctx.fail(f"a state must be a name or a table {{ name = ..., unit = ... }}, got {s!r}", None, item)
         if not _IDENT.match(sname):
-            raise ctx.fail(f"state name {sname!r} must be an identifier (a letter, then letters, digits, _)",
-                           sname, item)
+            raise ctx.fail(
+                f"state name {sname!r} must be an identifier (a letter, then letters, digits, _)", sname, item
+            )
         if sname in states:
             raise ctx.fail(f"state {sname} is listed twice", sname, item)
         if sname == TIME_SYMBOL:
@@ -317,17 +336,21 @@ def compile_structure(table: Mapping[str, Any], *, name: str | None = None, wher
         chosen: list[int] = []
         for d in doses:
             if str(d) not in sidx:
-                raise ctx.fail(f"doses name {d}, which is not a state (states: {', '.join(states)}): a dose "
-                               "can only go into a state that exists", f'"{d}"' if text and f'"{d}"' in text
-                               else "doses")
+                raise ctx.fail(
+                    f"doses name {d}, which is not a state (states: {', '.join(states)}): a dose "
+                    "can only go into a state that exists",
+                    f'"{d}"' if text and f'"{d}"' in text else "doses",
+                )
             chosen.append(sidx[str(d)])
         dose_states = tuple(sorted(set(chosen)))
     central_name = table.get("central")
     if central_name is not None and str(central_name) not in sidx:
-        raise ctx.fail(f"central names {central_name}, which is not a state (states: {', '.join(states)})",
-                       "central")
-    central = sidx[str(central_name)] if central_name is not None else sidx.get("CENTRAL", dose_states[0] if
-                                                                               dose_states else 0)
+        raise ctx.fail(f"central names {central_name}, which is not a state (states: {', '.join(states)})", "central")
+    central = (
+        sidx[str(central_name)]
+        if central_name is not None
+        else sidx.get("CENTRAL", dose_states[0] if dose_states else 0)
+    )
 
     # ---- parameters declared -------------------------------------------------------------------------
     decl_raw = table.get("parameters")
@@ -337,18 +360,20 @@ def compile_structure(table: Mapping[str, Any], *, name: str | None = None, wher
         if isinstance(decl_raw, list):
             decl_raw = {str(k): {} for k in decl_raw}
         if not isinstance(decl_raw, Mapping):
-            raise ctx.fail("`parameters` must be a table NAME = { unit = ..., description = ... } or a list of "
-                           "names", "parameters")
+            raise ctx.fail(
+                "`parameters` must be a table NAME = { unit = ..., description = ... } or a list of names", "parameters"
+            )
         for pname, d in decl_raw.items():
             if isinstance(d, str):
                 d = {"unit": d}
             if not isinstance(d, Mapping) or set(d) - _PARAM_KEYS:
-                raise ctx.fail(f"parameter {pname}: expected a unit string or a table with keys "
-                               f"{', '.join(sorted(_PARAM_KEYS))}", f"{pname} =")
+                raise ctx.fail(
+                    f"parameter {pname}: expected a unit string or a table with keys {', '.join(sorted(_PARAM_KEYS))}",
+                    f"{pname} =",
+                )
             if not _IDENT.match(pname) or pname in sidx:
                 raise ctx.fail(f"parameter name {pname!r} must be an identifier that is not a state", f"{pname} =")
-            declared[pname] = (str(d.get("unit", "")), str(d.get("description", "")),
-                               float(d.get("lower", -np.inf)))
+            declared[pname] = (str(d.get("unit", "")), str(d.get("description", "")), float(d.get("lower", -np.inf)))
 
     # ---- equations and outputs -------------------------------------------------------------------------
     eqs: list[_Eq] = []
@@ -356,16 +381,19 @@ def compile_structure(table: Mapping[str, Any], *, name: str | None = None, wher
         for i, raw in enumerate(_string_list(ctx, table, key_, key_ == "equations")):
             item = f"{key_}[{i}]"
             if not isinstance(raw, str):
-                raise ctx.fail(f"each entry of `{key_}` must be a string such as \"d/dt(CENTRAL) = ...\", got "
-                               f"{raw!r}", None, item)
+                raise ctx.fail(
+                    f'each entry of `{key_}` must be a string such as "d/dt(CENTRAL) = ...", got {raw!r}', None, item
+                )
             loc = ctx.loc(raw.strip().splitlines()[0] if raw.strip() else raw, item)
             m = _ODE.match(raw) if kind is None else None
             if m:
                 lhs, rhs, k = m.group(1).strip(), m.group(2), "ode"
                 if lhs not in sidx:
                     hint = f"states: {', '.join(states)}"
-                    raise ModelSpecError(f"{where} [structure], {loc}: equation {raw.strip()!r}: undefined state "
-                                         f"{lhs!r} in d/dt({lhs}) ({hint}); add it to `states`")
+                    raise ModelSpecError(
+                        f"{where} [structure], {loc}: equation {raw.strip()!r}: undefined state "
+                        f"{lhs!r} in d/dt({lhs}) ({hint}); add it to `states`"
+                    )
             elif kind == "out" and _IDENT.match(raw.strip()):  # an output that is a defined quantity: "CP"
                 lhs = raw.strip()
                 eqs.append(_Eq("ref", lhs, lhs, lhs, loc, frozenset({lhs})))
@@ -373,16 +401,20 @@ def compile_structure(table: Mapping[str, Any], *, name: str | None = None, wher
             else:
                 m = _DEF.match(raw)
                 if not m:
-                    what = ("'d/dt(STATE) = expression' or 'NAME = expression'" if kind is None
-                            else "'NAME = expression'")
+                    what = (
+                        "'d/dt(STATE) = expression' or 'NAME = expression'" if kind is None else "'NAME = expression'"
+                    )
                     if kind is None and re.match(r"^\s*d\s*/\s*dt", raw):
                         what = "'d/dt(STATE) = expression' (one state name in the parentheses)"
-                    raise ModelSpecError(f"{where} [structure], {loc}: syntax error in {raw.strip()!r}: expected "
-                                         f"{what}")
+                    raise ModelSpecError(
+                        f"{where} [structure], {loc}: syntax error in {raw.strip()!r}: expected {what}"
+                    )
                 lhs, rhs, k = m.group(1), m.group(2), (kind or "def")
                 if lhs in sidx:
-                    raise ModelSpecError(f"{where} [structure], {loc}: {raw.strip()!r} assigns state {lhs}; write "
-                                         f"its rate as d/dt({lhs}) = ...")
+                    raise ModelSpecError(
+                        f"{where} [structure], {loc}: {raw.strip()!r} assigns state {lhs}; write "
+                        f"its rate as d/dt({lhs}) = ..."
+                    )
                 if lhs == TIME_SYMBOL or lhs == "pi" or lhs.startswith("_"):
                     raise ModelSpecError(f"{where} [structure], {loc}: {lhs!r} is reserved and cannot be assigned")
             try:
@@ -399,54 +431,74 @@ def compile_structure(table: Mapping[str, Any], *, name: str | None = None, wher
     for e in eqs:
         if e.kind == "ref":
             if e.lhs not in defined:
-                raise ModelSpecError(f"{where} [structure], {e.where}: output {e.lhs} is not a quantity defined in "
-                                     f"`equations`; write \"{e.lhs} = expression\"")
+                raise ModelSpecError(
+                    f"{where} [structure], {e.where}: output {e.lhs} is not a quantity defined in "
+                    f'`equations`; write "{e.lhs} = expression"'
+                )
             continue
         for nm in sorted(e.names):
             if nm in sidx or nm == TIME_SYMBOL or nm in defined:
                 continue
             if nm in all_defs:
-                raise ModelSpecError(f"{where} [structure], {e.where}: equation {e.text!r}: {nm} is used before it "
-                                     "is defined; define it earlier in `equations`")
+                raise ModelSpecError(
+                    f"{where} [structure], {e.where}: equation {e.text!r}: {nm} is used before it "
+                    "is defined; define it earlier in `equations`"
+                )
             if declared is not None and nm not in declared:
-                raise ModelSpecError(f"{where} [structure], {e.where}: equation {e.text!r}: unknown symbol {nm} "
-                                     f"(not a state, a defined quantity or a parameter of [structure.parameters])")
+                raise ModelSpecError(
+                    f"{where} [structure], {e.where}: equation {e.text!r}: unknown symbol {nm} "
+                    f"(not a state, a defined quantity or a parameter of [structure.parameters])"
+                )
             params_used.setdefault(nm, (e.where, e.text))
         if e.kind == "ode":
             if e.lhs in odes:
-                raise ModelSpecError(f"{where} [structure], {e.where}: d/dt({e.lhs}) is written twice (first at "
-                                     f"{odes[e.lhs].where})")
+                raise ModelSpecError(
+                    f"{where} [structure], {e.where}: d/dt({e.lhs}) is written twice (first at {odes[e.lhs].where})"
+                )
             odes[e.lhs] = e
         else:
             if e.lhs in defined:
-                raise ModelSpecError(f"{where} [structure], {e.where}: {e.lhs} is defined twice (first at "
-                                     f"{defined[e.lhs].where})")
+                raise ModelSpecError(
+                    f"{where} [structure], {e.where}: {e.lhs} is defined twice (first at {defined[e.lhs].where})"
+                )
             if e.lhs in params_used:
-                raise ModelSpecError(f"{where} [structure], {e.where}: {e.lhs} is defined after "
-                                     f"{params_used[e.lhs][0]} uses it as a parameter; define it first")
+                raise ModelSpecError(
+                    f"{where} [structure], {e.where}: {e.lhs} is defined after "
+                    f"{params_used[e.lhs][0]} uses it as a parameter; define it first"
+                )
             defined[e.lhs] = e
     routes = _split_routes(ctx, table.get("split"), states, sidx, dose_states, defined, declared, params_used)
     missing = [s for s in states if s not in odes]
     if missing:
-        raise ctx.fail(f"state {missing[0]} has no equation: add \"d/dt({missing[0]}) = ...\" to `equations` "
-                       "(\"d/dt(X) = 0\" for a state that does not change)", None, "equations")
+        raise ctx.fail(
+            f'state {missing[0]} has no equation: add "d/dt({missing[0]}) = ..." to `equations` '
+            '("d/dt(X) = 0" for a state that does not change)',
+            None,
+            "equations",
+        )
     if not any(e.kind in ("out", "ref") for e in eqs):
-        raise ctx.fail("`outputs` is empty: define at least one output such as \"CP = CENTRAL/V\"", None, "outputs")
+        raise ctx.fail('`outputs` is empty: define at least one output such as "CP = CENTRAL/V"', None, "outputs")
     dose_names = {f"{pre}{i + 1}" for i in range(n) for pre in ("F", "ALAG", "R", "D")}
     for nm, (w, t_) in params_used.items():
         if nm in dose_names and (m_dose := _DOSE_PARAM.match(nm)):
-            raise ModelSpecError(f"{where} [structure], {w}: equation {t_!r}: {nm} is a dosing parameter "
-                                 f"(F/ALAG/R/D of CMT {m_dose.group(2)}); the engine applies it to "
-                                 "doses, the equations cannot use it")
+            raise ModelSpecError(
+                f"{where} [structure], {w}: equation {t_!r}: {nm} is a dosing parameter "
+                f"(F/ALAG/R/D of CMT {m_dose.group(2)}); the engine applies it to "
+                "doses, the equations cannot use it"
+            )
     if declared is not None:
         unused = [p for p in declared if p not in params_used]
         if unused:
-            raise ctx.fail(f"parameter {unused[0]} is declared but never used in `equations` or `outputs`; "
-                           "remove it or use it", f"{unused[0]} =")
+            raise ctx.fail(
+                f"parameter {unused[0]} is declared but never used in `equations` or `outputs`; remove it or use it",
+                f"{unused[0]} =",
+            )
     for o in (e for e in eqs if e.kind in ("out", "ref")):
         if _uses_time(defined[o.lhs] if o.kind == "ref" else o, defined):
-            raise ModelSpecError(f"{where} [structure], {o.where}: output {o.text!r} depends on time t; outputs "
-                                 "are functions of states and parameters")
+            raise ModelSpecError(
+                f"{where} [structure], {o.where}: output {o.text!r} depends on time t; outputs "
+                "are functions of states and parameters"
+            )
 
     # ---- trees with defined quantities substituted ----------------------------------------------------
     trees: dict[str, ast.expr] = {}
@@ -471,18 +523,40 @@ def compile_structure(table: Mapping[str, Any], *, name: str | None = None, wher
     else:
         nonlinear = None
     model = UserModel(
-        name=mname, compartments=tuple(states), params=params, central=central, volume="",
-        linear_terms=tuple(terms), blocks=tuple(blocks), description=str(table.get("description", "")),
-        nonlinear=nonlinear, routes=routes, state_units=tuple(units), dose_states=dose_states, output_fns=out_fns,
-        output_units={}, equations=tuple(e.text for e in eqs), symbol_lines=params_used, linear_reason=reason,
-        source=source, rhs_fn=_make_rhs(states, rhs_fns))
+        name=mname,
+        compartments=tuple(states),
+        params=params,
+        central=central,
+        volume="",
+        linear_terms=tuple(terms),
+        blocks=tuple(blocks),
+        description=str(table.get("description", "")),
+        nonlinear=nonlinear,
+        routes=routes,
+        state_units=tuple(units),
+        dose_states=dose_states,
+        output_fns=out_fns,
+        output_units={},
+        equations=tuple(e.text for e in eqs),
+        symbol_lines=params_used,
+        linear_reason=reason,
+        source=source,
+        rhs_fn=_make_rhs(states, rhs_fns),
+    )
     _CACHE[key] = model
     return _check_known(model, known, ctx)
 
 
-def _split_routes(ctx: _Ctx, raw: Any, states: list[str], sidx: Mapping[str, int], dose_states: tuple[int, ...],
-                  defined: Mapping[str, _Eq], declared: Mapping[str, Any] | None,
-                  params_used: dict[str, tuple[str, str]]) -> dict[int, tuple[Route, ...]]:
+def _split_routes(
+    ctx: _Ctx,
+    raw: Any,
+    states: list[str],
+    sidx: Mapping[str, int],
+    dose_states: tuple[int, ...],
+    defined: Mapping[str, _Eq],
+    declared: Mapping[str, Any] | None,
+    params_used: dict[str, tuple[str, str]],
+) -> dict[int, tuple[Route, ...]]:
     """The ``[structure.split]`` table as engine routes: ``{state index: (Route, ...)}``.
 
     Each key is a dosed state; its value lists the parts a bolus dose record into that state is split into,
@@ -498,44 +572,64 @@ def _split_routes(ctx: _Ctx, raw: Any, states: list[str], sidx: Mapping[str, int
     for src, parts in raw.items():
         item = f"split.{src}"
         if str(src) not in sidx:
-            raise ctx.fail(f"split names {src}, which is not a state (states: {', '.join(states)})",
-                           f"{src} =", item)
+            raise ctx.fail(f"split names {src}, which is not a state (states: {', '.join(states)})", f"{src} =", item)
         if sidx[str(src)] not in dose_states:
-            raise ctx.fail(f"split names {src}, which does not receive doses (doses: "
-                           f"{', '.join(states[i] for i in dose_states)})", f"{src} =", item)
+            raise ctx.fail(
+                f"split names {src}, which does not receive doses (doses: {', '.join(states[i] for i in dose_states)})",
+                f"{src} =",
+                item,
+            )
         if isinstance(parts, str):
             parts = [parts]
         if not isinstance(parts, list) or not parts:
-            raise ctx.fail(f"split.{src} must be a non-empty list such as [\"FR -> {src}\", \"1 - FR -> OTHER\"]",
-                           f"{src} =", item)
+            raise ctx.fail(
+                f'split.{src} must be a non-empty list such as ["FR -> {src}", "1 - FR -> OTHER"]', f"{src} =", item
+            )
         out = []
         for j, part in enumerate(parts):
             pitem = f"{item}[{j}]"
             m = _SPLIT.match(part) if isinstance(part, str) else None
             loc = ctx.loc(part, pitem) if isinstance(part, str) else pitem
             if not m:
-                raise ModelSpecError(f"{ctx.where} [structure], {loc}: syntax error in split part {part!r}: expected "
-                                     "'FRACTION -> STATE' or 'FRACTION -> STATE over DURATION' with FRACTION 1, "
-                                     "NAME or 1 - NAME (parameters)")
+                raise ModelSpecError(
+                    f"{ctx.where} [structure], {loc}: syntax error in split part {part!r}: expected "
+                    "'FRACTION -> STATE' or 'FRACTION -> STATE over DURATION' with FRACTION 1, "
+                    "NAME or 1 - NAME (parameters)"
+                )
             whole, compl, frac, target, dur = m.groups()
             if target not in sidx:
-                raise ModelSpecError(f"{ctx.where} [structure], {loc}: split part {part!r}: {target} is not a state "
-                                     f"(states: {', '.join(states)})")
+                raise ModelSpecError(
+                    f"{ctx.where} [structure], {loc}: split part {part!r}: {target} is not a state "
+                    f"(states: {', '.join(states)})"
+                )
             for nm in (frac, dur):
                 if nm is None:
                     continue
                 if nm in sidx or nm in defined or nm == TIME_SYMBOL:
-                    raise ModelSpecError(f"{ctx.where} [structure], {loc}: split part {part!r}: {nm} must be a "
-                                         "parameter (not a state, a defined quantity or t)")
+                    raise ModelSpecError(
+                        f"{ctx.where} [structure], {loc}: split part {part!r}: {nm} must be a "
+                        "parameter (not a state, a defined quantity or t)"
+                    )
                 if (m_dose := _DOSE_PARAM.match(nm)) and int(m_dose.group(2)) <= len(states):
-                    raise ModelSpecError(f"{ctx.where} [structure], {loc}: split part {part!r}: {nm} is a dosing "
-                                         "parameter; name a structural parameter")
+                    raise ModelSpecError(
+                        f"{ctx.where} [structure], {loc}: split part {part!r}: {nm} is a dosing "
+                        "parameter; name a structural parameter"
+                    )
                 if declared is not None and nm not in declared:
-                    raise ModelSpecError(f"{ctx.where} [structure], {loc}: split part {part!r}: unknown symbol {nm} "
-                                         "(not a parameter of [structure.parameters])")
+                    raise ModelSpecError(
+                        f"{ctx.where} [structure], {loc}: split part {part!r}: unknown symbol {nm} "
+                        "(not a parameter of [structure.parameters])"
+                    )
                 params_used.setdefault(nm, (loc, part.strip()))
-            out.append(Route(target=sidx[target], fraction=None if whole else frac, complement=bool(compl),
-                             mode="zero_order" if dur else "bolus", duration=dur))
+            out.append(
+                Route(
+                    target=sidx[target],
+                    fraction=None if whole else frac,
+                    complement=bool(compl),
+                    mode="zero_order" if dur else "bolus",
+                    duration=dur,
+                )
+            )
         routes[sidx[str(src)]] = tuple(out)
     return routes
 
@@ -546,9 +640,11 @@ def _check_known(model: UserModel, known: set[str] | None, ctx: _Ctx) -> UserMod
         return model
     for nm, (item, text) in model.symbol_lines.items():
         if nm not in known:
-            raise ModelSpecError(f"{ctx.where} [structure], {ctx.loc(text, item)}: equation {text!r}: unknown symbol "
-                                 f"{nm} (not a state ({', '.join(model.compartments)}), a defined quantity or a "
-                                 "parameter of the file)")
+            raise ModelSpecError(
+                f"{ctx.where} [structure], {ctx.loc(text, item)}: equation {text!r}: unknown symbol "
+                f"{nm} (not a state ({', '.join(model.compartments)}), a defined quantity or a "
+                "parameter of the file)"
+            )
     return model
 
 
@@ -716,8 +812,9 @@ def _with_xp_of_values(fn: _Fn) -> Callable[[Mapping[str, Any]], Any]:
     return lambda p: fn(p, _xp_of(p.values()))
 
 
-def _linear_terms(states: list[str], rhs_trees: list[ast.expr], pnames: list[str], rhs_fns: list[_Fn]
-                  ) -> tuple[str, Sequence[_Term], Sequence[tuple[int, ...]]]:
+def _linear_terms(
+    states: list[str], rhs_trees: list[ast.expr], pnames: list[str], rhs_fns: list[_Fn]
+) -> tuple[str, Sequence[_Term], Sequence[tuple[int, ...]]]:
     """``(reason, terms, blocks)``: ``reason`` is empty when the exact solver applies."""
     sset = set(states)
     sidx = {s: i for i, s in enumerate(states)}
@@ -736,8 +833,14 @@ def _linear_terms(states: list[str], rhs_trees: list[ast.expr], pnames: list[str
     blocks = _scc_blocks(n, {(r, c) for r, c, _ in terms})
     big = [b for b in blocks if len(b) > 3]
     if big:
-        return (f"states {', '.join(states[i] for i in big[0])} form a coupled block of more than 3 states (the "
-                "exact solver's closed-form eigenvalues cover blocks of up to 3)"), (), ()
+        return (
+            (
+                f"states {', '.join(states[i] for i in big[0])} form a coupled block of more than 3 states (the "
+                "exact solver's closed-form eigenvalues cover blocks of up to 3)"
+            ),
+            (),
+            (),
+        )
     # numerical checks at random points: real spectrum of each block, f(x) == K x
     rng = np.random.default_rng(20260)
     for _ in range(8):
@@ -751,8 +854,14 @@ def _linear_terms(states: list[str], rhs_trees: list[ast.expr], pnames: list[str
             if len(b) > 1:
                 ev = np.linalg.eigvals(K[np.ix_(b, b)])
                 if np.any(np.abs(ev.imag) > 1e-9 * np.maximum(np.abs(ev.real), 1.0)):
-                    return (f"states {', '.join(states[i] for i in b)} have a rate matrix with complex eigenvalues "
-                            "(oscillating exchange)"), (), ()
+                    return (
+                        (
+                            f"states {', '.join(states[i] for i in b)} have a rate matrix with complex eigenvalues "
+                            "(oscillating exchange)"
+                        ),
+                        (),
+                        (),
+                    )
         x = rng.uniform(0.1, 10.0, n)
         env = {**p, **{s: x[i] for i, s in enumerate(states)}, TIME_SYMBOL: 1.0}
         f = np.array([float(fn(env, np)) for fn in rhs_fns])
@@ -810,8 +919,9 @@ def load_user_model(path: str | Path) -> UserModel:
     path = Path(path)
     table, text = structure_from_file(path)
     content = tomllib.loads(text)
-    model = compile_structure(table, name=path.stem, where=f"model file {path}", text=text, source=str(path),
-                              known=known_parameters(content))
+    model = compile_structure(
+        table, name=path.stem, where=f"model file {path}", text=text, source=str(path), known=known_parameters(content)
+    )
     register_user_model(model)
     return model
 
@@ -820,7 +930,8 @@ def register_user_model(model: UserModel) -> UserModel:
     """Register ``model`` by name; a user model of the same name is replaced, other models are not."""
     old = REGISTRY.get(model.name)
     if old is not None and old is not model and not isinstance(old, UserModel):
-        raise ModelSpecError(f"model name {model.name!r} is taken by a library model; choose another `name` in "
-                             "[structure]")
+        raise ModelSpecError(
+            f"model name {model.name!r} is taken by a library model; choose another `name` in [structure]"
+        )
     REGISTRY[model.name] = model
     return model

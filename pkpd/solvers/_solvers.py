@@ -63,8 +63,13 @@ class ODE:
     def diffrax_solver(self) -> Any:
         import diffrax
 
-        table = {"auto": diffrax.Tsit5, "tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5,
-                 "dopri8": diffrax.Dopri8, "kvaerno5": diffrax.Kvaerno5}
+        table = {
+            "auto": diffrax.Tsit5,
+            "tsit5": diffrax.Tsit5,
+            "dopri5": diffrax.Dopri5,
+            "dopri8": diffrax.Dopri8,
+            "kvaerno5": diffrax.Kvaerno5,
+        }
         if self.method not in table:
             raise ModelSpecError(f"unknown ODE method {self.method!r}; choose one of {', '.join(ODE_METHODS)}")
         return table[self.method]()
@@ -78,8 +83,9 @@ class Auto:
     name: str = "auto"
 
 
-def resolve_solver(solver: str | Analytic | ODE | Auto, model: CompartmentModel,
-                   ode_method: str | None = None) -> Analytic | ODE:
+def resolve_solver(
+    solver: str | Analytic | ODE | Auto, model: CompartmentModel, ode_method: str | None = None
+) -> Analytic | ODE:
     """Turn ``"auto" | "analytic" | "ode" | Analytic() | ODE() | Auto()`` into a concrete solver.
 
     ``ode_method`` (one of :data:`ODE_METHODS`), if given, replaces the method of the ODE solver chosen
@@ -98,8 +104,9 @@ def resolve_solver(solver: str | Analytic | ODE | Auto, model: CompartmentModel,
         solver = table[solver.lower()]
     if ode_method is not None:
         if isinstance(solver, Analytic):
-            raise ModelSpecError(f"an ODE method ({ode_method}) was given with the exact solver 'analytic'; "
-                                 "use solver 'ode' or 'auto'")
+            raise ModelSpecError(
+                f"an ODE method ({ode_method}) was given with the exact solver 'analytic'; use solver 'ode' or 'auto'"
+            )
         if isinstance(solver, Auto):
             solver = dataclasses.replace(solver, ode=dataclasses.replace(solver.ode, method=ode_method))
         elif isinstance(solver, ODE):
@@ -157,20 +164,48 @@ def analytic_step(op: Mapping[str, Array], x: ArrayLike, r: ArrayLike, dt: Array
 
 
 @overload
-def ode_step(model: CompartmentModel, solver: ODE, p: Mapping[str, ArrayLike], x: Array, r: ArrayLike,
-             t0: Array | float, dt: Array | float, forcing: Any, throw: bool = True, ts: None = None
-             ) -> tuple[Array, Array]: ...
+def ode_step(
+    model: CompartmentModel,
+    solver: ODE,
+    p: Mapping[str, ArrayLike],
+    x: Array,
+    r: ArrayLike,
+    t0: Array | float,
+    dt: Array | float,
+    forcing: Any,
+    throw: bool = True,
+    ts: None = None,
+) -> tuple[Array, Array]: ...
 
 
 @overload
-def ode_step(model: CompartmentModel, solver: ODE, p: Mapping[str, ArrayLike], x: Array, r: ArrayLike,
-             t0: Array | float, dt: Array | float, forcing: Any, throw: bool = True, *, ts: Array
-             ) -> tuple[Array, Array, Array]: ...
+def ode_step(
+    model: CompartmentModel,
+    solver: ODE,
+    p: Mapping[str, ArrayLike],
+    x: Array,
+    r: ArrayLike,
+    t0: Array | float,
+    dt: Array | float,
+    forcing: Any,
+    throw: bool = True,
+    *,
+    ts: Array,
+) -> tuple[Array, Array, Array]: ...
 
 
-def ode_step(model: CompartmentModel, solver: ODE, p: Mapping[str, ArrayLike], x: Array, r: ArrayLike,
-             t0: Array | float, dt: Array | float, forcing: Any, throw: bool = True,
-             ts: Array | None = None) -> tuple[Array, Array] | tuple[Array, Array, Array]:
+def ode_step(
+    model: CompartmentModel,
+    solver: ODE,
+    p: Mapping[str, ArrayLike],
+    x: Array,
+    r: ArrayLike,
+    t0: Array | float,
+    dt: Array | float,
+    forcing: Any,
+    throw: bool = True,
+    ts: Array | None = None,
+) -> tuple[Array, Array] | tuple[Array, Array, Array]:
     """Integrate ``model`` from absolute time ``t0`` over ``dt`` with rates ``r`` using diffrax.
 
     Returns the state at ``t0 + dt`` and a success flag; with ``ts`` (times within the interval) also the

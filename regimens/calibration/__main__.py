@@ -62,15 +62,24 @@ def waves(problem: Problem, s: Settings, out: Path) -> None:
         if k > 0:
             z, u, w, y, _ = load_waves(problem, folder)
             emu = fit_emulator(_inputs(problem, z, u, w), y, seed=s.seed)
-            post = fit_posterior(emu, problem.flat, _target_trials(problem), len(problem.trials),
-                                 draws=300, warmup=300, chains=1, seed=s.seed + k)
+            post = fit_posterior(
+                emu,
+                problem.flat,
+                _target_trials(problem),
+                len(problem.trials),
+                draws=300,
+                warmup=300,
+                chains=1,
+                seed=s.seed + k,
+            )
             center = post.z.mean(0)
             scale = np.maximum(1.5 * post.z.std(0), 0.05)
             t_center = np.stack([post.u.mean(0), post.w.mean(0)])
             t_scale = np.maximum(1.5 * np.stack([post.u.std(0), post.w.std(0)]), 0.05)
             _say(f"{s.rule} wave {k}: centred on the posterior of waves 0..{k - 1}")
-        run_wave(problem, k, s, out, center=center, scale=scale, trial_center=t_center, trial_scale=t_scale,
-                 progress=_say)
+        run_wave(
+            problem, k, s, out, center=center, scale=scale, trial_center=t_center, trial_scale=t_scale, progress=_say
+        )
 
 
 def fit_rule(problem: Problem, s: Settings, out: Path, reuse: bool = False):
@@ -80,24 +89,39 @@ def fit_rule(problem: Problem, s: Settings, out: Path, reuse: bool = False):
     x = _inputs(problem, z, u, v)
     rng = np.random.default_rng(s.seed)
     last = np.flatnonzero(wave == wave.max())
-    hold = rng.permutation(last)[:max(1, int(round(s.holdout * len(last))))]
+    hold = rng.permutation(last)[: max(1, int(round(s.holdout * len(last))))]
     train = np.setdiff1d(np.arange(len(z)), hold)
     emu = fit_emulator(x[train], y[train], seed=s.seed)
     chk = emu.check(x[hold], y[hold])
-    _say(f"{s.rule}: emulator held-out RMSE median {np.median(chk['rmse']):.3f} (max {chk['rmse'].max():.3f}), "
-         f"R2 median {np.median(chk['r2']):.3f}")
+    _say(
+        f"{s.rule}: emulator held-out RMSE median {np.median(chk['rmse']):.3f} (max {chk['rmse'].max():.3f}), "
+        f"R2 median {np.median(chk['r2']):.3f}"
+    )
     final = fit_emulator(x, y, seed=s.seed)
     final.rmse = chk["rmse"]
     post = load_posterior_npz(out / s.rule / "posterior.npz", problem, s) if reuse else None
     if post is not None:
         _say(f"{s.rule}: NUTS posterior reused from {out / s.rule / 'posterior.npz'} (same waves and settings)")
     else:
-        post = fit_posterior(final, problem.flat, _target_trials(problem), len(problem.trials), draws=s.draws,
-                             warmup=s.warmup, chains=s.chains, seed=s.seed)
-    _say(f"{s.rule}: NUTS max R-hat {post.diagnostics['max_rhat']:.3f}, min ESS {post.diagnostics['min_ess']:.0f}, "
-         f"{post.diagnostics['divergences']} divergences")
-    return final, post, {"rmse": chk["rmse"].tolist(), "r2": chk["r2"].tolist(), "train": int(len(train)),
-                         "holdout": int(len(hold))}
+        post = fit_posterior(
+            final,
+            problem.flat,
+            _target_trials(problem),
+            len(problem.trials),
+            draws=s.draws,
+            warmup=s.warmup,
+            chains=s.chains,
+            seed=s.seed,
+        )
+    _say(
+        f"{s.rule}: NUTS max R-hat {post.diagnostics['max_rhat']:.3f}, min ESS {post.diagnostics['min_ess']:.0f}, "
+        f"{post.diagnostics['divergences']} divergences"
+    )
+    return (
+        final,
+        post,
+        {"rmse": chk["rmse"].tolist(), "r2": chk["r2"].tolist(), "train": int(len(train)), "holdout": int(len(hold))},
+    )
 
 
 def loo(post) -> dict:
@@ -107,8 +131,13 @@ def loo(post) -> dict:
     ll = post.loglik[None]  # (chain, draw, target)
     idata = az.from_dict(posterior={"tau": post.tau[None]}, log_likelihood={"y": ll})
     res = az.loo(idata, pointwise=True)
-    return {"elpd_loo": float(res.elpd_loo), "se": float(res.se), "p_loo": float(res.p_loo),
-            "pareto_k_max": float(np.max(res.pareto_k.values)), "pointwise": np.asarray(res.loo_i.values)}
+    return {
+        "elpd_loo": float(res.elpd_loo),
+        "se": float(res.se),
+        "p_loo": float(res.p_loo),
+        "pareto_k_max": float(np.max(res.pareto_k.values)),
+        "pointwise": np.asarray(res.loo_i.values),
+    }
 
 
 def validate(problem: Problem, emu, post, s: Settings) -> dict:
@@ -126,26 +155,45 @@ def validate(problem: Problem, emu, post, s: Settings) -> dict:
     loto_t, loto_c = [], []
     for k, trial in enumerate(problem.trials):
         held = tri == k
-        pk = fit_posterior(emu, targets, tri, len(problem.trials), mask=(~held).astype(float), draws=s.draws // 2,
-                           warmup=s.warmup // 2, chains=s.loto_chains, seed=s.seed + 100 + k)
+        pk = fit_posterior(
+            emu,
+            targets,
+            tri,
+            len(problem.trials),
+            mask=(~held).astype(float),
+            draws=s.draws // 2,
+            warmup=s.warmup // 2,
+            chains=s.loto_chains,
+            seed=s.seed + 100 + k,
+        )
         pred = predict_targets(emu, pk, targets, tri, new_trial=held, seed=s.seed + k)
         idx = np.flatnonzero(held)
-        tab = summarize_intervals(pred[:, idx], np.array([targets[j].value for j in idx]), [lab[j] for j in idx],
-                                  [scale[j] for j in idx])
+        tab = summarize_intervals(
+            pred[:, idx], np.array([targets[j].value for j in idx]), [lab[j] for j in idx], [scale[j] for j in idx]
+        )
         tab.insert(0, "trial", trial)
         loto_t.append(tab)
         mine = [c for c in cons if c.trial == trial]
         if mine:
             pc, oc = predict_contrasts(pred, targets, mine)
-            ct = summarize_intervals(pc, oc, [f"{c.trial}: {c.arm} vs {c.control} ({c.stat})" for c in mine],
-                                     ["lin" if c.stat == "pain_mean" else "log" for c in mine])
+            ct = summarize_intervals(
+                pc,
+                oc,
+                [f"{c.trial}: {c.arm} vs {c.control} ({c.stat})" for c in mine],
+                ["lin" if c.stat == "pain_mean" else "log" for c in mine],
+            )
             ct.insert(0, "trial", trial)
             loto_c.append(ct)
-        _say(f"leave out {trial}: {int(tab.inside.sum())}/{len(tab)} targets and "
-             f"{int(ct.inside.sum()) if mine else 0}/{len(mine)} effects inside 90 % PI "
-             f"(R-hat {pk.diagnostics['max_rhat']:.2f})")
-    return {"ppc": ppc_tab, "loto_targets": pd.concat(loto_t, ignore_index=True),
-            "loto_effects": pd.concat(loto_c, ignore_index=True)}
+        _say(
+            f"leave out {trial}: {int(tab.inside.sum())}/{len(tab)} targets and "
+            f"{int(ct.inside.sum()) if mine else 0}/{len(mine)} effects inside 90 % PI "
+            f"(R-hat {pk.diagnostics['max_rhat']:.2f})"
+        )
+    return {
+        "ppc": ppc_tab,
+        "loto_targets": pd.concat(loto_t, ignore_index=True),
+        "loto_effects": pd.concat(loto_c, ignore_index=True),
+    }
 
 
 #: The trial whose setting the SPINE-72 benchmark stands for (clinical.md 3.2: its calibration targets are
@@ -161,27 +209,54 @@ def write_posterior(path: Path, rule: str, post, meta: dict, trials: list[str], 
     k = trials.index(REFERENCE_TRIAL)
     prop = np.exp(post.u[::step, k][:n_keep])
     spread = np.exp(post.w[::step, k][:n_keep])
-    obj = {"version": VERSION, "rule": rule, "parameters": list(PARAM_NAMES),
-           "units": {p.name: p.unit for p in OUTCOME_PARAMETERS},
-           "draws": np.round(draws, 6).tolist(),
-           "reference": {"trial": REFERENCE_TRIAL, "rescue_propensity": np.round(prop, 6).tolist(),
-                         "pain_spread": np.round(spread, 6).tolist()}, "meta": meta}
+    obj = {
+        "version": VERSION,
+        "rule": rule,
+        "parameters": list(PARAM_NAMES),
+        "units": {p.name: p.unit for p in OUTCOME_PARAMETERS},
+        "draws": np.round(draws, 6).tolist(),
+        "reference": {
+            "trial": REFERENCE_TRIAL,
+            "rescue_propensity": np.round(prop, 6).tolist(),
+            "pain_spread": np.round(spread, 6).tolist(),
+        },
+        "meta": meta,
+    }
     path.write_text(json.dumps(obj, indent=1) + "\n")
 
 
 def _fingerprint(problem: Problem, s: Settings, out: Path) -> str:
     """What a saved posterior was fitted on: the targets, the settings and every wave file's size and time."""
     waves = sorted((out / s.rule).glob("wave*.npz"))
-    return json.dumps({"targets": [t.key for t in problem.flat], "settings": s.__dict__, "version": VERSION,
-                       "waves": [[w.name, w.stat().st_size, w.stat().st_mtime_ns] for w in waves]}, sort_keys=True)
+    return json.dumps(
+        {
+            "targets": [t.key for t in problem.flat],
+            "settings": s.__dict__,
+            "version": VERSION,
+            "waves": [[w.name, w.stat().st_size, w.stat().st_mtime_ns] for w in waves],
+        },
+        sort_keys=True,
+    )
 
 
 def save_posterior_npz(path: Path, post, trials: list[str], fingerprint: str = "") -> None:
     """Every NUTS draw (unconstrained and natural parameters, trial effects, SDs) for later analysis, with
     the diagnostics and what it was fitted on (``--reuse-fits`` reads it back)."""
-    np.savez(path, z=post.z, theta=post.theta, u=post.u, w=post.w, tau=post.tau, tau_w=post.tau_w, s=post.s,
-             loglik=post.loglik, trials=np.array(trials), params=np.array(PARAM_NAMES),
-             diagnostics=json.dumps(post.diagnostics), fingerprint=fingerprint)
+    np.savez(
+        path,
+        z=post.z,
+        theta=post.theta,
+        u=post.u,
+        w=post.w,
+        tau=post.tau,
+        tau_w=post.tau_w,
+        s=post.s,
+        loglik=post.loglik,
+        trials=np.array(trials),
+        params=np.array(PARAM_NAMES),
+        diagnostics=json.dumps(post.diagnostics),
+        fingerprint=fingerprint,
+    )
 
 
 def load_posterior_npz(path: Path, problem: Problem, s: Settings):
@@ -194,8 +269,9 @@ def load_posterior_npz(path: Path, problem: Problem, s: Settings):
     d = np.load(path)
     if "fingerprint" not in d or str(d["fingerprint"]) != _fingerprint(problem, s, path.parent.parent):
         return None
-    return Posterior(d["z"], d["theta"], d["u"], d["tau"], d["s"], d["loglik"], json.loads(str(d["diagnostics"])),
-                     d["w"], d["tau_w"])
+    return Posterior(
+        d["z"], d["theta"], d["u"], d["tau"], d["s"], d["loglik"], json.loads(str(d["diagnostics"])), d["w"], d["tau_w"]
+    )
 
 
 def _plots(res: dict, folder: Path) -> list[str]:
@@ -233,19 +309,32 @@ def _plots(res: dict, folder: Path) -> list[str]:
 
     ppc = res["ppc"]
     fig, ax = plt.subplots(figsize=(10, 0.26 * len(ppc) + 1.4))
-    rows(ax, ppc, "obs", "Posterior predictive check (calibration fit): every arm's reported number",
-         "predicted / observed (log scale): median and 90 % interval; blue: observed inside, red: outside", 1.0)
+    rows(
+        ax,
+        ppc,
+        "obs",
+        "Posterior predictive check (calibration fit): every arm's reported number",
+        "predicted / observed (log scale): median and 90 % interval; blue: observed inside, red: outside",
+        1.0,
+    )
     log_axis(ax)
     fig.tight_layout()
     fig.savefig(folder / "outcome_ppc.png", dpi=110)
     plt.close(fig)
     eff = res["loto_effects"]
     pain = eff["what"].str.contains("pain_mean").to_numpy()
-    parts = [(eff[~pain], "log", "opioid use, arm / control (log scale)", 1.0),
-             (eff[pain], "linear", "mean NRS, arm - control (NRS points)", 0.0)]
+    parts = [
+        (eff[~pain], "log", "opioid use, arm / control (log scale)", 1.0),
+        (eff[pain], "linear", "mean NRS, arm - control (NRS points)", 0.0),
+    ]
     parts = [p for p in parts if len(p[0])]
-    fig, axes = plt.subplots(len(parts), 1, figsize=(10, 0.3 * len(eff) + 1.2 * len(parts) + 0.6), squeeze=False,
-                             gridspec_kw={"height_ratios": [max(len(p[0]), 1) + 2 for p in parts]})
+    fig, axes = plt.subplots(
+        len(parts),
+        1,
+        figsize=(10, 0.3 * len(eff) + 1.2 * len(parts) + 0.6),
+        squeeze=False,
+        gridspec_kw={"height_ratios": [max(len(p[0]), 1) + 2 for p in parts]},
+    )
     for ax, (tab, xs, xl, ref) in zip(axes[:, 0], parts):
         rows(ax, tab, "abs", "", xl + ": median and 90 % prediction interval; x observed, red: outside", ref)
         if xs == "log":
@@ -261,12 +350,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m regimens.calibration", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="out/calibration", help="cache folder (design waves)")
     ap.add_argument("--rules", default="loewe,bliss", help="combination rules to compare")
-    ap.add_argument("--stage", default="all", choices=("waves", "fit", "all"),
-                    help="waves: simulate only; fit: also fit each rule and save out/<rule>/posterior.npz, without "
-                         "validation or writing the shipped posterior; all: everything")
-    ap.add_argument("--reuse-fits", action="store_true",
-                    help="use a rule's NUTS posterior saved by an earlier run (out/<rule>/posterior.npz) when it was "
-                         "fitted on the same waves, targets and settings (the emulator is refitted: deterministic)")
+    ap.add_argument(
+        "--stage",
+        default="all",
+        choices=("waves", "fit", "all"),
+        help="waves: simulate only; fit: also fit each rule and save out/<rule>/posterior.npz, without "
+        "validation or writing the shipped posterior; all: everything",
+    )
+    ap.add_argument(
+        "--reuse-fits",
+        action="store_true",
+        help="use a rule's NUTS posterior saved by an earlier run (out/<rule>/posterior.npz) when it was "
+        "fitted on the same waves, targets and settings (the emulator is refitted: deterministic)",
+    )
     ap.add_argument("--quick", action="store_true", help="toy sizes: a smoke test of the pipeline")
     ap.add_argument("--no-write", action="store_true", help="do not write the posterior and docs")
     a = ap.parse_args(argv)
@@ -295,8 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     s = Settings(**{**s0.__dict__, "rule": best})
     res = validate(problem, emu, post, s)
     eff = res["loto_effects"]
-    _say(f"{best}: leave-one-trial-out effects inside 90 % PI {int(eff.inside.sum())}/{len(eff)}, sign right "
-         f"{int(eff.sign_right.sum())}/{len(eff)}")
+    _say(
+        f"{best}: leave-one-trial-out effects inside 90 % PI {int(eff.inside.sum())}/{len(eff)}, sign right "
+        f"{int(eff.sign_right.sum())}/{len(eff)}"
+    )
     if a.no_write or a.quick:
         print(eff.to_string())
         return 0
@@ -317,17 +415,30 @@ def main(argv: list[str] | None = None) -> int:
         "trial_effects": list(TRIAL_EFFECTS),
         "patients": PATIENTS,
         "nuts": post.diagnostics,
-        "emulator_holdout": {"rmse_median": float(np.median(chk["rmse"])), "rmse_max": float(np.max(chk["rmse"])),
-                             "r2_median": float(np.median(chk["r2"])), "points_train": chk["train"],
-                             "points_holdout": chk["holdout"]},
+        "emulator_holdout": {
+            "rmse_median": float(np.median(chk["rmse"])),
+            "rmse_max": float(np.max(chk["rmse"])),
+            "r2_median": float(np.median(chk["r2"])),
+            "points_train": chk["train"],
+            "points_holdout": chk["holdout"],
+        },
         "rule_comparison": comparison,
-        "trial_effect_sd": {"median": float(np.median(post.tau)), "p05": float(np.quantile(post.tau, 0.05)),
-                            "p95": float(np.quantile(post.tau, 0.95))},
-        "trial_spread_sd": {"median": float(np.median(post.tau_w)), "p05": float(np.quantile(post.tau_w, 0.05)),
-                            "p95": float(np.quantile(post.tau_w, 0.95))},
+        "trial_effect_sd": {
+            "median": float(np.median(post.tau)),
+            "p05": float(np.quantile(post.tau, 0.05)),
+            "p95": float(np.quantile(post.tau, 0.95)),
+        },
+        "trial_spread_sd": {
+            "median": float(np.median(post.tau_w)),
+            "p05": float(np.quantile(post.tau_w, 0.05)),
+            "p95": float(np.quantile(post.tau_w, 0.95)),
+        },
         "discrepancy_sd": {k: float(np.median(post.s[:, i])) for i, k in enumerate(("log_mean", "log_sd", "pain"))},
-        "loto": {"effects_inside_90": int(eff.inside.sum()), "effects": int(len(eff)),
-                 "sign_right": int(eff.sign_right.sum())},
+        "loto": {
+            "effects_inside_90": int(eff.inside.sum()),
+            "effects": int(len(eff)),
+            "sign_right": int(eff.sign_right.sum()),
+        },
     }
     res["ppc"].to_csv(out / "ppc.csv", index=False)
     res["loto_targets"].to_csv(out / "loto_targets.csv", index=False)

@@ -55,8 +55,7 @@ class Check:
 
 
 def _sim(regimen, pop, seed):
-    return simulate_regimen(regimen, pop, seed=seed, options=SimOptions(record_doses=False,
-                                                                        record_trajectories=False))
+    return simulate_regimen(regimen, pop, seed=seed, options=SimOptions(record_doses=False, record_trajectories=False))
 
 
 def run_checks(n: int = 1000, seed: int = 72) -> list[Check]:
@@ -64,78 +63,176 @@ def run_checks(n: int = 1000, seed: int = 72) -> list[Check]:
     ev = load_evidence()
     tg = ev.findings["targets"]
     out: list[Check] = []
-    iyer_pop = spine72_population(n, seed, PopulationSpec().with_values(p_opioid_tolerant=0.0,
-                                                                        age=(57.1, 10.0, 18.0, 75.0)))
-    for name, (m, sd) in {"IYER_PLACEBO": (299.0, 179.0), "IYER_APAP": (255.0, 179.0),
-                          "IYER_KETOROLAC": (173.0, 157.0)}.items():
+    iyer_pop = spine72_population(
+        n, seed, PopulationSpec().with_values(p_opioid_tolerant=0.0, age=(57.1, 10.0, 18.0, 75.0))
+    )
+    for name, (m, sd) in {
+        "IYER_PLACEBO": (299.0, 179.0),
+        "IYER_APAP": (255.0, 179.0),
+        "IYER_KETOROLAC": (173.0, 157.0),
+    }.items():
         pts = _sim(get_regimen(name), iyer_pop, seed).patients
         x = pts.MME_0_72
         if name == "IYER_PLACEBO":  # the OIRD scale d_ref is set so that this arm has Gupta's base rate
             from pkpd.pd import AdverseEffectModel
 
-            out.append(Check("IYER_PLACEBO mean P(OIRD)", float(pts.P_OIRD.mean()), 0.004, 0.006,
-                             "Gupta 2018 base rate 5/1000 (AdverseEffectModel.d_ref = "
-                             f"{AdverseEffectModel().d_ref.value:g} is set by regimens.calibration.checks.oird_scale)",
-                             True))
-        out.append(Check(f"{name} mean 72-h MME (mg)", float(x.mean()), 0.85 * m, 1.15 * m,
-                         f"Iyer 2023: {m:g} +- {sd:g} (+-15 %)", True))
-        out.append(Check(f"{name} SD of 72-h MME (mg)", float(x.std()), 0.7 * sd, 1.3 * sd,
-                         f"Iyer 2023: SD {sd:g} (+-30 %)", True))
+            out.append(
+                Check(
+                    "IYER_PLACEBO mean P(OIRD)",
+                    float(pts.P_OIRD.mean()),
+                    0.004,
+                    0.006,
+                    "Gupta 2018 base rate 5/1000 (AdverseEffectModel.d_ref = "
+                    f"{AdverseEffectModel().d_ref.value:g} is set by regimens.calibration.checks.oird_scale)",
+                    True,
+                )
+            )
+        out.append(
+            Check(
+                f"{name} mean 72-h MME (mg)",
+                float(x.mean()),
+                0.85 * m,
+                1.15 * m,
+                f"Iyer 2023: {m:g} +- {sd:g} (+-15 %)",
+                True,
+            )
+        )
+        out.append(
+            Check(
+                f"{name} SD of 72-h MME (mg)",
+                float(x.std()),
+                0.7 * sd,
+                1.3 * sd,
+                f"Iyer 2023: SD {sd:g} (+-30 %)",
+                True,
+            )
+        )
     # tolerant vs naive: one PCA protocol whose capacity does not bind (morphine 2.5 mg / 5 min, Nielsen 2017's
     # placebo arm), 0-24 h, in otherwise identical SPINE-72 patients
     spine = spine72_population(n, seed)
     pca = arm_regimen(ev.trial("nielsen2017").arm("placebo"))
     both = [_sim(pca, spine.assign(OPIOID_TOL=float(v)), seed).patients.MME_0_24.mean() for v in (1, 0)]
     t = tg["tolerant_ratio"]
-    out.append(Check("morphine PCA 2.5 mg / 5 min: 0-24 h use, opioid-tolerant / opioid-naive", float(both[0] / both[1]),
-                     t["low"], t["high"], "; ".join(t["sources"]), bool(t["used_in_calibration"])))
+    out.append(
+        Check(
+            "morphine PCA 2.5 mg / 5 min: 0-24 h use, opioid-tolerant / opioid-naive",
+            float(both[0] / both[1]),
+            t["low"],
+            t["high"],
+            "; ".join(t["sources"]),
+            bool(t["used_in_calibration"]),
+        )
+    )
     c0 = _sim(get_regimen("C0"), spine, seed).patients
     c1 = _sim(get_regimen("C1"), spine, seed)
     p1 = c1.patients
     t = tg["c1_opioid_free"]
-    out.append(Check("C1: share of patients with no opioid in 0-72 h", float((p1.MME_0_72 <= 0).mean()), None,
-                     t["high"], "; ".join(t["sources"]), False))
+    out.append(
+        Check(
+            "C1: share of patients with no opioid in 0-72 h",
+            float((p1.MME_0_72 <= 0).mean()),
+            None,
+            t["high"],
+            "; ".join(t["sources"]),
+            False,
+        )
+    )
     t = tg["c1_mme72"]
-    out.append(Check("C1: mean 72-h MME (mg)", float(p1.MME_0_72.mean()), t["low"], t["high"],
-                     "; ".join(t["sources"]), False))
+    out.append(
+        Check("C1: mean 72-h MME (mg)", float(p1.MME_0_72.mean()), t["low"], t["high"], "; ".join(t["sources"]), False)
+    )
     t = tg["c1_pod1_pain"]
-    pod1 = float(c1.nrs_hourly[:, POD1_H[0]:POD1_H[1]].mean())
-    out.append(Check("C1: mean NRS on postoperative day 1 (10-34 h)", pod1, t["low"], t["high"],
-                     "; ".join(t["sources"]), False))
+    pod1 = float(c1.nrs_hourly[:, POD1_H[0] : POD1_H[1]].mean())
+    out.append(
+        Check(
+            "C1: mean NRS on postoperative day 1 (10-34 h)", pod1, t["low"], t["high"], "; ".join(t["sources"]), False
+        )
+    )
     t = tg["spread"]
     for name, res in (("C0", c0), ("C1", p1)):
         x = res.MME_0_72
-        out.append(Check(f"{name}: SD / mean of 72-h MME", float(x.std() / x.mean()), t["low"], t["high"],
-                         "; ".join(t["sources"]), True))
+        out.append(
+            Check(
+                f"{name}: SD / mean of 72-h MME",
+                float(x.std() / x.mean()),
+                t["low"],
+                t["high"],
+                "; ".join(t["sources"]),
+                True,
+            )
+        )
         skew = float(((x - x.mean()) ** 3).mean() / x.std() ** 3)
         out.append(Check(f"{name}: skewness of 72-h MME", skew, 0.0, None, "right tail (targets.spread)", True))
     red = 100 * (1 - p1.MME_0_72.mean() / c0.MME_0_72.mean())
-    out.append(Check("C1 vs C0: 72-h MME reduction (%)", float(red), 3.0, 60.0,
-                     "clinical.md 2: ERAS spine -7.26 mg (BJA 2025) to -164 mg (Neurosurgery 2024); Brusko 2019 "
-                     "-38 % on POD0-1; annsurg2023 ERAS RCT 112 vs 118 MME (-5 %)", False))
+    out.append(
+        Check(
+            "C1 vs C0: 72-h MME reduction (%)",
+            float(red),
+            3.0,
+            60.0,
+            "clinical.md 2: ERAS spine -7.26 mg (BJA 2025) to -164 mg (Neurosurgery 2024); Brusko 2019 "
+            "-38 % on POD0-1; annsurg2023 ERAS RCT 112 vs 118 MME (-5 %)",
+            False,
+        )
+    )
     # single adjuncts in opioid-tolerant patients on a PCA background (Nielsen 2017 -35 %; the LB pilot)
     tol_pop = spine72_population(n, seed, PopulationSpec().with_values(p_opioid_tolerant=1.0))
     niel = ev.trial("nielsen2017")
     base = _sim(arm_regimen(niel.arm("placebo")), tol_pop, seed).patients.MME_0_24.mean()
     ket = _sim(arm_regimen(niel.arm("ketamine")), tol_pop, seed).patients.MME_0_24.mean()
-    out.append(Check("tolerant, morphine PCA: intra-op S-ketamine, 0-24 h change (%)", float(100 * (ket / base - 1)),
-                     -55.0, -15.0, "Nielsen 2017: 79 vs 121 mg (-35 %, 95 % CI of the difference -59 to -25 mg); "
-                     "in the calibration", True))
+    out.append(
+        Check(
+            "tolerant, morphine PCA: intra-op S-ketamine, 0-24 h change (%)",
+            float(100 * (ket / base - 1)),
+            -55.0,
+            -15.0,
+            "Nielsen 2017: 79 vs 121 mg (-35 %, 95 % CI of the difference -59 to -25 mg); in the calibration",
+            True,
+        )
+    )
     from .._model import Regimen, Scheduled
 
     plac = arm_regimen(niel.arm("placebo"))
-    lb = Regimen(name="pca+lb", description="", horizon_h=72.0, pca=plac.pca, scheduled=plac.scheduled + (
-        Scheduled("bupivacaine_liposomal", "infiltration", dose_mg=266.0, start_h=-0.25),))
+    lb = Regimen(
+        name="pca+lb",
+        description="",
+        horizon_h=72.0,
+        pca=plac.pca,
+        scheduled=plac.scheduled + (Scheduled("bupivacaine_liposomal", "infiltration", dose_mg=266.0, start_h=-0.25),),
+    )
     lbr = _sim(lb, tol_pop, seed).patients
-    out.append(Check("tolerant, morphine PCA: liposomal bupivacaine 266 mg, 0-72 h change (%)",
-                     float(100 * (lbr.MME_0_72.mean() / _sim(plac, tol_pop, seed).patients.MME_0_72.mean() - 1)),
-                     None, 0.0, "LB pilot RCT (brown2018): opioid-tolerant 13.3 vs 20.6 'MME' (-35 %, unit unclear, "
-                     "not in the calibration); clinical.md 2 (LB does little overall)", False))
+    out.append(
+        Check(
+            "tolerant, morphine PCA: liposomal bupivacaine 266 mg, 0-72 h change (%)",
+            float(100 * (lbr.MME_0_72.mean() / _sim(plac, tol_pop, seed).patients.MME_0_72.mean() - 1)),
+            None,
+            0.0,
+            "LB pilot RCT (brown2018): opioid-tolerant 13.3 vs 20.6 'MME' (-35 %, unit unclear, "
+            "not in the calibration); clinical.md 2 (LB does little overall)",
+            False,
+        )
+    )
     pk = lbr.PEAK_BUPI
-    out.append(Check("liposomal bupivacaine 266 mg: CV of the peak total concentration", float(pk.std() / pk.mean()),
-                     0.31, 0.51, "Exparel label: Cmax 867 (SD 353) ng/mL, CV 41 % (+-10 points)", True))
-    out.append(Check("liposomal bupivacaine 266 mg: P(peak > 2,000 ng/mL)", float((pk > 2000).mean()), None, None,
-                     "a tail probability (CNS threshold ~2,000 ng/mL, clinical.md 3.1), reported", False))
+    out.append(
+        Check(
+            "liposomal bupivacaine 266 mg: CV of the peak total concentration",
+            float(pk.std() / pk.mean()),
+            0.31,
+            0.51,
+            "Exparel label: Cmax 867 (SD 353) ng/mL, CV 41 % (+-10 points)",
+            True,
+        )
+    )
+    out.append(
+        Check(
+            "liposomal bupivacaine 266 mg: P(peak > 2,000 ng/mL)",
+            float((pk > 2000).mean()),
+            None,
+            None,
+            "a tail probability (CNS threshold ~2,000 ng/mL, clinical.md 3.1), reported",
+            False,
+        )
+    )
     return out
 
 
@@ -151,8 +248,7 @@ def oird_scale(n: int = 2000, seed: int = 72, target: float = 0.005) -> float:
 
     ae = AdverseEffectModel()
     d0 = float(ae.d_ref.value)
-    pop = spine72_population(n, seed, PopulationSpec().with_values(p_opioid_tolerant=0.0,
-                                                                   age=(57.1, 10.0, 18.0, 75.0)))
+    pop = spine72_population(n, seed, PopulationSpec().with_values(p_opioid_tolerant=0.0, age=(57.1, 10.0, 18.0, 75.0)))
     pts = _sim(get_regimen("IYER_PLACEBO"), pop, seed).patients
     h0 = -np.log1p(-np.clip(pts.P_OIRD.to_numpy(), 0, 1 - 1e-15))  # hazard incl. the OSA odds: approximate
     osa = pts.OSA.to_numpy(float) if "OSA" in pts else np.zeros(len(pts))
@@ -183,22 +279,34 @@ def checks_markdown(checks: list[Check], n: int, seed: int) -> str:
     from pkpd.outcome import outcome_posterior
 
     post = outcome_posterior()
-    rows = [{"check": c.what, "simulated": f"{c.value:.3g}",
-             "target": _bounds(c),
-             "in the calibration": "yes (fit)" if c.fitted else "no",
-             "result": "-" if (c.low is None and c.high is None) else ("pass" if c.passed else "**MISS**"),
-             "source": c.source} for c in checks]
+    rows = [
+        {
+            "check": c.what,
+            "simulated": f"{c.value:.3g}",
+            "target": _bounds(c),
+            "in the calibration": "yes (fit)" if c.fitted else "no",
+            "result": "-" if (c.low is None and c.high is None) else ("pass" if c.passed else "**MISS**"),
+            "source": c.source,
+        }
+        for c in checks
+    ]
     df = pd.DataFrame(rows)
-    lines = ["# Outcome model: checks against the stated targets", "",
-             "<!-- Generated by `python -m regimens.calibration.checks`; do not edit by hand. -->", "",
-             f"Exact simulator, outcome-model calibration {post.version} (rule {post.rule}; posterior medians and the "
-             f"reference setting ({post.reference_trial}): pain-curve multiplier {post.reference_pain_scale():.3f}, "
-             f"rescue propensity {post.reference_rescue_propensity():.3f}, heterogeneity "
-             f"{post.reference_pain_spread():.3f}), {n} virtual patients per "
-             f"arm, seed {seed}. Targets: `regimens/evidence/findings.toml`, stated before the fit. A row marked "
-             "'yes (fit)' uses evidence that is also in the calibration: it checks the fit, it does not validate "
-             "it.", "",
-             "| " + " | ".join(df.columns) + " |", "|" + "|".join("---" for _ in df.columns) + "|"]
+    lines = [
+        "# Outcome model: checks against the stated targets",
+        "",
+        "<!-- Generated by `python -m regimens.calibration.checks`; do not edit by hand. -->",
+        "",
+        f"Exact simulator, outcome-model calibration {post.version} (rule {post.rule}; posterior medians and the "
+        f"reference setting ({post.reference_trial}): pain-curve multiplier {post.reference_pain_scale():.3f}, "
+        f"rescue propensity {post.reference_rescue_propensity():.3f}, heterogeneity "
+        f"{post.reference_pain_spread():.3f}), {n} virtual patients per "
+        f"arm, seed {seed}. Targets: `regimens/evidence/findings.toml`, stated before the fit. A row marked "
+        "'yes (fit)' uses evidence that is also in the calibration: it checks the fit, it does not validate "
+        "it.",
+        "",
+        "| " + " | ".join(df.columns) + " |",
+        "|" + "|".join("---" for _ in df.columns) + "|",
+    ]
     for r in df.itertuples(index=False):
         lines.append("| " + " | ".join(str(v) for v in r) + " |")
     n_b = sum(1 for c in checks if c.low is not None or c.high is not None)

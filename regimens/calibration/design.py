@@ -34,7 +34,15 @@ from pkpd.regimen_sim import SimOptions, simulate_regimen, variability_columns
 
 from .arms import ArmSim, Target, arm_population, patient_values, simulated_statistics
 
-__all__ = ["PARAM_NAMES", "TRIAL_EFFECTS", "TRIAL_EFFECT_SD", "sample_design", "simulate_arm", "to_natural", "to_unconstrained"]
+__all__ = [
+    "PARAM_NAMES",
+    "TRIAL_EFFECTS",
+    "TRIAL_EFFECT_SD",
+    "sample_design",
+    "simulate_arm",
+    "to_natural",
+    "to_unconstrained",
+]
 
 PARAM_NAMES: tuple[str, ...] = tuple(p.name for p in OUTCOME_PARAMETERS)
 #: What the first trial effect multiplies (the simulator's population column), and the structure tag every
@@ -61,10 +69,17 @@ def to_unconstrained(x: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(p.to_unconstrained(x[..., j]), float) for j, p in enumerate(OUTCOME_PARAMETERS)], -1)
 
 
-def sample_design(n: int, n_trials: int, seed: int, *, center: np.ndarray | None = None,
-                  scale: np.ndarray | None = None, trial_sd: float = TRIAL_EFFECT_SD,
-                  trial_center: np.ndarray | None = None, trial_scale: np.ndarray | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sample_design(
+    n: int,
+    n_trials: int,
+    seed: int,
+    *,
+    center: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
+    trial_sd: float = TRIAL_EFFECT_SD,
+    trial_center: np.ndarray | None = None,
+    trial_scale: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` space-filling design points (scrambled Sobol, mapped through the normal quantile).
 
     Parameters
@@ -99,21 +114,34 @@ def sample_design(n: int, n_trials: int, seed: int, *, center: np.ndarray | None
     g = norm.ppf(np.clip(s, 1e-6, 1 - 1e-6))
     z = center + scale * g[:, :P]
     # keep every point inside the bounds (on the unconstrained scale)
-    lo = to_unconstrained(np.array([[max(p.bounds[0], 1e-9) if p.prior[0] != "normal" else p.bounds[0]
-                                     for p in OUTCOME_PARAMETERS]]))[0]
-    hi = to_unconstrained(np.array([[min(p.bounds[1], 1 - 1e-9) if p.prior[0] == "logitnormal" else p.bounds[1]
-                                     for p in OUTCOME_PARAMETERS]]))[0]
+    lo = to_unconstrained(
+        np.array([[max(p.bounds[0], 1e-9) if p.prior[0] != "normal" else p.bounds[0] for p in OUTCOME_PARAMETERS]])
+    )[0]
+    hi = to_unconstrained(
+        np.array(
+            [[min(p.bounds[1], 1 - 1e-9) if p.prior[0] == "logitnormal" else p.bounds[1] for p in OUTCOME_PARAMETERS]]
+        )
+    )[0]
     z = np.clip(z, lo, hi)
     tc = np.zeros((2, n_trials)) if trial_center is None else np.asarray(trial_center, float)
     ts = np.full((2, n_trials), trial_sd) if trial_scale is None else np.asarray(trial_scale, float)
-    u = tc[0] + ts[0] * g[:, P:P + n_trials]
-    w = tc[1] + ts[1] * g[:, P + n_trials:]
+    u = tc[0] + ts[0] * g[:, P : P + n_trials]
+    w = tc[1] + ts[1] * g[:, P + n_trials :]
     return z, u, w
 
 
-def simulate_arm(arm: ArmSim, targets: list[Target], theta: np.ndarray, propensity: np.ndarray,
-                 pain_spread: np.ndarray, *, n_patients: int, seed: int, rule: str = "loewe",
-                 progress: Callable[[str], None] | None = None) -> np.ndarray:
+def simulate_arm(
+    arm: ArmSim,
+    targets: list[Target],
+    theta: np.ndarray,
+    propensity: np.ndarray,
+    pain_spread: np.ndarray,
+    *,
+    n_patients: int,
+    seed: int,
+    rule: str = "loewe",
+    progress: Callable[[str], None] | None = None,
+) -> np.ndarray:
     """The arm's target statistics at every design point.
 
     Parameters
@@ -147,8 +175,9 @@ def simulate_arm(arm: ArmSim, targets: list[Target], theta: np.ndarray, propensi
     rows["rescue.propensity"] = np.repeat(np.asarray(propensity, float), n_patients)
     rows["pain.scale"] = 1.0  # explicit: not the shipped posterior's reference setting
     rows["pain.spread"] = np.repeat(np.asarray(pain_spread, float), n_patients)
-    res = simulate_regimen(reg, rows, seed=seed, options=SimOptions(record_trajectories=False, record_doses=False,
-                                                                  combination=rule))
+    res = simulate_regimen(
+        reg, rows, seed=seed, options=SimOptions(record_trajectories=False, record_doses=False, combination=rule)
+    )
     values = {}
     for t in targets:
         v = patient_values(arm, t.outcome, res, rows)

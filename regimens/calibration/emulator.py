@@ -33,8 +33,9 @@ _SCALE = np.array([p.prior_loc_scale[1] for p in OUTCOME_PARAMETERS])
 
 def standardize(z, u, w, xp=np):
     """Emulator inputs from unconstrained parameters ``z`` (..., P) and trial effects ``u``, ``w`` (...,)."""
-    return xp.concatenate([(z - _LOC) / _SCALE, (u / TRIAL_EFFECT_SD)[..., None], (w / TRIAL_EFFECT_SD)[..., None]],
-                          axis=-1)
+    return xp.concatenate(
+        [(z - _LOC) / _SCALE, (u / TRIAL_EFFECT_SD)[..., None], (w / TRIAL_EFFECT_SD)[..., None]], axis=-1
+    )
 
 
 def _kernel(a, b, log_ls, log_sf2):
@@ -81,7 +82,8 @@ class Emulator:
         effect). JAX-traceable."""
         xs = jnp.asarray(x)
         k = jax.vmap(lambda xi, Xi, ls, sf: _kernel(xi[None, :], Xi, ls, sf)[0])(
-            xs, jnp.asarray(self.X), jnp.asarray(self.log_ls), jnp.asarray(self.log_sf2))
+            xs, jnp.asarray(self.X), jnp.asarray(self.log_ls), jnp.asarray(self.log_sf2)
+        )
         lin = jnp.sum(_design(xs) * jnp.asarray(self.beta), axis=-1)
         gp = jnp.sum(k * jnp.asarray(self.alpha), axis=-1)
         return jnp.asarray(self.y_mean) + jnp.asarray(self.y_sd) * (lin + gp)
@@ -96,13 +98,12 @@ class Emulator:
         per target, and the R^2."""
         pred = self.predict_np(x)
         err = pred - y
-        self.rmse = np.sqrt(np.mean(err ** 2, axis=0))
-        r2 = 1.0 - np.sum(err ** 2, 0) / np.maximum(np.sum((y - y.mean(0)) ** 2, 0), 1e-30)
+        self.rmse = np.sqrt(np.mean(err**2, axis=0))
+        r2 = 1.0 - np.sum(err**2, 0) / np.maximum(np.sum((y - y.mean(0)) ** 2, 0), 1e-30)
         return {"rmse": self.rmse, "r2": r2}
 
 
-def fit_emulator(x: np.ndarray, y: np.ndarray, *, fit_points: int = 400, seed: int = 0,
-                 progress=None) -> Emulator:
+def fit_emulator(x: np.ndarray, y: np.ndarray, *, fit_points: int = 400, seed: int = 0, progress=None) -> Emulator:
     """Fit one GP per target.
 
     Parameters
@@ -118,7 +119,7 @@ def fit_emulator(x: np.ndarray, y: np.ndarray, *, fit_points: int = 400, seed: i
 
     N, J, D = x.shape
     rng = np.random.default_rng(seed)
-    sub = rng.permutation(N)[:min(fit_points, N)]
+    sub = rng.permutation(N)[: min(fit_points, N)]
     Xs, alphas, lss, sfs, betas, ym, ys = [], [], [], [], [], [], []
     for j in range(J):
         xj, yj = x[:, j, :], y[:, j]
@@ -150,5 +151,13 @@ def fit_emulator(x: np.ndarray, y: np.ndarray, *, fit_points: int = 400, seed: i
         ys.append(s)
         if progress is not None:
             progress(f"emulator {j + 1}/{J}: nugget {np.exp(log_sn2):.2e}, signal {np.exp(log_sf2):.2e}")
-    return Emulator(np.stack(Xs), np.stack(alphas), np.stack(lss), np.array(sfs), np.stack(betas), np.array(ym),
-                    np.array(ys), np.zeros(J))
+    return Emulator(
+        np.stack(Xs),
+        np.stack(alphas),
+        np.stack(lss),
+        np.array(sfs),
+        np.stack(betas),
+        np.array(ym),
+        np.array(ys),
+        np.zeros(J),
+    )

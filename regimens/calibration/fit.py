@@ -98,15 +98,25 @@ def _model(emu: Emulator, obs, se, kind, trial, mask, n_trials):
     s = numpyro.sample("s", dist.HalfNormal(jnp.asarray(_S_PRIOR)).to_event(1))
     x = standardize(jnp.broadcast_to(z, (len(obs), z.shape[-1])), u[trial], w[trial], xp=jnp)
     mu = emu.predict(x)
-    sd = jnp.sqrt(se ** 2 + s[kind] ** 2 + jnp.asarray(emu.rmse) ** 2)
+    sd = jnp.sqrt(se**2 + s[kind] ** 2 + jnp.asarray(emu.rmse) ** 2)
     ll = dist.StudentT(DISCREPANCY_DF, mu, sd).log_prob(obs) * mask
     numpyro.deterministic("loglik", ll)
     numpyro.factor("obs", jnp.sum(ll))
 
 
-def fit_posterior(emu: Emulator, targets: list[Target], trial_index: np.ndarray, n_trials: int, *,
-                  mask: np.ndarray | None = None, draws: int = 1000, warmup: int = 1000, chains: int = 2,
-                  seed: int = 0, progress_bar: bool = False) -> Posterior:
+def fit_posterior(
+    emu: Emulator,
+    targets: list[Target],
+    trial_index: np.ndarray,
+    n_trials: int,
+    *,
+    mask: np.ndarray | None = None,
+    draws: int = 1000,
+    warmup: int = 1000,
+    chains: int = 2,
+    seed: int = 0,
+    progress_bar: bool = False,
+) -> Posterior:
     """NUTS on the aggregate-data likelihood.
 
     Parameters
@@ -130,8 +140,14 @@ def fit_posterior(emu: Emulator, targets: list[Target], trial_index: np.ndarray,
     kind = jnp.asarray([KINDS[t.stat] for t in targets])
     m = jnp.ones(len(targets)) if mask is None else jnp.asarray(mask, float)
     kernel = NUTS(_model, init_strategy=init_to_median, target_accept_prob=0.9)
-    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains, chain_method="sequential",
-                progress_bar=progress_bar)
+    mcmc = MCMC(
+        kernel,
+        num_warmup=warmup,
+        num_samples=draws,
+        num_chains=chains,
+        chain_method="sequential",
+        progress_bar=progress_bar,
+    )
     mcmc.run(jax.random.PRNGKey(seed), emu, obs, se, kind, jnp.asarray(trial_index), m, n_trials)
     smp = mcmc.get_samples(group_by_chain=True)
     summ = summary({k: v for k, v in smp.items() if k in ("z", "tau", "s", "e", "tau_w", "f")}, group_by_chain=True)
@@ -142,6 +158,21 @@ def fit_posterior(emu: Emulator, targets: list[Target], trial_index: np.ndarray,
     z = flat["z"]
     u = flat["tau"][:, None] * flat["e"]
     w = flat["tau_w"][:, None] * flat["f"]
-    return Posterior(z, to_natural(z), u, flat["tau"], flat["s"], flat["loglik"],
-                     {"max_rhat": rhat, "min_ess": ess, "divergences": div, "draws": int(z.shape[0]),
-                      "chains": chains, "warmup": warmup}, w, flat["tau_w"])
+    return Posterior(
+        z,
+        to_natural(z),
+        u,
+        flat["tau"],
+        flat["s"],
+        flat["loglik"],
+        {
+            "max_rhat": rhat,
+            "min_ess": ess,
+            "divergences": div,
+            "draws": int(z.shape[0]),
+            "chains": chains,
+            "warmup": warmup,
+        },
+        w,
+        flat["tau_w"],
+    )

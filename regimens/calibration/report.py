@@ -39,9 +39,17 @@ def parameter_table(post) -> pd.DataFrame:
         m, s = p.prior_loc_scale
         pq = [float(np.clip(p.from_unconstrained(np.array(m + s * zq)), *p.bounds)) for zq in (-1.645, 0.0, 1.645)]
         q = np.quantile(post.theta[:, j], [0.05, 0.5, 0.95])
-        rows.append({"parameter": p.name, "unit": p.unit, "prior median": pq[1], "prior 90 %": f"{pq[0]:.3g}-{pq[2]:.3g}",
-                     "posterior median": q[1], "posterior 90 %": f"{q[0]:.3g}-{q[2]:.3g}",
-                     "narrowed": (q[2] - q[0]) / max(pq[2] - pq[0], 1e-12)})
+        rows.append(
+            {
+                "parameter": p.name,
+                "unit": p.unit,
+                "prior median": pq[1],
+                "prior 90 %": f"{pq[0]:.3g}-{pq[2]:.3g}",
+                "posterior median": q[1],
+                "posterior 90 %": f"{q[0]:.3g}-{q[2]:.3g}",
+                "narrowed": (q[2] - q[0]) / max(pq[2] - pq[0], 1e-12),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -77,44 +85,70 @@ def write_report(docs: Path, problem, post, res: dict, meta: dict, figures: list
         if r == "difference":
             lines.append(f"* difference (selected minus other): {v['elpd']:.2f} (SE {v['se']:.2f})")
         else:
-            lines.append(f"* {r}: elpd {v['elpd_loo']:.2f} (SE {v['se']:.2f}), p_loo {v['p_loo']:.1f}, "
-                         f"largest Pareto k {v['pareto_k_max']:.2f}")
+            lines.append(
+                f"* {r}: elpd {v['elpd_loo']:.2f} (SE {v['se']:.2f}), p_loo {v['p_loo']:.1f}, "
+                f"largest Pareto k {v['pareto_k_max']:.2f}"
+            )
     d = rc.get("difference")
     clear = d is not None and d["elpd"] > 2 * d["se"]
-    verdict = ("The difference is more than two SE: the data prefer it, though the arms test few combinations "
-               "of non-opioids." if clear else "A difference within about two SE is not a clear preference: the "
-               "arms test few combinations of non-opioids.")
-    lines += ["", f"Selected: **{meta.get('rule', '')}**. {verdict}", "",
-              "## Checks of the fit", "",
-              f"* Emulator on held-out design points of the last wave: RMSE median "
-              f"{meta['emulator_holdout']['rmse_median']:.3f}, largest {meta['emulator_holdout']['rmse_max']:.3f} "
-              f"(log units for opioid statistics, NRS for pain), R² median {meta['emulator_holdout']['r2_median']:.3f}. "
-              "The held-out RMSE enters the likelihood as a variance.",
-              f"* NUTS: {meta['nuts']['chains']} chains x {meta['nuts']['draws'] // max(meta['nuts']['chains'], 1)} "
-              f"draws, largest R-hat {meta['nuts']['max_rhat']:.3f}, smallest ESS {meta['nuts']['min_ess']:.0f}, "
-              f"{meta['nuts']['divergences']} divergent transitions.",
-              f"* Between-trial SD of the rescue-propensity effect: median {meta['trial_effect_sd']['median']:.2f} "
-              f"(90 % {meta['trial_effect_sd']['p05']:.2f}-{meta['trial_effect_sd']['p95']:.2f}); arm-level "
-              f"discrepancy SD: log means {meta['discrepancy_sd']['log_mean']:.2f}, log SDs "
-              f"{meta['discrepancy_sd']['log_sd']:.2f}, pain {meta['discrepancy_sd']['pain']:.2f} NRS.",
-              "", "## Parameters", "", _md(parameter_table(post)), "",
-              "`narrowed`: width of the posterior 90 % interval over the prior's (1 = the data said nothing).", "",
-              "## Posterior predictive check (calibration fit, not validation)", "",
-              f"![posterior predictive check](img/{figures[0]})", "",
-              f"{int(res['ppc'].inside.sum())} of {len(res['ppc'])} reported numbers inside their 90 % posterior "
-              "predictive interval (opioid statistics as amounts: means, SDs, medians; pain in NRS).", "",
-              _md(res["ppc"]), "",
-              "## Leave-one-trial-out validation", "",
-              "Each trial's numbers are removed in turn, the model is refitted on the others, and the held-out "
-              "trial is predicted as a new trial (a fresh trial effect, fresh arm discrepancies, the arms' "
-              "sampling error). Between-arm effects are ratios of opioid use (arm / control) or differences of "
-              "mean pain.", "",
-              f"![leave-one-trial-out effects](img/{figures[1]})", "",
-              f"**Effects:** {int(eff.inside.sum())} of {len(eff)} inside their 90 % prediction interval "
-              f"({100 * eff.inside.mean():.0f} %), sign right for {int(eff.sign_right.sum())} of {len(eff)}.", "",
-              _md(eff), "",
-              f"**Arms (absolute numbers):** {int(lt.inside.sum())} of {len(lt)} inside their 90 % prediction "
-              "interval.", "", _md(lt), ""]
+    verdict = (
+        "The difference is more than two SE: the data prefer it, though the arms test few combinations of non-opioids."
+        if clear
+        else "A difference within about two SE is not a clear preference: the "
+        "arms test few combinations of non-opioids."
+    )
+    lines += [
+        "",
+        f"Selected: **{meta.get('rule', '')}**. {verdict}",
+        "",
+        "## Checks of the fit",
+        "",
+        f"* Emulator on held-out design points of the last wave: RMSE median "
+        f"{meta['emulator_holdout']['rmse_median']:.3f}, largest {meta['emulator_holdout']['rmse_max']:.3f} "
+        f"(log units for opioid statistics, NRS for pain), R² median {meta['emulator_holdout']['r2_median']:.3f}. "
+        "The held-out RMSE enters the likelihood as a variance.",
+        f"* NUTS: {meta['nuts']['chains']} chains x {meta['nuts']['draws'] // max(meta['nuts']['chains'], 1)} "
+        f"draws, largest R-hat {meta['nuts']['max_rhat']:.3f}, smallest ESS {meta['nuts']['min_ess']:.0f}, "
+        f"{meta['nuts']['divergences']} divergent transitions.",
+        f"* Between-trial SD of the rescue-propensity effect: median {meta['trial_effect_sd']['median']:.2f} "
+        f"(90 % {meta['trial_effect_sd']['p05']:.2f}-{meta['trial_effect_sd']['p95']:.2f}); arm-level "
+        f"discrepancy SD: log means {meta['discrepancy_sd']['log_mean']:.2f}, log SDs "
+        f"{meta['discrepancy_sd']['log_sd']:.2f}, pain {meta['discrepancy_sd']['pain']:.2f} NRS.",
+        "",
+        "## Parameters",
+        "",
+        _md(parameter_table(post)),
+        "",
+        "`narrowed`: width of the posterior 90 % interval over the prior's (1 = the data said nothing).",
+        "",
+        "## Posterior predictive check (calibration fit, not validation)",
+        "",
+        f"![posterior predictive check](img/{figures[0]})",
+        "",
+        f"{int(res['ppc'].inside.sum())} of {len(res['ppc'])} reported numbers inside their 90 % posterior "
+        "predictive interval (opioid statistics as amounts: means, SDs, medians; pain in NRS).",
+        "",
+        _md(res["ppc"]),
+        "",
+        "## Leave-one-trial-out validation",
+        "",
+        "Each trial's numbers are removed in turn, the model is refitted on the others, and the held-out "
+        "trial is predicted as a new trial (a fresh trial effect, fresh arm discrepancies, the arms' "
+        "sampling error). Between-arm effects are ratios of opioid use (arm / control) or differences of "
+        "mean pain.",
+        "",
+        f"![leave-one-trial-out effects](img/{figures[1]})",
+        "",
+        f"**Effects:** {int(eff.inside.sum())} of {len(eff)} inside their 90 % prediction interval "
+        f"({100 * eff.inside.mean():.0f} %), sign right for {int(eff.sign_right.sum())} of {len(eff)}.",
+        "",
+        _md(eff),
+        "",
+        f"**Arms (absolute numbers):** {int(lt.inside.sum())} of {len(lt)} inside their 90 % prediction interval.",
+        "",
+        _md(lt),
+        "",
+    ]
     path = docs / "outcome_calibration.md"
     path.write_text("\n".join(lines))
     return path
@@ -126,23 +160,33 @@ def write_validation_section(docs: Path, res: dict, meta: dict, figure: str = "o
     path = docs / "validation.md"
     text = path.read_text()
     if START not in text or END not in text:
-        raise ValueError(f"{path}: the markers {START!r} and {END!r} are missing; add them where the "
-                         "leave-one-trial-out table belongs")
+        raise ValueError(
+            f"{path}: the markers {START!r} and {END!r} are missing; add them where the "
+            "leave-one-trial-out table belongs"
+        )
     eff = res["loto_effects"]
     lt = res["loto_targets"]
-    body = [START, "",
-            f"Calibration version {meta.get('version', '?')} ({meta['date']}, rule {meta.get('rule', '?')}). Each of "
-            f"the {len(set(eff.trial))} trials with a between-arm comparison is left out in turn, the outcome model "
-            "is refitted on the others, and the held-out trial is predicted as a new trial (fresh trial effects "
-            "and arm discrepancies, the arms' sampling error).", "",
-            f"![leave-one-trial-out effects](img/{figure})", "",
-            f"**Held-out between-arm effects: {int(eff.inside.sum())} of {len(eff)} inside their 90 % prediction "
-            f"interval ({100 * eff.inside.mean():.0f} %), sign right for {int(eff.sign_right.sum())} of {len(eff)}.** "
-            f"Held-out arms' absolute numbers: {int(lt.inside.sum())} of {len(lt)} inside (the level of a new "
-            "trial is uncertain: its setting's rescue-propensity effect is drawn from the between-trial spread).", "",
-            _md(eff.drop(columns=["trial"])), "",
-            "Every held-out arm: [outcome_calibration.md](outcome_calibration.md#leave-one-trial-out-validation).",
-            "", END]
+    body = [
+        START,
+        "",
+        f"Calibration version {meta.get('version', '?')} ({meta['date']}, rule {meta.get('rule', '?')}). Each of "
+        f"the {len(set(eff.trial))} trials with a between-arm comparison is left out in turn, the outcome model "
+        "is refitted on the others, and the held-out trial is predicted as a new trial (fresh trial effects "
+        "and arm discrepancies, the arms' sampling error).",
+        "",
+        f"![leave-one-trial-out effects](img/{figure})",
+        "",
+        f"**Held-out between-arm effects: {int(eff.inside.sum())} of {len(eff)} inside their 90 % prediction "
+        f"interval ({100 * eff.inside.mean():.0f} %), sign right for {int(eff.sign_right.sum())} of {len(eff)}.** "
+        f"Held-out arms' absolute numbers: {int(lt.inside.sum())} of {len(lt)} inside (the level of a new "
+        "trial is uncertain: its setting's rescue-propensity effect is drawn from the between-trial spread).",
+        "",
+        _md(eff.drop(columns=["trial"])),
+        "",
+        "Every held-out arm: [outcome_calibration.md](outcome_calibration.md#leave-one-trial-out-validation).",
+        "",
+        END,
+    ]
     a, b = text.index(START), text.index(END) + len(END)
     path.write_text(text[:a] + "\n".join(body) + text[b:])
     return path

@@ -78,8 +78,15 @@ def load_problem(use: str = "calibration") -> Problem:
     return Problem(arms, targets, trials)
 
 
-def simulate_wave(problem: Problem, z: np.ndarray, u: np.ndarray, w: np.ndarray, settings: Settings, *,
-                  progress: Callable[[str], None] = print) -> np.ndarray:
+def simulate_wave(
+    problem: Problem,
+    z: np.ndarray,
+    u: np.ndarray,
+    w: np.ndarray,
+    settings: Settings,
+    *,
+    progress: Callable[[str], None] = print,
+) -> np.ndarray:
     """Simulate every arm at design points ``z`` (unconstrained, (D, P)) with trial effects ``u``, ``w``
     (D, T: log multipliers of the rescue propensity and of the between-patient heterogeneity).
 
@@ -92,9 +99,19 @@ def simulate_wave(problem: Problem, z: np.ndarray, u: np.ndarray, w: np.ndarray,
     for i, (arm, ts) in enumerate(zip(problem.arms, problem.targets)):
         if not ts:
             continue
-        cols.append(simulate_arm(arm, ts, theta, np.exp(u[:, tri[i]]), np.exp(w[:, tri[i]]),
-                                 n_patients=settings.n_patients,
-                                 seed=int(seeds[i]), rule=settings.rule, progress=progress))
+        cols.append(
+            simulate_arm(
+                arm,
+                ts,
+                theta,
+                np.exp(u[:, tri[i]]),
+                np.exp(w[:, tri[i]]),
+                n_patients=settings.n_patients,
+                seed=int(seeds[i]),
+                rule=settings.rule,
+                progress=progress,
+            )
+        )
     return np.concatenate(cols, axis=1)
 
 
@@ -105,20 +122,49 @@ def arm_seeds(problem: Problem, settings: Settings) -> np.ndarray:
     return settings.seed + 1000 + problem.trial_of_arm()
 
 
-def run_wave(problem: Problem, k: int, settings: Settings, out: Path, *, center=None, scale=None,
-             trial_center=None, trial_scale=None, progress: Callable[[str], None] = print) -> Path:
+def run_wave(
+    problem: Problem,
+    k: int,
+    settings: Settings,
+    out: Path,
+    *,
+    center=None,
+    scale=None,
+    trial_center=None,
+    trial_scale=None,
+    progress: Callable[[str], None] = print,
+) -> Path:
     """Sample and simulate wave ``k`` (0-based) and save it to ``out/wave<k>.npz``."""
     out.mkdir(parents=True, exist_ok=True)
     n = settings.waves[k]
-    z, u, w = sample_design(n, len(problem.trials), settings.seed + 17 * k, center=center, scale=scale,
-                            trial_sd=TRIAL_EFFECT_SD, trial_center=trial_center, trial_scale=trial_scale)
+    z, u, w = sample_design(
+        n,
+        len(problem.trials),
+        settings.seed + 17 * k,
+        center=center,
+        scale=scale,
+        trial_sd=TRIAL_EFFECT_SD,
+        trial_center=trial_center,
+        trial_scale=trial_scale,
+    )
     t0 = time.perf_counter()
     y = simulate_wave(problem, z, u, w, settings, progress=progress)
     path = out / settings.rule / f"wave{k}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, z=z, u=u, w=w, y=y, keys=np.array([t.key for t in problem.flat]),
-             params=np.array(PARAM_NAMES), trials=np.array(problem.trials), effects=np.array(TRIAL_EFFECTS),
-             patients=np.array(PATIENTS), settings=json.dumps(settings.__dict__), seconds=time.perf_counter() - t0)
+    np.savez(
+        path,
+        z=z,
+        u=u,
+        w=w,
+        y=y,
+        keys=np.array([t.key for t in problem.flat]),
+        params=np.array(PARAM_NAMES),
+        trials=np.array(problem.trials),
+        effects=np.array(TRIAL_EFFECTS),
+        patients=np.array(PATIENTS),
+        settings=json.dumps(settings.__dict__),
+        seconds=time.perf_counter() - t0,
+    )
     progress(f"wave {k}: {n} points in {time.perf_counter() - t0:.0f} s -> {path}")
     return path
 
@@ -137,12 +183,16 @@ def load_waves(problem: Problem, out: Path) -> tuple[np.ndarray, ...]:
             raise ValueError(f"{p} was made for another evidence base or parameter set: simulate again")
         if "effects" not in d or list(d["effects"]) != list(TRIAL_EFFECTS):
             got = list(d["effects"]) if "effects" in d else ["pain.scale", "pain.spread"]
-            raise ValueError(f"{p} has trial effects on {got}, this calibration on {list(TRIAL_EFFECTS)}: "
-                             "simulate again (another --out folder)")
+            raise ValueError(
+                f"{p} has trial effects on {got}, this calibration on {list(TRIAL_EFFECTS)}: "
+                "simulate again (another --out folder)"
+            )
         got = str(d["patients"]) if "patients" in d else "one sample per arm"
         if got != PATIENTS:
-            raise ValueError(f"{p} drew its virtual patients as '{got}', this calibration as '{PATIENTS}' (common "
-                             "random numbers within a trial): simulate again (another --out folder)")
+            raise ValueError(
+                f"{p} drew its virtual patients as '{got}', this calibration as '{PATIENTS}' (common "
+                "random numbers within a trial): simulate again (another --out folder)"
+            )
         zs.append(d["z"])
         us.append(d["u"])
         vs.append(d["w"])

@@ -22,8 +22,16 @@ from .fit import DISCREPANCY_DF, KINDS, Posterior
 __all__ = ["predict_targets", "arm_contrasts", "predict_contrasts", "summarize_intervals"]
 
 
-def predict_targets(emu: Emulator, post: Posterior, targets: list[Target], trial_index: np.ndarray, *,
-                    new_trial: np.ndarray, seed: int = 0, sampling: bool = True) -> np.ndarray:
+def predict_targets(
+    emu: Emulator,
+    post: Posterior,
+    targets: list[Target],
+    trial_index: np.ndarray,
+    *,
+    new_trial: np.ndarray,
+    seed: int = 0,
+    sampling: bool = True,
+) -> np.ndarray:
     """Predictive draws (S, J) of every target.
 
     ``new_trial`` (J,) bool: targets of a trial the posterior did not see (a fresh trial effect per draw,
@@ -76,8 +84,9 @@ def arm_contrasts(targets: list[Target], contrasts: dict[str, list[tuple[str, st
     return out
 
 
-def predict_contrasts(draws: np.ndarray, targets: list[Target], contrasts: list[Contrast]) -> tuple[np.ndarray,
-                                                                                                     np.ndarray]:
+def predict_contrasts(
+    draws: np.ndarray, targets: list[Target], contrasts: list[Contrast]
+) -> tuple[np.ndarray, np.ndarray]:
     """(predicted draws (S, C), observed (C,)) of each contrast from predictive target draws (S, J)."""
     idx = {(t.trial, t.arm, t.stat): j for j, t in enumerate(targets)}
     pred, obs = [], []
@@ -88,8 +97,9 @@ def predict_contrasts(draws: np.ndarray, targets: list[Target], contrasts: list[
     return np.stack(pred, 1), np.array(obs)
 
 
-def summarize_intervals(pred: np.ndarray, obs: np.ndarray, labels: list[str], scale: list[str],
-                        level: float = 0.90) -> pd.DataFrame:
+def summarize_intervals(
+    pred: np.ndarray, obs: np.ndarray, labels: list[str], scale: list[str], level: float = 0.90
+) -> pd.DataFrame:
     """Table of predicted median and ``level`` interval vs observed, on the natural scale (ratios for log
     statistics), with inside/sign columns."""
     a = (1 - level) / 2
@@ -97,7 +107,15 @@ def summarize_intervals(pred: np.ndarray, obs: np.ndarray, labels: list[str], sc
     rows = []
     for i, lab in enumerate(labels):
         f = np.exp if scale[i] == "log" else (lambda v: v)
-        rows.append({"what": lab, "observed": f(obs[i]), "predicted": f(med[i]), "lo90": f(lo[i]), "hi90": f(hi[i]),
-                     "inside": bool(lo[i] <= obs[i] <= hi[i]),
-                     "sign_right": bool(np.sign(med[i]) == np.sign(obs[i]) or obs[i] == 0)})
+        rows.append(
+            {
+                "what": lab,
+                "observed": f(obs[i]),
+                "predicted": f(med[i]),
+                "lo90": f(lo[i]),
+                "hi90": f(hi[i]),
+                "inside": bool(lo[i] <= obs[i] <= hi[i]),
+                "sign_right": bool(np.sign(med[i]) == np.sign(obs[i]) or obs[i] == 0),
+            }
+        )
     return pd.DataFrame(rows)
