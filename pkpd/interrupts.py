@@ -9,7 +9,8 @@ raises :class:`KeyboardInterrupt` as usual; :func:`check` raises again while the
 :func:`check`, so a swallowed interrupt still ends the run at the next check.
 
 A command writes its final outputs through :func:`staged_outputs`: every file goes to a staging directory
-(``.pkpd-staging-<pid>-<n>``) inside the directory it is meant for, and the files are moved into place with
+(``.pkpd-staging-<host>-<pid>-<n>``; one left by a killed process of the same host is removed by the next run
+that writes there) inside the directory it is meant for, and the files are moved into place with
 :func:`os.replace` only when all of them are complete (the *commit*). An interrupt, an error or a crash
 before the commit leaves the directory as it was (an earlier run's files byte for byte, with ``--force``
 too) and the staging directory is removed; SIGINT is held back while the files are moved, and the run
@@ -32,6 +33,7 @@ import itertools
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 from contextlib import contextmanager
@@ -128,6 +130,32 @@ def _held_sigint() -> Iterator[None]:
         raise KeyboardInterrupt("interrupted (SIGINT received while the outputs were moved into place)")
 
 
+_HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname()) or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _remove_stale_staging(target: Path) -> list[Path]:
+    """Remove staging directories in ``target`` left by a process of this host that no longer runs (a run
+    killed with SIGTERM or SIGKILL while it wrote its outputs: the outputs already there were never touched);
+    returns those removed. Another host's or a live process's staging directory is left alone."""
+    removed = []
+    for d in target.glob(f"{STAGING_PREFIX}{_HOST}-*"):
+        pid = d.name[len(f"{STAGING_PREFIX}{_HOST}-") :].split("-")[0]
+        if d.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
 class StagedOutputs:
     """Final outputs written under staging names and moved into place together; see :func:`staged_outputs`.
 
@@ -137,7 +165,7 @@ class StagedOutputs:
     """
 
     def __init__(self) -> None:
-        self.name = f"{STAGING_PREFIX}{os.getpid()}-{next(_counter)}"
+        self.name = f"{STAGING_PREFIX}{_HOST}-{os.getpid()}-{next(_counter)}"
         self._dirs: dict[Path, Path] = {}  # output directory -> its staging directory
         self._created: list[Path] = []  # output directories (and parents) this staging created
         self.done = False
@@ -156,6 +184,7 @@ class StagedOutputs:
         self._dirs[target] = staging  # recorded first: an interrupt during mkdir still finds it
         self._created.extend(missing)  # deepest first
         target.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(target)
         staging.mkdir()
         return staging
 

@@ -571,3 +571,28 @@ def test_cli_report_interrupted_keeps_the_earlier_report(tmp_path, monkeypatch, 
         monkeypatch.setattr(pathlib.Path, "write_text", write_text)
     res = runner.invoke(app, ["report", str(out), "--force"])
     _check_interrupted(res, tmp_path, before, tmp_path)
+
+
+def test_a_killed_runs_staging_directory_is_removed_by_the_next_run(tmp_path):
+    """A run killed by SIGTERM/SIGKILL while writing leaves its staging directory (the outputs already there
+    untouched); the next run writing to that directory removes it. A live process's staging directory (this
+    one's parent, here) and another host's are left alone."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.csv").write_text("earlier\n")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    host = interrupts._HOST
+    stale = out / f"{interrupts.STAGING_PREFIX}{host}-{dead_pid}-0"
+    live = out / f"{interrupts.STAGING_PREFIX}{host}-{os.getppid()}-0"
+    other = out / f"{interrupts.STAGING_PREFIX}elsewhere-{dead_pid}-0"
+    for d in (stale, live, other):
+        d.mkdir()
+        (d / "summary.csv").write_text("half\n")
+    with interrupts.staged_outputs() as st:
+        st.path(out / "summary.csv").write_text("new\n")
+    assert not stale.exists() and live.exists() and other.exists()
+    assert (out / "summary.csv").read_text() == "new\n"
