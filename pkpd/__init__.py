@@ -1,70 +1,20 @@
 """pkpd: JAX PK/PD simulation with NONMEM-exact dosing events.
 
-Importing the package turns on 64-bit floats in JAX (``jax_enable_x64``) unless the environment variable
-``PKPD_PRECISION`` says otherwise: ``float64`` (the default when unset), ``float32``, or ``auto`` (float32
-when an accelerator plugin and its device files are present and ``JAX_PLATFORMS`` does not ask for the CPU,
-float64 otherwise; decided without starting JAX's backends, which :func:`jax.distributed.initialize` needs
-to come first). The command line's ``--precision`` (default ``auto``: float64 on CPU, float32 on
-accelerators, from the backend actually started) and :func:`pkpd.batch.set_precision` switch it at run time.
+Importing the package applies the process-wide JAX settings once, through :func:`pkpd.configure` with the
+environment's defaults (:func:`pkpd.config.environment_defaults`): 64-bit floats (``jax_enable_x64``) unless
+``PKPD_PRECISION`` says otherwise (``float64``, the default when unset; ``float32``; or ``auto``: float32 when
+an accelerator plugin and its device files are present and ``JAX_PLATFORMS`` does not ask for the CPU,
+float64 otherwise, decided without starting JAX's backends, which :func:`jax.distributed.initialize` needs to
+come first), and a persistent compilation cache in ``~/.cache/pkpd/jax`` (``PKPD_JAX_CACHE``: another
+directory, or ``off``). Call :func:`pkpd.configure` to choose otherwise; the command line calls it at
+start-up with its ``--precision`` (default ``auto``: float64 on CPU, float32 on accelerators, from the
+backend actually started).
 """
 
-import os as _os
+from .config import configure as configure
+from .config import configure_from_environment as _configure_from_environment
 
-import jax as _jax
-
-
-def _import_precision() -> str:
-    value = _os.environ.get("PKPD_PRECISION", "float64").strip().lower() or "float64"
-    if value != "auto":
-        return "float32" if value == "float32" else "float64"
-    import importlib.util
-
-    platforms = _os.environ.get("JAX_PLATFORMS", "").lower()
-    if platforms and platforms.split(",")[0].strip() == "cpu":
-        return "float64"
-    plugins = (
-        ("jax_cuda12_plugin", "/dev/nvidiactl"),
-        ("jax_cuda13_plugin", "/dev/nvidiactl"),
-        ("jax_rocm60_plugin", "/dev/kfd"),
-        ("jax_rocm7_plugin", "/dev/kfd"),
-        ("libtpu", "/dev/accel0"),
-        ("libtpu", "/dev/vfio"),
-    )
-    for module, dev in plugins:
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):
-            found = False
-        if found and _os.path.exists(dev):
-            return "float32"
-    return "float64"
-
-
-if _import_precision() == "float64":
-    _jax.config.update("jax_enable_x64", True)
-
-
-def _enable_compilation_cache() -> None:
-    """Persistent XLA compilation cache: a program compiled once (the optimizer's take about a minute) is
-    reused by later processes with the same shapes (a second ``pkpd optimize`` starts in seconds).
-    ``PKPD_JAX_CACHE``: the directory (default ``~/.cache/pkpd/jax``), or ``off``. A cache directory the user
-    configured for JAX (``JAX_COMPILATION_CACHE_DIR``) wins. Entries are keyed by the program, the compile
-    options and the JAX version, so a stale entry is never used."""
-    where = _os.environ.get("PKPD_JAX_CACHE", "").strip()
-    if where.lower() in ("off", "0", "no", "none", "false") or _jax.config.jax_compilation_cache_dir:
-        return
-    path = where or _os.path.join(_os.path.expanduser("~"), ".cache", "pkpd", "jax")
-    try:
-        _os.makedirs(path, exist_ok=True)
-    except OSError:  # read-only home: run without the cache
-        return
-    _jax.config.update("jax_compilation_cache_dir", path)
-    # also the small host-side programs (matrix exponentials, variability draws: 0.3-0.5 s each), which a
-    # process compiles for every new shape
-    _jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.25)
-
-
-_enable_compilation_cache()
+_configure_from_environment()
 
 from . import models as models
 from . import solvers as solvers

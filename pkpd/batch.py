@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from . import config as _jax_config
 from . import interrupts
 from .errors import PKPDError
 from .xla import jit
@@ -95,7 +96,6 @@ ROW_AXIS = "rows"
 CPU_CHUNK_ROWS = 2048
 #: Fewest rows one device runs (padding added): a one-row batch compiles to a different program.
 MIN_ROWS = 2
-_PRECISIONS = ("float64", "float32", "auto")
 
 
 class BatchError(PKPDError):
@@ -495,16 +495,14 @@ def precision() -> str:
 
 
 def default_precision(platform: str | None = None) -> str:
-    """float64 on CPU, float32 on accelerators (``platform`` default: JAX's default backend)."""
-    if platform is None:
-        import jax
-
-        platform = jax.default_backend()
-    return "float64" if platform == "cpu" else "float32"
+    """float64 on CPU, float32 on accelerators (``platform`` default: JAX's default backend):
+    :func:`pkpd.config.default_precision`."""
+    return _jax_config.default_precision(platform)
 
 
 def set_precision(value: str | None) -> str:
-    """Switch 64-bit floats on (``"float64"``) or off (``"float32"``); ``"auto"``: :func:`default_precision`.
+    """Switch 64-bit floats on (``"float64"``) or off (``"float32"``); ``"auto"``: :func:`default_precision`
+    (:func:`pkpd.configure` with ``precision=value``).
 
     Call it before arrays are created (at the start of a run): arrays made earlier keep their dtype.
     ``None`` leaves the precision as it is. Returns the precision in force.
@@ -514,19 +512,12 @@ def set_precision(value: str | None) -> str:
     BatchError
         On another value.
     """
-    import jax
-
     if value is None:
         return precision()
-    v = str(value).lower()
-    if v not in _PRECISIONS:
-        raise BatchError(f"precision must be one of {', '.join(_PRECISIONS)}, got {value!r}")
-    if v == "auto":
-        v = default_precision()
-    want = v == "float64"
-    if bool(jax.config.jax_enable_x64) != want:
-        jax.config.update("jax_enable_x64", want)
-    return v
+    try:
+        return _jax_config.configure(precision=value).precision
+    except _jax_config.ConfigurationError as exc:
+        raise BatchError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------------------------------------
