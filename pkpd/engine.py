@@ -331,7 +331,14 @@ def _timeline(
         ode_solver = solver
 
         def ode_prop_for(p: Mapping[str, Any]) -> Prop:
-            return lambda x, r, dt: ode_step(model, ode_solver, p, x, r, 0.0, dt, None)[0]
+            # throw=False: a failed solve inside the steady-state iteration (max_steps on a stiff system) gives
+            # NaN amounts, which the amount checks flag (the subject is re-solved with Kvaerno5 under method
+            # 'auto', or named in a SolverError) instead of an uncaught runtime error from inside the program
+            def prop(x: Array, r: Array, dt: Array) -> Array:
+                y, ok = ode_step(model, ode_solver, p, x, r, 0.0, dt, None, throw=False)
+                return jnp.where(ok, y, jnp.nan)
+
+            return prop
 
     if P_ss > 0:
 

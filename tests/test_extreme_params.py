@@ -198,6 +198,27 @@ def test_mm_explicit_method_fails_with_advice():
         pkpd.simulate(_bolus_frame(MM_TIMES), "1cmt_iv_mm", dict(MM, KM=1e-2), solver="ode", ode_method="tsit5")
 
 
+def test_steady_state_ode_failure_is_a_clear_error():
+    """A failed ODE solve inside a steady-state record's iteration (step limit reached) is a SolverError naming
+    the subject, as elsewhere, not an uncaught runtime error from inside the compiled program (it was, until
+    the steady-state propagator stopped throwing: built-in ``1cmt_oral_mm`` with SS doses hit diffrax's
+    max_steps and raised a JaxRuntimeError)."""
+    data = pd.DataFrame(
+        {
+            "ID": [7, 7, 7, 7],
+            "TIME": [0.0, 1.0, 6.0, 12.0],
+            "AMT": [100.0, 0.0, 0.0, 0.0],
+            "EVID": [1, 0, 0, 0],
+            "CMT": [1, 2, 2, 2],
+            "II": [12.0, 0.0, 0.0, 0.0],
+            "SS": [1, 0, 0, 0],
+        }
+    )
+    params = {"V": 20.0, "KA": 1.3, "VMAX": 15.0, "KM": 1.5}
+    with pytest.raises(SolverError, match=r"ID 7.*step limit"):
+        pkpd.simulate(data, "1cmt_oral_mm", params, solver=pkpd.ODE(method="tsit5", max_steps=8))
+
+
 def test_ode_method_from_parameter_file(tmp_path):
     path = tmp_path / "mm.toml"
     path.write_text(
