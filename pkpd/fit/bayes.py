@@ -110,6 +110,7 @@ from numpyro.infer.util import potential_energy
 
 from ..errors import ModelSpecError
 from ..xla import jit
+from .error_models import TERMS
 from .laplace import FitError
 from .problem import Problem
 
@@ -431,7 +432,7 @@ def describe_priors(prob: Problem, priors: Mapping[str, Any] | None = None) -> s
             what = f"SD of the occasion kappas of {key[4:-1]} ~ {_dist_text(d)}"
         else:
             term = key.rsplit(".", 1)[-1]
-            unit = {"additive": "SD, DV units", "proportional": "CV, fraction", "sigma": "SD of log DV"}.get(term, "")
+            unit = TERMS[term].prior_unit if term in TERMS else ""
             what = f"residual {term} ({unit}) ~ {_dist_text(d)}"
         lines.append(f"  {key:<{width}}  {what}{'  [user]' if key in user else ''}")
     fixed = [n for n, f in zip(pk.names, pk.free) if not f]

@@ -36,6 +36,7 @@ from ..models import get_model
 from ..simulate import ParameterSpec, arrange_theta, prepare
 from ..solvers import resolve_solver
 from ..xla import jit
+from .error_models import LOG2PI, TERMS, ErrorModel
 from .spec import PopulationModel
 
 __all__ = ["Problem", "Packer", "build_problem", "unused_records", "LOG2PI", "MAX_FIT_MAGNITUDE", "fit_jit"]
@@ -51,12 +52,6 @@ def fit_jit(fun=None, **kwargs):
     """:func:`pkpd.xla.jit` with the fitting programs' options (``fast_compile``; usable as a decorator, with or
     without arguments)."""
     return jit(fun, fast_compile=True if FAST_COMPILE else None, **kwargs)
-
-
-LOG2PI = math.log(2.0 * math.pi)
-_ERR_CODE = {"additive": 0, "proportional": 1, "combined": 2, "lognormal": 3}
-_VAR_FLOOR = 1e-12  # added to every residual variance so that a zero prediction with a proportional error
-#                     model gives a large but finite penalty, not a division by zero
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -381,12 +376,61 @@ class Problem:
         f = preds[0] if len(preds) == 1 else jnp.choose(jnp.asarray(types), preds, mode="clip")
         return f, ok
 
+    # ---- observation models (one per observation type: pkpd.fit.error_models) ----------------------
+    @property
+    def error_models(self) -> tuple[ErrorModel, ...]:
+        """The error model of each observation type (``obs["type"]`` indexes them)."""
+        return tuple(o.error_model for o in self.spec.observations)
+
+    def _by_type(self, u_full, f, fn) -> jnp.ndarray:
+        """``fn(error_model, f, params)`` of each observation's type, per observation (n_obs,): ``params`` are
+        the type's residual terms (natural values, scalars). With several types every type's function is
+        evaluated on all observations, with ``f`` replaced by 1 on the other types' records (so that no branch
+        sees a value outside its domain, nor gives a derivative that is not finite), and the observation's
+        own type is kept."""
+        sigma = self.packer.natural(u_full)["sigma"]
+        parts = []
+        off = 0
+        for em in self.error_models:
+            parts.append((em, {name: sigma[off + k] for k, name in enumerate(em.term_names)}))
+            off += len(em.terms)
+        if len(parts) == 1:
+            em, params = parts[0]
+            return fn(em, f, params)
+        types = jnp.asarray(self.obs["type"])
+        out = None
+        for t, (em, params) in enumerate(parts):
+            mine = types == t
+            val = fn(em, jnp.where(mine, f, 1.0), params)
+            out = val if out is None else jnp.where(mine, val, out)
+        return out
+
     def residual_sd(self, u_full, f) -> jnp.ndarray:
-        """Residual SD per observation (DV units; log units for log-normal error types)."""
-        s = jnp.concatenate([self.packer.natural(u_full)["sigma"], jnp.zeros(1)])
-        a = s[jnp.asarray(self.obs["a_idx"])]
-        b = s[jnp.asarray(self.obs["b_idx"])]
-        return jnp.sqrt(a * a + (b * f) ** 2 + _VAR_FLOOR)
+        """Residual SD per observation on the likelihood scale (DV units; log units for log-normal types)."""
+        return self._by_type(u_full, f, lambda em, fi, params: em.sd(fi, params))
+
+    def to_scale(self, x) -> np.ndarray:
+        """Values in DV units at the observation records (n_obs,) or replicates of them (..., n_obs) on the
+        likelihood scale of each record's type (host; NaN where undefined, e.g. log of DV <= 0)."""
+        x = np.asarray(x, float)
+        out = np.array(x, float, copy=True)
+        types = np.asarray(self.obs["type"])
+        for t, em in enumerate(self.error_models):
+            mine = types == t
+            out[..., mine] = em.to_scale(x[..., mine])
+        return out
+
+    def scale_jacobian(self, jac, f) -> np.ndarray:
+        """Derivatives of the predictions ``f`` (n_obs, K) as derivatives of the predictions on the likelihood
+        scale (host)."""
+        jac = np.asarray(jac, float)
+        f = np.asarray(f, float)
+        out = np.array(jac, float, copy=True)
+        types = np.asarray(self.obs["type"])
+        for t, em in enumerate(self.error_models):
+            mine = types == t
+            out[mine] = em.scale_jacobian(jac[mine], f[mine])
+        return out
 
     def obs_loglik(self, u_full, eta) -> jnp.ndarray:
         """Log-likelihood of every observation given ``eta`` (n_obs,), ``-inf``-free: a failed or
@@ -397,19 +441,8 @@ class Problem:
         """:meth:`obs_loglik` from the predictions ``f`` at the observation records (n_obs,) and the
         per-pseudo-subject solver flags ``ok`` (e.g. the first ``n_obs`` values of a :meth:`predict_at` call
         that also predicts other records)."""
-        is_log = jnp.asarray(self.obs["log"])
-        # double where: the log branch must not see f <= 0 even where unused (its derivatives would be nan)
-        fl = jnp.where(
-            is_log,
-            jnp.log(jnp.where(is_log & (f > 1e-300), f, 1.0)) + jnp.where(is_log & (f <= 1e-300), -690.8, 0.0),
-            f,
-        )
-        sd = self.residual_sd(u_full, f)
-        y = jnp.asarray(self.obs["y"])
-        r = (y - fl) / sd
-        gauss = -0.5 * r * r - jnp.log(sd) - 0.5 * LOG2PI
-        cens = jax.scipy.stats.norm.logcdf((jnp.asarray(self.obs["lloq_t"]) - fl) / sd)
-        ll = jnp.where(jnp.asarray(self.obs["blq"]), cens, gauss)
+        y, blq, lloq = (jnp.asarray(self.obs[k]) for k in ("y", "blq", "lloq_t"))
+        ll = self._by_type(u_full, f, lambda em, fi, params: em.log_prob(y, fi, params, blq, lloq))
         good = ok[jnp.asarray(self.obs["pseudo"])] & jnp.isfinite(f)
         return jnp.where(good, ll, jnp.nan)
 
@@ -445,8 +478,7 @@ class Problem:
             f, _ = self.predict(u_full, e)
             sd = self.residual_sd(u_full, f)
             eps = jax.random.normal(k2, f.shape) * sd
-            is_log = jnp.asarray(self.obs["log"])
-            return jnp.where(is_log, jnp.maximum(f, 1e-300) * jnp.exp(eps), f + eps)
+            return self._by_type(u_full, f, lambda em, fi, params: em.simulate(fi, eps))
 
         return jax.lax.map(one, jax.random.split(key, n_rep))
 
@@ -459,7 +491,7 @@ class Problem:
 # a Problem is a pytree: its arrays are leaves, its structure is static, so one compiled program serves
 # every dataset of the same model and shapes (replicate studies, refits, bootstrap)
 
-_DEV_OBS = ("pseudo", "slot", "id", "y", "blq", "lloq_t", "log", "a_idx", "b_idx", "type", "time")
+_DEV_OBS = ("pseudo", "slot", "id", "y", "blq", "lloq_t", "type", "time")
 
 
 def _structure(spec: PopulationModel) -> str:
@@ -481,7 +513,7 @@ def _structure(spec: PopulationModel) -> str:
     if "iov" in d:
         d["iov"] = sorted(d["iov"])
     for o in d["observations"].values():
-        for t in ("additive", "proportional", "sigma", "unit"):
+        for t in (*TERMS, "unit"):
             o.pop(t, None)
     return json.dumps(d, sort_keys=True, default=str)
 
@@ -711,18 +743,11 @@ def _fit_checks(raw: pd.DataFrame, spec: PopulationModel, model) -> tuple[list[D
             )
         )
     info["blq"], info["lloq"] = blq, lloq
-    for t, o in enumerate(obs_types):
-        if o.error == "lognormal":
-            badl = is_obs & (typ == t) & ~blq & np.isfinite(dv) & (dv <= 0)
-            if badl.any():
-                out.append(
-                    DatasetViolation(
-                        rows(badl),
-                        "DV",
-                        f"observation type {o.name} has a log-normal error "
-                        "model: DV must be > 0 (flag values below the LLOQ with BLQ = 1)",
-                    )
-                )
+    for t, o in enumerate(obs_types):  # DV values without a value on the likelihood scale (log DV <= 0)
+        em = o.error_model
+        badl = is_obs & (typ == t) & ~blq & np.isfinite(dv) & ~np.isfinite(em.to_scale(dv))
+        if badl.any():
+            out.append(DatasetViolation(rows(badl), "DV", f"observation type {o.name} has {em.dv_rule}"))
     # occasions
     if spec.iov:
         if "OCC" not in frame:
@@ -978,26 +1003,16 @@ def _build_problem(
     dv = _numeric(frame, "DV")[oi]
     blq = info["blq"][oi]
     lloq = info["lloq"][oi]
-    a_idx, b_idx, is_log = [], [], []
-    sig = 0
-    slot_of: list[tuple[int, int, bool]] = []
-    for o in spec.observations:
-        terms = o.error_terms()
-        ai = sig + terms.index("additive") if "additive" in terms else (sig if o.error == "lognormal" else -1)
-        bi = sig + terms.index("proportional") if "proportional" in terms else -1
-        slot_of.append((ai, bi, o.error == "lognormal"))
-        sig += len(terms)
     pk = _make_packer(spec)
-    none = pk.n_sigma  # index of the appended zero
-    for t in typ:
-        ai, bi, lg = slot_of[t]
-        a_idx.append(ai if ai >= 0 else none)
-        b_idx.append(bi if bi >= 0 else none)
-        is_log.append(lg)
-    is_log = np.array(is_log, bool)
-    y = np.where(is_log, np.log(np.where(dv > 0, dv, 1.0)), dv)
+    # DV and LLOQ on the likelihood scale of each record's error model (log DV for log-normal types);
+    # BLQ records have no DV (0), records without an LLOQ have 0
+    y = np.zeros(len(oi))
+    lloq_t = np.zeros(len(oi))
+    for t, o in enumerate(spec.observations):
+        mine = typ == t
+        y[mine] = np.nan_to_num(o.error_model.to_scale(dv[mine]))
+        lloq_t[mine] = np.nan_to_num(o.error_model.to_scale(lloq[mine]))
     y = np.where(blq, 0.0, y)
-    lloq_t = np.where(is_log, np.log(np.where(lloq > 0, lloq, 1.0)), np.nan_to_num(lloq))
     obs = {
         "pseudo": rm[oi, 0],
         "slot": rm[oi, 1],
@@ -1009,9 +1024,6 @@ def _build_problem(
         "blq": blq,
         "lloq": lloq,
         "lloq_t": lloq_t,
-        "log": is_log,
-        "a_idx": np.array(a_idx, int),
-        "b_idx": np.array(b_idx, int),
         "time": frame["TIME"].to_numpy(float)[oi],
     }
     obs_ids = set(obs["id"].tolist())
@@ -1054,7 +1066,8 @@ def _build_problem(
     except Exception as exc:  # noqa: BLE001 - turn an expression failure into a model error
         raise ModelSpecError(f"cannot evaluate the observation outputs of the model: {exc}") from None
     f = np.asarray(f)
-    zero_log = obs["log"] & ~obs["blq"] & (f <= 0)
+    with np.errstate(all="ignore"):  # a log-normal type whose prediction is 0 (no log)
+        zero_log = ~obs["blq"] & np.isfinite(f) & ~np.isfinite(prob.to_scale(f))
     if zero_log.any():
         raise DatasetError(
             [

@@ -219,15 +219,9 @@ def _describe(prob: Problem) -> tuple[list[str], list[str], list[dict]]:
         desc.append(f"inter-occasion variance of {n}")
         info.append({"param": n})
     for o in spec.observations:
-        for t in o.error_terms():
-            units.append({"additive": o.unit or "DV units", "proportional": "fraction", "sigma": "log scale"}[t])
-            desc.append(
-                {
-                    "additive": f"additive residual SD ({o.name})",
-                    "proportional": f"proportional residual CV ({o.name})",
-                    "sigma": f"residual SD of log DV ({o.name})",
-                }[t]
-            )
+        for term in o.error_model.terms:
+            units.append(term.table_unit(o.unit))
+            desc.append(f"{term.what} ({o.name})")
             info.append({})
     return units, desc, info
 
@@ -1207,14 +1201,13 @@ def build_result(
     say("predictions and CWRES")
     outs = dg.evaluate_outputs(prob, u_full, eta)
     ob = prob.obs
-    is_log = np.asarray(ob["log"], bool)
     blq = np.asarray(ob["blq"], bool)
     dv = np.asarray(ob["dv"], float)
     ipred, pred, sd = outs["ipred"], outs["pred"], outs["sd"]
-    with np.errstate(all="ignore"):
-        y_t = np.where(is_log, np.log(np.where(dv > 0, dv, np.nan)), dv)
-        ip_t = np.where(is_log, np.log(np.where(ipred > 0, ipred, np.nan)), ipred)
-        jac_t = np.where(is_log[:, None], outs["jac"] / ipred[:, None], outs["jac"])
+    with np.errstate(all="ignore"):  # on the likelihood scale of each record's error model (log DV...)
+        y_t = prob.to_scale(dv)
+        ip_t = prob.to_scale(ipred)
+        jac_t = prob.scale_jacobian(outs["jac"], ipred)
     valid = ~blq & np.isfinite(y_t)
     iwres = np.where(valid, (y_t - ip_t) / sd, np.nan)
     omega_full = outs["omega_full"]
@@ -1232,7 +1225,7 @@ def build_result(
     say(f"simulating {n_sim} replicates (NPDE, VPC)")
     sims = dg.simulate_replicates(prob, u_full, n_sim, seed)
     with np.errstate(all="ignore"):
-        sims_t = np.where(is_log[None, :], np.log(np.where(sims > 0, sims, np.nan)), sims)
+        sims_t = prob.to_scale(sims)
     npde_v, _ = dg.npde(y_t, sims_t[: max(int(npde_replicates), 2)], np.asarray(ob["id"]), valid)
     type_names = [o.name for o in prob.spec.observations]
     lloq = np.asarray(ob["lloq"], float)

@@ -87,6 +87,7 @@ import numpy as np
 
 from ..errors import ModelSpecError
 from ..expr import Expression, compile_expression, compile_parameter_block
+from .error_models import ERROR_MODELS, TERMS, ErrorModel
 
 __all__ = [
     "CovariateEffect",
@@ -100,7 +101,6 @@ __all__ = [
 ]
 
 RELATIONS = ("power", "linear", "exponential", "proportional", "categorical", "indicator", "activity_score")
-ERROR_MODELS = ("additive", "proportional", "combined", "lognormal")
 IIV_TYPES = ("lognormal", "additive", "proportional", "logit")
 
 # bounds and transforms of the estimated coefficient of each relation
@@ -276,17 +276,17 @@ class Observation:
     lloq: float | None = None
     unit: str = ""
 
+    @property
+    def error_model(self) -> ErrorModel:
+        """The error model named by :attr:`error` (:data:`pkpd.fit.error_models.ERROR_MODELS`)."""
+        return ERROR_MODELS[self.error]
+
     def error_terms(self) -> list[str]:
-        return {
-            "additive": ["additive"],
-            "proportional": ["proportional"],
-            "combined": ["additive", "proportional"],
-            "lognormal": ["sigma"],
-        }[self.error]
+        return list(self.error_model.term_names)
 
     def initial(self, term: str) -> float:
         v = getattr(self, term)
-        return float(v) if v is not None else {"additive": 1.0, "proportional": 0.2, "sigma": 0.2}[term]
+        return float(v) if v is not None else TERMS[term].default
 
 
 @dataclass(frozen=True)
@@ -682,7 +682,7 @@ _PARAM_KEYS = {
     "description",
 }
 _COV_KEYS = {"covariate", "relation", "reference", "estimate", "fixed", "levels", "condition"}
-_OBS_KEYS = {"dvid", "output", "error", "additive", "proportional", "sigma", "fixed", "lloq", "unit"}
+_OBS_KEYS = {"dvid", "output", "error", "fixed", "lloq", "unit", *TERMS}  # TERMS: additive, proportional, sigma
 
 
 def _check_keys(where: str, got: Mapping, allowed: set[str]) -> None:

@@ -1,0 +1,91 @@
+"""The fitting families as small classes (issue 24): observation (error) models and their registry.
+
+Fast checks on the classes alone (no fit): every model-file name has a class, the residual terms, the
+likelihood scales, ``log_prob`` against the textbook Gaussian and M3 formulas and against the class's NumPyro
+distribution, and the simulation of a DV from a residual draw.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+from pkpd.fit.error_models import ERROR_MODELS, LOG2PI, VAR_FLOOR, error_model
+
+F = np.array([0.0, 1e-320, 0.2, 1.5, 8.0, 40.0])
+PARAMS = {"additive": 0.3, "proportional": 0.15, "sigma": 0.25}
+
+
+def _sd(name: str, f: np.ndarray) -> np.ndarray:
+    a, b, s = PARAMS["additive"], PARAMS["proportional"], PARAMS["sigma"]
+    var = {"additive": a * a + 0 * f, "proportional": (b * f) ** 2, "combined": a * a + (b * f) ** 2}
+    var["lognormal"] = s * s + 0 * f
+    return np.sqrt(var[name] + VAR_FLOOR)
+
+
+def test_registry_names_and_terms():
+    assert list(ERROR_MODELS) == ["additive", "proportional", "combined", "lognormal"]
+    terms = {n: m.term_names for n, m in ERROR_MODELS.items()}
+    assert terms == {
+        "additive": ("additive",),
+        "proportional": ("proportional",),
+        "combined": ("additive", "proportional"),
+        "lognormal": ("sigma",),
+    }
+    for name, m in ERROR_MODELS.items():
+        assert m.name == name and error_model(name) is m
+    with pytest.raises(KeyError):
+        error_model("poisson")
+
+
+@pytest.mark.parametrize("name", list(ERROR_MODELS))
+def test_log_prob_is_gaussian_and_m3_on_the_likelihood_scale(name):
+    m = ERROR_MODELS[name]
+    params = {t: jnp.asarray(PARAMS[t]) for t in m.term_names}
+    f = F[2:]
+    dv = np.array([0.25, 1.2, 9.0, 35.0])
+    lloq = np.full(4, 0.5)
+    y, lq = m.to_scale(dv), m.to_scale(lloq)
+    fl = np.log(f) if name == "lognormal" else f
+    if name == "lognormal":
+        np.testing.assert_allclose(y, np.log(dv))
+        np.testing.assert_allclose(lq, np.log(lloq))
+    else:
+        assert np.array_equal(y, dv)
+    sd = _sd(name, f)
+    np.testing.assert_allclose(np.asarray(m.sd(jnp.asarray(f), params)), sd, rtol=1e-14)
+    blq = np.array([True, False, False, False])
+    got = np.asarray(m.log_prob(jnp.asarray(y), jnp.asarray(f), params, jnp.asarray(blq), jnp.asarray(lq)))
+    want = np.where(blq, scipy.stats.norm.logcdf((lq - fl) / sd), -0.5 * ((y - fl) / sd) ** 2 - np.log(sd) - LOG2PI / 2)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    # the NumPyro distribution: the same density, and the M3 term for censored records (at the LLOQ)
+    d = m.distribution(jnp.asarray(f), params)
+    np.testing.assert_allclose(np.asarray(d.log_prob(jnp.asarray(y)))[1:], want[1:], rtol=1e-12)
+    dc = m.distribution(jnp.asarray(f), params, censored=jnp.asarray(blq))
+    value = np.where(blq, lq, y)
+    np.testing.assert_allclose(np.asarray(dc.log_prob(jnp.asarray(value))), want, rtol=1e-10, atol=1e-12)
+
+
+def test_scales_and_simulation():
+    ln, add = ERROR_MODELS["lognormal"], ERROR_MODELS["additive"]
+    with np.errstate(all="ignore"):
+        assert np.isnan(ln.to_scale(np.array([0.0, -1.0]))).all()
+    # a zero (or denormal) prediction is exp(-690.8) on the log scale: finite, with finite derivatives
+    fl = np.asarray(ln.pred_scale(jnp.asarray(F)))
+    assert np.all(np.isfinite(fl)) and fl[0] == pytest.approx(-690.8) and fl[1] == pytest.approx(-690.8)
+    assert np.array_equal(np.asarray(add.pred_scale(jnp.asarray(F))), F)
+    jac = np.ones((3, 2))
+    f = np.array([0.5, 2.0, 4.0])
+    np.testing.assert_allclose(ln.scale_jacobian(jac, f), jac / f[:, None])
+    assert ln.scale_jacobian(jac, f).shape == (3, 2) and add.scale_jacobian(jac, f) is jac
+    eps = jnp.asarray([0.1, -0.2, 0.0])
+    np.testing.assert_allclose(np.asarray(ln.simulate(jnp.asarray(f), eps)), f * np.exp(np.asarray(eps)))
+    np.testing.assert_allclose(np.asarray(add.simulate(jnp.asarray(f), eps)), f + np.asarray(eps))
+    assert ERROR_MODELS["lognormal"].terms[0].table_unit("mg/L") == "log scale"
+    assert ERROR_MODELS["additive"].terms[0].table_unit("mg/L") == "mg/L"
+    assert ERROR_MODELS["additive"].terms[0].table_unit("") == "DV units"
+    assert math.isclose(ERROR_MODELS["combined"].terms[1].default, 0.2)
