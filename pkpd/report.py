@@ -23,7 +23,7 @@ import pandas as pd
 
 from .plotting import new_figure, quantile_band
 
-__all__ = ["plot_bands", "plot_mme", "write_population_outputs"]
+__all__ = ["plot_bands", "plot_mme", "population_headline", "write_population_outputs"]
 
 
 def plot_bands(result, path: Path, title: str = "") -> None:
@@ -107,3 +107,15 @@ def write_population_outputs(
         p.write_text(to_text(), encoding="utf-8")
         written.append(p)
     return written
+
+
+def population_headline(result) -> str:
+    """One line of a population simulation's outcomes, as ``pkpd simulate --regimen`` prints it: mean (and
+    P90) 72-h MME in mg, mean share of time with NRS <= 3 in %, mean pain AUC in NRS*h, mean (and largest)
+    peak bupivacaine concentration in ng/mL."""
+    s = result.summary()
+    return (
+        f"72-h MME mean {s.loc['MME_0_72', 'mean']:.0f} (P90 {s.loc['MME_0_72', 'p90']:.0f}) mg; time with NRS <= 3 "
+        f"{100 * s.loc['TIT3', 'mean']:.0f} %; pain AUC {s.loc['PAIN_AUC', 'mean']:.0f} NRS*h; peak bupivacaine "
+        f"{s.loc['PEAK_BUPI', 'mean']:.0f} ng/mL (max {result.patients['PEAK_BUPI'].max():.0f})"
+    )

@@ -26,7 +26,7 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,6 +47,8 @@ __all__ = [
     "plot_profiles",
     "profiles_figure",
     "MAX_PLOTTED_IDS",
+    "simulate_dataset",
+    "DatasetRun",
 ]
 
 _DOSE_PREFIXES = ("F", "ALAG", "R", "D")
@@ -1232,3 +1234,138 @@ def _id_text(v) -> str:
     except (TypeError, ValueError):
         return str(v).strip()
     return str(int(f)) if f.is_integer() else f"{f:g}"
+
+
+@dataclass(frozen=True)
+class DatasetRun:
+    """A dataset simulation as ``pkpd simulate DATA --params FILE`` runs it (:func:`simulate_dataset`).
+
+    Attributes
+    ----------
+    table
+        The output of :func:`simulate`: every input row and column, in the input order, then the model's
+        outputs (amounts in mg, concentrations in mg/L); ``GRID`` rows when a grid was given.
+    model
+        The model simulated.
+    spec
+        The parameter file read.
+    solver
+        The solver asked for (``None``: the parameter file's ``solver``, else ``"auto"``).
+    grid
+        The output grid asked for (``None``: none).
+    curves
+        What the plot draws (the ``table`` itself with a grid, else the simulation on :func:`dense_grid`);
+        ``None`` when no plot was asked for.
+    """
+
+    table: pd.DataFrame
+    model: CompartmentModel
+    spec: ParameterSpec
+    solver: str | None = None
+    grid: Any = None
+    curves: pd.DataFrame | None = None
+
+    @property
+    def solver_text(self) -> str:
+        """The solver used, e.g. ``"auto -> analytic"``, and how many subjects the stiff method re-solved."""
+        used = self.solver or self.spec.solver or "auto"
+        if used == "auto":
+            used = f"auto -> {'analytic' if self.model.is_linear else 'ode'}"
+        n_stiff = int(self.table.attrs.get("stiff_resolved", 0))
+        if n_stiff:
+            used += (
+                f"; {n_stiff} subject(s) re-solved with the stiff ODE method kvaerno5 (failed the first solver's check)"
+            )
+        return used
+
+    @property
+    def notes(self) -> list[str]:
+        """What the reader should know: the rows left out by IGNORE/ACCEPT and the comment flag."""
+        ignored = self.table.attrs.get("ignored")
+        return [str(ignored)] if ignored else []
+
+    def summary(self) -> str:
+        """One line: rows (and grid rows), subjects, model and solver."""
+        result = self.table
+        n_subj = result["ID"].nunique() if "ID" in result.columns else 0
+        n_grid = int((result["GRID"] == 1).sum()) if self.grid is not None else 0
+        rows = f"{len(result)} rows ({n_grid} on the --grid)" if self.grid is not None else f"{len(result)} rows"
+        return (
+            f"Simulated {rows}, {n_subj} subject{'s' if n_subj != 1 else ''} with model {self.model.name} "
+            f"(solver {self.solver_text})"
+        )
+
+    def write_csv(self, path: str | Path) -> Path:
+        """Write :attr:`table` as CSV (no index column) to ``path``."""
+        self.table.to_csv(path, index=False)
+        return Path(path)
+
+    def plot(self, path: str | Path, *, max_ids: int = MAX_PLOTTED_IDS) -> tuple[int, int]:
+        """Write the PNG of CP (mg/L) against TIME (h), one line per ID (:func:`plot_profiles`); return
+        (subjects drawn, subjects simulated)."""
+        if self.curves is None:
+            raise ValueError("no plot was asked for: simulate_dataset(..., plot=True)")
+        return plot_profiles(self.curves, self.model, path, max_ids=max_ids)
+
+
+def simulate_dataset(
+    data: str | Path,
+    params: str | Path,
+    *,
+    model: str | None = None,
+    solver: str | None = None,
+    ode_method: str | None = None,
+    interpolation: str | None = None,
+    grid: Any = None,
+    ignore: Sequence[str] | None = None,
+    accept: Sequence[str] | None = None,
+    plot: bool = False,
+) -> DatasetRun:
+    """Simulate a NONMEM-format dataset file with a parameter file: the workflow of ``pkpd simulate DATA``.
+
+    Reads the parameter file (:func:`load_params`), takes the model named by ``model`` or else by the file's
+    ``model = "..."``, simulates every record (:func:`simulate`, with the options below) and, with ``plot``,
+    the lines of the plot: the ``grid``, else a dense grid over the records (:func:`dense_grid`).
+
+    Parameters
+    ----------
+    data
+        The dataset (CSV; TIME in h, AMT in mg, RATE in mg/h).
+    params
+        The parameter file (TOML or JSON with a ``[parameters]`` table).
+    model
+        A built-in model name; default: the parameter file's ``model``.
+    solver, ode_method, interpolation, grid, ignore, accept
+        As for :func:`simulate` (``None``: the parameter file's setting, else the default).
+    plot
+        Also simulate the plot's lines (:attr:`DatasetRun.curves`).
+
+    Returns
+    -------
+    DatasetRun
+        The table, model and settings; it writes the CSV and the plot and says what was simulated.
+
+    Raises
+    ------
+    pkpd.PKPDError
+        No model given, an invalid dataset or parameter file, a failed solve (the message says which).
+
+    >>> run = simulate_dataset("examples/oxycodone_postop.csv", "examples/oxycodone_agema2021.toml")
+    >>> run.summary()
+    'Simulated 148 rows, 1 subject with model 1cmt_dual (solver auto -> analytic)'
+    """
+    spec = load_params(params)
+    name = model or spec.model
+    if name is None:
+        raise ModelSpecError(
+            f'no model given: pass --model NAME or set `model = "..."` in {params} (see `pkpd models`)'
+        )
+    model_obj = get_model(name)
+    options: dict[str, Any] = dict(
+        solver=solver, ode_method=ode_method, interpolation=interpolation, ignore=ignore, accept=accept
+    )
+    table = simulate(data, model_obj, spec, grid=grid, **options)
+    curves = None
+    if plot:  # the plot draws lines on a grid: the given one, else a dense one over the records
+        curves = table if grid is not None else simulate(data, model_obj, spec, grid=dense_grid(table), **options)
+    return DatasetRun(table, model_obj, spec, solver=solver, grid=grid, curves=curves)

@@ -81,6 +81,10 @@ __all__ = [
     "run_trial",
     "trial_summary",
     "plot_trial",
+    "save_trial",
+    "trial_summary_text",
+    "TRIAL_FILES",
+    "TRIAL_STORE_KIND",
     "oracle_gap",
     "InfeasibleError",
     "explain",
@@ -406,6 +410,32 @@ class Proposal:
             plot_concentrations(self, out / "concentrations.png")
             extra.append(out / "concentrations.png")
         return files + extra
+
+    def summary_text(self) -> str:
+        """The proposal in plain text, as ``pkpd optimize`` prints it: the comparison with C0 and C1 (72-h MME
+        mean and P90 in mg, share of 0-72 h with NRS <= 3, >= 4 and >= 7, pain AUC in NRS*h, P(OIRD),
+        P(PONV), largest LAST index), the schedule (doses in mg at h after the end of surgery) and the
+        reasons (``why:`` lines, :attr:`notes`)."""
+        lines = [
+            f"{'':10s} {'MME mean':>9s} {'MME P90':>8s} {'NRS<=3':>7s} {'NRS>=4':>7s} {'NRS>=7':>7s} "
+            f"{'pain AUC':>9s} {'P(OIRD)':>9s} {'P(PONV)':>8s} {'LAST':>5s}"
+        ]
+        for name, r in self.comparison.iterrows():
+            lines.append(
+                f"{name:10s} {r['MME_mean']:9.1f} {r['MME_P90']:8.1f} {100 * r['TIT3']:6.0f}% "
+                f"{100 * r['TIME_NRS_GE4']:6.0f}% {100 * r['TIME_NRS_GE7']:6.1f}% "
+                f"{r['PAIN_AUC']:9.0f} {r['P_OIRD']:9.1e} {r['P_PONV']:8.2f} {r['LAST_INDEX_max']:5.2f}"
+            )
+        lines.append(
+            "(MME: mg oral morphine equivalents over 0-72 h; NRS<=3 / NRS>=4 / NRS>=7: share of 0-72 h; "
+            "pain AUC: NRS*h)"
+        )
+        lines.append("Schedule:")
+        for (drug, route), g in self.schedule.groupby(["drug", "route"], sort=False):
+            doses = ", ".join(f"{a:g} mg at {t:g} h" for t, a in zip(g["time_h"], g["dose_mg"]))
+            lines.append(f"  {drug} {route}: {doses}")
+        lines += [f"why: {note}" for note in self.notes]
+        return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -1825,6 +1855,10 @@ def _compare(results: Mapping[str, pd.DataFrame], limits: Mapping[str, float] | 
     return pd.DataFrame(rows).set_index("regimen")
 
 
+#: The ``kind`` of the chunk store :func:`run_trial` writes (its run identity: what ``--resume`` recognises).
+TRIAL_STORE_KIND = "spine72_trial"
+
+
 def run_trial(
     n: int,
     seed: int,
@@ -1913,7 +1947,7 @@ def run_trial(
                 progress(hi, "chunk done")
         patients = pd.concat(parts, ignore_index=True)
     else:
-        ident = batch.run_identity(kind="spine72_trial", n=int(n), seed=int(seed), chunk=chunk, settings=repr(st))
+        ident = batch.run_identity(kind=TRIAL_STORE_KIND, n=int(n), seed=int(seed), chunk=chunk, settings=repr(st))
         finished = [0]
 
         def one(i):
@@ -2013,6 +2047,47 @@ def plot_trial(patients: pd.DataFrame, path) -> None:
     fig.suptitle(f"SPINE-72 virtual trial, {len(patients)} patients")
     fig.tight_layout()
     fig.savefig(path, format="png")
+
+
+#: The files :func:`save_trial` writes.
+TRIAL_FILES = ("patients.csv", "summary.csv", "timings.json", "trial.png")
+
+
+def save_trial(patients: pd.DataFrame, summary: pd.DataFrame, times: Mapping[str, float], out_dir) -> list:
+    """Write a trial's outputs (:func:`run_trial`) into ``out_dir`` (created): ``patients.csv``,
+    ``summary.csv``, ``timings.json`` (seconds per stage) and ``trial.png`` (:func:`plot_trial`). Returns
+    their paths."""
+    import json
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / name for name in TRIAL_FILES]
+    patients.to_csv(files[0], index=False)
+    summary.to_csv(files[1], index=False)
+    files[2].write_text(json.dumps(dict(times), indent=2) + "\n")
+    plot_trial(patients, files[3])
+    return files
+
+
+def trial_summary_text(summary: pd.DataFrame, *, population: int, seed: int, draws: int, total_s: float) -> str:
+    """A trial's headline as ``pkpd trial`` prints it: per regimen (all patients) the 72-h MME mean and P90
+    (mg), time with NRS <= 3 (%), pain AUC (NRS*h) and P(OIRD); the proposal's MME reduction vs C0 and C1
+    (%), its time in target vs C1 (points) and how many proposals failed a hard check."""
+    allp = summary[summary["stratum"] == "all"].set_index("regimen")
+    lines = [f"SPINE-72 trial: {population} patients (seed {seed}), {draws} draws each, {total_s:.0f} s"]
+    for reg, r in allp.iterrows():
+        lines.append(
+            f"  {reg:9s} MME {r['MME_mean']:7.1f} (P90 {r['MME_P90']:6.1f})  NRS<=3 {100 * r['TIT3']:5.1f} %  "
+            f"pain AUC {r['PAIN_AUC']:6.1f}  P(OIRD) {r['P_OIRD']:.1e}"
+        )
+    p = allp.loc["proposal"]
+    lines.append(
+        f"proposal vs C0: MME {p['MME_vs_C0_pct']:.1f} % lower; vs C1: {p['MME_vs_C1_pct']:.1f} % lower; "
+        f"time in target {100 * (p['TIT3'] - allp.loc['C1', 'TIT3']):+.1f} points vs C1; "
+        f"{int(p['n_unsafe'])} proposal(s) failed a hard check"
+    )
+    return "\n".join(lines)
 
 
 def exact_loss(patients: pd.DataFrame, settings: OptimizeSettings | None = None, *, fusion: bool = True) -> np.ndarray:
