@@ -1,57 +1,38 @@
 """Command-line interface of the pkpd toolkit.
 
-Commands: ``pkpd simulate``, ``pkpd fit``, ``pkpd forecast``, ``pkpd drugs``, ``pkpd models``, ``pkpd report``,
-``pkpd version``.
+Commands: ``pkpd simulate``, ``pkpd fit``, ``pkpd forecast``, ``pkpd optimize``, ``pkpd trial``, ``pkpd report``,
+``pkpd drugs``, ``pkpd models``, ``pkpd devices``, ``pkpd version``.
 
-A thin Typer layer over :func:`pkpd.simulate` and :mod:`pkpd.models`: no science lives here. JAX and the
-``pkpd`` package are imported inside the commands so that ``pkpd --help`` stays fast.
+A thin Typer layer: each command parses its options, calls one function of the package (the workflow:
+:func:`pkpd.simulate.simulate_dataset`, :func:`pkpd.regimen_run.simulate_regimen_stored`,
+:func:`pkpd.fit.api.fit`, :func:`pkpd.fit.forecast.forecast`, :func:`regimens.optimize.optimize_patient`,
+:func:`regimens.optimize.run_trial`, :func:`pkpd.html_report.write_report`), writes the outputs it returns
+through :func:`pkpd.interrupts.staged_outputs` with a run manifest, and prints. No science lives here. JAX
+and the ``pkpd`` package are imported inside the commands so that ``pkpd --help`` stays fast.
 
-Every error a user can provoke with bad input is a :class:`pkpd.PKPDError`; the CLI prints its message to
-stderr (no traceback) and exits with code 1.
+* Options that several commands share are declared once, as ``Annotated`` aliases (:data:`Force`,
+  :data:`Out`, :data:`Seed`, :data:`Precision`, :data:`Devices`...).
+* One error boundary: every command runs inside :func:`_boundary` (applied by :class:`_App` to each command
+  it registers). A :class:`pkpd.PKPDError` (every error a user can provoke with bad input) is printed to
+  stderr as ``Error: <message>`` (no traceback) with exit code 1; Ctrl-C ends a long command with exit code
+  130 and a one-line message (:mod:`pkpd.interrupts`).
+* Commands that compute call :func:`pkpd.configure` at start-up with their ``--precision`` (:func:`_scaleout`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import functools
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Any, Callable, Iterator, NoReturn, Optional
 
 import typer
 
 __all__ = ["app", "main"]
 
 MAX_PLOTTED_SUBJECTS = 20
-
-app = typer.Typer(
-    help=(
-        "JAX PK/PD simulation of NONMEM-format datasets with NONMEM-exact dosing events.\n\n"
-        "Units: TIME and II in h, AMT in mg, RATE in mg/h, concentrations (CP, CE, CM) in mg/L. "
-        "Run `pkpd simulate --help` for the dataset, parameter-file and output formats."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-)
-
-
-class SolverChoice(str, enum.Enum):
-    auto = "auto"
-    analytic = "analytic"
-    ode = "ode"
-
-
-class OdeMethodChoice(str, enum.Enum):
-    auto = "auto"
-    tsit5 = "tsit5"
-    dopri5 = "dopri5"
-    dopri8 = "dopri8"
-    kvaerno5 = "kvaerno5"
-
-
-class InterpolationChoice(str, enum.Enum):
-    nocb = "nocb"
-    locf = "locf"
 
 
 class _Abort(Exception):
@@ -64,31 +45,28 @@ def _stderr():
     return Console(stderr=True, soft_wrap=True)
 
 
-def _check_out_dir(out_dir: Path, force: bool) -> None:
-    """Refuse an output path that is a file, or a non-empty directory without --force."""
-    if out_dir.exists() and not out_dir.is_dir():
-        _fail(f"the output path {out_dir} is a file; give a directory with --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        _fail(
-            f"the output directory {out_dir} exists and is not empty; pass --force to overwrite its files, "
-            "or choose another --out"
-        )
+def _console():
+    """The console of a command's report on stdout (plain text: no highlighting, lines never cut)."""
+    from rich.console import Console
+
+    return Console(soft_wrap=True, highlight=False)
 
 
-def _data_model_out(data: Path, what: str, model: Path, out: Optional[Path], suffix: str, force: bool) -> Path:
-    """Check that DATA and --model are files and that --out may be written; return the output directory
-    (default ``<DATA stem><suffix>`` in the working directory)."""
-    if not data.is_file():
-        _fail(f"{what} {data} does not exist or is not a file")
-    if not model.is_file():
-        _fail(f"the model file {model} does not exist or is not a file")
-    out_dir = out if out is not None else Path.cwd() / f"{data.stem}{suffix}"
-    _check_out_dir(out_dir, force)
-    return out_dir
+def _fail(message: str) -> NoReturn:
+    """Print ``message`` to stderr as plain text (no markup interpretation) and exit with code 1."""
+    _stderr().print(f"Error: {message}", markup=False, highlight=False, style="bold red")
+    raise typer.Exit(code=1)
 
 
-@contextmanager
-def _interruptible(kept: str = ""):
+def _user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is an error the user caused (a :class:`pkpd.PKPDError` or a :class:`_Abort`), told
+    without importing ``pkpd`` (a PKPDError exists only once ``pkpd.errors`` was imported)."""
+    errors = sys.modules.get("pkpd.errors")
+    return isinstance(exc, _Abort) or (errors is not None and isinstance(exc, errors.PKPDError))
+
+
+@contextlib.contextmanager
+def _interruptible(kept: str = "") -> Iterator[None]:
     """Run a long command body under :func:`pkpd.interrupts.interrupt_guard`: Ctrl-C (SIGINT), even one that
     a callback swallowed, ends the command with exit code 130 and a one-line message. The body writes its
     final outputs through :func:`_staged_outputs`, so an interrupt before they are all complete leaves none of
@@ -114,47 +92,235 @@ def _interruptible(kept: str = ""):
         raise typer.Exit(code=INTERRUPT_EXIT_CODE) from None
 
 
-def _interruptible_command(fn):
-    """Decorator of a long command: its whole body runs under :func:`_interruptible`."""
-    import functools
+def _boundary(fn: Callable[..., Any], *, interruptible: bool) -> Callable[..., Any]:
+    """The error boundary of a command: a user error (:func:`_user_error`) raised anywhere in ``fn`` is printed
+    by :func:`_fail` (stderr, ``Error: <message>``, exit code 1, no traceback); with ``interruptible`` the
+    whole body runs under :func:`_interruptible` (Ctrl-C: exit code 130 and a message). Other exceptions
+    (a bug) keep their traceback."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with _interruptible():
-            return fn(*args, **kwargs)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        with _interruptible() if interruptible else contextlib.nullcontext():
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if _user_error(exc):
+                    _fail(str(exc))
+                raise
 
-    return wrapper
-
-
-def _staged_outputs():
-    """Where every command writes its final outputs (:func:`pkpd.interrupts.staged_outputs`): right before
-    writing, raise KeyboardInterrupt if SIGINT arrived during the run (even if it was swallowed); the files go
-    to a staging directory (``stage.dir(out_dir)``, ``stage.path(file)``) and are moved into place together
-    when the block completes. An interrupt or error before that leaves the output directory as it was (an
-    earlier run's files untouched, also with --force) and removes the staged files."""
-    from pkpd.interrupts import staged_outputs
-
-    return staged_outputs()
+    return command
 
 
-def _fail(message: str) -> None:
-    """Print ``message`` to stderr as plain text (no markup interpretation) and exit with code 1."""
-    _stderr().print(f"Error: {message}", markup=False, highlight=False, style="bold red")
-    raise typer.Exit(code=1)
+class _App(typer.Typer):
+    """A Typer application whose every command runs inside :func:`_boundary`. ``quick=True``: a command that
+    writes nothing and returns at once (listings, ``version``, ``devices``), run without the interrupt guard
+    (Ctrl-C there: Typer's own handling, exit code 130 without a message)."""
+
+    def command(self, *args: Any, quick: bool = False, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+        register = super().command(*args, **kwargs)
+
+        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+            register(_boundary(fn, interruptible=not quick))
+            return fn
+
+        return decorator
 
 
-def _manifest(path: Path, command: str, args: dict, inputs: dict, outputs, stage) -> None:
-    """Write the run manifest (command, arguments, inputs with SHA-256, versions: :mod:`pkpd.manifest`),
-    staged like the outputs it lists (``stage`` of :func:`_staged_outputs`, which moves it into place last);
-    ``outputs`` may be staged or final paths."""
-    from pkpd.manifest import write_manifest
+app = _App(
+    help=(
+        "JAX PK/PD simulation of NONMEM-format datasets with NONMEM-exact dosing events.\n\n"
+        "Units: TIME and II in h, AMT in mg, RATE in mg/h, concentrations (CP, CE, CM) in mg/L. "
+        "Run `pkpd simulate --help` for the dataset, parameter-file and output formats."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+)
 
-    try:
-        write_manifest(
-            stage.path(path), command, args, inputs=inputs, outputs=stage.finals(outputs), relative_to=path.parent
+
+# ----------------------------------------------------------------------------------------------------------
+# options shared by several commands: each declared once
+# ----------------------------------------------------------------------------------------------------------
+_IGNORE_HELP = (
+    "NONMEM IGNORE: a character tested on the first column (# always; @ = header lines; C) or "
+    "conditions such as '(DV.EQ.0,TIME.GT.24)' (.EQ. .NE. .GT. .GE. .LT. .LE.; comma = or). "
+    "Repeatable. Rows with C in a column named C are always ignored."
+)
+_ACCEPT_HELP = (
+    "NONMEM ACCEPT conditions, e.g. '(DVID.EQ.1)', or '(ID.EQ.3)' to pick one patient of a file: only the rows "
+    "where one holds are simulated, fitted or forecast. Repeatable."
+)
+
+Out = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--out", "-o", help="Output directory (a file for `simulate DATA` and `report`); its default is given above."
+    ),
+]
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        "-f",
+        help="Overwrite the outputs of an earlier run (an existing output file, or the files of a non-empty output "
+        "directory); the inputs are never overwritten.",
+    ),
+]
+Seed = Annotated[
+    int,
+    typer.Option(
+        "--seed",
+        "-s",
+        help="Random seed of the command's draws (population, variability, sampling, simulated replicates): the "
+        "same seed gives the same results.",
+    ),
+]
+Population = Annotated[
+    int,
+    typer.Option(
+        "--population",
+        "-n",
+        min=1,
+        help="SPINE-72 virtual patients (with simulate --patient: replicates of that patient, each with its own "
+        "variability draw).",
+    ),
+]
+Steps = Annotated[int, typer.Option("--steps", min=1, help="Gradient steps.")]
+Ignore = Annotated[Optional[list[str]], typer.Option("--ignore", metavar="IGNORE", help=_IGNORE_HELP)]
+Accept = Annotated[Optional[list[str]], typer.Option("--accept", metavar="CONDITIONS", help=_ACCEPT_HELP)]
+Precision = Annotated[
+    Optional[str],
+    typer.Option(
+        "--precision",
+        help="float64, float32 or auto (float64 on CPU, float32 on accelerators); default: PKPD_PRECISION, else auto.",
+    ),
+]
+Devices = Annotated[
+    Optional[int],
+    typer.Option(
+        "--devices",
+        min=1,
+        help="Local devices to shard over (patients, draws or subjects); default: all that JAX sees (`pkpd "
+        "devices`; on CPU XLA_FLAGS=--xla_force_host_platform_device_count=N gives N virtual devices).",
+    ),
+]
+ChunkSize = Annotated[
+    Optional[int],
+    typer.Option(
+        "--chunk-size",
+        min=1,
+        help="Rows (patients, or the optimizer's draws) per compiled batch; default: sized from the devices' free "
+        "memory (CPU: 2,048).",
+    ),
+]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue an interrupted population run in the same --out: the chunks already in OUT/chunks are "
+        "kept, only the missing ones are computed.",
+    ),
+]
+KeepChunks = Annotated[
+    bool,
+    typer.Option(
+        "--keep-chunks",
+        help="Keep OUT/chunks after a successful population run (default: removed once the outputs and run.json "
+        "are written; a failed or interrupted run always keeps them for --resume).",
+    ),
+]
+Coordinator = Annotated[
+    Optional[str],
+    typer.Option("--coordinator", help="Multi-process run: host:port of process 0 (default: JAX_COORDINATOR_ADDRESS)."),
+]
+NumProcesses = Annotated[
+    Optional[int],
+    typer.Option("--num-processes", min=1, help="Multi-process run: number of processes (default: JAX_NUM_PROCESSES)."),
+]
+ProcessId = Annotated[
+    Optional[int],
+    typer.Option(
+        "--process-id", min=0, help="Multi-process run: this process's id, 0 .. N-1 (default: JAX_PROCESS_ID)."
+    ),
+]
+
+
+class SolverChoice(str, enum.Enum):
+    auto = "auto"
+    analytic = "analytic"
+    ode = "ode"
+
+
+class OdeMethodChoice(str, enum.Enum):
+    auto = "auto"
+    tsit5 = "tsit5"
+    dopri5 = "dopri5"
+    dopri8 = "dopri8"
+    kvaerno5 = "kvaerno5"
+
+
+class InterpolationChoice(str, enum.Enum):
+    nocb = "nocb"
+    locf = "locf"
+
+
+class MethodChoice(str, enum.Enum):
+    laplace = "laplace"
+    nuts = "nuts"
+    svi = "svi"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# start-up, output checks, staged writing
+# ----------------------------------------------------------------------------------------------------------
+def _scaleout(
+    devices: Optional[int] = None,
+    chunk_size: Optional[int] = None,
+    precision: Optional[str] = None,
+    coordinator: Optional[str] = None,
+    num_processes: Optional[int] = None,
+    process_id: Optional[int] = None,
+) -> tuple[int, int]:
+    """Start-up of a command that computes, in the order JAX needs: the multi-process runtime
+    (:func:`pkpd.batch.init_distributed`, before anything touches JAX's devices), :func:`pkpd.configure` with
+    the precision (--precision, else PKPD_PRECISION, else auto: float64 on CPU, float32 on accelerators, from
+    the backend just started), then the devices and chunk size of :mod:`pkpd.batch` (checked against the
+    devices present). Returns (process index, process count)."""
+    import os
+
+    prec = precision or os.environ.get("PKPD_PRECISION") or "auto"
+    if "pkpd" not in sys.modules and prec in ("float32", "float64"):
+        os.environ["PKPD_PRECISION"] = prec  # the first import of pkpd configures it already
+    import pkpd
+    from pkpd import batch
+
+    index, count = batch.init_distributed(coordinator, num_processes, process_id)
+    pkpd.configure(precision=prec)
+    batch.configure(devices=devices, chunk_size=chunk_size)
+    batch.local_devices()  # fails now, with the message, if too many devices were asked for
+    return index, count
+
+
+def _check_out_dir(out_dir: Path, force: bool) -> None:
+    """Refuse an output path that is a file, or a non-empty directory without --force."""
+    if out_dir.exists() and not out_dir.is_dir():
+        _fail(f"the output path {out_dir} is a file; give a directory with --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        _fail(
+            f"the output directory {out_dir} exists and is not empty; pass --force to overwrite its files, "
+            "or choose another --out"
         )
-    except OSError as exc:
-        _fail(f"cannot write the run manifest {path}: {exc}")
+
+
+def _data_model_out(data: Path, what: str, model: Path, out: Optional[Path], suffix: str, force: bool) -> Path:
+    """Check that DATA and --model are files and that --out may be written; return the output directory
+    (default ``<DATA stem><suffix>`` in the working directory)."""
+    if not data.is_file():
+        _fail(f"{what} {data} does not exist or is not a file")
+    if not model.is_file():
+        _fail(f"the model file {model} does not exist or is not a file")
+    out_dir = out if out is not None else Path.cwd() / f"{data.stem}{suffix}"
+    _check_out_dir(out_dir, force)
+    return out_dir
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -177,65 +343,118 @@ def _check_writable(path: Path, what: str, option: str, force: bool, data: Path)
         raise _Abort(f"cannot write the {what} {path}: directory {path.parent} does not exist")
 
 
-_DEVICES_HELP = (
-    "Local devices the patients are sharded over (default: all that JAX sees, see `pkpd devices`; "
-    "on CPU XLA_FLAGS=--xla_force_host_platform_device_count=N gives N virtual devices)."
-)
-_CHUNK_HELP = "Patients (rows) per compiled batch; default: sized from the devices' free memory (CPU: 2,048)."
-_PRECISION_HELP = (
-    "float64, float32 or auto (float64 on CPU, float32 on accelerators); default: PKPD_PRECISION, else auto."
-)
-_RESUME_HELP = (
-    "Continue an interrupted run in the same --out: the chunks already in OUT/chunks are kept, only "
-    "the missing ones are computed."
-)
-_IGNORE_HELP = (
-    "NONMEM IGNORE: a character tested on the first column (# always; @ = header lines; C) or "
-    "conditions such as '(DV.EQ.0,TIME.GT.24)' (.EQ. .NE. .GT. .GE. .LT. .LE.; comma = or). "
-    "Repeatable. Rows with C in a column named C are always ignored."
-)
-_ACCEPT_HELP = "NONMEM ACCEPT conditions, e.g. '(DVID.EQ.1)': only the rows where one holds are used."
-_KEEP_CHUNKS_HELP = (
-    "Keep OUT/chunks after a successful run (default: removed once the outputs and run.json are "
-    "written; a failed or interrupted run always keeps them for --resume)."
-)
-_COORD_HELP = "Multi-process run: host:port of process 0 (default: JAX_COORDINATOR_ADDRESS)."
-_NPROC_HELP = "Multi-process run: number of processes (default: JAX_NUM_PROCESSES)."
-_PID_HELP = "Multi-process run: this process's id, 0 .. N-1 (default: JAX_PROCESS_ID)."
+def _staged_outputs():
+    """Where every command writes its final outputs (:func:`pkpd.interrupts.staged_outputs`): right before
+    writing, raise KeyboardInterrupt if SIGINT arrived during the run (even if it was swallowed); the files go
+    to a staging directory (``stage.dir(out_dir)``, ``stage.path(file)``) and are moved into place together
+    when the block completes. An interrupt or error before that leaves the output directory as it was (an
+    earlier run's files untouched, also with --force) and removes the staged files."""
+    from pkpd.interrupts import staged_outputs
+
+    return staged_outputs()
 
 
-def _scaleout(
-    devices: Optional[int] = None,
-    chunk_size: Optional[int] = None,
-    precision: Optional[str] = None,
-    coordinator: Optional[str] = None,
-    num_processes: Optional[int] = None,
-    process_id: Optional[int] = None,
-) -> tuple[int, int]:
-    """Start the multi-process runtime, set the precision, devices and chunk size of this process
-    (:func:`pkpd.batch.setup`) before a command computes anything. Returns (process index, process count)."""
-    import os
-    import sys
+@contextlib.contextmanager
+def _writing(what: Optional[str] = None) -> Iterator[None]:
+    """An :class:`OSError` in the block (a file that cannot be written, or the staged outputs that cannot be
+    moved into place: :class:`pkpd.interrupts.CommitError`) ends the command by :func:`_fail` with
+    ``cannot write <what>: <error>`` (``what`` None: the error's own message)."""
+    try:
+        yield
+    except OSError as exc:
+        _fail(f"cannot write {what}: {exc}" if what else str(exc))
 
-    prec = precision or os.environ.get("PKPD_PRECISION") or "auto"
-    if "pkpd" not in sys.modules and prec in ("float32", "float64"):
-        os.environ["PKPD_PRECISION"] = prec  # before the first import of pkpd
-    from pkpd import batch
-    from pkpd.errors import PKPDError
+
+def _manifest(path: Path, command: str, args: dict, inputs: dict, outputs, stage) -> None:
+    """Write the run manifest (command, arguments, inputs with SHA-256, versions: :mod:`pkpd.manifest`),
+    staged like the outputs it lists (``stage`` of :func:`_staged_outputs`, which moves it into place last);
+    ``outputs`` may be staged or final paths."""
+    from pkpd.manifest import write_manifest
 
     try:
-        return batch.setup(
-            devices=devices,
-            chunk_size=chunk_size,
-            precision=prec,
-            coordinator=coordinator,
-            num_processes=num_processes,
-            process_id=process_id,
+        write_manifest(
+            stage.path(path), command, args, inputs=inputs, outputs=stage.finals(outputs), relative_to=path.parent
         )
-    except PKPDError as exc:
-        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write the run manifest {path}: {exc}")
 
 
+def _given(*options: tuple[str, Any]) -> str:
+    """The names of the ``(name, value)`` options that were given (a value other than None, False or an empty
+    list), comma-separated."""
+    return ", ".join(name for name, value in options if value is not None and value is not False and value != [])
+
+
+def _value(choice: Optional[enum.Enum]) -> Optional[str]:
+    return None if choice is None else str(choice.value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# population runs: progress, processes, chunks
+# ----------------------------------------------------------------------------------------------------------
+def _progress(console):
+    """The progress bar of a population run (description, bar, patients done of all, time elapsed)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _chunks_kept(out_dir: Path) -> str:
+    """What an interrupted population run leaves behind (the end of the interrupt message)."""
+    return f" The finished chunks are kept in {out_dir / 'chunks'}: rerun with --resume to continue."
+
+
+def _writes_outputs(index: int, count: int, out_dir: Path, console) -> bool:
+    """After a population run's chunks are merged: wait until every process has read them (process 0 may
+    delete them later); True on process 0, which writes the outputs, else say so and return False."""
+    from pkpd.batch import barrier
+
+    barrier("pkpd-chunks-merged")
+    if index != 0:
+        console.print(
+            f"process {index} of {count}: its chunks are in {out_dir / 'chunks'}; process 0 writes the outputs",
+            markup=False,
+        )
+        return False
+    return True
+
+
+def _remove_chunks(out_dir: Path, keep: bool, console) -> None:
+    """After a successful population run (outputs and run.json written): delete OUT/chunks unless --keep-chunks
+    (:func:`pkpd.batch.remove_store`). A failed or interrupted run never gets here, so its chunks stay for
+    --resume."""
+    from pkpd.batch import remove_store
+
+    if keep:
+        console.print(f"Kept the intermediate chunks in {out_dir / 'chunks'} (--keep-chunks)", markup=False)
+        return
+    try:
+        freed = remove_store(out_dir / "chunks")
+    except OSError as exc:
+        console.print(
+            f"warning: could not remove the intermediate chunks in {out_dir / 'chunks'}: {exc}",
+            markup=False,
+            style="yellow",
+        )
+        return
+    if freed:
+        console.print(
+            f"Removed the intermediate chunks ({freed / 1e6:.1f} MB) from {out_dir / 'chunks'} "
+            "(--keep-chunks keeps them)",
+            markup=False,
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# pkpd simulate
+# ----------------------------------------------------------------------------------------------------------
 SIMULATE_HELP = """Simulate every record of a NONMEM-format dataset with a built-in model.
 
 Reads DATA (CSV, one row per event record), evaluates the parameter file on every row, simulates each
@@ -284,12 +503,15 @@ On dose records the values include that record's own (unlagged) dose.
 With --grid, one row per ID and grid time (EVID 2, MDV 1, GRID 1) is added after the records of
 the same time; the dataset's rows (GRID 0) are all kept.
 
-Refuses to overwrite an existing OUT or PLOT unless --force; never overwrites DATA.
+OUT: the output CSV (default <DATA stem>_sim.csv; with --regimen, the output directory,
+default <regimen>_sim). Dataset mode only: --params, --model, --solver, --ode-method, --interpolation,
+--grid, --plot, --ignore, --accept. Regimen mode only (--regimen, a virtual population): --population,
+--seed, --patient, --format, --resume, --keep-chunks, --devices, --chunk-size and the multi-process
+options. Refuses to overwrite an existing OUT or PLOT unless --force; never overwrites DATA.
 """
 
 
 @app.command(help=SIMULATE_HELP)
-@_interruptible_command
 def simulate(
     data: Optional[Path] = typer.Argument(
         None,
@@ -316,13 +538,7 @@ def simulate(
         help="Parameter file (.toml or .json) with a \\[parameters] table (dataset mode).",
         show_default=False,
     ),
-    out: Optional[Path] = typer.Option(
-        None,
-        "--out",
-        "-o",
-        help="Dataset mode: output CSV (default <DATA stem>_sim.csv). Regimen "
-        "mode: output directory (default <regimen>_sim).",
-    ),
+    out: Out = None,
     regimen: Optional[str] = typer.Option(
         None,
         "--regimen",
@@ -330,15 +546,8 @@ def simulate(
         help="Regimen mode: a regimen file (.toml, or .txt in the text form) "
         "or a shipped name (C0, C1, IYER_PLACEBO...).",
     ),
-    population: int = typer.Option(
-        1000,
-        "--population",
-        "-n",
-        min=1,
-        help="Regimen mode: number of SPINE-72 virtual patients (or replicates of "
-        "--patient, each with its own variability draw).",
-    ),
-    seed: int = typer.Option(0, "--seed", "-s", help="Regimen mode: random seed (population, variability, demand)."),
+    population: Population = 1000,
+    seed: Seed = 0,
     patient: Optional[Path] = typer.Option(
         None,
         "--patient",
@@ -387,21 +596,17 @@ def simulate(
         "e.g. 0:24:0.5 for 0, 0.5, ..., 24; or a list 0,1,2,4. Grid rows (EVID 2, MDV 1) are added to the dataset's "
         "records, marked GRID=1.",
     ),
-    ignore: Optional[list[str]] = typer.Option(
-        None, "--ignore", metavar="IGNORE", help="Dataset mode: " + _IGNORE_HELP
-    ),
-    accept: Optional[list[str]] = typer.Option(
-        None, "--accept", metavar="CONDITIONS", help="Dataset mode: " + _ACCEPT_HELP.replace("used", "simulated")
-    ),
-    keep_chunks: bool = typer.Option(False, "--keep-chunks", help="Regimen mode: " + _KEEP_CHUNKS_HELP),
-    force: bool = typer.Option(False, "--force", "-f", help="Overwrite OUT and PLOT if they exist."),
-    devices: Optional[int] = typer.Option(None, "--devices", min=1, help="Regimen mode: " + _DEVICES_HELP),
-    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Regimen mode: " + _CHUNK_HELP),
-    precision: Optional[str] = typer.Option(None, "--precision", help=_PRECISION_HELP),
-    resume: bool = typer.Option(False, "--resume", help="Regimen mode: " + _RESUME_HELP),
-    coordinator: Optional[str] = typer.Option(None, "--coordinator", help="Regimen mode: " + _COORD_HELP),
-    num_processes: Optional[int] = typer.Option(None, "--num-processes", min=1, help="Regimen mode: " + _NPROC_HELP),
-    process_id: Optional[int] = typer.Option(None, "--process-id", min=0, help="Regimen mode: " + _PID_HELP),
+    ignore: Ignore = None,
+    accept: Accept = None,
+    keep_chunks: KeepChunks = False,
+    force: Force = False,
+    devices: Devices = None,
+    chunk_size: ChunkSize = None,
+    precision: Precision = None,
+    resume: Resume = False,
+    coordinator: Coordinator = None,
+    num_processes: NumProcesses = None,
+    process_id: ProcessId = None,
 ) -> None:
     args = dict(locals())
     if regimen is not None:
@@ -410,172 +615,80 @@ def simulate(
                 "--regimen simulates a regimen in a virtual population: do not also give DATA, --params or "
                 "--model (those are for dataset mode)"
             )
-        dataset_only = [
-            f
-            for f, v in (
-                ("--solver", solver),
-                ("--ode-method", ode_method),
-                ("--interpolation", interpolation),
-                ("--plot", plot),
-                ("--grid", grid),
-                ("--ignore", ignore or None),
-                ("--accept", accept or None),
-            )
-            if v is not None
-        ]
+        dataset_only = _given(
+            ("--solver", solver),
+            ("--ode-method", ode_method),
+            ("--interpolation", interpolation),
+            ("--plot", plot),
+            ("--grid", grid),
+            ("--ignore", ignore),
+            ("--accept", accept),
+        )
         if dataset_only:  # the regimen simulator has its own exact solver: say so rather than ignore the option
             _fail(
-                f"{', '.join(dataset_only)} apply to dataset mode (DATA --params), not to --regimen runs (the "
+                f"{dataset_only} apply to dataset mode (DATA --params), not to --regimen runs (the "
                 "regimen simulator uses its own exact event solver)"
             )
         scale = _scaleout(devices, chunk_size, precision, coordinator, num_processes, process_id)
-        _simulate_regimen(
-            regimen,
-            population,
-            seed,
-            patient,
-            out,
-            fmt,
-            force,
-            args,
-            resume=resume,
-            scale=scale,
-            keep_chunks=keep_chunks,
-        )
+        _simulate_regimen(regimen, population, seed, patient, out, fmt, force, args, resume, scale, keep_chunks)
         return
-    given = [
-        f
-        for f, v in (
-            ("--devices", devices),
-            ("--chunk-size", chunk_size),
-            ("--resume", resume or None),
-            ("--keep-chunks", keep_chunks or None),
-            ("--coordinator", coordinator),
-            ("--num-processes", num_processes),
-            ("--process-id", process_id),
-        )
-        if v is not None
-    ]
-    if given:
-        _fail(f"{', '.join(given)} apply to population runs (--regimen), not to dataset mode")
+    population_only = _given(
+        ("--devices", devices),
+        ("--chunk-size", chunk_size),
+        ("--resume", resume),
+        ("--keep-chunks", keep_chunks),
+        ("--coordinator", coordinator),
+        ("--num-processes", num_processes),
+        ("--process-id", process_id),
+    )
+    if population_only:
+        _fail(f"{population_only} apply to population runs (--regimen), not to dataset mode")
     _scaleout(precision=precision)
     if data is None or params is None:
         _fail("give DATA and --params (dataset mode) or --regimen (population mode); see `pkpd simulate --help`")
-    out_path = out if out is not None else Path.cwd() / f"{data.stem}_sim.csv"
-    try:
-        _check_writable(out_path, "output file", "--out", force, data)
-        if plot is not None:
-            if _same_file(plot, out_path):
-                raise _Abort("--plot and --out name the same file")
-            _check_writable(plot, "plot file", "--plot", force, data)
-    except _Abort as exc:
-        _fail(str(exc))
-
-    from pkpd.errors import PKPDError
-
-    try:
-        import pkpd
-
-        spec = pkpd.load_params(params)
-        model_name = model or spec.model
-        if model_name is None:
-            raise pkpd.ModelSpecError(
-                f'no model given: pass --model NAME or set `model = "..."` in {params} (see `pkpd models`)'
-            )
-        model_obj = pkpd.get_model(model_name)
-        options = dict(
-            solver=solver.value if solver else None,
-            ode_method=ode_method.value if ode_method else None,
-            interpolation=interpolation.value if interpolation else None,
-            ignore=ignore,
-            accept=accept,
-        )
-        result = pkpd.simulate(data, model_obj, spec, grid=grid, **options)
-        curves = None
-        if plot is not None:  # the plot draws lines on a grid: the --grid, else a dense one over the records
-            from pkpd.simulate import dense_grid
-
-            curves = (
-                result if grid is not None else pkpd.simulate(data, model_obj, spec, grid=dense_grid(result), **options)
-            )
-    except PKPDError as exc:
-        _fail(str(exc))
-
-    from pkpd.manifest import manifest_path
-
     regimen_only = ("regimen", "population", "seed", "patient", "fmt", "keep_chunks")
-    try:
-        with _staged_outputs() as stage:  # the CSV, the plot and the manifest appear together or not at all
-            try:
-                result.to_csv(stage.path(out_path), index=False)
-            except OSError as exc:
-                _fail(f"cannot write the output file {out_path}: {exc}")
-            if plot is not None:
-                from pkpd.simulate import plot_profiles
-
-                try:
-                    shown, total = plot_profiles(curves, model_obj, stage.path(plot), max_ids=MAX_PLOTTED_SUBJECTS)
-                except OSError as exc:
-                    _fail(f"cannot write the plot file {plot}: {exc}")
-            _manifest(
-                manifest_path(out_path),
-                "simulate",
-                {k: v for k, v in args.items() if k not in regimen_only},
-                {"data": data, "params": params},
-                [out_path] + ([plot] if plot is not None else []),
-                stage,
-            )
-    except OSError as exc:  # moving them into place failed (pkpd.interrupts.CommitError)
-        _fail(str(exc))
-    used = solver.value if solver else (spec.solver or "auto")
-    if used == "auto":
-        used = f"auto -> {'analytic' if model_obj.is_linear else 'ode'}"
-    n_stiff = int(result.attrs.get("stiff_resolved", 0))
-    if n_stiff:
-        used += f"; {n_stiff} subject(s) re-solved with the stiff ODE method kvaerno5 (failed the first solver's check)"
-    n_subj = result["ID"].nunique() if "ID" in result.columns else 0
-
-    from rich.console import Console
-
-    console = Console(soft_wrap=True, highlight=False)
-    if result.attrs.get("ignored"):
-        console.print(f"note: {result.attrs['ignored']}", markup=False)
-    n_grid = int((result["GRID"] == 1).sum()) if grid is not None else 0
-    rows = f"{len(result)} rows ({n_grid} on the --grid)" if grid is not None else f"{len(result)} rows"
-    console.print(
-        f"Simulated {rows}, {n_subj} subject{'s' if n_subj != 1 else ''} with model "
-        f"{model_obj.name} (solver {used}) -> {out_path}",
-        markup=False,
+    options = dict(
+        model=model,
+        solver=_value(solver),
+        ode_method=_value(ode_method),
+        interpolation=_value(interpolation),
+        grid=grid,
+        ignore=ignore,
+        accept=accept,
     )
+    _simulate_dataset(data, params, out, plot, force, {k: v for k, v in args.items() if k not in regimen_only}, options)
+
+
+def _simulate_dataset(
+    data: Path, params: Path, out: Optional[Path], plot: Optional[Path], force: bool, args: dict, options: dict
+) -> None:
+    """``pkpd simulate DATA --params FILE``: check --out and --plot, run :func:`pkpd.simulate.simulate_dataset`
+    with ``options``, write the CSV, the plot and the manifest together, print what was simulated."""
+    out_path = out if out is not None else Path.cwd() / f"{data.stem}_sim.csv"
+    _check_writable(out_path, "output file", "--out", force, data)
+    if plot is not None:
+        if _same_file(plot, out_path):
+            raise _Abort("--plot and --out name the same file")
+        _check_writable(plot, "plot file", "--plot", force, data)
+    from pkpd.manifest import manifest_path
+    from pkpd.simulate import simulate_dataset
+
+    run = simulate_dataset(data, params, plot=plot is not None, **options)
+    with _writing(), _staged_outputs() as stage:  # the CSV, the plot and the manifest appear together or not at all
+        with _writing(f"the output file {out_path}"):
+            run.write_csv(stage.path(out_path))
+        if plot is not None:
+            with _writing(f"the plot file {plot}"):
+                shown, total = run.plot(stage.path(plot), max_ids=MAX_PLOTTED_SUBJECTS)
+        outputs = [out_path] + ([plot] if plot is not None else [])
+        _manifest(manifest_path(out_path), "simulate", args, {"data": data, "params": params}, outputs, stage)
+    console = _console()
+    for note in run.notes:
+        console.print(f"note: {note}", markup=False)
+    console.print(f"{run.summary()} -> {out_path}", markup=False)
     if plot is not None:
         more = f" (first {shown} of {total} subjects)" if shown < total else ""
         console.print(f"Plot of CP vs TIME -> {plot}{more}", markup=False)
-
-
-def _remove_chunks(out_dir: Path, keep: bool, console) -> None:
-    """After a successful population run (outputs and run.json written): delete OUT/chunks unless --keep-chunks
-    (:func:`pkpd.batch.remove_store`). A failed or interrupted run never gets here, so its chunks stay for
-    --resume."""
-    from pkpd.batch import remove_store
-
-    if keep:
-        console.print(f"Kept the intermediate chunks in {out_dir / 'chunks'} (--keep-chunks)", markup=False)
-        return
-    try:
-        freed = remove_store(out_dir / "chunks")
-    except OSError as exc:
-        console.print(
-            f"warning: could not remove the intermediate chunks in {out_dir / 'chunks'}: {exc}",
-            markup=False,
-            style="yellow",
-        )
-        return
-    if freed:
-        console.print(
-            f"Removed the intermediate chunks ({freed / 1e6:.1f} MB) from {out_dir / 'chunks'} "
-            "(--keep-chunks keeps them)",
-            markup=False,
-        )
 
 
 def _load_regimen(spec: str):
@@ -600,51 +713,50 @@ def _simulate_regimen(
     fmt: str,
     force: bool,
     args: dict,
-    *,
-    resume: bool = False,
-    scale: tuple[int, int] = (0, 1),
-    keep_chunks: bool = False,
+    resume: bool,
+    scale: tuple[int, int],
+    keep_chunks: bool,
 ) -> None:
-    from pkpd.errors import PKPDError
-
+    """``pkpd simulate --regimen``: check the regimen, --out and --format, then run the simulation with its
+    own interrupt message (the finished chunks are kept for --resume)."""
     index, count = scale
-
     if fmt not in ("csv", "parquet"):
         _fail(f"--format must be csv or parquet, got {fmt!r}")
-    try:
-        reg = _load_regimen(spec)
-        out_dir = out if out is not None else Path.cwd() / f"{reg.name}_sim"
-        if out_dir.exists() and not out_dir.is_dir():
-            raise _Abort(f"the output path {out_dir} is a file; give a directory with --out")
-        if index == 0 and resume and not force:  # only a run this command recognises is resumed
-            from pkpd.batch import check_resume_dir
-            from pkpd.regimen_run import STORE_KIND
+    reg = _load_regimen(spec)
+    out_dir = out if out is not None else Path.cwd() / f"{reg.name}_sim"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise _Abort(f"the output path {out_dir} is a file; give a directory with --out")
+    if index == 0 and resume and not force:  # only a run this command recognises is resumed
+        from pkpd.batch import check_resume_dir
+        from pkpd.regimen_run import STORE_KIND
 
-            check_resume_dir(out_dir, STORE_KIND, "simulate")
-        elif index == 0 and out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-            raise _Abort(
-                f"the output directory {out_dir} exists and is not empty; pass --force to overwrite "
-                "its files, --resume to continue an interrupted run, or choose another --out"
-            )
-        if fmt == "parquet":
-            try:
-                import pyarrow  # noqa: F401
-            except ImportError:
-                raise _Abort(
-                    "--format parquet needs pyarrow (pip install -e '.[parquet]', or pip install pyarrow); use --format csv"
-                ) from None
-    except _Abort as exc:
-        _fail(str(exc))
-    except PKPDError as exc:
-        _fail(str(exc))
-
-    from rich.console import Console
-
-    console = Console(soft_wrap=True, highlight=False)
-    with _interruptible(f" The finished chunks are kept in {out_dir / 'chunks'}: rerun with --resume to continue."):
-        _simulate_regimen_run(
-            reg, spec, n, seed, patient, out_dir, fmt, args, resume, index, count, console, keep_chunks
+        check_resume_dir(out_dir, STORE_KIND, "simulate")
+    elif index == 0 and out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise _Abort(
+            f"the output directory {out_dir} exists and is not empty; pass --force to overwrite "
+            "its files, --resume to continue an interrupted run, or choose another --out"
         )
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise _Abort(
+                "--format parquet needs pyarrow (pip install -e '.[parquet]', or pip install pyarrow); use --format csv"
+            ) from None
+    with _interruptible(_chunks_kept(out_dir)):
+        _simulate_regimen_run(reg, spec, n, seed, patient, out_dir, fmt, args, resume, index, count, keep_chunks)
+
+
+def _population(n: int, seed: int, patient: Optional[Path]):
+    """The virtual population of ``pkpd simulate --regimen`` and how to name it: ``n`` SPINE-72 patients
+    (``seed``), or ``n`` replicates of the --patient file."""
+    from pkpd.patients import load_patient, patients_to_frame, spine72_population
+
+    if patient is None:
+        return spine72_population(n, seed), f"{n} SPINE-72 virtual patients (seed {seed})"
+    pop = patients_to_frame([load_patient(patient)] * n)
+    pop["ID"] = range(1, n + 1)
+    return pop, f"{n} replicate(s) of patient {patient.name}"
 
 
 def _simulate_regimen_run(
@@ -659,27 +771,16 @@ def _simulate_regimen_run(
     resume: bool,
     index: int,
     count: int,
-    console,
-    keep_chunks: bool = False,
+    keep_chunks: bool,
 ) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from pkpd.population_checks import regimen_findings
+    from pkpd.regimen_run import simulate_regimen_stored
+    from pkpd.report import population_headline, write_population_outputs
+    from regimens.io import regimen_file
 
-    from pkpd.errors import PKPDError
-
-    try:
-        from pkpd.patients import load_patient, patients_to_frame, spine72_population
-        from pkpd.population_checks import regimen_findings
-        from pkpd.regimen_run import simulate_regimen_stored
-        from pkpd.report import write_population_outputs
-
-        if patient is not None:
-            pt = load_patient(patient)
-            pop = patients_to_frame([pt] * n)
-            pop["ID"] = range(1, n + 1)
-            who = f"{n} replicate(s) of patient {patient.name}"
-        else:
-            pop = spine72_population(n, seed)
-            who = f"{n} SPINE-72 virtual patients (seed {seed})"
+    console = _console()
+    with _writing("the outputs"):
+        pop, who = _population(n, seed, patient)
         findings = regimen_findings(reg, pop)
         for _, row in findings.iterrows():
             style = "bold red" if row["severity"] == "error" else "yellow"
@@ -687,64 +788,29 @@ def _simulate_regimen_run(
                 f"{row['severity'].upper()}: {row['message']} [{row['patients']} patient(s)]", style=style, markup=False
             )
         console.print(f"Simulating regimen {reg.name} in {who}, 72 h ...", markup=False)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        ) as prog:
+        with _progress(console) as prog:
             task = prog.add_task("patients", total=n)
             # chunk by chunk into OUT/chunks (resumable; each process takes its share): pkpd.regimen_run
             res = simulate_regimen_stored(
                 reg, pop, out_dir / "chunks", seed=seed, resume=resume, progress=lambda k: prog.advance(task, k)
             )
-        from pkpd.batch import barrier
-
-        barrier("pkpd-chunks-merged")  # every process has read the chunks: process 0 may delete them later
-        if index != 0:
-            console.print(
-                f"process {index} of {count}: its chunks are in {out_dir / 'chunks'}; process 0 writes the outputs",
-                markup=False,
-            )
+        if not _writes_outputs(index, count, out_dir, console):
             return
-        from regimens.io import regimen_file
-
         with _staged_outputs() as stage:  # the tables, figures and run.json appear together or not at all
             written = write_population_outputs(res, stage.dir(out_dir), findings=findings, fmt=fmt)
-            _manifest(
-                out_dir / "run.json",
-                "simulate",
-                args,
-                {"regimen": regimen_file(spec) or spec, "patient": patient},
-                written,
-                stage,
-            )
+            inputs = {"regimen": regimen_file(spec) or spec, "patient": patient}
+            _manifest(out_dir / "run.json", "simulate", args, inputs, written, stage)
         written = stage.finals(written)
-    except PKPDError as exc:
-        _fail(str(exc))
-    except OSError as exc:
-        _fail(f"cannot write the outputs: {exc}")
     _remove_chunks(out_dir, keep_chunks, console)
     for note in res.notes:
         console.print(f"note: {note}", markup=False)
-    s = res.summary()
-    console.print(
-        f"72-h MME mean {s.loc['MME_0_72', 'mean']:.0f} (P90 {s.loc['MME_0_72', 'p90']:.0f}) mg; time with NRS <= 3 "
-        f"{100 * s.loc['TIT3', 'mean']:.0f} %; pain AUC {s.loc['PAIN_AUC', 'mean']:.0f} NRS*h; peak bupivacaine "
-        f"{s.loc['PEAK_BUPI', 'mean']:.0f} ng/mL (max {res.patients['PEAK_BUPI'].max():.0f})",
-        markup=False,
-    )
+    console.print(population_headline(res), markup=False)
     console.print("Wrote " + ", ".join(str(p) for p in written), markup=False)
 
 
-class MethodChoice(str, enum.Enum):
-    laplace = "laplace"
-    nuts = "nuts"
-    svi = "svi"
-
-
+# ----------------------------------------------------------------------------------------------------------
+# pkpd fit, pkpd forecast
+# ----------------------------------------------------------------------------------------------------------
 FIT_HELP = """Fit a population model to a NONMEM-format dataset; write tables, model file, figures.
 
 Reads DATA (CSV: ID, TIME, DV, MDV, EVID, AMT, CMT...; DVID for several
@@ -784,7 +850,6 @@ R-hat > 1.01 or divergences) still writes its outputs, marked
 
 
 @app.command("fit", help=FIT_HELP)
-@_interruptible_command
 def fit_command(
     data: Path = typer.Argument(..., metavar="DATA", help="NONMEM-format dataset (CSV).", show_default=False),
     model: Path = typer.Option(..., "--model", "-m", help="Population model file (TOML).", show_default=False),
@@ -794,20 +859,15 @@ def fit_command(
         case_sensitive=False,
         help="laplace (maximum likelihood), nuts or svi (Bayesian).",
     ),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default <DATA stem>_fit)."),
-    force: bool = typer.Option(
-        False,
-        "--force",
-        "-f",
-        help="Write into an existing non-empty output directory, overwriting the files of a previous fit.",
-    ),
+    out: Out = None,
+    force: Force = False,
     chains: int = typer.Option(4, "--chains", min=1, help="nuts: number of chains."),
     warmup: int = typer.Option(1000, "--warmup", min=1, help="nuts: warm-up iterations per chain."),
     samples: int = typer.Option(
         1000, "--samples", min=1, help="nuts: posterior draws per chain; svi: draws of the fitted approximation."
     ),
     svi_steps: int = typer.Option(2000, "--svi-steps", min=1, help="svi: optimization steps."),
-    seed: int = typer.Option(0, "--seed", "-s", help="Random seed (sampling, NPDE and VPC simulations)."),
+    seed: Seed = 0,
     vpc_replicates: int = typer.Option(200, "--vpc-replicates", min=2, help="Simulated datasets of the VPC."),
     vpc_stratify: Optional[str] = typer.Option(
         None,
@@ -817,12 +877,8 @@ def fit_command(
         "(pcvpc.png, pcvpc.csv): one row of panels per value (more "
         "than 6 values: split at the median).",
     ),
-    ignore: Optional[list[str]] = typer.Option(
-        None, "--ignore", metavar="IGNORE", help=_IGNORE_HELP.replace("used", "fitted")
-    ),
-    accept: Optional[list[str]] = typer.Option(
-        None, "--accept", metavar="CONDITIONS", help=_ACCEPT_HELP.replace("used", "fitted")
-    ),
+    ignore: Ignore = None,
+    accept: Accept = None,
     npde_replicates: int = typer.Option(1000, "--npde-replicates", min=2, help="Simulated datasets of the NPDE."),
     solver: SolverChoice = typer.Option(
         SolverChoice.auto,
@@ -831,13 +887,8 @@ def fit_command(
         help="auto (exact for linear models, ODE otherwise), analytic or ode.",
     ),
     log_gof: bool = typer.Option(False, "--log-gof", help="Log axes in gof.png."),
-    devices: Optional[int] = typer.Option(
-        None,
-        "--devices",
-        min=1,
-        help="laplace: local devices the subjects are sharded over (default: all that JAX sees).",
-    ),
-    precision: Optional[str] = typer.Option(None, "--precision", help=_PRECISION_HELP),
+    devices: Devices = None,
+    precision: Precision = None,
     allow_nonconvergence: bool = typer.Option(
         False,
         "--allow-nonconvergence",
@@ -848,13 +899,8 @@ def fit_command(
     args = dict(locals())
     out_dir = _data_model_out(data, "the dataset", model, out, "_fit", force)
     _scaleout(devices, None, precision)
+    from pkpd.fit.api import fit as run_fit
 
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from pkpd.errors import PKPDError
-
-    console = Console(soft_wrap=True, highlight=False)
     err = _stderr()
     opts = dict(
         chains=chains,
@@ -869,41 +915,14 @@ def fit_command(
         ignore=ignore or None,
         accept=accept or None,
     )
-    try:
-        from pkpd.fit.api import fit as run_fit
-
-        if method is MethodChoice.laplace:  # a spinner with the stage, iteration and -2LL
-            with Progress(
-                SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True
-            ) as prog:
-                task = prog.add_task("starting", total=None)
-
-                def status(text: str) -> None:
-                    prog.update(task, description=text)
-
-                def iteration(k: int, value: float) -> None:
-                    prog.update(task, description=f"estimating (laplace): iteration {k}, -2LL {value:.4f}")
-
-                res = run_fit(data, model, "laplace", callback=iteration, status=status, **opts)
-                with _staged_outputs() as stage:  # every output and run.json appear together or not at all
-                    prog.update(task, description="writing the output directory")
-                    written = res.save(stage.dir(out_dir), force=True, log_axes=log_gof)
-                    _manifest(out_dir / "run.json", "fit", args, {"data": data, "model": model}, written, stage)
-        else:  # the sampler draws its own progress bar; stages as plain lines
-
-            def say(text: str) -> None:
-                err.print(f"{text} ...", markup=False, highlight=False)
-
-            res = run_fit(data, model, method.value, progress=True, status=say, **opts)
-            with _staged_outputs() as stage:
-                say("writing the output directory")
-                written = res.save(stage.dir(out_dir), force=True, log_axes=log_gof)
-                _manifest(out_dir / "run.json", "fit", args, {"data": data, "model": model}, written, stage)
+    with _writing(f"the outputs to {out_dir}"), _fit_progress(method.value, err) as (hooks, show):
+        res = run_fit(data, model, method.value, **hooks, **opts)
+        with _staged_outputs() as stage:  # every output and run.json appear together or not at all
+            show("writing the output directory")
+            written = res.save(stage.dir(out_dir), force=True, log_axes=log_gof)
+            _manifest(out_dir / "run.json", "fit", args, {"data": data, "model": model}, written, stage)
         written = stage.finals(written)
-    except PKPDError as exc:
-        _fail(str(exc))
-    except OSError as exc:
-        _fail(f"cannot write the outputs to {out_dir}: {exc}")
+    console = _console()
     console.print(res.summary_text(), markup=False)
     console.print(
         f"Wrote {len(written)} files to {out_dir} (fit and diagnostics took {res.times.get('total_s', 0):.1f} s)",
@@ -929,6 +948,34 @@ def fit_command(
             raise typer.Exit(code=2)
 
 
+@contextlib.contextmanager
+def _fit_progress(method: str, err) -> Iterator[tuple[dict, Callable[[str], None]]]:
+    """The progress of a fit on stderr. laplace: a transient spinner with the stage, iteration and -2LL; nuts
+    and svi: the sampler's own progress bar, and the stages as plain lines. Yields the progress arguments of
+    :func:`pkpd.fit.api.fit` and a function that shows a stage of the command's own."""
+    if method != "laplace":
+
+        def say(text: str) -> None:
+            err.print(f"{text} ...", markup=False, highlight=False)
+
+        yield {"progress": True, "status": say}, say
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True
+    ) as prog:
+        task = prog.add_task("starting", total=None)
+
+        def status(text: str) -> None:
+            prog.update(task, description=text)
+
+        def iteration(k: int, value: float) -> None:
+            prog.update(task, description=f"estimating (laplace): iteration {k}, -2LL {value:.4f}")
+
+        yield {"callback": iteration, "status": status}, status
+
+
 FORECAST_HELP = """Forecast one patient from a population model and the patient's own records (MIPD).
 
 Reads MODEL (TOML with the population estimates, e.g. the model.toml that
@@ -949,38 +996,32 @@ OUTPUT DIRECTORY (--out, default <DATA stem>_forecast):
 
 
 @app.command("forecast", help=FORECAST_HELP)
-@_interruptible_command
 def forecast_command(
     data: Path = typer.Argument(..., metavar="DATA", help="One patient's records (CSV).", show_default=False),
     model: Path = typer.Option(
         ..., "--model", "-m", help="Population model with final estimates (TOML).", show_default=False
     ),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default <DATA stem>_forecast)."),
+    out: Out = None,
     until: Optional[float] = typer.Option(
         None, "--until", min=0.0, help="End of the prediction grid (h); default 24 h after the last record."
     ),
     points: int = typer.Option(200, "--points", min=2, help="Points of the prediction grid."),
     draws: int = typer.Option(1000, "--draws", min=10, help="Posterior draws."),
-    seed: int = typer.Option(0, "--seed", "-s", help="Random seed."),
-    ignore: Optional[list[str]] = typer.Option(None, "--ignore", metavar="IGNORE", help=_IGNORE_HELP),
-    accept: Optional[list[str]] = typer.Option(
-        None, "--accept", metavar="CONDITIONS", help=_ACCEPT_HELP + " '(ID.EQ.3)' picks one patient of a file."
-    ),
-    force: bool = typer.Option(False, "--force", "-f", help="Write into an existing non-empty output directory."),
+    seed: Seed = 0,
+    ignore: Ignore = None,
+    accept: Accept = None,
+    force: Force = False,
 ) -> None:
     out_dir = _data_model_out(data, "the patient data", model, out, "_forecast", force)
-    from rich.console import Console
+    import shutil
 
-    from pkpd.errors import PKPDError
+    import numpy as np
 
-    err = _stderr()
-    try:
-        import numpy as np
+    from pkpd.fit.forecast import forecast
 
-        from pkpd.fit.forecast import forecast
-
-        times = None if until is None else np.linspace(0.0, until, points)
-        with err.status("forecasting (first run compiles the model: up to a minute)"):
+    times = None if until is None else np.linspace(0.0, until, points)
+    with _writing(f"the outputs to {out_dir}"):
+        with _stderr().status("forecasting (first run compiles the model: up to a minute)"):
             fc = forecast(
                 model,
                 data,
@@ -994,14 +1035,8 @@ def forecast_command(
             with _staged_outputs() as stage:  # the outputs appear together or not at all
                 fc.save(stage.dir(out_dir), force=True)
                 if not _same_file(model, out_dir / "model.toml"):  # the model travels with its posterior draws
-                    import shutil
-
                     shutil.copyfile(model, stage.path(out_dir / "model.toml"))
-    except PKPDError as exc:
-        _fail(str(exc))
-    except OSError as exc:
-        _fail(f"cannot write the outputs to {out_dir}: {exc}")
-    console = Console(soft_wrap=True, highlight=False)
+    console = _console()
     console.print(fc.summary_text(), markup=False)
     console.print(
         f"Wrote parameters.csv, draws.csv, predictions.csv, observations.csv, forecast.png, model.toml to {out_dir}",
@@ -1009,7 +1044,10 @@ def forecast_command(
     )
 
 
-drugs_app = typer.Typer(
+# ----------------------------------------------------------------------------------------------------------
+# pkpd drugs, pkpd models
+# ----------------------------------------------------------------------------------------------------------
+drugs_app = _App(
     help="The drug library: sourced PK parameters (value, unit, IIV, source, flags).", no_args_is_help=True
 )
 app.add_typer(drugs_app, name="drugs")
@@ -1041,7 +1079,7 @@ def _wide_console():
     return Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 400)
 
 
-@drugs_app.command("list")
+@drugs_app.command("list", quick=True)
 def drugs_list() -> None:
     """List the drugs: class, structural model, routes, and how many lines of `pkpd drugs show NAME` (PK
     parameters, notes, PD values, label limits) are flagged UNVERIFIED."""
@@ -1068,48 +1106,34 @@ def drugs_list() -> None:
     _wide_console().print(table)
 
 
-@drugs_app.command("show")
+@drugs_app.command("show", quick=True)
 def drugs_show(name: str = typer.Argument(..., help="Drug name (aliases such as paracetamol work).")) -> None:
     """Parameters with value, unit, IIV, covariates and source; PD values; label limits."""
-    from pkpd.errors import PKPDError
+    from pkpd.drugs import get_drug
 
-    try:
-        from pkpd.drugs import get_drug
-
-        d = get_drug(name)
-    except PKPDError as exc:
-        _fail(str(exc))
+    d = get_drug(name)
     console = _wide_console()
     for line in _drug_lines(d):
         console.print(line, markup=False)
 
 
-@app.command()
+@app.command(quick=True)
 def models(
     name: Optional[str] = typer.Argument(
         None, help="Model name: print its compartments (CMT numbers), parameters with units and outputs."
     ),
 ) -> None:
     """List the built-in models, or describe one (compartments, parameters with units, outputs)."""
-    from pkpd.errors import PKPDError
-
-    try:
-        from pkpd.models import describe_model, get_model, list_models
-
-        if name is not None:
-            text = describe_model(name)
-            from rich.console import Console
-
-            Console(soft_wrap=True, highlight=False).print(text, markup=False)
-            return
-        rows = [(m, get_model(m)) for m in list_models()]
-    except PKPDError as exc:
-        _fail(str(exc))
-
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
+    from pkpd.models import describe_model, get_model, list_models
+
+    if name is not None:
+        _console().print(describe_model(name), markup=False)
+        return
+    rows = [(m, get_model(m)) for m in list_models()]
     table = Table(title="Built-in models (the name grammar admits more combinations; see `pkpd models NAME`)")
     table.add_column("model", no_wrap=True)
     table.add_column("description")
@@ -1119,6 +1143,9 @@ def models(
     Console().print(table)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# pkpd optimize, pkpd trial
+# ----------------------------------------------------------------------------------------------------------
 OPTIMIZE_HELP = """Propose a personalized opioid-sparing schedule for one patient (72 h after surgery).
 
 Reads PATIENT (TOML: age, sex, weight, height, creatinine, hepatic impairment,
@@ -1147,20 +1174,17 @@ OUTPUT DIRECTORY (--out, default <PATIENT stem>_optimized):
 
 
 @app.command("optimize", help=OPTIMIZE_HELP)
-@_interruptible_command
 def optimize_cmd(
     patient: Path = typer.Option(..., "--patient", "-p", help="Patient file (TOML).", show_default=False),
-    out: Optional[Path] = typer.Option(
-        None, "--out", "-o", help="Output directory (default <PATIENT stem>_optimized)."
-    ),
+    out: Out = None,
     draws: int = typer.Option(
         128,
         "--draws",
         min=2,
         help="Scenario draws of the patient (the exact evaluation uses all; gradient steps use minibatches of 8).",
     ),
-    steps: int = typer.Option(30, "--steps", min=1, help="Gradient steps."),
-    seed: int = typer.Option(0, "--seed", "-s", help="Seed of the variability draws."),
+    steps: Steps = 30,
+    seed: Seed = 0,
     posterior: Optional[Path] = typer.Option(
         None,
         "--posterior",
@@ -1182,20 +1206,10 @@ def optimize_cmd(
         "(drug/route, e.g. acetaminophen/po,gabapentin/po); default: the standard "
         "multimodal set.",
     ),
-    force: bool = typer.Option(False, "--force", "-f", help="Write into an existing non-empty output directory."),
-    devices: Optional[int] = typer.Option(
-        None,
-        "--devices",
-        min=1,
-        help="Local devices the draws of the exact simulations are sharded over (default: all that JAX sees).",
-    ),
-    chunk_size: Optional[int] = typer.Option(
-        None,
-        "--chunk-size",
-        min=1,
-        help="Rows (draws) per compiled batch of the exact simulations; default: sized from free memory.",
-    ),
-    precision: Optional[str] = typer.Option(None, "--precision", help=_PRECISION_HELP),
+    force: Force = False,
+    devices: Devices = None,
+    chunk_size: ChunkSize = None,
+    precision: Precision = None,
 ) -> None:
     args = dict(locals())
     _scaleout(devices, chunk_size, precision)
@@ -1203,19 +1217,18 @@ def optimize_cmd(
         _fail(f"the patient file {patient} does not exist or is not a file")
     out_dir = out if out is not None else Path.cwd() / f"{patient.stem}_optimized"
     _check_out_dir(out_dir, force)
-    from rich.console import Console
+    from pkpd.drugs.products import get_product
+    from pkpd.patients import load_patient
+    from regimens.optimize import OptimizeSettings, optimize_patient
 
-    from pkpd.errors import PKPDError
-
-    console = Console(soft_wrap=True, highlight=False)
-    try:
-        from pkpd.drugs.products import get_product
-        from pkpd.patients import load_patient
-        from regimens.optimize import OptimizeSettings, optimize_patient
-
+    console = _console()
+    extra = {"products": tuple(x.strip() for x in products.split(",") if x.strip())} if products else {}
+    inputs = {"patient": patient}
+    if posterior is not None:
+        inputs.update({"posterior draws": posterior / "draws.csv", "posterior model": posterior / "model.toml"})
+    with _writing("the outputs"):
         pt = load_patient(patient)
         with console.status("optimizing ...") as status:
-            extra = {"products": tuple(x.strip() for x in products.split(",") if x.strip())} if products else {}
             for key in extra.get("products", ()):
                 get_product(key)  # a clear error for an unknown product
             prop = optimize_patient(
@@ -1224,17 +1237,10 @@ def optimize_cmd(
                 progress=lambda text: status.update(f"optimizing: {text} ..."),
                 posterior=posterior,
             )
-        inputs = {"patient": patient}
-        if posterior is not None:
-            inputs.update({"posterior draws": posterior / "draws.csv", "posterior model": posterior / "model.toml"})
         with _staged_outputs() as stage:  # the proposal's files and run.json appear together or not at all
             written = prop.save(stage.dir(out_dir), force=True)
             _manifest(out_dir / "run.json", "optimize", args, inputs, written, stage)
         written = stage.finals(written)
-    except PKPDError as exc:
-        _fail(str(exc))
-    except OSError as exc:
-        _fail(f"cannot write the outputs: {exc}")
     console.print(
         f"Proposal for {patient.name} ({draws} {'posterior' if posterior else 'variability'} draws, same "
         "draws for C0 and C1):",
@@ -1252,34 +1258,9 @@ def optimize_cmd(
             "time than C1 (adapted to the patient's limits where C1 as written is not allowed); see the "
             "first 'why' line."
         )
-    c = prop.comparison
-    console.print(
-        f"{'':10s} {'MME mean':>9s} {'MME P90':>8s} {'NRS<=3':>7s} {'NRS>=4':>7s} {'NRS>=7':>7s} "
-        f"{'pain AUC':>9s} {'P(OIRD)':>9s} {'P(PONV)':>8s} {'LAST':>5s}",
-        markup=False,
-    )
-    for name, r in c.iterrows():
-        console.print(
-            f"{name:10s} {r['MME_mean']:9.1f} {r['MME_P90']:8.1f} {100 * r['TIT3']:6.0f}% "
-            f"{100 * r['TIME_NRS_GE4']:6.0f}% {100 * r['TIME_NRS_GE7']:6.1f}% "
-            f"{r['PAIN_AUC']:9.0f} {r['P_OIRD']:9.1e} {r['P_PONV']:8.2f} {r['LAST_INDEX_max']:5.2f}",
-            markup=False,
-        )
-    console.print(
-        "(MME: mg oral morphine equivalents over 0-72 h; NRS<=3 / NRS>=4 / NRS>=7: share of 0-72 h; pain AUC: NRS*h)",
-        markup=False,
-    )
-    console.print("Schedule:", markup=False)
-    for (d, rt), g in prop.schedule.groupby(["drug", "route"], sort=False):
-        doses = ", ".join(f"{a:g} mg at {t:g} h" for t, a in zip(g["time_h"], g["dose_mg"]))
-        console.print(f"  {d} {rt}: {doses}", markup=False)
-    for note in prop.notes:
-        console.print(f"why: {note}", markup=False)
+    console.print(prop.summary_text(), markup=False)
     console.print("Wrote " + ", ".join(str(p) for p in written), markup=False)
 
-
-#: The ``kind`` of the chunk store :func:`regimens.optimize.run_trial` writes (its run identity).
-TRIAL_STORE_KIND = "spine72_trial"
 
 TRIAL_HELP = """The SPINE-72 virtual trial: optimize a schedule for every virtual patient, compare with C0 and C1.
 
@@ -1301,24 +1282,23 @@ OUTPUT DIRECTORY (--out, default spine72_trial):
 
 
 @app.command("trial", help=TRIAL_HELP)
-@_interruptible_command
 def trial_cmd(
-    population: int = typer.Option(1000, "--population", "-n", min=1, help="Virtual patients."),
-    seed: int = typer.Option(1, "--seed", "-s", help="Population seed."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default spine72_trial)."),
+    population: Population = 1000,
+    seed: Seed = 1,
+    out: Out = None,
     draws: int = typer.Option(128, "--draws", min=1, help="Variability draws per patient."),
-    steps: int = typer.Option(30, "--steps", min=1, help="Gradient steps."),
+    steps: Steps = 30,
     chunk: int = typer.Option(
         50, "--chunk", "--chunk-size", min=1, help="Patients per batched call (memory grows with chunk x draws)."
     ),
-    force: bool = typer.Option(False, "--force", "-f", help="Write into an existing non-empty output directory."),
-    resume: bool = typer.Option(False, "--resume", help=_RESUME_HELP),
-    keep_chunks: bool = typer.Option(False, "--keep-chunks", help=_KEEP_CHUNKS_HELP),
-    devices: Optional[int] = typer.Option(None, "--devices", min=1, help=_DEVICES_HELP),
-    precision: Optional[str] = typer.Option(None, "--precision", help=_PRECISION_HELP),
-    coordinator: Optional[str] = typer.Option(None, "--coordinator", help=_COORD_HELP),
-    num_processes: Optional[int] = typer.Option(None, "--num-processes", min=1, help=_NPROC_HELP),
-    process_id: Optional[int] = typer.Option(None, "--process-id", min=0, help=_PID_HELP),
+    force: Force = False,
+    resume: Resume = False,
+    keep_chunks: KeepChunks = False,
+    devices: Devices = None,
+    precision: Precision = None,
+    coordinator: Coordinator = None,
+    num_processes: NumProcesses = None,
+    process_id: ProcessId = None,
 ) -> None:
     args = dict(locals())
     out_dir = out if out is not None else Path.cwd() / "spine72_trial"
@@ -1326,15 +1306,12 @@ def trial_cmd(
     if index == 0:  # completed chunks go to OUT/chunks as they finish (--resume continues from them)
         if resume and not force:  # only a trial this command recognises is resumed
             from pkpd.batch import check_resume_dir
-            from pkpd.errors import PKPDError
+            from regimens.optimize import TRIAL_STORE_KIND
 
-            try:
-                check_resume_dir(out_dir, TRIAL_STORE_KIND, "trial")
-            except PKPDError as exc:
-                _fail(str(exc))
+            check_resume_dir(out_dir, TRIAL_STORE_KIND, "trial")
         else:
             _check_out_dir(out_dir, force)
-    with _interruptible(f" The finished chunks are kept in {out_dir / 'chunks'}: rerun with --resume to continue."):
+    with _interruptible(_chunks_kept(out_dir)):
         _trial_run(population, seed, out_dir, draws, steps, chunk, resume, index, count, args, keep_chunks)
 
 
@@ -1349,22 +1326,13 @@ def _trial_run(
     index: int,
     count: int,
     args: dict,
-    keep_chunks: bool = False,
+    keep_chunks: bool,
 ) -> None:
-    import json
+    from regimens.optimize import OptimizeSettings, run_trial, save_trial, trial_summary_text
 
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from pkpd.errors import PKPDError
-
-    console = Console(soft_wrap=True, highlight=False)
-    try:
-        from regimens.optimize import OptimizeSettings, plot_trial, run_trial
-
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-        ) as prog:
+    console = _console()
+    with _writing("the outputs"):
+        with _progress(console) as prog:
             task = prog.add_task("patients", total=population)
 
             def tick(done: int, stage: str) -> None:
@@ -1379,55 +1347,20 @@ def _trial_run(
                 store=out_dir / "chunks",
                 resume=resume,
             )
-        from pkpd.batch import barrier
-
-        barrier("pkpd-chunks-merged")  # every process has read the chunks: process 0 may delete them later
-        if index != 0:
-            console.print(
-                f"process {index} of {count}: its chunks are in {out_dir / 'chunks'}; process 0 writes the outputs",
-                markup=False,
-            )
+        if not _writes_outputs(index, count, out_dir, console):
             return
         with _staged_outputs() as stage:  # the tables, figure and run.json appear together or not at all
-            staging = stage.dir(out_dir)
-            patients.to_csv(staging / "patients.csv", index=False)
-            summary.to_csv(staging / "summary.csv", index=False)
-            (staging / "timings.json").write_text(json.dumps(times, indent=2) + "\n")
-            plot_trial(patients, staging / "trial.png")
-            _manifest(
-                out_dir / "run.json",
-                "trial",
-                args,
-                {},
-                [out_dir / n for n in ("patients.csv", "summary.csv", "timings.json", "trial.png")],
-                stage,
-            )
-    except PKPDError as exc:
-        _fail(str(exc))
-    except OSError as exc:
-        _fail(f"cannot write the outputs: {exc}")
+            written = save_trial(patients, summary, times, stage.dir(out_dir))
+            _manifest(out_dir / "run.json", "trial", args, {}, written, stage)
     _remove_chunks(out_dir, keep_chunks, console)
-    allp = summary[summary["stratum"] == "all"].set_index("regimen")
-    console.print(
-        f"SPINE-72 trial: {population} patients (seed {seed}), {draws} draws each, {times['total_s']:.0f} s",
-        markup=False,
-    )
-    for reg, r in allp.iterrows():
-        console.print(
-            f"  {reg:9s} MME {r['MME_mean']:7.1f} (P90 {r['MME_P90']:6.1f})  NRS<=3 {100 * r['TIT3']:5.1f} %  "
-            f"pain AUC {r['PAIN_AUC']:6.1f}  P(OIRD) {r['P_OIRD']:.1e}",
-            markup=False,
-        )
-    p = allp.loc["proposal"]
-    console.print(
-        f"proposal vs C0: MME {p['MME_vs_C0_pct']:.1f} % lower; vs C1: {p['MME_vs_C1_pct']:.1f} % lower; "
-        f"time in target {100 * (p['TIT3'] - allp.loc['C1', 'TIT3']):+.1f} points vs C1; "
-        f"{int(p['n_unsafe'])} proposal(s) failed a hard check",
-        markup=False,
-    )
+    text = trial_summary_text(summary, population=population, seed=seed, draws=draws, total_s=times["total_s"])
+    console.print(text, markup=False)
     console.print(f"Wrote {out_dir}/patients.csv, summary.csv, trial.png, timings.json", markup=False)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# pkpd report, pkpd devices, pkpd version
+# ----------------------------------------------------------------------------------------------------------
 REPORT_HELP = """Write a self-contained HTML report of a run directory (no JavaScript, figures embedded).
 
 RUN_DIR is the output directory of `pkpd fit`, `pkpd optimize`, `pkpd trial` or
@@ -1444,31 +1377,24 @@ Default --out: RUN_DIR/report.html (<stem>.report.html beside a simulation CSV).
 
 
 @app.command("report", help=REPORT_HELP)
-@_interruptible_command
 def report_cmd(
     run_dir: Path = typer.Argument(
         ..., metavar="RUN_DIR", help="Run directory (or dataset-simulation CSV).", show_default=False
     ),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report file (.html)."),
-    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing report file."),
+    out: Out = None,
+    force: Force = False,
 ) -> None:
-    from pkpd.errors import PKPDError
+    from pkpd.html_report import write_report
 
-    try:
-        from pkpd.html_report import write_report
-
-        path = write_report(run_dir, out, force=force)
-    except PKPDError as exc:
-        _fail(str(exc))
-    typer.echo(f"Wrote {path}")
+    typer.echo(f"Wrote {write_report(run_dir, out, force=force)}")
 
 
-@app.command("devices")
+@app.command("devices", quick=True)
 def devices_cmd(
-    precision: Optional[str] = typer.Option(None, "--precision", help=_PRECISION_HELP),
-    coordinator: Optional[str] = typer.Option(None, "--coordinator", help=_COORD_HELP),
-    num_processes: Optional[int] = typer.Option(None, "--num-processes", min=1, help=_NPROC_HELP),
-    process_id: Optional[int] = typer.Option(None, "--process-id", min=0, help=_PID_HELP),
+    precision: Precision = None,
+    coordinator: Coordinator = None,
+    num_processes: NumProcesses = None,
+    process_id: ProcessId = None,
 ) -> None:
     """Print what JAX sees: platform, devices (memory where known), process index and count, precision."""
     _scaleout(None, None, precision, coordinator, num_processes, process_id)
@@ -1503,7 +1429,7 @@ def devices_cmd(
     typer.echo("\n".join(lines))
 
 
-@app.command()
+@app.command(quick=True)
 def version() -> None:
     """Print the pkpd package version."""
     import pkpd
