@@ -89,3 +89,76 @@ def test_scales_and_simulation():
     assert ERROR_MODELS["additive"].terms[0].table_unit("mg/L") == "mg/L"
     assert ERROR_MODELS["additive"].terms[0].table_unit("") == "DV units"
     assert math.isclose(ERROR_MODELS["combined"].terms[1].default, 0.2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# covariate relations
+
+
+def _effect(relation: str, **kw):
+    from pkpd.fit.spec import CovariateEffect
+
+    return CovariateEffect(covariate=kw.pop("covariate", "WT"), relation=relation, **kw)
+
+
+def test_relation_registry_and_coefficients():
+    from pkpd.fit.relations import RELATIONS, relation
+
+    assert list(RELATIONS) == [
+        "power",
+        "linear",
+        "exponential",
+        "proportional",
+        "categorical",
+        "indicator",
+        "activity_score",
+    ]
+    assert all(RELATIONS[n].name == n and relation(n) is RELATIONS[n] for n in RELATIONS)
+    assert _effect("power", reference=70).coefficient_names("CL") == ["CL~WT(power)"]
+    assert _effect("power", reference=70).initial() == [0.75]
+    assert _effect("proportional", reference=70).coefficient_names("CL") == []
+    assert _effect("proportional", reference=70).bounds() is None
+    cat = _effect("categorical", covariate="SEX", levels=(0.0, 1.0, 2.0), estimate={"1": 0.8})
+    assert cat.coefficient_names("CL") == ["CL~SEX=1", "CL~SEX=2"] and cat.initial() == [0.8, 1.0]
+    assert cat.relation_model.estimate_entry(cat, [0.7, 1.3]) == {"1": 0.7, "2": 1.3}
+    ind = _effect("indicator", covariate="PM", condition="CYP2D6_AS < 1")
+    assert ind.coefficient_names("CL") == ["CL~[CYP2D6_AS < 1]"] and ind.columns() == {"CYP2D6_AS"}
+    assert _effect("activity_score", reference=2).bounds() == (0.0, 1.0)
+    # what a model file must give
+    assert "finite `reference`" in _effect("linear").relation_model.check(_effect("linear"))
+    assert "reference > 0" in _effect("power", reference=-1).relation_model.check(_effect("power", reference=-1))
+    assert "levels" in RELATIONS["categorical"].check(_effect("categorical", covariate="SEX", levels=(0.0,)))
+    assert "condition" in RELATIONS["indicator"].check(_effect("indicator"))
+    assert RELATIONS["exponential"].check(_effect("exponential", reference=40)) is None
+
+
+def test_relations_apply_the_table_factors():
+    """data() then apply(theta, cov, value) gives value x the factor of the module table."""
+    from pkpd.fit.relations import RELATIONS
+
+    wt = np.array([[50.0, 70.0, 100.0]])
+    cov = {"WT": wt, "AS": np.array([[0.0, 1.0, 2.0]]), "SEX": np.array([[0.0, 1.0, 2.0]])}
+    value = jnp.full(wt.shape, 2.0)
+    cases = [
+        (_effect("power", reference=70), [0.75], 2.0 * (wt / 70) ** 0.75),
+        (_effect("linear", reference=70), [0.01], 2.0 * (1 + 0.01 * (wt - 70))),
+        (_effect("exponential", reference=70), [0.02], 2.0 * np.exp(0.02 * (wt - 70))),
+        (_effect("proportional", reference=70), [], 2.0 * wt / 70),
+        (
+            _effect("categorical", covariate="SEX", levels=(0.0, 1.0, 2.0)),
+            [0.8, 1.5],
+            2.0 * np.array([[1.0, 0.8, 1.5]]),
+        ),
+        (_effect("indicator", condition="WT > 60"), [0.5], 2.0 * np.where(wt > 60, 0.5, 1.0)),
+        (_effect("activity_score", covariate="AS", reference=2), [0.6], 2.0 * (0.4 + 0.6 * cov["AS"] / 2)),
+    ]
+    for eff, theta, want in cases:
+        rel = RELATIONS[eff.relation]
+        data = rel.data(eff, cov, wt.shape, "CL")
+        got = np.asarray(rel.apply(jnp.asarray(theta), jnp.asarray(data), value))
+        np.testing.assert_allclose(got, want, rtol=1e-14, err_msg=eff.relation)
+    bad, message = RELATIONS["power"].invalid_values(_effect("power", reference=70), np.array([1.0, 0.0]), "CL")
+    assert bad.tolist() == [False, True] and message == "a power relation on CL needs WT > 0"
+    sex = _effect("categorical", covariate="SEX", levels=(0.0, 1.0))
+    bad, message = RELATIONS["categorical"].invalid_values(sex, np.array([0.0, 3.0]), "CL")
+    assert bad.tolist() == [False, True] and "takes values 3 not among the levels 0, 1 declared for CL" in message

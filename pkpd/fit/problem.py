@@ -220,7 +220,7 @@ class Problem:
     ids: np.ndarray  # original subject IDs, in order of first appearance
     id_of_pseudo: np.ndarray  # (Np,) subject index of each engine pseudo-subject
     cov: dict  # name -> (Np, R) covariate arrays (jnp)
-    effects: list  # per parameter: list of (relation, coefficient slice, data) for covariate factors
+    effects: list  # per parameter: list of (Relation, coefficient slice, data) for covariate factors
     eta_index: np.ndarray  # (n_param,) index of each parameter's IIV eta, -1 if none
     iov_index: np.ndarray  # (n_param,) index of each parameter's IOV kappa within an occasion, -1 if none
     iiv_type: tuple[str, ...]
@@ -302,21 +302,7 @@ class Problem:
         for j, p in enumerate(self.spec.parameters):
             tv = theta[j] * jnp.ones((Np, R), theta.dtype)
             for rel, sl, data in self.effects[j]:
-                b = beta[sl]
-                if rel == "power":
-                    tv = tv * jnp.exp(b[0] * data)  # data = log(cov / ref)
-                elif rel == "linear":
-                    tv = tv * (1.0 + b[0] * data)  # data = cov - ref
-                elif rel == "exponential":
-                    tv = tv * jnp.exp(b[0] * data)
-                elif rel == "proportional":
-                    tv = tv * data  # cov / ref
-                elif rel == "categorical":
-                    tv = tv * jnp.exp(jnp.einsum("nrl,l->nr", data, jnp.log(b)))  # one-hot of non-reference levels
-                elif rel == "indicator":
-                    tv = tv * jnp.where(data, b[0], 1.0)
-                elif rel == "activity_score":
-                    tv = tv * ((1.0 - b[0]) + b[0] * data)  # data = cov / ref
+                tv = rel.apply(beta[sl], data, tv)
             re = jnp.zeros((Np, R), tv.dtype)
             if self.eta_index[j] >= 0:
                 re = re + eta_p[:, self.eta_index[j]][:, None]
@@ -528,7 +514,7 @@ def _static_key(p: "Problem") -> tuple:
         len(p.ids),
         tuple(p.eta_index),
         tuple(p.iov_index),
-        tuple(tuple((rel, sl.start, sl.stop) for rel, sl, _ in lst) for lst in p.effects),
+        tuple(tuple((rel.name, sl.start, sl.stop) for rel, sl, _ in lst) for lst in p.effects),
         p.packer.code.tobytes(),
         p.packer.free.tobytes(),
     )
@@ -788,38 +774,11 @@ def _fit_checks(raw: pd.DataFrame, spec: PopulationModel, model) -> tuple[list[D
             out.append(DatasetViolation(rows(huge), c, _too_large(c, v[huge])))
     for p in spec.parameters:
         for e in p.covariates:
-            if e.covariate not in frame or e.relation not in ("power", "proportional", "activity_score", "categorical"):
+            if e.covariate not in frame:
                 continue
-            v = _numeric(frame, e.covariate)
-            if e.relation == "power":
-                badp = np.isfinite(v) & (v <= 0)
-                if badp.any():
-                    out.append(
-                        DatasetViolation(
-                            rows(badp), e.covariate, f"a power relation on {p.name} needs {e.covariate} > 0"
-                        )
-                    )
-            if e.relation in ("activity_score", "proportional"):
-                badp = np.isfinite(v) & (v < 0)
-                if badp.any():
-                    out.append(
-                        DatasetViolation(
-                            rows(badp), e.covariate, f"{e.relation} relation on {p.name} needs {e.covariate} >= 0"
-                        )
-                    )
-            if e.relation == "categorical":
-                badp = np.isfinite(v) & ~np.isin(v, e.levels)
-                if badp.any():
-                    out.append(
-                        DatasetViolation(
-                            rows(badp),
-                            e.covariate,
-                            f"{e.covariate} takes values "
-                            f"{', '.join(sorted({f'{x:g}' for x in v[badp]}))} not among the "
-                            f"levels {', '.join(f'{x:g}' for x in e.levels)} declared for "
-                            f"{p.name}",
-                        )
-                    )
+            badp, message = e.relation_model.invalid_values(e, _numeric(frame, e.covariate), p.name)
+            if badp.any():
+                out.append(DatasetViolation(rows(badp), e.covariate, message))
     return out, info
 
 
@@ -956,19 +915,8 @@ def _build_problem(
             ncoef = len(e.coefficient_names(p.name))
             sl = slice(coef, coef + ncoef)
             coef += ncoef
-            c = cov_np.get(e.covariate)
-            if e.relation == "power":
-                data = np.log(c / e.reference)
-            elif e.relation in ("linear", "exponential"):
-                data = c - e.reference
-            elif e.relation in ("proportional", "activity_score"):
-                data = c / e.reference
-            elif e.relation == "categorical":
-                data = np.stack([(c == lv).astype(float) for lv in e.levels[1:]], axis=-1)
-            else:  # indicator
-                cond = compile_expression(e.condition, name=f"{p.name} indicator")
-                data = np.asarray(cond.evaluate(cov_np, np), bool) & np.ones((Np, R), bool)
-            lst.append((e.relation, sl, jnp.asarray(data)))
+            rel = e.relation_model
+            lst.append((rel, sl, jnp.asarray(rel.data(e, cov_np, (Np, R), p.name))))
         effects.append(lst)
     eta_names = spec.eta_names()
     eta_index = np.array([eta_names.index(p.name) if p.name in eta_names else -1 for p in spec.parameters])

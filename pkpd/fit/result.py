@@ -491,11 +491,7 @@ class FitResult:
                 b += len(names)
                 if not names:
                     continue
-                if eff.relation == "categorical":
-                    value: Any = {f"{lv:g}": v for lv, v in zip(eff.levels[1:], vals)}
-                else:
-                    value = vals[0]
-                d["parameters"][p.name]["covariates"][ci]["estimate"] = value
+                d["parameters"][p.name]["covariates"][ci]["estimate"] = eff.relation_model.estimate_entry(eff, vals)
         omega = nat["omega"]
         off = 0
         block_names = [tuple(n) for n, _, _ in spec.omega_blocks]
@@ -762,7 +758,7 @@ class FitResult:
                     title=f"{head}: random-effect estimates, pairs",
                 )
             if self.covariates is not None and self.covariates.shape[1] > 1:
-                cat = [e.covariate for p in spec.parameters for e in p.covariates if e.relation == "categorical"]
+                cat = [e.covariate for p in spec.parameters for e in p.covariates if e.relation_model.categorical]
                 dg.plot_eta_covariates(
                     self.individual,
                     self.covariates,

@@ -88,6 +88,7 @@ import numpy as np
 from ..errors import ModelSpecError
 from ..expr import Expression, compile_expression, compile_parameter_block
 from .error_models import ERROR_MODELS, TERMS, ErrorModel
+from .relations import RELATIONS, Relation
 
 __all__ = [
     "CovariateEffect",
@@ -100,27 +101,7 @@ __all__ = [
     "IIV_TYPES",
 ]
 
-RELATIONS = ("power", "linear", "exponential", "proportional", "categorical", "indicator", "activity_score")
 IIV_TYPES = ("lognormal", "additive", "proportional", "logit")
-
-# bounds and transforms of the estimated coefficient of each relation
-_REL_BOUNDS = {
-    "power": (-math.inf, math.inf),
-    "linear": (-math.inf, math.inf),
-    "exponential": (-math.inf, math.inf),
-    "proportional": None,
-    "categorical": (0.0, math.inf),
-    "indicator": (0.0, math.inf),
-    "activity_score": (0.0, 1.0),
-}
-_REL_DEFAULT = {
-    "power": 0.75,
-    "linear": 0.0,
-    "exponential": 0.0,
-    "categorical": 1.0,
-    "indicator": 1.0,
-    "activity_score": 0.5,
-}
 
 
 def _fail(where: str, message: str) -> ModelSpecError:
@@ -158,38 +139,23 @@ class CovariateEffect:
     levels: tuple[float, ...] = ()
     condition: str | None = None
 
+    @property
+    def relation_model(self) -> Relation:
+        """The relation named by :attr:`relation` (:data:`pkpd.fit.relations.RELATIONS`)."""
+        return RELATIONS[self.relation]
+
     def coefficient_names(self, parameter: str) -> list[str]:
         """Names of the estimated coefficients, as shown in parameter tables."""
-        if self.relation == "proportional":
-            return []
-        if self.relation == "categorical":
-            return [f"{parameter}~{self.covariate}={_fmt_level(v)}" for v in self.levels[1:]]
-        if self.relation == "indicator":
-            return [f"{parameter}~[{self.condition}]"]
-        return [f"{parameter}~{self.covariate}({self.relation})"]
+        return self.relation_model.coefficient_names(self, parameter)
 
     def initial(self) -> list[float]:
-        if self.relation == "proportional":
-            return []
-        if self.relation == "categorical":
-            est = self.estimate or {}
-            return [
-                float(est.get(_fmt_level(v), est.get(v, 1.0)) if isinstance(est, Mapping) else est)
-                for v in self.levels[1:]
-            ]
-        return [float(_REL_DEFAULT[self.relation] if self.estimate is None else self.estimate)]
+        return self.relation_model.initial(self)
 
-    def bounds(self) -> tuple[float, float]:
-        return _REL_BOUNDS[self.relation]
+    def bounds(self) -> tuple[float, float] | None:
+        return self.relation_model.bounds
 
     def columns(self) -> set[str]:
-        if self.relation == "indicator":
-            return set(compile_expression(self.condition or "0").names)
-        return {self.covariate}
-
-
-def _fmt_level(v: float) -> str:
-    return f"{v:g}"
+        return self.relation_model.columns(self)
 
 
 @dataclass(frozen=True)
@@ -453,19 +419,9 @@ class PopulationModel:
                 cw = f"{w}, covariate {c.covariate}"
                 if c.relation not in RELATIONS:
                     raise _fail(cw, f"relation {c.relation!r} is not one of {', '.join(RELATIONS)}")
-                if c.relation in ("power", "linear", "exponential", "proportional", "activity_score"):
-                    if c.reference is None or not np.isfinite(c.reference):
-                        raise _fail(cw, f"a {c.relation} relation needs a finite `reference` value")
-                    if c.relation in ("power", "proportional", "activity_score") and c.reference <= 0:
-                        raise _fail(cw, f"a {c.relation} relation needs reference > 0")
-                if c.relation == "categorical" and len(c.levels) < 2:
-                    raise _fail(
-                        cw,
-                        "a categorical relation needs `levels` with at least two values, the "
-                        "first being the reference level (factor 1)",
-                    )
-                if c.relation == "indicator" and not c.condition:
-                    raise _fail(cw, 'an indicator relation needs `condition`, e.g. "CYP2D6_AS < 1"')
+                missing_entry = c.relation_model.check(c)
+                if missing_entry:
+                    raise _fail(cw, missing_entry)
                 lo, hi = c.bounds() or (-math.inf, math.inf)
                 for v in c.initial():
                     if not (lo < v < hi):
