@@ -162,3 +162,18 @@ def test_relations_apply_the_table_factors():
     sex = _effect("categorical", covariate="SEX", levels=(0.0, 1.0))
     bad, message = RELATIONS["categorical"].invalid_values(sex, np.array([0.0, 3.0]), "CL")
     assert bad.tolist() == [False, True] and "takes values 3 not among the levels 0, 1 declared for CL" in message
+
+
+# ---------------------------------------------------------------------------------------------------
+# estimator outcomes
+
+
+def test_build_result_reads_a_typed_outcome():
+    """build_result takes a LaplaceFit for method laplace and posterior draws (BayesFit) for nuts/svi."""
+    from pkpd.errors import PKPDError
+    from pkpd.fit.laplace import LaplaceFit
+    from pkpd.fit.result import build_result
+
+    lap = LaplaceFit(np.zeros(1), 0.0, np.zeros((1, 0)), np.zeros((1, 0, 0)), True, "", 0, 0, None, "", {})
+    with pytest.raises(PKPDError, match="method nuts with a LaplaceFit outcome"):
+        build_result(None, "nuts", lap)

@@ -88,7 +88,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -98,10 +98,11 @@ import scipy.stats
 
 from ..errors import PKPDError
 from . import diagnostics as dg
+from .laplace import LaplaceFit
 from .problem import LOG2PI, Problem, fit_jit
 from .spec import PopulationModel, load_model
 
-__all__ = ["FILES", "FitResult", "OutputExistsError", "build_result", "toml_dumps"]
+__all__ = ["FILES", "FitResult", "OutputExistsError", "PosteriorDraws", "Estimate", "build_result", "toml_dumps"]
 
 Z975 = float(scipy.stats.norm.ppf(0.975))
 _MAX_SIM_VALUES = 5e7  # simulated values held at once for the NPDE and VPC (400 MB of float64)
@@ -128,6 +129,39 @@ FILES = (
 
 class OutputExistsError(PKPDError):
     """The output directory exists and holds files, and overwriting was not allowed."""
+
+
+class PosteriorDraws(Protocol):
+    """What :func:`build_result` reads of a NUTS or SVI outcome (:class:`pkpd.fit.bayes.BayesFit` is one).
+
+    Attributes
+    ----------
+    u_draws
+        Free parameters on the estimation scale, ``(chains, draws, n_free)`` (or ``(draws, n_free)``).
+    eta_draws
+        Random effects, ``(chains, draws, n_id, K)``.
+    idata
+        ArviZ ``InferenceData`` of the draws (written as ``idata.nc``), or ``None``.
+    diagnostics
+        The sampler's counts and diagnostics (``n_divergent``, ``n_divergent_warmup``, ``n_rejected``,
+        ``elbo``...), reported in ``fit.json``.
+    times
+        Seconds by stage.
+    priors
+        Text of the priors (stated in ``fit.json``), or empty.
+    """
+
+    u_draws: np.ndarray
+    eta_draws: np.ndarray
+    idata: Any
+    diagnostics: dict
+    times: dict
+    priors: str
+
+
+#: The outcome of an estimation method that :func:`build_result` turns into a :class:`FitResult`:
+#: :class:`~pkpd.fit.laplace.LaplaceFit` (maximum likelihood) or posterior draws (NUTS, SVI).
+Estimate = LaplaceFit | PosteriorDraws
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -459,7 +493,7 @@ class FitResult:
     diagnostics: dict
     times: dict
     notes: list = field(default_factory=list)
-    raw: Any = None
+    raw: Estimate | None = None
     data_source: str | None = None
     model_source: str | None = None
     options: dict = field(default_factory=dict)
@@ -1067,11 +1101,11 @@ def _subject_covariates(prob: Problem, ids_all: np.ndarray, max_columns: int = 8
     return out
 
 
-def _divergences(raw: Any, rd: dict) -> tuple[int | None, int | None]:
+def _divergences(raw: PosteriorDraws, rd: dict) -> tuple[int | None, int | None]:
     """Divergent transitions of the sampling iterations (from ``idata.sample_stats.diverging`` when the
     method returned an InferenceData, else the method's ``n_divergent``) and of the warm-up."""
     div = None
-    idata = getattr(raw, "idata", None)
+    idata = raw.idata
     try:
         if idata is not None and "sample_stats" in idata.groups() and "diverging" in idata.sample_stats:
             div = int(np.asarray(idata.sample_stats["diverging"]).sum())
@@ -1101,11 +1135,13 @@ def _subject_loglik(prob: Problem, U_full: np.ndarray, E: np.ndarray) -> np.ndar
     return _loglik_draws(prob, U_full.reshape(C * D, -1), E.reshape((C * D,) + E.shape[2:])).reshape(C, D, -1)
 
 
-def _information_criteria(prob: Problem, raw: Any, U_full: np.ndarray, E: np.ndarray, draws: dict | None) -> dict:
+def _information_criteria(
+    prob: Problem, raw: PosteriorDraws, U_full: np.ndarray, E: np.ndarray, draws: dict | None
+) -> dict:
     """WAIC and LOO (:func:`pkpd.fit.diagnostics.information_criteria`) on the InferenceData the result
     writes: its ``log_likelihood`` variable ``subject`` is used when there, else computed from the draws and
     added to it (so that ``idata.nc`` holds what the values were computed from)."""
-    idata = getattr(raw, "idata", None)
+    idata = raw.idata
     if _is_inference_data(idata):
         if not ("log_likelihood" in idata.groups() and "subject" in idata.log_likelihood):
             ll = _subject_loglik(prob, U_full, E)
@@ -1119,7 +1155,7 @@ def _information_criteria(prob: Problem, raw: Any, U_full: np.ndarray, E: np.nda
 def build_result(
     prob: Problem,
     method: str,
-    raw: Any,
+    raw: Estimate,
     *,
     data: Any = None,
     data_source: str | None = None,
@@ -1140,9 +1176,8 @@ def build_result(
     prob
         The problem that was fitted.
     method
-        ``laplace`` (``raw`` a :class:`~pkpd.fit.laplace.LaplaceFit`), ``nuts`` or ``svi`` (``raw`` a
-        ``BayesFit``: ``u_draws`` (chains, draws, n_free), ``eta_draws`` (chains, draws, n_id, K),
-        ``idata``, ``diagnostics``, ``times``).
+        ``laplace`` (``raw`` a :class:`~pkpd.fit.laplace.LaplaceFit`), ``nuts`` or ``svi`` (``raw``
+        :class:`PosteriorDraws`, e.g. a :class:`~pkpd.fit.bayes.BayesFit`).
     data
         The dataset (path or frame) for the NCA; default the problem's frame.
     vpc_replicates, npde_replicates
@@ -1163,35 +1198,40 @@ def build_result(
     t0 = time.perf_counter()
     say = status or (lambda s: None)
     notes: list[str] = []
+    bayes = method in ("nuts", "svi")
+    lap: LaplaceFit | None = raw if isinstance(raw, LaplaceFit) else None
+    post: PosteriorDraws | None = None if isinstance(raw, LaplaceFit) else raw
+    if bayes == (post is None):
+        raise PKPDError(f"build_result: method {method} with a {type(raw).__name__} outcome")
     pk = prob.packer
     K = prob.n_eta
-    bayes = method in ("nuts", "svi")
     draws = None
-    if bayes:
-        u_draws = np.asarray(raw.u_draws, float)
+    if post is not None:
+        u_draws = np.asarray(post.u_draws, float)
         if u_draws.ndim == 2:
             u_draws = u_draws[None]
         U_full = _full_draws(pk, u_draws)
         u_full = np.median(U_full.reshape(-1, U_full.shape[-1]), axis=0)
-        E = np.asarray(raw.eta_draws, float).reshape(u_draws.shape[0], u_draws.shape[1], prob.n_id, K)
+        E = np.asarray(post.eta_draws, float).reshape(u_draws.shape[0], u_draws.shape[1], prob.n_id, K)
         eta = np.median(E.reshape(-1, prob.n_id, K), axis=0) if K else np.zeros((prob.n_id, 0))
         eta_sd = E.reshape(-1, prob.n_id, K).std(axis=0, ddof=1) if K else np.zeros((prob.n_id, 0))
         say("parameter table (posterior summaries)")
         table, draws = _bayes_table(prob, U_full, eta[:, : prob.k_iiv], mcmc=method == "nuts")
         cov_free = None
     else:
-        u_full = np.asarray(raw.u_full, float)
-        eta = np.asarray(raw.eta, float).reshape(prob.n_id, K)
+        assert lap is not None
+        u_full = np.asarray(lap.u_full, float)
+        eta = np.asarray(lap.eta, float).reshape(prob.n_id, K)
         eta_sd = np.zeros((prob.n_id, K))
         if K:
-            H = np.asarray(raw.eta_hess, float)
+            H = np.asarray(lap.eta_hess, float)
             with np.errstate(all="ignore"):
                 try:
                     eta_sd = np.sqrt(np.maximum(np.diagonal(np.linalg.inv(H), axis1=-2, axis2=-1), 0.0))
                 except np.linalg.LinAlgError:
                     eta_sd = np.full((prob.n_id, K), np.nan)
         say("parameter table (delta-method standard errors)")
-        table, cov_free = _laplace_table(prob, u_full, raw.cov_u, eta[:, : prob.k_iiv])
+        table, cov_free = _laplace_table(prob, u_full, lap.cov_u, eta[:, : prob.k_iiv])
 
     # predictions, residuals
     say("predictions and CWRES")
@@ -1293,11 +1333,11 @@ def build_result(
         "n_parameters": n_free,
         "eps_shrinkage_pct": dg.epsilon_shrinkage(iwres),
     }
-    if bayes:
+    if post is not None:
         objective.update(minus2ll=None, ofv=None, aic=None, bic=None)
         say("WAIC and LOO (ArviZ)")
         try:
-            ic = _information_criteria(prob, raw, U_full, E, draws)
+            ic = _information_criteria(prob, post, U_full, E, draws)
             objective["waic"], objective["loo"] = ic["waic"], ic["loo"]
             objective["ic_definition"] = ic["definition"]
             objective["ic_n_draws"], objective["ic_n_subjects"] = ic["n_draws"], ic["n_points"]
@@ -1314,7 +1354,7 @@ def build_result(
         except Exception as exc:  # noqa: BLE001 - the information criteria are optional
             notes.append(f"WAIC/LOO not computed: {type(exc).__name__}: {exc}")
     else:
-        m2 = float(raw.minus2ll)
+        m2 = float(lap.minus2ll)
         objective.update(
             minus2ll=m2,
             ofv=m2 - prob.n_normal_obs * LOG2PI,
@@ -1327,10 +1367,10 @@ def build_result(
         )
 
     # diagnostics, convergence
-    if bayes:
-        rd = dict(getattr(raw, "diagnostics", {}) or {})
+    if post is not None:
+        rd = dict(post.diagnostics)
         free_tab = table[~table["fixed"]]
-        div_n, div_warm = _divergences(raw, rd)
+        div_n, div_warm = _divergences(post, rd)
         diagn = {
             "max_rhat": float(np.nanmax(free_tab["rhat"])) if free_tab["rhat"].notna().any() else None,
             "min_ess_bulk": float(np.nanmin(free_tab["ess_bulk"])) if free_tab["ess_bulk"].notna().any() else None,
@@ -1343,16 +1383,11 @@ def build_result(
             "draws_per_chain": int(u_draws.shape[1]),
             "method_diagnostics": _jsonable(rd),
         }
-        priors = getattr(raw, "priors", None)
-        if priors:  # the priors are part of the result: fit.json states them line by line
-            diagn["priors"] = str(priors).splitlines()
-        conv_attr = getattr(raw, "converged", None)
-        if conv_attr is not None:
-            converged = bool(conv_attr)
-        else:
-            converged = (diagn["max_rhat"] is None or diagn["max_rhat"] <= 1.01 or u_draws.shape[0] < 2) and not div_n
+        if post.priors:  # the priors are part of the result: fit.json states them line by line
+            diagn["priors"] = str(post.priors).splitlines()
+        converged = (diagn["max_rhat"] is None or diagn["max_rhat"] <= 1.01 or u_draws.shape[0] < 2) and not div_n
         if method == "nuts":
-            message = getattr(raw, "message", None) or (
+            message = (
                 f"{u_draws.shape[0]} chain(s) x {u_draws.shape[1]} draws; max R-hat "
                 f"{_g(diagn['max_rhat'])}, min bulk ESS {_g(diagn['min_ess_bulk'])}, divergences {div_n} "
                 f"(sampling; warm-up {div_warm if div_warm is not None else '-'}, not counted)"
@@ -1364,7 +1399,7 @@ def build_result(
                 if elbo is not None and np.size(elbo)
                 else ""
             )
-            message = getattr(raw, "message", None) or (
+            message = (
                 f"{u_draws.shape[1]} draws of the fitted approximation{last} (check the loss trace in "
                 "fit.json: SVI has no convergence diagnostic)"
             )
@@ -1372,22 +1407,22 @@ def build_result(
             notes.append(f"R-hat up to {diagn['max_rhat']:.3f} > 1.01: chains disagree; run longer or reparameterize")
         if div_n:
             notes.append(f"{div_n} divergent transitions after warm-up: the posterior may be biased")
-        times = dict(getattr(raw, "times", {}) or {})
-        idata = getattr(raw, "idata", None)
+        times = dict(post.times)
+        idata = post.idata
     else:
         diagn = {
-            "n_iter": raw.n_iter,
-            "n_eval": raw.n_eval,
-            "covariance": raw.cov_message,
-            "history_minus2ll": [float(h) for h in raw.history],
-            "max_gradient": float(getattr(raw, "max_gradient", float("nan"))),
-            "n_restarts": int(getattr(raw, "n_restarts", 0)),
+            "n_iter": lap.n_iter,
+            "n_eval": lap.n_eval,
+            "covariance": lap.cov_message,
+            "history_minus2ll": [float(h) for h in lap.history],
+            "max_gradient": float(lap.max_gradient),
+            "n_restarts": int(lap.n_restarts),
         }
-        converged, message = bool(raw.converged), raw.message
-        times = dict(raw.times)
+        converged, message = bool(lap.converged), lap.message
+        times = dict(lap.times)
         idata = None
-        if raw.cov_u is None:
-            notes.append(f"standard errors unavailable: {raw.cov_message}")
+        if lap.cov_u is None:
+            notes.append(f"standard errors unavailable: {lap.cov_message}")
 
     say("NCA of the observed data")
     nca_tab = _nca(prob, data, notes)
