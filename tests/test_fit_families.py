@@ -165,6 +165,37 @@ def test_relations_apply_the_table_factors():
 
 
 # ---------------------------------------------------------------------------------------------------
+# estimator options
+
+
+def test_options_are_the_estimators_keywords_with_their_defaults():
+    import dataclasses
+    import inspect
+
+    from pkpd.fit import NutsOptions, SviOptions, fit_nuts, fit_svi
+
+    for cls, fn in ((NutsOptions, fit_nuts), (SviOptions, fit_svi)):
+        sig = {n: p.default for n, p in inspect.signature(fn).parameters.items() if n != "prob"}
+        assert {f.name: f.default for f in dataclasses.fields(cls)} == sig, cls.__name__
+        assert cls().keywords() == sig
+
+
+def test_bayes_options_from_fit_arguments():
+    from pkpd.fit import FitError, NutsOptions, SviOptions, fit
+    from pkpd.fit.options import bayes_options
+
+    args = dict(chains=2, warmup=7, samples=60, svi_steps=300, seed=3, progress=False)
+    nuts = bayes_options("nuts", **args, options={"target_accept": 0.95, "num_chains": 3})
+    assert nuts == NutsOptions(num_chains=3, num_warmup=7, num_samples=60, seed=3, progress=False, target_accept=0.95)
+    svi = bayes_options("svi", **args, options={"guide": "mvn"})
+    assert svi == SviOptions(num_steps=300, num_draws=60, seed=3, progress=False, guide="mvn")
+    with pytest.raises(FitError, match="unknown option.*for method svi: target_accept"):
+        bayes_options("svi", **args, options={"target_accept": 0.9})
+    with pytest.raises(FitError, match="unknown option.*for method nuts: chain_method"):  # refused before any work
+        fit("no-such-file.csv", "no-such-model.toml", "nuts", chain_method="parallel")
+
+
+# ---------------------------------------------------------------------------------------------------
 # estimator outcomes
 
 

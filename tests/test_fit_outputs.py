@@ -436,8 +436,9 @@ def test_bayes_outputs_with_fake_sampler(theoph, tmp_path, monkeypatch):
     fake = _fake_bayes(theoph)
     calls = {}
 
-    def fit_nuts(prob, *, num_chains=4, num_warmup=500, num_samples=500, seed=0, progress=True):
+    def fit_nuts(prob, *, num_chains=4, num_warmup=500, num_samples=500, seed=0, progress=True, **settings):
         calls.update(chains=num_chains, warmup=num_warmup, samples=num_samples, seed=seed, progress=progress)
+        assert settings["target_accept"] == 0.8 and settings["priors"] is None  # the other NutsOptions defaults
         return fake
 
     import pkpd.fit.bayes as bayes_module

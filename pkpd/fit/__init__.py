@@ -4,6 +4,7 @@ from .api import fit
 from .bayes import BayesFit, describe_priors, fit_nuts, fit_svi, load_netcdf
 from .forecast import Forecast, forecast
 from .laplace import FitError, fit_laplace
+from .options import NutsOptions, SviOptions
 from .problem import Problem, build_problem
 from .result import FitResult, OutputExistsError, build_result
 from .spec import CovariateEffect, Observation, Parameter, PopulationModel, load_model
@@ -26,6 +27,8 @@ __all__ = [
     "forecast",
     "fit_nuts",
     "fit_svi",
+    "NutsOptions",
+    "SviOptions",
     "BayesFit",
     "describe_priors",
     "load_netcdf",

@@ -11,7 +11,6 @@ followed by :meth:`FitResult.save`.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from .laplace import FitError, fit_laplace
+from .options import NutsOptions, bayes_options
 from .problem import build_problem
 from .result import FitResult, build_result
 from .spec import PopulationModel, load_model
@@ -27,36 +27,6 @@ from .spec import PopulationModel, load_model
 __all__ = ["METHODS", "fit"]
 
 METHODS = ("laplace", "nuts", "svi")
-
-# option names of the Bayesian fitters, tried in this order against their signatures
-_ALIASES = {
-    "chains": ("num_chains", "chains"),
-    "warmup": ("num_warmup", "warmup"),
-    "samples": ("num_samples", "num_draws", "samples"),
-    "steps": ("num_steps", "steps"),
-    "seed": ("seed", "rng_seed"),
-    "progress": ("progress",),
-}
-
-
-def _call_bayes(fn: Callable, prob, given: dict, options: dict):
-    """Call ``fit_nuts``/``fit_svi`` with the options its signature accepts (``num_chains``,
-    ``num_warmup``, ``num_samples`` or ``num_draws``, ``num_steps``, ``seed``, ``progress``)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins
-        params = {}
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kwargs = dict(options)
-    for canon, value in given.items():
-        if value is None:
-            continue
-        names = [n for n in _ALIASES[canon] if n in params]
-        if names:
-            kwargs.setdefault(names[0], value)
-        elif var_kw:
-            kwargs.setdefault(_ALIASES[canon][0], value)
-    return fn(prob, **kwargs)
 
 
 def fit(
@@ -129,7 +99,10 @@ def fit(
     status
         ``status(text)`` before each stage (building, estimating, diagnostics...), for progress displays.
     **options
-        Passed to the fitter (Laplace: ``maxiter``, ``gtol``, ``u0``; NUTS/SVI: their own options).
+        Passed to the fitter (Laplace: ``maxiter``, ``gtol``, ``u0``; NUTS/SVI: any field of
+        :class:`~pkpd.fit.options.NutsOptions` / :class:`~pkpd.fit.options.SviOptions`, the keyword
+        arguments of :func:`~pkpd.fit.fit_nuts` / :func:`~pkpd.fit.fit_svi`, which win over ``chains``,
+        ``warmup``, ``samples``, ``svi_steps``, ``seed`` and ``progress``).
 
     Returns
     -------
@@ -162,6 +135,18 @@ def fit(
             raise FitError(
                 f"unknown option(s) for method laplace: {', '.join(sorted(options))} (known: maxiter, gtol, u0)"
             )
+        bayes_opts = None
+    else:  # the sampler's settings, checked before anything runs
+        bayes_opts = bayes_options(
+            method,
+            chains=chains,
+            warmup=warmup,
+            samples=samples,
+            svi_steps=svi_steps,
+            seed=seed,
+            progress=progress,
+            options=options,
+        )
     data_source = None if isinstance(data, pd.DataFrame) else str(data)
     if isinstance(model, PopulationModel):
         spec = model
@@ -177,7 +162,7 @@ def fit(
             f"(columns: {', '.join(map(str, prob.frame.columns))})"
         )
     t_build = time.perf_counter() - t0
-    if method == "laplace":
+    if bayes_opts is None:
         say("estimating (Laplace; the first evaluation compiles the model)")
         raw = fit_laplace(prob, covariance=covariance, callback=callback, **lap_opts)
         used = {"covariance": covariance, **{k: v for k, v in lap_opts.items() if k != "u0"}}
@@ -188,16 +173,14 @@ def fit(
             raise FitError(
                 f"method {method} needs pkpd.fit.bayes, which cannot be imported ({exc}); use --method laplace"
             ) from None
-        fn = getattr(bayes, "fit_nuts" if method == "nuts" else "fit_svi", None)
-        if fn is None:
-            raise FitError(f"pkpd.fit.bayes has no fit_{method}; use --method laplace")
         say(f"estimating ({method}; the first evaluation compiles the model)")
-        if method == "nuts":
-            given = {"chains": chains, "warmup": warmup, "samples": samples, "seed": seed, "progress": progress}
+        if isinstance(bayes_opts, NutsOptions):
+            raw = bayes.fit_nuts(prob, **bayes_opts.keywords())
+            given = {"chains": chains, "warmup": warmup, "samples": samples, "seed": seed}
         else:
-            given = {"samples": samples, "steps": svi_steps, "seed": seed, "progress": progress}
-        raw = _call_bayes(fn, prob, given, options)
-        used = {k: v for k, v in given.items() if k != "progress"} | dict(options)
+            raw = bayes.fit_svi(prob, **bayes_opts.keywords())
+            given = {"samples": samples, "steps": svi_steps, "seed": seed}
+        used = given | dict(options)  # what fit.json records: fit()'s arguments, then the options given
     t_fit = time.perf_counter() - t0 - t_build
     res = build_result(
         prob,

@@ -112,9 +112,19 @@ from ..errors import ModelSpecError
 from ..xla import jit
 from .error_models import TERMS
 from .laplace import FitError
+from .options import NutsOptions, SviOptions
 from .problem import Problem
 
-__all__ = ["BayesFit", "default_priors", "describe_priors", "fit_nuts", "fit_svi", "load_netcdf"]
+__all__ = [
+    "BayesFit",
+    "NutsOptions",
+    "SviOptions",
+    "default_priors",
+    "describe_priors",
+    "fit_nuts",
+    "fit_svi",
+    "load_netcdf",
+]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -550,7 +560,7 @@ def _site_transforms(prob: Problem, layout: _Layout, priors: tuple) -> dict:
 
 @dataclass
 class BayesFit:
-    """Outcome of :func:`fit_nuts` or :func:`fit_svi`.
+    """Outcome of :func:`fit_nuts` or :func:`fit_svi` (a :class:`~pkpd.fit.result.PosteriorDraws`).
 
     Attributes
     ----------
@@ -1044,7 +1054,8 @@ def fit_nuts(
     -----
     The compiled sampler is cached per model structure, data shapes and settings (``num_warmup``,
     ``target_accept``, ``max_tree_depth``, ``dense_mass``): later runs report ``compile_s`` near 0.
-    Not thread-safe (the rejection counter is process-wide).
+    Not thread-safe (the rejection counter is process-wide). The settings as one typed value:
+    :class:`~pkpd.fit.options.NutsOptions` (``fit_nuts(prob, **options.keywords())``).
     """
     if num_chains < 1 or num_samples < 1 or num_warmup < 0:
         raise FitError("num_chains and num_samples must be >= 1 and num_warmup >= 0")
@@ -1302,6 +1313,11 @@ def fit_svi(
     BayesFit
         One "chain" of ``num_draws`` independent draws (less the rejected ones); ``diagnostics["elbo"]``
         is the loss trace (negative ELBO, nats, per step).
+
+    Notes
+    -----
+    The settings as one typed value: :class:`~pkpd.fit.options.SviOptions`
+    (``fit_svi(prob, **options.keywords())``).
     """
     if guide not in ("normal", "mvn"):
         raise FitError(f"guide must be 'normal' or 'mvn', got {guide!r}")
