@@ -208,3 +208,30 @@ def test_build_result_reads_a_typed_outcome():
     lap = LaplaceFit(np.zeros(1), 0.0, np.zeros((1, 0)), np.zeros((1, 0, 0)), True, "", 0, 0, None, "", {})
     with pytest.raises(PKPDError, match="method nuts with a LaplaceFit outcome"):
         build_result(None, "nuts", lap)
+
+
+# ---------------------------------------------------------------------------------------------------
+# random-effect (IIV) types
+
+
+def test_random_effect_types():
+    from pkpd.fit.random_effects import IIV_TYPES
+    from pkpd.fit.spec import Parameter
+
+    assert list(IIV_TYPES) == ["lognormal", "additive", "proportional", "logit"]
+    tv, eta = jnp.asarray([0.2, 0.5]), jnp.asarray([0.1, -0.3])
+    want = {
+        "lognormal": [0.2 * math.exp(0.1), 0.5 * math.exp(-0.3)],
+        "additive": [0.3, 0.2],
+        "proportional": [0.2 * 1.1, 0.5 * 0.7],
+        "logit": [1 / (1 + math.exp(-(math.log(0.2 / 0.8) + 0.1))), 1 / (1 + math.exp(0.3))],
+    }
+    for name, kind in IIV_TYPES.items():
+        assert kind.name == name
+        np.testing.assert_allclose(np.asarray(kind.apply(tv, eta)), want[name], rtol=1e-14, err_msg=name)
+        assert kind.in_parameter_units == (name == "additive")
+    assert IIV_TYPES["lognormal"].cv_pct(0.09) == pytest.approx(100 * math.sqrt(math.expm1(0.09)))
+    assert IIV_TYPES["lognormal"].cv_pct(800.0) == math.inf and math.isnan(IIV_TYPES["additive"].cv_pct(0.09))
+    assert Parameter("F", 0.4, iiv_type="logit").iiv_model is IIV_TYPES["logit"]
+    assert "(0, 1)" in IIV_TYPES["logit"].check(Parameter("F", 2.0, upper=5.0, iiv_type="logit"))
+    assert IIV_TYPES["lognormal"].check(Parameter("CL", 2.0)) is None

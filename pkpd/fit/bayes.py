@@ -138,7 +138,7 @@ class _Block:
     names: tuple[str, ...]
     offset: int
     entries: tuple[tuple[int, int, int], ...]  # (packer index, local row, local col)
-    additive: tuple[bool, ...]  # iiv_type == additive (SD in parameter units)
+    additive: tuple[bool, ...]  # random effect in parameter units (iiv_type additive): SD in those units
 
     @property
     def label(self) -> str:
@@ -173,7 +173,7 @@ def _layout(prob: Problem) -> _Layout:
     spec = prob.spec
     idx = {n: i for i, n in enumerate(pk.names)}
     pop = tuple((n, i) for i, (n, k) in enumerate(zip(pk.names, pk.kinds)) if k in ("theta", "beta") and pk.free[i])
-    additive_of = {p.name: p.iiv_type == "additive" for p in spec.parameters}
+    additive_of = {p.name: p.iiv_model.in_parameter_units for p in spec.parameters}
     blocks = []
     off = 0
     for names, _full, _fixed in spec.iiv_blocks():
@@ -301,7 +301,7 @@ def default_priors(prob: Problem) -> dict[str, dist.Distribution]:
             out[f"omega({n})"] = dist.HalfNormal(float(5.0 * s0 if add else max(1.0, 2.0 * s0)))
         if len(b.names) > 1:
             out[b.label] = dist.LKJCholesky(len(b.names), 2.0)
-    additive_of = {p.name: p.iiv_type == "additive" for p in prob.spec.parameters}
+    additive_of = {p.name: p.iiv_model.in_parameter_units for p in prob.spec.parameters}
     for n, _, j in lay.iov:
         s0 = math.sqrt(float(nat["iov"][j]))
         add = additive_of.get(n[4:-1], False)

@@ -223,7 +223,6 @@ class Problem:
     effects: list  # per parameter: list of (Relation, coefficient slice, data) for covariate factors
     eta_index: np.ndarray  # (n_param,) index of each parameter's IIV eta, -1 if none
     iov_index: np.ndarray  # (n_param,) index of each parameter's IOV kappa within an occasion, -1 if none
-    iiv_type: tuple[str, ...]
     occ: np.ndarray | None  # (Np, R) 0-based occasion index per record, or None
     n_occ: int
     obs: dict  # flat observation arrays (numpy): pseudo, slot, id, row, dv, type, blq, lloq, time
@@ -309,16 +308,7 @@ class Problem:
             if self.iov_index[j] >= 0 and self.n_occ:
                 cols = k + jnp.asarray(self.occ) * self.packer.n_iov + int(self.iov_index[j])
                 re = re + jnp.take_along_axis(eta_p, cols, axis=1)
-            kind = self.iiv_type[j]
-            if kind == "lognormal":
-                val = tv * jnp.exp(re)
-            elif kind == "additive":
-                val = tv + re
-            elif kind == "proportional":
-                val = tv * (1.0 + re)
-            else:  # logit
-                val = jax.nn.sigmoid(jnp.log(tv) - jnp.log1p(-tv) + re)
-            out[p.name] = val
+            out[p.name] = p.iiv_model.apply(tv, re)
         return out
 
     def structural(self, indiv: dict) -> dict:
@@ -998,7 +988,6 @@ def _build_problem(
         effects=effects,
         eta_index=eta_index,
         iov_index=iov_index,
-        iiv_type=tuple(p.iiv_type for p in spec.parameters),
         occ=occ,
         n_occ=n_occ,
         obs=obs,

@@ -260,11 +260,6 @@ def _describe(prob: Problem) -> tuple[list[str], list[str], list[dict]]:
     return units, desc, info
 
 
-def _expm1(x: float) -> float:
-    """``exp(x) - 1`` that gives ``inf`` instead of raising on overflow (a diverged variance)."""
-    return math.expm1(x) if x < 700 else math.inf
-
-
 def _parameter_table(
     prob: Problem,
     est: np.ndarray,
@@ -292,8 +287,7 @@ def _parameter_table(
         if kind == "omega" and isinstance(inf.get("eta"), int):
             k = inf["eta"]
             sd[i] = math.sqrt(est[i]) if est[i] >= 0 else math.nan
-            if spec.parameter(inf["param"]).iiv_type == "lognormal":
-                cv[i] = 100.0 * math.sqrt(_expm1(est[i]))
+            cv[i] = spec.parameter(inf["param"]).iiv_model.cv_pct(est[i])
             if eta_hat.size:
                 shr[i] = dg.eta_shrinkage(eta_hat[has_obs][:, [k]], [est[i]])[0]
         elif kind == "omega":
@@ -301,8 +295,7 @@ def _parameter_table(
             corr[i] = est[i] / math.sqrt(omega_est[(r, r)] * omega_est[(c, c)])
         elif kind == "iov":
             sd[i] = math.sqrt(est[i])
-            if spec.parameter(inf["param"]).iiv_type == "lognormal":
-                cv[i] = 100.0 * math.sqrt(_expm1(est[i]))
+            cv[i] = spec.parameter(inf["param"]).iiv_model.cv_pct(est[i])
     return pd.DataFrame(
         {
             "name": list(pk.names),
@@ -774,7 +767,7 @@ class FitResult:
             eta_units = {}
             for lab, n in zip(labels, spec.eta_names()):
                 p = spec.parameter(n)
-                eta_units[lab] = (p.unit or "") if p.iiv_type == "additive" else dg.ND
+                eta_units[lab] = (p.unit or "") if p.iiv_model.in_parameter_units else dg.ND
             dg.plot_eta_distributions(
                 self.individual,
                 path("eta.png"),
@@ -822,7 +815,7 @@ class FitResult:
             if not u and r.get("kind") in ("omega", "iov"):
                 names = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", str(r["name"]).split("(", 1)[-1])
                 ps = [spec.parameter(n) for n in names if n in spec.parameter_names]
-                if ps and all(p.iiv_type != "additive" for p in ps):
+                if ps and not any(p.iiv_model.in_parameter_units for p in ps):
                     u = dg.ND
             out[str(r["name"])] = u
         return out

@@ -88,6 +88,7 @@ import numpy as np
 from ..errors import ModelSpecError
 from ..expr import Expression, compile_expression, compile_parameter_block
 from .error_models import ERROR_MODELS, TERMS, ErrorModel
+from .random_effects import IIV_TYPES, RandomEffect
 from .relations import RELATIONS, Relation
 
 __all__ = [
@@ -100,8 +101,6 @@ __all__ = [
     "ERROR_MODELS",
     "IIV_TYPES",
 ]
-
-IIV_TYPES = ("lognormal", "additive", "proportional", "logit")
 
 
 def _fail(where: str, message: str) -> ModelSpecError:
@@ -199,6 +198,11 @@ class Parameter:
     iiv_fixed: bool = False
     covariates: tuple[CovariateEffect, ...] = ()
     description: str = ""
+
+    @property
+    def iiv_model(self) -> RandomEffect:
+        """How the random effect enters (:data:`pkpd.fit.random_effects.IIV_TYPES` of :attr:`iiv_type`)."""
+        return IIV_TYPES[self.iiv_type]
 
 
 @dataclass(frozen=True)
@@ -413,8 +417,9 @@ class PopulationModel:
                 raise _fail(w, f"iiv_type {p.iiv_type!r} is not one of {', '.join(IIV_TYPES)}")
             if p.iiv is not None and not (np.isfinite(p.iiv) and p.iiv > 0):
                 raise _fail(w, f"iiv (omega^2, a variance) must be > 0, got {p.iiv!r}")
-            if p.iiv_type == "logit" and not (0.0 < p.estimate < 1.0):
-                raise _fail(w, "a logit random effect needs a typical value in (0, 1)")
+            wrong_type = p.iiv_model.check(p)
+            if wrong_type:
+                raise _fail(w, wrong_type)
             for c in p.covariates:
                 cw = f"{w}, covariate {c.covariate}"
                 if c.relation not in RELATIONS:
