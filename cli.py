@@ -4,7 +4,7 @@ Commands: ``pkpd simulate``, ``pkpd fit``, ``pkpd forecast``, ``pkpd optimize``,
 ``pkpd drugs``, ``pkpd models``, ``pkpd devices``, ``pkpd version``.
 
 A thin Typer layer: each command parses its options, calls one function of the package (the workflow:
-:func:`pkpd.simulate.simulate_dataset`, :func:`pkpd.regimen_run.simulate_regimen_stored`,
+:func:`pkpd.simulate.simulate_dataset`, :func:`pkpd.population.run.simulate_regimen_stored`,
 :func:`pkpd.fit.api.fit`, :func:`pkpd.fit.forecast.forecast`, :func:`regimens.optimize.optimize_patient`,
 :func:`regimens.optimize.run_trial`, :func:`pkpd.html_report.write_report`), writes the outputs it returns
 through :func:`pkpd.interrupts.staged_outputs` with a run manifest, and prints. No science lives here. JAX
@@ -728,7 +728,7 @@ def _simulate_regimen(
         raise _Abort(f"the output path {out_dir} is a file; give a directory with --out")
     if index == 0 and resume and not force:  # only a run this command recognises is resumed
         from pkpd.batch import check_resume_dir
-        from pkpd.regimen_run import STORE_KIND
+        from pkpd.population.run import STORE_KIND
 
         check_resume_dir(out_dir, STORE_KIND, "simulate")
     elif index == 0 and out_dir.is_dir() and any(out_dir.iterdir()) and not force:
@@ -773,9 +773,9 @@ def _simulate_regimen_run(
     count: int,
     keep_chunks: bool,
 ) -> None:
+    from pkpd.population.report import population_headline, write_population_outputs
+    from pkpd.population.run import simulate_regimen_stored
     from pkpd.population_checks import regimen_findings
-    from pkpd.regimen_run import simulate_regimen_stored
-    from pkpd.report import population_headline, write_population_outputs
     from regimens.io import regimen_file
 
     console = _console()

@@ -77,9 +77,9 @@ import jax
 import jax.numpy as jnp
 
 import pkpd  # noqa: F401  (turns on float64 unless PKPD_PRECISION=float32)
-from pkpd import regimen_sim
 from pkpd.patients import spine72_population
-from pkpd.regimen_sim import SimOptions, simulate_regimen
+from pkpd.population import RegimenPlan, SimOptions, simulate_regimen
+from pkpd.population import plan as population_plan
 from regimens import get_regimen
 
 _T_IMPORTED = time.perf_counter()
@@ -171,7 +171,7 @@ def phase_timers():
     methods are restored on exit. The wrappers only add ``perf_counter`` calls: ``run_chunk`` converts the
     kernel's result to numpy right after the call anyway, so blocking on it changes nothing.
     """
-    cls = regimen_sim.RegimenPlan
+    cls = RegimenPlan
     saved = {name: cls.__dict__[name] for name in ("build", "arrays", "_compiled", "collect")}
     acc: dict[str, list[float]] = {"build": [], "prep": [], "kernel": [], "collect": []}
 
@@ -298,7 +298,7 @@ def _best(fn, repeats: int) -> tuple[float, object]:
 
 def baseline(regimen, pop, seed: int, repeats: int) -> dict:
     """JAX full kernel vs numpy PK-only loop on the same prepared arrays of ``pop``."""
-    plan = regimen_sim.RegimenPlan.build(regimen, pop, SimOptions())
+    plan = RegimenPlan.build(regimen, pop, SimOptions())
     t = time.perf_counter()
     arrays, *_ = plan.arrays(pop, seed)
     t_prep = time.perf_counter() - t
@@ -331,13 +331,13 @@ def numeric_check(regimen, pop, seed: int) -> dict:
     opts = SimOptions(record_states=True)
     no_prn = dataclasses.replace(regimen, prn=(), pca=())
     res = simulate_regimen(no_prn, pop, seed=seed, options=opts, chunk_size=len(pop))
-    plan = regimen_sim.RegimenPlan.build(no_prn, pop, opts)
+    plan = RegimenPlan.build(no_prn, pop, opts)
     arrays, *_ = plan.arrays(pop, seed)
     x_np = numpy_pk_loop(arrays, plan.T)
     out["no_prn_rel"], out["no_prn_abs"] = max_rel_diff(x_np, res.states)
     out["no_prn_shape"] = list(res.states.shape)
     # full regimen: the kernel's own run, its granted doses replayed into the numpy loop
-    plan = regimen_sim.RegimenPlan.build(regimen, pop, opts)
+    plan = RegimenPlan.build(regimen, pop, opts)
     run = plan.run_chunk(pop, seed)
     arrays, *_ = plan.arrays(pop, seed)
     x_np = numpy_pk_loop(arrays, plan.T, doses=np.asarray(run["dose"]))
@@ -356,7 +356,7 @@ def blas_check(regimen, pop, seed: int, chunk: int, rounds: int = 2) -> dict:
             with (
                 contextlib.nullcontext()
                 if key == "one"
-                else _patched(regimen_sim, "_one_blas_thread", contextlib.nullcontext)
+                else _patched(population_plan, "_one_blas_thread", contextlib.nullcontext)
             ):
                 t = time.perf_counter()
                 simulate_regimen(regimen, pop, seed=seed, chunk_size=chunk)

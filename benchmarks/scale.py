@@ -52,8 +52,10 @@ def worker(args) -> dict:
     import jax
     import numpy as np
 
-    from pkpd import batch, regimen_sim
+    from pkpd import batch
     from pkpd.patients import spine72_population
+    from pkpd.population import RegimenPlan, SimOptions, simulate_regimen
+    from pkpd.population.simulate import _row_bytes
     from regimens import get_regimen
 
     reg = get_regimen(args.regimen)
@@ -62,7 +64,7 @@ def worker(args) -> dict:
     for chunk in args.chunks:
         rows = min(chunk, args.n)
         sub = pop.iloc[:rows]
-        plan = regimen_sim.RegimenPlan.build(reg, sub, regimen_sim.SimOptions())
+        plan = RegimenPlan.build(reg, sub, SimOptions())
         t = time.perf_counter()
         arrays, *_ = plan.arrays(sub, args.seed)
         prep_s = time.perf_counter() - t
@@ -95,7 +97,7 @@ def worker(args) -> dict:
         if ma is not None:
             per_dev = int(ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes)
         # end to end, warm (same chunk size, all patients)
-        simulate = regimen_sim.simulate_regimen
+        simulate = simulate_regimen
         simulate(reg, pop, seed=args.seed, chunk_size=chunk)
         t = time.perf_counter()
         simulate(reg, pop, seed=args.seed, chunk_size=chunk)
@@ -111,7 +113,7 @@ def worker(args) -> dict:
                 "e2e_pps": args.n / e2e,
                 "mem_per_device_bytes": per_dev,
                 "mem_chunk_bytes": None if per_dev is None else per_dev * len(devs),
-                "estimate_bytes": regimen_sim._row_bytes(plan) * rows,
+                "estimate_bytes": _row_bytes(plan) * rows,
             }
         )
     if args.optimize:

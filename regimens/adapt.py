@@ -339,7 +339,7 @@ def rescue_tables(
         An adapted PCA whose loading dose or basal rate changed (the batched call takes those as scheduled
         events of the regimen as written: simulate that patient's adapted regimen on its own).
     """
-    from pkpd.regimen_sim import RegimenPlan, SimOptions
+    from pkpd.population import RegimenPlan, SimOptions
 
     if not any(a.rescue for a in adapted):
         return None

@@ -680,7 +680,7 @@ class PopulationProposal:
         """Exact simulation of each patient's chosen schedule and rescue policy on other rows (e.g. the
         patient's true parameters): ``rows`` a population frame, ``row_patient`` the patient index of each row;
         ``options`` :class:`pkpd.regimen_sim.SimOptions` (e.g. to record concentrations)."""
-        from pkpd.regimen_sim import simulate_regimen
+        from pkpd.population import simulate_regimen
 
         W, tabs = self.weights_for(row_patient)
         return simulate_regimen(self.superset, rows, seed=seed, dose_weights=W, rescue_tables=tabs, options=options)
@@ -732,7 +732,7 @@ def _auc_references(product_keys: Sequence[str], *, fusion: bool, horizon_h: flo
     drugs' PK are independent and there is no rescue, so each drug's AUC is the one it has alone)."""
     todo = [k for k in dict.fromkeys(product_keys) if (k, bool(fusion), float(horizon_h)) not in _AUC_REF]
     if todo:
-        from pkpd.regimen_sim import SimOptions, simulate_regimen
+        from pkpd.population import SimOptions, simulate_regimen
 
         row = _reference_row()
         cov = {k: v for k, v in row.items() if k != "ID"}
@@ -764,7 +764,7 @@ def _policy_allowed(policy, cov, fusion: bool, base_keys: set) -> bool:
 
 def _policy_tables(policies, superset: Regimen, row: pd.DataFrame, opts) -> list[dict]:
     """Each policy's rescue tables (1, I, R) on the superset's rescue structure."""
-    from pkpd.regimen_sim import RegimenPlan
+    from pkpd.population import RegimenPlan
 
     ref = RegimenPlan.build(superset, row, opts)
     out = []
@@ -884,7 +884,7 @@ def _optimize_population(
     import time
 
     from pkpd import batch
-    from pkpd.regimen_sim import SimOptions, relaxed_program, simulate_regimen
+    from pkpd.population import SimOptions, relaxed_program, simulate_regimen
 
     from .io import get_regimen
 
@@ -2133,7 +2133,7 @@ def oracle_gap(
         ``TIT3_<r>``, ``PAIN_EXCESS_<r>`` (NRS*h) and ``LOSS_<r>`` (:func:`exact_loss`, MME-equivalents);
         ``SAME_SCHEDULE`` whether the prior-based and oracle schedules are identical.
     """
-    from pkpd.regimen_sim import simulate_regimen, variability_columns
+    from pkpd.population import simulate_regimen, variability_columns
 
     from .io import get_regimen
 

@@ -176,7 +176,7 @@ def test_a_normal_patient_is_unchanged_and_simulated_bit_for_bit_as_before():
     """A normal patient's comparator (no fraction, within every limit) is C1 itself; in a batch with a
     restricted patient its rows of the batched comparator simulation (per-patient rescue tables) are the
     same bits as the simulation without rescue tables (the code before the fractions)."""
-    from pkpd.regimen_sim import SimOptions, simulate_regimen
+    from pkpd.population import SimOptions, simulate_regimen
 
     c1 = get_regimen("C1")
     ad = adapt_to_patient(c1, NORMAL)

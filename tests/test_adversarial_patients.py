@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from pkpd.patients import Patient, patients_to_frame
+from pkpd.population import simulate_regimen
 from pkpd.population_checks import regimen_findings
-from pkpd.regimen_sim import simulate_regimen
 from regimens import Regimen, Scheduled, check_regimen, get_regimen
 
 ADVERSARIAL = [
@@ -219,7 +219,7 @@ def test_rescue_doses_actually_simulated_are_within_the_fractions(adversarial_ru
     and the comparators never exceed the patient's fraction of the largest dose written (hydromorphone IV 0.5 mg
     PRN, C0's PCA 0.2 mg; oxycodone PO 10 mg) nor of the usual starting dose; a restricted patient's proposal
     and explanation quote the fraction applied."""
-    from pkpd.regimen_sim import RegimenPlan, SimOptions
+    from pkpd.population import RegimenPlan, SimOptions
 
     allp, st, res = adversarial_run
     S = st.draws
@@ -263,7 +263,7 @@ def test_comparators_of_unrestricted_patients_are_bit_identical_to_before(advers
     """Patients without a renal/hepatic fraction (CrCL >= 60, no hepatic impairment): their C0 and C1 rows are
     the same bits as the comparators simulated without per-patient rescue tables (the code before the
     fractions), in the same batched call."""
-    from pkpd.regimen_sim import SimOptions, simulate_regimen
+    from pkpd.population import SimOptions, simulate_regimen
     from pkpd.xla import fast_compile
     from regimens.adapt import adapt_to_patient
 

@@ -435,12 +435,12 @@ def test_chunks_removed_after_success_kept_with_keep_chunks(tmp_path):
 
 
 def test_chunks_kept_when_the_run_fails(tmp_path, monkeypatch):
-    import pkpd.report
+    import pkpd.population.report
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(pkpd.report, "write_population_outputs", broken)
+    monkeypatch.setattr(pkpd.population.report, "write_population_outputs", broken)
     out = tmp_path / "run"
     res = runner.invoke(app, SIM + ["--out", str(out)])
     assert res.exit_code == 1 and "disk full" in cli_output(res)

@@ -149,9 +149,9 @@ def _fake_chunk(*args, **kwargs):
 
 
 def test_cli_simulate_regimen_swallowed_interrupt_exits_130_without_outputs(tmp_path, monkeypatch):
-    import pkpd.regimen_run
+    import pkpd.population.run
 
-    monkeypatch.setattr(pkpd.regimen_run, "simulate_regimen", _fake_chunk)
+    monkeypatch.setattr(pkpd.population.run, "simulate_regimen", _fake_chunk)
     out = tmp_path / "sim"
     res = runner.invoke(app, ["simulate", "--regimen", "C1", "--population", "3", "--out", str(out)])
     text = cli_output(res)

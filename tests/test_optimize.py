@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from pkpd.patients import load_patient
-from pkpd.regimen_sim import relaxed_program, simulate_regimen
+from pkpd.population import relaxed_program, simulate_regimen
 from regimens import Regimen, Scheduled, check_regimen, dose_caps
 from regimens.optimize import DecisionSpace, InfeasibleError, OptimizeSettings, explain, optimize_patient
 
@@ -493,7 +493,7 @@ def test_oracle_gap_runs_on_true_patients():
     c1 = simulate_regimen(get_regimen("C1"), truth, seed=0).patients
     np.testing.assert_allclose(g["MME_C1"], c1["MME_0_72"], rtol=1e-12)
     assert (g["LOSS_prior"] < g["LOSS_C0"]).all() and (g["LOSS_oracle"] < g["LOSS_C0"]).all()
-    from pkpd.regimen_sim import variability_columns
+    from pkpd.population import variability_columns
 
     known = variability_columns(get_regimen("C1").drugs(), truth)
     other = pd.concat([pop, known], axis=1)

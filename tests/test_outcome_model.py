@@ -22,7 +22,7 @@ from pkpd.errors import ModelSpecError
 from pkpd.outcome import OUTCOME_PARAMETERS, outcome_parameter, outcome_point, outcome_posterior
 from pkpd.patients import spine72_population
 from pkpd.pd import PD_LIBRARY, inverse_reference_curve, reference_curve
-from pkpd.regimen_sim import SimOptions, simulate_regimen
+from pkpd.population import SimOptions, simulate_regimen
 from regimens import PCA, PRN, Regimen, Scheduled
 
 

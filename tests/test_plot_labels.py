@@ -62,7 +62,7 @@ def _outcome(n=3, with_bupi=True, drugs=("morphine", "gabapentin", "bupivacaine_
 
 @pytest.mark.parametrize("with_bupi", [True, False])
 def test_population_bands_units_and_legends(saved, tmp_path, with_bupi):
-    from pkpd.report import plot_bands
+    from pkpd.population.report import plot_bands
 
     plot_bands(_outcome(with_bupi=with_bupi), tmp_path / "bands.png")
     labels = _check_one(
@@ -74,7 +74,7 @@ def test_population_bands_units_and_legends(saved, tmp_path, with_bupi):
 
 
 def test_population_mme_histogram_units_and_legends(saved, tmp_path):
-    from pkpd.report import plot_mme
+    from pkpd.population.report import plot_mme
 
     plot_mme(_outcome(), tmp_path / "mme.png")
     labels = _check_one(saved, {"morphine milligram equivalents": "mg", "patients": "count"})

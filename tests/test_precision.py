@@ -55,7 +55,7 @@ REGIMEN_SCRIPT = textwrap.dedent(
     """
     import sys, numpy as np, jax, jax.numpy as jnp
     from pkpd.patients import spine72_population
-    from pkpd.regimen_sim import SimOptions, relaxed_objective
+    from pkpd.population import SimOptions, relaxed_objective
     from regimens import get_regimen
     pop = spine72_population(8, 4)
     f, ns, nr = relaxed_objective(get_regimen("IYER_APAP"), pop, seed=4, options=SimOptions())
@@ -87,7 +87,7 @@ EXACT_SCRIPT = textwrap.dedent(
     import pickle, sys, jax
     from pkpd import batch
     from pkpd.patients import spine72_population
-    from pkpd.regimen_sim import simulate_regimen
+    from pkpd.population import simulate_regimen
     from regimens import get_regimen
     pop = spine72_population(32, 5)
     out = {"x64": jax.config.jax_enable_x64, "devices": jax.local_device_count()}

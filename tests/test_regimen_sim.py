@@ -31,7 +31,7 @@ from pkpd.pd import (
     inverse_reference_curve,
     reference_curve,
 )
-from pkpd.regimen_sim import SimOptions, mme_factor, relaxed_objective, simulate_regimen
+from pkpd.population import SimOptions, mme_factor, relaxed_objective, simulate_regimen
 from regimens import PCA, PRN, Modality, Regimen, Scheduled, get_regimen
 
 T_OFF = 5.0  # the engine needs TIME >= 0: regimen times (h after surgery) are shifted by this much
@@ -361,7 +361,7 @@ def test_parameter_override_columns():
 def test_per_patient_rescue_tables_equal_separate_regimens():
     """simulate_regimen(rescue_tables=...) with a different PRN policy per patient gives each patient the
     outcomes of the regimen carrying that policy (same IDs, same draws): 1e-12 relative."""
-    from pkpd.regimen_sim import RegimenPlan
+    from pkpd.population import RegimenPlan
 
     sched = (Scheduled("acetaminophen", "po", dose_mg=1000.0, start_h=0.0, every_h=6.0),)
     pol_a = (PRN("oxycodone", "po", 5.0, 4.0, 4.0), PRN("oxycodone", "po", 10.0, 7.0, 4.0))
@@ -396,7 +396,7 @@ def test_variability_draws_equal_unpadded_draws(k):
     import jax.numpy as jnp
 
     from pkpd import xla
-    from pkpd.regimen_sim import _crc, _normals
+    from pkpd.population.draws import _crc, _normals
 
     ids = np.array([1, 2, 7, 1001])
     got = _normals(5, ids, "oxycodone", k)
@@ -415,7 +415,7 @@ def test_a_new_seed_never_recompiles_the_kernel():
     """The seed is a row array of the compiled kernel (keys folded per row inside it), not a constant baked
     into the program: three seeds of the same regimen and population shape run one compiled program, give
     different demand draws, and the same seed gives the same result. The relaxed programs are shared too."""
-    from pkpd import regimen_sim as rs
+    from pkpd import population as rs
     from pkpd.patients import spine72_population
     from regimens.io import get_regimen
 

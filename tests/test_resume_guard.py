@@ -15,7 +15,7 @@ from cli_helpers import cli_output, runner
 
 from cli import app
 from pkpd import batch
-from pkpd.regimen_run import STORE_KIND
+from pkpd.population.run import STORE_KIND
 
 SIM = ["simulate", "--regimen", "C1", "--population", "5"]
 TRIAL = ["trial", "--population", "2", "--draws", "2", "--steps", "1"]

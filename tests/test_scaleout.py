@@ -50,7 +50,7 @@ COMMON = textwrap.dedent(f"""
 EIGHT = COMMON + textwrap.dedent("""
     import pandas as pd
     from pkpd.patients import spine72_population
-    from pkpd.regimen_sim import simulate_regimen
+    from pkpd.population import simulate_regimen
     from regimens import get_regimen
     assert jax.local_device_count() == 8 and jax.config.jax_enable_x64
     res = {"devices": jax.local_device_count()}

@@ -441,15 +441,15 @@ def test_cli_trial_sigint_while_the_outputs_are_moved_keeps_a_complete_set(tmp_p
 @pytest.mark.parametrize("earlier", [False, True], ids=["new-dir", "force-over-earlier-run"])
 @pytest.mark.parametrize("how", HOWS)
 def test_cli_simulate_regimen_interrupted_while_writing(tmp_path, monkeypatch, how, earlier):
-    import pkpd.regimen_run
-    import pkpd.report
+    import pkpd.population.report
+    import pkpd.population.run
 
-    monkeypatch.setattr(pkpd.regimen_run, "simulate_regimen_stored", lambda *a, **k: types.SimpleNamespace(notes=[]))
+    monkeypatch.setattr(pkpd.population.run, "simulate_regimen_stored", lambda *a, **k: types.SimpleNamespace(notes=[]))
 
     def write(result, out_dir, **kwargs):
         return _FakeWriter(how, ("patients.csv", "summary.csv", "doses.csv")).save(out_dir)
 
-    monkeypatch.setattr(pkpd.report, "write_population_outputs", write)
+    monkeypatch.setattr(pkpd.population.report, "write_population_outputs", write)
     out = tmp_path / "sim"
     before = _earlier_run(out, ("doses.csv", "bands.png")) if earlier else {}
     res = runner.invoke(
@@ -463,7 +463,7 @@ def test_cli_simulate_regimen_real_writer_interrupted_over_an_earlier_run(tmp_pa
     is drawn (patients, summary, doses and findings already written). The earlier run's files used to be
     deleted (its run.json kept, listing them); now they are byte-identical and the chunks stay for --resume.
     Then the run resumes and its outputs replace the earlier ones."""
-    import pkpd.report
+    import pkpd.population.report
 
     out = tmp_path / "sim"
     _earlier_run(out, ("doses.csv", "findings.csv", "bands.png", "mme.png", "regimen.txt"))
@@ -473,13 +473,13 @@ def test_cli_simulate_regimen_real_writer_interrupted_over_an_earlier_run(tmp_pa
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    real = pkpd.report.plot_bands
-    monkeypatch.setattr(pkpd.report, "plot_bands", interrupted)
+    real = pkpd.population.report.plot_bands
+    monkeypatch.setattr(pkpd.population.report, "plot_bands", interrupted)
     args = ["simulate", "--regimen", "C1", "--population", "3", "--out", str(out)]
     res = runner.invoke(app, args + ["--force"])
     _check_interrupted(res, out, before, tmp_path)
     assert (out / "chunks" / "store.json").is_file()
-    monkeypatch.setattr(pkpd.report, "plot_bands", real)
+    monkeypatch.setattr(pkpd.population.report, "plot_bands", real)
     res = runner.invoke(app, args + ["--resume"])
     assert res.exit_code == 0, cli_output(res)
     manifest = json.loads((out / "run.json").read_text())

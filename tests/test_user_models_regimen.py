@@ -21,7 +21,7 @@ from pkpd.drugs.structure import regimen_entry
 from pkpd.errors import ModelSpecError
 from pkpd.models.user import compile_structure
 from pkpd.patients import spine72_population
-from pkpd.regimen_sim import SimOptions, simulate_regimen
+from pkpd.population import SimOptions, simulate_regimen
 from regimens import PRN, Regimen, Scheduled
 
 ROOT = Path(__file__).resolve().parents[1]

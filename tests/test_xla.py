@@ -65,7 +65,7 @@ def test_fast_compiled_simulation_equals_the_optimized_one_to_rounding():
     """The same regimen simulation compiled both ways: outcomes equal to rounding (the modes change code
     generation, not the model). Reference: the default (optimized) program."""
     from pkpd.patients import spine72_population
-    from pkpd.regimen_sim import simulate_regimen
+    from pkpd.population import simulate_regimen
     from regimens import get_regimen
 
     pop = spine72_population(6, seed=3)

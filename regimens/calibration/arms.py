@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pkpd.patients import PopulationSpec, spine72_population
-from pkpd.regimen_sim import mme_factor
+from pkpd.population import mme_factor
 
 from ..evidence import Arm, EvidenceError, Outcome, Trial, arm_regimen
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pkpd.patients import PopulationSpec, spine72_population
-from pkpd.regimen_sim import SimOptions, simulate_regimen
+from pkpd.population import SimOptions, simulate_regimen
 
 from ..evidence import arm_regimen, load_evidence
 from ..io import get_regimen

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from pkpd.outcome import OUTCOME_PARAMETERS
-from pkpd.regimen_sim import SimOptions, simulate_regimen, variability_columns
+from pkpd.population import SimOptions, simulate_regimen, variability_columns
 
 from .arms import ArmSim, Target, arm_population, patient_values, simulated_statistics
 

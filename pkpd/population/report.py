@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .plotting import new_figure, quantile_band
+from ..plotting import new_figure, quantile_band
 
 __all__ = ["plot_bands", "plot_mme", "population_headline", "write_population_outputs"]
 

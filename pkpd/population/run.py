@@ -17,8 +17,10 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from . import batch
-from .regimen_sim import PopulationResult, SimOptions, simulate_regimen
+from .. import batch
+from .options import SimOptions
+from .results import PopulationResult
+from .simulate import simulate_regimen
 
 __all__ = ["STORE_CHUNK_PATIENTS", "KEEP_TRAJECTORIES", "STORE_KIND", "simulate_regimen_stored"]
 
