@@ -790,7 +790,7 @@ def _simulate_regimen_run(
         console.print(f"Simulating regimen {reg.name} in {who}, 72 h ...", markup=False)
         with _progress(console) as prog:
             task = prog.add_task("patients", total=n)
-            # chunk by chunk into OUT/chunks (resumable; each process takes its share): pkpd.regimen_run
+            # chunk by chunk into OUT/chunks (resumable; each process takes its share): pkpd.population.run
             res = simulate_regimen_stored(
                 reg, pop, out_dir / "chunks", seed=seed, resume=resume, progress=lambda k: prog.advance(task, k)
             )

@@ -10,7 +10,7 @@ What is timed (wall clock, :func:`time.perf_counter`):
    process: the *first call* (includes JIT compilation of the kernel for the chunk shape and of the random
    streams) and a *warm call* (compiled code cached in-process; best of ``--repeats``). The first call is
    judged against the 2-minute target (PASS/FAIL). Each call is split into phases by wrapping, for the
-   duration of the call only, three methods of the private ``pkpd.regimen_sim.RegimenPlan`` with timers (the
+   duration of the call only, three methods of ``pkpd.population.RegimenPlan`` with timers (the
    package code is not modified): ``build`` (plan assembly), ``arrays`` (host-side preparation per chunk:
    individual parameters, ``expm`` of every patient's system, exact dose contributions), the compiled kernel
    (blocking on its result; includes compilation on the first chunk of the first call) and ``collect``
@@ -31,7 +31,7 @@ What is timed (wall clock, :func:`time.perf_counter`):
 5. **BLAS threading.** The host preparation works on stacks of small matrices (SciPy's batched ``expm``).
    With OpenBLAS's default threads its threads contend with the compiled kernel of the previous chunk,
    which runs beside the preparation of the next chunk, and the whole call slows down 2-3x on a 2-core
-   machine; the simulator therefore prepares with one BLAS thread (``pkpd.regimen_sim._one_blas_thread``,
+   machine; the simulator therefore prepares with one BLAS thread (``pkpd.population.blocks._one_blas_thread``,
    threadpoolctl). The check times whole calls on ``--blas-check-n`` patients in chunks of
    ``--blas-check-chunk`` with that setting and with it switched off (the library default), alternating.
    ``--blas-threads N`` sets the OpenBLAS libraries loaded by numpy and SciPy to N threads for the whole

@@ -7,12 +7,12 @@ machine these are *virtual* devices sharing the host's cores). In it, for each c
 * the SPINE-72 population of ``--n`` patients and the regimen (``--regimen``, default C1) are prepared once
   (``RegimenPlan.arrays`` of one chunk: host preparation is the same work whatever the device count and is
   reported apart);
-* the compiled kernel (:mod:`pkpd.regimen_sim`, rows sharded over the D devices by
+* the compiled kernel (:mod:`pkpd.population`, rows sharded over the D devices by
   :class:`pkpd.batch.RowProgram`) is called once to compile, then timed ``--repeats`` times on the same
   prepared chunk (best of); patients/s = chunk rows / seconds;
 * memory per chunk: XLA's own accounting of the compiled program (``compiled.memory_analysis()``:
   arguments + outputs + temporaries, per device and over all devices), and the estimate
-  :func:`pkpd.regimen_sim._row_bytes` x rows that the automatic chunk sizing uses;
+  :func:`pkpd.population.simulate._row_bytes` x rows that the automatic chunk sizing uses;
 * an end-to-end warm ``simulate_regimen`` of all ``--n`` patients with that chunk size (host preparation,
   kernel, outcome table), patients/s.
 

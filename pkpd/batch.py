@@ -30,7 +30,7 @@ One batching layer under ``pkpd simulate --regimen``, ``pkpd trial``, ``pkpd opt
   its store (:func:`remove_store`; ``--keep-chunks`` keeps it); a run that failed or was interrupted
   keeps it for ``--resume``.
 
-Nothing here is specific to a model: :mod:`pkpd.regimen_sim` shards its compiled kernel with
+Nothing here is specific to a model: :mod:`pkpd.population` shards its compiled kernel with
 :class:`RowProgram`, :func:`regimens.optimize.run_trial` and ``pkpd simulate --regimen`` use
 :class:`ChunkStore`, and :mod:`pkpd.fit.laplace` shards the subjects of a Laplace fit with
 :func:`shard_subjects`.

@@ -1,6 +1,6 @@
 """The calibrated outcome model: its parameters, their priors, and the shipped calibration posterior.
 
-The pain -> rescue -> opioid-use model of :mod:`pkpd.regimen_sim` has parameters that no reference gives
+The pain -> rescue -> opioid-use model of :mod:`pkpd.population` has parameters that no reference gives
 (models.md B3, B6, E: no adult spine pain-resolution model, no PCA-demand model, no adult Emax for
 non-opioid analgesics, no opioid + non-opioid response surface). They are estimated together from the
 aggregate outcomes of published trial arms (the evidence base, ``regimens/evidence/``) by
@@ -29,7 +29,7 @@ A population row may carry its own value of any parameter as a column ``outcome.
 posterior draw: :meth:`OutcomePosterior.draw_columns`), so one batched simulation can run many parameter
 sets (the calibration's design points, the optimizer's scenarios).
 
-Model structure (see :mod:`pkpd.regimen_sim` for the equations): pain ``NRS = B(t) * S * (1 - E)``;
+Model structure (see :mod:`pkpd.population` for the equations): pain ``NRS = B(t) * S * (1 - E)``;
 ``E`` combines the opioid effect and each non-opioid's effect by the rule ``"loewe"`` (normalized units)
 or ``"bliss"`` (independent action); the non-opioids first combine among themselves as a power mean with
 exponent ``adjunct_exponent`` (1: the rule's additivity; towards 0: only the strongest adjunct counts, i.e.

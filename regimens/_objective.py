@@ -143,7 +143,7 @@ def group_loss(
     Parameters
     ----------
     out
-        Relaxed outcomes per row (:func:`pkpd.regimen_sim.relaxed_program`).
+        Relaxed outcomes per row (:func:`pkpd.population.relaxed_program`).
     G
         Number of groups; each group has ``len(rows) / G`` consecutive rows.
     c

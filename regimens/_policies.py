@@ -3,7 +3,7 @@
 A **rescue policy** is a set of PRN rules with the structure of C1's (oxycodone PO at two pain levels sharing
 one interval, hydromorphone IV at severe pain): its threshold, doses and interval are the decisions. Every
 policy of :func:`rescue_policies` has the same items and rules, so the simulator takes them as data
-(:meth:`pkpd.regimen_sim.RegimenPlan.rescue_tables`) and all policies share one compiled program.
+(:meth:`pkpd.population.RegimenPlan.rescue_tables`) and all policies share one compiled program.
 
 :func:`cross_entropy_search` is the gradient-free stage (clinical.md 4: "the cross-entropy method ... best for
 mixed-integer choices and PRN-policy search"): per patient, a categorical distribution over the allowed

@@ -18,7 +18,7 @@ says what it changed:
    exceeded, the latest-starting dosing series of that drug is left out.
 
 Because the result is one multiplier per item, a population's comparators are simulated in one batched call
-of the regimen as written with per-patient ``dose_weights`` (:func:`pkpd.regimen_sim.simulate_regimen`).
+of the regimen as written with per-patient ``dose_weights`` (:func:`pkpd.population.simulate_regimen`).
 
 As-needed (PRN) and PCA doses of an opioid whose label advises a reduced starting dose in renal or hepatic
 impairment (:func:`regimens.limits.rescue_fraction`: hydromorphone 50 % at CrCL 30 to < 60 mL/min, 25 % below
@@ -174,7 +174,7 @@ def _strength_at_most(drug: str, route: str, dose_mg: float) -> float | None:
 
 def weighted(regimen: Regimen, weights: np.ndarray, name: str | None = None) -> Regimen:
     """``regimen`` with each scheduled item's doses (or rate) multiplied by its weight; items of weight 0 are
-    left out. The same schedule :func:`pkpd.regimen_sim.simulate_regimen` simulates with
+    left out. The same schedule :func:`pkpd.population.simulate_regimen` simulates with
     ``dose_weights`` (one row of ``weights`` per patient)."""
     items = []
     for it, w in zip(regimen.scheduled, np.asarray(weights, float)):
@@ -324,12 +324,12 @@ def rescue_tables(
     row
         One population row (a DataFrame of one row: the covariates a simulation plan needs).
     options
-        The :class:`pkpd.regimen_sim.SimOptions` of the simulation (the tables' shapes depend on its grid).
+        The :class:`pkpd.population.SimOptions` of the simulation (the tables' shapes depend on its grid).
 
     Returns
     -------
     dict or None
-        The arrays of :meth:`pkpd.regimen_sim.RegimenPlan.rescue_tables` with one row per patient (repeat them per
+        The arrays of :meth:`pkpd.population.RegimenPlan.rescue_tables` with one row per patient (repeat them per
         draw), each patient's own as-needed / PCA doses; ``None`` when no patient's rescue changed (the
         regimen as written is then simulated with its own rules, bit for bit as before).
 

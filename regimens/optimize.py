@@ -20,7 +20,7 @@ Pipeline of :func:`optimize_population` (all patients of a batch at once) and :f
    ``cem_draws`` draws.
 4. **Continuous stage**: slot amounts relaxed to ``x * reference`` with ``x`` in [0, the patient's bound]
    on a superset of every patient's slots; PRN rescue by its expectation
-   (:func:`pkpd.regimen_sim.relaxed_program`); objective (:func:`regimens._objective.group_loss`, in
+   (:func:`pkpd.population.relaxed_program`); objective (:func:`regimens._objective.group_loss`, in
    MME-equivalents) = mean 72-h MME + CVaR of MME + pain burden (integral of (NRS - 3)+) + sedation + the
    adjuncts' exposure-scaled burden, with penalties for time-in-target below C1's, OIRD hazard above C1's
    and the smoothed probability of crossing a toxicity limit (chance constraints). Projected Adam
@@ -37,7 +37,7 @@ Pipeline of :func:`optimize_population` (all patients of a batch at once) and :f
    or dropping doses of that drug until none remains. A schedule with a finding is never returned.
 7. **Exact evaluation**: the proposals and the C0 and C1 comparators (adapted to the patient's limits and
    as-needed dose fractions, :mod:`regimens.adapt`) simulated with sampled PRN events
-   (:func:`pkpd.regimen_sim.simulate_regimen`, per-patient ``dose_weights`` and ``rescue_tables``) on all draws; local-
+   (:func:`pkpd.population.simulate_regimen`, per-patient ``dose_weights`` and ``rescue_tables``) on all draws; local-
    anaesthetic toxicity, the exposure limits and OIRD risk are decided there (see :class:`OptimizeSettings`).
 
 References
@@ -346,7 +346,7 @@ class Proposal:
         (mg), time in target (fraction with NRS <= 3), pain AUC (NRS*h), mean OIRD and PONV risk,
         largest LAST index.
     outcomes
-        ``"proposal"``, ``"C0"``, ``"C1"`` -> :class:`pkpd.regimen_sim.PopulationResult`.
+        ``"proposal"``, ``"C0"``, ``"C1"`` -> :class:`pkpd.population.PopulationResult`.
     findings
         :func:`check_regimen` findings left (never one on a scheduled drug; the rescue rules' own).
     notes
@@ -679,7 +679,7 @@ class PopulationProposal:
     def evaluate(self, rows: pd.DataFrame, row_patient: np.ndarray, seed: int = 0, options=None):
         """Exact simulation of each patient's chosen schedule and rescue policy on other rows (e.g. the
         patient's true parameters): ``rows`` a population frame, ``row_patient`` the patient index of each row;
-        ``options`` :class:`pkpd.regimen_sim.SimOptions` (e.g. to record concentrations)."""
+        ``options`` :class:`pkpd.population.SimOptions` (e.g. to record concentrations)."""
         from pkpd.population import simulate_regimen
 
         W, tabs = self.weights_for(row_patient)
@@ -2092,7 +2092,7 @@ def trial_summary_text(summary: pd.DataFrame, *, population: int, seed: int, dra
 
 def exact_loss(patients: pd.DataFrame, settings: OptimizeSettings | None = None, *, fusion: bool = True) -> np.ndarray:
     """The objective of :mod:`regimens._objective` on exactly simulated draws (one row per draw, a
-    :class:`pkpd.regimen_sim.PopulationResult` table): MME + pain_weight x pain excess + sedation_weight x peak
+    :class:`pkpd.population.PopulationResult` table): MME + pain_weight x pain excess + sedation_weight x peak
     sedation + cvar_weight x MME (one draw is its own CVaR) + each adjunct's burden x AUC / reference AUC, in
     MME-equivalents per row; penalties are left out (they are constraints, checked separately)."""
     st = settings or OptimizeSettings()
@@ -2121,7 +2121,7 @@ def oracle_gap(
     Each virtual patient's *true* parameters are one fixed variability draw (simulation ID
     ``true_id_offset + patient ID``), which the prior-based optimization never sees (it uses ``draws``
     other draws of the same covariates). The **oracle** knows every true PK/PD value (all variability
-    draws, :func:`pkpd.regimen_sim.variability_columns`) but not the randomness of the patient's rescue
+    draws, :func:`pkpd.population.variability_columns`) but not the randomness of the patient's rescue
     requests: it optimizes over ``draws`` scenarios that differ only in that. Both proposals, C0 and C1 are
     then simulated exactly on the true patient (true parameters and true request randomness); C0 and C1
     adapted to the patient's limits and as-needed dose fractions (:func:`regimens.adapt.adapt_to_patient`).

@@ -28,7 +28,7 @@ from ._condition import RegimenError
 
 __all__ = ["PAIN_TARGETS", "posterior_draws", "check_link"]
 
-#: Pain-model quantities a fitted parameter may stand for (see :func:`pkpd.regimen_sim.simulate_regimen`).
+#: Pain-model quantities a fitted parameter may stand for (see :func:`pkpd.population.simulate_regimen`).
 PAIN_TARGETS = {"pain.b0": "NRS points", "pain.t_half": "h", "pain.sensitivity": "1"}
 
 

@@ -1,7 +1,7 @@
 """Regimen optimizer (issue 5): relaxed outcomes vs exact simulation, the patient's decision space and
 caps on adversarial patients, and proposals that pass every hard constraint after rounding.
 
-Independent references: the exact event simulation (:func:`pkpd.regimen_sim.simulate_regimen`) for
+Independent references: the exact event simulation (:func:`pkpd.population.simulate_regimen`) for
 the relaxed surrogates (identical when no as-needed rescue exists), and the label tables / CPIC rules
 of :mod:`regimens.limits` (checked by :func:`regimens.check_regimen`, which is itself tested against
 hand-computed limits in ``test_regimens.py``).

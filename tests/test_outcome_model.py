@@ -1,5 +1,5 @@
 """Tests of the outcome model's structure (pkpd.outcome, the combination rules, rescue demand and reporting
-noise of pkpd.regimen_sim) and of liposomal-bupivacaine exposure variability.
+noise of pkpd.population) and of liposomal-bupivacaine exposure variability.
 
 Independent references:
 * closed forms of Loewe additivity in normalized units and of Bliss independence, evaluated on the

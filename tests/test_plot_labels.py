@@ -1,6 +1,6 @@
 """Issue 25: every PNG the tools write has units on both axes and a legend entry for every drawn line,
 band and point set. The plot functions outside pkpd.fit.diagnostics (tests/test_fit_plots.py) and
-pkpd.simulate (tests/test_grid_ignore.py): the population report (pkpd.report), the individual
+pkpd.simulate (tests/test_grid_ignore.py): the population report (pkpd.population.report), the individual
 forecast (pkpd.fit.forecast), the HTML report's CP plot (pkpd.html_report), and the optimizer's
 schedule, concentration, band and trial plots (regimens.optimize).
 
@@ -57,7 +57,7 @@ def _outcome(n=3, with_bupi=True, drugs=("morphine", "gabapentin", "bupivacaine_
 
 
 # ---------------------------------------------------------------------------------------------------
-# pkpd.report
+# pkpd.population.report
 
 
 @pytest.mark.parametrize("with_bupi", [True, False])

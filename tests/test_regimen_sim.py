@@ -1,4 +1,4 @@
-"""Tests of the population regimen simulator (pkpd.regimen_sim), the PD combination rule and the pain model.
+"""Tests of the population regimen simulator (pkpd.population), the PD combination rule and the pain model.
 
 Independent references used here:
 * the NONMEM-semantics event engine (:func:`pkpd.simulate`, itself checked against NONMEM's nmtests):

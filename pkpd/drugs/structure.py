@@ -15,7 +15,7 @@ compartments, CMT 1, 2, ... in the order written; the entry's routes (``po -> CM
 parameters (``F1``, ``ALAG1``...) keep their CMT numbers unless ``routes`` (or a ``[drug] routes`` table in
 the file) maps a route to a state by name.
 
-In a regimen simulation :func:`regimen_entry` is what :class:`pkpd.regimen_sim.SimOptions` ``structures``
+In a regimen simulation :func:`regimen_entry` is what :class:`pkpd.population.SimOptions` ``structures``
 goes through: ``SimOptions(structures={"oxycodone": "oxycodone_dual1.toml"})``.
 """
 

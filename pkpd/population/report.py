@@ -3,7 +3,7 @@
 :func:`write_population_outputs` writes, into one directory:
 
 * ``patients.csv`` (or ``.parquet``): one row per patient, covariates and outcomes
-  (see :class:`pkpd.regimen_sim.PopulationResult`);
+  (see :class:`pkpd.population.PopulationResult`);
 * ``summary.csv``: mean, SD, P10, P50, P90 of each outcome;
 * ``doses.csv``: every realized dose (scheduled, PRN, PCA) with time (h after surgery) and amount (mg);
 * ``findings.csv``: label-limit and CPIC findings, counted over patients;

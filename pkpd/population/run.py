@@ -1,6 +1,6 @@
 """Long population simulations of a regimen, written chunk by chunk: resumable and multi-process.
 
-:func:`simulate_regimen_stored` runs :func:`pkpd.regimen_sim.simulate_regimen` on consecutive chunks of
+:func:`simulate_regimen_stored` runs :func:`pkpd.population.simulate_regimen` on consecutive chunks of
 the population and writes every finished chunk to a :class:`pkpd.batch.ChunkStore` (``pkpd simulate
 --regimen`` keeps it in ``OUT/chunks``). An interrupted run continues with ``resume=True`` without
 recomputing or duplicating a patient; with several processes (:func:`pkpd.batch.init_distributed`) each
@@ -52,17 +52,17 @@ def simulate_regimen_stored(
     progress: Callable[[int], None] | None = None,
     wait_timeout_s: float | None = None,
 ) -> PopulationResult:
-    """:func:`~pkpd.regimen_sim.simulate_regimen` in chunks written to ``store`` as they finish.
+    """:func:`~pkpd.population.simulate_regimen` in chunks written to ``store`` as they finish.
 
     Parameters
     ----------
     regimen, population, seed, options
-        As for :func:`~pkpd.regimen_sim.simulate_regimen`.
+        As for :func:`~pkpd.population.simulate_regimen`.
     store
         Directory of the :class:`pkpd.batch.ChunkStore` (every process must see the same directory).
     chunk_patients
         Patients per stored chunk (default: the configured chunk size, else :data:`STORE_CHUNK_PATIENTS`).
-        Each chunk is simulated in compiled batches sized as :func:`~pkpd.regimen_sim.simulate_regimen` does.
+        Each chunk is simulated in compiled batches sized as :func:`~pkpd.population.simulate_regimen` does.
     resume
         Keep the chunks an earlier run with the same regimen, population, seed, options and chunking left in
         ``store``; compute only the missing ones. Otherwise an existing store is cleared first.

@@ -4,7 +4,7 @@ simulation in the trial's own units (its opioid, route, window and statistic).
 A *target* is one number an arm reports that the calibration uses: an opioid mean (with its SD where
 reported), a median, or a mean pain over a window. :func:`arm_targets` lists them with their observation
 scale (log for opioid amounts, linear for NRS) and standard error; :func:`simulated_statistics` computes the
-same statistics from a :class:`pkpd.regimen_sim.PopulationResult` of the arm.
+same statistics from a :class:`pkpd.population.PopulationResult` of the arm.
 """
 
 from __future__ import annotations

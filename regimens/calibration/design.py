@@ -16,7 +16,7 @@ clinical.md 3.2 ("untreated NRS about 7") describe.
 
 Every arm is simulated at every design point in one batched call: rows are design points x virtual
 patients, each row carrying its design point's values as ``outcome.<name>`` / ``rescue.propensity`` columns and
-its patient's variability draws as ``z.*`` columns (:func:`pkpd.regimen_sim.variability_columns`), so all
+its patient's variability draws as ``z.*`` columns (:func:`pkpd.population.variability_columns`), so all
 design points see the same patients (common random numbers; only the rescue-request randomness, keyed by
 the row ID, differs).
 """
