@@ -775,8 +775,8 @@ def _simulate_regimen_run(
 ) -> None:
     from pkpd.population.report import population_headline, write_population_outputs
     from pkpd.population.run import simulate_regimen_stored
-    from pkpd.population_checks import regimen_findings
     from regimens.io import regimen_file
+    from regimens.population_checks import regimen_findings
 
     console = _console()
     with _writing("the outputs"):

@@ -12,8 +12,8 @@ import pytest
 
 from pkpd.patients import Patient, patients_to_frame
 from pkpd.population import simulate_regimen
-from pkpd.population_checks import regimen_findings
 from regimens import Regimen, Scheduled, check_regimen, get_regimen
+from regimens.population_checks import regimen_findings
 
 ADVERSARIAL = [
     Patient(age_y=45, sex="female", weight_kg=45, height_cm=150, scr_mg_dl=0.7, id=1),

@@ -3,9 +3,9 @@
 
 Every ``import``/``from ... import`` statement in ``pkpd/`` is read with :mod:`ast` (module level and
 inside functions alike, since a lazy import is still a dependency), plus ``importlib.import_module`` /
-``__import__`` calls with a literal name. The one known exception is listed in ``KNOWN_EXCEPTIONS`` with
-its reason; the test fails on any new one, and also when a listed exception is gone (so the list cannot
-go stale).
+``__import__`` calls with a literal name. A known exception would be listed in ``KNOWN_EXCEPTIONS`` with
+its reason (there is none); the test fails on any new one, and also when a listed exception is gone (so the
+list cannot go stale).
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("regimens", "cli")
 
-#: file -> why it still imports regimens (to be removed when the module moves or the call is inverted).
-KNOWN_EXCEPTIONS = {
-    "pkpd/population_checks.py": "regimen_findings() calls regimens.check_regimen for `pkpd simulate --regimen` "
-    "(a lazy import inside the function; found when this test was written)",
-}
+#: file -> why it still imports regimens (to be removed when the module moves or the call is inverted). Empty:
+#: the last one, pkpd/population_checks.py, moved to regimens/population_checks.py (issue 24).
+KNOWN_EXCEPTIONS: dict[str, str] = {}
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:

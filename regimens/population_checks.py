@@ -1,5 +1,8 @@
 """Label-limit and CPIC checks of a regimen over a population (one :func:`regimens.check_regimen` per patient).
 
+Used by ``pkpd simulate --regimen`` (``findings.csv``); it lives with the regimens because it calls their checker
+(``pkpd`` never imports ``regimens``).
+
 Findings are grouped by severity, drug and rule, with the number of patients affected and the message of
 the first one as an example. A dose above a label maximum is a warning: simulation is still allowed.
 """
@@ -7,6 +10,8 @@ the first one as an example. A dose above a label maximum is a warning: simulati
 from __future__ import annotations
 
 import pandas as pd
+
+from .limits import check_regimen
 
 __all__ = ["regimen_findings"]
 
@@ -21,8 +26,6 @@ def regimen_findings(regimen, population: pd.DataFrame) -> pd.DataFrame:
     pandas.DataFrame
         Columns ``severity, drug, rule, patients, message, unverified, source`` (empty when all is well).
     """
-    from regimens import check_regimen
-
     cov_cols = [c for c in population.columns if c not in ("ID",) and population[c].dtype.kind in "fiub"]
     keys = cov_cols + [c for c in _PHENO_COLS.values() if c in population]
     groups: dict[tuple, dict] = {}
