@@ -428,3 +428,15 @@ def test_a_new_seed_never_recompiles_the_kernel():
     np.testing.assert_array_equal(res[0], res[3])
     progs = {id(rs.relaxed_program(reg, pop, seed=s)[0]) for s in (1, 2)}
     assert len(progs) == 1
+
+
+def test_regimens_satisfy_the_simulators_protocol():
+    """pkpd.population reads a regimen through pkpd.population.RegimenLike (pkpd never imports regimens):
+    every shipped regimen and the test regimen with every item kind provide each member it names (a runtime
+    check of presence; mypy checks the types where the regimen is annotated)."""
+    from pkpd.population import RegimenLike
+    from regimens import list_regimens
+
+    for reg in [_MIXED] + [get_regimen(n) for n in list_regimens()]:
+        assert isinstance(reg, RegimenLike), reg.name
+    assert not isinstance(object(), RegimenLike)

@@ -24,6 +24,7 @@ the batch it runs in or on the other patients (common random numbers across regi
 
 Modules (each imports only those above it; none imports :mod:`regimens`):
 
+* :mod:`~pkpd.population.protocol`: :class:`RegimenLike`, what the simulator reads of a regimen;
 * :mod:`~pkpd.population.options`: :class:`SimOptions`, :func:`mme_factor`;
 * :mod:`~pkpd.population.blocks`: one drug's block of the stacked system, host-side matrix exponentials;
 * :mod:`~pkpd.population.draws`: variability draws keyed by (seed, patient ID, stream), :func:`variability_columns`;
@@ -42,6 +43,7 @@ from __future__ import annotations
 from .draws import variability_columns
 from .options import IV_MME, SimOptions, mme_factor
 from .plan import RegimenPlan
+from .protocol import RegimenLike
 from .relaxed import relaxed_objective, relaxed_program, relaxed_rows
 from .report import plot_bands, plot_mme, population_headline, write_population_outputs
 from .results import OUTCOMES, PopulationResult
@@ -53,6 +55,7 @@ __all__ = [
     "KEEP_TRAJECTORIES",
     "OUTCOMES",
     "PopulationResult",
+    "RegimenLike",
     "RegimenPlan",
     "STORE_CHUNK_PATIENTS",
     "STORE_KIND",

@@ -4,7 +4,7 @@ step propagators, scheduled doses as exact grid contributions, rescue dose vecto
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -14,6 +14,7 @@ from ..expr import evaluate_parameter_block
 from .blocks import _Block, _block_matrix, _expm, _expm_gamma
 from .draws import _draws
 from .pd_arrays import pd_arrays
+from .protocol import DoseEventLike, RegimenLike
 
 if TYPE_CHECKING:
     from .plan import RegimenPlan
@@ -250,7 +251,7 @@ def _subdoses(b: _Block, route: str, amt: np.ndarray, t: float, dur: float, plan
     return out
 
 
-def _expand(regimen, cov: Mapping[str, float]) -> list[tuple[int, Any]]:
+def _expand(regimen: RegimenLike, cov: Mapping[str, float]) -> list[tuple[int, DoseEventLike]]:
     """Deterministic doses as (scheduled-item index or -1 for PCA loading/basal, DoseEvent)."""
     out = []
     for si, item in enumerate(regimen.scheduled):

@@ -20,6 +20,7 @@ from .blocks import _Block, _build_block, _one_blas_thread
 from .kernel import _KERNELS, _make_kernel, signature
 from .options import SimOptions
 from .pd_arrays import outcome_defaults, outcome_rows
+from .protocol import RegimenLike
 from .results import PopulationResult, collect
 
 __all__ = ["RegimenPlan"]
@@ -32,7 +33,7 @@ class RegimenPlan:
     kernel takes, so rescue policies of the same structure share one program). Built by
     :func:`simulate_regimen` and the optimizer; not meant to be filled in by hand."""
 
-    regimen: Any
+    regimen: RegimenLike
     opts: SimOptions
     blocks: list[_Block]
     n: int
@@ -50,7 +51,7 @@ class RegimenPlan:
     _zcache: Any = field(default=None, init=False, repr=False, compare=False)
 
     @staticmethod
-    def build(regimen, population: pd.DataFrame, opts: SimOptions) -> RegimenPlan:
+    def build(regimen: RegimenLike, population: pd.DataFrame, opts: SimOptions) -> RegimenPlan:
         from ..drugs.structure import regimen_entry
 
         drugs = []

@@ -11,12 +11,18 @@ from ..xla import jit
 from .kernel import _chain_sum, _oird_rate, _ordered_sum
 from .options import SimOptions, mme_factor
 from .plan import RegimenPlan
+from .protocol import RegimenLike
 
 __all__ = ["relaxed_objective", "relaxed_program", "relaxed_rows"]
 
 
 def relaxed_objective(
-    regimen, population: pd.DataFrame, *, seed: int = 0, options: SimOptions | None = None, tit_tau: float = 0.25
+    regimen: RegimenLike,
+    population: pd.DataFrame,
+    *,
+    seed: int = 0,
+    options: SimOptions | None = None,
+    tit_tau: float = 0.25,
 ):
     """Differentiable expected outcomes of a regimen as a function of dose multipliers.
 
@@ -55,7 +61,12 @@ _RELAXED_PROGRAMS: dict = {}
 
 
 def relaxed_program(
-    regimen, population: pd.DataFrame, *, seed: int = 0, options: SimOptions | None = None, tit_tau: float = 0.25
+    regimen: RegimenLike,
+    population: pd.DataFrame,
+    *,
+    seed: int = 0,
+    options: SimOptions | None = None,
+    tit_tau: float = 0.25,
 ):
     """:func:`relaxed_objective` split into a pure function shared by every population of one structure
     and the arrays of this population.

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ..drugs import get_drug
 from .options import mme_factor
+from .protocol import RegimenLike
 
 if TYPE_CHECKING:
     from .plan import RegimenPlan
@@ -58,7 +59,7 @@ class PopulationResult:
         Messages about assumptions in force (e.g. modality terms switched off).
     """
 
-    regimen: Any
+    regimen: RegimenLike
     patients: pd.DataFrame
     times: np.ndarray
     nrs: np.ndarray

@@ -19,6 +19,7 @@ import pandas as pd
 
 from .. import batch
 from .options import SimOptions
+from .protocol import RegimenLike
 from .results import PopulationResult
 from .simulate import simulate_regimen
 
@@ -40,7 +41,7 @@ def _population_digest(population: pd.DataFrame) -> str:
 
 
 def simulate_regimen_stored(
-    regimen,
+    regimen: RegimenLike,
     population: pd.DataFrame,
     store,
     *,

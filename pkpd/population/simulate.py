@@ -10,13 +10,14 @@ import pandas as pd
 from ..errors import ModelSpecError
 from .options import SimOptions
 from .plan import RegimenPlan
+from .protocol import RegimenLike
 from .results import PopulationResult
 
 __all__ = ["simulate_regimen"]
 
 
 def simulate_regimen(
-    regimen,
+    regimen: RegimenLike,
     population: pd.DataFrame,
     *,
     seed: int = 0,
