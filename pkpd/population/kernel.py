@@ -157,6 +157,11 @@ def _make_kernel(plan: RegimenPlan):
     import jax
     import jax.numpy as jnp
 
+    # Layout of this closure: (a) constants baked into the program from the plan (block layout, rescue shapes,
+    # modality terms, grid weights of the outcome sums); (b) helpers: bins/binned (hourly bins), comps (what
+    # the outputs need of a block's state), act (stage 1), relief (stage 2), inputs/advance (one exact step of
+    # a block); (c) kernel_one, one patient: open-loop scan, pain baseline, feedback scan with rescue (stages
+    # 3-4), outputs and outcome sums (stage 5); (d) run: keys per row, CPU sub-batches, vmap; jit + RowProgram.
     opts = plan.opts
     dt, t0, T = float(opts.dt_h), plan.t0, plan.T
     k_abs0 = int(round(t0 / dt)) + (1 << 20)  # absolute index of the first grid point (offset keeps it >= 0)
@@ -329,6 +334,12 @@ def _make_kernel(plan: RegimenPlan):
         return x, jnp.minimum(p, kk.shape[0] - 1)
 
     def kernel_one(key, a):
+        # (1) open-loop blocks (no rescue items): one scan, their activities on the whole grid;
+        # (2) the untreated pain curve A(t) and the time-only modality terms B(t);
+        # (3) feedback blocks: one scan that propagates them, evaluates relief and NRS, and samples (or takes
+        #     the expectation of) rescue doses from the NRS; without rescue items the NRS comes at once;
+        # (4) outputs that do not feed back (respiration, sedation, bupivacaine, concentrations) on the grid;
+        # (5) per-patient outcomes: every float sum over the grid in a fixed order (_ordered_sum).
         ks = jnp.arange(T)
         Phi = a["Phi"]
         dtype = a["evv"].dtype
@@ -336,6 +347,7 @@ def _make_kernel(plan: RegimenPlan):
         zeros = {j: jnp.zeros(sizes[j], dtype) for j in range(nb)}
         p0 = jnp.zeros((), jnp.int32)
 
+        # (1) open-loop blocks
         CO = {}  # open-loop blocks: components on the grid (T, 2), and states if recorded
         XO = {}
         if OL:
@@ -357,6 +369,7 @@ def _make_kernel(plan: RegimenPlan):
         for j in OL:
             v_all[j] = act(j, CO[j][:, 0], a)
 
+        # (2) untreated pain and modality terms
         b_inf = a["b_inf"]
         base = b_inf + (a["b0"] - b_inf) * jnp.exp(-jnp.log(2.0) * jnp.maximum(jnp.asarray(times), 0.0) / a["th"])
         A = (base + jnp.asarray(diurnal)) * a["sens"]
@@ -364,6 +377,7 @@ def _make_kernel(plan: RegimenPlan):
         kappa = a["kappa"]
         CF, XF = {}, {}
         rep = None
+        # (3) feedback loop (rescue), or the NRS at once
         if FB:
             vO = jnp.stack([v_all[j] if j in OL else jnp.zeros(T, dtype) for j in range(nb)], axis=-1)
             if relaxed:
@@ -455,7 +469,7 @@ def _make_kernel(plan: RegimenPlan):
             y = jnp.clip(A * (1.0 - E) + B, 0.0, 10.0)
             dose = jnp.zeros((T, 1), dtype)
         Cs = {**CO, **CF}
-        # outputs that do not feed back, at every grid point at once
+        # (4) outputs that do not feed back, at every grid point at once
         rr = sum(
             (jnp.maximum(Cs[j][:, 0], 0.0) / a["resp"][j] for j in range(nb) if kinds[j] == "opioid"),
             jnp.zeros(T, dtype),
@@ -471,7 +485,7 @@ def _make_kernel(plan: RegimenPlan):
         given = dose > 0
         anyg = jnp.any(given, axis=1)
         mme_t = _chain_sum(dose[:, i] * float(fac_items[i]) for i in range(n_it)) if n_it else jnp.zeros(T, dtype)
-        # every float sum over the grid in a fixed order (_ordered_sum), in one pass: trapezoid integrals
+        # (5) every float sum over the grid in a fixed order (_ordered_sum), in one pass: trapezoid integrals
         # (PAIN_AUC, PAIN_EXCESS, the OIRD hazard, AUC per drug) and the rescue MME windows
         tsum = _ordered_sum(
             jnp.stack(
