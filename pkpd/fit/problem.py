@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,6 +38,7 @@ from ..simulate import ParameterSpec, arrange_theta, prepare
 from ..solvers import resolve_solver
 from ..xla import jit
 from .error_models import LOG2PI, TERMS, ErrorModel
+from .relations import Relation
 from .spec import PopulationModel
 
 __all__ = ["Problem", "Packer", "build_problem", "unused_records", "LOG2PI", "MAX_FIT_MAGNITUDE", "fit_jit"]
@@ -205,34 +207,222 @@ def _make_packer(spec: PopulationModel) -> Packer:
 
 
 @dataclass(eq=False)
-class Problem:
-    """A population model bound to a dataset (build with :func:`build_problem`).
+class _Structure:
+    """The static part of a :class:`Problem`: the model, the layout of its arrays and the host-only data.
 
-    The JAX methods are pure functions of ``(u_full, eta)`` with ``eta`` of shape ``(n_id, K)``.
+    It is the static field of the equinox module, so it is part of the pytree's structure, and it is equal
+    (and hashed) by :attr:`key`, the model structure and the array layout, not by data: one compiled program
+    serves every dataset of the same model and shapes (replicate studies, refits with other initial
+    estimates, bootstrap). Host-only data (subject IDs, dataset frame, notes...) ride along without entering
+    the key, as the programs never read them.
     """
 
     spec: PopulationModel
     model: Any
     solver: Any
     layout: Any
-    arrays: dict  # rec, dose, ss, sched (engine inputs)
-    packer: Packer
+    packer: Packer  # its init_full is the value at build time; Problem.init_full is the leaf
     ids: np.ndarray  # original subject IDs, in order of first appearance
-    id_of_pseudo: np.ndarray  # (Np,) subject index of each engine pseudo-subject
-    cov: dict  # name -> (Np, R) covariate arrays (jnp)
-    effects: list  # per parameter: list of (Relation, coefficient slice, data) for covariate factors
+    effect_meta: tuple[tuple[tuple[Relation, slice], ...], ...]  # per parameter: (relation, coefficient slice)
     eta_index: np.ndarray  # (n_param,) index of each parameter's IIV eta, -1 if none
     iov_index: np.ndarray  # (n_param,) index of each parameter's IOV kappa within an occasion, -1 if none
-    occ: np.ndarray | None  # (Np, R) 0-based occasion index per record, or None
     n_occ: int
-    obs: dict  # flat observation arrays (numpy): pseudo, slot, id, row, dv, type, blq, lloq, time
+    obs_host: dict  # the observation arrays the programs do not read (row, dv, lloq)
     frame: pd.DataFrame
-    row_map: np.ndarray  # (n_rows, 2): (pseudo-subject, record slot) of each dataset row (host only)
-    notes: list = field(default_factory=list)
-    #: The dataset rows fitted, as read (after IGNORE/ACCEPT and the comment column ``C``), and the 1-based
-    #: row of the file each one is (``None`` when built directly).
-    data: pd.DataFrame | None = None
-    data_rows: np.ndarray | None = None
+    row_map: np.ndarray  # (n_rows, 2): (pseudo-subject, record slot) of each dataset row
+    notes: list
+    data: pd.DataFrame | None
+    data_rows: np.ndarray | None
+    out_exprs: list = field(init=False, repr=False)
+    key: tuple = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.out_exprs = [compile_expression(o.output, name=o.name) for o in self.spec.observations]
+        self.key = _static_key(self)
+
+    def __eq__(self, other):
+        return isinstance(other, _Structure) and self.key == other.key
+
+    def __hash__(self):
+        return hash(self.key)
+
+
+class Problem(eqx.Module):
+    """A population model bound to a dataset (build with :func:`build_problem`).
+
+    The JAX methods are pure functions of ``(u_full, eta)`` with ``eta`` of shape ``(n_id, K)``.
+
+    An equinox module: its array fields are the leaves the compiled programs take (engine inputs, covariates,
+    relation data, occasions, device observation arrays, subject of each pseudo-subject, initial estimates),
+    and :attr:`static` (a static field) holds the structure, equal by model structure and shapes, so a
+    program compiled for one problem serves every problem of the same model and shapes. The attributes of
+    the structure (``spec``, ``model``, ``packer``, ``ids``, ``obs``...) read as attributes of the problem.
+    """
+
+    arrays: dict  # rec, dose, ss, sched (engine inputs)
+    cov: dict  # name -> (Np, R) covariate arrays (jnp)
+    effect_data: tuple  # data of every covariate relation, parameter by parameter (see effects)
+    occ: np.ndarray | None  # (Np, R) 0-based occasion index per record, or None
+    obs_arrays: dict  # the observation arrays the programs read (_DEV_OBS)
+    id_of_pseudo: np.ndarray  # (Np,) subject index of each engine pseudo-subject
+    init_full: np.ndarray  # every parameter's initial value on the estimation scale (Packer.init_full)
+    static: _Structure = eqx.field(static=True)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        spec: PopulationModel,
+        model: Any,
+        solver: Any,
+        layout: Any,
+        arrays: dict,
+        packer: Packer,
+        ids: np.ndarray,
+        id_of_pseudo: np.ndarray,
+        cov: dict,
+        effects: list,
+        eta_index: np.ndarray,
+        iov_index: np.ndarray,
+        occ: np.ndarray | None,
+        n_occ: int,
+        obs: dict,
+        frame: pd.DataFrame,
+        row_map: np.ndarray,
+        notes: list | None = None,
+        data: pd.DataFrame | None = None,
+        data_rows: np.ndarray | None = None,
+    ) -> Problem:
+        """A problem from its parts: ``effects`` per parameter a list of ``(Relation, coefficient slice, data)``;
+        ``obs`` the flat observation arrays (pseudo, slot, id, row, dv, y, type, blq, lloq, lloq_t, time)."""
+        static = _Structure(
+            spec=spec,
+            model=model,
+            solver=solver,
+            layout=layout,
+            packer=packer,
+            ids=ids,
+            effect_meta=tuple(tuple((rel, sl) for rel, sl, _ in lst) for lst in effects),
+            eta_index=eta_index,
+            iov_index=iov_index,
+            n_occ=n_occ,
+            obs_host={k: v for k, v in obs.items() if k not in _DEV_OBS},
+            frame=frame,
+            row_map=row_map,
+            notes=[] if notes is None else notes,
+            data=data,
+            data_rows=data_rows,
+        )
+        return cls(
+            arrays=arrays,
+            cov=cov,
+            effect_data=tuple(d for lst in effects for _, _, d in lst),
+            occ=occ,
+            obs_arrays={k: obs[k] for k in _DEV_OBS},
+            id_of_pseudo=id_of_pseudo,
+            init_full=packer.init_full,
+            static=static,
+        )
+
+    def replace(self, **changes) -> Problem:
+        """A copy with other parts (the arguments of :meth:`create`), its structure key recomputed."""
+        st = self.static
+        parts = dict(
+            spec=st.spec,
+            model=st.model,
+            solver=st.solver,
+            layout=st.layout,
+            arrays=self.arrays,
+            packer=self.packer,
+            ids=st.ids,
+            id_of_pseudo=self.id_of_pseudo,
+            cov=self.cov,
+            effects=self.effects,
+            eta_index=st.eta_index,
+            iov_index=st.iov_index,
+            occ=self.occ,
+            n_occ=st.n_occ,
+            obs=self.obs,
+            frame=st.frame,
+            row_map=st.row_map,
+            notes=st.notes,
+            data=st.data,
+            data_rows=st.data_rows,
+        )
+        return Problem.create(**{**parts, **changes})
+
+    # ---- the structure's parts, read as attributes -----------------------------------------------------
+    @property
+    def spec(self) -> PopulationModel:
+        return self.static.spec
+
+    @property
+    def model(self) -> Any:
+        return self.static.model
+
+    @property
+    def solver(self) -> Any:
+        return self.static.solver
+
+    @property
+    def layout(self) -> Any:
+        return self.static.layout
+
+    @property
+    def packer(self) -> Packer:
+        """The parameter packing, with this problem's (possibly traced) initial values."""
+        return replace(self.static.packer, init_full=self.init_full)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.static.ids
+
+    @property
+    def eta_index(self) -> np.ndarray:
+        return self.static.eta_index
+
+    @property
+    def iov_index(self) -> np.ndarray:
+        return self.static.iov_index
+
+    @property
+    def n_occ(self) -> int:
+        return self.static.n_occ
+
+    @property
+    def effects(self) -> list:
+        """Per parameter: a list of ``(Relation, coefficient slice, data)`` of its covariate factors."""
+        it = iter(self.effect_data)
+        return [[(rel, sl, next(it)) for rel, sl in lst] for lst in self.static.effect_meta]
+
+    @property
+    def obs(self) -> dict:
+        """Flat observation arrays: pseudo, slot, id, row, dv, y, type, blq, lloq, lloq_t, time."""
+        return {**self.static.obs_host, **self.obs_arrays}
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        return self.static.frame
+
+    @property
+    def row_map(self) -> np.ndarray:
+        """(n_rows, 2): (pseudo-subject, record slot) of each dataset row (host only)."""
+        return self.static.row_map
+
+    @property
+    def notes(self) -> list:
+        return self.static.notes
+
+    @property
+    def data(self) -> pd.DataFrame | None:
+        """The dataset rows fitted, as read (after IGNORE/ACCEPT and the comment column ``C``); ``None`` when
+        built directly."""
+        return self.static.data
+
+    @property
+    def data_rows(self) -> np.ndarray | None:
+        """The 1-based row of the file of each row of :attr:`data` (``None`` when built directly)."""
+        return self.static.data_rows
 
     # ---- sizes ------------------------------------------------------------------------------------
     @property
@@ -348,7 +538,7 @@ class Problem:
         for i, c in enumerate(self.model.compartments):
             env[c] = A[:, i]
         env["TIME"] = jnp.asarray(times)
-        preds = [jnp.broadcast_to(e.evaluate(env, jnp), A.shape[:1]) for e in self._out_exprs]
+        preds = [jnp.broadcast_to(e.evaluate(env, jnp), A.shape[:1]) for e in self.static.out_exprs]
         f = preds[0] if len(preds) == 1 else jnp.choose(jnp.asarray(types), preds, mode="clip")
         return f, ok
 
@@ -458,14 +648,9 @@ class Problem:
 
         return jax.lax.map(one, jax.random.split(key, n_rep))
 
-    def __post_init__(self):
-        self._out_exprs = [compile_expression(o.output, name=o.name) for o in self.spec.observations]
-        self._key = _static_key(self)
-
 
 # ---------------------------------------------------------------------------------------------------
-# a Problem is a pytree: its arrays are leaves, its structure is static, so one compiled program serves
-# every dataset of the same model and shapes (replicate studies, refits, bootstrap)
+# the structure key: one compiled program serves every dataset of the same model and shapes
 
 _DEV_OBS = ("pseudo", "slot", "id", "y", "blq", "lloq_t", "type", "time")
 
@@ -494,62 +679,21 @@ def _structure(spec: PopulationModel) -> str:
     return json.dumps(d, sort_keys=True, default=str)
 
 
-def _static_key(p: "Problem") -> tuple:
+def _static_key(st: _Structure) -> tuple:
     return (
-        _structure(p.spec),
-        p.model.name,
-        repr(p.solver),
-        p.layout,
-        p.n_occ,
-        len(p.ids),
-        tuple(p.eta_index),
-        tuple(p.iov_index),
-        tuple(tuple((rel.name, sl.start, sl.stop) for rel, sl, _ in lst) for lst in p.effects),
-        p.packer.code.tobytes(),
-        p.packer.free.tobytes(),
+        _structure(st.spec),
+        st.model.name,
+        repr(st.solver),
+        st.layout,
+        st.n_occ,
+        len(st.ids),
+        tuple(st.eta_index),
+        tuple(st.iov_index),
+        tuple(tuple((rel.name, sl.start, sl.stop) for rel, sl in lst) for lst in st.effect_meta),
+        st.packer.code.tobytes(),
+        st.packer.free.tobytes(),
     )
 
-
-class _Static:
-    """Hashable static part of a :class:`Problem` (equality by structure, not by data)."""
-
-    def __init__(self, prob: "Problem"):
-        self.key = prob._key
-        self.attrs = {
-            k: v
-            for k, v in prob.__dict__.items()
-            if k not in ("arrays", "cov", "effects", "occ", "obs", "id_of_pseudo", "packer")
-        }
-        self.effect_meta = [[(rel, sl) for rel, sl, _ in lst] for lst in prob.effects]
-        self.packer = prob.packer
-        self.obs_host = {k: v for k, v in prob.obs.items() if k not in _DEV_OBS}
-
-    def __eq__(self, other):
-        return isinstance(other, _Static) and self.key == other.key
-
-    def __hash__(self):
-        return hash(self.key)
-
-
-def _flatten(p: "Problem"):
-    eff = [d for lst in p.effects for (_, _, d) in lst]
-    leaves = (p.arrays, p.cov, eff, p.occ, {k: p.obs[k] for k in _DEV_OBS}, p.id_of_pseudo, p.packer.init_full)
-    return leaves, _Static(p)
-
-
-def _unflatten(aux: _Static, leaves) -> "Problem":
-    arrays, cov, eff, occ, obs, idp, init = leaves
-    q = object.__new__(Problem)
-    q.__dict__.update(aux.attrs)
-    it = iter(eff)
-    q.effects = [[(rel, sl, next(it)) for rel, sl in lst] for lst in aux.effect_meta]
-    q.arrays, q.cov, q.occ, q.id_of_pseudo = arrays, cov, occ, idp
-    q.obs = {**aux.obs_host, **obs}
-    q.packer = replace(aux.packer, init_full=init)
-    return q
-
-
-jax.tree_util.register_pytree_node(Problem, _flatten, _unflatten)
 
 _predict_jit = fit_jit(lambda prob, u_full, eta: prob.predict(u_full, eta))
 
@@ -845,7 +989,6 @@ def build_problem(
     message = kept.message()
     if message:
         prob.notes.insert(0, message)
-    prob.data, prob.data_rows = kept.frame, file_rows
     return prob
 
 
@@ -975,7 +1118,7 @@ def _build_problem(
             f"{len(no_obs)} subject(s) have no observations (IDs {', '.join(map(str, no_obs[:10]))}); "
             "their random effects are at the prior mean"
         )
-    prob = Problem(
+    prob = Problem.create(
         spec=spec,
         model=model,
         solver=solv,
@@ -994,6 +1137,8 @@ def _build_problem(
         frame=frame,
         row_map=rm,
         notes=notes,
+        data=raw,
+        data_rows=file_rows,
     )
     # an output expression must reference known quantities: evaluate once at the initial estimates
     try:

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import batch
 from .inner import INNER_GTOL, INNER_MAX_ITER, conditional_modes, laplace_terms
-from .problem import _DEV_OBS, Problem, _static_key, fit_jit
+from .problem import _DEV_OBS, Problem, fit_jit
 
 __all__ = ["ShardedProblem", "shard_problem"]
 
@@ -63,18 +63,16 @@ def _sub_problem(prob: Problem, subjects: np.ndarray, n_id: int, n_pseudo: int, 
     obs["id"] = ids_new
     id_of_pseudo = new_id[idp[pad_ps]]
     id_of_pseudo[len(pseudo) :] = min(len(subjects), n_id - 1)  # padding pseudo-subjects: no observations
-    q = object.__new__(Problem)
-    q.__dict__.update(prob.__dict__)
-    q.arrays = _take(prob.arrays, pad_ps)
-    q.cov = _take(prob.cov, pad_ps)
-    q.effects = [[(rel, sl, np.asarray(d)[pad_ps]) for rel, sl, d in lst] for lst in prob.effects]
-    q.occ = None if prob.occ is None else np.asarray(prob.occ)[pad_ps]
-    q.id_of_pseudo = id_of_pseudo
-    q.obs = obs
-    q.ids = np.concatenate([np.asarray(prob.ids)[subjects], np.full(n_id - len(subjects), -1)])
-    q.notes = []
-    q._key = _static_key(q)
-    return q
+    return prob.replace(
+        arrays=_take(prob.arrays, pad_ps),
+        cov=_take(prob.cov, pad_ps),
+        effects=[[(rel, sl, np.asarray(d)[pad_ps]) for rel, sl, d in lst] for lst in prob.effects],
+        occ=None if prob.occ is None else np.asarray(prob.occ)[pad_ps],
+        id_of_pseudo=id_of_pseudo,
+        obs=obs,
+        ids=np.concatenate([np.asarray(prob.ids)[subjects], np.full(n_id - len(subjects), -1)]),
+        notes=[],
+    )
 
 
 class ShardedProblem:
