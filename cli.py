@@ -1315,6 +1315,14 @@ def trial_cmd(
         _trial_run(population, seed, out_dir, draws, steps, chunk, resume, index, count, args, keep_chunks)
 
 
+def _comparator_inputs() -> dict[str, Path | str]:
+    """The trial's comparator regimens as manifest inputs: ``"regimen C0"`` and ``"regimen C1"`` -> the shipped
+    regimen file (``regimens/data/C0.toml``), recorded with its SHA-256 like ``simulate --regimen C1``'s."""
+    from regimens.io import regimen_file
+
+    return {f"regimen {name}": regimen_file(name) or name for name in ("C0", "C1")}
+
+
 def _trial_run(
     population: int,
     seed: int,
@@ -1351,7 +1359,7 @@ def _trial_run(
             return
         with _staged_outputs() as stage:  # the tables, figure and run.json appear together or not at all
             written = save_trial(patients, summary, times, stage.dir(out_dir))
-            _manifest(out_dir / "run.json", "trial", args, {}, written, stage)
+            _manifest(out_dir / "run.json", "trial", args, _comparator_inputs(), written, stage)
     _remove_chunks(out_dir, keep_chunks, console)
     text = trial_summary_text(summary, population=population, seed=seed, draws=draws, total_s=times["total_s"])
     console.print(text, markup=False)

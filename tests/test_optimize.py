@@ -332,6 +332,32 @@ def test_trial_small_is_safe_and_opioid_sparing(tmp_path):
         assert not [f for f in check_regimen(space.regimen(amounts), cov) if f.drug in sched]
 
 
+def test_trial_manifest_records_the_comparator_regimens(tmp_path):
+    """`pkpd trial` records its comparators C0 and C1 in run.json like `simulate --regimen C1` records its
+    regimen: the shipped file (regimens/data/<name>.toml), its SHA-256 and size (issue 25)."""
+    import json
+    from pathlib import Path
+
+    from cli_helpers import cli_output, runner
+
+    from cli import app
+    from pkpd.manifest import file_sha256
+
+    out = tmp_path / "trial"
+    res = runner.invoke(app, ["trial", "--population", "1", "--draws", "2", "--steps", "1", "--out", str(out)])
+    assert res.exit_code == 0, cli_output(res)
+    inputs = json.loads((out / "run.json").read_text())["inputs"]
+    assert sorted(inputs) == ["regimen C0", "regimen C1"], inputs
+    shipped = Path(__file__).resolve().parents[1] / "regimens" / "data"
+    for name in ("C0", "C1"):
+        f = shipped / f"{name}.toml"
+        assert inputs[f"regimen {name}"] == {
+            "path": str(f.resolve()),
+            "sha256": file_sha256(f),
+            "bytes": f.stat().st_size,
+        }
+
+
 def test_adversarial_patients_end_to_end_are_safe():
     """Every adversarial patient optimized in one batched call (4 draws, 5 steps): every proposal passes
     the exact LAST and OIRD checks, and its scheduled doses pass check_regimen for that patient."""

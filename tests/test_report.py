@@ -187,7 +187,7 @@ def test_manifests_record_inputs_and_versions(runs):
         "simulate-population": ("simulate", ["regimen"]),
         "fit": ("fit", ["data", "model"]),
         "optimize": ("optimize", ["patient"]),
-        "trial": ("trial", []),
+        "trial": ("trial", ["regimen C0", "regimen C1"]),
     }
     for kind, path in runs.items():
         man_file = path.with_name("oxy.run.json") if kind == "simulate-dataset" else path / "run.json"
