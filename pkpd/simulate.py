@@ -1175,6 +1175,9 @@ def profiles_figure(
     ax = fig.add_subplot()
     colors = [f"C{i % 10}" for i in range(len(shown))]
     handles = []
+    # every drawn artist carries a legend text: a subject's later segments its ID's, every subject's observation
+    # dots the one shared entry (a grey dot) that the legend shows once
+    obs_label = f"{output} at observation records"
     for i, (who, color) in enumerate(zip(shown, colors)):
         sel = ident == who
         line = sel & grid if (sel & grid).any() else sel
@@ -1188,13 +1191,13 @@ def profiles_figure(
                 color=color,
                 linewidth=1.2,
                 linestyle="-" if i < 10 else "--",
-                label=label if k == 0 else None,
+                label=label,
             )
             if k == 0:
                 handles.append(h)
         o = np.flatnonzero(sel & obs)
         if o.size and grid.any():
-            ax.plot(time[o], y[o], linestyle="none", marker="o", markersize=3.5, color=color)
+            ax.plot(time[o], y[o], linestyle="none", marker="o", markersize=3.5, color=color, label=obs_label)
     if grid.any() and obs[np.isin(ident, shown)].any():
         handles.append(
             Line2D(
@@ -1204,7 +1207,7 @@ def profiles_figure(
                 marker="o",
                 markersize=3.5,
                 color="0.35",
-                label=f"{output} at observation records",
+                label=obs_label,
             )
         )
     ax.set_xlabel("TIME (h)")

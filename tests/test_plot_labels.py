@@ -1,8 +1,9 @@
 """Issue 25: every PNG the tools write has units on both axes and a legend entry for every drawn line,
-band and point set. The plot functions outside pkpd.fit.diagnostics (tests/test_fit_plots.py) and
-pkpd.simulate (tests/test_grid_ignore.py): the population report (pkpd.population.report), the individual
-forecast (pkpd.fit.forecast), the HTML report's CP plot (pkpd.html_report), and the optimizer's
-schedule, concentration, band and trial plots (regimens.optimize).
+band and point set. The plot functions outside pkpd.fit.diagnostics (tests/test_fit_plots.py): the
+dataset simulation's profiles (pkpd.simulate; its grid and per-ID legend in tests/test_grid_ignore.py), the
+population report (pkpd.population.report), the individual forecast (pkpd.fit.forecast), the HTML report's
+CP plot (pkpd.html_report), and the optimizer's schedule, concentration, band and trial plots
+(regimens.optimize).
 
 Each is called on the smallest input it reads: stub objects exposing only the attributes the plot uses
 (no simulation, no fit), so the module runs in a few seconds. The figures are caught at ``savefig``
@@ -126,6 +127,31 @@ def test_forecast_plot_units_per_output_and_legends(saved, tmp_path):
     labels = _check_one(saved, {"time": "min", "conc": "mg/L", "effect": "DV units"})
     assert sum(lab.startswith("time") for lab in labels) == 2
     assert all(ax.get_legend() is not None for ax in saved[0].axes)
+
+
+# ---------------------------------------------------------------------------------------------------
+# pkpd.simulate
+
+
+def test_simulate_profiles_figure_every_segment_and_observation_dot_has_a_legend_entry(saved, tmp_path):
+    """pkpd.simulate.plot_profiles on grid rows of three subjects with observation records, the second with a
+    reset that goes back in time (two segments): every line and every subject's dots carry a legend text
+    (one per ID, one shared 'CP at observation records')."""
+    from pkpd.simulate import plot_profiles
+
+    rows = []
+    for who, times in ((1, [0.0, 2.0, 4.0, 6.0]), (2, [0.0, 2.0, 4.0, 0.0, 2.0, 4.0]), (3, [0.0, 3.0, 6.0])):
+        rows += [{"ID": who, "TIME": t, "EVID": 0, "MDV": 0, "AMT": 0.0, "GRID": 1, "CP": 1.0 + t} for t in times]
+        rows += [{"ID": who, "TIME": 2.0, "EVID": 0, "MDV": 0, "AMT": 0.0, "GRID": 0, "CP": 2.5}]
+    model = SimpleNamespace(name="1cmt_oral", output_units={"CP": "mg/L"}, outputs=())
+    assert plot_profiles(pd.DataFrame(rows), model, tmp_path / "cp.png") == (3, 3)
+    _check_one(saved, {"TIME": "h", "CP": "mg/L"})
+    ax = saved[0].axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["ID 1", "ID 2", "ID 3", "CP at observation records"]
+    dots = [ln for ln in ax.get_lines() if ln.get_marker() == "o"]
+    assert len(dots) == 3 and {ln.get_label() for ln in dots} == {"CP at observation records"}
+    assert sum(ln.get_label() == "ID 2" for ln in ax.get_lines()) == 2  # both segments of the reset subject
 
 
 # ---------------------------------------------------------------------------------------------------
