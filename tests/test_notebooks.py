@@ -7,6 +7,8 @@ inline backend (``MPLBACKEND``): non-interactive (Agg rendering, no window), and
 the cell's outputs, which the test counts. A cell that raises fails the test with the notebook and the cell; so
 does any error output or anything written to stderr (warnings, progress bars such as tqdm's "IProgress not
 found"). The executed copy is written under pytest's ``tmp_path`` (never into notebooks/, which stays stripped).
+The kernel's temporary folder (``TMPDIR``) is one under ``tmp_path`` too: a notebook that leaves a ``pkpd_nb*``
+folder there fails.
 """
 
 from __future__ import annotations
@@ -84,8 +86,11 @@ def test_notebook_runs_in_a_kernel(path, tmp_path, kernel_specs):
     nb = nbformat.read(path, as_version=4)
     assert nb.cells[0].cell_type == "markdown", "a notebook opens with its question"
     assert nb.cells[-1].cell_type == "markdown", "a notebook ends with its interpretation"
+    scratch = tmp_path / "tmp"  # the kernel's temporary folder: what a notebook leaves there is seen below
+    scratch.mkdir()
     env = dict(
         os.environ,
+        TMPDIR=str(scratch),
         PKPD_NOTEBOOK_FAST="1",
         MPLBACKEND=INLINE_BACKEND,
         PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
@@ -125,6 +130,9 @@ def test_notebook_runs_in_a_kernel(path, tmp_path, kernel_specs):
             f"{path.name}, cell {started[-1] if started else '(none started)'}: "
             f"{type(failure).__name__}: {str(failure)[-3000:]}"
         )
+
+    left = sorted(p.name for p in scratch.glob("pkpd_nb*"))
+    assert not left, f"{path.name} leaves its temporary folders behind: {left}"
 
     pngs = sum(
         "image/png" in out.get("data", {})
