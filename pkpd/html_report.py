@@ -708,28 +708,39 @@ def _regimen_section(run: Run) -> str:
     )
 
 
-def _cp_plot(frame: pd.DataFrame, title: str, max_ids: int = 20) -> bytes:
-    from .plotting import new_figure
+def _dataset_model(run: Run) -> Any:
+    """The model a dataset simulation ran: its ``--model``, else the model named by its parameter file (the
+    manifest's ``params`` input, read again); ``None`` when neither names a model that can be loaded now."""
+    from .models import get_model
+    from .simulate import load_params
 
-    fig = new_figure(8, 4.5)
-    ax = fig.add_subplot()
-    for i in list(dict.fromkeys(frame["ID"].tolist()))[:max_ids]:
-        sub = frame[frame["ID"] == i]
-        ax.plot(
-            sub["TIME"].to_numpy(float),
-            sub["CP"].to_numpy(float),
-            marker=".",
-            markersize=3,
-            linewidth=1,
-            label=f"ID {i}",
-        )
-    ax.set_xlabel("TIME (h)")
-    ax.set_ylabel("CP (mg/L)")
-    if ax.lines:
-        ax.legend(title="subject", fontsize="x-small", title_fontsize="x-small", ncol=2, loc="best")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
+    man = run.manifest or {}
+    name = man.get("arguments", {}).get("model")
+    if not name:
+        params = man.get("inputs", {}).get("params", {}).get("path")
+        try:
+            name = load_params(params).model if params else None
+        except (PKPDError, OSError, ValueError):
+            name = None
+    try:
+        return get_model(name) if name else None
+    except (PKPDError, OSError, KeyError, ValueError):
+        return None
+
+
+def _cp_plot(frame: pd.DataFrame, title: str, model: Any = None, max_ids: int = 20) -> bytes:
+    """PNG of CP against TIME of a dataset simulation's records, drawn by :func:`pkpd.simulate.profiles_figure`
+    (one line per ID with a per-ID legend, the output's unit from ``model``; grid rows as lines and observation
+    records as dots when the output has a grid). Without a model (none can be resolved from the run): CP in
+    mg/L, the unit of the built-in models."""
+    from types import SimpleNamespace
+
+    from .simulate import profiles_figure
+
+    if model is None:
+        model = SimpleNamespace(name="", output_units={"CP": "mg/L"}, outputs=())
+    fig, _, _ = profiles_figure(frame, model, output="CP", max_ids=max_ids)
+    fig.axes[0].set_title(title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
@@ -781,10 +792,14 @@ def _dataset_sections(run: Run) -> tuple[str, str]:
         if png is not None:
             figs.append(figure(png, f"{Path(o).name}: CP vs TIME (written by --plot)"))
     if not figs:
+        from .simulate import _output_unit
+
+        model = _dataset_model(run)
+        unit = _output_unit(model, "CP") if model is not None else "mg/L"
         figs.append(
             figure(
-                _cp_plot(obs, f"{run.output.name}: CP vs TIME"),
-                "CP (mg/L) vs TIME (h), first 20 subjects (drawn by pkpd report)",
+                _cp_plot(res, f"{run.output.name}: CP vs TIME", model),
+                f"CP ({unit}) vs TIME (h), first 20 subjects (drawn by pkpd report)",
             )
         )
     return f"Dataset simulation {run.output.name} (pkpd simulate DATA)", (

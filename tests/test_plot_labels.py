@@ -159,20 +159,31 @@ def test_simulate_profiles_figure_every_segment_and_observation_dot_has_a_legend
 
 
 def test_html_report_cp_plot_units_and_one_legend_entry_per_subject(saved):
+    """The report's CP plot of a dataset simulation without a --plot figure is pkpd.simulate.profiles_figure:
+    the model's output unit on the axis, one legend entry per drawn ID and a title saying how many are left
+    out; without a model, mg/L."""
     from pkpd.html_report import _cp_plot
 
     frame = pd.DataFrame(
         {
             "ID": np.repeat([1, 2, 3], 4),
             "TIME": np.tile([0.0, 1.0, 2.0, 4.0], 3),
+            "EVID": np.tile([1, 0, 0, 0], 3),
+            "AMT": np.tile([100.0, 0.0, 0.0, 0.0], 3),
             "CP": np.tile([0.0, 2.0, 1.5, 0.8], 3) * np.repeat([1.0, 1.3, 0.7], 4),
         }
     )
-    png = _cp_plot(frame, "run: CP vs TIME", max_ids=2)
+    model = SimpleNamespace(name="1cmt_oral", output_units={"CP": "ng/mL"}, outputs=())
+    png = _cp_plot(frame, "run: CP vs TIME", model, max_ids=2)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    _check_one(saved, {"TIME": "h", "CP": "mg/L"})
-    legend = [t.get_text() for t in saved[0].axes[0].get_legend().get_texts()]
-    assert legend == ["ID 1", "ID 2"]
+    _check_one(saved, {"TIME": "h", "CP": "ng/mL"})
+    ax = saved[0].axes[0]
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["ID 1", "ID 2"]
+    assert legend.get_title().get_text() == "first 2 of 3 IDs (1 not shown)" and ax.get_title() == "run: CP vs TIME"
+    assert all(len(ln.get_xdata()) == 4 for ln in ax.get_lines())  # every record of the subject, doses included
+    _cp_plot(frame, "run: CP vs TIME")
+    assert saved[1].axes[0].get_ylabel() == "CP (mg/L)"
 
 
 # ---------------------------------------------------------------------------------------------------

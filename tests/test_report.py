@@ -423,3 +423,25 @@ def test_report_numbers_are_for_people(runs, tmp_path):
         cells = re.findall(r"<td>([^<]*)</td>", render_report(path))
         sci = [c for c in cells if re.fullmatch(r"-?\d(\.\d+)?e[+-]\d\d", c) and 1e-4 <= abs(float(c)) < 1e15]
         assert not sci, (kind, sci[:5])
+
+
+def test_dataset_report_without_a_plot_draws_profiles_figure(tmp_path):
+    """A dataset simulation written without --plot: the report draws CP against TIME itself with
+    pkpd.simulate.profiles_figure, the unit read from the model named by the run's parameter file."""
+    from pkpd.html_report import _dataset_model, detect_run, render_report
+
+    out = tmp_path / "oxy.csv"
+    _invoke(
+        [
+            "simulate",
+            str(ROOT / "examples" / "oxycodone_postop.csv"),
+            "--params",
+            str(ROOT / "examples" / "oxycodone_agema2021.toml"),
+            "--out",
+            str(out),
+        ]
+    )
+    model = _dataset_model(detect_run(out))
+    assert model is not None and model.name
+    text = render_report(out)
+    assert "CP (mg/L) vs TIME (h), first 20 subjects (drawn by pkpd report)" in text
