@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 # fn(env, xp): a compiled expression of the names in env, evaluated with xp = numpy or jax.numpy
 _Fn = Callable[[Mapping[str, Any], Any], Any]
 
-__all__ = ["UserModel", "compile_structure", "load_user_model", "structure_from_file"]
+__all__ = ["UserModel", "compile_structure", "load_user_model", "strongly_connected", "structure_from_file"]
 
 TIME_SYMBOL = "t"
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -771,18 +771,24 @@ def _decompose(node: ast.expr, states: set[str]) -> _Lin | None:
     return None
 
 
-def _scc_blocks(n: int, edges: set[tuple[int, int]]) -> list[tuple[int, ...]]:
-    """Strongly connected components in an order where every edge c -> r goes forward or within a block."""
-    index, low, on, stack, out = {}, {}, set(), [], []
-    succ = {i: sorted(r for (r, c) in edges if c == i and r != i) for i in range(n)}
-    counter = [0]
+def strongly_connected(succ: Mapping[Any, Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """Strongly connected components of the directed graph ``succ`` (node -> its successors; Tarjan 1972),
+    each sorted, listed so that every edge goes backward or within a component (reverse topological order).
 
-    def visit(v: int) -> None:
-        index[v] = low[v] = counter[0]
-        counter[0] += 1
+    >>> strongly_connected({"a": ["b"], "b": ["a"], "c": ["a"]})
+    [('a', 'b'), ('c',)]
+    """
+    index: dict[Any, int] = {}
+    low: dict[Any, int] = {}
+    on: set[Any] = set()
+    stack: list[Any] = []
+    out: list[tuple[Any, ...]] = []
+
+    def visit(v: Any) -> None:
+        index[v] = low[v] = len(index)
         stack.append(v)
         on.add(v)
-        for w in succ[v]:
+        for w in succ.get(v, ()):
             if w not in index:
                 visit(w)
                 low[v] = min(low[v], low[w])
@@ -798,10 +804,16 @@ def _scc_blocks(n: int, edges: set[tuple[int, int]]) -> list[tuple[int, ...]]:
                     break
             out.append(tuple(sorted(comp)))
 
-    for v in range(n):
+    for v in succ:
         if v not in index:
             visit(v)
-    return out[::-1]
+    return out
+
+
+def _scc_blocks(n: int, edges: set[tuple[int, int]]) -> list[tuple[int, ...]]:
+    """Strongly connected components in an order where every edge c -> r goes forward or within a block."""
+    succ = {i: sorted(r for (r, c) in edges if c == i and r != i) for i in range(n)}
+    return strongly_connected(succ)[::-1]
 
 
 _Term = tuple[int, int, Callable[[Mapping[str, Any]], Any]]  # K[row, col] += fn(p)
