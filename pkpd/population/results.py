@@ -76,14 +76,15 @@ class PopulationResult:
 
     def summary(self) -> pd.DataFrame:
         """Mean, SD, P10, P50, P90 of the outcome columns."""
-        cols = [c for c in _OUTCOMES if c in self.patients]
+        cols = [c for c in OUTCOMES if c in self.patients]
         d = self.patients[cols]
         return pd.DataFrame(
             {"mean": d.mean(), "sd": d.std(), "p10": d.quantile(0.1), "p50": d.median(), "p90": d.quantile(0.9)}
         )
 
 
-_OUTCOMES = (
+#: The outcome columns of :attr:`PopulationResult.patients` that :meth:`PopulationResult.summary` summarizes.
+OUTCOMES = (
     "MME_0_24",
     "MME_0_48",
     "MME_0_72",
@@ -104,10 +105,6 @@ _OUTCOMES = (
     "PEAK_BUPI_UNBOUND",
     "LAST_INDEX",
 )
-
-
-#: The outcome columns of :attr:`PopulationResult.patients` that :meth:`PopulationResult.summary` summarizes.
-OUTCOMES = _OUTCOMES
 
 
 def collect(plan: RegimenPlan, outs: list[dict], population: pd.DataFrame) -> PopulationResult:
