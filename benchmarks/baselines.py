@@ -31,12 +31,15 @@ Three baselines are provided:
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import jax
 import numpy as np
 
-jax.config.update("jax_enable_x64", True)
+# float64 unless the run asked for float32 (benchmarks/gpu_check.py runs one process per precision)
+if os.environ.get("PKPD_PRECISION", "float64").strip().lower() != "float32":
+    jax.config.update("jax_enable_x64", True)
 
 import diffrax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
