@@ -60,6 +60,7 @@ def test_unconstrained_round_trip_within_bounds():
     np.testing.assert_allclose(to_natural(to_unconstrained(th)), th, rtol=1e-9)
 
 
+@pytest.mark.slow  # 45 s; the calibration pipeline runs offline (python -m regimens.calibration)
 def test_posterior_recovers_a_known_parameter_set():
     """NUTS on the aggregate-data likelihood with a known linear simulator, 12 targets of SE 0.02 and one
     trial: the targets' posterior predictive mean is within 0.11 of the truth for every target (the

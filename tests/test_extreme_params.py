@@ -198,6 +198,7 @@ def test_mm_explicit_method_fails_with_advice():
         pkpd.simulate(_bolus_frame(MM_TIMES), "1cmt_iv_mm", dict(MM, KM=1e-2), solver="ode", ode_method="tsit5")
 
 
+@pytest.mark.slow  # 30 s of compiling a steady-state ODE program; the stiff sweeps of this file are slow too
 def test_steady_state_ode_failure_is_a_clear_error():
     """A failed ODE solve inside a steady-state record's iteration (step limit reached) is a SolverError naming
     the subject, as elsewhere, not an uncaught runtime error from inside the compiled program (it was, until

@@ -93,6 +93,7 @@ def _check_start_independent(prob, u):
     return ref, max(spread)
 
 
+@pytest.mark.slow  # 34 s; the default suite checks the same on Theoph (next test)
 def test_objective_independent_of_inner_start_two_cmt(study):
     """At the initial estimates (CL 0.1, V1 5, Q 0.3, V2 20) -2LL from eta = 0 and from points 0.72 and 7.2
     away (three random directions per subject) agree within 1e-6 (seen: 1706.9461715, spread <= 5e-11), with

@@ -65,6 +65,7 @@ def theoph():
     return prob, fit
 
 
+@pytest.mark.slow  # 20 s of compiling with all of XLA's optimizations
 def test_fast_compiled_objective_equals_the_optimized_one(theoph):
     """The fitting programs are compiled for compile speed (``pkpd.fit.problem.fit_jit``: LLVM's optimizations
     off, :mod:`pkpd.xla`). The Laplace objective and its gradient away from the optimum equal those of the
