@@ -1223,7 +1223,7 @@ def optimize_cmd(
 
     console = _console()
     extra = {"products": tuple(x.strip() for x in products.split(",") if x.strip())} if products else {}
-    inputs = {"patient": patient}
+    inputs: dict[str, Path | str] = {"patient": patient, **_comparator_inputs()}  # judged against C0 and C1
     if posterior is not None:
         inputs.update({"posterior draws": posterior / "draws.csv", "posterior model": posterior / "model.toml"})
     with _writing("the outputs"):
@@ -1316,8 +1316,9 @@ def trial_cmd(
 
 
 def _comparator_inputs() -> dict[str, Path | str]:
-    """The trial's comparator regimens as manifest inputs: ``"regimen C0"`` and ``"regimen C1"`` -> the shipped
-    regimen file (``regimens/data/C0.toml``), recorded with its SHA-256 like ``simulate --regimen C1``'s."""
+    """The comparator regimens of ``pkpd optimize`` and ``pkpd trial`` as manifest inputs: ``"regimen C0"`` and
+    ``"regimen C1"`` -> the shipped regimen file (``regimens/data/C0.toml``), recorded with its SHA-256 like
+    ``simulate --regimen C1``'s."""
     from regimens.io import regimen_file
 
     return {f"regimen {name}": regimen_file(name) or name for name in ("C0", "C1")}

@@ -186,7 +186,7 @@ def test_manifests_record_inputs_and_versions(runs):
         "simulate-dataset": ("simulate", ["data", "params"]),
         "simulate-population": ("simulate", ["regimen"]),
         "fit": ("fit", ["data", "model"]),
-        "optimize": ("optimize", ["patient"]),
+        "optimize": ("optimize", ["patient", "regimen C0", "regimen C1"]),
         "trial": ("trial", ["regimen C0", "regimen C1"]),
     }
     for kind, path in runs.items():
