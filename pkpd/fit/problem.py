@@ -35,7 +35,7 @@ from ..errors import DatasetError, DatasetViolation, ModelSpecError, rows_text
 from ..expr import compile_expression, evaluate_parameter_block
 from ..models import get_model
 from ..simulate import ParameterSpec, arrange_theta, prepare
-from ..solvers import resolve_solver
+from ..solvers import ODE, resolve_solver
 from ..xla import jit
 from .error_models import LOG2PI, TERMS, ErrorModel
 from .relations import Relation
@@ -1070,6 +1070,8 @@ def _build_problem(
     tv = prep.layout.time_varying or any(varies(cov_np[c]) for c in cov_np) or (occ is not None and varies(occ))
     lay = replace(prep.layout, time_varying=True) if tv and not prep.layout.time_varying else prep.layout
     solv = resolve_solver(solver, model)
+    if isinstance(solv, ODE):  # Laplace and MAP need forward-over-reverse derivatives through the ODE solve
+        solv = replace(solv, adjoint="direct")
     sched = None
     if prep.static_schedule:
         from ..engine import compute_schedule

@@ -52,6 +52,12 @@ class ODE:
         tolerances below about 1e-7.
     max_steps
         Step budget per integration interval; exceeding it raises :class:`pkpd.SolverError`.
+    adjoint
+        How derivatives pass through the integration: ``"checkpoint"`` (default: diffrax's
+        ``RecursiveCheckpointAdjoint``, reverse mode only, the cheapest for gradients) or ``"direct"``
+        (``DirectAdjoint``: forward and reverse mode and their compositions, at more compile time and memory).
+        The fitter uses ``"direct"`` on the ODE path, because the Laplace approximation needs Hessians
+        (forward-over-reverse derivatives) of the likelihood.
     """
 
     method: str = "auto"
@@ -59,6 +65,16 @@ class ODE:
     atol: float = 1e-10
     max_steps: int = 4096
     name: str = "ode"
+    adjoint: str = "checkpoint"
+
+    def diffrax_adjoint(self) -> Any:
+        import diffrax
+
+        if self.adjoint == "checkpoint":
+            return diffrax.RecursiveCheckpointAdjoint()
+        if self.adjoint == "direct":
+            return diffrax.DirectAdjoint()
+        raise ModelSpecError(f"unknown ODE adjoint {self.adjoint!r}; choose 'checkpoint' or 'direct'")
 
     def diffrax_solver(self) -> Any:
         import diffrax
@@ -232,6 +248,7 @@ def ode_step(
         saveat=saveat,
         max_steps=solver.max_steps,
         throw=throw,
+        adjoint=solver.diffrax_adjoint(),
     )
     y = jnp.where(dt_pos, sol.ys[-1], x)
     ok = jnp.where(dt_pos, sol.result == diffrax.RESULTS.successful, True)
