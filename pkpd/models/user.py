@@ -151,8 +151,10 @@ class UserModel(CompartmentModel):
             f"  doses into: {', '.join(f'{i + 1}={self.compartments[i]}' for i in self.dose_states)}",
             f"  solver: {'exact (linear)' if self.is_linear else 'ODE (' + self.linear_reason + ')'}",
         ]
-        for q in self.params:
-            lines.append(f"  {q.name:6s} [{q.unit}] {q.description}")
+        for q in self.params:  # units and descriptions as [structure.parameters] gives them
+            lines.append(
+                f"  {q.name:6s}" + (f" [{q.unit}]" if q.unit else "") + (f" {q.description}" if q.description else "")
+            )
         for e in self.equations:
             lines.append(f"  {e}")
         for c, rs in self.routes.items():
