@@ -799,6 +799,7 @@ def _simulate_regimen_run(
         with _staged_outputs() as stage:  # the tables, figures and run.json appear together or not at all
             written = write_population_outputs(res, stage.dir(out_dir), findings=findings, fmt=fmt)
             inputs = {"regimen": regimen_file(spec) or spec, "patient": patient}
+            inputs |= {f"structure {drug}": Path(file) for drug, file in reg.structures}  # the regimen's model files
             _manifest(out_dir / "run.json", "simulate", args, inputs, written, stage)
         written = stage.finals(written)
     _remove_chunks(out_dir, keep_chunks, console)

@@ -122,6 +122,7 @@ def format_regimen_text(regimen: Regimen) -> str:
         lines += [f"description: {d}" for d in regimen.description.split("\n")]
     lines.append(f"horizon: {_h(regimen.horizon_h)}")
     lines += [f"reference: {r}" for r in regimen.references]
+    lines += [f"structure: {drug} = {path}" for drug, path in regimen.structures]
     groups = (
         ("scheduled", regimen.scheduled, _scheduled_line),
         ("as needed (PRN)", regimen.prn, _prn_line),
@@ -173,6 +174,9 @@ def format_regimen_toml(regimen: Regimen) -> str:
         lines.append("references = [")
         lines += [f"    {_value(r)}," for r in regimen.references]
         lines.append("]")
+    if regimen.structures:
+        lines += ["", "[structures]  # drugs whose structural model is a model-language file"]
+        lines += [f"{drug} = {_value(path)}" for drug, path in regimen.structures]
     for table, items in (
         ("scheduled", regimen.scheduled),
         ("prn", regimen.prn),

@@ -643,6 +643,29 @@ def _as_items(value: Any, cls: type, name: str, regimen: str) -> tuple:
     return tuple(out)
 
 
+def _structures(value: Any, what: str) -> tuple[tuple[str, str], ...]:
+    """``structures`` as sorted ``(library drug name, file path)`` pairs, one per drug."""
+    from pkpd.drugs import get_drug
+    from pkpd.errors import PKPDError
+
+    pairs = list(value.items()) if isinstance(value, Mapping) else list(value or ())
+    out: dict[str, str] = {}
+    for pair in pairs:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise RegimenError(f"{what}: structures must map drug names to model files, got {pair!r}")
+        drug, path = pair
+        try:
+            name = get_drug(drug).name
+        except PKPDError as exc:
+            raise RegimenError(f"{what}: structures: {exc}") from None
+        if name in out:
+            raise RegimenError(f"{what}: structures name {name} twice")
+        if not path.strip():
+            raise RegimenError(f"{what}: structures: the model file of {name} is empty")
+        out[name] = path
+    return tuple(sorted(out.items()))
+
+
 @dataclass(frozen=True)
 class Regimen:
     """An analgesic regimen: scheduled doses, PRN rules, PCA and non-drug modalities.
@@ -659,6 +682,12 @@ class Regimen:
         End of the evaluation window, h after the end of surgery (default 72).
     references
         Literature the regimen follows (one line each).
+    structures
+        ``(drug, model file)`` pairs: a drug of the regimen whose structural model is one written in the model
+        language (a ``.toml`` file with a ``[structure]`` section, docs/model_language.md) instead of its
+        library structure; its parameters, variability, PD, MME factor and limits stay the library entry's
+        (:func:`pkpd.drugs.structure.regimen_entry`). Written ``[structures]`` ``oxycodone = "oxy.toml"`` in a
+        regimen file (paths relative to that file). Checked when the regimen is simulated.
 
     Examples
     --------
@@ -675,6 +704,7 @@ class Regimen:
     modalities: tuple[Modality, ...] = ()
     horizon_h: float = 72.0
     references: tuple[str, ...] = ()
+    structures: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip() or "\n" in self.name:
@@ -689,6 +719,7 @@ class Regimen:
             if not isinstance(r, str) or not r.strip() or "\n" in r:
                 raise RegimenError(f"{what}: each reference must be a non-empty one-line string, got {r!r}")
         _set(self, "references", tuple(r.strip() for r in refs))
+        _set(self, "structures", _structures(self.structures, what))
         _set(self, "scheduled", _as_items(self.scheduled, Scheduled, "scheduled", self.name))
         _set(self, "prn", _as_items(self.prn, PRN, "prn", self.name))
         _set(self, "pca", _as_items(self.pca, PCA, "pca", self.name))
@@ -715,6 +746,12 @@ class Regimen:
             for b in self.pca[:i]:
                 if (a.drug, a.route) == (b.drug, b.route) and _overlap(a, b):
                     raise _ItemError(f"{what}: two PCA items for {a.drug} overlap in time", a)
+        unused = [d for d, _ in self.structures if d not in self.drugs()]
+        if unused:
+            raise RegimenError(
+                f"{what}: structures are given for {', '.join(unused)}, which the regimen does not use "
+                f"(its drugs: {', '.join(self.drugs()) or 'none'})"
+            )
         kinds = [m.kind for m in self.modalities]
         for m in self.modalities:
             if kinds.count(m.kind) > 1:

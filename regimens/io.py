@@ -62,7 +62,7 @@ __all__ = [
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
 _TABLES: dict[str, type] = {"scheduled": Scheduled, "prn": PRN, "pca": PCA, "modality": Modality}
-_TOP = ("name", "description", "horizon_h", "references", *_TABLES)
+_TOP = ("name", "description", "horizon_h", "references", "structures", *_TABLES)
 
 
 def _fields(cls: type) -> list[str]:
@@ -74,7 +74,9 @@ def _header_lines(text: str, table: str) -> list[int]:
     return [text.count("\n", 0, m.start()) + 1 for m in pat.finditer(text)]
 
 
-def parse_regimen_toml(text: str, source: str = "<string>", *, default_name: str | None = None) -> Regimen:
+def parse_regimen_toml(
+    text: str, source: str = "<string>", *, default_name: str | None = None, base: str | Path | None = None
+) -> Regimen:
     """Build a :class:`Regimen` from TOML text.
 
     Parameters
@@ -86,6 +88,9 @@ def parse_regimen_toml(text: str, source: str = "<string>", *, default_name: str
         Where the text comes from (used in error messages).
     default_name
         Name used when the file has no ``name`` key.
+    base
+        Folder that relative model-file paths of ``[structures]`` start from (default: the working directory;
+        :func:`load_regimen` passes the regimen file's folder).
 
     Raises
     ------
@@ -147,6 +152,7 @@ def parse_regimen_toml(text: str, source: str = "<string>", *, default_name: str
     name = data.get("name", default_name)
     if name is None:
         raise RegimenError(f"{source}: missing key 'name' (e.g. name = \"C1\")")
+    kw["structures"] = _read_structures(data.get("structures", {}), source, base)
     refs = data.get("references", [])
     if isinstance(refs, str) or not isinstance(refs, list):
         raise RegimenError(f'{source}: references must be a list of strings, e.g. references = ["Iyer 2023"]')
@@ -162,6 +168,30 @@ def parse_regimen_toml(text: str, source: str = "<string>", *, default_name: str
         raise RegimenError(f"{source}: {exc}") from None
 
 
+def _read_structures(table: Any, source: str, base: str | Path | None) -> tuple[tuple[str, str], ...]:
+    """The ``[structures]`` table: drug -> model file (resolved against ``base``), each file compiled now so that
+    a missing file or a malformed or unsuitable structure is reported with the regimen file."""
+    from pkpd.drugs.structure import regimen_entry
+    from pkpd.errors import PKPDError
+
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise RegimenError(
+            f'{source}: [structures] maps drug names to model files, e.g. [structures] oxycodone = "oxycodone.toml"'
+        )
+    folder = Path.cwd() if base is None else Path(base)
+    out = []
+    for drug, file in table.items():
+        path = Path(file) if Path(file).is_absolute() else folder / file
+        if not path.is_file():
+            raise RegimenError(f"{source}: [structures] {drug}: the model file {str(path)!r} does not exist")
+        try:
+            regimen_entry(drug, {drug: str(path)})
+        except PKPDError as exc:
+            raise RegimenError(f"{source}: [structures] {drug}: {exc}") from None
+        out.append((drug, str(path.resolve())))
+    return tuple(out)
+
+
 def load_regimen(path: str | Path) -> Regimen:
     """Read a regimen file: TOML (``.toml``) or the short text form (any other suffix, e.g. ``.txt``).
 
@@ -173,7 +203,7 @@ def load_regimen(path: str | Path) -> Regimen:
     except OSError as exc:
         raise RegimenError(f"cannot read regimen file {str(p)!r}: {exc.strerror or exc}") from None
     if p.suffix.lower() == ".toml":
-        return parse_regimen_toml(text, str(p), default_name=p.stem)
+        return parse_regimen_toml(text, str(p), default_name=p.stem, base=p.parent)
     from .text import parse_regimen_text
 
     try:

@@ -8,6 +8,7 @@ Grammar (keywords are case-insensitive; times take a unit, ``h`` or ``min``; dos
     description: ERAS standard of care
     horizon: 72h
     reference: PROSPECT complex spine, Eur J Anaesthesiol 2021
+    structure: oxycodone = models/oxycodone.toml   # a drug's structural model written in the model language
 
     acetaminophen 1000 mg IV q6h from 0h to 72h     # repeated dose; 'to' is exclusive
     acetaminophen 1000 mg PO once at -2h            # single dose
@@ -83,7 +84,7 @@ _INTERVAL = re.compile(rf"^q({_NUM})(h|min)$", re.IGNORECASE)
 _RANGE = re.compile(rf"^({_NUM})h?-({_NUM})h?$", re.IGNORECASE)
 _COUNT = re.compile(r"^x(\d+)$", re.IGNORECASE)
 _PER24 = re.compile(r"^(\d+)/24h$", re.IGNORECASE)
-_HEADER = re.compile(r"^\s*(name|description|horizon|horizon_h|reference)\s*:", re.IGNORECASE)
+_HEADER = re.compile(r"^\s*(name|description|horizon|horizon_h|reference|structure)\s*:", re.IGNORECASE)
 _MASS = {"mg": 1.0, "g": 1000.0, "mcg": 1e-3, "ug": 1e-3, "µg": 1e-3}
 _TIME_UNITS = {
     "h": 1.0,
@@ -555,6 +556,7 @@ def parse_regimen_text(text: str, *, name: str = "custom", description: str = ""
     header: dict[str, Any] = {}
     desc_lines: list[str] = []
     refs: list[str] = []
+    structures: list[tuple[str, str]] = []
     items: list[tuple[Any, int, _Line]] = []
     for lineno, raw in enumerate(text.split("\n"), start=1):
         raw = raw.rstrip("\r")
@@ -568,6 +570,17 @@ def parse_regimen_text(text: str, *, name: str = "custom", description: str = ""
                 if not value.strip():
                     raise RegimenParseError(lineno, "reference:", "empty reference", "reference: Iyer 2023, Spine", raw)
                 refs.append(value.strip())
+            elif key == "structure":
+                drug, eq, path = value.partition("=")
+                if not eq or not drug.strip() or not path.strip():
+                    raise RegimenParseError(
+                        lineno,
+                        "structure:",
+                        "expected 'structure: <drug> = <model file>'",
+                        "structure: oxycodone = models/oxycodone.toml",
+                        raw,
+                    )
+                structures.append((drug.strip(), path.strip()))
             elif key == "name":
                 if "name" in header:
                     raise RegimenParseError(lineno, "name:", "'name:' is given twice", "name: C1", raw)
@@ -611,6 +624,7 @@ def parse_regimen_text(text: str, *, name: str = "custom", description: str = ""
             modalities=tuple(i for i, *_ in items if isinstance(i, Modality)),
             horizon_h=header.get("horizon", horizon_h),
             references=tuple(refs),
+            structures=tuple(structures),
         )
     except _ItemError as exc:
         for item, _lineno, line in items:

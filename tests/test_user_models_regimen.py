@@ -208,3 +208,94 @@ def test_a_drug_structure_file_also_simulates_alone(tmp_path):
     got = pkpd.simulate(data, params=f)
     ref = pkpd.simulate(data, "1cmt_dual", values)
     np.testing.assert_allclose(got["CP"].to_numpy(), ref["CP"].to_numpy(), rtol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------------
+# a regimen file naming the structures ([structures] table): what `pkpd simulate --regimen FILE` runs
+
+_REG_TOML_STRUCTURES = """
+[structures]
+oxycodone = "{oxy}"
+paracetamol = "{apap}"
+"""
+
+
+def _regimen_file(tmp_path: Path, oxy: str = "oxy/oxycodone_dual1.toml", apap: str | None = None) -> Path:
+    """_REG written as a TOML regimen file whose [structures] name the hand-written files (relative paths)."""
+    (tmp_path / "oxy").mkdir(exist_ok=True)
+    (tmp_path / "oxy" / "oxycodone_dual1.toml").write_text(OXY.read_text())
+    text = _REG.to_toml().replace('name = "oxy_apap"', 'name = "oxy_apap_by_hand"')
+    f = tmp_path / "regimen.toml"
+    f.write_text(text + _REG_TOML_STRUCTURES.format(oxy=oxy, apap=apap or str(APAP)))
+    return f
+
+
+def test_regimen_file_with_structures_gives_the_builtin_entries_outcomes(builtin, tmp_path):
+    from regimens import load_regimen
+
+    reg = load_regimen(_regimen_file(tmp_path))
+    assert reg.structures == (
+        ("acetaminophen", str(APAP.resolve())),
+        ("oxycodone", str((tmp_path / "oxy" / "oxycodone_dual1.toml").resolve())),
+    )
+    opts = SimOptions(record_concentrations=True)
+    res = simulate_regimen(reg, spine72_population(8, 1), seed=1, options=opts)
+    _same(builtin, res)
+    # the files really run: a faster clearance written in the file changes the concentrations
+    f = tmp_path / "oxy" / "oxycodone_dual1.toml"
+    f.write_text(f.read_text().replace("- CL/V*CENTRAL", "- 2*CL/V*CENTRAL"))
+    fast = simulate_regimen(load_regimen(tmp_path / "regimen.toml"), spine72_population(8, 1), seed=1, options=opts)
+    assert np.all(fast.concentrations["oxycodone"][:, -1] < 0.9 * builtin.concentrations["oxycodone"][:, -1])
+
+
+def test_regimen_with_structures_round_trips_through_toml_and_text(tmp_path):
+    from regimens import load_regimen, parse_regimen_text, parse_regimen_toml
+
+    reg = load_regimen(_regimen_file(tmp_path))
+    assert parse_regimen_toml(reg.to_toml(), "again") == reg
+    text = reg.to_text()
+    assert f"structure: oxycodone = {tmp_path / 'oxy' / 'oxycodone_dual1.toml'}" in text
+    assert parse_regimen_text(text) == reg
+
+
+@pytest.mark.parametrize(
+    "oxy, message",
+    [
+        ("missing.toml", r"\[structures\] oxycodone: the model file '.*missing.toml' does not exist"),
+        (str(ROOT / "examples" / "models" / "user" / "mm_iv.toml"), r"\[structures\] oxycodone: .*VMAX, KM, which"),
+        ("nonlinear.toml", r"\[structures\] oxycodone: .*not linear"),
+    ],
+    ids=["missing file", "another drug's parameters", "nonlinear structure"],
+)
+def test_regimen_file_structure_errors(tmp_path, oxy, message):
+    from regimens import RegimenError, load_regimen
+
+    _oxy_file(tmp_path, "- CL/V*CENTRAL", "- CL/V*CENTRAL*CENTRAL/(1 + CENTRAL)", name="nonlinear.toml")
+    with pytest.raises(RegimenError, match=r"regimen.toml: " + message):
+        load_regimen(_regimen_file(tmp_path, oxy=oxy))
+
+
+def test_regimen_structures_for_unknown_or_unused_drugs(tmp_path):
+    from regimens import RegimenError
+
+    with pytest.raises(RegimenError, match=r"structures: unknown drug 'oxycodon'"):
+        Regimen("r", scheduled=_REG.scheduled, structures={"oxycodon": str(OXY)})
+    with pytest.raises(RegimenError, match=r"structures are given for ketamine, which the regimen does not use"):
+        Regimen("r", scheduled=_REG.scheduled, structures={"ketamine": str(OXY)})
+
+
+def test_cli_simulates_a_regimen_file_with_structures_and_records_the_files(tmp_path):
+    from cli_helpers import cli_output, runner
+
+    from cli import app
+    from pkpd.manifest import file_sha256, read_manifest
+
+    reg = _regimen_file(tmp_path)
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["simulate", "--regimen", str(reg), "--population", "3", "--out", str(out)])
+    assert r.exit_code == 0, cli_output(r)
+    man = read_manifest(out / "run.json")
+    oxy = tmp_path / "oxy" / "oxycodone_dual1.toml"
+    assert man["inputs"]["structure oxycodone"]["sha256"] == file_sha256(oxy)
+    assert man["inputs"]["structure acetaminophen"]["sha256"] == file_sha256(APAP)
+    assert man["inputs"]["regimen"]["sha256"] == file_sha256(reg)

@@ -54,9 +54,11 @@ class RegimenPlan:
     def build(regimen: RegimenLike, population: pd.DataFrame, opts: SimOptions) -> RegimenPlan:
         from ..drugs.structure import regimen_entry
 
+        # the regimen's own model files, then SimOptions.structures (which wins for a drug named in both)
+        structures = {**dict(regimen.structures), **dict(opts.structures or {})}
         drugs = []
         for name in list(regimen.drugs()):
-            d = regimen_entry(name, opts.structures)
+            d = regimen_entry(name, structures)
             if d.name not in [x.name for x in drugs]:
                 drugs.append(d)
         blocks, off = [], 0

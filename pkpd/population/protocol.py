@@ -104,6 +104,10 @@ class RegimenLike(Protocol):
     def pca(self) -> Sequence[PCALike]: ...
     @property
     def modalities(self) -> Sequence[ModalityLike]: ...
+    @property
+    def structures(self) -> Sequence[tuple[str, str]]:
+        """``(drug, model file)``: drugs whose structural model is a model-language file."""
+        ...
 
     def drugs(self) -> Iterable[str]:
         """Library names of every drug the regimen uses."""

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .. import batch
+from ..manifest import file_sha256
 from .options import SimOptions
 from .protocol import RegimenLike
 from .results import PopulationResult
@@ -97,6 +98,8 @@ def simulate_regimen_stored(
     ident = batch.run_identity(
         kind=STORE_KIND,
         regimen=repr(regimen),
+        # the content of the regimen's model files: an edited file does not resume into the old chunks
+        structures={drug: file_sha256(file) for drug, file in regimen.structures},
         population=_population_digest(pop),
         n=n,
         seed=int(seed),
