@@ -146,11 +146,16 @@ def test_parameters_the_entry_does_not_supply(tmp_path):
 @pytest.mark.parametrize(
     "old,new,match",
     [
-        (
-            'V = { unit = "L"',
-            'V = { unit = "mL"',
+        (  # V and CL in mL: consistent with each other (CL/V in 1/h), not with the entry
+            'V = { unit = "L", description = "apparent volume V/F" }\nCL = { unit = "L/h"',
+            'V = { unit = "mL", description = "apparent volume V/F" }\nCL = { unit = "mL/h"',
             r"parameter V is declared in 'mL' but the oxycodone entry gives it "
             r"in 'L'",
+        ),
+        (  # V alone in mL: CL/V*CENTRAL is then in g/h, the other terms in mg/h
+            'V = { unit = "L"',
+            'V = { unit = "mL"',
+            r"line 14: .*unit mismatch: subtracts .* \(in mg/h\) and CL / V \* CENTRAL \(in g/h\)",
         ),
         ('CP = CENTRAL/V"', 'CP = CENTRAL/V*1000"', r"output CP must be one state divided by one parameter"),
         ('CP = CENTRAL/V"', 'CONC = CENTRAL/V"', r"needs an output CP \(the plasma concentration, mg/L\)"),
@@ -164,7 +169,7 @@ def test_parameters_the_entry_does_not_supply(tmp_path):
         ("routes = {", "route = {", r"\[drug\]: unknown key\(s\) route"),
         (
             "- CL/V*CENTRAL",
-            "- CL/V*CENTRAL*CENTRAL/(KA + CENTRAL)",
+            "- CL/V*CENTRAL*CENTRAL/(1 + CENTRAL)",
             r"oxycodone: structure oxycodone_dual1_by_hand is integrated as an ODE \(d/dt\(CENTRAL\) is not linear in "
             r"the states\); the regimen simulator .* needs a linear structure",
         ),

@@ -49,6 +49,7 @@ from ..errors import ExpressionError, ModelSpecError
 from ..expr import compile_expression, compile_tree, parse_tree
 from ._base import CompartmentModel, Param, Route
 from .registry import BUILTIN_NAME, REGISTRY
+from .units import check_equations
 
 if TYPE_CHECKING:
     from jax import Array
@@ -501,6 +502,18 @@ def compile_structure(
                 f"{where} [structure], {o.where}: output {o.text!r} depends on time t; outputs "
                 "are functions of states and parameters"
             )
+
+    # ---- units: the first mismatch the declared units prove (pkpd.models.units) ----------------------------
+    checked = [e for e in eqs if e.kind != "ref"]
+    bad_unit = check_equations(
+        [(e.kind, e.lhs, parse_tree(e.rhs)) for e in checked],
+        dict(zip(states, units)),
+        {p: u for p, (u, _, _) in (declared or {}).items()},
+        TIME_SYMBOL,
+    )
+    if bad_unit is not None:
+        e = checked[bad_unit[0]]
+        raise ModelSpecError(f"{where} [structure], {e.where}: equation {e.text!r}: unit mismatch: {bad_unit[1]}")
 
     # ---- trees with defined quantities substituted ----------------------------------------------------
     trees: dict[str, ast.expr] = {}
