@@ -21,9 +21,9 @@ bias: ``|mean bias| <= 3 Monte Carlo SE`` (Morris et al. 2019).
 Monte Carlo noise: the 100-replicate benchmark (seed 20240604) gives pooled coverage 92.5 % (Wald
 intervals from ML estimates with 40 subjects run slightly below 95 %: the omegas are ~10 % low); its five
 blocks of 20 replicates give 85.8, 88.3, 98.3, 96.7 and 93.3 %, so a 20-replicate estimate has a SD of
-about 5 % around ~92.5 % and a seed can land near the 85 % bound. The default test uses seed 20240606
-(pooled coverage 94.2 %, largest |bias| of a typical value 1.3 %); the ``slow`` test repeats the
-100-replicate benchmark.
+about 5 % around ~92.5 % and a seed can land near the 85 % bound. The 20-replicate test uses seed 20240606
+(pooled coverage 94.2 %, largest |bias| of a typical value 1.3 %); it and the 100-replicate benchmark run
+under ``-m slow`` (51 s and several minutes); the default run checks the study simulator.
 
 References
 ----------
@@ -90,6 +90,7 @@ def _check(records, n_rep):
     assert 0.85 <= cov <= 1.0, table
 
 
+@pytest.mark.slow  # 51 s (see the module docstring)
 def test_recovery_20_replicates():
     """20 replicate studies of 40 subjects x 8 samples (two doses): acceptance bounds of issue 4."""
     records = rec.run_study(n_rep=20, n_sub=40, seed=20240606)
