@@ -728,6 +728,32 @@ def _dataset_model(run: Run) -> Any:
         return None
 
 
+def _dense_curves(run: Run) -> tuple[pd.DataFrame | None, Any, str]:
+    """A dataset simulation run again on a dense grid over its records (:func:`pkpd.simulate.dense_grid`) from
+    the inputs its manifest records, for the report's figure: ``(curves, model, "")``. Only when the data and
+    parameter files are still there with the SHA-256 the run recorded; otherwise ``(None, None, why)``."""
+    from .manifest import file_sha256
+    from .simulate import simulate_dataset
+
+    man = run.manifest or {}
+    paths = {}
+    for role in ("data", "params"):
+        entry = man.get("inputs", {}).get(role) or {}
+        path = entry.get("path")
+        if not path or not Path(path).is_file():
+            return None, None, f"the run's {role} file {path or '(not recorded)'} is not there"
+        if entry.get("sha256") and file_sha256(path) != entry["sha256"]:
+            return None, None, f"the run's {role} file {path} changed since the run"
+        paths[role] = path
+    args = man.get("arguments", {})
+    opts = {k: args.get(k) or None for k in ("model", "solver", "ode_method", "interpolation", "ignore", "accept")}
+    try:
+        again = simulate_dataset(paths["data"], paths["params"], plot=True, **opts)
+    except PKPDError as exc:
+        return None, None, f"simulating the run again failed: {exc}"
+    return again.curves, again.model, ""
+
+
 def _cp_plot(frame: pd.DataFrame, title: str, model: Any = None, max_ids: int = 20) -> bytes:
     """PNG of CP against TIME of a dataset simulation's records, drawn by :func:`pkpd.simulate.profiles_figure`
     (one line per ID with a per-ID legend, the output's unit from ``model``; grid rows as lines and observation
@@ -796,12 +822,20 @@ def _dataset_sections(run: Run) -> tuple[str, str]:
 
         model = _dataset_model(run)
         unit = _output_unit(model, "CP") if model is not None else "mg/L"
-        figs.append(
-            figure(
-                _cp_plot(res, f"{run.output.name}: CP vs TIME", model),
-                f"CP ({unit}) vs TIME (h), first 20 subjects (drawn by pkpd report)",
+        # lines on a dense grid: the output's own grid rows, else the run simulated again from its inputs
+        curves, why = None, ""
+        if "GRID" not in res.columns:
+            curves, model_again, why = _dense_curves(run)
+        if curves is not None:
+            png = _cp_plot(curves, f"{run.output.name}: CP vs TIME", model_again)
+            how = (
+                "on a dense grid, simulated again by pkpd report from the run's data and parameter files "
+                "(SHA-256 checked)"
             )
-        )
+        else:
+            png = _cp_plot(res, f"{run.output.name}: CP vs TIME", model)
+            how = "drawn by pkpd report" + ("" if "GRID" in res.columns else f" through the output records: {why}")
+        figs.append(figure(png, f"CP ({unit}) vs TIME (h), first 20 subjects ({how})"))
     return f"Dataset simulation {run.output.name} (pkpd simulate DATA)", (
         "<h2>Results</h2>" + "".join(parts) + "<h2>Figures</h2>" + "".join(figs)
     )

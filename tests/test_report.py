@@ -443,5 +443,22 @@ def test_dataset_report_without_a_plot_draws_profiles_figure(tmp_path):
     )
     model = _dataset_model(detect_run(out))
     assert model is not None and model.name
-    text = render_report(out)
-    assert "CP (mg/L) vs TIME (h), first 20 subjects (drawn by pkpd report)" in text
+    text = html.unescape(render_report(out))
+    assert (
+        "CP (mg/L) vs TIME (h), first 20 subjects (on a dense grid, simulated again by pkpd report from the run's "
+        "data and parameter files (SHA-256 checked))" in text
+    )
+    # the lines are the simulation on the dense grid, not the records joined (which only a --grid run has)
+    from pkpd.html_report import _dense_curves
+
+    curves, _, why = _dense_curves(detect_run(out))
+    records = pd.read_csv(out)
+    assert why == "" and curves["GRID"].sum() > 3 * len(records)  # 481 grid points over 148 records
+    # a changed parameter file: the report does not simulate something else, it joins the records and says why
+    params = tmp_path / "p.toml"
+    params.write_text((ROOT / "examples" / "oxycodone_agema2021.toml").read_text())
+    out2 = tmp_path / "oxy2.csv"
+    _invoke(["simulate", str(ROOT / "examples" / "oxycodone_postop.csv"), "--params", str(params), "--out", str(out2)])
+    params.write_text(params.read_text() + "\n# edited after the run\n")
+    text = html.unescape(render_report(out2))
+    assert f"through the output records: the run's params file {params.resolve()} changed since the run" in text
