@@ -251,4 +251,6 @@ def laplace_objective(prob: Problem, u, eta_star, H_star):
 # compiled once per model structure and data shapes (a Problem is a pytree whose arrays are leaves)
 _modes_jit = fit_jit(conditional_modes, static_argnames=("max_iter", "gtol", "from_zero"))
 _vg_jit = fit_jit(jax.value_and_grad(laplace_objective, argnums=1))
+# each subject's gradient of its -2 log L term (n_id, n_free): the S matrix of the sandwich covariance
+_terms_jac_jit = fit_jit(jax.jacfwd(laplace_terms, argnums=1))  # n_free forward passes, not n_id backward
 _nlj_jit = fit_jit(lambda prob, uf, e: prob.neg_log_joint(uf, e))

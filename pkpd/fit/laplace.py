@@ -53,6 +53,7 @@ from .inner import (
     INNER_GTOL,
     _modes_jit,
     _nlj_jit,
+    _terms_jac_jit,
     _vg_jit,
     conditional_modes,
     grad_hess,
@@ -64,6 +65,7 @@ from .shard import shard_problem
 
 __all__ = [
     "fit_laplace",
+    "sandwich_covariance",
     "conditional_modes",
     "laplace_objective",
     "laplace_terms",
@@ -97,6 +99,10 @@ class LaplaceFit:
     history: list = field(default_factory=list)
     max_gradient: float = float("nan")
     n_restarts: int = 0
+    #: Sandwich ("robust") covariance of the free parameters, ``R^-1 S R^-1`` (NONMEM's default ``$COV``): ``R``
+    #: the Hessian of ``-2 log L``, ``S`` the sum over subjects of the outer products of each subject's gradient
+    #: of its ``-2 log L`` term; ``None`` where the inverse-Hessian ``cov_u`` is unavailable.
+    cov_sandwich: np.ndarray | None = None
 
 
 #: Outer convergence: the fit is reported converged when the largest component of the gradient of -2LL with
@@ -261,9 +267,12 @@ def fit_laplace(
     eta_hat, H_hat = state["eta"], state["H"]
     cov_u, cov_msg = None, "not requested"
     t2 = time.perf_counter()
+    cov_sw = None
     if covariance and u_hat.size:
         cov_u, cov_msg = _covariance(evaluate, u_hat, g, prob.packer.free_names)
         state["eta"], state["H"] = eta_hat, H_hat
+        if cov_u is not None:
+            cov_sw = sandwich_covariance(cov_u, np.asarray(_terms_jac_jit(prob, jnp.asarray(u_hat), eta_hat, H_hat)))
     t_cov = time.perf_counter() - t2
     return LaplaceFit(
         u_full=np.asarray(prob.packer.full(jnp.asarray(u_hat))),
@@ -276,11 +285,37 @@ def fit_laplace(
         n_eval=state["n"],
         cov_u=cov_u,
         cov_message=cov_msg,
+        cov_sandwich=cov_sw,
         times={"first_evaluation_s": t_compile, "estimation_s": t_fit, "covariance_s": t_cov},
         history=history,
         max_gradient=gmax,
         n_restarts=restarts,
     )
+
+
+def sandwich_covariance(cov_u: np.ndarray, subject_gradients: np.ndarray) -> np.ndarray:
+    """The sandwich covariance ``R^-1 S R^-1`` from the inverse-Hessian covariance and per-subject gradients.
+
+    Parameters
+    ----------
+    cov_u
+        ``2 R^-1``: the inverse-Hessian covariance of the free parameters (estimation scale), ``R`` the Hessian
+        of ``-2 log L``.
+    subject_gradients
+        ``(n_id, n_free)``: each subject's gradient of its own ``-2 log L`` term at the estimates.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``R^-1 S R^-1`` with ``S = sum_i g_i g_i'``. With ``-2 log L`` in place of ``-log L`` the factors of 2
+        cancel: it equals the usual ``A^-1 B A^-1`` (``A`` the observed information, ``B`` the sum of the
+        outer products of the per-subject scores), and it is close to ``cov_u`` when the model is right (White
+        1982; NONMEM's ``$COV`` default, Beal & Sheiner, NONMEM Users Guide).
+    """
+    half = 0.5 * np.asarray(cov_u, float)  # R^-1
+    G = np.asarray(subject_gradients, float)
+    out = half @ (G.T @ G) @ half
+    return 0.5 * (out + out.T)
 
 
 def _direction(v: np.ndarray, names) -> str:

@@ -54,6 +54,9 @@ Parameter table (:attr:`FitResult.parameters`), one row per entry of the problem
 * ``se``, ``rse_pct``: Laplace: delta method, ``Cov(x) = J Cov(u) J^T`` with ``J = dx/du`` (automatic
   differentiation) and ``Cov(u)`` the inverse Hessian covariance of the free parameters on the
   estimation scale; NUTS/SVI: the posterior SD.
+* ``se_sandwich``, ``rse_sandwich_pct`` (Laplace): the same with the sandwich covariance ``R^-1 S R^-1`` of
+  the free parameters (NONMEM's default ``$COV``; :func:`pkpd.fit.laplace.sandwich_covariance`), robust to a
+  misspecified residual or random-effect distribution; close to ``se`` when the model is right.
 * ``ci_low``, ``ci_high`` (95 %): Laplace: ``u +- 1.96 SE(u)`` on the estimation scale transformed back when
   the entry depends on one free parameter only (typical values, coefficients, 1 x 1 omega blocks, IOV and
   residual terms: the interval respects the bounds and is asymmetric), otherwise Wald on the natural
@@ -335,9 +338,11 @@ def _covariance_frames(names, cov: np.ndarray) -> tuple[pd.DataFrame, pd.DataFra
     return frame(cov), frame(corr)
 
 
-def _laplace_table(prob: Problem, u_full: np.ndarray, cov_u: np.ndarray | None, eta: np.ndarray):
+def _laplace_table(
+    prob: Problem, u_full: np.ndarray, cov_u: np.ndarray | None, eta: np.ndarray, cov_sandwich: np.ndarray | None = None
+):
     """Parameter table and the delta-method covariance of the free estimates on the natural scale
-    (``None`` without a covariance step)."""
+    (``None`` without a covariance step); with ``cov_sandwich`` also the sandwich standard errors."""
     pk = prob.packer
     n = len(pk.names)
     free_idx = np.nonzero(pk.free)[0]
@@ -373,7 +378,14 @@ def _laplace_table(prob: Problem, u_full: np.ndarray, cov_u: np.ndarray | None, 
             else:
                 lo[i], hi[i] = est[i] - Z975 * se[i], est[i] + Z975 * se[i]
                 method[i] = "wald"
-    return _parameter_table(prob, est, se, lo, hi, method, eta), cov_free
+    table = _parameter_table(prob, est, se, lo, hi, method, eta)
+    se_sw = np.full(n, np.nan)
+    if cov_sandwich is not None and cov_u is not None and u_free.size:
+        se_sw[free_idx] = np.sqrt(np.maximum(np.diag(J @ cov_sandwich @ J.T), 0.0))[free_idx]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table.insert(table.columns.get_loc("rse_pct") + 1, "se_sandwich", se_sw)
+        table.insert(table.columns.get_loc("se_sandwich") + 1, "rse_sandwich_pct", 100.0 * se_sw / np.abs(est))
+    return table, cov_free
 
 
 def _bayes_table(prob: Problem, U_full: np.ndarray, eta: np.ndarray, mcmc: bool = True):
@@ -640,6 +652,13 @@ class FitResult:
         cm = self.diagnostics.get("covariance")
         if cm:
             lines.append(f"covariance step: {cm}")
+        if "se_sandwich" in self.parameters and self.parameters["se_sandwich"].notna().any():
+            p = self.parameters[self.parameters["se_sandwich"].notna()]
+            worst = (p["se_sandwich"] / p["se"]).agg(["min", "max"])
+            lines.append(
+                f"sandwich SEs (R^-1 S R^-1, NONMEM's default) are {worst['min']:.2f} to {worst['max']:.2f} x the "
+                "inverse-Hessian SEs above (parameters.csv: se_sandwich, rse_sandwich_pct)"
+            )
         if o.get("eps_shrinkage_pct") is not None and np.isfinite(o["eps_shrinkage_pct"]):
             lines.append(f"epsilon shrinkage {o['eps_shrinkage_pct']:.1f} %")
         lines += [f"note: {n}" for n in self.notes]
@@ -1224,7 +1243,7 @@ def build_result(
                 except np.linalg.LinAlgError:
                     eta_sd = np.full((prob.n_id, K), np.nan)
         say("parameter table (delta-method standard errors)")
-        table, cov_free = _laplace_table(prob, u_full, lap.cov_u, eta[:, : prob.k_iiv])
+        table, cov_free = _laplace_table(prob, u_full, lap.cov_u, eta[:, : prob.k_iiv], lap.cov_sandwich)
 
     # predictions, residuals
     say("predictions and CWRES")
