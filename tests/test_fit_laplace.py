@@ -672,7 +672,7 @@ def test_sandwich_covariance_matches_the_exact_gaussian_likelihood(linear):
     equals the one built from scipy's likelihood alone (R by second differences, step 1e-4: noise ~1e-6
     relative; tolerance 1e-3). The data come from the model, so the sandwich is close to the inverse-Hessian
     covariance (variances within a factor 2: 40 subjects)."""
-    from pkpd.fit.inner import _terms_jac_jit
+    from pkpd.fit.inner import subject_gradients
 
     _, prob = linear
     fit = lp.fit_laplace(prob)
@@ -690,7 +690,7 @@ def test_sandwich_covariance_matches_the_exact_gaussian_likelihood(linear):
     n = u_hat.size
     eye = np.eye(n)
     G_ref = np.column_stack([(terms(u_hat + 1e-5 * eye[j]) - terms(u_hat - 1e-5 * eye[j])) / 2e-5 for j in range(n)])
-    G = np.asarray(_terms_jac_jit(prob, jnp.asarray(u_hat), jnp.asarray(fit.eta), jnp.asarray(fit.eta_hess)))
+    G = subject_gradients(prob, u_hat, jnp.asarray(fit.eta), jnp.asarray(fit.eta_hess))
     np.testing.assert_allclose(G, G_ref, rtol=1e-5, atol=1e-5 * np.abs(G_ref).max())
 
     def f(u):

@@ -20,6 +20,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .problem import LOG2PI, Problem, fit_jit
 
@@ -27,6 +28,8 @@ __all__ = [
     "conditional_modes",
     "laplace_objective",
     "laplace_terms",
+    "weighted_objective",
+    "subject_gradients",
     "grad_hess",
     "INNER_GTOL",
     "INNER_DECREMENT",
@@ -250,7 +253,32 @@ def laplace_objective(prob: Problem, u, eta_star, H_star):
 
 # compiled once per model structure and data shapes (a Problem is a pytree whose arrays are leaves)
 _modes_jit = fit_jit(conditional_modes, static_argnames=("max_iter", "gtol", "from_zero"))
-_vg_jit = fit_jit(jax.value_and_grad(laplace_objective, argnums=1))
-# each subject's gradient of its -2 log L term (n_id, n_free): the S matrix of the sandwich covariance
-_terms_jac_jit = fit_jit(jax.jacfwd(laplace_terms, argnums=1))  # n_free forward passes, not n_id backward
+
+
+def weighted_objective(prob: Problem, u, eta_star, H_star, weights):
+    """``sum_i weights_i * laplace_terms_i``: :func:`laplace_objective` with weights 1; with weights ``e_i``,
+    subject ``i``'s own term (whose gradients make the sandwich covariance's S matrix)."""
+    if prob.n_eta == 0:
+        u_full = prob.packer.full(u)
+        return 2.0 * jnp.sum(weights * prob.neg_log_joint(u_full, jnp.zeros((prob.n_id, 0))))
+    return jnp.sum(weights * laplace_terms(prob, u, eta_star, H_star))
+
+
+# one compiled program serves the objective and each subject's gradient (weights are an argument)
+_wvg_jit = fit_jit(jax.value_and_grad(weighted_objective, argnums=1))
+
+
+def _vg_jit(prob: Problem, u, eta_star, H_star):
+    """``-2 log L`` and its gradient at free parameters ``u`` given converged modes (compiled)."""
+    return _wvg_jit(prob, u, eta_star, H_star, jnp.ones(prob.n_id, dtype=jnp.asarray(u).dtype))
+
+
+def subject_gradients(prob: Problem, u, eta_star, H_star) -> np.ndarray:
+    """Each subject's gradient of its own ``-2 log L`` term, ``(n_id, n_free)``: one call of the compiled
+    objective per subject (no program of its own to compile)."""
+    u = jnp.asarray(u)
+    eye = np.eye(prob.n_id, dtype=np.asarray(u).dtype)
+    return np.stack([np.asarray(_wvg_jit(prob, u, eta_star, H_star, jnp.asarray(w))[1]) for w in eye])
+
+
 _nlj_jit = fit_jit(lambda prob, uf, e: prob.neg_log_joint(uf, e))

@@ -53,12 +53,12 @@ from .inner import (
     INNER_GTOL,
     _modes_jit,
     _nlj_jit,
-    _terms_jac_jit,
     _vg_jit,
     conditional_modes,
     grad_hess,
     laplace_objective,
     laplace_terms,
+    subject_gradients,
 )
 from .problem import Problem
 from .shard import shard_problem
@@ -272,7 +272,7 @@ def fit_laplace(
         cov_u, cov_msg = _covariance(evaluate, u_hat, g, prob.packer.free_names)
         state["eta"], state["H"] = eta_hat, H_hat
         if cov_u is not None:
-            cov_sw = sandwich_covariance(cov_u, np.asarray(_terms_jac_jit(prob, jnp.asarray(u_hat), eta_hat, H_hat)))
+            cov_sw = sandwich_covariance(cov_u, subject_gradients(prob, u_hat, eta_hat, H_hat))
     t_cov = time.perf_counter() - t2
     return LaplaceFit(
         u_full=np.asarray(prob.packer.full(jnp.asarray(u_hat))),
