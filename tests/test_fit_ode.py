@@ -110,7 +110,8 @@ def test_fit_problem_of_a_nonlinear_model_uses_the_direct_adjoint():
 @pytest.mark.slow
 def test_emax_turnover_fit_recovers_its_parameters():
     """12 patients, initial estimates 15-60 % off: the Laplace fit (modes, objective, gradient, covariance step)
-    runs through the ODE solves. ~4-5 min on 2 cores (DirectAdjoint through every solve)."""
+    runs through the ODE solves. ~2.5 min on 2 cores (DirectAdjoint through every solve; the inner Hessians in
+    forward mode only, which halved it from 5 min)."""
     spec = load_model(MODEL)
     prob = build_problem(_study(12), spec)
     fit = lp.fit_laplace(prob)

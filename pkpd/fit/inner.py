@@ -37,9 +37,13 @@ __all__ = [
 ]
 
 
-def grad_hess(fn: Callable, eta):
+def grad_hess(fn: Callable, eta, forward: bool = False):
     """Per-subject gradient (N, K) and Hessian (N, K, K) of ``fn(eta) -> (N,)`` whose subjects are
-    independent (block-diagonal Hessian): ``K`` forward-mode products of the gradient."""
+    independent (block-diagonal Hessian): ``K`` forward-mode products of the gradient. ``forward``: forward
+    mode only (``K`` directional derivatives and ``K x K`` second ones), about 3x faster through an ODE solve
+    (diffrax's ``DirectAdjoint``: no reverse pass over the solver's step buffer)."""
+    if forward:
+        return _grad_hess_forward(fn, eta)
 
     def g_fn(e):
         return jax.grad(lambda x: jnp.sum(fn(x)))(e)
@@ -50,6 +54,26 @@ def grad_hess(fn: Callable, eta):
     cols = jax.vmap(lin)(tang)  # (K, N, K): cols[j] = H[:, :, j]
     H = jnp.moveaxis(cols, 0, -1)
     return g, 0.5 * (H + jnp.swapaxes(H, -1, -2))
+
+
+def _grad_hess_forward(fn: Callable, eta):
+    N, K = eta.shape
+    tang = jnp.broadcast_to(jnp.eye(K, dtype=eta.dtype)[:, None, :], (K, N, K))
+
+    def along(e, t):  # d fn / d eta along t, per subject (N,)
+        return jax.jvp(fn, (e,), (t,))[1]
+
+    g = jax.vmap(lambda t: along(eta, t))(tang).T  # (N, K)
+    H = jax.vmap(lambda t1: jax.vmap(lambda t2: jax.jvp(lambda e: along(e, t2), (eta,), (t1,))[1])(tang))(tang)
+    H = jnp.moveaxis(H, -1, 0)  # (N, K, K)
+    return g, 0.5 * (H + jnp.swapaxes(H, -1, -2))
+
+
+def _forward_only(prob: Problem) -> bool:
+    """Derivatives of the inner problem in forward mode only: models on the ODE path."""
+    from ..solvers import ODE
+
+    return isinstance(prob.solver, ODE)
 
 
 #: Inner problem (conditional modes): a subject's mode is converged when the largest component of the gradient
@@ -73,7 +97,7 @@ def _inner_tol(val, tol: float, dtype, floor: float = 1e3):
     return jnp.maximum(tol, floor * eps * (1.0 + jnp.abs(jnp.where(jnp.isfinite(val), val, 0.0))))
 
 
-def _newton(fn: Callable, eta0, max_iter: int, gtol: float):
+def _newton(fn: Callable, eta0, max_iter: int, gtol: float, forward: bool = False):
     """Minimize every row of ``fn(eta) -> (M,)`` (rows independent) from ``eta0`` (M, K).
 
     Each iteration: gradient and Hessian per row; the Newton direction on the Hessian's absolute eigenvalues
@@ -95,7 +119,7 @@ def _newton(fn: Callable, eta0, max_iter: int, gtol: float):
         return jnp.where(jnp.isfinite(v), v, jnp.inf)
 
     def derivatives(eta, val):
-        g, H = grad_hess(fn, eta)
+        g, H = grad_hess(fn, eta, forward)
         fin = jnp.isfinite(val) & jnp.all(jnp.isfinite(g), -1) & jnp.all(jnp.isfinite(H), (-2, -1))
         g = jnp.where(fin[:, None], g, 0.0)
         H = jnp.where(fin[:, None, None], H, eye)
@@ -204,7 +228,7 @@ def conditional_modes(
     if K == 0:
         return eta0, jnp.zeros((N, 0, 0), eta0.dtype), jnp.isfinite(fn(eta0)), 0
     if not from_zero:
-        eta, _, H, conv, it = _newton(fn, eta0, max_iter, gtol)
+        eta, _, H, conv, it = _newton(fn, eta0, max_iter, gtol, _forward_only(prob))
         return eta, H, conv, it
     S = 2
     starts = jnp.stack([jnp.zeros_like(eta0), eta0]).reshape(S * N, K)
@@ -212,7 +236,7 @@ def conditional_modes(
     def fs(e):
         return jax.vmap(fn)(e.reshape(S, N, K)).reshape(S * N)
 
-    eta, val, H, conv, it = _newton(fs, starts, max_iter, gtol)
+    eta, val, H, conv, it = _newton(fs, starts, max_iter, gtol, _forward_only(prob))
     eta, val, H, conv = eta.reshape(S, N, K), val.reshape(S, N), H.reshape(S, N, K, K), conv.reshape(S, N)
     margin = 1e-9 * (1.0 + jnp.abs(jnp.where(jnp.isfinite(val[0]), val[0], 0.0)))
     key = jnp.where(conv, val, jnp.inf)
@@ -236,7 +260,7 @@ def laplace_terms(prob: Problem, u, eta_star, H_star):
     g = jax.grad(lambda x: jnp.sum(fn(x)))(e0)
     step = jnp.linalg.solve(jax.lax.stop_gradient(H_star), g[..., None])[..., 0]
     eta_h = e0 - step
-    _, H = grad_hess(fn, eta_h)
+    _, H = grad_hess(fn, eta_h, _forward_only(prob))
     L = jnp.linalg.cholesky(H)
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
     return 2.0 * fn(eta_h) + logdet - K * LOG2PI
