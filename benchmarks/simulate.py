@@ -257,14 +257,19 @@ def run_public(n: int, repeats: int, seed: int) -> dict:
     sim = pkpd.Simulator(df, MODEL)
     t_construct = time.perf_counter() - t
     out2 = sim(NEW_PARAMS)  # first call on this design (compiled programs shared with the public call)
-    best = {"public": np.inf, "simulator": np.inf, "numpy": np.inf, "numpy_new": np.inf}
-    for _ in range(max(1, repeats)):
+    # two frames of other content, called in turn: pkpd.simulate has not prepared either (it keeps the last one)
+    unseen = [df.assign(CLI=df["CLI"] * f) for f in (1.0 + 1e-12, 1.0 - 1e-12)]
+    best = {"public": np.inf, "unseen": np.inf, "simulator": np.inf, "numpy": np.inf, "numpy_new": np.inf}
+    for rnd in range(max(1, repeats)):
         for key, fn in (
+            ("unseen", lambda: pkpd.simulate(unseen[rnd % 2], MODEL, PARAMS)),
             ("public", lambda: pkpd.simulate(df, MODEL, PARAMS)),
             ("numpy", lambda: numpy_superposition(p, t_obs, dose_times, dose)),
             ("simulator", lambda: sim(NEW_PARAMS)),
             ("numpy_new", lambda: numpy_superposition(p2, t_obs, dose_times, dose)),
         ):
+            if key == "public":  # warm: the frame it prepared last (the unseen one came in between)
+                fn()
             t = time.perf_counter()
             r = fn()
             best[key] = min(best[key], time.perf_counter() - t)
@@ -282,6 +287,8 @@ def run_public(n: int, repeats: int, seed: int) -> dict:
         "first_public_s": first_public,
         "construct_s": t_construct,
         "public_s": best["public"],
+        "unseen_s": best["unseen"],
+        "unseen_vs_numpy": best["numpy"] / best["unseen"],
         "simulator_s": best["simulator"],
         "numpy_s": best["numpy"],
         "numpy_new_s": best["numpy_new"],
@@ -300,6 +307,8 @@ def format_public(r: dict) -> str:
             f"  pkpd.simulate(DataFrame) warm      {r['public_s'] * 1e3:9.1f} ms   numpy superposition "
             f"{r['numpy_s'] * 1e3:8.1f} ms   -> {r['public_vs_numpy']:.2f}x (target >= 10x)   max err/peak "
             f"{r['public_err']:.1e}",
+            f"  pkpd.simulate(another DataFrame)   {r['unseen_s'] * 1e3:9.1f} ms   -> {r['unseen_vs_numpy']:.2f}x "
+            "(preparation included)",
             f"  Simulator(data)(new params)        {r['simulator_s'] * 1e3:9.1f} ms   numpy superposition "
             f"{r['numpy_new_s'] * 1e3:8.1f} ms   -> {r['simulator_vs_numpy']:.2f}x (target >= 25x)   max err/peak "
             f"{r['simulator_err']:.1e}",
@@ -335,10 +344,14 @@ def write_markdown(path: str, info: dict, args, results: list[dict], acc: dict, 
             "",
             "DataFrame in, output frame out (validation, dose expansion, schedule, kernel, checks, output); best of "
             f"{public['repeats']} alternating rounds against the numpy closed-form superposition of the same "
-            "parameters.",
+            "parameters. `pkpd.simulate` keeps the last DataFrame it prepared (by a hash of its content), so its "
+            "warm call on the same frame skips the preparation; the call on a frame it has not seen (two frames "
+            "of other content, in turn) includes it.",
             "",
             "| call | time (ms) | numpy superposition (ms) | ratio | target | max error / peak |",
             "|---|---:|---:|---:|---:|---:|",
+            f'| `pkpd.simulate(df2, "2cmt_oral", params)`, a DataFrame not seen before | {public["unseen_s"] * 1e3:.1f} '
+            f"| {public['numpy_s'] * 1e3:.1f} | {public['unseen_vs_numpy']:.2f}x | >= 10x | - |",
             f'| `pkpd.simulate(df, "2cmt_oral", params)`, warm | {public["public_s"] * 1e3:.1f} | '
             f"{public['numpy_s'] * 1e3:.1f} | {public['public_vs_numpy']:.2f}x | >= 10x | {public['public_err']:.1e} |",
             f'| `sim(new_params)` with `sim = pkpd.Simulator(df, "2cmt_oral")` | {public["simulator_s"] * 1e3:.1f} | '

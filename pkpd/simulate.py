@@ -22,6 +22,7 @@ compartment ``n``. Expressions are parsed safely by :mod:`pkpd.expr` (no ``eval`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tomllib
 from dataclasses import dataclass, field
@@ -1042,8 +1043,11 @@ def simulate(
     Notes
     -----
     The dataset is prepared (validated, doses expanded, padded, the event schedule computed) with numpy in
-    one vectorized pass; to simulate the same records with several parameter sets, keep a
-    :class:`Simulator`, which does this once.
+    one vectorized pass. The last prepared DataFrame is kept (by a hash of its content, column names and
+    types, with the model and the options), so calling again with the same records and other parameters
+    skips the preparation (the parameter checks still run); a changed DataFrame is prepared again. To
+    simulate the same records with many parameter sets, a :class:`Simulator` does the same explicitly,
+    without the hash.
 
     Examples
     --------
@@ -1064,18 +1068,35 @@ def simulate(
         model_obj,
         ode_method if ode_method is not None else spec.ode_method,
     )  # a bad option is reported first
-    sim = Simulator(
-        data,
-        model_obj,
-        spec,
-        solver=solver,
-        interpolation=interpolation,
-        ode_method=ode_method,
-        grid=grid,
-        ignore=ignore,
-        accept=accept,
-    )
-    return sim(spec)
+    options = dict(solver=solver, interpolation=interpolation, ode_method=ode_method, grid=grid, ignore=ignore)
+    options["accept"] = accept
+    key = _design_key(data, model_obj, options)
+    cached = _LAST_DESIGN.get("entry")
+    if key is not None and cached is not None and cached[0] == key:
+        return cached[1](spec)
+    sim = Simulator(data, model_obj, spec, **options)
+    out = sim(spec)
+    if key is not None:
+        _LAST_DESIGN["entry"] = (key, sim, model_obj)  # the model is kept so that its id stays its own
+    return out
+
+
+#: The last DataFrame :func:`simulate` prepared: ``{"entry": (key, Simulator, model)}``.
+_LAST_DESIGN: dict[str, tuple[Any, Simulator, CompartmentModel]] = {}
+
+
+def _design_key(data: Any, model: CompartmentModel, options: dict[str, Any]) -> tuple | None:
+    """A key for reusing a prepared DataFrame: the SHA-256 of its content (pandas' per-row hashes), column
+    names and types, the model's identity and the options; ``None`` for a file path (read each time)."""
+    if not isinstance(data, pd.DataFrame):
+        return None
+    h = hashlib.sha256(pd.util.hash_pandas_object(data, index=False).to_numpy().tobytes())
+    h.update(repr([(str(c), str(t)) for c, t in data.dtypes.items()]).encode())
+    grid = options.get("grid")
+    if grid is not None and not isinstance(grid, str):
+        grid = np.asarray(grid, float).tobytes()
+    rest = {k: (grid if k == "grid" else repr(v)) for k, v in options.items()}
+    return (h.hexdigest(), len(data), id(model), tuple(sorted(rest.items())))
 
 
 #: Most subjects :func:`plot_profiles` draws (each with its own line and legend entry).

@@ -89,6 +89,42 @@ def test_simulator_matches_simulate_and_reuses_design():
     pd.testing.assert_frame_equal(sim(PARAMS), a)
 
 
+def test_public_call_reuses_the_last_prepared_dataframe(monkeypatch):
+    """pkpd.simulate keeps the last prepared DataFrame by a hash of its content: a second call with the same
+    records and other parameters prepares nothing (the parameter checks still run and give the fresh call's
+    result); the same frame changed in place, or with another dtype, is prepared again."""
+    import importlib
+
+    sim_mod = importlib.import_module("pkpd.simulate")  # the module (pkpd.simulate is also the function)
+
+    made = []
+    real_init = sim_mod._Design.__init__
+
+    def counting(self, *args, **kwargs):
+        made.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(sim_mod._Design, "__init__", counting)
+    monkeypatch.setattr(sim_mod, "_LAST_DESIGN", {})
+    df = w1_like(5)
+    p2 = dict(PARAMS, CL="CLI*1.3", KA=0.7)
+    a = pkpd.simulate(df, "2cmt_oral", PARAMS)
+    b = pkpd.simulate(df, "2cmt_oral", p2)
+    assert len(made) == 1
+    pd.testing.assert_frame_equal(b, pkpd.Simulator(df, "2cmt_oral")(p2))
+    assert len(made) == 2  # (the Simulator above prepared its own design)
+    with pytest.raises(ModelSpecError, match="needs parameter"):  # the new parameter set is still checked
+        pkpd.simulate(df, "2cmt_oral", {"CL": 1.0})
+    df.loc[0, "AMT"] = 20.0  # changed in place: prepared again, and the result follows the change
+    c = pkpd.simulate(df, "2cmt_oral", PARAMS)
+    assert len(made) == 3 and not c["CP"].equals(a["CP"])
+    pd.testing.assert_frame_equal(c, pkpd.Simulator(df, "2cmt_oral")(PARAMS))
+    made.clear()
+    pkpd.simulate(df.astype({"II": "float32"}), "2cmt_oral", PARAMS)  # other dtypes: another key
+    pkpd.simulate(df, "2cmt_oral", PARAMS, grid="0:4:1")  # other options: another key
+    assert len(made) == 2
+
+
 def test_simulator_checks_each_parameter_set():
     df = w1_like(3)
     sim = pkpd.Simulator(df, "2cmt_oral")
