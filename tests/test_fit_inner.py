@@ -110,6 +110,7 @@ def test_objective_independent_of_inner_start_theoph():
     print(f"Theoph: -2LL {ref:.9f}, largest difference over starts {spread:.2g}")
 
 
+@pytest.mark.slow  # 33 s on the 2-cmt study (the Theoph objective check stays in the default run)
 def test_convergence_flag_is_the_stated_criterion(study):
     """A subject flagged converged meets the stated criterion at the returned point (largest gradient component
     <= INNER_GTOL, or Newton decrement <= INNER_DECREMENT, each with its float64 rounding floor; Hessian
@@ -141,6 +142,7 @@ def test_convergence_flag_is_the_stated_criterion(study):
             assert ok.all(), kw
 
 
+@pytest.mark.slow  # 20 s on the 2-cmt study
 def test_non_finite_warm_start_falls_back(study):
     """A warm start where the model overflows (eta 1000 away) gives the objective from eta = 0."""
     prob = pf.build_problem(study, pf.load_model(two_cmt_model(0.1, 5.0, 0.3, 20.0)))

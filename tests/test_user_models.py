@@ -772,6 +772,7 @@ def test_turnover_model_fit_recovers_its_parameters():
         assert est[name] == pytest.approx(TO_TRUTH[name], rel=0.15), name
 
 
+@pytest.mark.slow  # 17 s; the Laplace fit and the forecast with the hand-written model stay in the default run
 def test_svi_with_hand_written_model_matches_builtin(theoph_fits):
     """SVI (same seed, 300 steps) on the two Theoph problems: the likelihoods agree to rounding, so the loss
     trace and the draws agree to rtol 1e-6 (Adam amplifies rounding differences only slightly in 300 steps)."""
