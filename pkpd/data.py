@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import io
 import math
 import numbers
@@ -46,6 +47,7 @@ import pandas as pd
 from .errors import DatasetError, DatasetViolation, rows_text
 
 __all__ = [
+    "frame_sha256",
     "STANDARD_COLUMNS",
     "read_dataset",
     "check_dataset",
@@ -1610,3 +1612,13 @@ def add_grid(
 def _num_text(x: float) -> str:
     """A time as a CSV cell: shortest repr, integers without a decimal point (``24``, ``0.5``)."""
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(float(x))
+
+
+def frame_sha256(frame: Any, *, dtypes: bool = False) -> str:
+    """Hex SHA-256 digest of a :class:`pandas.DataFrame`'s content (pandas' per-row hashes, index left out) and
+    column names; with ``dtypes`` also the column types."""
+    h = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    h.update(",".join(map(str, frame.columns)).encode())
+    if dtypes:
+        h.update(",".join(map(str, frame.dtypes)).encode())
+    return h.hexdigest()

@@ -22,7 +22,6 @@ compartment ``n``. Expressions are parsed safely by :mod:`pkpd.expr` (no ``eval`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tomllib
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .data import frame_copy, validate_dataset
+from .data import frame_copy, frame_sha256, validate_dataset
 from .errors import DatasetError, DatasetViolation, ModelSpecError, SolverError
 from .expr import Expression, compile_parameter_block, evaluate_parameter_block, referenced_columns
 from .models import CompartmentModel, get_model
@@ -1068,8 +1067,9 @@ def simulate(
         model_obj,
         ode_method if ode_method is not None else spec.ode_method,
     )  # a bad option is reported first
-    options = dict(solver=solver, interpolation=interpolation, ode_method=ode_method, grid=grid, ignore=ignore)
-    options["accept"] = accept
+    options = dict(
+        solver=solver, interpolation=interpolation, ode_method=ode_method, grid=grid, ignore=ignore, accept=accept
+    )
     key = _design_key(data, model_obj, options)
     cached = _LAST_DESIGN.get("entry")
     if key is not None and cached is not None and cached[0] == key:
@@ -1086,17 +1086,16 @@ _LAST_DESIGN: dict[str, tuple[Any, Simulator, CompartmentModel]] = {}
 
 
 def _design_key(data: Any, model: CompartmentModel, options: dict[str, Any]) -> tuple | None:
-    """A key for reusing a prepared DataFrame: the SHA-256 of its content (pandas' per-row hashes), column
-    names and types, the model's identity and the options; ``None`` for a file path (read each time)."""
+    """A key for reusing a prepared DataFrame: the SHA-256 of its content, column names and types
+    (:func:`pkpd.data.frame_sha256`), the model's identity and the options; ``None`` for a file path (read
+    each time)."""
     if not isinstance(data, pd.DataFrame):
         return None
-    h = hashlib.sha256(pd.util.hash_pandas_object(data, index=False).to_numpy().tobytes())
-    h.update(repr([(str(c), str(t)) for c, t in data.dtypes.items()]).encode())
     grid = options.get("grid")
     if grid is not None and not isinstance(grid, str):
         grid = np.asarray(grid, float).tobytes()
     rest = {k: (grid if k == "grid" else repr(v)) for k, v in options.items()}
-    return (h.hexdigest(), len(data), id(model), tuple(sorted(rest.items())))
+    return (frame_sha256(data, dtypes=True), len(data), id(model), tuple(sorted(rest.items())))
 
 
 #: Most subjects :func:`plot_profiles` draws (each with its own line and legend entry).

@@ -88,23 +88,18 @@ def _invoke(args: list[str]) -> None:
     assert res.exit_code == 0, cli_output(res)
 
 
+def _simulate_oxycodone(out: Path, *, params: Path = ROOT / "examples" / "oxycodone_agema2021.toml", plot=None) -> None:
+    """`pkpd simulate` of the oxycodone example dataset into ``out`` (and ``plot``)."""
+    args = ["simulate", str(ROOT / "examples" / "oxycodone_postop.csv"), "--params", str(params), "--out", str(out)]
+    _invoke(args + (["--plot", str(plot)] if plot is not None else []))
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """kind -> the path to give `pkpd report` (the runs are made once, through the CLI)."""
     d = tmp_path_factory.mktemp("report_runs")
     (d / "sim").mkdir()
-    _invoke(
-        [
-            "simulate",
-            str(ROOT / "examples" / "oxycodone_postop.csv"),
-            "--params",
-            str(ROOT / "examples" / "oxycodone_agema2021.toml"),
-            "--out",
-            str(d / "sim" / "oxy.csv"),
-            "--plot",
-            str(d / "sim" / "oxy.png"),
-        ]
-    )
+    _simulate_oxycodone(d / "sim" / "oxy.csv", plot=d / "sim" / "oxy.png")
     _invoke(["simulate", "--regimen", "C1", "--population", "3", "--seed", "1", "--out", str(d / "pop")])
     _fit_data(d / "iv.csv")
     (d / "iv.toml").write_text(FIT_MODEL)
@@ -431,16 +426,7 @@ def test_dataset_report_without_a_plot_draws_profiles_figure(tmp_path):
     from pkpd.html_report import _dataset_model, detect_run, render_report
 
     out = tmp_path / "oxy.csv"
-    _invoke(
-        [
-            "simulate",
-            str(ROOT / "examples" / "oxycodone_postop.csv"),
-            "--params",
-            str(ROOT / "examples" / "oxycodone_agema2021.toml"),
-            "--out",
-            str(out),
-        ]
-    )
+    _simulate_oxycodone(out)
     model = _dataset_model(detect_run(out))
     assert model is not None and model.name
     text = html.unescape(render_report(out))
@@ -458,7 +444,7 @@ def test_dataset_report_without_a_plot_draws_profiles_figure(tmp_path):
     params = tmp_path / "p.toml"
     params.write_text((ROOT / "examples" / "oxycodone_agema2021.toml").read_text())
     out2 = tmp_path / "oxy2.csv"
-    _invoke(["simulate", str(ROOT / "examples" / "oxycodone_postop.csv"), "--params", str(params), "--out", str(out2)])
+    _simulate_oxycodone(out2, params=params)
     params.write_text(params.read_text() + "\n# edited after the run\n")
     text = html.unescape(render_report(out2))
     assert f"through the output records: the run's params file {params.resolve()} changed since the run" in text

@@ -269,10 +269,7 @@ def laplace_terms(prob: Problem, u, eta_star, H_star):
 def laplace_objective(prob: Problem, u, eta_star, H_star):
     """``-2 log L`` (all constants) at free parameters ``u`` given converged modes (differentiable in ``u``):
     the sum of :func:`laplace_terms`."""
-    if prob.n_eta == 0:
-        u_full = prob.packer.full(u)
-        return 2.0 * jnp.sum(prob.neg_log_joint(u_full, jnp.zeros((prob.n_id, 0))))
-    return jnp.sum(laplace_terms(prob, u, eta_star, H_star))
+    return weighted_objective(prob, u, eta_star, H_star, 1.0)
 
 
 # compiled once per model structure and data shapes (a Problem is a pytree whose arrays are leaves)
@@ -282,9 +279,6 @@ _modes_jit = fit_jit(conditional_modes, static_argnames=("max_iter", "gtol", "fr
 def weighted_objective(prob: Problem, u, eta_star, H_star, weights):
     """``sum_i weights_i * laplace_terms_i``: :func:`laplace_objective` with weights 1; with weights ``e_i``,
     subject ``i``'s own term (whose gradients make the sandwich covariance's S matrix)."""
-    if prob.n_eta == 0:
-        u_full = prob.packer.full(u)
-        return 2.0 * jnp.sum(weights * prob.neg_log_joint(u_full, jnp.zeros((prob.n_id, 0))))
     return jnp.sum(weights * laplace_terms(prob, u, eta_star, H_star))
 
 

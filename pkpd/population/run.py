@@ -11,13 +11,13 @@ call gives.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
 from .. import batch
+from ..data import frame_sha256
 from ..manifest import file_sha256
 from .options import SimOptions
 from .protocol import RegimenLike
@@ -33,12 +33,6 @@ STORE_CHUNK_PATIENTS = 8192
 KEEP_TRAJECTORIES = 10_000
 #: The ``kind`` of the run identity of a stored regimen simulation (what ``--resume`` recognises).
 STORE_KIND = "regimen_simulation"
-
-
-def _population_digest(population: pd.DataFrame) -> str:
-    h = hashlib.sha256(pd.util.hash_pandas_object(population, index=False).to_numpy().tobytes())
-    h.update(",".join(map(str, population.columns)).encode())
-    return h.hexdigest()
 
 
 def simulate_regimen_stored(
@@ -100,7 +94,7 @@ def simulate_regimen_stored(
         regimen=repr(regimen),
         # the content of the regimen's model files: an edited file does not resume into the old chunks
         structures={drug: file_sha256(file) for drug, file in regimen.structures},
-        population=_population_digest(pop),
+        population=frame_sha256(pop),
         n=n,
         seed=int(seed),
         options=repr(opts),
